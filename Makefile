@@ -1,0 +1,28 @@
+# make demo : set up a local virtual environment and run the demo on the built-in model
+# make test : set up the same environment and run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.zoodip-installed
+
+.PHONY: setup demo test clean
+
+# Everything is pinned in pyproject.toml (torch 2.13.0 CPU build; an unpinned torch pulls CUDA).
+# open-clip-torch is installed without dependencies: only its CLIP BPE vocabulary file is used.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[export,test]'
+	$(BIN)/python -m pip install -q --no-deps open-clip-torch==3.3.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/zoodip demo --out demo_out
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,1 @@
+"""Export of diffusers Stable Diffusion folders to zoodip's ONNX layout (needs torch)."""

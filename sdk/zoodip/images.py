@@ -1,0 +1,125 @@
+"""Reading the user's photos into model-ready arrays, with a clear error for every bad file.
+
+Phones produce every kind of image: EXIF-rotated JPEGs, RGBA screenshots, 16-bit PNGs, grayscale
+scans, 48-megapixel shots. All are brought to 8-bit RGB, center-cropped to a square and resized to
+the training resolution; what cannot be used is named in a one-line error.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import ZoodipError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+MIN_SIDE = 32  # below this a photo holds too little of the concept to learn from
+MAX_PIXELS = 120_000_000  # larger than any phone photo; beyond it decoding alone could exhaust memory
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """The image files of a folder (by extension, sorted; hidden files skipped)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ZoodipError(f"image folder {folder} does not exist: pass a folder with 3-10 photos of the concept")
+    if folder.is_file():
+        return [folder]
+    files = sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not files:
+        raise ZoodipError(
+            f"no images in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)}): add 3-10 photos of the concept"
+        )
+    return files
+
+
+def _to_rgb8(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Alpha is composited on white (transparent cut-outs stay clean)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale the used range to 8 bits instead of clipping at 255.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        image = Image.fromarray(array, mode="L")
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        top = 1.0 if array.max() <= 1.0 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path, resolution: int) -> np.ndarray:
+    """One photo -> float32 [3, resolution, resolution] in [-1, 1]."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                width, height = opened.size
+                if width * height > MAX_PIXELS:
+                    raise ZoodipError(
+                        f"{path} is {width}x{height} px, too large to decode safely: downscale it below "
+                        f"{MAX_PIXELS // 1_000_000} megapixels"
+                    )
+                # JPEG can decode at a reduced scale directly: a 48 MP photo never becomes 48 MP in memory.
+                opened.draft("RGB", (max(resolution, MIN_SIDE) * 2, max(resolution, MIN_SIDE) * 2))
+                image = ImageOps.exif_transpose(opened)
+                image.load()
+    except ZoodipError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ZoodipError(f"{path} is too large to decode safely: downscale it below {MAX_PIXELS // 1_000_000} megapixels") from None
+    except Exception as exc:  # PIL raises many types for broken files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ZoodipError(f"cannot read image {path} ({reason}): remove it or replace it with a JPEG/PNG photo") from None
+    if min(width, height) < MIN_SIDE:
+        raise ZoodipError(f"{path} is only {width}x{height} px: use photos at least {MIN_SIDE} px on the short side")
+    image = _to_rgb8(image)
+    # Center square crop, then resize: the concept is usually centered and SD trains on squares.
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    if side != resolution:
+        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def load_images(paths: str | Path | Sequence[str | Path], resolution: int) -> tuple[list[str], np.ndarray]:
+    """A folder (or list) of photos -> (file names, float32 [N, 3, R, R] in [-1, 1])."""
+    if isinstance(paths, (str, Path)):
+        files = list_images(paths)
+    else:
+        files = [Path(p) for p in paths]
+        if not files:
+            raise ZoodipError("no images given: pass 3-10 photos of the concept")
+    arrays = [load_image(p, resolution) for p in files]
+    return [p.name for p in files], np.stack(arrays)
+
+
+def to_pil(images: np.ndarray) -> list[Image.Image]:
+    """Float images [B, 3, H, W] in [-1, 1] -> PIL RGB images."""
+    array = np.clip((np.asarray(images, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return [Image.fromarray(a.transpose(1, 2, 0), mode="RGB") for a in array]
+
+
+def image_grid(rows: Sequence[Sequence[Image.Image]], pad: int = 2) -> Image.Image:
+    """Tile images into a grid (rows of equal-size images), white padding between them."""
+    if not rows or not rows[0]:
+        raise ValueError("image_grid needs at least one image")
+    w, h = rows[0][0].size
+    ncols = max(len(r) for r in rows)
+    grid = Image.new("RGB", (ncols * (w + pad) + pad, len(rows) * (h + pad) + pad), (255, 255, 255))
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            grid.paste(image.resize((w, h)), (pad + c * (w + pad), pad + r * (h + pad)))
+    return grid

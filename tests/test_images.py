@@ -1,0 +1,98 @@
+"""Photos of every kind come in as 8-bit RGB squares; unusable files get a one-line error."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zoodip.errors import ZoodipError
+from zoodip.images import image_grid, list_images, load_image, load_images, to_pil
+
+
+def _save(tmp_path, name, image):
+    path = tmp_path / name
+    image.save(path)
+    return path
+
+
+def test_modes_become_rgb_in_range(tmp_path):
+    rgb = Image.new("RGB", (80, 60), (255, 0, 0))
+    gray = Image.new("L", (64, 64), 128)
+    rgba = Image.new("RGBA", (64, 64), (0, 0, 255, 0))  # fully transparent -> white background
+    deep = Image.fromarray(np.full((64, 64), 65535, np.uint16))  # 16-bit white
+    palette = Image.new("P", (64, 64), 3)
+    for name, image in [("a.png", rgb), ("b.png", gray), ("c.png", rgba), ("d.png", deep), ("e.png", palette)]:
+        _save(tmp_path, name, image)
+    names, arrays = load_images(tmp_path, 32)
+    assert names == ["a.png", "b.png", "c.png", "d.png", "e.png"]
+    assert arrays.shape == (5, 3, 32, 32) and arrays.dtype == np.float32
+    assert arrays.min() >= -1.0 and arrays.max() <= 1.0
+    np.testing.assert_allclose(arrays[0, :, 5, 5], [1.0, -1.0, -1.0], atol=1e-6)  # red
+    np.testing.assert_allclose(arrays[1, :, 5, 5], 128 / 127.5 - 1, atol=1e-6)  # gray kept
+    np.testing.assert_allclose(arrays[2, :, 5, 5], 1.0, atol=1e-6)  # transparent -> white
+    np.testing.assert_allclose(arrays[3, :, 5, 5], 1.0, atol=1e-6)  # 16-bit white stays white, not clipped garbage
+
+
+def test_center_crop_keeps_the_middle(tmp_path):
+    image = Image.new("RGB", (300, 100), (0, 0, 0))
+    image.paste((255, 255, 255), (100, 0, 200, 100))  # white middle square
+    array = load_image(_save(tmp_path, "wide.png", image), 16)
+    assert array.min() > 0.9  # only the white center survives the square crop
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    image = Image.new("RGB", (100, 50), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 50, 50))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif, quality=95)
+    array = load_image(path, 50)
+    # After rotation the white half is on top, so the square center crop is half white top / black bottom.
+    assert array[:, 2, 25].mean() > 0.5 and array[:, -3, 25].mean() < -0.5
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "only_text", "corrupt", "tiny"])
+def test_bad_inputs_give_one_line_errors(tmp_path, case):
+    folder = tmp_path / "photos"
+    if case != "missing":
+        folder.mkdir()
+    if case == "only_text":
+        (folder / "notes.txt").write_text("hello")
+    if case == "corrupt":
+        (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    if case == "tiny":
+        Image.new("RGB", (8, 8)).save(folder / "small.png")
+    with pytest.raises(ZoodipError) as info:
+        load_images(folder, 64)
+    message = str(info.value)
+    assert "\n" not in message
+    expected = {"missing": "does not exist", "empty": "no images", "only_text": "no images",
+                "corrupt": "broken.jpg", "tiny": "8x8"}[case]
+    assert expected in message
+
+
+def test_huge_image_refused_without_decoding(tmp_path, monkeypatch):
+    import zoodip.images as images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 100 * 100)
+    path = _save(tmp_path, "big.png", Image.new("RGB", (200, 200)))
+    with pytest.raises(ZoodipError, match="too large"):
+        load_image(path, 64)
+
+
+def test_non_image_files_are_ignored_in_a_folder(tmp_path):
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    (tmp_path / "captions.json").write_text("{}")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    assert [p.name for p in list_images(tmp_path)] == ["a.png"]
+
+
+def test_to_pil_and_grid_roundtrip():
+    array = np.linspace(-1, 1, 3 * 8 * 8, dtype=np.float32).reshape(1, 3, 8, 8)
+    image = to_pil(array)[0]
+    assert image.size == (8, 8)
+    back = np.asarray(image, np.float32).transpose(2, 0, 1) / 127.5 - 1
+    np.testing.assert_allclose(back, array[0], atol=1 / 127.5)
+    grid = image_grid([[image, image], [image]], pad=2)
+    assert grid.size == (2 * 10 + 2, 2 * 10 + 2)
