@@ -31,7 +31,8 @@ def byte_to_unicode() -> dict[int, str]:
         if b not in mapping:
             mapping[b] = chr(256 + shift)
             shift += 1
-    return dict(sorted(mapping.items()))
+    # Insertion order matters: the vocabulary lists the printable bytes first, as CLIP does.
+    return mapping
 
 
 def find_bpe_file() -> Path:

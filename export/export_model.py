@@ -1,0 +1,490 @@
+"""Export a diffusers Stable Diffusion folder (SD1.x/2.x) to zoodip's ONNX folder (docs/export-format.md).
+
+    python export/export_model.py SRC_FOLDER OUT_DIR [--precision fp32|int8] [--recipe w8a32|dynamic-int8]
+    python export/export_model.py --tiny OUT_DIR          # a small seeded random SD-shaped model
+
+The folder is built next to OUT_DIR under a temporary name and renamed at the very end, so a
+failed or interrupted export never leaves a half-written OUT_DIR behind.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from zoodip.errors import ZoodipError
+
+FORMAT = "zoodip-export"
+FORMAT_VERSION = 1
+PRECISIONS = ("int8", "fp32")
+MANIFEST = "manifest.json"
+TOKEN_EMBEDDINGS = "token_embeddings.npy"
+SCHEDULER_CONFIG = "scheduler_config.json"
+
+# What a diffusers SD folder must hold for us: component -> files that must exist in it.
+REQUIRED_PARTS: dict[str, tuple[str, ...]] = {
+    "unet": ("config.json",),
+    "vae": ("config.json",),
+    "text_encoder": ("config.json",),
+    "tokenizer": ("vocab.json", "merges.txt"),
+    "scheduler": ("scheduler_config.json",),
+}
+
+
+class _Progress:
+    """One-line progress messages on stderr (stdout stays clean for scripts)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(f"[export {time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+# --- input checks (all before anything is written) ----------------------------------------------
+
+
+def resolve_recipe(precision: str, recipe: str | None) -> tuple[str, str]:
+    """Check ``precision``/``recipe`` and fill in the default recipe of the precision."""
+    from zoodip_export.quantize import DEFAULT_RECIPE, RECIPE_PRECISION
+
+    if precision not in PRECISIONS:
+        raise ZoodipError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if recipe is None:
+        return precision, DEFAULT_RECIPE[precision]
+    if recipe not in RECIPE_PRECISION:
+        raise ZoodipError(f"unknown recipe {recipe!r}: use one of {', '.join(RECIPE_PRECISION)}")
+    if RECIPE_PRECISION[recipe] != precision:
+        raise ZoodipError(f"recipe {recipe!r} does not go with precision {precision!r}")
+    return precision, recipe
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ZoodipError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ZoodipError(f"{path} is not a JSON object")
+    return data
+
+
+def check_source(source: Path) -> dict[str, dict[str, Any]]:
+    """Check that ``source`` is a diffusers SD folder we can export; returns its component configs."""
+    if not source.exists():
+        raise ZoodipError(f"source folder {source} does not exist")
+    if not source.is_dir():
+        raise ZoodipError(f"source {source} is not a folder (expected a diffusers Stable Diffusion folder)")
+    for part, files in REQUIRED_PARTS.items():
+        for name in files:
+            if not (source / part / name).is_file():
+                raise ZoodipError(
+                    f"{source} is not a diffusers Stable Diffusion folder: {part}/{name} is missing"
+                )
+    configs = {
+        "unet": _read_json(source / "unet" / "config.json"),
+        "vae": _read_json(source / "vae" / "config.json"),
+        "text_encoder": _read_json(source / "text_encoder" / "config.json"),
+        "scheduler": _read_json(source / "scheduler" / "scheduler_config.json"),
+    }
+    text = configs["text_encoder"]
+    if text.get("model_type", "clip_text_model") != "clip_text_model" and "CLIPTextModel" not in text.get(
+        "architectures", []
+    ):
+        raise ZoodipError(f"{source}: only CLIP text encoders (Stable Diffusion 1.x/2.x) are supported")
+    if not isinstance(configs["unet"].get("cross_attention_dim"), int):
+        raise ZoodipError(f"{source}: unsupported UNet (expected one integer cross_attention_dim, as in SD1.x/2.x)")
+    return configs
+
+
+def model_info(configs: dict[str, dict[str, Any]], sample_size: int | None) -> dict[str, Any]:
+    """The manifest's ``model`` entry, from the component configs."""
+    text, unet, vae, scheduler = configs["text_encoder"], configs["unet"], configs["vae"], configs["scheduler"]
+    max_positions = int(text.get("max_position_embeddings", 77))
+    unet_side = unet.get("sample_size", 64)
+    unet_side = unet_side[0] if isinstance(unet_side, (list, tuple)) else unet_side
+    side = int(sample_size if sample_size is not None else unet_side)
+    # The UNet halves the latent (len(blocks) - 1) times; the sides must survive that exactly.
+    multiple = 2 ** (len(unet.get("block_out_channels", (0,))) - 1)
+    if side <= 0 or side % multiple:
+        raise ZoodipError(f"sample_size {side} must be a positive multiple of {multiple} for this UNet")
+    return {
+        "hidden_size": int(text["hidden_size"]),
+        "cross_attention_dim": int(unet["cross_attention_dim"]),
+        "max_length": min(max_positions, 77),
+        "vocab_size": int(text.get("vocab_size", 49408)),
+        "latent_channels": int(vae.get("latent_channels", 4)),
+        "vae_scale_factor": 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1),
+        "scaling_factor": float(vae.get("scaling_factor", 0.18215)),
+        "sample_size": side,
+        "prediction_type": str(scheduler.get("prediction_type", "epsilon")),
+        "num_train_timesteps": int(scheduler.get("num_train_timesteps", 1000)),
+    }
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ZoodipError(f"output {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise ZoodipError(f"output folder {out_dir} exists and is not empty (use --overwrite to replace it)")
+        # --overwrite replaces a previous export, never an arbitrary folder someone pointed us at.
+        manifest = out_dir / MANIFEST
+        if not manifest.is_file() or _read_json(manifest).get("format") != FORMAT:
+            raise ZoodipError(f"refusing to overwrite {out_dir}: it is not a zoodip export folder")
+
+
+# --- the export -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence tracer warnings and library chatter that say nothing about this export."""
+    import torch
+
+    loggers = [logging.getLogger(n) for n in ("", "diffusers", "transformers")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        try:
+            for lg in loggers:
+                lg.setLevel(logging.ERROR)
+            from diffusers.utils import logging as diffusers_logging
+            from transformers.utils import logging as transformers_logging
+
+            dl, tl = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+            diffusers_logging.set_verbosity_error()
+            transformers_logging.set_verbosity_error()
+            try:
+                yield
+            finally:
+                diffusers_logging.set_verbosity(dl)
+                transformers_logging.set_verbosity(tl)
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _load(component: str, loader: Any, folder: Path) -> Any:
+    try:
+        return loader(folder)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ZoodipError(f"cannot load the {component} from {folder}: {first_line}") from None
+
+
+def _graph_entry(path: Path, data_file: str | None) -> dict[str, Any]:
+    """File name, external data and IO shapes/dtypes, read back from the written graph."""
+    import onnx
+
+    from zoodip_export.onnx_export import load_graph
+
+    graph = load_graph(path).graph
+
+    def describe(values: Any) -> dict[str, Any]:
+        out = {}
+        for value in values:
+            tensor_type = value.type.tensor_type
+            shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in tensor_type.shape.dim]
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+            out[value.name] = {"shape": shape, "dtype": dtype}
+        return out
+
+    initializer_names = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializer_names]
+    return {"file": path.name, "external_data": data_file, "inputs": describe(inputs), "outputs": describe(graph.output)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_table(folder: Path) -> dict[str, dict[str, Any]]:
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if relative != MANIFEST:
+            files[relative] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return files
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    import zoodip
+
+    return {"zoodip": zoodip.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__}
+
+
+def _export_graphs(source: Path, staging: Path, info: dict[str, Any], recipe: str, *, seed: int,
+                   parity: bool, log: _Progress) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Export, quantize and check the four graphs into ``staging``; returns (graphs, parity).
+
+    One component is in memory at a time: load it, trace it to fp32 ONNX in a scratch folder,
+    compare with torch, free torch, quantize into ``staging``, compare with fp32, drop the scratch.
+    """
+    import numpy as np
+    import torch
+
+    from zoodip_export import onnx_export as ox
+    from zoodip_export import parity as par
+    from zoodip_export.quantize import SESSION_SETTINGS, quantize_graph
+
+    session = SESSION_SETTINGS[recipe]
+    work = staging / "_work"
+    graphs: dict[str, Any] = {}
+    results: dict[str, Any] = {}
+    token_table: np.ndarray | None = None
+
+    def export_one(name: str, module: torch.nn.Module) -> Path:
+        spec = ox.GRAPH_SPECS[name]
+        log(f"exporting {name} ({list(ox.GRAPH_SPECS).index(name) + 1}/{len(ox.GRAPH_SPECS)})")
+        raw = ox.export_graph(module, spec, ox.example_inputs(name, info, latent_size=par.parity_latent_size(info)),
+                              work / name / spec.file)
+        if parity:
+            inputs = par.parity_inputs(name, info, seed=seed, token_embeddings=token_table)
+            results[name] = {"fp32_vs_torch_max_abs": par.fp32_vs_torch(module, spec, raw, inputs),
+                             "int8_vs_fp32_rel": None}
+        return raw
+
+    def finish_one(name: str, raw: Path) -> None:
+        spec = ox.GRAPH_SPECS[name]
+        if recipe != "fp32":
+            log(f"quantizing {name} ({recipe})")
+        quantize_graph(recipe, raw, staging / spec.file, warn=False)
+        data_file = spec.file + ".data"
+        graphs[name] = _graph_entry(staging / spec.file, data_file if (staging / data_file).exists() else None)
+        if parity and recipe != "fp32":
+            inputs = par.parity_inputs(name, info, seed=seed, token_embeddings=token_table)
+            results[name]["int8_vs_fp32_rel"] = par.quantized_vs_fp32(staging / spec.file, raw, inputs, session)
+        shutil.rmtree(raw.parent)
+
+    # Text encoder (+ the token embedding table the SDK looks prompts up in).
+    text_encoder = _load("text encoder", ox.load_text_encoder, source / "text_encoder")
+    table = text_encoder.text_model.embeddings.token_embedding.weight.detach().numpy().astype(np.float16)
+    np.save(staging / TOKEN_EMBEDDINGS, table, allow_pickle=False)
+    token_table = np.load(staging / TOKEN_EMBEDDINGS, mmap_mode="r")
+    del table
+    raw = export_one("text_encoder", ox.TextEncoderGraph(text_encoder.text_model, info["max_length"]))
+    del text_encoder
+    finish_one("text_encoder", raw)
+
+    unet = _load("UNet", ox.load_unet, source / "unet")
+    raw = export_one("unet", ox.UNetGraph(unet))
+    del unet
+    finish_one("unet", raw)
+
+    vae = _load("VAE", ox.load_vae, source / "vae")
+    raw_encoder = export_one("vae_encoder", ox.VaeEncoderGraph(vae))
+    raw_decoder = export_one("vae_decoder", ox.VaeDecoderGraph(vae))
+    del vae
+    finish_one("vae_encoder", raw_encoder)
+    finish_one("vae_decoder", raw_decoder)
+    shutil.rmtree(work, ignore_errors=True)
+    return graphs, results
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Put the finished ``staging`` folder at ``out_dir`` (replacing an old one only at the last moment)."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+        staging.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out_dir)
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    missing = []
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, precision: str = "int8",
+                 recipe: str | None = None, seed: int = 0, parity: bool = True, sample_size: int | None = None,
+                 progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Export ``source`` (a diffusers SD1.x/2.x folder), or with ``tiny`` a seeded tiny model, to ``out_dir``.
+
+    Returns the manifest (also written as ``out_dir/manifest.json``). Raises ``ZoodipError`` for
+    bad inputs, before anything is written.
+    """
+    from zoodip_export.tiny import SOURCE_MARKER, build_tiny_sd_folder
+
+    precision, recipe = resolve_recipe(precision, recipe)
+    if tiny and source is not None:
+        raise ZoodipError("give either a source folder or --tiny, not both")
+    if not tiny and source is None:
+        raise ZoodipError("no source folder given (pass a diffusers Stable Diffusion folder, or --tiny)")
+    if sample_size is not None and (not isinstance(sample_size, int) or sample_size <= 0):
+        raise ZoodipError(f"sample_size must be a positive integer, not {sample_size!r}")
+    out_dir = Path(out_dir).expanduser().absolute()
+    check_out_dir(out_dir, overwrite)
+    source_entry: dict[str, Any] = {"kind": "tiny", "path": None, "seed": seed}
+    configs: dict[str, dict[str, Any]] = {}
+    if source is not None:
+        source = Path(source).expanduser().absolute()
+        configs = check_source(source)
+        model_info(configs, sample_size)  # fail on a bad sample_size before writing anything
+        marker = source / SOURCE_MARKER
+        built_here = _read_json(marker) if marker.is_file() else {}
+        source_entry = {"kind": built_here.get("kind", "diffusers-folder"), "path": str(source),
+                        "seed": built_here.get("seed")}
+    if recipe == "dynamic-int8":
+        from zoodip_export.quantize import DYNAMIC_INT8_WARNING
+
+        print(DYNAMIC_INT8_WARNING, file=sys.stderr)
+
+    log = _Progress(progress)
+    created_parents = _missing_parents(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary folder
+    try:
+        with _quiet_libraries():
+            if tiny:
+                log("building the tiny random model")
+                source = build_tiny_sd_folder(staging / "_source", seed=seed)
+                configs = check_source(source)
+            info = model_info(configs, sample_size)
+            graphs, parity_results = _export_graphs(source, staging, info, recipe, seed=seed, parity=parity, log=log)
+
+        from zoodip_export.clip_vocab import copy_tokenizer_folder
+        from zoodip_export.quantize import SESSION_SETTINGS
+
+        copy_tokenizer_folder(source / "tokenizer", staging / "tokenizer")
+        scheduler = dict(configs["scheduler"])
+        scheduler.setdefault("prediction_type", info["prediction_type"])
+        (staging / SCHEDULER_CONFIG).write_text(json.dumps(scheduler, indent=2) + "\n", encoding="utf-8")
+        if tiny:
+            shutil.rmtree(staging / "_source")
+
+        import numpy as np
+
+        table = np.load(staging / TOKEN_EMBEDDINGS, mmap_mode="r")
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "source": source_entry,
+            "precision": precision,
+            "recipe": recipe,
+            "model": info,
+            "graphs": graphs,
+            "session": dict(SESSION_SETTINGS[recipe]),
+            "token_embeddings": {"file": TOKEN_EMBEDDINGS, "dtype": "float16", "shape": list(table.shape)},
+            "tokenizer": "tokenizer",
+            "scheduler": SCHEDULER_CONFIG,
+            "files": _file_table(staging),
+            "versions": _versions(),
+            "parity": parity_results,
+        }
+        del table
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if parity_results:
+            from zoodip_export.parity import format_parity_table
+
+            log("parity:\n" + format_parity_table(parity_results))
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for parent in created_parents:  # innermost first; only folders this call created
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
+    log(f"done: {out_dir}")
+    return manifest
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would print the usage and exit; we say one line
+        raise _ArgumentError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from zoodip_export.quantize import RECIPES
+
+    parser = _Parser(
+        prog="export_model.py",
+        description="Export a diffusers Stable Diffusion 1.x/2.x folder to zoodip's INT8 ONNX folder.",
+        epilog="examples: export_model.py ./stable-diffusion-v1-5 ./sd15-zoodip   |   export_model.py --tiny ./tiny-zoodip",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="SRC_FOLDER OUT_DIR (with --tiny: OUT_DIR only)")
+    parser.add_argument("--tiny", action="store_true", help="export a small seeded random SD-shaped model")
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help="weight precision (default: int8, or what --recipe implies)")
+    parser.add_argument("--recipe", default=None, choices=RECIPES,
+                        help="quantization recipe (default w8a32 for int8; dynamic-int8 breaks forward-only gradients)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model and of the parity inputs")
+    parser.add_argument("--sample-size", type=int, default=None,
+                        help="latent side recorded for the SDK (default: the UNet's, 64 for SD1.5)")
+    parser.add_argument("--no-parity", dest="parity", action="store_false", help="skip the numerical parity checks")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from zoodip_export.quantize import RECIPE_PRECISION
+
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+        expected = 1 if args.tiny else 2
+        if len(args.paths) != expected:
+            usage = "--tiny OUT_DIR" if args.tiny else "SRC_FOLDER OUT_DIR"
+            raise ZoodipError(f"expected {usage}, got {len(args.paths)} path(s)")
+        source = None if args.tiny else Path(args.paths[0])
+        precision = args.precision or RECIPE_PRECISION.get(args.recipe or "", "int8")
+        export_model(source, Path(args.paths[-1]), tiny=args.tiny, precision=precision, recipe=args.recipe,
+                     seed=args.seed, parity=args.parity, sample_size=args.sample_size, progress=not args.quiet,
+                     overwrite=args.overwrite)
+    except (ZoodipError, _ArgumentError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (nothing was written)", file=sys.stderr)
+        return 130
+    print(Path(args.paths[-1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

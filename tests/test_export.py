@@ -1,0 +1,394 @@
+"""Tests of the exporter (export/): folder format, parity, INT8 graph structure, bad inputs, and the
+fidelity of forward-only (finite-difference) gradients through the exported INT8 graphs."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip_export import onnx_export as ox  # noqa: E402
+from zoodip_export.export_model import export_model, main  # noqa: E402
+from zoodip_export.quantize import SESSION_SETTINGS, open_session, quantize_w8a32, session_options  # noqa: E402
+from zoodip_export.tiny import build_tiny_sd_folder, save_safetensors_streaming  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+GRAPH_FILES = ("text_encoder.onnx", "unet.onnx", "vae_encoder.onnx", "vae_decoder.onnx")
+# Measured on the tiny model (seed 0): INT8 (w8a32) vs fp32 ONNX relative error 0.011-0.014 per graph.
+INT8_REL_BOUND = 0.05
+FP32_ABS_BOUND = 1e-4
+
+
+# --- fixtures: one tiny source folder and its exports, shared by the module ----------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_sd_folder(tmp_path_factory.mktemp("src") / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("int8") / "tiny-int8"
+    return out, export_model(None, out, tiny=True, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def fp32_export(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("fp32") / "tiny-fp32"
+    return out, export_model(tiny_source, out, precision="fp32", seed=0, progress=False)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- folder format ---------------------------------------------------------------------------------
+
+
+def test_int8_export_folder_and_manifest(int8_export: tuple[Path, dict[str, Any]]) -> None:
+    out, manifest = int8_export
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert manifest["format"] == "zoodip-export" and manifest["format_version"] == 1
+    assert manifest["source"] == {"kind": "tiny", "path": None, "seed": 0}
+    assert (manifest["precision"], manifest["recipe"]) == ("int8", "w8a32")
+    assert manifest["session"] == {"disable_quant_qdq": True, "disabled_optimizers": ["ConstantFolding"]}
+    model = manifest["model"]
+    assert model == {"hidden_size": 32, "cross_attention_dim": 32, "max_length": 77, "vocab_size": 49408,
+                     "latent_channels": 4, "vae_scale_factor": 8, "scaling_factor": 0.18215, "sample_size": 16,
+                     "prediction_type": "epsilon", "num_train_timesteps": 1000}
+
+    graphs = manifest["graphs"]
+    assert set(graphs) == {"text_encoder", "unet", "vae_encoder", "vae_decoder"}
+    assert graphs["text_encoder"]["inputs"] == {"inputs_embeds": {"shape": ["batch", 77, 32], "dtype": "float32"}}
+    assert graphs["text_encoder"]["outputs"] == {"last_hidden_state": {"shape": ["batch", 77, 32], "dtype": "float32"}}
+    latent = ["batch", 4, "latent_height", "latent_width"]
+    assert graphs["unet"]["inputs"] == {
+        "sample": {"shape": latent, "dtype": "float32"},
+        "timestep": {"shape": ["batch"], "dtype": "float32"},
+        "encoder_hidden_states": {"shape": ["batch", 77, 32], "dtype": "float32"},
+    }
+    assert graphs["unet"]["outputs"] == {"noise_pred": {"shape": latent, "dtype": "float32"}}
+    image = ["batch", 3, "image_height", "image_width"]
+    assert graphs["vae_encoder"]["inputs"] == {"sample": {"shape": image, "dtype": "float32"}}
+    assert graphs["vae_encoder"]["outputs"] == {
+        "latent_parameters": {"shape": ["batch", 8, "latent_height", "latent_width"], "dtype": "float32"}}
+    assert graphs["vae_decoder"]["inputs"] == {"latent_sample": {"shape": latent, "dtype": "float32"}}
+    assert graphs["vae_decoder"]["outputs"] == {"sample": {"shape": image, "dtype": "float32"}}
+    for name, entry in graphs.items():
+        assert entry["file"] == f"{name}.onnx" and entry["external_data"] is None
+
+    table = np.load(out / "token_embeddings.npy", mmap_mode="r", allow_pickle=False)
+    assert table.dtype == np.float16 and list(table.shape) == manifest["token_embeddings"]["shape"] == [49408, 32]
+    assert manifest["token_embeddings"] == {"file": "token_embeddings.npy", "dtype": "float16", "shape": [49408, 32]}
+    scheduler = json.loads((out / manifest["scheduler"]).read_text())
+    assert scheduler["beta_schedule"] == "scaled_linear" and scheduler["prediction_type"] == "epsilon"
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (out / manifest["tokenizer"] / name).is_file()
+
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(manifest["files"]) == on_disk
+    for relative, entry in manifest["files"].items():
+        assert entry["bytes"] == (out / relative).stat().st_size
+        assert entry["sha256"] == _sha256(out / relative)
+    assert set(manifest["versions"]) == {"zoodip", "torch", "onnx", "onnxruntime", "diffusers", "transformers"}
+    # Nothing of the build is left next to the result.
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+
+
+def test_parity_numbers(int8_export: tuple[Path, dict[str, Any]], fp32_export: tuple[Path, dict[str, Any]]) -> None:
+    for name, values in int8_export[1]["parity"].items():
+        assert values["fp32_vs_torch_max_abs"] < FP32_ABS_BOUND, name
+        assert 0 < values["int8_vs_fp32_rel"] < INT8_REL_BOUND, name
+    for name, values in fp32_export[1]["parity"].items():
+        assert values["fp32_vs_torch_max_abs"] < FP32_ABS_BOUND, name
+        assert values["int8_vs_fp32_rel"] is None
+
+
+def test_fp32_export(fp32_export: tuple[Path, dict[str, Any]], tiny_source: Path) -> None:
+    out, manifest = fp32_export
+    assert (manifest["precision"], manifest["recipe"], manifest["session"]) == ("fp32", "fp32", {})
+    assert manifest["source"] == {"kind": "tiny", "path": str(tiny_source), "seed": 0}
+    unet = onnx.load(str(out / "unet.onnx"))
+    assert not any(node.op_type == "DequantizeLinear" for node in unet.graph.node)
+    assert all(t.data_type != onnx.TensorProto.INT8 for t in unet.graph.initializer)
+
+
+def test_int8_unet_holds_int8_weights(int8_export: tuple[Path, dict[str, Any]],
+                                      fp32_export: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = int8_export
+    graph = onnx.load(str(out / "unet.onnx")).graph
+    initializers = {t.name: t for t in graph.initializer}
+    int8 = {name for name, t in initializers.items() if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2}
+    dequantize = [node for node in graph.node if node.op_type == "DequantizeLinear"]
+    assert len(int8) >= 50
+    assert {node.input[0] for node in dequantize} == int8
+    for node in dequantize:  # per-output-channel: one scale per channel along the node's axis
+        axis = next(a.i for a in node.attribute if a.name == "axis")
+        scale = initializers[node.input[1]]
+        assert list(scale.dims) == [initializers[node.input[0]].dims[axis]]
+    # Every Conv/MatMul weight now comes through a DequantizeLinear (no fp32 weight copies left).
+    dequantized = {node.output[0] for node in dequantize}
+    for node in graph.node:
+        if node.op_type in ("Conv", "Gemm") or (node.op_type == "MatMul" and node.input[1] in initializers):
+            assert node.input[1] in dequantized, node.name
+    assert (out / "unet.onnx").stat().st_size < 0.4 * (fp32_export[0] / "unet.onnx").stat().st_size
+
+
+def test_graphs_run_in_onnxruntime_with_session_settings(int8_export: tuple[Path, dict[str, Any]]) -> None:
+    out, manifest = int8_export
+    options, kwargs = session_options(manifest["session"])
+    assert options.get_session_config_entry("session.disable_quant_qdq") == "1"
+    assert kwargs == {"disabled_optimizers": ["ConstantFolding"]}
+    sizes = {"batch": 3, "latent_height": 16, "latent_width": 8, "image_height": 128, "image_width": 64}
+    rng = np.random.default_rng(0)
+    for name, entry in manifest["graphs"].items():
+        session = open_session(out / entry["file"], manifest["session"])
+        feeds = {k: rng.standard_normal([sizes.get(d, d) for d in v["shape"]]).astype(np.float32)
+                 for k, v in entry["inputs"].items()}
+        (result,) = session.run(None, feeds)
+        (output,) = entry["outputs"].values()
+        assert list(result.shape) == [sizes.get(d, d) for d in output["shape"]], name
+        assert np.isfinite(result).all()
+
+
+def test_text_encoder_graph_matches_clip(tiny_source: Path, int8_export: tuple[Path, dict[str, Any]]) -> None:
+    """inputs_embeds = token_embeddings[ids] through our wrapper == CLIPTextModel(input_ids)."""
+    text_encoder = ox.load_text_encoder(tiny_source / "text_encoder")
+    ids = torch.tensor([[49406, 320, 1125, 539, 320, 1929, 49407] + [49407] * 70])
+    with torch.no_grad():
+        reference = text_encoder(ids).last_hidden_state
+        ours = ox.TextEncoderGraph(text_encoder.text_model, 77)(text_encoder.text_model.embeddings.token_embedding(ids))
+    assert torch.allclose(ours, reference, atol=1e-6)
+    # The --tiny export is the same seeded model as build_tiny_sd_folder(seed=0).
+    table = np.load(int8_export[0] / "token_embeddings.npy")
+    weights = text_encoder.text_model.embeddings.token_embedding.weight.detach().numpy()
+    assert np.array_equal(table, weights.astype(np.float16))
+
+
+def test_external_data_round_trip(fp32_export: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """The >2 GB path (one .data file per graph), forced on the tiny UNet, and w8a32 reading from it."""
+    src = fp32_export[0] / "unet.onnx"
+    external = tmp_path / "ext" / "unet.onnx"
+    assert ox.write_onnx(ox.load_graph(src), src.parent, external, external=True) == "unet.onnx.data"
+    assert sorted(p.name for p in external.parent.iterdir()) == ["unet.onnx", "unet.onnx.data"]
+    assert external.stat().st_size < 0.1 * src.stat().st_size
+    feeds = {"sample": np.ones((1, 4, 16, 16), np.float32), "timestep": np.array([10.0], np.float32),
+             "encoder_hidden_states": np.full((1, 77, 32), 0.5, np.float32)}
+    expected = open_session(src).run(None, feeds)[0]
+    np.testing.assert_array_equal(open_session(external).run(None, feeds)[0], expected)
+
+    inline_q, external_q = tmp_path / "q1" / "unet.onnx", tmp_path / "q2" / "unet.onnx"
+    quantize_w8a32(src, inline_q)
+    quantize_w8a32(external, external_q)
+    settings = SESSION_SETTINGS["w8a32"]
+    np.testing.assert_array_equal(open_session(external_q, settings).run(None, feeds)[0],
+                                  open_session(inline_q, settings).run(None, feeds)[0])
+
+
+def test_torch_style_external_files_are_gathered(fp32_export: tuple[Path, dict[str, Any]], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch writes a >2 GB graph as one file per tensor, with no offset/length entries."""
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    model = onnx.load(str(fp32_export[0] / "unet.onnx"))
+    convert_model_to_external_data(model, all_tensors_to_one_file=False, size_threshold=1024)
+    for tensor in model.graph.initializer:
+        kept = [(e.key, e.value) for e in tensor.external_data if e.key == "location"]
+        del tensor.external_data[:]
+        for key, value in kept:
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    raw = tmp_path / "raw" / "unet.onnx"
+    raw.parent.mkdir()
+    onnx.save_model(model, str(raw))
+    assert len(list(raw.parent.iterdir())) > 20
+
+    monkeypatch.setattr(ox, "EXTERNAL_DATA_THRESHOLD", 1_000_000)  # the tiny UNet counts as "large"
+    gathered = tmp_path / "out" / "unet.onnx"
+    assert ox.write_onnx(ox.load_graph(raw), raw.parent, gathered) == "unet.onnx.data"
+    feeds = {"sample": np.ones((1, 4, 8, 8), np.float32), "timestep": np.array([10.0], np.float32),
+             "encoder_hidden_states": np.full((1, 77, 32), 0.5, np.float32)}
+    np.testing.assert_array_equal(open_session(gathered).run(None, feeds)[0],
+                                  open_session(fp32_export[0] / "unet.onnx").run(None, feeds)[0])
+
+
+def test_streaming_safetensors_writer(tiny_source: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = ox.load_unet(tiny_source / "unet").state_dict()
+    save_safetensors_streaming(state, tmp_path / "w.safetensors", {"format": "pt"})
+    loaded = load_file(str(tmp_path / "w.safetensors"))
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_tiny_folder_loads_as_a_diffusers_pipeline(tiny_source: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_source), safety_checker=None)
+    assert pipe.vae_scale_factor == 8
+    assert len(pipe.tokenizer) == 49408
+    assert pipe.tokenizer("a photo of a dog").input_ids == [49406, 320, 1125, 539, 320, 1929, 49407]
+
+
+# --- bad inputs ----------------------------------------------------------------------------------
+
+
+def _no_leftovers(parent: Path, allowed: set[str]) -> bool:
+    return {p.name for p in parent.iterdir()} <= allowed
+
+
+@pytest.mark.parametrize("case", ["missing-source", "not-a-folder", "no-unet", "out-not-empty", "bad-precision",
+                                  "bad-recipe", "recipe-precision-mismatch", "tiny-with-source", "bad-sample-size",
+                                  "overwrite-foreign-folder"])
+def test_bad_inputs(case: str, tiny_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    src = str(tiny_source)
+    if case == "no-unet":
+        broken = tmp_path / "broken"
+        (broken / "text_encoder").mkdir(parents=True)
+        src = str(broken)
+    if case == "not-a-folder":
+        (tmp_path / "file.txt").write_text("x")
+        src = str(tmp_path / "file.txt")
+    if case in ("out-not-empty", "overwrite-foreign-folder"):
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    argv = {
+        "missing-source": [str(tmp_path / "nope"), str(out)],
+        "not-a-folder": [src, str(out)],
+        "no-unet": [src, str(out)],
+        "out-not-empty": [src, str(out)],
+        "bad-precision": [src, str(out), "--precision", "int4"],
+        "bad-recipe": [src, str(out), "--recipe", "int2"],
+        "recipe-precision-mismatch": [src, str(out), "--precision", "fp32", "--recipe", "w8a32"],
+        "tiny-with-source": ["--tiny", src, str(out)],
+        "bad-sample-size": [src, str(out), "--sample-size", "7"],
+        "overwrite-foreign-folder": [src, str(out), "--overwrite"],  # --overwrite only replaces an export
+    }[case]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
+    assert "Traceback" not in captured.err and captured.out == ""
+    if case in ("out-not-empty", "overwrite-foreign-folder"):
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    else:
+        assert not out.exists()
+    assert _no_leftovers(tmp_path, {"out", "broken", "file.txt"})
+
+
+def test_bad_inputs_raise_zoodip_error(tiny_source: Path, tmp_path: Path) -> None:
+    with pytest.raises(ZoodipError, match="does not exist"):
+        export_model(tmp_path / "nope", tmp_path / "out")
+    with pytest.raises(ZoodipError, match="unet/config.json is missing"):
+        export_model(tmp_path, tmp_path / "out")
+    with pytest.raises(ZoodipError, match="precision"):
+        export_model(tiny_source, tmp_path / "out", precision="int4")
+    with pytest.raises(ZoodipError, match="recipe"):
+        export_model(tiny_source, tmp_path / "out", recipe="int2")
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_export_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zoodip_export.quantize as quantize
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(quantize, "quantize_graph", broken)
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_model(None, out, tiny=True, parity=False, progress=False)
+    assert list(tmp_path.iterdir()) == []  # not even the parent folders it created
+
+
+def test_cli_help_runs_as_a_script() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "export" / "export_model.py"), "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--precision" in result.stdout and "--tiny" in result.stdout
+
+
+def test_dynamic_int8_recipe_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "dyn"
+    assert main(["--tiny", str(out), "--recipe", "dynamic-int8", "--no-parity", "--quiet"]) == 0
+    assert "WARNING" in capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["precision"], manifest["recipe"], manifest["session"]) == ("int8", "dynamic-int8", {})
+    assert manifest["parity"] == {}
+    # --overwrite replaces a previous export in one step.
+    assert main(["--tiny", str(out), "--overwrite", "--no-parity", "--quiet"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["recipe"] == "w8a32"
+    assert [p.name for p in tmp_path.iterdir()] == ["dyn"]
+
+
+# --- fidelity: finite differences on the INT8 graphs vs autograd on fp32 torch -------------------
+
+
+def test_fidelity_of_forward_only_gradients(tiny_source: Path, int8_export: tuple[Path, dict[str, Any]]) -> None:
+    """The property the SDK relies on.
+
+    L(e) = mean((unet(x_t, t, text_encoder(E with the placeholder row = e)) - eps)^2). Directional
+    derivatives by finite differences (L(e + mu z) - L(e)) / mu on the exported INT8 graphs (w8a32,
+    run with the manifest's session settings) must track the exact ones, grad L . z, from autograd
+    on the fp32 torch model.
+    """
+    from transformers import CLIPTokenizer
+
+    out, manifest = int8_export
+    table = np.load(out / "token_embeddings.npy").astype(np.float32)
+    tokenizer = CLIPTokenizer.from_pretrained(str(out / "tokenizer"))
+    ids = tokenizer("a photo of a dog", padding="max_length", max_length=77).input_ids
+    slot = ids.index(tokenizer.convert_tokens_to_ids("dog</w>"))  # the placeholder's row
+    embeds = table[ids][None]
+    e0 = embeds[0, slot].copy()
+
+    rng = np.random.default_rng(0)
+    batch = 2
+    x0 = rng.standard_normal((batch, 4, 16, 16)).astype(np.float32)
+    eps = rng.standard_normal((batch, 4, 16, 16)).astype(np.float32)
+    t = np.array([500.0, 200.0], np.float32)
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
+    alpha_bar = np.cumprod(1.0 - betas)[t.astype(int)][:, None, None, None]
+    x_t = (np.sqrt(alpha_bar) * x0 + np.sqrt(1 - alpha_bar) * eps).astype(np.float32)
+
+    # Exact directional derivatives: autograd on the fp32 torch modules.
+    text_model = ox.TextEncoderGraph(ox.load_text_encoder(tiny_source / "text_encoder").text_model, 77)
+    unet = ox.UNetGraph(ox.load_unet(tiny_source / "unet"))
+    e = torch.tensor(e0, requires_grad=True)
+    rows = torch.tensor(embeds).clone()
+    rows[0, slot] = e
+    noise_pred = unet(torch.tensor(x_t), torch.tensor(t), text_model(rows).expand(batch, -1, -1))
+    ((noise_pred - torch.tensor(eps)) ** 2).mean().backward()
+    grad = e.grad.numpy().astype(np.float64)
+
+    # Forward-only: onnxruntime on the INT8 graphs, as the SDK runs them.
+    text_session = open_session(out / "text_encoder.onnx", manifest["session"])
+    unet_session = open_session(out / "unet.onnx", manifest["session"])
+
+    def loss(vector: np.ndarray) -> float:
+        feeds = embeds.copy()
+        feeds[0, slot] = vector
+        hidden = np.repeat(text_session.run(None, {"inputs_embeds": feeds})[0], batch, axis=0)
+        pred = unet_session.run(None, {"sample": x_t, "timestep": t, "encoder_hidden_states": hidden})[0]
+        return float(np.mean((pred.astype(np.float64) - eps) ** 2))
+
+    mu = 1e-3
+    directions = rng.standard_normal((40, e0.shape[0])).astype(np.float32)
+    base = loss(e0)
+    finite = np.array([(loss(e0 + mu * z) - base) / mu for z in directions])
+    exact = directions.astype(np.float64) @ grad
+    correlation = float(np.corrcoef(finite, exact)[0, 1])
+    print(f"w8a32 finite-difference vs autograd correlation: {correlation:.4f}")
+    assert correlation >= 0.9
+    # Not just correlated: the same size (INT8 weights perturb the function by ~1%).
+    assert 0.8 < finite.std() / exact.std() < 1.25
