@@ -1,0 +1,538 @@
+"""CLIP's byte-level BPE tokenizer in pure Python (+ NumPy for batches).
+
+It reproduces transformers' *slow* ``CLIPTokenizer`` as it behaves without ``ftfy`` (the setup
+diffusers pipelines get by default), id for id:
+
+1. Added tokens are cut out of the *raw* text first, case-sensitively, taking the leftmost and
+   then the longest match (transformers' ``Trie``). The split set holds the special tokens
+   (bos/eos/unk/pad, which is why SD2's pad token "!" always becomes the bare ``"!"`` id) and any
+   added placeholder. transformers' CLIPTokenizer has no ``do_lower_case`` attribute, so added
+   tokens are *not* lowercased: "<Cat-Toy>" does not match a placeholder "<cat-toy>".
+2. Every other piece is cleaned like ``BasicTokenizer(strip_accents=False,
+   do_split_on_punc=False)``: control characters dropped, whitespace collapsed, spaces put
+   around CJK ideographs, NFC, lowercased.
+3. It is split into words with CLIP's pattern
+   ``<|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+``
+   (case-insensitive). The ``regex`` package is not allowed here, so ``_pre_tokenize`` walks the
+   text with ``unicodedata`` categories instead.
+4. Each word is mapped to byte-level symbols, merged by BPE rank with ``</w>`` marking the end
+   of the word, and looked up in the vocabulary.
+
+Placeholders follow diffusers' textual-inversion convention: a placeholder with several vectors
+is stored as "<tok>", "<tok>_1", ... with consecutive ids, and "<tok>" in a prompt encodes to all
+of them (what ``TextualInversionLoaderMixin.maybe_convert_prompt`` does to the prompt text).
+"""
+from __future__ import annotations
+
+import json
+import unicodedata
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import ZoodipError
+
+__all__ = ["CLIPTokenizer"]
+
+DEFAULT_MAX_LENGTH = 77
+END_OF_WORD = "</w>"
+# transformers reads only this many merges (after the "#version" header line) from merges.txt.
+_MAX_MERGES = 49152 - 256 - 2
+# The BPE cache is a plain dict; clear it past this size so a long-running app can't grow it forever.
+_CACHE_LIMIT = 100_000
+
+# The two literal alternatives at the front of CLIP's split pattern, and its contractions.
+_PATTERN_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
+_CONTRACTIONS = ("s", "t", "re", "ve", "m", "ll", "d")
+
+# Character classes of the split pattern.
+_SPACE, _LETTER, _NUMBER, _OTHER = 0, 1, 2, 3
+# The pattern is compiled with IGNORECASE, which makes `regex` compare a character's case
+# variants against a class. U+0345 (a combining mark) folds to Greek iota, a letter, so it falls
+# in neither [\p{L}] nor [^\s\p{L}\p{N}] and the pattern skips it like whitespace.
+_SKIPPED_BY_PATTERN = "\u0345"
+
+# ASCII control characters other than \t \n \r: BasicTokenizer deletes them (they don't split words).
+_ASCII_CONTROL_DELETE = {c: None for c in list(range(32)) + [127] if chr(c) not in "\t\n\r"}
+
+
+def _bytes_to_unicode() -> Dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character map (vocabulary entries use it).
+
+    Printable Latin-1 bytes map to themselves; the rest (space, controls, ...) are moved to
+    code points 256+ so that no vocabulary symbol is whitespace or a control character.
+    """
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    table = {b: chr(b) for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + shifted)
+            shifted += 1
+    return table
+
+
+_BYTE_ENCODER = _bytes_to_unicode()
+_BYTE_DECODER = {ch: b for b, ch in _BYTE_ENCODER.items()}
+
+
+def _is_cjk_ideograph(cp: int) -> bool:
+    """BERT's notion of a "Chinese character" (CJK ideograph blocks only, not kana or hangul)."""
+    return (
+        0x4E00 <= cp <= 0x9FFF
+        or 0x3400 <= cp <= 0x4DBF
+        or 0x20000 <= cp <= 0x2A6DF
+        or 0x2A700 <= cp <= 0x2B73F
+        or 0x2B740 <= cp <= 0x2B81F
+        or 0x2B820 <= cp <= 0x2CEAF
+        or 0xF900 <= cp <= 0xFAFF
+        or 0x2F800 <= cp <= 0x2FA1F
+    )
+
+
+def _normalize(text: str) -> str:
+    """BasicTokenizer's cleanup as CLIP uses it: words lowercased and joined by single spaces."""
+    if text.isascii():
+        # Fast path, same result: no CJK, NFC is a no-op and lowercasing is per character.
+        return " ".join(text.translate(_ASCII_CONTROL_DELETE).lower().split())
+    out: List[str] = []
+    for ch in text:
+        if ch in " \t\n\r":
+            out.append(" ")
+            continue
+        cat = unicodedata.category(ch)
+        if cat == "Zs":
+            out.append(" ")
+        elif cat[0] == "C" or ch == "\ufffd":
+            continue  # controls, format characters, unassigned code points, replacement char
+        elif _is_cjk_ideograph(ord(ch)):
+            out.append(f" {ch} ")
+        else:
+            out.append(ch)
+    cleaned = unicodedata.normalize("NFC", "".join(out))
+    # Lowercase word by word as BasicTokenizer does (str.lower is context-sensitive for final sigma).
+    return " ".join(word.lower() for word in cleaned.split())
+
+
+_CLASS_CACHE: Dict[str, int] = {}
+
+
+def _char_class(ch: str) -> int:
+    cls = _CLASS_CACHE.get(ch)
+    if cls is None:
+        if ch.isspace() or ch in _SKIPPED_BY_PATTERN:
+            cls = _SPACE
+        else:
+            major = unicodedata.category(ch)[0]
+            cls = _LETTER if major == "L" else _NUMBER if major == "N" else _OTHER
+        _CLASS_CACHE[ch] = cls
+    return cls
+
+
+def _fold(text: str) -> str:
+    """Case folding as `regex` applies it to the pattern's literals: the only non-ASCII character
+    that folds onto one of their letters is the long s (U+017F)."""
+    return text.lower().replace("\u017f", "s")
+
+
+def _pre_tokenize(text: str) -> List[str]:
+    """Split normalized text into words like CLIP's regex (alternatives tried in order, leftmost)."""
+    words: List[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        cls = _char_class(ch)
+        if cls == _SPACE:
+            i += 1
+            continue
+        end = 0
+        if ch == "<":
+            for literal in _PATTERN_SPECIALS:
+                if _fold(text[i : i + len(literal)]) == literal:
+                    end = i + len(literal)
+                    break
+        elif ch == "'":
+            for suffix in _CONTRACTIONS:
+                if _fold(text[i + 1 : i + 1 + len(suffix)]) == suffix:
+                    end = i + 1 + len(suffix)
+                    break
+        if not end:
+            end = i + 1
+            if cls == _LETTER:
+                while end < n and _char_class(text[end]) == _LETTER:
+                    end += 1
+            elif cls == _OTHER:  # one number is one word; other symbols run together
+                while end < n and _char_class(text[end]) == _OTHER:
+                    end += 1
+        words.append(text[i:end])
+        i = end
+    return words
+
+
+def _token_content(value: Any) -> Optional[str]:
+    """A special token from a config: either a string or a serialized AddedToken dict."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ZoodipError(
+            f"{path} is not readable JSON ({exc.__class__.__name__}): re-export the model or copy the tokenizer folder again"
+        ) from None
+
+
+class CLIPTokenizer:
+    """CLIP tokenizer with id-for-id parity to transformers' slow ``CLIPTokenizer`` (no ftfy)."""
+
+    def __init__(
+        self,
+        vocab: Dict[str, int],
+        merges: Sequence[Tuple[str, str]],
+        bos_token: str = "<|startoftext|>",
+        eos_token: str = "<|endoftext|>",
+        pad_token: str = "<|endoftext|>",
+        unk_token: str = "<|endoftext|>",
+        max_length: int = DEFAULT_MAX_LENGTH,
+        added_tokens: Optional[Dict[str, int]] = None,
+    ) -> None:
+        for role, token in (("bos", bos_token), ("eos", eos_token), ("pad", pad_token), ("unk", unk_token)):
+            if token not in vocab:
+                raise ZoodipError(
+                    f"the {role} token {token!r} is not in the tokenizer vocabulary: use the tokenizer folder of the same model"
+                )
+        if max_length < 2:
+            raise ZoodipError(f"tokenizer max length {max_length} is too small: CLIP models use 77")
+        self._encoder: Dict[str, int] = dict(vocab)
+        self._decoder: Dict[int, str] = {i: tok for tok, i in self._encoder.items()}
+        self._ranks: Dict[Tuple[str, str], int] = {pair: r for r, pair in enumerate(merges)}
+        self._bos, self._eos, self._pad, self._unk = bos_token, eos_token, pad_token, unk_token
+        self._max_length = int(max_length)
+        self._base_size = len(self._encoder)
+        # Base-vocabulary tokens that are still cut out of raw text whole (the special tokens).
+        self._special: Dict[str, int] = {t: self._encoder[t] for t in (bos_token, eos_token, unk_token, pad_token)}
+        self._added: Dict[str, int] = {}  # placeholders: token -> id (ids from base_vocab_size on)
+        self._added_decoder: Dict[int, str] = {}
+        # word -> ids. transformers seeds its cache so that the pattern's two special words are not
+        # given an end-of-word marker (they stay bos/eos even when written in upper case).
+        self._cache: Dict[str, Tuple[int, ...]] = {}
+        self._refresh_added()
+        for token, index in sorted((added_tokens or {}).items(), key=lambda item: item[1]):
+            self._register(token, index)
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_folder(cls, folder: Union[str, Path]) -> "CLIPTokenizer":
+        """Load a transformers/diffusers ``tokenizer/`` folder (vocab.json, merges.txt, configs)."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ZoodipError(f"tokenizer folder {folder} does not exist: point to the model's 'tokenizer' folder")
+        for name in ("vocab.json", "merges.txt"):
+            if not (folder / name).is_file():
+                raise ZoodipError(f"{folder / name} is missing: copy the full 'tokenizer' folder of the model")
+
+        vocab = _read_json(folder / "vocab.json")
+        if (
+            not isinstance(vocab, dict)
+            or not vocab
+            or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items())
+        ):
+            raise ZoodipError(f"{folder / 'vocab.json'} is not a token -> id mapping: copy the model's tokenizer folder again")
+        if sorted(vocab.values()) != list(range(len(vocab))):
+            raise ZoodipError(f"{folder / 'vocab.json'} ids are not 0..{len(vocab) - 1}: copy the model's tokenizer folder again")
+
+        try:
+            lines = (folder / "merges.txt").read_text(encoding="utf-8").strip().split("\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ZoodipError(f"{folder / 'merges.txt'} is unreadable ({exc.__class__.__name__}): copy the tokenizer folder again") from None
+        merges: List[Tuple[str, str]] = []
+        # Like transformers: the first line is the "#version" header and is always skipped.
+        for number, line in enumerate(lines[1 : _MAX_MERGES + 1], start=2):
+            parts = line.split()
+            if len(parts) != 2:
+                raise ZoodipError(
+                    f"{folder / 'merges.txt'} line {number} is not a pair of symbols: copy the tokenizer folder again"
+                )
+            merges.append((parts[0], parts[1]))
+
+        settings: Dict[str, Any] = {}
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the second one wins, as in transformers
+            path = folder / name
+            if path.is_file():
+                data = _read_json(path)
+                if not isinstance(data, dict):
+                    raise ZoodipError(f"{path} is not a JSON object: copy the model's tokenizer folder again")
+                settings[name] = data
+        config = settings.get("tokenizer_config.json", {})
+        tokens: Dict[str, str] = {
+            "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+        }
+        for source in (config, settings.get("special_tokens_map.json", {})):
+            for key in tokens:
+                content = _token_content(source.get(key))
+                if content:
+                    tokens[key] = content
+
+        max_length = config.get("model_max_length", DEFAULT_MAX_LENGTH)
+        # A missing limit is saved as a huge float (VERY_LARGE_INTEGER); CLIP's context is 77.
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length > 10_000:
+            max_length = DEFAULT_MAX_LENGTH
+
+        # Tokens added by a previous textual-inversion run (saved by transformers in either format).
+        added: Dict[str, int] = {}
+        decoder_entries = config.get("added_tokens_decoder", {})
+        if isinstance(decoder_entries, dict):
+            for index, entry in decoder_entries.items():
+                content = _token_content(entry)
+                if content is not None and str(index).isdigit():
+                    added[content] = int(index)
+        if (folder / "added_tokens.json").is_file():
+            extra = _read_json(folder / "added_tokens.json")
+            if isinstance(extra, dict):
+                added.update({k: v for k, v in extra.items() if isinstance(k, str) and isinstance(v, int)})
+        return cls(vocab, merges, max_length=max_length, added_tokens=added, **tokens)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def bos_id(self) -> int:
+        return self._encoder[self._bos]
+
+    @property
+    def eos_id(self) -> int:
+        return self._encoder[self._eos]
+
+    @property
+    def pad_id(self) -> int:
+        return self._encoder[self._pad]
+
+    @property
+    def unk_id(self) -> int:
+        return self._encoder[self._unk]
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def base_vocab_size(self) -> int:
+        """Rows of the text encoder's token-embedding table."""
+        return self._base_size
+
+    @property
+    def vocab_size(self) -> int:
+        """Base vocabulary plus added placeholder tokens (the next new id)."""
+        return self._base_size + len(self._added)
+
+    @property
+    def added_tokens(self) -> Dict[str, int]:
+        return dict(self._added)
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, text: str) -> List[int]:
+        """Token ids of ``text`` without bos/eos; placeholders expand to all of their vectors."""
+        if not isinstance(text, str):
+            raise ZoodipError(f"a prompt must be a string, got {type(text).__name__}")
+        ids: List[int] = []
+        for piece, matched in self._split_added(text):
+            if matched:
+                ids.extend(self._expansions[piece])
+            else:
+                ids.extend(self._encode_plain(piece))
+        return ids
+
+    def __call__(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
+        """int64 ``[batch, max_length]``: bos, ids (truncated), eos, then padding."""
+        if isinstance(texts, str):
+            texts = [texts]
+        keep = self._max_length - 2
+        out = np.full((len(texts), self._max_length), self.pad_id, dtype=np.int64)
+        for row, text in enumerate(texts):
+            ids = [self.bos_id] + self.encode(text)[:keep] + [self.eos_id]
+            out[row, : len(ids)] = ids
+        return out
+
+    def token_ids_for_word(self, word: str) -> List[int]:
+        """Base-vocabulary ids of ``word`` (an initializer word should give exactly one)."""
+        return self._encode_plain(word)
+
+    def _encode_plain(self, text: str) -> List[int]:
+        """Ids of text that holds no added token: normalize, split into words, BPE each word."""
+        ids: List[int] = []
+        for word in _pre_tokenize(_normalize(text)):
+            cached = self._cache.get(word)
+            if cached is None:
+                cached = self._encode_word(word)
+                if len(self._cache) >= _CACHE_LIMIT:
+                    self._refresh_cache()
+                self._cache[word] = cached
+            ids.extend(cached)
+        return ids
+
+    def _encode_word(self, word: str) -> Tuple[int, ...]:
+        symbols = [_BYTE_ENCODER[b] for b in word.encode("utf-8")]
+        symbols[-1] += END_OF_WORD
+        unk = self.unk_id
+        return tuple(self._encoder.get(piece, unk) for piece in self._bpe(symbols))
+
+    def _bpe(self, symbols: List[str]) -> List[str]:
+        """Repeatedly merge the adjacent pair with the lowest rank (all its occurrences, left to right)."""
+        ranks = self._ranks
+        while len(symbols) > 1:
+            best: Optional[Tuple[str, str]] = None
+            best_rank = len(ranks)
+            for pair in zip(symbols, symbols[1:]):
+                rank = ranks.get(pair)
+                if rank is not None and rank < best_rank:
+                    best, best_rank = pair, rank
+            if best is None:
+                break
+            first, second = best
+            merged: List[str] = []
+            i, n = 0, len(symbols)
+            while i < n:
+                if i + 1 < n and symbols[i] == first and symbols[i + 1] == second:
+                    merged.append(first + second)
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            symbols = merged
+        return symbols
+
+    def _split_added(self, text: str) -> List[Tuple[str, bool]]:
+        """Cut special and placeholder tokens out of raw text: leftmost match first, then longest."""
+        pieces: List[Tuple[str, bool]] = []
+        candidates = [t for t in self._split_tokens if t in text]  # usually empty or tiny
+        pos = 0
+        while candidates:
+            start, token = len(text), ""
+            for candidate in candidates:  # sorted longest first: a tie keeps the longest
+                found = text.find(candidate, pos)
+                if found != -1 and found < start:
+                    start, token = found, candidate
+            if not token:
+                break
+            if start > pos:
+                pieces.append((text[pos:start], False))
+            pieces.append((token, True))
+            pos = start + len(token)
+        if pos < len(text):
+            pieces.append((text[pos:], False))
+        return pieces
+
+    # ------------------------------------------------------------------ placeholders
+
+    def add_placeholder(self, token: str, num_vectors: int = 1) -> List[int]:
+        """Add a textual-inversion placeholder; returns its new ids (one per vector).
+
+        With ``num_vectors > 1`` the extra vectors are the tokens "<tok>_1", "<tok>_2", ... and
+        "<tok>" in a prompt encodes to all of them, like diffusers' textual inversion.
+        """
+        hint = 'pick another placeholder such as "<my-dog>"'
+        if not isinstance(token, str) or not token:
+            raise ZoodipError(f"the placeholder token is empty: {hint}")
+        if any(ch.isspace() for ch in token):
+            raise ZoodipError(f"the placeholder token {token!r} contains whitespace: {hint}")
+        if not isinstance(num_vectors, int) or isinstance(num_vectors, bool) or num_vectors < 1:
+            raise ZoodipError(f"num_vectors must be a positive integer, got {num_vectors!r}")
+        names = [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
+        for name in names:
+            if name in self._added:
+                raise ZoodipError(f"the placeholder {name!r} was already added: {hint}")
+            if self._is_known_word(name):
+                raise ZoodipError(f"the placeholder {name!r} is already a word of the vocabulary: {hint}")
+        ids = []
+        for name in names:
+            ids.append(self.vocab_size)
+            self._register(name, self.vocab_size)
+        return ids
+
+    def _is_known_word(self, name: str) -> bool:
+        """Whether ``name`` (as written or lowercased) already is a base-vocabulary token."""
+        for form in {name, name.lower()}:
+            if form in self._encoder or form + END_OF_WORD in self._encoder:
+                return True
+        # e.g. "Dog" or "été": text that already encodes to one existing token.
+        return len(self._encode_plain(name)) == 1
+
+    def _register(self, token: str, index: int) -> None:
+        if index < self._base_size:
+            # A special token saved with the folder (e.g. SD2's "!" pad): it is cut out whole.
+            if self._encoder.get(token) != index:
+                raise ZoodipError(
+                    f"added token {token!r} has id {index} but the vocabulary disagrees: copy the tokenizer folder again"
+                )
+            self._special[token] = index
+        elif token in self._added:
+            if self._added[token] != index:
+                raise ZoodipError(f"added token {token!r} is listed with two ids: copy the tokenizer folder again")
+            return
+        elif index != self.vocab_size:
+            raise ZoodipError(
+                f"added token {token!r} has id {index}, expected {self.vocab_size} (ids must follow the vocabulary): "
+                "copy the tokenizer folder again"
+            )
+        else:
+            self._added[token] = index
+            self._added_decoder[index] = token
+        self._refresh_added()
+
+    def _refresh_added(self) -> None:
+        """Rebuild the lookup tables that depend on the set of added tokens."""
+        expansions: Dict[str, List[int]] = {t: [i] for t, i in self._special.items()}
+        for token, index in self._added.items():
+            ids = [index]
+            while f"{token}_{len(ids)}" in self._added:  # diffusers' multi-vector naming
+                ids.append(self._added[f"{token}_{len(ids)}"])
+            expansions[token] = ids
+        self._expansions = expansions
+        self._split_tokens = sorted(expansions, key=len, reverse=True)
+        self._refresh_cache()
+
+    def _refresh_cache(self) -> None:
+        self._cache = {word: (self._encoder.get(word, self.unk_id),) for word in _PATTERN_SPECIALS}
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Text of ``ids`` as transformers' ``decode`` writes it (placeholders set apart by spaces)."""
+        special_ids = set(self._special.values())
+        parts: List[str] = []
+        pieces: List[str] = []
+
+        def flush() -> None:
+            if pieces:
+                raw = bytes(_BYTE_DECODER[ch] for ch in "".join(pieces))
+                text = raw.decode("utf-8", errors="replace").replace(END_OF_WORD, " ").strip()
+                if text:
+                    parts.append(text)
+                pieces.clear()
+
+        for index in (int(i) for i in ids):
+            if skip_special_tokens and index in special_ids:
+                continue
+            if index in self._added_decoder:
+                flush()
+                parts.append(self._added_decoder[index])
+            elif index in self._decoder:
+                pieces.append(self._decoder[index])
+            else:
+                raise ZoodipError(f"token id {index} is outside the vocabulary (size {self.vocab_size})")
+        flush()
+        return " ".join(parts)
