@@ -1,0 +1,471 @@
+"""The ZOODiP method: forward-only optimization of a textual-inversion embedding.
+
+ZOODiP (Seo, Jeong, Lee & Chun, CVPR 2025, arXiv 2503.14868) trains the placeholder token's
+embedding ``v`` without backpropagation. One training step is:
+
+1. Sample a timestep from the informative middle of the schedule
+   (:class:`PartialUniformTimesteps`, "PUTS") and noise a training latent.
+2. Evaluate the denoising loss at ``v`` and at ``n`` random perturbations ``v + mu z_i`` and turn
+   the loss differences into a gradient estimate (:class:`RandomGradientEstimator`).
+3. Remove the estimate's components along directions in which the recent trajectory of ``v`` has
+   barely moved (:class:`SubspaceProjector`, the paper's "subspace gradient"): the trajectory of a
+   textual-inversion embedding lives in a low-dimensional subspace, so noise in the other in-span
+   directions is only noise.
+4. Update ``v`` with Adam (:class:`ZOAdam`) and record the new ``v`` in the projector's history.
+
+Every stateful piece has ``state_dict()`` / ``load_state_dict()`` with NumPy arrays and plain
+scalars only, so a checkpoint is an ``.npz`` readable without pickle and resuming is bit-exact.
+
+Dtypes: random directions are float32 (see :meth:`RandomGradientEstimator.directions`); gradient
+estimates, optimizer moments and PCA bases are float64; updated embeddings keep the caller's dtype.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol, Union
+
+import numpy as np
+
+from .errors import ZoodipError
+
+StateValue = Union[np.ndarray, int, float, str]
+StateDict = dict[str, StateValue]
+ProjectionMode = Literal["history-span", "principal"]
+PROJECTION_MODES: tuple[str, ...] = ("history-span", "principal")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers (user-facing hyperparameters raise ZoodipError)
+# --------------------------------------------------------------------------------------------
+
+
+def _positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ZoodipError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _finite_float(name: str, value: object, *, low: float, high: float = math.inf,
+                  low_open: bool = True, high_open: bool = False) -> float:
+    """``value`` as a float inside the interval; ``low_open``/``high_open`` exclude the ends."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer))
+    x = float(value) if ok else math.nan  # type: ignore[arg-type]
+    if ok and math.isfinite(x):
+        ok = (x > low if low_open else x >= low) and (x < high if high_open else x <= high)
+    else:
+        ok = False
+    if not ok:
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ZoodipError(f"{name} must be a finite number in {lo}{low}, {high}{hi}, got {value!r}")
+    return x
+
+
+def _vector(name: str, x: np.ndarray, dim: int) -> np.ndarray:
+    x = np.asarray(x)
+    if x.shape != (dim,):
+        raise ValueError(f"{name} must have shape ({dim},), got {x.shape}")
+    return x
+
+
+def _check_state_shape(what: str, key: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    array = np.asarray(array)
+    if array.shape != shape:
+        raise ZoodipError(
+            f"checkpoint {what} '{key}' has shape {array.shape}, expected {shape}; "
+            "resume with the same model and settings the checkpoint was made with"
+        )
+    return array
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient estimation
+# --------------------------------------------------------------------------------------------
+
+
+class RandomGradientEstimator:
+    """Forward-difference random gradient estimator (RGE, Nesterov & Spokoiny 2017).
+
+    ``g = c * sum_i (L(v + mu z_i) - L(v)) / mu * z_i`` with ``z_i ~ N(0, I_dim)``.
+    Since ``E[z z^T] = I``, ``E[(L(v + mu z) - L(v)) / mu * z] = grad L(v) + O(mu)``.
+
+    Args:
+        dim: length of the optimized vector (the embedding width, e.g. 768).
+        n: number of random directions per step (the paper uses 2). Each costs one forward pass.
+        mu: finite-difference step. Too small and the loss difference drowns in the INT8 model's
+            rounding noise; too large and the O(mu) bias grows. The paper uses 1e-3.
+        normalize: ``c = 1 / (n * sqrt((d + n - 1) / n))``, the ZOODiP authors' code scaling (it
+            shrinks the estimate by roughly ``sqrt(d / n)``, the norm inflation of a random-direction
+            estimate, so that Adam's ``eps`` and the learning rate keep their scale). Otherwise
+            ``c = 1 / n`` and the estimate is unbiased as ``mu -> 0``.
+    """
+
+    def __init__(self, dim: int, n: int = 2, mu: float = 1e-3, normalize: bool = True) -> None:
+        self.dim = _positive_int("dim", dim)
+        self.n = _positive_int("n (random directions per step)", n)
+        self.mu = _finite_float("mu (finite-difference step)", mu, low=0.0)
+        self.normalize = bool(normalize)
+
+    def directions(self, rng: np.random.Generator) -> np.ndarray:
+        """``n`` standard Gaussian directions, float32 ``[n, dim]``.
+
+        float32 because the perturbed embedding goes into a float32 ONNX graph: ``v + mu z`` is
+        rounded to float32 anyway, and generating float32 normals is cheaper. The rounding shifts
+        the applied perturbation by ~1e-6 of ``mu z`` (for embedding entries ~1e-2), far below the
+        estimator's own variance.
+        """
+        return rng.standard_normal((self.n, self.dim), dtype=np.float32)
+
+    def perturbations(self, v: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """The points to evaluate: ``v + mu z_i`` as ``[n, dim]``, in ``v``'s float dtype."""
+        v = _vector("v", v, self.dim)
+        z = self._check_directions(z)
+        dtype = v.dtype if np.issubdtype(v.dtype, np.floating) else np.dtype(np.float64)
+        # Sum in float64 and round once to the output dtype.
+        return (v.astype(np.float64)[None, :] + self.mu * z.astype(np.float64)).astype(dtype)
+
+    def scale(self, effective_dim: int | None = None) -> float:
+        """The factor ``c`` multiplying ``sum_i (L_i - L0) / mu * z_i``.
+
+        ``effective_dim`` replaces ``dim`` in the normalized scaling. The authors' code uses the
+        dimension left after subspace projection (``dim`` minus the removed directions); pass
+        :attr:`SubspaceProjector.effective_dim` to do the same.
+        """
+        if not self.normalize:
+            return 1.0 / self.n
+        d = self.dim if effective_dim is None else _positive_int("effective_dim", effective_dim)
+        return 1.0 / (self.n * math.sqrt((d + self.n - 1) / self.n))
+
+    def estimate(self, loss0: float, losses: np.ndarray, z: np.ndarray,
+                 effective_dim: int | None = None) -> np.ndarray:
+        """The gradient estimate, float64 ``[dim]``.
+
+        Args:
+            loss0: loss at ``v``.
+            losses: ``[n]`` losses at ``perturbations(v, z)``.
+            z: the ``[n, dim]`` directions from :meth:`directions`.
+            effective_dim: see :meth:`scale`.
+        """
+        z = self._check_directions(z)
+        losses = np.asarray(losses, dtype=np.float64).reshape(-1)
+        if losses.shape != (self.n,):
+            raise ValueError(f"losses must have shape ({self.n},), got {losses.shape}")
+        if not (math.isfinite(loss0) and np.all(np.isfinite(losses))):
+            raise ZoodipError(
+                "the training loss is not finite (NaN or inf); lower the learning rate or mu, "
+                "or check that the model export is healthy"
+            )
+        slopes = (losses - float(loss0)) / self.mu  # directional derivatives along each z_i
+        return (slopes @ z.astype(np.float64)) * self.scale(effective_dim)
+
+    def _check_directions(self, z: np.ndarray) -> np.ndarray:
+        z = np.asarray(z)
+        if z.shape != (self.n, self.dim):
+            raise ValueError(f"directions must have shape ({self.n}, {self.dim}), got {z.shape}")
+        return z
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizers
+# --------------------------------------------------------------------------------------------
+
+
+class ZOOptimizer(Protocol):
+    """What the training loop needs from an optimizer."""
+
+    lr: float
+
+    def step(self, v: np.ndarray, g: np.ndarray) -> np.ndarray: ...
+
+    def state_dict(self) -> StateDict: ...
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None: ...
+
+
+def _update_dtype(v: np.ndarray) -> np.dtype:
+    return v.dtype if np.issubdtype(v.dtype, np.floating) else np.dtype(np.float64)
+
+
+class ZOAdam:
+    """Adam (Kingma & Ba 2015) with bias correction, fed with zeroth-order gradient estimates.
+
+    ``v <- v - lr * m_hat / (sqrt(s_hat) + eps)``. The default ``eps = 1e-3`` is the ZOODiP
+    authors' value: much larger than the usual 1e-8, it damps coordinates whose second moment is
+    tiny, which with noisy estimates are mostly noise. Moments are float64 so that many small
+    steps accumulate without float32 rounding; ``lr`` may be changed between steps (schedules).
+    """
+
+    def __init__(self, dim: int, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-3) -> None:
+        self.dim = _positive_int("dim", dim)
+        self.lr = _finite_float("lr (learning rate)", lr, low=0.0)
+        if len(betas) != 2:
+            raise ZoodipError(f"betas must be two numbers (beta1, beta2), got {betas!r}")
+        self.betas = (
+            _finite_float("beta1", betas[0], low=0.0, low_open=False, high=1.0, high_open=True),
+            _finite_float("beta2", betas[1], low=0.0, low_open=False, high=1.0, high_open=True),
+        )
+        self.eps = _finite_float("eps", eps, low=0.0)
+        self.steps = 0
+        self.exp_avg = np.zeros(self.dim, dtype=np.float64)
+        self.exp_avg_sq = np.zeros(self.dim, dtype=np.float64)
+
+    def step(self, v: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """Return the updated ``v`` (``v`` itself is not modified)."""
+        v = _vector("v", v, self.dim)
+        g = _vector("g", g, self.dim).astype(np.float64)
+        beta1, beta2 = self.betas
+        self.steps += 1
+        self.exp_avg = beta1 * self.exp_avg + (1.0 - beta1) * g
+        self.exp_avg_sq = beta2 * self.exp_avg_sq + (1.0 - beta2) * g * g
+        # Bias correction: the moments start at zero, so early averages are scaled down.
+        m_hat = self.exp_avg / (1.0 - beta1**self.steps)
+        s_hat = self.exp_avg_sq / (1.0 - beta2**self.steps)
+        update = self.lr * m_hat / (np.sqrt(s_hat) + self.eps)
+        return (v.astype(np.float64) - update).astype(_update_dtype(v))
+
+    def state_dict(self) -> StateDict:
+        return {"exp_avg": self.exp_avg.copy(), "exp_avg_sq": self.exp_avg_sq.copy(), "steps": self.steps}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        exp_avg = _check_state_shape("optimizer state", "exp_avg", state["exp_avg"], (self.dim,))  # type: ignore[arg-type]
+        exp_avg_sq = _check_state_shape("optimizer state", "exp_avg_sq", state["exp_avg_sq"], (self.dim,))  # type: ignore[arg-type]
+        self.exp_avg = np.array(exp_avg, dtype=np.float64)
+        self.exp_avg_sq = np.array(exp_avg_sq, dtype=np.float64)
+        self.steps = int(state["steps"])  # type: ignore[arg-type]
+
+
+class ZOSGD:
+    """Plain SGD with optional heavy-ball momentum: ``b <- momentum b + g``, ``v <- v - lr b``.
+
+    A baseline for ablations; ZOODiP uses :class:`ZOAdam`.
+    """
+
+    def __init__(self, dim: int, lr: float, momentum: float = 0.0) -> None:
+        self.dim = _positive_int("dim", dim)
+        self.lr = _finite_float("lr (learning rate)", lr, low=0.0)
+        self.momentum = _finite_float("momentum", momentum, low=0.0, low_open=False, high=1.0, high_open=True)
+        self.steps = 0
+        self.buffer = np.zeros(self.dim, dtype=np.float64)
+
+    def step(self, v: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """Return the updated ``v`` (``v`` itself is not modified)."""
+        v = _vector("v", v, self.dim)
+        g = _vector("g", g, self.dim).astype(np.float64)
+        self.steps += 1
+        self.buffer = self.momentum * self.buffer + g
+        return (v.astype(np.float64) - self.lr * self.buffer).astype(_update_dtype(v))
+
+    def state_dict(self) -> StateDict:
+        return {"buffer": self.buffer.copy(), "steps": self.steps}
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        buffer = _check_state_shape("optimizer state", "buffer", state["buffer"], (self.dim,))  # type: ignore[arg-type]
+        self.buffer = np.array(buffer, dtype=np.float64)
+        self.steps = int(state["steps"])  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# Subspace gradient
+# --------------------------------------------------------------------------------------------
+
+
+def standardized_pca(history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of a ``[rows, dim]`` history after standardizing each column.
+
+    Columns are centered and divided by their standard deviation (population, ``ddof=0``);
+    constant columns are left at zero rather than divided by zero.
+
+    Returns:
+        ``(components, ratios)``: the orthonormal principal directions ``[r, dim]`` (rows, by
+        decreasing variance) and their explained-variance ratios ``[r]``, where ``r`` is the
+        numerical rank of the standardized history. Directions with (numerically) zero variance
+        are dropped: a thin SVD pads them with arbitrary vectors orthogonal to the history, which
+        say nothing about it.
+    """
+    x = np.asarray(history, dtype=np.float64)
+    # Exactly constant columns: set to zero directly, because "x - mean" can leave ~1e-18 residue
+    # that dividing by a ~1e-18 std would blow up to O(1).
+    constant = np.all(x == x[:1], axis=0)
+    centered = np.where(constant, 0.0, x - x.mean(axis=0))
+    std = centered.std(axis=0)
+    standardized = centered / np.where(std > 0.0, std, 1.0)
+    _, s, vt = np.linalg.svd(standardized, full_matrices=False)
+    tol = (s[0] if s.size else 0.0) * max(standardized.shape) * np.finfo(np.float64).eps
+    rank = int(np.count_nonzero(s > tol))
+    if rank == 0:
+        return np.zeros((0, x.shape[1])), np.zeros(0)
+    power = s[:rank] ** 2
+    return vt[:rank], power / power.sum()
+
+
+def components_to_keep(ratios: np.ndarray, nu: float) -> int:
+    """The fewest leading components whose cumulative explained variance reaches ``1 - nu``."""
+    if ratios.size == 0:
+        return 0
+    cumulative = np.cumsum(ratios)
+    # side="left": first index whose cumulative ratio is >= 1 - nu. Rounding can leave the total a
+    # hair under 1 (nu = 0), hence the clip to the number of components.
+    return min(int(np.searchsorted(cumulative, 1.0 - nu, side="left")) + 1, ratios.size)
+
+
+class SubspaceProjector:
+    """The "subspace gradient" of ZOODiP: project gradient estimates using the embedding's history.
+
+    Keeps the last ``tau`` values of ``v`` in a ring buffer (:meth:`observe`, once per step after
+    the update). Every ``tau`` observations it refits a PCA of the standardized history
+    (:func:`standardized_pca`) and keeps ``k`` = :func:`components_to_keep` ``(ratios, nu)``
+    leading directions. Until the first fit, :meth:`project` is the identity.
+
+    Modes:
+        ``"history-span"`` (default, the authors' code): subtract from ``g`` its components along
+        the low-variance directions of the history's span (components ``k..r``), ``g - U_low^T
+        (U_low g)``. Directions orthogonal to the history's span (the standardized, centered
+        history's row space) pass unchanged, so the optimizer can still explore them.
+        The authors fit PCA with ``tau`` components, so their ``U_low`` also contains the
+        zero-variance padding directions of the SVD, which are arbitrary vectors outside the span;
+        we drop those (see :func:`standardized_pca`), which removes at most one direction fewer
+        when ``tau <= dim`` (the centered history has rank ``<= tau - 1``).
+        ``"principal"``: keep only ``g``'s part in the top-``k`` span, ``U_k^T (U_k g)``.
+
+    A history with no variance at all (``v`` never moved) carries no subspace, so such a fit
+    resets the projector to the identity.
+
+    Note the PCA is fitted in standardized coordinates (columns divided by their std) but applied
+    to ``g`` in raw coordinates, exactly as the authors do.
+    """
+
+    def __init__(self, dim: int, tau: int = 128, nu: float = 1e-3, mode: ProjectionMode = "history-span") -> None:
+        self.dim = _positive_int("dim", dim)
+        # A single remembered embedding has no variance: PCA needs at least two.
+        self.tau = _positive_int("tau (subspace history length)", tau, minimum=2)
+        self.nu = _finite_float("nu (discarded variance fraction)", nu, low=0.0, low_open=False,
+                                high=1.0, high_open=True)
+        if mode not in PROJECTION_MODES:
+            raise ZoodipError(f"subspace mode must be one of {', '.join(PROJECTION_MODES)}, got {mode!r}")
+        self.mode: ProjectionMode = mode
+        self._buffer = np.zeros((self.tau, self.dim), dtype=np.float64)
+        self._count = 0  # total observations; the next row written is _count % tau
+        self._basis = np.zeros((0, self.dim), dtype=np.float64)  # rows applied by project()
+        self._kept: int | None = None  # k of the latest fit, None before a (non-degenerate) fit
+        self._rank = 0  # r of the latest fit
+
+    @property
+    def count(self) -> int:
+        """How many values of ``v`` have been observed."""
+        return self._count
+
+    @property
+    def kept_dims(self) -> int | None:
+        """``k``, the number of principal directions kept by the latest fit (None before one)."""
+        return self._kept
+
+    @property
+    def removed_dims(self) -> int:
+        """How many directions :meth:`project` removes (0 before a fit)."""
+        if self._kept is None:
+            return 0
+        return self._rank - self._kept if self.mode == "history-span" else self.dim - self._kept
+
+    @property
+    def effective_dim(self) -> int:
+        """The dimension of the space projected gradients live in (``dim - removed_dims``)."""
+        return self.dim - self.removed_dims
+
+    def observe(self, v: np.ndarray) -> None:
+        """Record the current embedding; refits after every ``tau``-th observation."""
+        v = _vector("v", v, self.dim)
+        self._buffer[self._count % self.tau] = v
+        self._count += 1
+        if self._count % self.tau == 0:
+            self._refit()
+
+    def _refit(self) -> None:
+        # Row order doesn't matter to PCA, so the ring buffer is used as stored.
+        components, ratios = standardized_pca(self._buffer)
+        rank = components.shape[0]
+        if rank == 0:
+            self._basis, self._kept, self._rank = np.zeros((0, self.dim)), None, 0
+            return
+        k = components_to_keep(ratios, self.nu)
+        self._basis = components[k:] if self.mode == "history-span" else components[:k]
+        self._basis = np.ascontiguousarray(self._basis)
+        self._kept, self._rank = k, rank
+
+    def project(self, g: np.ndarray) -> np.ndarray:
+        """The projected gradient, float64 ``[dim]`` (a copy of ``g`` before the first fit)."""
+        g = _vector("g", g, self.dim).astype(np.float64)
+        if self._kept is None:
+            return g
+        coords = self._basis @ g
+        if self.mode == "history-span":
+            return g - self._basis.T @ coords
+        return self._basis.T @ coords
+
+    def state_dict(self) -> StateDict:
+        return {
+            "mode": self.mode,
+            "buffer": self._buffer.copy(),
+            "count": self._count,
+            "basis": self._basis.copy(),
+            "kept_dims": -1 if self._kept is None else self._kept,
+            "rank": self._rank,
+        }
+
+    def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
+        mode = str(state["mode"])
+        if mode != self.mode:
+            raise ZoodipError(
+                f"checkpoint used subspace mode {mode!r} but this run uses {self.mode!r}; resume with the same mode"
+            )
+        buffer = _check_state_shape("subspace state", "buffer", state["buffer"], (self.tau, self.dim))  # type: ignore[arg-type]
+        basis = np.asarray(state["basis"], dtype=np.float64)
+        if basis.ndim != 2 or basis.shape[1] != self.dim:
+            raise ZoodipError(f"checkpoint subspace basis has shape {basis.shape}; expected [m, {self.dim}]")
+        kept = int(state["kept_dims"])  # type: ignore[arg-type]
+        self._buffer = np.array(buffer, dtype=np.float64)
+        self._count = int(state["count"])  # type: ignore[arg-type]
+        self._basis = np.ascontiguousarray(basis)
+        self._kept = None if kept < 0 else kept
+        self._rank = int(state["rank"])  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# Timestep sampling
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartialUniformTimesteps:
+    """Partial Uniform Timestep Sampling (PUTS): timesteps uniform on ``[t_min, t_max)``.
+
+    ZOODiP observes that the text condition matters most at intermediate-to-high noise levels: at
+    low ``t`` the UNet mostly denoises from the image itself and the loss barely depends on the
+    embedding, so those steps only add noise to a zeroth-order estimate. The paper samples
+    ``[500, 900)`` of ``T = 1000``; :meth:`uniform` is the usual full range (the ablation).
+    """
+
+    t_min: int = 500
+    t_max: int = 900
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("t_min", "t_max", "num_train_timesteps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ZoodipError(f"timestep range: {name} must be an integer, got {value!r}")
+        if not 0 <= self.t_min < self.t_max <= self.num_train_timesteps:
+            raise ZoodipError(
+                f"timestep range must satisfy 0 <= t_min < t_max <= {self.num_train_timesteps} "
+                f"(num_train_timesteps), got t_min={self.t_min}, t_max={self.t_max}"
+            )
+
+    @classmethod
+    def uniform(cls, num_train_timesteps: int = 1000) -> PartialUniformTimesteps:
+        """Standard uniform sampling over all ``[0, T)`` timesteps."""
+        return cls(0, num_train_timesteps, num_train_timesteps)
+
+    def sample(self, rng: np.random.Generator, size: int | tuple[int, ...]) -> np.ndarray:
+        """``size`` int64 timesteps, uniform on ``[t_min, t_max)``."""
+        return rng.integers(self.t_min, self.t_max, size=size, dtype=np.int64)

@@ -1,0 +1,111 @@
+"""Prompt templates, the prompt sampler and the captions file."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zoodip.errors import ZoodipError
+from zoodip.prompts import OBJECT_TEMPLATES, STYLE_TEMPLATES, PromptSampler, load_captions
+
+IMAGES = ["00.jpg", "01.png", "02.jpeg"]
+
+
+@pytest.mark.parametrize("templates", [OBJECT_TEMPLATES, STYLE_TEMPLATES])
+def test_templates_are_well_formed(templates: tuple[str, ...]) -> None:
+    assert len(templates) >= 15
+    assert len(set(templates)) == len(templates)
+    for t in templates:
+        assert t.count("{}") == 1 and t == t.strip()
+        assert t.format("<x>").count("<x>") == 1
+
+
+def test_object_and_style_sets() -> None:
+    assert len(OBJECT_TEMPLATES) >= 20
+    assert all("style of {}" in t for t in STYLE_TEMPLATES)
+    assert PromptSampler("<sks>", "object").templates == OBJECT_TEMPLATES
+    assert PromptSampler("<sks>", "style").templates == STYLE_TEMPLATES
+
+
+def test_random_templates_cover_the_set() -> None:
+    sampler = PromptSampler("<sks>", "object")
+    rng = np.random.default_rng(0)
+    prompts = Counter(sampler.prompt_for("00.jpg", rng) for _ in range(3000))
+    assert set(prompts) == {t.format("<sks>") for t in OBJECT_TEMPLATES}
+    # Roughly uniform: each of ~21 templates ~143 times; 5-sigma band.
+    expected = 3000 / len(OBJECT_TEMPLATES)
+    assert all(abs(c - expected) < 5 * np.sqrt(expected) for c in prompts.values())
+    # Reproducible from the seed.
+    again = PromptSampler("<sks>", "object")
+    r1, r2 = np.random.default_rng(9), np.random.default_rng(9)
+    assert [sampler.prompt_for("x", r1) for _ in range(20)] == [again.prompt_for("x", r2) for _ in range(20)]
+
+
+def test_eval_prompt_is_fixed_first_template() -> None:
+    assert PromptSampler("<sks>").eval_prompt() == "a photo of a <sks>"
+    assert PromptSampler("<sks>", "style").eval_prompt() == "a painting in the style of <sks>"
+
+
+def test_captions_replace_templates_without_using_rng() -> None:
+    captions = {"00.jpg": "a <sks> dog on the beach", "01.png": "a <sks> dog asleep on a sofa"}
+    sampler = PromptSampler("<sks>", captions=captions)
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    assert sampler.prompt_for("01.png", rng) == "a <sks> dog asleep on a sofa"
+    assert rng.bit_generator.state == state
+    with pytest.raises(ZoodipError):
+        sampler.prompt_for("99.jpg", rng)
+
+
+def test_sampler_invalid_args() -> None:
+    with pytest.raises(ZoodipError):
+        PromptSampler("<sks>", "person")  # type: ignore[arg-type]
+    with pytest.raises(ZoodipError):
+        PromptSampler("")
+    with pytest.raises(ZoodipError):
+        PromptSampler("<sks>", captions={"00.jpg": "a dog"})
+
+
+def write(tmp_path: Path, content: object | str) -> Path:
+    path = tmp_path / "captions.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+    return path
+
+
+def test_load_captions(tmp_path: Path) -> None:
+    data = {name: f"a photo of <sks> number {i}" for i, name in enumerate(IMAGES)}
+    data["not-a-training-image.jpg"] = "ignored"  # extra entries are dropped, not checked
+    captions = load_captions(write(tmp_path, data), IMAGES, "<sks>")
+    assert captions == {name: data[name] for name in IMAGES}
+
+
+@pytest.mark.parametrize("content", [
+    "{not json",
+    "",
+    json.dumps(["a <sks>"]),
+    json.dumps({"00.jpg": 3}),
+    json.dumps({"00.jpg": "a <sks>", "01.png": "a <sks>"}),  # 02.jpeg missing
+    json.dumps({name: "a photo of a dog" for name in IMAGES}),  # no placeholder
+])
+def test_load_captions_errors(tmp_path: Path, content: str) -> None:
+    with pytest.raises(ZoodipError) as info:
+        load_captions(write(tmp_path, content), IMAGES, "<sks>")
+    assert "\n" not in str(info.value)
+
+
+def test_load_captions_missing_file_and_bad_encoding(tmp_path: Path) -> None:
+    with pytest.raises(ZoodipError):
+        load_captions(tmp_path / "nope.json", IMAGES, "<sks>")
+    bad = tmp_path / "latin1.json"
+    bad.write_bytes('{"00.jpg": "caf\xe9 <sks>"}'.encode("latin-1"))
+    with pytest.raises(ZoodipError):
+        load_captions(bad, ["00.jpg"], "<sks>")
+
+
+def test_missing_caption_message_names_the_images(tmp_path: Path) -> None:
+    names = [f"{i:02d}.jpg" for i in range(6)]
+    with pytest.raises(ZoodipError, match=r"00\.jpg, 01\.jpg, 02\.jpg and 3 more"):
+        load_captions(write(tmp_path, {}), names, "<sks>")

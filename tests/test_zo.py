@@ -1,0 +1,437 @@
+"""The ZOODiP pieces: gradient estimator, optimizers, subspace projector, timestep sampler."""
+from __future__ import annotations
+
+import io
+import math
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from zoodip.errors import ZoodipError
+from zoodip.zo import (
+    PartialUniformTimesteps,
+    RandomGradientEstimator,
+    SubspaceProjector,
+    ZOAdam,
+    ZOSGD,
+    components_to_keep,
+    standardized_pca,
+)
+
+
+def npz_roundtrip(state: dict) -> dict:
+    """Save and reload a state dict the way checkpoints do: .npz without pickle."""
+    buf = io.BytesIO()
+    np.savez(buf, **state)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+# ---------------------------------------------------------------- RandomGradientEstimator
+
+DIM = 8
+_rng = np.random.default_rng(123)
+_M = _rng.standard_normal((DIM, DIM))
+A = _M @ _M.T / DIM + np.eye(DIM)  # symmetric positive definite
+B = _rng.standard_normal(DIM)
+V0 = _rng.standard_normal(DIM)
+
+
+def quadratic(v: np.ndarray) -> float:
+    return float(0.5 * v @ A @ v + B @ v)
+
+
+def sum_sin(v: np.ndarray) -> float:
+    return float(np.sum(np.sin(3.0 * v)))
+
+
+FUNCTIONS: dict[str, tuple[Callable[[np.ndarray], float], np.ndarray]] = {
+    "quadratic": (quadratic, A @ V0 + B),
+    "sum_sin": (sum_sin, 3.0 * np.cos(3.0 * V0)),
+}
+
+
+def mean_estimate(est: RandomGradientEstimator, f: Callable[[np.ndarray], float], v: np.ndarray,
+                  samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of many independent estimates and its per-coordinate standard error."""
+    rng = np.random.default_rng(seed)
+    loss0 = f(v)
+    g = np.empty((samples, est.dim))
+    for i in range(samples):
+        z = est.directions(rng)
+        losses = np.array([f(p) for p in est.perturbations(v, z)])
+        g[i] = est.estimate(loss0, losses, z)
+    return g.mean(axis=0), g.std(axis=0, ddof=1) / math.sqrt(samples)
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+@pytest.mark.parametrize("normalize", [False, True])
+def test_estimator_mean_is_the_gradient(name: str, normalize: bool) -> None:
+    f, grad = FUNCTIONS[name]
+    n = 2
+    est = RandomGradientEstimator(DIM, n=n, mu=1e-4, normalize=normalize)
+    mean, stderr = mean_estimate(est, f, V0, samples=6000, seed=1)
+    # E[g] = grad + O(mu^2) here (the O(mu) term has odd Gaussian moments); normalized estimates
+    # are scaled by 1 / sqrt((d + n - 1) / n).
+    expected = grad if not normalize else grad / math.sqrt((DIM + n - 1) / n)
+    # The test has power: the standard error is small compared with the gradient.
+    assert np.all(stderr < 0.1 * np.linalg.norm(expected))
+    # Each coordinate of a mean of 6000 i.i.d. estimates is ~normal: |z| < 5 fails with p ~ 5e-6.
+    z_scores = (mean - expected) / stderr
+    assert np.max(np.abs(z_scores)) < 5.0, z_scores
+
+
+def test_estimator_is_exact_in_expectation_form() -> None:
+    """With z fixed, the estimate is exactly sum_i slope_i z_i times the documented scale."""
+    est = RandomGradientEstimator(5, n=3, mu=0.5)
+    z = np.arange(15, dtype=np.float32).reshape(3, 5)
+    g = est.estimate(1.0, np.array([2.0, 0.0, 1.0]), z)
+    slopes = np.array([2.0, -2.0, 0.0])
+    np.testing.assert_allclose(g, slopes @ z / (3 * math.sqrt((5 + 2) / 3)))
+    assert g.dtype == np.float64
+    assert est.scale(effective_dim=2) == pytest.approx(1 / (3 * math.sqrt(4 / 3)))
+    assert RandomGradientEstimator(5, n=3, normalize=False).scale() == pytest.approx(1 / 3)
+
+
+def test_directions_and_perturbations() -> None:
+    est = RandomGradientEstimator(6, n=2, mu=1e-3)
+    z = est.directions(np.random.default_rng(0))
+    assert z.shape == (2, 6) and z.dtype == np.float32
+    np.testing.assert_array_equal(z, est.directions(np.random.default_rng(0)))  # reproducible
+    v = np.linspace(-1, 1, 6, dtype=np.float32)
+    p = est.perturbations(v, z)
+    assert p.shape == (2, 6) and p.dtype == np.float32
+    np.testing.assert_allclose(p, v + 1e-3 * z, rtol=1e-6, atol=1e-9)
+
+
+def test_estimator_rejects_non_finite_losses() -> None:
+    est = RandomGradientEstimator(3, n=1)
+    with pytest.raises(ZoodipError):
+        est.estimate(float("nan"), np.array([1.0]), np.ones((1, 3)))
+    with pytest.raises(ZoodipError):
+        est.estimate(1.0, np.array([np.inf]), np.ones((1, 3)))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"n": 0}, {"n": 1.5}, {"n": True}, {"mu": 0.0}, {"mu": -1e-3}, {"mu": float("nan")},
+    {"mu": float("inf")}, {"dim": 0},
+])
+def test_estimator_invalid_args(kwargs: dict) -> None:
+    with pytest.raises(ZoodipError):
+        RandomGradientEstimator(**{"dim": 4, **kwargs})
+
+
+# ---------------------------------------------------------------- optimizers
+
+
+def test_adam_first_step_closed_form() -> None:
+    # After one step the bias-corrected moments are g and g^2: v1 = v0 - lr * g / (|g| + eps).
+    g = np.array([1e-5, -1e-3, 0.5, -20.0, 0.0])
+    v0 = np.linspace(-1, 1, 5)
+    opt = ZOAdam(5, lr=0.01, eps=1e-3)
+    v1 = opt.step(v0, g)
+    np.testing.assert_allclose(v1, v0 - 0.01 * g / (np.abs(g) + 1e-3), rtol=1e-12, atol=1e-15)
+    assert opt.steps == 1
+
+
+def test_adam_converges_on_quadratic() -> None:
+    target = np.linspace(-2, 2, 10)
+    scales = np.logspace(-1, 1, 10)
+    v = np.zeros(10)
+    opt = ZOAdam(10, lr=0.02)
+    for _ in range(2000):
+        v = opt.step(v, scales * (v - target))
+    np.testing.assert_allclose(v, target, atol=5e-3)
+
+
+def test_optimizers_keep_dtype_and_do_not_mutate() -> None:
+    v = np.ones(3, dtype=np.float32)
+    for opt in (ZOAdam(3), ZOSGD(3, lr=0.1, momentum=0.9)):
+        out = opt.step(v, np.ones(3))
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(v, 1.0)
+
+
+def test_sgd_momentum_closed_form() -> None:
+    opt = ZOSGD(2, lr=0.1, momentum=0.5)
+    g1, g2 = np.array([1.0, -2.0]), np.array([0.5, 0.5])
+    v1 = opt.step(np.zeros(2), g1)
+    v2 = opt.step(v1, g2)
+    np.testing.assert_allclose(v1, -0.1 * g1)
+    np.testing.assert_allclose(v2, v1 - 0.1 * (g2 + 0.5 * g1))
+
+
+@pytest.mark.parametrize("make", [lambda: ZOAdam(4, lr=0.05), lambda: ZOSGD(4, lr=0.05, momentum=0.9)])
+def test_optimizer_state_roundtrip_is_exact(make: Callable) -> None:
+    rng = np.random.default_rng(0)
+    grads = rng.standard_normal((10, 4))
+    a = make()
+    v = np.zeros(4)
+    for g in grads[:5]:
+        v = a.step(v, g)
+    b = make()
+    b.load_state_dict(npz_roundtrip(a.state_dict()))
+    va, vb = v.copy(), v.copy()
+    for g in grads[5:]:
+        va, vb = a.step(va, g), b.step(vb, g)
+    np.testing.assert_array_equal(va, vb)
+
+
+def test_optimizer_state_wrong_dim() -> None:
+    with pytest.raises(ZoodipError):
+        ZOAdam(4).load_state_dict(ZOAdam(5).state_dict())
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ZOAdam(4, lr=0.0), lambda: ZOAdam(4, lr=float("nan")), lambda: ZOAdam(4, betas=(1.0, 0.999)),
+    lambda: ZOAdam(4, betas=(0.9, -0.1)), lambda: ZOAdam(4, eps=0.0), lambda: ZOSGD(4, lr=-1.0),
+    lambda: ZOSGD(4, lr=0.1, momentum=1.0), lambda: ZOAdam(0),
+])
+def test_optimizer_invalid_args(make: Callable) -> None:
+    with pytest.raises(ZoodipError):
+        make()
+
+
+# ---------------------------------------------------------------- SubspaceProjector
+
+P_DIM, P_TAU, ACTIVE, RANK = 40, 24, 24, 3
+
+
+def planted_history(seed: int = 0, rank: int = RANK, noise: float = 1e-6) -> np.ndarray:
+    """``P_TAU`` embeddings moving in a ``rank``-D subspace of the first ``ACTIVE`` coordinates
+    (plus tiny noise); the remaining coordinates never change."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal(P_DIM)
+    directions = rng.standard_normal((rank, ACTIVE))
+    walk = np.cumsum(rng.standard_normal((P_TAU, rank)), axis=0)
+    history = np.tile(base, (P_TAU, 1))
+    history[:, :ACTIVE] += walk @ directions + noise * rng.standard_normal((P_TAU, ACTIVE))
+    return history
+
+
+def fitted(history: np.ndarray, mode: str = "history-span", nu: float = 1e-3) -> SubspaceProjector:
+    proj = SubspaceProjector(P_DIM, tau=P_TAU, nu=nu, mode=mode)  # type: ignore[arg-type]
+    for v in history:
+        proj.observe(v)
+    return proj
+
+
+def row_space(x: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
+    """Orthonormal rows spanning the row space of ``x``."""
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    return vt[: int(np.count_nonzero(s > rtol * s[0]))]
+
+
+def spans(history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the standardized history's span, its planted top-RANK span), computed independently."""
+    centered = history - history.mean(axis=0)
+    std = centered.std(axis=0)
+    active = std > 1e-12
+    standardized = np.zeros_like(centered)
+    standardized[:, active] = centered[:, active] / std[active]
+    signal = np.zeros_like(centered)
+    # Without the noise the standardized rows would span exactly this RANK-D space.
+    signal[:, active] = (centered[:, active] - np.mean(centered[:, active], axis=0)) / std[active]
+    top = row_space(signal, rtol=1e-4)[:RANK]
+    return row_space(standardized), top
+
+
+def test_identity_before_first_fit() -> None:
+    proj = SubspaceProjector(P_DIM, tau=P_TAU)
+    g = np.random.default_rng(0).standard_normal(P_DIM)
+    for v in planted_history()[:-1]:  # tau - 1 observations: no fit yet
+        proj.observe(v)
+        np.testing.assert_array_equal(proj.project(g), g)
+    assert proj.kept_dims is None and proj.removed_dims == 0 and proj.effective_dim == P_DIM
+
+
+def test_history_span_mode() -> None:
+    history = planted_history()
+    proj = fitted(history)
+    assert proj.kept_dims == RANK
+    assert proj.removed_dims == P_TAU - 1 - RANK  # centered history has rank tau - 1
+    assert proj.effective_dim == P_DIM - proj.removed_dims
+
+    span, top = spans(history)
+    assert span.shape[0] == P_TAU - 1
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal(P_DIM)
+
+    # Idempotent.
+    pg = proj.project(g)
+    np.testing.assert_allclose(proj.project(pg), pg, atol=1e-12)
+    # Directions orthogonal to the history's span pass unchanged ...
+    g_perp = g - span.T @ (span @ g)
+    np.testing.assert_allclose(proj.project(g_perp), g_perp, atol=1e-12)
+    # ... including coordinates that never moved (zero-variance columns).
+    e_last = np.eye(P_DIM)[-1]
+    np.testing.assert_allclose(proj.project(e_last), e_last, atol=1e-12)
+    # The high-variance (planted) directions are kept ...
+    g_top = top.T @ (top @ g)
+    np.testing.assert_allclose(proj.project(g_top), g_top, atol=1e-4 * np.linalg.norm(g_top))
+    # ... and the low-variance in-span directions are removed.
+    g_low = span.T @ (span @ g) - g_top
+    assert np.linalg.norm(g_low) > 0.1 * np.linalg.norm(g)
+    assert np.linalg.norm(proj.project(g_low)) < 1e-4 * np.linalg.norm(g_low)
+
+
+def test_principal_mode() -> None:
+    history = planted_history()
+    proj = fitted(history, mode="principal")
+    assert proj.kept_dims == RANK and proj.effective_dim == RANK
+    _, top = spans(history)
+    rng = np.random.default_rng(2)
+    outputs = np.stack([proj.project(g) for g in rng.standard_normal((10, P_DIM))])
+    # Outputs live in a RANK-D space: the planted top span.
+    s = np.linalg.svd(outputs, compute_uv=False)
+    assert s[RANK - 1] > 1e-3 * s[0] and s[RANK] < 1e-10 * s[0]
+    residual = outputs - (outputs @ top.T) @ top
+    assert np.linalg.norm(residual) < 1e-4 * np.linalg.norm(outputs)
+    np.testing.assert_allclose(proj.project(outputs[0]), outputs[0], atol=1e-12)
+
+
+def test_refits_use_only_the_latest_window() -> None:
+    proj = SubspaceProjector(P_DIM, tau=P_TAU)
+    for v in planted_history(seed=3, rank=3):
+        proj.observe(v)
+    assert proj.kept_dims == 3
+    for v in planted_history(seed=4, rank=2)[: P_TAU - 1]:
+        proj.observe(v)
+    assert proj.kept_dims == 3  # not refitted yet
+    proj.observe(planted_history(seed=4, rank=2)[-1])
+    assert proj.kept_dims == 2 and proj.count == 2 * P_TAU
+
+
+def test_motionless_history_stays_identity() -> None:
+    proj = SubspaceProjector(5, tau=4, mode="principal")
+    for _ in range(4):
+        proj.observe(np.full(5, 0.3))
+    g = np.arange(5.0)
+    assert proj.kept_dims is None
+    np.testing.assert_array_equal(proj.project(g), g)
+
+
+def test_tau_larger_than_dim() -> None:
+    proj = SubspaceProjector(5, tau=12, nu=0.2)
+    rng = np.random.default_rng(5)
+    for v in rng.standard_normal((12, 5)) * np.array([10.0, 5.0, 1.0, 0.1, 0.01]):
+        proj.observe(v)
+    assert proj.kept_dims is not None and 1 <= proj.kept_dims <= 5
+    g = rng.standard_normal(5)
+    np.testing.assert_allclose(proj.project(proj.project(g)), proj.project(g), atol=1e-12)
+
+
+def test_standardized_pca_and_component_count() -> None:
+    x = np.array([[1.0, 2.0, 7.0], [2.0, 4.0, 7.0], [3.0, 6.0, 7.0]])
+    components, ratios = standardized_pca(x)
+    assert components.shape == (1, 3)  # one direction of variance; the constant column is ignored
+    np.testing.assert_allclose(np.abs(components[0]), [1 / math.sqrt(2), 1 / math.sqrt(2), 0.0], atol=1e-12)
+    np.testing.assert_allclose(ratios, [1.0])
+    assert components_to_keep(np.array([0.6, 0.3, 0.0999, 0.0001]), nu=1e-3) == 3
+    assert components_to_keep(np.array([0.6, 0.3, 0.1]), nu=0.0) == 3
+    assert components_to_keep(np.array([0.6, 0.4]), nu=0.5) == 1
+    assert components_to_keep(np.zeros(0), nu=0.1) == 0
+
+
+@pytest.mark.parametrize("mode", ["history-span", "principal"])
+def test_projector_resume_is_exact(mode: str) -> None:
+    rng = np.random.default_rng(6)
+    stream = np.cumsum(rng.standard_normal((70, 12)) * np.linspace(1, 0.01, 12), axis=0)
+    grads = rng.standard_normal((70, 12))
+    a = SubspaceProjector(12, tau=16, mode=mode)  # type: ignore[arg-type]
+    for v in stream[:37]:
+        a.observe(v)
+    b = SubspaceProjector(12, tau=16, mode=mode)  # type: ignore[arg-type]
+    b.load_state_dict(npz_roundtrip(a.state_dict()))
+    assert b.kept_dims == a.kept_dims and b.count == a.count
+    for v, g in zip(stream[37:], grads[37:]):
+        np.testing.assert_array_equal(a.project(g), b.project(g))
+        a.observe(v)
+        b.observe(v)
+    assert a.kept_dims == b.kept_dims
+
+
+def test_projector_state_mismatch() -> None:
+    state = SubspaceProjector(8, tau=4).state_dict()
+    with pytest.raises(ZoodipError):
+        SubspaceProjector(8, tau=4, mode="principal").load_state_dict(state)
+    with pytest.raises(ZoodipError):
+        SubspaceProjector(8, tau=5).load_state_dict(state)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"tau": 1}, {"tau": 0}, {"nu": 1.0}, {"nu": -0.1}, {"nu": float("nan")}, {"mode": "span"}, {"dim": -3},
+])
+def test_projector_invalid_args(kwargs: dict) -> None:
+    with pytest.raises(ZoodipError):
+        SubspaceProjector(**{"dim": 8, **kwargs})
+
+
+# ---------------------------------------------------------------- integration
+
+
+def zoodip_on_quadratic(steps: int, start: int = 0, state: dict | None = None) -> tuple[np.ndarray, dict]:
+    """The full ZOODiP update loop on a quadratic; resumable from ``state``."""
+    dim = 16
+    target = np.linspace(-1, 1, dim)
+    est = RandomGradientEstimator(dim, n=2, mu=1e-3)
+    opt = ZOAdam(dim, lr=0.05)
+    proj = SubspaceProjector(dim, tau=8)
+    v = np.zeros(dim)
+    if state is not None:
+        v = state["v"]
+        opt.load_state_dict({k[4:]: x for k, x in state.items() if k.startswith("opt/")})
+        proj.load_state_dict({k[5:]: x for k, x in state.items() if k.startswith("proj/")})
+    loss = lambda x: float(np.sum((x - target) ** 2))  # noqa: E731
+    for step in range(start, steps):
+        rng = np.random.default_rng([7, step])  # per-step stream: resumable without RNG state
+        z = est.directions(rng)
+        g = est.estimate(loss(v), np.array([loss(p) for p in est.perturbations(v, z)]), z,
+                         effective_dim=proj.effective_dim)
+        v = opt.step(v, proj.project(g))
+        proj.observe(v)
+    out = {"v": v, **{f"opt/{k}": x for k, x in opt.state_dict().items()},
+           **{f"proj/{k}": x for k, x in proj.state_dict().items()}}
+    return v, npz_roundtrip(out)
+
+
+def test_full_loop_decreases_loss_and_resumes_exactly() -> None:
+    target = np.linspace(-1, 1, 16)
+    v_full, _ = zoodip_on_quadratic(300)
+    assert np.sum((v_full - target) ** 2) < 0.05 * np.sum(target**2)
+    _, mid = zoodip_on_quadratic(100)
+    v_resumed, _ = zoodip_on_quadratic(300, start=100, state=mid)
+    np.testing.assert_array_equal(v_resumed, v_full)
+
+
+# ---------------------------------------------------------------- PartialUniformTimesteps
+
+
+def test_puts_range_dtype_and_uniformity() -> None:
+    puts = PartialUniformTimesteps()
+    assert (puts.t_min, puts.t_max, puts.num_train_timesteps) == (500, 900, 1000)
+    t = puts.sample(np.random.default_rng(0), 200_000)
+    assert t.dtype == np.int64 and t.shape == (200_000,)
+    assert t.min() == 500 and t.max() == 899
+    counts = np.bincount(t - 500, minlength=400)
+    expected = t.size / 400
+    chi2 = float(np.sum((counts - expected) ** 2 / expected))
+    # chi^2 with 399 degrees of freedom: mean 399, sd ~28; 540 is 5 sd out.
+    assert chi2 < 540, chi2
+    assert puts.sample(np.random.default_rng(0), (2, 3)).shape == (2, 3)
+
+
+def test_puts_uniform_ablation() -> None:
+    u = PartialUniformTimesteps.uniform(1000)
+    assert (u.t_min, u.t_max) == (0, 1000)
+    t = u.sample(np.random.default_rng(1), 50_000)
+    assert t.min() == 0 and t.max() == 999
+
+
+@pytest.mark.parametrize("args", [(-1, 900, 1000), (500, 500, 1000), (600, 500, 1000), (500, 1001, 1000),
+                                  (500.0, 900, 1000), (0, 0, 0)])
+def test_puts_invalid(args: tuple) -> None:
+    with pytest.raises(ZoodipError):
+        PartialUniformTimesteps(*args)
