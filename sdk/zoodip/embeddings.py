@@ -1,0 +1,145 @@
+"""Textual-inversion embedding files: write the diffusers format, read the common ones.
+
+What we write is exactly what diffusers' ``textual_inversion.py`` training script writes, a
+safetensors file holding one float32 tensor ``{placeholder_token: [num_vectors, hidden]}``, so
+``StableDiffusionPipeline.load_textual_inversion(path)`` (and A1111/webui, which accepts the same
+single-key layout) load a zoodip embedding without conversion.
+
+What we read: that format (also with a 1-D ``[hidden]`` tensor), A1111/webui safetensors files
+(an ``emb_params`` tensor, the token being the file's name), and flattened ``string_to_param.*``
+exports. Pickled ``.pt``/``.bin`` files are refused: unpickling runs arbitrary code, and this SDK
+loads files a user downloaded.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ZoodipError
+from .safetensors_io import read_file, save_file
+
+_PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
+# How to turn a pickle into a safetensors file on a desktop with torch; works for the diffusers
+# ({token: tensor}) and A1111 ({"string_to_param": {"*": tensor}, ...}) pickle layouts.
+_CONVERT_HINT = (
+    "convert it on a desktop with torch and safetensors installed: "
+    "python -c \"import sys,torch;from safetensors.torch import save_file;"
+    "d=torch.load(sys.argv[1],map_location='cpu',weights_only=True);"
+    "d={'emb_params':d['string_to_param']['*']} if 'string_to_param' in d else d;"
+    "save_file({k:v.float().contiguous() for k,v in d.items()},sys.argv[2])\" "
+    "IN.pt OUT.safetensors"
+)
+
+
+def save_learned_embeds(path: str | os.PathLike[str], token: str, vectors: np.ndarray) -> Path:
+    """Save a learned embedding in the diffusers textual-inversion format; returns the path.
+
+    ``vectors`` is [num_vectors, hidden] or [hidden]; it is stored as float32 [num_vectors, hidden]
+    under the key ``token``. The write is atomic (a crash never leaves a half-written file).
+    """
+    if not isinstance(token, str) or not token.strip() or token != token.strip():
+        raise ZoodipError(f"invalid placeholder token {token!r}: use a non-empty word without spaces around it, e.g. '<my-cat>'")
+    if Path(path).suffix.lower() in _PICKLE_SUFFIXES:
+        # The bytes would be safetensors, but every tool (this SDK included) treats the name as a pickle.
+        raise ZoodipError(f"{path}: name embedding files '*.safetensors' (e.g. learned_embeds.safetensors), not {Path(path).suffix}")
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] < 1:
+        raise ZoodipError(f"embedding vectors must have shape [num_vectors, hidden] or [hidden], got {list(np.shape(vectors))}")
+    if not np.isfinite(array).all():
+        raise ZoodipError(f"the embedding for {token} contains NaN or infinite values, so it was not saved: if training produced it, lower the learning rate")
+    # {"format": "pt"} is what safetensors.torch writes; some loaders look for it.
+    metadata = {"format": "pt", "zoodip_token": token, "zoodip_num_vectors": str(array.shape[0])}
+    return save_file({token: array}, path, metadata=metadata)
+
+
+def load_embedding_file(path: str | os.PathLike[str], token: str | None = None) -> tuple[str, np.ndarray]:
+    """Read a textual-inversion embedding: returns ``(token, vectors)``, vectors float32 [n, hidden].
+
+    ``token`` renames the embedding (as diffusers' ``load_textual_inversion(token=...)`` does).
+    Formats without a stored token name (A1111 ``emb_params``) default to ``"<file stem>"``; a
+    stem already written as ``<...>`` is used as is.
+    """
+    path = Path(path)
+    pickle_error = ZoodipError(
+        f"{path} is a pickle (.pt/.bin), which zoodip does not load because unpickling can run arbitrary code; "
+        + _CONVERT_HINT
+    )
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise pickle_error
+    try:
+        tensors, _ = read_file(path)
+    except ZoodipError:
+        # A renamed torch.save file: say what it is rather than "invalid safetensors".
+        if _looks_pickled(path):
+            raise pickle_error from None
+        raise
+    if not tensors:
+        raise ZoodipError(f"{path} holds no tensors: it is not a textual-inversion embedding")
+
+    stored_token, vectors = _pick_embedding(tensors, path)
+    if token is not None:
+        if not isinstance(token, str) or not token.strip() or token != token.strip():
+            raise ZoodipError(f"invalid token {token!r} for {path.name}: use a non-empty word without surrounding spaces")
+        name = token
+    elif stored_token is not None:
+        name = stored_token
+    else:
+        name = path.stem if (path.stem.startswith("<") and path.stem.endswith(">")) else f"<{path.stem}>"
+
+    if not np.issubdtype(vectors.dtype, np.floating):
+        raise ZoodipError(f"{path} stores its embedding as {vectors.dtype}, not floats: it is not a textual-inversion embedding")
+    if vectors.ndim == 1:
+        vectors = vectors[None, :]
+    if vectors.ndim != 2 or vectors.shape[0] < 1 or vectors.shape[1] < 1:
+        raise ZoodipError(f"{path} holds a tensor of shape {list(vectors.shape)}, expected [num_vectors, hidden] or [hidden]")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not np.isfinite(vectors).all():
+        raise ZoodipError(f"{path} contains NaN or infinite values: the embedding is broken, retrain or re-download it")
+    return name, vectors
+
+
+def check_hidden_size(vectors: np.ndarray, hidden: int, path: str | os.PathLike[str]) -> None:
+    """Raise a clear error when an embedding was made for a text encoder of another width."""
+    width = int(np.shape(vectors)[-1])
+    if width != int(hidden):
+        raise ZoodipError(
+            f"{path} holds {width}-wide vectors but this model's text encoder is {hidden} wide: "
+            "the embedding was made for another model family (SD1.x uses 768, SD2.x 1024); use one trained for this model"
+        )
+
+
+def _pick_embedding(tensors: dict[str, np.ndarray], path: Path) -> tuple[str | None, np.ndarray]:
+    """The (stored token or None, tensor) of an embedding file, by layout."""
+    if "emb_params" in tensors:  # A1111/webui safetensors: the token is the file name
+        return None, tensors["emb_params"]
+    flattened = [k for k in tensors if k.startswith("string_to_param.")]
+    if len(flattened) == 1:  # an A1111 pickle's state flattened into safetensors
+        return None, tensors[flattened[0]]
+    if {"clip_l", "clip_g"} <= set(tensors):
+        raise ZoodipError(f"{path} is an SDXL embedding (clip_l + clip_g): zoodip runs SD1.x/SD2.x models; use an SD1.x/2.x embedding")
+    if len(tensors) == 1:  # diffusers (and zoodip): {token: vectors}
+        (name, array), = tensors.items()
+        return name, array
+    names = sorted(tensors)
+    raise ZoodipError(
+        f"{path} holds {len(names)} tensors ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): "
+        "a textual-inversion embedding has one ({token: vectors}) or 'emb_params'; is this a LoRA or a model checkpoint?"
+    )
+
+
+def _looks_pickled(path: Path) -> bool:
+    """True for torch.save output: a zip archive or a raw pickle stream (protocol 2+).
+
+    Only consulted once safetensors parsing failed, since a valid header length can start with
+    the same bytes.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+    except OSError:
+        return False
+    return head == b"PK" or head[:1] == b"\x80"

@@ -1,0 +1,271 @@
+"""Text-to-image generation with an exported model, optionally using learned tokens.
+
+    images = generate(model, "a photo of <my-dog> on a beach", added_embeddings={"<my-dog>": vectors})
+
+The loop is Stable Diffusion's: encode the prompt and the negative prompt, start from seeded
+Gaussian latents, denoise with a sampler under classifier-free guidance, decode with the VAE.
+With the same seed, sampler, steps and scheduler config, it follows diffusers'
+``StableDiffusionPipeline`` step for step (the samplers match diffusers' schedulers); only the
+initial noise differs, since it comes from NumPy's generator rather than torch's.
+
+Learned tokens are added to a *copy* of the model's tokenizer, so a call never changes the model
+that was passed in, and the same model can be used with and without the embeddings.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from PIL import Image
+
+from .embeddings import check_hidden_size
+from .errors import ZoodipError
+from .images import to_pil
+from .samplers import (
+    ddim_timesteps,
+    dpm_timesteps,
+    euler_init_noise_sigma,
+    euler_timesteps,
+    sample_ddim,
+    sample_dpmpp_2m,
+    sample_euler,
+    sigmas_at,
+)
+
+SAMPLERS = ("dpmpp_2m", "ddim", "euler")
+# Each diffusers scheduler's own default spacing: what a pipeline uses when the scheduler config
+# does not name one (diffusers' from_config does not carry defaults across scheduler classes).
+_DEFAULT_SPACING = {"dpmpp_2m": "linspace", "ddim": "leading", "euler": "linspace"}
+
+ProgressCallback = Callable[[int, int, np.ndarray], None]
+"""``callback(step, total, latents)``: after each denoising step (``step`` counts from 1); ``latents``
+is the sampler's current state [num_images, C, h, w], not yet decoded."""
+
+
+def generate(
+    model: Any,
+    prompt: str,
+    *,
+    negative_prompt: str = "",
+    steps: int = 25,
+    guidance_scale: float = 7.5,
+    sampler: str = "dpmpp_2m",
+    seed: int = 0,
+    height: int | None = None,
+    width: int | None = None,
+    num_images: int = 1,
+    added_embeddings: Mapping[str, np.ndarray] | None = None,
+    callback: ProgressCallback | None = None,
+    batch_cfg: bool = True,
+    eta: float = 0.0,
+) -> list[Image.Image]:
+    """Generate ``num_images`` images for ``prompt``; returns RGB PIL images of ``width`` x ``height``.
+
+    Args:
+        model: an ``ExportedModel`` (or anything with its tokenizer/encode_text/unet/vae_decode/
+            schedule/latent_channels/vae_scale_factor/sample_size/hidden_size interface).
+        guidance_scale: classifier-free guidance ``uncond + g * (cond - uncond)``; 1.0 runs the
+            prompt alone (half the UNet work), 0.0 the negative prompt alone.
+        sampler: "dpmpp_2m" (DPM-Solver++ 2M, the default), "ddim" or "euler".
+        seed: the initial latents are ``np.random.default_rng(seed).standard_normal`` (float32),
+            so a seed reproduces the same images on any machine.
+        height, width: image size in pixels, multiples of 8 (default: the model's native size).
+        added_embeddings: learned tokens, ``{token: vectors [n, hidden] or [hidden]}``, usable in
+            ``prompt`` and ``negative_prompt``.
+        callback: progress, ``callback(step, total, latents)``; raise from it to stop early.
+        batch_cfg: run the unconditional and conditional UNet passes as one batch (faster);
+            False runs them one after the other (lower peak memory, same result).
+        eta: DDIM noise (0 = deterministic); only for ``sampler="ddim"``.
+    """
+    if sampler not in SAMPLERS:
+        raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
+        raise ZoodipError(f"num_images must be a positive integer, got {num_images!r}")
+    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+        raise ZoodipError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    if eta and sampler != "ddim":
+        raise ZoodipError(f"eta applies to the ddim sampler only; drop it or use sampler='ddim' (got sampler={sampler!r})")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ZoodipError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
+        raise ZoodipError("prompt and negative_prompt must be strings")
+    h, w = _latent_size(model, height, width)
+
+    # Text conditioning: one row per prompt, repeated per image.
+    tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
+
+    def encode(text: str) -> np.ndarray:
+        ids = np.asarray(tokenizer([text]), dtype=np.int64)
+        _check_added_ids(ids, tokenizer.base_vocab_size, known_added, text)
+        states = np.asarray(model.encode_text(ids, extra_rows), dtype=np.float32)
+        return np.repeat(states, num_images, axis=0)
+
+    g = float(guidance_scale)
+    cond = encode(prompt)
+    if g == 1.0:  # the guided output is the conditional one: skip the unconditional pass
+        def model_fn(x: np.ndarray, t: float) -> np.ndarray:
+            return _unet(model, x, t, cond)
+    else:
+        uncond = encode(negative_prompt)
+        both = np.concatenate([uncond, cond])  # diffusers' order: unconditional first
+
+        def model_fn(x: np.ndarray, t: float) -> np.ndarray:
+            n = len(x)
+            if batch_cfg:
+                out = _unet(model, np.concatenate([x, x]), t, both)
+                out_uncond, out_cond = out[:n], out[n:]
+            else:
+                out_uncond = _unet(model, x, t, uncond)
+                out_cond = _unet(model, x, t, cond)
+            return (out_uncond + g * (out_cond - out_uncond)).astype(np.float32, copy=False)
+
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((num_images, int(model.latent_channels), h, w), dtype=np.float32)
+    latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, eta=eta, rng=rng, callback=callback)
+
+    # Decode one image at a time: the VAE decoder's activations dominate peak memory.
+    images: list[Image.Image] = []
+    for i in range(num_images):
+        decoded = np.asarray(model.vae_decode(latents[i : i + 1]), dtype=np.float32)
+        images.extend(to_pil(decoded))
+    return images
+
+
+def run_sampler(
+    model: Any,
+    model_fn: Callable[[np.ndarray, float], np.ndarray],
+    noise: np.ndarray,
+    *,
+    sampler: str = "dpmpp_2m",
+    steps: int = 25,
+    eta: float = 0.0,
+    rng: np.random.Generator | None = None,
+    callback: ProgressCallback | None = None,
+) -> np.ndarray:
+    """Denoise unit ``noise`` into latents with ``model``'s schedule and scheduler settings."""
+    schedule = model.schedule
+    ac = np.asarray(schedule.alphas_cumprod, dtype=np.float64)
+    num_train = int(schedule.num_train_timesteps)
+    prediction_type = str(schedule.prediction_type)
+    config = scheduler_config(model)
+    spacing = str(config.get("timestep_spacing") or _DEFAULT_SPACING[sampler])
+    offset = int(config.get("steps_offset", 0) or 0)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_train:
+        raise ZoodipError(f"steps must be an integer from 1 to {num_train}, got {steps!r} (20-30 is typical)")
+
+    def on_step(i: int, t: float, x: np.ndarray) -> None:
+        if callback is not None:
+            callback(i + 1, int(steps), x)
+
+    if sampler == "ddim":
+        timesteps = ddim_timesteps(num_train, steps, offset=offset, spacing=spacing)  # type: ignore[arg-type]
+        final = 1.0 if config.get("set_alpha_to_one", True) else float(ac[0])
+        return sample_ddim(model_fn, noise, ac, timesteps, prediction_type, eta=eta,
+                           final_alpha_cumprod=final, rng=rng, callback=on_step)
+    if sampler == "dpmpp_2m":
+        timesteps = dpm_timesteps(num_train, steps, spacing=spacing, offset=offset)  # type: ignore[arg-type]
+        return sample_dpmpp_2m(model_fn, noise, ac, timesteps, prediction_type, callback=on_step)
+    if sampler == "euler":
+        timesteps = euler_timesteps(num_train, steps, spacing=spacing, offset=offset)  # type: ignore[arg-type]
+        init = euler_init_noise_sigma(float(sigmas_at(ac, timesteps[:1])[0]), spacing)
+        return sample_euler(model_fn, noise, ac, timesteps, prediction_type, init_noise_sigma=init, callback=on_step)
+    raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+
+
+def scheduler_config(model: Any) -> dict[str, Any]:
+    """The model's diffusers scheduler config (for the inference-only keys: spacing, offset, ...).
+
+    Taken from ``model.scheduler_config`` when the model keeps it, else read from the export
+    folder; an unknown model gets Stable Diffusion's settings.
+    """
+    config = getattr(model, "scheduler_config", None)
+    if isinstance(config, Mapping):
+        return dict(config)
+    folder, manifest = getattr(model, "folder", None), getattr(model, "manifest", None)
+    if folder is not None and isinstance(manifest, Mapping) and manifest.get("scheduler"):
+        path = Path(folder) / str(manifest["scheduler"])
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ZoodipError(f"cannot read {path} ({exc}): re-run 'zoodip export'") from None
+        if isinstance(loaded, dict):
+            return loaded
+    return {"steps_offset": 1, "set_alpha_to_one": False}
+
+
+def _unet(model: Any, x: np.ndarray, t: float, states: np.ndarray) -> np.ndarray:
+    timestep = np.full((len(x),), t, dtype=np.float32)
+    return np.asarray(model.unet(x, timestep, states), dtype=np.float32)
+
+
+def _latent_size(model: Any, height: int | None, width: int | None) -> tuple[int, int]:
+    factor = int(model.vae_scale_factor)
+    default = int(model.sample_size) * factor
+    sizes = []
+    for name, value in (("height", height), ("width", width)):
+        value = default if value is None else value
+        multiple = max(8, factor)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 or value % 8 or value % factor:
+            raise ZoodipError(f"{name} {value!r} is not a positive multiple of {multiple}: use e.g. {default}")
+        sizes.append(int(value) // factor)
+    return sizes[0], sizes[1]
+
+
+def _tokenizer_with(model: Any, added: Mapping[str, np.ndarray] | None) -> tuple[Any, np.ndarray | None, set[int]]:
+    """A tokenizer that knows the added tokens, the embedding rows of all added ids, and those ids.
+
+    ``model.encode_text(ids, extra_rows)`` looks up id ``base_vocab_size + k`` in ``extra_rows[k]``.
+    The tokens go into a copy of the model's tokenizer so the caller's stays as it was. If
+    that tokenizer already holds placeholders (e.g. one a training run added), new ids come after
+    them; their rows stay zero and ``known`` excludes them, so a prompt using one without giving
+    its embedding is refused instead of silently conditioning on a zero vector.
+    """
+    tokenizer = model.tokenizer
+    if not added:
+        return tokenizer, None, set()
+    # A tokenizer may offer a cheaper independent copy (sharing its read-only tables).
+    tokenizer = tokenizer.copy() if callable(getattr(tokenizer, "copy", None)) else copy.deepcopy(tokenizer)
+    hidden = int(model.hidden_size)
+    base = int(tokenizer.base_vocab_size)
+    rows: dict[int, np.ndarray] = {}
+    for token, vectors in added.items():
+        array = np.asarray(vectors, dtype=np.float32)
+        array = array[None, :] if array.ndim == 1 else array
+        if array.ndim != 2 or len(array) < 1:
+            raise ZoodipError(f"embedding for {token!r} must have shape [n, {hidden}] or [{hidden}], got {list(np.shape(vectors))}")
+        check_hidden_size(array, hidden, f"the embedding for {token!r}")
+        ids = _add_or_find(tokenizer, token, len(array), base)
+        for token_id, row in zip(ids, array):
+            rows[token_id] = row
+    extra = np.zeros((max(rows) - base + 1, hidden), dtype=np.float32)
+    for token_id, row in rows.items():
+        extra[token_id - base] = row
+    return tokenizer, extra, set(rows)
+
+
+def _add_or_find(tokenizer: Any, token: str, count: int, base: int) -> list[int]:
+    """Ids of ``token`` (``count`` vectors): newly added, or the ones it already has."""
+    try:
+        ids = [int(i) for i in tokenizer.add_placeholder(token, count)]
+    except (ZoodipError, ValueError) as exc:
+        # Already a placeholder of this tokenizer: reuse its ids, read back by encoding it alone.
+        encoded = [int(i) for i in np.asarray(tokenizer([token]), dtype=np.int64)[0]]
+        ids = [i for i in encoded if i >= base]
+        if len(ids) != count:
+            raise ZoodipError(f"cannot use token {token!r} with {count} vector(s): {exc}") from None
+    if len(ids) != count or any(i < base for i in ids):
+        raise ZoodipError(f"token {token!r} could not be added as {count} new token(s): choose another name, e.g. '<{token.strip('<>')}-1>'")
+    return ids
+
+
+def _check_added_ids(ids: np.ndarray, base: int, known: set[int], text: str) -> None:
+    unknown = sorted({int(i) for i in ids[ids >= base]} - known)
+    if unknown:
+        raise ZoodipError(
+            f"the prompt {text!r} uses learned token id(s) {unknown} whose embedding was not given: "
+            "pass it in added_embeddings"
+        )

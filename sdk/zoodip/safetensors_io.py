@@ -1,0 +1,203 @@
+"""A small, dependency-free reader and writer of the safetensors format.
+
+The format (https://github.com/huggingface/safetensors) is simple enough to handle with the
+standard library and NumPy, which keeps the runtime free of torch and of native wheels that may
+not exist for a phone:
+
+    [8 bytes]  N, the header length, unsigned little-endian
+    [N bytes]  JSON: {"name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}, ...,
+                      "__metadata__": {"str": "str"}}   (optional; string values only)
+    [rest]     the tensors' bytes, little-endian, C order; offsets are relative to this buffer
+
+Files we write are read by the official ``safetensors`` package and vice versa: the header is
+padded with spaces to a multiple of 8 bytes and the tensors tile the buffer without gaps, which is
+what the reference implementation checks.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .errors import ZoodipError
+
+# safetensors dtype name -> little-endian NumPy dtype. BF16 has no NumPy dtype; it is read as
+# float32 (exactly: bfloat16 is the top half of a float32) and is never written.
+_READ_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+# Keyed by (kind, itemsize) so that either byte order of an input array is accepted.
+_WRITE_DTYPES: dict[tuple[str, int], str] = {
+    ("f", 8): "F64",
+    ("f", 4): "F32",
+    ("f", 2): "F16",
+    ("i", 8): "I64",
+    ("i", 4): "I32",
+    ("i", 2): "I16",
+    ("i", 1): "I8",
+    ("u", 1): "U8",
+    ("b", 1): "BOOL",
+}
+# The reference implementation refuses headers above 100 MB; so do we, before allocating.
+_MAX_HEADER_BYTES = 100_000_000
+_METADATA_KEY = "__metadata__"
+
+
+def save_file(
+    tensors: Mapping[str, np.ndarray], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``tensors`` to ``path`` in safetensors format, atomically.
+
+    The bytes go to a temporary file in the same folder, which is flushed to disk and then renamed
+    over ``path``: a crash or a full disk leaves either the old file or the new one, never half of
+    one (important on phones, where the app can be killed at any time).
+    """
+    path = Path(path)
+    header: dict[str, object] = {}
+    if metadata:
+        bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+        if bad:
+            raise ZoodipError(f"safetensors metadata must map strings to strings; bad entries: {bad[:3]}")
+        header[_METADATA_KEY] = dict(metadata)
+
+    chunks: list[bytes] = []
+    offset = 0
+    for name in sorted(tensors):
+        if not isinstance(name, str) or name == _METADATA_KEY:
+            raise ZoodipError(f"invalid tensor name {name!r} for a safetensors file: use a plain string")
+        array = np.asarray(tensors[name])
+        code = _WRITE_DTYPES.get((array.dtype.kind, array.dtype.itemsize))
+        if code is None:
+            raise ZoodipError(
+                f"tensor {name!r} has dtype {array.dtype}, which these safetensors files cannot hold: "
+                "convert it to float32/float16/float64, int8/16/32/64, uint8 or bool"
+            )
+        data = np.ascontiguousarray(array, dtype=_READ_DTYPES[code]).tobytes()
+        header[name] = {"dtype": code, "shape": [int(d) for d in array.shape], "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+
+    header_bytes = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    # Pad so the data buffer starts 8-byte aligned (lets readers map tensors in place).
+    header_bytes += b" " * (-len(header_bytes) % 8)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(len(header_bytes).to_bytes(8, "little"))
+            handle.write(header_bytes)
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise ZoodipError(f"cannot write {path} ({exc.strerror or exc}): check the folder exists and has free space") from None
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist the rename itself (POSIX); best effort, since not every platform allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read every tensor of a safetensors file as a writable NumPy array (BF16 becomes float32)."""
+    return read_file(path)[0]
+
+
+def load_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file ({} when it has none)."""
+    return read_file(path)[1]
+
+
+def read_file(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; any malformation is a ``ZoodipError``."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise ZoodipError(f"{path} does not exist: check the path") from None
+    except OSError as exc:
+        raise ZoodipError(f"cannot read {path} ({exc.strerror or exc}): check the path and permissions") from None
+    return _parse(blob, path)
+
+
+def _parse(blob: bytes, path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    def bad(reason: str) -> ZoodipError:
+        return ZoodipError(f"{path} is not a valid safetensors file ({reason}): re-download or re-save it")
+
+    if len(blob) < 8:
+        raise bad("shorter than its 8-byte header length")
+    header_len = int.from_bytes(blob[:8], "little")
+    if header_len > _MAX_HEADER_BYTES or 8 + header_len > len(blob):
+        raise bad(f"header length {header_len} does not fit the {len(blob)}-byte file; truncated?")
+    try:
+        header = json.loads(blob[8 : 8 + header_len].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise bad("header is not JSON") from None
+    if not isinstance(header, dict):
+        raise bad("header is not a JSON object")
+
+    metadata = header.pop(_METADATA_KEY, None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise bad("__metadata__ is not a string-to-string map")
+
+    data = memoryview(blob)[8 + header_len :]
+    tensors: dict[str, np.ndarray] = {}
+    for name, info in header.items():
+        if not isinstance(info, dict):
+            raise bad(f"entry {name!r} is not an object")
+        code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if code not in _READ_DTYPES:
+            raise bad(f"tensor {name!r} has unsupported dtype {code!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise bad(f"tensor {name!r} has an invalid shape {shape!r}")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= len(data)
+        ):
+            raise bad(f"tensor {name!r} has data offsets {offsets!r} outside the {len(data)}-byte buffer; truncated?")
+        dtype = _READ_DTYPES[code]
+        count = math.prod(shape)
+        if offsets[1] - offsets[0] != count * dtype.itemsize:
+            raise bad(f"tensor {name!r} spans {offsets[1] - offsets[0]} bytes, its shape {shape} needs {count * dtype.itemsize}")
+        # Copy: the arrays must own their memory (the blob is dropped) and be writable.
+        array = np.frombuffer(data[offsets[0] : offsets[1]], dtype=dtype, count=count).reshape(shape)
+        if code == "BF16":
+            array = (array.astype("<u4") << 16).view("<f4")
+        tensors[name] = array.astype(dtype.newbyteorder("=") if code != "BF16" else np.float32, copy=True)
+    return tensors, dict(metadata)

@@ -1,0 +1,367 @@
+"""Samplers (parity with diffusers' schedulers) and generate() (on a NumPy fake model).
+
+A deterministic fake "model" stands in for the UNet; each sampler must reproduce the diffusers
+denoising loop (scale_model_input -> model -> step) to float32 precision with Stable Diffusion's
+scheduler configuration.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from zoodip.errors import ZoodipError
+from zoodip.samplers import (
+    ddim_timesteps,
+    dpm_timesteps,
+    euler_init_noise_sigma,
+    euler_timesteps,
+    sample_ddim,
+    sample_dpmpp_2m,
+    sample_euler,
+    sigmas_at,
+)
+
+try:  # the parity tests need the reference implementation; the rest run without it
+    import torch
+    from diffusers import schedulers
+except ImportError:  # pragma: no cover - the test environment has both
+    torch = schedulers = None
+needs_diffusers = pytest.mark.skipif(schedulers is None, reason="needs torch + diffusers")
+
+# diffusers builds sigmas with np.array(torch tensor), which NumPy 2 flags as deprecated.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+SD_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    steps_offset=1,
+    clip_sample=False,
+    set_alpha_to_one=False,
+)
+SHAPE = (2, 4, 8, 8)
+
+
+def sd_alphas_cumprod() -> np.ndarray:
+    betas = np.linspace(math.sqrt(0.00085), math.sqrt(0.012), 1000, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - betas)
+
+
+def fake_model(x: np.ndarray, t: float) -> np.ndarray:
+    # Depends on x and t non-trivially, like a UNet, but cheap and exactly reproducible.
+    return (0.1 * x * math.sin(t) + 0.05 + 0.02 * math.cos(t / 100.0) * np.tanh(x)).astype(np.float32)
+
+
+def noise() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(SHAPE, dtype=np.float32)
+
+
+def run_diffusers(scheduler, steps: int, x_T: np.ndarray, **step_kwargs) -> tuple[np.ndarray, np.ndarray]:
+    scheduler.set_timesteps(steps)
+    x = torch.from_numpy(x_T) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        model_in = scheduler.scale_model_input(x, t)
+        out = torch.from_numpy(fake_model(model_in.numpy(), float(t)))
+        x = scheduler.step(out, t, x, **step_kwargs).prev_sample
+    return x.numpy(), scheduler.timesteps.numpy()
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@needs_diffusers
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps", [10, 20])
+def test_ddim_matches_diffusers(prediction_type: str, steps: int) -> None:
+    ref, ref_ts = run_diffusers(
+        schedulers.DDIMScheduler(**SD_CONFIG, prediction_type=prediction_type), steps, noise(), eta=0.0
+    )
+    ts = ddim_timesteps(1000, steps, offset=1)
+    np.testing.assert_array_equal(ts, ref_ts)
+    out = sample_ddim(fake_model, noise(), sd_alphas_cumprod(), ts, prediction_type)
+    assert out.dtype == np.float32 and out.shape == SHAPE
+    assert rel_err(out, ref) < 1e-5
+
+
+@needs_diffusers
+def test_ddim_set_alpha_to_one_and_eta() -> None:
+    config = {**SD_CONFIG, "set_alpha_to_one": True}
+    steps = 10
+    ref, _ = run_diffusers(schedulers.DDIMScheduler(**config), steps, noise())
+    out = sample_ddim(fake_model, noise(), sd_alphas_cumprod(), ddim_timesteps(1000, steps), final_alpha_cumprod=1.0)
+    assert rel_err(out, ref) < 1e-5
+
+    # eta > 0: same noise sequence on both sides -> same result.
+    draws = np.random.default_rng(5).standard_normal((steps,) + SHAPE, dtype=np.float32)
+    scheduler = schedulers.DDIMScheduler(**SD_CONFIG)
+    scheduler.set_timesteps(steps)
+    x = torch.from_numpy(noise())
+    for i, t in enumerate(scheduler.timesteps):
+        out_t = torch.from_numpy(fake_model(x.numpy(), float(t)))
+        x = scheduler.step(out_t, t, x, eta=0.7, variance_noise=torch.from_numpy(draws[i])).prev_sample
+
+    class Replay:
+        def __init__(self) -> None:
+            self.i = 0
+
+        def standard_normal(self, shape, dtype):  # the one Generator method sample_ddim uses
+            self.i += 1
+            return draws[self.i - 1]
+
+    mine = sample_ddim(fake_model, noise(), sd_alphas_cumprod(), ddim_timesteps(1000, steps), eta=0.7,
+                       rng=Replay())  # type: ignore[arg-type]
+    assert rel_err(mine, x.numpy()) < 1e-5
+
+
+@needs_diffusers
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps,spacing", [(10, "linspace"), (20, "linspace"), (15, "leading"), (12, "trailing")])
+def test_dpmpp_2m_matches_diffusers(prediction_type: str, steps: int, spacing: str) -> None:
+    scheduler = schedulers.DPMSolverMultistepScheduler(
+        **{k: v for k, v in SD_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one")},
+        prediction_type=prediction_type,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        timestep_spacing=spacing,
+    )
+    ref, ref_ts = run_diffusers(scheduler, steps, noise())
+    ts = dpm_timesteps(1000, steps, spacing=spacing, offset=1)
+    np.testing.assert_array_equal(ts, ref_ts)
+    out = sample_dpmpp_2m(fake_model, noise(), sd_alphas_cumprod(), ts, prediction_type)
+    assert out.dtype == np.float32
+    assert rel_err(out, ref) < 1e-5
+
+
+@needs_diffusers
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps,spacing", [(10, "linspace"), (16, "leading")])
+def test_euler_matches_diffusers(prediction_type: str, steps: int, spacing: str) -> None:
+    scheduler = schedulers.EulerDiscreteScheduler(
+        **{k: v for k, v in SD_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one")},
+        prediction_type=prediction_type,
+        timestep_spacing=spacing,
+    )
+    ref, ref_ts = run_diffusers(scheduler, steps, noise())
+    ts = euler_timesteps(1000, steps, spacing=spacing, offset=1)
+    np.testing.assert_allclose(ts, ref_ts, rtol=0, atol=1e-4)
+    ac = sd_alphas_cumprod()
+    init = euler_init_noise_sigma(float(sigmas_at(ac, ts[:1])[0]), spacing)
+    assert init == pytest.approx(float(scheduler.init_noise_sigma), rel=1e-6)
+    out = sample_euler(fake_model, noise(), ac, ts, prediction_type, init_noise_sigma=init)
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_timestep_spacings() -> None:
+    np.testing.assert_array_equal(ddim_timesteps(1000, 10), np.arange(901, 0, -100))
+    np.testing.assert_array_equal(dpm_timesteps(1000, 10)[[0, -1]], [999, 100])
+    with pytest.raises(ZoodipError):
+        ddim_timesteps(1000, 0)
+    with pytest.raises(ZoodipError):
+        ddim_timesteps(1000, 1000, offset=1)  # would reach t = 1000
+    with pytest.raises(ZoodipError):
+        dpm_timesteps(1000, 10, spacing="karras")  # type: ignore[arg-type]
+
+
+def test_callback_and_prediction_type_check() -> None:
+    seen: list[tuple[int, float]] = []
+    ts = dpm_timesteps(1000, 5)
+    final = sample_dpmpp_2m(fake_model, noise(), sd_alphas_cumprod(), ts, callback=lambda i, t, x: seen.append((i, t)))
+    assert seen == [(i, float(t)) for i, t in enumerate(ts)]
+    assert np.isfinite(final).all()
+    with pytest.raises(ZoodipError):
+        sample_ddim(fake_model, noise(), sd_alphas_cumprod(), ts, "flow")
+
+
+# -- generate() on a NumPy fake model --------------------------------------------------------------
+from zoodip.generate import generate, run_sampler  # noqa: E402
+from zoodip.schedule import NoiseSchedule  # noqa: E402
+
+BOS, EOS, BASE_VOCAB, HIDDEN = 1, 2, 50, 8
+
+
+class FakeTokenizer:
+    """Whitespace tokenizer with the interface generate() uses (base_vocab_size, __call__, add_placeholder)."""
+
+    def __init__(self) -> None:
+        self.base_vocab_size = BASE_VOCAB
+        self.added: dict[str, list[int]] = {}
+
+    def add_placeholder(self, token: str, num_vectors: int = 1) -> list[int]:
+        if token in self.added:
+            raise ValueError(f"{token} already added")
+        start = self.base_vocab_size + sum(len(v) for v in self.added.values())
+        self.added[token] = list(range(start, start + num_vectors))
+        return self.added[token]
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        out = np.full((len(texts), 77), EOS, dtype=np.int64)
+        for row, text in enumerate(texts):
+            ids = [BOS]
+            for word in text.split():
+                ids += self.added.get(word, [3 + sum(map(ord, word)) % (BASE_VOCAB - 3)])
+            ids = (ids + [EOS])[:77]
+            out[row, : len(ids)] = ids
+        return out
+
+
+class FakeModel:
+    """Tiny deterministic stand-ins for the four graphs, recording how they are called."""
+
+    latent_channels, vae_scale_factor, sample_size, hidden_size = 4, 8, 4, HIDDEN
+
+    def __init__(self, prediction_type: str = "epsilon") -> None:
+        self.tokenizer = FakeTokenizer()
+        self.schedule = NoiseSchedule.from_config({**SD_CONFIG, "prediction_type": prediction_type})
+        self.scheduler_config = dict(SD_CONFIG)
+        self.table = np.random.default_rng(1).standard_normal((BASE_VOCAB, HIDDEN)).astype(np.float32)
+        self.text_calls: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self.unet_batches: list[int] = []
+
+    def encode_text(self, ids: np.ndarray, extra_rows: np.ndarray | None = None) -> np.ndarray:
+        self.text_calls.append((ids.copy(), None if extra_rows is None else extra_rows.copy()))
+        rows = np.concatenate([self.table, extra_rows]) if extra_rows is not None else self.table
+        return np.tanh(np.cumsum(rows[ids], axis=1) / 4.0).astype(np.float32)
+
+    def unet(self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray) -> np.ndarray:
+        assert sample.dtype == timestep.dtype == encoder_hidden_states.dtype == np.float32
+        assert len(sample) == len(timestep) == len(encoder_hidden_states)
+        self.unet_batches.append(len(sample))
+        context = encoder_hidden_states.mean(axis=1)[:, :4, None, None]  # [B, 4, 1, 1]
+        return (0.1 * sample * np.sin(timestep[:, None, None, None]) + 0.3 * context).astype(np.float32)
+
+    def vae_decode(self, latents: np.ndarray) -> np.ndarray:
+        up = latents[:, :3].repeat(self.vae_scale_factor, axis=2).repeat(self.vae_scale_factor, axis=3)
+        return np.tanh(up).astype(np.float32)
+
+
+def final_latents(model: FakeModel, prompt: str, **kwargs) -> np.ndarray:
+    seen: list[np.ndarray] = []
+    generate(model, prompt, callback=lambda step, total, x: seen.append(x.copy()), **kwargs)
+    return seen[-1]
+
+
+def test_generate_sizes_and_seeds() -> None:
+    model = FakeModel()
+    images = generate(model, "a photo of a dog", steps=4, num_images=2)
+    assert [im.size for im in images] == [(32, 32)] * 2 and all(im.mode == "RGB" for im in images)
+    assert [im.size for im in generate(model, "a dog", steps=2, height=48, width=64)] == [(64, 48)]
+    a = np.asarray(generate(FakeModel(), "a dog", steps=3, seed=7)[0])
+    b = np.asarray(generate(FakeModel(), "a dog", steps=3, seed=7)[0])
+    c = np.asarray(generate(FakeModel(), "a dog", steps=3, seed=8)[0])
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    for bad in ({"height": 36}, {"width": 0}, {"sampler": "plms"}, {"steps": 0}, {"num_images": 0}, {"seed": -1},
+                {"eta": 0.5}):
+        with pytest.raises(ZoodipError):
+            generate(model, "a dog", **bad)
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "ddim", "euler"])
+def test_generate_batched_cfg_equals_sequential(sampler: str) -> None:
+    batched, sequential = FakeModel(), FakeModel()
+    x1 = final_latents(batched, "a red dog", negative_prompt="blurry", steps=5, sampler=sampler, num_images=2)
+    x2 = final_latents(sequential, "a red dog", negative_prompt="blurry", steps=5, sampler=sampler, num_images=2,
+                       batch_cfg=False)
+    np.testing.assert_allclose(x1, x2, rtol=0, atol=1e-6)
+    assert batched.unet_batches == [4] * 5 and sequential.unet_batches == [2] * 10
+
+
+def test_generate_guidance_math() -> None:
+    model = FakeModel("v_prediction")
+    # guidance 1.0: the prompt alone, one UNet pass per step, no negative prompt encoded.
+    x_g1 = final_latents(model, "a dog", negative_prompt="cat", guidance_scale=1.0, steps=4)
+    assert model.unet_batches == [1] * 4 and len(model.text_calls) == 1
+
+    cond = model.encode_text(model.tokenizer(["a dog"]))
+    uncond = model.encode_text(model.tokenizer(["cat"]))
+    noise = np.random.default_rng(0).standard_normal((1, 4, 4, 4), dtype=np.float32)
+
+    def guided(g: float):
+        def fn(x: np.ndarray, t: float) -> np.ndarray:
+            ts = np.full((1,), t, np.float32)
+            u, c = model.unet(x, ts, uncond), model.unet(x, ts, cond)
+            return u + g * (c - u)
+        return fn
+
+    np.testing.assert_allclose(x_g1, run_sampler(model, guided(1.0), noise, steps=4), atol=1e-6)
+    x_g3 = final_latents(model, "a dog", negative_prompt="cat", guidance_scale=3.0, steps=4)
+    np.testing.assert_allclose(x_g3, run_sampler(model, guided(3.0), noise, steps=4), atol=1e-5)
+
+
+def test_generate_added_embeddings_reach_encoder_without_side_effects() -> None:
+    model = FakeModel()
+    vectors = np.random.default_rng(3).standard_normal((2, HIDDEN)).astype(np.float32)
+    single = np.full(HIDDEN, 0.5, np.float32)
+    plain = final_latents(model, "a photo of <x>", steps=3)
+    model.text_calls.clear()
+    learned = final_latents(model, "a photo of <x> and <y>", steps=3, added_embeddings={"<x>": vectors, "<y>": single})
+
+    ids, extra = model.text_calls[0]  # the prompt (the negative prompt comes second)
+    assert ids[0, :7].tolist() == [BOS, model.tokenizer(["a"])[0, 1], model.tokenizer(["photo"])[0, 1],
+                                   model.tokenizer(["of"])[0, 1], BASE_VOCAB, BASE_VOCAB + 1, ids[0, 6]]
+    assert ids[0, 7] == BASE_VOCAB + 2
+    np.testing.assert_array_equal(extra, np.concatenate([vectors, single[None]]))
+    assert not np.allclose(plain, learned)
+    assert model.tokenizer.added == {}  # the caller's tokenizer is untouched
+
+    with pytest.raises(ZoodipError):  # wrong width
+        generate(model, "<x>", steps=1, added_embeddings={"<x>": np.zeros((1, HIDDEN + 1), np.float32)})
+
+
+def test_generate_with_placeholders_already_in_the_tokenizer() -> None:
+    model = FakeModel()
+    model.tokenizer.add_placeholder("<old>")  # e.g. a training run added it to this model
+    vec = np.ones((1, HIDDEN), np.float32)
+    final_latents(model, "a <new>", steps=2, added_embeddings={"<new>": vec})
+    ids, extra = model.text_calls[0]
+    assert ids[0, 2] == BASE_VOCAB + 1 and np.array_equal(extra[1], vec[0]) and not extra[0].any()
+    # Re-giving an existing placeholder's vectors reuses its id.
+    model.text_calls.clear()
+    final_latents(model, "a <old>", steps=2, added_embeddings={"<old>": vec})
+    ids, extra = model.text_calls[0]
+    assert ids[0, 2] == BASE_VOCAB and np.array_equal(extra[0], vec[0])
+    # Using it without its vectors is refused rather than conditioning on zeros.
+    with pytest.raises(ZoodipError, match="not given"):
+        generate(model, "a <old> and <new>", steps=1, added_embeddings={"<new>": vec})
+
+
+@needs_diffusers
+@pytest.mark.slow
+def test_generate_matches_the_diffusers_pipeline(tiny_sd_folder, tmp_path) -> None:
+    """End to end on the tiny SD folder (fp32 export): same images as StableDiffusionPipeline given the
+    same initial latents, with a learned token loaded from our embedding file on both sides."""
+    import warnings
+
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    from zoodip.embeddings import load_embedding_file, save_learned_embeds
+    from zoodip.model import ExportedModel
+    from zoodip_export.export_model import export_model
+
+    export_model(tiny_sd_folder, tmp_path / "fp32", precision="fp32", parity=False, progress=False)
+    model = ExportedModel.load(tmp_path / "fp32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=None, feature_extractor=None,
+                                                       requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    vectors = np.random.default_rng(0).standard_normal((2, model.hidden_size)).astype(np.float32) * 0.02
+    path = save_learned_embeds(tmp_path / "learned_embeds.safetensors", "<tok>", vectors)
+    pipe.load_textual_inversion(str(path))
+    token, loaded = load_embedding_file(path)
+
+    base_config = pipe.scheduler.config
+    for sampler, scheduler_class in (("dpmpp_2m", DPMSolverMultistepScheduler), ("ddim", DDIMScheduler)):
+        pipe.scheduler = scheduler_class.from_config(base_config)
+        shape = (2, model.latent_channels, model.sample_size, model.sample_size)
+        noise = np.random.default_rng(3).standard_normal(shape, dtype=np.float32)  # what generate(seed=3) draws
+        kwargs = dict(negative_prompt="blurry", guidance_scale=7.5)
+        ref = pipe(f"a photo of {token}", num_inference_steps=6, latents=torch.from_numpy(noise), output_type="np",
+                   num_images_per_prompt=2, **kwargs).images
+        ours = generate(model, f"a photo of {token}", steps=6, sampler=sampler, seed=3, num_images=2,
+                        added_embeddings={token: loaded}, **kwargs)
+        diff = np.abs(np.stack([np.asarray(im) for im in ours]).astype(int) - (ref * 255).round().astype(int))
+        assert diff.max() <= 2 and diff.mean() < 0.05, (sampler, diff.max(), diff.mean())
