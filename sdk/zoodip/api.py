@@ -1,0 +1,97 @@
+"""The interface an app backend embeds: start a job, watch it, cancel it, resume it.
+
+    job = PersonalizationJob(PersonalizeConfig(export_dir, photos, out_dir), on_progress=print)
+    job.start()            # runs in a background thread
+    ...
+    job.cancel()           # stops after the current step and writes a checkpoint
+    result = job.wait()    # PersonalizeResult (status, embedding path, eval losses)
+
+A cancelled or killed job continues with ``PersonalizationJob(same_config, resume=True).start()``.
+Progress can also be streamed as JSON lines (one object per event) for a process boundary, e.g.
+an Android app that runs the CLI with ``--progress-jsonl``.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict
+from typing import IO, Callable
+
+from .errors import ZoodipError
+from .trainer import PersonalizeConfig, PersonalizeResult, Progress, personalize
+
+__all__ = ["PersonalizationJob", "progress_to_json", "jsonl_progress_writer"]
+
+
+def progress_to_json(progress: Progress) -> str:
+    """One progress event as a single JSON line (the contract of ``--progress-jsonl``)."""
+    return json.dumps({"type": "progress", **asdict(progress)}, allow_nan=False, default=float)
+
+
+def jsonl_progress_writer(stream: IO[str]) -> Callable[[Progress], None]:
+    """A progress callback that writes each event as one flushed JSON line."""
+    def write(progress: Progress) -> None:
+        stream.write(progress_to_json(progress) + "\n")
+        stream.flush()
+    return write
+
+
+class PersonalizationJob:
+    """A personalization run in a background thread, with progress callback and cancellation."""
+
+    def __init__(self, config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,
+                 resume: bool = False) -> None:
+        self.config = config
+        self.on_progress = on_progress
+        self.resume = resume
+        self.latest: Progress | None = None
+        self.result: PersonalizeResult | None = None
+        self.error: BaseException | None = None
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _progress(self, progress: Progress) -> None:
+        self.latest = progress
+        if self.on_progress is not None:
+            self.on_progress(progress)
+
+    def _target(self) -> None:
+        try:
+            self.result = personalize(self.config, self._progress, resume=self.resume, cancel_event=self._cancel)
+        except BaseException as exc:  # reported through wait(); never lost in the thread
+            self.error = exc
+
+    def start(self) -> PersonalizationJob:
+        if self._thread is not None:
+            raise ZoodipError("this job was already started: create a new PersonalizationJob to run again")
+        self._thread = threading.Thread(target=self._target, name="zoodip-personalize", daemon=True)
+        self._thread.start()
+        return self
+
+    def run(self) -> PersonalizeResult:
+        """Run in the calling thread (blocking)."""
+        self._target()
+        return self._outcome()
+
+    def cancel(self) -> None:
+        """Ask the job to stop after the current step; it saves a checkpoint and returns 'cancelled'."""
+        self._cancel.set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> PersonalizeResult | None:
+        """Wait for the job; returns the result, None on timeout, or raises the job's error."""
+        if self._thread is None:
+            raise ZoodipError("the job was not started: call start() first")
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return None
+        return self._outcome()
+
+    def _outcome(self) -> PersonalizeResult:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result

@@ -1,0 +1,259 @@
+"""An exported model folder, opened as onnxruntime sessions.
+
+``ExportedModel.load(folder)`` validates the manifest and files (see docs/export-format.md) and
+opens each graph lazily, so a training run never loads the VAE decoder and can release the VAE
+encoder once the photos are encoded. Sessions get the options the export recipe asks for: for the
+default W8A32 recipe those keep the weights int8 *and* the arithmetic smooth enough for finite
+differences (no activation quantization, no folding weights back to fp32).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import ZoodipError
+from .schedule import NoiseSchedule
+from .tokenizer import CLIPTokenizer
+
+FORMAT = "zoodip-export"
+FORMAT_VERSION = 1
+GRAPHS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+
+
+@dataclass
+class RuntimeOptions:
+    """How the onnxruntime sessions run.
+
+    ``threads``: intra-op threads (0 = onnxruntime's default, all cores).
+    ``low_memory``: turn off the CPU arena and memory-pattern planning; both pre-allocate and keep
+    peak-sized buffers, which costs more memory than it saves time for single-image batches.
+    """
+
+    threads: int = 0
+    low_memory: bool = True
+    extra_config: dict[str, str] = field(default_factory=dict)
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """Read and check ``manifest.json`` of an export folder (structure and files present, sizes)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ZoodipError(f"export folder {folder} does not exist: create it with 'zoodip export'")
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise ZoodipError(f"{folder} has no manifest.json: it is not a zoodip export (run 'zoodip export')")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ZoodipError(f"{path} is not valid JSON ({exc}): re-run 'zoodip export'") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ZoodipError(f"{path} is not a zoodip export manifest: re-run 'zoodip export'")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ZoodipError(
+            f"{path} has format_version {manifest.get('format_version')}, this SDK reads {FORMAT_VERSION}: "
+            "re-export with this version of zoodip"
+        )
+    for key in ("model", "graphs", "files", "token_embeddings", "tokenizer", "scheduler"):
+        if key not in manifest:
+            raise ZoodipError(f"{path} lacks '{key}': the export is incomplete, re-run 'zoodip export'")
+    for name in GRAPHS:
+        if name not in manifest["graphs"]:
+            raise ZoodipError(f"{path} lists no '{name}' graph: re-run 'zoodip export'")
+    for name, info in manifest["files"].items():
+        file = folder / name
+        if not file.is_file():
+            raise ZoodipError(f"{file} is missing: the export folder is partial, re-run 'zoodip export'")
+        if "bytes" in info and file.stat().st_size != info["bytes"]:
+            raise ZoodipError(
+                f"{file} has {file.stat().st_size} bytes, the manifest says {info['bytes']}: "
+                "the file is damaged, re-run 'zoodip export'"
+            )
+    return manifest
+
+
+class ExportedModel:
+    """The four graphs of an export folder, its tokenizer, embedding table and noise schedule."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], options: RuntimeOptions) -> None:
+        self.folder = Path(folder)
+        self.manifest = manifest
+        self.options = options
+        info = manifest["model"]
+        self.hidden_size: int = int(info["hidden_size"])
+        self.cross_attention_dim: int = int(info.get("cross_attention_dim", self.hidden_size))
+        self.max_length: int = int(info.get("max_length", 77))
+        self.latent_channels: int = int(info["latent_channels"])
+        self.vae_scale_factor: int = int(info["vae_scale_factor"])
+        self.scaling_factor: float = float(info["scaling_factor"])
+        self.sample_size: int = int(info["sample_size"])
+        self._sessions: dict[str, ort.InferenceSession] = {}
+
+        scheduler_path = self.folder / manifest["scheduler"]
+        try:
+            scheduler_config = json.loads(scheduler_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ZoodipError(f"cannot read {scheduler_path} ({exc}): re-run 'zoodip export'") from None
+        if "prediction_type" in info:
+            scheduler_config.setdefault("prediction_type", info["prediction_type"])
+        self.scheduler_config: dict[str, Any] = scheduler_config  # samplers read the inference settings
+        self.schedule = NoiseSchedule.from_config(scheduler_config)
+        self.tokenizer = CLIPTokenizer.from_folder(self.folder / manifest["tokenizer"])
+
+        table_info = manifest["token_embeddings"]
+        table_path = self.folder / table_info["file"]
+        try:
+            # Memory-mapped fp16: the 49408-row table costs no resident memory until rows are read.
+            self.token_embeddings: np.ndarray = np.load(table_path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ZoodipError(f"cannot read {table_path} ({exc}): re-run 'zoodip export'") from None
+        if self.token_embeddings.ndim != 2 or self.token_embeddings.shape[1] != self.hidden_size:
+            raise ZoodipError(
+                f"{table_path} has shape {self.token_embeddings.shape}, expected [vocab, {self.hidden_size}]: "
+                "the manifest and files disagree, re-run 'zoodip export'"
+            )
+        if self.token_embeddings.shape[0] != self.tokenizer.base_vocab_size:
+            raise ZoodipError(
+                f"{table_path} has {self.token_embeddings.shape[0]} rows but the tokenizer has "
+                f"{self.tokenizer.base_vocab_size} tokens: re-run 'zoodip export'"
+            )
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, folder: str | Path, options: RuntimeOptions | None = None, verify_hashes: bool = False) -> ExportedModel:
+        """Open an export folder; ``verify_hashes`` also checks every file's sha256 (slow for SD1.5)."""
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        if verify_hashes:
+            for name, info in manifest["files"].items():
+                if "sha256" in info and _sha256(folder / name) != info["sha256"]:
+                    raise ZoodipError(f"{folder / name} does not match its sha256 in the manifest: re-run 'zoodip export'")
+        return cls(folder, manifest, options or RuntimeOptions())
+
+    @property
+    def prediction_type(self) -> str:
+        return self.schedule.prediction_type
+
+    def session_options(self) -> tuple[ort.SessionOptions, list[str]]:
+        """Session options and disabled optimizers for this export's recipe."""
+        opts = ort.SessionOptions()
+        if self.options.threads:
+            opts.intra_op_num_threads = int(self.options.threads)
+            opts.inter_op_num_threads = 1
+        if self.options.low_memory:
+            opts.enable_cpu_mem_arena = False
+            opts.enable_mem_pattern = False
+        session = self.manifest.get("session", {}) or {}
+        if session.get("disable_quant_qdq"):
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        for key, value in self.options.extra_config.items():
+            opts.add_session_config_entry(key, value)
+        return opts, list(session.get("disabled_optimizers", []))
+
+    def session(self, name: str) -> ort.InferenceSession:
+        """The onnxruntime session of one graph, created on first use."""
+        if name not in self._sessions:
+            graph = self.manifest["graphs"][name]
+            path = self.folder / graph["file"]
+            opts, disabled = self.session_options()
+            try:
+                self._sessions[name] = ort.InferenceSession(
+                    str(path), sess_options=opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+                )
+            except Exception as exc:  # onnxruntime raises several unrelated types
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ZoodipError(f"onnxruntime cannot load {path}: {first}: re-run 'zoodip export'") from None
+            self._check_io(name, self._sessions[name])
+        return self._sessions[name]
+
+    def _check_io(self, name: str, session: ort.InferenceSession) -> None:
+        expected = self.manifest["graphs"][name]
+        have = {i.name for i in session.get_inputs()}
+        want = set(expected.get("inputs", {}))
+        if want and have != want:
+            raise ZoodipError(
+                f"{expected['file']} has inputs {sorted(have)}, the manifest says {sorted(want)}: re-run 'zoodip export'"
+            )
+
+    def release(self, name: str) -> None:
+        """Drop a graph's session (e.g. the VAE encoder once the photos are cached)."""
+        self._sessions.pop(name, None)
+
+    # -- the four graphs -----------------------------------------------------------------------
+    def embed_tokens(self, ids: np.ndarray, extra_rows: np.ndarray | None = None) -> np.ndarray:
+        """Token embeddings [B, L, H] float32; ids >= base vocab index ``extra_rows`` (added tokens)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        base = self.token_embeddings.shape[0]
+        out = np.empty(ids.shape + (self.hidden_size,), dtype=np.float32)
+        is_added = ids >= base
+        out[~is_added] = self.token_embeddings[ids[~is_added]]
+        if is_added.any():
+            if extra_rows is None or int(ids[is_added].max()) - base >= len(extra_rows):
+                raise ZoodipError("a prompt uses an added token whose embedding was not given: load its embedding first")
+            out[is_added] = np.asarray(extra_rows, dtype=np.float32)[ids[is_added] - base]
+        return out
+
+    def text_encoder(self, inputs_embeds: np.ndarray) -> np.ndarray:
+        """CLIP text encoder on token embeddings [B, 77, H] -> last hidden state [B, 77, Hc]."""
+        return self.session("text_encoder").run(None, {"inputs_embeds": np.ascontiguousarray(inputs_embeds, np.float32)})[0]
+
+    def encode_text(self, ids: np.ndarray, extra_rows: np.ndarray | None = None) -> np.ndarray:
+        return self.text_encoder(self.embed_tokens(ids, extra_rows))
+
+    def unet(self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray) -> np.ndarray:
+        feeds = {
+            "sample": np.ascontiguousarray(sample, np.float32),
+            "timestep": np.ascontiguousarray(np.broadcast_to(np.asarray(timestep, np.float32), (len(sample),))),
+            "encoder_hidden_states": np.ascontiguousarray(encoder_hidden_states, np.float32),
+        }
+        return self.session("unet").run(None, feeds)[0]
+
+    def vae_encode(self, images: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Images [B,3,H,W] in [-1,1] -> scaled latents. With ``rng``: a sample of the posterior, else its mean."""
+        params = self.session("vae_encoder").run(None, {"sample": np.ascontiguousarray(images, np.float32)})[0]
+        mean, logvar = np.split(params, 2, axis=1)
+        latents = mean
+        if rng is not None:
+            std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
+            latents = mean + std * rng.standard_normal(mean.shape).astype(np.float32)
+        return (latents * self.scaling_factor).astype(np.float32)
+
+    def vae_decode(self, latents: np.ndarray) -> np.ndarray:
+        """Scaled latents -> images [B,3,H,W] in about [-1, 1]."""
+        unscaled = np.ascontiguousarray(np.asarray(latents, np.float32) / self.scaling_factor)
+        return self.session("vae_decoder").run(None, {"latent_sample": unscaled})[0]
+
+    def check_resolution(self, resolution: int) -> int:
+        """The latent size for an image resolution, or a clear error."""
+        if not isinstance(resolution, int) or resolution <= 0 or resolution % 8 or resolution % self.vae_scale_factor:
+            raise ZoodipError(
+                f"resolution {resolution} is not a positive multiple of {max(8, self.vae_scale_factor)}: "
+                f"use e.g. {self.sample_size * self.vae_scale_factor}"
+            )
+        return resolution // self.vae_scale_factor
+
+    @property
+    def default_resolution(self) -> int:
+        return self.sample_size * self.vae_scale_factor
+
+
+def env_threads() -> int:
+    """Thread count from ZOODIP_THREADS (0 = onnxruntime default)."""
+    try:
+        return max(0, int(os.environ.get("ZOODIP_THREADS", "0")))
+    except ValueError:
+        return 0

@@ -1,0 +1,493 @@
+"""The personalization loop: textual inversion by forward passes only (ZOODiP).
+
+One step, as the paper describes it:
+
+    pick a photo, a noise and a timestep t ~ PUTS          (the same for every evaluation below)
+    z_1..z_n ~ N(0, I)                                      (random directions)
+    L_0 = L(v),  L_i = L(v + mu z_i)                        (n+1 text-encoder + UNet forwards)
+    g = RandomGradientEstimator(L_0, L_i, z_i)              (finite differences)
+    g = SubspaceProjector.project(g)                        (drop low-variance directions of v's history)
+    v = ZOAdam.step(v, g)
+
+where L(v) = mean((unet(x_t, t, text_encoder(prompt with v)) - target)^2). The randomness of step k
+is a pure function of (seed, k), so a run resumed from a checkpoint repeats exactly the steps an
+uninterrupted run would have taken, bit for bit.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .embeddings import save_learned_embeds
+from .errors import ZoodipError
+from .images import load_images
+from .model import ExportedModel, RuntimeOptions
+from .prompts import PromptSampler, load_captions
+from .zo import PartialUniformTimesteps, RandomGradientEstimator, SubspaceProjector, ZOAdam, ZOSGD
+
+CHECKPOINT_NAME = "checkpoint.npz"
+EMBEDDING_NAME = "learned_embeds.safetensors"
+LOG_NAME = "log.jsonl"
+_EVAL_STREAM = 0x5EED_E7A1  # separates the fixed evaluation noises from the training stream
+
+
+@dataclass
+class PersonalizeConfig:
+    """Everything that defines a personalization run. Defaults are the paper's reference values."""
+
+    export_dir: Path
+    images: Path
+    output_dir: Path
+    placeholder_token: str = "<concept>"
+    initializer_token: str = "object"
+    learnable_property: str = "object"  # "object" or "style": which prompt templates are used
+    resolution: int | None = None  # default: the model's native resolution
+    max_train_steps: int = 1000
+    learning_rate: float = 1e-2
+    seed: int = 0
+    n: int = 2  # random directions per step (a step costs n+1 forwards)
+    mu: float = 1e-3  # finite-difference perturbation
+    optimizer: str = "adam"  # "adam" (ZO-Adam) or "sgd" (ZO-SGD)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-3
+    subspace: bool = True  # Subspace Gradient on/off
+    tau: int = 128  # SG history length and refit period
+    nu: float = 1e-3  # SG: variance fraction dropped
+    subspace_mode: str = "history-span"  # or "principal"
+    t_range: tuple[int, int] = (500, 900)  # PUTS; (0, T) is uniform sampling
+    captions: Path | None = None
+    flip: bool = False  # random horizontal flips (both versions' latents are cached)
+    batched: bool = True  # n+1 UNet evaluations as one batch (faster) or one by one (less memory)
+    eval_every: int = 50
+    eval_timesteps: int = 3  # fixed (noise, t) pairs per photo in the evaluation loss
+    checkpoint_every: int = 50
+    early_stop_patience: int = 0  # evaluations without improvement before stopping; 0 = never
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        self.export_dir = Path(self.export_dir)
+        self.images = Path(self.images)
+        self.output_dir = Path(self.output_dir)
+        self.captions = Path(self.captions) if self.captions else None
+        self.t_range = (int(self.t_range[0]), int(self.t_range[1]))
+        self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
+
+    def validate(self) -> None:
+        """Check the hyperparameters that need no model (the model-dependent ones are checked later)."""
+        def positive_int(name: str, value: object, minimum: int = 1) -> None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ZoodipError(f"--{name} must be an integer >= {minimum}, got {value!r}")
+
+        positive_int("n", self.n)
+        positive_int("tau", self.tau, 2)
+        positive_int("max_train_steps", self.max_train_steps, 0)
+        positive_int("eval_every", self.eval_every, 0)
+        positive_int("eval_timesteps", self.eval_timesteps)
+        positive_int("checkpoint_every", self.checkpoint_every, 0)
+        positive_int("early_stop_patience", self.early_stop_patience, 0)
+        positive_int("threads", self.threads, 0)
+        if not (isinstance(self.mu, (int, float)) and math.isfinite(self.mu) and self.mu > 0):
+            raise ZoodipError(f"--mu must be a positive finite number (reference 1e-3), got {self.mu!r}")
+        if not (isinstance(self.nu, (int, float)) and 0 < self.nu < 1):
+            raise ZoodipError(f"--nu must be in (0, 1) (reference 1e-3), got {self.nu!r}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ZoodipError(f"--learning_rate must be a positive number, got {self.learning_rate!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ZoodipError(f"--optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.learnable_property not in ("object", "style"):
+            raise ZoodipError(f"--learnable_property must be 'object' or 'style', got {self.learnable_property!r}")
+        if self.subspace_mode not in ("history-span", "principal"):
+            raise ZoodipError(f"--subspace-mode must be 'history-span' or 'principal', got {self.subspace_mode!r}")
+        if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
+            raise ZoodipError(f"--resolution must be a positive multiple of 8, got {self.resolution}")
+        if not self.placeholder_token or any(ch.isspace() for ch in self.placeholder_token):
+            raise ZoodipError(f"--placeholder_token must be one word without spaces, e.g. '<my-dog>', got {self.placeholder_token!r}")
+        if not self.initializer_token or any(ch.isspace() for ch in self.initializer_token.strip()):
+            raise ZoodipError(f"--initializer_token must be a single word, got {self.initializer_token!r}")
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes the trajectory; a checkpoint only resumes the same run."""
+        keys = ("placeholder_token", "initializer_token", "learnable_property", "resolution", "learning_rate",
+                "seed", "n", "mu", "optimizer", "adam_betas", "adam_eps", "subspace", "tau", "nu",
+                "subspace_mode", "t_range", "flip", "batched", "eval_timesteps")
+        payload = {k: getattr(self, k) for k in keys}
+        payload["captions"] = str(self.captions) if self.captions else None
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def to_json(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Progress:
+    """What a progress callback receives after every step (and at evaluations and the end)."""
+
+    event: str  # "step", "eval", "checkpoint", "done", "cancelled", "early-stopped"
+    step: int
+    total: int
+    loss: float | None
+    eval_loss: float | None
+    kept_dims: int | None
+    forwards: int  # UNet forward passes so far (training + evaluation)
+    elapsed_s: float
+    forwards_per_s: float
+    eta_s: float | None
+
+
+@dataclass
+class PersonalizeResult:
+    status: str  # "done", "cancelled" or "early-stopped"
+    steps: int
+    embedding_path: Path | None
+    checkpoint_path: Path
+    log_path: Path
+    initial_eval_loss: float | None
+    final_eval_loss: float | None
+    best_eval_loss: float | None
+    eval_history: list[tuple[int, float]] = field(default_factory=list)
+
+
+class DenoisingLoss:
+    """L(v) for several candidate embeddings v at once, on one fixed (x_t, t, target, prompt).
+
+    All candidates share the photo, noise and timestep: only then is L(v + mu z) - L(v) a finite
+    difference of one function rather than the difference of two noisy samples.
+    """
+
+    def __init__(self, model: ExportedModel, placeholder_id: int, batched: bool = True) -> None:
+        self.model = model
+        self.placeholder_id = placeholder_id
+        self.batched = batched
+        self.forwards = 0
+
+    def text_inputs(self, ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Token embeddings [m, 77, H] for one prompt, the placeholder row set to each candidate."""
+        base = self.model.embed_tokens(ids[None], extra_rows=candidates[:1])[0]
+        inputs = np.repeat(base[None], len(candidates), axis=0)
+        positions = np.flatnonzero(ids == self.placeholder_id)
+        inputs[:, positions, :] = candidates[:, None, :].astype(np.float32)
+        return inputs
+
+    def __call__(self, ids: np.ndarray, candidates: np.ndarray, x_t: np.ndarray, t: int, target: np.ndarray) -> np.ndarray:
+        """Losses [m] (float64) for candidates [m, H]; x_t and target are [C, h, w]."""
+        inputs = self.text_inputs(ids, candidates)
+        m = len(candidates)
+        if self.batched:
+            cond = self.model.text_encoder(inputs)
+            pred = self.model.unet(np.broadcast_to(x_t, (m,) + x_t.shape), np.full(m, t, np.float32), cond)
+        else:
+            pred = np.concatenate([
+                self.model.unet(x_t[None], np.full(1, t, np.float32), self.model.text_encoder(inputs[i : i + 1]))
+                for i in range(m)
+            ])
+        self.forwards += m
+        # Accumulate in float64: the finite differences are ~mu * |grad| small.
+        return np.mean(np.square(pred - target[None], dtype=np.float64), axis=(1, 2, 3))
+
+
+def _atomic_write_bytes(path: Path, write: Callable[[object], None]) -> None:
+    """Write through ``write(handle)`` into a temp file beside ``path``, fsync, then rename over it.
+
+    A crash or a full disk leaves the previous file intact and no partial file behind.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        reason = "the disk is full" if exc.errno == 28 else (exc.strerror or str(exc))
+        raise ZoodipError(f"cannot write {path}: {reason}; the previous version is intact, free space and resume with --resume") from None
+
+
+class Personalizer:
+    """Sets up a run (model, photos, placeholder, method pieces) and runs its steps."""
+
+    def __init__(self, config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,
+                 cancel_event: threading.Event | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.on_progress = on_progress
+        self.cancel_event = cancel_event or threading.Event()
+        self.model = ExportedModel.load(config.export_dir, RuntimeOptions(threads=config.threads))
+        model = self.model
+
+        self.resolution = config.resolution or model.default_resolution
+        model.check_resolution(self.resolution)
+        schedule = model.schedule
+        t_min, t_max = config.t_range
+        self.timesteps = PartialUniformTimesteps(t_min, t_max, schedule.num_train_timesteps)
+
+        # The placeholder and its initial value: the initializer word's embedding row.
+        tokenizer = model.tokenizer
+        init_ids = tokenizer.token_ids_for_word(config.initializer_token)
+        if len(init_ids) != 1:
+            raise ZoodipError(
+                f"--initializer_token {config.initializer_token!r} is {len(init_ids)} tokens, it must be a single "
+                "token: pick one common word close to the concept (e.g. 'dog', 'toy', 'painting')"
+            )
+        self.placeholder_id = tokenizer.add_placeholder(config.placeholder_token)[0]
+        self.v_init = np.asarray(model.token_embeddings[init_ids[0]], dtype=np.float32)
+        dim = model.hidden_size
+
+        self.image_names, images = load_images(config.images, self.resolution)
+        captions = load_captions(config.captions, self.image_names, config.placeholder_token) if config.captions else None
+        self.prompts = PromptSampler(config.placeholder_token, config.learnable_property, captions)
+        self.captions = captions or {}
+
+        # Encode the photos once (and their mirror images if flips are on), then free the encoder.
+        encode_rng = np.random.default_rng([config.seed, _EVAL_STREAM, 1])
+        views = [images, images[..., ::-1]] if config.flip else [images]
+        self.latents = np.stack([np.concatenate([model.vae_encode(view[i : i + 1], encode_rng) for i in range(len(view))])
+                                 for view in views], axis=1)  # [N, views, C, h, w]
+        model.release("vae_encoder")
+        del images, views
+
+        self.estimator = RandomGradientEstimator(dim, n=config.n, mu=config.mu)
+        if config.optimizer == "adam":
+            self.optimizer = ZOAdam(dim, lr=config.learning_rate, betas=config.adam_betas, eps=config.adam_eps)
+        else:
+            self.optimizer = ZOSGD(dim, lr=config.learning_rate)
+        self.projector = SubspaceProjector(dim, tau=config.tau, nu=config.nu, mode=config.subspace_mode) if config.subspace else None
+        self.loss = DenoisingLoss(model, self.placeholder_id, batched=config.batched)
+        self._eval_items = self._make_eval_items()
+
+        # State that a checkpoint holds.
+        self.v = self.v_init.copy()
+        self.step = 0
+        self.best_v = self.v.copy()
+        self.best_eval: float | None = None
+        self.eval_history: list[tuple[int, float]] = []
+        self.evals_without_improvement = 0
+        self.train_forwards = 0
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _make_eval_items(self) -> list[tuple[int, int, np.ndarray]]:
+        """Fixed (photo, timestep, noise) triples: the same every evaluation, so values are comparable."""
+        t_min, t_max = self.config.t_range
+        k = self.config.eval_timesteps
+        steps = np.linspace(t_min, t_max - 1, k + 2)[1:-1] if k > 1 else np.array([(t_min + t_max - 1) / 2])
+        items = []
+        for i in range(len(self.latents)):
+            for j, t in enumerate(np.round(steps).astype(int)):
+                rng = np.random.default_rng([self.config.seed, _EVAL_STREAM, 2, i, j])
+                items.append((i, int(t), rng.standard_normal(self.latents.shape[2:]).astype(np.float32)))
+        return items
+
+    def evaluation_loss(self, v: np.ndarray) -> float:
+        """The deterministic evaluation loss of embedding v (mean over the fixed items)."""
+        schedule = self.model.schedule
+        total = 0.0
+        for i, t, noise in self._eval_items:
+            x0 = self.latents[i, 0]
+            prompt = self.captions.get(self.image_names[i]) or self.prompts.eval_prompt()
+            ids = self.model.tokenizer(prompt)[0]
+            x_t = schedule.add_noise(x0[None], noise[None], np.array([t]))[0]
+            target = schedule.target(x0[None], noise[None], np.array([t]))[0]
+            total += float(self.loss(ids, v[None], x_t.astype(np.float32), t, target.astype(np.float32))[0])
+        return total / len(self._eval_items)
+
+    # -- one step ------------------------------------------------------------------------------
+    def train_step(self) -> float:
+        """One ZOODiP step; returns L(v) of this step's sample."""
+        config, schedule = self.config, self.model.schedule
+        rng = np.random.default_rng([config.seed, self.step])
+        i = int(rng.integers(len(self.latents)))
+        view = int(rng.integers(self.latents.shape[1]))
+        x0 = self.latents[i, view]
+        noise = rng.standard_normal(x0.shape).astype(np.float32)
+        t = int(self.timesteps.sample(rng, 1)[0])
+        ids = self.model.tokenizer(self.prompts.prompt_for(self.image_names[i], rng))[0]
+        z = self.estimator.directions(rng)
+
+        x_t = schedule.add_noise(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
+        target = schedule.target(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
+        candidates = np.concatenate([self.v[None], self.estimator.perturbations(self.v, z)]).astype(np.float32)
+        losses = self.loss(ids, candidates, x_t, t, target)
+        self.train_forwards += len(candidates)
+        if not np.all(np.isfinite(losses)):
+            raise ZoodipError(
+                f"the loss became {losses[np.isfinite(losses) == 0][0]} at step {self.step}: the model or the "
+                "embedding diverged; lower --learning_rate or --mu and resume from the last checkpoint with --resume"
+            )
+        g = self.estimator.estimate(float(losses[0]), losses[1:], z)
+        if self.projector is not None:
+            g = self.projector.project(g)
+        self.v = np.asarray(self.optimizer.step(self.v, g), dtype=np.float32)
+        if self.projector is not None:
+            self.projector.observe(self.v)
+        self.step += 1
+        return float(losses[0])
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.config.output_dir / CHECKPOINT_NAME
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state: dict[str, np.ndarray] = {
+            "fingerprint": np.array(self.config.fingerprint()),
+            "step": np.array(self.step, np.int64),
+            "v": self.v,
+            "best_v": self.best_v,
+            "best_eval": np.array(np.nan if self.best_eval is None else self.best_eval, np.float64),
+            "eval_history": np.array(self.eval_history, np.float64).reshape(-1, 2),
+            "evals_without_improvement": np.array(self.evals_without_improvement, np.int64),
+            "train_forwards": np.array(self.train_forwards, np.int64),
+        }
+        for prefix, part in (("opt/", self.optimizer), ("sg/", self.projector)):
+            if part is not None:
+                for key, value in part.state_dict().items():
+                    state[prefix + key] = np.asarray(value)
+        return state
+
+    def save_checkpoint(self) -> Path:
+        self.config.output_dir.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        _atomic_write_bytes(self.checkpoint_path, lambda handle: np.savez(handle, **state))
+        return self.checkpoint_path
+
+    def load_checkpoint(self) -> None:
+        path = self.checkpoint_path
+        if not path.is_file():
+            raise ZoodipError(f"nothing to resume: {path} does not exist (run without --resume to start)")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                state = {k: data[k] for k in data.files}
+        except Exception as exc:
+            raise ZoodipError(f"checkpoint {path} is unreadable ({exc}): delete it and start again without --resume") from None
+        if str(state.get("fingerprint")) != self.config.fingerprint():
+            raise ZoodipError(
+                f"checkpoint {path} belongs to a run with other settings: resume with the same flags, "
+                "or use a new --output_dir"
+            )
+        self.step = int(state["step"])
+        self.v = state["v"].astype(np.float32)
+        self.best_v = state["best_v"].astype(np.float32)
+        best = float(state["best_eval"])
+        self.best_eval = None if math.isnan(best) else best
+        self.eval_history = [(int(s), float(e)) for s, e in state["eval_history"]]
+        self.evals_without_improvement = int(state["evals_without_improvement"])
+        self.train_forwards = int(state["train_forwards"])
+        for prefix, part in (("opt/", self.optimizer), ("sg/", self.projector)):
+            if part is not None:
+                part.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+    # -- the run -------------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        with open(self.config.output_dir / LOG_NAME, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self) -> None:
+        """On resume, drop log lines of steps after the checkpoint (they will be redone)."""
+        path = self.config.output_dir / LOG_NAME
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        _atomic_write_bytes(path, lambda handle: handle.write(("\n".join(kept) + "\n" if kept else "").encode()))
+
+    def _record_eval(self) -> float:
+        value = self.evaluation_loss(self.v)
+        self.eval_history.append((self.step, value))
+        if self.best_eval is None or value < self.best_eval:
+            self.best_eval, self.best_v, self.evals_without_improvement = value, self.v.copy(), 0
+        else:
+            self.evals_without_improvement += 1
+        return value
+
+    def run(self, resume: bool = False) -> PersonalizeResult:
+        config = self.config
+        out = config.output_dir
+        if resume:
+            self.load_checkpoint()
+            self._truncate_log()
+        else:
+            if self.checkpoint_path.exists():
+                raise ZoodipError(f"{out} already holds a run: pass --resume to continue it, or choose a new --output_dir")
+            out.mkdir(parents=True, exist_ok=True)
+            (out / LOG_NAME).unlink(missing_ok=True)
+            (out / "config.json").write_text(json.dumps(config.to_json(), indent=2, default=str))
+            if config.eval_every:
+                value = self._record_eval()
+                self._log({"step": 0, "eval_loss": value})
+            self.save_checkpoint()
+
+        started = time.monotonic()
+        forwards_at_start = self.loss.forwards
+        total = config.max_train_steps
+        status = "done"
+        loss: float | None = None
+        while self.step < total:
+            if self.cancel_event.is_set():
+                status = "cancelled"
+                break
+            loss = self.train_step()
+            record: dict = {"step": self.step, "loss": loss}
+            if self.projector is not None and self.projector.kept_dims is not None:
+                record["kept_dims"] = int(self.projector.kept_dims)
+            event = "step"
+            if config.eval_every and (self.step % config.eval_every == 0 or self.step == total):
+                record["eval_loss"] = self._record_eval()
+                event = "eval"
+            self._log(record)
+            stop_early = bool(config.early_stop_patience) and self.evals_without_improvement >= config.early_stop_patience
+            if (config.checkpoint_every and self.step % config.checkpoint_every == 0) or self.step == total or stop_early:
+                self.save_checkpoint()
+            self._report(event, loss, record.get("eval_loss"), started, forwards_at_start)
+            if stop_early:
+                status = "early-stopped"
+                break
+
+        self.save_checkpoint()
+        # Early stopping keeps the best evaluated embedding; otherwise the last one (as diffusers' script does).
+        final = self.best_v if status == "early-stopped" else self.v
+        embedding_path = None
+        if status != "cancelled":
+            embedding_path = save_learned_embeds(out / EMBEDDING_NAME, config.placeholder_token, final[None])
+        self._report(status, loss, self.eval_history[-1][1] if self.eval_history else None, started, forwards_at_start)
+        return PersonalizeResult(
+            status=status,
+            steps=self.step,
+            embedding_path=embedding_path,
+            checkpoint_path=self.checkpoint_path,
+            log_path=out / LOG_NAME,
+            initial_eval_loss=self.eval_history[0][1] if self.eval_history else None,
+            final_eval_loss=self.eval_history[-1][1] if self.eval_history else None,
+            best_eval_loss=self.best_eval,
+            eval_history=list(self.eval_history),
+        )
+
+    def _report(self, event: str, loss: float | None, eval_loss: float | None, started: float, forwards_at_start: int) -> None:
+        if self.on_progress is None:
+            return
+        elapsed = time.monotonic() - started
+        done = self.loss.forwards - forwards_at_start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        remaining_steps = self.config.max_train_steps - self.step
+        per_step = elapsed / max(1, done) * (self.config.n + 1)
+        eta = remaining_steps * per_step if done else None
+        kept = self.projector.kept_dims if self.projector is not None else None
+        self.on_progress(Progress(event, self.step, self.config.max_train_steps, loss, eval_loss,
+                                  None if kept is None else int(kept), self.loss.forwards, elapsed, rate, eta))
+
+
+def personalize(config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,
+                resume: bool = False, cancel_event: threading.Event | None = None) -> PersonalizeResult:
+    """Run (or resume) a personalization and write ``learned_embeds.safetensors`` into the output folder."""
+    return Personalizer(config, on_progress, cancel_event).run(resume=resume)

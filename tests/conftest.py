@@ -1,0 +1,31 @@
+"""Shared fixtures: one tiny SD-shaped diffusers folder and its INT8 export for the whole session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_folder(tmp_path_factory) -> Path:
+    from zoodip_export.tiny import build_tiny_sd_folder
+
+    return build_tiny_sd_folder(tmp_path_factory.mktemp("tiny") / "tiny_sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_sd_folder, tmp_path_factory) -> Path:
+    """The default (INT8, W8A32) export of the tiny folder."""
+    from zoodip_export.export_model import export_model
+
+    out = tmp_path_factory.mktemp("export") / "tiny_int8"
+    export_model(tiny_sd_folder, out, parity=False, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def photos() -> Path:
+    return EXAMPLE_PHOTOS

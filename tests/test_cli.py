@@ -1,0 +1,141 @@
+"""The CLI: every bad input is one line on stderr, exit status 2, no traceback, nothing half-written."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from zoodip.cli import main
+
+TOKEN = "<striped-star>"
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def personalize_args(export, photos, out, *extra):
+    return ["personalize", "--model", export, "--train_data_dir", photos, "--output_dir", out,
+            "--placeholder_token", TOKEN, "--initializer_token", "star", "--max_train_steps", "3",
+            "--eval-every", "3", "--tau", "4", "--threads", "1", "--no-progress", *extra]
+
+
+def assert_one_line_error(code, err, needle):
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert needle in lines[0], lines[0]
+
+
+def test_personalize_then_generate_with_the_learned_token(tiny_export, photos, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(personalize_args(tiny_export, photos, out), capsys)
+    assert code == 0 and "embedding:" in stdout
+    image = tmp_path / "gen.png"
+    code, stdout, err = run_cli(["generate", "--model", tiny_export, "--prompt", f"a photo of {TOKEN}",
+                                 "--embedding", out / "learned_embeds.safetensors", "--steps", "3",
+                                 "--out", image, "--threads", "1"], capsys)
+    assert code == 0, err
+    from PIL import Image
+
+    assert Image.open(image).size == (128, 128)
+
+
+def test_progress_jsonl_stream(tiny_export, photos, tmp_path, capsys):
+    stream = tmp_path / "progress.jsonl"
+    code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "p", "--progress-jsonl", stream), capsys)
+    assert code == 0, err
+    events = [json.loads(line) for line in stream.read_text().splitlines()]
+    assert events[-1]["event"] == "done" and events[-1]["step"] == 3
+    assert {"type", "event", "step", "total", "loss", "eval_loss", "forwards", "eta_s"} <= set(events[0])
+
+
+@pytest.fixture()
+def broken_exports(tiny_export, tmp_path):
+    """Copies of the tiny export, each damaged in one way."""
+    def make(kind):
+        folder = tmp_path / f"export_{kind}"
+        shutil.copytree(tiny_export, folder)
+        manifest_path = folder / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        if kind == "partial":
+            (folder / manifest["graphs"]["unet"]["file"]).unlink()
+        elif kind == "no_manifest":
+            manifest_path.unlink()
+        elif kind == "mismatch":
+            manifest["graphs"]["unet"]["inputs"] = {"latents": {"shape": [1], "dtype": "float32"}}
+            manifest_path.write_text(json.dumps(manifest))
+        elif kind == "garbage_manifest":
+            manifest_path.write_text("{ not json")
+        return folder
+    return make
+
+
+@pytest.mark.parametrize("kind,needle", [
+    ("partial", "is missing"), ("no_manifest", "no manifest.json"),
+    ("mismatch", "manifest says"), ("garbage_manifest", "not valid JSON"),
+])
+def test_damaged_export_folders(broken_exports, photos, tmp_path, capsys, kind, needle):
+    out = tmp_path / "out"
+    code, _, err = run_cli(personalize_args(broken_exports(kind), photos, out), capsys)
+    assert_one_line_error(code, err, needle)
+    assert not (out / "learned_embeds.safetensors").exists()
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--n", "0"], "--n must be"),
+    (["--mu", "-1"], "--mu must be"),
+    (["--mu", "nan"], "--mu must be"),
+    (["--tau", "1"], "--tau must be"),
+    (["--nu", "2"], "--nu must be"),
+    (["--t-range", "900", "500"], "900"),
+    (["--t-range", "0", "5000"], "5000"),
+    (["--resolution", "100"], "multiple of 8"),
+    (["--learning_rate", "0"], "--learning_rate"),
+    (["--initializer_token", "zqxjvkwpfhgtb"], "single token"),
+    (["--placeholder_token", "star"], "star"),
+    (["--resume"], "nothing to resume"),
+])
+def test_bad_flags(tiny_export, photos, tmp_path, capsys, flags, needle):
+    out = tmp_path / "out"
+    args = personalize_args(tiny_export, photos, out)
+    code, _, err = run_cli(args + flags, capsys)
+    assert_one_line_error(code, err, needle)
+    assert not (out / "learned_embeds.safetensors").exists()
+
+
+def test_bad_photo_folders(tiny_export, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(personalize_args(tiny_export, empty, tmp_path / "o"), capsys)
+    assert_one_line_error(code, err, "no images")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"not an image")
+    code, _, err = run_cli(personalize_args(tiny_export, broken, tmp_path / "o2"), capsys)
+    assert_one_line_error(code, err, "a.jpg")
+
+
+def test_missing_export_folder_and_generate_errors(tmp_path, tiny_export, capsys):
+    code, _, err = run_cli(["generate", "--model", tmp_path / "nope", "--prompt", "x"], capsys)
+    assert_one_line_error(code, err, "does not exist")
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "x", "--height", "100"], capsys)
+    assert_one_line_error(code, err, "multiple of 8")
+    pickle_file = tmp_path / "emb.bin"
+    pickle_file.write_bytes(b"\x80\x04 pickle")
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "x", "--embedding", pickle_file], capsys)
+    assert_one_line_error(code, err, "emb.bin")
+
+
+def test_cli_entry_point_exit_code_in_a_real_process(tmp_path):
+    """The installed console script: exit status 2 and a single stderr line, as a user sees it."""
+    proc = subprocess.run([sys.executable, "-m", "zoodip.cli", "generate", "--model", str(tmp_path / "nope"),
+                           "--prompt", "x"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1

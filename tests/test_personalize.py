@@ -1,0 +1,183 @@
+"""The personalization loop on the tiny INT8 export: it learns, it resumes exactly, it stops cleanly."""
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from zoodip.api import PersonalizationJob, progress_to_json
+from zoodip.embeddings import load_embedding_file
+from zoodip.errors import ZoodipError
+from zoodip.trainer import CHECKPOINT_NAME, EMBEDDING_NAME, LOG_NAME, PersonalizeConfig, Personalizer, personalize
+
+TOKEN = "<striped-star>"
+
+
+def make_config(export, photos, out, **overrides) -> PersonalizeConfig:
+    settings = dict(export_dir=export, images=photos, output_dir=out, placeholder_token=TOKEN,
+                    initializer_token="star", max_train_steps=12, eval_every=6, eval_timesteps=2,
+                    checkpoint_every=4, tau=4, threads=1)
+    settings.update(overrides)
+    return PersonalizeConfig(**settings)
+
+
+def test_short_run_lowers_the_evaluation_loss(tiny_export, photos, tmp_path):
+    config = make_config(tiny_export, photos, tmp_path / "run", max_train_steps=60, eval_every=30,
+                         learning_rate=5e-2, tau=16)
+    events = []
+    result = personalize(config, on_progress=events.append)
+    assert result.status == "done" and result.steps == 60
+    assert [s for s, _ in result.eval_history] == [0, 30, 60]
+    assert result.final_eval_loss < result.initial_eval_loss
+    # The learned vector moved away from the initializer and is what the file holds.
+    token, vectors = load_embedding_file(result.embedding_path)
+    assert token == TOKEN and vectors.shape == (1, 32)
+    log = [json.loads(line) for line in (tmp_path / "run" / LOG_NAME).read_text().splitlines()]
+    assert log[0] == {"step": 0, "eval_loss": result.initial_eval_loss}
+    assert [r["step"] for r in log[1:]] == list(range(1, 61))
+    assert any("kept_dims" in r for r in log)  # Subspace Gradient fitted (tau=16 < 60 steps)
+    assert events[-1].event == "done" and events[-1].forwards > 3 * 60
+    json.loads(progress_to_json(events[-1]))  # the JSON-lines contract holds for real events
+
+
+def _final_bytes(out) -> bytes:
+    return (out / EMBEDDING_NAME).read_bytes()
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(tiny_export, photos, tmp_path):
+    straight = make_config(tiny_export, photos, tmp_path / "straight")
+    personalize(straight)
+
+    # Crash at step 6: the last checkpoint is from step 4, so steps 5-6 are redone after resuming.
+    crashing = make_config(tiny_export, photos, tmp_path / "resumed")
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_six(progress):
+        if progress.step == 6 and progress.event in ("step", "eval"):
+            raise Crash()
+
+    with pytest.raises(Crash):
+        personalize(crashing, on_progress=crash_at_six)
+    assert not (tmp_path / "resumed" / EMBEDDING_NAME).exists()
+    result = personalize(crashing, resume=True)
+    assert result.steps == 12
+    assert _final_bytes(tmp_path / "resumed") == _final_bytes(tmp_path / "straight")
+    a = np.load(tmp_path / "straight" / CHECKPOINT_NAME)
+    b = np.load(tmp_path / "resumed" / CHECKPOINT_NAME)
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # The log of the resumed run reads like one uninterrupted run.
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / LOG_NAME).read_text().splitlines()]
+    assert steps == [0] + list(range(1, 13))
+
+
+def test_sequential_mode_matches_batched_closely(tiny_export, photos, tmp_path):
+    batched = personalize(make_config(tiny_export, photos, tmp_path / "b", max_train_steps=4, eval_every=0))
+    sequential = personalize(make_config(tiny_export, photos, tmp_path / "s", max_train_steps=4, eval_every=0, batched=False))
+    _, vb = load_embedding_file(batched.embedding_path)
+    _, vs = load_embedding_file(sequential.embedding_path)
+    np.testing.assert_allclose(vb, vs, atol=1e-3)
+
+
+def test_job_api_cancel_then_resume(tiny_export, photos, tmp_path):
+    config = make_config(tiny_export, photos, tmp_path / "job", max_train_steps=40, eval_every=0)
+    stop_here = threading.Event()
+
+    def on_progress(progress):
+        if progress.step >= 5:
+            stop_here.set()
+
+    job = PersonalizationJob(config, on_progress=on_progress).start()
+    assert stop_here.wait(60)
+    job.cancel()
+    result = job.wait(60)
+    assert result is not None and result.status == "cancelled" and 5 <= result.steps < 40
+    assert result.embedding_path is None and (tmp_path / "job" / CHECKPOINT_NAME).is_file()
+    resumed = PersonalizationJob(config, resume=True).run()
+    assert resumed.status == "done" and resumed.steps == 40 and resumed.embedding_path.is_file()
+
+
+def test_early_stopping_keeps_the_best_embedding(tiny_export, photos, tmp_path, monkeypatch):
+    config = make_config(tiny_export, photos, tmp_path / "early", max_train_steps=50, eval_every=2,
+                         early_stop_patience=2)
+    trainer = Personalizer(config)
+    planted = iter([5.0, 4.0, 3.0, 3.5, 3.2, 1.0])  # best at the 3rd evaluation (step 4), then 2 worse ones
+    seen = {}
+
+    def fake_eval(v):
+        seen[trainer.step] = v.copy()
+        return next(planted)
+
+    monkeypatch.setattr(trainer, "evaluation_loss", fake_eval)
+    result = trainer.run()
+    assert result.status == "early-stopped" and result.steps == 8
+    assert result.best_eval_loss == 3.0
+    _, vectors = load_embedding_file(result.embedding_path)
+    np.testing.assert_array_equal(vectors[0], seen[4])
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tiny_export, photos, tmp_path, monkeypatch):
+    config = make_config(tiny_export, photos, tmp_path / "nan", eval_every=0)
+    trainer = Personalizer(config)
+    original = trainer.loss.__class__.__call__
+
+    def poisoned(self, ids, candidates, x_t, t, target):
+        losses = original(self, ids, candidates, x_t, t, target)
+        return losses * np.nan if trainer.step >= 5 else losses
+
+    monkeypatch.setattr(trainer.loss.__class__, "__call__", poisoned)
+    with pytest.raises(ZoodipError, match="nan at step 5"):
+        trainer.run()
+    saved = np.load(tmp_path / "nan" / CHECKPOINT_NAME)
+    assert int(saved["step"]) == 4 and np.all(np.isfinite(saved["v"]))
+    assert not (tmp_path / "nan" / EMBEDDING_NAME).exists()
+
+
+def test_disk_full_during_checkpoint_keeps_the_previous_one(tiny_export, photos, tmp_path, monkeypatch):
+    import os
+
+    config = make_config(tiny_export, photos, tmp_path / "full", eval_every=0)
+    trainer = Personalizer(config)
+    real_fsync = os.fsync
+    calls = {"n": 0}
+
+    def fsync_then_fail(fd):
+        calls["n"] += 1
+        if calls["n"] >= 2:  # the first checkpoint (step 0) succeeds, the next hits a full disk
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_then_fail)
+    with pytest.raises(ZoodipError, match="disk is full"):
+        trainer.run()
+    folder = tmp_path / "full"
+    assert int(np.load(folder / CHECKPOINT_NAME)["step"]) == 0
+    assert [p.name for p in folder.iterdir() if ".tmp" in p.name] == []
+
+
+def test_resume_refuses_other_settings_and_fresh_run_refuses_existing(tiny_export, photos, tmp_path):
+    out = tmp_path / "r"
+    personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0))
+    with pytest.raises(ZoodipError, match="already holds a run"):
+        personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0))
+    with pytest.raises(ZoodipError, match="other settings"):
+        personalize(make_config(tiny_export, photos, out, max_train_steps=4, eval_every=0, mu=2e-3), resume=True)
+    with pytest.raises(ZoodipError, match="nothing to resume"):
+        personalize(make_config(tiny_export, photos, tmp_path / "none", eval_every=0), resume=True)
+
+
+def test_captions_are_used_and_checked(tiny_export, photos, tmp_path):
+    names = sorted(p.name for p in photos.iterdir())
+    good = tmp_path / "captions.json"
+    good.write_text(json.dumps({name: f"a photo of {TOKEN} on blue" for name in names}))
+    result = personalize(make_config(tiny_export, photos, tmp_path / "cap", max_train_steps=2, eval_every=2, captions=good))
+    assert result.status == "done"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({names[0]: "a photo without the token"}))
+    with pytest.raises(ZoodipError):
+        personalize(make_config(tiny_export, photos, tmp_path / "cap2", captions=bad))
