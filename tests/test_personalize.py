@@ -181,3 +181,16 @@ def test_captions_are_used_and_checked(tiny_export, photos, tmp_path):
     bad.write_text(json.dumps({names[0]: "a photo without the token"}))
     with pytest.raises(ZoodipError):
         personalize(make_config(tiny_export, photos, tmp_path / "cap2", captions=bad))
+
+
+def test_diffusers_loads_the_learned_embedding(tiny_sd_folder, tiny_export, photos, tmp_path):
+    """The output is a diffusers textual-inversion file: load_textual_inversion accepts it unchanged."""
+    diffusers = pytest.importorskip("diffusers")
+    result = personalize(make_config(tiny_export, photos, tmp_path / "ti", max_train_steps=3, eval_every=0))
+    _, learned = load_embedding_file(result.embedding_path)
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=None)
+    pipe.load_textual_inversion(str(result.embedding_path))
+    token_id = pipe.tokenizer.convert_tokens_to_ids(TOKEN)
+    row = pipe.text_encoder.get_input_embeddings().weight[token_id].detach().numpy()
+    np.testing.assert_array_equal(row, learned[0])
+    assert pipe.tokenizer(f"a photo of {TOKEN}").input_ids[4] == token_id
