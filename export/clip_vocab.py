@@ -13,26 +13,11 @@ import json
 import shutil
 from pathlib import Path
 
+from zoodip.tokenizer import bytes_to_unicode
+
 VOCAB_SIZE = 49408
 NUM_MERGES = VOCAB_SIZE - 2 * 256 - 2  # 48894
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
-
-
-def byte_to_unicode() -> dict[int, str]:
-    """CLIP/GPT-2's reversible map from bytes to printable unicode characters."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    mapping = {b: chr(b) for b in printable}
-    shift = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + shift)
-            shift += 1
-    # Insertion order matters: the vocabulary lists the printable bytes first, as CLIP does.
-    return mapping
 
 
 def find_bpe_file() -> Path:
@@ -57,7 +42,8 @@ def read_merges(bpe_path: Path | None = None) -> list[str]:
 
 
 def build_vocab(merges: list[str]) -> dict[str, int]:
-    symbols = list(byte_to_unicode().values())
+    # The byte symbols in the tokenizer's own order: printable bytes first, as CLIP lists them.
+    symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols]
     tokens += ["".join(merge.split()) for merge in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]

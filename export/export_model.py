@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from zoodip.errors import ZoodipError
+from zoodip.model import FORMAT, FORMAT_VERSION  # one definition of the folder format, shared with the reader
 
-FORMAT = "zoodip-export"
-FORMAT_VERSION = 1
 PRECISIONS = ("int8", "fp32")
 MANIFEST = "manifest.json"
 TOKEN_EMBEDDINGS = "token_embeddings.npy"

@@ -57,7 +57,7 @@ _SKIPPED_BY_PATTERN = "\u0345"
 _ASCII_CONTROL_DELETE = {c: None for c in list(range(32)) + [127] if chr(c) not in "\t\n\r"}
 
 
-def _bytes_to_unicode() -> Dict[int, str]:
+def bytes_to_unicode() -> Dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable character map (vocabulary entries use it).
 
     Printable Latin-1 bytes map to themselves; the rest (space, controls, ...) are moved to
@@ -77,7 +77,7 @@ def _bytes_to_unicode() -> Dict[int, str]:
     return table
 
 
-_BYTE_ENCODER = _bytes_to_unicode()
+_BYTE_ENCODER = bytes_to_unicode()
 _BYTE_DECODER = {ch: b for b, ch in _BYTE_ENCODER.items()}
 
 
