@@ -194,3 +194,35 @@ def test_diffusers_loads_the_learned_embedding(tiny_sd_folder, tiny_export, phot
     row = pipe.text_encoder.get_input_embeddings().weight[token_id].detach().numpy()
     np.testing.assert_array_equal(row, learned[0])
     assert pipe.tokenizer(f"a photo of {TOKEN}").input_ids[4] == token_id
+
+
+def test_sigkilled_cli_run_resumes_to_the_same_bytes(tiny_export, photos, tmp_path):
+    """A real kill -9 in the middle of a CLI run, then --resume: same embedding as a clean run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def args(out):
+        return [sys.executable, "-m", "zoodip.cli", "personalize", "--model", str(tiny_export),
+                "--train_data_dir", str(photos), "--output_dir", str(out), "--placeholder_token", TOKEN,
+                "--initializer_token", "star", "--max_train_steps", "160", "--eval-every", "80",
+                "--tau", "16", "--checkpointing_steps", "7", "--threads", "1", "--no-progress"]
+
+    subprocess.run(args(tmp_path / "clean"), check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(args(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    log = killed / LOG_NAME
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and log.read_text().count("\n") >= 40:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / EMBEDDING_NAME).exists()
+    resumed = subprocess.run(args(killed) + ["--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _final_bytes(killed) == _final_bytes(tmp_path / "clean")
