@@ -325,7 +325,10 @@ class Personalizer:
                 f"the loss became {losses[np.isfinite(losses) == 0][0]} at step {self.step}: the model or the "
                 "embedding diverged; lower --learning_rate or --mu and resume from the last checkpoint with --resume"
             )
-        g = self.estimator.estimate(float(losses[0]), losses[1:], z)
+        # As in the authors' code, the estimate is normalized by the dimension that survives the
+        # subspace projection (the full dimension until the first fit).
+        effective_dim = self.projector.effective_dim if self.projector is not None else None
+        g = self.estimator.estimate(float(losses[0]), losses[1:], z, effective_dim=effective_dim)
         if self.projector is not None:
             g = self.projector.project(g)
         self.v = np.asarray(self.optimizer.step(self.v, g), dtype=np.float32)
