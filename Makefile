@@ -26,3 +26,11 @@ test: setup
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
+
+# make arm-check : the personalization on emulated ARM64 (qemu user mode + a Debian arm64 rootfs with
+# the aarch64 numpy/onnxruntime wheels, built once into ~/.cache/zoodip/arm64-rootfs), compared with
+# the same run on this host; also runs android_harness/run_on_device.sh against that rootfs. Needs root:
+# it apt-installs qemu-user-static and debootstrap if missing and (re-)registers binfmt_misc.
+.PHONY: arm-check
+arm-check: setup
+	$(BIN)/python android_harness/arm_emulated.py check

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""One measured personalization run plus a finite-difference probe, with the SDK only (no torch).
+
+    PYTHONPATH=sdk python android_harness/arm_probe.py --model EXPORT --photos DIR --out OUT [--steps 4 ...]
+
+Runs the real CLI entry point (``zoodip.cli.main(["personalize", ...])``) in this process, then
+evaluates the denoising loss L(v) and L(v + mu z_i) on a fixed, seeded problem (the quantities a
+training step differences), and writes OUT/probe.json. ``arm_emulated.py`` runs this same file on
+the host and inside the ARM64 rootfs and compares the two; it also runs on a device.
+"""
+from __future__ import annotations
+
+import time
+
+_T0 = time.monotonic()
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+IMPORT_S = time.monotonic() - _T0
+
+
+def fd_probe(model_dir: str, directions: int, mu: float, threads: int, seed: int = 1234) -> dict:
+    from zoodip.model import ExportedModel, RuntimeOptions
+    from zoodip.trainer import DenoisingLoss
+
+    model = ExportedModel.load(model_dir, RuntimeOptions(threads=threads))
+    token = "<fd-probe>"
+    placeholder = model.tokenizer.add_placeholder(token)[0]
+    ids = model.tokenizer(f"a photo of a {token}")[0]
+    v0 = np.asarray(model.token_embeddings[model.tokenizer.token_ids_for_word("star")[0]], np.float32)
+    rng = np.random.default_rng(seed)
+    shape = (model.latent_channels, model.sample_size, model.sample_size)
+    x_t = rng.standard_normal(shape).astype(np.float32)
+    target = rng.standard_normal(shape).astype(np.float32)
+    z = rng.standard_normal((directions, model.hidden_size)).astype(np.float32)
+    candidates = np.concatenate([v0[None], v0[None] + np.float32(mu) * z]).astype(np.float32)
+    digest = hashlib.sha256(b"".join(a.tobytes() for a in (ids, candidates, x_t, target))).hexdigest()[:16]
+    started = time.monotonic()
+    losses = DenoisingLoss(model, placeholder, batched=True)(ids, candidates, x_t, 700, target)
+    return {"mu": mu, "losses": [float(x) for x in losses], "inputs_sha256": digest,
+            "forward_s": time.monotonic() - started, "batch": len(candidates)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--photos", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--eval-every", type=int, default=4)
+    parser.add_argument("--checkpointing-steps", type=int, default=2)
+    parser.add_argument("--tau", type=int, default=4)
+    parser.add_argument("--n", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--directions", type=int, default=4, help="finite-difference probe directions (0: no probe)")
+    args = parser.parse_args(argv)
+
+    from zoodip.cli import main as cli_main
+
+    out = Path(args.out)
+    progress = out.with_name(out.name + ".progress.jsonl")
+    started = time.monotonic()
+    code = cli_main(["personalize", "--model", args.model, "--train_data_dir", args.photos, "--output_dir", str(out),
+                     "--placeholder_token", "<arm-star>", "--initializer_token", "star",
+                     "--max_train_steps", str(args.steps), "--eval-every", str(args.eval_every),
+                     "--checkpointing_steps", str(args.checkpointing_steps), "--tau", str(args.tau), "--n", str(args.n),
+                     "--seed", str(args.seed), "--threads", str(args.threads), "--no-progress",
+                     "--progress-jsonl", str(progress)])
+    if code != 0:
+        return code
+    report = {
+        "machine": platform.machine(), "python": platform.python_version(), "numpy": np.__version__,
+        "onnxruntime": ort.__version__, "import_s": IMPORT_S, "personalize_s": time.monotonic() - started,
+        "progress": str(progress),
+    }
+    if args.directions:
+        report["fd_probe"] = fd_probe(args.model, args.directions, 1e-3, args.threads)
+    (out / "probe.json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The personalization loop on ARM64 (Debian arm64 userland, aarch64 numpy/onnxruntime wheels, run
+under qemu user-mode emulation) agrees with the same run on this x86-64 host.
+
+Skipped, with the reason, where the emulator or the prepared rootfs is absent: `make arm-check`
+installs qemu-user-static/debootstrap and builds the rootfs once (~/.cache/zoodip/arm64-rootfs).
+binfmt_misc registrations do not survive a reboot; status() re-registers the emulator (as root).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "android_harness"))
+
+import arm_emulated  # noqa: E402
+
+
+def test_status_reports_a_reason():
+    ready, reason = arm_emulated.status()
+    assert isinstance(ready, bool) and reason
+
+
+@pytest.mark.slow
+def test_x86_64_and_emulated_arm64_personalizations_agree(tiny_export, tmp_path):
+    ready, reason = arm_emulated.status()
+    if not ready:
+        pytest.skip(f"emulated ARM64 unavailable: {reason}")
+    spec = arm_emulated.RunSpec()  # 4 steps, n=2, evaluation at steps 0 and 4, 3 photos, 1 thread
+    report = arm_emulated.run_comparison(tiny_export, tmp_path, spec, with_ort=False)
+    print(arm_emulated.format_report(report))
+    assert report["runs"]["arm64"]["machine"] == "aarch64"
+    assert report["runs"]["x86_64"]["onnxruntime"] == report["runs"]["arm64"]["onnxruntime"]
+    c = report["comparisons"]["x86_64 vs arm64"]
+    assert c["steps"] == spec.steps and c["probe_same_inputs"]
+    assert c["loss_max_rel_diff"] <= arm_emulated.LOSS_RTOL, c
+    assert c["eval_loss_max_rel_diff"] <= arm_emulated.LOSS_RTOL, c
+    assert c["probe_fd_rel_l2_diff"] <= arm_emulated.FD_RTOL, c
+    assert c["embedding_diff_over_update"] <= arm_emulated.UPDATE_RTOL, c
