@@ -181,7 +181,10 @@ def test_external_data_round_trip(fp32_export: tuple[Path, dict[str, Any]], tmp_
     external = tmp_path / "ext" / "unet.onnx"
     assert ox.write_onnx(ox.load_graph(src), src.parent, external, external=True) == "unet.onnx.data"
     assert sorted(p.name for p in external.parent.iterdir()) == ["unet.onnx", "unet.onnx.data"]
-    assert external.stat().st_size < 0.1 * src.stat().st_size
+    # The weights moved out: the graph file keeps only the structure (on the tiny UNet ~15% of the
+    # inline file, the unrolled query-chunked attention being most of it) and small tensors.
+    assert external.stat().st_size < 0.2 * src.stat().st_size
+    assert (external.parent / "unet.onnx.data").stat().st_size > 0.75 * (src.stat().st_size - external.stat().st_size)
     feeds = {"sample": np.ones((1, 4, 16, 16), np.float32), "timestep": np.array([10.0], np.float32),
              "encoder_hidden_states": np.full((1, 77, 32), 0.5, np.float32)}
     expected = open_session(src).run(None, feeds)[0]

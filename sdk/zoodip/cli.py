@@ -44,6 +44,7 @@ def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpointing_steps", type=int, default=50)
     p.add_argument("--early-stop-patience", type=int, default=0, help="stop after this many evaluations without improvement")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    p.add_argument("--memory-budget", type=int, default=None, metavar="MB", help="low-memory mode within MB (implies --sequential)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output_dir from its checkpoint")
     p.add_argument("--progress-jsonl", default=None, metavar="PATH", help="also stream progress as JSON lines ('-' = stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -62,6 +63,7 @@ def _config_from_args(args: argparse.Namespace):
         captions=Path(args.captions) if args.captions else None, flip=args.flip, batched=not args.sequential,
         eval_every=args.eval_every, checkpoint_every=args.checkpointing_steps,
         early_stop_patience=args.early_stop_patience, threads=args.threads,
+        memory_budget_mb=args.memory_budget,
     )
 
 

@@ -34,11 +34,54 @@ class RuntimeOptions:
     ``threads``: intra-op threads (0 = onnxruntime's default, all cores).
     ``low_memory``: turn off the CPU arena and memory-pattern planning; both pre-allocate and keep
     peak-sized buffers, which costs more memory than it saves time for single-image batches.
+    ``memory_budget_mb``: the memory the process may use (MB). Forces ``low_memory``; loading a
+    model whose text encoder and UNet weights alone exceed it is an error. (The trainer also runs
+    the n+1 evaluations one by one under a budget.)
     """
 
     threads: int = 0
     low_memory: bool = True
     extra_config: dict[str, str] = field(default_factory=dict)
+    memory_budget_mb: int | None = None
+
+
+_MALLOC_TRIM: Any = None
+
+
+def trim_heap() -> None:
+    """Hand memory the C heap holds but no longer uses back to the OS (glibc's ``malloc_trim``).
+
+    onnxruntime frees a session's buffers into the C heap, which keeps them mapped: without this a
+    released VAE encoder still counts in the resident set while the UNet runs. Elsewhere (no glibc,
+    e.g. Android's bionic) this is a no-op.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+            import ctypes.util
+
+            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+            _MALLOC_TRIM.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+def limit_heap_arenas() -> None:
+    """Make glibc serve every thread from one heap arena (``mallopt(M_ARENA_MAX, 1)``); no-op elsewhere.
+
+    By default each onnxruntime worker thread gets its own arena, and memory freed in one is not
+    reused by another: the resident set creeps up from forward to forward.
+    """
+    try:
+        import ctypes
+        import ctypes.util
+
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
 
 
 def _sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -142,7 +185,36 @@ class ExportedModel:
             for name, info in manifest["files"].items():
                 if "sha256" in info and _sha256(folder / name) != info["sha256"]:
                     raise ZoodipError(f"{folder / name} does not match its sha256 in the manifest: re-run 'zoodip export'")
-        return cls(folder, manifest, options or RuntimeOptions())
+        model = cls(folder, manifest, options or RuntimeOptions())
+        model.check_memory_budget()
+        return model
+
+    def weights_bytes(self, names: tuple[str, ...] = ("text_encoder", "unet")) -> int:
+        """Bytes of the graph files (graph + external data) of ``names``, from the manifest."""
+        total = 0
+        for name in names:
+            graph = self.manifest["graphs"][name]
+            for file in (graph.get("file"), graph.get("external_data")):
+                if file:
+                    info = self.manifest["files"].get(file, {})
+                    total += int(info["bytes"]) if "bytes" in info else (self.folder / file).stat().st_size
+        return total
+
+    def check_memory_budget(self) -> None:
+        """With a memory budget: low-memory sessions, and a clear error if the weights alone exceed it."""
+        budget = self.options.memory_budget_mb
+        if budget is None:
+            return
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+            raise ZoodipError(f"--memory-budget must be a positive number of MB, got {budget!r}")
+        self.options.low_memory = True
+        limit_heap_arenas()
+        need = -(-self.weights_bytes() // (1 << 20))
+        if budget < need:
+            raise ZoodipError(
+                f"--memory-budget {budget} MB is below the {need} MB that the text encoder and UNet weights of "
+                f"{self.folder} alone take: raise the budget, or use an INT8 export ('zoodip export', recipe w8a32)"
+            )
 
     @property
     def prediction_type(self) -> str:
@@ -190,8 +262,9 @@ class ExportedModel:
             )
 
     def release(self, name: str) -> None:
-        """Drop a graph's session (e.g. the VAE encoder once the photos are cached)."""
-        self._sessions.pop(name, None)
+        """Drop a graph's session (e.g. the VAE encoder once the photos are cached) and trim the heap."""
+        if self._sessions.pop(name, None) is not None:
+            trim_heap()
 
     # -- the four graphs -----------------------------------------------------------------------
     def embed_tokens(self, ids: np.ndarray, extra_rows: np.ndarray | None = None) -> np.ndarray:

@@ -72,8 +72,11 @@ class PersonalizeConfig:
     checkpoint_every: int = 50
     early_stop_patience: int = 0  # evaluations without improvement before stopping; 0 = never
     threads: int = 0
+    memory_budget_mb: int | None = None  # low-memory mode: sequential evaluations, low-memory sessions
 
     def __post_init__(self) -> None:
+        if self.memory_budget_mb is not None:
+            self.batched = False  # n+1 evaluations one by one: a third of the activations
         self.export_dir = Path(self.export_dir)
         self.images = Path(self.images)
         self.output_dir = Path(self.output_dir)
@@ -224,7 +227,8 @@ class Personalizer:
         self.config = config
         self.on_progress = on_progress
         self.cancel_event = cancel_event or threading.Event()
-        self.model = ExportedModel.load(config.export_dir, RuntimeOptions(threads=config.threads))
+        self.model = ExportedModel.load(config.export_dir, RuntimeOptions(threads=config.threads,
+                                                                          memory_budget_mb=config.memory_budget_mb))
         model = self.model
 
         self.resolution = config.resolution or model.default_resolution

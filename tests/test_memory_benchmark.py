@@ -1,0 +1,92 @@
+"""benchmarks/memory.py on the tiny model (seconds), and the SDK's memory-budget mode."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zoodip.errors import ZoodipError
+from zoodip.model import ExportedModel, RuntimeOptions
+
+REPO = Path(__file__).resolve().parents[1]
+MEMORY_PY = REPO / "benchmarks" / "memory.py"
+
+
+@pytest.fixture(scope="module")
+def bench_cache(tmp_path_factory, tiny_sd_folder, tiny_export) -> Path:
+    """A benchmark cache pre-filled with the session's tiny folder and export (no second export)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from _models import export_name
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    from zoodip_export.onnx_export import ATTENTION_QUERY_CHUNKS
+
+    cache = tmp_path_factory.mktemp("bench-cache")
+    shutil.copytree(tiny_sd_folder, cache / "tiny-random-s0")
+    shutil.copytree(tiny_export, cache / export_name(True, "w8a32", ATTENTION_QUERY_CHUNKS))
+    return cache
+
+
+def _memory(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(MEMORY_PY), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_tiny_benchmark_writes_json_table_and_chart(bench_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = _memory("--tiny", "--contenders", "ours-int8,torch-backprop-ti", "--steps", "2", "--directions", "8",
+                   "--out", str(out), "--cache", str(bench_cache))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| ours-int8 |" in done.stdout and "torch backprop TI peak / ours peak" in done.stdout
+    report = json.loads((out / "memory.json").read_text())
+    assert report["machine"]["cores"] >= 1 and report["machine"]["versions"]["onnxruntime"]
+    rows = {row["name"]: row for row in report["rows"]}
+    for name in ("ours-int8", "torch-backprop-ti"):
+        row = rows[name]
+        assert not row["errors"], row["errors"]
+        assert row["peak_rss"]["min"] > 10e6 and row["ru_maxrss"]["max"] >= row["peak_rss"]["max"] * 0.9
+        assert row["step_s"]["n"] >= 1 and row["step_s"]["min"] > 0
+    ours = rows["ours-int8"]
+    assert ours["spec"]["memory_budget_mb"] and ours["runs"][0]["batched"] is False  # the budget's sequential mode
+    breakdown = ours["breakdown"]
+    assert breakdown["weights_file_bytes"] > 0 and breakdown["runtime_overhead_rss"] > 0
+    assert -1 <= ours["fidelity"] <= 1
+    assert (out / "memory.md").read_text().startswith("Resolution 128 px")
+    assert (out / "memory.png").stat().st_size < 200_000
+
+
+def test_unknown_contender_is_a_one_line_error(tmp_path: Path) -> None:
+    done = _memory("--tiny", "--contenders", "nope", "--out", str(tmp_path), "--cache", str(tmp_path / "c"), timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: unknown contender 'nope'") and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_memory_budget_below_the_weights_is_refused(tiny_export: Path) -> None:
+    need_mb = -(-ExportedModel.load(tiny_export).weights_bytes() // (1 << 20))
+    assert need_mb >= 2
+    with pytest.raises(ZoodipError, match=f"below the {need_mb} MB that the text encoder and UNet weights"):
+        ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=need_mb - 1))
+    model = ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=need_mb + 100, low_memory=False))
+    assert model.options.low_memory  # a budget always means low-memory sessions
+    with pytest.raises(ZoodipError, match="--memory-budget must be a positive"):
+        ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=0))
+
+
+def test_memory_budget_flag_means_sequential_evaluations(tiny_export: Path, photos: Path, tmp_path: Path) -> None:
+    from zoodip.cli import _add_personalize_flags, _config_from_args
+    from zoodip.trainer import Personalizer
+
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    _add_personalize_flags(parser)
+    args = parser.parse_args(["--model", str(tiny_export), "--train_data_dir", str(photos), "--output_dir",
+                              str(tmp_path / "run"), "--memory-budget", "900", "--max_train_steps", "1"])
+    config = _config_from_args(args)
+    assert config.memory_budget_mb == 900 and config.batched is False
+    personalizer = Personalizer(config)
+    assert personalizer.loss.batched is False and personalizer.model.options.memory_budget_mb == 900
