@@ -1,11 +1,20 @@
-"""``zoodip demo``: export the built-in model, personalize it on the bundled photos, show before/after.
+"""``zoodip demo``: export the built-in model, personalize it on a few photos, show before/after.
 
-Until a trained reference model ships, the built-in model is a small SD-shaped network with seeded
-random weights: the demo shows the whole pipeline working (export -> forward-only training ->
-generation) and the evaluation loss falling; its images are not meant to look like the concept.
+The built-in model is the reference model (``reference/model/`` in the repository: a small
+SD-shaped model trained on the procedural world of ``reference/world.py``, 32x32 images). The demo
+renders the photos of one world concept (a small yellow star with stripes on a blue background),
+learns ``<striped-star>`` from them by forward passes only (initializer: ``star``), generates with
+the initializer and with the learned token, and reads both with the world evaluator
+(``reference/evaluator.onnx``): the fraction of generated images showing the concept's shape,
+colour, background, style and size, before and after.
+
+Without the reference model (an installed package outside the repository) the demo falls back to
+the tiny SD-shaped model with seeded random weights and the bundled star photos: the pipeline runs
+end to end and the evaluation loss falls, but its images are not meant to look like the concept.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -14,14 +23,18 @@ from pathlib import Path
 from .errors import ZoodipError
 
 EXAMPLE_PHOTOS = Path(__file__).resolve().parent / "data" / "example_concept"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REFERENCE_DIR = REPO_ROOT / "reference"
+REFERENCE_MODEL = REFERENCE_DIR / "model"
 DEMO_TOKEN = "<striped-star>"
 DEMO_INITIALIZER = "star"
 DEFAULT_STEPS = 300
+REFERENCE_STEPS = 400
+NUM_IMAGES = 8
+SOURCE_STAMP = "demo_source.json"
 
 
-def _export_builtin(folder: Path, progress: bool) -> Path:
-    if (folder / "manifest.json").is_file():
-        return folder
+def _need_export_tools():
     try:
         from zoodip_export.export_model import export_model
     except ImportError as exc:
@@ -29,8 +42,65 @@ def _export_builtin(folder: Path, progress: bool) -> Path:
             f"the demo exports its built-in model with torch ({exc.name} is missing): "
             "run 'make demo', or pip install 'zoodip[export]'"
         ) from None
-    export_model(None, folder, tiny=True, progress=progress)
+    return export_model
+
+
+def reference_available() -> bool:
+    """The trained reference model and its world/evaluator modules are next to this checkout."""
+    return all(p.is_file() for p in (REFERENCE_MODEL / "model_index.json", REFERENCE_DIR / "world.py",
+                                     REFERENCE_DIR / "evaluator.py"))
+
+
+def _fingerprint(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in (".safetensors", ".json"):
+            digest.update(str(path.relative_to(folder)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _export_builtin(folder: Path, progress: bool, source: Path | None = None) -> Path:
+    """Export ``source`` (or the tiny random model) into ``folder`` unless an export of it is there."""
+    stamp_path = folder / SOURCE_STAMP
+    stamp = {"source": str(source) if source else "tiny", "fingerprint": _fingerprint(source) if source else "tiny-0"}
+    if (folder / "manifest.json").is_file():
+        try:
+            previous = json.loads(stamp_path.read_text())
+        except (OSError, ValueError):
+            previous = {"source": "tiny", "fingerprint": "tiny-0"}  # demos before the stamp exported tiny
+        if previous == stamp:
+            return folder
+    export_model = _need_export_tools()
+    if source is None:
+        export_model(None, folder, tiny=True, progress=progress, overwrite=True)
+    else:
+        export_model(source, folder, progress=progress, overwrite=True)
+    stamp_path.write_text(json.dumps(stamp) + "\n")
     return folder
+
+
+def _world():
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from reference import world
+    from reference.evaluator import Evaluator
+
+    return world, Evaluator
+
+
+def _concept_photos(folder: Path, world) -> tuple[Path, object]:
+    concept = next(c for c in world.CONCEPTS if c.name == DEMO_TOKEN)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(world.concept_images(concept, n=5, seed=0)):
+        image.save(folder / f"{concept.name.strip('<>')}_{i}.png")
+    return folder, concept
+
+
+def _upscale(images, side: int = 128):
+    from PIL import Image
+
+    return [im.resize((side, side), Image.NEAREST) if im.size[0] < side else im for im in images]
 
 
 def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bool = True) -> dict:
@@ -44,16 +114,39 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    export_dir = _export_builtin(out / "model", progress)
+    use_reference = reference_available()
+    if use_reference:
+        world, Evaluator = _world()
+        photos_dir, concept = _concept_photos(out / "concept", world)
+        export_dir = _export_builtin(out / "model", progress, REFERENCE_MODEL)
+        default_steps = REFERENCE_STEPS
+    else:
+        photos_dir, concept = EXAMPLE_PHOTOS, None
+        export_dir = _export_builtin(out / "model", progress)
+        default_steps = DEFAULT_STEPS
     exported_s = time.monotonic() - started
 
     run_dir = out / "run"
-    steps = DEFAULT_STEPS if steps is None else steps
-    config = PersonalizeConfig(export_dir=export_dir, images=EXAMPLE_PHOTOS, output_dir=run_dir,
+    steps = default_steps if steps is None else steps
+    config = PersonalizeConfig(export_dir=export_dir, images=photos_dir, output_dir=run_dir,
                                placeholder_token=DEMO_TOKEN, initializer_token=DEMO_INITIALIZER,
                                max_train_steps=steps, eval_every=max(1, steps // 10), checkpoint_every=max(1, steps // 5),
                                threads=threads)
     resume = (run_dir / "checkpoint.npz").is_file()
+    if resume:
+        try:
+            previous = json.loads((run_dir / "demo_run.json").read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous != {"model": json.loads((export_dir / SOURCE_STAMP).read_text()) if use_reference else "tiny",
+                        "steps": steps}:
+            resume = False  # a run on another model (or with another length): start over
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "demo_run.json").write_text(json.dumps(
+        {"model": json.loads((export_dir / SOURCE_STAMP).read_text()) if use_reference else "tiny", "steps": steps}))
     bar = _ProgressBar(steps, enabled=progress)
     try:
         result = personalize(config, bar, resume=resume)
@@ -65,27 +158,45 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
 
     model = ExportedModel.load(export_dir, RuntimeOptions(threads=threads))
     token, vectors = load_embedding_file(result.embedding_path)
-    kwargs = dict(steps=20, guidance_scale=5.0, sampler="dpmpp_2m", num_images=4)
-    before = generate(model, f"a photo of a {DEMO_INITIALIZER}", seed=1, **kwargs)
-    after = generate(model, f"a photo of a {token}", seed=1, added_embeddings={token: vectors}, **kwargs)
+    num_images = NUM_IMAGES if use_reference else 4
+    kwargs = dict(steps=20, guidance_scale=5.0, sampler="dpmpp_2m", num_images=num_images)
+    before_prompt, after_prompt = f"a photo of a {DEMO_INITIALIZER}", f"a photo of {token}"
+    if not use_reference:
+        after_prompt = f"a photo of a {token}"
+    before = generate(model, before_prompt, seed=1, **kwargs)
+    after = generate(model, after_prompt, seed=1, added_embeddings={token: vectors}, **kwargs)
     size = before[0].size
-    _, photos = load_images(EXAMPLE_PHOTOS, size[0])
-    grid = image_grid([to_pil(photos[:4]), before, after])
+    _, photos = load_images(photos_dir, size[0])
+    grid = image_grid([_upscale(to_pil(photos[:num_images])), _upscale(before), _upscale(after)])
     grid_path = out / "before_after.png"
     grid.save(grid_path)
 
     summary = {
+        "model": "reference" if use_reference else "tiny-random",
         "export_dir": str(export_dir), "embedding": str(result.embedding_path), "grid": str(grid_path),
-        "grid_rows": ["training photos", f"before: 'a photo of a {DEMO_INITIALIZER}'", f"after: 'a photo of a {token}'"],
+        "grid_rows": ["training photos", f"before: '{before_prompt}'", f"after: '{after_prompt}'"],
         "steps": result.steps, "status": result.status,
         "eval_loss_initializer": result.initial_eval_loss, "eval_loss_final": result.final_eval_loss,
         "eval_history": result.eval_history,
-        "seconds": {"export": round(exported_s, 1), "personalize": round(trained_s, 1),
-                    "total": round(time.monotonic() - started, 1)},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"demo: eval loss {result.initial_eval_loss:.5f} (initializer '{DEMO_INITIALIZER}') -> "
           f"{result.final_eval_loss:.5f} after {result.steps} forward-only steps", file=sys.stderr)
+    if use_reference:
+        evaluator = Evaluator.load()
+        target = concept.attributes.as_dict()
+        acc_before = evaluator.accuracy(before, target)
+        acc_after = evaluator.accuracy(after, target)
+        summary["concept"] = {"token": concept.name, "attributes": target}
+        summary["concept_accuracy_before"] = acc_before
+        summary["concept_accuracy_after"] = acc_after
+        summary["predicted_after"] = evaluator.predict(after)
+        for name, acc in (("before", acc_before), ("after", acc_after)):
+            parts = " ".join(f"{a}={acc[a]:.2f}" for a in world.ATTRIBUTE_NAMES)
+            print(f"demo: concept attributes matched {name}: {parts} "
+                  f"(all five: {sum(acc.values()) / len(acc):.2f})", file=sys.stderr)
+    summary["seconds"] = {"export": round(exported_s, 1), "personalize": round(trained_s, 1),
+                          "total": round(time.monotonic() - started, 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"demo: embedding {result.embedding_path}\ndemo: before/after grid {grid_path} "
           f"(rows: photos / before / after)\ndemo: {summary['seconds']['total']} s in all")
     return summary

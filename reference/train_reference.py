@@ -1,0 +1,425 @@
+"""Train the reference model: a small Stable-Diffusion-shaped model of the procedural world (reference/world.py).
+
+The result, ``reference/model/``, is an ordinary diffusers SD folder (model_index.json, CLIPTokenizer with
+CLIP's real BPE files, CLIPTextModel, AutoencoderKL, UNet2DConditionModel with cross-attention, PNDM
+scheduler config with SD's betas), weights stored as fp16 safetensors. ``zoodip export reference/model out``
+exports it like any SD folder.
+
+Stages (each resumable from atomic checkpoints in ``--work``; rerunning the same command continues):
+
+1. data: render ``--n-images`` world images (seeded) into ``work/data.npz``.
+2. vae: AutoencoderKL 32x32 -> 4x8x8 (vae_scale_factor 4), MSE + L1 + small KL; then the latent
+   std over the data set sets ``scaling_factor`` (so scaled latents are ~unit variance, as in SD).
+3. diffusion: UNet + text encoder trained jointly from scratch with SD's epsilon-prediction DDPM loss
+   (scaled-linear betas 0.00085..0.012, 1000 steps, min-SNR-5 weighting) on randomized captions
+   (``world.random_caption``: attribute phrases dropped at random, "a photo of" style prefixes), 10% of
+   them empty (so classifier-free guidance works); EMA weights are the ones saved.
+4. save: write the diffusers folder.
+
+Commands used for the committed model (defaults; 2 CPU cores shared with 3 other jobs, torch 2.13 CPU,
+one thread: with contention, 2 threads ran ~6x slower than 1):
+
+    nice -n 5 .venv/bin/python reference/train_reference.py --stop-after vae   # render 64 s + VAE 15.4 min
+    nice -n 5 .venv/bin/python reference/train_reference.py                    # UNet + text encoder 47 min
+
+(one invocation without ``--stop-after`` does both). Wall times are recorded in
+``reference/model/zoodip_source.json``; final VAE MSE ~0.0098 (images in [-1, 1]), final diffusion
+loss ~0.067 (epsilon MSE, EMA of the batch loss).
+Randomness of step k is a pure function of (seed, k), so an interrupted run that is resumed takes the same
+batches as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "sdk"))
+
+from reference import world  # noqa: E402
+from zoodip_export.clip_vocab import VOCAB_SIZE, write_clip_tokenizer_files  # noqa: E402
+from zoodip_export.tiny import (  # noqa: E402
+    BOS_TOKEN_ID, EOS_TOKEN_ID, SD_SCHEDULER_CONFIG, SOURCE_MARKER, _model_index, _write_json,
+)
+
+TEXT_HIDDEN = 64
+LATENT_SIDE = world.RESOLUTION // 4
+TOKEN_EMBEDDING_STD = 0.1  # as the tiny model: token content dominates the position embeddings
+CAPTION_DROPOUT = 0.1
+
+
+def configs() -> dict[str, dict]:
+    text_encoder = {
+        "vocab_size": VOCAB_SIZE, "hidden_size": TEXT_HIDDEN, "intermediate_size": 4 * TEXT_HIDDEN,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "projection_dim": TEXT_HIDDEN,
+        "bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": EOS_TOKEN_ID,
+    }
+    unet = {
+        "sample_size": LATENT_SIDE, "in_channels": 4, "out_channels": 4,
+        "block_out_channels": (48, 96), "layers_per_block": 1,
+        "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        "cross_attention_dim": TEXT_HIDDEN,
+        "attention_head_dim": 4,  # diffusers' historical naming: number of heads
+        "norm_num_groups": 16,
+    }
+    vae = {
+        "in_channels": 3, "out_channels": 3,
+        # Three blocks -> two downsamplings -> vae_scale_factor 4: 32x32 images, 8x8 latents.
+        "block_out_channels": (32, 64, 64),
+        "down_block_types": ("DownEncoderBlock2D",) * 3,
+        "up_block_types": ("UpDecoderBlock2D",) * 3,
+        "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 16,
+        "sample_size": world.RESOLUTION, "scaling_factor": 1.0,
+    }
+    return {"text_encoder": text_encoder, "unet": unet, "vae": vae}
+
+
+# --- utilities -----------------------------------------------------------------------------------
+
+def atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def step_rng(seed: int, stage: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stage, step])
+
+
+def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, stage, step, 7]).generate_state(1)[0]))
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N,H,W,3] -> float [N,3,H,W] in [-1,1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+# --- stages --------------------------------------------------------------------------------------
+
+def stage_data(work: Path, n: int, seed: int) -> dict:
+    path = work / "data.npz"
+    if path.is_file():
+        data = np.load(path)
+        if len(data["images"]) == n:
+            return {k: data[k] for k in data.files}
+    images = np.empty((n, world.RESOLUTION, world.RESOLUTION, 3), np.uint8)
+    codes = np.empty((n, len(world.ATTRIBUTE_NAMES)), np.int16)
+    for i, (image, _, attrs) in enumerate(tqdm(world.dataset(n, seed), total=n, desc="render", mininterval=5)):
+        images[i] = np.asarray(image)
+        codes[i] = [world.ATTRIBUTES[a].index(getattr(attrs, a)) for a in world.ATTRIBUTE_NAMES]
+    tmp = work / "data.tmp.npz"
+    np.savez(tmp, images=images, codes=codes)
+    os.replace(tmp, path)
+    return {"images": images, "codes": codes}
+
+
+def attrs_of(code: np.ndarray) -> world.Attributes:
+    return world.Attributes(**{a: world.ATTRIBUTES[a][int(c)] for a, c in zip(world.ATTRIBUTE_NAMES, code)})
+
+
+def stage_vae(work: Path, data: dict, args: argparse.Namespace):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(args.seed + 2)
+    vae = AutoencoderKL(**configs()["vae"])
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    ckpt_path = work / "vae.pt"
+    start = 0
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        vae.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        start = ckpt["step"]
+    images = data["images"]
+    total = args.vae_steps
+    vae.train()
+    bar = tqdm(range(start, total), initial=start, total=total, desc="vae", mininterval=10)
+    running = None
+    for step in bar:
+        rng = step_rng(args.seed, 1, step)
+        x = to_tensor(images[rng.integers(len(images), size=args.vae_batch)])
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, args.vae_lr, 200)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=step_generator(args.seed, 1, step))
+        rec = vae.decode(z).sample
+        mse = F.mse_loss(rec, x)
+        loss = mse + 0.5 * F.l1_loss(rec, x) + args.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        running = mse.item() if running is None else 0.98 * running + 0.02 * mse.item()
+        bar.set_postfix(mse=f"{running:.5f}")
+        if (step + 1) % args.checkpoint_every == 0 or step + 1 == total:
+            atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1, "mse": running}, ckpt_path)
+    bar.close()
+    vae.eval().requires_grad_(False)
+    return vae
+
+
+@torch.no_grad()
+def encode_all(vae, images: np.ndarray, work: Path) -> tuple[np.ndarray, np.ndarray]:
+    path = work / "latents.npz"
+    stamp = os.path.getmtime(work / "vae.pt")
+    if path.is_file():
+        cached = np.load(path)
+        if float(cached["stamp"]) == stamp:
+            return cached["mean"], cached["std"]
+    means, stds = [], []
+    for i in tqdm(range(0, len(images), 256), desc="encode", mininterval=10):
+        posterior = vae.encode(to_tensor(images[i : i + 256])).latent_dist
+        means.append(posterior.mean.numpy())
+        stds.append(posterior.std.numpy())
+    mean, std = np.concatenate(means), np.concatenate(stds)
+    tmp = work / "latents.tmp.npz"
+    np.savez(tmp, mean=mean, std=std, stamp=stamp)
+    os.replace(tmp, path)
+    return mean, std
+
+
+def sd_alphas_cumprod() -> torch.Tensor:
+    c = SD_SCHEDULER_CONFIG
+    betas = torch.linspace(c["beta_start"] ** 0.5, c["beta_end"] ** 0.5, c["num_train_timesteps"], dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float()
+
+
+class Captioner:
+    """World captions -> padded CLIP ids, with the SDK's own tokenizer (exactly what it feeds at run time).
+
+    Only the few dozen ids the captions use are trained: ``compact`` maps them to rows of a small
+    embedding table (dense Adam/EMA updates of all 49408 rows would cost more than the text encoder).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        from zoodip.tokenizer import CLIPTokenizer
+
+        self.tokenizer = CLIPTokenizer.from_folder(folder)
+        words = set()
+        for values in world.ATTRIBUTES.values():
+            words.update(values)
+        for prefix in world._PREFIXES:
+            words.update(prefix.split())
+        words.update("a an on background with stripes dots outline plain".split())
+        ids = {self.tokenizer.bos_id, self.tokenizer.eos_id, self.tokenizer.pad_id}
+        for word in words:
+            ids.update(self.tokenizer.encode(word))
+        self.vocab = np.array(sorted(ids), dtype=np.int64)
+        self.lookup = np.full(VOCAB_SIZE, -1, dtype=np.int64)
+        self.lookup[self.vocab] = np.arange(len(self.vocab))
+        self.cache: dict[str, np.ndarray] = {}
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        """Compact ids [B, 77]."""
+        rows = []
+        for text in texts:
+            row = self.cache.get(text)
+            if row is None:
+                row = self.lookup[self.tokenizer(text)[0]]
+                if (row < 0).any():
+                    raise ValueError(f"caption {text!r} uses a token outside the training vocabulary")
+                self.cache[text] = row
+            rows.append(row)
+        return torch.from_numpy(np.stack(rows))
+
+
+def build_text_encoder(seed: int, vocab: np.ndarray | None = None):
+    """The CLIP text encoder with a std-0.1 token table; with ``vocab``, its table holds only those rows."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    model = CLIPTextModel(CLIPTextConfig(**configs()["text_encoder"]))
+    g = torch.Generator().manual_seed(seed + 101)
+    with torch.no_grad():
+        table = model.text_model.embeddings.token_embedding.weight
+        table.copy_(torch.randn(table.shape, generator=g) * TOKEN_EMBEDDING_STD)
+        if vocab is not None:
+            small = torch.nn.Embedding(len(vocab), TEXT_HIDDEN)
+            small.weight.copy_(table[torch.from_numpy(vocab)])
+            model.text_model.embeddings.token_embedding = small
+    return model
+
+
+def expand_text_encoder(compact, vocab: np.ndarray, seed: int):
+    """The full-vocabulary text encoder: the trained rows scattered into the std-0.1 random table."""
+    full = build_text_encoder(seed)
+    state = {k: v for k, v in compact.state_dict().items() if "token_embedding" not in k}
+    missing, unexpected = full.load_state_dict(state, strict=False)
+    assert not unexpected and all("token_embedding" in k for k in missing), (missing, unexpected)
+    with torch.no_grad():
+        full.text_model.embeddings.token_embedding.weight[torch.from_numpy(vocab)] = \
+            compact.text_model.embeddings.token_embedding.weight
+    return full.eval()
+
+
+def stage_diffusion(work: Path, data: dict, latents: tuple[np.ndarray, np.ndarray], scale: float,
+                    captioner: Captioner, args: argparse.Namespace):
+    from diffusers import UNet2DConditionModel
+
+    text_encoder = build_text_encoder(args.seed, captioner.vocab)
+    torch.manual_seed(args.seed + 1)
+    unet = UNet2DConditionModel(**configs()["unet"])
+    models = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
+    ema = torch.nn.ModuleDict({"unet": UNet2DConditionModel(**configs()["unet"]),
+                               "text_encoder": build_text_encoder(args.seed, captioner.vocab)})
+    ema.load_state_dict(models.state_dict())
+    ema.requires_grad_(False)
+    embedding = text_encoder.text_model.embeddings.token_embedding.weight
+    others = [p for p in models.parameters() if p is not embedding]
+    opt = torch.optim.AdamW([{"params": others, "weight_decay": 1e-2}, {"params": [embedding], "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.99))
+    ckpt_path = work / "diffusion.pt"
+    start = 0
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        models.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["opt"])
+        start = ckpt["step"]
+    alphas = sd_alphas_cumprod()
+    snr = alphas / (1 - alphas)
+    weights = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 for epsilon prediction
+    mean, std = latents
+    codes = data["codes"]
+    total = args.diffusion_steps
+    models.train()
+    bar = tqdm(range(start, total), initial=start, total=total, desc="diffusion", mininterval=10)
+    running = None
+    started = time.monotonic()
+    for step in bar:
+        rng = step_rng(args.seed, 2, step)
+        gen = step_generator(args.seed, 2, step)
+        idx = rng.integers(len(codes), size=args.batch)
+        texts = [("" if rng.uniform() < CAPTION_DROPOUT else world.random_caption(attrs_of(codes[i]), rng)) for i in idx]
+        x0 = torch.from_numpy(mean[idx]) + torch.from_numpy(std[idx]) * torch.randn(mean[idx].shape, generator=gen)
+        x0 = x0 * scale
+        t = torch.randint(0, len(alphas), (args.batch,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, args.lr, 300)
+        hidden = text_encoder(captioner(texts)).last_hidden_state
+        pred = unet(xt, t, encoder_hidden_states=hidden).sample
+        per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        loss = (per * weights[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), models.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        running = per.mean().item() if running is None else 0.99 * running + 0.01 * per.mean().item()
+        bar.set_postfix(loss=f"{running:.4f}")
+        if (step + 1) % args.checkpoint_every == 0 or step + 1 == total:
+            atomic_save({"model": models.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                         "step": step + 1, "loss": running}, ckpt_path)
+        if args.benchmark and step + 1 - start >= args.benchmark:
+            print(f"diffusion: {(step + 1 - start) / (time.monotonic() - started):.2f} it/s", flush=True)
+            sys.exit(0)
+    bar.close()
+    return ema["unet"].eval(), expand_text_encoder(ema["text_encoder"], captioner.vocab, args.seed), running
+
+
+def save_folder(dest: Path, vae, unet, text_encoder, scale: float, meta: dict) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    vae.register_to_config(scaling_factor=float(scale))
+    # fp16 on disk (the exporter loads everything as float32); halves the repository footprint.
+    text_encoder.half().save_pretrained(dest / "text_encoder", safe_serialization=True)
+    unet.half().save_pretrained(dest / "unet", safe_serialization=True)
+    vae.half().save_pretrained(dest / "vae", safe_serialization=True)
+    for module in (text_encoder, unet, vae):
+        module.float()
+    _write_json(dest / "model_index.json", _model_index())
+    _write_json(dest / SOURCE_MARKER, meta)
+    _write_json(dest / "scheduler" / "scheduler_config.json", SD_SCHEDULER_CONFIG)
+    write_clip_tokenizer_files(dest / "tokenizer")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=REPO / "reference" / "model")
+    p.add_argument("--work", type=Path, default=REPO / "reference" / ".work")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--n-images", type=int, default=30000)
+    p.add_argument("--vae-steps", type=int, default=1200)
+    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--kl-weight", type=float, default=1e-6)
+    p.add_argument("--diffusion-steps", type=int, default=5000)
+    p.add_argument("--batch", type=int, default=48)
+    p.add_argument("--lr", type=float, default=8e-4)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--stop-after", choices=("data", "vae"), help="stop after this stage (rerun to continue)")
+    p.add_argument("--benchmark", type=int, default=0, help="time this many steps of each stage, then exit")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    data = stage_data(args.work, args.n_images, args.seed + 12345)
+    if args.benchmark:
+        from diffusers import AutoencoderKL
+        vae = AutoencoderKL(**configs()["vae"])
+        x = to_tensor(data["images"][: args.vae_batch])
+        t0 = time.monotonic()
+        for _ in range(args.benchmark):
+            out = vae(x).sample
+            F.mse_loss(out, x).backward()
+        print(f"vae: {args.benchmark / (time.monotonic() - t0):.2f} it/s", flush=True)
+        bench = args.work / "benchmark"
+        bench.mkdir(exist_ok=True)
+        tok_dir = bench / "tokenizer"
+        write_clip_tokenizer_files(tok_dir)
+        fake = np.random.default_rng(0).standard_normal((len(data["images"]), 4, LATENT_SIDE, LATENT_SIDE)).astype(np.float32)
+        stage_diffusion(bench, data, (fake, 0.1 * np.ones_like(fake)), 1.0, Captioner(tok_dir), args)
+        return 0
+    if args.stop_after == "data":
+        return 0
+    vae = stage_vae(args.work, data, args)
+    if args.stop_after == "vae":
+        return 0
+    mean, std = encode_all(vae, data["images"], args.work)
+    scale = 1.0 / float(mean.std())
+    print(f"latent mean std {mean.std():.4f} -> scaling_factor {scale:.5f}; posterior std {std.mean():.4f}", flush=True)
+    tok_dir = args.work / "tokenizer"
+    if not (tok_dir / "vocab.json").is_file():
+        write_clip_tokenizer_files(tok_dir)
+    unet, text_encoder, loss = stage_diffusion(args.work, data, (mean, std), scale, Captioner(tok_dir), args)
+    vae_ckpt = torch.load(args.work / "vae.pt", weights_only=False)
+    meta = {"kind": "reference-world", "seed": args.seed, "resolution": world.RESOLUTION,
+            "n_images": args.n_images, "vae_steps": args.vae_steps, "diffusion_steps": args.diffusion_steps,
+            "vae_mse": vae_ckpt.get("mse"), "diffusion_loss": loss,
+            "this_invocation_seconds": round(time.monotonic() - started, 1)}
+    save_folder(args.out, vae, unet, text_encoder, scale, meta)
+    print(json.dumps(meta), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
