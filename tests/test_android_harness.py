@@ -229,7 +229,7 @@ def test_kotlin_sketch_reads_the_fields_the_cli_streams(tiny_export, photos, tmp
     assert {e["event"] for e in events} <= events_named
 
 
-def test_cancel_like_the_sketch_sigint_exits_130_and_resume_finishes(tiny_export, photos, tmp_path):
+def test_cancel_like_the_sketch_sigint_checkpoints_exits_130_and_resume_finishes(tiny_export, photos, tmp_path):
     out = tmp_path / "run"
     args = cli_personalize(tiny_export, photos, out, "--max_train_steps", 100000, "--eval-every", 0,
                            "--checkpointing_steps", 3, "--tau", 4, "--progress-jsonl", "-")
@@ -242,7 +242,7 @@ def test_cancel_like_the_sketch_sigint_exits_130_and_resume_finishes(tiny_export
         for _ in range(8):
             assert json.loads(proc.stdout.readline())["type"] == "progress"
         os.kill(pid, signal.SIGINT)
-        proc.stdout.read()
+        tail = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]
         code = proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
@@ -251,7 +251,10 @@ def test_cancel_like_the_sketch_sigint_exits_130_and_resume_finishes(tiny_export
     assert "resume with --resume" in proc.stderr.read()
     with np.load(out / "checkpoint.npz") as state:
         step = int(state["step"])
-    assert step >= 6 and step % 3 == 0
+    # The signal stops the run after the current step and checkpoints it there (not at the last
+    # periodic checkpoint), and the stream ends with a "cancelled" event at that step.
+    assert step >= 8
+    assert tail and tail[-1]["event"] == "cancelled" and tail[-1]["step"] == step
     assert not (out / "learned_embeds.safetensors").exists()
     resumed = subprocess.run(cli_personalize(tiny_export, photos, out, "--max_train_steps", step + 2, "--eval-every", 0,
                                              "--checkpointing_steps", 3, "--tau", 4, "--resume"),

@@ -139,3 +139,26 @@ def test_cli_entry_point_exit_code_in_a_real_process(tmp_path):
                            "--prompt", "x"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint(tiny_export, photos, tmp_path):
+    """An app's Process.destroy() (SIGTERM) keeps every finished step: checkpoint at the stop, exit 143."""
+    import signal
+    import time
+
+    import numpy as np
+
+    out = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "-m", "zoodip.cli", *map(str, personalize_args(tiny_export, photos, out)),
+                             "--max_train_steps", "100000", "--eval-every", "0", "--checkpointing_steps", "1000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.is_file() and log.read_text().count("\n") >= 5):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "resume with --resume" in err and "Traceback" not in err
+    steps = int(np.load(out / "checkpoint.npz")["step"])
+    assert steps >= 5  # not the step-0 checkpoint: the stop itself was checkpointed

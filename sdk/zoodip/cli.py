@@ -10,7 +10,9 @@ Every user error prints one line ``error: ...`` and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -99,6 +101,41 @@ class _ProgressBar:
             self.bar.close()
 
 
+class _GracefulStop:
+    """SIGINT/SIGTERM ask the run to stop after the current step (checkpoint saved, "cancelled" event).
+
+    An app cancels a job by signalling the process (Android's Process.destroy() sends SIGTERM), so
+    a signal must not throw away the steps since the last periodic checkpoint. A second signal
+    interrupts at once (the last checkpoint is still intact).
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.event.set()
+
+    def __enter__(self) -> _GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def exit_code(self) -> int:
+        # The shell convention for "stopped by signal N".
+        return 128 + int(self.signum or signal.SIGINT)
+
+
 def cmd_personalize(args: argparse.Namespace) -> int:
     from .api import jsonl_progress_writer
     from .trainer import personalize
@@ -111,7 +148,9 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         stream = sys.stdout if args.progress_jsonl == "-" else open(args.progress_jsonl, "a", encoding="utf-8")
         callbacks.append(jsonl_progress_writer(stream))
     try:
-        result = personalize(config, lambda p: [cb(p) for cb in callbacks], resume=args.resume)
+        with _GracefulStop() as stop:
+            result = personalize(config, lambda p: [cb(p) for cb in callbacks], resume=args.resume,
+                                 cancel_event=stop.event)
     finally:
         bar.close()
         if stream is not None and stream is not sys.stdout:
@@ -120,6 +159,9 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     print(f"{result.status}: {result.steps} steps; eval loss {result.initial_eval_loss} -> {result.final_eval_loss}", file=out)
     if result.embedding_path:
         print(f"embedding: {result.embedding_path}", file=out)
+    if result.status == "cancelled":
+        print(f"stopped at step {result.steps} (checkpoint saved): resume with --resume and the same flags", file=sys.stderr)
+        return stop.exit_code
     return 0
 
 

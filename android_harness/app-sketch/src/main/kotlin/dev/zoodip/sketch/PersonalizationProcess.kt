@@ -7,9 +7,11 @@
 //   stdout: one JSON object per line, {"type": "progress", "event": ..., "step": ..., ...}
 //           (nothing else is written to stdout when --progress-jsonl is "-")
 //   stderr: the final summary; on a user error one line "error: ..." and exit status 2
-//   SIGINT: KeyboardInterrupt -> exit status 130; the checkpoint of the last --checkpointing_steps
-//           step is kept (written atomically) and "--resume" continues from it
-//   SIGTERM / SIGKILL (e.g. the low-memory killer): the process dies at once; same checkpoint, same resume
+//   SIGINT / SIGTERM: the run stops after the current step, writes a checkpoint there (atomically),
+//           emits a "cancelled" event and exits with status 130 / 143; "--resume" continues from it
+//           (a second signal interrupts at once, keeping the last checkpoint)
+//   SIGKILL (e.g. the low-memory killer): the process dies at once; the last periodic checkpoint
+//           (--checkpointing_steps) is intact and "--resume" continues from it
 // tests/test_android_harness.py checks that the fields read below are the ones the real CLI emits,
 // with these types, and that SIGINT -> 130 -> --resume works.
 //
@@ -141,8 +143,8 @@ class PersonalizationProcess(
     }
 
     /**
-     * Asks the run to stop: SIGINT makes the CLI exit with status 130 after the current forward pass,
-     * keeping the last checkpoint; if it has not exited after [graceMillis], it is killed (the
+     * Asks the run to stop: SIGINT makes the CLI checkpoint after the current step and exit with status
+     * 130; if it has not exited after [graceMillis], it is killed (the
      * checkpoint is written atomically, so it is intact either way). Resume with start(resume = true).
      */
     fun cancel(graceMillis: Long = 30_000) {
