@@ -1,0 +1,413 @@
+"""The training methods the quality benchmark compares, on one shared "job" description.
+
+A *job* is one personalization problem: photos of a concept (or, for the optimization-only check, a
+planted target embedding), a placeholder and an initializer word. Every method gets the same jobs,
+the same seed, and the same budget of UNet forward passes, and returns snapshots of the learned
+embedding at fixed fractions of that budget (the benchmark scores the snapshots afterwards).
+
+Methods (see :data:`METHODS`):
+
+    init         the initializer word's embedding (no training: the floor)
+    ti-backprop  textual inversion by backpropagation, torch fp32 (the ceiling); 1 step = 1 forward
+                 (+ its backward)
+    zo-naive     ZO-Adam, n=2, mu=1e-3, no Subspace Gradient, uniform timesteps [0, T)
+    zo-sg        + Subspace Gradient, uniform timesteps
+    zo-puts      PUTS timesteps, no Subspace Gradient
+    zoodip       Subspace Gradient + PUTS (the paper's reference hyperparameters)
+    es           OpenAI-ES (antithetic, rank-shaped fitness, Adam) on the embedding, forward-only
+
+ZO methods and ES run the SDK's own :class:`zoodip.trainer.Personalizer` loop on the INT8 export (ES
+replaces only ``train_step``); the backprop baseline runs diffusers' torch modules with the same
+photos, prompts, noise/timestep draws and loss. A variant changes hyperparameters with
+``name[key=value,...]``, e.g. ``zoodip[t=300-700]`` or ``es[pop=16,sigma=0.05]``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from zoodip.model import ExportedModel, RuntimeOptions
+from zoodip.trainer import DenoisingLoss, PersonalizeConfig, Personalizer
+from zoodip.zo import ZOAdam
+
+REFERENCE_PUTS = (500, 900)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method with its hyperparameters."""
+
+    name: str  # label in the results (includes the variant suffix)
+    kind: str  # "init", "zo", "es", "backprop"
+    subspace: bool = False
+    t_range: tuple[int, int] | None = None  # None: uniform [0, T)
+    lr: float | None = None  # None: the kind's default
+    n: int = 2
+    mu: float = 1e-3
+    tau: int = 128
+    nu: float = 1e-3
+    pop: int = 8  # ES population (antithetic pairs * 2); one generation costs pop forwards
+    sigma: float = 0.1  # ES perturbation, relative to the RMS of the initial embedding
+    weight_decay: float = 1e-2  # backprop AdamW (diffusers' textual_inversion default)
+
+    @property
+    def forwards_per_step(self) -> int:
+        return {"zo": self.n + 1, "es": self.pop, "backprop": 1, "init": 1}[self.kind]
+
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return {"zo": 1e-2, "es": 1e-2, "backprop": 5e-3, "init": 0.0}[self.kind]
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "lr": self.learning_rate()}
+        if self.kind == "zo":
+            out.update(n=self.n, mu=self.mu, subspace=self.subspace, tau=self.tau, nu=self.nu,
+                       t_range=list(self.t_range) if self.t_range else "uniform", optimizer="ZO-Adam")
+        elif self.kind == "es":
+            out.update(pop=self.pop, sigma_rel=self.sigma, t_range=list(self.t_range) if self.t_range else "uniform",
+                       optimizer="Adam on the ES estimate", fitness="centered ranks, antithetic")
+        elif self.kind == "backprop":
+            out.update(optimizer="AdamW", weight_decay=self.weight_decay, t_range="uniform", precision="torch fp32")
+        return out
+
+
+def base_methods(puts: tuple[int, int] = REFERENCE_PUTS) -> dict[str, MethodSpec]:
+    return {
+        "init": MethodSpec("init", "init"),
+        "ti-backprop": MethodSpec("ti-backprop", "backprop"),
+        "zo-naive": MethodSpec("zo-naive", "zo", subspace=False, t_range=None),
+        "zo-sg": MethodSpec("zo-sg", "zo", subspace=True, t_range=None),
+        "zo-puts": MethodSpec("zo-puts", "zo", subspace=False, t_range=puts),
+        "zoodip": MethodSpec("zoodip", "zo", subspace=True, t_range=puts),
+        "es": MethodSpec("es", "es", t_range=None),
+    }
+
+
+METHODS = tuple(base_methods())
+_OVERRIDE = re.compile(r"^([a-z0-9-]+)(?:\[(.*)\])?$")
+
+
+def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpec:
+    """``zoodip`` or ``zoodip[t=300-700,tau=64,lr=0.02]`` -> MethodSpec."""
+    match = _OVERRIDE.match(text.strip())
+    methods = base_methods(puts)
+    if not match or match.group(1) not in methods:
+        raise ValueError(f"unknown method {text!r}: use one of {', '.join(methods)} (optionally name[key=value,...])")
+    spec = methods[match.group(1)]
+    changes: dict[str, Any] = {"name": text.strip()}
+    for item in filter(None, (match.group(2) or "").split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key == "t":
+            if value in ("uniform", "all"):
+                changes["t_range"] = None
+            else:
+                lo, hi = value.split("-")
+                changes["t_range"] = (int(lo), int(hi))
+        elif key in ("n", "tau", "pop"):
+            changes[key] = int(value)
+        elif key in ("lr", "mu", "nu", "sigma", "weight_decay"):
+            changes[key] = float(value)
+        elif key == "sg":
+            changes["subspace"] = value.lower() in ("1", "true", "on", "yes")
+        else:
+            raise ValueError(f"method {text!r}: unknown setting {key!r}")
+    return replace(spec, **changes)
+
+
+# --------------------------------------------------------------------------------------------
+# Jobs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One personalization problem (JSON round-trippable)."""
+
+    name: str
+    photos: str  # folder of training photos
+    placeholder: str
+    initializer: str
+    planted: list[float] | None = None  # optimization-only check: the target embedding v*
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Job:
+        return cls(**data)
+
+
+@dataclass
+class Snapshot:
+    step: int
+    forwards: int
+    wall_s: float
+    v: np.ndarray
+
+
+def checkpoint_steps(total_steps: int, count: int) -> list[int]:
+    """Steps at which to snapshot: ``count`` evenly spaced points ending at ``total_steps`` (plus 0)."""
+    points = sorted({int(round(total_steps * k / count)) for k in range(1, count + 1)} | {0})
+    return [p for p in points if 0 <= p <= total_steps]
+
+
+# --------------------------------------------------------------------------------------------
+# Forward-only methods (SDK loop)
+# --------------------------------------------------------------------------------------------
+
+
+class PlantedLoss(DenoisingLoss):
+    """The denoising loss whose target is the UNet's own prediction under a planted embedding v*.
+
+    The target is recomputed for each (x_t, t, prompt) with the same graphs (not counted as a
+    forward of the method), so L(v*) = 0 exactly and every method chases the same optimum.
+    """
+
+    def __init__(self, model: ExportedModel, placeholder_id: int, v_star: np.ndarray, batched: bool = True) -> None:
+        super().__init__(model, placeholder_id, batched)
+        self.v_star = np.asarray(v_star, np.float32)
+
+    def planted_target(self, ids: np.ndarray, x_t: np.ndarray, t: int) -> np.ndarray:
+        cond = self.model.text_encoder(self.text_inputs(ids, self.v_star[None]))
+        return self.model.unet(x_t[None], np.full(1, t, np.float32), cond)[0]
+
+    def __call__(self, ids, candidates, x_t, t, target):  # type: ignore[override]
+        return super().__call__(ids, candidates, x_t, t, self.planted_target(ids, x_t, t))
+
+
+class ESPersonalizer(Personalizer):
+    """OpenAI-ES (Salimans et al. 2017) in the SDK loop: one step = one generation of ``pop`` forwards.
+
+    All members of a generation are scored on the same photo, noise, timestep and prompt (common
+    random numbers, as the ZO estimator does); fitness is replaced by centered ranks; the estimate
+    ``sum_i rank_i eps_i / (pop sigma)`` drives Adam. ``sigma`` is relative to the RMS of the
+    initial embedding so one setting fits models with different embedding scales.
+    """
+
+    def __init__(self, config: PersonalizeConfig, pop: int, sigma_rel: float, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        if pop < 2 or pop % 2:
+            raise ValueError("ES population must be an even number >= 2")
+        self.pop = pop
+        self.sigma = float(sigma_rel) * float(np.sqrt(np.mean(np.square(self.v_init, dtype=np.float64))))
+        self.optimizer = ZOAdam(len(self.v), lr=config.learning_rate, eps=1e-8)
+        self.projector = None
+
+    def train_step(self) -> float:
+        config, schedule = self.config, self.model.schedule
+        rng = np.random.default_rng([config.seed, self.step])
+        i = int(rng.integers(len(self.latents)))
+        x0 = self.latents[i, 0]
+        noise = rng.standard_normal(x0.shape).astype(np.float32)
+        t = int(self.timesteps.sample(rng, 1)[0])
+        ids = self.model.tokenizer(self.prompts.prompt_for(self.image_names[i], rng))[0]
+        half = rng.standard_normal((self.pop // 2, len(self.v))).astype(np.float32)
+        eps = np.concatenate([half, -half])
+        x_t = schedule.add_noise(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
+        target = schedule.target(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
+        candidates = (self.v[None].astype(np.float64) + self.sigma * eps).astype(np.float32)
+        losses = self.loss(ids, candidates, x_t, t, target)
+        self.train_forwards += len(candidates)
+        ranks = np.empty(len(losses))
+        ranks[np.argsort(losses)] = np.arange(len(losses))
+        shaped = ranks / (len(losses) - 1) - 0.5  # low loss -> negative weight: g points uphill
+        g = (shaped @ eps.astype(np.float64)) / (len(losses) * self.sigma)
+        self.v = np.asarray(self.optimizer.step(self.v, g), dtype=np.float32)
+        self.step += 1
+        return float(np.mean(losses))
+
+
+def _zo_config(spec: MethodSpec, job: Job, export_dir: Path, out_dir: Path, steps: int, seed: int,
+               num_train_timesteps: int) -> PersonalizeConfig:
+    t_range = spec.t_range or (0, num_train_timesteps)
+    return PersonalizeConfig(
+        export_dir=export_dir, images=Path(job.photos), output_dir=out_dir, placeholder_token=job.placeholder,
+        initializer_token=job.initializer, max_train_steps=steps, learning_rate=spec.learning_rate(), seed=seed,
+        n=spec.n, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, t_range=t_range,
+        eval_every=0, checkpoint_every=0, threads=1,
+    )
+
+
+def run_forward_only(spec: MethodSpec, job: Job, export_dir: Path, work: Path, budget: int, checkpoints: int,
+                     seed: int) -> list[Snapshot]:
+    """ZO methods and ES through the SDK's Personalizer.run(); snapshots of v along the run."""
+    num_t = int(ExportedModel.load(export_dir).schedule.num_train_timesteps)
+    steps = max(1, budget // spec.forwards_per_step)
+    out_dir = work / f"{job.name}"
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    config = _zo_config(spec, job, export_dir, out_dir, steps, seed, num_t)
+    if spec.kind == "es":
+        trainer: Personalizer = ESPersonalizer(config, pop=spec.pop, sigma_rel=spec.sigma)
+    else:
+        trainer = Personalizer(config)
+    if job.planted is not None:
+        trainer.loss = PlantedLoss(trainer.model, trainer.placeholder_id, np.asarray(job.planted), config.batched)
+    wanted = set(checkpoint_steps(steps, checkpoints))
+    snaps = [Snapshot(0, 0, 0.0, trainer.v.copy())]
+    started = time.perf_counter()
+
+    def on_progress(progress: Any) -> None:
+        if progress.event in ("step", "eval") and trainer.step in wanted:
+            snaps.append(Snapshot(trainer.step, trainer.train_forwards, time.perf_counter() - started, trainer.v.copy()))
+
+    trainer.on_progress = on_progress
+    trainer.run()
+    return snaps
+
+
+# --------------------------------------------------------------------------------------------
+# Backprop textual inversion (torch fp32): the ceiling
+# --------------------------------------------------------------------------------------------
+
+
+def torch_source(export_dir: Path, override: Path | None = None) -> Path:
+    """The diffusers folder behind an export (the manifest records it), or ``override``."""
+    if override is not None:
+        return Path(override)
+    manifest = json.loads((Path(export_dir) / "manifest.json").read_text())
+    path = (manifest.get("source") or {}).get("path")
+    if not path or not Path(path).is_dir():
+        raise FileNotFoundError(f"{export_dir}: the manifest names no diffusers source folder; pass --torch-model")
+    return Path(path)
+
+
+def run_backprop(spec: MethodSpec, job: Job, export_dir: Path, source: Path, budget: int, checkpoints: int,
+                 seed: int) -> list[Snapshot]:
+    """diffusers-style textual inversion: only the placeholder's embedding row is trained (AdamW).
+
+    Photos, prompts, the per-step draws of (photo, noise, timestep, prompt) and the loss are the
+    SDK's (same seeds): only the model (torch fp32 instead of INT8 ONNX) and the optimizer differ.
+    Timesteps are uniform on [0, T), as diffusers' script samples them.
+    """
+    import torch
+
+    from zoodip.images import load_images
+    from zoodip.prompts import PromptSampler
+    from zoodip.zo import PartialUniformTimesteps
+    from zoodip_export.onnx_export import TextEncoderGraph, load_text_encoder, load_unet, load_vae
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    model = ExportedModel.load(export_dir, RuntimeOptions(threads=1))  # tokenizer + schedule only (no sessions)
+    schedule = model.schedule
+    tokenizer = model.tokenizer
+    init_ids = tokenizer.token_ids_for_word(job.initializer)
+    if len(init_ids) != 1:
+        raise ValueError(f"initializer {job.initializer!r} is not one token")
+    placeholder_id = tokenizer.add_placeholder(job.placeholder)[0]
+
+    text_model = load_text_encoder(source / "text_encoder").text_model
+    table = text_model.embeddings.token_embedding.weight.detach()
+    text_encoder = TextEncoderGraph(text_model, model.max_length).eval()
+    unet = load_unet(source / "unet").eval()
+    vae = load_vae(source / "vae").eval()
+
+    names, images = load_images(Path(job.photos), model.default_resolution)
+    encode_rng = np.random.default_rng([seed, 0x5EED_E7A1, 1])
+    with torch.no_grad():
+        latents = []
+        for k in range(len(images)):
+            params = vae.encoder(torch.from_numpy(images[k : k + 1]))
+            params = params if vae.quant_conv is None else vae.quant_conv(params)
+            mean, logvar = params.chunk(2, dim=1)
+            std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+            sample = mean + std * torch.from_numpy(encode_rng.standard_normal(mean.shape).astype(np.float32))
+            latents.append((sample * model.scaling_factor)[0])
+    del vae
+    prompts = PromptSampler(job.placeholder, "object")
+    timesteps = PartialUniformTimesteps(0, schedule.num_train_timesteps, schedule.num_train_timesteps)
+
+    # The same start as every other method: the export's (fp16-stored) row of the initializer.
+    v = torch.nn.Parameter(torch.from_numpy(np.asarray(model.token_embeddings[init_ids[0]], np.float32).copy()))
+    v_star = torch.tensor(job.planted, dtype=torch.float32) if job.planted is not None else None
+    optimizer = torch.optim.AdamW([v], lr=spec.learning_rate(), betas=(0.9, 0.999), eps=1e-8,
+                                  weight_decay=spec.weight_decay)
+
+    def condition(ids: np.ndarray, row: torch.Tensor) -> torch.Tensor:
+        ids_t = torch.from_numpy(ids.astype(np.int64))
+        is_placeholder = ids_t == placeholder_id
+        base = table[ids_t.clamp(max=table.shape[0] - 1)]
+        embeds = torch.where(is_placeholder[:, None], row[None, :], base)
+        return text_encoder(embeds[None])
+
+    steps = max(1, budget // spec.forwards_per_step)
+    wanted = set(checkpoint_steps(steps, checkpoints))
+    snaps = [Snapshot(0, 0, 0.0, v.detach().numpy().copy())]
+    started = time.perf_counter()
+    for step in range(steps):
+        rng = np.random.default_rng([seed, step])  # the SDK's draw order: photo, view, noise, t, prompt
+        i = int(rng.integers(len(latents)))
+        rng.integers(1)
+        x0 = latents[i].numpy()
+        noise = rng.standard_normal(x0.shape).astype(np.float32)
+        t = int(timesteps.sample(rng, 1)[0])
+        ids = tokenizer(prompts.prompt_for(names[i], rng))[0]
+        x_t = torch.from_numpy(schedule.add_noise(x0[None], noise[None], np.array([t])).astype(np.float32))
+        t_t = torch.full((1,), float(t))
+        if v_star is not None:
+            with torch.no_grad():
+                target = unet(x_t, t_t, encoder_hidden_states=condition(ids, v_star), return_dict=False)[0]
+        else:
+            target = torch.from_numpy(schedule.target(x0[None], noise[None], np.array([t])).astype(np.float32))
+        pred = unet(x_t, t_t, encoder_hidden_states=condition(ids, v), return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(pred, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step + 1 in wanted:
+            snaps.append(Snapshot(step + 1, step + 1, time.perf_counter() - started, v.detach().numpy().copy()))
+    return snaps
+
+
+def run_method(spec: MethodSpec, job: Job, export_dir: Path, work: Path, budget: int, checkpoints: int, seed: int,
+               torch_model: Path | None = None) -> list[Snapshot]:
+    if spec.kind == "init":
+        model = ExportedModel.load(export_dir)
+        ids = model.tokenizer.token_ids_for_word(job.initializer)
+        return [Snapshot(0, 0, 0.0, np.asarray(model.token_embeddings[ids[0]], np.float32))]
+    if spec.kind == "backprop":
+        return run_backprop(spec, job, export_dir, torch_source(export_dir, torch_model), budget, checkpoints, seed)
+    return run_forward_only(spec, job, export_dir, work, budget, checkpoints, seed)
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """This process's peak resident memory: VmHWM (Linux) and ru_maxrss, in MiB."""
+    import resource
+
+    out = {"ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out["vmhwm_mb"] = int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return out
+
+
+def train_all(spec: MethodSpec, jobs: list[Job], export_dir: Path, work: Path, budget: int, checkpoints: int,
+              seed: int, torch_model: Path | None = None,
+              log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+    """Run one method on every job; returns {job: [snapshot dicts]} plus timing and memory."""
+    runs: dict[str, Any] = {}
+    started = time.perf_counter()
+    for job in jobs:
+        t0 = time.perf_counter()
+        snaps = run_method(spec, job, export_dir, work / spec.name, budget, checkpoints, seed, torch_model)
+        runs[job.name] = [{"step": s.step, "forwards": s.forwards, "wall_s": round(s.wall_s, 3), "v": s.v.tolist()}
+                          for s in snaps]
+        log(f"{spec.name} / {job.name}: {snaps[-1].step} steps, {snaps[-1].forwards} forwards, "
+            f"{time.perf_counter() - t0:.1f}s")
+    return {"method": spec.name, "spec": spec.describe(), "runs": runs, "wall_s": time.perf_counter() - started,
+            "memory": peak_memory_mb()}
