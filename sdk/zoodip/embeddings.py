@@ -21,16 +21,8 @@ from .errors import ZoodipError
 from .safetensors_io import read_file, save_file
 
 _PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
-# How to turn a pickle into a safetensors file on a desktop with torch; works for the diffusers
-# ({token: tensor}) and A1111 ({"string_to_param": {"*": tensor}, ...}) pickle layouts.
-_CONVERT_HINT = (
-    "convert it on a desktop with torch and safetensors installed: "
-    "python -c \"import sys,torch;from safetensors.torch import save_file;"
-    "d=torch.load(sys.argv[1],map_location='cpu',weights_only=True);"
-    "d={'emb_params':d['string_to_param']['*']} if 'string_to_param' in d else d;"
-    "save_file({k:v.float().contiguous() for k,v in d.items()},sys.argv[2])\" "
-    "IN.pt OUT.safetensors"
-)
+# Pickles are converted on a desktop with torch, by a script kept outside the SDK.
+_CONVERT_HINT = "convert it on a desktop with: python tools/pt_embedding_to_safetensors.py IN.pt OUT.safetensors"
 
 
 def save_learned_embeds(path: str | os.PathLike[str], token: str, vectors: np.ndarray) -> Path:
