@@ -226,3 +226,8 @@ def test_sigkilled_cli_run_resumes_to_the_same_bytes(tiny_export, photos, tmp_pa
     resumed = subprocess.run(args(killed) + ["--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert _final_bytes(killed) == _final_bytes(tmp_path / "clean")
+
+
+def test_subspace_history_wider_than_the_embedding_warns(tiny_export, photos, tmp_path):
+    with pytest.warns(UserWarning, match="embedding width 32"):
+        Personalizer(make_config(tiny_export, photos, tmp_path / "w", tau=64))

@@ -131,7 +131,9 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     config = PersonalizeConfig(export_dir=export_dir, images=photos_dir, output_dir=run_dir,
                                placeholder_token=DEMO_TOKEN, initializer_token=DEMO_INITIALIZER,
                                max_train_steps=steps, eval_every=max(1, steps // 10), checkpoint_every=max(1, steps // 5),
-                               threads=threads)
+                               # Subspace Gradient needs a history shorter than the embedding width
+                               # (tau < d, as 128 < 768 on SD1.5); the built-in models are 32-64 wide.
+                               tau=ExportedModel.load(export_dir).hidden_size // 2, threads=threads)
     resume = (run_dir / "checkpoint.npz").is_file()
     if resume:
         try:
@@ -139,14 +141,14 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
         except (OSError, ValueError):
             previous = None
         if previous != {"model": json.loads((export_dir / SOURCE_STAMP).read_text()) if use_reference else "tiny",
-                        "steps": steps}:
+                        "steps": steps, "run": config.fingerprint()}:
             resume = False  # a run on another model (or with another length): start over
             import shutil
 
             shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "demo_run.json").write_text(json.dumps(
-        {"model": json.loads((export_dir / SOURCE_STAMP).read_text()) if use_reference else "tiny", "steps": steps}))
+        {"model": json.loads((export_dir / SOURCE_STAMP).read_text()) if use_reference else "tiny", "steps": steps, "run": config.fingerprint()}))
     bar = _ProgressBar(steps, enabled=progress)
     try:
         result = personalize(config, bar, resume=resume)

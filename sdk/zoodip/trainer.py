@@ -21,6 +21,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -268,6 +269,12 @@ class Personalizer:
         else:
             self.optimizer = ZOSGD(dim, lr=config.learning_rate)
         self.projector = SubspaceProjector(dim, tau=config.tau, nu=config.nu, mode=config.subspace_mode) if config.subspace else None
+        if config.subspace and config.tau >= dim:
+            # The method assumes tau < d (128 < 768 on SD1.5): a history of >= d steps spans the whole
+            # space and the projection then removes directions everywhere. Measured on the 64-wide
+            # reference model: tau=128 stalls training, tau=32 does not (benchmarks/README.md).
+            warnings.warn(f"--tau {config.tau} >= embedding width {dim}: Subspace Gradient will restrict the whole "
+                          f"space and can stall training; use --tau below {dim} (e.g. {max(2, dim // 2)})", stacklevel=2)
         self.loss = DenoisingLoss(model, self.placeholder_id, batched=config.batched)
         self._eval_items = self._make_eval_items()
 
