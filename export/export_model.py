@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from zoodip.errors import ZoodipError
-from zoodip.model import FORMAT, FORMAT_VERSION  # one definition of the folder format, shared with the reader
+from zoodip.model import FORMAT, FORMAT_VERSION, file_sha256  # one definition of the folder format, shared with the reader
 
 PRECISIONS = ("int8", "fp32")
 MANIFEST = "manifest.json"
@@ -210,20 +209,12 @@ def _graph_entry(path: Path, data_file: str | None) -> dict[str, Any]:
     return {"file": path.name, "external_data": data_file, "inputs": describe(inputs), "outputs": describe(graph.output)}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file_table(folder: Path) -> dict[str, dict[str, Any]]:
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder).as_posix()
         if relative != MANIFEST:
-            files[relative] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            files[relative] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
     return files
 
 

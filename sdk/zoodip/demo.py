@@ -108,7 +108,7 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     from .cli import _ProgressBar
     from .generate import generate
     from .images import image_grid, load_images, to_pil
-    from .model import ExportedModel, RuntimeOptions
+    from .model import ExportedModel, RuntimeOptions, read_manifest
     from .trainer import PersonalizeConfig, personalize
 
     out = Path(out)
@@ -133,7 +133,7 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
                                max_train_steps=steps, eval_every=max(1, steps // 10), checkpoint_every=max(1, steps // 5),
                                # Subspace Gradient needs a history shorter than the embedding width
                                # (tau < d, as 128 < 768 on SD1.5); the built-in models are 32-64 wide.
-                               tau=ExportedModel.load(export_dir).hidden_size // 2, threads=threads)
+                               tau=int(read_manifest(export_dir)["model"]["hidden_size"]) // 2, threads=threads)
     resume = (run_dir / "checkpoint.npz").is_file()
     if resume:
         try:

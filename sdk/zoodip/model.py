@@ -84,7 +84,8 @@ def limit_heap_arenas() -> None:
         pass
 
 
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file, read in chunks (export files can be GBs)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
@@ -183,7 +184,7 @@ class ExportedModel:
         manifest = read_manifest(folder)
         if verify_hashes:
             for name, info in manifest["files"].items():
-                if "sha256" in info and _sha256(folder / name) != info["sha256"]:
+                if "sha256" in info and file_sha256(folder / name) != info["sha256"]:
                     raise ZoodipError(f"{folder / name} does not match its sha256 in the manifest: re-run 'zoodip export'")
         model = cls(folder, manifest, options or RuntimeOptions())
         model.check_memory_budget()

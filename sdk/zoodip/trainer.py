@@ -288,29 +288,31 @@ class Personalizer:
         self.train_forwards = 0
 
     # -- evaluation ----------------------------------------------------------------------------
-    def _make_eval_items(self) -> list[tuple[int, int, np.ndarray]]:
-        """Fixed (photo, timestep, noise) triples: the same every evaluation, so values are comparable."""
+    def _make_eval_items(self) -> list[tuple[np.ndarray, int, np.ndarray, np.ndarray]]:
+        """Fixed (prompt ids, t, x_t, target) items: the same every evaluation, so values are comparable.
+
+        Built once: only the embedding changes between evaluations.
+        """
         t_min, t_max = self.config.t_range
         k = self.config.eval_timesteps
         steps = np.linspace(t_min, t_max - 1, k + 2)[1:-1] if k > 1 else np.array([(t_min + t_max - 1) / 2])
+        schedule = self.model.schedule
         items = []
         for i in range(len(self.latents)):
+            x0 = self.latents[i, 0]
+            prompt = self.captions.get(self.image_names[i]) or self.prompts.eval_prompt()
+            ids = self.model.tokenizer(prompt)[0]
             for j, t in enumerate(np.round(steps).astype(int)):
                 rng = np.random.default_rng([self.config.seed, _EVAL_STREAM, 2, i, j])
-                items.append((i, int(t), rng.standard_normal(self.latents.shape[2:]).astype(np.float32)))
+                noise = rng.standard_normal(self.latents.shape[2:]).astype(np.float32)
+                x_t = schedule.add_noise(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
+                target = schedule.target(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
+                items.append((ids, int(t), x_t, target))
         return items
 
     def evaluation_loss(self, v: np.ndarray) -> float:
         """The deterministic evaluation loss of embedding v (mean over the fixed items)."""
-        schedule = self.model.schedule
-        total = 0.0
-        for i, t, noise in self._eval_items:
-            x0 = self.latents[i, 0]
-            prompt = self.captions.get(self.image_names[i]) or self.prompts.eval_prompt()
-            ids = self.model.tokenizer(prompt)[0]
-            x_t = schedule.add_noise(x0[None], noise[None], np.array([t]))[0]
-            target = schedule.target(x0[None], noise[None], np.array([t]))[0]
-            total += float(self.loss(ids, v[None], x_t.astype(np.float32), t, target.astype(np.float32))[0])
+        total = sum(float(self.loss(ids, v[None], x_t, t, target)[0]) for ids, t, x_t, target in self._eval_items)
         return total / len(self._eval_items)
 
     # -- one step ------------------------------------------------------------------------------
