@@ -152,6 +152,17 @@ def run_zoodip(spec: dict, phases: Phases) -> dict:
             return RuntimeOptions(low_memory=bool(spec.get("low_memory", True)),
                                   extra_config=dict(spec.get("extra_config", {})), **kwargs)
         zoodip.trainer.RuntimeOptions = options
+    if spec.get("session_overrides"):  # lever rows: one onnxruntime SessionOptions attribute changed
+        from zoodip.model import ExportedModel
+
+        plain = ExportedModel.session_options
+
+        def session_options(self):
+            opts, disabled = plain(self)
+            for key, value in spec["session_overrides"].items():
+                setattr(opts, key, value)
+            return opts, disabled
+        ExportedModel.session_options = session_options
     assert "torch" not in sys.modules, "the SDK contender must not import torch"
 
     config = PersonalizeConfig(
@@ -185,7 +196,8 @@ def run_zoodip(spec: dict, phases: Phases) -> dict:
         weight_files[name] = size
     return {"step_times": step_times, "forwards_per_step": config.n + 1, "status": result.status,
             "weight_file_bytes": weight_files, "batched": personalizer.loss.batched,
-            "low_memory": options.low_memory, "threads": options.threads, "extra_config": dict(options.extra_config)}
+            "low_memory": options.low_memory, "threads": options.threads, "extra_config": dict(options.extra_config),
+            "session_overrides": dict(spec.get("session_overrides", {}))}
 
 
 def _ti_setup(spec: dict, phases: Phases):

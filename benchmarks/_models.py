@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import json
 import sys
 import time
 from pathlib import Path
@@ -51,11 +52,14 @@ def export_folder(cache: Path, tiny: bool, recipe: str, chunks: int, seed: int =
     """The export of the source folder with ``recipe`` and ``chunks`` (exported on first use, in this process)."""
     from zoodip_export import onnx_export
     from zoodip_export.export_model import export_model
-    from zoodip_export.quantize import RECIPE_PRECISION
+    from zoodip_export.quantize import RECIPE_PRECISION, RECIPE_REVISION
 
     dest = Path(cache) / export_name(tiny, recipe, chunks, seed)
     if (dest / "manifest.json").is_file():
-        return dest
+        cached = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
+        if cached.get("recipe_revision", 1) == RECIPE_REVISION[recipe]:
+            return dest
+        _log(f"{dest.name} was exported with an older layout of recipe {recipe}: exporting it again")
     source = source_folder(cache, tiny, seed)
     onnx_export.ATTENTION_QUERY_CHUNKS = chunks
     _log(f"exporting {source.name} with recipe {recipe}, attention query chunks {chunks} -> {dest}")

@@ -52,6 +52,7 @@ class MethodSpec:
     mu: float = 1e-3
     tau: int = 128
     nu: float = 1e-3
+    mode: str = "history-span"  # SubspaceProjector mode: the authors' code, or "principal"
     pop: int = 8  # ES population (antithetic pairs * 2); one generation costs pop forwards
     sigma: float = 0.1  # ES perturbation, relative to the RMS of the initial embedding
     weight_decay: float = 1e-2  # backprop AdamW (diffusers' textual_inversion default)
@@ -68,7 +69,7 @@ class MethodSpec:
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "lr": self.learning_rate()}
         if self.kind == "zo":
-            out.update(n=self.n, mu=self.mu, subspace=self.subspace, tau=self.tau, nu=self.nu,
+            out.update(n=self.n, mu=self.mu, subspace=self.subspace, tau=self.tau, nu=self.nu, mode=self.mode,
                        t_range=list(self.t_range) if self.t_range else "uniform", optimizer="ZO-Adam")
         elif self.kind == "es":
             out.update(pop=self.pop, sigma_rel=self.sigma, t_range=list(self.t_range) if self.t_range else "uniform",
@@ -115,6 +116,10 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
             changes[key] = int(value)
         elif key in ("lr", "mu", "nu", "sigma", "weight_decay"):
             changes[key] = float(value)
+        elif key == "mode":
+            if value not in ("history-span", "principal"):
+                raise ValueError(f"method {text!r}: mode must be history-span or principal")
+            changes["mode"] = value
         elif key == "sg":
             changes["subspace"] = value.lower() in ("1", "true", "on", "yes")
         else:
@@ -137,6 +142,7 @@ class Job:
     initializer: str
     planted: list[float] | None = None  # optimization-only check: the target embedding v*
     attributes: dict[str, str] = field(default_factory=dict)
+    seed: int | None = None  # training seed of this job (None: the run's --seed)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -232,7 +238,7 @@ def _zo_config(spec: MethodSpec, job: Job, export_dir: Path, out_dir: Path, step
     return PersonalizeConfig(
         export_dir=export_dir, images=Path(job.photos), output_dir=out_dir, placeholder_token=job.placeholder,
         initializer_token=job.initializer, max_train_steps=steps, learning_rate=spec.learning_rate(), seed=seed,
-        n=spec.n, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, t_range=t_range,
+        n=spec.n, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, subspace_mode=spec.mode, t_range=t_range,
         eval_every=0, checkpoint_every=0, threads=1,
     )
 
@@ -373,6 +379,7 @@ def run_backprop(spec: MethodSpec, job: Job, export_dir: Path, source: Path, bud
 
 def run_method(spec: MethodSpec, job: Job, export_dir: Path, work: Path, budget: int, checkpoints: int, seed: int,
                torch_model: Path | None = None) -> list[Snapshot]:
+    seed = job.seed if job.seed is not None else seed
     if spec.kind == "init":
         model = ExportedModel.load(export_dir)
         ids = model.tokenizer.token_ids_for_word(job.initializer)

@@ -155,15 +155,19 @@ def _select(items: list[Any], spec: str | None, default: int, key: Any) -> list[
     return out
 
 
-def world_jobs(world: Any, concepts: list[Any], work: Path, resolution: int, seed: int) -> list[qm.Job]:
+def world_jobs(world: Any, concepts: list[Any], work: Path, resolution: int, seed: int,
+               seeds: int = 1) -> list[qm.Job]:
+    """One job per concept, or per (concept, seed) with ``seeds`` > 1: other photos, other training noise."""
     jobs = []
-    for concept in concepts:
-        folder = work / "photos" / concept.name.strip("<>")
-        folder.mkdir(parents=True, exist_ok=True)
-        for k, image in enumerate(world.concept_images(concept, n=5, seed=seed, resolution=resolution)):
-            image.save(folder / f"{k}.png")
-        jobs.append(qm.Job(concept.name.strip("<>"), str(folder), concept.name, concept.initializer,
-                           attributes=concept.attributes.as_dict()))
+    for job_seed in range(seed, seed + seeds):
+        for concept in concepts:
+            name = concept.name.strip("<>") + (f"-s{job_seed}" if seeds > 1 else "")
+            folder = work / "photos" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for k, image in enumerate(world.concept_images(concept, n=5, seed=job_seed, resolution=resolution)):
+                image.save(folder / f"{k}.png")
+            jobs.append(qm.Job(name, str(folder), concept.name, concept.initializer,
+                               attributes=concept.attributes.as_dict(), seed=job_seed if seeds > 1 else None))
     return jobs
 
 
@@ -274,7 +278,7 @@ def score_all(task: str, trained: dict[str, dict[str, Any]], jobs: list[qm.Job],
         samples: dict[str, dict[str, Any]] = {}
         cache: dict[tuple[str, bytes, bool], dict[str, Any]] = {}
         for job in jobs:
-            concept = concepts[job.name]
+            concept = concepts[job.placeholder.strip("<>")]
             refs = [Image.open(p).convert("RGB") for p in sorted(Path(job.photos).glob("*.png"))]
             samples.setdefault("reference", {})[job.name] = refs[:4]
             oracle = scorer.score(concept, concept.name, None, refs)
@@ -429,7 +433,7 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
     lines = [f"# Quality benchmark ({task})", "",
              f"`{meta['command']}`  ", f"{meta['date']}, {meta['machine']['cpu']} ({meta['machine']['cpu_count']} cores), "
              f"total {meta['total_wall_s']:.0f} s  ",
-             f"model: `{meta['model']}`; jobs: {', '.join(results['jobs'])}; seed {meta['seed']}; "
+             f"model: `{meta['model']}`; jobs: {', '.join(results['jobs'])}; seed {meta['seed']}{' + ' + str(meta.get('seeds', 1) - 1) + ' more training seeds' if meta.get('seeds', 1) > 1 else ''}; "
              f"budget {meta['budget_forwards']} UNet forwards per method and job (ZO: {meta['steps']} steps x 3)", ""]
     if task == "world":
         lines.append(f"Generation: DPM++ 2M, {meta['gen_steps']} steps, guidance {meta['guidance']}, "
@@ -548,6 +552,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="ZO steps; the budget is steps x 3 UNet forwards")
     parser.add_argument("--checkpoints", type=int, default=None, help="scored snapshots per run (default 5)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="world task: repeat every concept with this many training seeds (seed, seed+1, ...): "
+                             "other photos and other training noise; means and stds are over all of them")
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--gen-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=5.0)
@@ -606,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     if task == "world":
         concepts = _select(list(world.CONCEPTS), args.concepts, 2 if args.quick else len(world.CONCEPTS),
                            key=lambda c: c.name)
-        jobs = world_jobs(world, concepts, work, resolution, args.seed)
+        jobs = world_jobs(world, concepts, work, resolution, args.seed, args.seeds)
     else:
         count = int(args.concepts) if args.concepts and args.concepts.isdigit() else (1 if args.smoke or args.quick else 3)
         if world is not None and resolution >= 32 and not args.smoke:
@@ -637,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         "meta": {
             "command": command, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine_info(), "model": str(export_dir), "torch_model": str(torch_model) if torch_model else None,
-            "seed": args.seed, "steps": steps, "budget_forwards": budget, "checkpoints": checkpoints,
+            "seed": args.seed, "seeds": args.seeds, "steps": steps, "budget_forwards": budget, "checkpoints": checkpoints,
             "puts": list(puts), "gen_steps": args.gen_steps, "guidance": args.guidance,
             "images_per_prompt": args.images_per_prompt, "in_process": args.in_process,
             "curve_prompts": args.curve_prompts, "max_heldout": args.max_heldout,

@@ -371,7 +371,7 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
             graphs, parity_results = _export_graphs(source, staging, info, recipe, seed=seed, parity=parity, log=log)
 
         from zoodip_export.clip_vocab import copy_tokenizer_folder
-        from zoodip_export.quantize import SESSION_SETTINGS
+        from zoodip_export.quantize import RECIPE_REVISION, SESSION_SETTINGS
 
         copy_tokenizer_folder(source / "tokenizer", staging / "tokenizer")
         scheduler = dict(configs["scheduler"])
@@ -389,6 +389,7 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
             "source": source_entry,
             "precision": precision,
             "recipe": recipe,
+            "recipe_revision": RECIPE_REVISION[recipe],
             "model": info,
             "graphs": graphs,
             "session": dict(SESSION_SETTINGS[recipe]),

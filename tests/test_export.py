@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -141,6 +142,10 @@ def test_int8_unet_holds_int8_weights(int8_export: tuple[Path, dict[str, Any]],
     for node in graph.node:
         if node.op_type in ("Conv", "Gemm") or (node.op_type == "MatMul" and node.input[1] in initializers):
             assert node.input[1] in dequantized, node.name
+    # MatMul weights are stored [N, K] (dequantized along the fast first axis) and read transposed.
+    fused = [node for node in graph.node if node.op_type == "FusedMatMul"]
+    assert fused and all(node.input[1] in dequantized for node in fused)
+    assert all(next(a.i for a in node.attribute if a.name == "transB") == 1 for node in fused)
     assert (out / "unet.onnx").stat().st_size < 0.4 * (fp32_export[0] / "unet.onnx").stat().st_size
 
 
@@ -395,3 +400,65 @@ def test_fidelity_of_forward_only_gradients(tiny_source: Path, int8_export: tupl
     assert correlation >= 0.9
     # Not just correlated: the same size (INT8 weights perturb the function by ~1%).
     assert 0.8 < finite.std() / exact.std() < 1.25
+
+
+def test_int8_weights_are_dequantized_just_in_time(int8_export: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """onnxruntime runs each DequantizeLinear right before the layer that reads it.
+
+    If it ran them early, every fp32 weight copy would stay alive across the network: the export's
+    node order is what keeps the peak at one layer's weights (measured on SD1.5, benchmarks/README.md).
+    """
+    from zoodip.model import ExportedModel
+
+    out, _ = int8_export
+    model = ExportedModel.load(out)
+    options, disabled = model.session_options()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "profile")
+    session = ort.InferenceSession(str(out / "unet.onnx"), sess_options=options,
+                                   providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+    assert not options.enable_mem_reuse  # the SDK's low-memory sessions free each weight copy after use
+    rng = np.random.default_rng(0)
+    hidden = model.manifest["model"]["cross_attention_dim"]
+    feeds = {"sample": rng.standard_normal((1, 4, 16, 16)).astype(np.float32), "timestep": np.array([500.0], np.float32),
+             "encoder_hidden_states": rng.standard_normal((1, 77, hidden)).astype(np.float32)}
+    session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    order = [e["name"][: -len("_kernel_time")] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    position = {name: k for k, name in enumerate(order)}
+    graph = onnx.load(str(out / "unet.onnx"), load_external_data=False).graph
+    readers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.name)
+    dequantize = [node for node in graph.node if node.op_type == "DequantizeLinear"]
+    ran = [node for node in dequantize if node.name in position]
+    assert len(ran) == len(dequantize) > 20
+    for node in ran:
+        first_reader = min(position[r] for r in readers[node.output[0]] if r in position)
+        assert first_reader - position[node.name] <= 2, (node.name, first_reader - position[node.name])
+
+
+def test_large_layers_split_along_output_channels(fp32_export: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """Splitting big layers into output-channel slices changes the graph, not the function."""
+    source = fp32_export[0] / "unet.onnx"
+    whole = quantize_w8a32(source, tmp_path / "whole" / "unet.onnx", max_weight_mib=1e6)
+    split = quantize_w8a32(source, tmp_path / "split" / "unet.onnx", max_weight_mib=0.02)  # 20 KiB: most layers
+    assert whole["split_layers"] == 0 and split["split_layers"] >= 10
+    assert split["int8_bytes"] == whole["int8_bytes"]
+    graph = onnx.load(str(tmp_path / "split" / "unet.onnx")).graph
+    dequantize = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    sizes = {t.name: int(np.prod(t.dims)) for t in graph.initializer}
+    split_kinds = {i for n in graph.node if n.op_type in ("Conv", "FusedMatMul") for i in n.input}
+    conv_or_matmul = [n for n in dequantize if n.output[0] in split_kinds]
+    assert conv_or_matmul and max(sizes[n.input[0]] * 4 for n in conv_or_matmul) <= 0.02 * (1 << 20) * 1.5  # slice rounding
+    assert not {t.name for t in graph.initializer} - {i for n in graph.node for i in n.input}  # no orphans left
+
+    rng = np.random.default_rng(0)
+    hidden = fp32_export[1]["model"]["cross_attention_dim"]
+    feeds = {"sample": rng.standard_normal((2, 4, 16, 16)).astype(np.float32), "timestep": np.array([500.0, 20.0], np.float32),
+             "encoder_hidden_states": rng.standard_normal((2, 77, hidden)).astype(np.float32)}
+    settings = SESSION_SETTINGS["w8a32"]
+    a = open_session(tmp_path / "whole" / "unet.onnx", settings).run(None, feeds)[0]
+    b = open_session(tmp_path / "split" / "unet.onnx", settings).run(None, feeds)[0]
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()

@@ -185,14 +185,13 @@ class DenoisingLoss:
         """Losses [m] (float64) for candidates [m, H]; x_t and target are [C, h, w]."""
         inputs = self.text_inputs(ids, candidates)
         m = len(candidates)
+        # The text encoder always takes all candidates at once: its activations are small (77 tokens),
+        # and one call dequantizes its weights once instead of m times.
+        cond = self.model.text_encoder(inputs)
         if self.batched:
-            cond = self.model.text_encoder(inputs)
             pred = self.model.unet(np.broadcast_to(x_t, (m,) + x_t.shape), np.full(m, t, np.float32), cond)
         else:
-            pred = np.concatenate([
-                self.model.unet(x_t[None], np.full(1, t, np.float32), self.model.text_encoder(inputs[i : i + 1]))
-                for i in range(m)
-            ])
+            pred = np.concatenate([self.model.unet(x_t[None], np.full(1, t, np.float32), cond[i : i + 1]) for i in range(m)])
         self.forwards += m
         # Accumulate in float64: the finite differences are ~mu * |grad| small.
         return np.mean(np.square(pred - target[None], dtype=np.float64), axis=(1, 2, 3))
