@@ -40,7 +40,7 @@ GB = 1e9
 MB = 1 << 20
 TARGET_PEAK_GB = 1.3
 TARGET_RATIO = 5.0
-DEFAULT_CHUNKS = 16  # the exporter's default query chunks (export/onnx_export.py ATTENTION_QUERY_CHUNKS)
+DEFAULT_CHUNKS = 32  # the exporter's default query chunks (export/onnx_export.py ATTENTION_QUERY_CHUNKS)
 
 # name -> (description, spec). "export": (recipe, attention query chunks). Lever rows study one knob each.
 CONTENDERS: dict[str, tuple[str, dict]] = {

@@ -60,8 +60,9 @@ class TextEncoderGraph(torch.nn.Module):
 # SD1.5 has 4096 latent tokens, so full scores are heads x 4096 x 4096 fp32 = 512 MB per image (and
 # Softmax writes a second buffer of that size). The export splits the QUERY rows of those attention
 # layers into this many chunks: each chunk's softmax is over all keys, so the result is the same
-# function, but only 1/ATTENTION_QUERY_CHUNKS of the scores exists at a time. 0 or 1: no chunking.
-ATTENTION_QUERY_CHUNKS = 16
+# function, but only 1/ATTENTION_QUERY_CHUNKS of the scores exists at a time (16 MiB at 512 px with
+# 32 chunks; the next level, 1024 tokens, gets a quarter as many). 0 or 1: no chunking.
+ATTENTION_QUERY_CHUNKS = 32
 
 
 class QueryChunkedAttention:
@@ -110,21 +111,25 @@ class QueryChunkedAttention:
 
 
 def chunk_finest_self_attention(unet: torch.nn.Module, chunks: int) -> int:
-    """Give the self-attention layers (``attn1``) of the UNet's finest level a :class:`QueryChunkedAttention`.
+    """Give the self-attention layers (``attn1``) of the UNet's two finest levels a :class:`QueryChunkedAttention`.
 
-    The finest level is the first down block and the last up block (the full latent resolution);
-    coarser levels have 4x fewer tokens per step down and much smaller scores. Returns the number of
-    layers changed.
+    The finest level (first down block, last up block: the full latent resolution) gets ``chunks``
+    chunks; the next level has 4x fewer tokens, so 4x fewer chunks give it the same score size
+    (``chunks // 4``, if at least 2). Coarser levels have 16x+ fewer tokens and small scores.
+    Returns the number of layers changed.
     """
     if chunks <= 1:
         return 0
-    blocks = [unet.down_blocks[0], unet.up_blocks[-1]]
+    levels = [([unet.down_blocks[0], unet.up_blocks[-1]], chunks)]
+    if len(unet.down_blocks) > 1 and chunks // 4 >= 2:
+        levels.append(([unet.down_blocks[1], unet.up_blocks[-2]], chunks // 4))
     changed = 0
-    for block in blocks:
-        for name, module in block.named_modules():
-            if name.endswith("attn1") and hasattr(module, "set_processor"):
-                module.set_processor(QueryChunkedAttention(chunks, module.processor))
-                changed += 1
+    for blocks, count in levels:
+        for block in blocks:
+            for name, module in block.named_modules():
+                if name.endswith("attn1") and hasattr(module, "set_processor"):
+                    module.set_processor(QueryChunkedAttention(count, module.processor))
+                    changed += 1
     return changed
 
 
