@@ -80,18 +80,22 @@ def _write_common_parts(dest: Path, scheduler_config: dict[str, Any], kind: str,
     write_clip_tokenizer_files(dest / "tokenizer")
 
 
-def tiny_configs() -> dict[str, dict[str, Any]]:
-    """The tiny model's component configs (SD-shaped: 8x VAE, cross-attention UNet, CLIP text encoder)."""
+def tiny_configs(text_width: int = TINY_TEXT_HIDDEN) -> dict[str, dict[str, Any]]:
+    """The tiny model's component configs (SD-shaped: 8x VAE, cross-attention UNet, CLIP text encoder).
+
+    ``text_width``: the token-embedding width (SD1.5: 768), for studies where it matters (Subspace
+    Gradient assumes a history shorter than the embedding is wide).
+    """
     text_encoder = {
         "vocab_size": VOCAB_SIZE,
-        "hidden_size": TINY_TEXT_HIDDEN,
+        "hidden_size": text_width,
         "intermediate_size": 64,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "max_position_embeddings": 77,
         "hidden_act": "quick_gelu",
         "layer_norm_eps": 1e-5,
-        "projection_dim": TINY_TEXT_HIDDEN,
+        "projection_dim": text_width,
         "bos_token_id": BOS_TOKEN_ID,
         "eos_token_id": EOS_TOKEN_ID,
         "pad_token_id": EOS_TOKEN_ID,
@@ -104,7 +108,7 @@ def tiny_configs() -> dict[str, dict[str, Any]]:
         "layers_per_block": 1,
         "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
         "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-        "cross_attention_dim": TINY_TEXT_HIDDEN,
+        "cross_attention_dim": text_width,
         # diffusers' historical naming: for this UNet "attention_head_dim" is the number of heads.
         "attention_head_dim": 4,
         "norm_num_groups": 8,
@@ -125,7 +129,7 @@ def tiny_configs() -> dict[str, dict[str, Any]]:
     return {"text_encoder": text_encoder, "unet": unet, "vae": vae}
 
 
-def build_tiny_sd_folder(dest: Path, seed: int = 0) -> Path:
+def build_tiny_sd_folder(dest: Path, seed: int = 0, text_width: int = TINY_TEXT_HIDDEN) -> Path:
     """Write a small SD-shaped diffusers folder with seeded random weights into ``dest``; returns ``dest``.
 
     It loads with ``StableDiffusionPipeline.from_pretrained(dest)`` and exports in seconds.
@@ -135,7 +139,7 @@ def build_tiny_sd_folder(dest: Path, seed: int = 0) -> Path:
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    configs = tiny_configs()
+    configs = tiny_configs(text_width)
 
     # Each component gets its own seed so changing one architecture does not reshuffle the others.
     torch.manual_seed(seed)
