@@ -82,7 +82,7 @@ CONTENDERS: dict[str, tuple[str, dict]] = {
                            "lever": True, "session_overrides": {"enable_cpu_mem_arena": False}}),
 }
 MAIN = ["ours-int8", "onnx-fp32", "onnx-fp32-ortdefaults", "torch-backprop-ti", "torch-zo-fp32"]
-QUICK_LEVERS = ["L0-int8-batched-fullattn", "L1-int8-seq-fullattn", "L3-int8-batched-chunked"]
+QUICK_LEVERS = ["L4-ours-buffer-reuse-on", "L5-ours-arena-off"]
 
 
 def _log(message: str) -> None:
@@ -236,8 +236,8 @@ def markdown(report: dict) -> str:
     lines = [f"Resolution {report['resolution']} px, {report['steps']} steps x {report['repeats']} repetitions per "
              f"contender, each in a fresh process; {report['machine']['cpu']}, {report['machine']['cores']} cores. "
              "Peak RSS = the kernel's high-water mark (VmHWM) of the whole process; step time excludes each run's "
-             "first step. The machine was shared with other jobs: the 1-minute load average during each row's runs "
-             "(last column) above the core count means its times are stretched.", "",
+             "first step. Last column: the 1-minute load average during each row's runs; above the core count, "
+             "other jobs shared the machine and stretched the times.", "",
              "| contender | peak RSS GB (min / max) | x ours | step s (min / median / max) | s / forward | "
              "fidelity | UNet parity (rel) | load avg |",
              "|---|---|---|---|---|---|---|---|"]
@@ -355,11 +355,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="personalization steps per run (default 3; --quick 2)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="fresh-process runs per main contender (default 2; --quick 1); lever rows run once")
-    parser.add_argument("--quick", action="store_true", help="256 px, 1 repetition, the main contenders + 3 levers")
+    parser.add_argument("--quick", action="store_true", help="256 px, 1 repetition, the main contenders + 2 levers")
     parser.add_argument("--tiny", action="store_true", help="the tiny built-in model (seconds; for tests)")
     parser.add_argument("--scaling", action="store_true", help="also ours and torch backprop TI at 256/384/512 px")
     parser.add_argument("--contenders", default=None,
-                        help="comma-separated names (default: all; --quick: main + 3 levers); 'main' = the 4 main ones")
+                        help="comma-separated names (default: all; --quick: main + 2 levers); 'main' = the 5 main ones")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory"), help="output folder")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="model/export cache folder")
     parser.add_argument("--photos", type=int, default=3, help="photos in the personalization set (bundled ones)")
