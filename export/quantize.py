@@ -193,10 +193,13 @@ def quantize_w8a32(src: Path, dest: Path, max_weight_mib: float = DEFAULT_MAX_WE
         widths[name] = [int(w) for w in np.diff(bounds)]
 
     ordered: list[onnx.NodeProto] = [dq for nodes in dequantize.values() for dq in nodes]
+    split_biases: set[str] = set()
     for node in graph.node:
         weight = node.input[1] if node.op_type in ("Conv", "MatMul") and len(node.input) > 1 else None
         if weight in parts and len(parts[weight]) > 1:
             ordered.extend(_split_layer(node, parts[weight], widths[weight], graph, initializers, src.parent))
+            if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
+                split_biases.add(node.input[2])  # replaced by per-slice biases
             continue
         for index, name in enumerate(node.input):
             if name in parts:
@@ -210,9 +213,8 @@ def quantize_w8a32(src: Path, dest: Path, max_weight_mib: float = DEFAULT_MAX_WE
     # the start and every fp32 weight copy would live for the whole forward).
     del graph.node[:]
     graph.node.extend(ordered)
-    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    unread = [t for t in graph.initializer if t.name not in read]  # biases of split layers
-    for tensor in unread:
+    read = {name for node in graph.node for name in node.input}
+    for tensor in [t for t in graph.initializer if t.name in split_biases - read]:
         graph.initializer.remove(tensor)
     if transposed_weights and not any(op.domain == "com.microsoft" for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
@@ -248,8 +250,7 @@ def _split_layer(node: onnx.NodeProto, weights: list[str], widths: list[int], gr
     for k, weight in enumerate(weights):
         part_out = f"{out}_p{k}"
         if node.op_type == "MatMul":
-            nodes.append(helper.make_node("FusedMatMul", [node.input[0], weight], [part_out], name=f"{node.name}_p{k}",
-                                          domain="com.microsoft", transA=0, transB=1, alpha=1.0))
+            nodes.append(_fused_matmul_transposed_b(node.input[0], weight, part_out, f"{node.name}_p{k}"))
             continue
         inputs = [node.input[0], weight]
         if bias is not None:
@@ -271,10 +272,12 @@ def _matmul_transposed_b(node: onnx.NodeProto) -> onnx.NodeProto:
     (A standard ``Transpose`` in front of the MatMul would do too, but onnxruntime's QDQ propagation
     then wraps it in a QuantizeLinear/DequantizeLinear pair that re-quantizes the weight every call.)
     """
-    return helper.make_node(
-        "FusedMatMul", list(node.input), list(node.output), name=node.name, domain="com.microsoft",
-        transA=0, transB=1, alpha=1.0,
-    )
+    return _fused_matmul_transposed_b(node.input[0], node.input[1], node.output[0], node.name)
+
+
+def _fused_matmul_transposed_b(a: str, b_transposed: str, out: str, name: str) -> onnx.NodeProto:
+    return helper.make_node("FusedMatMul", [a, b_transposed], [out], name=name, domain="com.microsoft",
+                            transA=0, transB=1, alpha=1.0)
 
 
 def quantize_dynamic_int8(src: Path, dest: Path, *, warn: bool = True) -> dict[str, int]:
