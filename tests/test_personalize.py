@@ -76,8 +76,17 @@ def test_interrupted_and_resumed_run_is_bit_identical(tiny_export, photos, tmp_p
     assert steps == [0] + list(range(1, 13))
 
 
+def test_evaluation_mode_defaults_by_unet_size(tiny_export, photos, tmp_path, monkeypatch):
+    import zoodip.trainer as trainer
+
+    assert Personalizer(make_config(tiny_export, photos, tmp_path / "small")).loss.batched  # tiny UNet: one batch
+    monkeypatch.setattr(trainer, "AUTO_BATCH_MAX_UNET_BYTES", 1000)  # as if the UNet were SD-size
+    assert not Personalizer(make_config(tiny_export, photos, tmp_path / "big")).loss.batched
+    assert Personalizer(make_config(tiny_export, photos, tmp_path / "asked", batched=True)).loss.batched
+
+
 def test_sequential_mode_matches_batched_closely(tiny_export, photos, tmp_path):
-    batched = personalize(make_config(tiny_export, photos, tmp_path / "b", max_train_steps=4, eval_every=0))
+    batched = personalize(make_config(tiny_export, photos, tmp_path / "b", max_train_steps=4, eval_every=0, batched=True))
     sequential = personalize(make_config(tiny_export, photos, tmp_path / "s", max_train_steps=4, eval_every=0, batched=False))
     _, vb = load_embedding_file(batched.embedding_path)
     _, vs = load_embedding_file(sequential.embedding_path)

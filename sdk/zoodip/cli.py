@@ -41,7 +41,7 @@ def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     p.add_argument("--captions", default=None, help="JSON {image file name: caption containing the placeholder}")
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
-    p.add_argument("--sequential", action="store_true", help="run the n+1 UNet evaluations one by one (less memory)")
+    p.add_argument("--sequential", action="store_true", help="run the n+1 UNet evaluations one by one (less memory; the default for SD-size UNets, small ones run them as one batch)")
     p.add_argument("--eval-every", type=int, default=50, help="steps between evaluation losses (0: never)")
     p.add_argument("--checkpointing_steps", type=int, default=50)
     p.add_argument("--early-stop-patience", type=int, default=0, help="stop after this many evaluations without improvement")
@@ -62,7 +62,7 @@ def _config_from_args(args: argparse.Namespace):
         max_train_steps=args.max_train_steps, learning_rate=args.learning_rate, seed=args.seed,
         n=args.n, mu=args.mu, tau=args.tau, nu=args.nu, subspace=not args.no_subspace,
         subspace_mode=args.subspace_mode, t_range=tuple(args.t_range), optimizer=args.optimizer,
-        captions=Path(args.captions) if args.captions else None, flip=args.flip, batched=not args.sequential,
+        captions=Path(args.captions) if args.captions else None, flip=args.flip, batched=False if args.sequential else None,
         eval_every=args.eval_every, checkpoint_every=args.checkpointing_steps,
         early_stop_patience=args.early_stop_patience, threads=args.threads,
         memory_budget_mb=args.memory_budget,
