@@ -9,9 +9,9 @@ when its manifest exists (export_model writes it last and publishes atomically).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import json
 import sys
 import time
 from pathlib import Path

@@ -139,29 +139,28 @@ def quantize_w8a32(src: Path, dest: Path, max_weight_mib: float = DEFAULT_MAX_WE
     for node in graph.node:
         for index, name in enumerate(node.input):
             readers.setdefault(name, []).append((node, index))
-    wanted: dict[str, set[tuple[str, int | None]]] = {}
+    wanted: dict[str, set[int | None]] = {}
     for node in graph.node:
         if node.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm") and len(node.input) > 1:
             tensor = initializers.get(node.input[1])
             if tensor is None or tensor.data_type != onnx.TensorProto.FLOAT:
                 continue
-            axis = _output_channel_axis(node, len(tensor.dims))
-            wanted.setdefault(tensor.name, set()).add((node.op_type if node.op_type == "MatMul" else "", axis))
+            wanted.setdefault(tensor.name, set()).add(_output_channel_axis(node, len(tensor.dims)))
 
     dequantize: dict[str, list[onnx.NodeProto]] = {}  # fp32 weight name -> DequantizeLinear node(s)
     parts: dict[str, list[str]] = {}  # fp32 weight name -> dequantized tensor(s): one, or one per slice
     widths: dict[str, list[int]] = {}  # output channels of each slice
     transposed_weights: set[str] = set()
     stats = {"quantized": 0, "kept_fp32": 0, "int8_bytes": 0, "split_layers": 0}
-    for name, uses in wanted.items():
+    for name, axes in wanted.items():
         tensor = initializers[name]
-        (kind, axis), = uses if len(uses) == 1 else ((None, None),)
+        axis = next(iter(axes)) if len(axes) == 1 else None
         if axis is None or int(np.prod(tensor.dims)) < MIN_QUANT_ELEMENTS:
             stats["kept_fp32"] += 1
             continue
         weights = initializer_array(tensor, src.parent)
         # Transposed storage only when every reader is a MatMul taking it as B.
-        transposed = kind == "MatMul" and all(n.op_type == "MatMul" and i == 1 for n, i in readers[name])
+        transposed = all(n.op_type == "MatMul" and i == 1 for n, i in readers[name])
         if transposed:
             weights, axis = np.ascontiguousarray(weights.T), 0
             transposed_weights.add(name)
