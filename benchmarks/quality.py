@@ -583,6 +583,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"world task unavailable ({world_ready()}): running the planted check")
     if task == "world" and world_ready() is not None and args.model is None:
         raise SystemExit(f"the world task needs the reference world: {world_ready()}")
+    if args.seeds < 1 or (args.seeds > 1 and task != "world"):
+        print(f"quality.py: error: --seeds {args.seeds}: training seeds repeat the world task's concepts "
+              f"(a positive number, and only with --task world; this run's task is {task})", file=sys.stderr)
+        return 2
     puts = tuple(int(x) for x in args.puts.split("-")) if args.puts else qm.REFERENCE_PUTS
     steps = args.steps or (20 if args.smoke else 150 if args.quick else 300)
     checkpoints = args.checkpoints or (2 if args.smoke else 3 if args.quick else 5)

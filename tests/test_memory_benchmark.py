@@ -90,3 +90,11 @@ def test_memory_budget_flag_means_sequential_evaluations(tiny_export: Path, phot
     assert config.memory_budget_mb == 900 and config.batched is False
     personalizer = Personalizer(config)
     assert personalizer.loss.batched is False and personalizer.model.options.memory_budget_mb == 900
+
+
+def test_benchmark_exports_with_the_exporters_default_chunking() -> None:
+    # memory.py names the exporter's default (it avoids importing torch for it); keep them equal.
+    from zoodip_export.onnx_export import ATTENTION_QUERY_CHUNKS
+
+    text = MEMORY_PY.read_text()
+    assert f"DEFAULT_CHUNKS = {ATTENTION_QUERY_CHUNKS} " in text

@@ -44,6 +44,13 @@ def test_checkpoints_and_interpolation():
     assert quality.forwards_to_reach(curve, 1.5) is None
 
 
+def test_seeds_only_with_the_world_task(tiny_export, tmp_path, capsys):
+    code = quality.main(["--task", "planted", "--seeds", "3", "--model", str(tiny_export), "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "--seeds 3" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_smoke_planted_all_methods(tiny_export, tiny_sd_folder, tmp_path):
     out = tmp_path / "out"
     code = quality.main(["--smoke", "--model", str(tiny_export), "--torch-model", str(tiny_sd_folder),
