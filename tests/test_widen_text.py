@@ -1,0 +1,42 @@
+"""reference/widen_text.py: an exactly equivalent copy of an SD folder with a wider text-embedding space."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from reference import widen_text  # noqa: E402
+
+
+def test_widened_folder_predicts_the_same(tiny_sd_folder, tmp_path):
+    from transformers import CLIPTextModel
+
+    narrow = CLIPTextModel.from_pretrained(tiny_sd_folder / "text_encoder").config.hidden_size
+    report = widen_text.widen(tiny_sd_folder, tmp_path / "wide", width=4 * narrow)
+    assert report["unet_parity_rel_max"] < 1e-5  # the check inside widen() refuses anything above 1e-4
+    wide = CLIPTextModel.from_pretrained(tmp_path / "wide" / "text_encoder")
+    assert wide.config.hidden_size == 4 * narrow
+    table = wide.text_model.embeddings.token_embedding.weight.detach().double()
+    # Real tokens occupy a (narrow - 1)-dimensional subspace of the wide space.
+    singular = torch.linalg.svdvals(table[:2000])
+    assert (singular > 1e-6 * singular[0]).sum() == narrow - 1
+    assert json.loads((tmp_path / "wide" / "widened.json").read_text())["width"] == 4 * narrow
+    assert (tmp_path / "wide" / "vae").is_dir() and (tmp_path / "wide" / "tokenizer").is_dir()
+
+
+def test_a_basis_that_is_not_centered_breaks_parity_and_writes_nothing(tiny_sd_folder, tmp_path, monkeypatch):
+    def uncentered(narrow: int, wide: int, seed: int) -> torch.Tensor:
+        q, _ = torch.linalg.qr(torch.randn(wide, narrow, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+        return q
+
+    monkeypatch.setattr(widen_text, "embedding_basis", uncentered)
+    with pytest.raises(SystemExit, match="disagrees"):
+        widen_text.widen(tiny_sd_folder, tmp_path / "wide", width=128)
+    assert not (tmp_path / "wide").exists()
