@@ -4,7 +4,7 @@ Exports ``reference/model`` with the normal INT8 exporter (unless ``--export`` a
 generates one image per random world caption with the SDK (NumPy + onnxruntime, DPM++ 2M, CFG) and
 reads them with the evaluator. Writes ``--out``/generation_accuracy.json and a sample grid.
 
-    nice -n 5 .venv/bin/python reference/eval_reference.py --n 200
+    .venv/bin/python reference/eval_reference.py --n 1000 --seed 1000
 """
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     # The same measure on real renders of the same captions: the ceiling the evaluator allows.
     renders = [world.render(world.Attributes(**t), np.random.default_rng(k)) for k, t in enumerate(targets)]
     acc_renders = evaluator.accuracy(renders, targets)
-    report = {"n": args.n, "steps": args.steps, "guidance": args.guidance, "sampler": "dpmpp_2m",
+    report = {"command": "reference/eval_reference.py " + " ".join(sys.argv[1:]), "n": args.n, "seed": args.seed,
+              "steps": args.steps, "guidance": args.guidance, "sampler": "dpmpp_2m",
               "export_recipe": json.loads((args.export / "manifest.json").read_text())["recipe"],
               "accuracy": acc, "all_five": all_five, "accuracy_on_renders": acc_renders,
               "seconds_generating": round(gen_s, 1)}
