@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from reference import world  # noqa: E402
-from reference.evaluator import Evaluator  # noqa: E402
+from reference.evaluator import Evaluator, attribute_accuracy  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         targets.append(attrs.as_dict())
         captions.append(text)
     gen_s = time.monotonic() - started
-    acc = evaluator.accuracy(images, targets)
-    predicted = evaluator.predict(images)
-    all_five = float(np.mean([all(predicted[a][k] == t[a] for a in world.ATTRIBUTE_NAMES) for k, t in enumerate(targets)]))
+    acc, all_five = attribute_accuracy(evaluator.predict(images), targets)
     # The same measure on real renders of the same captions: the ceiling the evaluator allows.
     renders = [world.render(world.Attributes(**t), np.random.default_rng(k)) for k, t in enumerate(targets)]
     acc_renders = evaluator.accuracy(renders, targets)

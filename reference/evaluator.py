@@ -67,11 +67,23 @@ class Evaluator:
 
     def accuracy(self, images: Sequence[Image.Image], targets: Sequence[dict[str, str]] | dict[str, str]) -> dict[str, float]:
         """Per-attribute fraction of ``images`` whose prediction matches ``targets`` (one dict for all, or one each)."""
-        if isinstance(targets, dict):
-            targets = [targets] * len(images)
-        predicted = self.predict(images)
-        return {a: float(np.mean([p == t[a] for p, t in zip(predicted[a], targets)])) if len(images) else float("nan")
-                for a in world.ATTRIBUTE_NAMES}
+        return attribute_accuracy(self.predict(images), targets)[0]
 
 
-__all__ = ["DEFAULT_PATH", "Evaluator"]
+def attribute_accuracy(predicted: dict[str, list[str]], targets: Sequence[dict[str, str]] | dict[str, str],
+                       ) -> tuple[dict[str, float], float]:
+    """Scores of :meth:`Evaluator.predict` output against ``targets`` (one dict for all images, or one each).
+
+    Returns the per-attribute fraction of matching images and the fraction with every attribute right.
+    """
+    count = len(predicted[world.ATTRIBUTE_NAMES[0]])
+    if isinstance(targets, dict):
+        targets = [targets] * count
+    if not count:
+        return {a: float("nan") for a in world.ATTRIBUTE_NAMES}, float("nan")
+    hits = {a: [p == t[a] for p, t in zip(predicted[a], targets)] for a in world.ATTRIBUTE_NAMES}
+    joint = float(np.mean([all(hits[a][k] for a in world.ATTRIBUTE_NAMES) for k in range(count)]))
+    return {a: float(np.mean(h)) for a, h in hits.items()}, joint
+
+
+__all__ = ["DEFAULT_PATH", "Evaluator", "attribute_accuracy"]

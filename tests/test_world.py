@@ -143,3 +143,15 @@ def test_evaluator_reads_clean_renders():
         assert acc >= 0.9, (a, acc)
     feats = ev.features([im for im, _, _ in items[:4]])
     assert feats.shape[0] == 4 and np.allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)
+
+
+def test_attribute_accuracy_per_attribute_and_all_at_once():
+    from reference.evaluator import attribute_accuracy
+
+    target = {"shape": "star", "color": "red", "background": "blue", "style": "plain", "size": "small"}
+    predicted = {"shape": ["star", "circle", "star"], "color": ["red", "red", "blue"], "background": ["blue"] * 3,
+                 "style": ["plain", "plain", "plain"], "size": ["small"] * 3}
+    per_attribute, joint = attribute_accuracy(predicted, target)
+    assert per_attribute["shape"] == pytest.approx(2 / 3) and per_attribute["color"] == pytest.approx(2 / 3)
+    assert per_attribute["background"] == 1.0
+    assert joint == pytest.approx(1 / 3)  # only the first image is right on all five

@@ -184,23 +184,21 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     print(f"demo: eval loss {result.initial_eval_loss:.5f} (initializer '{DEMO_INITIALIZER}') -> "
           f"{result.final_eval_loss:.5f} after {result.steps} forward-only steps", file=sys.stderr)
     if use_reference:
+        from reference.evaluator import attribute_accuracy  # importable once _world() has run
+
         evaluator = Evaluator.load()
         target = concept.attributes.as_dict()
-        acc_before = evaluator.accuracy(before, target)
-        acc_after = evaluator.accuracy(after, target)
         summary["concept"] = {"token": concept.name, "attributes": target}
-        summary["concept_accuracy_before"] = acc_before
-        summary["concept_accuracy_after"] = acc_after
-        predicted = {"before": evaluator.predict(before), "after": evaluator.predict(after)}
-        summary["predicted_after"] = predicted["after"]
-        for name, acc in (("before", acc_before), ("after", acc_after)):
+        for name, images in (("before", before), ("after", after)):
+            predicted = evaluator.predict(images)
             # The share of images whose five attributes are all the concept's, next to the per-attribute mean.
-            joint = sum(all(predicted[name][a][k] == target[a] for a in world.ATTRIBUTE_NAMES)
-                        for k in range(len(predicted[name]["shape"]))) / len(predicted[name]["shape"])
+            acc, joint = attribute_accuracy(predicted, target)
+            summary[f"concept_accuracy_{name}"] = acc
             summary[f"concept_all_five_{name}"] = joint
             parts = " ".join(f"{a}={acc[a]:.2f}" for a in world.ATTRIBUTE_NAMES)
             print(f"demo: concept attributes matched {name}: {parts} "
                   f"(mean {sum(acc.values()) / len(acc):.2f}; images with all five: {joint:.2f})", file=sys.stderr)
+        summary["predicted_after"] = predicted
     summary["seconds"] = {"export": round(exported_s, 1), "personalize": round(trained_s, 1),
                           "total": round(time.monotonic() - started, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
