@@ -270,12 +270,17 @@ def build_text_encoder(seed: int, vocab: np.ndarray | None = None):
     return model
 
 
+def load_all_but_token_table(text_encoder, state: dict[str, torch.Tensor]) -> None:
+    """Load a text-encoder state into a model whose token table has another number of rows (set apart)."""
+    state = {k: v for k, v in state.items() if "token_embedding" not in k}
+    missing, unexpected = text_encoder.load_state_dict(state, strict=False)
+    assert not unexpected and all("token_embedding" in k for k in missing), (missing, unexpected)
+
+
 def expand_text_encoder(compact, vocab: np.ndarray, seed: int):
     """The full-vocabulary text encoder: the trained rows scattered into the std-0.1 random table."""
     full = build_text_encoder(seed)
-    state = {k: v for k, v in compact.state_dict().items() if "token_embedding" not in k}
-    missing, unexpected = full.load_state_dict(state, strict=False)
-    assert not unexpected and all("token_embedding" in k for k in missing), (missing, unexpected)
+    load_all_but_token_table(full, compact.state_dict())
     with torch.no_grad():
         full.text_model.embeddings.token_embedding.weight[torch.from_numpy(vocab)] = \
             compact.text_model.embeddings.token_embedding.weight
@@ -289,9 +294,8 @@ def load_trained(folder: Path, unet, compact_text_encoder, vocab: np.ndarray) ->
 
     unet.load_state_dict(UNet2DConditionModel.from_pretrained(folder / "unet").float().state_dict())
     full = CLIPTextModel.from_pretrained(folder / "text_encoder").float().state_dict()
-    table = full.pop("text_model.embeddings.token_embedding.weight")
-    missing, unexpected = compact_text_encoder.load_state_dict(full, strict=False)
-    assert not unexpected and all("token_embedding" in k for k in missing), (missing, unexpected)
+    table = full["text_model.embeddings.token_embedding.weight"]
+    load_all_but_token_table(compact_text_encoder, full)
     with torch.no_grad():
         compact_text_encoder.text_model.embeddings.token_embedding.weight.copy_(table[torch.from_numpy(vocab)])
 
