@@ -147,22 +147,13 @@ def run_zoodip(spec: dict, phases: Phases) -> dict:
     from zoodip.model import RuntimeOptions
     from zoodip.trainer import PersonalizeConfig, Personalizer
     phases.end()
-    if "low_memory" in spec or "extra_config" in spec:  # lever rows: session settings for every graph
+    if any(key in spec for key in ("low_memory", "extra_config", "session_attributes")):
+        # Lever rows: other onnxruntime session settings for every graph the trainer loads.
         def options(**kwargs):
             return RuntimeOptions(low_memory=bool(spec.get("low_memory", True)),
-                                  extra_config=dict(spec.get("extra_config", {})), **kwargs)
+                                  extra_config=dict(spec.get("extra_config", {})),
+                                  session_attributes=dict(spec.get("session_attributes", {})), **kwargs)
         zoodip.trainer.RuntimeOptions = options
-    if spec.get("session_overrides"):  # lever rows: one onnxruntime SessionOptions attribute changed
-        from zoodip.model import ExportedModel
-
-        plain = ExportedModel.session_options
-
-        def session_options(self):
-            opts, disabled = plain(self)
-            for key, value in spec["session_overrides"].items():
-                setattr(opts, key, value)
-            return opts, disabled
-        ExportedModel.session_options = session_options
     assert "torch" not in sys.modules, "the SDK contender must not import torch"
 
     config = PersonalizeConfig(
@@ -197,7 +188,7 @@ def run_zoodip(spec: dict, phases: Phases) -> dict:
     return {"step_times": step_times, "forwards_per_step": config.n + 1, "status": result.status,
             "weight_file_bytes": weight_files, "batched": personalizer.loss.batched,
             "low_memory": options.low_memory, "threads": options.threads, "extra_config": dict(options.extra_config),
-            "session_overrides": dict(spec.get("session_overrides", {}))}
+            "session_attributes": dict(options.session_attributes)}
 
 
 def _ti_setup(spec: dict, phases: Phases):

@@ -76,10 +76,10 @@ CONTENDERS: dict[str, tuple[str, dict]] = {
     "L4-ours-buffer-reuse-on": ("lever 4 contrast: ours with onnxruntime's buffer reuse on (one fp32 weight copy "
                                 "per weight shape stays alive)",
                                 {"kind": "zoodip", "export": ("w8a32", DEFAULT_CHUNKS), "memory_budget_mb": 1300,
-                                 "lever": True, "session_overrides": {"enable_mem_reuse": True}}),
+                                 "lever": True, "session_attributes": {"enable_mem_reuse": True}}),
     "L5-ours-arena-off": ("lever 5 contrast: ours with the CPU arena off (every buffer faulted in afresh)",
                           {"kind": "zoodip", "export": ("w8a32", DEFAULT_CHUNKS), "memory_budget_mb": 1300,
-                           "lever": True, "session_overrides": {"enable_cpu_mem_arena": False}}),
+                           "lever": True, "session_attributes": {"enable_cpu_mem_arena": False}}),
 }
 MAIN = ["ours-int8", "onnx-fp32", "onnx-fp32-ortdefaults", "torch-backprop-ti", "torch-zo-fp32"]
 QUICK_LEVERS = ["L4-ours-buffer-reuse-on", "L5-ours-arena-off"]

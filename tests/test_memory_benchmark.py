@@ -76,6 +76,19 @@ def test_memory_budget_below_the_weights_is_refused(tiny_export: Path) -> None:
         ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=0))
 
 
+def test_session_attributes_reach_every_session_and_unknown_ones_are_refused(tiny_export: Path) -> None:
+    # The memory benchmark's lever rows (L4, L5) change one SessionOptions attribute this way.
+    model = ExportedModel.load(tiny_export, RuntimeOptions(session_attributes={"enable_mem_reuse": True,
+                                                                               "enable_cpu_mem_arena": False}))
+    opts, _ = model.session_options()
+    assert opts.enable_mem_reuse and not opts.enable_cpu_mem_arena  # set after low_memory's own settings
+    assert not model.session("text_encoder").get_session_options().enable_cpu_mem_arena
+    plain, _ = ExportedModel.load(tiny_export).session_options()
+    assert not plain.enable_mem_reuse and plain.enable_cpu_mem_arena
+    with pytest.raises(ZoodipError, match="'enable_turbo' is not an onnxruntime SessionOptions attribute"):
+        ExportedModel.load(tiny_export, RuntimeOptions(session_attributes={"enable_turbo": True})).session_options()
+
+
 def test_memory_budget_flag_means_sequential_evaluations(tiny_export: Path, photos: Path, tmp_path: Path) -> None:
     from zoodip.cli import _add_personalize_flags, _config_from_args
     from zoodip.trainer import Personalizer

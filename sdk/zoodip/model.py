@@ -41,12 +41,16 @@ class RuntimeOptions:
     ``memory_budget_mb``: the memory the process may use (MB). Forces ``low_memory``; loading a
     model whose text encoder and UNet weights alone exceed it is an error. (The trainer also runs
     the n+1 evaluations one by one under a budget.)
+    ``extra_config``: onnxruntime session config entries (``add_session_config_entry``).
+    ``session_attributes``: onnxruntime ``SessionOptions`` attributes, set after everything else
+    (e.g. ``{"enable_cpu_mem_arena": False}``); the memory benchmark's lever rows use these two.
     """
 
     threads: int = 0
     low_memory: bool = True
     extra_config: dict[str, str] = field(default_factory=dict)
     memory_budget_mb: int | None = None
+    session_attributes: dict[str, Any] = field(default_factory=dict)
 
 
 _MALLOC_TRIM: Any = None
@@ -239,6 +243,10 @@ class ExportedModel:
             opts.add_session_config_entry("session.disable_quant_qdq", "1")
         for key, value in self.options.extra_config.items():
             opts.add_session_config_entry(key, value)
+        for key, value in self.options.session_attributes.items():
+            if key.startswith("_") or not hasattr(opts, key):
+                raise ZoodipError(f"'{key}' is not an onnxruntime SessionOptions attribute: check RuntimeOptions.session_attributes")
+            setattr(opts, key, value)
         return opts, list(session.get("disabled_optimizers", []))
 
     def session(self, name: str) -> ort.InferenceSession:
