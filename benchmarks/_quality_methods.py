@@ -53,6 +53,7 @@ class MethodSpec:
     tau: int = 128
     nu: float = 1e-3
     mode: str = "history-span"  # SubspaceProjector mode: the authors' code, or "principal"
+    vocab: float | None = None  # ZO directions in the token table's principal subspace holding this variance
     pop: int = 8  # ES population (antithetic pairs * 2); one generation costs pop forwards
     sigma: float = 0.1  # ES perturbation, relative to the RMS of the initial embedding
     weight_decay: float = 1e-2  # backprop AdamW (diffusers' textual_inversion default)
@@ -71,6 +72,8 @@ class MethodSpec:
         if self.kind == "zo":
             out.update(n=self.n, mu=self.mu, subspace=self.subspace, tau=self.tau, nu=self.nu, mode=self.mode,
                        t_range=list(self.t_range) if self.t_range else "uniform", optimizer="ZO-Adam")
+            if self.vocab is not None:
+                out["vocabulary_variance"] = self.vocab
         elif self.kind == "es":
             out.update(pop=self.pop, sigma_rel=self.sigma, t_range=list(self.t_range) if self.t_range else "uniform",
                        optimizer="Adam on the ES estimate", fitness="centered ranks, antithetic")
@@ -114,7 +117,7 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
                 changes["t_range"] = (int(lo), int(hi))
         elif key in ("n", "tau", "pop"):
             changes[key] = int(value)
-        elif key in ("lr", "mu", "nu", "sigma", "weight_decay"):
+        elif key in ("lr", "mu", "nu", "sigma", "weight_decay", "vocab"):
             changes[key] = float(value)
         elif key == "mode":
             if value not in ("history-span", "principal"):
@@ -239,7 +242,7 @@ def _zo_config(spec: MethodSpec, job: Job, export_dir: Path, out_dir: Path, step
         export_dir=export_dir, images=Path(job.photos), output_dir=out_dir, placeholder_token=job.placeholder,
         initializer_token=job.initializer, max_train_steps=steps, learning_rate=spec.learning_rate(), seed=seed,
         n=spec.n, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, subspace_mode=spec.mode, t_range=t_range,
-        eval_every=0, checkpoint_every=0, threads=1,
+        vocabulary_variance=spec.vocab, eval_every=0, checkpoint_every=0, threads=1,
     )
 
 

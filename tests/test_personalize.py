@@ -240,3 +240,23 @@ def test_sigkilled_cli_run_resumes_to_the_same_bytes(tiny_export, photos, tmp_pa
 def test_subspace_history_wider_than_the_embedding_warns(tiny_export, photos, tmp_path):
     with pytest.warns(UserWarning, match="embedding width 32"):
         Personalizer(make_config(tiny_export, photos, tmp_path / "w", tau=64))
+
+
+def test_vocabulary_subspace_keeps_the_embedding_in_the_vocabularys_span(tiny_export, photos, tmp_path):
+    from zoodip.zo import VocabularySubspace
+
+    plain = make_config(tiny_export, photos, tmp_path / "p")
+    # ZO-SGD: its update is the estimate itself, so v stays in the span (ZO-Adam's per-coordinate
+    # scaling lets its updates leave it a little).
+    config = make_config(tiny_export, photos, tmp_path / "v", vocabulary_variance=0.5, subspace=False,
+                         optimizer="sgd", learning_rate=1.0, eval_every=0, checkpoint_every=0)
+    assert plain.fingerprint() != make_config(tiny_export, photos, tmp_path / "p", vocabulary_variance=0.5).fingerprint()
+    personalizer = Personalizer(config)
+    sub = VocabularySubspace.fit(personalizer.model.token_embeddings, 0.5)
+    assert 1 <= sub.k < 32 and personalizer.estimator.search_dim == sub.k
+    personalizer.run()
+    moved = personalizer.v.astype(np.float64) - personalizer.v_init
+    assert np.linalg.norm(moved) > 0
+    np.testing.assert_allclose(sub.basis @ (sub.basis.T @ moved), moved, atol=1e-5 * np.linalg.norm(moved) + 1e-7)
+    with pytest.raises(ZoodipError, match="--vocabulary-subspace must be a variance fraction"):
+        Personalizer(make_config(tiny_export, photos, tmp_path / "bad", vocabulary_variance=1.5))

@@ -28,6 +28,12 @@ def test_parse_method_variants():
     assert qm.parse_method("zo-puts", puts=(200, 800)).t_range == (200, 800)
     assert qm.parse_method("es[pop=16]").forwards_per_step == 16
     assert qm.parse_method("ti-backprop").forwards_per_step == 1
+    vocab = qm.parse_method("zo-puts[vocab=0.95]")
+    assert vocab.vocab == 0.95 and vocab.describe()["vocabulary_variance"] == 0.95
+    assert "vocabulary_variance" not in qm.parse_method("zo-puts").describe()
+    config = qm._zo_config(vocab, qm.Job(name="j", photos="p", placeholder="<j>", initializer="dog"),
+                           Path("e"), Path("o"), steps=3, seed=0, num_train_timesteps=1000)
+    assert config.vocabulary_variance == 0.95 and config.t_range == (500, 900)
     with pytest.raises(ValueError):
         qm.parse_method("sgd")
     with pytest.raises(ValueError):

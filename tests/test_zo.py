@@ -13,6 +13,7 @@ from zoodip.zo import (
     PartialUniformTimesteps,
     RandomGradientEstimator,
     SubspaceProjector,
+    VocabularySubspace,
     ZOAdam,
     ZOSGD,
     components_to_keep,
@@ -121,6 +122,53 @@ def test_estimator_rejects_non_finite_losses() -> None:
 def test_estimator_invalid_args(kwargs: dict) -> None:
     with pytest.raises(ZoodipError):
         RandomGradientEstimator(**{"dim": 4, **kwargs})
+
+
+# ---------------------------------------------------------------- VocabularySubspace
+
+
+def planted_table(rows: int = 9000, dim: int = 8, rank: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A token table whose rows vary (up to 1e-3 noise) inside a planted ``rank``-dim subspace."""
+    rng = np.random.default_rng(seed)
+    planted, _ = np.linalg.qr(rng.standard_normal((dim, rank)))
+    coords = rng.standard_normal((rows, rank)) * np.array([3.0, 2.0, 1.0][:rank])
+    table = 5.0 + coords @ planted.T + 1e-3 * rng.standard_normal((rows, dim))  # offset: PCA must center
+    return table.astype(np.float16), planted
+
+
+def test_vocabulary_subspace_finds_the_planted_span() -> None:
+    table, planted = planted_table()  # 9000 rows: the covariance is accumulated over three blocks
+    sub = VocabularySubspace.fit(table, 0.99)
+    assert sub.k == 3 and sub.explained >= 0.99
+    np.testing.assert_allclose(sub.basis.T @ sub.basis, np.eye(3), atol=1e-10)
+    # The fitted basis spans the planted subspace: projecting the planted basis onto it loses nothing.
+    np.testing.assert_allclose(sub.basis @ (sub.basis.T @ planted), planted, atol=2e-3)
+    assert VocabularySubspace.fit(table, 0.5).k == 1  # the largest direction alone holds 9/14
+    assert VocabularySubspace.fit(table, 1.0).k == 8
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ZoodipError, match="variance fraction"):
+            VocabularySubspace.fit(table, bad)
+
+
+def test_estimator_in_a_subspace_searches_only_its_span() -> None:
+    sub = VocabularySubspace.fit(planted_table()[0], 0.99)
+    est = RandomGradientEstimator(8, n=2, mu=1e-4, basis=sub.basis)
+    assert est.search_dim == 3 and RandomGradientEstimator(8).search_dim == 8
+    z = est.directions(np.random.default_rng(0))
+    assert z.shape == (2, 8) and z.dtype == np.float32
+    np.testing.assert_allclose(sub.basis @ (sub.basis.T @ z.T), z.T, atol=1e-6)  # inside the span
+    # The normalized scale counts the searched dimension, k, not d.
+    assert est.scale() == pytest.approx(1 / (2 * math.sqrt((3 + 1) / 2)))
+    # In expectation the estimate is the gradient's projection onto the span (E[B u u^T B^T] = B B^T).
+    grad = A @ V0 + B
+    mean, stderr = mean_estimate(est, quadratic, V0, samples=6000, seed=3)
+    expected = sub.basis @ (sub.basis.T @ grad) / math.sqrt((3 + 1) / 2)
+    assert np.max(np.abs((mean - expected) / stderr)) < 5.0
+    # Without a basis the directions are the plain Gaussian stream (default runs are unchanged).
+    plain = RandomGradientEstimator(8, n=2).directions(np.random.default_rng(5))
+    np.testing.assert_array_equal(plain, np.random.default_rng(5).standard_normal((2, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="basis must have shape"):
+        RandomGradientEstimator(8, basis=np.zeros((7, 2)))
 
 
 # ---------------------------------------------------------------- optimizers

@@ -36,6 +36,9 @@ def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nu", type=float, default=1e-3, help="Subspace Gradient: variance fraction dropped")
     p.add_argument("--no-subspace", action="store_true", help="turn Subspace Gradient off (ablation)")
     p.add_argument("--subspace-mode", choices=["history-span", "principal"], default="history-span")
+    p.add_argument("--vocabulary-subspace", type=float, default=None, metavar="FRACTION",
+                   help="draw the random directions inside the token table's principal subspace holding FRACTION "
+                        "of its variance (e.g. 0.9; not in the paper; default: the whole embedding space)")
     p.add_argument("--t-range", nargs=2, type=int, default=[500, 900], metavar=("T_MIN", "T_MAX"),
                    help="PUTS timestep range [T_MIN, T_MAX); 0 1000 is uniform sampling")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
@@ -61,7 +64,7 @@ def _config_from_args(args: argparse.Namespace):
         learnable_property=args.learnable_property, resolution=args.resolution,
         max_train_steps=args.max_train_steps, learning_rate=args.learning_rate, seed=args.seed,
         n=args.n, mu=args.mu, tau=args.tau, nu=args.nu, subspace=not args.no_subspace,
-        subspace_mode=args.subspace_mode, t_range=tuple(args.t_range), optimizer=args.optimizer,
+        subspace_mode=args.subspace_mode, vocabulary_variance=args.vocabulary_subspace, t_range=tuple(args.t_range), optimizer=args.optimizer,
         captions=Path(args.captions) if args.captions else None, flip=args.flip, batched=False if args.sequential else None,
         eval_every=args.eval_every, checkpoint_every=args.checkpointing_steps,
         early_stop_patience=args.early_stop_patience, threads=args.threads,
@@ -141,6 +144,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     from .trainer import personalize
 
     config = _config_from_args(args)
+    config.validate()  # a bad setting is one line on stderr, before any progress bar is drawn
     bar = _ProgressBar(config.max_train_steps, enabled=not args.no_progress)
     callbacks = [bar]
     stream = None

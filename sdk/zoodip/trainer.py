@@ -33,7 +33,7 @@ from .errors import ZoodipError
 from .images import load_images
 from .model import ExportedModel, RuntimeOptions
 from .prompts import PromptSampler, load_captions
-from .zo import PartialUniformTimesteps, RandomGradientEstimator, SubspaceProjector, ZOAdam, ZOSGD
+from .zo import PartialUniformTimesteps, RandomGradientEstimator, SubspaceProjector, VocabularySubspace, ZOAdam, ZOSGD
 
 CHECKPOINT_NAME = "checkpoint.npz"
 EMBEDDING_NAME = "learned_embeds.safetensors"
@@ -64,6 +64,9 @@ class PersonalizeConfig:
     tau: int = 128  # SG history length and refit period
     nu: float = 1e-3  # SG: variance fraction dropped
     subspace_mode: str = "history-span"  # or "principal"
+    # Not in the paper: draw the ZO directions inside the principal subspace of the token table that
+    # holds this fraction of its variance (zo.VocabularySubspace), e.g. 0.9. None: the whole space.
+    vocabulary_variance: float | None = None
     t_range: tuple[int, int] = (500, 900)  # PUTS; (0, T) is uniform sampling
     captions: Path | None = None
     flip: bool = False  # random horizontal flips (both versions' latents are cached)
@@ -112,6 +115,9 @@ class PersonalizeConfig:
             raise ZoodipError(f"--optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.learnable_property not in ("object", "style"):
             raise ZoodipError(f"--learnable_property must be 'object' or 'style', got {self.learnable_property!r}")
+        if self.vocabulary_variance is not None and not (
+                isinstance(self.vocabulary_variance, (int, float)) and 0 < self.vocabulary_variance <= 1):
+            raise ZoodipError(f"--vocabulary-subspace must be a variance fraction in (0, 1], e.g. 0.9, got {self.vocabulary_variance!r}")
         if self.subspace_mode not in ("history-span", "principal"):
             raise ZoodipError(f"--subspace-mode must be 'history-span' or 'principal', got {self.subspace_mode!r}")
         if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
@@ -128,6 +134,8 @@ class PersonalizeConfig:
                 "subspace_mode", "t_range", "flip", "batched", "eval_timesteps")
         payload = {k: getattr(self, k) for k in keys}
         payload["captions"] = str(self.captions) if self.captions else None
+        if self.vocabulary_variance is not None:  # absent by default: older checkpoints keep their fingerprint
+            payload["vocabulary_variance"] = float(self.vocabulary_variance)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_json(self) -> dict:
@@ -274,7 +282,10 @@ class Personalizer:
         model.release("vae_encoder")
         del images, views
 
-        self.estimator = RandomGradientEstimator(dim, n=config.n, mu=config.mu)
+        self.vocabulary = (VocabularySubspace.fit(model.token_embeddings, config.vocabulary_variance)
+                           if config.vocabulary_variance is not None else None)
+        self.estimator = RandomGradientEstimator(dim, n=config.n, mu=config.mu,
+                                                 basis=None if self.vocabulary is None else self.vocabulary.basis)
         if config.optimizer == "adam":
             self.optimizer = ZOAdam(dim, lr=config.learning_rate, betas=config.adam_betas, eps=config.adam_eps)
         else:
@@ -351,8 +362,10 @@ class Personalizer:
                 "embedding diverged; lower --learning_rate or --mu and resume from the last checkpoint with --resume"
             )
         # As in the authors' code, the estimate is normalized by the dimension that survives the
-        # subspace projection (the full dimension until the first fit).
-        effective_dim = self.projector.effective_dim if self.projector is not None else None
+        # subspace projection (the searched dimension until the first fit).
+        effective_dim = self.estimator.search_dim
+        if self.projector is not None:
+            effective_dim = max(1, effective_dim - self.projector.removed_dims)
         g = self.estimator.estimate(float(losses[0]), losses[1:], z, effective_dim=effective_dim)
         if self.projector is not None:
             g = self.projector.project(g)

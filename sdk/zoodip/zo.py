@@ -101,11 +101,21 @@ class RandomGradientEstimator:
             ``c = 1 / n`` and the estimate is unbiased as ``mu -> 0``.
     """
 
-    def __init__(self, dim: int, n: int = 2, mu: float = 1e-3, normalize: bool = True) -> None:
+    def __init__(self, dim: int, n: int = 2, mu: float = 1e-3, normalize: bool = True,
+                 basis: np.ndarray | None = None) -> None:
         self.dim = _positive_int("dim", dim)
         self.n = _positive_int("n (random directions per step)", n)
         self.mu = _finite_float("mu (finite-difference step)", mu, low=0.0)
         self.normalize = bool(normalize)
+        self.basis = None if basis is None else np.asarray(basis, dtype=np.float32)
+        if self.basis is not None and (self.basis.ndim != 2 or self.basis.shape[0] != self.dim
+                                       or not 1 <= self.basis.shape[1] <= self.dim):
+            raise ValueError(f"basis must have shape ({self.dim}, k) with 1 <= k <= {self.dim}, got {self.basis.shape}")
+
+    @property
+    def search_dim(self) -> int:
+        """The dimension directions are drawn from: ``k`` with a basis, else ``dim``."""
+        return self.dim if self.basis is None else self.basis.shape[1]
 
     def directions(self, rng: np.random.Generator) -> np.ndarray:
         """``n`` standard Gaussian directions, float32 ``[n, dim]``.
@@ -113,9 +123,12 @@ class RandomGradientEstimator:
         float32 because the perturbed embedding goes into a float32 ONNX graph: ``v + mu z`` is
         rounded to float32 anyway, and generating float32 normals is cheaper. The rounding shifts
         the applied perturbation by ~1e-6 of ``mu z`` (for embedding entries ~1e-2), far below the
-        estimator's own variance.
+        estimator's own variance. With a ``basis`` (orthonormal columns ``B``, ``[dim, k]``) the
+        directions are ``B u`` with ``u ~ N(0, I_k)``: standard Gaussian inside its span.
         """
-        return rng.standard_normal((self.n, self.dim), dtype=np.float32)
+        if self.basis is None:
+            return rng.standard_normal((self.n, self.dim), dtype=np.float32)
+        return rng.standard_normal((self.n, self.basis.shape[1]), dtype=np.float32) @ self.basis.T
 
     def perturbations(self, v: np.ndarray, z: np.ndarray) -> np.ndarray:
         """The points to evaluate: ``v + mu z_i`` as ``[n, dim]``, in ``v``'s float dtype."""
@@ -128,13 +141,13 @@ class RandomGradientEstimator:
     def scale(self, effective_dim: int | None = None) -> float:
         """The factor ``c`` multiplying ``sum_i (L_i - L0) / mu * z_i``.
 
-        ``effective_dim`` replaces ``dim`` in the normalized scaling. The authors' code uses the
-        dimension left after subspace projection (``dim`` minus the removed directions); pass
-        :attr:`SubspaceProjector.effective_dim` to do the same.
+        ``effective_dim`` replaces :attr:`search_dim` in the normalized scaling. The authors' code
+        uses the dimension left after subspace projection (``dim`` minus the removed directions);
+        pass :attr:`SubspaceProjector.effective_dim` to do the same.
         """
         if not self.normalize:
             return 1.0 / self.n
-        d = self.dim if effective_dim is None else _positive_int("effective_dim", effective_dim)
+        d = self.search_dim if effective_dim is None else _positive_int("effective_dim", effective_dim)
         return 1.0 / (self.n * math.sqrt((d + self.n - 1) / self.n))
 
     def estimate(self, loss0: float, losses: np.ndarray, z: np.ndarray,
@@ -164,6 +177,49 @@ class RandomGradientEstimator:
         if z.shape != (self.n, self.dim):
             raise ValueError(f"directions must have shape ({self.n}, {self.dim}), got {z.shape}")
         return z
+
+
+class VocabularySubspace:
+    """The principal directions of the model's token-embedding table: where real words differ.
+
+    Not in the paper; an option (``PersonalizeConfig.vocabulary_variance``). A random-direction
+    estimate's variance grows with the dimension it searches (:class:`RandomGradientEstimator`).
+    Drawing the directions inside the top-``k`` principal subspace of the vocabulary's embeddings
+    (centered; the fewest components holding ``variance`` of the total) searches ``k`` dimensions
+    instead of ``dim``, and keeps the learned embedding among the directions in which words vary.
+    The price is bias: the estimate never points along the other ``dim - k`` directions, so ``v``
+    cannot move there. It pays where the table is strongly anisotropic (``k << dim``) and costs
+    nothing where it is not (``k ~ dim``). With ZO-SGD ``v - v_init`` stays in the span; ZO-Adam's
+    per-coordinate scaling of the (in-span) estimates lets its updates leave it a little.
+    """
+
+    def __init__(self, basis: np.ndarray, explained: float) -> None:
+        self.basis = np.ascontiguousarray(np.asarray(basis, dtype=np.float64))  # [dim, k], orthonormal columns
+        self.explained = float(explained)  # fraction of the table's variance the basis holds
+
+    @property
+    def k(self) -> int:
+        return int(self.basis.shape[1])
+
+    @classmethod
+    def fit(cls, table: np.ndarray, variance: float) -> VocabularySubspace:
+        """Fit on a ``[vocab, dim]`` token table; keep the fewest components holding ``variance``."""
+        variance = _finite_float("the vocabulary subspace's variance fraction", variance, low=0.0, high=1.0)
+        table = np.asarray(table)
+        if table.ndim != 2 or table.shape[0] < 2:
+            raise ValueError(f"the token table must be [vocab >= 2, dim], got shape {table.shape}")
+        mean = table.mean(axis=0, dtype=np.float64)
+        # The dim x dim covariance, accumulated in blocks: a 49408 x 768 table never exists in float64.
+        cov = np.zeros((table.shape[1],) * 2)
+        for start in range(0, table.shape[0], 4096):
+            block = table[start : start + 4096].astype(np.float64) - mean
+            cov += block.T @ block
+        eigenvalues, eigenvectors = np.linalg.eigh(cov)
+        order = np.argsort(eigenvalues)[::-1]
+        eigenvalues, eigenvectors = np.clip(eigenvalues[order], 0.0, None), eigenvectors[:, order]
+        ratios = eigenvalues / eigenvalues.sum()
+        k = components_to_keep(ratios, 1.0 - variance)
+        return cls(eigenvectors[:, :k], float(ratios[:k].sum()))
 
 
 # --------------------------------------------------------------------------------------------
