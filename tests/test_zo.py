@@ -137,7 +137,7 @@ def planted_table(rows: int = 9000, dim: int = 8, rank: int = 3, seed: int = 0) 
 
 
 def test_vocabulary_subspace_finds_the_planted_span() -> None:
-    table, planted = planted_table()  # 9000 rows: the covariance is accumulated over three blocks
+    table, planted = planted_table()  # 9000 rows: the covariance is accumulated over nine blocks
     sub = VocabularySubspace.fit(table, 0.99)
     assert sub.k == 3 and sub.explained >= 0.99
     np.testing.assert_allclose(sub.basis.T @ sub.basis, np.eye(3), atol=1e-10)
@@ -148,6 +148,21 @@ def test_vocabulary_subspace_finds_the_planted_span() -> None:
     for bad in (0.0, -0.1, 1.5, float("nan")):
         with pytest.raises(ZoodipError, match="variance fraction"):
             VocabularySubspace.fit(table, bad)
+
+
+def test_vocabulary_subspace_reads_a_memory_mapped_table_from_its_file(tmp_path) -> None:
+    # An export's table is np.load(mmap_mode="r"): fit reads it in blocks with file reads (its pages
+    # never become resident) and must give the same subspace as the table in memory; a view of the
+    # mapping (whose memmap offset is its parent's) is read through the mapping instead.
+    table, _ = planted_table(rows=5000)
+    np.save(tmp_path / "table.npy", table)
+    mapped = np.load(tmp_path / "table.npy", mmap_mode="r")
+    in_memory = VocabularySubspace.fit(table, 0.99)
+    from_file = VocabularySubspace.fit(mapped, 0.99)
+    assert from_file.k == in_memory.k == 3
+    np.testing.assert_allclose(from_file.basis @ from_file.basis.T, in_memory.basis @ in_memory.basis.T, atol=1e-9)
+    view, tail = VocabularySubspace.fit(mapped[1000:], 0.99), VocabularySubspace.fit(table[1000:], 0.99)
+    np.testing.assert_allclose(view.basis @ view.basis.T, tail.basis @ tail.basis.T, atol=1e-9)
 
 
 def test_estimator_in_a_subspace_searches_only_its_span() -> None:
