@@ -161,7 +161,7 @@ def run_zoodip(spec: dict, phases: Phases) -> dict:
         placeholder_token="<bench>", initializer_token="dog", resolution=spec["resolution"],
         max_train_steps=spec["steps"], n=2, subspace=True, eval_every=0, checkpoint_every=0,
         batched=spec.get("batched", True), threads=spec.get("threads", 0),
-        memory_budget_mb=spec.get("memory_budget_mb"),
+        memory_budget_mb=spec.get("memory_budget_mb"), vocabulary_variance=spec.get("vocabulary_variance"),
     )
     stamps: list[float] = []
     phases.start("setup")  # photos loaded and VAE-encoded once, VAE encoder released
@@ -188,7 +188,7 @@ def run_zoodip(spec: dict, phases: Phases) -> dict:
     return {"step_times": step_times, "forwards_per_step": config.n + 1, "status": result.status,
             "weight_file_bytes": weight_files, "batched": personalizer.loss.batched,
             "low_memory": options.low_memory, "threads": options.threads, "extra_config": dict(options.extra_config),
-            "session_attributes": dict(options.session_attributes)}
+            "session_attributes": dict(options.session_attributes), "search_dim": personalizer.estimator.search_dim}
 
 
 def _ti_setup(spec: dict, phases: Phases):

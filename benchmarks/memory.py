@@ -80,6 +80,10 @@ CONTENDERS: dict[str, tuple[str, dict]] = {
     "L5-ours-arena-off": ("lever 5 contrast: ours with the CPU arena off (every buffer faulted in afresh)",
                           {"kind": "zoodip", "export": ("w8a32", DEFAULT_CHUNKS), "memory_budget_mb": 1300,
                            "lever": True, "session_attributes": {"enable_cpu_mem_arena": False}}),
+    "L6-ours-vocabulary-subspace": ("option: ours with --vocabulary-subspace 0.95 (the token table's PCA fitted at "
+                                    "start-up)",
+                                    {"kind": "zoodip", "export": ("w8a32", DEFAULT_CHUNKS), "memory_budget_mb": 1300,
+                                     "lever": True, "vocabulary_variance": 0.95}),
 }
 MAIN = ["ours-int8", "onnx-fp32", "onnx-fp32-ortdefaults", "torch-backprop-ti", "torch-zo-fp32"]
 QUICK_LEVERS = ["L4-ours-buffer-reuse-on", "L5-ours-arena-off"]

@@ -38,20 +38,23 @@ def _memory(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 
 def test_tiny_benchmark_writes_json_table_and_chart(bench_cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    done = _memory("--tiny", "--contenders", "ours-int8,torch-backprop-ti", "--steps", "2", "--directions", "8",
+    done = _memory("--tiny", "--contenders", "ours-int8,L6-ours-vocabulary-subspace,torch-backprop-ti", "--steps", "2",
+                   "--directions", "8",
                    "--out", str(out), "--cache", str(bench_cache))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| ours-int8 |" in done.stdout and "torch backprop TI peak / ours peak" in done.stdout
     report = json.loads((out / "memory.json").read_text())
     assert report["machine"]["cores"] >= 1 and report["machine"]["versions"]["onnxruntime"]
     rows = {row["name"]: row for row in report["rows"]}
-    for name in ("ours-int8", "torch-backprop-ti"):
+    for name in ("ours-int8", "L6-ours-vocabulary-subspace", "torch-backprop-ti"):
         row = rows[name]
         assert not row["errors"], row["errors"]
         assert row["peak_rss"]["min"] > 10e6 and row["ru_maxrss"]["max"] >= row["peak_rss"]["max"] * 0.9
         assert row["step_s"]["n"] >= 1 and row["step_s"]["min"] > 0
     ours = rows["ours-int8"]
     assert ours["spec"]["memory_budget_mb"] and ours["runs"][0]["batched"] is False  # the budget's sequential mode
+    # The option's row searches the vocabulary's principal subspace: fewer dimensions than the embedding's 32.
+    assert ours["runs"][0]["search_dim"] == 32 and rows["L6-ours-vocabulary-subspace"]["runs"][0]["search_dim"] < 32
     breakdown = ours["breakdown"]
     assert breakdown["weights_file_bytes"] > 0 and breakdown["runtime_overhead_rss"] > 0
     assert -1 <= ours["fidelity"] <= 1
