@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from typing import Callable
 
 import numpy as np
@@ -150,6 +151,19 @@ def test_vocabulary_subspace_finds_the_planted_span() -> None:
             VocabularySubspace.fit(table, bad)
 
 
+def _mapped_rss_kib(path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps", encoding="utf-8") as handle:
+        for line in handle:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                inside = len(fields) >= 6 and fields[-1] == str(path)
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
+
+
 def test_vocabulary_subspace_reads_a_memory_mapped_table_from_its_file(tmp_path) -> None:
     # An export's table is np.load(mmap_mode="r"): fit reads it in blocks with file reads (its pages
     # never become resident) and must give the same subspace as the table in memory; a view of the
@@ -159,6 +173,10 @@ def test_vocabulary_subspace_reads_a_memory_mapped_table_from_its_file(tmp_path)
     mapped = np.load(tmp_path / "table.npy", mmap_mode="r")
     in_memory = VocabularySubspace.fit(table, 0.99)
     from_file = VocabularySubspace.fit(mapped, 0.99)
+    if os.path.exists("/proc/self/smaps"):
+        assert _mapped_rss_kib(tmp_path / "table.npy") == 0  # no page of the mapping was touched
+        np.asarray(mapped[:2048], dtype=np.float64)  # the check itself: reading through the mapping shows up
+        assert _mapped_rss_kib(tmp_path / "table.npy") > 0
     assert from_file.k == in_memory.k == 3
     np.testing.assert_allclose(from_file.basis @ from_file.basis.T, in_memory.basis @ in_memory.basis.T, atol=1e-9)
     view, tail = VocabularySubspace.fit(mapped[1000:], 0.99), VocabularySubspace.fit(table[1000:], 0.99)
