@@ -35,10 +35,13 @@ def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tau", type=int, default=128, help="Subspace Gradient history length")
     p.add_argument("--nu", type=float, default=1e-3, help="Subspace Gradient: variance fraction dropped")
     p.add_argument("--no-subspace", action="store_true", help="turn Subspace Gradient off (ablation)")
-    p.add_argument("--subspace-mode", choices=["history-span", "principal"], default="history-span")
+    p.add_argument("--subspace-mode", choices=["history-span", "principal"], default="history-span",
+                   help="history-span: the authors' code (default); principal: project onto the kept components "
+                        "only (stalls over long runs, see benchmarks/README.md)")
     p.add_argument("--vocabulary-subspace", type=float, default=None, metavar="FRACTION",
                    help="draw the random directions inside the token table's principal subspace holding FRACTION "
-                        "of its variance (e.g. 0.9; not in the paper; default: the whole embedding space)")
+                        "of its variance (not in the paper; default: the whole embedding space). Try 0.95 on "
+                        "768-wide models such as SD1.5; on narrow, near-isotropic tables it costs a little")
     p.add_argument("--t-range", nargs=2, type=int, default=[500, 900], metavar=("T_MIN", "T_MAX"),
                    help="PUTS timestep range [T_MIN, T_MAX); 0 1000 is uniform sampling")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
