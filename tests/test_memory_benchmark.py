@@ -38,9 +38,8 @@ def _memory(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 
 def test_tiny_benchmark_writes_json_table_and_chart(bench_cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    done = _memory("--tiny", "--contenders", "ours-int8,L6-ours-vocabulary-subspace,torch-backprop-ti", "--steps", "2",
-                   "--directions", "8",
-                   "--out", str(out), "--cache", str(bench_cache))
+    done = _memory("--tiny", "--contenders", "ours-int8,L6-ours-vocabulary-subspace,torch-backprop-ti",
+                   "--steps", "2", "--directions", "8", "--out", str(out), "--cache", str(bench_cache))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| ours-int8 |" in done.stdout and "torch backprop TI peak / ours peak" in done.stdout
     report = json.loads((out / "memory.json").read_text())
