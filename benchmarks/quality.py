@@ -336,6 +336,11 @@ def forwards_to_reach(curve: list[tuple[float, float]], level: float) -> float |
     return None
 
 
+def initializer_level(curve: list[tuple[float, float]]) -> float | None:
+    """The score at 0 forwards (every run's first snapshot is the initializer embedding), if scored."""
+    return curve[0][1] if curve and curve[0][0] == 0 else None
+
+
 def summarize(task: str, scores: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
     headline = "gap_closed" if task == "planted" else "concept_fidelity"
     summary: dict[str, Any] = {"headline_metric": headline, "methods": {}}
@@ -355,7 +360,7 @@ def summarize(task: str, scores: dict[str, Any], trained: dict[str, Any]) -> dic
     methods = summary["methods"]
     if "ti-backprop" in methods:
         bp = methods["ti-backprop"]["final"][headline]
-        init = methods["init"]["final"][headline] if "init" in methods else None
+        init = methods["init"]["final"][headline] if "init" in methods else initializer_level(methods["ti-backprop"]["curve"][headline])
         summary["backprop_final"] = bp
         for method, entry in methods.items():
             entry["vs_backprop"] = entry["final"][headline] / bp if bp else None

@@ -50,6 +50,21 @@ def test_checkpoints_and_interpolation():
     assert quality.forwards_to_reach(curve, 1.5) is None
 
 
+def test_backprop_gain_is_measured_from_the_initializer_even_without_the_init_method():
+    """Without ``init`` in --methods, the gain columns start from the curves' common first point."""
+    def run(values):
+        return [{"forwards": 100.0 * k, "step": k, "wall_s": 1.0, "concept_fidelity": v} for k, v in enumerate(values)]
+
+    scores = {"ti-backprop": {"job": run([0.7, 0.9, 1.0])}, "zo-puts": {"job": run([0.7, 0.8, 0.9])}}
+    trained = {name: {"memory": {}, "spec": {}} for name in scores}
+    summary = quality.summarize("world", scores, trained)
+    zo = summary["methods"]["zo-puts"]
+    assert zo["gain_vs_backprop"] == pytest.approx(2 / 3)
+    assert zo["forwards_to_50pct_backprop_gain"] == pytest.approx(150.0)  # 0.85, between 0.8 and 0.9
+    assert zo["forwards_to_90pct_backprop_gain"] is None  # 0.97 is never reached
+    assert summary["methods"]["ti-backprop"]["forwards_to_50pct_backprop_gain"] == pytest.approx(75.0)
+
+
 def test_seeds_only_with_the_world_task(tiny_export, tmp_path, capsys):
     code = quality.main(["--task", "planted", "--seeds", "3", "--model", str(tiny_export), "--out", str(tmp_path / "out")])
     assert code == 2
