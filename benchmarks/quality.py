@@ -360,7 +360,8 @@ def summarize(task: str, scores: dict[str, Any], trained: dict[str, Any]) -> dic
     methods = summary["methods"]
     if "ti-backprop" in methods:
         bp = methods["ti-backprop"]["final"][headline]
-        init = methods["init"]["final"][headline] if "init" in methods else initializer_level(methods["ti-backprop"]["curve"][headline])
+        init = (methods["init"]["final"][headline] if "init" in methods
+                else initializer_level(methods["ti-backprop"]["curve"][headline]))
         summary["backprop_final"] = bp
         for method, entry in methods.items():
             entry["vs_backprop"] = entry["final"][headline] / bp if bp else None
