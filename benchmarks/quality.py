@@ -5,6 +5,7 @@
     python benchmarks/quality.py --smoke               # seconds: tiny random model, planted check only
     python benchmarks/quality.py --task planted --model sd15-int8   # optimization-only check, any model
     python benchmarks/quality.py --sweep 300-700,500-900,200-1000   # PUTS range sweep (zoodip variants)
+    python benchmarks/quality.py --merge A B:ti-backprop --out C    # one table from stored runs
 
 Every method (``--methods``; see benchmarks/_quality_methods.py) gets the same model, concepts, seed
 and budget of UNet forward passes (``--steps`` ZO steps x 3 forwards; ES generations of ``pop``
@@ -341,6 +342,23 @@ def initializer_level(curve: list[tuple[float, float]]) -> float | None:
     return curve[0][1] if curve and curve[0][0] == 0 else None
 
 
+def ratio_of_means_ci(ours: Any, reference: Any, resamples: int = 5000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of ``mean(ours) / mean(reference)`` by a paired bootstrap over jobs: both arrays are
+    indexed by the same jobs, which are resampled together (a hard concept is hard for every method)."""
+    a, b = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"need two equally long, non-empty per-job arrays; got shapes {a.shape} and {b.shape}")
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    ratios = a[idx].mean(axis=1) / b[idx].mean(axis=1)
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def target_metrics(task: str) -> list[str]:
+    """The metrics the >= 95%-of-backprop target is about."""
+    return ["gap_closed"] if task == "planted" else ["concept_fidelity", "prompt_fidelity"]
+
+
 def summarize(task: str, scores: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
     headline = "gap_closed" if task == "planted" else "concept_fidelity"
     summary: dict[str, Any] = {"headline_metric": headline, "methods": {}}
@@ -373,6 +391,20 @@ def summarize(task: str, scores: dict[str, Any], trained: dict[str, Any]) -> dic
             for pct in (0.5, 0.9):
                 entry[f"forwards_to_{int(pct * 100)}pct_backprop_gain"] = forwards_to_reach(
                     entry["curve"][headline], base + pct * (bp - base))
+            # Each target metric's ratio, with a paired bootstrap interval over the jobs both ran.
+            entry["vs_backprop_by_metric"], entry["vs_backprop_ci95"] = {}, {}
+            for metric in target_metrics(task):
+                ours, ref = scores[method], scores["ti-backprop"]
+                jobs = [j for j in ours if j in ref and ours[j][-1].get(metric) is not None
+                        and ref[j][-1].get(metric) is not None]
+                if not jobs:
+                    continue
+                a = [ours[j][-1][metric] for j in jobs]
+                b = [ref[j][-1][metric] for j in jobs]
+                if np.mean(b) == 0:
+                    continue
+                entry["vs_backprop_by_metric"][metric] = float(np.mean(a) / np.mean(b))
+                entry["vs_backprop_ci95"][metric] = list(ratio_of_means_ci(a, b))
     summary["naive_vs"] = {}
     for name in [m for m in methods if m.startswith("zoodip")] if "zo-naive" in methods else []:
         naive, ours = methods["zo-naive"], methods[name]
@@ -440,7 +472,11 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
              f"`{meta['command']}`  ", f"{meta['date']}, {meta['machine']['cpu']} ({meta['machine']['cpu_count']} cores), "
              f"total {meta['total_wall_s']:.0f} s  ",
              f"model: `{meta['model']}`; jobs: {', '.join(results['jobs'])}; seed {meta['seed']}{' + ' + str(meta.get('seeds', 1) - 1) + ' more training seeds' if meta.get('seeds', 1) > 1 else ''}; "
-             f"budget {meta['budget_forwards']} UNet forwards per method and job (ZO: {meta['steps']} steps x 3)", ""]
+             + (f"budget {meta['budget_forwards']} UNet forwards per method and job (ZO: {meta['steps']} steps x 3)"
+                if meta.get("budget_forwards") is not None else "budgets per method: the forwards column"), ""]
+    for source in meta.get("merged_from", []):
+        lines.insert(-1, f"Merged from `{source['path']}`: {', '.join(f'`{m}`' for m in source['methods'])}, "
+                         f"`{source['command']}`, {source['date']}, {source['total_wall_s']:.0f} s  ")
     if task == "world":
         lines.append(f"Generation: DPM++ 2M, {meta['gen_steps']} steps, guidance {meta['guidance']}, "
                      f"{meta['images_per_prompt']} images per prompt, fixed seeds (the same for every method). "
@@ -449,8 +485,10 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
                      "fidelity = attribute accuracy of held-out-prompt images against prompt_target (the requested "
                      "attribute changed, the concept's other attributes kept); requested = the requested attribute only; "
                      "joint = all five right at once. "
-                     + ("Held-out prompts are scored at the start and end of each run only (--curve-prompts fidelity)."
-                        if meta.get("curve_prompts") != "all" else ""))
+                     + {"all": "", "mixed": "Held-out prompts are scored at every checkpoint in the runs made with "
+                                            "--curve-prompts all, at the start and end only in the others."}.get(
+                         meta.get("curve_prompts"),
+                         "Held-out prompts are scored at the start and end of each run only (--curve-prompts fidelity)."))
     else:
         lines.append("Planted check: v* = random vocabulary row + noise; targets = the INT8 UNet's predictions under v*; "
                      "gap closed = (L(v0) - L(v)) / (L(v0) - L(v*)) on fixed (photo, noise, t, prompt) items, t "
@@ -477,11 +515,8 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
               "target attributes: the evaluator's ceiling. 'fwd to X% bp gain' = forwards at which the mean curve first reaches init + X% of (ti-backprop − init) "
               "(linear interpolation between checkpoints; — = not within the budget). Peak RSS = VmHWM of the "
               "method's own training process (a fresh process per method and job, the largest over jobs; the torch baseline includes torch itself).", ""]
-    for name in [m for m in methods if m.startswith("zoodip")] if "ti-backprop" in methods else []:
-        ratio = methods[name].get("vs_backprop")
-        lines.append(f"**`{name}` / backprop {headline}: {_fmt(ratio)}** (target >= 0.95: "
-                     f"{'met' if ratio is not None and ratio >= 0.95 else 'not met'}); gain-normalized: "
-                     f"{_fmt(methods[name].get('gain_vs_backprop'))}.  ")
+    for name in [m for m in methods if m not in ("ti-backprop", "init")] if "ti-backprop" in methods else []:
+        lines.append(target_line(name, methods[name], target_metrics(task)))
     for name, nv in summary.get("naive_vs", {}).items():
         ratio_text = _fmt(nv["ratio"], 2) if nv["ratio"] else "—"
         lines.append(f"**Naive ZO vs `{name}` forwards for the same {headline} ({_fmt(nv['level'])}): "
@@ -494,6 +529,21 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
     for method, entry in methods.items():
         lines.append(f"- `{method}`: " + ", ".join(f"{k}={v}" for k, v in entry["spec"].items()))
     path.write_text("\n".join(lines) + "\n")
+
+
+def target_line(name: str, entry: dict[str, Any], metrics: list[str]) -> str:
+    """One Markdown line: the method's ratio to backprop on each target metric, and whether all reach 0.95."""
+    by_metric = entry.get("vs_backprop_by_metric") or {}
+    ci = entry.get("vs_backprop_ci95") or {}
+    parts = []
+    for metric in metrics:
+        ratio = by_metric.get(metric)
+        interval = f" (95% CI {_fmt(ci[metric][0])}-{_fmt(ci[metric][1])})" if metric in ci else ""
+        parts.append(f"{metric} {_fmt(ratio)}{interval}")
+    met = all(by_metric.get(m) is not None and by_metric[m] >= 0.95 for m in metrics)
+    return (f"**`{name}` / backprop: {', '.join(parts)}** (target >= 0.95 on "
+            f"{'each' if len(metrics) > 1 else 'it'}: {'met' if met else 'not met'}); gain-normalized "
+            f"{metrics[0]}: {_fmt(entry.get('gain_vs_backprop'))}.  ")
 
 
 def write_curves(path: Path, results: dict[str, Any]) -> None:
@@ -571,6 +621,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--in-process", action="store_true", help="train in this process (no per-method memory figure)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary folder)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where model exports are cached")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="DIR[:METHODS]",
+                        help="combine the stored runs of these --out folders (same jobs and scoring; e.g. methods run "
+                             "in parallel, or a long ZO run against a stored backprop run) into --out; trains nothing. "
+                             "DIR:METHODS takes only the listed methods from DIR")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -581,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(args.worker)
     started = time.perf_counter()
     command = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if args.merge:
+        return merge_main(args.merge, args.out, command)
 
     task = args.task
     if task == "auto":
@@ -674,6 +730,101 @@ def main(argv: list[str] | None = None) -> int:
     if tmp is not None:
         tmp.cleanup()
     log(f"done in {time.perf_counter() - started:.0f}s: {out}/results.md")
+    print((out / "results.md").read_text())
+    return 0
+
+
+# Settings that must agree for runs from different result folders to be compared (same scoring).
+MERGE_KEYS = ("seed", "seeds", "gen_steps", "guidance", "images_per_prompt", "max_heldout")
+
+
+def parse_merge_source(text: str) -> tuple[Path, list[str] | None]:
+    """``DIR`` (all its methods) or ``DIR:METHODS`` (a comma list of the methods to take from it)."""
+    folder, sep, names = text.partition(":")
+    if sep and Path(folder).is_dir():
+        return Path(folder), split_methods(names)
+    return Path(text), None
+
+
+def merge_results(sources: list[str], command: str) -> dict[str, Any]:
+    """Combine the stored runs of several ``--out`` folders into one result, summary recomputed.
+
+    For methods trained in parallel processes, or compared against a baseline stored by an earlier
+    run (e.g. a long ZO budget against backprop's). The folders must hold the same task, jobs and
+    scoring settings (MERGE_KEYS and the model export), and no method twice (``DIR:METHODS`` takes
+    only some of a folder's methods).
+    """
+    loaded = []
+    for source in sources:
+        folder, wanted = parse_merge_source(source)
+        path = folder / "results.json"
+        try:
+            results = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path} does not exist; pass folders written by quality.py --out") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read {path} ({exc}); pass folders written by quality.py --out") from None
+        if wanted is not None:
+            missing = [m for m in wanted if m not in results["methods"]]
+            if missing:
+                raise ValueError(f"{folder} has no method {missing[0]}; it has {', '.join(results['methods'])}")
+            results["methods"] = {m: results["methods"][m] for m in wanted}
+        loaded.append((folder, results))
+    first_folder, first = loaded[0]
+    methods: dict[str, Any] = {}
+    origin: dict[str, Path] = {}
+    for folder, results in loaded:
+        meta = results["meta"]
+        if results["task"] != first["task"]:
+            raise ValueError(f"{folder} is a {results['task']} run, {first_folder} a {first['task']} run; merge runs of one task")
+        if sorted(results["jobs"]) != sorted(first["jobs"]):
+            differ = sorted(set(results["jobs"]) ^ set(first["jobs"]))
+            raise ValueError(f"{folder} and {first_folder} ran different jobs ({', '.join(differ[:4])}); "
+                             "merge runs of the same --concepts, --seed and --seeds")
+        for key in MERGE_KEYS + ("model",):
+            mine, theirs = meta.get(key), first["meta"].get(key)
+            if key == "model":  # the export's cache name (content hash + recipe), not where it lay
+                mine, theirs = Path(str(mine)).name, Path(str(theirs)).name
+            if mine != theirs:
+                raise ValueError(f"{folder} was scored with {key}={mine}, {first_folder} with {key}={theirs}; "
+                                 "merge runs scored the same way")
+        for name, entry in results["methods"].items():
+            if name in methods:
+                raise ValueError(f"method {name} is in both {origin[name]} and {folder}; merge runs of different methods")
+            methods[name], origin[name] = entry, folder
+    task = first["task"]
+    scores = {name: entry["runs"] for name, entry in methods.items()}
+    trained = {name: {"memory": entry.get("memory", {}), "spec": entry.get("spec", {})} for name, entry in methods.items()}
+    summary = summarize(task, scores, trained)
+    if first["summary"].get("oracle"):
+        summary["oracle"] = first["summary"]["oracle"]
+    meta = {key: first["meta"].get(key) for key in MERGE_KEYS + ("model", "torch_model", "puts")}
+    curve_prompts = {r["meta"].get("curve_prompts") for _, r in loaded}
+    meta.update({
+        "command": command, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": loaded[0][1]["meta"]["machine"], "steps": None, "budget_forwards": None,
+        "checkpoints": None, "curve_prompts": curve_prompts.pop() if len(curve_prompts) == 1 else "mixed",
+        "total_wall_s": float(sum(r["meta"].get("total_wall_s", 0.0) for _, r in loaded)),
+        "merged_from": [{"path": str(folder), "methods": list(r["methods"]), "command": r["meta"]["command"],
+                         "date": r["meta"]["date"], "machine": r["meta"]["machine"],
+                         "total_wall_s": r["meta"].get("total_wall_s", 0.0)} for folder, r in loaded],
+    })
+    return {"task": task, "meta": meta, "jobs": first["jobs"], "methods": methods, "summary": summary}
+
+
+def merge_main(sources: list[str], out: Path | None, command: str) -> int:
+    if out is None:
+        print("quality.py: error: --merge needs --out DIR (where to write the merged results)", file=sys.stderr)
+        return 2
+    try:
+        results = merge_results(sources, command)
+    except ValueError as exc:
+        print(f"quality.py: error: --merge: {exc}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    write_markdown(out / "results.md", results)
+    write_curves(out / "curves.png", results)
     print((out / "results.md").read_text())
     return 0
 

@@ -65,6 +65,93 @@ def test_backprop_gain_is_measured_from_the_initializer_even_without_the_init_me
     assert summary["methods"]["ti-backprop"]["forwards_to_50pct_backprop_gain"] == pytest.approx(75.0)
 
 
+def test_ratio_of_means_ci_is_a_paired_bootstrap():
+    ref = np.array([0.8, 0.9, 0.7, 0.85])
+    assert quality.ratio_of_means_ci(ref, ref) == (1.0, 1.0)
+    assert quality.ratio_of_means_ci(2 * ref, ref) == pytest.approx((2.0, 2.0))
+    ours = ref + np.array([0.05, -0.1, 0.02, -0.03])
+    lo, hi = quality.ratio_of_means_ci(ours, ref)
+    assert lo < ours.mean() / ref.mean() < hi and hi - lo < 0.2
+    # Paired: a per-job offset shared by both methods does not widen the interval.
+    lo2, hi2 = quality.ratio_of_means_ci(ours + 10, ref + 10)
+    assert hi2 - lo2 < (hi - lo) / 5
+    with pytest.raises(ValueError):
+        quality.ratio_of_means_ci([1.0, 2.0], [1.0])
+
+
+def _fake_results(folder: Path, methods: dict, jobs=("a-s0", "b-s0"), guidance=5.0) -> Path:
+    """A results folder as quality.py writes it: per-job checkpoint records of world metrics."""
+    def run(offset, forwards):
+        return [{"step": k, "forwards": k * forwards / 2, "wall_s": 1.0, "concept_fidelity": 0.7 + offset * k,
+                 "attribute_acc": 0.5, "prompt_fidelity": (0.5 + offset * k) if k != 1 else None,
+                 "prompt_requested_acc": 0.9, "prompt_joint_acc": 0.1} for k in range(3)]
+    folder.mkdir(parents=True)
+    meta = {"command": f"python benchmarks/quality.py --out {folder}", "date": "2026-11-30T00:00:00+00:00",
+            "machine": {"cpu": "test", "cpu_count": 2}, "model": f"/somewhere/{'quality-model-x-w8a32'}",
+            "torch_model": None, "seed": 0, "seeds": 1, "gen_steps": 20, "guidance": guidance,
+            "images_per_prompt": 4, "max_heldout": None, "curve_prompts": "fidelity", "total_wall_s": 10.0,
+            "puts": [500, 900]}
+    results = {"task": "world", "meta": meta, "jobs": list(jobs), "summary": {"oracle": dict.fromkeys(quality.metric_names("world"), 0.99)},
+               "methods": {name: {"spec": {}, "memory": {}, "runs": {j: run(offset + 0.01 * i, forwards)
+                                                                      for i, j in enumerate(jobs)}}
+                           for name, (offset, forwards) in methods.items()}}
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def test_merge_combines_stored_runs_and_rates_both_target_metrics(tmp_path, capsys):
+    short = _fake_results(tmp_path / "short", {"ti-backprop": (0.1, 100), "zo-puts": (0.05, 300)})
+    long = _fake_results(tmp_path / "long", {"zo-puts": (0.09, 900)})
+    out = tmp_path / "merged"
+    assert quality.main(["--merge", f"{short}:ti-backprop", str(long), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["methods"]) == ["ti-backprop", "zo-puts"]
+    zo = results["summary"]["methods"]["zo-puts"]
+    assert zo["forwards"] == 900  # the long run's zo-puts, not the short one's
+    # Finals (job a, job b): backprop 0.90, 0.92 / 0.70, 0.72; long zo-puts 0.88, 0.90 / 0.68, 0.70.
+    assert zo["vs_backprop_by_metric"]["concept_fidelity"] == pytest.approx(0.89 / 0.91)
+    assert zo["vs_backprop_by_metric"]["prompt_fidelity"] == pytest.approx(0.69 / 0.71)
+    lo, hi = zo["vs_backprop_ci95"]["prompt_fidelity"]
+    assert lo <= 0.69 / 0.71 <= hi
+    md = (out / "results.md").read_text()
+    assert "**`zo-puts` / backprop: concept_fidelity 0.978" in md and "prompt_fidelity 0.972" in md
+    assert "(target >= 0.95 on each: met)" in md and "Merged from" in md
+    assert (out / "curves.png").stat().st_size > 0
+
+    # A folder's runs below 0.95 on one metric: not met.
+    weak = _fake_results(tmp_path / "weak", {"zo-naive": (0.02, 900)})
+    assert quality.main(["--merge", f"{short}:ti-backprop", str(weak), "--out", str(tmp_path / "m2")]) == 0
+    assert "(target >= 0.95 on each: not met)" in (tmp_path / "m2" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("duplicate", "method zo-puts is in both"),
+    ("jobs", "ran different jobs"),
+    ("scoring", "guidance="),
+    ("missing", "does not exist"),
+    ("unknown-method", "has no method es"),
+    ("no-out", "--merge needs --out"),
+])
+def test_merge_refuses_runs_that_cannot_be_compared(tmp_path, capsys, case, message):
+    short = _fake_results(tmp_path / "short", {"ti-backprop": (0.1, 100), "zo-puts": (0.05, 300)})
+    other = {
+        "duplicate": lambda: _fake_results(tmp_path / "o", {"zo-puts": (0.09, 900)}),
+        "jobs": lambda: _fake_results(tmp_path / "o", {"zo-naive": (0.09, 900)}, jobs=("a-s0", "c-s0")),
+        "scoring": lambda: _fake_results(tmp_path / "o", {"zo-naive": (0.09, 900)}, guidance=7.5),
+        "missing": lambda: tmp_path / "nowhere",
+        "unknown-method": lambda: f"{short}:es",
+        "no-out": lambda: _fake_results(tmp_path / "o", {"zo-naive": (0.09, 900)}),
+    }[case]()
+    out = tmp_path / "merged"
+    argv = ["--merge", str(short) if case != "unknown-method" else str(other)]
+    argv += [str(other)] if case != "unknown-method" else []
+    argv += [] if case == "no-out" else ["--out", str(out)]
+    assert quality.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_seeds_only_with_the_world_task(tiny_export, tmp_path, capsys):
     code = quality.main(["--task", "planted", "--seeds", "3", "--model", str(tiny_export), "--out", str(tmp_path / "out")])
     assert code == 2
