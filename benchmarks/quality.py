@@ -393,8 +393,8 @@ def summarize(task: str, scores: dict[str, Any], trained: dict[str, Any]) -> dic
                     entry["curve"][headline], base + pct * (bp - base))
             # Each target metric's ratio, with a paired bootstrap interval over the jobs both ran.
             entry["vs_backprop_by_metric"], entry["vs_backprop_ci95"] = {}, {}
+            ours, ref = scores[method], scores["ti-backprop"]
             for metric in target_metrics(task):
-                ours, ref = scores[method], scores["ti-backprop"]
                 jobs = [j for j in ours if j in ref and ours[j][-1].get(metric) is not None
                         and ref[j][-1].get(metric) is not None]
                 if not jobs:
