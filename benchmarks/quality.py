@@ -563,6 +563,13 @@ def write_curves(path: Path, results: dict[str, Any]) -> None:
     tile(panels, columns=2).save(path)
 
 
+def write_reports(out: Path, results: dict[str, Any]) -> None:
+    """results.json, results.md and curves.png in ``out`` (samples.png needs the images: main only)."""
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    write_markdown(out / "results.md", results)
+    write_curves(out / "curves.png", results)
+
+
 def write_samples(path: Path, samples: dict[str, dict[str, list]]) -> None:
     from PIL import Image, ImageDraw
 
@@ -722,9 +729,7 @@ def main(argv: list[str] | None = None) -> int:
                     for m, t in trained.items()},
         "summary": summary,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
-    write_markdown(out / "results.md", results)
-    write_curves(out / "curves.png", results)
+    write_reports(out, results)
     if extras.get("samples"):
         write_samples(out / "samples.png", extras["samples"])
     if tmp is not None:
@@ -822,9 +827,7 @@ def merge_main(sources: list[str], out: Path | None, command: str) -> int:
         print(f"quality.py: error: --merge: {exc}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
-    write_markdown(out / "results.md", results)
-    write_curves(out / "curves.png", results)
+    write_reports(out, results)
     print((out / "results.md").read_text())
     return 0
 
