@@ -253,19 +253,23 @@ class Captioner:
         return torch.from_numpy(np.stack(rows))
 
 
-def build_text_encoder(seed: int, vocab: np.ndarray | None = None):
-    """The CLIP text encoder with a std-0.1 token table; with ``vocab``, its table holds only those rows."""
+def build_text_encoder(seed: int, vocab: np.ndarray | None = None, config: dict | None = None):
+    """The CLIP text encoder with a std-0.1 token table; with ``vocab``, its table holds only those rows.
+
+    ``config``: the text-encoder config (default: the reference model's, ``configs()``)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    config = config or configs()["text_encoder"]
     torch.manual_seed(seed)
-    model = CLIPTextModel(CLIPTextConfig(**configs()["text_encoder"]))
+    model = CLIPTextModel(CLIPTextConfig(**config))
     g = torch.Generator().manual_seed(seed + 101)
     with torch.no_grad():
         table = model.text_model.embeddings.token_embedding.weight
-        table.copy_(torch.randn(table.shape, generator=g) * TOKEN_EMBEDDING_STD)
-        if vocab is not None:
-            small = torch.nn.Embedding(len(vocab), TEXT_HIDDEN)
-            small.weight.copy_(table[torch.from_numpy(vocab)])
+        if vocab is None:
+            table.copy_(torch.randn(table.shape, generator=g) * TOKEN_EMBEDDING_STD)
+        else:  # only the rows kept: the full random table is never materialized
+            small = torch.nn.Embedding(len(vocab), config["hidden_size"])
+            small.weight.copy_(torch.randn(table.shape, generator=g)[torch.from_numpy(vocab)] * TOKEN_EMBEDDING_STD)
             model.text_model.embeddings.token_embedding = small
     return model
 
@@ -277,18 +281,34 @@ def load_all_but_token_table(text_encoder, state: dict[str, torch.Tensor]) -> No
     assert not unexpected and all("token_embedding" in k for k in missing), (missing, unexpected)
 
 
-def expand_text_encoder(compact, vocab: np.ndarray, seed: int):
-    """The full-vocabulary text encoder: the trained rows scattered into the std-0.1 random table."""
-    full = build_text_encoder(seed)
+def expand_text_encoder(compact, vocab: np.ndarray, seed: int, base_table: torch.Tensor | None = None):
+    """The full-vocabulary text encoder: the trained rows scattered into the untrained table.
+
+    The untrained rows are ``base_table`` (a continuation keeps its starting folder's) or else the
+    seeded std-0.1 random table of a run from scratch."""
+    config = {k: v for k, v in compact.config.to_dict().items() if k in configs()["text_encoder"]}
+    full = build_text_encoder(seed, config=config)
     load_all_but_token_table(full, compact.state_dict())
     with torch.no_grad():
-        full.text_model.embeddings.token_embedding.weight[torch.from_numpy(vocab)] = \
-            compact.text_model.embeddings.token_embedding.weight
+        table = full.text_model.embeddings.token_embedding.weight
+        if base_table is not None:
+            table.copy_(base_table)
+        table[torch.from_numpy(vocab)] = compact.text_model.embeddings.token_embedding.weight
     return full.eval()
 
 
-def load_trained(folder: Path, unet, compact_text_encoder, vocab: np.ndarray) -> None:
-    """Copy a trained reference folder's UNet and text encoder (its ``vocab`` rows) into fresh modules."""
+def folder_configs(folder: Path) -> dict[str, dict]:
+    """The text-encoder and UNet configs of a trained folder (a continuation keeps its architecture)."""
+    keys = configs()
+    text = json.loads((folder / "text_encoder" / "config.json").read_text())
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    return {"text_encoder": {k: text[k] for k in keys["text_encoder"]},
+            "unet": {k: (tuple(unet[k]) if isinstance(unet[k], list) else unet[k]) for k in keys["unet"]}}
+
+
+def load_trained(folder: Path, unet, compact_text_encoder, vocab: np.ndarray) -> torch.Tensor:
+    """Copy a trained reference folder's UNet and text encoder (its ``vocab`` rows) into fresh modules;
+    returns the folder's whole token table (its untrained rows are kept when the result is saved)."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -298,26 +318,31 @@ def load_trained(folder: Path, unet, compact_text_encoder, vocab: np.ndarray) ->
     load_all_but_token_table(compact_text_encoder, full)
     with torch.no_grad():
         compact_text_encoder.text_model.embeddings.token_embedding.weight.copy_(table[torch.from_numpy(vocab)])
+    return table
 
 
 def stage_diffusion(work: Path, data: dict, latents: tuple[np.ndarray, np.ndarray], scale: float,
                     captioner: Captioner, args: argparse.Namespace):
     from diffusers import UNet2DConditionModel
 
-    text_encoder = build_text_encoder(args.seed, captioner.vocab)
+    arch = folder_configs(args.init_from) if args.init_from else configs()
+    text_encoder = build_text_encoder(args.seed, captioner.vocab, arch["text_encoder"])
     torch.manual_seed(args.seed + 1)
-    unet = UNet2DConditionModel(**configs()["unet"])
-    if args.init_from:
-        load_trained(args.init_from, unet, text_encoder, captioner.vocab)
+    unet = UNet2DConditionModel(**arch["unet"])
+    base_table = load_trained(args.init_from, unet, text_encoder, captioner.vocab) if args.init_from else None
     models = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
-    ema = torch.nn.ModuleDict({"unet": UNet2DConditionModel(**configs()["unet"]),
-                               "text_encoder": build_text_encoder(args.seed, captioner.vocab)})
+    ema = torch.nn.ModuleDict({"unet": UNet2DConditionModel(**arch["unet"]),
+                               "text_encoder": build_text_encoder(args.seed, captioner.vocab, arch["text_encoder"])})
     ema.load_state_dict(models.state_dict())
     ema.requires_grad_(False)
     embedding = text_encoder.text_model.embeddings.token_embedding.weight
-    others = [p for p in models.parameters() if p is not embedding]
-    opt = torch.optim.AdamW([{"params": others, "weight_decay": 1e-2}, {"params": [embedding], "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.99))
+    if args.freeze_text_encoder:  # as SD's UNet is trained on a frozen CLIP: only the UNet learns
+        text_encoder.requires_grad_(False)
+    others = [p for p in models.parameters() if p is not embedding and p.requires_grad]
+    groups = [{"params": others, "weight_decay": 1e-2}]
+    if embedding.requires_grad:
+        groups.append({"params": [embedding], "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99))
     ckpt_path = work / "diffusion.pt"
     start = 0
     if ckpt_path.is_file():
@@ -353,7 +378,8 @@ def stage_diffusion(work: Path, data: dict, latents: tuple[np.ndarray, np.ndarra
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, args.lr, args.warmup)
-        hidden = text_encoder(captioner(texts)).last_hidden_state
+        with torch.set_grad_enabled(not args.freeze_text_encoder):
+            hidden = text_encoder(captioner(texts)).last_hidden_state
         pred = unet(xt, t, encoder_hidden_states=hidden).sample
         per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
         loss = (per * weights[t]).mean()
@@ -374,7 +400,8 @@ def stage_diffusion(work: Path, data: dict, latents: tuple[np.ndarray, np.ndarra
             print(f"diffusion: {(step + 1 - start) / (time.monotonic() - started):.2f} it/s", flush=True)
             sys.exit(0)
     bar.close()
-    return ema["unet"].eval(), expand_text_encoder(ema["text_encoder"], captioner.vocab, args.seed), running
+    text = expand_text_encoder(ema["text_encoder"], captioner.vocab, args.seed, base_table)
+    return ema["unet"].eval(), text, running
 
 
 def save_folder(dest: Path, vae, unet, text_encoder, scale: float, meta: dict) -> None:
@@ -415,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="per-timestep weight of the diffusion loss")
     p.add_argument("--init-from", type=Path, help="continue from a trained reference folder: keep its VAE, start "
                    "the UNet and text encoder from it (use a separate --work)")
+    p.add_argument("--freeze-text-encoder", action="store_true",
+                   help="train the UNet only, on the starting folder's text encoder (needs --init-from)")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--stop-after", choices=("data", "vae"), help="stop after this stage (rerun to continue)")
@@ -464,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (tok_dir / "vocab.json").is_file():
         write_clip_tokenizer_files(tok_dir)
     unet, text_encoder, loss = stage_diffusion(args.work, data, (mean, std), scale, Captioner(tok_dir), args)
-    run = {"diffusion_steps": args.diffusion_steps, "lr": args.lr, "warmup": args.warmup,
+    run = {"diffusion_steps": args.diffusion_steps, "batch": args.batch, "lr": args.lr, "warmup": args.warmup,
+           "text_encoder": "frozen" if args.freeze_text_encoder else "trained",
            "loss_weighting": args.loss_weighting, "diffusion_loss": loss,
            "this_invocation_seconds": round(time.monotonic() - started, 1)}
     if previous is None:
