@@ -5,9 +5,9 @@
     python benchmarks/memory.py --scaling               # + ours and torch backprop TI at 256/384/512
     python benchmarks/memory.py --tiny --out /tmp/m     # the tiny model, seconds (used by the tests)
 
-The SD1.5 architecture is built with seeded random weights from the shared configs (memory and
-speed do not depend on weight values) and exported through the project's own pipeline
-(export/export_model.py); both are cached under --cache and reused. Every contender runs in its
+The SD1.5 architecture is built with seeded random weights from its configs in
+export/sd15_configs.py (memory and speed do not depend on weight values) and exported through the
+project's own pipeline (export/export_model.py); both are cached under --cache and reused. Every contender runs in its
 own fresh process (benchmarks/_contenders.py) and reports the kernel's peak resident set
 (VmHWM per phase, ru_maxrss for the whole process). Writes memory.json, memory.md and memory.png
 into --out and prints the table.
