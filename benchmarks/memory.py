@@ -26,7 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
+
+from reference.repo import REPO, relative_args  # noqa: E402
+
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "sdk"))
 
@@ -447,7 +450,7 @@ def run(args: argparse.Namespace) -> dict:
         return summarize(name, description, base, runs, manifest)
 
     started = time.perf_counter()
-    command = "python benchmarks/memory.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/memory.py " + " ".join(relative_args(sys.argv[1:]))
     report: dict = {"machine": machine(), "resolution": resolution, "steps": steps, "repeats": repeats,
                     "photos": args.photos, "command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     rows = [measure(name, resolution) for name in names]
