@@ -20,8 +20,6 @@ import resource
 import sys
 import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 MB = 1 << 20
 
 
@@ -417,7 +415,6 @@ KINDS = {"zoodip": run_zoodip, "torch_ti": run_torch_ti, "torch_zo": run_torch_z
 
 def main() -> int:
     spec = json.loads(sys.argv[1])
-    sys.path.insert(0, str(REPO))
     phases = Phases()
     result = KINDS[spec["kind"]](spec, phases)
     result["phases"] = phases.records

@@ -16,7 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # imported from benchmarks/ or run as a file
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reference.repo import REPO  # noqa: E402
+
 DEFAULT_CACHE = REPO / ".cache" / "bench"
 
 
@@ -71,6 +75,5 @@ def export_folder(cache: Path, tiny: bool, recipe: str, chunks: int, seed: int =
 
 
 if __name__ == "__main__":  # python benchmarks/_models.py CACHE tiny|sd15 RECIPE CHUNKS  (prints the folder)
-    sys.path.insert(0, str(REPO))
     cache_arg, model_arg, recipe_arg, chunks_arg = sys.argv[1:5]
     print(export_folder(Path(cache_arg), model_arg == "tiny", recipe_arg, int(chunks_arg)))

@@ -5,9 +5,9 @@
     python benchmarks/memory.py --scaling               # + ours and torch backprop TI at 256/384/512
     python benchmarks/memory.py --tiny --out /tmp/m     # the tiny model, seconds (used by the tests)
 
-The SD1.5 architecture is built with seeded random weights from the shared configs (memory and
-speed do not depend on weight values) and exported through the project's own pipeline
-(export/export_model.py); both are cached under --cache and reused. Every contender runs in its
+The SD1.5 architecture is built with seeded random weights from its configs in
+export/sd15_configs.py (memory and speed do not depend on weight values) and exported through the
+project's own pipeline (export/export_model.py); both are cached under --cache and reused. Every contender runs in its
 own fresh process (benchmarks/_contenders.py) and reports the kernel's peak resident set
 (VmHWM per phase, ru_maxrss for the whole process). Writes memory.json, memory.md and memory.png
 into --out and prints the table.
@@ -26,7 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
+
+from reference.repo import REPO, relative_args  # noqa: E402
+
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "sdk"))
 
@@ -447,7 +450,7 @@ def run(args: argparse.Namespace) -> dict:
         return summarize(name, description, base, runs, manifest)
 
     started = time.perf_counter()
-    command = "python benchmarks/memory.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/memory.py " + " ".join(relative_args(sys.argv[1:]))
     report: dict = {"machine": machine(), "resolution": resolution, "steps": steps, "repeats": repeats,
                     "photos": args.photos, "command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     rows = [measure(name, resolution) for name in names]

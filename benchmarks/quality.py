@@ -42,16 +42,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
 from benchmarks import _quality_methods as qm  # noqa: E402
+from benchmarks._models import DEFAULT_CACHE  # noqa: E402
+from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "quality"
-DEFAULT_CACHE = REPO / ".cache" / "bench"
 REFERENCE_MODEL = REPO / "reference" / "model"
 ZO_METHODS = ("zo-naive", "zo-sg", "zo-puts", "zoodip")
 
@@ -641,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:
         return _worker(args.worker)
     started = time.perf_counter()
-    command = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python benchmarks/quality.py " + " ".join(
+        shlex.quote(a) for a in relative_args(argv if argv is not None else sys.argv[1:]))
     if args.merge:
         return merge_main(args.merge, args.out, command)
 
@@ -716,7 +717,8 @@ def main(argv: list[str] | None = None) -> int:
         "task": task,
         "meta": {
             "command": command, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info(), "model": str(export_dir), "torch_model": str(torch_model) if torch_model else None,
+            "machine": machine_info(), "model": repo_relative(export_dir),
+            "torch_model": repo_relative(torch_model) if torch_model else None,
             "seed": args.seed, "seeds": args.seeds, "steps": steps, "budget_forwards": budget, "checkpoints": checkpoints,
             "puts": list(puts), "gen_steps": args.gen_steps, "guidance": args.guidance,
             "images_per_prompt": args.images_per_prompt, "in_process": args.in_process,
@@ -810,7 +812,7 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
         "machine": loaded[0][1]["meta"]["machine"], "steps": None, "budget_forwards": None,
         "checkpoints": None, "curve_prompts": curve_prompts.pop() if len(curve_prompts) == 1 else "mixed",
         "total_wall_s": float(sum(r["meta"].get("total_wall_s", 0.0) for _, r in loaded)),
-        "merged_from": [{"path": str(folder), "methods": list(r["methods"]), "command": r["meta"]["command"],
+        "merged_from": [{"path": repo_relative(folder), "methods": list(r["methods"]), "command": r["meta"]["command"],
                          "date": r["meta"]["date"], "machine": r["meta"]["machine"],
                          "total_wall_s": r["meta"].get("total_wall_s", 0.0)} for folder, r in loaded],
     })

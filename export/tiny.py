@@ -14,9 +14,7 @@ from typing import Any
 import torch
 
 from zoodip_export.clip_vocab import VOCAB_SIZE, write_clip_tokenizer_files
-
-# The shared SD1.5 component configs (architecture only, no weights).
-DEFAULT_SD15_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "sd15-configs"
+from zoodip_export.sd15_configs import sd15_configs
 
 # Stable Diffusion's training noise schedule. PNDM is what SD1.5 folders ship; the betas are what matter.
 SD_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -192,27 +190,22 @@ def save_safetensors_streaming(state_dict: dict[str, torch.Tensor], path: Path, 
             handle.write(memoryview(data))
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def build_sd15_random_folder(dest: Path, seed: int = 0, configs: Path | None = None) -> Path:
+def build_sd15_random_folder(dest: Path, seed: int = 0, configs: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write the full SD1.5 architecture with seeded random weights (fp32, ~4.3 GB) into ``dest``.
 
-    Components are built, written and freed one at a time, so peak memory is one UNet (~3.4 GB).
+    ``configs``: the component configs (text_encoder, unet, vae, scheduler); default SD1.5's, kept in
+    this package (``sd15_configs``). Components are built, written and freed one at a time, so peak
+    memory is one UNet (~3.4 GB).
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    configs = Path(configs) if configs is not None else DEFAULT_SD15_CONFIGS
-    for part in ("unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json"):
-        if not (configs / part).is_file():
-            raise FileNotFoundError(f"SD1.5 config {configs / part} is missing")
+    configs = configs if configs is not None else sd15_configs()
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(seed)
-    text_config = CLIPTextConfig(**_read_config(configs / "text_encoder" / "config.json"))
+    text_config = CLIPTextConfig(**configs["text_encoder"])
     text_encoder = CLIPTextModel(text_config).eval()
     text_encoder.config.save_pretrained(dest / "text_encoder")
     save_safetensors_streaming(text_encoder.state_dict(), dest / "text_encoder" / "model.safetensors", {"format": "pt"})
@@ -220,7 +213,7 @@ def build_sd15_random_folder(dest: Path, seed: int = 0, configs: Path | None = N
 
     for offset, (name, cls) in enumerate((("unet", UNet2DConditionModel), ("vae", AutoencoderKL)), start=1):
         torch.manual_seed(seed + offset)
-        config = {k: v for k, v in _read_config(configs / name / "config.json").items() if not k.startswith("_")}
+        config = {k: v for k, v in configs[name].items() if not k.startswith("_")}
         model = cls.from_config(config).eval()
         model.save_config(dest / name)
         save_safetensors_streaming(
@@ -228,14 +221,13 @@ def build_sd15_random_folder(dest: Path, seed: int = 0, configs: Path | None = N
         )
         del model
 
-    scheduler_config = dict(_read_config(configs / "scheduler" / "scheduler_config.json"))
+    scheduler_config = dict(configs["scheduler"])
     scheduler_config.setdefault("prediction_type", "epsilon")
     _write_common_parts(dest, scheduler_config, "sd15-random", seed)
     return dest
 
 
 __all__ = [
-    "DEFAULT_SD15_CONFIGS",
     "SD_SCHEDULER_CONFIG",
     "SOURCE_MARKER",
     "build_sd15_random_folder",

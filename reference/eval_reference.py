@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
 from reference import world  # noqa: E402
 from reference.evaluator import Evaluator, attribute_accuracy  # noqa: E402
+from reference.repo import REPO  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,8 +51,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
+
+from reference.repo import REPO, repo_relative  # noqa: E402
+
 sys.path.insert(0, str(REPO / "sdk"))
 
 from reference import world  # noqa: E402
@@ -502,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"kind": "reference-world", "seed": args.seed, "resolution": world.RESOLUTION,
                 "n_images": args.n_images, "vae_steps": args.vae_steps, "vae_mse": vae_ckpt.get("mse"), **run}
     else:  # the starting folder's record, with this continuation appended
-        meta = {**previous, "continued": [*previous.get("continued", []), {"init_from": str(args.init_from), **run}]}
+        meta = {**previous, "continued": [*previous.get("continued", []), {"init_from": repo_relative(args.init_from), **run}]}
     save_folder(args.out, vae, unet, text_encoder, scale, meta)
     print(json.dumps(meta), flush=True)
     return 0

@@ -31,7 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
+
+from reference.repo import REPO, repo_relative  # noqa: E402
+
 sys.path.insert(0, str(REPO / "sdk"))
 
 
@@ -145,7 +148,7 @@ def widen(src: Path, dest: Path, width: int = 768, seed: int = 0) -> dict:
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("text_encoder", "unet"))
     wide_text.save_pretrained(dest / "text_encoder", safe_serialization=True)
     wide_unet.save_pretrained(dest / "unet", safe_serialization=True)
-    report = {"source": str(src), "width": width, "narrow_width": narrow, "basis_seed": seed,
+    report = {"source": repo_relative(src), "width": width, "narrow_width": narrow, "basis_seed": seed,
               "unet_parity_rel_max": parity}
     (dest / "widened.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -260,10 +260,6 @@ class Concept:
     def token(self) -> str:
         return self.name
 
-    @property
-    def training_prompt(self) -> str:
-        return "a photo of {}"
-
 
 def _edit(attr: str, value: str) -> str:
     if attr == "background":

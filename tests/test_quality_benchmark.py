@@ -187,6 +187,11 @@ def test_smoke_planted_all_methods(tiny_export, tiny_sd_folder, tmp_path):
     for name in ("results.md", "curves.png"):
         assert (out / name).stat().st_size > 0
     assert "| `zoodip` |" in (out / "results.md").read_text()
+    # Paths outside the repository are recorded by name only: no machine's folders in a results file.
+    meta = results["meta"]
+    assert (meta["model"], meta["torch_model"]) == ("<outside-repo>/tiny_int8", "<outside-repo>/tiny_sd")
+    assert str(tmp_path) not in meta["command"] and "--out '<outside-repo>/out'" in meta["command"]
+    assert str(tmp_path) not in (out / "results.md").read_text()
 
 
 class _StandInEvaluator:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,11 +334,3 @@ class ExportedModel:
     @property
     def default_resolution(self) -> int:
         return self.sample_size * self.vae_scale_factor
-
-
-def env_threads() -> int:
-    """Thread count from ZOODIP_THREADS (0 = onnxruntime default)."""
-    try:
-        return max(0, int(os.environ.get("ZOODIP_THREADS", "0")))
-    except ValueError:
-        return 0

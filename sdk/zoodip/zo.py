@@ -25,7 +25,7 @@ import math
 import mmap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol, Union
+from typing import Literal, Union
 
 import numpy as np
 
@@ -244,18 +244,6 @@ class VocabularySubspace:
 # --------------------------------------------------------------------------------------------
 # Optimizers
 # --------------------------------------------------------------------------------------------
-
-
-class ZOOptimizer(Protocol):
-    """What the training loop needs from an optimizer."""
-
-    lr: float
-
-    def step(self, v: np.ndarray, g: np.ndarray) -> np.ndarray: ...
-
-    def state_dict(self) -> StateDict: ...
-
-    def load_state_dict(self, state: Mapping[str, StateValue]) -> None: ...
 
 
 def _update_dtype(v: np.ndarray) -> np.dtype:

@@ -1,0 +1,43 @@
+"""The repository's root, and paths as results record them: relative to it, never a machine's absolute path.
+
+Scripts under ``benchmarks/`` and ``reference/`` import ``REPO`` from here (after putting the
+repository on ``sys.path`` when run as files). The SDK keeps its own: it imports nothing from here.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Stands for the folders above a path outside the repository; the last name still says which it was.
+OUTSIDE_REPO = "<outside-repo>"
+
+
+def repo_relative(path: str | os.PathLike[str], repo: Path = REPO) -> str:
+    """``path`` as results record it: POSIX-style relative to ``repo`` when inside it, else
+    ``<outside-repo>/<name>``, so a results file reads the same on every machine and names no local folder."""
+    resolved, root = Path(path).resolve(), Path(repo).resolve()
+    try:
+        return resolved.relative_to(root).as_posix()
+    except ValueError:
+        return f"{OUTSIDE_REPO}/{resolved.name}"
+
+
+def relative_args(args: Iterable[str], repo: Path = REPO) -> list[str]:
+    """Command-line arguments as results record them: each absolute path (``PATH`` or ``--opt=PATH``)
+    through ``repo_relative``, everything else as typed."""
+    recorded = []
+    for arg in args:
+        option, equals, value = arg.partition("=")
+        if equals and option.startswith("-") and os.path.isabs(value):
+            recorded.append(f"{option}={repo_relative(value, repo)}")
+        elif os.path.isabs(arg):
+            recorded.append(repo_relative(arg, repo))
+        else:
+            recorded.append(arg)
+    return recorded
+
+
+__all__ = ["OUTSIDE_REPO", "REPO", "relative_args", "repo_relative"]
