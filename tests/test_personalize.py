@@ -260,3 +260,26 @@ def test_vocabulary_subspace_keeps_the_embedding_in_the_vocabularys_span(tiny_ex
     np.testing.assert_allclose(sub.basis @ (sub.basis.T @ moved), moved, atol=1e-5 * np.linalg.norm(moved) + 1e-7)
     with pytest.raises(ZoodipError, match="--vocabulary-subspace must be a variance fraction"):
         Personalizer(make_config(tiny_export, photos, tmp_path / "bad", vocabulary_variance=1.5))
+
+
+def test_vocabulary_subspace_with_subspace_gradient_normalizes_by_the_projected_basis(tiny_export, photos, tmp_path):
+    """The estimate's dimension is E||P B u||^2 of the directions actually drawn, not k - removed_dims."""
+    # nu = 0.2: the fits of an 8-step history remove directions (nu = 1e-3 keeps them all here).
+    config = make_config(tiny_export, photos, tmp_path / "vs", vocabulary_variance=0.5, eval_every=0,
+                         checkpoint_every=0, learning_rate=5e-2, tau=8, nu=0.2, max_train_steps=20)
+    personalizer = Personalizer(config)
+    basis, projector = personalizer.estimator.basis.astype(np.float64), personalizer.projector
+    estimate = personalizer.estimator.estimate
+    seen = []
+
+    def recording_estimate(loss0, losses, z, effective_dim=None):
+        drawn = sum(float(np.sum(np.square(projector.project(b)))) for b in basis.T)  # sum_j ||P b_j||^2
+        seen.append((projector.removed_dims, effective_dim, max(1.0, drawn)))
+        return estimate(loss0, losses, z, effective_dim=effective_dim)
+
+    personalizer.estimator.estimate = recording_estimate
+    personalizer.run()
+    fitted = [(removed, used, drawn) for removed, used, drawn in seen if removed > 0]
+    assert fitted, "Subspace Gradient never removed a direction: the test has no power"
+    for _, used, drawn in seen:
+        assert used == pytest.approx(drawn, rel=1e-6)

@@ -416,6 +416,78 @@ def test_standardized_pca_and_component_count() -> None:
     assert components_to_keep(np.zeros(0), nu=0.1) == 0
 
 
+def fitted_in(history: np.ndarray, search_basis: np.ndarray | None, mode: str = "history-span") -> SubspaceProjector:
+    proj = SubspaceProjector(P_DIM, tau=P_TAU, mode=mode, search_basis=search_basis)  # type: ignore[arg-type]
+    for v in history:
+        proj.observe(v)
+    return proj
+
+
+def projected_dimension(proj: SubspaceProjector, basis: np.ndarray) -> float:
+    """E||P B u||^2 = sum_j ||P b_j||^2 over the basis columns, through project() (P is an orthogonal projector)."""
+    return float(sum(np.sum(np.square(proj.project(b))) for b in basis.T))
+
+
+def test_effective_dim_counts_removed_directions_inside_the_search_basis() -> None:
+    history = planted_history()  # moves in coordinates 0..23 only
+    eye = np.eye(P_DIM)
+    outside, inside = eye[:, ACTIVE : ACTIVE + 8], eye[:, :8]
+    # Without a basis: the authors' count, an int, as before.
+    plain = fitted_in(history, None)
+    assert plain.effective_dim == P_DIM - plain.removed_dims and isinstance(plain.effective_dim, int)
+    assert fitted_in(history, eye).effective_dim == pytest.approx(plain.effective_dim, abs=1e-9)
+    # The 20 removed directions lie in coordinates 0..23: none of them inside a basis of coordinates
+    # 24..31, so all 8 searched dimensions survive. ("8 - removed_dims", floored at 1, said 1.)
+    proj = fitted_in(history, outside)
+    assert proj.removed_dims == 20
+    assert proj.effective_dim == pytest.approx(8.0, abs=1e-9)
+    # A basis among the moving coordinates loses what the removed directions cover there.
+    proj = fitted_in(history, inside)
+    assert proj.effective_dim == pytest.approx(projected_dimension(proj, inside), rel=1e-9)
+    assert 1.0 < proj.effective_dim < 8.0
+    # Before a fit the projection is the identity: the basis width.
+    assert SubspaceProjector(P_DIM, tau=P_TAU, search_basis=outside).effective_dim == 8
+    # Principal mode keeps RANK directions of coordinates 0..23: none inside `outside` (floor 1).
+    assert fitted_in(history, outside, "principal").effective_dim == 1.0
+    proj = fitted_in(history, inside, "principal")
+    assert proj.effective_dim == pytest.approx(max(1.0, projected_dimension(proj, inside)), rel=1e-9)
+    # Resume recomputes it from the checkpointed basis.
+    resumed = SubspaceProjector(P_DIM, tau=P_TAU, search_basis=inside)
+    resumed.load_state_dict(npz_roundtrip(fitted_in(history, inside).state_dict()))
+    assert resumed.effective_dim == fitted_in(history, inside).effective_dim
+    with pytest.raises(ValueError, match="search_basis must have shape"):
+        SubspaceProjector(P_DIM, search_basis=np.zeros((P_DIM - 1, 2)))
+
+
+def test_normalized_estimate_in_a_basis_keeps_the_scale_of_the_projected_gradient() -> None:
+    """With directions in span(B) and Subspace Gradient on, the normalized estimate's mean squared
+    norm is that of the gradient seen by the search, ||B^T grad||^2, up to the (T+n+1)/(T+n-1)-type
+    factor the normalization leaves without a basis; "k - removed_dims" inflated it about 4x here."""
+    dim, k, tau = 32, 8, 12
+    rng = np.random.default_rng(11)
+    basis = np.linalg.qr(rng.standard_normal((dim, k)))[0]
+    # A history moving in 3 directions plus small noise: 11 - 3 = 8 removed directions, spread over
+    # the whole space (so about 8 * k / dim = 2 of them inside span(B)).
+    history = rng.standard_normal((tau, 3)) @ rng.standard_normal((3, dim)) + 1e-3 * rng.standard_normal((tau, dim))
+    proj = SubspaceProjector(dim, tau=tau, search_basis=basis)
+    for v in history:
+        proj.observe(v)
+    assert proj.removed_dims == k  # the old count: max(1, k - removed_dims) = 1
+    assert 4.0 < proj.effective_dim < 7.5
+    est = RandomGradientEstimator(dim, n=2, mu=1e-6, basis=basis)
+    grad = rng.standard_normal(dim)
+    linear = lambda x: float(grad @ x)  # noqa: E731
+    v0 = np.zeros(dim)
+    sq = []
+    for _ in range(4000):
+        z = est.directions(rng)
+        g = est.estimate(0.0, np.array([linear(p) for p in est.perturbations(v0, z)]), z,
+                         effective_dim=proj.effective_dim)
+        sq.append(np.sum(np.square(proj.project(g))))
+    ratio = float(np.mean(sq)) / float(np.sum(np.square(basis.T @ grad)))
+    assert 0.7 < ratio < 1.4, ratio
+
+
 @pytest.mark.parametrize("mode", ["history-span", "principal"])
 def test_projector_resume_is_exact(mode: str) -> None:
     rng = np.random.default_rng(6)

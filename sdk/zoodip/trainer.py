@@ -290,7 +290,8 @@ class Personalizer:
             self.optimizer = ZOAdam(dim, lr=config.learning_rate, betas=config.adam_betas, eps=config.adam_eps)
         else:
             self.optimizer = ZOSGD(dim, lr=config.learning_rate)
-        self.projector = SubspaceProjector(dim, tau=config.tau, nu=config.nu, mode=config.subspace_mode) if config.subspace else None
+        self.projector = (SubspaceProjector(dim, tau=config.tau, nu=config.nu, mode=config.subspace_mode,
+                                            search_basis=self.estimator.basis) if config.subspace else None)
         if config.subspace and config.tau >= dim:
             # The method assumes tau < d (128 < 768 on SD1.5): a history of >= d steps spans the whole
             # space and the projection then removes directions everywhere. Measured on the 64-wide
@@ -363,9 +364,7 @@ class Personalizer:
             )
         # As in the authors' code, the estimate is normalized by the dimension that survives the
         # subspace projection (the searched dimension until the first fit).
-        effective_dim = self.estimator.search_dim
-        if self.projector is not None:
-            effective_dim = max(1, effective_dim - self.projector.removed_dims)
+        effective_dim = None if self.projector is None else self.projector.effective_dim
         g = self.estimator.estimate(float(losses[0]), losses[1:], z, effective_dim=effective_dim)
         if self.projector is not None:
             g = self.projector.project(g)

@@ -139,20 +139,21 @@ class RandomGradientEstimator:
         # Sum in float64 and round once to the output dtype.
         return (v.astype(np.float64)[None, :] + self.mu * z.astype(np.float64)).astype(dtype)
 
-    def scale(self, effective_dim: int | None = None) -> float:
+    def scale(self, effective_dim: float | None = None) -> float:
         """The factor ``c`` multiplying ``sum_i (L_i - L0) / mu * z_i``.
 
         ``effective_dim`` replaces :attr:`search_dim` in the normalized scaling. The authors' code
         uses the dimension left after subspace projection (``dim`` minus the removed directions);
-        pass :attr:`SubspaceProjector.effective_dim` to do the same.
+        pass :attr:`SubspaceProjector.effective_dim` to do the same. It need not be an integer:
+        with a ``basis`` it is the expected squared norm of a projected direction (see there).
         """
         if not self.normalize:
             return 1.0 / self.n
-        d = self.search_dim if effective_dim is None else _positive_int("effective_dim", effective_dim)
+        d = self.search_dim if effective_dim is None else _finite_float("effective_dim", effective_dim, low=0.0)
         return 1.0 / (self.n * math.sqrt((d + self.n - 1) / self.n))
 
     def estimate(self, loss0: float, losses: np.ndarray, z: np.ndarray,
-                 effective_dim: int | None = None) -> np.ndarray:
+                 effective_dim: float | None = None) -> np.ndarray:
         """The gradient estimate, float64 ``[dim]``.
 
         Args:
@@ -410,11 +411,16 @@ class SubspaceProjector:
     A history with no variance at all (``v`` never moved) carries no subspace, so such a fit
     resets the projector to the identity.
 
+    ``search_basis``: the orthonormal columns ``B`` (``[dim, k]``) the random directions are drawn
+    in (:attr:`RandomGradientEstimator.basis`), or None for the whole space. It changes only
+    :attr:`effective_dim`, the dimension the estimate is normalized by.
+
     Note the PCA is fitted in standardized coordinates (columns divided by their std) but applied
     to ``g`` in raw coordinates, exactly as the authors do.
     """
 
-    def __init__(self, dim: int, tau: int = 128, nu: float = 1e-3, mode: ProjectionMode = "history-span") -> None:
+    def __init__(self, dim: int, tau: int = 128, nu: float = 1e-3, mode: ProjectionMode = "history-span",
+                 search_basis: np.ndarray | None = None) -> None:
         self.dim = _positive_int("dim", dim)
         # A single remembered embedding has no variance: PCA needs at least two.
         self.tau = _positive_int("tau (subspace history length)", tau, minimum=2)
@@ -428,6 +434,12 @@ class SubspaceProjector:
         self._basis = np.zeros((0, self.dim), dtype=np.float64)  # rows applied by project()
         self._kept: int | None = None  # k of the latest fit, None before a (non-degenerate) fit
         self._rank = 0  # r of the latest fit
+        self.search_basis = None if search_basis is None else np.asarray(search_basis, dtype=np.float64)
+        if self.search_basis is not None and (self.search_basis.ndim != 2 or self.search_basis.shape[0] != self.dim
+                                              or not 1 <= self.search_basis.shape[1] <= self.dim):
+            raise ValueError(f"search_basis must have shape ({self.dim}, k) with 1 <= k <= {self.dim}, "
+                             f"got {self.search_basis.shape}")
+        self._effective_dim = self._dimension_after_projection()
 
     @property
     def count(self) -> int:
@@ -447,9 +459,29 @@ class SubspaceProjector:
         return self._rank - self._kept if self.mode == "history-span" else self.dim - self._kept
 
     @property
-    def effective_dim(self) -> int:
-        """The dimension of the space projected gradients live in (``dim - removed_dims``)."""
-        return self.dim - self.removed_dims
+    def effective_dim(self) -> float:
+        """The dimension of the space projected directions live in: what the estimate is normalized by.
+
+        Without a ``search_basis``: ``dim - removed_dims`` (an int), the authors' count. With one
+        (``B``, ``k`` columns), directions ``z = B u`` become ``P B u`` after the projection ``P``,
+        and the dimension is ``E||P B u||^2 = trace(B^T P B)``: ``k`` less the part of ``span(B)``
+        the removed directions cover, not ``k - removed_dims``. The removed directions are counted
+        in the whole space and mostly lie outside ``span(B)``, so that difference under-counts the
+        dimension (down to the floor of 1) and inflates the estimate. Both agree when ``B = I``.
+        Floored at 1: a projection that leaves less than one dimension of the search space leaves
+        an estimate near zero anyway.
+        """
+        return self._effective_dim
+
+    def _dimension_after_projection(self) -> float:
+        if self.search_basis is None:
+            return self.dim - self.removed_dims
+        k = self.search_basis.shape[1]
+        if self._kept is None:
+            return k
+        # Rows of _basis are orthonormal: ||_basis B||_F^2 is the part of span(B) they cover.
+        covered = float(np.sum(np.square(self._basis @ self.search_basis)))
+        return max(1.0, k - covered if self.mode == "history-span" else covered)
 
     def observe(self, v: np.ndarray) -> None:
         """Record the current embedding; refits after every ``tau``-th observation."""
@@ -465,11 +497,12 @@ class SubspaceProjector:
         rank = components.shape[0]
         if rank == 0:
             self._basis, self._kept, self._rank = np.zeros((0, self.dim)), None, 0
-            return
-        k = components_to_keep(ratios, self.nu)
-        self._basis = components[k:] if self.mode == "history-span" else components[:k]
-        self._basis = np.ascontiguousarray(self._basis)
-        self._kept, self._rank = k, rank
+        else:
+            k = components_to_keep(ratios, self.nu)
+            self._basis = components[k:] if self.mode == "history-span" else components[:k]
+            self._basis = np.ascontiguousarray(self._basis)
+            self._kept, self._rank = k, rank
+        self._effective_dim = self._dimension_after_projection()
 
     def project(self, g: np.ndarray) -> np.ndarray:
         """The projected gradient, float64 ``[dim]`` (a copy of ``g`` before the first fit)."""
@@ -507,6 +540,7 @@ class SubspaceProjector:
         self._basis = np.ascontiguousarray(basis)
         self._kept = None if kept < 0 else kept
         self._rank = int(state["rank"])  # type: ignore[arg-type]
+        self._effective_dim = self._dimension_after_projection()
 
 
 # --------------------------------------------------------------------------------------------
