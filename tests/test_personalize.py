@@ -46,12 +46,13 @@ def _final_bytes(out) -> bytes:
     return (out / EMBEDDING_NAME).read_bytes()
 
 
-def test_interrupted_and_resumed_run_is_bit_identical(tiny_export, photos, tmp_path):
-    straight = make_config(tiny_export, photos, tmp_path / "straight")
+@pytest.mark.parametrize("adam_state_dtype", ["float64", "float16"])
+def test_interrupted_and_resumed_run_is_bit_identical(tiny_export, photos, tmp_path, adam_state_dtype):
+    straight = make_config(tiny_export, photos, tmp_path / "straight", adam_state_dtype=adam_state_dtype)
     personalize(straight)
 
     # Crash at step 6: the last checkpoint is from step 4, so steps 5-6 are redone after resuming.
-    crashing = make_config(tiny_export, photos, tmp_path / "resumed")
+    crashing = make_config(tiny_export, photos, tmp_path / "resumed", adam_state_dtype=adam_state_dtype)
 
     class Crash(Exception):
         pass
@@ -71,6 +72,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tiny_export, photos, tmp_p
     assert sorted(a.files) == sorted(b.files)
     for key in a.files:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert a["opt/exp_avg"].dtype == a["opt/exp_avg_sq"].dtype == np.dtype(adam_state_dtype)
     # The log of the resumed run reads like one uninterrupted run.
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / LOG_NAME).read_text().splitlines()]
     assert steps == [0] + list(range(1, 13))
@@ -176,6 +178,12 @@ def test_resume_refuses_other_settings_and_fresh_run_refuses_existing(tiny_expor
         personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0))
     with pytest.raises(ZoodipError, match="other settings"):
         personalize(make_config(tiny_export, photos, out, max_train_steps=4, eval_every=0, mu=2e-3), resume=True)
+    # The default settings keep the fingerprint the code made before the Adam state dtype existed,
+    # so older checkpoints still resume.
+    assert make_config(tiny_export, photos, out).fingerprint() == "1f0a1d039f6b4c2d"
+    with pytest.raises(ZoodipError, match="other settings"):  # the Adam state dtype is part of the run
+        personalize(make_config(tiny_export, photos, out, max_train_steps=4, eval_every=0,
+                                adam_state_dtype="float16"), resume=True)
     with pytest.raises(ZoodipError, match="nothing to resume"):
         personalize(make_config(tiny_export, photos, tmp_path / "none", eval_every=0), resume=True)
 

@@ -244,7 +244,81 @@ def test_sgd_momentum_closed_form() -> None:
     np.testing.assert_allclose(v2, v1 - 0.1 * (g2 + 0.5 * g1))
 
 
-@pytest.mark.parametrize("make", [lambda: ZOAdam(4, lr=0.05), lambda: ZOSGD(4, lr=0.05, momentum=0.9)])
+def test_adam_default_float64_update_is_unchanged() -> None:
+    """The default (float64 state) takes exactly the steps it took before the float16 option existed."""
+    rng = np.random.default_rng(4)
+    opt = ZOAdam(6, lr=0.03, eps=1e-3)
+    m, s, v = np.zeros(6), np.zeros(6), rng.standard_normal(6).astype(np.float32)
+    for t in range(1, 40):
+        g = rng.standard_normal(6) * 10.0 ** rng.uniform(-5, -1)
+        m = 0.9 * m + (1.0 - 0.9) * g
+        s = 0.999 * s + (1.0 - 0.999) * g * g
+        expected = (v.astype(np.float64) - 0.03 * (m / (1.0 - 0.9**t)) / (np.sqrt(s / (1.0 - 0.999**t)) + 1e-3)).astype(np.float32)
+        v_new = opt.step(v, g)
+        np.testing.assert_array_equal(v_new, expected)
+        v = v_new
+    assert opt.exp_avg.dtype == opt.exp_avg_sq.dtype == np.float64
+
+
+def test_adam_float16_state_loses_small_squared_gradients_like_the_authors_code() -> None:
+    """|g| < ~5e-3: (1 - beta2) g^2 rounds to 0 in fp16, so s stays 0 and the step is lr * m_hat / eps."""
+    rng = np.random.default_rng(8)
+    dim, lr, eps = 64, 1e-2, 1e-3
+    opt16, opt64 = ZOAdam(dim, lr=lr, eps=eps, state_dtype="float16"), ZOAdam(dim, lr=lr, eps=eps)
+    v16 = v64 = np.zeros(dim, dtype=np.float32)
+    for t in range(1, 101):
+        g = rng.uniform(-4e-3, 4e-3, dim)
+        before = v16.astype(np.float64)
+        v16, v64 = opt16.step(v16, g), opt64.step(v64, g)
+        assert opt16.exp_avg.dtype == opt16.exp_avg_sq.dtype == np.float16
+        assert np.all(opt16.exp_avg_sq == 0)
+        m_hat = opt16.exp_avg.astype(np.float64) / (1.0 - 0.9**t)
+        # Up to fp16 rounding: lr * m_hat (~1e-5) is an fp16 subnormal, rounded to a multiple of 2^-24,
+        # so the step (that over eps) is within 2^-25 / eps of it; eps itself rounds to 1.0004e-3.
+        np.testing.assert_allclose(before - v16, lr * m_hat / eps, rtol=2e-3, atol=2.0**-25 / eps + 1e-7)
+    # float64 Adam's second moment is not 0: its steps are several times smaller.
+    assert np.all(opt64.exp_avg_sq > 0)
+    assert np.linalg.norm(v16) > 3 * np.linalg.norm(v64)
+    # Larger gradients do reach the fp16 second moment.
+    big = ZOAdam(4, state_dtype="float16")
+    big.step(np.zeros(4), np.full(4, 0.05))
+    assert np.all(big.exp_avg_sq > 0)
+
+
+def test_adam_float16_state_matches_torch_fp16_tensors() -> None:
+    """The authors' ZOAdam.update lines, run on torch fp16 tensors (CPU), give the same bits."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(9)
+    dim, lr = 512, 1e-2
+    opt = ZOAdam(dim, lr=lr, state_dtype="float16")
+    m = torch.zeros(dim, dtype=torch.float16)
+    v = torch.zeros(dim, dtype=torch.float16)
+    beta1, beta2 = 0.9, 0.999
+    param = np.zeros(dim, dtype=np.float32)
+    scales = 10.0 ** rng.uniform(-5, -1.3, dim)  # per coordinate: some never reach the fp16 second moment
+    for it in range(1, 201):
+        g = rng.standard_normal(dim) * scales
+        grad = torch.from_numpy(g).to(torch.float16)
+        m = beta1 * m + (1 - beta1) * grad
+        v = beta2 * v + (1 - beta2) * (grad ** 2)
+        # The authors ran on CUDA, whose kernels read a Python number in float32 and divide a tensor by
+        # one as a multiplication by its float32 reciprocal. CPU torch divides instead, and rounds the
+        # number added by "+ 1e-3" to fp16 first; those two ops are spelled out the CUDA way here.
+        m_hat = m * (1.0 / torch.tensor(1 - beta1 ** it, dtype=torch.float32))  # m / (1 - beta1 ** iter)
+        v_hat = v * (1.0 / torch.tensor(1 - beta2 ** it, dtype=torch.float32))  # v / (1 - beta2 ** iter)
+        denominator = (torch.sqrt(v_hat).float() + 1e-3).half()  # torch.sqrt(v_hat) + 1e-3
+        update = lr * m_hat / denominator
+        new = opt.step(param, g)
+        np.testing.assert_array_equal(opt.exp_avg.view(np.uint16), m.numpy().view(np.uint16))
+        np.testing.assert_array_equal(opt.exp_avg_sq.view(np.uint16), v.numpy().view(np.uint16))
+        assert m_hat.dtype == update.dtype == torch.float16
+        np.testing.assert_array_equal(new, (param.astype(np.float64) - update.numpy()).astype(np.float32))
+        param = new
+    assert np.mean(v.numpy() == 0) > 0.1  # the regime that matters was exercised
+
+
+@pytest.mark.parametrize("make", [lambda: ZOAdam(4, lr=0.05), lambda: ZOSGD(4, lr=0.05, momentum=0.9),
+                                  lambda: ZOAdam(4, lr=0.05, state_dtype="float16")])
 def test_optimizer_state_roundtrip_is_exact(make: Callable) -> None:
     rng = np.random.default_rng(0)
     grads = rng.standard_normal((10, 4))
@@ -263,12 +337,16 @@ def test_optimizer_state_roundtrip_is_exact(make: Callable) -> None:
 def test_optimizer_state_wrong_dim() -> None:
     with pytest.raises(ZoodipError):
         ZOAdam(4).load_state_dict(ZOAdam(5).state_dict())
+    with pytest.raises(ZoodipError, match="Adam state dtype"):
+        ZOAdam(4).load_state_dict(ZOAdam(4, state_dtype="float16").state_dict())
+    with pytest.raises(ZoodipError, match="Adam state dtype"):
+        ZOAdam(4, state_dtype="float16").load_state_dict(ZOAdam(4).state_dict())
 
 
 @pytest.mark.parametrize("make", [
     lambda: ZOAdam(4, lr=0.0), lambda: ZOAdam(4, lr=float("nan")), lambda: ZOAdam(4, betas=(1.0, 0.999)),
     lambda: ZOAdam(4, betas=(0.9, -0.1)), lambda: ZOAdam(4, eps=0.0), lambda: ZOSGD(4, lr=-1.0),
-    lambda: ZOSGD(4, lr=0.1, momentum=1.0), lambda: ZOAdam(0),
+    lambda: ZOSGD(4, lr=0.1, momentum=1.0), lambda: ZOAdam(0), lambda: ZOAdam(4, state_dtype="float32"),
 ])
 def test_optimizer_invalid_args(make: Callable) -> None:
     with pytest.raises(ZoodipError):

@@ -17,7 +17,8 @@ Every stateful piece has ``state_dict()`` / ``load_state_dict()`` with NumPy arr
 scalars only, so a checkpoint is an ``.npz`` readable without pickle and resuming is bit-exact.
 
 Dtypes: random directions are float32 (see :meth:`RandomGradientEstimator.directions`); gradient
-estimates, optimizer moments and PCA bases are float64; updated embeddings keep the caller's dtype.
+estimates, optimizer moments and PCA bases are float64 (Adam's moments optionally float16, as the
+authors' code keeps them); updated embeddings keep the caller's dtype.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ StateValue = Union[np.ndarray, int, float, str]
 StateDict = dict[str, StateValue]
 ProjectionMode = Literal["history-span", "principal"]
 PROJECTION_MODES: tuple[str, ...] = ("history-span", "principal")
+# ZO-Adam's moment storage: "float64" (default) or "float16", the ZOODiP authors' (see ZOAdam).
+ADAM_STATE_DTYPES: tuple[str, ...] = ("float64", "float16")
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,12 +271,17 @@ class ZOAdam:
 
     ``v <- v - lr * m_hat / (sqrt(s_hat) + eps)``. The default ``eps = 1e-3`` is the ZOODiP
     authors' value: much larger than the usual 1e-8, it damps coordinates whose second moment is
-    tiny, which with noisy estimates are mostly noise. Moments are float64 so that many small
-    steps accumulate without float32 rounding; ``lr`` may be changed between steps (schedules).
+    tiny, which with noisy estimates are mostly noise. ``lr`` may be changed between steps (schedules).
+
+    ``state_dtype``: ``"float64"`` (default) keeps the moments in float64 so that many small steps
+    accumulate without rounding. ``"float16"`` reproduces the authors' code, whose moments are fp16
+    tensors (:meth:`_step_float16`): there ``(1 - beta2) g^2`` rounds to 0 for ``|g|`` below about
+    5e-3, so the second moment stays near 0 and the step is close to ``lr * m_hat / eps``, momentum
+    SGD with a far larger step than float64 Adam takes on the same estimates.
     """
 
     def __init__(self, dim: int, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-3) -> None:
+                 eps: float = 1e-3, state_dtype: str = "float64") -> None:
         self.dim = _positive_int("dim", dim)
         self.lr = _finite_float("lr (learning rate)", lr, low=0.0)
         if len(betas) != 2:
@@ -283,23 +291,71 @@ class ZOAdam:
             _finite_float("beta2", betas[1], low=0.0, low_open=False, high=1.0, high_open=True),
         )
         self.eps = _finite_float("eps", eps, low=0.0)
+        if state_dtype not in ADAM_STATE_DTYPES:
+            raise ZoodipError(f"Adam state dtype must be one of {', '.join(ADAM_STATE_DTYPES)}, got {state_dtype!r}")
+        self.state_dtype = str(state_dtype)
         self.steps = 0
-        self.exp_avg = np.zeros(self.dim, dtype=np.float64)
-        self.exp_avg_sq = np.zeros(self.dim, dtype=np.float64)
+        self.exp_avg = np.zeros(self.dim, dtype=self.state_dtype)
+        self.exp_avg_sq = np.zeros(self.dim, dtype=self.state_dtype)
 
     def step(self, v: np.ndarray, g: np.ndarray) -> np.ndarray:
         """Return the updated ``v`` (``v`` itself is not modified)."""
         v = _vector("v", v, self.dim)
-        g = _vector("g", g, self.dim).astype(np.float64)
-        beta1, beta2 = self.betas
+        g = _vector("g", g, self.dim)
         self.steps += 1
+        if self.state_dtype == "float16":
+            update = self._step_float16(g).astype(np.float64)
+        else:
+            update = self._step_float64(g.astype(np.float64))
+        return (v.astype(np.float64) - update).astype(_update_dtype(v))
+
+    def _step_float64(self, g: np.ndarray) -> np.ndarray:
+        beta1, beta2 = self.betas
         self.exp_avg = beta1 * self.exp_avg + (1.0 - beta1) * g
         self.exp_avg_sq = beta2 * self.exp_avg_sq + (1.0 - beta2) * g * g
         # Bias correction: the moments start at zero, so early averages are scaled down.
         m_hat = self.exp_avg / (1.0 - beta1**self.steps)
         s_hat = self.exp_avg_sq / (1.0 - beta2**self.steps)
-        update = self.lr * m_hat / (np.sqrt(s_hat) + self.eps)
-        return (v.astype(np.float64) - update).astype(_update_dtype(v))
+        return self.lr * m_hat / (np.sqrt(s_hat) + self.eps)
+
+    def _step_float16(self, g: np.ndarray) -> np.ndarray:
+        """The authors' fp16 update, rounding where a torch fp16 tensor would; returns the fp16 update.
+
+        Mirrors ``ZOAdam.update`` in ignoww/ZOODiP, train_zoodip.py: ``text_encoder.half()`` makes
+        the embedding row fp16, so ``self.m``/``self.v`` (``torch.zeros_like(update_param)``) and
+        ``grad`` (built from fp16 ``z``) are fp16, and each of these lines is a chain of fp16 ops:
+
+            self.m = self.beta1 * self.m + (1 - self.beta1) * grad
+            self.v = self.beta2 * self.v + (1 - self.beta2) * (grad ** 2)
+            m_hat = self.m / (1 - self.beta1 ** self.iter)
+            v_hat = self.v / (1 - self.beta2 ** self.iter)
+            update_param.sub_(self.lr * m_hat / (torch.sqrt(v_hat) + 1e-3))
+
+        Every torch op on fp16 tensors computes in float32 ("opmath", Python scalars cast to
+        float32) and rounds its result to fp16 once; that is what each ``h(...)`` below does. As
+        on CUDA, where their runs were made, a tensor divided by a Python number is multiplied by
+        the float32 reciprocal. numpy's own float16 arithmetic would round the Python scalars to
+        fp16 first (0.999 -> 0.99902), hence the explicit float32 casts. Not mirrored: the
+        embedding itself stays in the SDK's dtype (the caller's; theirs is fp16) and ``g`` arrives
+        from float64 estimation and projection (theirs are fp16 ops); ``g`` is rounded to fp16 here.
+        """
+        f32, f16 = np.float32, np.float16
+
+        def h(x: np.ndarray) -> np.ndarray:  # one torch fp16 op: float32 result rounded to fp16
+            return np.asarray(x, dtype=f32).astype(f16)
+
+        def f(x: np.ndarray) -> np.ndarray:
+            return x.astype(f32)
+
+        beta1, beta2 = self.betas
+        grad = h(g)
+        self.exp_avg = h(f(h(f32(beta1) * f(self.exp_avg))) + f(h(f32(1.0 - beta1) * f(grad))))
+        grad_sq = h(f(grad) * f(grad))
+        self.exp_avg_sq = h(f(h(f32(beta2) * f(self.exp_avg_sq))) + f(h(f32(1.0 - beta2) * f(grad_sq))))
+        m_hat = h(f(self.exp_avg) * (f32(1.0) / f32(1.0 - beta1**self.steps)))
+        v_hat = h(f(self.exp_avg_sq) * (f32(1.0) / f32(1.0 - beta2**self.steps)))
+        denominator = h(f(h(np.sqrt(f(v_hat)))) + f32(self.eps))
+        return h(f(h(f32(self.lr) * f(m_hat))) / f(denominator))
 
     def state_dict(self) -> StateDict:
         return {"exp_avg": self.exp_avg.copy(), "exp_avg_sq": self.exp_avg_sq.copy(), "steps": self.steps}
@@ -307,8 +363,14 @@ class ZOAdam:
     def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
         exp_avg = _check_state_shape("optimizer state", "exp_avg", state["exp_avg"], (self.dim,))  # type: ignore[arg-type]
         exp_avg_sq = _check_state_shape("optimizer state", "exp_avg_sq", state["exp_avg_sq"], (self.dim,))  # type: ignore[arg-type]
-        self.exp_avg = np.array(exp_avg, dtype=np.float64)
-        self.exp_avg_sq = np.array(exp_avg_sq, dtype=np.float64)
+        for key, array in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+            if array.dtype != np.dtype(self.state_dtype):
+                raise ZoodipError(
+                    f"checkpoint optimizer state '{key}' is {array.dtype} but this run keeps Adam's state in "
+                    f"{self.state_dtype}; resume with the Adam state dtype the checkpoint was made with"
+                )
+        self.exp_avg = np.array(exp_avg, dtype=self.state_dtype)
+        self.exp_avg_sq = np.array(exp_avg_sq, dtype=self.state_dtype)
         self.steps = int(state["steps"])  # type: ignore[arg-type]
 
 
