@@ -276,8 +276,10 @@ class ZOAdam:
     ``state_dtype``: ``"float64"`` (default) keeps the moments in float64 so that many small steps
     accumulate without rounding. ``"float16"`` reproduces the authors' code, whose moments are fp16
     tensors (:meth:`_step_float16`): there ``(1 - beta2) g^2`` rounds to 0 for ``|g|`` below about
-    5e-3, so the second moment stays near 0 and the step is close to ``lr * m_hat / eps``, momentum
-    SGD with a far larger step than float64 Adam takes on the same estimates.
+    5.5e-3, and a subnormal ``v`` no longer decays (``beta2 * v`` rounds back to ``v``). Where the
+    estimates stay that small the second moment stays 0 and the step is ``lr * m_hat / eps``,
+    momentum SGD with a larger step than float64 Adam takes on the same estimates; where some
+    entries are larger it is a second moment biased low (benchmarks/README.md).
     """
 
     def __init__(self, dim: int, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
