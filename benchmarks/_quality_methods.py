@@ -19,7 +19,8 @@ Methods (see :data:`METHODS`):
 ZO methods and ES run the SDK's own :class:`zoodip.trainer.Personalizer` loop on the INT8 export (ES
 replaces only ``train_step``); the backprop baseline runs diffusers' torch modules with the same
 photos, prompts, noise/timestep draws and loss. A variant changes hyperparameters with
-``name[key=value,...]``, e.g. ``zoodip[t=300-700]`` or ``es[pop=16,sigma=0.05]``.
+``name[key=value,...]``, e.g. ``zoodip[t=300-700]``, ``zoodip[adam16=1]`` (ZO-Adam's state in fp16, as the
+authors' code keeps it) or ``es[pop=16,sigma=0.05]``.
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ class MethodSpec:
     nu: float = 1e-3
     mode: str = "history-span"  # SubspaceProjector mode: the authors' code, or "principal"
     vocab: float | None = None  # ZO directions in the token table's principal subspace holding this variance
+    adam_state: str = "float64"  # ZO-Adam's moment dtype; "float16" is the authors' code (zoodip.zo.ZOAdam)
     pop: int = 8  # ES population (antithetic pairs * 2); one generation costs pop forwards
     sigma: float = 0.1  # ES perturbation, relative to the RMS of the initial embedding
     weight_decay: float = 1e-2  # backprop AdamW (diffusers' textual_inversion default)
@@ -74,6 +76,8 @@ class MethodSpec:
                        t_range=list(self.t_range) if self.t_range else "uniform", optimizer="ZO-Adam")
             if self.vocab is not None:
                 out["vocabulary_variance"] = self.vocab
+            if self.adam_state != "float64":
+                out["adam_state_dtype"] = self.adam_state
         elif self.kind == "es":
             out.update(pop=self.pop, sigma_rel=self.sigma, t_range=list(self.t_range) if self.t_range else "uniform",
                        optimizer="Adam on the ES estimate", fitness="centered ranks, antithetic")
@@ -125,6 +129,8 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
             changes["mode"] = value
         elif key == "sg":
             changes["subspace"] = value.lower() in ("1", "true", "on", "yes")
+        elif key == "adam16":  # adam16=1: ZO-Adam's state in fp16, as the authors' code keeps it
+            changes["adam_state"] = "float16" if value.lower() in ("1", "true", "on", "yes") else "float64"
         else:
             raise ValueError(f"method {text!r}: unknown setting {key!r}")
     return replace(spec, **changes)
@@ -242,7 +248,7 @@ def _zo_config(spec: MethodSpec, job: Job, export_dir: Path, out_dir: Path, step
         export_dir=export_dir, images=Path(job.photos), output_dir=out_dir, placeholder_token=job.placeholder,
         initializer_token=job.initializer, max_train_steps=steps, learning_rate=spec.learning_rate(), seed=seed,
         n=spec.n, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, subspace_mode=spec.mode, t_range=t_range,
-        vocabulary_variance=spec.vocab, eval_every=0, checkpoint_every=0, threads=1,
+        vocabulary_variance=spec.vocab, adam_state_dtype=spec.adam_state, eval_every=0, checkpoint_every=0, threads=1,
     )
 
 

@@ -46,12 +46,13 @@ def _final_bytes(out) -> bytes:
     return (out / EMBEDDING_NAME).read_bytes()
 
 
-def test_interrupted_and_resumed_run_is_bit_identical(tiny_export, photos, tmp_path):
-    straight = make_config(tiny_export, photos, tmp_path / "straight")
+@pytest.mark.parametrize("adam_state_dtype", ["float64", "float16"])
+def test_interrupted_and_resumed_run_is_bit_identical(tiny_export, photos, tmp_path, adam_state_dtype):
+    straight = make_config(tiny_export, photos, tmp_path / "straight", adam_state_dtype=adam_state_dtype)
     personalize(straight)
 
     # Crash at step 6: the last checkpoint is from step 4, so steps 5-6 are redone after resuming.
-    crashing = make_config(tiny_export, photos, tmp_path / "resumed")
+    crashing = make_config(tiny_export, photos, tmp_path / "resumed", adam_state_dtype=adam_state_dtype)
 
     class Crash(Exception):
         pass
@@ -71,6 +72,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tiny_export, photos, tmp_p
     assert sorted(a.files) == sorted(b.files)
     for key in a.files:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert a["opt/exp_avg"].dtype == a["opt/exp_avg_sq"].dtype == np.dtype(adam_state_dtype)
     # The log of the resumed run reads like one uninterrupted run.
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / LOG_NAME).read_text().splitlines()]
     assert steps == [0] + list(range(1, 13))
@@ -176,6 +178,12 @@ def test_resume_refuses_other_settings_and_fresh_run_refuses_existing(tiny_expor
         personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0))
     with pytest.raises(ZoodipError, match="other settings"):
         personalize(make_config(tiny_export, photos, out, max_train_steps=4, eval_every=0, mu=2e-3), resume=True)
+    # The default settings keep the fingerprint the code made before the Adam state dtype existed,
+    # so older checkpoints still resume.
+    assert make_config(tiny_export, photos, out).fingerprint() == "1f0a1d039f6b4c2d"
+    with pytest.raises(ZoodipError, match="other settings"):  # the Adam state dtype is part of the run
+        personalize(make_config(tiny_export, photos, out, max_train_steps=4, eval_every=0,
+                                adam_state_dtype="float16"), resume=True)
     with pytest.raises(ZoodipError, match="nothing to resume"):
         personalize(make_config(tiny_export, photos, tmp_path / "none", eval_every=0), resume=True)
 
@@ -260,3 +268,26 @@ def test_vocabulary_subspace_keeps_the_embedding_in_the_vocabularys_span(tiny_ex
     np.testing.assert_allclose(sub.basis @ (sub.basis.T @ moved), moved, atol=1e-5 * np.linalg.norm(moved) + 1e-7)
     with pytest.raises(ZoodipError, match="--vocabulary-subspace must be a variance fraction"):
         Personalizer(make_config(tiny_export, photos, tmp_path / "bad", vocabulary_variance=1.5))
+
+
+def test_vocabulary_subspace_with_subspace_gradient_normalizes_by_the_projected_basis(tiny_export, photos, tmp_path):
+    """The estimate's dimension is E||P B u||^2 of the directions actually drawn, not k - removed_dims."""
+    # nu = 0.2: the fits of an 8-step history remove directions (nu = 1e-3 keeps them all here).
+    config = make_config(tiny_export, photos, tmp_path / "vs", vocabulary_variance=0.5, eval_every=0,
+                         checkpoint_every=0, learning_rate=5e-2, tau=8, nu=0.2, max_train_steps=20)
+    personalizer = Personalizer(config)
+    basis, projector = personalizer.estimator.basis.astype(np.float64), personalizer.projector
+    estimate = personalizer.estimator.estimate
+    seen = []
+
+    def recording_estimate(loss0, losses, z, effective_dim=None):
+        drawn = sum(float(np.sum(np.square(projector.project(b)))) for b in basis.T)  # sum_j ||P b_j||^2
+        seen.append((projector.removed_dims, effective_dim, max(1.0, drawn)))
+        return estimate(loss0, losses, z, effective_dim=effective_dim)
+
+    personalizer.estimator.estimate = recording_estimate
+    personalizer.run()
+    fitted = [(removed, used, drawn) for removed, used, drawn in seen if removed > 0]
+    assert fitted, "Subspace Gradient never removed a direction: the test has no power"
+    for _, used, drawn in seen:
+        assert used == pytest.approx(drawn, rel=1e-6)

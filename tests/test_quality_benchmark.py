@@ -34,6 +34,12 @@ def test_parse_method_variants():
     config = qm._zo_config(vocab, qm.Job(name="j", photos="p", placeholder="<j>", initializer="dog"),
                            Path("e"), Path("o"), steps=3, seed=0, num_train_timesteps=1000)
     assert config.vocabulary_variance == 0.95 and config.t_range == (500, 900)
+    assert config.adam_state_dtype == "float64" and "adam_state_dtype" not in vocab.describe()
+    paper16 = qm.parse_method("zoodip[tau=16,adam16=1]")
+    assert paper16.adam_state == "float16" and paper16.describe()["adam_state_dtype"] == "float16"
+    assert qm._zo_config(paper16, qm.Job(name="j", photos="p", placeholder="<j>", initializer="dog"), Path("e"),
+                         Path("o"), steps=3, seed=0, num_train_timesteps=1000).adam_state_dtype == "float16"
+    assert qm.parse_method("zoodip[adam16=0]").adam_state == "float64"
     with pytest.raises(ValueError):
         qm.parse_method("sgd")
     with pytest.raises(ValueError):

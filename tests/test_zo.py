@@ -244,7 +244,81 @@ def test_sgd_momentum_closed_form() -> None:
     np.testing.assert_allclose(v2, v1 - 0.1 * (g2 + 0.5 * g1))
 
 
-@pytest.mark.parametrize("make", [lambda: ZOAdam(4, lr=0.05), lambda: ZOSGD(4, lr=0.05, momentum=0.9)])
+def test_adam_default_float64_update_is_unchanged() -> None:
+    """The default (float64 state) takes exactly the steps it took before the float16 option existed."""
+    rng = np.random.default_rng(4)
+    opt = ZOAdam(6, lr=0.03, eps=1e-3)
+    m, s, v = np.zeros(6), np.zeros(6), rng.standard_normal(6).astype(np.float32)
+    for t in range(1, 40):
+        g = rng.standard_normal(6) * 10.0 ** rng.uniform(-5, -1)
+        m = 0.9 * m + (1.0 - 0.9) * g
+        s = 0.999 * s + (1.0 - 0.999) * g * g
+        expected = (v.astype(np.float64) - 0.03 * (m / (1.0 - 0.9**t)) / (np.sqrt(s / (1.0 - 0.999**t)) + 1e-3)).astype(np.float32)
+        v_new = opt.step(v, g)
+        np.testing.assert_array_equal(v_new, expected)
+        v = v_new
+    assert opt.exp_avg.dtype == opt.exp_avg_sq.dtype == np.float64
+
+
+def test_adam_float16_state_loses_small_squared_gradients_like_the_authors_code() -> None:
+    """|g| < ~5e-3: (1 - beta2) g^2 rounds to 0 in fp16, so s stays 0 and the step is lr * m_hat / eps."""
+    rng = np.random.default_rng(8)
+    dim, lr, eps = 64, 1e-2, 1e-3
+    opt16, opt64 = ZOAdam(dim, lr=lr, eps=eps, state_dtype="float16"), ZOAdam(dim, lr=lr, eps=eps)
+    v16 = v64 = np.zeros(dim, dtype=np.float32)
+    for t in range(1, 101):
+        g = rng.uniform(-4e-3, 4e-3, dim)
+        before = v16.astype(np.float64)
+        v16, v64 = opt16.step(v16, g), opt64.step(v64, g)
+        assert opt16.exp_avg.dtype == opt16.exp_avg_sq.dtype == np.float16
+        assert np.all(opt16.exp_avg_sq == 0)
+        m_hat = opt16.exp_avg.astype(np.float64) / (1.0 - 0.9**t)
+        # Up to fp16 rounding: lr * m_hat (~1e-5) is an fp16 subnormal, rounded to a multiple of 2^-24,
+        # so the step (that over eps) is within 2^-25 / eps of it; eps itself rounds to 1.0004e-3.
+        np.testing.assert_allclose(before - v16, lr * m_hat / eps, rtol=2e-3, atol=2.0**-25 / eps + 1e-7)
+    # float64 Adam's second moment is not 0: its steps are several times smaller.
+    assert np.all(opt64.exp_avg_sq > 0)
+    assert np.linalg.norm(v16) > 3 * np.linalg.norm(v64)
+    # Larger gradients do reach the fp16 second moment.
+    big = ZOAdam(4, state_dtype="float16")
+    big.step(np.zeros(4), np.full(4, 0.05))
+    assert np.all(big.exp_avg_sq > 0)
+
+
+def test_adam_float16_state_matches_torch_fp16_tensors() -> None:
+    """The authors' ZOAdam.update lines, run on torch fp16 tensors (CPU), give the same bits."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(9)
+    dim, lr = 512, 1e-2
+    opt = ZOAdam(dim, lr=lr, state_dtype="float16")
+    m = torch.zeros(dim, dtype=torch.float16)
+    v = torch.zeros(dim, dtype=torch.float16)
+    beta1, beta2 = 0.9, 0.999
+    param = np.zeros(dim, dtype=np.float32)
+    scales = 10.0 ** rng.uniform(-5, -1.3, dim)  # per coordinate: some never reach the fp16 second moment
+    for it in range(1, 201):
+        g = rng.standard_normal(dim) * scales
+        grad = torch.from_numpy(g).to(torch.float16)
+        m = beta1 * m + (1 - beta1) * grad
+        v = beta2 * v + (1 - beta2) * (grad ** 2)
+        # The authors ran on CUDA, whose kernels read a Python number in float32 and divide a tensor by
+        # one as a multiplication by its float32 reciprocal. CPU torch divides instead, and rounds the
+        # number added by "+ 1e-3" to fp16 first; those two ops are spelled out the CUDA way here.
+        m_hat = m * (1.0 / torch.tensor(1 - beta1 ** it, dtype=torch.float32))  # m / (1 - beta1 ** iter)
+        v_hat = v * (1.0 / torch.tensor(1 - beta2 ** it, dtype=torch.float32))  # v / (1 - beta2 ** iter)
+        denominator = (torch.sqrt(v_hat).float() + 1e-3).half()  # torch.sqrt(v_hat) + 1e-3
+        update = lr * m_hat / denominator
+        new = opt.step(param, g)
+        np.testing.assert_array_equal(opt.exp_avg.view(np.uint16), m.numpy().view(np.uint16))
+        np.testing.assert_array_equal(opt.exp_avg_sq.view(np.uint16), v.numpy().view(np.uint16))
+        assert m_hat.dtype == update.dtype == torch.float16
+        np.testing.assert_array_equal(new, (param.astype(np.float64) - update.numpy()).astype(np.float32))
+        param = new
+    assert np.mean(v.numpy() == 0) > 0.1  # the regime that matters was exercised
+
+
+@pytest.mark.parametrize("make", [lambda: ZOAdam(4, lr=0.05), lambda: ZOSGD(4, lr=0.05, momentum=0.9),
+                                  lambda: ZOAdam(4, lr=0.05, state_dtype="float16")])
 def test_optimizer_state_roundtrip_is_exact(make: Callable) -> None:
     rng = np.random.default_rng(0)
     grads = rng.standard_normal((10, 4))
@@ -263,12 +337,16 @@ def test_optimizer_state_roundtrip_is_exact(make: Callable) -> None:
 def test_optimizer_state_wrong_dim() -> None:
     with pytest.raises(ZoodipError):
         ZOAdam(4).load_state_dict(ZOAdam(5).state_dict())
+    with pytest.raises(ZoodipError, match="Adam state dtype"):
+        ZOAdam(4).load_state_dict(ZOAdam(4, state_dtype="float16").state_dict())
+    with pytest.raises(ZoodipError, match="Adam state dtype"):
+        ZOAdam(4, state_dtype="float16").load_state_dict(ZOAdam(4).state_dict())
 
 
 @pytest.mark.parametrize("make", [
     lambda: ZOAdam(4, lr=0.0), lambda: ZOAdam(4, lr=float("nan")), lambda: ZOAdam(4, betas=(1.0, 0.999)),
     lambda: ZOAdam(4, betas=(0.9, -0.1)), lambda: ZOAdam(4, eps=0.0), lambda: ZOSGD(4, lr=-1.0),
-    lambda: ZOSGD(4, lr=0.1, momentum=1.0), lambda: ZOAdam(0),
+    lambda: ZOSGD(4, lr=0.1, momentum=1.0), lambda: ZOAdam(0), lambda: ZOAdam(4, state_dtype="float32"),
 ])
 def test_optimizer_invalid_args(make: Callable) -> None:
     with pytest.raises(ZoodipError):
@@ -414,6 +492,78 @@ def test_standardized_pca_and_component_count() -> None:
     assert components_to_keep(np.array([0.6, 0.3, 0.1]), nu=0.0) == 3
     assert components_to_keep(np.array([0.6, 0.4]), nu=0.5) == 1
     assert components_to_keep(np.zeros(0), nu=0.1) == 0
+
+
+def fitted_in(history: np.ndarray, search_basis: np.ndarray | None, mode: str = "history-span") -> SubspaceProjector:
+    proj = SubspaceProjector(P_DIM, tau=P_TAU, mode=mode, search_basis=search_basis)  # type: ignore[arg-type]
+    for v in history:
+        proj.observe(v)
+    return proj
+
+
+def projected_dimension(proj: SubspaceProjector, basis: np.ndarray) -> float:
+    """E||P B u||^2 = sum_j ||P b_j||^2 over the basis columns, through project() (P is an orthogonal projector)."""
+    return float(sum(np.sum(np.square(proj.project(b))) for b in basis.T))
+
+
+def test_effective_dim_counts_removed_directions_inside_the_search_basis() -> None:
+    history = planted_history()  # moves in coordinates 0..23 only
+    eye = np.eye(P_DIM)
+    outside, inside = eye[:, ACTIVE : ACTIVE + 8], eye[:, :8]
+    # Without a basis: the authors' count, an int, as before.
+    plain = fitted_in(history, None)
+    assert plain.effective_dim == P_DIM - plain.removed_dims and isinstance(plain.effective_dim, int)
+    assert fitted_in(history, eye).effective_dim == pytest.approx(plain.effective_dim, abs=1e-9)
+    # The 20 removed directions lie in coordinates 0..23: none of them inside a basis of coordinates
+    # 24..31, so all 8 searched dimensions survive. ("8 - removed_dims", floored at 1, said 1.)
+    proj = fitted_in(history, outside)
+    assert proj.removed_dims == 20
+    assert proj.effective_dim == pytest.approx(8.0, abs=1e-9)
+    # A basis among the moving coordinates loses what the removed directions cover there.
+    proj = fitted_in(history, inside)
+    assert proj.effective_dim == pytest.approx(projected_dimension(proj, inside), rel=1e-9)
+    assert 1.0 < proj.effective_dim < 8.0
+    # Before a fit the projection is the identity: the basis width.
+    assert SubspaceProjector(P_DIM, tau=P_TAU, search_basis=outside).effective_dim == 8
+    # Principal mode keeps RANK directions of coordinates 0..23: none inside `outside` (floor 1).
+    assert fitted_in(history, outside, "principal").effective_dim == 1.0
+    proj = fitted_in(history, inside, "principal")
+    assert proj.effective_dim == pytest.approx(max(1.0, projected_dimension(proj, inside)), rel=1e-9)
+    # Resume recomputes it from the checkpointed basis.
+    resumed = SubspaceProjector(P_DIM, tau=P_TAU, search_basis=inside)
+    resumed.load_state_dict(npz_roundtrip(fitted_in(history, inside).state_dict()))
+    assert resumed.effective_dim == fitted_in(history, inside).effective_dim
+    with pytest.raises(ValueError, match="search_basis must have shape"):
+        SubspaceProjector(P_DIM, search_basis=np.zeros((P_DIM - 1, 2)))
+
+
+def test_normalized_estimate_in_a_basis_keeps_the_scale_of_the_projected_gradient() -> None:
+    """With directions in span(B) and Subspace Gradient on, the normalized estimate's mean squared
+    norm is that of the gradient seen by the search, ||B^T grad||^2, up to the (T+n+1)/(T+n-1)-type
+    factor the normalization leaves without a basis; "k - removed_dims" inflated it about 4x here."""
+    dim, k, tau = 32, 8, 12
+    rng = np.random.default_rng(11)
+    basis = np.linalg.qr(rng.standard_normal((dim, k)))[0]
+    # A history moving in 3 directions plus small noise: 11 - 3 = 8 removed directions, spread over
+    # the whole space (so about 8 * k / dim = 2 of them inside span(B)).
+    history = rng.standard_normal((tau, 3)) @ rng.standard_normal((3, dim)) + 1e-3 * rng.standard_normal((tau, dim))
+    proj = SubspaceProjector(dim, tau=tau, search_basis=basis)
+    for v in history:
+        proj.observe(v)
+    assert proj.removed_dims == k  # the old count: max(1, k - removed_dims) = 1
+    assert 4.0 < proj.effective_dim < 7.5
+    est = RandomGradientEstimator(dim, n=2, mu=1e-6, basis=basis)
+    grad = rng.standard_normal(dim)
+    linear = lambda x: float(grad @ x)  # noqa: E731
+    v0 = np.zeros(dim)
+    sq = []
+    for _ in range(4000):
+        z = est.directions(rng)
+        g = est.estimate(0.0, np.array([linear(p) for p in est.perturbations(v0, z)]), z,
+                         effective_dim=proj.effective_dim)
+        sq.append(np.sum(np.square(proj.project(g))))
+    ratio = float(np.mean(sq)) / float(np.sum(np.square(basis.T @ grad)))
+    assert 0.7 < ratio < 1.4, ratio
 
 
 @pytest.mark.parametrize("mode", ["history-span", "principal"])

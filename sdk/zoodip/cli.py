@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ZoodipError
+from .zo import ADAM_STATE_DTYPES
 
 
 def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
@@ -48,6 +49,10 @@ def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--t-range", nargs=2, type=int, default=[500, 900], metavar=("T_MIN", "T_MAX"),
                    help="PUTS timestep range [T_MIN, T_MAX); 0 1000 is uniform sampling")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("--adam-state-dtype", choices=ADAM_STATE_DTYPES, default="float64",
+                   help="ZO-Adam's moment storage. float16 reproduces the ZOODiP authors' code, whose fp16 second "
+                        "moment stays near 0 for small estimates, so their steps are close to lr * m_hat / eps "
+                        "(default: float64)")
     p.add_argument("--captions", default=None, help="JSON {image file name: caption containing the placeholder}")
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
     p.add_argument("--sequential", action="store_true", help="run the n+1 UNet evaluations one by one (less memory; the default for SD-size UNets, small ones run them as one batch)")
@@ -71,6 +76,7 @@ def _config_from_args(args: argparse.Namespace):
         max_train_steps=args.max_train_steps, learning_rate=args.learning_rate, seed=args.seed,
         n=args.n, mu=args.mu, tau=args.tau, nu=args.nu, subspace=not args.no_subspace,
         subspace_mode=args.subspace_mode, vocabulary_variance=args.vocabulary_subspace, t_range=tuple(args.t_range), optimizer=args.optimizer,
+        adam_state_dtype=args.adam_state_dtype,
         captions=Path(args.captions) if args.captions else None, flip=args.flip, batched=False if args.sequential else None,
         eval_every=args.eval_every, checkpoint_every=args.checkpointing_steps,
         early_stop_patience=args.early_stop_patience, threads=args.threads,

@@ -33,7 +33,8 @@ from .errors import ZoodipError
 from .images import load_images
 from .model import ExportedModel, RuntimeOptions
 from .prompts import PromptSampler, load_captions
-from .zo import PartialUniformTimesteps, RandomGradientEstimator, SubspaceProjector, VocabularySubspace, ZOAdam, ZOSGD
+from .zo import (ADAM_STATE_DTYPES, PartialUniformTimesteps, RandomGradientEstimator, SubspaceProjector, VocabularySubspace,
+                 ZOAdam, ZOSGD)
 
 CHECKPOINT_NAME = "checkpoint.npz"
 EMBEDDING_NAME = "learned_embeds.safetensors"
@@ -60,6 +61,8 @@ class PersonalizeConfig:
     optimizer: str = "adam"  # "adam" (ZO-Adam) or "sgd" (ZO-SGD)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-3
+    # "float16": ZO-Adam's moments stored and updated in fp16 as the authors' code does (zo.ZOAdam).
+    adam_state_dtype: str = "float64"
     subspace: bool = True  # Subspace Gradient on/off
     tau: int = 128  # SG history length and refit period
     nu: float = 1e-3  # SG: variance fraction dropped
@@ -113,6 +116,10 @@ class PersonalizeConfig:
             raise ZoodipError(f"--learning_rate must be a positive number, got {self.learning_rate!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ZoodipError(f"--optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.adam_state_dtype not in ADAM_STATE_DTYPES:
+            raise ZoodipError(f"--adam-state-dtype must be one of {', '.join(ADAM_STATE_DTYPES)}, got {self.adam_state_dtype!r}")
+        if self.optimizer != "adam" and self.adam_state_dtype != "float64":
+            raise ZoodipError("--adam-state-dtype applies to --optimizer adam only; drop it or use --optimizer adam")
         if self.learnable_property not in ("object", "style"):
             raise ZoodipError(f"--learnable_property must be 'object' or 'style', got {self.learnable_property!r}")
         if self.vocabulary_variance is not None and not (
@@ -136,6 +143,8 @@ class PersonalizeConfig:
         payload["captions"] = str(self.captions) if self.captions else None
         if self.vocabulary_variance is not None:  # absent by default: older checkpoints keep their fingerprint
             payload["vocabulary_variance"] = float(self.vocabulary_variance)
+        if self.adam_state_dtype != "float64":  # likewise
+            payload["adam_state_dtype"] = self.adam_state_dtype
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_json(self) -> dict:
@@ -287,10 +296,12 @@ class Personalizer:
         self.estimator = RandomGradientEstimator(dim, n=config.n, mu=config.mu,
                                                  basis=None if self.vocabulary is None else self.vocabulary.basis)
         if config.optimizer == "adam":
-            self.optimizer = ZOAdam(dim, lr=config.learning_rate, betas=config.adam_betas, eps=config.adam_eps)
+            self.optimizer = ZOAdam(dim, lr=config.learning_rate, betas=config.adam_betas, eps=config.adam_eps,
+                                    state_dtype=config.adam_state_dtype)
         else:
             self.optimizer = ZOSGD(dim, lr=config.learning_rate)
-        self.projector = SubspaceProjector(dim, tau=config.tau, nu=config.nu, mode=config.subspace_mode) if config.subspace else None
+        self.projector = (SubspaceProjector(dim, tau=config.tau, nu=config.nu, mode=config.subspace_mode,
+                                            search_basis=self.estimator.basis) if config.subspace else None)
         if config.subspace and config.tau >= dim:
             # The method assumes tau < d (128 < 768 on SD1.5): a history of >= d steps spans the whole
             # space and the projection then removes directions everywhere. Measured on the 64-wide
@@ -363,9 +374,7 @@ class Personalizer:
             )
         # As in the authors' code, the estimate is normalized by the dimension that survives the
         # subspace projection (the searched dimension until the first fit).
-        effective_dim = self.estimator.search_dim
-        if self.projector is not None:
-            effective_dim = max(1, effective_dim - self.projector.removed_dims)
+        effective_dim = None if self.projector is None else self.projector.effective_dim
         g = self.estimator.estimate(float(losses[0]), losses[1:], z, effective_dim=effective_dim)
         if self.projector is not None:
             g = self.projector.project(g)

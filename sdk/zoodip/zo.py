@@ -17,7 +17,8 @@ Every stateful piece has ``state_dict()`` / ``load_state_dict()`` with NumPy arr
 scalars only, so a checkpoint is an ``.npz`` readable without pickle and resuming is bit-exact.
 
 Dtypes: random directions are float32 (see :meth:`RandomGradientEstimator.directions`); gradient
-estimates, optimizer moments and PCA bases are float64; updated embeddings keep the caller's dtype.
+estimates, optimizer moments and PCA bases are float64 (Adam's moments optionally float16, as the
+authors' code keeps them); updated embeddings keep the caller's dtype.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ StateValue = Union[np.ndarray, int, float, str]
 StateDict = dict[str, StateValue]
 ProjectionMode = Literal["history-span", "principal"]
 PROJECTION_MODES: tuple[str, ...] = ("history-span", "principal")
+# ZO-Adam's moment storage: "float64" (default) or "float16", the ZOODiP authors' (see ZOAdam).
+ADAM_STATE_DTYPES: tuple[str, ...] = ("float64", "float16")
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,20 +142,21 @@ class RandomGradientEstimator:
         # Sum in float64 and round once to the output dtype.
         return (v.astype(np.float64)[None, :] + self.mu * z.astype(np.float64)).astype(dtype)
 
-    def scale(self, effective_dim: int | None = None) -> float:
+    def scale(self, effective_dim: float | None = None) -> float:
         """The factor ``c`` multiplying ``sum_i (L_i - L0) / mu * z_i``.
 
         ``effective_dim`` replaces :attr:`search_dim` in the normalized scaling. The authors' code
         uses the dimension left after subspace projection (``dim`` minus the removed directions);
-        pass :attr:`SubspaceProjector.effective_dim` to do the same.
+        pass :attr:`SubspaceProjector.effective_dim` to do the same. It need not be an integer:
+        with a ``basis`` it is the expected squared norm of a projected direction (see there).
         """
         if not self.normalize:
             return 1.0 / self.n
-        d = self.search_dim if effective_dim is None else _positive_int("effective_dim", effective_dim)
+        d = self.search_dim if effective_dim is None else _finite_float("effective_dim", effective_dim, low=0.0)
         return 1.0 / (self.n * math.sqrt((d + self.n - 1) / self.n))
 
     def estimate(self, loss0: float, losses: np.ndarray, z: np.ndarray,
-                 effective_dim: int | None = None) -> np.ndarray:
+                 effective_dim: float | None = None) -> np.ndarray:
         """The gradient estimate, float64 ``[dim]``.
 
         Args:
@@ -255,12 +259,19 @@ class ZOAdam:
 
     ``v <- v - lr * m_hat / (sqrt(s_hat) + eps)``. The default ``eps = 1e-3`` is the ZOODiP
     authors' value: much larger than the usual 1e-8, it damps coordinates whose second moment is
-    tiny, which with noisy estimates are mostly noise. Moments are float64 so that many small
-    steps accumulate without float32 rounding; ``lr`` may be changed between steps (schedules).
+    tiny, which with noisy estimates are mostly noise. ``lr`` may be changed between steps (schedules).
+
+    ``state_dtype``: ``"float64"`` (default) keeps the moments in float64 so that many small steps
+    accumulate without rounding. ``"float16"`` reproduces the authors' code, whose moments are fp16
+    tensors (:meth:`_step_float16`): there ``(1 - beta2) g^2`` rounds to 0 for ``|g|`` below about
+    5.5e-3, and a subnormal ``v`` no longer decays (``beta2 * v`` rounds back to ``v``). Where the
+    estimates stay that small the second moment stays 0 and the step is ``lr * m_hat / eps``,
+    momentum SGD with a larger step than float64 Adam takes on the same estimates; where some
+    entries are larger it is a second moment biased low (benchmarks/README.md).
     """
 
     def __init__(self, dim: int, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-3) -> None:
+                 eps: float = 1e-3, state_dtype: str = "float64") -> None:
         self.dim = _positive_int("dim", dim)
         self.lr = _finite_float("lr (learning rate)", lr, low=0.0)
         if len(betas) != 2:
@@ -270,23 +281,71 @@ class ZOAdam:
             _finite_float("beta2", betas[1], low=0.0, low_open=False, high=1.0, high_open=True),
         )
         self.eps = _finite_float("eps", eps, low=0.0)
+        if state_dtype not in ADAM_STATE_DTYPES:
+            raise ZoodipError(f"Adam state dtype must be one of {', '.join(ADAM_STATE_DTYPES)}, got {state_dtype!r}")
+        self.state_dtype = str(state_dtype)
         self.steps = 0
-        self.exp_avg = np.zeros(self.dim, dtype=np.float64)
-        self.exp_avg_sq = np.zeros(self.dim, dtype=np.float64)
+        self.exp_avg = np.zeros(self.dim, dtype=self.state_dtype)
+        self.exp_avg_sq = np.zeros(self.dim, dtype=self.state_dtype)
 
     def step(self, v: np.ndarray, g: np.ndarray) -> np.ndarray:
         """Return the updated ``v`` (``v`` itself is not modified)."""
         v = _vector("v", v, self.dim)
-        g = _vector("g", g, self.dim).astype(np.float64)
-        beta1, beta2 = self.betas
+        g = _vector("g", g, self.dim)
         self.steps += 1
+        if self.state_dtype == "float16":
+            update = self._step_float16(g).astype(np.float64)
+        else:
+            update = self._step_float64(g.astype(np.float64))
+        return (v.astype(np.float64) - update).astype(_update_dtype(v))
+
+    def _step_float64(self, g: np.ndarray) -> np.ndarray:
+        beta1, beta2 = self.betas
         self.exp_avg = beta1 * self.exp_avg + (1.0 - beta1) * g
         self.exp_avg_sq = beta2 * self.exp_avg_sq + (1.0 - beta2) * g * g
         # Bias correction: the moments start at zero, so early averages are scaled down.
         m_hat = self.exp_avg / (1.0 - beta1**self.steps)
         s_hat = self.exp_avg_sq / (1.0 - beta2**self.steps)
-        update = self.lr * m_hat / (np.sqrt(s_hat) + self.eps)
-        return (v.astype(np.float64) - update).astype(_update_dtype(v))
+        return self.lr * m_hat / (np.sqrt(s_hat) + self.eps)
+
+    def _step_float16(self, g: np.ndarray) -> np.ndarray:
+        """The authors' fp16 update, rounding where a torch fp16 tensor would; returns the fp16 update.
+
+        Mirrors ``ZOAdam.update`` in ignoww/ZOODiP, train_zoodip.py: ``text_encoder.half()`` makes
+        the embedding row fp16, so ``self.m``/``self.v`` (``torch.zeros_like(update_param)``) and
+        ``grad`` (built from fp16 ``z``) are fp16, and each of these lines is a chain of fp16 ops:
+
+            self.m = self.beta1 * self.m + (1 - self.beta1) * grad
+            self.v = self.beta2 * self.v + (1 - self.beta2) * (grad ** 2)
+            m_hat = self.m / (1 - self.beta1 ** self.iter)
+            v_hat = self.v / (1 - self.beta2 ** self.iter)
+            update_param.sub_(self.lr * m_hat / (torch.sqrt(v_hat) + 1e-3))
+
+        Every torch op on fp16 tensors computes in float32 ("opmath", Python scalars cast to
+        float32) and rounds its result to fp16 once; that is what each ``h(...)`` below does. As
+        on CUDA, where their runs were made, a tensor divided by a Python number is multiplied by
+        the float32 reciprocal. numpy's own float16 arithmetic would round the Python scalars to
+        fp16 first (0.999 -> 0.99902), hence the explicit float32 casts. Not mirrored: the
+        embedding itself stays in the SDK's dtype (the caller's; theirs is fp16) and ``g`` arrives
+        from float64 estimation and projection (theirs are fp16 ops); ``g`` is rounded to fp16 here.
+        """
+        f32, f16 = np.float32, np.float16
+
+        def h(x: np.ndarray) -> np.ndarray:  # one torch fp16 op: float32 result rounded to fp16
+            return np.asarray(x, dtype=f32).astype(f16)
+
+        def f(x: np.ndarray) -> np.ndarray:
+            return x.astype(f32)
+
+        beta1, beta2 = self.betas
+        grad = h(g)
+        self.exp_avg = h(f(h(f32(beta1) * f(self.exp_avg))) + f(h(f32(1.0 - beta1) * f(grad))))
+        grad_sq = h(f(grad) * f(grad))
+        self.exp_avg_sq = h(f(h(f32(beta2) * f(self.exp_avg_sq))) + f(h(f32(1.0 - beta2) * f(grad_sq))))
+        m_hat = h(f(self.exp_avg) * (f32(1.0) / f32(1.0 - beta1**self.steps)))
+        v_hat = h(f(self.exp_avg_sq) * (f32(1.0) / f32(1.0 - beta2**self.steps)))
+        denominator = h(f(h(np.sqrt(f(v_hat)))) + f32(self.eps))
+        return h(f(h(f32(self.lr) * f(m_hat))) / f(denominator))
 
     def state_dict(self) -> StateDict:
         return {"exp_avg": self.exp_avg.copy(), "exp_avg_sq": self.exp_avg_sq.copy(), "steps": self.steps}
@@ -294,8 +353,14 @@ class ZOAdam:
     def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
         exp_avg = _check_state_shape("optimizer state", "exp_avg", state["exp_avg"], (self.dim,))  # type: ignore[arg-type]
         exp_avg_sq = _check_state_shape("optimizer state", "exp_avg_sq", state["exp_avg_sq"], (self.dim,))  # type: ignore[arg-type]
-        self.exp_avg = np.array(exp_avg, dtype=np.float64)
-        self.exp_avg_sq = np.array(exp_avg_sq, dtype=np.float64)
+        for key, array in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+            if array.dtype != np.dtype(self.state_dtype):
+                raise ZoodipError(
+                    f"checkpoint optimizer state '{key}' is {array.dtype} but this run keeps Adam's state in "
+                    f"{self.state_dtype}; resume with the Adam state dtype the checkpoint was made with"
+                )
+        self.exp_avg = np.array(exp_avg, dtype=self.state_dtype)
+        self.exp_avg_sq = np.array(exp_avg_sq, dtype=self.state_dtype)
         self.steps = int(state["steps"])  # type: ignore[arg-type]
 
 
@@ -398,11 +463,16 @@ class SubspaceProjector:
     A history with no variance at all (``v`` never moved) carries no subspace, so such a fit
     resets the projector to the identity.
 
+    ``search_basis``: the orthonormal columns ``B`` (``[dim, k]``) the random directions are drawn
+    in (:attr:`RandomGradientEstimator.basis`), or None for the whole space. It changes only
+    :attr:`effective_dim`, the dimension the estimate is normalized by.
+
     Note the PCA is fitted in standardized coordinates (columns divided by their std) but applied
     to ``g`` in raw coordinates, exactly as the authors do.
     """
 
-    def __init__(self, dim: int, tau: int = 128, nu: float = 1e-3, mode: ProjectionMode = "history-span") -> None:
+    def __init__(self, dim: int, tau: int = 128, nu: float = 1e-3, mode: ProjectionMode = "history-span",
+                 search_basis: np.ndarray | None = None) -> None:
         self.dim = _positive_int("dim", dim)
         # A single remembered embedding has no variance: PCA needs at least two.
         self.tau = _positive_int("tau (subspace history length)", tau, minimum=2)
@@ -416,6 +486,12 @@ class SubspaceProjector:
         self._basis = np.zeros((0, self.dim), dtype=np.float64)  # rows applied by project()
         self._kept: int | None = None  # k of the latest fit, None before a (non-degenerate) fit
         self._rank = 0  # r of the latest fit
+        self.search_basis = None if search_basis is None else np.asarray(search_basis, dtype=np.float64)
+        if self.search_basis is not None and (self.search_basis.ndim != 2 or self.search_basis.shape[0] != self.dim
+                                              or not 1 <= self.search_basis.shape[1] <= self.dim):
+            raise ValueError(f"search_basis must have shape ({self.dim}, k) with 1 <= k <= {self.dim}, "
+                             f"got {self.search_basis.shape}")
+        self._effective_dim = self._dimension_after_projection()
 
     @property
     def count(self) -> int:
@@ -435,9 +511,29 @@ class SubspaceProjector:
         return self._rank - self._kept if self.mode == "history-span" else self.dim - self._kept
 
     @property
-    def effective_dim(self) -> int:
-        """The dimension of the space projected gradients live in (``dim - removed_dims``)."""
-        return self.dim - self.removed_dims
+    def effective_dim(self) -> float:
+        """The dimension of the space projected directions live in: what the estimate is normalized by.
+
+        Without a ``search_basis``: ``dim - removed_dims`` (an int), the authors' count. With one
+        (``B``, ``k`` columns), directions ``z = B u`` become ``P B u`` after the projection ``P``,
+        and the dimension is ``E||P B u||^2 = trace(B^T P B)``: ``k`` less the part of ``span(B)``
+        the removed directions cover, not ``k - removed_dims``. The removed directions are counted
+        in the whole space and mostly lie outside ``span(B)``, so that difference under-counts the
+        dimension (down to the floor of 1) and inflates the estimate. Both agree when ``B = I``.
+        Floored at 1: a projection that leaves less than one dimension of the search space leaves
+        an estimate near zero anyway.
+        """
+        return self._effective_dim
+
+    def _dimension_after_projection(self) -> float:
+        if self.search_basis is None:
+            return self.dim - self.removed_dims
+        k = self.search_basis.shape[1]
+        if self._kept is None:
+            return k
+        # Rows of _basis are orthonormal: ||_basis B||_F^2 is the part of span(B) they cover.
+        covered = float(np.sum(np.square(self._basis @ self.search_basis)))
+        return max(1.0, k - covered if self.mode == "history-span" else covered)
 
     def observe(self, v: np.ndarray) -> None:
         """Record the current embedding; refits after every ``tau``-th observation."""
@@ -453,11 +549,12 @@ class SubspaceProjector:
         rank = components.shape[0]
         if rank == 0:
             self._basis, self._kept, self._rank = np.zeros((0, self.dim)), None, 0
-            return
-        k = components_to_keep(ratios, self.nu)
-        self._basis = components[k:] if self.mode == "history-span" else components[:k]
-        self._basis = np.ascontiguousarray(self._basis)
-        self._kept, self._rank = k, rank
+        else:
+            k = components_to_keep(ratios, self.nu)
+            self._basis = components[k:] if self.mode == "history-span" else components[:k]
+            self._basis = np.ascontiguousarray(self._basis)
+            self._kept, self._rank = k, rank
+        self._effective_dim = self._dimension_after_projection()
 
     def project(self, g: np.ndarray) -> np.ndarray:
         """The projected gradient, float64 ``[dim]`` (a copy of ``g`` before the first fit)."""
@@ -495,6 +592,7 @@ class SubspaceProjector:
         self._basis = np.ascontiguousarray(basis)
         self._kept = None if kept < 0 else kept
         self._rank = int(state["rank"])  # type: ignore[arg-type]
+        self._effective_dim = self._dimension_after_projection()
 
 
 # --------------------------------------------------------------------------------------------
