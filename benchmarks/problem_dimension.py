@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reference.repo import REPO, relative_args  # noqa: E402
+
 sys.path.insert(0, str(REPO / "sdk"))
 
 T_RANGE = (500, 900)
@@ -67,8 +68,11 @@ def curvature_spectrum(hessian: np.ndarray) -> dict[str, float]:
     """Effective rank and participation ratio of a symmetric PSD matrix."""
     eig = np.clip(np.linalg.eigvalsh(hessian), 0.0, None)
     trace = float(eig.sum())
+    top = np.sort(eig)[::-1]
     return {"effective_rank": trace / float(eig.max()), "participation_ratio": trace ** 2 / float(np.sum(eig ** 2)),
-            "trace": trace, "top_eigenvalue": float(eig.max())}
+            "trace": trace, "top_eigenvalue": float(eig.max()),
+            "top_fractions": [round(float(x), 4) for x in top[:10] / trace],
+            "eigenvalues_for_90pct": int(np.searchsorted(np.cumsum(top) / trace, 0.9) + 1)}
 
 
 def gauss_newton(folder: Path, samples: int, seed: int) -> np.ndarray:
@@ -174,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         rows.append(measure(name, folders[name](), args.samples, args.seed))
         print(json.dumps(rows[-1]), flush=True)
-    command = "python benchmarks/problem_dimension.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = " ".join(["python benchmarks/problem_dimension.py",
+                        *relative_args(argv if argv is not None else sys.argv[1:])])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"command": command.strip(), "samples_per_concept":
                                                        args.samples, "t_range": T_RANGE, "rows": rows}, indent=1) + "\n")

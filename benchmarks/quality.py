@@ -1,6 +1,7 @@
 """Quality benchmark: how good is forward-only (ZOODiP) textual inversion, per forward pass?
 
-    python benchmarks/quality.py                       # full: reference model, all methods, 8 concepts
+    python benchmarks/quality.py                       # full: SD-width reference model, all methods, 8 concepts
+    python benchmarks/quality.py --model reference/model --quick   # the 64-wide reference model (fast)
     python benchmarks/quality.py --quick               # < 5 min: 2 concepts, short budget
     python benchmarks/quality.py --smoke               # seconds: tiny random model, planted check only
     python benchmarks/quality.py --task planted --model sd15-int8   # optimization-only check, any model
@@ -14,7 +15,7 @@ forwards; backprop steps of 1 forward + its backward). The learned embedding is 
 quality-vs-forwards curve. Each method trains every job in a fresh subprocess, whose peak RSS
 (VmHWM) is its memory figure (the largest over jobs). Scores:
 
-* ``--task world`` (the reference world, needs reference/model and reference/evaluator.py): images
+* ``--task world`` (the reference world, needs a reference model and reference/evaluator.py): images
   generated with the learned token (INT8 export, DPM++ 2M, fixed seeds) read by the reference
   evaluator: concept fidelity, attribute accuracy, prompt fidelity (see _quality_eval.py).
 * ``--task planted`` (any model, no evaluator): a planted target embedding v*; the targets are the
@@ -52,7 +53,7 @@ from benchmarks._models import DEFAULT_CACHE  # noqa: E402
 from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "quality"
-REFERENCE_MODEL = REPO / "reference" / "model"
+REFERENCE_MODEL = REPO / "reference" / "model-768"  # the SD-width world (packed; materialized on first use)
 ZO_METHODS = ("zo-naive", "zo-sg", "zo-puts", "zoodip")
 
 
@@ -69,6 +70,10 @@ def prepare_model(model: str | None, smoke: bool, cache: Path) -> tuple[Path, Pa
     """(INT8 export folder, diffusers folder for the torch baseline or None)."""
     if smoke and model is None:
         model = str(tiny_source(cache))
+    if model is None and (REFERENCE_MODEL / "model_index.json").is_file():
+        from reference.sd_width import materialize
+
+        model = str(materialize(REFERENCE_MODEL, cache / "reference-768"))
     path = Path(model) if model else REFERENCE_MODEL
     if (path / "manifest.json").is_file():
         try:
@@ -132,7 +137,7 @@ def world_ready() -> str | None:
     if not (REPO / "reference" / "evaluator.py").is_file():
         return "reference/evaluator.py is missing"
     if not (REFERENCE_MODEL / "model_index.json").is_file():
-        return "reference/model is not built"
+        return "reference/model-768 is not built"
     return None
 
 

@@ -36,7 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a file
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reference.repo import REPO, repo_relative  # noqa: E402
+
 PACKED = REPO / "reference" / "model-768"
 TABLE_KEY = "text_model.embeddings.token_embedding.weight"
 PACK_FILE = "token_rows.safetensors"  # ids and rows of the trained tokens
@@ -99,7 +102,6 @@ def start(src: Path, dest: Path, width: int = 768, seed: int = 0) -> dict:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    sys.path.insert(0, str(REPO))
     from reference.train_reference import Captioner
     from reference.widen_text import embedding_basis, widen
 
@@ -117,15 +119,10 @@ def start(src: Path, dest: Path, width: int = 768, seed: int = 0) -> dict:
     text_model.save_pretrained(dest / "text_encoder", safe_serialization=True)
     unet_model.save_pretrained(dest / "unet", safe_serialization=True)
     (dest / "widened.json").unlink()
-    record = {**record, "built_from": _relative(src), "isometric_width": narrow, "row_ratio": 1.0,
+    record = {**record, "built_from": repo_relative(src), "isometric_width": narrow, "row_ratio": 1.0,
               "weight_ratio": 0.5, "trained_ids": trained.tolist()}
     (dest / "sd_width_start.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
-
-
-def _relative(path: Path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
 
 
 def pack(trained: Path, dest: Path, start_folder: Path) -> dict:

@@ -1,7 +1,9 @@
 """``zoodip demo``: export the built-in model, personalize it on a few photos, show before/after.
 
-The built-in model is the reference model (``reference/model/`` in the repository: a small
-SD-shaped model trained on the procedural world of ``reference/world.py``, 32x32 images). The demo
+The built-in model is the SD-width reference model (``reference/model-768/`` in the repository: a
+small SD-shaped model trained on the procedural world of ``reference/world.py``, 32x32 images, whose
+text encoder is 768 wide as SD1.5's; stored without its untrained token rows, which
+``reference/sd_width.py`` regenerates before the export). The demo
 renders the photos of one world concept (a small yellow star with stripes on a blue background),
 learns ``<striped-star>`` from them by forward passes only (initializer: ``star``), generates with
 the initializer and with the learned token, and reads both with the world evaluator
@@ -25,7 +27,7 @@ from .errors import ZoodipError
 EXAMPLE_PHOTOS = Path(__file__).resolve().parent / "data" / "example_concept"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_DIR = REPO_ROOT / "reference"
-REFERENCE_MODEL = REFERENCE_DIR / "model"
+REFERENCE_MODEL = REFERENCE_DIR / "model-768"  # packed: materialized into a diffusers folder before export
 DEMO_TOKEN = "<striped-star>"
 DEMO_INITIALIZER = "star"
 DEFAULT_STEPS = 300
@@ -48,7 +50,15 @@ def _need_export_tools():
 def reference_available() -> bool:
     """The trained reference model and its world/evaluator modules are next to this checkout."""
     return all(p.is_file() for p in (REFERENCE_MODEL / "model_index.json", REFERENCE_DIR / "world.py",
-                                     REFERENCE_DIR / "evaluator.py"))
+                                     REFERENCE_DIR / "evaluator.py", REFERENCE_DIR / "sd_width.py"))
+
+
+def _reference_source() -> Path:
+    """The full diffusers folder of the built-in model (its untrained token rows regenerated, cached)."""
+    _world()
+    from reference.sd_width import materialize
+
+    return materialize(REFERENCE_MODEL)
 
 
 def _fingerprint(folder: Path) -> str:
@@ -118,7 +128,7 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     if use_reference:
         world, Evaluator = _world()
         photos_dir, concept = _concept_photos(out / "concept", world)
-        export_dir = _export_builtin(out / "model", progress, REFERENCE_MODEL)
+        export_dir = _export_builtin(out / "model", progress, _reference_source())
         default_steps = REFERENCE_STEPS
     else:
         photos_dir, concept = EXAMPLE_PHOTOS, None
@@ -132,8 +142,9 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
                                placeholder_token=DEMO_TOKEN, initializer_token=DEMO_INITIALIZER,
                                max_train_steps=steps, eval_every=max(1, steps // 10), checkpoint_every=max(1, steps // 5),
                                # Subspace Gradient needs a history shorter than the embedding width
-                               # (tau < d, as 128 < 768 on SD1.5); the built-in models are 32-64 wide.
-                               tau=int(read_manifest(export_dir)["model"]["hidden_size"]) // 2, threads=threads)
+                               # (tau < d, as 128 < 768 on SD1.5); the tiny fallback model is 32 wide.
+                               tau=min(PersonalizeConfig.tau, int(read_manifest(export_dir)["model"]["hidden_size"]) // 2),
+                               threads=threads)
     resume = (run_dir / "checkpoint.npz").is_file()
     if resume:
         try:

@@ -1,0 +1,96 @@
+"""The SD-width reference model (reference/sd_width.py) and the problem-dimension measures."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from reference import sd_width  # noqa: E402
+
+
+def _basis(wide: int, narrow: int, seed: int = 0) -> np.ndarray:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((wide, narrow)))
+    return q
+
+
+def test_fill_leaves_the_isometric_part_and_fills_the_rest() -> None:
+    wide, narrow, vocab = 24, 4, 50
+    rng = np.random.default_rng(1)
+    q = _basis(wide, narrow)
+    table = rng.standard_normal((vocab, narrow)) @ q.T  # rows inside the isometric span
+    text = {sd_width.TABLE_KEY: table.copy()}
+    for i in range(2):
+        for name in sd_width.READS + sd_width.WRITES:
+            text[f"text_model.encoder.layers.{i}.{name}.weight"] = rng.standard_normal((narrow, narrow))
+            text[f"text_model.encoder.layers.{i}.{name}.weight"] = q @ text[f"text_model.encoder.layers.{i}.{name}.weight"] @ q.T
+    unet = {"down.0.attn2.to_k.weight": rng.standard_normal((6, narrow)) @ q.T}
+    before_text = {k: v.copy() for k, v in text.items()}
+    before_unet = {k: v.copy() for k, v in unet.items()}
+    trained = np.array([3, 7, 11])
+    record = sd_width.fill(text, unet, q, trained, seed=5)
+
+    rows = text[sd_width.TABLE_KEY]
+    # Trained rows keep their part in the span and gain an equally large one outside it.
+    np.testing.assert_allclose(rows[trained] @ q, table[trained] @ q, atol=1e-12)
+    outside = rows[trained] - (rows[trained] @ q) @ q.T
+    np.testing.assert_allclose(np.linalg.norm(outside, axis=1), np.linalg.norm(table[trained], axis=1), rtol=1e-9)
+    # The other rows are the seeded isotropic rows, reproducible from the record alone.
+    others = np.setdiff1d(np.arange(vocab), trained)
+    regenerated = sd_width.untrained_rows(record["vocab_size"], record["width"], record["seed"], record["std"])
+    np.testing.assert_array_equal(rows[others], regenerated[others].astype(np.float64))
+    # Layers reading the stream see the span exactly as before; they now also read the rest.
+    key = "text_model.encoder.layers.1.self_attn.q_proj.weight"
+    np.testing.assert_allclose(text[key] @ q, before_text[key] @ q, atol=1e-12)
+    assert np.linalg.norm(text[key] - before_text[key]) > 0.1 * np.linalg.norm(before_text[key])
+    # Layers writing it write the span as before (plus a part outside it).
+    key = "text_model.encoder.layers.0.mlp.fc2.weight"
+    np.testing.assert_allclose(q.T @ text[key], q.T @ before_text[key], atol=1e-12)
+    np.testing.assert_allclose(unet["down.0.attn2.to_k.weight"] @ q, before_unet["down.0.attn2.to_k.weight"] @ q,
+                               atol=1e-12)
+
+
+def test_untrained_rows_are_seeded_and_fp16() -> None:
+    a = sd_width.untrained_rows(100, 8, seed=3, std=0.05)
+    assert a.dtype == np.float16 and a.shape == (100, 8)
+    np.testing.assert_array_equal(a, sd_width.untrained_rows(100, 8, seed=3, std=0.05))
+    assert not np.array_equal(a, sd_width.untrained_rows(100, 8, seed=4, std=0.05))
+    assert abs(float(a.astype(np.float64).std()) - 0.05) < 0.005
+
+
+@pytest.mark.skipif(not (sd_width.PACKED / "model_index.json").is_file(), reason="reference/model-768 not here")
+def test_materialize_the_committed_model(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    dest = sd_width.materialize(sd_width.PACKED, tmp_path / "full")
+    table = load_file(dest / "text_encoder" / "model.safetensors")[sd_width.TABLE_KEY]
+    packed = load_file(sd_width.PACKED / "text_encoder" / sd_width.PACK_FILE)
+    record = json.loads((sd_width.PACKED / "text_encoder" / sd_width.PACK_RECORD).read_text())
+    assert table.shape == (record["vocab_size"], 768)
+    np.testing.assert_array_equal(table[packed["ids"]], packed["rows"])
+    others = np.setdiff1d(np.arange(len(table)), packed["ids"])[:1000]
+    regenerated = sd_width.untrained_rows(record["vocab_size"], record["width"], record["seed"], record["std"])
+    np.testing.assert_array_equal(table[others], regenerated[others])
+    assert not (dest / "text_encoder" / sd_width.PACK_FILE).exists()
+    stamp = (dest / "text_encoder" / "model.safetensors").stat().st_mtime_ns
+    assert sd_width.materialize(sd_width.PACKED, tmp_path / "full") == dest  # cached: not written again
+    assert (dest / "text_encoder" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_problem_dimension_measures() -> None:
+    import problem_dimension as pd
+
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((2000, 5)) @ rng.standard_normal((5, 40))  # rank 5 in 40 dims
+    assert pd.components_for(rows) <= 5
+    assert pd.components_for(rng.standard_normal((4000, 40))) >= 36  # isotropic: nearly all of them
+    spectrum = pd.curvature_spectrum(np.diag([4.0, 2.0, 2.0, 0.0]))
+    assert spectrum["effective_rank"] == pytest.approx(2.0)
+    assert spectrum["participation_ratio"] == pytest.approx(64.0 / 24.0)
+    assert spectrum["eigenvalues_for_90pct"] == 3
