@@ -86,6 +86,12 @@ def check_source(source: Path) -> dict[str, dict[str, Any]]:
         raise ZoodipError(f"source folder {source} does not exist")
     if not source.is_dir():
         raise ZoodipError(f"source {source} is not a folder (expected a diffusers Stable Diffusion folder)")
+    # SDXL folders look like SD ones plus a second text encoder; refuse them before reading weights.
+    index = source / "model_index.json"
+    pipeline = _read_json(index).get("_class_name", "") if index.is_file() else ""
+    if (source / "text_encoder_2").exists() or "XL" in str(pipeline):
+        raise ZoodipError(f"{source} is an SDXL folder ({pipeline or 'it has text_encoder_2'}): zoodip exports "
+                          "Stable Diffusion 1.x/2.x only; use an SD1.5 or SD2.x folder")
     for part, files in REQUIRED_PARTS.items():
         for name in files:
             if not (source / part / name).is_file():
