@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import tempfile
 from pathlib import Path
 
 from .errors import ZoodipError
@@ -30,12 +31,25 @@ def _nearest_existing(path: Path) -> Path:
     return current
 
 
+def _writable_folder(folder: Path) -> bool:
+    """Whether an entry can be created in ``folder``, found by creating and removing one.
+
+    Permission bits alone do not say (root ignores them; read-only mounts and /proc do not).
+    """
+    try:
+        probe = tempfile.mkdtemp(prefix=".zoodip-probe-", dir=folder)
+    except OSError:
+        return False
+    os.rmdir(probe)
+    return True
+
+
 def _check_creatable(path: Path, flag: str) -> None:
     """``path`` does not exist yet: its nearest existing ancestor must be a writable folder."""
     anchor = _nearest_existing(path.absolute())
     if not anchor.is_dir():
         raise ZoodipError(f"{flag} {path} lies under {anchor}, which is a file, not a folder: choose another path")
-    if not os.access(anchor, os.W_OK | os.X_OK):
+    if not _writable_folder(anchor):
         raise ZoodipError(f"{flag} {path} cannot be created: {anchor} is not writable; choose a writable location")
 
 
@@ -47,7 +61,7 @@ def check_output_dir(path: str | os.PathLike[str], flag: str = "--output_dir") -
     if path.exists():
         if not path.is_dir():
             raise ZoodipError(f"{flag} {path} is an existing file, not a folder: choose a folder path")
-        if not os.access(path, os.W_OK | os.X_OK):
+        if not _writable_folder(path):
             raise ZoodipError(f"{flag} {path} is not writable: choose a writable folder")
         return path
     _check_creatable(path, flag)
@@ -59,12 +73,12 @@ def check_output_file(path: str | os.PathLike[str], flag: str, suffixes: tuple[s
     if not str(path).strip():
         raise ZoodipError(f"{flag} is empty: name the file to write")
     path = Path(path)
-    if suffixes is not None and path.suffix.lower() not in suffixes:
-        raise ZoodipError(f"{flag} {path} must end in {', '.join(suffixes)}")
     if path.is_dir():
         raise ZoodipError(f"{flag} {path} is a folder: name a file inside it, e.g. {path / ('out' + (suffixes or ('',))[0])}")
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise ZoodipError(f"{flag} {path} must end in {', '.join(suffixes)}")
     if path.exists():
-        if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK | os.X_OK):
+        if not os.access(path, os.W_OK) or not _writable_folder(path.absolute().parent):
             raise ZoodipError(f"{flag} {path} is not writable: choose another file")
         return path
     _check_creatable(path, flag)
