@@ -393,3 +393,11 @@ def test_export_refuses_an_sdxl_folder_up_front(tiny_sd_folder, tmp_path, capsys
     code, _, err = run_cli(["export", sdxl, out, "--quiet"], capsys)
     assert_refused(code, err, "SDXL")
     assert not out.exists()
+
+
+def test_max_token_norm_reads_the_table_without_the_map(tiny_export):
+    from zoodip.model import ExportedModel
+
+    model = ExportedModel.load(tiny_export)
+    table = np.asarray(model.token_embeddings, np.float32)
+    assert model.max_token_norm(rows=1000) == pytest.approx(float(np.sqrt((table ** 2).sum(1).max())), rel=1e-6)

@@ -264,7 +264,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .paths import check_output_dir
 
+    check_output_dir(args.out, "--out")
     run_demo(Path(args.out), steps=args.steps, threads=args.threads, progress=not args.no_progress)
     return 0
 

@@ -298,11 +298,25 @@ class ExportedModel:
         """A short hash of the manifest, which lists every file's sha256: another export, another identity."""
         return hashlib.sha256((self.folder / "manifest.json").read_bytes()).hexdigest()[:16]
 
-    def max_token_norm(self, chunk: int = 8192) -> float:
-        """The largest L2 norm of a row of the token-embedding table (read in chunks: it is memory-mapped)."""
+    def max_token_norm(self, rows: int = 4096) -> float:
+        """The largest L2 norm of a row of the token-embedding table.
+
+        Read from the file in chunks with plain reads, not through the memory map: touching every
+        page of the map would add the whole table to the resident set of a memory-budgeted run.
+        """
         table = self.token_embeddings
-        return max(float(np.sqrt(np.max(np.sum(np.square(table[i : i + chunk], dtype=np.float32), axis=1))))
-                   for i in range(0, len(table), chunk))
+        path = self.folder / self.manifest["token_embeddings"]["file"]
+        offset = getattr(table, "offset", None)
+        if offset is None or not table.flags.c_contiguous:  # not a plain memory map: read it as it is
+            return float(np.sqrt(np.max(np.sum(np.square(np.asarray(table, np.float32)), axis=1))))
+        width, dtype, best = table.shape[1], table.dtype, 0.0
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            for start in range(0, table.shape[0], rows):
+                count = min(rows, table.shape[0] - start)
+                chunk = np.frombuffer(handle.read(count * width * dtype.itemsize), dtype=dtype).reshape(count, width)
+                best = max(best, float(np.max(np.sum(np.square(chunk, dtype=np.float32), axis=1))))
+        return float(np.sqrt(best))
 
     @property
     def prediction_type(self) -> str:

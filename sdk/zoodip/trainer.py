@@ -23,7 +23,6 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,6 +35,7 @@ from .images import list_images, load_images
 from .limits import check_image_size
 from .model import ExportedModel, RuntimeOptions
 from .paths import check_output_dir, open_new_file, remove_stale_temp_files, temp_path
+from .run_checks import check_outcome, read_log, sha256_of_files
 from .prompts import PromptSampler, load_captions
 from .zo import PartialUniformTimesteps, RandomGradientEstimator, SubspaceProjector, VocabularySubspace, ZOAdam, ZOSGD
 
@@ -166,39 +166,6 @@ def default_tau(width: int) -> int:
     return PAPER_TAU if 2 * PAPER_TAU <= width else max(2, width // 2)
 
 
-def sha256_of_files(paths: Iterable[Path]) -> str:
-    """One hash over the names and bytes of ``paths`` (the photos a run learns from)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode() + b"\0")
-        try:
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-        except OSError as exc:
-            raise ZoodipError(f"cannot read {path} ({exc.strerror or exc}): check the file") from None
-    return digest.hexdigest()[:16]
-
-
-# Outcome checks: a run that ends here is reported as an error, not as "done".
-BLOWUP_NORM_FACTOR = 100.0  # final norm above this many times the largest vocabulary row norm
-STILL_RELATIVE_CHANGE = 1e-6  # ||v - v_init|| below this fraction of ||v_init||
-
-
-def check_outcome(v: np.ndarray, v_init: np.ndarray, vocabulary_max_norm: float) -> None:
-    """Refuse an embedding from a run that blew up (non-finite or huge) or never moved."""
-    if not np.all(np.isfinite(v)):
-        raise ZoodipError("the run blew up: the embedding is NaN or infinite; lower --learning_rate "
-                          "(reference 1e-2) or --mu (reference 1e-3) and start again in a new --output_dir")
-    norm = float(np.linalg.norm(v.astype(np.float64)))
-    if norm > BLOWUP_NORM_FACTOR * vocabulary_max_norm:
-        raise ZoodipError(f"the run blew up: the embedding's norm is {norm:.3g}, over {BLOWUP_NORM_FACTOR:g}x the "
-                          f"largest word's ({vocabulary_max_norm:.3g}); lower --learning_rate (reference 1e-2) and "
-                          "start again in a new --output_dir")
-    moved = float(np.linalg.norm(v.astype(np.float64) - v_init.astype(np.float64)))
-    if moved <= STILL_RELATIVE_CHANGE * float(np.linalg.norm(v_init.astype(np.float64))):
-        raise ZoodipError(f"the run never moved the embedding (change {moved:.3g}): --mu or --learning_rate is "
-                          "far from useful (reference 1e-3 and 1e-2); start again in a new --output_dir")
-
-
 @dataclass
 class Progress:
     """What a progress callback receives after every step (and at evaluations and the end)."""
@@ -263,31 +230,6 @@ class DenoisingLoss:
         self.forwards += m
         # Accumulate in float64: the finite differences are ~mu * |grad| small.
         return np.mean(np.square(pred - target[None], dtype=np.float64), axis=(1, 2, 3))
-
-
-def read_log(path: Path) -> list[dict]:
-    """The records of an append-only JSON-lines log; a torn last line (power cut mid-append) is dropped.
-
-    A damaged line before the last one is not a torn append: that is an error naming the line.
-    """
-    try:
-        lines = path.read_bytes().split(b"\n")
-    except OSError as exc:
-        raise ZoodipError(f"cannot read {path} ({exc.strerror or exc}): check the file") from None
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-    records: list[dict] = []
-    for index, (number, line) in enumerate(numbered):
-        try:
-            record = json.loads(line.decode("utf-8"))
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-        except ValueError:  # also UnicodeDecodeError
-            if index == len(numbered) - 1:
-                break  # torn by an interrupted append: the step it described is redone
-            raise ZoodipError(f"{path} is damaged at line {number} (not a JSON object): delete that line "
-                              "or the whole log and resume again") from None
-        records.append(record)
-    return records
 
 
 def _atomic_write_bytes(path: Path, write: Callable[[object], None]) -> None:
@@ -358,7 +300,6 @@ class Personalizer:
             )
         self.placeholder_id = tokenizer.add_placeholder(config.placeholder_token)[0]
         self.v_init = np.asarray(model.token_embeddings[init_ids[0]], dtype=np.float32)
-        self.vocabulary_max_norm = model.max_token_norm()
 
         photo_files = list_images(config.images)
         self.image_names, images = load_images(photo_files, self.resolution)
@@ -642,7 +583,7 @@ class Personalizer:
         final = self.best_v if status == "early-stopped" else self.v
         embedding_path = None
         if status == "done" and self.step > 0:
-            check_outcome(final, self.v_init, self.vocabulary_max_norm)
+            check_outcome(final, self.v_init, self.model.max_token_norm())
         if status != "cancelled":
             embedding_path = save_learned_embeds(out / EMBEDDING_NAME, config.placeholder_token, final[None])
         self._report(status, loss, self.eval_history[-1][1] if self.eval_history else None, started, forwards_at_start)
