@@ -210,9 +210,11 @@ def test_numbers_out_of_range_are_refused_up_front(tiny_export, photos, work, ca
     assert tree(work) == set()
 
 
-def test_generate_size_beyond_memory_is_refused_with_the_limit(tiny_export, work, capsys):
-    code, _, err = run_cli(generate_args(tiny_export, work / "x.png", "--width", "100000", "--height", "100000"), capsys)
-    assert_refused(code, err, "use at most")
+@pytest.mark.parametrize("flags,needle", [(["--width", "100000", "--height", "100000"], "use at most"),
+                                         (["--num-images", "100000"], "from 1 to 64")])
+def test_generate_sizes_beyond_the_limits_are_refused_with_the_limit(tiny_export, work, capsys, flags, needle):
+    code, _, err = run_cli(generate_args(tiny_export, work / "x.png", *flags), capsys)
+    assert_refused(code, err, needle)
     assert tree(work) == set()
 
 
