@@ -403,3 +403,14 @@ def test_max_token_norm_reads_the_table_without_the_map(tiny_export):
     model = ExportedModel.load(tiny_export)
     table = np.asarray(model.token_embeddings, np.float32)
     assert model.max_token_norm(rows=1000) == pytest.approx(float(np.sqrt((table ** 2).sum(1).max())), rel=1e-6)
+
+
+@pytest.mark.parametrize("case,needle", [("under-a-file", "which is a file"), ("empty", "OUT_DIR is empty"),
+                                         ("existing-file", "is an existing file")])
+def test_export_out_dir_is_checked_first(work, capsys, case, needle):
+    (work / "afile").write_text("x")
+    out = {"under-a-file": work / "afile" / "model", "empty": "", "existing-file": work / "afile"}[case]
+    before = tree(work)
+    code, _, err = run_cli(["export", "--tiny", out, "--quiet", "--no-parity"], capsys)
+    assert_refused(code, err, needle)
+    assert tree(work) == before

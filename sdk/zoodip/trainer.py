@@ -498,8 +498,13 @@ class Personalizer:
 
     # -- the run -------------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
-        with open(self.config.output_dir / LOG_NAME, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        path = self.config.output_dir / LOG_NAME
+        try:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise ZoodipError(f"cannot append to {path} ({exc.strerror or exc}): free space or fix the file, "
+                              "then resume with --resume (the last checkpoint is intact)") from None
 
     def _truncate_log(self) -> None:
         """On resume, drop log lines of steps after the checkpoint (they will be redone)."""
@@ -521,14 +526,20 @@ class Personalizer:
                 value = self._record_eval()
                 self._log({"step": 0, "eval_loss": value})
             self.save_checkpoint()
-        except BaseException:
+        except BaseException as exc:
             for name in ("config.json", LOG_NAME, CHECKPOINT_NAME):
-                (out / name).unlink(missing_ok=True)
+                try:
+                    (out / name).unlink(missing_ok=True)
+                except OSError:
+                    pass
             for folder in missing:  # innermost first; only folders this run created
                 try:
                     folder.rmdir()
                 except OSError:
                     pass
+            if isinstance(exc, OSError):
+                raise ZoodipError(f"cannot start the run in {out} ({exc.strerror or exc}): free space or "
+                                  "choose another --output_dir") from None
             raise
 
     def _record_eval(self) -> float:
