@@ -211,7 +211,8 @@ def test_numbers_out_of_range_are_refused_up_front(tiny_export, photos, work, ca
 
 
 @pytest.mark.parametrize("flags,needle", [(["--width", "100000", "--height", "100000"], "use at most"),
-                                         (["--num-images", "100000"], "from 1 to 64")])
+                                         (["--num-images", "100000"], "from 1 to 64"),
+                                         (["--threads", "-3"], "--threads must be")])
 def test_generate_sizes_beyond_the_limits_are_refused_with_the_limit(tiny_export, work, capsys, flags, needle):
     code, _, err = run_cli(generate_args(tiny_export, work / "x.png", *flags), capsys)
     assert_refused(code, err, needle)
@@ -227,6 +228,15 @@ def test_image_size_limit_is_a_floor_that_names_its_limit():
     check_image_size(side, side, 8, "x", memory_budget_mb=1024)  # the largest side named fits
     with pytest.raises(ZoodipError, match=f"use at most {side} px"):
         check_image_size(side + 8, side + 8, 8, "x", memory_budget_mb=1024)
+
+
+def test_photo_count_beyond_memory_is_refused_with_the_limit():
+    from zoodip.errors import ZoodipError
+    from zoodip.limits import check_photo_count
+
+    check_photo_count(10, 512, views=2, memory_budget_mb=1300)  # the low-memory SD1.5 setting: fine
+    with pytest.raises(ZoodipError, match="use at most 433 "):  # 3 MiB per 512-px photo in 1300 MiB
+        check_photo_count(10_000, 512, memory_budget_mb=1300)
 
 
 def test_embedding_file_is_refused_from_its_header(tmp_path, tiny_export, capsys):

@@ -215,6 +215,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .paths import check_output_file
 
     out = check_output_file(args.out, "--out", (".png", ".jpg", ".jpeg", ".webp"))
+    if args.threads < 0:
+        raise ZoodipError(f"--threads must be an integer >= 0 (0: all cores), got {args.threads}")
     model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads))
     added = {}
     for path in args.embedding or []:
@@ -229,14 +231,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
                       guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
                       height=args.height, width=args.width, num_images=args.num_images, added_embeddings=added)
     picture = images[0] if len(images) == 1 else image_grid([images])
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
+    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")  # keeps the suffix: Pillow picks the format by it
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         picture.save(tmp)
         tmp.replace(out)
-    except OSError as exc:
+    except BaseException as exc:  # also Ctrl-C mid-save: no temp file left in the user's folder
         tmp.unlink(missing_ok=True)
-        raise ZoodipError(f"cannot write --out {out} ({exc.strerror or exc}): free space or choose another file") from None
+        if isinstance(exc, OSError):
+            raise ZoodipError(f"cannot write --out {out} ({exc.strerror or exc}): free space or choose another file") from None
+        raise
     print(f"wrote {out}")
     return 0
 

@@ -64,3 +64,17 @@ def check_image_size(height: int, width: int, vae_scale_factor: int, what: str, 
 
 def _gb(n: int) -> str:
     return f"{n / 2**30:.3g} GB" if n < 2**60 else f"{n / 2**30:.2e} GB"
+
+
+def check_photo_count(count: int, resolution: int, views: int = 1, memory_budget_mb: int | None = None) -> None:
+    """Refuse more photos than their decoded pixels (float32 RGB, once per view) can fit in memory."""
+    available, where = available_bytes(memory_budget_mb)
+    if available is None:
+        return
+    per_photo = views * 3 * int(resolution) ** 2 * _FLOAT32
+    if count * per_photo > available:
+        raise ZoodipError(
+            f"{count} photos at {resolution} px take {_gb(count * per_photo)} decoded, more than {where}: "
+            f"use at most {available // per_photo} (3-10 photos are typical)"
+        )
+

@@ -32,7 +32,7 @@ import numpy as np
 from .embeddings import save_learned_embeds
 from .errors import ZoodipError
 from .images import list_images, load_images
-from .limits import check_image_size
+from .limits import check_image_size, check_photo_count
 from .model import ExportedModel, RuntimeOptions
 from .paths import check_output_dir, open_new_file, remove_stale_temp_files, temp_path
 from .run_checks import check_outcome, read_log, sha256_of_files
@@ -302,6 +302,7 @@ class Personalizer:
         self.v_init = np.asarray(model.token_embeddings[init_ids[0]], dtype=np.float32)
 
         photo_files = list_images(config.images)
+        check_photo_count(len(photo_files), self.resolution, 2 if config.flip else 1, config.memory_budget_mb)
         self.image_names, images = load_images(photo_files, self.resolution)
         # What the run learns from and with: a checkpoint resumes only with the same photos and model.
         self.photos_id = sha256_of_files(photo_files + ([config.captions] if config.captions else []))
