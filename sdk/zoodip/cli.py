@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import signal
-import warnings
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Sequence
 

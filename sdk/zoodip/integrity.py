@@ -57,6 +57,7 @@ def _load_cache() -> dict[str, Any]:
 def _save_cache(cache: dict[str, Any]) -> None:
     folder = cache_dir()
     tmp = folder / f".{CACHE_FILE}.tmp-{os.getpid()}"
+    cache = {key: entry for key, entry in cache.items() if os.path.exists(key)}  # forget deleted exports
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(cache), encoding="utf-8")
