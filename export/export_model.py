@@ -86,6 +86,12 @@ def check_source(source: Path) -> dict[str, dict[str, Any]]:
         raise ZoodipError(f"source folder {source} does not exist")
     if not source.is_dir():
         raise ZoodipError(f"source {source} is not a folder (expected a diffusers Stable Diffusion folder)")
+    # SDXL folders look like SD ones plus a second text encoder; refuse them before reading weights.
+    index = source / "model_index.json"
+    pipeline = _read_json(index).get("_class_name", "") if index.is_file() else ""
+    if (source / "text_encoder_2").exists() or "XL" in str(pipeline):
+        raise ZoodipError(f"{source} is an SDXL folder ({pipeline or 'it has text_encoder_2'}): zoodip exports "
+                          "Stable Diffusion 1.x/2.x only; use an SD1.5 or SD2.x folder")
     for part, files in REQUIRED_PARTS.items():
         for name in files:
             if not (source / part / name).is_file():
@@ -134,8 +140,9 @@ def model_info(configs: dict[str, dict[str, Any]], sample_size: int | None) -> d
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ZoodipError(f"output {out_dir} exists and is not a folder")
+    from zoodip.paths import check_output_dir
+
+    check_output_dir(out_dir, "OUT_DIR")  # not a file, not under one, creatable: before any work
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
             raise ZoodipError(f"output folder {out_dir} exists and is not empty (use --overwrite to replace it)")
@@ -462,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.paths) != expected:
             usage = "--tiny OUT_DIR" if args.tiny else "SRC_FOLDER OUT_DIR"
             raise ZoodipError(f"expected {usage}, got {len(args.paths)} path(s)")
+        if not args.paths[-1].strip():  # Path("") would be the current folder
+            raise ZoodipError("OUT_DIR is empty: name the folder to export into")
         source = None if args.tiny else Path(args.paths[0])
         precision = args.precision or RECIPE_PRECISION.get(args.recipe or "", "int8")
         export_model(source, Path(args.paths[-1]), tiny=args.tiny, precision=precision, recipe=args.recipe,

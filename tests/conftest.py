@@ -29,3 +29,11 @@ def tiny_export(tiny_sd_folder, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def photos() -> Path:
     return EXAMPLE_PHOTOS
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_verification_cache(tmp_path_factory):
+    """Remembered sha256 checks (zoodip.integrity) go to a session folder, never the user's cache."""
+    import os
+
+    os.environ["ZOODIP_CACHE_DIR"] = str(tmp_path_factory.mktemp("zoodip-cache"))

@@ -3,9 +3,11 @@
     zoodip export SRC_DIR OUT_DIR            (or --tiny)   diffusers folder -> INT8 ONNX export
     zoodip personalize --model EXPORT --train_data_dir PHOTOS --output_dir OUT --placeholder_token "<my-dog>" ...
     zoodip generate --model EXPORT --embedding OUT/learned_embeds.safetensors --prompt "a photo of <my-dog>"
+    zoodip verify EXPORT                                      check every file of an export against its sha256
     zoodip demo                                               the whole thing on the built-in model
 
-Every user error prints one line ``error: ...`` and exits with status 2.
+Every user error prints one line ``error: ...`` and exits with status 2; a warning is one line
+``warning: ...``. Output locations are checked before any work starts.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import argparse
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -36,7 +39,9 @@ def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=2, help="random directions per step (n+1 forwards per step)")
     p.add_argument("--mu", type=float, default=1e-3, help="finite-difference perturbation")
-    p.add_argument("--tau", type=int, default=128, help="Subspace Gradient history length")
+    p.add_argument("--tau", type=int, default=None,
+                   help="Subspace Gradient history length (default: the paper's 128, or half the embedding width "
+                        "on models narrower than 256)")
     p.add_argument("--nu", type=float, default=1e-3, help="Subspace Gradient: variance fraction dropped")
     p.add_argument("--no-subspace", action="store_true", help="turn Subspace Gradient off (ablation)")
     p.add_argument("--subspace-mode", choices=["history-span", "principal"], default="history-span",
@@ -70,7 +75,7 @@ def _config_from_args(args: argparse.Namespace):
     from .trainer import PersonalizeConfig
 
     return PersonalizeConfig(
-        export_dir=Path(args.model), images=Path(args.train_data_dir), output_dir=Path(args.output_dir),
+        export_dir=Path(args.model), images=Path(args.train_data_dir), output_dir=args.output_dir,
         placeholder_token=args.placeholder_token, initializer_token=args.initializer_token,
         learnable_property=args.learnable_property, resolution=args.resolution,
         max_train_steps=args.max_train_steps, learning_rate=args.learning_rate, seed=args.seed,
@@ -151,26 +156,52 @@ class _GracefulStop:
         return 128 + int(self.signum or signal.SIGINT)
 
 
+class _LazyJsonl:
+    """``--progress-jsonl PATH``: checked up front, opened (for appending) at the first event only,
+    so a run refused during setup leaves no progress file behind."""
+
+    def __init__(self, target: str) -> None:
+        from .paths import check_output_file
+
+        self.stream = sys.stdout if target == "-" else None
+        self.path = None if target == "-" else check_output_file(target, "--progress-jsonl")
+        self.write = None
+
+    def __call__(self, progress) -> None:
+        from .api import jsonl_progress_writer
+
+        if self.write is None:
+            if self.stream is None:
+                try:
+                    self.stream = open(self.path, "a", encoding="utf-8")
+                except OSError as exc:
+                    raise ZoodipError(f"cannot write --progress-jsonl {self.path} ({exc.strerror or exc}): choose another file") from None
+            self.write = jsonl_progress_writer(self.stream)
+        self.write(progress)
+
+    def close(self) -> None:
+        if self.stream is not None and self.stream is not sys.stdout:
+            self.stream.close()
+
+
 def cmd_personalize(args: argparse.Namespace) -> int:
-    from .api import jsonl_progress_writer
+    from .paths import check_output_dir
     from .trainer import personalize
 
     config = _config_from_args(args)
     config.validate()  # a bad setting is one line on stderr, before any progress bar is drawn
+    check_output_dir(config.output_dir)
+    jsonl = _LazyJsonl(args.progress_jsonl) if args.progress_jsonl else None
     bar = _ProgressBar(config.max_train_steps, enabled=not args.no_progress)
-    callbacks = [bar]
-    stream = None
-    if args.progress_jsonl:
-        stream = sys.stdout if args.progress_jsonl == "-" else open(args.progress_jsonl, "a", encoding="utf-8")
-        callbacks.append(jsonl_progress_writer(stream))
+    callbacks = [bar] + ([jsonl] if jsonl else [])
     try:
         with _GracefulStop() as stop:
             result = personalize(config, lambda p: [cb(p) for cb in callbacks], resume=args.resume,
                                  cancel_event=stop.event)
     finally:
         bar.close()
-        if stream is not None and stream is not sys.stdout:
-            stream.close()
+        if jsonl is not None:
+            jsonl.close()
     out = sys.stderr if args.progress_jsonl == "-" else sys.stdout
     print(f"{result.status}: {result.steps} steps; eval loss {result.initial_eval_loss} -> {result.final_eval_loss}", file=out)
     if result.embedding_path:
@@ -185,25 +216,37 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .embeddings import check_hidden_size, load_embedding_file
     from .generate import generate
     from .images import image_grid
+    from .limits import check_image_size
     from .model import ExportedModel, RuntimeOptions
+    from .paths import check_output_file
 
+    out = check_output_file(args.out, "--out", (".png", ".jpg", ".jpeg", ".webp"))
+    if args.threads < 0:
+        raise ZoodipError(f"--threads must be an integer >= 0 (0: all cores), got {args.threads}")
     model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads))
     added = {}
     for path in args.embedding or []:
         token, vectors = load_embedding_file(path)
         check_hidden_size(vectors, model.hidden_size, path)
         added[token] = vectors
+    factor = model.vae_scale_factor
+    height, width = args.height or model.default_resolution, args.width or model.default_resolution
+    if height > 0 and width > 0 and not (height % factor or width % factor):  # other sizes: generate() says why
+        check_image_size(height, width, factor, f"--height {height} --width {width}")
     images = generate(model, args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                       guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
                       height=args.height, width=args.width, num_images=args.num_images, added_embeddings=added)
-    out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise ZoodipError(f"--out {out} must end in .png, .jpg or .webp")
-    out.parent.mkdir(parents=True, exist_ok=True)
     picture = images[0] if len(images) == 1 else image_grid([images])
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
-    picture.save(tmp)
-    tmp.replace(out)
+    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")  # keeps the suffix: Pillow picks the format by it
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(tmp)
+        tmp.replace(out)
+    except BaseException as exc:  # also Ctrl-C mid-save: no temp file left in the user's folder
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ZoodipError(f"cannot write --out {out} ({exc.strerror or exc}): free space or choose another file") from None
+        raise
     print(f"wrote {out}")
     return 0
 
@@ -219,9 +262,21 @@ def cmd_export(argv: Sequence[str]) -> int:
     return export_main(list(argv))
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .integrity import verify_files
+    from .model import read_manifest
+
+    manifest = read_manifest(Path(args.model))
+    files, size = verify_files(Path(args.model), manifest["files"], force=True)
+    print(f"ok: {files} files ({size / 2**20:.1f} MiB) match the manifest's sha256 values")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .paths import check_output_dir
 
+    check_output_dir(args.out, "--out")
     run_demo(Path(args.out), steps=args.steps, threads=args.threads, progress=not args.no_progress)
     return 0
 
@@ -247,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=0)
     g.add_argument("--out", default="out.png")
 
+    v = sub.add_parser("verify", help="check every file of an export folder against the manifest's sha256 values")
+    v.add_argument("model", help="zoodip export folder")
+
     d = sub.add_parser("demo", help="export the built-in model, personalize it on bundled photos, write a before/after grid")
     d.add_argument("--out", default="demo_out")
     d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
@@ -255,14 +313,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr (Python's default adds the source line and the file name)."""
+    print("warning: " + " ".join(str(message).split()), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "export":
             return cmd_export(argv[1:])
         args = build_parser().parse_args(argv)
-        handler = {"personalize": cmd_personalize, "generate": cmd_generate, "demo": cmd_demo}[args.command]
-        return handler(args)
+        handler = {"personalize": cmd_personalize, "generate": cmd_generate, "verify": cmd_verify,
+                   "demo": cmd_demo}[args.command]
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return handler(args)
     except ZoodipError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ZoodipError.exit_code

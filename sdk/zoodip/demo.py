@@ -118,7 +118,7 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     from .cli import _ProgressBar
     from .generate import generate
     from .images import image_grid, load_images, to_pil
-    from .model import ExportedModel, RuntimeOptions, read_manifest
+    from .model import ExportedModel, RuntimeOptions
     from .trainer import PersonalizeConfig, personalize
 
     out = Path(out)
@@ -141,9 +141,8 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     config = PersonalizeConfig(export_dir=export_dir, images=photos_dir, output_dir=run_dir,
                                placeholder_token=DEMO_TOKEN, initializer_token=DEMO_INITIALIZER,
                                max_train_steps=steps, eval_every=max(1, steps // 10), checkpoint_every=max(1, steps // 5),
-                               # Subspace Gradient needs a history shorter than the embedding width
-                               # (tau < d, as 128 < 768 on SD1.5); the tiny fallback model is 32 wide.
-                               tau=min(PersonalizeConfig.tau, int(read_manifest(export_dir)["model"]["hidden_size"]) // 2),
+                               # tau: the default (the paper's 128 on the 768-wide built-in model; half the
+                               # width on the 32-wide fallback, since Subspace Gradient needs tau < d).
                                threads=threads)
     resume = (run_dir / "checkpoint.npz").is_file()
     if resume:

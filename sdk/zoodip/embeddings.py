@@ -20,6 +20,11 @@ import numpy as np
 from .errors import ZoodipError
 from .safetensors_io import read_file, save_file
 
+# A prompt holds at most 75 tokens (77 with its start and end markers), so no usable embedding has
+# more vectors; text encoders in use are at most 4096 wide. Checked on the file's header, before
+# its data is read: a multi-GB checkpoint passed by mistake is refused after a few kB.
+MAX_VECTORS = 75
+MAX_WIDTH = 4096
 _PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
 # Pickles are converted on a desktop with torch, by a script kept outside the SDK.
 _CONVERT_HINT = "convert it on a desktop with: python tools/pt_embedding_to_safetensors.py IN.pt OUT.safetensors"
@@ -62,17 +67,28 @@ def load_embedding_file(path: str | os.PathLike[str], token: str | None = None) 
     )
     if path.suffix.lower() in _PICKLE_SUFFIXES:
         raise pickle_error
+    chosen: list[str] = []
+    parsed: list[bool] = []  # the header parsed: whatever goes wrong next, it is not a pickle
+
+    def select(header: dict[str, dict]) -> list[str]:
+        parsed.append(True)
+        if not header:
+            raise ZoodipError(f"{path} holds no tensors: it is not a textual-inversion embedding")
+        name = _pick_embedding(header, path)
+        _check_embedding_header(header[name], path)
+        chosen.append(name)
+        return [name]
+
     try:
-        tensors, _ = read_file(path)
+        tensors, _ = read_file(path, select=select)
     except ZoodipError:
         # A renamed torch.save file: say what it is rather than "invalid safetensors".
-        if _looks_pickled(path):
+        if not parsed and _looks_pickled(path):
             raise pickle_error from None
         raise
-    if not tensors:
-        raise ZoodipError(f"{path} holds no tensors: it is not a textual-inversion embedding")
-
-    stored_token, vectors = _pick_embedding(tensors, path)
+    key = chosen[0]
+    stored_token = None if key == "emb_params" or key.startswith("string_to_param.") else key
+    vectors = tensors[key]
     if token is not None:
         if not isinstance(token, str) or not token.strip() or token != token.strip():
             raise ZoodipError(f"invalid token {token!r} for {path.name}: use a non-empty word without surrounding spaces")
@@ -104,18 +120,30 @@ def check_hidden_size(vectors: np.ndarray, hidden: int, path: str | os.PathLike[
         )
 
 
-def _pick_embedding(tensors: dict[str, np.ndarray], path: Path) -> tuple[str | None, np.ndarray]:
-    """The (stored token or None, tensor) of an embedding file, by layout."""
+def _check_embedding_header(info: dict, path: Path) -> None:
+    """Refuse, from the header alone, a tensor that cannot be an embedding (type or size)."""
+    shape = info["shape"]
+    if not str(info["dtype"]).startswith(("F", "BF")):
+        raise ZoodipError(f"{path} stores its embedding as {info['dtype']}, not floats: it is not a textual-inversion embedding")
+    if len(shape) not in (1, 2) or 0 in shape:
+        raise ZoodipError(f"{path} holds a tensor of shape {shape}, expected [num_vectors, hidden] or [hidden]")
+    vectors, width = (1, shape[0]) if len(shape) == 1 else shape
+    if vectors > MAX_VECTORS or width > MAX_WIDTH:
+        raise ZoodipError(f"{path} holds a {shape} tensor, larger than any textual-inversion embedding (at most "
+                          f"{MAX_VECTORS} vectors of width {MAX_WIDTH}): is this a model checkpoint?")
+
+
+def _pick_embedding(tensors: dict[str, object], path: Path) -> str:
+    """The name of the embedding tensor of a file, by layout (from the header's names)."""
     if "emb_params" in tensors:  # A1111/webui safetensors: the token is the file name
-        return None, tensors["emb_params"]
+        return "emb_params"
     flattened = [k for k in tensors if k.startswith("string_to_param.")]
     if len(flattened) == 1:  # an A1111 pickle's state flattened into safetensors
-        return None, tensors[flattened[0]]
+        return flattened[0]
     if {"clip_l", "clip_g"} <= set(tensors):
         raise ZoodipError(f"{path} is an SDXL embedding (clip_l + clip_g): zoodip runs SD1.x/SD2.x models; use an SD1.x/2.x embedding")
     if len(tensors) == 1:  # diffusers (and zoodip): {token: vectors}
-        (name, array), = tensors.items()
-        return name, array
+        return next(iter(tensors))
     names = sorted(tensors)
     raise ZoodipError(
         f"{path} holds {len(names)} tensors ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): "

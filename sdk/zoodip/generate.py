@@ -37,6 +37,9 @@ from .samplers import (
 )
 
 SAMPLERS = ("dpmpp_2m", "ddim", "euler")
+# Images per call: they are denoised as one UNet batch (twice that with guidance), whose activations
+# grow with the count; more than a grid's worth is asked for by mistake, not by design.
+MAX_IMAGES = 64
 # Each diffusers scheduler's own default spacing: what a pipeline uses when the scheduler config
 # does not name one (diffusers' from_config does not carry defaults across scheduler classes).
 _DEFAULT_SPACING = {"dpmpp_2m": "linspace", "ddim": "leading", "euler": "linspace"}
@@ -83,8 +86,9 @@ def generate(
     """
     if sampler not in SAMPLERS:
         raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
-    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or num_images < 1:
-        raise ZoodipError(f"num_images must be a positive integer, got {num_images!r}")
+    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or not 1 <= num_images <= MAX_IMAGES:
+        raise ZoodipError(f"num_images must be an integer from 1 to {MAX_IMAGES} (the UNet denoises them as one batch), "
+                          f"got {num_images!r}: call again with another seed for more")
     if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
         raise ZoodipError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
     if eta and sampler != "ddim":

@@ -6,18 +6,22 @@ the training resolution; what cannot be used is named in a one-line error.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ZoodipError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # GIF: its first frame
 MIN_SIDE = 32  # below this a photo holds too little of the concept to learn from
-MAX_PIXELS = 120_000_000  # larger than any phone photo; beyond it decoding alone could exhaust memory
+# Larger than any phone photo (108 MP sensors exist); beyond it decoding alone could exhaust memory.
+# This is the one limit: Pillow's own decompression-bomb guard (89 MP by default) is replaced by it
+# while a photo is opened, so the limit applied and the limit named in the message are the same.
+MAX_PIXELS = 120_000_000
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -57,18 +61,33 @@ def _to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+@contextlib.contextmanager
+def _pillow_pixel_limit(limit: int) -> Iterator[None]:
+    """Pillow warns above ``Image.MAX_IMAGE_PIXELS`` and refuses above twice that: make its limit ours.
+
+    (A process-wide setting, restored on exit; photos are decoded one at a time.)
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def load_image(path: str | Path, resolution: int) -> np.ndarray:
     """One photo -> float32 [3, resolution, resolution] in [-1, 1]."""
     path = Path(path)
+    too_large = ZoodipError(f"{path} is too large to decode safely: downscale it below {MAX_PIXELS / 1e6:g} megapixels")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pillow_pixel_limit(MAX_PIXELS):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 width, height = opened.size
                 if width * height > MAX_PIXELS:
                     raise ZoodipError(
                         f"{path} is {width}x{height} px, too large to decode safely: downscale it below "
-                        f"{MAX_PIXELS // 1_000_000} megapixels"
+                        f"{MAX_PIXELS / 1e6:g} megapixels"
                     )
                 # JPEG can decode at a reduced scale directly: a 48 MP photo never becomes 48 MP in memory.
                 opened.draft("RGB", (max(resolution, MIN_SIDE) * 2, max(resolution, MIN_SIDE) * 2))
@@ -77,7 +96,7 @@ def load_image(path: str | Path, resolution: int) -> np.ndarray:
     except ZoodipError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ZoodipError(f"{path} is too large to decode safely: downscale it below {MAX_PIXELS // 1_000_000} megapixels") from None
+        raise too_large from None
     except Exception as exc:  # PIL raises many types for broken files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ZoodipError(f"cannot read image {path} ({reason}): remove it or replace it with a JPEG/PNG photo") from None

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ZoodipError
+from .integrity import file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
 from .schedule import NoiseSchedule
 from .tokenizer import CLIPTokenizer
 
@@ -91,17 +92,80 @@ def limit_heap_arenas() -> None:
         pass
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, read in chunks (export files can be GBs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def _bad_manifest(path: Path, what: str) -> ZoodipError:
+    return ZoodipError(f"{path} {what}: the export is damaged or foreign, re-run 'zoodip export'")
+
+
+def _inside(folder: Path, relative: object, path: Path, field_name: str) -> Path:
+    """``folder / relative`` for a manifest path that must stay inside the folder (no absolute, no '..')."""
+    if not isinstance(relative, str) or not relative.strip():
+        raise _bad_manifest(path, f"has {field_name} = {relative!r}, not a file name")
+    target = (folder / relative).resolve()
+    if Path(relative).is_absolute() or not target.is_relative_to(folder.resolve()):
+        raise _bad_manifest(path, f"points {field_name} outside the export folder ({relative!r})")
+    return folder / relative
+
+
+def _typed(obj: dict[str, Any], key: str, kinds: tuple[type, ...], path: Path, where: str, required: bool = True,
+           positive: bool = False) -> Any:
+    """``obj[key]`` checked to be one of ``kinds`` (bool never counts as a number)."""
+    if key not in obj or obj[key] is None:
+        if required:
+            raise _bad_manifest(path, f"lacks {where}{key}")
+        return None
+    value = obj[key]
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise _bad_manifest(path, f"has {where}{key} = {value!r} of the wrong type")
+    if positive and not (value > 0 and (not isinstance(value, float) or value < float("inf"))):
+        raise _bad_manifest(path, f"has {where}{key} = {value!r}, not a positive number")
+    return value
+
+
+def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
+    """Types, required fields and in-folder paths of a manifest (docs/export-format.md); one line per problem."""
+    for key in ("model", "graphs", "files", "token_embeddings"):
+        _typed(manifest, key, (dict,), path, "")
+    _typed(manifest, "session", (dict,), path, "", required=False)
+    model = manifest["model"]
+    for key in ("hidden_size", "latent_channels", "vae_scale_factor", "sample_size"):
+        _typed(model, key, (int,), path, "model.", positive=True)
+    for key in ("cross_attention_dim", "max_length"):
+        _typed(model, key, (int,), path, "model.", required=False, positive=True)
+    _typed(model, "scaling_factor", (int, float), path, "model.", positive=True)
+    _typed(model, "prediction_type", (str,), path, "model.", required=False)
+    files = manifest["files"]
+    for name, info in files.items():
+        _inside(folder, name, path, "a files entry")
+        if not isinstance(info, dict):
+            raise _bad_manifest(path, f"has files[{name!r}] = {info!r}, not an object")
+        size = _typed(info, "bytes", (int,), path, f"files[{name!r}].", required=False)
+        if size is not None and size < 0:
+            raise _bad_manifest(path, f"has a negative size for {name!r}")
+        digest = _typed(info, "sha256", (str,), path, f"files[{name!r}].", required=False)
+        if digest is not None and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+            raise _bad_manifest(path, f"has files[{name!r}].sha256 = {digest!r}, not a sha256")
+    for name in GRAPHS:
+        graph = _typed(manifest["graphs"], name, (dict,), path, "graphs.")
+        for key in ("file", "external_data"):
+            relative = _typed(graph, key, (str,), path, f"graphs.{name}.", required=key == "file")
+            if relative is not None:
+                _inside(folder, relative, path, f"graphs.{name}.{key}")
+                if relative not in files:  # every weight file is size- and hash-checked
+                    raise _bad_manifest(path, f"does not list graphs.{name}.{key} {relative!r} among its files")
+        _typed(graph, "inputs", (dict,), path, f"graphs.{name}.", required=False)
+    table = _typed(manifest["token_embeddings"], "file", (str,), path, "token_embeddings.")
+    _inside(folder, table, path, "token_embeddings.file")
+    for key in ("tokenizer", "scheduler"):
+        _inside(folder, _typed(manifest, key, (str,), path, ""), path, key)
+    session = manifest.get("session") or {}
+    _typed(session, "disable_quant_qdq", (bool,), path, "session.", required=False)
+    disabled = _typed(session, "disabled_optimizers", (list,), path, "session.", required=False)
+    if disabled is not None and not all(isinstance(x, str) for x in disabled):
+        raise _bad_manifest(path, "has session.disabled_optimizers that are not all names")
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    """Read and check ``manifest.json`` of an export folder (structure and files present, sizes)."""
+    """Read and check ``manifest.json`` of an export folder (fields, paths, files present, sizes)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ZoodipError(f"export folder {folder} does not exist: create it with 'zoodip export'")
@@ -123,8 +187,9 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         if key not in manifest:
             raise ZoodipError(f"{path} lacks '{key}': the export is incomplete, re-run 'zoodip export'")
     for name in GRAPHS:
-        if name not in manifest["graphs"]:
+        if not isinstance(manifest["graphs"], dict) or name not in manifest["graphs"]:
             raise ZoodipError(f"{path} lists no '{name}' graph: re-run 'zoodip export'")
+    check_manifest(manifest, folder, path)
     for name, info in manifest["files"].items():
         file = folder / name
         if not file.is_file():
@@ -185,14 +250,17 @@ class ExportedModel:
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
-    def load(cls, folder: str | Path, options: RuntimeOptions | None = None, verify_hashes: bool = False) -> ExportedModel:
-        """Open an export folder; ``verify_hashes`` also checks every file's sha256 (slow for SD1.5)."""
+    def load(cls, folder: str | Path, options: RuntimeOptions | None = None,
+             verify_hashes: bool | None = None) -> ExportedModel:
+        """Open an export folder after checking its manifest and files.
+
+        ``verify_hashes``: None (default) checks each file's sha256 once per file identity (see
+        ``zoodip.integrity``); True re-hashes every file now; False skips the hashes (sizes only).
+        """
         folder = Path(folder)
         manifest = read_manifest(folder)
-        if verify_hashes:
-            for name, info in manifest["files"].items():
-                if "sha256" in info and file_sha256(folder / name) != info["sha256"]:
-                    raise ZoodipError(f"{folder / name} does not match its sha256 in the manifest: re-run 'zoodip export'")
+        if verify_hashes is not False:
+            verify_files(folder, manifest["files"], force=bool(verify_hashes))
         model = cls(folder, manifest, options or RuntimeOptions())
         model.check_memory_budget()
         return model
@@ -223,6 +291,31 @@ class ExportedModel:
                 f"--memory-budget {budget} MB is below the {need} MB that the text encoder and UNet weights of "
                 f"{self.folder} alone take: raise the budget, or use an INT8 export ('zoodip export', recipe w8a32)"
             )
+
+    @property
+    def identity(self) -> str:
+        """A short hash of the manifest, which lists every file's sha256: another export, another identity."""
+        return hashlib.sha256((self.folder / "manifest.json").read_bytes()).hexdigest()[:16]
+
+    def max_token_norm(self, rows: int = 4096) -> float:
+        """The largest L2 norm of a row of the token-embedding table.
+
+        Read from the file in chunks with plain reads, not through the memory map: touching every
+        page of the map would add the whole table to the resident set of a memory-budgeted run.
+        """
+        table = self.token_embeddings
+        path = self.folder / self.manifest["token_embeddings"]["file"]
+        offset = getattr(table, "offset", None)
+        if offset is None or not table.flags.c_contiguous:  # not a plain memory map: read it as it is
+            return float(np.sqrt(np.max(np.sum(np.square(np.asarray(table, np.float32)), axis=1))))
+        width, dtype, best = table.shape[1], table.dtype, 0.0
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            for start in range(0, table.shape[0], rows):
+                count = min(rows, table.shape[0] - start)
+                chunk = np.frombuffer(handle.read(count * width * dtype.itemsize), dtype=dtype).reshape(count, width)
+                best = max(best, float(np.max(np.sum(np.square(chunk, dtype=np.float32), axis=1))))
+        return float(np.sqrt(best))
 
     @property
     def prediction_type(self) -> str:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import BinaryIO, Callable, Iterable, Mapping
 
 import numpy as np
 
 from .errors import ZoodipError
+from .paths import open_new_file, temp_path
 
 # safetensors dtype name -> little-endian NumPy dtype. BF16 has no NumPy dtype; it is read as
 # float32 (exactly: bfloat16 is the top half of a float32) and is never written.
@@ -96,9 +96,9 @@ def save_file(
     header_bytes += b" " * (-len(header_bytes) % 8)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = temp_path(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open_new_file(tmp_name) as handle:
             handle.write(len(header_bytes).to_bytes(8, "little"))
             handle.write(header_bytes)
             for chunk in chunks:
@@ -138,66 +138,87 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 
 def load_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file ({} when it has none)."""
-    return read_file(path)[1]
+    """The ``__metadata__`` of a safetensors file ({} when it has none); reads the header only."""
+    return read_file(path, select=lambda header: [])[1]
 
 
-def read_file(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Tensors and metadata of a safetensors file; any malformation is a ``ZoodipError``."""
+def read_file(path: str | os.PathLike[str], select: Callable[[dict[str, dict]], Iterable[str]] | None = None,
+              ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; any malformation is a ``ZoodipError``.
+
+    The header is read and checked first; ``select(header)`` (tensor name -> {dtype, shape,
+    data_offsets}) may then name the tensors to read, or raise to refuse the file, so a multi-GB
+    file that is not what the caller wants is refused after reading a few kB, not all of it.
+    """
     path = Path(path)
     try:
-        blob = path.read_bytes()
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            header, metadata, data_start = _read_header(handle, size, path)
+            names = list(header) if select is None else list(select(header))
+            tensors = {}
+            for name in names:
+                begin, end = header[name]["data_offsets"]
+                handle.seek(data_start + begin)
+                tensors[name] = _to_array(handle.read(end - begin), header[name])
     except FileNotFoundError:
         raise ZoodipError(f"{path} does not exist: check the path") from None
+    except IsADirectoryError:
+        raise ZoodipError(f"{path} is a folder, not a safetensors file: name the file") from None
     except OSError as exc:
         raise ZoodipError(f"cannot read {path} ({exc.strerror or exc}): check the path and permissions") from None
-    return _parse(blob, path)
+    return tensors, metadata
 
 
-def _parse(blob: bytes, path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    def bad(reason: str) -> ZoodipError:
-        return ZoodipError(f"{path} is not a valid safetensors file ({reason}): re-download or re-save it")
+def _bad(path: Path, reason: str) -> ZoodipError:
+    return ZoodipError(f"{path} is not a valid safetensors file ({reason}): re-download or re-save it")
 
-    if len(blob) < 8:
-        raise bad("shorter than its 8-byte header length")
-    header_len = int.from_bytes(blob[:8], "little")
-    if header_len > _MAX_HEADER_BYTES or 8 + header_len > len(blob):
-        raise bad(f"header length {header_len} does not fit the {len(blob)}-byte file; truncated?")
+
+def _read_header(handle: BinaryIO, size: int, path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
+    """The checked header entries, the metadata and where the data buffer starts."""
+    if size < 8:
+        raise _bad(path, "shorter than its 8-byte header length")
+    header_len = int.from_bytes(handle.read(8), "little")
+    if header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
+        raise _bad(path, f"header length {header_len} does not fit the {size}-byte file; truncated?")
     try:
-        header = json.loads(blob[8 : 8 + header_len].decode("utf-8"))
+        header = json.loads(handle.read(header_len).decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise bad("header is not JSON") from None
+        raise _bad(path, "header is not JSON") from None
     if not isinstance(header, dict):
-        raise bad("header is not a JSON object")
+        raise _bad(path, "header is not a JSON object")
 
     metadata = header.pop(_METADATA_KEY, None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise bad("__metadata__ is not a string-to-string map")
+        raise _bad(path, "__metadata__ is not a string-to-string map")
 
-    data = memoryview(blob)[8 + header_len :]
-    tensors: dict[str, np.ndarray] = {}
+    data_len = size - 8 - header_len
     for name, info in header.items():
         if not isinstance(info, dict):
-            raise bad(f"entry {name!r} is not an object")
+            raise _bad(path, f"entry {name!r} is not an object")
         code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if code not in _READ_DTYPES:
-            raise bad(f"tensor {name!r} has unsupported dtype {code!r}")
+            raise _bad(path, f"tensor {name!r} has unsupported dtype {code!r}")
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise bad(f"tensor {name!r} has an invalid shape {shape!r}")
+            raise _bad(path, f"tensor {name!r} has an invalid shape {shape!r}")
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1] <= len(data)
+            or not 0 <= offsets[0] <= offsets[1] <= data_len
         ):
-            raise bad(f"tensor {name!r} has data offsets {offsets!r} outside the {len(data)}-byte buffer; truncated?")
-        dtype = _READ_DTYPES[code]
-        count = math.prod(shape)
-        if offsets[1] - offsets[0] != count * dtype.itemsize:
-            raise bad(f"tensor {name!r} spans {offsets[1] - offsets[0]} bytes, its shape {shape} needs {count * dtype.itemsize}")
-        # Copy: the arrays must own their memory (the blob is dropped) and be writable.
-        array = np.frombuffer(data[offsets[0] : offsets[1]], dtype=dtype, count=count).reshape(shape)
-        if code == "BF16":
-            array = (array.astype("<u4") << 16).view("<f4")
-        tensors[name] = array.astype(dtype.newbyteorder("=") if code != "BF16" else np.float32, copy=True)
-    return tensors, dict(metadata)
+            raise _bad(path, f"tensor {name!r} has data offsets {offsets!r} outside the {data_len}-byte buffer; truncated?")
+        need = math.prod(shape) * _READ_DTYPES[code].itemsize
+        if offsets[1] - offsets[0] != need:
+            raise _bad(path, f"tensor {name!r} spans {offsets[1] - offsets[0]} bytes, its shape {shape} needs {need}")
+    return header, dict(metadata), 8 + header_len
+
+
+def _to_array(raw: bytes, info: dict) -> np.ndarray:
+    """One tensor's bytes -> an owned, writable, native-order array (BF16 becomes float32 exactly)."""
+    code, shape = info["dtype"], info["shape"]
+    dtype = _READ_DTYPES[code]
+    array = np.frombuffer(raw, dtype=dtype, count=math.prod(shape)).reshape(shape)
+    if code == "BF16":
+        return (array.astype("<u4") << 16).view("<f4").astype(np.float32)
+    return array.astype(dtype.newbyteorder("="), copy=True)

@@ -15,6 +15,7 @@ uninterrupted run would have taken, bit for bit.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -30,8 +31,11 @@ import numpy as np
 
 from .embeddings import save_learned_embeds
 from .errors import ZoodipError
-from .images import load_images
+from .images import list_images, load_images
+from .limits import check_image_size, check_photo_count
 from .model import ExportedModel, RuntimeOptions
+from .paths import check_output_dir, open_new_file, remove_stale_temp_files, temp_path
+from .run_checks import check_outcome, read_log, sha256_of_files
 from .prompts import PromptSampler, load_captions
 from .zo import (ADAM_STATE_DTYPES, PartialUniformTimesteps, RandomGradientEstimator, SubspaceProjector, VocabularySubspace,
                  ZOAdam, ZOSGD)
@@ -39,6 +43,7 @@ from .zo import (ADAM_STATE_DTYPES, PartialUniformTimesteps, RandomGradientEstim
 CHECKPOINT_NAME = "checkpoint.npz"
 EMBEDDING_NAME = "learned_embeds.safetensors"
 LOG_NAME = "log.jsonl"
+RUN_FILES = (CHECKPOINT_NAME, EMBEDDING_NAME, LOG_NAME)  # written atomically: their temp files are cleaned
 _EVAL_STREAM = 0x5EED_E7A1  # separates the fixed evaluation noises from the training stream
 
 
@@ -64,7 +69,9 @@ class PersonalizeConfig:
     # "float16": ZO-Adam's moments stored and updated in fp16 as the authors' code does (zo.ZOAdam).
     adam_state_dtype: str = "float64"
     subspace: bool = True  # Subspace Gradient on/off
-    tau: int = 128  # SG history length and refit period
+    # SG history length and refit period. None: the paper's 128 where the embedding is wider than
+    # 256, else half the width (the method needs tau < width; see default_tau).
+    tau: int | None = None
     nu: float = 1e-3  # SG: variance fraction dropped
     subspace_mode: str = "history-span"  # or "principal"
     # Not in the paper: draw the ZO directions inside the principal subspace of the token table that
@@ -85,6 +92,9 @@ class PersonalizeConfig:
     memory_budget_mb: int | None = None  # low-memory mode: sequential evaluations, low-memory sessions
 
     def __post_init__(self) -> None:
+        if isinstance(self.output_dir, str) and not self.output_dir.strip():
+            # Path("") is ".": an empty flag would silently write into the current folder.
+            raise ZoodipError("--output_dir is empty: name the folder to write into, e.g. --output_dir my-run")
         if self.memory_budget_mb is not None:
             self.batched = False  # n+1 evaluations one by one: a third of the activations
         self.export_dir = Path(self.export_dir)
@@ -101,7 +111,9 @@ class PersonalizeConfig:
                 raise ZoodipError(f"--{name} must be an integer >= {minimum}, got {value!r}")
 
         positive_int("n", self.n)
-        positive_int("tau", self.tau, 2)
+        positive_int("seed", self.seed, 0)
+        if self.tau is not None:
+            positive_int("tau", self.tau, 2)
         positive_int("max_train_steps", self.max_train_steps, 0)
         positive_int("eval_every", self.eval_every, 0)
         positive_int("eval_timesteps", self.eval_timesteps)
@@ -112,7 +124,7 @@ class PersonalizeConfig:
             raise ZoodipError(f"--mu must be a positive finite number (reference 1e-3), got {self.mu!r}")
         if not (isinstance(self.nu, (int, float)) and 0 < self.nu < 1):
             raise ZoodipError(f"--nu must be in (0, 1) (reference 1e-3), got {self.nu!r}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ZoodipError(f"--learning_rate must be a positive number, got {self.learning_rate!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ZoodipError(f"--optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
@@ -149,6 +161,18 @@ class PersonalizeConfig:
 
     def to_json(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+PAPER_TAU = 128  # the paper's history length, for 768/1024-wide text encoders
+
+
+def default_tau(width: int) -> int:
+    """tau when not given: the paper's 128 where that is at most half the width, else half the width.
+
+    The method needs tau < width (a longer history spans the whole space and the projection stalls
+    training); on the 64-wide reference model tau=32 learns and tau=128 stalls (benchmarks/README.md).
+    """
+    return PAPER_TAU if 2 * PAPER_TAU <= width else max(2, width // 2)
 
 
 @dataclass
@@ -222,9 +246,9 @@ def _atomic_write_bytes(path: Path, write: Callable[[object], None]) -> None:
 
     A crash or a full disk leaves the previous file intact and no partial file behind.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as handle:
+        with open_new_file(tmp) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -253,15 +277,24 @@ class Personalizer:
     def __init__(self, config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,
                  cancel_event: threading.Event | None = None) -> None:
         config.validate()
-        self.config = config
+        check_output_dir(config.output_dir)  # before any work: a run must be able to write its result
         self.on_progress = on_progress
         self.cancel_event = cancel_event or threading.Event()
         self.model = ExportedModel.load(config.export_dir, RuntimeOptions(threads=config.threads,
                                                                           memory_budget_mb=config.memory_budget_mb))
         model = self.model
+        dim = model.hidden_size
+        if config.tau is None:
+            config = dataclasses.replace(config, tau=default_tau(dim))
+        self.config = config
+        if config.n > dim:
+            # n >= d Gaussian directions already determine the whole gradient; more only cost forwards.
+            raise ZoodipError(f"--n {config.n} is more than the embedding width {dim} of this model: use at most {dim} (reference 2)")
 
         self.resolution = config.resolution or model.default_resolution
         model.check_resolution(self.resolution)
+        check_image_size(self.resolution, self.resolution, model.vae_scale_factor, f"--resolution {self.resolution}",
+                         memory_budget_mb=config.memory_budget_mb)
         schedule = model.schedule
         t_min, t_max = config.t_range
         self.timesteps = PartialUniformTimesteps(t_min, t_max, schedule.num_train_timesteps)
@@ -276,9 +309,13 @@ class Personalizer:
             )
         self.placeholder_id = tokenizer.add_placeholder(config.placeholder_token)[0]
         self.v_init = np.asarray(model.token_embeddings[init_ids[0]], dtype=np.float32)
-        dim = model.hidden_size
 
-        self.image_names, images = load_images(config.images, self.resolution)
+        photo_files = list_images(config.images)
+        check_photo_count(len(photo_files), self.resolution, 2 if config.flip else 1, config.memory_budget_mb)
+        self.image_names, images = load_images(photo_files, self.resolution)
+        # What the run learns from and with: a checkpoint resumes only with the same photos and model.
+        self.photos_id = sha256_of_files(photo_files + ([config.captions] if config.captions else []))
+        self.model_id = model.identity
         captions = load_captions(config.captions, self.image_names, config.placeholder_token) if config.captions else None
         self.prompts = PromptSampler(config.placeholder_token, config.learnable_property, captions)
         self.captions = captions or {}
@@ -302,15 +339,18 @@ class Personalizer:
             self.optimizer = ZOSGD(dim, lr=config.learning_rate)
         self.projector = (SubspaceProjector(dim, tau=config.tau, nu=config.nu, mode=config.subspace_mode,
                                             search_basis=self.estimator.basis) if config.subspace else None)
-        if config.subspace and config.tau >= dim:
+        if config.subspace and config.tau >= dim:  # only an explicit --tau gets here (see default_tau)
             # The method assumes tau < d (128 < 768 on SD1.5): a history of >= d steps spans the whole
             # space and the projection then removes directions everywhere. Measured on the 64-wide
             # reference model: tau=128 stalls training, tau=32 does not (benchmarks/README.md).
             warnings.warn(f"--tau {config.tau} >= embedding width {dim}: Subspace Gradient will restrict the whole "
-                          f"space and can stall training; use --tau below {dim} (e.g. {max(2, dim // 2)})", stacklevel=2)
+                          f"space and can stall training; use --tau below {dim} (e.g. {default_tau(dim)})", stacklevel=2)
         batched = config.batched if config.batched is not None else auto_batched(model)
         self.loss = DenoisingLoss(model, self.placeholder_id, batched=batched)
         self._eval_items = self._make_eval_items()
+        # Open the graphs training needs now: a damaged graph is refused before anything is written.
+        model.session("text_encoder")
+        model.session("unet")
 
         # State that a checkpoint holds.
         self.v = self.v_init.copy()
@@ -392,6 +432,8 @@ class Personalizer:
     def state_dict(self) -> dict[str, np.ndarray]:
         state: dict[str, np.ndarray] = {
             "fingerprint": np.array(self.config.fingerprint()),
+            "photos": np.array(self.photos_id),
+            "model": np.array(self.model_id),
             "step": np.array(self.step, np.int64),
             "v": self.v,
             "best_v": self.best_v,
@@ -426,12 +468,38 @@ class Personalizer:
                 f"checkpoint {path} belongs to a run with other settings: resume with the same flags, "
                 "or use a new --output_dir"
             )
-        self.step = int(state["step"])
-        self.v = state["v"].astype(np.float32)
-        self.best_v = state["best_v"].astype(np.float32)
+        # Checkpoints written before these keys existed carry neither; they resume as before.
+        for key, mine, what in (("photos", self.photos_id, "other photos (or captions)"), ("model", self.model_id, "another export")):
+            if key in state and str(state[key]) != mine:
+                raise ZoodipError(f"checkpoint {path} belongs to a run with {what}: resume with the same "
+                                  "--train_data_dir and --model, or use a new --output_dir")
+        try:
+            self._load_state(state)
+        except ZoodipError as exc:
+            raise ZoodipError(f"checkpoint {path} is damaged ({exc}): delete it and start again without --resume") from None
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            what = f"no {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ZoodipError(f"checkpoint {path} is damaged ({what}): delete it and start again without --resume") from None
+
+    def _load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore the run state; a missing key or a wrong shape raises (KeyError, ValueError, ZoodipError)."""
+        dim = self.model.hidden_size
+
+        def vector(key: str) -> np.ndarray:
+            value = np.asarray(state[key])
+            if value.shape != (dim,) or not np.issubdtype(value.dtype, np.floating):
+                raise ValueError(f"'{key}' has shape {list(value.shape)} ({value.dtype}), this model needs [{dim}] floats")
+            return value.astype(np.float32)
+
+        step = int(state["step"])
+        if step < 0:
+            raise ValueError(f"step {step} is negative")
+        self.step = step
+        self.v = vector("v")
+        self.best_v = vector("best_v")
         best = float(state["best_eval"])
         self.best_eval = None if math.isnan(best) else best
-        self.eval_history = [(int(s), float(e)) for s, e in state["eval_history"]]
+        self.eval_history = [(int(s), float(e)) for s, e in np.asarray(state["eval_history"]).reshape(-1, 2)]
         self.evals_without_improvement = int(state["evals_without_improvement"])
         self.train_forwards = int(state["train_forwards"])
         for prefix, part in (("opt/", self.optimizer), ("sg/", self.projector)):
@@ -440,17 +508,49 @@ class Personalizer:
 
     # -- the run -------------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
-        with open(self.config.output_dir / LOG_NAME, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        path = self.config.output_dir / LOG_NAME
+        try:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise ZoodipError(f"cannot append to {path} ({exc.strerror or exc}): free space or fix the file, "
+                              "then resume with --resume (the last checkpoint is intact)") from None
 
     def _truncate_log(self) -> None:
         """On resume, drop log lines of steps after the checkpoint (they will be redone)."""
         path = self.config.output_dir / LOG_NAME
         if not path.is_file():
             return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        kept = [json.dumps(record) for record in read_log(path) if record.get("step", 0) <= self.step]
         _atomic_write_bytes(path, lambda handle: handle.write(("\n".join(kept) + "\n" if kept else "").encode()))
+
+    def _start_fresh(self) -> None:
+        """Write config.json, the step-0 evaluation and the first checkpoint, or nothing at all."""
+        out = self.config.output_dir
+        missing = [p for p in [out, *out.parents] if not p.exists()]
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / LOG_NAME).unlink(missing_ok=True)
+            (out / "config.json").write_text(json.dumps(self.config.to_json(), indent=2, default=str))
+            if self.config.eval_every:
+                value = self._record_eval()
+                self._log({"step": 0, "eval_loss": value})
+            self.save_checkpoint()
+        except BaseException as exc:
+            for name in ("config.json", LOG_NAME, CHECKPOINT_NAME):
+                try:
+                    (out / name).unlink(missing_ok=True)
+                except OSError:
+                    pass
+            for folder in missing:  # innermost first; only folders this run created
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
+            if isinstance(exc, OSError):
+                raise ZoodipError(f"cannot start the run in {out} ({exc.strerror or exc}): free space or "
+                                  "choose another --output_dir") from None
+            raise
 
     def _record_eval(self) -> float:
         value = self.evaluation_loss(self.v)
@@ -464,19 +564,14 @@ class Personalizer:
     def run(self, resume: bool = False) -> PersonalizeResult:
         config = self.config
         out = config.output_dir
+        remove_stale_temp_files(out, RUN_FILES)
         if resume:
             self.load_checkpoint()
             self._truncate_log()
         else:
             if self.checkpoint_path.exists():
                 raise ZoodipError(f"{out} already holds a run: pass --resume to continue it, or choose a new --output_dir")
-            out.mkdir(parents=True, exist_ok=True)
-            (out / LOG_NAME).unlink(missing_ok=True)
-            (out / "config.json").write_text(json.dumps(config.to_json(), indent=2, default=str))
-            if config.eval_every:
-                value = self._record_eval()
-                self._log({"step": 0, "eval_loss": value})
-            self.save_checkpoint()
+            self._start_fresh()
 
         started = time.monotonic()
         forwards_at_start = self.loss.forwards
@@ -508,6 +603,8 @@ class Personalizer:
         # Early stopping keeps the best evaluated embedding; otherwise the last one (as diffusers' script does).
         final = self.best_v if status == "early-stopped" else self.v
         embedding_path = None
+        if status == "done" and self.step > 0:
+            check_outcome(final, self.v_init, self.model.max_token_norm())
         if status != "cancelled":
             embedding_path = save_learned_embeds(out / EMBEDDING_NAME, config.placeholder_token, final[None])
         self._report(status, loss, self.eval_history[-1][1] if self.eval_history else None, started, forwards_at_start)

@@ -1,0 +1,108 @@
+"""sha256 integrity of an export folder, at a cost a phone can pay.
+
+Hashing SD1.5's ~1 GB of INT8 weights takes seconds; doing it at every start would not. So each
+file is hashed in full once, and the result is remembered under its identity (resolved path, size,
+modification time in ns, inode, device). A later load re-hashes only files whose identity changed:
+a file rewritten in place, replaced or restored from a backup gets a new mtime or inode and is
+hashed again. ``zoodip verify MODEL`` ignores what is remembered and hashes everything.
+
+The memory lives in ``$ZOODIP_CACHE_DIR`` (default ``$XDG_CACHE_HOME/zoodip`` or ``~/.cache/zoodip``),
+file ``verified-files.json``. It is an optimization only: when it cannot be read or written,
+files are simply hashed again next time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ZoodipError
+
+CACHE_FILE = "verified-files.json"
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("ZOODIP_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "zoodip"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file, read in chunks (export files can be GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_identity(path: Path) -> list[int]:
+    """What changes when a file's content may have: size, mtime (ns), inode, device."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
+
+
+def _load_cache() -> dict[str, Any]:
+    try:
+        data = json.loads((cache_dir() / CACHE_FILE).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_cache(cache: dict[str, Any]) -> None:
+    folder = cache_dir()
+    tmp = folder / f".{CACHE_FILE}.tmp-{os.getpid()}"
+    cache = {key: entry for key, entry in cache.items() if os.path.exists(key)}  # forget deleted exports
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(cache), encoding="utf-8")
+        os.replace(tmp, folder / CACHE_FILE)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def verify_files(folder: Path, files: Mapping[str, Mapping[str, Any]], *, force: bool = False) -> tuple[int, int]:
+    """Check every listed file's sha256; returns (files hashed now, bytes hashed now).
+
+    Without ``force``, a file whose identity and expected hash match what was remembered is not
+    read again. A mismatch raises a one-line ``ZoodipError``.
+    """
+    remembered = _load_cache()
+    cache = {} if force else dict(remembered)
+    hashed = hashed_bytes = 0
+    for name, info in files.items():
+        expected = info.get("sha256")
+        if expected is None:
+            continue
+        path = Path(folder) / name
+        key = str(path.resolve())
+        try:
+            identity = file_identity(path)
+        except OSError as exc:
+            raise ZoodipError(f"cannot read {path} ({exc.strerror or exc}): re-run 'zoodip export'") from None
+        entry = cache.get(key)
+        if isinstance(entry, dict) and entry.get("identity") == identity and entry.get("sha256") == expected:
+            continue
+        try:
+            actual = file_sha256(path)
+        except OSError as exc:
+            raise ZoodipError(f"cannot read {path} ({exc.strerror or exc}): re-run 'zoodip export'") from None
+        hashed += 1
+        hashed_bytes += identity[0]
+        if actual != expected:
+            remembered.pop(key, None)
+            _save_cache(remembered)
+            raise ZoodipError(f"{path} does not match its sha256 in the manifest: the file is damaged or was "
+                              "replaced; re-run 'zoodip export'")
+        remembered[key] = {"identity": identity, "sha256": actual}
+    if hashed:
+        _save_cache(remembered)
+    return hashed, hashed_bytes

@@ -1,0 +1,80 @@
+"""Upper bounds on sizes, refused up front with the limit in the message.
+
+An image size that cannot fit the machine otherwise runs until memory runs out and dies inside
+PIL, NumPy or onnxruntime minutes later. The check here is a *lower bound* on the memory a size
+needs, so it never refuses a size that could run: every Stable Diffusion VAE has a single-head
+self-attention over all latent positions in its middle block, whose score matrix alone is
+``(h * w)^2`` float32 values per image (h, w: the latent size). The memory available is the
+``--memory-budget`` when one is given, else the machine's physical memory.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+from .errors import ZoodipError
+
+_FLOAT32 = 4
+
+
+def machine_memory_bytes() -> int | None:
+    """Physical memory of this machine, or None where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def attention_bytes(latent_h: int, latent_w: int, images: int = 1) -> int:
+    """Bytes of the VAE's latent self-attention scores for ``images`` images: a floor on peak memory."""
+    positions = int(latent_h) * int(latent_w)
+    return int(images) * positions * positions * _FLOAT32
+
+
+def available_bytes(memory_budget_mb: int | None = None) -> tuple[int | None, str]:
+    """The memory a run may use and how to name it in a message."""
+    if memory_budget_mb:
+        return int(memory_budget_mb) << 20, f"the --memory-budget of {memory_budget_mb} MB"
+    total = machine_memory_bytes()
+    return total, f"this machine's {_gb(total or 0)} of memory"
+
+
+def largest_side(vae_scale_factor: int, available: int, images: int = 1) -> int:
+    """The largest square image side (a multiple of 8 and of the VAE factor) whose floor fits ``available``."""
+    multiple = max(8, int(vae_scale_factor))
+    positions = math.isqrt(max(0, available // (_FLOAT32 * max(1, images))))
+    side_latent = math.isqrt(positions)
+    return max(0, side_latent * int(vae_scale_factor) // multiple * multiple)
+
+
+def check_image_size(height: int, width: int, vae_scale_factor: int, what: str, images: int = 1,
+                     memory_budget_mb: int | None = None) -> None:
+    """Refuse an image size whose memory floor exceeds what the run may use (one line, with the limit)."""
+    available, where = available_bytes(memory_budget_mb)
+    if available is None:
+        return
+    need = attention_bytes(height // vae_scale_factor, width // vae_scale_factor, images)
+    if need > available:
+        side = largest_side(vae_scale_factor, available, images)
+        raise ZoodipError(
+            f"{what} needs at least {_gb(need)} of memory (the VAE's attention over {height // vae_scale_factor}x"
+            f"{width // vae_scale_factor} latents), more than {where}: use at most {side} px"
+        )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 2**30:.3g} GB" if n < 2**60 else f"{n / 2**30:.2e} GB"
+
+
+def check_photo_count(count: int, resolution: int, views: int = 1, memory_budget_mb: int | None = None) -> None:
+    """Refuse more photos than their decoded pixels (float32 RGB, once per view) can fit in memory."""
+    available, where = available_bytes(memory_budget_mb)
+    if available is None:
+        return
+    per_photo = views * 3 * int(resolution) ** 2 * _FLOAT32
+    if count * per_photo > available:
+        raise ZoodipError(
+            f"{count} photos at {resolution} px take {_gb(count * per_photo)} decoded, more than {where}: "
+            f"use at most {available // per_photo} (3-10 photos are typical)"
+        )
+

@@ -1,0 +1,115 @@
+"""Output locations, checked before any work starts, and the temp-file convention of atomic writes.
+
+A run that trains for an hour and then cannot write its result has wasted the hour, and one that
+fails half-way through creating its folder leaves debris. So every output path is checked up front
+(without creating anything): it must not be an existing file where a folder is wanted (or a folder
+where a file is wanted), must not lie under a file, and its nearest existing folder must be
+writable. Each failure is one ``ZoodipError`` line naming the flag.
+
+Atomic writes go to ``.{name}.tmp-{pid}-{random}`` beside the target and are renamed over it; a
+crash between the two leaves such a file behind, which ``remove_stale_temp_files`` deletes when
+the next run in that folder starts (a run folder is used by one process at a time).
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tempfile
+from pathlib import Path
+
+from .errors import ZoodipError
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (as anything)."""
+    current = path
+    while not os.path.lexists(current):
+        if current.parent == current:
+            break
+        current = current.parent
+    return current
+
+
+def _writable_folder(folder: Path) -> bool:
+    """Whether an entry can be created in ``folder``, found by creating and removing one.
+
+    Permission bits alone do not say (root ignores them; read-only mounts and /proc do not).
+    """
+    try:
+        probe = tempfile.mkdtemp(prefix=".zoodip-probe-", dir=folder)
+    except OSError:
+        return False
+    os.rmdir(probe)
+    return True
+
+
+def _check_creatable(path: Path, flag: str) -> None:
+    """``path`` does not exist yet: its nearest existing ancestor must be a writable folder."""
+    anchor = _nearest_existing(path.absolute())
+    if not anchor.is_dir():
+        raise ZoodipError(f"{flag} {path} lies under {anchor}, which is a file, not a folder: choose another path")
+    if not _writable_folder(anchor):
+        raise ZoodipError(f"{flag} {path} cannot be created: {anchor} is not writable; choose a writable location")
+
+
+def check_output_dir(path: str | os.PathLike[str], flag: str = "--output_dir") -> Path:
+    """Check that ``path`` is, or can become, a writable folder; creates nothing. Returns it as a Path."""
+    if not str(path).strip():
+        raise ZoodipError(f"{flag} is empty: name the folder to write into, e.g. {flag} my-run")
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise ZoodipError(f"{flag} {path} is an existing file, not a folder: choose a folder path")
+        if not _writable_folder(path):
+            raise ZoodipError(f"{flag} {path} is not writable: choose a writable folder")
+        return path
+    _check_creatable(path, flag)
+    return path
+
+
+def check_output_file(path: str | os.PathLike[str], flag: str, suffixes: tuple[str, ...] | None = None) -> Path:
+    """Check that ``path`` can be written as a file (replacing an existing file); creates nothing."""
+    if not str(path).strip():
+        raise ZoodipError(f"{flag} is empty: name the file to write")
+    path = Path(path)
+    if path.is_dir():
+        raise ZoodipError(f"{flag} {path} is a folder: name a file inside it, e.g. {path / ('out' + (suffixes or ('',))[0])}")
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise ZoodipError(f"{flag} {path} must end in {', '.join(suffixes)}")
+    if path.exists():
+        if not os.access(path, os.W_OK) or not _writable_folder(path.absolute().parent):
+            raise ZoodipError(f"{flag} {path} is not writable: choose another file")
+        return path
+    _check_creatable(path, flag)
+    return path
+
+
+def temp_path(path: Path) -> Path:
+    """A fresh temp-file name beside ``path`` for an atomic write (see ``remove_stale_temp_files``)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def open_new_file(path: Path):  # -> BinaryIO
+    """Create ``path`` exclusively for writing, with the umask's ordinary permissions (0644 usually).
+
+    ``tempfile.mkstemp`` would make it 0600, and the rename keeps that mode on the final file.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    return os.fdopen(fd, "wb")
+
+
+def remove_stale_temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temp files that interrupted atomic writes of ``names`` left in ``folder``."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    patterns = [re.compile(rf"^\.{re.escape(name)}\.(tmp-.*|.+\.tmp)$") for name in names]
+    for entry in folder.iterdir():
+        if entry.is_file() and any(p.match(entry.name) for p in patterns):
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except OSError:
+                pass
+    return removed

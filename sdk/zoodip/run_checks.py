@@ -1,0 +1,75 @@
+"""Checks that keep a run honest: what it learned from, how it ended, what its log says.
+
+- ``sha256_of_files``: the identity of the photos (and captions) a run learns from, stored in the
+  checkpoint so that ``--resume`` continues only the same run.
+- ``check_outcome``: a run that blew up or never moved is an error, not "done".
+- ``read_log``: the append-only log, tolerating the torn last line a power cut leaves.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ZoodipError
+
+
+def sha256_of_files(paths: Iterable[Path]) -> str:
+    """One hash over the names and bytes of ``paths`` (the photos a run learns from)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        try:
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        except OSError as exc:
+            raise ZoodipError(f"cannot read {path} ({exc.strerror or exc}): check the file") from None
+    return digest.hexdigest()[:16]
+
+
+# Outcome checks: a run that ends here is reported as an error, not as "done".
+BLOWUP_NORM_FACTOR = 100.0  # final norm above this many times the largest vocabulary row norm
+STILL_RELATIVE_CHANGE = 1e-6  # ||v - v_init|| below this fraction of ||v_init||
+
+
+def check_outcome(v: np.ndarray, v_init: np.ndarray, vocabulary_max_norm: float) -> None:
+    """Refuse an embedding from a run that blew up (non-finite or huge) or never moved."""
+    if not np.all(np.isfinite(v)):
+        raise ZoodipError("the run blew up: the embedding is NaN or infinite; lower --learning_rate "
+                          "(reference 1e-2) or --mu (reference 1e-3) and start again in a new --output_dir")
+    norm = float(np.linalg.norm(v.astype(np.float64)))
+    if norm > BLOWUP_NORM_FACTOR * vocabulary_max_norm:
+        raise ZoodipError(f"the run blew up: the embedding's norm is {norm:.3g}, over {BLOWUP_NORM_FACTOR:g}x the "
+                          f"largest word's ({vocabulary_max_norm:.3g}); lower --learning_rate (reference 1e-2) and "
+                          "start again in a new --output_dir")
+    moved = float(np.linalg.norm(v.astype(np.float64) - v_init.astype(np.float64)))
+    if moved <= STILL_RELATIVE_CHANGE * float(np.linalg.norm(v_init.astype(np.float64))):
+        raise ZoodipError(f"the run never moved the embedding (change {moved:.3g}): --mu or --learning_rate is "
+                          "far from useful (reference 1e-3 and 1e-2); start again in a new --output_dir")
+
+
+def read_log(path: Path) -> list[dict]:
+    """The records of an append-only JSON-lines log; a torn last line (power cut mid-append) is dropped.
+
+    A damaged line before the last one is not a torn append: that is an error naming the line.
+    """
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as exc:
+        raise ZoodipError(f"cannot read {path} ({exc.strerror or exc}): check the file") from None
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    records: list[dict] = []
+    for index, (number, line) in enumerate(numbered):
+        try:
+            record = json.loads(line.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError:  # also UnicodeDecodeError
+            if index == len(numbered) - 1:
+                break  # torn by an interrupted append: the step it described is redone
+            raise ZoodipError(f"{path} is damaged at line {number} (not a JSON object): delete that line "
+                              "or the whole log and resume again") from None
+        records.append(record)
+    return records

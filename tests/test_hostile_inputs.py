@@ -1,0 +1,426 @@
+"""Hostile and careless inputs through the CLI, by class (README "Errors"): each ends in exit status 2,
+one ``error:`` line on stderr, no traceback and no output left behind, or succeeds where it is valid."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zoodip.cli import main
+
+TOKEN = "<striped-star>"
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def personalize_args(export, photos, out, *extra):
+    return ["personalize", "--model", export, "--train_data_dir", photos, "--output_dir", out,
+            "--placeholder_token", TOKEN, "--initializer_token", "star", "--max_train_steps", "3",
+            "--eval-every", "3", "--tau", "4", "--threads", "1", "--no-progress", *extra]
+
+
+def generate_args(export, out, *extra):
+    return ["generate", "--model", export, "--prompt", "a photo of a star", "--steps", "2", "--threads", "1",
+            "--out", out, *extra]
+
+
+def tree(folder: Path) -> set[str]:
+    """Every path under ``folder`` (relative), to see that a refused command wrote nothing."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def assert_refused(code, err, needle):
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert needle in lines[0], lines[0]
+
+
+@pytest.fixture()
+def work(tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    return folder
+
+
+# -- class 1: output locations, checked before any work ---------------------------------------------
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("existing-file", "is an existing file"),
+    ("under-a-file", "which is a file"),
+    ("empty", "--output_dir is empty"),
+    ("uncreatable", "cannot be created"),
+])
+def test_personalize_output_dir_is_checked_first(tiny_export, photos, work, capsys, case, needle):
+    (work / "afile").write_text("x")
+    out = {"existing-file": work / "afile", "under-a-file": work / "afile" / "run", "empty": "",
+           "uncreatable": Path("/proc/zoodip-run")}[case]
+    if case == "uncreatable" and not Path("/proc/self").exists():
+        pytest.skip("needs /proc (a folder nobody can create entries in)")
+    before = tree(work)
+    code, _, err = run_cli(personalize_args(tiny_export, photos, out), capsys)
+    assert_refused(code, err, needle)
+    assert tree(work) == before
+
+
+@pytest.mark.parametrize("case,needle", [("folder", "is a folder"), ("under-a-file", "which is a file"),
+                                         ("suffix", "must end in")])
+def test_generate_out_is_checked_first(tiny_export, work, capsys, case, needle):
+    (work / "afile").write_text("x")
+    (work / "adir").mkdir()
+    out = {"folder": work / "adir", "under-a-file": work / "afile" / "x.png", "suffix": work / "x.txt"}[case]
+    before = tree(work)
+    code, _, err = run_cli(generate_args(tiny_export, out), capsys)
+    assert_refused(code, err, needle)
+    assert tree(work) == before
+
+
+@pytest.mark.parametrize("case,needle", [("folder", "is a folder"), ("under-a-file", "which is a file")])
+def test_unwritable_progress_jsonl_is_refused_before_training(tiny_export, photos, work, capsys, case, needle):
+    (work / "afile").write_text("x")
+    (work / "adir").mkdir()
+    target = {"folder": work / "adir", "under-a-file": work / "afile" / "p.jsonl"}[case]
+    before = tree(work)
+    code, _, err = run_cli(personalize_args(tiny_export, photos, work / "run", "--progress-jsonl", target), capsys)
+    assert_refused(code, err, needle)
+    assert tree(work) == before
+
+
+def test_a_refused_setup_leaves_no_progress_file(tiny_export, photos, work, capsys):
+    code, _, err = run_cli(personalize_args(tiny_export, photos, work / "run", "--progress-jsonl", work / "p.jsonl",
+                                            "--initializer_token", "zqxjvkwpfhgtb"), capsys)
+    assert_refused(code, err, "single token")
+    assert tree(work) == set()
+
+
+# -- class 2: the export folder, validated as a whole before anything is written --------------------
+
+
+def _damaged_export(tiny_export, tmp_path, edit) -> Path:
+    folder = tmp_path / "export"
+    shutil.copytree(tiny_export, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(folder, manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def _flip_byte(path: Path, offset: int = 200) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+MANIFEST_DAMAGE = {
+    "hidden-size-string": (lambda f, m: m["model"].update(hidden_size="32"), "model.hidden_size"),
+    "sample-size-null": (lambda f, m: m["model"].update(sample_size=None), "lacks model.sample_size"),
+    "latent-channels-missing": (lambda f, m: m["model"].pop("latent_channels"), "lacks model.latent_channels"),
+    "graphs-a-list": (lambda f, m: m.update(graphs=[]), "graph"),
+    "files-entry-not-object": (lambda f, m: m["files"].update({"unet.onnx": 5}), "not an object"),
+    "absolute-graph-path": (lambda f, m: m["graphs"]["unet"].update(file="/etc/hostname"), "outside the export folder"),
+    "escaping-graph-path": (lambda f, m: m["graphs"]["unet"].update(file="../unet.onnx"), "outside the export folder"),
+    "escaping-tokenizer": (lambda f, m: m.update(tokenizer="../.."), "outside the export folder"),
+    "unlisted-graph": (lambda f, m: m["files"].pop("unet.onnx"), "among its files"),
+    "same-size-corruption": (lambda f, m: _flip_byte(f / "unet.onnx"), "does not match its sha256"),
+    "scaling-factor-inf": (lambda f, m: m["model"].update(scaling_factor=float("inf")), "scaling_factor"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MANIFEST_DAMAGE))
+def test_damaged_or_foreign_export_is_refused_before_writing(tiny_export, photos, tmp_path, capsys, kind):
+    edit, needle = MANIFEST_DAMAGE[kind]
+    export = _damaged_export(tiny_export, tmp_path, edit)
+    out = tmp_path / "run"
+    code, _, err = run_cli(personalize_args(export, photos, out), capsys)
+    assert_refused(code, err, needle)
+    assert not out.exists()
+    image = tmp_path / "gen.png"
+    code, _, err = run_cli(generate_args(export, image), capsys)
+    assert_refused(code, err, needle)
+    assert not image.exists()
+
+
+def test_a_graph_onnxruntime_cannot_load_leaves_no_run_folder(tiny_export, photos, tmp_path, capsys):
+    """A damaged graph whose manifest entry matches it: refused while setting up, before config.json."""
+    from zoodip.integrity import file_sha256
+
+    def edit(folder, manifest):
+        (folder / "unet.onnx").write_bytes(b"not an onnx graph")
+        manifest["files"]["unet.onnx"] = {"bytes": 17, "sha256": file_sha256(folder / "unet.onnx")}
+
+    export = _damaged_export(tiny_export, tmp_path, edit)
+    out = tmp_path / "a" / "run"
+    code, _, err = run_cli(personalize_args(export, photos, out), capsys)
+    assert_refused(code, err, "onnxruntime cannot load")
+    assert not (tmp_path / "a").exists()
+
+
+def test_sha256_is_checked_once_per_file_identity_and_verify_checks_all(tiny_export, tmp_path, capsys):
+    from zoodip.integrity import verify_files
+    from zoodip.model import read_manifest
+
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    files = read_manifest(export)["files"]
+    assert verify_files(export, files)[0] == len(files)  # first time: every file hashed
+    assert verify_files(export, files) == (0, 0)  # remembered: nothing re-read
+    unet = export / "unet.onnx"
+    os.utime(unet)  # a new mtime: hashed again, and still fine
+    assert verify_files(export, files)[0] == 1
+
+    # Corruption that keeps size, mtime and inode slips past the remembered check; 'zoodip verify' finds it.
+    st = unet.stat()
+    with open(unet, "r+b") as handle:
+        handle.seek(300)
+        byte = handle.read(1)
+        handle.seek(300)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(unet, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert verify_files(export, files) == (0, 0)
+    code, _, err = run_cli(["verify", export], capsys)
+    assert_refused(code, err, "unet.onnx does not match its sha256")
+    code, out, err = run_cli(["verify", tiny_export], capsys)
+    assert code == 0 and out.startswith("ok: ") and err == ""
+
+
+# -- classes 3 and 4: sizes and numbers --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--seed", "-1"], "--seed must be an integer >= 0"),
+    (["--resolution", "100000"], "use at most"),
+    (["--n", "100000"], "use at most 32"),
+    (["--learning_rate", "inf"], "--learning_rate"),
+])
+def test_numbers_out_of_range_are_refused_up_front(tiny_export, photos, work, capsys, flags, needle):
+    code, _, err = run_cli(personalize_args(tiny_export, photos, work / "run", *flags), capsys)
+    assert_refused(code, err, needle)
+    assert tree(work) == set()
+
+
+@pytest.mark.parametrize("flags,needle", [(["--width", "100000", "--height", "100000"], "use at most"),
+                                         (["--num-images", "100000"], "from 1 to 64"),
+                                         (["--threads", "-3"], "--threads must be")])
+def test_generate_sizes_beyond_the_limits_are_refused_with_the_limit(tiny_export, work, capsys, flags, needle):
+    code, _, err = run_cli(generate_args(tiny_export, work / "x.png", *flags), capsys)
+    assert_refused(code, err, needle)
+    assert tree(work) == set()
+
+
+def test_image_size_limit_is_a_floor_that_names_its_limit():
+    from zoodip.errors import ZoodipError
+    from zoodip.limits import attention_bytes, check_image_size, largest_side
+
+    assert attention_bytes(64, 64) == 4096 * 4096 * 4  # SD1.5 at 512 px: 64 MiB of VAE attention scores
+    side = largest_side(8, 1 << 30)
+    check_image_size(side, side, 8, "x", memory_budget_mb=1024)  # the largest side named fits
+    with pytest.raises(ZoodipError, match=f"use at most {side} px"):
+        check_image_size(side + 8, side + 8, 8, "x", memory_budget_mb=1024)
+
+
+def test_photo_count_beyond_memory_is_refused_with_the_limit():
+    from zoodip.errors import ZoodipError
+    from zoodip.limits import check_photo_count
+
+    check_photo_count(10, 512, views=2, memory_budget_mb=1300)  # the low-memory SD1.5 setting: fine
+    with pytest.raises(ZoodipError, match="use at most 433 "):  # 3 MiB per 512-px photo in 1300 MiB
+        check_photo_count(10_000, 512, memory_budget_mb=1300)
+
+
+def test_embedding_file_is_refused_from_its_header(tmp_path, tiny_export, capsys):
+    """A 4 GiB model-sized tensor is refused after reading the header, not the data (a sparse file)."""
+    import tracemalloc
+
+    from zoodip.embeddings import load_embedding_file
+    from zoodip.errors import ZoodipError
+
+    header = json.dumps({"weight": {"dtype": "F32", "shape": [1024, 1 << 20], "data_offsets": [0, 4 << 30]}}).encode()
+    header += b" " * (-len(header) % 8)
+    path = tmp_path / "model.safetensors"
+    with open(path, "wb") as handle:
+        handle.write(len(header).to_bytes(8, "little") + header)
+        handle.truncate(8 + len(header) + (4 << 30))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ZoodipError, match="larger than any textual-inversion embedding"):
+            load_embedding_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    code, _, err = run_cli(generate_args(tiny_export, tmp_path / "x.png", "--embedding", path), capsys)
+    assert_refused(code, err, "model checkpoint")
+
+
+def test_pillows_pixel_limit_is_ours(tmp_path, monkeypatch):
+    """Pillow's own guard (89 MP by default) must not refuse a photo below our limit, nor name another limit."""
+    from zoodip import images
+    from zoodip.errors import ZoodipError
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's guard below ours, as 89 MP < 120 MP
+    monkeypatch.setattr(images, "MAX_PIXELS", 5000)
+    Image.new("RGB", (60, 60), (10, 20, 30)).save(tmp_path / "ok.png")  # 3600 px: over Pillow's, under ours
+    assert images.load_image(tmp_path / "ok.png", 32).shape == (3, 32, 32)
+    Image.new("RGB", (100, 100)).save(tmp_path / "big.png")
+    with pytest.raises(ZoodipError, match=r"below 0\.005 megapixels"):
+        images.load_image(tmp_path / "big.png", 32)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # restored
+
+
+def test_animated_gif_gives_its_first_frame(tmp_path, tiny_export, capsys):
+    from zoodip.images import list_images, load_image
+
+    frames = [Image.new("RGB", (48, 48), colour) for colour in ((250, 0, 0), (0, 0, 250))]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    frames[0].save(photos / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert list_images(photos) == [photos / "anim.gif"]
+    red = load_image(photos / "anim.gif", 32)
+    assert red[0].mean() > 0.9 and red[2].mean() < -0.9
+    code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "run", "--max_train_steps", "1"), capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("flags,needle", [(["--learning_rate", "1e30"], "blew up"), (["--mu", "1e30"], "never moved")])
+def test_runs_that_blew_up_or_never_moved_are_reported_not_done(tiny_export, photos, tmp_path, capsys, flags, needle):
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(personalize_args(tiny_export, photos, out, *flags), capsys)
+    assert_refused(code, err, needle)
+    assert "done" not in stdout
+    assert not (out / "learned_embeds.safetensors").exists()
+
+
+# -- class 5: a resumed run can only continue itself ------------------------------------------------
+
+
+@pytest.fixture()
+def finished_run(tiny_export, photos, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(personalize_args(tiny_export, photos, out, "--checkpointing_steps", "1"), capsys)
+    assert code == 0, err
+    return out
+
+
+def test_resume_with_other_photos_or_another_export_is_refused(finished_run, tiny_export, photos, tmp_path, capsys):
+    other_photos = tmp_path / "other"
+    shutil.copytree(photos, other_photos)
+    first = sorted(other_photos.iterdir())[0]
+    Image.open(first).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(first)
+    code, _, err = run_cli(personalize_args(tiny_export, other_photos, finished_run, "--resume"), capsys)
+    assert_refused(code, err, "other photos")
+
+    other_export = _damaged_export(tiny_export, tmp_path, lambda f, m: m["source"].update(seed=1))
+    code, _, err = run_cli(personalize_args(other_export, photos, finished_run, "--resume"), capsys)
+    assert_refused(code, err, "another export")
+    code, _, err = run_cli(personalize_args(tiny_export, photos, finished_run, "--resume"), capsys)
+    assert code == 0, err  # the same photos and export still resume
+
+
+@pytest.mark.parametrize("damage,needle", [
+    (lambda s: s.pop("v"), "damaged (no 'v')"),
+    (lambda s: s.update(v=np.zeros(7, np.float32)), "damaged ('v' has shape [7]"),
+    (lambda s: s.update({"opt/exp_avg": np.zeros(3)}), "damaged"),
+])
+def test_damaged_checkpoint_is_one_line(finished_run, tiny_export, photos, capsys, damage, needle):
+    path = finished_run / "checkpoint.npz"
+    with np.load(path) as data:
+        state = {k: data[k] for k in data.files}
+    damage(state)
+    np.savez(path, **state)
+    code, _, err = run_cli(personalize_args(tiny_export, photos, finished_run, "--resume"), capsys)
+    assert_refused(code, err, needle)
+
+
+@pytest.mark.parametrize("tail", [b'{"step": 3, "lo', b'{"step": 3, "loss": 0.1\xff\xfe'])
+def test_a_torn_last_log_line_is_tolerated(finished_run, tiny_export, photos, capsys, tail):
+    log = finished_run / "log.jsonl"
+    log.write_bytes(log.read_bytes() + tail)
+    code, _, err = run_cli(personalize_args(tiny_export, photos, finished_run, "--resume", "--max_train_steps", "4"), capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_a_damaged_log_line_in_the_middle_is_one_line(finished_run, tiny_export, photos, capsys):
+    log = finished_run / "log.jsonl"
+    lines = log.read_bytes().split(b"\n")
+    lines[1] = b"\xff\xfe garbage"
+    log.write_bytes(b"\n".join(lines))
+    code, _, err = run_cli(personalize_args(tiny_export, photos, finished_run, "--resume"), capsys)
+    assert_refused(code, err, "damaged at line 2")
+
+
+def test_interrupted_write_temp_files_are_cleaned_and_outputs_are_0644(finished_run, tiny_export, photos, capsys):
+    stale = [finished_run / ".checkpoint.npz.tmp-999999", finished_run / ".learned_embeds.safetensors.k3j2l1.tmp",
+             finished_run / ".log.jsonl.tmp-1-abcd"]
+    for path in stale:
+        path.write_bytes(b"partial")
+    keep = finished_run / "notes.txt"
+    keep.write_text("mine")
+    code, _, err = run_cli(personalize_args(tiny_export, photos, finished_run, "--resume", "--max_train_steps", "4"), capsys)
+    assert code == 0, err
+    assert not any(p.exists() for p in stale) and keep.exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("learned_embeds.safetensors", "checkpoint.npz", "config.json"):
+        assert stat.S_IMODE((finished_run / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+# -- classes 6 and 7: defaults do not warn; SDXL is refused up front ---------------------------------
+
+
+def test_default_run_does_not_warn_and_a_warning_is_one_line(tiny_export, photos, tmp_path, capsys):
+    args = [a for a in personalize_args(tiny_export, photos, tmp_path / "default") if a not in ("--tau", "4")]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and err == "", err  # default tau on the 32-wide model: half the width, no warning
+    code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "wide", "--tau", "64"), capsys)
+    assert code == 0
+    assert err.count("\n") == 1 and err.startswith("warning: --tau 64 >= embedding width 32"), err
+
+
+def test_default_tau_per_width():
+    from zoodip.trainer import default_tau
+
+    assert [default_tau(w) for w in (32, 64, 768, 1024)] == [16, 32, 128, 128]
+
+
+def test_export_refuses_an_sdxl_folder_up_front(tiny_sd_folder, tmp_path, capsys):
+    sdxl = tmp_path / "sdxl"
+    shutil.copytree(tiny_sd_folder, sdxl)
+    shutil.copytree(sdxl / "text_encoder", sdxl / "text_encoder_2")
+    (sdxl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    out = tmp_path / "out"
+    code, _, err = run_cli(["export", sdxl, out, "--quiet"], capsys)
+    assert_refused(code, err, "SDXL")
+    assert not out.exists()
+
+
+def test_max_token_norm_reads_the_table_without_the_map(tiny_export):
+    from zoodip.model import ExportedModel
+
+    model = ExportedModel.load(tiny_export)
+    table = np.asarray(model.token_embeddings, np.float32)
+    assert model.max_token_norm(rows=1000) == pytest.approx(float(np.sqrt((table ** 2).sum(1).max())), rel=1e-6)
+
+
+@pytest.mark.parametrize("case,needle", [("under-a-file", "which is a file"), ("empty", "OUT_DIR is empty"),
+                                         ("existing-file", "is an existing file")])
+def test_export_out_dir_is_checked_first(work, capsys, case, needle):
+    (work / "afile").write_text("x")
+    out = {"under-a-file": work / "afile" / "model", "empty": "", "existing-file": work / "afile"}[case]
+    before = tree(work)
+    code, _, err = run_cli(["export", "--tiny", out, "--quiet", "--no-parity"], capsys)
+    assert_refused(code, err, needle)
+    assert tree(work) == before
