@@ -90,6 +90,9 @@ def gauss_newton(folder: Path, samples: int, seed: int) -> np.ndarray:
     table = text_model.embeddings.token_embedding.weight.detach()
     text_encoder = TextEncoderGraph(text_model, tokenizer.max_length).eval()
     unet = load_unet(folder / "unet").eval().requires_grad_(False)
+    from diffusers.models.attention_processor import AttnProcessor
+
+    unet.set_attn_processor(AttnProcessor())  # plain matmul attention: torch.func batches its backward
     vae = load_vae(folder / "vae").eval()
     text_encoder.requires_grad_(False)
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())

@@ -277,7 +277,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .paths import check_output_dir
 
     check_output_dir(args.out, "--out")
-    run_demo(Path(args.out), steps=args.steps, threads=args.threads, progress=not args.no_progress)
+    if args.seed < 0:
+        raise ZoodipError(f"--seed {args.seed}: must be 0 or more")
+    run_demo(Path(args.out), steps=args.steps, threads=args.threads, progress=not args.no_progress, seed=args.seed)
     return 0
 
 
@@ -309,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_out")
     d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
     d.add_argument("--threads", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="training seed (photos, noise and timesteps stay the demo's)")
     d.add_argument("--no-progress", action="store_true")
     return parser
 

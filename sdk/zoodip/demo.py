@@ -113,7 +113,7 @@ def _upscale(images, side: int = 128):
     return [im.resize((side, side), Image.NEAREST) if im.size[0] < side else im for im in images]
 
 
-def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bool = True) -> dict:
+def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bool = True, seed: int = 0) -> dict:
     """Run the demo into ``out``; returns a summary (also written to ``out/summary.json``)."""
     from .cli import _ProgressBar
     from .generate import generate
@@ -140,7 +140,7 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     steps = default_steps if steps is None else steps
     config = PersonalizeConfig(export_dir=export_dir, images=photos_dir, output_dir=run_dir,
                                placeholder_token=DEMO_TOKEN, initializer_token=DEMO_INITIALIZER,
-                               max_train_steps=steps, eval_every=max(1, steps // 10), checkpoint_every=max(1, steps // 5),
+                               max_train_steps=steps, seed=seed, eval_every=max(1, steps // 10), checkpoint_every=max(1, steps // 5),
                                # tau: the default (the paper's 128 on the 768-wide built-in model; half the
                                # width on the 32-wide fallback, since Subspace Gradient needs tau < d).
                                threads=threads)
@@ -187,7 +187,7 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
         "model": "reference" if use_reference else "tiny-random",
         "export_dir": str(export_dir), "embedding": str(result.embedding_path), "grid": str(grid_path),
         "grid_rows": ["training photos", f"before: '{before_prompt}'", f"after: '{after_prompt}'"],
-        "steps": result.steps, "status": result.status,
+        "steps": result.steps, "seed": seed, "status": result.status,
         "eval_loss_initializer": result.initial_eval_loss, "eval_loss_final": result.final_eval_loss,
         "eval_history": result.eval_history,
     }
