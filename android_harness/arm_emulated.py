@@ -16,7 +16,8 @@ The ARM64 userland is built once and cached outside the repository (it survives 
 numpy + onnxruntime + Pillow, never torch) and an export folder made on the host into the rootfs,
 and runs arm_probe.py there through ``chroot`` (the real CLI entry point ``zoodip.cli.main
 (["personalize", ...])`` plus a fixed finite-difference probe) -- every aarch64 instruction is
-executed by qemu-aarch64-static via binfmt_misc. The same probe runs on the host; the script prints
+executed by qemu-aarch64-static via binfmt_misc, emulating the CPU model DEFAULT_CPU (a NEON-only phone
+core; --cpu / ZOODIP_ARM64_CPU choose another, e.g. "max" for SVE). The same probe runs on the host; the script prints
 how the training losses, evaluation losses, finite differences and the learned embedding compare.
 ``check`` also runs run_on_device.sh end to end against the rootfs through an ssh stand-in.
 
