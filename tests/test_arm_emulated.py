@@ -37,7 +37,8 @@ def test_emulated_cpu_defaults_to_a_phone_core_and_follows_the_override(monkeypa
                     reason="qemu-aarch64-static is not installed, or this host runs ARM64 natively")
 def test_a_cpu_qemu_does_not_emulate_is_refused_in_one_line(monkeypatch, capsys):
     assert arm_emulated.DEFAULT_CPU in arm_emulated.qemu_cpus()
-    monkeypatch.delenv(arm_emulated.CPU_ENV, raising=False)
+    # setenv, not delenv: main() puts --cpu into the environment, and monkeypatch restores only what it recorded
+    monkeypatch.setenv(arm_emulated.CPU_ENV, arm_emulated.DEFAULT_CPU)
     assert arm_emulated.main(["status", "--cpu", "pentium"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "'pentium'" in err and arm_emulated.DEFAULT_CPU in err and "\n" not in err
