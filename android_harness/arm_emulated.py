@@ -16,7 +16,8 @@ The ARM64 userland is built once and cached outside the repository (it survives 
 numpy + onnxruntime + Pillow, never torch) and an export folder made on the host into the rootfs,
 and runs arm_probe.py there through ``chroot`` (the real CLI entry point ``zoodip.cli.main
 (["personalize", ...])`` plus a fixed finite-difference probe) -- every aarch64 instruction is
-executed by qemu-aarch64-static via binfmt_misc. The same probe runs on the host; the script prints
+executed by qemu-aarch64-static via binfmt_misc, emulating the CPU model DEFAULT_CPU (a NEON-only phone
+core; --cpu / ZOODIP_ARM64_CPU choose another, e.g. "max" for SVE). The same probe runs on the host; the script prints
 how the training losses, evaluation losses, finite differences and the learned embedding compare.
 ``check`` also runs run_on_device.sh end to end against the rootfs through an ssh stand-in.
 
@@ -35,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -52,6 +53,13 @@ BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 BINFMT_ENTRY = BINFMT_DIR / "qemu-aarch64"
 APT_PACKAGES = ("qemu-user-static", "debootstrap")
+# The ARM CPU qemu emulates (QEMU_CPU for every emulated process). qemu-user's own default, "max",
+# advertises every optional feature (SVE and more); onnxruntime then takes SVE kernels that qemu
+# runs ~20x slower, and phones in use have NEON-only cores anyway. Cortex-A76: a phone big core
+# (ARMv8.2: NEON, fp16 arithmetic, dot product; no SVE). Override with --cpu or ZOODIP_ARM64_CPU,
+# e.g. "max" to exercise onnxruntime's SVE kernels once (slow).
+DEFAULT_CPU = "cortex-a76"
+CPU_ENV = "ZOODIP_ARM64_CPU"
 # Test/compare tolerances (see android_harness/README.md for the measured values).
 # Measured on the tiny model (6 steps): losses 7e-7, finite differences 3e-3, embedding 0.5% of the update.
 LOSS_RTOL = 1e-5          # per-step training losses and evaluation losses, relative
@@ -121,6 +129,53 @@ def ensure_binfmt() -> str | None:
     return None if binfmt_registered() else "qemu-aarch64 is registered but not enabled in binfmt_misc"
 
 
+def emulated_cpu() -> str:
+    """The CPU model to emulate: ZOODIP_ARM64_CPU if set, else DEFAULT_CPU."""
+    return os.environ.get(CPU_ENV, "").strip() or DEFAULT_CPU
+
+
+def qemu_cpus() -> list[str]:
+    """The CPU models this qemu-aarch64-static emulates (``-cpu help``); [] without the emulator."""
+    if not QEMU.is_file():
+        return []
+    # qemu 7.2 prints the list and exits with status 1, so the output is what counts
+    result = subprocess.run([str(QEMU), "-cpu", "help"], capture_output=True, text=True)
+    lines = result.stdout.splitlines()
+    return [line.split()[0] for line in lines[1:] if line.strip()] if lines[:1] == ["Available CPUs:"] else []
+
+
+def qemu_version() -> str | None:
+    if not QEMU.is_file():
+        return None
+    result = subprocess.run([str(QEMU), "--version"], capture_output=True, text=True)
+    words = result.stdout.split()
+    return words[2] if len(words) > 2 and words[1] == "version" else None
+
+
+def emulating() -> bool:
+    """True on a host that runs aarch64 code through qemu (False on an ARM64 host: it runs natively)."""
+    return platform.machine() not in ("aarch64", "arm64")
+
+
+def check_cpu(cpu: str) -> str | None:
+    """Why qemu cannot emulate this CPU model, or None when it can (or nothing is emulated)."""
+    if not emulating():
+        return None
+    known = qemu_cpus()
+    if known and cpu not in known:
+        return f"qemu-aarch64-static does not emulate CPU '{cpu}' ({CPU_ENV} or --cpu): use one of {', '.join(known)}"
+    return None
+
+
+def emulation_env(cpu: str) -> dict[str, str]:
+    """Environment entries that make qemu-user (binfmt_misc) emulate `cpu`; passed to every chroot'd process.
+
+    qemu reads QEMU_CPU from the environment of the program being started, and the guest inherits it,
+    so it must reach both the chroot command and anything started with ``env -i`` inside it.
+    """
+    return {"QEMU_CPU": cpu} if emulating() else {}
+
+
 def rootfs_ready(root: Path = ROOTFS) -> bool:
     # lexists: the venv's python is an absolute symlink, meaningful only inside the chroot
     return (root / STAMP).is_file() and os.path.lexists(root / VENV.lstrip("/") / "bin" / "python")
@@ -136,10 +191,10 @@ def status() -> tuple[bool, str]:
         return False, f"{QEMU} is missing: run 'make arm-check' (it apt-installs qemu-user-static)"
     if not rootfs_ready():
         return False, f"no prepared ARM64 rootfs at {ROOTFS}: run 'make arm-check' once to build it (~5 min)"
-    why = ensure_binfmt()
+    why = ensure_binfmt() or check_cpu(emulated_cpu())
     if why:
         return False, why
-    return True, f"ready: {ROOTFS}"
+    return True, f"ready: {ROOTFS}" + (f" (emulated CPU: {emulated_cpu()})" if emulating() else "")
 
 
 def install_host_packages() -> None:
@@ -206,17 +261,18 @@ def build_rootfs(root: Path = ROOTFS) -> None:
         if partial.exists():
             shutil.rmtree(partial)
         mirror = debian_mirror()
+        env = dict(os.environ, **emulation_env(emulated_cpu()))  # debootstrap's second stage runs aarch64 code
         log(f"debootstrap --arch=arm64 --variant=minbase {SUITE} {partial} {mirror} (about 3-5 minutes)")
         started = time.monotonic()
         subprocess.run(["debootstrap", "--arch=arm64", "--variant=minbase", "--include=python3,python3-venv",
-                        SUITE, str(partial), mirror], check=True, stdout=subprocess.DEVNULL)
+                        SUITE, str(partial), mirror], check=True, stdout=subprocess.DEVNULL, env=env)
         reqs = fetch_wheels(WHEELS)
         wheels_in_root = partial / "opt" / "wheels"
         shutil.copytree(WHEELS, wheels_in_root)
         log(f"venv {VENV} in the rootfs, offline install of {' '.join(reqs)}")
-        subprocess.run(["chroot", str(partial), "/usr/bin/python3", "-m", "venv", VENV], check=True)
+        subprocess.run(["chroot", str(partial), "/usr/bin/python3", "-m", "venv", VENV], check=True, env=env)
         subprocess.run(["chroot", str(partial), f"{VENV}/bin/python", "-m", "pip", "install", "-q", "--no-index",
-                        "--find-links", "/opt/wheels", *reqs], check=True)
+                        "--find-links", "/opt/wheels", *reqs], check=True, env=env)
         shutil.rmtree(wheels_in_root)
         info = {"suite": SUITE, "mirror": mirror, "packages": reqs, "built_s": round(time.monotonic() - started, 1)}
         (partial / STAMP).write_text(json.dumps(info, indent=2) + "\n")
@@ -249,6 +305,7 @@ class RunSpec:
     threads: int = 1
     photos: int = 3  # the first N bundled example photos (the evaluation loss costs 3 forwards per photo)
     directions: int = 4  # finite-difference probe
+    cpu: str = field(default_factory=emulated_cpu)  # the ARM CPU model qemu emulates for the ARM64 side
 
     def probe_args(self, model: str, photos: str, out: str) -> list[str]:
         return ["--model", model, "--photos", photos, "--out", out, "--steps", str(self.steps),
@@ -287,7 +344,7 @@ def read_run(out: Path, wall_s: float) -> dict[str, Any]:
                 step_times.append(event["elapsed_s"] - last)
             last = event["elapsed_s"]
     return {
-        "machine": probe["machine"], "numpy": probe["numpy"], "onnxruntime": probe["onnxruntime"],
+        "machine": probe["machine"], "cpu_features": probe.get("cpu_features"), "numpy": probe["numpy"], "onnxruntime": probe["onnxruntime"],
         "losses": [r["loss"] for r in records if "loss" in r],
         "eval_losses": [r["eval_loss"] for r in records if "eval_loss" in r],
         "embedding": np.asarray(vectors, np.float32).reshape(-1),
@@ -343,14 +400,22 @@ def staged_in_rootfs(exports: dict[str, Path], spec: RunSpec, root: Path = ROOTF
 def run_arm(stage: Path, inner: str, spec: RunSpec, name: str = "export", root: Path = ROOTFS) -> dict[str, Any]:
     """The probe inside the ARM64 rootfs: chroot + the venv's aarch64 python (qemu via binfmt_misc)."""
     out = f"{inner}/out-{name}"
+    emulation = emulation_env(spec.cpu)
     cmd = ["chroot", str(root), "/usr/bin/env", "-i", f"PYTHONPATH={inner}/sdk", "PYTHONHASHSEED=0", "HOME=/root",
-           "PATH=/usr/bin:/bin", f"{VENV}/bin/python", f"{inner}/arm_probe.py",
+           "PATH=/usr/bin:/bin", *(f"{k}={v}" for k, v in emulation.items()), f"{VENV}/bin/python", f"{inner}/arm_probe.py",
            *spec.probe_args(f"{inner}/{name}", f"{inner}/photos", out)]
     started = time.monotonic()
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **emulation))
     if result.returncode != 0:
         raise RuntimeError(f"ARM64 run failed ({result.returncode}): {_without_cpuinfo_noise(result.stderr).strip()[-2000:]}")
     return read_run(stage / f"out-{name}", time.monotonic() - started)
+
+
+def emulated_as(cpu: str) -> str:
+    """How the ARM64 side runs, for reports: the qemu version and CPU model, or natively."""
+    if not emulating():
+        return "native ARM64 (nothing emulated)"
+    return f"qemu-aarch64-static {qemu_version() or '(version unknown)'} user mode, emulated CPU {cpu}"
 
 
 def compare(a: dict[str, Any], b: dict[str, Any], v_init: Any = None) -> dict[str, Any]:
@@ -412,7 +477,7 @@ def run_comparison(export: Path, work: Path, spec: RunSpec | None = None, with_o
     log(f"x86-64 run: {spec.steps} steps, threads {spec.threads}, {spec.photos} photos")
     runs: dict[str, Any] = {"x86_64": run_host(exports, work, spec)}
     with staged_in_rootfs(exports, spec) as (stage, inner):
-        log(f"ARM64 run under qemu user-mode emulation: {spec.steps} steps (about a minute)")
+        log(f"ARM64 run: {spec.steps} steps, {emulated_as(spec.cpu)}")
         runs["arm64"] = run_arm(stage, inner, spec)
         if with_ort:
             log("ARM64 run under qemu on the .ort conversion")
@@ -423,7 +488,8 @@ def run_comparison(export: Path, work: Path, spec: RunSpec | None = None, with_o
 
     model = ExportedModel.load(export)
     v_init = np.asarray(model.token_embeddings[model.tokenizer.token_ids_for_word("star")[0]], np.float32)
-    report: dict[str, Any] = {"spec": dict(spec.__dict__), "runs": {}, "comparisons": {}}
+    report: dict[str, Any] = {"spec": dict(spec.__dict__), "arm64_cpu": emulated_as(spec.cpu), "runs": {},
+                              "comparisons": {}}
     for key, run in runs.items():
         report["runs"][key] = {k: v for k, v in run.items() if k != "embedding"}
         report["runs"][key]["embedding"] = [float(x) for x in run["embedding"]]
@@ -439,9 +505,11 @@ def run_comparison(export: Path, work: Path, spec: RunSpec | None = None, with_o
 def format_report(report: dict[str, Any]) -> str:
     spec = report["spec"]
     lines = [f"personalization: tiny W8A32 export, {spec['steps']} steps, n={spec['n']}, eval every "
-             f"{spec['eval_every']}, {spec['photos']} photos, threads={spec['threads']}"]
+             f"{spec['eval_every']}, {spec['photos']} photos, threads={spec['threads']}",
+             f"  ARM64: {report['arm64_cpu']}"]
     for key, run in report["runs"].items():
-        lines.append(f"  {key:10s} [{run['machine']}, numpy {run['numpy']}, onnxruntime {run['onnxruntime']}] "
+        features = f", features {' '.join(run['cpu_features'])}" if run.get("cpu_features") else ""
+        lines.append(f"  {key:10s} [{run['machine']}{features}, numpy {run['numpy']}, onnxruntime {run['onnxruntime']}] "
                      f"median step {run['step_s']:.3f} s (n+1={spec['n'] + 1} forwards), import {run['import_s']:.1f} s, "
                      f"process {run['wall_s']:.1f} s; losses {', '.join(f'{x:.7f}' for x in run['losses'])}; "
                      f"eval {', '.join(f'{x:.7f}' for x in run['eval_losses'])}")
@@ -465,15 +533,16 @@ FAKE_SSH = """#!/bin/bash
 # Test double written by arm_emulated.py: "ssh HOST CMD" runs CMD in the ARM64 rootfs (chroot) instead.
 while [ $# -gt 0 ]; do case "$1" in -p|-o|-i|-l) shift 2 ;; -*) shift ;; *) break ;; esac; done
 shift  # the host
-exec /usr/sbin/chroot {root} /usr/bin/env -i HOME=/root PATH=/usr/bin:/bin /bin/sh -c "cd /root && $1"
+exec /usr/sbin/chroot {root} /usr/bin/env -i HOME=/root PATH=/usr/bin:/bin {emulation} /bin/sh -c "cd /root && $1"
 """
 
 
-def device_check(export: Path, work: Path, steps: int = 4) -> dict[str, Any]:
+def device_check(export: Path, work: Path, steps: int = 4, cpu: str | None = None) -> dict[str, Any]:
     """run_on_device.sh end to end (push, run, pull) against the ARM64 rootfs through an ssh stand-in."""
     bindir = work / "fake-ssh-bin"
     bindir.mkdir(parents=True, exist_ok=True)
-    (bindir / "ssh").write_text(FAKE_SSH.format(root=ROOTFS))
+    emulation = emulation_env(cpu or emulated_cpu())
+    (bindir / "ssh").write_text(FAKE_SSH.format(root=ROOTFS, emulation=" ".join(f"{k}={v}" for k, v in emulation.items())))
     (bindir / "ssh").chmod(0o755)
     out = work / "device-out"
     photos = work / "device-photos"
@@ -485,7 +554,7 @@ def device_check(export: Path, work: Path, steps: int = 4) -> dict[str, Any]:
            "--photos", str(photos), "--python", f"{VENV}/bin/python", "--run", "arm-check", "--out", str(out),
            "--steps", str(steps), "--", "--eval-every", str(steps), "--tau", "4", "--threads", "1",
            "--placeholder_token", "<arm-star>", "--initializer_token", "star"]
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}", **emulation)
     shutil.rmtree(ROOTFS / "root" / "zoodip-run", ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     started = time.monotonic()
@@ -518,9 +587,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--no-ort", action="store_true", help="skip the ARM64 run on the .ort conversion")
     parser.add_argument("--no-device", action="store_true", help="skip run_on_device.sh against the rootfs")
+    parser.add_argument("--cpu", default=None,
+                        help=f"ARM CPU model qemu emulates (default: ${CPU_ENV} or {DEFAULT_CPU}; "
+                             "'max' or 'a64fx' turn on SVE kernels, much slower; list: qemu-aarch64-static -cpu help)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     parser.add_argument("--work", type=Path, default=None, help="keep the run folders here (default: a temp dir)")
     args = parser.parse_args(argv)
+    if args.cpu:  # through the environment, so status(), setup() and every child process see the same choice
+        os.environ[CPU_ENV] = args.cpu
+    why = check_cpu(emulated_cpu())
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 2
     if args.command == "status":
         ready, reason = status()
         print(reason)
@@ -543,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_device:
             target = work / "export-ort" if (work / "export-ort").is_dir() else export
             log(f"run_on_device.sh --ssh against the ARM64 rootfs (an ssh stand-in runs commands in the chroot): {target.name}")
-            device = device_check(target, work)
+            device = device_check(target, work, cpu=spec.cpu)
             report["device_runner"] = device
             summary = device["summary"]
             print(f"device runner (run_on_device.sh, emulated ARM64, {target.name}): exit {device['exit_code']}, "

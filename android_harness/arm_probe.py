@@ -26,6 +26,26 @@ import onnxruntime as ort  # noqa: E402
 
 IMPORT_S = time.monotonic() - _T0
 
+# The ARM CPU features the kernel (or qemu-user) reports to this process, as /proc/cpuinfo names them.
+# onnxruntime picks its kernels from these, so they say which kernel family a run exercised.
+# Bits from the Linux arm64 uapi hwcap.h: (AT_HWCAP bit, name) and (AT_HWCAP2 bit, name).
+HWCAP_BITS = ((0, "fp"), (1, "asimd"), (9, "fphp"), (10, "asimdhp"), (20, "asimddp"), (22, "sve"))
+HWCAP2_BITS = ((1, "sve2"), (13, "i8mm"), (14, "bf16"), (23, "sme"))
+AT_HWCAP, AT_HWCAP2 = 16, 26
+
+
+def cpu_features() -> list[str] | None:
+    """The listed ARM64 features this process may use (getauxval), or None off aarch64 Linux."""
+    if platform.machine() not in ("aarch64", "arm64") or sys.platform != "linux":
+        return None
+    import ctypes
+
+    getauxval = ctypes.CDLL(None).getauxval
+    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    hwcap, hwcap2 = getauxval(AT_HWCAP), getauxval(AT_HWCAP2)
+    return ([name for bit, name in HWCAP_BITS if hwcap >> bit & 1]
+            + [name for bit, name in HWCAP2_BITS if hwcap2 >> bit & 1])
+
 
 def fd_probe(model_dir: str, directions: int, mu: float, threads: int, seed: int = 1234) -> dict:
     from zoodip.model import ExportedModel, RuntimeOptions
@@ -79,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     report = {
         "machine": platform.machine(), "python": platform.python_version(), "numpy": np.__version__,
-        "onnxruntime": ort.__version__, "import_s": IMPORT_S, "personalize_s": time.monotonic() - started,
+        "onnxruntime": ort.__version__, "cpu_features": cpu_features(), "import_s": IMPORT_S, "personalize_s": time.monotonic() - started,
         "progress": str(progress),
     }
     if args.directions:

@@ -23,6 +23,27 @@ def test_status_reports_a_reason():
     assert isinstance(ready, bool) and reason
 
 
+def test_emulated_cpu_defaults_to_a_phone_core_and_follows_the_override(monkeypatch):
+    monkeypatch.delenv(arm_emulated.CPU_ENV, raising=False)
+    assert arm_emulated.emulated_cpu() == arm_emulated.DEFAULT_CPU
+    assert arm_emulated.RunSpec().cpu == arm_emulated.DEFAULT_CPU
+    monkeypatch.setenv(arm_emulated.CPU_ENV, "max")
+    assert arm_emulated.RunSpec().cpu == "max"
+    env = arm_emulated.emulation_env("max")
+    assert env == ({"QEMU_CPU": "max"} if arm_emulated.emulating() else {})
+
+
+@pytest.mark.skipif(not arm_emulated.QEMU.is_file() or not arm_emulated.emulating(),
+                    reason="qemu-aarch64-static is not installed, or this host runs ARM64 natively")
+def test_a_cpu_qemu_does_not_emulate_is_refused_in_one_line(monkeypatch, capsys):
+    assert arm_emulated.DEFAULT_CPU in arm_emulated.qemu_cpus()
+    # setenv, not delenv: main() puts --cpu into the environment, and monkeypatch restores only what it recorded
+    monkeypatch.setenv(arm_emulated.CPU_ENV, arm_emulated.DEFAULT_CPU)
+    assert arm_emulated.main(["status", "--cpu", "pentium"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "'pentium'" in err and arm_emulated.DEFAULT_CPU in err and "\n" not in err
+
+
 @pytest.mark.slow
 def test_x86_64_and_emulated_arm64_personalizations_agree(tiny_export, tmp_path):
     ready, reason = arm_emulated.status()
@@ -32,6 +53,11 @@ def test_x86_64_and_emulated_arm64_personalizations_agree(tiny_export, tmp_path)
     report = arm_emulated.run_comparison(tiny_export, tmp_path, spec, with_ort=False)
     print(arm_emulated.format_report(report))
     assert report["runs"]["arm64"]["machine"] == "aarch64"
+    # The CPU model reached qemu: the default phone core has NEON and no SVE (qemu's own default, max, has SVE).
+    features = report["runs"]["arm64"]["cpu_features"]
+    assert "asimd" in features, features
+    if spec.cpu == arm_emulated.DEFAULT_CPU and arm_emulated.emulating():
+        assert "sve" not in features, (spec.cpu, features)
     assert report["runs"]["x86_64"]["onnxruntime"] == report["runs"]["arm64"]["onnxruntime"]
     c = report["comparisons"]["x86_64 vs arm64"]
     assert c["steps"] == spec.steps and c["probe_same_inputs"]
