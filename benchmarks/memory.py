@@ -49,6 +49,9 @@ DEFAULT_CHUNKS = 32  # the exporter's default query chunks (export/onnx_export.p
 CONTENDERS: dict[str, tuple[str, dict]] = {
     "ours-int8": ("zoodip SDK, INT8 W8A32, --memory-budget (sequential, low-memory sessions), chunked attention",
                   {"kind": "zoodip", "export": ("w8a32", DEFAULT_CHUNKS), "memory_budget_mb": 1300}),
+    "ours-w4a32": ("zoodip SDK, W4A32 (4-bit MatMulNBits where measured to hold, int8 elsewhere), --memory-budget, "
+                   "chunked attention",
+                   {"kind": "zoodip", "export": ("w4a32", DEFAULT_CHUNKS), "memory_budget_mb": 1300}),
     "onnx-fp32": ("zoodip SDK, fp32 ONNX, sequential, low-memory sessions, chunked attention",
                   {"kind": "zoodip", "export": ("fp32", DEFAULT_CHUNKS), "batched": False}),
     "onnx-fp32-ortdefaults": ("zoodip SDK, fp32 ONNX, sequential, onnxruntime's default session settings (its fastest)",

@@ -1,6 +1,6 @@
 """Export a diffusers Stable Diffusion folder (SD1.x/2.x) to zoodip's ONNX folder (docs/export-format.md).
 
-    python export/export_model.py SRC_FOLDER OUT_DIR [--precision fp32|int8] [--recipe w8a32|dynamic-int8]
+    python export/export_model.py SRC_FOLDER OUT_DIR [--precision fp32|int8] [--recipe w8a32|w4a32|dynamic-int8]
     python export/export_model.py --tiny OUT_DIR          # a small seeded random SD-shaped model
 
 The folder is built next to OUT_DIR under a temporary name and renamed at the very end, so a
@@ -274,9 +274,15 @@ def _export_graphs(source: Path, staging: Path, info: dict[str, Any], recipe: st
         spec = ox.GRAPH_SPECS[name]
         if recipe != "fp32":
             log(f"quantizing {name} ({recipe})")
-        quantize_graph(recipe, raw, staging / spec.file, warn=False)
+        # w4a32 picks each layer's width on the parity inputs (fixed and seeded, also without --no-parity).
+        calibration = (par.parity_inputs(name, info, seed=seed, token_embeddings=token_table)
+                       if recipe == "w4a32" else None)
+        stats = quantize_graph(recipe, raw, staging / spec.file, warn=False, calibration=calibration)
         data_file = spec.file + ".data"
         graphs[name] = _graph_entry(staging / spec.file, data_file if (staging / data_file).exists() else None)
+        if "layers" in stats:  # the per-layer widths and the measured errors they were chosen by
+            graphs[name]["quantization"] = {"int4_block": stats["int4_block"], "max_layer_error": stats["max_layer_error"],
+                                            "layers": stats["layers"]}
         if parity and recipe != "fp32":
             inputs = par.parity_inputs(name, info, seed=seed, token_embeddings=token_table)
             results[name]["int8_vs_fp32_rel"] = par.quantized_vs_fp32(staging / spec.file, raw, inputs, session)
@@ -449,7 +455,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="weight precision (default: int8, or what --recipe implies)")
     parser.add_argument("--recipe", default=None, choices=RECIPES,
-                        help="quantization recipe (default w8a32 for int8; dynamic-int8 breaks forward-only gradients)")
+                        help="quantization recipe (default w8a32 for int8; w4a32: 4-bit weights where they hold; "
+                             "dynamic-int8 breaks forward-only gradients)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model and of the parity inputs")
     parser.add_argument("--sample-size", type=int, default=None,
                         help="latent side recorded for the SDK (default: the UNet's, 64 for SD1.5)")

@@ -27,6 +27,16 @@ def tiny_export(tiny_sd_folder, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_w4_export(tiny_sd_folder, tmp_path_factory) -> Path:
+    """The W4A32 export of the tiny folder (4-bit MatMul weights where they hold)."""
+    from zoodip_export.export_model import export_model
+
+    out = tmp_path_factory.mktemp("export") / "tiny_w4"
+    export_model(tiny_sd_folder, out, recipe="w4a32", progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def photos() -> Path:
     return EXAMPLE_PHOTOS
 

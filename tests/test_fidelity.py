@@ -51,17 +51,22 @@ def _autograd_directional(tiny_sd_folder, loss: DenoisingLoss, ids, v0, x_t, t, 
     return z.astype(np.float64) @ v.grad.numpy().astype(np.float64)
 
 
-def test_int8_finite_differences_correlate_with_autograd(tiny_sd_folder, tiny_export, photos):
-    model = ExportedModel.load(tiny_export, RuntimeOptions(threads=1))
-    assert model.manifest["recipe"] == "w8a32"
+# Measured on the tiny model (seed 0): W8A32 0.9998, W4A32 0.988 (its text encoder, random and only
+# 32 wide, drifts 0.19 from fp32). The bounds leave room for onnxruntime versions and machines.
+@pytest.mark.parametrize("recipe,bound", [("w8a32", 0.9), ("w4a32", 0.9)])
+def test_quantized_finite_differences_correlate_with_autograd(request, tiny_sd_folder, photos, recipe, bound):
+    export = request.getfixturevalue({"w8a32": "tiny_export", "w4a32": "tiny_w4_export"}[recipe])
+    model = ExportedModel.load(export, RuntimeOptions(threads=1))
+    assert model.manifest["recipe"] == recipe
     placeholder, ids, v0, x_t, t, target, z = _fixed_problem(model, photos)
     loss = DenoisingLoss(model, placeholder, batched=True)
     losses = loss(ids, np.concatenate([v0[None], v0[None] + MU * z]), x_t, t, target)
     finite = (losses[1:] - losses[0]) / MU
     exact = _autograd_directional(tiny_sd_folder, loss, ids, v0, x_t, t, target, z)
     correlation = float(np.corrcoef(finite, exact)[0, 1])
-    print(f"finite-difference fidelity (W8A32, mu={MU}, {DIRECTIONS} directions): {correlation:.4f}")
-    assert correlation >= 0.9
-    # Not a sign-only agreement: the magnitudes match too (W8A32 changes the model a little).
+    print(f"finite-difference fidelity ({recipe}, mu={MU}, {DIRECTIONS} directions): {correlation:.4f}")
+    assert correlation >= bound
+    # Not a sign-only agreement: the magnitudes match too (quantization changes the model a little).
     slope = float(np.dot(finite, exact) / np.dot(exact, exact))
     assert 0.5 < slope < 1.5
+
