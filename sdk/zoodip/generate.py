@@ -16,8 +16,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -65,6 +66,7 @@ def generate(
     callback: ProgressCallback | None = None,
     batch_cfg: bool = True,
     eta: float = 0.0,
+    token_groups: Sequence[Sequence[str]] | None = None,
 ) -> list[Image.Image]:
     """Generate ``num_images`` images for ``prompt``; returns RGB PIL images of ``width`` x ``height``.
 
@@ -83,6 +85,9 @@ def generate(
         batch_cfg: run the unconditional and conditional UNet passes as one batch (faster);
             False runs them one after the other (lower peak memory, same result).
         eta: DDIM noise (0 = deterministic); only for ``sampler="ddim"``.
+        token_groups: the names of each embedding (``embeddings.load_embeddings``' groups; default:
+            each added token alone). One warning per group none of whose names the prompts use
+            within the text encoder's 77 tokens.
     """
     if sampler not in SAMPLERS:
         raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
@@ -101,6 +106,9 @@ def generate(
 
     # Text conditioning: one row per prompt, repeated per image.
     tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
+    groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
+    for problem in token_use_problems(tokenizer, [prompt, negative_prompt], groups):
+        warnings.warn(problem, stacklevel=2)
 
     def encode(text: str) -> np.ndarray:
         ids = np.asarray(tokenizer([text]), dtype=np.int64)
@@ -273,3 +281,24 @@ def _check_added_ids(ids: np.ndarray, base: int, known: set[int], text: str) -> 
             f"the prompt {text!r} uses learned token id(s) {unknown} whose embedding was not given: "
             "pass it in added_embeddings"
         )
+
+
+def token_use_problems(tokenizer: Any, texts: Sequence[str], groups: Sequence[Sequence[str]]) -> list[str]:
+    """One message per token group that none of ``texts`` uses, or uses only past the token limit.
+
+    The text encoder sees ``max_length`` tokens (77) with the start and end markers, so a prompt's
+    tokens past the 75th are cut: a learned token there changes nothing, silently.
+    """
+    keep = int(tokenizer.max_length) - 2
+    problems = []
+    for names in groups:
+        ids = {int(i) for name in names for i in tokenizer.encode(name)}
+        positions = [k for text in texts if text for k, i in enumerate(tokenizer.encode(text)) if i in ids]
+        shown = " or ".join(repr(name) for name in names)
+        if not positions:
+            problems.append(f"the embedding token {shown} does not appear in the prompt, so it changes nothing: "
+                            "write it in the prompt (or rename it with --embedding PATH:TOKEN)")
+        elif min(positions) >= keep:
+            problems.append(f"the embedding token {shown} comes after the prompt's {keep}-token limit (at token "
+                            f"{min(positions) + 1}), so it is cut off: move it earlier or shorten the prompt")
+    return problems
