@@ -219,8 +219,8 @@ class _GracefulStop:
 
 
 class _LazyJsonl:
-    """``--progress-jsonl PATH``: checked up front, opened (for appending) at the first event only,
-    so a run refused during setup leaves no progress file behind."""
+    """``--progress-jsonl PATH``: checked up front, opened (for appending) at the first event; a run
+    refused during setup removes the file it created (``discard_setup_only``)."""
 
     def __init__(self, target: str) -> None:
         from .paths import check_output_file
@@ -228,6 +228,8 @@ class _LazyJsonl:
         self.stream = sys.stdout if target == "-" else None
         self.path = None if target == "-" else check_output_file(target, "--progress-jsonl")
         self.write = None
+        self.created = False  # this run made the file
+        self.trained = False  # a step was reported: the file holds more than setup phases
 
     def __call__(self, progress) -> None:
         from .api import jsonl_progress_writer
@@ -235,15 +237,22 @@ class _LazyJsonl:
         if self.write is None:
             if self.stream is None:
                 try:
+                    self.created = not self.path.exists()
                     self.stream = open(self.path, "a", encoding="utf-8")
                 except OSError as exc:
                     raise ZoodipError(f"cannot write --progress-jsonl {self.path} ({exc.strerror or exc}): choose another file") from None
             self.write = jsonl_progress_writer(self.stream)
+        self.trained = self.trained or progress.event != "setup"
         self.write(progress)
 
     def close(self) -> None:
         if self.stream is not None and self.stream is not sys.stdout:
             self.stream.close()
+
+    def discard_setup_only(self) -> None:
+        """After a failed setup: remove the file if this run created it and it holds setup phases only."""
+        if self.created and not self.trained and self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 def _resume_requested(args: argparse.Namespace) -> bool:
@@ -270,6 +279,11 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         with _GracefulStop() as stop:
             result = personalize(config, lambda p: [cb(p) for cb in callbacks], resume=resume,
                                  cancel_event=stop.event)
+    except BaseException:
+        if jsonl is not None:
+            jsonl.close()
+            jsonl.discard_setup_only()
+        raise
     finally:
         bar.close()
         if jsonl is not None:
@@ -288,13 +302,14 @@ def cmd_personalize(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .embeddings import load_embeddings
-    from .generate import generate
+    from .generate import check_num_images, generate
     from .images import image_grid, numbered_paths, save_image
     from .limits import check_image_size
     from .model import ExportedModel, RuntimeOptions
     from .paths import check_output_file
 
     out = check_output_file(args.out, "--out", (".png", ".jpg", ".jpeg", ".webp"))
+    check_num_images(args.num_images)
     # Several images: each in its own file beside the grid (out-1.png ...), all checked before any work.
     singles = numbered_paths(out, args.num_images) if args.num_images > 1 else []
     for path in singles:

@@ -50,6 +50,13 @@ ProgressCallback = Callable[[int, int, np.ndarray], None]
 is the sampler's current state [num_images, C, h, w], not yet decoded."""
 
 
+def check_num_images(num_images: object) -> None:
+    """Images per call: 1 to MAX_IMAGES (checked before any file or model work)."""
+    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or not 1 <= num_images <= MAX_IMAGES:
+        raise ZoodipError(f"num_images must be an integer from 1 to {MAX_IMAGES} (the UNet denoises them as one batch), "
+                          f"got {num_images!r}: call again with another seed for more")
+
+
 def generate(
     model: Any,
     prompt: str,
@@ -91,9 +98,7 @@ def generate(
     """
     if sampler not in SAMPLERS:
         raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
-    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or not 1 <= num_images <= MAX_IMAGES:
-        raise ZoodipError(f"num_images must be an integer from 1 to {MAX_IMAGES} (the UNet denoises them as one batch), "
-                          f"got {num_images!r}: call again with another seed for more")
+    check_num_images(num_images)
     if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
         raise ZoodipError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
     if eta and sampler != "ddim":
