@@ -291,19 +291,25 @@ def _check_added_ids(ids: np.ndarray, base: int, known: set[int], text: str) -> 
 def token_use_problems(tokenizer: Any, texts: Sequence[str], groups: Sequence[Sequence[str]]) -> list[str]:
     """One message per token group that none of ``texts`` uses, or uses only past the token limit.
 
-    The text encoder sees ``max_length`` tokens (77) with the start and end markers, so a prompt's
-    tokens past the 75th are cut: a learned token there changes nothing, silently.
+    The text encoder sees 77 tokens with the start and end markers, so a prompt's tokens past the
+    75th are cut: a learned token there changes nothing, silently. Needs only the tokenizer interface
+    generate() uses (``__call__``, ``base_vocab_size``); with an ``encode`` method (untruncated ids) a
+    token past the limit is told apart from a missing one.
     """
-    keep = int(tokenizer.max_length) - 2
+    base = int(tokenizer.base_vocab_size)
+    width = int(np.asarray(tokenizer([""])).shape[1])
     problems = []
     for names in groups:
-        ids = {int(i) for name in names for i in tokenizer.encode(name)}
-        positions = [k for text in texts if text for k, i in enumerate(tokenizer.encode(text)) if i in ids]
+        ids = {int(i) for name in names for i in np.asarray(tokenizer([name]))[0] if i >= base}
+        if any(int(i) in ids for text in texts if text for i in np.asarray(tokenizer([text]))[0]):
+            continue  # used within the limit
         shown = " or ".join(repr(name) for name in names)
-        if not positions:
+        full = [list(tokenizer.encode(text)) for text in texts if text] if callable(getattr(tokenizer, "encode", None)) else []
+        positions = [k for row in full for k, i in enumerate(row) if int(i) in ids]
+        if positions:
+            problems.append(f"the embedding token {shown} comes after the prompt's {width - 2}-token limit (at token "
+                            f"{min(positions) + 1}), so it is cut off: move it earlier or shorten the prompt")
+        else:
             problems.append(f"the embedding token {shown} does not appear in the prompt, so it changes nothing: "
                             "write it in the prompt (or rename it with --embedding PATH:TOKEN)")
-        elif min(positions) >= keep:
-            problems.append(f"the embedding token {shown} comes after the prompt's {keep}-token limit (at token "
-                            f"{min(positions) + 1}), so it is cut off: move it earlier or shorten the prompt")
     return problems
