@@ -132,6 +132,7 @@ class _ProgressBar:
         self.total = total
         self.bar = None
         self.eval_loss: float | None = None
+        self.after_close: list[str] = []  # lines for after the final bar line (drawn once, by close)
 
     def __call__(self, progress) -> None:
         if not self.enabled:
@@ -147,7 +148,10 @@ class _ProgressBar:
             self.bar = tqdm(total=self.total, initial=max(0, progress.step - 1), unit="step", dynamic_ncols=True,
                             file=sys.stderr, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         if progress.event == "validation":
-            self.bar.write(f"preview: {progress.path}", file=sys.stderr)
+            if progress.step < progress.total:
+                self.bar.write(f"preview: {progress.path}", file=sys.stderr)
+            else:  # tqdm's write would redraw the final line; close() draws it
+                self.after_close.append(f"preview: {progress.path}")
             return
         if progress.eval_loss is not None:
             self.eval_loss = progress.eval_loss
@@ -169,6 +173,9 @@ class _ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        for line in self.after_close:
+            print(line, file=sys.stderr)
+        self.after_close = []
 
 
 def _summary(result) -> str:
@@ -177,7 +184,7 @@ def _summary(result) -> str:
     if result.initial_eval_loss is not None and result.final_eval_loss is not None:
         first, last = result.initial_eval_loss, result.final_eval_loss
         change = f" ({(last - first) / first:+.1%})" if first else ""
-        line += f"; eval loss {first:.4g} -> {last:.4g}{change}"
+        line += f"; eval loss {first:#.4g} -> {last:#.4g}{change}"
     else:
         line += "; no evaluation loss (--eval-every 0)"
     return line
