@@ -194,7 +194,7 @@ def kotlin_reads() -> dict[str, str]:
     body = source[source.index("fun parseProgressLine"):]
     body = body[:body.index("\n}\n")]
     reads = dict((field, method) for method, field in
-                 re.findall(r'obj\.(getString|getInt|getLong|getDouble|optString|optDoubleOrNull|optIntOrNull)\("([a-z_]+)"\)', body))
+                 re.findall(r'obj\.(getString|getInt|getLong|getDouble|optString|optDoubleOrNull|optIntOrNull|optStringOrNull)\("([a-z_]+)"\)', body))
     assert reads, "no field reads found in the Kotlin sketch"
     return reads
 
@@ -202,6 +202,7 @@ def kotlin_reads() -> dict[str, str]:
 KOTLIN_TYPES = {  # accessor -> Python types that JSON value may have for it to succeed
     "getString": (str,), "optString": (str,), "getInt": (int,), "getLong": (int,), "getDouble": (int, float),
     "optDoubleOrNull": (int, float, type(None)), "optIntOrNull": (int, type(None)),
+    "optStringOrNull": (str, type(None)),
 }
 
 
@@ -225,7 +226,7 @@ def test_kotlin_sketch_reads_the_fields_the_cli_streams(tiny_export, photos, tmp
             (seen_null if value is None else seen_value).add(field)
     # The nullable accessors really meet both cases in this stream (eta_s is null only before a step).
     assert {"eval_loss", "kept_dims"} <= seen_null and {"loss", "eval_loss", "kept_dims", "eta_s"} <= seen_value
-    events_named = set(re.findall(r'"(step|eval|checkpoint|done|cancelled|early-stopped)"', KOTLIN.read_text()))
+    events_named = set(re.findall(r'"(setup|step|eval|validation|checkpoint|done|cancelled|early-stopped)"', KOTLIN.read_text()))
     assert {e["event"] for e in events} <= events_named
 
 
@@ -239,8 +240,11 @@ def test_cancel_like_the_sketch_sigint_checkpoints_exits_130_and_resume_finishes
     try:
         pid = int(proc.stdout.readline())
         assert pid == proc.pid
-        for _ in range(8):
-            assert json.loads(proc.stdout.readline())["type"] == "progress"
+        steps_seen = 0
+        while steps_seen < 8:  # 8 step events (setup phases come first)
+            event = json.loads(proc.stdout.readline())
+            assert event["type"] == "progress"
+            steps_seen += event["event"] != "setup"
         os.kill(pid, signal.SIGINT)
         tail = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]
         code = proc.wait(timeout=60)

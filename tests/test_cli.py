@@ -103,6 +103,11 @@ def test_damaged_export_folders(broken_exports, photos, tmp_path, capsys, kind, 
     (["--initializer_token", "zqxjvkwpfhgtb"], "single token"),
     (["--placeholder_token", "star"], "star"),
     (["--resume"], "nothing to resume"),
+    (["--resume_from_checkpoint", "latest"], "nothing to resume"),
+    (["--resume_from_checkpoint", "checkpoint-500"], "--resume_from_checkpoint takes 'latest'"),
+    (["--save_steps", "-1"], "--save_steps must be"),
+    (["--lr_warmup_steps", "-2"], "--lr_warmup_steps must be"),
+    (["--lr_scheduler", "polynomial"], "--lr_scheduler"),
 ])
 def test_bad_flags(tiny_export, photos, tmp_path, capsys, flags, needle):
     out = tmp_path / "out"
@@ -164,3 +169,14 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint(tiny_export, photos, tmp
     assert "resume with --resume" in err and "Traceback" not in err
     steps = int(np.load(out / "checkpoint.npz")["step"])
     assert steps >= 5  # not the step-0 checkpoint: the stop itself was checkpointed
+    snapshot = out / f"learned_embeds-steps-{steps}.safetensors"  # and what it learned, usable as is
+    assert snapshot.is_file() and f"embedding so far in {snapshot}" in err
+
+
+def test_resume_from_checkpoint_latest_is_resume(tiny_export, photos, tmp_path, capsys):
+    out = tmp_path / "r"
+    code, _, err = run_cli(personalize_args(tiny_export, photos, out, "--max_train_steps", "2"), capsys)
+    assert code == 0, err
+    code, stdout, err = run_cli(personalize_args(tiny_export, photos, out, "--resume_from_checkpoint", "latest"), capsys)
+    assert code == 0, err
+    assert stdout.startswith("done: 3 steps")

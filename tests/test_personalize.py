@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from zoodip.api import PersonalizationJob, progress_to_json
-from zoodip.embeddings import load_embedding_file
+from zoodip.embeddings import load_embedding_file, read_embedding_metadata
 from zoodip.errors import ZoodipError
-from zoodip.trainer import CHECKPOINT_NAME, EMBEDDING_NAME, LOG_NAME, PersonalizeConfig, Personalizer, personalize
+from zoodip.trainer import (CHECKPOINT_NAME, EMBEDDING_NAME, LOG_NAME, SNAPSHOT_NAME, PersonalizeConfig, Personalizer,
+                            personalize)
 
 TOKEN = "<striped-star>"
 
@@ -46,13 +47,18 @@ def _final_bytes(out) -> bytes:
     return (out / EMBEDDING_NAME).read_bytes()
 
 
-@pytest.mark.parametrize("adam_state_dtype", ["float64", "float16"])
-def test_interrupted_and_resumed_run_is_bit_identical(tiny_export, photos, tmp_path, adam_state_dtype):
-    straight = make_config(tiny_export, photos, tmp_path / "straight", adam_state_dtype=adam_state_dtype)
+@pytest.mark.parametrize("adam_state_dtype,schedule", [
+    ("float64", {}), ("float16", {}),
+    # The rate depends on the step only: a schedule resumes bit-exactly without storing anything.
+    ("float64", {"lr_scheduler": "cosine", "lr_warmup_steps": 3}),
+    ("float64", {"lr_scheduler": "linear", "lr_warmup_steps": 5}),
+])
+def test_interrupted_and_resumed_run_is_bit_identical(tiny_export, photos, tmp_path, adam_state_dtype, schedule):
+    straight = make_config(tiny_export, photos, tmp_path / "straight", adam_state_dtype=adam_state_dtype, **schedule)
     personalize(straight)
 
     # Crash at step 6: the last checkpoint is from step 4, so steps 5-6 are redone after resuming.
-    crashing = make_config(tiny_export, photos, tmp_path / "resumed", adam_state_dtype=adam_state_dtype)
+    crashing = make_config(tiny_export, photos, tmp_path / "resumed", adam_state_dtype=adam_state_dtype, **schedule)
 
     class Crash(Exception):
         pass
@@ -74,8 +80,12 @@ def test_interrupted_and_resumed_run_is_bit_identical(tiny_export, photos, tmp_p
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert a["opt/exp_avg"].dtype == a["opt/exp_avg_sq"].dtype == np.dtype(adam_state_dtype)
     # The log of the resumed run reads like one uninterrupted run.
-    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / LOG_NAME).read_text().splitlines()]
-    assert steps == [0] + list(range(1, 13))
+    log = [json.loads(line) for line in (tmp_path / "resumed" / LOG_NAME).read_text().splitlines()]
+    assert [r["step"] for r in log] == [0] + list(range(1, 13))
+    if schedule:  # the log records the rate each step used: warmup from 0, then down to 0 at the end
+        rates = [r["lr"] for r in log[1:]]
+        assert rates[0] == 0.0 and max(rates) == pytest.approx(straight.learning_rate)
+        assert rates[-1] < rates[schedule["lr_warmup_steps"]]
 
 
 def test_evaluation_mode_defaults_by_unet_size(tiny_export, photos, tmp_path, monkeypatch):
@@ -108,7 +118,11 @@ def test_job_api_cancel_then_resume(tiny_export, photos, tmp_path):
     job.cancel()
     result = job.wait(60)
     assert result is not None and result.status == "cancelled" and 5 <= result.steps < 40
-    assert result.embedding_path is None and (tmp_path / "job" / CHECKPOINT_NAME).is_file()
+    assert (tmp_path / "job" / CHECKPOINT_NAME).is_file()
+    # A cancelled run still leaves what it learned, named as a --save_steps snapshot of its last step.
+    assert result.embedding_path == tmp_path / "job" / SNAPSHOT_NAME.format(step=result.steps)
+    assert read_embedding_metadata(result.embedding_path)["steps"] == str(result.steps)
+    assert not (tmp_path / "job" / EMBEDDING_NAME).exists()  # the final name is kept for a finished run
     resumed = PersonalizationJob(config, resume=True).run()
     assert resumed.status == "done" and resumed.steps == 40 and resumed.embedding_path.is_file()
 
@@ -291,3 +305,40 @@ def test_vocabulary_subspace_with_subspace_gradient_normalizes_by_the_projected_
     assert fitted, "Subspace Gradient never removed a direction: the test has no power"
     for _, used, drawn in seen:
         assert used == pytest.approx(drawn, rel=1e-6)
+
+
+def test_save_steps_snapshots_carry_their_run_in_the_header(tiny_export, photos, tmp_path):
+    out = tmp_path / "snap"
+    result = personalize(make_config(tiny_export, photos, out, save_steps=5, eval_every=0))
+    names = sorted(p.name for p in out.glob("learned_embeds-steps-*.safetensors"))
+    assert names == ["learned_embeds-steps-10.safetensors", "learned_embeds-steps-5.safetensors"]
+    final_token, final = load_embedding_file(result.embedding_path)
+    token, snapshot = load_embedding_file(out / "learned_embeds-steps-10.safetensors")
+    assert token == final_token == TOKEN and not np.array_equal(snapshot, final)  # 2 steps apart
+    meta = read_embedding_metadata(result.embedding_path)
+    assert meta["steps"] == "12" and int(meta["forwards"]) == 12 * 3  # n=2: 3 forwards a step
+    assert meta["model"] == Personalizer(make_config(tiny_export, photos, tmp_path / "x")).model_id
+    settings = json.loads(meta["settings"])
+    assert settings["n"] == 2 and settings["tau"] == 4 and settings["lr_scheduler"] == "constant"
+    assert read_embedding_metadata(out / "learned_embeds-steps-5.safetensors")["steps"] == "5"
+
+
+def test_other_tools_read_the_embedding_and_ignore_the_metadata(tiny_export, photos, tmp_path):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    result = personalize(make_config(tiny_export, photos, tmp_path / "o", max_train_steps=2, eval_every=0))
+    tensors = safetensors_numpy.load_file(str(result.embedding_path))
+    _, learned = load_embedding_file(result.embedding_path)
+    assert list(tensors) == [TOKEN]
+    np.testing.assert_array_equal(tensors[TOKEN], learned)
+
+
+def test_schedule_settings_are_part_of_the_run(tiny_export, photos, tmp_path):
+    base = make_config(tiny_export, photos, tmp_path / "f")
+    cosine = make_config(tiny_export, photos, tmp_path / "f", lr_scheduler="cosine", lr_warmup_steps=2)
+    assert base.fingerprint() != cosine.fingerprint()
+    longer = make_config(tiny_export, photos, tmp_path / "f", lr_scheduler="cosine", lr_warmup_steps=2, max_train_steps=99)
+    assert longer.fingerprint() != cosine.fingerprint()  # cosine's rates depend on the run's length
+    with pytest.warns(UserWarning, match="no effect with --lr_scheduler constant"):
+        Personalizer(make_config(tiny_export, photos, tmp_path / "w", lr_warmup_steps=3))
+    with pytest.raises(ZoodipError, match="--lr_scheduler must be one of"):
+        make_config(tiny_export, photos, tmp_path / "bad", lr_scheduler="step").validate()

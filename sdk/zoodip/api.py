@@ -3,7 +3,7 @@
     job = PersonalizationJob(PersonalizeConfig(export_dir, photos, out_dir), on_progress=print)
     job.start()            # runs in a background thread
     ...
-    job.cancel()           # stops after the current step and writes a checkpoint
+    job.cancel()           # stops after the current step: a checkpoint and learned_embeds-steps-N.safetensors
     result = job.wait()    # PersonalizeResult (status, embedding path, eval losses)
 
 A cancelled or killed job continues with ``PersonalizationJob(same_config, resume=True).start()``.
@@ -74,7 +74,8 @@ class PersonalizationJob:
         return self._outcome()
 
     def cancel(self) -> None:
-        """Ask the job to stop after the current step; it saves a checkpoint and returns 'cancelled'."""
+        """Ask the job to stop after the current step; it saves a checkpoint and the embedding so far
+        (``result.embedding_path``, a ``learned_embeds-steps-N.safetensors``) and returns 'cancelled'."""
         self._cancel.set()
 
     @property

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ZoodipError
+from .lr_schedule import LR_SCHEDULERS
 from .zo import ADAM_STATE_DTYPES
 
 
@@ -36,6 +37,10 @@ def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
                         "on the reference world 1500 steps reach 0.95 of backprop's concept fidelity, 9000 steps 0.99 "
                         "of its concept and 0.96 of its prompt fidelity (benchmarks/README.md)")
     p.add_argument("--learning_rate", type=float, default=1e-2)
+    p.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default="constant",
+                   help="learning-rate schedule, diffusers' formulas (default: constant)")
+    p.add_argument("--lr_warmup_steps", type=int, default=0,
+                   help="steps rising linearly from 0 to --learning_rate (not with constant, as in diffusers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=2, help="random directions per step (n+1 forwards per step)")
     p.add_argument("--mu", type=float, default=1e-3, help="finite-difference perturbation")
@@ -59,14 +64,29 @@ def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
                         "moment stays near 0 for small estimates, so their steps are close to lr * m_hat / eps "
                         "(default: float64)")
     p.add_argument("--captions", default=None, help="JSON {image file name: caption containing the placeholder}")
+    p.add_argument("--template_file", default=None, metavar="PATH",
+                   help="A1111 prompt templates, one a line: [name] is the token, [filewords] the .txt caption "
+                        "beside each photo (instead of the built-in templates)")
+    p.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True,
+                   help="crop each photo to its centered square (default); --no-center_crop squashes the whole "
+                        "photo into the square, as diffusers does without --center_crop")
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
     p.add_argument("--sequential", action="store_true", help="run the n+1 UNet evaluations one by one (less memory; the default for SD-size UNets, small ones run them as one batch)")
     p.add_argument("--eval-every", type=int, default=50, help="steps between evaluation losses (0: never)")
     p.add_argument("--checkpointing_steps", type=int, default=50)
+    p.add_argument("--save_steps", type=int, default=0,
+                   help="also save the embedding every N steps as learned_embeds-steps-N.safetensors (0: never)")
+    p.add_argument("--validation_prompt", default=None,
+                   help="preview prompt (with the token): every --validation_steps a PNG grid validation-steps-N.png "
+                        "is written into --output_dir (each costs 2 x 25 UNet forwards per image)")
+    p.add_argument("--num_validation_images", type=int, default=4, help="images per preview (default 4, as diffusers)")
+    p.add_argument("--validation_steps", type=int, default=100, help="steps between previews (default 100, as diffusers)")
     p.add_argument("--early-stop-patience", type=int, default=0, help="stop after this many evaluations without improvement")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     p.add_argument("--memory-budget", type=int, default=None, metavar="MB", help="low-memory mode within MB (implies --sequential)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output_dir from its checkpoint")
+    p.add_argument("--resume_from_checkpoint", default=None, metavar="latest",
+                   help="diffusers' spelling of --resume; zoodip keeps one checkpoint per run, so only 'latest'")
     p.add_argument("--progress-jsonl", default=None, metavar="PATH", help="also stream progress as JSON lines ('-' = stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -82,26 +102,56 @@ def _config_from_args(args: argparse.Namespace):
         n=args.n, mu=args.mu, tau=args.tau, nu=args.nu, subspace=not args.no_subspace,
         subspace_mode=args.subspace_mode, vocabulary_variance=args.vocabulary_subspace, t_range=tuple(args.t_range), optimizer=args.optimizer,
         adam_state_dtype=args.adam_state_dtype,
-        captions=Path(args.captions) if args.captions else None, flip=args.flip, batched=False if args.sequential else None,
-        eval_every=args.eval_every, checkpoint_every=args.checkpointing_steps,
+        captions=Path(args.captions) if args.captions else None, flip=args.flip,
+        template_file=Path(args.template_file) if args.template_file else None, center_crop=args.center_crop, batched=False if args.sequential else None,
+        eval_every=args.eval_every, checkpoint_every=args.checkpointing_steps, save_steps=args.save_steps,
+        lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
+        validation_prompt=args.validation_prompt, num_validation_images=args.num_validation_images,
+        validation_steps=args.validation_steps,
         early_stop_patience=args.early_stop_patience, threads=args.threads,
         memory_budget_mb=args.memory_budget,
     )
 
 
+def _duration(seconds: float) -> str:
+    """12.3 s, 4 min 05 s, 1 h 02 min: rounded for people."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 class _ProgressBar:
-    """tqdm bar on stderr: loss, evaluation loss, forwards/s and ETA."""
+    """Progress on stderr: one line per setup phase, then a tqdm bar (loss, evaluation loss, forwards/s,
+    ETA from the steps' own times), preview files as lines above it."""
 
     def __init__(self, total: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total = total
         self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
         self.eval_loss: float | None = None
+        self.after_close: list[str] = []  # lines for after the final bar line (drawn once, by close)
 
     def __call__(self, progress) -> None:
+        if not self.enabled:
+            return
+        if progress.event == "setup":
+            print(f"setup: {progress.phase} ...", file=sys.stderr, flush=True)
+            return
         if self.bar is None:
+            from tqdm import tqdm
+
+            # Created at the first step, so that its clock does not count the setup; its own
+            # remaining-time estimate is left out (the trainer's ETA is shown instead).
+            self.bar = tqdm(total=self.total, initial=max(0, progress.step - 1), unit="step", dynamic_ncols=True,
+                            file=sys.stderr, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        if progress.event == "validation":
+            if progress.step < progress.total:
+                self.bar.write(f"preview: {progress.path}", file=sys.stderr)
+            else:  # tqdm's write would redraw the final line; close() draws it
+                self.after_close.append(f"preview: {progress.path}")
             return
         if progress.eval_loss is not None:
             self.eval_loss = progress.eval_loss
@@ -113,12 +163,31 @@ class _ProgressBar:
             postfix["eval"] = f"{self.eval_loss:.4f}"
         if progress.kept_dims is not None:
             postfix["sg_dims"] = progress.kept_dims
+        if progress.eta_s is not None and progress.step < progress.total:
+            postfix["eta"] = _duration(progress.eta_s)
         self.bar.set_postfix(postfix, refresh=False)
-        self.bar.refresh()
+        # The last step and the end event draw nothing themselves: close() prints the final line, once.
+        if progress.event in ("step", "eval") and progress.step < progress.total:
+            self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        for line in self.after_close:
+            print(line, file=sys.stderr)
+        self.after_close = []
+
+
+def _summary(result) -> str:
+    """One line: status, steps, wall time, forwards, the evaluation loss's change (rounded)."""
+    line = f"{result.status}: {result.steps} steps in {_duration(result.wall_s)}, {result.forwards} training forwards"
+    if result.initial_eval_loss is not None and result.final_eval_loss is not None:
+        first, last = result.initial_eval_loss, result.final_eval_loss
+        change = f" ({(last - first) / first:+.1%})" if first else ""
+        line += f"; eval loss {first:#.4g} -> {last:#.4g}{change}"
+    else:
+        line += "; no evaluation loss (--eval-every 0)"
+    return line
 
 
 class _GracefulStop:
@@ -157,8 +226,8 @@ class _GracefulStop:
 
 
 class _LazyJsonl:
-    """``--progress-jsonl PATH``: checked up front, opened (for appending) at the first event only,
-    so a run refused during setup leaves no progress file behind."""
+    """``--progress-jsonl PATH``: checked up front, opened (for appending) at the first event; a run
+    refused during setup removes the file it created (``discard_setup_only``)."""
 
     def __init__(self, target: str) -> None:
         from .paths import check_output_file
@@ -166,6 +235,8 @@ class _LazyJsonl:
         self.stream = sys.stdout if target == "-" else None
         self.path = None if target == "-" else check_output_file(target, "--progress-jsonl")
         self.write = None
+        self.created = False  # this run made the file
+        self.trained = False  # a step was reported: the file holds more than setup phases
 
     def __call__(self, progress) -> None:
         from .api import jsonl_progress_writer
@@ -173,15 +244,31 @@ class _LazyJsonl:
         if self.write is None:
             if self.stream is None:
                 try:
+                    self.created = not self.path.exists()
                     self.stream = open(self.path, "a", encoding="utf-8")
                 except OSError as exc:
                     raise ZoodipError(f"cannot write --progress-jsonl {self.path} ({exc.strerror or exc}): choose another file") from None
             self.write = jsonl_progress_writer(self.stream)
+        self.trained = self.trained or progress.event != "setup"
         self.write(progress)
 
     def close(self) -> None:
         if self.stream is not None and self.stream is not sys.stdout:
             self.stream.close()
+
+    def discard_setup_only(self) -> None:
+        """After a failed setup: remove the file if this run created it and it holds setup phases only."""
+        if self.created and not self.trained and self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _resume_requested(args: argparse.Namespace) -> bool:
+    """--resume, or diffusers' --resume_from_checkpoint latest (a run folder holds one checkpoint)."""
+    given = args.resume_from_checkpoint
+    if given is not None and given != "latest":
+        raise ZoodipError(f"--resume_from_checkpoint takes 'latest', got {given!r}: zoodip keeps one checkpoint "
+                          "per --output_dir; pass that folder and --resume_from_checkpoint latest (or --resume)")
+    return bool(args.resume or given == "latest")
 
 
 def cmd_personalize(args: argparse.Namespace) -> int:
@@ -190,64 +277,66 @@ def cmd_personalize(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     config.validate()  # a bad setting is one line on stderr, before any progress bar is drawn
+    resume = _resume_requested(args)
     check_output_dir(config.output_dir)
     jsonl = _LazyJsonl(args.progress_jsonl) if args.progress_jsonl else None
     bar = _ProgressBar(config.max_train_steps, enabled=not args.no_progress)
     callbacks = [bar] + ([jsonl] if jsonl else [])
     try:
         with _GracefulStop() as stop:
-            result = personalize(config, lambda p: [cb(p) for cb in callbacks], resume=args.resume,
+            result = personalize(config, lambda p: [cb(p) for cb in callbacks], resume=resume,
                                  cancel_event=stop.event)
+    except BaseException:
+        if jsonl is not None:
+            jsonl.close()
+            jsonl.discard_setup_only()
+        raise
     finally:
         bar.close()
         if jsonl is not None:
             jsonl.close()
     out = sys.stderr if args.progress_jsonl == "-" else sys.stdout
-    print(f"{result.status}: {result.steps} steps; eval loss {result.initial_eval_loss} -> {result.final_eval_loss}", file=out)
+    print(_summary(result), file=out)
     if result.embedding_path:
         print(f"embedding: {result.embedding_path}", file=out)
     if result.status == "cancelled":
-        print(f"stopped at step {result.steps} (checkpoint saved): resume with --resume and the same flags", file=sys.stderr)
+        kept = f"embedding so far in {result.embedding_path}, " if result.embedding_path else ""
+        print(f"stopped at step {result.steps} ({kept}checkpoint saved): resume with --resume and the same flags",
+              file=sys.stderr)
         return stop.exit_code
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .embeddings import check_hidden_size, load_embedding_file
-    from .generate import generate
-    from .images import image_grid
+    from .embeddings import load_embeddings
+    from .generate import check_num_images, generate
+    from .images import image_grid, numbered_paths, save_image
     from .limits import check_image_size
     from .model import ExportedModel, RuntimeOptions
     from .paths import check_output_file
 
     out = check_output_file(args.out, "--out", (".png", ".jpg", ".jpeg", ".webp"))
+    check_num_images(args.num_images)
+    # Several images: each in its own file beside the grid (out-1.png ...), all checked before any work.
+    singles = numbered_paths(out, args.num_images) if args.num_images > 1 else []
+    for path in singles:
+        check_output_file(path, "--out")
     if args.threads < 0:
         raise ZoodipError(f"--threads must be an integer >= 0 (0: all cores), got {args.threads}")
     model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads))
-    added = {}
-    for path in args.embedding or []:
-        token, vectors = load_embedding_file(path)
-        check_hidden_size(vectors, model.hidden_size, path)
-        added[token] = vectors
+    added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity)
     factor = model.vae_scale_factor
     height, width = args.height or model.default_resolution, args.width or model.default_resolution
     if height > 0 and width > 0 and not (height % factor or width % factor):  # other sizes: generate() says why
         check_image_size(height, width, factor, f"--height {height} --width {width}")
     images = generate(model, args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                       guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
-                      height=args.height, width=args.width, num_images=args.num_images, added_embeddings=added)
-    picture = images[0] if len(images) == 1 else image_grid([images])
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")  # keeps the suffix: Pillow picks the format by it
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        picture.save(tmp)
-        tmp.replace(out)
-    except BaseException as exc:  # also Ctrl-C mid-save: no temp file left in the user's folder
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise ZoodipError(f"cannot write --out {out} ({exc.strerror or exc}): free space or choose another file") from None
-        raise
-    print(f"wrote {out}")
+                      height=args.height, width=args.width, num_images=args.num_images, added_embeddings=added,
+                      token_groups=groups)
+    for image, path in zip(images, singles):
+        save_image(image, path)
+    save_image(images[0] if len(images) == 1 else image_grid([images]), out)
+    print(f"wrote {out}" + (f" (grid) and {singles[0].name} ... {singles[-1].name}" if singles else ""))
     return 0
 
 
@@ -272,6 +361,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from .embeddings import load_embeddings, read_embedding_metadata
+
+    added, groups = load_embeddings([args.embedding])
+    vectors = added[groups[0][0]]
+    print(f"token: {' or '.join(groups[0])} ({vectors.shape[0]} vector{'s' if vectors.shape[0] != 1 else ''} "
+          f"of width {vectors.shape[1]})")
+    meta = read_embedding_metadata(args.embedding)
+    if "steps" not in meta:
+        print("trained by: not recorded (not a zoodip file, or an older one)")
+        return 0
+    print(f"trained: {meta['steps']} steps, {meta['forwards']} training forwards")
+    print(f"model: {meta.get('model_name', '?')} (manifest {meta.get('model', '?')})")
+    settings = json.loads(meta.get("settings", "{}"))
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     from .paths import check_output_dir
@@ -283,8 +392,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is the contract's one line (argparse prints its usage block first)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ZoodipError(f"{message}: see '{self.prog} --help'")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zoodip", description="Forward-only textual inversion for INT8 ONNX Stable Diffusion")
+    parser = _Parser(prog="zoodip", description="Forward-only textual inversion for INT8 ONNX Stable Diffusion")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("export", help="export a diffusers SD folder to INT8 ONNX (see 'zoodip export --help')", add_help=False)
     _add_personalize_flags(sub.add_parser("personalize", help="learn a new token from a few photos"))
@@ -293,19 +409,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", required=True, help="zoodip export folder")
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt", default="")
-    g.add_argument("--embedding", action="append", help="learned embedding file (diffusers or A1111 .safetensors); repeatable")
+    g.add_argument("--embedding", action="append", metavar="PATH[:TOKEN]",
+                   help="learned embedding file (diffusers or A1111 .safetensors), optionally renamed to TOKEN; "
+                        "an A1111 file answers to its file name, as in A1111; repeatable")
     g.add_argument("--steps", type=int, default=25)
     g.add_argument("--guidance-scale", type=float, default=7.5)
     g.add_argument("--sampler", choices=["dpmpp_2m", "ddim", "euler"], default="dpmpp_2m")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
-    g.add_argument("--num-images", type=int, default=1)
+    g.add_argument("--num-images", type=int, default=1, help="images per call; more than one: --out is their grid "
+                   "and each is also written as OUT-1.png, OUT-2.png, ...")
     g.add_argument("--threads", type=int, default=0)
     g.add_argument("--out", default="out.png")
 
     v = sub.add_parser("verify", help="check every file of an export folder against the manifest's sha256 values")
     v.add_argument("model", help="zoodip export folder")
+
+    i = sub.add_parser("info", help="what an embedding file holds and, for zoodip's, how it was trained")
+    i.add_argument("embedding", help="embedding file (.safetensors)")
 
     d = sub.add_parser("demo", help="export the built-in model, personalize it on bundled photos, write a before/after grid")
     d.add_argument("--out", default="demo_out")
@@ -328,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_export(argv[1:])
         args = build_parser().parse_args(argv)
         handler = {"personalize": cmd_personalize, "generate": cmd_generate, "verify": cmd_verify,
-                   "demo": cmd_demo}[args.command]
+                   "info": cmd_info, "demo": cmd_demo}[args.command]
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
             return handler(args)

@@ -13,12 +13,15 @@ loads files a user downloaded.
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import ZoodipError
-from .safetensors_io import read_file, save_file
+from .safetensors_io import load_metadata, read_file, save_file
 
 # A prompt holds at most 75 tokens (77 with its start and end markers), so no usable embedding has
 # more vectors; text encoders in use are at most 4096 wide. Checked on the file's header, before
@@ -28,13 +31,23 @@ MAX_WIDTH = 4096
 _PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
 # Pickles are converted on a desktop with torch, by a script kept outside the SDK.
 _CONVERT_HINT = "convert it on a desktop with: python tools/pt_embedding_to_safetensors.py IN.pt OUT.safetensors"
+# zoodip's own entries of the safetensors header (__metadata__, strings only). Loaders that do not know
+# them (diffusers, A1111, the safetensors package) read the tensors and ignore the header's metadata.
+METADATA_PREFIX = "zoodip_"
 
 
-def save_learned_embeds(path: str | os.PathLike[str], token: str, vectors: np.ndarray) -> Path:
+def _metadata_key(name: str) -> str:
+    return name if name.startswith(METADATA_PREFIX) else METADATA_PREFIX + name
+
+
+def save_learned_embeds(path: str | os.PathLike[str], token: str, vectors: np.ndarray,
+                        metadata: Mapping[str, str] | None = None) -> Path:
     """Save a learned embedding in the diffusers textual-inversion format; returns the path.
 
     ``vectors`` is [num_vectors, hidden] or [hidden]; it is stored as float32 [num_vectors, hidden]
     under the key ``token``. The write is atomic (a crash never leaves a half-written file).
+    ``metadata`` (strings) goes into the header, each key prefixed ``zoodip_`` (see
+    :func:`read_embedding_metadata`).
     """
     if not isinstance(token, str) or not token.strip() or token != token.strip():
         raise ZoodipError(f"invalid placeholder token {token!r}: use a non-empty word without spaces around it, e.g. '<my-cat>'")
@@ -49,8 +62,21 @@ def save_learned_embeds(path: str | os.PathLike[str], token: str, vectors: np.nd
     if not np.isfinite(array).all():
         raise ZoodipError(f"the embedding for {token} contains NaN or infinite values, so it was not saved: if training produced it, lower the learning rate")
     # {"format": "pt"} is what safetensors.torch writes; some loaders look for it.
-    metadata = {"format": "pt", "zoodip_token": token, "zoodip_num_vectors": str(array.shape[0])}
-    return save_file({token: array}, path, metadata=metadata)
+    header = {"format": "pt", "zoodip_token": token, "zoodip_num_vectors": str(array.shape[0])}
+    for key, value in (metadata or {}).items():
+        header[_metadata_key(str(key))] = value
+    return save_file({token: array}, path, metadata=header)
+
+
+def read_embedding_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """zoodip's entries of an embedding file's header, without the ``zoodip_`` prefix ({} for others' files).
+
+    Reads the header only. Values are strings as stored (``settings`` is JSON).
+    """
+    if Path(path).suffix.lower() in _PICKLE_SUFFIXES:
+        return {}
+    return {key[len(METADATA_PREFIX):]: value for key, value in load_metadata(path).items()
+            if key.startswith(METADATA_PREFIX)}
 
 
 def load_embedding_file(path: str | os.PathLike[str], token: str | None = None) -> tuple[str, np.ndarray]:
@@ -58,9 +84,61 @@ def load_embedding_file(path: str | os.PathLike[str], token: str | None = None) 
 
     ``token`` renames the embedding (as diffusers' ``load_textual_inversion(token=...)`` does).
     Formats without a stored token name (A1111 ``emb_params``) default to ``"<file stem>"``; a
-    stem already written as ``<...>`` is used as is.
+    stem already written as ``<...>`` is used as is. (A1111 itself uses the bare stem:
+    :func:`load_embeddings` adds it as a second name.)
     """
-    path = Path(path)
+    name, vectors, _ = _load(Path(path), token)
+    return name, vectors
+
+
+def load_embeddings(specs: Sequence[str | os.PathLike[str]], tokenizer: Any = None, hidden: int | None = None,
+                    model_id: str | None = None) -> tuple[dict[str, np.ndarray], list[list[str]]]:
+    """Embeddings for a prompt from ``PATH`` or ``PATH:TOKEN`` specs (``--embedding``).
+
+    Returns ``({token: vectors}, groups)``, each group the names of one file. ``PATH:TOKEN`` names the
+    token (as diffusers' ``load_textual_inversion(path, token=...)``). A file without a stored token
+    (A1111's ``emb_params``) answers to its file name, A1111's trigger word, and to ``<stem>``; a stem
+    that is already a vocabulary word of ``tokenizer`` keeps only ``<stem>`` (it would change that
+    word's meaning), as does one with spaces. ``hidden``: the text encoder's width, checked per file.
+    ``model_id``: the export's identity; a zoodip file trained on another export gets a warning.
+    """
+    added: dict[str, np.ndarray] = {}
+    groups: list[list[str]] = []
+    for spec in specs:
+        path, token = _split_spec(str(spec))
+        name, vectors, named_by_file = _load(path, token)
+        if hidden is not None:
+            check_hidden_size(vectors, hidden, path)
+        trained_on = read_embedding_metadata(path).get("model") if model_id is not None else None
+        if trained_on is not None and trained_on != model_id:
+            warnings.warn(f"{path} was trained on another export (manifest {trained_on}, this one is {model_id}): "
+                          "a token learned on one model means little to another", stacklevel=2)
+        names = [name]
+        stem = path.stem
+        if (named_by_file and name == f"<{stem}>" and stem and not any(ch.isspace() for ch in stem)
+                and not (tokenizer is not None and len(tokenizer.token_ids_for_word(stem)) == 1)):
+            names.append(stem)  # A1111's trigger word
+        for alias in names:
+            if alias in added:
+                raise ZoodipError(f"two embeddings are named {alias!r} ({spec} and an earlier --embedding): "
+                                  "rename one with --embedding PATH:TOKEN")
+            added[alias] = vectors
+        groups.append(names)
+    return added, groups
+
+
+def _split_spec(spec: str) -> tuple[Path, str | None]:
+    """``PATH`` or ``PATH:TOKEN``; a path that exists as written is never split (it may hold a colon)."""
+    if Path(spec).exists() or ":" not in spec:
+        return Path(spec), None
+    path, token = spec.rsplit(":", 1)
+    if not token.strip() or any(ch.isspace() for ch in token):
+        raise ZoodipError(f"--embedding {spec!r}: the token after ':' must be one word, e.g. {path}:<my-dog>")
+    return Path(path), token
+
+
+def _load(path: Path, token: str | None) -> tuple[str, np.ndarray, bool]:
+    """(token, vectors, whether the name came from the file name rather than the file)."""
     pickle_error = ZoodipError(
         f"{path} is a pickle (.pt/.bin), which zoodip does not load because unpickling can run arbitrary code; "
         + _CONVERT_HINT
@@ -107,7 +185,7 @@ def load_embedding_file(path: str | os.PathLike[str], token: str | None = None) 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if not np.isfinite(vectors).all():
         raise ZoodipError(f"{path} contains NaN or infinite values: the embedding is broken, retrain or re-download it")
-    return name, vectors
+    return name, vectors, token is None and stored_token is None
 
 
 def check_hidden_size(vectors: np.ndarray, hidden: int, path: str | os.PathLike[str]) -> None:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -49,6 +50,13 @@ ProgressCallback = Callable[[int, int, np.ndarray], None]
 is the sampler's current state [num_images, C, h, w], not yet decoded."""
 
 
+def check_num_images(num_images: object) -> None:
+    """Images per call: 1 to MAX_IMAGES (checked before any file or model work)."""
+    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or not 1 <= num_images <= MAX_IMAGES:
+        raise ZoodipError(f"num_images must be an integer from 1 to {MAX_IMAGES} (the UNet denoises them as one batch), "
+                          f"got {num_images!r}: call again with another seed for more")
+
+
 def generate(
     model: Any,
     prompt: str,
@@ -65,6 +73,7 @@ def generate(
     callback: ProgressCallback | None = None,
     batch_cfg: bool = True,
     eta: float = 0.0,
+    token_groups: Sequence[Sequence[str]] | None = None,
 ) -> list[Image.Image]:
     """Generate ``num_images`` images for ``prompt``; returns RGB PIL images of ``width`` x ``height``.
 
@@ -83,12 +92,13 @@ def generate(
         batch_cfg: run the unconditional and conditional UNet passes as one batch (faster);
             False runs them one after the other (lower peak memory, same result).
         eta: DDIM noise (0 = deterministic); only for ``sampler="ddim"``.
+        token_groups: the names of each embedding (``embeddings.load_embeddings``' groups; default:
+            each added token alone). One warning per group none of whose names the prompts use
+            within the text encoder's 77 tokens.
     """
     if sampler not in SAMPLERS:
         raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
-    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or not 1 <= num_images <= MAX_IMAGES:
-        raise ZoodipError(f"num_images must be an integer from 1 to {MAX_IMAGES} (the UNet denoises them as one batch), "
-                          f"got {num_images!r}: call again with another seed for more")
+    check_num_images(num_images)
     if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
         raise ZoodipError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
     if eta and sampler != "ddim":
@@ -101,6 +111,9 @@ def generate(
 
     # Text conditioning: one row per prompt, repeated per image.
     tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
+    groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
+    for problem in token_use_problems(tokenizer, [prompt, negative_prompt], groups):
+        warnings.warn(problem, stacklevel=2)
 
     def encode(text: str) -> np.ndarray:
         ids = np.asarray(tokenizer([text]), dtype=np.int64)
@@ -273,3 +286,30 @@ def _check_added_ids(ids: np.ndarray, base: int, known: set[int], text: str) -> 
             f"the prompt {text!r} uses learned token id(s) {unknown} whose embedding was not given: "
             "pass it in added_embeddings"
         )
+
+
+def token_use_problems(tokenizer: Any, texts: Sequence[str], groups: Sequence[Sequence[str]]) -> list[str]:
+    """One message per token group that none of ``texts`` uses, or uses only past the token limit.
+
+    The text encoder sees 77 tokens with the start and end markers, so a prompt's tokens past the
+    75th are cut: a learned token there changes nothing, silently. Needs only the tokenizer interface
+    generate() uses (``__call__``, ``base_vocab_size``); with an ``encode`` method (untruncated ids) a
+    token past the limit is told apart from a missing one.
+    """
+    base = int(tokenizer.base_vocab_size)
+    width = int(np.asarray(tokenizer([""])).shape[1])
+    problems = []
+    for names in groups:
+        ids = {int(i) for name in names for i in np.asarray(tokenizer([name]))[0] if i >= base}
+        if any(int(i) in ids for text in texts if text for i in np.asarray(tokenizer([text]))[0]):
+            continue  # used within the limit
+        shown = " or ".join(repr(name) for name in names)
+        full = [list(tokenizer.encode(text)) for text in texts if text] if callable(getattr(tokenizer, "encode", None)) else []
+        positions = [k for row in full for k, i in enumerate(row) if int(i) in ids]
+        if positions:
+            problems.append(f"the embedding token {shown} comes after the prompt's {width - 2}-token limit (at token "
+                            f"{min(positions) + 1}), so it is cut off: move it earlier or shorten the prompt")
+        else:
+            problems.append(f"the embedding token {shown} does not appear in the prompt, so it changes nothing: "
+                            "write it in the prompt (or rename it with --embedding PATH:TOKEN)")
+    return problems

@@ -75,8 +75,12 @@ def _pillow_pixel_limit(limit: int) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = previous
 
 
-def load_image(path: str | Path, resolution: int) -> np.ndarray:
-    """One photo -> float32 [3, resolution, resolution] in [-1, 1]."""
+def load_image(path: str | Path, resolution: int, center_crop: bool = True) -> np.ndarray:
+    """One photo -> float32 [3, resolution, resolution] in [-1, 1].
+
+    ``center_crop``: the largest centered square, then resized (default); False resizes the whole
+    photo to the square, squashing it, as diffusers' textual_inversion.py does without --center_crop.
+    """
     path = Path(path)
     too_large = ZoodipError(f"{path} is too large to decode safely: downscale it below {MAX_PIXELS / 1e6:g} megapixels")
     try:
@@ -104,16 +108,18 @@ def load_image(path: str | Path, resolution: int) -> np.ndarray:
         raise ZoodipError(f"{path} is only {width}x{height} px: use photos at least {MIN_SIDE} px on the short side")
     image = _to_rgb8(image)
     # Center square crop, then resize: the concept is usually centered and SD trains on squares.
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    if side != resolution:
+    if center_crop:
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if image.size != (resolution, resolution):
         image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def load_images(paths: str | Path | Sequence[str | Path], resolution: int) -> tuple[list[str], np.ndarray]:
+def load_images(paths: str | Path | Sequence[str | Path], resolution: int,
+                center_crop: bool = True) -> tuple[list[str], np.ndarray]:
     """A folder (or list) of photos -> (file names, float32 [N, 3, R, R] in [-1, 1])."""
     if isinstance(paths, (str, Path)):
         files = list_images(paths)
@@ -121,7 +127,7 @@ def load_images(paths: str | Path | Sequence[str | Path], resolution: int) -> tu
         files = [Path(p) for p in paths]
         if not files:
             raise ZoodipError("no images given: pass 3-10 photos of the concept")
-    arrays = [load_image(p, resolution) for p in files]
+    arrays = [load_image(p, resolution, center_crop) for p in files]
     return [p.name for p in files], np.stack(arrays)
 
 
@@ -142,3 +148,28 @@ def image_grid(rows: Sequence[Sequence[Image.Image]], pad: int = 2) -> Image.Ima
         for c, image in enumerate(row):
             grid.paste(image.resize((w, h)), (pad + c * (w + pad), pad + r * (h + pad)))
     return grid
+
+
+def save_image(image: Image.Image, path: str | Path, flag: str = "--out") -> Path:
+    """Write ``image`` atomically (temp file beside it, then rename); the suffix picks the format.
+
+    A failed or interrupted write (Ctrl-C mid-save) leaves no temp file and the previous file intact.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # keeps the suffix: Pillow picks the format by it
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(tmp)
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ZoodipError(f"cannot write {flag} {path} ({exc.strerror or exc}): free space or choose another file") from None
+        raise
+    return path
+
+
+def numbered_paths(path: str | Path, count: int) -> list[Path]:
+    """``out.png`` -> ``out-1.png`` ... ``out-{count}.png``: one file per image beside the grid."""
+    path = Path(path)
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(1, count + 1)]

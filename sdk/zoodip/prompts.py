@@ -128,6 +128,52 @@ def _check_captions(captions: Mapping[str, str], placeholder: str, source: str) 
             )
 
 
+# A1111's prompt-template words: [name] is the embedding's token, [filewords] the photo's caption.
+NAME_WORD = "[name]"
+FILEWORDS_WORD = "[filewords]"
+
+
+def load_template_file(path: Path) -> tuple[str, ...]:
+    """An A1111 prompt-template file: one template per non-empty line, each containing ``[name]``."""
+    path = Path(path)
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except FileNotFoundError:
+        raise ZoodipError(f"--template_file {path} does not exist; check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ZoodipError(f"cannot read --template_file {path} ({exc}); it must be a readable UTF-8 text file") from None
+    templates = tuple(line for line in lines if line)
+    if not templates:
+        raise ZoodipError(f"--template_file {path} holds no template: write one per line, e.g. 'a photo of a [name], [filewords]'")
+    for number, line in enumerate(lines, 1):
+        if line and NAME_WORD not in line:
+            raise ZoodipError(f"--template_file {path} line {number} ({line!r}) has no [name]: every template must "
+                              "name the concept, e.g. 'a photo of a [name], [filewords]'")
+    return templates
+
+
+def caption_files(photos: Sequence[Path]) -> dict[Path, Path]:
+    """The A1111 caption file of each photo that has one: ``photo.txt`` beside ``photo.jpg``."""
+    return {photo: photo.with_suffix(".txt") for photo in photos if photo.with_suffix(".txt").is_file()}
+
+
+def load_filewords(photos: Sequence[Path]) -> dict[str, str]:
+    """``{photo file name: its caption}`` from the ``.txt`` beside each photo (whitespace collapsed)."""
+    files = caption_files(photos)
+    missing = [p.name for p in photos if p not in files]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ZoodipError(f"the template uses [filewords] but {shown} has no caption file: put a .txt beside each "
+                          f"photo (e.g. {Path(missing[0]).with_suffix('.txt')}), or drop [filewords]")
+    words = {}
+    for photo, text_file in files.items():
+        try:
+            words[photo.name] = " ".join(text_file.read_text(encoding="utf-8").split())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ZoodipError(f"cannot read caption file {text_file} ({exc}); it must be a UTF-8 text file") from None
+    return words
+
+
 class PromptSampler:
     """Chooses the training prompt for each image.
 
@@ -137,10 +183,13 @@ class PromptSampler:
             ("a painting in the style of <sks>"); picks the template set.
         captions: optional ``{image name: caption}`` (see :func:`load_captions`); when given,
             each image always uses its caption instead of a random template.
+        templates: A1111-style templates (see :func:`load_template_file`) instead of the built-in
+            ones: ``[name]`` becomes the placeholder, ``[filewords]`` the image's ``filewords``.
     """
 
     def __init__(self, placeholder: str, learnable_property: LearnableProperty = "object",
-                 captions: Optional[Mapping[str, str]] = None) -> None:
+                 captions: Optional[Mapping[str, str]] = None, templates: Optional[Sequence[str]] = None,
+                 filewords: Optional[Mapping[str, str]] = None) -> None:
         self.placeholder = _check_placeholder(placeholder)
         if learnable_property not in TEMPLATES:
             raise ZoodipError(
@@ -148,6 +197,12 @@ class PromptSampler:
             )
         self.learnable_property: LearnableProperty = learnable_property
         self.templates: tuple[str, ...] = TEMPLATES[learnable_property]
+        self.a1111 = templates is not None
+        if templates is not None:
+            if captions is not None:
+                raise ZoodipError("--captions and --template_file are two ways to caption the photos: use one")
+            self.templates = tuple(templates)
+        self.filewords: dict[str, str] = dict(filewords or {})
         self.captions: Optional[dict[str, str]] = None if captions is None else dict(captions)
         if self.captions is not None:
             _check_captions(self.captions, self.placeholder, source="captions")
@@ -163,8 +218,26 @@ class PromptSampler:
             except KeyError:
                 raise ZoodipError(f"no caption for training image {image_name}; add it to the captions file") from None
         template = self.templates[int(rng.integers(len(self.templates)))]
-        return template.format(self.placeholder)
+        return self._fill(template, image_name)
+
+    def _fill(self, template: str, image_name: str | None) -> str:
+        """A template with the placeholder and the image's filewords (none for ``image_name=None``)."""
+        if not self.a1111:
+            return template.format(self.placeholder)
+        words = self.filewords.get(image_name) if image_name is not None else ""
+        if words is None:
+            if FILEWORDS_WORD in template:
+                raise ZoodipError(f"no caption (.txt) for training image {image_name}, which the template's [filewords] needs")
+            words = ""
+        text = template.replace(NAME_WORD, self.placeholder).replace(FILEWORDS_WORD, words)
+        return " ".join(text.replace(" ,", ",").split()).strip(" ,")  # an empty [filewords] leaves no stray comma
 
     def eval_prompt(self) -> str:
-        """A fixed prompt for validation images and logs: the first template."""
-        return self.templates[0].format(self.placeholder)
+        """A fixed prompt for validation images and logs: the first template (without filewords)."""
+        return self._fill(self.templates[0], None)
+
+    def eval_prompt_for(self, image_name: str) -> str:
+        """The fixed evaluation prompt of one image: its caption, else the first template for it."""
+        if self.captions is not None:
+            return self.captions[image_name]
+        return self._fill(self.templates[0], image_name)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import threading
 import time
 import warnings
@@ -31,12 +32,14 @@ import numpy as np
 
 from .embeddings import save_learned_embeds
 from .errors import ZoodipError
-from .images import list_images, load_images
+from .generate import MAX_IMAGES, generate
+from .images import image_grid, list_images, load_images, save_image
 from .limits import check_image_size, check_photo_count
+from .lr_schedule import LENGTH_DEPENDENT, LR_SCHEDULERS, lr_at
 from .model import ExportedModel, RuntimeOptions
 from .paths import check_output_dir, open_new_file, remove_stale_temp_files, temp_path
 from .run_checks import check_outcome, read_log, sha256_of_files
-from .prompts import PromptSampler, load_captions
+from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
 from .zo import (ADAM_STATE_DTYPES, PartialUniformTimesteps, RandomGradientEstimator, SubspaceProjector, VocabularySubspace,
                  ZOAdam, ZOSGD)
 
@@ -44,6 +47,10 @@ CHECKPOINT_NAME = "checkpoint.npz"
 EMBEDDING_NAME = "learned_embeds.safetensors"
 LOG_NAME = "log.jsonl"
 RUN_FILES = (CHECKPOINT_NAME, EMBEDDING_NAME, LOG_NAME)  # written atomically: their temp files are cleaned
+# diffusers' textual_inversion.py names its --save_steps snapshots so; a cancelled run writes one too.
+SNAPSHOT_NAME = "learned_embeds-steps-{step}.safetensors"
+VALIDATION_NAME = "validation-steps-{step}.png"  # --validation_prompt previews, beside the run
+_SNAPSHOT_TEMP = re.compile(r"^\.(learned_embeds-steps-\d+\.safetensors)\.")
 _EVAL_STREAM = 0x5EED_E7A1  # separates the fixed evaluation noises from the training stream
 
 
@@ -79,6 +86,9 @@ class PersonalizeConfig:
     vocabulary_variance: float | None = None
     t_range: tuple[int, int] = (500, 900)  # PUTS; (0, T) is uniform sampling
     captions: Path | None = None
+    # A1111-style captions: a template file ([name], [filewords]) and a .txt beside each photo.
+    template_file: Path | None = None
+    center_crop: bool = True  # False: squash the whole photo into the square (diffusers without --center_crop)
     flip: bool = False  # random horizontal flips (both versions' latents are cached)
     # n+1 UNet evaluations as one batch or one by one. None (default): one batch for small UNets,
     # where per-call overhead dominates; one by one for SD-size ones, where a batch is no faster
@@ -87,6 +97,13 @@ class PersonalizeConfig:
     eval_every: int = 50
     eval_timesteps: int = 3  # fixed (noise, t) pairs per photo in the evaluation loss
     checkpoint_every: int = 50
+    save_steps: int = 0  # an embedding snapshot every this many steps (0: none), as diffusers' --save_steps
+    lr_scheduler: str = "constant"  # lr_schedule.LR_SCHEDULERS
+    lr_warmup_steps: int = 0
+    # Preview images of the current embedding, as diffusers' --validation_* flags (no prompt: none).
+    validation_prompt: str | None = None
+    num_validation_images: int = 4
+    validation_steps: int = 100
     early_stop_patience: int = 0  # evaluations without improvement before stopping; 0 = never
     threads: int = 0
     memory_budget_mb: int | None = None  # low-memory mode: sequential evaluations, low-memory sessions
@@ -101,6 +118,7 @@ class PersonalizeConfig:
         self.images = Path(self.images)
         self.output_dir = Path(self.output_dir)
         self.captions = Path(self.captions) if self.captions else None
+        self.template_file = Path(self.template_file) if self.template_file else None
         self.t_range = (int(self.t_range[0]), int(self.t_range[1]))
         self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
 
@@ -118,6 +136,10 @@ class PersonalizeConfig:
         positive_int("eval_every", self.eval_every, 0)
         positive_int("eval_timesteps", self.eval_timesteps)
         positive_int("checkpoint_every", self.checkpoint_every, 0)
+        positive_int("save_steps", self.save_steps, 0)
+        positive_int("lr_warmup_steps", self.lr_warmup_steps, 0)
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ZoodipError(f"--lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
         positive_int("early_stop_patience", self.early_stop_patience, 0)
         positive_int("threads", self.threads, 0)
         if not (isinstance(self.mu, (int, float)) and math.isfinite(self.mu) and self.mu > 0):
@@ -132,6 +154,15 @@ class PersonalizeConfig:
             raise ZoodipError(f"--adam-state-dtype must be one of {', '.join(ADAM_STATE_DTYPES)}, got {self.adam_state_dtype!r}")
         if self.optimizer != "adam" and self.adam_state_dtype != "float64":
             raise ZoodipError("--adam-state-dtype applies to --optimizer adam only; drop it or use --optimizer adam")
+        positive_int("validation_steps", self.validation_steps)
+        positive_int("num_validation_images", self.num_validation_images)
+        if self.num_validation_images > MAX_IMAGES:
+            raise ZoodipError(f"--num_validation_images must be at most {MAX_IMAGES} (one UNet batch), got {self.num_validation_images}")
+        if self.validation_prompt is not None and self.placeholder_token not in self.validation_prompt:
+            raise ZoodipError(f"--validation_prompt {self.validation_prompt!r} does not contain {self.placeholder_token}: "
+                              f"put the token in it, e.g. 'a photo of {self.placeholder_token} on the beach'")
+        if self.captions is not None and self.template_file is not None:
+            raise ZoodipError("--captions and --template_file are two ways to caption the photos: use one")
         if self.learnable_property not in ("object", "style"):
             raise ZoodipError(f"--learnable_property must be 'object' or 'style', got {self.learnable_property!r}")
         if self.vocabulary_variance is not None and not (
@@ -157,6 +188,14 @@ class PersonalizeConfig:
             payload["vocabulary_variance"] = float(self.vocabulary_variance)
         if self.adam_state_dtype != "float64":  # likewise
             payload["adam_state_dtype"] = self.adam_state_dtype
+        if self.template_file is not None:  # likewise
+            payload["template_file"] = str(self.template_file)
+        if not self.center_crop:  # likewise
+            payload["center_crop"] = False
+        if self.lr_scheduler != "constant":  # likewise; "constant" ignores the warmup (as diffusers)
+            payload["lr_scheduler"] = (self.lr_scheduler, self.lr_warmup_steps)
+            if self.lr_scheduler in LENGTH_DEPENDENT:  # their rates depend on the run's length
+                payload["max_train_steps"] = self.max_train_steps
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_json(self) -> dict:
@@ -179,7 +218,7 @@ def default_tau(width: int) -> int:
 class Progress:
     """What a progress callback receives after every step (and at evaluations and the end)."""
 
-    event: str  # "step", "eval", "checkpoint", "done", "cancelled", "early-stopped"
+    event: str  # "setup", "step", "eval", "validation", "done", "cancelled", "early-stopped"
     step: int
     total: int
     loss: float | None
@@ -188,7 +227,9 @@ class Progress:
     forwards: int  # UNet forward passes so far (training + evaluation)
     elapsed_s: float
     forwards_per_s: float
-    eta_s: float | None
+    eta_s: float | None  # from the steps' own times (setup and previews excluded)
+    phase: str | None = None  # event "setup": what is being done before the first step
+    path: str | None = None  # event "validation": the preview grid written
 
 
 @dataclass
@@ -202,6 +243,8 @@ class PersonalizeResult:
     final_eval_loss: float | None
     best_eval_loss: float | None
     eval_history: list[tuple[int, float]] = field(default_factory=list)
+    forwards: int = 0  # training UNet forwards of the whole run (all sessions)
+    wall_s: float = 0.0  # this session, setup included
 
 
 class DenoisingLoss:
@@ -280,6 +323,9 @@ class Personalizer:
         check_output_dir(config.output_dir)  # before any work: a run must be able to write its result
         self.on_progress = on_progress
         self.cancel_event = cancel_event or threading.Event()
+        self.config = config  # (completed below, once the model's width is known)
+        self._created = time.monotonic()
+        self._phase("loading the model")
         self.model = ExportedModel.load(config.export_dir, RuntimeOptions(threads=config.threads,
                                                                           memory_budget_mb=config.memory_budget_mb))
         model = self.model
@@ -312,15 +358,21 @@ class Personalizer:
 
         photo_files = list_images(config.images)
         check_photo_count(len(photo_files), self.resolution, 2 if config.flip else 1, config.memory_budget_mb)
-        self.image_names, images = load_images(photo_files, self.resolution)
+        templates = load_template_file(config.template_file) if config.template_file else None
+        filewords = (load_filewords(photo_files) if templates and any(FILEWORDS_WORD in t for t in templates)
+                     else None)
+        self.image_names, images = load_images(photo_files, self.resolution, config.center_crop)
         # What the run learns from and with: a checkpoint resumes only with the same photos and model.
-        self.photos_id = sha256_of_files(photo_files + ([config.captions] if config.captions else []))
+        text_files = ([config.captions] if config.captions else []) + (
+            [config.template_file, *caption_files(photo_files).values()] if templates else [])
+        self.photos_id = sha256_of_files(photo_files + text_files)
         self.model_id = model.identity
         captions = load_captions(config.captions, self.image_names, config.placeholder_token) if config.captions else None
-        self.prompts = PromptSampler(config.placeholder_token, config.learnable_property, captions)
+        self.prompts = PromptSampler(config.placeholder_token, config.learnable_property, captions, templates, filewords)
         self.captions = captions or {}
 
         # Encode the photos once (and their mirror images if flips are on), then free the encoder.
+        self._phase(f"encoding {len(photo_files)} photo{'s' if len(photo_files) != 1 else ''}")
         encode_rng = np.random.default_rng([config.seed, _EVAL_STREAM, 1])
         views = [images, images[..., ::-1]] if config.flip else [images]
         self.latents = np.stack([np.concatenate([model.vae_encode(view[i : i + 1], encode_rng) for i in range(len(view))])
@@ -345,6 +397,9 @@ class Personalizer:
             # reference model: tau=128 stalls training, tau=32 does not (benchmarks/README.md).
             warnings.warn(f"--tau {config.tau} >= embedding width {dim}: Subspace Gradient will restrict the whole "
                           f"space and can stall training; use --tau below {dim} (e.g. {default_tau(dim)})", stacklevel=2)
+        if config.lr_scheduler == "constant" and config.lr_warmup_steps:
+            warnings.warn(f"--lr_warmup_steps {config.lr_warmup_steps} has no effect with --lr_scheduler constant (as in "
+                          "diffusers); use constant_with_warmup, linear or cosine to warm up", stacklevel=2)
         batched = config.batched if config.batched is not None else auto_batched(model)
         self.loss = DenoisingLoss(model, self.placeholder_id, batched=batched)
         self._eval_items = self._make_eval_items()
@@ -374,7 +429,7 @@ class Personalizer:
         items = []
         for i in range(len(self.latents)):
             x0 = self.latents[i, 0]
-            prompt = self.captions.get(self.image_names[i]) or self.prompts.eval_prompt()
+            prompt = self.prompts.eval_prompt_for(self.image_names[i])
             ids = self.model.tokenizer(prompt)[0]
             for j, t in enumerate(np.round(steps).astype(int)):
                 rng = np.random.default_rng([self.config.seed, _EVAL_STREAM, 2, i, j])
@@ -418,11 +473,34 @@ class Personalizer:
         g = self.estimator.estimate(float(losses[0]), losses[1:], z, effective_dim=effective_dim)
         if self.projector is not None:
             g = self.projector.project(g)
+        self.optimizer.lr = self.learning_rate_now()
         self.v = np.asarray(self.optimizer.step(self.v, g), dtype=np.float32)
         if self.projector is not None:
             self.projector.observe(self.v)
         self.step += 1
         return float(losses[0])
+
+    def learning_rate_now(self) -> float:
+        """The learning rate of the next step (a pure function of the step: resumes need no state)."""
+        config = self.config
+        return lr_at(self.step, config.learning_rate, config.lr_scheduler, config.lr_warmup_steps, config.max_train_steps)
+
+    # -- embeddings ----------------------------------------------------------------------------
+    def embedding_metadata(self) -> dict[str, str]:
+        """What a saved embedding's header records about its run (read back by read_embedding_metadata)."""
+        config = self.config
+        settings = {key: getattr(config, key) for key in (
+            "initializer_token", "learnable_property", "learning_rate", "lr_scheduler", "lr_warmup_steps", "seed",
+            "n", "mu", "optimizer", "subspace", "tau", "nu", "subspace_mode", "vocabulary_variance", "t_range")}
+        settings["resolution"] = self.resolution
+        return {"steps": str(self.step), "forwards": str(self.train_forwards), "model": self.model_id,
+                "model_name": self.config.export_dir.name, "settings": json.dumps(settings, sort_keys=True)}
+
+    def save_embedding(self, path: Path, vectors: np.ndarray) -> Path:
+        return save_learned_embeds(path, self.config.placeholder_token, vectors[None], self.embedding_metadata())
+
+    def snapshot_path(self) -> Path:
+        return self.config.output_dir / SNAPSHOT_NAME.format(step=self.step)
 
     # -- checkpoints ---------------------------------------------------------------------------
     @property
@@ -533,6 +611,7 @@ class Personalizer:
             (out / LOG_NAME).unlink(missing_ok=True)
             (out / "config.json").write_text(json.dumps(self.config.to_json(), indent=2, default=str))
             if self.config.eval_every:
+                self._phase(f"first evaluation ({len(self._eval_items)} forwards)")
                 value = self._record_eval()
                 self._log({"step": 0, "eval_loss": value})
             self.save_checkpoint()
@@ -565,7 +644,11 @@ class Personalizer:
         config = self.config
         out = config.output_dir
         remove_stale_temp_files(out, RUN_FILES)
+        if out.is_dir():  # and those of snapshots (their names carry the step)
+            snapshots = {m.group(1) for entry in out.iterdir() if (m := _SNAPSHOT_TEMP.match(entry.name))}
+            remove_stale_temp_files(out, tuple(snapshots))
         if resume:
+            self._phase("loading the checkpoint")
             self.load_checkpoint()
             self._truncate_log()
         else:
@@ -575,6 +658,7 @@ class Personalizer:
 
         started = time.monotonic()
         forwards_at_start = self.loss.forwards
+        self._step_seconds, self._steps_timed = 0.0, 0  # the ETA's basis: steps only
         total = config.max_train_steps
         status = "done"
         loss: float | None = None
@@ -582,10 +666,13 @@ class Personalizer:
             if self.cancel_event.is_set():
                 status = "cancelled"
                 break
+            step_started = time.monotonic()
             loss = self.train_step()
             record: dict = {"step": self.step, "loss": loss}
             if self.projector is not None and self.projector.kept_dims is not None:
                 record["kept_dims"] = int(self.projector.kept_dims)
+            if config.lr_scheduler != "constant":
+                record["lr"] = float(self.optimizer.lr)  # the rate this step used
             event = "step"
             if config.eval_every and (self.step % config.eval_every == 0 or self.step == total):
                 record["eval_loss"] = self._record_eval()
@@ -594,7 +681,14 @@ class Personalizer:
             stop_early = bool(config.early_stop_patience) and self.evals_without_improvement >= config.early_stop_patience
             if (config.checkpoint_every and self.step % config.checkpoint_every == 0) or self.step == total or stop_early:
                 self.save_checkpoint()
+            if config.save_steps and self.step % config.save_steps == 0:
+                self.save_embedding(self.snapshot_path(), self.v)
+            self._step_seconds += time.monotonic() - step_started
+            self._steps_timed += 1
             self._report(event, loss, record.get("eval_loss"), started, forwards_at_start)
+            if config.validation_prompt and (self.step % config.validation_steps == 0 or self.step == total):
+                preview = self.write_validation_images()
+                self._report("validation", loss, record.get("eval_loss"), started, forwards_at_start, path=str(preview))
             if stop_early:
                 status = "early-stopped"
                 break
@@ -606,7 +700,9 @@ class Personalizer:
         if status == "done" and self.step > 0:
             check_outcome(final, self.v_init, self.model.max_token_norm())
         if status != "cancelled":
-            embedding_path = save_learned_embeds(out / EMBEDDING_NAME, config.placeholder_token, final[None])
+            embedding_path = self.save_embedding(out / EMBEDDING_NAME, final)
+        elif self.step > 0:  # what a cancelled run learned so far, usable before it is resumed
+            embedding_path = self.save_embedding(self.snapshot_path(), self.v)
         self._report(status, loss, self.eval_history[-1][1] if self.eval_history else None, started, forwards_at_start)
         return PersonalizeResult(
             status=status,
@@ -618,20 +714,42 @@ class Personalizer:
             final_eval_loss=self.eval_history[-1][1] if self.eval_history else None,
             best_eval_loss=self.best_eval,
             eval_history=list(self.eval_history),
+            forwards=self.train_forwards,
+            wall_s=time.monotonic() - self._created,
         )
 
-    def _report(self, event: str, loss: float | None, eval_loss: float | None, started: float, forwards_at_start: int) -> None:
+    def _report(self, event: str, loss: float | None, eval_loss: float | None, started: float, forwards_at_start: int,
+                path: str | None = None) -> None:
         if self.on_progress is None:
             return
         elapsed = time.monotonic() - started
         done = self.loss.forwards - forwards_at_start
         rate = done / elapsed if elapsed > 0 else 0.0
         remaining_steps = self.config.max_train_steps - self.step
-        per_step = elapsed / max(1, done) * (self.config.n + 1)
-        eta = remaining_steps * per_step if done else None
+        # Mean time of this session's steps (evaluations and checkpoints included, previews not).
+        eta = remaining_steps * self._step_seconds / self._steps_timed if self._steps_timed else None
         kept = self.projector.kept_dims if self.projector is not None else None
         self.on_progress(Progress(event, self.step, self.config.max_train_steps, loss, eval_loss,
-                                  None if kept is None else int(kept), self.loss.forwards, elapsed, rate, eta))
+                                  None if kept is None else int(kept), self.loss.forwards, elapsed, rate, eta, path=path))
+
+    def _phase(self, phase: str) -> None:
+        """A setup phase (before the first step), so that a slow model load is not silence."""
+        if self.on_progress is not None:
+            forwards = self.loss.forwards if hasattr(self, "loss") else 0
+            self.on_progress(Progress("setup", 0, self.config.max_train_steps, None, None, None, forwards,
+                                      time.monotonic() - self._created, 0.0, None, phase=phase))
+
+    # -- previews ------------------------------------------------------------------------------
+    def write_validation_images(self) -> Path:
+        """--validation_prompt with the current embedding: a PNG grid beside the run (diffusers' settings:
+        25 DPM-Solver++ steps, guidance 7.5; the run's seed, so previews of different steps compare)."""
+        config = self.config
+        images = generate(self.model, config.validation_prompt, seed=config.seed, height=self.resolution,
+                          width=self.resolution, num_images=config.num_validation_images,
+                          added_embeddings={config.placeholder_token: self.v[None]}, batch_cfg=self.loss.batched)
+        self.model.release("vae_decoder")  # training does not need it: keep its memory free between previews
+        return save_image(image_grid([images]), config.output_dir / VALIDATION_NAME.format(step=self.step),
+                          "--validation_prompt preview")
 
 
 def personalize(config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,

@@ -27,7 +27,7 @@ import kotlin.concurrent.thread
 
 /** One line of the --progress-jsonl stream (zoodip.trainer.Progress). */
 data class ProgressEvent(
-    val event: String,          // "step", "eval", "checkpoint", "done", "cancelled", "early-stopped"
+    val event: String,          // "setup", "step", "eval", "validation", "done", "cancelled", "early-stopped"
     val step: Int,
     val total: Int,
     val loss: Double?,          // L(v) of this step's sample (null before the first step)
@@ -36,11 +36,14 @@ data class ProgressEvent(
     val forwards: Int,          // UNet forward passes so far
     val elapsedS: Double,
     val forwardsPerS: Double,
-    val etaS: Double?,
+    val etaS: Double?,          // from the steps' own times
+    val phase: String?,         // "setup" events: what is being done before the first step
+    val path: String?,          // "validation" events: the preview grid written
 )
 
 private fun JSONObject.optDoubleOrNull(key: String): Double? = if (isNull(key)) null else getDouble(key)
 private fun JSONObject.optIntOrNull(key: String): Int? = if (isNull(key)) null else getInt(key)
+private fun JSONObject.optStringOrNull(key: String): String? = if (isNull(key)) null else getString(key)
 
 /** Parses one stdout line; null for anything that is not a progress event. */
 fun parseProgressLine(line: String): ProgressEvent? {
@@ -57,6 +60,8 @@ fun parseProgressLine(line: String): ProgressEvent? {
         elapsedS = obj.getDouble("elapsed_s"),
         forwardsPerS = obj.getDouble("forwards_per_s"),
         etaS = obj.optDoubleOrNull("eta_s"),
+        phase = obj.optStringOrNull("phase"),
+        path = obj.optStringOrNull("path"),
     )
 }
 

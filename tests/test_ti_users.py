@@ -1,0 +1,202 @@
+"""What diffusers textual_inversion.py and A1111 users expect (issue 20): A1111 embeddings and
+captions, per-image files, previews, and a progress stream that says what it is doing."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zoodip.cli import main
+from zoodip.embeddings import load_embeddings, read_embedding_metadata
+from zoodip.errors import ZoodipError
+from zoodip.generate import generate, token_use_problems
+from zoodip.images import load_image
+from zoodip.model import ExportedModel
+from zoodip.prompts import PromptSampler, load_template_file
+from zoodip.safetensors_io import save_file
+from zoodip.trainer import VALIDATION_NAME, PersonalizeConfig, Personalizer, personalize
+
+TOKEN = "<striped-star>"
+
+
+@pytest.fixture(scope="module")
+def model(tiny_export):
+    return ExportedModel.load(tiny_export)
+
+
+def a1111_file(folder, stem, width=32, seed=0):
+    """An A1111/webui safetensors embedding: 'emb_params', the trigger word being the file name."""
+    path = folder / f"{stem}.safetensors"
+    save_file({"emb_params": np.random.default_rng(seed).standard_normal((1, width)).astype(np.float32)}, path)
+    return path
+
+
+# -- A1111 embeddings ------------------------------------------------------------------------
+def test_a1111_embedding_answers_to_its_file_name(model, tmp_path):
+    path = a1111_file(tmp_path, "zorbflake")
+    added, groups = load_embeddings([path], model.tokenizer, model.hidden_size)
+    assert groups == [["<zorbflake>", "zorbflake"]] and set(added) == {"<zorbflake>", "zorbflake"}
+    settings = dict(steps=2, seed=3, guidance_scale=1.0)
+    bare = generate(model, "a photo of zorbflake", added_embeddings=added, token_groups=groups, **settings)
+    bracketed = generate(model, "a photo of <zorbflake>", added_embeddings=added, token_groups=groups, **settings)
+    without = generate(model, "a photo of zorbflake", **settings)  # the plain word's BPE pieces
+    assert np.array_equal(np.asarray(bare[0]), np.asarray(bracketed[0]))
+    assert not np.array_equal(np.asarray(bare[0]), np.asarray(without[0]))
+
+
+def test_embedding_renaming_and_name_clashes(model, tmp_path):
+    path = a1111_file(tmp_path, "zorbflake")
+    added, groups = load_embeddings([f"{path}:<mine>"], model.tokenizer)
+    assert groups == [["<mine>"]] and list(added) == ["<mine>"]
+    # A stem that is a vocabulary word keeps only the bracketed name: "star" must keep meaning star.
+    added, groups = load_embeddings([a1111_file(tmp_path, "star")], model.tokenizer)
+    assert groups == [["<star>"]]
+    with pytest.raises(ZoodipError, match="two embeddings are named"):
+        load_embeddings([path, f"{a1111_file(tmp_path, 'other')}:zorbflake"], model.tokenizer)
+    with pytest.raises(ZoodipError, match="must be one word"):
+        load_embeddings([f"{path}:two words"], model.tokenizer)
+
+
+def test_unused_and_cut_off_tokens_are_named(model, tmp_path):
+    added, groups = load_embeddings([a1111_file(tmp_path, "zorbflake")], model.tokenizer)
+    tokenizer = copy.deepcopy(model.tokenizer)
+    for name in added:
+        tokenizer.add_placeholder(name)
+    assert token_use_problems(tokenizer, ["a photo of zorbflake", ""], groups) == []
+    assert "does not appear" in token_use_problems(tokenizer, ["a photo of a dog", ""], groups)[0]
+    long_prompt = "dog " * 80 + "zorbflake"
+    assert "75-token limit (at token 81)" in token_use_problems(tokenizer, [long_prompt, ""], groups)[0]
+    assert token_use_problems(tokenizer, ["a dog", "zorbflake"], groups) == []  # the negative prompt counts
+    with pytest.warns(UserWarning, match="does not appear in the prompt"):
+        generate(model, "a photo of a dog", steps=1, added_embeddings=added, token_groups=groups)
+
+
+# -- A1111 captions and crops ----------------------------------------------------------------
+def test_template_file_with_filewords(tmp_path):
+    template = tmp_path / "t.txt"
+    template.write_text("a photo of a [name], [filewords]\n\n[filewords] by [name]\n")
+    templates = load_template_file(template)
+    sampler = PromptSampler(TOKEN, templates=templates, filewords={"a.png": "on blue", "b.png": ""})
+    rng = np.random.default_rng(0)
+    seen = {sampler.prompt_for("a.png", rng) for _ in range(40)}
+    assert seen == {f"a photo of a {TOKEN}, on blue", f"on blue by {TOKEN}"}
+    assert sampler.eval_prompt_for("b.png") == f"a photo of a {TOKEN}"  # an empty caption leaves no comma
+    (tmp_path / "bad.txt").write_text("a photo of [filewords]\n")
+    with pytest.raises(ZoodipError, match="line 1 .* has no \\[name\\]"):
+        load_template_file(tmp_path / "bad.txt")
+
+
+def test_training_uses_the_txt_beside_each_photo(tiny_export, photos, tmp_path):
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    template = tmp_path / "t.txt"
+    template.write_text("a photo of a [name], [filewords]\n")
+    config = PersonalizeConfig(export_dir=tiny_export, images=folder, output_dir=tmp_path / "run",
+                               placeholder_token=TOKEN, initializer_token="star", max_train_steps=2, eval_every=2,
+                               tau=4, threads=1, template_file=template)
+    with pytest.raises(ZoodipError, match="has no caption file"):
+        Personalizer(config)
+    for photo in folder.glob("*.png"):
+        photo.with_suffix(".txt").write_text(f"  yellow {photo.stem}\n")
+    trainer = Personalizer(config)
+    prompt_ids = trainer._eval_items[0][0]
+    assert np.array_equal(prompt_ids, trainer.model.tokenizer(f"a photo of a {TOKEN}, yellow star_0")[0])
+    fingerprint, photos_id = config.fingerprint(), trainer.photos_id
+    (folder / "star_0.txt").write_text("blue")  # another caption: another run
+    assert Personalizer(config).photos_id != photos_id and config.fingerprint() == fingerprint
+    assert trainer.run().status == "done"
+
+
+def test_center_crop_or_squash(tmp_path):
+    wide = np.zeros((32, 96, 3), np.uint8)
+    wide[:, :32] = 255  # a white left third: cropped away, or squashed into the left third
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    cropped = load_image(tmp_path / "wide.png", 32)
+    squashed = load_image(tmp_path / "wide.png", 32, center_crop=False)
+    assert cropped.max() == -1.0  # the centered square is all black
+    assert squashed[:, :, :8].min() > 0.9 and squashed[:, :, -8:].max() < -0.9
+
+
+# -- generate: files -------------------------------------------------------------------------
+def test_generate_writes_each_image_and_the_grid(tiny_export, tmp_path, capsys):
+    out = tmp_path / "beach.png"
+    code = main(["generate", "--model", str(tiny_export), "--prompt", "a star", "--steps", "2", "--num-images", "3",
+                 "--out", str(out), "--threads", "1"])
+    assert code == 0, capsys.readouterr().err
+    singles = [Image.open(tmp_path / f"beach-{i}.png") for i in (1, 2, 3)]
+    assert all(image.size == (128, 128) for image in singles)
+    assert Image.open(out).size[0] > 3 * 128  # the grid
+    assert len({np.asarray(image).tobytes() for image in singles}) == 3
+
+
+# -- previews, metadata, progress ------------------------------------------------------------
+def run_config(tiny_export, photos, out, **overrides):
+    settings = dict(export_dir=tiny_export, images=photos, output_dir=out, placeholder_token=TOKEN,
+                    initializer_token="star", max_train_steps=3, eval_every=3, eval_timesteps=1, tau=4, threads=1)
+    settings.update(overrides)
+    return PersonalizeConfig(**settings)
+
+
+def test_validation_previews_are_written_and_announced_without_changing_the_run(tiny_export, photos, tmp_path):
+    events = []
+    config = run_config(tiny_export, photos, tmp_path / "v", validation_prompt=f"a photo of {TOKEN}",
+                        num_validation_images=2, validation_steps=2)
+    result = personalize(config, on_progress=events.append)
+    previews = [e.path for e in events if e.event == "validation"]
+    assert previews == [str(tmp_path / "v" / VALIDATION_NAME.format(step=s)) for s in (2, 3)]
+    assert Image.open(previews[0]).size[0] > 2 * 128  # a grid of 2
+    plain = personalize(run_config(tiny_export, photos, tmp_path / "p"))
+    assert result.embedding_path.read_bytes() == plain.embedding_path.read_bytes()
+    with pytest.raises(ZoodipError, match="does not contain"):
+        run_config(tiny_export, photos, tmp_path / "x", validation_prompt="a photo").validate()
+
+
+def test_setup_phases_come_before_the_first_step(tiny_export, photos, tmp_path):
+    events = []
+    personalize(run_config(tiny_export, photos, tmp_path / "s"), on_progress=events.append)
+    phases = [e.phase for e in events if e.event == "setup"]
+    assert phases == ["loading the model", "encoding 5 photos", "first evaluation (5 forwards)"]
+    first_step = next(i for i, e in enumerate(events) if e.event != "setup")
+    assert all(e.event == "setup" for e in events[:first_step]) and first_step == 3
+    assert events[first_step].eta_s is not None and events[-1].event == "done"
+
+
+def cli_run(tiny_export, photos, out, *extra):
+    return subprocess.run([sys.executable, "-m", "zoodip.cli", "personalize", "--model", str(tiny_export),
+                           "--train_data_dir", str(photos), "--output_dir", str(out), "--placeholder_token", TOKEN,
+                           "--initializer_token", "star", "--max_train_steps", "3", "--tau", "4", "--threads", "1",
+                           *extra], capture_output=True, text=True)
+
+
+def test_cli_progress_and_summary_are_rounded_and_said_once(tiny_export, photos, tmp_path):
+    proc = cli_run(tiny_export, photos, tmp_path / "a", "--eval-every", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("setup: ")] == [
+        "setup: loading the model ...", "setup: encoding 5 photos ...", "setup: first evaluation (15 forwards) ..."]
+    final_draws = [part for part in re.split(r"[\r\n]", proc.stderr) if "3/3" in part]
+    assert len(final_draws) == 1, final_draws
+    summary = proc.stdout.splitlines()[0]
+    assert re.fullmatch(r"done: 3 steps in \d+\.\d s, 9 training forwards; eval loss [\d.e-]+ -> [\d.e-]+ "
+                        r"\([+-]\d+\.\d%\)", summary), summary
+    assert not re.search(r"\d{7,}", summary)  # no 16-digit floats
+    proc = cli_run(tiny_export, photos, tmp_path / "b", "--eval-every", "0", "--no-progress")
+    assert proc.returncode == 0 and "None" not in proc.stdout
+    assert "no evaluation loss (--eval-every 0)" in proc.stdout
+
+
+def test_info_shows_how_an_embedding_was_trained(tiny_export, photos, tmp_path, capsys):
+    result = personalize(run_config(tiny_export, photos, tmp_path / "i", lr_scheduler="cosine", lr_warmup_steps=1))
+    assert main(["info", str(result.embedding_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"token: {TOKEN} (1 vector of width 32)" in out and "trained: 3 steps, 9 training forwards" in out
+    assert "lr_scheduler=cosine" in out and "lr_warmup_steps=1" in out
+    assert main(["info", str(a1111_file(tmp_path, "zorbflake"))]) == 0
+    assert "not recorded" in capsys.readouterr().out
+    assert json.loads(read_embedding_metadata(result.embedding_path)["settings"])["resolution"] == 128
