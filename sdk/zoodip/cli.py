@@ -33,9 +33,8 @@ def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learnable_property", choices=["object", "style"], default="object")
     p.add_argument("--resolution", type=int, default=None, help="training resolution (default: the model's)")
     p.add_argument("--max_train_steps", type=int, default=1000,
-                   help="ZO steps, n+1 UNet forwards each. Forward-only training needs more forwards than backprop: "
-                        "on the reference world 1500 steps reach 0.95 of backprop's concept fidelity, 9000 steps 0.99 "
-                        "of its concept and 0.96 of its prompt fidelity (benchmarks/README.md)")
+                   help="ZO steps, n+1 UNet forwards each. Forward-only training needs many more forwards than "
+                        "backprop: how many, measured per world and budget, is in benchmarks/README.md")
     p.add_argument("--learning_rate", type=float, default=1e-2)
     p.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default="constant",
                    help="learning-rate schedule, diffusers' formulas (default: constant)")
