@@ -310,7 +310,7 @@ def run_backprop(spec: MethodSpec, job: Job, export_dir: Path, source: Path, bud
 
     from zoodip.images import load_images
     from zoodip.prompts import PromptSampler
-    from zoodip.zo import PartialUniformTimesteps
+    from zoodip.timesteps import PartialUniformTimesteps
     from zoodip_export.onnx_export import TextEncoderGraph, load_text_encoder, load_unet, load_vae
 
     torch.set_num_threads(1)

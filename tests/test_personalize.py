@@ -265,7 +265,7 @@ def test_subspace_history_wider_than_the_embedding_warns(tiny_export, photos, tm
 
 
 def test_vocabulary_subspace_keeps_the_embedding_in_the_vocabularys_span(tiny_export, photos, tmp_path):
-    from zoodip.zo import VocabularySubspace
+    from zoodip.vocabulary import VocabularySubspace
 
     plain = make_config(tiny_export, photos, tmp_path / "p")
     # ZO-SGD: its update is the estimate itself, so v stays in the span (ZO-Adam's per-coordinate

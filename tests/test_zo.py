@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from zoodip.errors import ZoodipError
+from zoodip.timesteps import PartialUniformTimesteps
+from zoodip.vocabulary import VocabularySubspace
 from zoodip.zo import (
-    PartialUniformTimesteps,
     RandomGradientEstimator,
     SubspaceProjector,
-    VocabularySubspace,
     ZOAdam,
     ZOSGD,
     components_to_keep,

@@ -40,8 +40,9 @@ from .model import ExportedModel, RuntimeOptions
 from .paths import check_output_dir, open_new_file, remove_stale_temp_files, temp_path
 from .run_checks import check_outcome, read_log, sha256_of_files
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
-from .zo import (ADAM_STATE_DTYPES, PartialUniformTimesteps, RandomGradientEstimator, SubspaceProjector, VocabularySubspace,
-                 ZOAdam, ZOSGD)
+from .timesteps import PartialUniformTimesteps
+from .vocabulary import VocabularySubspace
+from .zo import ADAM_STATE_DTYPES, RandomGradientEstimator, SubspaceProjector, ZOAdam, ZOSGD
 
 CHECKPOINT_NAME = "checkpoint.npz"
 EMBEDDING_NAME = "learned_embeds.safetensors"
@@ -82,7 +83,7 @@ class PersonalizeConfig:
     nu: float = 1e-3  # SG: variance fraction dropped
     subspace_mode: str = "history-span"  # or "principal"
     # Not in the paper: draw the ZO directions inside the principal subspace of the token table that
-    # holds this fraction of its variance (zo.VocabularySubspace), e.g. 0.9. None: the whole space.
+    # holds this fraction of its variance (vocabulary.VocabularySubspace), e.g. 0.9. None: the whole space.
     vocabulary_variance: float | None = None
     t_range: tuple[int, int] = (500, 900)  # PUTS; (0, T) is uniform sampling
     captions: Path | None = None

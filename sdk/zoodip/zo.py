@@ -4,7 +4,7 @@ ZOODiP (Seo, Jeong, Lee & Chun, CVPR 2025, arXiv 2503.14868) trains the placehol
 embedding ``v`` without backpropagation. One training step is:
 
 1. Sample a timestep from the informative middle of the schedule
-   (:class:`PartialUniformTimesteps`, "PUTS") and noise a training latent.
+   (:class:`zoodip.timesteps.PartialUniformTimesteps`, "PUTS") and noise a training latent.
 2. Evaluate the denoising loss at ``v`` and at ``n`` random perturbations ``v + mu z_i`` and turn
    the loss differences into a gradient estimate (:class:`RandomGradientEstimator`).
 3. Remove the estimate's components along directions in which the recent trajectory of ``v`` has
@@ -23,14 +23,13 @@ authors' code keeps them); updated embeddings keep the caller's dtype.
 from __future__ import annotations
 
 import math
-import mmap
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Literal, Union
 
 import numpy as np
 
 from .errors import ZoodipError
+from .validation import as_vector, check_state_shape, finite_float, positive_int
 
 StateValue = Union[np.ndarray, int, float, str]
 StateDict = dict[str, StateValue]
@@ -38,49 +37,6 @@ ProjectionMode = Literal["history-span", "principal"]
 PROJECTION_MODES: tuple[str, ...] = ("history-span", "principal")
 # ZO-Adam's moment storage: "float64" (default) or "float16", the ZOODiP authors' (see ZOAdam).
 ADAM_STATE_DTYPES: tuple[str, ...] = ("float64", "float16")
-
-
-# --------------------------------------------------------------------------------------------
-# Validation helpers (user-facing hyperparameters raise ZoodipError)
-# --------------------------------------------------------------------------------------------
-
-
-def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ZoodipError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _finite_float(name: str, value: object, *, low: float, high: float = math.inf,
-                  low_open: bool = True, high_open: bool = False) -> float:
-    """``value`` as a float inside the interval; ``low_open``/``high_open`` exclude the ends."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer))
-    x = float(value) if ok else math.nan  # type: ignore[arg-type]
-    if ok and math.isfinite(x):
-        ok = (x > low if low_open else x >= low) and (x < high if high_open else x <= high)
-    else:
-        ok = False
-    if not ok:
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ZoodipError(f"{name} must be a finite number in {lo}{low}, {high}{hi}, got {value!r}")
-    return x
-
-
-def _vector(name: str, x: np.ndarray, dim: int) -> np.ndarray:
-    x = np.asarray(x)
-    if x.shape != (dim,):
-        raise ValueError(f"{name} must have shape ({dim},), got {x.shape}")
-    return x
-
-
-def _check_state_shape(what: str, key: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    array = np.asarray(array)
-    if array.shape != shape:
-        raise ZoodipError(
-            f"checkpoint {what} '{key}' has shape {array.shape}, expected {shape}; "
-            "resume with the same model and settings the checkpoint was made with"
-        )
-    return array
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,9 +63,9 @@ class RandomGradientEstimator:
 
     def __init__(self, dim: int, n: int = 2, mu: float = 1e-3, normalize: bool = True,
                  basis: np.ndarray | None = None) -> None:
-        self.dim = _positive_int("dim", dim)
-        self.n = _positive_int("n (random directions per step)", n)
-        self.mu = _finite_float("mu (finite-difference step)", mu, low=0.0)
+        self.dim = positive_int("dim", dim)
+        self.n = positive_int("n (random directions per step)", n)
+        self.mu = finite_float("mu (finite-difference step)", mu, low=0.0)
         self.normalize = bool(normalize)
         self.basis = None if basis is None else np.asarray(basis, dtype=np.float32)
         if self.basis is not None and (self.basis.ndim != 2 or self.basis.shape[0] != self.dim
@@ -136,7 +92,7 @@ class RandomGradientEstimator:
 
     def perturbations(self, v: np.ndarray, z: np.ndarray) -> np.ndarray:
         """The points to evaluate: ``v + mu z_i`` as ``[n, dim]``, in ``v``'s float dtype."""
-        v = _vector("v", v, self.dim)
+        v = as_vector("v", v, self.dim)
         z = self._check_directions(z)
         dtype = v.dtype if np.issubdtype(v.dtype, np.floating) else np.dtype(np.float64)
         # Sum in float64 and round once to the output dtype.
@@ -152,7 +108,7 @@ class RandomGradientEstimator:
         """
         if not self.normalize:
             return 1.0 / self.n
-        d = self.search_dim if effective_dim is None else _finite_float("effective_dim", effective_dim, low=0.0)
+        d = self.search_dim if effective_dim is None else finite_float("effective_dim", effective_dim, low=0.0)
         return 1.0 / (self.n * math.sqrt((d + self.n - 1) / self.n))
 
     def estimate(self, loss0: float, losses: np.ndarray, z: np.ndarray,
@@ -184,67 +140,6 @@ class RandomGradientEstimator:
         return z
 
 
-def _row_blocks(table: np.ndarray, rows: int = 1024) -> Iterator[np.ndarray]:
-    """``table`` in float64 blocks of ``rows`` rows; a ``np.memmap`` is read from its file instead."""
-    # Only a whole mapping (its base is the mmap itself): a view's ``offset`` is its parent's.
-    if isinstance(table, np.memmap) and isinstance(table.base, mmap.mmap) and table.flags.c_contiguous:
-        row_bytes = table.shape[1] * table.dtype.itemsize
-        for start in range(0, table.shape[0], rows):
-            count = min(rows, table.shape[0] - start)
-            block = np.fromfile(table.filename, dtype=table.dtype, count=count * table.shape[1],
-                                offset=table.offset + start * row_bytes)
-            yield block.reshape(count, table.shape[1]).astype(np.float64)
-    else:
-        for start in range(0, table.shape[0], rows):
-            yield np.asarray(table[start : start + rows], dtype=np.float64)
-
-
-class VocabularySubspace:
-    """The principal directions of the model's token-embedding table: where real words differ.
-
-    Not in the paper; an option (``PersonalizeConfig.vocabulary_variance``). A random-direction
-    estimate's variance grows with the dimension it searches (:class:`RandomGradientEstimator`).
-    Drawing the directions inside the top-``k`` principal subspace of the vocabulary's embeddings
-    (centered; the fewest components holding ``variance`` of the total) searches ``k`` dimensions
-    instead of ``dim``, and keeps the learned embedding among the directions in which words vary.
-    The price is bias: the estimate never points along the other ``dim - k`` directions, so ``v``
-    cannot move there. It pays where the table is strongly anisotropic (``k << dim``) and costs
-    nothing where it is not (``k ~ dim``). With ZO-SGD ``v - v_init`` stays in the span; ZO-Adam's
-    per-coordinate scaling of the (in-span) estimates lets its updates leave it a little.
-    """
-
-    def __init__(self, basis: np.ndarray, explained: float) -> None:
-        self.basis = np.ascontiguousarray(np.asarray(basis, dtype=np.float64))  # [dim, k], orthonormal columns
-        self.explained = float(explained)  # fraction of the table's variance the basis holds
-
-    @property
-    def k(self) -> int:
-        return int(self.basis.shape[1])
-
-    @classmethod
-    def fit(cls, table: np.ndarray, variance: float) -> VocabularySubspace:
-        """Fit on a ``[vocab, dim]`` token table; keep the fewest components holding ``variance``."""
-        variance = _finite_float("the vocabulary subspace's variance fraction", variance, low=0.0, high=1.0)
-        if not isinstance(table, np.ndarray):
-            table = np.asarray(table)
-        if table.ndim != 2 or table.shape[0] < 2:
-            raise ValueError(f"the token table must be [vocab >= 2, dim], got shape {table.shape}")
-        # Two passes over row blocks (mean, then the dim x dim covariance accumulated in float64 over
-        # float32 GEMMs): the table is never copied whole, and a memory-mapped one is read with file
-        # reads, so its pages do not become resident in this process (73 MiB for SD1.5's fp16 table).
-        mean = sum(block.sum(axis=0, dtype=np.float64) for block in _row_blocks(table)) / table.shape[0]
-        cov = np.zeros((table.shape[1],) * 2)
-        for block in _row_blocks(table):
-            centered = (block - mean).astype(np.float32)
-            cov += centered.T @ centered
-        eigenvalues, eigenvectors = np.linalg.eigh(cov)
-        order = np.argsort(eigenvalues)[::-1]
-        eigenvalues, eigenvectors = np.clip(eigenvalues[order], 0.0, None), eigenvectors[:, order]
-        ratios = eigenvalues / eigenvalues.sum()
-        k = components_to_keep(ratios, 1.0 - variance)
-        return cls(eigenvectors[:, :k], float(ratios[:k].sum()))
-
-
 # --------------------------------------------------------------------------------------------
 # Optimizers
 # --------------------------------------------------------------------------------------------
@@ -272,15 +167,15 @@ class ZOAdam:
 
     def __init__(self, dim: int, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-3, state_dtype: str = "float64") -> None:
-        self.dim = _positive_int("dim", dim)
-        self.lr = _finite_float("lr (learning rate)", lr, low=0.0)
+        self.dim = positive_int("dim", dim)
+        self.lr = finite_float("lr (learning rate)", lr, low=0.0)
         if len(betas) != 2:
             raise ZoodipError(f"betas must be two numbers (beta1, beta2), got {betas!r}")
         self.betas = (
-            _finite_float("beta1", betas[0], low=0.0, low_open=False, high=1.0, high_open=True),
-            _finite_float("beta2", betas[1], low=0.0, low_open=False, high=1.0, high_open=True),
+            finite_float("beta1", betas[0], low=0.0, low_open=False, high=1.0, high_open=True),
+            finite_float("beta2", betas[1], low=0.0, low_open=False, high=1.0, high_open=True),
         )
-        self.eps = _finite_float("eps", eps, low=0.0)
+        self.eps = finite_float("eps", eps, low=0.0)
         if state_dtype not in ADAM_STATE_DTYPES:
             raise ZoodipError(f"Adam state dtype must be one of {', '.join(ADAM_STATE_DTYPES)}, got {state_dtype!r}")
         self.state_dtype = str(state_dtype)
@@ -290,8 +185,8 @@ class ZOAdam:
 
     def step(self, v: np.ndarray, g: np.ndarray) -> np.ndarray:
         """Return the updated ``v`` (``v`` itself is not modified)."""
-        v = _vector("v", v, self.dim)
-        g = _vector("g", g, self.dim)
+        v = as_vector("v", v, self.dim)
+        g = as_vector("g", g, self.dim)
         self.steps += 1
         if self.state_dtype == "float16":
             update = self._step_float16(g).astype(np.float64)
@@ -351,8 +246,8 @@ class ZOAdam:
         return {"exp_avg": self.exp_avg.copy(), "exp_avg_sq": self.exp_avg_sq.copy(), "steps": self.steps}
 
     def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
-        exp_avg = _check_state_shape("optimizer state", "exp_avg", state["exp_avg"], (self.dim,))  # type: ignore[arg-type]
-        exp_avg_sq = _check_state_shape("optimizer state", "exp_avg_sq", state["exp_avg_sq"], (self.dim,))  # type: ignore[arg-type]
+        exp_avg = check_state_shape("optimizer state", "exp_avg", state["exp_avg"], (self.dim,))  # type: ignore[arg-type]
+        exp_avg_sq = check_state_shape("optimizer state", "exp_avg_sq", state["exp_avg_sq"], (self.dim,))  # type: ignore[arg-type]
         for key, array in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
             if array.dtype != np.dtype(self.state_dtype):
                 raise ZoodipError(
@@ -371,16 +266,16 @@ class ZOSGD:
     """
 
     def __init__(self, dim: int, lr: float, momentum: float = 0.0) -> None:
-        self.dim = _positive_int("dim", dim)
-        self.lr = _finite_float("lr (learning rate)", lr, low=0.0)
-        self.momentum = _finite_float("momentum", momentum, low=0.0, low_open=False, high=1.0, high_open=True)
+        self.dim = positive_int("dim", dim)
+        self.lr = finite_float("lr (learning rate)", lr, low=0.0)
+        self.momentum = finite_float("momentum", momentum, low=0.0, low_open=False, high=1.0, high_open=True)
         self.steps = 0
         self.buffer = np.zeros(self.dim, dtype=np.float64)
 
     def step(self, v: np.ndarray, g: np.ndarray) -> np.ndarray:
         """Return the updated ``v`` (``v`` itself is not modified)."""
-        v = _vector("v", v, self.dim)
-        g = _vector("g", g, self.dim).astype(np.float64)
+        v = as_vector("v", v, self.dim)
+        g = as_vector("g", g, self.dim).astype(np.float64)
         self.steps += 1
         self.buffer = self.momentum * self.buffer + g
         return (v.astype(np.float64) - self.lr * self.buffer).astype(_update_dtype(v))
@@ -389,7 +284,7 @@ class ZOSGD:
         return {"buffer": self.buffer.copy(), "steps": self.steps}
 
     def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
-        buffer = _check_state_shape("optimizer state", "buffer", state["buffer"], (self.dim,))  # type: ignore[arg-type]
+        buffer = check_state_shape("optimizer state", "buffer", state["buffer"], (self.dim,))  # type: ignore[arg-type]
         self.buffer = np.array(buffer, dtype=np.float64)
         self.steps = int(state["steps"])  # type: ignore[arg-type]
 
@@ -473,10 +368,10 @@ class SubspaceProjector:
 
     def __init__(self, dim: int, tau: int = 128, nu: float = 1e-3, mode: ProjectionMode = "history-span",
                  search_basis: np.ndarray | None = None) -> None:
-        self.dim = _positive_int("dim", dim)
+        self.dim = positive_int("dim", dim)
         # A single remembered embedding has no variance: PCA needs at least two.
-        self.tau = _positive_int("tau (subspace history length)", tau, minimum=2)
-        self.nu = _finite_float("nu (discarded variance fraction)", nu, low=0.0, low_open=False,
+        self.tau = positive_int("tau (subspace history length)", tau, minimum=2)
+        self.nu = finite_float("nu (discarded variance fraction)", nu, low=0.0, low_open=False,
                                 high=1.0, high_open=True)
         if mode not in PROJECTION_MODES:
             raise ZoodipError(f"subspace mode must be one of {', '.join(PROJECTION_MODES)}, got {mode!r}")
@@ -537,7 +432,7 @@ class SubspaceProjector:
 
     def observe(self, v: np.ndarray) -> None:
         """Record the current embedding; refits after every ``tau``-th observation."""
-        v = _vector("v", v, self.dim)
+        v = as_vector("v", v, self.dim)
         self._buffer[self._count % self.tau] = v
         self._count += 1
         if self._count % self.tau == 0:
@@ -558,7 +453,7 @@ class SubspaceProjector:
 
     def project(self, g: np.ndarray) -> np.ndarray:
         """The projected gradient, float64 ``[dim]`` (a copy of ``g`` before the first fit)."""
-        g = _vector("g", g, self.dim).astype(np.float64)
+        g = as_vector("g", g, self.dim).astype(np.float64)
         if self._kept is None:
             return g
         coords = self._basis @ g
@@ -582,7 +477,7 @@ class SubspaceProjector:
             raise ZoodipError(
                 f"checkpoint used subspace mode {mode!r} but this run uses {self.mode!r}; resume with the same mode"
             )
-        buffer = _check_state_shape("subspace state", "buffer", state["buffer"], (self.tau, self.dim))  # type: ignore[arg-type]
+        buffer = check_state_shape("subspace state", "buffer", state["buffer"], (self.tau, self.dim))  # type: ignore[arg-type]
         basis = np.asarray(state["basis"], dtype=np.float64)
         if basis.ndim != 2 or basis.shape[1] != self.dim:
             raise ZoodipError(f"checkpoint subspace basis has shape {basis.shape}; expected [m, {self.dim}]")
@@ -593,43 +488,3 @@ class SubspaceProjector:
         self._kept = None if kept < 0 else kept
         self._rank = int(state["rank"])  # type: ignore[arg-type]
         self._effective_dim = self._dimension_after_projection()
-
-
-# --------------------------------------------------------------------------------------------
-# Timestep sampling
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PartialUniformTimesteps:
-    """Partial Uniform Timestep Sampling (PUTS): timesteps uniform on ``[t_min, t_max)``.
-
-    ZOODiP observes that the text condition matters most at intermediate-to-high noise levels: at
-    low ``t`` the UNet mostly denoises from the image itself and the loss barely depends on the
-    embedding, so those steps only add noise to a zeroth-order estimate. The paper samples
-    ``[500, 900)`` of ``T = 1000``; :meth:`uniform` is the usual full range (the ablation).
-    """
-
-    t_min: int = 500
-    t_max: int = 900
-    num_train_timesteps: int = 1000
-
-    def __post_init__(self) -> None:
-        for name in ("t_min", "t_max", "num_train_timesteps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ZoodipError(f"timestep range: {name} must be an integer, got {value!r}")
-        if not 0 <= self.t_min < self.t_max <= self.num_train_timesteps:
-            raise ZoodipError(
-                f"timestep range must satisfy 0 <= t_min < t_max <= {self.num_train_timesteps} "
-                f"(num_train_timesteps), got t_min={self.t_min}, t_max={self.t_max}"
-            )
-
-    @classmethod
-    def uniform(cls, num_train_timesteps: int = 1000) -> PartialUniformTimesteps:
-        """Standard uniform sampling over all ``[0, T)`` timesteps."""
-        return cls(0, num_train_timesteps, num_train_timesteps)
-
-    def sample(self, rng: np.random.Generator, size: int | tuple[int, ...]) -> np.ndarray:
-        """``size`` int64 timesteps, uniform on ``[t_min, t_max)``."""
-        return rng.integers(self.t_min, self.t_max, size=size, dtype=np.int64)

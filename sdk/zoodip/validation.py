@@ -1,0 +1,46 @@
+"""Checks of user-facing hyperparameters and checkpoint state (a bad value raises ZoodipError)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import ZoodipError
+
+
+def positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ZoodipError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def finite_float(name: str, value: object, *, low: float, high: float = math.inf,
+                  low_open: bool = True, high_open: bool = False) -> float:
+    """``value`` as a float inside the interval; ``low_open``/``high_open`` exclude the ends."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer))
+    x = float(value) if ok else math.nan  # type: ignore[arg-type]
+    if ok and math.isfinite(x):
+        ok = (x > low if low_open else x >= low) and (x < high if high_open else x <= high)
+    else:
+        ok = False
+    if not ok:
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ZoodipError(f"{name} must be a finite number in {lo}{low}, {high}{hi}, got {value!r}")
+    return x
+
+
+def as_vector(name: str, x: np.ndarray, dim: int) -> np.ndarray:
+    x = np.asarray(x)
+    if x.shape != (dim,):
+        raise ValueError(f"{name} must have shape ({dim},), got {x.shape}")
+    return x
+
+
+def check_state_shape(what: str, key: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    array = np.asarray(array)
+    if array.shape != shape:
+        raise ZoodipError(
+            f"checkpoint {what} '{key}' has shape {array.shape}, expected {shape}; "
+            "resume with the same model and settings the checkpoint was made with"
+        )
+    return array
