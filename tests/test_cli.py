@@ -8,21 +8,8 @@ import sys
 
 import pytest
 
-from zoodip.cli import main
 
-TOKEN = "<striped-star>"
-
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def personalize_args(export, photos, out, *extra):
-    return ["personalize", "--model", export, "--train_data_dir", photos, "--output_dir", out,
-            "--placeholder_token", TOKEN, "--initializer_token", "star", "--max_train_steps", "3",
-            "--eval-every", "3", "--tau", "4", "--threads", "1", "--no-progress", *extra]
+from cli_helpers import TOKEN, personalize_args, run_cli
 
 
 def assert_one_line_error(code, err, needle):
