@@ -386,7 +386,7 @@ def run_fd_sdk(spec: dict, phases: Phases) -> dict:
     import numpy as np
 
     from zoodip.model import ExportedModel, RuntimeOptions
-    from zoodip.trainer import DenoisingLoss
+    from zoodip.denoising_loss import DenoisingLoss
     phases.end()
     export = Path(spec["export_dir"])
     problem = _fd_problem(export, spec["resolution"] // 8, spec["directions"])

@@ -24,7 +24,7 @@ from zoodip.generate import generate
 from zoodip.images import load_images
 from zoodip.model import ExportedModel, RuntimeOptions
 from zoodip.prompts import OBJECT_TEMPLATES
-from zoodip.trainer import DenoisingLoss
+from zoodip.denoising_loss import DenoisingLoss
 
 
 class PlantedScorer:

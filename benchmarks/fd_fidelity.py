@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import test_fidelity as fidelity  # noqa: E402  (one definition of the fixed problem and of the exact gradient)
 from zoodip.model import ExportedModel, RuntimeOptions  # noqa: E402
-from zoodip.trainer import DenoisingLoss  # noqa: E402
+from zoodip.denoising_loss import DenoisingLoss  # noqa: E402
 
 PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"
 

@@ -12,7 +12,7 @@ import pytest
 
 from zoodip.model import ExportedModel, RuntimeOptions
 from zoodip.images import load_images
-from zoodip.trainer import DenoisingLoss
+from zoodip.denoising_loss import DenoisingLoss
 
 torch = pytest.importorskip("torch")
 

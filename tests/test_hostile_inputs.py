@@ -378,7 +378,7 @@ def test_default_run_does_not_warn_and_a_warning_is_one_line(tiny_export, photos
 
 
 def test_default_tau_per_width():
-    from zoodip.trainer import default_tau
+    from zoodip.config import default_tau
 
     assert [default_tau(w) for w in (32, 64, 768, 1024)] == [16, 32, 128, 128]
 

@@ -89,10 +89,10 @@ def test_interrupted_and_resumed_run_is_bit_identical(tiny_export, photos, tmp_p
 
 
 def test_evaluation_mode_defaults_by_unet_size(tiny_export, photos, tmp_path, monkeypatch):
-    import zoodip.trainer as trainer
+    import zoodip.denoising_loss as denoising_loss
 
     assert Personalizer(make_config(tiny_export, photos, tmp_path / "small")).loss.batched  # tiny UNet: one batch
-    monkeypatch.setattr(trainer, "AUTO_BATCH_MAX_UNET_BYTES", 1000)  # as if the UNet were SD-size
+    monkeypatch.setattr(denoising_loss, "AUTO_BATCH_MAX_UNET_BYTES", 1000)  # as if the UNet were SD-size
     assert not Personalizer(make_config(tiny_export, photos, tmp_path / "big")).loss.batched
     assert Personalizer(make_config(tiny_export, photos, tmp_path / "asked", batched=True)).loss.batched
 

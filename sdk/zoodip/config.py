@@ -1,0 +1,174 @@
+"""PersonalizeConfig: every setting of a personalization run, its checks and its fingerprint."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+from .errors import ZoodipError
+from .generate import MAX_IMAGES
+from .lr_schedule import LENGTH_DEPENDENT, LR_SCHEDULERS
+from .zo import ADAM_STATE_DTYPES
+
+
+@dataclass
+class PersonalizeConfig:
+    """Everything that defines a personalization run. Defaults are the paper's reference values."""
+
+    export_dir: Path
+    images: Path
+    output_dir: Path
+    placeholder_token: str = "<concept>"
+    initializer_token: str = "object"
+    learnable_property: str = "object"  # "object" or "style": which prompt templates are used
+    resolution: int | None = None  # default: the model's native resolution
+    max_train_steps: int = 1000
+    learning_rate: float = 1e-2
+    seed: int = 0
+    n: int = 2  # random directions per step (a step costs n+1 forwards)
+    mu: float = 1e-3  # finite-difference perturbation
+    optimizer: str = "adam"  # "adam" (ZO-Adam) or "sgd" (ZO-SGD)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-3
+    # "float16": ZO-Adam's moments stored and updated in fp16 as the authors' code does (zo.ZOAdam).
+    adam_state_dtype: str = "float64"
+    subspace: bool = True  # Subspace Gradient on/off
+    # SG history length and refit period. None: the paper's 128 where the embedding is wider than
+    # 256, else half the width (the method needs tau < width; see default_tau).
+    tau: int | None = None
+    nu: float = 1e-3  # SG: variance fraction dropped
+    subspace_mode: str = "history-span"  # or "principal"
+    # Not in the paper: draw the ZO directions inside the principal subspace of the token table that
+    # holds this fraction of its variance (vocabulary.VocabularySubspace), e.g. 0.9. None: the whole space.
+    vocabulary_variance: float | None = None
+    t_range: tuple[int, int] = (500, 900)  # PUTS; (0, T) is uniform sampling
+    captions: Path | None = None
+    # A1111-style captions: a template file ([name], [filewords]) and a .txt beside each photo.
+    template_file: Path | None = None
+    center_crop: bool = True  # False: squash the whole photo into the square (diffusers without --center_crop)
+    flip: bool = False  # random horizontal flips (both versions' latents are cached)
+    # n+1 UNet evaluations as one batch or one by one. None (default): one batch for small UNets,
+    # where per-call overhead dominates; one by one for SD-size ones, where a batch is no faster
+    # and holds n+1 times the activations (SD1.5, 512 px: 3 x 2.9 s either way, 1.16 vs 1.30 GB).
+    batched: bool | None = None
+    eval_every: int = 50
+    eval_timesteps: int = 3  # fixed (noise, t) pairs per photo in the evaluation loss
+    checkpoint_every: int = 50
+    save_steps: int = 0  # an embedding snapshot every this many steps (0: none), as diffusers' --save_steps
+    lr_scheduler: str = "constant"  # lr_schedule.LR_SCHEDULERS
+    lr_warmup_steps: int = 0
+    # Preview images of the current embedding, as diffusers' --validation_* flags (no prompt: none).
+    validation_prompt: str | None = None
+    num_validation_images: int = 4
+    validation_steps: int = 100
+    early_stop_patience: int = 0  # evaluations without improvement before stopping; 0 = never
+    threads: int = 0
+    memory_budget_mb: int | None = None  # low-memory mode: sequential evaluations, low-memory sessions
+
+    def __post_init__(self) -> None:
+        if isinstance(self.output_dir, str) and not self.output_dir.strip():
+            # Path("") is ".": an empty flag would silently write into the current folder.
+            raise ZoodipError("--output_dir is empty: name the folder to write into, e.g. --output_dir my-run")
+        if self.memory_budget_mb is not None:
+            self.batched = False  # n+1 evaluations one by one: a third of the activations
+        self.export_dir = Path(self.export_dir)
+        self.images = Path(self.images)
+        self.output_dir = Path(self.output_dir)
+        self.captions = Path(self.captions) if self.captions else None
+        self.template_file = Path(self.template_file) if self.template_file else None
+        self.t_range = (int(self.t_range[0]), int(self.t_range[1]))
+        self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
+
+    def validate(self) -> None:
+        """Check the hyperparameters that need no model (the model-dependent ones are checked later)."""
+        def positive_int(name: str, value: object, minimum: int = 1) -> None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ZoodipError(f"--{name} must be an integer >= {minimum}, got {value!r}")
+
+        positive_int("n", self.n)
+        positive_int("seed", self.seed, 0)
+        if self.tau is not None:
+            positive_int("tau", self.tau, 2)
+        positive_int("max_train_steps", self.max_train_steps, 0)
+        positive_int("eval_every", self.eval_every, 0)
+        positive_int("eval_timesteps", self.eval_timesteps)
+        positive_int("checkpoint_every", self.checkpoint_every, 0)
+        positive_int("save_steps", self.save_steps, 0)
+        positive_int("lr_warmup_steps", self.lr_warmup_steps, 0)
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ZoodipError(f"--lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
+        positive_int("early_stop_patience", self.early_stop_patience, 0)
+        positive_int("threads", self.threads, 0)
+        if not (isinstance(self.mu, (int, float)) and math.isfinite(self.mu) and self.mu > 0):
+            raise ZoodipError(f"--mu must be a positive finite number (reference 1e-3), got {self.mu!r}")
+        if not (isinstance(self.nu, (int, float)) and 0 < self.nu < 1):
+            raise ZoodipError(f"--nu must be in (0, 1) (reference 1e-3), got {self.nu!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ZoodipError(f"--learning_rate must be a positive number, got {self.learning_rate!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ZoodipError(f"--optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.adam_state_dtype not in ADAM_STATE_DTYPES:
+            raise ZoodipError(f"--adam-state-dtype must be one of {', '.join(ADAM_STATE_DTYPES)}, got {self.adam_state_dtype!r}")
+        if self.optimizer != "adam" and self.adam_state_dtype != "float64":
+            raise ZoodipError("--adam-state-dtype applies to --optimizer adam only; drop it or use --optimizer adam")
+        positive_int("validation_steps", self.validation_steps)
+        positive_int("num_validation_images", self.num_validation_images)
+        if self.num_validation_images > MAX_IMAGES:
+            raise ZoodipError(f"--num_validation_images must be at most {MAX_IMAGES} (one UNet batch), got {self.num_validation_images}")
+        if self.validation_prompt is not None and self.placeholder_token not in self.validation_prompt:
+            raise ZoodipError(f"--validation_prompt {self.validation_prompt!r} does not contain {self.placeholder_token}: "
+                              f"put the token in it, e.g. 'a photo of {self.placeholder_token} on the beach'")
+        if self.captions is not None and self.template_file is not None:
+            raise ZoodipError("--captions and --template_file are two ways to caption the photos: use one")
+        if self.learnable_property not in ("object", "style"):
+            raise ZoodipError(f"--learnable_property must be 'object' or 'style', got {self.learnable_property!r}")
+        if self.vocabulary_variance is not None and not (
+                isinstance(self.vocabulary_variance, (int, float)) and 0 < self.vocabulary_variance <= 1):
+            raise ZoodipError(f"--vocabulary-subspace must be a variance fraction in (0, 1], e.g. 0.9, got {self.vocabulary_variance!r}")
+        if self.subspace_mode not in ("history-span", "principal"):
+            raise ZoodipError(f"--subspace-mode must be 'history-span' or 'principal', got {self.subspace_mode!r}")
+        if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
+            raise ZoodipError(f"--resolution must be a positive multiple of 8, got {self.resolution}")
+        if not self.placeholder_token or any(ch.isspace() for ch in self.placeholder_token):
+            raise ZoodipError(f"--placeholder_token must be one word without spaces, e.g. '<my-dog>', got {self.placeholder_token!r}")
+        if not self.initializer_token or any(ch.isspace() for ch in self.initializer_token.strip()):
+            raise ZoodipError(f"--initializer_token must be a single word, got {self.initializer_token!r}")
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes the trajectory; a checkpoint only resumes the same run."""
+        keys = ("placeholder_token", "initializer_token", "learnable_property", "resolution", "learning_rate",
+                "seed", "n", "mu", "optimizer", "adam_betas", "adam_eps", "subspace", "tau", "nu",
+                "subspace_mode", "t_range", "flip", "batched", "eval_timesteps")
+        payload = {k: getattr(self, k) for k in keys}
+        payload["captions"] = str(self.captions) if self.captions else None
+        if self.vocabulary_variance is not None:  # absent by default: older checkpoints keep their fingerprint
+            payload["vocabulary_variance"] = float(self.vocabulary_variance)
+        if self.adam_state_dtype != "float64":  # likewise
+            payload["adam_state_dtype"] = self.adam_state_dtype
+        if self.template_file is not None:  # likewise
+            payload["template_file"] = str(self.template_file)
+        if not self.center_crop:  # likewise
+            payload["center_crop"] = False
+        if self.lr_scheduler != "constant":  # likewise; "constant" ignores the warmup (as diffusers)
+            payload["lr_scheduler"] = (self.lr_scheduler, self.lr_warmup_steps)
+            if self.lr_scheduler in LENGTH_DEPENDENT:  # their rates depend on the run's length
+                payload["max_train_steps"] = self.max_train_steps
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def to_json(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+PAPER_TAU = 128  # the paper's history length, for 768/1024-wide text encoders
+
+
+def default_tau(width: int) -> int:
+    """tau when not given: the paper's 128 where that is at most half the width, else half the width.
+
+    The method needs tau < width (a longer history spans the whole space and the projection stalls
+    training); on the 64-wide reference model tau=32 learns and tau=128 stalls (benchmarks/README.md).
+    """
+    return PAPER_TAU if 2 * PAPER_TAU <= width else max(2, width // 2)

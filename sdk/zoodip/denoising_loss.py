@@ -1,0 +1,48 @@
+"""The denoising loss of candidate embeddings: the forward passes a ZO step spends."""
+from __future__ import annotations
+
+import numpy as np
+
+from .model import ExportedModel
+
+class DenoisingLoss:
+    """L(v) for several candidate embeddings v at once, on one fixed (x_t, t, target, prompt).
+
+    All candidates share the photo, noise and timestep: only then is L(v + mu z) - L(v) a finite
+    difference of one function rather than the difference of two noisy samples.
+    """
+
+    def __init__(self, model: ExportedModel, placeholder_id: int, batched: bool = True) -> None:
+        self.model = model
+        self.placeholder_id = placeholder_id
+        self.batched = batched
+        self.forwards = 0
+
+    def text_inputs(self, ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Token embeddings [m, 77, H] for one prompt, the placeholder row set to each candidate."""
+        base = self.model.embed_tokens(ids[None], extra_rows=candidates[:1])[0]
+        inputs = np.repeat(base[None], len(candidates), axis=0)
+        positions = np.flatnonzero(ids == self.placeholder_id)
+        inputs[:, positions, :] = candidates[:, None, :].astype(np.float32)
+        return inputs
+
+    def __call__(self, ids: np.ndarray, candidates: np.ndarray, x_t: np.ndarray, t: int, target: np.ndarray) -> np.ndarray:
+        """Losses [m] (float64) for candidates [m, H]; x_t and target are [C, h, w]."""
+        inputs = self.text_inputs(ids, candidates)
+        m = len(candidates)
+        # The text encoder always takes all candidates at once: its activations are small (77 tokens),
+        # and one call dequantizes its weights once instead of m times.
+        cond = self.model.text_encoder(inputs)
+        if self.batched:
+            pred = self.model.unet(np.broadcast_to(x_t, (m,) + x_t.shape), np.full(m, t, np.float32), cond)
+        else:
+            pred = np.concatenate([self.model.unet(x_t[None], np.full(1, t, np.float32), cond[i : i + 1]) for i in range(m)])
+        self.forwards += m
+        # Accumulate in float64: the finite differences are ~mu * |grad| small.
+        return np.mean(np.square(pred - target[None], dtype=np.float64), axis=(1, 2, 3))
+
+AUTO_BATCH_MAX_UNET_BYTES = 256 << 20
+
+def auto_batched(model: ExportedModel) -> bool:
+    """The default evaluation mode: batched unless the UNet is SD-size (see ``PersonalizeConfig.batched``)."""
+    return model.weights_bytes(("unet",)) <= AUTO_BATCH_MAX_UNET_BYTES
