@@ -1,0 +1,120 @@
+"""``quality.py --merge``: one table from stored runs."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks._quality_report import write_reports
+from benchmarks._quality_summary import summarize
+from reference.repo import repo_relative
+
+
+MERGE_KEYS = ("seed", "seeds", "gen_steps", "guidance", "images_per_prompt", "max_heldout")
+
+
+def parse_merge_source(text: str) -> tuple[Path, list[str] | None]:
+    """``DIR`` (all its methods) or ``DIR:METHODS`` (a comma list of the methods to take from it)."""
+    folder, sep, names = text.partition(":")
+    if sep and Path(folder).is_dir():
+        return Path(folder), split_methods(names)
+    return Path(text), None
+
+
+def merge_results(sources: list[str], command: str) -> dict[str, Any]:
+    """Combine the stored runs of several ``--out`` folders into one result, summary recomputed.
+
+    For methods trained in parallel processes, or compared against a baseline stored by an earlier
+    run (e.g. a long ZO budget against backprop's). The folders must hold the same task, jobs and
+    scoring settings (MERGE_KEYS and the model export), and no method twice (``DIR:METHODS`` takes
+    only some of a folder's methods).
+    """
+    loaded = []
+    for source in sources:
+        folder, wanted = parse_merge_source(source)
+        path = folder / "results.json"
+        try:
+            results = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path} does not exist; pass folders written by quality.py --out") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read {path} ({exc}); pass folders written by quality.py --out") from None
+        if wanted is not None:
+            missing = [m for m in wanted if m not in results["methods"]]
+            if missing:
+                raise ValueError(f"{folder} has no method {missing[0]}; it has {', '.join(results['methods'])}")
+            results["methods"] = {m: results["methods"][m] for m in wanted}
+        loaded.append((folder, results))
+    first_folder, first = loaded[0]
+    methods: dict[str, Any] = {}
+    origin: dict[str, Path] = {}
+    for folder, results in loaded:
+        meta = results["meta"]
+        if results["task"] != first["task"]:
+            raise ValueError(f"{folder} is a {results['task']} run, {first_folder} a {first['task']} run; merge runs of one task")
+        if sorted(results["jobs"]) != sorted(first["jobs"]):
+            differ = sorted(set(results["jobs"]) ^ set(first["jobs"]))
+            raise ValueError(f"{folder} and {first_folder} ran different jobs ({', '.join(differ[:4])}); "
+                             "merge runs of the same --concepts, --seed and --seeds")
+        for key in MERGE_KEYS + ("model",):
+            mine, theirs = meta.get(key), first["meta"].get(key)
+            if key == "model":  # the export's cache name (content hash + recipe), not where it lay
+                mine, theirs = Path(str(mine)).name, Path(str(theirs)).name
+            if mine != theirs:
+                raise ValueError(f"{folder} was scored with {key}={mine}, {first_folder} with {key}={theirs}; "
+                                 "merge runs scored the same way")
+        for name, entry in results["methods"].items():
+            if name in methods:
+                raise ValueError(f"method {name} is in both {origin[name]} and {folder}; merge runs of different methods")
+            methods[name], origin[name] = entry, folder
+    task = first["task"]
+    scores = {name: entry["runs"] for name, entry in methods.items()}
+    trained = {name: {"memory": entry.get("memory", {}), "spec": entry.get("spec", {})} for name, entry in methods.items()}
+    summary = summarize(task, scores, trained)
+    if first["summary"].get("oracle"):
+        summary["oracle"] = first["summary"]["oracle"]
+    meta = {key: first["meta"].get(key) for key in MERGE_KEYS + ("model", "torch_model", "puts")}
+    curve_prompts = {r["meta"].get("curve_prompts") for _, r in loaded}
+    meta.update({
+        "command": command, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": loaded[0][1]["meta"]["machine"], "steps": None, "budget_forwards": None,
+        "checkpoints": None, "curve_prompts": curve_prompts.pop() if len(curve_prompts) == 1 else "mixed",
+        "total_wall_s": float(sum(r["meta"].get("total_wall_s", 0.0) for _, r in loaded)),
+        "merged_from": [{"path": repo_relative(folder), "methods": list(r["methods"]), "command": r["meta"]["command"],
+                         "date": r["meta"]["date"], "machine": r["meta"]["machine"],
+                         "total_wall_s": r["meta"].get("total_wall_s", 0.0)} for folder, r in loaded],
+    })
+    return {"task": task, "meta": meta, "jobs": first["jobs"], "methods": methods, "summary": summary}
+
+
+def merge_main(sources: list[str], out: Path | None, command: str) -> int:
+    if out is None:
+        print("quality.py: error: --merge needs --out DIR (where to write the merged results)", file=sys.stderr)
+        return 2
+    try:
+        results = merge_results(sources, command)
+    except ValueError as exc:
+        print(f"quality.py: error: --merge: {exc}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    write_reports(out, results)
+    print((out / "results.md").read_text())
+    return 0
+
+
+def split_methods(text: str) -> list[str]:
+    """Split a comma list, keeping commas inside [...] (e.g. 'zoodip[t=300-700,tau=64],es')."""
+    out, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            out.append(current)
+            current = ""
+        else:
+            current += ch
+    if current.strip():
+        out.append(current)
+    return [m for m in out if m.strip()]
