@@ -9,18 +9,32 @@ from typing import Any
 
 from benchmarks._quality_report import write_reports
 from benchmarks._quality_summary import summarize
-from reference.repo import repo_relative
+from reference.repo import REPO, repo_relative
+from zoodip.curvature import CURVATURE_FILE
 
 
 MERGE_KEYS = ("seed", "seeds", "gen_steps", "guidance", "images_per_prompt", "max_heldout")
 
 
 def parse_merge_source(text: str) -> tuple[Path, list[str] | None]:
-    """``DIR`` (all its methods) or ``DIR:METHODS`` (a comma list of the methods to take from it)."""
+    """``DIR`` (all its methods) or ``DIR:METHODS`` (a comma list of the methods to take from it; ``old=new``
+    takes ``old`` under the name ``new``, e.g. ``zoodip=paper``)."""
     folder, sep, names = text.partition(":")
     if sep and Path(folder).is_dir():
         return Path(folder), split_methods(names)
     return Path(text), None
+
+
+def export_weights_identity(model: Any) -> str:
+    """The sha256 of every file of an export but its curvature subspace (the weights the runs used);
+    the export's cache name where its folder is no longer on this machine."""
+    folder = Path(str(model))
+    folder = folder if folder.is_absolute() else REPO / folder
+    try:
+        files = json.loads((folder / "manifest.json").read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return Path(str(model)).name
+    return json.dumps({name: info.get("sha256") for name, info in sorted(files.items()) if name != CURVATURE_FILE})
 
 
 def merge_results(sources: list[str], command: str) -> dict[str, Any]:
@@ -42,10 +56,11 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"cannot read {path} ({exc}); pass folders written by quality.py --out") from None
         if wanted is not None:
-            missing = [m for m in wanted if m not in results["methods"]]
+            renames = [(m.partition("=")[0], m.partition("=")[2] or m.partition("=")[0]) for m in wanted]
+            missing = [old for old, _ in renames if old not in results["methods"]]
             if missing:
                 raise ValueError(f"{folder} has no method {missing[0]}; it has {', '.join(results['methods'])}")
-            results["methods"] = {m: results["methods"][m] for m in wanted}
+            results["methods"] = {new: results["methods"][old] for old, new in renames}
         loaded.append((folder, results))
     first_folder, first = loaded[0]
     methods: dict[str, Any] = {}
@@ -60,8 +75,8 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
                              "merge runs of the same --concepts, --seed and --seeds")
         for key in MERGE_KEYS + ("model",):
             mine, theirs = meta.get(key), first["meta"].get(key)
-            if key == "model":  # the export's cache name (content hash + recipe), not where it lay
-                mine, theirs = Path(str(mine)).name, Path(str(theirs)).name
+            if key == "model":  # the export's weights, not where it lay (nor its optional curvature file)
+                mine, theirs = export_weights_identity(mine), export_weights_identity(theirs)
             if mine != theirs:
                 raise ValueError(f"{folder} was scored with {key}={mine}, {first_folder} with {key}={theirs}; "
                                  "merge runs scored the same way")

@@ -35,6 +35,7 @@ import numpy as np
 
 from zoodip.model import ExportedModel, RuntimeOptions
 from zoodip.trainer import DenoisingLoss, PersonalizeConfig, Personalizer
+from zoodip.lr_schedule import LR_SCHEDULERS
 from zoodip.zo import ZOAdam
 
 REFERENCE_PUTS = (500, 900)
@@ -51,11 +52,13 @@ class MethodSpec:
     lr: float | None = None  # None: the kind's default
     n: int = 2
     mu: float = 1e-3
-    tau: int = 128
+    tau: int | None = 128  # None: the SDK's default_tau for the model's width
     nu: float = 1e-3
     mode: str = "history-span"  # SubspaceProjector mode: the authors' code, or "principal"
     vocab: float | None = None  # ZO directions in the token table's principal subspace holding this variance
+    curvature: float | None = 0.0  # curvature subspace fraction (zoodip.curvature); 0: off, None: the SDK's automatic
     adam_state: str = "float64"  # ZO-Adam's moment dtype; "float16" is the authors' code (zoodip.zo.ZOAdam)
+    schedule: str = "constant"  # learning-rate schedule (zoodip.lr_schedule.LR_SCHEDULERS)
     pop: int = 8  # ES population (antithetic pairs * 2); one generation costs pop forwards
     sigma: float = 0.1  # ES perturbation, relative to the RMS of the initial embedding
     weight_decay: float = 1e-2  # backprop AdamW (diffusers' textual_inversion default)
@@ -76,6 +79,10 @@ class MethodSpec:
                        t_range=list(self.t_range) if self.t_range else "uniform", optimizer="ZO-Adam")
             if self.vocab is not None:
                 out["vocabulary_variance"] = self.vocab
+            if self.curvature != 0:
+                out["curvature_fraction"] = "automatic" if self.curvature is None else self.curvature
+            if self.schedule != "constant":
+                out["lr_scheduler"] = self.schedule
             if self.adam_state != "float64":
                 out["adam_state_dtype"] = self.adam_state
         elif self.kind == "es":
@@ -86,6 +93,9 @@ class MethodSpec:
         return out
 
 
+_SDK_DEFAULTS = PersonalizeConfig(export_dir=Path(), images=Path(), output_dir=Path())
+
+
 def base_methods(puts: tuple[int, int] = REFERENCE_PUTS) -> dict[str, MethodSpec]:
     return {
         "init": MethodSpec("init", "init"),
@@ -94,7 +104,13 @@ def base_methods(puts: tuple[int, int] = REFERENCE_PUTS) -> dict[str, MethodSpec
         "zo-sg": MethodSpec("zo-sg", "zo", subspace=True, t_range=None),
         "zo-puts": MethodSpec("zo-puts", "zo", subspace=False, t_range=puts),
         "zoodip": MethodSpec("zoodip", "zo", subspace=True, t_range=puts),
+        "paper": MethodSpec("paper", "zo", subspace=True, t_range=puts),  # = zoodip: issue 16's name for it
         "es": MethodSpec("es", "es", t_range=None),
+        # The SDK's default configuration (PersonalizeConfig's defaults), whatever they are today.
+        "default": MethodSpec("default", "zo", subspace=_SDK_DEFAULTS.subspace, t_range=_SDK_DEFAULTS.t_range,
+                              lr=_SDK_DEFAULTS.learning_rate, n=_SDK_DEFAULTS.n, mu=_SDK_DEFAULTS.mu,
+                              tau=_SDK_DEFAULTS.tau, nu=_SDK_DEFAULTS.nu, curvature=_SDK_DEFAULTS.curvature_fraction,
+                              schedule=_SDK_DEFAULTS.lr_scheduler),
     }
 
 
@@ -121,7 +137,7 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
                 changes["t_range"] = (int(lo), int(hi))
         elif key in ("n", "tau", "pop"):
             changes[key] = int(value)
-        elif key in ("lr", "mu", "nu", "sigma", "weight_decay", "vocab"):
+        elif key in ("lr", "mu", "nu", "sigma", "weight_decay", "vocab", "curvature"):
             changes[key] = float(value)
         elif key == "mode":
             if value not in ("history-span", "principal"):
@@ -129,6 +145,10 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
             changes["mode"] = value
         elif key == "sg":
             changes["subspace"] = value.lower() in ("1", "true", "on", "yes")
+        elif key == "sched":
+            if value not in LR_SCHEDULERS:
+                raise ValueError(f"method {text!r}: sched must be one of {', '.join(LR_SCHEDULERS)}")
+            changes["schedule"] = value
         elif key == "adam16":  # adam16=1: ZO-Adam's state in fp16, as the authors' code keeps it
             changes["adam_state"] = "float16" if value.lower() in ("1", "true", "on", "yes") else "float64"
         else:
@@ -248,7 +268,8 @@ def _zo_config(spec: MethodSpec, job: Job, export_dir: Path, out_dir: Path, step
         export_dir=export_dir, images=Path(job.photos), output_dir=out_dir, placeholder_token=job.placeholder,
         initializer_token=job.initializer, max_train_steps=steps, learning_rate=spec.learning_rate(), seed=seed,
         n=spec.n, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, subspace_mode=spec.mode, t_range=t_range,
-        vocabulary_variance=spec.vocab, adam_state_dtype=spec.adam_state, eval_every=0, checkpoint_every=0, threads=1,
+        vocabulary_variance=spec.vocab, curvature_fraction=spec.curvature, adam_state_dtype=spec.adam_state,
+        lr_scheduler=spec.schedule, eval_every=0, checkpoint_every=0, threads=1,
     )
 
 

@@ -10,7 +10,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from benchmarks._quality_summary import metric_names, target_metrics
+from benchmarks._quality_summary import TARGET_RATIO, metric_names, target_metrics
 
 
 def machine_info() -> dict[str, Any]:
@@ -101,6 +101,11 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
               "method's own training process (a fresh process per method and job, the largest over jobs; the torch baseline includes torch itself).", ""]
     for name in [m for m in methods if m not in ("ti-backprop", "init")] if "ti-backprop" in methods else []:
         lines.append(target_line(name, methods[name], target_metrics(task)))
+    if summary.get("forwards_to_target"):
+        reached = ", ".join(f"`{name}` {_fmt(f, 0) if f is not None else 'not within the scored checkpoints'}"
+                            for name, f in summary["forwards_to_target"].items())
+        lines.append(f"**Forwards to {TARGET_RATIO} of backprop's {' and '.join(target_metrics(task))}** (first "
+                     f"scored checkpoint where every mean is there): {reached}.  ")
     for name, nv in summary.get("naive_vs", {}).items():
         ratio_text = _fmt(nv["ratio"], 2) if nv["ratio"] else "—"
         lines.append(f"**Naive ZO vs `{name}` forwards for the same {headline} ({_fmt(nv['level'])}): "

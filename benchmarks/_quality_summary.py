@@ -53,6 +53,30 @@ def target_metrics(task: str) -> list[str]:
     return ["gap_closed"] if task == "planted" else ["concept_fidelity", "prompt_fidelity"]
 
 
+TARGET_RATIO = 0.95  # of backprop TI's fidelity, on every target metric (issue 16)
+
+
+def forwards_to_target(ours: dict[str, list[dict[str, Any]]], backprop: dict[str, list[dict[str, Any]]],
+                       task: str, ratio: float = TARGET_RATIO) -> float | None:
+    """The first scored checkpoint at which the method's mean reaches ``ratio`` of backprop's final mean on
+    every target metric (over the jobs both ran), or None. Checkpoints where a metric was not scored
+    (``--curve-prompts fidelity`` scores held-out prompts at the first and last only) cannot count."""
+    jobs = [j for j in ours if j in backprop]
+    if not jobs:
+        return None
+    for k in range(min(len(ours[j]) for j in jobs)):
+        reached = True
+        for metric in target_metrics(task):
+            values = [ours[j][k].get(metric) for j in jobs]
+            finals = [backprop[j][-1].get(metric) for j in jobs]
+            if any(v is None for v in values + finals) or np.mean(values) < ratio * np.mean(finals):
+                reached = False
+                break
+        if reached:
+            return float(np.mean([ours[j][k]["forwards"] for j in jobs]))
+    return None
+
+
 def summarize(task: str, scores: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
     headline = "gap_closed" if task == "planted" else "concept_fidelity"
     summary: dict[str, Any] = {"headline_metric": headline, "methods": {}}
@@ -99,6 +123,9 @@ def summarize(task: str, scores: dict[str, Any], trained: dict[str, Any]) -> dic
                     continue
                 entry["vs_backprop_by_metric"][metric] = float(np.mean(a) / np.mean(b))
                 entry["vs_backprop_ci95"][metric] = list(ratio_of_means_ci(a, b))
+    if "ti-backprop" in methods:
+        summary["forwards_to_target"] = {method: forwards_to_target(scores[method], scores["ti-backprop"], task)
+                                         for method in methods if method not in ("ti-backprop", "init")}
     summary["naive_vs"] = {}
     for name in [m for m in methods if m.startswith("zoodip")] if "zo-naive" in methods else []:
         naive, ours = methods["zo-naive"], methods[name]

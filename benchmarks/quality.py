@@ -335,7 +335,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", default=None, help=f"comma list of {', '.join(qm.METHODS)}; variants name[key=value]")
     parser.add_argument("--sweep", default=None, help="PUTS ranges to sweep, e.g. 300-700,500-900: runs zoodip[t=...] variants")
     parser.add_argument("--puts", default=None, help="PUTS range of zo-puts and zoodip (default 500-900, the paper's)")
-    parser.add_argument("--model", default=None, help="export folder or diffusers folder (default reference/model)")
+    parser.add_argument("--model", default=None, help="export folder or diffusers folder (default reference/model-768, the SD-width world; reference/model is the 64-wide one)")
     parser.add_argument("--torch-model", type=Path, default=None, help="diffusers folder for ti-backprop (default: the export's source)")
     parser.add_argument("--steps", type=int, default=None, help="ZO steps; the budget is steps x 3 UNet forwards")
     parser.add_argument("--checkpoints", type=int, default=None, help="scored snapshots per run (default 5)")

@@ -27,6 +27,11 @@ from zoodip.model import FORMAT, FORMAT_VERSION, file_sha256  # one definition o
 
 PRECISIONS = ("int8", "fp32")
 MANIFEST = "manifest.json"
+DEFAULT_CURVATURE_SAMPLES = 16  # draws averaged into the curvature subspace (zoodip_export.curvature)
+# Seeded random-weight models, whose curvature means nothing: the tiny one (tests, smoke runs) still gets
+# a cheap one so the default path is exercised; the SD1.5-architecture one (memory and speed benchmarks)
+# none, since at SD scale it costs hours of CPU.
+RANDOM_MODEL_CURVATURE_SAMPLES = {"tiny": 2, "sd15-random": 0}
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
 SCHEDULER_CONFIG = "scheduler_config.json"
 
@@ -335,11 +340,14 @@ def _missing_parents(path: Path) -> list[Path]:
 
 def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, precision: str = "int8",
                  recipe: str | None = None, seed: int = 0, parity: bool = True, sample_size: int | None = None,
-                 progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+                 progress: bool = True, overwrite: bool = False, curvature_samples: int | None = None,
+                 ) -> dict[str, Any]:
     """Export ``source`` (a diffusers SD1.x/2.x folder), or with ``tiny`` a seeded tiny model, to ``out_dir``.
 
     Returns the manifest (also written as ``out_dir/manifest.json``). Raises ``ZoodipError`` for
-    bad inputs, before anything is written.
+    bad inputs, before anything is written. ``curvature_samples``: draws averaged into the curvature
+    subspace (0: none; None: ``DEFAULT_CURVATURE_SAMPLES``, or ``RANDOM_MODEL_CURVATURE_SAMPLES`` for
+    the seeded random-weight models).
     """
     from zoodip_export.tiny import SOURCE_MARKER, build_tiny_sd_folder
 
@@ -348,6 +356,9 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
         raise ZoodipError("give either a source folder or --tiny, not both")
     if not tiny and source is None:
         raise ZoodipError("no source folder given (pass a diffusers Stable Diffusion folder, or --tiny)")
+    if curvature_samples is not None and (isinstance(curvature_samples, bool) or not isinstance(curvature_samples, int)
+                                          or curvature_samples < 0):
+        raise ZoodipError(f"curvature_samples must be a whole number >= 0 (0: no curvature subspace), not {curvature_samples!r}")
     if sample_size is not None and (not isinstance(sample_size, int) or sample_size <= 0):
         raise ZoodipError(f"sample_size must be a positive integer, not {sample_size!r}")
     out_dir = Path(out_dir).expanduser().absolute()
@@ -390,6 +401,24 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
         scheduler = dict(configs["scheduler"])
         scheduler.setdefault("prediction_type", info["prediction_type"])
         (staging / SCHEDULER_CONFIG).write_text(json.dumps(scheduler, indent=2) + "\n", encoding="utf-8")
+        curvature = None
+        if curvature_samples is None:
+            curvature_samples = RANDOM_MODEL_CURVATURE_SAMPLES.get("tiny" if tiny else source_entry["kind"],
+                                                                  DEFAULT_CURVATURE_SAMPLES)
+        if curvature_samples:
+            from zoodip.curvature import CURVATURE_FILE
+            from zoodip_export.curvature import compute_curvature, stored_curvature
+
+            stored = stored_curvature(source)
+            if stored is not None:  # computed once for these weights and shipped beside them
+                log(f"curvature subspace: reusing {source / CURVATURE_FILE}")
+                shutil.copyfile(source / CURVATURE_FILE, staging / CURVATURE_FILE)
+                curvature = {"file": CURVATURE_FILE, **stored}
+            else:
+                log(f"curvature subspace ({curvature_samples} draws)")
+                with _quiet_libraries():
+                    curvature = {"file": CURVATURE_FILE, **compute_curvature(
+                        source, staging / CURVATURE_FILE, samples=curvature_samples, seed=seed, log=log)}
         if tiny:
             shutil.rmtree(staging / "_source")
 
@@ -413,6 +442,8 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
             "versions": _versions(),
             "parity": parity_results,
         }
+        if curvature is not None:
+            manifest["curvature"] = curvature
         del table
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if parity_results:
@@ -460,6 +491,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model and of the parity inputs")
     parser.add_argument("--sample-size", type=int, default=None,
                         help="latent side recorded for the SDK (default: the UNet's, 64 for SD1.5)")
+    parser.add_argument("--curvature-samples", type=int, default=None, metavar="N",
+                        help="draws averaged into the curvature subspace that lets training search few dimensions "
+                             f"(default {DEFAULT_CURVATURE_SAMPLES}, reused from SRC_FOLDER/curvature.safetensors when it was "
+                             "computed for these weights; 0: none, training then searches the whole space)")
     parser.add_argument("--no-parity", dest="parity", action="store_false", help="skip the numerical parity checks")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
@@ -482,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         precision = args.precision or RECIPE_PRECISION.get(args.recipe or "", "int8")
         export_model(source, Path(args.paths[-1]), tiny=args.tiny, precision=precision, recipe=args.recipe,
                      seed=args.seed, parity=args.parity, sample_size=args.sample_size, progress=not args.quiet,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, curvature_samples=args.curvature_samples)
     except (ZoodipError, _ArgumentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,11 +18,11 @@ def tiny_sd_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_sd_folder, tmp_path_factory) -> Path:
-    """The default (INT8, W8A32) export of the tiny folder."""
+    """The default (INT8, W8A32) export of the tiny folder, with a curvature subspace from 4 draws (16 by default)."""
     from zoodip_export.export_model import export_model
 
     out = tmp_path_factory.mktemp("export") / "tiny_int8"
-    export_model(tiny_sd_folder, out, parity=False, progress=False)
+    export_model(tiny_sd_folder, out, parity=False, progress=False, curvature_samples=4)
     return out
 
 
@@ -32,7 +32,7 @@ def tiny_w4_export(tiny_sd_folder, tmp_path_factory) -> Path:
     from zoodip_export.export_model import export_model
 
     out = tmp_path_factory.mktemp("export") / "tiny_w4"
-    export_model(tiny_sd_folder, out, recipe="w4a32", progress=False)
+    export_model(tiny_sd_folder, out, recipe="w4a32", progress=False, curvature_samples=0)
     return out
 
 

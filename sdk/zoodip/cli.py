@@ -19,8 +19,10 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from .curvature import DEFAULT_CURVATURE_FRACTION
 from .errors import ZoodipError
 from .lr_schedule import LR_SCHEDULERS
+from .timesteps import PAPER_T_RANGE
 from .zo import ADAM_STATE_DTYPES
 
 
@@ -55,7 +57,13 @@ def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
                    help="draw the random directions inside the token table's principal subspace holding FRACTION "
                         "of its variance (not in the paper; default: the whole embedding space). Try 0.95 on "
                         "768-wide models such as SD1.5; on narrow, near-isotropic tables it costs a little")
-    p.add_argument("--t-range", nargs=2, type=int, default=[500, 900], metavar=("T_MIN", "T_MAX"),
+    p.add_argument("--curvature-subspace", type=float, default=None, metavar="FRACTION",
+                   help="draw the random directions inside the model's curvature subspace holding FRACTION of its "
+                        f"stored spectrum (not in the paper; default: {DEFAULT_CURVATURE_FRACTION} where the export has "
+                        "one and --vocabulary-subspace is not given)")
+    p.add_argument("--no-curvature-subspace", action="store_true",
+                   help="search the whole embedding space, as the paper does")
+    p.add_argument("--t-range", nargs=2, type=int, default=list(PAPER_T_RANGE), metavar=("T_MIN", "T_MAX"),
                    help="PUTS timestep range [T_MIN, T_MAX); 0 1000 is uniform sampling")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     p.add_argument("--adam-state-dtype", choices=ADAM_STATE_DTYPES, default="float64",
@@ -90,6 +98,15 @@ def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _curvature_fraction(args: argparse.Namespace) -> float | None:
+    """None (automatic), the given fraction, or 0 (off) for --no-curvature-subspace."""
+    if args.no_curvature_subspace:
+        if args.curvature_subspace is not None:
+            raise ZoodipError("--curvature-subspace and --no-curvature-subspace contradict each other: use one")
+        return 0.0
+    return args.curvature_subspace
+
+
 def _config_from_args(args: argparse.Namespace):
     from .trainer import PersonalizeConfig
 
@@ -99,7 +116,8 @@ def _config_from_args(args: argparse.Namespace):
         learnable_property=args.learnable_property, resolution=args.resolution,
         max_train_steps=args.max_train_steps, learning_rate=args.learning_rate, seed=args.seed,
         n=args.n, mu=args.mu, tau=args.tau, nu=args.nu, subspace=not args.no_subspace,
-        subspace_mode=args.subspace_mode, vocabulary_variance=args.vocabulary_subspace, t_range=tuple(args.t_range), optimizer=args.optimizer,
+        subspace_mode=args.subspace_mode, vocabulary_variance=args.vocabulary_subspace,
+        curvature_fraction=_curvature_fraction(args), t_range=tuple(args.t_range), optimizer=args.optimizer,
         adam_state_dtype=args.adam_state_dtype,
         captions=Path(args.captions) if args.captions else None, flip=args.flip,
         template_file=Path(args.template_file) if args.template_file else None, center_crop=args.center_crop, batched=False if args.sequential else None,

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from .errors import ZoodipError
 from .generate import MAX_IMAGES
+from .curvature import DEFAULT_CURVATURE_FRACTION
 from .lr_schedule import LENGTH_DEPENDENT, LR_SCHEDULERS
+from .timesteps import PAPER_T_RANGE
 from .zo import ADAM_STATE_DTYPES
 
 
@@ -44,7 +46,11 @@ class PersonalizeConfig:
     # Not in the paper: draw the ZO directions inside the principal subspace of the token table that
     # holds this fraction of its variance (vocabulary.VocabularySubspace), e.g. 0.9. None: the whole space.
     vocabulary_variance: float | None = None
-    t_range: tuple[int, int] = (500, 900)  # PUTS; (0, T) is uniform sampling
+    # Not in the paper: draw the ZO directions inside the export's curvature subspace, the leading block
+    # holding this fraction of its stored spectrum (curvature.CurvatureSubspace). None: automatic, i.e.
+    # DEFAULT_CURVATURE_FRACTION where the export has one and no vocabulary subspace is asked for; 0: off.
+    curvature_fraction: float | None = None
+    t_range: tuple[int, int] = PAPER_T_RANGE  # PUTS; (0, T) is uniform sampling
     captions: Path | None = None
     # A1111-style captions: a template file ([name], [filewords]) and a .txt beside each photo.
     template_file: Path | None = None
@@ -128,6 +134,13 @@ class PersonalizeConfig:
         if self.vocabulary_variance is not None and not (
                 isinstance(self.vocabulary_variance, (int, float)) and 0 < self.vocabulary_variance <= 1):
             raise ZoodipError(f"--vocabulary-subspace must be a variance fraction in (0, 1], e.g. 0.9, got {self.vocabulary_variance!r}")
+        if self.curvature_fraction is not None and not (
+                isinstance(self.curvature_fraction, (int, float)) and 0 <= self.curvature_fraction <= 1):
+            raise ZoodipError(f"--curvature-subspace must be a fraction in (0, 1], e.g. {DEFAULT_CURVATURE_FRACTION}, "
+                              f"got {self.curvature_fraction!r}")
+        if self.curvature_fraction and self.vocabulary_variance is not None:
+            raise ZoodipError("--vocabulary-subspace and --curvature-subspace are two search subspaces: use one "
+                              "(add --no-curvature-subspace to search the vocabulary's)")
         if self.subspace_mode not in ("history-span", "principal"):
             raise ZoodipError(f"--subspace-mode must be 'history-span' or 'principal', got {self.subspace_mode!r}")
         if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
@@ -146,6 +159,8 @@ class PersonalizeConfig:
         payload["captions"] = str(self.captions) if self.captions else None
         if self.vocabulary_variance is not None:  # absent by default: older checkpoints keep their fingerprint
             payload["vocabulary_variance"] = float(self.vocabulary_variance)
+        if self.curvature_fraction:  # the trainer resolves None (automatic) to a fraction or 0 (off)
+            payload["curvature_fraction"] = float(self.curvature_fraction)
         if self.adam_state_dtype != "float64":  # likewise
             payload["adam_state_dtype"] = self.adam_state_dtype
         if self.template_file is not None:  # likewise

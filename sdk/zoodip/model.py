@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from .curvature import CurvatureSubspace
 from .errors import ZoodipError
 from .integrity import file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
 from .schedule import NoiseSchedule
@@ -157,6 +158,12 @@ def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
     _inside(folder, table, path, "token_embeddings.file")
     for key in ("tokenizer", "scheduler"):
         _inside(folder, _typed(manifest, key, (str,), path, ""), path, key)
+    curvature = _typed(manifest, "curvature", (dict,), path, "", required=False)
+    if curvature is not None:
+        relative = _typed(curvature, "file", (str,), path, "curvature.")
+        _inside(folder, relative, path, "curvature.file")
+        if relative not in files:
+            raise _bad_manifest(path, f"does not list curvature.file {relative!r} among its files")
     session = manifest.get("session") or {}
     _typed(session, "disable_quant_qdq", (bool,), path, "session.", required=False)
     disabled = _typed(session, "disabled_optimizers", (list,), path, "session.", required=False)
@@ -296,6 +303,17 @@ class ExportedModel:
     def identity(self) -> str:
         """A short hash of the manifest, which lists every file's sha256: another export, another identity."""
         return hashlib.sha256((self.folder / "manifest.json").read_bytes()).hexdigest()[:16]
+
+    def curvature(self) -> CurvatureSubspace | None:
+        """The export's curvature subspace (``zoodip.curvature``), or None where it has none."""
+        entry = self.manifest.get("curvature")
+        if entry is None:
+            return None
+        subspace = CurvatureSubspace.load(self.folder / entry["file"])
+        if subspace.dim != self.hidden_size:
+            raise ZoodipError(f"{self.folder / entry['file']}: curvature of width {subspace.dim}, the model's is "
+                              f"{self.hidden_size}; re-export the model")
+        return subspace
 
     def max_token_norm(self, rows: int = 4096) -> float:
         """The largest L2 norm of a row of the token-embedding table.

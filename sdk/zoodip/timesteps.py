@@ -7,6 +7,8 @@ import numpy as np
 
 from .errors import ZoodipError
 
+PAPER_T_RANGE = (500, 900)  # ZOODiP's PUTS range of T = 1000: the SDK's default
+
 
 @dataclass(frozen=True)
 class PartialUniformTimesteps:
@@ -18,8 +20,8 @@ class PartialUniformTimesteps:
     ``[500, 900)`` of ``T = 1000``; :meth:`uniform` is the usual full range (the ablation).
     """
 
-    t_min: int = 500
-    t_max: int = 900
+    t_min: int = PAPER_T_RANGE[0]
+    t_max: int = PAPER_T_RANGE[1]
     num_train_timesteps: int = 1000
 
     def __post_init__(self) -> None:

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from .config import PersonalizeConfig, default_tau  # noqa: F401 (zoodip.trainer.PersonalizeConfig stays public)
+from .curvature import CURVATURE_FILE, DEFAULT_CURVATURE_FRACTION
 from .denoising_loss import DenoisingLoss, auto_batched  # noqa: F401 (zoodip.trainer.DenoisingLoss stays public)
 from .embeddings import save_learned_embeds
 from .errors import ZoodipError
@@ -179,8 +180,23 @@ class Personalizer:
 
         self.vocabulary = (VocabularySubspace.fit(model.token_embeddings, config.vocabulary_variance)
                            if config.vocabulary_variance is not None else None)
-        self.estimator = RandomGradientEstimator(dim, n=config.n, mu=config.mu,
-                                                 basis=None if self.vocabulary is None else self.vocabulary.basis)
+        self.curvature = None if config.curvature_fraction == 0 else model.curvature()
+        if self.curvature is None and config.curvature_fraction:
+            raise ZoodipError(f"--curvature-subspace {config.curvature_fraction}: {config.export_dir} has no curvature "
+                              "subspace; re-export the model with export_model.py (it computes one by default) or "
+                              "drop the flag")
+        if config.curvature_fraction is None:  # automatic: on where the export has one
+            if self.curvature is None and self.vocabulary is None:
+                warnings.warn(f"{config.export_dir} has no {CURVATURE_FILE}: searching all {dim} dimensions, which "
+                              "needs many more steps; re-export the model with export_model.py (it computes one by "
+                              "default) or pass --no-curvature-subspace to silence this", stacklevel=2)
+            use = self.curvature is not None and self.vocabulary is None
+            config = self.config = dataclasses.replace(config, curvature_fraction=DEFAULT_CURVATURE_FRACTION if use else 0.0)
+        if not config.curvature_fraction:
+            self.curvature = None
+        basis = (self.vocabulary.basis if self.vocabulary is not None
+                 else self.curvature.basis(config.curvature_fraction) if self.curvature is not None else None)
+        self.estimator = RandomGradientEstimator(dim, n=config.n, mu=config.mu, basis=basis)
         if config.optimizer == "adam":
             self.optimizer = ZOAdam(dim, lr=config.learning_rate, betas=config.adam_betas, eps=config.adam_eps,
                                     state_dtype=config.adam_state_dtype)
@@ -288,7 +304,7 @@ class Personalizer:
         config = self.config
         settings = {key: getattr(config, key) for key in (
             "initializer_token", "learnable_property", "learning_rate", "lr_scheduler", "lr_warmup_steps", "seed",
-            "n", "mu", "optimizer", "subspace", "tau", "nu", "subspace_mode", "vocabulary_variance", "t_range")}
+            "n", "mu", "optimizer", "subspace", "tau", "nu", "subspace_mode", "vocabulary_variance", "curvature_fraction", "t_range")}
         settings["resolution"] = self.resolution
         return {"steps": str(self.step), "forwards": str(self.train_forwards), "model": self.model_id,
                 "model_name": self.config.export_dir.name, "settings": json.dumps(settings, sort_keys=True)}

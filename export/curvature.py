@@ -1,0 +1,301 @@
+"""Where a model's denoising loss responds to a token embedding, computed once per model (torch).
+
+A forward-only gradient estimate from random directions has a variance that grows with the dimension
+it searches (768 for SD1.5's token embeddings). The loss, though, responds to the placeholder's
+embedding along few directions: the top eigenvectors of its Gauss-Newton curvature. They depend on how
+the model reads its text conditioning, far more than on the concept, so they are a property of the
+model: this module finds them at export time with autograd, and the SDK draws its random directions
+inside them (``zoodip.curvature.CurvatureSubspace``), on the device, with forwards only.
+
+Notation (one draw ``s`` = photo latent x_0, noise eps, timestep t, prompt with the placeholder):
+
+    v        the placeholder's token embedding, ``[d]``
+    f_s(v)   the UNet's prediction eps_hat(x_t, t, c(v)) flattened to ``m`` numbers, c = text encoder
+    J_s      df_s / dv, ``[m, d]``
+    H        (1/S) sum_s (2/m) J_s^T J_s: the Gauss-Newton curvature of the mean-squared denoising loss
+
+``H`` is never formed: its top eigenvectors come from randomized subspace iteration (Halko, Martinsson
+& Tropp 2011, algorithms 4.4 and 5.3), which only needs products ``H V``, each column one
+Jacobian-vector product (forward mode) and one vector-Jacobian product (reverse mode) per draw.
+
+Draws are generic, not the user's: an initializer word from a list of common words (or the source
+folder's ``curvature_words.txt``), a prompt from the SDK's templates, a timestep in the SDK's default
+PUTS range and an x_0 the model samples itself from "a photo of a WORD".
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from zoodip.curvature import CURVATURE_FILE, save_curvature
+
+# Common single words, the kind a user gives as initializer (nouns, colours, materials, styles).
+# Words that are not one token in the model's tokenizer are skipped.
+COMMON_WORDS = (
+    "dog cat person man woman child car house tree flower bird horse toy ball cup chair table book "
+    "bag shoe hat shirt dress face hand robot statue building mountain river sky city food cake "
+    "red blue green yellow orange purple pink black white gray brown gold silver "
+    "wooden metal glass plastic stone paper small large old new round square bright dark "
+    "painting drawing photo sketch cartoon style pattern stripes dots circle star heart"
+).split()
+
+
+WORDS_FILE = "curvature_words.txt"  # optional in a source folder: one initializer word per line, "#" comments
+
+
+def initializer_words(source: Path) -> list[str]:
+    """The words of ``source/curvature_words.txt`` where the folder has one, else :data:`COMMON_WORDS`."""
+    path = Path(source) / WORDS_FILE
+    if not path.is_file():
+        return list(COMMON_WORDS)
+    words = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not words:
+        raise ValueError(f"{path} lists no words")
+    return words
+
+
+@dataclass
+class Draw:
+    """One fixed (x_t, t, prompt, initializer) at which the curvature is sampled."""
+
+    x_t: torch.Tensor  # [1, C, h, w]
+    t: int
+    embeds: torch.Tensor  # [L, d] token embeddings of the prompt
+    position: torch.Tensor  # [L, 1] bool: the placeholder's position(s)
+    v0: torch.Tensor  # [d] the initializer's embedding
+
+
+def make_draws(text_model: torch.nn.Module, tokenizer: Any, scheduler: dict[str, Any], latents: Sequence[np.ndarray],
+               samples: int, seed: int, t_range: tuple[int, int], words: Sequence[str]) -> list[Draw]:
+    """``samples`` generic draws; x_0 is one of the clean ``latents`` ``[C, h, w]``."""
+    from zoodip.prompts import PromptSampler
+    from zoodip.schedule import NoiseSchedule
+
+    table = text_model.embeddings.token_embedding.weight.detach()
+    singles = [word for word in words if len(tokenizer.token_ids_for_word(word)) == 1]
+    if not singles:
+        raise ValueError("none of the initializer words is a single token of this tokenizer")
+    placeholder = "<curvature-probe>"
+    placeholder_id = tokenizer.add_placeholder(placeholder)[0]
+    prompts = PromptSampler(placeholder, "object")
+    schedule = NoiseSchedule.from_config(scheduler)
+    draws = []
+    for k in range(samples):
+        rng = np.random.default_rng([seed, 0xC0_4E, k])
+        word = singles[int(rng.integers(len(singles)))]
+        x0 = np.asarray(latents[int(rng.integers(len(latents)))], np.float32)
+        noise = rng.standard_normal(x0.shape).astype(np.float32)
+        t = int(rng.integers(*t_range))
+        x_t = schedule.add_noise(x0[None], noise[None], np.array([t])).astype(np.float32)
+        ids = torch.from_numpy(tokenizer(prompts.prompt_for("photo", rng))[0].astype(np.int64))
+        position = (ids == placeholder_id)[:, None]
+        embeds = table[ids.clamp(max=table.shape[0] - 1)]
+        draws.append(Draw(torch.from_numpy(x_t), t, embeds, position, table[tokenizer.token_ids_for_word(word)[0]].clone()))
+    return draws
+
+
+@torch.no_grad()
+def generated_latents(text_encoder: torch.nn.Module, unet: torch.nn.Module, table: torch.Tensor, tokenizer: Any,
+                      scheduler: dict[str, Any], latent_shape: tuple[int, ...], words: Sequence[str], count: int,
+                      seed: int, steps: int = 20, guidance: float = 5.0) -> list[np.ndarray]:
+    """``count`` clean latents sampled from the model itself ("a photo of a WORD", DDIM, guidance).
+
+    The curvature depends on x_0 through the noisy latent; the model's own samples are in-distribution
+    latents that need no photos.
+    """
+    from zoodip.schedule import NoiseSchedule
+
+    schedule = NoiseSchedule.from_config(scheduler)
+    abar = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32)
+
+    def condition(prompt: str) -> torch.Tensor:
+        ids = torch.from_numpy(tokenizer(prompt)[0].astype(np.int64))
+        return text_encoder(table[ids.clamp(max=table.shape[0] - 1)][None])
+
+    uncond = condition("")
+    times = np.linspace(len(abar) - 1, 0, steps).round().astype(int)
+    out = []
+    for k in range(count):
+        rng = np.random.default_rng([seed, 0x6E4E, k])
+        cond = torch.cat([uncond, condition(f"a photo of a {words[int(rng.integers(len(words)))]}")])
+        x = torch.from_numpy(rng.standard_normal((1, *latent_shape)).astype(np.float32))
+        for i, t in enumerate(times):
+            pred_u, pred_c = unet(torch.cat([x, x]), torch.tensor([float(t)] * 2), encoder_hidden_states=cond).sample
+            pred = (pred_u + guidance * (pred_c - pred_u))[None]
+            a = abar[t]
+            if schedule.prediction_type == "epsilon":
+                eps = pred
+                x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+            elif schedule.prediction_type == "v_prediction":
+                x0 = a.sqrt() * x - (1 - a).sqrt() * pred
+                eps = a.sqrt() * pred + (1 - a).sqrt() * x
+            else:
+                x0 = pred
+                eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+            a_next = abar[times[i + 1]] if i + 1 < len(times) else torch.tensor(1.0)
+            x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps  # DDIM, eta = 0
+        out.append(x[0].numpy())
+    return out
+
+
+def gauss_newton_product(predict: Callable[[Draw, torch.Tensor], torch.Tensor], draws: Sequence[Draw],
+                         V: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """``H V`` for ``V`` of shape ``[d, r]``: per draw, ``J V`` by forward mode, then ``J^T (J V)`` by reverse mode.
+
+    Columns go through ``torch.func.vmap`` ``chunk`` at a time: one batched pass instead of a Python
+    loop per direction; ``chunk`` bounds the memory of the batched activations.
+    """
+    out = torch.zeros(V.shape, dtype=torch.float64)
+    for draw in draws:
+        def f(v: torch.Tensor, draw: Draw = draw) -> torch.Tensor:
+            return predict(draw, v).reshape(-1)
+
+        _, vjp = torch.func.vjp(f, draw.v0)
+        jvp = torch.func.vmap(lambda col: torch.func.jvp(f, (draw.v0,), (col,))[1])
+        for start in range(0, V.shape[1], chunk):
+            cols = V[:, start : start + chunk].T.contiguous().to(draw.v0.dtype)  # [c, d]
+            jv = jvp(cols)  # [c, m]
+            jtjv = torch.func.vmap(vjp)(jv)[0]  # [c, d]
+            out[:, start : start + chunk] += (2.0 / jv.shape[1]) * jtjv.T.double()
+    return out / len(draws)
+
+
+def top_eigenvectors(apply: Callable[[torch.Tensor], torch.Tensor], dim: int, rank: int, oversample: int = 16,
+                     power_iterations: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Randomized subspace iteration for a PSD operator: (eigenvalues [rank], eigenvectors [dim, rank])."""
+    width = min(dim, rank + oversample)
+    generator = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(dim, width, generator=generator, dtype=torch.float64))[0]
+    for _ in range(power_iterations):
+        Q = torch.linalg.qr(apply(Q))[0]
+    HQ = apply(Q)
+    B = Q.T @ HQ
+    eigenvalues, W = torch.linalg.eigh((B + B.T) / 2)
+    order = torch.argsort(eigenvalues, descending=True)[:rank]
+    return eigenvalues[order].clamp(min=0).numpy(), (Q @ W[:, order]).numpy()
+
+
+def weights_fingerprint(source: Path) -> str:
+    """sha256 over the text encoder's and UNet's weight files: which weights a curvature file belongs to."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in ("text_encoder", "unet"):
+        for path in sorted(p for p in (Path(source) / part).iterdir()
+                           if p.is_file() and p.suffix in (".safetensors", ".bin")):
+            digest.update(f"{part}/{path.name}".encode())
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def stored_curvature(source: Path) -> dict[str, Any] | None:
+    """The metadata of ``source/curvature.safetensors`` if it was computed for these very weights, else None."""
+    import json
+
+    from zoodip.curvature import CurvatureSubspace
+    from zoodip.safetensors_io import load_metadata
+
+    path = Path(source) / CURVATURE_FILE
+    if not path.is_file():
+        return None
+    meta = {key: json.loads(value) for key, value in load_metadata(path).items()}
+    if meta.get("weights") != weights_fingerprint(source):
+        return None
+    CurvatureSubspace.load(path)  # refuses a damaged file
+    return meta
+
+
+def compute_curvature(source: Path, out_file: Path, *, samples: int = 16, rank: int = 64, seed: int = 0,
+                      t_range: tuple[int, int] | None = None, words: Sequence[str] | None = None,
+                      threads: int | None = None, max_latent_size: int = 32,
+                      log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Compute the top-``rank`` curvature eigenvectors of the diffusers folder ``source``; write ``out_file``."""
+    import json
+
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from zoodip.timesteps import PAPER_T_RANGE
+    from zoodip.tokenizer import CLIPTokenizer
+    from zoodip_export.onnx_export import TextEncoderGraph, load_text_encoder, load_unet
+
+    if threads:
+        torch.set_num_threads(threads)
+    t_range = tuple(t_range or PAPER_T_RANGE)
+    words = list(words) if words is not None else initializer_words(source)
+    tokenizer = CLIPTokenizer.from_folder(source / "tokenizer")
+    text_model = load_text_encoder(source / "text_encoder").text_model.eval().requires_grad_(False)
+    text_encoder = TextEncoderGraph(text_model, tokenizer.max_length).eval()
+    unet = load_unet(source / "unet").eval().requires_grad_(False)
+    unet.set_attn_processor(AttnProcessor())  # plain attention: forward-mode AD runs through it
+    scheduler = json.loads((source / "scheduler" / "scheduler_config.json").read_text())
+    # The curvature is taken at latents no larger than max_latent_size (32: 256 px on SD1.5), where a
+    # forward costs about a quarter of 512 px: the directions in which the UNet reads the text are not
+    # expected to depend on the image size (an assumption, not measured at SD scale).
+    size = min(int(unet.config.sample_size), max_latent_size)
+    latent_shape = (int(unet.config.in_channels), size, size)
+    singles = [word for word in words if len(tokenizer.token_ids_for_word(word)) == 1]
+    if not singles:
+        raise ValueError("none of the initializer words is a single token of this tokenizer")
+    log(f"curvature: sampling {samples} latents from the model")
+    latents = generated_latents(text_encoder, unet, text_model.embeddings.token_embedding.weight.detach(),
+                                tokenizer, scheduler, latent_shape, singles, samples, seed)
+    draws = make_draws(text_model, tokenizer, scheduler, latents, samples, seed, t_range, words)
+    dim = int(draws[0].v0.shape[0])
+
+    def predict(draw: Draw, v: torch.Tensor) -> torch.Tensor:
+        hidden = text_encoder(torch.where(draw.position, v[None, :], draw.embeds)[None])
+        return unet(draw.x_t, torch.tensor([draw.t]), encoder_hidden_states=hidden).sample
+
+    calls = 0
+
+    def apply(V: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        log(f"curvature: product {calls} ({V.shape[1]} directions x {len(draws)} draws)")
+        return gauss_newton_product(predict, draws, V)
+
+    eigenvalues, eigenvectors = top_eigenvectors(apply, dim, min(rank, dim), seed=seed)
+    meta = {"samples": samples, "seed": seed, "t_range": list(t_range), "x0": "generated by the model",
+            "words": len(words), "method": "randomized subspace iteration on the Gauss-Newton curvature",
+            "weights": weights_fingerprint(source)}
+    save_curvature(out_file, eigenvalues, eigenvectors, meta)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m zoodip_export.curvature SRC_FOLDER [OUT_FILE]``: compute once, ship beside the weights."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Compute a diffusers folder's curvature subspace (the export "
+                                                 "reuses SRC_FOLDER/curvature.safetensors when it matches the weights).")
+    parser.add_argument("source", type=Path)
+    parser.add_argument("out", type=Path, nargs="?", default=None, help=f"default: SRC_FOLDER/{CURVATURE_FILE}")
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args(argv)
+    try:
+        meta = compute_curvature(args.source, args.out or args.source / CURVATURE_FILE, samples=args.samples,
+                                 seed=args.seed, threads=args.threads, log=lambda line: print(line, file=sys.stderr))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(meta)
+    return 0
+
+
+__all__ = ["COMMON_WORDS", "CURVATURE_FILE", "WORDS_FILE", "Draw", "compute_curvature", "gauss_newton_product",
+           "generated_latents", "initializer_words", "make_draws", "stored_curvature", "top_eigenvectors",
+           "weights_fingerprint"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())
