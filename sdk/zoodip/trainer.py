@@ -197,6 +197,9 @@ class Personalizer:
         basis = (self.vocabulary.basis if self.vocabulary is not None
                  else self.curvature.basis(config.curvature_fraction) if self.curvature is not None else None)
         self.estimator = RandomGradientEstimator(dim, n=config.n, mu=config.mu, basis=basis)
+        if basis is not None:
+            source = "curvature" if self.curvature is not None else "vocabulary"
+            self._phase(f"searching {basis.shape[1]} of {dim} dimensions (the model's {source} subspace)")
         if config.optimizer == "adam":
             self.optimizer = ZOAdam(dim, lr=config.learning_rate, betas=config.adam_betas, eps=config.adam_eps,
                                     state_dtype=config.adam_state_dtype)
