@@ -158,13 +158,22 @@ def test_validation_previews_are_written_and_announced_without_changing_the_run(
         run_config(tiny_export, photos, tmp_path / "x", validation_prompt="a photo").validate()
 
 
+def _search_phase(export) -> str:
+    """The phase naming the search dimension: the export's curvature subspace at the default fraction."""
+    from zoodip.curvature import CURVATURE_FILE, DEFAULT_CURVATURE_FRACTION, CurvatureSubspace
+
+    subspace = CurvatureSubspace.load(export / CURVATURE_FILE)
+    return (f"searching {subspace.components(DEFAULT_CURVATURE_FRACTION)} of {subspace.dim} dimensions "
+            "(the model's curvature subspace)")
+
+
 def test_setup_phases_come_before_the_first_step(tiny_export, photos, tmp_path):
     events = []
     personalize(run_config(tiny_export, photos, tmp_path / "s"), on_progress=events.append)
     phases = [e.phase for e in events if e.event == "setup"]
-    assert phases == ["loading the model", "encoding 5 photos", "first evaluation (5 forwards)"]
+    assert phases == ["loading the model", "encoding 5 photos", _search_phase(tiny_export), "first evaluation (5 forwards)"]
     first_step = next(i for i, e in enumerate(events) if e.event != "setup")
-    assert all(e.event == "setup" for e in events[:first_step]) and first_step == 3
+    assert all(e.event == "setup" for e in events[:first_step]) and first_step == 4
     assert events[first_step].eta_s is not None and events[-1].event == "done"
 
 
@@ -179,7 +188,8 @@ def test_cli_progress_and_summary_are_rounded_and_said_once(tiny_export, photos,
     proc = cli_run(tiny_export, photos, tmp_path / "a", "--eval-every", "3")
     assert proc.returncode == 0, proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.startswith("setup: ")] == [
-        "setup: loading the model ...", "setup: encoding 5 photos ...", "setup: first evaluation (15 forwards) ..."]
+        "setup: loading the model ...", "setup: encoding 5 photos ...", f"setup: {_search_phase(tiny_export)} ...",
+        "setup: first evaluation (15 forwards) ..."]
     final_draws = [part for part in re.split(r"[\r\n]", proc.stderr) if "3/3" in part]
     assert len(final_draws) == 1, final_draws
     summary = proc.stdout.splitlines()[0]
