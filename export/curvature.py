@@ -34,6 +34,12 @@ import torch
 
 from zoodip.curvature import CURVATURE_FILE, save_curvature
 
+DEFAULT_CURVATURE_SAMPLES = 16  # draws averaged into the curvature subspace (zoodip_export.curvature)
+# Seeded random-weight models, whose curvature means nothing: the tiny one (tests, smoke runs) still gets
+# a cheap one so the default path is exercised; the SD1.5-architecture one (memory and speed benchmarks)
+# none, since at SD scale it costs hours of CPU.
+RANDOM_MODEL_CURVATURE_SAMPLES = {"tiny": 2, "sd15-random": 0}
+
 # Common single words, the kind a user gives as initializer (nouns, colours, materials, styles).
 # Words that are not one token in the model's tokenizer are skipped.
 COMMON_WORDS = (
@@ -73,14 +79,11 @@ class Draw:
 
 def make_draws(text_model: torch.nn.Module, tokenizer: Any, scheduler: dict[str, Any], latents: Sequence[np.ndarray],
                samples: int, seed: int, t_range: tuple[int, int], words: Sequence[str]) -> list[Draw]:
-    """``samples`` generic draws; x_0 is one of the clean ``latents`` ``[C, h, w]``."""
+    """``samples`` generic draws; x_0 is one of the clean ``latents`` ``[C, h, w]``; ``words`` are single tokens."""
     from zoodip.prompts import PromptSampler
     from zoodip.schedule import NoiseSchedule
 
     table = text_model.embeddings.token_embedding.weight.detach()
-    singles = [word for word in words if len(tokenizer.token_ids_for_word(word)) == 1]
-    if not singles:
-        raise ValueError("none of the initializer words is a single token of this tokenizer")
     placeholder = "<curvature-probe>"
     placeholder_id = tokenizer.add_placeholder(placeholder)[0]
     prompts = PromptSampler(placeholder, "object")
@@ -88,7 +91,7 @@ def make_draws(text_model: torch.nn.Module, tokenizer: Any, scheduler: dict[str,
     draws = []
     for k in range(samples):
         rng = np.random.default_rng([seed, 0xC0_4E, k])
-        word = singles[int(rng.integers(len(singles)))]
+        word = words[int(rng.integers(len(words)))]
         x0 = np.asarray(latents[int(rng.integers(len(latents)))], np.float32)
         noise = rng.standard_normal(x0.shape).astype(np.float32)
         t = int(rng.integers(*t_range))
@@ -247,7 +250,7 @@ def compute_curvature(source: Path, out_file: Path, *, samples: int = 16, rank: 
     log(f"curvature: sampling {samples} latents from the model")
     latents = generated_latents(text_encoder, unet, text_model.embeddings.token_embedding.weight.detach(),
                                 tokenizer, scheduler, latent_shape, singles, samples, seed)
-    draws = make_draws(text_model, tokenizer, scheduler, latents, samples, seed, t_range, words)
+    draws = make_draws(text_model, tokenizer, scheduler, latents, samples, seed, t_range, singles)
     dim = int(draws[0].v0.shape[0])
 
     def predict(draw: Draw, v: torch.Tensor) -> torch.Tensor:
@@ -268,6 +271,29 @@ def compute_curvature(source: Path, out_file: Path, *, samples: int = 16, rank: 
             "weights": weights_fingerprint(source)}
     save_curvature(out_file, eigenvalues, eigenvectors, meta)
     return meta
+
+
+def export_curvature(source: Path, staging: Path, samples: int | None, kind: str, seed: int,
+                     log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The export's ``curvature`` manifest entry, its file written into ``staging``; None with 0 samples.
+
+    ``samples`` None: the default for the source's ``kind``. A ``curvature.safetensors`` shipped in the source
+    folder for these very weights is copied instead of computed.
+    """
+    import shutil
+
+    if samples is None:
+        samples = RANDOM_MODEL_CURVATURE_SAMPLES.get(kind, DEFAULT_CURVATURE_SAMPLES)
+    if not samples:
+        return None
+    stored = stored_curvature(source)
+    if stored is not None:
+        log(f"curvature subspace: reusing {source / CURVATURE_FILE}")
+        shutil.copyfile(source / CURVATURE_FILE, staging / CURVATURE_FILE)
+        return {"file": CURVATURE_FILE, **stored}
+    log(f"curvature subspace ({samples} draws)")
+    return {"file": CURVATURE_FILE, **compute_curvature(source, staging / CURVATURE_FILE, samples=samples, seed=seed,
+                                                        log=log)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["COMMON_WORDS", "CURVATURE_FILE", "WORDS_FILE", "Draw", "compute_curvature", "gauss_newton_product",
+__all__ = ["COMMON_WORDS", "CURVATURE_FILE", "DEFAULT_CURVATURE_SAMPLES", "RANDOM_MODEL_CURVATURE_SAMPLES", "WORDS_FILE",
+           "Draw", "compute_curvature", "export_curvature", "gauss_newton_product",
            "generated_latents", "initializer_words", "make_draws", "stored_curvature", "top_eigenvectors",
            "weights_fingerprint"]
 

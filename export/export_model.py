@@ -24,26 +24,12 @@ from typing import Any
 
 from zoodip.errors import ZoodipError
 from zoodip.model import FORMAT, FORMAT_VERSION, file_sha256  # one definition of the folder format, shared with the reader
+from zoodip_export.source_folder import read_json, check_source, model_info
 
 PRECISIONS = ("int8", "fp32")
 MANIFEST = "manifest.json"
-DEFAULT_CURVATURE_SAMPLES = 16  # draws averaged into the curvature subspace (zoodip_export.curvature)
-# Seeded random-weight models, whose curvature means nothing: the tiny one (tests, smoke runs) still gets
-# a cheap one so the default path is exercised; the SD1.5-architecture one (memory and speed benchmarks)
-# none, since at SD scale it costs hours of CPU.
-RANDOM_MODEL_CURVATURE_SAMPLES = {"tiny": 2, "sd15-random": 0}
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
 SCHEDULER_CONFIG = "scheduler_config.json"
-
-# What a diffusers SD folder must hold for us: component -> files that must exist in it.
-REQUIRED_PARTS: dict[str, tuple[str, ...]] = {
-    "unet": ("config.json",),
-    "vae": ("config.json",),
-    "text_encoder": ("config.json",),
-    "tokenizer": ("vocab.json", "merges.txt"),
-    "scheduler": ("scheduler_config.json",),
-}
-
 
 class _Progress:
     """One-line progress messages on stderr (stdout stays clean for scripts)."""
@@ -75,75 +61,6 @@ def resolve_recipe(precision: str, recipe: str | None) -> tuple[str, str]:
     return precision, recipe
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ZoodipError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ZoodipError(f"{path} is not a JSON object")
-    return data
-
-
-def check_source(source: Path) -> dict[str, dict[str, Any]]:
-    """Check that ``source`` is a diffusers SD folder we can export; returns its component configs."""
-    if not source.exists():
-        raise ZoodipError(f"source folder {source} does not exist")
-    if not source.is_dir():
-        raise ZoodipError(f"source {source} is not a folder (expected a diffusers Stable Diffusion folder)")
-    # SDXL folders look like SD ones plus a second text encoder; refuse them before reading weights.
-    index = source / "model_index.json"
-    pipeline = _read_json(index).get("_class_name", "") if index.is_file() else ""
-    if (source / "text_encoder_2").exists() or "XL" in str(pipeline):
-        raise ZoodipError(f"{source} is an SDXL folder ({pipeline or 'it has text_encoder_2'}): zoodip exports "
-                          "Stable Diffusion 1.x/2.x only; use an SD1.5 or SD2.x folder")
-    for part, files in REQUIRED_PARTS.items():
-        for name in files:
-            if not (source / part / name).is_file():
-                raise ZoodipError(
-                    f"{source} is not a diffusers Stable Diffusion folder: {part}/{name} is missing"
-                )
-    configs = {
-        "unet": _read_json(source / "unet" / "config.json"),
-        "vae": _read_json(source / "vae" / "config.json"),
-        "text_encoder": _read_json(source / "text_encoder" / "config.json"),
-        "scheduler": _read_json(source / "scheduler" / "scheduler_config.json"),
-    }
-    text = configs["text_encoder"]
-    if text.get("model_type", "clip_text_model") != "clip_text_model" and "CLIPTextModel" not in text.get(
-        "architectures", []
-    ):
-        raise ZoodipError(f"{source}: only CLIP text encoders (Stable Diffusion 1.x/2.x) are supported")
-    if not isinstance(configs["unet"].get("cross_attention_dim"), int):
-        raise ZoodipError(f"{source}: unsupported UNet (expected one integer cross_attention_dim, as in SD1.x/2.x)")
-    return configs
-
-
-def model_info(configs: dict[str, dict[str, Any]], sample_size: int | None) -> dict[str, Any]:
-    """The manifest's ``model`` entry, from the component configs."""
-    text, unet, vae, scheduler = configs["text_encoder"], configs["unet"], configs["vae"], configs["scheduler"]
-    max_positions = int(text.get("max_position_embeddings", 77))
-    unet_side = unet.get("sample_size", 64)
-    unet_side = unet_side[0] if isinstance(unet_side, (list, tuple)) else unet_side
-    side = int(sample_size if sample_size is not None else unet_side)
-    # The UNet halves the latent (len(blocks) - 1) times; the sides must survive that exactly.
-    multiple = 2 ** (len(unet.get("block_out_channels", (0,))) - 1)
-    if side <= 0 or side % multiple:
-        raise ZoodipError(f"sample_size {side} must be a positive multiple of {multiple} for this UNet")
-    return {
-        "hidden_size": int(text["hidden_size"]),
-        "cross_attention_dim": int(unet["cross_attention_dim"]),
-        "max_length": min(max_positions, 77),
-        "vocab_size": int(text.get("vocab_size", 49408)),
-        "latent_channels": int(vae.get("latent_channels", 4)),
-        "vae_scale_factor": 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1),
-        "scaling_factor": float(vae.get("scaling_factor", 0.18215)),
-        "sample_size": side,
-        "prediction_type": str(scheduler.get("prediction_type", "epsilon")),
-        "num_train_timesteps": int(scheduler.get("num_train_timesteps", 1000)),
-    }
-
-
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
     from zoodip.paths import check_output_dir
 
@@ -153,7 +70,7 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
             raise ZoodipError(f"output folder {out_dir} exists and is not empty (use --overwrite to replace it)")
         # --overwrite replaces a previous export, never an arbitrary folder someone pointed us at.
         manifest = out_dir / MANIFEST
-        if not manifest.is_file() or _read_json(manifest).get("format") != FORMAT:
+        if not manifest.is_file() or read_json(manifest).get("format") != FORMAT:
             raise ZoodipError(f"refusing to overwrite {out_dir}: it is not a zoodip export folder")
 
 
@@ -346,8 +263,8 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
 
     Returns the manifest (also written as ``out_dir/manifest.json``). Raises ``ZoodipError`` for
     bad inputs, before anything is written. ``curvature_samples``: draws averaged into the curvature
-    subspace (0: none; None: ``DEFAULT_CURVATURE_SAMPLES``, or ``RANDOM_MODEL_CURVATURE_SAMPLES`` for
-    the seeded random-weight models).
+    subspace (0: none; None: ``zoodip_export.curvature.DEFAULT_CURVATURE_SAMPLES``, or its
+    ``RANDOM_MODEL_CURVATURE_SAMPLES`` for the seeded random-weight models).
     """
     from zoodip_export.tiny import SOURCE_MARKER, build_tiny_sd_folder
 
@@ -370,7 +287,7 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
         configs = check_source(source)
         model_info(configs, sample_size)  # fail on a bad sample_size before writing anything
         marker = source / SOURCE_MARKER
-        built_here = _read_json(marker) if marker.is_file() else {}
+        built_here = read_json(marker) if marker.is_file() else {}
         source_entry = {"kind": built_here.get("kind", "diffusers-folder"), "path": str(source),
                         "seed": built_here.get("seed")}
     if recipe == "dynamic-int8":
@@ -401,24 +318,11 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
         scheduler = dict(configs["scheduler"])
         scheduler.setdefault("prediction_type", info["prediction_type"])
         (staging / SCHEDULER_CONFIG).write_text(json.dumps(scheduler, indent=2) + "\n", encoding="utf-8")
-        curvature = None
-        if curvature_samples is None:
-            curvature_samples = RANDOM_MODEL_CURVATURE_SAMPLES.get("tiny" if tiny else source_entry["kind"],
-                                                                  DEFAULT_CURVATURE_SAMPLES)
-        if curvature_samples:
-            from zoodip.curvature import CURVATURE_FILE
-            from zoodip_export.curvature import compute_curvature, stored_curvature
+        from zoodip_export.curvature import export_curvature
 
-            stored = stored_curvature(source)
-            if stored is not None:  # computed once for these weights and shipped beside them
-                log(f"curvature subspace: reusing {source / CURVATURE_FILE}")
-                shutil.copyfile(source / CURVATURE_FILE, staging / CURVATURE_FILE)
-                curvature = {"file": CURVATURE_FILE, **stored}
-            else:
-                log(f"curvature subspace ({curvature_samples} draws)")
-                with _quiet_libraries():
-                    curvature = {"file": CURVATURE_FILE, **compute_curvature(
-                        source, staging / CURVATURE_FILE, samples=curvature_samples, seed=seed, log=log)}
+        with _quiet_libraries():
+            curvature = export_curvature(source, staging, curvature_samples, "tiny" if tiny else source_entry["kind"],
+                                         seed, log)
         if tiny:
             shutil.rmtree(staging / "_source")
 
@@ -474,6 +378,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from zoodip_export.curvature import DEFAULT_CURVATURE_SAMPLES
     from zoodip_export.quantize import RECIPES
 
     parser = _Parser(

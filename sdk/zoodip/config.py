@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -187,3 +188,13 @@ def default_tau(width: int) -> int:
     training); on the 64-wide reference model tau=32 learns and tau=128 stalls (benchmarks/README.md).
     """
     return PAPER_TAU if 2 * PAPER_TAU <= width else max(2, width // 2)
+
+
+def warn_if_tau_spans_the_space(config: PersonalizeConfig, width: int) -> None:
+    """One warning where Subspace Gradient's history is at least the width (only an explicit --tau gets there)."""
+    if config.subspace and config.tau is not None and config.tau >= width:
+        # The method assumes tau < d (128 < 768 on SD1.5): a history of >= d steps spans the whole
+        # space and the projection then removes directions everywhere. Measured on the 64-wide
+        # reference model: tau=128 stalls training, tau=32 does not (benchmarks/README.md).
+        warnings.warn(f"--tau {config.tau} >= embedding width {width}: Subspace Gradient will restrict the whole "
+                      f"space and can stall training; use --tau below {width} (e.g. {default_tau(width)})", stacklevel=3)

@@ -17,6 +17,7 @@ import re
 import secrets
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from .errors import ZoodipError
 
@@ -113,3 +114,24 @@ def remove_stale_temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:
             except OSError:
                 pass
     return removed
+
+
+def atomic_write_bytes(path: Path, write: Callable[[object], None]) -> None:
+    """Write through ``write(handle)`` into a temp file beside ``path``, fsync, then rename over it.
+
+    A crash or a full disk leaves the previous file intact and no partial file behind.
+    """
+    tmp = temp_path(path)
+    try:
+        with open_new_file(tmp) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        reason = "the disk is full" if exc.errno == 28 else (exc.strerror or str(exc))
+        raise ZoodipError(f"cannot write {path}: {reason}; the previous version is intact, free space and resume with --resume") from None

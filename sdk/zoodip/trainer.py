@@ -18,19 +18,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .config import PersonalizeConfig, default_tau  # noqa: F401 (zoodip.trainer.PersonalizeConfig stays public)
-from .curvature import CURVATURE_FILE, DEFAULT_CURVATURE_FRACTION
+from .config import PersonalizeConfig, default_tau, warn_if_tau_spans_the_space  # noqa: F401 (zoodip.trainer.PersonalizeConfig stays public)
 from .denoising_loss import DenoisingLoss, auto_batched  # noqa: F401 (zoodip.trainer.DenoisingLoss stays public)
 from .embeddings import save_learned_embeds
 from .errors import ZoodipError
@@ -39,11 +36,12 @@ from .images import image_grid, list_images, load_images, save_image
 from .limits import check_image_size, check_photo_count
 from .lr_schedule import lr_at
 from .model import ExportedModel, RuntimeOptions
-from .paths import check_output_dir, open_new_file, remove_stale_temp_files, temp_path
-from .run_checks import check_outcome, read_log, sha256_of_files
+from .paths import atomic_write_bytes, check_output_dir, remove_stale_temp_files
+from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.Progress stays public)
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
+from .run_checks import check_outcome, read_log, sha256_of_files
+from .search_space import choose_search_space
 from .timesteps import PartialUniformTimesteps
-from .vocabulary import VocabularySubspace
 from .zo import RandomGradientEstimator, SubspaceProjector, ZOAdam, ZOSGD
 
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -57,61 +55,6 @@ _SNAPSHOT_TEMP = re.compile(r"^\.(learned_embeds-steps-\d+\.safetensors)\.")
 _EVAL_STREAM = 0x5EED_E7A1  # separates the fixed evaluation noises from the training stream
 
 
-@dataclass
-class Progress:
-    """What a progress callback receives after every step (and at evaluations and the end)."""
-
-    event: str  # "setup", "step", "eval", "validation", "done", "cancelled", "early-stopped"
-    step: int
-    total: int
-    loss: float | None
-    eval_loss: float | None
-    kept_dims: int | None
-    forwards: int  # UNet forward passes so far (training + evaluation)
-    elapsed_s: float
-    forwards_per_s: float
-    eta_s: float | None  # from the steps' own times (setup and previews excluded)
-    phase: str | None = None  # event "setup": what is being done before the first step
-    path: str | None = None  # event "validation": the preview grid written
-
-
-@dataclass
-class PersonalizeResult:
-    status: str  # "done", "cancelled" or "early-stopped"
-    steps: int
-    embedding_path: Path | None
-    checkpoint_path: Path
-    log_path: Path
-    initial_eval_loss: float | None
-    final_eval_loss: float | None
-    best_eval_loss: float | None
-    eval_history: list[tuple[int, float]] = field(default_factory=list)
-    forwards: int = 0  # training UNet forwards of the whole run (all sessions)
-    wall_s: float = 0.0  # this session, setup included
-
-
-def _atomic_write_bytes(path: Path, write: Callable[[object], None]) -> None:
-    """Write through ``write(handle)`` into a temp file beside ``path``, fsync, then rename over it.
-
-    A crash or a full disk leaves the previous file intact and no partial file behind.
-    """
-    tmp = temp_path(path)
-    try:
-        with open_new_file(tmp) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        reason = "the disk is full" if exc.errno == 28 else (exc.strerror or str(exc))
-        raise ZoodipError(f"cannot write {path}: {reason}; the previous version is intact, free space and resume with --resume") from None
-
-
-# UNets with more weight bytes than this evaluate the n+1 candidates one by one when not told otherwise.
 class Personalizer:
     """Sets up a run (model, photos, placeholder, method pieces) and runs its steps."""
 
@@ -178,24 +121,8 @@ class Personalizer:
         model.release("vae_encoder")
         del images, views
 
-        self.vocabulary = (VocabularySubspace.fit(model.token_embeddings, config.vocabulary_variance)
-                           if config.vocabulary_variance is not None else None)
-        self.curvature = None if config.curvature_fraction == 0 else model.curvature()
-        if self.curvature is None and config.curvature_fraction:
-            raise ZoodipError(f"--curvature-subspace {config.curvature_fraction}: {config.export_dir} has no curvature "
-                              "subspace; re-export the model with export_model.py (it computes one by default) or "
-                              "drop the flag")
-        if config.curvature_fraction is None:  # automatic: on where the export has one
-            if self.curvature is None and self.vocabulary is None:
-                warnings.warn(f"{config.export_dir} has no {CURVATURE_FILE}: searching all {dim} dimensions, which "
-                              "needs many more steps; re-export the model with export_model.py (it computes one by "
-                              "default) or pass --no-curvature-subspace to silence this", stacklevel=2)
-            use = self.curvature is not None and self.vocabulary is None
-            config = self.config = dataclasses.replace(config, curvature_fraction=DEFAULT_CURVATURE_FRACTION if use else 0.0)
-        if not config.curvature_fraction:
-            self.curvature = None
-        basis = (self.vocabulary.basis if self.vocabulary is not None
-                 else self.curvature.basis(config.curvature_fraction) if self.curvature is not None else None)
+        config, self.vocabulary, self.curvature, basis = choose_search_space(model, config)
+        self.config = config
         self.estimator = RandomGradientEstimator(dim, n=config.n, mu=config.mu, basis=basis)
         if basis is not None:
             source = "curvature" if self.curvature is not None else "vocabulary"
@@ -207,12 +134,7 @@ class Personalizer:
             self.optimizer = ZOSGD(dim, lr=config.learning_rate)
         self.projector = (SubspaceProjector(dim, tau=config.tau, nu=config.nu, mode=config.subspace_mode,
                                             search_basis=self.estimator.basis) if config.subspace else None)
-        if config.subspace and config.tau >= dim:  # only an explicit --tau gets here (see default_tau)
-            # The method assumes tau < d (128 < 768 on SD1.5): a history of >= d steps spans the whole
-            # space and the projection then removes directions everywhere. Measured on the 64-wide
-            # reference model: tau=128 stalls training, tau=32 does not (benchmarks/README.md).
-            warnings.warn(f"--tau {config.tau} >= embedding width {dim}: Subspace Gradient will restrict the whole "
-                          f"space and can stall training; use --tau below {dim} (e.g. {default_tau(dim)})", stacklevel=2)
+        warn_if_tau_spans_the_space(config, dim)
         if config.lr_scheduler == "constant" and config.lr_warmup_steps:
             warnings.warn(f"--lr_warmup_steps {config.lr_warmup_steps} has no effect with --lr_scheduler constant (as in "
                           "diffusers); use constant_with_warmup, linear or cosine to warm up", stacklevel=2)
@@ -345,7 +267,7 @@ class Personalizer:
     def save_checkpoint(self) -> Path:
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()
-        _atomic_write_bytes(self.checkpoint_path, lambda handle: np.savez(handle, **state))
+        atomic_write_bytes(self.checkpoint_path, lambda handle: np.savez(handle, **state))
         return self.checkpoint_path
 
     def load_checkpoint(self) -> None:
@@ -416,7 +338,7 @@ class Personalizer:
         if not path.is_file():
             return
         kept = [json.dumps(record) for record in read_log(path) if record.get("step", 0) <= self.step]
-        _atomic_write_bytes(path, lambda handle: handle.write(("\n".join(kept) + "\n" if kept else "").encode()))
+        atomic_write_bytes(path, lambda handle: handle.write(("\n".join(kept) + "\n" if kept else "").encode()))
 
     def _start_fresh(self) -> None:
         """Write config.json, the step-0 evaluation and the first checkpoint, or nothing at all."""

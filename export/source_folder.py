@@ -1,0 +1,86 @@
+"""The diffusers source folder an export reads: its required parts, its configs, the model facts they give."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from zoodip.errors import ZoodipError
+
+# What a diffusers SD folder must hold for us: component -> files that must exist in it.
+REQUIRED_PARTS: dict[str, tuple[str, ...]] = {
+    "unet": ("config.json",),
+    "vae": ("config.json",),
+    "text_encoder": ("config.json",),
+    "tokenizer": ("vocab.json", "merges.txt"),
+    "scheduler": ("scheduler_config.json",),
+}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ZoodipError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ZoodipError(f"{path} is not a JSON object")
+    return data
+
+
+def check_source(source: Path) -> dict[str, dict[str, Any]]:
+    """Check that ``source`` is a diffusers SD folder we can export; returns its component configs."""
+    if not source.exists():
+        raise ZoodipError(f"source folder {source} does not exist")
+    if not source.is_dir():
+        raise ZoodipError(f"source {source} is not a folder (expected a diffusers Stable Diffusion folder)")
+    # SDXL folders look like SD ones plus a second text encoder; refuse them before reading weights.
+    index = source / "model_index.json"
+    pipeline = read_json(index).get("_class_name", "") if index.is_file() else ""
+    if (source / "text_encoder_2").exists() or "XL" in str(pipeline):
+        raise ZoodipError(f"{source} is an SDXL folder ({pipeline or 'it has text_encoder_2'}): zoodip exports "
+                          "Stable Diffusion 1.x/2.x only; use an SD1.5 or SD2.x folder")
+    for part, files in REQUIRED_PARTS.items():
+        for name in files:
+            if not (source / part / name).is_file():
+                raise ZoodipError(
+                    f"{source} is not a diffusers Stable Diffusion folder: {part}/{name} is missing"
+                )
+    configs = {
+        "unet": read_json(source / "unet" / "config.json"),
+        "vae": read_json(source / "vae" / "config.json"),
+        "text_encoder": read_json(source / "text_encoder" / "config.json"),
+        "scheduler": read_json(source / "scheduler" / "scheduler_config.json"),
+    }
+    text = configs["text_encoder"]
+    if text.get("model_type", "clip_text_model") != "clip_text_model" and "CLIPTextModel" not in text.get(
+        "architectures", []
+    ):
+        raise ZoodipError(f"{source}: only CLIP text encoders (Stable Diffusion 1.x/2.x) are supported")
+    if not isinstance(configs["unet"].get("cross_attention_dim"), int):
+        raise ZoodipError(f"{source}: unsupported UNet (expected one integer cross_attention_dim, as in SD1.x/2.x)")
+    return configs
+
+
+def model_info(configs: dict[str, dict[str, Any]], sample_size: int | None) -> dict[str, Any]:
+    """The manifest's ``model`` entry, from the component configs."""
+    text, unet, vae, scheduler = configs["text_encoder"], configs["unet"], configs["vae"], configs["scheduler"]
+    max_positions = int(text.get("max_position_embeddings", 77))
+    unet_side = unet.get("sample_size", 64)
+    unet_side = unet_side[0] if isinstance(unet_side, (list, tuple)) else unet_side
+    side = int(sample_size if sample_size is not None else unet_side)
+    # The UNet halves the latent (len(blocks) - 1) times; the sides must survive that exactly.
+    multiple = 2 ** (len(unet.get("block_out_channels", (0,))) - 1)
+    if side <= 0 or side % multiple:
+        raise ZoodipError(f"sample_size {side} must be a positive multiple of {multiple} for this UNet")
+    return {
+        "hidden_size": int(text["hidden_size"]),
+        "cross_attention_dim": int(unet["cross_attention_dim"]),
+        "max_length": min(max_positions, 77),
+        "vocab_size": int(text.get("vocab_size", 49408)),
+        "latent_channels": int(vae.get("latent_channels", 4)),
+        "vae_scale_factor": 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1),
+        "scaling_factor": float(vae.get("scaling_factor", 0.18215)),
+        "sample_size": side,
+        "prediction_type": str(scheduler.get("prediction_type", "epsilon")),
+        "num_train_timesteps": int(scheduler.get("num_train_timesteps", 1000)),
+    }

@@ -1,0 +1,38 @@
+"""What a personalization run reports while it runs (Progress) and when it ends (PersonalizeResult)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Progress:
+    """What a progress callback receives after every step (and at evaluations and the end)."""
+
+    event: str  # "setup", "step", "eval", "validation", "done", "cancelled", "early-stopped"
+    step: int
+    total: int
+    loss: float | None
+    eval_loss: float | None
+    kept_dims: int | None
+    forwards: int  # UNet forward passes so far (training + evaluation)
+    elapsed_s: float
+    forwards_per_s: float
+    eta_s: float | None  # from the steps' own times (setup and previews excluded)
+    phase: str | None = None  # event "setup": what is being done before the first step
+    path: str | None = None  # event "validation": the preview grid written
+
+
+@dataclass
+class PersonalizeResult:
+    status: str  # "done", "cancelled" or "early-stopped"
+    steps: int
+    embedding_path: Path | None
+    checkpoint_path: Path
+    log_path: Path
+    initial_eval_loss: float | None
+    final_eval_loss: float | None
+    best_eval_loss: float | None
+    eval_history: list[tuple[int, float]] = field(default_factory=list)
+    forwards: int = 0  # training UNet forwards of the whole run (all sessions)
+    wall_s: float = 0.0  # this session, setup included

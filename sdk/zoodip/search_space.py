@@ -1,0 +1,42 @@
+"""Where a run draws its random directions: the whole space, the vocabulary's subspace or the curvature's."""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+
+from .config import PersonalizeConfig
+from .curvature import CURVATURE_FILE, DEFAULT_CURVATURE_FRACTION, CurvatureSubspace
+from .errors import ZoodipError
+from .model import ExportedModel
+from .vocabulary import VocabularySubspace
+
+
+def choose_search_space(model: ExportedModel, config: PersonalizeConfig) -> tuple[
+        PersonalizeConfig, VocabularySubspace | None, CurvatureSubspace | None, np.ndarray | None]:
+    """(config with ``curvature_fraction`` resolved, vocabulary subspace, curvature subspace, basis or None).
+
+    ``curvature_fraction`` None (automatic) becomes ``DEFAULT_CURVATURE_FRACTION`` where the export has a
+    curvature subspace and no vocabulary subspace is asked for, else 0 (off); an explicit fraction on an
+    export without one is refused.
+    """
+    vocabulary = (VocabularySubspace.fit(model.token_embeddings, config.vocabulary_variance)
+                  if config.vocabulary_variance is not None else None)
+    curvature = None if config.curvature_fraction == 0 else model.curvature()
+    if curvature is None and config.curvature_fraction:
+        raise ZoodipError(f"--curvature-subspace {config.curvature_fraction}: {config.export_dir} has no curvature "
+                          "subspace; re-export the model with export_model.py (it computes one by default) or "
+                          "drop the flag")
+    if config.curvature_fraction is None:
+        if curvature is None and vocabulary is None:
+            warnings.warn(f"{config.export_dir} has no {CURVATURE_FILE}: searching all {model.hidden_size} dimensions, "
+                          "which needs many more steps; re-export the model with export_model.py (it computes one by "
+                          "default) or pass --no-curvature-subspace to silence this", stacklevel=3)
+        use = curvature is not None and vocabulary is None
+        config = dataclasses.replace(config, curvature_fraction=DEFAULT_CURVATURE_FRACTION if use else 0.0)
+    if not config.curvature_fraction:
+        curvature = None
+    basis = (vocabulary.basis if vocabulary is not None
+             else curvature.basis(config.curvature_fraction) if curvature is not None else None)
+    return config, vocabulary, curvature, basis
