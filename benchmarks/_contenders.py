@@ -141,17 +141,9 @@ def run_zoodip(spec: dict, phases: Phases) -> dict:
     import numpy as np  # noqa: F401
     import onnxruntime  # noqa: F401
 
-    import zoodip.trainer
     from zoodip.model import RuntimeOptions
     from zoodip.trainer import PersonalizeConfig, Personalizer
     phases.end()
-    if any(key in spec for key in ("low_memory", "extra_config", "session_attributes")):
-        # Lever rows: other onnxruntime session settings for every graph the trainer loads.
-        def options(**kwargs):
-            return RuntimeOptions(low_memory=bool(spec.get("low_memory", True)),
-                                  extra_config=dict(spec.get("extra_config", {})),
-                                  session_attributes=dict(spec.get("session_attributes", {})), **kwargs)
-        zoodip.trainer.RuntimeOptions = options
     assert "torch" not in sys.modules, "the SDK contender must not import torch"
 
     config = PersonalizeConfig(
@@ -163,7 +155,14 @@ def run_zoodip(spec: dict, phases: Phases) -> dict:
     )
     stamps: list[float] = []
     phases.start("setup")  # photos loaded and VAE-encoded once, VAE encoder released
-    personalizer = Personalizer(config, on_progress=lambda p: stamps.append(p.elapsed_s) if p.event == "step" else None)
+    runtime = None
+    if any(key in spec for key in ("low_memory", "extra_config", "session_attributes")):
+        # Lever rows: other onnxruntime session settings for every graph the trainer loads.
+        runtime = RuntimeOptions(low_memory=bool(spec.get("low_memory", True)), extra_config=dict(spec.get("extra_config", {})),
+                                 session_attributes=dict(spec.get("session_attributes", {})), threads=config.threads,
+                                 memory_budget_mb=config.memory_budget_mb)
+    personalizer = Personalizer(config, on_progress=lambda p: stamps.append(p.elapsed_s) if p.event == "step" else None,
+                                runtime=runtime)
     options = personalizer.model.options
     phases.end()
     phases.start("load")  # the two graphs a step runs
@@ -262,6 +261,19 @@ def run_torch_ti(spec: dict, phases: Phases) -> dict:
     return {"step_times": step_times, "losses": losses, "forwards_per_step": 1}
 
 
+def _torch_predictions(text, unet, inputs, x_t, t: int, batched: bool):
+    """The torch UNet's predictions [m, C, h, w] for m token-embedding inputs: all at once, or one by one."""
+    import torch
+
+    groups = [slice(0, len(inputs))] if batched else [slice(i, i + 1) for i in range(len(inputs))]
+    preds = []
+    for group in groups:
+        cond = text(torch.from_numpy(inputs[group]))
+        m = cond.shape[0]
+        preds.append(unet(torch.from_numpy(x_t[None]).expand(m, -1, -1, -1), torch.full((m,), float(t)), cond).sample)
+    return torch.cat(preds).numpy()
+
+
 def run_torch_zo(spec: dict, phases: Phases) -> dict:
     """The ZOODiP step (n=2, mu=1e-3, the same loss) in torch fp32, forward only, latents cached."""
     torch = _ti_setup(spec, phases)
@@ -270,6 +282,8 @@ def run_torch_zo(spec: dict, phases: Phases) -> dict:
     from zoodip_export.onnx_export import TextEncoderGraph
 
     from zoodip.schedule import NoiseSchedule
+    from zoodip.step_inputs import draw_step_inputs, step_rng
+    from zoodip.timesteps import PartialUniformTimesteps
     from zoodip.tokenizer import CLIPTokenizer
     from zoodip.zo import RandomGradientEstimator
 
@@ -278,8 +292,8 @@ def run_torch_zo(spec: dict, phases: Phases) -> dict:
     phases.start("setup")
     models = load_torch_models(source, ("vae",))
     with torch.no_grad():
-        latents = [models["vae"].encode(_photo_tensor(Path(spec["photos"]), spec["resolution"], i)).latent_dist.mean
-                   * models["vae"].config.scaling_factor for i in range(3)]
+        latents = np.stack([(models["vae"].encode(_photo_tensor(Path(spec["photos"]), spec["resolution"], i)).latent_dist.mean
+                             * models["vae"].config.scaling_factor).numpy() for i in range(3)])  # [3, 1, C, h, w]
     del models
     phases.end()
     phases.start("load")
@@ -294,6 +308,7 @@ def run_torch_zo(spec: dict, phases: Phases) -> dict:
     v = np.asarray(table[tokenizer.token_ids_for_word("dog")[0]], np.float32).copy()
     schedule = NoiseSchedule.from_config(json.loads((export / "scheduler_config.json").read_text()))
     estimator = RandomGradientEstimator(len(v), n=2, mu=1e-3)
+    puts = PartialUniformTimesteps(500, 900, schedule.num_train_timesteps)
     phases.end()
     batched = spec.get("batched", False)
     step_times = []
@@ -301,23 +316,14 @@ def run_torch_zo(spec: dict, phases: Phases) -> dict:
     with torch.no_grad():
         for step in range(spec["steps"]):
             started = time.perf_counter()
-            rng = np.random.default_rng([0, step])
-            x0 = latents[step % len(latents)][0].numpy()
-            noise = rng.standard_normal(x0.shape).astype(np.float32)
-            t = int(rng.integers(500, 900))
-            x_t = schedule.add_noise(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
+            rng = step_rng(0, step)
+            sample = draw_step_inputs(rng, latents, puts, schedule, lambda photo, r: "a photo of a <bench>")
             z = estimator.directions(rng)
             candidates = np.concatenate([v[None], estimator.perturbations(v, z)]).astype(np.float32)
             inputs = np.repeat(base[None], len(candidates), axis=0)
             inputs[:, ids == placeholder, :] = candidates[:, None, :]
-            groups = [slice(0, len(candidates))] if batched else [slice(i, i + 1) for i in range(len(candidates))]
-            preds = []
-            for group in groups:
-                cond = text(torch.from_numpy(inputs[group]))
-                m = cond.shape[0]
-                preds.append(unet(torch.from_numpy(x_t[None]).expand(m, -1, -1, -1), torch.full((m,), float(t)), cond).sample)
-            pred = torch.cat(preds).numpy()
-            losses = np.mean(np.square(pred - noise[None], dtype=np.float64), axis=(1, 2, 3))
+            pred = _torch_predictions(text, unet, inputs, sample.x_t, sample.t, batched)
+            losses = np.mean(np.square(pred - sample.target[None], dtype=np.float64), axis=(1, 2, 3))
             g = estimator.estimate(float(losses[0]), losses[1:], z)
             v = (v - 1e-2 * np.sign(g)).astype(np.float32)
             step_times.append(time.perf_counter() - started)

@@ -34,6 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from zoodip.model import ExportedModel, RuntimeOptions
+from zoodip.step_inputs import StepInputs, draw_step_inputs, step_rng
 from zoodip.trainer import DenoisingLoss, PersonalizeConfig, Personalizer
 from zoodip.lr_schedule import LR_SCHEDULERS
 from zoodip.zo import ZOAdam
@@ -229,28 +230,26 @@ class ESPersonalizer(Personalizer):
     """
 
     def __init__(self, config: PersonalizeConfig, pop: int, sigma_rel: float, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
         if pop < 2 or pop % 2:
             raise ValueError("ES population must be an even number >= 2")
+        # ES's own parts: Adam with the usual eps on its estimate, and no Subspace Gradient.
+        super().__init__(config, make_optimizer=lambda dim, config: ZOAdam(dim, lr=config.learning_rate, eps=1e-8),
+                         make_projector=lambda dim, config, basis: None, **kwargs)
         self.pop = pop
         self.sigma = float(sigma_rel) * float(np.sqrt(np.mean(np.square(self.v_init, dtype=np.float64))))
-        self.optimizer = ZOAdam(len(self.v), lr=config.learning_rate, eps=1e-8)
-        self.projector = None
+
+    def draw_inputs(self, rng: np.random.Generator) -> StepInputs:
+        # The photo itself, never its mirror image: one view, whose draw takes nothing from rng.
+        return draw_step_inputs(rng, self.latents[:, :1], self.timesteps, self.model.schedule,
+                                lambda photo, r: self.prompts.prompt_for(self.image_names[photo], r))
 
     def train_step(self) -> float:
-        config, schedule = self.config, self.model.schedule
-        rng = np.random.default_rng([config.seed, self.step])
-        i = int(rng.integers(len(self.latents)))
-        x0 = self.latents[i, 0]
-        noise = rng.standard_normal(x0.shape).astype(np.float32)
-        t = int(self.timesteps.sample(rng, 1)[0])
-        ids = self.model.tokenizer(self.prompts.prompt_for(self.image_names[i], rng))[0]
+        rng = step_rng(self.config.seed, self.step)
+        sample = self.draw_inputs(rng)
         half = rng.standard_normal((self.pop // 2, len(self.v))).astype(np.float32)
         eps = np.concatenate([half, -half])
-        x_t = schedule.add_noise(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
-        target = schedule.target(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
         candidates = (self.v[None].astype(np.float64) + self.sigma * eps).astype(np.float32)
-        losses = self.loss(ids, candidates, x_t, t, target)
+        losses = self.loss(self.prompt_ids(sample), candidates, sample.x_t, sample.t, sample.target)
         self.train_forwards += len(candidates)
         ranks = np.empty(len(losses))
         ranks[np.argsort(losses)] = np.arange(len(losses))
@@ -284,21 +283,26 @@ def run_forward_only(spec: MethodSpec, job: Job, export_dir: Path, work: Path, b
 
         shutil.rmtree(out_dir)
     config = _zo_config(spec, job, export_dir, out_dir, steps, seed, num_t)
-    if spec.kind == "es":
-        trainer: Personalizer = ESPersonalizer(config, pop=spec.pop, sigma_rel=spec.sigma)
-    else:
-        trainer = Personalizer(config)
-    if job.planted is not None:
-        trainer.loss = PlantedLoss(trainer.model, trainer.placeholder_id, np.asarray(job.planted), config.batched)
     wanted = set(checkpoint_steps(steps, checkpoints))
-    snaps = [Snapshot(0, 0, 0.0, trainer.v.copy())]
-    started = time.perf_counter()
+    snaps: list[Snapshot] = []
 
-    def on_progress(progress: Any) -> None:
+    def on_progress(progress: Any) -> None:  # steps only: `trainer` is bound by then
         if progress.event in ("step", "eval") and trainer.step in wanted:
             snaps.append(Snapshot(trainer.step, trainer.train_forwards, time.perf_counter() - started, trainer.v.copy()))
 
-    trainer.on_progress = on_progress
+    parts: dict[str, Any] = {"on_progress": on_progress}
+    if job.planted is not None:
+        v_star, planted_batched = np.asarray(job.planted), bool(config.batched)
+        # The planted loss evaluates candidates one by one unless the config says batched (as it always has:
+        # the results of earlier planted runs stay reproducible).
+        parts["make_loss"] = lambda model, placeholder_id, batched: PlantedLoss(model, placeholder_id, v_star,
+                                                                                planted_batched)
+    if spec.kind == "es":
+        trainer: Personalizer = ESPersonalizer(config, pop=spec.pop, sigma_rel=spec.sigma, **parts)
+    else:
+        trainer = Personalizer(config, **parts)
+    snaps.append(Snapshot(0, 0, 0.0, trainer.v.copy()))
+    started = time.perf_counter()
     trainer.run()
     return snaps
 
@@ -319,49 +323,73 @@ def torch_source(export_dir: Path, override: Path | None = None) -> Path:
     return Path(path)
 
 
-def run_backprop(spec: MethodSpec, job: Job, export_dir: Path, source: Path, budget: int, checkpoints: int,
-                 seed: int) -> list[Snapshot]:
-    """diffusers-style textual inversion: only the placeholder's embedding row is trained (AdamW).
-
-    Photos, prompts, the per-step draws of (photo, noise, timestep, prompt) and the loss are the
-    SDK's (same seeds): only the model (torch fp32 instead of INT8 ONNX) and the optimizer differ.
-    Timesteps are uniform on [0, T), as diffusers' script samples them.
-    """
+def _torch_latents(vae, images: np.ndarray, seed: int, scaling_factor: float) -> np.ndarray:
+    """The photos' latents [N, 1, C, h, w] by the torch VAE, sampled with the SDK's encoding noise stream."""
     import torch
 
-    from zoodip.images import load_images
-    from zoodip.prompts import PromptSampler
-    from zoodip.timesteps import PartialUniformTimesteps
-    from zoodip_export.onnx_export import TextEncoderGraph, load_text_encoder, load_unet, load_vae
-
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    model = ExportedModel.load(export_dir, RuntimeOptions(threads=1))  # tokenizer + schedule only (no sessions)
-    schedule = model.schedule
-    tokenizer = model.tokenizer
-    init_ids = tokenizer.token_ids_for_word(job.initializer)
-    if len(init_ids) != 1:
-        raise ValueError(f"initializer {job.initializer!r} is not one token")
-    placeholder_id = tokenizer.add_placeholder(job.placeholder)[0]
-
-    text_model = load_text_encoder(source / "text_encoder").text_model
-    table = text_model.embeddings.token_embedding.weight.detach()
-    text_encoder = TextEncoderGraph(text_model, model.max_length).eval()
-    unet = load_unet(source / "unet").eval()
-    vae = load_vae(source / "vae").eval()
-
-    names, images = load_images(Path(job.photos), model.default_resolution)
     encode_rng = np.random.default_rng([seed, 0x5EED_E7A1, 1])
+    latents = []
     with torch.no_grad():
-        latents = []
         for k in range(len(images)):
             params = vae.encoder(torch.from_numpy(images[k : k + 1]))
             params = params if vae.quant_conv is None else vae.quant_conv(params)
             mean, logvar = params.chunk(2, dim=1)
             std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
             sample = mean + std * torch.from_numpy(encode_rng.standard_normal(mean.shape).astype(np.float32))
-            latents.append((sample * model.scaling_factor)[0])
-    del vae
+            latents.append((sample * scaling_factor)[0].numpy())
+    return np.stack(latents)[:, None]
+
+
+def _torch_text_encoder_and_unet(source: Path, max_length: int):
+    """The diffusers folder's text encoder (taking token embeddings), its token table and UNet, in torch fp32."""
+    from zoodip_export.onnx_export import TextEncoderGraph, load_text_encoder, load_unet
+
+    text_model = load_text_encoder(source / "text_encoder").text_model
+    table = text_model.embeddings.token_embedding.weight.detach()
+    return TextEncoderGraph(text_model, max_length).eval(), table, load_unet(source / "unet").eval()
+
+
+def _conditioner(text_encoder, table, placeholder_id: int):
+    """(prompt ids, placeholder row) -> the text encoder's output, the row in the placeholder's places."""
+    import torch
+
+    def condition(ids: np.ndarray, row: torch.Tensor) -> torch.Tensor:
+        ids_t = torch.from_numpy(ids.astype(np.int64))
+        is_placeholder = ids_t == placeholder_id
+        base = table[ids_t.clamp(max=table.shape[0] - 1)]
+        embeds = torch.where(is_placeholder[:, None], row[None, :], base)
+        return text_encoder(embeds[None])
+
+    return condition
+
+
+def run_backprop(spec: MethodSpec, job: Job, export_dir: Path, source: Path, budget: int, checkpoints: int,
+                 seed: int) -> list[Snapshot]:
+    """diffusers-style textual inversion: only the placeholder's embedding row is trained (AdamW).
+
+    Photos, prompts, the per-step draws of (photo, noise, timestep, prompt) and the loss are the
+    SDK's (same seeds, zoodip.step_inputs): only the model (torch fp32 instead of INT8 ONNX) and the
+    optimizer differ. Timesteps are uniform on [0, T), as diffusers' script samples them.
+    """
+    import torch
+
+    from zoodip.images import load_images
+    from zoodip.prompts import PromptSampler
+    from zoodip.timesteps import PartialUniformTimesteps
+    from zoodip_export.onnx_export import load_vae
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    model = ExportedModel.load(export_dir, RuntimeOptions(threads=1))  # tokenizer + schedule only (no sessions)
+    schedule, tokenizer = model.schedule, model.tokenizer
+    init_ids = tokenizer.token_ids_for_word(job.initializer)
+    if len(init_ids) != 1:
+        raise ValueError(f"initializer {job.initializer!r} is not one token")
+    placeholder_id = tokenizer.add_placeholder(job.placeholder)[0]
+
+    text_encoder, table, unet = _torch_text_encoder_and_unet(source, model.max_length)
+    names, images = load_images(Path(job.photos), model.default_resolution)
+    latents = _torch_latents(load_vae(source / "vae").eval(), images, seed, model.scaling_factor)
     prompts = PromptSampler(job.placeholder, "object")
     timesteps = PartialUniformTimesteps(0, schedule.num_train_timesteps, schedule.num_train_timesteps)
 
@@ -371,32 +399,21 @@ def run_backprop(spec: MethodSpec, job: Job, export_dir: Path, source: Path, bud
     optimizer = torch.optim.AdamW([v], lr=spec.learning_rate(), betas=(0.9, 0.999), eps=1e-8,
                                   weight_decay=spec.weight_decay)
 
-    def condition(ids: np.ndarray, row: torch.Tensor) -> torch.Tensor:
-        ids_t = torch.from_numpy(ids.astype(np.int64))
-        is_placeholder = ids_t == placeholder_id
-        base = table[ids_t.clamp(max=table.shape[0] - 1)]
-        embeds = torch.where(is_placeholder[:, None], row[None, :], base)
-        return text_encoder(embeds[None])
-
+    condition = _conditioner(text_encoder, table, placeholder_id)
     steps = max(1, budget // spec.forwards_per_step)
     wanted = set(checkpoint_steps(steps, checkpoints))
     snaps = [Snapshot(0, 0, 0.0, v.detach().numpy().copy())]
     started = time.perf_counter()
     for step in range(steps):
-        rng = np.random.default_rng([seed, step])  # the SDK's draw order: photo, view, noise, t, prompt
-        i = int(rng.integers(len(latents)))
-        rng.integers(1)
-        x0 = latents[i].numpy()
-        noise = rng.standard_normal(x0.shape).astype(np.float32)
-        t = int(timesteps.sample(rng, 1)[0])
-        ids = tokenizer(prompts.prompt_for(names[i], rng))[0]
-        x_t = torch.from_numpy(schedule.add_noise(x0[None], noise[None], np.array([t])).astype(np.float32))
-        t_t = torch.full((1,), float(t))
+        sample = draw_step_inputs(step_rng(seed, step), latents, timesteps, schedule,
+                                  lambda photo, r: prompts.prompt_for(names[photo], r))
+        ids = tokenizer(sample.prompt)[0]
+        x_t, t_t = torch.from_numpy(sample.x_t[None]), torch.full((1,), float(sample.t))
         if v_star is not None:
             with torch.no_grad():
                 target = unet(x_t, t_t, encoder_hidden_states=condition(ids, v_star), return_dict=False)[0]
         else:
-            target = torch.from_numpy(schedule.target(x0[None], noise[None], np.array([t])).astype(np.float32))
+            target = torch.from_numpy(sample.target[None])
         pred = unet(x_t, t_t, encoder_hidden_states=condition(ids, v), return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred, target)
         optimizer.zero_grad(set_to_none=True)

@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from .checkpoint import CHECKPOINT_NAME, checkpoint_vector, read_checkpoint, write_checkpoint
 from .config import PersonalizeConfig, default_tau, warn_if_tau_spans_the_space  # noqa: F401 (zoodip.trainer.PersonalizeConfig stays public)
 from .denoising_loss import DenoisingLoss, auto_batched  # noqa: F401 (zoodip.trainer.DenoisingLoss stays public)
 from .embeddings import save_learned_embeds
@@ -35,16 +36,17 @@ from .generate import generate
 from .images import image_grid, list_images, load_images, save_image
 from .limits import check_image_size, check_photo_count
 from .lr_schedule import lr_at
+from .method_parts import LossFactory, OptimizerFactory, ProjectorFactory, default_optimizer, default_projector
 from .model import ExportedModel, RuntimeOptions
 from .paths import atomic_write_bytes, check_output_dir, remove_stale_temp_files
 from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.Progress stays public)
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
 from .run_checks import check_outcome, read_log, sha256_of_files
 from .search_space import choose_search_space
+from .step_inputs import StepInputs, draw_step_inputs, step_rng
 from .timesteps import PartialUniformTimesteps
-from .zo import RandomGradientEstimator, SubspaceProjector, ZOAdam, ZOSGD
+from .zo import RandomGradientEstimator
 
-CHECKPOINT_NAME = "checkpoint.npz"
 EMBEDDING_NAME = "learned_embeds.safetensors"
 LOG_NAME = "log.jsonl"
 RUN_FILES = (CHECKPOINT_NAME, EMBEDDING_NAME, LOG_NAME)  # written atomically: their temp files are cleaned
@@ -56,10 +58,18 @@ _EVAL_STREAM = 0x5EED_E7A1  # separates the fixed evaluation noises from the tra
 
 
 class Personalizer:
-    """Sets up a run (model, photos, placeholder, method pieces) and runs its steps."""
+    """Sets up a run (model, photos, placeholder, method pieces) and runs its steps.
+
+    The method's parts (the loss, the optimizer, the Subspace Gradient projector) are the config's unless
+    ``make_loss``, ``make_optimizer`` or ``make_projector`` build others: they are called once the model
+    and its width are known, which is why they are factories rather than objects. ``runtime`` replaces
+    the onnxruntime settings built from the config's threads and memory budget (the benchmarks' levers).
+    """
 
     def __init__(self, config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,
-                 cancel_event: threading.Event | None = None) -> None:
+                 cancel_event: threading.Event | None = None, *, make_loss: LossFactory = DenoisingLoss,
+                 make_optimizer: OptimizerFactory = default_optimizer,
+                 make_projector: ProjectorFactory = default_projector, runtime: RuntimeOptions | None = None) -> None:
         config.validate()
         check_output_dir(config.output_dir)  # before any work: a run must be able to write its result
         self.on_progress = on_progress
@@ -67,27 +77,41 @@ class Personalizer:
         self.config = config  # (completed below, once the model's width is known)
         self._created = time.monotonic()
         self._phase("loading the model")
-        self.model = ExportedModel.load(config.export_dir, RuntimeOptions(threads=config.threads,
-                                                                          memory_budget_mb=config.memory_budget_mb))
-        model = self.model
-        dim = model.hidden_size
+        runtime = runtime or RuntimeOptions(threads=config.threads, memory_budget_mb=config.memory_budget_mb)
+        self.model = ExportedModel.load(config.export_dir, runtime)
+        dim = self.model.hidden_size
         if config.tau is None:
             config = dataclasses.replace(config, tau=default_tau(dim))
         self.config = config
         if config.n > dim:
             # n >= d Gaussian directions already determine the whole gradient; more only cost forwards.
             raise ZoodipError(f"--n {config.n} is more than the embedding width {dim} of this model: use at most {dim} (reference 2)")
-
-        self.resolution = config.resolution or model.default_resolution
-        model.check_resolution(self.resolution)
-        check_image_size(self.resolution, self.resolution, model.vae_scale_factor, f"--resolution {self.resolution}",
+        self.resolution = config.resolution or self.model.default_resolution
+        self.model.check_resolution(self.resolution)
+        check_image_size(self.resolution, self.resolution, self.model.vae_scale_factor, f"--resolution {self.resolution}",
                          memory_budget_mb=config.memory_budget_mb)
-        schedule = model.schedule
         t_min, t_max = config.t_range
-        self.timesteps = PartialUniformTimesteps(t_min, t_max, schedule.num_train_timesteps)
+        self.timesteps = PartialUniformTimesteps(t_min, t_max, self.model.schedule.num_train_timesteps)
+        self._add_placeholder()
+        self._encode_photos()
+        self._compose_method(make_loss, make_optimizer, make_projector)
+        self._eval_items = self._make_eval_items()
+        # Open the graphs training needs now: a damaged graph is refused before anything is written.
+        self.model.session("text_encoder")
+        self.model.session("unet")
 
-        # The placeholder and its initial value: the initializer word's embedding row.
-        tokenizer = model.tokenizer
+        # State that a checkpoint holds.
+        self.v = self.v_init.copy()
+        self.step = 0
+        self.best_v = self.v.copy()
+        self.best_eval: float | None = None
+        self.eval_history: list[tuple[int, float]] = []
+        self.evals_without_improvement = 0
+        self.train_forwards = 0
+
+    def _add_placeholder(self) -> None:
+        """The placeholder token and its initial value: the initializer word's embedding row."""
+        config, tokenizer = self.config, self.model.tokenizer
         init_ids = tokenizer.token_ids_for_word(config.initializer_token)
         if len(init_ids) != 1:
             raise ZoodipError(
@@ -95,8 +119,11 @@ class Personalizer:
                 "token: pick one common word close to the concept (e.g. 'dog', 'toy', 'painting')"
             )
         self.placeholder_id = tokenizer.add_placeholder(config.placeholder_token)[0]
-        self.v_init = np.asarray(model.token_embeddings[init_ids[0]], dtype=np.float32)
+        self.v_init = np.asarray(self.model.token_embeddings[init_ids[0]], dtype=np.float32)
 
+    def _encode_photos(self) -> None:
+        """Load the photos and their prompts, encode them once (and their mirror images with flips), free the encoder."""
+        config, model = self.config, self.model
         photo_files = list_images(config.images)
         check_photo_count(len(photo_files), self.resolution, 2 if config.flip else 1, config.memory_budget_mb)
         templates = load_template_file(config.template_file) if config.template_file else None
@@ -112,47 +139,31 @@ class Personalizer:
         self.prompts = PromptSampler(config.placeholder_token, config.learnable_property, captions, templates, filewords)
         self.captions = captions or {}
 
-        # Encode the photos once (and their mirror images if flips are on), then free the encoder.
         self._phase(f"encoding {len(photo_files)} photo{'s' if len(photo_files) != 1 else ''}")
         encode_rng = np.random.default_rng([config.seed, _EVAL_STREAM, 1])
         views = [images, images[..., ::-1]] if config.flip else [images]
         self.latents = np.stack([np.concatenate([model.vae_encode(view[i : i + 1], encode_rng) for i in range(len(view))])
                                  for view in views], axis=1)  # [N, views, C, h, w]
         model.release("vae_encoder")
-        del images, views
 
-        config, self.vocabulary, self.curvature, basis = choose_search_space(model, config)
+    def _compose_method(self, make_loss: LossFactory, make_optimizer: OptimizerFactory,
+                        make_projector: ProjectorFactory) -> None:
+        """The search space, the estimator, the optimizer, the projector and the loss of this run."""
+        model, dim = self.model, self.model.hidden_size
+        config, self.vocabulary, self.curvature, basis = choose_search_space(model, self.config)
         self.config = config
         self.estimator = RandomGradientEstimator(dim, n=config.n, mu=config.mu, basis=basis)
         if basis is not None:
             source = "curvature" if self.curvature is not None else "vocabulary"
             self._phase(f"searching {basis.shape[1]} of {dim} dimensions (the model's {source} subspace)")
-        if config.optimizer == "adam":
-            self.optimizer = ZOAdam(dim, lr=config.learning_rate, betas=config.adam_betas, eps=config.adam_eps,
-                                    state_dtype=config.adam_state_dtype)
-        else:
-            self.optimizer = ZOSGD(dim, lr=config.learning_rate)
-        self.projector = (SubspaceProjector(dim, tau=config.tau, nu=config.nu, mode=config.subspace_mode,
-                                            search_basis=self.estimator.basis) if config.subspace else None)
+        self.optimizer = make_optimizer(dim, config)
+        self.projector = make_projector(dim, config, self.estimator.basis)
         warn_if_tau_spans_the_space(config, dim)
         if config.lr_scheduler == "constant" and config.lr_warmup_steps:
             warnings.warn(f"--lr_warmup_steps {config.lr_warmup_steps} has no effect with --lr_scheduler constant (as in "
-                          "diffusers); use constant_with_warmup, linear or cosine to warm up", stacklevel=2)
+                          "diffusers); use constant_with_warmup, linear or cosine to warm up", stacklevel=3)
         batched = config.batched if config.batched is not None else auto_batched(model)
-        self.loss = DenoisingLoss(model, self.placeholder_id, batched=batched)
-        self._eval_items = self._make_eval_items()
-        # Open the graphs training needs now: a damaged graph is refused before anything is written.
-        model.session("text_encoder")
-        model.session("unet")
-
-        # State that a checkpoint holds.
-        self.v = self.v_init.copy()
-        self.step = 0
-        self.best_v = self.v.copy()
-        self.best_eval: float | None = None
-        self.eval_history: list[tuple[int, float]] = []
-        self.evals_without_improvement = 0
-        self.train_forwards = 0
+        self.loss = make_loss(model, self.placeholder_id, batched)
 
     # -- evaluation ----------------------------------------------------------------------------
     def _make_eval_items(self) -> list[tuple[np.ndarray, int, np.ndarray, np.ndarray]]:
@@ -185,20 +196,12 @@ class Personalizer:
     # -- one step ------------------------------------------------------------------------------
     def train_step(self) -> float:
         """One ZOODiP step; returns L(v) of this step's sample."""
-        config, schedule = self.config, self.model.schedule
-        rng = np.random.default_rng([config.seed, self.step])
-        i = int(rng.integers(len(self.latents)))
-        view = int(rng.integers(self.latents.shape[1]))
-        x0 = self.latents[i, view]
-        noise = rng.standard_normal(x0.shape).astype(np.float32)
-        t = int(self.timesteps.sample(rng, 1)[0])
-        ids = self.model.tokenizer(self.prompts.prompt_for(self.image_names[i], rng))[0]
+        rng = step_rng(self.config.seed, self.step)
+        sample = self.draw_inputs(rng)
         z = self.estimator.directions(rng)
 
-        x_t = schedule.add_noise(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
-        target = schedule.target(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
         candidates = np.concatenate([self.v[None], self.estimator.perturbations(self.v, z)]).astype(np.float32)
-        losses = self.loss(ids, candidates, x_t, t, target)
+        losses = self.loss(self.prompt_ids(sample), candidates, sample.x_t, sample.t, sample.target)
         self.train_forwards += len(candidates)
         if not np.all(np.isfinite(losses)):
             raise ZoodipError(
@@ -217,6 +220,14 @@ class Personalizer:
             self.projector.observe(self.v)
         self.step += 1
         return float(losses[0])
+
+    def draw_inputs(self, rng: np.random.Generator) -> StepInputs:
+        """This run's sample for a step (zoodip.step_inputs: the same draws for every method)."""
+        return draw_step_inputs(rng, self.latents, self.timesteps, self.model.schedule,
+                                lambda photo, r: self.prompts.prompt_for(self.image_names[photo], r))
+
+    def prompt_ids(self, sample: StepInputs) -> np.ndarray:
+        return self.model.tokenizer(sample.prompt)[0]
 
     def learning_rate_now(self) -> float:
         """The learning rate of the next step (a pure function of the step: resumes need no state)."""
@@ -266,29 +277,11 @@ class Personalizer:
 
     def save_checkpoint(self) -> Path:
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
-        state = self.state_dict()
-        atomic_write_bytes(self.checkpoint_path, lambda handle: np.savez(handle, **state))
-        return self.checkpoint_path
+        return write_checkpoint(self.checkpoint_path, self.state_dict())
 
     def load_checkpoint(self) -> None:
         path = self.checkpoint_path
-        if not path.is_file():
-            raise ZoodipError(f"nothing to resume: {path} does not exist (run without --resume to start)")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                state = {k: data[k] for k in data.files}
-        except Exception as exc:
-            raise ZoodipError(f"checkpoint {path} is unreadable ({exc}): delete it and start again without --resume") from None
-        if str(state.get("fingerprint")) != self.config.fingerprint():
-            raise ZoodipError(
-                f"checkpoint {path} belongs to a run with other settings: resume with the same flags, "
-                "or use a new --output_dir"
-            )
-        # Checkpoints written before these keys existed carry neither; they resume as before.
-        for key, mine, what in (("photos", self.photos_id, "other photos (or captions)"), ("model", self.model_id, "another export")):
-            if key in state and str(state[key]) != mine:
-                raise ZoodipError(f"checkpoint {path} belongs to a run with {what}: resume with the same "
-                                  "--train_data_dir and --model, or use a new --output_dir")
+        state = read_checkpoint(path, self.config.fingerprint(), self.photos_id, self.model_id)
         try:
             self._load_state(state)
         except ZoodipError as exc:
@@ -300,19 +293,12 @@ class Personalizer:
     def _load_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore the run state; a missing key or a wrong shape raises (KeyError, ValueError, ZoodipError)."""
         dim = self.model.hidden_size
-
-        def vector(key: str) -> np.ndarray:
-            value = np.asarray(state[key])
-            if value.shape != (dim,) or not np.issubdtype(value.dtype, np.floating):
-                raise ValueError(f"'{key}' has shape {list(value.shape)} ({value.dtype}), this model needs [{dim}] floats")
-            return value.astype(np.float32)
-
         step = int(state["step"])
         if step < 0:
             raise ValueError(f"step {step} is negative")
         self.step = step
-        self.v = vector("v")
-        self.best_v = vector("best_v")
+        self.v = checkpoint_vector(state, "v", dim)
+        self.best_v = checkpoint_vector(state, "best_v", dim)
         best = float(state["best_eval"])
         self.best_eval = None if math.isnan(best) else best
         self.eval_history = [(int(s), float(e)) for s, e in np.asarray(state["eval_history"]).reshape(-1, 2)]
@@ -379,8 +365,26 @@ class Personalizer:
         return value
 
     def run(self, resume: bool = False) -> PersonalizeResult:
-        config = self.config
-        out = config.output_dir
+        self._prepare_output(resume)
+        started = time.monotonic()
+        forwards_at_start = self.loss.forwards
+        self._step_seconds, self._steps_timed = 0.0, 0  # the ETA's basis: steps only
+        status = "done"
+        loss: float | None = None
+        while self.step < self.config.max_train_steps:
+            if self.cancel_event.is_set():
+                status = "cancelled"
+                break
+            step_started = time.monotonic()
+            loss = self.train_step()
+            if self._after_step(loss, step_started, started, forwards_at_start):
+                status = "early-stopped"
+                break
+        return self._finish(status, loss, started, forwards_at_start)
+
+    def _prepare_output(self, resume: bool) -> None:
+        """Clean stale temp files, then load the checkpoint (resume) or start the run's files afresh."""
+        out = self.config.output_dir
         remove_stale_temp_files(out, RUN_FILES)
         if out.is_dir():  # and those of snapshots (their names carry the step)
             snapshots = {m.group(1) for entry in out.iterdir() if (m := _SNAPSHOT_TEMP.match(entry.name))}
@@ -394,43 +398,35 @@ class Personalizer:
                 raise ZoodipError(f"{out} already holds a run: pass --resume to continue it, or choose a new --output_dir")
             self._start_fresh()
 
-        started = time.monotonic()
-        forwards_at_start = self.loss.forwards
-        self._step_seconds, self._steps_timed = 0.0, 0  # the ETA's basis: steps only
-        total = config.max_train_steps
-        status = "done"
-        loss: float | None = None
-        while self.step < total:
-            if self.cancel_event.is_set():
-                status = "cancelled"
-                break
-            step_started = time.monotonic()
-            loss = self.train_step()
-            record: dict = {"step": self.step, "loss": loss}
-            if self.projector is not None and self.projector.kept_dims is not None:
-                record["kept_dims"] = int(self.projector.kept_dims)
-            if config.lr_scheduler != "constant":
-                record["lr"] = float(self.optimizer.lr)  # the rate this step used
-            event = "step"
-            if config.eval_every and (self.step % config.eval_every == 0 or self.step == total):
-                record["eval_loss"] = self._record_eval()
-                event = "eval"
-            self._log(record)
-            stop_early = bool(config.early_stop_patience) and self.evals_without_improvement >= config.early_stop_patience
-            if (config.checkpoint_every and self.step % config.checkpoint_every == 0) or self.step == total or stop_early:
-                self.save_checkpoint()
-            if config.save_steps and self.step % config.save_steps == 0:
-                self.save_embedding(self.snapshot_path(), self.v)
-            self._step_seconds += time.monotonic() - step_started
-            self._steps_timed += 1
-            self._report(event, loss, record.get("eval_loss"), started, forwards_at_start)
-            if config.validation_prompt and (self.step % config.validation_steps == 0 or self.step == total):
-                preview = self.write_validation_images()
-                self._report("validation", loss, record.get("eval_loss"), started, forwards_at_start, path=str(preview))
-            if stop_early:
-                status = "early-stopped"
-                break
+    def _after_step(self, loss: float, step_started: float, started: float, forwards_at_start: int) -> bool:
+        """Log, evaluate, checkpoint, snapshot, report and preview after a step; True: stop early."""
+        config, total = self.config, self.config.max_train_steps
+        record: dict = {"step": self.step, "loss": loss}
+        if self.projector is not None and self.projector.kept_dims is not None:
+            record["kept_dims"] = int(self.projector.kept_dims)
+        if config.lr_scheduler != "constant":
+            record["lr"] = float(self.optimizer.lr)  # the rate this step used
+        event = "step"
+        if config.eval_every and (self.step % config.eval_every == 0 or self.step == total):
+            record["eval_loss"] = self._record_eval()
+            event = "eval"
+        self._log(record)
+        stop_early = bool(config.early_stop_patience) and self.evals_without_improvement >= config.early_stop_patience
+        if (config.checkpoint_every and self.step % config.checkpoint_every == 0) or self.step == total or stop_early:
+            self.save_checkpoint()
+        if config.save_steps and self.step % config.save_steps == 0:
+            self.save_embedding(self.snapshot_path(), self.v)
+        self._step_seconds += time.monotonic() - step_started
+        self._steps_timed += 1
+        self._report(event, loss, record.get("eval_loss"), started, forwards_at_start)
+        if config.validation_prompt and (self.step % config.validation_steps == 0 or self.step == total):
+            preview = self.write_validation_images()
+            self._report("validation", loss, record.get("eval_loss"), started, forwards_at_start, path=str(preview))
+        return stop_early
 
+    def _finish(self, status: str, loss: float | None, started: float, forwards_at_start: int) -> PersonalizeResult:
+        """The last checkpoint and the embedding file (the best one if stopped early); the run's result."""
+        out = self.config.output_dir
         self.save_checkpoint()
         # Early stopping keeps the best evaluated embedding; otherwise the last one (as diffusers' script does).
         final = self.best_v if status == "early-stopped" else self.v

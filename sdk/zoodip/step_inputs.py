@@ -1,0 +1,63 @@
+"""The random inputs of one training step, drawn in one place for every trainer, baseline and benchmark.
+
+A step of textual inversion scores the embedding on one sample: a photo (and, with flips, one of its
+views), a noise, a timestep t and a prompt, from which x_t = add_noise(x0, noise, t) and the
+prediction target follow. Every method that is compared with the SDK's loop (the ES baseline, the
+backprop baseline, the torch contenders) draws them with :func:`draw_step_inputs`, so the same seed and
+step give the same sample everywhere; what a method draws afterwards (ZO directions, ES perturbations)
+comes from the same generator, after these.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+
+class TimestepSampler(Protocol):
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray: ...
+
+
+class NoisingSchedule(Protocol):
+    def add_noise(self, x0: np.ndarray, noise: np.ndarray, t: np.ndarray) -> np.ndarray: ...
+
+    def target(self, x0: np.ndarray, noise: np.ndarray, t: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """One step's sample: which photo and view, its noise and timestep, the prompt, and the loss's inputs."""
+
+    photo: int  # index into the cached latents
+    view: int  # 0: the photo, 1: its mirror image (only with flips)
+    noise: np.ndarray  # [C, h, w] float32
+    t: int
+    prompt: str
+    x_t: np.ndarray  # [C, h, w] float32: the photo's latent noised to t
+    target: np.ndarray  # [C, h, w] float32: what the UNet should predict (noise, or v for v-prediction)
+
+
+def step_rng(seed: int, step: int) -> np.random.Generator:
+    """The generator of step ``step``: a pure function of (seed, step), so a resumed run redraws the same."""
+    return np.random.default_rng([seed, step])
+
+
+def draw_step_inputs(rng: np.random.Generator, latents: np.ndarray, timesteps: TimestepSampler,
+                     schedule: NoisingSchedule, prompt_for: Callable[[int, np.random.Generator], str]) -> StepInputs:
+    """Draw photo, view, noise, t and prompt from ``rng``, in this order, and noise the photo's latent.
+
+    ``latents`` is [photos, views, C, h, w]; with one view the view draw takes nothing from ``rng``
+    (NumPy's ``integers(1)`` consumes no state), so runs with and without flips agree on the rest of the
+    order. ``prompt_for(photo, rng)`` returns the step's prompt and may draw from ``rng``.
+    """
+    photo = int(rng.integers(len(latents)))
+    view = int(rng.integers(latents.shape[1]))
+    x0 = np.asarray(latents[photo, view])
+    noise = rng.standard_normal(x0.shape).astype(np.float32)
+    t = int(timesteps.sample(rng, 1)[0])
+    prompt = prompt_for(photo, rng)
+    when = np.array([t])
+    x_t = schedule.add_noise(x0[None], noise[None], when)[0].astype(np.float32)
+    target = schedule.target(x0[None], noise[None], when)[0].astype(np.float32)
+    return StepInputs(photo, view, noise, t, prompt, x_t, target)
