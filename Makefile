@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/zoodip demo --out demo_out
+	$(BIN)/python -m reference.demo --out demo_out
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,6 +1,6 @@
 """The demo over several training seeds: does ``make demo`` show the product working, and how often?
 
-Runs ``zoodip demo`` (the built-in SD-width reference model, ``<striped-star>``, the demo's own budget)
+Runs the demo (``python -m reference.demo``: the built-in SD-width reference model, ``<striped-star>``, the demo's own budget)
 once per training seed into one output folder (the export is reused) and collects, per seed, the mean
 attribute accuracy of the "after" images, the share of them with all five attributes, and the wall time.
 
@@ -26,10 +26,10 @@ from reference.repo import REPO, relative_args  # noqa: E402
 def run(seeds: list[int], steps: int | None, out: Path, work: Path) -> dict:
     rows = []
     for seed in seeds:
-        command = [str(Path(sys.executable).parent / "zoodip"), "demo", "--out", str(work), "--seed", str(seed),
+        command = [sys.executable, "-m", "reference.demo", "--out", str(work), "--seed", str(seed),
                    "--no-progress"] + (["--steps", str(steps)] if steps else [])
         started = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
         wall = time.perf_counter() - started
         summary = json.loads((work / "summary.json").read_text())
         after = summary["concept_accuracy_after"]

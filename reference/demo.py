@@ -1,4 +1,8 @@
-"""``zoodip demo``: export the built-in model, personalize it on a few photos, show before/after.
+"""The demo (``make demo``, or ``python -m reference.demo --out demo_out`` from the repository): export the
+built-in model, personalize it on a few photos, show before/after.
+
+It lives beside the reference world, not in the installed SDK: it needs the world to render the photos
+and its evaluator to score the images, and the exporter to make the model, none of which the SDK imports.
 
 The built-in model is the SD-width reference model (``reference/model-768/`` in the repository: a
 small SD-shaped model trained on the procedural world of ``reference/world.py``, 32x32 images, whose
@@ -10,7 +14,7 @@ the initializer and with the learned token, and reads both with the world evalua
 (``reference/evaluator.onnx``): the fraction of generated images showing the concept's shape,
 colour, background, style and size, before and after.
 
-Without the reference model (an installed package outside the repository) the demo falls back to
+Without the reference model (a checkout without ``reference/model-768``) the demo falls back to
 the tiny SD-shaped model with seeded random weights and the bundled star photos: the pipeline runs
 end to end and the evaluation loss falls, but its images are not meant to look like the concept.
 """
@@ -22,11 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ZoodipError
+import zoodip
+from zoodip.console import OneLineParser, ProgressBar, one_line_warning
+from zoodip.errors import ZoodipError
+from zoodip.paths import check_output_dir
 
-EXAMPLE_PHOTOS = Path(__file__).resolve().parent / "data" / "example_concept"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-REFERENCE_DIR = REPO_ROOT / "reference"
+EXAMPLE_PHOTOS = Path(zoodip.__file__).resolve().parent / "data" / "example_concept"
+REFERENCE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = REFERENCE_DIR.parent
 REFERENCE_MODEL = REFERENCE_DIR / "model-768"  # packed: materialized into a diffusers folder before export
 DEMO_TOKEN = "<striped-star>"
 DEMO_INITIALIZER = "star"
@@ -115,11 +122,10 @@ def _upscale(images, side: int = 128):
 
 def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bool = True, seed: int = 0) -> dict:
     """Run the demo into ``out``; returns a summary (also written to ``out/summary.json``)."""
-    from .cli import _ProgressBar
-    from .generate import generate
-    from .images import image_grid, load_images, to_pil
-    from .model import ExportedModel, RuntimeOptions
-    from .trainer import PersonalizeConfig, personalize
+    from zoodip.generate import generate
+    from zoodip.images import image_grid, load_images, to_pil
+    from zoodip.model import ExportedModel, RuntimeOptions
+    from zoodip.trainer import PersonalizeConfig, personalize
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,14 +165,14 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "demo_run.json").write_text(json.dumps(
         {"model": json.loads((export_dir / SOURCE_STAMP).read_text()) if use_reference else "tiny", "steps": steps, "run": config.fingerprint()}))
-    bar = _ProgressBar(steps, enabled=progress)
+    bar = ProgressBar(steps, enabled=progress)
     try:
         result = personalize(config, bar, resume=resume)
     finally:
         bar.close()
     trained_s = time.monotonic() - started - exported_s
 
-    from .embeddings import load_embedding_file
+    from zoodip.embeddings import load_embedding_file
 
     model = ExportedModel.load(export_dir, RuntimeOptions(threads=threads))
     token, vectors = load_embedding_file(result.embedding_path)
@@ -215,3 +221,32 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     print(f"demo: embedding {result.embedding_path}\ndemo: before/after grid {grid_path} "
           f"(rows: photos / before / after)\ndemo: {summary['seconds']['total']} s in all")
     return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The demo's command line; a bad flag or output folder is one line ``error: ...`` and exit status 2."""
+    import warnings
+
+    parser = OneLineParser(prog="python -m reference.demo",
+                           description="export the built-in model, personalize it on its photos, write a before/after grid")
+    parser.add_argument("--out", default="demo_out")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed (photos, noise and timesteps stay the demo's)")
+    parser.add_argument("--no-progress", action="store_true")
+    try:
+        args = parser.parse_args(argv)
+        check_output_dir(args.out, "--out")
+        if args.seed < 0:
+            raise ZoodipError(f"--seed {args.seed}: must be 0 or more")
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning
+            run_demo(Path(args.out), steps=args.steps, threads=args.threads, progress=not args.no_progress, seed=args.seed)
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

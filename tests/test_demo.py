@@ -1,11 +1,11 @@
-"""`zoodip demo` (what `make demo` runs), shortened: export of the built-in model, a few steps, the report."""
+"""The demo (reference/demo.py, what `make demo` runs), shortened: export of the built-in model, a few steps, the report."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from zoodip import demo
+from reference import demo
 
 
 @pytest.mark.skipif(not demo.reference_available(), reason="reference/ is not in this checkout")
@@ -19,3 +19,17 @@ def test_demo_on_the_reference_model_writes_its_report(tmp_path):
         assert set(accuracy) == {"shape", "color", "background", "style", "size"}
         # All five right on an image implies each one right: the joint share is at most every attribute's.
         assert 0.0 <= summary[f"concept_all_five_{name}"] <= min(accuracy.values())
+
+
+def test_demo_refuses_a_negative_seed_before_any_work(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = demo.main(["--out", str(out), "--seed", "-1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--seed -1" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_demo_refuses_an_unknown_flag_in_one_line(tmp_path, capsys):
+    assert demo.main(["--out", str(tmp_path / "demo"), "--step", "3"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and not (tmp_path / "demo").exists()

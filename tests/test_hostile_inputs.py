@@ -411,10 +411,3 @@ def test_export_out_dir_is_checked_first(work, capsys, case, needle):
     code, _, err = run_cli(["export", "--tiny", out, "--quiet", "--no-parity"], capsys)
     assert_refused(code, err, needle)
     assert tree(work) == before
-
-
-def test_demo_refuses_a_negative_seed_before_any_work(tmp_path, capsys):
-    out = tmp_path / "demo"
-    code, _, err = run_cli(["demo", "--out", out, "--seed", "-1", "--no-progress"], capsys)
-    assert code == 2 and "--seed -1" in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1 and not out.exists()

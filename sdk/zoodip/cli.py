@@ -4,7 +4,9 @@
     zoodip personalize --model EXPORT --train_data_dir PHOTOS --output_dir OUT --placeholder_token "<my-dog>" ...
     zoodip generate --model EXPORT --embedding OUT/learned_embeds.safetensors --prompt "a photo of <my-dog>"
     zoodip verify EXPORT                                      check every file of an export against its sha256
-    zoodip demo                                               the whole thing on the built-in model
+
+The demo on the built-in model is the repository's (``make demo``, reference/demo.py): it needs the
+reference world, which the installed SDK does not hold.
 
 Every user error prints one line ``error: ...`` and exits with status 2; a warning is one line
 ``warning: ...``. Output locations are checked before any work starts.
@@ -19,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from .console import OneLineParser, ProgressBar, duration, one_line_warning
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .errors import ZoodipError
 from .lr_schedule import LR_SCHEDULERS
@@ -130,74 +133,9 @@ def _config_from_args(args: argparse.Namespace):
     )
 
 
-def _duration(seconds: float) -> str:
-    """12.3 s, 4 min 05 s, 1 h 02 min: rounded for people."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    return f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-class _ProgressBar:
-    """Progress on stderr: one line per setup phase, then a tqdm bar (loss, evaluation loss, forwards/s,
-    ETA from the steps' own times), preview files as lines above it."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.total = total
-        self.bar = None
-        self.eval_loss: float | None = None
-        self.after_close: list[str] = []  # lines for after the final bar line (drawn once, by close)
-
-    def __call__(self, progress) -> None:
-        if not self.enabled:
-            return
-        if progress.event == "setup":
-            print(f"setup: {progress.phase} ...", file=sys.stderr, flush=True)
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            # Created at the first step, so that its clock does not count the setup; its own
-            # remaining-time estimate is left out (the trainer's ETA is shown instead).
-            self.bar = tqdm(total=self.total, initial=max(0, progress.step - 1), unit="step", dynamic_ncols=True,
-                            file=sys.stderr, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
-        if progress.event == "validation":
-            if progress.step < progress.total:
-                self.bar.write(f"preview: {progress.path}", file=sys.stderr)
-            else:  # tqdm's write would redraw the final line; close() draws it
-                self.after_close.append(f"preview: {progress.path}")
-            return
-        if progress.eval_loss is not None:
-            self.eval_loss = progress.eval_loss
-        self.bar.n = progress.step
-        postfix = {"fwd/s": f"{progress.forwards_per_s:.2f}"}
-        if progress.loss is not None:
-            postfix["loss"] = f"{progress.loss:.4f}"
-        if self.eval_loss is not None:
-            postfix["eval"] = f"{self.eval_loss:.4f}"
-        if progress.kept_dims is not None:
-            postfix["sg_dims"] = progress.kept_dims
-        if progress.eta_s is not None and progress.step < progress.total:
-            postfix["eta"] = _duration(progress.eta_s)
-        self.bar.set_postfix(postfix, refresh=False)
-        # The last step and the end event draw nothing themselves: close() prints the final line, once.
-        if progress.event in ("step", "eval") and progress.step < progress.total:
-            self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        for line in self.after_close:
-            print(line, file=sys.stderr)
-        self.after_close = []
-
-
 def _summary(result) -> str:
     """One line: status, steps, wall time, forwards, the evaluation loss's change (rounded)."""
-    line = f"{result.status}: {result.steps} steps in {_duration(result.wall_s)}, {result.forwards} training forwards"
+    line = f"{result.status}: {result.steps} steps in {duration(result.wall_s)}, {result.forwards} training forwards"
     if result.initial_eval_loss is not None and result.final_eval_loss is not None:
         first, last = result.initial_eval_loss, result.final_eval_loss
         change = f" ({(last - first) / first:+.1%})" if first else ""
@@ -297,7 +235,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     resume = _resume_requested(args)
     check_output_dir(config.output_dir)
     jsonl = _LazyJsonl(args.progress_jsonl) if args.progress_jsonl else None
-    bar = _ProgressBar(config.max_train_steps, enabled=not args.no_progress)
+    bar = ProgressBar(config.max_train_steps, enabled=not args.no_progress)
     callbacks = [bar] + ([jsonl] if jsonl else [])
     try:
         with _GracefulStop() as stop:
@@ -358,6 +296,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(argv: Sequence[str]) -> int:
+    """``zoodip export``: the SDK's one entry point into the exporter (zoodip_export, torch), imported here only.
+
+    The exporter imports the SDK for the export format; the SDK imports the exporter nowhere else, so the
+    runtime installs and runs without torch.
+    """
     try:
         from zoodip_export.export_model import main as export_main
     except ImportError as exc:
@@ -398,26 +341,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-    from .paths import check_output_dir
-
-    check_output_dir(args.out, "--out")
-    if args.seed < 0:
-        raise ZoodipError(f"--seed {args.seed}: must be 0 or more")
-    run_demo(Path(args.out), steps=args.steps, threads=args.threads, progress=not args.no_progress, seed=args.seed)
-    return 0
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is the contract's one line (argparse prints its usage block first)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise ZoodipError(f"{message}: see '{self.prog} --help'")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="zoodip", description="Forward-only textual inversion for INT8 ONNX Stable Diffusion")
+    parser = OneLineParser(prog="zoodip", description="Forward-only textual inversion for INT8 ONNX Stable Diffusion")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("export", help="export a diffusers SD folder to INT8 ONNX (see 'zoodip export --help')", add_help=False)
     _add_personalize_flags(sub.add_parser("personalize", help="learn a new token from a few photos"))
@@ -446,18 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="what an embedding file holds and, for zoodip's, how it was trained")
     i.add_argument("embedding", help="embedding file (.safetensors)")
 
-    d = sub.add_parser("demo", help="export the built-in model, personalize it on bundled photos, write a before/after grid")
-    d.add_argument("--out", default="demo_out")
-    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
-    d.add_argument("--threads", type=int, default=0)
-    d.add_argument("--seed", type=int, default=0, help="training seed (photos, noise and timesteps stay the demo's)")
-    d.add_argument("--no-progress", action="store_true")
     return parser
-
-
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one line on stderr (Python's default adds the source line and the file name)."""
-    print("warning: " + " ".join(str(message).split()), file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -467,9 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_export(argv[1:])
         args = build_parser().parse_args(argv)
         handler = {"personalize": cmd_personalize, "generate": cmd_generate, "verify": cmd_verify,
-                   "info": cmd_info, "demo": cmd_demo}[args.command]
+                   "info": cmd_info}[args.command]
         with warnings.catch_warnings():
-            warnings.showwarning = _one_line_warning
+            warnings.showwarning = one_line_warning
             return handler(args)
     except ZoodipError as exc:
         print(f"error: {exc}", file=sys.stderr)

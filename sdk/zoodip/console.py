@@ -1,0 +1,88 @@
+"""What zoodip's command lines share: the progress bar, durations for people, one-line errors and warnings.
+
+The ``zoodip`` CLI (zoodip.cli) and the repository's demo (reference/demo.py) both print through these, so
+the contract (every user error one line ``error: ...``, exit status 2; a warning one line) holds in both.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ZoodipError
+
+
+def duration(seconds: float) -> str:
+    """12.3 s, 4 min 05 s, 1 h 02 min: rounded for people."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class ProgressBar:
+    """Progress on stderr: one line per setup phase, then a tqdm bar (loss, evaluation loss, forwards/s,
+    ETA from the steps' own times), preview files as lines above it."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total = total
+        self.bar = None
+        self.eval_loss: float | None = None
+        self.after_close: list[str] = []  # lines for after the final bar line (drawn once, by close)
+
+    def __call__(self, progress) -> None:
+        if not self.enabled:
+            return
+        if progress.event == "setup":
+            print(f"setup: {progress.phase} ...", file=sys.stderr, flush=True)
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            # Created at the first step, so that its clock does not count the setup; its own
+            # remaining-time estimate is left out (the trainer's ETA is shown instead).
+            self.bar = tqdm(total=self.total, initial=max(0, progress.step - 1), unit="step", dynamic_ncols=True,
+                            file=sys.stderr, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        if progress.event == "validation":
+            if progress.step < progress.total:
+                self.bar.write(f"preview: {progress.path}", file=sys.stderr)
+            else:  # tqdm's write would redraw the final line; close() draws it
+                self.after_close.append(f"preview: {progress.path}")
+            return
+        if progress.eval_loss is not None:
+            self.eval_loss = progress.eval_loss
+        self.bar.n = progress.step
+        postfix = {"fwd/s": f"{progress.forwards_per_s:.2f}"}
+        if progress.loss is not None:
+            postfix["loss"] = f"{progress.loss:.4f}"
+        if self.eval_loss is not None:
+            postfix["eval"] = f"{self.eval_loss:.4f}"
+        if progress.kept_dims is not None:
+            postfix["sg_dims"] = progress.kept_dims
+        if progress.eta_s is not None and progress.step < progress.total:
+            postfix["eta"] = duration(progress.eta_s)
+        self.bar.set_postfix(postfix, refresh=False)
+        # The last step and the end event draw nothing themselves: close() prints the final line, once.
+        if progress.event in ("step", "eval") and progress.step < progress.total:
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        for line in self.after_close:
+            print(line, file=sys.stderr)
+        self.after_close = []
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is the contract's one line (argparse prints its usage block first)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ZoodipError(f"{message}: see '{self.prog} --help'")
+
+
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr (Python's default adds the source line and the file name)."""
+    print("warning: " + " ".join(str(message).split()), file=sys.stderr)
