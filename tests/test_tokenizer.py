@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from zoodip.errors import ZoodipError
-from zoodip.tokenizer import CLIPTokenizer, _normalize, _pre_tokenize
+from zoodip.tokenizer import CLIPTokenizer, normalize, pre_tokenize
 from zoodip_export.clip_vocab import write_clip_tokenizer_files
 
 transformers = pytest.importorskip("transformers")
@@ -223,7 +223,7 @@ def test_pre_tokenizer_matches_clip_regex_on_all_code_points():
     chars = [chr(cp) for cp in range(0x110000) if unicodedata.category(chr(cp))[0] != "C"]
     for start in range(0, len(chars), 400):
         text = " ".join(f"x{c}{c}y'{c}1{c}!{c}" for c in chars[start : start + 400])
-        assert _pre_tokenize(text) == pattern.findall(text), f"chunk at {start}"
+        assert pre_tokenize(text) == pattern.findall(text), f"chunk at {start}"
 
 
 def test_normalize_matches_basic_tokenizer():
@@ -231,7 +231,7 @@ def test_normalize_matches_basic_tokenizer():
 
     basic = BasicTokenizer(strip_accents=False, do_split_on_punc=False)
     for text in CORPUS:
-        assert _normalize(text) == " ".join(basic.tokenize(text)), repr(text)
+        assert normalize(text) == " ".join(basic.tokenize(text)), repr(text)
 
 
 def test_corpus_parity_sd2_pad(sd2_folder, hf_sd2):

@@ -13,7 +13,7 @@ diffusers pipelines get by default), id for id:
    around CJK ideographs, NFC, lowercased.
 3. It is split into words with CLIP's pattern
    ``<|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+``
-   (case-insensitive). The ``regex`` package is not allowed here, so ``_pre_tokenize`` walks the
+   (case-insensitive). The ``regex`` package is not allowed here, so ``pre_tokenize`` walks the
    text with ``unicodedata`` categories instead.
 4. Each word is mapped to byte-level symbols, merged by BPE rank with ``</w>`` marking the end
    of the word, and looked up in the vocabulary.
@@ -24,21 +24,18 @@ of them (what ``TextualInversionLoaderMixin.maybe_convert_prompt`` does to the p
 """
 from __future__ import annotations
 
-import json
 import unicodedata
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import ZoodipError
+from .tokenizer_files import DEFAULT_MAX_LENGTH, read_merges, read_settings, read_vocab
 
 __all__ = ["CLIPTokenizer"]
 
-DEFAULT_MAX_LENGTH = 77
 END_OF_WORD = "</w>"
-# transformers reads only this many merges (after the "#version" header line) from merges.txt.
-_MAX_MERGES = 49152 - 256 - 2
 # The BPE cache is a plain dict; clear it past this size so a long-running app can't grow it forever.
 _CACHE_LIMIT = 100_000
 
@@ -95,7 +92,7 @@ def _is_cjk_ideograph(cp: int) -> bool:
     )
 
 
-def _normalize(text: str) -> str:
+def normalize(text: str) -> str:
     """BasicTokenizer's cleanup as CLIP uses it: words lowercased and joined by single spaces."""
     if text.isascii():
         # Fast path, same result: no CJK, NFC is a no-op and lowercasing is per character.
@@ -140,7 +137,7 @@ def _fold(text: str) -> str:
     return text.lower().replace("\u017f", "s")
 
 
-def _pre_tokenize(text: str) -> List[str]:
+def pre_tokenize(text: str) -> List[str]:
     """Split normalized text into words like CLIP's regex (alternatives tried in order, leftmost)."""
     words: List[str] = []
     i, n = 0, len(text)
@@ -172,24 +169,6 @@ def _pre_tokenize(text: str) -> List[str]:
         words.append(text[i:end])
         i = end
     return words
-
-
-def _token_content(value: Any) -> Optional[str]:
-    """A special token from a config: either a string or a serialized AddedToken dict."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and isinstance(value.get("content"), str):
-        return value["content"]
-    return None
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ZoodipError(
-            f"{path} is not readable JSON ({exc.__class__.__name__}): re-export the model or copy the tokenizer folder again"
-        ) from None
 
 
 class CLIPTokenizer:
@@ -241,70 +220,10 @@ class CLIPTokenizer:
         for name in ("vocab.json", "merges.txt"):
             if not (folder / name).is_file():
                 raise ZoodipError(f"{folder / name} is missing: copy the full 'tokenizer' folder of the model")
-
-        vocab = _read_json(folder / "vocab.json")
-        if (
-            not isinstance(vocab, dict)
-            or not vocab
-            or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items())
-        ):
-            raise ZoodipError(f"{folder / 'vocab.json'} is not a token -> id mapping: copy the model's tokenizer folder again")
-        if sorted(vocab.values()) != list(range(len(vocab))):
-            raise ZoodipError(f"{folder / 'vocab.json'} ids are not 0..{len(vocab) - 1}: copy the model's tokenizer folder again")
-
-        try:
-            lines = (folder / "merges.txt").read_text(encoding="utf-8").strip().split("\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ZoodipError(f"{folder / 'merges.txt'} is unreadable ({exc.__class__.__name__}): copy the tokenizer folder again") from None
-        merges: List[Tuple[str, str]] = []
-        # Like transformers: the first line is the "#version" header and is always skipped.
-        for number, line in enumerate(lines[1 : _MAX_MERGES + 1], start=2):
-            parts = line.split()
-            if len(parts) != 2:
-                raise ZoodipError(
-                    f"{folder / 'merges.txt'} line {number} is not a pair of symbols: copy the tokenizer folder again"
-                )
-            merges.append((parts[0], parts[1]))
-
-        settings: Dict[str, Any] = {}
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the second one wins, as in transformers
-            path = folder / name
-            if path.is_file():
-                data = _read_json(path)
-                if not isinstance(data, dict):
-                    raise ZoodipError(f"{path} is not a JSON object: copy the model's tokenizer folder again")
-                settings[name] = data
-        config = settings.get("tokenizer_config.json", {})
-        tokens: Dict[str, str] = {
-            "bos_token": "<|startoftext|>",
-            "eos_token": "<|endoftext|>",
-            "pad_token": "<|endoftext|>",
-            "unk_token": "<|endoftext|>",
-        }
-        for source in (config, settings.get("special_tokens_map.json", {})):
-            for key in tokens:
-                content = _token_content(source.get(key))
-                if content:
-                    tokens[key] = content
-
-        max_length = config.get("model_max_length", DEFAULT_MAX_LENGTH)
-        # A missing limit is saved as a huge float (VERY_LARGE_INTEGER); CLIP's context is 77.
-        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length > 10_000:
-            max_length = DEFAULT_MAX_LENGTH
-
-        # Tokens added by a previous textual-inversion run (saved by transformers in either format).
-        added: Dict[str, int] = {}
-        decoder_entries = config.get("added_tokens_decoder", {})
-        if isinstance(decoder_entries, dict):
-            for index, entry in decoder_entries.items():
-                content = _token_content(entry)
-                if content is not None and str(index).isdigit():
-                    added[content] = int(index)
-        if (folder / "added_tokens.json").is_file():
-            extra = _read_json(folder / "added_tokens.json")
-            if isinstance(extra, dict):
-                added.update({k: v for k, v in extra.items() if isinstance(k, str) and isinstance(v, int)})
-        return cls(vocab, merges, max_length=max_length, added_tokens=added, **tokens)
+        vocab, merges = read_vocab(folder), read_merges(folder)
+        settings = read_settings(folder)
+        return cls(vocab, merges, max_length=settings.max_length, added_tokens=settings.added_tokens,
+                   **settings.special_tokens)
 
     # ------------------------------------------------------------------ properties
 
@@ -374,7 +293,7 @@ class CLIPTokenizer:
     def _encode_plain(self, text: str) -> List[int]:
         """Ids of text that holds no added token: normalize, split into words, BPE each word."""
         ids: List[int] = []
-        for word in _pre_tokenize(_normalize(text)):
+        for word in pre_tokenize(normalize(text)):
             cached = self._cache.get(word)
             if cached is None:
                 cached = self._encode_word(word)
