@@ -30,6 +30,6 @@ def test_demo_refuses_a_negative_seed_before_any_work(tmp_path, capsys):
 
 
 def test_demo_refuses_an_unknown_flag_in_one_line(tmp_path, capsys):
-    assert demo.main(["--out", str(tmp_path / "demo"), "--step", "3"]) == 2
+    assert demo.main(["--out", str(tmp_path / "demo"), "--no-such-flag"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and not (tmp_path / "demo").exists()

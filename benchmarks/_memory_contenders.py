@@ -1,0 +1,57 @@
+"""The contenders of benchmarks/memory.py: each a name, a description and the spec its process runs.
+
+A spec's "kind" picks the runner in benchmarks/_contenders.py; "export" is (recipe, attention query
+chunks) of the export it runs on. Lever rows each study one knob against ours.
+"""
+from __future__ import annotations
+
+DEFAULT_CHUNKS = 32  # the exporter's default query chunks (export/onnx_export.py ATTENTION_QUERY_CHUNKS)
+
+# name -> (description, spec). "export": (recipe, attention query chunks). Lever rows study one knob each.
+CONTENDERS: dict[str, tuple[str, dict]] = {
+    "ours-int8": ("zoodip SDK, INT8 W8A32, --memory-budget (sequential, low-memory sessions), chunked attention",
+                  {"kind": "zoodip", "export": ("w8a32", DEFAULT_CHUNKS), "memory_budget_mb": 1300}),
+    "ours-w4a32": ("zoodip SDK, W4A32 (4-bit MatMulNBits where measured to hold, int8 elsewhere), --memory-budget, "
+                   "chunked attention",
+                   {"kind": "zoodip", "export": ("w4a32", DEFAULT_CHUNKS), "memory_budget_mb": 1300}),
+    "onnx-fp32": ("zoodip SDK, fp32 ONNX, sequential, low-memory sessions, chunked attention",
+                  {"kind": "zoodip", "export": ("fp32", DEFAULT_CHUNKS), "batched": False}),
+    "onnx-fp32-ortdefaults": ("zoodip SDK, fp32 ONNX, sequential, onnxruntime's default session settings (its fastest)",
+                              {"kind": "zoodip", "export": ("fp32", DEFAULT_CHUNKS), "batched": False,
+                               "low_memory": False}),
+    "torch-backprop-ti": ("torch fp32 backprop textual inversion (diffusers script), batch 1",
+                          {"kind": "torch_ti"}),
+    "torch-zo-fp32": ("torch fp32 forward-only ZO step (same loss, n=2), sequential, latents cached",
+                      {"kind": "torch_zo", "batched": False, "once": True}),
+    # levers
+    "L0-int8-batched-fullattn": ("before: SDK default (n+1 batched), full attention scores",
+                                   {"kind": "zoodip", "export": ("w8a32", 0), "batched": True, "lever": True}),
+    "L1-int8-seq-fullattn": ("lever 1: n+1 evaluations one by one",
+                                      {"kind": "zoodip", "export": ("w8a32", 0), "batched": False, "lever": True}),
+    "L2-int8-seq-fullattn-arena": ("lever 2 contrast: onnxruntime CPU arena and memory patterns on",
+                                      {"kind": "zoodip", "export": ("w8a32", 0), "batched": False, "low_memory": False,
+                                       "lever": True}),
+    "L2-int8-seq-fullattn-arena-devalloc": (
+        "lever 2: arena on, session.use_device_allocator_for_initializers=1",
+        {"kind": "zoodip", "export": ("w8a32", 0), "batched": False, "low_memory": False, "lever": True,
+         "extra_config": {"session.use_device_allocator_for_initializers": "1"}}),
+    "L2-ours-1thread": ("lever 2: intra-op threads 1 (instead of all cores)",
+                                   {"kind": "zoodip", "export": ("w8a32", DEFAULT_CHUNKS), "memory_budget_mb": 1300,
+                                    "threads": 1, "lever": True}),
+    "L3-int8-batched-chunked": ("lever 3 alone: query-chunked attention, n+1 batched",
+                                      {"kind": "zoodip", "export": ("w8a32", DEFAULT_CHUNKS), "batched": True,
+                                       "lever": True}),
+    "L4-ours-buffer-reuse-on": ("lever 4 contrast: ours with onnxruntime's buffer reuse on (one fp32 weight copy "
+                                "per weight shape stays alive)",
+                                {"kind": "zoodip", "export": ("w8a32", DEFAULT_CHUNKS), "memory_budget_mb": 1300,
+                                 "lever": True, "session_attributes": {"enable_mem_reuse": True}}),
+    "L5-ours-arena-off": ("lever 5 contrast: ours with the CPU arena off (every buffer faulted in afresh)",
+                          {"kind": "zoodip", "export": ("w8a32", DEFAULT_CHUNKS), "memory_budget_mb": 1300,
+                           "lever": True, "session_attributes": {"enable_cpu_mem_arena": False}}),
+    "L6-ours-vocabulary-subspace": ("option: ours with --vocabulary-subspace 0.95 (the token table's PCA fitted at "
+                                    "start-up)",
+                                    {"kind": "zoodip", "export": ("w8a32", DEFAULT_CHUNKS), "memory_budget_mb": 1300,
+                                     "lever": True, "vocabulary_variance": 0.95}),
+}
+MAIN = ["ours-int8", "onnx-fp32", "onnx-fp32-ortdefaults", "torch-backprop-ti", "torch-zo-fp32"]
+QUICK_LEVERS = ["L4-ours-buffer-reuse-on", "L5-ours-arena-off"]
