@@ -1,5 +1,5 @@
 """Finite-difference fidelity of exports: correlation of the SDK's finite differences (mu=1e-3) with
-torch autograd on the fp32 source model, over 48 random directions (the check of tests/test_fidelity.py,
+torch autograd on the fp32 source model, over 48 random directions (the check of tests/integration/test_fidelity.py,
 for any diffusers folder and its exports).
 
     python benchmarks/fd_fidelity.py SOURCE_FOLDER EXPORT [EXPORT ...]

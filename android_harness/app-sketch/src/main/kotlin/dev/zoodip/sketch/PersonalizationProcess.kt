@@ -12,7 +12,7 @@
 //           (a second signal interrupts at once, keeping the last checkpoint)
 //   SIGKILL (e.g. the low-memory killer): the process dies at once; the last periodic checkpoint
 //           (--checkpointing_steps) is intact and "--resume" continues from it
-// tests/test_android_harness.py checks that the fields read below are the ones the real CLI emits,
+// tests/harness/test_android_harness.py checks that the fields read below are the ones the real CLI emits,
 // with these types, and that SIGINT -> 130 -> --resume works.
 //
 // The app has to ship a CPython with numpy, onnxruntime, Pillow and tqdm for the phone's ABI

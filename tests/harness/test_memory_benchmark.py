@@ -12,7 +12,7 @@ import pytest
 from zoodip.errors import ZoodipError
 from zoodip.model import ExportedModel, RuntimeOptions
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MEMORY_PY = REPO / "benchmarks" / "memory.py"
 
 

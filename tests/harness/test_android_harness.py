@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HARNESS = REPO / "android_harness"
 KOTLIN = HARNESS / "app-sketch" / "src" / "main" / "kotlin" / "dev" / "zoodip" / "sketch" / "PersonalizationProcess.kt"
 sys.path.insert(0, str(HARNESS))

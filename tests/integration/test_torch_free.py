@@ -6,7 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-SDK = Path(__file__).resolve().parents[1] / "sdk" / "zoodip"
+SDK = Path(__file__).resolve().parents[2] / "sdk" / "zoodip"
 
 BLOCKER = textwrap.dedent(
     """

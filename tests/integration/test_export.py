@@ -23,7 +23,7 @@ from zoodip_export.quantize import (MIN_QUANT_ELEMENTS, SESSION_SETTINGS, open_s
                                    session_options)
 from zoodip_export.tiny import build_tiny_sd_folder, save_safetensors_streaming  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GRAPH_FILES = ("text_encoder.onnx", "unet.onnx", "vae_encoder.onnx", "vae_decoder.onnx")
 # Measured on the tiny model (seed 0): INT8 (w8a32) vs fp32 ONNX relative error 0.011-0.014 per graph.
 INT8_REL_BOUND = 0.05
