@@ -22,20 +22,31 @@ from pathlib import Path
 from typing import Sequence
 
 from .console import OneLineParser, ProgressBar, duration, one_line_warning
+from .config import OPTIMIZERS
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .errors import ZoodipError
 from .lr_schedule import LR_SCHEDULERS
+from .prompts import LEARNABLE_PROPERTIES
 from .timesteps import PAPER_T_RANGE
-from .zo import ADAM_STATE_DTYPES
+from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
 
 
-def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
+def add_personalize_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of ``zoodip personalize`` (diffusers' names where diffusers has the feature)."""
+    _add_run_flags(p)
+    _add_method_flags(p)
+    _add_photo_flags(p)
+    _add_output_flags(p)
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The model, the photos, the token, the length and the learning rate."""
     p.add_argument("--model", "--pretrained_model_name_or_path", dest="model", required=True, help="zoodip export folder")
     p.add_argument("--train_data_dir", required=True, help="folder with 3-10 photos of the concept")
     p.add_argument("--output_dir", required=True, help="where the embedding, checkpoint and log go")
     p.add_argument("--placeholder_token", default="<concept>", help="the new word, e.g. '<my-dog>'")
     p.add_argument("--initializer_token", default="object", help="one existing word close to the concept")
-    p.add_argument("--learnable_property", choices=["object", "style"], default="object")
+    p.add_argument("--learnable_property", choices=LEARNABLE_PROPERTIES, default="object")
     p.add_argument("--resolution", type=int, default=None, help="training resolution (default: the model's)")
     p.add_argument("--max_train_steps", type=int, default=1000,
                    help="ZO steps, n+1 UNet forwards each. Forward-only training needs many more forwards than "
@@ -46,6 +57,10 @@ def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr_warmup_steps", type=int, default=0,
                    help="steps rising linearly from 0 to --learning_rate (not with constant, as in diffusers)")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _add_method_flags(p: argparse.ArgumentParser) -> None:
+    """The ZO method: directions, perturbation, Subspace Gradient, search subspaces, timesteps, optimizer."""
     p.add_argument("--n", type=int, default=2, help="random directions per step (n+1 forwards per step)")
     p.add_argument("--mu", type=float, default=1e-3, help="finite-difference perturbation")
     p.add_argument("--tau", type=int, default=None,
@@ -53,7 +68,7 @@ def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
                         "on models narrower than 256)")
     p.add_argument("--nu", type=float, default=1e-3, help="Subspace Gradient: variance fraction dropped")
     p.add_argument("--no-subspace", action="store_true", help="turn Subspace Gradient off (ablation)")
-    p.add_argument("--subspace-mode", choices=["history-span", "principal"], default="history-span",
+    p.add_argument("--subspace-mode", choices=PROJECTION_MODES, default="history-span",
                    help="history-span: the authors' code (default); principal: project onto the kept components "
                         "only (stalls over long runs, see benchmarks/README.md)")
     p.add_argument("--vocabulary-subspace", type=float, default=None, metavar="FRACTION",
@@ -68,11 +83,15 @@ def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
                    help="search the whole embedding space, as the paper does")
     p.add_argument("--t-range", nargs=2, type=int, default=list(PAPER_T_RANGE), metavar=("T_MIN", "T_MAX"),
                    help="PUTS timestep range [T_MIN, T_MAX); 0 1000 is uniform sampling")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     p.add_argument("--adam-state-dtype", choices=ADAM_STATE_DTYPES, default="float64",
                    help="ZO-Adam's moment storage. float16 reproduces the ZOODiP authors' code, whose fp16 second "
                         "moment stays near 0 for small estimates, so their steps are close to lr * m_hat / eps "
                         "(default: float64)")
+
+
+def _add_photo_flags(p: argparse.ArgumentParser) -> None:
+    """Captions, templates and how the photos are cropped and flipped."""
     p.add_argument("--captions", default=None, help="JSON {image file name: caption containing the placeholder}")
     p.add_argument("--template_file", default=None, metavar="PATH",
                    help="A1111 prompt templates, one a line: [name] is the token, [filewords] the .txt caption "
@@ -81,6 +100,10 @@ def _add_personalize_flags(p: argparse.ArgumentParser) -> None:
                    help="crop each photo to its centered square (default); --no-center_crop squashes the whole "
                         "photo into the square, as diffusers does without --center_crop")
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    """Evaluation, checkpoints, snapshots, previews, resources, resuming and progress."""
     p.add_argument("--sequential", action="store_true", help="run the n+1 UNet evaluations one by one (less memory; the default for SD-size UNets, small ones run them as one batch)")
     p.add_argument("--eval-every", type=int, default=50, help="steps between evaluation losses (0: never)")
     p.add_argument("--checkpointing_steps", type=int, default=50)
@@ -110,7 +133,7 @@ def _curvature_fraction(args: argparse.Namespace) -> float | None:
     return args.curvature_subspace
 
 
-def _config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace):
     from .trainer import PersonalizeConfig
 
     return PersonalizeConfig(
@@ -230,7 +253,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     from .paths import check_output_dir
     from .trainer import personalize
 
-    config = _config_from_args(args)
+    config = config_from_args(args)
     config.validate()  # a bad setting is one line on stderr, before any progress bar is drawn
     resume = _resume_requested(args)
     check_output_dir(config.output_dir)
@@ -345,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="zoodip", description="Forward-only textual inversion for INT8 ONNX Stable Diffusion")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("export", help="export a diffusers SD folder to INT8 ONNX (see 'zoodip export --help')", add_help=False)
-    _add_personalize_flags(sub.add_parser("personalize", help="learn a new token from a few photos"))
+    add_personalize_flags(sub.add_parser("personalize", help="learn a new token from a few photos"))
 
     g = sub.add_parser("generate", help="generate images, optionally with learned tokens")
     g.add_argument("--model", required=True, help="zoodip export folder")

@@ -14,7 +14,16 @@ from .generate import MAX_IMAGES
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .lr_schedule import LENGTH_DEPENDENT, LR_SCHEDULERS
 from .timesteps import PAPER_T_RANGE
-from .zo import ADAM_STATE_DTYPES
+from .prompts import LEARNABLE_PROPERTIES
+from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
+
+OPTIMIZERS = ("adam", "sgd")  # ZO-Adam (the paper's) or ZO-SGD
+
+
+def positive_int(name: str, value: object, minimum: int = 1) -> None:
+    """Refuse a setting that is not an integer >= minimum, naming its flag."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ZoodipError(f"--{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass
@@ -91,10 +100,12 @@ class PersonalizeConfig:
 
     def validate(self) -> None:
         """Check the hyperparameters that need no model (the model-dependent ones are checked later)."""
-        def positive_int(name: str, value: object, minimum: int = 1) -> None:
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ZoodipError(f"--{name} must be an integer >= {minimum}, got {value!r}")
+        self._validate_counts()
+        self._validate_method()
+        self._validate_inputs()
 
+    def _validate_counts(self) -> None:
+        """The integer settings: steps, intervals, sizes."""
         positive_int("n", self.n)
         positive_int("seed", self.seed, 0)
         if self.tau is not None:
@@ -109,29 +120,39 @@ class PersonalizeConfig:
             raise ZoodipError(f"--lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
         positive_int("early_stop_patience", self.early_stop_patience, 0)
         positive_int("threads", self.threads, 0)
+        positive_int("validation_steps", self.validation_steps)
+        positive_int("num_validation_images", self.num_validation_images)
+        if self.num_validation_images > MAX_IMAGES:
+            raise ZoodipError(f"--num_validation_images must be at most {MAX_IMAGES} (one UNet batch), got {self.num_validation_images}")
+        if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
+            raise ZoodipError(f"--resolution must be a positive multiple of 8, got {self.resolution}")
+
+    def _validate_method(self) -> None:
+        """The method's hyperparameters and choices."""
         if not (isinstance(self.mu, (int, float)) and math.isfinite(self.mu) and self.mu > 0):
             raise ZoodipError(f"--mu must be a positive finite number (reference 1e-3), got {self.mu!r}")
         if not (isinstance(self.nu, (int, float)) and 0 < self.nu < 1):
             raise ZoodipError(f"--nu must be in (0, 1) (reference 1e-3), got {self.nu!r}")
         if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ZoodipError(f"--learning_rate must be a positive number, got {self.learning_rate!r}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ZoodipError(f"--optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ZoodipError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.adam_state_dtype not in ADAM_STATE_DTYPES:
             raise ZoodipError(f"--adam-state-dtype must be one of {', '.join(ADAM_STATE_DTYPES)}, got {self.adam_state_dtype!r}")
         if self.optimizer != "adam" and self.adam_state_dtype != "float64":
             raise ZoodipError("--adam-state-dtype applies to --optimizer adam only; drop it or use --optimizer adam")
-        positive_int("validation_steps", self.validation_steps)
-        positive_int("num_validation_images", self.num_validation_images)
-        if self.num_validation_images > MAX_IMAGES:
-            raise ZoodipError(f"--num_validation_images must be at most {MAX_IMAGES} (one UNet batch), got {self.num_validation_images}")
+        if self.subspace_mode not in PROJECTION_MODES:
+            raise ZoodipError(f"--subspace-mode must be one of {', '.join(PROJECTION_MODES)}, got {self.subspace_mode!r}")
+
+    def _validate_inputs(self) -> None:
+        """The words, prompts and captions, and the search-subspace options."""
         if self.validation_prompt is not None and self.placeholder_token not in self.validation_prompt:
             raise ZoodipError(f"--validation_prompt {self.validation_prompt!r} does not contain {self.placeholder_token}: "
                               f"put the token in it, e.g. 'a photo of {self.placeholder_token} on the beach'")
         if self.captions is not None and self.template_file is not None:
             raise ZoodipError("--captions and --template_file are two ways to caption the photos: use one")
-        if self.learnable_property not in ("object", "style"):
-            raise ZoodipError(f"--learnable_property must be 'object' or 'style', got {self.learnable_property!r}")
+        if self.learnable_property not in LEARNABLE_PROPERTIES:
+            raise ZoodipError(f"--learnable_property must be one of {', '.join(LEARNABLE_PROPERTIES)}, got {self.learnable_property!r}")
         if self.vocabulary_variance is not None and not (
                 isinstance(self.vocabulary_variance, (int, float)) and 0 < self.vocabulary_variance <= 1):
             raise ZoodipError(f"--vocabulary-subspace must be a variance fraction in (0, 1], e.g. 0.9, got {self.vocabulary_variance!r}")
@@ -142,10 +163,6 @@ class PersonalizeConfig:
         if self.curvature_fraction and self.vocabulary_variance is not None:
             raise ZoodipError("--vocabulary-subspace and --curvature-subspace are two search subspaces: use one "
                               "(add --no-curvature-subspace to search the vocabulary's)")
-        if self.subspace_mode not in ("history-span", "principal"):
-            raise ZoodipError(f"--subspace-mode must be 'history-span' or 'principal', got {self.subspace_mode!r}")
-        if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
-            raise ZoodipError(f"--resolution must be a positive multiple of 8, got {self.resolution}")
         if not self.placeholder_token or any(ch.isspace() for ch in self.placeholder_token):
             raise ZoodipError(f"--placeholder_token must be one word without spaces, e.g. '<my-dog>', got {self.placeholder_token!r}")
         if not self.initializer_token or any(ch.isspace() for ch in self.initializer_token.strip()):

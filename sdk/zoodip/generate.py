@@ -78,8 +78,7 @@ def generate(
     """Generate ``num_images`` images for ``prompt``; returns RGB PIL images of ``width`` x ``height``.
 
     Args:
-        model: an ``ExportedModel`` (or anything with its tokenizer/encode_text/unet/vae_decode/
-            schedule/latent_channels/vae_scale_factor/sample_size/hidden_size interface).
+        model: an ``ExportedModel`` (or anything with its interface: tokenizer, encode_text, unet, ...).
         guidance_scale: classifier-free guidance ``uncond + g * (cond - uncond)``; 1.0 runs the
             prompt alone (half the UNet work), 0.0 the negative prompt alone.
         sampler: "dpmpp_2m" (DPM-Solver++ 2M, the default), "ddim" or "euler".
@@ -89,13 +88,48 @@ def generate(
         added_embeddings: learned tokens, ``{token: vectors [n, hidden] or [hidden]}``, usable in
             ``prompt`` and ``negative_prompt``.
         callback: progress, ``callback(step, total, latents)``; raise from it to stop early.
-        batch_cfg: run the unconditional and conditional UNet passes as one batch (faster);
-            False runs them one after the other (lower peak memory, same result).
+        batch_cfg: the unconditional and conditional passes as one batch; False: one by one (less memory).
         eta: DDIM noise (0 = deterministic); only for ``sampler="ddim"``.
         token_groups: the names of each embedding (``embeddings.load_embeddings``' groups; default:
             each added token alone). One warning per group none of whose names the prompts use
             within the text encoder's 77 tokens.
     """
+    _check_settings(prompt, negative_prompt, sampler, num_images, guidance_scale, eta, seed)
+    h, w = _latent_size(model, height, width)
+
+    # Text conditioning: one row per prompt, repeated per image.
+    tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
+    groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
+    for problem in token_use_problems(tokenizer, [prompt, negative_prompt], groups):
+        warnings.warn(problem, stacklevel=2)
+
+    def encode(text: str) -> np.ndarray:  # one row per prompt, repeated per image
+        return _encode_prompt(model, tokenizer, extra_rows, known_added, text, num_images)
+
+    g = float(guidance_scale)
+    cond = encode(prompt)
+    # With g = 1 the guided output is the conditional one: the unconditional pass is skipped.
+    model_fn = _guided(model, cond, None if g == 1.0 else encode(negative_prompt), g, batch_cfg)
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((num_images, int(model.latent_channels), h, w), dtype=np.float32)
+    latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, eta=eta, rng=rng, callback=callback)
+
+    # Decode one image at a time: the VAE decoder's activations dominate peak memory.
+    return [image for i in range(num_images)
+            for image in to_pil(np.asarray(model.vae_decode(latents[i : i + 1]), dtype=np.float32))]
+
+
+def _encode_prompt(model: Any, tokenizer: Any, extra_rows: Any, known_added: Any, text: str, copies: int) -> np.ndarray:
+    """The text encoder's states for ``text`` (its added tokens checked), repeated ``copies`` times."""
+    ids = np.asarray(tokenizer([text]), dtype=np.int64)
+    _check_added_ids(ids, tokenizer.base_vocab_size, known_added, text)
+    states = np.asarray(model.encode_text(ids, extra_rows), dtype=np.float32)
+    return np.repeat(states, copies, axis=0)
+
+
+def _check_settings(prompt: object, negative_prompt: object, sampler: str, num_images: int, guidance_scale: object,
+                    eta: float, seed: object) -> None:
+    """generate()'s settings that need no model, each refused in one line."""
     if sampler not in SAMPLERS:
         raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
     check_num_images(num_images)
@@ -107,49 +141,26 @@ def generate(
         raise ZoodipError(f"seed must be a non-negative integer, got {seed!r}")
     if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
         raise ZoodipError("prompt and negative_prompt must be strings")
-    h, w = _latent_size(model, height, width)
 
-    # Text conditioning: one row per prompt, repeated per image.
-    tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
-    groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
-    for problem in token_use_problems(tokenizer, [prompt, negative_prompt], groups):
-        warnings.warn(problem, stacklevel=2)
 
-    def encode(text: str) -> np.ndarray:
-        ids = np.asarray(tokenizer([text]), dtype=np.int64)
-        _check_added_ids(ids, tokenizer.base_vocab_size, known_added, text)
-        states = np.asarray(model.encode_text(ids, extra_rows), dtype=np.float32)
-        return np.repeat(states, num_images, axis=0)
+def _guided(model: Any, cond: np.ndarray, uncond: np.ndarray | None, g: float,
+            batch_cfg: bool) -> Callable[[np.ndarray, float], np.ndarray]:
+    """The classifier-free-guided UNet ``uncond + g (cond - uncond)``; the conditional pass alone without uncond."""
+    if uncond is None:
+        return lambda x, t: _unet(model, x, t, cond)
+    both = np.concatenate([uncond, cond])  # diffusers' order: unconditional first
 
-    g = float(guidance_scale)
-    cond = encode(prompt)
-    if g == 1.0:  # the guided output is the conditional one: skip the unconditional pass
-        def model_fn(x: np.ndarray, t: float) -> np.ndarray:
-            return _unet(model, x, t, cond)
-    else:
-        uncond = encode(negative_prompt)
-        both = np.concatenate([uncond, cond])  # diffusers' order: unconditional first
+    def model_fn(x: np.ndarray, t: float) -> np.ndarray:
+        n = len(x)
+        if batch_cfg:
+            out = _unet(model, np.concatenate([x, x]), t, both)
+            out_uncond, out_cond = out[:n], out[n:]
+        else:
+            out_uncond = _unet(model, x, t, uncond)
+            out_cond = _unet(model, x, t, cond)
+        return (out_uncond + g * (out_cond - out_uncond)).astype(np.float32, copy=False)
 
-        def model_fn(x: np.ndarray, t: float) -> np.ndarray:
-            n = len(x)
-            if batch_cfg:
-                out = _unet(model, np.concatenate([x, x]), t, both)
-                out_uncond, out_cond = out[:n], out[n:]
-            else:
-                out_uncond = _unet(model, x, t, uncond)
-                out_cond = _unet(model, x, t, cond)
-            return (out_uncond + g * (out_cond - out_uncond)).astype(np.float32, copy=False)
-
-    rng = np.random.default_rng(seed)
-    noise = rng.standard_normal((num_images, int(model.latent_channels), h, w), dtype=np.float32)
-    latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, eta=eta, rng=rng, callback=callback)
-
-    # Decode one image at a time: the VAE decoder's activations dominate peak memory.
-    images: list[Image.Image] = []
-    for i in range(num_images):
-        decoded = np.asarray(model.vae_decode(latents[i : i + 1]), dtype=np.float32)
-        images.extend(to_pil(decoded))
-    return images
+    return model_fn
 
 
 def run_sampler(

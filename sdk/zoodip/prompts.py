@@ -69,6 +69,7 @@ STYLE_TEMPLATES: tuple[str, ...] = (
 )
 
 TEMPLATES: dict[str, tuple[str, ...]] = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
+LEARNABLE_PROPERTIES: tuple[str, ...] = tuple(TEMPLATES)  # the --learnable_property choices
 
 
 def _check_placeholder(placeholder: object) -> str:

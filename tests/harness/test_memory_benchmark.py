@@ -93,16 +93,16 @@ def test_session_attributes_reach_every_session_and_unknown_ones_are_refused(tin
 
 
 def test_memory_budget_flag_means_sequential_evaluations(tiny_export: Path, photos: Path, tmp_path: Path) -> None:
-    from zoodip.cli import _add_personalize_flags, _config_from_args
+    from zoodip.cli import add_personalize_flags, config_from_args
     from zoodip.trainer import Personalizer
 
     import argparse
 
     parser = argparse.ArgumentParser()
-    _add_personalize_flags(parser)
+    add_personalize_flags(parser)
     args = parser.parse_args(["--model", str(tiny_export), "--train_data_dir", str(photos), "--output_dir",
                               str(tmp_path / "run"), "--memory-budget", "900", "--max_train_steps", "1"])
-    config = _config_from_args(args)
+    config = config_from_args(args)
     assert config.memory_budget_mb == 900 and config.batched is False
     personalizer = Personalizer(config)
     assert personalizer.loss.batched is False and personalizer.model.options.memory_budget_mb == 900
