@@ -161,6 +161,60 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__}
 
 
+class _GraphExporter:
+    """Traces one component to fp32 ONNX in a scratch folder (checked against torch), then quantizes it
+    into the staging folder (checked against fp32) and drops the scratch copy."""
+
+    def __init__(self, staging: Path, info: dict[str, Any], recipe: str, seed: int, parity: bool, log: _Progress) -> None:
+        from zoodip_export.quantize import SESSION_SETTINGS
+
+        self.staging, self.info, self.recipe, self.seed, self.parity, self.log = staging, info, recipe, seed, parity, log
+        self.session = SESSION_SETTINGS[recipe]
+        self.work = staging / "_work"
+        self.graphs: dict[str, Any] = {}
+        self.results: dict[str, Any] = {}
+        self.token_table: Any = None  # the saved token table, once written (parity inputs use it)
+
+    def parity_inputs(self, name: str) -> Any:
+        from zoodip_export import parity as par
+
+        return par.parity_inputs(name, self.info, seed=self.seed, token_embeddings=self.token_table)
+
+    def export_one(self, name: str, module: Any) -> Path:
+        from zoodip_export import onnx_export as ox
+        from zoodip_export import parity as par
+
+        spec = ox.GRAPH_SPECS[name]
+        self.log(f"exporting {name} ({list(ox.GRAPH_SPECS).index(name) + 1}/{len(ox.GRAPH_SPECS)})")
+        raw = ox.export_graph(module, spec, ox.example_inputs(name, self.info, latent_size=par.parity_latent_size(self.info)),
+                              self.work / name / spec.file)
+        if self.parity:
+            self.results[name] = {"fp32_vs_torch_max_abs": par.fp32_vs_torch(module, spec, raw, self.parity_inputs(name)),
+                                  "int8_vs_fp32_rel": None}
+        return raw
+
+    def finish_one(self, name: str, raw: Path) -> None:
+        from zoodip_export import onnx_export as ox
+        from zoodip_export import parity as par
+        from zoodip_export.quantize import quantize_graph
+
+        spec, recipe, staging = ox.GRAPH_SPECS[name], self.recipe, self.staging
+        if recipe != "fp32":
+            self.log(f"quantizing {name} ({recipe})")
+        # w4a32 picks each layer's width on the parity inputs (fixed and seeded, also without --no-parity).
+        calibration = self.parity_inputs(name) if recipe == "w4a32" else None
+        stats = quantize_graph(recipe, raw, staging / spec.file, warn=False, calibration=calibration)
+        data_file = spec.file + ".data"
+        self.graphs[name] = _graph_entry(staging / spec.file, data_file if (staging / data_file).exists() else None)
+        if "layers" in stats:  # the per-layer widths and the measured errors they were chosen by
+            self.graphs[name]["quantization"] = {"int4_block": stats["int4_block"],
+                                                 "max_layer_error": stats["max_layer_error"], "layers": stats["layers"]}
+        if self.parity and recipe != "fp32":
+            self.results[name]["int8_vs_fp32_rel"] = par.quantized_vs_fp32(staging / spec.file, raw,
+                                                                           self.parity_inputs(name), self.session)
+        shutil.rmtree(raw.parent)
+
+
 def _export_graphs(source: Path, staging: Path, info: dict[str, Any], recipe: str, *, seed: int,
                    parity: bool, log: _Progress) -> tuple[dict[str, Any], dict[str, Any]]:
     """Export, quantize and check the four graphs into ``staging``; returns (graphs, parity).
@@ -169,70 +223,33 @@ def _export_graphs(source: Path, staging: Path, info: dict[str, Any], recipe: st
     compare with torch, free torch, quantize into ``staging``, compare with fp32, drop the scratch.
     """
     import numpy as np
-    import torch
 
     from zoodip_export import onnx_export as ox
-    from zoodip_export import parity as par
-    from zoodip_export.quantize import SESSION_SETTINGS, quantize_graph
 
-    session = SESSION_SETTINGS[recipe]
-    work = staging / "_work"
-    graphs: dict[str, Any] = {}
-    results: dict[str, Any] = {}
-    token_table: np.ndarray | None = None
-
-    def export_one(name: str, module: torch.nn.Module) -> Path:
-        spec = ox.GRAPH_SPECS[name]
-        log(f"exporting {name} ({list(ox.GRAPH_SPECS).index(name) + 1}/{len(ox.GRAPH_SPECS)})")
-        raw = ox.export_graph(module, spec, ox.example_inputs(name, info, latent_size=par.parity_latent_size(info)),
-                              work / name / spec.file)
-        if parity:
-            inputs = par.parity_inputs(name, info, seed=seed, token_embeddings=token_table)
-            results[name] = {"fp32_vs_torch_max_abs": par.fp32_vs_torch(module, spec, raw, inputs),
-                             "int8_vs_fp32_rel": None}
-        return raw
-
-    def finish_one(name: str, raw: Path) -> None:
-        spec = ox.GRAPH_SPECS[name]
-        if recipe != "fp32":
-            log(f"quantizing {name} ({recipe})")
-        # w4a32 picks each layer's width on the parity inputs (fixed and seeded, also without --no-parity).
-        calibration = (par.parity_inputs(name, info, seed=seed, token_embeddings=token_table)
-                       if recipe == "w4a32" else None)
-        stats = quantize_graph(recipe, raw, staging / spec.file, warn=False, calibration=calibration)
-        data_file = spec.file + ".data"
-        graphs[name] = _graph_entry(staging / spec.file, data_file if (staging / data_file).exists() else None)
-        if "layers" in stats:  # the per-layer widths and the measured errors they were chosen by
-            graphs[name]["quantization"] = {"int4_block": stats["int4_block"], "max_layer_error": stats["max_layer_error"],
-                                            "layers": stats["layers"]}
-        if parity and recipe != "fp32":
-            inputs = par.parity_inputs(name, info, seed=seed, token_embeddings=token_table)
-            results[name]["int8_vs_fp32_rel"] = par.quantized_vs_fp32(staging / spec.file, raw, inputs, session)
-        shutil.rmtree(raw.parent)
-
+    exporter = _GraphExporter(staging, info, recipe, seed, parity, log)
     # Text encoder (+ the token embedding table the SDK looks prompts up in).
     text_encoder = _load("text encoder", ox.load_text_encoder, source / "text_encoder")
     table = text_encoder.text_model.embeddings.token_embedding.weight.detach().numpy().astype(np.float16)
     np.save(staging / TOKEN_EMBEDDINGS, table, allow_pickle=False)
-    token_table = np.load(staging / TOKEN_EMBEDDINGS, mmap_mode="r")
+    exporter.token_table = np.load(staging / TOKEN_EMBEDDINGS, mmap_mode="r")
     del table
-    raw = export_one("text_encoder", ox.TextEncoderGraph(text_encoder.text_model, info["max_length"]))
+    raw = exporter.export_one("text_encoder", ox.TextEncoderGraph(text_encoder.text_model, info["max_length"]))
     del text_encoder
-    finish_one("text_encoder", raw)
+    exporter.finish_one("text_encoder", raw)
 
     unet = _load("UNet", ox.load_unet, source / "unet")
-    raw = export_one("unet", ox.UNetGraph(unet))
+    raw = exporter.export_one("unet", ox.UNetGraph(unet))
     del unet
-    finish_one("unet", raw)
+    exporter.finish_one("unet", raw)
 
     vae = _load("VAE", ox.load_vae, source / "vae")
-    raw_encoder = export_one("vae_encoder", ox.VaeEncoderGraph(vae))
-    raw_decoder = export_one("vae_decoder", ox.VaeDecoderGraph(vae))
+    raw_encoder = exporter.export_one("vae_encoder", ox.VaeEncoderGraph(vae))
+    raw_decoder = exporter.export_one("vae_decoder", ox.VaeDecoderGraph(vae))
     del vae
-    finish_one("vae_encoder", raw_encoder)
-    finish_one("vae_decoder", raw_decoder)
-    shutil.rmtree(work, ignore_errors=True)
-    return graphs, results
+    exporter.finish_one("vae_encoder", raw_encoder)
+    exporter.finish_one("vae_decoder", raw_decoder)
+    shutil.rmtree(exporter.work, ignore_errors=True)
+    return exporter.graphs, exporter.results
 
 
 def _publish(staging: Path, out_dir: Path) -> None:
@@ -266,30 +283,13 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     subspace (0: none; None: ``zoodip_export.curvature.DEFAULT_CURVATURE_SAMPLES``, or its
     ``RANDOM_MODEL_CURVATURE_SAMPLES`` for the seeded random-weight models).
     """
-    from zoodip_export.tiny import SOURCE_MARKER, build_tiny_sd_folder
+    from zoodip_export.tiny import build_tiny_sd_folder
 
     precision, recipe = resolve_recipe(precision, recipe)
-    if tiny and source is not None:
-        raise ZoodipError("give either a source folder or --tiny, not both")
-    if not tiny and source is None:
-        raise ZoodipError("no source folder given (pass a diffusers Stable Diffusion folder, or --tiny)")
-    if curvature_samples is not None and (isinstance(curvature_samples, bool) or not isinstance(curvature_samples, int)
-                                          or curvature_samples < 0):
-        raise ZoodipError(f"curvature_samples must be a whole number >= 0 (0: no curvature subspace), not {curvature_samples!r}")
-    if sample_size is not None and (not isinstance(sample_size, int) or sample_size <= 0):
-        raise ZoodipError(f"sample_size must be a positive integer, not {sample_size!r}")
+    _check_export_args(source, tiny, curvature_samples, sample_size)
     out_dir = Path(out_dir).expanduser().absolute()
     check_out_dir(out_dir, overwrite)
-    source_entry: dict[str, Any] = {"kind": "tiny", "path": None, "seed": seed}
-    configs: dict[str, dict[str, Any]] = {}
-    if source is not None:
-        source = Path(source).expanduser().absolute()
-        configs = check_source(source)
-        model_info(configs, sample_size)  # fail on a bad sample_size before writing anything
-        marker = source / SOURCE_MARKER
-        built_here = read_json(marker) if marker.is_file() else {}
-        source_entry = {"kind": built_here.get("kind", "diffusers-folder"), "path": str(source),
-                        "seed": built_here.get("seed")}
+    source, configs, source_entry = _read_source(source, sample_size, seed)
     if recipe == "dynamic-int8":
         from zoodip_export.quantize import DYNAMIC_INT8_WARNING
 
@@ -298,10 +298,7 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     log = _Progress(progress)
     created_parents = _missing_parents(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary folder
+    staging = _staging_folder(out_dir)
     try:
         with _quiet_libraries():
             if tiny:
@@ -311,13 +308,7 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
             info = model_info(configs, sample_size)
             graphs, parity_results = _export_graphs(source, staging, info, recipe, seed=seed, parity=parity, log=log)
 
-        from zoodip_export.clip_vocab import copy_tokenizer_folder
-        from zoodip_export.quantize import RECIPE_REVISION, SESSION_SETTINGS
-
-        copy_tokenizer_folder(source / "tokenizer", staging / "tokenizer")
-        scheduler = dict(configs["scheduler"])
-        scheduler.setdefault("prediction_type", info["prediction_type"])
-        (staging / SCHEDULER_CONFIG).write_text(json.dumps(scheduler, indent=2) + "\n", encoding="utf-8")
+        _write_tokenizer_and_scheduler(source, staging, configs, info)
         from zoodip_export.curvature import export_curvature
 
         with _quiet_libraries():
@@ -326,29 +317,7 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
         if tiny:
             shutil.rmtree(staging / "_source")
 
-        import numpy as np
-
-        table = np.load(staging / TOKEN_EMBEDDINGS, mmap_mode="r")
-        manifest: dict[str, Any] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "source": source_entry,
-            "precision": precision,
-            "recipe": recipe,
-            "recipe_revision": RECIPE_REVISION[recipe],
-            "model": info,
-            "graphs": graphs,
-            "session": dict(SESSION_SETTINGS[recipe]),
-            "token_embeddings": {"file": TOKEN_EMBEDDINGS, "dtype": "float16", "shape": list(table.shape)},
-            "tokenizer": "tokenizer",
-            "scheduler": SCHEDULER_CONFIG,
-            "files": _file_table(staging),
-            "versions": _versions(),
-            "parity": parity_results,
-        }
-        if curvature is not None:
-            manifest["curvature"] = curvature
-        del table
+        manifest = _manifest(staging, source_entry, precision, recipe, info, graphs, parity_results, curvature)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if parity_results:
             from zoodip_export.parity import format_parity_table
@@ -362,6 +331,86 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
                 parent.rmdir()
         raise
     log(f"done: {out_dir}")
+    return manifest
+
+
+def _check_export_args(source: Path | None, tiny: bool, curvature_samples: int | None, sample_size: int | None) -> None:
+    """export_model()'s arguments that need no file, each refused in one line."""
+    if tiny and source is not None:
+        raise ZoodipError("give either a source folder or --tiny, not both")
+    if not tiny and source is None:
+        raise ZoodipError("no source folder given (pass a diffusers Stable Diffusion folder, or --tiny)")
+    if curvature_samples is not None and (isinstance(curvature_samples, bool) or not isinstance(curvature_samples, int)
+                                          or curvature_samples < 0):
+        raise ZoodipError(f"curvature_samples must be a whole number >= 0 (0: no curvature subspace), not {curvature_samples!r}")
+    if sample_size is not None and (not isinstance(sample_size, int) or sample_size <= 0):
+        raise ZoodipError(f"sample_size must be a positive integer, not {sample_size!r}")
+
+
+def _read_source(source: Path | None, sample_size: int | None,
+                 seed: int) -> tuple[Path | None, dict[str, dict[str, Any]], dict[str, Any]]:
+    """(absolute source folder, its checked configs, the manifest's "source" entry); the tiny model's without one."""
+    from zoodip_export.tiny import SOURCE_MARKER
+
+    if source is None:
+        return None, {}, {"kind": "tiny", "path": None, "seed": seed}
+    source = Path(source).expanduser().absolute()
+    configs = check_source(source)
+    model_info(configs, sample_size)  # fail on a bad sample_size before writing anything
+    marker = source / SOURCE_MARKER
+    built_here = read_json(marker) if marker.is_file() else {}
+    return source, configs, {"kind": built_here.get("kind", "diffusers-folder"), "path": str(source),
+                             "seed": built_here.get("seed")}
+
+
+def _staging_folder(out_dir: Path) -> Path:
+    """A fresh hidden folder beside ``out_dir`` to build the export in, with ordinary permissions."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary folder
+    return staging
+
+
+def _write_tokenizer_and_scheduler(source: Path, staging: Path, configs: dict[str, dict[str, Any]],
+                                   info: dict[str, Any]) -> None:
+    """The tokenizer folder and the scheduler config (with the model's prediction type) into ``staging``."""
+    from zoodip_export.clip_vocab import copy_tokenizer_folder
+
+    copy_tokenizer_folder(source / "tokenizer", staging / "tokenizer")
+    scheduler = dict(configs["scheduler"])
+    scheduler.setdefault("prediction_type", info["prediction_type"])
+    (staging / SCHEDULER_CONFIG).write_text(json.dumps(scheduler, indent=2) + "\n", encoding="utf-8")
+
+
+def _manifest(staging: Path, source_entry: dict[str, Any], precision: str, recipe: str, info: dict[str, Any],
+              graphs: dict[str, Any], parity_results: dict[str, Any], curvature: dict[str, Any] | None) -> dict[str, Any]:
+    """The export's manifest: what it is, where it came from, its graphs and files (with sha256), its checks."""
+    import numpy as np
+
+    from zoodip_export.quantize import RECIPE_REVISION, SESSION_SETTINGS
+
+    table = np.load(staging / TOKEN_EMBEDDINGS, mmap_mode="r")
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "source": source_entry,
+        "precision": precision,
+        "recipe": recipe,
+        "recipe_revision": RECIPE_REVISION[recipe],
+        "model": info,
+        "graphs": graphs,
+        "session": dict(SESSION_SETTINGS[recipe]),
+        "token_embeddings": {"file": TOKEN_EMBEDDINGS, "dtype": "float16", "shape": list(table.shape)},
+        "tokenizer": "tokenizer",
+        "scheduler": SCHEDULER_CONFIG,
+        "files": _file_table(staging),
+        "versions": _versions(),
+        "parity": parity_results,
+    }
+    if curvature is not None:
+        manifest["curvature"] = curvature
+    del table
     return manifest
 
 

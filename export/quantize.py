@@ -30,6 +30,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from zoodip_export.quantize_int8 import (DEFAULT_MAX_WEIGHT_MIB, MIN_QUANT_ELEMENTS,  # noqa: F401 (public here too)
+                                         quantize_per_channel, quantize_w8a32)
+
 # (zoodip_export.onnx_export is imported inside the functions: it pulls in torch, and the CLI's
 # --help and the session helpers below should not have to.)
 
@@ -61,10 +64,6 @@ DYNAMIC_INT8_WARNING = (
     "at the finite-difference scale and forward-only gradients turn into noise. Use 'w8a32' for training."
 )
 
-# Weights with fewer elements stay fp32: int8 saves nothing there and the scales would cost as much.
-MIN_QUANT_ELEMENTS = 256
-
-
 def session_options(session: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """``(SessionOptions, extra InferenceSession kwargs)`` for a manifest ``session`` entry."""
     import onnxruntime as ort
@@ -88,210 +87,6 @@ def open_session(path: Path, session: dict[str, Any] | None = None, threads: int
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"], **kwargs)
-
-
-def _output_channel_axis(node: onnx.NodeProto, rank: int) -> int | None:
-    """Axis of the weight (the node's input 1) that indexes output channels; None = do not quantize."""
-    if node.op_type == "Conv":
-        return 0  # [C_out, C_in/g, kH, kW]
-    if node.op_type == "ConvTranspose":
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        return 1 if group == 1 else None  # [C_in, C_out/g, kH, kW]; grouped: channels interleave
-    if node.op_type == "MatMul":
-        return 1 if rank == 2 else None  # B is [K, N] (stored transposed, see quantize_w8a32)
-    if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return 0 if trans_b else 1  # B is [N, K] with transB=1, else [K, N]
-    return None
-
-
-def quantize_per_channel(weights: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per-channel quantization: ``weights ~= q * scale`` along ``axis``."""
-    moved = np.moveaxis(weights.astype(np.float32), axis, 0)
-    max_abs = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
-    # All-zero channels: any positive scale reproduces them exactly.
-    scale = np.where(max_abs > 0, max_abs / 127.0, 1.0).astype(np.float32)
-    shape = [1] * weights.ndim
-    shape[axis] = -1
-    q = np.clip(np.rint(weights / scale.reshape(shape)), -127, 127).astype(np.int8)
-    return q, scale
-
-
-# Layers whose fp32 weight copy would exceed this are split along output channels into several
-# layers (outputs concatenated). The dequantized copy of the largest layer is the single biggest
-# buffer of a forward pass (112 MiB for an SD1.5 up-block conv); split, it is at most this.
-DEFAULT_MAX_WEIGHT_MIB = 32.0
-
-
-def quantize_w8a32(src: Path, dest: Path, max_weight_mib: float = DEFAULT_MAX_WEIGHT_MIB, *,
-                   model: onnx.ModelProto | None = None) -> dict[str, int]:
-    """Write ``src`` (fp32 ONNX) to ``dest`` with int8 weights + DequantizeLinear; returns counts.
-
-    Weights are read and quantized one at a time (low memory). A weight shared by several nodes is
-    quantized once, and only when they agree on its output-channel axis.
-
-    Three layout choices are about speed and memory at run time, not arithmetic:
-    - A MatMul weight ``[K, N]`` is stored transposed, ``[N, K]``, dequantized along axis 0, and
-      the MatMul becomes onnxruntime's ``FusedMatMul`` with ``transB=1`` (the GEMM reads B
-      transposed at no cost). onnxruntime dequantizes along the last axis ~8x slower than the first.
-    - A Conv or MatMul whose fp32 weight would exceed ``max_weight_mib`` becomes several layers over
-      slices of its output channels, concatenated (per-channel scales make the slices exact).
-    - DequantizeLinear nodes come first in the node list, which makes onnxruntime run each one right
-      before its consumer (see the comment below), so the fp32 copy of a weight only exists while
-      the layer that needs it runs (with memory reuse off, see ``zoodip.model.RuntimeOptions``).
-
-    ``model``: ``src``'s graph already loaded (and possibly partly quantized, see :func:`quantize_w4a32`).
-    """
-    from zoodip_export.onnx_export import initializer_array, load_graph, write_onnx
-
-    src, dest = Path(src), Path(dest)
-    model = load_graph(src) if model is None else model
-    graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    limit = max(1, int(max_weight_mib * (1 << 20)))
-
-    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node, index))
-    wanted: dict[str, set[int | None]] = {}
-    for node in graph.node:
-        if node.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm") and len(node.input) > 1:
-            tensor = initializers.get(node.input[1])
-            if tensor is None or tensor.data_type != onnx.TensorProto.FLOAT:
-                continue
-            wanted.setdefault(tensor.name, set()).add(_output_channel_axis(node, len(tensor.dims)))
-
-    dequantize: dict[str, list[onnx.NodeProto]] = {}  # fp32 weight name -> DequantizeLinear node(s)
-    parts: dict[str, list[str]] = {}  # fp32 weight name -> dequantized tensor(s): one, or one per slice
-    widths: dict[str, list[int]] = {}  # output channels of each slice
-    transposed_weights: set[str] = set()
-    stats = {"quantized": 0, "kept_fp32": 0, "int8_bytes": 0, "split_layers": 0}
-    for name, axes in wanted.items():
-        tensor = initializers[name]
-        axis = next(iter(axes)) if len(axes) == 1 else None
-        if axis is None or int(np.prod(tensor.dims)) < MIN_QUANT_ELEMENTS:
-            stats["kept_fp32"] += 1
-            continue
-        weights = initializer_array(tensor, src.parent)
-        # Transposed storage only when every reader is a MatMul taking it as B.
-        transposed = all(n.op_type == "MatMul" and i == 1 for n, i in readers[name])
-        if transposed:
-            weights, axis = np.ascontiguousarray(weights.T), 0
-            transposed_weights.add(name)
-        q, scale = quantize_per_channel(weights, axis)
-        slices = -(-weights.size * 4 // limit) if _splittable(name, readers, initializers, transposed) else 1
-        bounds = np.linspace(0, q.shape[0], min(slices, q.shape[0]) + 1).round().astype(int)
-        dequantize[name], parts[name] = [], []
-        for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-            tag = f"_p{k}" if len(bounds) > 2 else ""
-            q_name, scale_name, zero_name = f"{name}_int8{tag}", f"{name}_scale{tag}", f"{name}_zero{tag}"
-            out_name = f"{name}_dq{'T' if transposed else ''}{tag}"
-            q_part = numpy_helper.from_array(np.ascontiguousarray(q[lo:hi]), q_name)
-            if k == 0:
-                tensor.CopyFrom(q_part)  # replaces the fp32 data in place
-            else:
-                graph.initializer.append(q_part)
-            graph.initializer.extend([
-                numpy_helper.from_array(scale[lo:hi], scale_name),
-                numpy_helper.from_array(np.zeros(hi - lo, dtype=np.int8), zero_name),
-            ])
-            dequantize[name].append(helper.make_node(
-                "DequantizeLinear", [q_name, scale_name, zero_name], [out_name],
-                name=f"{name}_DequantizeLinear{tag}", axis=axis,
-            ))
-            parts[name].append(out_name)
-        stats["quantized"] += 1
-        stats["int8_bytes"] += q.nbytes
-        stats["split_layers"] += len(parts[name]) > 1
-        widths[name] = [int(w) for w in np.diff(bounds)]
-
-    ordered: list[onnx.NodeProto] = [dq for nodes in dequantize.values() for dq in nodes]
-    split_biases: set[str] = set()
-    for node in graph.node:
-        weight = node.input[1] if node.op_type in ("Conv", "MatMul") and len(node.input) > 1 else None
-        if weight in parts and len(parts[weight]) > 1:
-            ordered.extend(_split_layer(node, parts[weight], widths[weight], graph, initializers, src.parent))
-            if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
-                split_biases.add(node.input[2])  # replaced by per-slice biases
-            continue
-        for index, name in enumerate(node.input):
-            if name in parts:
-                node.input[index] = parts[name][0]
-        if node.op_type == "MatMul" and weight in transposed_weights:
-            node = _matmul_transposed_b(node)
-        ordered.append(node)
-    # DequantizeLinear nodes go first in the node list. onnxruntime orders execution by a depth-first
-    # walk back from the outputs that visits a node's higher-numbered inputs first, so each
-    # DequantizeLinear then runs right before its consumer (listed next to it, they would all run at
-    # the start and every fp32 weight copy would live for the whole forward).
-    del graph.node[:]
-    graph.node.extend(ordered)
-    read = {name for node in graph.node for name in node.input}
-    for tensor in [t for t in graph.initializer if t.name in split_biases - read]:
-        graph.initializer.remove(tensor)
-    if transposed_weights and not any(op.domain == "com.microsoft" for op in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    write_onnx(model, src.parent, dest)
-    return stats
-
-
-def _splittable(name: str, readers: dict[str, list[tuple[onnx.NodeProto, int]]],
-                initializers: dict[str, onnx.TensorProto], transposed: bool) -> bool:
-    """A weight read by one node that can be split along output channels: a MatMul B, or a Conv
-    without groups whose bias (if any) is an initializer."""
-    if len(readers[name]) != 1:
-        return False
-    node, index = readers[name][0]
-    if index != 1:
-        return False
-    if node.op_type == "MatMul":
-        return transposed
-    if node.op_type != "Conv" or next((a.i for a in node.attribute if a.name == "group"), 1) != 1:
-        return False
-    return len(node.input) < 3 or not node.input[2] or node.input[2] in initializers
-
-
-def _split_layer(node: onnx.NodeProto, weights: list[str], widths: list[int], graph: onnx.GraphProto,
-                 initializers: dict[str, onnx.TensorProto], folder: Path) -> list[onnx.NodeProto]:
-    """``node`` as one layer per weight slice (``widths`` output channels each), outputs concatenated."""
-    from zoodip_export.onnx_export import initializer_array
-
-    bias = None
-    if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
-        bias = initializer_array(initializers[node.input[2]], folder)
-    out, nodes, start = node.output[0], [], 0
-    for k, weight in enumerate(weights):
-        part_out = f"{out}_p{k}"
-        if node.op_type == "MatMul":
-            nodes.append(_fused_matmul_transposed_b(node.input[0], weight, part_out, f"{node.name}_p{k}"))
-            continue
-        inputs = [node.input[0], weight]
-        if bias is not None:
-            bias_name = f"{node.input[2]}_p{k}"
-            graph.initializer.append(numpy_helper.from_array(bias[start : start + widths[k]].astype(np.float32), bias_name))
-            inputs.append(bias_name)
-            start += widths[k]
-        part = helper.make_node("Conv", inputs, [part_out], name=f"{node.name}_p{k}")
-        part.attribute.extend(node.attribute)
-        nodes.append(part)
-    nodes.append(helper.make_node("Concat", [f"{out}_p{k}" for k in range(len(weights))], [out],
-                                  name=f"{node.name}_concat", axis=1 if node.op_type == "Conv" else -1))
-    return nodes
-
-
-def _matmul_transposed_b(node: onnx.NodeProto) -> onnx.NodeProto:
-    """``MatMul(A, B)`` with B given as B^T: onnxruntime's ``FusedMatMul`` with ``transB=1``.
-
-    (A standard ``Transpose`` in front of the MatMul would do too, but onnxruntime's QDQ propagation
-    then wraps it in a QuantizeLinear/DequantizeLinear pair that re-quantizes the weight every call.)
-    """
-    return _fused_matmul_transposed_b(node.input[0], node.input[1], node.output[0], node.name)
-
-
-def _fused_matmul_transposed_b(a: str, b_transposed: str, out: str, name: str) -> onnx.NodeProto:
-    return helper.make_node("FusedMatMul", [a, b_transposed], [out], name=name, domain="com.microsoft",
-                            transA=0, transB=1, alpha=1.0)
 
 
 # --- w4a32: 4-bit MatMul weights where they hold -------------------------------------------------

@@ -46,7 +46,7 @@ TINY_LATENT_SIZE = 16  # latent side; images are 8x larger (128 px)
 TINY_TOKEN_EMBEDDING_STD = 0.1
 
 
-def _model_index() -> dict[str, Any]:
+def model_index() -> dict[str, Any]:
     # No safety checker / feature extractor (as in most local SD folders); diffusers then loads it as is.
     return {
         "_class_name": "StableDiffusionPipeline",
@@ -62,7 +62,7 @@ def _model_index() -> dict[str, Any]:
     }
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
@@ -72,9 +72,9 @@ SOURCE_MARKER = "zoodip_source.json"
 
 
 def _write_common_parts(dest: Path, scheduler_config: dict[str, Any], kind: str, seed: int) -> None:
-    _write_json(dest / "model_index.json", _model_index())
-    _write_json(dest / SOURCE_MARKER, {"kind": kind, "seed": seed})
-    _write_json(dest / "scheduler" / "scheduler_config.json", scheduler_config)
+    write_json(dest / "model_index.json", model_index())
+    write_json(dest / SOURCE_MARKER, {"kind": kind, "seed": seed})
+    write_json(dest / "scheduler" / "scheduler_config.json", scheduler_config)
     write_clip_tokenizer_files(dest / "tokenizer")
 
 

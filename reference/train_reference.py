@@ -60,7 +60,7 @@ sys.path.insert(0, str(REPO / "sdk"))
 from reference import world  # noqa: E402
 from zoodip_export.clip_vocab import VOCAB_SIZE, write_clip_tokenizer_files  # noqa: E402
 from zoodip_export.tiny import (  # noqa: E402
-    BOS_TOKEN_ID, EOS_TOKEN_ID, SD_SCHEDULER_CONFIG, SOURCE_MARKER, _model_index, _write_json,
+    BOS_TOKEN_ID, EOS_TOKEN_ID, SD_SCHEDULER_CONFIG, SOURCE_MARKER, model_index, write_json,
 )
 
 TEXT_HIDDEN = 64
@@ -416,12 +416,12 @@ def save_folder(dest: Path, vae, unet, text_encoder, scale: float, meta: dict) -
     for config in dest.glob("*/config.json"):  # a module loaded with --init-from remembers its source path
         entries = json.loads(config.read_text())
         if entries.pop("_name_or_path", None) is not None:
-            _write_json(config, entries)
+            write_json(config, entries)
     for module in (text_encoder, unet, vae):
         module.float()
-    _write_json(dest / "model_index.json", _model_index())
-    _write_json(dest / SOURCE_MARKER, meta)
-    _write_json(dest / "scheduler" / "scheduler_config.json", SD_SCHEDULER_CONFIG)
+    write_json(dest / "model_index.json", model_index())
+    write_json(dest / SOURCE_MARKER, meta)
+    write_json(dest / "scheduler" / "scheduler_config.json", SD_SCHEDULER_CONFIG)
     write_clip_tokenizer_files(dest / "tokenizer")
 
 
