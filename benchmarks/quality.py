@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import _quality_methods as qm  # noqa: E402
 from benchmarks._models import DEFAULT_CACHE  # noqa: E402
+from benchmarks._quality_jobs import make_jobs  # noqa: E402
 from benchmarks._quality_merge import merge_main, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
 from benchmarks._quality_report import machine_info, write_reports, write_samples  # noqa: E402
 from benchmarks._quality_summary import (  # noqa: E402,F401 (quality.summarize & co.: tests, --merge)
@@ -148,55 +149,6 @@ def world_ready() -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _select(items: list[Any], spec: str | None, default: int, key: Any) -> list[Any]:
-    if spec is None:
-        return items[:default]
-    if spec.isdigit():
-        return items[: int(spec)]
-    wanted = [s.strip() for s in spec.split(",") if s.strip()]
-    out = []
-    for name in wanted:
-        match = [c for c in items if key(c) in (name, f"<{name.strip('<>')}>")]
-        if not match:
-            raise SystemExit(f"unknown concept {name!r}: one of {[key(c) for c in items]}")
-        out.extend(match)
-    return out
-
-
-def world_jobs(world: Any, concepts: list[Any], work: Path, resolution: int, seed: int,
-               seeds: int = 1) -> list[qm.Job]:
-    """One job per concept, or per (concept, seed) with ``seeds`` > 1: other photos, other training noise."""
-    jobs = []
-    for job_seed in range(seed, seed + seeds):
-        for concept in concepts:
-            name = concept.name.strip("<>") + (f"-s{job_seed}" if seeds > 1 else "")
-            folder = work / "photos" / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for k, image in enumerate(world.concept_images(concept, n=5, seed=job_seed, resolution=resolution)):
-                image.save(folder / f"{k}.png")
-            jobs.append(qm.Job(name, str(folder), concept.name, concept.initializer,
-                               attributes=concept.attributes.as_dict(), seed=job_seed if seeds > 1 else None))
-    return jobs
-
-
-def planted_jobs(export_dir: Path, count: int, seed: int, photos: list[tuple[str, Path, str]]) -> list[qm.Job]:
-    """``count`` planted targets: v* = a random vocabulary row + noise of 0.5x its RMS."""
-    from zoodip.model import ExportedModel
-
-    model = ExportedModel.load(export_dir)
-    table = model.token_embeddings
-    jobs = []
-    for k in range(count):
-        rng = np.random.default_rng([seed, 0x9A47, k])
-        name, folder, initializer = photos[k % len(photos)]
-        row = np.asarray(table[int(rng.integers(1000, table.shape[0] - 2))], np.float64)
-        rms = float(np.sqrt(np.mean(row**2)))
-        v_star = row + 0.5 * rms * rng.standard_normal(row.shape)
-        jobs.append(qm.Job(f"planted-{k}-{name}", str(folder), f"<planted-{k}>", initializer,
-                           planted=[float(x) for x in v_star.astype(np.float32)]))
-    return jobs
-
-
 # --------------------------------------------------------------------------------------------
 # Running the methods
 # --------------------------------------------------------------------------------------------
@@ -257,66 +209,80 @@ def run_method(method: str, jobs: list[qm.Job], export_dir: Path, torch_model: P
 def score_all(task: str, trained: dict[str, dict[str, Any]], jobs: list[qm.Job], export_dir: Path, args: Any,
               world: Any) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], dict[str, Any]]:
     """metrics[method][job] = list of checkpoint records (step, forwards, wall_s, metric values)."""
-    from PIL import Image
-
-    from benchmarks import _quality_eval as qe
-    from zoodip.model import ExportedModel
-
-    model = ExportedModel.load(export_dir)
     extras: dict[str, Any] = {}
     scores: dict[str, dict[str, list[dict[str, Any]]]] = {m: {} for m in trained}
     started = time.perf_counter()
     if task == "planted":
-        for job in jobs:
-            init_id = model.tokenizer.token_ids_for_word(job.initializer)[0]
-            v0 = np.asarray(model.token_embeddings[init_id], np.float32)
-            scorer = qe.PlantedScorer(export_dir, Path(job.photos), job.placeholder, np.asarray(job.planted), seed=args.seed)
-            for method, result in trained.items():
-                records = []
-                for snap in result["runs"][job.name]:
-                    metrics = scorer.score(np.asarray(snap["v"], np.float32), v0)
-                    records.append({k: snap[k] for k in ("step", "forwards", "wall_s")} | metrics)
-                scores[method][job.name] = records
+        _score_planted(trained, jobs, export_dir, args, scores)
     else:
-        evaluator = load_evaluator()
-        scorer = qe.WorldScorer(export_dir, evaluator, world, images_per_prompt=args.images_per_prompt,
-                                sampler_steps=args.gen_steps, guidance=args.guidance, seed=args.seed,
-                                max_heldout=args.max_heldout)
-        concepts = {c.name.strip("<>"): c for c in world.CONCEPTS}
-        samples: dict[str, dict[str, Any]] = {}
-        cache: dict[tuple[str, bytes, bool], dict[str, Any]] = {}
-        for job in jobs:
-            concept = concepts[job.placeholder.strip("<>")]
-            refs = [Image.open(p).convert("RGB") for p in sorted(Path(job.photos).glob("*.png"))]
-            samples.setdefault("reference", {})[job.name] = refs[:4]
-            oracle = scorer.score(concept, concept.name, None, refs)
-            oracle.pop("_images", None)
-            extras.setdefault("oracle", {})[job.name] = oracle
-            for method, result in trained.items():
-                records = []
-                snaps = result["runs"][job.name]
-                for k, snap in enumerate(snaps):
-                    v = np.asarray(snap["v"], np.float32)
-                    # Held-out prompts cost 5x the fidelity prompt: scored at the start and the end of
-                    # each run (all checkpoints with --curve-prompts all).
-                    heldout = args.curve_prompts == "all" or k in (0, len(snaps) - 1)
-                    key = (job.name, v.tobytes(), heldout)
-                    full_key = (job.name, v.tobytes(), True)
-                    if full_key in cache:  # e.g. the initializer: every run's first snapshot
-                        key = full_key
-                    if key not in cache:
-                        cache[key] = scorer.score(concept, concept.name, v, refs, keep_images=True, heldout=heldout)
-                    metrics = dict(cache[key])
-                    images = metrics.pop("_images", None)
-                    if images is not None and k == len(snaps) - 1:
-                        samples.setdefault(method, {})[job.name] = images
-                    records.append({k2: snap[k2] for k2 in ("step", "forwards", "wall_s")} | metrics)
-                scores[method][job.name] = records
-                log(f"scored {method} / {job.name}: final " + ", ".join(
-                    f"{k}={v:.3f}" for k, v in records[-1].items() if k not in ("step", "forwards", "wall_s") and v is not None))
-        extras["samples"] = samples
+        _score_world(trained, jobs, export_dir, args, world, scores, extras)
     extras["scoring_wall_s"] = time.perf_counter() - started
     return scores, extras
+
+
+def _score_planted(trained: dict[str, dict[str, Any]], jobs: list[qm.Job], export_dir: Path, args: Any,
+                   scores: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    """The planted check's scores: the loss gap closed and the distance to v*, at each snapshot."""
+    from benchmarks import _quality_eval as qe
+    from zoodip.model import ExportedModel
+
+    model = ExportedModel.load(export_dir)
+    for job in jobs:
+        init_id = model.tokenizer.token_ids_for_word(job.initializer)[0]
+        v0 = np.asarray(model.token_embeddings[init_id], np.float32)
+        scorer = qe.PlantedScorer(export_dir, Path(job.photos), job.placeholder, np.asarray(job.planted), seed=args.seed)
+        for method, result in trained.items():
+            records = []
+            for snap in result["runs"][job.name]:
+                metrics = scorer.score(np.asarray(snap["v"], np.float32), v0)
+                records.append({k: snap[k] for k in ("step", "forwards", "wall_s")} | metrics)
+            scores[method][job.name] = records
+
+
+def _score_world(trained: dict[str, dict[str, Any]], jobs: list[qm.Job], export_dir: Path, args: Any, world: Any,
+                 scores: dict[str, dict[str, list[dict[str, Any]]]], extras: dict[str, Any]) -> None:
+    """The world task's scores (generated images read by the evaluator), the oracle's and the sample images."""
+    from PIL import Image
+
+    from benchmarks import _quality_eval as qe
+
+    evaluator = load_evaluator()
+    scorer = qe.WorldScorer(export_dir, evaluator, world, images_per_prompt=args.images_per_prompt,
+                            sampler_steps=args.gen_steps, guidance=args.guidance, seed=args.seed,
+                            max_heldout=args.max_heldout)
+    concepts = {c.name.strip("<>"): c for c in world.CONCEPTS}
+    samples: dict[str, dict[str, Any]] = {}
+    cache: dict[tuple[str, bytes, bool], dict[str, Any]] = {}
+    for job in jobs:
+        concept = concepts[job.placeholder.strip("<>")]
+        refs = [Image.open(p).convert("RGB") for p in sorted(Path(job.photos).glob("*.png"))]
+        samples.setdefault("reference", {})[job.name] = refs[:4]
+        oracle = scorer.score(concept, concept.name, None, refs)
+        oracle.pop("_images", None)
+        extras.setdefault("oracle", {})[job.name] = oracle
+        for method, result in trained.items():
+            records = []
+            snaps = result["runs"][job.name]
+            for k, snap in enumerate(snaps):
+                v = np.asarray(snap["v"], np.float32)
+                # Held-out prompts cost 5x the fidelity prompt: scored at the start and the end of
+                # each run (all checkpoints with --curve-prompts all).
+                heldout = args.curve_prompts == "all" or k in (0, len(snaps) - 1)
+                key = (job.name, v.tobytes(), heldout)
+                full_key = (job.name, v.tobytes(), True)
+                if full_key in cache:  # e.g. the initializer: every run's first snapshot
+                    key = full_key
+                if key not in cache:
+                    cache[key] = scorer.score(concept, concept.name, v, refs, keep_images=True, heldout=heldout)
+                metrics = dict(cache[key])
+                images = metrics.pop("_images", None)
+                if images is not None and k == len(snaps) - 1:
+                    samples.setdefault(method, {})[job.name] = images
+                records.append({k2: snap[k2] for k2 in ("step", "forwards", "wall_s")} | metrics)
+            scores[method][job.name] = records
+            log(f"scored {method} / {job.name}: final " + ", ".join(
+                f"{k}={v:.3f}" for k, v in records[-1].items() if k not in ("step", "forwards", "wall_s") and v is not None))
+    extras["samples"] = samples
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,13 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         return merge_main(args.merge, args.out, command)
 
-    task = args.task
-    if task == "auto":
-        task = "planted" if args.smoke else ("world" if world_ready() is None else "planted")
-        if task == "planted" and not args.smoke:
-            log(f"world task unavailable ({world_ready()}): running the planted check")
-    if task == "world" and world_ready() is not None and args.model is None:
-        raise SystemExit(f"the world task needs the reference world: {world_ready()}")
+    task = _task(args)
     if args.seeds < 1 or (args.seeds > 1 and task != "world"):
         print(f"quality.py: error: --seeds {args.seeds}: training seeds repeat the world task's concepts "
               f"(a positive number, and only with --task world; this run's task is {task})", file=sys.stderr)
@@ -385,22 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     puts = tuple(int(x) for x in args.puts.split("-")) if args.puts else qm.REFERENCE_PUTS
     steps = args.steps or (20 if args.smoke else 150 if args.quick else 300)
     checkpoints = args.checkpoints or (2 if args.smoke else 3 if args.quick else 5)
-    if args.methods:
-        methods = [m.strip() for m in split_methods(args.methods)]
-    elif args.sweep:
-        methods = ["init"] + [f"zoodip[t={r.strip()}]" for r in args.sweep.split(",") if r.strip()]
-    else:
-        methods = list(qm.METHODS)
-    for method in methods:
-        qm.parse_method(method, puts)  # fail early on a typo
+    methods = _methods(args, puts)
     out = args.out or (DEFAULT_OUT if not args.smoke else Path(tempfile.mkdtemp(prefix="zoodip-quality-smoke-")))
     out.mkdir(parents=True, exist_ok=True)
 
     export_dir, torch_model = prepare_model(args.model, args.smoke, args.cache)
     torch_model = args.torch_model or torch_model
-    if torch_model is None and any(qm.parse_method(m, puts).kind == "backprop" for m in methods):
-        log("no diffusers folder for ti-backprop (pass --torch-model): skipping it")
-        methods = [m for m in methods if qm.parse_method(m, puts).kind != "backprop"]
+    if torch_model is None:
+        methods = _without_backprop(methods, puts)
 
     tmp = tempfile.TemporaryDirectory(prefix="zoodip-quality-") if args.work is None else None
     work = Path(tmp.name) if tmp else args.work
@@ -409,36 +361,76 @@ def main(argv: list[str] | None = None) -> int:
 
     resolution = ExportedModel.load(export_dir).default_resolution
     world = load_world(required=(task == "world"))
-    if task == "world":
-        concepts = _select(list(world.CONCEPTS), args.concepts, 2 if args.quick else len(world.CONCEPTS),
-                           key=lambda c: c.name)
-        jobs = world_jobs(world, concepts, work, resolution, args.seed, args.seeds)
-    else:
-        count = int(args.concepts) if args.concepts and args.concepts.isdigit() else (1 if args.smoke or args.quick else 3)
-        if world is not None and resolution >= 32 and not args.smoke:
-            concepts = list(world.CONCEPTS)[:count]
-            photo_jobs = world_jobs(world, concepts, work, resolution, args.seed)
-            photos = [(j.name, Path(j.photos), j.initializer) for j in photo_jobs]
-        else:
-            photos = [("example", REPO / "sdk" / "zoodip" / "data" / "example_concept", "object")]
-        jobs = planted_jobs(export_dir, count, args.seed, photos)
+    jobs = make_jobs(task, args, export_dir, work, resolution, world)
     budget = steps * 3
     log(f"task {task}: {len(jobs)} job(s) x {len(methods)} method(s), budget {budget} forwards, "
         f"{checkpoints} checkpoints, model {export_dir}")
 
-    trained: dict[str, dict[str, Any]] = {}
-    for method in methods:
-        trained[method] = run_method(method, jobs, export_dir, torch_model, work / "runs", budget, checkpoints,
-                                     args.seed, puts, args.in_process)
-        mem = trained[method]["memory"]
-        log(f"{method}: trained in {trained[method]['wall_s']:.1f}s, peak RSS {mem.get('vmhwm_mb', mem['ru_maxrss_mb']):.0f} MiB")
+    trained = {method: _logged(method, run_method(method, jobs, export_dir, torch_model, work / "runs", budget,
+                                                  checkpoints, args.seed, puts, args.in_process)) for method in methods}
     scores, extras = score_all(task, trained, jobs, export_dir, args, world)
     summary = summarize(task, scores, trained)
     if extras.get("oracle"):
         summary["oracle"] = {m: (float(np.mean(vals)) if vals else None) for m in metric_names(task)
                              for vals in [[o[m] for o in extras["oracle"].values() if o.get(m) is not None]]}
 
-    results = {
+    results = _results(task, command, args, export_dir, torch_model, steps, budget, checkpoints, puts, extras,
+                       started, jobs, trained, scores, summary)
+    write_reports(out, results)
+    if extras.get("samples"):
+        write_samples(out / "samples.png", extras["samples"])
+    if tmp is not None:
+        tmp.cleanup()
+    log(f"done in {time.perf_counter() - started:.0f}s: {out}/results.md")
+    print((out / "results.md").read_text())
+    return 0
+
+
+def _task(args: Any) -> str:
+    """The task to run: --task, or for "auto" the world task where the reference world is ready."""
+    task = args.task
+    if task == "auto":
+        task = "planted" if args.smoke else ("world" if world_ready() is None else "planted")
+        if task == "planted" and not args.smoke:
+            log(f"world task unavailable ({world_ready()}): running the planted check")
+    if task == "world" and world_ready() is not None and args.model is None:
+        raise SystemExit(f"the world task needs the reference world: {world_ready()}")
+    return task
+
+
+def _methods(args: Any, puts: tuple[int, int]) -> list[str]:
+    """--methods, or the --sweep's PUTS ranges, or every method; each parsed now, so a typo fails early."""
+    if args.methods:
+        methods = [m.strip() for m in split_methods(args.methods)]
+    elif args.sweep:
+        methods = ["init"] + [f"zoodip[t={r.strip()}]" for r in args.sweep.split(",") if r.strip()]
+    else:
+        methods = list(qm.METHODS)
+    for method in methods:
+        qm.parse_method(method, puts)
+    return methods
+
+
+def _logged(method: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A method's training record, its time and peak memory logged."""
+    mem = record["memory"]
+    log(f"{method}: trained in {record['wall_s']:.1f}s, peak RSS {mem.get('vmhwm_mb', mem['ru_maxrss_mb']):.0f} MiB")
+    return record
+
+
+def _without_backprop(methods: list[str], puts: tuple[int, int]) -> list[str]:
+    """The methods but the backprop baseline, which needs a diffusers folder (said once in the log)."""
+    kept = [m for m in methods if qm.parse_method(m, puts).kind != "backprop"]
+    if len(kept) < len(methods):
+        log("no diffusers folder for ti-backprop (pass --torch-model): skipping it")
+    return kept
+
+
+def _results(task: str, command: str, args: Any, export_dir: Path, torch_model: Path | None, steps: int, budget: int,
+             checkpoints: int, puts: tuple[int, int], extras: dict, started: float, jobs: list, trained: dict,
+             scores: dict, summary: dict) -> dict[str, Any]:
+    """results.json: the run's settings and machine, each method's training record and scores, the summary."""
+    return {
         "task": task,
         "meta": {
             "command": command, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -456,14 +448,6 @@ def main(argv: list[str] | None = None) -> int:
                     for m, t in trained.items()},
         "summary": summary,
     }
-    write_reports(out, results)
-    if extras.get("samples"):
-        write_samples(out / "samples.png", extras["samples"])
-    if tmp is not None:
-        tmp.cleanup()
-    log(f"done in {time.perf_counter() - started:.0f}s: {out}/results.md")
-    print((out / "results.md").read_text())
-    return 0
 
 
 # Settings that must agree for runs from different result folders to be compared (same scoring).

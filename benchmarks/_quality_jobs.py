@@ -1,0 +1,79 @@
+"""The quality benchmark's jobs: the world task's concepts (rendered photos), or planted targets.
+
+A job is one personalization problem every method trains on (benchmarks/_quality_methods.Job).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import _quality_methods as qm
+from reference.repo import REPO
+
+
+def select_concepts(items: list[Any], spec: str | None, default: int, key: Any) -> list[Any]:
+    """--concepts: the first ``default`` items, the first N, or the named ones (with or without <>)."""
+    if spec is None:
+        return items[:default]
+    if spec.isdigit():
+        return items[: int(spec)]
+    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    out = []
+    for name in wanted:
+        match = [c for c in items if key(c) in (name, f"<{name.strip('<>')}>")]
+        if not match:
+            raise SystemExit(f"unknown concept {name!r}: one of {[key(c) for c in items]}")
+        out.extend(match)
+    return out
+
+
+def world_jobs(world: Any, concepts: list[Any], work: Path, resolution: int, seed: int,
+               seeds: int = 1) -> list[qm.Job]:
+    """One job per concept, or per (concept, seed) with ``seeds`` > 1: other photos, other training noise."""
+    jobs = []
+    for job_seed in range(seed, seed + seeds):
+        for concept in concepts:
+            name = concept.name.strip("<>") + (f"-s{job_seed}" if seeds > 1 else "")
+            folder = work / "photos" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for k, image in enumerate(world.concept_images(concept, n=5, seed=job_seed, resolution=resolution)):
+                image.save(folder / f"{k}.png")
+            jobs.append(qm.Job(name, str(folder), concept.name, concept.initializer,
+                               attributes=concept.attributes.as_dict(), seed=job_seed if seeds > 1 else None))
+    return jobs
+
+
+def planted_jobs(export_dir: Path, count: int, seed: int, photos: list[tuple[str, Path, str]]) -> list[qm.Job]:
+    """``count`` planted targets: v* = a random vocabulary row + noise of 0.5x its RMS."""
+    from zoodip.model import ExportedModel
+
+    model = ExportedModel.load(export_dir)
+    table = model.token_embeddings
+    jobs = []
+    for k in range(count):
+        rng = np.random.default_rng([seed, 0x9A47, k])
+        name, folder, initializer = photos[k % len(photos)]
+        row = np.asarray(table[int(rng.integers(1000, table.shape[0] - 2))], np.float64)
+        rms = float(np.sqrt(np.mean(row**2)))
+        v_star = row + 0.5 * rms * rng.standard_normal(row.shape)
+        jobs.append(qm.Job(f"planted-{k}-{name}", str(folder), f"<planted-{k}>", initializer,
+                           planted=[float(x) for x in v_star.astype(np.float32)]))
+    return jobs
+
+
+def make_jobs(task: str, args: Any, export_dir: Path, work: Path, resolution: int, world: Any) -> list[qm.Job]:
+    """The world task's concept jobs, or the planted check's jobs (on world photos where the model can use them)."""
+    if task == "world":
+        concepts = select_concepts(list(world.CONCEPTS), args.concepts, 2 if args.quick else len(world.CONCEPTS),
+                           key=lambda c: c.name)
+        return world_jobs(world, concepts, work, resolution, args.seed, args.seeds)
+    count = int(args.concepts) if args.concepts and args.concepts.isdigit() else (1 if args.smoke or args.quick else 3)
+    if world is not None and resolution >= 32 and not args.smoke:
+        concepts = list(world.CONCEPTS)[:count]
+        photo_jobs = world_jobs(world, concepts, work, resolution, args.seed)
+        photos = [(j.name, Path(j.photos), j.initializer) for j in photo_jobs]
+    else:
+        photos = [("example", REPO / "sdk" / "zoodip" / "data" / "example_concept", "object")]
+    return planted_jobs(export_dir, count, args.seed, photos)
