@@ -37,6 +37,25 @@ def export_weights_identity(model: Any) -> str:
     return json.dumps({name: info.get("sha256") for name, info in sorted(files.items()) if name != CURVATURE_FILE})
 
 
+def _load_source(source: str) -> tuple[Path, dict[str, Any]]:
+    """One ``DIR`` or ``DIR:METHODS`` source: its results.json, only (and renamed to) the methods asked for."""
+    folder, wanted = parse_merge_source(source)
+    path = folder / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist; pass folders written by quality.py --out") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {path} ({exc}); pass folders written by quality.py --out") from None
+    if wanted is not None:
+        renames = [(m.partition("=")[0], m.partition("=")[2] or m.partition("=")[0]) for m in wanted]
+        missing = [old for old, _ in renames if old not in results["methods"]]
+        if missing:
+            raise ValueError(f"{folder} has no method {missing[0]}; it has {', '.join(results['methods'])}")
+        results["methods"] = {new: results["methods"][old] for old, new in renames}
+    return folder, results
+
+
 def merge_results(sources: list[str], command: str) -> dict[str, Any]:
     """Combine the stored runs of several ``--out`` folders into one result, summary recomputed.
 
@@ -45,23 +64,7 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
     scoring settings (MERGE_KEYS and the model export), and no method twice (``DIR:METHODS`` takes
     only some of a folder's methods).
     """
-    loaded = []
-    for source in sources:
-        folder, wanted = parse_merge_source(source)
-        path = folder / "results.json"
-        try:
-            results = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"{path} does not exist; pass folders written by quality.py --out") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read {path} ({exc}); pass folders written by quality.py --out") from None
-        if wanted is not None:
-            renames = [(m.partition("=")[0], m.partition("=")[2] or m.partition("=")[0]) for m in wanted]
-            missing = [old for old, _ in renames if old not in results["methods"]]
-            if missing:
-                raise ValueError(f"{folder} has no method {missing[0]}; it has {', '.join(results['methods'])}")
-            results["methods"] = {new: results["methods"][old] for old, new in renames}
-        loaded.append((folder, results))
+    loaded = [_load_source(source) for source in sources]
     first_folder, first = loaded[0]
     methods: dict[str, Any] = {}
     origin: dict[str, Path] = {}

@@ -48,10 +48,9 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def write_markdown(path: Path, results: dict[str, Any]) -> None:
-    summary, meta, task = results["summary"], results["meta"], results["task"]
-    methods = summary["methods"]
-    headline = summary["headline_metric"]
+def _preamble(results: dict[str, Any]) -> list[str]:
+    """The title, the command, machine and model, and what the task's metrics mean."""
+    meta, task = results["meta"], results["task"]
     lines = [f"# Quality benchmark ({task})", "",
              f"`{meta['command']}`  ", f"{meta['date']}, {meta['machine']['cpu']} ({meta['machine']['cpu_count']} cores), "
              f"total {meta['total_wall_s']:.0f} s  ",
@@ -78,10 +77,16 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
                      "gap closed = (L(v0) - L(v)) / (L(v0) - L(v*)) on fixed (photo, noise, t, prompt) items, t "
                      "stratified over [0, T); rel. distance = |v - v*| / |v0 - v*|.")
     lines.append("")
+    return lines
+
+
+def _table(summary: dict[str, Any], task: str) -> list[str]:
+    """One row per method: each metric's final mean ± std, its comparison with backprop, its cost."""
+    methods = summary["methods"]
     metrics = metric_names(task)
     header = ["method"] + metrics + ["vs backprop", "gain vs backprop", "fwd to 50% bp gain", "fwd to 90% bp gain",
                                      "forwards", "steps", "train s", "peak RSS MiB"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, entry in methods.items():
         row = [f"`{method}`"] + [(f"{_fmt(entry['final'][m])} ± {_fmt(entry['final_std'][m], 2)}"
                                   if entry["final"][m] is not None else "—") for m in metrics]
@@ -93,6 +98,14 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
     if summary.get("oracle"):
         row = ["*world renders (oracle)*"] + [_fmt(summary["oracle"][m]) for m in metrics] + [""] * (len(header) - 1 - len(metrics))
         lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def write_markdown(path: Path, results: dict[str, Any]) -> None:
+    summary, task = results["summary"], results["task"]
+    methods = summary["methods"]
+    headline = summary["headline_metric"]
+    lines = _preamble(results) + _table(summary, task)
     lines += ["", f"Headline metric: `{headline}` (mean ± std over jobs, at the end of the budget). "
               "'vs backprop' = method / ti-backprop; 'gain vs backprop' = (method − init) / (ti-backprop − init); "
               "The oracle row scores the world's own renders of the concept (fresh seeds) and of each held-out prompt's "

@@ -77,22 +77,44 @@ def forwards_to_target(ours: dict[str, list[dict[str, Any]]], backprop: dict[str
     return None
 
 
+def _method_entry(task: str, by_job: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    """One method's summary: each metric's final mean and spread over the jobs, its mean curve, its cost."""
+    entry: dict[str, Any] = {"final": {}, "final_std": {}, "curve": {}}
+    for metric in metric_names(task):
+        finals = [r[-1][metric] for r in by_job.values() if r[-1].get(metric) is not None]
+        entry["final"][metric] = float(np.mean(finals)) if finals else None
+        entry["final_std"][metric] = float(np.std(finals)) if finals else None
+        entry["curve"][metric] = mean_curve(by_job, metric)
+    entry["forwards"] = float(np.mean([r[-1]["forwards"] for r in by_job.values()]))
+    entry["steps"] = float(np.mean([r[-1]["step"] for r in by_job.values()]))
+    entry["train_wall_s"] = float(np.mean([r[-1]["wall_s"] for r in by_job.values()]))
+    entry["memory"] = trained.get("memory", {})
+    entry["spec"] = trained.get("spec", {})
+    return entry
+
+
+def _ratios_to_backprop(task: str, ours: dict[str, Any], ref: dict[str, Any]) -> tuple[dict[str, float], dict[str, list]]:
+    """Each target metric's ratio to backprop's, with a paired bootstrap interval over the jobs both ran."""
+    ratios: dict[str, float] = {}
+    intervals: dict[str, list] = {}
+    for metric in target_metrics(task):
+        jobs = [j for j in ours if j in ref and ours[j][-1].get(metric) is not None and ref[j][-1].get(metric) is not None]
+        if not jobs:
+            continue
+        a = [ours[j][-1][metric] for j in jobs]
+        b = [ref[j][-1][metric] for j in jobs]
+        if np.mean(b) == 0:
+            continue
+        ratios[metric] = float(np.mean(a) / np.mean(b))
+        intervals[metric] = list(ratio_of_means_ci(a, b))
+    return ratios, intervals
+
+
 def summarize(task: str, scores: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
     headline = "gap_closed" if task == "planted" else "concept_fidelity"
     summary: dict[str, Any] = {"headline_metric": headline, "methods": {}}
     for method, by_job in scores.items():
-        entry: dict[str, Any] = {"final": {}, "final_std": {}, "curve": {}}
-        for metric in metric_names(task):
-            finals = [r[-1][metric] for r in by_job.values() if r[-1].get(metric) is not None]
-            entry["final"][metric] = float(np.mean(finals)) if finals else None
-            entry["final_std"][metric] = float(np.std(finals)) if finals else None
-            entry["curve"][metric] = mean_curve(by_job, metric)
-        entry["forwards"] = float(np.mean([r[-1]["forwards"] for r in by_job.values()]))
-        entry["steps"] = float(np.mean([r[-1]["step"] for r in by_job.values()]))
-        entry["train_wall_s"] = float(np.mean([r[-1]["wall_s"] for r in by_job.values()]))
-        entry["memory"] = trained[method].get("memory", {})
-        entry["spec"] = trained[method].get("spec", {})
-        summary["methods"][method] = entry
+        summary["methods"][method] = _method_entry(task, by_job, trained[method])
     methods = summary["methods"]
     if "ti-backprop" in methods:
         bp = methods["ti-backprop"]["final"][headline]
@@ -109,20 +131,8 @@ def summarize(task: str, scores: dict[str, Any], trained: dict[str, Any]) -> dic
             for pct in (0.5, 0.9):
                 entry[f"forwards_to_{int(pct * 100)}pct_backprop_gain"] = forwards_to_reach(
                     entry["curve"][headline], base + pct * (bp - base))
-            # Each target metric's ratio, with a paired bootstrap interval over the jobs both ran.
-            entry["vs_backprop_by_metric"], entry["vs_backprop_ci95"] = {}, {}
-            ours, ref = scores[method], scores["ti-backprop"]
-            for metric in target_metrics(task):
-                jobs = [j for j in ours if j in ref and ours[j][-1].get(metric) is not None
-                        and ref[j][-1].get(metric) is not None]
-                if not jobs:
-                    continue
-                a = [ours[j][-1][metric] for j in jobs]
-                b = [ref[j][-1][metric] for j in jobs]
-                if np.mean(b) == 0:
-                    continue
-                entry["vs_backprop_by_metric"][metric] = float(np.mean(a) / np.mean(b))
-                entry["vs_backprop_ci95"][metric] = list(ratio_of_means_ci(a, b))
+            entry["vs_backprop_by_metric"], entry["vs_backprop_ci95"] = _ratios_to_backprop(
+                task, scores[method], scores["ti-backprop"])
     if "ti-backprop" in methods:
         summary["forwards_to_target"] = {method: forwards_to_target(scores[method], scores["ti-backprop"], task)
                                          for method in methods if method not in ("ti-backprop", "init")}
