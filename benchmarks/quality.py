@@ -2,7 +2,7 @@
 
     python benchmarks/quality.py                       # full: SD-width reference model, all methods, 8 concepts
     python benchmarks/quality.py --model reference/model --quick   # the 64-wide reference model (fast)
-    python benchmarks/quality.py --quick               # < 5 min: 2 concepts, short budget
+    python benchmarks/quality.py --quick               # 2 concepts, short budget
     python benchmarks/quality.py --smoke               # seconds: tiny random model, planted check only
     python benchmarks/quality.py --task planted --model sd15-int8   # optimization-only check, any model
     python benchmarks/quality.py --sweep 300-700,500-900,200-1000   # PUTS range sweep (zoodip variants)
@@ -292,7 +292,7 @@ def _score_world(trained: dict[str, dict[str, Any]], jobs: list[qm.Job], export_
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="< 5 min: 2 concepts, 150 ZO steps, 3 checkpoints")
+    parser.add_argument("--quick", action="store_true", help="2 concepts, 150 ZO steps, 3 checkpoints")
     parser.add_argument("--smoke", action="store_true", help="tiny random model, planted check, 1 job, few steps")
     parser.add_argument("--task", choices=("auto", "world", "planted"), default="auto",
                         help="auto: world if reference/model and reference/evaluator.py exist, else planted")

@@ -19,7 +19,7 @@ OPSET = 17
 # Above this the weights go to one "<file>.data" next to the graph (protobuf cannot hold more than
 # 2 GiB anyway). 64 MB, not ~2 GB: onnxruntime memory-maps page-aligned external data, so the weights
 # are read in place (clean, file-backed pages) instead of being parsed into a protobuf and then copied
-# into tensors; measured on the SD1.5 INT8 UNet at 512 px this lowers the forward's peak RSS by ~130 MB.
+# into tensors, which lowers the forward's peak RSS (measured in benchmarks/README.md).
 EXTERNAL_DATA_THRESHOLD = 64_000_000
 # Tensors smaller than this stay inside the graph even when the rest goes external (as onnx does).
 EXTERNAL_MIN_BYTES = 1024

@@ -42,8 +42,9 @@ DEFAULT_RECIPE = {"int8": "w8a32", "fp32": "fp32"}
 
 # What the SDK must apply to onnxruntime for each recipe (stored as manifest["session"]).
 # With its defaults, onnxruntime fuses DequantizeLinear+MatMul/Conv into kernels that quantize the
-# activations too (finite differences then correlate ~0.2 with the true gradient), and constant
-# folding turns every int8 weight back into an fp32 copy. With both switched off: ~0.96.
+# activations too (finite differences then barely correlate with the true gradient), and constant
+# folding turns every int8 weight back into an fp32 copy. Both are switched off (the correlations are
+# measured in benchmarks/README.md, "fidelity").
 SESSION_SETTINGS: dict[str, dict[str, Any]] = {
     "w8a32": {"disable_quant_qdq": True, "disabled_optimizers": ["ConstantFolding"]},
     # Same reasons; the QDQ switch also stops DequantizeLinear+MatMul from being fused into

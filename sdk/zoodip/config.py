@@ -68,7 +68,7 @@ class PersonalizeConfig:
     flip: bool = False  # random horizontal flips (both versions' latents are cached)
     # n+1 UNet evaluations as one batch or one by one. None (default): one batch for small UNets,
     # where per-call overhead dominates; one by one for SD-size ones, where a batch is no faster
-    # and holds n+1 times the activations (SD1.5, 512 px: 3 x 2.9 s either way, 1.16 vs 1.30 GB).
+    # and holds n+1 times the activations (measured at SD1.5 scale in benchmarks/README.md).
     batched: bool | None = None
     eval_every: int = 50
     eval_timesteps: int = 3  # fixed (noise, t) pairs per photo in the evaluation loss

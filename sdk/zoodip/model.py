@@ -35,10 +35,10 @@ class RuntimeOptions:
     ``threads``: intra-op threads (0 = onnxruntime's default, all cores).
     ``low_memory``: turn off onnxruntime's buffer reuse and memory-pattern planning. Buffer reuse
     hands a freed buffer to the next tensor of the same size, which keeps one fp32 copy of a weight
-    per distinct weight shape alive across the whole UNet (about 330 MB for SD1.5 W8A32, measured);
+    per distinct weight shape alive across the whole UNet (benchmarks/README.md has the size for SD1.5);
     without it each dequantized weight is freed as soon as its layer has run. The CPU arena stays
-    on: it recycles those freed buffers instead of faulting fresh pages in (measured at 512 px: 1.2-1.5x
-    faster, and smaller than glibc's fragmented heap).
+    on: it recycles those freed buffers instead of faulting fresh pages in (faster, and smaller than
+    glibc's fragmented heap: benchmarks/README.md, lever 5).
     ``memory_budget_mb``: the memory the process may use (MB). Forces ``low_memory``; loading a
     model whose text encoder and UNet weights alone exceed it is an error. (The trainer also runs
     the n+1 evaluations one by one under a budget.)

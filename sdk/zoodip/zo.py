@@ -352,8 +352,7 @@ class SubspaceProjector:
         when ``tau <= dim`` (the centered history has rank ``<= tau - 1``).
         ``"principal"``: keep only ``g``'s part in the top-``k`` span, ``U_k^T (U_k g)``. The
         next history varies (almost) only inside that span, so refits tend to keep fewer
-        components: measured on the 768-wide world task, 6 -> 3 -> 2 kept components by step
-        384, after which training stalls (benchmarks/README.md).
+        components until training stalls (measured on the world task: benchmarks/README.md).
 
     A history with no variance at all (``v`` never moved) carries no subspace, so such a fit
     resets the projector to the identity.
