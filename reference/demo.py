@@ -122,10 +122,8 @@ def _upscale(images, side: int = 128):
 
 def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bool = True, seed: int = 0) -> dict:
     """Run the demo into ``out``; returns a summary (also written to ``out/summary.json``)."""
-    from zoodip.generate import generate
-    from zoodip.images import image_grid, load_images, to_pil
+    from zoodip.embeddings import load_embedding_file
     from zoodip.model import ExportedModel, RuntimeOptions
-    from zoodip.trainer import PersonalizeConfig, personalize
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,52 +140,17 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
         default_steps = DEFAULT_STEPS
     exported_s = time.monotonic() - started
 
-    run_dir = out / "run"
     steps = default_steps if steps is None else steps
-    config = PersonalizeConfig(export_dir=export_dir, images=photos_dir, output_dir=run_dir,
-                               placeholder_token=DEMO_TOKEN, initializer_token=DEMO_INITIALIZER,
-                               max_train_steps=steps, seed=seed, eval_every=max(1, steps // 10), checkpoint_every=max(1, steps // 5),
-                               # tau: the default (the paper's 128 on the 768-wide built-in model; half the
-                               # width on the 32-wide fallback, since Subspace Gradient needs tau < d).
-                               threads=threads)
-    resume = (run_dir / "checkpoint.npz").is_file()
-    if resume:
-        try:
-            previous = json.loads((run_dir / "demo_run.json").read_text())
-        except (OSError, ValueError):
-            previous = None
-        if previous != {"model": json.loads((export_dir / SOURCE_STAMP).read_text()) if use_reference else "tiny",
-                        "steps": steps, "run": config.fingerprint()}:
-            resume = False  # a run on another model (or with another length): start over
-            import shutil
-
-            shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "demo_run.json").write_text(json.dumps(
-        {"model": json.loads((export_dir / SOURCE_STAMP).read_text()) if use_reference else "tiny", "steps": steps, "run": config.fingerprint()}))
-    bar = ProgressBar(steps, enabled=progress)
-    try:
-        result = personalize(config, bar, resume=resume)
-    finally:
-        bar.close()
+    result = _personalize(export_dir, photos_dir, out / "run", steps, seed, threads, progress, use_reference)
     trained_s = time.monotonic() - started - exported_s
-
-    from zoodip.embeddings import load_embedding_file
 
     model = ExportedModel.load(export_dir, RuntimeOptions(threads=threads))
     token, vectors = load_embedding_file(result.embedding_path)
-    num_images = NUM_IMAGES if use_reference else 4
-    kwargs = dict(steps=20, guidance_scale=5.0, sampler="dpmpp_2m", num_images=num_images)
     before_prompt, after_prompt = f"a photo of a {DEMO_INITIALIZER}", f"a photo of {token}"
     if not use_reference:
         after_prompt = f"a photo of a {token}"
-    before = generate(model, before_prompt, seed=1, **kwargs)
-    after = generate(model, after_prompt, seed=1, added_embeddings={token: vectors}, **kwargs)
-    size = before[0].size
-    _, photos = load_images(photos_dir, size[0])
-    grid = image_grid([_upscale(to_pil(photos[:num_images])), _upscale(before), _upscale(after)])
-    grid_path = out / "before_after.png"
-    grid.save(grid_path)
+    before, after, grid_path = _before_after(model, out, photos_dir, token, vectors, before_prompt, after_prompt,
+                                             NUM_IMAGES if use_reference else 4)
 
     summary = {
         "model": "reference" if use_reference else "tiny-random",
@@ -200,27 +163,83 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     print(f"demo: eval loss {result.initial_eval_loss:.5f} (initializer '{DEMO_INITIALIZER}') -> "
           f"{result.final_eval_loss:.5f} after {result.steps} forward-only steps", file=sys.stderr)
     if use_reference:
-        from reference.evaluator import attribute_accuracy  # importable once _world() has run
-
-        evaluator = Evaluator.load()
-        target = concept.attributes.as_dict()
-        summary["concept"] = {"token": concept.name, "attributes": target}
-        for name, images in (("before", before), ("after", after)):
-            predicted = evaluator.predict(images)
-            # The share of images whose five attributes are all the concept's, next to the per-attribute mean.
-            acc, joint = attribute_accuracy(predicted, target)
-            summary[f"concept_accuracy_{name}"] = acc
-            summary[f"concept_all_five_{name}"] = joint
-            parts = " ".join(f"{a}={acc[a]:.2f}" for a in world.ATTRIBUTE_NAMES)
-            print(f"demo: concept attributes matched {name}: {parts} "
-                  f"(mean {sum(acc.values()) / len(acc):.2f}; images with all five: {joint:.2f})", file=sys.stderr)
-        summary["predicted_after"] = predicted
+        summary.update(_score(world, Evaluator, concept, before, after))
     summary["seconds"] = {"export": round(exported_s, 1), "personalize": round(trained_s, 1),
                           "total": round(time.monotonic() - started, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"demo: embedding {result.embedding_path}\ndemo: before/after grid {grid_path} "
           f"(rows: photos / before / after)\ndemo: {summary['seconds']['total']} s in all")
     return summary
+
+
+def _personalize(export_dir: Path, photos_dir: Path, run_dir: Path, steps: int, seed: int, threads: int,
+                 progress: bool, use_reference: bool):
+    """Learn the demo token; a finished or interrupted run of the same model and length is resumed."""
+    from zoodip.trainer import PersonalizeConfig, personalize
+
+    config = PersonalizeConfig(export_dir=export_dir, images=photos_dir, output_dir=run_dir,
+                               placeholder_token=DEMO_TOKEN, initializer_token=DEMO_INITIALIZER,
+                               max_train_steps=steps, seed=seed, eval_every=max(1, steps // 10), checkpoint_every=max(1, steps // 5),
+                               # tau: the default (the paper's 128 on the 768-wide built-in model; half the
+                               # width on the 32-wide fallback, since Subspace Gradient needs tau < d).
+                               threads=threads)
+    stamp = {"model": json.loads((export_dir / SOURCE_STAMP).read_text()) if use_reference else "tiny",
+             "steps": steps, "run": config.fingerprint()}
+    resume = (run_dir / "checkpoint.npz").is_file()
+    if resume:
+        try:
+            previous = json.loads((run_dir / "demo_run.json").read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous != stamp:
+            resume = False  # a run on another model (or with another length): start over
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "demo_run.json").write_text(json.dumps(stamp))
+    bar = ProgressBar(steps, enabled=progress)
+    try:
+        return personalize(config, bar, resume=resume)
+    finally:
+        bar.close()
+
+
+def _before_after(model, out: Path, photos_dir: Path, token: str, vectors, before_prompt: str, after_prompt: str,
+                  num_images: int):
+    """Images of the initializer and of the learned token (same seeds), and the grid photos / before / after."""
+    from zoodip.generate import generate
+    from zoodip.images import image_grid, load_images, to_pil
+
+    kwargs = dict(steps=20, guidance_scale=5.0, sampler="dpmpp_2m", num_images=num_images)
+    before = generate(model, before_prompt, seed=1, **kwargs)
+    after = generate(model, after_prompt, seed=1, added_embeddings={token: vectors}, **kwargs)
+    size = before[0].size
+    _, photos = load_images(photos_dir, size[0])
+    grid = image_grid([_upscale(to_pil(photos[:num_images])), _upscale(before), _upscale(after)])
+    grid_path = out / "before_after.png"
+    grid.save(grid_path)
+    return before, after, grid_path
+
+
+def _score(world, Evaluator, concept, before: list, after: list) -> dict:
+    """The evaluator's reading of the before and after images: per-attribute accuracy and all five at once."""
+    from reference.evaluator import attribute_accuracy  # importable once _world() has run
+
+    evaluator = Evaluator.load()
+    target = concept.attributes.as_dict()
+    scores: dict = {"concept": {"token": concept.name, "attributes": target}}
+    for name, images in (("before", before), ("after", after)):
+        predicted = evaluator.predict(images)
+        # The share of images whose five attributes are all the concept's, next to the per-attribute mean.
+        acc, joint = attribute_accuracy(predicted, target)
+        scores[f"concept_accuracy_{name}"] = acc
+        scores[f"concept_all_five_{name}"] = joint
+        parts = " ".join(f"{a}={acc[a]:.2f}" for a in world.ATTRIBUTE_NAMES)
+        print(f"demo: concept attributes matched {name}: {parts} "
+              f"(mean {sum(acc.values()) / len(acc):.2f}; images with all five: {joint:.2f})", file=sys.stderr)
+    scores["predicted_after"] = predicted
+    return scores
 
 
 def main(argv: list[str] | None = None) -> int:
