@@ -275,6 +275,8 @@ def cmd_personalize(args: argparse.Namespace) -> int:
             jsonl.close()
     out = sys.stderr if args.progress_jsonl == "-" else sys.stdout
     print(_summary(result), file=out)
+    if result.status == "done" and result.trend is not None:
+        print(result.trend.describe(), file=out)
     if result.embedding_path:
         print(f"embedding: {result.embedding_path}", file=out)
     if result.status == "cancelled":

@@ -45,6 +45,9 @@ class ProgressBar:
             # remaining-time estimate is left out (the trainer's ETA is shown instead).
             self.bar = tqdm(total=self.total, initial=max(0, progress.step - 1), unit="step", dynamic_ncols=True,
                             file=sys.stderr, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+            if progress.event in ("step", "eval") and progress.eta_s is not None and progress.step < progress.total:
+                self.bar.write(f"expected: about {duration(progress.eta_s)} for the remaining "
+                               f"{progress.total - progress.step} steps (timed on the first step)", file=sys.stderr)
         if progress.event == "validation":
             if progress.step < progress.total:
                 self.bar.write(f"preview: {progress.path}", file=sys.stderr)

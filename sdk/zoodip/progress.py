@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .convergence import Trend, evaluation_trend
+
 
 @dataclass
 class Progress:
@@ -36,3 +38,8 @@ class PersonalizeResult:
     eval_history: list[tuple[int, float]] = field(default_factory=list)
     forwards: int = 0  # training UNet forwards of the whole run (all sessions)
     wall_s: float = 0.0  # this session, setup included
+
+    @property
+    def trend(self) -> Trend | None:
+        """Whether the evaluation loss had flattened by the end (None: too few evaluations to tell)."""
+        return evaluation_trend(self.eval_history)
