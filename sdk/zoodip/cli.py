@@ -26,9 +26,16 @@ from .config import OPTIMIZERS
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .errors import ZoodipError
 from .lr_schedule import LR_SCHEDULERS
+from .model import DEFAULT_SPIN_WAIT
 from .prompts import LEARNABLE_PROPERTIES
 from .timesteps import PAPER_T_RANGE
 from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
+
+
+def add_spin_wait_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spin-wait", choices=("on", "off"), default="on" if DEFAULT_SPIN_WAIT else "off",
+                        help="onnxruntime's idle threads poll (on) or sleep (off) between parallel sections; "
+                             "polling takes cores other apps need on a shared CPU (benchmarks/threads.py)")
 
 
 def add_personalize_flags(p: argparse.ArgumentParser) -> None:
@@ -116,6 +123,7 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validation_steps", type=int, default=100, help="steps between previews (default 100, as diffusers)")
     p.add_argument("--early-stop-patience", type=int, default=0, help="stop after this many evaluations without improvement")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    add_spin_wait_flag(p)
     p.add_argument("--memory-budget", type=int, default=None, metavar="MB", help="low-memory mode within MB (implies --sequential)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output_dir from its checkpoint")
     p.add_argument("--resume_from_checkpoint", default=None, metavar="latest",
@@ -151,7 +159,7 @@ def config_from_args(args: argparse.Namespace):
         lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
         validation_prompt=args.validation_prompt, num_validation_images=args.num_validation_images,
         validation_steps=args.validation_steps,
-        early_stop_patience=args.early_stop_patience, threads=args.threads,
+        early_stop_patience=args.early_stop_patience, threads=args.threads, spin_wait=args.spin_wait == "on",
         memory_budget_mb=args.memory_budget,
     )
 
@@ -303,7 +311,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         check_output_file(path, "--out")
     if args.threads < 0:
         raise ZoodipError(f"--threads must be an integer >= 0 (0: all cores), got {args.threads}")
-    model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads))
+    model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on"))
     added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity)
     factor = model.vae_scale_factor
     height, width = args.height or model.default_resolution, args.width or model.default_resolution
@@ -387,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, default=None)
     g.add_argument("--num-images", type=int, default=1, help="images per call; more than one: --out is their grid "
                    "and each is also written as OUT-1.png, OUT-2.png, ...")
-    g.add_argument("--threads", type=int, default=0)
+    g.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    add_spin_wait_flag(g)
     g.add_argument("--out", default="out.png")
 
     v = sub.add_parser("verify", help="check every file of an export folder against the manifest's sha256 values")

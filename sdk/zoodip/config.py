@@ -13,6 +13,7 @@ from .errors import ZoodipError
 from .generate import MAX_IMAGES
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .lr_schedule import LENGTH_DEPENDENT, LR_SCHEDULERS
+from .model import DEFAULT_SPIN_WAIT
 from .timesteps import PAPER_T_RANGE
 from .prompts import LEARNABLE_PROPERTIES
 from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
@@ -82,6 +83,7 @@ class PersonalizeConfig:
     validation_steps: int = 100
     early_stop_patience: int = 0  # evaluations without improvement before stopping; 0 = never
     threads: int = 0
+    spin_wait: bool = DEFAULT_SPIN_WAIT  # onnxruntime's idle threads poll instead of sleeping (model.RuntimeOptions)
     memory_budget_mb: int | None = None  # low-memory mode: sequential evaluations, low-memory sessions
 
     def __post_init__(self) -> None:

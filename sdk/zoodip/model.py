@@ -28,6 +28,9 @@ FORMAT_VERSION = 1
 GRAPHS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 
 
+DEFAULT_SPIN_WAIT = False  # chosen by benchmarks/threads.py on a quiet and a busy machine (benchmarks/README.md)
+
+
 @dataclass
 class RuntimeOptions:
     """How the onnxruntime sessions run.
@@ -42,6 +45,10 @@ class RuntimeOptions:
     ``memory_budget_mb``: the memory the process may use (MB). Forces ``low_memory``; loading a
     model whose text encoder and UNet weights alone exceed it is an error. (The trainer also runs
     the n+1 evaluations one by one under a budget.)
+    ``spin_wait``: whether onnxruntime's idle intra-op threads spin (poll) instead of sleeping between
+    parallel sections. Spinning saves a few microseconds per wake-up on an idle machine, but on a CPU
+    shared with other processes the spinning threads take cores the busy threads need
+    (benchmarks/threads.py measures both; benchmarks/README.md has the figures behind the default).
     ``extra_config``: onnxruntime session config entries (``add_session_config_entry``).
     ``session_attributes``: onnxruntime ``SessionOptions`` attributes, set after everything else
     (e.g. ``{"enable_cpu_mem_arena": False}``); the memory benchmark's lever rows use these two.
@@ -49,6 +56,7 @@ class RuntimeOptions:
 
     threads: int = 0
     low_memory: bool = True
+    spin_wait: bool = DEFAULT_SPIN_WAIT
     extra_config: dict[str, str] = field(default_factory=dict)
     memory_budget_mb: int | None = None
     session_attributes: dict[str, Any] = field(default_factory=dict)
@@ -345,6 +353,8 @@ class ExportedModel:
         if self.options.threads:
             opts.intra_op_num_threads = int(self.options.threads)
             opts.inter_op_num_threads = 1
+        # The default is onnxruntime's own (spinning on); it is set either way, so the choice is explicit.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options.spin_wait else "0")
         if self.options.low_memory:
             opts.enable_mem_reuse = False
             opts.enable_mem_pattern = False

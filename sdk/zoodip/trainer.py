@@ -77,7 +77,8 @@ class Personalizer:
         self.config = config  # (completed below, once the model's width is known)
         self._created = time.monotonic()
         self._phase("loading the model")
-        runtime = runtime or RuntimeOptions(threads=config.threads, memory_budget_mb=config.memory_budget_mb)
+        runtime = runtime or RuntimeOptions(threads=config.threads, memory_budget_mb=config.memory_budget_mb,
+                                            spin_wait=config.spin_wait)
         self.model = ExportedModel.load(config.export_dir, runtime)
         dim = self.model.hidden_size
         if config.tau is None:

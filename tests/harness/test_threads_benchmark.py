@@ -1,0 +1,34 @@
+"""benchmarks/threads.py: every thread setting measured quiet and busy, in its own process, on the tiny export."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import threads  # noqa: E402
+
+
+def test_each_setting_is_measured_quiet_and_busy(tiny_export, tmp_path):
+    out = tmp_path / "out"
+    assert threads.main(["--model", str(tiny_export), "--resolution", "32", "--forwards", "1", "--busy", "1",
+                         "--out", str(out)]) == 0
+    results = json.loads((out / "threads.json").read_text())
+    assert set(results["settings"]) == set(threads.SETTINGS)
+    for row in results["settings"].values():
+        for case in ("quiet", "busy"):
+            assert row[case]["s_per_forward"] > 0 and len(row[case]["times"]) == 1
+    assert results["meta"]["busy"] == 1 and "--busy 1" in results["meta"]["command"]
+    assert str(tmp_path) not in (out / "threads.md").read_text()
+    assert "| 1 thread |" in (out / "threads.md").read_text()
+
+
+@pytest.mark.parametrize("flags", [["--forwards", "0"], ["--busy", "0"], ["--resolution", "30"]])
+def test_bad_settings_are_one_line_and_exit_2(flags, capsys):
+    assert threads.main(flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("threads.py: ")

@@ -1,0 +1,24 @@
+"""Thread settings reach onnxruntime: spin-waiting is set explicitly, from the API, the config and the CLI."""
+from __future__ import annotations
+
+import pytest
+
+from zoodip.cli import build_parser
+from zoodip.config import PersonalizeConfig
+from zoodip.model import DEFAULT_SPIN_WAIT, ExportedModel, RuntimeOptions
+
+
+@pytest.mark.parametrize("spin", [True, False])
+def test_spin_waiting_is_set_in_the_session_options(tiny_export, spin):
+    opts, _ = ExportedModel.load(tiny_export, RuntimeOptions(threads=1, spin_wait=spin)).session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spin else "0")
+
+
+def test_the_default_is_one_constant_for_the_api_the_config_and_the_cli(tmp_path):
+    assert RuntimeOptions().spin_wait == DEFAULT_SPIN_WAIT
+    assert PersonalizeConfig(export_dir=tmp_path, images=tmp_path, output_dir=tmp_path / "o").spin_wait == DEFAULT_SPIN_WAIT
+    parser = build_parser()
+    for command in (["personalize", "--model", "m", "--train_data_dir", "p", "--output_dir", "o"],
+                    ["generate", "--model", "m", "--prompt", "x"]):
+        assert (parser.parse_args(command).spin_wait == "on") == DEFAULT_SPIN_WAIT
+        assert parser.parse_args([*command, "--spin-wait", "on"]).spin_wait == "on"
