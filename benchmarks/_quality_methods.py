@@ -20,20 +20,22 @@ ZO methods and ES run the SDK's own :class:`zoodip.trainer.Personalizer` loop on
 replaces only ``train_step``); the backprop baseline runs diffusers' torch modules with the same
 photos, prompts, noise/timestep draws and loss. A variant changes hyperparameters with
 ``name[key=value,...]``, e.g. ``zoodip[t=300-700]``, ``zoodip[adam16=1]`` (ZO-Adam's state in fp16, as the
-authors' code keeps it) or ``es[pop=16,sigma=0.05]``.
+authors' code keeps it), ``es[pop=16,sigma=0.05]``, or the diagnostics ``ti-backprop[t=500-900]`` and
+``ti-backprop[curvature=0.999,coords=1]`` (exact gradients confined to the SDK's curvature subspace).
 """
 from __future__ import annotations
 
-import json
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from zoodip.model import ExportedModel, RuntimeOptions
+from benchmarks._quality_backprop import run_backprop, torch_source  # noqa: F401 (qm.torch_source stays)
+from benchmarks._quality_snapshots import Job, Snapshot, checkpoint_steps  # noqa: F401 (qm.Job etc. stay)
+from zoodip.model import ExportedModel
 from zoodip.step_inputs import StepInputs, draw_step_inputs, step_rng
 from zoodip.trainer import DenoisingLoss, PersonalizeConfig, Personalizer
 from zoodip.lr_schedule import LR_SCHEDULERS
@@ -63,6 +65,7 @@ class MethodSpec:
     pop: int = 8  # ES population (antithetic pairs * 2); one generation costs pop forwards
     sigma: float = 0.1  # ES perturbation, relative to the RMS of the initial embedding
     weight_decay: float = 1e-2  # backprop AdamW (diffusers' textual_inversion default)
+    coords: bool = False  # backprop with curvature=F: train the subspace's coordinates (see _backprop_parameters)
 
     @property
     def forwards_per_step(self) -> int:
@@ -90,7 +93,11 @@ class MethodSpec:
             out.update(pop=self.pop, sigma_rel=self.sigma, t_range=list(self.t_range) if self.t_range else "uniform",
                        optimizer="Adam on the ES estimate", fitness="centered ranks, antithetic")
         elif self.kind == "backprop":
-            out.update(optimizer="AdamW", weight_decay=self.weight_decay, t_range="uniform", precision="torch fp32")
+            out.update(optimizer="AdamW", weight_decay=self.weight_decay,
+                       t_range=list(self.t_range) if self.t_range else "uniform", precision="torch fp32")
+            if self.curvature:
+                out["curvature_subspace"] = self.curvature
+                out["in_subspace"] = "coordinates" if self.coords else "projected gradient"
         return out
 
 
@@ -150,50 +157,16 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
             if value not in LR_SCHEDULERS:
                 raise ValueError(f"method {text!r}: sched must be one of {', '.join(LR_SCHEDULERS)}")
             changes["schedule"] = value
+        elif key == "coords":
+            changes["coords"] = value.lower() in ("1", "true", "on", "yes")
         elif key == "adam16":  # adam16=1: ZO-Adam's state in fp16, as the authors' code keeps it
             changes["adam_state"] = "float16" if value.lower() in ("1", "true", "on", "yes") else "float64"
         else:
             raise ValueError(f"method {text!r}: unknown setting {key!r}")
-    return replace(spec, **changes)
-
-
-# --------------------------------------------------------------------------------------------
-# Jobs
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Job:
-    """One personalization problem (JSON round-trippable)."""
-
-    name: str
-    photos: str  # folder of training photos
-    placeholder: str
-    initializer: str
-    planted: list[float] | None = None  # optimization-only check: the target embedding v*
-    attributes: dict[str, str] = field(default_factory=dict)
-    seed: int | None = None  # training seed of this job (None: the run's --seed)
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Job:
-        return cls(**data)
-
-
-@dataclass
-class Snapshot:
-    step: int
-    forwards: int
-    wall_s: float
-    v: np.ndarray
-
-
-def checkpoint_steps(total_steps: int, count: int) -> list[int]:
-    """Steps at which to snapshot: ``count`` evenly spaced points ending at ``total_steps`` (plus 0)."""
-    points = sorted({int(round(total_steps * k / count)) for k in range(1, count + 1)} | {0})
-    return [p for p in points if 0 <= p <= total_steps]
+    spec = replace(spec, **changes)
+    if spec.coords and not (spec.kind == "backprop" and spec.curvature):
+        raise ValueError(f"method {text!r}: coords applies to ti-backprop with curvature=F only")
+    return spec
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,123 +277,6 @@ def run_forward_only(spec: MethodSpec, job: Job, export_dir: Path, work: Path, b
     snaps.append(Snapshot(0, 0, 0.0, trainer.v.copy()))
     started = time.perf_counter()
     trainer.run()
-    return snaps
-
-
-# --------------------------------------------------------------------------------------------
-# Backprop textual inversion (torch fp32): the ceiling
-# --------------------------------------------------------------------------------------------
-
-
-def torch_source(export_dir: Path, override: Path | None = None) -> Path:
-    """The diffusers folder behind an export (the manifest records it), or ``override``."""
-    if override is not None:
-        return Path(override)
-    manifest = json.loads((Path(export_dir) / "manifest.json").read_text())
-    path = (manifest.get("source") or {}).get("path")
-    if not path or not Path(path).is_dir():
-        raise FileNotFoundError(f"{export_dir}: the manifest names no diffusers source folder; pass --torch-model")
-    return Path(path)
-
-
-def _torch_latents(vae, images: np.ndarray, seed: int, scaling_factor: float) -> np.ndarray:
-    """The photos' latents [N, 1, C, h, w] by the torch VAE, sampled with the SDK's encoding noise stream."""
-    import torch
-
-    encode_rng = np.random.default_rng([seed, 0x5EED_E7A1, 1])
-    latents = []
-    with torch.no_grad():
-        for k in range(len(images)):
-            params = vae.encoder(torch.from_numpy(images[k : k + 1]))
-            params = params if vae.quant_conv is None else vae.quant_conv(params)
-            mean, logvar = params.chunk(2, dim=1)
-            std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-            sample = mean + std * torch.from_numpy(encode_rng.standard_normal(mean.shape).astype(np.float32))
-            latents.append((sample * scaling_factor)[0].numpy())
-    return np.stack(latents)[:, None]
-
-
-def _torch_text_encoder_and_unet(source: Path, max_length: int):
-    """The diffusers folder's text encoder (taking token embeddings), its token table and UNet, in torch fp32."""
-    from zoodip_export.onnx_export import TextEncoderGraph, load_text_encoder, load_unet
-
-    text_model = load_text_encoder(source / "text_encoder").text_model
-    table = text_model.embeddings.token_embedding.weight.detach()
-    return TextEncoderGraph(text_model, max_length).eval(), table, load_unet(source / "unet").eval()
-
-
-def _conditioner(text_encoder, table, placeholder_id: int):
-    """(prompt ids, placeholder row) -> the text encoder's output, the row in the placeholder's places."""
-    import torch
-
-    def condition(ids: np.ndarray, row: torch.Tensor) -> torch.Tensor:
-        ids_t = torch.from_numpy(ids.astype(np.int64))
-        is_placeholder = ids_t == placeholder_id
-        base = table[ids_t.clamp(max=table.shape[0] - 1)]
-        embeds = torch.where(is_placeholder[:, None], row[None, :], base)
-        return text_encoder(embeds[None])
-
-    return condition
-
-
-def run_backprop(spec: MethodSpec, job: Job, export_dir: Path, source: Path, budget: int, checkpoints: int,
-                 seed: int) -> list[Snapshot]:
-    """diffusers-style textual inversion: only the placeholder's embedding row is trained (AdamW).
-
-    Photos, prompts, the per-step draws of (photo, noise, timestep, prompt) and the loss are the
-    SDK's (same seeds, zoodip.step_inputs): only the model (torch fp32 instead of INT8 ONNX) and the
-    optimizer differ. Timesteps are uniform on [0, T), as diffusers' script samples them.
-    """
-    import torch
-
-    from zoodip.images import load_images
-    from zoodip.prompts import PromptSampler
-    from zoodip.timesteps import PartialUniformTimesteps
-    from zoodip_export.onnx_export import load_vae
-
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    model = ExportedModel.load(export_dir, RuntimeOptions(threads=1))  # tokenizer + schedule only (no sessions)
-    schedule, tokenizer = model.schedule, model.tokenizer
-    init_ids = tokenizer.token_ids_for_word(job.initializer)
-    if len(init_ids) != 1:
-        raise ValueError(f"initializer {job.initializer!r} is not one token")
-    placeholder_id = tokenizer.add_placeholder(job.placeholder)[0]
-
-    text_encoder, table, unet = _torch_text_encoder_and_unet(source, model.max_length)
-    names, images = load_images(Path(job.photos), model.default_resolution)
-    latents = _torch_latents(load_vae(source / "vae").eval(), images, seed, model.scaling_factor)
-    prompts = PromptSampler(job.placeholder, "object")
-    timesteps = PartialUniformTimesteps(0, schedule.num_train_timesteps, schedule.num_train_timesteps)
-
-    # The same start as every other method: the export's (fp16-stored) row of the initializer.
-    v = torch.nn.Parameter(torch.from_numpy(np.asarray(model.token_embeddings[init_ids[0]], np.float32).copy()))
-    v_star = torch.tensor(job.planted, dtype=torch.float32) if job.planted is not None else None
-    optimizer = torch.optim.AdamW([v], lr=spec.learning_rate(), betas=(0.9, 0.999), eps=1e-8,
-                                  weight_decay=spec.weight_decay)
-
-    condition = _conditioner(text_encoder, table, placeholder_id)
-    steps = max(1, budget // spec.forwards_per_step)
-    wanted = set(checkpoint_steps(steps, checkpoints))
-    snaps = [Snapshot(0, 0, 0.0, v.detach().numpy().copy())]
-    started = time.perf_counter()
-    for step in range(steps):
-        sample = draw_step_inputs(step_rng(seed, step), latents, timesteps, schedule,
-                                  lambda photo, r: prompts.prompt_for(names[photo], r))
-        ids = tokenizer(sample.prompt)[0]
-        x_t, t_t = torch.from_numpy(sample.x_t[None]), torch.full((1,), float(sample.t))
-        if v_star is not None:
-            with torch.no_grad():
-                target = unet(x_t, t_t, encoder_hidden_states=condition(ids, v_star), return_dict=False)[0]
-        else:
-            target = torch.from_numpy(sample.target[None])
-        pred = unet(x_t, t_t, encoder_hidden_states=condition(ids, v), return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(pred, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step + 1 in wanted:
-            snaps.append(Snapshot(step + 1, step + 1, time.perf_counter() - started, v.detach().numpy().copy()))
     return snaps
 
 

@@ -248,3 +248,26 @@ def test_reference_world_is_usable():
     assert acc >= 0.8
     feats = np.asarray(evaluator.features(images))
     assert np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-4)
+
+
+def test_backprop_restricted_to_the_curvature_subspace(tiny_export, tiny_sd_folder, photos, tmp_path):
+    """The diagnostic variants ti-backprop[curvature=F]: exact gradients and the SDK's search space."""
+    from zoodip.model import ExportedModel
+
+    job = qm.Job("star", str(photos), "<striped-star>", "star")
+    basis = ExportedModel.load(tiny_export).curvature().basis(0.999).astype(np.float64)
+    assert basis.shape[1] < basis.shape[0]
+
+    def outside(method: str) -> float:
+        snaps = qm.run_method(qm.parse_method(method), job, tiny_export, tmp_path, budget=4, checkpoints=1, seed=0,
+                              torch_model=tiny_sd_folder)
+        moved = snaps[-1].v.astype(np.float64) - snaps[0].v
+        assert np.linalg.norm(moved) > 0, method
+        return float(np.linalg.norm(moved - basis @ (basis.T @ moved)) / np.linalg.norm(moved))
+
+    assert outside("ti-backprop[curvature=0.999,coords=1]") < 1e-5  # v = v0 + B c
+    for method in ("default[coords=1]", "ti-backprop[coords=1]"):  # nothing to take coordinates of
+        with pytest.raises(ValueError, match="coords"):
+            qm.parse_method(method)
+    # A projected gradient keeps the gradient in span(B), but AdamW's per-entry steps leave it.
+    assert outside("ti-backprop[curvature=0.999,weight_decay=0]") > 0.05
