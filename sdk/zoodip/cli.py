@@ -19,7 +19,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .console import OneLineParser, ProgressBar, duration, one_line_warning
 from .config import OPTIMIZERS
@@ -30,6 +30,9 @@ from .model import DEFAULT_SPIN_WAIT
 from .prompts import LEARNABLE_PROPERTIES
 from .timesteps import PAPER_T_RANGE
 from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def add_spin_wait_flag(parser: argparse.ArgumentParser) -> None:
@@ -304,6 +307,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .paths import check_output_file
 
     out = check_output_file(args.out, "--out", (".png", ".jpg", ".jpeg", ".webp"))
+    if args.save_latents:
+        check_output_file(args.save_latents, "--save-latents", (".npy",))
     check_num_images(args.num_images)
     # Several images: each in its own file beside the grid (out-1.png ...), all checked before any work.
     singles = numbered_paths(out, args.num_images) if args.num_images > 1 else []
@@ -317,15 +322,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     height, width = args.height or model.default_resolution, args.width or model.default_resolution
     if height > 0 and width > 0 and not (height % factor or width % factor):  # other sizes: generate() says why
         check_image_size(height, width, factor, f"--height {height} --width {width}")
+    latents = _generate_latents(args, model)
     images = generate(model, args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                       guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
                       height=args.height, width=args.width, num_images=args.num_images, added_embeddings=added,
-                      token_groups=groups)
+                      token_groups=groups, latents=latents)
     for image, path in zip(images, singles):
         save_image(image, path)
     save_image(images[0] if len(images) == 1 else image_grid([images]), out)
     print(f"wrote {out}" + (f" (grid) and {singles[0].name} ... {singles[-1].name}" if singles else ""))
     return 0
+
+
+def _generate_latents(args: argparse.Namespace, model) -> np.ndarray | None:
+    """--latents FILE read (checked against this call's shape), or the seed's; --save-latents writes them."""
+    from .generate import initial_latents
+    from .latents_file import load_latents, save_latents
+
+    if not (args.latents or args.save_latents):
+        return None
+    seed_latents = initial_latents(model, args.seed, args.num_images, args.height, args.width)
+    latents = load_latents(args.latents, seed_latents.shape) if args.latents else seed_latents
+    if args.save_latents:
+        save_latents(args.save_latents, latents)
+    return latents
 
 
 def cmd_export(argv: Sequence[str]) -> int:
@@ -397,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "and each is also written as OUT-1.png, OUT-2.png, ...")
     g.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     add_spin_wait_flag(g)
+    g.add_argument("--latents", default=None, metavar="FILE.npy",
+                   help="initial latents [images, 4, height/8, width/8] instead of the seed's (diffusers' latents=); "
+                        "the same latents give the same images in diffusers")
+    g.add_argument("--save-latents", default=None, metavar="FILE.npy", help="write the initial latents used")
     g.add_argument("--out", default="out.png")
 
     v = sub.add_parser("verify", help="check every file of an export folder against the manifest's sha256 values")

@@ -74,6 +74,7 @@ def generate(
     batch_cfg: bool = True,
     eta: float = 0.0,
     token_groups: Sequence[Sequence[str]] | None = None,
+    latents: np.ndarray | None = None,
 ) -> list[Image.Image]:
     """Generate ``num_images`` images for ``prompt``; returns RGB PIL images of ``width`` x ``height``.
 
@@ -93,6 +94,9 @@ def generate(
         token_groups: the names of each embedding (``embeddings.load_embeddings``' groups; default:
             each added token alone). One warning per group none of whose names the prompts use
             within the text encoder's 77 tokens.
+        latents: the initial latents, unit variance, ``[num_images, channels, height/8, width/8]``, instead
+            of the seed's (``initial_latents``); the seed still drives DDIM's ``eta`` noise. diffusers'
+            ``latents=`` argument is the same array, so the same latents give the same images there.
     """
     _check_settings(prompt, negative_prompt, sampler, num_images, guidance_scale, eta, seed)
     h, w = _latent_size(model, height, width)
@@ -111,12 +115,33 @@ def generate(
     # With g = 1 the guided output is the conditional one: the unconditional pass is skipped.
     model_fn = _guided(model, cond, None if g == 1.0 else encode(negative_prompt), g, batch_cfg)
     rng = np.random.default_rng(seed)
-    noise = rng.standard_normal((num_images, int(model.latent_channels), h, w), dtype=np.float32)
+    noise = _draw_latents(rng, model, num_images, h, w)  # drawn either way: the rest of the stream stays the seed's
+    if latents is not None:
+        noise = _checked_latents(latents, noise.shape)
     latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, eta=eta, rng=rng, callback=callback)
 
     # Decode one image at a time: the VAE decoder's activations dominate peak memory.
     return [image for i in range(num_images)
             for image in to_pil(np.asarray(model.vae_decode(latents[i : i + 1]), dtype=np.float32))]
+
+
+def initial_latents(model: Any, seed: int, num_images: int = 1, height: int | None = None,
+                    width: int | None = None) -> np.ndarray:
+    """The initial latents ``generate`` draws for ``seed`` (``[num_images, channels, height/8, width/8]``)."""
+    h, w = _latent_size(model, height, width)
+    return _draw_latents(np.random.default_rng(seed), model, num_images, h, w)
+
+
+def _draw_latents(rng: np.random.Generator, model: Any, num_images: int, h: int, w: int) -> np.ndarray:
+    return rng.standard_normal((num_images, int(model.latent_channels), h, w), dtype=np.float32)
+
+
+def _checked_latents(latents: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    latents = np.asarray(latents)
+    if latents.shape != shape or not np.issubdtype(latents.dtype, np.floating) or not np.all(np.isfinite(latents)):
+        raise ZoodipError(f"latents must be finite floats of shape {list(shape)} ([images, channels, height/8, "
+                          f"width/8]), got {latents.dtype} {list(latents.shape)}")
+    return latents.astype(np.float32)
 
 
 def _encode_prompt(model: Any, tokenizer: Any, extra_rows: Any, known_added: Any, text: str, copies: int) -> np.ndarray:
