@@ -101,19 +101,10 @@ def generate(
     _check_settings(prompt, negative_prompt, sampler, num_images, guidance_scale, eta, seed)
     h, w = _latent_size(model, height, width)
 
-    # Text conditioning: one row per prompt, repeated per image.
-    tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
-    groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
-    for problem in token_use_problems(tokenizer, [prompt, negative_prompt], groups):
-        warnings.warn(problem, stacklevel=2)
-
-    def encode(text: str) -> np.ndarray:  # one row per prompt, repeated per image
-        return _encode_prompt(model, tokenizer, extra_rows, known_added, text, num_images)
-
+    encode = _prompt_encoder(model, added_embeddings, token_groups, [prompt, negative_prompt], num_images)
     g = float(guidance_scale)
-    cond = encode(prompt)
     # With g = 1 the guided output is the conditional one: the unconditional pass is skipped.
-    model_fn = _guided(model, cond, None if g == 1.0 else encode(negative_prompt), g, batch_cfg)
+    model_fn = _guided(model, encode(prompt), None if g == 1.0 else encode(negative_prompt), g, batch_cfg)
     rng = np.random.default_rng(seed)
     noise = _draw_latents(rng, model, num_images, h, w)  # drawn either way: the rest of the stream stays the seed's
     if latents is not None:
@@ -123,6 +114,21 @@ def generate(
     # Decode one image at a time: the VAE decoder's activations dominate peak memory.
     return [image for i in range(num_images)
             for image in to_pil(np.asarray(model.vae_decode(latents[i : i + 1]), dtype=np.float32))]
+
+
+def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | None,
+                    token_groups: Sequence[Sequence[str]] | None, prompts: list[str], copies: int):
+    """Text conditioning: ``encode(text)`` gives one row per prompt, repeated per image; one warning per
+    added token group that ``prompts`` never use within the 77 tokens."""
+    tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
+    groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
+    for problem in token_use_problems(tokenizer, prompts, groups):
+        warnings.warn(problem, stacklevel=3)
+
+    def encode(text: str) -> np.ndarray:
+        return _encode_prompt(model, tokenizer, extra_rows, known_added, text, copies)
+
+    return encode
 
 
 def initial_latents(model: Any, seed: int, num_images: int = 1, height: int | None = None,
