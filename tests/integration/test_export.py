@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -580,3 +581,20 @@ def test_weights_stay_packed_after_onnxruntime_optimizes(recipe: str, int8_expor
         assert all(_attribute(node, "accuracy_level") == 1 for node in nbits), name
     if recipe == "w4a32":
         assert before.get("UINT8", 0) > 0
+
+
+def test_the_staging_folder_of_a_killed_export_is_removed_by_the_next(tiny_source, tmp_path, capsys):
+    """A SIGKILLed export cannot clean up: its staging folder (named with its process id) goes next time."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".out.{dead.pid}.k3y.partial"
+    live = tmp_path / f".out.{os.getpid()}.x9z.partial"  # an export still running in this process
+    other = tmp_path / f".other.{dead.pid}.k3y.partial"  # another output's: not this export's business
+    for folder in (stale, live, other):
+        (folder / "unet").mkdir(parents=True)
+        (folder / "unet" / "model.onnx").write_bytes(b"\0" * 2**20)
+    export_model(tiny_source, tmp_path / "out", precision="fp32", parity=False, curvature_samples=0, progress=False)
+    assert not stale.exists() and live.is_dir() and other.is_dir()
+    assert f"removed {stale.name} (1 MiB), left by an export that was killed" in capsys.readouterr().err
+    assert (tmp_path / "out" / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "out"])  # no staging left
