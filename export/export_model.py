@@ -12,11 +12,8 @@ import argparse
 import contextlib
 import json
 import logging
-import os
-import re
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -25,6 +22,7 @@ from typing import Any
 
 from zoodip.errors import ZoodipError
 from zoodip.model import FORMAT, FORMAT_VERSION, file_sha256  # one definition of the folder format, shared with the reader
+from zoodip_export.staging import missing_parents, publish, staging_folder
 from zoodip_export.source_folder import read_json, check_source, model_info
 
 PRECISIONS = ("int8", "fp32")
@@ -253,26 +251,6 @@ def _export_graphs(source: Path, staging: Path, info: dict[str, Any], recipe: st
     return exporter.graphs, exporter.results
 
 
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Put the finished ``staging`` folder at ``out_dir`` (replacing an old one only at the last moment)."""
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-        staging.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out_dir)
-
-
-def _missing_parents(path: Path) -> list[Path]:
-    missing = []
-    for parent in path.parents:
-        if parent.exists():
-            break
-        missing.append(parent)
-    return missing
-
-
 def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, precision: str = "int8",
                  recipe: str | None = None, seed: int = 0, parity: bool = True, sample_size: int | None = None,
                  progress: bool = True, overwrite: bool = False, curvature_samples: int | None = None,
@@ -297,9 +275,9 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
         print(DYNAMIC_INT8_WARNING, file=sys.stderr)
 
     log = _Progress(progress)
-    created_parents = _missing_parents(out_dir)
+    created_parents = missing_parents(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = _staging_folder(out_dir)
+    staging = staging_folder(out_dir)
     try:
         with _quiet_libraries():
             if tiny:
@@ -324,7 +302,7 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
             from zoodip_export.parity import format_parity_table
 
             log("parity:\n" + format_parity_table(parity_results))
-        _publish(staging, out_dir)
+        publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         for parent in created_parents:  # innermost first; only folders this call created
@@ -362,42 +340,6 @@ def _read_source(source: Path | None, sample_size: int | None,
     built_here = read_json(marker) if marker.is_file() else {}
     return source, configs, {"kind": built_here.get("kind", "diffusers-folder"), "path": str(source),
                              "seed": built_here.get("seed")}
-
-
-def _staging_folder(out_dir: Path) -> Path:
-    """A fresh hidden folder beside ``out_dir`` to build the export in, with ordinary permissions.
-
-    Its name carries this process's id, so that the staging folders of exports killed before they could
-    clean up (SIGKILL, a power cut: an SD1.5 one holds GBs) are recognized and removed by the next export.
-    """
-    _remove_stale_staging(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".partial", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary folder
-    return staging
-
-
-def _remove_stale_staging(out_dir: Path) -> None:
-    """Remove ``.NAME.PID.*.partial`` folders beside ``out_dir`` whose process no longer runs."""
-    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.(\d+)\.[^/]*\.partial$")
-    for entry in out_dir.parent.iterdir() if out_dir.parent.is_dir() else ():
-        match = pattern.match(entry.name)
-        if not match or not entry.is_dir() or _process_is_running(int(match.group(1))):
-            continue
-        size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
-        shutil.rmtree(entry, ignore_errors=True)
-        print(f"removed {entry.name} ({size / 2**20:.0f} MiB), left by an export that was killed", file=sys.stderr)
-
-
-def _process_is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):  # another user's process (or an absurd id): leave it alone
-        return True
-    return True
 
 
 def _write_tokenizer_and_scheduler(source: Path, staging: Path, configs: dict[str, dict[str, Any]],

@@ -1,0 +1,70 @@
+"""Where an export is built: a hidden staging folder beside the output, published by one rename at the end.
+
+A finished export appears at OUT_DIR in one step (``publish``); until then it lives in
+``.OUT_DIR.<pid>.<random>.partial``. The process id in that name lets the next export recognize, and
+remove, the staging folders of exports that were killed before they could clean up.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+
+def publish(staging: Path, out_dir: Path) -> None:
+    """Put the finished ``staging`` folder at ``out_dir`` (replacing an old one only at the last moment)."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+        staging.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out_dir)
+
+
+def missing_parents(path: Path) -> list[Path]:
+    missing = []
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+def staging_folder(out_dir: Path) -> Path:
+    """A fresh hidden folder beside ``out_dir`` to build the export in, with ordinary permissions.
+
+    Its name carries this process's id, so that the staging folders of exports killed before they could
+    clean up (SIGKILL, a power cut: an SD1.5 one holds GBs) are recognized and removed by the next export.
+    """
+    remove_stale_staging(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".partial", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary folder
+    return staging
+
+
+def remove_stale_staging(out_dir: Path) -> None:
+    """Remove ``.NAME.PID.*.partial`` folders beside ``out_dir`` whose process no longer runs."""
+    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.(\d+)\.[^/]*\.partial$")
+    for entry in out_dir.parent.iterdir() if out_dir.parent.is_dir() else ():
+        match = pattern.match(entry.name)
+        if not match or not entry.is_dir() or _process_is_running(int(match.group(1))):
+            continue
+        size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+        shutil.rmtree(entry, ignore_errors=True)
+        print(f"removed {entry.name} ({size / 2**20:.0f} MiB), left by an export that was killed", file=sys.stderr)
+
+
+def _process_is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process (or an absurd id): leave it alone
+        return True
+    return True
