@@ -6,22 +6,14 @@ import pytest
 
 from zoodip.errors import ZoodipError
 from zoodip.schedule import NoiseSchedule, cosine_betas, scaled_linear_betas
+from zoodip_export.sd15_configs import sd15_configs
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-SD15 = {  # Stable Diffusion 1.x scheduler_config.json (PNDM config; same forward process)
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
+# Stable Diffusion 1.x's scheduler_config.json (a PNDM config; the forward process is what matters here),
+# from the one place the repository keeps SD1.5's configs.
+SD15 = {k: v for k, v in sd15_configs()["scheduler"].items() if k != "_diffusers_version"}
 
 CONFIGS = {
     "sd15": SD15,
