@@ -411,3 +411,19 @@ def test_export_out_dir_is_checked_first(work, capsys, case, needle):
     code, _, err = run_cli(["export", "--tiny", out, "--quiet", "--no-parity"], capsys)
     assert_refused(code, err, needle)
     assert tree(work) == before
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("{}", "has no caption for"),  # valid JSON, nothing in it
+    ("[]", "must be a JSON object of strings"),
+    ('"a photo"', "must be a JSON object of strings"),
+    ('{"0.png": 5}', "must be a JSON object of strings"),
+    ("null", "must be a JSON object of strings"),
+])
+def test_captions_files_of_the_wrong_shape_are_refused_before_any_output(tiny_export, photos, tmp_path, capsys,
+                                                                          content, needle):
+    captions = tmp_path / "captions.json"
+    captions.write_text(content)
+    code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "run", "--captions", captions), capsys)
+    assert_refused(code, err, needle)
+    assert not (tmp_path / "run").exists()
