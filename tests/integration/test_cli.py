@@ -9,15 +9,7 @@ import sys
 import pytest
 
 
-from cli_helpers import TOKEN, personalize_args, run_cli
-
-
-def assert_one_line_error(code, err, needle):
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    assert needle in lines[0], lines[0]
+from cli_helpers import TOKEN, assert_one_line_error, personalize_args, run_cli
 
 
 def test_personalize_then_generate_with_the_learned_token(tiny_export, photos, tmp_path, capsys):

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 
-from cli_helpers import TOKEN, personalize_args, run_cli
+from cli_helpers import TOKEN, assert_one_line_error, personalize_args, run_cli
 
 
 def generate_args(export, out, *extra):
@@ -24,14 +24,6 @@ def generate_args(export, out, *extra):
 def tree(folder: Path) -> set[str]:
     """Every path under ``folder`` (relative), to see that a refused command wrote nothing."""
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
-
-
-def assert_refused(code, err, needle):
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    assert needle in lines[0], lines[0]
 
 
 @pytest.fixture()
@@ -58,7 +50,7 @@ def test_personalize_output_dir_is_checked_first(tiny_export, photos, work, caps
         pytest.skip("needs /proc (a folder nobody can create entries in)")
     before = tree(work)
     code, _, err = run_cli(personalize_args(tiny_export, photos, out), capsys)
-    assert_refused(code, err, needle)
+    assert_one_line_error(code, err, needle)
     assert tree(work) == before
 
 
@@ -70,7 +62,7 @@ def test_generate_out_is_checked_first(tiny_export, work, capsys, case, needle):
     out = {"folder": work / "adir", "under-a-file": work / "afile" / "x.png", "suffix": work / "x.txt"}[case]
     before = tree(work)
     code, _, err = run_cli(generate_args(tiny_export, out), capsys)
-    assert_refused(code, err, needle)
+    assert_one_line_error(code, err, needle)
     assert tree(work) == before
 
 
@@ -81,14 +73,14 @@ def test_unwritable_progress_jsonl_is_refused_before_training(tiny_export, photo
     target = {"folder": work / "adir", "under-a-file": work / "afile" / "p.jsonl"}[case]
     before = tree(work)
     code, _, err = run_cli(personalize_args(tiny_export, photos, work / "run", "--progress-jsonl", target), capsys)
-    assert_refused(code, err, needle)
+    assert_one_line_error(code, err, needle)
     assert tree(work) == before
 
 
 def test_a_refused_setup_leaves_no_progress_file(tiny_export, photos, work, capsys):
     code, _, err = run_cli(personalize_args(tiny_export, photos, work / "run", "--progress-jsonl", work / "p.jsonl",
                                             "--initializer_token", "zqxjvkwpfhgtb"), capsys)
-    assert_refused(code, err, "single token")
+    assert_one_line_error(code, err, "single token")
     assert tree(work) == set()
 
 
@@ -131,11 +123,11 @@ def test_damaged_or_foreign_export_is_refused_before_writing(tiny_export, photos
     export = _damaged_export(tiny_export, tmp_path, edit)
     out = tmp_path / "run"
     code, _, err = run_cli(personalize_args(export, photos, out), capsys)
-    assert_refused(code, err, needle)
+    assert_one_line_error(code, err, needle)
     assert not out.exists()
     image = tmp_path / "gen.png"
     code, _, err = run_cli(generate_args(export, image), capsys)
-    assert_refused(code, err, needle)
+    assert_one_line_error(code, err, needle)
     assert not image.exists()
 
 
@@ -150,7 +142,7 @@ def test_a_graph_onnxruntime_cannot_load_leaves_no_run_folder(tiny_export, photo
     export = _damaged_export(tiny_export, tmp_path, edit)
     out = tmp_path / "a" / "run"
     code, _, err = run_cli(personalize_args(export, photos, out), capsys)
-    assert_refused(code, err, "onnxruntime cannot load")
+    assert_one_line_error(code, err, "onnxruntime cannot load")
     assert not (tmp_path / "a").exists()
 
 
@@ -177,7 +169,7 @@ def test_sha256_is_checked_once_per_file_identity_and_verify_checks_all(tiny_exp
     os.utime(unet, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert verify_files(export, files) == (0, 0)
     code, _, err = run_cli(["verify", export], capsys)
-    assert_refused(code, err, "unet.onnx does not match its sha256")
+    assert_one_line_error(code, err, "unet.onnx does not match its sha256")
     code, out, err = run_cli(["verify", tiny_export], capsys)
     assert code == 0 and out.startswith("ok: ") and err == ""
 
@@ -193,7 +185,7 @@ def test_sha256_is_checked_once_per_file_identity_and_verify_checks_all(tiny_exp
 ])
 def test_numbers_out_of_range_are_refused_up_front(tiny_export, photos, work, capsys, flags, needle):
     code, _, err = run_cli(personalize_args(tiny_export, photos, work / "run", *flags), capsys)
-    assert_refused(code, err, needle)
+    assert_one_line_error(code, err, needle)
     assert tree(work) == set()
 
 
@@ -202,7 +194,7 @@ def test_numbers_out_of_range_are_refused_up_front(tiny_export, photos, work, ca
                                          (["--threads", "-3"], "--threads must be")])
 def test_generate_sizes_beyond_the_limits_are_refused_with_the_limit(tiny_export, work, capsys, flags, needle):
     code, _, err = run_cli(generate_args(tiny_export, work / "x.png", *flags), capsys)
-    assert_refused(code, err, needle)
+    assert_one_line_error(code, err, needle)
     assert tree(work) == set()
 
 
@@ -248,7 +240,7 @@ def test_embedding_file_is_refused_from_its_header(tmp_path, tiny_export, capsys
         tracemalloc.stop()
     assert peak < 1 << 20
     code, _, err = run_cli(generate_args(tiny_export, tmp_path / "x.png", "--embedding", path), capsys)
-    assert_refused(code, err, "model checkpoint")
+    assert_one_line_error(code, err, "model checkpoint")
 
 
 def test_pillows_pixel_limit_is_ours(tmp_path, monkeypatch):
@@ -284,7 +276,7 @@ def test_animated_gif_gives_its_first_frame(tmp_path, tiny_export, capsys):
 def test_runs_that_blew_up_or_never_moved_are_reported_not_done(tiny_export, photos, tmp_path, capsys, flags, needle):
     out = tmp_path / "run"
     code, stdout, err = run_cli(personalize_args(tiny_export, photos, out, *flags), capsys)
-    assert_refused(code, err, needle)
+    assert_one_line_error(code, err, needle)
     assert "done" not in stdout
     assert not (out / "learned_embeds.safetensors").exists()
 
@@ -306,11 +298,11 @@ def test_resume_with_other_photos_or_another_export_is_refused(finished_run, tin
     first = sorted(other_photos.iterdir())[0]
     Image.open(first).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(first)
     code, _, err = run_cli(personalize_args(tiny_export, other_photos, finished_run, "--resume"), capsys)
-    assert_refused(code, err, "other photos")
+    assert_one_line_error(code, err, "other photos")
 
     other_export = _damaged_export(tiny_export, tmp_path, lambda f, m: m["source"].update(seed=1))
     code, _, err = run_cli(personalize_args(other_export, photos, finished_run, "--resume"), capsys)
-    assert_refused(code, err, "another export")
+    assert_one_line_error(code, err, "another export")
     code, _, err = run_cli(personalize_args(tiny_export, photos, finished_run, "--resume"), capsys)
     assert code == 0, err  # the same photos and export still resume
 
@@ -327,7 +319,7 @@ def test_damaged_checkpoint_is_one_line(finished_run, tiny_export, photos, capsy
     damage(state)
     np.savez(path, **state)
     code, _, err = run_cli(personalize_args(tiny_export, photos, finished_run, "--resume"), capsys)
-    assert_refused(code, err, needle)
+    assert_one_line_error(code, err, needle)
 
 
 @pytest.mark.parametrize("tail", [b'{"step": 3, "lo', b'{"step": 3, "loss": 0.1\xff\xfe'])
@@ -346,7 +338,7 @@ def test_a_damaged_log_line_in_the_middle_is_one_line(finished_run, tiny_export,
     lines[1] = b"\xff\xfe garbage"
     log.write_bytes(b"\n".join(lines))
     code, _, err = run_cli(personalize_args(tiny_export, photos, finished_run, "--resume"), capsys)
-    assert_refused(code, err, "damaged at line 2")
+    assert_one_line_error(code, err, "damaged at line 2")
 
 
 def test_interrupted_write_temp_files_are_cleaned_and_outputs_are_0644(finished_run, tiny_export, photos, capsys):
@@ -390,7 +382,7 @@ def test_export_refuses_an_sdxl_folder_up_front(tiny_sd_folder, tmp_path, capsys
     (sdxl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     out = tmp_path / "out"
     code, _, err = run_cli(["export", sdxl, out, "--quiet"], capsys)
-    assert_refused(code, err, "SDXL")
+    assert_one_line_error(code, err, "SDXL")
     assert not out.exists()
 
 
@@ -409,7 +401,7 @@ def test_export_out_dir_is_checked_first(work, capsys, case, needle):
     out = {"under-a-file": work / "afile" / "model", "empty": "", "existing-file": work / "afile"}[case]
     before = tree(work)
     code, _, err = run_cli(["export", "--tiny", out, "--quiet", "--no-parity"], capsys)
-    assert_refused(code, err, needle)
+    assert_one_line_error(code, err, needle)
     assert tree(work) == before
 
 
@@ -425,5 +417,5 @@ def test_captions_files_of_the_wrong_shape_are_refused_before_any_output(tiny_ex
     captions = tmp_path / "captions.json"
     captions.write_text(content)
     code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "run", "--captions", captions), capsys)
-    assert_refused(code, err, needle)
+    assert_one_line_error(code, err, needle)
     assert not (tmp_path / "run").exists()
