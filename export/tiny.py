@@ -71,19 +71,35 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 SOURCE_MARKER = "zoodip_source.json"
 
 
-def _write_common_parts(dest: Path, scheduler_config: dict[str, Any], kind: str, seed: int) -> None:
-    write_json(dest / "model_index.json", model_index())
-    write_json(dest / SOURCE_MARKER, {"kind": kind, "seed": seed})
+def _write_common_parts(dest: Path, scheduler_config: dict[str, Any], kind: str, seed: int,
+                        flavor: str = "sd1") -> None:
+    index = model_index()
+    index["scheduler"] = ["diffusers", scheduler_config.get("_class_name", "PNDMScheduler")]
+    write_json(dest / "model_index.json", index)
+    write_json(dest / SOURCE_MARKER, {"kind": kind, "seed": seed, **({"flavor": flavor} if flavor != "sd1" else {})})
     write_json(dest / "scheduler" / "scheduler_config.json", scheduler_config)
-    write_clip_tokenizer_files(dest / "tokenizer")
+    write_clip_tokenizer_files(dest / "tokenizer", **({"pad_token": "!"} if flavor == "sd2" else {}))
 
 
-def tiny_configs(text_width: int = TINY_TEXT_HIDDEN) -> dict[str, dict[str, Any]]:
+# What makes an SD2.x folder different from an SD1.x one, as far as the exporter and the SDK see it:
+# v-prediction, DDIM as the shipped scheduler, "!" as the tokenizer's pad token (pad_token_id 1 in the
+# text encoder's config), gelu in the text encoder, linear projections and per-block head counts in
+# the UNet's transformers.
+SD2_SCHEDULER_CONFIG: dict[str, Any] = {
+    **SD_SCHEDULER_CONFIG, "_class_name": "DDIMScheduler", "prediction_type": "v_prediction", "clip_sample": False,
+}
+FLAVORS = ("sd1", "sd2")
+
+
+def tiny_configs(text_width: int = TINY_TEXT_HIDDEN, flavor: str = "sd1") -> dict[str, dict[str, Any]]:
     """The tiny model's component configs (SD-shaped: 8x VAE, cross-attention UNet, CLIP text encoder).
 
     ``text_width``: the token-embedding width (SD1.5: 768), for studies where it matters (Subspace
-    Gradient assumes a history shorter than the embedding is wide).
+    Gradient assumes a history shorter than the embedding is wide). ``flavor``: ``"sd1"`` or ``"sd2"``
+    (SD2.x's differences, see SD2_SCHEDULER_CONFIG).
     """
+    if flavor not in FLAVORS:
+        raise ValueError(f"flavor must be one of {FLAVORS}, got {flavor!r}")
     text_encoder = {
         "vocab_size": VOCAB_SIZE,
         "hidden_size": text_width,
@@ -124,20 +140,24 @@ def tiny_configs(text_width: int = TINY_TEXT_HIDDEN) -> dict[str, dict[str, Any]
         "sample_size": TINY_LATENT_SIZE * 8,
         "scaling_factor": 0.18215,
     }
+    if flavor == "sd2":
+        text_encoder.update(hidden_act="gelu", pad_token_id=1)
+        unet.update(use_linear_projection=True, attention_head_dim=(2, 4))
     return {"text_encoder": text_encoder, "unet": unet, "vae": vae}
 
 
-def build_tiny_sd_folder(dest: Path, seed: int = 0, text_width: int = TINY_TEXT_HIDDEN) -> Path:
+def build_tiny_sd_folder(dest: Path, seed: int = 0, text_width: int = TINY_TEXT_HIDDEN, flavor: str = "sd1") -> Path:
     """Write a small SD-shaped diffusers folder with seeded random weights into ``dest``; returns ``dest``.
 
-    It loads with ``StableDiffusionPipeline.from_pretrained(dest)`` and exports in seconds.
+    It loads with ``StableDiffusionPipeline.from_pretrained(dest)`` and exports in seconds. ``flavor="sd2"``
+    gives an SD2.x-shaped one (see tiny_configs).
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    configs = tiny_configs(text_width)
+    configs = tiny_configs(text_width, flavor)
 
     # Each component gets its own seed so changing one architecture does not reshuffle the others.
     torch.manual_seed(seed)
@@ -153,7 +173,7 @@ def build_tiny_sd_folder(dest: Path, seed: int = 0, text_width: int = TINY_TEXT_
     torch.manual_seed(seed + 2)
     AutoencoderKL(**configs["vae"]).save_pretrained(dest / "vae", safe_serialization=True)
 
-    _write_common_parts(dest, SD_SCHEDULER_CONFIG, "tiny", seed)
+    _write_common_parts(dest, SD2_SCHEDULER_CONFIG if flavor == "sd2" else SD_SCHEDULER_CONFIG, "tiny", seed, flavor)
     return dest
 
 

@@ -1,0 +1,62 @@
+"""What the finite-difference fidelity tests share: a fixed denoising problem and its exact directional derivatives."""
+from __future__ import annotations
+
+import numpy as np
+
+from zoodip.denoising_loss import DenoisingLoss
+from zoodip.images import load_images
+from zoodip.model import ExportedModel
+
+MU = 1e-3
+DIRECTIONS = 48
+
+
+def fixed_problem(model: ExportedModel, photos):
+    """(placeholder id, prompt ids, v0, x_t, t, target, directions z) of one fixed sample on ``model``."""
+    placeholder = model.tokenizer.add_placeholder("<fidelity>")[0]
+    ids = model.tokenizer("a photo of a <fidelity>")[0]
+    v0 = np.asarray(model.token_embeddings[model.tokenizer.token_ids_for_word("star")[0]], np.float32)
+    _, images = load_images(photos, model.default_resolution)
+    x0 = model.vae_encode(images[:1])[0]
+    rng = np.random.default_rng(123)
+    noise = rng.standard_normal(x0.shape).astype(np.float32)
+    t = 700
+    x_t = model.schedule.add_noise(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
+    target = model.schedule.target(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
+    z = rng.standard_normal((DIRECTIONS, model.hidden_size)).astype(np.float32)
+    return placeholder, ids, v0, x_t, t, target, z
+
+
+def autograd_directional(tiny_sd_folder, loss: DenoisingLoss, ids, v0, x_t, t, target, z) -> np.ndarray:
+    """z . grad L(v0), exact: torch autograd through the fp32 source model."""
+    import torch
+    from zoodip_export.onnx_export import TextEncoderGraph, UNetGraph, load_text_encoder, load_unet
+
+    text = TextEncoderGraph(load_text_encoder(tiny_sd_folder / "text_encoder").text_model, 77)
+    unet = UNetGraph(load_unet(tiny_sd_folder / "unet"))
+    # Same token rows as the SDK feeds (fp16 table), placeholder row = v (the variable).
+    inputs = torch.from_numpy(loss.text_inputs(ids, v0[None]))
+    v = torch.from_numpy(v0.copy()).requires_grad_(True)
+    mask = torch.from_numpy(ids == loss.placeholder_id)[None, :, None]
+    embeds = torch.where(mask, v[None, None, :], inputs)
+    pred = unet(torch.from_numpy(x_t[None]), torch.tensor([float(t)]), text(embeds))
+    value = torch.mean((pred - torch.from_numpy(target[None])) ** 2)
+    value.backward()
+    return z.astype(np.float64) @ v.grad.numpy().astype(np.float64)
+
+
+def finite_difference_fidelity(export, source_folder, photos) -> tuple[float, float]:
+    """(correlation, slope) of the SDK's finite differences on ``export`` against autograd on ``source_folder``.
+
+    The SDK's own DenoisingLoss with its default session options and mu; the slope is the least-squares
+    factor from exact to finite (1 when the magnitudes agree, not only the signs).
+    """
+    from zoodip.model import RuntimeOptions
+
+    model = ExportedModel.load(export, RuntimeOptions(threads=1))
+    placeholder, ids, v0, x_t, t, target, z = fixed_problem(model, photos)
+    loss = DenoisingLoss(model, placeholder, batched=True)
+    losses = loss(ids, np.concatenate([v0[None], v0[None] + MU * z]), x_t, t, target)
+    finite = (losses[1:] - losses[0]) / MU
+    exact = autograd_directional(source_folder, loss, ids, v0, x_t, t, target, z)
+    return float(np.corrcoef(finite, exact)[0, 1]), float(np.dot(finite, exact) / np.dot(exact, exact))
