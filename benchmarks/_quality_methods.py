@@ -20,7 +20,8 @@ ZO methods and ES run the SDK's own :class:`zoodip.trainer.Personalizer` loop on
 replaces only ``train_step``); the backprop baseline runs diffusers' torch modules with the same
 photos, prompts, noise/timestep draws and loss. A variant changes hyperparameters with
 ``name[key=value,...]``, e.g. ``zoodip[t=300-700]``, ``zoodip[adam16=1]`` (ZO-Adam's state in fp16, as the
-authors' code keeps it), ``es[pop=16,sigma=0.05]``, or the diagnostics ``ti-backprop[t=500-900]`` and
+authors' code keeps it), ``zoodip[flip=1]``, ``zoodip[templates=ti]``, ``zoodip[vae=per-step]`` (where the
+SDK's defaults differ from the authors' code), ``es[pop=16,sigma=0.05]``, or the diagnostics ``ti-backprop[t=500-900]`` and
 ``ti-backprop[curvature=0.999,coords=1]`` (exact gradients confined to the SDK's curvature subspace).
 """
 from __future__ import annotations
@@ -38,7 +39,9 @@ from benchmarks._quality_snapshots import Job, Snapshot, checkpoint_steps  # noq
 from zoodip.model import ExportedModel
 from zoodip.step_inputs import StepInputs, draw_step_inputs, step_rng
 from zoodip.trainer import DenoisingLoss, PersonalizeConfig, Personalizer
+from zoodip.config import VAE_SAMPLING
 from zoodip.lr_schedule import LR_SCHEDULERS
+from zoodip.prompts import TEXTUAL_INVERSION_TEMPLATE_FILES
 from zoodip.zo import ZOAdam
 
 REFERENCE_PUTS = (500, 900)
@@ -66,6 +69,10 @@ class MethodSpec:
     sigma: float = 0.1  # ES perturbation, relative to the RMS of the initial embedding
     weight_decay: float = 1e-2  # backprop AdamW (diffusers' textual_inversion default)
     coords: bool = False  # backprop with curvature=F: train the subspace's coordinates (see _backprop_parameters)
+    # Where the SDK's defaults differ from the authors' code (ZO methods; PersonalizeConfig's docstring):
+    flip: bool = False  # random horizontal flips with p=0.5 (theirs: always)
+    templates: str = "builtin"  # "builtin" (the SDK's lists) or "ti" (the textual-inversion paper's, theirs)
+    vae: str = "once"  # VAE posterior sampled "once" per photo or "per-step" (theirs)
 
     @property
     def forwards_per_step(self) -> int:
@@ -89,6 +96,9 @@ class MethodSpec:
                 out["lr_scheduler"] = self.schedule
             if self.adam_state != "float64":
                 out["adam_state_dtype"] = self.adam_state
+            for key, default in (("flip", False), ("templates", "builtin"), ("vae", "once")):
+                if getattr(self, key) != default:
+                    out[key] = getattr(self, key)
         elif self.kind == "es":
             out.update(pop=self.pop, sigma_rel=self.sigma, t_range=list(self.t_range) if self.t_range else "uniform",
                        optimizer="Adam on the ES estimate", fitness="centered ranks, antithetic")
@@ -161,6 +171,13 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
             changes["coords"] = value.lower() in ("1", "true", "on", "yes")
         elif key == "adam16":  # adam16=1: ZO-Adam's state in fp16, as the authors' code keeps it
             changes["adam_state"] = "float16" if value.lower() in ("1", "true", "on", "yes") else "float64"
+        elif key == "flip":
+            changes["flip"] = value.lower() in ("1", "true", "on", "yes")
+        elif key in ("templates", "vae"):
+            choices = ("builtin", "ti") if key == "templates" else VAE_SAMPLING
+            if value not in choices:
+                raise ValueError(f"method {text!r}: {key} must be one of {', '.join(choices)}")
+            changes[key] = value
         else:
             raise ValueError(f"method {text!r}: unknown setting {key!r}")
     spec = replace(spec, **changes)
@@ -241,7 +258,8 @@ def _zo_config(spec: MethodSpec, job: Job, export_dir: Path, out_dir: Path, step
         initializer_token=job.initializer, max_train_steps=steps, learning_rate=spec.learning_rate(), seed=seed,
         n=spec.n, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, subspace_mode=spec.mode, t_range=t_range,
         vocabulary_variance=spec.vocab, curvature_fraction=spec.curvature, adam_state_dtype=spec.adam_state,
-        lr_scheduler=spec.schedule, eval_every=0, checkpoint_every=0, threads=1,
+        lr_scheduler=spec.schedule, eval_every=0, checkpoint_every=0, threads=1, flip=spec.flip, vae_sampling=spec.vae,
+        template_file=TEXTUAL_INVERSION_TEMPLATE_FILES["object"] if spec.templates == "ti" else None,
     )
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from .console import OneLineParser, ProgressBar, duration, one_line_warning
-from .config import OPTIMIZERS
+from .config import OPTIMIZERS, VAE_SAMPLING
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .errors import ZoodipError
 from .lr_schedule import LR_SCHEDULERS
@@ -109,7 +109,10 @@ def _add_photo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True,
                    help="crop each photo to its centered square (default); --no-center_crop squashes the whole "
                         "photo into the square, as diffusers does without --center_crop")
-    p.add_argument("--flip", action="store_true", help="random horizontal flips")
+    p.add_argument("--flip", action="store_true", help="random horizontal flips (the authors' code and diffusers flip with p=0.5)")
+    p.add_argument("--vae-sampling", choices=VAE_SAMPLING, default="once",
+                   help="once: one sample of each photo's VAE posterior, cached (default); per-step: a fresh sample "
+                        "each step, as the authors' code and diffusers' script")
 
 
 def _add_output_flags(p: argparse.ArgumentParser) -> None:
@@ -156,7 +159,7 @@ def config_from_args(args: argparse.Namespace):
         subspace_mode=args.subspace_mode, vocabulary_variance=args.vocabulary_subspace,
         curvature_fraction=_curvature_fraction(args), t_range=tuple(args.t_range), optimizer=args.optimizer,
         adam_state_dtype=args.adam_state_dtype,
-        captions=Path(args.captions) if args.captions else None, flip=args.flip,
+        captions=Path(args.captions) if args.captions else None, flip=args.flip, vae_sampling=args.vae_sampling,
         template_file=Path(args.template_file) if args.template_file else None, center_crop=args.center_crop, batched=False if args.sequential else None,
         eval_every=args.eval_every, checkpoint_every=args.checkpointing_steps, save_steps=args.save_steps,
         lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,

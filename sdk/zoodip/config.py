@@ -19,6 +19,9 @@ from .prompts import LEARNABLE_PROPERTIES
 from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
 
 OPTIMIZERS = ("adam", "sgd")  # ZO-Adam (the paper's) or ZO-SGD
+# A photo's latent: one sample of its VAE posterior drawn once and cached ("once"), or a fresh sample every
+# step from the cached mean and std ("per-step", as the authors' code and diffusers' script encode each batch).
+VAE_SAMPLING = ("once", "per-step")
 
 
 def positive_int(name: str, value: object, minimum: int = 1) -> None:
@@ -67,6 +70,7 @@ class PersonalizeConfig:
     template_file: Path | None = None
     center_crop: bool = True  # False: squash the whole photo into the square (diffusers without --center_crop)
     flip: bool = False  # random horizontal flips (both versions' latents are cached)
+    vae_sampling: str = "once"  # VAE_SAMPLING
     # n+1 UNet evaluations as one batch or one by one. None (default): one batch for small UNets,
     # where per-call overhead dominates; one by one for SD-size ones, where a batch is no faster
     # and holds n+1 times the activations (measured at SD1.5 scale in benchmarks/README.md).
@@ -153,6 +157,8 @@ class PersonalizeConfig:
                               f"put the token in it, e.g. 'a photo of {self.placeholder_token} on the beach'")
         if self.captions is not None and self.template_file is not None:
             raise ZoodipError("--captions and --template_file are two ways to caption the photos: use one")
+        if self.vae_sampling not in VAE_SAMPLING:
+            raise ZoodipError(f"--vae-sampling must be one of {', '.join(VAE_SAMPLING)}, got {self.vae_sampling!r}")
         if self.learnable_property not in LEARNABLE_PROPERTIES:
             raise ZoodipError(f"--learnable_property must be one of {', '.join(LEARNABLE_PROPERTIES)}, got {self.learnable_property!r}")
         if self.vocabulary_variance is not None and not (
@@ -187,6 +193,8 @@ class PersonalizeConfig:
             payload["template_file"] = str(self.template_file)
         if not self.center_crop:  # likewise
             payload["center_crop"] = False
+        if self.vae_sampling != "once":  # likewise
+            payload["vae_sampling"] = self.vae_sampling
         if self.lr_scheduler != "constant":  # likewise; "constant" ignores the warmup (as diffusers)
             payload["lr_scheduler"] = (self.lr_scheduler, self.lr_warmup_steps)
             if self.lr_scheduler in LENGTH_DEPENDENT:  # their rates depend on the run's length

@@ -428,14 +428,22 @@ class ExportedModel:
         }
         return self.session("unet").run(None, feeds)[0]
 
-    def vae_encode(self, images: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        """Images [B,3,H,W] in [-1,1] -> scaled latents. With ``rng``: a sample of the posterior, else its mean."""
+    def _vae_moments(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The VAE posterior's mean and std for images [B,3,H,W] in [-1,1], unscaled."""
         params = self.session("vae_encoder").run(None, {"sample": np.ascontiguousarray(images, np.float32)})[0]
         mean, logvar = np.split(params, 2, axis=1)
-        latents = mean
+        return mean, np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
+
+    def vae_posterior(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images [B,3,H,W] in [-1,1] -> the VAE posterior's mean and std, both scaled as latents (float32)."""
+        mean, std = self._vae_moments(images)
+        return (mean * self.scaling_factor).astype(np.float32), (std * self.scaling_factor).astype(np.float32)
+
+    def vae_encode(self, images: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Images [B,3,H,W] in [-1,1] -> scaled latents. With ``rng``: a sample of the posterior, else its mean."""
+        latents, std = self._vae_moments(images)
         if rng is not None:
-            std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
-            latents = mean + std * rng.standard_normal(mean.shape).astype(np.float32)
+            latents = latents + std * rng.standard_normal(latents.shape).astype(np.float32)
         return (latents * self.scaling_factor).astype(np.float32)
 
     def vae_decode(self, latents: np.ndarray) -> np.ndarray:

@@ -70,6 +70,12 @@ STYLE_TEMPLATES: tuple[str, ...] = (
 
 TEMPLATES: dict[str, tuple[str, ...]] = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
 LEARNABLE_PROPERTIES: tuple[str, ...] = tuple(TEMPLATES)  # the --learnable_property choices
+# The textual-inversion paper's template lists, which diffusers' textual_inversion.py and the ZOODiP
+# authors' code train with (and A1111 ships as subject.txt / style.txt), as --template_file files. The
+# built-in lists above are this SDK's own (benchmarks/README.md compares the two).
+TEXTUAL_INVERSION_TEMPLATE_FILES: dict[str, Path] = {
+    prop: Path(__file__).with_name("data") / "templates" / f"textual_inversion_{prop}.txt" for prop in LEARNABLE_PROPERTIES
+}
 
 
 def _check_placeholder(placeholder: object) -> str:

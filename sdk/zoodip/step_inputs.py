@@ -44,12 +44,15 @@ def step_rng(seed: int, step: int) -> np.random.Generator:
 
 
 def draw_step_inputs(rng: np.random.Generator, latents: np.ndarray, timesteps: TimestepSampler,
-                     schedule: NoisingSchedule, prompt_for: Callable[[int, np.random.Generator], str]) -> StepInputs:
+                     schedule: NoisingSchedule, prompt_for: Callable[[int, np.random.Generator], str],
+                     posterior_std: np.ndarray | None = None) -> StepInputs:
     """Draw photo, view, noise, t and prompt from ``rng``, in this order, and noise the photo's latent.
 
     ``latents`` is [photos, views, C, h, w]; with one view the view draw takes nothing from ``rng``
     (NumPy's ``integers(1)`` consumes no state), so runs with and without flips agree on the rest of the
-    order. ``prompt_for(photo, rng)`` returns the step's prompt and may draw from ``rng``.
+    order. ``prompt_for(photo, rng)`` returns the step's prompt and may draw from ``rng``. With
+    ``posterior_std`` (shaped as ``latents``, which then hold the VAE posterior's means) the photo's latent
+    is a fresh posterior sample, drawn last so that the draws before it keep their order.
     """
     photo = int(rng.integers(len(latents)))
     view = int(rng.integers(latents.shape[1]))
@@ -57,6 +60,8 @@ def draw_step_inputs(rng: np.random.Generator, latents: np.ndarray, timesteps: T
     noise = rng.standard_normal(x0.shape).astype(np.float32)
     t = int(timesteps.sample(rng, 1)[0])
     prompt = prompt_for(photo, rng)
+    if posterior_std is not None:
+        x0 = x0 + posterior_std[photo, view] * rng.standard_normal(x0.shape).astype(np.float32)
     when = np.array([t])
     x_t = schedule.add_noise(x0[None], noise[None], when)[0].astype(np.float32)
     target = schedule.target(x0[None], noise[None], when)[0].astype(np.float32)

@@ -143,8 +143,14 @@ class Personalizer:
         self._phase(f"encoding {len(photo_files)} photo{'s' if len(photo_files) != 1 else ''}")
         encode_rng = np.random.default_rng([config.seed, _EVAL_STREAM, 1])
         views = [images, images[..., ::-1]] if config.flip else [images]
-        self.latents = np.stack([np.concatenate([model.vae_encode(view[i : i + 1], encode_rng) for i in range(len(view))])
-                                 for view in views], axis=1)  # [N, views, C, h, w]
+        self.latent_std = None  # [N, views, C, h, w] with --vae-sampling per-step; self.latents then hold means
+        if config.vae_sampling == "per-step":
+            moments = [[model.vae_posterior(view[i : i + 1]) for i in range(len(view))] for view in views]
+            self.latents, self.latent_std = (np.stack([np.concatenate([m[k] for m in per_view]) for per_view in moments],
+                                                      axis=1) for k in (0, 1))
+        else:
+            self.latents = np.stack([np.concatenate([model.vae_encode(view[i : i + 1], encode_rng) for i in range(len(view))])
+                                     for view in views], axis=1)  # [N, views, C, h, w]
         model.release("vae_encoder")
 
     def _compose_method(self, make_loss: LossFactory, make_optimizer: OptimizerFactory,
@@ -225,7 +231,7 @@ class Personalizer:
     def draw_inputs(self, rng: np.random.Generator) -> StepInputs:
         """This run's sample for a step (zoodip.step_inputs: the same draws for every method)."""
         return draw_step_inputs(rng, self.latents, self.timesteps, self.model.schedule,
-                                lambda photo, r: self.prompts.prompt_for(self.image_names[photo], r))
+                                lambda photo, r: self.prompts.prompt_for(self.image_names[photo], r), self.latent_std)
 
     def prompt_ids(self, sample: StepInputs) -> np.ndarray:
         return self.model.tokenizer(sample.prompt)[0]

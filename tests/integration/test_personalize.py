@@ -10,6 +10,7 @@ import pytest
 from zoodip.api import PersonalizationJob, progress_to_json
 from zoodip.embeddings import load_embedding_file, read_embedding_metadata
 from zoodip.errors import ZoodipError
+from zoodip.step_inputs import step_rng
 from zoodip.trainer import (CHECKPOINT_NAME, EMBEDDING_NAME, LOG_NAME, SNAPSHOT_NAME, PersonalizeConfig, Personalizer,
                             personalize)
 
@@ -342,3 +343,24 @@ def test_schedule_settings_are_part_of_the_run(tiny_export, photos, tmp_path):
         Personalizer(make_config(tiny_export, photos, tmp_path / "w", lr_warmup_steps=3))
     with pytest.raises(ZoodipError, match="--lr_scheduler must be one of"):
         make_config(tiny_export, photos, tmp_path / "bad", lr_scheduler="step").validate()
+
+
+def test_vae_sampling_per_step_draws_a_fresh_posterior_sample(tiny_export, photos, tmp_path):
+    """--vae-sampling per-step (the authors' and diffusers' way): latents hold the posterior means, each step adds
+    its own sample of the posterior noise, drawn after the step's other draws (which keep their order)."""
+    once = Personalizer(make_config(tiny_export, photos, tmp_path / "once"))
+    fresh = Personalizer(make_config(tiny_export, photos, tmp_path / "fresh", vae_sampling="per-step"))
+    assert once.latent_std is None and fresh.latent_std.shape == fresh.latents.shape
+    assert np.all(fresh.latent_std > 0)
+    # The cached "once" latent is one posterior sample: within a few stds of the mean, not equal to it.
+    z_score = (once.latents - fresh.latents) / fresh.latent_std
+    assert 0.5 < float(np.std(z_score)) < 2.0
+    a, b = (fresh.draw_inputs(step_rng(0, 7)) for _ in range(2))
+    c = once.draw_inputs(step_rng(0, 7))
+    np.testing.assert_array_equal(a.x_t, b.x_t)  # a pure function of (seed, step): resumes redraw it
+    assert (a.photo, a.view, a.t, a.prompt) == (c.photo, c.view, c.t, c.prompt)
+    np.testing.assert_array_equal(a.noise, c.noise)
+    assert not np.allclose(a.x_t, c.x_t, atol=1e-3)  # same draws, another sample of the photo's posterior
+    assert once.config.fingerprint() != fresh.config.fingerprint()
+    with pytest.raises(ZoodipError, match="--vae-sampling must be one of once, per-step"):
+        make_config(tiny_export, photos, tmp_path / "bad", vae_sampling="always").validate()

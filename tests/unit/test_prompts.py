@@ -109,3 +109,13 @@ def test_missing_caption_message_names_the_images(tmp_path: Path) -> None:
     names = [f"{i:02d}.jpg" for i in range(6)]
     with pytest.raises(ZoodipError, match=r"00\.jpg, 01\.jpg, 02\.jpg and 3 more"):
         load_captions(write(tmp_path, {}), names, "<sks>")
+
+
+def test_the_textual_inversion_template_files_load_as_template_files():
+    """The paper's lists (diffusers, the ZOODiP authors, A1111's subject.txt/style.txt) ship as --template_file files."""
+    from zoodip.prompts import TEXTUAL_INVERSION_TEMPLATE_FILES, load_template_file
+
+    lists = {prop: load_template_file(path) for prop, path in TEXTUAL_INVERSION_TEMPLATE_FILES.items()}
+    assert len(lists["object"]) == 27 and len(lists["style"]) == 19
+    assert lists["object"][0] == "a photo of a [name]" and all("style of [name]" in t for t in lists["style"])
+    assert len(set(lists["object"])) == 27
