@@ -47,7 +47,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a file: m
 import numpy as np  # noqa: E402
 
 from benchmarks import _quality_methods as qm  # noqa: E402
-from benchmarks._models import DEFAULT_CACHE  # noqa: E402
+from benchmarks._models import DEFAULT_CACHE, source_folder  # noqa: E402
 from benchmarks._quality_jobs import make_jobs  # noqa: E402
 from benchmarks._quality_merge import merge_main, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
 from benchmarks._quality_report import machine_info, write_reports, write_samples  # noqa: E402
@@ -72,7 +72,7 @@ def log(message: str) -> None:
 def prepare_model(model: str | None, smoke: bool, cache: Path) -> tuple[Path, Path | None]:
     """(INT8 export folder, diffusers folder for the torch baseline or None)."""
     if smoke and model is None:
-        model = str(tiny_source(cache))
+        model = str(source_folder(cache, tiny=True))
     if model is None and (REFERENCE_MODEL / "model_index.json").is_file():
         from reference.sd_width import materialize
 
@@ -101,22 +101,6 @@ def prepare_model(model: str | None, smoke: bool, cache: Path) -> tuple[Path, Pa
         export_model(path, dest, parity=True, progress=False, overwrite=True)
         log(f"exported in {time.perf_counter() - started:.0f}s")
     return dest, path
-
-
-def tiny_source(cache: Path) -> Path:
-    """The tiny seeded random SD-shaped diffusers folder (built once into the cache)."""
-    from zoodip_export.tiny import SOURCE_MARKER, build_tiny_sd_folder
-
-    dest = cache / "quality-tiny-random-s0"
-    if not (dest / SOURCE_MARKER).is_file():
-        partial = cache / f"quality-tiny-random-s0.partial-{os.getpid()}"
-        build_tiny_sd_folder(partial, seed=0)
-        if dest.exists():
-            import shutil
-
-            shutil.rmtree(dest)
-        partial.rename(dest)
-    return dest
 
 
 def load_world(required: bool) -> Any:
