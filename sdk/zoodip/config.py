@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
+from . import validation
 from .errors import ZoodipError
 from .generate import MAX_IMAGES
 from .curvature import DEFAULT_CURVATURE_FRACTION
@@ -25,9 +26,8 @@ VAE_SAMPLING = ("once", "per-step")
 
 
 def positive_int(name: str, value: object, minimum: int = 1) -> None:
-    """Refuse a setting that is not an integer >= minimum, naming its flag."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ZoodipError(f"--{name} must be an integer >= {minimum}, got {value!r}")
+    """Refuse a setting that is not an integer >= minimum, naming its flag (validation.positive_int's check)."""
+    validation.positive_int(f"--{name}", value, minimum)
 
 
 @dataclass
