@@ -32,7 +32,24 @@ def positive_int(name: str, value: object, minimum: int = 1) -> None:
 
 @dataclass
 class PersonalizeConfig:
-    """Everything that defines a personalization run. Defaults are the paper's reference values."""
+    """Everything that defines a personalization run.
+
+    The method's defaults are the paper's reference values (n=2, mu=1e-3, ZO-Adam lr 1e-2 eps 1e-3,
+    Subspace Gradient tau=128 nu=1e-3, PUTS [500, 900)), except where this SDK differs from the authors'
+    code (ignoww/ZOODiP train_zoodip.py/.sh) on purpose; each difference has an option that does as they
+    do, and README.md ("Where the defaults differ from the authors' code") has what each measured:
+
+    - search space: the export's curvature subspace (``curvature_fraction``), theirs the whole space
+      (``curvature_fraction=0``): the one difference that changes how many forwards a run needs;
+    - run length: ``max_train_steps`` 1000, theirs 30000;
+    - horizontal flips: off (``flip``), theirs p=0.5;
+    - prompt templates: the SDK's own lists (prompts.TEMPLATES), theirs the textual-inversion paper's
+      (``template_file=prompts.TEXTUAL_INVERSION_TEMPLATE_FILES[...]``);
+    - VAE posterior: one sample per photo, cached (``vae_sampling``), theirs a fresh one every step;
+    - ZO-Adam's state: float64, theirs fp16 (``adam_state_dtype``);
+    - Subspace Gradient keeps out the zero-variance padding direction their PCA also removes (zo.SubspaceProjector;
+      tests/integration/test_authors_port.py compares the two updates).
+    """
 
     export_dir: Path
     images: Path

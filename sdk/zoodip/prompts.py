@@ -5,7 +5,9 @@ is a random template ("a photo of a {}"), so the embedding learns the concept ra
 sentence. Alternatively every image can have its own caption (ZOODiP's "comprehensive captioning"
 option), which describes the background and pose so that the embedding need not absorb them.
 
-Captions file format (UTF-8 JSON): ``{"image file name": "caption containing the placeholder"}``.
+Captions file format (UTF-8 JSON): ``{"image file name": "caption containing the placeholder"}``; a
+caption may name the concept with a ``{}`` slot instead, and the file may hold one such object per
+dataset folder, as the ZOODiP authors' ``cc.json`` does (the object that captions every photo is used).
 Every training image must have a caption; entries for files that are not training images are
 ignored. Requiring full coverage (rather than falling back to templates for uncaptioned images)
 is deliberate: a missing caption is almost always a misspelled file name, and a silent fallback
@@ -113,10 +115,14 @@ def load_captions(path: Path, image_names: Sequence[str], placeholder: str) -> d
         raise ZoodipError(
             f"captions file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from None
+    data = _authors_dataset(data, image_names)
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ZoodipError(
             f'captions file {path} must be a JSON object of strings: {{"image file name": "caption"}}'
         )
+    # The authors' captions name the concept with a "{}" slot (caption.format(placeholder)).
+    data = {name: caption if placeholder in caption else caption.replace(CAPTION_SLOT, placeholder)
+            for name, caption in data.items()}
     missing = [name for name in image_names if name not in data]
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -124,6 +130,18 @@ def load_captions(path: Path, image_names: Sequence[str], placeholder: str) -> d
     captions = {name: data[name] for name in image_names}
     _check_captions(captions, placeholder, source=f"captions file {path}")
     return captions
+
+
+CAPTION_SLOT = "{}"  # where a caption of the authors' format names the concept
+
+
+def _authors_dataset(data: object, image_names: Sequence[str]) -> object:
+    """The ZOODiP authors' ``cc.json`` holds one captions object per dataset folder; pick the one that
+    captions every training image (anything else is returned unchanged, for the checks that follow)."""
+    if not isinstance(data, dict) or not data or not all(isinstance(v, dict) for v in data.values()):
+        return data
+    matches = [v for v in data.values() if all(name in v for name in image_names)]
+    return matches[0] if len(matches) == 1 else data
 
 
 def _check_captions(captions: Mapping[str, str], placeholder: str, source: str) -> None:

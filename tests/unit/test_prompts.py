@@ -119,3 +119,18 @@ def test_the_textual_inversion_template_files_load_as_template_files():
     assert len(lists["object"]) == 27 and len(lists["style"]) == 19
     assert lists["object"][0] == "a photo of a [name]" and all("style of [name]" in t for t in lists["style"])
     assert len(set(lists["object"])) == 27
+
+
+def test_captions_in_the_authors_format(tmp_path: Path) -> None:
+    """cc.json of ignoww/ZOODiP: one object per dataset folder, the concept as a "{}" slot (caption.format(token))."""
+    cc = {"cat2": {name: "a photo of {} on a sofa" for name in ("x.jpg", "y.jpg")},
+          "dog6": {name: f"a photo of {{}} in scene {i}" for i, name in enumerate(IMAGES)}}
+    captions = load_captions(write(tmp_path, cc), IMAGES, "<sks>")
+    assert captions == {name: f"a photo of <sks> in scene {i}" for i, name in enumerate(IMAGES)}
+    # The same slot in the flat format; a caption that names the token itself is kept as written.
+    flat = {IMAGES[0]: "a {} photo", IMAGES[1]: "<sks> and {} braces", IMAGES[2]: "{} again"}
+    assert load_captions(write(tmp_path, flat), IMAGES, "<sks>") == {
+        IMAGES[0]: "a <sks> photo", IMAGES[1]: "<sks> and {} braces", IMAGES[2]: "<sks> again"}
+    # Two datasets that both caption every photo: ambiguous, refused as any non-flat object.
+    with pytest.raises(ZoodipError, match="must be a JSON object of strings"):
+        load_captions(write(tmp_path, {"a": cc["dog6"], "b": cc["dog6"]}), IMAGES, "<sks>")
