@@ -14,6 +14,7 @@ Every user error prints one line ``error: ...`` and exits with status 2; a warni
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -21,15 +22,21 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from .console import OneLineParser, ProgressBar, duration, one_line_warning
-from .config import OPTIMIZERS, VAE_SAMPLING
-from .curvature import DEFAULT_CURVATURE_FRACTION
-from .errors import ZoodipError
-from .lr_schedule import LR_SCHEDULERS
-from .model import DEFAULT_SPIN_WAIT
-from .prompts import LEARNABLE_PROPERTIES
-from .timesteps import PAPER_T_RANGE
-from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
+# NumPy's own linear algebra here is small (768-wide vectors; Subspace Gradient's PCA of a 128 x 768
+# history every 128 steps), and OpenBLAS's thread pool, competing with onnxruntime's threads on a busy
+# CPU, makes that PCA slower and sometimes stalls it (benchmarks/README.md, "NumPy's BLAS threads"). One
+# BLAS thread unless the user set it; this must happen before NumPy is first imported (the imports below).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from .console import OneLineParser, ProgressBar, duration, one_line_warning  # noqa: E402
+from .config import OPTIMIZERS, VAE_SAMPLING  # noqa: E402
+from .curvature import DEFAULT_CURVATURE_FRACTION  # noqa: E402
+from .errors import ZoodipError  # noqa: E402
+from .lr_schedule import LR_SCHEDULERS  # noqa: E402
+from .model import DEFAULT_SPIN_WAIT  # noqa: E402
+from .prompts import LEARNABLE_PROPERTIES  # noqa: E402
+from .timesteps import PAPER_T_RANGE  # noqa: E402
+from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES  # noqa: E402
 
 if TYPE_CHECKING:
     import numpy as np

@@ -22,3 +22,19 @@ def test_the_default_is_one_constant_for_the_api_the_config_and_the_cli(tmp_path
                     ["generate", "--model", "m", "--prompt", "x"]):
         assert (parser.parse_args(command).spin_wait == "on") == DEFAULT_SPIN_WAIT
         assert parser.parse_args([*command, "--spin-wait", "on"]).spin_wait == "on"
+
+
+@pytest.mark.parametrize("preset,expected", [(None, "1"), ("3", "3")])
+def test_the_cli_gives_numpy_one_blas_thread_unless_the_user_chose(preset, expected):
+    """`zoodip` sets OPENBLAS_NUM_THREADS before NumPy loads (importing the package alone loads no NumPy)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if preset is not None:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    code = ("import sys, os, zoodip; assert 'numpy' not in sys.modules; import zoodip.cli; "
+            "print(os.environ['OPENBLAS_NUM_THREADS'], 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [expected, "True"]
