@@ -195,9 +195,10 @@ class _GraphExporter:
     def finish_one(self, name: str, raw: Path) -> None:
         from zoodip_export import onnx_export as ox
         from zoodip_export import parity as par
-        from zoodip_export.quantize import quantize_graph
+        from zoodip_export.quantize import W4A32_INT8_GRAPHS, quantize_graph
 
-        spec, recipe, staging = ox.GRAPH_SPECS[name], self.recipe, self.staging
+        spec, staging = ox.GRAPH_SPECS[name], self.staging
+        recipe = "w8a32" if self.recipe == "w4a32" and name in W4A32_INT8_GRAPHS else self.recipe
         if recipe != "fp32":
             self.log(f"quantizing {name} ({recipe})")
         # w4a32 picks each layer's width on the parity inputs (fixed and seeded, also without --no-parity).

@@ -6,14 +6,18 @@ becomes an int8 initializer with one fp32 scale per output channel, dequantized 
 text embedding, which is what forward-only (finite-difference) training needs. It only stays that
 way if onnxruntime is told not to rewrite the graph (see :data:`SESSION_SETTINGS`).
 
-``w4a32`` (opt-in): 4-bit weights where they hold, activations fp32. Each MatMul weight whose 4-bit
-version changes that layer's output (measured on the graph's own parity inputs) by at most
-:data:`INT4_MAX_LAYER_ERROR` becomes onnxruntime's ``MatMulNBits`` (com.microsoft; blocks of
+``w4a32`` (opt-in): 4-bit weights where they hold, activations fp32. In the UNet and the VAE, each
+MatMul weight whose 4-bit version changes that layer's output (measured on the graph's own parity inputs)
+by at most :data:`INT4_MAX_LAYER_ERROR` becomes onnxruntime's ``MatMulNBits`` (com.microsoft; blocks of
 :data:`INT4_BLOCK` weights along K with one fp32 scale each, ``accuracy_level=1``: the weights are
 unpacked inside the GEMM and multiplied in fp32, so activations are never quantized and no fp32
 copy of the weight exists). Every other weight gets the ``w8a32`` treatment. Convolutions stay
 int8: onnxruntime 1.32's CPU ``DequantizeLinear`` unpacks int4 several times slower than int8 and
-has no 4-bit convolution kernel (README.md of benchmarks/ has the measurement).
+has no 4-bit convolution kernel (README.md of benchmarks/ has the measurement). The text encoder stays
+``w8a32`` whole (:data:`W4A32_INT8_GRAPHS`): its 4-bit layers each pass the per-layer limit but their
+errors compound through its stacked layers, and on SD1.5's architecture that turned the finite
+differences away from the true gradient (benchmarks/README.md, "4-bit weights"), for a few percent of
+the weight bytes.
 
 ``dynamic-int8`` (opt-in): onnxruntime's ``quantize_dynamic``; it also quantizes activations on the
 fly, so the loss becomes piecewise constant at the finite-difference scale (gradients are noise).
@@ -58,7 +62,9 @@ SESSION_SETTINGS: dict[str, dict[str, Any]] = {
 # manifest so that caches of exports (the benchmarks') know to re-export.
 # w8a32 revision 2: MatMul weights stored transposed and read by FusedMatMul (faster dequantization);
 # revision 3: layers with fp32 weights over DEFAULT_MAX_WEIGHT_MIB split along output channels.
-RECIPE_REVISION: dict[str, int] = {"w8a32": 3, "w4a32": 1, "dynamic-int8": 1, "fp32": 1}
+RECIPE_REVISION: dict[str, int] = {"w8a32": 3, "w4a32": 2, "dynamic-int8": 1, "fp32": 1}
+# Graphs the w4a32 recipe keeps entirely in w8a32 (see the module docstring).
+W4A32_INT8_GRAPHS: tuple[str, ...] = ("text_encoder",)
 
 DYNAMIC_INT8_WARNING = (
     "WARNING: recipe 'dynamic-int8' quantizes activations at run time: the loss becomes piecewise constant "
