@@ -10,27 +10,18 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-import test_fidelity as fidelity  # noqa: E402  (one definition of the fixed problem and of the exact gradient)
-from zoodip.model import ExportedModel, RuntimeOptions  # noqa: E402
-from zoodip.denoising_loss import DenoisingLoss  # noqa: E402
+from fidelity_helpers import finite_difference_fidelity  # noqa: E402  (the check tests/integration/test_fidelity.py makes)
+from zoodip.model import ExportedModel  # noqa: E402
 
 PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"
 
 
 def measure(source: Path, export: Path) -> tuple[float, float]:
     """(correlation, least-squares slope) of finite differences against autograd."""
-    model = ExportedModel.load(export, RuntimeOptions(threads=1))
-    placeholder, ids, v0, x_t, t, target, z = fidelity._fixed_problem(model, PHOTOS)
-    loss = DenoisingLoss(model, placeholder, batched=True)
-    losses = loss(ids, np.concatenate([v0[None], v0[None] + fidelity.MU * z]), x_t, t, target)
-    finite = (losses[1:] - losses[0]) / fidelity.MU
-    exact = fidelity._autograd_directional(source, loss, ids, v0, x_t, t, target, z)
-    return float(np.corrcoef(finite, exact)[0, 1]), float(np.dot(finite, exact) / np.dot(exact, exact))
+    return finite_difference_fidelity(export, source, PHOTOS)
 
 
 def main(argv: list[str] | None = None) -> int:
