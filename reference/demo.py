@@ -38,7 +38,7 @@ REFERENCE_MODEL = REFERENCE_DIR / "model-768"  # packed: materialized into a dif
 DEMO_TOKEN = "<striped-star>"
 DEMO_INITIALIZER = "star"
 DEFAULT_STEPS = 300
-REFERENCE_STEPS = 1000
+REFERENCE_STEPS = 2000
 NUM_IMAGES = 8
 SOURCE_STAMP = "demo_source.json"
 
