@@ -56,6 +56,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output_dir", required=True, help="where the embedding, checkpoint and log go")
     p.add_argument("--placeholder_token", default="<concept>", help="the new word, e.g. '<my-dog>'")
     p.add_argument("--initializer_token", default="object", help="one existing word close to the concept")
+    p.add_argument("--num_vectors", type=int, default=1,
+                   help="vectors per token, as diffusers' flag: the token stands for K learned vectors, all starting "
+                        "at the initializer word; forward-only training searches K times the dimensions, so it needs "
+                        "more steps for the same progress (default 1)")
     p.add_argument("--learnable_property", choices=LEARNABLE_PROPERTIES, default="object")
     p.add_argument("--resolution", type=int, default=None, help="training resolution (default: the model's)")
     p.add_argument("--max_train_steps", type=int, default=1000,
@@ -149,7 +153,7 @@ def config_from_args(args: argparse.Namespace):
 
     return PersonalizeConfig(
         export_dir=Path(args.model), images=Path(args.train_data_dir), output_dir=args.output_dir,
-        placeholder_token=args.placeholder_token, initializer_token=args.initializer_token,
+        placeholder_token=args.placeholder_token, initializer_token=args.initializer_token, num_vectors=args.num_vectors,
         learnable_property=args.learnable_property, resolution=args.resolution,
         max_train_steps=args.max_train_steps, learning_rate=args.learning_rate, seed=args.seed,
         n=args.n, mu=args.mu, tau=args.tau, nu=args.nu, subspace=not args.no_subspace,

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
+from .embeddings import MAX_VECTORS
 from .errors import ZoodipError
 from .generate import MAX_IMAGES
 from .curvature import DEFAULT_CURVATURE_FRACTION
@@ -36,6 +37,9 @@ class PersonalizeConfig:
     output_dir: Path
     placeholder_token: str = "<concept>"
     initializer_token: str = "object"
+    # Vectors per token (diffusers' --num_vectors): the token stands for this many learned vectors,
+    # all initialized from the initializer word; the searched dimension grows by the same factor.
+    num_vectors: int = 1
     learnable_property: str = "object"  # "object" or "style": which prompt templates are used
     resolution: int | None = None  # default: the model's native resolution
     max_train_steps: int = 1000
@@ -109,6 +113,10 @@ class PersonalizeConfig:
     def _validate_counts(self) -> None:
         """The integer settings: steps, intervals, sizes."""
         positive_int("n", self.n)
+        count = self.num_vectors
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_VECTORS:
+            raise ZoodipError(f"--num_vectors must be an integer from 1 to {MAX_VECTORS} (a prompt holds {MAX_VECTORS} "
+                              f"tokens), got {self.num_vectors!r}")
         positive_int("seed", self.seed, 0)
         if self.tau is not None:
             positive_int("tau", self.tau, 2)
@@ -185,6 +193,8 @@ class PersonalizeConfig:
             payload["adam_state_dtype"] = self.adam_state_dtype
         if self.template_file is not None:  # likewise
             payload["template_file"] = str(self.template_file)
+        if self.num_vectors != 1:  # likewise
+            payload["num_vectors"] = self.num_vectors
         if not self.center_crop:  # likewise
             payload["center_crop"] = False
         if self.lr_scheduler != "constant":  # likewise; "constant" ignores the warmup (as diffusers)
