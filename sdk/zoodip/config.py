@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
-from .embeddings import MAX_VECTORS
+from .embeddings import MAX_VECTORS, a1111_file_name
 from .errors import ZoodipError
 from .generate import MAX_IMAGES
 from .curvature import DEFAULT_CURVATURE_FRACTION
@@ -79,6 +79,9 @@ class PersonalizeConfig:
     eval_timesteps: int = 3  # fixed (noise, t) pairs per photo in the evaluation loss
     checkpoint_every: int = 50
     save_steps: int = 0  # an embedding snapshot every this many steps (0: none), as diffusers' --save_steps
+    # Also write the final embedding in A1111's layout, NAME.safetensors with NAME the token without its
+    # brackets (A1111's trigger word is the file name): embeddings.save_a1111_embedding.
+    a1111: bool = False
     lr_scheduler: str = "constant"  # lr_schedule.LR_SCHEDULERS
     lr_warmup_steps: int = 0
     # Preview images of the current embedding, as diffusers' --validation_* flags (no prompt: none).
@@ -177,6 +180,8 @@ class PersonalizeConfig:
             raise ZoodipError(f"--placeholder_token must be one word without spaces, e.g. '<my-dog>', got {self.placeholder_token!r}")
         if not self.initializer_token or any(ch.isspace() for ch in self.initializer_token.strip()):
             raise ZoodipError(f"--initializer_token must be a single word, got {self.initializer_token!r}")
+        if self.a1111:
+            a1111_file_name(self.placeholder_token)  # refuses a token that makes no usable file name
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the trajectory; a checkpoint only resumes the same run."""

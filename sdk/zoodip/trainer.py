@@ -31,7 +31,7 @@ import numpy as np
 from .checkpoint import CHECKPOINT_NAME, checkpoint_vector, read_checkpoint, write_checkpoint
 from .config import PersonalizeConfig, default_tau, warn_if_tau_spans_the_space  # noqa: F401 (zoodip.trainer.PersonalizeConfig stays public)
 from .denoising_loss import DenoisingLoss, auto_batched  # noqa: F401 (zoodip.trainer.DenoisingLoss stays public)
-from .embeddings import save_learned_embeds
+from .embeddings import a1111_file_name, save_a1111_embedding, save_learned_embeds
 from .errors import ZoodipError
 from .generate import generate
 from .images import image_grid, list_images, load_images, save_image
@@ -255,9 +255,9 @@ class Personalizer:
         return {"steps": str(self.step), "forwards": str(self.train_forwards), "model": self.model_id,
                 "model_name": self.config.export_dir.name, "settings": json.dumps(settings, sort_keys=True)}
 
-    def save_embedding(self, path: Path, v: np.ndarray) -> Path:
-        """The flat vector ``v`` as the token's [num_vectors, width] embedding file."""
-        return save_learned_embeds(path, self.config.placeholder_token, as_matrix(v, self.width), self.embedding_metadata())
+    def save_embedding(self, path: Path, v: np.ndarray, save: Callable[..., Path] = save_learned_embeds) -> Path:
+        """The flat vector ``v`` as the token's [num_vectors, width] embedding file (diffusers' layout by default)."""
+        return save(path, self.config.placeholder_token, as_matrix(v, self.width), self.embedding_metadata())
 
     def snapshot_path(self) -> Path:
         return self.config.output_dir / SNAPSHOT_NAME.format(step=self.step)
@@ -433,6 +433,8 @@ class Personalizer:
             check_outcome(final, self.v_init, self.model.max_token_norm(), self.width)
         if status != "cancelled":
             embedding_path = self.save_embedding(out / EMBEDDING_NAME, final)
+            if self.config.a1111:
+                self.save_embedding(out / a1111_file_name(self.config.placeholder_token), final, save_a1111_embedding)
         elif self.step > 0:  # what a cancelled run learned so far, usable before it is resumed
             embedding_path = self.save_embedding(self.snapshot_path(), self.v)
         self._report(status, loss, self.eval_history[-1][1] if self.eval_history else None, started, forwards_at_start)

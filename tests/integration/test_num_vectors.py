@@ -29,9 +29,9 @@ def two_vector_config(export, photos, out, **overrides) -> PersonalizeConfig:
 
 @pytest.fixture(scope="module")
 def two_vector_run(tiny_export, photos, tmp_path_factory):
-    """A finished 2-vector run."""
+    """A finished 2-vector run with an A1111 copy of its embedding."""
     out = tmp_path_factory.mktemp("nv") / "run"
-    personalize(two_vector_config(tiny_export, photos, out))
+    personalize(two_vector_config(tiny_export, photos, out, a1111=True))
     return out
 
 
@@ -81,10 +81,27 @@ def test_generation_uses_both_vectors(tiny_export, two_vector_run):
     assert not np.array_equal(image, other)
 
 
+def test_a1111_file_round_trips_and_answers_to_its_file_name(tiny_export, two_vector_run, tmp_path, capsys):
+    a1111 = two_vector_run / "striped-star.safetensors"
+    _, diffusers_vectors = load_embedding_file(two_vector_run / EMBEDDING_NAME)
+    token, vectors = load_embedding_file(a1111)
+    assert token == TOKEN and np.array_equal(vectors, diffusers_vectors)
+    assert read_embedding_metadata(a1111)["num_vectors"] == "2"
+    from zoodip.safetensors_io import read_file
+
+    tensors, _ = read_file(a1111)
+    assert list(tensors) == ["emb_params"] and tensors["emb_params"].shape == (2, WIDTH)
+    out = tmp_path / "a.png"
+    code, stdout, err = run_cli(["generate", "--model", tiny_export, "--embedding", a1111, "--prompt",
+                                 "a photo of striped-star", "--steps", "1", "--out", out], capsys)
+    assert code == 0 and out.is_file() and "warning" not in err, err
+
+
 def test_cli_trains_several_vectors_and_refuses_resuming_with_another_count(tiny_export, photos, tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, err = run_cli(personalize_args(tiny_export, photos, out, "--num_vectors", "3"), capsys)
+    code, stdout, err = run_cli(personalize_args(tiny_export, photos, out, "--num_vectors", "3", "--a1111"), capsys)
     assert code == 0, err
+    assert f"A1111 embedding: {out / 'striped-star.safetensors'}" in stdout
     assert load_embedding_file(out / EMBEDDING_NAME)[1].shape == (3, WIDTH)
     for count in ("1", "2"):
         code, _, err = run_cli(personalize_args(tiny_export, photos, out, "--num_vectors", count, "--resume"), capsys)
@@ -96,6 +113,8 @@ def test_cli_trains_several_vectors_and_refuses_resuming_with_another_count(tiny
     (["--num_vectors", "76"], "--num_vectors must be an integer from 1 to 75"),
     # 75 vectors and a template's words do not fit in the text encoder's 75 tokens.
     (["--num_vectors", "75"], "use a smaller --num_vectors"),
+    (["--placeholder_token", "<a/b>", "--a1111"], "--a1111: the token '<a/b>' makes no A1111 file name"),
+    (["--placeholder_token", "<learned_embeds>", "--a1111"], "like the run's diffusers files"),
 ])
 def test_bad_values_are_refused_in_one_line_before_any_output(tiny_export, photos, tmp_path, capsys, extra, needle):
     out = tmp_path / "run"
@@ -109,4 +128,5 @@ def test_fingerprint_of_one_vector_is_unchanged():
     config = PersonalizeConfig(export_dir=Path("e"), images=Path("p"), output_dir=Path("o"),
                                placeholder_token="<striped-star>", initializer_token="star")
     assert config.fingerprint() == "c5f81a0f7bfc414b"
+    assert dataclasses.replace(config, a1111=True).fingerprint() == "c5f81a0f7bfc414b"  # output only
     assert dataclasses.replace(config, num_vectors=2).fingerprint() != "c5f81a0f7bfc414b"
