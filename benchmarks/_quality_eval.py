@@ -99,9 +99,12 @@ class WorldScorer:
         self._ref_cache: dict[str, np.ndarray] = {}
 
     def _generate(self, prompt: str, token: str, v: np.ndarray, seed: int) -> list:
+        # A snapshot holds the token's vectors flattened (several with num_vectors): generate() adds the token
+        # with as many ids as it has rows, and the prompt's token expands to all of them.
+        vectors = np.asarray(v, np.float32).reshape(-1, self.model.hidden_size)
         return generate(self.model, prompt.format(token), steps=self.sampler_steps, guidance_scale=self.guidance,
                         sampler="dpmpp_2m", seed=seed, num_images=self.images_per_prompt,
-                        added_embeddings={token: np.asarray(v, np.float32)})
+                        added_embeddings={token: vectors})
 
     def reference_features(self, concept: Any, reference_images: Sequence) -> np.ndarray:
         if concept.name not in self._ref_cache:

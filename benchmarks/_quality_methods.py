@@ -22,7 +22,9 @@ photos, prompts, noise/timestep draws and loss. A variant changes hyperparameter
 ``name[key=value,...]``, e.g. ``zoodip[t=300-700]``, ``zoodip[adam16=1]`` (ZO-Adam's state in fp16, as the
 authors' code keeps it), ``zoodip[flip=1]``, ``zoodip[templates=ti]``, ``zoodip[vae=per-step]`` (where the
 SDK's defaults differ from the authors' code), ``es[pop=16,sigma=0.05]``, or the diagnostics ``ti-backprop[t=500-900]`` and
-``ti-backprop[curvature=0.999,coords=1]`` (exact gradients confined to the SDK's curvature subspace).
+``ti-backprop[curvature=0.999,coords=1]`` (exact gradients confined to the SDK's curvature subspace), and
+``default[num_vectors=2]`` (two vectors per token, as diffusers' ``--num_vectors``; forward-only methods only,
+on the world task: the snapshots then hold the vectors flattened).
 """
 from __future__ import annotations
 
@@ -73,6 +75,7 @@ class MethodSpec:
     flip: bool = False  # random horizontal flips with p=0.5 (theirs: always)
     templates: str = "builtin"  # "builtin" (the SDK's lists) or "ti" (the textual-inversion paper's, theirs)
     vae: str = "once"  # VAE posterior sampled "once" per photo or "per-step" (theirs)
+    num_vectors: int = 1  # vectors per token (PersonalizeConfig.num_vectors); forward-only methods
 
     @property
     def forwards_per_step(self) -> int:
@@ -108,6 +111,8 @@ class MethodSpec:
             if self.curvature:
                 out["curvature_subspace"] = self.curvature
                 out["in_subspace"] = "coordinates" if self.coords else "projected gradient"
+        if self.num_vectors != 1:
+            out["num_vectors"] = self.num_vectors
         return out
 
 
@@ -153,7 +158,7 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
             else:
                 lo, hi = value.split("-")
                 changes["t_range"] = (int(lo), int(hi))
-        elif key in ("n", "tau", "pop"):
+        elif key in ("n", "tau", "pop", "num_vectors"):
             changes[key] = int(value)
         elif key in ("lr", "mu", "nu", "sigma", "weight_decay", "vocab", "curvature"):
             changes[key] = float(value)
@@ -183,6 +188,8 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
     spec = replace(spec, **changes)
     if spec.coords and not (spec.kind == "backprop" and spec.curvature):
         raise ValueError(f"method {text!r}: coords applies to ti-backprop with curvature=F only")
+    if spec.num_vectors != 1 and spec.kind not in ("zo", "es"):
+        raise ValueError(f"method {text!r}: num_vectors applies to the forward-only methods (the SDK's loop) only")
     return spec
 
 
@@ -258,7 +265,8 @@ def _zo_config(spec: MethodSpec, job: Job, export_dir: Path, out_dir: Path, step
         initializer_token=job.initializer, max_train_steps=steps, learning_rate=spec.learning_rate(), seed=seed,
         n=spec.n, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, subspace_mode=spec.mode, t_range=t_range,
         vocabulary_variance=spec.vocab, curvature_fraction=spec.curvature, adam_state_dtype=spec.adam_state,
-        lr_scheduler=spec.schedule, eval_every=0, checkpoint_every=0, threads=1, flip=spec.flip, vae_sampling=spec.vae,
+        lr_scheduler=spec.schedule, num_vectors=spec.num_vectors, eval_every=0, checkpoint_every=0, threads=1,
+        flip=spec.flip, vae_sampling=spec.vae,
         template_file=TEXTUAL_INVERSION_TEMPLATE_FILES["object"] if spec.templates == "ti" else None,
     )
 
@@ -266,6 +274,8 @@ def _zo_config(spec: MethodSpec, job: Job, export_dir: Path, out_dir: Path, step
 def run_forward_only(spec: MethodSpec, job: Job, export_dir: Path, work: Path, budget: int, checkpoints: int,
                      seed: int) -> list[Snapshot]:
     """ZO methods and ES through the SDK's Personalizer.run(); snapshots of v along the run."""
+    if job.planted is not None and spec.num_vectors != 1:
+        raise ValueError(f"method {spec.name}: the planted check plants one vector; num_vectors needs the world task")
     num_t = int(ExportedModel.load(export_dir).schedule.num_train_timesteps)
     steps = max(1, budget // spec.forwards_per_step)
     out_dir = work / f"{job.name}"

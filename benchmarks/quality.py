@@ -160,7 +160,9 @@ def run_method(method: str, jobs: list[qm.Job], export_dir: Path, torch_model: P
     # is the largest over its jobs.
     work.mkdir(parents=True, exist_ok=True)
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in method)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    # The caller's PYTHONPATH stays after the repository's root: a worker imports the zoodip its parent did.
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=path)
     started = time.perf_counter()
     merged: dict[str, Any] = {"method": method, "runs": {}, "wall_s": 0.0, "memory": {}, "memory_per_job": {}}
     for job in jobs:

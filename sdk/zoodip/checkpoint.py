@@ -21,8 +21,13 @@ def write_checkpoint(path: Path, state: dict[str, np.ndarray]) -> Path:
     return path
 
 
-def read_checkpoint(path: Path, fingerprint: str, photos_id: str, model_id: str) -> dict[str, np.ndarray]:
-    """The arrays of the checkpoint at ``path``, refused unless it has the run's settings, photos and model."""
+def read_checkpoint(path: Path, fingerprint: str, photos_id: str, model_id: str,
+                    vectors: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of the checkpoint at ``path``, refused unless it has the run's settings, photos and model.
+
+    ``vectors``: the run's (num_vectors, width); a checkpoint of another ``--num_vectors`` is refused
+    naming that flag (the fingerprint differs too, but its message cannot say which setting did).
+    """
     if not path.is_file():
         raise ZoodipError(f"nothing to resume: {path} does not exist (run without --resume to start)")
     try:
@@ -30,22 +35,40 @@ def read_checkpoint(path: Path, fingerprint: str, photos_id: str, model_id: str)
             state = {k: data[k] for k in data.files}
     except Exception as exc:
         raise ZoodipError(f"checkpoint {path} is unreadable ({exc}): delete it and start again without --resume") from None
+    # The model first: another model's width would make the vector count below meaningless.
+    _check_identity(state, path, "model", model_id, "another export")
+    if vectors is not None and "v" in state:
+        _check_vector_count(state["v"], path, *vectors)
     if str(state.get("fingerprint")) != fingerprint:
         raise ZoodipError(
             f"checkpoint {path} belongs to a run with other settings: resume with the same flags, "
             "or use a new --output_dir"
         )
-    # Checkpoints written before these keys existed carry neither; they resume as before.
-    for key, mine, what in (("photos", photos_id, "other photos (or captions)"), ("model", model_id, "another export")):
-        if key in state and str(state[key]) != mine:
-            raise ZoodipError(f"checkpoint {path} belongs to a run with {what}: resume with the same "
-                              "--train_data_dir and --model, or use a new --output_dir")
+    _check_identity(state, path, "photos", photos_id, "other photos (or captions)")
     return state
 
 
+def _check_identity(state: dict[str, np.ndarray], path: Path, key: str, mine: str, what: str) -> None:
+    # Checkpoints written before these keys existed carry none; they resume as before.
+    if key in state and str(state[key]) != mine:
+        raise ZoodipError(f"checkpoint {path} belongs to a run with {what}: resume with the same "
+                          "--train_data_dir and --model, or use a new --output_dir")
+
+
+def _check_vector_count(v: np.ndarray, path: Path, num_vectors: int, width: int) -> None:
+    """Refuse a checkpoint whose flat embedding holds another number of width-wide vectors."""
+    size = int(np.asarray(v).size)
+    if width <= 0 or not size or size % width or size // width == num_vectors:
+        return  # the right count, or a damaged vector, which loading the state reports
+    held = size // width
+    raise ZoodipError(f"checkpoint {path} holds {held} vector{'s' if held != 1 else ''} per token but this run asks "
+                      f"for --num_vectors {num_vectors}: resume with --num_vectors {held}, or use a new --output_dir")
+
+
 def checkpoint_vector(state: dict[str, np.ndarray], key: str, dim: int) -> np.ndarray:
-    """``state[key]`` as a float32 vector of width ``dim``; KeyError or ValueError where it is missing or wrong."""
+    """``state[key]`` as a float32 vector of length ``dim`` (num_vectors x width, flat); KeyError or ValueError
+    where it is missing or wrong."""
     value = np.asarray(state[key])
     if value.shape != (dim,) or not np.issubdtype(value.dtype, np.floating):
-        raise ValueError(f"'{key}' has shape {list(value.shape)} ({value.dtype}), this model needs [{dim}] floats")
+        raise ValueError(f"'{key}' has shape {list(value.shape)} ({value.dtype}), this run needs [{dim}] floats")
     return value.astype(np.float32)

@@ -63,6 +63,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output_dir", required=True, help="where the embedding, checkpoint and log go")
     p.add_argument("--placeholder_token", default="<concept>", help="the new word, e.g. '<my-dog>'")
     p.add_argument("--initializer_token", default="object", help="one existing word close to the concept")
+    p.add_argument("--num_vectors", type=int, default=1,
+                   help="vectors per token, as diffusers' flag: the token stands for K learned vectors, all starting "
+                        "at the initializer word; forward-only training searches K times the dimensions, so it needs "
+                        "more steps for the same progress (default 1)")
     p.add_argument("--learnable_property", choices=LEARNABLE_PROPERTIES, default="object")
     p.add_argument("--resolution", type=int, default=None, help="training resolution (default: the model's)")
     p.add_argument("--max_train_steps", type=int, default=1000,
@@ -129,6 +133,9 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpointing_steps", type=int, default=50)
     p.add_argument("--save_steps", type=int, default=0,
                    help="also save the embedding every N steps as learned_embeds-steps-N.safetensors (0: never)")
+    p.add_argument("--a1111", action="store_true",
+                   help="also write the embedding as A1111 keeps one: NAME.safetensors (emb_params) beside "
+                        "learned_embeds.safetensors, NAME being the token without <>, A1111's trigger word")
     p.add_argument("--validation_prompt", default=None,
                    help="preview prompt (with the token): every --validation_steps a PNG grid validation-steps-N.png "
                         "is written into --output_dir (each costs 2 x 25 UNet forwards per image)")
@@ -159,7 +166,7 @@ def config_from_args(args: argparse.Namespace):
 
     return PersonalizeConfig(
         export_dir=Path(args.model), images=Path(args.train_data_dir), output_dir=args.output_dir,
-        placeholder_token=args.placeholder_token, initializer_token=args.initializer_token,
+        placeholder_token=args.placeholder_token, initializer_token=args.initializer_token, num_vectors=args.num_vectors,
         learnable_property=args.learnable_property, resolution=args.resolution,
         max_train_steps=args.max_train_steps, learning_rate=args.learning_rate, seed=args.seed,
         n=args.n, mu=args.mu, tau=args.tau, nu=args.nu, subspace=not args.no_subspace,
@@ -168,7 +175,7 @@ def config_from_args(args: argparse.Namespace):
         adam_state_dtype=args.adam_state_dtype,
         captions=Path(args.captions) if args.captions else None, flip=args.flip, vae_sampling=args.vae_sampling,
         template_file=Path(args.template_file) if args.template_file else None, center_crop=args.center_crop, batched=False if args.sequential else None,
-        eval_every=args.eval_every, checkpoint_every=args.checkpointing_steps, save_steps=args.save_steps,
+        eval_every=args.eval_every, checkpoint_every=args.checkpointing_steps, save_steps=args.save_steps, a1111=args.a1111,
         lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
         validation_prompt=args.validation_prompt, num_validation_images=args.num_validation_images,
         validation_steps=args.validation_steps,
@@ -300,6 +307,10 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         print(result.trend.describe(), file=out)
     if result.embedding_path:
         print(f"embedding: {result.embedding_path}", file=out)
+    if config.a1111 and result.status != "cancelled":
+        from .embeddings import a1111_file_name
+
+        print(f"A1111 embedding: {config.output_dir / a1111_file_name(config.placeholder_token)}", file=out)
     if result.status == "cancelled":
         kept = f"embedding so far in {result.embedding_path}, " if result.embedding_path else ""
         print(f"stopped at step {result.steps} ({kept}checkpoint saved): resume with --resume and the same flags",

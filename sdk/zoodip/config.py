@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 from . import validation
+from .embeddings import MAX_VECTORS, a1111_file_name
 from .errors import ZoodipError
 from .generate import MAX_IMAGES
 from .curvature import DEFAULT_CURVATURE_FRACTION
@@ -56,6 +57,9 @@ class PersonalizeConfig:
     output_dir: Path
     placeholder_token: str = "<concept>"
     initializer_token: str = "object"
+    # Vectors per token (diffusers' --num_vectors): the token stands for this many learned vectors,
+    # all initialized from the initializer word; the searched dimension grows by the same factor.
+    num_vectors: int = 1
     learnable_property: str = "object"  # "object" or "style": which prompt templates are used
     resolution: int | None = None  # default: the model's native resolution
     max_train_steps: int = 1000
@@ -96,6 +100,9 @@ class PersonalizeConfig:
     eval_timesteps: int = 3  # fixed (noise, t) pairs per photo in the evaluation loss
     checkpoint_every: int = 50
     save_steps: int = 0  # an embedding snapshot every this many steps (0: none), as diffusers' --save_steps
+    # Also write the final embedding in A1111's layout, NAME.safetensors with NAME the token without its
+    # brackets (A1111's trigger word is the file name): embeddings.save_a1111_embedding.
+    a1111: bool = False
     lr_scheduler: str = "constant"  # lr_schedule.LR_SCHEDULERS
     lr_warmup_steps: int = 0
     # Preview images of the current embedding, as diffusers' --validation_* flags (no prompt: none).
@@ -130,6 +137,10 @@ class PersonalizeConfig:
     def _validate_counts(self) -> None:
         """The integer settings: steps, intervals, sizes."""
         positive_int("n", self.n)
+        count = self.num_vectors
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_VECTORS:
+            raise ZoodipError(f"--num_vectors must be an integer from 1 to {MAX_VECTORS} (a prompt holds {MAX_VECTORS} "
+                              f"tokens), got {self.num_vectors!r}")
         positive_int("seed", self.seed, 0)
         if self.tau is not None:
             positive_int("tau", self.tau, 2)
@@ -192,6 +203,8 @@ class PersonalizeConfig:
             raise ZoodipError(f"--placeholder_token must be one word without spaces, e.g. '<my-dog>', got {self.placeholder_token!r}")
         if not self.initializer_token or any(ch.isspace() for ch in self.initializer_token.strip()):
             raise ZoodipError(f"--initializer_token must be a single word, got {self.initializer_token!r}")
+        if self.a1111:
+            a1111_file_name(self.placeholder_token)  # refuses a token that makes no usable file name
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the trajectory; a checkpoint only resumes the same run."""
@@ -208,6 +221,8 @@ class PersonalizeConfig:
             payload["adam_state_dtype"] = self.adam_state_dtype
         if self.template_file is not None:  # likewise
             payload["template_file"] = str(self.template_file)
+        if self.num_vectors != 1:  # likewise
+            payload["num_vectors"] = self.num_vectors
         if not self.center_crop:  # likewise
             payload["center_crop"] = False
         if self.vae_sampling != "once":  # likewise

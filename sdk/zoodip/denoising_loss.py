@@ -1,6 +1,8 @@
 """The denoising loss of candidate embeddings: the forward passes a ZO step spends."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from .model import ExportedModel
@@ -10,24 +12,31 @@ class DenoisingLoss:
 
     All candidates share the photo, noise and timestep: only then is L(v + mu z) - L(v) a finite
     difference of one function rather than the difference of two noisy samples.
+
+    ``placeholder_id``: the placeholder's token id, or the ids of its K vectors in prompt order
+    (``--num_vectors``); a candidate is then the K vectors flattened, ``[K * H]``.
     """
 
-    def __init__(self, model: ExportedModel, placeholder_id: int, batched: bool = True) -> None:
+    def __init__(self, model: ExportedModel, placeholder_id: int | Sequence[int], batched: bool = True) -> None:
         self.model = model
-        self.placeholder_id = placeholder_id
+        self.placeholder_ids = (int(placeholder_id),) if np.ndim(placeholder_id) == 0 else tuple(
+            int(i) for i in placeholder_id)  # type: ignore[union-attr]
+        self.placeholder_id = self.placeholder_ids[0]
         self.batched = batched
         self.forwards = 0
 
     def text_inputs(self, ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        """Token embeddings [m, 77, H] for one prompt, the placeholder row set to each candidate."""
-        base = self.model.embed_tokens(ids[None], extra_rows=candidates[:1])[0]
+        """Token embeddings [m, 77, H] for one prompt, each placeholder vector's rows set from each candidate."""
+        rows = np.asarray(candidates).reshape(len(candidates), len(self.placeholder_ids), -1)  # [m, K, H]
+        base = self.model.embed_tokens(ids[None], extra_rows=rows[0])[0]
         inputs = np.repeat(base[None], len(candidates), axis=0)
-        positions = np.flatnonzero(ids == self.placeholder_id)
-        inputs[:, positions, :] = candidates[:, None, :].astype(np.float32)
+        for k, token_id in enumerate(self.placeholder_ids):
+            positions = np.flatnonzero(ids == token_id)
+            inputs[:, positions, :] = rows[:, k, None, :].astype(np.float32)
         return inputs
 
     def __call__(self, ids: np.ndarray, candidates: np.ndarray, x_t: np.ndarray, t: int, target: np.ndarray) -> np.ndarray:
-        """Losses [m] (float64) for candidates [m, H]; x_t and target are [C, h, w]."""
+        """Losses [m] (float64) for candidates [m, K * H]; x_t and target are [C, h, w]."""
         inputs = self.text_inputs(ids, candidates)
         m = len(candidates)
         # The text encoder always takes all candidates at once: its activations are small (77 tokens),

@@ -3,7 +3,9 @@
 What we write is exactly what diffusers' ``textual_inversion.py`` training script writes, a
 safetensors file holding one float32 tensor ``{placeholder_token: [num_vectors, hidden]}``, so
 ``StableDiffusionPipeline.load_textual_inversion(path)`` (and A1111/webui, which accepts the same
-single-key layout) load a zoodip embedding without conversion.
+single-key layout) load a zoodip embedding without conversion. On request (``--a1111``) the same
+vectors are also written as A1111 names its safetensors embeddings, ``NAME.safetensors`` holding
+``emb_params`` (:func:`save_a1111_embedding`), whose trigger word in A1111 is NAME.
 
 What we read: that format (also with a 1-D ``[hidden]`` tensor), A1111/webui safetensors files
 (an ``emb_params`` tensor, the token being the file's name), and flattened ``string_to_param.*``
@@ -49,6 +51,40 @@ def save_learned_embeds(path: str | os.PathLike[str], token: str, vectors: np.nd
     ``metadata`` (strings) goes into the header, each key prefixed ``zoodip_`` (see
     :func:`read_embedding_metadata`).
     """
+    array = _checked_vectors(path, token, vectors)
+    return save_file({token: array}, path, metadata=_header(token, array, metadata))
+
+
+def save_a1111_embedding(path: str | os.PathLike[str], token: str, vectors: np.ndarray,
+                         metadata: Mapping[str, str] | None = None) -> Path:
+    """Save a learned embedding as A1111/webui keeps one in safetensors: ``{"emb_params": [num_vectors, hidden]}``.
+
+    A1111 takes the trigger word from the file name (name the file with :func:`a1111_file_name`) and reads
+    only the tensor of a ``.safetensors`` embedding; the header carries zoodip's metadata as
+    :func:`save_learned_embeds` writes it, which :func:`load_embedding_file` and ``zoodip info`` read back.
+    """
+    array = _checked_vectors(path, token, vectors)
+    return save_file({"emb_params": array}, path, metadata=_header(token, array, metadata))
+
+
+def a1111_file_name(token: str) -> str:
+    """The A1111 file name of ``token``: ``NAME.safetensors``, NAME the token without its ``<>`` (A1111's trigger word).
+
+    NAME keeps to the characters A1111 itself allows in an embedding's name (letters, digits, ``.``, ``_``,
+    ``-``), so that it is a file name on every system, and may not be one of a run folder's own names.
+    """
+    name = token.strip().strip("<>")
+    if not name or not all(ch.isalnum() or ch in "._-" for ch in name) or name.startswith("."):
+        raise ZoodipError(f"--a1111: the token {token!r} makes no A1111 file name (its trigger word is the file name): "
+                          "use letters, digits, '.', '_' or '-' in --placeholder_token, e.g. '<my-dog>'")
+    if name.startswith("learned_embeds"):
+        raise ZoodipError(f"--a1111: the token {token!r} would name the A1111 file like the run's diffusers "
+                          "files (learned_embeds*): choose another --placeholder_token")
+    return f"{name}.safetensors"
+
+
+def _checked_vectors(path: str | os.PathLike[str], token: str, vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` as float32 [num_vectors, hidden], refused (with the token and file name) where unsavable."""
     if not isinstance(token, str) or not token.strip() or token != token.strip():
         raise ZoodipError(f"invalid placeholder token {token!r}: use a non-empty word without spaces around it, e.g. '<my-cat>'")
     if Path(path).suffix.lower() in _PICKLE_SUFFIXES:
@@ -61,11 +97,15 @@ def save_learned_embeds(path: str | os.PathLike[str], token: str, vectors: np.nd
         raise ZoodipError(f"embedding vectors must have shape [num_vectors, hidden] or [hidden], got {list(np.shape(vectors))}")
     if not np.isfinite(array).all():
         raise ZoodipError(f"the embedding for {token} contains NaN or infinite values, so it was not saved: if training produced it, lower the learning rate")
+    return array
+
+
+def _header(token: str, array: np.ndarray, metadata: Mapping[str, str] | None) -> dict[str, str]:
     # {"format": "pt"} is what safetensors.torch writes; some loaders look for it.
     header = {"format": "pt", "zoodip_token": token, "zoodip_num_vectors": str(array.shape[0])}
     for key, value in (metadata or {}).items():
         header[_metadata_key(str(key))] = value
-    return save_file({token: array}, path, metadata=header)
+    return header
 
 
 def read_embedding_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

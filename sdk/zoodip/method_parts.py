@@ -16,7 +16,8 @@ from .model import ExportedModel
 from .zo import SubspaceProjector, ZOAdam, ZOSGD
 
 Optimizer = Union[ZOAdam, ZOSGD]
-LossFactory = Callable[[ExportedModel, int, bool], DenoisingLoss]  # (model, placeholder id, batched) -> loss
+# (model, placeholder id (or the ids of its vectors with --num_vectors), batched) -> loss
+LossFactory = Callable[[ExportedModel, Union[int, tuple[int, ...]], bool], DenoisingLoss]
 OptimizerFactory = Callable[[int, PersonalizeConfig], Optimizer]  # (width, config) -> optimizer
 ProjectorFactory = Callable[[int, PersonalizeConfig, Union[np.ndarray, None]], Union[SubspaceProjector, None]]
 

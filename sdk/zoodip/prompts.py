@@ -257,6 +257,12 @@ class PromptSampler:
         text = template.replace(NAME_WORD, self.placeholder).replace(FILEWORDS_WORD, words)
         return " ".join(text.replace(" ,", ",").split()).strip(" ,")  # an empty [filewords] leaves no stray comma
 
+    def every_prompt(self, image_names: Sequence[str]) -> list[str]:
+        """Every prompt training can give these images: each one's caption, or each template filled for each."""
+        if self.captions is not None:
+            return [self.captions[name] for name in image_names]
+        return list(dict.fromkeys(self._fill(template, name) for template in self.templates for name in image_names))
+
     def eval_prompt(self) -> str:
         """A fixed prompt for validation images and logs: the first template (without filewords)."""
         return self._fill(self.templates[0], None)

@@ -3,7 +3,8 @@
 - ``sha256_of_files``: the identity of the photos (and captions) a run learns from, stored in the
   checkpoint so that ``--resume`` continues only the same run.
 - ``check_outcome``: a run that blew up or never moved is an error, not "done".
-- ``read_log``: the append-only log, tolerating the torn last line a power cut leaves.
+- ``append_log``, ``truncate_log``, ``read_log``: the append-only log, tolerating the torn last line a
+  power cut leaves.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ZoodipError
+from .paths import atomic_write_bytes
 
 
 def sha256_of_files(paths: Iterable[Path]) -> str:
@@ -34,12 +36,16 @@ BLOWUP_NORM_FACTOR = 100.0  # final norm above this many times the largest vocab
 STILL_RELATIVE_CHANGE = 1e-6  # ||v - v_init|| below this fraction of ||v_init||
 
 
-def check_outcome(v: np.ndarray, v_init: np.ndarray, vocabulary_max_norm: float) -> None:
-    """Refuse an embedding from a run that blew up (non-finite or huge) or never moved."""
+def check_outcome(v: np.ndarray, v_init: np.ndarray, vocabulary_max_norm: float, width: int | None = None) -> None:
+    """Refuse an embedding from a run that blew up (non-finite or huge) or never moved.
+
+    ``width``: the length of one vector where ``v`` holds several flattened (``--num_vectors``); each vector
+    is held to the vocabulary's norm on its own.
+    """
     if not np.all(np.isfinite(v)):
         raise ZoodipError("the run blew up: the embedding is NaN or infinite; lower --learning_rate "
                           "(reference 1e-2) or --mu (reference 1e-3) and start again in a new --output_dir")
-    norm = float(np.linalg.norm(v.astype(np.float64)))
+    norm = max(float(np.linalg.norm(row.astype(np.float64))) for row in v.reshape(-1, width or v.shape[-1]))
     if norm > BLOWUP_NORM_FACTOR * vocabulary_max_norm:
         raise ZoodipError(f"the run blew up: the embedding's norm is {norm:.3g}, over {BLOWUP_NORM_FACTOR:g}x the "
                           f"largest word's ({vocabulary_max_norm:.3g}); lower --learning_rate (reference 1e-2) and "
@@ -48,6 +54,24 @@ def check_outcome(v: np.ndarray, v_init: np.ndarray, vocabulary_max_norm: float)
     if moved <= STILL_RELATIVE_CHANGE * float(np.linalg.norm(v_init.astype(np.float64))):
         raise ZoodipError(f"the run never moved the embedding (change {moved:.3g}): --mu or --learning_rate is "
                           "far from useful (reference 1e-3 and 1e-2); start again in a new --output_dir")
+
+
+def append_log(path: Path, record: dict) -> None:
+    """Append one JSON line to the run's log."""
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise ZoodipError(f"cannot append to {path} ({exc.strerror or exc}): free space or fix the file, "
+                          "then resume with --resume (the last checkpoint is intact)") from None
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """On resume, drop the log's records of steps after ``step`` (they will be redone)."""
+    if not path.is_file():
+        return
+    kept = [json.dumps(record) for record in read_log(path) if record.get("step", 0) <= step]
+    atomic_write_bytes(path, lambda handle: handle.write(("\n".join(kept) + "\n" if kept else "").encode()))
 
 
 def read_log(path: Path) -> list[dict]:

@@ -17,6 +17,9 @@ def choose_search_space(model: ExportedModel, config: PersonalizeConfig) -> tupl
         PersonalizeConfig, VocabularySubspace | None, CurvatureSubspace | None, np.ndarray | None]:
     """(config with ``curvature_fraction`` resolved, vocabulary subspace, curvature subspace, basis or None).
 
+    The basis spans the run's flat vector: ``[num_vectors * width, num_vectors * k]``, the chosen per-vector
+    subspace for each of the placeholder's vectors (:func:`block_diagonal`).
+
     ``curvature_fraction`` None (automatic) becomes ``DEFAULT_CURVATURE_FRACTION`` where the export has a
     curvature subspace and no vocabulary subspace is asked for, else 0 (off); an explicit fraction on an
     export without one is refused.
@@ -39,4 +42,22 @@ def choose_search_space(model: ExportedModel, config: PersonalizeConfig) -> tupl
         curvature = None
     basis = (vocabulary.basis if vocabulary is not None
              else curvature.basis(config.curvature_fraction) if curvature is not None else None)
-    return config, vocabulary, curvature, basis
+    return config, vocabulary, curvature, None if basis is None else block_diagonal(basis, config.num_vectors)
+
+
+def block_diagonal(basis: np.ndarray, copies: int) -> np.ndarray:
+    """The search basis of ``copies`` vectors optimized as one flat vector: ``basis`` for each, ``[copies * width,
+    copies * k]``.
+
+    The curvature and vocabulary subspaces describe where the loss (or the vocabulary) varies for *a* token
+    embedding, whatever its position in the prompt, so each of the placeholder's vectors is searched in the
+    same per-vector subspace, independently: the search dimension is ``copies * k``. A direction drawn in this
+    basis perturbs all vectors at once. One copy is ``basis`` itself (a one-vector run is unchanged).
+    """
+    if copies == 1:
+        return basis
+    width, k = basis.shape
+    out = np.zeros((copies * width, copies * k), dtype=basis.dtype)
+    for i in range(copies):
+        out[i * width : (i + 1) * width, i * k : (i + 1) * k] = basis
+    return out

@@ -9,7 +9,8 @@ One step, as the paper describes it:
     g = SubspaceProjector.project(g)                        (drop low-variance directions of v's history)
     v = ZOAdam.step(v, g)
 
-where L(v) = mean((unet(x_t, t, text_encoder(prompt with v)) - target)^2). The randomness of step k
+where L(v) = mean((unet(x_t, t, text_encoder(prompt with v)) - target)^2); with --num_vectors K, v is the
+token's K vectors flattened into one (token_vectors.py). The randomness of step k
 is a pure function of (seed, k), so a run resumed from a checkpoint repeats exactly the steps an
 uninterrupted run would have taken, bit for bit.
 """
@@ -30,7 +31,7 @@ import numpy as np
 from .checkpoint import CHECKPOINT_NAME, checkpoint_vector, read_checkpoint, write_checkpoint
 from .config import PersonalizeConfig, default_tau, warn_if_tau_spans_the_space  # noqa: F401 (zoodip.trainer.PersonalizeConfig stays public)
 from .denoising_loss import DenoisingLoss, auto_batched  # noqa: F401 (zoodip.trainer.DenoisingLoss stays public)
-from .embeddings import save_learned_embeds
+from .embeddings import a1111_file_name, save_a1111_embedding, save_learned_embeds
 from .errors import ZoodipError
 from .generate import generate
 from .images import image_grid, list_images, load_images, save_image
@@ -38,13 +39,14 @@ from .limits import check_image_size, check_photo_count
 from .lr_schedule import lr_at
 from .method_parts import LossFactory, OptimizerFactory, ProjectorFactory, default_optimizer, default_projector
 from .model import ExportedModel, RuntimeOptions
-from .paths import atomic_write_bytes, check_output_dir, remove_stale_temp_files
+from .paths import check_output_dir, remove_stale_temp_files
 from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.Progress stays public)
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
-from .run_checks import check_outcome, read_log, sha256_of_files
+from .run_checks import append_log, check_outcome, sha256_of_files, truncate_log
 from .search_space import choose_search_space
 from .step_inputs import StepInputs, draw_step_inputs, step_rng
 from .timesteps import PartialUniformTimesteps
+from .token_vectors import add_placeholder_tokens, as_matrix, check_prompts_fit, initial_vector
 from .zo import RandomGradientEstimator
 
 EMBEDDING_NAME = "learned_embeds.safetensors"
@@ -80,13 +82,15 @@ class Personalizer:
         runtime = runtime or RuntimeOptions(threads=config.threads, memory_budget_mb=config.memory_budget_mb,
                                             spin_wait=config.spin_wait)
         self.model = ExportedModel.load(config.export_dir, runtime)
-        dim = self.model.hidden_size
+        # The optimized vector: the placeholder's num_vectors vectors of the model's width, flattened.
+        self.width = self.model.hidden_size
+        self.dim = dim = config.num_vectors * self.width
         if config.tau is None:
             config = dataclasses.replace(config, tau=default_tau(dim))
         self.config = config
         if config.n > dim:
             # n >= d Gaussian directions already determine the whole gradient; more only cost forwards.
-            raise ZoodipError(f"--n {config.n} is more than the embedding width {dim} of this model: use at most {dim} (reference 2)")
+            raise ZoodipError(f"--n {config.n} is more than the {dim} numbers this run learns: use at most {dim} (reference 2)")
         self.resolution = config.resolution or self.model.default_resolution
         self.model.check_resolution(self.resolution)
         check_image_size(self.resolution, self.resolution, self.model.vae_scale_factor, f"--resolution {self.resolution}",
@@ -119,8 +123,9 @@ class Personalizer:
                 f"--initializer_token {config.initializer_token!r} is {len(init_ids)} tokens, it must be a single "
                 "token: pick one common word close to the concept (e.g. 'dog', 'toy', 'painting')"
             )
-        self.placeholder_id = tokenizer.add_placeholder(config.placeholder_token)[0]
-        self.v_init = np.asarray(self.model.token_embeddings[init_ids[0]], dtype=np.float32)
+        self.placeholder_ids = add_placeholder_tokens(tokenizer, config.placeholder_token, config.num_vectors)
+        self.placeholder_id = self.placeholder_ids[0]
+        self.v_init = initial_vector(self.model.token_embeddings[init_ids[0]], config.num_vectors)
 
     def _encode_photos(self) -> None:
         """Load the photos and their prompts, encode them once (and their mirror images with flips), free the encoder."""
@@ -139,6 +144,8 @@ class Personalizer:
         captions = load_captions(config.captions, self.image_names, config.placeholder_token) if config.captions else None
         self.prompts = PromptSampler(config.placeholder_token, config.learnable_property, captions, templates, filewords)
         self.captions = captions or {}
+        check_prompts_fit(model.tokenizer, self.prompts.every_prompt(self.image_names), self.placeholder_ids,
+                          config.placeholder_token)
 
         self._phase(f"encoding {len(photo_files)} photo{'s' if len(photo_files) != 1 else ''}")
         encode_rng = np.random.default_rng([config.seed, _EVAL_STREAM, 1])
@@ -156,7 +163,7 @@ class Personalizer:
     def _compose_method(self, make_loss: LossFactory, make_optimizer: OptimizerFactory,
                         make_projector: ProjectorFactory) -> None:
         """The search space, the estimator, the optimizer, the projector and the loss of this run."""
-        model, dim = self.model, self.model.hidden_size
+        model, dim = self.model, self.dim
         config, self.vocabulary, self.curvature, basis = choose_search_space(model, self.config)
         self.config = config
         self.estimator = RandomGradientEstimator(dim, n=config.n, mu=config.mu, basis=basis)
@@ -170,7 +177,9 @@ class Personalizer:
             warnings.warn(f"--lr_warmup_steps {config.lr_warmup_steps} has no effect with --lr_scheduler constant (as in "
                           "diffusers); use constant_with_warmup, linear or cosine to warm up", stacklevel=3)
         batched = config.batched if config.batched is not None else auto_batched(model)
-        self.loss = make_loss(model, self.placeholder_id, batched)
+        # One vector: its id, as loss factories have always been given; several: their ids in prompt order.
+        ids = self.placeholder_id if config.num_vectors == 1 else tuple(self.placeholder_ids)
+        self.loss = make_loss(model, ids, batched)
 
     # -- evaluation ----------------------------------------------------------------------------
     def _make_eval_items(self) -> list[tuple[np.ndarray, int, np.ndarray, np.ndarray]]:
@@ -252,8 +261,9 @@ class Personalizer:
         return {"steps": str(self.step), "forwards": str(self.train_forwards), "model": self.model_id,
                 "model_name": self.config.export_dir.name, "settings": json.dumps(settings, sort_keys=True)}
 
-    def save_embedding(self, path: Path, vectors: np.ndarray) -> Path:
-        return save_learned_embeds(path, self.config.placeholder_token, vectors[None], self.embedding_metadata())
+    def save_embedding(self, path: Path, v: np.ndarray, save: Callable[..., Path] = save_learned_embeds) -> Path:
+        """The flat vector ``v`` as the token's [num_vectors, width] embedding file (diffusers' layout by default)."""
+        return save(path, self.config.placeholder_token, as_matrix(v, self.width), self.embedding_metadata())
 
     def snapshot_path(self) -> Path:
         return self.config.output_dir / SNAPSHOT_NAME.format(step=self.step)
@@ -288,7 +298,8 @@ class Personalizer:
 
     def load_checkpoint(self) -> None:
         path = self.checkpoint_path
-        state = read_checkpoint(path, self.config.fingerprint(), self.photos_id, self.model_id)
+        state = read_checkpoint(path, self.config.fingerprint(), self.photos_id, self.model_id,
+                                (self.config.num_vectors, self.width))
         try:
             self._load_state(state)
         except ZoodipError as exc:
@@ -299,7 +310,7 @@ class Personalizer:
 
     def _load_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore the run state; a missing key or a wrong shape raises (KeyError, ValueError, ZoodipError)."""
-        dim = self.model.hidden_size
+        dim = self.dim
         step = int(state["step"])
         if step < 0:
             raise ValueError(f"step {step} is negative")
@@ -317,21 +328,7 @@ class Personalizer:
 
     # -- the run -------------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
-        path = self.config.output_dir / LOG_NAME
-        try:
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-        except OSError as exc:
-            raise ZoodipError(f"cannot append to {path} ({exc.strerror or exc}): free space or fix the file, "
-                              "then resume with --resume (the last checkpoint is intact)") from None
-
-    def _truncate_log(self) -> None:
-        """On resume, drop log lines of steps after the checkpoint (they will be redone)."""
-        path = self.config.output_dir / LOG_NAME
-        if not path.is_file():
-            return
-        kept = [json.dumps(record) for record in read_log(path) if record.get("step", 0) <= self.step]
-        atomic_write_bytes(path, lambda handle: handle.write(("\n".join(kept) + "\n" if kept else "").encode()))
+        append_log(self.config.output_dir / LOG_NAME, record)
 
     def _start_fresh(self) -> None:
         """Write config.json, the step-0 evaluation and the first checkpoint, or nothing at all."""
@@ -399,7 +396,7 @@ class Personalizer:
         if resume:
             self._phase("loading the checkpoint")
             self.load_checkpoint()
-            self._truncate_log()
+            truncate_log(self.config.output_dir / LOG_NAME, self.step)
         else:
             if self.checkpoint_path.exists():
                 raise ZoodipError(f"{out} already holds a run: pass --resume to continue it, or choose a new --output_dir")
@@ -439,9 +436,11 @@ class Personalizer:
         final = self.best_v if status == "early-stopped" else self.v
         embedding_path = None
         if status == "done" and self.step > 0:
-            check_outcome(final, self.v_init, self.model.max_token_norm())
+            check_outcome(final, self.v_init, self.model.max_token_norm(), self.width)
         if status != "cancelled":
             embedding_path = self.save_embedding(out / EMBEDDING_NAME, final)
+            if self.config.a1111:
+                self.save_embedding(out / a1111_file_name(self.config.placeholder_token), final, save_a1111_embedding)
         elif self.step > 0:  # what a cancelled run learned so far, usable before it is resumed
             embedding_path = self.save_embedding(self.snapshot_path(), self.v)
         self._report(status, loss, self.eval_history[-1][1] if self.eval_history else None, started, forwards_at_start)
@@ -487,7 +486,8 @@ class Personalizer:
         config = self.config
         images = generate(self.model, config.validation_prompt, seed=config.seed, height=self.resolution,
                           width=self.resolution, num_images=config.num_validation_images,
-                          added_embeddings={config.placeholder_token: self.v[None]}, batch_cfg=self.loss.batched)
+                          added_embeddings={config.placeholder_token: as_matrix(self.v, self.width)},
+                          batch_cfg=self.loss.batched)
         self.model.release("vae_decoder")  # training does not need it: keep its memory free between previews
         return save_image(image_grid([images]), config.output_dir / VALIDATION_NAME.format(step=self.step),
                           "--validation_prompt preview")

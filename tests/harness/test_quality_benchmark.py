@@ -40,6 +40,14 @@ def test_parse_method_variants():
     assert qm._zo_config(paper16, qm.Job(name="j", photos="p", placeholder="<j>", initializer="dog"), Path("e"),
                          Path("o"), steps=3, seed=0, num_train_timesteps=1000).adam_state_dtype == "float16"
     assert qm.parse_method("zoodip[adam16=0]").adam_state == "float64"
+    two = qm.parse_method("default[num_vectors=2]")
+    assert two.num_vectors == 2 and two.describe()["num_vectors"] == 2 and "num_vectors" not in paper16.describe()
+    assert qm._zo_config(two, qm.Job(name="j", photos="p", placeholder="<j>", initializer="dog"), Path("e"),
+                         Path("o"), steps=3, seed=0, num_train_timesteps=1000).num_vectors == 2
+    with pytest.raises(ValueError, match="forward-only"):
+        qm.parse_method("ti-backprop[num_vectors=2]")
+    with pytest.raises(ValueError, match="world task"):  # the planted check plants one vector
+        qm.run_forward_only(two, qm.Job("j", "p", "<j>", "dog", planted=[0.0]), Path("e"), Path("w"), 9, 1, 0)
     with pytest.raises(ValueError):
         qm.parse_method("sgd")
     with pytest.raises(ValueError):
@@ -220,7 +228,7 @@ def test_world_task_scoring_with_stand_in_evaluator(tiny_export, tmp_path, monke
     concept = world.CONCEPTS[0]
     monkeypatch.setattr(quality, "load_evaluator", lambda: _StandInEvaluator(concept.attributes.as_dict()))
     out = tmp_path / "out"
-    code = quality.main(["--task", "world", "--model", str(tiny_export), "--methods", "init,zoodip",
+    code = quality.main(["--task", "world", "--model", str(tiny_export), "--methods", "init,zoodip,default[num_vectors=2]",
                          "--concepts", concept.name, "--in-process", "--steps", "4", "--checkpoints", "1",
                          "--images-per-prompt", "1", "--gen-steps", "2", "--max-heldout", "2",
                          "--out", str(out), "--work", str(tmp_path / "work")])
@@ -233,6 +241,8 @@ def test_world_task_scoring_with_stand_in_evaluator(tiny_export, tmp_path, monke
     assert final["prompt_fidelity"] == pytest.approx(0.8)
     assert final["prompt_requested_acc"] == 0.0 and final["prompt_joint_acc"] == 0.0
     assert -1.0 <= final["concept_fidelity"] <= 1.0
+    # Two vectors per token: the snapshots hold both, flattened, and the scoring prompts expand the token to both.
+    assert results["summary"]["methods"]["default[num_vectors=2]"]["final"]["attribute_acc"] == 1.0
     assert (out / "samples.png").is_file()
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zoodip.embeddings import check_hidden_size, load_embedding_file, save_learned_embeds
+from zoodip.embeddings import (a1111_file_name, check_hidden_size, load_embedding_file, read_embedding_metadata,
+                               save_a1111_embedding, save_learned_embeds)
 from zoodip.errors import ZoodipError
 from zoodip.safetensors_io import load_file, load_metadata, save_file
 
@@ -155,6 +156,19 @@ def test_load_other_layouts(tmp_path: Path) -> None:
         path = save_file(tensors, tmp_path / f"{name}.safetensors")
         with pytest.raises(ZoodipError, match=message):
             load_embedding_file(path)
+
+
+def test_a1111_layout_round_trips(tmp_path: Path) -> None:
+    vectors = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    path = save_a1111_embedding(tmp_path / a1111_file_name("<my-dog>"), "<my-dog>", vectors, {"steps": "5"})
+    assert path.name == "my-dog.safetensors"  # A1111's trigger word: my-dog
+    assert list(load_file(path)) == ["emb_params"]
+    token, loaded = load_embedding_file(path)
+    assert token == "<my-dog>" and np.array_equal(loaded, vectors)
+    assert read_embedding_metadata(path) | {"steps": "5", "num_vectors": "3"} == read_embedding_metadata(path)
+    for bad in ("<a/b>", "<>", "<.hidden>", "<learned_embeds>", "<learned_embeds-steps-5>"):
+        with pytest.raises(ZoodipError, match="--a1111"):
+            a1111_file_name(bad)
 
 
 def test_pickles_are_refused(tmp_path: Path) -> None:
