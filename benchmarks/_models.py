@@ -52,17 +52,26 @@ def export_name(tiny: bool, recipe: str, chunks: int, seed: int = 0) -> str:
     return f"{'tiny' if tiny else 'sd15'}-s{seed}-{recipe}-q{chunks}"
 
 
+def is_current_export(folder: Path, recipe: str) -> bool:
+    """``folder`` holds a finished export made with the current revision of ``recipe``."""
+    from zoodip_export.quantize import RECIPE_REVISION
+
+    manifest = Path(folder) / "manifest.json"
+    if not manifest.is_file():
+        return False
+    return json.loads(manifest.read_text(encoding="utf-8")).get("recipe_revision", 1) == RECIPE_REVISION[recipe]
+
+
 def export_folder(cache: Path, tiny: bool, recipe: str, chunks: int, seed: int = 0) -> Path:
     """The export of the source folder with ``recipe`` and ``chunks`` (exported on first use, in this process)."""
     from zoodip_export import onnx_export
     from zoodip_export.export_model import export_model
-    from zoodip_export.quantize import RECIPE_PRECISION, RECIPE_REVISION
+    from zoodip_export.quantize import RECIPE_PRECISION
 
     dest = Path(cache) / export_name(tiny, recipe, chunks, seed)
+    if is_current_export(dest, recipe):
+        return dest
     if (dest / "manifest.json").is_file():
-        cached = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
-        if cached.get("recipe_revision", 1) == RECIPE_REVISION[recipe]:
-            return dest
         _log(f"{dest.name} was exported with an older layout of recipe {recipe}: exporting it again")
     source = source_folder(cache, tiny, seed)
     onnx_export.ATTENTION_QUERY_CHUNKS = chunks

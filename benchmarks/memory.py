@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "sdk"))
 
 from _memory_contenders import CONTENDERS, DEFAULT_CHUNKS, MAIN, QUICK_LEVERS  # noqa: E402,F401 (memory.CONTENDERS stays)
 from _memory_report import GB, bar_chart, breakdown, markdown, ratios, summarize  # noqa: E402
-from _models import DEFAULT_CACHE, export_name  # noqa: E402
+from _models import DEFAULT_CACHE, export_name, is_current_export  # noqa: E402
 
 from zoodip.errors import ZoodipError  # noqa: E402
 
@@ -82,7 +82,7 @@ def machine() -> dict:
 def prepare_export(cache: Path, tiny: bool, recipe: str, chunks: int) -> Path:
     """Build/export (in a subprocess, so this process stays small) or reuse the cached folder."""
     folder = cache / export_name(tiny, recipe, chunks)
-    if not (folder / "manifest.json").is_file():
+    if not is_current_export(folder, recipe):  # none yet, or one of an older revision of the recipe
         _log(f"preparing {folder.name} (first run: build + export, cached afterwards)")
         command = [sys.executable, str(REPO / "benchmarks" / "_models.py"), str(cache), "tiny" if tiny else "sd15",
                    recipe, str(chunks)]
