@@ -82,6 +82,14 @@ def test_tiny_generation_rows_split_every_peak(bench_cache: Path, tmp_path: Path
     assert "| generate-int8-budget |" in text and "generation with --memory-budget, peak / ours personalization peak" in text
 
 
+def test_vae_tiles_script_compares_tiled_with_whole_decoding(tiny_export: Path) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "vae_tiles.py"), "--export", str(tiny_export),
+                           "--resolution", "128", "--tiles", "8,12"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 8 (64 px)") or line.startswith("| 12 (96 px)")]
+    assert len(rows) == 2 and "| 9 |" in rows[0] and "| 4 |" in rows[1]  # 3x3 and 2x2 tiles over 16 latents
+
+
 def test_unknown_contender_is_a_one_line_error(tmp_path: Path) -> None:
     done = _memory("--tiny", "--contenders", "nope", "--out", str(tmp_path), "--cache", str(tmp_path / "c"), timeout=60)
     assert done.returncode == 2
