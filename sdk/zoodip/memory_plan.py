@@ -62,15 +62,15 @@ def decode_bytes(model: Any, latent_h: int, latent_w: int, whole_h: int | None =
     return need
 
 
-def plan_decode(model: Any, latent_h: int, latent_w: int, memory_budget_mb: int | None) -> DecodePlan:
+def plan_decode(model: Any, latent_h: int, latent_w: int, budget_mb: int | None) -> DecodePlan:
     """The whole image if its estimate fits the budget (or there is none), else the largest square tiles that fit.
 
     Raises ZoodipError, naming the budget that would do, when even ``MIN_TILE`` tiles do not fit.
     """
     whole = decode_bytes(model, latent_h, latent_w)
-    if memory_budget_mb is None:
+    if budget_mb is None:
         return DecodePlan(None, 0, whole)
-    budget = int(memory_budget_mb) << 20
+    budget = int(budget_mb) << 20
     if whole <= budget:
         return DecodePlan(None, 0, whole)
     for tile in range(max(latent_h, latent_w) - 1, MIN_TILE - 1, -1):
@@ -81,7 +81,7 @@ def plan_decode(model: Any, latent_h: int, latent_w: int, memory_budget_mb: int 
     smallest = decode_bytes(model, min(MIN_TILE, latent_h), min(MIN_TILE, latent_w), latent_h, latent_w)
     raise ZoodipError(
         f"decoding a {latent_w * factor}x{latent_h * factor} image needs about {-(-smallest // (1 << 20))} MB even in "
-        f"tiles of {MIN_TILE * factor} px, more than the --memory-budget of {memory_budget_mb} MB: raise the budget "
+        f"tiles of {MIN_TILE * factor} px, more than the --memory-budget of {budget_mb} MB: raise the budget "
         "or make a smaller image")
 
 
