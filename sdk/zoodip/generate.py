@@ -113,7 +113,6 @@ def generate(
     _check_settings(prompt, negative_prompt, sampler, num_images, guidance_scale, eta, seed)
     h, w = _latent_size(model, height, width)
     plan = _budget_plan(model, h, w, budget := memory_budget_mb(model))  # a size that cannot fit: refused now
-
     encode = _prompt_encoder(model, added_embeddings, token_groups, [prompt, negative_prompt], num_images)
     g = float(guidance_scale)
     cond, uncond = _conditioning(model, encode, prompt, negative_prompt, g, budget)
@@ -123,6 +122,7 @@ def generate(
     noise = noise if latents is None else _checked_latents(latents, noise.shape)
     latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, eta=eta, rng=rng, callback=callback)
     _release_under_budget(model, budget, "unet")
+    # One image at a time: the VAE decoder's activations dominate the peak.
     images = [image for i in range(num_images) for image in to_pil(decode_latents(model, latents[i : i + 1], plan))]
     _release_under_budget(model, budget, "vae_decoder")
     return images
