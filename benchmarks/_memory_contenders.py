@@ -23,6 +23,15 @@ CONTENDERS: dict[str, tuple[str, dict]] = {
                           {"kind": "torch_ti"}),
     "torch-zo-fp32": ("torch fp32 forward-only ZO step (same loss, n=2), sequential, latents cached",
                       {"kind": "torch_zo", "batched": False, "once": True}),
+    # generation: one image at the run's resolution, 25 DPM-Solver++ steps, guidance 7.5
+    "generate-int8": ("zoodip generate, INT8 W8A32, one image, 25 steps, no budget (the CLI's defaults: guidance "
+                      "branches batched, every graph kept open)",
+                      {"kind": "zoodip_generate", "export": ("w8a32", DEFAULT_CHUNKS), "sampling_steps": 25,
+                       "once": True}),
+    "generate-int8-budget": ("zoodip generate --memory-budget 1300, INT8 W8A32, one image, 25 steps: one UNet pass "
+                             "and one graph at a time, VAE tiles where the image would not fit",
+                             {"kind": "zoodip_generate", "export": ("w8a32", DEFAULT_CHUNKS), "sampling_steps": 25,
+                              "memory_budget_mb": 1300, "once": True}),
     # levers
     "L0-int8-batched-fullattn": ("before: SDK default (n+1 batched), full attention scores",
                                    {"kind": "zoodip", "export": ("w8a32", 0), "batched": True, "lever": True}),
@@ -54,4 +63,5 @@ CONTENDERS: dict[str, tuple[str, dict]] = {
                                      "lever": True, "vocabulary_variance": 0.95}),
 }
 MAIN = ["ours-int8", "onnx-fp32", "onnx-fp32-ortdefaults", "torch-backprop-ti", "torch-zo-fp32"]
+GENERATION = ["generate-int8", "generate-int8-budget"]
 QUICK_LEVERS = ["L4-ours-buffer-reuse-on", "L5-ours-arena-off"]

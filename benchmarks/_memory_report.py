@@ -38,6 +38,11 @@ def summarize(name: str, description: str, spec: dict, runs: list[dict], manifes
         "phases": {phase: {k: statistics.median(r["phases"][phase][k] for r in ok) for k in ok[0]["phases"][phase]}
                    for phase in ok[0]["phases"]},
     })
+    row["peak_split"] = peak_split(row["phases"])
+    if spec["kind"] == "zoodip_generate":
+        row["generate_s"] = _stats([float(r["generate_s"]) for r in ok])
+        row["decode_s"] = _stats([float(r["decode_s"]) for r in ok if r.get("decode_s") is not None])
+        row["decode_tile"] = ok[0].get("decode_tile")
     if manifest is not None:
         parity = manifest.get("parity") or {}
         row["parity_unet_rel"] = (parity.get("unet") or {}).get("int8_vs_fp32_rel")
@@ -46,6 +51,14 @@ def summarize(name: str, description: str, spec: dict, runs: list[dict], manifes
     if spec["kind"] == "zoodip":
         row["breakdown"] = breakdown(row["phases"], ok[0]["weight_file_bytes"])
     return row
+
+
+def peak_split(phases: dict) -> dict:
+    """The process peak's phase, its kernel peak, and its file-backed / anonymous split at that phase's highest
+    sample (benchmarks/_contenders.py's Phases; runs from before the sampler have no split)."""
+    name = max(phases, key=lambda phase: phases[phase]["peak"])
+    phase = phases[name]
+    return {"phase": name, "peak": phase["peak"], "file": phase.get("peak_file"), "anon": phase.get("peak_anon")}
 
 
 def breakdown(phases: dict, weight_files: dict) -> dict:
@@ -88,14 +101,16 @@ def markdown(report: dict) -> str:
     lines = [f"Resolution {report['resolution']} px, {report['steps']} steps x {report['repeats']} repetitions per "
              f"contender, each in a fresh process; {report['machine']['cpu']}, {report['machine']['cores']} cores. "
              "Peak RSS = the kernel's high-water mark (VmHWM) of the whole process; step time excludes each run's "
-             "first step. Last column: the 1-minute load average during each row's runs; above the core count, "
-             "other jobs shared the machine and stretched the times.", "",
-             "| contender | peak RSS GB (min / max) | x ours | step s (min / median / max) | s / forward | "
-             "fidelity | UNet parity (rel) | load avg |",
-             "|---|---|---|---|---|---|---|---|"]
+             "first step. File / anon: the peak's file-backed (RssFile: memory-mapped weights, clean pages the OS can "
+             "drop and re-read) and anonymous (RssAnon: heap, tensors) parts, read at the highest of samples taken "
+             "every 10 ms in the peak's phase. Last column: the 1-minute load average during each row's runs; above "
+             "the core count, other jobs shared the machine and stretched the times.", "",
+             "| contender | peak RSS GB (min / max) | file / anon GB | x ours | step s (min / median / max) | "
+             "s / forward | fidelity | UNet parity (rel) | load avg |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "peak_rss" not in row:
-            lines.append(f"| {row['name']} | failed: {'; '.join(row['errors'])[:120]} | | | | | | |")
+            lines.append(f"| {row['name']} | failed: {'; '.join(row['errors'])[:120]} | | | | | | | |")
             continue
         peak = row["peak_rss"]
         ratio = f"{peak['max'] / ours['peak_rss']['max']:.2f}" if ours else "-"
@@ -104,7 +119,7 @@ def markdown(report: dict) -> str:
         fid = "-" if fidelity is None else f"{fidelity:.3f}"
         parity = row.get("parity_unet_rel")
         lines.append(
-            f"| {row['name']} | {_gb(peak['min'])} / {_gb(peak['max'])} | {ratio} | "
+            f"| {row['name']} | {_gb(peak['min'])} / {_gb(peak['max'])} | {_split(row)} | {ratio} | "
             f"{_sec(step['min'])} / {_sec(step['median'])} / {_sec(step['max'])} | {_sec(row.get('s_per_forward'))} | "
             f"{fid} | {'-' if parity is None else f'{parity:.4f}'} | {row['loadavg_1min_max']:.1f} |")
     if not report.get("fidelity"):
@@ -115,6 +130,7 @@ def markdown(report: dict) -> str:
                   f"random directions at {report.get('fidelity', {}).get('resolution', '-')} px."]
     lines += ["", "torch backprop TI: one step = VAE encode + forward + backward; zoodip / torch ZO: one step = "
               "n+1 = 3 forwards (text encoder + UNet each)."]
+    lines += generation_table(rows)
     if ours and "breakdown" in ours:
         b = ours["breakdown"]
         lines += ["", "Memory breakdown of ours-int8 (median over repetitions):", "",
@@ -141,6 +157,32 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _split(row: dict) -> str:
+    split = row.get("peak_split") or {}
+    return "-" if split.get("file") is None else f"{_gb(split['file'])} / {_gb(split['anon'])}"
+
+
+def generation_table(rows: list[dict]) -> list[str]:
+    """The generation rows phase by phase: kernel peak of each phase, the peak's split, the times."""
+    generation = [r for r in rows if r["kind"] == "zoodip_generate" and "peak_rss" in r]
+    if not generation:
+        return []
+    lines = ["", "Generation (one image, 25 DPM-Solver++ steps, guidance 7.5; one run each): peak RSS of each phase, "
+             "the process peak's file-backed / anonymous split, s per denoising step (two UNet passes), the decode's "
+             "and the whole call's wall time.", "",
+             "| contender | text encoder GB | UNet loop GB | VAE decode GB | peak GB (file / anon) | s / step | "
+             "decode s | generate s | VAE tiles |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in generation:
+        phases = row["phases"]
+        tile = row.get("decode_tile")
+        lines.append(
+            f"| {row['name']} | " + " | ".join(_gb(phases.get(p, {}).get("peak")) for p in ("text", "unet", "decode"))
+            + f" | {_gb(row['peak_rss']['max'])} ({_split(row)}) | {_sec(row['step_s']['median'])} | "
+            f"{_sec(row['decode_s']['median'])} | {_sec(row['generate_s']['median'])} | "
+            f"{'none (whole image)' if tile is None else f'{tile} latents'} |")
+    return lines
+
+
 def ratios(rows: list[dict]) -> dict[str, str]:
     by = {r["name"]: r for r in rows if "peak_rss" in r}
     out: dict[str, str] = {}
@@ -165,6 +207,11 @@ def ratios(rows: list[dict]) -> dict[str, str]:
         speed = fastest["s_per_forward"] / ours["s_per_forward"]
         out["INT8 forward speed vs the fastest fp32 ONNX forward (fp32 s / int8 s; >= 1 means int8 is no slower)"] = (
             f"{speed:.2f} against {fastest['name']} ({'met' if speed >= 1.0 else 'NOT met'})")
+    budgeted = by.get("generate-int8-budget")
+    if budgeted:
+        generation = budgeted["peak_rss"]["max"]
+        out["generation with --memory-budget, peak / ours personalization peak"] = (
+            f"{generation / GB:.2f} / {peak / GB:.2f} GB (target: at most the personalization peak: {'met' if generation <= peak else 'NOT met'})")
     if ours.get("fidelity") is not None:
         out["ours fidelity"] = f"{ours['fidelity']:.3f} (target >= 0.9: {'met' if ours['fidelity'] >= 0.9 else 'NOT met'})"
     return out

@@ -33,8 +33,8 @@ from reference.repo import REPO, relative_args  # noqa: E402
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "sdk"))
 
-from _memory_contenders import CONTENDERS, DEFAULT_CHUNKS, MAIN, QUICK_LEVERS  # noqa: E402,F401 (memory.CONTENDERS stays)
-from _memory_report import GB, bar_chart, breakdown, markdown, ratios, summarize  # noqa: E402
+from _memory_contenders import CONTENDERS, DEFAULT_CHUNKS, GENERATION, MAIN, QUICK_LEVERS  # noqa: E402,F401 (memory.CONTENDERS stays)
+from _memory_report import GB, bar_chart, breakdown, markdown, peak_split, ratios, summarize  # noqa: E402
 from _models import DEFAULT_CACHE, export_name, is_current_export  # noqa: E402
 
 from zoodip.errors import ZoodipError  # noqa: E402
@@ -126,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiny", action="store_true", help="the tiny built-in model (seconds; for tests)")
     parser.add_argument("--scaling", action="store_true", help="also ours and torch backprop TI at 256/384/512 px")
     parser.add_argument("--contenders", default=None,
-                        help="comma-separated names (default: all; --quick: main + 2 levers); 'main' = the 5 main ones")
+                        help="comma-separated names (default: all; --quick: main + 2 levers); 'main' = the 5 main ones, "
+                             "'generation' = generating one image with and without --memory-budget")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory"), help="output folder")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="model/export cache folder")
     parser.add_argument("--photos", type=int, default=3, help="photos in the personalization set (bundled ones)")
@@ -146,12 +147,15 @@ def select(names_arg: str | None, quick: bool) -> list[str]:
     for part in [p.strip() for p in names_arg.split(",") if p.strip()]:
         if part == "main":
             names += MAIN
+        elif part == "generation":
+            names += GENERATION
         elif part == "levers":
-            names += [n for n in CONTENDERS if n not in MAIN]
+            names += [n for n in CONTENDERS if n not in MAIN + GENERATION]
         elif part in CONTENDERS:
             names.append(part)
         else:
-            raise ZoodipError(f"unknown contender {part!r}: use 'main', 'levers' or one of {', '.join(CONTENDERS)}")
+            raise ZoodipError(f"unknown contender {part!r}: use 'main', 'generation', 'levers' or one of "
+                              f"{', '.join(CONTENDERS)}")
     return list(dict.fromkeys(names))
 
 
@@ -293,6 +297,8 @@ def render(out: Path) -> dict:
         ok = [r for r in row["runs"] if "error" not in r]
         if row["kind"] == "zoodip" and ok and "phases" in row:
             row["breakdown"] = breakdown(row["phases"], ok[0]["weight_file_bytes"])
+        if ok and "phases" in row:
+            row["peak_split"] = peak_split(row["phases"])
     report["ratios"] = ratios(report["rows"])
     path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     (out / "memory.md").write_text(markdown(report), encoding="utf-8")

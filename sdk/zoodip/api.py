@@ -5,6 +5,7 @@
     ...
     job.cancel()           # stops after the current step: a checkpoint and learned_embeds-steps-N.safetensors
     result = job.wait()    # PersonalizeResult (status, embedding path, eval losses)
+    images = job.generate("a photo of <my-dog> on a beach")   # within the job's memory budget, if it has one
 
 A cancelled or killed job continues with ``PersonalizationJob(same_config, resume=True).start()``.
 Progress can also be streamed as JSON lines (one object per event) for a process boundary, e.g.
@@ -15,9 +16,12 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import asdict
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
+from .embeddings import load_embedding_file
 from .errors import ZoodipError
+from .generate import generate
+from .model import ExportedModel
 from .trainer import PersonalizeConfig, PersonalizeResult, Progress, personalize
 
 __all__ = ["PersonalizationJob", "progress_to_json", "jsonl_progress_writer"]
@@ -49,6 +53,7 @@ class PersonalizationJob:
         self.error: BaseException | None = None
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
+        self._model: ExportedModel | None = None  # generate()'s, loaded on first use
 
     def _progress(self, progress: Progress) -> None:
         self.latest = progress
@@ -90,6 +95,24 @@ class PersonalizationJob:
         if self._thread.is_alive():
             return None
         return self._outcome()
+
+    def generate(self, prompt: str, **options: Any) -> list:
+        """Images of ``prompt`` with the token this job learned (``zoodip.generate.generate``'s ``options``).
+
+        The model is loaded with the job's runtime settings (``PersonalizeConfig.runtime_options``): a job
+        with a memory budget generates within the same budget. Generation and training would share that
+        budget, so a running job must finish (or be cancelled) first.
+        """
+        if self.running:
+            raise ZoodipError("the job is still running: wait() for it (or cancel() it) before generating, "
+                              "since generation and training share the memory budget")
+        if self.result is None or self.result.embedding_path is None:
+            raise ZoodipError("this job has no learned embedding: start() it and wait() for it first (a job that "
+                              "failed has none)")
+        token, vectors = load_embedding_file(self.result.embedding_path)
+        if self._model is None:
+            self._model = ExportedModel.load(self.config.export_dir, self.config.runtime_options())
+        return generate(self._model, prompt, added_embeddings={token: vectors}, **options)
 
     def _outcome(self) -> PersonalizeResult:
         if self.error is not None:

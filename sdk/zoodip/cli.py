@@ -144,7 +144,8 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--early-stop-patience", type=int, default=0, help="stop after this many evaluations without improvement")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     add_spin_wait_flag(p)
-    p.add_argument("--memory-budget", type=int, default=None, metavar="MB", help="low-memory mode within MB (implies --sequential)")
+    p.add_argument("--memory-budget", type=int, default=None, metavar="MB", help="low-memory mode within MB (implies --sequential); "
+                   "--validation_prompt previews are generated within it too")
     p.add_argument("--resume", action="store_true", help="continue the run in --output_dir from its checkpoint")
     p.add_argument("--resume_from_checkpoint", default=None, metavar="latest",
                    help="diffusers' spelling of --resume; zoodip keeps one checkpoint per run, so only 'latest'")
@@ -337,12 +338,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         check_output_file(path, "--out")
     if args.threads < 0:
         raise ZoodipError(f"--threads must be an integer >= 0 (0: all cores), got {args.threads}")
-    model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on"))
+    model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on",
+                                                          memory_budget_mb=args.memory_budget))
     added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity)
     factor = model.vae_scale_factor
     height, width = args.height or model.default_resolution, args.width or model.default_resolution
     if height > 0 and width > 0 and not (height % factor or width % factor):  # other sizes: generate() says why
-        check_image_size(height, width, factor, f"--height {height} --width {width}")
+        check_image_size(height, width, factor, f"--height {height} --width {width}", memory_budget_mb=args.memory_budget)
     latents = _generate_latents(args, model)
     images = generate(model, args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                       guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
@@ -438,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "and each is also written as OUT-1.png, OUT-2.png, ...")
     g.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     add_spin_wait_flag(g)
+    g.add_argument("--memory-budget", type=int, default=None, metavar="MB",
+                   help="generate within MB: one UNet pass at a time, one graph in memory at a time, and the VAE "
+                        "decoding in overlapping tiles where the whole image would not fit")
     g.add_argument("--latents", default=None, metavar="FILE.npy",
                    help="initial latents [images, 4, height/8, width/8] instead of the seed's (diffusers' latents=); "
                         "the same latents give the same images in diffusers")

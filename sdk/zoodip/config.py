@@ -15,7 +15,7 @@ from .errors import ZoodipError
 from .generate import MAX_IMAGES
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .lr_schedule import LENGTH_DEPENDENT, LR_SCHEDULERS
-from .model import DEFAULT_SPIN_WAIT
+from .model import DEFAULT_SPIN_WAIT, RuntimeOptions
 from .timesteps import PAPER_T_RANGE
 from .prompts import LEARNABLE_PROPERTIES
 from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
@@ -235,6 +235,11 @@ class PersonalizeConfig:
 
     def to_json(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+    def runtime_options(self) -> RuntimeOptions:
+        """The onnxruntime settings of this run's model: its threads, spinning and memory budget. A model
+        loaded with them for generation (``PersonalizationJob.generate``) stays within the same budget."""
+        return RuntimeOptions(threads=self.threads, memory_budget_mb=self.memory_budget_mb, spin_wait=self.spin_wait)
 
 
 PAPER_TAU = 128  # the paper's history length, for 768/1024-wide text encoders

@@ -10,6 +10,12 @@ initial noise differs, since it comes from NumPy's generator rather than torch's
 
 Learned tokens are added to a *copy* of the model's tokenizer, so a call never changes the model
 that was passed in, and the same model can be used with and without the embeddings.
+
+A model loaded with ``RuntimeOptions(memory_budget_mb=...)`` generates within that budget: each UNet
+pass takes one image and one guidance branch, each graph's session is closed once its phase is over
+(text encoder, UNet, VAE decoder; they reopen on next use), and the VAE decodes in overlapping tiles
+where the whole image's estimate does not fit (``zoodip.memory_plan``). Without tiles the images are
+those of the unbudgeted call, up to the floating-point order of batched and single UNet passes.
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ from PIL import Image
 from .embeddings import check_hidden_size
 from .errors import ZoodipError
 from .images import to_pil
+from .limits import check_image_size
+from .memory_plan import DecodePlan, memory_budget_mb, plan_decode
 from .samplers import (
     ddim_timesteps,
     dpm_timesteps,
@@ -36,6 +44,7 @@ from .samplers import (
     sample_euler,
     sigmas_at,
 )
+from .vae_tiles import decode_tiled
 
 SAMPLERS = ("dpmpp_2m", "ddim", "euler")
 # Images per call: they are denoised as one UNet batch (twice that with guidance), whose activations
@@ -90,6 +99,7 @@ def generate(
             ``prompt`` and ``negative_prompt``.
         callback: progress, ``callback(step, total, latents)``; raise from it to stop early.
         batch_cfg: the unconditional and conditional passes as one batch; False: one by one (less memory).
+            Ignored under a memory budget, which runs every pass alone.
         eta: DDIM noise (0 = deterministic); only for ``sampler="ddim"``.
         token_groups: the names of each embedding (``embeddings.load_embeddings``' groups; default:
             each added token alone). One warning per group none of whose names the prompts use
@@ -97,23 +107,56 @@ def generate(
         latents: the initial latents, unit variance, ``[num_images, channels, height/8, width/8]``, instead
             of the seed's (``initial_latents``); the seed still drives DDIM's ``eta`` noise. diffusers'
             ``latents=`` argument is the same array, so the same latents give the same images there.
+
+    A model loaded with ``RuntimeOptions(memory_budget_mb=...)`` generates within that budget (see the module's doc).
     """
     _check_settings(prompt, negative_prompt, sampler, num_images, guidance_scale, eta, seed)
     h, w = _latent_size(model, height, width)
-
+    plan = _budget_plan(model, h, w, budget := memory_budget_mb(model))  # a size that cannot fit: refused now
     encode = _prompt_encoder(model, added_embeddings, token_groups, [prompt, negative_prompt], num_images)
     g = float(guidance_scale)
-    # With g = 1 the guided output is the conditional one: the unconditional pass is skipped.
-    model_fn = _guided(model, encode(prompt), None if g == 1.0 else encode(negative_prompt), g, batch_cfg)
+    cond, uncond = _conditioning(model, encode, prompt, negative_prompt, g, budget)
+    model_fn = _guided(model, cond, uncond, g, batch_cfg and budget is None, one_image_at_a_time=budget is not None)
     rng = np.random.default_rng(seed)
     noise = _draw_latents(rng, model, num_images, h, w)  # drawn either way: the rest of the stream stays the seed's
-    if latents is not None:
-        noise = _checked_latents(latents, noise.shape)
+    noise = noise if latents is None else _checked_latents(latents, noise.shape)
     latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, eta=eta, rng=rng, callback=callback)
+    _release_under_budget(model, budget, "unet")
+    # One image at a time: the VAE decoder's activations dominate the peak.
+    images = [image for i in range(num_images) for image in to_pil(decode_latents(model, latents[i : i + 1], plan))]
+    _release_under_budget(model, budget, "vae_decoder")
+    return images
 
-    # Decode one image at a time: the VAE decoder's activations dominate peak memory.
-    return [image for i in range(num_images)
-            for image in to_pil(np.asarray(model.vae_decode(latents[i : i + 1]), dtype=np.float32))]
+
+def _conditioning(model: Any, encode: Callable[[str], np.ndarray], prompt: str, negative_prompt: str, g: float,
+                  budget: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The prompt's and the negative prompt's text states; under a budget the text encoder is closed after."""
+    # With g = 1 the guided output is the conditional one: the unconditional pass is skipped.
+    cond, uncond = encode(prompt), None if g == 1.0 else encode(negative_prompt)
+    _release_under_budget(model, budget, "text_encoder")
+    return cond, uncond
+
+
+def _budget_plan(model: Any, h: int, w: int, budget: int | None) -> DecodePlan:
+    """The decode plan, after the size check of ``zoodip.limits`` against the budget (if there is one)."""
+    if budget is not None:
+        factor = int(model.vae_scale_factor)
+        check_image_size(h * factor, w * factor, factor, f"a {w * factor}x{h * factor} image", memory_budget_mb=budget)
+    return plan_decode(model, h, w, budget)
+
+
+def _release_under_budget(model: Any, budget: int | None, graph: str) -> None:
+    """Under a budget, close ``graph``'s session now that its phase is over (it reopens on next use)."""
+    release = getattr(model, "release", None)
+    if budget is not None and callable(release):
+        release(graph)
+
+
+def decode_latents(model: Any, latents: np.ndarray, plan: DecodePlan | None = None) -> np.ndarray:
+    """Images [n, 3, H, W] in about [-1, 1] from scaled latents: whole, or in the tiles of ``plan``."""
+    if plan is None or plan.tile is None:
+        return np.asarray(model.vae_decode(latents), dtype=np.float32)
+    return decode_tiled(model.vae_decode, latents, plan.tile, plan.overlap, int(model.vae_scale_factor))
 
 
 def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | None,
@@ -174,24 +217,28 @@ def _check_settings(prompt: object, negative_prompt: object, sampler: str, num_i
         raise ZoodipError("prompt and negative_prompt must be strings")
 
 
-def _guided(model: Any, cond: np.ndarray, uncond: np.ndarray | None, g: float,
-            batch_cfg: bool) -> Callable[[np.ndarray, float], np.ndarray]:
-    """The classifier-free-guided UNet ``uncond + g (cond - uncond)``; the conditional pass alone without uncond."""
-    if uncond is None:
-        return lambda x, t: _unet(model, x, t, cond)
-    both = np.concatenate([uncond, cond])  # diffusers' order: unconditional first
+def _guided(model: Any, cond: np.ndarray, uncond: np.ndarray | None, g: float, batch_cfg: bool,
+            one_image_at_a_time: bool = False) -> Callable[[np.ndarray, float], np.ndarray]:
+    """The classifier-free-guided UNet ``uncond + g (cond - uncond)``; the conditional pass alone without uncond.
 
+    ``cond`` and ``uncond`` hold one identical row per image. ``one_image_at_a_time``: the UNet sees one
+    image per call (its activations grow with the batch; the sampler's arithmetic is per image anyway).
+    """
     def model_fn(x: np.ndarray, t: float) -> np.ndarray:
         n = len(x)
-        if batch_cfg:
-            out = _unet(model, np.concatenate([x, x]), t, both)
+        if uncond is None:
+            return _unet(model, x, t, cond[:n])
+        if batch_cfg:  # diffusers' order: unconditional first
+            out = _unet(model, np.concatenate([x, x]), t, np.concatenate([uncond[:n], cond[:n]]))
             out_uncond, out_cond = out[:n], out[n:]
         else:
-            out_uncond = _unet(model, x, t, uncond)
-            out_cond = _unet(model, x, t, cond)
+            out_uncond = _unet(model, x, t, uncond[:n])
+            out_cond = _unet(model, x, t, cond[:n])
         return (out_uncond + g * (out_cond - out_uncond)).astype(np.float32, copy=False)
 
-    return model_fn
+    if not one_image_at_a_time:
+        return model_fn
+    return lambda x, t: np.concatenate([model_fn(x[i : i + 1], t) for i in range(len(x))])
 
 
 def run_sampler(

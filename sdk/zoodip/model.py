@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from .curvature import CurvatureSubspace
 from .errors import ZoodipError
+from .heap import limit_heap_arenas, return_large_blocks, trim_heap  # noqa: F401  (re-exported for callers)
 from .integrity import file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
 from .schedule import NoiseSchedule
 from .tokenizer import CLIPTokenizer
@@ -28,6 +29,8 @@ FORMAT_VERSION = 1
 GRAPHS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 
 
+# Under a memory budget these graphs run without onnxruntime's CPU arena (``session_options``).
+RUN_ONCE_PER_IMAGE = ("vae_decoder",)
 DEFAULT_SPIN_WAIT = False  # chosen by benchmarks/threads.py on a quiet and a busy machine (benchmarks/README.md)
 
 
@@ -43,8 +46,10 @@ class RuntimeOptions:
     on: it recycles those freed buffers instead of faulting fresh pages in (faster, and smaller than
     glibc's fragmented heap: benchmarks/README.md, lever 5).
     ``memory_budget_mb``: the memory the process may use (MB). Forces ``low_memory``; loading a
-    model whose text encoder and UNet weights alone exceed it is an error. (The trainer also runs
-    the n+1 evaluations one by one under a budget.)
+    model whose text encoder and UNet weights alone exceed it is an error. The C heap then returns
+    large blocks to the OS when they are freed (``zoodip.heap``) and the VAE decoder runs without
+    the arena. The trainer runs the n+1 evaluations one by one, and ``generate`` holds one graph at
+    a time and decodes in tiles where the whole image would not fit (``zoodip.memory_plan``).
     ``spin_wait``: whether onnxruntime's idle intra-op threads spin (poll) instead of sleeping between
     parallel sections. Spinning saves a few microseconds per wake-up on an idle machine, but on a CPU
     shared with other processes the spinning threads take cores the busy threads need
@@ -60,45 +65,6 @@ class RuntimeOptions:
     extra_config: dict[str, str] = field(default_factory=dict)
     memory_budget_mb: int | None = None
     session_attributes: dict[str, Any] = field(default_factory=dict)
-
-
-_MALLOC_TRIM: Any = None
-
-
-def trim_heap() -> None:
-    """Hand memory the C heap holds but no longer uses back to the OS (glibc's ``malloc_trim``).
-
-    onnxruntime frees a session's buffers into the C heap, which keeps them mapped: without this a
-    released VAE encoder still counts in the resident set while the UNet runs. Elsewhere (no glibc,
-    e.g. Android's bionic) this is a no-op.
-    """
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            import ctypes
-            import ctypes.util
-
-            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-            _MALLOC_TRIM.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-def limit_heap_arenas() -> None:
-    """Make glibc serve every thread from one heap arena (``mallopt(M_ARENA_MAX, 1)``); no-op elsewhere.
-
-    By default each onnxruntime worker thread gets its own arena, and memory freed in one is not
-    reused by another: the resident set creeps up from forward to forward.
-    """
-    try:
-        import ctypes
-        import ctypes.util
-
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
 
 
 def _bad_manifest(path: Path, what: str) -> ZoodipError:
@@ -300,6 +266,7 @@ class ExportedModel:
             raise ZoodipError(f"--memory-budget must be a positive number of MB, got {budget!r}")
         self.options.low_memory = True
         limit_heap_arenas()
+        return_large_blocks()
         need = -(-self.weights_bytes() // (1 << 20))
         if budget < need:
             raise ZoodipError(
@@ -347,8 +314,8 @@ class ExportedModel:
     def prediction_type(self) -> str:
         return self.schedule.prediction_type
 
-    def session_options(self) -> tuple[ort.SessionOptions, list[str]]:
-        """Session options and disabled optimizers for this export's recipe."""
+    def session_options(self, graph: str | None = None) -> tuple[ort.SessionOptions, list[str]]:
+        """Session options and disabled optimizers for this export's recipe (and for ``graph``, if named)."""
         opts = ort.SessionOptions()
         if self.options.threads:
             opts.intra_op_num_threads = int(self.options.threads)
@@ -358,6 +325,10 @@ class ExportedModel:
         if self.options.low_memory:
             opts.enable_mem_reuse = False
             opts.enable_mem_pattern = False
+        if self.options.memory_budget_mb is not None and graph in RUN_ONCE_PER_IMAGE:
+            # The arena recycles buffers from one run to the next, at the price of keeping its
+            # high-water mark; a graph that runs once per image has nothing to recycle.
+            opts.enable_cpu_mem_arena = False
         session = self.manifest.get("session", {}) or {}
         if session.get("disable_quant_qdq"):
             opts.add_session_config_entry("session.disable_quant_qdq", "1")
@@ -374,7 +345,7 @@ class ExportedModel:
         if name not in self._sessions:
             graph = self.manifest["graphs"][name]
             path = self.folder / graph["file"]
-            opts, disabled = self.session_options()
+            opts, disabled = self.session_options(name)
             try:
                 self._sessions[name] = ort.InferenceSession(
                     str(path), sess_options=opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled

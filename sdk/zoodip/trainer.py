@@ -79,9 +79,7 @@ class Personalizer:
         self.config = config  # (completed below, once the model's width is known)
         self._created = time.monotonic()
         self._phase("loading the model")
-        runtime = runtime or RuntimeOptions(threads=config.threads, memory_budget_mb=config.memory_budget_mb,
-                                            spin_wait=config.spin_wait)
-        self.model = ExportedModel.load(config.export_dir, runtime)
+        self.model = ExportedModel.load(config.export_dir, runtime or config.runtime_options())
         # The optimized vector: the placeholder's num_vectors vectors of the model's width, flattened.
         self.width = self.model.hidden_size
         self.dim = dim = config.num_vectors * self.width
@@ -482,7 +480,8 @@ class Personalizer:
     # -- previews ------------------------------------------------------------------------------
     def write_validation_images(self) -> Path:
         """--validation_prompt with the current embedding: a PNG grid beside the run (diffusers' settings:
-        25 DPM-Solver++ steps, guidance 7.5; the run's seed, so previews of different steps compare)."""
+        25 DPM-Solver++ steps, guidance 7.5; the run's seed, so previews of different steps compare). Under
+        --memory-budget the preview is generated within it, as ``generate`` does on a budgeted model."""
         config = self.config
         images = generate(self.model, config.validation_prompt, seed=config.seed, height=self.resolution,
                           width=self.resolution, num_images=config.num_validation_images,

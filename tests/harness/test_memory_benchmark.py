@@ -62,6 +62,34 @@ def test_tiny_benchmark_writes_json_table_and_chart(bench_cache: Path, tmp_path:
     assert (out / "memory.png").stat().st_size < 200_000
 
 
+def test_tiny_generation_rows_split_every_peak(bench_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = _memory("--tiny", "--contenders", "ours-int8,generation", "--steps", "2", "--no-fidelity",
+                   "--out", str(out), "--cache", str(bench_cache))
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {row["name"]: row for row in json.loads((out / "memory.json").read_text())["rows"]}
+    assert set(rows) == {"ours-int8", "generate-int8", "generate-int8-budget"}
+    for row in rows.values():
+        assert not row["errors"], row["errors"]
+        split = row["peak_split"]
+        assert split["file"] > 0 and split["anon"] > 0 and split["file"] + split["anon"] <= split["peak"] * 1.05
+    for name in ("generate-int8", "generate-int8-budget"):
+        run = rows[name]["runs"][0]
+        assert set(rows[name]["phases"]) == {"imports", "load", "text", "unet", "decode"}
+        assert len(run["step_times"]) == 25 and run["image_size"] == [128, 128, 3] and run["decode_tile"] is None
+    assert rows["generate-int8-budget"]["spec"]["memory_budget_mb"] and not rows["generate-int8"]["spec"].get("memory_budget_mb")
+    text = (out / "memory.md").read_text()
+    assert "| generate-int8-budget |" in text and "generation with --memory-budget, peak / ours personalization peak" in text
+
+
+def test_vae_tiles_script_compares_tiled_with_whole_decoding(tiny_export: Path) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "vae_tiles.py"), "--export", str(tiny_export),
+                           "--resolution", "128", "--tiles", "8,12"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 8 (64 px)") or line.startswith("| 12 (96 px)")]
+    assert len(rows) == 2 and "| 9 |" in rows[0] and "| 4 |" in rows[1]  # 3x3 and 2x2 tiles over 16 latents
+
+
 def test_unknown_contender_is_a_one_line_error(tmp_path: Path) -> None:
     done = _memory("--tiny", "--contenders", "nope", "--out", str(tmp_path), "--cache", str(tmp_path / "c"), timeout=60)
     assert done.returncode == 2

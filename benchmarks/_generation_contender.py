@@ -1,0 +1,79 @@
+"""benchmarks/memory.py's generation contender: one image through the SDK's ``generate``, phase by phase.
+
+Run by benchmarks/_contenders.py in its own process (spec kind ``zoodip_generate``). The phases are
+the process's: ``imports``, ``load`` (the export folder opened, no session yet), then the three
+phases of the call itself, each started by the first call of its graph: ``text`` (the prompts
+encoded), ``unet`` (the denoising loop) and ``decode`` (the VAE, whole or in tiles). Under a budget
+``generate`` closes each graph when its phase is over, so that release counts in the phase it ends.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+PROMPT = "a photo of a dog on the beach"
+GRAPH_PHASES = {"encode_text": "text", "unet": "unet", "vae_decode": "decode"}
+
+
+class PhaseMarks:
+    """Wraps a model's graph methods so that the first call into another graph starts that graph's phase."""
+
+    def __init__(self, model: Any, phases: Any) -> None:
+        self.phases = phases
+        self.current: str | None = None
+        for method, phase in GRAPH_PHASES.items():
+            setattr(model, method, self._marked(getattr(model, method), phase))
+
+    def _marked(self, function: Callable, phase: str) -> Callable:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.current != phase:
+                self.finish()
+                self.phases.start(phase)
+                self.current = phase
+            return function(*args, **kwargs)
+
+        return call
+
+    def finish(self) -> None:
+        if self.current is not None:
+            self.phases.end()
+            self.current = None
+
+
+def run_generate(spec: dict, phases: Any) -> dict:
+    """One ``spec["resolution"]`` px image, ``spec["sampling_steps"]`` DPM-Solver++ steps, guidance 7.5, seed 0,
+    on the export, with ``spec["memory_budget_mb"]`` if given (the CLI's ``--memory-budget``)."""
+    phases.start("imports")
+    import numpy as np
+    import onnxruntime  # noqa: F401
+
+    from zoodip.generate import generate
+    from zoodip.memory_plan import plan_decode
+    from zoodip.model import ExportedModel, RuntimeOptions
+    phases.end()
+    assert "torch" not in sys.modules, "the SDK contender must not import torch"
+
+    phases.start("load")
+    budget = spec.get("memory_budget_mb")
+    model = ExportedModel.load(Path(spec["export_dir"]), RuntimeOptions(threads=spec.get("threads", 0),
+                                                                         memory_budget_mb=budget))
+    side = int(spec["resolution"]) // model.vae_scale_factor
+    plan = plan_decode(model, side, side, budget)
+    phases.end()
+
+    marks = PhaseMarks(model, phases)
+    stamps: list[float] = []
+    started = time.perf_counter()
+    images = generate(model, PROMPT, steps=int(spec["sampling_steps"]), height=int(spec["resolution"]),
+                      width=int(spec["resolution"]), seed=0, callback=lambda i, n, x: stamps.append(time.perf_counter()))
+    generate_s = time.perf_counter() - started
+    marks.finish()
+    step_times = [b - a for a, b in zip([started] + stamps[:-1], stamps)]
+    pixels = np.asarray(images[0])
+    return {"step_times": step_times, "forwards_per_step": 2, "generate_s": generate_s,
+            "decode_s": started + generate_s - stamps[-1] if stamps else None,
+            "memory_budget_mb": budget, "decode_tile": plan.tile, "decode_overlap": plan.overlap,
+            "decode_estimate_bytes": plan.need_bytes, "image_size": list(pixels.shape), "image_mean": float(pixels.mean()),
+            "weight_file_bytes": {name: model.weights_bytes((name,)) for name in ("text_encoder", "unet", "vae_decoder")}}

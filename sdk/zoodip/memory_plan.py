@@ -1,0 +1,90 @@
+"""How an image is decoded within a memory budget: whole, or in overlapping tiles.
+
+Under a budget ``generate`` holds one graph at a time (text encoder, then UNet, then VAE decoder),
+so the decode has the whole budget to itself. What it needs grows with the image's pixels: Stable
+Diffusion's VAE decoder (1.x, 2.x and XL alike: block widths 128, 256, 512, 512) upsamples
+256-channel feature maps to full resolution, and its first full-resolution ResNet block holds the
+upsampled map, its group normalization and its activation at once: three fp32 maps of 256
+channels per pixel. Its mid-block self-attention over all latent positions comes on top
+(``limits.attention_bytes``). A model with a narrower VAE needs less, so the estimate errs towards
+tiling. The estimate leaves out what the process holds anyway (Python, NumPy, onnxruntime), as the
+weight check of ``RuntimeOptions.memory_budget_mb`` does; ``benchmarks/memory.py`` measures both.
+
+The plan is made before the first denoising step, so a size whose decode cannot fit is refused
+before minutes of UNet work, and tiles are used only where the whole image would not fit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ZoodipError
+from .limits import attention_bytes
+
+_FLOAT32 = 4
+FULL_RESOLUTION_CHANNELS = 256  # SD's VAE decoder: block_out_channels[1], upsampled to full resolution
+LIVE_FULL_RESOLUTION_MAPS = 3  # that map, its GroupNorm and its SiLU output, alive together
+BLEND_FLOATS_PER_PIXEL = 4  # a tiled decode's accumulators: RGB sums and the weight
+OVERLAP_FRACTION = 4  # tiles overlap by a quarter of their side (diffusers' tiled VAE does the same)
+MIN_TILE = 8  # latents a side: the smallest tile whose overlap (2 latents, 16 px) still leaves a seam room to blend
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """How one image's latents are decoded: ``tile`` latents a side (None: whole), neighbours sharing
+    ``overlap`` latents, and the estimate of the bytes it needs."""
+
+    tile: int | None
+    overlap: int
+    need_bytes: int
+
+    @property
+    def tiled(self) -> bool:
+        return self.tile is not None
+
+
+def decoder_weight_bytes(model: Any) -> int:
+    """The VAE decoder's graph bytes (its weights), or 0 for a model that does not say."""
+    weights = getattr(model, "weights_bytes", None)
+    return int(weights(("vae_decoder",))) if callable(weights) else 0
+
+
+def decode_bytes(model: Any, latent_h: int, latent_w: int, whole_h: int | None = None,
+                 whole_w: int | None = None) -> int:
+    """Estimated bytes to decode a ``latent_h`` x ``latent_w`` tile of a ``whole_h`` x ``whole_w`` latent image
+    (default: the tile is the whole image, and nothing is blended)."""
+    factor = int(model.vae_scale_factor)
+    pixels = latent_h * latent_w * factor * factor
+    need = decoder_weight_bytes(model) + LIVE_FULL_RESOLUTION_MAPS * FULL_RESOLUTION_CHANNELS * _FLOAT32 * pixels
+    need += attention_bytes(latent_h, latent_w)
+    if whole_h is not None and whole_w is not None:
+        need += BLEND_FLOATS_PER_PIXEL * _FLOAT32 * whole_h * whole_w * factor * factor
+    return need
+
+
+def plan_decode(model: Any, latent_h: int, latent_w: int, budget_mb: int | None) -> DecodePlan:
+    """The whole image if its estimate fits the budget (or there is none), else the largest square tiles that fit.
+
+    Raises ZoodipError, naming the budget that would do, when even ``MIN_TILE`` tiles do not fit.
+    """
+    whole = decode_bytes(model, latent_h, latent_w)
+    if budget_mb is None:
+        return DecodePlan(None, 0, whole)
+    budget = int(budget_mb) << 20
+    if whole <= budget:
+        return DecodePlan(None, 0, whole)
+    for tile in range(max(latent_h, latent_w) - 1, MIN_TILE - 1, -1):
+        need = decode_bytes(model, min(tile, latent_h), min(tile, latent_w), latent_h, latent_w)
+        if need <= budget:
+            return DecodePlan(tile, tile // OVERLAP_FRACTION, need)
+    factor = int(model.vae_scale_factor)
+    smallest = decode_bytes(model, min(MIN_TILE, latent_h), min(MIN_TILE, latent_w), latent_h, latent_w)
+    raise ZoodipError(
+        f"decoding a {latent_w * factor}x{latent_h * factor} image needs about {-(-smallest // (1 << 20))} MB even in "
+        f"tiles of {MIN_TILE * factor} px, more than the --memory-budget of {budget_mb} MB: raise the budget "
+        "or make a smaller image")
+
+
+def memory_budget_mb(model: Any) -> int | None:
+    """The budget a model was loaded with (``RuntimeOptions.memory_budget_mb``), or None."""
+    return getattr(getattr(model, "options", None), "memory_budget_mb", None)

@@ -1,0 +1,68 @@
+"""Tiled VAE decoding's geometry and blending (zoodip.vae_tiles), and the decode plan (zoodip.memory_plan),
+on stand-in decoders: no export needed."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from zoodip.errors import ZoodipError
+from zoodip.memory_plan import MIN_TILE, decode_bytes, plan_decode
+from zoodip.vae_tiles import blend_weights, decode_tiled, tile_starts
+
+FACTOR = 8
+
+
+def pointwise_decoder(latents: np.ndarray) -> np.ndarray:
+    """A purely local 'decoder': each latent becomes a FACTOR x FACTOR block of a pixel function of it."""
+    rgb = np.tanh(latents[:, :3] * 0.7 + latents[:, 3:4] * 0.2)
+    return np.repeat(np.repeat(rgb, FACTOR, axis=2), FACTOR, axis=3).astype(np.float32)
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(16, 8, 2), (17, 8, 2), (64, 20, 5), (9, 8, 2), (8, 8, 2), (5, 8, 2)])
+def test_tiles_cover_the_axis_with_full_tiles_that_overlap(length, tile, overlap):
+    tile = min(tile, length)
+    starts = tile_starts(length, tile, overlap)
+    assert starts[0] == 0 and starts[-1] + tile == length and starts == sorted(set(starts))
+    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))  # neighbours share >= overlap
+
+
+def test_blend_weights_ramp_only_at_shared_edges_and_never_vanish():
+    inner = blend_weights(64, 16, True, True)
+    assert inner.min() > 0 and inner.max() == 1 and inner[0] < 0.1 and inner[-1] < 0.1 and inner[32] == 1
+    np.testing.assert_array_equal(blend_weights(64, 16, False, False), np.ones(64, np.float32))
+    first = blend_weights(64, 16, False, True)
+    assert first[0] == 1 and first[-1] < 0.1
+
+
+@pytest.mark.parametrize("shape,tile,overlap", [((1, 4, 16, 16), 8, 2), ((1, 4, 12, 20), 8, 2), ((2, 4, 24, 9), 10, 3),
+                                                 ((1, 4, 8, 8), 8, 2)])
+def test_a_local_decoder_decodes_the_same_in_tiles(shape, tile, overlap):
+    latents = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    whole = pointwise_decoder(latents)
+    tiled = decode_tiled(pointwise_decoder, latents, tile, overlap, FACTOR)
+    assert tiled.shape == whole.shape and tiled.dtype == np.float32
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-6)
+
+
+def fake_model(decoder_bytes: int = 50 << 20) -> SimpleNamespace:
+    return SimpleNamespace(vae_scale_factor=FACTOR, weights_bytes=lambda names: decoder_bytes)
+
+
+def test_the_plan_tiles_only_when_the_whole_image_does_not_fit():
+    model = fake_model()
+    whole = decode_bytes(model, 64, 64)
+    assert plan_decode(model, 64, 64, None).tile is None
+    assert plan_decode(model, 64, 64, -(-whole // (1 << 20))).tile is None
+    plan = plan_decode(model, 96, 96, 1300)
+    assert plan.tiled and MIN_TILE <= plan.tile < 96 and plan.overlap == plan.tile // 4
+    assert plan.need_bytes <= 1300 << 20 < decode_bytes(model, plan.tile + 1, plan.tile + 1, 96, 96)
+    # The estimate grows with the pixels, and a tile also pays for the whole image's blend buffers.
+    assert decode_bytes(model, 32, 32) < decode_bytes(model, 32, 32, 96, 96) < decode_bytes(model, 64, 64)
+
+
+def test_a_budget_too_small_for_the_smallest_tile_is_refused_in_one_line():
+    with pytest.raises(ZoodipError, match=r"even in tiles of 64 px, more than the --memory-budget of 40 MB") as info:
+        plan_decode(fake_model(), 64, 64, 40)
+    assert "\n" not in str(info.value)
