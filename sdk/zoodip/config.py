@@ -255,7 +255,8 @@ def default_tau(width: int) -> int:
 
 
 def warn_if_tau_spans_the_space(config: PersonalizeConfig, width: int) -> None:
-    """One warning where Subspace Gradient's history is at least the width (only an explicit --tau gets there).
+    """One warning where Subspace Gradient's history is at least ``width``, the length of the learned vector
+    (the embedding width times --num_vectors; only an explicit --tau gets there).
 
     Called from Personalizer._compose_method: the warning names the line that built the Personalizer.
     """
@@ -263,5 +264,7 @@ def warn_if_tau_spans_the_space(config: PersonalizeConfig, width: int) -> None:
         # The method assumes tau < d (128 < 768 on SD1.5): a history of >= d steps spans the whole
         # space and the projection then removes directions everywhere. Measured on the 64-wide
         # reference model: tau=128 stalls training, tau=32 does not (benchmarks/README.md).
-        warnings.warn(f"--tau {config.tau} >= embedding width {width}: Subspace Gradient will restrict the whole "
+        size = (f"embedding width {width}" if config.num_vectors == 1
+                else f"{width} numbers learned ({config.num_vectors} vectors)")
+        warnings.warn(f"--tau {config.tau} >= {size}: Subspace Gradient will restrict the whole "
                       f"space and can stall training; use --tau below {width} (e.g. {default_tau(width)})", stacklevel=4)

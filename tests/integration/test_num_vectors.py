@@ -130,3 +130,11 @@ def test_fingerprint_of_one_vector_is_unchanged():
     assert config.fingerprint() == "c5f81a0f7bfc414b"
     assert dataclasses.replace(config, a1111=True).fingerprint() == "c5f81a0f7bfc414b"  # output only
     assert dataclasses.replace(config, num_vectors=2).fingerprint() != "c5f81a0f7bfc414b"
+
+
+def test_the_tau_warning_counts_all_vectors(tiny_export, photos, tmp_path):
+    """With K vectors the history must stay below K x width: the warning names that length, not the width."""
+    config = PersonalizeConfig(export_dir=tiny_export, images=photos, output_dir=tmp_path / "run", placeholder_token="<k2>",
+                               initializer_token="star", num_vectors=2, tau=64, threads=1)
+    with pytest.warns(UserWarning, match=r"--tau 64 >= 64 numbers learned \(2 vectors\)"):
+        Personalizer(config)
