@@ -224,12 +224,16 @@ def _guided(model: Any, cond: np.ndarray, uncond: np.ndarray | None, g: float, b
     ``cond`` and ``uncond`` hold one identical row per image. ``one_image_at_a_time``: the UNet sees one
     image per call (its activations grow with the batch; the sampler's arithmetic is per image anyway).
     """
+    # diffusers' order: unconditional first. Built once, not at every UNet call of the sampler's loop.
+    both = None if uncond is None or not batch_cfg else np.concatenate([uncond, cond])
+
     def model_fn(x: np.ndarray, t: float) -> np.ndarray:
         n = len(x)
         if uncond is None:
             return _unet(model, x, t, cond[:n])
-        if batch_cfg:  # diffusers' order: unconditional first
-            out = _unet(model, np.concatenate([x, x]), t, np.concatenate([uncond[:n], cond[:n]]))
+        if batch_cfg:
+            text = both if n == len(cond) else np.concatenate([uncond[:n], cond[:n]])
+            out = _unet(model, np.concatenate([x, x]), t, text)
             out_uncond, out_cond = out[:n], out[n:]
         else:
             out_uncond = _unet(model, x, t, uncond[:n])
