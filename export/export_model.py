@@ -195,15 +195,15 @@ class _GraphExporter:
     def finish_one(self, name: str, raw: Path) -> None:
         from zoodip_export import onnx_export as ox
         from zoodip_export import parity as par
-        from zoodip_export.quantize import W4A32_INT8_GRAPHS, quantize_graph
+        from zoodip_export.quantize import graph_recipe, quantize_graph
 
         spec, staging = ox.GRAPH_SPECS[name], self.staging
-        recipe = "w8a32" if self.recipe == "w4a32" and name in W4A32_INT8_GRAPHS else self.recipe
+        recipe = graph_recipe(self.recipe, name)
         if recipe != "fp32":
             self.log(f"quantizing {name} ({recipe})")
         # w4a32 picks each layer's width on the parity inputs (fixed and seeded, also without --no-parity).
         calibration = self.parity_inputs(name) if recipe == "w4a32" else None
-        stats = quantize_graph(recipe, raw, staging / spec.file, warn=False, calibration=calibration)
+        stats = quantize_graph(self.recipe, raw, staging / spec.file, graph=name, warn=False, calibration=calibration)
         data_file = spec.file + ".data"
         self.graphs[name] = _graph_entry(staging / spec.file, data_file if (staging / data_file).exists() else None)
         if "layers" in stats:  # the per-layer widths and the measured errors they were chosen by

@@ -74,15 +74,11 @@ DYNAMIC_INT8_WARNING = (
 def session_options(session: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """``(SessionOptions, extra InferenceSession kwargs)`` for a manifest ``session`` entry."""
     import onnxruntime as ort
+    from zoodip.model import apply_export_session
 
     options = ort.SessionOptions()
-    session = session or {}
-    if session.get("disable_quant_qdq"):
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
-    kwargs: dict[str, Any] = {}
-    if session.get("disabled_optimizers"):
-        kwargs["disabled_optimizers"] = list(session["disabled_optimizers"])
-    return options, kwargs
+    disabled = apply_export_session(options, session)
+    return options, ({"disabled_optimizers": disabled} if disabled else {})
 
 
 def open_session(path: Path, session: dict[str, Any] | None = None, threads: int | None = None) -> Any:
@@ -280,12 +276,22 @@ def _int8_stats(path: Path) -> dict[str, int]:
     return stats
 
 
-def quantize_graph(recipe: str, src: Path, dest: Path, *, warn: bool = True,
-                   calibration: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """Apply ``recipe`` to the fp32 graph ``src``, writing ``dest`` (+ ``dest.data`` if large).
+def graph_recipe(recipe: str, graph: str | None) -> str:
+    """The recipe the graph named ``graph`` gets in an export made with ``recipe``.
 
-    ``calibration``: inputs of ``src`` on which ``w4a32`` measures each layer's 4-bit error (required there).
+    ``w4a32`` keeps :data:`W4A32_INT8_GRAPHS` in ``w8a32`` whole; every other recipe applies to all graphs.
     """
+    return "w8a32" if recipe == "w4a32" and graph in W4A32_INT8_GRAPHS else recipe
+
+
+def quantize_graph(recipe: str, src: Path, dest: Path, *, graph: str | None = None, warn: bool = True,
+                   calibration: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Apply the export's ``recipe`` to the fp32 graph ``src`` (named ``graph``), writing ``dest`` (+ ``dest.data`` if large).
+
+    The recipe is the one :func:`graph_recipe` gives for ``graph``. ``calibration``: inputs of ``src`` on
+    which ``w4a32`` measures each layer's 4-bit error (required there).
+    """
+    recipe = graph_recipe(recipe, graph)
     if recipe == "w8a32":
         return quantize_w8a32(src, dest)
     if recipe == "w4a32":

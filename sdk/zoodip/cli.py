@@ -324,7 +324,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .embeddings import load_embeddings
     from .generate import check_num_images, generate
     from .images import image_grid, numbered_paths, save_image
-    from .limits import check_image_size
     from .model import ExportedModel, RuntimeOptions
     from .paths import check_output_file
 
@@ -341,10 +340,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on",
                                                           memory_budget_mb=args.memory_budget))
     added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity)
-    factor = model.vae_scale_factor
-    height, width = args.height or model.default_resolution, args.width or model.default_resolution
-    if height > 0 and width > 0 and not (height % factor or width % factor):  # other sizes: generate() says why
-        check_image_size(height, width, factor, f"--height {height} --width {width}", memory_budget_mb=args.memory_budget)
     latents = _generate_latents(args, model)
     images = generate(model, args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                       guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -163,12 +162,10 @@ class PersonalizeConfig:
 
     def _validate_method(self) -> None:
         """The method's hyperparameters and choices."""
-        if not (isinstance(self.mu, (int, float)) and math.isfinite(self.mu) and self.mu > 0):
-            raise ZoodipError(f"--mu must be a positive finite number (reference 1e-3), got {self.mu!r}")
-        if not (isinstance(self.nu, (int, float)) and 0 < self.nu < 1):
-            raise ZoodipError(f"--nu must be in (0, 1) (reference 1e-3), got {self.nu!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ZoodipError(f"--learning_rate must be a positive number, got {self.learning_rate!r}")
+        # The same checks as the method's own constructors (zo.py), under the CLI's flag names.
+        validation.finite_float("--mu", self.mu, low=0.0)
+        validation.finite_float("--nu", self.nu, low=0.0, high=1.0, high_open=True)
+        validation.finite_float("--learning_rate", self.learning_rate, low=0.0)
         if self.optimizer not in OPTIMIZERS:
             raise ZoodipError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.adam_state_dtype not in ADAM_STATE_DTYPES:

@@ -111,8 +111,8 @@ def generate(
     A model loaded with ``RuntimeOptions(memory_budget_mb=...)`` generates within that budget (see the module's doc).
     """
     _check_settings(prompt, negative_prompt, sampler, num_images, guidance_scale, eta, seed)
-    h, w = _latent_size(model, height, width)
-    plan = _budget_plan(model, h, w, budget := memory_budget_mb(model))  # a size that cannot fit: refused now
+    h, w = _latent_size(model, height, width)  # a size that cannot fit in memory: refused now
+    plan = plan_decode(model, h, w, budget := memory_budget_mb(model))
     encode = _prompt_encoder(model, added_embeddings, token_groups, [prompt, negative_prompt], num_images)
     g = float(guidance_scale)
     cond, uncond = _conditioning(model, encode, prompt, negative_prompt, g, budget)
@@ -135,14 +135,6 @@ def _conditioning(model: Any, encode: Callable[[str], np.ndarray], prompt: str, 
     cond, uncond = encode(prompt), None if g == 1.0 else encode(negative_prompt)
     _release_under_budget(model, budget, "text_encoder")
     return cond, uncond
-
-
-def _budget_plan(model: Any, h: int, w: int, budget: int | None) -> DecodePlan:
-    """The decode plan, after the size check of ``zoodip.limits`` against the budget (if there is one)."""
-    if budget is not None:
-        factor = int(model.vae_scale_factor)
-        check_image_size(h * factor, w * factor, factor, f"a {w * factor}x{h * factor} image", memory_budget_mb=budget)
-    return plan_decode(model, h, w, budget)
 
 
 def _release_under_budget(model: Any, budget: int | None, graph: str) -> None:
@@ -313,6 +305,19 @@ def _unet(model: Any, x: np.ndarray, t: float, states: np.ndarray) -> np.ndarray
 
 
 def _latent_size(model: Any, height: int | None, width: int | None) -> tuple[int, int]:
+    """The latent size of a ``height`` x ``width`` image, after the checks of its pixels and of its memory floor.
+
+    The floor is checked against the model's memory budget if it has one, else the machine's memory;
+    images are decoded one at a time, so it is one image's.
+    """
+    h, w = _latent_shape(model, height, width)
+    factor = int(model.vae_scale_factor)
+    check_image_size(h * factor, w * factor, factor, f"a {w * factor}x{h * factor} image (--width {w * factor} "
+                     f"--height {h * factor})", memory_budget_mb=memory_budget_mb(model))
+    return h, w
+
+
+def _latent_shape(model: Any, height: int | None, width: int | None) -> tuple[int, int]:
     factor = int(model.vae_scale_factor)
     default = int(model.sample_size) * factor
     sizes = []

@@ -67,6 +67,18 @@ class RuntimeOptions:
     session_attributes: dict[str, Any] = field(default_factory=dict)
 
 
+def apply_export_session(opts: ort.SessionOptions, session: dict[str, Any] | None) -> list[str]:
+    """Apply an export manifest's ``session`` entry (what its recipe needs from onnxruntime) to ``opts``.
+
+    Returns the graph optimizers to disable (``InferenceSession(disabled_optimizers=...)``). The one
+    reading of that entry: the exporter's parity sessions use it too.
+    """
+    session = session or {}
+    if session.get("disable_quant_qdq"):
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    return list(session.get("disabled_optimizers", []))
+
+
 def _bad_manifest(path: Path, what: str) -> ZoodipError:
     return ZoodipError(f"{path} {what}: the export is damaged or foreign, re-run 'zoodip export'")
 
@@ -329,16 +341,14 @@ class ExportedModel:
             # The arena recycles buffers from one run to the next, at the price of keeping its
             # high-water mark; a graph that runs once per image has nothing to recycle.
             opts.enable_cpu_mem_arena = False
-        session = self.manifest.get("session", {}) or {}
-        if session.get("disable_quant_qdq"):
-            opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        disabled = apply_export_session(opts, self.manifest.get("session"))
         for key, value in self.options.extra_config.items():
             opts.add_session_config_entry(key, value)
         for key, value in self.options.session_attributes.items():
             if key.startswith("_") or not hasattr(opts, key):
                 raise ZoodipError(f"'{key}' is not an onnxruntime SessionOptions attribute: check RuntimeOptions.session_attributes")
             setattr(opts, key, value)
-        return opts, list(session.get("disabled_optimizers", []))
+        return opts, disabled
 
     def session(self, name: str) -> ort.InferenceSession:
         """The onnxruntime session of one graph, created on first use."""

@@ -24,8 +24,11 @@ def finite_float(name: str, value: object, *, low: float, high: float = math.inf
     else:
         ok = False
     if not ok:
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ZoodipError(f"{name} must be a finite number in {lo}{low}, {high}{hi}, got {value!r}")
+        if math.isinf(high):
+            where = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            where = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ZoodipError(f"{name} must be a finite number {where}, got {value!r}")
     return x
 
 
