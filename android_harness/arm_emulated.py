@@ -470,7 +470,7 @@ def run_comparison(export: Path, work: Path, spec: RunSpec | None = None, with_o
             sys.path.insert(0, str(REPO / "android_harness"))
         from convert_to_ort import convert_export
 
-        ort_dir = work / "export-ort"
+        ort_dir = work / f"{Path(export).name}-ort"
         if not ort_dir.exists():
             convert_export(export, ort_dir, check=False, log=lambda m: None)
         exports["export-ort"] = ort_dir
@@ -504,7 +504,8 @@ def run_comparison(export: Path, work: Path, spec: RunSpec | None = None, with_o
 
 def format_report(report: dict[str, Any]) -> str:
     spec = report["spec"]
-    lines = [f"personalization: tiny W8A32 export, {spec['steps']} steps, n={spec['n']}, eval every "
+    recipe = report.get("recipe", "w8a32").upper()
+    lines = [f"personalization: tiny {recipe} export, {spec['steps']} steps, n={spec['n']}, eval every "
              f"{spec['eval_every']}, {spec['photos']} photos, threads={spec['threads']}",
              f"  ARM64: {report['arm64_cpu']}"]
     for key, run in report["runs"].items():
@@ -568,16 +569,20 @@ def device_check(export: Path, work: Path, steps: int = 4, cpu: str | None = Non
             "stderr_tail": _without_cpuinfo_noise(result.stderr)[-1500:]}
 
 
-def make_tiny_export(work: Path) -> Path:
-    out = work / "tiny-export"
+# The recipes the check can run: those meant for training (fp32 activations, smooth finite differences).
+ARM_CHECK_RECIPES = ("w8a32", "w4a32")
+
+
+def make_tiny_export(work: Path, recipe: str = "w8a32") -> Path:
+    out = work / f"tiny-export-{recipe}"
     if not (out / "manifest.json").is_file():
         for path in (REPO / "sdk", REPO):
             if str(path) not in sys.path:
                 sys.path.insert(0, str(path))
         from zoodip_export.export_model import export_model
 
-        log("exporting the tiny model on the host: export_model(None, out, tiny=True)")
-        export_model(None, out, tiny=True, progress=False)
+        log(f"exporting the tiny model on the host: export_model(None, out, tiny=True, recipe={recipe!r})")
+        export_model(None, out, tiny=True, recipe=recipe, progress=False)
     return out
 
 
@@ -590,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", default=None,
                         help=f"ARM CPU model qemu emulates (default: ${CPU_ENV} or {DEFAULT_CPU}; "
                              "'max' or 'a64fx' turn on SVE kernels, much slower; list: qemu-aarch64-static -cpu help)")
+    parser.add_argument("--recipe", choices=ARM_CHECK_RECIPES, default="w8a32",
+                        help="the export recipe of the tiny model both sides run (default: w8a32)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     parser.add_argument("--work", type=Path, default=None, help="keep the run folders here (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -615,11 +622,13 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="zoodip-arm-check-")))
         work.mkdir(parents=True, exist_ok=True)
-        export = make_tiny_export(work)
+        export = make_tiny_export(work, args.recipe)
         report = run_comparison(export, work, spec, with_ort=not args.no_ort)
+        report["recipe"] = args.recipe
         print(format_report(report), flush=True)
         if not args.no_device:
-            target = work / "export-ort" if (work / "export-ort").is_dir() else export
+            ort_dir = work / f"{export.name}-ort"
+            target = ort_dir if ort_dir.is_dir() else export
             log(f"run_on_device.sh --ssh against the ARM64 rootfs (an ssh stand-in runs commands in the chroot): {target.name}")
             device = device_check(target, work, cpu=spec.cpu)
             report["device_runner"] = device
