@@ -31,6 +31,8 @@ clean:
 # the aarch64 numpy/onnxruntime wheels, built once into ~/.cache/zoodip/arm64-rootfs), compared with
 # the same run on this host; also runs android_harness/run_on_device.sh against that rootfs. Needs root:
 # it apt-installs qemu-user-static and debootstrap if missing and (re-)registers binfmt_misc.
+# make arm-check ARM_RECIPE=w4a32 : the same with the 4-bit recipe's export.
+ARM_RECIPE ?= w8a32
 .PHONY: arm-check
 arm-check: setup
-	$(BIN)/python android_harness/arm_emulated.py check
+	$(BIN)/python android_harness/arm_emulated.py check --recipe $(ARM_RECIPE)

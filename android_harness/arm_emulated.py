@@ -489,7 +489,7 @@ def run_comparison(export: Path, work: Path, spec: RunSpec | None = None, with_o
     model = ExportedModel.load(export)
     v_init = np.asarray(model.token_embeddings[model.tokenizer.token_ids_for_word("star")[0]], np.float32)
     report: dict[str, Any] = {"spec": dict(spec.__dict__), "arm64_cpu": emulated_as(spec.cpu), "runs": {},
-                              "comparisons": {}}
+                              "comparisons": {}, "recipe": model.manifest["recipe"]}
     for key, run in runs.items():
         report["runs"][key] = {k: v for k, v in run.items() if k != "embedding"}
         report["runs"][key]["embedding"] = [float(x) for x in run["embedding"]]
@@ -504,8 +504,7 @@ def run_comparison(export: Path, work: Path, spec: RunSpec | None = None, with_o
 
 def format_report(report: dict[str, Any]) -> str:
     spec = report["spec"]
-    recipe = report.get("recipe", "w8a32").upper()
-    lines = [f"personalization: tiny {recipe} export, {spec['steps']} steps, n={spec['n']}, eval every "
+    lines = [f"personalization: tiny {report['recipe'].upper()} export, {spec['steps']} steps, n={spec['n']}, eval every "
              f"{spec['eval_every']}, {spec['photos']} photos, threads={spec['threads']}",
              f"  ARM64: {report['arm64_cpu']}"]
     for key, run in report["runs"].items():
@@ -624,7 +623,6 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         export = make_tiny_export(work, args.recipe)
         report = run_comparison(export, work, spec, with_ort=not args.no_ort)
-        report["recipe"] = args.recipe
         print(format_report(report), flush=True)
         if not args.no_device:
             ort_dir = work / f"{export.name}-ort"

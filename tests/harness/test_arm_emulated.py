@@ -45,13 +45,15 @@ def test_a_cpu_qemu_does_not_emulate_is_refused_in_one_line(monkeypatch, capsys)
 
 
 @pytest.mark.slow
-def test_x86_64_and_emulated_arm64_personalizations_agree(tiny_export, tmp_path):
+@pytest.mark.parametrize("export_fixture", ["tiny_export", "tiny_w4_export"])  # the recipes make arm-check can run
+def test_x86_64_and_emulated_arm64_personalizations_agree(export_fixture, request, tmp_path):
     ready, reason = arm_emulated.status()
     if not ready:
         pytest.skip(f"emulated ARM64 unavailable: {reason}")
     spec = arm_emulated.RunSpec()  # 4 steps, n=2, evaluation at steps 0 and 4, 3 photos, 1 thread
-    report = arm_emulated.run_comparison(tiny_export, tmp_path, spec, with_ort=False)
+    report = arm_emulated.run_comparison(request.getfixturevalue(export_fixture), tmp_path, spec, with_ort=False)
     print(arm_emulated.format_report(report))
+    assert report["recipe"] == {"tiny_export": "w8a32", "tiny_w4_export": "w4a32"}[export_fixture]
     assert report["runs"]["arm64"]["machine"] == "aarch64"
     # The CPU model reached qemu: the default phone core has NEON and no SVE (qemu's own default, max, has SVE).
     features = report["runs"]["arm64"]["cpu_features"]
