@@ -75,8 +75,12 @@ def curvature_spectrum(hessian: np.ndarray) -> dict[str, float]:
             "eigenvalues_for_90pct": int(np.searchsorted(np.cumsum(top) / trace, 0.9) + 1)}
 
 
-def gauss_newton(folder: Path, samples: int, seed: int) -> np.ndarray:
-    """``H`` averaged over the world's concepts and ``samples`` fixed draws each."""
+def draws(folder: Path, samples: int, seed: int):
+    """Yield ``(concept index, output, v0, noise)`` for the world's concepts x ``samples`` fixed draws each.
+
+    ``output(v)`` is the UNet's noise prediction (flattened) for one (photo, noise, timestep in [500, 900),
+    prompt) draw with the placeholder's embedding ``v``; ``v0`` is the initializer's row; ``noise`` the target.
+    """
     import torch
 
     from reference import world
@@ -100,9 +104,6 @@ def gauss_newton(folder: Path, samples: int, seed: int) -> np.ndarray:
                         scheduler["num_train_timesteps"]) ** 2
     alphas = np.cumprod(1.0 - betas)
     scaling = float(vae.config.scaling_factor)
-    width = table.shape[1]
-    total = np.zeros((width, width))
-    count = 0
     for c, concept in enumerate(world.CONCEPTS):
         placeholder_id = tokenizer.add_placeholder(concept.name)[0]
         v0 = table[tokenizer.token_ids_for_word(concept.initializer)[0]].clone()
@@ -121,15 +122,77 @@ def gauss_newton(folder: Path, samples: int, seed: int) -> np.ndarray:
             is_placeholder = (ids == placeholder_id)[:, None]
             base = table[ids.clamp(max=table.shape[0] - 1)]
 
-            def output(v: torch.Tensor) -> torch.Tensor:
+            def output(v: torch.Tensor, base=base, is_placeholder=is_placeholder, x_t=x_t, t=t) -> torch.Tensor:
                 embeds = torch.where(is_placeholder, v[None, :], base)
                 hidden = text_encoder(embeds[None])
                 return unet(x_t, torch.tensor([t]), encoder_hidden_states=hidden).sample.reshape(-1)
 
-            jac = torch.func.jacrev(output)(v0).double().numpy()  # [m, d]
-            total += (2.0 / jac.shape[0]) * jac.T @ jac
-            count += 1
+            yield c, output, v0, noise.reshape(-1)
+
+
+def gauss_newton(folder: Path, samples: int, seed: int) -> np.ndarray:
+    """``H`` averaged over the world's concepts and ``samples`` fixed draws each."""
+    import torch
+
+    total, count = None, 0
+    for _, output, v0, _ in draws(folder, samples, seed):
+        jac = torch.func.jacrev(output)(v0).double().numpy()  # [m, d]
+        term = (2.0 / jac.shape[0]) * jac.T @ jac
+        total = term if total is None else total + term
+        count += 1
     return total / count
+
+
+def gradient_noise(folder: Path, samples: int, seed: int, n: int = 2) -> dict[str, float]:
+    """How noisy one draw's gradient is, in the whole space and in the curvature subspace the default searches.
+
+    Per concept, over ``samples`` draws, ``s = E|g_k - g|^2 / |g|^2`` (``g_k`` one draw's gradient of the
+    denoising loss at the initializer, ``g`` their mean; ``|g|^2`` corrected for its own sampling noise),
+    pooled over the concepts as a ratio of sums. From ``s`` in the subspace's ``k`` dimensions follows what
+    a random-direction estimate costs: with ``n`` Gaussian directions on one draw its error variance is
+    ``E|g_k - g|^2 + (k + 1) E|g_k|^2 / n``, i.e. ``1 + (k + 1)(1 + 1/s) / n`` times that of one exact
+    gradient of the same draw, so in the variance-limited regime one backprop step is worth about
+    ``(n + 1)(1 + (k + 1)(1 + 1/s) / n)`` forwards.
+    """
+    import torch
+
+    from zoodip.curvature import CURVATURE_FILE, DEFAULT_CURVATURE_FRACTION, CurvatureSubspace
+
+    basis = CurvatureSubspace.load(folder / CURVATURE_FILE).basis(DEFAULT_CURVATURE_FRACTION).astype(np.float64)
+    grads: dict[int, list[np.ndarray]] = {}
+    for c, output, v0, noise in draws(folder, samples, seed):
+        v = v0.clone().requires_grad_(True)
+        loss = torch.mean((output(v) - noise) ** 2)
+        grads.setdefault(c, []).append(torch.autograd.grad(loss, v)[0].double().numpy())
+    full = [np.stack(rows) for rows in grads.values()]
+    k = basis.shape[1]
+    s_sub = noise_ratio([g @ basis for g in full])
+    per_step = zo_variance_ratio(s_sub, k, n)
+    return {"draws_per_concept": samples, "subspace_dims": k, "noise_ratio_full": noise_ratio(full),
+            "noise_ratio_subspace": s_sub, "n": n,
+            "zo_variance_per_step_vs_backprop": per_step, "forwards_per_backprop_step": (n + 1) * per_step}
+
+
+def noise_ratio(groups: list[np.ndarray]) -> float:
+    """``s = sum E|g_k - g|^2 / sum |g|^2`` over groups of draws ``[draws, dim]`` (one group per concept).
+
+    ``|g|^2`` of each group's mean is corrected for the mean's own sampling noise (``E|g_k - g|^2 / draws``).
+    """
+    spread = mean_sq = 0.0
+    for g in groups:
+        var = float(np.sum(np.var(g, axis=0, ddof=1)))
+        spread += var
+        mean_sq += float(np.sum(g.mean(axis=0) ** 2)) - var / len(g)
+    return spread / max(mean_sq, 1e-300)
+
+
+def zo_variance_ratio(s: float, k: int, n: int) -> float:
+    """Error variance of ``(1/n) sum_i z_i z_i^T g_k`` (``z_i ~ N(0, I_k)``) around ``g``, over that of ``g_k``.
+
+    ``E|z z^T g_k|^2 = (k + 2)|g_k|^2`` for Gaussian ``z``, so each direction adds ``(k + 1) E|g_k|^2``
+    and ``E|g_k|^2 = (1 + s)|g|^2``: the ratio is ``1 + (k + 1)(1 + s) / (n s)``.
+    """
+    return 1.0 + (k + 1) * (1.0 + 1.0 / s) / n
 
 
 def measure(name: str, folder: Path, samples: int, seed: int) -> dict:
@@ -162,12 +225,42 @@ def markdown(rows: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def noise_report(names: list[str], folders: dict, draws_per_concept: int, seed: int, out: Path, command: str) -> int:
+    """``--gradient-noise``: :func:`gradient_noise` per model, into ``out/gradient-noise.{json,md}``."""
+    from zoodip.curvature import CURVATURE_FILE
+
+    rows = []
+    for name in names:
+        folder = folders[name]()
+        if not (folder / CURVATURE_FILE).is_file():
+            print(f"{name}: no {CURVATURE_FILE} beside its weights, skipped", file=sys.stderr)
+            continue
+        started = time.perf_counter()
+        rows.append({"model": name, **gradient_noise(folder, draws_per_concept, seed),
+                     "seconds": round(time.perf_counter() - started, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    lines = ["# How noisy one draw's gradient is, and what a forward-only step costs", "", f"    {command}", "",
+             "| model | draws per concept | s, whole space | s, curvature subspace (k dims) | ZO variance per step / "
+             "backprop's (n=2) | forwards per backprop step |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['draws_per_concept']} | {r['noise_ratio_full']:.1f} | "
+                     f"{r['noise_ratio_subspace']:.1f} ({r['subspace_dims']}) | {r['zo_variance_per_step_vs_backprop']:.1f} | "
+                     f"{r['forwards_per_backprop_step']:.0f} |")
+    (out / "gradient-noise.json").write_text(json.dumps({"command": command, "t_range": T_RANGE, "rows": rows}, indent=1) + "\n")
+    (out / "gradient-noise.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="reference-64,isometric-768,sd-width-768",
                    help="comma-separated: reference-64, isometric-768, sd-width-768")
     p.add_argument("--samples", type=int, default=8, help="(photo, noise, timestep, prompt) draws per concept")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gradient-noise", type=int, default=0, metavar="DRAWS",
+                   help="instead, measure how noisy one draw's gradient is (DRAWS draws per concept; "
+                        "models with a curvature file) and what that makes a forward-only step cost")
     p.add_argument("--cache", type=Path, default=REPO / ".cache")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "problem-dimension")
     args = p.parse_args(argv)
@@ -177,13 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"--models: unknown {unknown}; choose from {sorted(folders)}", file=sys.stderr)
         return 2
+    command = " ".join(["python benchmarks/problem_dimension.py",
+                        *relative_args(argv if argv is not None else sys.argv[1:])])
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.gradient_noise:
+        return noise_report(names, folders, args.gradient_noise, args.seed, args.out, command.strip())
     rows = []
     for name in names:
         rows.append(measure(name, folders[name](), args.samples, args.seed))
         print(json.dumps(rows[-1]), flush=True)
-    command = " ".join(["python benchmarks/problem_dimension.py",
-                        *relative_args(argv if argv is not None else sys.argv[1:])])
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"command": command.strip(), "samples_per_concept":
                                                        args.samples, "t_range": T_RANGE, "rows": rows}, indent=1) + "\n")
     (args.out / "results.md").write_text(markdown(rows, command.strip()))

@@ -94,3 +94,20 @@ def test_problem_dimension_measures() -> None:
     assert spectrum["effective_rank"] == pytest.approx(2.0)
     assert spectrum["participation_ratio"] == pytest.approx(64.0 / 24.0)
     assert spectrum["eigenvalues_for_90pct"] == 3
+
+
+def test_gradient_noise_ratio_and_the_random_estimate_variance_it_predicts() -> None:
+    import problem_dimension as pd
+
+    rng = np.random.default_rng(1)
+    k, n, s, draws = 12, 2, 3.0, 20000
+    g = rng.standard_normal(k)
+    g *= 1.0 / np.linalg.norm(g)
+    deltas = rng.standard_normal((draws, k)) * np.sqrt(s / k)  # E|g_k - g|^2 = s |g|^2
+    samples = g + deltas
+    assert pd.noise_ratio([samples[: draws // 2], samples[draws // 2 :]]) == pytest.approx(s, rel=0.05)
+    # Monte Carlo of the n-direction estimate on each draw against the closed form.
+    z = rng.standard_normal((draws, n, k))
+    estimates = np.einsum("dnk,dn->dk", z, np.einsum("dnk,dk->dn", z, samples)) / n
+    measured = np.mean(np.sum((estimates - g) ** 2, axis=1)) / np.mean(np.sum(deltas ** 2, axis=1))
+    assert measured == pytest.approx(pd.zo_variance_ratio(s, k, n), rel=0.05)
