@@ -214,15 +214,20 @@ def measure(name: str, folder: Path, samples: int, seed: int) -> dict:
     return row
 
 
-def markdown(rows: list[dict], command: str) -> str:
-    lines = ["# Problem dimension of the reference models", "", f"    {command}", "",
-             "| model | width | curvature tr(H)/‖H‖ | participation ratio | table 95% dims (all rows) | "
-             "table 95% dims (caption rows) |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['width']} | {r['curvature_effective_rank']:.2f} | "
-                     f"{r['curvature_participation_ratio']:.2f} | {r['table_95pct_components_all_rows']} | "
-                     f"{r['table_95pct_components_caption_rows']} of {r['caption_rows']} rows |")
+def table(title: str, command: str, header: list[str], cells: list[list[str]]) -> str:
+    """A Markdown report: title, the command that made it, one table."""
+    lines = [f"# {title}", "", f"    {command}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    return table("Problem dimension of the reference models", command,
+                 ["model", "width", "curvature tr(H)/‖H‖", "participation ratio", "table 95% dims (all rows)",
+                  "table 95% dims (caption rows)"],
+                 [[r["model"], str(r["width"]), f"{r['curvature_effective_rank']:.2f}",
+                   f"{r['curvature_participation_ratio']:.2f}", str(r["table_95pct_components_all_rows"]),
+                   f"{r['table_95pct_components_caption_rows']} of {r['caption_rows']} rows"] for r in rows])
 
 
 def noise_report(names: list[str], folders: dict, draws_per_concept: int, seed: int, out: Path, command: str) -> int:
@@ -239,16 +244,15 @@ def noise_report(names: list[str], folders: dict, draws_per_concept: int, seed: 
         rows.append({"model": name, **gradient_noise(folder, draws_per_concept, seed),
                      "seconds": round(time.perf_counter() - started, 1)})
         print(json.dumps(rows[-1]), flush=True)
-    lines = ["# How noisy one draw's gradient is, and what a forward-only step costs", "", f"    {command}", "",
-             "| model | draws per concept | s, whole space | s, curvature subspace (k dims) | ZO variance per step / "
-             "backprop's (n=2) | forwards per backprop step |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['draws_per_concept']} | {r['noise_ratio_full']:.1f} | "
-                     f"{r['noise_ratio_subspace']:.1f} ({r['subspace_dims']}) | {r['zo_variance_per_step_vs_backprop']:.1f} | "
-                     f"{r['forwards_per_backprop_step']:.0f} |")
+    report = table("How noisy one draw's gradient is, and what a forward-only step costs", command,
+                   ["model", "draws per concept", "s, whole space", "s, curvature subspace (k dims)",
+                    "ZO variance per step / backprop's (n=2)", "forwards per backprop step"],
+                   [[r["model"], str(r["draws_per_concept"]), f"{r['noise_ratio_full']:.1f}",
+                     f"{r['noise_ratio_subspace']:.1f} ({r['subspace_dims']})",
+                     f"{r['zo_variance_per_step_vs_backprop']:.1f}", f"{r['forwards_per_backprop_step']:.0f}"] for r in rows])
     (out / "gradient-noise.json").write_text(json.dumps({"command": command, "t_range": T_RANGE, "rows": rows}, indent=1) + "\n")
-    (out / "gradient-noise.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (out / "gradient-noise.md").write_text(report)
+    print(report)
     return 0
 
 
