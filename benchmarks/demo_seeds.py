@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference.repo import REPO, relative_args  # noqa: E402
 
 
-def run(seeds: list[int], steps: int | None, out: Path, work: Path) -> dict:
+def run(seeds: list[int], steps: int | None, out: Path, work: Path, method_flags: list[str]) -> dict:
     rows = []
     for seed in seeds:
         command = [sys.executable, "-m", "reference.demo", "--out", str(work), "--seed", str(seed),
-                   "--no-progress"] + (["--steps", str(steps)] if steps else [])
+                   "--no-progress"] + (["--steps", str(steps)] if steps else []) + method_flags
         started = time.perf_counter()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
         wall = time.perf_counter() - started
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0-4", help="a range A-B or a comma list")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
+    p.add_argument("--learning_rate", default=None, help="passed to the demo (default: the SDK's)")
+    p.add_argument("--lr_scheduler", default=None, help="passed to the demo (default: the SDK's)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "demo")
     p.add_argument("--work", type=Path, default=REPO / ".cache" / "demo-seeds")
     args = p.parse_args(argv)
@@ -68,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = list(range(int(a), int(b) + 1))
     else:
         seeds = [int(s) for s in args.seeds.split(",")]
-    result = run(seeds, args.steps, args.out, args.work)
+    method_flags = [arg for flag in ("learning_rate", "lr_scheduler") if getattr(args, flag) is not None
+                    for arg in (f"--{flag}", str(getattr(args, flag)))]
+    result = run(seeds, args.steps, args.out, args.work, method_flags)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "results.md").write_text(markdown(result))

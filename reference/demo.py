@@ -29,6 +29,8 @@ from pathlib import Path
 import zoodip
 from zoodip.console import OneLineParser, ProgressBar, one_line_warning
 from zoodip.errors import ZoodipError
+from zoodip.lr_schedule import LR_SCHEDULERS
+from zoodip.validation import finite_float
 from zoodip.paths import check_output_dir
 
 EXAMPLE_PHOTOS = Path(zoodip.__file__).resolve().parent / "data" / "example_concept"
@@ -120,8 +122,12 @@ def _upscale(images, side: int = 128):
     return [im.resize((side, side), Image.NEAREST) if im.size[0] < side else im for im in images]
 
 
-def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bool = True, seed: int = 0) -> dict:
-    """Run the demo into ``out``; returns a summary (also written to ``out/summary.json``)."""
+def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bool = True, seed: int = 0,
+             method: dict | None = None) -> dict:
+    """Run the demo into ``out``; returns a summary (also written to ``out/summary.json``).
+
+    ``method``: PersonalizeConfig settings that replace the SDK's defaults (e.g. ``{"learning_rate": 0.02}``).
+    """
     from zoodip.embeddings import load_embedding_file
     from zoodip.model import ExportedModel, RuntimeOptions
 
@@ -141,7 +147,8 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     exported_s = time.monotonic() - started
 
     steps = default_steps if steps is None else steps
-    result = _personalize(export_dir, photos_dir, out / "run", steps, seed, threads, progress, use_reference)
+    result = _personalize(export_dir, photos_dir, out / "run", steps, seed, threads, progress, use_reference,
+                          method or {})
     trained_s = time.monotonic() - started - exported_s
 
     model = ExportedModel.load(export_dir, RuntimeOptions(threads=threads))
@@ -173,7 +180,7 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
 
 
 def _personalize(export_dir: Path, photos_dir: Path, run_dir: Path, steps: int, seed: int, threads: int,
-                 progress: bool, use_reference: bool):
+                 progress: bool, use_reference: bool, method: dict):
     """Learn the demo token; a finished or interrupted run of the same model and length is resumed."""
     from zoodip.trainer import PersonalizeConfig, personalize
 
@@ -182,7 +189,7 @@ def _personalize(export_dir: Path, photos_dir: Path, run_dir: Path, steps: int, 
                                max_train_steps=steps, seed=seed, eval_every=max(1, steps // 10), checkpoint_every=max(1, steps // 5),
                                # tau: the default (the paper's 128 on the 768-wide built-in model; half the
                                # width on the 32-wide fallback, since Subspace Gradient needs tau < d).
-                               threads=threads)
+                               threads=threads, **method)
     stamp = {"model": json.loads((export_dir / SOURCE_STAMP).read_text()) if use_reference else "tiny",
              "steps": steps, "run": config.fingerprint()}
     resume = (run_dir / "checkpoint.npz").is_file()
@@ -252,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="training seed (photos, noise and timesteps stay the demo's)")
+    parser.add_argument("--learning_rate", type=float, default=None, help="ZO-Adam's rate (default: the SDK's)")
+    parser.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=None, help="the rate's schedule (default: the SDK's)")
     parser.add_argument("--no-progress", action="store_true")
     try:
         args = parser.parse_args(argv)
@@ -260,7 +269,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ZoodipError(f"--seed {args.seed}: must be 0 or more")
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warning
-            run_demo(Path(args.out), steps=args.steps, threads=args.threads, progress=not args.no_progress, seed=args.seed)
+            if args.learning_rate is not None:  # refused now, not after the export
+                finite_float("--learning_rate", args.learning_rate, low=0.0)
+            method = {key: value for key, value in (("learning_rate", args.learning_rate),
+                                                    ("lr_scheduler", args.lr_scheduler)) if value is not None}
+            run_demo(Path(args.out), steps=args.steps, threads=args.threads, progress=not args.no_progress, seed=args.seed,
+                     method=method)
     except ZoodipError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ZoodipError.exit_code
