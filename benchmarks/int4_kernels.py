@@ -5,7 +5,8 @@
 Why: a weight-only recipe dequantizes (or unpacks) its weights on every call, so the kernel that does
 it decides the speed. Layouts: fp32 weights; int8 per-channel ``DequantizeLinear`` (the w8a32 recipe);
 int4 ``DequantizeLinear`` (ONNX opset 21) per channel or in blocks of 32 along the input channels;
-for MatMuls also ``com.microsoft.MatMulNBits`` with fp32 compute (``accuracy_level`` 1). Prints a
+``com.microsoft.MatMulNBits`` with fp32 compute (``accuracy_level`` 1), for convolutions through im2col
+(onnxruntime has no 4-bit convolution). Prints a
 Markdown table of milliseconds per call (median). Weights are random: the time does not depend on them.
 """
 from __future__ import annotations
@@ -51,22 +52,58 @@ def _weight_nodes(layout: str, shape: tuple[int, ...], rng: np.random.Generator)
             [_int4("q", q), numpy_helper.from_array(np.ones(scale_shape, np.float32), "s")])
 
 
+def _packed_nbits(n: int, k: int, rng: np.random.Generator, a: str, y: str) -> tuple[list, list]:
+    """``y = a @ W^T`` with ``W`` [n, k] as random 4-bit blocks: one ``MatMulNBits`` with fp32 compute."""
+    blocks = -(-k // BLOCK)
+    packed = rng.integers(0, 256, (n, blocks, BLOCK // 2)).astype(np.uint8)
+    return ([helper.make_node("MatMulNBits", [a, "b", "s"], [y], domain="com.microsoft", K=k, N=n, bits=4,
+                              block_size=BLOCK, accuracy_level=1)],
+            [numpy_helper.from_array(packed, "b"), numpy_helper.from_array(np.ones((n, blocks), np.float32), "s")])
+
+
+def _conv_as_matmulnbits(n: int, k: int, side: int, rng: np.random.Generator) -> tuple[list, list]:
+    """A 3x3 convolution (padding 1, batch 2) as im2col + ``MatMulNBits``: onnxruntime has no 4-bit Conv.
+
+    The 9 shifted views of the padded input are concatenated along channels, moved channels-last and
+    multiplied by the ``[n, 9k]`` weight; the result is moved back to channels-first.
+    """
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["xp"])]
+    inits = [numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "axes")]
+    views = []
+    for dy in range(3):
+        for dx in range(3):
+            name = f"v{dy}{dx}"
+            inits += [numpy_helper.from_array(np.array([dy, dx], np.int64), f"start{dy}{dx}"),
+                      numpy_helper.from_array(np.array([dy + side, dx + side], np.int64), f"end{dy}{dx}")]
+            nodes.append(helper.make_node("Slice", ["xp", f"start{dy}{dx}", f"end{dy}{dx}", "axes"], [name]))
+            views.append(name)
+    inits += [numpy_helper.from_array(np.array([2 * side * side, 9 * k], np.int64), "rows"),
+              numpy_helper.from_array(np.array([2, side, side, n], np.int64), "nhwc")]
+    nodes += [helper.make_node("Concat", views, ["cols"], axis=1),
+              helper.make_node("Transpose", ["cols"], ["cols_t"], perm=[0, 2, 3, 1]),
+              helper.make_node("Reshape", ["cols_t", "rows"], ["a"])]
+    gemm, weights = _packed_nbits(n, 9 * k, rng, "a", "yr")
+    nodes += gemm + [helper.make_node("Reshape", ["yr", "nhwc"], ["y_t"]),
+                     helper.make_node("Transpose", ["y_t"], ["y"], perm=[0, 3, 1, 2])]
+    return nodes, inits + weights
+
+
 def layer_model(kind: str, n: int, k: int, side: int, layout: str, seed: int = 0) -> tuple[onnx.ModelProto, dict]:
     rng = np.random.default_rng(seed)
     if kind == "conv3x3":
         x = rng.standard_normal((2, k, side, side)).astype(np.float32)
-        nodes, inits = _weight_nodes(layout, (n, k, 3, 3), rng)
-        nodes.append(helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]))
         out = [2, n, side, side]
+        if layout == "matmulnbits":
+            nodes, inits = _conv_as_matmulnbits(n, k, side, rng)
+        else:
+            nodes, inits = _weight_nodes(layout, (n, k, 3, 3), rng)
+            nodes.append(helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]))
     else:
         x = rng.standard_normal((side, k)).astype(np.float32)
         out = [side, n]
         if layout == "matmulnbits":
-            blocks = -(-k // BLOCK)
-            packed = rng.integers(0, 256, (n, blocks, BLOCK // 2)).astype(np.uint8)
-            nodes = [helper.make_node("MatMulNBits", ["x", "b", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=4,
-                                      block_size=BLOCK, accuracy_level=1)]
-            inits = [numpy_helper.from_array(packed, "b"), numpy_helper.from_array(np.ones((n, blocks), np.float32), "s")]
+            nodes, inits = _packed_nbits(n, k, rng, "x", "y")
         else:  # weights stored [N, K], read transposed, as the w8a32 recipe does
             nodes, inits = _weight_nodes(layout, (n, k), rng)
             nodes.append(helper.make_node("FusedMatMul", ["x", "w"], ["y"], domain="com.microsoft", transB=1))
@@ -105,9 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     for kind, n, k, side in LAYERS:
         cells = []
         for layout in layouts:
-            if layout == "matmulnbits" and kind != "matmul":
-                cells.append("–")
-                continue
             cells.append(f"{time_layer(*layer_model(kind, n, k, side, layout), args.threads, args.repeats):.0f}")
         where = f"{side}x{side} x2" if kind == "conv3x3" else f"{side} rows"
         print(f"| {kind} {k}->{n}, {where} | " + " | ".join(cells) + " |")
