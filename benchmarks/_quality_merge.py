@@ -60,22 +60,21 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
     """Combine the stored runs of several ``--out`` folders into one result, summary recomputed.
 
     For methods trained in parallel processes, or compared against a baseline stored by an earlier
-    run (e.g. a long ZO budget against backprop's). The folders must hold the same task, jobs and
-    scoring settings (MERGE_KEYS and the model export), and no method twice (``DIR:METHODS`` takes
-    only some of a folder's methods).
+    run (e.g. a long ZO budget against backprop's). The folders must hold the same task and scoring
+    settings (MERGE_KEYS and the model export). A method may come from several folders when they ran
+    it on disjoint jobs (one process per group of ``--concepts``); in the end every method must have
+    run every job (``DIR:METHODS`` takes only some of a folder's methods).
     """
     loaded = [_load_source(source) for source in sources]
     first_folder, first = loaded[0]
     methods: dict[str, Any] = {}
     origin: dict[str, Path] = {}
+    jobs: list[str] = []
     for folder, results in loaded:
         meta = results["meta"]
         if results["task"] != first["task"]:
             raise ValueError(f"{folder} is a {results['task']} run, {first_folder} a {first['task']} run; merge runs of one task")
-        if sorted(results["jobs"]) != sorted(first["jobs"]):
-            differ = sorted(set(results["jobs"]) ^ set(first["jobs"]))
-            raise ValueError(f"{folder} and {first_folder} ran different jobs ({', '.join(differ[:4])}); "
-                             "merge runs of the same --concepts, --seed and --seeds")
+        jobs += [job for job in results["jobs"] if job not in jobs]
         for key in MERGE_KEYS + ("model",):
             mine, theirs = meta.get(key), first["meta"].get(key)
             if key == "model":  # the export's weights, not where it lay (nor its optional curvature file)
@@ -84,9 +83,13 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
                 raise ValueError(f"{folder} was scored with {key}={mine}, {first_folder} with {key}={theirs}; "
                                  "merge runs scored the same way")
         for name, entry in results["methods"].items():
-            if name in methods:
-                raise ValueError(f"method {name} is in both {origin[name]} and {folder}; merge runs of different methods")
-            methods[name], origin[name] = entry, folder
+            methods[name] = _joined(name, methods[name], origin[name], entry, folder) if name in methods else entry
+            origin[name] = folder
+    for name, entry in methods.items():
+        missing = [job for job in jobs if job not in entry["runs"]]
+        if missing:
+            raise ValueError(f"method {name} has no run of {', '.join(missing[:4])}; merge runs that cover the same "
+                             "jobs (the same --concepts, --seed and --seeds, or disjoint groups of them)")
     task = first["task"]
     scores = {name: entry["runs"] for name, entry in methods.items()}
     trained = {name: {"memory": entry.get("memory", {}), "spec": entry.get("spec", {})} for name, entry in methods.items()}
@@ -104,7 +107,23 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
                          "date": r["meta"]["date"], "machine": r["meta"]["machine"],
                          "total_wall_s": r["meta"].get("total_wall_s", 0.0)} for folder, r in loaded],
     })
-    return {"task": task, "meta": meta, "jobs": first["jobs"], "methods": methods, "summary": summary}
+    return {"task": task, "meta": meta, "jobs": jobs, "methods": methods, "summary": summary}
+
+
+def _joined(name: str, entry: dict[str, Any], where: Path, other: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """One method's runs from two folders that ran it on disjoint jobs with the same settings."""
+    shared = sorted(set(entry["runs"]) & set(other["runs"]))
+    if shared:
+        raise ValueError(f"method {name} ran {', '.join(shared[:4])} in both {where} and {folder}; "
+                         "merge runs of different methods, or of disjoint jobs")
+    if entry.get("spec") != other.get("spec"):
+        raise ValueError(f"method {name} has other settings in {folder} than in {where}; merge runs of one method")
+    memory = {key: max(entry["memory"].get(key, 0.0), other["memory"].get(key, 0.0))
+              for key in {**entry.get("memory", {}), **other.get("memory", {})}}
+    return {**entry, "runs": {**entry["runs"], **other["runs"]}, "memory": memory,
+            "memory_per_job": {**(entry.get("memory_per_job") or {}), **(other.get("memory_per_job") or {})},
+            "train_wall_s": (entry.get("train_wall_s") or 0.0) + (other.get("train_wall_s") or 0.0),
+            "process_wall_s": (entry.get("process_wall_s") or 0.0) + (other.get("process_wall_s") or 0.0)}
 
 
 def merge_main(sources: list[str], out: Path | None, command: str) -> int:

@@ -138,9 +138,32 @@ def test_merge_combines_stored_runs_and_rates_both_target_metrics(tmp_path, caps
     assert "(target >= 0.95 on each: not met)" in (tmp_path / "m2" / "results.md").read_text()
 
 
+def _respec(folder: Path, method: str) -> Path:
+    results = json.loads((folder / "results.json").read_text())
+    results["methods"][method]["spec"] = {"lr": 0.02}
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def test_merge_joins_one_method_run_on_disjoint_jobs(tmp_path):
+    # The same method in two processes, each on half of the concepts, against a baseline that ran all of them.
+    base = _fake_results(tmp_path / "base", {"ti-backprop": (0.1, 100)}, jobs=("a-s0", "b-s0", "c-s0"))
+    first = _fake_results(tmp_path / "first", {"zo-puts": (0.09, 900)}, jobs=("a-s0", "b-s0"))
+    second = _fake_results(tmp_path / "second", {"zo-puts": (0.09, 900)}, jobs=("c-s0",))
+    out = tmp_path / "merged"
+    assert quality.main(["--merge", f"{base}:ti-backprop", str(first), str(second), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["jobs"] == ["a-s0", "b-s0", "c-s0"]
+    assert set(results["methods"]["zo-puts"]["runs"]) == {"a-s0", "b-s0", "c-s0"}
+    # Finals: backprop 0.90, 0.92, 0.94 / zo-puts 0.88, 0.90 and 0.88 (job c is the second folder's first job).
+    ratio = results["summary"]["methods"]["zo-puts"]["vs_backprop_by_metric"]["concept_fidelity"]
+    assert ratio == pytest.approx((0.88 + 0.90 + 0.88) / (0.90 + 0.92 + 0.94))
+
+
 @pytest.mark.parametrize("case, message", [
-    ("duplicate", "method zo-puts is in both"),
-    ("jobs", "ran different jobs"),
+    ("duplicate", "method zo-puts ran a-s0, b-s0 in both"),
+    ("jobs", "has no run of c-s0"),
+    ("settings", "method zo-puts has other settings"),
     ("scoring", "guidance="),
     ("missing", "does not exist"),
     ("unknown-method", "has no method es"),
@@ -151,6 +174,7 @@ def test_merge_refuses_runs_that_cannot_be_compared(tmp_path, capsys, case, mess
     other = {
         "duplicate": lambda: _fake_results(tmp_path / "o", {"zo-puts": (0.09, 900)}),
         "jobs": lambda: _fake_results(tmp_path / "o", {"zo-naive": (0.09, 900)}, jobs=("a-s0", "c-s0")),
+        "settings": lambda: _respec(_fake_results(tmp_path / "o", {"zo-puts": (0.09, 900)}, jobs=("c-s0",)), "zo-puts"),
         "scoring": lambda: _fake_results(tmp_path / "o", {"zo-naive": (0.09, 900)}, guidance=7.5),
         "missing": lambda: tmp_path / "nowhere",
         "unknown-method": lambda: f"{short}:es",
