@@ -10,7 +10,7 @@ comes from the same generator, after these.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -66,3 +66,21 @@ def draw_step_inputs(rng: np.random.Generator, latents: np.ndarray, timesteps: T
     x_t = schedule.add_noise(x0[None], noise[None], when)[0].astype(np.float32)
     target = schedule.target(x0[None], noise[None], when)[0].astype(np.float32)
     return StepInputs(photo, view, noise, t, prompt, x_t, target)
+
+
+def encode_photo_views(model: Any, views: list[np.ndarray], vae_sampling: str,
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """The photos' latents ``x0``, ``[N, views, C, h, w]``, encoded one image at a time, view by view.
+
+    ``views``: the photos ``[N, H, W, 3]`` (and their mirror images with flips). With ``vae_sampling`` "once"
+    each gets one posterior sample, drawn from ``rng`` in that order, and the std is None; with "per-step"
+    the posterior means and stds, from which each step draws its own sample.
+    """
+    def stacked(per_view: list[list[np.ndarray]]) -> np.ndarray:
+        return np.stack([np.concatenate(images) for images in per_view], axis=1)
+
+    if vae_sampling == "per-step":
+        moments = [[model.vae_posterior(view[i : i + 1]) for i in range(len(view))] for view in views]
+        return (stacked([[mean for mean, _ in per_view] for per_view in moments]),
+                stacked([[std for _, std in per_view] for per_view in moments]))
+    return stacked([[model.vae_encode(view[i : i + 1], rng) for i in range(len(view))] for view in views]), None

@@ -44,7 +44,7 @@ from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
 from .run_checks import append_log, check_outcome, sha256_of_files, truncate_log
 from .search_space import choose_search_space
-from .step_inputs import StepInputs, draw_step_inputs, step_rng
+from .step_inputs import StepInputs, draw_step_inputs, encode_photo_views, step_rng
 from .timesteps import PartialUniformTimesteps
 from .token_vectors import add_placeholder_tokens, as_matrix, check_prompts_fit, initial_vector
 from .zo import RandomGradientEstimator
@@ -148,14 +148,8 @@ class Personalizer:
         self._phase(f"encoding {len(photo_files)} photo{'s' if len(photo_files) != 1 else ''}")
         encode_rng = np.random.default_rng([config.seed, _EVAL_STREAM, 1])
         views = [images, images[..., ::-1]] if config.flip else [images]
-        self.latent_std = None  # [N, views, C, h, w] with --vae-sampling per-step; self.latents then hold means
-        if config.vae_sampling == "per-step":
-            moments = [[model.vae_posterior(view[i : i + 1]) for i in range(len(view))] for view in views]
-            self.latents, self.latent_std = (np.stack([np.concatenate([m[k] for m in per_view]) for per_view in moments],
-                                                      axis=1) for k in (0, 1))
-        else:
-            self.latents = np.stack([np.concatenate([model.vae_encode(view[i : i + 1], encode_rng) for i in range(len(view))])
-                                     for view in views], axis=1)  # [N, views, C, h, w]
+        # [N, views, C, h, w]; with --vae-sampling per-step the posterior means, and their stds.
+        self.latents, self.latent_std = encode_photo_views(model, views, config.vae_sampling, encode_rng)
         model.release("vae_encoder")
 
     def _compose_method(self, make_loss: LossFactory, make_optimizer: OptimizerFactory,
