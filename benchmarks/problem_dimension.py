@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=REPO / ".cache")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "problem-dimension")
     args = p.parse_args(argv)
+    if args.gradient_noise < 0 or args.gradient_noise == 1 or args.samples < 1:
+        print("--gradient-noise must be 0 (off) or at least 2 draws, --samples at least 1", file=sys.stderr)
+        return 2
     folders = model_folders(args.cache)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in folders]
