@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -21,6 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference.repo import REPO, relative_args  # noqa: E402
+
+sys.path.insert(0, str(REPO / "sdk"))
+from zoodip.lr_schedule import LR_SCHEDULERS  # noqa: E402
 
 
 def run(seeds: list[int], steps: int | None, out: Path, work: Path, method_flags: list[str]) -> dict:
@@ -60,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0-4", help="a range A-B or a comma list")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
-    p.add_argument("--learning_rate", default=None, help="passed to the demo (default: the SDK's)")
-    p.add_argument("--lr_scheduler", default=None, help="passed to the demo (default: the SDK's)")
+    p.add_argument("--learning_rate", type=float, default=None, help="passed to the demo (default: the SDK's)")
+    p.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=None, help="passed to the demo (default: the SDK's)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "demo")
     p.add_argument("--work", type=Path, default=REPO / ".cache" / "demo-seeds")
     args = p.parse_args(argv)
@@ -70,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         seeds = list(range(int(a), int(b) + 1))
     else:
         seeds = [int(s) for s in args.seeds.split(",")]
+    if args.learning_rate is not None and not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        p.error(f"--learning_rate must be a finite number > 0, got {args.learning_rate}")
     method_flags = [arg for flag in ("learning_rate", "lr_scheduler") if getattr(args, flag) is not None
                     for arg in (f"--{flag}", str(getattr(args, flag)))]
     result = run(seeds, args.steps, args.out, args.work, method_flags)
