@@ -20,8 +20,8 @@ torch = pytest.importorskip("torch")
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip_export import onnx_export as ox  # noqa: E402
 from zoodip_export.export_model import export_model, main  # noqa: E402
-from zoodip_export.quantize import (MIN_QUANT_ELEMENTS, SESSION_SETTINGS, W4A32_INT8_GRAPHS, open_session, quantize_w8a32,  # noqa: E402
-                                   session_options)
+from zoodip_export.quantize import (MIN_QUANT_ELEMENTS, SESSION_SETTINGS, W4A32_INT8_GRAPHS, graph_recipe,  # noqa: E402
+                                   open_session, quantize_graph, quantize_w8a32, session_options)
 from zoodip_export.tiny import build_tiny_sd_folder, save_safetensors_streaming  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -206,6 +206,19 @@ def test_external_data_round_trip(fp32_export: tuple[Path, dict[str, Any]], tmp_
     settings = SESSION_SETTINGS["w8a32"]
     np.testing.assert_array_equal(open_session(external_q, settings).run(None, feeds)[0],
                                   open_session(inline_q, settings).run(None, feeds)[0])
+
+
+def test_w4a32_keeps_its_int8_graphs_w8a32_in_quantize_graph(fp32_export: tuple[Path, dict[str, Any]],
+                                                              tmp_path: Path) -> None:
+    """quantize_graph applies the recipe's per-graph policy itself: a graph w4a32 keeps whole is w8a32, byte for byte."""
+    src = fp32_export[0] / "text_encoder.onnx"
+    assert set(W4A32_INT8_GRAPHS) == {"text_encoder"} and graph_recipe("w4a32", "unet") == "w4a32"
+    via_w4, plain = tmp_path / "w4" / "text_encoder.onnx", tmp_path / "w8" / "text_encoder.onnx"
+    quantize_graph("w4a32", src, via_w4, graph="text_encoder")  # no calibration: w4a32 itself would need it
+    quantize_w8a32(src, plain)
+    assert via_w4.read_bytes() == plain.read_bytes()
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_graph("w4a32", src, tmp_path / "u" / "text_encoder.onnx", graph="unet")
 
 
 def test_torch_style_external_files_are_gathered(fp32_export: tuple[Path, dict[str, Any]], tmp_path: Path,
