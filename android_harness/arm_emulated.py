@@ -459,6 +459,11 @@ def within_tolerance(c: dict[str, Any]) -> bool:
     return ok
 
 
+def ort_folder(work: Path, export: Path) -> Path:
+    """Where the .ort conversion of ``export`` goes in the work folder (one per export, so recipes do not mix)."""
+    return work / f"{Path(export).name}-ort"
+
+
 def run_comparison(export: Path, work: Path, spec: RunSpec | None = None, with_ort: bool = True) -> dict[str, Any]:
     """x86-64 vs ARM64 (emulated) on one export; with_ort adds an ARM64 run on its .ort conversion."""
     import numpy as np
@@ -470,7 +475,7 @@ def run_comparison(export: Path, work: Path, spec: RunSpec | None = None, with_o
             sys.path.insert(0, str(REPO / "android_harness"))
         from convert_to_ort import convert_export
 
-        ort_dir = work / f"{Path(export).name}-ort"
+        ort_dir = ort_folder(work, export)
         if not ort_dir.exists():
             convert_export(export, ort_dir, check=False, log=lambda m: None)
         exports["export-ort"] = ort_dir
@@ -625,8 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_comparison(export, work, spec, with_ort=not args.no_ort)
         print(format_report(report), flush=True)
         if not args.no_device:
-            ort_dir = work / f"{export.name}-ort"
-            target = ort_dir if ort_dir.is_dir() else export
+            target = ort_folder(work, export) if ort_folder(work, export).is_dir() else export
             log(f"run_on_device.sh --ssh against the ARM64 rootfs (an ssh stand-in runs commands in the chroot): {target.name}")
             device = device_check(target, work, cpu=spec.cpu)
             report["device_runner"] = device

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import subprocess
 import sys
@@ -24,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference.repo import REPO, relative_args  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
+from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.lr_schedule import LR_SCHEDULERS  # noqa: E402
+from zoodip.validation import finite_float  # noqa: E402
 
 
 def run(seeds: list[int], steps: int | None, out: Path, work: Path, method_flags: list[str]) -> dict:
@@ -74,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         seeds = list(range(int(a), int(b) + 1))
     else:
         seeds = [int(s) for s in args.seeds.split(",")]
-    if args.learning_rate is not None and not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
-        p.error(f"--learning_rate must be a finite number > 0, got {args.learning_rate}")
+    if args.learning_rate is not None:  # the demo's own check, made before any run
+        try:
+            finite_float("--learning_rate", args.learning_rate, low=0.0)
+        except ZoodipError as exc:
+            p.error(str(exc))
     method_flags = [arg for flag in ("learning_rate", "lr_scheduler") if getattr(args, flag) is not None
                     for arg in (f"--{flag}", str(getattr(args, flag)))]
     result = run(seeds, args.steps, args.out, args.work, method_flags)
