@@ -32,6 +32,10 @@ CONTENDERS: dict[str, tuple[str, dict]] = {
                              "and one graph at a time, VAE tiles where the image would not fit",
                              {"kind": "zoodip_generate", "export": ("w8a32", DEFAULT_CHUNKS), "sampling_steps": 25,
                               "memory_budget_mb": 1300, "once": True}),
+    "generate-w4a32-budget": ("zoodip generate --memory-budget 1300, W4A32, one image, 25 steps: as "
+                              "generate-int8-budget on the 4-bit export",
+                              {"kind": "zoodip_generate", "export": ("w4a32", DEFAULT_CHUNKS), "sampling_steps": 25,
+                               "memory_budget_mb": 1300, "once": True}),
     # levers
     "L0-int8-batched-fullattn": ("before: SDK default (n+1 batched), full attention scores",
                                    {"kind": "zoodip", "export": ("w8a32", 0), "batched": True, "lever": True}),

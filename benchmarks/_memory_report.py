@@ -10,6 +10,8 @@ GB = 1e9
 MB = 1 << 20
 TARGET_PEAK_GB = 1.3
 TARGET_RATIO = 5.0
+# Issue 17's targets for the 4-bit recipe's row (ours-w4a32).
+W4_TARGETS = {"peak_gb": 1.0, "ratio": 8.2, "speed": 1.15, "fidelity": 0.99, "files_gb": 0.6}
 
 
 def _stats(values: list[float]) -> dict:
@@ -214,6 +216,38 @@ def ratios(rows: list[dict]) -> dict[str, str]:
             f"{generation / GB:.2f} / {peak / GB:.2f} GB (target: at most the personalization peak: {'met' if generation <= peak else 'NOT met'})")
     if ours.get("fidelity") is not None:
         out["ours fidelity"] = f"{ours['fidelity']:.3f} (target >= 0.9: {'met' if ours['fidelity'] >= 0.9 else 'NOT met'})"
+    out.update(w4a32_ratios(by))
+    return out
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def w4a32_ratios(by: dict[str, dict]) -> dict[str, str]:
+    """The 4-bit row against :data:`W4_TARGETS` (those of the rows this run has)."""
+    w4, ours, out = by.get("ours-w4a32"), by.get("ours-int8"), {}
+    if not w4:
+        return out
+    peak, t = w4["peak_rss"]["max"], W4_TARGETS
+    out["ours-w4a32 peak RSS"] = f"{peak / GB:.3f} GB (target <= {t['peak_gb']} GB: {_verdict(peak / GB <= t['peak_gb'])})"
+    if "torch-backprop-ti" in by:
+        ratio = by["torch-backprop-ti"]["peak_rss"]["min"] / peak
+        out["torch backprop TI peak / ours-w4a32 peak"] = f"{ratio:.2f}x (target >= {t['ratio']}x: {_verdict(ratio >= t['ratio'])})"
+    if ours and ours.get("s_per_forward") and w4.get("s_per_forward"):
+        slower = w4["s_per_forward"] / ours["s_per_forward"]
+        out["ours-w4a32 s / forward vs ours-int8"] = f"{slower:.2f}x (target <= {t['speed']}x: {_verdict(slower <= t['speed'])})"
+    if w4.get("fidelity") is not None:
+        out["ours-w4a32 fidelity"] = f"{w4['fidelity']:.3f} (target >= {t['fidelity']}: {_verdict(w4['fidelity'] >= t['fidelity'])})"
+    files = [r.get("weight_file_bytes", {}) for r in w4.get("runs", [])]
+    if files and "unet" in files[0]:
+        size = (files[0]["text_encoder"] + files[0]["unet"]) / GB
+        out["ours-w4a32 text encoder + UNet files"] = f"{size:.3f} GB (target <= {t['files_gb']} GB: {_verdict(size <= t['files_gb'])})"
+    generation = by.get("generate-w4a32-budget")
+    if generation:
+        gen = generation["peak_rss"]["max"]
+        out["generate-w4a32-budget peak / ours-w4a32 personalization peak"] = (
+            f"{gen / GB:.3f} / {peak / GB:.3f} GB (target: at most the personalization peak: {_verdict(gen <= peak)})")
     return out
 
 

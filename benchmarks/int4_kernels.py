@@ -20,10 +20,11 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 BLOCK = 32
-# (kind, output channels / N, input channels / K, spatial side or rows): a deep 3x3 UNet convolution
-# (SD1.5 up block at 512 px, where the weight mass is), a shallow one, and two linear layers.
-LAYERS = [("conv3x3", 1280, 2560, 8), ("conv3x3", 320, 320, 64), ("matmul", 10240, 1280, 256),
-          ("matmul", 320, 1280, 4096)]
+# (kind, output channels / N, input channels / K, spatial side or rows): 3x3 UNet convolutions of SD1.5 at
+# 512 px from the deepest level (8x8, an up block's, where the weight mass is) to the shallowest (64x64),
+# and two linear layers.
+LAYERS = [("conv3x3", 1280, 2560, 8), ("conv3x3", 1280, 1280, 16), ("conv3x3", 640, 640, 32),
+          ("conv3x3", 320, 320, 64), ("matmul", 10240, 1280, 256), ("matmul", 320, 1280, 4096)]
 
 
 def _int4(name: str, q: np.ndarray) -> onnx.TensorProto:
@@ -61,31 +62,14 @@ def _packed_nbits(n: int, k: int, rng: np.random.Generator, a: str, y: str) -> t
             [numpy_helper.from_array(packed, "b"), numpy_helper.from_array(np.ones((n, blocks), np.float32), "s")])
 
 
-def _conv_as_matmulnbits(n: int, k: int, side: int, rng: np.random.Generator) -> tuple[list, list]:
-    """A 3x3 convolution (padding 1, batch 2) as im2col + ``MatMulNBits``: onnxruntime has no 4-bit Conv.
+def _conv_as_matmulnbits(n: int, k: int, rng: np.random.Generator) -> tuple[list, list]:
+    """A 3x3 convolution (padding 1) as the w4a32 recipe writes it: im2col + ``MatMulNBits``
+    (``zoodip_export.quantize_int4.conv_as_matmul_nbits``; onnxruntime has no 4-bit Conv), random 4-bit weights."""
+    from zoodip_export.quantize_int4 import conv_as_matmul_nbits
 
-    The 9 shifted views of the padded input are concatenated along channels, moved channels-last and
-    multiplied by the ``[n, 9k]`` weight; the result is moved back to channels-first.
-    """
-    nodes = [helper.make_node("Pad", ["x", "pads"], ["xp"])]
-    inits = [numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
-             numpy_helper.from_array(np.array([2, 3], np.int64), "axes")]
-    views = []
-    for dy in range(3):
-        for dx in range(3):
-            name = f"v{dy}{dx}"
-            inits += [numpy_helper.from_array(np.array([dy, dx], np.int64), f"start{dy}{dx}"),
-                      numpy_helper.from_array(np.array([dy + side, dx + side], np.int64), f"end{dy}{dx}")]
-            nodes.append(helper.make_node("Slice", ["xp", f"start{dy}{dx}", f"end{dy}{dx}", "axes"], [name]))
-            views.append(name)
-    inits += [numpy_helper.from_array(np.array([2 * side * side, 9 * k], np.int64), "rows"),
-              numpy_helper.from_array(np.array([2, side, side, n], np.int64), "nhwc")]
-    nodes += [helper.make_node("Concat", views, ["cols"], axis=1),
-              helper.make_node("Transpose", ["cols"], ["cols_t"], perm=[0, 2, 3, 1]),
-              helper.make_node("Reshape", ["cols_t", "rows"], ["a"])]
-    gemm, weights = _packed_nbits(n, 9 * k, rng, "a", "yr")
-    nodes += gemm + [helper.make_node("Reshape", ["yr", "nhwc"], ["y_t"]),
-                     helper.make_node("Transpose", ["y_t"], ["y"], perm=[0, 3, 1, 2])]
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    nodes, inits = conv_as_matmul_nbits(conv, "b", "s", n, 9 * k, BLOCK)
+    _, weights = _packed_nbits(n, 9 * k, rng, "unused", "unused")
     return nodes, inits + weights
 
 
@@ -95,7 +79,7 @@ def layer_model(kind: str, n: int, k: int, side: int, layout: str, seed: int = 0
         x = rng.standard_normal((2, k, side, side)).astype(np.float32)
         out = [2, n, side, side]
         if layout == "matmulnbits":
-            nodes, inits = _conv_as_matmulnbits(n, k, side, rng)
+            nodes, inits = _conv_as_matmulnbits(n, k, rng)
         else:
             nodes, inits = _weight_nodes(layout, (n, k, 3, 3), rng)
             nodes.append(helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]))

@@ -207,8 +207,8 @@ class _GraphExporter:
         data_file = spec.file + ".data"
         self.graphs[name] = _graph_entry(staging / spec.file, data_file if (staging / data_file).exists() else None)
         if "layers" in stats:  # the per-layer widths and the measured errors they were chosen by
-            self.graphs[name]["quantization"] = {"int4_block": stats["int4_block"],
-                                                 "max_layer_error": stats["max_layer_error"], "layers": stats["layers"]}
+            self.graphs[name]["quantization"] = {key: stats[key] for key in ("int4_blocks", "max_layer_error",
+                                                                             "int4_conv_max_side", "layers")}
         if self.parity and recipe != "fp32":
             self.results[name]["int8_vs_fp32_rel"] = par.quantized_vs_fp32(staging / spec.file, raw,
                                                                            self.parity_inputs(name), self.session)

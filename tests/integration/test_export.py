@@ -20,8 +20,9 @@ torch = pytest.importorskip("torch")
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip_export import onnx_export as ox  # noqa: E402
 from zoodip_export.export_model import export_model, main  # noqa: E402
-from zoodip_export.quantize import (MIN_QUANT_ELEMENTS, SESSION_SETTINGS, W4A32_INT8_GRAPHS, graph_recipe,  # noqa: E402
-                                   open_session, quantize_graph, quantize_w8a32, session_options)
+from zoodip_export.quantize import (MIN_QUANT_ELEMENTS, SESSION_SETTINGS, W4A32_CONV_GRAPHS,  # noqa: E402
+                                   W4A32_INT8_GRAPHS, graph_recipe, open_session, quantize_graph,
+                                   quantize_w8a32, session_options)
 from zoodip_export.tiny import build_tiny_sd_folder, save_safetensors_streaming  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -482,7 +483,7 @@ def test_large_layers_split_along_output_channels(fp32_export: tuple[Path, dict[
     assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
 
 
-# --- w4a32: 4-bit MatMul weights where they hold ---------------------------------------------------
+# --- w4a32: 4-bit weights where they hold --------------------------------------------------------
 
 # Measured on the tiny model (seed 0), W4A32 vs fp32 ONNX: UNet 0.028, VAE 0.015-0.020 (the text encoder
 # stays w8a32 in this recipe).
@@ -503,7 +504,7 @@ def _attribute(node: onnx.NodeProto, name: str) -> Any:
 
 
 def test_blockwise_int4_is_what_matmulnbits_computes() -> None:
-    from zoodip_export.quantize import INT4_BLOCK, dequantize_blockwise_int4, quantize_blockwise_int4
+    from zoodip_export.quantize_int4 import INT4_BLOCK, dequantize_blockwise_int4, quantize_blockwise_int4
 
     rng = np.random.default_rng(0)
     k, n = 80, 24  # K not a whole number of blocks: the last block is padded
@@ -511,10 +512,22 @@ def test_blockwise_int4_is_what_matmulnbits_computes() -> None:
     packed, scales = quantize_blockwise_int4(np.ascontiguousarray(weights.T))
     assert packed.shape == (n, 3, INT4_BLOCK // 2) and packed.dtype == np.uint8 and scales.shape == (n, 3)
     restored = dequantize_blockwise_int4(packed, scales, k)  # [N, K]
-    # Round to nearest: off by at most half a step, and the 4-bit version is not the original.
+    # Round to nearest: off by at most half a step wherever the weight is inside the block's range (a scale
+    # below max/7 clips the largest), and the 4-bit version is not the original.
     steps = np.repeat(scales, INT4_BLOCK, axis=1)[:, :k]
-    assert np.all(np.abs(restored - weights.T) <= 0.5 * steps + 1e-6)
+    inside = (weights.T >= -8 * steps) & (weights.T <= 7 * steps)
+    assert np.all(np.abs(restored - weights.T)[inside] <= 0.5 * steps[inside] + 1e-6)
     assert not np.allclose(restored, weights.T)
+    # The scale search never does worse than the plain max/7 scale, block by block.
+    blocks = np.zeros((n, 3 * INT4_BLOCK), np.float32)
+    blocks[:, :k] = weights.T
+    blocks = blocks.reshape(n, 3, INT4_BLOCK)
+    plain = np.abs(blocks).max(axis=2, keepdims=True) / 7
+    plain_error = np.square(np.clip(np.rint(blocks / plain), -8, 7) * plain - blocks).sum(axis=2)
+    padded = np.zeros((n, 3 * INT4_BLOCK), np.float32)
+    padded[:, :k] = restored
+    chosen_error = np.square(padded.reshape(n, 3, INT4_BLOCK) - blocks).sum(axis=2)
+    assert np.all(chosen_error <= plain_error * (1 + 1e-5)) and np.any(chosen_error < plain_error * 0.99)
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("MatMulNBits", ["x", "b", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=4,
                                block_size=INT4_BLOCK, accuracy_level=1)], "g",
@@ -542,14 +555,21 @@ def test_w4a32_export_records_measured_widths(w4_export: tuple[Path, dict[str, A
         limit = quantization["max_layer_error"]
         graph = onnx.load(str(out / entry["file"])).graph
         nbits = {node.name: node for node in graph.node if node.op_type == "MatMulNBits"}
-        # Width by measurement: 4 bits exactly where the layer's measured 4-bit error is within the limit.
+        # Width by measurement: 4 bits exactly where the layer's measured 4-bit error is within the limit
+        # (and, for a convolution, where it runs at one of the graph's deepest levels).
         for layer, record in quantization["layers"].items():
-            assert record["bits"] == (4 if record["int4_error"] <= limit else 8), (name, layer)
+            holds = record["int4_error"] <= limit and record.get("side", 0) <= quantization["int4_conv_max_side"]
+            assert record["bits"] == (4 if holds else 8), (name, layer)
             assert (layer in nbits) == (record["bits"] == 4), (name, layer)
+        assert {record["block"] for record in quantization["layers"].values()} <= {None, *quantization["int4_blocks"]}
+        assert all(isinstance(record["scale_search"], bool) for record in quantization["layers"].values())
+        convs = [record for record in quantization["layers"].values() if "side" in record]
+        assert bool(convs) == (name in W4A32_CONV_GRAPHS), name
+        assert sum(record["bits"] == 4 for record in convs) >= (20 if name in W4A32_CONV_GRAPHS else 0), name
         assert set(nbits) <= set(quantization["layers"])
         for node in nbits.values():  # fp32 compute: activations never quantized
             assert _attribute(node, "accuracy_level") == 1 and _attribute(node, "bits") == 4
-            assert _attribute(node, "block_size") == quantization["int4_block"]
+            assert _attribute(node, "block_size") == quantization["layers"][node.name]["block"]
         four_bit_total += len(nbits)
         # Everything else as in w8a32: int8 weights with DequantizeLinear, no fp32 Conv/MatMul weights.
         initializers = {t.name: t for t in graph.initializer}
@@ -588,7 +608,8 @@ def test_weights_stay_packed_after_onnxruntime_optimizes(recipe: str, int8_expor
         source = onnx.load(str(out / entry["file"])).graph
         running = onnx.load(str(tmp_path / f"{name}.optimized.onnx")).graph
         before, after = weight_bytes(source), weight_bytes(running)
-        assert after.get("INT8", 0) == before.get("INT8", 0) > 0, name
+        assert after.get("INT8", 0) == before.get("INT8", 0), name
+        assert before.get("INT8", 0) + before.get("UINT8", 0) > 0, name  # (a w4a32 graph may be all 4-bit)
         assert after.get("UINT8", 0) == before.get("UINT8", 0), name
         assert after.get("FLOAT", 0) <= before.get("FLOAT", 0), name  # nothing dequantized ahead of time
         ops = {node.op_type for node in running.node}
