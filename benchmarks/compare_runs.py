@@ -1,0 +1,70 @@
+"""Compare one method between two quality runs made on different exports of the same model (say W4A32
+against W8A32): the same jobs, each run scored with its own weights, so ``quality.py --merge`` refuses them.
+
+    python benchmarks/compare_runs.py RUN_A/results.json RUN_B/results.json [--method zoodip]
+
+Prints, per metric the benchmark scores, at the end of the budget, both means and the paired difference A - B with a 95%
+bootstrap interval over the jobs both ran (jobs resampled together: a hard concept is hard in both runs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _quality_summary import metric_names  # noqa: E402
+
+from zoodip.errors import ZoodipError  # noqa: E402
+
+
+def paired_difference_ci(a: np.ndarray, b: np.ndarray, resamples: int = 5000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of ``mean(a - b)`` by resampling the paired jobs."""
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    lo, hi = np.percentile((a - b)[idx].mean(axis=1), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def compare(run_a: dict, run_b: dict, method: str) -> list[str]:
+    """One Markdown row per metric: mean A, mean B, A - B [95% interval], jobs (those both runs scored)."""
+    if run_a["task"] != run_b["task"]:
+        raise ZoodipError(f"the runs are of different tasks ({run_a['task']} and {run_b['task']}): compare like with like")
+    try:
+        a, b = run_a["methods"][method]["runs"], run_b["methods"][method]["runs"]
+    except KeyError:
+        raise ZoodipError(f"method {method!r} is not in both runs: pick one with --method") from None
+    jobs = sorted(set(a) & set(b))
+    if not jobs:
+        raise ZoodipError("the runs share no job: compare runs of the same jobs")
+    rows = ["| metric | A | B | A - B [95% paired interval] | jobs |", "|---|---|---|---|---|"]
+    for metric in metric_names(run_a["task"]):
+        values = [(a[job][-1].get(metric), b[job][-1].get(metric)) for job in jobs]
+        if any(v is None for pair in values for v in pair):
+            continue  # not scored at the end of every job (e.g. held-out prompts in an older run)
+        x, y = (np.array(side, np.float64) for side in zip(*values))
+        lo, hi = paired_difference_ci(x, y)
+        rows.append(f"| {metric} | {x.mean():.3f} | {y.mean():.3f} | {x.mean() - y.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] | {len(jobs)} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_a", type=Path)
+    parser.add_argument("run_b", type=Path)
+    parser.add_argument("--method", default="zoodip")
+    args = parser.parse_args(argv)
+    try:
+        runs = [json.loads(path.read_text(encoding="utf-8")) for path in (args.run_a, args.run_b)]
+        print("\n".join(compare(*runs, args.method)))
+    except (OSError, ValueError, KeyError, ZoodipError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""benchmarks/compare_runs.py: the paired difference of one method between two quality runs."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import compare_runs  # noqa: E402
+
+
+def _run(values: dict[str, float], task: str = "world") -> dict:
+    metrics = ("concept_fidelity", "attribute_acc", "prompt_fidelity", "prompt_requested_acc", "prompt_joint_acc")
+    return {"task": task, "methods": {"zoodip": {"runs": {
+        job: [{"step": 0, **{m: 0.0 for m in metrics}}, {"step": 10, **{m: value for m in metrics}}]
+        for job, value in values.items()}}}}
+
+
+def test_the_difference_and_its_interval(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    base = {f"job{i}": float(v) for i, v in enumerate(rng.uniform(0.5, 0.9, 12))}
+    shifted = {job: value + 0.05 for job, value in base.items()}
+    shifted["only-in-a"] = 1.0  # a job one run lacks is left out
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, run in zip(paths, (_run(shifted), _run(base))):
+        path.write_text(json.dumps(run))
+    assert compare_runs.main([str(p) for p in paths]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| concept_fidelity")]
+    # A constant shift: the paired difference is exactly it, with no spread (the jobs' spread cancels).
+    assert rows == [f"| concept_fidelity | {np.mean(list(base.values())) + 0.05:.3f} | {np.mean(list(base.values())):.3f} "
+                    "| +0.050 [+0.050, +0.050] | 12 |"]
+
+
+def test_mismatched_runs_are_refused_in_one_line(tmp_path: Path, capsys) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_run({"x": 0.5})))
+    b.write_text(json.dumps(_run({"y": 0.5})))
+    assert compare_runs.main([str(a), str(b)]) == 2
+    assert capsys.readouterr().err.strip() == "error: the runs share no job: compare runs of the same jobs"
+    assert compare_runs.main([str(a), str(b), "--method", "nope"]) == 2
+    assert "method 'nope' is not in both runs" in capsys.readouterr().err
