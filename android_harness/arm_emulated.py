@@ -630,7 +630,8 @@ def main(argv: list[str] | None = None) -> int:
         report = run_comparison(export, work, spec, with_ort=not args.no_ort)
         print(format_report(report), flush=True)
         if not args.no_device:
-            target = ort_folder(work, export) if ort_folder(work, export).is_dir() else export
+            converted = ort_folder(work, export)
+            target = converted if converted.is_dir() else export
             log(f"run_on_device.sh --ssh against the ARM64 rootfs (an ssh stand-in runs commands in the chroot): {target.name}")
             device = device_check(target, work, cpu=spec.cpu)
             report["device_runner"] = device

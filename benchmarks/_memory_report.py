@@ -193,11 +193,11 @@ def ratios(rows: list[dict]) -> dict[str, str]:
         return out
     peak = ours["peak_rss"]["max"]
     out["ours peak RSS (max over repetitions)"] = (
-        f"{peak / GB:.2f} GB (target <= {TARGET_PEAK_GB} GB: {'met' if peak / GB <= TARGET_PEAK_GB else 'NOT met'})")
+        f"{peak / GB:.2f} GB (target <= {TARGET_PEAK_GB} GB: {_verdict(peak / GB <= TARGET_PEAK_GB)})")
     if "torch-backprop-ti" in by:
         ratio = by["torch-backprop-ti"]["peak_rss"]["min"] / peak
         out["torch backprop TI peak / ours peak"] = (
-            f"{ratio:.2f}x (target >= {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'})")
+            f"{ratio:.2f}x (target >= {TARGET_RATIO}x: {_verdict(ratio >= TARGET_RATIO)})")
         out["torch backprop TI step time / ours step time"] = (
             f"{by['torch-backprop-ti']['step_s']['median'] / ours['step_s']['median']:.2f}x")
     for other in ("onnx-fp32", "torch-zo-fp32"):
@@ -208,14 +208,14 @@ def ratios(rows: list[dict]) -> dict[str, str]:
         fastest = min(fp32, key=lambda r: r["s_per_forward"])  # compare against fp32 at its best
         speed = fastest["s_per_forward"] / ours["s_per_forward"]
         out["INT8 forward speed vs the fastest fp32 ONNX forward (fp32 s / int8 s; >= 1 means int8 is no slower)"] = (
-            f"{speed:.2f} against {fastest['name']} ({'met' if speed >= 1.0 else 'NOT met'})")
+            f"{speed:.2f} against {fastest['name']} ({_verdict(speed >= 1.0)})")
     budgeted = by.get("generate-int8-budget")
     if budgeted:
         generation = budgeted["peak_rss"]["max"]
         out["generation with --memory-budget, peak / ours personalization peak"] = (
-            f"{generation / GB:.2f} / {peak / GB:.2f} GB (target: at most the personalization peak: {'met' if generation <= peak else 'NOT met'})")
+            f"{generation / GB:.2f} / {peak / GB:.2f} GB (target: at most the personalization peak: {_verdict(generation <= peak)})")
     if ours.get("fidelity") is not None:
-        out["ours fidelity"] = f"{ours['fidelity']:.3f} (target >= 0.9: {'met' if ours['fidelity'] >= 0.9 else 'NOT met'})"
+        out["ours fidelity"] = f"{ours['fidelity']:.3f} (target >= 0.9: {_verdict(ours['fidelity'] >= 0.9)})"
     out.update(w4a32_ratios(by))
     return out
 

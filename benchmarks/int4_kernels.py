@@ -53,24 +53,24 @@ def _weight_nodes(layout: str, shape: tuple[int, ...], rng: np.random.Generator)
             [_int4("q", q), numpy_helper.from_array(np.ones(scale_shape, np.float32), "s")])
 
 
-def _packed_nbits(n: int, k: int, rng: np.random.Generator, a: str, y: str) -> tuple[list, list]:
-    """``y = a @ W^T`` with ``W`` [n, k] as random 4-bit blocks: one ``MatMulNBits`` with fp32 compute."""
+def _random_packed(n: int, k: int, rng: np.random.Generator) -> list:
+    """Initializers ``b`` and ``s``: a random ``[n, k]`` weight in 4-bit blocks of :data:`BLOCK` (MatMulNBits' layout)."""
     blocks = -(-k // BLOCK)
     packed = rng.integers(0, 256, (n, blocks, BLOCK // 2)).astype(np.uint8)
-    return ([helper.make_node("MatMulNBits", [a, "b", "s"], [y], domain="com.microsoft", K=k, N=n, bits=4,
-                              block_size=BLOCK, accuracy_level=1)],
-            [numpy_helper.from_array(packed, "b"), numpy_helper.from_array(np.ones((n, blocks), np.float32), "s")])
+    return [numpy_helper.from_array(packed, "b"), numpy_helper.from_array(np.ones((n, blocks), np.float32), "s")]
 
 
-def _conv_as_matmulnbits(n: int, k: int, rng: np.random.Generator) -> tuple[list, list]:
-    """A 3x3 convolution (padding 1) as the w4a32 recipe writes it: im2col + ``MatMulNBits``
-    (``zoodip_export.quantize_int4.conv_as_matmul_nbits``; onnxruntime has no 4-bit Conv), random 4-bit weights."""
-    from zoodip_export.quantize_int4 import conv_as_matmul_nbits
+def _as_matmulnbits(kind: str, n: int, k: int, rng: np.random.Generator) -> tuple[list, list]:
+    """The layer as the w4a32 recipe writes it, with random 4-bit weights: one ``MatMulNBits`` with fp32
+    compute (``zoodip_export.quantize_int4.matmul_nbits_nodes``), for a 3x3 convolution (padding 1) after
+    im2col (``conv_as_matmul_nbits``; onnxruntime has no 4-bit Conv)."""
+    from zoodip_export.quantize_int4 import conv_as_matmul_nbits, matmul_nbits_nodes
 
+    if kind == "matmul":
+        return matmul_nbits_nodes("x", "b", "s", None, "y", "matmul", n, k, BLOCK), _random_packed(n, k, rng)
     conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     nodes, inits = conv_as_matmul_nbits(conv, "b", "s", n, 9 * k, BLOCK)
-    _, weights = _packed_nbits(n, 9 * k, rng, "unused", "unused")
-    return nodes, inits + weights
+    return nodes, inits + _random_packed(n, 9 * k, rng)
 
 
 def layer_model(kind: str, n: int, k: int, side: int, layout: str, seed: int = 0) -> tuple[onnx.ModelProto, dict]:
@@ -79,7 +79,7 @@ def layer_model(kind: str, n: int, k: int, side: int, layout: str, seed: int = 0
         x = rng.standard_normal((2, k, side, side)).astype(np.float32)
         out = [2, n, side, side]
         if layout == "matmulnbits":
-            nodes, inits = _conv_as_matmulnbits(n, k, rng)
+            nodes, inits = _as_matmulnbits(kind, n, k, rng)
         else:
             nodes, inits = _weight_nodes(layout, (n, k, 3, 3), rng)
             nodes.append(helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]))
@@ -87,7 +87,7 @@ def layer_model(kind: str, n: int, k: int, side: int, layout: str, seed: int = 0
         x = rng.standard_normal((side, k)).astype(np.float32)
         out = [side, n]
         if layout == "matmulnbits":
-            nodes, inits = _packed_nbits(n, k, rng, "x", "y")
+            nodes, inits = _as_matmulnbits(kind, n, k, rng)
         else:  # weights stored [N, K], read transposed, as the w8a32 recipe does
             nodes, inits = _weight_nodes(layout, (n, k), rng)
             nodes.append(helper.make_node("FusedMatMul", ["x", "w"], ["y"], domain="com.microsoft", transB=1))

@@ -229,6 +229,18 @@ def int4_bytes(n: int, k: int, block: int) -> int:
     return n * -(-k // block) * (block // 2 + 4)
 
 
+def matmul_nbits_nodes(a: str, packed: str, scales: str, bias: str | None, out: str, name: str, n: int, k: int,
+                block: int) -> list[onnx.NodeProto]:
+    """``out = a @ W4^T (+ bias)``: one MatMulNBits with fp32 compute (``accuracy_level=1``; levels 2-4 would
+    quantize the activations), and an Add of the bias when there is one."""
+    product = f"{name}/gemm" if bias else out
+    nodes = [helper.make_node("MatMulNBits", [a, packed, scales], [product], name=name, domain="com.microsoft",
+                              K=k, N=n, bits=4, block_size=block, accuracy_level=1)]
+    if bias:
+        nodes.append(helper.make_node("Add", [product, bias], [out], name=f"{name}/bias"))
+    return nodes
+
+
 def conv_as_matmul_nbits(node: onnx.NodeProto, packed: str, scales: str, n: int, k: int,
                           block: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """Nodes computing ``node`` (a Conv, see :func:`_conv_geometry`) with its 4-bit ``[N, K]`` weight:
@@ -238,7 +250,7 @@ def conv_as_matmul_nbits(node: onnx.NodeProto, packed: str, scales: str, n: int,
     Spatial sizes stay dynamic: each view's end is counted from the padded input's end."""
     kernel, stride, pad = _conv_geometry(node)  # type: ignore[misc]
     base = node.name or node.output[0]
-    nhwc, cols, product = f"{base}/nhwc", f"{base}/im2col", f"{base}/gemm"
+    nhwc, cols = f"{base}/nhwc", f"{base}/im2col"
     nodes = [helper.make_node("Transpose", [node.input[0]], [nhwc], perm=[0, 2, 3, 1], name=nhwc)]
     inits: list[onnx.TensorProto] = []
     if kernel == 1:
@@ -261,13 +273,10 @@ def conv_as_matmul_nbits(node: onnx.NodeProto, packed: str, scales: str, n: int,
                                                         const(f"end{dy}{dx}", ends), axes, steps], [view], name=view))
                 views.append(view)
         nodes.append(helper.make_node("Concat", views, [cols], axis=3, name=cols))
-    # accuracy_level=1: fp32 compute (levels 2-4 would quantize the activations).
-    nodes.append(helper.make_node("MatMulNBits", [cols, packed, scales], [product], name=node.name,
-                                  domain="com.microsoft", K=k, N=n, bits=4, block_size=block, accuracy_level=1))
-    if len(node.input) > 2 and node.input[2]:
-        nodes.append(helper.make_node("Add", [product, node.input[2]], [f"{base}/biased"], name=f"{base}/bias"))
-        product = f"{base}/biased"
-    nodes.append(helper.make_node("Transpose", [product], list(node.output), perm=[0, 3, 1, 2], name=f"{base}/nchw"))
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    nodes += matmul_nbits_nodes(cols, packed, scales, bias, f"{base}/biased" if bias else f"{base}/gemm", base, n, k, block)
+    nodes.append(helper.make_node("Transpose", [nodes[-1].output[0]], list(node.output), perm=[0, 3, 1, 2],
+                                  name=f"{base}/nchw"))
     return nodes, inits
 
 
@@ -295,15 +304,10 @@ def _to_matmul_nbits(model: onnx.ModelProto, folder: Path, nodes: dict[str, onnx
             replacement, constants = conv_as_matmul_nbits(node, q_name, scale_name, n, k, block)
             graph.initializer.extend(constants)
             replaced[id(node)] = replacement
-        else:  # accuracy_level=1: fp32 compute (levels 2-4 would quantize the activations).
+        else:  # a MatMul, or a Gemm with its C as the bias
             bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
-            product = f"{node.name or name}/gemm" if bias else node.output[0]
-            replacement = [helper.make_node("MatMulNBits", [node.input[0], q_name, scale_name], [product],
-                                            name=node.name, domain="com.microsoft", K=k, N=n, bits=4,
-                                            block_size=block, accuracy_level=1)]
-            if bias:  # a Gemm's C
-                replacement.append(helper.make_node("Add", [product, bias], [node.output[0]], name=f"{product}/bias"))
-            replaced[id(node)] = replacement
+            replaced[id(node)] = matmul_nbits_nodes(node.input[0], q_name, scale_name, bias, node.output[0],
+                                             node.name or name, n, k, block)
         packed_bytes += packed.nbytes + scales.nbytes
     if replaced:
         order = [new for node in graph.node for new in replaced.get(id(node), [node])]
