@@ -29,13 +29,19 @@ def select_concepts(items: list[Any], spec: str | None, default: int, key: Any) 
     return out
 
 
+def seeded_name(name: str, job_seed: int) -> str:
+    """A world job's name in a run over several training seeds (a one-seed run's jobs drop the suffix)."""
+    return f"{name}-s{job_seed}"
+
+
 def world_jobs(world: Any, concepts: list[Any], work: Path, resolution: int, seed: int,
                seeds: int = 1) -> list[qm.Job]:
     """One job per concept, or per (concept, seed) with ``seeds`` > 1: other photos, other training noise."""
     jobs = []
     for job_seed in range(seed, seed + seeds):
         for concept in concepts:
-            name = concept.name.strip("<>") + (f"-s{job_seed}" if seeds > 1 else "")
+            name = concept.name.strip("<>")
+            name = seeded_name(name, job_seed) if seeds > 1 else name
             folder = work / "photos" / name
             folder.mkdir(parents=True, exist_ok=True)
             for k, image in enumerate(world.concept_images(concept, n=5, seed=job_seed, resolution=resolution)):

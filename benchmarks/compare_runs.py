@@ -16,7 +16,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _quality_jobs import seeded_name  # noqa: E402
 from _quality_summary import metric_names  # noqa: E402
 
 from zoodip.errors import ZoodipError  # noqa: E402
@@ -29,12 +32,25 @@ def paired_difference_ci(a: np.ndarray, b: np.ndarray, resamples: int = 5000, se
     return float(lo), float(hi)
 
 
+def seeded_runs(run: dict, method: str) -> dict[str, list]:
+    """The method's runs by job, a one-seed world run's jobs named as in a run over several seeds.
+
+    ``--seed 0`` alone and ``--seeds 3`` both train "striped-star" on seed 0's photos and noise; the first
+    calls the job ``striped-star``, the second ``striped-star-s0``.
+    """
+    runs = run["methods"][method]["runs"]
+    meta = run.get("meta", {})
+    if run["task"] != "world" or meta.get("seeds", 1) != 1 or "seed" not in meta:
+        return runs
+    return {seeded_name(job, int(meta["seed"])): records for job, records in runs.items()}
+
+
 def compare(run_a: dict, run_b: dict, method: str) -> list[str]:
     """One Markdown row per metric: mean A, mean B, A - B [95% interval], jobs (those both runs scored)."""
     if run_a["task"] != run_b["task"]:
         raise ZoodipError(f"the runs are of different tasks ({run_a['task']} and {run_b['task']}): compare like with like")
     try:
-        a, b = run_a["methods"][method]["runs"], run_b["methods"][method]["runs"]
+        a, b = seeded_runs(run_a, method), seeded_runs(run_b, method)
     except KeyError:
         raise ZoodipError(f"method {method!r} is not in both runs: pick one with --method") from None
     jobs = sorted(set(a) & set(b))

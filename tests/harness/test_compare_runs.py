@@ -43,3 +43,15 @@ def test_mismatched_runs_are_refused_in_one_line(tmp_path: Path, capsys) -> None
     assert capsys.readouterr().err.strip() == "error: the runs share no job: compare runs of the same jobs"
     assert compare_runs.main([str(a), str(b), "--method", "nope"]) == 2
     assert "method 'nope' is not in both runs" in capsys.readouterr().err
+
+
+def test_a_one_seed_run_pairs_with_that_seed_of_a_several_seed_run(tmp_path: Path, capsys) -> None:
+    # quality.py names a job "star" in a one-seed run and "star-s0", "star-s1" in a run over seeds 0-1.
+    one = _run({"star": 0.7, "moon": 0.6}) | {"meta": {"seed": 1, "seeds": 1}}
+    several = _run({"star-s0": 0.1, "moon-s0": 0.1, "star-s1": 0.5, "moon-s1": 0.5}) | {"meta": {"seed": 0, "seeds": 2}}
+    paths = [tmp_path / "one.json", tmp_path / "several.json"]
+    for path, run in zip(paths, (one, several)):
+        path.write_text(json.dumps(run))
+    assert compare_runs.main([str(p) for p in paths]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| concept_fidelity"))
+    assert row.endswith("| +0.150 [+0.100, +0.200] | 2 |")  # paired with seed 1's jobs, not seed 0's
