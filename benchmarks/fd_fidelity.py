@@ -1,8 +1,8 @@
 """Finite-difference fidelity of exports: correlation of the SDK's finite differences (mu=1e-3) with
-torch autograd on the fp32 source model, over 48 random directions (the check of tests/integration/test_fidelity.py,
+torch autograd on the fp32 source model, over random directions (48 by default: the check of tests/integration/test_fidelity.py,
 for any diffusers folder and its exports).
 
-    python benchmarks/fd_fidelity.py SOURCE_FOLDER EXPORT [EXPORT ...]
+    python benchmarks/fd_fidelity.py SOURCE_FOLDER EXPORT [EXPORT ...] [--seed S] [--directions N]
 """
 from __future__ import annotations
 
@@ -19,19 +19,23 @@ from zoodip.model import ExportedModel  # noqa: E402
 PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"
 
 
-def measure(source: Path, export: Path) -> tuple[float, float]:
+def measure(source: Path, export: Path, seed: int = 123, directions: int = 48) -> tuple[float, float]:
     """(correlation, least-squares slope) of finite differences against autograd."""
-    return finite_difference_fidelity(export, source, PHOTOS)
+    return finite_difference_fidelity(export, source, PHOTOS, seed, directions)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="the diffusers folder the exports were made from")
     parser.add_argument("exports", type=Path, nargs="+")
+    parser.add_argument("--seed", type=int, default=123, help="draws the noise and the directions (default: the tests' sample)")
+    parser.add_argument("--directions", type=int, default=48, help="random directions (evaluated 48 at a time)")
     args = parser.parse_args(argv)
-    print("| export | recipe | fidelity | slope |\n|---|---|---|---|")
+    if args.seed < 0 or args.directions < 2:
+        parser.error("--seed must be >= 0 and --directions >= 2 (a correlation needs two points)")
+    print(f"seed {args.seed}, {args.directions} directions\n\n| export | recipe | fidelity | slope |\n|---|---|---|---|")
     for export in args.exports:
-        correlation, slope = measure(args.source, export)
+        correlation, slope = measure(args.source, export, args.seed, args.directions)
         recipe = ExportedModel.load(export).manifest["recipe"]
         print(f"| {export.name} | {recipe} | {correlation:.4f} | {slope:.3f} |", flush=True)
     return 0

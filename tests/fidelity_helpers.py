@@ -11,19 +11,22 @@ MU = 1e-3
 DIRECTIONS = 48
 
 
-def fixed_problem(model: ExportedModel, photos):
-    """(placeholder id, prompt ids, v0, x_t, t, target, directions z) of one fixed sample on ``model``."""
+def fixed_problem(model: ExportedModel, photos, seed: int = 123, directions: int = DIRECTIONS):
+    """(placeholder id, prompt ids, v0, x_t, t, target, directions z) of one fixed sample on ``model``.
+
+    ``seed`` draws the noise and the directions: another seed is another sample of the same check.
+    """
     placeholder = model.tokenizer.add_placeholder("<fidelity>")[0]
     ids = model.tokenizer("a photo of a <fidelity>")[0]
     v0 = np.asarray(model.token_embeddings[model.tokenizer.token_ids_for_word("star")[0]], np.float32)
     _, images = load_images(photos, model.default_resolution)
     x0 = model.vae_encode(images[:1])[0]
-    rng = np.random.default_rng(123)
+    rng = np.random.default_rng(seed)
     noise = rng.standard_normal(x0.shape).astype(np.float32)
     t = 700
     x_t = model.schedule.add_noise(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
     target = model.schedule.target(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
-    z = rng.standard_normal((DIRECTIONS, model.hidden_size)).astype(np.float32)
+    z = rng.standard_normal((directions, model.hidden_size)).astype(np.float32)
     return placeholder, ids, v0, x_t, t, target, z
 
 
@@ -45,18 +48,23 @@ def autograd_directional(tiny_sd_folder, loss: DenoisingLoss, ids, v0, x_t, t, t
     return z.astype(np.float64) @ v.grad.numpy().astype(np.float64)
 
 
-def finite_difference_fidelity(export, source_folder, photos) -> tuple[float, float]:
+def finite_difference_fidelity(export, source_folder, photos, seed: int = 123,
+                               directions: int = DIRECTIONS) -> tuple[float, float]:
     """(correlation, slope) of the SDK's finite differences on ``export`` against autograd on ``source_folder``.
 
     The SDK's own DenoisingLoss with its default session options and mu; the slope is the least-squares
-    factor from exact to finite (1 when the magnitudes agree, not only the signs).
+    factor from exact to finite (1 when the magnitudes agree, not only the signs). The directions are
+    evaluated in batches of at most ``DIRECTIONS``, each with its own L(v0) (a batch of one size).
     """
     from zoodip.model import RuntimeOptions
 
     model = ExportedModel.load(export, RuntimeOptions(threads=1))
-    placeholder, ids, v0, x_t, t, target, z = fixed_problem(model, photos)
+    placeholder, ids, v0, x_t, t, target, z = fixed_problem(model, photos, seed, directions)
     loss = DenoisingLoss(model, placeholder, batched=True)
-    losses = loss(ids, np.concatenate([v0[None], v0[None] + MU * z]), x_t, t, target)
-    finite = (losses[1:] - losses[0]) / MU
+    finite = []
+    for i in range(0, len(z), DIRECTIONS):
+        losses = loss(ids, np.concatenate([v0[None], v0[None] + MU * z[i : i + DIRECTIONS]]), x_t, t, target)
+        finite.append((losses[1:] - losses[0]) / MU)
+    finite = np.concatenate(finite)
     exact = autograd_directional(source_folder, loss, ids, v0, x_t, t, target, z)
     return float(np.corrcoef(finite, exact)[0, 1]), float(np.dot(finite, exact) / np.dot(exact, exact))

@@ -14,7 +14,24 @@ from benchmarks import fd_fidelity  # noqa: E402
 
 def test_fd_fidelity_prints_one_row_per_export(tiny_sd_folder, tiny_export, capsys):
     assert fd_fidelity.main([str(tiny_sd_folder), str(tiny_export)]) == 0
-    rows = capsys.readouterr().out.strip().splitlines()
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "seed 123, 48 directions"  # the sample tests/integration/test_fidelity.py checks
+    rows = [line for line in lines if line.startswith("|")]
     assert rows[0].startswith("| export | recipe | fidelity | slope |") and len(rows) == 3
     cells = [c.strip() for c in rows[2].strip("|").split("|")]
     assert cells[1] == "w8a32" and float(cells[2]) >= 0.9  # the W8A32 export is smooth at mu
+
+
+def test_another_sample_of_more_directions_than_one_batch(tiny_sd_folder, tiny_export, capsys):
+    assert fd_fidelity.main([str(tiny_sd_folder), str(tiny_export), "--seed", "5", "--directions", "60"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "seed 5, 60 directions"  # 48 + 12: two batches, each with its own L(v0)
+    assert float(lines[-1].strip("|").split("|")[2]) >= 0.9
+
+
+@pytest.mark.parametrize("flags", [["--directions", "1"], ["--seed", "-1"]])
+def test_bad_sample_flags_exit_2(tiny_sd_folder, tiny_export, flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fd_fidelity.main([str(tiny_sd_folder), str(tiny_export), *flags])
+    assert exit_info.value.code == 2
+    assert "--directions >= 2" in capsys.readouterr().err
