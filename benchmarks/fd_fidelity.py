@@ -13,13 +13,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from fidelity_helpers import finite_difference_fidelity  # noqa: E402  (the check tests/integration/test_fidelity.py makes)
+from fidelity_helpers import DIRECTIONS, SEED, finite_difference_fidelity  # noqa: E402  (the check tests/integration/test_fidelity.py makes)
 from zoodip.model import ExportedModel  # noqa: E402
 
 PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"
 
 
-def measure(source: Path, export: Path, seed: int = 123, directions: int = 48) -> tuple[float, float]:
+def measure(source: Path, export: Path, seed: int = SEED, directions: int = DIRECTIONS) -> tuple[float, float]:
     """(correlation, least-squares slope) of finite differences against autograd."""
     return finite_difference_fidelity(export, source, PHOTOS, seed, directions)
 
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="the diffusers folder the exports were made from")
     parser.add_argument("exports", type=Path, nargs="+")
-    parser.add_argument("--seed", type=int, default=123, help="draws the noise and the directions (default: the tests' sample)")
-    parser.add_argument("--directions", type=int, default=48, help="random directions (evaluated 48 at a time)")
+    parser.add_argument("--seed", type=int, default=SEED, help="draws the noise and the directions (default: the tests' sample)")
+    parser.add_argument("--directions", type=int, default=DIRECTIONS, help=f"random directions (evaluated {DIRECTIONS} at a time)")
     args = parser.parse_args(argv)
     if args.seed < 0 or args.directions < 2:
         parser.error("--seed must be >= 0 and --directions >= 2 (a correlation needs two points)")

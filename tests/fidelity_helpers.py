@@ -9,9 +9,10 @@ from zoodip.model import ExportedModel
 
 MU = 1e-3
 DIRECTIONS = 48
+SEED = 123  # the fixed sample the tests check (noise and directions)
 
 
-def fixed_problem(model: ExportedModel, photos, seed: int = 123, directions: int = DIRECTIONS):
+def fixed_problem(model: ExportedModel, photos, seed: int = SEED, directions: int = DIRECTIONS):
     """(placeholder id, prompt ids, v0, x_t, t, target, directions z) of one fixed sample on ``model``.
 
     ``seed`` draws the noise and the directions: another seed is another sample of the same check.
@@ -48,7 +49,7 @@ def autograd_directional(tiny_sd_folder, loss: DenoisingLoss, ids, v0, x_t, t, t
     return z.astype(np.float64) @ v.grad.numpy().astype(np.float64)
 
 
-def finite_difference_fidelity(export, source_folder, photos, seed: int = 123,
+def finite_difference_fidelity(export, source_folder, photos, seed: int = SEED,
                                directions: int = DIRECTIONS) -> tuple[float, float]:
     """(correlation, slope) of the SDK's finite differences on ``export`` against autograd on ``source_folder``.
 
