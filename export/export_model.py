@@ -208,7 +208,8 @@ class _GraphExporter:
         self.graphs[name] = _graph_entry(staging / spec.file, data_file if (staging / data_file).exists() else None)
         if "layers" in stats:  # the per-layer widths and the measured errors they were chosen by
             self.graphs[name]["quantization"] = {key: stats[key] for key in ("int4_blocks", "max_layer_error",
-                                                                             "int4_conv_max_side", "layers")}
+                                                                             "int4_conv_max_side", "int8_readers_of",
+                                                                             "layers")}
         if self.parity and recipe != "fp32":
             self.results[name]["int8_vs_fp32_rel"] = par.quantized_vs_fp32(staging / spec.file, raw,
                                                                            self.parity_inputs(name), self.session)

@@ -16,7 +16,9 @@ int4 ``DequantizeLinear`` is several times slower than int8), so in the UNet the
 :data:`~zoodip_export.quantize_int4.INT4_CONV_LEVELS` deepest resolution levels, where most of its weights are and a convolution's
 input is small, are rewritten as im2col + ``MatMulNBits`` under the same per-layer test; at the shallow
 levels that rewrite is slower than the int8 convolution and holds 9x the layer's input, so they stay
-int8 (benchmarks/README.md, "4-bit weights", has the kernel timings). Every other weight gets the
+int8 (benchmarks/README.md, "4-bit weights", has the kernel timings). The UNet's cross-attention keys
+and values, which read the text encoder's output (the input a finite difference perturbs), stay int8
+(:data:`~zoodip_export.quantize_int4.INT4_INT8_READERS_OF`). Every other weight gets the
 ``w8a32`` treatment. The text encoder stays ``w8a32`` whole (:data:`W4A32_INT8_GRAPHS`): its 4-bit layers
 each pass the per-layer limit but their errors compound through its stacked layers, and on SD1.5's
 architecture that turned the finite differences away from the true gradient, for a few percent of the
@@ -66,8 +68,9 @@ SESSION_SETTINGS: dict[str, dict[str, Any]] = {
 # w8a32 revision 2: MatMul weights stored transposed and read by FusedMatMul (faster dequantization);
 # revision 3: layers with fp32 weights over DEFAULT_MAX_WEIGHT_MIB split along output channels.
 # w4a32 revision 2: the text encoder w8a32 whole; revision 3: the UNet's deepest convolutions 4-bit too,
-# and each 4-bit layer's block chosen from INT4_BLOCKS.
-RECIPE_REVISION: dict[str, int] = {"w8a32": 3, "w4a32": 3, "dynamic-int8": 1, "fp32": 1}
+# and each 4-bit layer's block chosen from INT4_BLOCKS; revision 4: layers reading the text encoder's output
+# (quantize_int4.INT4_INT8_READERS_OF) stay int8.
+RECIPE_REVISION: dict[str, int] = {"w8a32": 3, "w4a32": 4, "dynamic-int8": 1, "fp32": 1}
 # Graphs the w4a32 recipe keeps entirely in w8a32 (see the module docstring).
 W4A32_INT8_GRAPHS: tuple[str, ...] = ("text_encoder",)
 # Graphs whose convolutions w4a32 may make 4-bit (those of INT4_CONV_LEVELS deepest resolution levels;

@@ -42,6 +42,11 @@ INT4_SCALE_FRACTIONS: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 # at most this (relative L2 error); otherwise it stays int8. A choice, not a measurement: the
 # measured errors per layer are in the manifest (``graphs.<name>.quantization``).
 INT4_MAX_LAYER_ERROR = 0.1
+# Layers that read these graph inputs directly stay int8 whatever their 4-bit error. The UNet's cross-attention
+# keys and values read the text encoder's output, the input a finite difference perturbs, so their weight
+# error enters the estimated gradient whole, where the errors of other layers partly average out. They are a
+# few percent of the weights (benchmarks/README.md, "4-bit weights", measures what they cost and buy).
+INT4_INT8_READERS_OF: tuple[str, ...] = ("encoder_hidden_states",)
 # Rows of a layer's input used to measure its error (a random subset when it has more).
 _ERROR_ROWS = 4096
 
@@ -322,7 +327,7 @@ def quantize_w4a32(src: Path, dest: Path, calibration: dict[str, np.ndarray], *,
                    max_layer_error: float = INT4_MAX_LAYER_ERROR) -> dict[str, Any]:
     """Write ``src`` (fp32 ONNX) to ``dest``: 4-bit weights where measured to hold, the rest as in
     :func:`quantize_w8a32`. The candidates are the MatMuls and (``convs``) the convolutions of the
-    :data:`INT4_CONV_LEVELS` deepest resolution levels. Returns the counts plus ``layers``: per candidate
+    :data:`INT4_CONV_LEVELS` deepest resolution levels, except those reading :data:`INT4_INT8_READERS_OF`. Returns the counts plus ``layers``: per candidate
     (node name) the width, block and scale rule chosen, the measured 4-bit error with them (with the
     finest block for an int8 layer), and a convolution's output side on the calibration inputs."""
     from zoodip_export.onnx_export import load_graph
@@ -330,6 +335,9 @@ def quantize_w4a32(src: Path, dest: Path, calibration: dict[str, np.ndarray], *,
     src = Path(src)
     model = load_graph(src)
     candidates = int4_candidates(model.graph, convs=convs)
+    graph_inputs = {i.name for i in model.graph.input}
+    kept = {name for name, node in candidates.items() if node.input[0] in graph_inputs
+            and node.input[0] in INT4_INT8_READERS_OF}
     errors, sides = measure_int4_errors(src, model, candidates, calibration) if candidates else ({}, {})
     # Resolution levels halve the side: the deepest INT4_CONV_LEVELS are within 2**(levels-1) of the smallest.
     max_side = min(sides.values()) * 2 ** (INT4_CONV_LEVELS - 1) if sides else 0
@@ -341,7 +349,7 @@ def quantize_w4a32(src: Path, dest: Path, calibration: dict[str, np.ndarray], *,
         finest = errors[name][INT4_BLOCK][0] * INT4_COARSE_BLOCK_SLACK
         holding = [block for block, (error, _) in errors[name].items()
                    if error <= max_layer_error and (block == INT4_BLOCK or error <= finest)]
-        if holding and sides.get(name, 0) <= max_side:
+        if holding and sides.get(name, 0) <= max_side and name not in kept:
             block = min(holding, key=lambda block: (int4_bytes(n, k, block), -block))
             layouts[name] = (block, errors[name][block][1])
         error, search = errors[name][layouts.get(name, (INT4_BLOCK,))[0]]
@@ -352,5 +360,6 @@ def quantize_w4a32(src: Path, dest: Path, calibration: dict[str, np.ndarray], *,
     packed_bytes = _to_matmul_nbits(model, src.parent, {name: candidates[name] for name in layouts}, layouts)
     stats: dict[str, Any] = dict(quantize_w8a32(src, dest, model=model))
     stats.update({"int4": len(layouts), "int4_bytes": packed_bytes, "int4_blocks": list(INT4_BLOCKS),
-                  "max_layer_error": max_layer_error, "int4_conv_max_side": max_side, "layers": layers})
+                  "max_layer_error": max_layer_error, "int4_conv_max_side": max_side,
+                  "int8_readers_of": list(INT4_INT8_READERS_OF), "layers": layers})
     return stats
