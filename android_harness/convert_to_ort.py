@@ -201,7 +201,7 @@ def convert_export(export_dir: Path, out_dir: Path, level: str = "extended", che
         raise ZoodipError(f"{out_dir} already exists: choose a new OUT_DIR or pass --overwrite")
     if manifest.get("recipe") == "dynamic-int8":
         log("warning: the dynamic-int8 recipe quantizes activations at run time; its losses are not smooth "
-            "at the finite-difference scale (use the default w8a32 export)")
+            "at the finite-difference scale (use an export with the default recipe, w4a32, or with w8a32)")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

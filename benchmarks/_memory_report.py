@@ -209,7 +209,9 @@ def ratios(rows: list[dict]) -> dict[str, str]:
         speed = fastest["s_per_forward"] / ours["s_per_forward"]
         out["INT8 forward speed vs the fastest fp32 ONNX forward (fp32 s / int8 s; >= 1 means int8 is no slower)"] = (
             f"{speed:.2f} against {fastest['name']} ({_verdict(speed >= 1.0)})")
-    budgeted = by.get("generate-int8-budget")
+    # Generation within a budget on the same export as ours.
+    budgeted = next((r for name, r in by.items() if name.startswith("generate-") and r["spec"].get("memory_budget_mb")
+                     and r["spec"].get("export") == ours["spec"].get("export")), None)
     if budgeted:
         generation = budgeted["peak_rss"]["max"]
         out["generation with --memory-budget, peak / ours personalization peak"] = (
@@ -225,8 +227,12 @@ def _verdict(ok: bool) -> str:
 
 
 def w4a32_ratios(by: dict[str, dict]) -> dict[str, str]:
-    """The 4-bit row against :data:`W4_TARGETS` (those of the rows this run has)."""
-    w4, ours, out = by.get("ours-w4a32"), by.get("ours-int8"), {}
+    """The 4-bit row (``ours-w4a32``, else ``ours-int8`` when the default recipe is W4A32) against
+    :data:`W4_TARGETS` (those of the rows this run has)."""
+    default = by.get("ours-int8")
+    if default and list(default["spec"].get("export", ()))[:1] != ["w4a32"]:
+        default = None
+    w4, ours, out = by.get("ours-w4a32") or default, by.get("ours-w8a32"), {}
     if not w4:
         return out
     peak, t = w4["peak_rss"]["max"], W4_TARGETS
@@ -236,7 +242,7 @@ def w4a32_ratios(by: dict[str, dict]) -> dict[str, str]:
         out["torch backprop TI peak / ours-w4a32 peak"] = f"{ratio:.2f}x (target >= {t['ratio']}x: {_verdict(ratio >= t['ratio'])})"
     if ours and ours.get("s_per_forward") and w4.get("s_per_forward"):
         slower = w4["s_per_forward"] / ours["s_per_forward"]
-        out["ours-w4a32 s / forward vs ours-int8"] = f"{slower:.2f}x (target <= {t['speed']}x: {_verdict(slower <= t['speed'])})"
+        out["ours-w4a32 s / forward vs ours-w8a32"] = f"{slower:.2f}x (target <= {t['speed']}x: {_verdict(slower <= t['speed'])})"
     if w4.get("fidelity") is not None:
         out["ours-w4a32 fidelity"] = f"{w4['fidelity']:.3f} (target >= {t['fidelity']}: {_verdict(w4['fidelity'] >= t['fidelity'])})"
     files = [r.get("weight_file_bytes", {}) for r in w4.get("runs", [])]

@@ -412,7 +412,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="weight precision (default: int8, or what --recipe implies)")
     parser.add_argument("--recipe", default=None, choices=RECIPES,
-                        help="quantization recipe (default w8a32 for int8; w4a32: 4-bit weights where they hold; "
+                        help="quantization recipe (default w4a32 for int8: 4-bit weights where they hold, int8 elsewhere; "
+                             "w8a32: int8 weights everywhere; "
                              "dynamic-int8 breaks forward-only gradients)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model and of the parity inputs")
     parser.add_argument("--sample-size", type=int, default=None,

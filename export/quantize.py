@@ -1,12 +1,13 @@
 """Quantization recipes for the exported graphs, and the onnxruntime session settings each one needs.
 
-``w8a32`` (default): weight-only INT8. Every large weight feeding a Conv/ConvTranspose/MatMul/Gemm
+``w8a32``: weight-only INT8. Every large weight feeding a Conv/ConvTranspose/MatMul/Gemm
 becomes an int8 initializer with one fp32 scale per output channel, dequantized in the graph by a
 ``DequantizeLinear`` node; activations stay fp32. That keeps the loss a smooth function of the
 text embedding, which is what forward-only (finite-difference) training needs. It only stays that
 way if onnxruntime is told not to rewrite the graph (see :data:`SESSION_SETTINGS`).
 
-``w4a32`` (opt-in): 4-bit weights where they hold, activations fp32. In the UNet and the VAE, each
+``w4a32`` (default since its revision 4 met issue 17's targets): 4-bit weights where they hold, int8
+elsewhere, activations fp32. In the UNet and the VAE, each
 MatMul or Gemm (linear layer) weight whose 4-bit version changes that layer's output (measured on the graph's own parity inputs)
 by at most :data:`~zoodip_export.quantize_int4.INT4_MAX_LAYER_ERROR` becomes onnxruntime's ``MatMulNBits`` (com.microsoft; blocks along
 K with one fp32 scale each, the block of :data:`~zoodip_export.quantize_int4.INT4_BLOCKS` that holds in the fewest bytes;
@@ -47,7 +48,7 @@ from zoodip_export.quantize_int8 import (DEFAULT_MAX_WEIGHT_MIB, MIN_QUANT_ELEME
 
 RECIPES: tuple[str, ...] = ("w8a32", "w4a32", "dynamic-int8", "fp32")
 RECIPE_PRECISION = {"w8a32": "int8", "w4a32": "int8", "dynamic-int8": "int8", "fp32": "fp32"}
-DEFAULT_RECIPE = {"int8": "w8a32", "fp32": "fp32"}
+DEFAULT_RECIPE = {"int8": "w4a32", "fp32": "fp32"}
 
 # What the SDK must apply to onnxruntime for each recipe (stored as manifest["session"]).
 # With its defaults, onnxruntime fuses DequantizeLinear+MatMul/Conv into kernels that quantize the

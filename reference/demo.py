@@ -79,16 +79,30 @@ def _fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def _default_recipe() -> str | None:
+    """The exporter's default recipe and its revision (``w4a32-r4``); None without the export tools."""
+    try:
+        from zoodip_export.quantize import DEFAULT_RECIPE, RECIPE_REVISION
+    except ImportError:
+        return None
+    recipe = DEFAULT_RECIPE["int8"]
+    return f"{recipe}-r{RECIPE_REVISION[recipe]}"
+
+
 def _export_builtin(folder: Path, progress: bool, source: Path | None = None) -> Path:
-    """Export ``source`` (or the tiny random model) into ``folder`` unless an export of it is there."""
+    """Export ``source`` (or the tiny random model) into ``folder`` unless an export of it, with the exporter's
+    current default recipe, is there (without the export tools, any export of it is)."""
     stamp_path = folder / SOURCE_STAMP
     stamp = {"source": str(source) if source else "tiny", "fingerprint": _fingerprint(source) if source else "tiny-0"}
+    recipe = _default_recipe()
+    if recipe:
+        stamp["recipe"] = recipe
     if (folder / "manifest.json").is_file():
         try:
             previous = json.loads(stamp_path.read_text())
         except (OSError, ValueError):
             previous = {"source": "tiny", "fingerprint": "tiny-0"}  # demos before the stamp exported tiny
-        if previous == stamp:
+        if all(previous.get(key) == value for key, value in stamp.items()):
             return folder
     export_model = _need_export_tools()
     if source is None:

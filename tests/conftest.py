@@ -18,21 +18,25 @@ def tiny_sd_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_sd_folder, tmp_path_factory) -> Path:
-    """The default (INT8, W8A32) export of the tiny folder, with a curvature subspace from 4 draws (16 by default)."""
+    """The W8A32 (int8 everywhere) export of the tiny folder, with a curvature subspace from 4 draws (16 by default).
+
+    Most tests run on it: the all-int8 recipe is the reference the 4-bit default (:func:`tiny_w4_export`) is held to.
+    """
     from zoodip_export.export_model import export_model
 
     out = tmp_path_factory.mktemp("export") / "tiny_int8"
-    export_model(tiny_sd_folder, out, parity=False, progress=False, curvature_samples=4)
+    export_model(tiny_sd_folder, out, recipe="w8a32", parity=False, progress=False, curvature_samples=4)
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_w4_export(tiny_sd_folder, tmp_path_factory) -> Path:
-    """The W4A32 export of the tiny folder (4-bit MatMul weights where they hold)."""
+    """The W4A32 export of the tiny folder (the default recipe: 4-bit weights where they hold), with a curvature
+    subspace from 4 draws as :func:`tiny_export`."""
     from zoodip_export.export_model import export_model
 
     out = tmp_path_factory.mktemp("export") / "tiny_w4"
-    export_model(tiny_sd_folder, out, recipe="w4a32", progress=False, curvature_samples=0)
+    export_model(tiny_sd_folder, out, recipe="w4a32", progress=False, curvature_samples=4)
     return out
 
 

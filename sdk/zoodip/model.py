@@ -3,8 +3,8 @@
 ``ExportedModel.load(folder)`` validates the manifest and files (see docs/export-format.md) and
 opens each graph lazily, so a training run never loads the VAE decoder and can release the VAE
 encoder once the photos are encoded. Sessions get the options the export recipe asks for: for the
-default W8A32 recipe those keep the weights int8 *and* the arithmetic smooth enough for finite
-differences (no activation quantization, no folding weights back to fp32).
+W4A32 (default) and W8A32 recipes those keep the weights 4-bit or int8 *and* the arithmetic smooth enough
+for finite differences (no activation quantization, no folding weights back to fp32).
 """
 from __future__ import annotations
 
@@ -283,7 +283,8 @@ class ExportedModel:
         if budget < need:
             raise ZoodipError(
                 f"--memory-budget {budget} MB is below the {need} MB that the text encoder and UNet weights of "
-                f"{self.folder} alone take: raise the budget, or use an INT8 export ('zoodip export', recipe w8a32)"
+                f"{self.folder} alone take: raise the budget, or use a smaller export ('zoodip export' with its default "
+                f"recipe, w4a32: 4-bit weights)"
             )
 
     @property

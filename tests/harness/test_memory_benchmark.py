@@ -17,8 +17,8 @@ MEMORY_PY = REPO / "benchmarks" / "memory.py"
 
 
 @pytest.fixture(scope="module")
-def bench_cache(tmp_path_factory, tiny_sd_folder, tiny_export) -> Path:
-    """A benchmark cache pre-filled with the session's tiny folder and export (no second export)."""
+def bench_cache(tmp_path_factory, tiny_sd_folder, tiny_export, tiny_w4_export) -> Path:
+    """A benchmark cache pre-filled with the session's tiny folder and exports (no second export)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         from _models import export_name
@@ -29,6 +29,7 @@ def bench_cache(tmp_path_factory, tiny_sd_folder, tiny_export) -> Path:
     cache = tmp_path_factory.mktemp("bench-cache")
     shutil.copytree(tiny_sd_folder, cache / "tiny-random-s0")
     shutil.copytree(tiny_export, cache / export_name(True, "w8a32", ATTENTION_QUERY_CHUNKS))
+    shutil.copytree(tiny_w4_export, cache / export_name(True, "w4a32", ATTENTION_QUERY_CHUNKS))
     return cache
 
 
@@ -42,6 +43,8 @@ def test_tiny_benchmark_writes_json_table_and_chart(bench_cache: Path, tmp_path:
                    "--steps", "2", "--directions", "8", "--out", str(out), "--cache", str(bench_cache))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| ours-int8 |" in done.stdout and "torch backprop TI peak / ours peak" in done.stdout
+    # ours-int8 runs the default recipe, W4A32: its row is also held to the 4-bit recipe's targets.
+    assert "ours-w4a32 peak RSS" in done.stdout and "torch backprop TI peak / ours-w4a32 peak" in done.stdout
     report = json.loads((out / "memory.json").read_text())
     assert report["machine"]["cores"] >= 1 and report["machine"]["versions"]["onnxruntime"]
     rows = {row["name"]: row for row in report["rows"]}
@@ -68,7 +71,7 @@ def test_tiny_generation_rows_split_every_peak(bench_cache: Path, tmp_path: Path
                    "--out", str(out), "--cache", str(bench_cache))
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {row["name"]: row for row in json.loads((out / "memory.json").read_text())["rows"]}
-    assert set(rows) == {"ours-int8", "generate-int8", "generate-int8-budget"}
+    assert set(rows) == {"ours-int8", "generate-int8", "generate-int8-budget", "generate-w4a32-budget"}
     for row in rows.values():
         assert not row["errors"], row["errors"]
         split = row["peak_split"]
@@ -146,4 +149,8 @@ def test_benchmark_exports_with_the_exporters_default_chunking() -> None:
     memory = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(memory)  # module level only: main() runs under __main__
     assert memory.DEFAULT_CHUNKS == ATTENTION_QUERY_CHUNKS
-    assert memory.CONTENDERS["ours-int8"][1]["export"] == ("w8a32", ATTENTION_QUERY_CHUNKS)
+    # ours-int8 is the exporter's default recipe's row, whatever its name says (issue 17).
+    from zoodip_export.quantize import DEFAULT_RECIPE
+
+    assert memory.CONTENDERS["ours-int8"][1]["export"] == (DEFAULT_RECIPE["int8"], ATTENTION_QUERY_CHUNKS)
+    assert memory.CONTENDERS["ours-w8a32"][1]["export"] == ("w8a32", ATTENTION_QUERY_CHUNKS)

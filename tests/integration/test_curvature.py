@@ -103,12 +103,16 @@ def test_trainer_searches_the_exported_curvature_subspace(tiny_export, tmp_path,
     assert vocabulary.config.curvature_fraction == 0.0 and vocabulary.curvature is None
 
 
-def test_an_export_without_curvature_warns_by_default_and_refuses_an_explicit_fraction(tiny_w4_export, photos,
+def test_an_export_without_curvature_warns_by_default_and_refuses_an_explicit_fraction(tiny_sd_folder, photos,
                                                                                        tmp_path) -> None:
     from zoodip.trainer import PersonalizeConfig, Personalizer
+    from zoodip_export.export_model import export_model
+
+    bare = tmp_path / "bare"
+    export_model(tiny_sd_folder, bare, recipe="w8a32", parity=False, progress=False, curvature_samples=0)
 
     def config(name: str, fraction: float | None) -> PersonalizeConfig:
-        return PersonalizeConfig(export_dir=tiny_w4_export, images=photos, output_dir=tmp_path / name,
+        return PersonalizeConfig(export_dir=bare, images=photos, output_dir=tmp_path / name,
                                  max_train_steps=2, eval_every=0, checkpoint_every=0, curvature_fraction=fraction)
 
     with pytest.warns(UserWarning, match="no curvature.safetensors"):

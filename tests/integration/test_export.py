@@ -43,7 +43,7 @@ def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def int8_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("int8") / "tiny-int8"
-    return out, export_model(None, out, tiny=True, seed=0, progress=False)
+    return out, export_model(None, out, tiny=True, seed=0, recipe="w8a32", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -354,7 +354,7 @@ def test_dynamic_int8_recipe_warns(tmp_path: Path, capsys: pytest.CaptureFixture
     assert manifest["parity"] == {}
     # --overwrite replaces a previous export in one step.
     assert main(["--tiny", str(out), "--overwrite", "--no-parity", "--quiet"]) == 0
-    assert json.loads((out / "manifest.json").read_text())["recipe"] == "w8a32"
+    assert json.loads((out / "manifest.json").read_text())["recipe"] == "w4a32"  # the default recipe
     assert [p.name for p in tmp_path.iterdir()] == ["dyn"]
 
 

@@ -1,7 +1,7 @@
 """The property the whole method rests on: the SDK's finite differences through the INT8 graphs
 track the true gradient of the textual-inversion loss.
 
-The SDK's own DenoisingLoss (text encoder + UNet, default W8A32 export and session options, the
+The SDK's own DenoisingLoss (text encoder + UNet, the W8A32 and the default W4A32 export, their session options, the
 default perturbation mu=1e-3) gives finite-difference directional derivatives; torch autograd on
 the fp32 model gives the exact ones. They must correlate over many random directions.
 """
