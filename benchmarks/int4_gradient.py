@@ -89,6 +89,8 @@ def measure(source: Path, export: Path, seeds: list[int]) -> list[dict]:
     text = TextEncoderGraph(load_text_encoder(source / "text_encoder").text_model, 77)
     unet = load_unet(source / "unet")
     graph = UNetGraph(unet)
+    for parameter in (*unet.parameters(), *text.parameters()):
+        parameter.requires_grad_(False)  # only the placeholder's gradient is wanted
     quantizable = (torch.nn.Linear, torch.nn.Conv2d)
     modules = {n: m for n, m in unet.named_modules() if isinstance(m, quantizable) and m.weight.numel() >= 256}
     modules.update({f"text.{n}": m for n, m in text.named_modules() if isinstance(m, torch.nn.Linear)})

@@ -6,8 +6,8 @@ becomes an int8 initializer with one fp32 scale per output channel, dequantized 
 text embedding, which is what forward-only (finite-difference) training needs. It only stays that
 way if onnxruntime is told not to rewrite the graph (see :data:`SESSION_SETTINGS`).
 
-``w4a32`` (default since its revision 4 met issue 17's targets): 4-bit weights where they hold, int8
-elsewhere, activations fp32. In the UNet and the VAE, each
+``w4a32`` (default): 4-bit weights where they hold, int8 elsewhere, activations fp32. In the UNet and
+the VAE, each
 MatMul or Gemm (linear layer) weight whose 4-bit version changes that layer's output (measured on the graph's own parity inputs)
 by at most :data:`~zoodip_export.quantize_int4.INT4_MAX_LAYER_ERROR` becomes onnxruntime's ``MatMulNBits`` (com.microsoft; blocks along
 K with one fp32 scale each, the block of :data:`~zoodip_export.quantize_int4.INT4_BLOCKS` that holds in the fewest bytes;

@@ -327,17 +327,16 @@ def quantize_w4a32(src: Path, dest: Path, calibration: dict[str, np.ndarray], *,
                    max_layer_error: float = INT4_MAX_LAYER_ERROR) -> dict[str, Any]:
     """Write ``src`` (fp32 ONNX) to ``dest``: 4-bit weights where measured to hold, the rest as in
     :func:`quantize_w8a32`. The candidates are the MatMuls and (``convs``) the convolutions of the
-    :data:`INT4_CONV_LEVELS` deepest resolution levels, except those reading :data:`INT4_INT8_READERS_OF`. Returns the counts plus ``layers``: per candidate
-    (node name) the width, block and scale rule chosen, the measured 4-bit error with them (with the
-    finest block for an int8 layer), and a convolution's output side on the calibration inputs."""
+    :data:`INT4_CONV_LEVELS` deepest resolution levels; those reading :data:`INT4_INT8_READERS_OF` stay int8.
+    Returns the counts plus ``layers``: per candidate (node name) the width, block and scale rule chosen, the
+    measured 4-bit error with them (with the finest block for an int8 layer), and a convolution's output side
+    on the calibration inputs."""
     from zoodip_export.onnx_export import load_graph
 
     src = Path(src)
     model = load_graph(src)
     candidates = int4_candidates(model.graph, convs=convs)
-    graph_inputs = {i.name for i in model.graph.input}
-    kept = {name for name, node in candidates.items() if node.input[0] in graph_inputs
-            and node.input[0] in INT4_INT8_READERS_OF}
+    kept = {name for name, node in candidates.items() if node.input[0] in INT4_INT8_READERS_OF}
     errors, sides = measure_int4_errors(src, model, candidates, calibration) if candidates else ({}, {})
     # Resolution levels halve the side: the deepest INT4_CONV_LEVELS are within 2**(levels-1) of the smallest.
     max_side = min(sides.values()) * 2 ** (INT4_CONV_LEVELS - 1) if sides else 0
