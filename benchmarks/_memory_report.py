@@ -230,7 +230,7 @@ def w4a32_ratios(by: dict[str, dict]) -> dict[str, str]:
     """The 4-bit row (``ours-w4a32``, else ``ours-int8`` when the default recipe is W4A32) against
     :data:`W4_TARGETS` (those of the rows this run has)."""
     default = by.get("ours-int8")
-    if default and list(default["spec"].get("export", ()))[:1] != ["w4a32"]:
+    if default and default["spec"].get("export", [None])[0] != "w4a32":
         default = None
     w4, ours, out = by.get("ours-w4a32") or default, by.get("ours-w8a32"), {}
     if not w4:

@@ -40,7 +40,8 @@ def world_jobs(world: Any, concepts: list[Any], work: Path, resolution: int, see
     jobs = []
     for job_seed in range(seed, seed + seeds):
         for concept in concepts:
-            name = seeded_name(concept.name.strip("<>"), job_seed) if seeds > 1 else concept.name.strip("<>")
+            base = concept.name.strip("<>")
+            name = seeded_name(base, job_seed) if seeds > 1 else base
             folder = work / "photos" / name
             folder.mkdir(parents=True, exist_ok=True)
             for k, image in enumerate(world.concept_images(concept, n=5, seed=job_seed, resolution=resolution)):

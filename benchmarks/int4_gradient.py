@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from fidelity_helpers import SEED, fixed_problem  # noqa: E402  (the problem of the fidelity check)
+from fidelity_helpers import SEED, fixed_problem, placeholder_gradient  # noqa: E402  (the fidelity check's problem)
 from zoodip.denoising_loss import DenoisingLoss  # noqa: E402
 from zoodip.model import ExportedModel, RuntimeOptions  # noqa: E402
 
@@ -56,9 +56,9 @@ def _int8(weight: np.ndarray) -> np.ndarray:
 def _int4(weight: np.ndarray, block: int, search: bool) -> np.ndarray:
     """A Linear's ``[N, K]`` or a Conv's ``[N, C, k, k]`` weight as the 4-bit blocks store it (a Conv along
     (row, column, channel), the exporter's im2col order)."""
-    from zoodip_export.quantize_int4 import dequantize_blockwise_int4, quantize_blockwise_int4
+    from zoodip_export.quantize_int4 import conv_as_matrix, dequantize_blockwise_int4, quantize_blockwise_int4
 
-    nk = weight if weight.ndim == 2 else weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1)
+    nk = weight if weight.ndim == 2 else conv_as_matrix(weight)
     packed, scales = quantize_blockwise_int4(np.ascontiguousarray(nk, np.float32), block, search)
     restored = dequantize_blockwise_int4(packed, scales, nk.shape[1])
     if weight.ndim == 2:
@@ -114,12 +114,7 @@ def measure(source: Path, export: Path, seeds: list[int]) -> list[dict]:
     problems = {seed: _problem(export, seed) for seed in seeds}
 
     def gradient(seed: int) -> np.ndarray:
-        inputs, v0, mask, x_t, t, target = problems[seed]
-        v = torch.from_numpy(v0.copy()).requires_grad_(True)
-        embeds = torch.where(mask, v[None, None, :], inputs)
-        pred = graph(torch.from_numpy(x_t[None]), torch.tensor([float(t)]), text(embeds))
-        torch.mean((pred - torch.from_numpy(target[None])) ** 2).backward()
-        return v.grad.numpy().astype(np.float64)
+        return placeholder_gradient(text, graph, *problems[seed])
 
     load(lambda n: 0)  # the reference: every weight fp32
     exact = {seed: gradient(seed) for seed in seeds}
@@ -134,14 +129,13 @@ def measure(source: Path, export: Path, seeds: list[int]) -> list[dict]:
 
 
 def _problem(export: Path, seed: int) -> tuple:
-    """fd_fidelity.py's problem for ``seed`` as torch inputs: (token rows, v0, placeholder mask, x_t, t, target)."""
+    """fd_fidelity.py's problem for ``seed``: (token rows as a tensor, placeholder mask, v0, x_t, t, target)."""
     import torch
 
     model = ExportedModel.load(export, RuntimeOptions(threads=torch.get_num_threads()))
     placeholder, ids, v0, x_t, t, target, _ = fixed_problem(model, PHOTOS, seed, 2)
     loss = DenoisingLoss(model, placeholder, batched=True)
-    return (torch.from_numpy(loss.text_inputs(ids, v0[None])), v0, torch.from_numpy(ids == placeholder)[None, :, None],
-            x_t, t, target)
+    return torch.from_numpy(loss.text_inputs(ids, v0[None])), ids == placeholder, v0, x_t, t, target
 
 
 def variants(own: dict[str, int]) -> list[tuple[str, Callable[[str], int]]]:

@@ -57,6 +57,10 @@ from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "quality"
 REFERENCE_MODEL = REPO / "reference" / "model-768"  # the SD-width world (packed; materialized on first use)
+# The recipe a diffusers --model is exported with: the benchmark compares methods on a fixed export, and its
+# stored runs are W8A32 (not the exporter's default, W4A32, which learns as well: benchmarks/README.md, "4-bit
+# weights"); `--model EXPORT_FOLDER` runs any other.
+EXPORT_RECIPE = "w8a32"
 ZO_METHODS = ("zo-naive", "zo-sg", "zo-puts", "zoodip")
 
 
@@ -86,21 +90,19 @@ def prepare_model(model: str | None, smoke: bool, cache: Path) -> tuple[Path, Pa
     if not (path / "model_index.json").is_file():
         raise SystemExit(f"--model {path}: neither an export folder (manifest.json) nor a diffusers folder "
                          "(model_index.json)" + ("; the reference model is not built yet" if model is None else ""))
-    # A diffusers folder: export it once with the project's exporter, W8A32. The benchmark compares methods on
-    # a fixed export, and its stored runs are W8A32; `--model EXPORT` runs any other (the default W4A32 learns
-    # as well: benchmarks/README.md, "4-bit weights").
+    # A diffusers folder: export it once with the project's exporter, recipe EXPORT_RECIPE.
     stamp = hashlib.sha256()
     for file in sorted(path.rglob("*")):
         if file.is_file():
             stat = file.stat()
             stamp.update(f"{file.relative_to(path)}:{stat.st_size}:{int(stat.st_mtime)}".encode())
-    dest = cache / f"quality-{path.name.removeprefix('quality-')}-{stamp.hexdigest()[:10]}-w8a32"
+    dest = cache / f"quality-{path.name.removeprefix('quality-')}-{stamp.hexdigest()[:10]}-{EXPORT_RECIPE}"
     if not (dest / "manifest.json").is_file():
         from zoodip_export.export_model import export_model
 
-        log(f"exporting {path} -> {dest} (INT8, w8a32)")
+        log(f"exporting {path} -> {dest} ({EXPORT_RECIPE})")
         started = time.perf_counter()
-        export_model(path, dest, recipe="w8a32", parity=True, progress=False, overwrite=True)
+        export_model(path, dest, recipe=EXPORT_RECIPE, parity=True, progress=False, overwrite=True)
         log(f"exported in {time.perf_counter() - started:.0f}s")
     return dest, path
 

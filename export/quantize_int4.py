@@ -155,6 +155,11 @@ def _as_matrix(node: onnx.NodeProto, weights: np.ndarray) -> np.ndarray:
     the order of :func:`conv_as_matmul_nbits`' im2col."""
     if node.op_type != "Conv":
         return np.ascontiguousarray(weights if _weights_transposed(node) else weights.T)
+    return conv_as_matrix(weights)
+
+
+def conv_as_matrix(weights: np.ndarray) -> np.ndarray:
+    """A Conv's ``[C_out, C_in, k, k]`` weight as ``[N, K]``, K ordered (row, column, input channel)."""
     return np.ascontiguousarray(weights.transpose(0, 2, 3, 1).reshape(weights.shape[0], -1))
 
 

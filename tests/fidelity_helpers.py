@@ -39,14 +39,21 @@ def autograd_directional(tiny_sd_folder, loss: DenoisingLoss, ids, v0, x_t, t, t
     text = TextEncoderGraph(load_text_encoder(tiny_sd_folder / "text_encoder").text_model, 77)
     unet = UNetGraph(load_unet(tiny_sd_folder / "unet"))
     # Same token rows as the SDK feeds (fp16 table), placeholder row = v (the variable).
-    inputs = torch.from_numpy(loss.text_inputs(ids, v0[None]))
+    rows = torch.from_numpy(loss.text_inputs(ids, v0[None]))
+    gradient = placeholder_gradient(text, unet, rows, ids == loss.placeholder_id, v0, x_t, t, target)
+    return z.astype(np.float64) @ gradient
+
+
+def placeholder_gradient(text, unet, rows, mask: np.ndarray, v0, x_t, t, target) -> np.ndarray:
+    """grad L(v0) (float64) by torch autograd: ``text`` and ``unet`` are the exporter's graph modules, ``rows``
+    the prompt's token rows, ``mask`` True at the placeholder's positions (where v replaces the row)."""
+    import torch
+
     v = torch.from_numpy(v0.copy()).requires_grad_(True)
-    mask = torch.from_numpy(ids == loss.placeholder_id)[None, :, None]
-    embeds = torch.where(mask, v[None, None, :], inputs)
+    embeds = torch.where(torch.from_numpy(mask)[None, :, None], v[None, None, :], rows)
     pred = unet(torch.from_numpy(x_t[None]), torch.tensor([float(t)]), text(embeds))
-    value = torch.mean((pred - torch.from_numpy(target[None])) ** 2)
-    value.backward()
-    return z.astype(np.float64) @ v.grad.numpy().astype(np.float64)
+    torch.mean((pred - torch.from_numpy(target[None])) ** 2).backward()
+    return v.grad.numpy().astype(np.float64)
 
 
 def finite_difference_fidelity(export, source_folder, photos, seed: int = SEED,
