@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-from fidelity_helpers import DIRECTIONS, SEED, finite_difference_fidelity  # noqa: E402  (the check tests/integration/test_fidelity.py makes)
+from _fidelity import DIRECTIONS, SEED, finite_difference_fidelity  # noqa: E402  (the check tests/integration/test_fidelity.py makes)
 from zoodip.model import ExportedModel  # noqa: E402
 
 PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"

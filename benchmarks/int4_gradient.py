@@ -22,9 +22,9 @@ from typing import Callable
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-from fidelity_helpers import SEED, fixed_problem, placeholder_gradient  # noqa: E402  (the fidelity check's problem)
+from _fidelity import SEED, fixed_problem, placeholder_gradient  # noqa: E402  (the fidelity check's problem)
 from zoodip.denoising_loss import DenoisingLoss  # noqa: E402
 from zoodip.model import ExportedModel, RuntimeOptions  # noqa: E402
 

@@ -1,11 +1,13 @@
 """Shared fixtures: one tiny SD-shaped diffusers folder and its INT8 export for the whole session."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests import the benchmarks' checks (benchmarks._fidelity) as the scripts run them
 EXAMPLE_PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"
 
 

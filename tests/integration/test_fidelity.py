@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from fidelity_helpers import DIRECTIONS, MU, finite_difference_fidelity
+from benchmarks._fidelity import DIRECTIONS, MU, finite_difference_fidelity
 from zoodip.model import ExportedModel, RuntimeOptions
 
 torch = pytest.importorskip("torch")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import TOKEN, personalize_args, run_cli
-from fidelity_helpers import finite_difference_fidelity
+from benchmarks._fidelity import finite_difference_fidelity
 from zoodip.embeddings import load_embedding_file
 from zoodip.model import ExportedModel, RuntimeOptions
 from zoodip.trainer import PersonalizeConfig, Personalizer

@@ -1,4 +1,5 @@
-"""What the finite-difference fidelity tests share: a fixed denoising problem and its exact directional derivatives."""
+"""The finite-difference fidelity check (benchmarks/fd_fidelity.py, benchmarks/int4_gradient.py and the tests that hold
+exports to it): a fixed denoising problem and its exact directional derivatives by torch autograd."""
 from __future__ import annotations
 
 import numpy as np
