@@ -120,8 +120,9 @@ def markdown(report: dict) -> str:
         fidelity = row.get("fidelity")
         fid = "-" if fidelity is None else f"{fidelity:.3f}"
         parity = row.get("parity_unet_rel")
+        name = f"{row['name']} (= {row['same_as']}, measured once)" if row.get("same_as") else row["name"]
         lines.append(
-            f"| {row['name']} | {_gb(peak['min'])} / {_gb(peak['max'])} | {_split(row)} | {ratio} | "
+            f"| {name} | {_gb(peak['min'])} / {_gb(peak['max'])} | {_split(row)} | {ratio} | "
             f"{_sec(step['min'])} / {_sec(step['median'])} / {_sec(step['max'])} | {_sec(row.get('s_per_forward'))} | "
             f"{fid} | {'-' if parity is None else f'{parity:.4f}'} | {row['loadavg_1min_max']:.1f} |")
     if not report.get("fidelity"):

@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> dict:
     command = "python benchmarks/memory.py " + " ".join(relative_args(sys.argv[1:]))
     report: dict = {"machine": machine(), "resolution": resolution, "steps": steps, "repeats": repeats,
                     "photos": args.photos, "command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    rows = [measure(name, resolution) for name in names]
+    rows = measure_each_spec_once(names, resolution, measure)
 
     if args.fidelity:
         report["fidelity"] = _fidelity(args, source, exports, work, resolution, rows)
@@ -218,6 +218,22 @@ def run(args: argparse.Namespace) -> dict:
     (out / "memory.md").write_text(text, encoding="utf-8")
     bar_chart(rows, out / "memory.png", f"Peak RSS at {resolution}px ({report['machine']['cores']} cores)")
     return report
+
+
+def measure_each_spec_once(names: list[str], resolution: int, measure) -> list[dict]:
+    """One row per name; a contender whose spec is an earlier one's (ours-int8 and ours-w4a32 while W4A32 is
+    the default) gets a copy of that row, marked ``same_as``, instead of a second measurement."""
+    rows: list[dict] = []
+    measured: dict[str, dict] = {}
+    for name in names:
+        key = json.dumps(CONTENDERS[name][1], sort_keys=True)
+        if key in measured:
+            first = measured[key]
+            _log(f"{name}: the same run as {first['name']}, measured once")
+            rows.append({**first, "name": name, "description": CONTENDERS[name][0], "same_as": first["name"]})
+        else:
+            rows.append(measured.setdefault(key, measure(name, resolution)))
+    return rows
 
 
 def _sizes(args: argparse.Namespace) -> tuple[int, int, int]:

@@ -154,3 +154,26 @@ def test_benchmark_exports_with_the_exporters_default_chunking() -> None:
 
     assert memory.CONTENDERS["ours-int8"][1]["export"] == (DEFAULT_RECIPE["int8"], ATTENTION_QUERY_CHUNKS)
     assert memory.CONTENDERS["ours-w8a32"][1]["export"] == ("w8a32", ATTENTION_QUERY_CHUNKS)
+
+
+def test_contenders_with_one_spec_are_measured_once() -> None:
+    # While W4A32 is the default, ours-int8 and ours-w4a32 are the same run: one measurement, two rows.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("memory_benchmark", MEMORY_PY)
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    calls = []
+
+    def measure(name: str, resolution: int) -> dict:
+        calls.append(name)
+        return {"name": name, "description": "", "peak_rss": {"min": 1.0, "max": 1.0}}
+
+    names = ["ours-int8", "ours-w4a32", "ours-w8a32"]
+    rows = memory.measure_each_spec_once(names, 128, measure)
+    same = memory.CONTENDERS["ours-int8"][1] == memory.CONTENDERS["ours-w4a32"][1]
+    assert calls == (["ours-int8", "ours-w8a32"] if same else names)
+    assert [row["name"] for row in rows] == names
+    if same:
+        assert rows[1]["same_as"] == "ours-int8" and rows[1]["description"] == memory.CONTENDERS["ours-w4a32"][0]
+        assert "same_as" not in rows[0] and "same_as" not in rows[2]
