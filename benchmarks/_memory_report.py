@@ -97,6 +97,10 @@ def _sec(value: float | None) -> str:
     return "-" if value is None else (f"{value:.2f}" if value < 10 else f"{value:.1f}")
 
 
+def _row_name(row: dict) -> str:
+    return f"{row['name']} (= {row['same_as']}, measured once)" if row.get("same_as") else row["name"]
+
+
 def markdown(report: dict) -> str:
     rows = report["rows"]
     ours = next((r for r in rows if r["name"] == "ours-int8" and "peak_rss" in r), None)
@@ -120,9 +124,8 @@ def markdown(report: dict) -> str:
         fidelity = row.get("fidelity")
         fid = "-" if fidelity is None else f"{fidelity:.3f}"
         parity = row.get("parity_unet_rel")
-        name = f"{row['name']} (= {row['same_as']}, measured once)" if row.get("same_as") else row["name"]
         lines.append(
-            f"| {name} | {_gb(peak['min'])} / {_gb(peak['max'])} | {_split(row)} | {ratio} | "
+            f"| {_row_name(row)} | {_gb(peak['min'])} / {_gb(peak['max'])} | {_split(row)} | {ratio} | "
             f"{_sec(step['min'])} / {_sec(step['median'])} / {_sec(step['max'])} | {_sec(row.get('s_per_forward'))} | "
             f"{fid} | {'-' if parity is None else f'{parity:.4f}'} | {row['loadavg_1min_max']:.1f} |")
     if not report.get("fidelity"):
