@@ -398,14 +398,14 @@ class _Parser(argparse.ArgumentParser):
         raise _ArgumentError(message)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "export_model.py") -> argparse.ArgumentParser:
     from zoodip_export.curvature import DEFAULT_CURVATURE_SAMPLES
     from zoodip_export.quantize import RECIPES
 
     parser = _Parser(
-        prog="export_model.py",
-        description="Export a diffusers Stable Diffusion 1.x/2.x folder to zoodip's INT8 ONNX folder.",
-        epilog="examples: export_model.py ./stable-diffusion-v1-5 ./sd15-zoodip   |   export_model.py --tiny ./tiny-zoodip",
+        prog=prog,
+        description="Export a diffusers Stable Diffusion 1.x/2.x folder to zoodip's ONNX folder (4-bit/INT8 weights).",
+        epilog=f"examples: {prog} ./stable-diffusion-v1-5 ./sd15-zoodip   |   {prog} --tiny ./tiny-zoodip",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="SRC_FOLDER OUT_DIR (with --tiny: OUT_DIR only)")
     parser.add_argument("--tiny", action="store_true", help="export a small seeded random SD-shaped model")
@@ -428,10 +428,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "export_model.py") -> int:
+    """The exporter's command line (``python export/export_model.py``; ``zoodip export`` passes its own ``prog``)."""
     from zoodip_export.quantize import RECIPE_PRECISION
 
-    parser = _parser()
+    parser = _parser(prog)
     try:
         args = parser.parse_args(argv)
         expected = 1 if args.tiny else 2

@@ -1,6 +1,6 @@
 """``zoodip`` command line: a thin shell over the SDK.
 
-    zoodip export SRC_DIR OUT_DIR            (or --tiny)   diffusers folder -> INT8 ONNX export
+    zoodip export SRC_DIR OUT_DIR            (or --tiny)   diffusers folder -> quantized ONNX export (4-bit/INT8 weights)
     zoodip personalize --model EXPORT --train_data_dir PHOTOS --output_dir OUT --placeholder_token "<my-dog>" ...
     zoodip generate --model EXPORT --embedding OUT/learned_embeds.safetensors --prompt "a photo of <my-dog>"
     zoodip verify EXPORT                                      check every file of an export against its sha256
@@ -379,7 +379,7 @@ def cmd_export(argv: Sequence[str]) -> int:
             f"export needs torch and diffusers ({exc.name} is missing): install them with "
             "pip install 'zoodip[export]' (the SDK itself does not need them)"
         ) from None
-    return export_main(list(argv))
+    return export_main(list(argv), prog="zoodip export")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -413,9 +413,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="zoodip", description="Forward-only textual inversion for INT8 ONNX Stable Diffusion")
+    parser = OneLineParser(prog="zoodip", description="Forward-only textual inversion for quantized (4-bit/INT8) ONNX Stable Diffusion")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("export", help="export a diffusers SD folder to INT8 ONNX (see 'zoodip export --help')", add_help=False)
+    sub.add_parser("export", help="export a diffusers SD folder to quantized ONNX (4-bit/INT8 weights) (see 'zoodip export --help')", add_help=False)
     add_personalize_flags(sub.add_parser("personalize", help="learn a new token from a few photos"))
 
     g = sub.add_parser("generate", help="generate images, optionally with learned tokens")
