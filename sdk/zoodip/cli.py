@@ -35,6 +35,7 @@ from .errors import ZoodipError  # noqa: E402
 from .lr_schedule import LR_SCHEDULERS  # noqa: E402
 from .model import DEFAULT_SPIN_WAIT  # noqa: E402
 from .prompts import LEARNABLE_PROPERTIES  # noqa: E402
+from .samplers import SAMPLERS  # noqa: E402
 from .timesteps import PAPER_T_RANGE  # noqa: E402
 from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES  # noqa: E402
 
@@ -425,13 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--embedding", action="append", metavar="PATH[:TOKEN]",
                    help="learned embedding file (diffusers or A1111 .safetensors), optionally renamed to TOKEN; "
                         "an A1111 file answers to its file name, as in A1111; repeatable")
-    g.add_argument("--steps", type=int, default=25)
+    # diffusers' pipeline arguments are accepted too: num_inference_steps, num_images_per_prompt.
+    g.add_argument("--steps", "--num-inference-steps", dest="steps", type=int, default=25)
     g.add_argument("--guidance-scale", type=float, default=7.5)
-    g.add_argument("--sampler", choices=["dpmpp_2m", "ddim", "euler"], default="dpmpp_2m")
+    g.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0])
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
-    g.add_argument("--num-images", type=int, default=1, help="images per call; more than one: --out is their grid "
+    g.add_argument("--num-images", "--num-images-per-prompt", dest="num_images", type=int, default=1, help="images per call; more than one: --out is their grid "
                    "and each is also written as OUT-1.png, OUT-2.png, ...")
     g.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     add_spin_wait_flag(g)
@@ -458,7 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] == "export":
             return cmd_export(argv[1:])
-        args = build_parser().parse_args(argv)
+        args, unknown = build_parser().parse_known_args(argv)
+        if unknown:  # argparse would send the user to the top-level help, not the command's
+            raise ZoodipError(f"unrecognized arguments: {' '.join(unknown)}: see 'zoodip {args.command} --help'")
         handler = {"personalize": cmd_personalize, "generate": cmd_generate, "verify": cmd_verify,
                    "info": cmd_info}[args.command]
         with warnings.catch_warnings():

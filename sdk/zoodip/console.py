@@ -80,10 +80,34 @@ class ProgressBar:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is the contract's one line (argparse prints its usage block first)."""
+    """argparse, but a bad flag is the contract's one line (argparse prints its usage block first), and a flag
+    may be spelled with ``_`` or ``-`` (``--t_range`` is ``--t-range``): diffusers' scripts spell theirs with
+    underscores, most command lines with dashes, and users type the one they know."""
 
     def error(self, message: str):  # type: ignore[override]
         raise ZoodipError(f"{message}: see '{self.prog} --help'")
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args([self._known_spelling(a) for a in _options_part(args)]
+                                        + args[len(_options_part(args)):], namespace)
+
+    def _known_spelling(self, arg: str) -> str:
+        """``arg`` with its flag name respelled (``_`` <-> ``-``) where only the other spelling is a flag here."""
+        if not arg.startswith("--") or arg == "--":
+            return arg
+        name, eq, value = arg.partition("=")
+        if name in self._option_string_actions:
+            return arg
+        for other in ("--" + name[2:].replace("_", "-"), "--" + name[2:].replace("-", "_")):
+            if other in self._option_string_actions:
+                return other + eq + value
+        return arg
+
+
+def _options_part(args: list[str]) -> list[str]:
+    """The arguments before a ``--`` (after it, everything is a value)."""
+    return args[: args.index("--")] if "--" in args else args
 
 
 def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

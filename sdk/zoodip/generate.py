@@ -35,6 +35,7 @@ from .images import to_pil
 from .limits import check_image_size
 from .memory_plan import DecodePlan, memory_budget_mb, plan_decode
 from .samplers import (
+    SAMPLERS,
     ddim_timesteps,
     dpm_timesteps,
     euler_init_noise_sigma,
@@ -46,7 +47,6 @@ from .samplers import (
 )
 from .vae_tiles import decode_tiled
 
-SAMPLERS = ("dpmpp_2m", "ddim", "euler")
 # Images per call: they are denoised as one UNet batch (twice that with guidance), whose activations
 # grow with the count; more than a grid's worth is asked for by mistake, not by design.
 MAX_IMAGES = 64
@@ -157,7 +157,7 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
     added token group that ``prompts`` never use within the 77 tokens."""
     tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
     groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
-    for problem in token_use_problems(tokenizer, prompts, groups):
+    for problem in truncation_problems(tokenizer, prompts) + token_use_problems(tokenizer, prompts, groups):
         warnings.warn(problem, stacklevel=3)
 
     def encode(text: str) -> np.ndarray:
@@ -384,6 +384,25 @@ def _check_added_ids(ids: np.ndarray, base: int, known: set[int], text: str) -> 
             f"the prompt {text!r} uses learned token id(s) {unknown} whose embedding was not given: "
             "pass it in added_embeddings"
         )
+
+
+def truncation_problems(tokenizer: Any, texts: Sequence[str]) -> list[str]:
+    """One message per text longer than the text encoder reads (77 tokens with the start and end markers):
+    its tail is cut, as in diffusers (which logs the same), and should not be cut silently."""
+    if not callable(getattr(tokenizer, "encode", None)):
+        return []
+    keep = int(np.asarray(tokenizer([""])).shape[1]) - 2
+    problems = []
+    for text in texts:
+        count = len(tokenizer.encode(text)) if text else 0
+        if count > keep:
+            problems.append(f"the prompt {_shortened(text)} is {count} tokens; the text encoder reads the first {keep}, "
+                            f"the last {count - keep} are cut off: shorten it")
+    return problems
+
+
+def _shortened(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def token_use_problems(tokenizer: Any, texts: Sequence[str], groups: Sequence[Sequence[str]]) -> list[str]:

@@ -28,6 +28,9 @@ import numpy as np
 
 from .errors import ZoodipError
 
+# The samplers, by name (the CLI's --sampler choices; the first is the default).
+SAMPLERS = ("dpmpp_2m", "ddim", "euler")
+
 ModelFn = Callable[[np.ndarray, float], np.ndarray]
 """``model_fn(x, t)``: the model's output for latents ``x`` [B, C, h, w] at timestep ``t``."""
 StepCallback = Callable[[int, float, np.ndarray], None]

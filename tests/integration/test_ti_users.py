@@ -16,7 +16,7 @@ from PIL import Image
 from zoodip.cli import main
 from zoodip.embeddings import load_embeddings, read_embedding_metadata
 from zoodip.errors import ZoodipError
-from zoodip.generate import generate, token_use_problems
+from zoodip.generate import generate, token_use_problems, truncation_problems
 from zoodip.images import load_image
 from zoodip.model import ExportedModel
 from zoodip.prompts import PromptSampler, load_template_file
@@ -78,6 +78,14 @@ def test_unused_and_cut_off_tokens_are_named(model, tmp_path):
         generate(model, "a photo of a dog", steps=1, added_embeddings=added, token_groups=groups)
 
 
+def test_prompts_past_the_token_limit_are_said_to_be_cut(model):
+    assert truncation_problems(model.tokenizer, ["dog " * 75, ""]) == []
+    problems = truncation_problems(model.tokenizer, ["a photo", "dog " * 80])  # the negative prompt too
+    assert len(problems) == 1 and "is 80 tokens; the text encoder reads the first 75, the last 5 are cut off" in problems[0]
+    with pytest.warns(UserWarning, match="is 90 tokens"):
+        generate(model, "dog " * 90, steps=1)
+
+
 # -- A1111 captions and crops ----------------------------------------------------------------
 def test_template_file_with_filewords(tmp_path):
     template = tmp_path / "t.txt"
@@ -134,6 +142,17 @@ def test_generate_writes_each_image_and_the_grid(tiny_export, tmp_path, capsys):
     assert all(image.size == (128, 128) for image in singles)
     assert Image.open(out).size[0] > 3 * 128  # the grid
     assert len({np.asarray(image).tobytes() for image in singles}) == 3
+
+
+def test_generate_takes_the_diffusers_pipeline_spellings(tiny_export, tmp_path, capsys):
+    common = ["generate", "--model", str(tiny_export), "--prompt", "a star", "--threads", "1"]
+    ours = ["--steps", "2", "--guidance-scale", "3", "--negative-prompt", "moon", "--num-images", "2"]
+    theirs = ["--num_inference_steps", "2", "--guidance_scale", "3", "--negative_prompt", "moon",
+              "--num_images_per_prompt", "2"]
+    for name, flags in (("ours", ours), ("theirs", theirs)):
+        assert main(common + flags + ["--out", str(tmp_path / f"{name}.png")]) == 0, capsys.readouterr().err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "ours.png")), np.asarray(Image.open(tmp_path / "theirs.png")))
+    assert (tmp_path / "theirs-2.png").is_file()
 
 
 # -- previews, metadata, progress ------------------------------------------------------------

@@ -1,0 +1,33 @@
+"""The command-line parser's contract: one line for a bad flag, and either spelling of a flag's name."""
+from __future__ import annotations
+
+import pytest
+
+from zoodip.console import OneLineParser
+from zoodip.errors import ZoodipError
+
+
+def parser() -> OneLineParser:
+    p = OneLineParser(prog="tool")
+    p.add_argument("--t-range", nargs=2, type=int, default=[500, 900])
+    p.add_argument("--max_train_steps", type=int, default=1)
+    p.add_argument("--center_crop", action="store_true")
+    p.add_argument("--prompt", default="")
+    return p
+
+
+def test_a_flag_may_be_spelled_with_underscores_or_dashes():
+    args = parser().parse_args(["--t_range", "1", "2", "--max-train-steps=7", "--center-crop"])
+    assert args.t_range == [1, 2] and args.max_train_steps == 7 and args.center_crop
+    assert parser().parse_args(["--t-range", "3", "4", "--max_train_steps", "5"]).t_range == [3, 4]
+
+
+def test_values_and_everything_after_a_double_dash_are_left_alone():
+    args, rest = parser().parse_known_args(["--prompt=a_b-c", "--", "--max-train-steps"])
+    assert args.prompt == "a_b-c" and args.max_train_steps == 1
+    assert rest == ["--", "--max-train-steps"]  # not respelled into the --max_train_steps flag
+
+
+def test_an_unknown_flag_is_one_line_naming_the_tool():
+    with pytest.raises(ZoodipError, match=r"unrecognized arguments: --nope.*see 'tool --help'"):
+        parser().parse_args(["--nope"])
