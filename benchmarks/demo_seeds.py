@@ -6,12 +6,17 @@ attribute accuracy of the "after" images, the share of them with all five attrib
 
     python benchmarks/demo_seeds.py                      # seeds 0-4
     python benchmarks/demo_seeds.py --seeds 0-1 --steps 800
+    python benchmarks/demo_seeds.py --backprop 900       # the ceiling: backprop TI on the same photos and scoring
+
+``--backprop STEPS`` trains the token by backpropagation instead (the quality benchmark's ``ti-backprop``: torch
+fp32 on the demo's source folder, diffusers-style AdamW, uniform timesteps; the same photos and per-step draws
+as the SDK's), and reads its "after" images exactly as the demo does (reference.demo.after_images on the demo's
+export, reference.demo.concept_reading): does textual inversion itself meet the demo's bar on every seed?
 
 Results: ``benchmarks/results/demo/`` (results.json, results.md).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import subprocess
@@ -23,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference.repo import REPO, relative_args  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
+from zoodip.console import OneLineParser  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.lr_schedule import LR_SCHEDULERS  # noqa: E402
 from zoodip.validation import finite_float  # noqa: E402
@@ -46,6 +52,36 @@ def run(seeds: list[int], steps: int | None, out: Path, work: Path, method_flags
                      "accuracy_after": after,
                      "eval_loss": [summary["eval_loss_initializer"], summary["eval_loss_final"]]})
         print(json.dumps(rows[-1]), flush=True)
+    return _result(rows)
+
+
+def run_backprop_seeds(seeds: list[int], steps: int, work: Path) -> dict:
+    """Backprop TI on the demo's photos for each seed, each embedding read as the demo reads its own."""
+    from benchmarks._quality_backprop import run_backprop
+    from benchmarks._quality_methods import parse_method
+    from benchmarks._quality_snapshots import Job
+    from reference import demo
+    from zoodip.model import ExportedModel, RuntimeOptions
+
+    photos, export, concept = demo.prepare(work, progress=False)
+    if concept is None:
+        raise ZoodipError("--backprop needs the reference model (reference/model-768), which this checkout lacks")
+    spec = parse_method("ti-backprop")
+    model = ExportedModel.load(export, RuntimeOptions(threads=1))
+    job = Job(concept.name, str(photos), demo.DEMO_TOKEN, demo.DEMO_INITIALIZER)
+    rows = []
+    for seed in seeds:
+        started = time.perf_counter()
+        final = run_backprop(spec, job, export, demo.reference_source(), steps * spec.forwards_per_step, 1, seed)[-1]
+        accuracy, joint, _ = demo.concept_reading(concept, demo.after_images(model, demo.DEMO_TOKEN, final.v.reshape(1, -1)))
+        rows.append({"seed": seed, "steps": final.step, "method": "ti-backprop", "wall_s": round(time.perf_counter() - started, 1),
+                     "mean_accuracy_after": round(sum(accuracy.values()) / len(accuracy), 3), "all_five_after": joint,
+                     "accuracy_after": accuracy})
+        print(json.dumps(rows[-1]), flush=True)
+    return _result(rows)
+
+
+def _result(rows: list[dict]) -> dict:
     return {"command": " ".join(["python benchmarks/demo_seeds.py", *relative_args(sys.argv[1:])]),
             "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
                        f"{len(__import__('os').sched_getaffinity(0))} cores",
@@ -56,33 +92,54 @@ def markdown(result: dict) -> str:
     lines = ["# The demo over training seeds", "", f"    {result['command']}", "",
              "| seed | steps | mean attribute accuracy before → after | all five after | wall s |", "|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['seed']} | {r['steps']} | {r['mean_accuracy_before']:.2f} → {r['mean_accuracy_after']:.2f} | "
+        before = f"{r['mean_accuracy_before']:.2f} → " if "mean_accuracy_before" in r else "backprop TI: "
+        lines.append(f"| {r['seed']} | {r['steps']} | {before}{r['mean_accuracy_after']:.2f} | "
                      f"{r['all_five_after']:.2f} | {r['wall_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``A-B`` (inclusive) or ``A,B,...``: training seeds, each 0 or more."""
+    try:
+        if "-" in text:
+            low, high = text.split("-")
+            seeds = list(range(int(low), int(high) + 1))
+        else:
+            seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ZoodipError(f"--seeds {text!r}: give a range A-B or a comma list of integers, e.g. 0-4 or 0,3") from None
+    if not seeds:
+        raise ZoodipError(f"--seeds {text!r} names no seed: the range's end comes before its start")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python benchmarks/demo_seeds.py", description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0-4", help="a range A-B or a comma list")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
     p.add_argument("--learning_rate", type=float, default=None, help="passed to the demo (default: the SDK's)")
     p.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=None, help="passed to the demo (default: the SDK's)")
+    p.add_argument("--backprop", type=int, default=None, metavar="STEPS",
+                   help="train by backprop TI for STEPS steps instead of running the demo (the ceiling)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "demo")
     p.add_argument("--work", type=Path, default=REPO / ".cache" / "demo-seeds")
-    args = p.parse_args(argv)
-    if "-" in args.seeds:
-        a, b = args.seeds.split("-")
-        seeds = list(range(int(a), int(b) + 1))
-    else:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    if args.learning_rate is not None:  # the demo's own check, made before any run
-        try:
+    try:
+        args = p.parse_args(argv)
+        seeds = parse_seeds(args.seeds)
+        if args.learning_rate is not None:  # the demo's own check, made before any run
             finite_float("--learning_rate", args.learning_rate, low=0.0)
-        except ZoodipError as exc:
-            p.error(str(exc))
-    method_flags = [arg for flag in ("learning_rate", "lr_scheduler") if getattr(args, flag) is not None
-                    for arg in (f"--{flag}", str(getattr(args, flag)))]
-    result = run(seeds, args.steps, args.out, args.work, method_flags)
+        if args.backprop is not None and (args.backprop < 1 or args.steps or args.learning_rate or args.lr_scheduler):
+            raise ZoodipError("--backprop STEPS takes a step count >= 1 and no demo flag (--steps, --learning_rate, "
+                              "--lr_scheduler): backprop TI runs the quality benchmark's settings")
+        if args.backprop is not None:
+            result = run_backprop_seeds(seeds, args.backprop, args.work)
+        else:
+            method_flags = [arg for flag in ("learning_rate", "lr_scheduler") if getattr(args, flag) is not None
+                            for arg in (f"--{flag}", str(getattr(args, flag)))]
+            result = run(seeds, args.steps, args.out, args.work, method_flags)
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "results.md").write_text(markdown(result))

@@ -43,6 +43,8 @@ DEFAULT_STEPS = 300
 REFERENCE_STEPS = 2000
 NUM_IMAGES = 8
 SOURCE_STAMP = "demo_source.json"
+# How the demo generates its before/after images (the same seed for both rows).
+GENERATION = dict(steps=20, guidance_scale=5.0, sampler="dpmpp_2m", seed=1)
 
 
 def _need_export_tools():
@@ -122,6 +124,21 @@ def _world():
     return world, Evaluator
 
 
+def prepare(out: Path, progress: bool = True) -> tuple[Path, Path, object | None]:
+    """The demo's photos and export in ``out`` (``concept/``, ``model/``): (photos, export, world concept), the
+    concept None on the fallback tiny model. An export of the same source and recipe there is reused."""
+    if reference_available():
+        world, _ = _world()
+        photos_dir, concept = _concept_photos(out / "concept", world)
+        return photos_dir, _export_builtin(out / "model", progress, _reference_source()), concept
+    return EXAMPLE_PHOTOS, _export_builtin(out / "model", progress), None
+
+
+def reference_source() -> Path:
+    """The diffusers folder the demo exports (the SD-width reference model, materialized): torch baselines read it."""
+    return _reference_source()
+
+
 def _concept_photos(folder: Path, world) -> tuple[Path, object]:
     concept = next(c for c in world.CONCEPTS if c.name == DEMO_TOKEN)
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,19 +165,11 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    use_reference = reference_available()
-    if use_reference:
-        world, Evaluator = _world()
-        photos_dir, concept = _concept_photos(out / "concept", world)
-        export_dir = _export_builtin(out / "model", progress, _reference_source())
-        default_steps = REFERENCE_STEPS
-    else:
-        photos_dir, concept = EXAMPLE_PHOTOS, None
-        export_dir = _export_builtin(out / "model", progress)
-        default_steps = DEFAULT_STEPS
+    photos_dir, export_dir, concept = prepare(out, progress)
+    use_reference = concept is not None
     exported_s = time.monotonic() - started
 
-    steps = default_steps if steps is None else steps
+    steps = (REFERENCE_STEPS if use_reference else DEFAULT_STEPS) if steps is None else steps
     result = _personalize(export_dir, photos_dir, out / "run", steps, seed, threads, progress, use_reference,
                           method or {})
     trained_s = time.monotonic() - started - exported_s
@@ -184,7 +193,7 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     print(f"demo: eval loss {result.initial_eval_loss:.5f} (initializer '{DEMO_INITIALIZER}') -> "
           f"{result.final_eval_loss:.5f} after {result.steps} forward-only steps", file=sys.stderr)
     if use_reference:
-        summary.update(_score(world, Evaluator, concept, before, after))
+        summary.update(_score(concept, before, after))
     summary["seconds"] = {"export": round(exported_s, 1), "personalize": round(trained_s, 1),
                           "total": round(time.monotonic() - started, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -232,9 +241,8 @@ def _before_after(model, out: Path, photos_dir: Path, token: str, vectors, befor
     from zoodip.generate import generate
     from zoodip.images import image_grid, load_images, to_pil
 
-    kwargs = dict(steps=20, guidance_scale=5.0, sampler="dpmpp_2m", num_images=num_images)
-    before = generate(model, before_prompt, seed=1, **kwargs)
-    after = generate(model, after_prompt, seed=1, added_embeddings={token: vectors}, **kwargs)
+    before = generate(model, before_prompt, num_images=num_images, **GENERATION)
+    after = after_images(model, token, vectors, num_images, after_prompt)
     size = before[0].size
     _, photos = load_images(photos_dir, size[0])
     grid = image_grid([_upscale(to_pil(photos[:num_images])), _upscale(before), _upscale(after)])
@@ -243,17 +251,32 @@ def _before_after(model, out: Path, photos_dir: Path, token: str, vectors, befor
     return before, after, grid_path
 
 
-def _score(world, Evaluator, concept, before: list, after: list) -> dict:
-    """The evaluator's reading of the before and after images: per-attribute accuracy and all five at once."""
-    from reference.evaluator import attribute_accuracy  # importable once _world() has run
+def after_images(model, token: str, vectors, num_images: int = NUM_IMAGES, prompt: str | None = None) -> list:
+    """The demo's "after" row for an embedding: ``prompt`` (default "a photo of TOKEN") with its generation settings."""
+    from zoodip.generate import generate
 
-    evaluator = Evaluator.load()
-    target = concept.attributes.as_dict()
-    scores: dict = {"concept": {"token": concept.name, "attributes": target}}
+    return generate(model, prompt or f"a photo of {token}", num_images=num_images, added_embeddings={token: vectors},
+                    **GENERATION)
+
+
+def concept_reading(concept, images: list) -> tuple[dict, float, dict]:
+    """The evaluator's reading of ``images`` against the concept: (accuracy per attribute, share of images with
+    all five right, the predicted attributes)."""
+    world, Evaluator = _world()
+    from reference.evaluator import attribute_accuracy
+
+    predicted = Evaluator.load().predict(images)
+    acc, joint = attribute_accuracy(predicted, concept.attributes.as_dict())
+    return acc, joint, predicted
+
+
+def _score(concept, before: list, after: list) -> dict:
+    """The evaluator's reading of the before and after images: per-attribute accuracy and all five at once."""
+    world, _ = _world()
+    scores: dict = {"concept": {"token": concept.name, "attributes": concept.attributes.as_dict()}}
     for name, images in (("before", before), ("after", after)):
-        predicted = evaluator.predict(images)
         # The share of images whose five attributes are all the concept's, next to the per-attribute mean.
-        acc, joint = attribute_accuracy(predicted, target)
+        acc, joint, predicted = concept_reading(concept, images)
         scores[f"concept_accuracy_{name}"] = acc
         scores[f"concept_all_five_{name}"] = joint
         parts = " ".join(f"{a}={acc[a]:.2f}" for a in world.ATTRIBUTE_NAMES)

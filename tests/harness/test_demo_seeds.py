@@ -1,0 +1,41 @@
+"""benchmarks/demo_seeds.py: the demo over training seeds, and backprop TI read the same way (shortened)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks import demo_seeds  # noqa: E402
+from reference import demo  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
+
+
+def test_seeds_are_a_range_or_a_list():
+    assert demo_seeds.parse_seeds("0-4") == [0, 1, 2, 3, 4] and demo_seeds.parse_seeds("3,0") == [3, 0]
+    for bad in ("a-b", "1-", "-1", "4-1", "0,,1"):
+        with pytest.raises(ZoodipError, match="--seeds"):
+            demo_seeds.parse_seeds(bad)
+
+
+@pytest.mark.parametrize("flags", [["--seeds", "x"], ["--backprop", "0"], ["--backprop", "9", "--steps", "4"], ["--nope"]])
+def test_bad_flags_are_one_line_and_run_nothing(tmp_path, capsys, flags):
+    assert demo_seeds.main(flags + ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+@pytest.mark.skipif(not demo.reference_available(), reason="reference/ is not in this checkout")
+def test_backprop_rows_are_read_as_the_demo_reads_its_own(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "out"
+    assert demo_seeds.main(["--backprop", "3", "--seeds", "0", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    row = json.loads((out / "results.json").read_text())["rows"][0]
+    assert row["method"] == "ti-backprop" and row["steps"] == 3 and row["seed"] == 0
+    assert set(row["accuracy_after"]) == {"shape", "color", "background", "style", "size"}
+    assert 0.0 <= row["all_five_after"] <= min(row["accuracy_after"].values())
+    assert "backprop TI: " in (out / "results.md").read_text()
