@@ -34,7 +34,8 @@ from zoodip.lr_schedule import LR_SCHEDULERS  # noqa: E402
 from zoodip.validation import finite_float  # noqa: E402
 
 
-def run(seeds: list[int], steps: int | None, out: Path, work: Path, method_flags: list[str]) -> dict:
+def run(seeds: list[int], steps: int | None, out: Path, work: Path, method_flags: list[str], save_steps: int = 0) -> dict:
+    """The demo once per seed; with ``save_steps`` its embedding snapshots are read too (the curve over the budget)."""
     rows = []
     for seed in seeds:
         command = [sys.executable, "-m", "reference.demo", "--out", str(work), "--seed", str(seed),
@@ -51,8 +52,27 @@ def run(seeds: list[int], steps: int | None, out: Path, work: Path, method_flags
                      "all_five_after": summary["concept_all_five_after"],
                      "accuracy_after": after,
                      "eval_loss": [summary["eval_loss_initializer"], summary["eval_loss_final"]]})
+        if save_steps:
+            rows[-1]["snapshots"] = read_snapshots(work)
         print(json.dumps(rows[-1]), flush=True)
     return _result(rows)
+
+
+def read_snapshots(work: Path) -> list[dict]:
+    """Each ``learned_embeds-steps-N`` snapshot of the demo's run in ``work``, read as the demo reads its final one."""
+    from reference import demo
+    from zoodip.embeddings import load_embedding_file
+    from zoodip.model import ExportedModel, RuntimeOptions
+
+    _, export, concept = demo.prepare(work, progress=False)
+    model = ExportedModel.load(export, RuntimeOptions(threads=1))
+    rows = []
+    for path in sorted((work / "run").glob("learned_embeds-steps-*.safetensors"), key=lambda p: int(p.stem.rsplit("-", 1)[1])):
+        token, vectors = load_embedding_file(path)
+        accuracy, joint, _ = demo.concept_reading(concept, demo.after_images(model, token, vectors))
+        rows.append({"step": int(path.stem.rsplit("-", 1)[1]), "mean_accuracy_after": round(sum(accuracy.values()) / 5, 3),
+                     "all_five_after": joint})
+    return rows
 
 
 def run_backprop_seeds(seeds: list[int], steps: int, work: Path) -> dict:
@@ -95,6 +115,11 @@ def markdown(result: dict) -> str:
         before = f"{r['mean_accuracy_before']:.2f} → " if "mean_accuracy_before" in r else "backprop TI: "
         lines.append(f"| {r['seed']} | {r['steps']} | {before}{r['mean_accuracy_after']:.2f} | "
                      f"{r['all_five_after']:.2f} | {r['wall_s']:.0f} |")
+    snapshots = [r for r in result["rows"] if r.get("snapshots")]
+    if snapshots:
+        lines += ["", "Snapshots (step: mean attribute accuracy / all five):", ""]
+        lines += [f"- seed {r['seed']}: " + ", ".join(f"{s['step']}: {s['mean_accuracy_after']:.2f} / {s['all_five_after']:.2f}"
+                                                      for s in r["snapshots"]) for r in snapshots]
     return "\n".join(lines) + "\n"
 
 
@@ -119,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
     p.add_argument("--learning_rate", type=float, default=None, help="passed to the demo (default: the SDK's)")
     p.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=None, help="passed to the demo (default: the SDK's)")
+    p.add_argument("--save_steps", type=int, default=0, metavar="N",
+                   help="also read the run's embedding every N steps (the demo's --save_steps snapshots)")
+    p.add_argument("--threads", type=int, default=None, help="passed to the demo (default: all cores)")
     p.add_argument("--backprop", type=int, default=None, metavar="STEPS",
                    help="train by backprop TI for STEPS steps instead of running the demo (the ceiling)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "demo")
@@ -128,15 +156,18 @@ def main(argv: list[str] | None = None) -> int:
         seeds = parse_seeds(args.seeds)
         if args.learning_rate is not None:  # the demo's own check, made before any run
             finite_float("--learning_rate", args.learning_rate, low=0.0)
-        if args.backprop is not None and (args.backprop < 1 or args.steps or args.learning_rate or args.lr_scheduler):
+        demo_flags = (args.steps, args.learning_rate, args.lr_scheduler, args.save_steps, args.threads)
+        if args.backprop is not None and (args.backprop < 1 or any(demo_flags)):
             raise ZoodipError("--backprop STEPS takes a step count >= 1 and no demo flag (--steps, --learning_rate, "
-                              "--lr_scheduler): backprop TI runs the quality benchmark's settings")
+                              "--lr_scheduler, --save_steps, --threads): backprop TI runs the quality benchmark's settings")
+        if args.save_steps < 0 or (args.threads is not None and args.threads < 0):
+            raise ZoodipError("--save_steps and --threads must be 0 or more")
         if args.backprop is not None:
             result = run_backprop_seeds(seeds, args.backprop, args.work)
         else:
-            method_flags = [arg for flag in ("learning_rate", "lr_scheduler") if getattr(args, flag) is not None
-                            for arg in (f"--{flag}", str(getattr(args, flag)))]
-            result = run(seeds, args.steps, args.out, args.work, method_flags)
+            method_flags = [arg for flag in ("learning_rate", "lr_scheduler", "save_steps", "threads")
+                            if getattr(args, flag) is not None for arg in (f"--{flag}", str(getattr(args, flag)))]
+            result = run(seeds, args.steps, args.out, args.work, method_flags, args.save_steps)
     except ZoodipError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ZoodipError.exit_code

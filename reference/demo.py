@@ -298,18 +298,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="training seed (photos, noise and timesteps stay the demo's)")
     parser.add_argument("--learning_rate", type=float, default=None, help="ZO-Adam's rate (default: the SDK's)")
     parser.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=None, help="the rate's schedule (default: the SDK's)")
+    parser.add_argument("--save_steps", type=int, default=0, metavar="N",
+                        help="also save the embedding every N steps, as learned_embeds-steps-N.safetensors (0: never)")
     parser.add_argument("--no-progress", action="store_true")
     try:
         args = parser.parse_args(argv)
         check_output_dir(args.out, "--out")
-        if args.seed < 0:
-            raise ZoodipError(f"--seed {args.seed}: must be 0 or more")
+        if args.seed < 0 or args.save_steps < 0:
+            raise ZoodipError(f"--seed {args.seed} --save_steps {args.save_steps}: both must be 0 or more")
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warning
             if args.learning_rate is not None:  # refused now, not after the export
                 finite_float("--learning_rate", args.learning_rate, low=0.0)
             method = {key: value for key, value in (("learning_rate", args.learning_rate),
-                                                    ("lr_scheduler", args.lr_scheduler)) if value is not None}
+                                                    ("lr_scheduler", args.lr_scheduler),
+                                                    ("save_steps", args.save_steps or None)) if value is not None}
             run_demo(Path(args.out), steps=args.steps, threads=args.threads, progress=not args.no_progress, seed=args.seed,
                      method=method)
     except ZoodipError as exc:

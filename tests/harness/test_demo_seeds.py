@@ -21,7 +21,8 @@ def test_seeds_are_a_range_or_a_list():
             demo_seeds.parse_seeds(bad)
 
 
-@pytest.mark.parametrize("flags", [["--seeds", "x"], ["--backprop", "0"], ["--backprop", "9", "--steps", "4"], ["--nope"]])
+@pytest.mark.parametrize("flags", [["--seeds", "x"], ["--backprop", "0"], ["--backprop", "9", "--steps", "4"],
+                                   ["--backprop", "9", "--threads", "1"], ["--save_steps", "-1"], ["--nope"]])
 def test_bad_flags_are_one_line_and_run_nothing(tmp_path, capsys, flags):
     assert demo_seeds.main(flags + ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]) == 2
     err = capsys.readouterr().err
@@ -39,3 +40,16 @@ def test_backprop_rows_are_read_as_the_demo_reads_its_own(tmp_path, capsys):
     assert set(row["accuracy_after"]) == {"shape", "color", "background", "style", "size"}
     assert 0.0 <= row["all_five_after"] <= min(row["accuracy_after"].values())
     assert "backprop TI: " in (out / "results.md").read_text()
+
+
+@pytest.mark.skipif(not demo.reference_available(), reason="reference/ is not in this checkout")
+def test_demo_rows_read_the_runs_snapshots(tmp_path):
+    out = tmp_path / "out"
+    assert demo_seeds.main(["--steps", "4", "--save_steps", "2", "--seeds", "1", "--threads", "1",
+                            "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    row = json.loads((out / "results.json").read_text())["rows"][0]
+    assert row["seed"] == 1 and row["steps"] == 4 and [s["step"] for s in row["snapshots"]] == [2, 4]
+    # The last snapshot is the final embedding, read the same way: the same figures as the row's.
+    assert row["snapshots"][-1]["mean_accuracy_after"] == row["mean_accuracy_after"]
+    assert row["snapshots"][-1]["all_five_after"] == row["all_five_after"]
+    assert "- seed 1: 2: " in (out / "results.md").read_text()
