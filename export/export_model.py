@@ -389,20 +389,13 @@ def _manifest(staging: Path, source_entry: dict[str, Any], precision: str, recip
 # --- command line --------------------------------------------------------------------------------
 
 
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse would print the usage and exit; we say one line
-        raise _ArgumentError(message)
-
-
 def _parser(prog: str = "export_model.py") -> argparse.ArgumentParser:
     from zoodip_export.curvature import DEFAULT_CURVATURE_SAMPLES
     from zoodip_export.quantize import RECIPES
 
-    parser = _Parser(
+    from zoodip.console import OneLineParser  # one line for a bad flag; either spelling of a flag's name
+
+    parser = OneLineParser(
         prog=prog,
         description="Export a diffusers Stable Diffusion 1.x/2.x folder to zoodip's ONNX folder (4-bit/INT8 weights).",
         epilog=f"examples: {prog} ./stable-diffusion-v1-5 ./sd15-zoodip   |   {prog} --tiny ./tiny-zoodip",
@@ -446,7 +439,7 @@ def main(argv: list[str] | None = None, prog: str = "export_model.py") -> int:
         export_model(source, Path(args.paths[-1]), tiny=args.tiny, precision=precision, recipe=args.recipe,
                      seed=args.seed, parity=args.parity, sample_size=args.sample_size, progress=not args.quiet,
                      overwrite=args.overwrite, curvature_samples=args.curvature_samples)
-    except (ZoodipError, _ArgumentError) as exc:
+    except ZoodipError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
