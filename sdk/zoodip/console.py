@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from .errors import ZoodipError
 
@@ -25,10 +26,17 @@ class ProgressBar:
     """Progress on stderr: one line per setup phase, then a tqdm bar (loss, evaluation loss, forwards/s,
     ETA from the steps' own times), preview files as lines above it."""
 
+    # Redraws at most this often (seconds): on a terminal, smoothly; elsewhere (a log, a pipe, CI), where every
+    # redraw is another line of output, rarely.
+    TERMINAL_INTERVAL_S = 0.1
+    LOG_INTERVAL_S = 15.0
+
     def __init__(self, total: int, enabled: bool) -> None:
         self.enabled = enabled
         self.total = total
         self.bar = None
+        self.interval_s = self.TERMINAL_INTERVAL_S if sys.stderr.isatty() else self.LOG_INTERVAL_S
+        self._drawn_at = float("-inf")
         self.eval_loss: float | None = None
         self.after_close: list[str] = []  # lines for after the final bar line (drawn once, by close)
 
@@ -68,8 +76,11 @@ class ProgressBar:
             postfix["eta"] = duration(progress.eta_s)
         self.bar.set_postfix(postfix, refresh=False)
         # The last step and the end event draw nothing themselves: close() prints the final line, once.
-        if progress.event in ("step", "eval") and progress.step < progress.total:
+        now = time.monotonic()
+        due = now - self._drawn_at >= self.interval_s or progress.event == "eval"
+        if progress.event in ("step", "eval") and progress.step < progress.total and due:
             self.bar.refresh()
+            self._drawn_at = now
 
     def close(self) -> None:
         if self.bar is not None:

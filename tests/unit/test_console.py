@@ -1,6 +1,8 @@
 """The command-line parser's contract: one line for a bad flag, and either spelling of a flag's name."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from zoodip.console import OneLineParser
@@ -31,3 +33,24 @@ def test_values_and_everything_after_a_double_dash_are_left_alone():
 def test_an_unknown_flag_is_one_line_naming_the_tool():
     with pytest.raises(ZoodipError, match=r"unrecognized arguments: --nope.*see 'tool --help'"):
         parser().parse_args(["--nope"])
+
+
+def draws(steps: int, monkeypatch, capsys, tty: bool, evals: tuple[int, ...] = ()) -> list[str]:
+    """The bar's redraws (each a \\r-separated piece of stderr) over ``steps`` quick steps."""
+    from zoodip.console import ProgressBar
+    from zoodip.progress import Progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty, raising=False)
+    bar = ProgressBar(steps, enabled=True)
+    for step in range(1, steps + 1):
+        event = "eval" if step in evals else "step"
+        bar(Progress(event, step, steps, 0.5, 0.4 if event == "eval" else None, None, 3 * step, 0.01 * step, 300.0, 1.0))
+    bar.close()
+    return [piece for piece in capsys.readouterr().err.split("\r") if f"/{steps}" in piece]
+
+
+def test_the_bar_redraws_rarely_where_each_redraw_is_a_line_of_a_log(monkeypatch, capsys):
+    logged = draws(2000, monkeypatch, capsys, tty=False, evals=(500, 1000))
+    # The first draw, the evaluations and the final line: not one line per step.
+    assert 3 <= len(logged) <= 6, len(logged)
+    assert "2000/2000" in logged[-1] and any("eval=0.4000" in piece for piece in logged)
