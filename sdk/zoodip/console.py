@@ -100,8 +100,8 @@ class OneLineParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         args = list(sys.argv[1:] if args is None else args)
-        return super().parse_known_args([self._known_spelling(a) for a in _options_part(args)]
-                                        + args[len(_options_part(args)):], namespace)
+        options = _options_part(args)
+        return super().parse_known_args([self._known_spelling(a) for a in options] + args[len(options):], namespace)
 
     def _known_spelling(self, arg: str) -> str:
         """``arg`` with its flag name respelled (``_`` <-> ``-``) where only the other spelling is a flag here."""
