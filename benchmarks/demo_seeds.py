@@ -34,7 +34,7 @@ from zoodip.lr_schedule import LR_SCHEDULERS  # noqa: E402
 from zoodip.validation import finite_float  # noqa: E402
 
 
-def run(seeds: list[int], steps: int | None, out: Path, work: Path, method_flags: list[str], save_steps: int = 0) -> dict:
+def run(seeds: list[int], steps: int | None, work: Path, method_flags: list[str], save_steps: int = 0) -> dict:
     """The demo once per seed; with ``save_steps`` its embedding snapshots are read too (the curve over the budget)."""
     rows = []
     for seed in seeds:
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             method_flags = [arg for flag in ("learning_rate", "lr_scheduler", "save_steps", "threads")
                             if getattr(args, flag) is not None for arg in (f"--{flag}", str(getattr(args, flag)))]
-            result = run(seeds, args.steps, args.out, args.work, method_flags, args.save_steps)
+            result = run(seeds, args.steps, args.work, method_flags, args.save_steps)
     except ZoodipError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ZoodipError.exit_code
