@@ -47,8 +47,8 @@ def run(seeds: list[int], steps: int | None, work: Path, method_flags: list[str]
         after = summary["concept_accuracy_after"]
         before = summary["concept_accuracy_before"]
         rows.append({"seed": seed, "steps": summary["steps"], "wall_s": round(wall, 1),
-                     "mean_accuracy_before": round(sum(before.values()) / len(before), 3),
-                     "mean_accuracy_after": round(sum(after.values()) / len(after), 3),
+                     "mean_accuracy_before": mean_accuracy(before),
+                     "mean_accuracy_after": mean_accuracy(after),
                      "all_five_after": summary["concept_all_five_after"],
                      "accuracy_after": after,
                      "eval_loss": [summary["eval_loss_initializer"], summary["eval_loss_final"]]})
@@ -56,6 +56,11 @@ def run(seeds: list[int], steps: int | None, work: Path, method_flags: list[str]
             rows[-1]["snapshots"] = read_snapshots(work)
         print(json.dumps(rows[-1]), flush=True)
     return _result(rows)
+
+
+def mean_accuracy(accuracy: dict[str, float]) -> float:
+    """The mean over the attributes of the share of images showing each, as every row reports it."""
+    return round(sum(accuracy.values()) / len(accuracy), 3)
 
 
 def read_snapshots(work: Path) -> list[dict]:
@@ -70,7 +75,7 @@ def read_snapshots(work: Path) -> list[dict]:
     for path in sorted((work / "run").glob("learned_embeds-steps-*.safetensors"), key=lambda p: int(p.stem.rsplit("-", 1)[1])):
         token, vectors = load_embedding_file(path)
         accuracy, joint, _ = demo.concept_reading(concept, demo.after_images(model, token, vectors))
-        rows.append({"step": int(path.stem.rsplit("-", 1)[1]), "mean_accuracy_after": round(sum(accuracy.values()) / 5, 3),
+        rows.append({"step": int(path.stem.rsplit("-", 1)[1]), "mean_accuracy_after": mean_accuracy(accuracy),
                      "all_five_after": joint})
     return rows
 
@@ -95,7 +100,7 @@ def run_backprop_seeds(seeds: list[int], steps: int, work: Path) -> dict:
         final = run_backprop(spec, job, export, demo.reference_source(), steps * spec.forwards_per_step, 1, seed)[-1]
         accuracy, joint, _ = demo.concept_reading(concept, demo.after_images(model, demo.DEMO_TOKEN, final.v.reshape(1, -1)))
         rows.append({"seed": seed, "steps": final.step, "method": "ti-backprop", "wall_s": round(time.perf_counter() - started, 1),
-                     "mean_accuracy_after": round(sum(accuracy.values()) / len(accuracy), 3), "all_five_after": joint,
+                     "mean_accuracy_after": mean_accuracy(accuracy), "all_five_after": joint,
                      "accuracy_after": accuracy})
         print(json.dumps(rows[-1]), flush=True)
     return _result(rows)

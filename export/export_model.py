@@ -391,7 +391,7 @@ def _manifest(staging: Path, source_entry: dict[str, Any], precision: str, recip
 
 def _parser(prog: str = "export_model.py") -> argparse.ArgumentParser:
     from zoodip_export.curvature import DEFAULT_CURVATURE_SAMPLES
-    from zoodip_export.quantize import RECIPES
+    from zoodip_export.quantize import DEFAULT_RECIPE, RECIPES
 
     from zoodip.console import OneLineParser  # one line for a bad flag; either spelling of a flag's name
 
@@ -405,8 +405,8 @@ def _parser(prog: str = "export_model.py") -> argparse.ArgumentParser:
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="weight precision (default: int8, or what --recipe implies)")
     parser.add_argument("--recipe", default=None, choices=RECIPES,
-                        help="quantization recipe (default w4a32 for int8: 4-bit weights where they hold, int8 elsewhere; "
-                             "w8a32: int8 weights everywhere; "
+                        help=f"quantization recipe (default {DEFAULT_RECIPE['int8']} for int8; w4a32: 4-bit weights where "
+                             "they hold, int8 elsewhere; w8a32: int8 weights everywhere; "
                              "dynamic-int8 breaks forward-only gradients)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model and of the parity inputs")
     parser.add_argument("--sample-size", type=int, default=None,

@@ -64,7 +64,7 @@ def reference_available() -> bool:
                                      REFERENCE_DIR / "evaluator.py", REFERENCE_DIR / "sd_width.py"))
 
 
-def _reference_source() -> Path:
+def reference_source() -> Path:
     """The full diffusers folder of the built-in model (its untrained token rows regenerated, cached)."""
     _world()
     from reference.sd_width import materialize
@@ -130,13 +130,8 @@ def prepare(out: Path, progress: bool = True) -> tuple[Path, Path, object | None
     if reference_available():
         world, _ = _world()
         photos_dir, concept = _concept_photos(out / "concept", world)
-        return photos_dir, _export_builtin(out / "model", progress, _reference_source()), concept
+        return photos_dir, _export_builtin(out / "model", progress, reference_source()), concept
     return EXAMPLE_PHOTOS, _export_builtin(out / "model", progress), None
-
-
-def reference_source() -> Path:
-    """The diffusers folder the demo exports (the SD-width reference model, materialized): torch baselines read it."""
-    return _reference_source()
 
 
 def _concept_photos(folder: Path, world) -> tuple[Path, object]:
@@ -262,7 +257,7 @@ def after_images(model, token: str, vectors, num_images: int = NUM_IMAGES, promp
 def concept_reading(concept, images: list) -> tuple[dict, float, dict]:
     """The evaluator's reading of ``images`` against the concept: (accuracy per attribute, share of images with
     all five right, the predicted attributes)."""
-    world, Evaluator = _world()
+    _, Evaluator = _world()
     from reference.evaluator import attribute_accuracy
 
     predicted = Evaluator.load().predict(images)
