@@ -1,0 +1,178 @@
+"""At which timesteps the denoising loss sees each attribute of a concept.
+
+For a world concept's photos, the loss ``L(x_0 | c) = |eps - eps_hat(x_t, t, c)|^2`` under the concept's own
+caption ``c`` and under captions ``c'`` that change one attribute (every other value of it the world can
+draw) differ by
+
+    dL(attribute, t) = mean over c' of [ L(x_0 | c') - L(x_0 | c) ]
+
+with the same photo, noise and timestep for every caption (common random numbers, as a forward-only
+estimate's two forwards share them). A learned token has to win exactly these differences, so their
+signal-to-noise ratio ``mean(dL)^2 / var(dL)`` over draws, per timestep band, says where a training step can
+learn an attribute at all: a band where an attribute's ratio is small spends forwards on it in vain.
+Torch fp32 on the diffusers folder; captions are the world's, so no training and no placeholder is involved.
+
+    python benchmarks/attribute_signal.py                       # SD-width model, the 8 concepts
+    python benchmarks/attribute_signal.py --model reference-64 --draws 2 --concepts striped-star
+
+Results: ``benchmarks/results/attribute-signal/`` (results.json, results.md).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reference.repo import REPO, relative_args  # noqa: E402
+
+sys.path.insert(0, str(REPO / "sdk"))
+from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
+
+BAND = 100  # timesteps per band of [0, T)
+PUTS_BANDS = (500, 900)  # the paper's PUTS range, marked in the report
+
+
+def contrast_captions(attributes) -> dict[str, list[str]]:
+    """``{"concept": [its caption], attribute: [captions with that attribute changed], ...}``: every other
+    value of each attribute for which the world can render the result."""
+    from reference import world
+
+    captions = {"concept": [world.caption(attributes)]}
+    for name, values in world.ATTRIBUTES.items():
+        changed = [attributes.replace(**{name: value}) for value in values if value != getattr(attributes, name)]
+        captions[name] = [world.caption(a) for a in changed if world.compatible(a)]
+    return captions
+
+
+def signal_to_noise(differences: np.ndarray) -> float:
+    """``mean^2 / var`` of one attribute's loss differences over draws (0 where they do not vary)."""
+    var = float(np.var(differences))
+    return float(np.mean(differences)) ** 2 / var if var > 0 else 0.0
+
+
+def concept_signal(folder: Path, concept, draws: int, seed: int, photos_per_draw: int = 5) -> dict[str, dict]:
+    """Per attribute: per band of ``BAND`` timesteps, mean and std of ``dL`` over ``draws`` x the photos."""
+    import torch
+
+    from reference import world
+    from zoodip.schedule import NoiseSchedule
+    from zoodip.tokenizer import CLIPTokenizer
+    from zoodip_export.onnx_export import load_text_encoder, load_unet, load_vae
+
+    torch.set_num_threads(2)
+    tokenizer = CLIPTokenizer.from_folder(folder / "tokenizer")
+    text_model = load_text_encoder(folder / "text_encoder").eval()
+    unet = load_unet(folder / "unet").eval()
+    vae = load_vae(folder / "vae").eval()
+    schedule = NoiseSchedule.from_config(json.loads((folder / "scheduler" / "scheduler_config.json").read_text()))
+    captions = contrast_captions(concept.attributes)
+    flat = [("a photo of " + text) for group in captions.values() for text in group]
+    owner = np.array([name for name, group in captions.items() for _ in group])
+    photos = world.concept_images(concept, n=photos_per_draw, seed=seed, resolution=world.RESOLUTION)
+    images = np.stack([np.asarray(p, np.float32) / 127.5 - 1.0 for p in photos]).transpose(0, 3, 1, 2)
+    with torch.no_grad():
+        cond = text_model(torch.from_numpy(np.stack([tokenizer(text)[0] for text in flat]).astype(np.int64)))[0]
+        x0 = (vae.encode(torch.from_numpy(images.copy())).latent_dist.mean * float(vae.config.scaling_factor)).numpy()
+    rng = np.random.default_rng([seed, 0xA77])
+    result: dict[str, dict] = {name: {} for name in captions if name != "concept"}
+    for start in range(0, schedule.num_train_timesteps, BAND):
+        diffs: dict[str, list[np.ndarray]] = {name: [] for name in result}
+        for _ in range(draws):
+            t = rng.integers(start, start + BAND, size=len(x0))
+            noise = rng.standard_normal(x0.shape).astype(np.float32)
+            x_t = schedule.add_noise(x0, noise, t).astype(np.float32)
+            target = schedule.target(x0, noise, t).astype(np.float32)
+            n_cap, n_img = len(flat), len(x0)
+            with torch.no_grad():
+                pred = unet(torch.from_numpy(np.tile(x_t, (n_cap, 1, 1, 1))), torch.from_numpy(np.tile(t, n_cap)),
+                            encoder_hidden_states=cond.repeat_interleave(n_img, 0)).sample.numpy()
+            loss = ((pred - np.tile(target, (n_cap, 1, 1, 1))) ** 2).reshape(n_cap, n_img, -1).mean(axis=2)
+            base = loss[owner == "concept"][0]
+            for name in result:
+                diffs[name].append(loss[owner == name].mean(axis=0) - base)
+        for name, parts in diffs.items():
+            d = np.concatenate(parts)
+            result[name][f"{start}-{start + BAND}"] = {"mean": float(d.mean()), "std": float(d.std()),
+                                                       "snr": signal_to_noise(d)}
+    return result
+
+
+def summary(per_concept: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Mean over concepts of each attribute's signal-to-noise ratio, per band."""
+    concepts = list(per_concept.values())
+    return {name: {band: float(np.mean([c[name][band]["snr"] for c in concepts])) for band in concepts[0][name]}
+            for name in concepts[0]}
+
+
+def markdown(result: dict) -> str:
+    bands = list(next(iter(result["summary"].values())))
+    in_puts = [b for b in bands if PUTS_BANDS[0] <= int(b.split("-")[0]) < PUTS_BANDS[1]]
+    head = ["attribute"] + [f"**{b}**" if b in in_puts else b for b in bands] + ["PUTS share"]
+    lines = ["# At which timesteps the denoising loss sees each attribute", "", f"    {result['command']}", "",
+             f"{result['date']}, {result['machine']['cpu']} ({result['machine']['cpu_count']} cores), "
+             f"{result['seconds']:.0f} s", "", f"model `{result['model']}`; {result['draws_per_band']} draws x {result['photos']} photos per band and "
+             f"concept; concepts: {', '.join(result['concepts'])}. Cells: signal-to-noise ratio mean(dL)^2 / var(dL), "
+             "mean over concepts; bold bands are the PUTS range; 'PUTS share' = the PUTS bands' part of the row's sum.",
+             "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name, row in result["summary"].items():
+        total = sum(row.values())
+        share = sum(row[b] for b in in_puts) / total if total > 0 else 0.0
+        lines.append("| " + " | ".join([name] + [f"{row[b]:.2f}" for b in bands] + [f"{share:.2f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from problem_dimension import model_folders
+    from reference import world
+
+    p = OneLineParser(prog="python benchmarks/attribute_signal.py", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="sd-width-768", help="reference-64, isometric-768 or sd-width-768")
+    p.add_argument("--concepts", default=None, help="comma list of world concept names (default: all 8)")
+    p.add_argument("--draws", type=int, default=8, help="noise/timestep draws per band (each over the 5 photos)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, default=REPO / ".cache")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "attribute-signal")
+    try:
+        args = p.parse_args(argv)
+        if args.draws < 2:
+            raise ZoodipError("--draws must be at least 2 (a variance needs two draws)")
+        folders = model_folders(args.cache)
+        if args.model not in folders:
+            raise ZoodipError(f"--model {args.model!r}: choose one of {', '.join(sorted(folders))}")
+        names = [n.strip().strip("<>") for n in args.concepts.split(",")] if args.concepts else \
+            [c.name.strip("<>") for c in world.CONCEPTS]
+        known = {c.name.strip("<>"): c for c in world.CONCEPTS}
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise ZoodipError(f"--concepts: unknown {unknown or args.concepts!r}; choose from {', '.join(known)}")
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
+    command = " ".join(["python benchmarks/attribute_signal.py", *relative_args(argv if argv is not None else sys.argv[1:])])
+    folder = folders[args.model]()
+    started = time.perf_counter()
+    per_concept = {}
+    for name in names:
+        per_concept[name] = concept_signal(folder, known[name], args.draws, args.seed)
+        print(f"{name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    from benchmarks._quality_report import machine_info
+
+    result = {"command": command.strip(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine_info(), "model": args.model, "draws_per_band": args.draws, "photos": 5,
+              "concepts": names, "seconds": round(time.perf_counter() - started, 1), "summary": summary(per_concept),
+              "per_concept": per_concept}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "results.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
