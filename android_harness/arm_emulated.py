@@ -26,7 +26,6 @@ binfmt_misc registrations do not survive a reboot: every entry point (re-)regist
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -591,7 +590,13 @@ def make_tiny_export(work: Path, recipe: str = "w8a32") -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="zoodip on emulated ARM64 (qemu user mode + chroot)")
+    if str(REPO / "sdk") not in sys.path:
+        sys.path.insert(0, str(REPO / "sdk"))
+    from zoodip.console import OneLineParser  # one line for a bad flag
+    from zoodip.errors import ZoodipError
+
+    parser = OneLineParser(prog="python android_harness/arm_emulated.py",
+                           description="zoodip on emulated ARM64 (qemu user mode + chroot)")
     parser.add_argument("command", choices=["setup", "check", "status"])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--no-ort", action="store_true", help="skip the ARM64 run on the .ort conversion")
@@ -603,7 +608,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the export recipe of the tiny model both sides run (default: w8a32)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     parser.add_argument("--work", type=Path, default=None, help="keep the run folders here (default: a temp dir)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+        if args.steps < 1:
+            parser.error(f"--steps {args.steps}: must be at least 1")
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
     if args.cpu:  # through the environment, so status(), setup() and every child process see the same choice
         os.environ[CPU_ENV] = args.cpu
     why = check_cpu(emulated_cpu())

@@ -14,7 +14,6 @@ import time
 
 _T0 = time.monotonic()
 
-import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -70,7 +69,11 @@ def fd_probe(model_dir: str, directions: int, mu: float, threads: int, seed: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # zoodip (PYTHONPATH=sdk) is what this probe runs; imported here, after IMPORT_S, as zoodip.cli is below.
+    from zoodip.console import OneLineParser
+    from zoodip.errors import ZoodipError
+
+    parser = OneLineParser(prog="python android_harness/arm_probe.py", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--photos", required=True)
     parser.add_argument("--out", required=True)
@@ -82,7 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--directions", type=int, default=4, help="finite-difference probe directions (0: no probe)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+        if args.directions < 0:
+            parser.error("--directions must be 0 (no probe) or more")
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
 
     from zoodip.cli import main as cli_main
 

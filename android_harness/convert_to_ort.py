@@ -26,7 +26,6 @@ initializers copied (SD1.5 UNet: 1.8 GB load peak vs ~0.1 GB for the .onnx; andr
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -45,6 +44,7 @@ if (REPO / "sdk" / "zoodip").is_dir() and str(REPO / "sdk") not in sys.path:
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
+from zoodip.console import OneLineParser  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.model import GRAPHS, ExportedModel, RuntimeOptions, read_manifest  # noqa: E402
 
@@ -277,15 +277,15 @@ def convert_export(export_dir: Path, out_dir: Path, level: str = "extended", che
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python android_harness/convert_to_ort.py", description=__doc__.splitlines()[0])
     parser.add_argument("export_dir", type=Path)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--level", choices=sorted(LEVELS), default="extended",
                         help="graph optimization level baked into the .ort files (default: extended)")
     parser.add_argument("--no-verify", action="store_true", help="skip the .onnx vs .ort comparison")
     parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         convert_export(args.export_dir, args.out_dir, level=args.level, check=not args.no_verify,
                        overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
     except ZoodipError as exc:

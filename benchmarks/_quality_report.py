@@ -165,6 +165,14 @@ def write_curves(path: Path, results: dict[str, Any]) -> None:
     tile(panels, columns=2).save(path)
 
 
+def write_results(out: Path, result: dict[str, Any], report: str) -> None:
+    """A benchmark script's record: ``out``/results.json (the data) and results.md (``report``), which is also printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "results.md").write_text(report)
+    print(report)
+
+
 def write_reports(out: Path, results: dict[str, Any]) -> None:
     """results.json, results.md and curves.png in ``out`` (samples.png needs the images: main only)."""
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))

@@ -161,16 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         per_concept[name] = concept_signal(folder, known[name], args.draws, args.seed)
         print(f"{name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    from benchmarks._quality_report import machine_info
+    from benchmarks._quality_report import machine_info, write_results
 
     result = {"command": command.strip(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine_info(), "model": args.model, "draws_per_band": args.draws, "photos": 5,
               "concepts": names, "seconds": round(time.perf_counter() - started, 1), "summary": summary(per_concept),
               "per_concept": per_concept}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "results.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, result, markdown(result))
     return 0
 
 

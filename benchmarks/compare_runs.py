@@ -8,7 +8,6 @@ bootstrap interval over the jobs both ran (jobs resampled together: a hard conce
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a file: m
 from _quality_jobs import seeded_name  # noqa: E402
 from _quality_summary import metric_names  # noqa: E402
 
+from zoodip.console import OneLineParser  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 
 
@@ -68,12 +68,12 @@ def compare(run_a: dict, run_b: dict, method: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python benchmarks/compare_runs.py", description=__doc__.splitlines()[0])
     parser.add_argument("run_a", type=Path)
     parser.add_argument("run_b", type=Path)
     parser.add_argument("--method", default="zoodip")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         runs = [json.loads(path.read_text(encoding="utf-8")) for path in (args.run_a, args.run_b)]
         print("\n".join(compare(*runs, args.method)))
     except (OSError, ValueError, KeyError, ZoodipError) as error:

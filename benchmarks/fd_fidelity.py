@@ -6,7 +6,6 @@ for any diffusers folder and its exports).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -14,7 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _fidelity import DIRECTIONS, SEED, finite_difference_fidelity  # noqa: E402  (the check tests/integration/test_fidelity.py makes)
-from zoodip.model import ExportedModel  # noqa: E402
+from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.model import ExportedModel, read_manifest  # noqa: E402
 
 PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"
 
@@ -25,14 +26,22 @@ def measure(source: Path, export: Path, seed: int = SEED, directions: int = DIRE
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python benchmarks/fd_fidelity.py", description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="the diffusers folder the exports were made from")
     parser.add_argument("exports", type=Path, nargs="+")
     parser.add_argument("--seed", type=int, default=SEED, help="draws the noise and the directions (default: the tests' sample)")
     parser.add_argument("--directions", type=int, default=DIRECTIONS, help=f"random directions (evaluated {DIRECTIONS} at a time)")
-    args = parser.parse_args(argv)
-    if args.seed < 0 or args.directions < 2:
-        parser.error("--seed must be >= 0 and --directions >= 2 (a correlation needs two points)")
+    try:
+        args = parser.parse_args(argv)
+        if args.seed < 0 or args.directions < 2:
+            parser.error("--seed must be >= 0 and --directions >= 2 (a correlation needs two points)")
+        if not (args.source / "model_index.json").is_file():
+            raise ZoodipError(f"{args.source} is not a diffusers folder (no model_index.json): give the exports' source")
+        for export in args.exports:
+            read_manifest(export)  # a missing export: one line now, not a traceback halfway through the table
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
     print(f"seed {args.seed}, {args.directions} directions\n\n| export | recipe | fidelity | slope |\n|---|---|---|---|")
     for export in args.exports:
         correlation, slope = measure(args.source, export, args.seed, args.directions)

@@ -13,7 +13,6 @@ The problems are those of fd_fidelity.py (one photo, t = 700, the seed draws the
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -25,7 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _fidelity import SEED, fixed_problem, placeholder_gradient  # noqa: E402  (the fidelity check's problem)
+from zoodip.console import OneLineParser  # noqa: E402
 from zoodip.denoising_loss import DenoisingLoss  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.model import ExportedModel, RuntimeOptions  # noqa: E402
 
 PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"
@@ -162,22 +163,28 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python benchmarks/int4_gradient.py", description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="the diffusers folder the export was made from")
     parser.add_argument("export", type=Path, help="a --recipe w4a32 export of it")
     parser.add_argument("--seeds", default=f"7,{SEED}", help="problems (noise draws), comma-separated")
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    args = parser.parse_args(argv)
     try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
-    if not seeds or min(seeds) < 0:
-        parser.error("--seeds takes integers >= 0")
-    try:
-        rows = measure(args.source, args.export, seeds)
-    except ValueError as error:
-        parser.error(str(error))
+        args = parser.parse_args(argv)
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+        if not seeds or min(seeds) < 0:
+            parser.error("--seeds takes integers >= 0")
+        if not (args.source / "model_index.json").is_file():
+            raise ZoodipError(f"{args.source} is not a diffusers folder (no model_index.json): give the export's source")
+        try:
+            rows = measure(args.source, args.export, seeds)
+        except ValueError as error:
+            raise ZoodipError(str(error)) from None
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
     print(f"{args.export.name}: cos(g_q, g) of the placeholder's gradient, fp32 source {args.source.name}\n")
     print("| UNet widths | 4-bit weights | UNet weight bytes | " + " | ".join(f"seed {s}" for s in seeds) + " |")
     print("|---|---|---|" + "---|" * len(seeds))

@@ -11,13 +11,16 @@ Markdown table of milliseconds per call (median). Weights are random: the time d
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from zoodip.console import OneLineParser
+from zoodip.errors import ZoodipError
 
 BLOCK = 32
 # (kind, output channels / N, input channels / K, spatial side or rows): 3x3 UNet convolutions of SD1.5 at
@@ -115,10 +118,16 @@ def time_layer(model: onnx.ModelProto, feeds: dict, threads: int, repeats: int) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python benchmarks/int4_kernels.py", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+        if args.threads < 0 or args.repeats < 1:
+            parser.error("--threads must be 0 (onnxruntime's default) or more and --repeats at least 1")
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
     layouts = ["fp32", "int8", "int4-channel", "int4-block32", "matmulnbits"]
     print(f"onnxruntime {ort.__version__}, {args.threads} threads, median of {args.repeats} (ms per call)\n")
     print("| layer | " + " | ".join(layouts) + " |")

@@ -37,6 +37,7 @@ from _memory_contenders import CONTENDERS, DEFAULT_CHUNKS, GENERATION, MAIN, QUI
 from _memory_report import GB, bar_chart, breakdown, markdown, peak_split, ratios, summarize  # noqa: E402
 from _models import DEFAULT_CACHE, export_name, is_current_export  # noqa: E402
 
+from zoodip.console import OneLineParser  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 
 CONTENDERS_PY = REPO / "benchmarks" / "_contenders.py"
@@ -116,8 +117,8 @@ def run_child(spec: dict, timeout: float) -> dict:
     return result
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def _parser() -> OneLineParser:
+    parser = OneLineParser(prog="python benchmarks/memory.py", description=__doc__.split("\n")[0])
     parser.add_argument("--resolution", type=int, default=None, help="training resolution (default 512; --quick 256)")
     parser.add_argument("--steps", type=int, default=None, help="personalization steps per run (default 3; --quick 2)")
     parser.add_argument("--repeats", type=int, default=None,
@@ -323,8 +324,8 @@ def render(out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
         report = render(Path(args.out)) if args.render else run(args)
     except ZoodipError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,7 +18,6 @@ Results: ``benchmarks/results/problem-dimension/`` (results.json, results.md).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -30,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference.repo import REPO, relative_args  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
+from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
 
 T_RANGE = (500, 900)
 VARIANCE_FRACTION = 0.95
@@ -257,7 +258,7 @@ def noise_report(names: list[str], folders: dict, draws_per_concept: int, seed: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python benchmarks/problem_dimension.py", description=__doc__.splitlines()[0])
     p.add_argument("--models", default="reference-64,isometric-768,sd-width-768",
                    help="comma-separated: reference-64, isometric-768, sd-width-768")
     p.add_argument("--samples", type=int, default=8, help="(photo, noise, timestep, prompt) draws per concept")
@@ -267,16 +268,18 @@ def main(argv: list[str] | None = None) -> int:
                         "models with a curvature file) and what that makes a forward-only step cost")
     p.add_argument("--cache", type=Path, default=REPO / ".cache")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "problem-dimension")
-    args = p.parse_args(argv)
-    if args.gradient_noise < 0 or args.gradient_noise == 1 or args.samples < 1:
-        print("--gradient-noise must be 0 (off) or at least 2 draws, --samples at least 1", file=sys.stderr)
-        return 2
-    folders = model_folders(args.cache)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = [n for n in names if n not in folders]
-    if unknown:
-        print(f"--models: unknown {unknown}; choose from {sorted(folders)}", file=sys.stderr)
-        return 2
+    try:
+        args = p.parse_args(argv)
+        if args.gradient_noise < 0 or args.gradient_noise == 1 or args.samples < 1:
+            p.error("--gradient-noise must be 0 (off) or at least 2 draws, --samples at least 1")
+        folders = model_folders(args.cache)
+        names = [n.strip() for n in args.models.split(",") if n.strip()]
+        unknown = [n for n in names if n not in folders]
+        if unknown or not names:
+            p.error(f"--models: unknown {unknown or args.models!r}; choose from {sorted(folders)}")
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
     command = " ".join(["python benchmarks/problem_dimension.py",
                         *relative_args(argv if argv is not None else sys.argv[1:])])
     args.out.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,8 @@ from benchmarks._quality_report import machine_info, write_reports, write_sample
 from benchmarks._quality_summary import (  # noqa: E402,F401 (quality.summarize & co.: tests, --merge)
     forwards_to_reach, metric_names, ratio_of_means_ci, summarize)
 from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
+from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "quality"
 REFERENCE_MODEL = REPO / "reference" / "model-768"  # the SD-width world (packed; materialized on first use)
@@ -281,7 +283,7 @@ def _score_world(trained: dict[str, dict[str, Any]], jobs: list[qm.Job], export_
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python benchmarks/quality.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 concepts, 150 ZO steps, 3 checkpoints")
     parser.add_argument("--smoke", action="store_true", help="tiny random model, planted check, 1 job, few steps")
     parser.add_argument("--task", choices=("auto", "world", "planted"), default="auto",
@@ -318,24 +320,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        args = parse_args(argv)
+        checked = None if args.worker is not None or args.merge else _checked(args)
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
     if args.worker is not None:
         return _worker(args.worker)
-    started = time.perf_counter()
     command = "python benchmarks/quality.py " + " ".join(
         shlex.quote(a) for a in relative_args(argv if argv is not None else sys.argv[1:]))
     if args.merge:
         return merge_main(args.merge, args.out, command)
 
-    task = _task(args)
-    if args.seeds < 1 or (args.seeds > 1 and task != "world"):
-        print(f"quality.py: error: --seeds {args.seeds}: training seeds repeat the world task's concepts "
-              f"(a positive number, and only with --task world; this run's task is {task})", file=sys.stderr)
-        return 2
-    puts = tuple(int(x) for x in args.puts.split("-")) if args.puts else qm.REFERENCE_PUTS
+    task, puts, methods = checked
     steps = args.steps or (20 if args.smoke else 150 if args.quick else 300)
     checkpoints = args.checkpoints or (2 if args.smoke else 3 if args.quick else 5)
-    methods = _methods(args, puts)
     out = args.out or (DEFAULT_OUT if not args.smoke else Path(tempfile.mkdtemp(prefix="zoodip-quality-smoke-")))
     out.mkdir(parents=True, exist_ok=True)
 
@@ -376,6 +377,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _checked(args: Any) -> tuple[str, tuple[int, int], list[str]]:
+    """(task, PUTS range, methods) of a training run, every flag checked before anything is written."""
+    task = _task(args)
+    if args.seeds < 1 or (args.seeds > 1 and task != "world"):
+        raise ZoodipError(f"--seeds {args.seeds}: training seeds repeat the world task's concepts (a positive number, "
+                          f"and only with --task world; this run's task is {task})")
+    if args.model and not any((Path(args.model) / name).is_file() for name in ("manifest.json", "model_index.json")):
+        raise ZoodipError(f"--model {args.model}: neither an export folder (manifest.json) nor a diffusers folder "
+                          "(model_index.json)")
+    if min(args.steps or 1, args.checkpoints or 1, args.images_per_prompt, args.gen_steps) < 1:
+        raise ZoodipError("--steps, --checkpoints, --images-per-prompt and --gen-steps must be at least 1")
+    try:
+        puts = tuple(int(x) for x in args.puts.split("-")) if args.puts else qm.REFERENCE_PUTS
+    except ValueError:
+        puts = ()
+    if len(puts) != 2:
+        raise ZoodipError(f"--puts {args.puts!r}: give a timestep range LOW-HIGH, e.g. 500-900")
+    try:
+        return task, puts, _methods(args, puts)
+    except ValueError as exc:  # a method name or variant that does not parse
+        raise ZoodipError(str(exc)) from None
+
+
 def _task(args: Any) -> str:
     """The task to run: --task, or for "auto" the world task where the reference world is ready."""
     task = args.task
@@ -384,7 +408,7 @@ def _task(args: Any) -> str:
         if task == "planted" and not args.smoke:
             log(f"world task unavailable ({world_ready()}): running the planted check")
     if task == "world" and world_ready() is not None and args.model is None:
-        raise SystemExit(f"the world task needs the reference world: {world_ready()}")
+        raise ZoodipError(f"the world task needs the reference world: {world_ready()}")
     return task
 
 

@@ -31,6 +31,7 @@ from reference.repo import REPO, relative_args  # noqa: E402
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "sdk"))
 
+from zoodip.console import OneLineParser  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 
 # name -> (intra-op threads, spin-waiting); 0 threads = onnxruntime's default (one per core).
@@ -113,7 +114,7 @@ def default_model() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python benchmarks/threads.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="export folder (default: the SD1.5 architecture with random weights, "
                                         "built and exported on first use as memory.py does)")
     parser.add_argument("--resolution", type=int, default=256)
@@ -122,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "threads"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
     if args.child:
         spec = json.loads(args.child)
         print("RESULT " + json.dumps(time_forwards(spec["model"], spec["threads"], spec["spin"], spec["resolution"],

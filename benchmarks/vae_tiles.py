@@ -13,7 +13,6 @@ that is on a photo.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,8 @@ from reference.repo import REPO, relative_args  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 
+from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.generate import decode_latents  # noqa: E402
 from zoodip.images import to_pil  # noqa: E402
 from zoodip.memory_plan import OVERLAP_FRACTION, DecodePlan  # noqa: E402
@@ -47,13 +48,22 @@ def compare(whole: np.ndarray, tiled: np.ndarray) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python benchmarks/vae_tiles.py", description=__doc__.splitlines()[0])
     parser.add_argument("--export", type=Path, default=DEFAULT_EXPORT, help="export folder (default: memory.py's SD1.5 one)")
     parser.add_argument("--resolution", type=int, default=512, help="image side in pixels")
     parser.add_argument("--tiles", default="48,32", help="tile sides in latents, comma-separated")
-    args = parser.parse_args(argv)
-    model = ExportedModel.load(args.export, RuntimeOptions(memory_budget_mb=1 << 20))  # the budget's sessions
-    side = args.resolution // model.vae_scale_factor
+    try:
+        args = parser.parse_args(argv)
+        tiles = [int(t) for t in args.tiles.split(",") if t.strip().isdigit()]
+        if len(tiles) != len(args.tiles.split(",")) or min(tiles) < 1:
+            parser.error(f"--tiles takes comma-separated tile sides >= 1, got {args.tiles!r}")
+        model = ExportedModel.load(args.export, RuntimeOptions(memory_budget_mb=1 << 20))  # the budget's sessions
+        side = args.resolution // model.vae_scale_factor
+        if side < 1:
+            parser.error(f"--resolution {args.resolution}: must be at least the VAE's factor {model.vae_scale_factor}")
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
     latents = np.random.default_rng(0).standard_normal((1, model.latent_channels, side, side)).astype(np.float32)
     started = time.perf_counter()
     whole = decode_latents(model, latents)
@@ -61,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.resolution} px, whole decode {time.perf_counter() - started:.0f} s\n")
     print("| tile (latents) | overlap | tiles | decode s | mean / max abs (output) | mean / max abs (8-bit) | PSNR dB |")
     print("|---|---|---|---|---|---|---|")
-    for tile in (int(t) for t in args.tiles.split(",")):
+    for tile in tiles:
         plan = DecodePlan(tile, tile // OVERLAP_FRACTION, 0)
         started = time.perf_counter()
         tiled = decode_latents(model, latents, plan)

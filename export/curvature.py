@@ -298,21 +298,26 @@ def export_curvature(source: Path, staging: Path, samples: int | None, kind: str
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m zoodip_export.curvature SRC_FOLDER [OUT_FILE]``: compute once, ship beside the weights."""
-    import argparse
     import sys
 
-    parser = argparse.ArgumentParser(description="Compute a diffusers folder's curvature subspace (the export "
-                                                 "reuses SRC_FOLDER/curvature.safetensors when it matches the weights).")
+    from zoodip.console import OneLineParser  # one line for a bad flag; either spelling of a flag's name
+    from zoodip.errors import ZoodipError
+
+    parser = OneLineParser(prog="python -m zoodip_export.curvature",
+                           description="Compute a diffusers folder's curvature subspace (the export "
+                                       "reuses SRC_FOLDER/curvature.safetensors when it matches the weights).")
     parser.add_argument("source", type=Path)
     parser.add_argument("out", type=Path, nargs="?", default=None, help=f"default: SRC_FOLDER/{CURVATURE_FILE}")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
+        if args.samples < 1 or (args.threads or 0) < 0:
+            parser.error("--samples must be at least 1 and --threads 0 (torch's default) or more")
         meta = compute_curvature(args.source, args.out or args.source / CURVATURE_FILE, samples=args.samples,
                                  seed=args.seed, threads=args.threads, log=lambda line: print(line, file=sys.stderr))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ZoodipError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(meta)

@@ -389,7 +389,7 @@ def _manifest(staging: Path, source_entry: dict[str, Any], precision: str, recip
 # --- command line --------------------------------------------------------------------------------
 
 
-def _parser(prog: str = "export_model.py") -> argparse.ArgumentParser:
+def _parser(prog: str = "python export/export_model.py") -> argparse.ArgumentParser:
     from zoodip_export.curvature import DEFAULT_CURVATURE_SAMPLES
     from zoodip_export.quantize import DEFAULT_RECIPE, RECIPES
 
@@ -421,7 +421,7 @@ def _parser(prog: str = "export_model.py") -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, prog: str = "export_model.py") -> int:
+def main(argv: list[str] | None = None, prog: str = "python export/export_model.py") -> int:
     """The exporter's command line (``python export/export_model.py``; ``zoodip export`` passes its own ``prog``)."""
     from zoodip_export.quantize import RECIPE_PRECISION
 

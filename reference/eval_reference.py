@@ -8,7 +8,6 @@ reads them with the evaluator. Writes ``--out``/generation_accuracy.json and a s
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -22,9 +21,13 @@ from reference import world  # noqa: E402
 from reference.evaluator import Evaluator, attribute_accuracy  # noqa: E402
 from reference.repo import REPO  # noqa: E402
 
+sys.path.insert(0, str(REPO / "sdk"))
+from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python reference/eval_reference.py", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=REPO / "reference" / "model")
     p.add_argument("--export", type=Path, default=REPO / "reference" / ".work" / "export")
     p.add_argument("--out", type=Path, default=REPO / "reference" / ".work" / "eval")
@@ -33,17 +36,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+        if min(args.n, args.steps) < 1 or args.threads < 0:
+            p.error("--n and --steps must be at least 1, --threads 0 (all cores) or more")
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
 
     from zoodip.generate import generate
     from zoodip.images import image_grid
     from zoodip.model import ExportedModel, RuntimeOptions
 
-    if not (args.export / "manifest.json").is_file():
-        from zoodip_export.export_model import export_model
+    try:
+        if not (args.export / "manifest.json").is_file():
+            from zoodip_export.export_model import export_model
 
-        export_model(args.model, args.export, progress=True, overwrite=True)
-    model = ExportedModel.load(args.export, RuntimeOptions(threads=args.threads))
+            export_model(args.model, args.export, progress=True, overwrite=True)
+        model = ExportedModel.load(args.export, RuntimeOptions(threads=args.threads))
+    except ZoodipError as exc:  # no reference model to export, or an export that does not load
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
     evaluator = Evaluator.load()
     rng = np.random.default_rng(args.seed)
     started = time.monotonic()

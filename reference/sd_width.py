@@ -26,7 +26,6 @@ shortcut that SD1.5 does not offer. This module makes the width real, then keeps
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -179,7 +178,10 @@ def materialize(packed: Path = PACKED, dest: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from zoodip.console import OneLineParser  # one line for a bad flag, subcommands' too
+    from zoodip.errors import ZoodipError
+
+    p = OneLineParser(prog="python reference/sd_width.py", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("start", help="the filled isometric copy of the 64-wide reference model")
     s.add_argument("--src", type=Path, default=REPO / "reference" / "model")
@@ -192,7 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("materialize", help="the committed form -> a full diffusers folder")
     m.add_argument("packed", type=Path, nargs="?", default=PACKED)
     m.add_argument("dest", type=Path, nargs="?")
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+        needed = {"start": lambda: [args.src / "model_index.json"],
+                  "pack": lambda: [args.trained / "model_index.json", args.start / "sd_width_start.json"],
+                  "materialize": lambda: [args.packed / "text_encoder" / PACK_RECORD]}[args.command]()
+        missing = [str(path) for path in needed if not path.is_file()]
+        if missing:  # said now, in one line, rather than as a traceback halfway through
+            raise ZoodipError(f"{args.command}: missing {', '.join(missing)}: check the folders given")
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
     if args.command == "start":
         record = start(args.src, args.out, seed=args.seed)
         print(json.dumps({k: v for k, v in record.items() if k != "trained_ids"}))

@@ -13,7 +13,6 @@ Command used for the committed evaluator (2 CPU cores shared with other jobs, 1 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -29,6 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: m
 
 from reference import world  # noqa: E402
 from reference.repo import REPO  # noqa: E402
+
+sys.path.insert(0, str(REPO / "sdk"))
+from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
 
 FEATURE_DIM = 128
 
@@ -97,7 +100,7 @@ def accuracy(net: EvaluatorNet, images: np.ndarray, codes: np.ndarray) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python reference/train_evaluator.py", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=REPO / "reference" / "evaluator.onnx")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -106,7 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+        if min(args.threads, args.n_train, args.n_test, args.steps, args.batch) < 1:
+            p.error("--threads, --n-train, --n-test, --steps and --batch must be at least 1")
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     started = time.monotonic()

@@ -58,6 +58,8 @@ from reference.repo import REPO, repo_relative  # noqa: E402
 sys.path.insert(0, str(REPO / "sdk"))
 
 from reference import world  # noqa: E402
+from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip_export.clip_vocab import VOCAB_SIZE, write_clip_tokenizer_files  # noqa: E402
 from zoodip_export.tiny import (  # noqa: E402
     BOS_TOKEN_ID, EOS_TOKEN_ID, SD_SCHEDULER_CONFIG, SOURCE_MARKER, model_index, write_json,
@@ -426,7 +428,7 @@ def save_folder(dest: Path, vae, unet, text_encoder, scale: float, meta: dict) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python reference/train_reference.py", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=REPO / "reference" / "model")
     p.add_argument("--work", type=Path, default=REPO / "reference" / ".work")
     p.add_argument("--seed", type=int, default=0)
@@ -450,7 +452,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--stop-after", choices=("data", "vae"), help="stop after this stage (rerun to continue)")
     p.add_argument("--benchmark", type=int, default=0, help="time this many steps of each stage, then exit")
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+        if args.threads < 1:
+            p.error(f"--threads {args.threads}: must be at least 1")
+        if args.init_from and not (args.init_from / SOURCE_MARKER).is_file():
+            raise ZoodipError(f"--init-from {args.init_from}: not a trained reference folder (no {SOURCE_MARKER})")
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

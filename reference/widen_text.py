@@ -22,7 +22,6 @@ goes into its (wide) bias so that the UNet's bias-free ``to_k``/``to_v`` read th
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -36,6 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: m
 from reference.repo import REPO, repo_relative  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
+
+from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
 
 
 def embedding_basis(narrow: int, wide: int, seed: int) -> torch.Tensor:
@@ -155,12 +157,18 @@ def widen(src: Path, dest: Path, width: int = 768, seed: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python reference/widen_text.py", description=__doc__.splitlines()[0])
     p.add_argument("--src", type=Path, default=REPO / "reference" / "model")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--width", type=int, default=768)
     p.add_argument("--seed", type=int, default=0, help="seed of the random embedding basis")
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+        if not (args.src / "model_index.json").is_file():
+            raise ZoodipError(f"--src {args.src}: not a diffusers folder (no model_index.json): give the reference model's folder")
+    except ZoodipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ZoodipError.exit_code
     print(json.dumps(widen(args.src, args.out, args.width, args.seed)))
     return 0
 
