@@ -67,6 +67,19 @@ def compare(run_a: dict, run_b: dict, method: str) -> list[str]:
     return rows
 
 
+def read_run(path: Path) -> dict:
+    """A quality run's results.json, or one line saying why it is not one."""
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ZoodipError(f"{path}: cannot read it ({exc.strerror}): give the results.json of a quality.py run") from None
+    except (UnicodeDecodeError, ValueError):
+        raise ZoodipError(f"{path}: not JSON: give the results.json of a quality.py run") from None
+    if not isinstance(run, dict) or not isinstance(run.get("methods"), dict) or "task" not in run:
+        raise ZoodipError(f"{path}: not a quality.py results.json (no 'task' and 'methods'): give the results.json of a quality.py run")
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python benchmarks/compare_runs.py", description=__doc__.splitlines()[0])
     parser.add_argument("run_a", type=Path)
@@ -74,10 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="zoodip")
     try:
         args = parser.parse_args(argv)
-        runs = [json.loads(path.read_text(encoding="utf-8")) for path in (args.run_a, args.run_b)]
+        runs = [read_run(path) for path in (args.run_a, args.run_b)]
         print("\n".join(compare(*runs, args.method)))
-    except (OSError, ValueError, KeyError, ZoodipError) as error:
+    except ZoodipError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (KeyError, TypeError, IndexError, ValueError) as error:  # a results.json damaged inside
+        print(f"error: the runs do not have the records quality.py writes ({type(error).__name__}: {error}): "
+              "compare two results.json files as quality.py wrote them", file=sys.stderr)
         return 2
     return 0
 

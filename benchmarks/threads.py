@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    spec["forwards"])))
         return 0
     if args.forwards < 1 or args.busy < 1 or args.resolution <= 0 or args.resolution % 8:
-        print("threads.py: --forwards and --busy must be >= 1 and --resolution a positive multiple of 8", file=sys.stderr)
+        print("error: --forwards and --busy must be >= 1 and --resolution a positive multiple of 8", file=sys.stderr)
         return 2
     try:
         model = Path(args.model) if args.model else default_model()
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[threads] {name}, {case}: {settings[name][case]['s_per_forward']:.2f} s / forward",
                       file=sys.stderr, flush=True)
     except ZoodipError as exc:
-        print(f"threads.py: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     from memory import machine
 

@@ -55,3 +55,16 @@ def test_a_one_seed_run_pairs_with_that_seed_of_a_several_seed_run(tmp_path: Pat
     assert compare_runs.main([str(p) for p in paths]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| concept_fidelity"))
     assert row.endswith("| +0.150 [+0.100, +0.200] | 2 |")  # paired with seed 1's jobs, not seed 0's
+
+
+def test_unreadable_or_foreign_files_are_one_line(tmp_path: Path, capsys) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_run({"x": 0.5})))
+    damaged = {"missing.json": None, "text.json": "not json {", "list.json": "[1, 2]",
+               "inside.json": json.dumps({"task": "world", "methods": {"zoodip": {"runs": {"x": []}}}})}
+    for name, text in damaged.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        assert compare_runs.main([str(tmp_path / name), str(good)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "results.json" in err[0], (name, err)

@@ -31,4 +31,4 @@ def test_each_setting_is_measured_quiet_and_busy(tiny_export, tmp_path):
 def test_bad_settings_are_one_line_and_exit_2(flags, capsys):
     assert threads.main(flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("threads.py: ")
+    assert len(err) == 1 and err[0].startswith("error: ")
