@@ -166,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
         if not (args.src / "model_index.json").is_file():
             raise ZoodipError(f"--src {args.src}: not a diffusers folder (no model_index.json): give the reference model's folder")
+        text = json.loads((args.src / "text_encoder" / "config.json").read_text())  # widen()'s check, before any load
+        narrow, heads = text["hidden_size"], text["num_attention_heads"]
+        if args.width <= narrow or args.width % heads:
+            raise ZoodipError(f"--width {args.width}: must exceed the text width {narrow} and divide by its {heads} heads")
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: --src {args.src}: cannot read its text encoder's config.json ({exc})", file=sys.stderr)
+        return ZoodipError.exit_code
     except ZoodipError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ZoodipError.exit_code

@@ -40,3 +40,11 @@ def test_a_basis_that_is_not_centered_breaks_parity_and_writes_nothing(tiny_sd_f
     with pytest.raises(SystemExit, match="disagrees"):
         widen_text.widen(tiny_sd_folder, tmp_path / "wide", width=128)
     assert not (tmp_path / "wide").exists()
+
+
+@pytest.mark.parametrize("width", ["10", "770"])
+def test_a_width_it_cannot_make_is_one_line_before_any_load(tiny_sd_folder, tmp_path, capsys, width):
+    out = tmp_path / "wide"
+    assert widen_text.main(["--src", str(tiny_sd_folder), "--out", str(out), "--width", width]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --width {width}: must exceed") and not out.exists()
