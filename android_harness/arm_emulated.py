@@ -592,7 +592,7 @@ def make_tiny_export(work: Path, recipe: str = "w8a32") -> Path:
 def main(argv: list[str] | None = None) -> int:
     if str(REPO / "sdk") not in sys.path:
         sys.path.insert(0, str(REPO / "sdk"))
-    from zoodip.console import OneLineParser  # one line for a bad flag
+    from zoodip.console import OneLineParser, print_error  # one line for a bad flag
     from zoodip.errors import ZoodipError
 
     parser = OneLineParser(prog="python android_harness/arm_emulated.py",
@@ -613,14 +613,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps < 1:
             parser.error(f"--steps {args.steps}: must be at least 1")
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     if args.cpu:  # through the environment, so status(), setup() and every child process see the same choice
         os.environ[CPU_ENV] = args.cpu
     why = check_cpu(emulated_cpu())
     if why:
-        print(f"error: {why}", file=sys.stderr)
-        return 2
+        return print_error(why)
     if args.command == "status":
         ready, reason = status()
         print(reason)
@@ -631,8 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ready, reason = status()
     if not ready:
-        print(f"error: {reason}", file=sys.stderr)
-        return 2
+        return print_error(reason)
     spec = RunSpec(steps=args.steps, eval_every=max(1, args.steps // 2), checkpointing_steps=max(1, args.steps // 2))
     with contextlib.ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="zoodip-arm-check-")))

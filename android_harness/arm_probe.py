@@ -70,7 +70,7 @@ def fd_probe(model_dir: str, directions: int, mu: float, threads: int, seed: int
 
 def main(argv: list[str] | None = None) -> int:
     # zoodip (PYTHONPATH=sdk) is what this probe runs; imported here, after IMPORT_S, as zoodip.cli is below.
-    from zoodip.console import OneLineParser
+    from zoodip.console import OneLineParser, print_error
     from zoodip.errors import ZoodipError
 
     parser = OneLineParser(prog="python android_harness/arm_probe.py", description=__doc__.splitlines()[0])
@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.directions < 0:
             parser.error("--directions must be 0 (no probe) or more")
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
 
     from zoodip.cli import main as cli_main
 

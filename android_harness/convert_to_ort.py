@@ -44,7 +44,7 @@ if (REPO / "sdk" / "zoodip").is_dir() and str(REPO / "sdk") not in sys.path:
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.model import GRAPHS, ExportedModel, RuntimeOptions, read_manifest  # noqa: E402
 
@@ -289,8 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         convert_export(args.export_dir, args.out_dir, level=args.level, check=not args.no_verify,
                        overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return print_error(exc)
     return 0
 
 

@@ -24,6 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference.repo import REPO, relative_args  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
-from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 
 BAND = 100  # timesteps per band of [0, T)
@@ -56,21 +57,29 @@ def signal_to_noise(differences: np.ndarray) -> float:
     return float(np.mean(differences)) ** 2 / var if var > 0 else 0.0
 
 
-def concept_signal(folder: Path, concept, draws: int, seed: int, photos_per_draw: int = 5) -> dict[str, dict]:
-    """Per attribute: per band of ``BAND`` timesteps, mean and std of ``dL`` over ``draws`` x the photos."""
+def load_model(folder: Path) -> SimpleNamespace:
+    """The diffusers folder's parts the measurement runs (torch fp32), loaded once for every concept."""
     import torch
 
-    from reference import world
     from zoodip.schedule import NoiseSchedule
     from zoodip.tokenizer import CLIPTokenizer
     from zoodip_export.onnx_export import load_text_encoder, load_unet, load_vae
 
     torch.set_num_threads(2)
-    tokenizer = CLIPTokenizer.from_folder(folder / "tokenizer")
-    text_model = load_text_encoder(folder / "text_encoder").eval()
-    unet = load_unet(folder / "unet").eval()
-    vae = load_vae(folder / "vae").eval()
-    schedule = NoiseSchedule.from_config(json.loads((folder / "scheduler" / "scheduler_config.json").read_text()))
+    return SimpleNamespace(
+        tokenizer=CLIPTokenizer.from_folder(folder / "tokenizer"),
+        text_model=load_text_encoder(folder / "text_encoder").eval(), unet=load_unet(folder / "unet").eval(),
+        vae=load_vae(folder / "vae").eval(),
+        schedule=NoiseSchedule.from_config(json.loads((folder / "scheduler" / "scheduler_config.json").read_text())))
+
+
+def concept_signal(model: SimpleNamespace, concept, draws: int, seed: int, photos_per_draw: int = 5) -> dict[str, dict]:
+    """Per attribute: per band of ``BAND`` timesteps, mean and std of ``dL`` over ``draws`` x the photos."""
+    import torch
+
+    from reference import world
+
+    tokenizer, text_model, unet, vae, schedule = model.tokenizer, model.text_model, model.unet, model.vae, model.schedule
     captions = contrast_captions(concept.attributes)
     flat = [("a photo of " + text) for group in captions.values() for text in group]
     owner = np.array([name for name, group in captions.items() for _ in group])
@@ -152,14 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         if unknown or not names:
             raise ZoodipError(f"--concepts: unknown {unknown or args.concepts!r}; choose from {', '.join(known)}")
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     command = " ".join(["python benchmarks/attribute_signal.py", *relative_args(argv if argv is not None else sys.argv[1:])])
-    folder = folders[args.model]()
     started = time.perf_counter()
+    model = load_model(folders[args.model]())
     per_concept = {}
     for name in names:
-        per_concept[name] = concept_signal(folder, known[name], args.draws, args.seed)
+        per_concept[name] = concept_signal(model, known[name], args.draws, args.seed)
         print(f"{name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     from benchmarks._quality_report import machine_info, write_results
 

@@ -21,7 +21,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a file: m
 from _quality_jobs import seeded_name  # noqa: E402
 from _quality_summary import metric_names  # noqa: E402
 
-from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 
 
@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [read_run(path) for path in (args.run_a, args.run_b)]
         print("\n".join(compare(*runs, args.method)))
     except ZoodipError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return print_error(error)
     except (KeyError, TypeError, IndexError, ValueError) as error:  # a results.json damaged inside
         print(f"error: the runs do not have the records quality.py writes ({type(error).__name__}: {error}): "
               "compare two results.json files as quality.py wrote them", file=sys.stderr)

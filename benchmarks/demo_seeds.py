@@ -29,7 +29,7 @@ from reference.repo import REPO, relative_args  # noqa: E402
 from benchmarks._quality_report import write_results  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
-from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.lr_schedule import LR_SCHEDULERS  # noqa: E402
 from zoodip.validation import finite_float  # noqa: E402
@@ -175,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                             if getattr(args, flag) is not None for arg in (f"--{flag}", str(getattr(args, flag)))]
             result = run(seeds, args.steps, args.work, method_flags, args.save_steps)
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     write_results(args.out, result, markdown(result))
     return 0
 

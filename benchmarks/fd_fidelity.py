@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _fidelity import DIRECTIONS, SEED, finite_difference_fidelity  # noqa: E402  (the check tests/integration/test_fidelity.py makes)
-from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.model import ExportedModel, read_manifest  # noqa: E402
 
@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         for export in args.exports:
             read_manifest(export)  # a missing export: one line now, not a traceback halfway through the table
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     print(f"seed {args.seed}, {args.directions} directions\n\n| export | recipe | fidelity | slope |\n|---|---|---|---|")
     for export in args.exports:
         correlation, slope = measure(args.source, export, args.seed, args.directions)

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _fidelity import SEED, fixed_problem, placeholder_gradient  # noqa: E402  (the fidelity check's problem)
-from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.denoising_loss import DenoisingLoss  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.model import ExportedModel, RuntimeOptions  # noqa: E402
@@ -183,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             raise ZoodipError(str(error)) from None
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     print(f"{args.export.name}: cos(g_q, g) of the placeholder's gradient, fp32 source {args.source.name}\n")
     print("| UNet widths | 4-bit weights | UNet weight bytes | " + " | ".join(f"seed {s}" for s in seeds) + " |")
     print("|---|---|---|" + "---|" * len(seeds))

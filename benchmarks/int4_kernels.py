@@ -11,7 +11,6 @@ Markdown table of milliseconds per call (median). Weights are random: the time d
 """
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
@@ -19,7 +18,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from zoodip.console import OneLineParser
+from zoodip.console import OneLineParser, print_error
 from zoodip.errors import ZoodipError
 
 BLOCK = 32
@@ -126,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads < 0 or args.repeats < 1:
             parser.error("--threads must be 0 (onnxruntime's default) or more and --repeats at least 1")
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     layouts = ["fp32", "int8", "int4-channel", "int4-block32", "matmulnbits"]
     print(f"onnxruntime {ort.__version__}, {args.threads} threads, median of {args.repeats} (ms per call)\n")
     print("| layer | " + " | ".join(layouts) + " |")

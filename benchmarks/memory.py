@@ -37,7 +37,7 @@ from _memory_contenders import CONTENDERS, DEFAULT_CHUNKS, GENERATION, MAIN, QUI
 from _memory_report import GB, bar_chart, breakdown, markdown, peak_split, ratios, summarize  # noqa: E402
 from _models import DEFAULT_CACHE, export_name, is_current_export  # noqa: E402
 
-from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 
 CONTENDERS_PY = REPO / "benchmarks" / "_contenders.py"
@@ -328,8 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         report = render(Path(args.out)) if args.render else run(args)
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return print_error(exc)
     print(markdown(report))
     return 0
 

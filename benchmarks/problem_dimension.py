@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference.repo import REPO, relative_args  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
-from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 
 T_RANGE = (500, 900)
@@ -278,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown or not names:
             p.error(f"--models: unknown {unknown or args.models!r}; choose from {sorted(folders)}")
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     command = " ".join(["python benchmarks/problem_dimension.py",
                         *relative_args(argv if argv is not None else sys.argv[1:])])
     args.out.mkdir(parents=True, exist_ok=True)

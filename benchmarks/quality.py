@@ -54,7 +54,7 @@ from benchmarks._quality_report import machine_info, write_reports, write_sample
 from benchmarks._quality_summary import (  # noqa: E402,F401 (quality.summarize & co.: tests, --merge)
     forwards_to_reach, metric_names, ratio_of_means_ci, summarize)
 from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
-from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "quality"
@@ -325,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         checked = None if args.worker is not None or args.merge else _checked(args)
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     if args.worker is not None:
         return _worker(args.worker)
     command = "python benchmarks/quality.py " + " ".join(

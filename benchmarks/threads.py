@@ -31,7 +31,7 @@ from reference.repo import REPO, relative_args  # noqa: E402
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "sdk"))
 
-from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 
 # name -> (intra-op threads, spin-waiting); 0 threads = onnxruntime's default (one per core).
@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     if args.child:
         spec = json.loads(args.child)
         print("RESULT " + json.dumps(time_forwards(spec["model"], spec["threads"], spec["spin"], spec["resolution"],
@@ -146,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[threads] {name}, {case}: {settings[name][case]['s_per_forward']:.2f} s / forward",
                       file=sys.stderr, flush=True)
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return print_error(exc)
     from memory import machine
 
     meta = {"command": "python benchmarks/threads.py " + " ".join(relative_args(argv)),

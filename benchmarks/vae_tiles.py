@@ -25,7 +25,7 @@ from reference.repo import REPO, relative_args  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 
-from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.generate import decode_latents  # noqa: E402
 from zoodip.images import to_pil  # noqa: E402
@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if side < 1:
             parser.error(f"--resolution {args.resolution}: must be at least the VAE's factor {model.vae_scale_factor}")
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     latents = np.random.default_rng(0).standard_normal((1, model.latent_channels, side, side)).astype(np.float32)
     started = time.perf_counter()
     whole = decode_latents(model, latents)

@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m zoodip_export.curvature SRC_FOLDER [OUT_FILE]``: compute once, ship beside the weights."""
     import sys
 
-    from zoodip.console import OneLineParser  # one line for a bad flag; either spelling of a flag's name
+    from zoodip.console import OneLineParser, print_error  # one line for a bad flag; either spelling of a flag's name
     from zoodip.errors import ZoodipError
 
     parser = OneLineParser(prog="python -m zoodip_export.curvature",
@@ -318,8 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = compute_curvature(args.source, args.out or args.source / CURVATURE_FILE, samples=args.samples,
                                  seed=args.seed, threads=args.threads, log=lambda line: print(line, file=sys.stderr))
     except (OSError, ValueError, ZoodipError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return print_error(exc)
     print(meta)
     return 0
 

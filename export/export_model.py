@@ -425,6 +425,8 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
     """The exporter's command line (``python export/export_model.py``; ``zoodip export`` passes its own ``prog``)."""
     from zoodip_export.quantize import RECIPE_PRECISION
 
+    from zoodip.console import print_error
+
     parser = _parser(prog)
     try:
         args = parser.parse_args(argv)
@@ -440,8 +442,7 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
                      seed=args.seed, parity=args.parity, sample_size=args.sample_size, progress=not args.quiet,
                      overwrite=args.overwrite, curvature_samples=args.curvature_samples)
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return print_error(exc)
     except KeyboardInterrupt:
         print("error: interrupted (nothing was written)", file=sys.stderr)
         return 130

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import zoodip
-from zoodip.console import OneLineParser, ProgressBar, one_line_warning
+from zoodip.console import OneLineParser, print_error, ProgressBar, one_line_warning
 from zoodip.errors import ZoodipError
 from zoodip.lr_schedule import LR_SCHEDULERS
 from zoodip.validation import finite_float
@@ -311,8 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(Path(args.out), steps=args.steps, threads=args.threads, progress=not args.no_progress, seed=args.seed,
                      method=method)
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     return 0
 
 

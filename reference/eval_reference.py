@@ -22,7 +22,7 @@ from reference.evaluator import Evaluator, attribute_accuracy  # noqa: E402
 from reference.repo import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
-from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 
 
@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         if min(args.n, args.steps) < 1 or args.threads < 0:
             p.error("--n and --steps must be at least 1, --threads 0 (all cores) or more")
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
 
     from zoodip.generate import generate
     from zoodip.images import image_grid
@@ -55,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             export_model(args.model, args.export, progress=True, overwrite=True)
         model = ExportedModel.load(args.export, RuntimeOptions(threads=args.threads))
     except ZoodipError as exc:  # no reference model to export, or an export that does not load
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     evaluator = Evaluator.load()
     rng = np.random.default_rng(args.seed)
     started = time.monotonic()

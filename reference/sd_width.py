@@ -178,7 +178,7 @@ def materialize(packed: Path = PACKED, dest: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from zoodip.console import OneLineParser  # one line for a bad flag, subcommands' too
+    from zoodip.console import OneLineParser, print_error  # one line for a bad flag, subcommands' too
     from zoodip.errors import ZoodipError
 
     p = OneLineParser(prog="python reference/sd_width.py", description=__doc__.splitlines()[0])
@@ -203,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:  # said now, in one line, rather than as a traceback halfway through
             raise ZoodipError(f"{args.command}: missing {', '.join(missing)}: check the folders given")
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     if args.command == "start":
         record = start(args.src, args.out, seed=args.seed)
         print(json.dumps({k: v for k, v in record.items() if k != "trained_ids"}))

@@ -30,7 +30,7 @@ from reference import world  # noqa: E402
 from reference.repo import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
-from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 
 FEATURE_DIM = 128
@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if min(args.threads, args.n_train, args.n_test, args.steps, args.batch) < 1:
             p.error("--threads, --n-train, --n-test, --steps and --batch must be at least 1")
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     started = time.monotonic()

@@ -58,7 +58,7 @@ from reference.repo import REPO, repo_relative  # noqa: E402
 sys.path.insert(0, str(REPO / "sdk"))
 
 from reference import world  # noqa: E402
-from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip_export.clip_vocab import VOCAB_SIZE, write_clip_tokenizer_files  # noqa: E402
 from zoodip_export.tiny import (  # noqa: E402
@@ -459,8 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.init_from and not (args.init_from / SOURCE_MARKER).is_file():
             raise ZoodipError(f"--init-from {args.init_from}: not a trained reference folder (no {SOURCE_MARKER})")
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

@@ -36,7 +36,7 @@ from reference.repo import REPO, repo_relative  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 
-from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 
 
@@ -174,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --src {args.src}: cannot read its text encoder's config.json ({exc})", file=sys.stderr)
         return ZoodipError.exit_code
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     print(json.dumps(widen(args.src, args.out, args.width, args.seed)))
     return 0
 

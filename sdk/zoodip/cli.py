@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Sequence
 # BLAS thread unless the user set it; this must happen before NumPy is first imported (the imports below).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from .console import OneLineParser, ProgressBar, duration, one_line_warning  # noqa: E402
+from .console import OneLineParser, print_error, ProgressBar, duration, one_line_warning  # noqa: E402
 from .config import OPTIMIZERS, VAE_SAMPLING  # noqa: E402
 from .curvature import DEFAULT_CURVATURE_FRACTION  # noqa: E402
 from .errors import ZoodipError  # noqa: E402
@@ -469,8 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = one_line_warning
             return handler(args)
     except ZoodipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ZoodipError.exit_code
+        return print_error(exc)
     except KeyboardInterrupt:
         print("interrupted: resume with --resume (the last checkpoint is kept)", file=sys.stderr)
         return 130

@@ -90,6 +90,12 @@ class ProgressBar:
         self.after_close = []
 
 
+def print_error(problem: object) -> int:
+    """The contract's one line for a problem (``error: ...`` on stderr); returns the exit status to end with (2)."""
+    print(f"error: {problem}", file=sys.stderr)
+    return ZoodipError.exit_code
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag is the contract's one line (argparse prints its usage block first), and a flag
     may be spelled with ``_`` or ``-`` (``--t_range`` is ``--t-range``): diffusers' scripts spell theirs with
