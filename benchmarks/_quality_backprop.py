@@ -50,29 +50,6 @@ def _torch_latents(vae, images: np.ndarray, seed: int, scaling_factor: float) ->
     return np.stack(latents)[:, None]
 
 
-def _torch_text_encoder_and_unet(source: Path, max_length: int):
-    """The diffusers folder's text encoder (taking token embeddings), its token table and UNet, in torch fp32."""
-    from zoodip_export.onnx_export import TextEncoderGraph, load_text_encoder, load_unet
-
-    text_model = load_text_encoder(source / "text_encoder").text_model
-    table = text_model.embeddings.token_embedding.weight.detach()
-    return TextEncoderGraph(text_model, max_length).eval(), table, load_unet(source / "unet").eval()
-
-
-def _conditioner(text_encoder, table, placeholder_id: int):
-    """(prompt ids, placeholder row) -> the text encoder's output, the row in the placeholder's places."""
-    import torch
-
-    def condition(ids: np.ndarray, row: torch.Tensor) -> torch.Tensor:
-        ids_t = torch.from_numpy(ids.astype(np.int64))
-        is_placeholder = ids_t == placeholder_id
-        base = table[ids_t.clamp(max=table.shape[0] - 1)]
-        embeds = torch.where(is_placeholder[:, None], row[None, :], base)
-        return text_encoder(embeds[None])
-
-    return condition
-
-
 def _backprop_parameters(spec: MethodSpec, v0: np.ndarray, model: ExportedModel) -> tuple[Any, Any, Any]:
     """(embedding(), the trained parameter, AdamW): diffusers' row v, or, with ``curvature=F`` (a diagnostic),
     restricted to the export's curvature subspace holding F of its spectrum, the SDK's forward-only search
@@ -111,7 +88,7 @@ def run_backprop(spec: MethodSpec, job: Job, export_dir: Path, source: Path, bud
     from zoodip.images import load_images
     from zoodip.prompts import PromptSampler
     from zoodip.timesteps import PartialUniformTimesteps
-    from zoodip_export.onnx_export import load_vae
+    from zoodip_export.torch_model import TorchModel
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
@@ -122,9 +99,10 @@ def run_backprop(spec: MethodSpec, job: Job, export_dir: Path, source: Path, bud
         raise ValueError(f"initializer {job.initializer!r} is not one token")
     placeholder_id = tokenizer.add_placeholder(job.placeholder)[0]
 
-    text_encoder, table, unet = _torch_text_encoder_and_unet(source, model.max_length)
+    torch_model = TorchModel.load(source)
+    unet = torch_model.unet
     names, images = load_images(Path(job.photos), model.default_resolution)
-    latents = _torch_latents(load_vae(source / "vae").eval(), images, seed, model.scaling_factor)
+    latents = _torch_latents(torch_model.vae, images, seed, model.scaling_factor)
     prompts = PromptSampler(job.placeholder, "object")
     t_min, t_max = spec.t_range or (0, schedule.num_train_timesteps)  # t=LO-HI: a diagnostic, not diffusers'
     timesteps = PartialUniformTimesteps(t_min, t_max, schedule.num_train_timesteps)
@@ -132,8 +110,7 @@ def run_backprop(spec: MethodSpec, job: Job, export_dir: Path, source: Path, bud
     # The same start as every other method: the export's (fp16-stored) row of the initializer.
     embedding, _, optimizer = _backprop_parameters(spec, np.asarray(model.token_embeddings[init_ids[0]], np.float32), model)
     v_star = torch.tensor(job.planted, dtype=torch.float32) if job.planted is not None else None
-
-    condition = _conditioner(text_encoder, table, placeholder_id)
+    condition = lambda ids, row: torch_model.condition(ids, row, placeholder_id)  # noqa: E731
     steps = max(1, budget // spec.forwards_per_step)
     wanted = set(checkpoint_steps(steps, checkpoints))
     snaps = [Snapshot(0, 0, 0.0, embedding().detach().numpy().copy())]

@@ -24,7 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from reference.repo import REPO, relative_args  # noqa: E402
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+
+if TYPE_CHECKING:
+    from zoodip_export.torch_model import TorchModel
 
 BAND = 100  # timesteps per band of [0, T)
 PUTS_BANDS = (500, 900)  # the paper's PUTS range, marked in the report
@@ -57,36 +60,20 @@ def signal_to_noise(differences: np.ndarray) -> float:
     return float(np.mean(differences)) ** 2 / var if var > 0 else 0.0
 
 
-def load_model(folder: Path) -> SimpleNamespace:
-    """The diffusers folder's parts the measurement runs (torch fp32), loaded once for every concept."""
-    import torch
-
-    from zoodip.schedule import NoiseSchedule
-    from zoodip.tokenizer import CLIPTokenizer
-    from zoodip_export.onnx_export import load_text_encoder, load_unet, load_vae
-
-    torch.set_num_threads(2)
-    return SimpleNamespace(
-        tokenizer=CLIPTokenizer.from_folder(folder / "tokenizer"),
-        text_model=load_text_encoder(folder / "text_encoder").eval(), unet=load_unet(folder / "unet").eval(),
-        vae=load_vae(folder / "vae").eval(),
-        schedule=NoiseSchedule.from_config(json.loads((folder / "scheduler" / "scheduler_config.json").read_text())))
-
-
-def concept_signal(model: SimpleNamespace, concept, draws: int, seed: int, photos_per_draw: int = 5) -> dict[str, dict]:
+def concept_signal(model: TorchModel, concept, draws: int, seed: int, photos_per_draw: int = 5) -> dict[str, dict]:
     """Per attribute: per band of ``BAND`` timesteps, mean and std of ``dL`` over ``draws`` x the photos."""
     import torch
 
     from reference import world
 
-    tokenizer, text_model, unet, vae, schedule = model.tokenizer, model.text_model, model.unet, model.vae, model.schedule
+    unet, vae, schedule = model.unet, model.vae, model.schedule
     captions = contrast_captions(concept.attributes)
     flat = [("a photo of " + text) for group in captions.values() for text in group]
     owner = np.array([name for name, group in captions.items() for _ in group])
     photos = world.concept_images(concept, n=photos_per_draw, seed=seed, resolution=world.RESOLUTION)
     images = np.stack([np.asarray(p, np.float32) / 127.5 - 1.0 for p in photos]).transpose(0, 3, 1, 2)
     with torch.no_grad():
-        cond = text_model(torch.from_numpy(np.stack([tokenizer(text)[0] for text in flat]).astype(np.int64)))[0]
+        cond = model.text_encoder(model.embeds(np.stack([model.prompt_ids(text) for text in flat])))
         x0 = (vae.encode(torch.from_numpy(images.copy())).latent_dist.mean * float(vae.config.scaling_factor)).numpy()
     rng = np.random.default_rng([seed, 0xA77])
     result: dict[str, dict] = {name: {} for name in captions if name != "concept"}
@@ -164,7 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(exc)
     command = " ".join(["python benchmarks/attribute_signal.py", *relative_args(argv if argv is not None else sys.argv[1:])])
     started = time.perf_counter()
-    model = load_model(folders[args.model]())
+    import torch
+
+    from zoodip_export.torch_model import TorchModel
+
+    torch.set_num_threads(2)
+    model = TorchModel.load(folders[args.model]())  # loaded once for every concept
     per_concept = {}
     for name in names:
         per_concept[name] = concept_signal(model, known[name], args.draws, args.seed)

@@ -86,28 +86,16 @@ def draws(folder: Path, samples: int, seed: int):
 
     from reference import world
     from zoodip.prompts import PromptSampler
-    from zoodip.tokenizer import CLIPTokenizer
-    from zoodip_export.onnx_export import TextEncoderGraph, load_text_encoder, load_unet, load_vae
+    from zoodip_export.torch_model import TorchModel
 
     torch.set_num_threads(2)
-    tokenizer = CLIPTokenizer.from_folder(folder / "tokenizer")
-    text_model = load_text_encoder(folder / "text_encoder").text_model.eval()
-    table = text_model.embeddings.token_embedding.weight.detach()
-    text_encoder = TextEncoderGraph(text_model, tokenizer.max_length).eval()
-    unet = load_unet(folder / "unet").eval().requires_grad_(False)
-    from diffusers.models.attention_processor import AttnProcessor
-
-    unet.set_attn_processor(AttnProcessor())  # plain matmul attention: torch.func batches its backward
-    vae = load_vae(folder / "vae").eval()
-    text_encoder.requires_grad_(False)
-    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    betas = np.linspace(scheduler["beta_start"] ** 0.5, scheduler["beta_end"] ** 0.5,
-                        scheduler["num_train_timesteps"]) ** 2
-    alphas = np.cumprod(1.0 - betas)
+    model = TorchModel.load(folder, plain_attention=True)  # plain matmul attention: torch.func batches its backward
+    tokenizer, unet, vae = model.tokenizer, model.unet, model.vae
+    alphas = model.schedule.alphas_cumprod
     scaling = float(vae.config.scaling_factor)
     for c, concept in enumerate(world.CONCEPTS):
         placeholder_id = tokenizer.add_placeholder(concept.name)[0]
-        v0 = table[tokenizer.token_ids_for_word(concept.initializer)[0]].clone()
+        v0 = model.row(concept.initializer)
         photos = world.concept_images(concept, n=5, seed=seed, resolution=world.RESOLUTION)
         prompts = PromptSampler(concept.name, "object")
         for k in range(samples):
@@ -119,13 +107,10 @@ def draws(folder: Path, samples: int, seed: int):
             t = int(rng.integers(*T_RANGE))
             noise = torch.from_numpy(rng.standard_normal(x0.shape).astype(np.float32))
             x_t = float(np.sqrt(alphas[t])) * x0 + float(np.sqrt(1.0 - alphas[t])) * noise
-            ids = torch.from_numpy(tokenizer(prompts.prompt_for("photo", rng))[0].astype(np.int64))
-            is_placeholder = (ids == placeholder_id)[:, None]
-            base = table[ids.clamp(max=table.shape[0] - 1)]
+            ids = model.prompt_ids(prompts.prompt_for("photo", rng))
 
-            def output(v: torch.Tensor, base=base, is_placeholder=is_placeholder, x_t=x_t, t=t) -> torch.Tensor:
-                embeds = torch.where(is_placeholder, v[None, :], base)
-                hidden = text_encoder(embeds[None])
+            def output(v: torch.Tensor, ids=ids, placeholder_id=placeholder_id, x_t=x_t, t=t) -> torch.Tensor:
+                hidden = model.condition(ids, v, placeholder_id)
                 return unet(x_t, torch.tensor([t]), encoder_hidden_states=hidden).sample.reshape(-1)
 
             yield c, output, v0, noise.reshape(-1)
@@ -288,10 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         rows.append(measure(name, folders[name](), args.samples, args.seed))
         print(json.dumps(rows[-1]), flush=True)
-    (args.out / "results.json").write_text(json.dumps({"command": command.strip(), "samples_per_concept":
-                                                       args.samples, "t_range": T_RANGE, "rows": rows}, indent=1) + "\n")
-    (args.out / "results.md").write_text(markdown(rows, command.strip()))
-    print(markdown(rows, command.strip()))
+    from benchmarks._quality_report import write_results
+
+    write_results(args.out, {"command": command.strip(), "samples_per_concept": args.samples, "t_range": T_RANGE,
+                             "rows": rows}, markdown(rows, command.strip()))
     return 0
 
 

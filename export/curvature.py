@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from zoodip.curvature import CURVATURE_FILE, save_curvature
+from zoodip_export.torch_model import TorchModel
 
 DEFAULT_CURVATURE_SAMPLES = 16  # draws averaged into the curvature subspace (zoodip_export.curvature)
 # Seeded random-weight models, whose curvature means nothing: the tiny one (tests, smoke runs) still gets
@@ -72,22 +73,23 @@ class Draw:
 
     x_t: torch.Tensor  # [1, C, h, w]
     t: int
-    embeds: torch.Tensor  # [L, d] token embeddings of the prompt
-    position: torch.Tensor  # [L, 1] bool: the placeholder's position(s)
+    ids: np.ndarray  # [L] the prompt's token ids
+    placeholder_id: int  # the id in ``ids`` whose row is the embedding v
     v0: torch.Tensor  # [d] the initializer's embedding
 
 
-def make_draws(text_model: torch.nn.Module, tokenizer: Any, scheduler: dict[str, Any], latents: Sequence[np.ndarray],
-               samples: int, seed: int, t_range: tuple[int, int], words: Sequence[str]) -> list[Draw]:
-    """``samples`` generic draws; x_0 is one of the clean ``latents`` ``[C, h, w]``; ``words`` are single tokens."""
-    from zoodip.prompts import PromptSampler
-    from zoodip.schedule import NoiseSchedule
+PROBE_PLACEHOLDER = "<curvature-probe>"
 
-    table = text_model.embeddings.token_embedding.weight.detach()
-    placeholder = "<curvature-probe>"
-    placeholder_id = tokenizer.add_placeholder(placeholder)[0]
-    prompts = PromptSampler(placeholder, "object")
-    schedule = NoiseSchedule.from_config(scheduler)
+
+def make_draws(model: TorchModel, latents: Sequence[np.ndarray], samples: int, seed: int, t_range: tuple[int, int],
+               words: Sequence[str]) -> list[Draw]:
+    """``samples`` generic draws; x_0 is one of the clean ``latents`` ``[C, h, w]``; ``words`` are single tokens.
+
+    The prompts hold :data:`PROBE_PLACEHOLDER`, which this adds to ``model``'s tokenizer."""
+    from zoodip.prompts import PromptSampler
+
+    placeholder_id = model.tokenizer.add_placeholder(PROBE_PLACEHOLDER)[0]
+    prompts = PromptSampler(PROBE_PLACEHOLDER, "object")
     draws = []
     for k in range(samples):
         rng = np.random.default_rng([seed, 0xC0_4E, k])
@@ -95,31 +97,25 @@ def make_draws(text_model: torch.nn.Module, tokenizer: Any, scheduler: dict[str,
         x0 = np.asarray(latents[int(rng.integers(len(latents)))], np.float32)
         noise = rng.standard_normal(x0.shape).astype(np.float32)
         t = int(rng.integers(*t_range))
-        x_t = schedule.add_noise(x0[None], noise[None], np.array([t])).astype(np.float32)
-        ids = torch.from_numpy(tokenizer(prompts.prompt_for("photo", rng))[0].astype(np.int64))
-        position = (ids == placeholder_id)[:, None]
-        embeds = table[ids.clamp(max=table.shape[0] - 1)]
-        draws.append(Draw(torch.from_numpy(x_t), t, embeds, position, table[tokenizer.token_ids_for_word(word)[0]].clone()))
+        x_t = model.schedule.add_noise(x0[None], noise[None], np.array([t])).astype(np.float32)
+        draws.append(Draw(torch.from_numpy(x_t), t, model.prompt_ids(prompts.prompt_for("photo", rng)), placeholder_id,
+                          model.row(word)))
     return draws
 
 
 @torch.no_grad()
-def generated_latents(text_encoder: torch.nn.Module, unet: torch.nn.Module, table: torch.Tensor, tokenizer: Any,
-                      scheduler: dict[str, Any], latent_shape: tuple[int, ...], words: Sequence[str], count: int,
+def generated_latents(model: TorchModel, latent_shape: tuple[int, ...], words: Sequence[str], count: int,
                       seed: int, steps: int = 20, guidance: float = 5.0) -> list[np.ndarray]:
     """``count`` clean latents sampled from the model itself ("a photo of a WORD", DDIM, guidance).
 
     The curvature depends on x_0 through the noisy latent; the model's own samples are in-distribution
     latents that need no photos.
     """
-    from zoodip.schedule import NoiseSchedule
-
-    schedule = NoiseSchedule.from_config(scheduler)
+    schedule, unet = model.schedule, model.unet
     abar = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32)
 
     def condition(prompt: str) -> torch.Tensor:
-        ids = torch.from_numpy(tokenizer(prompt)[0].astype(np.int64))
-        return text_encoder(table[ids.clamp(max=table.shape[0] - 1)][None])
+        return model.condition(model.prompt_ids(prompt))
 
     uncond = condition("")
     times = np.linspace(len(abar) - 1, 0, steps).round().astype(int)
@@ -221,41 +217,29 @@ def compute_curvature(source: Path, out_file: Path, *, samples: int = 16, rank: 
                       threads: int | None = None, max_latent_size: int = 32,
                       log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Compute the top-``rank`` curvature eigenvectors of the diffusers folder ``source``; write ``out_file``."""
-    import json
-
-    from diffusers.models.attention_processor import AttnProcessor
-
     from zoodip.timesteps import PAPER_T_RANGE
-    from zoodip.tokenizer import CLIPTokenizer
-    from zoodip_export.onnx_export import TextEncoderGraph, load_text_encoder, load_unet
 
     if threads:
         torch.set_num_threads(threads)
     t_range = tuple(t_range or PAPER_T_RANGE)
     words = list(words) if words is not None else initializer_words(source)
-    tokenizer = CLIPTokenizer.from_folder(source / "tokenizer")
-    text_model = load_text_encoder(source / "text_encoder").text_model.eval().requires_grad_(False)
-    text_encoder = TextEncoderGraph(text_model, tokenizer.max_length).eval()
-    unet = load_unet(source / "unet").eval().requires_grad_(False)
-    unet.set_attn_processor(AttnProcessor())  # plain attention: forward-mode AD runs through it
-    scheduler = json.loads((source / "scheduler" / "scheduler_config.json").read_text())
+    model = TorchModel.load(source, plain_attention=True)  # plain attention: forward-mode AD runs through it
     # The curvature is taken at latents no larger than max_latent_size (32: 256 px on SD1.5), where a
     # forward costs about a quarter of 512 px: the directions in which the UNet reads the text are not
     # expected to depend on the image size (an assumption, not measured at SD scale).
-    size = min(int(unet.config.sample_size), max_latent_size)
-    latent_shape = (int(unet.config.in_channels), size, size)
-    singles = [word for word in words if len(tokenizer.token_ids_for_word(word)) == 1]
+    size = min(int(model.unet.config.sample_size), max_latent_size)
+    latent_shape = (int(model.unet.config.in_channels), size, size)
+    singles = [word for word in words if len(model.tokenizer.token_ids_for_word(word)) == 1]
     if not singles:
         raise ValueError("none of the initializer words is a single token of this tokenizer")
     log(f"curvature: sampling {samples} latents from the model")
-    latents = generated_latents(text_encoder, unet, text_model.embeddings.token_embedding.weight.detach(),
-                                tokenizer, scheduler, latent_shape, singles, samples, seed)
-    draws = make_draws(text_model, tokenizer, scheduler, latents, samples, seed, t_range, singles)
+    latents = generated_latents(model, latent_shape, singles, samples, seed)
+    draws = make_draws(model, latents, samples, seed, t_range, singles)
     dim = int(draws[0].v0.shape[0])
 
     def predict(draw: Draw, v: torch.Tensor) -> torch.Tensor:
-        hidden = text_encoder(torch.where(draw.position, v[None, :], draw.embeds)[None])
-        return unet(draw.x_t, torch.tensor([draw.t]), encoder_hidden_states=hidden).sample
+        hidden = model.condition(draw.ids, v, draw.placeholder_id)
+        return model.unet(draw.x_t, torch.tensor([draw.t]), encoder_hidden_states=hidden).sample
 
     calls = 0
 
@@ -324,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["COMMON_WORDS", "CURVATURE_FILE", "DEFAULT_CURVATURE_SAMPLES", "RANDOM_MODEL_CURVATURE_SAMPLES", "WORDS_FILE",
-           "Draw", "compute_curvature", "export_curvature", "gauss_newton_product",
+           "PROBE_PLACEHOLDER", "Draw", "compute_curvature", "export_curvature", "gauss_newton_product",
            "generated_latents", "initializer_words", "make_draws", "stored_curvature", "top_eigenvectors",
            "weights_fingerprint"]
 
