@@ -40,6 +40,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+class HostNotReady(Exception):
+    """This host cannot run the emulated check as it is (not root, a tool missing, binfmt_misc refused):
+    main() prints it as the contract's one ``error:`` line, exit status 2."""
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zoodip"
 ROOTFS = Path(os.environ.get("ZOODIP_ARM64_ROOTFS", CACHE / "arm64-rootfs")).expanduser()
 WHEELS = ROOTFS.parent / "arm64-wheels"
@@ -202,7 +207,7 @@ def install_host_packages() -> None:
     if not missing or platform.machine() in ("aarch64", "arm64") and missing == ["qemu-user-static"]:
         return
     if os.geteuid() != 0:
-        raise SystemExit(f"error: {', '.join(missing)} missing and not root: install them with apt-get")
+        raise HostNotReady(f"{', '.join(missing)} missing and not root: install them with apt-get, or run as root")
     log(f"apt-get install {' '.join(missing)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
@@ -255,7 +260,7 @@ def build_rootfs(root: Path = ROOTFS) -> None:
             return
         why = ensure_binfmt()
         if why:
-            raise SystemExit(f"error: {why}")
+            raise HostNotReady(why)
         partial = root.with_name(root.name + ".partial")
         if partial.exists():
             shutil.rmtree(partial)
@@ -283,11 +288,11 @@ def build_rootfs(root: Path = ROOTFS) -> None:
 
 def setup() -> None:
     if os.geteuid() != 0:
-        raise SystemExit("error: the emulated ARM64 run needs root (chroot, binfmt_misc, debootstrap)")
+        raise HostNotReady("the emulated ARM64 run needs root (chroot, binfmt_misc, debootstrap): run it with sudo")
     install_host_packages()
     why = ensure_binfmt()
     if why:
-        raise SystemExit(f"error: {why}")
+        raise HostNotReady(why)
     build_rootfs()
 
 
@@ -623,7 +628,10 @@ def main(argv: list[str] | None = None) -> int:
         ready, reason = status()
         print(reason)
         return 0 if ready else 1
-    setup()
+    try:
+        setup()
+    except HostNotReady as exc:
+        return print_error(exc)
     if args.command == "setup":
         print(status()[1])
         return 0

@@ -90,8 +90,8 @@ def prepare_model(model: str | None, smoke: bool, cache: Path) -> tuple[Path, Pa
         except FileNotFoundError:
             return path, None
     if not (path / "model_index.json").is_file():
-        raise SystemExit(f"--model {path}: neither an export folder (manifest.json) nor a diffusers folder "
-                         "(model_index.json)" + ("; the reference model is not built yet" if model is None else ""))
+        raise ZoodipError(f"--model {path}: neither an export folder (manifest.json) nor a diffusers folder "
+                          "(model_index.json)")
     # A diffusers folder: export it once with the project's exporter, recipe EXPORT_RECIPE.
     stamp = hashlib.sha256()
     for file in sorted(path.rglob("*")):
@@ -114,7 +114,7 @@ def load_world(required: bool) -> Any:
         return importlib.import_module("reference.world")
     except ImportError:
         if required:
-            raise SystemExit("reference/world.py is not available: the world task needs it (use --task planted)")
+            raise ZoodipError("reference/world.py is not available: the world task needs it (use --task planted)")
         return None
 
 
@@ -336,10 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     task, puts, methods = checked
     steps = args.steps or (20 if args.smoke else 150 if args.quick else 300)
     checkpoints = args.checkpoints or (2 if args.smoke else 3 if args.quick else 5)
+    try:  # before anything is written: a folder the exporter refuses is the contract's one line
+        export_dir, torch_model = prepare_model(args.model, args.smoke, args.cache)
+    except ZoodipError as exc:
+        return print_error(exc)
     out = args.out or (DEFAULT_OUT if not args.smoke else Path(tempfile.mkdtemp(prefix="zoodip-quality-smoke-")))
     out.mkdir(parents=True, exist_ok=True)
 
-    export_dir, torch_model = prepare_model(args.model, args.smoke, args.cache)
     torch_model = args.torch_model or torch_model
     if torch_model is None:
         methods = _without_backprop(methods, puts)
@@ -378,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _checked(args: Any) -> tuple[str, tuple[int, int], list[str]]:
     """(task, PUTS range, methods) of a training run, every flag checked before anything is written."""
+    if not args.model and not args.smoke and not (REFERENCE_MODEL / "model_index.json").is_file():
+        raise ZoodipError(f"the built-in model {repo_relative(REFERENCE_MODEL)} is missing from this checkout: restore "
+                          f"it (git checkout -- {repo_relative(REFERENCE_MODEL)}) or give --model FOLDER")
     task = _task(args)
     if args.seeds < 1 or (args.seeds > 1 and task != "world"):
         raise ZoodipError(f"--seeds {args.seeds}: training seeds repeat the world task's concepts (a positive number, "
@@ -385,6 +391,8 @@ def _checked(args: Any) -> tuple[str, tuple[int, int], list[str]]:
     if args.model and not any((Path(args.model) / name).is_file() for name in ("manifest.json", "model_index.json")):
         raise ZoodipError(f"--model {args.model}: neither an export folder (manifest.json) nor a diffusers folder "
                           "(model_index.json)")
+    if task == "world":
+        load_world(required=True)
     if min(args.steps or 1, args.checkpoints or 1, args.images_per_prompt, args.gen_steps) < 1:
         raise ZoodipError("--steps, --checkpoints, --images-per-prompt and --gen-steps must be at least 1")
     try:

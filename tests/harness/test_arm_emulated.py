@@ -44,6 +44,15 @@ def test_a_cpu_qemu_does_not_emulate_is_refused_in_one_line(monkeypatch, capsys)
     assert err.startswith("error: ") and "'pentium'" in err and arm_emulated.DEFAULT_CPU in err and "\n" not in err
 
 
+def test_a_host_that_cannot_run_it_gets_one_line_and_status_2(monkeypatch, capsys):
+    # Not root: setup() stops before any apt-get, debootstrap or binfmt_misc change.
+    monkeypatch.setattr(arm_emulated, "check_cpu", lambda cpu: None)
+    monkeypatch.setattr(arm_emulated.os, "geteuid", lambda: 1000)
+    assert arm_emulated.main(["setup"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "root" in err and "\n" not in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("export_fixture", ["tiny_export", "tiny_w4_export"])  # the recipes make arm-check can run
 def test_x86_64_and_emulated_arm64_personalizations_agree(export_fixture, request, tmp_path):

@@ -197,6 +197,14 @@ def test_seeds_only_with_the_world_task(tiny_export, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_checkout_without_the_built_in_model_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(quality, "REFERENCE_MODEL", quality.REPO / "reference" / "deleted" / "model-768")
+    assert quality.main(["--steps", "1", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "model-768 is missing" in err and "--model" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_smoke_planted_all_methods(tiny_export, tiny_sd_folder, tmp_path):
     out = tmp_path / "out"
     code = quality.main(["--smoke", "--model", str(tiny_export), "--torch-model", str(tiny_sd_folder),
