@@ -9,12 +9,14 @@ when its manifest exists (export_model writes it last and publishes atomically).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # imported from benchmarks/ or run as a file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,6 +28,18 @@ DEFAULT_CACHE = REPO / ".cache" / "bench"
 
 def _log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def cache_lock(cache: Path) -> Iterator[None]:
+    """Hold the cache folder's lock: two benchmark processes started together (one per half of the concepts,
+    say) would otherwise build the same entry at once, and one would replace the folder the other reads."""
+    import fcntl
+
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    with open(Path(cache) / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def source_folder(cache: Path, tiny: bool, seed: int = 0) -> Path:

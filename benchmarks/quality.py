@@ -47,7 +47,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a file: m
 import numpy as np  # noqa: E402
 
 from benchmarks import _quality_methods as qm  # noqa: E402
-from benchmarks._models import DEFAULT_CACHE, source_folder  # noqa: E402
+from benchmarks._models import DEFAULT_CACHE, cache_lock, source_folder  # noqa: E402
 from benchmarks._quality_jobs import make_jobs  # noqa: E402
 from benchmarks._quality_merge import merge_main, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
 from benchmarks._quality_report import machine_info, write_reports, write_samples  # noqa: E402
@@ -76,7 +76,12 @@ def log(message: str) -> None:
 
 
 def prepare_model(model: str | None, smoke: bool, cache: Path) -> tuple[Path, Path | None]:
-    """(INT8 export folder, diffusers folder for the torch baseline or None)."""
+    """(INT8 export folder, diffusers folder for the torch baseline or None), built once in ``cache``."""
+    with cache_lock(cache):
+        return _prepare_model(model, smoke, cache)
+
+
+def _prepare_model(model: str | None, smoke: bool, cache: Path) -> tuple[Path, Path | None]:
     if smoke and model is None:
         model = str(source_folder(cache, tiny=True))
     if model is None and (REFERENCE_MODEL / "model_index.json").is_file():

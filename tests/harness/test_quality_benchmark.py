@@ -205,6 +205,19 @@ def test_a_checkout_without_the_built_in_model_is_one_line(tmp_path, capsys, mon
     assert not (tmp_path / "out").exists()
 
 
+def test_the_cache_lock_keeps_a_second_process_out_until_released(tmp_path):
+    import subprocess
+
+    from benchmarks._models import cache_lock
+
+    try_lock = "import fcntl, sys; fcntl.flock(open(sys.argv[1], 'w'), fcntl.LOCK_EX | fcntl.LOCK_NB)"
+    with cache_lock(tmp_path / "cache"):
+        held = subprocess.run([sys.executable, "-c", try_lock, str(tmp_path / "cache" / ".lock")], capture_output=True)
+    released = subprocess.run([sys.executable, "-c", try_lock, str(tmp_path / "cache" / ".lock")], capture_output=True)
+    assert held.returncode != 0 and b"BlockingIOError" in held.stderr
+    assert released.returncode == 0, released.stderr
+
+
 def test_smoke_planted_all_methods(tiny_export, tiny_sd_folder, tmp_path):
     out = tmp_path / "out"
     code = quality.main(["--smoke", "--model", str(tiny_export), "--torch-model", str(tiny_sd_folder),
