@@ -34,6 +34,16 @@ def seeded_name(name: str, job_seed: int) -> str:
     return f"{name}-s{job_seed}"
 
 
+def seeded_names(jobs: Any, task: str, meta: dict[str, Any]) -> dict[str, str]:
+    """Each job of a stored run -> its name in a run over several training seeds.
+
+    ``--seed 0`` alone and ``--seeds 3`` both train "striped-star" on seed 0's photos and noise; the first
+    calls the job ``striped-star``, the second ``striped-star-s0``. Planted jobs keep their names."""
+    if task != "world" or meta.get("seeds", 1) != 1 or "seed" not in meta:
+        return {job: job for job in jobs}
+    return {job: seeded_name(job, int(meta["seed"])) for job in jobs}
+
+
 def world_jobs(world: Any, concepts: list[Any], work: Path, resolution: int, seed: int,
                seeds: int = 1) -> list[qm.Job]:
     """One job per concept, or per (concept, seed) with ``seeds`` > 1: other photos, other training noise."""

@@ -7,13 +7,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks._quality_jobs import seeded_names
 from benchmarks._quality_report import write_reports
 from benchmarks._quality_summary import summarize
 from reference.repo import REPO, repo_relative
+from zoodip.console import print_error
 from zoodip.curvature import CURVATURE_FILE
 
 
-MERGE_KEYS = ("seed", "seeds", "gen_steps", "guidance", "images_per_prompt", "max_heldout")
+MERGE_KEYS = ("gen_steps", "guidance", "images_per_prompt", "max_heldout")
+# Runs of other training seeds merge too (world task): their jobs are then named by seed ("striped-star-s1").
+SEED_KEYS = ("seed", "seeds")
 
 
 def parse_merge_source(text: str) -> tuple[Path, list[str] | None]:
@@ -67,15 +71,17 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
     """
     loaded = [_load_source(source) for source in sources]
     first_folder, first = loaded[0]
+    for folder, results in loaded:
+        if results["task"] != first["task"]:
+            raise ValueError(f"{folder} is a {results['task']} run, {first_folder} a {first['task']} run; merge runs of one task")
+    seeding = _training_seeds(loaded)
     methods: dict[str, Any] = {}
     origin: dict[str, Path] = {}
     jobs: list[str] = []
     for folder, results in loaded:
         meta = results["meta"]
-        if results["task"] != first["task"]:
-            raise ValueError(f"{folder} is a {results['task']} run, {first_folder} a {first['task']} run; merge runs of one task")
         jobs += [job for job in results["jobs"] if job not in jobs]
-        for key in MERGE_KEYS + ("model",):
+        for key in MERGE_KEYS + ("model",):  # SEED_KEYS: _training_seeds
             mine, theirs = meta.get(key), first["meta"].get(key)
             if key == "model":  # the export's weights, not where it lay (nor its optional curvature file)
                 mine, theirs = export_weights_identity(mine), export_weights_identity(theirs)
@@ -97,6 +103,7 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
     if first["summary"].get("oracle"):
         summary["oracle"] = first["summary"]["oracle"]
     meta = {key: first["meta"].get(key) for key in MERGE_KEYS + ("model", "torch_model", "puts")}
+    meta.update(seeding)
     curve_prompts = {r["meta"].get("curve_prompts") for _, r in loaded}
     meta.update({
         "command": command, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -108,6 +115,27 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
                          "total_wall_s": r["meta"].get("total_wall_s", 0.0)} for folder, r in loaded],
     })
     return {"task": task, "meta": meta, "jobs": jobs, "methods": methods, "summary": summary}
+
+
+def _training_seeds(loaded: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
+    """The merged run's seed fields; where the runs trained other seeds, every run's jobs renamed (in place)
+    to their names in a run over several seeds, so that the same job has one name in all of them."""
+    seedings = {(results["meta"].get("seed"), results["meta"].get("seeds", 1)) for _, results in loaded}
+    if len(seedings) == 1:
+        return {key: loaded[0][1]["meta"].get(key) for key in SEED_KEYS}
+    if loaded[0][1]["task"] != "world":
+        raise ValueError("the runs used other --seed values; merge planted runs of one seed")
+    seeds: set[int] = set()
+    for _, results in loaded:
+        meta = results["meta"]
+        seeds.update(range(int(meta["seed"]), int(meta["seed"]) + int(meta.get("seeds", 1))))
+        names = seeded_names(results["jobs"], results["task"], meta)
+        results["jobs"] = [names[job] for job in results["jobs"]]
+        for entry in results["methods"].values():
+            entry["runs"] = {names.get(job, job): runs for job, runs in entry["runs"].items()}
+            if entry.get("memory_per_job"):
+                entry["memory_per_job"] = {names.get(job, job): m for job, m in entry["memory_per_job"].items()}
+    return {"seed": min(seeds), "seeds": len(seeds), "training_seeds": sorted(seeds)}
 
 
 def _joined(name: str, entry: dict[str, Any], where: Path, other: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -128,13 +156,11 @@ def _joined(name: str, entry: dict[str, Any], where: Path, other: dict[str, Any]
 
 def merge_main(sources: list[str], out: Path | None, command: str) -> int:
     if out is None:
-        print("quality.py: error: --merge needs --out DIR (where to write the merged results)", file=sys.stderr)
-        return 2
+        return print_error("--merge needs --out DIR (where to write the merged results)")
     try:
         results = merge_results(sources, command)
     except ValueError as exc:
-        print(f"quality.py: error: --merge: {exc}", file=sys.stderr)
-        return 2
+        return print_error(f"--merge: {exc}")
     out.mkdir(parents=True, exist_ok=True)
     write_reports(out, results)
     print((out / "results.md").read_text())

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _quality_jobs import seeded_name  # noqa: E402
+from _quality_jobs import seeded_names  # noqa: E402
 from _quality_summary import metric_names  # noqa: E402
 
 from zoodip.console import OneLineParser, print_error  # noqa: E402
@@ -33,16 +33,10 @@ def paired_difference_ci(a: np.ndarray, b: np.ndarray, resamples: int = 5000, se
 
 
 def seeded_runs(run: dict, method: str) -> dict[str, list]:
-    """The method's runs by job, a one-seed world run's jobs named as in a run over several seeds.
-
-    ``--seed 0`` alone and ``--seeds 3`` both train "striped-star" on seed 0's photos and noise; the first
-    calls the job ``striped-star``, the second ``striped-star-s0``.
-    """
+    """The method's runs by job, a one-seed world run's jobs named as in a run over several seeds."""
     runs = run["methods"][method]["runs"]
-    meta = run.get("meta", {})
-    if run["task"] != "world" or meta.get("seeds", 1) != 1 or "seed" not in meta:
-        return runs
-    return {seeded_name(job, int(meta["seed"])): records for job, records in runs.items()}
+    names = seeded_names(runs, run["task"], run.get("meta", {}))
+    return {names[job]: records for job, records in runs.items()}
 
 
 def compare(run_a: dict, run_b: dict, method: str) -> list[str]:

@@ -93,7 +93,7 @@ def test_ratio_of_means_ci_is_a_paired_bootstrap():
         quality.ratio_of_means_ci([1.0, 2.0], [1.0])
 
 
-def _fake_results(folder: Path, methods: dict, jobs=("a-s0", "b-s0"), guidance=5.0) -> Path:
+def _fake_results(folder: Path, methods: dict, jobs=("a-s0", "b-s0"), guidance=5.0, seed=0, seeds=1) -> Path:
     """A results folder as quality.py writes it: per-job checkpoint records of world metrics."""
     def run(offset, forwards):
         return [{"step": k, "forwards": k * forwards / 2, "wall_s": 1.0, "concept_fidelity": 0.7 + offset * k,
@@ -102,7 +102,7 @@ def _fake_results(folder: Path, methods: dict, jobs=("a-s0", "b-s0"), guidance=5
     folder.mkdir(parents=True)
     meta = {"command": f"python benchmarks/quality.py --out {folder}", "date": "2026-11-30T00:00:00+00:00",
             "machine": {"cpu": "test", "cpu_count": 2}, "model": f"/somewhere/{'quality-model-x-w8a32'}",
-            "torch_model": None, "seed": 0, "seeds": 1, "gen_steps": 20, "guidance": guidance,
+            "torch_model": None, "seed": seed, "seeds": seeds, "gen_steps": 20, "guidance": guidance,
             "images_per_prompt": 4, "max_heldout": None, "curve_prompts": "fidelity", "total_wall_s": 10.0,
             "puts": [500, 900]}
     results = {"task": "world", "meta": meta, "jobs": list(jobs), "summary": {"oracle": dict.fromkeys(quality.metric_names("world"), 0.99)},
@@ -158,6 +158,22 @@ def test_merge_joins_one_method_run_on_disjoint_jobs(tmp_path):
     # Finals: backprop 0.90, 0.92, 0.94 / zo-puts 0.88, 0.90 and 0.88 (job c is the second folder's first job).
     ratio = results["summary"]["methods"]["zo-puts"]["vs_backprop_by_metric"]["concept_fidelity"]
     assert ratio == pytest.approx((0.88 + 0.90 + 0.88) / (0.90 + 0.92 + 0.94))
+
+
+def test_merge_joins_runs_of_other_training_seeds_under_one_name_per_job(tmp_path):
+    # Backprop over seeds 0-2; the ZO method on seed 0 alone (its job named "a") and on seeds 1-2 in another run.
+    base = _fake_results(tmp_path / "base", {"ti-backprop": (0.1, 100)}, jobs=("a-s0", "a-s1", "a-s2"), seeds=3)
+    seed0 = _fake_results(tmp_path / "s0", {"zo-puts": (0.09, 900)}, jobs=("a",))
+    seeds12 = _fake_results(tmp_path / "s12", {"zo-puts": (0.09, 900)}, jobs=("a-s1", "a-s2"), seed=1, seeds=2)
+    out = tmp_path / "merged"
+    assert quality.main(["--merge", f"{base}:ti-backprop", str(seed0), str(seeds12), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["jobs"] == ["a-s0", "a-s1", "a-s2"]
+    assert set(results["methods"]["zo-puts"]["runs"]) == {"a-s0", "a-s1", "a-s2"}
+    assert (results["meta"]["seed"], results["meta"]["seeds"], results["meta"]["training_seeds"]) == (0, 3, [0, 1, 2])
+    # Without the renaming, seed 0's "a" would be another job, and a-s0 would lack a zo-puts run.
+    ratio = results["summary"]["methods"]["zo-puts"]["vs_backprop_by_metric"]["concept_fidelity"]
+    assert ratio == pytest.approx((0.88 + 0.88 + 0.90) / (0.90 + 0.92 + 0.94))
 
 
 @pytest.mark.parametrize("case, message", [
