@@ -41,6 +41,11 @@ def export_weights_identity(model: Any) -> str:
     return json.dumps({name: info.get("sha256") for name, info in sorted(files.items()) if name != CURVATURE_FILE})
 
 
+def weights_of(meta: dict[str, Any]) -> str:
+    """A run's export weights: as the run recorded them, or (older runs) from its export folder if still here."""
+    return meta.get("model_weights") or export_weights_identity(meta.get("model"))
+
+
 def _load_source(source: str) -> tuple[Path, dict[str, Any]]:
     """One ``DIR`` or ``DIR:METHODS`` source: its results.json, only (and renamed to) the methods asked for."""
     folder, wanted = parse_merge_source(source)
@@ -81,10 +86,12 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
     for folder, results in loaded:
         meta = results["meta"]
         jobs += [job for job in results["jobs"] if job not in jobs]
-        for key in MERGE_KEYS + ("model",):  # SEED_KEYS: _training_seeds
+        if weights_of(meta) != weights_of(first["meta"]):  # the weights, not where the export lay
+            raise ValueError(f"{folder} was made on another export ({meta.get('model')}) than {first_folder} "
+                             f"({first['meta'].get('model')}), or one no longer on this machine; merge runs "
+                             "on the same weights")
+        for key in MERGE_KEYS:  # SEED_KEYS: _training_seeds
             mine, theirs = meta.get(key), first["meta"].get(key)
-            if key == "model":  # the export's weights, not where it lay (nor its optional curvature file)
-                mine, theirs = export_weights_identity(mine), export_weights_identity(theirs)
             if mine != theirs:
                 raise ValueError(f"{folder} was scored with {key}={mine}, {first_folder} with {key}={theirs}; "
                                  "merge runs scored the same way")
@@ -103,6 +110,7 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
     if first["summary"].get("oracle"):
         summary["oracle"] = first["summary"]["oracle"]
     meta = {key: first["meta"].get(key) for key in MERGE_KEYS + ("model", "torch_model", "puts")}
+    meta["model_weights"] = weights_of(first["meta"])
     meta.update(seeding)
     curve_prompts = {r["meta"].get("curve_prompts") for _, r in loaded}
     meta.update({

@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 from benchmarks import _quality_methods as qm  # noqa: E402
 from benchmarks._models import DEFAULT_CACHE, cache_lock, source_folder  # noqa: E402
 from benchmarks._quality_jobs import make_jobs  # noqa: E402
-from benchmarks._quality_merge import merge_main, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
+from benchmarks._quality_merge import export_weights_identity, merge_main, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
 from benchmarks._quality_report import machine_info, write_reports, write_samples  # noqa: E402
 from benchmarks._quality_summary import (  # noqa: E402,F401 (quality.summarize & co.: tests, --merge)
     forwards_to_reach, metric_names, ratio_of_means_ci, summarize)
@@ -460,7 +460,7 @@ def _results(task: str, command: str, args: Any, export_dir: Path, torch_model: 
         "task": task,
         "meta": {
             "command": command, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info(), "model": repo_relative(export_dir),
+            "machine": machine_info(), "model": repo_relative(export_dir), "model_weights": export_weights_identity(export_dir),
             "torch_model": repo_relative(torch_model) if torch_model else None,
             "seed": args.seed, "seeds": args.seeds, "steps": steps, "budget_forwards": budget, "checkpoints": checkpoints,
             "puts": list(puts), "gen_steps": args.gen_steps, "guidance": args.guidance,

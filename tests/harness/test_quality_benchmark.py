@@ -93,7 +93,8 @@ def test_ratio_of_means_ci_is_a_paired_bootstrap():
         quality.ratio_of_means_ci([1.0, 2.0], [1.0])
 
 
-def _fake_results(folder: Path, methods: dict, jobs=("a-s0", "b-s0"), guidance=5.0, seed=0, seeds=1) -> Path:
+def _fake_results(folder: Path, methods: dict, jobs=("a-s0", "b-s0"), guidance=5.0, seed=0, seeds=1,
+                  weights=None) -> Path:
     """A results folder as quality.py writes it: per-job checkpoint records of world metrics."""
     def run(offset, forwards):
         return [{"step": k, "forwards": k * forwards / 2, "wall_s": 1.0, "concept_fidelity": 0.7 + offset * k,
@@ -104,7 +105,7 @@ def _fake_results(folder: Path, methods: dict, jobs=("a-s0", "b-s0"), guidance=5
             "machine": {"cpu": "test", "cpu_count": 2}, "model": f"/somewhere/{'quality-model-x-w8a32'}",
             "torch_model": None, "seed": seed, "seeds": seeds, "gen_steps": 20, "guidance": guidance,
             "images_per_prompt": 4, "max_heldout": None, "curve_prompts": "fidelity", "total_wall_s": 10.0,
-            "puts": [500, 900]}
+            "puts": [500, 900], **({"model_weights": weights} if weights else {})}
     results = {"task": "world", "meta": meta, "jobs": list(jobs), "summary": {"oracle": dict.fromkeys(quality.metric_names("world"), 0.99)},
                "methods": {name: {"spec": {}, "memory": {}, "runs": {j: run(offset + 0.01 * i, forwards)
                                                                       for i, j in enumerate(jobs)}}
@@ -181,6 +182,7 @@ def test_merge_joins_runs_of_other_training_seeds_under_one_name_per_job(tmp_pat
     ("jobs", "has no run of c-s0"),
     ("settings", "method zo-puts has other settings"),
     ("scoring", "guidance="),
+    ("weights", "another export"),
     ("missing", "does not exist"),
     ("unknown-method", "has no method es"),
     ("no-out", "--merge needs --out"),
@@ -192,6 +194,7 @@ def test_merge_refuses_runs_that_cannot_be_compared(tmp_path, capsys, case, mess
         "jobs": lambda: _fake_results(tmp_path / "o", {"zo-naive": (0.09, 900)}, jobs=("a-s0", "c-s0")),
         "settings": lambda: _respec(_fake_results(tmp_path / "o", {"zo-puts": (0.09, 900)}, jobs=("c-s0",)), "zo-puts"),
         "scoring": lambda: _fake_results(tmp_path / "o", {"zo-naive": (0.09, 900)}, guidance=7.5),
+        "weights": lambda: _fake_results(tmp_path / "o", {"zo-naive": (0.09, 900)}, weights='{"unet.onnx": "ab"}'),
         "missing": lambda: tmp_path / "nowhere",
         "unknown-method": lambda: f"{short}:es",
         "no-out": lambda: _fake_results(tmp_path / "o", {"zo-naive": (0.09, 900)}),
