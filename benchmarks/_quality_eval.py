@@ -96,7 +96,7 @@ class WorldScorer:
         self.seed = seed
         self.fidelity_prompt = fidelity_prompt
         self.max_heldout = max_heldout
-        self._ref_cache: dict[str, np.ndarray] = {}
+        self._ref_cache: dict[tuple[str, bytes], np.ndarray] = {}
 
     def _generate(self, prompt: str, token: str, v: np.ndarray, seed: int) -> list:
         # A snapshot holds the token's vectors flattened (several with num_vectors): generate() adds the token
@@ -107,9 +107,12 @@ class WorldScorer:
                         added_embeddings={token: vectors})
 
     def reference_features(self, concept: Any, reference_images: Sequence) -> np.ndarray:
-        if concept.name not in self._ref_cache:
-            self._ref_cache[concept.name] = np.asarray(self.evaluator.features(list(reference_images)), np.float64)
-        return self._ref_cache[concept.name]
+        # Keyed by the photos too: a run over several training seeds scores each job against its own photos
+        # (until 2026-12-03 every seed's job against the first seed's; results.json's meta.concept_refs says which).
+        key = (concept.name, b"".join(np.asarray(image).tobytes() for image in reference_images))
+        if key not in self._ref_cache:
+            self._ref_cache[key] = np.asarray(self.evaluator.features(list(reference_images)), np.float64)
+        return self._ref_cache[key]
 
     def heldout_prompts(self, concept: Any) -> list[str]:
         prompts = list(concept.held_out_prompts)

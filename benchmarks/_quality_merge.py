@@ -82,9 +82,16 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
     methods: dict[str, Any] = {}
     origin: dict[str, Path] = {}
     jobs: list[str] = []
+    references: dict[str, tuple[int, Path]] = {}
     for folder, results in loaded:
         meta = results["meta"]
         jobs += [job for job in results["jobs"] if job not in jobs]
+        for job in results["jobs"] if results["task"] == "world" else []:
+            seed = concept_reference_seed(meta, job)
+            if references.setdefault(job, (seed, folder))[0] != seed:
+                raise ValueError(f"{job}'s concept fidelity was scored against seed {references[job][0]}'s photos in "
+                                 f"{references[job][1]} and seed {seed}'s in {folder} (runs before 2026-12-03 scored "
+                                 "every seed against the run's first seed's photos); merge runs scored alike")
         if weights_of(meta) != weights_of(first["meta"]):  # the weights, not where the export lay
             raise ValueError(f"{folder} was made on another export ({meta.get('model')}) than {first_folder} "
                              f"({first['meta'].get('model')}), or one no longer on this machine; merge runs "
@@ -122,6 +129,16 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
                          "total_wall_s": r["meta"].get("total_wall_s", 0.0)} for folder, r in loaded],
     })
     return {"task": task, "meta": meta, "jobs": jobs, "methods": methods, "summary": summary}
+
+
+def concept_reference_seed(meta: dict[str, Any], job: str) -> int:
+    """The training seed whose photos a world job's concept fidelity was scored against: the job's own, except
+    in multi-seed runs older than ``meta.concept_refs``, which used the run's first seed's photos for every seed."""
+    if int(meta.get("seeds", 1)) == 1:
+        return int(meta.get("seed", 0))
+    if meta.get("concept_refs") == "job-photos":
+        return int(job.rpartition("-s")[2])
+    return int(meta["seed"])
 
 
 def _training_seeds(loaded: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:

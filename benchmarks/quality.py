@@ -64,6 +64,9 @@ REFERENCE_MODEL = REPO / "reference" / "model-768"  # the SD-width world (packed
 # weights"); `--model EXPORT_FOLDER` runs any other.
 EXPORT_RECIPE = "w8a32"
 ZO_METHODS = ("zo-naive", "zo-sg", "zo-puts", "zoodip")
+# What concept fidelity compares a job's images with: its own photos. Runs without this field scored every
+# training seed's job of a concept against the photos of the run's first seed (--merge keeps them apart).
+CONCEPT_REFS = "job-photos"
 
 
 def log(message: str) -> None:
@@ -465,7 +468,7 @@ def _results(task: str, command: str, args: Any, export_dir: Path, torch_model: 
             "seed": args.seed, "seeds": args.seeds, "steps": steps, "budget_forwards": budget, "checkpoints": checkpoints,
             "puts": list(puts), "gen_steps": args.gen_steps, "guidance": args.guidance,
             "images_per_prompt": args.images_per_prompt, "in_process": args.in_process,
-            "curve_prompts": args.curve_prompts, "max_heldout": args.max_heldout,
+            "curve_prompts": args.curve_prompts, "max_heldout": args.max_heldout, "concept_refs": CONCEPT_REFS,
             "scoring_wall_s": extras["scoring_wall_s"], "total_wall_s": time.perf_counter() - started,
         },
         "jobs": [j.name for j in jobs],

@@ -94,7 +94,7 @@ def test_ratio_of_means_ci_is_a_paired_bootstrap():
 
 
 def _fake_results(folder: Path, methods: dict, jobs=("a-s0", "b-s0"), guidance=5.0, seed=0, seeds=1,
-                  weights=None) -> Path:
+                  weights=None, concept_refs=None) -> Path:
     """A results folder as quality.py writes it: per-job checkpoint records of world metrics."""
     def run(offset, forwards):
         return [{"step": k, "forwards": k * forwards / 2, "wall_s": 1.0, "concept_fidelity": 0.7 + offset * k,
@@ -105,7 +105,8 @@ def _fake_results(folder: Path, methods: dict, jobs=("a-s0", "b-s0"), guidance=5
             "machine": {"cpu": "test", "cpu_count": 2}, "model": f"/somewhere/{'quality-model-x-w8a32'}",
             "torch_model": None, "seed": seed, "seeds": seeds, "gen_steps": 20, "guidance": guidance,
             "images_per_prompt": 4, "max_heldout": None, "curve_prompts": "fidelity", "total_wall_s": 10.0,
-            "puts": [500, 900], **({"model_weights": weights} if weights else {})}
+            "puts": [500, 900], **({"model_weights": weights} if weights else {}),
+            **({"concept_refs": concept_refs} if concept_refs else {})}
     results = {"task": "world", "meta": meta, "jobs": list(jobs), "summary": {"oracle": dict.fromkeys(quality.metric_names("world"), 0.99)},
                "methods": {name: {"spec": {}, "memory": {}, "runs": {j: run(offset + 0.01 * i, forwards)
                                                                       for i, j in enumerate(jobs)}}
@@ -163,9 +164,12 @@ def test_merge_joins_one_method_run_on_disjoint_jobs(tmp_path):
 
 def test_merge_joins_runs_of_other_training_seeds_under_one_name_per_job(tmp_path):
     # Backprop over seeds 0-2; the ZO method on seed 0 alone (its job named "a") and on seeds 1-2 in another run.
-    base = _fake_results(tmp_path / "base", {"ti-backprop": (0.1, 100)}, jobs=("a-s0", "a-s1", "a-s2"), seeds=3)
+    # Every job's concept fidelity scored against its own photos (meta.concept_refs; a one-seed run's always are).
+    base = _fake_results(tmp_path / "base", {"ti-backprop": (0.1, 100)}, jobs=("a-s0", "a-s1", "a-s2"), seeds=3,
+                         concept_refs="job-photos")
     seed0 = _fake_results(tmp_path / "s0", {"zo-puts": (0.09, 900)}, jobs=("a",))
-    seeds12 = _fake_results(tmp_path / "s12", {"zo-puts": (0.09, 900)}, jobs=("a-s1", "a-s2"), seed=1, seeds=2)
+    seeds12 = _fake_results(tmp_path / "s12", {"zo-puts": (0.09, 900)}, jobs=("a-s1", "a-s2"), seed=1, seeds=2,
+                            concept_refs="job-photos")
     out = tmp_path / "merged"
     assert quality.main(["--merge", f"{base}:ti-backprop", str(seed0), str(seeds12), "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -175,6 +179,16 @@ def test_merge_joins_runs_of_other_training_seeds_under_one_name_per_job(tmp_pat
     # Without the renaming, seed 0's "a" would be another job, and a-s0 would lack a zo-puts run.
     ratio = results["summary"]["methods"]["zo-puts"]["vs_backprop_by_metric"]["concept_fidelity"]
     assert ratio == pytest.approx((0.88 + 0.88 + 0.90) / (0.90 + 0.92 + 0.94))
+
+
+def test_merge_refuses_jobs_whose_concept_fidelity_was_scored_against_other_photos(tmp_path, capsys):
+    # Multi-seed runs made before meta.concept_refs scored every seed's job against the run's first seed's photos.
+    base = _fake_results(tmp_path / "base", {"ti-backprop": (0.1, 100)}, jobs=("a-s0", "a-s1", "a-s2"), seeds=3)
+    seeds12 = _fake_results(tmp_path / "s12", {"zo-puts": (0.09, 900)}, jobs=("a-s1", "a-s2"), seed=1, seeds=2)
+    assert quality.main(["--merge", str(base), str(seeds12), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "a-s1's concept fidelity was scored against seed 0's photos" in err and err.count("\n") == 1
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize("case, message", [
