@@ -44,6 +44,16 @@ def seeded_names(jobs: Any, task: str, meta: dict[str, Any]) -> dict[str, str]:
     return {job: seeded_name(job, int(meta["seed"])) for job in jobs}
 
 
+def concept_reference_seed(meta: dict[str, Any], job: str) -> int:
+    """The training seed whose photos a world job's concept fidelity was scored against: the job's own, except
+    in multi-seed runs older than ``meta.concept_refs``, which used the run's first seed's photos for every seed."""
+    if int(meta.get("seeds", 1)) == 1:
+        return int(meta.get("seed", 0))
+    if meta.get("concept_refs") == "job-photos":
+        return int(job.rpartition("-s")[2])
+    return int(meta["seed"])
+
+
 def world_jobs(world: Any, concepts: list[Any], work: Path, resolution: int, seed: int,
                seeds: int = 1) -> list[qm.Job]:
     """One job per concept, or per (concept, seed) with ``seeds`` > 1: other photos, other training noise."""

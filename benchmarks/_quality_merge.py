@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks._quality_jobs import seeded_names
+from benchmarks._quality_jobs import concept_reference_seed, seeded_names
 from benchmarks._quality_report import write_reports
 from benchmarks._quality_summary import summarize
 from reference.repo import REPO, repo_relative
@@ -84,23 +84,8 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
     jobs: list[str] = []
     references: dict[str, tuple[int, Path]] = {}
     for folder, results in loaded:
-        meta = results["meta"]
         jobs += [job for job in results["jobs"] if job not in jobs]
-        for job in results["jobs"] if results["task"] == "world" else []:
-            seed = concept_reference_seed(meta, job)
-            if references.setdefault(job, (seed, folder))[0] != seed:
-                raise ValueError(f"{job}'s concept fidelity was scored against seed {references[job][0]}'s photos in "
-                                 f"{references[job][1]} and seed {seed}'s in {folder} (runs before 2026-12-03 scored "
-                                 "every seed against the run's first seed's photos); merge runs scored alike")
-        if weights_of(meta) != weights_of(first["meta"]):  # the weights, not where the export lay
-            raise ValueError(f"{folder} was made on another export ({meta.get('model')}) than {first_folder} "
-                             f"({first['meta'].get('model')}), or one no longer on this machine; merge runs "
-                             "on the same weights")
-        for key in MERGE_KEYS:  # SEED_KEYS: _training_seeds
-            mine, theirs = meta.get(key), first["meta"].get(key)
-            if mine != theirs:
-                raise ValueError(f"{folder} was scored with {key}={mine}, {first_folder} with {key}={theirs}; "
-                                 "merge runs scored the same way")
+        _check_scored_alike(folder, results, first_folder, first, references)
         for name, entry in results["methods"].items():
             methods[name] = _joined(name, methods[name], origin[name], entry, folder) if name in methods else entry
             origin[name] = folder
@@ -131,14 +116,26 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
     return {"task": task, "meta": meta, "jobs": jobs, "methods": methods, "summary": summary}
 
 
-def concept_reference_seed(meta: dict[str, Any], job: str) -> int:
-    """The training seed whose photos a world job's concept fidelity was scored against: the job's own, except
-    in multi-seed runs older than ``meta.concept_refs``, which used the run's first seed's photos for every seed."""
-    if int(meta.get("seeds", 1)) == 1:
-        return int(meta.get("seed", 0))
-    if meta.get("concept_refs") == "job-photos":
-        return int(job.rpartition("-s")[2])
-    return int(meta["seed"])
+def _check_scored_alike(folder: Path, results: dict[str, Any], first_folder: Path, first: dict[str, Any],
+                        references: dict[str, tuple[int, Path]]) -> None:
+    """Refuse a run scored otherwise than the first: other weights, generation settings, or (for a job already
+    seen) other reference photos; ``references`` collects each job's photos seed and where it was first seen."""
+    meta = results["meta"]
+    for job in results["jobs"] if results["task"] == "world" else []:
+        seed = concept_reference_seed(meta, job)
+        if references.setdefault(job, (seed, folder))[0] != seed:
+            raise ValueError(f"{job}'s concept fidelity was scored against seed {references[job][0]}'s photos in "
+                             f"{references[job][1]} and seed {seed}'s in {folder} (runs before 2026-12-03 scored "
+                             "every seed against the run's first seed's photos); merge runs scored alike")
+    if weights_of(meta) != weights_of(first["meta"]):  # the weights, not where the export lay
+        raise ValueError(f"{folder} was made on another export ({meta.get('model')}) than {first_folder} "
+                         f"({first['meta'].get('model')}), or one no longer on this machine; merge runs "
+                         "on the same weights")
+    for key in MERGE_KEYS:  # SEED_KEYS: _training_seeds
+        mine, theirs = meta.get(key), first["meta"].get(key)
+        if mine != theirs:
+            raise ValueError(f"{folder} was scored with {key}={mine}, {first_folder} with {key}={theirs}; "
+                             "merge runs scored the same way")
 
 
 def _training_seeds(loaded: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:

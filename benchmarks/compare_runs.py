@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _quality_jobs import seeded_names  # noqa: E402
+from _quality_jobs import concept_reference_seed, seeded_names  # noqa: E402
 from _quality_summary import metric_names  # noqa: E402
 
 from zoodip.console import OneLineParser, print_error  # noqa: E402
@@ -51,13 +51,20 @@ def compare(run_a: dict, run_b: dict, method: str) -> list[str]:
     if not jobs:
         raise ZoodipError("the runs share no job: compare runs of the same jobs")
     rows = ["| metric | A | B | A - B [95% paired interval] | jobs |", "|---|---|---|---|---|"]
+    other_photos = [job for job in jobs if run_a["task"] == "world" and concept_reference_seed(run_a.get("meta", {}), job)
+                    != concept_reference_seed(run_b.get("meta", {}), job)]
     for metric in metric_names(run_a["task"]):
+        if metric == "concept_fidelity" and other_photos:
+            continue  # a mean over photos that differ between the runs: not a paired difference
         values = [(a[job][-1].get(metric), b[job][-1].get(metric)) for job in jobs]
         if any(v is None for pair in values for v in pair):
             continue  # not scored at the end of every job (e.g. held-out prompts in an older run)
         x, y = (np.array(side, np.float64) for side in zip(*values))
         lo, hi = paired_difference_ci(x, y)
         rows.append(f"| {metric} | {x.mean():.3f} | {y.mean():.3f} | {x.mean() - y.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] | {len(jobs)} |")
+    if other_photos:
+        rows.append(f"\nconcept_fidelity left out: the runs scored {', '.join(other_photos[:3])}"
+                    f"{' ...' if len(other_photos) > 3 else ''} against other training seeds' photos")
     return rows
 
 

@@ -48,7 +48,8 @@ def test_mismatched_runs_are_refused_in_one_line(tmp_path: Path, capsys) -> None
 def test_a_one_seed_run_pairs_with_that_seed_of_a_several_seed_run(tmp_path: Path, capsys) -> None:
     # quality.py names a job "star" in a one-seed run and "star-s0", "star-s1" in a run over seeds 0-1.
     one = _run({"star": 0.7, "moon": 0.6}) | {"meta": {"seed": 1, "seeds": 1}}
-    several = _run({"star-s0": 0.1, "moon-s0": 0.1, "star-s1": 0.5, "moon-s1": 0.5}) | {"meta": {"seed": 0, "seeds": 2}}
+    several = _run({"star-s0": 0.1, "moon-s0": 0.1, "star-s1": 0.5, "moon-s1": 0.5}) | {
+        "meta": {"seed": 0, "seeds": 2, "concept_refs": "job-photos"}}  # seed 1's jobs scored against seed 1's photos
     paths = [tmp_path / "one.json", tmp_path / "several.json"]
     for path, run in zip(paths, (one, several)):
         path.write_text(json.dumps(run))
@@ -68,3 +69,22 @@ def test_unreadable_or_foreign_files_are_one_line(tmp_path: Path, capsys) -> Non
         assert compare_runs.main([str(tmp_path / name), str(good)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and "results.json" in err[0], (name, err)
+
+
+def test_concept_fidelity_is_left_out_where_the_runs_scored_other_photos(tmp_path: Path, capsys) -> None:
+    # Multi-seed runs made before meta.concept_refs scored each seed's job against the run's first seed's photos.
+    values = {"a-s1": 0.6, "a-s2": 0.7}
+    a = {**_run(values), "meta": {"seed": 0, "seeds": 3}}
+    b = {**_run(values), "meta": {"seed": 1, "seeds": 2}}
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, run in zip(paths, (a, b)):
+        path.write_text(json.dumps(run))
+    assert compare_runs.main([str(p) for p in paths]) == 0
+    out = capsys.readouterr().out
+    assert "| concept_fidelity" not in out and "| prompt_fidelity" in out
+    assert "concept_fidelity left out: the runs scored a-s1, a-s2 against other training seeds' photos" in out
+    b["meta"]["concept_refs"] = a["meta"]["concept_refs"] = "job-photos"  # both scored each job against its own
+    for path, run in zip(paths, (a, b)):
+        path.write_text(json.dumps(run))
+    assert compare_runs.main([str(p) for p in paths]) == 0
+    assert "| concept_fidelity" in capsys.readouterr().out
