@@ -40,11 +40,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class HostNotReady(Exception):
-    """This host cannot run the emulated check as it is (not root, a tool missing, binfmt_misc refused):
-    main() prints it as the contract's one ``error:`` line, exit status 2."""
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zoodip"
 ROOTFS = Path(os.environ.get("ZOODIP_ARM64_ROOTFS", CACHE / "arm64-rootfs")).expanduser()
 WHEELS = ROOTFS.parent / "arm64-wheels"
@@ -69,6 +64,11 @@ CPU_ENV = "ZOODIP_ARM64_CPU"
 LOSS_RTOL = 1e-5          # per-step training losses and evaluation losses, relative
 FD_RTOL = 0.05            # finite differences (L(v+mu z_i)-L(v))/mu on one fixed problem, relative L2
 UPDATE_RTOL = 0.05        # ||v_arm - v_x86|| / ||v_x86 - v_init||: relative to how far training moved v
+
+
+class HostNotReady(Exception):
+    """This host cannot run the emulated check as it is (not root, a tool missing, binfmt_misc refused):
+    main() prints it as the contract's one ``error:`` line, exit status 2."""
 
 
 def log(message: str) -> None:
