@@ -44,12 +44,17 @@ def seeded_names(jobs: Any, task: str, meta: dict[str, Any]) -> dict[str, str]:
     return {job: seeded_name(job, int(meta["seed"])) for job in jobs}
 
 
+# What concept fidelity compares a job's images with (results.json's meta.concept_refs): its own photos. Runs
+# without the field scored every training seed's job of a concept against the photos of the run's first seed.
+CONCEPT_REFS = "job-photos"
+
+
 def concept_reference_seed(meta: dict[str, Any], job: str) -> int:
     """The training seed whose photos a world job's concept fidelity was scored against: the job's own, except
     in multi-seed runs older than ``meta.concept_refs``, which used the run's first seed's photos for every seed."""
     if int(meta.get("seeds", 1)) == 1:
         return int(meta.get("seed", 0))
-    if meta.get("concept_refs") == "job-photos":
+    if meta.get("concept_refs") == CONCEPT_REFS:
         return int(job.rpartition("-s")[2])
     return int(meta["seed"])
 

@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import _quality_methods as qm  # noqa: E402
 from benchmarks._models import DEFAULT_CACHE, cache_lock, source_folder  # noqa: E402
-from benchmarks._quality_jobs import make_jobs  # noqa: E402
+from benchmarks._quality_jobs import CONCEPT_REFS, make_jobs  # noqa: E402
 from benchmarks._quality_merge import export_weights_identity, merge_main, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
 from benchmarks._quality_report import machine_info, write_reports, write_samples  # noqa: E402
 from benchmarks._quality_summary import (  # noqa: E402,F401 (quality.summarize & co.: tests, --merge)
@@ -64,9 +64,6 @@ REFERENCE_MODEL = REPO / "reference" / "model-768"  # the SD-width world (packed
 # weights"); `--model EXPORT_FOLDER` runs any other.
 EXPORT_RECIPE = "w8a32"
 ZO_METHODS = ("zo-naive", "zo-sg", "zo-puts", "zoodip")
-# What concept fidelity compares a job's images with: its own photos. Runs without this field scored every
-# training seed's job of a concept against the photos of the run's first seed (--merge keeps them apart).
-CONCEPT_REFS = "job-photos"
 
 
 def log(message: str) -> None:
