@@ -49,13 +49,21 @@ def seeded_names(jobs: Any, task: str, meta: dict[str, Any]) -> dict[str, str]:
 CONCEPT_REFS = "job-photos"
 
 
-def concept_reference_seed(meta: dict[str, Any], job: str) -> int:
-    """The training seed whose photos a world job's concept fidelity was scored against: the job's own, except
-    in multi-seed runs older than ``meta.concept_refs``, which used the run's first seed's photos for every seed."""
+def job_training_seed(meta: dict[str, Any], job: str) -> int:
+    """The training seed of a world job of a stored run (its photos and training noise)."""
     if int(meta.get("seeds", 1)) == 1:
         return int(meta.get("seed", 0))
-    if meta.get("concept_refs") == CONCEPT_REFS:
-        return int(job.rpartition("-s")[2])
+    return int(job.rpartition("-s")[2])
+
+
+def concept_reference_seed(meta: dict[str, Any], job: str) -> int:
+    """The training seed whose photos a world job's concept fidelity was scored against: as a merged run
+    recorded it per job (``meta.concept_ref_seeds``), else the job's own, except in multi-seed runs older than
+    ``meta.concept_refs``, which used the run's first seed's photos for every seed."""
+    if job in (meta.get("concept_ref_seeds") or {}):
+        return int(meta["concept_ref_seeds"][job])
+    if int(meta.get("seeds", 1)) == 1 or meta.get("concept_refs") == CONCEPT_REFS:
+        return job_training_seed(meta, job)
     return int(meta["seed"])
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks._quality_jobs import concept_reference_seed, seeded_names
+from benchmarks._quality_jobs import concept_reference_seed, job_training_seed, seeded_names
 from benchmarks._quality_report import write_reports
 from benchmarks._quality_summary import summarize
 from reference.repo import REPO, repo_relative
@@ -19,13 +19,18 @@ MERGE_KEYS = ("gen_steps", "guidance", "images_per_prompt", "max_heldout")
 SEED_KEYS = ("seed", "seeds")
 
 
-def parse_merge_source(text: str) -> tuple[Path, list[str] | None]:
+def parse_merge_source(text: str) -> tuple[Path, list[str] | None, set[int] | None]:
     """``DIR`` (all its methods) or ``DIR:METHODS`` (a comma list of the methods to take from it; ``old=new``
-    takes ``old`` under the name ``new``, e.g. ``zoodip=paper``)."""
+    takes ``old`` under the name ``new``, e.g. ``zoodip=paper``), either followed by ``@SEEDS`` (a comma list
+    of training seeds: only those seeds' jobs, e.g. ``DIR@1`` to replace another seed's jobs by a newer run)."""
+    rest, at, seeds = text.rpartition("@")
+    wanted_seeds = None
+    if at and seeds and all(part.strip().isdigit() for part in seeds.split(",")):
+        text, wanted_seeds = rest, {int(part) for part in seeds.split(",")}
     folder, sep, names = text.partition(":")
     if sep and Path(folder).is_dir():
-        return Path(folder), split_methods(names)
-    return Path(text), None
+        return Path(folder), split_methods(names), wanted_seeds
+    return Path(text), None, wanted_seeds
 
 
 def export_weights_identity(model: Any) -> str:
@@ -46,8 +51,9 @@ def weights_of(meta: dict[str, Any]) -> str:
 
 
 def _load_source(source: str) -> tuple[Path, dict[str, Any]]:
-    """One ``DIR`` or ``DIR:METHODS`` source: its results.json, only (and renamed to) the methods asked for."""
-    folder, wanted = parse_merge_source(source)
+    """One ``DIR[:METHODS][@SEEDS]`` source: its results.json, only (and renamed to) the methods asked for,
+    only the jobs of the training seeds asked for."""
+    folder, wanted, seeds = parse_merge_source(source)
     path = folder / "results.json"
     try:
         results = json.loads(path.read_text())
@@ -61,7 +67,25 @@ def _load_source(source: str) -> tuple[Path, dict[str, Any]]:
         if missing:
             raise ValueError(f"{folder} has no method {missing[0]}; it has {', '.join(results['methods'])}")
         results["methods"] = {new: results["methods"][old] for old, new in renames}
+    if seeds is not None:
+        _keep_seeds(folder, results, seeds)
+    if results["task"] == "world":  # under the job names of this run (renamed with them by _training_seeds)
+        results["reference_seeds"] = {job: concept_reference_seed(results["meta"], job) for job in results["jobs"]}
     return folder, results
+
+
+def _keep_seeds(folder: Path, results: dict[str, Any], seeds: set[int]) -> None:
+    """Drop (in place) the jobs of a world run whose training seed is not in ``seeds``."""
+    if results["task"] != "world":
+        raise ValueError(f"{folder} is a {results['task']} run; @SEEDS selects jobs of world runs")
+    kept = [job for job in results["jobs"] if job_training_seed(results["meta"], job) in seeds]
+    if not kept:
+        raise ValueError(f"{folder} has no job of training seed {', '.join(map(str, sorted(seeds)))}")
+    results["jobs"] = kept
+    for entry in results["methods"].values():
+        entry["runs"] = {job: runs for job, runs in entry["runs"].items() if job in kept}
+        if entry.get("memory_per_job"):
+            entry["memory_per_job"] = {job: m for job, m in entry["memory_per_job"].items() if job in kept}
 
 
 def merge_results(sources: list[str], command: str) -> dict[str, Any]:
@@ -103,6 +127,8 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
     meta = {key: first["meta"].get(key) for key in MERGE_KEYS + ("model", "torch_model", "puts")}
     meta["model_weights"] = weights_of(first["meta"])
     meta.update(seeding)
+    if task == "world":  # the sources' rules for it differ (concept_reference_seed): record it per job
+        meta["concept_ref_seeds"] = {job: seed for job, (seed, _) in references.items()}
     curve_prompts = {r["meta"].get("curve_prompts") for _, r in loaded}
     meta.update({
         "command": command, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -121,8 +147,7 @@ def _check_scored_alike(folder: Path, results: dict[str, Any], first_folder: Pat
     """Refuse a run scored otherwise than the first: other weights, generation settings, or (for a job already
     seen) other reference photos; ``references`` collects each job's photos seed and where it was first seen."""
     meta = results["meta"]
-    for job in results["jobs"] if results["task"] == "world" else []:
-        seed = concept_reference_seed(meta, job)
+    for job, seed in results.get("reference_seeds", {}).items():
         if references.setdefault(job, (seed, folder))[0] != seed:
             raise ValueError(f"{job}'s concept fidelity was scored against seed {references[job][0]}'s photos in "
                              f"{references[job][1]} and seed {seed}'s in {folder} (runs before 2026-12-03 scored "
@@ -139,19 +164,26 @@ def _check_scored_alike(folder: Path, results: dict[str, Any], first_folder: Pat
 
 
 def _training_seeds(loaded: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
-    """The merged run's seed fields; where the runs trained other seeds, every run's jobs renamed (in place)
-    to their names in a run over several seeds, so that the same job has one name in all of them."""
+    """The merged run's seed fields; where the runs trained other seeds (or kept only some, ``@SEEDS``), every
+    run's jobs renamed (in place) to their names in a run over several seeds, so that the same job has one name
+    in all of them."""
     seedings = {(results["meta"].get("seed"), results["meta"].get("seeds", 1)) for _, results in loaded}
-    if len(seedings) == 1:
-        return {key: loaded[0][1]["meta"].get(key) for key in SEED_KEYS}
     if loaded[0][1]["task"] != "world":
+        if len(seedings) == 1:
+            return {key: loaded[0][1]["meta"].get(key) for key in SEED_KEYS}
         raise ValueError("the runs used other --seed values; merge planted runs of one seed")
-    seeds: set[int] = set()
+    seeds = {job_training_seed(results["meta"], job) for _, results in loaded for job in results["jobs"]}
+    seed, count = next(iter(seedings))
+    if len(seedings) == 1 and seeds == set(range(int(seed), int(seed) + int(count or 1))):
+        return {key: loaded[0][1]["meta"].get(key) for key in SEED_KEYS}
     for _, results in loaded:
         meta = results["meta"]
-        seeds.update(range(int(meta["seed"]), int(meta["seed"]) + int(meta.get("seeds", 1))))
-        names = seeded_names(results["jobs"], results["task"], meta)
+        if len(seeds) == 1:  # one seed's jobs kept from runs over several: the names of a one-seed run
+            names = {job: job.rpartition("-s")[0] if int(meta.get("seeds", 1)) > 1 else job for job in results["jobs"]}
+        else:
+            names = seeded_names(results["jobs"], results["task"], meta)
         results["jobs"] = [names[job] for job in results["jobs"]]
+        results["reference_seeds"] = {names[job]: seed for job, seed in results["reference_seeds"].items()}
         for entry in results["methods"].values():
             entry["runs"] = {names.get(job, job): runs for job, runs in entry["runs"].items()}
             if entry.get("memory_per_job"):

@@ -191,6 +191,40 @@ def test_merge_refuses_jobs_whose_concept_fidelity_was_scored_against_other_phot
     assert not (tmp_path / "m").exists()
 
 
+def test_merge_keeps_the_training_seeds_asked_for_and_records_each_jobs_reference_photos(tmp_path, capsys):
+    # An old run over seeds 1-2 scored both against seed 1's photos: its seed-1 jobs are right, its seed-2 jobs
+    # are replaced by a newer seed-2 run (DIR@1), and the merged run says which photos each job was scored against.
+    base = _fake_results(tmp_path / "base", {"ti-backprop": (0.1, 100)}, jobs=("a-s0", "a-s1", "a-s2"), seeds=3,
+                         concept_refs="job-photos")
+    seed0 = _fake_results(tmp_path / "s0", {"zo-puts": (0.09, 900)}, jobs=("a",))
+    old12 = _fake_results(tmp_path / "old12", {"zo-puts": (0.09, 900)}, jobs=("a-s1", "a-s2"), seed=1, seeds=2)
+    seed2 = _fake_results(tmp_path / "s2", {"zo-puts": (0.05, 900)}, jobs=("a",), seed=2)
+    # Without @1 the old seed-2 job clashes with the new one (and was scored against other photos than backprop's).
+    assert quality.main(["--merge", f"{base}:ti-backprop", str(seed0), str(old12), str(seed2),
+                         "--out", str(tmp_path / "refused")]) == 2
+    assert "a-s2's concept fidelity was scored against" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "merged"
+    assert quality.main(["--merge", f"{base}:ti-backprop", str(seed0), f"{old12}@1", str(seed2), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["methods"]["zo-puts"]["runs"]["a-s2"][-1]["concept_fidelity"] == pytest.approx(0.8)  # the new run's
+    assert results["meta"]["concept_ref_seeds"] == {"a-s0": 0, "a-s1": 1, "a-s2": 2}
+    assert (results["meta"]["seed"], results["meta"]["seeds"], results["meta"]["training_seeds"]) == (0, 3, [0, 1, 2])
+    # A merged run merges again, its jobs' reference photos read from its record (not from the legacy rule).
+    assert quality.main(["--merge", str(out), "--out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "results.json").read_text())["meta"]["concept_ref_seeds"]["a-s2"] == 2
+    # One seed's jobs of a multi-seed run with a one-seed run of that seed: the names of a one-seed run.
+    one = tmp_path / "one"
+    assert quality.main(["--merge", f"{base}:ti-backprop@1", f"{old12}@1", "--out", str(one)]) == 0
+    results = json.loads((one / "results.json").read_text())
+    assert results["jobs"] == ["a"] and (results["meta"]["seed"], results["meta"]["seeds"]) == (1, 1)
+    assert set(results["methods"]["zo-puts"]["runs"]) == {"a"} and results["meta"]["concept_ref_seeds"] == {"a": 1}
+    # A seed with no job: one line.
+    assert quality.main(["--merge", f"{seed0}@4", "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "has no job of training seed 4" in err and err.count("\n") == 1 and not (tmp_path / "none").exists()
+
+
 @pytest.mark.parametrize("case, message", [
     ("duplicate", "method zo-puts ran a-s0, b-s0 in both"),
     ("jobs", "has no run of c-s0"),
