@@ -119,9 +119,12 @@ class WorldScorer:
         return prompts if self.max_heldout is None else prompts[: self.max_heldout]
 
     def score(self, concept: Any, token: str, v: np.ndarray | None, reference_images: Sequence,
-              keep_images: bool = False, resolution: int | None = None, heldout: bool = True) -> dict[str, Any]:
+              keep_images: bool = False, resolution: int | None = None, heldout: bool = True,
+              seed: int | None = None) -> dict[str, Any]:
         """Metrics of embedding ``v``; ``v=None`` scores the world's own renders instead (the oracle:
-        what a perfect generator would get, i.e. the evaluator's own ceiling)."""
+        what a perfect generator would get, i.e. the evaluator's own ceiling). ``seed``: of the generation
+        noise (default: the scorer's)."""
+        seed = self.seed if seed is None else seed
         concept_attrs = _attr_dict(concept.attributes)
         n = self.images_per_prompt
         res = resolution or self.model.default_resolution
@@ -130,7 +133,7 @@ class WorldScorer:
             rng = np.random.default_rng([seed, 0x0AC1E])
             return [self.world.render(self.world.Attributes(**attrs), rng, res) for _ in range(n)]
 
-        images = self._generate(self.fidelity_prompt, token, v, self.seed) if v is not None else oracle(concept_attrs, self.seed)
+        images = self._generate(self.fidelity_prompt, token, v, seed) if v is not None else oracle(concept_attrs, seed)
         feats = np.asarray(self.evaluator.features(images), np.float64)
         ref = self.reference_features(concept, reference_images)
         fidelity = float(np.mean(feats @ ref.T))
@@ -145,7 +148,7 @@ class WorldScorer:
         for p, prompt in enumerate(self.heldout_prompts(concept) if heldout else []):
             target = _attr_dict(self.world.prompt_target(concept, prompt))
             changed = [a for a in target if target[a] != concept_attrs.get(a)] or list(target)
-            out = self._generate(prompt, token, v, self.seed + 1 + p) if v is not None else oracle(target, self.seed + 1 + p)
+            out = self._generate(prompt, token, v, seed + 1 + p) if v is not None else oracle(target, seed + 1 + p)
             pred = self.evaluator.predict(out)
             for k in range(len(out)):
                 requested.append(all(pred[a][k] == target[a] for a in changed if a in pred))

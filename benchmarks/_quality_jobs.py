@@ -47,6 +47,10 @@ def seeded_names(jobs: Any, task: str, meta: dict[str, Any]) -> dict[str, str]:
 # What concept fidelity compares a job's images with (results.json's meta.concept_refs): its own photos. Runs
 # without the field scored every training seed's job of a concept against the photos of the run's first seed.
 CONCEPT_REFS = "job-photos"
+# The noise a job's scored images are generated from (results.json's meta.generation_seeds): its training
+# seed's, so that a job scores alike in a one-seed run and in a run over several seeds. Runs without the field
+# generated every job's images from the run's first seed's noise.
+GENERATION_SEEDS = "job-seed"
 
 
 def job_training_seed(meta: dict[str, Any], job: str) -> int:
@@ -56,15 +60,24 @@ def job_training_seed(meta: dict[str, Any], job: str) -> int:
     return int(job.rpartition("-s")[2])
 
 
-def concept_reference_seed(meta: dict[str, Any], job: str) -> int:
-    """The training seed whose photos a world job's concept fidelity was scored against: as a merged run
-    recorded it per job (``meta.concept_ref_seeds``), else the job's own, except in multi-seed runs older than
-    ``meta.concept_refs``, which used the run's first seed's photos for every seed."""
-    if job in (meta.get("concept_ref_seeds") or {}):
-        return int(meta["concept_ref_seeds"][job])
-    if int(meta.get("seeds", 1)) == 1 or meta.get("concept_refs") == CONCEPT_REFS:
+def _scoring_seed(meta: dict[str, Any], job: str, recorded: str, rule: str, current_rule: str) -> int:
+    """A per-job scoring seed of a world job: as a merged run recorded it (``meta[recorded]``), else the job's
+    training seed, except in multi-seed runs older than ``meta[rule]``, which used the run's first seed."""
+    if job in (meta.get(recorded) or {}):
+        return int(meta[recorded][job])
+    if int(meta.get("seeds", 1)) == 1 or meta.get(rule) == current_rule:
         return job_training_seed(meta, job)
     return int(meta["seed"])
+
+
+def concept_reference_seed(meta: dict[str, Any], job: str) -> int:
+    """The training seed whose photos a world job's concept fidelity was scored against (``concept_refs``)."""
+    return _scoring_seed(meta, job, "concept_ref_seeds", "concept_refs", CONCEPT_REFS)
+
+
+def generation_seed(meta: dict[str, Any], job: str) -> int:
+    """The seed of the noise a world job's scored images were generated from (``generation_seeds``)."""
+    return _scoring_seed(meta, job, "job_generation_seeds", "generation_seeds", GENERATION_SEEDS)
 
 
 def world_jobs(world: Any, concepts: list[Any], work: Path, resolution: int, seed: int,

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks._quality_jobs import concept_reference_seed, job_training_seed, seeded_names
+from benchmarks._quality_jobs import (concept_reference_seed, generation_seed, job_training_seed, seeded_name,
+                                      seeded_names)
 from benchmarks._quality_report import write_reports
 from benchmarks._quality_summary import summarize
 from reference.repo import REPO, repo_relative
@@ -71,7 +72,32 @@ def _load_source(source: str) -> tuple[Path, dict[str, Any]]:
         _keep_seeds(folder, results, seeds)
     if results["task"] == "world":  # under the job names of this run (renamed with them by _training_seeds)
         results["reference_seeds"] = {job: concept_reference_seed(results["meta"], job) for job in results["jobs"]}
+        if "merged_from" in results["meta"] and "job_generation_seeds" not in results["meta"]:
+            results["meta"]["job_generation_seeds"] = _recorded_generation_seeds(folder, results)
+        results["generation_seeds"] = {job: generation_seed(results["meta"], job) for job in results["jobs"]}
     return folder, results
+
+
+def _recorded_generation_seeds(folder: Path, merged: dict[str, Any]) -> dict[str, int]:
+    """Each job's generation seed in a merged run older than ``meta.job_generation_seeds``, read from the runs
+    it was merged from (the legacy rule, the merged run's first seed for every job, is wrong for those);
+    refused if one of them is no longer here."""
+    seeds: dict[str, int] = {}
+    for source in merged["meta"]["merged_from"]:
+        path = REPO / source["path"] / "results.json"
+        try:
+            run = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise ValueError(f"{folder} is a merged run older than its jobs' generation seeds record, and {path}, "
+                             "one of the runs it was merged from, cannot be read: merge those runs instead") from None
+        if "merged_from" in run["meta"] and "job_generation_seeds" not in run["meta"]:
+            run["meta"]["job_generation_seeds"] = _recorded_generation_seeds(REPO / source["path"], run)
+        names = seeded_names(run["jobs"], run["task"], run["meta"])
+        for job in run["jobs"]:
+            seeds.setdefault(names[job], generation_seed(run["meta"], job))
+    meta = merged["meta"]
+    names = {job: seeded_name(job, int(meta["seed"])) if int(meta.get("seeds", 1)) == 1 else job for job in merged["jobs"]}
+    return {job: seeds[name] for job, name in names.items() if name in seeds}
 
 
 def _keep_seeds(folder: Path, results: dict[str, Any], seeds: set[int]) -> None:
@@ -107,9 +133,10 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
     origin: dict[str, Path] = {}
     jobs: list[str] = []
     references: dict[str, tuple[int, Path]] = {}
+    noises: dict[str, tuple[int, Path]] = {}
     for folder, results in loaded:
         jobs += [job for job in results["jobs"] if job not in jobs]
-        _check_scored_alike(folder, results, first_folder, first, references)
+        _check_scored_alike(folder, results, first_folder, first, references, noises)
         for name, entry in results["methods"].items():
             methods[name] = _joined(name, methods[name], origin[name], entry, folder) if name in methods else entry
             origin[name] = folder
@@ -129,6 +156,7 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
     meta.update(seeding)
     if task == "world":  # the sources' rules for it differ (concept_reference_seed): record it per job
         meta["concept_ref_seeds"] = {job: seed for job, (seed, _) in references.items()}
+        meta["job_generation_seeds"] = {job: seed for job, (seed, _) in noises.items()}
     curve_prompts = {r["meta"].get("curve_prompts") for _, r in loaded}
     meta.update({
         "command": command, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -143,15 +171,21 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
 
 
 def _check_scored_alike(folder: Path, results: dict[str, Any], first_folder: Path, first: dict[str, Any],
-                        references: dict[str, tuple[int, Path]]) -> None:
+                        references: dict[str, tuple[int, Path]], noises: dict[str, tuple[int, Path]]) -> None:
     """Refuse a run scored otherwise than the first: other weights, generation settings, or (for a job already
-    seen) other reference photos; ``references`` collects each job's photos seed and where it was first seen."""
+    seen) other reference photos or generation noise; ``references`` and ``noises`` collect each job's photos
+    seed and generation seed and where each was first seen."""
     meta = results["meta"]
     for job, seed in results.get("reference_seeds", {}).items():
         if references.setdefault(job, (seed, folder))[0] != seed:
             raise ValueError(f"{job}'s concept fidelity was scored against seed {references[job][0]}'s photos in "
                              f"{references[job][1]} and seed {seed}'s in {folder} (runs before 2026-12-03 scored "
                              "every seed against the run's first seed's photos); merge runs scored alike")
+    for job, seed in results.get("generation_seeds", {}).items():
+        if noises.setdefault(job, (seed, folder))[0] != seed:
+            raise ValueError(f"{job}'s images were generated from seed {noises[job][0]}'s noise in {noises[job][1]} "
+                             f"and seed {seed}'s in {folder} (multi-seed runs before 2026-12-03 used the run's first "
+                             "seed for every job); merge runs scored alike, e.g. DIR@SEEDS to leave those jobs out")
     if weights_of(meta) != weights_of(first["meta"]):  # the weights, not where the export lay
         raise ValueError(f"{folder} was made on another export ({meta.get('model')}) than {first_folder} "
                          f"({first['meta'].get('model')}), or one no longer on this machine; merge runs "
@@ -183,7 +217,8 @@ def _training_seeds(loaded: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]
         else:
             names = seeded_names(results["jobs"], results["task"], meta)
         results["jobs"] = [names[job] for job in results["jobs"]]
-        results["reference_seeds"] = {names[job]: seed for job, seed in results["reference_seeds"].items()}
+        for key in ("reference_seeds", "generation_seeds"):
+            results[key] = {names[job]: seed for job, seed in results[key].items()}
         for entry in results["methods"].values():
             entry["runs"] = {names.get(job, job): runs for job, runs in entry["runs"].items()}
             if entry.get("memory_per_job"):

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _quality_jobs import concept_reference_seed, seeded_names  # noqa: E402
+from _quality_jobs import concept_reference_seed, generation_seed, seeded_names  # noqa: E402
 from _quality_summary import metric_names  # noqa: E402
 
 from zoodip.console import OneLineParser, print_error  # noqa: E402
@@ -53,6 +53,8 @@ def compare(run_a: dict, run_b: dict, method: str) -> list[str]:
     rows = ["| metric | A | B | A - B [95% paired interval] | jobs |", "|---|---|---|---|---|"]
     other_photos = [job for job in jobs if run_a["task"] == "world" and concept_reference_seed(run_a.get("meta", {}), job)
                     != concept_reference_seed(run_b.get("meta", {}), job)]
+    other_noise = [job for job in jobs if run_a["task"] == "world" and generation_seed(run_a.get("meta", {}), job)
+                   != generation_seed(run_b.get("meta", {}), job)]
     for metric in metric_names(run_a["task"]):
         if metric == "concept_fidelity" and other_photos:
             continue  # a mean over photos that differ between the runs: not a paired difference
@@ -65,6 +67,10 @@ def compare(run_a: dict, run_b: dict, method: str) -> list[str]:
     if other_photos:
         rows.append(f"\nconcept_fidelity left out: the runs scored {', '.join(other_photos[:3])}"
                     f"{' ...' if len(other_photos) > 3 else ''} against other training seeds' photos")
+    if other_noise:  # still a paired bootstrap over jobs, but the generation noise adds to its width
+        rows.append(f"\n{len(other_noise)} of {len(jobs)} jobs' images were generated from other noise in the two "
+                    f"runs ({', '.join(other_noise[:3])}{' ...' if len(other_noise) > 3 else ''}): their differences "
+                    "include the generation noise")
     return rows
 
 

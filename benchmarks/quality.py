@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import _quality_methods as qm  # noqa: E402
 from benchmarks._models import DEFAULT_CACHE, cache_lock, source_folder  # noqa: E402
-from benchmarks._quality_jobs import CONCEPT_REFS, make_jobs  # noqa: E402
+from benchmarks._quality_jobs import CONCEPT_REFS, GENERATION_SEEDS, make_jobs  # noqa: E402
 from benchmarks._quality_merge import export_weights_identity, merge_main, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
 from benchmarks._quality_report import machine_info, write_reports, write_samples  # noqa: E402
 from benchmarks._quality_summary import (  # noqa: E402,F401 (quality.summarize & co.: tests, --merge)
@@ -254,7 +254,8 @@ def _score_world(trained: dict[str, dict[str, Any]], jobs: list[qm.Job], export_
         concept = concepts[job.placeholder.strip("<>")]
         refs = [Image.open(p).convert("RGB") for p in sorted(Path(job.photos).glob("*.png"))]
         samples.setdefault("reference", {})[job.name] = refs[:4]
-        oracle = scorer.score(concept, concept.name, None, refs)
+        seed = args.seed if job.seed is None else job.seed  # GENERATION_SEEDS: the job's training seed
+        oracle = scorer.score(concept, concept.name, None, refs, seed=seed)
         oracle.pop("_images", None)
         extras.setdefault("oracle", {})[job.name] = oracle
         for method, result in trained.items():
@@ -270,7 +271,8 @@ def _score_world(trained: dict[str, dict[str, Any]], jobs: list[qm.Job], export_
                 if full_key in cache:  # e.g. the initializer: every run's first snapshot
                     key = full_key
                 if key not in cache:
-                    cache[key] = scorer.score(concept, concept.name, v, refs, keep_images=True, heldout=heldout)
+                    cache[key] = scorer.score(concept, concept.name, v, refs, keep_images=True, heldout=heldout,
+                                               seed=seed)
                 metrics = dict(cache[key])
                 images = metrics.pop("_images", None)
                 if images is not None and k == len(snaps) - 1:
@@ -467,6 +469,7 @@ def _results(task: str, command: str, args: Any, export_dir: Path, torch_model: 
             "puts": list(puts), "gen_steps": args.gen_steps, "guidance": args.guidance,
             "images_per_prompt": args.images_per_prompt, "in_process": args.in_process,
             "curve_prompts": args.curve_prompts, "max_heldout": args.max_heldout, "concept_refs": CONCEPT_REFS,
+            "generation_seeds": GENERATION_SEEDS,
             "scoring_wall_s": extras["scoring_wall_s"], "total_wall_s": time.perf_counter() - started,
         },
         "jobs": [j.name for j in jobs],

@@ -88,3 +88,19 @@ def test_concept_fidelity_is_left_out_where_the_runs_scored_other_photos(tmp_pat
         path.write_text(json.dumps(run))
     assert compare_runs.main([str(p) for p in paths]) == 0
     assert "| concept_fidelity" in capsys.readouterr().out
+
+
+def test_jobs_generated_from_other_noise_are_named(tmp_path: Path, capsys) -> None:
+    # A multi-seed run before meta.generation_seeds drew its seed-1 job's images from seed 0's noise; a one-seed
+    # --seed 1 run from seed 1's: still a paired bootstrap over jobs, and the output says which jobs differ.
+    one = _run({"star": 0.7}) | {"meta": {"seed": 1, "seeds": 1}}
+    several = _run({"star-s0": 0.1, "star-s1": 0.5}) | {"meta": {"seed": 0, "seeds": 2, "concept_refs": "job-photos"}}
+    paths = [tmp_path / "one.json", tmp_path / "several.json"]
+    for path, run in zip(paths, (one, several)):
+        path.write_text(json.dumps(run))
+    assert compare_runs.main([str(p) for p in paths]) == 0
+    assert "1 of 1 jobs' images were generated from other noise in the two runs (star-s1)" in capsys.readouterr().out
+    several["meta"]["generation_seeds"] = "job-seed"  # each job from its own seed's noise, as quality.py now draws
+    paths[1].write_text(json.dumps(several))
+    assert compare_runs.main([str(p) for p in paths]) == 0
+    assert "other noise" not in capsys.readouterr().out

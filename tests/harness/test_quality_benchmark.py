@@ -94,7 +94,7 @@ def test_ratio_of_means_ci_is_a_paired_bootstrap():
 
 
 def _fake_results(folder: Path, methods: dict, jobs=("a-s0", "b-s0"), guidance=5.0, seed=0, seeds=1,
-                  weights=None, concept_refs=None) -> Path:
+                  weights=None, concept_refs=None, generation_seeds=None) -> Path:
     """A results folder as quality.py writes it: per-job checkpoint records of world metrics."""
     def run(offset, forwards):
         return [{"step": k, "forwards": k * forwards / 2, "wall_s": 1.0, "concept_fidelity": 0.7 + offset * k,
@@ -106,7 +106,8 @@ def _fake_results(folder: Path, methods: dict, jobs=("a-s0", "b-s0"), guidance=5
             "torch_model": None, "seed": seed, "seeds": seeds, "gen_steps": 20, "guidance": guidance,
             "images_per_prompt": 4, "max_heldout": None, "curve_prompts": "fidelity", "total_wall_s": 10.0,
             "puts": [500, 900], **({"model_weights": weights} if weights else {}),
-            **({"concept_refs": concept_refs} if concept_refs else {})}
+            **({"concept_refs": concept_refs} if concept_refs else {}),
+            **({"generation_seeds": generation_seeds} if generation_seeds else {})}
     results = {"task": "world", "meta": meta, "jobs": list(jobs), "summary": {"oracle": dict.fromkeys(quality.metric_names("world"), 0.99)},
                "methods": {name: {"spec": {}, "memory": {}, "runs": {j: run(offset + 0.01 * i, forwards)
                                                                       for i, j in enumerate(jobs)}}
@@ -164,12 +165,13 @@ def test_merge_joins_one_method_run_on_disjoint_jobs(tmp_path):
 
 def test_merge_joins_runs_of_other_training_seeds_under_one_name_per_job(tmp_path):
     # Backprop over seeds 0-2; the ZO method on seed 0 alone (its job named "a") and on seeds 1-2 in another run.
-    # Every job's concept fidelity scored against its own photos (meta.concept_refs; a one-seed run's always are).
+    # Every job scored against its own photos and with its own seed's generation noise (meta.concept_refs and
+    # meta.generation_seeds; a one-seed run's always are).
     base = _fake_results(tmp_path / "base", {"ti-backprop": (0.1, 100)}, jobs=("a-s0", "a-s1", "a-s2"), seeds=3,
-                         concept_refs="job-photos")
+                         concept_refs="job-photos", generation_seeds="job-seed")
     seed0 = _fake_results(tmp_path / "s0", {"zo-puts": (0.09, 900)}, jobs=("a",))
     seeds12 = _fake_results(tmp_path / "s12", {"zo-puts": (0.09, 900)}, jobs=("a-s1", "a-s2"), seed=1, seeds=2,
-                            concept_refs="job-photos")
+                            concept_refs="job-photos", generation_seeds="job-seed")
     out = tmp_path / "merged"
     assert quality.main(["--merge", f"{base}:ti-backprop", str(seed0), str(seeds12), "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -195,7 +197,7 @@ def test_merge_keeps_the_training_seeds_asked_for_and_records_each_jobs_referenc
     # An old run over seeds 1-2 scored both against seed 1's photos: its seed-1 jobs are right, its seed-2 jobs
     # are replaced by a newer seed-2 run (DIR@1), and the merged run says which photos each job was scored against.
     base = _fake_results(tmp_path / "base", {"ti-backprop": (0.1, 100)}, jobs=("a-s0", "a-s1", "a-s2"), seeds=3,
-                         concept_refs="job-photos")
+                         concept_refs="job-photos", generation_seeds="job-seed")
     seed0 = _fake_results(tmp_path / "s0", {"zo-puts": (0.09, 900)}, jobs=("a",))
     old12 = _fake_results(tmp_path / "old12", {"zo-puts": (0.09, 900)}, jobs=("a-s1", "a-s2"), seed=1, seeds=2)
     seed2 = _fake_results(tmp_path / "s2", {"zo-puts": (0.05, 900)}, jobs=("a",), seed=2)
@@ -209,6 +211,7 @@ def test_merge_keeps_the_training_seeds_asked_for_and_records_each_jobs_referenc
     results = json.loads((out / "results.json").read_text())
     assert results["methods"]["zo-puts"]["runs"]["a-s2"][-1]["concept_fidelity"] == pytest.approx(0.8)  # the new run's
     assert results["meta"]["concept_ref_seeds"] == {"a-s0": 0, "a-s1": 1, "a-s2": 2}
+    assert results["meta"]["job_generation_seeds"] == {"a-s0": 0, "a-s1": 1, "a-s2": 2}
     assert (results["meta"]["seed"], results["meta"]["seeds"], results["meta"]["training_seeds"]) == (0, 3, [0, 1, 2])
     # A merged run merges again, its jobs' reference photos read from its record (not from the legacy rule).
     assert quality.main(["--merge", str(out), "--out", str(tmp_path / "again")]) == 0
@@ -223,6 +226,26 @@ def test_merge_keeps_the_training_seeds_asked_for_and_records_each_jobs_referenc
     assert quality.main(["--merge", f"{seed0}@4", "--out", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert "has no job of training seed 4" in err and err.count("\n") == 1 and not (tmp_path / "none").exists()
+
+
+def test_merge_refuses_jobs_whose_images_were_generated_from_other_noise(tmp_path, capsys):
+    # Multi-seed runs before meta.generation_seeds drew every job's images from the run's first seed's noise:
+    # their seed-2 job does not pair with a one-seed --seed 2 run's (seed 2's noise), and is refused in one line.
+    old12 = _fake_results(tmp_path / "old12", {"ti-backprop": (0.1, 100)}, jobs=("a-s1", "a-s2"), seed=1, seeds=2,
+                          concept_refs="job-photos")
+    new12 = _fake_results(tmp_path / "new12", {"ti-backprop": (0.1, 100)}, jobs=("a-s1", "a-s2"), seed=1, seeds=2,
+                          concept_refs="job-photos", generation_seeds="job-seed")
+    seed2 = _fake_results(tmp_path / "s2", {"zo-puts": (0.05, 900)}, jobs=("a",), seed=2)
+    assert quality.main(["--merge", str(old12), str(seed2), "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "a-s2's images were generated from seed 1's noise" in err and err.count("\n") == 1
+    assert not (tmp_path / "refused").exists()
+    # The new rule's seed-2 job pairs with the one-seed run's; the old run's seed-1 job still merges (@1).
+    out = tmp_path / "ok"
+    assert quality.main(["--merge", f"{new12}@2", str(seed2), "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["meta"]["job_generation_seeds"] == {"a": 2}
+    assert quality.main(["--merge", f"{old12}@1", f"{new12}@1", "--out", str(tmp_path / "one")]) == 2
+    assert "method ti-backprop ran a in both" in capsys.readouterr().err  # past the noise check: same seed
 
 
 @pytest.mark.parametrize("case, message", [
@@ -393,3 +416,63 @@ def test_backprop_restricted_to_the_curvature_subspace(tiny_export, tiny_sd_fold
             qm.parse_method(method)
     # A projected gradient keeps the gradient in span(B), but AdamW's per-entry steps leave it.
     assert outside("ti-backprop[curvature=0.999,weight_decay=0]") > 0.05
+
+
+def test_each_job_is_scored_with_its_own_training_seeds_generation_noise(tmp_path, monkeypatch):
+    # A run over seeds 1-2 draws job "a-s2"'s images from seed 2's noise, as a one-seed --seed 2 run does, so that
+    # the two pair in --merge (meta.generation_seeds); a one-seed run's job uses the run's --seed.
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from benchmarks import _quality_eval as qe
+    from benchmarks._quality_snapshots import Job
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (8, 8)).save(photos / "0.png")
+    seen: list[tuple[str, int]] = []
+
+    class RecordingScorer:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def score(self, concept, token, v, refs, seed=None, **kwargs):
+            seen.append(("oracle" if v is None else "run", seed))
+            return {"concept_fidelity": 0.5}
+
+    monkeypatch.setattr(qe, "WorldScorer", RecordingScorer)
+    monkeypatch.setattr(quality, "load_evaluator", lambda: None)
+    world = SimpleNamespace(CONCEPTS=[SimpleNamespace(name="<a>")])
+    args = SimpleNamespace(images_per_prompt=1, gen_steps=1, guidance=1.0, seed=1, max_heldout=None, curve_prompts="fidelity")
+    jobs = [Job("a-s1", str(photos), "<a>", "a", seed=1), Job("a-s2", str(photos), "<a>", "a", seed=2),
+            Job("a", str(photos), "<a>", "a")]
+    trained = {"m": {"runs": {job.name: [{"step": 0, "forwards": 0, "wall_s": 0.0, "v": [0.0]}] for job in jobs}}}
+    quality._score_world(trained, jobs, tmp_path, args, world, {"m": {}}, {})
+    assert seen == [("oracle", 1), ("run", 1), ("oracle", 2), ("run", 2), ("oracle", 1), ("run", 1)]
+
+
+def test_a_merged_run_older_than_its_generation_seeds_record_reads_them_from_its_sources(tmp_path, monkeypatch, capsys):
+    # Such a run (meta.merged_from, no meta.job_generation_seeds) joined a --seed 0 run and a --seed 1 --seeds 2
+    # run of the old rule: its seed-1 and seed-2 jobs came from seed 1's noise, not from its first seed's (0).
+    from benchmarks import _quality_merge
+
+    monkeypatch.setattr(_quality_merge, "REPO", tmp_path)
+    _fake_results(tmp_path / "s0", {"zo-puts": (0.09, 900)}, jobs=("a",))
+    _fake_results(tmp_path / "old12", {"zo-puts": (0.09, 900)}, jobs=("a-s1", "a-s2"), seed=1, seeds=2,
+                  concept_refs="job-photos")
+    merged = _fake_results(tmp_path / "merged", {"zo-puts": (0.09, 900)}, jobs=("a-s0", "a-s1", "a-s2"), seeds=3)
+    record = json.loads((merged / "results.json").read_text())
+    record["meta"] |= {"merged_from": [{"path": "s0"}, {"path": "old12"}],
+                       "concept_ref_seeds": {"a-s0": 0, "a-s1": 1, "a-s2": 2}}
+    (merged / "results.json").write_text(json.dumps(record))
+    _, loaded = _quality_merge._load_source(f"{merged}")
+    assert loaded["generation_seeds"] == {"a-s0": 0, "a-s1": 1, "a-s2": 1}
+    new2 = _fake_results(tmp_path / "new2", {"ti-backprop": (0.1, 100)}, jobs=("a",), seed=2)
+    assert quality.main(["--merge", str(new2), f"{merged}@2", "--out", str(tmp_path / "refused")]) == 2
+    assert "a's images were generated from seed 2's noise" in capsys.readouterr().err
+    # A source gone: one line saying so.
+    (tmp_path / "old12" / "results.json").unlink()
+    assert quality.main(["--merge", str(merged), "--out", str(tmp_path / "gone")]) == 2
+    err = capsys.readouterr().err
+    assert "one of the runs it was merged from, cannot be read" in err and err.count("\n") == 1
