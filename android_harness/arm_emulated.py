@@ -231,16 +231,6 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def fetch_wheels(dest: Path) -> list[str]:
     versions = _sdk_versions()
     reqs = [f"{name}=={v}" if v else name for name, v in versions.items()]
@@ -255,7 +245,11 @@ def fetch_wheels(dest: Path) -> list[str]:
 
 def build_rootfs(root: Path = ROOTFS) -> None:
     """debootstrap an arm64 bookworm userland and a venv with the SDK's dependencies (once)."""
-    with _lock(root.parent / ".arm64-rootfs.lock"):
+    if str(REPO / "sdk") not in sys.path:
+        sys.path.insert(0, str(REPO / "sdk"))
+    from zoodip.paths import exclusive_lock
+
+    with exclusive_lock(root.parent / ".arm64-rootfs.lock"):
         if rootfs_ready(root):
             return
         why = ensure_binfmt()

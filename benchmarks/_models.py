@@ -34,11 +34,9 @@ def _log(message: str) -> None:
 def cache_lock(cache: Path) -> Iterator[None]:
     """Hold the cache folder's lock: two benchmark processes started together (one per half of the concepts,
     say) would otherwise build the same entry at once, and one would replace the folder the other reads."""
-    import fcntl
+    from zoodip.paths import exclusive_lock
 
-    Path(cache).mkdir(parents=True, exist_ok=True)
-    with open(Path(cache) / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with exclusive_lock(Path(cache) / ".lock"):
         yield
 
 

@@ -8,16 +8,18 @@ writable. Each failure is one ``ZoodipError`` line naming the flag.
 
 Atomic writes go to ``.{name}.tmp-{pid}-{random}`` beside the target and are renamed over it; a
 crash between the two leaves such a file behind, which ``remove_stale_temp_files`` deletes when
-the next run in that folder starts (a run folder is used by one process at a time).
+the next run in that folder starts. A run folder is used by one process at a time (``run_folder_lock``):
+a second run in it would delete the first's in-flight temp files and interleave their checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .errors import ZoodipError
 
@@ -135,3 +137,48 @@ def atomic_write_bytes(path: Path, write: Callable[[object], None]) -> None:
             pass
         reason = "the disk is full" if exc.errno == 28 else (exc.strerror or str(exc))
         raise ZoodipError(f"cannot write {path}: {reason}; the previous version is intact, free space and resume with --resume") from None
+
+
+RUN_LOCK_NAME = ".zoodip-run.lock"
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, busy: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) while the block runs.
+
+    An advisory ``flock``: the OS drops it when its process ends, however it ends (kill -9 included),
+    so a lock is never left stale. ``busy``: raise ``ZoodipError(busy)`` at once if another process
+    holds it; None: wait for it. Where ``fcntl`` does not exist (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy is not None else 0))
+        except BlockingIOError:
+            raise ZoodipError(busy or "") from None
+        yield
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder: Path) -> Iterator[None]:
+    """One run at a time in ``folder``: a second process gets one line naming it. The lock file goes when
+    the run ends (as does the folder, if the run created it and wrote nothing)."""
+    created = not folder.exists()
+    lock = folder / RUN_LOCK_NAME
+    try:
+        with exclusive_lock(lock, busy=f"{folder} is in use by another zoodip run: wait for it to end, "
+                                         "or choose another --output_dir"):
+            try:
+                yield
+            finally:  # still holding the lock: a run that starts after this finds no file, or a fresh one
+                with contextlib.suppress(OSError):
+                    lock.unlink()
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty

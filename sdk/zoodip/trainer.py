@@ -39,7 +39,7 @@ from .limits import check_image_size, check_photo_count
 from .lr_schedule import lr_at
 from .method_parts import LossFactory, OptimizerFactory, ProjectorFactory, default_optimizer, default_projector
 from .model import ExportedModel, RuntimeOptions
-from .paths import check_output_dir, remove_stale_temp_files
+from .paths import check_output_dir, remove_stale_temp_files, run_folder_lock
 from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.Progress stays public)
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
 from .run_checks import append_log, check_outcome, sha256_of_files, truncate_log
@@ -361,6 +361,10 @@ class Personalizer:
         return value
 
     def run(self, resume: bool = False) -> PersonalizeResult:
+        with run_folder_lock(self.config.output_dir):
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> PersonalizeResult:
         self._prepare_output(resume)
         started = time.monotonic()
         forwards_at_start = self.loss.forwards

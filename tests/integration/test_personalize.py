@@ -204,6 +204,40 @@ def test_resume_refuses_other_settings_and_fresh_run_refuses_existing(tiny_expor
         personalize(make_config(tiny_export, photos, tmp_path / "none", eval_every=0), resume=True)
 
 
+def test_a_second_run_in_a_folder_in_use_is_refused_and_leaves_the_first_runs_files(tiny_export, photos, tmp_path):
+    # Two runs in one folder would delete each other's in-flight temp files and interleave checkpoints.
+    import signal
+    import subprocess
+    import sys
+
+    from zoodip.paths import RUN_LOCK_NAME, run_folder_lock
+
+    out = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from zoodip.paths import run_folder_lock\n"
+        f"with run_folder_lock(Path({str(out)!r})):\n    print('held', flush=True); sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        in_flight = out / f".{CHECKPOINT_NAME}.tmp-{holder.pid}-abc"
+        in_flight.write_bytes(b"the other run's half-written checkpoint")
+        with pytest.raises(ZoodipError, match="is in use by another zoodip run: wait for it to end, or choose"):
+            personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0))
+        assert in_flight.exists() and not (out / CHECKPOINT_NAME).exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)  # the lock dies with its process: never stale
+        holder.wait()
+    personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0))
+    assert (out / EMBEDDING_NAME).is_file() and not (out / RUN_LOCK_NAME).exists()
+    # A run that fails before writing anything leaves no folder behind, the lock's included.
+    empty = tmp_path / "never"
+    with pytest.raises(ZoodipError):
+        personalize(make_config(tiny_export, photos, empty, max_train_steps=2, eval_every=0), resume=True)
+    assert not empty.exists()
+    with run_folder_lock(empty):  # and the lock is free again after it
+        assert (empty / RUN_LOCK_NAME).exists()
+
+
 def test_captions_are_used_and_checked(tiny_export, photos, tmp_path):
     names = sorted(p.name for p in photos.iterdir())
     good = tmp_path / "captions.json"
