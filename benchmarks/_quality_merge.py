@@ -34,8 +34,8 @@ def parse_merge_source(text: str) -> tuple[Path, list[str] | None, set[int] | No
     return Path(text), None, wanted_seeds
 
 
-def export_weights_identity(model: Any) -> str:
-    """The sha256 of every file of an export but its curvature subspace (the weights the runs used);
+def export_weights_identity(model: Any) -> dict[str, str] | str:
+    """The sha256 of every file of an export but its curvature subspace (the weights the runs used), by file;
     the export's cache name where its folder is no longer on this machine."""
     folder = Path(str(model))
     folder = folder if folder.is_absolute() else REPO / folder
@@ -43,12 +43,19 @@ def export_weights_identity(model: Any) -> str:
         files = json.loads((folder / "manifest.json").read_text())["files"]
     except (OSError, ValueError, KeyError):
         return Path(str(model)).name
-    return json.dumps({name: info.get("sha256") for name, info in sorted(files.items()) if name != CURVATURE_FILE})
+    return {name: info.get("sha256") for name, info in sorted(files.items()) if name != CURVATURE_FILE}
 
 
-def weights_of(meta: dict[str, Any]) -> str:
-    """A run's export weights: as the run recorded them, or (older runs) from its export folder if still here."""
-    return meta.get("model_weights") or export_weights_identity(meta.get("model"))
+def weights_of(meta: dict[str, Any]) -> dict[str, str] | str:
+    """A run's export weights: as the run recorded them, or (older runs) from its export folder if still here.
+    Runs before 2026-12-03 recorded the same mapping as a JSON string."""
+    recorded = meta.get("model_weights")
+    if isinstance(recorded, str):
+        try:
+            recorded = json.loads(recorded)
+        except ValueError:
+            pass  # a cache name
+    return recorded or export_weights_identity(meta.get("model"))
 
 
 def _load_source(source: str) -> tuple[Path, dict[str, Any]]:

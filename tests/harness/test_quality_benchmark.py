@@ -476,3 +476,13 @@ def test_a_merged_run_older_than_its_generation_seeds_record_reads_them_from_its
     assert quality.main(["--merge", str(merged), "--out", str(tmp_path / "gone")]) == 2
     err = capsys.readouterr().err
     assert "one of the runs it was merged from, cannot be read" in err and err.count("\n") == 1
+
+
+def test_merge_reads_weights_recorded_as_a_mapping_or_as_the_older_json_string(tmp_path, capsys):
+    short = _fake_results(tmp_path / "short", {"ti-backprop": (0.1, 100)}, weights={"unet.onnx": "ab"})
+    old = _fake_results(tmp_path / "old", {"zo-puts": (0.05, 900)}, weights='{"unet.onnx": "ab"}')
+    assert quality.main(["--merge", str(short), str(old), "--out", str(tmp_path / "m")]) == 0
+    assert json.loads((tmp_path / "m" / "results.json").read_text())["meta"]["model_weights"] == {"unet.onnx": "ab"}
+    other = _fake_results(tmp_path / "other", {"zo-puts": (0.05, 900)}, weights={"unet.onnx": "cd"})
+    assert quality.main(["--merge", str(old), str(other), "--out", str(tmp_path / "n")]) == 2
+    assert "another export" in capsys.readouterr().err
