@@ -156,12 +156,25 @@ def exclusive_lock(path: Path, busy: str | None = None) -> Iterator[None]:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy is not None else 0))
-        except BlockingIOError:
-            raise ZoodipError(busy or "") from None
-        yield
+    while True:
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy is not None else 0))
+            except BlockingIOError:
+                raise ZoodipError(busy or "") from None
+            if _same_file(handle.fileno(), path):
+                yield
+                return
+        # The holder removed the file as it ended (run_folder_lock) after we opened it: ours is a lock on a
+        # file nobody else will open; take the one at the path now.
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        held, now = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,40 @@
+"""zoodip.paths' file locks: one holder at a time, and never a lock on a file the path no longer names."""
+from __future__ import annotations
+
+import pytest
+
+from zoodip.errors import ZoodipError
+from zoodip.paths import exclusive_lock
+
+fcntl = pytest.importorskip("fcntl")  # POSIX: where it is missing, exclusive_lock locks nothing
+
+
+def test_exclusive_lock_refuses_a_second_holder_at_once_and_frees_itself(tmp_path):
+    lock = tmp_path / "deep" / "x.lock"
+    with exclusive_lock(lock):
+        with pytest.raises(ZoodipError, match="^busy here$"):
+            with exclusive_lock(lock, busy="busy here"):  # another open file: flock refuses it
+                pass
+    with exclusive_lock(lock, busy="busy here"):
+        pass
+
+
+def test_a_lock_file_removed_between_open_and_flock_is_taken_again_at_its_path(tmp_path, monkeypatch):
+    # A second run that opened the lock file just before the first one removed it (run_folder_lock does, as a
+    # run ends) would hold a lock on a file nobody else opens, and a third run could start beside it.
+    lock = tmp_path / "x.lock"
+    real_flock, calls = fcntl.flock, []
+
+    def holder_ends_in_between(handle, operation):
+        calls.append(operation)
+        if len(calls) == 1:  # the first run removes the file, and a third one creates it afresh
+            lock.unlink()
+            lock.write_text("")
+        real_flock(handle, operation)
+
+    monkeypatch.setattr(fcntl, "flock", holder_ends_in_between)
+    with exclusive_lock(lock, busy="busy"):
+        assert len(calls) == 2  # retaken on the file the path names now
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        with open(lock) as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
