@@ -71,6 +71,12 @@ class HostNotReady(Exception):
     main() prints it as the contract's one ``error:`` line, exit status 2."""
 
 
+def _sdk_importable() -> None:
+    """Put the repository's SDK on sys.path (the harness also runs where it is not installed)."""
+    if str(REPO / "sdk") not in sys.path:
+        sys.path.insert(0, str(REPO / "sdk"))
+
+
 def log(message: str) -> None:
     print(f"[arm64] {message}", file=sys.stderr, flush=True)
 
@@ -245,8 +251,7 @@ def fetch_wheels(dest: Path) -> list[str]:
 
 def build_rootfs(root: Path = ROOTFS) -> None:
     """debootstrap an arm64 bookworm userland and a venv with the SDK's dependencies (once)."""
-    if str(REPO / "sdk") not in sys.path:
-        sys.path.insert(0, str(REPO / "sdk"))
+    _sdk_importable()
     from zoodip.paths import exclusive_lock
 
     with exclusive_lock(root.parent / ".arm64-rootfs.lock"):
@@ -326,8 +331,7 @@ def read_run(out: Path, wall_s: float) -> dict[str, Any]:
     """Losses, evaluation losses, embedding, probe and timing of a finished probe run."""
     import numpy as np
 
-    if str(REPO / "sdk") not in sys.path:
-        sys.path.insert(0, str(REPO / "sdk"))
+    _sdk_importable()
     from zoodip.embeddings import load_embedding_file
 
     probe = json.loads((out / "probe.json").read_text())
@@ -486,7 +490,7 @@ def run_comparison(export: Path, work: Path, spec: RunSpec | None = None, with_o
             log("ARM64 run under qemu on the .ort conversion")
             runs["arm64_ort"] = run_arm(stage, inner, spec, "export-ort")
 
-    sys.path.insert(0, str(REPO / "sdk"))
+    _sdk_importable()
     from zoodip.model import ExportedModel
 
     model = ExportedModel.load(export)
@@ -589,8 +593,7 @@ def make_tiny_export(work: Path, recipe: str = "w8a32") -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if str(REPO / "sdk") not in sys.path:
-        sys.path.insert(0, str(REPO / "sdk"))
+    _sdk_importable()
     from zoodip.console import OneLineParser, print_error  # one line for a bad flag
     from zoodip.errors import ZoodipError
 

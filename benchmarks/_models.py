@@ -16,7 +16,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # imported from benchmarks/ or run as a file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,14 +29,12 @@ def _log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
-def cache_lock(cache: Path) -> Iterator[None]:
-    """Hold the cache folder's lock: two benchmark processes started together (one per half of the concepts,
-    say) would otherwise build the same entry at once, and one would replace the folder the other reads."""
+def cache_lock(cache: Path) -> contextlib.AbstractContextManager[None]:
+    """The cache folder's lock: two benchmark processes started together (one per half of the concepts, say)
+    would otherwise build the same entry at once, and one would replace the folder the other reads."""
     from zoodip.paths import exclusive_lock
 
-    with exclusive_lock(Path(cache) / ".lock"):
-        yield
+    return exclusive_lock(Path(cache) / ".lock")
 
 
 def source_folder(cache: Path, tiny: bool, seed: int = 0) -> Path:

@@ -310,7 +310,7 @@ def run_forward_only(spec: MethodSpec, job: Job, export_dir: Path, work: Path, b
 
 def run_method(spec: MethodSpec, job: Job, export_dir: Path, work: Path, budget: int, checkpoints: int, seed: int,
                torch_model: Path | None = None) -> list[Snapshot]:
-    seed = job.seed if job.seed is not None else seed
+    seed = job.training_seed(seed)
     if spec.kind == "init":
         model = ExportedModel.load(export_dir)
         ids = model.tokenizer.token_ids_for_word(job.initializer)

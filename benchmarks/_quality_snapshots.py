@@ -19,6 +19,10 @@ class Job:
     attributes: dict[str, str] = field(default_factory=dict)
     seed: int | None = None  # training seed of this job (None: the run's --seed)
 
+    def training_seed(self, run_seed: int) -> int:
+        """This job's training seed (its photos, training noise and generation noise) in a run of ``--seed run_seed``."""
+        return run_seed if self.seed is None else self.seed
+
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 

@@ -51,10 +51,11 @@ def compare(run_a: dict, run_b: dict, method: str) -> list[str]:
     if not jobs:
         raise ZoodipError("the runs share no job: compare runs of the same jobs")
     rows = ["| metric | A | B | A - B [95% paired interval] | jobs |", "|---|---|---|---|---|"]
-    other_photos = [job for job in jobs if run_a["task"] == "world" and concept_reference_seed(run_a.get("meta", {}), job)
-                    != concept_reference_seed(run_b.get("meta", {}), job)]
-    other_noise = [job for job in jobs if run_a["task"] == "world" and generation_seed(run_a.get("meta", {}), job)
-                   != generation_seed(run_b.get("meta", {}), job)]
+    def differing(seed_of) -> list[str]:  # the world jobs the two runs scored with other seeds' photos or noise
+        return [job for job in jobs if run_a["task"] == "world"
+                and seed_of(run_a.get("meta", {}), job) != seed_of(run_b.get("meta", {}), job)]
+
+    other_photos, other_noise = differing(concept_reference_seed), differing(generation_seed)
     for metric in metric_names(run_a["task"]):
         if metric == "concept_fidelity" and other_photos:
             continue  # a mean over photos that differ between the runs: not a paired difference

@@ -254,7 +254,7 @@ def _score_world(trained: dict[str, dict[str, Any]], jobs: list[qm.Job], export_
         concept = concepts[job.placeholder.strip("<>")]
         refs = [Image.open(p).convert("RGB") for p in sorted(Path(job.photos).glob("*.png"))]
         samples.setdefault("reference", {})[job.name] = refs[:4]
-        seed = args.seed if job.seed is None else job.seed  # GENERATION_SEEDS: the job's training seed
+        seed = job.training_seed(args.seed)  # GENERATION_SEEDS: the generation noise is the job's
         oracle = scorer.score(concept, concept.name, None, refs, seed=seed)
         oracle.pop("_images", None)
         extras.setdefault("oracle", {})[job.name] = oracle
