@@ -2,6 +2,7 @@
 against W8A32): the same jobs, each run scored with its own weights, so ``quality.py --merge`` refuses them.
 
     python benchmarks/compare_runs.py RUN_A/results.json RUN_B/results.json [--method zoodip]
+    python benchmarks/compare_runs.py RUN_A/results.json RUN_B/results.json --method 'default[n=8]' --method-b default
 
 Prints, per metric the benchmark scores, at the end of the budget, both means and the paired difference A - B with a 95%
 bootstrap interval over the jobs both ran (jobs resampled together: a hard concept is hard in both runs).
@@ -39,14 +40,21 @@ def seeded_runs(run: dict, method: str) -> dict[str, list]:
     return {names[job]: records for job, records in runs.items()}
 
 
-def compare(run_a: dict, run_b: dict, method: str) -> list[str]:
-    """One Markdown row per metric: mean A, mean B, A - B [95% interval], jobs (those both runs scored)."""
+def compare(run_a: dict, run_b: dict, method: str, method_b: str | None = None) -> list[str]:
+    """One Markdown row per metric: mean A, mean B, A - B [95% interval], jobs (those both runs scored).
+
+    ``method`` in A against ``method_b`` (default: the same method) in B: a variant against the method it varies."""
     if run_a["task"] != run_b["task"]:
         raise ZoodipError(f"the runs are of different tasks ({run_a['task']} and {run_b['task']}): compare like with like")
     try:
-        a, b = seeded_runs(run_a, method), seeded_runs(run_b, method)
+        a = seeded_runs(run_a, method)
     except KeyError:
-        raise ZoodipError(f"method {method!r} is not in both runs: pick one with --method") from None
+        raise ZoodipError(f"method {method!r} is not in run A: pick one of {', '.join(run_a['methods'])} with --method") from None
+    try:
+        b = seeded_runs(run_b, method_b or method)
+    except KeyError:
+        raise ZoodipError(f"method {method_b or method!r} is not in run B: pick one of {', '.join(run_b['methods'])} "
+                          "with --method-b") from None
     jobs = sorted(set(a) & set(b))
     if not jobs:
         raise ZoodipError("the runs share no job: compare runs of the same jobs")
@@ -92,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python benchmarks/compare_runs.py", description=__doc__.splitlines()[0])
     parser.add_argument("run_a", type=Path)
     parser.add_argument("run_b", type=Path)
-    parser.add_argument("--method", default="zoodip")
+    parser.add_argument("--method", default="zoodip", help="the method compared (in run A)")
+    parser.add_argument("--method-b", default=None, help="run B's method, if it has another name (default: --method)")
     try:
         args = parser.parse_args(argv)
         runs = [read_run(path) for path in (args.run_a, args.run_b)]
-        print("\n".join(compare(*runs, args.method)))
+        print("\n".join(compare(*runs, args.method, args.method_b)))
     except ZoodipError as error:
         return print_error(error)
     except (KeyError, TypeError, IndexError, ValueError) as error:  # a results.json damaged inside

@@ -42,7 +42,20 @@ def test_mismatched_runs_are_refused_in_one_line(tmp_path: Path, capsys) -> None
     assert compare_runs.main([str(a), str(b)]) == 2
     assert capsys.readouterr().err.strip() == "error: the runs share no job: compare runs of the same jobs"
     assert compare_runs.main([str(a), str(b), "--method", "nope"]) == 2
-    assert "method 'nope' is not in both runs" in capsys.readouterr().err
+    assert "method 'nope' is not in run A: pick one of zoodip with --method" in capsys.readouterr().err
+    assert compare_runs.main([str(a), str(b), "--method-b", "nope"]) == 2
+    assert "method 'nope' is not in run B" in capsys.readouterr().err
+
+
+def test_a_variant_against_the_method_it_varies(tmp_path: Path, capsys) -> None:
+    variant = _run({"x": 0.8, "y": 0.6})
+    variant["methods"] = {"default[n=8]": variant["methods"]["zoodip"]}
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, run in zip(paths, (variant, _run({"x": 0.7, "y": 0.5}))):
+        path.write_text(json.dumps(run))
+    assert compare_runs.main([str(p) for p in paths] + ["--method", "default[n=8]", "--method-b", "zoodip"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| prompt_fidelity"))
+    assert row.endswith("| +0.100 [+0.100, +0.100] | 2 |")
 
 
 def test_a_one_seed_run_pairs_with_that_seed_of_a_several_seed_run(tmp_path: Path, capsys) -> None:
