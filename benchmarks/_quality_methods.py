@@ -59,6 +59,7 @@ class MethodSpec:
     t_range: tuple[int, int] | None = None  # None: uniform [0, T)
     lr: float | None = None  # None: the kind's default
     n: int = 2
+    directions: str = "gaussian"  # zoodip.zo.DIRECTIONS (PersonalizeConfig.directions)
     mu: float = 1e-3
     tau: int | None = 128  # None: the SDK's default_tau for the model's width
     nu: float = 1e-3
@@ -99,6 +100,8 @@ class MethodSpec:
                 out["lr_scheduler"] = self.schedule
             if self.adam_state != "float64":
                 out["adam_state_dtype"] = self.adam_state
+            if self.directions != "gaussian":
+                out["directions"] = self.directions
             for key, default in (("flip", False), ("templates", "builtin"), ("vae", "once")):
                 if getattr(self, key) != default:
                     out[key] = getattr(self, key)
@@ -172,6 +175,8 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
             if value not in LR_SCHEDULERS:
                 raise ValueError(f"method {text!r}: sched must be one of {', '.join(LR_SCHEDULERS)}")
             changes["schedule"] = value
+        elif key == "ortho":  # ortho=1: orthogonal directions
+            changes["directions"] = "orthogonal" if value.lower() in ("1", "true", "on", "yes") else "gaussian"
         elif key == "coords":
             changes["coords"] = value.lower() in ("1", "true", "on", "yes")
         elif key == "adam16":  # adam16=1: ZO-Adam's state in fp16, as the authors' code keeps it
@@ -263,7 +268,7 @@ def _zo_config(spec: MethodSpec, job: Job, export_dir: Path, out_dir: Path, step
     return PersonalizeConfig(
         export_dir=export_dir, images=Path(job.photos), output_dir=out_dir, placeholder_token=job.placeholder,
         initializer_token=job.initializer, max_train_steps=steps, learning_rate=spec.learning_rate(), seed=seed,
-        n=spec.n, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, subspace_mode=spec.mode, t_range=t_range,
+        n=spec.n, directions=spec.directions, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, subspace_mode=spec.mode, t_range=t_range,
         vocabulary_variance=spec.vocab, curvature_fraction=spec.curvature, adam_state_dtype=spec.adam_state,
         lr_scheduler=spec.schedule, num_vectors=spec.num_vectors, eval_every=0, checkpoint_every=0, threads=1,
         flip=spec.flip, vae_sampling=spec.vae,

@@ -37,7 +37,7 @@ from .model import DEFAULT_SPIN_WAIT  # noqa: E402
 from .prompts import LEARNABLE_PROPERTIES  # noqa: E402
 from .samplers import SAMPLERS  # noqa: E402
 from .timesteps import PAPER_T_RANGE  # noqa: E402
-from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES  # noqa: E402
+from .zo import ADAM_STATE_DTYPES, DIRECTIONS, PROJECTION_MODES  # noqa: E402
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,6 +84,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 def _add_method_flags(p: argparse.ArgumentParser) -> None:
     """The ZO method: directions, perturbation, Subspace Gradient, search subspaces, timesteps, optimizer."""
     p.add_argument("--n", type=int, default=2, help="random directions per step (n+1 forwards per step)")
+    p.add_argument("--directions", choices=DIRECTIONS, default="gaussian",
+                   help="gaussian: n independent random directions (the paper); orthogonal: n orthogonal ones, "
+                        "which with --n equal to the searched dimension give its exact finite-difference gradient")
     p.add_argument("--mu", type=float, default=1e-3, help="finite-difference perturbation")
     p.add_argument("--tau", type=int, default=None,
                    help="Subspace Gradient history length (default: the paper's 128, or half the embedding width "
@@ -171,7 +174,7 @@ def config_from_args(args: argparse.Namespace):
         placeholder_token=args.placeholder_token, initializer_token=args.initializer_token, num_vectors=args.num_vectors,
         learnable_property=args.learnable_property, resolution=args.resolution,
         max_train_steps=args.max_train_steps, learning_rate=args.learning_rate, seed=args.seed,
-        n=args.n, mu=args.mu, tau=args.tau, nu=args.nu, subspace=not args.no_subspace,
+        n=args.n, directions=args.directions, mu=args.mu, tau=args.tau, nu=args.nu, subspace=not args.no_subspace,
         subspace_mode=args.subspace_mode, vocabulary_variance=args.vocabulary_subspace,
         curvature_fraction=_curvature_fraction(args), t_range=tuple(args.t_range), optimizer=args.optimizer,
         adam_state_dtype=args.adam_state_dtype,

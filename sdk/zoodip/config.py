@@ -17,7 +17,7 @@ from .lr_schedule import LENGTH_DEPENDENT, LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT, RuntimeOptions
 from .timesteps import PAPER_T_RANGE
 from .prompts import LEARNABLE_PROPERTIES
-from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
+from .zo import ADAM_STATE_DTYPES, DIRECTIONS, PROJECTION_MODES
 
 OPTIMIZERS = ("adam", "sgd")  # ZO-Adam (the paper's) or ZO-SGD
 # A photo's latent: one sample of its VAE posterior drawn once and cached ("once"), or a fresh sample every
@@ -65,6 +65,7 @@ class PersonalizeConfig:
     learning_rate: float = 1e-2
     seed: int = 0
     n: int = 2  # random directions per step (a step costs n+1 forwards)
+    directions: str = "gaussian"  # zo.DIRECTIONS: "orthogonal" draws the n directions as one orthogonal frame
     mu: float = 1e-3  # finite-difference perturbation
     optimizer: str = "adam"  # "adam" (ZO-Adam) or "sgd" (ZO-SGD)
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -168,6 +169,8 @@ class PersonalizeConfig:
         validation.finite_float("--learning_rate", self.learning_rate, low=0.0)
         if self.optimizer not in OPTIMIZERS:
             raise ZoodipError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.directions not in DIRECTIONS:
+            raise ZoodipError(f"--directions must be one of {', '.join(DIRECTIONS)}, got {self.directions!r}")
         if self.adam_state_dtype not in ADAM_STATE_DTYPES:
             raise ZoodipError(f"--adam-state-dtype must be one of {', '.join(ADAM_STATE_DTYPES)}, got {self.adam_state_dtype!r}")
         if self.optimizer != "adam" and self.adam_state_dtype != "float64":
@@ -214,6 +217,8 @@ class PersonalizeConfig:
             payload["vocabulary_variance"] = float(self.vocabulary_variance)
         if self.curvature_fraction:  # the trainer resolves None (automatic) to a fraction or 0 (off)
             payload["curvature_fraction"] = float(self.curvature_fraction)
+        if self.directions != "gaussian":  # likewise
+            payload["directions"] = self.directions
         if self.adam_state_dtype != "float64":  # likewise
             payload["adam_state_dtype"] = self.adam_state_dtype
         if self.template_file is not None:  # likewise

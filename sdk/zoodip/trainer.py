@@ -158,7 +158,8 @@ class Personalizer:
         model, dim = self.model, self.dim
         config, self.vocabulary, self.curvature, basis = choose_search_space(model, self.config)
         self.config = config
-        self.estimator = RandomGradientEstimator(dim, n=config.n, mu=config.mu, basis=basis)
+        self.estimator = RandomGradientEstimator(dim, n=config.n, mu=config.mu, basis=basis,
+                                                 directions=config.directions)
         if basis is not None:
             source = "curvature" if self.curvature is not None else "vocabulary"
             self._phase(f"searching {basis.shape[1]} of {dim} dimensions (the model's {source} subspace)")
@@ -248,7 +249,7 @@ class Personalizer:
         config = self.config
         settings = {key: getattr(config, key) for key in (
             "initializer_token", "learnable_property", "learning_rate", "lr_scheduler", "lr_warmup_steps", "seed",
-            "n", "mu", "optimizer", "subspace", "tau", "nu", "subspace_mode", "vocabulary_variance", "curvature_fraction", "t_range")}
+            "n", "directions", "mu", "optimizer", "subspace", "tau", "nu", "subspace_mode", "vocabulary_variance", "curvature_fraction", "t_range")}
         settings["resolution"] = self.resolution
         return {"steps": str(self.step), "forwards": str(self.train_forwards), "model": self.model_id,
                 "model_name": self.config.export_dir.name, "settings": json.dumps(settings, sort_keys=True)}

@@ -40,6 +40,11 @@ def test_parse_method_variants():
     assert qm._zo_config(paper16, qm.Job(name="j", photos="p", placeholder="<j>", initializer="dog"), Path("e"),
                          Path("o"), steps=3, seed=0, num_train_timesteps=1000).adam_state_dtype == "float16"
     assert qm.parse_method("zoodip[adam16=0]").adam_state == "float64"
+    ortho = qm.parse_method("default[n=30,ortho=1]")
+    assert ortho.directions == "orthogonal" and ortho.describe()["directions"] == "orthogonal"
+    assert "directions" not in paper16.describe() and ortho.forwards_per_step == 31
+    assert qm._zo_config(ortho, qm.Job(name="j", photos="p", placeholder="<j>", initializer="dog"), Path("e"),
+                         Path("o"), steps=3, seed=0, num_train_timesteps=1000).directions == "orthogonal"
     two = qm.parse_method("default[num_vectors=2]")
     assert two.num_vectors == 2 and two.describe()["num_vectors"] == 2 and "num_vectors" not in paper16.describe()
     assert qm._zo_config(two, qm.Job(name="j", photos="p", placeholder="<j>", initializer="dog"), Path("e"),

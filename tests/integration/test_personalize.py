@@ -54,6 +54,7 @@ def _final_bytes(out) -> bytes:
     ("float64", {"lr_scheduler": "cosine", "lr_warmup_steps": 3}),
     ("float64", {"lr_scheduler": "linear", "lr_warmup_steps": 5}),
     ("float64", {"num_vectors": 2}),  # the checkpoint holds the two vectors, flattened
+    ("float64", {"directions": "orthogonal", "n": 3}),  # the frame is a pure function of the step's draw
 ])
 def test_interrupted_and_resumed_run_is_bit_identical(tiny_export, photos, tmp_path, adam_state_dtype, schedule):
     straight = make_config(tiny_export, photos, tmp_path / "straight", adam_state_dtype=adam_state_dtype, **schedule)

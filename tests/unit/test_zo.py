@@ -18,6 +18,7 @@ from zoodip.zo import (
     ZOAdam,
     ZOSGD,
     components_to_keep,
+    orthogonal_frame,
     standardized_pca,
 )
 
@@ -202,6 +203,40 @@ def test_estimator_in_a_subspace_searches_only_its_span() -> None:
     np.testing.assert_array_equal(plain, np.random.default_rng(5).standard_normal((2, 8), dtype=np.float32))
     with pytest.raises(ValueError, match="basis must have shape"):
         RandomGradientEstimator(8, basis=np.zeros((7, 2)))
+
+
+def test_orthogonal_frame_is_orthogonal_scaled_and_uniform() -> None:
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal((3, 5), dtype=np.float32)
+    q = orthogonal_frame(u)
+    assert q.shape == (3, 5) and q.dtype == np.float32
+    np.testing.assert_allclose(q @ q.T, 5 * np.eye(3), atol=1e-5)  # orthogonal rows of norm sqrt(k)
+    # Same second moment as Gaussian directions: E[z z^T] = I (here over 4000 frames of 2 in 4 dims).
+    zs = np.stack([orthogonal_frame(rng.standard_normal((2, 4))) for _ in range(4000)]).reshape(-1, 4)
+    np.testing.assert_allclose(zs.T @ zs / len(zs), np.eye(4), atol=0.08)
+    # Uniformly oriented: the first row's mean is 0 (a frame without the sign fix leans towards e_1).
+    assert np.abs(zs[::2].mean(axis=0)).max() < 0.1
+
+
+def test_orthogonal_directions_at_full_count_give_the_exact_gradient_in_the_span() -> None:
+    sub = VocabularySubspace.fit(planted_table()[0], 0.99)
+    est = RandomGradientEstimator(8, n=3, mu=1e-6, basis=sub.basis, directions="orthogonal", normalize=False)
+    grad = A @ V0 + B
+    for seed in range(3):  # n = k: every draw spans the whole searched space, so no draw is noisier than another
+        z = est.directions(np.random.default_rng(seed))
+        np.testing.assert_allclose(sub.basis @ (sub.basis.T @ z.T), z.T, atol=1e-5)  # inside the span
+        losses = np.array([quadratic(p) for p in est.perturbations(V0, z)])
+        g = est.estimate(quadratic(V0), losses, z)
+        np.testing.assert_allclose(g, sub.basis @ (sub.basis.T @ grad), rtol=1e-3, atol=1e-3)
+    # Fewer than k: unbiased, as Gaussian directions are.
+    est2 = RandomGradientEstimator(DIM, n=2, mu=1e-4, directions="orthogonal", normalize=False)
+    mean, stderr = mean_estimate(est2, quadratic, V0, samples=6000, seed=4)
+    assert np.max(np.abs((mean - grad) / stderr)) < 5.0
+    # Gaussian runs draw the same stream as before orthogonal directions existed.
+    np.testing.assert_array_equal(RandomGradientEstimator(8, n=2).directions(np.random.default_rng(5)),
+                                  np.random.default_rng(5).standard_normal((2, 8), dtype=np.float32))
+    with pytest.raises(ZoodipError, match="more than the 3 dimensions searched; use --n 3 or fewer"):
+        RandomGradientEstimator(8, n=4, basis=sub.basis, directions="orthogonal")
 
 
 # ---------------------------------------------------------------- optimizers
