@@ -59,7 +59,7 @@ class MethodSpec:
     t_range: tuple[int, int] | None = None  # None: uniform [0, T)
     lr: float | None = None  # None: the kind's default
     n: int = 2
-    directions: str = "gaussian"  # zoodip.zo.DIRECTIONS (PersonalizeConfig.directions)
+    directions: str = "gaussian"  # zoodip.gradient_estimate.DIRECTIONS (PersonalizeConfig.directions)
     mu: float = 1e-3
     tau: int | None = 128  # None: the SDK's default_tau for the model's width
     nu: float = 1e-3
@@ -144,6 +144,11 @@ METHODS = tuple(base_methods())
 _OVERRIDE = re.compile(r"^([a-z0-9-]+)(?:\[(.*)\])?$")
 
 
+def _is_on(value: str) -> bool:
+    """A method setting's boolean: ``1``, ``true``, ``on`` or ``yes`` (any case) is on, anything else off."""
+    return value.lower() in ("1", "true", "on", "yes")
+
+
 def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpec:
     """``zoodip`` or ``zoodip[t=300-700,tau=64,lr=0.02]`` -> MethodSpec."""
     match = _OVERRIDE.match(text.strip())
@@ -170,19 +175,19 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
                 raise ValueError(f"method {text!r}: mode must be history-span or principal")
             changes["mode"] = value
         elif key == "sg":
-            changes["subspace"] = value.lower() in ("1", "true", "on", "yes")
+            changes["subspace"] = _is_on(value)
         elif key == "sched":
             if value not in LR_SCHEDULERS:
                 raise ValueError(f"method {text!r}: sched must be one of {', '.join(LR_SCHEDULERS)}")
             changes["schedule"] = value
         elif key == "ortho":  # ortho=1: orthogonal directions
-            changes["directions"] = "orthogonal" if value.lower() in ("1", "true", "on", "yes") else "gaussian"
+            changes["directions"] = "orthogonal" if _is_on(value) else "gaussian"
         elif key == "coords":
-            changes["coords"] = value.lower() in ("1", "true", "on", "yes")
+            changes["coords"] = _is_on(value)
         elif key == "adam16":  # adam16=1: ZO-Adam's state in fp16, as the authors' code keeps it
-            changes["adam_state"] = "float16" if value.lower() in ("1", "true", "on", "yes") else "float64"
+            changes["adam_state"] = "float16" if _is_on(value) else "float64"
         elif key == "flip":
-            changes["flip"] = value.lower() in ("1", "true", "on", "yes")
+            changes["flip"] = _is_on(value)
         elif key in ("templates", "vae"):
             choices = ("builtin", "ti") if key == "templates" else VAE_SAMPLING
             if value not in choices:

@@ -46,14 +46,15 @@ def compare(run_a: dict, run_b: dict, method: str, method_b: str | None = None) 
     ``method`` in A against ``method_b`` (default: the same method) in B: a variant against the method it varies."""
     if run_a["task"] != run_b["task"]:
         raise ZoodipError(f"the runs are of different tasks ({run_a['task']} and {run_b['task']}): compare like with like")
+    method_b = method_b or method
     try:
         a = seeded_runs(run_a, method)
     except KeyError:
         raise ZoodipError(f"method {method!r} is not in run A: pick one of {', '.join(run_a['methods'])} with --method") from None
     try:
-        b = seeded_runs(run_b, method_b or method)
+        b = seeded_runs(run_b, method_b)
     except KeyError:
-        raise ZoodipError(f"method {method_b or method!r} is not in run B: pick one of {', '.join(run_b['methods'])} "
+        raise ZoodipError(f"method {method_b!r} is not in run B: pick one of {', '.join(run_b['methods'])} "
                           "with --method-b") from None
     jobs = sorted(set(a) & set(b))
     if not jobs:

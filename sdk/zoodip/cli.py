@@ -37,7 +37,8 @@ from .model import DEFAULT_SPIN_WAIT  # noqa: E402
 from .prompts import LEARNABLE_PROPERTIES  # noqa: E402
 from .samplers import SAMPLERS  # noqa: E402
 from .timesteps import PAPER_T_RANGE  # noqa: E402
-from .zo import ADAM_STATE_DTYPES, DIRECTIONS, PROJECTION_MODES  # noqa: E402
+from .gradient_estimate import DIRECTIONS  # noqa: E402
+from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES  # noqa: E402
 
 if TYPE_CHECKING:
     import numpy as np

@@ -12,12 +12,13 @@ from . import validation
 from .embeddings import MAX_VECTORS, a1111_file_name
 from .errors import ZoodipError
 from .generate import MAX_IMAGES
+from .gradient_estimate import DIRECTIONS
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .lr_schedule import LENGTH_DEPENDENT, LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT, RuntimeOptions
 from .timesteps import PAPER_T_RANGE
 from .prompts import LEARNABLE_PROPERTIES
-from .zo import ADAM_STATE_DTYPES, DIRECTIONS, PROJECTION_MODES
+from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
 
 OPTIMIZERS = ("adam", "sgd")  # ZO-Adam (the paper's) or ZO-SGD
 # A photo's latent: one sample of its VAE posterior drawn once and cached ("once"), or a fresh sample every
@@ -65,7 +66,7 @@ class PersonalizeConfig:
     learning_rate: float = 1e-2
     seed: int = 0
     n: int = 2  # random directions per step (a step costs n+1 forwards)
-    directions: str = "gaussian"  # zo.DIRECTIONS: "orthogonal" draws the n directions as one orthogonal frame
+    directions: str = "gaussian"  # gradient_estimate.DIRECTIONS: "orthogonal" draws the n directions as one orthogonal frame
     mu: float = 1e-3  # finite-difference perturbation
     optimizer: str = "adam"  # "adam" (ZO-Adam) or "sgd" (ZO-SGD)
     adam_betas: tuple[float, float] = (0.9, 0.999)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from .errors import ZoodipError
-from .validation import finite_float, positive_int, as_vector
+from .validation import as_vector, finite_float, positive_int
 
 # How a step's n directions are drawn: independent Gaussians (the paper), or an orthogonal frame (orthogonal_frame).
 DIRECTIONS: tuple[str, ...] = ("gaussian", "orthogonal")

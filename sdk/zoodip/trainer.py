@@ -34,6 +34,7 @@ from .denoising_loss import DenoisingLoss, auto_batched  # noqa: F401 (zoodip.tr
 from .embeddings import a1111_file_name, save_a1111_embedding, save_learned_embeds
 from .errors import ZoodipError
 from .generate import generate
+from .gradient_estimate import RandomGradientEstimator
 from .images import image_grid, list_images, load_images, save_image
 from .limits import check_image_size, check_photo_count
 from .lr_schedule import lr_at
@@ -47,7 +48,6 @@ from .search_space import choose_search_space
 from .step_inputs import StepInputs, draw_step_inputs, encode_photo_views, step_rng
 from .timesteps import PartialUniformTimesteps
 from .token_vectors import add_placeholder_tokens, as_matrix, check_prompts_fit, initial_vector
-from .zo import RandomGradientEstimator
 
 EMBEDDING_NAME = "learned_embeds.safetensors"
 LOG_NAME = "log.jsonl"
