@@ -22,7 +22,8 @@ photos, prompts, noise/timestep draws and loss. A variant changes hyperparameter
 ``name[key=value,...]``, e.g. ``zoodip[t=300-700]``, ``zoodip[adam16=1]`` (ZO-Adam's state in fp16, as the
 authors' code keeps it), ``zoodip[flip=1]``, ``zoodip[templates=ti]``, ``zoodip[vae=per-step]`` (where the
 SDK's defaults differ from the authors' code), ``es[pop=16,sigma=0.05]``, or the diagnostics ``ti-backprop[t=500-900]`` and
-``ti-backprop[curvature=0.999,coords=1]`` (exact gradients confined to the SDK's curvature subspace), and
+``ti-backprop[curvature=0.999,coords=1]`` (exact gradients confined to the SDK's curvature subspace),
+``default[ortho_after=1800,ortho_n=30]`` (Gaussian directions for 1800 forwards, then orthogonal frames of 30), and
 ``default[num_vectors=2]`` (two vectors per token, as diffusers' ``--num_vectors``; forward-only methods only,
 on the world task: the snapshots then hold the vectors flattened).
 """
@@ -42,6 +43,7 @@ from zoodip.model import ExportedModel
 from zoodip.step_inputs import StepInputs, draw_step_inputs, step_rng
 from zoodip.trainer import DenoisingLoss, PersonalizeConfig, Personalizer
 from zoodip.config import VAE_SAMPLING
+from zoodip.gradient_estimate import EstimatorSchedule, RandomGradientEstimator
 from zoodip.lr_schedule import LR_SCHEDULERS
 from zoodip.prompts import TEXTUAL_INVERSION_TEMPLATE_FILES
 from zoodip.zo import ZOAdam
@@ -60,6 +62,10 @@ class MethodSpec:
     lr: float | None = None  # None: the kind's default
     n: int = 2
     directions: str = "gaussian"  # zoodip.gradient_estimate.DIRECTIONS (PersonalizeConfig.directions)
+    # Two phases (PersonalizeConfig.orthogonal_after / orthogonal_n): Gaussian directions for ortho_after forwards,
+    # then orthogonal frames of ortho_n directions (given here: the budget's step count depends on it).
+    ortho_after: int | None = None
+    ortho_n: int | None = None
     mu: float = 1e-3
     tau: int | None = 128  # None: the SDK's default_tau for the model's width
     nu: float = 1e-3
@@ -82,6 +88,25 @@ class MethodSpec:
     def forwards_per_step(self) -> int:
         return {"zo": self.n + 1, "es": self.pop, "backprop": 1, "init": 1}[self.kind]
 
+    def two_phase_schedule(self) -> EstimatorSchedule:
+        """A two-phase run's forwards per step (EstimatorSchedule's arithmetic: only the direction counts matter)."""
+        return EstimatorSchedule.two_phase(RandomGradientEstimator(self.ortho_n, n=self.n), self.ortho_after, self.ortho_n)
+
+    def budget_steps(self, budget: int) -> int:
+        """The steps a budget of ``budget`` forwards pays for (at least one)."""
+        if self.ortho_after is None:
+            return max(1, budget // self.forwards_per_step)
+        return max(1, self.two_phase_schedule().steps_within(budget))
+
+    def snapshot_steps(self, steps: int, count: int) -> list[int]:
+        """Steps at which to snapshot: evenly spaced in steps (one phase, as every stored run) or, for a
+        two-phase run, whose steps change cost, evenly spaced in forwards."""
+        if self.ortho_after is None:
+            return checkpoint_steps(steps, count)
+        schedule = self.two_phase_schedule()
+        total = schedule.forwards_for(steps)
+        return sorted({schedule.steps_within(round(total * k / count)) for k in range(1, count + 1)} | {0, steps})
+
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
@@ -102,6 +127,8 @@ class MethodSpec:
                 out["adam_state_dtype"] = self.adam_state
             if self.directions != "gaussian":
                 out["directions"] = self.directions
+            if self.ortho_after is not None:
+                out.update(orthogonal_after=self.ortho_after, orthogonal_n=self.ortho_n)
             for key, default in (("flip", False), ("templates", "builtin"), ("vae", "once")):
                 if getattr(self, key) != default:
                     out[key] = getattr(self, key)
@@ -166,7 +193,7 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
             else:
                 lo, hi = value.split("-")
                 changes["t_range"] = (int(lo), int(hi))
-        elif key in ("n", "tau", "pop", "num_vectors"):
+        elif key in ("n", "tau", "pop", "num_vectors", "ortho_after", "ortho_n"):
             changes[key] = int(value)
         elif key in ("lr", "mu", "nu", "sigma", "weight_decay", "vocab", "curvature"):
             changes[key] = float(value)
@@ -196,6 +223,8 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
         else:
             raise ValueError(f"method {text!r}: unknown setting {key!r}")
     spec = replace(spec, **changes)
+    if (spec.ortho_after is None) != (spec.ortho_n is None) or (spec.ortho_after is not None and spec.kind != "zo"):
+        raise ValueError(f"method {text!r}: ortho_after=FORWARDS and ortho_n=N go together, on ZO methods")
     if spec.coords and not (spec.kind == "backprop" and spec.curvature):
         raise ValueError(f"method {text!r}: coords applies to ti-backprop with curvature=F only")
     if spec.num_vectors != 1 and spec.kind not in ("zo", "es"):
@@ -273,7 +302,7 @@ def _zo_config(spec: MethodSpec, job: Job, export_dir: Path, out_dir: Path, step
     return PersonalizeConfig(
         export_dir=export_dir, images=Path(job.photos), output_dir=out_dir, placeholder_token=job.placeholder,
         initializer_token=job.initializer, max_train_steps=steps, learning_rate=spec.learning_rate(), seed=seed,
-        n=spec.n, directions=spec.directions, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, subspace_mode=spec.mode, t_range=t_range,
+        n=spec.n, directions=spec.directions, orthogonal_after=spec.ortho_after, orthogonal_n=spec.ortho_n, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, subspace_mode=spec.mode, t_range=t_range,
         vocabulary_variance=spec.vocab, curvature_fraction=spec.curvature, adam_state_dtype=spec.adam_state,
         lr_scheduler=spec.schedule, num_vectors=spec.num_vectors, eval_every=0, checkpoint_every=0, threads=1,
         flip=spec.flip, vae_sampling=spec.vae,
@@ -287,14 +316,14 @@ def run_forward_only(spec: MethodSpec, job: Job, export_dir: Path, work: Path, b
     if job.planted is not None and spec.num_vectors != 1:
         raise ValueError(f"method {spec.name}: the planted check plants one vector; num_vectors needs the world task")
     num_t = int(ExportedModel.load(export_dir).schedule.num_train_timesteps)
-    steps = max(1, budget // spec.forwards_per_step)
+    steps = spec.budget_steps(budget)
     out_dir = work / f"{job.name}"
     if out_dir.exists():
         import shutil
 
         shutil.rmtree(out_dir)
     config = _zo_config(spec, job, export_dir, out_dir, steps, seed, num_t)
-    wanted = set(checkpoint_steps(steps, checkpoints))
+    wanted = set(spec.snapshot_steps(steps, checkpoints))
     snaps: list[Snapshot] = []
 
     def on_progress(progress: Any) -> None:  # steps only: `trainer` is bound by then

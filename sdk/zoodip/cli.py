@@ -88,6 +88,11 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--directions", choices=DIRECTIONS, default="gaussian",
                    help="gaussian: n independent random directions (the paper); orthogonal: n orthogonal ones, "
                         "which with --n equal to the searched dimension give its exact finite-difference gradient")
+    p.add_argument("--orthogonal-after", type=int, default=None, metavar="FORWARDS",
+                   help="two phases: gaussian directions until FORWARDS training forwards are spent, then orthogonal "
+                        "frames of --orthogonal-n directions (default: the searched dimension) every step")
+    p.add_argument("--orthogonal-n", type=int, default=None, metavar="N",
+                   help="directions per step after --orthogonal-after (N+1 forwards a step)")
     p.add_argument("--mu", type=float, default=1e-3, help="finite-difference perturbation")
     p.add_argument("--tau", type=int, default=None,
                    help="Subspace Gradient history length (default: the paper's 128, or half the embedding width "
@@ -175,7 +180,8 @@ def config_from_args(args: argparse.Namespace):
         placeholder_token=args.placeholder_token, initializer_token=args.initializer_token, num_vectors=args.num_vectors,
         learnable_property=args.learnable_property, resolution=args.resolution,
         max_train_steps=args.max_train_steps, learning_rate=args.learning_rate, seed=args.seed,
-        n=args.n, directions=args.directions, mu=args.mu, tau=args.tau, nu=args.nu, subspace=not args.no_subspace,
+        n=args.n, directions=args.directions, orthogonal_after=args.orthogonal_after, orthogonal_n=args.orthogonal_n,
+        mu=args.mu, tau=args.tau, nu=args.nu, subspace=not args.no_subspace,
         subspace_mode=args.subspace_mode, vocabulary_variance=args.vocabulary_subspace,
         curvature_fraction=_curvature_fraction(args), t_range=tuple(args.t_range), optimizer=args.optimizer,
         adam_state_dtype=args.adam_state_dtype,

@@ -67,6 +67,10 @@ class PersonalizeConfig:
     seed: int = 0
     n: int = 2  # random directions per step (a step costs n+1 forwards)
     directions: str = "gaussian"  # gradient_estimate.DIRECTIONS: "orthogonal" draws the n directions as one orthogonal frame
+    # Two phases (gradient_estimate.EstimatorSchedule): Gaussian directions until this many forwards are spent,
+    # then orthogonal frames of orthogonal_n directions (None: the searched dimension). None: one phase.
+    orthogonal_after: int | None = None
+    orthogonal_n: int | None = None
     mu: float = 1e-3  # finite-difference perturbation
     optimizer: str = "adam"  # "adam" (ZO-Adam) or "sgd" (ZO-SGD)
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -172,12 +176,27 @@ class PersonalizeConfig:
             raise ZoodipError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.directions not in DIRECTIONS:
             raise ZoodipError(f"--directions must be one of {', '.join(DIRECTIONS)}, got {self.directions!r}")
+        self._validate_phases()
         if self.adam_state_dtype not in ADAM_STATE_DTYPES:
             raise ZoodipError(f"--adam-state-dtype must be one of {', '.join(ADAM_STATE_DTYPES)}, got {self.adam_state_dtype!r}")
         if self.optimizer != "adam" and self.adam_state_dtype != "float64":
             raise ZoodipError("--adam-state-dtype applies to --optimizer adam only; drop it or use --optimizer adam")
         if self.subspace_mode not in PROJECTION_MODES:
             raise ZoodipError(f"--subspace-mode must be one of {', '.join(PROJECTION_MODES)}, got {self.subspace_mode!r}")
+
+    def _validate_phases(self) -> None:
+        """--orthogonal-after and --orthogonal-n (the two-phase estimate)."""
+        if self.orthogonal_n is not None:
+            validation.positive_int("--orthogonal-n", self.orthogonal_n)
+            if self.orthogonal_after is None:
+                raise ZoodipError("--orthogonal-n sets the directions of the steps after --orthogonal-after: "
+                                  "add --orthogonal-after FORWARDS, or use --directions orthogonal --n N for one phase")
+        if self.orthogonal_after is None:
+            return
+        validation.positive_int("--orthogonal-after (forwards)", self.orthogonal_after, minimum=0)
+        if self.directions != "gaussian":
+            raise ZoodipError("--orthogonal-after switches Gaussian directions to orthogonal ones; with --directions "
+                              "orthogonal every step already draws them: drop one of the two")
 
     def _validate_inputs(self) -> None:
         """The words, prompts and captions, and the search-subspace options."""
@@ -220,6 +239,8 @@ class PersonalizeConfig:
             payload["curvature_fraction"] = float(self.curvature_fraction)
         if self.directions != "gaussian":  # likewise
             payload["directions"] = self.directions
+        if self.orthogonal_after is not None:  # likewise
+            payload["orthogonal_phase"] = (self.orthogonal_after, self.orthogonal_n)
         if self.adam_state_dtype != "float64":  # likewise
             payload["adam_state_dtype"] = self.adam_state_dtype
         if self.template_file is not None:  # likewise
@@ -257,12 +278,16 @@ def default_tau(width: int) -> int:
     return PAPER_TAU if 2 * PAPER_TAU <= width else max(2, width // 2)
 
 
-def warn_if_tau_spans_the_space(config: PersonalizeConfig, width: int) -> None:
-    """One warning where Subspace Gradient's history is at least ``width``, the length of the learned vector
-    (the embedding width times --num_vectors; only an explicit --tau gets there).
+def warn_about_settings(config: PersonalizeConfig, width: int) -> None:
+    """One warning each for settings that will not do what they say: Subspace Gradient's history at least
+    ``width``, the length of the learned vector (the embedding width times --num_vectors; only an explicit
+    --tau gets there), and a warmup with the constant learning rate.
 
-    Called from Personalizer._compose_method: the warning names the line that built the Personalizer.
+    Called from Personalizer._compose_method: the warnings name the line that built the Personalizer.
     """
+    if config.lr_scheduler == "constant" and config.lr_warmup_steps:
+        warnings.warn(f"--lr_warmup_steps {config.lr_warmup_steps} has no effect with --lr_scheduler constant (as in "
+                      "diffusers); use constant_with_warmup, linear or cosine to warm up", stacklevel=4)
     if config.subspace and config.tau is not None and config.tau >= width:
         # The method assumes tau < d (128 < 768 on SD1.5): a history of >= d steps spans the whole
         # space and the projection then removes directions everywhere. Measured on the 64-wide

@@ -124,3 +124,57 @@ def orthogonal_frame(u: np.ndarray) -> np.ndarray:
     q, r = np.linalg.qr(np.asarray(u, dtype=np.float64).T)  # [k, n]
     q = q * np.where(np.diag(r) < 0, -1.0, 1.0)  # signs from r: a uniformly distributed (Haar) frame
     return (q.T * math.sqrt(u.shape[1])).astype(np.float32)
+
+
+class EstimatorSchedule:
+    """The estimator each step uses: ``early`` for the first ``switch_step`` steps, then ``late``.
+
+    A two-phase run (``--orthogonal-after``): Gaussian directions at ``n + 1`` forwards a step while the gradient
+    is large against their noise, then orthogonal frames, whose estimate at ``n = k`` is the exact
+    finite-difference gradient in the searched space at ``k + 1`` forwards a step. The phase is a pure function
+    of the step, so a resumed run switches exactly where an uninterrupted one would.
+    """
+
+    def __init__(self, early: RandomGradientEstimator, late: RandomGradientEstimator | None = None,
+                 switch_step: int | None = None) -> None:
+        if (late is None) != (switch_step is None):
+            raise ValueError("a late estimator and its switch step go together")
+        if late is not None and (late.dim != early.dim or late.search_dim != early.search_dim):
+            raise ValueError("the late estimator must search the same space as the early one")
+        self.early, self.late = early, late
+        self.switch_step = None if switch_step is None else int(switch_step)
+        if self.switch_step is not None and self.switch_step < 0:
+            raise ValueError(f"switch_step must be >= 0, got {switch_step}")
+
+    @classmethod
+    def two_phase(cls, early: RandomGradientEstimator, after_forwards: int, late_n: int | None = None) -> "EstimatorSchedule":
+        """``early`` while fewer than ``after_forwards`` forwards are spent, then orthogonal frames of ``late_n``
+        directions (default: the searched dimension) in the same space, with the same ``mu`` and scaling."""
+        after_forwards = positive_int("--orthogonal-after (forwards)", after_forwards, minimum=0)
+        k = early.search_dim
+        if late_n is None and early.basis is None:
+            raise ZoodipError(f"--orthogonal-after without a search subspace: a late step would cost {k + 1} forwards; "
+                              "give --orthogonal-n N, or keep the curvature subspace (or add --vocabulary-subspace)")
+        late_n = k if late_n is None else positive_int("--orthogonal-n", late_n)
+        if late_n > k:
+            raise ZoodipError(f"--orthogonal-n {late_n} is more than the {k} dimensions searched; use {k} or fewer")
+        late = RandomGradientEstimator(early.dim, n=late_n, mu=early.mu, normalize=early.normalize, basis=early.basis,
+                                       directions="orthogonal")
+        return cls(early, late, -(-after_forwards // (early.n + 1)))  # ceil: the early phase spends at least that many
+
+    def at(self, step: int) -> RandomGradientEstimator:
+        """The estimator of step ``step`` (0-based)."""
+        return self.early if self.late is None or step < self.switch_step else self.late
+
+    def forwards_for(self, steps: int) -> int:
+        """UNet forwards spent by the first ``steps`` steps."""
+        if self.late is None:
+            return steps * (self.early.n + 1)
+        early = min(steps, self.switch_step)
+        return early * (self.early.n + 1) + (steps - early) * (self.late.n + 1)
+
+    def steps_within(self, forwards: int) -> int:
+        """The most steps whose forwards fit in ``forwards``."""
+        if self.late is None or forwards <= self.forwards_for(self.switch_step):
+            return forwards // (self.early.n + 1)
+        return self.switch_step + (forwards - self.forwards_for(self.switch_step)) // (self.late.n + 1)

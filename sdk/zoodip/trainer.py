@@ -22,19 +22,18 @@ import math
 import re
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .checkpoint import CHECKPOINT_NAME, checkpoint_vector, read_checkpoint, write_checkpoint
-from .config import PersonalizeConfig, default_tau, warn_if_tau_spans_the_space  # noqa: F401 (zoodip.trainer.PersonalizeConfig stays public)
+from .config import PersonalizeConfig, default_tau, warn_about_settings  # noqa: F401 (zoodip.trainer.PersonalizeConfig stays public)
 from .denoising_loss import DenoisingLoss, auto_batched  # noqa: F401 (zoodip.trainer.DenoisingLoss stays public)
 from .embeddings import a1111_file_name, save_a1111_embedding, save_learned_embeds
 from .errors import ZoodipError
 from .generate import generate
-from .gradient_estimate import RandomGradientEstimator
+from .gradient_estimate import EstimatorSchedule, RandomGradientEstimator
 from .images import image_grid, list_images, load_images, save_image
 from .limits import check_image_size, check_photo_count
 from .lr_schedule import lr_at
@@ -158,17 +157,15 @@ class Personalizer:
         model, dim = self.model, self.dim
         config, self.vocabulary, self.curvature, basis = choose_search_space(model, self.config)
         self.config = config
-        self.estimator = RandomGradientEstimator(dim, n=config.n, mu=config.mu, basis=basis,
-                                                 directions=config.directions)
+        self.estimator = RandomGradientEstimator(dim, n=config.n, mu=config.mu, basis=basis, directions=config.directions)
+        self.estimators = (EstimatorSchedule(self.estimator) if config.orthogonal_after is None else
+                           EstimatorSchedule.two_phase(self.estimator, config.orthogonal_after, config.orthogonal_n))
         if basis is not None:
-            source = "curvature" if self.curvature is not None else "vocabulary"
-            self._phase(f"searching {basis.shape[1]} of {dim} dimensions (the model's {source} subspace)")
+            self._phase(f"searching {basis.shape[1]} of {dim} dimensions (the model's "
+                        f"{'curvature' if self.curvature is not None else 'vocabulary'} subspace)")
         self.optimizer = make_optimizer(dim, config)
         self.projector = make_projector(dim, config, self.estimator.basis)
-        warn_if_tau_spans_the_space(config, dim)
-        if config.lr_scheduler == "constant" and config.lr_warmup_steps:
-            warnings.warn(f"--lr_warmup_steps {config.lr_warmup_steps} has no effect with --lr_scheduler constant (as in "
-                          "diffusers); use constant_with_warmup, linear or cosine to warm up", stacklevel=3)
+        warn_about_settings(config, dim)
         batched = config.batched if config.batched is not None else auto_batched(model)
         # One vector: its id, as loss factories have always been given; several: their ids in prompt order.
         ids = self.placeholder_id if config.num_vectors == 1 else tuple(self.placeholder_ids)
@@ -207,9 +204,10 @@ class Personalizer:
         """One ZOODiP step; returns L(v) of this step's sample."""
         rng = step_rng(self.config.seed, self.step)
         sample = self.draw_inputs(rng)
-        z = self.estimator.directions(rng)
+        estimator = self.estimators.at(self.step)
+        z = estimator.directions(rng)
 
-        candidates = np.concatenate([self.v[None], self.estimator.perturbations(self.v, z)]).astype(np.float32)
+        candidates = np.concatenate([self.v[None], estimator.perturbations(self.v, z)]).astype(np.float32)
         losses = self.loss(self.prompt_ids(sample), candidates, sample.x_t, sample.t, sample.target)
         self.train_forwards += len(candidates)
         if not np.all(np.isfinite(losses)):
@@ -220,7 +218,7 @@ class Personalizer:
         # As in the authors' code, the estimate is normalized by the dimension that survives the
         # subspace projection (the searched dimension until the first fit).
         effective_dim = None if self.projector is None else self.projector.effective_dim
-        g = self.estimator.estimate(float(losses[0]), losses[1:], z, effective_dim=effective_dim)
+        g = estimator.estimate(float(losses[0]), losses[1:], z, effective_dim=effective_dim)
         if self.projector is not None:
             g = self.projector.project(g)
         self.optimizer.lr = self.learning_rate_now()
@@ -251,6 +249,8 @@ class Personalizer:
             "initializer_token", "learnable_property", "learning_rate", "lr_scheduler", "lr_warmup_steps", "seed",
             "n", "directions", "mu", "optimizer", "subspace", "tau", "nu", "subspace_mode", "vocabulary_variance", "curvature_fraction", "t_range")}
         settings["resolution"] = self.resolution
+        if config.orthogonal_after is not None:  # a two-phase run; absent otherwise, as before
+            settings.update(orthogonal_after=config.orthogonal_after, orthogonal_n=self.estimators.late.n)
         return {"steps": str(self.step), "forwards": str(self.train_forwards), "model": self.model_id,
                 "model_name": self.config.export_dir.name, "settings": json.dumps(settings, sort_keys=True)}
 
@@ -369,7 +369,7 @@ class Personalizer:
         self._prepare_output(resume)
         started = time.monotonic()
         forwards_at_start = self.loss.forwards
-        self._step_seconds, self._steps_timed = 0.0, 0  # the ETA's basis: steps only
+        self._step_seconds, self._forwards_timed = 0.0, 0  # the ETA's basis: steps only, by their forwards
         status = "done"
         loss: float | None = None
         while self.step < self.config.max_train_steps:
@@ -418,7 +418,7 @@ class Personalizer:
         if config.save_steps and self.step % config.save_steps == 0:
             self.save_embedding(self.snapshot_path(), self.v)
         self._step_seconds += time.monotonic() - step_started
-        self._steps_timed += 1
+        self._forwards_timed += self.estimators.forwards_for(self.step) - self.estimators.forwards_for(self.step - 1)
         self._report(event, loss, record.get("eval_loss"), started, forwards_at_start)
         if config.validation_prompt and (self.step % config.validation_steps == 0 or self.step == total):
             preview = self.write_validation_images()
@@ -462,9 +462,10 @@ class Personalizer:
         elapsed = time.monotonic() - started
         done = self.loss.forwards - forwards_at_start
         rate = done / elapsed if elapsed > 0 else 0.0
-        remaining_steps = self.config.max_train_steps - self.step
-        # Mean time of this session's steps (evaluations and checkpoints included, previews not).
-        eta = remaining_steps * self._step_seconds / self._steps_timed if self._steps_timed else None
+        remaining = self.estimators.forwards_for(self.config.max_train_steps) - self.estimators.forwards_for(self.step)
+        # Mean time per training forward of this session's steps (evaluations and checkpoints included, previews
+        # not): counting forwards, not steps, keeps it right when a two-phase run's steps change cost.
+        eta = remaining * self._step_seconds / self._forwards_timed if self._forwards_timed else None
         kept = self.projector.kept_dims if self.projector is not None else None
         self.on_progress(Progress(event, self.step, self.config.max_train_steps, loss, eval_loss,
                                   None if kept is None else int(kept), self.loss.forwards, elapsed, rate, eta, path=path))

@@ -45,6 +45,17 @@ def test_parse_method_variants():
     assert "directions" not in paper16.describe() and ortho.forwards_per_step == 31
     assert qm._zo_config(ortho, qm.Job(name="j", photos="p", placeholder="<j>", initializer="dog"), Path("e"),
                          Path("o"), steps=3, seed=0, num_train_timesteps=1000).directions == "orthogonal"
+    phased = qm.parse_method("default[ortho_after=1800,ortho_n=30]")  # 600 steps of 3 forwards, then 31 a step
+    assert phased.describe()["orthogonal_after"] == 1800 and "orthogonal_after" not in ortho.describe()
+    assert phased.budget_steps(9000) == 600 + 232 and ortho.budget_steps(9000) == 290
+    snaps = phased.snapshot_steps(832, 6)  # evenly spaced in forwards, not in steps
+    assert snaps[0] == 0 and snaps[-1] == 832 and snaps[1] == 499 and all(s > 600 for s in snaps[2:])
+    assert qm.parse_method("default").snapshot_steps(3000, 10) == qm.checkpoint_steps(3000, 10)
+    phased_config = qm._zo_config(phased, qm.Job(name="j", photos="p", placeholder="<j>", initializer="dog"), Path("e"),
+                                  Path("o"), steps=3, seed=0, num_train_timesteps=1000)
+    assert (phased_config.orthogonal_after, phased_config.orthogonal_n) == (1800, 30)
+    with pytest.raises(ValueError, match="ortho_after=FORWARDS and ortho_n=N go together"):
+        qm.parse_method("default[ortho_after=1800]")
     two = qm.parse_method("default[num_vectors=2]")
     assert two.num_vectors == 2 and two.describe()["num_vectors"] == 2 and "num_vectors" not in paper16.describe()
     assert qm._zo_config(two, qm.Job(name="j", photos="p", placeholder="<j>", initializer="dog"), Path("e"),

@@ -55,6 +55,7 @@ def _final_bytes(out) -> bytes:
     ("float64", {"lr_scheduler": "linear", "lr_warmup_steps": 5}),
     ("float64", {"num_vectors": 2}),  # the checkpoint holds the two vectors, flattened
     ("float64", {"directions": "orthogonal", "n": 3}),  # the frame is a pure function of the step's draw
+    ("float64", {"orthogonal_after": 9, "orthogonal_n": 3}),  # the phase is a pure function of the step
 ])
 def test_interrupted_and_resumed_run_is_bit_identical(tiny_export, photos, tmp_path, adam_state_dtype, schedule):
     straight = make_config(tiny_export, photos, tmp_path / "straight", adam_state_dtype=adam_state_dtype, **schedule)
@@ -400,3 +401,24 @@ def test_vae_sampling_per_step_draws_a_fresh_posterior_sample(tiny_export, photo
     assert once.config.fingerprint() != fresh.config.fingerprint()
     with pytest.raises(ZoodipError, match="--vae-sampling must be one of once, per-step"):
         make_config(tiny_export, photos, tmp_path / "bad", vae_sampling="always").validate()
+
+
+def test_two_phase_run_spends_the_forwards_its_schedule_says(tiny_export, photos, tmp_path):
+    config = make_config(tiny_export, photos, tmp_path / "two", orthogonal_after=9)
+    trainer = Personalizer(config)
+    k = trainer.estimator.search_dim
+    assert trainer.estimator.basis is not None and trainer.estimators.switch_step == 3 and trainer.estimators.late.n == k
+    result = trainer.run()
+    assert result.forwards == 3 * 3 + 9 * (k + 1)  # 3 Gaussian steps of n = 2, then 9 orthogonal frames of k
+    settings = json.loads(read_embedding_metadata(result.embedding_path)["settings"])
+    assert settings["orthogonal_after"] == 9 and settings["orthogonal_n"] == k
+    assert "orthogonal_after" not in json.loads(read_embedding_metadata(
+        personalize(make_config(tiny_export, photos, tmp_path / "one")).embedding_path)["settings"])
+    # A different phase is a different run: its checkpoint does not resume the one-phase run.
+    assert config.fingerprint() != make_config(tiny_export, photos, tmp_path / "two").fingerprint()
+
+
+def test_warmup_with_the_constant_rate_warns_at_the_callers_line(tiny_export, photos, tmp_path):
+    with pytest.warns(UserWarning, match="--lr_warmup_steps 3 has no effect with --lr_scheduler constant") as caught:
+        Personalizer(make_config(tiny_export, photos, tmp_path / "w", lr_warmup_steps=3))
+    assert [w.filename for w in caught if "lr_warmup" in str(w.message)] == [__file__]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from zoodip.errors import ZoodipError
+from zoodip.gradient_estimate import EstimatorSchedule
 from zoodip.timesteps import PartialUniformTimesteps
 from zoodip.vocabulary import VocabularySubspace
 from zoodip.zo import (
@@ -237,6 +238,30 @@ def test_orthogonal_directions_at_full_count_give_the_exact_gradient_in_the_span
                                   np.random.default_rng(5).standard_normal((2, 8), dtype=np.float32))
     with pytest.raises(ZoodipError, match="more than the 3 dimensions searched; use --n 3 or fewer"):
         RandomGradientEstimator(8, n=4, basis=sub.basis, directions="orthogonal")
+
+
+def test_two_phase_schedule_switches_by_forwards_and_counts_them() -> None:
+    sub = VocabularySubspace.fit(planted_table()[0], 0.99)  # k = 3
+    early = RandomGradientEstimator(8, n=2, basis=sub.basis)
+    schedule = EstimatorSchedule.two_phase(early, 10)  # 3 forwards a step: steps 0-3 spend 12 >= 10
+    late = schedule.late
+    assert schedule.switch_step == 4 and late.n == 3 and late.orthogonal and late.basis is early.basis
+    assert [schedule.at(s) is early for s in range(6)] == [True] * 4 + [False] * 2
+    assert [schedule.forwards_for(s) for s in range(7)] == [0, 3, 6, 9, 12, 16, 20]
+    for forwards in range(40):  # steps_within inverts forwards_for: the most steps that fit
+        steps = schedule.steps_within(forwards)
+        assert schedule.forwards_for(steps) <= forwards < schedule.forwards_for(steps + 1)
+    assert EstimatorSchedule.two_phase(early, 0).switch_step == 0  # orthogonal from the first step
+    assert EstimatorSchedule.two_phase(early, 10, late_n=2).late.n == 2
+    one = EstimatorSchedule(early)
+    assert one.at(10**6) is early and one.forwards_for(5) == 15 and one.steps_within(16) == 5
+    with pytest.raises(ZoodipError, match="--orthogonal-n 4 is more than the 3 dimensions searched"):
+        EstimatorSchedule.two_phase(early, 10, late_n=4)
+    with pytest.raises(ZoodipError, match="without a search subspace"):  # a late step would cost d + 1 forwards
+        EstimatorSchedule.two_phase(RandomGradientEstimator(8, n=2), 10)
+    assert EstimatorSchedule.two_phase(RandomGradientEstimator(8, n=2), 10, late_n=8).late.n == 8
+    with pytest.raises(ZoodipError, match="--orthogonal-after"):
+        EstimatorSchedule.two_phase(early, -1)
 
 
 # ---------------------------------------------------------------- optimizers
