@@ -15,6 +15,7 @@ Two scorers, both on the INT8 export (every method's embedding is scored by the 
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -96,7 +97,7 @@ class WorldScorer:
         self.seed = seed
         self.fidelity_prompt = fidelity_prompt
         self.max_heldout = max_heldout
-        self._ref_cache: dict[tuple[str, bytes], np.ndarray] = {}
+        self._ref_cache: dict[tuple[str, str], np.ndarray] = {}  # (concept, digest of its photos)
 
     def _generate(self, prompt: str, token: str, v: np.ndarray, seed: int) -> list:
         # A snapshot holds the token's vectors flattened (several with num_vectors): generate() adds the token
@@ -109,7 +110,10 @@ class WorldScorer:
     def reference_features(self, concept: Any, reference_images: Sequence) -> np.ndarray:
         # Keyed by the photos too: a run over several training seeds scores each job against its own photos
         # (until 2026-12-03 every seed's job against the first seed's; results.json's meta.concept_refs says which).
-        key = (concept.name, b"".join(np.asarray(image).tobytes() for image in reference_images))
+        digest = hashlib.sha256()
+        for image in reference_images:  # a digest, not the photos' bytes, as the cache key
+            digest.update(np.ascontiguousarray(image).tobytes())
+        key = (concept.name, digest.hexdigest())
         if key not in self._ref_cache:
             self._ref_cache[key] = np.asarray(self.evaluator.features(list(reference_images)), np.float64)
         return self._ref_cache[key]

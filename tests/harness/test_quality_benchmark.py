@@ -502,3 +502,26 @@ def test_merge_reads_weights_recorded_as_a_mapping_or_as_the_older_json_string(t
     other = _fake_results(tmp_path / "other", {"zo-puts": (0.05, 900)}, weights={"unet.onnx": "cd"})
     assert quality.main(["--merge", str(old), str(other), "--out", str(tmp_path / "n")]) == 2
     assert "another export" in capsys.readouterr().err
+
+
+def test_reference_features_are_cached_per_concept_and_photos() -> None:
+    from types import SimpleNamespace
+
+    from benchmarks._quality_eval import WorldScorer
+
+    calls = []
+
+    class Evaluator:
+        def features(self, images):
+            calls.append(len(images))
+            return [np.asarray(image, np.float64).ravel()[:2] for image in images]
+
+    scorer = object.__new__(WorldScorer)  # only the cache and the evaluator take part
+    scorer.evaluator, scorer._ref_cache = Evaluator(), {}
+    star = SimpleNamespace(name="star")
+    photos_a = [np.zeros((2, 2, 3), np.uint8), np.ones((2, 2, 3), np.uint8)]
+    photos_b = [np.full((2, 2, 3), 7, np.uint8)]  # another seed's photos of the same concept
+    first = scorer.reference_features(star, photos_a)
+    assert scorer.reference_features(star, [p.copy() for p in photos_a]) is first and calls == [2]
+    assert scorer.reference_features(star, photos_b)[0, 0] == 7 and calls == [2, 1]
+    assert scorer.reference_features(SimpleNamespace(name="moon"), photos_a) is not first
