@@ -3,9 +3,11 @@ against W8A32): the same jobs, each run scored with its own weights, so ``qualit
 
     python benchmarks/compare_runs.py RUN_A/results.json RUN_B/results.json [--method zoodip]
     python benchmarks/compare_runs.py RUN_A/results.json RUN_B/results.json --method 'default[n=8]' --method-b default
+    python benchmarks/compare_runs.py RUN/results.json RUN/results.json --method A --method-b B --at 4500
 
-Prints, per metric the benchmark scores, at the end of the budget, both means and the paired difference A - B with a 95%
-bootstrap interval over the jobs both ran (jobs resampled together: a hard concept is hard in both runs).
+Prints, per metric the benchmark scores, at the end of the budget (or, with ``--at F``, at each run's last checkpoint
+within F forwards), both means and the paired difference A - B with a 95% bootstrap interval over the jobs both ran
+(jobs resampled together: a hard concept is hard in both runs).
 """
 from __future__ import annotations
 
@@ -40,10 +42,22 @@ def seeded_runs(run: dict, method: str) -> dict[str, list]:
     return {names[job]: records for job, records in runs.items()}
 
 
-def compare(run_a: dict, run_b: dict, method: str, method_b: str | None = None) -> list[str]:
+def record_at(records: list[dict], at: int | None, side: str, job: str) -> dict:
+    """A job's record at the end of its run, or (``at``) its last checkpoint within ``at`` forwards."""
+    if at is None:
+        return records[-1]
+    within = [record for record in records if record["forwards"] <= at]
+    if not within:
+        raise ZoodipError(f"run {side} has no checkpoint of {job} within {at} forwards (its first is at "
+                          f"{records[0]['forwards']}): give a larger --at")
+    return within[-1]
+
+
+def compare(run_a: dict, run_b: dict, method: str, method_b: str | None = None, at: int | None = None) -> list[str]:
     """One Markdown row per metric: mean A, mean B, A - B [95% interval], jobs (those both runs scored).
 
-    ``method`` in A against ``method_b`` (default: the same method) in B: a variant against the method it varies."""
+    ``method`` in A against ``method_b`` (default: the same method) in B: a variant against the method it varies.
+    ``at``: compare each run's last checkpoint within that many forwards instead of the end of the run."""
     if run_a["task"] != run_b["task"]:
         raise ZoodipError(f"the runs are of different tasks ({run_a['task']} and {run_b['task']}): compare like with like")
     method_b = method_b or method
@@ -59,6 +73,8 @@ def compare(run_a: dict, run_b: dict, method: str, method_b: str | None = None) 
     jobs = sorted(set(a) & set(b))
     if not jobs:
         raise ZoodipError("the runs share no job: compare runs of the same jobs")
+    a = {job: record_at(a[job], at, "A", job) for job in jobs}
+    b = {job: record_at(b[job], at, "B", job) for job in jobs}
     rows = ["| metric | A | B | A - B [95% paired interval] | jobs |", "|---|---|---|---|---|"]
     def differing(seed_of) -> list[str]:  # the world jobs the two runs scored with other seeds' photos or noise
         return [job for job in jobs if run_a["task"] == "world"
@@ -68,12 +84,16 @@ def compare(run_a: dict, run_b: dict, method: str, method_b: str | None = None) 
     for metric in metric_names(run_a["task"]):
         if metric == "concept_fidelity" and other_photos:
             continue  # a mean over photos that differ between the runs: not a paired difference
-        values = [(a[job][-1].get(metric), b[job][-1].get(metric)) for job in jobs]
+        values = [(a[job].get(metric), b[job].get(metric)) for job in jobs]
         if any(v is None for pair in values for v in pair):
-            continue  # not scored at the end of every job (e.g. held-out prompts in an older run)
+            continue  # not scored at that checkpoint of every job (e.g. held-out prompts in an older run)
         x, y = (np.array(side, np.float64) for side in zip(*values))
         lo, hi = paired_difference_ci(x, y)
         rows.append(f"| {metric} | {x.mean():.3f} | {y.mean():.3f} | {x.mean() - y.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] | {len(jobs)} |")
+    if at is not None:
+        spans = [sorted({record["forwards"] for record in side.values()}) for side in (a, b)]
+        rows.append("\ncompared at " + "; ".join(f"{name}: {span[0]}{'' if len(span) == 1 else f'-{span[-1]}'} forwards"
+                                                 for name, span in zip("AB", spans)))
     if other_photos:
         rows.append(f"\nconcept_fidelity left out: the runs scored {', '.join(other_photos[:3])}"
                     f"{' ...' if len(other_photos) > 3 else ''} against other training seeds' photos")
@@ -103,10 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_b", type=Path)
     parser.add_argument("--method", default="zoodip", help="the method compared (in run A)")
     parser.add_argument("--method-b", default=None, help="run B's method, if it has another name (default: --method)")
+    parser.add_argument("--at", type=int, default=None, metavar="FORWARDS",
+                        help="compare each run's last checkpoint within FORWARDS forwards (default: the end of each run)")
     try:
         args = parser.parse_args(argv)
+        if args.at is not None and args.at < 0:
+            raise ZoodipError(f"--at must be a number of forwards >= 0, got {args.at}")
         runs = [read_run(path) for path in (args.run_a, args.run_b)]
-        print("\n".join(compare(*runs, args.method, args.method_b)))
+        print("\n".join(compare(*runs, args.method, args.method_b, args.at)))
     except ZoodipError as error:
         return print_error(error)
     except (KeyError, TypeError, IndexError, ValueError) as error:  # a results.json damaged inside

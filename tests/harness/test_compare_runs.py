@@ -117,3 +117,28 @@ def test_jobs_generated_from_other_noise_are_named(tmp_path: Path, capsys) -> No
     paths[1].write_text(json.dumps(several))
     assert compare_runs.main([str(p) for p in paths]) == 0
     assert "other noise" not in capsys.readouterr().out
+
+
+def test_at_compares_each_runs_last_checkpoint_within_a_budget(tmp_path: Path, capsys) -> None:
+    def curve(forwards: list[int], values: dict[str, list[float]]) -> dict:
+        return {"task": "world", "methods": {"zoodip": {"runs": {
+            job: [{"step": f, "forwards": f, "concept_fidelity": v, "prompt_fidelity": v} for f, v in zip(forwards, vs)]
+            for job, vs in values.items()}}}}
+
+    a = curve([0, 1500, 3000], {"x": [0.5, 0.7, 0.9], "y": [0.5, 0.6, 0.8]})  # checkpoints at other budgets than B's
+    b = curve([0, 900, 1800, 2700, 3600], {"x": [0.5, 0.6, 0.65, 0.7, 0.99], "y": [0.5, 0.55, 0.6, 0.6, 0.99]})
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, run in zip(paths, (a, b)):
+        path.write_text(json.dumps(run))
+    assert compare_runs.main([str(p) for p in paths] + ["--at", "3000"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| concept_fidelity"))
+    assert row == "| concept_fidelity | 0.850 | 0.650 | +0.200 [+0.200, +0.200] | 2 |"  # A at 3000 against B at 2700
+    assert "compared at A: 3000 forwards; B: 2700 forwards" in out
+    assert compare_runs.main([str(p) for p in paths]) == 0  # without --at: the ends (3000 against 3600)
+    assert "| concept_fidelity | 0.850 | 0.990 |" in capsys.readouterr().out
+    assert compare_runs.main([str(p) for p in paths] + ["--at", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --at must be a number of forwards >= 0, got -1"
+    paths[0].write_text(json.dumps(curve([1500, 3000], {"x": [0.7, 0.9], "y": [0.6, 0.8]})))  # no step-0 record
+    assert compare_runs.main([str(p) for p in paths] + ["--at", "1000"]) == 2
+    assert "run A has no checkpoint of x within 1000 forwards (its first is at 1500): give a larger --at" in capsys.readouterr().err
