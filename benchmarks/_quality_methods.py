@@ -103,9 +103,8 @@ class MethodSpec:
         two-phase run, whose steps change cost, evenly spaced in forwards."""
         if self.ortho_after is None:
             return checkpoint_steps(steps, count)
-        schedule = self.two_phase_schedule()
-        total = schedule.forwards_for(steps)
-        return sorted({schedule.steps_within(round(total * k / count)) for k in range(1, count + 1)} | {0, steps})
+        schedule = self.two_phase_schedule()  # checkpoint_steps' points in forwards, as steps
+        return sorted({schedule.steps_within(forwards) for forwards in checkpoint_steps(schedule.forwards_for(steps), count)})
 
     def learning_rate(self) -> float:
         if self.lr is not None:
