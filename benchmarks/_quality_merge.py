@@ -127,8 +127,9 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
     For methods trained in parallel processes, or compared against a baseline stored by an earlier
     run (e.g. a long ZO budget against backprop's). The folders must hold the same task and scoring
     settings (MERGE_KEYS and the model export). A method may come from several folders when they ran
-    it on disjoint jobs (one process per group of ``--concepts``); in the end every method must have
-    run every job (``DIR:METHODS`` takes only some of a folder's methods).
+    it on disjoint jobs (one process per group of ``--concepts``), or when one folder's run of the same
+    jobs extends another's budget (``_extended``); in the end every method must have run every job
+    (``DIR:METHODS`` takes only some of a folder's methods).
     """
     loaded = [_load_source(source) for source in sources]
     first_folder, first = loaded[0]
@@ -234,19 +235,53 @@ def _training_seeds(loaded: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]
 
 
 def _joined(name: str, entry: dict[str, Any], where: Path, other: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """One method's runs from two folders that ran it on disjoint jobs with the same settings."""
-    shared = sorted(set(entry["runs"]) & set(other["runs"]))
-    if shared:
-        raise ValueError(f"method {name} ran {', '.join(shared[:4])} in both {where} and {folder}; "
-                         "merge runs of different methods, or of disjoint jobs")
+    """One method's runs from two folders with the same settings: on disjoint jobs (parallel processes), or on
+    the same jobs where one run extends the other's budget (each shared job's curves joined, ``_extended``)."""
     if entry.get("spec") != other.get("spec"):
         raise ValueError(f"method {name} has other settings in {folder} than in {where}; merge runs of one method")
+    runs = {**entry["runs"], **other["runs"]}
+    for job in sorted(set(entry["runs"]) & set(other["runs"])):
+        runs[job] = _extended(name, job, entry["runs"][job], where, other["runs"][job], folder)
     memory = {key: max(entry["memory"].get(key, 0.0), other["memory"].get(key, 0.0))
               for key in {**entry.get("memory", {}), **other.get("memory", {})}}
-    return {**entry, "runs": {**entry["runs"], **other["runs"]}, "memory": memory,
-            "memory_per_job": {**(entry.get("memory_per_job") or {}), **(other.get("memory_per_job") or {})},
+    per_job = {**(entry.get("memory_per_job") or {})}
+    for job, peak in (other.get("memory_per_job") or {}).items():
+        per_job[job] = {key: max(per_job.get(job, {}).get(key, 0.0), value) for key, value in peak.items()}
+    return {**entry, "runs": runs, "memory": memory, "memory_per_job": per_job,
             "train_wall_s": (entry.get("train_wall_s") or 0.0) + (other.get("train_wall_s") or 0.0),
             "process_wall_s": (entry.get("process_wall_s") or 0.0) + (other.get("process_wall_s") or 0.0)}
+
+
+SCORE_KEYS = ("concept_fidelity", "attribute_acc", "prompt_fidelity", "prompt_requested_acc", "prompt_joint_acc")
+
+
+def _extended(name: str, job: str, curve: list[dict[str, Any]], where: Path, more: list[dict[str, Any]],
+              folder: Path) -> list[dict[str, Any]]:
+    """One job's checkpoint curve from two runs of it, one a longer run of the other.
+
+    Training and scoring are deterministic, so a longer run repeats every checkpoint the two share; that is
+    the test that they are one trajectory: at least one shared checkpoint after step 0 (the initializer is
+    the same for any run), and the same scores on every shared checkpoint (a score one of them left unscored,
+    e.g. held-out prompts at intermediate checkpoints, is taken from the other). Wall times are the longer
+    run's where the two overlap."""
+    mine = {record["forwards"]: record for record in curve}
+    theirs = {record["forwards"]: record for record in more}
+    shared = sorted(set(mine) & set(theirs))
+    if not any(forwards > 0 for forwards in shared):
+        raise ValueError(f"method {name} ran {job} in both {where} and {folder}, with no trained checkpoint in "
+                         "common; merge runs of disjoint jobs, or a longer run that repeats a checkpoint of the other")
+    longer = theirs if max(theirs) >= max(mine) else mine
+    joined = {**mine, **theirs}
+    for forwards in shared:
+        a, b = mine[forwards], theirs[forwards]
+        for key in SCORE_KEYS:
+            if a.get(key) is not None and b.get(key) is not None and abs(a[key] - b[key]) > 1e-9:
+                raise ValueError(f"method {name}'s {job} at {forwards:g} forwards has {key} {a[key]:.6f} in {where} "
+                                 f"and {b[key]:.6f} in {folder}: not one trajectory (other training or scoring); "
+                                 "merge a longer run only with runs it repeats exactly")
+        joined[forwards] = {**longer[forwards], **{key: a.get(key) if a.get(key) is not None else b.get(key)
+                                                   for key in SCORE_KEYS}}
+    return [joined[forwards] for forwards in sorted(joined)]
 
 
 def merge_main(sources: list[str], out: Path | None, command: str) -> int:

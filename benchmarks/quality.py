@@ -320,8 +320,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where model exports are cached")
     parser.add_argument("--merge", nargs="+", default=None, metavar="DIR[:METHODS][@SEEDS]",
                         help="combine the stored runs of these --out folders (same scoring; e.g. methods run in "
-                             "parallel, one method run on disjoint --concepts, or a long ZO run against a stored backprop "
-                             "run) into --out; trains nothing. DIR:METHODS takes only the listed methods from DIR, "
+                             "parallel, one method run on disjoint --concepts, a long ZO run against a stored backprop "
+                             "run, or a longer run of the same jobs that repeats a stored run's checkpoints, whose "
+                             "curves it extends) into --out; trains nothing. DIR:METHODS takes only the listed methods from DIR, "
                              "DIR@1,2 only the jobs of training seeds 1 and 2")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
