@@ -153,6 +153,7 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
         if missing:
             raise ValueError(f"method {name} has no run of {', '.join(missing[:4])}; merge runs that cover the same "
                              "jobs (the same --concepts, --seed and --seeds, or disjoint groups of them)")
+        _check_one_grid(name, entry["runs"])
     task = first["task"]
     scores = {name: entry["runs"] for name, entry in methods.items()}
     trained = {name: {"memory": entry.get("memory", {}), "spec": entry.get("spec", {})} for name, entry in methods.items()}
@@ -176,6 +177,22 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
                          "total_wall_s": r["meta"].get("total_wall_s", 0.0)} for folder, r in loaded],
     })
     return {"task": task, "meta": meta, "jobs": jobs, "methods": methods, "summary": summary}
+
+
+def _check_one_grid(name: str, runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Refuse a method whose jobs were scored at other checkpoints (runs of other --steps or --checkpoints joined):
+    its mean curve averages the jobs' k-th checkpoints."""
+    grids = {job: [record["forwards"] for record in curve] for job, curve in runs.items()}
+    first_job, first = next(iter(grids.items()))
+    for job, grid in grids.items():
+        if grid != first:
+            raise ValueError(f"method {name} scored {job} at {_forwards_list(grid)} forwards and {first_job} at "
+                             f"{_forwards_list(first)}; merge runs of one --steps and --checkpoints (or runs that "
+                             "extend them all alike)")
+
+
+def _forwards_list(grid: list[float]) -> str:
+    return ", ".join(f"{forwards:g}" for forwards in grid)
 
 
 def _check_scored_alike(folder: Path, results: dict[str, Any], first_folder: Path, first: dict[str, Any],

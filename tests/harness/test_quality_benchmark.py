@@ -300,6 +300,7 @@ def test_merge_refuses_jobs_whose_images_were_generated_from_other_noise(tmp_pat
     ("duplicate", "method zo-puts ran a-s0 in both"),
     ("jobs", "has no run of c-s0"),
     ("settings", "method zo-puts has other settings"),
+    ("grid", "method zo-puts scored c-s0 at 0, 450, 900 forwards and a-s0 at 0, 150, 300"),
     ("scoring", "guidance="),
     ("weights", "another export"),
     ("missing", "does not exist"),
@@ -311,6 +312,7 @@ def test_merge_refuses_runs_that_cannot_be_compared(tmp_path, capsys, case, mess
     other = {
         "duplicate": lambda: _fake_results(tmp_path / "o", {"zo-puts": (0.09, 900)}),
         "jobs": lambda: _fake_results(tmp_path / "o", {"zo-naive": (0.09, 900)}, jobs=("a-s0", "c-s0")),
+        "grid": lambda: _fake_results(tmp_path / "o", {"ti-backprop": (0.1, 100), "zo-puts": (0.05, 900)}, jobs=("c-s0",)),
         "settings": lambda: _respec(_fake_results(tmp_path / "o", {"zo-puts": (0.09, 900)}, jobs=("c-s0",)), "zo-puts"),
         "scoring": lambda: _fake_results(tmp_path / "o", {"zo-naive": (0.09, 900)}, guidance=7.5),
         "weights": lambda: _fake_results(tmp_path / "o", {"zo-naive": (0.09, 900)}, weights='{"unet.onnx": "ab"}'),
