@@ -138,7 +138,7 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
             raise ValueError(f"{folder} is a {results['task']} run, {first_folder} a {first['task']} run; merge runs of one task")
     seeding = _training_seeds(loaded)
     methods: dict[str, Any] = {}
-    origin: dict[str, Path] = {}
+    origin: dict[str, dict[str, Path]] = {}  # method -> job -> the folder its run came from
     jobs: list[str] = []
     references: dict[str, tuple[int, Path]] = {}
     noises: dict[str, tuple[int, Path]] = {}
@@ -147,7 +147,7 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
         _check_scored_alike(folder, results, first_folder, first, references, noises)
         for name, entry in results["methods"].items():
             methods[name] = _joined(name, methods[name], origin[name], entry, folder) if name in methods else entry
-            origin[name] = folder
+            origin.setdefault(name, {}).update(dict.fromkeys(entry["runs"], folder))
     for name, entry in methods.items():
         missing = [job for job in jobs if job not in entry["runs"]]
         if missing:
@@ -251,14 +251,17 @@ def _training_seeds(loaded: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]
     return {"seed": min(seeds), "seeds": len(seeds), "training_seeds": sorted(seeds)}
 
 
-def _joined(name: str, entry: dict[str, Any], where: Path, other: dict[str, Any], folder: Path) -> dict[str, Any]:
+def _joined(name: str, entry: dict[str, Any], where: dict[str, Path], other: dict[str, Any],
+            folder: Path) -> dict[str, Any]:
     """One method's runs from two folders with the same settings: on disjoint jobs (parallel processes), or on
-    the same jobs where one run extends the other's budget (each shared job's curves joined, ``_extended``)."""
+    the same jobs where one run extends the other's budget (each shared job's curves joined, ``_extended``).
+    ``where``: the folder each of ``entry``'s jobs came from."""
     if entry.get("spec") != other.get("spec"):
-        raise ValueError(f"method {name} has other settings in {folder} than in {where}; merge runs of one method")
+        raise ValueError(f"method {name} has other settings in {folder} than in {where[next(iter(entry['runs']))]}; "
+                         "merge runs of one method")
     runs = {**entry["runs"], **other["runs"]}
     for job in sorted(set(entry["runs"]) & set(other["runs"])):
-        runs[job] = _extended(name, job, entry["runs"][job], where, other["runs"][job], folder)
+        runs[job] = _extended(name, job, entry["runs"][job], where[job], other["runs"][job], folder)
     memory = {key: max(entry["memory"].get(key, 0.0), other["memory"].get(key, 0.0))
               for key in {**entry.get("memory", {}), **other.get("memory", {})}}
     per_job = {**(entry.get("memory_per_job") or {})}
@@ -270,34 +273,39 @@ def _joined(name: str, entry: dict[str, Any], where: Path, other: dict[str, Any]
 
 
 SCORE_KEYS = ("concept_fidelity", "attribute_acc", "prompt_fidelity", "prompt_requested_acc", "prompt_joint_acc")
+# How far one trajectory's scores may differ when it is trained and scored again in another process or on
+# another machine: the generated images' float rounding moves a concept fidelity by about 1e-4 (benchmarks/
+# README.md, "The paper's configuration to 27,000 forwards"); another training trajectory moves it by 1e-2.
+REPEAT_TOLERANCE = 1e-3
 
 
 def _extended(name: str, job: str, curve: list[dict[str, Any]], where: Path, more: list[dict[str, Any]],
               folder: Path) -> list[dict[str, Any]]:
     """One job's checkpoint curve from two runs of it, one a longer run of the other.
 
-    Training and scoring are deterministic, so a longer run repeats every checkpoint the two share; that is
-    the test that they are one trajectory: at least one shared checkpoint after step 0 (the initializer is
-    the same for any run), and the same scores on every shared checkpoint (a score one of them left unscored,
-    e.g. held-out prompts at intermediate checkpoints, is taken from the other). Wall times are the longer
-    run's where the two overlap."""
+    Training is deterministic, so a longer run repeats every checkpoint the two share; that is the test that
+    they are one trajectory: at least one shared checkpoint after step 0 (the initializer is the same for any
+    run), and the same scores, within REPEAT_TOLERANCE, on every shared checkpoint. There the longer run's
+    record is kept, a score it left unscored (e.g. held-out prompts at intermediate checkpoints) taken from
+    the other."""
     mine = {record["forwards"]: record for record in curve}
     theirs = {record["forwards"]: record for record in more}
     shared = sorted(set(mine) & set(theirs))
     if not any(forwards > 0 for forwards in shared):
         raise ValueError(f"method {name} ran {job} in both {where} and {folder}, with no trained checkpoint in "
                          "common; merge runs of disjoint jobs, or a longer run that repeats a checkpoint of the other")
-    longer = theirs if max(theirs) >= max(mine) else mine
+    longer, shorter = (theirs, mine) if max(theirs) >= max(mine) else (mine, theirs)
     joined = {**mine, **theirs}
     for forwards in shared:
         a, b = mine[forwards], theirs[forwards]
         for key in SCORE_KEYS:
-            if a.get(key) is not None and b.get(key) is not None and abs(a[key] - b[key]) > 1e-9:
+            if a.get(key) is not None and b.get(key) is not None and abs(a[key] - b[key]) > REPEAT_TOLERANCE:
                 raise ValueError(f"method {name}'s {job} at {forwards:g} forwards has {key} {a[key]:.6f} in {where} "
                                  f"and {b[key]:.6f} in {folder}: not one trajectory (other training or scoring); "
-                                 "merge a longer run only with runs it repeats exactly")
-        joined[forwards] = {**longer[forwards], **{key: a.get(key) if a.get(key) is not None else b.get(key)
-                                                   for key in SCORE_KEYS}}
+                                 "merge a longer run only with runs it repeats")
+        kept = longer[forwards]
+        joined[forwards] = {**kept, **{key: shorter[forwards][key] for key in SCORE_KEYS
+                                       if kept.get(key) is None and shorter[forwards].get(key) is not None}}
     return [joined[forwards] for forwards in sorted(joined)]
 
 

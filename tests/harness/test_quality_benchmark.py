@@ -190,6 +190,7 @@ def test_merge_extends_a_run_by_a_longer_run_of_the_same_jobs_that_repeats_its_c
     for job, curve in longer["methods"]["zo-puts"]["runs"].items():
         assert curve[1]["forwards"] == 300 and curve[1]["prompt_fidelity"] is None
         curve[1]["concept_fidelity"] = stored[job][2]["concept_fidelity"]
+    longer["methods"]["zo-puts"]["runs"]["a-s0"][1]["concept_fidelity"] += 5e-5  # scoring's float rounding elsewhere
     (long / "results.json").write_text(json.dumps(longer))
     out = tmp_path / "merged"
     assert quality.main(["--merge", f"{base}:ti-backprop", str(short), str(long), "--out", str(out)]) == 0
@@ -197,6 +198,7 @@ def test_merge_extends_a_run_by_a_longer_run_of_the_same_jobs_that_repeats_its_c
     curve = results["methods"]["zo-puts"]["runs"]["a-s0"]
     assert [r["forwards"] for r in curve] == [0, 150, 300, 600]
     assert curve[2]["prompt_fidelity"] == stored["a-s0"][2]["prompt_fidelity"]  # filled in from the stored run
+    assert curve[2]["concept_fidelity"] == stored["a-s0"][2]["concept_fidelity"] + 5e-5  # the longer run's record
     assert results["summary"]["methods"]["zo-puts"]["forwards"] == 600
 
     # A longer run that does not repeat the shared checkpoint is another trajectory: refused, nothing written.
@@ -207,7 +209,8 @@ def test_merge_extends_a_run_by_a_longer_run_of_the_same_jobs_that_repeats_its_c
     capsys.readouterr()
     assert quality.main(["--merge", f"{base}:ti-backprop", str(short), str(other), "--out", str(tmp_path / "m2")]) == 2
     err = capsys.readouterr().err
-    assert "b-s0 at 300 forwards has concept_fidelity" in err and "not one trajectory" in err and err.count("\n") == 1
+    assert f"b-s0 at 300 forwards has concept_fidelity 0.820000 in {short} and 0.830000 in {other}" in err
+    assert "not one trajectory" in err and err.count("\n") == 1
     assert not (tmp_path / "m2").exists()
 
 
