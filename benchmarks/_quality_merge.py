@@ -274,8 +274,8 @@ def _joined(name: str, entry: dict[str, Any], where: dict[str, Path], other: dic
 
 SCORE_KEYS = ("concept_fidelity", "attribute_acc", "prompt_fidelity", "prompt_requested_acc", "prompt_joint_acc")
 # How far one trajectory's scores may differ when it is trained and scored again in another process or on
-# another machine: the generated images' float rounding moves a concept fidelity by about 1e-4 (benchmarks/
-# README.md, "The paper's configuration to 27,000 forwards"); another training trajectory moves it by 1e-2.
+# another machine: float rounding in generation moves a score by far less (measured in benchmarks/README.md,
+# "The paper's configuration to 27,000 forwards"), another training trajectory by far more.
 REPEAT_TOLERANCE = 1e-3
 
 
