@@ -9,7 +9,7 @@ from typing import Any
 from benchmarks._quality_jobs import (concept_reference_seed, generation_seed, job_training_seed, seeded_name,
                                       seeded_names)
 from benchmarks._quality_report import write_reports
-from benchmarks._quality_summary import summarize
+from benchmarks._quality_summary import metric_names, summarize
 from reference.repo import REPO, repo_relative
 from zoodip.console import print_error
 from zoodip.curvature import CURVATURE_FILE
@@ -146,7 +146,8 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
         jobs += [job for job in results["jobs"] if job not in jobs]
         _check_scored_alike(folder, results, first_folder, first, references, noises)
         for name, entry in results["methods"].items():
-            methods[name] = _joined(name, methods[name], origin[name], entry, folder) if name in methods else entry
+            methods[name] = _joined(name, methods[name], origin[name], entry, folder, metric_names(first["task"])) \
+                if name in methods else entry
             origin.setdefault(name, {}).update(dict.fromkeys(entry["runs"], folder))
     for name, entry in methods.items():
         missing = [job for job in jobs if job not in entry["runs"]]
@@ -251,17 +252,17 @@ def _training_seeds(loaded: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]
     return {"seed": min(seeds), "seeds": len(seeds), "training_seeds": sorted(seeds)}
 
 
-def _joined(name: str, entry: dict[str, Any], where: dict[str, Path], other: dict[str, Any],
-            folder: Path) -> dict[str, Any]:
+def _joined(name: str, entry: dict[str, Any], where: dict[str, Path], other: dict[str, Any], folder: Path,
+            metrics: list[str]) -> dict[str, Any]:
     """One method's runs from two folders with the same settings: on disjoint jobs (parallel processes), or on
     the same jobs where one run extends the other's budget (each shared job's curves joined, ``_extended``).
-    ``where``: the folder each of ``entry``'s jobs came from."""
+    ``where``: the folder each of ``entry``'s jobs came from; ``metrics``: the task's scores."""
     if entry.get("spec") != other.get("spec"):
         raise ValueError(f"method {name} has other settings in {folder} than in {where[next(iter(entry['runs']))]}; "
                          "merge runs of one method")
     runs = {**entry["runs"], **other["runs"]}
     for job in sorted(set(entry["runs"]) & set(other["runs"])):
-        runs[job] = _extended(name, job, entry["runs"][job], where[job], other["runs"][job], folder)
+        runs[job] = _extended(name, job, entry["runs"][job], where[job], other["runs"][job], folder, metrics)
     memory = {key: max(entry["memory"].get(key, 0.0), other["memory"].get(key, 0.0))
               for key in {**entry.get("memory", {}), **other.get("memory", {})}}
     per_job = {**(entry.get("memory_per_job") or {})}
@@ -272,7 +273,6 @@ def _joined(name: str, entry: dict[str, Any], where: dict[str, Path], other: dic
             "process_wall_s": (entry.get("process_wall_s") or 0.0) + (other.get("process_wall_s") or 0.0)}
 
 
-SCORE_KEYS = ("concept_fidelity", "attribute_acc", "prompt_fidelity", "prompt_requested_acc", "prompt_joint_acc")
 # How far one trajectory's scores may differ when it is trained and scored again in another process or on
 # another machine: float rounding in generation moves a score by far less (measured in benchmarks/README.md,
 # "The paper's configuration to 27,000 forwards"), another training trajectory by far more.
@@ -280,7 +280,7 @@ REPEAT_TOLERANCE = 1e-3
 
 
 def _extended(name: str, job: str, curve: list[dict[str, Any]], where: Path, more: list[dict[str, Any]],
-              folder: Path) -> list[dict[str, Any]]:
+              folder: Path, metrics: list[str]) -> list[dict[str, Any]]:
     """One job's checkpoint curve from two runs of it, one a longer run of the other.
 
     Training is deterministic, so a longer run repeats every checkpoint the two share; that is the test that
@@ -298,13 +298,13 @@ def _extended(name: str, job: str, curve: list[dict[str, Any]], where: Path, mor
     joined = {**mine, **theirs}
     for forwards in shared:
         a, b = mine[forwards], theirs[forwards]
-        for key in SCORE_KEYS:
+        for key in metrics:
             if a.get(key) is not None and b.get(key) is not None and abs(a[key] - b[key]) > REPEAT_TOLERANCE:
                 raise ValueError(f"method {name}'s {job} at {forwards:g} forwards has {key} {a[key]:.6f} in {where} "
                                  f"and {b[key]:.6f} in {folder}: not one trajectory (other training or scoring); "
                                  "merge a longer run only with runs it repeats")
         kept = longer[forwards]
-        joined[forwards] = {**kept, **{key: shorter[forwards][key] for key in SCORE_KEYS
+        joined[forwards] = {**kept, **{key: shorter[forwards][key] for key in metrics
                                        if kept.get(key) is None and shorter[forwards].get(key) is not None}}
     return [joined[forwards] for forwards in sorted(joined)]
 
