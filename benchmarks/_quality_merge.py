@@ -137,6 +137,7 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
         if results["task"] != first["task"]:
             raise ValueError(f"{folder} is a {results['task']} run, {first_folder} a {first['task']} run; merge runs of one task")
     seeding = _training_seeds(loaded)
+    metrics = metric_names(first["task"])  # the scores a longer run must repeat (_extended)
     methods: dict[str, Any] = {}
     origin: dict[str, dict[str, Path]] = {}  # method -> job -> the folder its run came from
     jobs: list[str] = []
@@ -146,8 +147,7 @@ def merge_results(sources: list[str], command: str) -> dict[str, Any]:
         jobs += [job for job in results["jobs"] if job not in jobs]
         _check_scored_alike(folder, results, first_folder, first, references, noises)
         for name, entry in results["methods"].items():
-            methods[name] = _joined(name, methods[name], origin[name], entry, folder, metric_names(first["task"])) \
-                if name in methods else entry
+            methods[name] = _joined(name, methods[name], origin[name], entry, folder, metrics) if name in methods else entry
             origin.setdefault(name, {}).update(dict.fromkeys(entry["runs"], folder))
     for name, entry in methods.items():
         missing = [job for job in jobs if job not in entry["runs"]]
