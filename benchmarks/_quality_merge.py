@@ -70,7 +70,7 @@ def _load_source(source: str) -> tuple[Path, dict[str, Any]]:
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read {path} ({exc}); pass folders written by quality.py --out") from None
     if wanted is not None:
-        renames = [(m.partition("=")[0], m.partition("=")[2] or m.partition("=")[0]) for m in wanted]
+        renames = [rename_pair(m) for m in wanted]
         missing = [old for old, _ in renames if old not in results["methods"]]
         if missing:
             raise ValueError(f"{folder} has no method {missing[0]}; it has {', '.join(results['methods'])}")
@@ -320,6 +320,17 @@ def merge_main(sources: list[str], out: Path | None, command: str) -> int:
     write_reports(out, results)
     print((out / "results.md").read_text())
     return 0
+
+
+def rename_pair(text: str) -> tuple[str, str]:
+    """``old=new`` -> (old, new); a plain name -> (name, name). The ``=`` inside a variant's brackets
+    (``paper[adam16=1]``) is part of the name, not a rename."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += (ch == "[") - (ch == "]")
+        if ch == "=" and depth == 0:
+            return text[:i], text[i + 1:] or text[:i]
+    return text, text
 
 
 def split_methods(text: str) -> list[str]:

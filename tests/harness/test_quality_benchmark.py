@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import _quality_methods as qm  # noqa: E402
-from benchmarks import quality  # noqa: E402
+from benchmarks import _quality_merge, quality  # noqa: E402
 
 
 def test_parse_method_variants():
@@ -155,6 +155,19 @@ def test_merge_combines_stored_runs_and_rates_both_target_metrics(tmp_path, caps
     weak = _fake_results(tmp_path / "weak", {"zo-naive": (0.02, 900)})
     assert quality.main(["--merge", f"{short}:ti-backprop", str(weak), "--out", str(tmp_path / "m2")]) == 0
     assert "(target >= 0.95 on each: not met)" in (tmp_path / "m2" / "results.md").read_text()
+
+
+def test_merge_takes_a_variant_whose_name_holds_an_equals_sign(tmp_path):
+    # "DIR:old=new" renames; the "=" inside a variant's brackets is part of its name, not a rename.
+    assert _quality_merge.rename_pair("paper[adam16=1]") == ("paper[adam16=1]", "paper[adam16=1]")
+    assert _quality_merge.rename_pair("paper[adam16=1]=fp16") == ("paper[adam16=1]", "fp16")
+    assert _quality_merge.rename_pair("zoodip=paper") == ("zoodip", "paper")
+    src = _fake_results(tmp_path / "src", {"ti-backprop": (0.1, 100), "paper[adam16=1]": (0.05, 300)})
+    out = tmp_path / "merged"
+    assert quality.main(["--merge", f"{src}:ti-backprop,paper[adam16=1]", "--out", str(out)]) == 0
+    assert list(json.loads((out / "results.json").read_text())["methods"]) == ["ti-backprop", "paper[adam16=1]"]
+    assert quality.main(["--merge", f"{src}:ti-backprop,paper[adam16=1]=fp16", "--out", str(tmp_path / "m2")]) == 0
+    assert list(json.loads((tmp_path / "m2" / "results.json").read_text())["methods"]) == ["ti-backprop", "fp16"]
 
 
 def _respec(folder: Path, method: str) -> Path:
@@ -508,8 +521,6 @@ def test_each_job_is_scored_with_its_own_training_seeds_generation_noise(tmp_pat
 def test_a_merged_run_older_than_its_generation_seeds_record_reads_them_from_its_sources(tmp_path, monkeypatch, capsys):
     # Such a run (meta.merged_from, no meta.job_generation_seeds) joined a --seed 0 run and a --seed 1 --seeds 2
     # run of the old rule: its seed-1 and seed-2 jobs came from seed 1's noise, not from its first seed's (0).
-    from benchmarks import _quality_merge
-
     monkeypatch.setattr(_quality_merge, "REPO", tmp_path)
     _fake_results(tmp_path / "s0", {"zo-puts": (0.09, 900)}, jobs=("a",))
     _fake_results(tmp_path / "old12", {"zo-puts": (0.09, 900)}, jobs=("a-s1", "a-s2"), seed=1, seeds=2,
