@@ -322,28 +322,26 @@ def merge_main(sources: list[str], out: Path | None, command: str) -> int:
     return 0
 
 
-def rename_pair(text: str) -> tuple[str, str]:
-    """``old=new`` -> (old, new); a plain name -> (name, name). The ``=`` inside a variant's brackets
-    (``paper[adam16=1]``) is part of the name, not a rename."""
-    depth = 0
+def _outside_brackets(text: str, sep: str) -> list[int]:
+    """Positions of ``sep`` outside [...]: a variant's own settings (``zoodip[t=300-700,tau=64]``) hold
+    commas and ``=`` that do not separate methods or rename them."""
+    positions, depth = [], 0
     for i, ch in enumerate(text):
         depth += (ch == "[") - (ch == "]")
-        if ch == "=" and depth == 0:
-            return text[:i], text[i + 1:] or text[:i]
-    return text, text
+        if ch == sep and depth == 0:
+            positions.append(i)
+    return positions
+
+
+def rename_pair(text: str) -> tuple[str, str]:
+    """``old=new`` -> (old, new); a plain name -> (name, name) (``paper[adam16=1]`` is one name)."""
+    cut = _outside_brackets(text, "=")
+    if not cut:
+        return text, text
+    return text[:cut[0]], text[cut[0] + 1:] or text[:cut[0]]
 
 
 def split_methods(text: str) -> list[str]:
     """Split a comma list, keeping commas inside [...] (e.g. 'zoodip[t=300-700,tau=64],es')."""
-    out, depth, current = [], 0, ""
-    for ch in text:
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
-            out.append(current)
-            current = ""
-        else:
-            current += ch
-    if current.strip():
-        out.append(current)
-    return [m for m in out if m.strip()]
+    bounds = [-1, *_outside_brackets(text, ","), len(text)]
+    return [part for a, b in zip(bounds, bounds[1:]) if (part := text[a + 1:b]).strip()]
