@@ -152,11 +152,54 @@ def gradient_noise(folder: Path, samples: int, seed: int, n: int = 2) -> dict[st
         grads.setdefault(c, []).append(torch.autograd.grad(loss, v)[0].double().numpy())
     full = [np.stack(rows) for rows in grads.values()]
     k = basis.shape[1]
-    s_sub = noise_ratio([g @ basis for g in full])
+    sub = [g @ basis for g in full]
+    s_sub = noise_ratio(sub)
     per_step = zo_variance_ratio(s_sub, k, n)
+    rng = np.random.default_rng(seed)
     return {"draws_per_concept": samples, "subspace_dims": k, "noise_ratio_full": noise_ratio(full),
             "noise_ratio_subspace": s_sub, "n": n,
-            "zo_variance_per_step_vs_backprop": per_step, "forwards_per_backprop_step": (n + 1) * per_step}
+            "zo_variance_per_step_vs_backprop": per_step, "forwards_per_backprop_step": (n + 1) * per_step,
+            "top5pct_share_of_squared_norm": tail_share(sub, 0.05),
+            "clipped_estimate_gain": {str(kappa): clipped_gain(sub, kappa, n, rng) for kappa in CLIP_KAPPAS}}
+
+
+CLIP_KAPPAS = (1.5, 2.0, 3.0)  # --clip-estimate values whose predicted gain --gradient-noise reports
+
+
+def tail_share(groups: list[np.ndarray], fraction: float) -> float:
+    """How heavy-tailed the draws' gradients are: the share of the summed squared norm ``sum |g_k|^2`` that the
+    largest ``fraction`` of the draws hold, averaged over the groups (``fraction`` of them would hold it all
+    being equal)."""
+    shares = []
+    for g in groups:
+        sq = np.sort(np.sum(g * g, axis=1))[::-1]
+        shares.append(float(sq[: max(1, int(np.ceil(fraction * len(sq))))].sum() / sq.sum()))
+    return float(np.mean(shares))
+
+
+def clipped_gain(groups: list[np.ndarray], kappa: float, n: int, rng: np.random.Generator, repeats: int = 16) -> float:
+    """Predicted gain of ``--clip-estimate kappa``: per group, ``n``-direction Gaussian estimates of each draw's
+    gradient are norm-clipped at the limit ZO-Adam settles to (``kappa`` times the RMS of the clipped norms, a
+    fixed point), and the estimates' ``(mean . u)^2 / E|e - mean|^2`` (``u`` the draws' mean direction) is taken
+    over the same without clipping; the median over the groups. Above 1: clipping buys more signal per unit of
+    noise than it costs; it ignores Adam's per-entry scaling and the run's trajectory."""
+    gains = []
+    for g in groups:
+        u = g.mean(axis=0) / np.linalg.norm(g.mean(axis=0))
+        z = rng.standard_normal((repeats, len(g), n, g.shape[1]))
+        est = (np.einsum("rdnk,rdn->rdk", z, np.einsum("rdnk,dk->rdn", z, g)) / n).reshape(-1, g.shape[1])
+        norms = np.linalg.norm(est, axis=1)
+        limit = kappa * float(np.sqrt(np.mean(norms**2)))
+        for _ in range(200):  # the fixed point limit = kappa * RMS(min(|e|, limit))
+            limit = kappa * float(np.sqrt(np.mean(np.minimum(norms, limit) ** 2)))
+        clipped = est * np.minimum(1.0, limit / np.maximum(norms, 1e-300))[:, None]
+
+        def efficiency(e: np.ndarray) -> float:
+            mean = e.mean(axis=0)
+            return float((mean @ u) ** 2 / np.mean(np.sum((e - mean) ** 2, axis=1)))
+
+        gains.append(efficiency(clipped) / efficiency(est))
+    return float(np.median(gains))
 
 
 def noise_ratio(groups: list[np.ndarray]) -> float:
@@ -232,10 +275,14 @@ def noise_report(names: list[str], folders: dict, draws_per_concept: int, seed: 
         print(json.dumps(rows[-1]), flush=True)
     report = table("How noisy one draw's gradient is, and what a forward-only step costs", command,
                    ["model", "draws per concept", "s, whole space", "s, curvature subspace (k dims)",
-                    "ZO variance per step / backprop's (n=2)", "forwards per backprop step"],
+                    "ZO variance per step / backprop's (n=2)", "forwards per backprop step",
+                    "share of sum |g_k|^2 in the largest 5% of draws",
+                    "predicted gain of --clip-estimate " + " / ".join(f"{k:g}" for k in CLIP_KAPPAS)],
                    [[r["model"], str(r["draws_per_concept"]), f"{r['noise_ratio_full']:.1f}",
                      f"{r['noise_ratio_subspace']:.1f} ({r['subspace_dims']})",
-                     f"{r['zo_variance_per_step_vs_backprop']:.1f}", f"{r['forwards_per_backprop_step']:.0f}"] for r in rows])
+                     f"{r['zo_variance_per_step_vs_backprop']:.1f}", f"{r['forwards_per_backprop_step']:.0f}",
+                     f"{r['top5pct_share_of_squared_norm']:.2f}",
+                     " / ".join(f"{r['clipped_estimate_gain'][str(k)]:.2f}" for k in CLIP_KAPPAS)] for r in rows])
     (out / "gradient-noise.json").write_text(json.dumps({"command": command, "t_range": T_RANGE, "rows": rows}, indent=1) + "\n")
     (out / "gradient-noise.md").write_text(report)
     print(report)

@@ -119,6 +119,10 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
                    help="ZO-Adam's moment storage. float16 reproduces the ZOODiP authors' code, whose fp16 second "
                         "moment stays near 0 for small estimates, so their steps are close to lr * m_hat / eps "
                         "(default: float64)")
+    p.add_argument("--clip-estimate", type=float, default=None, metavar="KAPPA",
+                   help="clip each gradient estimate's norm to KAPPA (above 1) times the RMS norm of the estimates "
+                        "so far, against the rare huge estimates of a heavy-tailed loss (not in the paper; "
+                        "default: off)")
 
 
 def _add_photo_flags(p: argparse.ArgumentParser) -> None:
@@ -184,7 +188,7 @@ def config_from_args(args: argparse.Namespace):
         mu=args.mu, tau=args.tau, nu=args.nu, subspace=not args.no_subspace,
         subspace_mode=args.subspace_mode, vocabulary_variance=args.vocabulary_subspace,
         curvature_fraction=_curvature_fraction(args), t_range=tuple(args.t_range), optimizer=args.optimizer,
-        adam_state_dtype=args.adam_state_dtype,
+        adam_state_dtype=args.adam_state_dtype, clip_estimate=args.clip_estimate,
         captions=Path(args.captions) if args.captions else None, flip=args.flip, vae_sampling=args.vae_sampling,
         template_file=Path(args.template_file) if args.template_file else None, center_crop=args.center_crop, batched=False if args.sequential else None,
         eval_every=args.eval_every, checkpoint_every=args.checkpointing_steps, save_steps=args.save_steps, a1111=args.a1111,

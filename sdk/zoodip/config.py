@@ -77,6 +77,9 @@ class PersonalizeConfig:
     adam_eps: float = 1e-3
     # "float16": ZO-Adam's moments stored and updated in fp16 as the authors' code does (zo.ZOAdam).
     adam_state_dtype: str = "float64"
+    # Not in the paper: clip each estimate's norm to this many times the RMS norm of the estimates so far
+    # (zo.ZOAdam's clip; float64 Adam state only). None: off.
+    clip_estimate: float | None = None
     subspace: bool = True  # Subspace Gradient on/off
     # SG history length and refit period. None: the paper's 128 where the embedding is wider than
     # 256, else half the width (the method needs tau < width; see default_tau).
@@ -181,6 +184,11 @@ class PersonalizeConfig:
             raise ZoodipError(f"--adam-state-dtype must be one of {', '.join(ADAM_STATE_DTYPES)}, got {self.adam_state_dtype!r}")
         if self.optimizer != "adam" and self.adam_state_dtype != "float64":
             raise ZoodipError("--adam-state-dtype applies to --optimizer adam only; drop it or use --optimizer adam")
+        if self.clip_estimate is not None:
+            validation.finite_float("--clip-estimate", self.clip_estimate, low=1.0)
+            if self.optimizer != "adam" or self.adam_state_dtype != "float64":
+                raise ZoodipError("--clip-estimate clips against ZO-Adam's float64 second moment: use it with "
+                                  "--optimizer adam and --adam-state-dtype float64 (the defaults)")
         if self.subspace_mode not in PROJECTION_MODES:
             raise ZoodipError(f"--subspace-mode must be one of {', '.join(PROJECTION_MODES)}, got {self.subspace_mode!r}")
 
@@ -243,6 +251,8 @@ class PersonalizeConfig:
             payload["orthogonal_phase"] = (self.orthogonal_after, self.orthogonal_n)
         if self.adam_state_dtype != "float64":  # likewise
             payload["adam_state_dtype"] = self.adam_state_dtype
+        if self.clip_estimate is not None:  # likewise
+            payload["clip_estimate"] = float(self.clip_estimate)
         if self.template_file is not None:  # likewise
             payload["template_file"] = str(self.template_file)
         if self.num_vectors != 1:  # likewise

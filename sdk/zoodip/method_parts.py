@@ -26,7 +26,7 @@ def default_optimizer(dim: int, config: PersonalizeConfig) -> ZOAdam | ZOSGD:
     """The config's optimizer: ZO-Adam (the paper's) or ZO-SGD."""
     if config.optimizer == "adam":
         return ZOAdam(dim, lr=config.learning_rate, betas=config.adam_betas, eps=config.adam_eps,
-                      state_dtype=config.adam_state_dtype)
+                      state_dtype=config.adam_state_dtype, clip=config.clip_estimate)
     return ZOSGD(dim, lr=config.learning_rate)
 
 

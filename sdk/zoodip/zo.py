@@ -63,10 +63,18 @@ class ZOAdam:
     estimates stay that small the second moment stays 0 and the step is ``lr * m_hat / eps``,
     momentum SGD with a larger step than float64 Adam takes on the same estimates; where some
     entries are larger it is a second moment biased low (benchmarks/README.md).
+
+    ``clip`` (not in the paper; None: off): before each step the estimate's norm is clipped to ``clip``
+    times the RMS norm of the estimates Adam has taken so far (:meth:`clip_limit`). One draw's gradient of
+    the denoising loss is heavy-tailed (a few draws in a hundred hold half of its squared norm), and a
+    random-direction estimate multiplies that by the direction noise, so rare huge estimates dominate both
+    moments; clipping them trades a little of the mean for much less variance. The limit is relative to
+    the clipped estimates' own RMS, which is why ``clip`` must exceed 1 (at 1 or below it would shrink
+    every step), and it reads the second moment, which the fp16 state keeps near 0: float64 state only.
     """
 
     def __init__(self, dim: int, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-3, state_dtype: str = "float64") -> None:
+                 eps: float = 1e-3, state_dtype: str = "float64", clip: float | None = None) -> None:
         self.dim = positive_int("dim", dim)
         self.lr = finite_float("lr (learning rate)", lr, low=0.0)
         if len(betas) != 2:
@@ -79,6 +87,10 @@ class ZOAdam:
         if state_dtype not in ADAM_STATE_DTYPES:
             raise ZoodipError(f"Adam state dtype must be one of {', '.join(ADAM_STATE_DTYPES)}, got {state_dtype!r}")
         self.state_dtype = str(state_dtype)
+        self.clip = None if clip is None else finite_float("clip (estimate clipping, x RMS norm)", clip, low=1.0)
+        if self.clip is not None and self.state_dtype != "float64":
+            raise ZoodipError("clipping the estimates reads Adam's second moment, which the float16 state keeps "
+                              "near 0: use the float64 state, or no clipping")
         self.steps = 0
         self.exp_avg = np.zeros(self.dim, dtype=self.state_dtype)
         self.exp_avg_sq = np.zeros(self.dim, dtype=self.state_dtype)
@@ -87,12 +99,24 @@ class ZOAdam:
         """Return the updated ``v`` (``v`` itself is not modified)."""
         v = as_vector("v", v, self.dim)
         g = as_vector("g", g, self.dim)
+        limit = self.clip_limit()
+        if limit is not None:
+            g = clip_norm(g.astype(np.float64), limit)
         self.steps += 1
         if self.state_dtype == "float16":
             update = self._step_float16(g).astype(np.float64)
         else:
             update = self._step_float64(g.astype(np.float64))
         return (v.astype(np.float64) - update).astype(_update_dtype(v))
+
+    def clip_limit(self) -> float | None:
+        """The largest norm the next estimate may have: ``clip * sqrt(sum(s_hat))``, where ``s_hat`` is the
+        bias-corrected second moment, so ``sum(s_hat)`` is the mean squared norm of the (clipped) estimates
+        so far. None without clipping and until a nonzero estimate has been seen (a limit of 0 would stay 0)."""
+        if self.clip is None or self.steps == 0:
+            return None
+        mean_square = float(np.sum(self.exp_avg_sq)) / (1.0 - self.betas[1] ** self.steps)
+        return self.clip * float(np.sqrt(mean_square)) if mean_square > 0.0 else None
 
     def _step_float64(self, g: np.ndarray) -> np.ndarray:
         beta1, beta2 = self.betas
@@ -157,6 +181,12 @@ class ZOAdam:
         self.exp_avg = np.array(exp_avg, dtype=self.state_dtype)
         self.exp_avg_sq = np.array(exp_avg_sq, dtype=self.state_dtype)
         self.steps = int(state["steps"])  # type: ignore[arg-type]
+
+
+def clip_norm(g: np.ndarray, limit: float) -> np.ndarray:
+    """``g`` scaled down to norm ``limit`` where it is longer (its direction kept); else ``g`` itself."""
+    norm = float(np.linalg.norm(g))
+    return g * (limit / norm) if norm > limit else g
 
 
 class ZOSGD:

@@ -111,3 +111,20 @@ def test_gradient_noise_ratio_and_the_random_estimate_variance_it_predicts() -> 
     estimates = np.einsum("dnk,dn->dk", z, np.einsum("dnk,dk->dn", z, samples)) / n
     measured = np.mean(np.sum((estimates - g) ** 2, axis=1)) / np.mean(np.sum(deltas ** 2, axis=1))
     assert measured == pytest.approx(pd.zo_variance_ratio(s, k, n), rel=0.05)
+
+
+def test_gradient_tails_and_the_clipping_gain_they_predict() -> None:
+    """Clipping pays where a few draws hold much of the squared norm, and hardly changes light-tailed draws."""
+    import problem_dimension as pd
+
+    rng = np.random.default_rng(2)
+    k = 12
+    g = np.ones(k) / np.sqrt(k)
+    light = [g + rng.standard_normal((400, k)) * np.sqrt(3.0 / k) for _ in range(3)]
+    scale = np.where(rng.random((3, 400)) < 0.03, 8.0, 0.6)  # 3% of the draws 13x noisier
+    heavy = [g + rng.standard_normal((400, k)) * np.sqrt(3.0 / k) * scale[i][:, None] for i in range(3)]
+    assert pd.tail_share([np.ones((40, 3))], 0.05) == pytest.approx(0.05)
+    assert pd.tail_share(light, 0.05) < 0.15 < 0.5 < pd.tail_share(heavy, 0.05)
+    for kappa in (1.5, 3.0):
+        assert 0.95 < pd.clipped_gain(light, kappa, 2, np.random.default_rng(0)) < 1.15
+        assert pd.clipped_gain(heavy, kappa, 2, np.random.default_rng(0)) > 2.0

@@ -18,6 +18,7 @@ from zoodip.zo import (
     SubspaceProjector,
     ZOAdam,
     ZOSGD,
+    clip_norm,
     components_to_keep,
     orthogonal_frame,
     standardized_pca,
@@ -318,6 +319,63 @@ def test_adam_default_float64_update_is_unchanged() -> None:
         np.testing.assert_array_equal(v_new, expected)
         v = v_new
     assert opt.exp_avg.dtype == opt.exp_avg_sq.dtype == np.float64
+
+
+def test_clip_norm_keeps_direction_and_short_vectors() -> None:
+    g = np.array([3.0, -4.0])
+    np.testing.assert_allclose(clip_norm(g, 1.0), g / 5.0)
+    assert clip_norm(g, 5.0) is g and clip_norm(g, 9.0) is g
+
+
+def test_adam_clip_bounds_an_outlier_by_the_rms_of_the_estimates_so_far() -> None:
+    """--clip-estimate: the first estimate passes whole; later ones are cut to clip x the RMS norm seen so far."""
+    rng = np.random.default_rng(5)
+    clipped, plain = ZOAdam(4, clip=2.0), ZOAdam(4)
+    v = c = np.zeros(4)
+    first = np.array([0.0, 0.0, 30.0, 0.0])  # no history yet: taken as it is
+    np.testing.assert_array_equal(clipped.step(v, first), plain.step(v, first))
+    for _ in range(50):
+        g = rng.standard_normal(4) * 0.1
+        v, c = clipped.step(v, g), plain.step(c, g)
+    limit = clipped.clip_limit()
+    rms = math.sqrt(float(np.sum(clipped.exp_avg_sq)) / (1.0 - 0.999**clipped.steps))
+    assert limit == pytest.approx(2.0 * rms)
+    outlier = np.array([0.0, 100.0, 0.0, 0.0])
+    before = clipped.exp_avg.copy()
+    clipped.step(v, outlier)
+    # The moments took the outlier shortened to the limit, not the outlier.
+    np.testing.assert_allclose(clipped.exp_avg, 0.9 * before + 0.1 * outlier * (limit / 100.0))
+    small = ZOAdam(4, clip=2.0)
+    small.step(np.zeros(4), np.ones(4))
+    w = small.step(np.zeros(4), np.full(4, 0.5))  # inside the limit: the same step as without clipping
+    reference = ZOAdam(4)
+    reference.step(np.zeros(4), np.ones(4))
+    np.testing.assert_array_equal(w, reference.step(np.zeros(4), np.full(4, 0.5)))
+
+
+def test_adam_clip_resumes_exactly_and_refuses_what_cannot_work() -> None:
+    rng = np.random.default_rng(6)
+    gs = [rng.standard_normal(3) * 10.0 ** rng.uniform(-3, 1) for _ in range(30)]
+    whole, first = ZOAdam(3, clip=1.5), ZOAdam(3, clip=1.5)
+    v = w = np.zeros(3)
+    for g in gs:
+        v = whole.step(v, g)
+    for g in gs[:12]:
+        w = first.step(w, g)
+    second = ZOAdam(3, clip=1.5)  # the clip limit lives in Adam's own state: nothing else to save
+    second.load_state_dict(npz_roundtrip(first.state_dict()))
+    for g in gs[12:]:
+        w = second.step(w, g)
+    np.testing.assert_array_equal(v, w)
+    for bad in (1.0, 0.5, -2.0, float("nan"), float("inf")):
+        with pytest.raises(ZoodipError, match="clip"):
+            ZOAdam(3, clip=bad)
+    with pytest.raises(ZoodipError, match="float64"):
+        ZOAdam(3, clip=2.0, state_dtype="float16")
+    flat = ZOAdam(3, clip=2.0)  # a zero first estimate (a flat loss) sets no limit: later ones are not cut to 0
+    flat.step(np.zeros(3), np.zeros(3))
+    assert flat.clip_limit() is None
+    assert np.any(flat.step(np.zeros(3), np.ones(3)) != 0.0)
 
 
 def test_adam_float16_state_loses_small_squared_gradients_like_the_authors_code() -> None:
