@@ -25,7 +25,9 @@ SDK's defaults differ from the authors' code), ``es[pop=16,sigma=0.05]``, or the
 ``ti-backprop[curvature=0.999,coords=1]`` (exact gradients confined to the SDK's curvature subspace),
 ``default[ortho_after=1800,ortho_n=30]`` (Gaussian directions for 1800 forwards, then orthogonal frames of 30), and
 ``default[num_vectors=2]`` (two vectors per token, as diffusers' ``--num_vectors``; forward-only methods only,
-on the world task: the snapshots then hold the vectors flattened).
+on the world task: the snapshots then hold the vectors flattened), and ``ti-backprop[draws=1]`` (the same method
+rerun with other training draws: noise, timesteps, photo order and directions; the job's photos and its scoring
+stay, so the benchmark's own repeat noise can be measured against the stored run).
 """
 from __future__ import annotations
 
@@ -49,6 +51,9 @@ from zoodip.prompts import TEXTUAL_INVERSION_TEMPLATE_FILES
 from zoodip.zo import ZOAdam
 
 REFERENCE_PUTS = (500, 900)
+# ``draws=K`` shifts a job's training seed by this much per K: far above any run's training seeds (0, 1, 2, ...),
+# so a rerun never trains on another job's draws.
+DRAWS_STRIDE = 1000
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class MethodSpec:
     vocab: float | None = None  # ZO directions in the token table's principal subspace holding this variance
     curvature: float | None = 0.0  # curvature subspace fraction (zoodip.curvature); 0: off, None: the SDK's automatic
     adam_state: str = "float64"  # ZO-Adam's moment dtype; "float16" is the authors' code (zoodip.zo.ZOAdam)
+    clip: float | None = None  # ZO-Adam's estimate clipping, x RMS norm (PersonalizeConfig.clip_estimate)
     schedule: str = "constant"  # learning-rate schedule (zoodip.lr_schedule.LR_SCHEDULERS)
     pop: int = 8  # ES population (antithetic pairs * 2); one generation costs pop forwards
     sigma: float = 0.1  # ES perturbation, relative to the RMS of the initial embedding
@@ -83,6 +89,7 @@ class MethodSpec:
     templates: str = "builtin"  # "builtin" (the SDK's lists) or "ti" (the textual-inversion paper's, theirs)
     vae: str = "once"  # VAE posterior sampled "once" per photo or "per-step" (theirs)
     num_vectors: int = 1  # vectors per token (PersonalizeConfig.num_vectors); forward-only methods
+    draws: int = 0  # which set of training draws: 0 is the job's own; K > 0 trains on seed + DRAWS_STRIDE * K
 
     @property
     def forwards_per_step(self) -> int:
@@ -124,6 +131,8 @@ class MethodSpec:
                 out["lr_scheduler"] = self.schedule
             if self.adam_state != "float64":
                 out["adam_state_dtype"] = self.adam_state
+            if self.clip is not None:
+                out["clip_estimate"] = self.clip
             if self.directions != "gaussian":
                 out["directions"] = self.directions
             if self.ortho_after is not None:
@@ -142,6 +151,8 @@ class MethodSpec:
                 out["in_subspace"] = "coordinates" if self.coords else "projected gradient"
         if self.num_vectors != 1:
             out["num_vectors"] = self.num_vectors
+        if self.draws:
+            out["training_draws"] = f"seed + {DRAWS_STRIDE} x {self.draws}"
         return out
 
 
@@ -192,9 +203,9 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
             else:
                 lo, hi = value.split("-")
                 changes["t_range"] = (int(lo), int(hi))
-        elif key in ("n", "tau", "pop", "num_vectors", "ortho_after", "ortho_n"):
+        elif key in ("n", "tau", "pop", "num_vectors", "ortho_after", "ortho_n", "draws"):
             changes[key] = int(value)
-        elif key in ("lr", "mu", "nu", "sigma", "weight_decay", "vocab", "curvature"):
+        elif key in ("lr", "mu", "nu", "sigma", "weight_decay", "vocab", "curvature", "clip"):
             changes[key] = float(value)
         elif key == "mode":
             if value not in ("history-span", "principal"):
@@ -226,6 +237,8 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
         raise ValueError(f"method {text!r}: ortho_after=FORWARDS and ortho_n=N go together, on ZO methods")
     if spec.coords and not (spec.kind == "backprop" and spec.curvature):
         raise ValueError(f"method {text!r}: coords applies to ti-backprop with curvature=F only")
+    if spec.draws < 0 or (spec.draws and spec.kind == "init"):
+        raise ValueError(f"method {text!r}: draws=K takes K >= 0, on a method that trains")
     if spec.num_vectors != 1 and spec.kind not in ("zo", "es"):
         raise ValueError(f"method {text!r}: num_vectors applies to the forward-only methods (the SDK's loop) only")
     return spec
@@ -302,7 +315,7 @@ def _zo_config(spec: MethodSpec, job: Job, export_dir: Path, out_dir: Path, step
         export_dir=export_dir, images=Path(job.photos), output_dir=out_dir, placeholder_token=job.placeholder,
         initializer_token=job.initializer, max_train_steps=steps, learning_rate=spec.learning_rate(), seed=seed,
         n=spec.n, directions=spec.directions, orthogonal_after=spec.ortho_after, orthogonal_n=spec.ortho_n, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, subspace_mode=spec.mode, t_range=t_range,
-        vocabulary_variance=spec.vocab, curvature_fraction=spec.curvature, adam_state_dtype=spec.adam_state,
+        vocabulary_variance=spec.vocab, curvature_fraction=spec.curvature, adam_state_dtype=spec.adam_state, clip_estimate=spec.clip,
         lr_scheduler=spec.schedule, num_vectors=spec.num_vectors, eval_every=0, checkpoint_every=0, threads=1,
         flip=spec.flip, vae_sampling=spec.vae,
         template_file=TEXTUAL_INVERSION_TEMPLATE_FILES["object"] if spec.templates == "ti" else None,
@@ -348,7 +361,7 @@ def run_forward_only(spec: MethodSpec, job: Job, export_dir: Path, work: Path, b
 
 def run_method(spec: MethodSpec, job: Job, export_dir: Path, work: Path, budget: int, checkpoints: int, seed: int,
                torch_model: Path | None = None) -> list[Snapshot]:
-    seed = job.training_seed(seed)
+    seed = job.training_seed(seed) + DRAWS_STRIDE * spec.draws  # the draws only: photos and scoring keep the job's
     if spec.kind == "init":
         model = ExportedModel.load(export_dir)
         ids = model.tokenizer.token_ids_for_word(job.initializer)

@@ -484,6 +484,26 @@ def test_backprop_restricted_to_the_curvature_subspace(tiny_export, tiny_sd_fold
     assert outside("ti-backprop[curvature=0.999,weight_decay=0]") > 0.05
 
 
+def test_draws_rerun_a_method_on_other_training_draws_only(tiny_export, photos, tmp_path):
+    """``name[draws=K]`` trains on other noise, timesteps and directions; the job itself (photos, scoring) stays."""
+    job = qm.Job("star", str(photos), "<striped-star>", "star", seed=2)
+
+    def final(method: str) -> np.ndarray:
+        return qm.run_method(qm.parse_method(method), job, tiny_export, tmp_path, budget=6, checkpoints=1, seed=0)[-1].v
+
+    same, again, other = final("default"), final("default[draws=0]"), final("default[draws=1]")
+    assert np.array_equal(same, again)
+    assert not np.allclose(same, other)
+    # clip=K reaches the SDK's --clip-estimate: the first step is the default's, later ones are clipped.
+    assert qm.parse_method("default[clip=1.5]").describe()["clip_estimate"] == 1.5
+    assert not np.array_equal(final("default[clip=1.01]"), same)
+    assert qm.parse_method("ti-backprop[draws=2]").describe()["training_draws"] == f"seed + {qm.DRAWS_STRIDE} x 2"
+    assert "training_draws" not in qm.parse_method("ti-backprop").describe()
+    for method in ("default[draws=-1]", "init[draws=1]"):
+        with pytest.raises(ValueError, match="draws"):
+            qm.parse_method(method)
+
+
 def test_each_job_is_scored_with_its_own_training_seeds_generation_noise(tmp_path, monkeypatch):
     # A run over seeds 1-2 draws job "a-s2"'s images from seed 2's noise, as a one-seed --seed 2 run does, so that
     # the two pair in --merge (meta.generation_seeds); a one-seed run's job uses the run's --seed.
