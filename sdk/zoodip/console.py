@@ -30,6 +30,11 @@ class ProgressBar:
     # redraw is another line of output, rarely.
     TERMINAL_INTERVAL_S = 0.1
     LOG_INTERVAL_S = 15.0
+    # The expected duration is said once, timed on this many steps or this many seconds of steps, whichever
+    # comes first (or on what there is by the second-to-last step): the first step of a session also pays
+    # one-time costs (the runtime's first calls at each shape), which alone would overstate the rest.
+    EXPECT_AFTER_STEPS = 10
+    EXPECT_AFTER_S = 20.0
 
     def __init__(self, total: int, enabled: bool) -> None:
         self.enabled = enabled
@@ -39,6 +44,8 @@ class ProgressBar:
         self._drawn_at = float("-inf")
         self.eval_loss: float | None = None
         self.after_close: list[str] = []  # lines for after the final bar line (drawn once, by close)
+        self._first_step: tuple[int, float] | None = None  # (step, clock) of this session's first step
+        self._expected_said = False
 
     def __call__(self, progress) -> None:
         if not self.enabled:
@@ -53,9 +60,9 @@ class ProgressBar:
             # remaining-time estimate is left out (the trainer's ETA is shown instead).
             self.bar = tqdm(total=self.total, initial=max(0, progress.step - 1), unit="step", dynamic_ncols=True,
                             file=sys.stderr, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
-            if progress.event in ("step", "eval") and progress.eta_s is not None and progress.step < progress.total:
-                self.bar.write(f"expected: about {duration(progress.eta_s)} for the remaining "
-                               f"{progress.total - progress.step} steps (timed on the first step)", file=sys.stderr)
+            self._first_step = (progress.step, time.monotonic())
+        if progress.event in ("step", "eval"):
+            self._say_expected(progress)
         if progress.event == "validation":
             if progress.step < progress.total:
                 self.bar.write(f"preview: {progress.path}", file=sys.stderr)
@@ -81,6 +88,20 @@ class ProgressBar:
         if progress.event in ("step", "eval") and progress.step < progress.total and due:
             self.bar.refresh()
             self._drawn_at = now
+
+    def _say_expected(self, progress) -> None:
+        """Once: how long the remaining steps should take (the trainer's ETA, from the steps' own times)."""
+        if self._expected_said or progress.eta_s is None or progress.step >= progress.total or self._first_step is None:
+            return
+        first, clock = self._first_step
+        timed = progress.step - first + 1
+        if timed < self.EXPECT_AFTER_STEPS and time.monotonic() - clock < self.EXPECT_AFTER_S \
+                and progress.step < progress.total - 1:
+            return
+        self._expected_said = True
+        self.bar.write(f"expected: about {duration(progress.eta_s)} for the remaining {progress.total - progress.step} "
+                       f"step{'s' if progress.total - progress.step > 1 else ''} (timed on {timed} "
+                       f"step{'s' if timed > 1 else ''})", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -54,3 +54,22 @@ def test_the_bar_redraws_rarely_where_each_redraw_is_a_line_of_a_log(monkeypatch
     # The first draw, the evaluations and the final line: not one line per step.
     assert 3 <= len(logged) <= 6, len(logged)
     assert "2000/2000" in logged[-1] and any("eval=0.4000" in piece for piece in logged)
+
+
+def test_the_expected_duration_is_said_once_after_more_than_the_first_step(monkeypatch, capsys):
+    """The first step pays one-time costs: the estimate waits for 10 steps or 20 s of them, whichever is first."""
+    from zoodip import console
+    from zoodip.progress import Progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    for seconds_per_step, said_at in ((0.05, 10), (8.0, 4)):  # a small model; an SD-size one (8 s a step)
+        clock = [0.0]
+        monkeypatch.setattr(console.time, "monotonic", lambda: clock[0])
+        bar = console.ProgressBar(100, enabled=True)
+        for step in range(1, 101):
+            bar(Progress("step", step, 100, 0.5, None, None, 3 * step, clock[0], 60.0, 12.0 * (100 - step)))
+            clock[0] += seconds_per_step
+        bar.close()
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("expected: ")]
+        assert lines == [f"expected: about {console.duration(12.0 * (100 - said_at))} for the remaining "
+                         f"{100 - said_at} steps (timed on {said_at} steps)"], lines
