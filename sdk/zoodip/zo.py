@@ -66,9 +66,10 @@ class ZOAdam:
 
     ``clip`` (not in the paper; None: off): before each step the estimate's norm is clipped to ``clip``
     times the RMS norm of the estimates Adam has taken so far (:meth:`clip_limit`). One draw's gradient of
-    the denoising loss is heavy-tailed (a few draws in a hundred hold half of its squared norm), and a
-    random-direction estimate multiplies that by the direction noise, so rare huge estimates dominate both
-    moments; clipping them trades a little of the mean for much less variance. The limit is relative to
+    the denoising loss is heavy-tailed (a few draws hold much of its squared norm; measured in
+    benchmarks/README.md, "Clipping the estimates"), and a random-direction estimate multiplies that by the
+    direction noise, so rare huge estimates dominate both moments; clipping them trades a little of the mean
+    for much less variance. The limit is relative to
     the clipped estimates' own RMS, which is why ``clip`` must exceed 1 (at 1 or below it would shrink
     every step), and it reads the second moment, which the fp16 state keeps near 0: float64 state only.
     """
