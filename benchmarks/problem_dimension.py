@@ -183,6 +183,8 @@ def clipped_gain(groups: list[np.ndarray], kappa: float, n: int, rng: np.random.
     fixed point), and the estimates' ``(mean . u)^2 / E|e - mean|^2`` (``u`` the draws' mean direction) is taken
     over the same without clipping; the median over the groups. Above 1: clipping buys more signal per unit of
     noise than it costs; it ignores Adam's per-entry scaling and the run's trajectory."""
+    from zoodip.zo import clip_norm  # the SDK's clipping itself, so the prediction is of what ships
+
     gains = []
     for g in groups:
         u = g.mean(axis=0) / np.linalg.norm(g.mean(axis=0))
@@ -192,7 +194,7 @@ def clipped_gain(groups: list[np.ndarray], kappa: float, n: int, rng: np.random.
         limit = kappa * float(np.sqrt(np.mean(norms**2)))
         for _ in range(200):  # the fixed point limit = kappa * RMS(min(|e|, limit))
             limit = kappa * float(np.sqrt(np.mean(np.minimum(norms, limit) ** 2)))
-        clipped = est * np.minimum(1.0, limit / np.maximum(norms, 1e-300))[:, None]
+        clipped = np.stack([clip_norm(e, limit) for e in est])
 
         def efficiency(e: np.ndarray) -> float:
             mean = e.mean(axis=0)
