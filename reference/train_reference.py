@@ -31,6 +31,10 @@ from the folder the previous one wrote (2 cores, 2 threads, ~12 min each):
         --diffusion-steps 2500 --lr 3e-4 --warmup 100 --loss-weighting uniform --threads 2
     # (again, from the folder it wrote, with another --work)
 
+Probes of the world itself (benchmarks/README.md, "The SD-width world"): ``--caption-attributes shape,color`` trains on
+captions that name only those attributes (the same images and draws), ``--vae-from FOLDER`` starts the UNet and text
+encoder from scratch on a trained folder's VAE, ``--device cuda`` moves the arithmetic (the draws stay on the CPU).
+
 Wall times are recorded in ``reference/model/zoodip_source.json``; final VAE MSE ~0.0098 (images in
 [-1, 1]), final diffusion loss ~0.067 (epsilon MSE, EMA of the batch loss), ~0.062 after a continuation.
 Randomness of step k is a pure function of (seed, k), so an interrupted run that is resumed takes the same
@@ -154,12 +158,12 @@ def stage_vae(work: Path, data: dict, args: argparse.Namespace):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(args.seed + 2)
-    vae = AutoencoderKL(**configs()["vae"])
+    vae = AutoencoderKL(**configs()["vae"]).to(args.device)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     ckpt_path = work / "vae.pt"
     start = 0
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = torch.load(ckpt_path, weights_only=False, map_location=args.device)
         vae.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         start = ckpt["step"]
@@ -170,11 +174,11 @@ def stage_vae(work: Path, data: dict, args: argparse.Namespace):
     running = None
     for step in bar:
         rng = step_rng(args.seed, 1, step)
-        x = to_tensor(images[rng.integers(len(images), size=args.vae_batch)])
+        x = to_tensor(images[rng.integers(len(images), size=args.vae_batch)]).to(args.device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, args.vae_lr, 200)
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=step_generator(args.seed, 1, step))
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=step_generator(args.seed, 1, step)).to(args.device)
         rec = vae.decode(z).sample
         mse = F.mse_loss(rec, x)
         loss = mse + 0.5 * F.l1_loss(rec, x) + args.kl_weight * posterior.kl().mean()
@@ -188,7 +192,7 @@ def stage_vae(work: Path, data: dict, args: argparse.Namespace):
             atomic_save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1, "mse": running}, ckpt_path)
     bar.close()
     vae.eval().requires_grad_(False)
-    return vae
+    return vae.cpu()
 
 
 @torch.no_grad()
@@ -202,9 +206,9 @@ def encode_all(vae, images: np.ndarray, work: Path, vae_file: Path) -> tuple[np.
             return cached["mean"], cached["std"]
     means, stds = [], []
     for i in tqdm(range(0, len(images), 256), desc="encode", mininterval=10):
-        posterior = vae.encode(to_tensor(images[i : i + 256])).latent_dist
-        means.append(posterior.mean.numpy())
-        stds.append(posterior.std.numpy())
+        posterior = vae.encode(to_tensor(images[i : i + 256]).to(vae.device)).latent_dist
+        means.append(posterior.mean.cpu().numpy())
+        stds.append(posterior.std.cpu().numpy())
     mean, std = np.concatenate(means), np.concatenate(stds)
     tmp = work / "latents.tmp.npz"
     np.savez(tmp, mean=mean, std=std, stamp=stamp)
@@ -339,6 +343,8 @@ def stage_diffusion(work: Path, data: dict, latents: tuple[np.ndarray, np.ndarra
                                "text_encoder": build_text_encoder(args.seed, captioner.vocab, arch["text_encoder"])})
     ema.load_state_dict(models.state_dict())
     ema.requires_grad_(False)
+    models.to(args.device)
+    ema.to(args.device)
     embedding = text_encoder.text_model.embeddings.token_embedding.weight
     if args.freeze_text_encoder:  # as SD's UNet is trained on a frozen CLIP: only the UNet learns
         text_encoder.requires_grad_(False)
@@ -350,18 +356,19 @@ def stage_diffusion(work: Path, data: dict, latents: tuple[np.ndarray, np.ndarra
     ckpt_path = work / "diffusion.pt"
     start = 0
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = torch.load(ckpt_path, weights_only=False, map_location=args.device)
         models.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
         start = ckpt["step"]
-    alphas = sd_alphas_cumprod()
+    alphas = sd_alphas_cumprod().to(args.device)
     snr = alphas / (1 - alphas)
     if args.loss_weighting == "min-snr-5":
         weights = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 for epsilon prediction
     else:  # "uniform": plain epsilon MSE, which weights the low-noise steps (fine texture) more
         weights = torch.ones_like(snr)
     mean, std = latents
+    named = tuple(args.caption_attributes.split(","))
     codes = data["codes"]
     total = args.diffusion_steps
     models.train()
@@ -373,17 +380,19 @@ def stage_diffusion(work: Path, data: dict, latents: tuple[np.ndarray, np.ndarra
         rng = step_rng(args.seed, stage, step)
         gen = step_generator(args.seed, stage, step)
         idx = rng.integers(len(codes), size=args.batch)
-        texts = [("" if rng.uniform() < CAPTION_DROPOUT else world.random_caption(attrs_of(codes[i]), rng)) for i in idx]
+        texts = [("" if rng.uniform() < CAPTION_DROPOUT else world.random_caption(attrs_of(codes[i]), rng, named=named)) for i in idx]
         x0 = torch.from_numpy(mean[idx]) + torch.from_numpy(std[idx]) * torch.randn(mean[idx].shape, generator=gen)
         x0 = x0 * scale
         t = torch.randint(0, len(alphas), (args.batch,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
+        # the draws stay on the CPU generator (the same batches on every device); the arithmetic moves
+        x0, t, noise = x0.to(args.device), t.to(args.device), noise.to(args.device)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, args.lr, args.warmup)
         with torch.set_grad_enabled(not args.freeze_text_encoder):
-            hidden = text_encoder(captioner(texts)).last_hidden_state
+            hidden = text_encoder(captioner(texts).to(args.device)).last_hidden_state
         pred = unet(xt, t, encoder_hidden_states=hidden).sample
         per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
         loss = (per * weights[t]).mean()
@@ -404,6 +413,7 @@ def stage_diffusion(work: Path, data: dict, latents: tuple[np.ndarray, np.ndarra
             print(f"diffusion: {(step + 1 - start) / (time.monotonic() - started):.2f} it/s", flush=True)
             sys.exit(0)
     bar.close()
+    ema.cpu()
     text = expand_text_encoder(ema["text_encoder"], captioner.vocab, args.seed, base_table)
     return ema["unet"].eval(), text, running
 
@@ -433,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=REPO / "reference" / ".work")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="torch device of the training arithmetic, e.g. cuda (the random draws "
+                   "stay on the CPU, so the batches are the same on every device)")
+    p.add_argument("--caption-attributes", default=",".join(world.ATTRIBUTE_NAMES), metavar="A,B,...",
+                   help="the attributes training captions may name (the shape always); the others are never said")
     p.add_argument("--n-images", type=int, default=30000)
     p.add_argument("--vae-steps", type=int, default=1200)
     p.add_argument("--vae-batch", type=int, default=32)
@@ -446,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="per-timestep weight of the diffusion loss")
     p.add_argument("--init-from", type=Path, help="continue from a trained reference folder: keep its VAE, start "
                    "the UNet and text encoder from it (use a separate --work)")
+    p.add_argument("--vae-from", type=Path, help="train the UNet and text encoder from scratch on this trained reference "
+                   "folder's VAE (skips the VAE stage)")
     p.add_argument("--freeze-text-encoder", action="store_true",
                    help="train the UNet only, on the starting folder's text encoder (needs --init-from)")
     p.add_argument("--ema", type=float, default=0.999)
@@ -456,6 +472,14 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
         if args.threads < 1:
             p.error(f"--threads {args.threads}: must be at least 1")
+        named = args.caption_attributes.split(",")
+        if "shape" not in named or not set(named) <= set(world.ATTRIBUTE_NAMES):
+            raise ZoodipError(f"--caption-attributes {args.caption_attributes}: name the shape and any of "
+                              f"{', '.join(world.ATTRIBUTE_NAMES)}, comma-separated")
+        if args.init_from and args.vae_from:
+            raise ZoodipError("--init-from already keeps its folder's VAE: give --vae-from only for a run from scratch")
+        if args.vae_from and not (args.vae_from / "vae" / "config.json").is_file():
+            raise ZoodipError(f"--vae-from {args.vae_from}: no vae/ folder there; give a trained reference folder")
         if args.init_from and not (args.init_from / SOURCE_MARKER).is_file():
             raise ZoodipError(f"--init-from {args.init_from}: not a trained reference folder (no {SOURCE_MARKER})")
     except ZoodipError as exc:
@@ -467,8 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     data = stage_data(args.work, args.n_images, args.seed + 12345)
     if args.benchmark:
         from diffusers import AutoencoderKL
-        vae = AutoencoderKL(**configs()["vae"])
-        x = to_tensor(data["images"][: args.vae_batch])
+        vae = AutoencoderKL(**configs()["vae"]).to(args.device)
+        x = to_tensor(data["images"][: args.vae_batch]).to(args.device)
         t0 = time.monotonic()
         for _ in range(args.benchmark):
             out = vae(x).sample
@@ -483,20 +507,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.stop_after == "data":
         return 0
-    if args.init_from:
-        # Continue from a trained folder: its VAE and latent scale stay, so its UNet still fits them.
+    if args.init_from or args.vae_from:
+        # A trained folder's VAE and latent scale: a continuation keeps them (its UNet still fits them); a run from
+        # scratch with --vae-from skips the VAE stage (the VAE sees only images, not captions).
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(args.init_from / "vae").float().eval().requires_grad_(False)
-        vae_file = args.init_from / "vae" / "diffusion_pytorch_model.safetensors"
-        mean, std = encode_all(vae, data["images"], args.work, vae_file)
+        source = args.init_from or args.vae_from
+        vae = AutoencoderKL.from_pretrained(source / "vae").float().eval().requires_grad_(False)
+        vae_file = source / "vae" / "diffusion_pytorch_model.safetensors"
+        mean, std = encode_all(vae.to(args.device), data["images"], args.work, vae_file)
+        vae.cpu()
         scale = float(vae.config.scaling_factor)
-        previous = json.loads((args.init_from / SOURCE_MARKER).read_text())
+        previous = json.loads((args.init_from / SOURCE_MARKER).read_text()) if args.init_from else None
     else:
         vae = stage_vae(args.work, data, args)
         if args.stop_after == "vae":
             return 0
-        mean, std = encode_all(vae, data["images"], args.work, args.work / "vae.pt")
+        mean, std = encode_all(vae.to(args.device), data["images"], args.work, args.work / "vae.pt")
+        vae.cpu()
         scale = 1.0 / float(mean.std())
         previous = None
     print(f"latent mean std {mean.std():.4f}, scaling_factor {scale:.5f}; posterior std {std.mean():.4f}", flush=True)
@@ -507,8 +535,13 @@ def main(argv: list[str] | None = None) -> int:
     run = {"diffusion_steps": args.diffusion_steps, "batch": args.batch, "lr": args.lr, "warmup": args.warmup,
            "text_encoder": "frozen" if args.freeze_text_encoder else "trained",
            "loss_weighting": args.loss_weighting, "diffusion_loss": loss,
+           **({"caption_attributes": args.caption_attributes} if args.caption_attributes != p.get_default("caption_attributes") else {}),
+           **({"device": args.device} if args.device != "cpu" else {}),
            "this_invocation_seconds": round(time.monotonic() - started, 1)}
-    if previous is None:
+    if previous is None and args.vae_from:
+        meta = {"kind": "reference-world", "seed": args.seed, "resolution": world.RESOLUTION, "n_images": args.n_images,
+                "vae_from": repo_relative(args.vae_from), **run}
+    elif previous is None:
         vae_ckpt = torch.load(args.work / "vae.pt", weights_only=False)
         meta = {"kind": "reference-world", "seed": args.seed, "resolution": world.RESOLUTION,
                 "n_images": args.n_images, "vae_steps": args.vae_steps, "vae_mse": vae_ckpt.get("mse"), **run}

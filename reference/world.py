@@ -210,10 +210,12 @@ def caption(attrs: Attributes) -> str:
 _PREFIXES = ("", "a photo of ", "a picture of ", "an image of ", "a rendering of ", "a drawing of ")
 
 
-def random_caption(attrs: Attributes, rng: np.random.Generator, drop: float = 0.25) -> str:
+def random_caption(attrs: Attributes, rng: np.random.Generator, drop: float = 0.25,
+                   named: tuple[str, ...] = ATTRIBUTE_NAMES) -> str:
     """A training caption: the canonical words, each attribute phrase except the shape dropped with
-    probability ``drop``, with a random prefix ("a photo of ...")."""
-    keep = {name: rng.uniform() >= drop for name in ATTRIBUTE_NAMES}
+    probability ``drop``, with a random prefix ("a photo of ..."). Attributes not in ``named`` are never
+    said (a poorer caption language over the same images); the random draws are the same either way."""
+    keep = {name: rng.uniform() >= drop and name in named for name in ATTRIBUTE_NAMES}
     keep["shape"] = True
     words = []
     if keep["size"]:

@@ -39,3 +39,39 @@ def test_continuation_starts_from_the_trained_folder(tmp_path):
     with torch.no_grad():
         assert torch.allclose(compact(ids).last_hidden_state, trained_text(full_ids).last_hidden_state, atol=1e-6)
         assert torch.allclose(expanded(full_ids).last_hidden_state, trained_text(full_ids).last_hidden_state, atol=1e-6)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--caption-attributes", "color,size"], "--caption-attributes color,size: name the shape"),
+    (["--caption-attributes", "shape,colour"], "--caption-attributes shape,colour: name the shape"),
+    (["--vae-from", "nowhere"], "--vae-from nowhere: no vae/ folder"),
+    (["--vae-from", str(MODEL), "--init-from", str(MODEL)], "--init-from already keeps its folder's VAE"),
+])
+def test_bad_flags_are_one_line(tmp_path, capsys, flags, message):
+    from reference import train_reference as tr
+
+    assert tr.main(flags + ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not (MODEL / "unet").is_dir(), reason="reference/model is not in this checkout")
+def test_a_run_from_scratch_on_a_folders_vae_with_a_poorer_caption_language(tmp_path):
+    import json
+
+    from safetensors.numpy import load_file
+
+    from reference import train_reference as tr
+
+    out = tmp_path / "out"
+    assert tr.main(["--work", str(tmp_path / "work"), "--out", str(out), "--n-images", "16", "--diffusion-steps", "2",
+                    "--batch", "4", "--vae-from", str(MODEL), "--caption-attributes", "shape,color"]) == 0
+    meta = json.loads((out / "zoodip_source.json").read_text())
+    assert meta["caption_attributes"] == "shape,color" and meta["diffusion_steps"] == 2 and "vae_steps" not in meta
+    assert not Path(meta["vae_from"]).is_absolute()
+    assert not (tmp_path / "work" / "vae.pt").exists()  # no VAE stage
+    kept, theirs = (load_file(f / "vae" / "diffusion_pytorch_model.safetensors") for f in (out, MODEL))
+    assert kept.keys() == theirs.keys() and all((kept[k] == theirs[k]).all() for k in kept)
+    scales = [json.loads((f / "vae" / "config.json").read_text())["scaling_factor"] for f in (out, MODEL)]
+    assert scales[0] == pytest.approx(scales[1])

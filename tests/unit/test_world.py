@@ -97,6 +97,19 @@ def test_captions_use_single_clip_tokens(tokenizer):
         assert 0 < len(tokenizer.encode(world.caption(attrs))) <= 20
 
 
+def test_captions_name_only_the_given_attributes_with_the_same_draws():
+    rng_all, rng_few = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(200):
+        attrs = world.sample_attributes(rng_all)
+        assert world.sample_attributes(rng_few) == attrs
+        full = world.random_caption(attrs, rng_all).split()
+        few = world.random_caption(attrs, rng_few, named=("shape", "color")).split()
+        assert attrs.shape in few and "background" not in few and attrs.size not in few
+        assert not {"stripes", "dots", "outline"} & set(few)
+        assert (attrs.color in few) == (attrs.color in full)  # the same keep/drop draw for the colour
+        assert rng_all.uniform() == rng_few.uniform()  # and the stream goes on alike
+
+
 def test_concepts_valid(tokenizer):
     assert len(world.CONCEPTS) >= 8
     assert len({c.name for c in world.CONCEPTS}) == len(world.CONCEPTS)
