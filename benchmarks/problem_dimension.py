@@ -294,7 +294,8 @@ def noise_report(names: list[str], folders: dict, draws_per_concept: int, seed: 
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python benchmarks/problem_dimension.py", description=__doc__.splitlines()[0])
     p.add_argument("--models", default="reference-64,isometric-768,sd-width-768",
-                   help="comma-separated: reference-64, isometric-768, sd-width-768")
+                   help="comma-separated: reference-64, isometric-768, sd-width-768, or NAME=FOLDER for any reference "
+                        "world folder (e.g. one trained with train_reference.py --caption-attributes)")
     p.add_argument("--samples", type=int, default=8, help="(photo, noise, timestep, prompt) draws per concept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gradient-noise", type=int, default=0, metavar="DRAWS",
@@ -307,7 +308,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.gradient_noise < 0 or args.gradient_noise == 1 or args.samples < 1:
             p.error("--gradient-noise must be 0 (off) or at least 2 draws, --samples at least 1")
         folders = model_folders(args.cache)
-        names = [n.strip() for n in args.models.split(",") if n.strip()]
+        names = []
+        for entry in (n.strip() for n in args.models.split(",")):
+            if "=" in entry:
+                name, folder = entry.split("=", 1)
+                if not (Path(folder) / "unet" / "config.json").is_file():
+                    raise ZoodipError(f"--models {entry}: {folder} is not a diffusers folder (no unet/config.json)")
+                folders[name] = lambda folder=Path(folder): folder
+                entry = name
+            if entry:
+                names.append(entry)
         unknown = [n for n in names if n not in folders]
         if unknown or not names:
             p.error(f"--models: unknown {unknown or args.models!r}; choose from {sorted(folders)}")
