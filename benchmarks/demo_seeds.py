@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save_steps", type=int, default=0, metavar="N",
                    help="also read the run's embedding every N steps (the demo's --save_steps snapshots)")
     p.add_argument("--threads", type=int, default=None, help="passed to the demo (default: all cores)")
+    p.add_argument("--clip-estimate", type=float, default=None, metavar="KAPPA", help="passed to the demo (default: the SDK's)")
     p.add_argument("--backprop", type=int, default=None, metavar="STEPS",
                    help="train by backprop TI for STEPS steps instead of running the demo (the ceiling)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "demo")
@@ -160,19 +161,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = p.parse_args(argv)
         seeds = parse_seeds(args.seeds)
-        if args.learning_rate is not None:  # the demo's own check, made before any run
+        if args.learning_rate is not None:  # the demo's own checks, made before any run
             finite_float("--learning_rate", args.learning_rate, low=0.0)
-        demo_flags = (args.steps, args.learning_rate, args.lr_scheduler, args.save_steps, args.threads)
+        if args.clip_estimate is not None:
+            finite_float("--clip-estimate", args.clip_estimate, low=1.0)
+        demo_flags = (args.steps, args.learning_rate, args.lr_scheduler, args.save_steps, args.threads, args.clip_estimate)
         if args.backprop is not None and (args.backprop < 1 or any(demo_flags)):
             raise ZoodipError("--backprop STEPS takes a step count >= 1 and no demo flag (--steps, --learning_rate, "
-                              "--lr_scheduler, --save_steps, --threads): backprop TI runs the quality benchmark's settings")
+                              "--lr_scheduler, --save_steps, --threads, --clip-estimate): backprop TI runs the quality benchmark's settings")
         if args.save_steps < 0 or (args.threads is not None and args.threads < 0):
             raise ZoodipError("--save_steps and --threads must be 0 or more")
         if args.backprop is not None:
             result = run_backprop_seeds(seeds, args.backprop, args.work)
         else:
-            method_flags = [arg for flag in ("learning_rate", "lr_scheduler", "save_steps", "threads")
-                            if getattr(args, flag) is not None for arg in (f"--{flag}", str(getattr(args, flag)))]
+            method_flags = [arg for flag in ("learning_rate", "lr_scheduler", "save_steps", "threads", "clip_estimate")
+                            if getattr(args, flag) is not None
+                            for arg in ("--" + flag.replace("clip_estimate", "clip-estimate"), str(getattr(args, flag)))]
             result = run(seeds, args.steps, args.work, method_flags, args.save_steps)
     except ZoodipError as exc:
         return print_error(exc)

@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=None, help="the rate's schedule (default: the SDK's)")
     parser.add_argument("--save_steps", type=int, default=0, metavar="N",
                         help="also save the embedding every N steps, as learned_embeds-steps-N.safetensors (0: never)")
+    parser.add_argument("--clip-estimate", type=float, default=None, metavar="KAPPA",
+                        help="clip each gradient estimate's norm (the SDK's --clip-estimate; default: the SDK's)")
     parser.add_argument("--no-progress", action="store_true")
     try:
         args = parser.parse_args(argv)
@@ -305,9 +307,12 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = one_line_warning
             if args.learning_rate is not None:  # refused now, not after the export
                 finite_float("--learning_rate", args.learning_rate, low=0.0)
+            if args.clip_estimate is not None:
+                finite_float("--clip-estimate", args.clip_estimate, low=1.0)
             method = {key: value for key, value in (("learning_rate", args.learning_rate),
                                                     ("lr_scheduler", args.lr_scheduler),
-                                                    ("save_steps", args.save_steps or None)) if value is not None}
+                                                    ("save_steps", args.save_steps or None),
+                                                    ("clip_estimate", args.clip_estimate)) if value is not None}
             run_demo(Path(args.out), steps=args.steps, threads=args.threads, progress=not args.no_progress, seed=args.seed,
                      method=method)
     except ZoodipError as exc:

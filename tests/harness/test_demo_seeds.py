@@ -22,7 +22,8 @@ def test_seeds_are_a_range_or_a_list():
 
 
 @pytest.mark.parametrize("flags", [["--seeds", "x"], ["--backprop", "0"], ["--backprop", "9", "--steps", "4"],
-                                   ["--backprop", "9", "--threads", "1"], ["--save_steps", "-1"], ["--nope"]])
+                                   ["--backprop", "9", "--threads", "1"], ["--save_steps", "-1"], ["--nope"],
+                                   ["--clip-estimate", "0.5"], ["--backprop", "9", "--clip-estimate", "2"]])
 def test_bad_flags_are_one_line_and_run_nothing(tmp_path, capsys, flags):
     assert demo_seeds.main(flags + ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]) == 2
     err = capsys.readouterr().err
@@ -45,8 +46,9 @@ def test_backprop_rows_are_read_as_the_demo_reads_its_own(tmp_path, capsys):
 @pytest.mark.skipif(not demo.reference_available(), reason="reference/ is not in this checkout")
 def test_demo_rows_read_the_runs_snapshots(tmp_path):
     out = tmp_path / "out"
-    assert demo_seeds.main(["--steps", "4", "--save_steps", "2", "--seeds", "1", "--threads", "1",
+    assert demo_seeds.main(["--steps", "4", "--save_steps", "2", "--seeds", "1", "--threads", "1", "--clip-estimate", "2",
                             "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    assert json.loads((tmp_path / "work" / "run" / "config.json").read_text())["clip_estimate"] == 2.0  # passed through
     row = json.loads((out / "results.json").read_text())["rows"][0]
     assert row["seed"] == 1 and row["steps"] == 4 and [s["step"] for s in row["snapshots"]] == [2, 4]
     # The last snapshot is the final embedding, read the same way: the same figures as the row's.

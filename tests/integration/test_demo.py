@@ -11,10 +11,10 @@ from reference import demo
 @pytest.mark.skipif(not demo.reference_available(), reason="reference/ is not in this checkout")
 def test_demo_on_the_reference_model_writes_its_report(tmp_path):
     summary = demo.run_demo(tmp_path, steps=6, threads=1, progress=False,
-                            method={"learning_rate": 0.02, "lr_scheduler": "linear"})
+                            method={"learning_rate": 0.02, "lr_scheduler": "linear", "clip_estimate": 2.0})
     assert summary["model"] == "reference" and summary["steps"] == 6
     config = json.loads((tmp_path / "run" / "config.json").read_text())  # the demo's method flags reached the run
-    assert config["learning_rate"] == 0.02 and config["lr_scheduler"] == "linear"
+    assert config["learning_rate"] == 0.02 and config["lr_scheduler"] == "linear" and config["clip_estimate"] == 2.0
     assert (tmp_path / "before_after.png").is_file() and (tmp_path / "run" / "learned_embeds.safetensors").is_file()
     assert json.loads((tmp_path / "summary.json").read_text())["grid"] == summary["grid"]
     for name in ("before", "after"):
@@ -32,12 +32,13 @@ def test_demo_refuses_a_negative_seed_before_any_work(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and not out.exists()
 
 
-@pytest.mark.parametrize("rate", ["-1", "nan", "0"])
-def test_demo_refuses_a_bad_learning_rate_before_any_work(tmp_path, capsys, rate):
+@pytest.mark.parametrize("flag, value", [("--learning_rate", "-1"), ("--learning_rate", "nan"), ("--learning_rate", "0"),
+                                         ("--clip-estimate", "1"), ("--clip-estimate", "inf")])
+def test_demo_refuses_a_bad_method_value_before_any_work(tmp_path, capsys, flag, value):
     out = tmp_path / "demo"
-    code = demo.main(["--out", str(out), "--learning_rate", rate, "--no-progress"])
+    code = demo.main(["--out", str(out), flag, value, "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and "--learning_rate" in err and "Traceback" not in err
+    assert code == 2 and flag in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
 
 
