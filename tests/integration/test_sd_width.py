@@ -96,6 +96,22 @@ def test_problem_dimension_measures() -> None:
     assert spectrum["eigenvalues_for_90pct"] == 3
 
 
+def test_problem_dimension_names_a_folder_or_says_what_is_wrong(tmp_path, capsys, monkeypatch) -> None:
+    import problem_dimension as pd
+
+    out = tmp_path / "out"
+    assert pd.main(["--models", f"ladder={tmp_path / 'nowhere'}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not a diffusers folder" in err and not out.exists()
+    measured = []
+    monkeypatch.setattr(pd, "measure", lambda name, folder, samples, seed: measured.append((name, folder)) or {
+        "model": name, "width": 64, "curvature_effective_rank": 1.0, "curvature_participation_ratio": 1.0,
+        "table_95pct_components_all_rows": 1, "table_95pct_components_caption_rows": 1, "caption_rows": 1})
+    model = REPO / "reference" / "model"
+    assert pd.main(["--models", f"reference-64,mine={model}", "--out", str(out)]) == 0
+    assert measured == [("reference-64", model), ("mine", model)]
+
+
 def test_gradient_noise_ratio_and_the_random_estimate_variance_it_predicts() -> None:
     import problem_dimension as pd
 
