@@ -178,7 +178,8 @@ def stage_vae(work: Path, data: dict, args: argparse.Namespace):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, args.vae_lr, 200)
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=step_generator(args.seed, 1, step)).to(args.device)
+        draw = torch.randn(posterior.mean.shape, generator=step_generator(args.seed, 1, step))
+        z = posterior.mean + posterior.std * draw.to(args.device)
         rec = vae.decode(z).sample
         mse = F.mse_loss(rec, x)
         loss = mse + 0.5 * F.l1_loss(rec, x) + args.kl_weight * posterior.kl().mean()
@@ -476,6 +477,12 @@ def main(argv: list[str] | None = None) -> int:
         if "shape" not in named or not set(named) <= set(world.ATTRIBUTE_NAMES):
             raise ZoodipError(f"--caption-attributes {args.caption_attributes}: name the shape and any of "
                               f"{', '.join(world.ATTRIBUTE_NAMES)}, comma-separated")
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            raise ZoodipError(f"--device {args.device}: not a torch device; give cpu or cuda") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ZoodipError(f"--device {args.device}: this torch build sees no CUDA device; give cpu")
         if args.init_from and args.vae_from:
             raise ZoodipError("--init-from already keeps its folder's VAE: give --vae-from only for a run from scratch")
         if args.vae_from and not (args.vae_from / "vae" / "config.json").is_file():

@@ -45,6 +45,7 @@ def test_continuation_starts_from_the_trained_folder(tmp_path):
     (["--caption-attributes", "color,size"], "--caption-attributes color,size: name the shape"),
     (["--caption-attributes", "shape,colour"], "--caption-attributes shape,colour: name the shape"),
     (["--vae-from", "nowhere"], "--vae-from nowhere: no vae/ folder"),
+    (["--device", "gpu"], "--device gpu: not a torch device"),
     (["--vae-from", str(MODEL), "--init-from", str(MODEL)], "--init-from already keeps its folder's VAE"),
 ])
 def test_bad_flags_are_one_line(tmp_path, capsys, flags, message):
