@@ -16,12 +16,10 @@ def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     magnitude = 10 ** __import__("math").floor(__import__("math").log10(raw))
     step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=raw)
     start = __import__("math").floor(lo / step) * step
-    ticks, value = [], start
-    while value <= hi + 1e-9 * step:
-        if value >= lo - 1e-9 * step:
-            ticks.append(round(value, 10))
-        value += step
-    return ticks
+    # start + i * step, not a running sum: a step below the values' float resolution would never move a sum
+    n = min(int((hi - start) / step + 1e-9) + 1, 4 * count + 2)
+    values = (start + i * step for i in range(n))
+    return [round(value, 10) for value in values if lo - 1e-9 * step <= value <= hi + 1e-9 * step]
 
 
 def _fmt(value: float) -> str:
@@ -44,7 +42,9 @@ def line_panel(title: str, series: dict[str, Sequence[tuple[float, float]]], siz
     xs = [x for x, _ in pts]
     x_lo, x_hi = 0.0, max(xs + [1.0])
     y_lo, y_hi = (min(ys), max(ys)) if ys else (0.0, 1.0)
-    pad = (y_hi - y_lo) * 0.08 or 0.05
+    pad = (y_hi - y_lo) * 0.08
+    if pad <= 1e-9 * max(1.0, abs(y_hi)):  # flat (or flat up to float rounding): a visible band around it
+        pad = 0.05
     y_lo, y_hi = y_lo - pad, y_hi + pad
     plot_w, plot_h = width - left - right, height - top - bottom
 
