@@ -35,6 +35,11 @@ from zoodip.lr_schedule import LR_SCHEDULERS  # noqa: E402
 from zoodip.validation import finite_float  # noqa: E402
 
 
+# The demo's method flags this script passes on: (argparse dest, the demo's flag).
+DEMO_FLAGS = (("learning_rate", "--learning_rate"), ("lr_scheduler", "--lr_scheduler"), ("save_steps", "--save_steps"),
+              ("threads", "--threads"), ("clip_estimate", "--clip-estimate"))
+
+
 def run(seeds: list[int], steps: int | None, work: Path, method_flags: list[str], save_steps: int = 0) -> dict:
     """The demo once per seed; with ``save_steps`` its embedding snapshots are read too (the curve over the budget)."""
     rows = []
@@ -165,18 +170,17 @@ def main(argv: list[str] | None = None) -> int:
             finite_float("--learning_rate", args.learning_rate, low=0.0)
         if args.clip_estimate is not None:
             finite_float("--clip-estimate", args.clip_estimate, low=1.0)
-        demo_flags = (args.steps, args.learning_rate, args.lr_scheduler, args.save_steps, args.threads, args.clip_estimate)
-        if args.backprop is not None and (args.backprop < 1 or any(demo_flags)):
-            raise ZoodipError("--backprop STEPS takes a step count >= 1 and no demo flag (--steps, --learning_rate, "
-                              "--lr_scheduler, --save_steps, --threads, --clip-estimate): backprop TI runs the quality benchmark's settings")
+        if args.backprop is not None and (args.backprop < 1 or args.steps or any(getattr(args, d) for d, _ in DEMO_FLAGS)):
+            raise ZoodipError(f"--backprop STEPS takes a step count >= 1 and no demo flag (--steps, "
+                              f"{', '.join(flag for _, flag in DEMO_FLAGS)}): backprop TI runs the quality benchmark's "
+                              "settings")
         if args.save_steps < 0 or (args.threads is not None and args.threads < 0):
             raise ZoodipError("--save_steps and --threads must be 0 or more")
         if args.backprop is not None:
             result = run_backprop_seeds(seeds, args.backprop, args.work)
         else:
-            method_flags = [arg for flag in ("learning_rate", "lr_scheduler", "save_steps", "threads", "clip_estimate")
-                            if getattr(args, flag) is not None
-                            for arg in ("--" + flag.replace("clip_estimate", "clip-estimate"), str(getattr(args, flag)))]
+            method_flags = [arg for dest, flag in DEMO_FLAGS if getattr(args, dest) is not None
+                            for arg in (flag, str(getattr(args, dest)))]
             result = run(seeds, args.steps, args.work, method_flags, args.save_steps)
     except ZoodipError as exc:
         return print_error(exc)
