@@ -197,8 +197,9 @@ def stage_vae(work: Path, data: dict, args: argparse.Namespace):
 
 
 @torch.no_grad()
-def encode_all(vae, images: np.ndarray, work: Path, vae_file: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean and std of every image, cached in ``work`` until ``vae_file`` changes."""
+def encode_all(vae, images: np.ndarray, work: Path, vae_file: Path, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and std of every image (computed on ``device``; ``vae`` is left on the CPU), cached in
+    ``work`` until ``vae_file`` changes."""
     path = work / "latents.npz"
     stamp = os.path.getmtime(vae_file)
     if path.is_file():
@@ -206,10 +207,12 @@ def encode_all(vae, images: np.ndarray, work: Path, vae_file: Path) -> tuple[np.
         if float(cached["stamp"]) == stamp:
             return cached["mean"], cached["std"]
     means, stds = [], []
+    vae.to(device)
     for i in tqdm(range(0, len(images), 256), desc="encode", mininterval=10):
-        posterior = vae.encode(to_tensor(images[i : i + 256]).to(vae.device)).latent_dist
+        posterior = vae.encode(to_tensor(images[i : i + 256]).to(device)).latent_dist
         means.append(posterior.mean.cpu().numpy())
         stds.append(posterior.std.cpu().numpy())
+    vae.cpu()
     mean, std = np.concatenate(means), np.concatenate(stds)
     tmp = work / "latents.tmp.npz"
     np.savez(tmp, mean=mean, std=std, stamp=stamp)
@@ -369,7 +372,6 @@ def stage_diffusion(work: Path, data: dict, latents: tuple[np.ndarray, np.ndarra
     else:  # "uniform": plain epsilon MSE, which weights the low-noise steps (fine texture) more
         weights = torch.ones_like(snr)
     mean, std = latents
-    named = tuple(args.caption_attributes.split(","))
     codes = data["codes"]
     total = args.diffusion_steps
     models.train()
@@ -381,7 +383,7 @@ def stage_diffusion(work: Path, data: dict, latents: tuple[np.ndarray, np.ndarra
         rng = step_rng(args.seed, stage, step)
         gen = step_generator(args.seed, stage, step)
         idx = rng.integers(len(codes), size=args.batch)
-        texts = [("" if rng.uniform() < CAPTION_DROPOUT else world.random_caption(attrs_of(codes[i]), rng, named=named)) for i in idx]
+        texts = [("" if rng.uniform() < CAPTION_DROPOUT else world.random_caption(attrs_of(codes[i]), rng, named=args.named)) for i in idx]
         x0 = torch.from_numpy(mean[idx]) + torch.from_numpy(std[idx]) * torch.randn(mean[idx].shape, generator=gen)
         x0 = x0 * scale
         t = torch.randint(0, len(alphas), (args.batch,), generator=gen)
@@ -473,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
         if args.threads < 1:
             p.error(f"--threads {args.threads}: must be at least 1")
-        named = args.caption_attributes.split(",")
-        if "shape" not in named or not set(named) <= set(world.ATTRIBUTE_NAMES):
+        args.named = tuple(args.caption_attributes.split(","))  # what stage_diffusion's captions may say
+        if "shape" not in args.named or not set(args.named) <= set(world.ATTRIBUTE_NAMES):
             raise ZoodipError(f"--caption-attributes {args.caption_attributes}: name the shape and any of "
                               f"{', '.join(world.ATTRIBUTE_NAMES)}, comma-separated")
         try:
@@ -522,16 +524,14 @@ def main(argv: list[str] | None = None) -> int:
         source = args.init_from or args.vae_from
         vae = AutoencoderKL.from_pretrained(source / "vae").float().eval().requires_grad_(False)
         vae_file = source / "vae" / "diffusion_pytorch_model.safetensors"
-        mean, std = encode_all(vae.to(args.device), data["images"], args.work, vae_file)
-        vae.cpu()
+        mean, std = encode_all(vae, data["images"], args.work, vae_file, args.device)
         scale = float(vae.config.scaling_factor)
         previous = json.loads((args.init_from / SOURCE_MARKER).read_text()) if args.init_from else None
     else:
         vae = stage_vae(args.work, data, args)
         if args.stop_after == "vae":
             return 0
-        mean, std = encode_all(vae.to(args.device), data["images"], args.work, args.work / "vae.pt")
-        vae.cpu()
+        mean, std = encode_all(vae, data["images"], args.work, args.work / "vae.pt", args.device)
         scale = 1.0 / float(mean.std())
         previous = None
     print(f"latent mean std {mean.std():.4f}, scaling_factor {scale:.5f}; posterior std {std.mean():.4f}", flush=True)

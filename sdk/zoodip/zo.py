@@ -69,9 +69,9 @@ class ZOAdam:
     the denoising loss is heavy-tailed (a few draws hold much of its squared norm; measured in
     benchmarks/README.md, "Clipping the estimates"), and a random-direction estimate multiplies that by the
     direction noise, so rare huge estimates dominate both moments; clipping them trades a little of the mean
-    for much less variance. The limit is relative to
-    the clipped estimates' own RMS, which is why ``clip`` must exceed 1 (at 1 or below it would shrink
-    every step), and it reads the second moment, which the fp16 state keeps near 0: float64 state only.
+    for much less variance. The limit is relative to the clipped estimates' own RMS, which is why ``clip``
+    must exceed 1 (at 1 or below it would shrink every step), and it reads the second moment, which the fp16
+    state keeps near 0: float64 state only.
     """
 
     def __init__(self, dim: int, lr: float = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
