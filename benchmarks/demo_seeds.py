@@ -31,13 +31,11 @@ from benchmarks._quality_report import write_results  # noqa: E402
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
-from zoodip.lr_schedule import LR_SCHEDULERS  # noqa: E402
-from zoodip.validation import finite_float  # noqa: E402
+from reference.demo import METHOD_FLAGS, add_method_flags, method_settings  # noqa: E402
 
 
-# The demo's method flags this script passes on: (argparse dest, the demo's flag).
-DEMO_FLAGS = (("learning_rate", "--learning_rate"), ("lr_scheduler", "--lr_scheduler"), ("save_steps", "--save_steps"),
-              ("threads", "--threads"), ("clip_estimate", "--clip-estimate"))
+# The demo's flags this script passes on: (argparse dest, the demo's flag).
+DEMO_FLAGS = tuple((dest, flag) for flag, dest in METHOD_FLAGS) + (("save_steps", "--save_steps"), ("threads", "--threads"))
 
 
 def run(seeds: list[int], steps: int | None, work: Path, method_flags: list[str], save_steps: int = 0) -> dict:
@@ -153,12 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python benchmarks/demo_seeds.py", description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0-4", help="a range A-B or a comma list")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
-    p.add_argument("--learning_rate", type=float, default=None, help="passed to the demo (default: the SDK's)")
-    p.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=None, help="passed to the demo (default: the SDK's)")
+    add_method_flags(p)  # passed to the demo
     p.add_argument("--save_steps", type=int, default=0, metavar="N",
                    help="also read the run's embedding every N steps (the demo's --save_steps snapshots)")
     p.add_argument("--threads", type=int, default=None, help="passed to the demo (default: all cores)")
-    p.add_argument("--clip-estimate", type=float, default=None, metavar="KAPPA", help="passed to the demo (default: the SDK's)")
     p.add_argument("--backprop", type=int, default=None, metavar="STEPS",
                    help="train by backprop TI for STEPS steps instead of running the demo (the ceiling)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "demo")
@@ -166,10 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = p.parse_args(argv)
         seeds = parse_seeds(args.seeds)
-        if args.learning_rate is not None:  # the demo's own checks, made before any run
-            finite_float("--learning_rate", args.learning_rate, low=0.0)
-        if args.clip_estimate is not None:
-            finite_float("--clip-estimate", args.clip_estimate, low=1.0)
+        method_settings(args)  # the demo's own checks, made before any run
         if args.backprop is not None and (args.backprop < 1 or args.steps or any(getattr(args, d) for d, _ in DEMO_FLAGS)):
             raise ZoodipError(f"--backprop STEPS takes a step count >= 1 and no demo flag (--steps, "
                               f"{', '.join(flag for _, flag in DEMO_FLAGS)}): backprop TI runs the quality benchmark's "

@@ -281,6 +281,30 @@ def _score(concept, before: list, after: list) -> dict:
     return scores
 
 
+# The method flags the demo passes on to the SDK, each defaulting to the SDK's own setting: (flag, PersonalizeConfig
+# field, which is also the flag's argparse dest). benchmarks/demo_seeds.py passes the same flags on to the demo.
+METHOD_FLAGS = (("--learning_rate", "learning_rate"), ("--lr_scheduler", "lr_scheduler"),
+                ("--clip-estimate", "clip_estimate"))
+
+
+def add_method_flags(parser) -> None:
+    """Add METHOD_FLAGS to ``parser``."""
+    parser.add_argument("--learning_rate", type=float, default=None, help="ZO-Adam's rate (default: the SDK's)")
+    parser.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=None, help="the rate's schedule (default: the SDK's)")
+    parser.add_argument("--clip-estimate", type=float, default=None, metavar="KAPPA",
+                        help="clip each gradient estimate's norm (the SDK's --clip-estimate; default: the SDK's)")
+
+
+def method_settings(args) -> dict:
+    """The METHOD_FLAGS given in ``args``, checked, as PersonalizeConfig settings. A bad value is refused here,
+    before any export or run (ZoodipError)."""
+    if args.learning_rate is not None:
+        finite_float("--learning_rate", args.learning_rate, low=0.0)
+    if args.clip_estimate is not None:
+        finite_float("--clip-estimate", args.clip_estimate, low=1.0)
+    return {field: getattr(args, field) for _, field in METHOD_FLAGS if getattr(args, field) is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
     """The demo's command line; a bad flag or output folder is one line ``error: ...`` and exit status 2."""
     import warnings
@@ -291,12 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0, help="training seed (photos, noise and timesteps stay the demo's)")
-    parser.add_argument("--learning_rate", type=float, default=None, help="ZO-Adam's rate (default: the SDK's)")
-    parser.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=None, help="the rate's schedule (default: the SDK's)")
+    add_method_flags(parser)
     parser.add_argument("--save_steps", type=int, default=0, metavar="N",
                         help="also save the embedding every N steps, as learned_embeds-steps-N.safetensors (0: never)")
-    parser.add_argument("--clip-estimate", type=float, default=None, metavar="KAPPA",
-                        help="clip each gradient estimate's norm (the SDK's --clip-estimate; default: the SDK's)")
     parser.add_argument("--no-progress", action="store_true")
     try:
         args = parser.parse_args(argv)
@@ -305,14 +326,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ZoodipError(f"--seed {args.seed} --save_steps {args.save_steps}: both must be 0 or more")
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warning
-            if args.learning_rate is not None:  # refused now, not after the export
-                finite_float("--learning_rate", args.learning_rate, low=0.0)
-            if args.clip_estimate is not None:
-                finite_float("--clip-estimate", args.clip_estimate, low=1.0)
-            method = {key: value for key, value in (("learning_rate", args.learning_rate),
-                                                    ("lr_scheduler", args.lr_scheduler),
-                                                    ("save_steps", args.save_steps or None),
-                                                    ("clip_estimate", args.clip_estimate)) if value is not None}
+            method = method_settings(args)  # refused now, not after the export
+            if args.save_steps:
+                method["save_steps"] = args.save_steps
             run_demo(Path(args.out), steps=args.steps, threads=args.threads, progress=not args.no_progress, seed=args.seed,
                      method=method)
     except ZoodipError as exc:
