@@ -7,6 +7,7 @@ attribute accuracy of the "after" images, the share of them with all five attrib
     python benchmarks/demo_seeds.py                      # seeds 0-4
     python benchmarks/demo_seeds.py --seeds 0-1 --steps 800
     python benchmarks/demo_seeds.py --backprop 900       # the ceiling: backprop TI on the same photos and scoring
+    python benchmarks/demo_seeds.py --merge OUT_A OUT_B --out OUT   # join runs of other seeds (e.g. two processes)
 
 ``--backprop STEPS`` trains the token by backpropagation instead (the quality benchmark's ``ti-backprop``: torch
 fp32 on the demo's source folder, diffusers-style AdamW, uniform timesteps; the same photos and per-step draws
@@ -33,6 +34,11 @@ from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from reference.demo import METHOD_FLAGS, add_method_flags, method_settings  # noqa: E402
 
+
+# Issue 15's bar for the demo, per training seed: mean attribute accuracy of the "after" images at least 0.85 and
+# all five attributes in at least half of them.
+BAR_MEAN_ACCURACY = 0.85
+BAR_ALL_FIVE = 0.5
 
 # The demo's flags this script passes on: (argparse dest, the demo's flag).
 DEMO_FLAGS = tuple((dest, flag) for flag, dest in METHOD_FLAGS) + (("save_steps", "--save_steps"), ("threads", "--threads"))
@@ -117,8 +123,47 @@ def _result(rows: list[dict]) -> dict:
             "date": time.strftime("%Y-%m-%d"), "rows": rows}
 
 
+def at_bar(mean_accuracy_after: float, all_five_after: float) -> bool:
+    """Whether one run's "after" images meet issue 15's bar (BAR_MEAN_ACCURACY and BAR_ALL_FIVE)."""
+    return mean_accuracy_after >= BAR_MEAN_ACCURACY and all_five_after >= BAR_ALL_FIVE
+
+
+def budgets_at_bar(rows: list[dict]) -> list[dict]:
+    """Per training budget read on every seed (the runs' snapshots and final embeddings): how many seeds meet the
+    bar, and the lowest mean accuracy and all-five share among them."""
+    readings: dict[int, list[dict]] = {}
+    for r in rows:
+        points = r.get("snapshots") or [r]
+        for point in points:
+            readings.setdefault(point.get("step", r["steps"]), []).append(point)
+    return [{"steps": steps, "seeds": len(points),
+             "at_bar": sum(at_bar(p["mean_accuracy_after"], p["all_five_after"]) for p in points),
+             "lowest_mean_accuracy": min(p["mean_accuracy_after"] for p in points),
+             "lowest_all_five": min(p["all_five_after"] for p in points)}
+            for steps, points in sorted(readings.items()) if len(points) == len(rows)]
+
+
+def merge(parts: list[Path]) -> dict:
+    """The results.json of several runs on disjoint seeds as one result (rows by seed; each part's command kept)."""
+    results = []
+    for part in parts:
+        path = part / "results.json" if part.is_dir() else part
+        try:
+            results.append(json.loads(path.read_text()))
+            rows = results[-1]["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ZoodipError(f"--merge {part}: not a demo_seeds.py results folder ({exc.__class__.__name__})") from None
+    rows = sorted((row for result in results for row in result["rows"]), key=lambda row: row["seed"])
+    seeds = [row["seed"] for row in rows]
+    if len(set(seeds)) != len(seeds):
+        raise ZoodipError(f"--merge: a seed appears in more than one part ({seeds}); merge runs of disjoint seeds")
+    merged = _result(rows)
+    merged["parts"] = [result["command"] for result in results]
+    return merged
+
+
 def markdown(result: dict) -> str:
-    lines = ["# The demo over training seeds", "", f"    {result['command']}", "",
+    lines = ["# The demo over training seeds", "", f"    {result['command']}", *[f"    {c}" for c in result.get("parts", [])], "",
              "| seed | steps | mean attribute accuracy before → after | all five after | wall s |", "|---|---|---|---|---|"]
     for r in result["rows"]:
         before = f"{r['mean_accuracy_before']:.2f} → " if "mean_accuracy_before" in r else "backprop TI: "
@@ -129,6 +174,12 @@ def markdown(result: dict) -> str:
         lines += ["", "Snapshots (step: mean attribute accuracy / all five):", ""]
         lines += [f"- seed {r['seed']}: " + ", ".join(f"{s['step']}: {s['mean_accuracy_after']:.2f} / {s['all_five_after']:.2f}"
                                                       for s in r["snapshots"]) for r in snapshots]
+    budgets = budgets_at_bar(result["rows"])
+    if any(b["seeds"] > 1 for b in budgets):
+        lines += ["", f"Per budget, seeds at the bar (mean accuracy >= {BAR_MEAN_ACCURACY}, all five >= {BAR_ALL_FIVE}):", "",
+                  "| steps | seeds at the bar | lowest mean accuracy | lowest all five |", "|---|---|---|---|"]
+        lines += [f"| {b['steps']} | {b['at_bar']} of {b['seeds']} | {b['lowest_mean_accuracy']:.2f} | "
+                  f"{b['lowest_all_five']:.2f} |" for b in budgets]
     return "\n".join(lines) + "\n"
 
 
@@ -149,7 +200,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python benchmarks/demo_seeds.py", description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default="0-4", help="a range A-B or a comma list")
+    p.add_argument("--seeds", default=None, help="a range A-B or a comma list (default: 0-4)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
     add_method_flags(p)  # passed to the demo
     p.add_argument("--save_steps", type=int, default=0, metavar="N",
@@ -157,11 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="passed to the demo (default: all cores)")
     p.add_argument("--backprop", type=int, default=None, metavar="STEPS",
                    help="train by backprop TI for STEPS steps instead of running the demo (the ceiling)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULTS",
+                   help="join the results folders of runs on disjoint seeds into --out instead of running")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "demo")
     p.add_argument("--work", type=Path, default=REPO / ".cache" / "demo-seeds")
     try:
         args = p.parse_args(argv)
-        seeds = parse_seeds(args.seeds)
+        seeds = parse_seeds(args.seeds or "0-4")
         method_settings(args)  # the demo's own checks, made before any run
         if args.backprop is not None and (args.backprop < 1 or args.steps or any(getattr(args, d) for d, _ in DEMO_FLAGS)):
             raise ZoodipError(f"--backprop STEPS takes a step count >= 1 and no demo flag (--steps, "
@@ -169,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
                               "settings")
         if args.save_steps < 0 or (args.threads is not None and args.threads < 0):
             raise ZoodipError("--save_steps and --threads must be 0 or more")
-        if args.backprop is not None:
+        if args.merge is not None:
+            if args.backprop is not None or args.steps or any(getattr(args, d) for d, _ in DEMO_FLAGS) or args.seeds:
+                raise ZoodipError("--merge joins finished runs: give it only the results folders and --out")
+            result = merge(args.merge)
+        elif args.backprop is not None:
             result = run_backprop_seeds(seeds, args.backprop, args.work)
         else:
             method_flags = [arg for dest, flag in DEMO_FLAGS if getattr(args, dest) is not None

@@ -55,3 +55,46 @@ def test_demo_rows_read_the_runs_snapshots(tmp_path):
     assert row["snapshots"][-1]["mean_accuracy_after"] == row["mean_accuracy_after"]
     assert row["snapshots"][-1]["all_five_after"] == row["all_five_after"]
     assert "- seed 1: 2: " in (out / "results.md").read_text()
+
+
+def _row(seed: int, snapshots: list[tuple[int, float, float]]) -> dict:
+    return {"seed": seed, "steps": snapshots[-1][0], "wall_s": 1.0, "mean_accuracy_before": 0.35,
+            "mean_accuracy_after": snapshots[-1][1], "all_five_after": snapshots[-1][2],
+            "snapshots": [{"step": step, "mean_accuracy_after": m, "all_five_after": a} for step, m, a in snapshots]}
+
+
+def test_the_bar_and_the_budgets_that_meet_it_on_every_seed():
+    assert demo_seeds.at_bar(0.85, 0.5) and not demo_seeds.at_bar(0.849, 1.0) and not demo_seeds.at_bar(1.0, 0.49)
+    rows = [_row(0, [(500, 0.6, 0.0), (1000, 0.9, 0.5)]), _row(1, [(500, 0.9, 0.75), (1000, 0.85, 0.375)]),
+            _row(2, [(1000, 0.95, 0.875)])]  # a run without the 500-step snapshot: that budget is not on every seed
+    assert demo_seeds.budgets_at_bar(rows) == [{"steps": 1000, "seeds": 3, "at_bar": 2, "lowest_mean_accuracy": 0.85,
+                                                "lowest_all_five": 0.375}]
+    plain = [{"seed": s, "steps": 900, "mean_accuracy_after": m, "all_five_after": a}
+             for s, (m, a) in enumerate([(0.9, 0.62), (0.8, 0.12)])]  # backprop rows: the final embedding only
+    assert demo_seeds.budgets_at_bar(plain)[0]["at_bar"] == 1
+
+
+def test_merge_joins_runs_of_disjoint_seeds(tmp_path):
+    for name, rows in (("a", [_row(2, [(500, 0.9, 0.5)]), _row(0, [(500, 0.9, 0.75)])]), ("b", [_row(1, [(500, 0.7, 0.0)])])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"command": f"run {name}", "rows": rows}))
+    out = tmp_path / "out"
+    assert demo_seeds.main(["--merge", str(tmp_path / "a"), str(tmp_path / "b" / "results.json"), "--out", str(out)]) == 0
+    merged = json.loads((out / "results.json").read_text())
+    assert [r["seed"] for r in merged["rows"]] == [0, 1, 2] and merged["parts"] == ["run a", "run b"]
+    report = (out / "results.md").read_text()
+    assert "    run a\n    run b\n" in report and "| 500 | 2 of 3 | 0.70 | 0.00 |" in report
+
+
+@pytest.mark.parametrize("case", ["same seed twice", "not a results folder", "with a run flag"])
+def test_merge_refusals_are_one_line_and_write_nothing(tmp_path, capsys, case):
+    part = tmp_path / "a"
+    part.mkdir()
+    (part / "results.json").write_text(json.dumps({"command": "run a", "rows": [_row(0, [(500, 0.9, 0.75)])]}))
+    flags = {"same seed twice": ["--merge", str(part), str(part)],
+             "not a results folder": ["--merge", str(part), str(tmp_path)],
+             "with a run flag": ["--merge", str(part), "--steps", "100"]}[case]
+    assert demo_seeds.main(flags + ["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "--merge" in err
+    assert not (tmp_path / "out").exists()
