@@ -149,16 +149,19 @@ def merge(parts: list[Path]) -> dict:
     for part in parts:
         path = part / "results.json" if part.is_dir() else part
         try:
-            results.append(json.loads(path.read_text()))
-            rows = results[-1]["rows"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
             raise ZoodipError(f"--merge {part}: not a demo_seeds.py results folder ({exc.__class__.__name__})") from None
+        rows = result.get("rows") if isinstance(result, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("seed"), int) for r in rows):
+            raise ZoodipError(f"--merge {part}: not a demo_seeds.py results folder (no rows of seeds)")
+        results.append(result)
     rows = sorted((row for result in results for row in result["rows"]), key=lambda row: row["seed"])
     seeds = [row["seed"] for row in rows]
     if len(set(seeds)) != len(seeds):
         raise ZoodipError(f"--merge: a seed appears in more than one part ({seeds}); merge runs of disjoint seeds")
     merged = _result(rows)
-    merged["parts"] = [result["command"] for result in results]
+    merged["parts"] = [str(result.get("command", part)) for result, part in zip(results, parts)]
     return merged
 
 
