@@ -32,7 +32,7 @@ from benchmarks._quality_report import write_results  # noqa: E402
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
-from reference.demo import METHOD_FLAGS, add_method_flags, method_settings  # noqa: E402
+from reference.demo import METHOD_FLAGS, add_method_flags, method_flag_dest, method_settings  # noqa: E402
 
 
 # Issue 15's bar for the demo, per training seed: mean attribute accuracy of the "after" images at least 0.85 and
@@ -41,7 +41,8 @@ BAR_MEAN_ACCURACY = 0.85
 BAR_ALL_FIVE = 0.5
 
 # The demo's flags this script passes on: (argparse dest, the demo's flag).
-DEMO_FLAGS = tuple((dest, flag) for flag, dest in METHOD_FLAGS) + (("save_steps", "--save_steps"), ("threads", "--threads"))
+DEMO_FLAGS = tuple((method_flag_dest(flag), flag) for flag in METHOD_FLAGS) + (("save_steps", "--save_steps"),
+                                                                             ("threads", "--threads"))
 
 
 def run(seeds: list[int], steps: int | None, work: Path, method_flags: list[str], save_steps: int = 0) -> dict:

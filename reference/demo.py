@@ -281,18 +281,25 @@ def _score(concept, before: list, after: list) -> dict:
     return scores
 
 
-# The method flags the demo passes on to the SDK, each defaulting to the SDK's own setting: (flag, PersonalizeConfig
-# field, which is also the flag's argparse dest). benchmarks/demo_seeds.py passes the same flags on to the demo.
-METHOD_FLAGS = (("--learning_rate", "learning_rate"), ("--lr_scheduler", "lr_scheduler"),
-                ("--clip-estimate", "clip_estimate"))
+# The method flags the demo passes on to the SDK, each defaulting to the SDK's own setting: flag -> its argparse
+# settings. A flag's dest is also its PersonalizeConfig field. benchmarks/demo_seeds.py passes the same flags on.
+METHOD_FLAGS = {
+    "--learning_rate": dict(type=float, help="ZO-Adam's rate (default: the SDK's)"),
+    "--lr_scheduler": dict(choices=LR_SCHEDULERS, help="the rate's schedule (default: the SDK's)"),
+    "--clip-estimate": dict(type=float, metavar="KAPPA",
+                            help="clip each gradient estimate's norm (the SDK's --clip-estimate; default: the SDK's)"),
+}
+
+
+def method_flag_dest(flag: str) -> str:
+    """The argparse dest (and PersonalizeConfig field) of a METHOD_FLAGS flag."""
+    return flag.lstrip("-").replace("-", "_")
 
 
 def add_method_flags(parser) -> None:
     """Add METHOD_FLAGS to ``parser``."""
-    parser.add_argument("--learning_rate", type=float, default=None, help="ZO-Adam's rate (default: the SDK's)")
-    parser.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=None, help="the rate's schedule (default: the SDK's)")
-    parser.add_argument("--clip-estimate", type=float, default=None, metavar="KAPPA",
-                        help="clip each gradient estimate's norm (the SDK's --clip-estimate; default: the SDK's)")
+    for flag, settings in METHOD_FLAGS.items():
+        parser.add_argument(flag, default=None, **settings)
 
 
 def method_settings(args) -> dict:
@@ -302,7 +309,8 @@ def method_settings(args) -> dict:
         finite_float("--learning_rate", args.learning_rate, low=0.0)
     if args.clip_estimate is not None:
         finite_float("--clip-estimate", args.clip_estimate, low=1.0)
-    return {field: getattr(args, field) for _, field in METHOD_FLAGS if getattr(args, field) is not None}
+    values = {method_flag_dest(flag): getattr(args, method_flag_dest(flag)) for flag in METHOD_FLAGS}
+    return {field: value for field, value in values.items() if value is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
