@@ -220,14 +220,15 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
         seeds = parse_seeds(args.seeds or "0-4")
         method_settings(args)  # the demo's own checks, made before any run
-        if args.backprop is not None and (args.backprop < 1 or args.steps or any(getattr(args, d) for d, _ in DEMO_FLAGS)):
+        demo_flags_given = bool(args.steps) or any(getattr(args, dest) for dest, _ in DEMO_FLAGS)
+        if args.backprop is not None and (args.backprop < 1 or demo_flags_given):
             raise ZoodipError(f"--backprop STEPS takes a step count >= 1 and no demo flag (--steps, "
                               f"{', '.join(flag for _, flag in DEMO_FLAGS)}): backprop TI runs the quality benchmark's "
                               "settings")
         if args.save_steps < 0 or (args.threads is not None and args.threads < 0):
             raise ZoodipError("--save_steps and --threads must be 0 or more")
         if args.merge is not None:
-            if args.backprop is not None or args.steps or any(getattr(args, d) for d, _ in DEMO_FLAGS) or args.seeds:
+            if args.backprop is not None or demo_flags_given or args.seeds:
                 raise ZoodipError("--merge joins finished runs: give it only the results folders and --out")
             result = merge(args.merge)
         elif args.backprop is not None:

@@ -299,7 +299,7 @@ def method_flag_dest(flag: str) -> str:
 def add_method_flags(parser) -> None:
     """Add METHOD_FLAGS to ``parser``."""
     for flag, settings in METHOD_FLAGS.items():
-        parser.add_argument(flag, default=None, **settings)
+        parser.add_argument(flag, dest=method_flag_dest(flag), default=None, **settings)
 
 
 def method_settings(args) -> dict:
