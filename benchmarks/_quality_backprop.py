@@ -101,7 +101,7 @@ def run_backprop(spec: MethodSpec, job: Job, export_dir: Path, source: Path, bud
 
     torch_model = TorchModel.load(source)
     unet = torch_model.unet
-    names, images = load_images(Path(job.photos), model.default_resolution)
+    names, images = load_images(Path(job.photos), spec.res or model.default_resolution)
     latents = _torch_latents(torch_model.vae, images, seed, model.scaling_factor)
     prompts = PromptSampler(job.placeholder, "object")
     t_min, t_max = spec.t_range or (0, schedule.num_train_timesteps)  # t=LO-HI: a diagnostic, not diffusers'

@@ -25,9 +25,11 @@ SDK's defaults differ from the authors' code), ``es[pop=16,sigma=0.05]``, or the
 ``ti-backprop[curvature=0.999,coords=1]`` (exact gradients confined to the SDK's curvature subspace),
 ``default[ortho_after=1800,ortho_n=30]`` (Gaussian directions for 1800 forwards, then orthogonal frames of 30), and
 ``default[num_vectors=2]`` (two vectors per token, as diffusers' ``--num_vectors``; forward-only methods only,
-on the world task: the snapshots then hold the vectors flattened), and ``ti-backprop[draws=1]`` (the same method
+on the world task: the snapshots then hold the vectors flattened), ``ti-backprop[draws=1]`` (the same method
 rerun with other training draws: noise, timesteps, photo order and directions; the job's photos and its scoring
-stay, so the benchmark's own repeat noise can be measured against the stored run).
+stay, so the benchmark's own repeat noise can be measured against the stored run), and ``default[res=16]`` (training
+at another resolution than the model's own, e.g. a coarse one; the snapshots are scored as any other, at the
+model's resolution).
 """
 from __future__ import annotations
 
@@ -90,6 +92,7 @@ class MethodSpec:
     vae: str = "once"  # VAE posterior sampled "once" per photo or "per-step" (theirs)
     num_vectors: int = 1  # vectors per token (PersonalizeConfig.num_vectors); forward-only methods
     draws: int = 0  # which set of training draws: 0 is the job's own; K > 0 trains on seed + DRAWS_STRIDE * K
+    res: int | None = None  # training resolution in px (PersonalizeConfig.resolution); None: the model's own
 
     @property
     def forwards_per_step(self) -> int:
@@ -151,6 +154,8 @@ class MethodSpec:
                 out["in_subspace"] = "coordinates" if self.coords else "projected gradient"
         if self.num_vectors != 1:
             out["num_vectors"] = self.num_vectors
+        if self.res is not None:
+            out["training_resolution"] = self.res
         if self.draws:
             out["training_draws"] = f"seed + {DRAWS_STRIDE} x {self.draws}"
         return out
@@ -203,7 +208,7 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
             else:
                 lo, hi = value.split("-")
                 changes["t_range"] = (int(lo), int(hi))
-        elif key in ("n", "tau", "pop", "num_vectors", "ortho_after", "ortho_n", "draws"):
+        elif key in ("n", "tau", "pop", "num_vectors", "ortho_after", "ortho_n", "draws", "res"):
             changes[key] = int(value)
         elif key in ("lr", "mu", "nu", "sigma", "weight_decay", "vocab", "curvature", "clip"):
             changes[key] = float(value)
@@ -239,6 +244,8 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
         raise ValueError(f"method {text!r}: coords applies to ti-backprop with curvature=F only")
     if spec.draws < 0 or (spec.draws and spec.kind == "init"):
         raise ValueError(f"method {text!r}: draws=K takes K >= 0, on a method that trains")
+    if spec.res is not None and (spec.res <= 0 or spec.kind == "init"):
+        raise ValueError(f"method {text!r}: res=PX takes a positive resolution, on a method that trains")
     if spec.num_vectors != 1 and spec.kind not in ("zo", "es"):
         raise ValueError(f"method {text!r}: num_vectors applies to the forward-only methods (the SDK's loop) only")
     return spec
@@ -317,7 +324,7 @@ def _zo_config(spec: MethodSpec, job: Job, export_dir: Path, out_dir: Path, step
         n=spec.n, directions=spec.directions, orthogonal_after=spec.ortho_after, orthogonal_n=spec.ortho_n, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, subspace_mode=spec.mode, t_range=t_range,
         vocabulary_variance=spec.vocab, curvature_fraction=spec.curvature, adam_state_dtype=spec.adam_state, clip_estimate=spec.clip,
         lr_scheduler=spec.schedule, num_vectors=spec.num_vectors, eval_every=0, checkpoint_every=0, threads=1,
-        flip=spec.flip, vae_sampling=spec.vae,
+        flip=spec.flip, vae_sampling=spec.vae, resolution=spec.res,
         template_file=TEXTUAL_INVERSION_TEMPLATE_FILES["object"] if spec.templates == "ti" else None,
     )
 

@@ -21,6 +21,20 @@ from benchmarks import _quality_methods as qm  # noqa: E402
 from benchmarks import _quality_merge, quality  # noqa: E402
 
 
+def test_parse_method_training_resolution():
+    low = qm.parse_method("default[res=16]")
+    assert low.res == 16 and low.describe()["training_resolution"] == 16
+    assert "training_resolution" not in qm.parse_method("default").describe()
+    job = qm.Job(name="j", photos="p", placeholder="<j>", initializer="dog")
+    assert qm._zo_config(low, job, Path("e"), Path("o"), steps=3, seed=0, num_train_timesteps=1000).resolution == 16
+    assert qm._zo_config(qm.parse_method("default"), job, Path("e"), Path("o"), steps=3, seed=0,
+                         num_train_timesteps=1000).resolution is None
+    assert qm.parse_method("ti-backprop[res=16]").res == 16
+    for bad in ("default[res=0]", "init[res=16]"):
+        with pytest.raises(ValueError, match="res=PX"):
+            qm.parse_method(bad)
+
+
 def test_parse_method_variants():
     spec = qm.parse_method("zoodip[t=300-700,tau=64,lr=0.02]")
     assert spec.kind == "zo" and spec.subspace and spec.t_range == (300, 700) and spec.tau == 64 and spec.lr == 0.02
