@@ -1,6 +1,7 @@
 """Line charts with Pillow only (no matplotlib): metric against forward passes, one line per method."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
@@ -13,9 +14,9 @@ def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     if hi <= lo:
         hi = lo + 1.0
     raw = (hi - lo) / count
-    magnitude = 10 ** __import__("math").floor(__import__("math").log10(raw))
+    magnitude = 10 ** math.floor(math.log10(raw))
     step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=raw)
-    start = __import__("math").floor(lo / step) * step
+    start = math.floor(lo / step) * step
     # start + i * step, not a running sum: a step below the values' float resolution would never move a sum
     n = min(int((hi - start) / step + 1e-9) + 1, 4 * count + 2)
     values = (start + i * step for i in range(n))

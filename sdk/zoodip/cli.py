@@ -70,7 +70,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                         "at the initializer word; forward-only training searches K times the dimensions, so it needs "
                         "more steps for the same progress (default 1)")
     p.add_argument("--learnable_property", choices=LEARNABLE_PROPERTIES, default="object")
-    p.add_argument("--resolution", type=int, default=None, help="training resolution (default: the model's)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="training resolution (default: the model's). A lower one makes each step cheaper but teaches "
+                        "the token what the model draws at that size, which need not carry over to full size "
+                        "(benchmarks/README.md, 'Cheaper forwards')")
     p.add_argument("--max_train_steps", type=int, default=1000,
                    help="ZO steps, n+1 UNet forwards each. Forward-only training needs many more forwards than "
                         "backprop: how many, measured per world and budget, is in benchmarks/README.md")
