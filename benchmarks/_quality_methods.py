@@ -244,8 +244,8 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
         raise ValueError(f"method {text!r}: coords applies to ti-backprop with curvature=F only")
     if spec.draws < 0 or (spec.draws and spec.kind == "init"):
         raise ValueError(f"method {text!r}: draws=K takes K >= 0, on a method that trains")
-    if spec.res is not None and (spec.res <= 0 or spec.kind == "init"):
-        raise ValueError(f"method {text!r}: res=PX takes a positive resolution, on a method that trains")
+    if spec.res is not None and (spec.res <= 0 or spec.res % 8 or spec.kind == "init"):  # the SDK's --resolution rule
+        raise ValueError(f"method {text!r}: res=PX takes a positive multiple of 8, on a method that trains")
     if spec.num_vectors != 1 and spec.kind not in ("zo", "es"):
         raise ValueError(f"method {text!r}: num_vectors applies to the forward-only methods (the SDK's loop) only")
     return spec

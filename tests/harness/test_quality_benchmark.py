@@ -30,7 +30,7 @@ def test_parse_method_training_resolution():
     assert qm._zo_config(qm.parse_method("default"), job, Path("e"), Path("o"), steps=3, seed=0,
                          num_train_timesteps=1000).resolution is None
     assert qm.parse_method("ti-backprop[res=16]").res == 16
-    for bad in ("default[res=0]", "init[res=16]"):
+    for bad in ("default[res=0]", "ti-backprop[res=20]", "init[res=16]"):
         with pytest.raises(ValueError, match="res=PX"):
             qm.parse_method(bad)
 
