@@ -15,7 +15,6 @@ SD1.5's. Prints a Markdown table.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +65,6 @@ def count_flops(unet: Any, resolution: int, vae_scale_factor: int = 8) -> dict[s
     return {"total": float(total), "prefix": float(counter.get_total_flops())}
 
 
-def _config(model: Path, part: str) -> dict[str, Any]:
-    path = Path(model) / part / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ZoodipError(f"--model {model}: cannot read {path} ({exc}): give a diffusers SD folder") from None
-
-
 def load_unet(model: Path | None) -> tuple[Any, int]:
     """(the UNet's architecture on the meta device, the VAE's scale factor): ``model``'s, or SD1.5's."""
     import torch
@@ -85,7 +76,9 @@ def load_unet(model: Path | None) -> tuple[Any, int]:
         configs = sd15_configs()
         unet_config, vae_config = configs["unet"], configs["vae"]
     else:
-        unet_config, vae_config = _config(model, "unet"), _config(model, "vae")
+        from zoodip_export.source_folder import read_json  # the exporter's reader: one line for a bad file
+
+        unet_config, vae_config = (read_json(Path(model) / part / "config.json") for part in ("unet", "vae"))
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(unet_config)
     unet.set_default_attn_processor()  # plain attention: the export's arithmetic, counted op by op
