@@ -69,6 +69,7 @@ def load_unet(model: Path | None) -> tuple[Any, int]:
     """(the UNet's architecture on the meta device, the VAE's scale factor): ``model``'s, or SD1.5's."""
     import torch
     from diffusers import UNet2DConditionModel
+    from zoodip_export.source_folder import read_json, vae_scale_factor  # read_json: one line for a bad file
 
     if model is None:
         from zoodip_export.sd15_configs import sd15_configs
@@ -76,13 +77,11 @@ def load_unet(model: Path | None) -> tuple[Any, int]:
         configs = sd15_configs()
         unet_config, vae_config = configs["unet"], configs["vae"]
     else:
-        from zoodip_export.source_folder import read_json  # the exporter's reader: one line for a bad file
-
         unet_config, vae_config = (read_json(Path(model) / part / "config.json") for part in ("unet", "vae"))
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(unet_config)
     unet.set_default_attn_processor()  # plain attention: the export's arithmetic, counted op by op
-    return unet, 2 ** (len(vae_config.get("block_out_channels", [0] * 4)) - 1)
+    return unet, vae_scale_factor(vae_config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,11 @@ def check_source(source: Path) -> dict[str, dict[str, Any]]:
     return configs
 
 
+def vae_scale_factor(vae: dict[str, Any]) -> int:
+    """Pixels per latent along a side: the VAE halves the image once per block after the first (8 for SD)."""
+    return 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1)
+
+
 def model_info(configs: dict[str, dict[str, Any]], sample_size: int | None) -> dict[str, Any]:
     """The manifest's ``model`` entry, from the component configs."""
     text, unet, vae, scheduler = configs["text_encoder"], configs["unet"], configs["vae"], configs["scheduler"]
@@ -78,7 +83,7 @@ def model_info(configs: dict[str, dict[str, Any]], sample_size: int | None) -> d
         "max_length": min(max_positions, 77),
         "vocab_size": int(text.get("vocab_size", 49408)),
         "latent_channels": int(vae.get("latent_channels", 4)),
-        "vae_scale_factor": 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1),
+        "vae_scale_factor": vae_scale_factor(vae),
         "scaling_factor": float(vae.get("scaling_factor", 0.18215)),
         "sample_size": side,
         "prediction_type": str(scheduler.get("prediction_type", "epsilon")),

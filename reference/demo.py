@@ -30,7 +30,6 @@ import zoodip
 from zoodip.console import OneLineParser, print_error, ProgressBar, one_line_warning
 from zoodip.errors import ZoodipError
 from zoodip.lr_schedule import LR_SCHEDULERS
-from zoodip.validation import finite_float
 from zoodip.paths import check_output_dir
 
 EXAMPLE_PHOTOS = Path(zoodip.__file__).resolve().parent / "data" / "example_concept"
@@ -305,12 +304,12 @@ def add_method_flags(parser) -> None:
 def method_settings(args) -> dict:
     """The METHOD_FLAGS given in ``args``, checked, as PersonalizeConfig settings. A bad value is refused here,
     before any export or run (ZoodipError)."""
-    if args.learning_rate is not None:
-        finite_float("--learning_rate", args.learning_rate, low=0.0)
-    if args.clip_estimate is not None:
-        finite_float("--clip-estimate", args.clip_estimate, low=1.0)
+    from zoodip.config import PersonalizeConfig
+
     values = {method_flag_dest(flag): getattr(args, method_flag_dest(flag)) for flag in METHOD_FLAGS}
-    return {field: value for field, value in values.items() if value is not None}
+    settings = {field: value for field, value in values.items() if value is not None}
+    PersonalizeConfig.check_method_settings(**settings)
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:

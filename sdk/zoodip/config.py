@@ -136,6 +136,12 @@ class PersonalizeConfig:
         self.t_range = (int(self.t_range[0]), int(self.t_range[1]))
         self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
 
+    @classmethod
+    def check_method_settings(cls, **settings: object) -> None:
+        """Check method settings (PersonalizeConfig fields, e.g. ``learning_rate``) before a run exists, with
+        :meth:`validate`'s checks and messages: a front end refuses a bad value before any long work."""
+        cls(export_dir=".", images=".", output_dir=".", **settings)._validate_method()
+
     def validate(self) -> None:
         """Check the hyperparameters that need no model (the model-dependent ones are checked later)."""
         self._validate_counts()

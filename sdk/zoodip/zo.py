@@ -99,15 +99,15 @@ class ZOAdam:
     def step(self, v: np.ndarray, g: np.ndarray) -> np.ndarray:
         """Return the updated ``v`` (``v`` itself is not modified)."""
         v = as_vector("v", v, self.dim)
-        g = as_vector("g", g, self.dim)
+        g = as_vector("g", g, self.dim).astype(np.float64)  # exact for float32 estimates: both paths see the same g
         limit = self.clip_limit()
         if limit is not None:
-            g = clip_norm(g.astype(np.float64), limit)
+            g = clip_norm(g, limit)
         self.steps += 1
         if self.state_dtype == "float16":
             update = self._step_float16(g).astype(np.float64)
         else:
-            update = self._step_float64(g.astype(np.float64))
+            update = self._step_float64(g)
         return (v.astype(np.float64) - update).astype(_update_dtype(v))
 
     def clip_limit(self) -> float | None:
