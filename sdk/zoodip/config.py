@@ -12,7 +12,7 @@ from . import validation
 from .embeddings import MAX_VECTORS, a1111_file_name
 from .errors import ZoodipError
 from .generate import MAX_IMAGES
-from .gradient_estimate import DIRECTIONS
+from .gradient_estimate import DIRECTIONS, check_mu
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .lr_schedule import LENGTH_DEPENDENT, LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT, RuntimeOptions
@@ -178,7 +178,7 @@ class PersonalizeConfig:
     def _validate_method(self) -> None:
         """The method's hyperparameters and choices."""
         # The same checks as the method's own constructors (zo.py), under the CLI's flag names.
-        validation.finite_float("--mu", self.mu, low=0.0)
+        check_mu(self.mu, "--mu")
         validation.finite_float("--nu", self.nu, low=0.0, high=1.0, high_open=True)
         validation.finite_float("--learning_rate", self.learning_rate, low=0.0)
         if self.optimizer not in OPTIMIZERS:

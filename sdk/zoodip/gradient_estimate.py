@@ -10,6 +10,19 @@ from .validation import as_vector, finite_float, positive_int
 
 # How a step's n directions are drawn: independent Gaussians (the paper), or an orthogonal frame (orthogonal_frame).
 DIRECTIONS: tuple[str, ...] = ("gaussian", "orthogonal")
+# The largest finite-difference step accepted. A direction has norm about sqrt(k) (5.5 in a 30-dimensional search,
+# 28 in SD1.5's 768), so mu = 1 already moves the embedding by several times a token embedding's own norm: far past
+# where a finite difference estimates a gradient (the paper uses 1e-3), and larger values overflow float32.
+MU_MAX = 1.0
+
+
+def check_mu(mu: float, name: str = "mu (finite-difference step)") -> float:
+    """``mu`` as a float in (0, MU_MAX], else one ZoodipError naming ``name``."""
+    mu = finite_float(name, mu, low=0.0)
+    if mu > MU_MAX:
+        raise ZoodipError(f"{name} {mu:g} is too large: it is the finite-difference step, which must stay far below "
+                          f"a token embedding's size (the paper uses 1e-3); use at most {MU_MAX:g}")
+    return mu
 
 
 class RandomGradientEstimator:
@@ -36,7 +49,7 @@ class RandomGradientEstimator:
             raise ZoodipError(f"directions must be one of {', '.join(DIRECTIONS)}, got {directions!r}")
         self.orthogonal = directions == "orthogonal"
         self.n = positive_int("n (random directions per step)", n)
-        self.mu = finite_float("mu (finite-difference step)", mu, low=0.0)
+        self.mu = check_mu(mu)
         self.normalize = bool(normalize)
         self.basis = None if basis is None else np.asarray(basis, dtype=np.float32)
         if self.basis is not None and (self.basis.ndim != 2 or self.basis.shape[0] != self.dim

@@ -211,9 +211,10 @@ class Personalizer:
         losses = self.loss(self.prompt_ids(sample), candidates, sample.x_t, sample.t, sample.target)
         self.train_forwards += len(candidates)
         if not np.all(np.isfinite(losses)):
+            # Not "resume with a lower rate": a checkpoint resumes only the settings it was written with.
             raise ZoodipError(
                 f"the loss became {losses[np.isfinite(losses) == 0][0]} at step {self.step}: the model or the "
-                "embedding diverged; lower --learning_rate or --mu and resume from the last checkpoint with --resume"
+                "embedding diverged; start again with a lower --learning_rate or --mu in a new --output_dir"
             )
         # As in the authors' code, the estimate is normalized by the dimension that survives the
         # subspace projection (the searched dimension until the first fit).

@@ -71,6 +71,7 @@ def test_damaged_export_folders(broken_exports, photos, tmp_path, capsys, kind, 
     (["--n", "0"], "--n must be"),
     (["--mu", "-1"], "--mu must be"),
     (["--mu", "nan"], "--mu must be"),
+    (["--mu", "1e30"], "--mu 1e+30 is too large"),  # refused before its perturbations overflow float32
     (["--tau", "1"], "--tau must be"),
     (["--nu", "2"], "--nu must be"),
     (["--vocabulary-subspace", "0"], "--vocabulary-subspace must be a variance fraction"),
