@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -157,7 +158,9 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
     added token group that ``prompts`` never use within the 77 tokens."""
     tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
     groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
-    for problem in truncation_problems(tokenizer, prompts) + token_use_problems(tokenizer, prompts, groups):
+    problems = (truncation_problems(tokenizer, prompts) + token_use_problems(tokenizer, prompts, groups)
+                + unloaded_token_problems(prompts, [name for names in groups for name in names]))
+    for problem in problems:
         warnings.warn(problem, stacklevel=3)
 
     def encode(text: str) -> np.ndarray:
@@ -403,6 +406,18 @@ def truncation_problems(tokenizer: Any, texts: Sequence[str]) -> list[str]:
 
 def _shortened(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+# A word written as a placeholder, as diffusers' and A1111's learned tokens are by convention: "<my-dog>".
+_PLACEHOLDER_WORD = re.compile(r"<[^<>\s]+>")
+
+
+def unloaded_token_problems(texts: Sequence[str], loaded: Sequence[str]) -> list[str]:
+    """One message per ``<word>`` in ``texts`` that no loaded embedding answers to: the tokenizer would read
+    it as plain text (its pieces '<', 'my', '-', 'dog', '>'), and the image silently lacks the concept."""
+    seen = sorted({word for text in texts if text for word in _PLACEHOLDER_WORD.findall(text)} - set(loaded))
+    return [f"{word!r} in a prompt looks like a learned token, but no embedding for it is loaded, so it is read "
+            "as plain text: pass its file with --embedding (added_embeddings in the API)" for word in seen]
 
 
 def token_use_problems(tokenizer: Any, texts: Sequence[str], groups: Sequence[Sequence[str]]) -> list[str]:

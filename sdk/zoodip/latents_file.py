@@ -14,6 +14,8 @@ import numpy as np
 from .errors import ZoodipError
 from .paths import atomic_write_bytes
 
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
+
 
 def load_latents(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
     """The float32 latents of ``path`` (a .npy file), which must have exactly ``shape`` and finite values."""
@@ -21,6 +23,14 @@ def load_latents(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
     if not path.is_file():
         raise ZoodipError(f"--latents {path} does not exist: pass a .npy file written by --save-latents "
                           "(or numpy.save of a [images, channels, height/8, width/8] float array)")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise ZoodipError(f"--latents {path} cannot be read ({exc.strerror or exc}): check its permissions") from None
+    if magic != NPY_MAGIC:  # else numpy guesses a pickle and suggests loading it unsafely
+        raise ZoodipError(f"--latents {path} is not a .npy file (it does not start with numpy's header): "
+                          "write it with numpy.save or --save-latents")
     try:
         data = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

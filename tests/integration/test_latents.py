@@ -40,7 +40,9 @@ def test_the_api_takes_latents_and_checks_them(tiny_export):
 
 @pytest.mark.parametrize("content,needle", [
     (None, "does not exist"),
-    (b"not an npy file", "not a readable .npy"),
+    (b"not an npy file", "is not a .npy file"),
+    (b"\x93NUMPY\x01\x00garbage", "not a readable .npy"),  # the header starts right, the rest is damaged
+    ("objects", "not a readable .npy"),  # an object array: refused without unpickling
     (np.zeros((1, 4, 2, 2), np.float32), "has shape [1, 4, 2, 2]"),
     (np.zeros((1, 4, 4, 4), np.int64), "not floats"),
     ("nan", "NaN or infinite"),
@@ -50,6 +52,8 @@ def test_bad_latent_files_are_one_line_and_nothing_is_written(tiny_export, tmp_p
     model = ExportedModel.load(tiny_export)
     if isinstance(content, bytes):
         path.write_bytes(content)
+    elif isinstance(content, str) and content == "objects":
+        np.save(path, np.array([object()], dtype=object), allow_pickle=True)
     elif isinstance(content, str):
         bad = initial_latents(model, 0)
         bad[0, 0, 0, 0] = np.nan

@@ -16,7 +16,7 @@ from PIL import Image
 from zoodip.cli import main
 from zoodip.embeddings import load_embeddings, read_embedding_metadata
 from zoodip.errors import ZoodipError
-from zoodip.generate import generate, token_use_problems, truncation_problems
+from zoodip.generate import generate, token_use_problems, truncation_problems, unloaded_token_problems
 from zoodip.images import load_image
 from zoodip.model import ExportedModel
 from zoodip.prompts import PromptSampler, load_template_file
@@ -76,6 +76,18 @@ def test_unused_and_cut_off_tokens_are_named(model, tmp_path):
     assert token_use_problems(tokenizer, ["a dog", "zorbflake"], groups) == []  # the negative prompt counts
     with pytest.warns(UserWarning, match="does not appear in the prompt"):
         generate(model, "a photo of a dog", steps=1, added_embeddings=added, token_groups=groups)
+
+
+def test_placeholder_words_without_an_embedding_are_named(model, tmp_path):
+    """A prompt's '<my-dog>' with no embedding loaded is read as plain text: the user forgot --embedding."""
+    assert unloaded_token_problems(["a photo of <my-dog> by <van-gogh>", "<blurry>"], ["<my-dog>"]) == [
+        f"{word!r} in a prompt looks like a learned token, but no embedding for it is loaded, so it is read as plain "
+        "text: pass its file with --embedding (added_embeddings in the API)" for word in ("<blurry>", "<van-gogh>")]
+    assert unloaded_token_problems(["a photo of a <dog", "1 < 2 > 0", ""], []) == []  # no placeholder word
+    with pytest.warns(UserWarning, match="'<my-dog>' in a prompt looks like a learned token"):
+        generate(model, "a photo of <my-dog>", steps=1)
+    added, groups = load_embeddings([a1111_file(tmp_path, "zorbflake")], model.tokenizer)  # answers to <zorbflake> too
+    assert unloaded_token_problems(["<zorbflake> on a beach"], [name for names in groups for name in names]) == []
 
 
 def test_prompts_past_the_token_limit_are_said_to_be_cut(model):
