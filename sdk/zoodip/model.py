@@ -164,6 +164,9 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise ZoodipError(f"export folder {folder} does not exist: create it with 'zoodip export'")
     path = folder / "manifest.json"
     if not path.is_file():
+        if (folder / "model_index.json").is_file():  # the diffusers folder itself, as diffusers' scripts take it
+            raise ZoodipError(f"{folder} is a diffusers folder, not a zoodip export: convert it once with "
+                              f"'zoodip export {folder} EXPORT_DIR' and pass EXPORT_DIR")
         raise ZoodipError(f"{folder} has no manifest.json: it is not a zoodip export (run 'zoodip export')")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))

@@ -47,6 +47,9 @@ def broken_exports(tiny_export, tmp_path):
             (folder / manifest["graphs"]["unet"]["file"]).unlink()
         elif kind == "no_manifest":
             manifest_path.unlink()
+        elif kind == "diffusers_folder":  # the model folder diffusers' scripts take, passed as the export
+            manifest_path.unlink()
+            (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
         elif kind == "mismatch":
             manifest["graphs"]["unet"]["inputs"] = {"latents": {"shape": [1], "dtype": "float32"}}
             manifest_path.write_text(json.dumps(manifest))
@@ -58,6 +61,7 @@ def broken_exports(tiny_export, tmp_path):
 
 @pytest.mark.parametrize("kind,needle", [
     ("partial", "is missing"), ("no_manifest", "no manifest.json"),
+    ("diffusers_folder", "is a diffusers folder, not a zoodip export: convert it once with 'zoodip export"),
     ("mismatch", "manifest says"), ("garbage_manifest", "not valid JSON"),
 ])
 def test_damaged_export_folders(broken_exports, photos, tmp_path, capsys, kind, needle):
