@@ -32,6 +32,7 @@ from .console import OneLineParser, print_error, ProgressBar, duration, one_line
 from .config import OPTIMIZERS, VAE_SAMPLING  # noqa: E402
 from .curvature import DEFAULT_CURVATURE_FRACTION  # noqa: E402
 from .errors import ZoodipError  # noqa: E402
+from .foreign_flags import foreign_flag_problem  # noqa: E402
 from .lr_schedule import LR_SCHEDULERS  # noqa: E402
 from .model import DEFAULT_SPIN_WAIT  # noqa: E402
 from .prompts import LEARNABLE_PROPERTIES  # noqa: E402
@@ -479,7 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_export(argv[1:])
         args, unknown = build_parser().parse_known_args(argv)
         if unknown:  # argparse would send the user to the top-level help, not the command's
-            raise ZoodipError(f"unrecognized arguments: {' '.join(unknown)}: see 'zoodip {args.command} --help'")
+            foreign = foreign_flag_problem(unknown) if args.command == "personalize" else None
+            raise ZoodipError(foreign or f"unrecognized arguments: {' '.join(unknown)}: see 'zoodip {args.command} --help'")
         handler = {"personalize": cmd_personalize, "generate": cmd_generate, "verify": cmd_verify,
                    "info": cmd_info}[args.command]
         with warnings.catch_warnings():

@@ -1,0 +1,70 @@
+"""What to tell a user who types a flag of diffusers' ``textual_inversion.py`` that ``zoodip personalize`` lacks.
+
+``zoodip personalize`` takes diffusers' spelling wherever it has the feature (``--max_train_steps``,
+``--learning_rate``, ``--save_steps``, ...). The flags below belong to backprop training on a GPU, to the Hub or
+to the loading of a model zoodip reads from its export; each gets the reason it does not apply and what to do,
+rather than argparse's bare "unrecognized arguments".
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+_DROP = "drop it"
+_EXPORT_FIXES_MODEL = "zoodip trains on a local export, which fixes the model: make it with 'zoodip export'; " + _DROP
+_NO_BACKWARD = "there is no backward pass here (forward passes only); " + _DROP
+_NO_UPLOAD = "nothing leaves the device: zoodip uploads nothing; " + _DROP
+_PROGRESS = "progress goes to the terminal and, with --progress-jsonl PATH, to a JSON-lines file; " + _DROP
+_PRECISION = ("the export fixes the precision (4-bit/INT8 weights, fp32 activations: 'zoodip export --recipe'); "
+              + _DROP)
+_ADAM = "ZO-Adam keeps the paper's betas (0.9, 0.999) and eps 1e-3, without weight decay; " + _DROP
+
+# diffusers' examples/textual_inversion/textual_inversion.py flag (underscore spelling) -> why not and what to do.
+DIFFUSERS_TI_FLAGS: dict[str, str] = {
+    "--revision": _EXPORT_FIXES_MODEL,
+    "--variant": _EXPORT_FIXES_MODEL,
+    "--tokenizer_name": _EXPORT_FIXES_MODEL,
+    "--train_batch_size": "a step scores one photo at the n+1 points of its finite differences (--n sets them); " + _DROP,
+    "--gradient_accumulation_steps": "there are no gradients to accumulate (forward passes only); --n sets the "
+                                     "directions a step averages; " + _DROP,
+    "--gradient_checkpointing": _NO_BACKWARD + " (to bound peak memory: --memory-budget MB)",
+    "--enable_xformers_memory_efficient_attention": "onnxruntime runs the attention; " + _DROP
+                                                    + " (to bound peak memory: --memory-budget MB)",
+    "--num_train_epochs": "zoodip counts steps: use --max_train_steps",
+    "--repeats": "each step draws one photo at random, so repeating the photos changes nothing; " + _DROP,
+    "--scale_lr": "there is no batch or device count to scale by: set --learning_rate itself; " + _DROP,
+    "--lr_num_cycles": "the schedules are constant, constant_with_warmup, linear and cosine (one cycle); " + _DROP,
+    "--dataloader_num_workers": "the photos are encoded once at the start (--threads sets onnxruntime's threads); "
+                                + _DROP,
+    "--adam_beta1": _ADAM,
+    "--adam_beta2": _ADAM,
+    "--adam_weight_decay": _ADAM,
+    "--adam_epsilon": _ADAM,
+    "--mixed_precision": _PRECISION,
+    "--allow_tf32": _PRECISION,
+    "--push_to_hub": _NO_UPLOAD,
+    "--hub_token": _NO_UPLOAD,
+    "--hub_model_id": _NO_UPLOAD,
+    "--logging_dir": _PROGRESS,
+    "--report_to": _PROGRESS,
+    "--local_rank": "zoodip runs in one process on one device; " + _DROP,
+    "--validation_epochs": "zoodip counts steps: use --validation_steps",
+    "--checkpoints_total_limit": "a run keeps one checkpoint (OUTPUT_DIR/checkpoint.npz, replaced atomically); " + _DROP,
+    "--save_as_full_pipeline": "zoodip writes the embedding only (learned_embeds.safetensors, which diffusers' "
+                               "load_textual_inversion reads); " + _DROP,
+    "--only_save_embeds": "zoodip always saves only the embedding; " + _DROP,
+    "--no_safe_serialization": "embeddings are always written as .safetensors; " + _DROP,
+}
+
+
+def foreign_flag_problem(unknown: Sequence[str]) -> str | None:
+    """The message for the first of ``unknown`` (argparse's leftovers) that is a diffusers TI flag, else None.
+
+    Either spelling counts (``--train-batch-size`` is ``--train_batch_size``), with or without ``=value``.
+    """
+    for arg in unknown:
+        if not arg.startswith("--"):
+            continue
+        name = "--" + arg[2:].partition("=")[0].replace("-", "_")
+        if name in DIFFUSERS_TI_FLAGS:
+            return f"{arg.partition('=')[0]} is a flag of diffusers' textual_inversion.py, not of zoodip: {DIFFUSERS_TI_FLAGS[name]}"
+    return None

@@ -1,0 +1,37 @@
+"""diffusers' textual_inversion.py flags that zoodip lacks: each is told why and what to do, in one line."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from zoodip.cli import add_personalize_flags, main
+from zoodip.foreign_flags import DIFFUSERS_TI_FLAGS, foreign_flag_problem
+
+
+def _personalize_flags() -> set[str]:
+    parser = argparse.ArgumentParser()
+    add_personalize_flags(parser)
+    return {option.replace("-", "_") for action in parser._actions for option in action.option_strings}
+
+
+def test_no_listed_flag_is_one_zoodip_takes() -> None:
+    """A flag zoodip gains must leave the table, or its users would be told to drop a working flag."""
+    taken = _personalize_flags()
+    assert "__max_train_steps" in taken and "__learning_rate" in taken  # the reading itself works
+    assert not {flag.replace("-", "_") for flag in DIFFUSERS_TI_FLAGS} & taken
+
+
+def test_either_spelling_and_values_are_recognized() -> None:
+    assert foreign_flag_problem(["--train-batch-size=4"]).startswith("--train-batch-size is a flag of diffusers'")
+    assert "use --max_train_steps" in foreign_flag_problem(["3", "--num_train_epochs", "3"])
+    assert foreign_flag_problem(["--bogus", "--trainbatchsize"]) is None
+
+
+@pytest.mark.parametrize("flag", ["--gradient_accumulation_steps", "--mixed_precision", "--push_to_hub"])
+def test_the_cli_names_the_flag_and_what_to_do(flag, capsys) -> None:
+    code = main(["personalize", "--model", "m", "--train_data_dir", "p", "--output_dir", "o", flag, "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {flag} is a flag of diffusers' textual_inversion.py, not of zoodip: ")
+    assert "drop it" in err[0]
