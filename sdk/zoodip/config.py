@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+import numpy as np
 
 
 from . import validation
@@ -133,8 +136,12 @@ class PersonalizeConfig:
         self.output_dir = Path(self.output_dir)
         self.captions = Path(self.captions) if self.captions else None
         self.template_file = Path(self.template_file) if self.template_file else None
-        self.t_range = (int(self.t_range[0]), int(self.t_range[1]))
-        self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
+        self.t_range = _pair("--t-range (T_MIN, T_MAX)", self.t_range, int)
+        self.adam_betas = _pair("adam_betas (beta1, beta2)", self.adam_betas, float)
+        for field in fields(self):  # a flag's True/False; "yes" or 1 would be taken as True silently
+            value = getattr(self, field.name)
+            if field.type in ("bool", "bool | None") and not (isinstance(value, bool) or (value is None and "None" in field.type)):
+                raise ZoodipError(f"{field.name} must be True or False, got {value!r}")
 
     @classmethod
     def check_method_settings(cls, **settings: object) -> None:
@@ -312,3 +319,15 @@ def warn_about_settings(config: PersonalizeConfig, width: int) -> None:
                 else f"{width} numbers learned ({config.num_vectors} vectors)")
         warnings.warn(f"--tau {config.tau} >= {size}: Subspace Gradient will restrict the whole "
                       f"space and can stall training; use --tau below {width} (e.g. {default_tau(width)})", stacklevel=4)
+
+
+def _pair(name: str, value: object, kind: type) -> tuple:
+    """``value`` as a pair of ``kind`` (int: whole numbers only), else one ZoodipError naming ``name``."""
+    items = list(value) if isinstance(value, (tuple, list, np.ndarray)) else []
+    ok = len(items) == 2 and all(isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+                                 and math.isfinite(x) for x in items)
+    if ok and kind is int:
+        ok = all(float(x).is_integer() for x in items)
+    if not ok:
+        raise ZoodipError(f"{name} must be two {'integers' if kind is int else 'finite numbers'}, got {value!r}")
+    return kind(items[0]), kind(items[1])

@@ -1,0 +1,29 @@
+"""PersonalizeConfig refuses values of the wrong kind in one line, before any model is loaded (API users)."""
+from __future__ import annotations
+
+import pytest
+
+from zoodip.config import PersonalizeConfig
+from zoodip.errors import ZoodipError
+
+BASE = dict(export_dir=".", images=".", output_dir="run")
+
+
+@pytest.mark.parametrize("settings,needle", [
+    (dict(t_range="500-900"), "--t-range (T_MIN, T_MAX) must be two integers, got '500-900'"),  # not (5, 0)
+    (dict(t_range=(500.5, 900)), "must be two integers"),  # not silently 500
+    (dict(t_range=(500, 900, 1000)), "must be two integers"),
+    (dict(adam_betas=("a", 0.999)), "adam_betas (beta1, beta2) must be two finite numbers"),
+    (dict(batched="yes"), "batched must be True or False, got 'yes'"),
+    (dict(flip=1), "flip must be True or False, got 1"),
+])
+def test_wrong_kinds_are_refused(settings, needle) -> None:
+    with pytest.raises(ZoodipError) as info:
+        PersonalizeConfig(**BASE, **settings)
+    assert needle in str(info.value)
+
+
+def test_right_kinds_pass_and_are_normalized() -> None:
+    config = PersonalizeConfig(**BASE, t_range=[300.0, 700], adam_betas=[0.9, 0.99], batched=None, flip=True)
+    assert config.t_range == (300, 700) and isinstance(config.t_range[0], int)
+    assert config.adam_betas == (0.9, 0.99)
