@@ -17,6 +17,8 @@ from PIL import Image, ImageOps
 from .errors import ZoodipError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # GIF: its first frame
+# Photo formats of phones and cameras that the photo reader does not open (HEIC/HEIF: iPhones; camera raw files).
+CAMERA_FORMATS = (".heic", ".heif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2")
 MIN_SIDE = 32  # below this a photo holds too little of the concept to learn from
 # Larger than any phone photo (108 MP sensors exist); beyond it decoding alone could exhaust memory.
 # This is the one limit: Pillow's own decompression-bomb guard (89 MP by default) is replaced by it
@@ -31,15 +33,30 @@ def list_images(folder: str | Path) -> list[Path]:
         raise ZoodipError(f"image folder {folder} does not exist: pass a folder with 3-10 photos of the concept")
     if folder.is_file():
         return [folder]
-    files = sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    _warn_about_skipped(entries)
     if not files:
         raise ZoodipError(
             f"no images in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)}): add 3-10 photos of the concept"
         )
     return files
+
+
+def _warn_about_skipped(entries: Sequence[Path]) -> None:
+    """Name what looks like a photo but is not used: otherwise a run learns from fewer photos than the user
+    put there without a word (a phone's HEIC shots beside its JPEGs, a broken link, a folder named x.png)."""
+    unread = [p.name for p in entries if p.suffix.lower() in CAMERA_FORMATS and p.is_file()]
+    if unread:
+        warnings.warn(f"skipped {len(unread)} photo(s) in formats zoodip does not read ({_listed(unread)}): "
+                      "convert them to JPEG or PNG to use them", stacklevel=3)
+    odd = [p.name for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_file()]
+    if odd:
+        warnings.warn(f"skipped {_listed(odd)}: not a regular file (a folder, a broken link or a device)", stacklevel=3)
+
+
+def _listed(names: Sequence[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _to_rgb8(image: Image.Image) -> Image.Image:

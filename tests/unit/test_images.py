@@ -96,3 +96,25 @@ def test_to_pil_and_grid_roundtrip():
     np.testing.assert_allclose(back, array[0], atol=1 / 127.5)
     grid = image_grid([[image, image], [image]], pad=2)
     assert grid.size == (2 * 10 + 2, 2 * 10 + 2)
+
+
+def test_what_looks_like_a_photo_but_is_skipped_is_named(tmp_path):
+    """HEIC shots beside JPEGs, a broken link or a folder named x.png: the run would learn from fewer photos."""
+    import os
+    import warnings
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    (tmp_path / "IMG_0001.HEIC").write_bytes(b"\x00")
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    (tmp_path / "notes.txt").write_text("captions are not photos")  # nothing to say about these
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.png")  # would block a reader: skipped, not opened
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert list_images(tmp_path) == [tmp_path / "a.png"]
+    messages = [str(w.message) for w in caught]
+    assert messages[0] == ("skipped 1 photo(s) in formats zoodip does not read (IMG_0001.HEIC): convert them to "
+                           "JPEG or PNG to use them")
+    assert messages[1].startswith("skipped dir.png, gone.jpg") and "not a regular file" in messages[1]
+    assert len(messages) == 2
