@@ -159,7 +159,7 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
     tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
     groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
     problems = (truncation_problems(tokenizer, prompts) + token_use_problems(tokenizer, prompts, groups)
-                + unloaded_token_problems(prompts, [name for names in groups for name in names]))
+                + unloaded_token_problems(prompts, [name for names in groups for name in names], tokenizer))
     for problem in problems:
         warnings.warn(problem, stacklevel=3)
 
@@ -412,10 +412,14 @@ def _shortened(text: str, limit: int = 40) -> str:
 _PLACEHOLDER_WORD = re.compile(r"<[^<>\s]+>")
 
 
-def unloaded_token_problems(texts: Sequence[str], loaded: Sequence[str]) -> list[str]:
+def unloaded_token_problems(texts: Sequence[str], loaded: Sequence[str], tokenizer: Any = None) -> list[str]:
     """One message per ``<word>`` in ``texts`` that no loaded embedding answers to: the tokenizer would read
-    it as plain text (its pieces '<', 'my', '-', 'dog', '>'), and the image silently lacks the concept."""
+    it as plain text (its pieces '<', 'my', '-', 'dog', '>'), and the image silently lacks the concept. A word
+    that ``tokenizer`` already holds as a placeholder is not plain text (its missing vectors are an error)."""
     seen = sorted({word for text in texts if text for word in _PLACEHOLDER_WORD.findall(text)} - set(loaded))
+    if tokenizer is not None:
+        base = int(tokenizer.base_vocab_size)
+        seen = [word for word in seen if not any(int(i) >= base for i in np.asarray(tokenizer([word]))[0])]
     return [f"{word!r} in a prompt looks like a learned token, but no embedding for it is loaded, so it is read "
             "as plain text: pass its file with --embedding (added_embeddings in the API)" for word in seen]
 

@@ -295,7 +295,8 @@ def test_generate_added_embeddings_reach_encoder_without_side_effects() -> None:
     model = FakeModel()
     vectors = np.random.default_rng(3).standard_normal((2, HIDDEN)).astype(np.float32)
     single = np.full(HIDDEN, 0.5, np.float32)
-    plain = final_latents(model, "a photo of <x>", steps=3)
+    with pytest.warns(UserWarning, match="'<x>' in a prompt looks like a learned token"):  # read as plain text
+        plain = final_latents(model, "a photo of <x>", steps=3)
     model.text_calls.clear()
     learned = final_latents(model, "a photo of <x> and <y>", steps=3, added_embeddings={"<x>": vectors, "<y>": single})
 
