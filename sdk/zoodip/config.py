@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 from . import validation
 from .embeddings import MAX_VECTORS, a1111_file_name
 from .errors import ZoodipError
@@ -138,9 +137,15 @@ class PersonalizeConfig:
         self.template_file = Path(self.template_file) if self.template_file else None
         self.t_range = _pair("--t-range (T_MIN, T_MAX)", self.t_range, int)
         self.adam_betas = _pair("adam_betas (beta1, beta2)", self.adam_betas, float)
-        for field in fields(self):  # a flag's True/False; "yes" or 1 would be taken as True silently
+        self._check_switches()
+
+    def _check_switches(self) -> None:
+        """On/off settings must be True or False (or None where the field allows it): 'yes' or 1 would read as
+        True without a word (an API user's mistake; the CLI's flags are booleans already)."""
+        for field in fields(self):
             value = getattr(self, field.name)
-            if field.type in ("bool", "bool | None") and not (isinstance(value, bool) or (value is None and "None" in field.type)):
+            if field.type in ("bool", "bool | None") and not (
+                    isinstance(value, bool) or (value is None and field.type == "bool | None")):
                 raise ZoodipError(f"{field.name} must be True or False, got {value!r}")
 
     @classmethod

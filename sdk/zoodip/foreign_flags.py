@@ -66,5 +66,6 @@ def foreign_flag_problem(unknown: Sequence[str]) -> str | None:
             continue
         name = "--" + arg[2:].partition("=")[0].replace("-", "_")
         if name in DIFFUSERS_TI_FLAGS:
-            return f"{arg.partition('=')[0]} is a flag of diffusers' textual_inversion.py, not of zoodip: {DIFFUSERS_TI_FLAGS[name]}"
+            flag = arg.partition("=")[0]
+            return f"{flag} is a flag of diffusers' textual_inversion.py, not of zoodip: {DIFFUSERS_TI_FLAGS[name]}"
     return None
