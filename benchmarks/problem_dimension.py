@@ -116,17 +116,29 @@ def draws(folder: Path, samples: int, seed: int):
             yield c, output, v0, noise.reshape(-1)
 
 
-def gauss_newton(folder: Path, samples: int, seed: int) -> np.ndarray:
-    """``H`` averaged over the world's concepts and ``samples`` fixed draws each."""
+def gauss_newton_terms(folder: Path, samples: int, seed: int) -> list[list[np.ndarray]]:
+    """One draw's ``H`` term for each of the world's concepts x ``samples`` fixed draws: ``terms[concept][draw]``."""
     import torch
 
-    total, count = None, 0
-    for _, output, v0, _ in draws(folder, samples, seed):
+    terms: list[list[np.ndarray]] = []
+    for c, output, v0, _ in draws(folder, samples, seed):
         jac = torch.func.jacrev(output)(v0).double().numpy()  # [m, d]
-        term = (2.0 / jac.shape[0]) * jac.T @ jac
-        total = term if total is None else total + term
-        count += 1
-    return total / count
+        if c == len(terms):
+            terms.append([])
+        terms[c].append((2.0 / jac.shape[0]) * jac.T @ jac)
+    return terms
+
+
+def participation_by_scope(terms: list[list[np.ndarray]]) -> dict[str, float]:
+    """The curvature's participation ratio at three scopes: one draw's term (mean over draws), one concept's mean
+    term (mean over concepts: what one personalization job searches) and the mean over all (the issue's figure).
+
+    A mean of terms has at least the ratio of its parts when they point elsewhere, so the three say where the
+    dimension comes from: what one image shows, one concept's draws, or the differences between concepts."""
+    ratio = lambda h: curvature_spectrum(h)["participation_ratio"]  # noqa: E731
+    return {"per_draw": float(np.mean([ratio(t) for group in terms for t in group])),
+            "per_concept": float(np.mean([ratio(np.mean(group, axis=0)) for group in terms])),
+            "all": ratio(np.mean([t for group in terms for t in group], axis=0))}
 
 
 def gradient_noise(folder: Path, samples: int, seed: int, n: int = 2) -> dict[str, float]:
@@ -239,8 +251,12 @@ def measure(name: str, folder: Path, samples: int, seed: int) -> dict:
            "table_95pct_components_all_rows": components_for(table),
            "table_95pct_components_caption_rows": components_for(table[caption_ids]),
            "caption_rows": int(len(caption_ids))}
-    spectrum = curvature_spectrum(gauss_newton(folder, samples, seed))
+    terms = gauss_newton_terms(folder, samples, seed)
+    spectrum = curvature_spectrum(np.mean([t for group in terms for t in group], axis=0))
     row.update({f"curvature_{k}": v for k, v in spectrum.items()})
+    scopes = participation_by_scope(terms)
+    row.update(curvature_participation_ratio_per_concept=scopes["per_concept"],
+               curvature_participation_ratio_per_draw=scopes["per_draw"])
     row["seconds"] = round(time.perf_counter() - started, 1)
     return row
 
@@ -254,11 +270,17 @@ def table(title: str, command: str, header: list[str], cells: list[list[str]]) -
 
 def markdown(rows: list[dict], command: str) -> str:
     return table("Problem dimension of the reference models", command,
-                 ["model", "width", "curvature tr(H)/‖H‖", "participation ratio", "table 95% dims (all rows)",
+                 ["model", "width", "curvature tr(H)/‖H‖", "participation ratio",
+                  "participation ratio, one concept's H (mean)", "one draw's H (mean)", "table 95% dims (all rows)",
                   "table 95% dims (caption rows)"],
                  [[r["model"], str(r["width"]), f"{r['curvature_effective_rank']:.2f}",
-                   f"{r['curvature_participation_ratio']:.2f}", str(r["table_95pct_components_all_rows"]),
+                   f"{r['curvature_participation_ratio']:.2f}", _optional(r, "curvature_participation_ratio_per_concept"),
+                   _optional(r, "curvature_participation_ratio_per_draw"), str(r["table_95pct_components_all_rows"]),
                    f"{r['table_95pct_components_caption_rows']} of {r['caption_rows']} rows"] for r in rows])
+
+
+def _optional(row: dict, key: str) -> str:
+    return f"{row[key]:.2f}" if key in row else "–"  # rows merged from runs made before the column existed
 
 
 def noise_report(names: list[str], folders: dict, draws_per_concept: int, seed: int, out: Path, command: str) -> int:
