@@ -129,16 +129,18 @@ def gauss_newton_terms(folder: Path, samples: int, seed: int) -> list[list[np.nd
     return terms
 
 
-def participation_by_scope(terms: list[list[np.ndarray]]) -> dict[str, float]:
-    """The curvature's participation ratio at three scopes: one draw's term (mean over draws), one concept's mean
-    term (mean over concepts: what one personalization job searches) and the mean over all (the issue's figure).
+def spectrum_by_scope(terms: list[list[np.ndarray]]) -> dict[str, float]:
+    """tr(H)/||H|| and the participation ratio of one draw's term (means over draws) and of one concept's mean term
+    (means over concepts: what one personalization job searches), beside the mean over all (the headline).
 
-    A mean of terms has at least the ratio of its parts when they point elsewhere, so the three say where the
-    dimension comes from: what one image shows, one concept's draws, or the differences between concepts."""
-    ratio = lambda h: curvature_spectrum(h)["participation_ratio"]  # noqa: E731
-    return {"per_draw": float(np.mean([ratio(t) for group in terms for t in group])),
-            "per_concept": float(np.mean([ratio(np.mean(group, axis=0)) for group in terms])),
-            "all": ratio(np.mean([t for group in terms for t in group], axis=0))}
+    A mean of terms that point elsewhere has a larger ratio than its parts, so the scopes say where the dimension
+    comes from: what one image shows, one concept's draws, or the differences between concepts."""
+    def mean_of(matrices: list[np.ndarray], key: str) -> float:
+        return float(np.mean([curvature_spectrum(h)[key] for h in matrices]))
+
+    draws_, concepts = [t for group in terms for t in group], [np.mean(group, axis=0) for group in terms]
+    return {f"{key}_{scope}": mean_of(matrices, key) for scope, matrices in (("per_draw", draws_), ("per_concept", concepts))
+            for key in ("effective_rank", "participation_ratio")}
 
 
 def gradient_noise(folder: Path, samples: int, seed: int, n: int = 2) -> dict[str, float]:
@@ -254,9 +256,7 @@ def measure(name: str, folder: Path, samples: int, seed: int) -> dict:
     terms = gauss_newton_terms(folder, samples, seed)
     spectrum = curvature_spectrum(np.mean([t for group in terms for t in group], axis=0))
     row.update({f"curvature_{k}": v for k, v in spectrum.items()})
-    scopes = participation_by_scope(terms)
-    row.update(curvature_participation_ratio_per_concept=scopes["per_concept"],
-               curvature_participation_ratio_per_draw=scopes["per_draw"])
+    row.update({f"curvature_{k}": v for k, v in spectrum_by_scope(terms).items()})
     row["seconds"] = round(time.perf_counter() - started, 1)
     return row
 
@@ -271,16 +271,17 @@ def table(title: str, command: str, header: list[str], cells: list[list[str]]) -
 def markdown(rows: list[dict], command: str) -> str:
     return table("Problem dimension of the reference models", command,
                  ["model", "width", "curvature tr(H)/‖H‖", "participation ratio",
-                  "participation ratio, one concept's H (mean)", "one draw's H (mean)", "table 95% dims (all rows)",
-                  "table 95% dims (caption rows)"],
+                  "one concept's H (mean): tr/‖H‖, ratio", "one draw's H (mean): tr/‖H‖, ratio",
+                  "table 95% dims (all rows)", "table 95% dims (caption rows)"],
                  [[r["model"], str(r["width"]), f"{r['curvature_effective_rank']:.2f}",
-                   f"{r['curvature_participation_ratio']:.2f}", _optional(r, "curvature_participation_ratio_per_concept"),
-                   _optional(r, "curvature_participation_ratio_per_draw"), str(r["table_95pct_components_all_rows"]),
+                   f"{r['curvature_participation_ratio']:.2f}", _scope(r, "per_concept"), _scope(r, "per_draw"),
+                   str(r["table_95pct_components_all_rows"]),
                    f"{r['table_95pct_components_caption_rows']} of {r['caption_rows']} rows"] for r in rows])
 
 
-def _optional(row: dict, key: str) -> str:
-    return f"{row[key]:.2f}" if key in row else "–"  # rows merged from runs made before the column existed
+def _scope(row: dict, scope: str) -> str:
+    keys = (f"curvature_effective_rank_{scope}", f"curvature_participation_ratio_{scope}")
+    return ", ".join(f"{row[k]:.2f}" for k in keys) if all(k in row for k in keys) else "–"  # older rows lack them
 
 
 def noise_report(names: list[str], folders: dict, draws_per_concept: int, seed: int, out: Path, command: str) -> int:

@@ -97,7 +97,9 @@ def test_problem_dimension_measures() -> None:
     # Two concepts, each with two rank-1 draws: each draw's ratio is 1, one concept's 2 (two directions), all 4.
     e = np.eye(4)
     terms = [[np.outer(e[0], e[0]), np.outer(e[1], e[1])], [np.outer(e[2], e[2]), np.outer(e[3], e[3])]]
-    assert pd.participation_by_scope(terms) == pytest.approx({"per_draw": 1.0, "per_concept": 2.0, "all": 4.0})
+    assert pd.spectrum_by_scope(terms) == pytest.approx({"effective_rank_per_draw": 1.0, "participation_ratio_per_draw": 1.0,
+                                                         "effective_rank_per_concept": 2.0,
+                                                         "participation_ratio_per_concept": 2.0})
 
 
 def test_problem_dimension_names_a_folder_or_says_what_is_wrong(tmp_path, capsys, monkeypatch) -> None:
