@@ -7,7 +7,9 @@ width. For each model this measures, in torch fp32 on the diffusers folder:
 * the Gauss-Newton curvature ``H = E[(2/m) J^T J]`` of the denoising loss (mean over the ``m`` outputs)
   with respect to the placeholder embedding at its initializer, ``J = d eps_hat / d v``, averaged over
   the 8 world concepts x ``--samples`` fixed (photo, noise, timestep in [500, 900), prompt) draws;
-  reported as its effective rank ``tr(H) / ||H||_2`` and participation ratio ``tr(H)^2 / tr(H^2)``;
+  reported as its effective rank ``tr(H) / ||H||_2`` and participation ratio ``tr(H)^2 / tr(H^2)``, and the
+  same two for one concept's ``H`` (its draws only: what one personalization job searches) and for one draw's
+  term, each averaged (``spectrum_by_scope``);
 * the number of principal components holding 95% of the variance of the token-embedding table, over
   all rows and over the rows the world's captions use.
 
