@@ -11,6 +11,7 @@ import numpy as np
 
 from benchmarks import _quality_methods as qm
 from reference.repo import REPO
+from zoodip.errors import ZoodipError
 
 
 def select_concepts(items: list[Any], spec: str | None, default: int, key: Any) -> list[Any]:
@@ -18,14 +19,19 @@ def select_concepts(items: list[Any], spec: str | None, default: int, key: Any) 
     if spec is None:
         return items[:default]
     if spec.isdigit():
+        if int(spec) < 1:
+            raise ZoodipError(f"--concepts {spec}: give a count of at least 1, or concept names")
         return items[: int(spec)]
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
     out = []
     for name in wanted:
         match = [c for c in items if key(c) in (name, f"<{name.strip('<>')}>")]
         if not match:
-            raise SystemExit(f"unknown concept {name!r}: one of {[key(c) for c in items]}")
+            raise ZoodipError(f"--concepts: unknown concept {name!r}; use names of {', '.join(key(c) for c in items)}, "
+                              "or a count")
         out.extend(match)
+    if not out:
+        raise ZoodipError(f"--concepts {spec!r} names no concept; use names of {', '.join(key(c) for c in items)}")
     return out
 
 

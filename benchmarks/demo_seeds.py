@@ -32,6 +32,7 @@ from benchmarks._quality_report import write_results  # noqa: E402
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.paths import check_output_dir  # noqa: E402
 from reference.demo import METHOD_FLAGS, add_method_flags, method_flag_dest, method_settings  # noqa: E402
 
 
@@ -227,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                               "settings")
         if args.save_steps < 0 or (args.threads is not None and args.threads < 0):
             raise ZoodipError("--save_steps and --threads must be 0 or more")
+        if args.steps is not None and args.steps < 1:  # 0 would run the demo's default length without a word
+            raise ZoodipError(f"--steps {args.steps}: give at least 1 (or leave it out for the demo's own length)")
+        check_output_dir(args.out, "--out")  # before any run: the results go there at the end
         if args.merge is not None:
             if args.backprop is not None or demo_flags_given or args.seeds:
                 raise ZoodipError("--merge joins finished runs: give it only the results folders and --out")

@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import _quality_methods as qm  # noqa: E402
 from benchmarks._models import DEFAULT_CACHE, cache_lock, source_folder  # noqa: E402
-from benchmarks._quality_jobs import CONCEPT_REFS, GENERATION_SEEDS, make_jobs  # noqa: E402
+from benchmarks._quality_jobs import CONCEPT_REFS, GENERATION_SEEDS, make_jobs, select_concepts  # noqa: E402
 from benchmarks._quality_merge import export_weights_identity, merge_main, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
 from benchmarks._quality_report import machine_info, write_reports, write_samples  # noqa: E402
 from benchmarks._quality_summary import (  # noqa: E402,F401 (quality.summarize & co.: tests, --merge)
@@ -56,6 +56,7 @@ from benchmarks._quality_summary import (  # noqa: E402,F401 (quality.summarize 
 from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.paths import check_output_dir  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "quality"
 REFERENCE_MODEL = REPO / "reference" / "model-768"  # the SD-width world (packed; materialized on first use)
@@ -401,9 +402,17 @@ def _checked(args: Any) -> tuple[str, tuple[int, int], list[str]]:
         raise ZoodipError(f"--model {args.model}: neither an export folder (manifest.json) nor a diffusers folder "
                           "(model_index.json)")
     if task == "world":
-        load_world(required=True)
-    if min(args.steps or 1, args.checkpoints or 1, args.images_per_prompt, args.gen_steps) < 1:
+        world = load_world(required=True)
+        select_concepts(list(world.CONCEPTS), args.concepts, 1, key=lambda c: c.name)  # a bad name: refused now
+    elif args.concepts is not None and not (args.concepts.isdigit() and int(args.concepts) >= 1):
+        raise ZoodipError(f"--concepts {args.concepts!r}: the planted task takes a count of targets (at least 1)")
+    counts = (args.steps, args.checkpoints, args.images_per_prompt, args.gen_steps)  # None: the mode's default
+    if min(1 if count is None else count for count in counts) < 1:
         raise ZoodipError("--steps, --checkpoints, --images-per-prompt and --gen-steps must be at least 1")
+    if not np.isfinite(args.guidance) or args.guidance < 0:
+        raise ZoodipError(f"--guidance {args.guidance}: give a finite guidance scale >= 0 (the benchmark's is 5)")
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
     try:
         puts = tuple(int(x) for x in args.puts.split("-")) if args.puts else qm.REFERENCE_PUTS
     except ValueError:

@@ -21,9 +21,16 @@ def test_seeds_are_a_range_or_a_list():
             demo_seeds.parse_seeds(bad)
 
 
+def test_an_unwritable_out_is_refused_before_any_run(tmp_path, capsys):
+    assert demo_seeds.main(["--out", "/proc/zoodip-demo-seeds", "--work", str(tmp_path / "work")]) == 2
+    assert capsys.readouterr().err.startswith("error: --out /proc/zoodip-demo-seeds cannot be created")
+    assert not (tmp_path / "work").exists()
+
+
 @pytest.mark.parametrize("flags", [["--seeds", "x"], ["--backprop", "0"], ["--backprop", "9", "--steps", "4"],
                                    ["--backprop", "9", "--threads", "1"], ["--save_steps", "-1"], ["--nope"],
-                                   ["--clip-estimate", "0.5"], ["--backprop", "9", "--clip-estimate", "2"]])
+                                   ["--clip-estimate", "0.5"], ["--backprop", "9", "--clip-estimate", "2"],
+                                   ["--steps", "0"]])  # 0 ran the demo's own length before
 def test_bad_flags_are_one_line_and_run_nothing(tmp_path, capsys, flags):
     assert demo_seeds.main(flags + ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]) == 2
     err = capsys.readouterr().err

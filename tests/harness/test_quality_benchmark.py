@@ -375,6 +375,21 @@ def test_a_checkout_without_the_built_in_model_is_one_line(tmp_path, capsys, mon
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flags,needle", [
+    (["--steps", "0"], "--steps, --checkpoints"),  # 0 read as "the mode's default" before
+    (["--checkpoints", "0"], "--steps, --checkpoints"),
+    (["--guidance", "nan"], "--guidance nan: give a finite guidance scale"),
+    (["--concepts", "nope"], "--concepts: unknown concept 'nope'; use names of <striped-star>"),
+    (["--concepts", "0"], "--concepts 0: give a count of at least 1"),
+    (["--task", "planted", "--concepts", "striped-star"], "the planted task takes a count of targets"),
+    (["--out", "/proc/zoodip-bench"], "--out /proc/zoodip-bench cannot be created"),
+])
+def test_bad_benchmark_flags_are_one_line_before_any_work(flags, needle, capsys):
+    assert quality.main(flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
+
+
 def test_the_cache_lock_keeps_a_second_process_out_until_released(tmp_path):
     import subprocess
 
