@@ -410,7 +410,7 @@ def _checked(args: Any) -> tuple[str, tuple[int, int], list[str]]:
     if min(1 if count is None else count for count in counts) < 1:
         raise ZoodipError("--steps, --checkpoints, --images-per-prompt and --gen-steps must be at least 1")
     if not np.isfinite(args.guidance) or args.guidance < 0:
-        raise ZoodipError(f"--guidance {args.guidance}: give a finite guidance scale >= 0 (the benchmark's is 5)")
+        raise ZoodipError(f"--guidance {args.guidance}: give a finite guidance scale >= 0")
     if args.out is not None:
         check_output_dir(args.out, "--out")
     try:
