@@ -35,6 +35,15 @@ def select_concepts(items: list[Any], spec: str | None, default: int, key: Any) 
     return out
 
 
+def planted_count(spec: str | None, default: int) -> int:
+    """--concepts for the planted task: a count of targets (at least 1), or ``default`` when not given."""
+    if spec is None:
+        return default
+    if not (spec.isdigit() and int(spec) >= 1):
+        raise ZoodipError(f"--concepts {spec!r}: the planted task takes a count of targets (at least 1)")
+    return int(spec)
+
+
 def seeded_name(name: str, job_seed: int) -> str:
     """A world job's name in a run over several training seeds (a one-seed run's jobs drop the suffix)."""
     return f"{name}-s{job_seed}"
@@ -127,7 +136,7 @@ def make_jobs(task: str, args: Any, export_dir: Path, work: Path, resolution: in
         concepts = select_concepts(list(world.CONCEPTS), args.concepts, 2 if args.quick else len(world.CONCEPTS),
                            key=lambda c: c.name)
         return world_jobs(world, concepts, work, resolution, args.seed, args.seeds)
-    count = int(args.concepts) if args.concepts and args.concepts.isdigit() else (1 if args.smoke or args.quick else 3)
+    count = planted_count(args.concepts, 1 if args.smoke or args.quick else 3)
     if world is not None and resolution >= 32 and not args.smoke:
         concepts = list(world.CONCEPTS)[:count]
         photo_jobs = world_jobs(world, concepts, work, resolution, args.seed)

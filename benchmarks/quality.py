@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import _quality_methods as qm  # noqa: E402
 from benchmarks._models import DEFAULT_CACHE, cache_lock, source_folder  # noqa: E402
-from benchmarks._quality_jobs import CONCEPT_REFS, GENERATION_SEEDS, make_jobs, select_concepts  # noqa: E402
+from benchmarks._quality_jobs import CONCEPT_REFS, GENERATION_SEEDS, make_jobs, planted_count, select_concepts  # noqa: E402
 from benchmarks._quality_merge import export_weights_identity, merge_main, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
 from benchmarks._quality_report import machine_info, write_reports, write_samples  # noqa: E402
 from benchmarks._quality_summary import (  # noqa: E402,F401 (quality.summarize & co.: tests, --merge)
@@ -404,8 +404,8 @@ def _checked(args: Any) -> tuple[str, tuple[int, int], list[str]]:
     if task == "world":
         world = load_world(required=True)
         select_concepts(list(world.CONCEPTS), args.concepts, 1, key=lambda c: c.name)  # a bad name: refused now
-    elif args.concepts is not None and not (args.concepts.isdigit() and int(args.concepts) >= 1):
-        raise ZoodipError(f"--concepts {args.concepts!r}: the planted task takes a count of targets (at least 1)")
+    else:
+        planted_count(args.concepts, 1)  # a bad count: refused now
     counts = (args.steps, args.checkpoints, args.images_per_prompt, args.gen_steps)  # None: the mode's default
     if min(1 if count is None else count for count in counts) < 1:
         raise ZoodipError("--steps, --checkpoints, --images-per-prompt and --gen-steps must be at least 1")
