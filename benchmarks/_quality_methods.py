@@ -48,6 +48,7 @@ from zoodip.step_inputs import StepInputs, draw_step_inputs, step_rng
 from zoodip.trainer import DenoisingLoss, PersonalizeConfig, Personalizer
 from zoodip.config import VAE_SAMPLING
 from zoodip.gradient_estimate import EstimatorSchedule, RandomGradientEstimator
+from zoodip.image_side import side_problem
 from zoodip.lr_schedule import LR_SCHEDULERS
 from zoodip.prompts import TEXTUAL_INVERSION_TEMPLATE_FILES
 from zoodip.zo import ZOAdam
@@ -244,8 +245,8 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
         raise ValueError(f"method {text!r}: coords applies to ti-backprop with curvature=F only")
     if spec.draws < 0 or (spec.draws and spec.kind == "init"):
         raise ValueError(f"method {text!r}: draws=K takes K >= 0, on a method that trains")
-    if spec.res is not None and (spec.res <= 0 or spec.res % 8 or spec.kind == "init"):  # the SDK's --resolution rule
-        raise ValueError(f"method {text!r}: res=PX takes a positive multiple of 8, on a method that trains")
+    if spec.res is not None and (side_problem(spec.res) or spec.kind == "init"):  # the SDK's --resolution rule
+        raise ValueError(f"method {text!r}: res=PX {side_problem(spec.res) or 'applies to a method that trains'}")
     if spec.num_vectors != 1 and spec.kind not in ("zo", "es"):
         raise ValueError(f"method {text!r}: num_vectors applies to the forward-only methods (the SDK's loop) only")
     return spec

@@ -39,6 +39,7 @@ from _models import DEFAULT_CACHE, export_name, is_current_export  # noqa: E402
 
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.image_side import check_side  # noqa: E402
 
 CONTENDERS_PY = REPO / "benchmarks" / "_contenders.py"
 PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"
@@ -242,8 +243,7 @@ def _sizes(args: argparse.Namespace) -> tuple[int, int, int]:
     resolution = args.resolution or (128 if args.tiny else 256 if args.quick else 512)
     steps = args.steps or (2 if (args.quick or args.tiny) else 3)
     repeats = args.repeats or (1 if (args.quick or args.tiny) else 2)
-    if resolution <= 0 or resolution % 8:
-        raise ZoodipError(f"--resolution must be a positive multiple of 8, got {resolution}")
+    check_side("--resolution", resolution)
     if steps < 1 or repeats < 1 or args.photos < 1:
         raise ZoodipError("--steps, --repeats and --photos must be >= 1")
     return resolution, steps, repeats

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "sdk"))
 
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.image_side import side_problem  # noqa: E402
 
 # name -> (intra-op threads, spin-waiting); 0 threads = onnxruntime's default (one per core).
 SETTINGS: dict[str, tuple[int, bool]] = {
@@ -132,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(time_forwards(spec["model"], spec["threads"], spec["spin"], spec["resolution"],
                                                    spec["forwards"])))
         return 0
-    if args.forwards < 1 or args.busy < 1 or args.resolution <= 0 or args.resolution % 8:
-        print("error: --forwards and --busy must be >= 1 and --resolution a positive multiple of 8", file=sys.stderr)
-        return 2
+    if args.forwards < 1 or args.busy < 1:
+        return print_error(ZoodipError("--forwards and --busy must be >= 1"))
+    if side_problem(args.resolution):
+        return print_error(ZoodipError(f"--resolution {side_problem(args.resolution)}"))
     try:
         model = Path(args.model) if args.model else default_model()
         settings = {}

@@ -14,6 +14,7 @@ from . import validation
 from .embeddings import MAX_VECTORS, a1111_file_name
 from .errors import ZoodipError
 from .generate import MAX_IMAGES
+from .image_side import check_side
 from .gradient_estimate import DIRECTIONS, check_mu
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .lr_schedule import LENGTH_DEPENDENT, LR_SCHEDULERS
@@ -184,8 +185,8 @@ class PersonalizeConfig:
         positive_int("num_validation_images", self.num_validation_images)
         if self.num_validation_images > MAX_IMAGES:
             raise ZoodipError(f"--num_validation_images must be at most {MAX_IMAGES} (one UNet batch), got {self.num_validation_images}")
-        if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
-            raise ZoodipError(f"--resolution must be a positive multiple of 8, got {self.resolution}")
+        if self.resolution is not None:
+            check_side("--resolution", self.resolution)  # the model's VAE factor is checked when it is loaded
 
     def _validate_method(self) -> None:
         """The method's hyperparameters and choices."""

@@ -32,6 +32,7 @@ from PIL import Image
 
 from .embeddings import check_hidden_size
 from .errors import ZoodipError
+from .image_side import check_side
 from .images import to_pil
 from .limits import check_image_size
 from .memory_plan import DecodePlan, memory_budget_mb, plan_decode
@@ -325,11 +326,7 @@ def _latent_shape(model: Any, height: int | None, width: int | None) -> tuple[in
     default = int(model.sample_size) * factor
     sizes = []
     for name, value in (("height", height), ("width", width)):
-        value = default if value is None else value
-        multiple = max(8, factor)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 or value % 8 or value % factor:
-            raise ZoodipError(f"{name} {value!r} is not a positive multiple of {multiple}: use e.g. {default}")
-        sizes.append(int(value) // factor)
+        sizes.append(check_side(name, default if value is None else value, factor, default) // factor)
     return sizes[0], sizes[1]
 
 

@@ -13,6 +13,7 @@ import math
 import os
 
 from .errors import ZoodipError
+from .image_side import side_multiple
 
 _FLOAT32 = 4
 
@@ -41,7 +42,7 @@ def available_bytes(memory_budget_mb: int | None = None) -> tuple[int | None, st
 
 def largest_side(vae_scale_factor: int, available: int, images: int = 1) -> int:
     """The largest square image side (a multiple of 8 and of the VAE factor) whose floor fits ``available``."""
-    multiple = max(8, int(vae_scale_factor))
+    multiple = side_multiple(vae_scale_factor)
     positions = math.isqrt(max(0, available // (_FLOAT32 * max(1, images))))
     side_latent = math.isqrt(positions)
     return max(0, side_latent * int(vae_scale_factor) // multiple * multiple)

@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from .curvature import CurvatureSubspace
 from .errors import ZoodipError
+from .image_side import check_side
 from .heap import limit_heap_arenas, return_large_blocks, trim_heap  # noqa: F401  (re-exported for callers)
 from .integrity import file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
 from .schedule import NoiseSchedule
@@ -438,12 +439,7 @@ class ExportedModel:
 
     def check_resolution(self, resolution: int) -> int:
         """The latent size for an image resolution, or a clear error."""
-        if not isinstance(resolution, int) or resolution <= 0 or resolution % 8 or resolution % self.vae_scale_factor:
-            raise ZoodipError(
-                f"resolution {resolution} is not a positive multiple of {max(8, self.vae_scale_factor)}: "
-                f"use e.g. {self.sample_size * self.vae_scale_factor}"
-            )
-        return resolution // self.vae_scale_factor
+        return check_side("resolution", resolution, self.vae_scale_factor, self.default_resolution) // self.vae_scale_factor
 
     @property
     def default_resolution(self) -> int:

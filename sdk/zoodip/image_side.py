@@ -1,0 +1,37 @@
+"""The one rule for an image side (a resolution, a height, a width): a positive multiple of 8 and of the
+model's VAE factor.
+
+The VAE maps ``vae_scale_factor`` pixels to one latent, so a side must divide by it; SD tools
+(diffusers' pipelines, A1111) take multiples of 8, the SD VAE's factor, and so does zoodip where no model
+is at hand yet (a CLI flag checked before the export folder is read, a benchmark's flag).
+Everything that accepts a side asks here, so the rule and its message are written once.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import ZoodipError
+
+SIDE_MULTIPLE = 8
+
+
+def side_multiple(vae_scale_factor: int = 1) -> int:
+    """The step of valid sides: a multiple of both 8 and the VAE factor."""
+    return math.lcm(SIDE_MULTIPLE, int(vae_scale_factor))
+
+
+def side_problem(value: object, vae_scale_factor: int = 1) -> str | None:
+    """None for a valid side, else what is wrong with it, as the end of a sentence naming the value."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 or value % side_multiple(vae_scale_factor):
+        return f"must be a positive multiple of {side_multiple(vae_scale_factor)}, got {value!r}"
+    return None
+
+
+def check_side(name: str, value: object, vae_scale_factor: int = 1, example: int | None = None) -> int:
+    """``value`` as an int, or a one-line error naming ``name`` (a flag or argument) and, if given, an ``example``."""
+    problem = side_problem(value, vae_scale_factor)
+    if problem:
+        raise ZoodipError(f"{name} {problem}" + (f": use e.g. {example}" if example else ""))
+    return int(value)  # type: ignore[arg-type]  (side_problem has checked it is an integer)
