@@ -4,14 +4,18 @@ against W8A32): the same jobs, each run scored with its own weights, so ``qualit
     python benchmarks/compare_runs.py RUN_A/results.json RUN_B/results.json [--method zoodip]
     python benchmarks/compare_runs.py RUN_A/results.json RUN_B/results.json --method 'default[n=8]' --method-b default
     python benchmarks/compare_runs.py RUN/results.json RUN/results.json --method A --method-b B --at 4500
+    python benchmarks/compare_runs.py RUN_A/results.json RUN_B/results.json --method default --by-concept
 
 Prints, per metric the benchmark scores, at the end of the budget (or, with ``--at F``, at each run's last checkpoint
 within F forwards), both means and the paired difference A - B with a 95% bootstrap interval over the jobs both ran
-(jobs resampled together: a hard concept is hard in both runs).
+(jobs resampled together: a hard concept is hard in both runs). ``--by-concept`` adds each concept's means
+(over its jobs, one per training seed): a mean difference can hide one concept that a change costs and the
+others it helps.
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -53,11 +57,33 @@ def record_at(records: list[dict], at: int | None, side: str, job: str) -> dict:
     return within[-1]
 
 
-def compare(run_a: dict, run_b: dict, method: str, method_b: str | None = None, at: int | None = None) -> list[str]:
+def concept_of(job: str) -> str:
+    """A world job's concept: its name without the training seed (``purple-diamond-s2`` -> ``purple-diamond``)."""
+    return re.sub(r"-s\d+$", "", job)
+
+
+def by_concept(a: dict[str, dict], b: dict[str, dict], jobs: list[str], metrics: list[str]) -> list[str]:
+    """One Markdown row per concept: for each metric, mean A / mean B (A - B) over the concept's jobs."""
+    rows = ["| concept | jobs | " + " | ".join(f"{metric}: A / B (A - B)" for metric in metrics) + " |",
+            "|---|---|" + "---|" * len(metrics)]
+    for concept in sorted({concept_of(job) for job in jobs}, key=[concept_of(job) for job in jobs].index):
+        mine = [job for job in jobs if concept_of(job) == concept]
+        cells = []
+        for metric in metrics:
+            x = np.mean([a[job][metric] for job in mine])
+            y = np.mean([b[job][metric] for job in mine])
+            cells.append(f"{x:.3f} / {y:.3f} ({x - y:+.3f})")
+        rows.append(f"| {concept} | {len(mine)} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def compare(run_a: dict, run_b: dict, method: str, method_b: str | None = None, at: int | None = None,
+            concepts: bool = False) -> list[str]:
     """One Markdown row per metric: mean A, mean B, A - B [95% interval], jobs (those both runs scored).
 
     ``method`` in A against ``method_b`` (default: the same method) in B: a variant against the method it varies.
-    ``at``: compare each run's last checkpoint within that many forwards instead of the end of the run."""
+    ``at``: compare each run's last checkpoint within that many forwards instead of the end of the run.
+    ``concepts``: then a table of each concept's means (:func:`by_concept`) for the metrics compared."""
     if run_a["task"] != run_b["task"]:
         raise ZoodipError(f"the runs are of different tasks ({run_a['task']} and {run_b['task']}): compare like with like")
     method_b = method_b or method
@@ -81,6 +107,7 @@ def compare(run_a: dict, run_b: dict, method: str, method_b: str | None = None, 
                 and seed_of(run_a.get("meta", {}), job) != seed_of(run_b.get("meta", {}), job)]
 
     other_photos, other_noise = differing(concept_reference_seed), differing(generation_seed)
+    compared = []
     for metric in metric_names(run_a["task"]):
         if metric == "concept_fidelity" and other_photos:
             continue  # a mean over photos that differ between the runs: not a paired difference
@@ -89,6 +116,7 @@ def compare(run_a: dict, run_b: dict, method: str, method_b: str | None = None, 
             continue  # not scored at that checkpoint of every job (e.g. held-out prompts in an older run)
         x, y = (np.array(side, np.float64) for side in zip(*values))
         lo, hi = paired_difference_ci(x, y)
+        compared.append(metric)
         rows.append(f"| {metric} | {x.mean():.3f} | {y.mean():.3f} | {x.mean() - y.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] | {len(jobs)} |")
     if at is not None:
         spans = [sorted({record["forwards"] for record in side.values()}) for side in (a, b)]
@@ -101,6 +129,8 @@ def compare(run_a: dict, run_b: dict, method: str, method_b: str | None = None, 
         rows.append(f"\n{len(other_noise)} of {len(jobs)} jobs' images were generated from other noise in the two "
                     f"runs ({', '.join(other_noise[:3])}{' ...' if len(other_noise) > 3 else ''}): their differences "
                     "include the generation noise")
+    if concepts:
+        rows += [""] + by_concept(a, b, jobs, compared)
     return rows
 
 
@@ -125,12 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method-b", default=None, help="run B's method, if it has another name (default: --method)")
     parser.add_argument("--at", type=int, default=None, metavar="FORWARDS",
                         help="compare each run's last checkpoint within FORWARDS forwards (default: the end of each run)")
+    parser.add_argument("--by-concept", action="store_true", help="also each concept's means over its jobs")
     try:
         args = parser.parse_args(argv)
         if args.at is not None and args.at < 0:
             raise ZoodipError(f"--at must be a number of forwards >= 0, got {args.at}")
         runs = [read_run(path) for path in (args.run_a, args.run_b)]
-        print("\n".join(compare(*runs, args.method, args.method_b, args.at)))
+        print("\n".join(compare(*runs, args.method, args.method_b, args.at, args.by_concept)))
     except ZoodipError as error:
         return print_error(error)
     except (KeyError, TypeError, IndexError, ValueError) as error:  # a results.json damaged inside

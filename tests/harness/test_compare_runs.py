@@ -142,3 +142,20 @@ def test_at_compares_each_runs_last_checkpoint_within_a_budget(tmp_path: Path, c
     paths[0].write_text(json.dumps(curve([1500, 3000], {"x": [0.7, 0.9], "y": [0.6, 0.8]})))  # no step-0 record
     assert compare_runs.main([str(p) for p in paths] + ["--at", "1000"]) == 2
     assert "run A has no checkpoint of x within 1000 forwards (its first is at 1500): give a larger --at" in capsys.readouterr().err
+
+
+def test_by_concept_shows_the_concept_a_mean_hides(tmp_path: Path, capsys) -> None:
+    # Two concepts over two seeds each: A costs "hard" 0.2 and gives "easy" 0.2, a mean difference of 0.
+    a = _run({"easy-s0": 0.9, "easy-s1": 0.9, "hard-s0": 0.5, "hard-s1": 0.7})
+    b = _run({"easy-s0": 0.7, "easy-s1": 0.7, "hard-s0": 0.7, "hard-s1": 0.9})
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, run in zip(paths, (a, b)):
+        path.write_text(json.dumps(run))
+    assert compare_runs.main([str(p) for p in paths]) == 0
+    assert "| concept |" not in capsys.readouterr().out  # only on request
+    assert compare_runs.main([str(p) for p in paths] + ["--by-concept"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert next(line for line in out if line.startswith("| prompt_fidelity")).split("|")[4].strip().startswith("+0.000")
+    rows = {line.split("|")[1].strip(): line for line in out if line.startswith(("| easy ", "| hard "))}
+    assert rows["easy"].startswith("| easy | 2 | 0.900 / 0.700 (+0.200) |")
+    assert rows["hard"].startswith("| hard | 2 | 0.600 / 0.800 (-0.200) |")
