@@ -66,7 +66,7 @@ def by_concept(a: dict[str, dict], b: dict[str, dict], jobs: list[str], metrics:
     """One Markdown row per concept: for each metric, mean A / mean B (A - B) over the concept's jobs."""
     rows = ["| concept | jobs | " + " | ".join(f"{metric}: A / B (A - B)" for metric in metrics) + " |",
             "|---|---|" + "---|" * len(metrics)]
-    for concept in sorted({concept_of(job) for job in jobs}, key=[concept_of(job) for job in jobs].index):
+    for concept in dict.fromkeys(concept_of(job) for job in jobs):  # in the jobs' order, once each
         mine = [job for job in jobs if concept_of(job) == concept]
         cells = []
         for metric in metrics:
