@@ -135,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.forwards < 1 or args.busy < 1:
         return print_error(ZoodipError("--forwards and --busy must be >= 1"))
-    if side_problem(args.resolution):
-        return print_error(ZoodipError(f"--resolution {side_problem(args.resolution)}"))
+    resolution_problem = side_problem(args.resolution)
+    if resolution_problem:
+        return print_error(ZoodipError(f"--resolution {resolution_problem}"))
     try:
         model = Path(args.model) if args.model else default_model()
         settings = {}

@@ -14,8 +14,8 @@ from . import validation
 from .embeddings import MAX_VECTORS, a1111_file_name
 from .errors import ZoodipError
 from .generate import MAX_IMAGES
-from .image_side import check_side
 from .gradient_estimate import DIRECTIONS, check_mu
+from .image_side import check_side
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .lr_schedule import LENGTH_DEPENDENT, LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT, RuntimeOptions

@@ -24,8 +24,9 @@ def side_multiple(vae_scale_factor: int = 1) -> int:
 
 def side_problem(value: object, vae_scale_factor: int = 1) -> str | None:
     """None for a valid side, else what is wrong with it, as the end of a sentence naming the value."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 or value % side_multiple(vae_scale_factor):
-        return f"must be a positive multiple of {side_multiple(vae_scale_factor)}, got {value!r}"
+    multiple = side_multiple(vae_scale_factor)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0 or value % multiple:
+        return f"must be a positive multiple of {multiple}, got {value!r}"
     return None
 
 

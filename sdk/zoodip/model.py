@@ -19,8 +19,8 @@ import onnxruntime as ort
 
 from .curvature import CurvatureSubspace
 from .errors import ZoodipError
-from .image_side import check_side
 from .heap import limit_heap_arenas, return_large_blocks, trim_heap  # noqa: F401  (re-exported for callers)
+from .image_side import check_side
 from .integrity import file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
 from .schedule import NoiseSchedule
 from .tokenizer import CLIPTokenizer
