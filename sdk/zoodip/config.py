@@ -1,9 +1,12 @@
 """PersonalizeConfig: every setting of a personalization run, its checks and its fingerprint."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import types
+import typing
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -32,6 +35,20 @@ VAE_SAMPLING = ("once", "per-step")
 def positive_int(name: str, value: object, minimum: int = 1) -> None:
     """Refuse a setting that is not an integer >= minimum, naming its flag (validation.positive_int's check)."""
     validation.positive_int(f"--{name}", value, minimum)
+
+
+@functools.cache
+def _switch_fields(cls: type) -> dict[str, bool]:
+    """The on/off fields of a dataclass: {name: whether None is allowed}, from the resolved annotations
+    (``bool``, ``bool | None``, ``Optional[bool]`` alike), not from how they are spelled."""
+    hints = typing.get_type_hints(cls)
+    switches = {}
+    for field in fields(cls):
+        hint = hints[field.name]
+        members = set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
+        if members in ({bool}, {bool, type(None)}):
+            switches[field.name] = type(None) in members
+    return switches
 
 
 @dataclass
@@ -143,11 +160,10 @@ class PersonalizeConfig:
     def _check_switches(self) -> None:
         """On/off settings must be True or False (or None where the field allows it): 'yes' or 1 would read as
         True without a word (an API user's mistake; the CLI's flags are booleans already)."""
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if field.type in ("bool", "bool | None") and not (
-                    isinstance(value, bool) or (value is None and field.type == "bool | None")):
-                raise ZoodipError(f"{field.name} must be True or False, got {value!r}")
+        for name, allows_none in _switch_fields(type(self)).items():
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or (value is None and allows_none)):
+                raise ZoodipError(f"{name} must be True or False, got {value!r}")
 
     @classmethod
     def check_method_settings(cls, **settings: object) -> None:

@@ -1,6 +1,9 @@
 """PersonalizeConfig refuses values of the wrong kind in one line, before any model is loaded (API users)."""
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 import pytest
 
 from zoodip.config import PersonalizeConfig
@@ -27,3 +30,22 @@ def test_right_kinds_pass_and_are_normalized() -> None:
     config = PersonalizeConfig(**BASE, t_range=[300.0, 700], adam_betas=[0.9, 0.99], batched=None, flip=True)
     assert config.t_range == (300, 700) and isinstance(config.t_range[0], int)
     assert config.adam_betas == (0.9, 0.99)
+
+
+def test_switches_are_found_by_their_resolved_type_not_their_spelling() -> None:
+    # A field written Optional[bool] (or in a module without postponed annotations) is the same switch as
+    # one written "bool | None": both must refuse 'yes'.
+    from zoodip.config import _switch_fields
+
+    @dataclasses.dataclass
+    class Extended(PersonalizeConfig):
+        dry_run: typing.Optional[bool] = None  # the spelling under test
+        strict: bool = False
+        level: int = 1
+
+    found = _switch_fields(Extended)
+    assert found["dry_run"] is True and found["strict"] is False and "level" not in found
+    assert found["batched"] is True and found["flip"] is False
+    with pytest.raises(ZoodipError, match="dry_run must be True or False, got 'yes'"):
+        Extended(**BASE, dry_run="yes")
+    assert Extended(**BASE, dry_run=None, strict=True).strict is True
