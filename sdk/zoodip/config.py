@@ -37,18 +37,27 @@ def positive_int(name: str, value: object, minimum: int = 1) -> None:
     validation.positive_int(f"--{name}", value, minimum)
 
 
+_UNION_ORIGINS = (typing.Union, getattr(types, "UnionType", typing.Union))  # X | Y is types.UnionType from 3.10
+_OPTIONAL_BOOL_SPELLINGS = {"bool|None", "None|bool", "Optional[bool]", "Union[bool,None]", "Union[None,bool]"}
+
+
+def _switch_kind(annotation: object) -> bool | None:
+    """None if ``annotation`` is not an on/off type; else whether it allows None (``bool | None``).
+
+    Read from the annotation's meaning, not one spelling: ``bool``, ``bool | None``, ``Optional[bool]``,
+    ``typing.Union[None, bool]`` alike, as strings (postponed annotations; not evaluated, since Python 3.9
+    cannot evaluate ``bool | None``) or as types."""
+    if isinstance(annotation, str):
+        spelled = annotation.replace(" ", "").replace("typing.", "")
+        return False if spelled == "bool" else True if spelled in _OPTIONAL_BOOL_SPELLINGS else None
+    members = set(typing.get_args(annotation)) if typing.get_origin(annotation) in _UNION_ORIGINS else {annotation}
+    return False if members == {bool} else True if members == {bool, type(None)} else None
+
+
 @functools.cache
 def _switch_fields(cls: type) -> dict[str, bool]:
-    """The on/off fields of a dataclass: {name: whether None is allowed}, from the resolved annotations
-    (``bool``, ``bool | None``, ``Optional[bool]`` alike), not from how they are spelled."""
-    hints = typing.get_type_hints(cls)
-    switches = {}
-    for field in fields(cls):
-        hint = hints[field.name]
-        members = set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
-        if members in ({bool}, {bool, type(None)}):
-            switches[field.name] = type(None) in members
-    return switches
+    """The on/off fields of a dataclass: {name: whether None is allowed}."""
+    return {field.name: kind for field in fields(cls) if (kind := _switch_kind(field.type)) is not None}
 
 
 @dataclass

@@ -49,3 +49,16 @@ def test_switches_are_found_by_their_resolved_type_not_their_spelling() -> None:
     with pytest.raises(ZoodipError, match="dry_run must be True or False, got 'yes'"):
         Extended(**BASE, dry_run="yes")
     assert Extended(**BASE, dry_run=None, strict=True).strict is True
+
+
+@pytest.mark.parametrize("annotation,kind", [
+    ("bool", False), ("bool | None", True), ("None | bool", True), ("Optional[bool]", True),
+    ("typing.Optional[bool]", True), ("typing.Union[None, bool]", True), (bool, False),
+    (typing.Optional[bool], True), ("int", None), ("bool | int", None), ("list[bool]", None), (int, None),
+    (typing.Optional[int], None),
+])
+def test_switch_kind_reads_the_meaning_of_an_annotation(annotation, kind) -> None:
+    from zoodip.config import _switch_kind
+
+    assert _switch_kind(annotation) is kind
+
