@@ -245,10 +245,10 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
         raise ValueError(f"method {text!r}: coords applies to ti-backprop with curvature=F only")
     if spec.draws < 0 or (spec.draws and spec.kind == "init"):
         raise ValueError(f"method {text!r}: draws=K takes K >= 0, on a method that trains")
-    res_problem = None if spec.res is None else side_problem(spec.res) or (  # the SDK's --resolution rule
-        "applies to a method that trains" if spec.kind == "init" else None)
-    if res_problem:
-        raise ValueError(f"method {text!r}: res=PX {res_problem}")
+    if spec.res is not None:
+        res_problem = side_problem(spec.res)  # the SDK's --resolution rule
+        if res_problem or spec.kind == "init":
+            raise ValueError(f"method {text!r}: res=PX {res_problem or 'applies to a method that trains'}")
     if spec.num_vectors != 1 and spec.kind not in ("zo", "es"):
         raise ValueError(f"method {text!r}: num_vectors applies to the forward-only methods (the SDK's loop) only")
     return spec

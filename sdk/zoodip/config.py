@@ -49,9 +49,12 @@ def _switch_kind(annotation: object) -> bool | None:
     cannot evaluate ``bool | None``) or as types."""
     if isinstance(annotation, str):
         spelled = annotation.replace(" ", "").replace("typing.", "")
-        return False if spelled == "bool" else True if spelled in _OPTIONAL_BOOL_SPELLINGS else None
-    members = set(typing.get_args(annotation)) if typing.get_origin(annotation) in _UNION_ORIGINS else {annotation}
-    return False if members == {bool} else True if members == {bool, type(None)} else None
+        is_bool, is_optional_bool = spelled == "bool", spelled in _OPTIONAL_BOOL_SPELLINGS
+    else:
+        union = typing.get_origin(annotation) in _UNION_ORIGINS
+        members = set(typing.get_args(annotation)) if union else {annotation}
+        is_bool, is_optional_bool = members == {bool}, members == {bool, type(None)}
+    return True if is_optional_bool else False if is_bool else None
 
 
 @functools.cache

@@ -32,7 +32,7 @@ def test_right_kinds_pass_and_are_normalized() -> None:
     assert config.adam_betas == (0.9, 0.99)
 
 
-def test_switches_are_found_by_their_resolved_type_not_their_spelling() -> None:
+def test_switches_are_found_by_their_meaning_not_one_spelling() -> None:
     # A field written Optional[bool] (or in a module without postponed annotations) is the same switch as
     # one written "bool | None": both must refuse 'yes'.
     from zoodip.config import _switch_fields
