@@ -81,6 +81,7 @@ class MethodSpec:
     vocab: float | None = None  # ZO directions in the token table's principal subspace holding this variance
     curvature: float | None = 0.0  # curvature subspace fraction (zoodip.curvature); 0: off, None: the SDK's automatic
     adam_state: str = "float64"  # ZO-Adam's moment dtype; "float16" is the authors' code (zoodip.zo.ZOAdam)
+    adam_eps: float = 1e-3  # ZO-Adam's eps (PersonalizeConfig.adam_eps; the paper's 1e-3)
     clip: float | None = None  # ZO-Adam's estimate clipping, x RMS norm (PersonalizeConfig.clip_estimate)
     schedule: str = "constant"  # learning-rate schedule (zoodip.lr_schedule.LR_SCHEDULERS)
     pop: int = 8  # ES population (antithetic pairs * 2); one generation costs pop forwards
@@ -137,6 +138,8 @@ class MethodSpec:
                 out["adam_state_dtype"] = self.adam_state
             if self.clip is not None:
                 out["clip_estimate"] = self.clip
+            if self.adam_eps != MethodSpec.adam_eps:
+                out["adam_eps"] = self.adam_eps
             if self.directions != "gaussian":
                 out["directions"] = self.directions
             if self.ortho_after is not None:
@@ -213,6 +216,8 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
             changes[key] = int(value)
         elif key in ("lr", "mu", "nu", "sigma", "weight_decay", "vocab", "curvature", "clip"):
             changes[key] = float(value)
+        elif key == "eps":
+            changes["adam_eps"] = float(value)
         elif key == "mode":
             if value not in ("history-span", "principal"):
                 raise ValueError(f"method {text!r}: mode must be history-span or principal")
@@ -325,7 +330,7 @@ def _zo_config(spec: MethodSpec, job: Job, export_dir: Path, out_dir: Path, step
         export_dir=export_dir, images=Path(job.photos), output_dir=out_dir, placeholder_token=job.placeholder,
         initializer_token=job.initializer, max_train_steps=steps, learning_rate=spec.learning_rate(), seed=seed,
         n=spec.n, directions=spec.directions, orthogonal_after=spec.ortho_after, orthogonal_n=spec.ortho_n, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, subspace_mode=spec.mode, t_range=t_range,
-        vocabulary_variance=spec.vocab, curvature_fraction=spec.curvature, adam_state_dtype=spec.adam_state, clip_estimate=spec.clip,
+        vocabulary_variance=spec.vocab, curvature_fraction=spec.curvature, adam_state_dtype=spec.adam_state, adam_eps=spec.adam_eps, clip_estimate=spec.clip,
         lr_scheduler=spec.schedule, num_vectors=spec.num_vectors, eval_every=0, checkpoint_every=0, threads=1,
         flip=spec.flip, vae_sampling=spec.vae, resolution=spec.res,
         template_file=TEXTUAL_INVERSION_TEMPLATE_FILES["object"] if spec.templates == "ti" else None,

@@ -54,6 +54,10 @@ def test_parse_method_variants():
     assert qm._zo_config(paper16, qm.Job(name="j", photos="p", placeholder="<j>", initializer="dog"), Path("e"),
                          Path("o"), steps=3, seed=0, num_train_timesteps=1000).adam_state_dtype == "float16"
     assert qm.parse_method("zoodip[adam16=0]").adam_state == "float64"
+    eps = qm.parse_method("default[eps=1e-4]")
+    assert eps.adam_eps == 1e-4 and eps.describe()["adam_eps"] == 1e-4 and "adam_eps" not in paper16.describe()
+    assert qm._zo_config(eps, qm.Job(name="j", photos="p", placeholder="<j>", initializer="dog"), Path("e"),
+                         Path("o"), steps=3, seed=0, num_train_timesteps=1000).adam_eps == 1e-4
     ortho = qm.parse_method("default[n=30,ortho=1]")
     assert ortho.directions == "orthogonal" and ortho.describe()["directions"] == "orthogonal"
     assert "directions" not in paper16.describe() and ortho.forwards_per_step == 31
