@@ -214,10 +214,8 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
                 changes["t_range"] = (int(lo), int(hi))
         elif key in ("n", "tau", "pop", "num_vectors", "ortho_after", "ortho_n", "draws", "res"):
             changes[key] = int(value)
-        elif key in ("lr", "mu", "nu", "sigma", "weight_decay", "vocab", "curvature", "clip"):
-            changes[key] = float(value)
-        elif key == "eps":
-            changes["adam_eps"] = float(value)
+        elif key in ("lr", "mu", "nu", "sigma", "weight_decay", "vocab", "curvature", "clip", "eps"):
+            changes["adam_eps" if key == "eps" else key] = float(value)
         elif key == "mode":
             if value not in ("history-span", "principal"):
                 raise ValueError(f"method {text!r}: mode must be history-span or principal")
