@@ -29,146 +29,12 @@ from typing import TYPE_CHECKING, Sequence
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .console import OneLineParser, print_error, ProgressBar, duration, one_line_warning  # noqa: E402
-from .config import OPTIMIZERS, VAE_SAMPLING  # noqa: E402
-from .curvature import DEFAULT_CURVATURE_FRACTION  # noqa: E402
+from .cli_flags import add_generate_flags, add_personalize_flags  # noqa: E402
 from .errors import ZoodipError  # noqa: E402
 from .foreign_flags import foreign_flag_problem  # noqa: E402
-from .lr_schedule import LR_SCHEDULERS  # noqa: E402
-from .model import DEFAULT_SPIN_WAIT  # noqa: E402
-from .prompts import LEARNABLE_PROPERTIES  # noqa: E402
-from .samplers import SAMPLERS  # noqa: E402
-from .timesteps import PAPER_T_RANGE  # noqa: E402
-from .gradient_estimate import DIRECTIONS  # noqa: E402
-from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES  # noqa: E402
 
 if TYPE_CHECKING:
     import numpy as np
-
-
-def add_spin_wait_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--spin-wait", choices=("on", "off"), default="on" if DEFAULT_SPIN_WAIT else "off",
-                        help="onnxruntime's idle threads poll (on) or sleep (off) between parallel sections; "
-                             "polling takes cores other apps need on a shared CPU (benchmarks/threads.py)")
-
-
-def add_personalize_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of ``zoodip personalize`` (diffusers' names where diffusers has the feature)."""
-    _add_run_flags(p)
-    _add_method_flags(p)
-    _add_photo_flags(p)
-    _add_output_flags(p)
-
-
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    """The model, the photos, the token, the length and the learning rate."""
-    p.add_argument("--model", "--pretrained_model_name_or_path", dest="model", required=True, help="zoodip export folder")
-    p.add_argument("--train_data_dir", required=True, help="folder with 3-10 photos of the concept")
-    p.add_argument("--output_dir", required=True, help="where the embedding, checkpoint and log go")
-    p.add_argument("--placeholder_token", default="<concept>", help="the new word, e.g. '<my-dog>'")
-    p.add_argument("--initializer_token", default="object", help="one existing word close to the concept")
-    p.add_argument("--num_vectors", type=int, default=1,
-                   help="vectors per token, as diffusers' flag: the token stands for K learned vectors, all starting "
-                        "at the initializer word; forward-only training searches K times the dimensions, so it needs "
-                        "more steps for the same progress (default 1)")
-    p.add_argument("--learnable_property", choices=LEARNABLE_PROPERTIES, default="object")
-    p.add_argument("--resolution", type=int, default=None,
-                   help="training resolution (default: the model's). A lower one makes each step cheaper but teaches "
-                        "the token what the model draws at that size, which need not carry over to full size "
-                        "(benchmarks/README.md, 'Cheaper forwards')")
-    p.add_argument("--max_train_steps", type=int, default=1000,
-                   help="ZO steps, n+1 UNet forwards each. Forward-only training needs many more forwards than "
-                        "backprop: how many, measured per world and budget, is in benchmarks/README.md")
-    p.add_argument("--learning_rate", type=float, default=1e-2)
-    p.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default="constant",
-                   help="learning-rate schedule, diffusers' formulas (default: constant)")
-    p.add_argument("--lr_warmup_steps", type=int, default=0,
-                   help="steps rising linearly from 0 to --learning_rate (not with constant, as in diffusers)")
-    p.add_argument("--seed", type=int, default=0)
-
-
-def _add_method_flags(p: argparse.ArgumentParser) -> None:
-    """The ZO method: directions, perturbation, Subspace Gradient, search subspaces, timesteps, optimizer."""
-    p.add_argument("--n", type=int, default=2, help="random directions per step (n+1 forwards per step)")
-    p.add_argument("--directions", choices=DIRECTIONS, default="gaussian",
-                   help="gaussian: n independent random directions (the paper); orthogonal: n orthogonal ones, "
-                        "which with --n equal to the searched dimension give its exact finite-difference gradient")
-    p.add_argument("--orthogonal-after", type=int, default=None, metavar="FORWARDS",
-                   help="two phases: gaussian directions until FORWARDS training forwards are spent, then orthogonal "
-                        "frames of --orthogonal-n directions (default: the searched dimension) every step")
-    p.add_argument("--orthogonal-n", type=int, default=None, metavar="N",
-                   help="directions per step after --orthogonal-after (N+1 forwards a step)")
-    p.add_argument("--mu", type=float, default=1e-3, help="finite-difference perturbation")
-    p.add_argument("--tau", type=int, default=None,
-                   help="Subspace Gradient history length (default: the paper's 128, or half the embedding width "
-                        "on models narrower than 256)")
-    p.add_argument("--nu", type=float, default=1e-3, help="Subspace Gradient: variance fraction dropped")
-    p.add_argument("--no-subspace", action="store_true", help="turn Subspace Gradient off (ablation)")
-    p.add_argument("--subspace-mode", choices=PROJECTION_MODES, default="history-span",
-                   help="history-span: the authors' code (default); principal: project onto the kept components "
-                        "only (stalls over long runs, see benchmarks/README.md)")
-    p.add_argument("--vocabulary-subspace", type=float, default=None, metavar="FRACTION",
-                   help="draw the random directions inside the token table's principal subspace holding FRACTION "
-                        "of its variance (not in the paper; default: the whole embedding space). Try 0.95 on "
-                        "768-wide models such as SD1.5; on narrow, near-isotropic tables it costs a little")
-    p.add_argument("--curvature-subspace", type=float, default=None, metavar="FRACTION",
-                   help="draw the random directions inside the model's curvature subspace holding FRACTION of its "
-                        f"stored spectrum (not in the paper; default: {DEFAULT_CURVATURE_FRACTION} where the export has "
-                        "one and --vocabulary-subspace is not given)")
-    p.add_argument("--no-curvature-subspace", action="store_true",
-                   help="search the whole embedding space, as the paper does")
-    p.add_argument("--t-range", nargs=2, type=int, default=list(PAPER_T_RANGE), metavar=("T_MIN", "T_MAX"),
-                   help="PUTS timestep range [T_MIN, T_MAX); 0 1000 is uniform sampling")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    p.add_argument("--adam-state-dtype", choices=ADAM_STATE_DTYPES, default="float64",
-                   help="ZO-Adam's moment storage. float16 reproduces the ZOODiP authors' code, whose fp16 second "
-                        "moment stays near 0 for small estimates, so their steps are close to lr * m_hat / eps "
-                        "(default: float64)")
-    p.add_argument("--clip-estimate", type=float, default=None, metavar="KAPPA",
-                   help="clip each gradient estimate's norm to KAPPA (above 1) times the RMS norm of the estimates "
-                        "so far, against the rare huge estimates of a heavy-tailed loss (not in the paper; "
-                        "default: off)")
-
-
-def _add_photo_flags(p: argparse.ArgumentParser) -> None:
-    """Captions, templates and how the photos are cropped and flipped."""
-    p.add_argument("--captions", default=None, help="JSON {image file name: caption containing the placeholder}")
-    p.add_argument("--template_file", default=None, metavar="PATH",
-                   help="A1111 prompt templates, one a line: [name] is the token, [filewords] the .txt caption "
-                        "beside each photo (instead of the built-in templates)")
-    p.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True,
-                   help="crop each photo to its centered square (default); --no-center_crop squashes the whole "
-                        "photo into the square, as diffusers does without --center_crop")
-    p.add_argument("--flip", action="store_true", help="random horizontal flips (the authors' code and diffusers flip with p=0.5)")
-    p.add_argument("--vae-sampling", choices=VAE_SAMPLING, default="once",
-                   help="once: one sample of each photo's VAE posterior, cached (default); per-step: a fresh sample "
-                        "each step, as the authors' code and diffusers' script")
-
-
-def _add_output_flags(p: argparse.ArgumentParser) -> None:
-    """Evaluation, checkpoints, snapshots, previews, resources, resuming and progress."""
-    p.add_argument("--sequential", action="store_true", help="run the n+1 UNet evaluations one by one (less memory; the default for SD-size UNets, small ones run them as one batch)")
-    p.add_argument("--eval-every", type=int, default=50, help="steps between evaluation losses (0: never)")
-    p.add_argument("--checkpointing_steps", type=int, default=50)
-    p.add_argument("--save_steps", type=int, default=0,
-                   help="also save the embedding every N steps as learned_embeds-steps-N.safetensors (0: never)")
-    p.add_argument("--a1111", action="store_true",
-                   help="also write the embedding as A1111 keeps one: NAME.safetensors (emb_params) beside "
-                        "learned_embeds.safetensors, NAME being the token without <>, A1111's trigger word")
-    p.add_argument("--validation_prompt", default=None,
-                   help="preview prompt (with the token): every --validation_steps a PNG grid validation-steps-N.png "
-                        "is written into --output_dir (each costs 2 x 25 UNet forwards per image)")
-    p.add_argument("--num_validation_images", type=int, default=4, help="images per preview (default 4, as diffusers)")
-    p.add_argument("--validation_steps", type=int, default=100, help="steps between previews (default 100, as diffusers)")
-    p.add_argument("--early-stop-patience", type=int, default=0, help="stop after this many evaluations without improvement")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
-    add_spin_wait_flag(p)
-    p.add_argument("--memory-budget", type=int, default=None, metavar="MB", help="low-memory mode within MB (implies --sequential); "
-                   "--validation_prompt previews are generated within it too")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output_dir from its checkpoint")
-    p.add_argument("--resume_from_checkpoint", default=None, metavar="latest",
-                   help="diffusers' spelling of --resume; zoodip keeps one checkpoint per run, so only 'latest'")
-    p.add_argument("--progress-jsonl", default=None, metavar="PATH", help="also stream progress as JSON lines ('-' = stdout)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _curvature_fraction(args: argparse.Namespace) -> float | None:
@@ -438,31 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_personalize_flags(sub.add_parser("personalize", help="learn a new token from a few photos"))
 
     g = sub.add_parser("generate", help="generate images, optionally with learned tokens")
-    g.add_argument("--model", required=True, help="zoodip export folder")
-    g.add_argument("--prompt", required=True)
-    g.add_argument("--negative-prompt", default="")
-    g.add_argument("--embedding", action="append", metavar="PATH[:TOKEN]",
-                   help="learned embedding file (diffusers or A1111 .safetensors), optionally renamed to TOKEN; "
-                        "an A1111 file answers to its file name, as in A1111; repeatable")
-    # diffusers' pipeline arguments are accepted too: num_inference_steps, num_images_per_prompt.
-    g.add_argument("--steps", "--num-inference-steps", dest="steps", type=int, default=25)
-    g.add_argument("--guidance-scale", type=float, default=7.5)
-    g.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0])
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--height", type=int, default=None)
-    g.add_argument("--width", type=int, default=None)
-    g.add_argument("--num-images", "--num-images-per-prompt", dest="num_images", type=int, default=1, help="images per call; more than one: --out is their grid "
-                   "and each is also written as OUT-1.png, OUT-2.png, ...")
-    g.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
-    add_spin_wait_flag(g)
-    g.add_argument("--memory-budget", type=int, default=None, metavar="MB",
-                   help="generate within MB: one UNet pass at a time, one graph in memory at a time, and the VAE "
-                        "decoding in overlapping tiles where the whole image would not fit")
-    g.add_argument("--latents", default=None, metavar="FILE.npy",
-                   help="initial latents [images, 4, height/8, width/8] instead of the seed's (diffusers' latents=); "
-                        "the same latents give the same images in diffusers")
-    g.add_argument("--save-latents", default=None, metavar="FILE.npy", help="write the initial latents used")
-    g.add_argument("--out", default="out.png")
+    add_generate_flags(g)
 
     v = sub.add_parser("verify", help="check every file of an export folder against the manifest's sha256 values")
     v.add_argument("model", help="zoodip export folder")
