@@ -229,7 +229,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     images = generate(model, args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                       guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
                       height=args.height, width=args.width, num_images=args.num_images, added_embeddings=added,
-                      token_groups=groups, latents=latents)
+                      token_groups=groups, latents=latents, prompt_weighting=args.prompt_weighting)
     for image, path in zip(images, singles):
         save_image(image, path)
     save_image(images[0] if len(images) == 1 else image_grid([images]), out)

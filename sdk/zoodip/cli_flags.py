@@ -6,6 +6,7 @@ import argparse
 
 from .config import OPTIMIZERS, VAE_SAMPLING
 from .curvature import DEFAULT_CURVATURE_FRACTION
+from .emphasis import PROMPT_WEIGHTINGS
 from .gradient_estimate import DIRECTIONS
 from .lr_schedule import LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT
@@ -153,6 +154,9 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", "--num-inference-steps", dest="steps", type=int, default=25)
     g.add_argument("--guidance-scale", type=float, default=7.5)
     g.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0])
+    g.add_argument("--prompt-weighting", choices=PROMPT_WEIGHTINGS, default=PROMPT_WEIGHTINGS[0],
+                   help="none: brackets are plain text, as in diffusers; a1111: AUTOMATIC1111's emphasis, (words) x1.1, "
+                        "[words] /1.1, (words:1.3) x1.3, \\( for a literal bracket")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)

@@ -31,6 +31,8 @@ import numpy as np
 from PIL import Image
 
 from .embeddings import check_hidden_size
+from .emphasis import (check_prompt_weighting, emphasis_free_text, emphasize, looks_weighted, unsupported_problems,
+                       weighted_token_ids)
 from .errors import ZoodipError
 from .image_side import check_side
 from .images import to_pil
@@ -86,6 +88,7 @@ def generate(
     eta: float = 0.0,
     token_groups: Sequence[Sequence[str]] | None = None,
     latents: np.ndarray | None = None,
+    prompt_weighting: str = "none",
 ) -> list[Image.Image]:
     """Generate ``num_images`` images for ``prompt``; returns RGB PIL images of ``width`` x ``height``.
 
@@ -103,19 +106,18 @@ def generate(
         batch_cfg: the unconditional and conditional passes as one batch; False: one by one (less memory).
             Ignored under a memory budget, which runs every pass alone.
         eta: DDIM noise (0 = deterministic); only for ``sampler="ddim"``.
-        token_groups: the names of each embedding (``embeddings.load_embeddings``' groups; default:
-            each added token alone). One warning per group none of whose names the prompts use
-            within the text encoder's 77 tokens.
-        latents: the initial latents, unit variance, ``[num_images, channels, height/8, width/8]``, instead
-            of the seed's (``initial_latents``); the seed still drives DDIM's ``eta`` noise. diffusers'
-            ``latents=`` argument is the same array, so the same latents give the same images there.
+        token_groups: the names of each embedding (``embeddings.load_embeddings``' groups; default: each added
+            token alone); one warning per group that the prompts do not use within the text encoder's 77 tokens.
+        latents: initial latents ``[num_images, channels, height/8, width/8]`` (unit variance) instead of the seed's;
+            the seed still drives DDIM's ``eta`` noise. diffusers' ``latents=`` takes the same array (same images).
+        prompt_weighting: "none" (brackets are text, as in diffusers) or "a1111" (A1111's emphasis, ``zoodip.emphasis``).
 
     A model loaded with ``RuntimeOptions(memory_budget_mb=...)`` generates within that budget (see the module's doc).
     """
-    _check_settings(prompt, negative_prompt, sampler, num_images, guidance_scale, eta, seed)
+    _check_settings(prompt, negative_prompt, sampler, num_images, guidance_scale, eta, seed, prompt_weighting)
     h, w = _latent_size(model, height, width)  # a size that cannot fit in memory: refused now
     plan = plan_decode(model, h, w, budget := memory_budget_mb(model))
-    encode = _prompt_encoder(model, added_embeddings, token_groups, [prompt, negative_prompt], num_images)
+    encode = _prompt_encoder(model, added_embeddings, token_groups, [prompt, negative_prompt], num_images, prompt_weighting)
     g = float(guidance_scale)
     cond, uncond = _conditioning(model, encode, prompt, negative_prompt, g, budget)
     model_fn = _guided(model, cond, uncond, g, batch_cfg and budget is None, one_image_at_a_time=budget is not None)
@@ -154,18 +156,22 @@ def decode_latents(model: Any, latents: np.ndarray, plan: DecodePlan | None = No
 
 
 def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | None,
-                    token_groups: Sequence[Sequence[str]] | None, prompts: list[str], copies: int):
+                    token_groups: Sequence[Sequence[str]] | None, prompts: list[str], copies: int,
+                    weighting: str = "none"):
     """Text conditioning: ``encode(text)`` gives one row per prompt, repeated per image; one warning per
-    added token group that ``prompts`` never use within the 77 tokens."""
+    added token group that ``prompts`` never use within the 77 tokens, and per emphasis it cannot honour."""
     tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
     groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
-    problems = (truncation_problems(tokenizer, prompts) + token_use_problems(tokenizer, prompts, groups)
-                + unloaded_token_problems(prompts, [name for names in groups for name in names], tokenizer))
+    weighted = weighting == "a1111"
+    read = [emphasis_free_text(text) for text in prompts] if weighted else prompts  # the words the encoder gets
+    problems = (truncation_problems(tokenizer, read) + token_use_problems(tokenizer, read, groups)
+                + unloaded_token_problems(read, [name for names in groups for name in names], tokenizer)
+                + _emphasis_problems(prompts, weighted))
     for problem in problems:
         warnings.warn(problem, stacklevel=3)
 
     def encode(text: str) -> np.ndarray:
-        return _encode_prompt(model, tokenizer, extra_rows, known_added, text, copies)
+        return _encode_prompt(model, tokenizer, extra_rows, known_added, text, copies, weighted)
 
     return encode
 
@@ -189,17 +195,30 @@ def _checked_latents(latents: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return latents.astype(np.float32)
 
 
-def _encode_prompt(model: Any, tokenizer: Any, extra_rows: Any, known_added: Any, text: str, copies: int) -> np.ndarray:
-    """The text encoder's states for ``text`` (its added tokens checked), repeated ``copies`` times."""
-    ids = np.asarray(tokenizer([text]), dtype=np.int64)
+def _encode_prompt(model: Any, tokenizer: Any, extra_rows: Any, known_added: Any, text: str, copies: int,
+                   weighted: bool = False) -> np.ndarray:
+    """The text encoder's states for ``text`` (its added tokens checked; with ``weighted``, A1111's emphasis
+    applied), repeated ``copies`` times."""
+    ids, weights = weighted_token_ids(tokenizer, text) if weighted else (np.asarray(tokenizer([text]), np.int64), None)
     _check_added_ids(ids, tokenizer.base_vocab_size, known_added, text)
     states = np.asarray(model.encode_text(ids, extra_rows), dtype=np.float32)
+    states = states if weights is None else emphasize(states, weights)
     return np.repeat(states, copies, axis=0)
 
 
+def _emphasis_problems(prompts: Sequence[str], weighted: bool) -> list[str]:
+    """Emphasis syntax read as plain text (A1111's explicit weights, under "none"), or not read at all (BREAK)."""
+    if weighted:
+        return [problem for text in prompts if text for problem in unsupported_problems(text)]
+    return [f"the prompt {_shortened(text)} uses A1111's emphasis syntax '(words:1.3)', read here as plain text "
+            "(as diffusers does): pass --prompt-weighting a1111 (prompt_weighting='a1111') to weight the words"
+            for text in prompts if text and looks_weighted(text)]
+
+
 def _check_settings(prompt: object, negative_prompt: object, sampler: str, num_images: int, guidance_scale: object,
-                    eta: float, seed: object) -> None:
+                    eta: float, seed: object, prompt_weighting: object = "none") -> None:
     """generate()'s settings that need no model, each refused in one line."""
+    check_prompt_weighting(prompt_weighting)
     if sampler not in SAMPLERS:
         raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
     check_num_images(num_images)

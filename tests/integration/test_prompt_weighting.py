@@ -1,0 +1,103 @@
+"""generate(prompt_weighting="a1111") and ``zoodip generate --prompt-weighting``: A1111's emphasis on the tiny export."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zoodip.cli import main
+from zoodip.errors import ZoodipError
+from zoodip.generate import generate
+from zoodip.model import ExportedModel
+
+SETTINGS = dict(steps=2, seed=5, guidance_scale=3.0)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_export):
+    return ExportedModel.load(tiny_export)
+
+
+class ConditioningSpy:
+    """The model, recording the text states each UNet pass is conditioned on."""
+
+    def __init__(self, model):
+        self._model, self.states = model, []
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def unet(self, sample, timestep, encoder_hidden_states):
+        self.states.append(np.array(encoder_hidden_states))
+        return self._model.unet(sample, timestep, encoder_hidden_states)
+
+
+def pixels(images) -> np.ndarray:
+    return np.asarray(images[0])
+
+
+def test_a_prompt_without_emphasis_gives_the_same_images(model):
+    plain = pixels(generate(model, "a red star", negative_prompt="blurry", **SETTINGS))
+    for prompt, negative in (("a red star", "blurry"), ("a (red:1) star", "(blurry:1.0)")):  # weight 1: no emphasis
+        assert np.array_equal(plain, pixels(generate(model, prompt, negative_prompt=negative,
+                                                     prompt_weighting="a1111", **SETTINGS)))
+    for prompt, negative in (("a (red) star", "blurry"), ("a red star", "[blurry]")):  # 1.1, 1/1.1
+        assert not np.array_equal(plain, pixels(generate(model, prompt, negative_prompt=negative,
+                                                         prompt_weighting="a1111", **SETTINGS)))
+
+
+def test_the_unet_sees_the_weighted_rescaled_states(model):
+    spy = ConditioningSpy(model)
+    generate(spy, "a photo of a (red:1.5) star", guidance_scale=1.0, steps=1, seed=0, prompt_weighting="a1111")
+    ids = model.tokenizer(["a photo of a red star"])
+    states = np.asarray(model.encode_text(ids), np.float32)[0]
+    red = 1 + len(model.tokenizer.encode("a photo of a"))  # after the start token
+    weights = np.ones(states.shape[0], np.float32)
+    weights[red] = 1.5
+    expected = states * weights[:, None]
+    expected *= states.mean(dtype=np.float64) / expected.mean(dtype=np.float64)
+    assert len(spy.states) == 1 and np.allclose(spy.states[0][0], expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(spy.states[0][0], states, rtol=1e-3, atol=1e-4)
+
+
+def test_learned_tokens_can_be_weighted(model):
+    rng = np.random.default_rng(1)
+    added = {"<thing>": rng.standard_normal((2, model.hidden_size)).astype(np.float32)}  # two vectors
+    spy = ConditioningSpy(model)
+    generate(spy, "a (<thing>:2) on a table", guidance_scale=1.0, steps=1, added_embeddings=added,
+             prompt_weighting="a1111")
+    plain = ConditioningSpy(model)
+    generate(plain, "a <thing> on a table", guidance_scale=1.0, steps=1, added_embeddings=added)
+    ratio = spy.states[0][0] / plain.states[0][0]
+    scale = ratio[0, 0]  # the start token: weight 1, times the rescale
+    assert np.allclose(ratio[2:4], 2 * scale, rtol=1e-4) and np.allclose(ratio[4:], scale, rtol=1e-4)
+
+
+def test_what_cannot_be_honoured_is_said(model):
+    with pytest.warns(UserWarning, match=r"uses A1111's emphasis syntax '\(words:1.3\)', read here as plain text"):
+        generate(model, "a (red:1.3) star", steps=1)
+    with pytest.warns(UserWarning, match="BREAK"):
+        generate(model, "a red star BREAK blue", steps=1, prompt_weighting="a1111")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(model, "a (red:1.3) star", steps=1, prompt_weighting="a1111")  # honoured: nothing to say
+    with pytest.raises(ZoodipError, match="unknown prompt_weighting"):
+        generate(model, "a star", steps=1, prompt_weighting="A1111")
+    with pytest.raises(ZoodipError, match="cannot read the emphasis weight"):
+        generate(model, "a (star:1..2)", steps=1, prompt_weighting="a1111")
+
+
+def test_the_cli_flag(tiny_export, tmp_path, capsys):
+    common = ["generate", "--model", str(tiny_export), "--steps", "2", "--threads", "1"]
+    for name, flags in (("plain", ["--prompt", "a red star"]),
+                        ("none", ["--prompt", "a (red:1.6) star"]),
+                        ("a1111", ["--prompt", "a (red:1.6) star", "--prompt_weighting", "a1111"])):
+        assert main(common + flags + ["--out", str(tmp_path / f"{name}.png")]) == 0, capsys.readouterr().err
+    assert "read here as plain text" in capsys.readouterr().err
+    images = {name: np.asarray(Image.open(tmp_path / f"{name}.png")) for name in ("plain", "none", "a1111")}
+    assert not np.array_equal(images["plain"], images["a1111"]) and not np.array_equal(images["none"], images["a1111"])
+    assert main(common + ["--prompt", "a star", "--prompt-weighting", "compel", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid choice: 'compel'" in err and not (tmp_path / "x.png").exists()

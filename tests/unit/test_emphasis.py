@@ -1,0 +1,111 @@
+"""zoodip.emphasis: AUTOMATIC1111's prompt emphasis read into per-token weights, and the weights applied."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from zoodip.emphasis import (PROMPT_WEIGHTINGS, check_prompt_weighting, emphasis_free_text, emphasize, looks_weighted,
+                             parse_emphasis, unsupported_problems, weighted_token_ids)
+from zoodip.errors import ZoodipError
+from zoodip.tokenizer import CLIPTokenizer
+from zoodip_export.clip_vocab import write_clip_tokenizer_files
+
+R, S = 1.1, 1 / 1.1  # A1111's round and square bracket factors
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("normal text", [("normal text", 1.0)]),
+    ("an (important) word", [("an ", 1.0), ("important", R), (" word", 1.0)]),
+    ("a ((very)) [quiet] dog", [("a ", 1.0), ("very", R * R), (" ", 1.0), ("quiet", S), (" dog", 1.0)]),
+    ("a (cat:1.5) and a (dog: 0.25 )", [("a ", 1.0), ("cat", 1.5), (" and a ", 1.0), ("dog", 0.25)]),
+    ("((cat:1.5) on a mat)", [("cat", 1.5 * R), (" on a mat", R)]),
+    ("(x:-1)", [("x", -1.0)]),
+    # Unclosed brackets weight the rest of the prompt; an unmatched closer is plain text.
+    ("(unbalanced", [("unbalanced", R)]),
+    ("[unbalanced", [("unbalanced", S)]),
+    ("a (b [c", [("a ", 1.0), ("b ", R), ("c", R * S)]),
+    ("a) b] c", [("a) b] c", 1.0)]),
+    # Escapes are the characters themselves; a backslash before anything else is dropped.
+    (r"\(literal\] \\ end", [(r"(literal] \ end", 1.0)]),
+    (r"a\b", [("ab", 1.0)]),
+    # Neighbours of one weight are one piece (tokenized together, as in A1111).
+    ("(unnecessary)(parens)", [("unnecessaryparens", R)]),
+    # A ':' that does not close "(x:w)" is text, and so is ":w)" with no "(" open.
+    ("ratio 3:2", [("ratio 3:2", 1.0)]),
+    ("x:1.2) y", [("x:1.2) y", 1.0)]),
+    ("(a:b)", [("a:b", R)]),
+    ("", [("", 1.0)]),
+    ("()", [("", 1.0)]),
+])
+def test_parse_emphasis(prompt, expected):
+    got = parse_emphasis(prompt)
+    assert [text for text, _ in got] == [text for text, _ in expected]
+    assert np.allclose([w for _, w in got], [w for _, w in expected], rtol=1e-12, atol=0)
+
+
+def test_weights_multiply_through_nesting_as_a1111_rounds_them():
+    """The house example of A1111's parser documentation: the open '(' at the start covers everything."""
+    got = dict(parse_emphasis("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky)))."))
+    assert got["house"] == 1.3 * 1.1 * 1.1 and got["on"] == 1.0 and got["hill"] == 0.5 * 1.1
+    assert got["sky"] == 1.1 * 1.1 * 1.1 * 1.1 and got[", sun, "] == 1.1
+
+
+def test_an_unreadable_weight_is_one_clear_error():
+    with pytest.raises(ZoodipError, match=r"cannot read the emphasis weight '1\.2\.3'"):
+        parse_emphasis("(cat:1.2.3)")
+    with pytest.raises(ZoodipError, match="unknown prompt_weighting 'compel'"):
+        check_prompt_weighting("compel")
+    for choice in PROMPT_WEIGHTINGS:
+        check_prompt_weighting(choice)
+
+
+def test_which_prompts_are_said_to_look_weighted():
+    assert looks_weighted("a (cat:1.3) on a mat") and looks_weighted("(cat: .5 )")
+    assert not looks_weighted("a (cat) on a mat") and not looks_weighted("ratio 3:2 (approx)")
+    assert unsupported_problems("a cat BREAK a hat") and not unsupported_problems("a breakfast, break")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> CLIPTokenizer:
+    return CLIPTokenizer.from_folder(write_clip_tokenizer_files(tmp_path_factory.mktemp("tok") / "sd1"))
+
+
+def test_token_weights_line_up_with_the_tokens(tokenizer):
+    ids, weights = weighted_token_ids(tokenizer, "a photo of a (shiny:1.5) [red] car")
+    assert np.array_equal(ids, tokenizer(["a photo of a shiny red car"]))  # the brackets are not tokens
+    n = len(tokenizer.encode("a photo of a"))
+    expected = np.ones(ids.shape, np.float32)
+    expected[0, 1 + n] = 1.5  # after the start token
+    expected[0, 2 + n] = np.float32(S)
+    assert np.array_equal(weights, expected) and weights.dtype == np.float32
+    # The text the prompt checks read tokenizes as the weighted prompt does, a bracket ending a word.
+    assert np.array_equal(tokenizer([emphasis_free_text("a photo of a (shiny:1.5) [red] car")]), ids)
+    assert np.array_equal(tokenizer([emphasis_free_text("(big)car")]), tokenizer(["big car"]))
+
+
+def test_token_weights_are_cut_with_the_tokens(tokenizer):
+    ids, weights = weighted_token_ids(tokenizer, "dog " * 74 + "(cat cat cat:2)")
+    assert np.array_equal(ids, tokenizer(["dog " * 74 + "cat cat cat"]))  # 77 tokens: the last two cats cut
+    assert weights[0, 75] == 2.0 and weights[0, 74] == 1.0 and weights[0, 76] == 1.0  # 76: the end token
+    assert weighted_token_ids(tokenizer, "")[1].tolist() == np.ones((1, 77)).tolist()
+
+
+def test_emphasize_weights_tokens_and_keeps_the_mean():
+    rng = np.random.default_rng(0)
+    states = (rng.standard_normal((2, 77, 8)) + 0.3).astype(np.float32)
+    weights = np.ones((2, 77), np.float32)
+    assert np.array_equal(emphasize(states, weights), states)  # no emphasis: the states themselves
+    weights[0, 3], weights[1, 5] = 1.5, 0.5
+    out = emphasize(states, weights)
+    assert out.dtype == np.float32
+    assert np.allclose(out.mean(axis=(1, 2)), states.mean(axis=(1, 2)), rtol=1e-5)
+    ratio = out / states  # one scale per row, times the token's weight
+    for row, token in ((0, 3), (1, 5)):
+        scale = np.delete(ratio[row], token, axis=0)
+        assert np.allclose(scale, scale[0, 0], rtol=1e-5)
+        assert np.allclose(ratio[row, token], scale[0, 0] * weights[row, token], rtol=1e-5)
+    ones, cancelling = np.ones((1, 77, 2), np.float32), np.ones((1, 77), np.float32)
+    cancelling[0, 0] = -76.0  # the weighted states' mean is 0: no rescale to make (A1111 divides by zero)
+    assert np.array_equal(emphasize(ones, cancelling), ones * cancelling[..., None])
+    with pytest.raises(ZoodipError, match="finite"):
+        emphasize(states, np.full((2, 77), np.nan, np.float32))
