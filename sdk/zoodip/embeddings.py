@@ -255,14 +255,15 @@ def _read_pickled(path: Path) -> tuple[str, np.ndarray]:
     return chosen[0], vectors
 
 
-def _stored_tensors(saved: Any, prefix: str = "") -> dict[str, StoredTensor]:
-    """The tensors of an unpickled object by dotted name (``string_to_param.*``); a bare tensor is ``emb_params``."""
+def _stored_tensors(saved: Any, prefix: str = "", depth: int = 4) -> dict[str, StoredTensor]:
+    """The tensors of an unpickled object by dotted name (``string_to_param.*``), a bare tensor as ``emb_params``,
+    to ``depth`` levels of dicts (an embedding's are within 2; a pickle may nest dicts in themselves)."""
     if isinstance(saved, StoredTensor):
         return {prefix[:-1] or "emb_params": saved}
-    if not isinstance(saved, dict):
+    if not isinstance(saved, dict) or depth == 0:
         return {}
     return {name: tensor for key, value in saved.items() if isinstance(key, str)
-            for name, tensor in _stored_tensors(value, f"{prefix}{key}.").items()}
+            for name, tensor in _stored_tensors(value, f"{prefix}{key}.", depth - 1).items()}
 
 
 def check_hidden_size(vectors: np.ndarray, hidden: int, path: str | os.PathLike[str]) -> None:

@@ -81,22 +81,24 @@ def _rebuild_parameter(data: Any, *_: Any) -> Any:
     return data
 
 
-_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch", "Size"): tuple,
-    **{("torch", name): _StorageType(name) for name in _STORAGES},
+# What a name in the pickle may resolve to. Each lookup makes a new object: a pickle can set attributes on
+# what it is given (BUILD), which must not reach this module's functions or outlive the read.
+_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
+    ("collections", "OrderedDict"): lambda: OrderedDict,  # immutable built-in types
+    ("torch", "Size"): lambda: tuple,
+    ("torch._utils", "_rebuild_tensor"): lambda: lambda *args: _rebuild_tensor(*args),
+    ("torch._utils", "_rebuild_tensor_v2"): lambda: lambda *args: _rebuild_tensor(*args),
+    ("torch._utils", "_rebuild_parameter"): lambda: lambda *args: _rebuild_parameter(*args),
+    **{("torch", name): (lambda name=name: _StorageType(name)) for name in _STORAGES},
 }
 
 
 class _ClosedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        found = _GLOBALS.get((module, name))
-        if found is None:
+        make = _GLOBALS.get((module, name))
+        if make is None:
             raise ZoodipError(f"it holds a {module}.{name} object, and zoodip unpickles only tensors and plain containers")
-        return found
+        return make()
 
     def persistent_load(self, pid: Any) -> _StorageRef:
         # torch's reference to a storage: ("storage", storage type, key, location, number of elements)
@@ -145,8 +147,10 @@ def _unpickled(archive: zipfile.ZipFile, root: str) -> Any:
     pickled = archive.getinfo(f"{root}data.pkl")
     if pickled.file_size > MAX_PICKLE_BYTES:
         raise ZoodipError(f"its pickle takes {pickled.file_size} bytes, more than an embedding's")
-    if f"{root}byteorder" in archive.namelist() and archive.read(f"{root}byteorder").strip() != b"little":
-        raise ZoodipError("it was saved on a big-endian machine")
+    if f"{root}byteorder" in archive.namelist():
+        byteorder = archive.getinfo(f"{root}byteorder")
+        if byteorder.file_size > 16 or archive.read(byteorder).strip() != b"little":
+            raise ZoodipError("it was not saved on a little-endian machine")
     return _ClosedUnpickler(io.BytesIO(archive.read(pickled))).load()
 
 

@@ -146,3 +146,31 @@ def test_a_pickle_cannot_rewrite_a_tensor_record_after_it_is_checked(tmp_path):
     assert np.array_equal(load_embedding_file(tmp_path / "plain.pt")[1][0], np.arange(768))  # the hand-made file reads
     with pytest.raises(ZoodipError, match="rewritten.pt cannot be read as a torch.save file: a tensor has an invalid"):
         load_embedding_file(tmp_path / "rewritten.pt")
+
+
+def test_nested_and_self_containing_pickles_end_in_one_line(tmp_path):
+    deep = {"<x>": torch.zeros(768)}
+    for _ in range(50):
+        deep = {"d": deep}
+    cyclic = {"<x>": torch.zeros(768)}
+    cyclic["self"] = cyclic  # the pickle's memo makes the dict contain itself
+    for name, saved in (("deep", deep), ("cyclic", cyclic)):
+        torch.save(saved, tmp_path / f"{name}.pt")
+    with pytest.raises(ZoodipError, match="holds no tensors"):
+        load_embedding_file(tmp_path / "deep.pt")
+    with pytest.raises(ZoodipError, match=r"holds 4 tensors \(<x>, self.<x>, self.self.<x>"):  # not a RecursionError
+        load_embedding_file(tmp_path / "cyclic.pt")
+
+
+def test_a_pickle_cannot_change_what_later_reads_resolve_names_to(tmp_path):
+    """BUILD on an object find_class returned: the read after it sees fresh objects."""
+    torch.save({"<x>": torch.arange(768, dtype=torch.float32)}, tmp_path / "good.pt")
+    float_storage = b"ctorch\nFloatStorage\n"
+    tamper = (b"\x80\x02" + float_storage + b"}X\x04\x00\x00\x00nameX\x0b\x00\x00\x00HalfStoragesb"  # its name -> Half
+              b"ctorch._utils\n_rebuild_tensor_v2\n" b"N}X\x0c\x00\x00\x00__defaults__(K\x07ts\x86b"  # and defaults
+              b"\x86.")
+    with zipfile.ZipFile(tmp_path / "tamper.pt", "w") as archive:
+        archive.writestr("a/data.pkl", tamper)
+    with pytest.raises(ZoodipError, match="holds no tensors"):
+        load_embedding_file(tmp_path / "tamper.pt")
+    assert np.array_equal(load_embedding_file(tmp_path / "good.pt")[1][0], np.arange(768))
