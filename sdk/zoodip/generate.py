@@ -44,9 +44,11 @@ from .samplers import (
     dpm_timesteps,
     euler_init_noise_sigma,
     euler_timesteps,
+    karras_schedule,
     sample_ddim,
     sample_dpmpp_2m,
     sample_euler,
+    sample_euler_ancestral,
     sigmas_at,
 )
 from .vae_tiles import decode_tiled
@@ -56,7 +58,8 @@ from .vae_tiles import decode_tiled
 MAX_IMAGES = 64
 # Each diffusers scheduler's own default spacing: what a pipeline uses when the scheduler config
 # does not name one (diffusers' from_config does not carry defaults across scheduler classes).
-_DEFAULT_SPACING = {"dpmpp_2m": "linspace", "ddim": "leading", "euler": "linspace"}
+_DEFAULT_SPACING = {"dpmpp_2m": "linspace", "ddim": "leading", "euler": "linspace", "dpmpp_2m_karras": "linspace",
+                    "euler_a": "linspace"}
 
 ProgressCallback = Callable[[int, int, np.ndarray], None]
 """``callback(step, total, latents)``: after each denoising step (``step`` counts from 1); ``latents``
@@ -109,7 +112,7 @@ def generate(
         token_groups: the names of each embedding (``embeddings.load_embeddings``' groups; default: each added
             token alone); one warning per group that the prompts do not use within the text encoder's 77 tokens.
         latents: initial latents ``[num_images, channels, height/8, width/8]`` (unit variance) instead of the seed's;
-            the seed still drives DDIM's ``eta`` noise. diffusers' ``latents=`` takes the same array (same images).
+            the seed still drives DDIM's ``eta`` and euler_a's noise. diffusers' ``latents=`` takes the same array.
         prompt_weighting: "none" (brackets are text, as in diffusers) or "a1111" (A1111's emphasis, ``zoodip.emphasis``).
 
     A model loaded with ``RuntimeOptions(memory_budget_mb=...)`` generates within that budget (see the module's doc).
@@ -294,9 +297,17 @@ def run_sampler(
     if sampler == "dpmpp_2m":
         timesteps = dpm_timesteps(num_train, steps, spacing=spacing, offset=offset)  # type: ignore[arg-type]
         return sample_dpmpp_2m(model_fn, noise, ac, timesteps, prediction_type, callback=on_step)
-    if sampler == "euler":
+    if sampler == "dpmpp_2m_karras":  # the Karras sigmas span the whole schedule: no spacing applies
+        sigmas, timesteps = karras_schedule(ac, steps)
+        return sample_dpmpp_2m(model_fn, noise, ac, timesteps, prediction_type, sigmas=sigmas, callback=on_step)
+    if sampler in ("euler", "euler_a"):
         timesteps = euler_timesteps(num_train, steps, spacing=spacing, offset=offset)  # type: ignore[arg-type]
         init = euler_init_noise_sigma(float(sigmas_at(ac, timesteps[:1])[0]), spacing)
+        if sampler == "euler_a":
+            if rng is None:
+                raise ZoodipError("the euler_a sampler adds noise every step: pass rng (generate() passes the seed's)")
+            return sample_euler_ancestral(model_fn, noise, ac, timesteps, prediction_type, rng=rng, init_noise_sigma=init,
+                                          callback=on_step)
         return sample_euler(model_fn, noise, ac, timesteps, prediction_type, init_noise_sigma=init, callback=on_step)
     raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
 

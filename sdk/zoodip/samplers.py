@@ -10,8 +10,10 @@ Stable Diffusion configuration (tested to ~1e-6 against them):
 * ``sample_dpmpp_2m``  - ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 2, midpoint,
                          ``lower_order_final``, final sigma 0)
 * ``sample_euler``     - ``EulerDiscreteScheduler`` (no churn)
+* ``sample_euler_ancestral`` - ``EulerAncestralDiscreteScheduler`` (A1111's "Euler a")
 
-and the ``*_timesteps`` functions reproduce the matching ``set_timesteps`` spacings. Notation: a
+and the ``*_timesteps`` functions reproduce the matching ``set_timesteps`` spacings; ``karras_schedule``
+reproduces ``use_karras_sigmas=True`` (with ``sample_dpmpp_2m``: A1111's "DPM++ 2M Karras"). Notation: a
 discrete timestep ``t`` has ``a_t = alphas_cumprod[t]``; the variance-preserving latent is
 ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps``, and ``sigma_t = sqrt((1 - a_t) / a_t)`` is the same point
 in k-diffusion's variance-exploding parameterization (``x_t / sqrt(a_t) = x0 + sigma_t eps``).
@@ -28,8 +30,9 @@ import numpy as np
 
 from .errors import ZoodipError
 
-# The samplers, by name (the CLI's --sampler choices; the first is the default).
-SAMPLERS = ("dpmpp_2m", "ddim", "euler")
+# The samplers, by name (the CLI's --sampler choices; the first is the default). A1111 calls the last two
+# "DPM++ 2M Karras" and "Euler a".
+SAMPLERS = ("dpmpp_2m", "ddim", "euler", "dpmpp_2m_karras", "euler_a")
 
 ModelFn = Callable[[np.ndarray, float], np.ndarray]
 """``model_fn(x, t)``: the model's output for latents ``x`` [B, C, h, w] at timestep ``t``."""
@@ -111,6 +114,25 @@ def sigmas_at(alphas_cumprod: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
     ac = np.asarray(alphas_cumprod, dtype=np.float64)
     table = np.sqrt((1.0 - ac) / ac)
     return np.interp(np.asarray(timesteps, dtype=np.float64), np.arange(len(table)), table)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. 2022 (EDM), eq. 5: ``steps`` noise levels from ``sigma_max`` down to ``sigma_min``,
+    ``sigma_i = (sigma_max^(1/rho) + i / (steps - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``,
+    spaced so that the small ones, where detail is decided, get more steps."""
+    ramp = np.linspace(0.0, 1.0, steps)
+    top, bottom = float(sigma_max) ** (1.0 / rho), float(sigma_min) ** (1.0 / rho)
+    return (top + ramp * (bottom - top)) ** rho
+
+
+def karras_schedule(alphas_cumprod: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """``use_karras_sigmas=True``: Karras sigmas between the training schedule's smallest and largest, and the
+    integer timesteps the model is called at (each sigma's place on the log-sigma table, rounded), as diffusers
+    sets them. The sampler steps between the sigmas themselves, not between the rounded timesteps' sigmas."""
+    table = sigmas_at(alphas_cumprod, np.arange(len(alphas_cumprod)))
+    sigmas = karras_sigmas(float(table[0]), float(table[-1]), steps)
+    timesteps = np.round(np.interp(np.log(sigmas), np.log(table), np.arange(len(table)))).astype(np.int64)
+    return sigmas, timesteps
 
 
 def euler_init_noise_sigma(sigma_max: float, spacing: str) -> float:
@@ -209,17 +231,19 @@ def sample_dpmpp_2m(
     timesteps: np.ndarray,
     prediction_type: str = "epsilon",
     *,
+    sigmas: np.ndarray | None = None,
     callback: StepCallback | None = None,
 ) -> np.ndarray:
     """DPM-Solver++(2M) (Lu et al. 2022) from unit noise ``x_T``, ending at sigma 0.
 
     The multistep second-order update in the data-prediction (x0) form, midpoint variant. The
     first step has no history and the last one goes to sigma 0 (where log-SNR is infinite), so
-    both are first order (= DDIM), as in diffusers with ``final_sigmas_type="zero"``.
+    both are first order (= DDIM), as in diffusers with ``final_sigmas_type="zero"``. ``sigmas``: the steps'
+    noise levels where they are not the timesteps' own (``karras_schedule``).
     """
     x, ac, ts = _check_inputs(x_T, alphas_cumprod, timesteps, prediction_type)
     # k-diffusion sigmas of the steps, then 0; lambda = log(alpha/sigma_vp) = -log(sigma).
-    sigmas = np.append(sigmas_at(ac, ts), 0.0)
+    sigmas = np.append(sigmas_at(ac, ts) if sigmas is None else _step_sigmas(sigmas, ts), 0.0)
     prev_x0: np.ndarray | None = None
 
     for i, t in enumerate(ts):
@@ -262,18 +286,66 @@ def sample_euler(
     trained on) and steps ``x += (x - x0) / sigma * (sigma_next - sigma)`` down to sigma 0.
     Returns the final latents, which at sigma 0 are the same in both parameterizations.
     """
-    x, ac, ts = _check_inputs(x_T, alphas_cumprod, timesteps, prediction_type)
-    sigmas = np.append(sigmas_at(ac, ts), 0.0)
-    scale = float(sigmas[0]) if init_noise_sigma is None else float(init_noise_sigma)
-    x = (x * scale).astype(np.float32, copy=False)
-
+    x, ts, sigmas = _euler_start(x_T, alphas_cumprod, timesteps, prediction_type, init_noise_sigma)
     for i, t in enumerate(ts):
         s_cur, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        c_in = 1.0 / math.sqrt(s_cur**2 + 1.0)
-        x_vp = (x * c_in).astype(np.float32, copy=False)
-        x0, _ = predict_x0_eps(model_fn(x_vp, float(t)), x_vp, c_in**2, prediction_type)
+        x0 = _denoised(model_fn, x, s_cur, float(t), prediction_type)
         derivative = (x - x0) / s_cur
         x = (x + derivative * (s_next - s_cur)).astype(np.float32, copy=False)
         if callback is not None:
             callback(i, float(t), x)
     return x
+
+
+def sample_euler_ancestral(
+    model_fn: ModelFn,
+    x_T: np.ndarray,
+    alphas_cumprod: np.ndarray,
+    timesteps: np.ndarray,
+    prediction_type: str = "epsilon",
+    *,
+    rng: np.random.Generator,
+    init_noise_sigma: float | None = None,
+    callback: StepCallback | None = None,
+) -> np.ndarray:
+    """Euler's method with fresh noise each step ("Euler a"; k-diffusion's ``sample_euler_ancestral``, eta 1).
+
+    Each step goes from ``sigma`` to ``sigma_next`` as two moves: deterministic down to ``sigma_down``, then
+    Gaussian noise of std ``sigma_up``, with ``sigma_up^2 = sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2`` and
+    ``sigma_down^2 = sigma_next^2 - sigma_up^2``, so the latent's noise level is ``sigma_next`` again. One draw of
+    ``rng`` per step (the last one multiplied by 0), as diffusers draws them.
+    """
+    x, ts, sigmas = _euler_start(x_T, alphas_cumprod, timesteps, prediction_type, init_noise_sigma)
+    for i, t in enumerate(ts):
+        s_cur, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        x0 = _denoised(model_fn, x, s_cur, float(t), prediction_type)
+        sigma_up = math.sqrt(s_next**2 * (s_cur**2 - s_next**2) / s_cur**2)
+        sigma_down = math.sqrt(s_next**2 - sigma_up**2)
+        x = x + (x - x0) / s_cur * (sigma_down - s_cur)
+        x = (x + rng.standard_normal(x.shape, dtype=np.float32) * sigma_up).astype(np.float32, copy=False)
+        if callback is not None:
+            callback(i, float(t), x)
+    return x
+
+
+def _euler_start(x_T: np.ndarray, alphas_cumprod: np.ndarray, timesteps: np.ndarray, prediction_type: str,
+                 init_noise_sigma: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Euler samplers' start: ``(init_noise_sigma * x_T, timesteps, their sigmas then 0)``."""
+    x, ac, ts = _check_inputs(x_T, alphas_cumprod, timesteps, prediction_type)
+    sigmas = np.append(sigmas_at(ac, ts), 0.0)
+    scale = float(sigmas[0]) if init_noise_sigma is None else float(init_noise_sigma)
+    return (x * scale).astype(np.float32, copy=False), ts, sigmas
+
+
+def _denoised(model_fn: ModelFn, x: np.ndarray, sigma: float, t: float, prediction_type: str) -> np.ndarray:
+    """The model's x0 for the sigma-parameterized ``x``: it is fed ``x / sqrt(sigma^2 + 1)``, the latent it was trained on."""
+    c_in = 1.0 / math.sqrt(sigma**2 + 1.0)
+    x_vp = (x * c_in).astype(np.float32, copy=False)
+    return predict_x0_eps(model_fn(x_vp, t), x_vp, c_in**2, prediction_type)[0]
+
+
+def _step_sigmas(sigmas: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    if sigmas.shape != timesteps.shape or not np.all(sigmas > 0):
+        raise ValueError(f"sigmas must be positive, one per timestep ({timesteps.shape}), got {sigmas.shape}")
+    return sigmas

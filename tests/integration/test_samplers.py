@@ -13,13 +13,17 @@ import pytest
 
 from zoodip.errors import ZoodipError
 from zoodip.samplers import (
+    SAMPLERS,
     ddim_timesteps,
     dpm_timesteps,
     euler_init_noise_sigma,
     euler_timesteps,
+    karras_schedule,
+    karras_sigmas,
     sample_ddim,
     sample_dpmpp_2m,
     sample_euler,
+    sample_euler_ancestral,
     sigmas_at,
 )
 
@@ -155,6 +159,57 @@ def test_euler_matches_diffusers(prediction_type: str, steps: int, spacing: str)
     assert rel_err(out, ref) < 1e-5
 
 
+@needs_diffusers
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps", [8, 20, 30])
+def test_dpmpp_2m_karras_matches_diffusers(prediction_type: str, steps: int) -> None:
+    scheduler = schedulers.DPMSolverMultistepScheduler(
+        **{k: v for k, v in SD_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one")},
+        prediction_type=prediction_type, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True,
+    )
+    ref, ref_ts = run_diffusers(scheduler, steps, noise())
+    ac = scheduler.alphas_cumprod.numpy().astype(np.float64)  # diffusers' float32 schedule: its sigma_min to 1e-7
+    sigmas, ts = karras_schedule(ac, steps)
+    np.testing.assert_array_equal(ts, ref_ts)
+    np.testing.assert_allclose(sigmas, scheduler.sigmas.numpy()[:-1], rtol=1e-6)
+    out = sample_dpmpp_2m(fake_model, noise(), ac, ts, prediction_type, sigmas=sigmas)
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_karras_sigmas_follow_the_papers_formula() -> None:
+    sigmas = karras_sigmas(0.03, 14.6, 5)
+    assert sigmas[0] == pytest.approx(14.6) and sigmas[-1] == pytest.approx(0.03)
+    roots = sigmas ** (1 / 7)
+    np.testing.assert_allclose(np.diff(roots), np.diff(roots)[0], rtol=1e-12)  # equal steps in sigma^(1/rho)
+
+
+@needs_diffusers
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps,spacing", [(10, "linspace"), (16, "leading"), (12, "trailing")])
+def test_euler_ancestral_matches_diffusers_with_the_same_noise(prediction_type: str, steps: int, spacing: str) -> None:
+    scheduler = schedulers.EulerAncestralDiscreteScheduler(
+        **{k: v for k, v in SD_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one")},
+        prediction_type=prediction_type, timestep_spacing=spacing,
+    )
+    ref, ref_ts = run_diffusers(scheduler, steps, noise(), generator=torch.Generator().manual_seed(7))
+    # diffusers draws one standard normal of the latents' shape per step from the generator: the same draws.
+    generator = torch.Generator().manual_seed(7)
+    draws = [torch.randn(SHAPE, generator=generator).numpy() for _ in range(steps)]
+
+    class Replay:
+        def standard_normal(self, shape, dtype):  # the one Generator method the sampler uses
+            assert tuple(shape) == SHAPE and dtype == np.float32
+            return draws.pop(0)
+
+    ts = euler_timesteps(1000, steps, spacing=spacing, offset=1)
+    np.testing.assert_allclose(ts, ref_ts, rtol=0, atol=1e-4)
+    ac = sd_alphas_cumprod()
+    init = euler_init_noise_sigma(float(sigmas_at(ac, ts[:1])[0]), spacing)
+    out = sample_euler_ancestral(fake_model, noise(), ac, ts, prediction_type, rng=Replay(),  # type: ignore[arg-type]
+                                 init_noise_sigma=init)
+    assert draws == [] and rel_err(out, ref) < 1e-5
+
+
 def test_timestep_spacings() -> None:
     np.testing.assert_array_equal(ddim_timesteps(1000, 10), np.arange(901, 0, -100))
     np.testing.assert_array_equal(dpm_timesteps(1000, 10)[[0, -1]], [999, 100])
@@ -259,7 +314,7 @@ def test_generate_sizes_and_seeds() -> None:
             generate(model, "a dog", **bad)
 
 
-@pytest.mark.parametrize("sampler", ["dpmpp_2m", "ddim", "euler"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_generate_batched_cfg_equals_sequential(sampler: str) -> None:
     batched, sequential = FakeModel(), FakeModel()
     x1 = final_latents(batched, "a red dog", negative_prompt="blurry", steps=5, sampler=sampler, num_images=2)
@@ -355,8 +410,9 @@ def test_generate_matches_the_diffusers_pipeline(tiny_sd_folder, tmp_path) -> No
     token, loaded = load_embedding_file(path)
 
     base_config = pipe.scheduler.config
-    for sampler, scheduler_class in (("dpmpp_2m", DPMSolverMultistepScheduler), ("ddim", DDIMScheduler)):
-        pipe.scheduler = scheduler_class.from_config(base_config)
+    for sampler, scheduler_class, options in (("dpmpp_2m", DPMSolverMultistepScheduler, {}), ("ddim", DDIMScheduler, {}),
+                                              ("dpmpp_2m_karras", DPMSolverMultistepScheduler, {"use_karras_sigmas": True})):
+        pipe.scheduler = scheduler_class.from_config(base_config, **options)
         shape = (2, model.latent_channels, model.sample_size, model.sample_size)
         noise = np.random.default_rng(3).standard_normal(shape, dtype=np.float32)  # what generate(seed=3) draws
         kwargs = dict(negative_prompt="blurry", guidance_scale=7.5)
@@ -366,3 +422,16 @@ def test_generate_matches_the_diffusers_pipeline(tiny_sd_folder, tmp_path) -> No
                         added_embeddings={token: loaded}, **kwargs)
         diff = np.abs(np.stack([np.asarray(im) for im in ours]).astype(int) - (ref * 255).round().astype(int))
         assert diff.max() <= 2 and diff.mean() < 0.05, (sampler, diff.max(), diff.mean())
+
+
+def test_euler_a_noise_comes_from_the_seed() -> None:
+    """Given the same initial latents, euler's result ignores the seed; euler_a's per-step noise follows it."""
+    start = np.random.default_rng(0).standard_normal((1, 4, 4, 4), dtype=np.float32)  # FakeModel: 32 px
+
+    def run(sampler: str, seed: int) -> np.ndarray:
+        return final_latents(FakeModel(), "a dog", steps=4, sampler=sampler, seed=seed, latents=start)
+
+    assert np.array_equal(run("euler", 7), run("euler", 8))
+    assert np.array_equal(run("euler_a", 7), run("euler_a", 7)) and not np.allclose(run("euler_a", 7), run("euler_a", 8))
+    with pytest.raises(ZoodipError, match="euler_a sampler adds noise every step: pass rng"):
+        run_sampler(FakeModel(), fake_model, noise(), sampler="euler_a", steps=3)
