@@ -38,34 +38,13 @@ from .image_side import check_side
 from .images import to_pil
 from .limits import check_image_size
 from .memory_plan import DecodePlan, memory_budget_mb, plan_decode
-from .samplers import (
-    SAMPLERS,
-    ddim_timesteps,
-    dpm_timesteps,
-    euler_init_noise_sigma,
-    euler_timesteps,
-    karras_schedule,
-    sample_ddim,
-    sample_dpmpp_2m,
-    sample_euler,
-    sample_euler_ancestral,
-    sigmas_at,
-)
+from .samplers import SAMPLERS
+from .sampling import ProgressCallback, run_sampler, scheduler_config  # noqa: F401  (scheduler_config: re-exported)
 from .vae_tiles import decode_tiled
 
 # Images per call: they are denoised as one UNet batch (twice that with guidance), whose activations
 # grow with the count; more than a grid's worth is asked for by mistake, not by design.
 MAX_IMAGES = 64
-# Each diffusers scheduler's own default spacing: what a pipeline uses when the scheduler config
-# does not name one (diffusers' from_config does not carry defaults across scheduler classes).
-_DEFAULT_SPACING = {"dpmpp_2m": "linspace", "ddim": "leading", "euler": "linspace", "dpmpp_2m_karras": "linspace",
-                    "euler_a": "linspace"}
-
-ProgressCallback = Callable[[int, int, np.ndarray], None]
-"""``callback(step, total, latents)``: after each denoising step (``step`` counts from 1); ``latents``
-is the sampler's current state [num_images, C, h, w], not yet decoded."""
-
-
 def check_num_images(num_images: object) -> None:
     """Images per call: 1 to MAX_IMAGES (checked before any file or model work)."""
     if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or not 1 <= num_images <= MAX_IMAGES:
@@ -261,76 +240,6 @@ def _guided(model: Any, cond: np.ndarray, uncond: np.ndarray | None, g: float, b
     if not one_image_at_a_time:
         return model_fn
     return lambda x, t: np.concatenate([model_fn(x[i : i + 1], t) for i in range(len(x))])
-
-
-def run_sampler(
-    model: Any,
-    model_fn: Callable[[np.ndarray, float], np.ndarray],
-    noise: np.ndarray,
-    *,
-    sampler: str = "dpmpp_2m",
-    steps: int = 25,
-    eta: float = 0.0,
-    rng: np.random.Generator | None = None,
-    callback: ProgressCallback | None = None,
-) -> np.ndarray:
-    """Denoise unit ``noise`` into latents with ``model``'s schedule and scheduler settings."""
-    schedule = model.schedule
-    ac = np.asarray(schedule.alphas_cumprod, dtype=np.float64)
-    num_train = int(schedule.num_train_timesteps)
-    prediction_type = str(schedule.prediction_type)
-    config = scheduler_config(model)
-    spacing = str(config.get("timestep_spacing") or _DEFAULT_SPACING[sampler])
-    offset = int(config.get("steps_offset", 0) or 0)
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_train:
-        raise ZoodipError(f"steps must be an integer from 1 to {num_train}, got {steps!r} (20-30 is typical)")
-
-    def on_step(i: int, t: float, x: np.ndarray) -> None:
-        if callback is not None:
-            callback(i + 1, int(steps), x)
-
-    if sampler == "ddim":
-        timesteps = ddim_timesteps(num_train, steps, offset=offset, spacing=spacing)  # type: ignore[arg-type]
-        final = 1.0 if config.get("set_alpha_to_one", True) else float(ac[0])
-        return sample_ddim(model_fn, noise, ac, timesteps, prediction_type, eta=eta,
-                           final_alpha_cumprod=final, rng=rng, callback=on_step)
-    if sampler == "dpmpp_2m":
-        timesteps = dpm_timesteps(num_train, steps, spacing=spacing, offset=offset)  # type: ignore[arg-type]
-        return sample_dpmpp_2m(model_fn, noise, ac, timesteps, prediction_type, callback=on_step)
-    if sampler == "dpmpp_2m_karras":  # the Karras sigmas span the whole schedule: no spacing applies
-        sigmas, timesteps = karras_schedule(ac, steps)
-        return sample_dpmpp_2m(model_fn, noise, ac, timesteps, prediction_type, sigmas=sigmas, callback=on_step)
-    if sampler in ("euler", "euler_a"):
-        timesteps = euler_timesteps(num_train, steps, spacing=spacing, offset=offset)  # type: ignore[arg-type]
-        init = euler_init_noise_sigma(float(sigmas_at(ac, timesteps[:1])[0]), spacing)
-        if sampler == "euler_a":
-            if rng is None:
-                raise ZoodipError("the euler_a sampler adds noise every step: pass rng (generate() passes the seed's)")
-            return sample_euler_ancestral(model_fn, noise, ac, timesteps, prediction_type, rng=rng, init_noise_sigma=init,
-                                          callback=on_step)
-        return sample_euler(model_fn, noise, ac, timesteps, prediction_type, init_noise_sigma=init, callback=on_step)
-    raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
-
-
-def scheduler_config(model: Any) -> dict[str, Any]:
-    """The model's diffusers scheduler config (for the inference-only keys: spacing, offset, ...).
-
-    Taken from ``model.scheduler_config`` when the model keeps it, else read from the export
-    folder; an unknown model gets Stable Diffusion's settings.
-    """
-    config = getattr(model, "scheduler_config", None)
-    if isinstance(config, Mapping):
-        return dict(config)
-    folder, manifest = getattr(model, "folder", None), getattr(model, "manifest", None)
-    if folder is not None and isinstance(manifest, Mapping) and manifest.get("scheduler"):
-        path = Path(folder) / str(manifest["scheduler"])
-        try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ZoodipError(f"cannot read {path} ({exc}): re-run 'zoodip export'") from None
-        if isinstance(loaded, dict):
-            return loaded
-    return {"steps_offset": 1, "set_alpha_to_one": False}
 
 
 def _unet(model: Any, x: np.ndarray, t: float, states: np.ndarray) -> np.ndarray:

@@ -1,0 +1,160 @@
+"""How a model samples: the sampler's timesteps for the model's scheduler config, the start latents (unit noise,
+or an image's latents noised to the first step for image-to-image), and the run.
+
+Image-to-image follows diffusers' img2img pipelines: of the ``steps`` timesteps the sampler would take from
+noise, it keeps the last ``int(steps * strength)`` (at least one), and starts from the image's latents ``x0``
+noised to the first kept step's noise level ``sigma``: ``x0 + sigma * noise`` in k-diffusion's parameterization
+(the Euler samplers), ``(x0 + sigma * noise) / sqrt(sigma^2 + 1)`` as the variance-preserving latent (DDIM,
+DPM++), which is each diffusers scheduler's ``add_noise``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .errors import ZoodipError
+from .samplers import (
+    SAMPLERS,
+    ddim_timesteps,
+    dpm_timesteps,
+    euler_init_noise_sigma,
+    euler_timesteps,
+    karras_schedule,
+    sample_ddim,
+    sample_dpmpp_2m,
+    sample_euler,
+    sample_euler_ancestral,
+    sigmas_at,
+)
+
+# Each diffusers scheduler's own default spacing: what a pipeline uses when the scheduler config
+# does not name one (diffusers' from_config does not carry defaults across scheduler classes).
+_DEFAULT_SPACING = {"dpmpp_2m": "linspace", "ddim": "leading", "euler": "linspace", "dpmpp_2m_karras": "linspace",
+                    "euler_a": "linspace"}
+
+ProgressCallback = Callable[[int, int, np.ndarray], None]
+"""``callback(step, total, latents)``: after each denoising step (``step`` counts from 1); ``latents``
+is the sampler's current state [num_images, C, h, w], not yet decoded."""
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """One call's steps: the timesteps the model is called at and each step's noise level (k-diffusion's sigma)."""
+
+    sampler: str
+    timesteps: np.ndarray
+    sigmas: np.ndarray
+    init_noise_sigma: float  # how the Euler samplers scale unit noise (1 when they start from an image)
+    final_alpha_cumprod: float  # where DDIM's last step goes
+
+
+def sampling_plan(model: Any, sampler: str, steps: int) -> SamplingPlan:
+    """``sampler``'s ``steps`` timesteps from noise with ``model``'s schedule and scheduler config, as diffusers sets them."""
+    schedule = model.schedule
+    ac = np.asarray(schedule.alphas_cumprod, dtype=np.float64)
+    num_train = int(schedule.num_train_timesteps)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_train:
+        raise ZoodipError(f"steps must be an integer from 1 to {num_train}, got {steps!r} (20-30 is typical)")
+    if sampler not in SAMPLERS:
+        raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+    config = scheduler_config(model)
+    spacing = str(config.get("timestep_spacing") or _DEFAULT_SPACING[sampler])
+    offset = int(config.get("steps_offset", 0) or 0)
+    final = 1.0 if config.get("set_alpha_to_one", True) else float(ac[0])
+    if sampler == "dpmpp_2m_karras":  # the Karras sigmas span the whole schedule: no spacing applies
+        sigmas, timesteps = karras_schedule(ac, steps)
+        return SamplingPlan(sampler, timesteps, sigmas, 1.0, final)
+    make = {"ddim": ddim_timesteps, "dpmpp_2m": dpm_timesteps, "euler": euler_timesteps, "euler_a": euler_timesteps}
+    timesteps = make[sampler](num_train, steps, spacing=spacing, offset=offset)  # type: ignore[operator]
+    sigmas = sigmas_at(ac, timesteps)
+    init = euler_init_noise_sigma(float(sigmas[0]), spacing) if sampler in ("euler", "euler_a") else 1.0
+    return SamplingPlan(sampler, timesteps, sigmas, init, final)
+
+
+def image_to_image(plan: SamplingPlan, strength: float) -> SamplingPlan:
+    """The plan's last ``int(steps * strength)`` steps, started from an image (diffusers' img2img ``strength``)."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+        raise ZoodipError(f"strength must be a number in (0, 1], got {strength!r}: how much of the image is redrawn "
+                          "(0.8, diffusers' default, keeps its layout; 1.0 ignores it)")
+    keep = min(int(len(plan.timesteps) * strength), len(plan.timesteps))
+    if keep < 1:
+        raise ZoodipError(f"strength {strength} of {len(plan.timesteps)} steps leaves no step to run (diffusers runs "
+                          "int(steps * strength)): raise --strength or --steps")
+    return replace(plan, timesteps=plan.timesteps[-keep:], sigmas=plan.sigmas[-keep:], init_noise_sigma=1.0)
+
+
+def start_latents(plan: SamplingPlan, noise: np.ndarray, image_latents: np.ndarray | None = None) -> np.ndarray:
+    """Unit ``noise`` (the samplers scale it), or ``image_latents`` noised to the plan's first step (module doc)."""
+    if image_latents is None:
+        return noise
+    sigma = float(plan.sigmas[0])
+    x = image_latents.astype(np.float64) + sigma * noise
+    if plan.sampler not in ("euler", "euler_a"):
+        x = x / math.sqrt(sigma**2 + 1.0)
+    return x.astype(np.float32)
+
+
+def run_sampler(
+    model: Any,
+    model_fn: Callable[[np.ndarray, float], np.ndarray],
+    noise: np.ndarray,
+    *,
+    sampler: str = "dpmpp_2m",
+    steps: int = 25,
+    eta: float = 0.0,
+    rng: np.random.Generator | None = None,
+    callback: ProgressCallback | None = None,
+    image_latents: np.ndarray | None = None,
+    strength: float = 1.0,
+) -> np.ndarray:
+    """Denoise unit ``noise`` into latents with ``model``'s schedule and scheduler settings; with ``image_latents``,
+    their noised version over the last ``strength`` of the steps instead (image-to-image)."""
+    plan = sampling_plan(model, sampler, steps)
+    plan = plan if image_latents is None else image_to_image(plan, strength)
+    x, ts = start_latents(plan, noise, image_latents), plan.timesteps
+    ac = np.asarray(model.schedule.alphas_cumprod, dtype=np.float64)
+    prediction_type = str(model.schedule.prediction_type)
+
+    def on_step(i: int, t: float, x: np.ndarray) -> None:
+        if callback is not None:
+            callback(i + 1, len(ts), x)
+
+    if sampler == "ddim":
+        return sample_ddim(model_fn, x, ac, ts, prediction_type, eta=eta, final_alpha_cumprod=plan.final_alpha_cumprod,
+                           rng=rng, callback=on_step)
+    if sampler in ("dpmpp_2m", "dpmpp_2m_karras"):
+        return sample_dpmpp_2m(model_fn, x, ac, ts, prediction_type, sigmas=plan.sigmas, callback=on_step)
+    if sampler == "euler_a":
+        if rng is None:
+            raise ZoodipError("the euler_a sampler adds noise every step: pass rng (generate() passes the seed's)")
+        return sample_euler_ancestral(model_fn, x, ac, ts, prediction_type, rng=rng,
+                                      init_noise_sigma=plan.init_noise_sigma, callback=on_step)
+    return sample_euler(model_fn, x, ac, ts, prediction_type, init_noise_sigma=plan.init_noise_sigma, callback=on_step)
+
+
+def scheduler_config(model: Any) -> dict[str, Any]:
+    """The model's diffusers scheduler config (for the inference-only keys: spacing, offset, ...).
+
+    Taken from ``model.scheduler_config`` when the model keeps it, else read from the export
+    folder; an unknown model gets Stable Diffusion's settings.
+    """
+    config = getattr(model, "scheduler_config", None)
+    if isinstance(config, Mapping):
+        return dict(config)
+    folder, manifest = getattr(model, "folder", None), getattr(model, "manifest", None)
+    if folder is not None and isinstance(manifest, Mapping) and manifest.get("scheduler"):
+        path = Path(folder) / str(manifest["scheduler"])
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ZoodipError(f"cannot read {path} ({exc}): re-run 'zoodip export'") from None
+        if isinstance(loaded, dict):
+            return loaded
+    return {"steps_offset": 1, "set_alpha_to_one": False}
+
+
