@@ -216,6 +216,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.save_latents:
         check_output_file(args.save_latents, "--save-latents", (".npy",))
     check_num_images(args.num_images)
+    if args.strength is not None and args.image is None:
+        raise ZoodipError("--strength applies to image-to-image only: add --image PATH, or drop --strength")
+    if args.image is not None and (args.latents or args.save_latents):
+        raise ZoodipError("--latents and --save-latents are for text-to-image; with --image the noise follows the "
+                          "image's size: drop them (the API's generate(image=..., latents=...) takes both)")
     # Several images: each in its own file beside the grid (out-1.png ...), all checked before any work.
     singles = numbered_paths(out, args.num_images) if args.num_images > 1 else []
     for path in singles:
@@ -229,7 +234,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     images = generate(model, args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                       guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
                       height=args.height, width=args.width, num_images=args.num_images, added_embeddings=added,
-                      token_groups=groups, latents=latents, prompt_weighting=args.prompt_weighting)
+                      token_groups=groups, latents=latents, prompt_weighting=args.prompt_weighting,
+                      image=args.image, strength=0.8 if args.strength is None else args.strength)
     for image, path in zip(images, singles):
         save_image(image, path)
     save_image(images[0] if len(images) == 1 else image_grid([images]), out)

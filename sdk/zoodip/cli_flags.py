@@ -158,6 +158,11 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
                    help="none: brackets are plain text, as in diffusers; a1111: AUTOMATIC1111's emphasis, (words) x1.1, "
                         "[words] /1.1, (words:1.3) x1.3, \\( for a literal bracket")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--image", default=None, metavar="PATH",
+                   help="image-to-image (diffusers' img2img): start from this picture, resized to --width/--height "
+                        "(default: its own aspect, the longer side the model's native size)")
+    g.add_argument("--strength", type=float, default=None,
+                   help="with --image: how much of it is redrawn, in (0, 1] (default 0.8, as diffusers)")
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
     g.add_argument("--num-images", "--num-images-per-prompt", dest="num_images", type=int, default=1, help="images per call; more than one: --out is their grid "

@@ -1,6 +1,7 @@
-"""Text-to-image generation with an exported model, optionally using learned tokens.
+"""Text-to-image (and image-to-image) generation with an exported model, optionally using learned tokens.
 
     images = generate(model, "a photo of <my-dog> on a beach", added_embeddings={"<my-dog>": vectors})
+    images = generate(model, "a painting of <my-dog>", image="dog.jpg", strength=0.6, added_embeddings=...)
 
 The loop is Stable Diffusion's: encode the prompt and the negative prompt, start from seeded
 Gaussian latents, denoise with a sampler under classifier-free guidance, decode with the VAE.
@@ -14,7 +15,8 @@ that was passed in, and the same model can be used with and without the embeddin
 A model loaded with ``RuntimeOptions(memory_budget_mb=...)`` generates within that budget: each UNet
 pass takes one image and one guidance branch, each graph's session is closed once its phase is over
 (text encoder, UNet, VAE decoder; they reopen on next use), and the VAE decodes in overlapping tiles
-where the whole image's estimate does not fit (``zoodip.memory_plan``). Without tiles the images are
+where the whole image's estimate does not fit (``zoodip.memory_plan``); an image-to-image start image is
+encoded whole, and refused if its estimate does not fit. Without tiles the images are
 those of the unbudgeted call, up to the floating-point order of batched and single UNet passes.
 """
 from __future__ import annotations
@@ -34,12 +36,12 @@ from .embeddings import check_hidden_size
 from .emphasis import (check_prompt_weighting, emphasis_free_text, emphasize, looks_weighted, unsupported_problems,
                        weighted_token_ids)
 from .errors import ZoodipError
-from .image_side import check_side
-from .images import to_pil
+from .image_side import check_side, side_multiple
+from .images import image_pixels, init_image_size, open_init_image, to_pil
 from .limits import check_image_size
-from .memory_plan import DecodePlan, memory_budget_mb, plan_decode
+from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
 from .samplers import SAMPLERS
-from .sampling import ProgressCallback, run_sampler, scheduler_config  # noqa: F401  (scheduler_config: re-exported)
+from .sampling import ProgressCallback, check_strength, run_sampler, scheduler_config  # noqa: F401 (re-exported)
 from .vae_tiles import decode_tiled
 
 # Images per call: they are denoised as one UNet batch (twice that with guidance), whose activations
@@ -71,32 +73,30 @@ def generate(
     token_groups: Sequence[Sequence[str]] | None = None,
     latents: np.ndarray | None = None,
     prompt_weighting: str = "none",
+    image: str | Path | Image.Image | None = None,
+    strength: float = 0.8,
 ) -> list[Image.Image]:
     """Generate ``num_images`` images for ``prompt``; returns RGB PIL images of ``width`` x ``height``.
 
     Args:
         model: an ``ExportedModel`` (or anything with its interface: tokenizer, encode_text, unet, ...).
-        guidance_scale: classifier-free guidance ``uncond + g * (cond - uncond)``; 1.0 runs the
-            prompt alone (half the UNet work), 0.0 the negative prompt alone.
-        sampler: "dpmpp_2m" (DPM-Solver++ 2M, the default), "ddim" or "euler".
-        seed: the initial latents are ``np.random.default_rng(seed).standard_normal`` (float32),
-            so a seed reproduces the same images on any machine.
+        guidance_scale: ``uncond + g (cond - uncond)``; 1.0 runs the prompt alone (half the work), 0.0 the negative one.
+        sampler: one of ``samplers.SAMPLERS`` (default "dpmpp_2m", DPM-Solver++ 2M).
+        seed: the initial latents are ``np.random.default_rng(seed).standard_normal`` (float32): the same on any machine.
         height, width: image size in pixels, multiples of 8 (default: the model's native size).
-        added_embeddings: learned tokens, ``{token: vectors [n, hidden] or [hidden]}``, usable in
-            ``prompt`` and ``negative_prompt``.
-        callback: progress, ``callback(step, total, latents)``; raise from it to stop early.
-        batch_cfg: the unconditional and conditional passes as one batch; False: one by one (less memory).
-            Ignored under a memory budget, which runs every pass alone.
-        eta: DDIM noise (0 = deterministic); only for ``sampler="ddim"``.
+        added_embeddings: learned tokens, ``{token: vectors [n, hidden] or [hidden]}``, for both prompts.
+        callback: progress, ``callback(step, total, latents)`` (raise to stop); eta: DDIM's noise (0: deterministic).
+        batch_cfg: both guidance passes as one batch (False: one by one, less memory; a memory budget runs each alone).
         token_groups: the names of each embedding (``embeddings.load_embeddings``' groups; default: each added
             token alone); one warning per group that the prompts do not use within the text encoder's 77 tokens.
         latents: initial latents ``[num_images, channels, height/8, width/8]`` (unit variance) instead of the seed's;
             the seed still drives DDIM's ``eta`` and euler_a's noise. diffusers' ``latents=`` takes the same array.
         prompt_weighting: "none" (brackets are text, as in diffusers) or "a1111" (A1111's emphasis, ``zoodip.emphasis``).
-
-    A model loaded with ``RuntimeOptions(memory_budget_mb=...)`` generates within that budget (see the module's doc).
+        image, strength: image-to-image (diffusers' img2img): start from ``image`` (a path or a PIL image, sized by
+            ``images.init_image_size``) noised over the last ``strength`` of the steps (``zoodip.sampling``).
     """
     _check_settings(prompt, negative_prompt, sampler, num_images, guidance_scale, eta, seed, prompt_weighting)
+    pixels, height, width = _start_pixels(model, image, strength, height, width)
     h, w = _latent_size(model, height, width)  # a size that cannot fit in memory: refused now
     plan = plan_decode(model, h, w, budget := memory_budget_mb(model))
     encode = _prompt_encoder(model, added_embeddings, token_groups, [prompt, negative_prompt], num_images, prompt_weighting)
@@ -106,10 +106,12 @@ def generate(
     rng = np.random.default_rng(seed)
     noise = _draw_latents(rng, model, num_images, h, w)  # drawn either way: the rest of the stream stays the seed's
     noise = noise if latents is None else _checked_latents(latents, noise.shape)
-    latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, eta=eta, rng=rng, callback=callback)
+    start = None if pixels is None else _image_latents(model, pixels, num_images, rng, budget)
+    latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, eta=eta, rng=rng, callback=callback,
+                          image_latents=start, strength=strength)
     _release_under_budget(model, budget, "unet")
     # One image at a time: the VAE decoder's activations dominate the peak.
-    images = [image for i in range(num_images) for image in to_pil(decode_latents(model, latents[i : i + 1], plan))]
+    images = [picture for i in range(num_images) for picture in to_pil(decode_latents(model, latents[i : i + 1], plan))]
     _release_under_budget(model, budget, "vae_decoder")
     return images
 
@@ -245,6 +247,28 @@ def _guided(model: Any, cond: np.ndarray, uncond: np.ndarray | None, g: float, b
 def _unet(model: Any, x: np.ndarray, t: float, states: np.ndarray) -> np.ndarray:
     timestep = np.full((len(x),), t, dtype=np.float32)
     return np.asarray(model.unet(x, timestep, states), dtype=np.float32)
+
+
+def _start_pixels(model: Any, image: Any, strength: object, height: int | None,
+                  width: int | None) -> tuple[np.ndarray | None, int | None, int | None]:
+    """Image-to-image's start image [1, 3, H, W] and its size (None and the size asked for without one)."""
+    if image is None:
+        return None, height, width
+    check_strength(strength)
+    native = int(model.sample_size) * int(model.vae_scale_factor)
+    picture = open_init_image(image, max(native, height or 0, width or 0) * 2)
+    width, height = init_image_size(picture.size, height, width, native, side_multiple(model.vae_scale_factor))
+    h, w = _latent_size(model, height, width)  # its side and memory checks before the resize
+    check_encode(model, h, w, memory_budget_mb(model))
+    return image_pixels(picture, (width, height)), height, width
+
+
+def _image_latents(model: Any, pixels: np.ndarray, num_images: int, rng: np.random.Generator,
+                   budget: int | None) -> np.ndarray:
+    """The image-to-image start's latents (a sample of the VAE posterior, as diffusers takes), one per image."""
+    encoded = model.vae_encode(pixels, rng)
+    _release_under_budget(model, budget, "vae_encoder")
+    return np.repeat(encoded, num_images, axis=0)
 
 
 def _latent_size(model: Any, height: int | None, width: int | None) -> tuple[int, int]:

@@ -98,6 +98,21 @@ def load_image(path: str | Path, resolution: int, center_crop: bool = True) -> n
     ``center_crop``: the largest centered square, then resized (default); False resizes the whole
     photo to the square, squashing it, as diffusers' textual_inversion.py does without --center_crop.
     """
+    image = open_photo(path, max(resolution, MIN_SIDE) * 2)
+    # Center square crop, then resize: the concept is usually centered and SD trains on squares.
+    if center_crop:
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    return _pixels(image, (resolution, resolution))
+
+
+def open_photo(path: str | Path, draft_side: int,
+               advice: str = "remove it or replace it with a JPEG/PNG photo") -> Image.Image:
+    """A photo file as 8-bit RGB, upright (EXIF), refused in one line if broken, tiny or too large to decode.
+
+    ``draft_side``: JPEGs decode directly at a reduced scale that keeps at least this many pixels a side.
+    """
     path = Path(path)
     too_large = ZoodipError(f"{path} is too large to decode safely: downscale it below {MAX_PIXELS / 1e6:g} megapixels")
     try:
@@ -111,7 +126,7 @@ def load_image(path: str | Path, resolution: int, center_crop: bool = True) -> n
                         f"{MAX_PIXELS / 1e6:g} megapixels"
                     )
                 # JPEG can decode at a reduced scale directly: a 48 MP photo never becomes 48 MP in memory.
-                opened.draft("RGB", (max(resolution, MIN_SIDE) * 2, max(resolution, MIN_SIDE) * 2))
+                opened.draft("RGB", (draft_side, draft_side))
                 image = ImageOps.exif_transpose(opened)
                 image.load()
     except ZoodipError:
@@ -120,19 +135,44 @@ def load_image(path: str | Path, resolution: int, center_crop: bool = True) -> n
         raise too_large from None
     except Exception as exc:  # PIL raises many types for broken files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ZoodipError(f"cannot read image {path} ({reason}): remove it or replace it with a JPEG/PNG photo") from None
+        raise ZoodipError(f"cannot read image {path} ({reason}): {advice}") from None
     if min(width, height) < MIN_SIDE:
         raise ZoodipError(f"{path} is only {width}x{height} px: use photos at least {MIN_SIDE} px on the short side")
-    image = _to_rgb8(image)
-    # Center square crop, then resize: the concept is usually centered and SD trains on squares.
-    if center_crop:
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
-    if image.size != (resolution, resolution):
-        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    return _to_rgb8(image)
+
+
+def _pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """An RGB image resized to ``size`` (width, height) -> float32 [3, height, width] in [-1, 1]."""
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BICUBIC)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def open_init_image(source: str | Path | Image.Image, draft_side: int) -> Image.Image:
+    """An image-to-image start as 8-bit RGB: a file (``open_photo``'s checks) or a PIL image."""
+    if isinstance(source, Image.Image):
+        return _to_rgb8(source)
+    if isinstance(source, (str, Path)):
+        return open_photo(source, draft_side, advice="pass a JPEG or PNG file")
+    raise ZoodipError(f"image must be a file path or a PIL image, got {type(source).__name__}")
+
+
+def init_image_size(size: tuple[int, int], height: int | None, width: int | None, longest: int,
+                    multiple: int) -> tuple[int, int]:
+    """The (width, height) an image-to-image start is resized (not cropped) to: as given, or following the image's
+    aspect: both missing, scaled down so that its longer side is at most ``longest`` (a phone photo is not denoised
+    at 12 megapixels); one missing, scaled as the other. Derived sides are rounded down to ``multiple``."""
+    iw, ih = size
+    scale = (min(1.0, longest / max(iw, ih)) if height is None and width is None
+             else (width / iw if height is None else height / ih))  # type: ignore[operator]
+    derived = [max(multiple, int(side * scale) // multiple * multiple) for side in (iw, ih)]
+    return (width if width is not None else derived[0], height if height is not None else derived[1])
+
+
+def image_pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """An RGB image resized to ``size`` (width, height) -> float32 [1, 3, height, width] in [-1, 1]."""
+    return _pixels(image, size)[None]
 
 
 def load_images(paths: str | Path | Sequence[str | Path], resolution: int,

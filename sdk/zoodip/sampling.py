@@ -76,11 +76,15 @@ def sampling_plan(model: Any, sampler: str, steps: int) -> SamplingPlan:
     return SamplingPlan(sampler, timesteps, sigmas, init, final)
 
 
-def image_to_image(plan: SamplingPlan, strength: float) -> SamplingPlan:
-    """The plan's last ``int(steps * strength)`` steps, started from an image (diffusers' img2img ``strength``)."""
+def check_strength(strength: object) -> None:
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
         raise ZoodipError(f"strength must be a number in (0, 1], got {strength!r}: how much of the image is redrawn "
-                          "(0.8, diffusers' default, keeps its layout; 1.0 ignores it)")
+                          "(0.8, diffusers' default, keeps its layout; 1.0 keeps almost nothing of it)")
+
+
+def image_to_image(plan: SamplingPlan, strength: float) -> SamplingPlan:
+    """The plan's last ``int(steps * strength)`` steps, started from an image (diffusers' img2img ``strength``)."""
+    check_strength(strength)
     keep = min(int(len(plan.timesteps) * strength), len(plan.timesteps))
     if keep < 1:
         raise ZoodipError(f"strength {strength} of {len(plan.timesteps)} steps leaves no step to run (diffusers runs "

@@ -424,6 +424,55 @@ def test_generate_matches_the_diffusers_pipeline(tiny_sd_folder, tmp_path) -> No
         assert diff.max() <= 2 and diff.mean() < 0.05, (sampler, diff.max(), diff.mean())
 
 
+@needs_diffusers
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # diffusers: one image for two images per prompt (as intended)
+def test_image_to_image_matches_the_diffusers_img2img_pipeline(tiny_sd_folder, tmp_path, monkeypatch) -> None:
+    """generate(image=, strength=) against StableDiffusionImg2ImgPipeline on the tiny SD folder (fp32 export), each
+    sampler: the same start image, the VAE posterior's mean on both sides and the same noise (diffusers' draws
+    replaced by ours), so only the timesteps kept, the noising and the sampling are compared. (euler_a's per-step noise
+    is NumPy's: it is compared at the sampler level, test_euler_ancestral_matches_diffusers_with_the_same_noise.)"""
+    import warnings
+
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                           StableDiffusionImg2ImgPipeline)
+    from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as img2img
+    from PIL import Image
+
+    from zoodip.generate import initial_latents
+    from zoodip.model import ExportedModel
+    from zoodip_export.export_model import export_model
+
+    export_model(tiny_sd_folder, tmp_path / "fp32", precision="fp32", parity=False, progress=False)
+    model = ExportedModel.load(tmp_path / "fp32")
+    encode = model.vae_encode
+    monkeypatch.setattr(model, "vae_encode", lambda images, rng=None: encode(images))  # the mean
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_sd_folder, safety_checker=None,
+                                                              feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    side = model.sample_size * model.vae_scale_factor
+    rng = np.random.default_rng(4)
+    start = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))  # at the size: no resizing
+    noise = initial_latents(model, seed=3, num_images=2)  # the noise generate(seed=3) draws first
+    monkeypatch.setattr(img2img, "retrieve_latents", lambda output, generator=None: output.latent_dist.mean)
+    monkeypatch.setattr(img2img, "randn_tensor", lambda shape, **kwargs: torch.from_numpy(noise))
+    base_config = pipe.scheduler.config
+    for sampler, scheduler_class, options in (
+            ("dpmpp_2m", DPMSolverMultistepScheduler, {}), ("ddim", DDIMScheduler, {}),
+            ("euler", EulerDiscreteScheduler, {}), ("dpmpp_2m_karras", DPMSolverMultistepScheduler,
+                                                    {"use_karras_sigmas": True})):
+        pipe.scheduler = scheduler_class.from_config(base_config, **options)
+        for strength in (0.3, 0.75):
+            kwargs = dict(negative_prompt="blurry", guidance_scale=7.5, strength=strength)
+            ref = pipe("a photo of a star", image=start, num_inference_steps=10, output_type="np",
+                       num_images_per_prompt=2, **kwargs).images
+            ours = generate(model, "a photo of a star", image=start, steps=10, sampler=sampler, seed=3, num_images=2,
+                            **kwargs)
+            diff = np.abs(np.stack([np.asarray(im) for im in ours]).astype(int) - (ref * 255).round().astype(int))
+            assert diff.max() <= 2 and diff.mean() < 0.05, (sampler, strength, diff.max(), diff.mean())
+
+
 def test_euler_a_noise_comes_from_the_seed() -> None:
     """Given the same initial latents, euler's result ignores the seed; euler_a's per-step noise follows it."""
     start = np.random.default_rng(0).standard_normal((1, 4, 4, 4), dtype=np.float32)  # FakeModel: 32 px

@@ -118,3 +118,14 @@ def test_what_looks_like_a_photo_but_is_skipped_is_named(tmp_path):
                            "JPEG or PNG to use them")
     assert messages[1].startswith("skipped dir.png, gone.jpg") and "not a regular file" in messages[1]
     assert len(messages) == 2
+
+
+def test_image_to_image_sizes_follow_the_image_unless_given() -> None:
+    from zoodip.images import init_image_size
+
+    assert init_image_size((4032, 3024), None, None, 512, 8) == (512, 384)  # a phone photo: the longer side 512
+    assert init_image_size((300, 200), None, None, 512, 8) == (296, 200)  # never enlarged; rounded down to 8
+    assert init_image_size((4032, 3024), None, 768, 512, 8) == (768, 576)  # one side given: the other follows
+    assert init_image_size((4032, 3024), 256, None, 512, 8) == (336, 256)
+    assert init_image_size((640, 480), 512, 512, 512, 8) == (512, 512)  # both given: resized to them (squashed)
+    assert init_image_size((3, 5000), None, None, 512, 8) == (8, 512)  # a sliver keeps at least one multiple
