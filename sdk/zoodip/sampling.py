@@ -32,10 +32,24 @@ from .samplers import (
     sigmas_at,
 )
 
-# Each diffusers scheduler's own default spacing: what a pipeline uses when the scheduler config
-# does not name one (diffusers' from_config does not carry defaults across scheduler classes).
-_DEFAULT_SPACING = {"dpmpp_2m": "linspace", "ddim": "leading", "euler": "linspace", "dpmpp_2m_karras": "linspace",
-                    "euler_a": "linspace"}
+
+@dataclass(frozen=True)
+class _SamplerKind:
+    timesteps: Callable[..., np.ndarray] | None  # the diffusers spacing of its timesteps (None: Karras sigmas)
+    # Its diffusers scheduler's own default spacing: what a pipeline uses when the scheduler config does not name
+    # one (diffusers' from_config does not carry defaults across scheduler classes).
+    default_spacing: str
+    sigma_space: bool  # steps on k-diffusion's x0 + sigma * eps (the Euler samplers), not on VP latents
+
+
+# Every name of SAMPLERS, by what the plan needs of it (tests/integration/test_samplers.py runs each through generate).
+_KINDS = {
+    "dpmpp_2m": _SamplerKind(dpm_timesteps, "linspace", False),
+    "ddim": _SamplerKind(ddim_timesteps, "leading", False),
+    "euler": _SamplerKind(euler_timesteps, "linspace", True),
+    "dpmpp_2m_karras": _SamplerKind(None, "linspace", False),
+    "euler_a": _SamplerKind(euler_timesteps, "linspace", True),
+}
 
 ProgressCallback = Callable[[int, int, np.ndarray], None]
 """``callback(step, total, latents)``: after each denoising step (``step`` counts from 1); ``latents``
@@ -51,6 +65,7 @@ class SamplingPlan:
     sigmas: np.ndarray
     init_noise_sigma: float  # how the Euler samplers scale unit noise (1 when they start from an image)
     final_alpha_cumprod: float  # where DDIM's last step goes
+    sigma_space: bool  # its latents are x0 + sigma * eps (the Euler samplers), not variance-preserving ones
 
 
 def sampling_plan(model: Any, sampler: str, steps: int) -> SamplingPlan:
@@ -62,18 +77,17 @@ def sampling_plan(model: Any, sampler: str, steps: int) -> SamplingPlan:
         raise ZoodipError(f"steps must be an integer from 1 to {num_train}, got {steps!r} (20-30 is typical)")
     if sampler not in SAMPLERS:
         raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
-    config = scheduler_config(model)
-    spacing = str(config.get("timestep_spacing") or _DEFAULT_SPACING[sampler])
+    kind, config = _KINDS[sampler], scheduler_config(model)
+    spacing = str(config.get("timestep_spacing") or kind.default_spacing)
     offset = int(config.get("steps_offset", 0) or 0)
     final = 1.0 if config.get("set_alpha_to_one", True) else float(ac[0])
-    if sampler == "dpmpp_2m_karras":  # the Karras sigmas span the whole schedule: no spacing applies
+    if kind.timesteps is None:  # the Karras sigmas span the whole schedule: no spacing applies
         sigmas, timesteps = karras_schedule(ac, steps)
-        return SamplingPlan(sampler, timesteps, sigmas, 1.0, final)
-    make = {"ddim": ddim_timesteps, "dpmpp_2m": dpm_timesteps, "euler": euler_timesteps, "euler_a": euler_timesteps}
-    timesteps = make[sampler](num_train, steps, spacing=spacing, offset=offset)  # type: ignore[operator]
-    sigmas = sigmas_at(ac, timesteps)
-    init = euler_init_noise_sigma(float(sigmas[0]), spacing) if sampler in ("euler", "euler_a") else 1.0
-    return SamplingPlan(sampler, timesteps, sigmas, init, final)
+    else:
+        timesteps = kind.timesteps(num_train, steps, spacing=spacing, offset=offset)
+        sigmas = sigmas_at(ac, timesteps)
+    init = euler_init_noise_sigma(float(sigmas[0]), spacing) if kind.sigma_space else 1.0
+    return SamplingPlan(sampler, timesteps, sigmas, init, final, kind.sigma_space)
 
 
 def check_strength(strength: object) -> None:
@@ -98,7 +112,7 @@ def start_latents(plan: SamplingPlan, noise: np.ndarray, image_latents: np.ndarr
         return noise
     sigma = float(plan.sigmas[0])
     x = image_latents.astype(np.float64) + sigma * noise
-    if plan.sampler not in ("euler", "euler_a"):
+    if not plan.sigma_space:
         x = x / math.sqrt(sigma**2 + 1.0)
     return x.astype(np.float32)
 
