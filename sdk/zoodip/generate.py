@@ -22,7 +22,6 @@ those of the unbudgeted call, up to the floating-point order of batched and sing
 from __future__ import annotations
 
 import copy
-import json
 import math
 import re
 import warnings
@@ -41,12 +40,14 @@ from .images import image_pixels, init_image_size, open_init_image, to_pil
 from .limits import check_image_size
 from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
 from .samplers import SAMPLERS
-from .sampling import ProgressCallback, check_strength, run_sampler, scheduler_config  # noqa: F401 (re-exported)
+from .sampling import ProgressCallback, check_strength, run_sampler
 from .vae_tiles import decode_tiled
 
 # Images per call: they are denoised as one UNet batch (twice that with guidance), whose activations
 # grow with the count; more than a grid's worth is asked for by mistake, not by design.
 MAX_IMAGES = 64
+
+
 def check_num_images(num_images: object) -> None:
     """Images per call: 1 to MAX_IMAGES (checked before any file or model work)."""
     if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or not 1 <= num_images <= MAX_IMAGES:

@@ -232,7 +232,8 @@ def test_callback_and_prediction_type_check() -> None:
 
 
 # -- generate() on a NumPy fake model --------------------------------------------------------------
-from zoodip.generate import generate, run_sampler  # noqa: E402
+from zoodip.generate import generate  # noqa: E402
+from zoodip.sampling import run_sampler  # noqa: E402
 from zoodip.schedule import NoiseSchedule  # noqa: E402
 
 BOS, EOS, BASE_VOCAB, HIDDEN = 1, 2, 50, 8
