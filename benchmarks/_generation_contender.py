@@ -3,7 +3,8 @@
 Run by benchmarks/_contenders.py in its own process (spec kind ``zoodip_generate``). The phases are
 the process's: ``imports``, ``load`` (the export folder opened, no session yet), then the three
 phases of the call itself, each started by the first call of its graph: ``text`` (the prompts
-encoded), ``unet`` (the denoising loop) and ``decode`` (the VAE, whole or in tiles). Under a budget
+encoded), ``encode`` (image-to-image only: the start photo through the VAE encoder), ``unet`` (the
+denoising loop) and ``decode`` (the VAE, whole or in tiles). Under a budget
 ``generate`` closes each graph when its phase is over, so that release counts in the phase it ends.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 PROMPT = "a photo of a dog on the beach"
-GRAPH_PHASES = {"encode_text": "text", "unet": "unet", "vae_decode": "decode"}
+GRAPH_PHASES = {"encode_text": "text", "vae_encode": "encode", "unet": "unet", "vae_decode": "decode"}
 
 
 class PhaseMarks:
@@ -44,13 +45,15 @@ class PhaseMarks:
 
 def run_generate(spec: dict, phases: Any) -> dict:
     """One ``spec["resolution"]`` px image, ``spec["sampling_steps"]`` DPM-Solver++ steps, guidance 7.5, seed 0,
-    on the export, with ``spec["memory_budget_mb"]`` if given (the CLI's ``--memory-budget``)."""
+    on the export, with ``spec["memory_budget_mb"]`` if given (the CLI's ``--memory-budget``); with
+    ``spec["strength"]``, image-to-image from the first photo of ``spec["photos"]`` (the last ``strength`` of the steps)."""
     phases.start("imports")
     import numpy as np
     import onnxruntime  # noqa: F401
 
     from zoodip.generate import generate
-    from zoodip.memory_plan import plan_decode
+    from zoodip.images import list_images
+    from zoodip.memory_plan import check_encode, plan_decode
     from zoodip.model import ExportedModel, RuntimeOptions
     phases.end()
     assert "torch" not in sys.modules, "the SDK contender must not import torch"
@@ -61,13 +64,16 @@ def run_generate(spec: dict, phases: Any) -> dict:
                                                                          memory_budget_mb=budget))
     side = int(spec["resolution"]) // model.vae_scale_factor
     plan = plan_decode(model, side, side, budget)
+    strength = spec.get("strength")
+    photo = list_images(spec["photos"])[0] if strength is not None else None
     phases.end()
 
     marks = PhaseMarks(model, phases)
     stamps: list[float] = []
     started = time.perf_counter()
     images = generate(model, PROMPT, steps=int(spec["sampling_steps"]), height=int(spec["resolution"]),
-                      width=int(spec["resolution"]), seed=0, callback=lambda i, n, x: stamps.append(time.perf_counter()))
+                      width=int(spec["resolution"]), seed=0, callback=lambda i, n, x: stamps.append(time.perf_counter()),
+                      image=photo, strength=0.8 if strength is None else strength)
     generate_s = time.perf_counter() - started
     marks.finish()
     step_times = [b - a for a, b in zip([started] + stamps[:-1], stamps)]
@@ -76,4 +82,5 @@ def run_generate(spec: dict, phases: Any) -> dict:
             "decode_s": started + generate_s - stamps[-1] if stamps else None,
             "memory_budget_mb": budget, "decode_tile": plan.tile, "decode_overlap": plan.overlap,
             "decode_estimate_bytes": plan.need_bytes, "image_size": list(pixels.shape), "image_mean": float(pixels.mean()),
+            "strength": strength, "encode_estimate_bytes": check_encode(model, side, side, None) if photo else None,
             "weight_file_bytes": {name: model.weights_bytes((name,)) for name in ("text_encoder", "unet", "vae_decoder")}}

@@ -173,16 +173,16 @@ def generation_table(rows: list[dict]) -> list[str]:
     generation = [r for r in rows if r["kind"] == "zoodip_generate" and "peak_rss" in r]
     if not generation:
         return []
-    lines = ["", "Generation (one image, 25 DPM-Solver++ steps, guidance 7.5; one run each): peak RSS of each phase, "
-             "the process peak's file-backed / anonymous split, s per denoising step (two UNet passes), the decode's "
-             "and the whole call's wall time.", "",
-             "| contender | text encoder GB | UNet loop GB | VAE decode GB | peak GB (file / anon) | s / step | "
-             "decode s | generate s | VAE tiles |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["", "Generation (one image, 25 DPM-Solver++ steps, guidance 7.5; image-to-image: the last 20, strength "
+             "0.8; one run each): peak RSS of each phase, the process peak's file-backed / anonymous split, s per "
+             "denoising step (two UNet passes), the decode's and the whole call's wall time.", "",
+             "| contender | text encoder GB | VAE encode GB | UNet loop GB | VAE decode GB | peak GB (file / anon) | "
+             "s / step | decode s | generate s | VAE tiles |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in generation:
         phases = row["phases"]
         tile = row.get("decode_tile")
         lines.append(
-            f"| {row['name']} | " + " | ".join(_gb(phases.get(p, {}).get("peak")) for p in ("text", "unet", "decode"))
+            f"| {row['name']} | " + " | ".join(_gb(phases.get(p, {}).get("peak")) for p in ("text", "encode", "unet", "decode"))
             + f" | {_gb(row['peak_rss']['max'])} ({_split(row)}) | {_sec(row['step_s']['median'])} | "
             f"{_sec(row['decode_s']['median'])} | {_sec(row['generate_s']['median'])} | "
             f"{'none (whole image)' if tile is None else f'{tile} latents'} |")

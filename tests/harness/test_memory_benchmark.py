@@ -71,7 +71,7 @@ def test_tiny_generation_rows_split_every_peak(bench_cache: Path, tmp_path: Path
                    "--out", str(out), "--cache", str(bench_cache))
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {row["name"]: row for row in json.loads((out / "memory.json").read_text())["rows"]}
-    assert set(rows) == {"ours-int8", "generate-int8", "generate-int8-budget", "generate-w4a32-budget"}
+    assert set(rows) == {"ours-int8", "generate-int8", "generate-int8-budget", "generate-w4a32-budget", "img2img-int8-budget"}
     for row in rows.values():
         assert not row["errors"], row["errors"]
         split = row["peak_split"]
@@ -81,6 +81,9 @@ def test_tiny_generation_rows_split_every_peak(bench_cache: Path, tmp_path: Path
         assert set(rows[name]["phases"]) == {"imports", "load", "text", "unet", "decode"}
         assert len(run["step_times"]) == 25 and run["image_size"] == [128, 128, 3] and run["decode_tile"] is None
     assert rows["generate-int8-budget"]["spec"]["memory_budget_mb"] and not rows["generate-int8"]["spec"].get("memory_budget_mb")
+    img2img = rows["img2img-int8-budget"]
+    assert set(img2img["phases"]) == {"imports", "load", "text", "encode", "unet", "decode"}
+    assert len(img2img["runs"][0]["step_times"]) == 20 and img2img["runs"][0]["encode_estimate_bytes"] > 0
     text = (out / "memory.md").read_text()
     assert "| generate-int8-budget |" in text and "generation with --memory-budget, peak / ours personalization peak" in text
 
