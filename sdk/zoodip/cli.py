@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("export", help="export a diffusers SD folder to quantized ONNX (4-bit/INT8 weights) (see 'zoodip export --help')", add_help=False)
     add_personalize_flags(sub.add_parser("personalize", help="learn a new token from a few photos"))
 
-    g = sub.add_parser("generate", help="generate images, optionally with learned tokens")
+    g = sub.add_parser("generate", help="generate images from a prompt (or, with --image, from a photo), optionally with learned tokens")
     add_generate_flags(g)
 
     v = sub.add_parser("verify", help="check every file of an export folder against the manifest's sha256 values")
