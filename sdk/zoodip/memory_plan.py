@@ -24,6 +24,9 @@ from .limits import attention_bytes
 _FLOAT32 = 4
 FULL_RESOLUTION_CHANNELS = 256  # SD's VAE decoder: block_out_channels[1], upsampled to full resolution
 ENCODER_FULL_RESOLUTION_CHANNELS = 128  # SD's VAE encoder: block_out_channels[0], its full-resolution blocks
+# Measured on the SD1.5 architecture (benchmarks/results/memory/img2img-512): encoding a 512 px photo took 0.60 GiB above
+# the process before it, 4.1 such maps besides the weights and the attention; one more for margin.
+ENCODER_LIVE_FULL_RESOLUTION_MAPS = 5
 LIVE_FULL_RESOLUTION_MAPS = 3  # that map, its GroupNorm and its SiLU output, alive together
 BLEND_FLOATS_PER_PIXEL = 4  # a tiled decode's accumulators: RGB sums and the weight
 OVERLAP_FRACTION = 4  # tiles overlap by a quarter of their side (diffusers' tiled VAE does the same)
@@ -89,13 +92,14 @@ def plan_decode(model: Any, latent_h: int, latent_w: int, budget_mb: int | None)
 def check_encode(model: Any, latent_h: int, latent_w: int, budget_mb: int | None) -> int:
     """Estimated bytes to encode an image-to-image start (whole: the encoder is not tiled), refused over the budget.
 
-    The same terms as ``decode_bytes``: the encoder's weights, three live maps of its full-resolution width per pixel,
-    and the mid-block attention over all latent positions.
+    The same terms as ``decode_bytes``: the encoder's weights, live maps of its full-resolution width per pixel (as
+    many as measured, plus one), and the mid-block attention over all latent positions.
     """
     factor = int(model.vae_scale_factor)
     weights = getattr(model, "weights_bytes", None)
     need = int(weights(("vae_encoder",))) if callable(weights) else 0
-    need += LIVE_FULL_RESOLUTION_MAPS * ENCODER_FULL_RESOLUTION_CHANNELS * _FLOAT32 * latent_h * latent_w * factor * factor
+    pixels = latent_h * latent_w * factor * factor
+    need += ENCODER_LIVE_FULL_RESOLUTION_MAPS * ENCODER_FULL_RESOLUTION_CHANNELS * _FLOAT32 * pixels
     need += attention_bytes(latent_h, latent_w)
     if budget_mb is not None and need > int(budget_mb) << 20:
         raise ZoodipError(
