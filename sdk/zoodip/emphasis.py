@@ -36,6 +36,7 @@ SQUARE_FACTOR = 1 / 1.1  # A1111's "[x]"
 _ESCAPABLE = "()[]\\"
 _EXPLICIT_WEIGHT = re.compile(r":\s*([+-]?[.\d]+)\s*\)")  # the ":1.3)" that closes "(x:1.3)"
 # What an A1111 prompt with an explicit weight looks like: worth a warning where it is read as plain text.
+_LARGEST_WEIGHT = float(np.finfo(np.float32).max)  # the text states are float32
 _A1111_WEIGHTED = re.compile(r"\([^()]*:\s*[+-]?\d*\.?\d+\s*\)")
 
 
@@ -104,6 +105,9 @@ def _weight(number: str) -> float:
 def _merged(pieces: list[list[Any]]) -> list[tuple[str, float]]:
     merged: list[tuple[str, float]] = []
     for text, weight in pieces:
+        if not abs(weight) <= _LARGEST_WEIGHT:  # also NaN
+            raise ZoodipError(f"the emphasis weight of {text[:40]!r} comes to {weight:g}, beyond what the text states "
+                              "can be scaled by: fewer nested brackets, or a smaller (words:W)")
         if merged and merged[-1][1] == weight:
             merged[-1] = (merged[-1][0] + text, weight)
         else:

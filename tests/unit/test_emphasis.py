@@ -109,3 +109,9 @@ def test_emphasize_weights_tokens_and_keeps_the_mean():
     assert np.array_equal(emphasize(ones, cancelling), ones * cancelling[..., None])
     with pytest.raises(ZoodipError, match="finite"):
         emphasize(states, np.full((2, 77), np.nan, np.float32))
+
+
+def test_weights_beyond_float32_are_one_clear_error():
+    for prompt in ("(" * 1000 + "star" + ")" * 1000, "(star:1" + "0" * 40 + ")", "(star:1" + "0" * 400 + ")"):
+        with pytest.raises(ZoodipError, match="the emphasis weight of 'star' comes to .*: fewer nested brackets"):
+            parse_emphasis(prompt)
