@@ -208,7 +208,7 @@ def _load(path: Path, token: str | None) -> tuple[str, np.ndarray, bool]:
 
 def _read_embedding(path: Path) -> tuple[str, np.ndarray]:
     """(the embedding's name in the file, its array), from a safetensors file or a ``torch.save`` one."""
-    if path.suffix.lower() in _PICKLE_SUFFIXES:
+    if path.suffix.lower() in _PICKLE_SUFFIXES and _looks_pickled(path):  # else perhaps safetensors, renamed
         return _read_pickled(path)
     chosen: list[str] = []
     parsed: list[bool] = []  # the header parsed: whatever goes wrong next, it is not a pickle

@@ -174,3 +174,13 @@ def test_a_pickle_cannot_change_what_later_reads_resolve_names_to(tmp_path):
     with pytest.raises(ZoodipError, match="holds no tensors"):
         load_embedding_file(tmp_path / "tamper.pt")
     assert np.array_equal(load_embedding_file(tmp_path / "good.pt")[1][0], np.arange(768))
+
+
+def test_a_safetensors_file_under_a_pickle_suffix_is_read_as_what_it_is(tmp_path):
+    from zoodip.embeddings import save_learned_embeds
+
+    vectors = np.random.default_rng(0).standard_normal((1, 768)).astype(np.float32)
+    saved = save_learned_embeds(tmp_path / "learned_embeds.safetensors", "<x>", vectors)
+    saved.rename(tmp_path / "learned_embeds.bin")
+    token, got = load_embedding_file(tmp_path / "learned_embeds.bin")
+    assert token == "<x>" and np.array_equal(got, vectors)
