@@ -148,8 +148,9 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt", default="")
     g.add_argument("--embedding", action="append", metavar="PATH[:TOKEN]",
-                   help="learned embedding file (diffusers or A1111 .safetensors), optionally renamed to TOKEN; "
-                        "an A1111 file answers to its file name, as in A1111; repeatable")
+                   help="learned embedding file (diffusers or A1111; .safetensors, .pt, .bin), optionally renamed to "
+                        "TOKEN; an A1111 file answers to its file name, as in A1111; or a folder of them (every file "
+                        "loaded, as A1111's embeddings folder); repeatable")
     # diffusers' pipeline arguments are accepted too: num_inference_steps, num_images_per_prompt.
     g.add_argument("--steps", "--num-inference-steps", dest="steps", type=int, default=25)
     g.add_argument("--guidance-scale", type=float, default=7.5)

@@ -35,6 +35,7 @@ from .torch_save import StoredTensor, read_torch_save
 MAX_VECTORS = 75
 MAX_WIDTH = 4096
 _PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")  # what an A1111 embeddings folder holds
 # Pickles the SDK does not read (torch's legacy format) are converted on a desktop with torch.
 _CONVERT_HINT = "convert it on a desktop with: python tools/pt_embedding_to_safetensors.py IN.pt OUT.safetensors"
 # zoodip's own entries of the safetensors header (__metadata__, strings only). Loaders that do not know
@@ -137,38 +138,60 @@ def load_embedding_file(path: str | os.PathLike[str], token: str | None = None) 
 
 def load_embeddings(specs: Sequence[str | os.PathLike[str]], tokenizer: Any = None, hidden: int | None = None,
                     model_id: str | None = None) -> tuple[dict[str, np.ndarray], list[list[str]]]:
-    """Embeddings for a prompt from ``PATH`` or ``PATH:TOKEN`` specs (``--embedding``).
+    """Embeddings for a prompt from ``PATH``, ``PATH:TOKEN`` or ``FOLDER`` specs (``--embedding``).
 
-    Returns ``({token: vectors}, groups)``, each group the names of one file. ``PATH:TOKEN`` names the
+    Returns ``({token: vectors}, groups)``, each group the names of one named file. ``PATH:TOKEN`` names the
     token (as diffusers' ``load_textual_inversion(path, token=...)``). A file without a stored token
     (A1111's ``emb_params``) answers to its file name, A1111's trigger word, and to ``<stem>``; a stem
     that is already a vocabulary word of ``tokenizer`` keeps only ``<stem>`` (it would change that
     word's meaning), as does one with spaces. ``hidden``: the text encoder's width, checked per file.
     ``model_id``: the export's identity; a zoodip file trained on another export gets a warning.
+    A ``FOLDER`` is loaded as A1111 loads its embeddings folder: every ``EMBEDDING_SUFFIXES`` file in it,
+    a file that cannot be used (another model's width, damaged, a name taken) skipped with a warning, and
+    none of them in ``groups``, so that the ones a prompt does not use are not warned about.
     """
     added: dict[str, np.ndarray] = {}
     groups: list[list[str]] = []
     for spec in specs:
         path, token = _split_spec(str(spec))
-        name, vectors, named_by_file = _load(path, token)
-        if hidden is not None:
-            check_hidden_size(vectors, hidden, path)
-        trained_on = read_embedding_metadata(path).get("model") if model_id is not None else None
-        if trained_on is not None and trained_on != model_id:
-            warnings.warn(f"{path} was trained on another export (manifest {trained_on}, this one is {model_id}): "
-                          "a token learned on one model means little to another", stacklevel=2)
-        names = [name]
-        stem = path.stem
-        if (named_by_file and name == f"<{stem}>" and stem and not any(ch.isspace() for ch in stem)
-                and not (tokenizer is not None and len(tokenizer.token_ids_for_word(stem)) == 1)):
-            names.append(stem)  # A1111's trigger word
-        for alias in names:
-            if alias in added:
-                raise ZoodipError(f"two embeddings are named {alias!r} ({spec} and an earlier --embedding): "
-                                  "rename one with --embedding PATH:TOKEN")
-            added[alias] = vectors
-        groups.append(names)
+        if not path.is_dir():
+            groups.append(_add(added, path, token, str(spec), tokenizer, hidden, model_id))
+            continue
+        if token is not None:
+            raise ZoodipError(f"--embedding {spec!r}: a folder's embeddings keep their own names; drop ':{token}'")
+        files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in EMBEDDING_SUFFIXES)
+        if not files:
+            raise ZoodipError(f"--embedding {path} is a folder without embedding files ({', '.join(EMBEDDING_SUFFIXES)})")
+        for file in files:
+            try:
+                _add(added, file, None, str(file), tokenizer, hidden, model_id)
+            except ZoodipError as exc:
+                warnings.warn(f"skipped {file.name} of the folder {path}: {exc}", stacklevel=2)
     return added, groups
+
+
+def _add(added: dict[str, np.ndarray], path: Path, token: str | None, spec: str, tokenizer: Any, hidden: int | None,
+         model_id: str | None) -> list[str]:
+    """One file's embedding into ``added`` under each of its names (see ``load_embeddings``); returns the names."""
+    name, vectors, named_by_file = _load(path, token)
+    if hidden is not None:
+        check_hidden_size(vectors, hidden, path)
+    trained_on = read_embedding_metadata(path).get("model") if model_id is not None else None
+    if trained_on is not None and trained_on != model_id:
+        warnings.warn(f"{path} was trained on another export (manifest {trained_on}, this one is {model_id}): "
+                      "a token learned on one model means little to another", stacklevel=3)
+    names = [name]
+    stem = path.stem
+    if (named_by_file and name == f"<{stem}>" and stem and not any(ch.isspace() for ch in stem)
+            and not (tokenizer is not None and len(tokenizer.token_ids_for_word(stem)) == 1)):
+        names.append(stem)  # A1111's trigger word
+    for alias in names:
+        if alias in added:
+            raise ZoodipError(f"two embeddings are named {alias!r} ({spec} and an earlier --embedding): "
+                              "rename one with --embedding PATH:TOKEN")
+    for alias in names:
+        added[alias] = vectors
+    return names
 
 
 def _split_spec(spec: str) -> tuple[Path, str | None]:

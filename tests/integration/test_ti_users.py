@@ -251,3 +251,34 @@ def test_info_shows_how_an_embedding_was_trained(tiny_export, photos, tmp_path, 
     assert main(["info", str(a1111_file(tmp_path, "zorbflake"))]) == 0
     assert "not recorded" in capsys.readouterr().out
     assert json.loads(read_embedding_metadata(result.embedding_path)["settings"])["resolution"] == 128
+
+
+def test_an_embeddings_folder_loads_as_a1111_loads_its_own(model, tmp_path, tiny_export, capsys):
+    """Every embedding file in it, unusable ones skipped with a warning, none warned about when a prompt leaves it out."""
+    torch = pytest.importorskip("torch")
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    a1111_file(folder, "zorbflake")
+    torch.save({"string_to_param": {"*": torch.randn(2, model.hidden_size)}, "name": "x"}, folder / "quillmoth.pt")
+    a1111_file(folder, "too-wide", width=model.hidden_size + 8)  # another model family's
+    (folder / "broken.bin").write_bytes(b"PK\x03\x04 not a zip")
+    (folder / "notes.txt").write_text("not an embedding")
+    with pytest.warns(UserWarning) as caught:
+        added, groups = load_embeddings([folder], model.tokenizer, model.hidden_size)
+    skipped = sorted(str(w.message).split(" ")[1] for w in caught)
+    assert skipped == ["broken.bin", "too-wide.safetensors"] and groups == []
+    assert set(added) == {"<zorbflake>", "zorbflake", "<quillmoth>", "quillmoth"} and added["quillmoth"].shape[0] == 2
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the folder's other embedding unused: nothing to say
+        generate(model, "a photo of zorbflake", steps=1, added_embeddings=added, token_groups=groups)
+    with pytest.raises(ZoodipError, match="a folder's embeddings keep their own names"):
+        load_embeddings([f"{folder}:<mine>"], model.tokenizer)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ZoodipError, match="is a folder without embedding files"):
+        load_embeddings([tmp_path / "empty"], model.tokenizer)
+    out = tmp_path / "q.png"
+    code = main(["generate", "--model", str(tiny_export), "--prompt", "a quillmoth star", "--steps", "2",
+                 "--embedding", str(folder), "--out", str(out), "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 0 and out.is_file() and err.count("warning: skipped") == 2, err
