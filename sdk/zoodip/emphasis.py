@@ -35,8 +35,8 @@ ROUND_FACTOR = 1.1  # A1111's "(x)"
 SQUARE_FACTOR = 1 / 1.1  # A1111's "[x]"
 _ESCAPABLE = "()[]\\"
 _EXPLICIT_WEIGHT = re.compile(r":\s*([+-]?[.\d]+)\s*\)")  # the ":1.3)" that closes "(x:1.3)"
-# What an A1111 prompt with an explicit weight looks like: worth a warning where it is read as plain text.
 _LARGEST_WEIGHT = float(np.finfo(np.float32).max)  # the text states are float32
+# What an A1111 prompt with an explicit weight looks like: worth a warning where it is read as plain text.
 _A1111_WEIGHTED = re.compile(r"\([^()]*:\s*[+-]?\d*\.?\d+\s*\)")
 
 
