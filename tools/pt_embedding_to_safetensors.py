@@ -2,8 +2,7 @@
 
     python tools/pt_embedding_to_safetensors.py IN.pt OUT.safetensors
 
-The SDK reads torch.save zip files itself (``zoodip.torch_save``, tensors and plain containers only) but not
-torch's legacy format (saved before torch 1.6), which this converts. It knows the two common layouts:
+The SDK never unpickles files (a pickle can run code). This converts the two common layouts:
 diffusers' ``{token: tensor}`` and A1111's ``{"string_to_param": {"*": tensor}, ...}``. Loading uses
 ``weights_only=True``, so only tensors and plain containers are accepted.
 """

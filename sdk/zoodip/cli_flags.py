@@ -148,7 +148,7 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt", default="")
     g.add_argument("--embedding", action="append", metavar="PATH[:TOKEN]",
-                   help="learned embedding file (diffusers or A1111; .safetensors, .pt, .bin), optionally renamed to "
+                   help="learned embedding file (diffusers or A1111 .safetensors), optionally renamed to "
                         "TOKEN; an A1111 file answers to its file name, as in A1111; or a folder of them (every file "
                         "loaded, as A1111's embeddings folder); repeatable")
     # diffusers' pipeline arguments are accepted too: num_inference_steps, num_images_per_prompt.

@@ -8,17 +8,14 @@ vectors are also written as A1111 names its safetensors embeddings, ``NAME.safet
 ``emb_params`` (:func:`save_a1111_embedding`), whose trigger word in A1111 is NAME.
 
 What we read: that format (also with a 1-D ``[hidden]`` tensor), A1111/webui safetensors files
-(an ``emb_params`` tensor, the token being the file's name), flattened ``string_to_param.*`` exports,
-and the same layouts saved by ``torch.save`` (diffusers' ``learned_embeds.bin``, A1111's ``NAME.pt``
-with ``string_to_param``). Those are pickles, and this SDK loads files a user downloaded, so they are
-read by ``zoodip.torch_save``, which unpickles only tensors and plain containers and calls nothing the
-file names; torch's legacy (pre-1.6) format is refused.
+(an ``emb_params`` tensor, the token being the file's name), and flattened ``string_to_param.*``
+exports. Pickled ``.pt``/``.bin`` files are refused: unpickling runs arbitrary code, and this SDK
+loads files a user downloaded.
 """
 from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,6 @@ import numpy as np
 
 from .errors import ZoodipError
 from .safetensors_io import load_metadata, read_file, save_file
-from .torch_save import StoredTensor, read_torch_save
 
 # A prompt holds at most 75 tokens (77 with its start and end markers), so no usable embedding has
 # more vectors; text encoders in use are at most 4096 wide. Checked on the file's header, before
@@ -35,8 +31,9 @@ from .torch_save import StoredTensor, read_torch_save
 MAX_VECTORS = 75
 MAX_WIDTH = 4096
 _PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
-EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")  # what an A1111 embeddings folder holds
-# Pickles the SDK does not read (torch's legacy format) are converted on a desktop with torch.
+# What an A1111 embeddings folder holds; its pickles (.pt/.bin) are refused one by one, each skip said.
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+# Pickles are converted on a desktop with torch, by a script kept outside the SDK.
 _CONVERT_HINT = "convert it on a desktop with: python tools/pt_embedding_to_safetensors.py IN.pt OUT.safetensors"
 # zoodip's own entries of the safetensors header (__metadata__, strings only). Loaders that do not know
 # them (diffusers, A1111, the safetensors package) read the tensors and ignore the header's metadata.
@@ -230,9 +227,13 @@ def _load(path: Path, token: str | None) -> tuple[str, np.ndarray, bool]:
 
 
 def _read_embedding(path: Path) -> tuple[str, np.ndarray]:
-    """(the embedding's name in the file, its array), from a safetensors file or a ``torch.save`` one."""
-    if path.suffix.lower() in _PICKLE_SUFFIXES and _looks_pickled(path):  # else perhaps safetensors, renamed
-        return _read_pickled(path)
+    """(the embedding's name in the file, its array) from a safetensors file; pickles are refused."""
+    pickle_error = ZoodipError(
+        f"{path} is a pickle (.pt/.bin), which zoodip does not load because unpickling can run arbitrary code; "
+        + _CONVERT_HINT
+    )
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise pickle_error
     chosen: list[str] = []
     parsed: list[bool] = []  # the header parsed: whatever goes wrong next, it is not a pickle
 
@@ -247,46 +248,11 @@ def _read_embedding(path: Path) -> tuple[str, np.ndarray]:
     try:
         tensors, _ = read_file(path, select=select)
     except ZoodipError:
-        if not parsed and _looks_pickled(path):  # a torch.save file under another suffix
-            return _read_pickled(path)
+        # A renamed torch.save file: say what it is rather than "invalid safetensors".
+        if not parsed and _looks_pickled(path):
+            raise pickle_error from None
         raise
     return chosen[0], tensors[chosen[0]]
-
-
-def _read_pickled(path: Path) -> tuple[str, np.ndarray]:
-    """The embedding of a ``torch.save`` file, its layout told by its keys as for safetensors files (an A1111
-    ``{"string_to_param": {"*": tensor}, ...}`` flattened to ``string_to_param.*``)."""
-    if path.is_file() and not zipfile.is_zipfile(path):
-        with open(path, "rb") as handle:
-            protocol_mark = handle.read(1) == b"\x80"  # a raw pickle stream, as torch's legacy format is
-        if protocol_mark:
-            raise ZoodipError(f"{path} is a pickle in torch's legacy format (saved before torch 1.6) or another "
-                              "non-zip pickle, which zoodip does not read; " + _CONVERT_HINT)
-        raise ZoodipError(f"{path} is neither a safetensors file nor a complete torch.save zip archive: it is damaged "
-                          "or of another kind; re-download it, or save the embedding as .safetensors")
-    chosen: list[str] = []
-
-    def select(saved: Any) -> StoredTensor:
-        tensors = _stored_tensors(saved)
-        if not tensors:
-            raise ZoodipError("it holds no tensors: it is not a textual-inversion embedding")
-        chosen.append(_pick_embedding(tensors, path))
-        _check_embedding_header({"dtype": tensors[chosen[0]].dtype, "shape": list(tensors[chosen[0]].shape)}, path)
-        return tensors[chosen[0]]
-
-    vectors = read_torch_save(path, select)
-    return chosen[0], vectors
-
-
-def _stored_tensors(saved: Any, prefix: str = "", depth: int = 4) -> dict[str, StoredTensor]:
-    """The tensors of an unpickled object by dotted name (``string_to_param.*``), a bare tensor as ``emb_params``,
-    to ``depth`` levels of dicts (an embedding's are within 2; a pickle may nest dicts in themselves)."""
-    if isinstance(saved, StoredTensor):
-        return {prefix[:-1] or "emb_params": saved}
-    if not isinstance(saved, dict) or depth == 0:
-        return {}
-    return {name: tensor for key, value in saved.items() if isinstance(key, str)
-            for name, tensor in _stored_tensors(value, f"{prefix}{key}.", depth - 1).items()}
 
 
 def check_hidden_size(vectors: np.ndarray, hidden: int, path: str | os.PathLike[str]) -> None:

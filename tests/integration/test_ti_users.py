@@ -254,19 +254,22 @@ def test_info_shows_how_an_embedding_was_trained(tiny_export, photos, tmp_path, 
 
 
 def test_an_embeddings_folder_loads_as_a1111_loads_its_own(model, tmp_path, tiny_export, capsys):
-    """Every embedding file in it, unusable ones skipped with a warning, none warned about when a prompt leaves it out."""
-    torch = pytest.importorskip("torch")
+    """Every embedding file in it, unusable ones (pickles included) skipped with a warning, none warned about when a
+    prompt leaves it out."""
     folder = tmp_path / "embeddings"
     folder.mkdir()
     a1111_file(folder, "zorbflake")
-    torch.save({"string_to_param": {"*": torch.randn(2, model.hidden_size)}, "name": "x"}, folder / "quillmoth.pt")
+    save_file({"emb_params": np.random.default_rng(1).standard_normal((2, model.hidden_size)).astype(np.float32)},
+              folder / "quillmoth.safetensors")
+    (folder / "pickled.pt").write_bytes(b"\x80\x02}q\x00.")  # refused like any pickle
     a1111_file(folder, "too-wide", width=model.hidden_size + 8)  # another model family's
     (folder / "broken.bin").write_bytes(b"PK\x03\x04 not a zip")
     (folder / "notes.txt").write_text("not an embedding")
     with pytest.warns(UserWarning) as caught:
         added, groups = load_embeddings([folder], model.tokenizer, model.hidden_size)
     skipped = sorted(str(w.message).split(" ")[1] for w in caught)
-    assert skipped == ["broken.bin", "too-wide.safetensors"] and groups == []
+    assert skipped == ["broken.bin", "pickled.pt", "too-wide.safetensors"] and groups == []
+    assert "is a pickle" in next(str(w.message) for w in caught if "pickled.pt" in str(w.message))
     assert set(added) == {"<zorbflake>", "zorbflake", "<quillmoth>", "quillmoth"} and added["quillmoth"].shape[0] == 2
     import warnings
     with warnings.catch_warnings():
@@ -281,4 +284,4 @@ def test_an_embeddings_folder_loads_as_a1111_loads_its_own(model, tmp_path, tiny
     code = main(["generate", "--model", str(tiny_export), "--prompt", "a quillmoth star", "--steps", "2",
                  "--embedding", str(folder), "--out", str(out), "--threads", "1"])
     err = capsys.readouterr().err
-    assert code == 0 and out.is_file() and err.count("warning: skipped") == 2, err
+    assert code == 0 and out.is_file() and err.count("warning: skipped") == 3, err
