@@ -73,7 +73,7 @@ def run_generate(spec: dict, phases: Any) -> dict:
     started = time.perf_counter()
     images = generate(model, PROMPT, steps=int(spec["sampling_steps"]), height=int(spec["resolution"]),
                       width=int(spec["resolution"]), seed=0, callback=lambda i, n, x: stamps.append(time.perf_counter()),
-                      image=photo, strength=0.8 if strength is None else strength)
+                      image=photo, **({} if strength is None else {"strength": strength}))
     generate_s = time.perf_counter() - started
     marks.finish()
     step_times = [b - a for a, b in zip([started] + stamps[:-1], stamps)]

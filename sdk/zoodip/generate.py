@@ -39,8 +39,7 @@ from .image_side import check_side, side_multiple
 from .images import image_pixels, init_image_size, open_init_image, to_pil
 from .limits import check_image_size
 from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
-from .samplers import SAMPLERS
-from .sampling import ProgressCallback, check_strength, run_sampler
+from .sampling import DEFAULT_STRENGTH, ProgressCallback, check_sampler, check_strength, run_sampler
 from .vae_tiles import decode_tiled
 
 # Images per call: they are denoised as one UNet batch (twice that with guidance), whose activations
@@ -75,14 +74,14 @@ def generate(
     latents: np.ndarray | None = None,
     prompt_weighting: str = "none",
     image: str | Path | Image.Image | None = None,
-    strength: float = 0.8,
+    strength: float = DEFAULT_STRENGTH,
 ) -> list[Image.Image]:
     """Generate ``num_images`` images for ``prompt``; returns RGB PIL images of ``width`` x ``height``.
 
     Args:
         model: an ``ExportedModel`` (or anything with its interface: tokenizer, encode_text, unet, ...).
         guidance_scale: ``uncond + g (cond - uncond)``; 1.0 runs the prompt alone (half the work), 0.0 the negative one.
-        sampler: one of ``samplers.SAMPLERS`` (default "dpmpp_2m", DPM-Solver++ 2M).
+        sampler: one of ``sampling.SAMPLERS`` (default "dpmpp_2m", DPM-Solver++ 2M).
         seed: the initial latents are ``np.random.default_rng(seed).standard_normal`` (float32): the same on any machine.
         height, width: image size in pixels, multiples of 8 (default: the model's native size).
         added_embeddings: learned tokens, ``{token: vectors [n, hidden] or [hidden]}``, for both prompts.
@@ -204,8 +203,7 @@ def _check_settings(prompt: object, negative_prompt: object, sampler: str, num_i
                     eta: float, seed: object, prompt_weighting: object = "none") -> None:
     """generate()'s settings that need no model, each refused in one line."""
     check_prompt_weighting(prompt_weighting)
-    if sampler not in SAMPLERS:
-        raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+    check_sampler(sampler)
     check_num_images(num_images)
     if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
         raise ZoodipError(f"guidance_scale must be a finite number, got {guidance_scale!r}")

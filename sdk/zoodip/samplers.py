@@ -30,9 +30,6 @@ import numpy as np
 
 from .errors import ZoodipError
 
-# The samplers, by name (the CLI's --sampler choices; the first is the default). A1111 calls the last two
-# "DPM++ 2M Karras" and "Euler a".
-SAMPLERS = ("dpmpp_2m", "ddim", "euler", "dpmpp_2m_karras", "euler_a")
 
 ModelFn = Callable[[np.ndarray, float], np.ndarray]
 """``model_fn(x, t)``: the model's output for latents ``x`` [B, C, h, w] at timestep ``t``."""

@@ -19,7 +19,6 @@ import numpy as np
 
 from .errors import ZoodipError
 from .samplers import (
-    SAMPLERS,
     ddim_timesteps,
     dpm_timesteps,
     euler_init_noise_sigma,
@@ -42,7 +41,7 @@ class _SamplerKind:
     sigma_space: bool  # steps on k-diffusion's x0 + sigma * eps (the Euler samplers), not on VP latents
 
 
-# Every name of SAMPLERS, by what the plan needs of it (tests/integration/test_samplers.py runs each through generate).
+# The samplers by name, with what the plan needs of each. A1111 calls the last two "DPM++ 2M Karras" and "Euler a".
 _KINDS = {
     "dpmpp_2m": _SamplerKind(dpm_timesteps, "linspace", False),
     "ddim": _SamplerKind(ddim_timesteps, "leading", False),
@@ -50,6 +49,8 @@ _KINDS = {
     "dpmpp_2m_karras": _SamplerKind(None, "linspace", False),
     "euler_a": _SamplerKind(euler_timesteps, "linspace", True),
 }
+SAMPLERS = tuple(_KINDS)  # the CLI's --sampler choices; the first is the default
+DEFAULT_STRENGTH = 0.8  # image-to-image's default strength, diffusers' img2img pipelines'
 
 ProgressCallback = Callable[[int, int, np.ndarray], None]
 """``callback(step, total, latents)``: after each denoising step (``step`` counts from 1); ``latents``
@@ -75,8 +76,7 @@ def sampling_plan(model: Any, sampler: str, steps: int) -> SamplingPlan:
     num_train = int(schedule.num_train_timesteps)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_train:
         raise ZoodipError(f"steps must be an integer from 1 to {num_train}, got {steps!r} (20-30 is typical)")
-    if sampler not in SAMPLERS:
-        raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+    check_sampler(sampler)
     kind, config = _KINDS[sampler], scheduler_config(model)
     spacing = str(config.get("timestep_spacing") or kind.default_spacing)
     offset = int(config.get("steps_offset", 0) or 0)
@@ -90,10 +90,15 @@ def sampling_plan(model: Any, sampler: str, steps: int) -> SamplingPlan:
     return SamplingPlan(sampler, timesteps, sigmas, init, final, kind.sigma_space)
 
 
+def check_sampler(sampler: object) -> None:
+    if sampler not in SAMPLERS:
+        raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+
+
 def check_strength(strength: object) -> None:
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
         raise ZoodipError(f"strength must be a number in (0, 1], got {strength!r}: how much of the image is redrawn "
-                          "(0.8, diffusers' default, keeps its layout; 1.0 keeps almost nothing of it)")
+                          f"({DEFAULT_STRENGTH}, diffusers' default, keeps its layout; 1.0 keeps almost nothing of it)")
 
 
 def image_to_image(plan: SamplingPlan, strength: float) -> SamplingPlan:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from zoodip.errors import ZoodipError
+from zoodip.sampling import SAMPLERS
 from zoodip.samplers import (
-    SAMPLERS,
     ddim_timesteps,
     dpm_timesteps,
     euler_init_noise_sigma,
