@@ -127,7 +127,7 @@ def write_operator_configs(ort_files: list[Path], out_dir: Path) -> None:
 
 def _random_inputs(session: ort.InferenceSession, model: ExportedModel, rng: np.random.Generator) -> dict[str, np.ndarray]:
     symbols = {"batch": 1, "latent_height": model.sample_size, "latent_width": model.sample_size,
-               "height": model.default_resolution, "width": model.default_resolution}
+               "height": model.default_resolution, "width": model.default_resolution, "text_length": model.max_length}
     feeds = {}
     for item in session.get_inputs():
         shape = [d if isinstance(d, int) else symbols.get(str(d), model.sample_size) for d in item.shape]

@@ -234,7 +234,8 @@ def _export_graphs(source: Path, staging: Path, info: dict[str, Any], recipe: st
     np.save(staging / TOKEN_EMBEDDINGS, table, allow_pickle=False)
     exporter.token_table = np.load(staging / TOKEN_EMBEDDINGS, mmap_mode="r")
     del table
-    raw = exporter.export_one("text_encoder", ox.TextEncoderGraph(text_encoder.text_model, info["max_length"]))
+    raw = exporter.export_one("text_encoder", ox.TextEncoderGraph(text_encoder.text_model, info["max_length"],
+                                                                  clip_skip_states=True))
     del text_encoder
     exporter.finish_one("text_encoder", raw)
 

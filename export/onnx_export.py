@@ -32,15 +32,20 @@ EXTERNAL_ALIGN_MIN_BYTES = 1 << 20
 
 
 class TextEncoderGraph(torch.nn.Module):
-    """CLIP's text transformer from token embeddings: ``inputs_embeds`` [B,L,H] -> ``last_hidden_state``.
+    """CLIP's text transformer from token embeddings: ``inputs_embeds`` [B,L,H] -> ``last_hidden_state``
+    (with ``clip_skip_states``: and ``clip_skip_states`` [B, N-1, L, H], as the export writes it).
 
     Taking the token embeddings (not ids) as input is what lets the SDK put any vector in the
     placeholder's row. transformers' ``CLIPTextTransformer.forward`` insists on ``input_ids``, so
     this rebuilds it from its parts: + position embeddings, CLIP's causal mask, encoder, final norm.
+
+    ``clip_skip_states[:, k - 1]`` is the state diffusers' ``clip_skip=k`` conditions on: the output of
+    the k-th layer from the end of the N layers, through the final norm (A1111's "Clip skip" k + 1).
     """
 
-    def __init__(self, text_model: torch.nn.Module, max_length: int) -> None:
+    def __init__(self, text_model: torch.nn.Module, max_length: int, clip_skip_states: bool = False) -> None:
         super().__init__()
+        self.clip_skip_states = clip_skip_states
         self.encoder = text_model.encoder
         self.final_layer_norm = text_model.final_layer_norm
         positions = text_model.embeddings.position_embedding.weight[:max_length].detach()
@@ -50,10 +55,15 @@ class TextEncoderGraph(torch.nn.Module):
         mask = torch.full((max_length, max_length), torch.finfo(torch.float32).min).triu(1)
         self.register_buffer("causal_mask", mask[None, None], persistent=False)
 
-    def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         hidden = inputs_embeds + self.position_embeds
-        hidden = self.encoder(inputs_embeds=hidden, attention_mask=None, causal_attention_mask=self.causal_mask)[0]
-        return self.final_layer_norm(hidden)
+        if not self.clip_skip_states:
+            return self.final_layer_norm(self.encoder(inputs_embeds=hidden, attention_mask=None,
+                                                      causal_attention_mask=self.causal_mask)[0])
+        layers = self.encoder(inputs_embeds=hidden, attention_mask=None, causal_attention_mask=self.causal_mask,
+                              output_hidden_states=True).hidden_states  # the embeddings, then each layer's output
+        skipped = [self.final_layer_norm(layers[-(k + 1)]) for k in range(1, len(layers) - 1)]
+        return self.final_layer_norm(layers[-1]), torch.stack(skipped, dim=1)
 
 
 # Self-attention at the UNet's finest level is the largest activation of a forward pass: at 512 px
@@ -198,12 +208,13 @@ _IMAGE_AXES = {0: "batch", 2: "image_height", 3: "image_width"}
 
 GRAPH_SPECS: dict[str, GraphSpec] = {
     "text_encoder": GraphSpec(
-        "text_encoder", ("inputs_embeds",), ("last_hidden_state",),
-        {"inputs_embeds": {0: "batch"}, "last_hidden_state": {0: "batch"}},
+        "text_encoder", ("inputs_embeds",), ("last_hidden_state", "clip_skip_states"),
+        {"inputs_embeds": {0: "batch"}, "last_hidden_state": {0: "batch"}, "clip_skip_states": {0: "batch"}},
     ),
+    # The text states' length is free: A1111's long prompts are several 77-token encodings end to end.
     "unet": GraphSpec(
         "unet", ("sample", "timestep", "encoder_hidden_states"), ("noise_pred",),
-        {"sample": _LATENT_AXES, "timestep": {0: "batch"}, "encoder_hidden_states": {0: "batch"},
+        {"sample": _LATENT_AXES, "timestep": {0: "batch"}, "encoder_hidden_states": {0: "batch", 1: "text_length"},
          "noise_pred": _LATENT_AXES},
     ),
     "vae_encoder": GraphSpec(

@@ -60,12 +60,15 @@ def parity_inputs(name: str, model_info: dict[str, Any], *, seed: int = 0,
 
 
 def run_torch(module: torch.nn.Module, spec: GraphSpec, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The module's outputs, flattened and joined in ``spec.outputs``' order (one array to compare)."""
     with torch.no_grad():
-        return module(*(torch.from_numpy(inputs[k]) for k in spec.inputs)).numpy()
+        out = module(*(torch.from_numpy(inputs[k]) for k in spec.inputs))
+    return np.concatenate([o.numpy().ravel() for o in (out if isinstance(out, tuple) else (out,))])
 
 
 def run_onnx(path: Path, inputs: dict[str, np.ndarray], session: dict[str, Any] | None = None) -> np.ndarray:
-    return open_session(path, session).run(None, inputs)[0]
+    """The graph's outputs, flattened and joined in its output order (as :func:`run_torch`)."""
+    return np.concatenate([o.ravel() for o in open_session(path, session).run(None, inputs)])
 
 
 def max_abs_error(a: np.ndarray, b: np.ndarray) -> float:

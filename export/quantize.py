@@ -71,7 +71,9 @@ SESSION_SETTINGS: dict[str, dict[str, Any]] = {
 # w4a32 revision 2: the text encoder w8a32 whole; revision 3: the UNet's deepest convolutions 4-bit too,
 # and each 4-bit layer's block chosen from INT4_BLOCKS; revision 4: layers reading the text encoder's output
 # (quantize_int4.INT4_INT8_READERS_OF) stay int8.
-RECIPE_REVISION: dict[str, int] = {"w8a32": 3, "w4a32": 4, "dynamic-int8": 1, "fp32": 1}
+# Every recipe, one revision up (w8a32 4, w4a32 5, dynamic-int8 and fp32 2): the text encoder also gives its inner
+# layers' states (clip skip) and the UNet takes text states of any length (A1111's long prompts).
+RECIPE_REVISION: dict[str, int] = {"w8a32": 4, "w4a32": 5, "dynamic-int8": 2, "fp32": 2}
 # Graphs the w4a32 recipe keeps entirely in w8a32 (see the module docstring).
 W4A32_INT8_GRAPHS: tuple[str, ...] = ("text_encoder",)
 # Graphs whose convolutions w4a32 may make 4-bit (those of INT4_CONV_LEVELS deepest resolution levels;

@@ -74,12 +74,14 @@ def test_int8_export_folder_and_manifest(int8_export: tuple[Path, dict[str, Any]
     graphs = manifest["graphs"]
     assert set(graphs) == {"text_encoder", "unet", "vae_encoder", "vae_decoder"}
     assert graphs["text_encoder"]["inputs"] == {"inputs_embeds": {"shape": ["batch", 77, 32], "dtype": "float32"}}
-    assert graphs["text_encoder"]["outputs"] == {"last_hidden_state": {"shape": ["batch", 77, 32], "dtype": "float32"}}
+    assert graphs["text_encoder"]["outputs"] == {  # the tiny text encoder has 2 layers: 1 to skip
+        "last_hidden_state": {"shape": ["batch", 77, 32], "dtype": "float32"},
+        "clip_skip_states": {"shape": ["batch", 1, 77, 32], "dtype": "float32"}}
     latent = ["batch", 4, "latent_height", "latent_width"]
     assert graphs["unet"]["inputs"] == {
         "sample": {"shape": latent, "dtype": "float32"},
         "timestep": {"shape": ["batch"], "dtype": "float32"},
-        "encoder_hidden_states": {"shape": ["batch", 77, 32], "dtype": "float32"},
+        "encoder_hidden_states": {"shape": ["batch", "text_length", 32], "dtype": "float32"},
     }
     assert graphs["unet"]["outputs"] == {"noise_pred": {"shape": latent, "dtype": "float32"}}
     image = ["batch", 3, "image_height", "image_width"]
@@ -160,16 +162,53 @@ def test_graphs_run_in_onnxruntime_with_session_settings(int8_export: tuple[Path
     options, kwargs = session_options(manifest["session"])
     assert options.get_session_config_entry("session.disable_quant_qdq") == "1"
     assert kwargs == {"disabled_optimizers": ["ConstantFolding"]}
-    sizes = {"batch": 3, "latent_height": 16, "latent_width": 8, "image_height": 128, "image_width": 64}
+    sizes = {"batch": 3, "latent_height": 16, "latent_width": 8, "image_height": 128, "image_width": 64,
+             "text_length": 154}
     rng = np.random.default_rng(0)
     for name, entry in manifest["graphs"].items():
         session = open_session(out / entry["file"], manifest["session"])
         feeds = {k: rng.standard_normal([sizes.get(d, d) for d in v["shape"]]).astype(np.float32)
                  for k, v in entry["inputs"].items()}
-        (result,) = session.run(None, feeds)
-        (output,) = entry["outputs"].values()
-        assert list(result.shape) == [sizes.get(d, d) for d in output["shape"]], name
-        assert np.isfinite(result).all()
+        results = session.run(None, feeds)
+        assert len(results) == len(entry["outputs"]), name
+        for result, output in zip(results, entry["outputs"].values()):
+            assert list(result.shape) == [sizes.get(d, d) for d in output["shape"]], name
+            assert np.isfinite(result).all()
+
+
+def test_clip_skip_states_are_diffusers_clip_skip(tiny_source: Path, fp32_export: tuple[Path, dict[str, Any]]) -> None:
+    """The text encoder's clip_skip_states[:, k - 1] are what diffusers' encode_prompt(clip_skip=k) conditions on."""
+    from diffusers import StableDiffusionPipeline
+    from zoodip.model import ExportedModel
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_source), safety_checker=None)
+    model = ExportedModel.load(fp32_export[0])
+    table = pipe.text_encoder.text_model.embeddings.token_embedding.weight
+    table.data = table.data.half().float()  # the export's table is float16
+    assert model.clip_skip_layers == pipe.text_encoder.config.num_hidden_layers - 1 >= 1
+    prompt = "a photo of a red dog"
+    states = []
+    for skip in range(model.clip_skip_layers + 1):
+        with torch.no_grad():
+            reference, _ = pipe.encode_prompt(prompt, "cpu", 1, False, clip_skip=skip or None)
+        states.append(model.encode_text(model.tokenizer([prompt]), clip_skip=skip))
+        assert np.abs(states[-1] - reference.numpy()).max() < FP32_ABS_BOUND, skip
+    assert np.abs(states[0] - states[1]).max() > 0.1  # another layer's states, not the last one's
+
+
+def test_the_unet_reads_text_states_of_any_length(tiny_source: Path, fp32_export: tuple[Path, dict[str, Any]]) -> None:
+    """A1111's long prompts (77 states per chunk, end to end): the fp32 graph against the torch UNet at each length."""
+    unet = ox.UNetGraph(ox.load_unet(tiny_source / "unet"))
+    session = open_session(fp32_export[0] / "unet.onnx")
+    rng = np.random.default_rng(2)
+    for length in (77, 154, 308):
+        feeds = {"sample": rng.standard_normal((2, 4, 16, 16), dtype=np.float32),
+                 "timestep": np.array([700.0, 20.0], np.float32),
+                 "encoder_hidden_states": rng.standard_normal((2, length, 32), dtype=np.float32)}
+        (ours,) = session.run(None, feeds)
+        with torch.no_grad():
+            reference = unet(*(torch.from_numpy(feeds[k]) for k in ("sample", "timestep", "encoder_hidden_states")))
+        assert np.abs(ours - reference.numpy()).max() < FP32_ABS_BOUND, length
 
 
 def test_text_encoder_graph_matches_clip(tiny_source: Path, int8_export: tuple[Path, dict[str, Any]]) -> None:
