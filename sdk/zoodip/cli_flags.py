@@ -156,8 +156,12 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance-scale", type=float, default=7.5)
     g.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0])
     g.add_argument("--prompt-weighting", choices=PROMPT_WEIGHTINGS, default=PROMPT_WEIGHTINGS[0],
-                   help="none: brackets are plain text, as in diffusers; a1111: AUTOMATIC1111's emphasis, (words) x1.1, "
-                        "[words] /1.1, (words:1.3) x1.3, \\( for a literal bracket")
+                   help="none: brackets are plain text, as in diffusers (77 tokens); a1111: AUTOMATIC1111's emphasis, "
+                        "(words) x1.1, [words] /1.1, (words:1.3) x1.3, \\( for a literal bracket, and long prompts in "
+                        "75-token chunks (BREAK starts one)")
+    g.add_argument("--clip-skip", type=int, default=0, metavar="N",
+                   help="condition on the text encoder's N-th layer from the end (diffusers' clip_skip; A1111's "
+                        "'Clip skip' N+1); 0: its last layer")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--image", default=None, metavar="PATH",
                    help="image-to-image (diffusers' img2img): start from this picture, resized to --width/--height "

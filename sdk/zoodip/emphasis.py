@@ -20,6 +20,13 @@ the start, end and padding tokens):
 
 i.e. the weighted states rescaled so that the mean of all their numbers is unchanged (A1111's "Original"
 emphasis). A prompt without brackets gives the unweighted states exactly.
+
+Long prompts, as A1111 reads them (where the export's UNet takes text states of any length): the tokens are
+cut into chunks of 75, each encoded on its own as ``[start, 75 tokens, end]`` (padded), emphasized on its own,
+and the chunks' states are joined end to end. ``BREAK`` (a word of its own, in capitals) ends the current chunk.
+A chunk that would end within ``COMMA_BACKTRACK`` tokens after a comma ends at the comma instead, its last
+words moved to the next chunk; an added token's vectors are never split between chunks. (A1111 reads a BREAK
+inside brackets as the word "BREAK" with a negative weight; here it ends the chunk wherever it stands.)
 """
 from __future__ import annotations
 
@@ -36,6 +43,10 @@ SQUARE_FACTOR = 1 / 1.1  # A1111's "[x]"
 _ESCAPABLE = "()[]\\"
 _EXPLICIT_WEIGHT = re.compile(r":\s*([+-]?[.\d]+)\s*\)")  # the ":1.3)" that closes "(x:1.3)"
 _LARGEST_WEIGHT = float(np.finfo(np.float32).max)  # the text states are float32
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")  # A1111's chunk break, with the spaces around it
+CHUNK_TOKENS = 75  # a chunk's own tokens: the text encoder's 77 less the start and end tokens
+COMMA_BACKTRACK = 20  # A1111's default "comma padding backtrack"
+MAX_CHUNKS = 4  # the longest prompt read: 300 tokens (the UNet's cross-attention grows with the length)
 # What an A1111 prompt with an explicit weight looks like: worth a warning where it is read as plain text.
 _A1111_WEIGHTED = re.compile(r"\([^()]*:\s*[+-]?\d*\.?\d+\s*\)")
 
@@ -46,15 +57,28 @@ def check_prompt_weighting(prompt_weighting: object) -> None:
 
 
 def parse_emphasis(prompt: str) -> list[tuple[str, float]]:
-    """``prompt`` as (text, weight) pieces in order, neighbours of equal weight merged; never empty."""
-    pieces: list[list[Any]] = []  # [text, weight]; weights are multiplied in place when a bracket closes
+    """``prompt`` as (text, weight) pieces in order, neighbours of equal weight merged; never empty.
+    ``BREAK`` is text here (see :func:`parse_chunks`)."""
+    return _parse(prompt, breaks=False)[0]
+
+
+def parse_chunks(prompt: str) -> list[list[tuple[str, float]]]:
+    """``prompt``'s pieces as :func:`parse_emphasis` gives them, in one list per part between ``BREAK`` words."""
+    return _parse(prompt, breaks=True)
+
+
+def _parse(prompt: str, breaks: bool) -> list[list[tuple[str, float]]]:
+    pieces: list[list[Any]] = []  # [text, weight], text None at a BREAK; weights are multiplied when a bracket closes
     open_round: list[int] = []  # index of the first piece inside each open "(" / "["
     open_square: list[int] = []
     text: list[str] = []
 
     def flush() -> None:
         if text:
-            pieces.append(["".join(text), 1.0])
+            parts = _BREAK.split("".join(text)) if breaks else ["".join(text)]
+            for k, part in enumerate(parts):
+                pieces.extend([[None, 1.0]] if k else [])
+                pieces.extend([[part, 1.0]] if part else [])
             text.clear()
 
     def close(opened: list[int], factor: float) -> None:
@@ -102,17 +126,21 @@ def _weight(number: str) -> float:
         raise ZoodipError(f"cannot read the emphasis weight {number!r} in the prompt: write it as (words:1.3)") from None
 
 
-def _merged(pieces: list[list[Any]]) -> list[tuple[str, float]]:
-    merged: list[tuple[str, float]] = []
+def _merged(pieces: list[list[Any]]) -> list[list[tuple[str, float]]]:
+    parts: list[list[tuple[str, float]]] = [[]]
     for text, weight in pieces:
+        if text is None:  # BREAK
+            parts.append([])
+            continue
         if not abs(weight) <= _LARGEST_WEIGHT:  # also NaN
             raise ZoodipError(f"the emphasis weight of {text[:40]!r} comes to {weight:g}, beyond what the text states "
                               "can be scaled by: fewer nested brackets, or a smaller (words:W)")
+        merged = parts[-1]
         if merged and merged[-1][1] == weight:
             merged[-1] = (merged[-1][0] + text, weight)
         else:
             merged.append((text, float(weight)))
-    return merged or [("", 1.0)]
+    return [merged or [("", 1.0)] for merged in parts]
 
 
 def emphasis_free_text(prompt: str) -> str:
@@ -122,10 +150,10 @@ def emphasis_free_text(prompt: str) -> str:
 
 
 def unsupported_problems(prompt: str) -> list[str]:
-    """A1111 syntax that zoodip's emphasis does not read, each a one-line message."""
+    """A1111 syntax that an export whose UNet reads 77 text states only cannot honour, each a one-line message."""
     if re.search(r"\bBREAK\b", prompt):
-        return ["A1111's BREAK (start a new 75-token chunk) is not supported: it is read as the word 'break'; "
-                "drop it, or shorten the prompt to one chunk"]
+        return ["A1111's BREAK (start a new 75-token chunk) needs an export whose UNet reads long prompts: it is read "
+                "as the word 'break' here; re-export the model with this version of 'zoodip export', or drop it"]
     return []
 
 
@@ -150,6 +178,63 @@ def weighted_token_ids(tokenizer: Any, prompt: str) -> tuple[np.ndarray, np.ndar
     token_weights = np.ones((1, length), dtype=np.float32)
     token_weights[0, 1 : 1 + min(len(weights), keep)] = weights[:keep]
     return row, token_weights
+
+
+def chunked_token_ids(tokenizer: Any, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids ``[chunks, 77]`` of ``prompt`` in A1111's chunks (see the module's notes) and each token's weight
+    (float32; 1 outside the prompt's own tokens). One chunk, laid out as :func:`weighted_token_ids`, for a prompt
+    of at most 75 tokens without ``BREAK``; refused past ``MAX_CHUNKS``."""
+    comma = tokenizer.encode(",")[0]
+    base = int(tokenizer.base_vocab_size)
+    chunks: list[tuple[list[int], list[float]]] = []
+    ids: list[int] = []
+    weights: list[float] = []
+    last_comma = -1
+
+    def close() -> None:
+        nonlocal ids, weights, last_comma
+        chunks.append((ids, weights))
+        ids, weights, last_comma = [], [], -1
+
+    for part, pieces in enumerate(parse_chunks(prompt)):
+        if part:
+            close()  # BREAK, even after an empty chunk (A1111 then encodes an empty one)
+        for text, weight in pieces:
+            for unit in _units(tokenizer.encode(text), base):
+                if unit[0] == comma:
+                    last_comma = len(ids)
+                elif len(ids) == CHUNK_TOKENS and last_comma != -1 and len(ids) - last_comma <= COMMA_BACKTRACK:
+                    moved = ids[last_comma + 1 :], weights[last_comma + 1 :]
+                    ids, weights = ids[: last_comma + 1], weights[: last_comma + 1]
+                    close()
+                    ids, weights = list(moved[0]), list(moved[1])
+                if len(ids) == CHUNK_TOKENS or len(ids) + len(unit) > CHUNK_TOKENS:
+                    close()
+                ids += unit[:CHUNK_TOKENS]
+                weights += [weight] * len(unit[:CHUNK_TOKENS])
+    if ids or not chunks:
+        close()
+    if len(chunks) > MAX_CHUNKS:
+        raise ZoodipError(f"the prompt {prompt[:40]!r}... takes {len(chunks)} chunks of {CHUNK_TOKENS} tokens; at most "
+                          f"{MAX_CHUNKS} are read ({MAX_CHUNKS * CHUNK_TOKENS} tokens): shorten it")
+    length = CHUNK_TOKENS + 2
+    rows = np.full((len(chunks), length), tokenizer.pad_id, dtype=np.int64)
+    token_weights = np.ones((len(chunks), length), dtype=np.float32)
+    for row, (chunk_ids, chunk_weights) in enumerate(chunks):
+        rows[row, : len(chunk_ids) + 2] = [tokenizer.bos_id, *chunk_ids, tokenizer.eos_id]
+        token_weights[row, 1 : 1 + len(chunk_weights)] = chunk_weights
+    return rows, token_weights
+
+
+def _units(ids: list[int], base: int) -> list[list[int]]:
+    """``ids`` as the units a chunk keeps whole: one token, or an added token's vectors (consecutive added ids)."""
+    units: list[list[int]] = []
+    for token in ids:
+        if units and token >= base and units[-1][-1] >= base and token == units[-1][-1] + 1:
+            units[-1].append(token)
+        else:
+            units.append([token])
+    return units
 
 
 def emphasize(states: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -32,13 +32,14 @@ import numpy as np
 from PIL import Image
 
 from .embeddings import check_hidden_size
-from .emphasis import (check_prompt_weighting, emphasis_free_text, emphasize, looks_weighted, unsupported_problems,
-                       weighted_token_ids)
+from .emphasis import (check_prompt_weighting, chunked_token_ids, emphasis_free_text, emphasize, looks_weighted,
+                       unsupported_problems, weighted_token_ids)
 from .errors import ZoodipError
 from .image_side import check_side, side_multiple
 from .images import image_pixels, init_image_size, open_init_image, to_pil
 from .limits import check_image_size
 from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
+from .model import clip_skip_problem
 from .sampling import DEFAULT_STRENGTH, ProgressCallback, check_sampler, check_strength, run_sampler
 from .vae_tiles import decode_tiled
 
@@ -75,6 +76,7 @@ def generate(
     prompt_weighting: str = "none",
     image: str | Path | Image.Image | None = None,
     strength: float = DEFAULT_STRENGTH,
+    clip_skip: int = 0,
 ) -> list[Image.Image]:
     """Generate ``num_images`` images for ``prompt``; returns RGB PIL images of ``width`` x ``height``.
 
@@ -87,30 +89,29 @@ def generate(
         added_embeddings: learned tokens, ``{token: vectors [n, hidden] or [hidden]}``, for both prompts.
         callback: progress, ``callback(step, total, latents)`` (raise to stop); eta: DDIM's noise (0: deterministic).
         batch_cfg: both guidance passes as one batch (False: one by one, less memory; a memory budget runs each alone).
-        token_groups: the names of each embedding (``embeddings.load_embeddings``' groups; default: each added
-            token alone); one warning per group that the prompts do not use within the text encoder's 77 tokens.
+        token_groups: each embedding's names (``embeddings.load_embeddings``' groups; default: each token alone).
         latents: initial latents ``[num_images, channels, height/8, width/8]`` (unit variance) instead of the seed's;
             the seed still drives DDIM's ``eta`` and euler_a's noise. diffusers' ``latents=`` takes the same array.
-        prompt_weighting: "none" (brackets are text, as in diffusers) or "a1111" (A1111's emphasis, ``zoodip.emphasis``).
-        image, strength: image-to-image (diffusers' img2img): start from ``image`` (a path or a PIL image, sized by
-            ``images.init_image_size``) noised over the last ``strength`` of the steps (``zoodip.sampling``).
+        prompt_weighting: "none" (as diffusers: brackets are text, 77 tokens) or "a1111" (``zoodip.emphasis``: A1111's).
+        image, strength: img2img, as diffusers': ``image`` (path or PIL) noised over the last ``strength`` of the steps.
+        clip_skip: the text encoder's k-th layer from the end, through its final norm (as diffusers; A1111's k + 1).
     """
-    _check_settings(prompt, negative_prompt, sampler, num_images, guidance_scale, eta, seed, prompt_weighting)
+    _check_settings(model, prompt, negative_prompt, sampler, num_images, guidance_scale, eta, seed, prompt_weighting,
+                    clip_skip)
     pixels, height, width = _start_pixels(model, image, strength, height, width)
     h, w = _latent_size(model, height, width)  # a size that cannot fit in memory: refused now
     plan = plan_decode(model, h, w, budget := memory_budget_mb(model))
-    encode = _prompt_encoder(model, added_embeddings, token_groups, [prompt, negative_prompt], num_images, prompt_weighting)
+    encode = _prompt_encoder(model, added_embeddings, token_groups, [prompt, negative_prompt], num_images,
+                             prompt_weighting, clip_skip)
     g = float(guidance_scale)
     cond, uncond = _conditioning(model, encode, prompt, negative_prompt, g, budget)
     model_fn = _guided(model, cond, uncond, g, batch_cfg and budget is None, one_image_at_a_time=budget is not None)
-    rng = np.random.default_rng(seed)
-    noise = _draw_latents(rng, model, num_images, h, w)  # drawn either way: the rest of the stream stays the seed's
+    noise = _draw_latents(rng := np.random.default_rng(seed), model, num_images, h, w)  # drawn even with latents=
     noise = noise if latents is None else _checked_latents(latents, noise.shape)
     start = None if pixels is None else _image_latents(model, pixels, num_images, rng, budget)
     latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, eta=eta, rng=rng, callback=callback,
                           image_latents=start, strength=strength)
-    _release_under_budget(model, budget, "unet")
-    # One image at a time: the VAE decoder's activations dominate the peak.
+    _release_under_budget(model, budget, "unet")  # then one image at a time: the VAE decoder's activations dominate
     images = [picture for i in range(num_images) for picture in to_pil(decode_latents(model, latents[i : i + 1], plan))]
     _release_under_budget(model, budget, "vae_decoder")
     return images
@@ -141,23 +142,38 @@ def decode_latents(model: Any, latents: np.ndarray, plan: DecodePlan | None = No
 
 def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | None,
                     token_groups: Sequence[Sequence[str]] | None, prompts: list[str], copies: int,
-                    weighting: str = "none"):
+                    weighting: str = "none", clip_skip: int = 0):
     """Text conditioning: ``encode(text)`` gives one row per prompt, repeated per image; one warning per
-    added token group that ``prompts`` never use within the 77 tokens, and per emphasis it cannot honour."""
+    added token group that ``prompts`` never use within what is read, and per emphasis it cannot honour."""
     tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
     groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
     weighted = weighting == "a1111"
+    chunked = weighted and bool(getattr(model, "text_length_free", False))  # A1111's long prompts: read whole
     read = [emphasis_free_text(text) for text in prompts] if weighted else prompts  # the words the encoder gets
-    problems = (truncation_problems(tokenizer, read) + token_use_problems(tokenizer, read, groups)
-                + unloaded_token_problems(read, [name for names in groups for name in names], tokenizer)
-                + _emphasis_problems(prompts, weighted))
+    problems = ([] if chunked else truncation_problems(tokenizer, read, LONG_PROMPT_HINT if weighted else ""))
+    problems += (token_use_problems(tokenizer, read, groups, whole=chunked)
+                 + unloaded_token_problems(read, [name for names in groups for name in names], tokenizer)
+                 + _emphasis_problems(prompts, weighted, chunked))
     for problem in problems:
         warnings.warn(problem, stacklevel=3)
 
     def encode(text: str) -> np.ndarray:
-        return _encode_prompt(model, tokenizer, extra_rows, known_added, text, copies, weighted)
+        if chunked:
+            ids, weights = chunked_token_ids(tokenizer, text)
+        else:
+            ids, weights = weighted_token_ids(tokenizer, text) if weighted else (tokenizer([text]), None)
+        ids = np.asarray(ids, dtype=np.int64)
+        _check_added_ids(ids, tokenizer.base_vocab_size, known_added, text)
+        return _text_states(model, ids, weights, extra_rows, copies, clip_skip)
 
     return encode
+
+
+def check_clip_skip(model: Any, clip_skip: object) -> None:
+    """``clip_skip`` 0, or a number of layers ``model``'s text encoder can skip; else one line naming the range."""
+    layers = int(getattr(model, "clip_skip_layers", 0))
+    if not isinstance(clip_skip, (int, np.integer)) or isinstance(clip_skip, bool) or not 0 <= clip_skip <= layers:
+        raise ZoodipError(clip_skip_problem(clip_skip, layers))
 
 
 def initial_latents(model: Any, seed: int, num_images: int = 1, height: int | None = None,
@@ -179,29 +195,32 @@ def _checked_latents(latents: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return latents.astype(np.float32)
 
 
-def _encode_prompt(model: Any, tokenizer: Any, extra_rows: Any, known_added: Any, text: str, copies: int,
-                   weighted: bool = False) -> np.ndarray:
-    """The text encoder's states for ``text`` (its added tokens checked; with ``weighted``, A1111's emphasis
-    applied), repeated ``copies`` times."""
-    ids, weights = weighted_token_ids(tokenizer, text) if weighted else (np.asarray(tokenizer([text]), np.int64), None)
-    _check_added_ids(ids, tokenizer.base_vocab_size, known_added, text)
-    states = np.asarray(model.encode_text(ids, extra_rows), dtype=np.float32)
+def _text_states(model: Any, ids: np.ndarray, weights: np.ndarray | None, extra_rows: Any, copies: int,
+                 clip_skip: int = 0) -> np.ndarray:
+    """The text encoder's states ``[copies, 77 * chunks, d]`` for token ids ``[chunks, 77]`` (with ``weights``,
+    A1111's emphasis applied to each chunk), the chunks end to end."""
+    if clip_skip:
+        states = np.asarray(model.encode_text(ids, extra_rows, clip_skip=clip_skip), dtype=np.float32)
+    else:  # a model-like object without clip skip works as before
+        states = np.asarray(model.encode_text(ids, extra_rows), dtype=np.float32)
     states = states if weights is None else emphasize(states, weights)
-    return np.repeat(states, copies, axis=0)
+    return np.repeat(states.reshape(1, -1, states.shape[-1]), copies, axis=0)
 
 
-def _emphasis_problems(prompts: Sequence[str], weighted: bool) -> list[str]:
-    """Emphasis syntax read as plain text (A1111's explicit weights, under "none"), or not read at all (BREAK)."""
+def _emphasis_problems(prompts: Sequence[str], weighted: bool, chunked: bool = False) -> list[str]:
+    """Emphasis syntax read as plain text (A1111's explicit weights, under "none"), or not read at all (BREAK,
+    where the UNet reads 77 text states only)."""
     if weighted:
-        return [problem for text in prompts if text for problem in unsupported_problems(text)]
+        return [] if chunked else [problem for text in prompts if text for problem in unsupported_problems(text)]
     return [f"the prompt {_shortened(text)} uses A1111's emphasis syntax '(words:1.3)', read here as plain text "
             "(as diffusers does): pass --prompt-weighting a1111 (prompt_weighting='a1111') to weight the words"
             for text in prompts if text and looks_weighted(text)]
 
 
-def _check_settings(prompt: object, negative_prompt: object, sampler: str, num_images: int, guidance_scale: object,
-                    eta: float, seed: object, prompt_weighting: object = "none") -> None:
-    """generate()'s settings that need no model, each refused in one line."""
+def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler: str, num_images: int,
+                    guidance_scale: object, eta: float, seed: object, prompt_weighting: object = "none",
+                    clip_skip: object = 0) -> None:
+    """generate()'s settings, each refused in one line before any work."""
     check_prompt_weighting(prompt_weighting)
     check_sampler(sampler)
     check_num_images(num_images)
@@ -213,6 +232,7 @@ def _check_settings(prompt: object, negative_prompt: object, sampler: str, num_i
         raise ZoodipError(f"seed must be a non-negative integer, got {seed!r}")
     if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
         raise ZoodipError("prompt and negative_prompt must be strings")
+    check_clip_skip(model, clip_skip)
 
 
 def _guided(model: Any, cond: np.ndarray, uncond: np.ndarray | None, g: float, batch_cfg: bool,
@@ -222,8 +242,10 @@ def _guided(model: Any, cond: np.ndarray, uncond: np.ndarray | None, g: float, b
     ``cond`` and ``uncond`` hold one identical row per image. ``one_image_at_a_time``: the UNet sees one
     image per call (its activations grow with the batch; the sampler's arithmetic is per image anyway).
     """
+    # Prompts of different lengths (A1111's chunks) run apart, as A1111 runs them (no padding).
+    batch_cfg = batch_cfg and uncond is not None and uncond.shape[1] == cond.shape[1]
     # diffusers' order: unconditional first. Built once, not at every UNet call of the sampler's loop.
-    both = None if uncond is None or not batch_cfg else np.concatenate([uncond, cond])
+    both = None if not batch_cfg else np.concatenate([uncond, cond])
 
     def model_fn(x: np.ndarray, t: float) -> np.ndarray:
         n = len(x)
@@ -348,7 +370,12 @@ def _check_added_ids(ids: np.ndarray, base: int, known: set[int], text: str) -> 
         )
 
 
-def truncation_problems(tokenizer: Any, texts: Sequence[str]) -> list[str]:
+# Where A1111's emphasis is asked for but the export's UNet reads 77 text states only.
+LONG_PROMPT_HINT = (" (or re-export the model with this version of 'zoodip export' to read long prompts in A1111's "
+                    "75-token chunks)")
+
+
+def truncation_problems(tokenizer: Any, texts: Sequence[str], hint: str = "") -> list[str]:
     """One message per text longer than the text encoder reads (77 tokens with the start and end markers):
     its tail is cut, as in diffusers (which logs the same), and should not be cut silently."""
     if not callable(getattr(tokenizer, "encode", None)):
@@ -359,7 +386,7 @@ def truncation_problems(tokenizer: Any, texts: Sequence[str]) -> list[str]:
         count = len(tokenizer.encode(text)) if text else 0
         if count > keep:
             problems.append(f"the prompt {_shortened(text)} is {count} tokens; the text encoder reads the first {keep}, "
-                            f"the last {count - keep} are cut off: shorten it")
+                            f"the last {count - keep} are cut off: shorten it{hint}")
     return problems
 
 
@@ -383,8 +410,10 @@ def unloaded_token_problems(texts: Sequence[str], loaded: Sequence[str], tokeniz
             "as plain text: pass its file with --embedding (added_embeddings in the API)" for word in seen]
 
 
-def token_use_problems(tokenizer: Any, texts: Sequence[str], groups: Sequence[Sequence[str]]) -> list[str]:
-    """One message per token group that none of ``texts`` uses, or uses only past the token limit.
+def token_use_problems(tokenizer: Any, texts: Sequence[str], groups: Sequence[Sequence[str]],
+                       whole: bool = False) -> list[str]:
+    """One message per token group that none of ``texts`` uses, or uses only past the token limit (with
+    ``whole``, the texts are read whole, as A1111's chunks read them: no limit).
 
     The text encoder sees 77 tokens with the start and end markers, so a prompt's tokens past the
     75th are cut: a learned token there changes nothing, silently. Needs only the tokenizer interface
@@ -401,6 +430,8 @@ def token_use_problems(tokenizer: Any, texts: Sequence[str], groups: Sequence[Se
         shown = " or ".join(repr(name) for name in names)
         full = [list(tokenizer.encode(text)) for text in texts if text] if callable(getattr(tokenizer, "encode", None)) else []
         positions = [k for row in full for k, i in enumerate(row) if int(i) in ids]
+        if positions and whole:
+            continue  # used, past the first chunk
         if positions:
             problems.append(f"the embedding token {shown} comes after the prompt's {width - 2}-token limit (at token "
                             f"{min(positions) + 1}), so it is cut off: move it earlier or shorten the prompt")

@@ -199,6 +199,15 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+def clip_skip_problem(clip_skip: object, layers: int) -> str:
+    """The one-line refusal of a ``clip_skip`` that a text encoder with ``layers`` skippable layers cannot honour."""
+    if layers == 0:
+        return ("this export's text encoder gives its last layer only (it was made before clip skip): re-export the "
+                "model with this version of 'zoodip export' to use clip_skip")
+    return (f"clip_skip must be an integer from 0 to {layers} (layers skipped from the end of this {layers + 1}-layer "
+            f"text encoder, as diffusers counts; A1111's 'Clip skip' N is N - 1 here), got {clip_skip!r}")
+
+
 class ExportedModel:
     """The four graphs of an export folder, its tokenizer, embedding table and noise schedule."""
 
@@ -399,12 +408,34 @@ class ExportedModel:
             out[is_added] = np.asarray(extra_rows, dtype=np.float32)[ids[is_added] - base]
         return out
 
-    def text_encoder(self, inputs_embeds: np.ndarray) -> np.ndarray:
-        """CLIP text encoder on token embeddings [B, 77, H] -> last hidden state [B, 77, Hc]."""
-        return self.session("text_encoder").run(None, {"inputs_embeds": np.ascontiguousarray(inputs_embeds, np.float32)})[0]
+    @property
+    def clip_skip_layers(self) -> int:
+        """The most layers ``clip_skip`` can skip: the text encoder's layers less one, or 0 for an export made
+        before the text encoder gave its inner layers' states."""
+        outputs = self.manifest["graphs"]["text_encoder"].get("outputs") or {}
+        shape = (outputs.get("clip_skip_states") or {}).get("shape") if isinstance(outputs, dict) else None
+        return shape[1] if isinstance(shape, list) and len(shape) == 4 and type(shape[1]) is int else 0
 
-    def encode_text(self, ids: np.ndarray, extra_rows: np.ndarray | None = None) -> np.ndarray:
-        return self.text_encoder(self.embed_tokens(ids, extra_rows))
+    @property
+    def text_length_free(self) -> bool:
+        """Whether the UNet takes text states of any length (A1111's long prompts, several 77-token encodings end
+        to end); an export made before it did reads 77 states only."""
+        inputs = self.manifest["graphs"]["unet"].get("inputs") or {}
+        shape = (inputs.get("encoder_hidden_states") or {}).get("shape") if isinstance(inputs, dict) else None
+        return isinstance(shape, list) and len(shape) == 3 and isinstance(shape[1], str)
+
+    def text_encoder(self, inputs_embeds: np.ndarray, clip_skip: int = 0) -> np.ndarray:
+        """CLIP text encoder on token embeddings [B, 77, H] -> its last layer's states [B, 77, Hc], or with
+        ``clip_skip`` k those of the k-th layer from the end (diffusers' ``clip_skip``), through the final norm."""
+        feeds = {"inputs_embeds": np.ascontiguousarray(inputs_embeds, np.float32)}
+        if not clip_skip:
+            return self.session("text_encoder").run(["last_hidden_state"], feeds)[0]
+        if not 0 < clip_skip <= self.clip_skip_layers:
+            raise ZoodipError(clip_skip_problem(clip_skip, self.clip_skip_layers))
+        return self.session("text_encoder").run(["clip_skip_states"], feeds)[0][:, clip_skip - 1]
+
+    def encode_text(self, ids: np.ndarray, extra_rows: np.ndarray | None = None, clip_skip: int = 0) -> np.ndarray:
+        return self.text_encoder(self.embed_tokens(ids, extra_rows), clip_skip)
 
     def unet(self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray) -> np.ndarray:
         feeds = {

@@ -78,11 +78,10 @@ def test_learned_tokens_can_be_weighted(model):
 def test_what_cannot_be_honoured_is_said(model):
     with pytest.warns(UserWarning, match=r"uses A1111's emphasis syntax '\(words:1.3\)', read here as plain text"):
         generate(model, "a (red:1.3) star", steps=1)
-    with pytest.warns(UserWarning, match="BREAK"):
-        generate(model, "a red star BREAK blue", steps=1, prompt_weighting="a1111")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         generate(model, "a (red:1.3) star", steps=1, prompt_weighting="a1111")  # honoured: nothing to say
+        generate(model, "a red star BREAK blue", steps=1, prompt_weighting="a1111")
     with pytest.raises(ZoodipError, match="unknown prompt_weighting"):
         generate(model, "a star", steps=1, prompt_weighting="A1111")
     with pytest.raises(ZoodipError, match="cannot read the emphasis weight"):
@@ -101,3 +100,77 @@ def test_the_cli_flag(tiny_export, tmp_path, capsys):
     assert main(common + ["--prompt", "a star", "--prompt-weighting", "compel", "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid choice: 'compel'" in err and not (tmp_path / "x.png").exists()
+
+
+class Fixed77(ConditioningSpy):
+    """The model as an export made before the UNet took text states of any length (77 only)."""
+
+    text_length_free = False
+
+
+LONG = "a photo of a red star on a blue background, " * 9  # 99 tokens: two chunks
+
+
+def test_a_long_prompt_is_read_in_chunks_encoded_apart(model):
+    spy = ConditioningSpy(model)
+    generate(spy, LONG + "(yellow:1.3)", guidance_scale=1.0, steps=1, prompt_weighting="a1111")
+    tokens = model.tokenizer.encode(LONG + "yellow")
+    assert len(spy.states) == 1 and spy.states[0].shape == (1, 2 * 77, model.hidden_size)
+    # Each chunk is [start, its tokens, end, padding] through the text encoder on its own; a comma ends the first.
+    comma = model.tokenizer.encode(",")[0]
+    cut = max(k for k in range(75) if tokens[k] == comma) + 1
+    assert 75 - cut < 20  # within A1111's comma backtrack
+    rows = np.full((2, 77), model.tokenizer.pad_id)
+    for row, part in enumerate((tokens[:cut], tokens[cut:])):
+        rows[row, : len(part) + 2] = [model.tokenizer.bos_id, *part, model.tokenizer.eos_id]
+    states = np.asarray(model.encode_text(rows), np.float32)
+    assert np.allclose(spy.states[0][0, :77], states[0], rtol=1e-5, atol=1e-6)  # no emphasis in the first chunk
+    weighted = states[1] * np.where(np.arange(77) == 1 + len(tokens) - 1 - cut, 1.3, 1.0)[:, None].astype(np.float32)
+    weighted *= states[1].mean(dtype=np.float64) / weighted.mean(dtype=np.float64)  # rescaled within its chunk
+    assert np.allclose(spy.states[0][0, 77:], weighted, rtol=1e-5, atol=1e-6)
+
+
+def test_prompts_of_different_lengths_run_apart(model):
+    spy = ConditioningSpy(model)
+    images = generate(spy, LONG, negative_prompt="blurry", steps=2, seed=3, prompt_weighting="a1111")
+    assert [len(s[0]) for s in spy.states] == [77, 154, 77, 154]  # unconditional first, as diffusers orders them
+    assert np.isfinite(np.asarray(images[0], np.float32)).all()
+    even = ConditioningSpy(model)  # both long: one batch, as before
+    generate(even, LONG, negative_prompt=LONG.replace("red", "green"), steps=1, prompt_weighting="a1111")
+    assert [s.shape[:2] for s in even.states] == [(2, 154)]
+
+
+def test_break_starts_a_chunk_and_matches_the_chunk_written_alone(model):
+    spy = ConditioningSpy(model)
+    generate(spy, "a red star BREAK on a blue background", guidance_scale=1.0, steps=1, prompt_weighting="a1111")
+    expected = np.asarray(model.encode_text(model.tokenizer(["a red star", "on a blue background"])), np.float32)
+    assert np.allclose(spy.states[0][0], expected.reshape(-1, model.hidden_size), rtol=1e-5, atol=1e-6)
+
+
+def test_an_export_reading_77_states_keeps_its_old_reading(model):
+    """Older exports: a long prompt is cut (with the re-export hint) and BREAK is a word, each said once."""
+    with pytest.warns(UserWarning) as said:
+        generate(Fixed77(model), LONG + "BREAK blue", steps=1, prompt_weighting="a1111")
+    messages = [str(w.message) for w in said]
+    assert any("cut off" in m and "re-export" in m for m in messages) and any("BREAK" in m for m in messages)
+    spy = Fixed77(model)
+    with pytest.warns(UserWarning):
+        generate(spy, LONG, guidance_scale=1.0, steps=1, prompt_weighting="a1111")
+    assert spy.states[0].shape == (1, 77, model.hidden_size)
+    with pytest.warns(UserWarning, match="cut off: shorten it$"):  # diffusers' reading: no hint, whatever the export
+        generate(model, LONG, steps=1)
+
+
+def test_a_learned_token_past_the_first_chunk_counts_as_used(model):
+    added = {"<thing>": np.random.default_rng(1).standard_normal((2, model.hidden_size)).astype(np.float32)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(model, LONG + "<thing>", steps=1, added_embeddings=added, prompt_weighting="a1111")
+    with pytest.warns(UserWarning) as said:
+        generate(model, LONG + "<thing>", steps=1, added_embeddings=added)
+    assert any("comes after the prompt's 75-token limit" in str(w.message) for w in said)
+
+
+def test_too_long_a_prompt_is_one_clear_error(model):
+    with pytest.raises(ZoodipError, match="takes 5 chunks of 75 tokens; at most 4 are read"):
+        generate(model, "star " * 301, steps=1, prompt_weighting="a1111")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from zoodip.emphasis import (PROMPT_WEIGHTINGS, check_prompt_weighting, emphasis_free_text, emphasize, looks_weighted,
+from zoodip.emphasis import (CHUNK_TOKENS, COMMA_BACKTRACK, MAX_CHUNKS, PROMPT_WEIGHTINGS, check_prompt_weighting,
+                             chunked_token_ids, emphasis_free_text, emphasize, looks_weighted, parse_chunks,
                              parse_emphasis, unsupported_problems, weighted_token_ids)
 from zoodip.errors import ZoodipError
 from zoodip.tokenizer import CLIPTokenizer
@@ -115,3 +116,81 @@ def test_weights_beyond_float32_are_one_clear_error():
     for prompt in ("(" * 1000 + "star" + ")" * 1000, "(star:1" + "0" * 40 + ")", "(star:1" + "0" * 400 + ")"):
         with pytest.raises(ZoodipError, match="the emphasis weight of 'star' comes to .*: fewer nested brackets"):
             parse_emphasis(prompt)
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("a cat BREAK a hat", [[("a cat", 1.0)], [("a hat", 1.0)]]),
+    ("a cat\nBREAK\ta hat", [[("a cat", 1.0)], [("a hat", 1.0)]]),  # the spaces around it go with it
+    ("BREAK a hat", [[("", 1.0)], [("a hat", 1.0)]]),  # an empty first chunk, as A1111 encodes it
+    ("a cat BREAK", [[("a cat", 1.0)], [("", 1.0)]]),
+    ("(a cat BREAK a) hat", [[("a cat", R)], [("a", R), (" hat", 1.0)]]),  # brackets span the break
+    ("a BREAK BREAK b", [[("a", 1.0)], [("", 1.0)], [("b", 1.0)]]),
+    # Only the capitalized word on its own: breakfast, Break, xBREAK and BREAKs are text.
+    ("breakfast Break xBREAK BREAKs", [[("breakfast Break xBREAK BREAKs", 1.0)]]),
+    (r"\(BREAK\)", [[("(", 1.0)], [(")", 1.0)]]),
+])
+def test_break_splits_the_pieces(prompt, expected):
+    assert parse_chunks(prompt) == expected
+
+
+def test_parse_emphasis_reads_break_as_text():
+    assert parse_emphasis("a cat BREAK a hat") == [("a cat BREAK a hat", 1.0)]
+
+
+def _tokens(row: np.ndarray, tokenizer) -> list[int]:
+    """The chunk's own tokens: between the start token and the first end token."""
+    assert row[0] == tokenizer.bos_id
+    return [int(i) for i in row[1 : list(row).index(tokenizer.eos_id, 1)]]
+
+
+def test_a_prompt_of_one_chunk_is_laid_out_as_before(tokenizer):
+    for prompt in ("", "a photo of a (shiny:1.5) [red] car", "dog " * 75):
+        ids, weights = chunked_token_ids(tokenizer, prompt)
+        old_ids, old_weights = weighted_token_ids(tokenizer, prompt)
+        assert np.array_equal(ids, old_ids) and np.array_equal(weights, old_weights)
+
+
+def test_long_prompts_are_cut_in_chunks_of_75(tokenizer):
+    ids, weights = chunked_token_ids(tokenizer, "dog " * 100 + "(cat:2)")
+    assert ids.shape == weights.shape == (2, 77)
+    first, second = _tokens(ids[0], tokenizer), _tokens(ids[1], tokenizer)
+    dog, cat = tokenizer.encode("dog")[0], tokenizer.encode("cat")[0]
+    assert first == [dog] * CHUNK_TOKENS and second == [dog] * 25 + [cat]
+    assert ids[1, 28:].tolist() == [tokenizer.pad_id] * 49
+    assert weights[1, 26] == 2.0 and (np.delete(weights, [77 + 26]) == 1.0).all()
+
+
+@pytest.mark.parametrize("comma_at, first_length", [
+    (CHUNK_TOKENS - COMMA_BACKTRACK, CHUNK_TOKENS - COMMA_BACKTRACK + 1),  # the last 20 words move to the next chunk
+    (CHUNK_TOKENS - COMMA_BACKTRACK - 1, CHUNK_TOKENS),  # 21 words after the comma: no move
+    (CHUNK_TOKENS - 1, CHUNK_TOKENS),  # the comma is the 75th token: nothing after it to move
+])
+def test_a_chunk_ends_at_a_comma_near_its_end(tokenizer, comma_at, first_length):
+    prompt = "dog " * comma_at + ", " + "cat " * 40
+    ids, weights = chunked_token_ids(tokenizer, prompt)
+    first, second = _tokens(ids[0], tokenizer), _tokens(ids[1], tokenizer)
+    assert len(first) == first_length and first + second == tokenizer.encode(prompt)
+
+
+def test_break_makes_chunks_even_short_ones(tokenizer):
+    ids, _ = chunked_token_ids(tokenizer, "a cat BREAK a hat")
+    assert [_tokens(row, tokenizer) for row in ids] == [tokenizer.encode("a cat"), tokenizer.encode("a hat")]
+    ids, _ = chunked_token_ids(tokenizer, "BREAK a hat")
+    assert [_tokens(row, tokenizer) for row in ids] == [[], tokenizer.encode("a hat")]
+    assert len(chunked_token_ids(tokenizer, "a hat BREAK")[0]) == 1
+
+
+def test_an_added_tokens_vectors_stay_in_one_chunk(tmp_path):
+    tok = CLIPTokenizer.from_folder(write_clip_tokenizer_files(tmp_path / "sd1"))
+    added = tok.add_placeholder("<thing>", 3)
+    ids, _ = chunked_token_ids(tok, "dog " * 73 + "<thing>")
+    first, second = _tokens(ids[0], tok), _tokens(ids[1], tok)
+    assert len(first) == 73 and second == list(added)  # 73 + 3 > 75: all three move
+    ids, _ = chunked_token_ids(tok, "dog " * 72 + "<thing>")
+    assert len(ids) == 1 and _tokens(ids[0], tok)[-3:] == list(added)
+
+
+def test_too_many_chunks_are_refused(tokenizer):
+    assert len(chunked_token_ids(tokenizer, "dog " * (MAX_CHUNKS * CHUNK_TOKENS))[0]) == MAX_CHUNKS
+    with pytest.raises(ZoodipError, match=f"takes {MAX_CHUNKS + 1} chunks of 75 tokens"):
+        chunked_token_ids(tokenizer, "dog " * (MAX_CHUNKS * CHUNK_TOKENS + 1))

@@ -1,0 +1,76 @@
+"""generate(clip_skip=k) and ``zoodip generate --clip-skip``: the UNet conditioned on an inner layer of the text
+encoder (its agreement with diffusers' ``clip_skip``: tests/integration/test_export.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zoodip.cli import main
+from zoodip.errors import ZoodipError
+from zoodip.generate import generate
+from zoodip.model import ExportedModel
+
+
+@pytest.fixture(scope="module")
+def model(tiny_export):
+    return ExportedModel.load(tiny_export)
+
+
+class TextSpy:
+    """The model, recording the text states each UNet pass is conditioned on."""
+
+    def __init__(self, model, **attributes):
+        self._model, self.states = model, []
+        self.__dict__.update(attributes)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def unet(self, sample, timestep, encoder_hidden_states):
+        self.states.append(np.array(encoder_hidden_states))
+        return self._model.unet(sample, timestep, encoder_hidden_states)
+
+
+def test_the_unet_sees_the_skipped_layers_states(model):
+    assert model.clip_skip_layers == 1  # the tiny text encoder has 2 layers
+    ids = model.tokenizer(["a red star", "blurry"])
+    last, inner = model.encode_text(ids), model.encode_text(ids, clip_skip=1)
+    assert inner.shape == last.shape and not np.allclose(inner, last, atol=1e-3)
+    spy = TextSpy(model)
+    generate(spy, "a red star", negative_prompt="blurry", steps=1, clip_skip=1)
+    assert np.array_equal(spy.states[0], inner[::-1])  # unconditional first
+    plain = TextSpy(model)
+    generate(plain, "a red star", negative_prompt="blurry", steps=1)
+    assert np.array_equal(plain.states[0], last[::-1])
+
+
+def test_clip_skip_with_long_prompts_and_emphasis(model):
+    spy = TextSpy(model)
+    generate(spy, "a red star BREAK (blue:1.2)", guidance_scale=1.0, steps=1, clip_skip=1, prompt_weighting="a1111")
+    inner = model.encode_text(model.tokenizer(["a red star", "blue"]), clip_skip=1)
+    assert spy.states[0].shape == (1, 154, model.hidden_size)
+    assert np.allclose(spy.states[0][0, :77], inner[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [2, -1, 1.0, True, "1"])
+def test_a_skip_the_text_encoder_cannot_make_is_one_line(model, bad):
+    with pytest.raises(ZoodipError, match=r"clip_skip must be an integer from 0 to 1 \(.*A1111's 'Clip skip' N is N - 1"):
+        generate(model, "a star", steps=1, clip_skip=bad)
+
+
+def test_an_export_without_inner_states_says_to_re_export(model):
+    with pytest.raises(ZoodipError, match=r"made before clip skip\): re-export the model"):
+        generate(TextSpy(model, clip_skip_layers=0), "a star", steps=1, clip_skip=1)
+    generate(TextSpy(model, clip_skip_layers=0), "a star", steps=1)  # no skip: as before
+
+
+def test_the_cli_flag_in_both_spellings(tiny_export, tmp_path, capsys):
+    common = ["generate", "--model", str(tiny_export), "--prompt", "a red star", "--steps", "2", "--threads", "1"]
+    for name, flags in (("plain", []), ("skip", ["--clip-skip", "1"]), ("diffusers", ["--clip_skip", "1"])):
+        assert main(common + flags + ["--out", str(tmp_path / f"{name}.png")]) == 0, capsys.readouterr().err
+    images = {name: np.asarray(Image.open(tmp_path / f"{name}.png")) for name in ("plain", "skip", "diffusers")}
+    assert np.array_equal(images["skip"], images["diffusers"]) and not np.array_equal(images["plain"], images["skip"])
+    assert main(common + ["--clip-skip", "2", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "clip_skip must be an integer from 0 to 1" in err and not (tmp_path / "x.png").exists()
