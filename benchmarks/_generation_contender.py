@@ -43,6 +43,28 @@ class PhaseMarks:
             self.current = None
 
 
+def prompt_chunks(tokenizer: Any, prompt: str) -> Any:
+    from zoodip.emphasis import chunked_token_ids
+
+    return chunked_token_ids(tokenizer, prompt)[0]
+
+
+def longest_prompt(tokenizer: Any) -> str:
+    """PROMPT repeated, comma-separated, as often as A1111's chunks read (``emphasis.MAX_CHUNKS`` of them)."""
+    from zoodip.emphasis import MAX_CHUNKS
+    from zoodip.errors import ZoodipError
+
+    parts = [PROMPT]
+    while True:
+        try:
+            if len(prompt_chunks(tokenizer, ", ".join(parts + [PROMPT]))) > MAX_CHUNKS:
+                break
+        except ZoodipError:
+            break
+        parts.append(PROMPT)
+    return ", ".join(parts)
+
+
 def run_generate(spec: dict, phases: Any) -> dict:
     """One ``spec["resolution"]`` px image, ``spec["sampling_steps"]`` DPM-Solver++ steps, guidance 7.5, seed 0,
     on the export, with ``spec["memory_budget_mb"]`` if given (the CLI's ``--memory-budget``); with
@@ -71,9 +93,12 @@ def run_generate(spec: dict, phases: Any) -> dict:
     marks = PhaseMarks(model, phases)
     stamps: list[float] = []
     started = time.perf_counter()
-    images = generate(model, PROMPT, steps=int(spec["sampling_steps"]), height=int(spec["resolution"]),
+    prompt = longest_prompt(model.tokenizer) if spec.get("long_prompt") else PROMPT
+    images = generate(model, prompt, steps=int(spec["sampling_steps"]), height=int(spec["resolution"]),
                       width=int(spec["resolution"]), seed=0, callback=lambda i, n, x: stamps.append(time.perf_counter()),
-                      image=photo, **({} if strength is None else {"strength": strength}))
+                      image=photo, prompt_weighting="a1111" if spec.get("long_prompt") else "none",
+                      negative_prompt="blurry" if spec.get("long_prompt") else "",
+                      **({} if strength is None else {"strength": strength}))
     generate_s = time.perf_counter() - started
     marks.finish()
     step_times = [b - a for a, b in zip([started] + stamps[:-1], stamps)]
@@ -82,5 +107,6 @@ def run_generate(spec: dict, phases: Any) -> dict:
             "decode_s": started + generate_s - stamps[-1] if stamps else None,
             "memory_budget_mb": budget, "decode_tile": plan.tile, "decode_overlap": plan.overlap,
             "decode_estimate_bytes": plan.need_bytes, "image_size": list(pixels.shape), "image_mean": float(pixels.mean()),
-            "strength": strength, "encode_estimate_bytes": check_encode(model, side, side, None) if photo else None,
+            "strength": strength, "text_states": len(prompt_chunks(model.tokenizer, prompt)) * 77 if spec.get("long_prompt") else 77,
+            "encode_estimate_bytes": check_encode(model, side, side, None) if photo else None,
             "weight_file_bytes": {name: model.weights_bytes((name,)) for name in ("text_encoder", "unet", "vae_decoder")}}

@@ -48,6 +48,11 @@ CONTENDERS: dict[str, tuple[str, dict]] = {
                             "generate-int8-budget otherwise",
                             {"kind": "zoodip_generate", "export": ("w8a32", DEFAULT_CHUNKS), "sampling_steps": 25,
                              "memory_budget_mb": 1300, "strength": 0.8, "once": True}),
+    "long-prompt-int8-budget": ("zoodip generate --prompt-weighting a1111 --memory-budget 1300, INT8 W8A32, one image: "
+                                "a prompt of the most chunks read (4, 300 tokens) and a 1-chunk negative prompt, "
+                                "as generate-int8-budget otherwise",
+                                {"kind": "zoodip_generate", "export": ("w8a32", DEFAULT_CHUNKS), "sampling_steps": 25,
+                                 "memory_budget_mb": 1300, "long_prompt": True, "once": True}),
     # levers
     "L0-int8-batched-fullattn": ("before: SDK default (n+1 batched), full attention scores",
                                    {"kind": "zoodip", "export": ("w8a32", 0), "batched": True, "lever": True}),
@@ -79,5 +84,6 @@ CONTENDERS: dict[str, tuple[str, dict]] = {
                                      "lever": True, "vocabulary_variance": 0.95}),
 }
 MAIN = ["ours-int8", "onnx-fp32", "onnx-fp32-ortdefaults", "torch-backprop-ti", "torch-zo-fp32"]
-GENERATION = ["generate-int8", "generate-int8-budget", "generate-w4a32-budget", "img2img-int8-budget"]
+GENERATION = ["generate-int8", "generate-int8-budget", "generate-w4a32-budget", "img2img-int8-budget",
+              "long-prompt-int8-budget"]
 QUICK_LEVERS = ["L4-ours-buffer-reuse-on", "L5-ours-arena-off"]
