@@ -290,6 +290,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from .embeddings import load_embeddings, read_embedding_metadata
 
+    path = Path(args.embedding)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        return _export_info(path)
+    if path.is_dir():
+        raise ZoodipError(f"{path} is a folder: 'zoodip info' reads one embedding file or an export folder")
     added, groups = load_embeddings([args.embedding])
     vectors = added[groups[0][0]]
     print(f"token: {' or '.join(groups[0])} ({vectors.shape[0]} vector{'s' if vectors.shape[0] != 1 else ''} "
@@ -305,6 +310,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_info(folder: Path) -> int:
+    """What an export folder holds and which generation features it offers (no weights read, sizes checked)."""
+    from .model import ExportedModel
+
+    model = ExportedModel.load(folder, verify_hashes=False)
+    manifest = model.manifest
+    source = manifest.get("source") or {}
+    print(f"export: recipe {manifest.get('recipe', '?')} (revision {manifest.get('recipe_revision', 1)}), "
+          f"from {source.get('kind', '?')}")
+    print(f"model: text width {model.hidden_size}, {model.max_length} tokens, native {model.default_resolution} px, "
+          f"{model.prediction_type} prediction")
+    layers = model.clip_skip_layers
+    print(f"clip skip: up to {layers} (generate --clip-skip)" if layers else
+          "clip skip: no (exported before it; re-export to use --clip-skip)")
+    print("long prompts: A1111's 75-token chunks (generate --prompt-weighting a1111)" if model.text_length_free else
+          "long prompts: no, 77 tokens (exported before them; re-export to read A1111's chunks)")
+    print(f"curvature subspace: {'yes' if model.curvature() is not None else 'no'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="zoodip", description="Forward-only textual inversion for quantized (4-bit/INT8) ONNX Stable Diffusion")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -317,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check every file of an export folder against the manifest's sha256 values")
     v.add_argument("model", help="zoodip export folder")
 
-    i = sub.add_parser("info", help="what an embedding file holds and, for zoodip's, how it was trained")
-    i.add_argument("embedding", help="embedding file (.safetensors)")
+    i = sub.add_parser("info", help="what an embedding file holds and, for zoodip's, how it was trained; or what an "
+                                    "export folder offers")
+    i.add_argument("embedding", metavar="PATH", help="embedding file (.safetensors) or export folder")
 
     return parser
 

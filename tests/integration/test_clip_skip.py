@@ -74,3 +74,13 @@ def test_the_cli_flag_in_both_spellings(tiny_export, tmp_path, capsys):
     assert main(common + ["--clip-skip", "2", "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "clip_skip must be an integer from 0 to 1" in err and not (tmp_path / "x.png").exists()
+
+
+def test_info_on_an_export_folder_says_what_it_offers(tiny_export, tmp_path, capsys):
+    assert main(["info", str(tiny_export)]) == 0
+    out = capsys.readouterr().out
+    assert "clip skip: up to 1" in out and "long prompts: A1111's 75-token chunks" in out and "text width 32" in out
+    (tmp_path / "x.safetensors").write_bytes(b"")
+    assert main(["info", str(tmp_path)]) == 2  # a folder that is not an export: one line, not a traceback
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'zoodip info' reads one embedding file or an export folder" in err
