@@ -215,7 +215,8 @@ def chunked_token_ids(tokenizer: Any, prompt: str) -> tuple[np.ndarray, np.ndarr
     if ids or not chunks:
         close()
     if len(chunks) > MAX_CHUNKS:
-        raise ZoodipError(f"the prompt {prompt[:40]!r}... takes {len(chunks)} chunks of {CHUNK_TOKENS} tokens; at most "
+        shown = repr(prompt if len(prompt) <= 40 else prompt[:40] + "...")
+        raise ZoodipError(f"the prompt {shown} takes {len(chunks)} chunks of {CHUNK_TOKENS} tokens; at most "
                           f"{MAX_CHUNKS} are read ({MAX_CHUNKS * CHUNK_TOKENS} tokens): shorten it")
     length = CHUNK_TOKENS + 2
     rows = np.full((len(chunks), length), tokenizer.pad_id, dtype=np.int64)

@@ -412,17 +412,22 @@ class ExportedModel:
     def clip_skip_layers(self) -> int:
         """The most layers ``clip_skip`` can skip: the text encoder's layers less one, or 0 for an export made
         before the text encoder gave its inner layers' states."""
-        outputs = self.manifest["graphs"]["text_encoder"].get("outputs") or {}
-        shape = (outputs.get("clip_skip_states") or {}).get("shape") if isinstance(outputs, dict) else None
-        return shape[1] if isinstance(shape, list) and len(shape) == 4 and type(shape[1]) is int else 0
+        shape = self._io_shape("text_encoder", "outputs", "clip_skip_states")
+        return shape[1] if len(shape) == 4 and type(shape[1]) is int and shape[1] > 0 else 0
 
     @property
     def text_length_free(self) -> bool:
         """Whether the UNet takes text states of any length (A1111's long prompts, several 77-token encodings end
         to end); an export made before it did reads 77 states only."""
-        inputs = self.manifest["graphs"]["unet"].get("inputs") or {}
-        shape = (inputs.get("encoder_hidden_states") or {}).get("shape") if isinstance(inputs, dict) else None
-        return isinstance(shape, list) and len(shape) == 3 and isinstance(shape[1], str)
+        shape = self._io_shape("unet", "inputs", "encoder_hidden_states")
+        return len(shape) == 3 and isinstance(shape[1], str)
+
+    def _io_shape(self, graph: str, side: str, name: str) -> list:
+        """The manifest's shape of a graph's input or output (``side``), or [] where it does not say."""
+        entries = self.manifest["graphs"][graph].get(side)
+        entry = entries.get(name) if isinstance(entries, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        return shape if isinstance(shape, list) else []
 
     def text_encoder(self, inputs_embeds: np.ndarray, clip_skip: int = 0) -> np.ndarray:
         """CLIP text encoder on token embeddings [B, 77, H] -> its last layer's states [B, 77, Hc], or with

@@ -84,3 +84,16 @@ def test_info_on_an_export_folder_says_what_it_offers(tiny_export, tmp_path, cap
     assert main(["info", str(tmp_path)]) == 2  # a folder that is not an export: one line, not a traceback
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'zoodip info' reads one embedding file or an export folder" in err
+
+
+@pytest.mark.parametrize("entry", [5, None, {"shape": "x"}, {"shape": ["batch", "n", 77, 32]}, {"shape": ["batch", 0, 77, 32]}])
+def test_a_manifest_that_does_not_say_means_no_clip_skip(tiny_export, entry):
+    """Whatever a (hand-edited) manifest holds where the inner states are described, it reads as 'none', not a crash."""
+    model = ExportedModel.load(tiny_export)
+    model.manifest = {**model.manifest, "graphs": {**model.manifest["graphs"]}}
+    model.manifest["graphs"]["text_encoder"] = {**model.manifest["graphs"]["text_encoder"],
+                                                "outputs": {"clip_skip_states": entry}}
+    model.manifest["graphs"]["unet"] = {**model.manifest["graphs"]["unet"], "inputs": entry}
+    assert model.clip_skip_layers == 0 and model.text_length_free is False
+    with pytest.raises(ZoodipError, match="made before clip skip"):
+        generate(model, "a star", steps=1, clip_skip=1)
