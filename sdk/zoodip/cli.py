@@ -237,7 +237,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                       height=args.height, width=args.width, num_images=args.num_images, added_embeddings=added,
                       token_groups=groups, latents=latents, prompt_weighting=args.prompt_weighting,
                       image=args.image, strength=DEFAULT_STRENGTH if args.strength is None else args.strength,
-                      clip_skip=args.clip_skip)
+                      clip_skip=args.clip_skip, guidance_rescale=args.guidance_rescale)
     for image, path in zip(images, singles):
         save_image(image, path)
     save_image(images[0] if len(images) == 1 else image_grid([images]), out)

@@ -154,6 +154,9 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     # diffusers' pipeline arguments are accepted too: num_inference_steps, num_images_per_prompt.
     g.add_argument("--steps", "--num-inference-steps", dest="steps", type=int, default=25)
     g.add_argument("--guidance-scale", type=float, default=7.5)
+    g.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
+                   help="rescale the guided prediction toward the prompt's spread, in [0, 1] (diffusers' "
+                        "guidance_rescale; 0.7 is its suggestion for v-prediction models); 0: off")
     g.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0])
     g.add_argument("--prompt-weighting", choices=PROMPT_WEIGHTINGS, default=PROMPT_WEIGHTINGS[0],
                    help="none: brackets are plain text, as in diffusers (77 tokens); a1111: AUTOMATIC1111's emphasis, "

@@ -64,8 +64,7 @@ def generate(
     guidance_scale: float = 7.5,
     sampler: str = "dpmpp_2m",
     seed: int = 0,
-    height: int | None = None,
-    width: int | None = None,
+    height: int | None = None, width: int | None = None,
     num_images: int = 1,
     added_embeddings: Mapping[str, np.ndarray] | None = None,
     callback: ProgressCallback | None = None,
@@ -74,15 +73,16 @@ def generate(
     token_groups: Sequence[Sequence[str]] | None = None,
     latents: np.ndarray | None = None,
     prompt_weighting: str = "none",
-    image: str | Path | Image.Image | None = None,
-    strength: float = DEFAULT_STRENGTH,
+    image: str | Path | Image.Image | None = None, strength: float = DEFAULT_STRENGTH,
     clip_skip: int = 0,
+    guidance_rescale: float = 0.0,
 ) -> list[Image.Image]:
     """Generate ``num_images`` images for ``prompt``; returns RGB PIL images of ``width`` x ``height``.
 
     Args:
         model: an ``ExportedModel`` (or anything with its interface: tokenizer, encode_text, unet, ...).
         guidance_scale: ``uncond + g (cond - uncond)``; 1.0 runs the prompt alone (half the work), 0.0 the negative one.
+        guidance_rescale: phi of Lin et al. 2024, eq. 16 (diffusers' ``guidance_rescale``): see ``rescale_guidance``.
         sampler: one of ``sampling.SAMPLERS`` (default "dpmpp_2m", DPM-Solver++ 2M).
         seed: the initial latents are ``np.random.default_rng(seed).standard_normal`` (float32): the same on any machine.
         height, width: image size in pixels, multiples of 8 (default: the model's native size).
@@ -97,15 +97,15 @@ def generate(
         clip_skip: the text encoder's k-th layer from the end, through its final norm (as diffusers; A1111's k + 1).
     """
     _check_settings(model, prompt, negative_prompt, sampler, num_images, guidance_scale, eta, seed, prompt_weighting,
-                    clip_skip)
+                    clip_skip, guidance_rescale)
     pixels, height, width = _start_pixels(model, image, strength, height, width)
     h, w = _latent_size(model, height, width)  # a size that cannot fit in memory: refused now
     plan = plan_decode(model, h, w, budget := memory_budget_mb(model))
     encode = _prompt_encoder(model, added_embeddings, token_groups, [prompt, negative_prompt], num_images,
                              prompt_weighting, clip_skip)
-    g = float(guidance_scale)
-    cond, uncond = _conditioning(model, encode, prompt, negative_prompt, g, budget)
-    model_fn = _guided(model, cond, uncond, g, batch_cfg and budget is None, one_image_at_a_time=budget is not None)
+    cond, uncond = _conditioning(model, encode, prompt, negative_prompt, g := float(guidance_scale), budget)
+    model_fn = _guided(model, cond, uncond, g, batch_cfg and budget is None, one_image_at_a_time=budget is not None,
+                       rescale=float(guidance_rescale))
     noise = _draw_latents(rng := np.random.default_rng(seed), model, num_images, h, w)  # drawn even with latents=
     noise = noise if latents is None else _checked_latents(latents, noise.shape)
     start = None if pixels is None else _image_latents(model, pixels, num_images, rng, budget)
@@ -219,13 +219,16 @@ def _emphasis_problems(prompts: Sequence[str], weighted: bool, chunked: bool = F
 
 def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler: str, num_images: int,
                     guidance_scale: object, eta: float, seed: object, prompt_weighting: object = "none",
-                    clip_skip: object = 0) -> None:
+                    clip_skip: object = 0, guidance_rescale: object = 0.0) -> None:
     """generate()'s settings, each refused in one line before any work."""
     check_prompt_weighting(prompt_weighting)
     check_sampler(sampler)
     check_num_images(num_images)
     if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
         raise ZoodipError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, (int, float)) or not 0 <= guidance_rescale <= 1:
+        raise ZoodipError(f"guidance_rescale must be a number from 0 to 1 (diffusers suggests 0.7 for v-prediction "
+                          f"models), got {guidance_rescale!r}")
     if eta and sampler != "ddim":
         raise ZoodipError(f"eta applies to the ddim sampler only; drop it or use sampler='ddim' (got sampler={sampler!r})")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -236,8 +239,9 @@ def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler
 
 
 def _guided(model: Any, cond: np.ndarray, uncond: np.ndarray | None, g: float, batch_cfg: bool,
-            one_image_at_a_time: bool = False) -> Callable[[np.ndarray, float], np.ndarray]:
-    """The classifier-free-guided UNet ``uncond + g (cond - uncond)``; the conditional pass alone without uncond.
+            one_image_at_a_time: bool = False, rescale: float = 0.0) -> Callable[[np.ndarray, float], np.ndarray]:
+    """The classifier-free-guided UNet ``uncond + g (cond - uncond)`` (with ``rescale``, ``rescale_guidance``d);
+    the conditional pass alone without uncond.
 
     ``cond`` and ``uncond`` hold one identical row per image. ``one_image_at_a_time``: the UNet sees one
     image per call (its activations grow with the batch; the sampler's arithmetic is per image anyway).
@@ -258,11 +262,21 @@ def _guided(model: Any, cond: np.ndarray, uncond: np.ndarray | None, g: float, b
         else:
             out_uncond = _unet(model, x, t, uncond[:n])
             out_cond = _unet(model, x, t, cond[:n])
-        return (out_uncond + g * (out_cond - out_uncond)).astype(np.float32, copy=False)
+        guided = out_uncond + g * (out_cond - out_uncond)
+        return (rescale_guidance(guided, out_cond, rescale) if rescale else guided).astype(np.float32, copy=False)
 
     if not one_image_at_a_time:
         return model_fn
     return lambda x, t: np.concatenate([model_fn(x[i : i + 1], t) for i in range(len(x))])
+
+
+def rescale_guidance(guided: np.ndarray, cond: np.ndarray, phi: float) -> np.ndarray:
+    """Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are Flawed"), eq. 15-16: the guided output
+    rescaled to the conditional output's standard deviation (per image), mixed back by ``phi``; strong guidance
+    otherwise overexposes the images of v-prediction models with a zero-SNR schedule (diffusers' ``rescale_noise_cfg``)."""
+    axes = tuple(range(1, guided.ndim))
+    rescaled = guided * (cond.std(axis=axes, keepdims=True) / guided.std(axis=axes, keepdims=True))  # eq. 15
+    return phi * rescaled + (1.0 - phi) * guided  # eq. 16
 
 
 def _unet(model: Any, x: np.ndarray, t: float, states: np.ndarray) -> np.ndarray:

@@ -411,18 +411,57 @@ def test_generate_matches_the_diffusers_pipeline(tiny_sd_folder, tmp_path) -> No
     token, loaded = load_embedding_file(path)
 
     base_config = pipe.scheduler.config
-    for sampler, scheduler_class, options in (("dpmpp_2m", DPMSolverMultistepScheduler, {}), ("ddim", DDIMScheduler, {}),
-                                              ("dpmpp_2m_karras", DPMSolverMultistepScheduler, {"use_karras_sigmas": True})):
+    rescaled_inner = {"guidance_rescale": 0.7, "clip_skip": 1}  # both pipeline arguments, on one case
+    for sampler, scheduler_class, options, extra in (
+            ("dpmpp_2m", DPMSolverMultistepScheduler, {}, {}), ("ddim", DDIMScheduler, {}, {}),
+            ("dpmpp_2m_karras", DPMSolverMultistepScheduler, {"use_karras_sigmas": True}, {}),
+            ("dpmpp_2m", DPMSolverMultistepScheduler, {}, rescaled_inner)):
         pipe.scheduler = scheduler_class.from_config(base_config, **options)
         shape = (2, model.latent_channels, model.sample_size, model.sample_size)
         noise = np.random.default_rng(3).standard_normal(shape, dtype=np.float32)  # what generate(seed=3) draws
-        kwargs = dict(negative_prompt="blurry", guidance_scale=7.5)
-        ref = pipe(f"a photo of {token}", num_inference_steps=6, latents=torch.from_numpy(noise), output_type="np",
-                   num_images_per_prompt=2, **kwargs).images
+        kwargs = dict(negative_prompt="blurry", guidance_scale=7.5, **extra)
+        ref_kwargs = dict(prompt=f"a photo of {token}", **kwargs)
+        if "clip_skip" in extra:
+            # diffusers' SD pipeline skips layers for the prompt only (its SDXL pipelines were fixed to skip them
+            # for the negative prompt too); zoodip, as A1111, conditions both on the same layer: so does the reference.
+            def encode(text: str) -> torch.Tensor:
+                return pipe.encode_prompt(text, "cpu", 1, False, clip_skip=extra["clip_skip"])[0]
+
+            ref_kwargs = dict(prompt_embeds=encode(ref_kwargs.pop("prompt")),
+                              negative_prompt_embeds=encode(ref_kwargs.pop("negative_prompt")),
+                              **{k: v for k, v in ref_kwargs.items() if k != "clip_skip"})
+        ref = pipe(num_inference_steps=6, latents=torch.from_numpy(noise), output_type="np", num_images_per_prompt=2,
+                   **ref_kwargs).images
         ours = generate(model, f"a photo of {token}", steps=6, sampler=sampler, seed=3, num_images=2,
                         added_embeddings={token: loaded}, **kwargs)
         diff = np.abs(np.stack([np.asarray(im) for im in ours]).astype(int) - (ref * 255).round().astype(int))
-        assert diff.max() <= 2 and diff.mean() < 0.05, (sampler, diff.max(), diff.mean())
+        assert diff.max() <= 2 and diff.mean() < 0.05, (sampler, extra, diff.max(), diff.mean())
+        if extra:  # and they change the images
+            plain = generate(model, f"a photo of {token}", steps=6, sampler=sampler, seed=3, num_images=2,
+                             added_embeddings={token: loaded}, negative_prompt="blurry", guidance_scale=7.5)
+            assert np.abs(np.asarray(plain[0], float) - np.asarray(ours[0], float)).mean() > 1.0
+
+
+@needs_diffusers
+def test_guidance_rescale_is_diffusers_rescale_noise_cfg() -> None:
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+    from zoodip.generate import rescale_guidance
+
+    rng = np.random.default_rng(0)
+    cond = rng.standard_normal((3, 4, 8, 8)).astype(np.float32)
+    guided = (cond * rng.uniform(1, 4, (3, 1, 1, 1)) + rng.standard_normal((3, 4, 8, 8))).astype(np.float32)
+    for phi in (0.0, 0.7, 1.0):
+        ref = rescale_noise_cfg(torch.from_numpy(guided), torch.from_numpy(cond), guidance_rescale=phi).numpy()
+        np.testing.assert_allclose(rescale_guidance(guided, cond, phi), ref, rtol=1e-5, atol=1e-6)
+    full = rescale_guidance(guided, cond, 1.0)
+    np.testing.assert_allclose(full.std(axis=(1, 2, 3)), cond.std(axis=(1, 2, 3)), rtol=1e-5)  # eq. 15: the spread
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), True, "0.7"])
+def test_a_guidance_rescale_outside_0_1_is_one_line(bad) -> None:
+    with pytest.raises(ZoodipError, match="guidance_rescale must be a number from 0 to 1"):
+        generate(FakeModel("epsilon"), "a dog", steps=1, guidance_rescale=bad)
 
 
 @needs_diffusers
