@@ -81,3 +81,19 @@ def test_personalize_then_generate(sd2_export, photos, tmp_path, capsys):
     from PIL import Image
 
     assert Image.open(image).size == (128, 128)
+
+
+def test_long_prompts_and_clip_skip_on_sd2(sd2_export):
+    """SD2's tokenizer pads with '!' rather than the end token: each A1111 chunk is laid out as diffusers lays out
+    one prompt (start, tokens, end, padding), which is also A1111's layout for SD2."""
+    from zoodip.emphasis import chunked_token_ids
+    from zoodip.generate import generate
+
+    model = ExportedModel.load(sd2_export, RuntimeOptions(threads=1))
+    tokenizer = model.tokenizer
+    assert tokenizer.pad_id != tokenizer.eos_id
+    ids, _ = chunked_token_ids(tokenizer, "dog " * 80)
+    assert np.array_equal(ids[1], tokenizer(["dog " * 5])[0])  # the second chunk: the last 5 words
+    assert model.clip_skip_layers >= 1 and model.text_length_free
+    image = generate(model, "dog " * 80 + "BREAK a star", steps=2, prompt_weighting="a1111", clip_skip=1)[0]
+    assert image.size == (128, 128) and np.isfinite(np.asarray(image, float)).all()
