@@ -47,6 +47,8 @@ _BREAK = re.compile(r"\s*\bBREAK\b\s*")  # A1111's chunk break, with the spaces 
 CHUNK_TOKENS = 75  # a chunk's own tokens: the text encoder's 77 less the start and end tokens
 COMMA_BACKTRACK = 20  # A1111's default "comma padding backtrack"
 MAX_CHUNKS = 4  # the longest prompt read: 300 tokens (the UNet's cross-attention grows with the length)
+# A1111's prompt editing, [from:to:when] / [to:when] / [from::when], and alternation, [a|b]: not read here.
+_A1111_SCHEDULED = re.compile(r"\[[^\[\]]*:\s*[+-]?\d*\.?\d+\s*\]|\[[^\[\]]*\|[^\[\]]*\]")
 # What an A1111 prompt with an explicit weight looks like: worth a warning where it is read as plain text.
 _A1111_WEIGHTED = re.compile(r"\([^()]*:\s*[+-]?\d*\.?\d+\s*\)")
 
@@ -149,12 +151,19 @@ def emphasis_free_text(prompt: str) -> str:
     return " ".join(text for text, _ in parse_emphasis(prompt))
 
 
-def unsupported_problems(prompt: str) -> list[str]:
-    """A1111 syntax that an export whose UNet reads 77 text states only cannot honour, each a one-line message."""
-    if re.search(r"\bBREAK\b", prompt):
-        return ["A1111's BREAK (start a new 75-token chunk) needs an export whose UNet reads long prompts: it is read "
-                "as the word 'break' here; re-export the model with this version of 'zoodip export', or drop it"]
-    return []
+def unsupported_problems(prompt: str, chunked: bool = True) -> list[str]:
+    """A1111 syntax that zoodip does not honour (with ``chunked`` False: where the export's UNet reads 77 text
+    states only), each a one-line message."""
+    problems = []
+    if not chunked and re.search(r"\bBREAK\b", prompt):
+        problems.append("A1111's BREAK (start a new 75-token chunk) needs an export whose UNet reads long prompts: it "
+                        "is read as the word 'break' here; re-export the model with this version of 'zoodip export', "
+                        "or drop it")
+    if match := _A1111_SCHEDULED.search(prompt):
+        problems.append(f"A1111's prompt editing or alternation ({match.group(0)[:40]!r}) is not supported: its "
+                        "brackets are read as emphasis, [words] /1.1, and the words all through; write the prompt "
+                        "for one of its phases")
+    return problems
 
 
 def looks_weighted(prompt: str) -> bool:

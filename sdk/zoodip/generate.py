@@ -211,7 +211,7 @@ def _emphasis_problems(prompts: Sequence[str], weighted: bool, chunked: bool = F
     """Emphasis syntax read as plain text (A1111's explicit weights, under "none"), or not read at all (BREAK,
     where the UNet reads 77 text states only)."""
     if weighted:
-        return [] if chunked else [problem for text in prompts if text for problem in unsupported_problems(text)]
+        return [problem for text in prompts if text for problem in unsupported_problems(text, chunked)]
     return [f"the prompt {_shortened(text)} uses A1111's emphasis syntax '(words:1.3)', read here as plain text "
             "(as diffusers does): pass --prompt-weighting a1111 (prompt_weighting='a1111') to weight the words"
             for text in prompts if text and looks_weighted(text)]

@@ -63,7 +63,14 @@ def test_an_unreadable_weight_is_one_clear_error():
 def test_which_prompts_are_said_to_look_weighted():
     assert looks_weighted("a (cat:1.3) on a mat") and looks_weighted("(cat: .5 )")
     assert not looks_weighted("a (cat) on a mat") and not looks_weighted("ratio 3:2 (approx)")
-    assert unsupported_problems("a cat BREAK a hat") and not unsupported_problems("a breakfast, break")
+    assert unsupported_problems("a cat BREAK a hat", chunked=False) and not unsupported_problems("a cat BREAK a hat")
+    assert not unsupported_problems("a breakfast, break", chunked=False)
+    # A1111's prompt editing and alternation are said once each prompt, not read.
+    for edited in ("a [cat:dog:0.5] on a mat", "a [dog:10]", "a [cat::0.25]", "a [cat|dog|fox]", "[a [cat:dog: 3 ]]"):
+        (problem,) = unsupported_problems(edited)
+        assert "prompt editing or alternation" in problem, edited
+    for plain in ("a [cat] and (dog:1.2)", "[ratio 3:2 ok]", "a | b", "[a:b]"):
+        assert not unsupported_problems(plain), plain
 
 
 @pytest.fixture(scope="module")
