@@ -25,7 +25,7 @@ Long prompts, as A1111 reads them (where the export's UNet takes text states of 
 cut into chunks of 75, each encoded on its own as ``[start, 75 tokens, end]`` (padded), emphasized on its own,
 and the chunks' states are joined end to end. ``BREAK`` (a word of its own, in capitals) ends the current chunk.
 A chunk that would end within ``COMMA_BACKTRACK`` tokens after a comma ends at the comma instead, its last
-words moved to the next chunk; an added token's vectors are never split between chunks. (A1111 reads a BREAK
+words moved to the next chunk; an added token's vectors are never split between chunks (``CLIPTokenizer.encode_units``). (A1111 reads a BREAK
 inside brackets as the word "BREAK" with a negative weight; here it ends the chunk wherever it stands.)
 """
 from __future__ import annotations
@@ -194,7 +194,6 @@ def chunked_token_ids(tokenizer: Any, prompt: str) -> tuple[np.ndarray, np.ndarr
     (float32; 1 outside the prompt's own tokens). One chunk, laid out as :func:`weighted_token_ids`, for a prompt
     of at most 75 tokens without ``BREAK``; refused past ``MAX_CHUNKS``."""
     comma = tokenizer.encode(",")[0]
-    base = int(tokenizer.base_vocab_size)
     chunks: list[tuple[list[int], list[float]]] = []
     ids: list[int] = []
     weights: list[float] = []
@@ -209,7 +208,7 @@ def chunked_token_ids(tokenizer: Any, prompt: str) -> tuple[np.ndarray, np.ndarr
         if part:
             close()  # BREAK, even after an empty chunk (A1111 then encodes an empty one)
         for text, weight in pieces:
-            for unit in _units(tokenizer.encode(text), base):
+            for unit in tokenizer.encode_units(text):
                 if unit[0] == comma:
                     last_comma = len(ids)
                 elif len(ids) == CHUNK_TOKENS and last_comma != -1 and len(ids) - last_comma <= COMMA_BACKTRACK:
@@ -234,17 +233,6 @@ def chunked_token_ids(tokenizer: Any, prompt: str) -> tuple[np.ndarray, np.ndarr
         rows[row, : len(chunk_ids) + 2] = [tokenizer.bos_id, *chunk_ids, tokenizer.eos_id]
         token_weights[row, 1 : 1 + len(chunk_weights)] = chunk_weights
     return rows, token_weights
-
-
-def _units(ids: list[int], base: int) -> list[list[int]]:
-    """``ids`` as the units a chunk keeps whole: one token, or an added token's vectors (consecutive added ids)."""
-    units: list[list[int]] = []
-    for token in ids:
-        if units and token >= base and units[-1][-1] >= base and token == units[-1][-1] + 1:
-            units[-1].append(token)
-        else:
-            units.append([token])
-    return units
 
 
 def emphasize(states: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -265,15 +265,20 @@ class CLIPTokenizer:
 
     def encode(self, text: str) -> List[int]:
         """Token ids of ``text`` without bos/eos; placeholders expand to all of their vectors."""
+        return [i for unit in self.encode_units(text) for i in unit]
+
+    def encode_units(self, text: str) -> List[List[int]]:
+        """``encode(text)`` cut into the units a prompt keeps whole: a placeholder's vectors together, any
+        other token alone (A1111's long prompts never split an embedding between chunks)."""
         if not isinstance(text, str):
             raise ZoodipError(f"a prompt must be a string, got {type(text).__name__}")
-        ids: List[int] = []
+        units: List[List[int]] = []
         for piece, matched in self._split_added(text):
             if matched:
-                ids.extend(self._expansions[piece])
+                units.append(list(self._expansions[piece]))
             else:
-                ids.extend(self._encode_plain(piece))
-        return ids
+                units.extend([i] for i in self._encode_plain(piece))
+        return units
 
     def __call__(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
         """int64 ``[batch, max_length]``: bos, ids (truncated), eos, then padding."""

@@ -195,6 +195,11 @@ def test_an_added_tokens_vectors_stay_in_one_chunk(tmp_path):
     assert len(first) == 73 and second == list(added)  # 73 + 3 > 75: all three move
     ids, _ = chunked_token_ids(tok, "dog " * 72 + "<thing>")
     assert len(ids) == 1 and _tokens(ids[0], tok)[-3:] == list(added)
+    # Two tokens written together are two units: the first fits, the second moves alone (as A1111 does).
+    a, b = tok.add_placeholder("<a>")[0], tok.add_placeholder("<b>")[0]
+    assert b == a + 1
+    ids, _ = chunked_token_ids(tok, "dog " * 74 + "<a><b>")
+    assert _tokens(ids[0], tok)[-1] == a and _tokens(ids[1], tok) == [b]
 
 
 def test_too_many_chunks_are_refused(tokenizer):
