@@ -25,8 +25,9 @@ Long prompts, as A1111 reads them (where the export's UNet takes text states of 
 cut into chunks of 75, each encoded on its own as ``[start, 75 tokens, end]`` (padded), emphasized on its own,
 and the chunks' states are joined end to end. ``BREAK`` (a word of its own, in capitals) ends the current chunk.
 A chunk that would end within ``COMMA_BACKTRACK`` tokens after a comma ends at the comma instead, its last
-words moved to the next chunk; an added token's vectors are never split between chunks (``CLIPTokenizer.encode_units``). (A1111 reads a BREAK
-inside brackets as the word "BREAK" with a negative weight; here it ends the chunk wherever it stands.)
+words moved to the next chunk; an added token's vectors are never split between chunks (the tokenizer's
+``encode_units``). (A1111 reads a BREAK inside brackets as the word "BREAK" with a negative weight; here it ends
+the chunk wherever it stands.)
 """
 from __future__ import annotations
 
