@@ -14,7 +14,6 @@ Results: ``benchmarks/results/emphasis/`` (results.json, results.md).
 from __future__ import annotations
 
 import datetime
-import json
 import re
 import sys
 import time
@@ -23,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference.repo import REPO, relative_args  # noqa: E402
+from reference.repo import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from _demo_runs import check_count, check_demo_folder, write_results  # noqa: E402
 
 WEIGHTS = (1.2, 1.4, 1.6)
 TOKEN_WEIGHT = 0.8
@@ -91,20 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "emphasis"))
     try:
         args = parser.parse_args(argv)
-        demo = Path(args.demo)
-        if not (demo / "model" / "manifest.json").is_file() or not (demo / "run" / "learned_embeds.safetensors").is_file():
-            raise ZoodipError(f"{demo} is not a make demo output folder (model/ and run/learned_embeds.safetensors): "
-                              "run make demo first, or pass --demo")
-        if args.seeds < 1:
-            raise ZoodipError(f"--seeds must be at least 1, got {args.seeds}")
+        demo = check_demo_folder(Path(args.demo), ("model/manifest.json", "run/learned_embeds.safetensors"))
+        check_count("--seeds", args.seeds)
         started = time.time()
         result = measure(demo, args.seeds)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        command = "python benchmarks/emphasis.py " + " ".join(relative_args(sys.argv[1:] if argv is None else argv))
-        (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-        (out / "results.md").write_text(report(result, args.seeds, command.strip(), time.time() - started))
-        print(f"wrote {out / 'results.md'}")
+        write_results(Path(args.out), "emphasis.py", argv, result,
+                      lambda command: report(result, args.seeds, command, time.time() - started))
         return 0
     except ZoodipError as exc:
         return print_error(exc)

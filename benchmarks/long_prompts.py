@@ -16,7 +16,6 @@ Results: ``benchmarks/results/long-prompts/`` (results.json, results.md).
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,11 +23,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference.repo import REPO, relative_args  # noqa: E402
+from reference.repo import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from _demo_runs import check_count, check_demo_folder, write_results  # noqa: E402
 
 FILLER = "a photo " * 37 + "a "  # 75 tokens without an attribute word: a caption after it starts the second chunk
 SHORT_FILLER = "a photo " * 15  # 30 such tokens: a caption after it still fits the first chunk
@@ -98,20 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "long-prompts"))
     try:
         args = parser.parse_args(argv)
-        demo = Path(args.demo)
-        if not (demo / "model" / "manifest.json").is_file():
-            raise ZoodipError(f"{demo} is not a make demo output folder (model/manifest.json): run make demo first, "
-                              "or pass --demo")
-        if args.captions < 1:
-            raise ZoodipError(f"--captions must be at least 1, got {args.captions}")
+        demo = check_demo_folder(Path(args.demo), ("model/manifest.json",))
+        check_count("--captions", args.captions)
         started = time.time()
         result = measure(demo, args.captions)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        command = "python benchmarks/long_prompts.py " + " ".join(relative_args(sys.argv[1:] if argv is None else argv))
-        (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-        (out / "results.md").write_text(report(result, command.strip(), time.time() - started))
-        print(f"wrote {out / 'results.md'}")
+        write_results(Path(args.out), "long_prompts.py", argv, result,
+                      lambda command: report(result, command, time.time() - started))
         return 0
     except ZoodipError as exc:
         return print_error(exc)
