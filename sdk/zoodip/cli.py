@@ -289,9 +289,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     import json
 
     from .embeddings import load_embeddings, read_embedding_metadata
+    from .model import MANIFEST
 
     path = Path(args.embedding)
-    if path.is_dir() and (path / "manifest.json").is_file():
+    if path.is_dir() and (path / MANIFEST).is_file():
         return _export_info(path)
     if path.is_dir():
         raise ZoodipError(f"{path} is a folder: 'zoodip info' reads one embedding file or an export folder")

@@ -98,8 +98,7 @@ def generate(
     """
     _check_settings(model, prompt, negative_prompt, sampler, num_images, guidance_scale, eta, seed, prompt_weighting,
                     clip_skip, guidance_rescale)
-    pixels, height, width = _start_pixels(model, image, strength, height, width)
-    h, w = _latent_size(model, height, width)  # a size that cannot fit in memory: refused now
+    pixels, h, w = _start_pixels(model, image, strength, height, width)  # a size that cannot fit: refused now
     plan = plan_decode(model, h, w, budget := memory_budget_mb(model))
     encode = _prompt_encoder(model, added_embeddings, token_groups, [prompt, negative_prompt], num_images,
                              prompt_weighting, clip_skip)
@@ -285,17 +284,18 @@ def _unet(model: Any, x: np.ndarray, t: float, states: np.ndarray) -> np.ndarray
 
 
 def _start_pixels(model: Any, image: Any, strength: object, height: int | None,
-                  width: int | None) -> tuple[np.ndarray | None, int | None, int | None]:
-    """Image-to-image's start image [1, 3, H, W] and its size (None and the size asked for without one)."""
+                  width: int | None) -> tuple[np.ndarray | None, int, int]:
+    """Image-to-image's start image [1, 3, H, W] (None without one) and the latent size of the images, checked
+    (``_latent_size``; with a start image, before it is resized)."""
     if image is None:
-        return None, height, width
+        return None, *_latent_size(model, height, width)
     check_strength(strength)
     native = int(model.sample_size) * int(model.vae_scale_factor)
     picture = open_init_image(image, max(native, height or 0, width or 0) * 2)
     width, height = init_image_size(picture.size, height, width, native, side_multiple(model.vae_scale_factor))
-    h, w = _latent_size(model, height, width)  # its side and memory checks before the resize
+    h, w = _latent_size(model, height, width)
     check_encode(model, h, w, memory_budget_mb(model))
-    return image_pixels(picture, (width, height)), height, width
+    return image_pixels(picture, (width, height)), h, w
 
 
 def _image_latents(model: Any, pixels: np.ndarray, num_images: int, rng: np.random.Generator,

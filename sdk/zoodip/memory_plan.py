@@ -47,10 +47,10 @@ class DecodePlan:
         return self.tile is not None
 
 
-def decoder_weight_bytes(model: Any) -> int:
-    """The VAE decoder's graph bytes (its weights), or 0 for a model that does not say."""
+def graph_weight_bytes(model: Any, graph: str) -> int:
+    """A graph's file bytes (its weights), or 0 for a model that does not say."""
     weights = getattr(model, "weights_bytes", None)
-    return int(weights(("vae_decoder",))) if callable(weights) else 0
+    return int(weights((graph,))) if callable(weights) else 0
 
 
 def decode_bytes(model: Any, latent_h: int, latent_w: int, whole_h: int | None = None,
@@ -59,7 +59,7 @@ def decode_bytes(model: Any, latent_h: int, latent_w: int, whole_h: int | None =
     (default: the tile is the whole image, and nothing is blended)."""
     factor = int(model.vae_scale_factor)
     pixels = latent_h * latent_w * factor * factor
-    need = decoder_weight_bytes(model) + LIVE_FULL_RESOLUTION_MAPS * FULL_RESOLUTION_CHANNELS * _FLOAT32 * pixels
+    need = graph_weight_bytes(model, "vae_decoder") + LIVE_FULL_RESOLUTION_MAPS * FULL_RESOLUTION_CHANNELS * _FLOAT32 * pixels
     need += attention_bytes(latent_h, latent_w)
     if whole_h is not None and whole_w is not None:
         need += BLEND_FLOATS_PER_PIXEL * _FLOAT32 * whole_h * whole_w * factor * factor
@@ -96,9 +96,8 @@ def check_encode(model: Any, latent_h: int, latent_w: int, budget_mb: int | None
     many as measured, plus one), and the mid-block attention over all latent positions.
     """
     factor = int(model.vae_scale_factor)
-    weights = getattr(model, "weights_bytes", None)
-    need = int(weights(("vae_encoder",))) if callable(weights) else 0
     pixels = latent_h * latent_w * factor * factor
+    need = graph_weight_bytes(model, "vae_encoder")
     need += ENCODER_LIVE_FULL_RESOLUTION_MAPS * ENCODER_FULL_RESOLUTION_CHANNELS * _FLOAT32 * pixels
     need += attention_bytes(latent_h, latent_w)
     if budget_mb is not None and need > int(budget_mb) << 20:

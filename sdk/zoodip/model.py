@@ -27,6 +27,7 @@ from .tokenizer import CLIPTokenizer
 
 FORMAT = "zoodip-export"
 FORMAT_VERSION = 1
+MANIFEST = "manifest.json"  # the file that makes a folder an export (docs/export-format.md)
 GRAPHS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 
 
@@ -159,11 +160,11 @@ def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    """Read and check ``manifest.json`` of an export folder (fields, paths, files present, sizes)."""
+    """Read and check ``MANIFEST`` of an export folder (fields, paths, files present, sizes)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ZoodipError(f"export folder {folder} does not exist: create it with 'zoodip export'")
-    path = folder / "manifest.json"
+    path = folder / MANIFEST
     if not path.is_file():
         if (folder / "model_index.json").is_file():  # the diffusers folder itself, as diffusers' scripts take it
             raise ZoodipError(f"{folder} is a diffusers folder, not a zoodip export: convert it once with "
@@ -303,7 +304,7 @@ class ExportedModel:
     @property
     def identity(self) -> str:
         """A short hash of the manifest, which lists every file's sha256: another export, another identity."""
-        return hashlib.sha256((self.folder / "manifest.json").read_bytes()).hexdigest()[:16]
+        return hashlib.sha256((self.folder / MANIFEST).read_bytes()).hexdigest()[:16]
 
     def curvature(self) -> CurvatureSubspace | None:
         """The export's curvature subspace (``zoodip.curvature``), or None where it has none."""
