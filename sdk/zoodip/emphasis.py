@@ -28,6 +28,9 @@ A chunk that would end within ``COMMA_BACKTRACK`` tokens after a comma ends at t
 words moved to the next chunk; an added token's vectors are never split between chunks (the tokenizer's
 ``encode_units``). (A1111 reads a BREAK inside brackets as the word "BREAK" with a negative weight; here it ends
 the chunk wherever it stands.)
+
+Prompt editing and alternation, ``[from:to:when]`` and ``[a|b]``, are read before all this, into one text per
+phase of the sampling (``zoodip.prompt_schedule``); each phase's text is then read as above.
 """
 from __future__ import annotations
 
@@ -48,8 +51,7 @@ _BREAK = re.compile(r"\s*\bBREAK\b\s*")  # A1111's chunk break, with the spaces 
 CHUNK_TOKENS = 75  # a chunk's own tokens: the text encoder's 77 less the start and end tokens
 COMMA_BACKTRACK = 20  # A1111's default "comma padding backtrack"
 MAX_CHUNKS = 4  # the longest prompt read: 300 tokens (the UNet's cross-attention grows with the length)
-# A1111's prompt editing, [from:to:when] / [to:when] / [from::when], and alternation, [a|b]: not read here.
-_A1111_SCHEDULED = re.compile(r"\[[^\[\]]*:\s*[+-]?\d*\.?\d+\s*\]|\[[^\[\]]*\|[^\[\]]*\]")
+_A1111_AND = re.compile(r"\bAND\b")  # A1111's composable diffusion, "a cat AND a dog": not read here
 # What an A1111 prompt with an explicit weight looks like: worth a warning where it is read as plain text.
 _A1111_WEIGHTED = re.compile(r"\([^()]*:\s*[+-]?\d*\.?\d+\s*\)")
 
@@ -160,10 +162,9 @@ def unsupported_problems(prompt: str, chunked: bool = True) -> list[str]:
         problems.append("A1111's BREAK (start a new 75-token chunk) needs an export whose UNet reads long prompts: it "
                         "is read as the word 'break' here; re-export the model with this version of 'zoodip export', "
                         "or drop it")
-    if match := _A1111_SCHEDULED.search(prompt):
-        problems.append(f"A1111's prompt editing or alternation ({match.group(0)[:40]!r}) is not supported: its "
-                        "brackets are read as emphasis, [words] /1.1, and the words all through; write the prompt "
-                        "for one of its phases")
+    if _A1111_AND.search(prompt):
+        problems.append("A1111's AND (composable diffusion: one guidance term per part) is not supported: it is "
+                        "read as the word 'and' in one prompt; write the parts as one prompt, or generate them apart")
     return problems
 
 

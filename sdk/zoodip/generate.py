@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -32,15 +31,17 @@ import numpy as np
 from PIL import Image
 
 from .embeddings import check_hidden_size
-from .emphasis import (check_prompt_weighting, chunked_token_ids, emphasis_free_text, emphasize, looks_weighted,
-                       unsupported_problems, weighted_token_ids)
+from .emphasis import check_prompt_weighting, chunked_token_ids, emphasis_free_text, emphasize, weighted_token_ids
 from .errors import ZoodipError
 from .image_side import check_side, side_multiple
 from .images import image_pixels, init_image_size, open_init_image, to_pil
 from .limits import check_image_size
 from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
 from .model import clip_skip_problem
-from .sampling import DEFAULT_STRENGTH, ProgressCallback, check_sampler, check_strength, run_sampler
+from .prompt_checks import (LONG_PROMPT_HINT, syntax_problems, token_use_problems, truncation_problems,
+                            unloaded_token_problems)
+from .prompt_schedule import Phases, check_phase_count, prompt_schedule
+from .sampling import DEFAULT_STRENGTH, ProgressCallback, check_sampler, check_steps, check_strength, run_sampler, steps_run
 from .vae_tiles import decode_tiled
 
 # Images per call: they are denoised as one UNet batch (twice that with guidance), whose activations
@@ -92,23 +93,24 @@ def generate(
         token_groups: each embedding's names (``embeddings.load_embeddings``' groups; default: each token alone).
         latents: initial latents ``[num_images, channels, height/8, width/8]`` (unit variance) instead of the seed's;
             the seed still drives DDIM's ``eta`` and euler_a's noise. diffusers' ``latents=`` takes the same array.
-        prompt_weighting: "none" (as diffusers: brackets are text, 77 tokens) or "a1111" (``zoodip.emphasis``: A1111's).
+        prompt_weighting: "none" (as diffusers: brackets are text, 77 tokens) or "a1111" (A1111's: ``zoodip.emphasis``,
+            long prompts, and prompt editing and alternation, ``zoodip.prompt_schedule``).
         image, strength: img2img, as diffusers': ``image`` (path or PIL) noised over the last ``strength`` of the steps.
         clip_skip: the text encoder's k-th layer from the end, through its final norm (as diffusers; A1111's k + 1).
     """
-    _check_settings(model, prompt, negative_prompt, sampler, num_images, guidance_scale, eta, seed, prompt_weighting,
-                    clip_skip, guidance_rescale)
+    _check_settings(model, prompt, negative_prompt, sampler, steps, num_images, guidance_scale, eta, seed,
+                    prompt_weighting, clip_skip, guidance_rescale)
     pixels, h, w = _start_pixels(model, image, strength, height, width)  # a size that cannot fit: refused now
     plan = plan_decode(model, h, w, budget := memory_budget_mb(model))
-    encode = _prompt_encoder(model, added_embeddings, token_groups, [prompt, negative_prompt], num_images,
-                             prompt_weighting, clip_skip)
-    cond, uncond = _conditioning(model, encode, prompt, negative_prompt, g := float(guidance_scale), budget)
+    run = steps_run(steps, None if pixels is None else strength)  # the steps a prompt's editing is laid over
+    phases = _prompt_phases(prompt, negative_prompt, prompt_weighting, run)
+    encode = _prompt_encoder(model, added_embeddings, token_groups, phases, prompt_weighting, clip_skip)
+    cond, uncond = _conditioning(model, encode, phases, g := float(guidance_scale), budget)
     model_fn = _guided(model, cond, uncond, g, batch_cfg and budget is None, one_image_at_a_time=budget is not None,
-                       rescale=float(guidance_rescale))
-    noise = _draw_latents(rng := np.random.default_rng(seed), model, num_images, h, w)  # drawn even with latents=
-    noise = noise if latents is None else _checked_latents(latents, noise.shape)
+                       rescale=float(guidance_rescale), step=(done := _StepCount(callback)))
+    noise = _checked_latents(latents, _draw_latents(rng := np.random.default_rng(seed), model, num_images, h, w))
     start = None if pixels is None else _image_latents(model, pixels, num_images, rng, budget)
-    latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, eta=eta, rng=rng, callback=callback,
+    latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, eta=eta, rng=rng, callback=done,
                           image_latents=start, strength=strength)
     _release_under_budget(model, budget, "unet")  # then one image at a time: the VAE decoder's activations dominate
     images = [picture for i in range(num_images) for picture in to_pil(decode_latents(model, latents[i : i + 1], plan))]
@@ -116,13 +118,38 @@ def generate(
     return images
 
 
-def _conditioning(model: Any, encode: Callable[[str], np.ndarray], prompt: str, negative_prompt: str, g: float,
-                  budget: int | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The prompt's and the negative prompt's text states; under a budget the text encoder is closed after."""
+def _prompt_phases(prompt: str, negative_prompt: str, weighting: str, steps: int) -> tuple[Phases[str], Phases[str]]:
+    """Each prompt's texts over the ``steps`` that run: A1111's prompt editing and alternation under "a1111"
+    (``zoodip.prompt_schedule``), else the prompt all through."""
+    phases = []
+    for text, what in ((prompt, "prompt"), (negative_prompt, "negative prompt")):
+        schedule = prompt_schedule(text, steps) if weighting == "a1111" else Phases((steps,), (text,))
+        check_phase_count(schedule, what)
+        phases.append(schedule)
+    return phases[0], phases[1]
+
+
+def _conditioning(model: Any, encode: Callable[[str], np.ndarray], phases: tuple[Phases[str], Phases[str]], g: float,
+                  budget: int | None) -> tuple[Phases[np.ndarray], Phases[np.ndarray] | None]:
+    """The prompt's and the negative prompt's text states, each text encoded once; under a budget the text encoder
+    is closed after."""
     # With g = 1 the guided output is the conditional one: the unconditional pass is skipped.
-    cond, uncond = encode(prompt), None if g == 1.0 else encode(negative_prompt)
+    cond, uncond = phases[0].map(encode), None if g == 1.0 else phases[1].map(encode)
     _release_under_budget(model, budget, "text_encoder")
     return cond, uncond
+
+
+class _StepCount:
+    """The sampler's progress callback, passed through, keeping the count of finished steps: the step (0-based)
+    its next UNet call is for, which picks the phase of an edited prompt."""
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self.done, self._callback = 0, callback
+
+    def __call__(self, step: int, total: int, latents: np.ndarray) -> None:
+        self.done = step
+        if self._callback is not None:
+            self._callback(step, total, latents)
 
 
 def _release_under_budget(model: Any, budget: int | None, graph: str) -> None:
@@ -140,10 +167,11 @@ def decode_latents(model: Any, latents: np.ndarray, plan: DecodePlan | None = No
 
 
 def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | None,
-                    token_groups: Sequence[Sequence[str]] | None, prompts: list[str], copies: int,
+                    token_groups: Sequence[Sequence[str]] | None, phases: Sequence[Phases[str]],
                     weighting: str = "none", clip_skip: int = 0):
-    """Text conditioning: ``encode(text)`` gives one row per prompt, repeated per image; one warning per
-    added token group that ``prompts`` never use within what is read, and per emphasis it cannot honour."""
+    """Text conditioning: ``encode(text)`` gives the text states ``[1, length, d]``; one warning per added token
+    group that no phase of the prompts uses within what is read, and per emphasis it cannot honour."""
+    prompts = list(dict.fromkeys(text for schedule in phases for text in schedule.values))  # each text once
     tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
     groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
     weighted = weighting == "a1111"
@@ -152,8 +180,8 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
     problems = ([] if chunked else truncation_problems(tokenizer, read, LONG_PROMPT_HINT if weighted else ""))
     problems += (token_use_problems(tokenizer, read, groups, whole=chunked)
                  + unloaded_token_problems(read, [name for names in groups for name in names], tokenizer)
-                 + _emphasis_problems(prompts, weighted, chunked))
-    for problem in problems:
+                 + syntax_problems(prompts, weighted, chunked))
+    for problem in dict.fromkeys(problems):
         warnings.warn(problem, stacklevel=3)
 
     def encode(text: str) -> np.ndarray:
@@ -163,7 +191,7 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
             ids, weights = weighted_token_ids(tokenizer, text) if weighted else (tokenizer([text]), None)
         ids = np.asarray(ids, dtype=np.int64)
         _check_added_ids(ids, tokenizer.base_vocab_size, known_added, text)
-        return _text_states(model, ids, weights, extra_rows, copies, clip_skip)
+        return _text_states(model, ids, weights, extra_rows, clip_skip)
 
     return encode
 
@@ -186,42 +214,36 @@ def _draw_latents(rng: np.random.Generator, model: Any, num_images: int, h: int,
     return rng.standard_normal((num_images, int(model.latent_channels), h, w), dtype=np.float32)
 
 
-def _checked_latents(latents: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    latents = np.asarray(latents)
+def _checked_latents(latents: np.ndarray | None, noise: np.ndarray) -> np.ndarray:
+    """The caller's ``latents`` (checked against the seed's ``noise``, which is drawn anyway), else ``noise``."""
+    if latents is None:
+        return noise
+    latents, shape = np.asarray(latents), noise.shape
     if latents.shape != shape or not np.issubdtype(latents.dtype, np.floating) or not np.all(np.isfinite(latents)):
         raise ZoodipError(f"latents must be finite floats of shape {list(shape)} ([images, channels, height/8, "
                           f"width/8]), got {latents.dtype} {list(latents.shape)}")
     return latents.astype(np.float32)
 
 
-def _text_states(model: Any, ids: np.ndarray, weights: np.ndarray | None, extra_rows: Any, copies: int,
+def _text_states(model: Any, ids: np.ndarray, weights: np.ndarray | None, extra_rows: Any,
                  clip_skip: int = 0) -> np.ndarray:
-    """The text encoder's states ``[copies, 77 * chunks, d]`` for token ids ``[chunks, 77]`` (with ``weights``,
+    """The text encoder's states ``[1, 77 * chunks, d]`` for token ids ``[chunks, 77]`` (with ``weights``,
     A1111's emphasis applied to each chunk), the chunks end to end."""
     if clip_skip:
         states = np.asarray(model.encode_text(ids, extra_rows, clip_skip=clip_skip), dtype=np.float32)
     else:  # a model-like object without clip skip works as before
         states = np.asarray(model.encode_text(ids, extra_rows), dtype=np.float32)
     states = states if weights is None else emphasize(states, weights)
-    return np.repeat(states.reshape(1, -1, states.shape[-1]), copies, axis=0)
+    return states.reshape(1, -1, states.shape[-1])
 
 
-def _emphasis_problems(prompts: Sequence[str], weighted: bool, chunked: bool = False) -> list[str]:
-    """Emphasis syntax read as plain text (A1111's explicit weights, under "none"), or not read at all (BREAK,
-    where the UNet reads 77 text states only)."""
-    if weighted:
-        return [problem for text in prompts if text for problem in unsupported_problems(text, chunked)]
-    return [f"the prompt {_shortened(text)} uses A1111's emphasis syntax '(words:1.3)', read here as plain text "
-            "(as diffusers does): pass --prompt-weighting a1111 (prompt_weighting='a1111') to weight the words"
-            for text in prompts if text and looks_weighted(text)]
-
-
-def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler: str, num_images: int,
+def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler: str, steps: object, num_images: int,
                     guidance_scale: object, eta: float, seed: object, prompt_weighting: object = "none",
                     clip_skip: object = 0, guidance_rescale: object = 0.0) -> None:
     """generate()'s settings, each refused in one line before any work."""
     check_prompt_weighting(prompt_weighting)
     check_sampler(sampler)
+    check_steps(model, steps)
     check_num_images(num_images)
     if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
         raise ZoodipError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
@@ -237,30 +259,30 @@ def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler
     check_clip_skip(model, clip_skip)
 
 
-def _guided(model: Any, cond: np.ndarray, uncond: np.ndarray | None, g: float, batch_cfg: bool,
-            one_image_at_a_time: bool = False, rescale: float = 0.0) -> Callable[[np.ndarray, float], np.ndarray]:
+def _guided(model: Any, cond: Phases[np.ndarray], uncond: Phases[np.ndarray] | None, g: float, batch_cfg: bool,
+            one_image_at_a_time: bool = False, rescale: float = 0.0,
+            step: _StepCount | None = None) -> Callable[[np.ndarray, float], np.ndarray]:
     """The classifier-free-guided UNet ``uncond + g (cond - uncond)`` (with ``rescale``, ``rescale_guidance``d);
     the conditional pass alone without uncond.
 
-    ``cond`` and ``uncond`` hold one identical row per image. ``one_image_at_a_time``: the UNet sees one
-    image per call (its activations grow with the batch; the sampler's arithmetic is per image anyway).
+    ``cond`` and ``uncond`` hold each phase's text states ``[1, length, d]``, the phase picked by ``step``'s count
+    (one phase: the prompt all through). ``one_image_at_a_time``: the UNet sees one image per call (its
+    activations grow with the batch; the sampler's arithmetic is per image anyway).
     """
-    # Prompts of different lengths (A1111's chunks) run apart, as A1111 runs them (no padding).
-    batch_cfg = batch_cfg and uncond is not None and uncond.shape[1] == cond.shape[1]
-    # diffusers' order: unconditional first. Built once, not at every UNet call of the sampler's loop.
-    both = None if not batch_cfg else np.concatenate([uncond, cond])
 
     def model_fn(x: np.ndarray, t: float) -> np.ndarray:
-        n = len(x)
+        n, i = len(x), 0 if step is None else step.done
+        text = np.repeat(cond.at(i), n, axis=0)
         if uncond is None:
-            return _unet(model, x, t, cond[:n])
-        if batch_cfg:
-            text = both if n == len(cond) else np.concatenate([uncond[:n], cond[:n]])
-            out = _unet(model, np.concatenate([x, x]), t, text)
+            return _unet(model, x, t, text)
+        untext = np.repeat(uncond.at(i), n, axis=0)
+        # Prompts of different lengths (A1111's chunks) run apart, as A1111 runs them (no padding).
+        if batch_cfg and untext.shape[1] == text.shape[1]:  # diffusers' order: unconditional first
+            out = _unet(model, np.concatenate([x, x]), t, np.concatenate([untext, text]))
             out_uncond, out_cond = out[:n], out[n:]
         else:
-            out_uncond = _unet(model, x, t, uncond[:n])
-            out_cond = _unet(model, x, t, cond[:n])
+            out_uncond = _unet(model, x, t, untext)
+            out_cond = _unet(model, x, t, text)
         guided = out_uncond + g * (out_cond - out_uncond)
         return (rescale_guidance(guided, out_cond, rescale) if rescale else guided).astype(np.float32, copy=False)
 
@@ -382,74 +404,3 @@ def _check_added_ids(ids: np.ndarray, base: int, known: set[int], text: str) -> 
             f"the prompt {text!r} uses learned token id(s) {unknown} whose embedding was not given: "
             "pass it in added_embeddings"
         )
-
-
-# Where A1111's emphasis is asked for but the export's UNet reads 77 text states only.
-LONG_PROMPT_HINT = (" (or re-export the model with this version of 'zoodip export' to read long prompts in A1111's "
-                    "75-token chunks)")
-
-
-def truncation_problems(tokenizer: Any, texts: Sequence[str], hint: str = "") -> list[str]:
-    """One message per text longer than the text encoder reads (77 tokens with the start and end markers):
-    its tail is cut, as in diffusers (which logs the same), and should not be cut silently."""
-    if not callable(getattr(tokenizer, "encode", None)):
-        return []
-    keep = int(np.asarray(tokenizer([""])).shape[1]) - 2
-    problems = []
-    for text in texts:
-        count = len(tokenizer.encode(text)) if text else 0
-        if count > keep:
-            problems.append(f"the prompt {_shortened(text)} is {count} tokens; the text encoder reads the first {keep}, "
-                            f"the last {count - keep} are cut off: shorten it{hint}")
-    return problems
-
-
-def _shortened(text: str, limit: int = 40) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-# A word written as a placeholder, as diffusers' and A1111's learned tokens are by convention: "<my-dog>".
-_PLACEHOLDER_WORD = re.compile(r"<[^<>\s]+>")
-
-
-def unloaded_token_problems(texts: Sequence[str], loaded: Sequence[str], tokenizer: Any = None) -> list[str]:
-    """One message per ``<word>`` in ``texts`` that no loaded embedding answers to: the tokenizer would read
-    it as plain text (its pieces '<', 'my', '-', 'dog', '>'), and the image silently lacks the concept. A word
-    that ``tokenizer`` already holds as a placeholder is not plain text (its missing vectors are an error)."""
-    seen = sorted({word for text in texts if text for word in _PLACEHOLDER_WORD.findall(text)} - set(loaded))
-    if tokenizer is not None:
-        base = int(tokenizer.base_vocab_size)
-        seen = [word for word in seen if not any(int(i) >= base for i in np.asarray(tokenizer([word]))[0])]
-    return [f"{word!r} in a prompt looks like a learned token, but no embedding for it is loaded, so it is read "
-            "as plain text: pass its file with --embedding (added_embeddings in the API)" for word in seen]
-
-
-def token_use_problems(tokenizer: Any, texts: Sequence[str], groups: Sequence[Sequence[str]],
-                       whole: bool = False) -> list[str]:
-    """One message per token group that none of ``texts`` uses, or uses only past the token limit (with
-    ``whole``, the texts are read whole, as A1111's chunks read them: no limit).
-
-    The text encoder sees 77 tokens with the start and end markers, so a prompt's tokens past the
-    75th are cut: a learned token there changes nothing, silently. Needs only the tokenizer interface
-    generate() uses (``__call__``, ``base_vocab_size``); with an ``encode`` method (untruncated ids) a
-    token past the limit is told apart from a missing one.
-    """
-    base = int(tokenizer.base_vocab_size)
-    width = int(np.asarray(tokenizer([""])).shape[1])
-    problems = []
-    for names in groups:
-        ids = {int(i) for name in names for i in np.asarray(tokenizer([name]))[0] if i >= base}
-        if any(int(i) in ids for text in texts if text for i in np.asarray(tokenizer([text]))[0]):
-            continue  # used within the limit
-        shown = " or ".join(repr(name) for name in names)
-        full = [list(tokenizer.encode(text)) for text in texts if text] if callable(getattr(tokenizer, "encode", None)) else []
-        positions = [k for row in full for k, i in enumerate(row) if int(i) in ids]
-        if positions and whole:
-            continue  # used, past the first chunk
-        if positions:
-            problems.append(f"the embedding token {shown} comes after the prompt's {width - 2}-token limit (at token "
-                            f"{min(positions) + 1}), so it is cut off: move it earlier or shorten the prompt")
-        else:
-            problems.append(f"the embedding token {shown} does not appear in the prompt, so it changes nothing: "
-                            "write it in the prompt (or rename it with --embedding PATH:TOKEN)")
-    return problems

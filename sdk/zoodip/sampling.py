@@ -74,8 +74,7 @@ def sampling_plan(model: Any, sampler: str, steps: int) -> SamplingPlan:
     schedule = model.schedule
     ac = np.asarray(schedule.alphas_cumprod, dtype=np.float64)
     num_train = int(schedule.num_train_timesteps)
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_train:
-        raise ZoodipError(f"steps must be an integer from 1 to {num_train}, got {steps!r} (20-30 is typical)")
+    check_steps(model, steps)
     check_sampler(sampler)
     kind, config = _KINDS[sampler], scheduler_config(model)
     spacing = str(config.get("timestep_spacing") or kind.default_spacing)
@@ -88,6 +87,25 @@ def sampling_plan(model: Any, sampler: str, steps: int) -> SamplingPlan:
         sigmas = sigmas_at(ac, timesteps)
     init = euler_init_noise_sigma(float(sigmas[0]), spacing) if kind.sigma_space else 1.0
     return SamplingPlan(sampler, timesteps, sigmas, init, final, kind.sigma_space)
+
+
+def check_steps(model: Any, steps: object) -> None:
+    """Sampling steps: an integer from 1 to the model's training timesteps."""
+    num_train = int(model.schedule.num_train_timesteps)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_train:
+        raise ZoodipError(f"steps must be an integer from 1 to {num_train}, got {steps!r} (20-30 is typical)")
+
+
+def steps_run(steps: int, strength: float | None = None) -> int:
+    """How many of ``steps`` a call runs: all of them from noise, the last ``int(steps * strength)`` from an image."""
+    if strength is None:
+        return int(steps)
+    check_strength(strength)
+    keep = min(int(steps * strength), steps)
+    if keep < 1:
+        raise ZoodipError(f"strength {strength} of {steps} steps leaves no step to run (diffusers runs "
+                          "int(steps * strength)): raise --strength or --steps")
+    return int(keep)
 
 
 def check_sampler(sampler: object) -> None:
@@ -103,11 +121,7 @@ def check_strength(strength: object) -> None:
 
 def image_to_image(plan: SamplingPlan, strength: float) -> SamplingPlan:
     """The plan's last ``int(steps * strength)`` steps, started from an image (diffusers' img2img ``strength``)."""
-    check_strength(strength)
-    keep = min(int(len(plan.timesteps) * strength), len(plan.timesteps))
-    if keep < 1:
-        raise ZoodipError(f"strength {strength} of {len(plan.timesteps)} steps leaves no step to run (diffusers runs "
-                          "int(steps * strength)): raise --strength or --steps")
+    keep = steps_run(len(plan.timesteps), strength)
     return replace(plan, timesteps=plan.timesteps[-keep:], sigmas=plan.sigmas[-keep:], init_noise_sigma=1.0)
 
 

@@ -82,8 +82,6 @@ def test_what_cannot_be_honoured_is_said(model):
         warnings.simplefilter("error")
         generate(model, "a (red:1.3) star", steps=1, prompt_weighting="a1111")  # honoured: nothing to say
         generate(model, "a red star BREAK blue", steps=1, prompt_weighting="a1111")
-    with pytest.warns(UserWarning, match=r"prompt editing or alternation \('\[red:blue:0.5\]'\) is not supported"):
-        generate(model, "a [red:blue:0.5] star", steps=1, prompt_weighting="a1111")
     with pytest.raises(ZoodipError, match="unknown prompt_weighting"):
         generate(model, "a star", steps=1, prompt_weighting="A1111")
     with pytest.raises(ZoodipError, match="cannot read the emphasis weight"):

@@ -16,7 +16,8 @@ from PIL import Image
 from zoodip.cli import main
 from zoodip.embeddings import load_embeddings, read_embedding_metadata
 from zoodip.errors import ZoodipError
-from zoodip.generate import generate, token_use_problems, truncation_problems, unloaded_token_problems
+from zoodip.generate import generate
+from zoodip.prompt_checks import token_use_problems, truncation_problems, unloaded_token_problems
 from zoodip.images import load_image
 from zoodip.model import ExportedModel
 from zoodip.prompts import PromptSampler, load_template_file

@@ -1,0 +1,96 @@
+"""What ``generate`` warns about in its prompts: words past what the text encoder reads, learned tokens that no
+prompt uses or that no loaded file answers to, and A1111 syntax read as plain text or not read at all. Each check
+returns one-line messages; nothing here stops a call."""
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+from .emphasis import looks_weighted, unsupported_problems
+from .prompt_schedule import parse_schedule, schedule_problems
+
+
+def syntax_problems(prompts: Sequence[str], weighted: bool, chunked: bool = False) -> list[str]:
+    """A1111 syntax read as plain text (explicit weights and prompt editing, under "none"), or not read at all
+    (BREAK where the UNet reads 77 text states only, AND, editing in a prompt too long or deep to read)."""
+    if weighted:
+        return [problem for text in prompts if text
+                for problem in unsupported_problems(text, chunked) + schedule_problems(text)]
+    syntax = {"emphasis syntax '(words:1.3)'": looks_weighted, "prompt editing or alternation '[a:b:0.5]', '[a|b]'":
+              lambda text: parse_schedule(text) is not None}
+    return [f"the prompt {_shortened(text)} uses A1111's {name}, read here as plain text (as diffusers does): pass "
+            "--prompt-weighting a1111 (prompt_weighting='a1111') to read it as A1111 does"
+            for text in prompts if text for name, found in syntax.items() if found(text)]
+
+
+# Where A1111's emphasis is asked for but the export's UNet reads 77 text states only.
+LONG_PROMPT_HINT = (" (or re-export the model with this version of 'zoodip export' to read long prompts in A1111's "
+                    "75-token chunks)")
+
+
+def truncation_problems(tokenizer: Any, texts: Sequence[str], hint: str = "") -> list[str]:
+    """One message per text longer than the text encoder reads (77 tokens with the start and end markers):
+    its tail is cut, as in diffusers (which logs the same), and should not be cut silently."""
+    if not callable(getattr(tokenizer, "encode", None)):
+        return []
+    keep = int(np.asarray(tokenizer([""])).shape[1]) - 2
+    problems = []
+    for text in texts:
+        count = len(tokenizer.encode(text)) if text else 0
+        if count > keep:
+            problems.append(f"the prompt {_shortened(text)} is {count} tokens; the text encoder reads the first {keep}, "
+                            f"the last {count - keep} are cut off: shorten it{hint}")
+    return problems
+
+
+def _shortened(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+# A word written as a placeholder, as diffusers' and A1111's learned tokens are by convention: "<my-dog>".
+_PLACEHOLDER_WORD = re.compile(r"<[^<>\s]+>")
+
+
+def unloaded_token_problems(texts: Sequence[str], loaded: Sequence[str], tokenizer: Any = None) -> list[str]:
+    """One message per ``<word>`` in ``texts`` that no loaded embedding answers to: the tokenizer would read
+    it as plain text (its pieces '<', 'my', '-', 'dog', '>'), and the image silently lacks the concept. A word
+    that ``tokenizer`` already holds as a placeholder is not plain text (its missing vectors are an error)."""
+    seen = sorted({word for text in texts if text for word in _PLACEHOLDER_WORD.findall(text)} - set(loaded))
+    if tokenizer is not None:
+        base = int(tokenizer.base_vocab_size)
+        seen = [word for word in seen if not any(int(i) >= base for i in np.asarray(tokenizer([word]))[0])]
+    return [f"{word!r} in a prompt looks like a learned token, but no embedding for it is loaded, so it is read "
+            "as plain text: pass its file with --embedding (added_embeddings in the API)" for word in seen]
+
+
+def token_use_problems(tokenizer: Any, texts: Sequence[str], groups: Sequence[Sequence[str]],
+                       whole: bool = False) -> list[str]:
+    """One message per token group that none of ``texts`` uses, or uses only past the token limit (with
+    ``whole``, the texts are read whole, as A1111's chunks read them: no limit).
+
+    The text encoder sees 77 tokens with the start and end markers, so a prompt's tokens past the
+    75th are cut: a learned token there changes nothing, silently. Needs only the tokenizer interface
+    generate() uses (``__call__``, ``base_vocab_size``); with an ``encode`` method (untruncated ids) a
+    token past the limit is told apart from a missing one.
+    """
+    base = int(tokenizer.base_vocab_size)
+    width = int(np.asarray(tokenizer([""])).shape[1])
+    problems = []
+    for names in groups:
+        ids = {int(i) for name in names for i in np.asarray(tokenizer([name]))[0] if i >= base}
+        if any(int(i) in ids for text in texts if text for i in np.asarray(tokenizer([text]))[0]):
+            continue  # used within the limit
+        shown = " or ".join(repr(name) for name in names)
+        full = [list(tokenizer.encode(text)) for text in texts if text] if callable(getattr(tokenizer, "encode", None)) else []
+        positions = [k for row in full for k, i in enumerate(row) if int(i) in ids]
+        if positions and whole:
+            continue  # used, past the first chunk
+        if positions:
+            problems.append(f"the embedding token {shown} comes after the prompt's {width - 2}-token limit (at token "
+                            f"{min(positions) + 1}), so it is cut off: move it earlier or shorten the prompt")
+        else:
+            problems.append(f"the embedding token {shown} does not appear in the prompt, so it changes nothing: "
+                            "write it in the prompt (or rename it with --embedding PATH:TOKEN)")
+    return problems

@@ -1,0 +1,120 @@
+"""generate(prompt_weighting="a1111") with A1111's prompt editing and alternation, on the tiny export."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from zoodip.cli import main
+from zoodip.generate import generate
+from zoodip.model import ExportedModel, RuntimeOptions
+
+SETTINGS = dict(seed=3, guidance_scale=3.0, prompt_weighting="a1111")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_export):
+    return ExportedModel.load(tiny_export)
+
+
+class ConditioningSpy:
+    """The model, recording the text states of each UNet call."""
+
+    def __init__(self, model):
+        self._model, self.states = model, []
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def unet(self, sample, timestep, encoder_hidden_states):
+        self.states.append(np.array(encoder_hidden_states))
+        return self._model.unet(sample, timestep, encoder_hidden_states)
+
+
+def states(model, text: str) -> np.ndarray:
+    return np.asarray(model.encode_text(model.tokenizer([text])), np.float32)[0]
+
+
+def pixels(images) -> np.ndarray:
+    return np.asarray(images[0])
+
+
+def test_each_step_is_conditioned_on_its_phase(model):
+    spy = ConditioningSpy(model)
+    generate(spy, "a [red:blue:2] star", negative_prompt="[plain|blurry]", steps=5, batch_cfg=False, **SETTINGS)
+    red, blue = states(model, "a red star"), states(model, "a blue star")
+    plain, blurry = states(model, "plain"), states(model, "blurry")
+    # Each step: the negative prompt's pass, then the prompt's (batch_cfg=False), one image each.
+    seen = [(spy.states[2 * i][0], spy.states[2 * i + 1][0]) for i in range(5)]
+    assert len(spy.states) == 10
+    expected = [(plain, red), (plain, red), (blurry, red), (plain, blue), (blurry, blue)]  # A1111's steps 0..4
+    for step, ((negative, prompt), (want_negative, want_prompt)) in enumerate(zip(seen, expected)):
+        assert np.allclose(negative, want_negative, atol=1e-6) and np.allclose(prompt, want_prompt, atol=1e-6), step
+
+
+def test_a_phase_that_holds_all_through_gives_the_unedited_image(model):
+    for steps, sampler in ((4, "dpmpp_2m"), (3, "euler_a"), (3, "ddim")):
+        for edited, plain in (("a [red star:blue moon:1.0]", "a red star"), ("a [red star:blue moon:0]", "a blue moon"),
+                              ("a [red star|red star] ", "a red star ")):
+            kwargs = dict(steps=steps, sampler=sampler, num_images=2, **SETTINGS)
+            assert np.array_equal(pixels(generate(model, edited, **kwargs)), pixels(generate(model, plain, **kwargs)))
+    switched = generate(model, "a [red star:blue moon:0.5]", steps=4, **SETTINGS)
+    assert not np.array_equal(pixels(switched), pixels(generate(model, "a red star", steps=4, **SETTINGS)))
+    assert not np.array_equal(pixels(switched), pixels(generate(model, "a blue moon", steps=4, **SETTINGS)))
+
+
+def test_phases_of_different_lengths_run_apart(model):
+    spy = ConditioningSpy(model)
+    generate(spy, "[a red star BREAK on blue:a red star:1]", negative_prompt="blurry", steps=3, **SETTINGS)
+    # Steps 0-1: a 2-chunk prompt against a 1-chunk negative one, two passes; step 2: one batched pass.
+    assert [s.shape[:2] for s in spy.states] == [(1, 77), (1, 154), (1, 77), (1, 154), (2, 77)]
+
+
+def test_image_to_image_lays_the_schedule_over_the_steps_that_run(model, tmp_path):
+    from PIL import Image
+
+    start = tmp_path / "start.png"
+    Image.fromarray(np.full((32, 32, 3), 120, np.uint8)).save(start)
+    spy = ConditioningSpy(model)
+    generate(spy, "a [red:blue:0.5] star", image=start, strength=0.5, steps=8, guidance_scale=1.0, seed=0,
+             prompt_weighting="a1111")
+    red, blue = states(model, "a red star"), states(model, "a blue star")
+    assert len(spy.states) == 4  # int(8 * 0.5) steps run; the switch at int(0.5 * 4) = 2
+    assert [np.allclose(s[0], red, atol=1e-6) for s in spy.states] == [True, True, True, False]
+    assert np.allclose(spy.states[3][0], blue, atol=1e-6)
+
+
+def test_a_memory_budget_gives_the_same_edited_image(tiny_export):
+    prompt, settings = "a [red:[blue|green]:1] star", dict(steps=3, negative_prompt="[dots::2]", **SETTINGS)
+    whole = generate(ExportedModel.load(tiny_export), prompt, batch_cfg=False, **settings)
+    budgeted = generate(ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=2000)), prompt, **settings)
+    assert np.array_equal(pixels(whole), pixels(budgeted))
+
+
+def test_progress_is_still_reported_step_by_step(model):
+    seen = []
+    generate(model, "[a|b] star", steps=3, callback=lambda step, total, latents: seen.append((step, total)), **SETTINGS)
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_read_as_plain_text_without_a1111_and_said(model):
+    with pytest.warns(UserWarning, match=r"uses A1111's prompt editing or alternation .* read here as plain text"):
+        generate(model, "a [red:blue:0.5] star", steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(model, "a [red:blue:0.5] star", steps=1, prompt_weighting="a1111")
+        generate(model, "a [red] star, 3:2", steps=1)  # emphasis-like brackets alone say nothing
+    with pytest.warns(UserWarning, match=r"AND \(composable diffusion"):
+        generate(model, "a red star AND a blue moon", steps=1, prompt_weighting="a1111")
+
+
+def test_the_cli_reads_it_and_refuses_too_many_phases_in_one_line(tiny_export, tmp_path, capsys):
+    common = ["generate", "--model", str(tiny_export), "--threads", "1", "--prompt-weighting", "a1111"]
+    out = tmp_path / "edited.png"
+    assert main(common + ["--steps", "3", "--prompt", "a [red:blue:0.5] star", "--out", str(out)]) == 0
+    assert out.is_file()
+    crowded = ["--steps", "100", "--prompt", "[a|b|c|d|e|f|g] [h|i|j|k|l|m|n|o|p|q|r]", "--out", str(tmp_path / "x.png")]
+    assert main(common + crowded) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "77 different prompts over 100 steps" in err[0] and not (tmp_path / "x.png").exists()
