@@ -51,7 +51,6 @@ _BREAK = re.compile(r"\s*\bBREAK\b\s*")  # A1111's chunk break, with the spaces 
 CHUNK_TOKENS = 75  # a chunk's own tokens: the text encoder's 77 less the start and end tokens
 COMMA_BACKTRACK = 20  # A1111's default "comma padding backtrack"
 MAX_CHUNKS = 4  # the longest prompt read: 300 tokens (the UNet's cross-attention grows with the length)
-_A1111_AND = re.compile(r"\bAND\b")  # A1111's composable diffusion, "a cat AND a dog": not read here
 # What an A1111 prompt with an explicit weight looks like: worth a warning where it is read as plain text.
 _A1111_WEIGHTED = re.compile(r"\([^()]*:\s*[+-]?\d*\.?\d+\s*\)")
 
@@ -162,9 +161,6 @@ def unsupported_problems(prompt: str, chunked: bool = True) -> list[str]:
         problems.append("A1111's BREAK (start a new 75-token chunk) needs an export whose UNet reads long prompts: it "
                         "is read as the word 'break' here; re-export the model with this version of 'zoodip export', "
                         "or drop it")
-    if _A1111_AND.search(prompt):
-        problems.append("A1111's AND (composable diffusion: one guidance term per part) is not supported: it is "
-                        "read as the word 'and' in one prompt; write the parts as one prompt, or generate them apart")
     return problems
 
 

@@ -40,7 +40,7 @@ from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
 from .model import clip_skip_problem
 from .prompt_checks import (LONG_PROMPT_HINT, syntax_problems, token_use_problems, truncation_problems,
                             unloaded_token_problems)
-from .prompt_schedule import Phases, check_phase_count, prompt_schedule
+from .prompt_schedule import Phases, check_phase_count, composable_parts, prompt_schedule
 from .sampling import DEFAULT_STRENGTH, ProgressCallback, check_sampler, check_steps, check_strength, run_sampler, steps_run
 from .vae_tiles import decode_tiled
 
@@ -105,8 +105,8 @@ def generate(
     run = steps_run(steps, None if pixels is None else strength)  # the steps a prompt's editing is laid over
     phases = _prompt_phases(prompt, negative_prompt, prompt_weighting, run)
     encode = _prompt_encoder(model, added_embeddings, token_groups, phases, prompt_weighting, clip_skip)
-    cond, uncond = _conditioning(model, encode, phases, g := float(guidance_scale), budget)
-    model_fn = _guided(model, cond, uncond, g, batch_cfg and budget is None, one_image_at_a_time=budget is not None,
+    parts, uncond = _conditioning(model, encode, phases, float(guidance_scale), budget)
+    model_fn = _guided(model, parts, uncond, batch_cfg and budget is None, one_image_at_a_time=budget is not None,
                        rescale=float(guidance_rescale), step=(done := _StepCount(callback)))
     noise = _checked_latents(latents, _draw_latents(rng := np.random.default_rng(seed), model, num_images, h, w))
     start = None if pixels is None else _image_latents(model, pixels, num_images, rng, budget)
@@ -118,25 +118,34 @@ def generate(
     return images
 
 
-def _prompt_phases(prompt: str, negative_prompt: str, weighting: str, steps: int) -> tuple[Phases[str], Phases[str]]:
-    """Each prompt's texts over the ``steps`` that run: A1111's prompt editing and alternation under "a1111"
-    (``zoodip.prompt_schedule``), else the prompt all through."""
-    phases = []
-    for text, what in ((prompt, "prompt"), (negative_prompt, "negative prompt")):
-        schedule = prompt_schedule(text, steps) if weighting == "a1111" else Phases((steps,), (text,))
-        check_phase_count(schedule, what)
-        phases.append(schedule)
-    return phases[0], phases[1]
+PromptPhases = tuple[list[tuple[float, Phases[str]]], Phases[str]]
+"""The prompt's parts (weight, texts over the steps) and the negative prompt's texts over the steps."""
 
 
-def _conditioning(model: Any, encode: Callable[[str], np.ndarray], phases: tuple[Phases[str], Phases[str]], g: float,
-                  budget: int | None) -> tuple[Phases[np.ndarray], Phases[np.ndarray] | None]:
-    """The prompt's and the negative prompt's text states, each text encoded once; under a budget the text encoder
-    is closed after."""
-    # With g = 1 the guided output is the conditional one: the unconditional pass is skipped.
-    cond, uncond = phases[0].map(encode), None if g == 1.0 else phases[1].map(encode)
+def _prompt_phases(prompt: str, negative_prompt: str, weighting: str, steps: int) -> PromptPhases:
+    """Each prompt's texts over the ``steps`` that run: under "a1111", A1111's AND parts of the prompt and the
+    prompt editing and alternation of both (``zoodip.prompt_schedule``); else each prompt whole, all through."""
+    if weighting != "a1111":
+        return [(1.0, Phases((steps,), (prompt,)))], Phases((steps,), (negative_prompt,))
+    parts = [(weight, prompt_schedule(text, steps)) for text, weight in composable_parts(prompt)]
+    negative = prompt_schedule(negative_prompt, steps)  # as A1111: AND in a negative prompt is a word
+    for phases, what in [(phases, "prompt") for _, phases in parts] + [(negative, "negative prompt")]:
+        check_phase_count(phases, what)
+    return parts, negative
+
+
+def _conditioning(model: Any, encode: Callable[[str], np.ndarray], phases: PromptPhases, g: float,
+                  budget: int | None) -> tuple[list[tuple[float, Phases[np.ndarray]]], Phases[np.ndarray] | None]:
+    """The prompt parts' guidance scales (``g`` times their weights) and text states, and the negative prompt's
+    text states; each text encoded once. Under a budget the text encoder is closed after."""
+    texts: dict[str, np.ndarray] = {}
+    encode_once = lambda text: texts[text] if text in texts else texts.setdefault(text, encode(text))  # noqa: E731
+    parts = [(g * weight, part.map(encode_once)) for weight, part in phases[0]]
+    # A guided output that is one part's own (scale 1) needs no negative-prompt pass.
+    alone = len(parts) == 1 and parts[0][0] == 1.0
+    uncond = None if alone else phases[1].map(encode_once)
     _release_under_budget(model, budget, "text_encoder")
-    return cond, uncond
+    return parts, uncond
 
 
 class _StepCount:
@@ -167,11 +176,12 @@ def decode_latents(model: Any, latents: np.ndarray, plan: DecodePlan | None = No
 
 
 def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | None,
-                    token_groups: Sequence[Sequence[str]] | None, phases: Sequence[Phases[str]],
+                    token_groups: Sequence[Sequence[str]] | None, phases: PromptPhases,
                     weighting: str = "none", clip_skip: int = 0):
     """Text conditioning: ``encode(text)`` gives the text states ``[1, length, d]``; one warning per added token
     group that no phase of the prompts uses within what is read, and per emphasis it cannot honour."""
-    prompts = list(dict.fromkeys(text for schedule in phases for text in schedule.values))  # each text once
+    schedules = [schedule for _, schedule in phases[0]] + [phases[1]]
+    prompts = list(dict.fromkeys(text for schedule in schedules for text in schedule.values))  # each text once
     tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
     groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
     weighted = weighting == "a1111"
@@ -257,38 +267,45 @@ def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler
     if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
         raise ZoodipError("prompt and negative_prompt must be strings")
     check_clip_skip(model, clip_skip)
+    if guidance_rescale and prompt_weighting == "a1111" and len(composable_parts(prompt)) > 1:
+        raise ZoodipError("guidance_rescale rescales toward one prompt's prediction, and a prompt of several AND parts "
+                          "has several: drop one of the two")
 
 
-def _guided(model: Any, cond: Phases[np.ndarray], uncond: Phases[np.ndarray] | None, g: float, batch_cfg: bool,
-            one_image_at_a_time: bool = False, rescale: float = 0.0,
+def _guided(model: Any, parts: list[tuple[float, Phases[np.ndarray]]], uncond: Phases[np.ndarray] | None,
+            batch_cfg: bool, one_image_at_a_time: bool = False, rescale: float = 0.0,
             step: _StepCount | None = None) -> Callable[[np.ndarray, float], np.ndarray]:
-    """The classifier-free-guided UNet ``uncond + g (cond - uncond)`` (with ``rescale``, ``rescale_guidance``d);
-    the conditional pass alone without uncond.
+    """The classifier-free-guided UNet ``uncond + sum_k g_k (cond_k - uncond)``, one term per prompt part (one part:
+    ``uncond + g (cond - uncond)``; with ``rescale``, ``rescale_guidance``d); the part's pass alone without uncond.
 
-    ``cond`` and ``uncond`` hold each phase's text states ``[1, length, d]``, the phase picked by ``step``'s count
-    (one phase: the prompt all through). ``one_image_at_a_time``: the UNet sees one image per call (its
-    activations grow with the batch; the sampler's arithmetic is per image anyway).
+    ``parts`` hold each part's scale g_k and each phase's text states ``[1, length, d]``, as ``uncond`` does, the
+    phase picked by ``step``'s count (one phase: the prompt all through). ``one_image_at_a_time``: the UNet sees one
+    image per call (its activations grow with the batch; the sampler's arithmetic is per image anyway).
     """
 
     def model_fn(x: np.ndarray, t: float) -> np.ndarray:
         n, i = len(x), 0 if step is None else step.done
-        text = np.repeat(cond.at(i), n, axis=0)
+        texts = [np.repeat(phases.at(i), n, axis=0) for _, phases in parts]
         if uncond is None:
-            return _unet(model, x, t, text)
-        untext = np.repeat(uncond.at(i), n, axis=0)
-        # Prompts of different lengths (A1111's chunks) run apart, as A1111 runs them (no padding).
-        if batch_cfg and untext.shape[1] == text.shape[1]:  # diffusers' order: unconditional first
-            out = _unet(model, np.concatenate([x, x]), t, np.concatenate([untext, text]))
-            out_uncond, out_cond = out[:n], out[n:]
-        else:
-            out_uncond = _unet(model, x, t, untext)
-            out_cond = _unet(model, x, t, text)
-        guided = out_uncond + g * (out_cond - out_uncond)
-        return (rescale_guidance(guided, out_cond, rescale) if rescale else guided).astype(np.float32, copy=False)
+            return _unet(model, x, t, texts[0])
+        outs = _unet_passes(model, x, t, [np.repeat(uncond.at(i), n, axis=0), *texts], batch_cfg)
+        guided = outs[0]
+        for (scale, _), out in zip(parts, outs[1:]):
+            guided = guided + scale * (out - outs[0])
+        return (rescale_guidance(guided, outs[1], rescale) if rescale else guided).astype(np.float32, copy=False)
 
     if not one_image_at_a_time:
         return model_fn
     return lambda x, t: np.concatenate([model_fn(x[i : i + 1], t) for i in range(len(x))])
+
+
+def _unet_passes(model: Any, x: np.ndarray, t: float, texts: list[np.ndarray], batched: bool) -> list[np.ndarray]:
+    """The UNet's outputs for ``x`` under each of ``texts``: one batched call (diffusers' order, the unconditional
+    first) where ``batched`` and their lengths agree, else one call each, as A1111 runs prompts of different
+    lengths (its chunks), without padding."""
+    if batched and len({text.shape[1] for text in texts}) == 1:
+        return np.split(_unet(model, np.concatenate([x] * len(texts)), t, np.concatenate(texts)), len(texts))
+    return [_unet(model, x, t, text) for text in texts]
 
 
 def rescale_guidance(guided: np.ndarray, cond: np.ndarray, phi: float) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""AUTOMATIC1111's prompt editing and alternation: a prompt whose words change while the image is sampled.
+"""AUTOMATIC1111's prompt editing and alternation (a prompt whose words change while the image is sampled), and its
+``AND`` (a prompt of several parts, each its own guidance term).
 
     [from:to:when]   "from" until step ``when``, then "to"      [to:when]      nothing, then "to"
     [from::when]     "from" until step ``when``, then nothing   [a|b|c]        a, b, c, a, ... a step each
@@ -20,6 +21,13 @@ So, as in A1111, ``[a:b:5]`` reads a for the steps 0 to 5 and b from step 6 on, 
 first two steps. A prompt that does not parse (a ``|`` outside brackets, a construct left open) is read whole,
 in one phase, as A1111 reads it; every other character of a prompt is kept as written, brackets included, for
 the emphasis parser.
+
+``AND`` (composable diffusion, Liu et al. 2022, its conjunction operator) splits a prompt into parts p_1..p_K,
+each with a weight w_k (a part ending in ``:w``, else 1), each scheduled as above; the guided prediction is then
+
+    eps = eps(negative) + g * sum_k w_k (eps(p_k) - eps(negative))
+
+As in A1111, a prompt without ``AND`` is one part whose own trailing ``:w`` weights it (``"16:9"`` is "16" at 9).
 """
 from __future__ import annotations
 
@@ -39,6 +47,11 @@ MAX_SCHEDULED_CHARS = 20_000
 MAX_DEPTH = 100
 # Distinct prompts one schedule may hold: each is encoded before sampling and kept until it ends.
 MAX_PHASES = 64
+# AND's parts: each one is one more UNet pass a step.
+MAX_PARTS = 8
+MAX_PART_WEIGHT = 100.0  # |w| of a part: past it the guided prediction leaves float32's range for nothing
+AND_SEPARATOR = re.compile(r"\bAND\b")  # A1111's composable diffusion: "a cat AND a dog"
+_PART_WEIGHT = re.compile(r"^(\s*.*?)(?:\s*:\s*([+-]?(?:\d+\.?|\d*\.\d+)))?\s*$")  # "text :w", as A1111 reads it
 _NUMBER = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*")  # lark's SIGNED_NUMBER, spaces around
 _SCHEDULE_SYNTAX = re.compile(r"[\[|]")  # a prompt without "[" or "|" has one phase
 
@@ -75,6 +88,23 @@ class Phases(Generic[T]):
         """``function`` of each value, called once per distinct value."""
         done: dict[T, U] = {}
         return Phases(self.ends, tuple(done[v] if v in done else done.setdefault(v, function(v)) for v in self.values))
+
+
+def composable_parts(prompt: str) -> list[tuple[str, float]]:
+    """The prompt's ``AND`` parts and their weights (the module's notation); one line where there are too many or a
+    weight is out of range."""
+    parts = []
+    for part in AND_SEPARATOR.split(prompt):
+        match = _PART_WEIGHT.search(part)
+        text, weight = (match.group(1), float(match.group(2) or 1.0)) if match else (part, 1.0)
+        if abs(weight) > MAX_PART_WEIGHT:
+            raise ZoodipError(f"the prompt part {text[:40]!r} has the weight {weight:g} (a trailing ':{weight:g}', which "
+                              f"A1111 reads as a weight): at most {MAX_PART_WEIGHT:g} either way")
+        parts.append((text, weight))
+    if len(parts) > MAX_PARTS:
+        raise ZoodipError(f"the prompt has {len(parts)} parts joined by AND; at most {MAX_PARTS} (each is one more UNet "
+                          "pass a step): join some into one part")
+    return parts
 
 
 def prompt_schedule(prompt: str, steps: int) -> Phases[str]:

@@ -1,4 +1,4 @@
-"""generate(prompt_weighting="a1111") with A1111's prompt editing and alternation, on the tiny export."""
+"""generate(prompt_weighting="a1111") with A1111's prompt editing, alternation and AND, on the tiny export."""
 from __future__ import annotations
 
 import warnings
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from zoodip.cli import main
+from zoodip.errors import ZoodipError
 from zoodip.generate import generate
 from zoodip.model import ExportedModel, RuntimeOptions
 
@@ -105,8 +106,8 @@ def test_read_as_plain_text_without_a1111_and_said(model):
         warnings.simplefilter("error")
         generate(model, "a [red:blue:0.5] star", steps=1, prompt_weighting="a1111")
         generate(model, "a [red] star, 3:2", steps=1)  # emphasis-like brackets alone say nothing
-    with pytest.warns(UserWarning, match=r"AND \(composable diffusion"):
-        generate(model, "a red star AND a blue moon", steps=1, prompt_weighting="a1111")
+    with pytest.warns(UserWarning, match=r"uses A1111's AND \(composable diffusion\), read here as plain text"):
+        generate(model, "a red star AND a blue moon", steps=1)
 
 
 def test_the_cli_reads_it_and_refuses_too_many_phases_in_one_line(tiny_export, tmp_path, capsys):
@@ -118,3 +119,46 @@ def test_the_cli_reads_it_and_refuses_too_many_phases_in_one_line(tiny_export, t
     assert main(common + crowded) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "77 different prompts over 100 steps" in err[0] and not (tmp_path / "x.png").exists()
+
+
+def final_latents(model, prompt: str, **kwargs) -> np.ndarray:
+    seen = []
+    generate(model, prompt, callback=lambda step, total, latents: seen.append(np.array(latents)), **kwargs)
+    return seen[-1]
+
+
+def test_and_adds_one_guidance_term_per_part(model):
+    spy = ConditioningSpy(model)
+    generate(spy, "a red star AND [a blue moon|dots]:0.5", negative_prompt="blurry AND dark", steps=3, batch_cfg=False,
+             **SETTINGS)
+    negative, red = states(model, "blurry AND dark"), states(model, "a red star")  # a negative prompt's AND is a word
+    moon, dots = states(model, " a blue moon"), states(model, " dots")
+    assert len(spy.states) == 9  # the negative prompt, then each part, every step
+    for step, want in enumerate([moon, moon, dots]):  # the second part alternates on its own
+        got = [s[0] for s in spy.states[3 * step : 3 * step + 3]]
+        assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(got, [negative, red, want])), step
+    batched = ConditioningSpy(model)
+    generate(batched, "a red star AND a blue moon", steps=2, num_images=2, **SETTINGS)
+    assert [s.shape[0] for s in batched.states] == [6, 6]  # one call a step: (negative + 2 parts) x 2 images
+
+
+def test_and_weights_scale_the_guidance_as_a1111s_sum(model):
+    settings = dict(steps=3, seed=1, prompt_weighting="a1111", num_images=2)
+    plain = final_latents(model, "a red star", guidance_scale=4.0, **settings)
+    # One part weighted w is guidance g * w; two equal halves sum to the whole term.
+    assert np.array_equal(plain, final_latents(model, "a red star:2", guidance_scale=2.0, **settings))
+    halves = final_latents(model, "a red star :0.5 AND a red star:0.5", guidance_scale=4.0, **settings)
+    assert np.allclose(plain, halves, atol=1e-5) and not np.array_equal(
+        plain, final_latents(model, "a red star AND a blue moon", guidance_scale=4.0, **settings))
+    spy = ConditioningSpy(model)
+    generate(spy, "a red star AND a blue moon", guidance_scale=1.0, steps=1, prompt_weighting="a1111")
+    assert len(spy.states) == 1 and spy.states[0].shape[0] == 3  # at guidance 1 two parts still need the negative
+
+
+def test_and_is_refused_with_guidance_rescale_before_any_work(model):
+    spy = ConditioningSpy(model)
+    with pytest.raises(ZoodipError, match="guidance_rescale rescales toward one prompt's prediction"):
+        generate(spy, "a red star AND a blue moon", guidance_rescale=0.7, steps=2, prompt_weighting="a1111")
+    assert spy.states == []
+    with pytest.warns(UserWarning, match="AND"):  # "none": one prompt, 'and' a word (and a warning)
+        generate(spy, "a red star AND a blue moon", guidance_rescale=0.7, steps=1)

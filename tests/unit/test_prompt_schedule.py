@@ -112,3 +112,18 @@ def test_distinct_phases_are_bounded_and_encoded_once():
 def test_steps_are_checked(steps):
     with pytest.raises(ZoodipError, match="steps must be a positive integer"):
         prompt_schedule("a [b:3]", steps)
+
+
+def test_and_splits_a_prompt_into_weighted_parts():
+    from zoodip.prompt_schedule import MAX_PARTS, composable_parts
+
+    assert composable_parts("a cat AND a dog :0.8") == [("a cat", 1.0), (" a dog", 0.8)]
+    assert composable_parts("a cat") == [("a cat", 1.0)] and composable_parts("") == [("", 1.0)]
+    assert composable_parts("photo, 16:9") == [("photo, 16", 9.0)]  # as A1111: a trailing ":w" weights the prompt
+    assert composable_parts("ANDROID BAND AND x:-1.5 AND (y:1.2)") == [("ANDROID BAND", 1.0), (" x", -1.5),
+                                                                        (" (y:1.2)", 1.0)]
+    assert composable_parts("a:.5 AND b:5.") == [("a", 0.5), (" b", 5.0)]
+    with pytest.raises(ZoodipError, match=f"9 parts joined by AND; at most {MAX_PARTS}"):
+        composable_parts(" AND ".join("abcdefghi"))
+    with pytest.raises(ZoodipError, match="has the weight 1000 .* at most 100 either way"):
+        composable_parts("a cat:1000")
