@@ -10,6 +10,7 @@ from zoodip.cli import main
 from zoodip.errors import ZoodipError
 from zoodip.generate import generate
 from zoodip.model import ExportedModel
+from model_spies import ConditioningSpy
 
 
 @pytest.fixture(scope="module")
@@ -17,36 +18,22 @@ def model(tiny_export):
     return ExportedModel.load(tiny_export)
 
 
-class TextSpy:
-    """The model, recording the text states each UNet pass is conditioned on."""
-
-    def __init__(self, model, **attributes):
-        self._model, self.states = model, []
-        self.__dict__.update(attributes)
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def unet(self, sample, timestep, encoder_hidden_states):
-        self.states.append(np.array(encoder_hidden_states))
-        return self._model.unet(sample, timestep, encoder_hidden_states)
-
 
 def test_the_unet_sees_the_skipped_layers_states(model):
     assert model.clip_skip_layers == 1  # the tiny text encoder has 2 layers
     ids = model.tokenizer(["a red star", "blurry"])
     last, inner = model.encode_text(ids), model.encode_text(ids, clip_skip=1)
     assert inner.shape == last.shape and not np.allclose(inner, last, atol=1e-3)
-    spy = TextSpy(model)
+    spy = ConditioningSpy(model)
     generate(spy, "a red star", negative_prompt="blurry", steps=1, clip_skip=1)
     assert np.array_equal(spy.states[0], inner[::-1])  # unconditional first
-    plain = TextSpy(model)
+    plain = ConditioningSpy(model)
     generate(plain, "a red star", negative_prompt="blurry", steps=1)
     assert np.array_equal(plain.states[0], last[::-1])
 
 
 def test_clip_skip_with_long_prompts_and_emphasis(model):
-    spy = TextSpy(model)
+    spy = ConditioningSpy(model)
     generate(spy, "a red star BREAK (blue:1.2)", guidance_scale=1.0, steps=1, clip_skip=1, prompt_weighting="a1111")
     inner = model.encode_text(model.tokenizer(["a red star", "blue"]), clip_skip=1)
     assert spy.states[0].shape == (1, 154, model.hidden_size)
@@ -61,8 +48,8 @@ def test_a_skip_the_text_encoder_cannot_make_is_one_line(model, bad):
 
 def test_an_export_without_inner_states_says_to_re_export(model):
     with pytest.raises(ZoodipError, match=r"made before clip skip\): re-export the model"):
-        generate(TextSpy(model, clip_skip_layers=0), "a star", steps=1, clip_skip=1)
-    generate(TextSpy(model, clip_skip_layers=0), "a star", steps=1)  # no skip: as before
+        generate(ConditioningSpy(model, clip_skip_layers=0), "a star", steps=1, clip_skip=1)
+    generate(ConditioningSpy(model, clip_skip_layers=0), "a star", steps=1)  # no skip: as before
 
 
 def test_the_cli_flag_in_both_spellings(tiny_export, tmp_path, capsys):

@@ -10,6 +10,7 @@ from zoodip.cli import main
 from zoodip.errors import ZoodipError
 from zoodip.generate import generate
 from zoodip.model import ExportedModel, RuntimeOptions
+from model_spies import ConditioningSpy
 
 SETTINGS = dict(seed=3, guidance_scale=3.0, prompt_weighting="a1111")
 
@@ -18,19 +19,6 @@ SETTINGS = dict(seed=3, guidance_scale=3.0, prompt_weighting="a1111")
 def model(tiny_export):
     return ExportedModel.load(tiny_export)
 
-
-class ConditioningSpy:
-    """The model, recording the text states of each UNet call."""
-
-    def __init__(self, model):
-        self._model, self.states = model, []
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def unet(self, sample, timestep, encoder_hidden_states):
-        self.states.append(np.array(encoder_hidden_states))
-        return self._model.unet(sample, timestep, encoder_hidden_states)
 
 
 def states(model, text: str) -> np.ndarray:

@@ -11,6 +11,7 @@ from zoodip.cli import main
 from zoodip.errors import ZoodipError
 from zoodip.generate import generate
 from zoodip.model import ExportedModel
+from model_spies import ConditioningSpy
 
 SETTINGS = dict(steps=2, seed=5, guidance_scale=3.0)
 
@@ -19,19 +20,6 @@ SETTINGS = dict(steps=2, seed=5, guidance_scale=3.0)
 def model(tiny_export):
     return ExportedModel.load(tiny_export)
 
-
-class ConditioningSpy:
-    """The model, recording the text states each UNet pass is conditioned on."""
-
-    def __init__(self, model):
-        self._model, self.states = model, []
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def unet(self, sample, timestep, encoder_hidden_states):
-        self.states.append(np.array(encoder_hidden_states))
-        return self._model.unet(sample, timestep, encoder_hidden_states)
 
 
 def pixels(images) -> np.ndarray:
