@@ -1,14 +1,39 @@
-"""What the benchmarks that read a ``make demo`` output folder share (emphasis.py, long_prompts.py): the folder's
-check, their count flag's check, and their results files."""
+"""What the benchmarks that read a ``make demo`` output folder share (emphasis.py, long_prompts.py,
+prompt_editing.py): their command line (``demo_benchmark``), the folder's check, their count flag's check, and their
+results files."""
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from reference.repo import relative_args
+from reference.repo import REPO, relative_args
+from zoodip.console import OneLineParser, print_error
 from zoodip.errors import ZoodipError
+
+
+def demo_benchmark(argv: list[str] | None, script: str, doc: str, needs: Sequence[str], count: tuple[str, int, str],
+                   measure: Callable[[Path, int], dict], report: Callable[[dict, str, float], str]) -> int:
+    """The command line ``python benchmarks/SCRIPT [--demo FOLDER] [COUNT N] [--out FOLDER]``: the demo folder checked
+    for the files ``needs``, ``measure(demo, N)``, and its results written with ``report(result, command, seconds)``
+    as results.md; a bad input is one line (exit 2). ``count``: the flag, its default and its help."""
+    flag, default, help_text = count
+    parser = OneLineParser(prog=f"python benchmarks/{script}", description=doc.split("\n\n")[0])
+    parser.add_argument("--demo", default="demo_out", help=f"a make demo output folder ({', '.join(needs)})")
+    parser.add_argument(flag, type=int, default=default, help=help_text)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / Path(script).stem.replace("_", "-")))
+    try:
+        args = parser.parse_args(argv)
+        demo = check_demo_folder(Path(args.demo), needs)
+        number = check_count(flag, getattr(args, flag.lstrip("-").replace("-", "_")))
+        started = time.time()
+        result = measure(demo, number)
+        write_results(Path(args.out), script, argv, result, lambda command: report(result, command, time.time() - started))
+        return 0
+    except ZoodipError as exc:
+        return print_error(exc)
 
 
 def check_demo_folder(demo: Path, needs: Sequence[str]) -> Path:

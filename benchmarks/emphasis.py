@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference.repo import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
-from zoodip.console import OneLineParser, print_error  # noqa: E402
-from zoodip.errors import ZoodipError  # noqa: E402
-from _demo_runs import check_count, check_demo_folder, write_results  # noqa: E402
+from _demo_runs import demo_benchmark  # noqa: E402
 
 WEIGHTS = (1.2, 1.4, 1.6)
 TOKEN_WEIGHT = 0.8
@@ -65,14 +62,14 @@ def measure(demo: Path, seeds: int) -> dict:
                          "all_five": joint})
             print(f"{text!r:58} requested {acc[requested]:.2f}  prompt fidelity {rows[-1]['prompt_fidelity']:.3f}",
                   file=sys.stderr, flush=True)
-    return {"token": token, "rows": rows}
+    return {"token": token, "seeds": seeds, "rows": rows}
 
 
-def report(result: dict, seeds: int, command: str, seconds: float) -> str:
+def report(result: dict, command: str, seconds: float) -> str:
     names = list(dict.fromkeys(row["variant"] for row in result["rows"]))
     lines = ["# A1111 emphasis on the demo's learned token", "",
-             f"`{command}`  ", f"{datetime.date.today()}, {seconds:.0f} s; token `{result['token']}`, {seeds} seeds per "
-             "prompt and variant, 20 DPM-Solver++ steps, guidance 5.", "",
+             f"`{command}`  ", f"{datetime.date.today()}, {seconds:.0f} s; token `{result['token']}`, {result['seeds']} "
+             "seeds per prompt and variant, 20 DPM-Solver++ steps, guidance 5.", "",
              "| variant | requested attribute | prompt fidelity | all five |", "|---|---|---|---|"]
     for name in names:
         rows = [row for row in result["rows"] if row["variant"] == name]
@@ -85,21 +82,8 @@ def report(result: dict, seeds: int, command: str, seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="python benchmarks/emphasis.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--demo", default="demo_out", help="a make demo output folder (its model/ and run/)")
-    parser.add_argument("--seeds", type=int, default=16, help="images per prompt and variant")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "emphasis"))
-    try:
-        args = parser.parse_args(argv)
-        demo = check_demo_folder(Path(args.demo), ("model/manifest.json", "run/learned_embeds.safetensors"))
-        check_count("--seeds", args.seeds)
-        started = time.time()
-        result = measure(demo, args.seeds)
-        write_results(Path(args.out), "emphasis.py", argv, result,
-                      lambda command: report(result, args.seeds, command, time.time() - started))
-        return 0
-    except ZoodipError as exc:
-        return print_error(exc)
+    return demo_benchmark(argv, "emphasis.py", __doc__, ('model/manifest.json', 'run/learned_embeds.safetensors'),
+                          ('--seeds', 16, 'images per prompt and variant'), measure, report)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference.repo import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
-from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
-from _demo_runs import check_count, check_demo_folder, write_results  # noqa: E402
+from _demo_runs import demo_benchmark  # noqa: E402
 
 FILLER = "a photo " * 37 + "a "  # 75 tokens without an attribute word: a caption after it starts the second chunk
 SHORT_FILLER = "a photo " * 15  # 30 such tokens: a caption after it still fits the first chunk
@@ -92,21 +90,8 @@ def report(result: dict, command: str, seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="python benchmarks/long_prompts.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--demo", default="demo_out", help="a make demo output folder (its model/)")
-    parser.add_argument("--captions", type=int, default=40, help="random captions, one image each per variant")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "long-prompts"))
-    try:
-        args = parser.parse_args(argv)
-        demo = check_demo_folder(Path(args.demo), ("model/manifest.json",))
-        check_count("--captions", args.captions)
-        started = time.time()
-        result = measure(demo, args.captions)
-        write_results(Path(args.out), "long_prompts.py", argv, result,
-                      lambda command: report(result, command, time.time() - started))
-        return 0
-    except ZoodipError as exc:
-        return print_error(exc)
+    return demo_benchmark(argv, "long_prompts.py", __doc__, ('model/manifest.json',),
+                          ('--captions', 40, 'random captions, one image each per variant'), measure, report)
 
 
 if __name__ == "__main__":
