@@ -161,8 +161,9 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt-weighting", choices=PROMPT_WEIGHTINGS, default=PROMPT_WEIGHTINGS[0],
                    help="none: brackets are plain text, as in diffusers (77 tokens); a1111: AUTOMATIC1111's emphasis, "
                         "(words) x1.1, [words] /1.1, (words:1.3) x1.3, \\( for a literal bracket, long prompts in "
-                        "75-token chunks (BREAK starts one), and prompt editing: [from:to:when] (when: a step, or a "
-                        "fraction such as 0.5), [a|b] alternating each step")
+                        "75-token chunks (BREAK starts one), prompt editing: [from:to:when] (when: a step, or a "
+                        "fraction such as 0.5), [a|b] alternating each step, and AND (one guidance term per part, "
+                        "'a cat AND a dog :0.8')")
     g.add_argument("--clip-skip", type=int, default=0, metavar="N",
                    help="condition on the text encoder's N-th layer from the end (diffusers' clip_skip; A1111's "
                         "'Clip skip' N+1); 0: its last layer")
