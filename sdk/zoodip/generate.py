@@ -190,7 +190,7 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
     problems = ([] if chunked else truncation_problems(tokenizer, read, LONG_PROMPT_HINT if weighted else ""))
     problems += (token_use_problems(tokenizer, read, groups, whole=chunked)
                  + unloaded_token_problems(read, [name for names in groups for name in names], tokenizer)
-                 + syntax_problems(prompts, weighted, chunked))
+                 + syntax_problems(prompts, weighted, chunked, negative=phases[1].values))
     for problem in dict.fromkeys(problems):
         warnings.warn(problem, stacklevel=3)
 

@@ -12,14 +12,17 @@ from .emphasis import looks_weighted, unsupported_problems
 from .prompt_schedule import AND_SEPARATOR, parse_schedule, schedule_problems
 
 
-def syntax_problems(prompts: Sequence[str], weighted: bool, chunked: bool = False) -> list[str]:
-    """A1111 syntax read as plain text (explicit weights, prompt editing and AND, under "none"), or not read at all
-    (BREAK where the UNet reads 77 text states only, editing in a prompt too long or deep to read)."""
+def syntax_problems(prompts: Sequence[str], weighted: bool, chunked: bool = False,
+                    negative: Sequence[str] = ()) -> list[str]:
+    """A1111 syntax read as plain text (explicit weights, prompt editing and, outside the ``negative`` prompt's
+    texts, where A1111 reads it as a word too, AND, under "none"), or not read at all (BREAK where the UNet reads 77
+    text states only, editing in a prompt too long or deep to read)."""
     if weighted:
         return [problem for text in prompts if text
                 for problem in unsupported_problems(text, chunked) + schedule_problems(text)]
     syntax = {"emphasis syntax '(words:1.3)'": looks_weighted, "prompt editing or alternation '[a:b:0.5]', '[a|b]'":
-              lambda text: parse_schedule(text) is not None, "AND (composable diffusion)": AND_SEPARATOR.search}
+              lambda text: parse_schedule(text) is not None,
+              "AND (composable diffusion)": lambda text: text not in negative and AND_SEPARATOR.search(text)}
     return [f"the prompt {_shortened(text)} uses A1111's {name}, read here as plain text (as diffusers does): pass "
             "--prompt-weighting a1111 (prompt_weighting='a1111') to read it as A1111 does"
             for text in prompts if text for name, found in syntax.items() if found(text)]
