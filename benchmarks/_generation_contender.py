@@ -65,6 +65,30 @@ def longest_prompt(tokenizer: Any) -> str:
     return ", ".join(parts)
 
 
+# The composed prompt's second part: edited halfway, weighted (A1111's prompt editing and AND).
+EDITED_PART = "[a photo of a dog:a photo of a cat:0.5] :0.8"
+
+
+def spec_prompt(spec: dict, tokenizer: Any) -> tuple[str, str, str, int]:
+    """(prompt, prompt_weighting, negative prompt, UNet passes a step) of a generation spec: ``PROMPT``; with
+    ``long_prompt``, the longest A1111 prompt; with ``composed``, that AND ``EDITED_PART`` (three passes a step)."""
+    if spec.get("composed"):
+        return f"{longest_prompt(tokenizer)} AND {EDITED_PART}", "a1111", "blurry", 3
+    if spec.get("long_prompt"):
+        return longest_prompt(tokenizer), "a1111", "blurry", 2
+    return PROMPT, "none", "", 2
+
+
+def text_states(tokenizer: Any, prompt: str, weighting: str) -> int:
+    """The most text states one UNet pass reads: 77 a chunk of the longest AND part under "a1111"."""
+    from zoodip.prompt_schedule import composable_parts, prompt_schedule
+
+    if weighting != "a1111":
+        return 77
+    texts = [text for part, _ in composable_parts(prompt) for text in prompt_schedule(part, 1).values]
+    return max(len(prompt_chunks(tokenizer, text)) for text in texts) * 77
+
+
 def run_generate(spec: dict, phases: Any) -> dict:
     """One ``spec["resolution"]`` px image, ``spec["sampling_steps"]`` DPM-Solver++ steps, guidance 7.5, seed 0,
     on the export, with ``spec["memory_budget_mb"]`` if given (the CLI's ``--memory-budget``); with
@@ -93,20 +117,19 @@ def run_generate(spec: dict, phases: Any) -> dict:
     marks = PhaseMarks(model, phases)
     stamps: list[float] = []
     started = time.perf_counter()
-    prompt = longest_prompt(model.tokenizer) if spec.get("long_prompt") else PROMPT
+    prompt, weighting, negative, passes = spec_prompt(spec, model.tokenizer)
     images = generate(model, prompt, steps=int(spec["sampling_steps"]), height=int(spec["resolution"]),
                       width=int(spec["resolution"]), seed=0, callback=lambda i, n, x: stamps.append(time.perf_counter()),
-                      image=photo, prompt_weighting="a1111" if spec.get("long_prompt") else "none",
-                      negative_prompt="blurry" if spec.get("long_prompt") else "",
+                      image=photo, prompt_weighting=weighting, negative_prompt=negative,
                       **({} if strength is None else {"strength": strength}))
     generate_s = time.perf_counter() - started
     marks.finish()
     step_times = [b - a for a, b in zip([started] + stamps[:-1], stamps)]
     pixels = np.asarray(images[0])
-    return {"step_times": step_times, "forwards_per_step": 2, "generate_s": generate_s,
+    return {"step_times": step_times, "forwards_per_step": passes, "generate_s": generate_s,
             "decode_s": started + generate_s - stamps[-1] if stamps else None,
             "memory_budget_mb": budget, "decode_tile": plan.tile, "decode_overlap": plan.overlap,
             "decode_estimate_bytes": plan.need_bytes, "image_size": list(pixels.shape), "image_mean": float(pixels.mean()),
-            "strength": strength, "text_states": len(prompt_chunks(model.tokenizer, prompt)) * 77 if spec.get("long_prompt") else 77,
+            "strength": strength, "text_states": text_states(model.tokenizer, prompt, weighting),
             "encode_estimate_bytes": check_encode(model, side, side, None) if photo else None,
             "weight_file_bytes": {name: model.weights_bytes((name,)) for name in ("text_encoder", "unet", "vae_decoder")}}

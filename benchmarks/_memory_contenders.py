@@ -53,6 +53,12 @@ CONTENDERS: dict[str, tuple[str, dict]] = {
                                 "as generate-int8-budget otherwise",
                                 {"kind": "zoodip_generate", "export": ("w8a32", DEFAULT_CHUNKS), "sampling_steps": 25,
                                  "memory_budget_mb": 1300, "long_prompt": True, "once": True}),
+    "composed-prompt-int8-budget": ("zoodip generate --prompt-weighting a1111 --memory-budget 1300, INT8 W8A32, one "
+                                    "image: long-prompt-int8-budget's prompt AND a part edited halfway "
+                                    "('[a photo of a dog:a photo of a cat:0.5] :0.8'), three UNet passes a step, "
+                                    "as generate-int8-budget otherwise",
+                                    {"kind": "zoodip_generate", "export": ("w8a32", DEFAULT_CHUNKS),
+                                     "sampling_steps": 25, "memory_budget_mb": 1300, "composed": True, "once": True}),
     # levers
     "L0-int8-batched-fullattn": ("before: SDK default (n+1 batched), full attention scores",
                                    {"kind": "zoodip", "export": ("w8a32", 0), "batched": True, "lever": True}),
@@ -85,5 +91,5 @@ CONTENDERS: dict[str, tuple[str, dict]] = {
 }
 MAIN = ["ours-int8", "onnx-fp32", "onnx-fp32-ortdefaults", "torch-backprop-ti", "torch-zo-fp32"]
 GENERATION = ["generate-int8", "generate-int8-budget", "generate-w4a32-budget", "img2img-int8-budget",
-              "long-prompt-int8-budget"]
+              "long-prompt-int8-budget", "composed-prompt-int8-budget"]
 QUICK_LEVERS = ["L4-ours-buffer-reuse-on", "L5-ours-arena-off"]

@@ -175,7 +175,8 @@ def generation_table(rows: list[dict]) -> list[str]:
         return []
     lines = ["", "Generation (one image, 25 DPM-Solver++ steps, guidance 7.5; image-to-image: the last 20, strength "
              "0.8; one run each): peak RSS of each phase, the process peak's file-backed / anonymous split, s per "
-             "denoising step (two UNet passes), the decode's and the whole call's wall time.", "",
+             "denoising step (two UNet passes; three for a prompt of two AND parts), the decode's and the whole call's "
+             "wall time.", "",
              "| contender | text encoder GB | VAE encode GB | UNet loop GB | VAE decode GB | peak GB (file / anon) | "
              "s / step | decode s | generate s | VAE tiles |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in generation:
