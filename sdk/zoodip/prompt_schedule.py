@@ -31,6 +31,7 @@ As in A1111, a prompt without ``AND`` is one part whose own trailing ``:w`` weig
 """
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar, Union
@@ -51,8 +52,10 @@ MAX_PHASES = 64
 MAX_PARTS = 8
 MAX_PART_WEIGHT = 100.0  # |w| of a part: past it the guided prediction leaves float32's range for nothing
 AND_SEPARATOR = re.compile(r"\bAND\b")  # A1111's composable diffusion: "a cat AND a dog"
-_PART_WEIGHT = re.compile(r"^(\s*.*?)(?:\s*:\s*([+-]?(?:\d+\.?|\d*\.\d+)))?\s*$")  # "text :w", as A1111 reads it
-_NUMBER = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*")  # lark's SIGNED_NUMBER, spaces around
+# The numbers of A1111's grammar, written so that a long run of digits costs linear time (``\d+\.?\d*`` backtracks
+# quadratically): a part's weight, [+-]1 / 1. / 1.5 / .5, and an edit's when, lark's SIGNED_NUMBER (with spaces).
+_WEIGHT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_NUMBER = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*")
 _SCHEDULE_SYNTAX = re.compile(r"[\[|]")  # a prompt without "[" or "|" has one phase
 
 
@@ -95,8 +98,7 @@ def composable_parts(prompt: str) -> list[tuple[str, float]]:
     weight is out of range."""
     parts = []
     for part in AND_SEPARATOR.split(prompt):
-        match = _PART_WEIGHT.search(part)
-        text, weight = (match.group(1), float(match.group(2) or 1.0)) if match else (part, 1.0)
+        text, weight = _weighted(part)
         if abs(weight) > MAX_PART_WEIGHT:
             raise ZoodipError(f"the prompt part {text[:40]!r} has the weight {weight:g} (a trailing ':{weight:g}', which "
                               f"A1111 reads as a weight): at most {MAX_PART_WEIGHT:g} either way")
@@ -107,10 +109,25 @@ def composable_parts(prompt: str) -> list[tuple[str, float]]:
     return parts
 
 
+def _weighted(part: str) -> tuple[str, float]:
+    """One AND part as A1111's regex ``^(\\s*.*?)(?:\\s*:\\s*(NUMBER))?\\s*$`` reads it, in linear time (that regex
+    is quadratic on long runs of spaces): the text before a trailing ``:w`` and w, else the text without its trailing
+    spaces and 1 (a text of spaces only: kept); the part whole at 1 where a line break stands inside the text (its
+    ``.`` does not cross one)."""
+    core = part.rstrip()
+    text, weight, blank = core, 1.0, part  # blank: what the regex's greedy leading \s* takes where nothing else is
+    colon = core.rfind(":")
+    if colon >= 0 and _WEIGHT.fullmatch(core[colon + 1 :].lstrip()):
+        text, weight, blank = core[:colon].rstrip(), float(core[colon + 1 :]), core[:colon]
+    if not text.strip():
+        return blank, weight
+    return (part, 1.0) if "\n" in text.lstrip() else (text, weight)
+
+
 def prompt_schedule(prompt: str, steps: int) -> Phases[str]:
     """The texts ``prompt`` reads over ``steps`` sampling steps (the module's notation); one phase if it has no
     editing or alternation, or does not parse."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
         raise ZoodipError(f"steps must be a positive integer, got {steps!r}")
     tree = parse_schedule(prompt)
     if tree is None:

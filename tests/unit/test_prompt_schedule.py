@@ -93,7 +93,7 @@ def test_hostile_prompts_are_read_whole_in_linear_time():
     assert schedule(long) == [(10, long)] and "characters" in schedule_problems(long)[0]
     assert not schedule_problems("a [b:3]") and not schedule_problems("a | b")
     started = time.perf_counter()
-    for unclosed in ("([" * 9_000, "[a:" * 6_000, "(" * 18_000 + "[a|b]"):
+    for unclosed in ("([" * 9_000, "[a:" * 6_000, "(" * 18_000 + "[a|b]", "[a:" + "1" * 19_990 + "x]"):
         prompt_schedule(unclosed, 1000)
     assert time.perf_counter() - started < 5  # a parser that backtracks per bracket takes hours here
 
@@ -123,7 +123,14 @@ def test_and_splits_a_prompt_into_weighted_parts():
     assert composable_parts("ANDROID BAND AND x:-1.5 AND (y:1.2)") == [("ANDROID BAND", 1.0), (" x", -1.5),
                                                                         (" (y:1.2)", 1.0)]
     assert composable_parts("a:.5 AND b:5.") == [("a", 0.5), (" b", 5.0)]
+    # The corners of A1111's regex: its leading spaces are greedy, its "." stops at a line break.
+    assert composable_parts("  :2 AND    AND \n a :-1 AND a\nb :2 AND c : 1.5.") == [
+        ("  ", 2.0), ("    ", 1.0), (" \n a", -1.0), (" a\nb :2 ", 1.0), (" c : 1.5.", 1.0)]
     with pytest.raises(ZoodipError, match=f"9 parts joined by AND; at most {MAX_PARTS}"):
         composable_parts(" AND ".join("abcdefghi"))
     with pytest.raises(ZoodipError, match="has the weight 1000 .* at most 100 either way"):
         composable_parts("a cat:1000")
+    started = time.perf_counter()
+    for hostile in ("a" + " " * 1_000_000 + "b", "x:" + "1" * 1_000_000 + "x", "a\n" * 300_000 + ":2"):
+        composable_parts(hostile)
+    assert time.perf_counter() - started < 5  # A1111's regex takes hours on the first
