@@ -66,7 +66,7 @@ def config_from_args(args: argparse.Namespace):
         validation_prompt=args.validation_prompt, num_validation_images=args.num_validation_images,
         validation_steps=args.validation_steps,
         early_stop_patience=args.early_stop_patience, threads=args.threads, spin_wait=args.spin_wait == "on",
-        memory_budget_mb=args.memory_budget,
+        memory_budget_mb=args.memory_budget, clip_skip=args.clip_skip,
     )
 
 

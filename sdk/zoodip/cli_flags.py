@@ -55,6 +55,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr_warmup_steps", type=int, default=0,
                    help="steps rising linearly from 0 to --learning_rate (not with constant, as in diffusers)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip-skip", "--clip_skip", dest="clip_skip", type=int, default=0, metavar="N",
+                   help="train on the text encoder's N-th layer from the end, for models prompted so (diffusers' "
+                        "clip_skip; A1111's 'Clip skip' N+1, which A1111 also trains embeddings with); generate "
+                        "with the same --clip-skip. 0: its last layer")
 
 
 def _add_method_flags(p: argparse.ArgumentParser) -> None:

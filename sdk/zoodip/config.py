@@ -126,6 +126,9 @@ class PersonalizeConfig:
     # DEFAULT_CURVATURE_FRACTION where the export has one and no vocabulary subspace is asked for; 0: off.
     curvature_fraction: float | None = None
     t_range: tuple[int, int] = PAPER_T_RANGE  # PUTS; (0, T) is uniform sampling
+    # Condition on the text encoder's k-th layer from the end (diffusers' clip_skip; A1111's "Clip skip" k + 1), as
+    # for models made to be prompted so, which A1111 also trains embeddings with. 0: its last layer.
+    clip_skip: int = 0
     captions: Path | None = None
     # A1111-style captions: a template file ([name], [filewords]) and a .txt beside each photo.
     template_file: Path | None = None
@@ -271,6 +274,8 @@ class PersonalizeConfig:
                 isinstance(self.curvature_fraction, (int, float)) and 0 <= self.curvature_fraction <= 1):
             raise ZoodipError(f"--curvature-subspace must be a fraction in (0, 1], e.g. {DEFAULT_CURVATURE_FRACTION}, "
                               f"got {self.curvature_fraction!r}")
+        if isinstance(self.clip_skip, bool) or not isinstance(self.clip_skip, (int, np.integer)) or self.clip_skip < 0:
+            raise ZoodipError(f"--clip-skip must be a whole number of layers, 0 or more, got {self.clip_skip!r}")
         if self.curvature_fraction and self.vocabulary_variance is not None:
             raise ZoodipError("--vocabulary-subspace and --curvature-subspace are two search subspaces: use one "
                               "(add --no-curvature-subspace to search the vocabulary's)")
@@ -306,6 +311,8 @@ class PersonalizeConfig:
             payload["num_vectors"] = self.num_vectors
         if not self.center_crop:  # likewise
             payload["center_crop"] = False
+        if self.clip_skip:  # likewise
+            payload["clip_skip"] = int(self.clip_skip)
         if self.vae_sampling != "once":  # likewise
             payload["vae_sampling"] = self.vae_sampling
         if self.lr_scheduler != "constant":  # likewise; "constant" ignores the warmup (as diffusers)
@@ -313,6 +320,20 @@ class PersonalizeConfig:
             if self.lr_scheduler in LENGTH_DEPENDENT:  # their rates depend on the run's length
                 payload["max_train_steps"] = self.max_train_steps
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def recorded_settings(self, resolution: int, orthogonal_n: int | None = None) -> dict:
+        """The settings a saved embedding's header records (``zoodip info`` shows them): the run's ``resolution``
+        and, for a two-phase run, its late phase's resolved ``orthogonal_n``; settings off by default only when on."""
+        settings = {key: getattr(self, key) for key in (
+            "initializer_token", "learnable_property", "learning_rate", "lr_scheduler", "lr_warmup_steps", "seed", "n",
+            "directions", "mu", "optimizer", "subspace", "tau", "nu", "subspace_mode", "vocabulary_variance",
+            "curvature_fraction", "t_range")}
+        settings["resolution"] = resolution
+        if self.orthogonal_after is not None:  # a two-phase run; absent otherwise, as before
+            settings.update(orthogonal_after=self.orthogonal_after, orthogonal_n=orthogonal_n)
+        if self.clip_skip:
+            settings["clip_skip"] = int(self.clip_skip)
+        return settings
 
     def to_json(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

@@ -17,12 +17,14 @@ class DenoisingLoss:
     (``--num_vectors``); a candidate is then the K vectors flattened, ``[K * H]``.
     """
 
-    def __init__(self, model: ExportedModel, placeholder_id: int | Sequence[int], batched: bool = True) -> None:
+    def __init__(self, model: ExportedModel, placeholder_id: int | Sequence[int], batched: bool = True,
+                 clip_skip: int = 0) -> None:
         self.model = model
         self.placeholder_ids = (int(placeholder_id),) if np.ndim(placeholder_id) == 0 else tuple(
             int(i) for i in placeholder_id)  # type: ignore[union-attr]
         self.placeholder_id = self.placeholder_ids[0]
         self.batched = batched
+        self.clip_skip = int(clip_skip)  # the text encoder's k-th layer from the end (0: its last), as generate's
         self.forwards = 0
 
     def text_inputs(self, ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -41,7 +43,7 @@ class DenoisingLoss:
         m = len(candidates)
         # The text encoder always takes all candidates at once: its activations are small (77 tokens),
         # and one call dequantizes its weights once instead of m times.
-        cond = self.model.text_encoder(inputs)
+        cond = self.model.text_encoder(inputs, self.clip_skip) if self.clip_skip else self.model.text_encoder(inputs)
         if self.batched:
             pred = self.model.unet(np.broadcast_to(x_t, (m,) + x_t.shape), np.full(m, t, np.float32), cond)
         else:

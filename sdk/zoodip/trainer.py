@@ -32,7 +32,7 @@ from .config import PersonalizeConfig, default_tau, warn_about_settings  # noqa:
 from .denoising_loss import DenoisingLoss, auto_batched  # noqa: F401 (zoodip.trainer.DenoisingLoss stays public)
 from .embeddings import a1111_file_name, save_a1111_embedding, save_learned_embeds
 from .errors import ZoodipError
-from .generate import generate
+from .generate import check_clip_skip, generate
 from .gradient_estimate import EstimatorSchedule, RandomGradientEstimator
 from .images import image_grid, list_images, load_images, save_image
 from .limits import check_image_size, check_photo_count
@@ -90,6 +90,7 @@ class Personalizer:
             raise ZoodipError(f"--n {config.n} is more than the {dim} numbers this run learns: use at most {dim} (reference 2)")
         self.resolution = config.resolution or self.model.default_resolution
         self.model.check_resolution(self.resolution)
+        check_clip_skip(self.model, config.clip_skip)  # within the text encoder's layers
         check_image_size(self.resolution, self.resolution, self.model.vae_scale_factor, f"--resolution {self.resolution}",
                          memory_budget_mb=config.memory_budget_mb)
         t_min, t_max = config.t_range
@@ -169,7 +170,7 @@ class Personalizer:
         batched = config.batched if config.batched is not None else auto_batched(model)
         # One vector: its id, as loss factories have always been given; several: their ids in prompt order.
         ids = self.placeholder_id if config.num_vectors == 1 else tuple(self.placeholder_ids)
-        self.loss = make_loss(model, ids, batched)
+        self.loss = make_loss(model, ids, batched, **({"clip_skip": config.clip_skip} if config.clip_skip else {}))
 
     # -- evaluation ----------------------------------------------------------------------------
     def _make_eval_items(self) -> list[tuple[np.ndarray, int, np.ndarray, np.ndarray]]:
@@ -245,13 +246,8 @@ class Personalizer:
     # -- embeddings ----------------------------------------------------------------------------
     def embedding_metadata(self) -> dict[str, str]:
         """What a saved embedding's header records about its run (read back by read_embedding_metadata)."""
-        config = self.config
-        settings = {key: getattr(config, key) for key in (
-            "initializer_token", "learnable_property", "learning_rate", "lr_scheduler", "lr_warmup_steps", "seed",
-            "n", "directions", "mu", "optimizer", "subspace", "tau", "nu", "subspace_mode", "vocabulary_variance", "curvature_fraction", "t_range")}
-        settings["resolution"] = self.resolution
-        if config.orthogonal_after is not None:  # a two-phase run; absent otherwise, as before
-            settings.update(orthogonal_after=config.orthogonal_after, orthogonal_n=self.estimators.late.n)
+        late_n = self.estimators.late.n if self.config.orthogonal_after is not None else None
+        settings = self.config.recorded_settings(self.resolution, late_n)
         return {"steps": str(self.step), "forwards": str(self.train_forwards), "model": self.model_id,
                 "model_name": self.config.export_dir.name, "settings": json.dumps(settings, sort_keys=True)}
 
@@ -487,7 +483,7 @@ class Personalizer:
         images = generate(self.model, config.validation_prompt, seed=config.seed, height=self.resolution,
                           width=self.resolution, num_images=config.num_validation_images,
                           added_embeddings={config.placeholder_token: as_matrix(self.v, self.width)},
-                          batch_cfg=self.loss.batched)
+                          batch_cfg=self.loss.batched, clip_skip=config.clip_skip)
         self.model.release("vae_decoder")  # training does not need it: keep its memory free between previews
         return save_image(image_grid([images]), config.output_dir / VALIDATION_NAME.format(step=self.step),
                           "--validation_prompt preview")

@@ -1,5 +1,5 @@
-"""generate(clip_skip=k) and ``zoodip generate --clip-skip``: the UNet conditioned on an inner layer of the text
-encoder (its agreement with diffusers' ``clip_skip``: tests/integration/test_export.py)."""
+"""generate(clip_skip=k), ``zoodip generate --clip-skip`` and ``personalize --clip-skip``: the UNet conditioned on an
+inner layer of the text encoder (its agreement with diffusers' ``clip_skip``: tests/integration/test_export.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -84,3 +84,49 @@ def test_a_manifest_that_does_not_say_means_no_clip_skip(tiny_export, entry):
     assert model.clip_skip_layers == 0 and model.text_length_free is False
     with pytest.raises(ZoodipError, match="made before clip skip"):
         generate(model, "a star", steps=1, clip_skip=1)
+
+
+def test_the_training_loss_reads_the_skipped_layer(model):
+    from zoodip.denoising_loss import DenoisingLoss
+
+    ids = model.tokenizer(["a photo of a star"])[0]
+    star = int(ids[4])  # the "star" token stands in for a placeholder
+    rng = np.random.default_rng(0)
+    candidates = model.token_embeddings[[star, star]] + 0.01 * rng.standard_normal((2, model.hidden_size))
+    x_t = rng.standard_normal((model.latent_channels, model.sample_size, model.sample_size)).astype(np.float32)
+    target = rng.standard_normal(x_t.shape).astype(np.float32)
+    skipped = DenoisingLoss(model, star, clip_skip=1)
+    inputs = skipped.text_inputs(ids, candidates)
+    cond = model.text_encoder(inputs, clip_skip=1)
+    pred = model.unet(np.stack([x_t, x_t]), np.full(2, 700, np.float32), cond)
+    want = np.mean(np.square(pred - target[None], dtype=np.float64), axis=(1, 2, 3))
+    assert np.allclose(skipped(ids, candidates, x_t, 700, target), want, rtol=1e-6)
+    assert not np.allclose(DenoisingLoss(model, star)(ids, candidates, x_t, 700, target), want, rtol=1e-3)
+
+
+def test_personalize_with_clip_skip_records_it_and_resumes_only_with_it(tiny_export, photos, tmp_path, capsys):
+    from cli_helpers import personalize_args, run_cli
+    from zoodip.embeddings import read_embedding_metadata
+
+    out = tmp_path / "run"
+    code, _, err = run_cli(personalize_args(tiny_export, photos, out, "--clip-skip", "1"), capsys)
+    assert code == 0, err
+    settings = read_embedding_metadata(out / "learned_embeds.safetensors")["settings"]
+    assert '"clip_skip": 1' in settings
+    code, _, err = run_cli(personalize_args(tiny_export, photos, out, "--resume", "--max_train_steps", "5"), capsys)
+    assert code == 2 and "belongs to a run with other settings" in err  # without it: another run
+    code, _, err = run_cli(personalize_args(tiny_export, photos, out, "--clip_skip", "1", "--resume",
+                                            "--max_train_steps", "5"), capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("skip, message", [("2", "clip_skip must be an integer from 0 to 1"),
+                                           ("-1", "--clip-skip must be a whole number of layers")])
+def test_a_skip_the_text_encoder_cannot_make_is_refused_before_training(tiny_export, photos, tmp_path, capsys,
+                                                                        skip, message):
+    from cli_helpers import assert_one_line_error, personalize_args, run_cli
+
+    out = tmp_path / "run"
+    code, _, err = run_cli(personalize_args(tiny_export, photos, out, "--clip-skip", skip), capsys)
+    assert_one_line_error(code, err, message)
+    assert not any(out.glob("*.safetensors"))
