@@ -230,7 +230,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ZoodipError(f"--threads must be an integer >= 0 (0: all cores), got {args.threads}")
     model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on",
                                                           memory_budget_mb=args.memory_budget))
-    added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity)
+    added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity,
+                                    args.clip_skip)
     latents = _generate_latents(args, model)
     images = generate(model, args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                       guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,

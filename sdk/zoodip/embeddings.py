@@ -14,6 +14,7 @@ loads files a user downloaded.
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -134,7 +135,7 @@ def load_embedding_file(path: str | os.PathLike[str], token: str | None = None) 
 
 
 def load_embeddings(specs: Sequence[str | os.PathLike[str]], tokenizer: Any = None, hidden: int | None = None,
-                    model_id: str | None = None) -> tuple[dict[str, np.ndarray], list[list[str]]]:
+                    model_id: str | None = None, clip_skip: int | None = None) -> tuple[dict[str, np.ndarray], list[list[str]]]:
     """Embeddings for a prompt from ``PATH``, ``PATH:TOKEN`` or ``FOLDER`` specs (``--embedding``).
 
     Returns ``({token: vectors}, groups)``, each group the names of one named file. ``PATH:TOKEN`` names the
@@ -142,8 +143,8 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str]], tokenizer: Any = No
     (A1111's ``emb_params``) answers to its file name, A1111's trigger word, and to ``<stem>``; a stem
     that is already a vocabulary word of ``tokenizer`` keeps only ``<stem>`` (it would change that
     word's meaning), as does one with spaces. ``hidden``: the text encoder's width, checked per file.
-    ``model_id``: the export's identity; a zoodip file trained on another export gets a warning.
-    A ``FOLDER`` is loaded as A1111 loads its embeddings folder: every ``EMBEDDING_SUFFIXES`` file in it,
+    ``model_id``: the export's identity; a zoodip file trained on another export gets a warning, and so does one
+    trained at another ``clip_skip`` than the generation's (where given). A ``FOLDER`` is loaded as A1111 loads its embeddings folder: every ``EMBEDDING_SUFFIXES`` file in it,
     a file that cannot be used (another model's width, damaged, a name taken) skipped with a warning, and
     none of them in ``groups``, so that the ones a prompt does not use are not warned about.
     """
@@ -152,7 +153,7 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str]], tokenizer: Any = No
     for spec in specs:
         path, token = _split_spec(str(spec))
         if not path.is_dir():
-            groups.append(_add(added, path, token, str(spec), tokenizer, hidden, model_id))
+            groups.append(_add(added, path, token, str(spec), tokenizer, hidden, model_id, clip_skip))
             continue
         if token is not None:
             raise ZoodipError(f"--embedding {spec!r}: a folder's embeddings keep their own names; drop ':{token}'")
@@ -161,22 +162,27 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str]], tokenizer: Any = No
             raise ZoodipError(f"--embedding {path} is a folder without embedding files ({', '.join(EMBEDDING_SUFFIXES)})")
         for file in files:
             try:
-                _add(added, file, None, str(file), tokenizer, hidden, model_id)
+                _add(added, file, None, str(file), tokenizer, hidden, model_id, clip_skip)
             except ZoodipError as exc:
                 warnings.warn(f"skipped {file.name} of the folder {path}: {exc}", stacklevel=2)
     return added, groups
 
 
 def _add(added: dict[str, np.ndarray], path: Path, token: str | None, spec: str, tokenizer: Any, hidden: int | None,
-         model_id: str | None) -> list[str]:
+         model_id: str | None, clip_skip: int | None = None) -> list[str]:
     """One file's embedding into ``added`` under each of its names (see ``load_embeddings``); returns the names."""
     name, vectors, named_by_file = _load(path, token)
     if hidden is not None:
         check_hidden_size(vectors, hidden, path)
-    trained_on = read_embedding_metadata(path).get("model") if model_id is not None else None
+    metadata = read_embedding_metadata(path) if model_id is not None or clip_skip is not None else {}
+    trained_on = metadata.get("model") if model_id is not None else None
     if trained_on is not None and trained_on != model_id:
         warnings.warn(f"{path} was trained on another export (manifest {trained_on}, this one is {model_id}): "
                       "a token learned on one model means little to another", stacklevel=3)
+    trained_skip = _trained_clip_skip(metadata) if metadata and clip_skip is not None else clip_skip
+    if trained_skip != clip_skip:
+        warnings.warn(f"{path} was trained at --clip-skip {trained_skip} and is used at --clip-skip {clip_skip}: "
+                      f"pass --clip-skip {trained_skip} to condition on the layer it learned", stacklevel=3)
     names = [name]
     stem = path.stem
     if (named_by_file and name == f"<{stem}>" and stem and not any(ch.isspace() for ch in stem)
@@ -189,6 +195,14 @@ def _add(added: dict[str, np.ndarray], path: Path, token: str | None, spec: str,
     for alias in names:
         added[alias] = vectors
     return names
+
+
+def _trained_clip_skip(metadata: dict[str, str]) -> int:
+    """The ``clip_skip`` a zoodip embedding's header records (0: its last layer, also where it says nothing)."""
+    try:
+        return int(json.loads(metadata.get("settings", "{}")).get("clip_skip", 0))
+    except (ValueError, TypeError, AttributeError):
+        return 0
 
 
 def _split_spec(spec: str) -> tuple[Path, str | None]:

@@ -118,6 +118,13 @@ def test_personalize_with_clip_skip_records_it_and_resumes_only_with_it(tiny_exp
     code, _, err = run_cli(personalize_args(tiny_export, photos, out, "--clip_skip", "1", "--resume",
                                             "--max_train_steps", "5"), capsys)
     assert code == 0, err
+    # Generation with the embedding says where its layer differs from the one it learned.
+    common = ["generate", "--model", tiny_export, "--embedding", out / "learned_embeds.safetensors", "--steps", "1",
+              "--prompt", "a photo of <striped-star>", "--threads", "1", "--out", tmp_path / "x.png"]
+    code, _, err = run_cli(common, capsys)
+    assert code == 0 and "was trained at --clip-skip 1 and is used at --clip-skip 0: pass --clip-skip 1" in err
+    code, _, err = run_cli(common + ["--clip-skip", "1"], capsys)
+    assert code == 0 and "clip-skip" not in err
 
 
 @pytest.mark.parametrize("skip, message", [("2", "clip_skip must be an integer from 0 to 1"),
