@@ -82,8 +82,8 @@ def report(result: dict, command: str, seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return demo_benchmark(argv, "emphasis.py", __doc__, ('model/manifest.json', 'run/learned_embeds.safetensors'),
-                          ('--seeds', 16, 'images per prompt and variant'), measure, report)
+    return demo_benchmark(argv, "emphasis.py", __doc__, ("model/manifest.json", "run/learned_embeds.safetensors"),
+                          ("--seeds", 16, "images per prompt and variant"), measure, report)
 
 
 if __name__ == "__main__":

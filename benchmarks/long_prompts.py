@@ -90,8 +90,8 @@ def report(result: dict, command: str, seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return demo_benchmark(argv, "long_prompts.py", __doc__, ('model/manifest.json',),
-                          ('--captions', 40, 'random captions, one image each per variant'), measure, report)
+    return demo_benchmark(argv, "long_prompts.py", __doc__, ("model/manifest.json",),
+                          ("--captions", 40, "random captions, one image each per variant"), measure, report)
 
 
 if __name__ == "__main__":

@@ -100,8 +100,8 @@ def report(result: dict, command: str, seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return demo_benchmark(argv, "prompt_editing.py", __doc__, ('model/manifest.json',),
-                          ('--captions', 40, 'random captions, one image each per edit'), measure, report)
+    return demo_benchmark(argv, "prompt_editing.py", __doc__, ("model/manifest.json",),
+                          ("--captions", 40, "random captions, one image each per edit"), measure, report)
 
 
 if __name__ == "__main__":
