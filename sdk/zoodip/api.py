@@ -101,7 +101,8 @@ class PersonalizationJob:
 
         The model is loaded with the job's runtime settings (``PersonalizeConfig.runtime_options``): a job
         with a memory budget generates within the same budget. Generation and training would share that
-        budget, so a running job must finish (or be cancelled) first.
+        budget, so a running job must finish (or be cancelled) first. ``clip_skip`` defaults to the job's own (the
+        layer the token learned).
         """
         if self.running:
             raise ZoodipError("the job is still running: wait() for it (or cancel() it) before generating, "
@@ -112,6 +113,7 @@ class PersonalizationJob:
         token, vectors = load_embedding_file(self.result.embedding_path)
         if self._model is None:
             self._model = ExportedModel.load(self.config.export_dir, self.config.runtime_options())
+        options.setdefault("clip_skip", self.config.clip_skip)
         return generate(self._model, prompt, added_embeddings={token: vectors}, **options)
 
     def _outcome(self) -> PersonalizeResult:

@@ -137,3 +137,27 @@ def test_a_skip_the_text_encoder_cannot_make_is_refused_before_training(tiny_exp
     code, _, err = run_cli(personalize_args(tiny_export, photos, out, "--clip-skip", skip), capsys)
     assert_one_line_error(code, err, message)
     assert not any(out.glob("*.safetensors"))
+
+
+def test_a_job_generates_at_the_clip_skip_it_learned(tiny_export, photos, tmp_path):
+    from zoodip.api import PersonalizationJob
+    from zoodip.embeddings import load_embedding_file
+    from zoodip.model import RuntimeOptions
+    from zoodip.trainer import PersonalizeConfig
+
+    job = PersonalizationJob(PersonalizeConfig(
+        export_dir=tiny_export, images=photos, output_dir=tmp_path / "job", placeholder_token="<striped-star>",
+        initializer_token="star", max_train_steps=3, eval_every=3, eval_timesteps=1, tau=4, threads=1, clip_skip=1))
+    job.start().wait(120)
+    token, vectors = load_embedding_file(job.result.embedding_path)
+    same = ExportedModel.load(tiny_export, RuntimeOptions(threads=1))
+    prompt = "a photo of <striped-star>"
+
+    def image(images):
+        return np.asarray(images[0])
+
+    def at(skip):
+        return image(generate(same, prompt, steps=2, added_embeddings={token: vectors}, clip_skip=skip))
+
+    assert np.array_equal(image(job.generate(prompt, steps=2)), at(1)) and not np.array_equal(at(1), at(0))
+    assert np.array_equal(image(job.generate(prompt, steps=2, clip_skip=0)), at(0))
