@@ -64,7 +64,7 @@ def config_from_args(args: argparse.Namespace):
         eval_every=args.eval_every, checkpoint_every=args.checkpointing_steps, save_steps=args.save_steps, a1111=args.a1111,
         lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
         validation_prompt=args.validation_prompt, num_validation_images=args.num_validation_images,
-        validation_steps=args.validation_steps,
+        validation_steps=args.validation_steps, validation_prompt_weighting=args.prompt_weighting,
         early_stop_patience=args.early_stop_patience, threads=args.threads, spin_wait=args.spin_wait == "on",
         memory_budget_mb=args.memory_budget, clip_skip=args.clip_skip,
     )

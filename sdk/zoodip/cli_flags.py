@@ -134,6 +134,9 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
                         "is written into --output_dir (each costs 2 x 25 UNet forwards per image)")
     p.add_argument("--num_validation_images", type=int, default=4, help="images per preview (default 4, as diffusers)")
     p.add_argument("--validation_steps", type=int, default=100, help="steps between previews (default 100, as diffusers)")
+    p.add_argument("--prompt-weighting", "--prompt_weighting", dest="prompt_weighting", choices=PROMPT_WEIGHTINGS,
+                   default=PROMPT_WEIGHTINGS[0], help="how --validation_prompt is read, as generate's flag: none (plain "
+                   "text, as diffusers) or a1111 (A1111's emphasis, long prompts, prompt editing and AND)")
     p.add_argument("--early-stop-patience", type=int, default=0, help="stop after this many evaluations without improvement")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     add_spin_wait_flag(p)

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import validation
 from .embeddings import MAX_VECTORS, a1111_file_name
+from .emphasis import check_prompt_weighting
 from .errors import ZoodipError
 from .generate import MAX_IMAGES
 from .gradient_estimate import DIRECTIONS, check_mu
@@ -152,6 +153,7 @@ class PersonalizeConfig:
     validation_prompt: str | None = None
     num_validation_images: int = 4
     validation_steps: int = 100
+    validation_prompt_weighting: str = "none"  # how the preview prompt is read: generate's prompt_weighting
     early_stop_patience: int = 0  # evaluations without improvement before stopping; 0 = never
     threads: int = 0
     spin_wait: bool = DEFAULT_SPIN_WAIT  # onnxruntime's idle threads poll instead of sleeping (model.RuntimeOptions)
@@ -258,6 +260,7 @@ class PersonalizeConfig:
 
     def _validate_inputs(self) -> None:
         """The words, prompts and captions, and the search-subspace options."""
+        check_prompt_weighting(self.validation_prompt_weighting)
         if self.validation_prompt is not None and self.placeholder_token not in self.validation_prompt:
             raise ZoodipError(f"--validation_prompt {self.validation_prompt!r} does not contain {self.placeholder_token}: "
                               f"put the token in it, e.g. 'a photo of {self.placeholder_token} on the beach'")

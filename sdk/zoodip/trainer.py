@@ -483,7 +483,8 @@ class Personalizer:
         images = generate(self.model, config.validation_prompt, seed=config.seed, height=self.resolution,
                           width=self.resolution, num_images=config.num_validation_images,
                           added_embeddings={config.placeholder_token: as_matrix(self.v, self.width)},
-                          batch_cfg=self.loss.batched, clip_skip=config.clip_skip)
+                          batch_cfg=self.loss.batched, clip_skip=config.clip_skip,
+                          prompt_weighting=config.validation_prompt_weighting)
         self.model.release("vae_decoder")  # training does not need it: keep its memory free between previews
         return save_image(image_grid([images]), config.output_dir / VALIDATION_NAME.format(step=self.step),
                           "--validation_prompt preview")

@@ -151,3 +151,17 @@ def test_and_is_refused_with_guidance_rescale_before_any_work(model):
     assert spy.states == []
     with pytest.warns(UserWarning, match="AND"):  # "none": one prompt, 'and' a word (and a warning)
         generate(spy, "a red star AND a blue moon", guidance_rescale=0.7, steps=1)
+
+
+def test_personalize_previews_read_the_validation_prompt_as_asked(tiny_export, photos, tmp_path, capsys):
+    from cli_helpers import personalize_args
+
+    for weighting, said in (("none", True), ("a1111", False)):
+        out = tmp_path / weighting
+        args = personalize_args(tiny_export, photos, out, "--validation_prompt", "a [red:blue:0.5] <striped-star>",
+                                "--validation_steps", "3", "--num_validation_images", "1", "--prompt_weighting", weighting)
+        assert main([str(a) for a in args]) == 0
+        err = capsys.readouterr().err
+        assert ("prompt editing or alternation" in err) == said and (out / "validation-steps-3.png").is_file()
+    args = personalize_args(tiny_export, photos, tmp_path / "bad", "--prompt-weighting", "compel")
+    assert main([str(a) for a in args]) == 2 and "invalid choice: 'compel'" in capsys.readouterr().err
