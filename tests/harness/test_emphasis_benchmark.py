@@ -1,8 +1,7 @@
-"""benchmarks/emphasis.py: the prompt variants it measures, and its refusal of a folder that is not a demo run.
+"""benchmarks/emphasis.py: the prompt variants it measures (its refusal of a folder that is not a demo run: test_demo_runs.py).
 (The measurement itself needs a make demo run: benchmarks/results/emphasis/.)"""
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,10 +19,3 @@ def test_the_variants_weight_the_edit_word_or_the_token_in_a1111_syntax():
                    "edit x1.6": "a photo of <striped-star> on a (black:1.6) background",
                    "token x0.8": "a photo of (<striped-star>:0.8) on a black background"}
     assert variants("a photo of a red <x>", "<x>", "red")["edit x1.4"] == "a photo of a (red:1.4) <x>"
-
-
-def test_a_folder_that_is_not_a_demo_run_is_one_line(tmp_path):
-    run = subprocess.run([sys.executable, "benchmarks/emphasis.py", "--demo", str(tmp_path), "--out", str(tmp_path / "o")],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "is not a make demo output folder" in run.stderr
-    assert not (tmp_path / "o").exists()
