@@ -179,12 +179,7 @@ def weighted_token_ids(tokenizer: Any, prompt: str) -> tuple[np.ndarray, np.ndar
         ids += piece
         weights += [weight] * len(piece)
     length = int(np.asarray(tokenizer([""])).shape[1])
-    keep = length - 2
-    row = np.full((1, length), tokenizer.pad_id, dtype=np.int64)
-    row[0, : min(len(ids), keep) + 2] = [tokenizer.bos_id, *ids[:keep], tokenizer.eos_id]
-    token_weights = np.ones((1, length), dtype=np.float32)
-    token_weights[0, 1 : 1 + min(len(weights), keep)] = weights[:keep]
-    return row, token_weights
+    return _token_rows(tokenizer, [(ids[: length - 2], weights[: length - 2])], length)
 
 
 def chunked_token_ids(tokenizer: Any, prompt: str) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +219,12 @@ def chunked_token_ids(tokenizer: Any, prompt: str) -> tuple[np.ndarray, np.ndarr
         shown = repr(prompt if len(prompt) <= 40 else prompt[:40] + "...")
         raise ZoodipError(f"the prompt {shown} takes {len(chunks)} chunks of {CHUNK_TOKENS} tokens; at most "
                           f"{MAX_CHUNKS} are read ({MAX_CHUNKS * CHUNK_TOKENS} tokens): shorten it")
-    length = CHUNK_TOKENS + 2
+    return _token_rows(tokenizer, chunks, CHUNK_TOKENS + 2)
+
+
+def _token_rows(tokenizer: Any, chunks: list[tuple[list[int], list[float]]], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each chunk's (ids, weights) as the text encoder reads a prompt: ``[start, ids, end, padding]`` in rows of
+    ``length``, and the weights in the same places (1 for the start, end and padding)."""
     rows = np.full((len(chunks), length), tokenizer.pad_id, dtype=np.int64)
     token_weights = np.ones((len(chunks), length), dtype=np.float32)
     for row, (chunk_ids, chunk_weights) in enumerate(chunks):
