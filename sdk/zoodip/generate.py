@@ -137,13 +137,11 @@ def _prompt_phases(prompt: str, negative_prompt: str, weighting: str, steps: int
 def _conditioning(model: Any, encode: Callable[[str], np.ndarray], phases: PromptPhases, g: float,
                   budget: int | None) -> tuple[list[tuple[float, Phases[np.ndarray]]], Phases[np.ndarray] | None]:
     """The prompt parts' guidance scales (``g`` times their weights) and text states, and the negative prompt's
-    text states; each text encoded once. Under a budget the text encoder is closed after."""
-    texts: dict[str, np.ndarray] = {}
-    encode_once = lambda text: texts[text] if text in texts else texts.setdefault(text, encode(text))  # noqa: E731
-    parts = [(g * weight, part.map(encode_once)) for weight, part in phases[0]]
+    text states (``encode`` encodes each text once). Under a budget the text encoder is closed after."""
+    parts = [(g * weight, part.map(encode)) for weight, part in phases[0]]
     # A guided output that is one part's own (scale 1) needs no negative-prompt pass.
     alone = len(parts) == 1 and parts[0][0] == 1.0
-    uncond = None if alone else phases[1].map(encode_once)
+    uncond = None if alone else phases[1].map(encode)
     _release_under_budget(model, budget, "text_encoder")
     return parts, uncond
 
@@ -178,8 +176,9 @@ def decode_latents(model: Any, latents: np.ndarray, plan: DecodePlan | None = No
 def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | None,
                     token_groups: Sequence[Sequence[str]] | None, phases: PromptPhases,
                     weighting: str = "none", clip_skip: int = 0):
-    """Text conditioning: ``encode(text)`` gives the text states ``[1, length, d]``; one warning per added token
-    group that no phase of the prompts uses within what is read, and per emphasis it cannot honour."""
+    """Text conditioning: ``encode(text)`` gives the text states ``[1, length, d]``, each text encoded once however
+    often it is asked for; one warning per added token group that no phase of the prompts uses within what is read,
+    and per emphasis it cannot honour."""
     schedules = [schedule for _, schedule in phases[0]] + [phases[1]]
     prompts = list(dict.fromkeys(text for schedule in schedules for text in schedule.values))  # each text once
     tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
@@ -194,7 +193,14 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
     for problem in dict.fromkeys(problems):
         warnings.warn(problem, stacklevel=3)
 
+    encoded: dict[str, np.ndarray] = {}
+
     def encode(text: str) -> np.ndarray:
+        if text not in encoded:
+            encoded[text] = encode_new(text)
+        return encoded[text]
+
+    def encode_new(text: str) -> np.ndarray:
         if chunked:
             ids, weights = chunked_token_ids(tokenizer, text)
         else:
@@ -283,12 +289,25 @@ def _guided(model: Any, parts: list[tuple[float, Phases[np.ndarray]]], uncond: P
     image per call (its activations grow with the batch; the sampler's arithmetic is per image anyway).
     """
 
+    built: dict[tuple, tuple[list[np.ndarray], np.ndarray | None]] = {}
+
+    def texts_at(i: int, n: int) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """Each pass's text states for ``n`` images at step ``i`` (the negative prompt's first, where it runs), and,
+        for one batched pass where their lengths agree, them joined: built when a phase changes, not every call."""
+        chosen = ([] if uncond is None else [uncond.at(i)]) + [phases.at(i) for _, phases in parts]
+        key = (n, *map(id, chosen))
+        if key not in built:
+            texts = [np.repeat(states, n, axis=0) for states in chosen]
+            joined = np.concatenate(texts) if batch_cfg and len({s.shape[1] for s in texts}) == 1 else None
+            built.clear()
+            built[key] = (texts, joined)
+        return built[key]
+
     def model_fn(x: np.ndarray, t: float) -> np.ndarray:
-        n, i = len(x), 0 if step is None else step.done
-        texts = [np.repeat(phases.at(i), n, axis=0) for _, phases in parts]
+        texts, joined = texts_at(0 if step is None else step.done, len(x))
         if uncond is None:
             return _unet(model, x, t, texts[0])
-        outs = _unet_passes(model, x, t, [np.repeat(uncond.at(i), n, axis=0), *texts], batch_cfg)
+        outs = _unet_passes(model, x, t, texts, joined)
         guided = outs[0]
         for (scale, _), out in zip(parts, outs[1:]):
             guided = guided + scale * (out - outs[0])
@@ -299,12 +318,13 @@ def _guided(model: Any, parts: list[tuple[float, Phases[np.ndarray]]], uncond: P
     return lambda x, t: np.concatenate([model_fn(x[i : i + 1], t) for i in range(len(x))])
 
 
-def _unet_passes(model: Any, x: np.ndarray, t: float, texts: list[np.ndarray], batched: bool) -> list[np.ndarray]:
-    """The UNet's outputs for ``x`` under each of ``texts``: one batched call (diffusers' order, the unconditional
-    first) where ``batched`` and their lengths agree, else one call each, as A1111 runs prompts of different
+def _unet_passes(model: Any, x: np.ndarray, t: float, texts: list[np.ndarray],
+                 joined: np.ndarray | None) -> list[np.ndarray]:
+    """The UNet's outputs for ``x`` under each of ``texts``: one batched call on ``joined`` (their concatenation,
+    diffusers' order, the unconditional first) where given, else one call each, as A1111 runs prompts of different
     lengths (its chunks), without padding."""
-    if batched and len({text.shape[1] for text in texts}) == 1:
-        return np.split(_unet(model, np.concatenate([x] * len(texts)), t, np.concatenate(texts)), len(texts))
+    if joined is not None:
+        return np.split(_unet(model, np.concatenate([x] * len(texts)), t, joined), len(texts))
     return [_unet(model, x, t, text) for text in texts]
 
 
