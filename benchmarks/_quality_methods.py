@@ -269,12 +269,13 @@ class PlantedLoss(DenoisingLoss):
     forward of the method), so L(v*) = 0 exactly and every method chases the same optimum.
     """
 
-    def __init__(self, model: ExportedModel, placeholder_id: int, v_star: np.ndarray, batched: bool = True) -> None:
-        super().__init__(model, placeholder_id, batched)
+    def __init__(self, model: ExportedModel, placeholder_id: int, v_star: np.ndarray, batched: bool = True,
+                 clip_skip: int = 0) -> None:
+        super().__init__(model, placeholder_id, batched, clip_skip)
         self.v_star = np.asarray(v_star, np.float32)
 
     def planted_target(self, ids: np.ndarray, x_t: np.ndarray, t: int) -> np.ndarray:
-        cond = self.model.text_encoder(self.text_inputs(ids, self.v_star[None]))
+        cond = self.text_states(self.text_inputs(ids, self.v_star[None]))
         return self.model.unet(x_t[None], np.full(1, t, np.float32), cond)[0]
 
     def __call__(self, ids, candidates, x_t, t, target):  # type: ignore[override]
@@ -360,8 +361,8 @@ def run_forward_only(spec: MethodSpec, job: Job, export_dir: Path, work: Path, b
         v_star, planted_batched = np.asarray(job.planted), bool(config.batched)
         # The planted loss evaluates candidates one by one unless the config says batched (as it always has:
         # the results of earlier planted runs stay reproducible).
-        parts["make_loss"] = lambda model, placeholder_id, batched: PlantedLoss(model, placeholder_id, v_star,
-                                                                                planted_batched)
+        parts["make_loss"] = lambda model, placeholder_id, batched, clip_skip: PlantedLoss(
+            model, placeholder_id, v_star, planted_batched, clip_skip)
     if spec.kind == "es":
         trainer: Personalizer = ESPersonalizer(config, pop=spec.pop, sigma_rel=spec.sigma, **parts)
     else:

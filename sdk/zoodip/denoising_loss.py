@@ -37,13 +37,17 @@ class DenoisingLoss:
             inputs[:, positions, :] = rows[:, k, None, :].astype(np.float32)
         return inputs
 
+    def text_states(self, inputs: np.ndarray) -> np.ndarray:
+        """The text encoder's states of token embeddings ``inputs``, from the layer this loss reads."""
+        return self.model.text_encoder(inputs, self.clip_skip) if self.clip_skip else self.model.text_encoder(inputs)
+
     def __call__(self, ids: np.ndarray, candidates: np.ndarray, x_t: np.ndarray, t: int, target: np.ndarray) -> np.ndarray:
         """Losses [m] (float64) for candidates [m, K * H]; x_t and target are [C, h, w]."""
         inputs = self.text_inputs(ids, candidates)
         m = len(candidates)
         # The text encoder always takes all candidates at once: its activations are small (77 tokens),
         # and one call dequantizes its weights once instead of m times.
-        cond = self.model.text_encoder(inputs, self.clip_skip) if self.clip_skip else self.model.text_encoder(inputs)
+        cond = self.text_states(inputs)
         if self.batched:
             pred = self.model.unet(np.broadcast_to(x_t, (m,) + x_t.shape), np.full(m, t, np.float32), cond)
         else:

@@ -16,8 +16,8 @@ from .model import ExportedModel
 from .zo import SubspaceProjector, ZOAdam, ZOSGD
 
 Optimizer = Union[ZOAdam, ZOSGD]
-# (model, placeholder id (or the ids of its vectors with --num_vectors), batched) -> loss
-LossFactory = Callable[[ExportedModel, Union[int, tuple[int, ...]], bool], DenoisingLoss]
+# (model, placeholder id (or the ids of its vectors with --num_vectors), batched, clip_skip) -> loss
+LossFactory = Callable[[ExportedModel, Union[int, tuple[int, ...]], bool, int], DenoisingLoss]
 OptimizerFactory = Callable[[int, PersonalizeConfig], Optimizer]  # (width, config) -> optimizer
 ProjectorFactory = Callable[[int, PersonalizeConfig, Union[np.ndarray, None]], Union[SubspaceProjector, None]]
 

@@ -170,7 +170,7 @@ class Personalizer:
         batched = config.batched if config.batched is not None else auto_batched(model)
         # One vector: its id, as loss factories have always been given; several: their ids in prompt order.
         ids = self.placeholder_id if config.num_vectors == 1 else tuple(self.placeholder_ids)
-        self.loss = make_loss(model, ids, batched, **({"clip_skip": config.clip_skip} if config.clip_skip else {}))
+        self.loss = make_loss(model, ids, batched, config.clip_skip)
 
     # -- evaluation ----------------------------------------------------------------------------
     def _make_eval_items(self) -> list[tuple[np.ndarray, int, np.ndarray, np.ndarray]]:

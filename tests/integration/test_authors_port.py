@@ -143,7 +143,7 @@ def sdk_run(tiny_export, photos, tmp_path_factory):
                                placeholder_token="<port>", initializer_token="star", n=N, mu=MU, learning_rate=LR,
                                tau=TAU, nu=NU, curvature_fraction=0, threads=1)
     losses: list[StandInLoss] = []
-    trainer = Personalizer(config, make_loss=lambda model, pid, batched: losses.append(StandInLoss(model.hidden_size)) or losses[0])
+    trainer = Personalizer(config, make_loss=lambda model, pid, batched, clip_skip: losses.append(StandInLoss(model.hidden_size)) or losses[0])
     directions: list[np.ndarray] = []
     draw = trainer.estimator.directions
     trainer.estimator.directions = lambda rng: directions.append(draw(rng)) or directions[-1]
