@@ -146,29 +146,31 @@ def check_phase_count(phases: Phases[str], what: str) -> None:
 
 def parse_schedule(prompt: str) -> _Sequence | None:
     """The prompt's constructs, or None where it has none or does not parse (it is then read whole)."""
-    if not _SCHEDULE_SYNTAX.search(prompt) or len(prompt) > MAX_SCHEDULED_CHARS:
-        return None
-    try:
-        tree = _Parser(prompt).top()
-    except (_NoParse, _TooDeep):
-        return None
-    return tree if any(not isinstance(item, str) for item in tree) else None
+    return _read_schedule(prompt)[0]
 
 
 def schedule_problems(prompt: str) -> list[str]:
     """Where ``prompt`` looks edited but its schedule is not read, one line saying why."""
+    return _read_schedule(prompt)[1]
+
+
+def _read_schedule(prompt: str) -> tuple[_Sequence | None, list[str]]:
+    """The one reading behind ``parse_schedule`` and ``schedule_problems``: the constructs (None where there are
+    none or the prompt is read whole), and why a prompt that looks edited is read whole where that is not A1111's
+    own reading (too long or too deep here; A1111 too reads a prompt that does not parse whole, brackets as
+    emphasis)."""
     if not _SCHEDULE_SYNTAX.search(prompt):
-        return []
+        return None, []
     if len(prompt) > MAX_SCHEDULED_CHARS:
-        return [f"prompt editing is not read in a prompt of {len(prompt)} characters (at most "
-                f"{MAX_SCHEDULED_CHARS}): it is read whole"]
+        return None, [f"prompt editing is not read in a prompt of {len(prompt)} characters (at most "
+                      f"{MAX_SCHEDULED_CHARS}): it is read whole"]
     try:
-        _Parser(prompt).top()
+        tree = _Parser(prompt).top()
     except _TooDeep:
-        return [f"prompt editing is not read in brackets nested over {MAX_DEPTH} deep: the prompt is read whole"]
+        return None, [f"prompt editing is not read in brackets nested over {MAX_DEPTH} deep: the prompt is read whole"]
     except _NoParse:
-        pass  # as A1111: a prompt that does not parse is read whole, brackets as emphasis
-    return []
+        return None, []
+    return (tree if any(not isinstance(item, str) for item in tree) else None), []
 
 
 class _NoParse(Exception):
