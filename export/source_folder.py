@@ -58,6 +58,11 @@ def check_source(source: Path) -> dict[str, dict[str, Any]]:
         raise ZoodipError(f"{source}: only CLIP text encoders (Stable Diffusion 1.x/2.x) are supported")
     if not isinstance(configs["unet"].get("cross_attention_dim"), int):
         raise ZoodipError(f"{source}: unsupported UNet (expected one integer cross_attention_dim, as in SD1.x/2.x)")
+    unet_channels, latent_channels = configs["unet"].get("in_channels", 4), configs["vae"].get("latent_channels", 4)
+    if unet_channels != latent_channels:
+        raise ZoodipError(f"{source}: its UNet reads {unet_channels} channels, not the VAE's {latent_channels} latent "
+                          "channels (an inpainting model's UNet also reads a mask and a masked image): export the base "
+                          "model; it inpaints with 'zoodip generate --image PATH --mask PATH'")
     return configs
 
 

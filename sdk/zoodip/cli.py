@@ -211,14 +211,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .images import image_grid, numbered_paths, save_image
     from .model import ExportedModel, RuntimeOptions
     from .paths import check_output_file
-    from .sampling import DEFAULT_STRENGTH
 
     out = check_output_file(args.out, "--out", (".png", ".jpg", ".jpeg", ".webp"))
     if args.save_latents:
         check_output_file(args.save_latents, "--save-latents", (".npy",))
     check_num_images(args.num_images)
-    if args.strength is not None and args.image is None:
-        raise ZoodipError("--strength applies to image-to-image only: add --image PATH, or drop --strength")
+    for flag, value in (("--strength", args.strength), ("--mask", args.mask)):
+        if value is not None and args.image is None:
+            raise ZoodipError(f"{flag} applies to image-to-image only (--image, and with --mask inpainting): add "
+                              f"--image PATH, or drop {flag}")
     if args.image is not None and (args.latents or args.save_latents):
         raise ZoodipError("--latents and --save-latents are for text-to-image; with --image the noise follows the "
                           "image's size: drop them (the API's generate(image=..., latents=...) takes both)")
@@ -237,7 +238,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                       guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
                       height=args.height, width=args.width, num_images=args.num_images, added_embeddings=added,
                       token_groups=groups, latents=latents, prompt_weighting=args.prompt_weighting,
-                      image=args.image, strength=DEFAULT_STRENGTH if args.strength is None else args.strength,
+                      image=args.image, strength=args.strength, mask_image=args.mask,
                       clip_skip=args.clip_skip, guidance_rescale=args.guidance_rescale)
     for image, path in zip(images, singles):
         save_image(image, path)

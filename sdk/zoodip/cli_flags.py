@@ -11,7 +11,7 @@ from .gradient_estimate import DIRECTIONS
 from .lr_schedule import LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT
 from .prompts import LEARNABLE_PROPERTIES
-from .sampling import DEFAULT_STRENGTH, SAMPLERS
+from .sampling import DEFAULT_STRENGTH, INPAINT_STRENGTH, SAMPLERS
 from .timesteps import PAPER_T_RANGE
 from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
 
@@ -178,8 +178,12 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     g.add_argument("--image", default=None, metavar="PATH",
                    help="image-to-image (diffusers' img2img): start from this picture, resized to --width/--height "
                         "(default: its own aspect, the longer side the model's native size)")
+    g.add_argument("--mask", "--mask-image", dest="mask", default=None, metavar="PATH",
+                   help="with --image: inpainting (diffusers' mask_image): redraw the white part of this picture, "
+                        "keep the black part (any aspect ratio is stretched to the image's)")
     g.add_argument("--strength", type=float, default=None,
-                   help=f"with --image: how much of it is redrawn, in (0, 1] (default {DEFAULT_STRENGTH}, as diffusers)")
+                   help=f"with --image: how much of it is redrawn, in (0, 1] (default {DEFAULT_STRENGTH}, with --mask "
+                        f"{INPAINT_STRENGTH}, as diffusers)")
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
     g.add_argument("--num-images", "--num-images-per-prompt", dest="num_images", type=int, default=1, help="images per call; more than one: --out is their grid "

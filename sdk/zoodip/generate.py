@@ -1,7 +1,8 @@
-"""Text-to-image (and image-to-image) generation with an exported model, optionally using learned tokens.
+"""Text-to-image (image-to-image, inpainting) generation with an exported model, optionally using learned tokens.
 
     images = generate(model, "a photo of <my-dog> on a beach", added_embeddings={"<my-dog>": vectors})
     images = generate(model, "a painting of <my-dog>", image="dog.jpg", strength=0.6, added_embeddings=...)
+    images = generate(model, "a photo of <my-dog> on a sofa", image="sofa.jpg", mask_image="where.png", ...)
 
 The loop is Stable Diffusion's: encode the prompt and the negative prompt, start from seeded
 Gaussian latents, denoise with a sampler under classifier-free guidance, decode with the VAE.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -34,14 +36,14 @@ from .embeddings import check_hidden_size
 from .emphasis import check_prompt_weighting, chunked_token_ids, emphasis_free_text, emphasize, weighted_token_ids
 from .errors import ZoodipError
 from .image_side import check_side, side_multiple
-from .images import image_pixels, init_image_size, open_init_image, to_pil
+from .images import image_pixels, init_image_size, latent_mask, mask_problems, open_init_image, open_mask, to_pil
 from .limits import check_image_size
 from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
 from .model import clip_skip_problem
 from .prompt_checks import (LONG_PROMPT_HINT, syntax_problems, token_use_problems, truncation_problems,
                             unloaded_token_problems)
 from .prompt_schedule import Phases, check_phase_count, composable_parts, prompt_schedule
-from .sampling import DEFAULT_STRENGTH, ProgressCallback, check_sampler, check_steps, check_strength, run_sampler, steps_run
+from .sampling import DEFAULT_STRENGTH, INPAINT_STRENGTH, ProgressCallback, check_sampler, check_steps, check_strength, run_sampler, steps_run
 from .vae_tiles import decode_tiled
 
 # Images per call: they are denoised as one UNet batch (twice that with guidance), whose activations
@@ -74,15 +76,14 @@ def generate(
     token_groups: Sequence[Sequence[str]] | None = None,
     latents: np.ndarray | None = None,
     prompt_weighting: str = "none",
-    image: str | Path | Image.Image | None = None, strength: float = DEFAULT_STRENGTH,
-    clip_skip: int = 0,
+    image: str | Path | Image.Image | None = None, strength: float | None = None,
+    mask_image: str | Path | Image.Image | None = None, clip_skip: int = 0,
     guidance_rescale: float = 0.0,
 ) -> list[Image.Image]:
     """Generate ``num_images`` images for ``prompt``; returns RGB PIL images of ``width`` x ``height``.
 
     Args:
-        model: an ``ExportedModel`` (or anything with its interface: tokenizer, encode_text, unet, ...).
-        guidance_scale: ``uncond + g (cond - uncond)``; 1.0 runs the prompt alone (half the work), 0.0 the negative one.
+        model: an ``ExportedModel`` (or anything with its interface). guidance_scale: ``uncond + g (cond - uncond)``; 1.0 runs the prompt alone (half the work), 0.0 the negative one.
         guidance_rescale: phi of Lin et al. 2024, eq. 16 (diffusers' ``guidance_rescale``): see ``rescale_guidance``.
         sampler: one of ``sampling.SAMPLERS`` (default "dpmpp_2m", DPM-Solver++ 2M).
         seed: the initial latents are ``np.random.default_rng(seed).standard_normal`` (float32): the same on any machine.
@@ -95,23 +96,24 @@ def generate(
             the seed still drives DDIM's ``eta`` and euler_a's noise. diffusers' ``latents=`` takes the same array.
         prompt_weighting: "none" (as diffusers: brackets are text, 77 tokens) or "a1111" (A1111's: ``zoodip.emphasis``,
             long prompts, and prompt editing and alternation, ``zoodip.prompt_schedule``).
-        image, strength: img2img, as diffusers': ``image`` (path or PIL) noised over the last ``strength`` of the steps.
+        image, strength: img2img, as diffusers': ``image`` (path or PIL) noised over the last ``strength`` of the steps
+            (default 0.8, with a mask 1.0, diffusers' defaults); mask_image: inpainting, white redrawn, black kept.
         clip_skip: the text encoder's k-th layer from the end, through its final norm (as diffusers; A1111's k + 1).
     """
     _check_settings(model, prompt, negative_prompt, sampler, steps, num_images, guidance_scale, eta, seed,
                     prompt_weighting, clip_skip, guidance_rescale)
-    pixels, h, w = _start_pixels(model, image, strength, height, width)  # a size that cannot fit: refused now
+    start, h, w = _image_start(model, image, mask_image, strength, height, width)  # a size that cannot fit: refused
     plan = plan_decode(model, h, w, budget := memory_budget_mb(model))
-    run = steps_run(steps, None if pixels is None else strength)  # the steps a prompt's editing is laid over
+    run = steps_run(steps, None if start is None else start.strength)  # the steps a prompt's editing is laid over
     phases = _prompt_phases(prompt, negative_prompt, prompt_weighting, run)
     encode = _prompt_encoder(model, added_embeddings, token_groups, phases, prompt_weighting, clip_skip)
     parts, uncond = _conditioning(model, encode, phases, float(guidance_scale), budget)
     model_fn = _guided(model, parts, uncond, batch_cfg and budget is None, one_image_at_a_time=budget is not None,
                        rescale=float(guidance_rescale), step=(done := _StepCount(callback)))
     noise = _checked_latents(latents, _draw_latents(rng := np.random.default_rng(seed), model, num_images, h, w))
-    start = None if pixels is None else _image_latents(model, pixels, num_images, rng, budget)
+    x0 = None if start is None else _image_latents(model, start.pixels, num_images, rng, budget)
     latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, eta=eta, rng=rng, callback=done,
-                          image_latents=start, strength=strength)
+                          image_latents=x0, strength=start.strength if start else 1.0, mask=start.mask if start else None)
     _release_under_budget(model, budget, "unet")  # then one image at a time: the VAE decoder's activations dominate
     images = [picture for i in range(num_images) for picture in to_pil(decode_latents(model, latents[i : i + 1], plan))]
     _release_under_budget(model, budget, "vae_decoder")
@@ -342,19 +344,40 @@ def _unet(model: Any, x: np.ndarray, t: float, states: np.ndarray) -> np.ndarray
     return np.asarray(model.unet(x, timestep, states), dtype=np.float32)
 
 
-def _start_pixels(model: Any, image: Any, strength: object, height: int | None,
-                  width: int | None) -> tuple[np.ndarray | None, int, int]:
-    """Image-to-image's start image [1, 3, H, W] (None without one) and the latent size of the images, checked
-    (``_latent_size``; with a start image, before it is resized)."""
+@dataclass(frozen=True)
+class _ImageStart:
+    """Image-to-image's start image [1, 3, H, W], its strength, and for inpainting the latent mask (1: redraw)."""
+
+    pixels: np.ndarray
+    strength: float
+    mask: np.ndarray | None
+
+
+def _image_start(model: Any, image: Any, mask_image: Any, strength: object, height: int | None,
+                 width: int | None) -> tuple[_ImageStart | None, int, int]:
+    """The start image (None without one) and the latent size of the images, checked (``_latent_size``; with a
+    start image, before it is resized)."""
     if image is None:
+        if mask_image is not None:
+            raise ZoodipError("a mask (mask_image, --mask) marks what to redraw in an image: pass the image too "
+                              "(image=, --image PATH)")
+        if strength is not None:
+            check_strength(strength)  # as diffusers' text-to-image, strength is not used; a bad one is still refused
         return None, *_latent_size(model, height, width)
+    strength = (DEFAULT_STRENGTH if mask_image is None else INPAINT_STRENGTH) if strength is None else strength
     check_strength(strength)
     native = int(model.sample_size) * int(model.vae_scale_factor)
     picture = open_init_image(image, max(native, height or 0, width or 0) * 2)
     width, height = init_image_size(picture.size, height, width, native, side_multiple(model.vae_scale_factor))
     h, w = _latent_size(model, height, width)
     check_encode(model, h, w, memory_budget_mb(model))
-    return image_pixels(picture, (width, height)), h, w
+    mask = None
+    if mask_image is not None:
+        drawn = open_mask(mask_image, max(width, height))
+        mask = latent_mask(drawn, (width, height), int(model.vae_scale_factor))
+        for problem in mask_problems(drawn.size, picture.size, mask):
+            warnings.warn(problem, stacklevel=3)
+    return _ImageStart(image_pixels(picture, (width, height)), float(strength), mask), h, w
 
 
 def _image_latents(model: Any, pixels: np.ndarray, num_images: int, rng: np.random.Generator,

@@ -113,6 +113,11 @@ def open_photo(path: str | Path, draft_side: int,
 
     ``draft_side``: JPEGs decode directly at a reduced scale that keeps at least this many pixels a side.
     """
+    return _to_rgb8(_open_checked(path, draft_side, advice))
+
+
+def _open_checked(path: str | Path, draft_side: int, advice: str) -> Image.Image:
+    """``open_photo``'s file, decoded and upright in its own mode."""
     path = Path(path)
     too_large = ZoodipError(f"{path} is too large to decode safely: downscale it below {MAX_PIXELS / 1e6:g} megapixels")
     try:
@@ -138,7 +143,7 @@ def open_photo(path: str | Path, draft_side: int,
         raise ZoodipError(f"cannot read image {path} ({reason}): {advice}") from None
     if min(width, height) < MIN_SIDE:
         raise ZoodipError(f"{path} is only {width}x{height} px: use photos at least {MIN_SIDE} px on the short side")
-    return _to_rgb8(image)
+    return image
 
 
 def _pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -156,6 +161,41 @@ def open_init_image(source: str | Path | Image.Image, draft_side: int) -> Image.
     if isinstance(source, (str, Path)):
         return open_photo(source, draft_side, advice="pass a JPEG or PNG file")
     raise ZoodipError(f"image must be a file path or a PIL image, got {type(source).__name__}")
+
+
+def open_mask(source: str | Path | Image.Image, draft_side: int) -> Image.Image:
+    """An inpainting mask as 8-bit grayscale (white: redraw, black: keep): a file (``open_photo``'s checks) or a
+    PIL image. As diffusers reads one, its alpha channel is ignored: a mask is its gray levels, not its opacity."""
+    if isinstance(source, (str, Path)):
+        source = _open_checked(source, draft_side, advice="pass a black-and-white PNG (white: the part to redraw)")
+    elif not isinstance(source, Image.Image):
+        raise ZoodipError(f"mask_image must be a file path or a PIL image, got {type(source).__name__}")
+    if source.mode in ("RGBA", "LA", "PA") or (source.mode == "P" and "transparency" in source.info):
+        source = source.convert("RGBA").convert("RGB")  # the colours under the alpha, as PIL's convert("L") reads
+    return _to_rgb8(source).convert("L")
+
+
+def latent_mask(mask: Image.Image, size: tuple[int, int], factor: int) -> np.ndarray:
+    """The mask [1, 1, height/factor, width/factor] of 1 (redraw) and 0 (keep) on the latent grid, as diffusers
+    makes it: resized to the image's ``size`` (width, height), split at half gray, then every ``factor``-th pixel."""
+    if mask.size != size:
+        mask = mask.resize(size, Image.Resampling.LANCZOS)
+    binary = (np.asarray(mask, dtype=np.float32) / 255.0 >= 0.5).astype(np.float32)
+    return np.ascontiguousarray(binary[::factor, ::factor])[None, None]
+
+
+def mask_problems(mask_size: tuple[int, int], image_size: tuple[int, int], mask: np.ndarray) -> list[str]:
+    """What may be wrong with a mask, one line each: drawn for an image of another shape (it is stretched to the
+    image's), or keeping everything (``mask``, the latent grid's, holds no 1)."""
+    (mw, mh), (iw, ih) = mask_size, image_size
+    problems = []
+    if abs(mw * ih - mh * iw) > 0.01 * mh * iw:
+        problems.append(f"the mask is {mw}x{mh} px and the image {iw}x{ih}: the mask is stretched to the image's "
+                        "shape; draw it over the image itself")
+    if not np.any(mask):
+        problems.append("the mask is black everywhere (or its white parts are thinner than a latent cell): nothing is "
+                        "redrawn; white marks the part to redraw")
+    return problems
 
 
 def init_image_size(size: tuple[int, int], height: int | None, width: int | None, longest: int,

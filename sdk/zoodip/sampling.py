@@ -6,6 +6,10 @@ noise, it keeps the last ``int(steps * strength)`` (at least one), and starts fr
 noised to the first kept step's noise level ``sigma``: ``x0 + sigma * noise`` in k-diffusion's parameterization
 (the Euler samplers), ``(x0 + sigma * noise) / sqrt(sigma^2 + 1)`` as the variance-preserving latent (DDIM,
 DPM++), which is each diffusers scheduler's ``add_noise``.
+
+Inpainting follows diffusers' inpainting pipeline on a model whose UNet reads 4 latent channels (any SD model; A1111's
+inpainting with "original" content does the same): image-to-image, and after each step the part the mask keeps is
+put back as ``x0`` noised to the level that step reached (``KeptRegion``). At strength 1 it starts from noise alone.
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ _KINDS = {
 }
 SAMPLERS = tuple(_KINDS)  # the CLI's --sampler choices; the first is the default
 DEFAULT_STRENGTH = 0.8  # image-to-image's default strength, diffusers' img2img pipelines'
+INPAINT_STRENGTH = 1.0  # inpainting's default strength, diffusers' inpainting pipelines'
 
 ProgressCallback = Callable[[int, int, np.ndarray], None]
 """``callback(step, total, latents)``: after each denoising step (``step`` counts from 1); ``latents``
@@ -129,8 +134,12 @@ def start_latents(plan: SamplingPlan, noise: np.ndarray, image_latents: np.ndarr
     """Unit ``noise`` (the samplers scale it), or ``image_latents`` noised to the plan's first step (module doc)."""
     if image_latents is None:
         return noise
-    sigma = float(plan.sigmas[0])
-    x = image_latents.astype(np.float64) + sigma * noise
+    return noised_latents(plan, image_latents, noise, float(plan.sigmas[0]))
+
+
+def noised_latents(plan: SamplingPlan, x0: np.ndarray, noise: np.ndarray, sigma: float) -> np.ndarray:
+    """``x0`` noised to level ``sigma`` in the plan's parameterization (module doc): each scheduler's ``add_noise``."""
+    x = x0.astype(np.float64) + sigma * noise
     if not plan.sigma_space:
         x = x / math.sqrt(sigma**2 + 1.0)
     return x.astype(np.float32)
@@ -148,16 +157,23 @@ def run_sampler(
     callback: ProgressCallback | None = None,
     image_latents: np.ndarray | None = None,
     strength: float = 1.0,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Denoise unit ``noise`` into latents with ``model``'s schedule and scheduler settings; with ``image_latents``,
-    their noised version over the last ``strength`` of the steps instead (image-to-image)."""
+    their noised version over the last ``strength`` of the steps instead (image-to-image); with a latent ``mask``
+    too (1: redraw, 0: keep), the kept part put back after every step (``zoodip.inpainting``)."""
     plan = sampling_plan(model, sampler, steps)
-    plan = plan if image_latents is None else image_to_image(plan, strength)
-    x, ts = start_latents(plan, noise, image_latents), plan.timesteps
+    # As diffusers' inpainting pipelines: at strength 1 the masked part starts from noise alone, without the image's trace.
+    from_noise = image_latents is None or (mask is not None and strength == 1.0)
+    plan = plan if from_noise else image_to_image(plan, strength)
+    x, ts = start_latents(plan, noise, None if from_noise else image_latents), plan.timesteps
     ac = np.asarray(model.schedule.alphas_cumprod, dtype=np.float64)
     prediction_type = str(model.schedule.prediction_type)
+    keep = None if mask is None or image_latents is None else KeptRegion(plan, image_latents, noise, mask)
 
     def on_step(i: int, t: float, x: np.ndarray) -> None:
+        if keep is not None:
+            keep.put_back(i, x)  # in place: the sampler goes on from the blended latents, as diffusers' do
         if callback is not None:
             callback(i + 1, len(ts), x)
 
@@ -172,6 +188,22 @@ def run_sampler(
         return sample_euler_ancestral(model_fn, x, ac, ts, prediction_type, rng=rng,
                                       init_noise_sigma=plan.init_noise_sigma, callback=on_step)
     return sample_euler(model_fn, x, ac, ts, prediction_type, init_noise_sigma=plan.init_noise_sigma, callback=on_step)
+
+
+class KeptRegion:
+    """Inpainting's kept part (diffusers' inpainting pipeline on a 4-channel UNet): after step i, where ``mask`` is
+    0 the latents become the image's ``x0`` noised with the start's ``noise`` to the level step i reached
+    (``sigma_{i+1}``, 0 after the last step, so the kept part ends as the image's latents exactly)."""
+
+    def __init__(self, plan: SamplingPlan, x0: np.ndarray, noise: np.ndarray, mask: np.ndarray) -> None:
+        self.plan, self.x0, self.noise = plan, x0, noise
+        self.mask = np.asarray(mask, dtype=np.float32)
+
+    def put_back(self, i: int, x: np.ndarray) -> None:
+        sigmas = self.plan.sigmas
+        sigma = float(sigmas[i + 1]) if i + 1 < len(sigmas) else 0.0
+        known = noised_latents(self.plan, self.x0, self.noise, sigma)
+        x[...] = self.mask * x + (1.0 - self.mask) * known
 
 
 def scheduler_config(model: Any) -> dict[str, Any]:

@@ -386,6 +386,19 @@ def test_export_refuses_an_sdxl_folder_up_front(tiny_sd_folder, tmp_path, capsys
     assert not out.exists()
 
 
+def test_export_refuses_an_inpainting_unet_up_front(tiny_sd_folder, tmp_path, capsys):
+    inpainting = tmp_path / "inpainting"
+    shutil.copytree(tiny_sd_folder, inpainting)
+    config_path = inpainting / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["in_channels"] = 9  # latents, mask and masked image: SD inpainting models'
+    config_path.write_text(json.dumps(config))
+    out = tmp_path / "out"
+    code, _, err = run_cli(["export", inpainting, out, "--quiet"], capsys)
+    assert_one_line_error(code, err, "reads 9 channels")
+    assert "--mask" in err and not out.exists()
+
+
 def test_max_token_norm_reads_the_table_without_the_map(tiny_export):
     from zoodip.model import ExportedModel
 

@@ -524,3 +524,50 @@ def test_euler_a_noise_comes_from_the_seed() -> None:
     assert np.array_equal(run("euler_a", 7), run("euler_a", 7)) and not np.allclose(run("euler_a", 7), run("euler_a", 8))
     with pytest.raises(ZoodipError, match="euler_a sampler adds noise every step: pass rng"):
         run_sampler(FakeModel(), fake_model, noise(), sampler="euler_a", steps=3)
+
+
+def test_inpainting_matches_the_diffusers_inpainting_pipeline(tiny_sd_folder, tmp_path, monkeypatch) -> None:
+    """generate(image=, mask_image=, strength=) against StableDiffusionInpaintPipeline on the tiny SD folder (a
+    4-channel UNet: diffusers puts the kept part back after each step), as the img2img test above: the posterior's
+    mean and our noise on both sides; strength 1 (diffusers' default, from noise alone) and 0.5."""
+    import warnings
+
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                           StableDiffusionInpaintPipeline)
+    from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as inpaint
+    from PIL import Image
+
+    from zoodip.generate import initial_latents
+    from zoodip.model import ExportedModel
+    from zoodip_export.export_model import export_model
+
+    export_model(tiny_sd_folder, tmp_path / "fp32", precision="fp32", parity=False, progress=False)
+    model = ExportedModel.load(tmp_path / "fp32")
+    encode = model.vae_encode
+    monkeypatch.setattr(model, "vae_encode", lambda images, rng=None: encode(images))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(tiny_sd_folder, safety_checker=None,
+                                                              feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    side = model.sample_size * model.vae_scale_factor
+    rng = np.random.default_rng(6)
+    start = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+    gray = np.zeros((side, side), np.uint8)
+    gray[side // 4 : 3 * side // 4, side // 8 : side // 2] = 230  # a box, light gray: white after the split at half
+    mask = Image.fromarray(gray)
+    noise = initial_latents(model, seed=7, num_images=2)
+    monkeypatch.setattr(inpaint, "retrieve_latents", lambda output, generator=None: output.latent_dist.mean)
+    monkeypatch.setattr(inpaint, "randn_tensor", lambda shape, **kwargs: torch.from_numpy(noise))
+    base_config = pipe.scheduler.config
+    for sampler, scheduler_class in (("dpmpp_2m", DPMSolverMultistepScheduler), ("ddim", DDIMScheduler),
+                                     ("euler", EulerDiscreteScheduler)):
+        pipe.scheduler = scheduler_class.from_config(base_config)
+        for strength in (1.0, 0.5):
+            kwargs = dict(negative_prompt="blurry", guidance_scale=7.5, strength=strength)
+            ref = pipe("a photo of a star", image=start, mask_image=mask, num_inference_steps=10, output_type="np",
+                       num_images_per_prompt=2, height=side, width=side, **kwargs).images
+            ours = generate(model, "a photo of a star", image=start, mask_image=mask, steps=10, sampler=sampler,
+                            seed=7, num_images=2, **kwargs)
+            diff = np.abs(np.stack([np.asarray(im) for im in ours]).astype(int) - (ref * 255).round().astype(int))
+            assert diff.max() <= 2 and diff.mean() < 0.05, (sampler, strength, diff.max(), diff.mean())

@@ -1,0 +1,124 @@
+"""generate(image=, mask_image=) and ``zoodip generate --image --mask`` on the tiny export: what is kept, what is
+redrawn, the defaults, and bad masks. (Parity with diffusers' inpainting pipeline: tests/integration/test_samplers.py.)"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_helpers import assert_one_line_error, run_cli
+from zoodip.errors import ZoodipError
+from zoodip.generate import generate
+from zoodip.model import ExportedModel
+
+SETTINGS = dict(steps=6, seed=5, guidance_scale=4.0)
+SIDE = 128  # the tiny model's native size
+
+
+@pytest.fixture(scope="module")
+def model(tiny_export):
+    return ExportedModel.load(tiny_export)
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    path = tmp_path_factory.mktemp("inpaint") / "start.png"
+    Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def mask_image(left: int, right: int, size: tuple[int, int] = (SIDE, SIDE)) -> Image.Image:
+    """White (redraw) in the columns [left, right), black elsewhere."""
+    array = np.zeros((size[1], size[0]), np.uint8)
+    array[:, left:right] = 255
+    return Image.fromarray(array)
+
+
+def final_latents(model, prompt, picture, mask, **options):
+    seen = []
+    images = generate(model, prompt, image=picture, mask_image=mask, callback=lambda i, n, x: seen.append(x.copy()),
+                      **{**SETTINGS, **options})
+    return images, seen
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(image) for image in images]).astype(int)
+
+
+def test_the_kept_part_ends_as_the_images_latents_and_only_the_masked_part_follows_the_prompt(model, picture):
+    mask = mask_image(0, SIDE // 2)
+    _, red = final_latents(model, "a red star", picture, mask, strength=0.7)
+    _, blue = final_latents(model, "a blue circle on grass", picture, mask, strength=0.7)
+    cells = SIDE // 2 // model.vae_scale_factor  # the latent columns the mask redraws
+    assert np.array_equal(red[-1][..., cells:], blue[-1][..., cells:])  # kept: the image's latents, whatever the prompt
+    assert not np.allclose(red[-1][..., :cells], blue[-1][..., :cells], atol=1e-2)
+    # Before the last step the kept part is the image's latents noised with the start's noise: the same for both.
+    assert np.array_equal(red[2][..., cells:], blue[2][..., cells:])
+
+
+def test_a_white_mask_is_image_to_image_and_a_black_one_keeps_the_image(model, picture):
+    white, black = mask_image(0, SIDE), mask_image(0, 0)
+    for sampler in ("dpmpp_2m", "euler", "ddim"):
+        options = dict(strength=0.6, sampler=sampler, **SETTINGS)
+        plain = generate(model, "a red star", image=picture, **options)
+        assert np.array_equal(pixels(generate(model, "a red star", image=picture, mask_image=white, **options)),
+                              pixels(plain)), sampler
+    with pytest.warns(UserWarning, match="black everywhere"):
+        kept = [generate(model, prompt, image=picture, mask_image=black, strength=0.6, **SETTINGS)
+                for prompt in ("a red star", "a blue circle")]
+    assert np.array_equal(pixels(kept[0]), pixels(kept[1]))
+
+
+def test_strength_defaults_to_diffusers_inpainting_one_which_starts_from_noise_alone(model, picture):
+    """With a mask the default strength is 1.0 (all steps), started from the seed's noise alone (diffusers'
+    inpainting pipelines), so a white mask gives text-to-image's images; without a mask, img2img's 0.8."""
+    totals = []
+    generate(model, "a star", image=picture, mask_image=mask_image(0, 64), callback=lambda i, n, x: totals.append(n),
+             **SETTINGS)
+    generate(model, "a star", image=picture, callback=lambda i, n, x: totals.append(n), **SETTINGS)
+    assert (totals[0], totals[-1]) == (6, 4)  # int(6 * 0.8)
+    for sampler in ("dpmpp_2m", "euler"):
+        text_to_image = pixels(generate(model, "a star", sampler=sampler, **SETTINGS))
+        assert np.array_equal(pixels(generate(model, "a star", image=picture, mask_image=mask_image(0, SIDE),
+                                              sampler=sampler, **SETTINGS)), text_to_image), sampler
+
+
+def test_a_mask_as_a_path_or_pil_image_alpha_ignored_and_of_another_shape_warned(model, picture, tmp_path):
+    mask = mask_image(0, SIDE // 2)
+    path = tmp_path / "mask.png"
+    mask.save(path)
+    from_pil = pixels(generate(model, "a star", image=picture, mask_image=mask, strength=0.5, **SETTINGS))
+    assert np.array_equal(pixels(generate(model, "a star", image=picture, mask_image=path, strength=0.5, **SETTINGS)),
+                          from_pil)
+    rgba = mask.convert("RGBA")
+    rgba.putalpha(0)  # fully transparent: its gray levels still say what to redraw, as diffusers reads a mask
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(pixels(generate(model, "a star", image=picture, mask_image=rgba, strength=0.5,
+                                              **SETTINGS)), from_pil)
+    wide = mask_image(0, SIDE, size=(2 * SIDE, SIDE))
+    with pytest.warns(UserWarning, match=r"the mask is 256x128 px and the image 128x128: the mask is stretched"):
+        generate(model, "a star", image=picture, mask_image=wide, strength=0.5, steps=2)
+
+
+def test_bad_masks_are_one_line_and_write_nothing(model, picture, tiny_export, tmp_path, capsys):
+    with pytest.raises(ZoodipError, match="marks what to redraw in an image: pass the image too"):
+        generate(model, "a star", mask_image=mask_image(0, 8), steps=2)
+    with pytest.raises(ZoodipError, match="mask_image must be a file path or a PIL image"):
+        generate(model, "a star", image=picture, mask_image=np.ones((SIDE, SIDE)), steps=2)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    out = tmp_path / "x.png"
+    common = ["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "2", "--out", out]
+    for extra, needle in ((["--mask", broken], "--mask applies to image-to-image only"),
+                          (["--image", picture, "--mask", broken], "cannot read image"),
+                          (["--image", picture, "--mask", tmp_path / "missing.png"], "black-and-white PNG"),
+                          (["--image", picture, "--mask_image", broken], "cannot read image")):
+        assert_one_line_error(*run_cli(common + extra, capsys)[::2], needle)
+    assert not out.exists()
+    mask_image(0, 64).save(tmp_path / "mask.png")
+    code, _, err = run_cli(common + ["--image", picture, "--mask-image", tmp_path / "mask.png"], capsys)
+    assert code == 0 and err == "" and Image.open(out).size == (SIDE, SIDE), err
