@@ -11,7 +11,8 @@ from PIL import Image
 from cli_helpers import assert_one_line_error, run_cli
 from zoodip.errors import ZoodipError
 from zoodip.generate import generate
-from zoodip.model import ExportedModel
+from zoodip.model import ExportedModel, RuntimeOptions
+from zoodip.sampling import SAMPLERS
 
 SETTINGS = dict(steps=6, seed=5, guidance_scale=4.0)
 SIDE = 128  # the tiny model's native size
@@ -61,7 +62,7 @@ def test_the_kept_part_ends_as_the_images_latents_and_only_the_masked_part_follo
 
 def test_a_white_mask_is_image_to_image_and_a_black_one_keeps_the_image(model, picture):
     white, black = mask_image(0, SIDE), mask_image(0, 0)
-    for sampler in ("dpmpp_2m", "euler", "ddim"):
+    for sampler in SAMPLERS:
         options = dict(strength=0.6, sampler=sampler, **SETTINGS)
         plain = generate(model, "a red star", image=picture, **options)
         assert np.array_equal(pixels(generate(model, "a red star", image=picture, mask_image=white, **options)),
@@ -122,3 +123,10 @@ def test_bad_masks_are_one_line_and_write_nothing(model, picture, tiny_export, t
     mask_image(0, 64).save(tmp_path / "mask.png")
     code, _, err = run_cli(common + ["--image", picture, "--mask-image", tmp_path / "mask.png"], capsys)
     assert code == 0 and err == "" and Image.open(out).size == (SIDE, SIDE), err
+
+
+def test_inpainting_within_a_memory_budget(tiny_export, picture):
+    options = dict(image=picture, mask_image=mask_image(32, 96), strength=0.7, num_images=2, **SETTINGS)
+    budgeted = generate(ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=4000)), "a red star", **options)
+    plain = generate(ExportedModel.load(tiny_export), "a red star", **options)
+    assert np.abs(pixels(budgeted) - pixels(plain)).max() <= 1
