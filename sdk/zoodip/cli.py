@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Sequence
 # BLAS thread unless the user set it; this must happen before NumPy is first imported (the imports below).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from .console import OneLineParser, print_error, ProgressBar, duration, one_line_warning  # noqa: E402
+from .console import OneLineParser, ProgressBar, SamplingBar, duration, one_line_warning, print_error  # noqa: E402
 from .cli_flags import add_generate_flags, add_personalize_flags  # noqa: E402
 from .errors import ZoodipError  # noqa: E402
 from .foreign_flags import foreign_flag_problem  # noqa: E402
@@ -207,7 +207,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .embeddings import load_embeddings
-    from .generate import check_num_images, generate
+    from .generate import check_num_images
     from .images import image_grid, numbered_paths, save_image
     from .model import ExportedModel, RuntimeOptions
     from .paths import check_output_file
@@ -234,17 +234,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
     added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity,
                                     args.clip_skip)
     latents = _generate_latents(args, model)
-    images = generate(model, args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
-                      guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
-                      height=args.height, width=args.width, num_images=args.num_images, added_embeddings=added,
-                      token_groups=groups, latents=latents, prompt_weighting=args.prompt_weighting,
-                      image=args.image, strength=args.strength, mask_image=args.mask,
-                      clip_skip=args.clip_skip, guidance_rescale=args.guidance_rescale)
+    bar = SamplingBar()
+    try:
+        images = _generate_images(args, model, added, groups, latents, bar)
+    finally:
+        bar.close()
     for image, path in zip(images, singles):
         save_image(image, path)
     save_image(images[0] if len(images) == 1 else image_grid([images]), out)
     print(f"wrote {out}" + (f" (grid) and {singles[0].name} ... {singles[-1].name}" if singles else ""))
     return 0
+
+
+def _generate_images(args: argparse.Namespace, model, added, groups, latents, bar) -> list:
+    from .generate import generate
+
+    return generate(model, args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
+                    guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
+                    height=args.height, width=args.width, num_images=args.num_images, added_embeddings=added,
+                    token_groups=groups, latents=latents, prompt_weighting=args.prompt_weighting,
+                    image=args.image, strength=args.strength, mask_image=args.mask,
+                    clip_skip=args.clip_skip, guidance_rescale=args.guidance_rescale, callback=bar)
 
 
 def _generate_latents(args: argparse.Namespace, model) -> np.ndarray | None:

@@ -111,6 +111,31 @@ class ProgressBar:
         self.after_close = []
 
 
+class SamplingBar:
+    """``zoodip generate``'s progress: a bar of the sampling steps on stderr where it is a terminal (the callback
+    ``generate`` calls after each step). Elsewhere (a log, a pipe) nothing: the run's end is its 'wrote' line."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+
+    def __call__(self, step: int, total: int, latents: object) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            # Started at the first finished step: its clock and rate count the steps after it.
+            self.bar = tqdm(total=total, initial=step, unit="step", desc="sampling", file=sys.stderr,
+                            dynamic_ncols=True, leave=False)
+        self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def print_error(problem: object) -> int:
     """The contract's one line for a problem (``error: ...`` on stderr); returns the exit status to end with (2)."""
     print(f"error: {problem}", file=sys.stderr)

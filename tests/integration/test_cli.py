@@ -26,6 +26,16 @@ def test_personalize_then_generate_with_the_learned_token(tiny_export, photos, t
     assert Image.open(image).size == (128, 128)
 
 
+def test_generate_shows_its_sampling_steps_on_a_terminal_only(tiny_export, tmp_path, capsys, monkeypatch):
+    args = ["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "3", "--out", tmp_path / "g.png",
+            "--threads", "1"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and err == "", err  # a log or a pipe: nothing but the 'wrote' line on stdout
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and "sampling:" in err and "1/3" in err, err  # (tqdm redraws at most every 0.1 s)
+
+
 def test_progress_jsonl_stream(tiny_export, photos, tmp_path, capsys):
     stream = tmp_path / "progress.jsonl"
     code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "p", "--progress-jsonl", stream), capsys)
