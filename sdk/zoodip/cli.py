@@ -381,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: resume with --resume (the last checkpoint is kept)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout left (`zoodip info X | head -1`): nothing is wrong here
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot raise again
+        return 141  # 128 + SIGPIPE, as a command that the pipe's signal ended
 
 
 if __name__ == "__main__":

@@ -206,8 +206,8 @@ class PersonalizeConfig:
             positive_int("tau", self.tau, 2)
         positive_int("max_train_steps", self.max_train_steps, 0)
         positive_int("eval_every", self.eval_every, 0)
-        positive_int("eval_timesteps", self.eval_timesteps)
-        positive_int("checkpoint_every", self.checkpoint_every, 0)
+        validation.positive_int("eval_timesteps", self.eval_timesteps)  # the API's only: no flag sets it
+        validation.positive_int("--checkpointing_steps (checkpoint_every)", self.checkpoint_every, 0)
         positive_int("save_steps", self.save_steps, 0)
         positive_int("lr_warmup_steps", self.lr_warmup_steps, 0)
         if self.lr_scheduler not in LR_SCHEDULERS:

@@ -184,3 +184,12 @@ def test_resume_from_checkpoint_latest_is_resume(tiny_export, photos, tmp_path, 
     code, stdout, err = run_cli(personalize_args(tiny_export, photos, out, "--resume_from_checkpoint", "latest"), capsys)
     assert code == 0, err
     assert stdout.startswith("done: 3 steps")
+
+
+def test_a_reader_that_leaves_the_pipe_early_is_no_traceback(tiny_export):
+    """`zoodip info EXPORT | head -1`: head closes the pipe before zoodip writes (here: before it starts)."""
+    proc = subprocess.Popen([sys.executable, "-m", "zoodip.cli", "info", str(tiny_export)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait() == 141 and err == "", err

@@ -182,6 +182,7 @@ def test_sha256_is_checked_once_per_file_identity_and_verify_checks_all(tiny_exp
     (["--resolution", "100000"], "use at most"),
     (["--n", "100000"], "use at most 32"),
     (["--learning_rate", "inf"], "--learning_rate"),
+    (["--checkpointing_steps", "-1"], "--checkpointing_steps"),  # the flag's own name, not the config field's
 ])
 def test_numbers_out_of_range_are_refused_up_front(tiny_export, photos, work, capsys, flags, needle):
     code, _, err = run_cli(personalize_args(tiny_export, photos, work / "run", *flags), capsys)
