@@ -46,7 +46,9 @@ ROUND_FACTOR = 1.1  # A1111's "(x)"
 SQUARE_FACTOR = 1 / 1.1  # A1111's "[x]"
 _ESCAPABLE = "()[]\\"
 _EXPLICIT_WEIGHT = re.compile(r":\s*([+-]?[.\d]+)\s*\)")  # the ":1.3)" that closes "(x:1.3)"
-_LARGEST_WEIGHT = float(np.finfo(np.float32).max)  # the text states are float32
+# The largest |weight| a token's text states are scaled by (nested brackets multiply): A1111's prompts use 0.5-2;
+# far beyond, the states leave float32's range and the image comes out black.
+MAX_EMPHASIS_WEIGHT = 100.0
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")  # A1111's chunk break, with the spaces around it
 CHUNK_TOKENS = 75  # a chunk's own tokens: the text encoder's 77 less the start and end tokens
 COMMA_BACKTRACK = 20  # A1111's default "comma padding backtrack"
@@ -136,9 +138,9 @@ def _merged(pieces: list[list[Any]]) -> list[list[tuple[str, float]]]:
         if text is None:  # BREAK
             parts.append([])
             continue
-        if not abs(weight) <= _LARGEST_WEIGHT:  # also NaN
-            raise ZoodipError(f"the emphasis weight of {text[:40]!r} comes to {weight:g}, beyond what the text states "
-                              "can be scaled by: fewer nested brackets, or a smaller (words:W)")
+        if not abs(weight) <= MAX_EMPHASIS_WEIGHT:  # also NaN
+            raise ZoodipError(f"the emphasis weight of {text[:40]!r} comes to {weight:g}, beyond the largest read "
+                              f"({MAX_EMPHASIS_WEIGHT:g}): fewer nested brackets, or a smaller (words:W)")
         merged = parts[-1]
         if merged and merged[-1][1] == weight:
             merged[-1] = (merged[-1][0] + text, weight)

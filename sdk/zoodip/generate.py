@@ -23,7 +23,6 @@ those of the unbudgeted call, up to the floating-point order of batched and sing
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 import warnings
 from pathlib import Path
@@ -49,6 +48,9 @@ from .vae_tiles import decode_tiled
 # Images per call: they are denoised as one UNet batch (twice that with guidance), whose activations
 # grow with the count; more than a grid's worth is asked for by mistake, not by design.
 MAX_IMAGES = 64
+# The largest |guidance scale|: far beyond what anyone uses, the guided prediction leaves float32's range and the
+# image comes out black.
+MAX_GUIDANCE_SCALE = 100.0
 
 
 def check_num_images(num_images: object) -> None:
@@ -263,8 +265,10 @@ def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler
     check_sampler(sampler)
     check_steps(model, steps)
     check_num_images(num_images)
-    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
-        raise ZoodipError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+            or not abs(guidance_scale) <= MAX_GUIDANCE_SCALE:
+        raise ZoodipError(f"guidance_scale must be a number within +-{MAX_GUIDANCE_SCALE:g} (7.5 is diffusers' default, "
+                          f"A1111's CFG scale stops at 30), got {guidance_scale!r}")
     if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, (int, float)) or not 0 <= guidance_rescale <= 1:
         raise ZoodipError(f"guidance_rescale must be a number from 0 to 1 (diffusers suggests 0.7 for v-prediction "
                           f"models), got {guidance_rescale!r}")

@@ -177,17 +177,26 @@ def run_sampler(
         if callback is not None:
             callback(i + 1, len(ts), x)
 
-    if sampler == "ddim":
-        return sample_ddim(model_fn, x, ac, ts, prediction_type, eta=eta, final_alpha_cumprod=plan.final_alpha_cumprod,
-                           rng=rng, callback=on_step)
-    if sampler in ("dpmpp_2m", "dpmpp_2m_karras"):
-        return sample_dpmpp_2m(model_fn, x, ac, ts, prediction_type, sigmas=plan.sigmas, callback=on_step)
-    if sampler == "euler_a":
-        if rng is None:
-            raise ZoodipError("the euler_a sampler adds noise every step: pass rng (generate() passes the seed's)")
-        return sample_euler_ancestral(model_fn, x, ac, ts, prediction_type, rng=rng,
-                                      init_noise_sigma=plan.init_noise_sigma, callback=on_step)
-    return sample_euler(model_fn, x, ac, ts, prediction_type, init_noise_sigma=plan.init_noise_sigma, callback=on_step)
+    if sampler == "euler_a" and rng is None:
+        raise ZoodipError("the euler_a sampler adds noise every step: pass rng (generate() passes the seed's)")
+    # An overflow is reported once, as the check below, rather than as NumPy's warnings along the way.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if sampler == "ddim":
+            x = sample_ddim(model_fn, x, ac, ts, prediction_type, eta=eta,
+                            final_alpha_cumprod=plan.final_alpha_cumprod, rng=rng, callback=on_step)
+        elif sampler in ("dpmpp_2m", "dpmpp_2m_karras"):
+            x = sample_dpmpp_2m(model_fn, x, ac, ts, prediction_type, sigmas=plan.sigmas, callback=on_step)
+        elif sampler == "euler_a":
+            x = sample_euler_ancestral(model_fn, x, ac, ts, prediction_type, rng=rng,
+                                       init_noise_sigma=plan.init_noise_sigma, callback=on_step)
+        else:
+            x = sample_euler(model_fn, x, ac, ts, prediction_type, init_noise_sigma=plan.init_noise_sigma,
+                             callback=on_step)
+    if not np.all(np.isfinite(x)):
+        raise ZoodipError("sampling ended in non-finite latents (the guided prediction left float32's range), so no "
+                          "image is made: lower the guidance scale or the prompt's weights, or check the model with "
+                          "'zoodip verify'")
+    return x
 
 
 class KeptRegion:

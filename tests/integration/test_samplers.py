@@ -7,6 +7,7 @@ scheduler configuration.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -313,6 +314,22 @@ def test_generate_sizes_and_seeds() -> None:
                 {"eta": 0.5}):
         with pytest.raises(ZoodipError):
             generate(model, "a dog", **bad)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_a_prediction_that_overflows_is_one_error_not_a_black_image(sampler: str, monkeypatch) -> None:
+    """Whatever drives the guided prediction past float32 (a broken model here; huge guidance scales and emphasis
+    weights are refused before), sampling ends in one clear error, without NumPy's overflow warnings on the way."""
+    model = FakeModel()
+    monkeypatch.setattr(model, "unet", lambda sample, t, states: np.full_like(sample, 3e38))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ZoodipError, match="sampling ended in non-finite latents"):
+            generate(model, "a dog", steps=3, sampler=sampler, guidance_scale=7.5)
+    for scale in (1e38, 101, -101, float("inf"), float("nan"), True):
+        with pytest.raises(ZoodipError, match=r"guidance_scale must be a number within \+-100"):
+            generate(FakeModel(), "a dog", steps=2, guidance_scale=scale)
+    generate(FakeModel(), "a dog", steps=2, guidance_scale=-100)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

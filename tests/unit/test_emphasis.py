@@ -116,10 +116,12 @@ def test_emphasize_weights_tokens_and_keeps_the_mean():
         emphasize(states, np.full((2, 77), np.nan, np.float32))
 
 
-def test_weights_beyond_float32_are_one_clear_error():
-    for prompt in ("(" * 1000 + "star" + ")" * 1000, "(star:1" + "0" * 40 + ")", "(star:1" + "0" * 400 + ")"):
+def test_weights_beyond_the_largest_read_are_one_clear_error():
+    for prompt in ("(" * 1000 + "star" + ")" * 1000, "(star:1" + "0" * 40 + ")", "(star:1" + "0" * 400 + ")",
+                   "(star:1" + "0" * 38 + ")", "(star:-101)", "(" * 49 + "star" + ")" * 49):  # 1.1^49 = 107
         with pytest.raises(ZoodipError, match="the emphasis weight of 'star' comes to .*: fewer nested brackets"):
             parse_emphasis(prompt)
+    assert parse_emphasis("(star:100)") == [("star", 100.0)] and parse_emphasis("(star:-100)") == [("star", -100.0)]
 
 
 @pytest.mark.parametrize("prompt, expected", [
