@@ -48,6 +48,7 @@ from .vae_tiles import decode_tiled
 # Images per call: they are denoised as one UNet batch (twice that with guidance), whose activations
 # grow with the count; more than a grid's worth is asked for by mistake, not by design.
 MAX_IMAGES = 64
+DEFAULT_STEPS = 25  # sampling steps, as diffusers' pipelines
 # The largest |guidance scale|: far beyond what anyone uses, the guided prediction leaves float32's range and the
 # image comes out black.
 MAX_GUIDANCE_SCALE = 100.0
@@ -65,7 +66,7 @@ def generate(
     prompt: str,
     *,
     negative_prompt: str = "",
-    steps: int = 25,
+    steps: int = DEFAULT_STEPS,
     guidance_scale: float = 7.5,
     sampler: str = "dpmpp_2m",
     seed: int = 0,
@@ -120,6 +121,18 @@ def generate(
     images = [picture for i in range(num_images) for picture in to_pil(decode_latents(model, latents[i : i + 1], plan))]
     _release_under_budget(model, budget, "vae_decoder")
     return images
+
+
+def check_prompt(model: Any, prompt: str, *, negative_prompt: str = "", steps: int = DEFAULT_STEPS,
+                 prompt_weighting: str = "none", added_embeddings: Mapping[str, np.ndarray] | None = None,
+                 clip_skip: int = 0) -> None:
+    """What ``generate`` would refuse (or warn about) in these prompts, found without sampling: their texts are read
+    and encoded (text encoder only). A job that generates late (training previews) checks its prompt before it starts."""
+    _check_settings(model, prompt, negative_prompt, "dpmpp_2m", steps, 1, 1.0, 0.0, 0, prompt_weighting, clip_skip)
+    phases = _prompt_phases(prompt, negative_prompt, prompt_weighting, steps)
+    encode = _prompt_encoder(model, added_embeddings, None, phases, prompt_weighting, clip_skip)
+    for schedule in [part for _, part in phases[0]] + [phases[1]]:
+        schedule.map(encode)
 
 
 PromptPhases = tuple[list[tuple[float, Phases[str]]], Phases[str]]

@@ -32,14 +32,15 @@ from .config import PersonalizeConfig, default_tau, warn_about_settings  # noqa:
 from .denoising_loss import DenoisingLoss, auto_batched  # noqa: F401 (zoodip.trainer.DenoisingLoss stays public)
 from .embeddings import a1111_file_name, save_a1111_embedding, save_learned_embeds
 from .errors import ZoodipError
-from .generate import check_clip_skip, generate
+from .generate import check_clip_skip
 from .gradient_estimate import EstimatorSchedule, RandomGradientEstimator
-from .images import image_grid, list_images, load_images, save_image
+from .images import list_images, load_images
 from .limits import check_image_size, check_photo_count
 from .lr_schedule import lr_at
 from .method_parts import LossFactory, OptimizerFactory, ProjectorFactory, default_optimizer, default_projector
 from .model import ExportedModel, RuntimeOptions
 from .paths import check_output_dir, remove_stale_temp_files, run_folder_lock
+from .previews import VALIDATION_NAME, check_preview_prompt, write_preview  # noqa: F401 (VALIDATION_NAME public here)
 from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.Progress stays public)
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
 from .run_checks import append_log, check_outcome, sha256_of_files, truncate_log
@@ -53,7 +54,6 @@ LOG_NAME = "log.jsonl"
 RUN_FILES = (CHECKPOINT_NAME, EMBEDDING_NAME, LOG_NAME)  # written atomically: their temp files are cleaned
 # diffusers' textual_inversion.py names its --save_steps snapshots so; a cancelled run writes one too.
 SNAPSHOT_NAME = "learned_embeds-steps-{step}.safetensors"
-VALIDATION_NAME = "validation-steps-{step}.png"  # --validation_prompt previews, beside the run
 _SNAPSHOT_TEMP = re.compile(r"^\.(learned_embeds-steps-\d+\.safetensors)\.")
 _EVAL_STREAM = 0x5EED_E7A1  # separates the fixed evaluation noises from the training stream
 
@@ -124,6 +124,7 @@ class Personalizer:
         self.placeholder_ids = add_placeholder_tokens(tokenizer, config.placeholder_token, config.num_vectors)
         self.placeholder_id = self.placeholder_ids[0]
         self.v_init = initial_vector(self.model.token_embeddings[init_ids[0]], config.num_vectors)
+        check_preview_prompt(self.model, config, as_matrix(self.v_init, self.width))
 
     def _encode_photos(self) -> None:
         """Load the photos and their prompts, encode them once (and their mirror images with flips), free the encoder."""
@@ -418,7 +419,8 @@ class Personalizer:
         self._forwards_timed += self.estimators.forwards_for(self.step) - self.estimators.forwards_for(self.step - 1)
         self._report(event, loss, record.get("eval_loss"), started, forwards_at_start)
         if config.validation_prompt and (self.step % config.validation_steps == 0 or self.step == total):
-            preview = self.write_validation_images()
+            preview = write_preview(self.model, config, as_matrix(self.v, self.width), self.step, self.resolution,
+                                    self.loss.batched)
             self._report("validation", loss, record.get("eval_loss"), started, forwards_at_start, path=str(preview))
         return stop_early
 
@@ -473,21 +475,6 @@ class Personalizer:
             forwards = self.loss.forwards if hasattr(self, "loss") else 0
             self.on_progress(Progress("setup", 0, self.config.max_train_steps, None, None, None, forwards,
                                       time.monotonic() - self._created, 0.0, None, phase=phase))
-
-    # -- previews ------------------------------------------------------------------------------
-    def write_validation_images(self) -> Path:
-        """--validation_prompt with the current embedding: a PNG grid beside the run (diffusers' settings:
-        25 DPM-Solver++ steps, guidance 7.5; the run's seed, so previews of different steps compare). Under
-        --memory-budget the preview is generated within it, as ``generate`` does on a budgeted model."""
-        config = self.config
-        images = generate(self.model, config.validation_prompt, seed=config.seed, height=self.resolution,
-                          width=self.resolution, num_images=config.num_validation_images,
-                          added_embeddings={config.placeholder_token: as_matrix(self.v, self.width)},
-                          batch_cfg=self.loss.batched, clip_skip=config.clip_skip,
-                          prompt_weighting=config.validation_prompt_weighting)
-        self.model.release("vae_decoder")  # training does not need it: keep its memory free between previews
-        return save_image(image_grid([images]), config.output_dir / VALIDATION_NAME.format(step=self.step),
-                          "--validation_prompt preview")
 
 
 def personalize(config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,

@@ -190,6 +190,20 @@ def test_numbers_out_of_range_are_refused_up_front(tiny_export, photos, work, ca
     assert tree(work) == set()
 
 
+@pytest.mark.parametrize("prompt,needle", [
+    (" AND ".join(["a photo of <striped-star>"] * 9), "9 parts joined by AND"),
+    ("a (photo:1" + "0" * 40 + ") of <striped-star>", "the emphasis weight of 'photo'"),
+    ("a photo of <striped-star>, " + "a very long caption " * 100, "chunks"),
+])
+def test_a_preview_prompt_generate_would_refuse_is_refused_before_training(tiny_export, photos, work, capsys, prompt,
+                                                                           needle):
+    """Not after the steps before the first preview (on SD, hours), leaving a run folder that refuses a rerun."""
+    flags = ["--validation_prompt", prompt, "--validation_steps", "2", "--prompt-weighting", "a1111"]
+    code, _, err = run_cli(personalize_args(tiny_export, photos, work / "run", *flags), capsys)
+    assert_one_line_error(code, err, needle)
+    assert tree(work) == set()
+
+
 @pytest.mark.parametrize("flags,needle", [(["--width", "100000", "--height", "100000"], "use at most"),
                                          (["--num-images", "100000"], "from 1 to 64"),
                                          (["--threads", "-3"], "--threads must be")])

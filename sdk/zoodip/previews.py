@@ -1,0 +1,34 @@
+"""A training run's previews (diffusers' ``--validation_prompt``): images of the prompt with the token's current
+vectors every ``validation_steps``, as a PNG grid beside the run, and the prompt checked before the run starts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .config import PersonalizeConfig
+from .generate import check_prompt, generate
+from .images import image_grid, save_image
+
+VALIDATION_NAME = "validation-steps-{step}.png"  # --validation_prompt previews, beside the run
+
+
+def check_preview_prompt(model, config: PersonalizeConfig, vectors: np.ndarray) -> None:
+    """The preview prompt as ``generate`` reads it: refused (or warned about) before training, not at the first
+    preview, after the steps before it."""
+    if config.validation_prompt:
+        check_prompt(model, config.validation_prompt, prompt_weighting=config.validation_prompt_weighting,
+                     added_embeddings={config.placeholder_token: vectors}, clip_skip=config.clip_skip)
+
+
+def write_preview(model, config: PersonalizeConfig, vectors: np.ndarray, step: int, resolution: int,
+                  batch_cfg: bool) -> Path:
+    """The preview of ``step`` with the token's ``vectors`` [K, d] (diffusers' settings: 25 DPM-Solver++ steps,
+    guidance 7.5; the run's seed, so previews of different steps compare). On a model with a memory budget it is
+    generated within it, as ``generate`` does."""
+    images = generate(model, config.validation_prompt, seed=config.seed, height=resolution, width=resolution,
+                      num_images=config.num_validation_images, added_embeddings={config.placeholder_token: vectors},
+                      batch_cfg=batch_cfg, clip_skip=config.clip_skip, prompt_weighting=config.validation_prompt_weighting)
+    model.release("vae_decoder")  # training does not need it: keep its memory free between previews
+    return save_image(image_grid([images]), config.output_dir / VALIDATION_NAME.format(step=step),
+                      "--validation_prompt preview")
