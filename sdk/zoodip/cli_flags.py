@@ -11,7 +11,7 @@ from .gradient_estimate import DIRECTIONS
 from .lr_schedule import LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT
 from .prompts import LEARNABLE_PROPERTIES
-from .sampling import DEFAULT_STRENGTH, INPAINT_STRENGTH, SAMPLERS
+from .sampling import DEFAULT_STEPS, DEFAULT_STRENGTH, INPAINT_STRENGTH, SAMPLERS
 from .timesteps import PAPER_T_RANGE
 from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
 
@@ -159,7 +159,7 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
                         "TOKEN; an A1111 file answers to its file name, as in A1111; or a folder of them (every file "
                         "loaded, as A1111's embeddings folder); repeatable")
     # diffusers' pipeline arguments are accepted too: num_inference_steps, num_images_per_prompt.
-    g.add_argument("--steps", "--num-inference-steps", dest="steps", type=int, default=25)
+    g.add_argument("--steps", "--num-inference-steps", dest="steps", type=int, default=DEFAULT_STEPS)
     g.add_argument("--guidance-scale", type=float, default=7.5)
     g.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
                    help="rescale the guided prediction toward the prompt's spread, in [0, 1] (diffusers' "

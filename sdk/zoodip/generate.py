@@ -42,13 +42,13 @@ from .model import clip_skip_problem
 from .prompt_checks import (LONG_PROMPT_HINT, syntax_problems, token_use_problems, truncation_problems,
                             unloaded_token_problems)
 from .prompt_schedule import Phases, check_phase_count, composable_parts, prompt_schedule
-from .sampling import DEFAULT_STRENGTH, INPAINT_STRENGTH, ProgressCallback, check_sampler, check_steps, check_strength, run_sampler, steps_run
+from .sampling import (DEFAULT_STEPS, DEFAULT_STRENGTH, INPAINT_STRENGTH, ProgressCallback, check_sampler, check_steps,
+                       check_strength, run_sampler, steps_run)
 from .vae_tiles import decode_tiled
 
 # Images per call: they are denoised as one UNet batch (twice that with guidance), whose activations
 # grow with the count; more than a grid's worth is asked for by mistake, not by design.
 MAX_IMAGES = 64
-DEFAULT_STEPS = 25  # sampling steps, as diffusers' pipelines
 # The largest |guidance scale|: far beyond what anyone uses, the guided prediction leaves float32's range and the
 # image comes out black.
 MAX_GUIDANCE_SCALE = 100.0

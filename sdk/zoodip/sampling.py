@@ -54,6 +54,7 @@ _KINDS = {
     "euler_a": _SamplerKind(euler_timesteps, "linspace", True),
 }
 SAMPLERS = tuple(_KINDS)  # the CLI's --sampler choices; the first is the default
+DEFAULT_STEPS = 25  # sampling steps, as diffusers' pipelines
 DEFAULT_STRENGTH = 0.8  # image-to-image's default strength, diffusers' img2img pipelines'
 INPAINT_STRENGTH = 1.0  # inpainting's default strength, diffusers' inpainting pipelines'
 
