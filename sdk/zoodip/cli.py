@@ -311,7 +311,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     added, groups = load_embeddings([args.embedding])
     vectors = added[groups[0][0]]
     print(f"token: {' or '.join(groups[0])} ({vectors.shape[0]} vector{'s' if vectors.shape[0] != 1 else ''} "
-          f"of width {vectors.shape[1]})")
+          f"of width {vectors.shape[1]})" + (f"; {groups[0][-1]} (the file's name, A1111's trigger word) only on a "
+                                             "model whose vocabulary does not hold it" if len(groups[0]) > 1 else ""))
     meta = read_embedding_metadata(args.embedding)
     if "steps" not in meta:
         print("trained by: not recorded (not a zoodip file, or an older one)")

@@ -24,6 +24,7 @@ from .curvature import DEFAULT_CURVATURE_FRACTION
 from .lr_schedule import LENGTH_DEPENDENT, LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT, RuntimeOptions
 from .timesteps import PAPER_T_RANGE
+from .prompt_checks import keyword_token_problems
 from .prompts import LEARNABLE_PROPERTIES
 from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
 
@@ -360,12 +361,15 @@ def default_tau(width: int) -> int:
 
 
 def warn_about_settings(config: PersonalizeConfig, width: int) -> None:
-    """One warning each for settings that will not do what they say: Subspace Gradient's history at least
-    ``width``, the length of the learned vector (the embedding width times --num_vectors; only an explicit
-    --tau gets there), and a warmup with the constant learning rate.
+    """One warning each for settings that will not do what they say: a placeholder that A1111's reading splits
+    (it holds AND or BREAK), Subspace Gradient's history at least ``width``, the length of the learned vector (the
+    embedding width times --num_vectors; only an explicit --tau gets there), and a warmup with the constant
+    learning rate.
 
     Called from Personalizer._compose_method: the warnings name the line that built the Personalizer.
     """
+    for problem in keyword_token_problems([config.placeholder_token]):
+        warnings.warn(problem, stacklevel=4)
     if config.lr_scheduler == "constant" and config.lr_warmup_steps:
         warnings.warn(f"--lr_warmup_steps {config.lr_warmup_steps} has no effect with --lr_scheduler constant (as in "
                       "diffusers); use constant_with_warmup, linear or cosine to warm up", stacklevel=4)

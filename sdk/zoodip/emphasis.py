@@ -57,6 +57,11 @@ MAX_CHUNKS = 4  # the longest prompt read: 300 tokens (the UNet's cross-attentio
 _A1111_WEIGHTED = re.compile(r"\([^()]*:\s*[+-]?\d*\.?\d+\s*\)")
 
 
+def has_break(text: str) -> bool:
+    """Whether ``text`` holds A1111's BREAK (the start of a new chunk)."""
+    return _BREAK.search(text) is not None
+
+
 def check_prompt_weighting(prompt_weighting: object) -> None:
     if prompt_weighting not in PROMPT_WEIGHTINGS:
         raise ZoodipError(f"unknown prompt_weighting {prompt_weighting!r}: use one of {', '.join(PROMPT_WEIGHTINGS)}")

@@ -39,8 +39,8 @@ from .images import image_pixels, init_image_size, latent_mask, mask_problems, o
 from .limits import check_image_size
 from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
 from .model import clip_skip_problem
-from .prompt_checks import (LONG_PROMPT_HINT, syntax_problems, token_use_problems, truncation_problems,
-                            unloaded_token_problems)
+from .prompt_checks import (LONG_PROMPT_HINT, keyword_token_problems, syntax_problems, token_use_problems,
+                            truncation_problems, unloaded_token_problems)
 from .prompt_schedule import Phases, check_phase_count, composable_parts, prompt_schedule
 from .sampling import (DEFAULT_STEPS, DEFAULT_STRENGTH, INPAINT_STRENGTH, ProgressCallback, check_sampler, check_steps,
                        check_strength, run_sampler, steps_run)
@@ -205,8 +205,9 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
     read = [emphasis_free_text(text) for text in prompts] if weighted else prompts  # the words the encoder gets
     problems = ([] if chunked else truncation_problems(tokenizer, read, LONG_PROMPT_HINT if weighted else ""))
     problems += (token_use_problems(tokenizer, read, groups, whole=chunked)
-                 + unloaded_token_problems(read, [name for names in groups for name in names], tokenizer)
-                 + syntax_problems(prompts, weighted, chunked, negative=phases[1].values))
+                 + unloaded_token_problems(read, names := [name for names in groups for name in names], tokenizer)
+                 + syntax_problems(prompts, weighted, chunked, negative=phases[1].values)
+                 + (keyword_token_problems(names) if weighted else []))
     for problem in dict.fromkeys(problems):
         warnings.warn(problem, stacklevel=3)
 

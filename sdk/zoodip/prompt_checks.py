@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .emphasis import looks_weighted, unsupported_problems
+from .emphasis import has_break, looks_weighted, unsupported_problems
 from .prompt_schedule import AND_SEPARATOR, parse_schedule, schedule_problems
 
 
@@ -22,7 +22,8 @@ def syntax_problems(prompts: Sequence[str], weighted: bool, chunked: bool = Fals
                 for problem in unsupported_problems(text, chunked) + schedule_problems(text)]
     syntax = {"emphasis syntax '(words:1.3)'": looks_weighted, "prompt editing or alternation '[a:b:0.5]', '[a|b]'":
               lambda text: parse_schedule(text) is not None,
-              "AND (composable diffusion)": lambda text: text not in negative and AND_SEPARATOR.search(text)}
+              "AND (composable diffusion)": lambda text: text not in negative and AND_SEPARATOR.search(_words(text)),
+              "BREAK (a new 75-token chunk)": lambda text: has_break(_words(text))}
     return [f"the prompt {_shortened(text)} uses A1111's {name}, read here as plain text (as diffusers does): pass "
             "--prompt-weighting a1111 (prompt_weighting='a1111') to read it as A1111 does"
             for text in prompts if text for name, found in syntax.items() if found(text)]
@@ -46,6 +47,11 @@ def truncation_problems(tokenizer: Any, texts: Sequence[str], hint: str = "") ->
             problems.append(f"the prompt {_shortened(text)} is {count} tokens; the text encoder reads the first {keep}, "
                             f"the last {count - keep} are cut off: shorten it{hint}")
     return problems
+
+
+def _words(text: str) -> str:
+    """``text`` without its placeholder words ('<cat-AND-dog>' is a token's name here, not a keyword)."""
+    return _PLACEHOLDER_WORD.sub(" ", text)
 
 
 def _shortened(text: str, limit: int = 40) -> str:
@@ -93,7 +99,27 @@ def token_use_problems(tokenizer: Any, texts: Sequence[str], groups: Sequence[Se
         if positions:
             problems.append(f"the embedding token {shown} comes after the prompt's {width - 2}-token limit (at token "
                             f"{min(positions) + 1}), so it is cut off: move it earlier or shorten the prompt")
+        elif said := _bare_words_said(names, texts):
+            problems.append(f"the embedding token {shown} does not appear in the prompt, so it changes nothing: the "
+                            f"prompt's {said[0]!r} is that word of the vocabulary, not the embedding (a file name that "
+                            f"is already a word is not taken over, unlike A1111): write '<{said[0]}>'")
         else:
             problems.append(f"the embedding token {shown} does not appear in the prompt, so it changes nothing: "
                             "write it in the prompt (or rename it with --embedding PATH:TOKEN)")
     return problems
+
+
+def _bare_words_said(names: Sequence[str], texts: Sequence[str]) -> list[str]:
+    """The words ``w`` of names ``<w>`` that a text holds bare (not inside another word or its brackets)."""
+    bare = [name[1:-1] for name in names if len(name) > 2 and name.startswith("<") and name.endswith(">")]
+    return [word for word in bare if any(re.search(rf"(?<![\w<]){re.escape(word)}(?![\w>])", text)
+                                         for text in texts if text)]
+
+
+def keyword_token_problems(names: Sequence[str]) -> list[str]:
+    """One message per learned token whose name holds A1111's AND or BREAK: read as A1111 reads a prompt, the prompt
+    is split there, so the token is never read whole."""
+    keywords = {"AND": AND_SEPARATOR.search, "BREAK": has_break}
+    return [f"the learned token {name!r} holds {keyword}, where A1111's reading of a prompt splits it, so the token is "
+            "never read whole: rename it (--embedding PATH:TOKEN, added_embeddings' key, --placeholder_token)"
+            for name in names for keyword, found in keywords.items() if found(name)]

@@ -384,6 +384,12 @@ def test_default_run_does_not_warn_and_a_warning_is_one_line(tiny_export, photos
     assert err.count("\n") == 1 and err.startswith("warning: --tau 64 >= embedding width 32"), err
 
 
+def test_a_placeholder_that_a1111s_reading_splits_is_warned_about(tiny_export, photos, tmp_path, capsys):
+    args = [a if a != TOKEN else "<BREAK>" for a in personalize_args(tiny_export, photos, tmp_path / "run")]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and err.count("\n") == 1 and "the learned token '<BREAK>' holds BREAK" in err, err
+
+
 def test_default_tau_per_width():
     from zoodip.config import default_tau
 

@@ -97,6 +97,26 @@ def test_read_as_plain_text_without_a1111_and_said(model):
         generate(model, "a red star", negative_prompt="blurry AND dark", steps=1)  # A1111 reads that AND as a word
     with pytest.warns(UserWarning, match=r"uses A1111's AND \(composable diffusion\), read here as plain text"):
         generate(model, "a red star AND a blue moon", steps=1)
+    with pytest.warns(UserWarning, match=r"uses A1111's BREAK \(a new 75-token chunk\), read here as plain text"):
+        generate(model, "a red star BREAK a blue moon", steps=1)
+
+
+def test_a_learned_token_that_a1111s_reading_splits_is_said(model):
+    """'<BREAK>' and '<x-AND-y>' hold A1111's keywords: under its reading the prompt is split there and the token is
+    never read whole, so its vectors would be silently ignored."""
+    vectors = np.ones((1, model.hidden_size), np.float32)
+    for token, keyword in (("<BREAK>", "BREAK"), ("<cat-AND-dog>", "AND")):
+        with pytest.warns(UserWarning) as record:  # (split at AND, its parts do not hold the token either: said too)
+            generate(model, f"a {token} star", steps=1, prompt_weighting="a1111", added_embeddings={token: vectors})
+        said = [str(warning.message) for warning in record]
+        assert any(f"the learned token '{token}' holds {keyword}, where A1111's reading" in line for line in said), said
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            generate(model, f"a {token} star", steps=1, added_embeddings={token: vectors})  # read whole under none
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(model, "a <BREAKFAST> star", steps=1, prompt_weighting="a1111",
+                 added_embeddings={"<BREAKFAST>": vectors})
 
 
 def test_the_cli_reads_it_and_refuses_too_many_phases_in_one_line(tiny_export, tmp_path, capsys):

@@ -59,6 +59,11 @@ def test_embedding_renaming_and_name_clashes(model, tmp_path):
     # A stem that is a vocabulary word keeps only the bracketed name: "star" must keep meaning star.
     added, groups = load_embeddings([a1111_file(tmp_path, "star")], model.tokenizer)
     assert groups == [["<star>"]]
+    with pytest.warns(UserWarning, match=r"does not appear in the prompt, so it changes nothing: the prompt's 'star' is "
+                                         r"that word of the vocabulary, not the embedding .* write '<star>'"):
+        generate(model, "a photo of a star", steps=1, added_embeddings=added, token_groups=groups)
+    with pytest.warns(UserWarning, match="write it in the prompt"):  # 'starry' is another word: the plain advice
+        generate(model, "a starry sky", steps=1, added_embeddings=added, token_groups=groups)
     with pytest.raises(ZoodipError, match="two embeddings are named"):
         load_embeddings([path, f"{a1111_file(tmp_path, 'other')}:zorbflake"], model.tokenizer)
     with pytest.raises(ZoodipError, match="must be one word"):
@@ -250,7 +255,9 @@ def test_info_shows_how_an_embedding_was_trained(tiny_export, photos, tmp_path, 
     assert f"token: {TOKEN} (1 vector of width 32)" in out and "trained: 3 steps, 9 training forwards" in out
     assert "lr_scheduler=cosine" in out and "lr_warmup_steps=1" in out
     assert main(["info", str(a1111_file(tmp_path, "zorbflake"))]) == 0
-    assert "not recorded" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not recorded" in out and ("token: <zorbflake> or zorbflake (1 vector of width 32); zorbflake (the file's "
+                                      "name, A1111's trigger word) only on a model whose vocabulary does not hold it") in out
     assert json.loads(read_embedding_metadata(result.embedding_path)["settings"])["resolution"] == 128
 
 
