@@ -31,6 +31,14 @@ def tiny_export(tiny_sd_folder, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def model(tiny_export):
+    """The tiny export loaded, one per test module (a module's tests may patch it)."""
+    from zoodip.model import ExportedModel
+
+    return ExportedModel.load(tiny_export)
+
+
 @pytest.fixture(scope="session")
 def tiny_w4_export(tiny_sd_folder, tmp_path_factory) -> Path:
     """The W4A32 export of the tiny folder (the default recipe: 4-bit weights where they hold), with a curvature

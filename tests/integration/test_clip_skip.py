@@ -13,11 +13,6 @@ from zoodip.model import ExportedModel
 from model_spies import ConditioningSpy
 
 
-@pytest.fixture(scope="module")
-def model(tiny_export):
-    return ExportedModel.load(tiny_export)
-
-
 
 def test_the_unet_sees_the_skipped_layers_states(model):
     assert model.clip_skip_layers == 1  # the tiny text encoder has 2 layers

@@ -15,11 +15,6 @@ SETTINGS = dict(steps=4, seed=2, guidance_scale=3.0)
 
 
 @pytest.fixture(scope="module")
-def model(tiny_export):
-    return ExportedModel.load(tiny_export)
-
-
-@pytest.fixture(scope="module")
 def picture(tmp_path_factory):
     """A 200 x 100 picture: wider than the tiny model's 128 px."""
     rng = np.random.default_rng(0)

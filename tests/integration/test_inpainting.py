@@ -19,11 +19,6 @@ SIDE = 128  # the tiny model's native size
 
 
 @pytest.fixture(scope="module")
-def model(tiny_export):
-    return ExportedModel.load(tiny_export)
-
-
-@pytest.fixture(scope="module")
 def picture(tmp_path_factory):
     rng = np.random.default_rng(1)
     path = tmp_path_factory.mktemp("inpaint") / "start.png"

@@ -15,11 +15,6 @@ from model_spies import ConditioningSpy
 SETTINGS = dict(seed=3, guidance_scale=3.0, prompt_weighting="a1111")
 
 
-@pytest.fixture(scope="module")
-def model(tiny_export):
-    return ExportedModel.load(tiny_export)
-
-
 
 def states(model, text: str) -> np.ndarray:
     return np.asarray(model.encode_text(model.tokenizer([text])), np.float32)[0]

@@ -10,15 +10,9 @@ from PIL import Image
 from zoodip.cli import main
 from zoodip.errors import ZoodipError
 from zoodip.generate import generate
-from zoodip.model import ExportedModel
 from model_spies import ConditioningSpy
 
 SETTINGS = dict(steps=2, seed=5, guidance_scale=3.0)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_export):
-    return ExportedModel.load(tiny_export)
 
 
 

@@ -483,31 +483,37 @@ def test_a_guidance_rescale_outside_0_1_is_one_line(bad) -> None:
 
 @needs_diffusers
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # diffusers: one image for two images per prompt (as intended)
+def fp32_export_and_pipeline(folder, tmp_path, monkeypatch, pipeline_class):
+    """The folder exported in fp32 (its VAE encoder giving the posterior's mean, as the tests make diffusers' do) and
+    the diffusers pipeline of ``pipeline_class`` on the same folder."""
+    from zoodip.model import ExportedModel
+    from zoodip_export.export_model import export_model
+
+    export_model(folder, tmp_path / "fp32", precision="fp32", parity=False, progress=False)
+    model = ExportedModel.load(tmp_path / "fp32")
+    encode = model.vae_encode
+    monkeypatch.setattr(model, "vae_encode", lambda images, rng=None: encode(images))  # the mean
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = pipeline_class.from_pretrained(folder, safety_checker=None, feature_extractor=None,
+                                              requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return model, pipe
+
+
 def test_image_to_image_matches_the_diffusers_img2img_pipeline(tiny_sd_folder, tmp_path, monkeypatch) -> None:
     """generate(image=, strength=) against StableDiffusionImg2ImgPipeline on the tiny SD folder (fp32 export), each
     sampler: the same start image, the VAE posterior's mean on both sides and the same noise (diffusers' draws
     replaced by ours), so only the timesteps kept, the noising and the sampling are compared. (euler_a's per-step noise
     is NumPy's: it is compared at the sampler level, test_euler_ancestral_matches_diffusers_with_the_same_noise.)"""
-    import warnings
-
     from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
                            StableDiffusionImg2ImgPipeline)
     from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as img2img
     from PIL import Image
 
     from zoodip.generate import initial_latents
-    from zoodip.model import ExportedModel
-    from zoodip_export.export_model import export_model
 
-    export_model(tiny_sd_folder, tmp_path / "fp32", precision="fp32", parity=False, progress=False)
-    model = ExportedModel.load(tmp_path / "fp32")
-    encode = model.vae_encode
-    monkeypatch.setattr(model, "vae_encode", lambda images, rng=None: encode(images))  # the mean
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_sd_folder, safety_checker=None,
-                                                              feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    model, pipe = fp32_export_and_pipeline(tiny_sd_folder, tmp_path, monkeypatch, StableDiffusionImg2ImgPipeline)
     side = model.sample_size * model.vae_scale_factor
     rng = np.random.default_rng(4)
     start = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))  # at the size: no resizing
@@ -547,26 +553,14 @@ def test_inpainting_matches_the_diffusers_inpainting_pipeline(tiny_sd_folder, tm
     """generate(image=, mask_image=, strength=) against StableDiffusionInpaintPipeline on the tiny SD folder (a
     4-channel UNet: diffusers puts the kept part back after each step), as the img2img test above: the posterior's
     mean and our noise on both sides; strength 1 (diffusers' default, from noise alone) and 0.5."""
-    import warnings
-
     from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
                            StableDiffusionInpaintPipeline)
     from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as inpaint
     from PIL import Image
 
     from zoodip.generate import initial_latents
-    from zoodip.model import ExportedModel
-    from zoodip_export.export_model import export_model
 
-    export_model(tiny_sd_folder, tmp_path / "fp32", precision="fp32", parity=False, progress=False)
-    model = ExportedModel.load(tmp_path / "fp32")
-    encode = model.vae_encode
-    monkeypatch.setattr(model, "vae_encode", lambda images, rng=None: encode(images))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipe = StableDiffusionInpaintPipeline.from_pretrained(tiny_sd_folder, safety_checker=None,
-                                                              feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    model, pipe = fp32_export_and_pipeline(tiny_sd_folder, tmp_path, monkeypatch, StableDiffusionInpaintPipeline)
     side = model.sample_size * model.vae_scale_factor
     rng = np.random.default_rng(6)
     start = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))

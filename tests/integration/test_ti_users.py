@@ -19,17 +19,11 @@ from zoodip.errors import ZoodipError
 from zoodip.generate import generate
 from zoodip.prompt_checks import token_use_problems, truncation_problems, unloaded_token_problems
 from zoodip.images import load_image
-from zoodip.model import ExportedModel
 from zoodip.prompts import PromptSampler, load_template_file
 from zoodip.safetensors_io import save_file
 from zoodip.trainer import VALIDATION_NAME, PersonalizeConfig, Personalizer, personalize
 
 TOKEN = "<striped-star>"
-
-
-@pytest.fixture(scope="module")
-def model(tiny_export):
-    return ExportedModel.load(tiny_export)
 
 
 def a1111_file(folder, stem, width=32, seed=0):
