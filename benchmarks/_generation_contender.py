@@ -89,10 +89,20 @@ def text_states(tokenizer: Any, prompt: str, weighting: str) -> int:
     return max(len(prompt_chunks(tokenizer, text)) for text in texts) * 77
 
 
+def half_mask(side: int) -> Any:
+    """An inpainting mask of ``side`` px: its left half white (redrawn), the right half black (kept)."""
+    from PIL import Image
+
+    mask = Image.new("L", (side, side), 0)
+    mask.paste(255, (0, 0, side // 2, side))
+    return mask
+
+
 def run_generate(spec: dict, phases: Any) -> dict:
     """One ``spec["resolution"]`` px image, ``spec["sampling_steps"]`` DPM-Solver++ steps, guidance 7.5, seed 0,
     on the export, with ``spec["memory_budget_mb"]`` if given (the CLI's ``--memory-budget``); with
-    ``spec["strength"]``, image-to-image from the first photo of ``spec["photos"]`` (the last ``strength`` of the steps)."""
+    ``spec["strength"]``, image-to-image from the first photo of ``spec["photos"]`` (the last ``strength`` of the steps),
+    with ``spec["mask"]`` inpainting its left half."""
     phases.start("imports")
     import numpy as np
     import onnxruntime  # noqa: F401
@@ -112,6 +122,7 @@ def run_generate(spec: dict, phases: Any) -> dict:
     plan = plan_decode(model, side, side, budget)
     strength = spec.get("strength")
     photo = list_images(spec["photos"])[0] if strength is not None else None
+    mask = half_mask(int(spec["resolution"])) if spec.get("mask") else None
     phases.end()
 
     marks = PhaseMarks(model, phases)
@@ -120,7 +131,7 @@ def run_generate(spec: dict, phases: Any) -> dict:
     prompt, weighting, negative, passes = spec_prompt(spec, model.tokenizer)
     images = generate(model, prompt, steps=int(spec["sampling_steps"]), height=int(spec["resolution"]),
                       width=int(spec["resolution"]), seed=0, callback=lambda i, n, x: stamps.append(time.perf_counter()),
-                      image=photo, prompt_weighting=weighting, negative_prompt=negative,
+                      image=photo, mask_image=mask, prompt_weighting=weighting, negative_prompt=negative,
                       **({} if strength is None else {"strength": strength}))
     generate_s = time.perf_counter() - started
     marks.finish()
@@ -130,6 +141,6 @@ def run_generate(spec: dict, phases: Any) -> dict:
             "decode_s": started + generate_s - stamps[-1] if stamps else None,
             "memory_budget_mb": budget, "decode_tile": plan.tile, "decode_overlap": plan.overlap,
             "decode_estimate_bytes": plan.need_bytes, "image_size": list(pixels.shape), "image_mean": float(pixels.mean()),
-            "strength": strength, "text_states": text_states(model.tokenizer, prompt, weighting),
+            "strength": strength, "mask": mask is not None, "text_states": text_states(model.tokenizer, prompt, weighting),
             "encode_estimate_bytes": check_encode(model, side, side, None) if photo else None,
             "weight_file_bytes": {name: model.weights_bytes((name,)) for name in ("text_encoder", "unet", "vae_decoder")}}

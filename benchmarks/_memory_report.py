@@ -174,7 +174,7 @@ def generation_table(rows: list[dict]) -> list[str]:
     if not generation:
         return []
     lines = ["", "Generation (one image, 25 DPM-Solver++ steps, guidance 7.5; image-to-image: the last 20, strength "
-             "0.8; one run each): peak RSS of each phase, the process peak's file-backed / anonymous split, s per "
+             "0.8; inpainting: all 25, strength 1.0; one run each): peak RSS of each phase, the process peak's file-backed / anonymous split, s per "
              "denoising step (two UNet passes; three for a prompt of two AND parts), the decode's and the whole call's "
              "wall time.", "",
              "| contender | text encoder GB | VAE encode GB | UNet loop GB | VAE decode GB | peak GB (file / anon) | "
