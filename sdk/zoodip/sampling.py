@@ -162,7 +162,7 @@ def run_sampler(
 ) -> np.ndarray:
     """Denoise unit ``noise`` into latents with ``model``'s schedule and scheduler settings; with ``image_latents``,
     their noised version over the last ``strength`` of the steps instead (image-to-image); with a latent ``mask``
-    too (1: redraw, 0: keep), the kept part put back after every step (``zoodip.inpainting``)."""
+    too (1: redraw, 0: keep), the kept part put back after every step (``KeptRegion``, inpainting)."""
     plan = sampling_plan(model, sampler, steps)
     # As diffusers' inpainting pipelines: at strength 1 the masked part starts from noise alone, without the image's trace.
     from_noise = image_latents is None or (mask is not None and strength == 1.0)
