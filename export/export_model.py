@@ -60,10 +60,15 @@ def resolve_recipe(precision: str, recipe: str | None) -> tuple[str, str]:
     return precision, recipe
 
 
-def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None) -> None:
     from zoodip.paths import check_output_dir
 
     check_output_dir(out_dir, "OUT_DIR")  # not a file, not under one, creatable: before any work
+    if source is not None:
+        where, folder = Path(source).resolve(), out_dir.resolve()
+        if where == folder or folder in where.parents:
+            raise ZoodipError(f"OUT_DIR {out_dir} is the source folder or holds it, which the export must not replace: "
+                              "choose another OUT_DIR")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
             raise ZoodipError(f"output folder {out_dir} exists and is not empty (use --overwrite to replace it)")
@@ -89,14 +94,14 @@ def _quiet_libraries() -> Iterator[None]:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         try:
-            for lg in loggers:
-                lg.setLevel(logging.ERROR)
+            for lg in loggers:  # (a failed load is one line of ours: the libraries' own error logs would repeat it)
+                lg.setLevel(logging.CRITICAL)
             from diffusers.utils import logging as diffusers_logging
             from transformers.utils import logging as transformers_logging
 
             dl, tl = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
-            diffusers_logging.set_verbosity_error()
-            transformers_logging.set_verbosity_error()
+            diffusers_logging.set_verbosity(logging.CRITICAL)
+            transformers_logging.set_verbosity(logging.CRITICAL)
             try:
                 yield
             finally:
@@ -108,11 +113,17 @@ def _quiet_libraries() -> Iterator[None]:
 
 
 def _load(component: str, loader: Any, folder: Path) -> Any:
+    from safetensors import SafetensorError
+
     try:
         return loader(folder)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        if not any(path.suffix in (".safetensors", ".bin") for path in folder.iterdir()):
+            raise ZoodipError(f"cannot load the {component}: {folder} holds no weights file (.safetensors): copy the "
+                              "model's weights there") from None
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ZoodipError(f"cannot load the {component} from {folder}: {first_line}") from None
+        raise ZoodipError(f"cannot load the {component} from {folder} ({first_line}): a weights file there may be "
+                          "damaged or incomplete: copy it again") from None
 
 
 def _graph_entry(path: Path, data_file: str | None) -> dict[str, Any]:
@@ -270,7 +281,7 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     precision, recipe = resolve_recipe(precision, recipe)
     _check_export_args(source, tiny, curvature_samples, sample_size)
     out_dir = Path(out_dir).expanduser().absolute()
-    check_out_dir(out_dir, overwrite)
+    check_out_dir(out_dir, overwrite, None if tiny else source)
     source, configs, source_entry = _read_source(source, sample_size, seed)
     if recipe == "dynamic-int8":
         from zoodip_export.quantize import DYNAMIC_INT8_WARNING

@@ -58,12 +58,30 @@ def check_source(source: Path) -> dict[str, dict[str, Any]]:
         raise ZoodipError(f"{source}: only CLIP text encoders (Stable Diffusion 1.x/2.x) are supported")
     if not isinstance(configs["unet"].get("cross_attention_dim"), int):
         raise ZoodipError(f"{source}: unsupported UNet (expected one integer cross_attention_dim, as in SD1.x/2.x)")
+    _check_readable_by_the_sdk(source, configs)
     unet_channels, latent_channels = configs["unet"].get("in_channels", 4), configs["vae"].get("latent_channels", 4)
     if unet_channels != latent_channels:
         raise ZoodipError(f"{source}: its UNet reads {unet_channels} channels, not the VAE's {latent_channels} latent "
                           "channels (an inpainting model's UNet also reads a mask and a masked image): export the base "
                           "model; it inpaints with 'zoodip generate --image PATH --mask PATH'")
     return configs
+
+
+def _check_readable_by_the_sdk(source: Path, configs: dict[str, dict[str, Any]]) -> None:
+    """What the SDK reads of the export as the source has it (the scheduler config, the VAE's latent scale, the
+    tokenizer's files), checked before any weights are read: an export the SDK refuses is not written."""
+    from zoodip.schedule import NoiseSchedule
+    from zoodip.tokenizer import CLIPTokenizer
+
+    try:
+        NoiseSchedule.from_config(configs["scheduler"])
+        CLIPTokenizer.from_folder(source / "tokenizer")
+    except ZoodipError as exc:
+        raise ZoodipError(f"{source}: {exc}") from None
+    scaling = configs["vae"].get("scaling_factor", 0.18215)
+    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not 0 < scaling < float("inf"):
+        raise ZoodipError(f"{source}: vae/config.json has scaling_factor {scaling!r}, not a positive number (SD1.x/2.x: "
+                          "0.18215): fix the file")
 
 
 def vae_scale_factor(vae: dict[str, Any]) -> int:

@@ -39,6 +39,11 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
+# The most training timesteps a schedule may have: far above any diffusion model's (SD: 1000), far below what would
+# not fit in memory (a schedule holds a few floats per timestep).
+MAX_TRAIN_TIMESTEPS = 100_000
+
+
 def linear_betas(beta_start: float, beta_end: float, num_train_timesteps: int) -> np.ndarray:
     """Betas evenly spaced from ``beta_start`` to ``beta_end`` (Ho et al. 2020)."""
     return np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64)
@@ -138,8 +143,9 @@ class NoiseSchedule:
                 f"use one of {', '.join(PREDICTION_TYPES)}"
             )
         steps = cfg.get("num_train_timesteps", _DEFAULTS["num_train_timesteps"])
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ZoodipError(f"scheduler config: num_train_timesteps must be a positive integer, got {steps!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_TRAIN_TIMESTEPS:
+            raise ZoodipError(f"scheduler config: num_train_timesteps must be an integer from 1 to "
+                              f"{MAX_TRAIN_TIMESTEPS} (Stable Diffusion's is 1000), got {steps!r}")
 
         trained = cfg.get("trained_betas")
         if trained is not None:

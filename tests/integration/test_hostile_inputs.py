@@ -407,6 +407,45 @@ def test_export_refuses_an_sdxl_folder_up_front(tiny_sd_folder, tmp_path, capsys
     assert not out.exists()
 
 
+def _edit_json(path, **changes):
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("damage,needle", [
+    (lambda f: _edit_json(f / "scheduler" / "scheduler_config.json", num_train_timesteps=10**12),
+     "num_train_timesteps must be an integer from 1 to 100000"),
+    (lambda f: _edit_json(f / "scheduler" / "scheduler_config.json", prediction_type="banana"),
+     "prediction_type 'banana' is not supported"),
+    (lambda f: _edit_json(f / "vae" / "config.json", scaling_factor=0), "scaling_factor 0, not a positive number"),
+    (lambda f: (f / "tokenizer" / "vocab.json").write_text("{"), "vocab.json is not readable JSON"),
+    (lambda f: (f / "text_encoder" / "model.safetensors").write_bytes(
+        (f / "text_encoder" / "model.safetensors").read_bytes()[:100_000]), "may be damaged or incomplete: copy it again"),
+    (lambda f: (f / "unet" / "diffusion_pytorch_model.safetensors").unlink(), "holds no weights file"),
+])
+def test_export_refuses_a_source_the_sdk_could_not_read_in_one_line(tiny_sd_folder, tmp_path, capsys, damage, needle):
+    """What the SDK reads of an export (its scheduler, latent scale, tokenizer) is checked in the source, and damaged
+    weights are one line: not an export that every later command refuses, nor a traceback."""
+    source = tmp_path / "source"
+    shutil.copytree(tiny_sd_folder, source)
+    damage(source)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["export", source, out, "--quiet", "--no-parity", "--curvature-samples", "0"], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not out.exists()
+
+
+def test_export_never_replaces_the_folder_that_holds_its_source(tiny_sd_folder, tiny_export, tmp_path, capsys):
+    previous = tmp_path / "previous"
+    shutil.copytree(tiny_export, previous)
+    shutil.copytree(tiny_sd_folder, previous / "source")
+    for source, out in ((previous / "source", previous), (previous / "source", previous / "source")):
+        code, _, err = run_cli(["export", source, out, "--quiet", "--overwrite"], capsys)
+        assert_one_line_error(code, err, "is the source folder or holds it")
+    assert (previous / "source" / "unet" / "config.json").is_file() and (previous / "manifest.json").is_file()
+
+
 def test_export_refuses_an_inpainting_unet_up_front(tiny_sd_folder, tmp_path, capsys):
     inpainting = tmp_path / "inpainting"
     shutil.copytree(tiny_sd_folder, inpainting)

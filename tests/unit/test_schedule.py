@@ -125,6 +125,7 @@ def test_timesteps_out_of_range() -> None:
     {"prediction_type": "flow"},
     {"num_train_timesteps": 0},
     {"num_train_timesteps": 10.5},
+    {"num_train_timesteps": 10**12},  # (a schedule that would not fit in memory: one line, not a MemoryError)
     {"beta_start": 0.02, "beta_end": 0.01},
     {"beta_start": "0.1"},
     {"trained_betas": [0.1, 0.2], "num_train_timesteps": 3},
