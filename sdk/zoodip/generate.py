@@ -23,6 +23,7 @@ those of the unbudgeted call, up to the floating-point order of batched and sing
 from __future__ import annotations
 
 import copy
+import numbers
 from dataclasses import dataclass
 import warnings
 from pathlib import Path
@@ -279,11 +280,11 @@ def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler
     check_sampler(sampler)
     check_steps(model, steps)
     check_num_images(num_images)
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) \
             or not abs(guidance_scale) <= MAX_GUIDANCE_SCALE:
         raise ZoodipError(f"guidance_scale must be a number within +-{MAX_GUIDANCE_SCALE:g} (7.5 is diffusers' default, "
                           f"A1111's CFG scale stops at 30), got {guidance_scale!r}")
-    if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, (int, float)) or not 0 <= guidance_rescale <= 1:
+    if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, numbers.Real) or not 0 <= guidance_rescale <= 1:
         raise ZoodipError(f"guidance_rescale must be a number from 0 to 1 (diffusers suggests 0.7 for v-prediction "
                           f"models), got {guidance_rescale!r}")
     if eta and sampler != "ddim":

@@ -116,9 +116,13 @@ def open_photo(path: str | Path, draft_side: int,
     return _to_rgb8(_open_checked(path, draft_side, advice))
 
 
-def _open_checked(path: str | Path, draft_side: int, advice: str) -> Image.Image:
+def _open_checked(path: str | Path, draft_side: int, advice: str, min_side: int = MIN_SIDE) -> Image.Image:
     """``open_photo``'s file, decoded and upright in its own mode."""
+    if not str(path).strip():
+        raise ZoodipError(f"an empty path was given for an image: {advice}")
     path = Path(path)
+    if path.is_dir():
+        raise ZoodipError(f"{path} is a folder, not an image: {advice}")
     too_large = ZoodipError(f"{path} is too large to decode safely: downscale it below {MAX_PIXELS / 1e6:g} megapixels")
     try:
         with warnings.catch_warnings(), _pillow_pixel_limit(MAX_PIXELS):
@@ -141,8 +145,8 @@ def _open_checked(path: str | Path, draft_side: int, advice: str) -> Image.Image
     except Exception as exc:  # PIL raises many types for broken files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ZoodipError(f"cannot read image {path} ({reason}): {advice}") from None
-    if min(width, height) < MIN_SIDE:
-        raise ZoodipError(f"{path} is only {width}x{height} px: use photos at least {MIN_SIDE} px on the short side")
+    if min(width, height) < min_side:
+        raise ZoodipError(f"{path} is only {width}x{height} px: use photos at least {min_side} px on the short side")
     return image
 
 
@@ -157,6 +161,8 @@ def _pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
 def open_init_image(source: str | Path | Image.Image, draft_side: int) -> Image.Image:
     """An image-to-image start as 8-bit RGB: a file (``open_photo``'s checks) or a PIL image."""
     if isinstance(source, Image.Image):
+        if min(source.size) < 1:
+            raise ZoodipError(f"the start image is {source.width}x{source.height} px, empty: pass a picture")
         return _to_rgb8(source)
     if isinstance(source, (str, Path)):
         return open_photo(source, draft_side, advice="pass a JPEG or PNG file")
@@ -167,9 +173,12 @@ def open_mask(source: str | Path | Image.Image, draft_side: int) -> Image.Image:
     """An inpainting mask as 8-bit grayscale (white: redraw, black: keep): a file (``open_photo``'s checks) or a
     PIL image. As diffusers reads one, its alpha channel is ignored: a mask is its gray levels, not its opacity."""
     if isinstance(source, (str, Path)):
-        source = _open_checked(source, draft_side, advice="pass a black-and-white PNG (white: the part to redraw)")
+        # Any size: it is stretched to the image's (a mask drawn on the latent grid is 1/8 of the image's side).
+        source = _open_checked(source, draft_side, "pass a black-and-white PNG (white: the part to redraw)", 1)
     elif not isinstance(source, Image.Image):
         raise ZoodipError(f"mask_image must be a file path or a PIL image, got {type(source).__name__}")
+    elif min(source.size) < 1:
+        raise ZoodipError(f"the mask is {source.width}x{source.height} px, empty: draw it over the image")
     if source.mode in ("RGBA", "LA", "PA") or (source.mode == "P" and "transparency" in source.info):
         source = source.convert("RGBA").convert("RGB")  # the colours under the alpha, as PIL's convert("L") reads
     return _to_rgb8(source).convert("L")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -120,7 +121,7 @@ def check_sampler(sampler: object) -> None:
 
 
 def check_strength(strength: object) -> None:
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 < strength <= 1.0:
         raise ZoodipError(f"strength must be a number in (0, 1], got {strength!r}: how much of the image is redrawn "
                           f"({DEFAULT_STRENGTH}, diffusers' default, keeps its layout; 1.0 keeps almost nothing of it)")
 

@@ -68,6 +68,13 @@ def test_a_white_mask_is_image_to_image_and_a_black_one_keeps_the_image(model, p
     assert np.array_equal(pixels(kept[0]), pixels(kept[1]))
 
 
+def test_numpy_numbers_are_numbers(model, picture):
+    options = dict(image=picture, mask_image=mask_image(0, 64), num_images=1, steps=2, seed=1)
+    as_numpy = generate(model, "a star", strength=np.float32(0.5), guidance_scale=np.float32(4.0), **options)
+    assert np.array_equal(pixels(as_numpy), pixels(generate(model, "a star", strength=0.5, guidance_scale=4.0,
+                                                            **options)))
+
+
 def test_strength_defaults_to_diffusers_inpainting_one_which_starts_from_noise_alone(model, picture):
     """With a mask the default strength is 1.0 (all steps), started from the seed's noise alone (diffusers'
     inpainting pipelines), so a white mask gives text-to-image's images; without a mask, img2img's 0.8."""
@@ -115,6 +122,16 @@ def test_bad_masks_are_one_line_and_write_nothing(model, picture, tiny_export, t
                           (["--image", picture, "--mask_image", broken], "cannot read image")):
         assert_one_line_error(*run_cli(common + extra, capsys)[::2], needle)
     assert not out.exists()
+    with pytest.raises(ZoodipError, match="the mask is 0x5 px, empty"):
+        generate(model, "a star", image=picture, mask_image=Image.new("L", (0, 5)), steps=2)
+    with pytest.raises(ZoodipError, match="the start image is 5x0 px, empty"):
+        generate(model, "a star", image=Image.new("RGB", (5, 0)), steps=2)
+    for extra, needle in ((["--image", picture, "--mask", ""], "an empty path was given for an image"),
+                          (["--image", picture, "--mask", tmp_path], "is a folder, not an image")):
+        assert_one_line_error(*run_cli(common + extra, capsys)[::2], needle)
+    mask_image(0, 4, size=(8, 8)).save(tmp_path / "small.png")  # drawn on the latent grid: stretched, as any mask
+    code, _, err = run_cli(common + ["--image", picture, "--mask", tmp_path / "small.png"], capsys)
+    assert code == 0 and err == "", err
     mask_image(0, 64).save(tmp_path / "mask.png")
     code, _, err = run_cli(common + ["--image", picture, "--mask-image", tmp_path / "mask.png"], capsys)
     assert code == 0 and err == "" and Image.open(out).size == (SIDE, SIDE), err
