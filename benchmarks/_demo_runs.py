@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 from reference.repo import REPO, relative_args
 from zoodip.console import OneLineParser, print_error
 from zoodip.errors import ZoodipError
+from zoodip.paths import check_output_dir
 
 
 def demo_benchmark(argv: list[str] | None, script: str, doc: str, needs: Sequence[str], count: tuple[str, int, str],
@@ -28,6 +29,7 @@ def demo_benchmark(argv: list[str] | None, script: str, doc: str, needs: Sequenc
         args = parser.parse_args(argv)
         demo = check_demo_folder(Path(args.demo), needs)
         number = check_count(flag, getattr(args, flag.lstrip("-").replace("-", "_")))
+        check_output_dir(args.out, "--out")  # before the measurement: its results go there at the end
         started = time.time()
         result = measure(demo, number)
         write_results(Path(args.out), script, argv, result, lambda command: report(result, command, time.time() - started))

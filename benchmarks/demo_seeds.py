@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps is not None and args.steps < 1:  # 0 would run the demo's default length without a word
             raise ZoodipError(f"--steps {args.steps}: give at least 1 (or leave it out for the demo's own length)")
         check_output_dir(args.out, "--out")  # before any run: the results go there at the end
+        check_output_dir(args.work, "--work")
         if args.merge is not None:
             if args.backprop is not None or demo_flags_given or args.seeds:
                 raise ZoodipError("--merge joins finished runs: give it only the results folders and --out")

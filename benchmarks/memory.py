@@ -37,9 +37,11 @@ from _memory_contenders import CONTENDERS, DEFAULT_CHUNKS, GENERATION, MAIN, QUI
 from _memory_report import GB, bar_chart, breakdown, markdown, peak_split, ratios, summarize  # noqa: E402
 from _models import DEFAULT_CACHE, export_name, is_current_export  # noqa: E402
 
+from zoodip import validation  # noqa: E402
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.image_side import check_side  # noqa: E402
+from zoodip.paths import check_output_dir  # noqa: E402
 
 CONTENDERS_PY = REPO / "benchmarks" / "_contenders.py"
 PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"
@@ -164,7 +166,8 @@ def select(names_arg: str | None, quick: bool) -> list[str]:
 def run(args: argparse.Namespace) -> dict:
     resolution, steps, repeats = _sizes(args)
     names = select(args.contenders, args.quick)
-    cache, out = Path(args.cache).absolute(), Path(args.out).absolute()
+    cache, out = (check_output_dir(Path(path).absolute(), flag) for path, flag in ((args.cache, "--cache"),
+                                                                                   (args.out, "--out")))
     cache.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     source = cache / ("tiny-random-s0" if args.tiny else "sd15-random-s0")
@@ -239,13 +242,19 @@ def measure_each_spec_once(names: list[str], resolution: int, measure) -> list[d
 
 
 def _sizes(args: argparse.Namespace) -> tuple[int, int, int]:
-    """Resolution, steps and repetitions: the flags', or the defaults of --tiny, --quick and the full run."""
-    resolution = args.resolution or (128 if args.tiny else 256 if args.quick else 512)
-    steps = args.steps or (2 if (args.quick or args.tiny) else 3)
-    repeats = args.repeats or (1 if (args.quick or args.tiny) else 2)
+    """Resolution, steps and repetitions: the flags', or the defaults of --tiny, --quick and the full run; and the
+    other numbers' checks, before any work."""
+    short = args.quick or args.tiny
+    resolution = (128 if args.tiny else 256 if args.quick else 512) if args.resolution is None else args.resolution
+    steps = (2 if short else 3) if args.steps is None else args.steps
+    repeats = (1 if short else 2) if args.repeats is None else args.repeats
     check_side("--resolution", resolution)
-    if steps < 1 or repeats < 1 or args.photos < 1:
-        raise ZoodipError("--steps, --repeats and --photos must be >= 1")
+    check_side("--fidelity-resolution", args.fidelity_resolution)
+    for flag, value, least in (("--steps", steps, 1), ("--repeats", repeats, 1), ("--photos", args.photos, 1),
+                               ("--threads", args.threads, 0), ("--directions", args.directions, 1)):
+        validation.positive_int(flag, value, least)
+    if not args.timeout > 0:
+        raise ZoodipError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     return resolution, steps, repeats
 
 

@@ -411,8 +411,9 @@ def _checked(args: Any) -> tuple[str, tuple[int, int], list[str]]:
         raise ZoodipError("--steps, --checkpoints, --images-per-prompt and --gen-steps must be at least 1")
     if not np.isfinite(args.guidance) or args.guidance < 0:
         raise ZoodipError(f"--guidance {args.guidance}: give a finite guidance scale >= 0")
-    if args.out is not None:
-        check_output_dir(args.out, "--out")
+    for flag, folder in (("--out", args.out), ("--work", args.work), ("--cache", args.cache)):
+        if folder is not None:
+            check_output_dir(folder, flag)
     try:
         puts = tuple(int(x) for x in args.puts.split("-")) if args.puts else qm.REFERENCE_PUTS
     except ValueError:

@@ -44,3 +44,43 @@ def test_a_bad_flag_is_one_line_and_exit_2(command, before, script):
     assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
     assert f"see '{' '.join(command)}" in lines[0]  # the parser's prog is how the script is run
     assert run.stdout == ""
+
+
+# (script, its arguments; FILE: an existing file where a folder belongs; DEMO: a folder that passes for a demo's)
+FOLDER_CASES = [
+    ("benchmarks/memory.py", ["--tiny", "--out", "FILE"], "--out"),
+    ("benchmarks/memory.py", ["--tiny", "--cache", "FILE"], "--cache"),
+    ("benchmarks/quality.py", ["--smoke", "--work", "FILE"], "--work"),
+    ("benchmarks/quality.py", ["--smoke", "--cache", "FILE"], "--cache"),
+    ("benchmarks/demo_seeds.py", ["--seeds", "0", "--work", "FILE"], "--work"),
+    ("benchmarks/prompt_editing.py", ["--demo", "DEMO", "--captions", "1", "--out", "FILE"], "--out"),
+]
+NUMBER_CASES = [(["--steps", "0"], "--steps must be an integer >= 1"), (["--repeats", "0"], "--repeats"),
+                (["--resolution", "0"], "--resolution"), (["--threads", "-2"], "--threads"),
+                (["--timeout", "-5"], "--timeout"), (["--fidelity-resolution", "0"], "--fidelity-resolution"),
+                (["--directions", "0"], "--directions")]
+
+
+def _one_line_error(script: str, args: list[str], needle: str, tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "sdk"), os.environ.get("PYTHONPATH")])))
+    run = subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], run.stderr
+
+
+@pytest.mark.parametrize("script, args, flag", FOLDER_CASES)
+def test_a_folder_flag_given_a_file_is_one_line_before_any_work(script, args, flag, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "demo" / "model").mkdir(parents=True)
+    (tmp_path / "demo" / "model" / "manifest.json").write_text("{}")
+    args = [str(tmp_path / "file") if a == "FILE" else str(tmp_path / "demo") if a == "DEMO" else a for a in args]
+    _one_line_error(script, args, f"{flag} {tmp_path / 'file'} is an existing file, not a folder", tmp_path)
+
+
+@pytest.mark.parametrize("args, needle", NUMBER_CASES)
+def test_memory_benchmark_numbers_are_checked_before_any_work(args, needle, tmp_path):
+    """0 was read as 'the default' (a falsy flag), a negative one failed in every contender's own process."""
+    _one_line_error("benchmarks/memory.py", ["--tiny", "--out", str(tmp_path / "out"), *args], needle, tmp_path)
+    assert not (tmp_path / "out").exists()
