@@ -331,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         check_output_dir(args.out, "--out")
         if args.seed < 0 or args.save_steps < 0:
             raise ZoodipError(f"--seed {args.seed} --save_steps {args.save_steps}: both must be 0 or more")
+        if args.steps is not None and args.steps < 1:  # before the export and the folders, not after them
+            raise ZoodipError(f"--steps {args.steps}: give at least 1 (or leave it out for the demo's own length)")
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warning
             method = method_settings(args)  # refused now, not after the export

@@ -84,3 +84,9 @@ def test_memory_benchmark_numbers_are_checked_before_any_work(args, needle, tmp_
     """0 was read as 'the default' (a falsy flag), a negative one failed in every contender's own process."""
     _one_line_error("benchmarks/memory.py", ["--tiny", "--out", str(tmp_path / "out"), *args], needle, tmp_path)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_demo_refuses_a_bad_length_before_its_export(tmp_path):
+    _one_line_error("reference/demo.py", ["--out", str(tmp_path / "demo"), "--steps", "-1"], "--steps -1: give at least 1",
+                    tmp_path)
+    assert not (tmp_path / "demo").exists()
