@@ -195,6 +195,20 @@ def _is_on(value: str) -> bool:
     return value.lower() in ("1", "true", "on", "yes")
 
 
+def timestep_range(text: str, what: str, num_train: int = 1000) -> tuple[int, int]:
+    """``LOW-HIGH`` as timesteps 0 <= LOW < HIGH <= ``num_train`` (the worlds' schedules, and SD's, have 1000);
+    else a ValueError naming ``what``."""
+    low, _, high = str(text).partition("-")
+    try:
+        pair = (int(low), int(high))
+    except ValueError:
+        pair = (0, -1)
+    if not 0 <= pair[0] < pair[1] <= num_train:
+        raise ValueError(f"{what} {text!r}: give a timestep range LOW-HIGH with 0 <= LOW < HIGH <= {num_train}, "
+                         "e.g. 500-900")
+    return pair
+
+
 def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpec:
     """``zoodip`` or ``zoodip[t=300-700,tau=64,lr=0.02]`` -> MethodSpec."""
     match = _OVERRIDE.match(text.strip())
@@ -207,11 +221,7 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
         key, _, value = item.partition("=")
         key = key.strip()
         if key == "t":
-            if value in ("uniform", "all"):
-                changes["t_range"] = None
-            else:
-                lo, hi = value.split("-")
-                changes["t_range"] = (int(lo), int(hi))
+            changes["t_range"] = None if value in ("uniform", "all") else timestep_range(value, f"method {text!r}: t")
         elif key in ("n", "tau", "pop", "num_vectors", "ortho_after", "ortho_n", "draws", "res"):
             changes[key] = int(value)
         elif key in ("lr", "mu", "nu", "sigma", "weight_decay", "vocab", "curvature", "clip", "eps"):

@@ -415,12 +415,7 @@ def _checked(args: Any) -> tuple[str, tuple[int, int], list[str]]:
         if folder is not None:
             check_output_dir(folder, flag)
     try:
-        puts = tuple(int(x) for x in args.puts.split("-")) if args.puts else qm.REFERENCE_PUTS
-    except ValueError:
-        puts = ()
-    if len(puts) != 2:
-        raise ZoodipError(f"--puts {args.puts!r}: give a timestep range LOW-HIGH, e.g. 500-900")
-    try:
+        puts = qm.timestep_range(args.puts, "--puts") if args.puts else qm.REFERENCE_PUTS
         return task, puts, _methods(args, puts)
     except ValueError as exc:  # a method name or variant that does not parse
         raise ZoodipError(str(exc)) from None

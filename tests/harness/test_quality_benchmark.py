@@ -39,6 +39,9 @@ def test_parse_method_variants():
     spec = qm.parse_method("zoodip[t=300-700,tau=64,lr=0.02]")
     assert spec.kind == "zo" and spec.subspace and spec.t_range == (300, 700) and spec.tau == 64 and spec.lr == 0.02
     assert qm.parse_method("zo-naive").t_range is None and not qm.parse_method("zo-naive").subspace
+    for bad in ("zoodip[t=900-300]", "zoodip[t=0-2000]", "zoodip[t=abc]", "zoodip[t=5]"):  # refused now, not per job
+        with pytest.raises(ValueError, match="give a timestep range LOW-HIGH with 0 <= LOW < HIGH <= 1000"):
+            qm.parse_method(bad)
     assert qm.parse_method("zo-puts", puts=(200, 800)).t_range == (200, 800)
     assert qm.parse_method("es[pop=16]").forwards_per_step == 16
     assert qm.parse_method("ti-backprop").forwards_per_step == 1
