@@ -391,6 +391,9 @@ class Personalizer:
         if resume:
             self._phase("loading the checkpoint")
             self.load_checkpoint()
+            if self.step > self.config.max_train_steps:  # a run does not go back: its embedding would be step's
+                raise ZoodipError(f"the checkpoint is at step {self.step}, past --max_train_steps "
+                                  f"{self.config.max_train_steps}: resume with at least {self.step}, or start a new run")
             truncate_log(self.config.output_dir / LOG_NAME, self.step)
         else:
             if self.checkpoint_path.exists():

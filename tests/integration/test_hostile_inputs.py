@@ -322,6 +322,15 @@ def test_resume_with_other_photos_or_another_export_is_refused(finished_run, tin
     assert code == 0, err  # the same photos and export still resume
 
 
+def test_resume_with_fewer_steps_than_done_is_refused(finished_run, tiny_export, photos, capsys):
+    """A finished 3-step run resumed with --max_train_steps 2 kept its step-3 embedding without a word."""
+    before = (finished_run / "learned_embeds.safetensors").read_bytes()
+    code, _, err = run_cli(personalize_args(tiny_export, photos, finished_run, "--resume", "--max_train_steps", "2"),
+                           capsys)  # (the last --max_train_steps counts)
+    assert_one_line_error(code, err, "the checkpoint is at step 3, past --max_train_steps 2")
+    assert (finished_run / "learned_embeds.safetensors").read_bytes() == before
+
+
 @pytest.mark.parametrize("damage,needle", [
     (lambda s: s.pop("v"), "damaged (no 'v')"),
     (lambda s: s.update(v=np.zeros(7, np.float32)), "damaged ('v' has shape [7]"),
