@@ -6,6 +6,7 @@ belongs to the run that wants to resume from it, and that its vectors fit the mo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -22,11 +23,13 @@ def write_checkpoint(path: Path, state: dict[str, np.ndarray]) -> Path:
 
 
 def read_checkpoint(path: Path, fingerprint: str, photos_id: str, model_id: str,
-                    vectors: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+                    vectors: tuple[int, int] | None = None,
+                    changed: Callable[[], list[str]] | None = None) -> dict[str, np.ndarray]:
     """The arrays of the checkpoint at ``path``, refused unless it has the run's settings, photos and model.
 
     ``vectors``: the run's (num_vectors, width); a checkpoint of another ``--num_vectors`` is refused
     naming that flag (the fingerprint differs too, but its message cannot say which setting did).
+    ``changed``: where the settings differ, which ones (from what the run folder recorded), for the message.
     """
     if not path.is_file():
         raise ZoodipError(f"nothing to resume: {path} does not exist (run without --resume to start)")
@@ -40,8 +43,10 @@ def read_checkpoint(path: Path, fingerprint: str, photos_id: str, model_id: str,
     if vectors is not None and "v" in state:
         _check_vector_count(state["v"], path, *vectors)
     if str(state.get("fingerprint")) != fingerprint:
+        names = changed() if changed is not None else []
+        which = f" ({', '.join(names)} differ)" if names else ""
         raise ZoodipError(
-            f"checkpoint {path} belongs to a run with other settings: resume with the same flags, "
+            f"checkpoint {path} belongs to a run with other settings{which}: resume with the same flags, "
             "or use a new --output_dir"
         )
     _check_identity(state, path, "photos", photos_id, "other photos (or captions)")

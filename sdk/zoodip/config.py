@@ -292,6 +292,10 @@ class PersonalizeConfig:
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the trajectory; a checkpoint only resumes the same run."""
+        return hashlib.sha256(json.dumps(self.fingerprint_payload(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def fingerprint_payload(self) -> dict:
+        """The settings ``fingerprint`` hashes (where two runs' differ, a checkpoint of one does not resume the other)."""
         keys = ("placeholder_token", "initializer_token", "learnable_property", "resolution", "learning_rate",
                 "seed", "n", "mu", "optimizer", "adam_betas", "adam_eps", "subspace", "tau", "nu",
                 "subspace_mode", "t_range", "flip", "batched", "eval_timesteps")
@@ -323,7 +327,7 @@ class PersonalizeConfig:
             payload["lr_scheduler"] = (self.lr_scheduler, self.lr_warmup_steps)
             if self.lr_scheduler in LENGTH_DEPENDENT:  # their rates depend on the run's length
                 payload["max_train_steps"] = self.max_train_steps
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return payload
 
     def recorded_settings(self, resolution: int, orthogonal_n: int | None = None) -> dict:
         """The settings a saved embedding's header records (``zoodip info`` shows them): the run's ``resolution``

@@ -290,7 +290,7 @@ class Personalizer:
     def load_checkpoint(self) -> None:
         path = self.checkpoint_path
         state = read_checkpoint(path, self.config.fingerprint(), self.photos_id, self.model_id,
-                                (self.config.num_vectors, self.width))
+                                (self.config.num_vectors, self.width), self._changed_settings)
         try:
             self._load_state(state)
         except ZoodipError as exc:
@@ -298,6 +298,16 @@ class Personalizer:
         except (KeyError, ValueError, TypeError, IndexError) as exc:
             what = f"no {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ZoodipError(f"checkpoint {path} is damaged ({what}): delete it and start again without --resume") from None
+
+    def _changed_settings(self) -> list[str]:
+        """The settings of this run that differ from those its folder's config.json recorded (none if unreadable)."""
+        try:
+            recorded = json.loads((self.config.output_dir / "config.json").read_text())
+            before = dataclasses.replace(self.config, **recorded).fingerprint_payload()
+        except (OSError, ValueError, TypeError):
+            return []
+        now, same = self.config.fingerprint_payload(), lambda a, b: json.dumps(a, default=str) == json.dumps(b, default=str)
+        return sorted(key for key in set(now) | set(before) if not same(now.get(key), before.get(key)))
 
     def _load_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore the run state; a missing key or a wrong shape raises (KeyError, ValueError, ZoodipError)."""

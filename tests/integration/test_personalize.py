@@ -194,12 +194,15 @@ def test_resume_refuses_other_settings_and_fresh_run_refuses_existing(tiny_expor
     personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0))
     with pytest.raises(ZoodipError, match="already holds a run"):
         personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0))
-    with pytest.raises(ZoodipError, match="other settings"):
+    with pytest.raises(ZoodipError, match=r"other settings \(mu differ\)"):  # named, from the folder's config.json
         personalize(make_config(tiny_export, photos, out, max_train_steps=4, eval_every=0, mu=2e-3), resume=True)
+    with pytest.raises(ZoodipError, match=r"other settings \(learning_rate, seed differ\)"):
+        personalize(make_config(tiny_export, photos, out, max_train_steps=4, eval_every=0, seed=5, learning_rate=0.5),
+                    resume=True)
     # The default settings keep the fingerprint the code made before the Adam state dtype existed,
     # so older checkpoints still resume.
     assert make_config(tiny_export, photos, out).fingerprint() == "1f0a1d039f6b4c2d"
-    with pytest.raises(ZoodipError, match="other settings"):  # the Adam state dtype is part of the run
+    with pytest.raises(ZoodipError, match=r"other settings \(adam_state_dtype differ\)"):  # part of the run
         personalize(make_config(tiny_export, photos, out, max_train_steps=4, eval_every=0,
                                 adam_state_dtype="float16"), resume=True)
     with pytest.raises(ZoodipError, match="nothing to resume"):
