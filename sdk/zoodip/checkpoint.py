@@ -31,13 +31,16 @@ def read_checkpoint(path: Path, fingerprint: str, photos_id: str, model_id: str,
     naming that flag (the fingerprint differs too, but its message cannot say which setting did).
     ``changed``: where the settings differ, which ones (from what the run folder recorded), for the message.
     """
+    if path.exists() and not path.is_file():
+        raise ZoodipError(f"checkpoint {path} is not a file: remove it and start again without --resume")
     if not path.is_file():
         raise ZoodipError(f"nothing to resume: {path} does not exist (run without --resume to start)")
     try:
         with np.load(path, allow_pickle=False) as data:
             state = {k: data[k] for k in data.files}
-    except Exception as exc:
-        raise ZoodipError(f"checkpoint {path} is unreadable ({exc}): delete it and start again without --resume") from None
+    except Exception as exc:  # numpy's own words would suggest loading it with pickles: never
+        raise ZoodipError(f"checkpoint {path} is unreadable (damaged, or not a zoodip checkpoint: "
+                          f"{type(exc).__name__}): delete it and start again without --resume") from None
     # The model first: another model's width would make the vector count below meaningless.
     _check_identity(state, path, "model", model_id, "another export")
     if vectors is not None and "v" in state:

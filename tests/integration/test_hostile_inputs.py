@@ -346,6 +346,18 @@ def test_damaged_checkpoint_is_one_line(finished_run, tiny_export, photos, capsy
     assert_one_line_error(code, err, needle)
 
 
+def test_a_checkpoint_that_is_garbage_or_a_folder_is_one_line(finished_run, tiny_export, photos, capsys):
+    path = finished_run / "checkpoint.npz"
+    path.write_bytes(b"\x80\x04garbage, not an npz")
+    code, _, err = run_cli(personalize_args(tiny_export, photos, finished_run, "--resume"), capsys)
+    assert_one_line_error(code, err, "is unreadable (damaged, or not a zoodip checkpoint")
+    assert "pickle" not in err  # numpy's words would point at loading it with pickles
+    path.unlink()
+    path.mkdir()
+    code, _, err = run_cli(personalize_args(tiny_export, photos, finished_run, "--resume"), capsys)
+    assert_one_line_error(code, err, "checkpoint.npz is not a file")
+
+
 @pytest.mark.parametrize("tail", [b'{"step": 3, "lo', b'{"step": 3, "loss": 0.1\xff\xfe'])
 def test_a_torn_last_log_line_is_tolerated(finished_run, tiny_export, photos, capsys, tail):
     log = finished_run / "log.jsonl"
