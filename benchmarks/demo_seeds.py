@@ -200,6 +200,8 @@ def parse_seeds(text: str) -> list[int]:
         raise ZoodipError(f"--seeds {text!r}: give a range A-B or a comma list of integers, e.g. 0-4 or 0,3") from None
     if not seeds:
         raise ZoodipError(f"--seeds {text!r} names no seed: the range's end comes before its start")
+    if len(set(seeds)) != len(seeds):  # a seed run twice would count twice in the tally
+        raise ZoodipError(f"--seeds {text!r} names a seed twice: name each once")
     return seeds
 
 
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=REPO / ".cache" / "demo-seeds")
     try:
         args = p.parse_args(argv)
-        seeds = parse_seeds(args.seeds or "0-4")
+        seeds = parse_seeds("0-4" if args.seeds is None else args.seeds)
         method_settings(args)  # the demo's own checks, made before any run
         demo_flags_given = bool(args.steps) or any(getattr(args, dest) for dest, _ in DEMO_FLAGS)
         if args.backprop is not None and (args.backprop < 1 or demo_flags_given):

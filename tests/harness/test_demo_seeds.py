@@ -16,7 +16,7 @@ from zoodip.errors import ZoodipError  # noqa: E402
 
 def test_seeds_are_a_range_or_a_list():
     assert demo_seeds.parse_seeds("0-4") == [0, 1, 2, 3, 4] and demo_seeds.parse_seeds("3,0") == [3, 0]
-    for bad in ("a-b", "1-", "-1", "4-1", "0,,1"):
+    for bad in ("a-b", "1-", "-1", "4-1", "0,,1", "", "1,1", "0-2,1"):
         with pytest.raises(ZoodipError, match="--seeds"):
             demo_seeds.parse_seeds(bad)
 
