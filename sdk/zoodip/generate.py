@@ -134,6 +134,7 @@ def check_prompt(model: Any, prompt: str, *, negative_prompt: str = "", steps: i
     encode = _prompt_encoder(model, added_embeddings, None, phases, prompt_weighting, clip_skip)
     for schedule in [part for _, part in phases[0]] + [phases[1]]:
         schedule.map(encode)
+    _release_under_budget(model, memory_budget_mb(model), "text_encoder")  # as generate: not held past its phase
 
 
 PromptPhases = tuple[list[tuple[float, Phases[str]]], Phases[str]]
