@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import copy
 import numbers
-from dataclasses import dataclass
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -81,13 +81,13 @@ def generate(
     latents: np.ndarray | None = None,
     prompt_weighting: str = "none",
     image: str | Path | Image.Image | None = None, strength: float | None = None,
-    mask_image: str | Path | Image.Image | None = None, clip_skip: int = 0,
-    guidance_rescale: float = 0.0,
+    mask_image: str | Path | Image.Image | None = None, clip_skip: int = 0, guidance_rescale: float = 0.0,
 ) -> list[Image.Image]:
     """Generate ``num_images`` images for ``prompt``; returns RGB PIL images of ``width`` x ``height``.
 
     Args:
-        model: an ``ExportedModel`` (or anything with its interface). guidance_scale: ``uncond + g (cond - uncond)``; 1.0 runs the prompt alone (half the work), 0.0 the negative one.
+        model: an ``ExportedModel`` (or anything with its interface: tokenizer, encode_text, unet, ...).
+        guidance_scale: ``uncond + g (cond - uncond)``; 1.0 runs the prompt alone (half the work), 0.0 the negative one.
         guidance_rescale: phi of Lin et al. 2024, eq. 16 (diffusers' ``guidance_rescale``): see ``rescale_guidance``.
         sampler: one of ``sampling.SAMPLERS`` (default "dpmpp_2m", DPM-Solver++ 2M).
         seed: the initial latents are ``np.random.default_rng(seed).standard_normal`` (float32): the same on any machine.
