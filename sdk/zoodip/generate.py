@@ -22,7 +22,7 @@ those of the unbudgeted call, up to the floating-point order of batched and sing
 """
 from __future__ import annotations
 
-import copy
+import inspect
 import numbers
 import warnings
 from dataclasses import dataclass
@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from .embeddings import check_hidden_size
+from .added_tokens import check_added_ids, tokenizer_with
 from .emphasis import check_prompt_weighting, chunked_token_ids, emphasis_free_text, emphasize, weighted_token_ids
 from .errors import ZoodipError
 from .image_side import check_side, side_multiple
@@ -105,7 +105,7 @@ def generate(
         clip_skip: the text encoder's k-th layer from the end, through its final norm (as diffusers; A1111's k + 1).
     """
     _check_settings(model, prompt, negative_prompt, sampler, steps, num_images, guidance_scale, eta, seed,
-                    prompt_weighting, clip_skip, guidance_rescale)
+                    prompt_weighting, clip_skip, guidance_rescale, callback=callback, batch_cfg=batch_cfg, groups=token_groups)
     start, h, w = _image_start(model, image, mask_image, strength, height, width)  # a size that cannot fit: refused
     plan = plan_decode(model, h, w, budget := memory_budget_mb(model))
     run = steps_run(steps, None if start is None else start.strength)  # the steps a prompt's editing is laid over
@@ -200,7 +200,7 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
     and per emphasis it cannot honour."""
     schedules = [schedule for _, schedule in phases[0]] + [phases[1]]
     prompts = list(dict.fromkeys(text for schedule in schedules for text in schedule.values))  # each text once
-    tokenizer, extra_rows, known_added = _tokenizer_with(model, added_embeddings)
+    tokenizer, extra_rows, known_added = tokenizer_with(model, added_embeddings)
     groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
     weighted = weighting == "a1111"
     chunked = weighted and bool(getattr(model, "text_length_free", False))  # A1111's long prompts: read whole
@@ -226,7 +226,7 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
         else:
             ids, weights = weighted_token_ids(tokenizer, text) if weighted else (tokenizer([text]), None)
         ids = np.asarray(ids, dtype=np.int64)
-        _check_added_ids(ids, tokenizer.base_vocab_size, known_added, text)
+        check_added_ids(ids, tokenizer.base_vocab_size, known_added, text)
         return _text_states(model, ids, weights, extra_rows, clip_skip)
 
     return encode
@@ -274,8 +274,9 @@ def _text_states(model: Any, ids: np.ndarray, weights: np.ndarray | None, extra_
 
 
 def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler: str, steps: object, num_images: int,
-                    guidance_scale: object, eta: float, seed: object, prompt_weighting: object = "none",
-                    clip_skip: object = 0, guidance_rescale: object = 0.0) -> None:
+                    guidance_scale: object, eta: object, seed: object, prompt_weighting: object = "none",
+                    clip_skip: object = 0, guidance_rescale: object = 0.0, *, callback: object = None,
+                    batch_cfg: object = True, groups: object = None) -> None:
     """generate()'s settings, each refused in one line before any work."""
     check_prompt_weighting(prompt_weighting)
     check_sampler(sampler)
@@ -288,6 +289,8 @@ def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler
     if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, numbers.Real) or not 0 <= guidance_rescale <= 1:
         raise ZoodipError(f"guidance_rescale must be a number from 0 to 1 (diffusers suggests 0.7 for v-prediction "
                           f"models), got {guidance_rescale!r}")
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta < float("inf"):
+        raise ZoodipError(f"eta must be a finite number >= 0 (DDIM's noise; 0: deterministic), got {eta!r}")
     if eta and sampler != "ddim":
         raise ZoodipError(f"eta applies to the ddim sampler only; drop it or use sampler='ddim' (got sampler={sampler!r})")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -295,9 +298,32 @@ def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler
     if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
         raise ZoodipError("prompt and negative_prompt must be strings")
     check_clip_skip(model, clip_skip)
+    _check_call_options(callback, batch_cfg, groups)
     if guidance_rescale and prompt_weighting == "a1111" and len(composable_parts(prompt)) > 1:
         raise ZoodipError("guidance_rescale rescales toward one prompt's prediction, and a prompt of several AND parts "
                           "has several: drop one of the two")
+
+
+def _check_call_options(callback: object, batch_cfg: object, groups: object) -> None:
+    """The progress callback (callable as ``callback(step, total, latents)``), ``batch_cfg`` (a bool) and
+    ``token_groups`` (lists of token names), refused before any work rather than failing mid-run."""
+    if callback is not None:
+        problem = None if callable(callback) else f"got {type(callback).__name__}"
+        try:
+            problem = problem or inspect.signature(callback).bind(1, 1, None) and None
+        except TypeError as exc:
+            problem = f"its signature does not take them ({exc})"
+        except ValueError:
+            pass  # no signature to read (a builtin): called as it is
+        if problem:
+            raise ZoodipError(f"callback must be callable as callback(step, total, latents) (not diffusers' "
+                              f"callback_on_step_end(pipe, step, timestep, kwargs)): {problem}")
+    if not isinstance(batch_cfg, (bool, np.bool_)):
+        raise ZoodipError(f"batch_cfg must be True or False, got {batch_cfg!r}")
+    if groups is not None and (not isinstance(groups, (list, tuple)) or not all(
+            isinstance(group, (list, tuple)) and all(isinstance(name, str) for name in group) for group in groups)):
+        raise ZoodipError("token_groups must be a list of lists of token names (load_embeddings' groups), got "
+                          f"{groups!r:.60}")
 
 
 def _guided(model: Any, parts: list[tuple[float, Phases[np.ndarray]]], uncond: Phases[np.ndarray] | None,
@@ -428,59 +454,3 @@ def _latent_shape(model: Any, height: int | None, width: int | None) -> tuple[in
     for name, value in (("height", height), ("width", width)):
         sizes.append(check_side(name, default if value is None else value, factor, default) // factor)
     return sizes[0], sizes[1]
-
-
-def _tokenizer_with(model: Any, added: Mapping[str, np.ndarray] | None) -> tuple[Any, np.ndarray | None, set[int]]:
-    """A tokenizer that knows the added tokens, the embedding rows of all added ids, and those ids.
-
-    ``model.encode_text(ids, extra_rows)`` looks up id ``base_vocab_size + k`` in ``extra_rows[k]``.
-    The tokens go into a copy of the model's tokenizer so the caller's stays as it was. If
-    that tokenizer already holds placeholders (e.g. one a training run added), new ids come after
-    them; their rows stay zero and ``known`` excludes them, so a prompt using one without giving
-    its embedding is refused instead of silently conditioning on a zero vector.
-    """
-    tokenizer = model.tokenizer
-    if not added:
-        return tokenizer, None, set()
-    # A tokenizer may offer a cheaper independent copy (sharing its read-only tables).
-    tokenizer = tokenizer.copy() if callable(getattr(tokenizer, "copy", None)) else copy.deepcopy(tokenizer)
-    hidden = int(model.hidden_size)
-    base = int(tokenizer.base_vocab_size)
-    rows: dict[int, np.ndarray] = {}
-    for token, vectors in added.items():
-        array = np.asarray(vectors, dtype=np.float32)
-        array = array[None, :] if array.ndim == 1 else array
-        if array.ndim != 2 or len(array) < 1:
-            raise ZoodipError(f"embedding for {token!r} must have shape [n, {hidden}] or [{hidden}], got {list(np.shape(vectors))}")
-        check_hidden_size(array, hidden, f"the embedding for {token!r}")
-        ids = _add_or_find(tokenizer, token, len(array), base)
-        for token_id, row in zip(ids, array):
-            rows[token_id] = row
-    extra = np.zeros((max(rows) - base + 1, hidden), dtype=np.float32)
-    for token_id, row in rows.items():
-        extra[token_id - base] = row
-    return tokenizer, extra, set(rows)
-
-
-def _add_or_find(tokenizer: Any, token: str, count: int, base: int) -> list[int]:
-    """Ids of ``token`` (``count`` vectors): newly added, or the ones it already has."""
-    try:
-        ids = [int(i) for i in tokenizer.add_placeholder(token, count)]
-    except (ZoodipError, ValueError) as exc:
-        # Already a placeholder of this tokenizer: reuse its ids, read back by encoding it alone.
-        encoded = [int(i) for i in np.asarray(tokenizer([token]), dtype=np.int64)[0]]
-        ids = [i for i in encoded if i >= base]
-        if len(ids) != count:
-            raise ZoodipError(f"cannot use token {token!r} with {count} vector(s): {exc}") from None
-    if len(ids) != count or any(i < base for i in ids):
-        raise ZoodipError(f"token {token!r} could not be added as {count} new token(s): choose another name, e.g. '<{token.strip('<>')}-1>'")
-    return ids
-
-
-def _check_added_ids(ids: np.ndarray, base: int, known: set[int], text: str) -> None:
-    unknown = sorted({int(i) for i in ids[ids >= base]} - known)
-    if unknown:
-        raise ZoodipError(
-            f"the prompt {text!r} uses learned token id(s) {unknown} whose embedding was not given: "
-            "pass it in added_embeddings"
-        )

@@ -7,6 +7,7 @@ scheduler configuration.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -584,3 +585,35 @@ def test_inpainting_matches_the_diffusers_inpainting_pipeline(tiny_sd_folder, tm
                             seed=7, num_images=2, **kwargs)
             diff = np.abs(np.stack([np.asarray(im) for im in ours]).astype(int) - (ref * 255).round().astype(int))
             assert diff.max() <= 2 and diff.mean() < 0.05, (sampler, strength, diff.max(), diff.mean())
+
+
+def test_api_arguments_of_the_wrong_kind_are_one_clear_error_before_any_work() -> None:
+    """What an app backend may pass by mistake: each a ZoodipError naming the argument, before the text encoder runs
+    (not a TypeError mid-run, nor a NaN found as a black image after all the steps)."""
+    vector = np.ones(HIDDEN, np.float32)
+    cases = [
+        (dict(added_embeddings=[("<s>", vector)]), "added_embeddings must be a dict"),
+        (dict(added_embeddings=vector), "added_embeddings must be a dict"),
+        (dict(added_embeddings={"<s>": np.full(HIDDEN, np.nan, np.float32)}), "holds NaN or infinite values"),
+        (dict(added_embeddings={"<s>": [None] * HIDDEN}), "must hold real numbers"),
+        (dict(added_embeddings={"<s>": np.array(["a"] * HIDDEN)}), "must hold real numbers"),
+        (dict(added_embeddings={"<s>": vector.astype(np.complex64)}), "must hold real numbers"),
+        (dict(added_embeddings={5: vector}), "keys are token names"),
+        (dict(callback=5), "callback must be callable as callback(step, total, latents)"),
+        (dict(callback=lambda step: None), "its signature does not take them"),
+        (dict(callback=lambda pipe, step, timestep, kwargs: None), "its signature does not take them"),
+        (dict(sampler="ddim", eta="x"), "eta must be a finite number >= 0"),
+        (dict(sampler="ddim", eta=float("nan")), "eta must be a finite number >= 0"),
+        (dict(batch_cfg="no"), "batch_cfg must be True or False"),
+        (dict(token_groups=5), "token_groups must be a list of lists"),
+        (dict(token_groups="<s>"), "token_groups must be a list of lists"),
+    ]
+    for options, needle in cases:
+        model = FakeModel()
+        with pytest.raises(ZoodipError, match=re.escape(needle)):
+            generate(model, "a photo of <s>", steps=2, **options)
+        assert model.unet_batches == [], options  # refused before sampling
+    seen = []
+    generate(FakeModel(), "a dog", steps=2, callback=lambda *args: seen.append(len(args)))  # *args takes them
+    generate(FakeModel(), "a dog", steps=2, callback=lambda step, total, latents, extra=None: None)  # a default: fine
+    assert seen == [3, 3]
