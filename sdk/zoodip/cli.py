@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_export(argv[1:])
         args, unknown = build_parser().parse_known_args(argv)
         if unknown:  # argparse would send the user to the top-level help, not the command's
-            foreign = foreign_flag_problem(unknown) if args.command == "personalize" else None
+            foreign = foreign_flag_problem(unknown, args.command)
             raise ZoodipError(foreign or f"unrecognized arguments: {' '.join(unknown)}: see 'zoodip {args.command} --help'")
         handler = {"personalize": cmd_personalize, "generate": cmd_generate, "verify": cmd_verify,
                    "info": cmd_info}[args.command]

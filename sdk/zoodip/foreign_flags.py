@@ -1,4 +1,5 @@
-"""What to tell a user who types a flag of diffusers' ``textual_inversion.py`` that ``zoodip personalize`` lacks.
+"""What to tell a user who types a flag of diffusers' ``textual_inversion.py`` that ``zoodip personalize`` lacks, or a
+diffusers pipeline argument or A1111 setting that ``zoodip generate`` names otherwise.
 
 ``zoodip personalize`` takes diffusers' spelling wherever it has the feature (``--max_train_steps``,
 ``--learning_rate``, ``--save_steps``, ...). The flags below belong to backprop training on a GPU, to the Hub or
@@ -56,16 +57,42 @@ DIFFUSERS_TI_FLAGS: dict[str, str] = {
 }
 
 
-def foreign_flag_problem(unknown: Sequence[str]) -> str | None:
-    """The message for the first of ``unknown`` (argparse's leftovers) that is a diffusers TI flag, else None.
+_IMAGES = "images per call: --num-images N (one UNet batch; call again with another --seed for more)"
+
+# A diffusers pipeline argument or A1111 setting (underscore spelling) that ``zoodip generate`` names otherwise or
+# lacks -> what to use instead.
+GENERATE_FLAGS: dict[str, str] = {
+    "--output": "use --out FILE.png",
+    "--output_dir": "zoodip generate writes one file, and with --num-images its numbered images beside it: use "
+                    "--out DIR/NAME.png",
+    "--scheduler": "pick the sampler with --sampler (dpmpp_2m = DPMSolverMultistepScheduler, ddim, euler, "
+                   "dpmpp_2m_karras, euler_a = EulerAncestralDiscreteScheduler)",
+    "--sampler_name": "use --sampler (dpmpp_2m_karras is A1111's 'DPM++ 2M Karras', euler_a its 'Euler a')",
+    "--cfg_scale": "A1111's CFG scale is --guidance-scale",
+    "--denoising_strength": "A1111's denoising strength is --strength (with --image)",
+    "--batch_size": _IMAGES,
+    "--n_iter": _IMAGES,
+    "--batch_count": _IMAGES,
+    "--mask_blur": "the mask is used as diffusers uses it, unblurred; blur it in an image editor; drop it",
+    "--enable_hr": "there is no hires fix here: generate at the size you want with --width/--height; drop it",
+    "--hr_scale": "there is no hires fix here: generate at the size you want with --width/--height; drop it",
+}
+_FOREIGN = {"personalize": (DIFFUSERS_TI_FLAGS, "diffusers' textual_inversion.py"),
+            "generate": (GENERATE_FLAGS, "diffusers' pipelines or A1111")}
+
+
+def foreign_flag_problem(unknown: Sequence[str], command: str = "personalize") -> str | None:
+    """The message for the first of ``unknown`` (argparse's leftovers) that is a flag of the tool ``command``'s users
+    come from (diffusers' TI script for personalize; diffusers' pipelines and A1111 for generate), else None.
 
     Either spelling counts (``--train-batch-size`` is ``--train_batch_size``), with or without ``=value``.
     """
+    table, source = _FOREIGN.get(command, ({}, ""))
     for arg in unknown:
         if not arg.startswith("--"):
             continue
         name = "--" + arg[2:].partition("=")[0].replace("-", "_")
-        if name in DIFFUSERS_TI_FLAGS:
+        if name in table:
             flag = arg.partition("=")[0]
-            return f"{flag} is a flag of diffusers' textual_inversion.py, not of zoodip: {DIFFUSERS_TI_FLAGS[name]}"
+            return f"{flag} is a flag of {source}, not of zoodip: {table[name]}"
     return None

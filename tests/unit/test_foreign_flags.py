@@ -35,3 +35,23 @@ def test_the_cli_names_the_flag_and_what_to_do(flag, capsys) -> None:
     assert code == 2 and len(err) == 1
     assert err[0].startswith(f"error: {flag} is a flag of diffusers' textual_inversion.py, not of zoodip: ")
     assert "drop it" in err[0]
+
+
+def test_no_listed_generate_flag_is_one_zoodip_generate_takes() -> None:
+    from zoodip.cli_flags import add_generate_flags
+    from zoodip.foreign_flags import GENERATE_FLAGS
+
+    parser = argparse.ArgumentParser()
+    add_generate_flags(parser)
+    taken = {option.replace("-", "_") for action in parser._actions for option in action.option_strings}
+    assert "__guidance_scale" in taken and not {flag.replace("-", "_") for flag in GENERATE_FLAGS} & taken
+
+
+@pytest.mark.parametrize("flag,advice", [("--cfg-scale", "--guidance-scale"), ("--output", "--out FILE.png"),
+                                         ("--denoising_strength", "--strength"), ("--scheduler", "--sampler"),
+                                         ("--batch-size", "--num-images"), ("--n_iter", "--num-images")])
+def test_generate_names_the_diffusers_or_a1111_flag_and_what_to_use(flag, advice, capsys) -> None:
+    code = main(["generate", "--model", "m", "--prompt", "a dog", flag, "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {flag} is a flag of diffusers' pipelines or A1111, not of zoodip: ") and advice in err[0]
