@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -233,6 +234,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                                           memory_budget_mb=args.memory_budget))
     added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity,
                                     args.clip_skip)
+    drawn = args.seed == -1  # A1111's "random": drawn here, and said below
+    args.seed = secrets.randbelow(2**32) if drawn else args.seed
     latents = _generate_latents(args, model)
     bar = SamplingBar()
     try:
@@ -242,7 +245,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for image, path in zip(images, singles):
         save_image(image, path)
     save_image(images[0] if len(images) == 1 else image_grid([images]), out)
-    print(f"wrote {out}" + (f" (grid) and {singles[0].name} ... {singles[-1].name}" if singles else ""))
+    print(f"wrote {out}" + (f" (grid) and {singles[0].name} ... {singles[-1].name}" if singles else "")
+          + (f" (--seed {args.seed})" if drawn else ""))
     return 0
 
 

@@ -174,7 +174,8 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-skip", type=int, default=0, metavar="N",
                    help="condition on the text encoder's N-th layer from the end (diffusers' clip_skip; A1111's "
                         "'Clip skip' N+1); 0: its last layer")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="the initial noise's seed; -1: a random one, said in the "
+                   "output line so that the image can be made again (A1111's -1)")
     g.add_argument("--image", default=None, metavar="PATH",
                    help="image-to-image (diffusers' img2img): start from this picture, resized to --width/--height "
                         "(default: its own aspect, the longer side the model's native size)")

@@ -193,3 +193,19 @@ def test_a_reader_that_leaves_the_pipe_early_is_no_traceback(tiny_export):
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait() == 141 and err == "", err
+
+
+def test_seed_minus_one_draws_a_seed_and_says_it_as_a1111_does(tiny_export, tmp_path, capsys):
+    import re
+
+    from PIL import Image
+    import numpy as np
+
+    common = ["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "2", "--threads", "1"]
+    code, out, err = run_cli(common + ["--seed", "-1", "--out", tmp_path / "random.png"], capsys)
+    said = re.search(r"\(--seed (\d+)\)", out)
+    assert code == 0 and said, (out, err)
+    code, _, _ = run_cli(common + ["--seed", said.group(1), "--out", tmp_path / "again.png"], capsys)
+    assert code == 0 and np.array_equal(np.asarray(Image.open(tmp_path / "random.png")),
+                                        np.asarray(Image.open(tmp_path / "again.png")))
+    assert_one_line_error(*run_cli(common + ["--seed", "-2"], capsys)[::2], "seed must be a non-negative integer")
