@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,9 @@ def _read_embedding(path: Path) -> tuple[str, np.ndarray]:
         # A renamed torch.save file: say what it is rather than "invalid safetensors".
         if not parsed and _looks_pickled(path):
             raise pickle_error from None
+        if not parsed and _zip_names(path) and all(name.endswith(".npy") for name in _zip_names(path)):
+            raise ZoodipError(f"{path} is a NumPy archive (.npz, as a run's checkpoint.npz), not an embedding: pass "
+                              "the run's learned_embeds.safetensors") from None
         raise
     return chosen[0], tensors[chosen[0]]
 
@@ -321,4 +325,16 @@ def _looks_pickled(path: Path) -> bool:
             head = handle.read(2)
     except OSError:
         return False
-    return head == b"PK" or head[:1] == b"\x80"
+    if head == b"PK":  # a zip: torch.save's holds a pickle (data.pkl); NumPy's .npz (a run's checkpoint) only arrays
+        names = _zip_names(path)
+        return names is None or any(name.endswith(".pkl") for name in names)  # a damaged zip: most likely torch's
+    return head[:1] == b"\x80"
+
+
+def _zip_names(path: Path) -> list[str] | None:
+    """The entries of the zip archive at ``path``, None if it is not a readable zip."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None

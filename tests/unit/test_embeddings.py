@@ -181,6 +181,16 @@ def test_pickles_are_refused(tmp_path: Path) -> None:
     renamed.write_bytes(b"PK\x03\x04" + os.urandom(64))
     with pytest.raises(ZoodipError, match="pickle"):
         load_embedding_file(renamed)
+    import zipfile
+
+    with zipfile.ZipFile(renamed, "w") as archive:  # a whole torch.save zip: its pickle inside
+        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    with pytest.raises(ZoodipError, match="pickle"):
+        load_embedding_file(renamed)
+    checkpoint = tmp_path / "checkpoint.npz"  # a zip too, but of arrays: a run's checkpoint, not a pickle
+    np.savez(checkpoint, v=np.zeros(4, np.float32))
+    with pytest.raises(ZoodipError, match=r"is a NumPy archive \(.npz, as a run's checkpoint.npz\), not an embedding"):
+        load_embedding_file(checkpoint)
 
 
 def test_check_hidden_size() -> None:
