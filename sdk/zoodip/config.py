@@ -191,9 +191,21 @@ class PersonalizeConfig:
 
     def validate(self) -> None:
         """Check the hyperparameters that need no model (the model-dependent ones are checked later)."""
+        self._plain_numbers()
         self._validate_counts()
         self._validate_method()
         self._validate_inputs()
+
+    def _plain_numbers(self) -> None:
+        """NumPy scalars (``np.int64(3)``, ``np.float32(0.01)``, also inside a pair) as the Python numbers they equal:
+        a run records its settings as JSON (config.json, the embedding's header, the fingerprint)."""
+        def plain(value: object) -> object:
+            return value.item() if isinstance(value, np.generic) else value
+
+        for item in fields(self):
+            value = getattr(self, item.name)
+            setattr(self, item.name, type(value)(plain(v) for v in value) if isinstance(value, (tuple, list))
+                    else plain(value))
 
     def _validate_counts(self) -> None:
         """The integer settings: steps, intervals, sizes."""

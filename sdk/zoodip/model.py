@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from .errors import ZoodipError
 from .heap import limit_heap_arenas, return_large_blocks, trim_heap  # noqa: F401  (re-exported for callers)
 from .image_side import check_side
 from .integrity import file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
+from .runtime_options import DEFAULT_SPIN_WAIT, RuntimeOptions, check_runtime_options  # noqa: F401 (public here)
 from .schedule import NoiseSchedule
 from .tokenizer import CLIPTokenizer
 
@@ -33,40 +34,6 @@ GRAPHS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 
 # Under a memory budget these graphs run without onnxruntime's CPU arena (``session_options``).
 RUN_ONCE_PER_IMAGE = ("vae_decoder",)
-DEFAULT_SPIN_WAIT = False  # chosen by benchmarks/threads.py on a quiet and a busy machine (benchmarks/README.md)
-
-
-@dataclass
-class RuntimeOptions:
-    """How the onnxruntime sessions run.
-
-    ``threads``: intra-op threads (0 = onnxruntime's default, all cores).
-    ``low_memory``: turn off onnxruntime's buffer reuse and memory-pattern planning. Buffer reuse
-    hands a freed buffer to the next tensor of the same size, which keeps one fp32 copy of a weight
-    per distinct weight shape alive across the whole UNet (benchmarks/README.md has the size for SD1.5);
-    without it each dequantized weight is freed as soon as its layer has run. The CPU arena stays
-    on: it recycles those freed buffers instead of faulting fresh pages in (faster, and smaller than
-    glibc's fragmented heap: benchmarks/README.md, lever 5).
-    ``memory_budget_mb``: the memory the process may use (MB). Forces ``low_memory``; loading a
-    model whose text encoder and UNet weights alone exceed it is an error. The C heap then returns
-    large blocks to the OS when they are freed (``zoodip.heap``) and the VAE decoder runs without
-    the arena. The trainer runs the n+1 evaluations one by one, and ``generate`` holds one graph at
-    a time and decodes in tiles where the whole image would not fit (``zoodip.memory_plan``).
-    ``spin_wait``: whether onnxruntime's idle intra-op threads spin (poll) instead of sleeping between
-    parallel sections. Spinning saves a few microseconds per wake-up on an idle machine, but on a CPU
-    shared with other processes the spinning threads take cores the busy threads need
-    (benchmarks/threads.py measures both; benchmarks/README.md has the figures behind the default).
-    ``extra_config``: onnxruntime session config entries (``add_session_config_entry``).
-    ``session_attributes``: onnxruntime ``SessionOptions`` attributes, set after everything else
-    (e.g. ``{"enable_cpu_mem_arena": False}``); the memory benchmark's lever rows use these two.
-    """
-
-    threads: int = 0
-    low_memory: bool = True
-    spin_wait: bool = DEFAULT_SPIN_WAIT
-    extra_config: dict[str, str] = field(default_factory=dict)
-    memory_budget_mb: int | None = None
-    session_attributes: dict[str, Any] = field(default_factory=dict)
 
 
 def apply_export_session(opts: ort.SessionOptions, session: dict[str, Any] | None) -> list[str]:
@@ -264,6 +231,9 @@ class ExportedModel:
         ``verify_hashes``: None (default) checks each file's sha256 once per file identity (see
         ``zoodip.integrity``); True re-hashes every file now; False skips the hashes (sizes only).
         """
+        if not isinstance(folder, (str, os.PathLike)) or not str(folder).strip():
+            raise ZoodipError(f"the export folder must be a path, got {folder!r}")
+        check_runtime_options(options)
         folder = Path(folder)
         manifest = read_manifest(folder)
         if verify_hashes is not False:

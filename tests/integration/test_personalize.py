@@ -425,3 +425,21 @@ def test_warmup_with_the_constant_rate_warns_at_the_callers_line(tiny_export, ph
     with pytest.warns(UserWarning, match="--lr_warmup_steps 3 has no effect with --lr_scheduler constant") as caught:
         Personalizer(make_config(tiny_export, photos, tmp_path / "w", lr_warmup_steps=3))
     assert [w.filename for w in caught if "lr_warmup" in str(w.message)] == [__file__]
+
+
+def test_numpy_numbers_in_the_config_are_the_numbers_they_equal(tiny_export, photos, tmp_path):
+    """np.int64 / np.float32 settings (an app's habit) ran every step, then failed to write the embedding's JSON
+    header, leaving a run folder that neither a fresh run nor a resume accepted."""
+    plain = make_config(tiny_export, photos, tmp_path / "plain", max_train_steps=2, eval_every=0, seed=3,
+                        learning_rate=0.01, t_range=(500, 900))
+    numpy = make_config(tiny_export, photos, tmp_path / "numpy", max_train_steps=np.int64(2), eval_every=0,
+                        seed=np.int64(3), learning_rate=np.float32(0.01), t_range=(np.int64(500), np.int64(900)))
+    result = personalize(numpy)
+    assert result.status == "done" and result.embedding_path.is_file()
+    assert numpy.fingerprint() == make_config(tiny_export, photos, tmp_path / "x", max_train_steps=2, eval_every=0,
+                                              seed=3, learning_rate=float(np.float32(0.01)),
+                                              t_range=(500, 900)).fingerprint()
+    assert type(numpy.seed) is int and plain.seed == numpy.seed
+    with pytest.raises(ZoodipError, match="threads must be an integer from 0"):
+        personalize(make_config(tiny_export, photos, tmp_path / "t", threads=10**6))
+    assert not (tmp_path / "t").exists()

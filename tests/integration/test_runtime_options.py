@@ -1,6 +1,9 @@
 """Thread settings reach onnxruntime: spin-waiting is set explicitly, from the API, the config and the CLI."""
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 
 from zoodip.cli import build_parser
@@ -38,3 +41,21 @@ def test_the_cli_gives_numpy_one_blas_thread_unless_the_user_chose(preset, expec
             "print(os.environ['OPENBLAS_NUM_THREADS'], 'numpy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == [expected, "True"]
+
+
+def test_runtime_options_that_are_not_what_they_say_are_one_line_at_load(tiny_export):
+    """threads=10**6 started that many onnxruntime threads (a hang); "no" counted as True."""
+    from zoodip.errors import ZoodipError
+
+    for options, needle in ((RuntimeOptions(threads=10**6), "threads must be an integer from 0 (all cores) to 256"),
+                            (RuntimeOptions(threads=-1), "threads must be"), (RuntimeOptions(threads="1"), "threads must be"),
+                            (RuntimeOptions(spin_wait="no"), "spin_wait must be True or False"),
+                            (RuntimeOptions(low_memory="no"), "low_memory must be True or False"),
+                            (RuntimeOptions(extra_config=5), "extra_config must be a dict"),
+                            ({"threads": 1}, "options must be a zoodip.model.RuntimeOptions")):
+        with pytest.raises(ZoodipError, match=re.escape(needle)):
+            ExportedModel.load(tiny_export, options)
+    for folder in ("", None, 5):
+        with pytest.raises(ZoodipError, match="the export folder must be a path"):
+            ExportedModel.load(folder)
+    ExportedModel.load(tiny_export, RuntimeOptions(threads=np.int64(1)))

@@ -1,0 +1,65 @@
+"""How an export's onnxruntime sessions run (``RuntimeOptions``), and the check of those settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ZoodipError
+
+DEFAULT_SPIN_WAIT = False  # chosen by benchmarks/threads.py on a quiet and a busy machine (benchmarks/README.md)
+
+
+@dataclass
+class RuntimeOptions:
+    """How the onnxruntime sessions run.
+
+    ``threads``: intra-op threads (0 = onnxruntime's default, all cores).
+    ``low_memory``: turn off onnxruntime's buffer reuse and memory-pattern planning. Buffer reuse
+    hands a freed buffer to the next tensor of the same size, which keeps one fp32 copy of a weight
+    per distinct weight shape alive across the whole UNet (benchmarks/README.md has the size for SD1.5);
+    without it each dequantized weight is freed as soon as its layer has run. The CPU arena stays
+    on: it recycles those freed buffers instead of faulting fresh pages in (faster, and smaller than
+    glibc's fragmented heap: benchmarks/README.md, lever 5).
+    ``memory_budget_mb``: the memory the process may use (MB). Forces ``low_memory``; loading a
+    model whose text encoder and UNet weights alone exceed it is an error. The C heap then returns
+    large blocks to the OS when they are freed (``zoodip.heap``) and the VAE decoder runs without
+    the arena. The trainer runs the n+1 evaluations one by one, and ``generate`` holds one graph at
+    a time and decodes in tiles where the whole image would not fit (``zoodip.memory_plan``).
+    ``spin_wait``: whether onnxruntime's idle intra-op threads spin (poll) instead of sleeping between
+    parallel sections. Spinning saves a few microseconds per wake-up on an idle machine, but on a CPU
+    shared with other processes the spinning threads take cores the busy threads need
+    (benchmarks/threads.py measures both; benchmarks/README.md has the figures behind the default).
+    ``extra_config``: onnxruntime session config entries (``add_session_config_entry``).
+    ``session_attributes``: onnxruntime ``SessionOptions`` attributes, set after everything else
+    (e.g. ``{"enable_cpu_mem_arena": False}``); the memory benchmark's lever rows use these two.
+    """
+
+    threads: int = 0
+    low_memory: bool = True
+    spin_wait: bool = DEFAULT_SPIN_WAIT
+    extra_config: dict[str, str] = field(default_factory=dict)
+    memory_budget_mb: int | None = None
+    session_attributes: dict[str, Any] = field(default_factory=dict)
+
+
+MAX_THREADS = 256  # more than any phone or desktop has cores; onnxruntime would start every one of them
+
+
+def check_runtime_options(options: object) -> None:
+    """``RuntimeOptions`` (or None) whose values are what they say, refused in one line before any session opens:
+    a thread count onnxruntime can start, real booleans ("no" is not False), dicts where dicts belong."""
+    if options is None:
+        return
+    if not isinstance(options, RuntimeOptions):
+        raise ZoodipError(f"options must be a zoodip.model.RuntimeOptions, got {type(options).__name__}")
+    threads = options.threads
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 0 <= threads <= MAX_THREADS:
+        raise ZoodipError(f"threads must be an integer from 0 (all cores) to {MAX_THREADS}, got {threads!r}")
+    for name in ("low_memory", "spin_wait"):
+        if not isinstance(getattr(options, name), (bool, np.bool_)):
+            raise ZoodipError(f"RuntimeOptions.{name} must be True or False, got {getattr(options, name)!r}")
+    for name in ("extra_config", "session_attributes"):
+        if not isinstance(getattr(options, name), dict):
+            raise ZoodipError(f"RuntimeOptions.{name} must be a dict, got {type(getattr(options, name)).__name__}")
