@@ -45,6 +45,10 @@ class PersonalizationJob:
 
     def __init__(self, config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,
                  resume: bool = False) -> None:
+        if not isinstance(config, PersonalizeConfig):
+            raise ZoodipError(f"config must be a PersonalizeConfig, got {type(config).__name__}")
+        if on_progress is not None and not callable(on_progress):
+            raise ZoodipError(f"on_progress must be callable as on_progress(progress), got {type(on_progress).__name__}")
         self.config = config
         self.on_progress = on_progress
         self.resume = resume
@@ -53,6 +57,7 @@ class PersonalizationJob:
         self.error: BaseException | None = None
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
+        self._running_here = False  # run(): in the caller's thread
         self._model: ExportedModel | None = None  # generate()'s, loaded on first use
 
     def _progress(self, progress: Progress) -> None:
@@ -74,13 +79,17 @@ class PersonalizationJob:
         return self
 
     def run(self) -> PersonalizeResult:
-        """Run in the calling thread (blocking)."""
+        """Run in the calling thread (blocking; another thread may cancel() it)."""
+        self._running_here = True
         self._target()
         return self._outcome()
 
     def cancel(self) -> None:
         """Ask the job to stop after the current step; it saves a checkpoint and the embedding so far
-        (``result.embedding_path``, a ``learned_embeds-steps-N.safetensors``) and returns 'cancelled'."""
+        (``result.embedding_path``, a ``learned_embeds-steps-N.safetensors``) and returns 'cancelled'. Before
+        ``start()`` there is nothing to stop: refused, so that a later start does not set up only to cancel."""
+        if self._thread is None and not self._running_here:
+            raise ZoodipError("the job was not started: there is nothing to cancel (start() runs it)")
         self._cancel.set()
 
     @property
@@ -91,6 +100,8 @@ class PersonalizationJob:
         """Wait for the job; returns the result, None on timeout, or raises the job's error."""
         if self._thread is None:
             raise ZoodipError("the job was not started: call start() first")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+            raise ZoodipError(f"timeout must be a number of seconds >= 0 (or None to wait to the end), got {timeout!r}")
         self._thread.join(timeout)
         if self._thread.is_alive():
             return None

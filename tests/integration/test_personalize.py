@@ -443,3 +443,19 @@ def test_numpy_numbers_in_the_config_are_the_numbers_they_equal(tiny_export, pho
     with pytest.raises(ZoodipError, match="threads must be an integer from 0"):
         personalize(make_config(tiny_export, photos, tmp_path / "t", threads=10**6))
     assert not (tmp_path / "t").exists()
+
+
+def test_job_api_misuse_is_one_clear_error(tiny_export, photos, tmp_path):
+    """An app's mistakes: each a ZoodipError now, not an AttributeError later, nor a job that sets up to cancel."""
+    config = make_config(tiny_export, photos, tmp_path / "job", max_train_steps=2, eval_every=0)
+    with pytest.raises(ZoodipError, match="config must be a PersonalizeConfig"):
+        PersonalizationJob(None)
+    with pytest.raises(ZoodipError, match="on_progress must be callable"):
+        PersonalizationJob(config, on_progress=5)
+    job = PersonalizationJob(config)
+    with pytest.raises(ZoodipError, match="nothing to cancel"):
+        job.cancel()
+    job.start()
+    with pytest.raises(ZoodipError, match="timeout must be a number of seconds"):
+        job.wait(timeout="1")
+    assert job.wait(60).status == "done"  # the refused cancel left no mark on it
