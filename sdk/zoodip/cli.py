@@ -295,7 +295,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .integrity import verify_files
     from .model import read_manifest
 
-    manifest = read_manifest(Path(args.model))
+    manifest = read_manifest(args.model)  # (a str: an empty one is told, not read as the current folder)
     files, size = verify_files(Path(args.model), manifest["files"], force=True)
     print(f"ok: {files} files ({size / 2**20:.1f} MiB) match the manifest's sha256 values")
     return 0
@@ -307,6 +307,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .embeddings import load_embeddings, read_embedding_metadata
     from .model import MANIFEST
 
+    if not args.embedding.strip():
+        raise ZoodipError("the path is empty: pass an embedding file or an export folder")
     path = Path(args.embedding)
     if path.is_dir() and (path / MANIFEST).is_file():
         return _export_info(path)

@@ -5,6 +5,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import types
 import typing
 import warnings
@@ -161,6 +162,14 @@ class PersonalizeConfig:
     memory_budget_mb: int | None = None  # low-memory mode: sequential evaluations, low-memory sessions
 
     def __post_init__(self) -> None:
+        for name in ("export_dir", "images", "output_dir", "captions", "template_file"):
+            value = getattr(self, name)
+            if not (value is None and name in ("captions", "template_file")) and not isinstance(value, (str, os.PathLike)):
+                raise ZoodipError(f"{name} must be a path, got {value!r}")
+        for name in ("placeholder_token", "initializer_token", "learnable_property", "validation_prompt"):
+            value = getattr(self, name)
+            if not (value is None and name == "validation_prompt") and not isinstance(value, str):
+                raise ZoodipError(f"{name} must be a string, got {value!r}")
         if isinstance(self.output_dir, str) and not self.output_dir.strip():
             # Path("") is ".": an empty flag would silently write into the current folder.
             raise ZoodipError("--output_dir is empty: name the folder to write into, e.g. --output_dir my-run")

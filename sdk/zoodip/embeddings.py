@@ -149,6 +149,10 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str]], tokenizer: Any = No
     a file that cannot be used (another model's width, damaged, a name taken) skipped with a warning, and
     none of them in ``groups``, so that the ones a prompt does not use are not warned about.
     """
+    if isinstance(specs, (str, os.PathLike)):  # one path, as diffusers' load_textual_inversion takes it
+        specs = [specs]
+    if not isinstance(specs, (list, tuple)):
+        raise ZoodipError(f"embeddings must be a list of paths (PATH, PATH:TOKEN or FOLDER), got {specs!r:.60}")
     added: dict[str, np.ndarray] = {}
     groups: list[list[str]] = []
     for spec in specs:

@@ -126,9 +126,13 @@ def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
         raise _bad_manifest(path, "has session.disabled_optimizers that are not all names")
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
+def read_manifest(folder: str | Path) -> dict[str, Any]:
     """Read and check ``MANIFEST`` of an export folder (fields, paths, files present, sizes)."""
+    if not str(folder).strip():
+        raise ZoodipError("the export folder's path is empty: pass the folder 'zoodip export' wrote")
     folder = Path(folder)
+    if folder.is_file():
+        raise ZoodipError(f"{folder} is a file, not an export folder: pass the folder that holds {MANIFEST}")
     if not folder.is_dir():
         raise ZoodipError(f"export folder {folder} does not exist: create it with 'zoodip export'")
     path = folder / MANIFEST

@@ -209,3 +209,9 @@ def test_seed_minus_one_draws_a_seed_and_says_it_as_a1111_does(tiny_export, tmp_
     assert code == 0 and np.array_equal(np.asarray(Image.open(tmp_path / "random.png")),
                                         np.asarray(Image.open(tmp_path / "again.png")))
     assert_one_line_error(*run_cli(common + ["--seed", "-2"], capsys)[::2], "seed must be a non-negative integer")
+
+
+def test_info_and_verify_path_mistakes_are_one_line(tiny_export, tmp_path, capsys):
+    for args, needle in ((["info", ""], "the path is empty"), (["verify", ""], "path is empty"),
+                         (["verify", tiny_export / "manifest.json"], "is a file, not an export folder")):
+        assert_one_line_error(*run_cli(args, capsys)[::2], needle)

@@ -459,3 +459,12 @@ def test_job_api_misuse_is_one_clear_error(tiny_export, photos, tmp_path):
     with pytest.raises(ZoodipError, match="timeout must be a number of seconds"):
         job.wait(timeout="1")
     assert job.wait(60).status == "done"  # the refused cancel left no mark on it
+
+
+def test_config_fields_of_the_wrong_kind_are_one_clear_error(tiny_export, photos, tmp_path):
+    for field, value, needle in (("initializer_token", 5, "initializer_token must be a string"),
+                                 ("validation_prompt", 5, "validation_prompt must be a string"),
+                                 ("export_dir", None, "export_dir must be a path"),
+                                 ("output_dir", 3, "output_dir must be a path")):
+        with pytest.raises(ZoodipError, match=needle):
+            make_config(tiny_export, photos, tmp_path / "o", **{field: value})

@@ -236,3 +236,16 @@ def test_diffusers_load_textual_inversion_accepts_our_file(tmp_path: Path) -> No
     table = pipe.text_encoder.get_input_embeddings().weight.detach().numpy()
     np.testing.assert_array_equal(table[pipe.tokenizer.convert_tokens_to_ids("<dog>")], vectors[0])
     assert pipe.maybe_convert_prompt("a <dog>", pipe.tokenizer) == "a <dog>"
+
+
+def test_load_embeddings_takes_one_path_as_a_list_of_one(tmp_path: Path) -> None:
+    """As diffusers' load_textual_inversion takes a str or a list; a str was read letter by letter."""
+    from zoodip.embeddings import load_embeddings
+
+    path = tmp_path / "learned_embeds.safetensors"
+    save_learned_embeds(path, "<a>", np.ones((1, 8), np.float32))
+    for one in (str(path), path):
+        added, groups = load_embeddings(one)
+        assert groups == [["<a>"]] and list(added) == ["<a>"]
+    with pytest.raises(ZoodipError, match="embeddings must be a list of paths"):
+        load_embeddings(None)
