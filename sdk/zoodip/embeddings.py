@@ -225,8 +225,8 @@ def _load(path: Path, token: str | None) -> tuple[str, np.ndarray, bool]:
     key, vectors = _read_embedding(path)
     stored_token = None if key == "emb_params" or key.startswith("string_to_param.") else key
     if token is not None:
-        if not isinstance(token, str) or not token.strip() or token != token.strip():
-            raise ZoodipError(f"invalid token {token!r} for {path.name}: use a non-empty word without surrounding spaces")
+        if not isinstance(token, str) or not token.strip() or any(ch.isspace() for ch in token):
+            raise ZoodipError(f"invalid token {token!r} for {path.name}: use one word without spaces, e.g. '<my-dog>'")
         name = token
     elif stored_token is not None:
         name = stored_token

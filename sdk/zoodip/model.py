@@ -238,6 +238,8 @@ class ExportedModel:
         if not isinstance(folder, (str, os.PathLike)) or not str(folder).strip():
             raise ZoodipError(f"the export folder must be a path, got {folder!r}")
         check_runtime_options(options)
+        if verify_hashes is not None and not isinstance(verify_hashes, bool):
+            raise ZoodipError(f"verify_hashes must be None, True or False, got {verify_hashes!r}")
         folder = Path(folder)
         manifest = read_manifest(folder)
         if verify_hashes is not False:

@@ -58,4 +58,6 @@ def test_runtime_options_that_are_not_what_they_say_are_one_line_at_load(tiny_ex
     for folder in ("", None, 5):
         with pytest.raises(ZoodipError, match="the export folder must be a path"):
             ExportedModel.load(folder)
+    with pytest.raises(ZoodipError, match="verify_hashes must be None, True or False"):
+        ExportedModel.load(tiny_export, verify_hashes="no")  # "no" would have been True
     ExportedModel.load(tiny_export, RuntimeOptions(threads=np.int64(1)))

@@ -249,3 +249,12 @@ def test_load_embeddings_takes_one_path_as_a_list_of_one(tmp_path: Path) -> None
         assert groups == [["<a>"]] and list(added) == ["<a>"]
     with pytest.raises(ZoodipError, match="embeddings must be a list of paths"):
         load_embeddings(None)
+
+
+def test_a_token_given_for_a_file_is_one_word(tmp_path: Path) -> None:
+    path = tmp_path / "learned_embeds.safetensors"
+    save_learned_embeds(path, "<a>", np.ones((1, 8), np.float32))
+    for token in ("my dog", " <a>", "", "<a>\n"):
+        with pytest.raises(ZoodipError, match="use one word without spaces"):
+            load_embedding_file(path, token=token)
+    assert load_embedding_file(path, token="<b>")[0] == "<b>"
