@@ -24,9 +24,9 @@ from .image_side import check_side
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .lr_schedule import LENGTH_DEPENDENT, LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT, RuntimeOptions
-from .timesteps import PAPER_T_RANGE
 from .prompt_checks import keyword_token_problems
 from .prompts import LEARNABLE_PROPERTIES
+from .timesteps import PAPER_T_RANGE
 from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
 
 OPTIMIZERS = ("adam", "sgd")  # ZO-Adam (the paper's) or ZO-SGD

@@ -270,7 +270,8 @@ def _read_embedding(path: Path) -> tuple[str, np.ndarray]:
         # A renamed torch.save file: say what it is rather than "invalid safetensors".
         if not parsed and _looks_pickled(path):
             raise pickle_error from None
-        if not parsed and _zip_names(path) and all(name.endswith(".npy") for name in _zip_names(path)):
+        names = None if parsed else _zip_names(path)
+        if names and all(name.endswith(".npy") for name in names):
             raise ZoodipError(f"{path} is a NumPy archive (.npz, as a run's checkpoint.npz), not an embedding: pass "
                               "the run's learned_embeds.safetensors") from None
         raise

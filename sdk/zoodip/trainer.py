@@ -96,6 +96,7 @@ class Personalizer:
         t_min, t_max = config.t_range
         self.timesteps = PartialUniformTimesteps(t_min, t_max, self.model.schedule.num_train_timesteps)
         self._add_placeholder()
+        check_preview_prompt(self.model, config, as_matrix(self.v_init, self.width))  # now, not at the first preview
         self._encode_photos()
         self._compose_method(make_loss, make_optimizer, make_projector)
         self._eval_items = self._make_eval_items()
@@ -124,7 +125,6 @@ class Personalizer:
         self.placeholder_ids = add_placeholder_tokens(tokenizer, config.placeholder_token, config.num_vectors)
         self.placeholder_id = self.placeholder_ids[0]
         self.v_init = initial_vector(self.model.token_embeddings[init_ids[0]], config.num_vectors)
-        check_preview_prompt(self.model, config, as_matrix(self.v_init, self.width))
 
     def _encode_photos(self) -> None:
         """Load the photos and their prompts, encode them once (and their mirror images with flips), free the encoder."""
@@ -304,7 +304,7 @@ class Personalizer:
         try:
             recorded = json.loads((self.config.output_dir / "config.json").read_text())
             before = dataclasses.replace(self.config, **recorded).fingerprint_payload()
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, ZoodipError):  # only a hint for the message: never its own error
             return []
         now, same = self.config.fingerprint_payload(), lambda a, b: json.dumps(a, default=str) == json.dumps(b, default=str)
         return sorted(key for key in set(now) | set(before) if not same(now.get(key), before.get(key)))
