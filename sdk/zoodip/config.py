@@ -385,9 +385,9 @@ def default_tau(width: int) -> int:
     return PAPER_TAU if 2 * PAPER_TAU <= width else max(2, width // 2)
 
 
-def warn_about_settings(config: PersonalizeConfig, width: int) -> None:
+def warn_about_settings(config: PersonalizeConfig, width: int, native: int | None = None) -> None:
     """One warning each for settings that will not do what they say: a placeholder that A1111's reading splits
-    (it holds AND or BREAK), Subspace Gradient's history at least ``width``, the length of the learned vector (the
+    (it holds AND or BREAK), a resolution past twice the model's ``native`` one, Subspace Gradient's history at least ``width``, the length of the learned vector (the
     embedding width times --num_vectors; only an explicit --tau gets there), and a warmup with the constant
     learning rate.
 
@@ -395,6 +395,10 @@ def warn_about_settings(config: PersonalizeConfig, width: int) -> None:
     """
     for problem in keyword_token_problems([config.placeholder_token]):
         warnings.warn(problem, stacklevel=4)
+    if native and config.resolution and config.resolution > 2 * native:  # diffusers' script defaults to 512
+        warnings.warn(f"--resolution {config.resolution} is more than twice the model's native {native} px: each "
+                      f"forward costs about {(config.resolution / native) ** 2:.0f}x the native one's, on images larger than "
+                      f"the model's own; use --resolution {native} (or leave it out)", stacklevel=4)
     if config.lr_scheduler == "constant" and config.lr_warmup_steps:
         warnings.warn(f"--lr_warmup_steps {config.lr_warmup_steps} has no effect with --lr_scheduler constant (as in "
                       "diffusers); use constant_with_warmup, linear or cosine to warm up", stacklevel=4)

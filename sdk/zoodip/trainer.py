@@ -167,7 +167,7 @@ class Personalizer:
                         f"{'curvature' if self.curvature is not None else 'vocabulary'} subspace)")
         self.optimizer = make_optimizer(dim, config)
         self.projector = make_projector(dim, config, self.estimator.basis)
-        warn_about_settings(config, dim)
+        warn_about_settings(config, dim, self.model.default_resolution)
         batched = config.batched if config.batched is not None else auto_batched(model)
         # One vector: its id, as loss factories have always been given; several: their ids in prompt order.
         ids = self.placeholder_id if config.num_vectors == 1 else tuple(self.placeholder_ids)

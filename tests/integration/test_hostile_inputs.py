@@ -513,3 +513,10 @@ def test_captions_files_of_the_wrong_shape_are_refused_before_any_output(tiny_ex
     code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "run", "--captions", captions), capsys)
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resolution_far_above_the_models_is_warned_about(tiny_export, photos, tmp_path, capsys):
+    """diffusers' script defaults to 512: on a model made for fewer pixels every forward costs that much more."""
+    code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "run", "--resolution", "512",
+                                            "--max_train_steps", "1"), capsys)
+    assert code == 0 and err.count("\n") == 1 and "--resolution 512 is more than twice the model's native 128 px" in err
