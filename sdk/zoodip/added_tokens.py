@@ -51,7 +51,7 @@ def _added_vectors(token: object, vectors: object) -> np.ndarray:
     real numbers (a NaN would only show as a black image, after all the steps)."""
     if not isinstance(token, str):
         raise ZoodipError(f"added_embeddings' keys are token names (strings), got {token!r}")
-    array = np.asarray(vectors) if vectors is not None else np.zeros(0, np.object_)
+    array = np.asarray(vectors)  # (None: an object array, refused below)
     if array.dtype.kind not in "fiu":
         raise ZoodipError(f"the embedding for {token!r} must hold real numbers, got {array.dtype} values")
     array = array.astype(np.float32)

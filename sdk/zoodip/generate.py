@@ -304,17 +304,24 @@ def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler
                           "has several: drop one of the two")
 
 
+def _call_problem(callback: object) -> str | None:
+    """Why ``callback(step, total, latents)`` would fail, or None (also where its signature cannot be read)."""
+    if not callable(callback):
+        return f"got {type(callback).__name__}"
+    try:
+        inspect.signature(callback).bind(1, 1, None)
+    except TypeError as exc:
+        return f"its signature does not take them ({exc})"
+    except ValueError:
+        pass  # no signature to read (a builtin): called as it is
+    return None
+
+
 def _check_call_options(callback: object, batch_cfg: object, groups: object) -> None:
     """The progress callback (callable as ``callback(step, total, latents)``), ``batch_cfg`` (a bool) and
     ``token_groups`` (lists of token names), refused before any work rather than failing mid-run."""
     if callback is not None:
-        problem = None if callable(callback) else f"got {type(callback).__name__}"
-        try:
-            problem = problem or inspect.signature(callback).bind(1, 1, None) and None
-        except TypeError as exc:
-            problem = f"its signature does not take them ({exc})"
-        except ValueError:
-            pass  # no signature to read (a builtin): called as it is
+        problem = _call_problem(callback)
         if problem:
             raise ZoodipError(f"callback must be callable as callback(step, total, latents) (not diffusers' "
                               f"callback_on_step_end(pipe, step, timestep, kwargs)): {problem}")

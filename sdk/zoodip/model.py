@@ -261,11 +261,10 @@ class ExportedModel:
 
     def check_memory_budget(self) -> None:
         """With a memory budget: low-memory sessions, and a clear error if the weights alone exceed it."""
+        check_runtime_options(self.options)  # the budget's own rule among the others (load checks them first)
         budget = self.options.memory_budget_mb
         if budget is None:
             return
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
-            raise ZoodipError(f"--memory-budget must be a positive number of MB, got {budget!r}")
         self.options.low_memory = True
         limit_heap_arenas()
         return_large_blocks()

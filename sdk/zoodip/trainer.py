@@ -51,6 +51,7 @@ from .token_vectors import add_placeholder_tokens, as_matrix, check_prompts_fit,
 
 EMBEDDING_NAME = "learned_embeds.safetensors"
 LOG_NAME = "log.jsonl"
+CONFIG_NAME = "config.json"  # the run's settings, as its first step found them
 RUN_FILES = (CHECKPOINT_NAME, EMBEDDING_NAME, LOG_NAME)  # written atomically: their temp files are cleaned
 # diffusers' textual_inversion.py names its --save_steps snapshots so; a cancelled run writes one too.
 SNAPSHOT_NAME = "learned_embeds-steps-{step}.safetensors"
@@ -302,7 +303,7 @@ class Personalizer:
     def _changed_settings(self) -> list[str]:
         """The settings of this run that differ from those its folder's config.json recorded (none if unreadable)."""
         try:
-            recorded = json.loads((self.config.output_dir / "config.json").read_text())
+            recorded = json.loads((self.config.output_dir / CONFIG_NAME).read_text())
             before = dataclasses.replace(self.config, **recorded).fingerprint_payload()
         except (OSError, ValueError, TypeError, ZoodipError):  # only a hint for the message: never its own error
             return []
@@ -338,14 +339,14 @@ class Personalizer:
         try:
             out.mkdir(parents=True, exist_ok=True)
             (out / LOG_NAME).unlink(missing_ok=True)
-            (out / "config.json").write_text(json.dumps(self.config.to_json(), indent=2, default=str))
+            (out / CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=2, default=str))
             if self.config.eval_every:
                 self._phase(f"first evaluation ({len(self._eval_items)} forwards)")
                 value = self._record_eval()
                 self._log({"step": 0, "eval_loss": value})
             self.save_checkpoint()
         except BaseException as exc:
-            for name in ("config.json", LOG_NAME, CHECKPOINT_NAME):
+            for name in (CONFIG_NAME, LOG_NAME, CHECKPOINT_NAME):
                 try:
                     (out / name).unlink(missing_ok=True)
                 except OSError:
