@@ -153,6 +153,10 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str]], tokenizer: Any = No
         specs = [specs]
     if not isinstance(specs, (list, tuple)):
         raise ZoodipError(f"embeddings must be a list of paths (PATH, PATH:TOKEN or FOLDER), got {specs!r:.60}")
+    if clip_skip is not None:  # compared with the number a file records: "1" would differ from 1
+        if not isinstance(clip_skip, (int, np.integer)) or isinstance(clip_skip, bool) or clip_skip < 0:
+            raise ZoodipError(f"clip_skip must be a whole number >= 0 (or None), got {clip_skip!r:.60}")
+        clip_skip = int(clip_skip)
     added: dict[str, np.ndarray] = {}
     groups: list[list[str]] = []
     for spec in specs:

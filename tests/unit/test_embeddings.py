@@ -258,3 +258,21 @@ def test_a_token_given_for_a_file_is_one_word(tmp_path: Path) -> None:
         with pytest.raises(ZoodipError, match="use one word without spaces"):
             load_embedding_file(path, token=token)
     assert load_embedding_file(path, token="<b>")[0] == "<b>"
+
+
+def test_load_embeddings_compares_clip_skip_as_a_number(tmp_path: Path) -> None:
+    """A clip_skip of another kind was compared with the file's number and warned of a mismatch that was not one."""
+    import warnings
+
+    from zoodip.embeddings import load_embeddings
+
+    path = tmp_path / "learned_embeds.safetensors"
+    save_learned_embeds(path, "<a>", np.ones((1, 8), np.float32), metadata={"settings": json.dumps({"clip_skip": 1})})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(load_embeddings([path], clip_skip=np.int64(1))[0]) == ["<a>"]
+    with pytest.warns(UserWarning, match="trained at --clip-skip 1 and is used at --clip-skip 0"):
+        load_embeddings([path], clip_skip=0)
+    for bad in ("1", 1.0, True, -1):
+        with pytest.raises(ZoodipError, match="clip_skip must be a whole number"):
+            load_embeddings([path], clip_skip=bad)
