@@ -28,6 +28,8 @@ def parse_merge_source(text: str) -> tuple[Path, list[str] | None, set[int] | No
     wanted_seeds = None
     if at and seeds and all(part.strip().isdigit() for part in seeds.split(",")):
         text, wanted_seeds = rest, {int(part) for part in seeds.split(",")}
+    elif at and not Path(text).is_dir() and "@" in text.partition(":")[2 if ":" in text else 0]:
+        raise ValueError(f"{text}: @SEEDS must be a comma list of training seeds (e.g. DIR@0,1), got {seeds!r}")
     folder, sep, names = text.partition(":")
     if sep and Path(folder).is_dir():
         return Path(folder), split_methods(names), wanted_seeds

@@ -629,3 +629,15 @@ def test_reference_features_are_cached_per_concept_and_photos() -> None:
     assert scorer.reference_features(star, [p.copy() for p in photos_a]) is first and calls == [2]
     assert scorer.reference_features(star, photos_b)[0, 0] == 7 and calls == [2, 1]
     assert scorer.reference_features(SimpleNamespace(name="moon"), photos_a) is not first
+
+
+def test_merge_seeds_that_are_not_numbers_are_named_as_seeds(tmp_path, capsys):
+    # "DIR:METHOD@x" was read as a method named "METHOD@x"; a folder whose own name holds "@" is still a folder.
+    src = _fake_results(tmp_path / "src", {"ti-backprop": (0.1, 100)})
+    for source in (f"{src}:ti-backprop@x", f"{src}@1,b"):
+        assert quality.main(["--merge", source, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "@SEEDS must be a comma list of training seeds" in err
+    assert not (tmp_path / "out").exists()
+    at_folder = _fake_results(tmp_path / "run@home", {"ti-backprop": (0.1, 100)})
+    assert quality.main(["--merge", f"{at_folder}:ti-backprop", "--out", str(tmp_path / "ok")]) == 0
