@@ -16,6 +16,9 @@ REQUIRED_PARTS: dict[str, tuple[str, ...]] = {
     "scheduler": ("scheduler_config.json",),
 }
 
+# The largest native latent side an export records (SDXL's is 128): a larger one is a damaged config.
+MAX_SAMPLE_SIZE = 512
+
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
@@ -100,6 +103,10 @@ def model_info(configs: dict[str, dict[str, Any]], sample_size: int | None) -> d
     multiple = 2 ** (len(unet.get("block_out_channels", (0,))) - 1)
     if side <= 0 or side % multiple:
         raise ZoodipError(f"sample_size {side} must be a positive multiple of {multiple} for this UNet")
+    if side > MAX_SAMPLE_SIZE:  # the default image of every later command; caught here, not at the first generate
+        raise ZoodipError(f"sample_size {side} latents is a {side * vae_scale_factor(vae)} px default image, past any SD "
+                          f"model's (64 for SD1.x, 96 for SD2.x; at most {MAX_SAMPLE_SIZE} here): fix unet/config.json "
+                          "or pass --sample-size")
     return {
         "hidden_size": int(text["hidden_size"]),
         "cross_attention_dim": int(unet["cross_attention_dim"]),

@@ -316,6 +316,7 @@ def _no_leftovers(parent: Path, allowed: set[str]) -> bool:
 
 @pytest.mark.parametrize("case", ["missing-source", "not-a-folder", "no-unet", "out-not-empty", "bad-precision",
                                   "bad-recipe", "recipe-precision-mismatch", "tiny-with-source", "bad-sample-size",
+                                  "huge-sample-size",
                                   "overwrite-foreign-folder"])
 def test_bad_inputs(case: str, tiny_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
@@ -340,6 +341,7 @@ def test_bad_inputs(case: str, tiny_source: Path, tmp_path: Path, capsys: pytest
         "recipe-precision-mismatch": [src, str(out), "--precision", "fp32", "--recipe", "w8a32"],
         "tiny-with-source": ["--tiny", src, str(out)],
         "bad-sample-size": [src, str(out), "--sample-size", "7"],
+        "huge-sample-size": [src, str(out), "--sample-size", "100000"],  # was refused only by the first generate
         "overwrite-foreign-folder": [src, str(out), "--overwrite"],  # --overwrite only replaces an export
     }[case]
     assert main(argv) == 2
