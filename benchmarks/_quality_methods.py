@@ -209,6 +209,14 @@ def timestep_range(text: str, what: str, num_train: int = 1000) -> tuple[int, in
     return pair
 
 
+def _number(kind: type, key: str, value: str, text: str) -> Any:
+    """A method setting's number, or a ValueError naming the setting (not Python's 'invalid literal')."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"method {text!r}: {key}={value!r} is not {'a whole number' if kind is int else 'a number'}") from None
+
+
 def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpec:
     """``zoodip`` or ``zoodip[t=300-700,tau=64,lr=0.02]`` -> MethodSpec."""
     match = _OVERRIDE.match(text.strip())
@@ -223,9 +231,9 @@ def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpe
         if key == "t":
             changes["t_range"] = None if value in ("uniform", "all") else timestep_range(value, f"method {text!r}: t")
         elif key in ("n", "tau", "pop", "num_vectors", "ortho_after", "ortho_n", "draws", "res"):
-            changes[key] = int(value)
+            changes[key] = _number(int, key, value, text)
         elif key in ("lr", "mu", "nu", "sigma", "weight_decay", "vocab", "curvature", "clip", "eps"):
-            changes["adam_eps" if key == "eps" else key] = float(value)
+            changes["adam_eps" if key == "eps" else key] = _number(float, key, value, text)
         elif key == "mode":
             if value not in ("history-span", "principal"):
                 raise ValueError(f"method {text!r}: mode must be history-span or principal")

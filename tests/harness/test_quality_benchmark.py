@@ -7,6 +7,7 @@ evaluator, so neither needs the reference model.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -32,6 +33,13 @@ def test_parse_method_training_resolution():
     assert qm.parse_method("ti-backprop[res=16]").res == 16
     for bad in ("default[res=0]", "ti-backprop[res=20]", "init[res=16]"):
         with pytest.raises(ValueError, match="res=PX"):
+            qm.parse_method(bad)
+
+
+def test_parse_method_names_a_setting_that_is_not_a_number():
+    for bad, words in (("zoodip[tau=abc]", "tau='abc' is not a whole number"), ("zoodip[lr=fast]", "lr='fast' is not a number"),
+                       ("default[n=2.5]", "n='2.5' is not a whole number")):
+        with pytest.raises(ValueError, match=re.escape(words)):
             qm.parse_method(bad)
 
 
