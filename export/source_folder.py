@@ -73,6 +73,7 @@ def check_source(source: Path) -> dict[str, dict[str, Any]]:
 def _check_readable_by_the_sdk(source: Path, configs: dict[str, dict[str, Any]]) -> None:
     """What the SDK reads of the export as the source has it (the scheduler config, the VAE's latent scale, the
     tokenizer's files), checked before any weights are read: an export the SDK refuses is not written."""
+    from zoodip.model import latent_scale_problem
     from zoodip.schedule import NoiseSchedule
     from zoodip.tokenizer import CLIPTokenizer
 
@@ -81,10 +82,9 @@ def _check_readable_by_the_sdk(source: Path, configs: dict[str, dict[str, Any]])
         CLIPTokenizer.from_folder(source / "tokenizer")
     except ZoodipError as exc:
         raise ZoodipError(f"{source}: {exc}") from None
-    scaling = configs["vae"].get("scaling_factor", 0.18215)
-    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not 0 < scaling < float("inf"):
-        raise ZoodipError(f"{source}: vae/config.json has scaling_factor {scaling!r}, not a positive number (SD1.x/2.x: "
-                          "0.18215): fix the file")
+    scale_problem = latent_scale_problem(configs["vae"].get("scaling_factor", 0.18215))
+    if scale_problem:
+        raise ZoodipError(f"{source}: vae/config.json has scaling_factor {scale_problem} (SD1.x/2.x: 0.18215): fix the file")
 
 
 def vae_scale_factor(vae: dict[str, Any]) -> int:

@@ -77,6 +77,14 @@ def _typed(obj: dict[str, Any], key: str, kinds: tuple[type, ...], path: Path, w
     return value
 
 
+def latent_scale_problem(value: object) -> str | None:
+    """None for a usable VAE latent scale (``scaling_factor``: a positive finite number), else what is wrong with it.
+    The one rule for the manifest's copy and for the source folder an export reads it from."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        return f"{value!r}, not a positive number"
+    return None
+
+
 def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
     """Types, required fields and in-folder paths of a manifest (docs/export-format.md); one line per problem."""
     for key in ("model", "graphs", "files", "token_embeddings"):
@@ -87,7 +95,9 @@ def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
         _typed(model, key, (int,), path, "model.", positive=True)
     for key in ("cross_attention_dim", "max_length"):
         _typed(model, key, (int,), path, "model.", required=False, positive=True)
-    _typed(model, "scaling_factor", (int, float), path, "model.", positive=True)
+    scale_problem = latent_scale_problem(_typed(model, "scaling_factor", (int, float), path, "model."))
+    if scale_problem:
+        raise _bad_manifest(path, f"has model.scaling_factor = {scale_problem}")
     _typed(model, "prediction_type", (str,), path, "model.", required=False)
     files = manifest["files"]
     for name, info in files.items():

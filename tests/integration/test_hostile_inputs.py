@@ -114,6 +114,7 @@ MANIFEST_DAMAGE = {
     "unlisted-graph": (lambda f, m: m["files"].pop("unet.onnx"), "among its files"),
     "same-size-corruption": (lambda f, m: _flip_byte(f / "unet.onnx"), "does not match its sha256"),
     "scaling-factor-inf": (lambda f, m: m["model"].update(scaling_factor=float("inf")), "scaling_factor"),
+    "scaling-factor-zero": (lambda f, m: m["model"].update(scaling_factor=0), "scaling_factor = 0, not a positive number"),
 }
 
 
