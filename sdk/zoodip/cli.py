@@ -257,7 +257,8 @@ def _generate_images(args: argparse.Namespace, model, added, groups, latents, ba
                     guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
                     height=args.height, width=args.width, num_images=args.num_images, added_embeddings=added,
                     token_groups=groups, latents=latents, prompt_weighting=args.prompt_weighting,
-                    image=args.image, strength=args.strength, mask_image=args.mask,
+                    image=args.image, strength=args.strength, mask_image=args.mask, mask_blur=args.mask_blur,
+                    padding_mask_crop=args.padding_mask_crop, paste_back=args.paste_back,
                     clip_skip=args.clip_skip, guidance_rescale=args.guidance_rescale, callback=bar)
 
 

@@ -182,6 +182,16 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     g.add_argument("--mask", "--mask-image", dest="mask", default=None, metavar="PATH",
                    help="with --image: inpainting (diffusers' mask_image): redraw the white part of this picture, "
                         "keep the black part (any aspect ratio is stretched to the image's)")
+    g.add_argument("--mask-blur", type=float, default=0.0, metavar="PX",
+                   help="with --mask: blur the mask by PX pixels (A1111's 'Mask blur', 4 there): a soft seam where "
+                        "the result is pasted back (--paste-back, --padding-mask-crop)")
+    g.add_argument("--padding-mask-crop", type=int, default=None, metavar="PX",
+                   help="with --mask: redraw only the box around the white part, PX pixels wider (diffusers' "
+                        "padding_mask_crop; A1111's 'Only masked', padding 32), at --width/--height (default: the "
+                        "model's native size), and paste it back into the whole image, which keeps its size")
+    g.add_argument("--paste-back", action="store_true",
+                   help="with --mask: keep the original's pixels where the mask is black (as A1111 does), not their "
+                        "trip through the VAE")
     g.add_argument("--strength", type=float, default=None,
                    help=f"with --image: how much of it is redrawn, in (0, 1] (default {DEFAULT_STRENGTH}, with --mask "
                         f"{INPAINT_STRENGTH}, as diffusers)")

@@ -73,7 +73,10 @@ GENERATE_FLAGS: dict[str, str] = {
     "--batch_size": _IMAGES,
     "--n_iter": _IMAGES,
     "--batch_count": _IMAGES,
-    "--mask_blur": "the mask is used as diffusers uses it, unblurred; blur it in an image editor; drop it",
+    "--inpaint_full_res": "A1111's 'Inpaint area: Only masked' is --padding-mask-crop PX (its padding; 32 in A1111)",
+    "--inpaint_full_res_padding": "A1111's 'Only masked padding' is --padding-mask-crop PX",
+    "--inpainting_fill": "the masked part starts from the image under it, noised ('original'); at --strength 1 from "
+                         "noise alone ('latent noise'): choose with --strength; drop it",
     "--enable_hr": "there is no hires fix here: generate at the size you want with --width/--height; drop it",
     "--hr_scale": "there is no hires fix here: generate at the size you want with --width/--height; drop it",
 }

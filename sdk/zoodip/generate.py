@@ -36,7 +36,9 @@ from .added_tokens import check_added_ids, tokenizer_with
 from .emphasis import check_prompt_weighting, chunked_token_ids, emphasis_free_text, emphasize, weighted_token_ids
 from .errors import ZoodipError
 from .image_side import check_side, side_multiple
-from .images import image_pixels, init_image_size, latent_mask, mask_problems, open_init_image, open_mask, to_pil
+from .images import (NO_DRAFT, image_pixels, init_image_size, latent_mask, mask_problems, open_init_image, open_mask,
+                     to_pil)
+from .inpainting import InpaintOptions, PasteBack, inpainting_views
 from .limits import check_image_size
 from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
 from .model import clip_skip_problem
@@ -82,6 +84,7 @@ def generate(
     prompt_weighting: str = "none",
     image: str | Path | Image.Image | None = None, strength: float | None = None,
     mask_image: str | Path | Image.Image | None = None, clip_skip: int = 0, guidance_rescale: float = 0.0,
+    mask_blur: float = 0.0, padding_mask_crop: int | None = None, paste_back: bool = False,
 ) -> list[Image.Image]:
     """Generate ``num_images`` images for ``prompt``; returns RGB PIL images of ``width`` x ``height``.
 
@@ -101,12 +104,14 @@ def generate(
         prompt_weighting: "none" (as diffusers: brackets are text, 77 tokens) or "a1111" (A1111's: ``zoodip.emphasis``,
             long prompts, and prompt editing and alternation, ``zoodip.prompt_schedule``).
         image, strength: img2img, as diffusers': ``image`` (path or PIL) noised over the last ``strength`` of the steps
-            (default 0.8, with a mask 1.0, diffusers' defaults); mask_image: inpainting, white redrawn, black kept.
+            (default 0.8, with a mask 1.0, diffusers' defaults); mask_image: inpainting, white redrawn, black kept;
+            mask_blur (px), padding_mask_crop (diffusers': redraw only around the mask) and paste_back: ``inpainting``.
         clip_skip: the text encoder's k-th layer from the end, through its final norm (as diffusers; A1111's k + 1).
     """
     _check_settings(model, prompt, negative_prompt, sampler, steps, num_images, guidance_scale, eta, seed,
                     prompt_weighting, clip_skip, guidance_rescale, callback=callback, batch_cfg=batch_cfg, groups=token_groups)
-    start, h, w = _image_start(model, image, mask_image, strength, height, width)  # a size that cannot fit: refused
+    start, h, w = _image_start(model, image, mask_image, strength, height, width,  # a size that cannot fit: refused
+                               InpaintOptions(mask_blur, padding_mask_crop, paste_back))
     plan = plan_decode(model, h, w, budget := memory_budget_mb(model))
     run = steps_run(steps, None if start is None else start.strength)  # the steps a prompt's editing is laid over
     phases = _prompt_phases(prompt, negative_prompt, prompt_weighting, run)
@@ -118,10 +123,17 @@ def generate(
     x0 = None if start is None else _image_latents(model, start.pixels, num_images, rng, budget)
     latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, eta=eta, rng=rng, callback=done,
                           image_latents=x0, strength=start.strength if start else 1.0, mask=start.mask if start else None)
-    _release_under_budget(model, budget, "unet")  # then one image at a time: the VAE decoder's activations dominate
-    images = [picture for i in range(num_images) for picture in to_pil(decode_latents(model, latents[i : i + 1], plan))]
+    return _images(model, latents, plan, budget, start.paste if start else None)
+
+
+def _images(model: Any, latents: np.ndarray, plan: DecodePlan | None, budget: int | None,
+            paste: PasteBack | None) -> list[Image.Image]:
+    """The final latents decoded one image at a time (the VAE decoder's activations dominate), pasted back into the
+    inpainted original where asked."""
+    _release_under_budget(model, budget, "unet")
+    images = [picture for i in range(len(latents)) for picture in to_pil(decode_latents(model, latents[i : i + 1], plan))]
     _release_under_budget(model, budget, "vae_decoder")
-    return images
+    return [paste(picture) for picture in images] if paste else images
 
 
 def check_prompt(model: Any, prompt: str, *, negative_prompt: str = "", steps: int = DEFAULT_STEPS,
@@ -404,12 +416,14 @@ class _ImageStart:
     pixels: np.ndarray
     strength: float
     mask: np.ndarray | None
+    paste: PasteBack | None = None  # the generated images into the whole original (``inpainting``)
 
 
 def _image_start(model: Any, image: Any, mask_image: Any, strength: object, height: int | None,
-                 width: int | None) -> tuple[_ImageStart | None, int, int]:
+                 width: int | None, inpaint: InpaintOptions) -> tuple[_ImageStart | None, int, int]:
     """The start image (None without one) and the latent size of the images, checked (``_latent_size``; with a
     start image, before it is resized)."""
+    inpaint.check(with_mask=mask_image is not None)
     if image is None:
         if mask_image is not None:
             raise ZoodipError("a mask (mask_image, --mask) marks what to redraw in an image: pass the image too "
@@ -420,17 +434,22 @@ def _image_start(model: Any, image: Any, mask_image: Any, strength: object, heig
     strength = (DEFAULT_STRENGTH if mask_image is None else INPAINT_STRENGTH) if strength is None else strength
     check_strength(strength)
     native = int(model.sample_size) * int(model.vae_scale_factor)
-    picture = open_init_image(image, max(native, height or 0, width or 0) * 2)
-    width, height = init_image_size(picture.size, height, width, native, side_multiple(model.vae_scale_factor))
+    crop = mask_image is not None and inpaint.padding_mask_crop is not None  # then generated at the size asked
+    picture = open_init_image(image, NO_DRAFT if crop else max(native, height or 0, width or 0) * 2)
+    width, height = ((width or native, height or native) if crop else
+                     init_image_size(picture.size, height, width, native, side_multiple(model.vae_scale_factor)))
     h, w = _latent_size(model, height, width)
     check_encode(model, h, w, memory_budget_mb(model))
-    mask = None
+    mask, paste = None, None
     if mask_image is not None:
-        drawn = open_mask(mask_image, max(width, height))
-        mask = latent_mask(drawn, (width, height), int(model.vae_scale_factor))
+        drawn = open_mask(mask_image, max(picture.size) if inpaint.changes_pixels else max(width, height))
+        view, seen, paste = (inpainting_views(picture, drawn, inpaint, (width, height)) if inpaint.changes_pixels
+                             else (picture, drawn, None))
+        mask = latent_mask(seen, (width, height), int(model.vae_scale_factor))
         for problem in mask_problems(drawn.size, picture.size, mask):
             warnings.warn(problem, stacklevel=3)
-    return _ImageStart(image_pixels(picture, (width, height)), float(strength), mask), h, w
+        picture = view
+    return _ImageStart(image_pixels(picture, (width, height)), float(strength), mask, paste), h, w
 
 
 def _image_latents(model: Any, pixels: np.ndarray, num_images: int, rng: np.random.Generator,

@@ -24,6 +24,7 @@ MIN_SIDE = 32  # below this a photo holds too little of the concept to learn fro
 # This is the one limit: Pillow's own decompression-bomb guard (89 MP by default) is replaced by it
 # while a photo is opened, so the limit applied and the limit named in the message are the same.
 MAX_PIXELS = 120_000_000
+NO_DRAFT = 1 << 16  # a draft side past any photo's that MAX_PIXELS lets through: decoded at full size
 
 
 def list_images(folder: str | Path) -> list[Path]:

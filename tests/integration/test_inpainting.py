@@ -142,3 +142,38 @@ def test_inpainting_within_a_memory_budget(tiny_export, picture):
     budgeted = generate(ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=4000)), "a red star", **options)
     plain = generate(ExportedModel.load(tiny_export), "a red star", **options)
     assert np.abs(pixels(budgeted) - pixels(plain)).max() <= 1
+
+
+def test_only_masked_and_paste_back_keep_the_originals_pixels_outside_the_mask(model, tiny_export, tmp_path, capsys):
+    """--padding-mask-crop redraws the box around the mask at the native size and pastes it into the whole photo,
+    which keeps its size; --paste-back keeps the black part's pixels exactly (not through the VAE)."""
+    rng = np.random.default_rng(3)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (2 * SIDE, 3 * SIDE, 3), dtype=np.uint8)).save(photo)
+    drawn = np.zeros((2 * SIDE, 3 * SIDE), np.uint8)
+    drawn[100:140, 200:260] = 255
+    Image.fromarray(drawn).save(tmp_path / "mask.png")
+    original = np.asarray(Image.open(photo)).astype(int)
+    out = tmp_path / "out.png"
+    common = ["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "3", "--out", out,
+              "--image", photo, "--mask", tmp_path / "mask.png"]
+    code, _, err = run_cli(common + ["--padding-mask-crop", "16"], capsys)
+    assert code == 0 and err == "", err
+    result = np.asarray(Image.open(out)).astype(int)
+    assert result.shape == original.shape
+    assert np.array_equal(result[drawn == 0], original[drawn == 0])
+    assert np.abs(result[drawn > 0] - original[drawn > 0]).mean() > 10  # redrawn
+    code, _, err = run_cli(common + ["--paste-back"], capsys)
+    kept = np.asarray(Image.fromarray(drawn).resize(Image.open(out).size, Image.Resampling.LANCZOS)) == 0
+    start = np.asarray(Image.open(photo).resize(Image.open(out).size, Image.Resampling.BICUBIC)).astype(int)
+    assert code == 0 and np.array_equal(np.asarray(Image.open(out)).astype(int)[kept], start[kept])
+    plain = pixels(generate(model, "a star", image=photo, mask_image=tmp_path / "mask.png", steps=3))[0]
+    assert not np.array_equal(plain[kept], start[kept])  # without it, the kept part is the VAE's copy
+    out.unlink()
+    for extra, needle in ((["--mask-blur", "-1"], "mask_blur must be a number of pixels from 0"),
+                          (["--padding-mask-crop", "-4"], "padding_mask_crop must be a whole number of pixels"),
+                          (["--inpaint_full_res"], "is --padding-mask-crop PX")):
+        assert_one_line_error(*run_cli(common + extra, capsys)[::2], needle)
+    bare = ["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "3", "--out", out]
+    assert_one_line_error(*run_cli(bare + ["--paste-back"], capsys)[::2], "apply to inpainting: pass mask_image")
+    assert not out.exists()

@@ -587,6 +587,38 @@ def test_inpainting_matches_the_diffusers_inpainting_pipeline(tiny_sd_folder, tm
             assert diff.max() <= 2 and diff.mean() < 0.05, (sampler, strength, diff.max(), diff.mean())
 
 
+def test_only_masked_inpainting_matches_diffusers_padding_mask_crop(tiny_sd_folder, tmp_path, monkeypatch) -> None:
+    """generate(padding_mask_crop=) against StableDiffusionInpaintPipeline's: a photo twice the native size, the
+    box around its mask and the padding exactly the native size (no resampling on either side), redrawn there and
+    pasted back into the whole photo, whose kept part comes back untouched."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionInpaintPipeline
+    from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as inpaint
+    from PIL import Image
+
+    from zoodip.generate import initial_latents
+
+    model, pipe = fp32_export_and_pipeline(tiny_sd_folder, tmp_path, monkeypatch, StableDiffusionInpaintPipeline)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)  # our default sampler's
+    side = model.sample_size * model.vae_scale_factor
+    rng = np.random.default_rng(8)
+    start = Image.fromarray(rng.integers(0, 256, (2 * side, 2 * side, 3), dtype=np.uint8))
+    gray = np.zeros((2 * side, 2 * side), np.uint8)
+    gray[side : side + side // 2, side // 2 : side] = 255  # a box side/2 wide: with side/4 padding, side wide
+    mask = Image.fromarray(gray)
+    noise = initial_latents(model, seed=9, num_images=1)
+    monkeypatch.setattr(inpaint, "retrieve_latents", lambda output, generator=None: output.latent_dist.mean)
+    monkeypatch.setattr(inpaint, "randn_tensor", lambda shape, **kwargs: torch.from_numpy(noise))
+    for strength in (1.0, 0.6):
+        kwargs = dict(negative_prompt="blurry", guidance_scale=7.5, strength=strength, padding_mask_crop=side // 4)
+        ref = pipe("a photo of a star", image=start, mask_image=mask, num_inference_steps=10, height=side,
+                   width=side, **kwargs).images[0]
+        ours = generate(model, "a photo of a star", image=start, mask_image=mask, steps=10, seed=9, **kwargs)[0]
+        assert ours.size == ref.size == start.size
+        diff = np.abs(np.asarray(ours).astype(int) - np.asarray(ref).astype(int))
+        assert diff.max() <= 2 and diff.mean() < 0.05, (strength, diff.max(), diff.mean())
+        assert np.array_equal(np.asarray(ours)[gray == 0], np.asarray(start)[gray == 0])
+
+
 def test_api_arguments_of_the_wrong_kind_are_one_clear_error_before_any_work() -> None:
     """What an app backend may pass by mistake: each a ZoodipError naming the argument, before the text encoder runs
     (not a TypeError mid-run, nor a NaN found as a black image after all the steps)."""
