@@ -221,6 +221,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if value is not None and args.image is None:
             raise ZoodipError(f"{flag} applies to image-to-image only (--image, and with --mask inpainting): add "
                               f"--image PATH, or drop {flag}")
+    for flag, value in (("--hires-strength", args.hires_strength), ("--hires-steps", args.hires_steps)):
+        if value is not None and args.hires_scale is None:
+            raise ZoodipError(f"{flag} sets the hires fix's second pass: add --hires-scale X (2: twice the size), or "
+                              f"drop {flag}")
+    if args.hires_scale is not None and args.image is not None:
+        raise ZoodipError("--hires-scale is for text-to-image (A1111 has no hires fix for img2img): drop --image, or "
+                          "drop --hires-scale and give the size with --width/--height")
     if args.image is not None and (args.latents or args.save_latents):
         raise ZoodipError("--latents and --save-latents are for text-to-image; with --image the noise follows the "
                           "image's size: drop them (the API's generate(image=..., latents=...) takes both)")
@@ -252,14 +259,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _generate_images(args: argparse.Namespace, model, added, groups, latents, bar) -> list:
     from .generate import generate
+    from .hires import generate_hires
 
-    return generate(model, args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
-                    guidance_scale=args.guidance_scale, sampler=args.sampler, seed=args.seed,
-                    height=args.height, width=args.width, num_images=args.num_images, added_embeddings=added,
-                    token_groups=groups, latents=latents, prompt_weighting=args.prompt_weighting,
-                    image=args.image, strength=args.strength, mask_image=args.mask, mask_blur=args.mask_blur,
-                    padding_mask_crop=args.padding_mask_crop, paste_back=args.paste_back,
-                    clip_skip=args.clip_skip, guidance_rescale=args.guidance_rescale, callback=bar)
+    common = dict(negative_prompt=args.negative_prompt, steps=args.steps, guidance_scale=args.guidance_scale,
+                  sampler=args.sampler, seed=args.seed, height=args.height, width=args.width,
+                  num_images=args.num_images, added_embeddings=added, token_groups=groups, latents=latents,
+                  prompt_weighting=args.prompt_weighting, clip_skip=args.clip_skip,
+                  guidance_rescale=args.guidance_rescale, callback=bar)
+    if args.hires_scale is not None:
+        hires = {k: v for k, v in (("hires_strength", args.hires_strength), ("hires_steps", args.hires_steps))
+                 if v is not None}
+        return generate_hires(model, args.prompt, hires_scale=args.hires_scale, **hires, **common)
+    return generate(model, args.prompt, image=args.image, strength=args.strength, mask_image=args.mask,
+                    mask_blur=args.mask_blur, padding_mask_crop=args.padding_mask_crop, paste_back=args.paste_back,
+                    **common)
 
 
 def _generate_latents(args: argparse.Namespace, model) -> np.ndarray | None:

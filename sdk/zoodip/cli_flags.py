@@ -11,7 +11,7 @@ from .gradient_estimate import DIRECTIONS
 from .lr_schedule import LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT
 from .prompts import LEARNABLE_PROPERTIES
-from .sampling import DEFAULT_STEPS, DEFAULT_STRENGTH, INPAINT_STRENGTH, SAMPLERS
+from .sampling import DEFAULT_STEPS, DEFAULT_STRENGTH, HIRES_STRENGTH, INPAINT_STRENGTH, SAMPLERS
 from .timesteps import PAPER_T_RANGE
 from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
 
@@ -176,6 +176,25 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
                         "'Clip skip' N+1); 0: its last layer")
     g.add_argument("--seed", type=int, default=0, help="the initial noise's seed; -1: a random one, said in the "
                    "output line so that the image can be made again (A1111's -1)")
+    _add_image_flags(g)
+    g.add_argument("--height", type=int, default=None)
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--num-images", "--num-images-per-prompt", dest="num_images", type=int, default=1, help="images per call; more than one: --out is their grid "
+                   "and each is also written as OUT-1.png, OUT-2.png, ...")
+    g.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    add_spin_wait_flag(g)
+    g.add_argument("--memory-budget", type=int, default=None, metavar="MB",
+                   help="generate within MB: one UNet pass at a time, one graph in memory at a time, and the VAE "
+                        "decoding in overlapping tiles where the whole image would not fit")
+    g.add_argument("--latents", default=None, metavar="FILE.npy",
+                   help="initial latents [images, 4, height/8, width/8] instead of the seed's (diffusers' latents=); "
+                        "the same latents give the same images in diffusers")
+    g.add_argument("--save-latents", default=None, metavar="FILE.npy", help="write the initial latents used")
+    g.add_argument("--out", default="out.png")
+
+
+def _add_image_flags(g: argparse.ArgumentParser) -> None:
+    """Image-to-image, inpainting and the hires fix."""
     g.add_argument("--image", default=None, metavar="PATH",
                    help="image-to-image (diffusers' img2img): start from this picture, resized to --width/--height "
                         "(default: its own aspect, the longer side the model's native size)")
@@ -195,17 +214,11 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     g.add_argument("--strength", type=float, default=None,
                    help=f"with --image: how much of it is redrawn, in (0, 1] (default {DEFAULT_STRENGTH}, with --mask "
                         f"{INPAINT_STRENGTH}, as diffusers)")
-    g.add_argument("--height", type=int, default=None)
-    g.add_argument("--width", type=int, default=None)
-    g.add_argument("--num-images", "--num-images-per-prompt", dest="num_images", type=int, default=1, help="images per call; more than one: --out is their grid "
-                   "and each is also written as OUT-1.png, OUT-2.png, ...")
-    g.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
-    add_spin_wait_flag(g)
-    g.add_argument("--memory-budget", type=int, default=None, metavar="MB",
-                   help="generate within MB: one UNet pass at a time, one graph in memory at a time, and the VAE "
-                        "decoding in overlapping tiles where the whole image would not fit")
-    g.add_argument("--latents", default=None, metavar="FILE.npy",
-                   help="initial latents [images, 4, height/8, width/8] instead of the seed's (diffusers' latents=); "
-                        "the same latents give the same images in diffusers")
-    g.add_argument("--save-latents", default=None, metavar="FILE.npy", help="write the initial latents used")
-    g.add_argument("--out", default="out.png")
+    g.add_argument("--hires-scale", type=float, default=None, metavar="X",
+                   help="A1111's hires fix: generate at --width/--height, upscale X times, and redraw it there by "
+                        "image-to-image (A1111's 'Upscale by', 2 there)")
+    g.add_argument("--hires-strength", type=float, default=None, metavar="S",
+                   help=f"with --hires-scale: how much the second pass redraws, in (0, 1] (default {HIRES_STRENGTH}, "
+                        "A1111's denoising strength)")
+    g.add_argument("--hires-steps", type=int, default=None, metavar="N",
+                   help="with --hires-scale: the second pass's steps, of which the last S x N run (default: --steps)")

@@ -77,8 +77,11 @@ GENERATE_FLAGS: dict[str, str] = {
     "--inpaint_full_res_padding": "A1111's 'Only masked padding' is --padding-mask-crop PX",
     "--inpainting_fill": "the masked part starts from the image under it, noised ('original'); at --strength 1 from "
                          "noise alone ('latent noise'): choose with --strength; drop it",
-    "--enable_hr": "there is no hires fix here: generate at the size you want with --width/--height; drop it",
-    "--hr_scale": "there is no hires fix here: generate at the size you want with --width/--height; drop it",
+    "--enable_hr": "A1111's hires fix is --hires-scale X (2: twice the size)",
+    "--hr_scale": "A1111's 'Upscale by' is --hires-scale X",
+    "--hr_second_pass_steps": "use --hires-steps N (with --hires-scale)",
+    "--hr_upscaler": "the hires fix upscales with Lanczos (A1111's 'Lanczos' upscaler; no latent or ESRGAN "
+                     "upscalers here); drop it",
 }
 _FOREIGN = {"personalize": (DIFFUSERS_TI_FLAGS, "diffusers' textual_inversion.py"),
             "generate": (GENERATE_FLAGS, "diffusers' pipelines or A1111")}

@@ -329,14 +329,18 @@ def _call_problem(callback: object) -> str | None:
     return None
 
 
+def check_callback(callback: object) -> None:
+    """None, or a progress callback callable as ``callback(step, total, latents)``; else one line, before any work."""
+    problem = None if callback is None else _call_problem(callback)
+    if problem:
+        raise ZoodipError(f"callback must be callable as callback(step, total, latents) (not diffusers' "
+                          f"callback_on_step_end(pipe, step, timestep, kwargs)): {problem}")
+
+
 def _check_call_options(callback: object, batch_cfg: object, groups: object) -> None:
-    """The progress callback (callable as ``callback(step, total, latents)``), ``batch_cfg`` (a bool) and
-    ``token_groups`` (lists of token names), refused before any work rather than failing mid-run."""
-    if callback is not None:
-        problem = _call_problem(callback)
-        if problem:
-            raise ZoodipError(f"callback must be callable as callback(step, total, latents) (not diffusers' "
-                              f"callback_on_step_end(pipe, step, timestep, kwargs)): {problem}")
+    """The progress callback, ``batch_cfg`` (a bool) and ``token_groups`` (lists of token names), refused before any
+    work rather than failing mid-run."""
+    check_callback(callback)
     if not isinstance(batch_cfg, (bool, np.bool_)):
         raise ZoodipError(f"batch_cfg must be True or False, got {batch_cfg!r}")
     if groups is not None and (not isinstance(groups, (list, tuple)) or not all(

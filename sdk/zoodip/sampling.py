@@ -58,6 +58,7 @@ SAMPLERS = tuple(_KINDS)  # the CLI's --sampler choices; the first is the defaul
 DEFAULT_STEPS = 25  # sampling steps, as diffusers' pipelines
 DEFAULT_STRENGTH = 0.8  # image-to-image's default strength, diffusers' img2img pipelines'
 INPAINT_STRENGTH = 1.0  # inpainting's default strength, diffusers' inpainting pipelines'
+HIRES_STRENGTH = 0.7  # A1111's hires fix: its second pass's denoising strength (zoodip.hires)
 
 ProgressCallback = Callable[[int, int, np.ndarray], None]
 """``callback(step, total, latents)``: after each denoising step (``step`` counts from 1); ``latents``
@@ -120,9 +121,9 @@ def check_sampler(sampler: object) -> None:
         raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
 
 
-def check_strength(strength: object) -> None:
+def check_strength(strength: object, name: str = "strength") -> None:
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 < strength <= 1.0:
-        raise ZoodipError(f"strength must be a number in (0, 1], got {strength!r}: how much of the image is redrawn "
+        raise ZoodipError(f"{name} must be a number in (0, 1], got {strength!r}: how much of the image is redrawn "
                           f"({DEFAULT_STRENGTH}, diffusers' default, keeps its layout; 1.0 keeps almost nothing of it)")
 
 

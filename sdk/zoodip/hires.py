@@ -1,0 +1,88 @@
+"""A1111's "Hires. fix": an image at the model's own size, upscaled, then redrawn at the larger size by
+image-to-image, so that the layout comes from the size the model was trained at and the detail from the second pass.
+
+SD1.x asked directly for 1024 px draws its layout at a size it never saw (repeated subjects, stretched bodies); the
+two-pass way avoids that at the cost of the second pass's steps. A1111's defaults: twice the size, denoising strength
+0.7, the upscale by an image resampler ("Lanczos" among its upscalers; its "Latent" ones resize the latents instead,
+which this SDK's image-to-image does not take).
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .errors import ZoodipError
+from .generate import check_callback, check_num_images, generate
+from .image_side import check_side, side_multiple
+from .limits import check_image_size
+from .memory_plan import memory_budget_mb
+from .sampling import DEFAULT_STEPS, HIRES_STRENGTH, ProgressCallback, check_steps, check_strength, steps_run
+
+MAX_HIRES_SCALE = 4.0  # A1111's slider stops at 4
+
+
+def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_strength: float = HIRES_STRENGTH,
+                   hires_steps: int | None = None, seed: int = 0, num_images: int = 1, steps: int = DEFAULT_STEPS,
+                   height: int | None = None, width: int | None = None, callback: ProgressCallback | None = None,
+                   **options: Any) -> list[Image.Image]:
+    """``generate(model, prompt, ...)``'s images, each upscaled ``hires_scale`` times (Lanczos; sides rounded down
+    to the VAE's multiple) and redrawn over the last ``hires_strength`` of ``hires_steps`` (default: ``steps``)
+    steps, with the same prompt and options. Image ``i``'s second pass draws its noise from ``seed + i``, A1111's
+    seed for the i-th image of a batch. ``callback(step, total, latents)`` counts the steps of both passes."""
+    if options.get("image") is not None or options.get("mask_image") is not None:
+        raise ZoodipError("the hires fix is for text-to-image (A1111 has none for img2img): drop image/mask_image, "
+                          "or drop the hires settings and pass the size you want")
+    check_steps(model, steps)
+    check_num_images(num_images)
+    check_callback(callback)
+    hires_steps = steps if hires_steps is None else hires_steps
+    check_steps(model, hires_steps)
+    if isinstance(hires_scale, bool) or not isinstance(hires_scale, numbers.Real) or not 1 < hires_scale <= MAX_HIRES_SCALE:
+        raise ZoodipError(f"hires_scale must be a number above 1 and at most {MAX_HIRES_SCALE:g} (A1111's 'Upscale by'; "
+                          f"2 is its default), got {hires_scale!r}")
+    check_strength(hires_strength, "hires_strength")
+    if int(hires_steps * hires_strength) < 1:
+        raise ZoodipError(f"hires_strength {hires_strength} of {hires_steps} hires steps leaves no step to run: raise "
+                          "hires_strength (--hires-strength) or hires_steps (--hires-steps)")
+    second_run = steps_run(hires_steps, hires_strength)
+    factor, native = int(model.vae_scale_factor), int(model.sample_size) * int(model.vae_scale_factor)
+    for name, value in (("height", height), ("width", width)):
+        if value is not None:
+            check_side(name, value, factor, native)
+    size = hires_size((width or native, height or native), float(hires_scale), side_multiple(factor))
+    check_image_size(size[1], size[0], factor, f"the hires fix's {size[0]}x{size[1]} image",
+                     memory_budget_mb=memory_budget_mb(model))  # before the first pass, not after it
+    progress = _TwoPassProgress(callback, steps + num_images * second_run)
+    first = generate(model, prompt, seed=seed, num_images=num_images, steps=steps, height=height, width=width,
+                     callback=progress.pass_callback(), **options)
+    options.pop("latents", None)  # the first pass's noise
+    return [generate(model, prompt, seed=seed + i, steps=hires_steps, image=image.resize(size, Image.Resampling.LANCZOS),
+                     strength=hires_strength, height=size[1], width=size[0], callback=progress.pass_callback(),
+                     **options)[0]
+            for i, image in enumerate(first)]
+
+
+def hires_size(size: tuple[int, int], scale: float, multiple: int) -> tuple[int, int]:
+    """(width, height) times ``scale``, each rounded down to ``multiple`` (A1111 rounds to 8)."""
+    return tuple(max(multiple, int(side * scale) // multiple * multiple) for side in size)  # type: ignore[return-value]
+
+
+class _TwoPassProgress:
+    """One count of steps over the first pass and every second pass (each pass's callback counts from its start)."""
+
+    def __init__(self, callback: ProgressCallback | None, total: int) -> None:
+        self.callback, self.total, self.done, self.offset = callback, total, 0, 0
+
+    def pass_callback(self) -> ProgressCallback | None:
+        if self.callback is None:
+            return None
+        self.offset = self.done
+
+        def report(step: int, total: int, latents: np.ndarray) -> None:
+            self.done = self.offset + step
+            self.callback(self.done, self.total, latents)  # type: ignore[misc]
+
+        return report
