@@ -135,9 +135,11 @@ def load_embedding_file(path: str | os.PathLike[str], token: str | None = None) 
     return name, vectors
 
 
-def load_embeddings(specs: Sequence[str | os.PathLike[str]], tokenizer: Any = None, hidden: int | None = None,
-                    model_id: str | None = None, clip_skip: int | None = None) -> tuple[dict[str, np.ndarray], list[list[str]]]:
-    """Embeddings for a prompt from ``PATH``, ``PATH:TOKEN`` or ``FOLDER`` specs (``--embedding``).
+def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | None]], tokenizer: Any = None,
+                    hidden: int | None = None, model_id: str | None = None,
+                    clip_skip: int | None = None) -> tuple[dict[str, np.ndarray], list[list[str]]]:
+    """Embeddings for a prompt from ``PATH``, ``PATH:TOKEN`` or ``FOLDER`` specs (``--embedding``), or
+    ``(PATH, TOKEN or None)`` pairs (a token holding ':', a path never split).
 
     Returns ``({token: vectors}, groups)``, each group the names of one named file. ``PATH:TOKEN`` names the
     token (as diffusers' ``load_textual_inversion(path, token=...)``). A file without a stored token
@@ -160,9 +162,10 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str]], tokenizer: Any = No
     added: dict[str, np.ndarray] = {}
     groups: list[list[str]] = []
     for spec in specs:
-        path, token = _split_spec(str(spec))
+        path, token = (Path(spec[0]), spec[1]) if isinstance(spec, tuple) else _split_spec(str(spec))
         if not path.is_dir():
-            groups.append(_add(added, path, token, str(spec), tokenizer, hidden, model_id, clip_skip))
+            shown = str(spec[0]) if isinstance(spec, tuple) else str(spec)
+            groups.append(_add(added, path, token, shown, tokenizer, hidden, model_id, clip_skip))
             continue
         if token is not None:
             raise ZoodipError(f"--embedding {spec!r}: a folder's embeddings keep their own names; drop ':{token}'")
@@ -200,7 +203,7 @@ def _add(added: dict[str, np.ndarray], path: Path, token: str | None, spec: str,
     for alias in names:
         if alias in added:
             raise ZoodipError(f"two embeddings are named {alias!r} ({spec} and an earlier --embedding): "
-                              "rename one with --embedding PATH:TOKEN")
+                              "rename one with --embedding PATH:TOKEN (load_textual_inversion(..., token=))")
     for alias in names:
         added[alias] = vectors
     return names

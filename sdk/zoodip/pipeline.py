@@ -1,0 +1,121 @@
+"""diffusers' calling habits over an export: ``from_pretrained``, ``load_textual_inversion``, ``pipe(prompt,
+num_inference_steps=...).images``, so that code written for ``StableDiffusionPipeline`` moves with few changes.
+
+A thin shell: every call is ``zoodip.generate.generate`` (or ``zoodip.hires.generate_hires``) under diffusers'
+argument names; the rules, defaults and errors are theirs. What differs from diffusers, by design:
+
+- the noise comes from ``seed`` (NumPy's, the same on every machine), not from a ``torch.Generator``;
+- the sampler is a name (``sampler="euler"``, ``zoodip.sampling.SAMPLERS``), not a scheduler object;
+- one prompt per call (diffusers' list of prompts: call once per prompt).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .embeddings import load_embeddings
+from .errors import ZoodipError
+from .generate import generate
+from .hires import generate_hires
+from .model import ExportedModel
+from .runtime_options import RuntimeOptions
+from .sampling import DEFAULT_STEPS, SAMPLERS
+
+OUTPUT_TYPES = ("pil", "np")
+
+# diffusers' names -> generate()'s, where they differ.
+_RENAMED = {"num_inference_steps": "steps", "num_images_per_prompt": "num_images"}
+# What diffusers users pass that has no place here -> what to do instead.
+_NOT_TAKEN = {
+    "generator": "pass seed=INT (the noise is NumPy's, the same on every machine; a torch.Generator's differs)",
+    "torch_dtype": "the export's precision was chosen by 'zoodip export --recipe'; drop it",
+    "callback_on_step_end": "pass callback=fn(step, total, latents)",
+    "prompt_embeds": "pass the prompt's text (learned tokens through load_textual_inversion)",
+    "negative_prompt_embeds": "pass negative_prompt's text",
+    "cross_attention_kwargs": "there are no LoRA or attention processors here; drop it",
+    "safety_checker": "the export has no safety checker; drop it",
+}
+
+
+@dataclass
+class PipelineOutput:
+    """diffusers' ``StableDiffusionPipelineOutput``'s ``images``: PIL images, or float [N, H, W, 3] in [0, 1]."""
+
+    images: Any
+
+
+class ZoodipPipeline:
+    """An export with diffusers' pipeline calls. ``pipe.model`` is the ``ExportedModel``; ``pipe.sampler`` the
+    default sampler of each call (one of ``SAMPLERS``)."""
+
+    def __init__(self, model: ExportedModel) -> None:
+        self.model = model
+        self.sampler = SAMPLERS[0]
+        self._specs: list[tuple[str, str | None]] = []
+        self._added: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def from_pretrained(cls, export_dir: str | os.PathLike[str], *, threads: int = 0,
+                        memory_budget_mb: int | None = None, **unknown: Any) -> ZoodipPipeline:
+        """Open a ``zoodip export`` folder (not a diffusers folder: export it first)."""
+        _refuse(unknown, "from_pretrained")
+        folder = Path(export_dir)
+        if (folder / "model_index.json").is_file() and not (folder / "manifest.json").is_file():
+            raise ZoodipError(f"{folder} is a diffusers folder: export it first with 'zoodip export {folder} OUT_DIR' "
+                              "and pass OUT_DIR")
+        return cls(ExportedModel.load(folder, RuntimeOptions(threads=threads, memory_budget_mb=memory_budget_mb)))
+
+    def load_textual_inversion(self, pretrained_model_name_or_path: str | os.PathLike[str] | Sequence[Any],
+                               token: str | Sequence[str] | None = None) -> None:
+        """Add embeddings, as diffusers': a file (diffusers' or A1111's .safetensors) or a folder of them, or a list
+        of files; ``token`` renames (one per file). A name already loaded is refused."""
+        paths = (list(pretrained_model_name_or_path) if isinstance(pretrained_model_name_or_path, (list, tuple))
+                 else [pretrained_model_name_or_path])
+        tokens = list(token) if isinstance(token, (list, tuple)) else [token] * len(paths)
+        if len(tokens) != len(paths):
+            raise ZoodipError(f"load_textual_inversion got {len(paths)} files and {len(tokens)} tokens: give one token "
+                              "per file, or none")
+        specs = self._specs + [(os.fspath(path), name) for path, name in zip(paths, tokens)]
+        m = self.model
+        self._added = load_embeddings(specs, m.tokenizer, m.hidden_size, m.identity)[0]  # all again: a name taken
+        self._specs = specs  # by an earlier call is refused as within one call
+
+    def __call__(self, prompt: str, negative_prompt: str | None = None, *,
+                 num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = 7.5, seed: int = 0,
+                 output_type: str = "pil", clip_skip: int | None = None, **options: Any) -> PipelineOutput:
+        """``generate(self.model, prompt, ...)`` under diffusers' names (``num_images_per_prompt``, ``height``,
+        ``width``, ``latents``, ``image``, ``strength``, ``mask_image``, ``padding_mask_crop``, ``eta``,
+        ``guidance_rescale``, ``callback``; ``hires_scale`` & co. run ``zoodip.hires.generate_hires``)."""
+        if isinstance(prompt, (list, tuple)):
+            raise ZoodipError("one prompt per call here (diffusers batches a list): call the pipeline once per prompt, "
+                              "with num_images_per_prompt for several images of one")
+        if output_type not in OUTPUT_TYPES:
+            raise ZoodipError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        _refuse(options, "the pipeline call", allowed=set(_RENAMED) | _GENERATE_OPTIONS)
+        settings = {_RENAMED.get(key, key): value for key, value in options.items()}
+        settings.setdefault("sampler", self.sampler)
+        run = generate_hires if any(key.startswith("hires_") for key in settings) else generate
+        # Embeddings stay loaded for many prompts, as diffusers': no groups, so one a prompt leaves out is not warned of.
+        images = run(self.model, prompt, negative_prompt=negative_prompt or "", steps=num_inference_steps,
+                     guidance_scale=guidance_scale, seed=seed, clip_skip=clip_skip or 0,
+                     added_embeddings=self._added, token_groups=[], **settings)
+        if output_type == "np":
+            return PipelineOutput(np.stack([np.asarray(image, np.float32) / 255.0 for image in images]))
+        return PipelineOutput(images)
+
+
+_GENERATE_OPTIONS = {"height", "width", "latents", "image", "strength", "mask_image", "mask_blur", "padding_mask_crop",
+                     "paste_back", "eta", "guidance_rescale", "callback", "sampler", "prompt_weighting", "batch_cfg",
+                     "hires_scale", "hires_strength", "hires_steps"}
+
+
+def _refuse(options: dict[str, Any], where: str, allowed: set[str] | frozenset[str] = frozenset()) -> None:
+    """One line for the first argument ``where`` does not take, saying what to do instead where it is known."""
+    for key in options:
+        if key not in allowed:
+            advice = _NOT_TAKEN.get(key, f"it takes {', '.join(sorted(allowed))}" if allowed else "drop it")
+            raise ZoodipError(f"{where} does not take {key}=: {advice}")

@@ -1,0 +1,80 @@
+"""``zoodip.pipeline.ZoodipPipeline``: diffusers' calls over the tiny export, each the same as generate()'s."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from zoodip.embeddings import save_learned_embeds
+from zoodip.errors import ZoodipError
+from zoodip.generate import generate
+from zoodip.pipeline import ZoodipPipeline
+
+
+@pytest.fixture()
+def pipe(tiny_export):
+    return ZoodipPipeline.from_pretrained(tiny_export)
+
+
+def _embedding(tmp_path, name: str, token: str, hidden: int, seed: int = 0):
+    vectors = np.random.default_rng(seed).standard_normal((1, hidden)).astype(np.float32)
+    return save_learned_embeds(tmp_path / name, token, vectors), vectors
+
+
+def test_a_call_is_generate_under_diffusers_names(pipe, tmp_path) -> None:
+    path, vectors = _embedding(tmp_path, "learned_embeds.safetensors", "<cat-toy>", pipe.model.hidden_size)
+    pipe.load_textual_inversion(path)
+    out = pipe("a photo of <cat-toy>", "blurry", num_inference_steps=3, guidance_scale=5.0, seed=4,
+               num_images_per_prompt=2, height=64, width=96, sampler="euler")
+    ours = generate(pipe.model, "a photo of <cat-toy>", negative_prompt="blurry", steps=3, guidance_scale=5.0, seed=4,
+                    num_images=2, height=64, width=96, sampler="euler", added_embeddings={"<cat-toy>": vectors})
+    assert [np.asarray(image).tolist() for image in out.images] == [np.asarray(image).tolist() for image in ours]
+    as_np = pipe("a photo of <cat-toy>", "blurry", num_inference_steps=3, guidance_scale=5.0, seed=4,
+                 num_images_per_prompt=2, height=64, width=96, sampler="euler", output_type="np").images
+    assert as_np.shape == (2, 64, 96, 3) and as_np.dtype == np.float32
+    assert np.array_equal(as_np, np.stack([np.asarray(image) for image in ours]) / np.float32(255.0))
+
+
+def test_load_textual_inversion_renames_lists_and_refuses_a_name_twice(pipe, tmp_path) -> None:
+    hidden = pipe.model.hidden_size
+    a, _ = _embedding(tmp_path, "a.safetensors", "<a>", hidden)
+    b, _ = _embedding(tmp_path, "b.safetensors", "<b>", hidden, seed=1)
+    pipe.load_textual_inversion([a, b], token=["<x>", "<y:z>"])  # a colon in a token: never read as PATH:TOKEN
+    assert sorted(pipe._added) == ["<x>", "<y:z>"]
+    with pytest.raises(ZoodipError, match="got 2 files and 1 tokens"):
+        pipe.load_textual_inversion([a, b], token=["<q>"])
+    with pytest.raises(ZoodipError, match="two embeddings are named '<x>'"):
+        pipe.load_textual_inversion(b, token="<x>")
+    pipe.load_textual_inversion(a)  # the refused calls added nothing
+    assert sorted(pipe._added) == ["<a>", "<x>", "<y:z>"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # loaded for many prompts: one a prompt leaves out is not warned of
+        pipe("a photo of <x>", num_inference_steps=2)
+
+
+@pytest.mark.parametrize("call, words", [
+    (dict(generator=object()), "does not take generator=: pass seed=INT"),
+    (dict(callback_on_step_end=print), r"pass callback=fn\(step, total, latents\)"),
+    (dict(prompt_embeds=np.zeros(3)), "pass the prompt's text"),
+    (dict(num_inference_step=3), "does not take num_inference_step=: it takes"),
+    (dict(output_type="latent"), "output_type must be one of pil, np"),
+    (dict(prompt=["a", "b"]), "one prompt per call here"),
+    (dict(num_inference_steps=0), "steps must be an integer"),
+])
+def test_what_diffusers_users_pass_that_has_no_place_here_is_one_line(pipe, call, words) -> None:
+    call = {"prompt": "a star", "num_inference_steps": 2, **call}
+    with pytest.raises(ZoodipError, match=words):
+        pipe(**call)
+
+
+def test_from_pretrained_refuses_a_diffusers_folder_and_options_it_lacks(tiny_sd_folder, tiny_export) -> None:
+    with pytest.raises(ZoodipError, match="is a diffusers folder: export it first with 'zoodip export"):
+        ZoodipPipeline.from_pretrained(tiny_sd_folder)
+    with pytest.raises(ZoodipError, match="does not take torch_dtype=: the export's precision was chosen"):
+        ZoodipPipeline.from_pretrained(tiny_export, torch_dtype="float16")
+
+
+def test_hires_settings_run_the_hires_fix(pipe) -> None:
+    images = pipe("a star", num_inference_steps=3, hires_scale=1.5).images
+    assert images[0].size == (192, 192)
