@@ -16,7 +16,8 @@ from PIL import Image, ImageOps
 
 from .errors import ZoodipError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # GIF: its first frame
+# GIF: its first frame. .jfif and .jpe are JPEG's other names (browsers save under .jfif); AVIF where Pillow reads it.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif")
 # Photo formats of phones and cameras that the photo reader does not open (HEIC/HEIF: iPhones; camera raw files).
 CAMERA_FORMATS = (".heic", ".heif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2")
 MIN_SIDE = 32  # below this a photo holds too little of the concept to learn from
@@ -34,6 +35,9 @@ def list_images(folder: str | Path) -> list[Path]:
         raise ZoodipError(f"image folder {folder} does not exist: pass a folder with 3-10 photos of the concept")
     if folder.is_file():
         return [folder]
+    if not folder.is_dir():
+        raise ZoodipError(f"{folder} is neither a folder nor a file (a device or a pipe): pass a folder with 3-10 "
+                          "photos of the concept")
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     _warn_about_skipped(entries)
@@ -54,6 +58,17 @@ def _warn_about_skipped(entries: Sequence[Path]) -> None:
     odd = [p.name for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_file()]
     if odd:
         warnings.warn(f"skipped {_listed(odd)}: not a regular file (a folder, a broken link or a device)", stacklevel=3)
+    nested = [p.name for p in entries if p.is_dir() and p.suffix.lower() not in IMAGE_EXTENSIONS and _holds_images(p)]
+    if nested:
+        warnings.warn(f"skipped the photos in the subfolder(s) {_listed(nested)}: only the folder's own files are read; "
+                      "move them up to use them", stacklevel=3)
+
+
+def _holds_images(folder: Path) -> bool:
+    try:
+        return any(p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") for p in folder.iterdir())
+    except OSError:
+        return False
 
 
 def _listed(names: Sequence[str], shown: int = 3) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,7 +24,7 @@ def sha256_of_files(paths: Iterable[Path]) -> str:
     """One hash over the names and bytes of ``paths`` (the photos a run learns from)."""
     digest = hashlib.sha256()
     for path in paths:
-        digest.update(path.name.encode() + b"\0")
+        digest.update(os.fsencode(path.name) + b"\0")  # a name that is not UTF-8 (a Windows zip) as its bytes
         try:
             digest.update(hashlib.sha256(path.read_bytes()).digest())
         except OSError as exc:

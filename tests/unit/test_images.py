@@ -129,3 +129,43 @@ def test_image_to_image_sizes_follow_the_image_unless_given() -> None:
     assert init_image_size((4032, 3024), 256, None, 512, 8) == (336, 256)
     assert init_image_size((640, 480), 512, 512, 512, 8) == (512, 512)  # both given: resized to them (squashed)
     assert init_image_size((3, 5000), None, None, 512, 8) == (8, 512)  # a sliver keeps at least one multiple
+
+
+def test_jpegs_other_names_are_read_and_photos_in_subfolders_are_named(tmp_path):
+    """A browser's x.jfif was skipped without a word, and so were photos one folder down."""
+    import warnings
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(tmp_path / "b.jfif", format="JPEG")
+    Image.new("RGB", (64, 64)).save(tmp_path / "c.jpe", format="JPEG")
+    (tmp_path / "more").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "more" / "d.png")
+    (tmp_path / "notes").mkdir()  # a folder without photos: nothing to say
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert list_images(tmp_path) == [tmp_path / "a.png", tmp_path / "b.jfif", tmp_path / "c.jpe"]
+    assert [str(w.message) for w in caught] == ["skipped the photos in the subfolder(s) more: only the folder's own "
+                                                "files are read; move them up to use them"]
+    assert load_image(tmp_path / "b.jfif", 32)[0].mean() > 0.5  # read as the JPEG it is
+
+
+def test_a_device_or_pipe_as_the_photo_folder_is_one_line(tmp_path):
+    import os
+
+    with pytest.raises(ZoodipError, match="is neither a folder nor a file"):
+        list_images("/dev/null")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fifo")
+        with pytest.raises(ZoodipError, match="is neither a folder nor a file"):
+            list_images(tmp_path / "fifo")
+
+
+def test_a_photo_name_that_is_not_utf8_is_hashed_by_its_bytes(tmp_path):
+    """A name from a Windows zip (latin-1 bytes) raised UnicodeEncodeError while hashing the photos."""
+    import os
+
+    from zoodip.run_checks import sha256_of_files
+
+    name = os.fsdecode(b"x\xff.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / name)
+    assert len(sha256_of_files([tmp_path / name])) == 16
