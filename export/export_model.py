@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
     """The exporter's command line (``python export/export_model.py``; ``zoodip export`` passes its own ``prog``)."""
     from zoodip_export.quantize import RECIPE_PRECISION
 
-    from zoodip.console import print_error
+    from zoodip.console import interrupt_on_termination, print_error
 
     parser = _parser(prog)
     try:
@@ -450,9 +450,10 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
             raise ZoodipError("OUT_DIR is empty: name the folder to export into")
         source = None if args.tiny else Path(args.paths[0])
         precision = args.precision or RECIPE_PRECISION.get(args.recipe or "", "int8")
-        export_model(source, Path(args.paths[-1]), tiny=args.tiny, precision=precision, recipe=args.recipe,
-                     seed=args.seed, parity=args.parity, sample_size=args.sample_size, progress=not args.quiet,
-                     overwrite=args.overwrite, curvature_samples=args.curvature_samples)
+        with interrupt_on_termination():  # SIGTERM too removes the staging folder, not only the next export
+            export_model(source, Path(args.paths[-1]), tiny=args.tiny, precision=precision, recipe=args.recipe,
+                         seed=args.seed, parity=args.parity, sample_size=args.sample_size, progress=not args.quiet,
+                         overwrite=args.overwrite, curvature_samples=args.curvature_samples)
     except ZoodipError as exc:
         return print_error(exc)
     except KeyboardInterrupt:

@@ -14,6 +14,9 @@ Every user error prints one line ``error: ...`` and exits with status 2; a warni
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import json
 import os
 import secrets
 import signal
@@ -21,7 +24,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 # NumPy's own linear algebra here is small (768-wide vectors; Subspace Gradient's PCA of a 128 x 768
 # history every 128 steps), and OpenBLAS's thread pool, competing with onnxruntime's threads on a busy
@@ -29,7 +32,8 @@ from typing import TYPE_CHECKING, Sequence
 # BLAS thread unless the user set it; this must happen before NumPy is first imported (the imports below).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from .console import OneLineParser, ProgressBar, SamplingBar, duration, one_line_warning, print_error  # noqa: E402
+from .console import (OneLineParser, ProgressBar, SamplingBar, duration, interrupt_on_termination,  # noqa: E402
+                      one_line_warning, print_error)
 from .cli_flags import add_generate_flags, add_personalize_flags  # noqa: E402
 from .errors import ZoodipError  # noqa: E402
 from .foreign_flags import foreign_flag_problem  # noqa: E402
@@ -99,12 +103,17 @@ class _GracefulStop:
     def _handle(self, signum: int, frame: object) -> None:
         if self.event.is_set():
             raise KeyboardInterrupt
+        self.request(signum)
+
+    def request(self, signum: int) -> None:
+        """Stop after the current step as on ``signum`` (also where no signal came: the progress reader left)."""
         self.signum = signum
         self.event.set()
 
     def __enter__(self) -> _GracefulStop:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            # SIGHUP: the terminal or ssh session closed; the run is saved as when an app stops it.
+            for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -120,16 +129,16 @@ class _GracefulStop:
 
 class _LazyJsonl:
     """``--progress-jsonl PATH``: checked up front, opened (for appending) at the first event; a run
-    refused during setup removes the file it created (``discard_setup_only``)."""
+    refused during setup removes the file it created (``discard_setup_only``). Where the reader of ``-`` leaves
+    (an app that stopped reading, ``| head``), ``on_reader_gone`` is called and nothing more is written."""
 
-    def __init__(self, target: str) -> None:
-        from .paths import check_output_file
-
+    def __init__(self, target: str, config: Any) -> None:
         self.stream = sys.stdout if target == "-" else None
-        self.path = None if target == "-" else check_output_file(target, "--progress-jsonl")
+        self.path = None if target == "-" else _progress_log_path(target, config)
         self.write = None
         self.created = False  # this run made the file
         self.trained = False  # a step was reported: the file holds more than setup phases
+        self.on_reader_gone: Callable[[], None] | None = None
 
     def __call__(self, progress) -> None:
         from .api import jsonl_progress_writer
@@ -143,16 +152,53 @@ class _LazyJsonl:
                     raise ZoodipError(f"cannot write --progress-jsonl {self.path} ({exc.strerror or exc}): choose another file") from None
             self.write = jsonl_progress_writer(self.stream)
         self.trained = self.trained or progress.event != "setup"
-        self.write(progress)
+        if self.stream is None:
+            return  # the reader left
+        try:
+            self.write(progress)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush cannot raise again
+            self.stream = None
+            if self.on_reader_gone is not None:
+                self.on_reader_gone()
+        except OSError as exc:
+            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            raise ZoodipError(f"cannot write --progress-jsonl {self.path or '-'} ({reason}): free space or choose "
+                              "another file") from None
 
     def close(self) -> None:
         if self.stream is not None and self.stream is not sys.stdout:
-            self.stream.close()
+            with contextlib.suppress(OSError):  # a full disk was said when a write failed
+                self.stream.close()
 
     def discard_setup_only(self) -> None:
         """After a failed setup: remove the file if this run created it and it holds setup phases only."""
         if self.created and not self.trained and self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+def _progress_log_path(target: str, config: Any) -> Path:
+    """``--progress-jsonl``'s file: writable, not one of the model's or the run's files, and if it exists already a
+    progress log (appended to); anything else would be overwritten or corrupted by the run's lines."""
+    from .paths import check_output_file
+    from .trainer import CONFIG_NAME, RUN_FILES
+
+    path = check_output_file(target, "--progress-jsonl")
+    where = path.absolute().resolve()
+    model, out = Path(config.export_dir).absolute().resolve(), Path(config.output_dir).absolute().resolve()
+    if model in where.parents or (where.parent == out and where.name in (*RUN_FILES, CONFIG_NAME)):
+        raise ZoodipError(f"--progress-jsonl {target} is {'in the model folder' if model in where.parents else 'a file of the run'}"
+                          ": name a file of its own, e.g. progress.jsonl")
+    if path.is_file() and path.stat().st_size:
+        try:
+            with open(path, encoding="utf-8") as log:
+                first = json.loads(log.readline(1 << 20))
+        except (OSError, UnicodeDecodeError, ValueError):
+            first = None
+        if not (isinstance(first, dict) and first.get("type") == "progress"):
+            raise ZoodipError(f"--progress-jsonl {target} exists and is not a progress log (JSON lines), which the run "
+                              "would append to: name a new file")
+    return path
 
 
 def _resume_requested(args: argparse.Namespace) -> bool:
@@ -172,11 +218,13 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     config.validate()  # a bad setting is one line on stderr, before any progress bar is drawn
     resume = _resume_requested(args)
     check_output_dir(config.output_dir)
-    jsonl = _LazyJsonl(args.progress_jsonl) if args.progress_jsonl else None
+    jsonl = _LazyJsonl(args.progress_jsonl, config) if args.progress_jsonl else None
     bar = ProgressBar(config.max_train_steps, enabled=not args.no_progress)
     callbacks = [bar] + ([jsonl] if jsonl else [])
     try:
         with _GracefulStop() as stop:
+            if jsonl is not None:  # its reader left: saved and stopped as if by the pipe's signal
+                jsonl.on_reader_gone = lambda: stop.request(signal.SIGPIPE)
             result = personalize(config, lambda p: [cb(p) for cb in callbacks], resume=resume,
                                  cancel_event=stop.event)
     except BaseException:
@@ -235,6 +283,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     singles = numbered_paths(out, args.num_images) if args.num_images > 1 else []
     for path in singles:
         check_output_file(path, "--out")
+    for flag, source in (("--image", args.image), ("--mask", args.mask)):
+        if source and any(_same_file(source, path) for path in (out, *singles)):
+            raise ZoodipError(f"--out would write over {flag} {source}: name another file (--out replaces a file "
+                              "that exists)")
     if args.threads < 0:
         raise ZoodipError(f"--threads must be an integer >= 0 (0: all cores), got {args.threads}")
     model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on",
@@ -246,15 +298,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
     latents = _generate_latents(args, model)
     bar = SamplingBar()
     try:
-        images = _generate_images(args, model, added, groups, latents, bar)
+        with interrupt_on_termination():
+            images = _generate_images(args, model, added, groups, latents, bar)
     finally:
         bar.close()
-    for image, path in zip(images, singles):
-        save_image(image, path)
-    save_image(images[0] if len(images) == 1 else image_grid([images]), out)
+    written: list[Path] = []
+    try:  # all of them or none: a full disk at the third image takes back the first two
+        for image, path in zip(images, singles):
+            written.append(save_image(image, path))
+        save_image(images[0] if len(images) == 1 else image_grid([images]), out)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     print(f"wrote {out}" + (f" (grid) and {singles[0].name} ... {singles[-1].name}" if singles else "")
           + (f" (--seed {args.seed})" if drawn else ""))
     return 0
+
+
+def _same_file(a: str | Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def _generate_images(args: argparse.Namespace, model, added, groups, latents, bar) -> list:
@@ -383,10 +449,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a second Ctrl-C (or one outside a training loop) leaves, by command.
+_INTERRUPTED = {"personalize": "interrupted: resume with --resume (the last checkpoint is kept)",
+                "generate": "interrupted: no image was written"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else ""
     try:
-        if argv and argv[0] == "export":
+        if command == "export":
             return cmd_export(argv[1:])
         args, unknown = build_parser().parse_known_args(argv)
         if unknown:  # argparse would send the user to the top-level help, not the command's
@@ -400,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ZoodipError as exc:
         return print_error(exc)
     except KeyboardInterrupt:
-        print("interrupted: resume with --resume (the last checkpoint is kept)", file=sys.stderr)
+        print(_INTERRUPTED.get(command, "interrupted"), file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader of stdout left (`zoodip info X | head -1`): nothing is wrong here
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot raise again

@@ -190,7 +190,8 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
                    help="initial latents [images, 4, height/8, width/8] instead of the seed's (diffusers' latents=); "
                         "the same latents give the same images in diffusers")
     g.add_argument("--save-latents", default=None, metavar="FILE.npy", help="write the initial latents used")
-    g.add_argument("--out", default="out.png")
+    g.add_argument("--out", default="out.png", help="the image file (.png, .jpg, .webp) to write; one that exists is "
+                   "replaced (as diffusers' save), never --image or --mask")
 
 
 def _add_image_flags(g: argparse.ArgumentParser) -> None:

@@ -204,6 +204,7 @@ class PersonalizeConfig:
         self._validate_counts()
         self._validate_method()
         self._validate_inputs()
+        self._validate_places()
 
     def _plain_numbers(self) -> None:
         """NumPy scalars (``np.int64(3)``, ``np.float32(0.01)``, also inside a pair) as the Python numbers they equal:
@@ -279,6 +280,16 @@ class PersonalizeConfig:
         if self.directions != "gaussian":
             raise ZoodipError("--orthogonal-after switches Gaussian directions to orthogonal ones; with --directions "
                               "orthogonal every step already draws them: drop one of the two")
+
+    def _validate_places(self) -> None:
+        """The run folder apart from what the run reads: in the photos folder its previews would be the next run's
+        photos (and a resume refused for other photos); in the export folder its files would mix with the model's."""
+        out = Path(self.output_dir).absolute().resolve()
+        for flag, source in (("--train_data_dir", self.images), ("--model", self.export_dir)):
+            folder = Path(source).absolute().resolve()
+            if folder.is_dir() and (out == folder or folder in out.parents):
+                raise ZoodipError(f"--output_dir {self.output_dir} lies in {flag} {source}: the run's previews, "
+                                  "checkpoint and embedding would land among what it reads; choose a folder outside it")
 
     def _validate_inputs(self) -> None:
         """The words, prompts and captions, and the search-subspace options."""

@@ -51,5 +51,6 @@ def load_latents(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
 def save_latents(path: str | Path, latents: np.ndarray) -> Path:
     """Write ``latents`` to ``path`` (.npy) atomically."""
     path = Path(path)
-    atomic_write_bytes(path, lambda handle: np.save(handle, np.asarray(latents, np.float32), allow_pickle=False))
+    atomic_write_bytes(path, lambda handle: np.save(handle, np.asarray(latents, np.float32), allow_pickle=False),
+                       "free space or choose another file")
     return path

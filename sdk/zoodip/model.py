@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,7 @@ class ExportedModel:
         self.scaling_factor: float = float(info["scaling_factor"])
         self.sample_size: int = int(info["sample_size"])
         self._sessions: dict[str, ort.InferenceSession] = {}
+        self._sessions_lock = threading.Lock()  # two threads' generate(): one's release() between the other's steps
 
         scheduler_path = self.folder / manifest["scheduler"]
         try:
@@ -351,20 +353,24 @@ class ExportedModel:
         return opts, disabled
 
     def session(self, name: str) -> ort.InferenceSession:
-        """The onnxruntime session of one graph, created on first use."""
-        if name not in self._sessions:
-            graph = self.manifest["graphs"][name]
-            path = self.folder / graph["file"]
-            opts, disabled = self.session_options(name)
-            try:
-                self._sessions[name] = ort.InferenceSession(
-                    str(path), sess_options=opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
-                )
-            except Exception as exc:  # onnxruntime raises several unrelated types
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ZoodipError(f"onnxruntime cannot load {path}: {first}: re-run 'zoodip export'") from None
-            self._check_io(name, self._sessions[name])
-        return self._sessions[name]
+        """The onnxruntime session of one graph, created on first use (and returned even if another thread
+        releases it at once: its caller holds it)."""
+        with self._sessions_lock:
+            session = self._sessions.get(name)
+            if session is None:
+                graph = self.manifest["graphs"][name]
+                path = self.folder / graph["file"]
+                opts, disabled = self.session_options(name)
+                try:
+                    session = ort.InferenceSession(
+                        str(path), sess_options=opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+                    )
+                except Exception as exc:  # onnxruntime raises several unrelated types
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise ZoodipError(f"onnxruntime cannot load {path}: {first}: re-run 'zoodip export'") from None
+                self._check_io(name, session)
+                self._sessions[name] = session
+            return session
 
     def _check_io(self, name: str, session: ort.InferenceSession) -> None:
         expected = self.manifest["graphs"][name]
@@ -377,7 +383,9 @@ class ExportedModel:
 
     def release(self, name: str) -> None:
         """Drop a graph's session (e.g. the VAE encoder once the photos are cached) and trim the heap."""
-        if self._sessions.pop(name, None) is not None:
+        with self._sessions_lock:
+            released = self._sessions.pop(name, None) is not None
+        if released:
             trim_heap()
 
     # -- the four graphs -----------------------------------------------------------------------

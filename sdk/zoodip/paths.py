@@ -118,10 +118,11 @@ def remove_stale_temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:
     return removed
 
 
-def atomic_write_bytes(path: Path, write: Callable[[object], None]) -> None:
+def atomic_write_bytes(path: Path, write: Callable[[object], None], advice: str = "free space and try again") -> None:
     """Write through ``write(handle)`` into a temp file beside ``path``, fsync, then rename over it.
 
-    A crash or a full disk leaves the previous file intact and no partial file behind.
+    A crash or a full disk leaves the previous file intact and no partial file behind; ``advice`` ends the
+    refusal's line (what the caller's user can do).
     """
     tmp = temp_path(path)
     try:
@@ -136,7 +137,8 @@ def atomic_write_bytes(path: Path, write: Callable[[object], None]) -> None:
         except OSError:
             pass
         reason = "the disk is full" if exc.errno == 28 else (exc.strerror or str(exc))
-        raise ZoodipError(f"cannot write {path}: {reason}; the previous version is intact, free space and resume with --resume") from None
+        kept = "; the previous version is intact" if path.exists() else ""
+        raise ZoodipError(f"cannot write {path}: {reason}{kept}: {advice}") from None
 
 
 RUN_LOCK_NAME = ".zoodip-run.lock"

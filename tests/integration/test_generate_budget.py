@@ -113,3 +113,31 @@ def test_a_budgeted_run_previews_within_its_budget_and_hands_it_to_generation(ti
     images = job.generate(f"a photo of {TOKEN}", steps=2)
     assert images[0].size == (128, 128)
     assert job._model.options.memory_budget_mb == WHOLE_BUDGET_MB
+
+
+def test_threads_sharing_a_budgeted_model_get_their_images(tiny_export, monkeypatch):
+    """One thread's release() could drop a session between another's creating it and reading it back (KeyError);
+    the window is widened here so that the race happens every time, and each thread's image is still its seed's."""
+    import threading
+    import time
+
+    model = budgeted(tiny_export, WHOLE_BUDGET_MB)
+    check_io = model._check_io
+    monkeypatch.setattr(model, "_check_io", lambda name, session: (time.sleep(0.05), check_io(name, session)))
+    results: dict[int, object] = {}
+
+    def run(seed: int) -> None:
+        try:
+            results[seed] = pixels(generate(model, PROMPT, steps=2, seed=seed))[0]
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            results[seed] = exc
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    alone = budgeted(tiny_export, WHOLE_BUDGET_MB)
+    for seed in range(3):
+        assert isinstance(results[seed], np.ndarray), results[seed]
+        assert np.array_equal(results[seed], pixels(generate(alone, PROMPT, steps=2, seed=seed))[0])

@@ -182,11 +182,25 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(tiny_export, photos,
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync_then_fail)
-    with pytest.raises(ZoodipError, match="disk is full"):
+    with pytest.raises(ZoodipError, match="disk is full; the previous version is intact: free space and resume with "
+                                          "--resume"):
         trainer.run()
     folder = tmp_path / "full"
     assert int(np.load(folder / CHECKPOINT_NAME)["step"]) == 0
     assert [p.name for p in folder.iterdir() if ".tmp" in p.name] == []
+
+
+def test_disk_full_at_the_first_checkpoint_says_run_again(tiny_export, photos, tmp_path, monkeypatch):
+    """The fresh run's folder is removed: "resume with --resume" would answer "nothing to resume"."""
+    import os
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(ZoodipError, match=r"disk is full: free space and run again$"):
+        personalize(make_config(tiny_export, photos, tmp_path / "first", eval_every=0))
+    assert not (tmp_path / "first").exists()
 
 
 def test_resume_refuses_other_settings_and_fresh_run_refuses_existing(tiny_export, photos, tmp_path):

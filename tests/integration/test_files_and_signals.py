@@ -1,0 +1,128 @@
+"""What a run may write over, and how it ends when its reader or terminal goes: the fourth hostile-input sweep's
+findings (a progress log appended to a photo or the model's manifest, a run folder among the photos, --out over the
+start image, a partial set of images, a progress reader that left, a closed terminal)."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_helpers import assert_one_line_error, personalize_args, run_cli
+
+
+def test_progress_jsonl_is_never_appended_to_a_file_that_is_not_a_progress_log(tiny_export, photos, tmp_path, capsys):
+    photo = tmp_path / "victim.png"
+    Image.new("RGB", (8, 8)).save(photo)
+    before = photo.read_bytes()
+    out = tmp_path / "run"
+    for target, needle in ((photo, "exists and is not a progress log"),
+                           (tiny_export / "manifest.json", "is in the model folder"),
+                           (out / "config.json", "is a file of the run"),
+                           (out / "log.jsonl", "is a file of the run")):
+        code, _, err = run_cli(personalize_args(tiny_export, photos, out, "--progress-jsonl", target), capsys)
+        assert_one_line_error(code, err, needle)
+    assert photo.read_bytes() == before and not out.exists()
+    log = tmp_path / "progress.jsonl"  # a progress log of an earlier run is appended to
+    assert run_cli(personalize_args(tiny_export, photos, out, "--progress-jsonl", log), capsys)[0] == 0
+    lines = log.read_text().splitlines()
+    assert run_cli(personalize_args(tiny_export, photos, tmp_path / "again", "--progress-jsonl", log), capsys)[0] == 0
+    assert log.read_text().splitlines()[: len(lines)] == lines and len(log.read_text().splitlines()) > len(lines)
+
+
+def test_the_run_folder_is_refused_among_the_photos_or_in_the_model(tiny_export, photos, tmp_path, capsys):
+    import shutil
+
+    photos = shutil.copytree(photos, tmp_path / "photos")  # were it accepted, the run would land among the photos
+    for out, needle in ((photos, "lies in --train_data_dir"), (photos / "run", "lies in --train_data_dir"),
+                        (tiny_export / "run", "lies in --model")):
+        code, _, err = run_cli(personalize_args(tiny_export, photos, out), capsys)
+        assert_one_line_error(code, err, needle)
+    assert not (photos / "run").exists() and not (tiny_export / "run").exists()
+
+
+def test_generate_never_writes_over_its_start_image_or_mask(tiny_export, tmp_path, capsys):
+    start = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(start)
+    before = start.read_bytes()
+    common = ["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "2"]
+    for extra in (["--image", start, "--out", start], ["--image", start, "--out", tmp_path / "." / "photo.png"],
+                  ["--image", tmp_path / "other.png", "--mask", start, "--out", start]):
+        Image.new("RGB", (64, 64)).save(tmp_path / "other.png")
+        assert_one_line_error(*run_cli(common + extra, capsys)[::2], "--out would write over")
+    assert start.read_bytes() == before
+
+
+def test_a_failed_write_takes_back_the_images_already_written(tiny_export, tmp_path, capsys, monkeypatch):
+    """A full disk at the third of three images: the first two are removed, not left as a partial set."""
+    import zoodip.images as images
+
+    real_save, calls = images.save_image, []
+
+    def save_then_fail(image, path, flag="--out"):
+        calls.append(path)
+        if len(calls) == 3:
+            raise images.ZoodipError(f"cannot write --out {path} (No space left on device)")
+        return real_save(image, path, flag)
+
+    monkeypatch.setattr(images, "save_image", save_then_fail)
+    out = tmp_path / "grid.png"
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "2",
+                            "--num-images", "3", "--out", out], capsys)
+    assert_one_line_error(code, err, "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _cli(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "zoodip.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_steps(log, count: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.is_file() and log.read_text().count("\n") >= count):
+        time.sleep(0.02)
+
+
+def test_a_closed_terminal_saves_the_run_as_sigterm_does(tiny_export, photos, tmp_path):
+    out = tmp_path / "hup"
+    proc = _cli(*personalize_args(tiny_export, photos, out, "--max_train_steps", "100000", "--eval-every", "0",
+                                  "--checkpointing_steps", "1000"))
+    _wait_for_steps(out / "log.jsonl", 5)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGHUP, err
+    assert "resume with --resume" in err and "Traceback" not in err
+    assert int(np.load(out / "checkpoint.npz")["step"]) >= 5
+
+
+def test_a_progress_reader_that_leaves_stops_the_run_with_its_steps_saved(tiny_export, photos, tmp_path):
+    """An app that stops reading --progress-jsonl - (or `| head`): the run stops after the step, checkpointed, as the
+    pipe's signal would end a command (141), not killed with up to --checkpointing_steps of work lost."""
+    out = tmp_path / "pipe"
+    proc = _cli(*personalize_args(tiny_export, photos, out, "--max_train_steps", "100000", "--eval-every", "0",
+                                  "--checkpointing_steps", "1000", "--progress-jsonl", "-"))
+    lines = [json.loads(proc.stdout.readline()) for _ in range(8)]
+    assert all(line["type"] == "progress" for line in lines)
+    proc.stdout.close()  # the reader leaves
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "resume with --resume" in err
+    assert int(np.load(out / "checkpoint.npz")["step"]) >= 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_generate_says_no_image_was_written(tiny_export, tmp_path, sig):
+    out = tmp_path / "g.png"
+    proc = _cli("generate", "--model", tiny_export, "--prompt", "a star", "--steps", "1000", "--num-images", "4",
+                "--out", out)
+    time.sleep(4)  # past the imports and the model's loading: inside sampling
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "interrupted: no image was written", err
+    assert list(tmp_path.iterdir()) == []
