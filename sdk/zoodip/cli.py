@@ -457,6 +457,9 @@ _INTERRUPTED = {"personalize": "interrupted: resume with --resume (the last chec
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
+    for stream in (sys.stdout, sys.stderr):  # a path the terminal cannot show: escaped, not a traceback after the work
+        if callable(getattr(stream, "reconfigure", None)):
+            stream.reconfigure(errors="backslashreplace")
     try:
         if command == "export":
             return cmd_export(argv[1:])

@@ -162,6 +162,8 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
     added: dict[str, np.ndarray] = {}
     groups: list[list[str]] = []
     for spec in specs:
+        if not str(spec[0] if isinstance(spec, tuple) else spec).strip():  # Path("") would be the current folder
+            raise ZoodipError("an --embedding path is empty: name a .safetensors file or a folder of them")
         path, token = (Path(spec[0]), spec[1]) if isinstance(spec, tuple) else _split_spec(str(spec))
         if not path.is_dir():
             shown = str(spec[0]) if isinstance(spec, tuple) else str(spec)
@@ -195,6 +197,9 @@ def _add(added: dict[str, np.ndarray], path: Path, token: str | None, spec: str,
     if trained_skip != clip_skip:
         warnings.warn(f"{path} was trained at --clip-skip {trained_skip} and is used at --clip-skip {clip_skip}: "
                       f"pass --clip-skip {trained_skip} to condition on the layer it learned", stacklevel=3)
+    if tokenizer is not None and callable(getattr(tokenizer, "is_known_word", None)) and tokenizer.is_known_word(name):
+        raise ZoodipError(f"{spec}: its token {name!r} is already a word of the vocabulary, which it would take over: "
+                          "rename it with --embedding PATH:TOKEN (load_textual_inversion(..., token=))")
     names = [name]
     stem = path.stem
     if (named_by_file and name == f"<{stem}>" and stem and not any(ch.isspace() for ch in stem)
@@ -229,6 +234,8 @@ def _split_spec(spec: str) -> tuple[Path, str | None]:
 
 def _load(path: Path, token: str | None) -> tuple[str, np.ndarray, bool]:
     """(token, vectors, whether the name came from the file name rather than the file)."""
+    if path.exists() and not path.is_file() and not path.is_dir():  # a pipe would block the read for ever
+        raise ZoodipError(f"{path} is not a regular file (a pipe or a device): pass an embedding file")
     key, vectors = _read_embedding(path)
     stored_token = None if key == "emb_params" or key.startswith("string_to_param.") else key
     if token is not None:

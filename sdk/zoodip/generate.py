@@ -262,6 +262,9 @@ def _draw_latents(rng: np.random.Generator, model: Any, num_images: int, h: int,
     return rng.standard_normal((num_images, int(model.latent_channels), h, w), dtype=np.float32)
 
 
+MAX_LATENT = 1e3  # |x| of a unit-variance draw: past 6 in one of 10^9 values; past this, not noise at all
+
+
 def _checked_latents(latents: np.ndarray | None, noise: np.ndarray) -> np.ndarray:
     """The caller's ``latents`` (checked against the seed's ``noise``, which is drawn anyway), else ``noise``."""
     if latents is None:
@@ -270,6 +273,9 @@ def _checked_latents(latents: np.ndarray | None, noise: np.ndarray) -> np.ndarra
     if latents.shape != shape or not np.issubdtype(latents.dtype, np.floating) or not np.all(np.isfinite(latents)):
         raise ZoodipError(f"latents must be finite floats of shape {list(shape)} ([images, channels, height/8, "
                           f"width/8]), got {latents.dtype} {list(latents.shape)}")
+    if np.abs(latents).max(initial=0.0) > MAX_LATENT:  # the sampler scales them by sigma_max: a flat gray image
+        raise ZoodipError(f"latents hold values up to {float(np.abs(latents).max()):.3g}: initial latents are unit-variance "
+                          f"noise (a draw stays within about 6), so these are not; pass noise (or a seed)")
     return latents.astype(np.float32)
 
 

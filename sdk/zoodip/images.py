@@ -78,11 +78,13 @@ def _listed(names: Sequence[str], shown: int = 3) -> str:
 def _to_rgb8(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB. Alpha is composited on white (transparent cut-outs stay clean)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale the used range to 8 bits instead of clipping at 255.
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        image = Image.fromarray(array, mode="L")
+        # 16/32-bit grayscale: the format's range (8, 16 bits, or a 32-bit image's own top) to 8 bits, not clipped at
+        # 255; in integers of 8 bytes a pixel at most (a 110 MP PNG of a few hundred KB went through float64 copies).
+        array = np.asarray(image)
+        peak = int(array.max(initial=0))
+        top = 65535 if image.mode.startswith("I;16") or 255 < peak <= 65535 else max(peak, 255)
+        scaled = (np.clip(array, 0, None).astype(np.int64) * 255 + top // 2) // top
+        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
     elif image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
         top = 1.0 if array.max() <= 1.0 else 255.0
@@ -119,7 +121,8 @@ def load_image(path: str | Path, resolution: int, center_crop: bool = True) -> n
     if center_crop:
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
+        with _pillow_pixel_limit(MAX_PIXELS):  # the one limit: Pillow's own would warn of a crop it let through
+            image = image.crop((left, top, left + side, top + side))
     return _pixels(image, (resolution, resolution))
 
 
@@ -139,9 +142,12 @@ def _open_checked(path: str | Path, draft_side: int, advice: str, min_side: int 
     path = Path(path)
     if path.is_dir():
         raise ZoodipError(f"{path} is a folder, not an image: {advice}")
+    if path.exists() and not path.is_file():  # a pipe would block the read for ever
+        raise ZoodipError(f"{path} is not a regular file (a pipe or a device): {advice}")
     too_large = ZoodipError(f"{path} is too large to decode safely: downscale it below {MAX_PIXELS / 1e6:g} megapixels")
     try:
-        with warnings.catch_warnings(), _pillow_pixel_limit(MAX_PIXELS):
+        with warnings.catch_warnings(record=True) as seen, _pillow_pixel_limit(MAX_PIXELS):
+            warnings.simplefilter("always")  # Pillow's own, said again below: its "Corrupt EXIF data" names no file
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 width, height = opened.size
@@ -163,6 +169,13 @@ def _open_checked(path: str | Path, draft_side: int, advice: str, min_side: int 
         raise ZoodipError(f"cannot read image {path} ({reason}): {advice}") from None
     if min(width, height) < min_side:
         raise ZoodipError(f"{path} is only {width}x{height} px: use photos at least {min_side} px on the short side")
+    for problem in seen:
+        text = str(problem.message).strip()
+        if "exif" in text.lower():
+            warnings.warn(f"{path}: its EXIF data is damaged ({text}); it is used as stored, not turned upright "
+                          "(re-save it to drop the EXIF data)", stacklevel=3)
+        else:
+            warnings.warn(f"{path}: {text}", problem.category, stacklevel=3)
     return image
 
 

@@ -16,6 +16,7 @@ would quietly mix two prompt styles.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Optional
@@ -121,13 +122,14 @@ def load_captions(path: Path, image_names: Sequence[str], placeholder: str) -> d
             f'captions file {path} must be a JSON object of strings: {{"image file name": "caption"}}'
         )
     # The authors' captions name the concept with a "{}" slot (caption.format(placeholder)).
-    data = {name: caption if placeholder in caption else caption.replace(CAPTION_SLOT, placeholder)
-            for name, caption in data.items()}
-    missing = [name for name in image_names if name not in data]
+    # Names compared in one Unicode form: macOS writes "é" in file names as e + accent, an editor as one letter.
+    data = {unicodedata.normalize("NFC", name): caption if placeholder in caption
+            else caption.replace(CAPTION_SLOT, placeholder) for name, caption in data.items()}
+    missing = [name for name in image_names if unicodedata.normalize("NFC", name) not in data]
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise ZoodipError(f"captions file {path} has no caption for {shown}; add one caption per training image")
-    captions = {name: data[name] for name in image_names}
+    captions = {name: data[unicodedata.normalize("NFC", name)] for name in image_names}
     _check_captions(captions, placeholder, source=f"captions file {path}")
     return captions
 

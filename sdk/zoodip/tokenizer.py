@@ -379,7 +379,7 @@ class CLIPTokenizer:
         for name in names:
             if name in self._added:
                 raise ZoodipError(f"the placeholder {name!r} was already added: {hint}")
-            if self._is_known_word(name):
+            if self.is_known_word(name):
                 raise ZoodipError(f"the placeholder {name!r} is already a word of the vocabulary: {hint}")
         ids = []
         for name in names:
@@ -387,7 +387,7 @@ class CLIPTokenizer:
             self._register(name, self.vocab_size)
         return ids
 
-    def _is_known_word(self, name: str) -> bool:
+    def is_known_word(self, name: str) -> bool:
         """Whether ``name`` (as written or lowercased) already is a base-vocabulary token."""
         for form in {name, name.lower()}:
             if form in self._encoder or form + END_OF_WORD in self._encoder:

@@ -407,8 +407,10 @@ class Personalizer:
                                   f"{self.config.max_train_steps}: resume with at least {self.step}, or start a new run")
             truncate_log(self.config.output_dir / LOG_NAME, self.step)
         else:
-            if self.checkpoint_path.exists():
-                raise ZoodipError(f"{out} already holds a run: pass --resume to continue it, or choose a new --output_dir")
+            if self.checkpoint_path.exists() or (out / EMBEDDING_NAME).exists():  # a run's, or another tool's file
+                held = ("a run: pass --resume to continue it," if self.checkpoint_path.exists() else
+                        f"{EMBEDDING_NAME}, which a fresh run would replace: move it,")
+                raise ZoodipError(f"{out} already holds {held} or choose a new --output_dir")
             self._start_fresh()
 
     def _after_step(self, loss: float, step_started: float, started: float, forwards_at_start: int) -> bool:

@@ -126,3 +126,14 @@ def test_an_interrupted_generate_says_no_image_was_written(tiny_export, tmp_path
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip() == "interrupted: no image was written", err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_path_the_terminal_cannot_show_is_escaped_not_a_traceback(tiny_export, tmp_path):
+    import os
+
+    out = tmp_path / "ünï.png"
+    proc = subprocess.run([sys.executable, "-m", "zoodip.cli", "generate", "--model", str(tiny_export), "--prompt",
+                           "a star", "--steps", "2", "--out", str(out)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert proc.returncode == 0 and "\\xfcn\\xef.png" in proc.stdout and proc.stderr == "", proc.stderr
+    assert out.is_file()

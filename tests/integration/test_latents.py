@@ -36,6 +36,8 @@ def test_the_api_takes_latents_and_checks_them(tiny_export):
     assert [np.asarray(x).tobytes() for x in a] == [np.asarray(x).tobytes() for x in b]
     with pytest.raises(Exception, match="latents must be finite floats of shape"):
         generate(model, "a star", steps=2, latents=latents)  # one image asked, two given
+    with pytest.raises(Exception, match=r"latents hold values up to \S+e\+30: initial latents are unit-variance noise"):
+        generate(model, "a star", steps=2, num_images=2, latents=latents * np.float32(1e30))  # a flat gray image
 
 
 @pytest.mark.parametrize("content,needle", [

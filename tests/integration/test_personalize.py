@@ -203,6 +203,17 @@ def test_disk_full_at_the_first_checkpoint_says_run_again(tiny_export, photos, t
     assert not (tmp_path / "first").exists()
 
 
+def test_a_fresh_run_never_replaces_another_tools_embedding(tiny_export, photos, tmp_path):
+    """diffusers' textual_inversion.py writes the same file name: an old output folder lost its embedding."""
+    out = tmp_path / "diffusers-run"
+    out.mkdir()
+    (out / "learned_embeds.safetensors").write_bytes(b"someone else's")
+    with pytest.raises(ZoodipError, match="already holds learned_embeds.safetensors, which a fresh run would replace: move it"):
+        personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0))
+    assert sorted(p.name for p in out.iterdir()) == ["learned_embeds.safetensors"]
+    assert (out / "learned_embeds.safetensors").read_bytes() == b"someone else's"
+
+
 def test_resume_refuses_other_settings_and_fresh_run_refuses_existing(tiny_export, photos, tmp_path):
     out = tmp_path / "r"
     personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0))

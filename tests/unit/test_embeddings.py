@@ -276,3 +276,21 @@ def test_load_embeddings_compares_clip_skip_as_a_number(tmp_path: Path) -> None:
     for bad in ("1", 1.0, True, -1):
         with pytest.raises(ZoodipError, match="clip_skip must be a whole number"):
             load_embeddings([path], clip_skip=bad)
+
+
+def test_a_folder_skips_a_file_whose_token_is_a_vocabulary_word(tmp_path):
+    """It stopped the whole folder at generate time; every other unusable file is skipped with a warning."""
+    from zoodip.embeddings import load_embeddings
+    from zoodip.tokenizer import CLIPTokenizer
+    from zoodip_export.clip_vocab import write_clip_tokenizer_files
+
+    tokenizer = CLIPTokenizer.from_folder(write_clip_tokenizer_files(tmp_path / "tokenizer"))
+    save_learned_embeds(tmp_path / "dogword.safetensors", "dog", np.ones((1, 8), np.float32))
+    save_learned_embeds(tmp_path / "fine.safetensors", "<fine>", np.ones((1, 8), np.float32))
+    with pytest.warns(UserWarning, match="skipped dogword.safetensors .*'dog' is already a word of the vocabulary"):
+        added, _ = load_embeddings([tmp_path], tokenizer, 8)
+    assert list(added) == ["<fine>"]
+    with pytest.raises(ZoodipError, match="is already a word of the vocabulary, which it would take over"):
+        load_embeddings([tmp_path / "dogword.safetensors"], tokenizer, 8)
+    with pytest.raises(ZoodipError, match="an --embedding path is empty"):
+        load_embeddings([""], tokenizer, 8)

@@ -169,3 +169,33 @@ def test_a_photo_name_that_is_not_utf8_is_hashed_by_its_bytes(tmp_path):
     name = os.fsdecode(b"x\xff.png")
     Image.new("RGB", (64, 64)).save(tmp_path / name)
     assert len(sha256_of_files([tmp_path / name])) == 16
+
+
+def test_a_damaged_exif_block_is_named_with_its_file(tmp_path):
+    """Pillow's "Corrupt EXIF data" warning named neither the photo nor what to do."""
+    import io
+    import warnings
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    app1 = b"\xff\xe1\x00\x24" + b"Exif\x00\x00MM\x00*\x00\x00\xff\xff" + b"\x00" * 18  # an IFD that ends too soon
+    (tmp_path / "bad.jpg").write_bytes(data[:2] + app1 + data[2:])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_image(tmp_path / "bad.jpg", 32)
+    assert [str(w.message) for w in caught if "EXIF" in str(w.message)][0].startswith(
+        f"{tmp_path / 'bad.jpg'}: its EXIF data is damaged")
+
+
+def test_a_32_bit_image_keeps_its_gradient_and_a_pipe_is_not_opened(tmp_path):
+    import os
+
+    ramp = np.tile(np.linspace(0, 86000, 64).astype(np.int32), (64, 1))  # past 16 bits: was all white
+    Image.fromarray(ramp, mode="I").save(tmp_path / "deep.tif")
+    pixels = load_image(tmp_path / "deep.tif", 32)
+    assert pixels[0, :, 0].mean() < -0.9 and pixels[0, :, -1].mean() > 0.9
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.png")  # would block the read for ever
+        with pytest.raises(ZoodipError, match="is not a regular file"):
+            load_image(tmp_path / "pipe.png", 32)

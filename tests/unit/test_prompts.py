@@ -82,6 +82,16 @@ def test_load_captions(tmp_path: Path) -> None:
     assert captions == {name: data[name] for name in IMAGES}
 
 
+def test_captions_match_file_names_in_either_unicode_form(tmp_path: Path) -> None:
+    """macOS names a file "café.png" with a combining accent; a captions file typed in an editor has one letter."""
+    import unicodedata
+
+    on_disk = [unicodedata.normalize("NFD", "café.png"), "plain.png"]
+    typed = {unicodedata.normalize("NFC", "café.png"): "a <sks> in a café", "plain.png": "a <sks>"}
+    captions = load_captions(write(tmp_path, typed), on_disk, "<sks>")
+    assert captions == {on_disk[0]: "a <sks> in a café", "plain.png": "a <sks>"}
+
+
 @pytest.mark.parametrize("content", [
     "{not json",
     "",
