@@ -3,12 +3,14 @@ the text encoder's extra embedding rows, and a prompt's use of them checked (``g
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
 
 from .embeddings import check_hidden_size
 from .errors import ZoodipError
+from .run_checks import BLOWUP_NORM_FACTOR
 
 
 def tokenizer_with(model: Any, added: Mapping[str, np.ndarray] | None) -> tuple[Any, np.ndarray | None, set[int]]:
@@ -37,6 +39,7 @@ def tokenizer_with(model: Any, added: Mapping[str, np.ndarray] | None) -> tuple[
         if array.ndim != 2 or len(array) < 1:
             raise ZoodipError(f"embedding for {token!r} must have shape [n, {hidden}] or [{hidden}], got {list(np.shape(vectors))}")
         check_hidden_size(array, hidden, f"the embedding for {token!r}")
+        _warn_if_saturating(model, token, array)
         ids = _add_or_find(tokenizer, token, len(array), base)
         for token_id, row in zip(ids, array):
             rows[token_id] = row
@@ -58,6 +61,19 @@ def _added_vectors(token: object, vectors: object) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise ZoodipError(f"the embedding for {token!r} holds NaN or infinite values: it cannot condition an image")
     return array
+
+
+def _warn_if_saturating(model: Any, token: str, array: np.ndarray) -> None:
+    """Warn of a vector past the norm a training run calls blown up (``run_checks.BLOWUP_NORM_FACTOR`` times the
+    largest word's): the text encoder saturates on it, and every such vector gives the same images."""
+    if not callable(getattr(model, "max_token_norm", None)):
+        return
+    norm = float(np.max(np.linalg.norm(array.astype(np.float64), axis=1)))
+    limit = BLOWUP_NORM_FACTOR * float(model.max_token_norm())
+    if norm > limit:
+        warnings.warn(f"the embedding for {token!r} has a vector of norm {norm:.3g}, over {BLOWUP_NORM_FACTOR:g}x the "
+                      "largest word's: the text encoder saturates on it (a run that blew up?), so the images will "
+                      "not follow it", stacklevel=4)
 
 
 def _add_or_find(tokenizer: Any, token: str, count: int, base: int) -> list[int]:

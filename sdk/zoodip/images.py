@@ -7,6 +7,7 @@ the training resolution; what cannot be used is named in a one-line error.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -41,6 +42,7 @@ def list_images(folder: str | Path) -> list[Path]:
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     _warn_about_skipped(entries)
+    _warn_about_copies(files)
     if not files:
         raise ZoodipError(
             f"no images in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)}): add 3-10 photos of the concept"
@@ -62,6 +64,28 @@ def _warn_about_skipped(entries: Sequence[Path]) -> None:
     if nested:
         warnings.warn(f"skipped the photos in the subfolder(s) {_listed(nested)}: only the folder's own files are read; "
                       "move them up to use them", stacklevel=3)
+
+
+def _warn_about_copies(files: Sequence[Path]) -> None:
+    """Name photos that are byte-for-byte copies of another (a photo saved twice counts twice in training). Only
+    files of equal size are read."""
+    by_size: dict[int, list[Path]] = {}
+    for path in files:
+        by_size.setdefault(path.stat().st_size, []).append(path)
+    seen: dict[str, str] = {}
+    copies = []
+    for group in (g for g in by_size.values() if len(g) > 1):
+        for path in group:
+            try:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                continue  # its reader names it
+            if digest in seen:
+                copies.append(f"{path.name} (= {seen[digest]})")
+            seen.setdefault(digest, path.name)
+    if copies:
+        warnings.warn(f"{_listed(copies)}: the same file twice, which counts twice in training; remove the copy",
+                      stacklevel=3)
 
 
 def _holds_images(folder: Path) -> bool:

@@ -207,6 +207,7 @@ class ExportedModel:
         self.scaling_factor: float = float(info["scaling_factor"])
         self.sample_size: int = int(info["sample_size"])
         self._sessions: dict[str, ort.InferenceSession] = {}
+        self._max_token_norm: float | None = None
         self._sessions_lock = threading.Lock()  # two threads' generate(): one's release() between the other's steps
 
         scheduler_path = self.folder / manifest["scheduler"]
@@ -310,19 +311,23 @@ class ExportedModel:
         Read from the file in chunks with plain reads, not through the memory map: touching every
         page of the map would add the whole table to the resident set of a memory-budgeted run.
         """
+        if self._max_token_norm is not None:  # the table never changes: read once (generate asks every call)
+            return self._max_token_norm
         table = self.token_embeddings
         path = self.folder / self.manifest["token_embeddings"]["file"]
         offset = getattr(table, "offset", None)
         if offset is None or not table.flags.c_contiguous:  # not a plain memory map: read it as it is
-            return float(np.sqrt(np.max(np.sum(np.square(np.asarray(table, np.float32)), axis=1))))
-        width, dtype, best = table.shape[1], table.dtype, 0.0
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            for start in range(0, table.shape[0], rows):
-                count = min(rows, table.shape[0] - start)
-                chunk = np.frombuffer(handle.read(count * width * dtype.itemsize), dtype=dtype).reshape(count, width)
-                best = max(best, float(np.max(np.sum(np.square(chunk, dtype=np.float32), axis=1))))
-        return float(np.sqrt(best))
+            best = float(np.max(np.sum(np.square(np.asarray(table, np.float32)), axis=1)))
+        else:
+            width, dtype, best = table.shape[1], table.dtype, 0.0
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                for start in range(0, table.shape[0], rows):
+                    count = min(rows, table.shape[0] - start)
+                    chunk = np.frombuffer(handle.read(count * width * dtype.itemsize), dtype=dtype).reshape(count, width)
+                    best = max(best, float(np.max(np.sum(np.square(chunk, dtype=np.float32), axis=1))))
+        self._max_token_norm = float(np.sqrt(best))
+        return self._max_token_norm
 
     @property
     def prediction_type(self) -> str:

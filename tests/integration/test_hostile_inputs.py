@@ -521,3 +521,19 @@ def test_a_resolution_far_above_the_models_is_warned_about(tiny_export, photos, 
     code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "run", "--resolution", "512",
                                             "--max_train_steps", "1"), capsys)
     assert code == 0 and err.count("\n") == 1 and "--resolution 512 is more than twice the model's native 128 px" in err
+
+
+def test_an_embedding_that_saturates_the_text_encoder_is_warned_about(model):
+    """A vector past 100x the largest word's norm (what a training run calls blown up) gives the same images whatever
+    it holds: it was accepted without a word (only NaN and inf were refused)."""
+    import warnings
+
+    from zoodip.generate import generate
+
+    vector = np.random.default_rng(0).standard_normal(model.hidden_size).astype(np.float32)
+    vector *= 0.5 * model.max_token_norm() / np.linalg.norm(vector)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(model, "a photo of <s>", steps=1, added_embeddings={"<s>": vector})
+    with pytest.warns(UserWarning, match=r"the embedding for '<s>' has a vector of norm .* over 100x the largest word's"):
+        generate(model, "a photo of <s>", steps=1, added_embeddings={"<s>": vector * np.float32(1e4)})

@@ -199,3 +199,17 @@ def test_a_32_bit_image_keeps_its_gradient_and_a_pipe_is_not_opened(tmp_path):
         os.mkfifo(tmp_path / "pipe.png")  # would block the read for ever
         with pytest.raises(ZoodipError, match="is not a regular file"):
             load_image(tmp_path / "pipe.png", 32)
+
+
+def test_a_photo_saved_twice_is_named(tmp_path):
+    import shutil
+    import warnings
+
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(tmp_path / "a.png")
+    Image.new("RGB", (64, 64), (10, 20, 31)).save(tmp_path / "b.png")  # the same size, other bytes: fine
+    shutil.copy(tmp_path / "a.png", tmp_path / "a copy.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert len(list_images(tmp_path)) == 3
+    assert [str(w.message) for w in caught] == ["a.png (= a copy.png): the same file twice, which counts twice in "
+                                                "training; remove the copy"]
