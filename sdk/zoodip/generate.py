@@ -133,7 +133,7 @@ def _images(model: Any, latents: np.ndarray, plan: DecodePlan | None, budget: in
     _release_under_budget(model, budget, "unet")
     images = [picture for i in range(len(latents)) for picture in to_pil(decode_latents(model, latents[i : i + 1], plan))]
     _release_under_budget(model, budget, "vae_decoder")
-    return [paste(picture) for picture in images] if paste else images
+    return paste(images) if paste else images
 
 
 def check_prompt(model: Any, prompt: str, *, negative_prompt: str = "", steps: int = DEFAULT_STEPS,
@@ -453,8 +453,9 @@ def _image_start(model: Any, image: Any, mask_image: Any, strength: object, heig
     mask, paste = None, None
     if mask_image is not None:
         drawn = open_mask(mask_image, max(picture.size) if inpaint.changes_pixels else max(width, height))
-        view, seen, paste = (inpainting_views(picture, drawn, inpaint, (width, height)) if inpaint.changes_pixels
-                             else (picture, drawn, None))
+        reopen = (lambda: open_init_image(image, NO_DRAFT)) if isinstance(image, (str, Path)) else None
+        view, seen, paste = (inpainting_views(picture, drawn, inpaint, (width, height), reopen)
+                             if inpaint.changes_pixels else (picture, drawn, None))
         mask = latent_mask(seen, (width, height), int(model.vae_scale_factor))
         for problem in mask_problems(drawn.size, picture.size, mask):
             warnings.warn(problem, stacklevel=3)

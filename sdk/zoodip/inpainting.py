@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -91,19 +92,22 @@ def _grown(low: int, high: int, wanted: float, limit: int) -> tuple[int, int]:
     return low, min(high, limit)
 
 
-def inpainting_views(picture: Image.Image, mask: Image.Image, options: InpaintOptions,
-                     size: tuple[int, int]) -> tuple[Image.Image, Image.Image, PasteBack | None]:
+def inpainting_views(picture: Image.Image, mask: Image.Image, options: InpaintOptions, size: tuple[int, int],
+                     reopen: Callable[[], Image.Image] | None = None
+                     ) -> tuple[Image.Image, Image.Image, PasteBack | None]:
     """The image and the mask to sample from, and what pastes the result back (None: nothing is pasted).
 
     ``mask`` is taken to ``picture``'s size and blurred; "only masked" cuts both to ``crop_region`` for ``size``
     (the size generated), which is then pasted into the whole ``picture``; a plain paste-back blends at ``size``.
+    ``reopen``: reads the whole picture again at paste time, so that a large photo is not held while sampling (only
+    its box is); without it the picture is kept.
     """
     mask = blur_mask(mask if mask.size == picture.size else mask.resize(picture.size, Image.Resampling.LANCZOS),
                      options.mask_blur)
     if options.padding_mask_crop is not None:
         box = crop_region(mask, size, int(options.padding_mask_crop))
-        if box is not None:
-            return picture.crop(box), mask.crop(box), PasteBack(picture, mask, box)
+        if box is not None:  # every nonzero mask pixel lies in the box: the box's part of it is all the paste needs
+            return picture.crop(box), mask.crop(box), PasteBack(reopen or picture, mask.crop(box), box)
     if not options.paste_back and options.padding_mask_crop is None:
         return picture, mask, None
     # (Only masked with an all-black mask also lands here: nothing is redrawn, and the original comes back.)
@@ -114,21 +118,29 @@ def inpainting_views(picture: Image.Image, mask: Image.Image, options: InpaintOp
 
 @dataclass(frozen=True)
 class PasteBack:
-    """The original image, the mask at its size (gray: opacity of the generated pixels), and the box the generated
-    image fills (None: all of it)."""
+    """The original image (or what reads it again), the mask within the box (gray: opacity of the generated pixels;
+    the whole image's where the box is None), and the box the generated images fill."""
 
-    original: Image.Image
+    original: Image.Image | Callable[[], Image.Image]
     mask: Image.Image
     box: Box | None = None
 
-    def __call__(self, generated: Image.Image) -> Image.Image:
-        """``generated`` (resized into the box) over the original, through the mask: the original's size."""
-        left, top, right, bottom = self.box or (0, 0, *self.original.size)
-        if generated.size != (right - left, bottom - top):
-            generated = generated.resize((right - left, bottom - top), Image.Resampling.LANCZOS)
-        canvas = np.array(self.original, dtype=np.uint8)  # a copy; only the box is blended (in float)
-        kept = canvas[top:bottom, left:right].astype(np.float32)
-        alpha = np.asarray(self.mask.crop((left, top, right, bottom)), dtype=np.float32)[..., None] / 255.0
-        blended = kept + (np.asarray(generated, dtype=np.float32) - kept) * alpha
-        canvas[top:bottom, left:right] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(canvas, mode="RGB")
+    def __call__(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+        """Each of ``images`` (resized into the box) over the original, through the mask: the original's size."""
+        original = self.original() if callable(self.original) else self.original
+        left, top, right, bottom = self.box or (0, 0, *original.size)
+        if right > original.width or bottom > original.height:
+            raise ZoodipError(f"the start image is now {original.width}x{original.height} px: it changed while the "
+                              "images were made; run again")
+        base = np.asarray(original, dtype=np.uint8)
+        kept = base[top:bottom, left:right].astype(np.float32)
+        alpha = np.asarray(self.mask, dtype=np.float32)[..., None] / 255.0
+        pasted = []
+        for generated in images:
+            if generated.size != (right - left, bottom - top):
+                generated = generated.resize((right - left, bottom - top), Image.Resampling.LANCZOS)
+            canvas = base.copy()  # only the box is blended (in float)
+            blended = kept + (np.asarray(generated, dtype=np.float32) - kept) * alpha
+            canvas[top:bottom, left:right] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+            pasted.append(Image.fromarray(canvas, mode="RGB"))
+        return pasted

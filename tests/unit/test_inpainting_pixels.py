@@ -45,7 +45,7 @@ def test_paste_back_keeps_the_original_where_the_mask_is_black() -> None:
     generated = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
     mask = _mask((90, 60), (30, 20, 50, 40))
     box = crop_region(mask, (32, 32), 6)
-    out = np.asarray(PasteBack(original, mask, box)(generated)).astype(int)
+    out = np.asarray(PasteBack(original, mask.crop(box), box)([generated])[0]).astype(int)
     assert out.shape == (60, 90, 3)
     kept = np.asarray(mask) == 0
     assert np.array_equal(out[kept], np.asarray(original).astype(int)[kept])
@@ -62,7 +62,7 @@ def test_paste_back_blends_through_a_gray_mask_as_diffusers_apply_overlay() -> N
     generated = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
     mask = blur_mask(_mask((64, 48), (20, 10, 40, 30)), 4)
     assert 0 < np.asarray(mask).min() < 255 or len(np.unique(np.asarray(mask))) > 2  # gray levels to blend through
-    ours = np.asarray(PasteBack(original, mask)(generated)).astype(int)
+    ours = np.asarray(PasteBack(original, mask)([generated])[0]).astype(int)
     theirs = np.asarray(processor.apply_overlay(mask, original, generated)).astype(int)
     assert np.abs(ours - theirs).max() <= 2
 
@@ -82,7 +82,7 @@ def test_views_crop_the_image_and_mask_and_fall_back_to_the_whole_image_for_a_bl
     left, top, right, bottom = paste.box  # around the mask stretched to (40, 30, 50, 40), 4 px more, square
     assert left <= 36 and top <= 26 and right >= 54 and bottom >= 44 and right - left == bottom - top
     assert view.size == seen.size == (right - left, bottom - top)
-    assert paste.mask.size == picture.size  # the mask was stretched to the image's size first
+    assert paste.mask.size == view.size  # the box's part of the mask, stretched to the image's size first
     view, seen, paste = inpainting_views(picture, _mask((100, 80), (0, 0, 0, 0)), InpaintOptions(padding_mask_crop=4),
                                          (32, 32))
     assert view is picture and paste is not None and paste.box is None and paste.original.size == (32, 32)
@@ -107,3 +107,21 @@ def test_options_without_a_mask_are_refused() -> None:
     for options in (InpaintOptions(mask_blur=4), InpaintOptions(padding_mask_crop=0), InpaintOptions(paste_back=True)):
         with pytest.raises(ZoodipError, match="apply to inpainting: pass mask_image"):
             options.check(with_mask=False)
+
+
+def test_only_masked_reads_a_photo_again_to_paste_rather_than_holding_it(tmp_path) -> None:
+    """A 48 MP photo held through the sampling would break a memory budget: only its box is kept."""
+    picture = Image.fromarray(np.random.default_rng(3).integers(0, 256, (80, 100, 3), dtype=np.uint8))
+    reads = []
+
+    def reopen() -> Image.Image:
+        reads.append(1)
+        return picture
+
+    view, seen, paste = inpainting_views(picture, _mask((100, 80), (40, 30, 50, 40)),
+                                         InpaintOptions(padding_mask_crop=4), (32, 32), reopen)
+    assert paste is not None and paste.original is reopen and reads == []
+    generated = [Image.new("RGB", (32, 32), (255, 0, 0)), Image.new("RGB", (32, 32), (0, 255, 0))]
+    out = paste(generated)
+    assert reads == [1] and [im.size for im in out] == [(100, 80)] * 2  # read once for all the images
+    assert np.array_equal(np.asarray(out[1])[0, 0], np.asarray(picture)[0, 0])
