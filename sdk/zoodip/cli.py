@@ -331,14 +331,13 @@ def _generate_images(args: argparse.Namespace, model, added, groups, latents, ba
                   sampler=args.sampler, seed=args.seed, height=args.height, width=args.width,
                   num_images=args.num_images, added_embeddings=added, token_groups=groups, latents=latents,
                   prompt_weighting=args.prompt_weighting, clip_skip=args.clip_skip,
-                  guidance_rescale=args.guidance_rescale, callback=bar)
+                  guidance_rescale=args.guidance_rescale, callback=bar, mask_blur=args.mask_blur,
+                  padding_mask_crop=args.padding_mask_crop, paste_back=args.paste_back)  # (without --mask: refused)
     if args.hires_scale is not None:
         hires = {k: v for k, v in (("hires_strength", args.hires_strength), ("hires_steps", args.hires_steps))
                  if v is not None}
         return generate_hires(model, args.prompt, hires_scale=args.hires_scale, **hires, **common)
-    return generate(model, args.prompt, image=args.image, strength=args.strength, mask_image=args.mask,
-                    mask_blur=args.mask_blur, padding_mask_crop=args.padding_mask_crop, paste_back=args.paste_back,
-                    **common)
+    return generate(model, args.prompt, image=args.image, strength=args.strength, mask_image=args.mask, **common)
 
 
 def _generate_latents(args: argparse.Namespace, model) -> np.ndarray | None:
