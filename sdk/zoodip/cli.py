@@ -147,6 +147,7 @@ class _LazyJsonl:
             if self.stream is None:
                 try:
                     self.created = not self.path.exists()
+                    self.path.parent.mkdir(parents=True, exist_ok=True)  # e.g. in the run folder, made at its start
                     self.stream = open(self.path, "a", encoding="utf-8")
                 except OSError as exc:
                     raise ZoodipError(f"cannot write --progress-jsonl {self.path} ({exc.strerror or exc}): choose another file") from None
@@ -186,7 +187,9 @@ def _progress_log_path(target: str, config: Any) -> Path:
     path = check_output_file(target, "--progress-jsonl")
     where = path.absolute().resolve()
     model, out = Path(config.export_dir).absolute().resolve(), Path(config.output_dir).absolute().resolve()
-    if model in where.parents or (where.parent == out and where.name in (*RUN_FILES, CONFIG_NAME)):
+    # In the run folder only a .jsonl of its own: the run writes its log, snapshots and previews there.
+    if model in where.parents or (where.parent == out and (where.suffix != ".jsonl" or where.name in
+                                                           (*RUN_FILES, CONFIG_NAME))):
         raise ZoodipError(f"--progress-jsonl {target} is {'in the model folder' if model in where.parents else 'a file of the run'}"
                           ": name a file of its own, e.g. progress.jsonl")
     if path.is_file() and path.stat().st_size:
@@ -257,7 +260,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .embeddings import load_embeddings
     from .generate import check_num_images
-    from .images import image_grid, numbered_paths, save_image
+    from .images import image_grid, numbered_paths, save_images
     from .model import ExportedModel, RuntimeOptions
     from .paths import check_output_file
 
@@ -302,15 +305,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             images = _generate_images(args, model, added, groups, latents, bar)
     finally:
         bar.close()
-    written: list[Path] = []
-    try:  # all of them or none: a full disk at the third image takes back the first two
-        for image, path in zip(images, singles):
-            written.append(save_image(image, path))
-        save_image(images[0] if len(images) == 1 else image_grid([images]), out)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+    # All of them or none: a full disk at the third image leaves the files that were there.
+    save_images([*zip(images, singles), (images[0] if len(images) == 1 else image_grid([images]), out)])
     print(f"wrote {out}" + (f" (grid) and {singles[0].name} ... {singles[-1].name}" if singles else "")
           + (f" (--seed {args.seed})" if drawn else ""))
     return 0

@@ -8,6 +8,7 @@ which this SDK's image-to-image does not take).
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -18,10 +19,13 @@ from .errors import ZoodipError
 from .generate import check_callback, check_num_images, generate
 from .image_side import check_side, side_multiple
 from .limits import check_image_size
-from .memory_plan import memory_budget_mb
+from .memory_plan import check_encode, memory_budget_mb
 from .sampling import DEFAULT_STEPS, HIRES_STRENGTH, ProgressCallback, check_steps, check_strength, steps_run
 
 MAX_HIRES_SCALE = 4.0  # A1111's slider stops at 4
+# SD's UNet halves the latents three times (8x), and its exported skip connections meet again only where each halving
+# is exact: the larger size's sides are multiples of 8 latents (64 px on SD) rather than A1111's 8 px.
+UNET_HALVINGS = 8
 
 
 def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_strength: float = HIRES_STRENGTH,
@@ -29,12 +33,12 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
                    height: int | None = None, width: int | None = None, callback: ProgressCallback | None = None,
                    **options: Any) -> list[Image.Image]:
     """``generate(model, prompt, ...)``'s images, each upscaled ``hires_scale`` times (Lanczos; sides rounded down
-    to the VAE's multiple) and redrawn over the last ``hires_strength`` of ``hires_steps`` (default: ``steps``)
+    to multiples of ``UNET_HALVINGS`` latents) and redrawn over the last ``hires_strength`` of ``hires_steps`` (default: ``steps``)
     steps, with the same prompt and options. Image ``i``'s second pass draws its noise from ``seed + i``, A1111's
     seed for the i-th image of a batch. ``callback(step, total, latents)`` counts the steps of both passes."""
-    if options.get("image") is not None or options.get("mask_image") is not None:
-        raise ZoodipError("the hires fix is for text-to-image (A1111 has none for img2img): drop image/mask_image, "
-                          "or drop the hires settings and pass the size you want")
+    if any(options.pop(key, None) is not None for key in ("image", "mask_image", "strength")):
+        raise ZoodipError("the hires fix is for text-to-image (A1111 has none for img2img): drop image, mask_image and "
+                          "strength (hires_strength is the second pass's), or drop the hires settings")
     check_steps(model, steps)
     check_num_images(num_images)
     check_callback(callback)
@@ -52,9 +56,19 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
     for name, value in (("height", height), ("width", width)):
         if value is not None:
             check_side(name, value, factor, native)
-    size = hires_size((width or native, height or native), float(hires_scale), side_multiple(factor))
-    check_image_size(size[1], size[0], factor, f"the hires fix's {size[0]}x{size[1]} image",
-                     memory_budget_mb=memory_budget_mb(model))  # before the first pass, not after it
+    first_size = (width or native, height or native)
+    multiple = math.lcm(side_multiple(factor), UNET_HALVINGS * factor)  # 64 px on SD: sizes its UNet runs at
+    size = hires_size(first_size, float(hires_scale), multiple)
+    if size == first_size:
+        raise ZoodipError(f"hires_scale {hires_scale} leaves {size[0]}x{size[1]} as it is (sides are rounded down to "
+                          f"multiples of {multiple}): use a larger scale")
+    # Before the first pass, not after it: the larger size's memory floor, and under a budget its VAE encode.
+    what = f"the hires fix's {size[0]}x{size[1]} image (--hires-scale)"
+    check_image_size(size[1], size[0], factor, what, memory_budget_mb=memory_budget_mb(model))
+    try:
+        check_encode(model, size[1] // factor, size[0] // factor, memory_budget_mb(model))
+    except ZoodipError as exc:
+        raise ZoodipError(f"the hires fix's second pass: {exc}, or a smaller --hires-scale") from None
     progress = _TwoPassProgress(callback, steps + num_images * second_run)
     first = generate(model, prompt, seed=seed, num_images=num_images, steps=steps, height=height, width=width,
                      callback=progress.pass_callback(), **options)
@@ -66,7 +80,7 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
 
 
 def hires_size(size: tuple[int, int], scale: float, multiple: int) -> tuple[int, int]:
-    """(width, height) times ``scale``, each rounded down to ``multiple`` (A1111 rounds to 8)."""
+    """(width, height) times ``scale``, each rounded down to ``multiple`` (A1111 rounds to 8 px; see UNET_HALVINGS)."""
     return tuple(max(multiple, int(side * scale) // multiple * multiple) for side in size)  # type: ignore[return-value]
 
 

@@ -314,18 +314,32 @@ def save_image(image: Image.Image, path: str | Path, flag: str = "--out") -> Pat
 
     A failed or interrupted write (Ctrl-C mid-save) leaves no temp file and the previous file intact.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # keeps the suffix: Pillow picks the format by it
+    return save_images([(image, path)], flag)[0]
+
+
+def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--out") -> list[Path]:
+    """Write each ``(image, path)`` as ``save_image`` does, all or none: every image goes to its temp file first,
+    and only when all are written are they renamed over their paths (a full disk at the third image leaves the
+    files that were there, not two new images beside an old one, nor none of either)."""
+    done: list[tuple[Path, Path]] = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(tmp)
-        tmp.replace(path)
+        for image, path in pairs:
+            path = Path(path)
+            tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # keeps the suffix: Pillow picks the format by it
+            done.append((tmp, path))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(tmp)
+        for tmp, path in done:
+            tmp.replace(path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        for tmp, _ in done:
+            tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise ZoodipError(f"cannot write {flag} {path} ({exc.strerror or exc}): free space or choose another file") from None
+            failed = done[-1][1] if done else "?"
+            raise ZoodipError(f"cannot write {flag} {failed} ({exc.strerror or exc}): free space or choose another "
+                              "file") from None
         raise
-    return path
+    return [path for _, path in done]
 
 
 def numbered_paths(path: str | Path, count: int) -> list[Path]:

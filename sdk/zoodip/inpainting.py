@@ -58,7 +58,7 @@ class InpaintOptions:
 
 def blur_mask(mask: Image.Image, radius: float) -> Image.Image:
     """``mask`` (8-bit gray) under a Gaussian blur of ``radius`` px (PIL's, as diffusers' and A1111's); 0 keeps it."""
-    return mask.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else mask
+    return mask.filter(ImageFilter.GaussianBlur(float(radius))) if radius > 0 else mask  # (float: a NumPy number too)
 
 
 def crop_region(mask: Image.Image, size: tuple[int, int], padding: int) -> Box | None:
@@ -108,9 +108,9 @@ def inpainting_views(picture: Image.Image, mask: Image.Image, options: InpaintOp
         box = crop_region(mask, size, int(options.padding_mask_crop))
         if box is not None:  # every nonzero mask pixel lies in the box: the box's part of it is all the paste needs
             return picture.crop(box), mask.crop(box), PasteBack(reopen or picture, mask.crop(box), box)
-    if not options.paste_back and options.padding_mask_crop is None:
+        return picture, mask, PasteBack(picture, mask)  # nothing to redraw: the whole photo back, at its size
+    if not options.paste_back:
         return picture, mask, None
-    # (Only masked with an all-black mask also lands here: nothing is redrawn, and the original comes back.)
     sized = [im if im.size == size else im.resize(size, resample) for im, resample in
              ((picture, Image.Resampling.BICUBIC), (mask, Image.Resampling.LANCZOS))]
     return picture, mask, PasteBack(sized[0], sized[1])

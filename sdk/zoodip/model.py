@@ -336,6 +336,7 @@ class ExportedModel:
     def session_options(self, graph: str | None = None) -> tuple[ort.SessionOptions, list[str]]:
         """Session options and disabled optimizers for this export's recipe (and for ``graph``, if named)."""
         opts = ort.SessionOptions()
+        opts.log_severity_level = 4  # its own error lines: a failure is one ZoodipError line (the contract), not two
         if self.options.threads:
             opts.intra_op_num_threads = int(self.options.threads)
             opts.inter_op_num_threads = 1
@@ -447,7 +448,14 @@ class ExportedModel:
             "timestep": np.ascontiguousarray(np.broadcast_to(np.asarray(timestep, np.float32), (len(sample),))),
             "encoder_hidden_states": np.ascontiguousarray(encoder_hidden_states, np.float32),
         }
-        return self.session("unet").run(None, feeds)[0]
+        try:
+            return self.session("unet").run(None, feeds)[0]
+        except Exception as exc:  # onnxruntime's Fail: a size whose halvings do not meet its skip connections again
+            if "mismatched dimensions" not in str(exc):
+                raise
+            h, w = (side * self.vae_scale_factor for side in sample.shape[2:])
+            raise ZoodipError(f"the UNet cannot run at {w}x{h} px: it halves the latents several times and its skip "
+                              "connections must meet again; use sides that are multiples of 64 (SD1.x/2.x)") from None
 
     def _vae_moments(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The VAE posterior's mean and std for images [B,3,H,W] in [-1,1], unscaled."""

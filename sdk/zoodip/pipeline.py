@@ -38,6 +38,9 @@ _NOT_TAKEN = {
     "negative_prompt_embeds": "pass negative_prompt's text",
     "cross_attention_kwargs": "there are no LoRA or attention processors here; drop it",
     "safety_checker": "the export has no safety checker; drop it",
+    "weight_name": "pass the embedding file's own path (or a folder of them)",
+    "tokenizer": "the export's tokenizer is used; drop it",
+    "text_encoder": "the export's text encoder is used; drop it",
 }
 
 
@@ -63,6 +66,8 @@ class ZoodipPipeline:
                         memory_budget_mb: int | None = None, **unknown: Any) -> ZoodipPipeline:
         """Open a ``zoodip export`` folder (not a diffusers folder: export it first)."""
         _refuse(unknown, "from_pretrained")
+        if not isinstance(export_dir, (str, os.PathLike)) or not str(export_dir).strip():
+            raise ZoodipError(f"from_pretrained takes the path of a zoodip export folder, got {export_dir!r}")
         folder = Path(export_dir)
         if (folder / "model_index.json").is_file() and not (folder / "manifest.json").is_file():
             raise ZoodipError(f"{folder} is a diffusers folder: export it first with 'zoodip export {folder} OUT_DIR' "
@@ -70,9 +75,13 @@ class ZoodipPipeline:
         return cls(ExportedModel.load(folder, RuntimeOptions(threads=threads, memory_budget_mb=memory_budget_mb)))
 
     def load_textual_inversion(self, pretrained_model_name_or_path: str | os.PathLike[str] | Sequence[Any],
-                               token: str | Sequence[str] | None = None) -> None:
+                               token: str | Sequence[str] | None = None, **unknown: Any) -> None:
         """Add embeddings, as diffusers': a file (diffusers' or A1111's .safetensors) or a folder of them, or a list
         of files; ``token`` renames (one per file). A name already loaded is refused."""
+        _refuse(unknown, "load_textual_inversion")
+        if not isinstance(pretrained_model_name_or_path, (str, os.PathLike, list, tuple)):
+            raise ZoodipError("load_textual_inversion takes a file's path (or a folder's, or a list of paths), got "
+                              f"{type(pretrained_model_name_or_path).__name__}")
         paths = (list(pretrained_model_name_or_path) if isinstance(pretrained_model_name_or_path, (list, tuple))
                  else [pretrained_model_name_or_path])
         tokens = list(token) if isinstance(token, (list, tuple)) else [token] * len(paths)
@@ -84,7 +93,17 @@ class ZoodipPipeline:
         self._added = load_embeddings(specs, m.tokenizer, m.hidden_size, m.identity)[0]  # all again: a name taken
         self._specs = specs  # by an earlier call is refused as within one call
 
-    def __call__(self, prompt: str, negative_prompt: str | None = None, *,
+    def unload_textual_inversion(self) -> None:
+        """Forget every loaded embedding (diffusers' call of the same name)."""
+        self._specs, self._added = [], {}
+
+    def to(self, device: object) -> ZoodipPipeline:
+        """diffusers' ``pipe.to(device)``: the CPU only (onnxruntime's CPU provider), so "cpu" is this pipeline."""
+        if str(device) != "cpu":
+            raise ZoodipError(f"this pipeline runs on the CPU (onnxruntime), not {device!r}: drop .to(...)")
+        return self
+
+    def __call__(self, prompt: str, *positional: Any, negative_prompt: str | None = None,
                  num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = 7.5, seed: int = 0,
                  output_type: str = "pil", clip_skip: int | None = None, **options: Any) -> PipelineOutput:
         """``generate(self.model, prompt, ...)`` under diffusers' names (``num_images_per_prompt``, ``height``,
@@ -93,15 +112,22 @@ class ZoodipPipeline:
         if isinstance(prompt, (list, tuple)):
             raise ZoodipError("one prompt per call here (diffusers batches a list): call the pipeline once per prompt, "
                               "with num_images_per_prompt for several images of one")
+        if positional:  # diffusers' second is height: by position the two would silently differ
+            raise ZoodipError("pass the settings after the prompt by name (negative_prompt=, height=, ...)")
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise ZoodipError(f"negative_prompt must be one string (one prompt per call), got {negative_prompt!r:.60}")
+        if any(key.startswith("hires_") for key in options) and "hires_scale" not in options:
+            raise ZoodipError("hires_strength and hires_steps set the hires fix's second pass: add hires_scale=X "
+                              "(2: twice the size)")
         if output_type not in OUTPUT_TYPES:
             raise ZoodipError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         _refuse(options, "the pipeline call", allowed=set(_RENAMED) | _GENERATE_OPTIONS)
         settings = {_RENAMED.get(key, key): value for key, value in options.items()}
         settings.setdefault("sampler", self.sampler)
-        run = generate_hires if any(key.startswith("hires_") for key in settings) else generate
+        run = generate_hires if "hires_scale" in settings else generate
         # Embeddings stay loaded for many prompts, as diffusers': no groups, so one a prompt leaves out is not warned of.
         images = run(self.model, prompt, negative_prompt=negative_prompt or "", steps=num_inference_steps,
-                     guidance_scale=guidance_scale, seed=seed, clip_skip=clip_skip or 0,
+                     guidance_scale=guidance_scale, seed=seed, clip_skip=0 if clip_skip is None else clip_skip,
                      added_embeddings=self._added, token_groups=[], **settings)
         if output_type == "np":
             return PipelineOutput(np.stack([np.asarray(image, np.float32) / 255.0 for image in images]))

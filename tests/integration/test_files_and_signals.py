@@ -24,12 +24,17 @@ def test_progress_jsonl_is_never_appended_to_a_file_that_is_not_a_progress_log(t
     for target, needle in ((photo, "exists and is not a progress log"),
                            (tiny_export / "manifest.json", "is in the model folder"),
                            (out / "config.json", "is a file of the run"),
-                           (out / "log.jsonl", "is a file of the run")):
+                           (out / "log.jsonl", "is a file of the run"),
+                           (out / "learned_embeds-steps-2.safetensors", "is a file of the run"),
+                           (out / "validation-steps-2.png", "is a file of the run")):
         code, _, err = run_cli(personalize_args(tiny_export, photos, out, "--progress-jsonl", target), capsys)
         assert_one_line_error(code, err, needle)
     assert photo.read_bytes() == before and not out.exists()
+    inside = out / "progress.jsonl"  # its own .jsonl in the run folder, which the run has yet to make
+    assert run_cli(personalize_args(tiny_export, photos, out, "--progress-jsonl", inside), capsys)[0] == 0
+    assert json.loads(inside.read_text().splitlines()[-1])["type"] == "progress"
     log = tmp_path / "progress.jsonl"  # a progress log of an earlier run is appended to
-    assert run_cli(personalize_args(tiny_export, photos, out, "--progress-jsonl", log), capsys)[0] == 0
+    assert run_cli(personalize_args(tiny_export, photos, tmp_path / "first", "--progress-jsonl", log), capsys)[0] == 0
     lines = log.read_text().splitlines()
     assert run_cli(personalize_args(tiny_export, photos, tmp_path / "again", "--progress-jsonl", log), capsys)[0] == 0
     assert log.read_text().splitlines()[: len(lines)] == lines and len(log.read_text().splitlines()) > len(lines)
@@ -58,24 +63,26 @@ def test_generate_never_writes_over_its_start_image_or_mask(tiny_export, tmp_pat
     assert start.read_bytes() == before
 
 
-def test_a_failed_write_takes_back_the_images_already_written(tiny_export, tmp_path, capsys, monkeypatch):
-    """A full disk at the third of three images: the first two are removed, not left as a partial set."""
-    import zoodip.images as images
+def test_a_failed_write_leaves_the_files_that_were_there(tiny_export, tmp_path, capsys, monkeypatch):
+    """A full disk at the third of three images: no new image is left, and the older files of those names are kept
+    (taking back the new ones had deleted the old ones they replaced)."""
+    from PIL import Image as PILImage
 
-    real_save, calls = images.save_image, []
+    (tmp_path / "grid-1.png").write_bytes(b"an older image")
+    real_save, calls = PILImage.Image.save, []
 
-    def save_then_fail(image, path, flag="--out"):
-        calls.append(path)
+    def save_then_fail(self, fp, *args, **kwargs):
+        calls.append(fp)
         if len(calls) == 3:
-            raise images.ZoodipError(f"cannot write --out {path} (No space left on device)")
-        return real_save(image, path, flag)
+            raise OSError(28, "No space left on device")
+        return real_save(self, fp, *args, **kwargs)
 
-    monkeypatch.setattr(images, "save_image", save_then_fail)
-    out = tmp_path / "grid.png"
+    monkeypatch.setattr(PILImage.Image, "save", save_then_fail)
     code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "2",
-                            "--num-images", "3", "--out", out], capsys)
+                            "--num-images", "3", "--out", tmp_path / "grid.png"], capsys)
     assert_one_line_error(code, err, "No space left on device")
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid-1.png"]
+    assert (tmp_path / "grid-1.png").read_bytes() == b"an older image"
 
 
 def _cli(*args) -> subprocess.Popen:
@@ -137,3 +144,12 @@ def test_a_path_the_terminal_cannot_show_is_escaped_not_a_traceback(tiny_export,
                           env={**os.environ, "PYTHONIOENCODING": "ascii"})
     assert proc.returncode == 0 and "\\xfcn\\xef.png" in proc.stdout and proc.stderr == "", proc.stderr
     assert out.is_file()
+
+
+def test_a_size_the_unet_cannot_halve_evenly_is_one_line(tiny_export, tmp_path, capsys):
+    """136 px on the tiny UNet: its skip connections do not meet again (onnxruntime's Concat failed, a traceback)."""
+    out = tmp_path / "odd.png"
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "2", "--width", "136",
+                            "--out", out], capsys)
+    assert_one_line_error(code, err, "the UNet cannot run at 136x128 px")
+    assert not out.exists()

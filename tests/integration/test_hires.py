@@ -19,7 +19,7 @@ def test_hires_is_text_to_image_then_image_to_image_of_the_upscaled_picture(mode
     options = dict(steps=4, guidance_scale=5.0, negative_prompt="blurry")
     ours = generate_hires(model, "a red star", hires_scale=1.5, hires_strength=0.5, seed=3, num_images=2, **options)
     first = generate(model, "a red star", seed=3, num_images=2, **options)
-    size = hires_size((SIDE, SIDE), 1.5, 8)
+    size = hires_size((SIDE, SIDE), 1.5, 64)
     assert size == (192, 192) and [image.size for image in ours] == [size, size]
     for i, (image, start) in enumerate(zip(ours, first)):
         again = generate(model, "a red star", seed=3 + i, image=start.resize(size, Image.Resampling.LANCZOS),
@@ -34,8 +34,8 @@ def test_hires_progress_counts_both_passes(model) -> None:
     assert seen == [(step, 5 + 2 * 2) for step in range(1, 10)]
 
 
-def test_hires_sizes_round_down_to_the_vae_multiple() -> None:
-    assert hires_size((512, 768), 1.3, 8) == (664, 992) and hires_size((8, 8), 1.01, 8) == (8, 8)
+def test_hires_sizes_round_down_to_sizes_the_unet_runs_at() -> None:
+    assert hires_size((512, 768), 1.3, 64) == (640, 960) and hires_size((64, 64), 1.01, 64) == (64, 64)
 
 
 @pytest.mark.parametrize("settings, words", [
@@ -48,7 +48,9 @@ def test_hires_sizes_round_down_to_the_vae_multiple() -> None:
     (dict(hires_steps=0), "steps must be an integer"),
     (dict(steps="3"), "steps must be an integer"),
     (dict(width=100), "width must be a positive multiple of 8"),
-    (dict(width=8192, height=8192), "the hires fix's 16384x16384 image needs at least"),
+    (dict(width=8192, height=8192), r"the hires fix's 16384x16384 image \(--hires-scale\) needs at least"),
+    (dict(hires_scale=1.2), r"leaves 128x128 as it is \(sides are rounded down to multiples of 64\)"),
+    (dict(strength=0.5), "the hires fix is for text-to-image"),
     (dict(image=Image.new("RGB", (64, 64))), "the hires fix is for text-to-image"),
     (dict(callback=5), "callback must be callable"),
 ])
@@ -74,3 +76,21 @@ def test_cli_hires_flags(tiny_export, tmp_path, capsys) -> None:
                           (["--hires-scale", "2", "--paste-back"], "apply to inpainting: pass mask_image")):
         assert_one_line_error(*run_cli(common + extra, capsys)[::2], needle)
     assert not out.exists()
+
+
+def test_under_a_budget_the_second_pass_encode_is_checked_before_the_first_pass(tiny_export) -> None:
+    """It was refused after all of the first pass's steps, with advice naming a start image the user never gave."""
+    from zoodip.memory_plan import check_encode
+    from zoodip.model import ExportedModel, RuntimeOptions
+
+    budget = 150
+    model = ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=budget))
+    factor = model.vae_scale_factor
+    check_encode(model, SIDE // factor, SIDE // factor, budget)  # the first pass's size fits
+    with pytest.raises(ZoodipError):
+        check_encode(model, 4 * SIDE // factor, 4 * SIDE // factor, budget)  # four times the side does not
+    steps: list[int] = []
+    with pytest.raises(ZoodipError, match=r"the hires fix's second pass: encoding a 512x512 start image .* or a "
+                                          r"smaller --hires-scale"):
+        generate_hires(model, "a star", hires_scale=4, steps=2, callback=lambda s, n, x: steps.append(s))
+    assert steps == []

@@ -25,12 +25,12 @@ def _embedding(tmp_path, name: str, token: str, hidden: int, seed: int = 0):
 def test_a_call_is_generate_under_diffusers_names(pipe, tmp_path) -> None:
     path, vectors = _embedding(tmp_path, "learned_embeds.safetensors", "<cat-toy>", pipe.model.hidden_size)
     pipe.load_textual_inversion(path)
-    out = pipe("a photo of <cat-toy>", "blurry", num_inference_steps=3, guidance_scale=5.0, seed=4,
+    out = pipe("a photo of <cat-toy>", negative_prompt="blurry", num_inference_steps=3, guidance_scale=5.0, seed=4,
                num_images_per_prompt=2, height=64, width=96, sampler="euler")
     ours = generate(pipe.model, "a photo of <cat-toy>", negative_prompt="blurry", steps=3, guidance_scale=5.0, seed=4,
                     num_images=2, height=64, width=96, sampler="euler", added_embeddings={"<cat-toy>": vectors})
     assert [np.asarray(image).tolist() for image in out.images] == [np.asarray(image).tolist() for image in ours]
-    as_np = pipe("a photo of <cat-toy>", "blurry", num_inference_steps=3, guidance_scale=5.0, seed=4,
+    as_np = pipe("a photo of <cat-toy>", negative_prompt="blurry", num_inference_steps=3, guidance_scale=5.0, seed=4,
                  num_images_per_prompt=2, height=64, width=96, sampler="euler", output_type="np").images
     assert as_np.shape == (2, 64, 96, 3) and as_np.dtype == np.float32
     assert np.array_equal(as_np, np.stack([np.asarray(image) for image in ours]) / np.float32(255.0))
@@ -61,6 +61,10 @@ def test_load_textual_inversion_renames_lists_and_refuses_a_name_twice(pipe, tmp
     (dict(output_type="latent"), "output_type must be one of pil, np"),
     (dict(prompt=["a", "b"]), "one prompt per call here"),
     (dict(num_inference_steps=0), "steps must be an integer"),
+    (dict(negative_prompt=["blurry"]), "negative_prompt must be one string"),
+    (dict(hires_steps=4), "add hires_scale=X"),
+    (dict(hires_scale=2, strength=0.5), "the hires fix is for text-to-image"),
+    (dict(clip_skip=""), "clip_skip"),
 ])
 def test_what_diffusers_users_pass_that_has_no_place_here_is_one_line(pipe, call, words) -> None:
     call = {"prompt": "a star", "num_inference_steps": 2, **call}
@@ -78,3 +82,22 @@ def test_from_pretrained_refuses_a_diffusers_folder_and_options_it_lacks(tiny_sd
 def test_hires_settings_run_the_hires_fix(pipe) -> None:
     images = pipe("a star", num_inference_steps=3, hires_scale=1.5).images
     assert images[0].size == (192, 192)
+
+
+def test_diffusers_habits_around_the_call(pipe, tmp_path) -> None:
+    with pytest.raises(ZoodipError, match="pass the settings after the prompt by name"):
+        pipe("a star", 512)  # diffusers' second positional argument is height
+    assert pipe.to("cpu") is pipe
+    with pytest.raises(ZoodipError, match="runs on the CPU"):
+        pipe.to("cuda")
+    path, _ = _embedding(tmp_path, "a.safetensors", "<a>", pipe.model.hidden_size)
+    with pytest.raises(ZoodipError, match="does not take weight_name=: pass the embedding file's own path"):
+        pipe.load_textual_inversion(tmp_path, weight_name="a.safetensors")
+    with pytest.raises(ZoodipError, match="takes a file's path"):
+        pipe.load_textual_inversion({"<a>": path})
+    pipe.load_textual_inversion(path)
+    pipe.unload_textual_inversion()
+    pipe.load_textual_inversion(path)  # not "two embeddings are named '<a>'"
+    for bad in (None, ""):
+        with pytest.raises(ZoodipError, match="takes the path of a zoodip export folder"):
+            ZoodipPipeline.from_pretrained(bad)

@@ -70,6 +70,7 @@ def test_paste_back_blends_through_a_gray_mask_as_diffusers_apply_overlay() -> N
 def test_blur_softens_the_edge_only_when_asked() -> None:
     mask = _mask((40, 40), (10, 10, 30, 30))
     assert blur_mask(mask, 0) is mask
+    assert np.array_equal(np.asarray(blur_mask(mask, np.float64(3))), np.asarray(blur_mask(mask, 3)))  # NumPy numbers
     soft = np.asarray(blur_mask(mask, 3))
     assert 0 < soft[20, 9] < 255 and soft[20, 20] == 255 and soft[0, 0] == 0
 
@@ -85,7 +86,9 @@ def test_views_crop_the_image_and_mask_and_fall_back_to_the_whole_image_for_a_bl
     assert paste.mask.size == view.size  # the box's part of the mask, stretched to the image's size first
     view, seen, paste = inpainting_views(picture, _mask((100, 80), (0, 0, 0, 0)), InpaintOptions(padding_mask_crop=4),
                                          (32, 32))
-    assert view is picture and paste is not None and paste.box is None and paste.original.size == (32, 32)
+    assert view is picture and paste is not None and paste.box is None  # nothing to redraw: the photo back whole
+    assert [im.size for im in paste([Image.new("RGB", (32, 32))])] == [(100, 80)]
+    assert np.array_equal(np.asarray(paste([Image.new("RGB", (32, 32))])[0]), np.asarray(picture))
 
 
 @pytest.mark.parametrize("options, words", [
