@@ -116,6 +116,7 @@ def model_info(configs: dict[str, dict[str, Any]], sample_size: int | None) -> d
         "vae_scale_factor": vae_scale_factor(vae),
         "scaling_factor": float(vae.get("scaling_factor", 0.18215)),
         "sample_size": side,
+        "unet_halvings": len(unet.get("block_out_channels", (0,))) - 1,  # image sides: multiples of factor * 2^this
         "prediction_type": str(scheduler.get("prediction_type", "epsilon")),
         "num_train_timesteps": int(scheduler.get("num_train_timesteps", 1000)),
     }

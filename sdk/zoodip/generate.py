@@ -447,7 +447,7 @@ def _image_start(model: Any, image: Any, mask_image: Any, strength: object, heig
     crop = mask_image is not None and inpaint.padding_mask_crop is not None  # then generated at the size asked
     picture = open_init_image(image, NO_DRAFT if crop else max(native, height or 0, width or 0) * 2)
     width, height = ((width or native, height or native) if crop else
-                     init_image_size(picture.size, height, width, native, side_multiple(model.vae_scale_factor)))
+                     init_image_size(picture.size, height, width, native, model_side_multiple(model)))
     h, w = _latent_size(model, height, width)
     check_encode(model, h, w, memory_budget_mb(model))
     mask, paste = None, None
@@ -484,10 +484,15 @@ def _latent_size(model: Any, height: int | None, width: int | None) -> tuple[int
     return h, w
 
 
+def model_side_multiple(model: Any) -> int:
+    """The step of image sides ``model`` runs at (``ExportedModel.side_multiple``; a stand-in model: its VAE's)."""
+    return int(getattr(model, "side_multiple", side_multiple(model.vae_scale_factor)))
+
+
 def _latent_shape(model: Any, height: int | None, width: int | None) -> tuple[int, int]:
     factor = int(model.vae_scale_factor)
     default = int(model.sample_size) * factor
     sizes = []
     for name, value in (("height", height), ("width", width)):
-        sizes.append(check_side(name, default if value is None else value, factor, default) // factor)
+        sizes.append(check_side(name, default if value is None else value, model_side_multiple(model), default) // factor)
     return sizes[0], sizes[1]

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ZoodipError
-from .generate import check_callback, check_num_images, generate
+from .generate import check_callback, check_num_images, generate, model_side_multiple
 from .image_side import check_side, side_multiple
 from .limits import check_image_size
 from .memory_plan import check_encode, memory_budget_mb
@@ -55,9 +55,11 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
     factor, native = int(model.vae_scale_factor), int(model.sample_size) * int(model.vae_scale_factor)
     for name, value in (("height", height), ("width", width)):
         if value is not None:
-            check_side(name, value, factor, native)
+            check_side(name, value, model_side_multiple(model), native)
     first_size = (width or native, height or native)
-    multiple = math.lcm(side_multiple(factor), UNET_HALVINGS * factor)  # 64 px on SD: sizes its UNet runs at
+    # The sizes its UNet runs at (64 px on SD); an export that does not record them: SD's.
+    multiple = (model_side_multiple(model) if getattr(model, "unet_halvings", None) is not None
+                else math.lcm(side_multiple(factor), UNET_HALVINGS * factor))
     size = hires_size(first_size, float(hires_scale), multiple)
     if size == first_size:
         raise ZoodipError(f"hires_scale {hires_scale} leaves {size[0]}x{size[1]} as it is (sides are rounded down to "

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from .curvature import CurvatureSubspace
 from .errors import ZoodipError
 from .heap import limit_heap_arenas, return_large_blocks, trim_heap  # noqa: F401  (re-exported for callers)
-from .image_side import check_side
+from .image_side import check_side, side_multiple
 from .integrity import file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
 from .runtime_options import DEFAULT_SPIN_WAIT, RuntimeOptions, check_runtime_options  # noqa: F401 (public here)
 from .schedule import NoiseSchedule
@@ -96,6 +96,9 @@ def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
         _typed(model, key, (int,), path, "model.", positive=True)
     for key in ("cross_attention_dim", "max_length"):
         _typed(model, key, (int,), path, "model.", required=False, positive=True)
+    halvings = _typed(model, "unet_halvings", (int,), path, "model.", required=False)
+    if halvings is not None and not 0 <= halvings <= 8:
+        raise _bad_manifest(path, f"has model.unet_halvings = {halvings}, not 0 to 8")
     scale_problem = latent_scale_problem(_typed(model, "scaling_factor", (int, float), path, "model."))
     if scale_problem:
         raise _bad_manifest(path, f"has model.scaling_factor = {scale_problem}")
@@ -206,6 +209,7 @@ class ExportedModel:
         self.vae_scale_factor: int = int(info["vae_scale_factor"])
         self.scaling_factor: float = float(info["scaling_factor"])
         self.sample_size: int = int(info["sample_size"])
+        self.unet_halvings: int | None = info.get("unet_halvings")  # None: not recorded (see side_multiple)
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._max_token_norm: float | None = None
         self._sessions_lock = threading.Lock()  # two threads' generate(): one's release() between the other's steps
@@ -480,9 +484,16 @@ class ExportedModel:
         unscaled = np.ascontiguousarray(np.asarray(latents, np.float32) / self.scaling_factor)
         return self.session("vae_decoder").run(None, {"latent_sample": unscaled})[0]
 
+    @property
+    def side_multiple(self) -> int:
+        """The step of image sides this model runs at: 8 px and the VAE's factor, times 2 per UNet halving (its exported
+        skip connections meet again only where each halving is exact; an export made before they were recorded
+        says so in one line when its UNet fails)."""
+        return side_multiple(self.vae_scale_factor * 2 ** (self.unet_halvings or 0))
+
     def check_resolution(self, resolution: int) -> int:
         """The latent size for an image resolution, or a clear error."""
-        return check_side("resolution", resolution, self.vae_scale_factor, self.default_resolution) // self.vae_scale_factor
+        return check_side("resolution", resolution, self.side_multiple, self.default_resolution) // self.vae_scale_factor
 
     @property
     def default_resolution(self) -> int:

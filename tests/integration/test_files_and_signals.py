@@ -147,9 +147,21 @@ def test_a_path_the_terminal_cannot_show_is_escaped_not_a_traceback(tiny_export,
 
 
 def test_a_size_the_unet_cannot_halve_evenly_is_one_line(tiny_export, tmp_path, capsys):
-    """136 px on the tiny UNet: its skip connections do not meet again (onnxruntime's Concat failed, a traceback)."""
+    """136 px on the tiny UNet (one halving): its skip connections do not meet again (onnxruntime's Concat failed, a
+    traceback). The export records the halvings, so the size is refused before any work; an export made before
+    that says it in one line when the UNet fails."""
+    import shutil
+
     out = tmp_path / "odd.png"
-    code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "2", "--width", "136",
-                            "--out", out], capsys)
+    args = ["generate", "--prompt", "a star", "--steps", "2", "--width", "136", "--out", out]
+    code, _, err = run_cli(args + ["--model", tiny_export], capsys)
+    assert_one_line_error(code, err, "width must be a positive multiple of 16, got 136")
+    older = shutil.copytree(tiny_export, tmp_path / "older")
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["model"]["unet_halvings"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(args + ["--model", older], capsys)
     assert_one_line_error(code, err, "the UNet cannot run at 136x128 px")
     assert not out.exists()
+    assert run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "2", "--width", "144",
+                    "--out", out], capsys)[0] == 0

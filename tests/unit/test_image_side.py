@@ -40,7 +40,11 @@ def test_the_model_and_generation_use_the_rule(tiny_export):
     model = ExportedModel.load(tiny_export)
     factor = model.vae_scale_factor
     assert model.check_resolution(8 * factor) == 8
-    with pytest.raises(ZoodipError, match=f"resolution must be a positive multiple of {side_multiple(factor)}"):
+    # The tiny UNet halves its latents once: sides are multiples of 2 latents as well (16 px), not only the VAE's 8.
+    assert model.unet_halvings == 1 and model.side_multiple == side_multiple(2 * factor) == 16
+    with pytest.raises(ZoodipError, match=f"resolution must be a positive multiple of {model.side_multiple}"):
         model.check_resolution(8 * factor + 1)
+    with pytest.raises(ZoodipError, match="resolution must be a positive multiple of 16, got 136"):
+        model.check_resolution(136)
     with pytest.raises(ZoodipError, match="^width must be a positive multiple"):
         _latent_shape(model, None, 3)
