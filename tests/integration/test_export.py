@@ -69,7 +69,7 @@ def test_int8_export_folder_and_manifest(int8_export: tuple[Path, dict[str, Any]
     model = manifest["model"]
     assert model == {"hidden_size": 32, "cross_attention_dim": 32, "max_length": 77, "vocab_size": 49408,
                      "latent_channels": 4, "vae_scale_factor": 8, "scaling_factor": 0.18215, "sample_size": 16,
-                     "prediction_type": "epsilon", "num_train_timesteps": 1000}
+                     "unet_halvings": 1, "prediction_type": "epsilon", "num_train_timesteps": 1000}
 
     graphs = manifest["graphs"]
     assert set(graphs) == {"text_encoder", "unet", "vae_encoder", "vae_decoder"}
