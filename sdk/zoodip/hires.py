@@ -23,9 +23,9 @@ from .memory_plan import check_encode, memory_budget_mb
 from .sampling import DEFAULT_STEPS, HIRES_STRENGTH, ProgressCallback, check_steps, check_strength, steps_run
 
 MAX_HIRES_SCALE = 4.0  # A1111's slider stops at 4
-# SD's UNet halves the latents three times (8x), and its exported skip connections meet again only where each halving
-# is exact: the larger size's sides are multiples of 8 latents (64 px on SD) rather than A1111's 8 px.
-UNET_HALVINGS = 8
+# What SD's UNet divides the latents by (three halvings); for an export that does not record its own (unet_halvings):
+# its skip connections meet again only where each halving is exact, so 64 px on SD rather than A1111's 8 px.
+SD_UNET_REDUCTION = 8
 
 
 def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_strength: float = HIRES_STRENGTH,
@@ -33,8 +33,8 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
                    height: int | None = None, width: int | None = None, callback: ProgressCallback | None = None,
                    **options: Any) -> list[Image.Image]:
     """``generate(model, prompt, ...)``'s images, each upscaled ``hires_scale`` times (Lanczos; sides rounded down
-    to multiples of ``UNET_HALVINGS`` latents) and redrawn over the last ``hires_strength`` of ``hires_steps`` (default: ``steps``)
-    steps, with the same prompt and options. Image ``i``'s second pass draws its noise from ``seed + i``, A1111's
+    to sizes the model's UNet runs at) and redrawn over the last ``hires_strength`` of ``hires_steps`` (default:
+    ``steps``) steps, with the same prompt and options. Image ``i``'s second pass draws its noise from ``seed + i``, A1111's
     seed for the i-th image of a batch. ``callback(step, total, latents)`` counts the steps of both passes."""
     if any(options.pop(key, None) is not None for key in ("image", "mask_image", "strength")):
         raise ZoodipError("the hires fix is for text-to-image (A1111 has none for img2img): drop image, mask_image and "
@@ -59,7 +59,7 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
     first_size = (width or native, height or native)
     # The sizes its UNet runs at (64 px on SD); an export that does not record them: SD's.
     multiple = (model_side_multiple(model) if getattr(model, "unet_halvings", None) is not None
-                else math.lcm(side_multiple(factor), UNET_HALVINGS * factor))
+                else math.lcm(side_multiple(factor), SD_UNET_REDUCTION * factor))
     size = hires_size(first_size, float(hires_scale), multiple)
     if size == first_size:
         raise ZoodipError(f"hires_scale {hires_scale} leaves {size[0]}x{size[1]} as it is (sides are rounded down to "
@@ -82,7 +82,7 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
 
 
 def hires_size(size: tuple[int, int], scale: float, multiple: int) -> tuple[int, int]:
-    """(width, height) times ``scale``, each rounded down to ``multiple`` (A1111 rounds to 8 px; see UNET_HALVINGS)."""
+    """(width, height) times ``scale``, each rounded down to ``multiple`` (A1111 rounds to 8 px; see SD_UNET_REDUCTION)."""
     return tuple(max(multiple, int(side * scale) // multiple * multiple) for side in size)  # type: ignore[return-value]
 
 

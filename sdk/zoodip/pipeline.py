@@ -10,6 +10,7 @@ argument names; the rules, defaults and errors are theirs. What differs from dif
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,9 +135,11 @@ class ZoodipPipeline:
         return PipelineOutput(images)
 
 
-_GENERATE_OPTIONS = {"height", "width", "latents", "image", "strength", "mask_image", "mask_blur", "padding_mask_crop",
-                     "paste_back", "eta", "guidance_rescale", "callback", "sampler", "prompt_weighting", "batch_cfg",
-                     "hires_scale", "hires_strength", "hires_steps"}
+# generate()'s own settings that a call passes on as they are (its signature is the one list), and the hires fix's.
+_GENERATE_OPTIONS = (set(inspect.signature(generate).parameters)
+                     - {"model", "prompt", "negative_prompt", "steps", "num_images", "guidance_scale", "seed", "clip_skip",
+                        "added_embeddings", "token_groups"}
+                     | {name for name in inspect.signature(generate_hires).parameters if name.startswith("hires_")})
 
 
 def _refuse(options: dict[str, Any], where: str, allowed: set[str] | frozenset[str] = frozenset()) -> None:
