@@ -86,8 +86,11 @@ def test_a_failed_write_leaves_the_files_that_were_there(tiny_export, tmp_path, 
 
 
 def _cli(*args) -> subprocess.Popen:
+    # Ctrl-C as a terminal delivers it: a test run started in the background (`make test &`) inherits SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler in the child.
     return subprocess.Popen([sys.executable, "-m", "zoodip.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_steps(log, count: int) -> None:
