@@ -103,12 +103,15 @@ def _to_rgb8(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB. Alpha is composited on white (transparent cut-outs stay clean)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grayscale: the format's range (8, 16 bits, or a 32-bit image's own top) to 8 bits, not clipped at
-        # 255; in integers of 8 bytes a pixel at most (a 110 MP PNG of a few hundred KB went through float64 copies).
+        # 255; in integers, a block of rows at a time (a 110 MP PNG of a few hundred KB went through float64 copies).
         array = np.asarray(image)
         peak = int(array.max(initial=0))
         top = 65535 if image.mode.startswith("I;16") or 255 < peak <= 65535 else max(peak, 255)
-        scaled = (np.clip(array, 0, None).astype(np.int64) * 255 + top // 2) // top
-        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+        scaled = np.empty(array.shape, np.uint8)
+        for row in range(0, array.shape[0], 1024):
+            block = np.clip(array[row:row + 1024], 0, None).astype(np.int64)
+            scaled[row:row + 1024] = (block * 255 + top // 2) // top
+        image = Image.fromarray(scaled, mode="L")
     elif image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
         top = 1.0 if array.max() <= 1.0 else 255.0
