@@ -35,7 +35,7 @@ from PIL import Image
 from .added_tokens import check_added_ids, tokenizer_with
 from .emphasis import check_prompt_weighting, chunked_token_ids, emphasis_free_text, emphasize, weighted_token_ids
 from .errors import ZoodipError
-from .image_side import check_side, side_multiple
+from .image_side import check_side, model_side_multiple
 from .images import (NO_DRAFT, image_pixels, init_image_size, latent_mask, mask_problems, open_init_image, open_mask,
                      to_pil)
 from .inpainting import InpaintOptions, PasteBack, inpainting_views
@@ -447,7 +447,7 @@ def _image_start(model: Any, image: Any, mask_image: Any, strength: object, heig
     crop = mask_image is not None and inpaint.padding_mask_crop is not None  # then generated at the size asked
     picture = open_init_image(image, NO_DRAFT if crop else max(native, height or 0, width or 0) * 2)
     width, height = ((width or native, height or native) if crop else
-                     init_image_size(picture.size, height, width, native, model_side_multiple(model)))
+                     init_image_size(picture.size, height, width, native, model_side_multiple(model, derived=True)))
     h, w = _latent_size(model, height, width)
     check_encode(model, h, w, memory_budget_mb(model))
     mask, paste = None, None
@@ -482,11 +482,6 @@ def _latent_size(model: Any, height: int | None, width: int | None) -> tuple[int
     check_image_size(h * factor, w * factor, factor, f"a {w * factor}x{h * factor} image (--width {w * factor} "
                      f"--height {h * factor})", memory_budget_mb=memory_budget_mb(model))
     return h, w
-
-
-def model_side_multiple(model: Any) -> int:
-    """The step of image sides ``model`` runs at (``ExportedModel.side_multiple``; a stand-in model: its VAE's)."""
-    return int(getattr(model, "side_multiple", side_multiple(model.vae_scale_factor)))
 
 
 def _latent_shape(model: Any, height: int | None, width: int | None) -> tuple[int, int]:

@@ -8,7 +8,6 @@ which this SDK's image-to-image does not take).
 """
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Any
 
@@ -16,16 +15,13 @@ import numpy as np
 from PIL import Image
 
 from .errors import ZoodipError
-from .generate import check_callback, check_num_images, generate, model_side_multiple
-from .image_side import check_side, side_multiple
+from .generate import check_callback, check_num_images, generate
+from .image_side import check_side, model_side_multiple
 from .limits import check_image_size
 from .memory_plan import check_encode, memory_budget_mb
 from .sampling import DEFAULT_STEPS, HIRES_STRENGTH, ProgressCallback, check_steps, check_strength, steps_run
 
 MAX_HIRES_SCALE = 4.0  # A1111's slider stops at 4
-# What SD's UNet divides the latents by (three halvings); for an export that does not record its own (unet_halvings):
-# its skip connections meet again only where each halving is exact, so 64 px on SD rather than A1111's 8 px.
-SD_UNET_REDUCTION = 8
 
 
 def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_strength: float = HIRES_STRENGTH,
@@ -57,9 +53,7 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
         if value is not None:
             check_side(name, value, model_side_multiple(model), native)
     first_size = (width or native, height or native)
-    # The sizes its UNet runs at (64 px on SD); an export that does not record them: SD's.
-    multiple = (model_side_multiple(model) if getattr(model, "unet_halvings", None) is not None
-                else math.lcm(side_multiple(factor), SD_UNET_REDUCTION * factor))
+    multiple = model_side_multiple(model, derived=True)  # the sizes its UNet runs at (64 px on SD)
     size = hires_size(first_size, float(hires_scale), multiple)
     if size == first_size:
         raise ZoodipError(f"hires_scale {hires_scale} leaves {size[0]}x{size[1]} as it is (sides are rounded down to "
@@ -82,7 +76,7 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
 
 
 def hires_size(size: tuple[int, int], scale: float, multiple: int) -> tuple[int, int]:
-    """(width, height) times ``scale``, each rounded down to ``multiple`` (A1111 rounds to 8 px; see SD_UNET_REDUCTION)."""
+    """(width, height) times ``scale``, each rounded down to ``multiple`` (A1111 rounds to 8 px: the exported UNet needs more)."""
     return tuple(max(multiple, int(side * scale) // multiple * multiple) for side in size)  # type: ignore[return-value]
 
 

@@ -9,12 +9,14 @@ Everything that accepts a side asks here, so the rule and its message are writte
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from .errors import ZoodipError
 
 SIDE_MULTIPLE = 8
+SD_UNET_REDUCTION = 8  # what SD's UNet divides the latents by (three halvings): see model_side_multiple
 
 
 def side_multiple(vae_scale_factor: int = 1) -> int:
@@ -36,3 +38,13 @@ def check_side(name: str, value: object, vae_scale_factor: int = 1, example: int
     if problem:
         raise ZoodipError(f"{name} {problem}" + (f": use e.g. {example}" if example else ""))
     return int(value)  # type: ignore[arg-type]  (side_problem has checked it is an integer)
+
+
+def model_side_multiple(model: Any, derived: bool = False) -> int:
+    """The step of image sides ``model`` runs at (``ExportedModel.side_multiple``; a stand-in model: its VAE's).
+
+    ``derived``: for sides zoodip picks (from a photo's aspect, the hires fix) on an export that does not record its
+    UNet's halvings, SD's three (64 px on SD): a given side is left to the UNet, which refuses it in one line."""
+    if derived and getattr(model, "unet_halvings", 0) is None:
+        return side_multiple(int(model.vae_scale_factor) * SD_UNET_REDUCTION)
+    return int(getattr(model, "side_multiple", side_multiple(model.vae_scale_factor)))

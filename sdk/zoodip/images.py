@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import secrets
 import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -323,23 +325,27 @@ def save_image(image: Image.Image, path: str | Path, flag: str = "--out") -> Pat
 def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--out") -> list[Path]:
     """Write each ``(image, path)`` as ``save_image`` does, all or none: every image goes to its temp file first,
     and only when all are written are they renamed over their paths (a full disk at the third image leaves the
-    files that were there, not two new images beside an old one, nor none of either)."""
+    files that were there, not two new images beside an old one, nor none of either). The renames themselves are
+    one at a time: one that fails (a folder where a file was checked to be) leaves the earlier ones done."""
     done: list[tuple[Path, Path]] = []
+    current = None
     try:
         for image, path in pairs:
-            path = Path(path)
-            tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # keeps the suffix: Pillow picks the format by it
+            current = path = Path(path)
+            # Beside it, a name no one else uses, keeping the suffix: Pillow picks the format by it.
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
             done.append((tmp, path))
             path.parent.mkdir(parents=True, exist_ok=True)
             image.save(tmp)
         for tmp, path in done:
+            current = path
             tmp.replace(path)
     except BaseException as exc:
         for tmp, _ in done:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            failed = done[-1][1] if done else "?"
-            raise ZoodipError(f"cannot write {flag} {failed} ({exc.strerror or exc}): free space or choose another "
+            raise ZoodipError(f"cannot write {flag} {current} ({exc.strerror or exc}): free space or choose another "
                               "file") from None
         raise
     return [path for _, path in done]

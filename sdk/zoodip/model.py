@@ -97,8 +97,8 @@ def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
     for key in ("cross_attention_dim", "max_length"):
         _typed(model, key, (int,), path, "model.", required=False, positive=True)
     halvings = _typed(model, "unet_halvings", (int,), path, "model.", required=False)
-    if halvings is not None and not 0 <= halvings <= 8:
-        raise _bad_manifest(path, f"has model.unet_halvings = {halvings}, not 0 to 8")
+    if halvings is not None and not (0 <= halvings <= 8 and model["sample_size"] % 2 ** halvings == 0):
+        raise _bad_manifest(path, f"has model.unet_halvings = {halvings}, not 0 to 8 or more than its sample_size allows")
     scale_problem = latent_scale_problem(_typed(model, "scaling_factor", (int, float), path, "model."))
     if scale_problem:
         raise _bad_manifest(path, f"has model.scaling_factor = {scale_problem}")

@@ -168,3 +168,25 @@ def test_a_size_the_unet_cannot_halve_evenly_is_one_line(tiny_export, tmp_path, 
     assert not out.exists()
     assert run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "2", "--width", "144",
                     "--out", out], capsys)[0] == 0
+
+
+def test_sides_zoodip_derives_are_sizes_the_unet_runs_at(tiny_export, tmp_path, capsys):
+    """A 3:2 photo on an export that does not record its UNet's halvings: rounded to SD's 64 px (512x336 failed in
+    SD1.5's UNet); on one that does, to its own (16 px on the tiny model). `info` says the rule."""
+    import shutil
+
+    photo = tmp_path / "wide.png"
+    Image.new("RGB", (300, 200), (120, 30, 30)).save(photo)
+    older = shutil.copytree(tiny_export, tmp_path / "older")
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["model"]["unet_halvings"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    for model, size in ((tiny_export, (128, 80)), (older, (128, 64))):
+        out = tmp_path / f"{model.name}.png"
+        code, _, err = run_cli(["generate", "--model", model, "--prompt", "a star", "--steps", "2", "--image", photo,
+                                "--out", out], capsys)
+        assert code == 0 and Image.open(out).size == size, err
+    code, text, _ = run_cli(["info", tiny_export], capsys)
+    assert code == 0 and "image sides: multiples of 16 px" in text
+    code, text, _ = run_cli(["info", older], capsys)
+    assert code == 0 and "image sides: multiples of 64 px on SD (not recorded by this export" in text

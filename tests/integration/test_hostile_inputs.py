@@ -115,6 +115,7 @@ MANIFEST_DAMAGE = {
     "same-size-corruption": (lambda f, m: _flip_byte(f / "unet.onnx"), "does not match its sha256"),
     "scaling-factor-inf": (lambda f, m: m["model"].update(scaling_factor=float("inf")), "scaling_factor"),
     "unet-halvings-string": (lambda f, m: m["model"].update(unet_halvings="3"), "model.unet_halvings"),
+    "unet-halvings-past-the-size": (lambda f, m: m["model"].update(unet_halvings=8), "more than its sample_size allows"),
     "unet-halvings-negative": (lambda f, m: m["model"].update(unet_halvings=-1), "unet_halvings = -1, not 0 to 8"),
     "scaling-factor-zero": (lambda f, m: m["model"].update(scaling_factor=0), "scaling_factor = 0, not a positive number"),
 }

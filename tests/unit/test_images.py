@@ -213,3 +213,14 @@ def test_a_photo_saved_twice_is_named(tmp_path):
         assert len(list_images(tmp_path)) == 3
     assert [str(w.message) for w in caught] == ["a.png (= a copy.png): the same file twice, which counts twice in "
                                                 "training; remove the copy"]
+
+
+def test_save_images_names_the_file_it_could_not_write_and_leaves_no_temp_file(tmp_path):
+    from zoodip.images import save_images
+
+    (tmp_path / "c.png").mkdir()
+    (tmp_path / "c.png" / "x").write_text("in the way")
+    image = Image.new("RGB", (8, 8))
+    with pytest.raises(ZoodipError, match=r"cannot write --out \S*c\.png"):
+        save_images([(image, tmp_path / "a.png"), (image, tmp_path / "c.png")])
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["a.png", "c.png"], ["c.png"])  # no .tmp file left
