@@ -451,6 +451,18 @@ _INTERRUPTED = {"personalize": "interrupted: resume with --resume (the last chec
                 "generate": "interrupted: no image was written"}
 
 
+# The API's argument names that open its one-line refusals, as the flags a CLI user typed.
+_FLAG_OF = {name: "--" + name.replace("_", "-") for name in (
+    "width", "height", "resolution", "steps", "seed", "strength", "guidance_scale", "guidance_rescale", "clip_skip",
+    "mask_blur", "padding_mask_crop", "hires_scale", "hires_strength")}
+
+
+def _in_flag_words(message: str) -> str:
+    """``width must be ...`` -> ``--width must be ...``: the same refusal, in the words of the command line."""
+    first, space, rest = message.partition(" ")
+    return _FLAG_OF[first] + space + rest if first in _FLAG_OF else message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
@@ -470,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = one_line_warning
             return handler(args)
     except ZoodipError as exc:
-        return print_error(exc)
+        return print_error(_in_flag_words(str(exc)))
     except KeyboardInterrupt:
         print(_INTERRUPTED.get(command, "interrupted"), file=sys.stderr)
         return 130

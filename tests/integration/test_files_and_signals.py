@@ -158,7 +158,7 @@ def test_a_size_the_unet_cannot_halve_evenly_is_one_line(tiny_export, tmp_path, 
     out = tmp_path / "odd.png"
     args = ["generate", "--prompt", "a star", "--steps", "2", "--width", "136", "--out", out]
     code, _, err = run_cli(args + ["--model", tiny_export], capsys)
-    assert_one_line_error(code, err, "width must be a positive multiple of 16, got 136")
+    assert_one_line_error(code, err, "--width must be a positive multiple of 16, got 136")  # the flag, not the argument
     older = shutil.copytree(tiny_export, tmp_path / "older")
     manifest = json.loads((older / "manifest.json").read_text())
     del manifest["model"]["unet_halvings"]

@@ -170,8 +170,8 @@ def test_only_masked_and_paste_back_keep_the_originals_pixels_outside_the_mask(m
     plain = pixels(generate(model, "a star", image=photo, mask_image=tmp_path / "mask.png", steps=3))[0]
     assert not np.array_equal(plain[kept], start[kept])  # without it, the kept part is the VAE's copy
     out.unlink()
-    for extra, needle in ((["--mask-blur", "-1"], "mask_blur must be a number of pixels from 0"),
-                          (["--padding-mask-crop", "-4"], "padding_mask_crop must be a whole number of pixels"),
+    for extra, needle in ((["--mask-blur", "-1"], "--mask-blur must be a number of pixels from 0"),
+                          (["--padding-mask-crop", "-4"], "--padding-mask-crop must be a whole number of pixels"),
                           (["--inpaint_full_res"], "is --padding-mask-crop PX")):
         assert_one_line_error(*run_cli(common + extra, capsys)[::2], needle)
     bare = ["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "3", "--out", out]
