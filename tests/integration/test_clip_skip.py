@@ -55,7 +55,7 @@ def test_the_cli_flag_in_both_spellings(tiny_export, tmp_path, capsys):
     assert np.array_equal(images["skip"], images["diffusers"]) and not np.array_equal(images["plain"], images["skip"])
     assert main(common + ["--clip-skip", "2", "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "clip_skip must be an integer from 0 to 1" in err and not (tmp_path / "x.png").exists()
+    assert err.count("\n") == 1 and "--clip-skip must be an integer from 0 to 1" in err and not (tmp_path / "x.png").exists()
 
 
 def test_info_on_an_export_folder_says_what_it_offers(tiny_export, tmp_path, capsys):
@@ -122,7 +122,7 @@ def test_personalize_with_clip_skip_records_it_and_resumes_only_with_it(tiny_exp
     assert code == 0 and "clip-skip" not in err
 
 
-@pytest.mark.parametrize("skip, message", [("2", "clip_skip must be an integer from 0 to 1"),
+@pytest.mark.parametrize("skip, message", [("2", "--clip-skip must be an integer from 0 to 1"),
                                            ("-1", "--clip-skip must be a whole number of layers")])
 def test_a_skip_the_text_encoder_cannot_make_is_refused_before_training(tiny_export, photos, tmp_path, capsys,
                                                                         skip, message):

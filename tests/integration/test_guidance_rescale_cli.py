@@ -18,5 +18,5 @@ def test_the_flag_in_both_spellings_and_its_range(tiny_export, tmp_path, capsys)
     for bad in ("1.5", "-1", "nan"):
         assert main(common + ["--guidance-rescale", bad, "--out", str(tmp_path / "x.png")]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "guidance_rescale must be a number from 0 to 1" in err
+        assert err.count("\n") == 1 and "--guidance-rescale must be a number from 0 to 1" in err
     assert not (tmp_path / "x.png").exists()
