@@ -61,12 +61,11 @@ def resolve_recipe(precision: str, recipe: str | None) -> tuple[str, str]:
 
 
 def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None) -> None:
-    from zoodip.paths import check_output_dir
+    from zoodip.paths import check_output_dir, lies_within
 
     check_output_dir(out_dir, "OUT_DIR")  # not a file, not under one, creatable: before any work
     if source is not None:
-        where, folder = Path(source).resolve(), out_dir.resolve()
-        if where == folder or folder in where.parents:
+        if lies_within(source, out_dir):
             raise ZoodipError(f"OUT_DIR {out_dir} is the source folder or holds it, which the export must not replace: "
                               "choose another OUT_DIR")
     if out_dir.is_dir() and any(out_dir.iterdir()):

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 # BLAS thread unless the user set it; this must happen before NumPy is first imported (the imports below).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from .console import (OneLineParser, ProgressBar, SamplingBar, duration, interrupt_on_termination,  # noqa: E402
-                      one_line_warning, print_error)
+from .console import (TERMINATION_SIGNALS, OneLineParser, ProgressBar, SamplingBar, duration,  # noqa: E402
+                      interrupt_on_termination, one_line_warning, print_error)
 from .cli_flags import add_generate_flags, add_personalize_flags  # noqa: E402
 from .errors import ZoodipError  # noqa: E402
 from .foreign_flags import foreign_flag_problem  # noqa: E402
@@ -112,8 +112,7 @@ class _GracefulStop:
 
     def __enter__(self) -> _GracefulStop:
         if threading.current_thread() is threading.main_thread():
-            # SIGHUP: the terminal or ssh session closed; the run is saved as when an app stops it.
-            for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])):
+            for sig in (signal.SIGINT, *TERMINATION_SIGNALS):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -158,7 +157,7 @@ class _LazyJsonl:
         try:
             self.write(progress)
         except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush cannot raise again
+            _silence_stdout()
             self.stream = None
             if self.on_reader_gone is not None:
                 self.on_reader_gone()
@@ -178,20 +177,25 @@ class _LazyJsonl:
             self.path.unlink(missing_ok=True)
 
 
+def _silence_stdout() -> None:
+    """Its reader left: stdout onto /dev/null, so that the exit's flush of what is buffered cannot raise again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _progress_log_path(target: str, config: Any) -> Path:
     """``--progress-jsonl``'s file: writable, not one of the model's or the run's files, and if it exists already a
     progress log (appended to); anything else would be overwritten or corrupted by the run's lines."""
-    from .paths import check_output_file
+    from .paths import check_output_file, lies_within
     from .trainer import CONFIG_NAME, RUN_FILES
 
     path = check_output_file(target, "--progress-jsonl")
-    where = path.absolute().resolve()
-    model, out = Path(config.export_dir).absolute().resolve(), Path(config.output_dir).absolute().resolve()
+    in_model = lies_within(path, config.export_dir)
     # In the run folder only a .jsonl of its own: the run writes its log, snapshots and previews there.
-    if model in where.parents or (where.parent == out and (where.suffix != ".jsonl" or where.name in
-                                                           (*RUN_FILES, CONFIG_NAME))):
-        raise ZoodipError(f"--progress-jsonl {target} is {'in the model folder' if model in where.parents else 'a file of the run'}"
-                          ": name a file of its own, e.g. progress.jsonl")
+    in_run = path.absolute().resolve().parent == Path(config.output_dir).absolute().resolve() and (
+        path.suffix != ".jsonl" or path.name in (*RUN_FILES, CONFIG_NAME))
+    if in_model or in_run:
+        raise ZoodipError(f"--progress-jsonl {target} is {'in the model folder' if in_model else 'a file of the run'}: "
+                          "name a file of its own, e.g. progress.jsonl")
     if path.is_file() and path.stat().st_size:
         try:
             with open(path, encoding="utf-8") as log:
@@ -262,7 +266,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import check_num_images
     from .images import image_grid, numbered_paths, save_images
     from .model import ExportedModel, RuntimeOptions
-    from .paths import check_output_file
+    from .paths import check_output_file, is_same_file
 
     out = check_output_file(args.out, "--out", (".png", ".jpg", ".jpeg", ".webp"))
     if args.save_latents:
@@ -287,7 +291,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for path in singles:
         check_output_file(path, "--out")
     for flag, source in (("--image", args.image), ("--mask", args.mask)):
-        if source and any(_same_file(source, path) for path in (out, *singles)):
+        if source and any(is_same_file(source, path) for path in (out, *singles)):
             raise ZoodipError(f"--out would write over {flag} {source}: name another file (--out replaces a file "
                               "that exists)")
     if args.threads < 0:
@@ -310,13 +314,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"wrote {out}" + (f" (grid) and {singles[0].name} ... {singles[-1].name}" if singles else "")
           + (f" (--seed {args.seed})" if drawn else ""))
     return 0
-
-
-def _same_file(a: str | Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return False
 
 
 def _generate_images(args: argparse.Namespace, model, added, groups, latents, bar) -> list:
@@ -487,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_INTERRUPTED.get(command, "interrupted"), file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader of stdout left (`zoodip info X | head -1`): nothing is wrong here
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot raise again
+        _silence_stdout()
         return 141  # 128 + SIGPIPE, as a command that the pipe's signal ended
 
 

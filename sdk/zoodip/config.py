@@ -24,6 +24,7 @@ from .image_side import check_side
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .lr_schedule import LENGTH_DEPENDENT, LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT, RuntimeOptions
+from .paths import lies_within
 from .prompt_checks import keyword_token_problems
 from .prompts import LEARNABLE_PROPERTIES
 from .timesteps import PAPER_T_RANGE
@@ -284,10 +285,8 @@ class PersonalizeConfig:
     def _validate_places(self) -> None:
         """The run folder apart from what the run reads: in the photos folder its previews would be the next run's
         photos (and a resume refused for other photos); in the export folder its files would mix with the model's."""
-        out = Path(self.output_dir).absolute().resolve()
         for flag, source in (("--train_data_dir", self.images), ("--model", self.export_dir)):
-            folder = Path(source).absolute().resolve()
-            if folder.is_dir() and (out == folder or folder in out.parents):
+            if Path(source).is_dir() and lies_within(self.output_dir, source):
                 raise ZoodipError(f"--output_dir {self.output_dir} lies in {flag} {source}: the run's previews, "
                                   "checkpoint and embedding would land among what it reads; choose a folder outside it")
 

@@ -140,6 +140,10 @@ class SamplingBar:
             self.bar = None
 
 
+# What stops a process from outside but Ctrl-C: an app (Android's Process.destroy() sends SIGTERM), a closed terminal.
+TERMINATION_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 @contextlib.contextmanager
 def interrupt_on_termination() -> Iterator[None]:
     """SIGTERM (an app stopping the process) and SIGHUP (a closed terminal) as Ctrl-C while the block runs: the
@@ -147,9 +151,8 @@ def interrupt_on_termination() -> Iterator[None]:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    kinds = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
     main = threading.current_thread() is threading.main_thread()
-    previous = {kind: signal.signal(kind, interrupt) for kind in kinds} if main else {}
+    previous = {kind: signal.signal(kind, interrupt) for kind in TERMINATION_SIGNALS} if main else {}
     try:
         yield
     finally:

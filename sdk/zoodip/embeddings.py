@@ -162,11 +162,11 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
     added: dict[str, np.ndarray] = {}
     groups: list[list[str]] = []
     for spec in specs:
-        if not str(spec[0] if isinstance(spec, tuple) else spec).strip():  # Path("") would be the current folder
+        shown = str(spec[0] if isinstance(spec, tuple) else spec)
+        if not shown.strip():  # Path("") would be the current folder
             raise ZoodipError("an --embedding path is empty: name a .safetensors file or a folder of them")
-        path, token = (Path(spec[0]), spec[1]) if isinstance(spec, tuple) else _split_spec(str(spec))
+        path, token = (Path(shown), spec[1]) if isinstance(spec, tuple) else _split_spec(shown)
         if not path.is_dir():
-            shown = str(spec[0]) if isinstance(spec, tuple) else str(spec)
             groups.append(_add(added, path, token, shown, tokenizer, hidden, model_id, clip_skip))
             continue
         if token is not None:

@@ -88,6 +88,20 @@ def check_output_file(path: str | os.PathLike[str], flag: str, suffixes: tuple[s
     return path
 
 
+def lies_within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, links and ``..`` resolved (an output among the inputs)."""
+    where, place = Path(path).absolute().resolve(), Path(folder).absolute().resolve()
+    return where == place or place in where.parents
+
+
+def is_same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` are one existing file (links, hard links and spellings alike); False if either is not."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def temp_path(path: Path) -> Path:
     """A fresh temp-file name beside ``path`` for an atomic write (see ``remove_stale_temp_files``)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
