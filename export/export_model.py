@@ -202,6 +202,15 @@ class _GraphExporter:
                                   "int8_vs_fp32_rel": None}
         return raw
 
+    def odd_side_parity(self, unet_graph: Any, raw: Path) -> float:
+        """The fp32 UNet graph against torch at a latent side every halving rounds up (the parity side less one)."""
+        from zoodip_export import onnx_export as ox
+        from zoodip_export import parity as par
+
+        inputs = dict(self.parity_inputs("unet"))
+        inputs["sample"] = inputs["sample"][..., :-1]  # e.g. 16x15 latents: 15 -> 8 -> 4 -> 2 and back on SD
+        return par.fp32_vs_torch(unet_graph, ox.GRAPH_SPECS["unet"], raw, inputs)
+
     def finish_one(self, name: str, raw: Path) -> None:
         from zoodip_export import onnx_export as ox
         from zoodip_export import parity as par
@@ -236,6 +245,7 @@ def _export_graphs(source: Path, staging: Path, info: dict[str, Any], recipe: st
     import numpy as np
 
     from zoodip_export import onnx_export as ox
+    from zoodip_export import parity as par
 
     exporter = _GraphExporter(staging, info, recipe, seed, parity, log)
     # Text encoder (+ the token embedding table the SDK looks prompts up in).
@@ -249,9 +259,12 @@ def _export_graphs(source: Path, staging: Path, info: dict[str, Any], recipe: st
     del text_encoder
     exporter.finish_one("text_encoder", raw)
 
-    unet = _load("UNet", ox.load_unet, source / "unet")
-    raw = exporter.export_one("unet", ox.UNetGraph(unet))
-    del unet
+    unet_graph = ox.UNetGraph(_load("UNet", ox.load_unet, source / "unet"))
+    info["unet_upsampling_follows_skips"] = unet_graph.upsampling_follows_skips  # image sides: see docs/export-format
+    raw = exporter.export_one("unet", unet_graph)
+    if parity and unet_graph.upsampling_follows_skips:
+        exporter.results["unet"][par.ODD_SIDE_KEY] = exporter.odd_side_parity(unet_graph, raw)
+    del unet_graph
     exporter.finish_one("unet", raw)
 
     vae = _load("VAE", ox.load_vae, source / "vae")

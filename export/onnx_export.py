@@ -143,6 +143,23 @@ def chunk_finest_self_attention(unet: torch.nn.Module, chunks: int) -> int:
     return changed
 
 
+def follow_skip_sizes(unet: torch.nn.Module) -> bool:
+    """Make ``unet`` trace its upsamplings to its skip connections' sizes; False where it has no such switch.
+
+    diffusers' UNet doubles its latents at each upsampling, except where a side is not a multiple of
+    2^num_upsamplers: then it resizes each upsampling to the size of the skip connection it meets (a down
+    block's output, rounded up at odd sizes), so every side runs. That test is Python, fixed at trace time,
+    and at SD's 64x64 it takes the doubling path, whose graph fails at any side not a multiple of 64 px.
+    Claiming more upsamplers than any side could divide by makes the test always true: the traced graph
+    reads its resize sizes from the skip connections, which at exact sides are the doubled sizes (same
+    result, nearest-neighbour either way).
+    """
+    if not isinstance(getattr(unet, "num_upsamplers", None), int):
+        return False
+    unet.num_upsamplers = 62  # 2^62: past any latent side, so no side is a multiple of it
+    return True
+
+
 class UNetGraph(torch.nn.Module):
     """(sample, timestep [B] float32, encoder_hidden_states) -> noise_pred (or v, per prediction_type).
 
@@ -154,6 +171,7 @@ class UNetGraph(torch.nn.Module):
         self.unet = unet
         chunks = ATTENTION_QUERY_CHUNKS if attention_query_chunks is None else attention_query_chunks
         self.attention_query_chunks = chunk_finest_self_attention(unet, chunks) and chunks
+        self.upsampling_follows_skips = follow_skip_sizes(unet)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]

@@ -51,6 +51,20 @@ def tiny_w4_export(tiny_sd_folder, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def doubling_unet_export(tiny_sd_folder, tmp_path_factory) -> Path:
+    """The tiny folder exported as before the UNet followed its skip connections' sizes: its upsamplings double, so it
+    runs only at sides its one halving divides exactly (16 px), and its manifest says so (no curvature, no parity)."""
+    from zoodip_export import onnx_export
+    from zoodip_export.export_model import export_model
+
+    out = tmp_path_factory.mktemp("export") / "tiny_doubling"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(onnx_export, "follow_skip_sizes", lambda unet: False)
+        export_model(tiny_sd_folder, out, recipe="w8a32", parity=False, progress=False, curvature_samples=0)
+    return out
+
+
+@pytest.fixture(scope="session")
 def photos() -> Path:
     return EXAMPLE_PHOTOS
 

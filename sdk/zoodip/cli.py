@@ -404,6 +404,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _export_info(folder: Path) -> int:
     """What an export folder holds and which generation features it offers (no weights read, sizes checked)."""
+    from .image_side import side_rule
     from .model import ExportedModel
 
     model = ExportedModel.load(folder, verify_hashes=False)
@@ -418,8 +419,7 @@ def _export_info(folder: Path) -> int:
           "clip skip: no (exported before it; re-export to use --clip-skip)")
     print("long prompts: A1111's 75-token chunks (generate --prompt-weighting a1111)" if model.text_length_free else
           "long prompts: no, 77 tokens (exported before them; re-export to read A1111's chunks)")
-    print(f"image sides: multiples of {model.side_multiple} px" if model.unet_halvings is not None else
-          "image sides: multiples of 64 px on SD (not recorded by this export; re-export to have sizes checked up front)")
+    print(f"image sides: {side_rule(model)}")
     print(f"curvature subspace: {'yes' if model.curvature() is not None else 'no'}")
     return 0
 

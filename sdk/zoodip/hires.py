@@ -53,7 +53,7 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
         if value is not None:
             check_side(name, value, model_side_multiple(model), native)
     first_size = (width or native, height or native)
-    multiple = model_side_multiple(model, derived=True)  # the sizes its UNet runs at (64 px on SD)
+    multiple = model_side_multiple(model, derived=True)  # the sizes its UNet runs at (8 px, or 64 on older SD exports)
     size = hires_size(first_size, float(hires_scale), multiple)
     if size == first_size:
         raise ZoodipError(f"hires_scale {hires_scale} leaves {size[0]}x{size[1]} as it is (sides are rounded down to "
@@ -76,7 +76,7 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
 
 
 def hires_size(size: tuple[int, int], scale: float, multiple: int) -> tuple[int, int]:
-    """(width, height) times ``scale``, each rounded down to ``multiple`` (A1111 rounds to 8 px: the exported UNet needs more)."""
+    """(width, height) times ``scale``, each rounded down to ``multiple`` (A1111's 8 px; an older export's UNet needs more)."""
     return tuple(max(multiple, int(side * scale) // multiple * multiple) for side in size)  # type: ignore[return-value]
 
 

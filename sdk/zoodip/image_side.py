@@ -40,6 +40,26 @@ def check_side(name: str, value: object, vae_scale_factor: int = 1, example: int
     return int(value)  # type: ignore[arg-type]  (side_problem has checked it is an integer)
 
 
+def unet_side_multiple(vae_scale_factor: int, unet_halvings: int | None, follows_skips: bool) -> int:
+    """The step of image sides an exported model runs at: 8 px and the VAE's factor, as in diffusers, where its UNet
+    resizes each upsampling to the skip connection it meets; on an export made before that, times 2 per UNet halving
+    (its skip connections meet again only where each halving is exact; one made before the halvings were recorded
+    says so in one line when its UNet fails)."""
+    if follows_skips:
+        return side_multiple(vae_scale_factor)
+    return side_multiple(vae_scale_factor * 2 ** (unet_halvings or 0))
+
+
+def side_rule(model: Any) -> str:
+    """The image sides ``model`` (an ``ExportedModel``) runs at, said for ``zoodip info``."""
+    if model.unet_follows_skips:
+        return f"multiples of {model.side_multiple} px"
+    if model.unet_halvings is None:
+        return "multiples of 64 px on SD (not recorded by this export; export it again to run any multiple of 8)"
+    return (f"multiples of {model.side_multiple} px (its UNet was exported before it followed its skip connections' "
+            f"sizes; export it again to run any multiple of {side_multiple(model.vae_scale_factor)})")
+
+
 def model_side_multiple(model: Any, derived: bool = False) -> int:
     """The step of image sides ``model`` runs at (``ExportedModel.side_multiple``; a stand-in model: its VAE's).
 

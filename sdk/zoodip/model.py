@@ -21,7 +21,7 @@ import onnxruntime as ort
 from .curvature import CurvatureSubspace
 from .errors import ZoodipError
 from .heap import limit_heap_arenas, return_large_blocks, trim_heap  # noqa: F401  (re-exported for callers)
-from .image_side import check_side, side_multiple
+from .image_side import check_side, unet_side_multiple
 from .integrity import file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
 from .runtime_options import DEFAULT_SPIN_WAIT, RuntimeOptions, check_runtime_options  # noqa: F401 (public here)
 from .schedule import NoiseSchedule
@@ -99,6 +99,7 @@ def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
     halvings = _typed(model, "unet_halvings", (int,), path, "model.", required=False)
     if halvings is not None and not (0 <= halvings <= 8 and model["sample_size"] % 2 ** halvings == 0):
         raise _bad_manifest(path, f"has model.unet_halvings = {halvings}, not 0 to 8 or more than its sample_size allows")
+    _typed(model, "unet_upsampling_follows_skips", (bool,), path, "model.", required=False)
     scale_problem = latent_scale_problem(_typed(model, "scaling_factor", (int, float), path, "model."))
     if scale_problem:
         raise _bad_manifest(path, f"has model.scaling_factor = {scale_problem}")
@@ -210,6 +211,7 @@ class ExportedModel:
         self.scaling_factor: float = float(info["scaling_factor"])
         self.sample_size: int = int(info["sample_size"])
         self.unet_halvings: int | None = info.get("unet_halvings")  # None: not recorded (see side_multiple)
+        self.unet_follows_skips: bool = bool(info.get("unet_upsampling_follows_skips"))  # any latent side runs
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._max_token_norm: float | None = None
         self._sessions_lock = threading.Lock()  # two threads' generate(): one's release() between the other's steps
@@ -458,8 +460,8 @@ class ExportedModel:
             if "mismatched dimensions" not in str(exc):
                 raise
             h, w = (side * self.vae_scale_factor for side in sample.shape[2:])
-            raise ZoodipError(f"the UNet cannot run at {w}x{h} px: it halves the latents several times and its skip "
-                              "connections must meet again; use sides that are multiples of 64 (SD1.x/2.x)") from None
+            raise ZoodipError(f"the UNet cannot run at {w}x{h} px (this export's skip connections meet again only at "
+                              "multiples of 64 px on SD1.x/2.x): use such sides, or export the model again") from None
 
     def _vae_moments(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The VAE posterior's mean and std for images [B,3,H,W] in [-1,1], unscaled."""
@@ -486,10 +488,8 @@ class ExportedModel:
 
     @property
     def side_multiple(self) -> int:
-        """The step of image sides this model runs at: 8 px and the VAE's factor, times 2 per UNet halving (its exported
-        skip connections meet again only where each halving is exact; an export made before they were recorded
-        says so in one line when its UNet fails)."""
-        return side_multiple(self.vae_scale_factor * 2 ** (self.unet_halvings or 0))
+        """The step of image sides this model runs at (:func:`zoodip.image_side.unet_side_multiple`)."""
+        return unet_side_multiple(self.vae_scale_factor, self.unet_halvings, self.unet_follows_skips)
 
     def check_resolution(self, resolution: int) -> int:
         """The latent size for an image resolution, or a clear error."""

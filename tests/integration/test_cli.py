@@ -137,7 +137,7 @@ def test_missing_export_folder_and_generate_errors(tmp_path, tiny_export, capsys
     code, _, err = run_cli(["generate", "--model", tmp_path / "nope", "--prompt", "x"], capsys)
     assert_one_line_error(code, err, "does not exist")
     code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "x", "--height", "100"], capsys)
-    assert_one_line_error(code, err, "multiple of 16")  # 8 px and the tiny UNet's one halving
+    assert_one_line_error(code, err, "multiple of 8")  # the VAE's 8 px
     pickle_file = tmp_path / "emb.bin"
     pickle_file.write_bytes(b"\x80\x04 pickle")
     code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "x", "--embedding", pickle_file], capsys)

@@ -69,7 +69,8 @@ def test_int8_export_folder_and_manifest(int8_export: tuple[Path, dict[str, Any]
     model = manifest["model"]
     assert model == {"hidden_size": 32, "cross_attention_dim": 32, "max_length": 77, "vocab_size": 49408,
                      "latent_channels": 4, "vae_scale_factor": 8, "scaling_factor": 0.18215, "sample_size": 16,
-                     "unet_halvings": 1, "prediction_type": "epsilon", "num_train_timesteps": 1000}
+                     "unet_halvings": 1, "unet_upsampling_follows_skips": True, "prediction_type": "epsilon",
+                     "num_train_timesteps": 1000}
 
     graphs = manifest["graphs"]
     assert set(graphs) == {"text_encoder", "unet", "vae_encoder", "vae_decoder"}
@@ -209,6 +210,45 @@ def test_the_unet_reads_text_states_of_any_length(tiny_source: Path, fp32_export
         with torch.no_grad():
             reference = unet(*(torch.from_numpy(feeds[k]) for k in ("sample", "timestep", "encoder_hidden_states")))
         assert np.abs(ours - reference.numpy()).max() < FP32_ABS_BOUND, length
+
+
+@pytest.mark.parametrize("halvings", [1, 3])  # the tiny UNet's, SD's
+def test_the_exported_unet_runs_every_latent_side_as_diffusers_does(tmp_path: Path, halvings: int) -> None:
+    """diffusers' UNet resizes its upsamplings to its skip connections at sides its halvings do not divide (17 latents:
+    17 -> 9 -> 5 -> 3 and back); the graph traced at an exact side does the same, and at exact sides it doubles."""
+    from diffusers import UNet2DConditionModel
+
+    from zoodip_export.tiny import tiny_configs
+
+    config = dict(tiny_configs()["unet"], block_out_channels=(8, 8, 16, 16)[-halvings - 1:], attention_head_dim=2,
+                  down_block_types=("CrossAttnDownBlock2D",) * halvings + ("DownBlock2D",),
+                  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * halvings)
+    torch.manual_seed(0)
+    reference = UNet2DConditionModel(**config).eval()
+    graph = ox.UNetGraph(UNet2DConditionModel(**config).eval())
+    graph.unet.load_state_dict(reference.state_dict())
+    assert graph.upsampling_follows_skips
+    info = {"sample_size": 16, "latent_channels": 4, "vae_scale_factor": 8, "max_length": 77, "cross_attention_dim": 32}
+    path = ox.export_graph(graph, ox.GRAPH_SPECS["unet"], ox.example_inputs("unet", info, latent_size=16),
+                           tmp_path / "unet.onnx")
+    session = open_session(path)
+    rng = np.random.default_rng(0)
+    for height, width in ((16, 16), (17, 15), (9, 24), (5, 3)):
+        feeds = {"sample": rng.standard_normal((2, 4, height, width), dtype=np.float32),
+                 "timestep": np.array([900.0, 20.0], np.float32),
+                 "encoder_hidden_states": rng.standard_normal((2, 77, 32), dtype=np.float32)}
+        (ours,) = session.run(None, feeds)
+        with torch.no_grad():
+            expected = reference(*(torch.from_numpy(feeds[k]) for k in ("sample", "timestep")),
+                                 encoder_hidden_states=torch.from_numpy(feeds["encoder_hidden_states"])).sample
+        assert ours.shape == (2, 4, height, width)
+        assert np.abs(ours - expected.numpy()).max() < FP32_ABS_BOUND, (height, width)
+
+
+def test_the_export_checks_its_unet_at_an_odd_side(fp32_export: tuple[Path, dict[str, Any]]) -> None:
+    parity = fp32_export[1]["parity"]["unet"]
+    assert fp32_export[1]["model"]["unet_upsampling_follows_skips"] is True
+    assert 0 < parity["fp32_vs_torch_odd_side_max_abs"] < FP32_ABS_BOUND
 
 
 def test_text_encoder_graph_matches_clip(tiny_source: Path, int8_export: tuple[Path, dict[str, Any]]) -> None:

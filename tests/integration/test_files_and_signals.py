@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,44 +150,51 @@ def test_a_path_the_terminal_cannot_show_is_escaped_not_a_traceback(tiny_export,
     assert out.is_file()
 
 
-def test_a_size_the_unet_cannot_halve_evenly_is_one_line(tiny_export, tmp_path, capsys):
-    """136 px on the tiny UNet (one halving): its skip connections do not meet again (onnxruntime's Concat failed, a
-    traceback). The export records the halvings, so the size is refused before any work; an export made before
-    that says it in one line when the UNet fails."""
+def _older_manifest(export: Path, dest: Path, *drop: str) -> Path:
+    """A copy of ``export`` whose manifest lacks the ``model`` fields ``drop`` (an export made before them)."""
     import shutil
 
+    older = shutil.copytree(export, dest)
+    manifest = json.loads((older / "manifest.json").read_text())
+    for key in drop:
+        del manifest["model"][key]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    return older
+
+
+def test_every_multiple_of_8_runs_and_an_older_unet_says_its_sides_in_one_line(tiny_export, doubling_unet_export,
+                                                                                tmp_path, capsys):
+    """136 px on the tiny UNet (one halving; 17 latents): today's export runs it as diffusers does. An export whose
+    UNet doubles at each upsampling (onnxruntime's Concat failed there, a traceback) records its halvings, so the
+    size is refused before any work; one made before the halvings were recorded says it in one line when it fails."""
     out = tmp_path / "odd.png"
     args = ["generate", "--prompt", "a star", "--steps", "2", "--width", "136", "--out", out]
     code, _, err = run_cli(args + ["--model", tiny_export], capsys)
+    assert code == 0 and Image.open(out).size == (136, 128), err
+    out.unlink()
+    code, _, err = run_cli(args + ["--model", doubling_unet_export], capsys)
     assert_one_line_error(code, err, "--width must be a positive multiple of 16, got 136")  # the flag, not the argument
-    older = shutil.copytree(tiny_export, tmp_path / "older")
-    manifest = json.loads((older / "manifest.json").read_text())
-    del manifest["model"]["unet_halvings"]
-    (older / "manifest.json").write_text(json.dumps(manifest))
+    older = _older_manifest(doubling_unet_export, tmp_path / "older", "unet_halvings", "unet_upsampling_follows_skips")
     code, _, err = run_cli(args + ["--model", older], capsys)
     assert_one_line_error(code, err, "the UNet cannot run at 136x128 px")
     assert not out.exists()
-    assert run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "2", "--width", "144",
-                    "--out", out], capsys)[0] == 0
+    assert run_cli(["generate", "--model", doubling_unet_export, "--prompt", "a star", "--steps", "2", "--width",
+                    "144", "--out", out], capsys)[0] == 0
 
 
-def test_sides_zoodip_derives_are_sizes_the_unet_runs_at(tiny_export, tmp_path, capsys):
-    """A 3:2 photo on an export that does not record its UNet's halvings: rounded to SD's 64 px (512x336 failed in
-    SD1.5's UNet); on one that does, to its own (16 px on the tiny model). `info` says the rule."""
-    import shutil
-
+def test_sides_zoodip_derives_are_sizes_the_unet_runs_at(tiny_export, doubling_unet_export, tmp_path, capsys):
+    """A 10:7 photo: rounded to 8 px where the UNet follows its skip connections, to its halvings' 16 px where it
+    doubles, to SD's 64 px on an export that records neither (512x336 failed in SD1.5's UNet). `info` says the rule."""
     photo = tmp_path / "wide.png"
-    Image.new("RGB", (300, 200), (120, 30, 30)).save(photo)
-    older = shutil.copytree(tiny_export, tmp_path / "older")
-    manifest = json.loads((older / "manifest.json").read_text())
-    del manifest["model"]["unet_halvings"]
-    (older / "manifest.json").write_text(json.dumps(manifest))
-    for model, size in ((tiny_export, (128, 80)), (older, (128, 64))):
+    Image.new("RGB", (300, 210), (120, 30, 30)).save(photo)  # 128 x 89.6 px at the native 128
+    older = _older_manifest(doubling_unet_export, tmp_path / "older", "unet_halvings", "unet_upsampling_follows_skips")
+    for model, size in ((tiny_export, (128, 88)), (doubling_unet_export, (128, 80)), (older, (128, 64))):
         out = tmp_path / f"{model.name}.png"
         code, _, err = run_cli(["generate", "--model", model, "--prompt", "a star", "--steps", "2", "--image", photo,
                                 "--out", out], capsys)
-        assert code == 0 and Image.open(out).size == size, err
-    code, text, _ = run_cli(["info", tiny_export], capsys)
-    assert code == 0 and "image sides: multiples of 16 px" in text
-    code, text, _ = run_cli(["info", older], capsys)
-    assert code == 0 and "image sides: multiples of 64 px on SD (not recorded by this export" in text
+        assert code == 0 and Image.open(out).size == size, (model.name, Image.open(out).size, err)
+    for model, words in ((tiny_export, "image sides: multiples of 8 px\n"),
+                         (doubling_unet_export, "image sides: multiples of 16 px (its UNet was exported before"),
+                         (older, "image sides: multiples of 64 px on SD (not recorded by this export")):
+        code, text, _ = run_cli(["info", model], capsys)
+        assert code == 0 and words in text, text

@@ -47,9 +47,9 @@ def test_hires_sizes_round_down_to_sizes_the_unet_runs_at() -> None:
     (dict(hires_strength=0.1, hires_steps=4), "leaves no step to run: raise hires_strength"),
     (dict(hires_steps=0), "steps must be an integer"),
     (dict(steps="3"), "steps must be an integer"),
-    (dict(width=100), "width must be a positive multiple of 16"),  # the tiny UNet halves its latents once
+    (dict(width=100), "width must be a positive multiple of 8"),
     (dict(width=8192, height=8192), r"the hires fix's 16384x16384 image \(--hires-scale\) needs at least"),
-    (dict(hires_scale=1.1), r"leaves 128x128 as it is \(sides are rounded down to multiples of 16\)"),
+    (dict(hires_scale=1.05), r"leaves 128x128 as it is \(sides are rounded down to multiples of 8\)"),
     (dict(strength=0.5), "the hires fix is for text-to-image"),
     (dict(image=Image.new("RGB", (64, 64))), "the hires fix is for text-to-image"),
     (dict(callback=5), "callback must be callable"),

@@ -76,7 +76,7 @@ def test_bad_image_to_image_inputs_are_one_line(model, picture, tiny_export, tmp
     for extra, needle in ((["--strength", "0.5"], "--strength applies to image-to-image only"),
                           (["--image", tmp_path / "missing.png"], "pass a JPEG or PNG file"),
                           (["--image", picture, "--save-latents", tmp_path / "n.npy"], "--latents and --save-latents"),
-                          (["--image", picture, "--width", "100"], "width must be a positive multiple of 16")):
+                          (["--image", picture, "--width", "100"], "width must be a positive multiple of 8")):
         assert_one_line_error(*run_cli(common + extra, capsys)[::2], needle)
     assert not (tmp_path / "x.png").exists()
     code, out, _ = run_cli(common + ["--image", picture, "--strength", "0.5", "--sampler", "euler_a"], capsys)

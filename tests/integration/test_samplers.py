@@ -461,6 +461,36 @@ def test_generate_matches_the_diffusers_pipeline(tiny_sd_folder, tmp_path) -> No
 
 
 @needs_diffusers
+def test_generate_matches_the_diffusers_pipeline_at_sides_the_unet_halvings_do_not_divide(tiny_sd_folder,
+                                                                                         tmp_path) -> None:
+    """136x120 px: 17x15 latents, which the tiny UNet's halving rounds up; diffusers resizes its upsampling to the skip
+    connection, and so does the exported UNet (exports before it refused every side but multiples of 16 px)."""
+    import warnings
+
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from zoodip.model import ExportedModel
+    from zoodip_export.export_model import export_model
+
+    export_model(tiny_sd_folder, tmp_path / "fp32", precision="fp32", parity=False, progress=False,
+                 curvature_samples=0)
+    model = ExportedModel.load(tmp_path / "fp32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=None, feature_extractor=None,
+                                                       requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    noise = np.random.default_rng(5).standard_normal((1, model.latent_channels, 15, 17), dtype=np.float32)
+    ref = pipe("a red star", num_inference_steps=4, height=120, width=136, latents=torch.from_numpy(noise),
+               output_type="np").images
+    (ours,) = generate(model, "a red star", steps=4, sampler="ddim", seed=5, height=120, width=136)
+    assert ours.size == (136, 120)
+    diff = np.abs(np.asarray(ours).astype(int) - (ref[0] * 255).round().astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
+
+
+@needs_diffusers
 def test_guidance_rescale_is_diffusers_rescale_noise_cfg() -> None:
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 

@@ -33,18 +33,23 @@ def test_the_vae_factor_tightens_the_rule():
     assert "multiple of 16" in side_problem(24, 16)
 
 
-def test_the_model_and_generation_use_the_rule(tiny_export):
+def test_the_model_and_generation_use_the_rule(tiny_export, doubling_unet_export):
     from zoodip.generate import _latent_shape
     from zoodip.model import ExportedModel
 
     model = ExportedModel.load(tiny_export)
     factor = model.vae_scale_factor
     assert model.check_resolution(8 * factor) == 8
-    # The tiny UNet halves its latents once: sides are multiples of 2 latents as well (16 px), not only the VAE's 8.
-    assert model.unet_halvings == 1 and model.side_multiple == side_multiple(2 * factor) == 16
+    # Its UNet resizes each upsampling to its skip connection: every multiple of the VAE's 8 px runs, as in diffusers.
+    assert model.unet_follows_skips and model.side_multiple == side_multiple(factor) == 8
+    assert model.check_resolution(136) == 17
     with pytest.raises(ZoodipError, match=f"resolution must be a positive multiple of {model.side_multiple}"):
         model.check_resolution(8 * factor + 1)
+    # An export whose UNet doubles at each upsampling: its one halving must be exact too (16 px).
+    doubling = ExportedModel.load(doubling_unet_export)
+    assert doubling.unet_halvings == 1 and not doubling.unet_follows_skips
+    assert doubling.side_multiple == side_multiple(2 * factor) == 16
     with pytest.raises(ZoodipError, match="resolution must be a positive multiple of 16, got 136"):
-        model.check_resolution(136)
+        doubling.check_resolution(136)
     with pytest.raises(ZoodipError, match="^width must be a positive multiple"):
         _latent_shape(model, None, 3)
