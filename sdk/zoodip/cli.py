@@ -265,6 +265,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .embeddings import load_embeddings
     from .generate import check_num_images
     from .images import image_grid, numbered_paths, save_images
+    from .infotext import infotext
     from .model import ExportedModel, RuntimeOptions
     from .paths import check_output_file, is_same_file
 
@@ -302,35 +303,42 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                     args.clip_skip)
     drawn = args.seed == -1  # A1111's "random": drawn here, and said below
     args.seed = secrets.randbelow(2**32) if drawn else args.seed
-    latents = _generate_latents(args, model)
+    latents, settings = _generate_latents(args, model), _generate_settings(args)
     bar = SamplingBar()
     try:
         with interrupt_on_termination():
-            images = _generate_images(args, model, added, groups, latents, bar)
+            images = _generate_images(args.prompt, settings, model, added, groups, latents, bar)
     finally:
         bar.close()
-    # All of them or none: a full disk at the third image leaves the files that were there.
-    save_images([*zip(images, singles), (images[0] if len(images) == 1 else image_grid([images]), out)])
+    texts = None if args.no_metadata else [infotext(args.prompt, settings, im.size, model, i) for i, im in enumerate(images)]
+    # All of them or none: a full disk at the third image leaves the files that were there. The grid: the first's text.
+    save_images([*zip(images, singles), (images[0] if len(images) == 1 else image_grid([images]), out)],
+                texts=texts and [*texts[:len(singles)], texts[0]])
     print(f"wrote {out}" + (f" (grid) and {singles[0].name} ... {singles[-1].name}" if singles else "")
           + (f" (--seed {args.seed})" if drawn else ""))
     return 0
 
 
-def _generate_images(args: argparse.Namespace, model, added, groups, latents, bar) -> list:
+def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags as generate()'s (or the hires fix's) settings, which the images' parameters also record."""
+    settings = dict(negative_prompt=args.negative_prompt, steps=args.steps, guidance_scale=args.guidance_scale,
+                    sampler=args.sampler, seed=args.seed, height=args.height, width=args.width,
+                    num_images=args.num_images, prompt_weighting=args.prompt_weighting, clip_skip=args.clip_skip,
+                    guidance_rescale=args.guidance_rescale, mask_blur=args.mask_blur,
+                    padding_mask_crop=args.padding_mask_crop, paste_back=args.paste_back)  # (without --mask: refused)
+    if args.hires_scale is None:
+        return dict(settings, image=args.image, strength=args.strength, mask_image=args.mask)
+    hires = {k: v for k, v in (("hires_strength", args.hires_strength), ("hires_steps", args.hires_steps))
+             if v is not None}
+    return dict(settings, hires_scale=args.hires_scale, **hires)
+
+
+def _generate_images(prompt: str, settings: dict[str, Any], model, added, groups, latents, bar) -> list:
     from .generate import generate
     from .hires import generate_hires
 
-    common = dict(negative_prompt=args.negative_prompt, steps=args.steps, guidance_scale=args.guidance_scale,
-                  sampler=args.sampler, seed=args.seed, height=args.height, width=args.width,
-                  num_images=args.num_images, added_embeddings=added, token_groups=groups, latents=latents,
-                  prompt_weighting=args.prompt_weighting, clip_skip=args.clip_skip,
-                  guidance_rescale=args.guidance_rescale, callback=bar, mask_blur=args.mask_blur,
-                  padding_mask_crop=args.padding_mask_crop, paste_back=args.paste_back)  # (without --mask: refused)
-    if args.hires_scale is not None:
-        hires = {k: v for k, v in (("hires_strength", args.hires_strength), ("hires_steps", args.hires_steps))
-                 if v is not None}
-        return generate_hires(model, args.prompt, hires_scale=args.hires_scale, **hires, **common)
-    return generate(model, args.prompt, image=args.image, strength=args.strength, mask_image=args.mask, **common)
+    run = generate_hires if "hires_scale" in settings else generate
+    return run(model, prompt, added_embeddings=added, token_groups=groups, latents=latents, callback=bar, **settings)
 
 
 def _generate_latents(args: argparse.Namespace, model) -> np.ndarray | None:
@@ -374,53 +382,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    import json
+    from .describe import describe
 
-    from .embeddings import load_embeddings, read_embedding_metadata
-    from .model import MANIFEST
-
-    if not args.embedding.strip():
-        raise ZoodipError("the path is empty: pass an embedding file or an export folder")
-    path = Path(args.embedding)
-    if path.is_dir() and (path / MANIFEST).is_file():
-        return _export_info(path)
-    if path.is_dir():
-        raise ZoodipError(f"{path} is a folder: 'zoodip info' reads one embedding file or an export folder")
-    added, groups = load_embeddings([args.embedding])
-    vectors = added[groups[0][0]]
-    print(f"token: {' or '.join(groups[0])} ({vectors.shape[0]} vector{'s' if vectors.shape[0] != 1 else ''} "
-          f"of width {vectors.shape[1]})" + (f"; {groups[0][-1]} (the file's name, A1111's trigger word) only on a "
-                                             "model whose vocabulary does not hold it" if len(groups[0]) > 1 else ""))
-    meta = read_embedding_metadata(args.embedding)
-    if "steps" not in meta:
-        print("trained by: not recorded (not a zoodip file, or an older one)")
-        return 0
-    print(f"trained: {meta['steps']} steps, {meta['forwards']} training forwards")
-    print(f"model: {meta.get('model_name', '?')} (manifest {meta.get('model', '?')})")
-    settings = json.loads(meta.get("settings", "{}"))
-    print("settings: " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items())))
-    return 0
-
-
-def _export_info(folder: Path) -> int:
-    """What an export folder holds and which generation features it offers (no weights read, sizes checked)."""
-    from .image_side import side_rule
-    from .model import ExportedModel
-
-    model = ExportedModel.load(folder, verify_hashes=False)
-    manifest = model.manifest
-    source = manifest.get("source") or {}
-    print(f"export: recipe {manifest.get('recipe', '?')} (revision {manifest.get('recipe_revision', 1)}), "
-          f"from {source.get('kind', '?')}")
-    print(f"model: text width {model.hidden_size}, {model.max_length} tokens, native {model.default_resolution} px, "
-          f"{model.prediction_type} prediction")
-    layers = model.clip_skip_layers
-    print(f"clip skip: up to {layers} (generate --clip-skip)" if layers else
-          "clip skip: no (exported before it; re-export to use --clip-skip)")
-    print("long prompts: A1111's 75-token chunks (generate --prompt-weighting a1111)" if model.text_length_free else
-          "long prompts: no, 77 tokens (exported before them; re-export to read A1111's chunks)")
-    print(f"image sides: {side_rule(model)}")
-    print(f"curvature subspace: {'yes' if model.curvature() is not None else 'no'}")
+    for line in describe(args.embedding):
+        print(line)
     return 0
 
 
@@ -436,9 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check every file of an export folder against the manifest's sha256 values")
     v.add_argument("model", help="zoodip export folder")
 
-    i = sub.add_parser("info", help="what an embedding file holds and, for zoodip's, how it was trained; or what an "
-                                    "export folder offers")
-    i.add_argument("embedding", metavar="PATH", help="embedding file (.safetensors) or export folder")
+    i = sub.add_parser("info", help="what an embedding file holds and, for zoodip's, how it was trained; what an "
+                                    "export folder offers; or the settings an image was generated with")
+    i.add_argument("embedding", metavar="PATH", help="embedding file (.safetensors), export folder or image")
 
     return parser
 

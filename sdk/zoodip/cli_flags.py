@@ -192,6 +192,9 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     g.add_argument("--save-latents", default=None, metavar="FILE.npy", help="write the initial latents used")
     g.add_argument("--out", default="out.png", help="the image file (.png, .jpg, .webp) to write; one that exists is "
                    "replaced (as diffusers' save), never --image or --mask")
+    g.add_argument("--no-metadata", action="store_true",
+                   help="leave the prompt and settings out of the PNG (written by default as A1111 writes them, "
+                        "where its PNG Info and 'zoodip info IMAGE' read them; .jpg and .webp get none)")
 
 
 def _add_image_flags(g: argparse.ArgumentParser) -> None:

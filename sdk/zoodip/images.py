@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 
 from .errors import ZoodipError
 
@@ -322,21 +322,23 @@ def save_image(image: Image.Image, path: str | Path, flag: str = "--out") -> Pat
     return save_images([(image, path)], flag)[0]
 
 
-def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--out") -> list[Path]:
+def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--out",
+                texts: Sequence[str | None] | None = None) -> list[Path]:
     """Write each ``(image, path)`` as ``save_image`` does, all or none: every image goes to its temp file first,
     and only when all are written are they renamed over their paths (a full disk at the third image leaves the
     files that were there, not two new images beside an old one, nor none of either). The renames themselves are
-    one at a time: one that fails (a folder where a file was checked to be) leaves the earlier ones done."""
+    one at a time: one that fails (a folder where a file was checked to be) leaves the earlier ones done.
+    ``texts``: each image's generation parameters (``zoodip.infotext``), written into a PNG as A1111 writes them."""
     done: list[tuple[Path, Path]] = []
     current = None
     try:
-        for image, path in pairs:
+        for (image, path), text in zip(pairs, texts or [None] * len(pairs), strict=True):
             current = path = Path(path)
             # Beside it, a name no one else uses, keeping the suffix: Pillow picks the format by it.
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
             done.append((tmp, path))
             path.parent.mkdir(parents=True, exist_ok=True)
-            image.save(tmp)
+            image.save(tmp, **({"pnginfo": _png_text(text)} if text and path.suffix.lower() == ".png" else {}))
         for tmp, path in done:
             current = path
             tmp.replace(path)
@@ -349,6 +351,27 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
                               "file") from None
         raise
     return [path for _, path in done]
+
+
+PARAMETERS_KEY = "parameters"  # the PNG text chunk A1111 writes an image's generation parameters into
+
+
+def _png_text(text: str) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PARAMETERS_KEY, text)  # Latin-1 text, or UTF-8 international text where it must, as A1111's
+    return info
+
+
+def read_parameters(path: str | Path) -> str | None:
+    """A PNG's generation parameters (A1111's ``parameters`` text; None: it has none), or one line for what is not
+    an image that can be read."""
+    try:
+        with _pillow_pixel_limit(MAX_PIXELS), Image.open(path) as image:
+            text = image.info.get(PARAMETERS_KEY)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ZoodipError(f"cannot read image {path} ({reason}): pass an image zoodip or A1111 wrote") from None
+    return str(text) if isinstance(text, str) else None
 
 
 def numbered_paths(path: str | Path, count: int) -> list[Path]:

@@ -65,7 +65,7 @@ def test_info_on_an_export_folder_says_what_it_offers(tiny_export, tmp_path, cap
     (tmp_path / "x.safetensors").write_bytes(b"")
     assert main(["info", str(tmp_path)]) == 2  # a folder that is not an export: one line, not a traceback
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "'zoodip info' reads one embedding file or an export folder" in err
+    assert err.count("\n") == 1 and "'zoodip info' reads one embedding file, an export folder or an image" in err
 
 
 @pytest.mark.parametrize("entry", [5, None, {"shape": "x"}, {"shape": ["batch", "n", 77, 32]}, {"shape": ["batch", 0, 77, 32]}])

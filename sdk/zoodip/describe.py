@@ -1,0 +1,74 @@
+"""What ``zoodip info PATH`` says: what an embedding file holds and how zoodip trained it, what an export folder
+offers, or the settings an image was generated with. Each returns its lines; the CLI prints them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import ZoodipError
+
+
+def describe(path: str | Path) -> list[str]:
+    """The lines ``zoodip info`` prints for ``path``, or a one-line error for what it cannot read."""
+    from .images import IMAGE_EXTENSIONS
+    from .model import MANIFEST
+
+    if not str(path).strip():
+        raise ZoodipError("the path is empty: pass an embedding file, an export folder or an image")
+    path = Path(path)
+    if path.is_dir() and (path / MANIFEST).is_file():
+        return describe_export(path)
+    if path.is_dir():
+        raise ZoodipError(f"{path} is a folder: 'zoodip info' reads one embedding file, an export folder or an image")
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return describe_image(path)
+    return describe_embedding(path)
+
+
+def describe_embedding(path: Path) -> list[str]:
+    """Its token(s) and vectors, and for zoodip's files the run that made it."""
+    from .embeddings import load_embeddings, read_embedding_metadata
+
+    added, groups = load_embeddings([str(path)])
+    vectors = added[groups[0][0]]
+    lines = [f"token: {' or '.join(groups[0])} ({vectors.shape[0]} vector{'s' if vectors.shape[0] != 1 else ''} "
+             f"of width {vectors.shape[1]})" + (f"; {groups[0][-1]} (the file's name, A1111's trigger word) only on a "
+                                                "model whose vocabulary does not hold it" if len(groups[0]) > 1 else "")]
+    meta = read_embedding_metadata(str(path))
+    if "steps" not in meta:
+        return lines + ["trained by: not recorded (not a zoodip file, or an older one)"]
+    settings = json.loads(meta.get("settings", "{}"))
+    return lines + [f"trained: {meta['steps']} steps, {meta['forwards']} training forwards",
+                    f"model: {meta.get('model_name', '?')} (manifest {meta.get('model', '?')})",
+                    "settings: " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))]
+
+
+def describe_export(folder: Path) -> list[str]:
+    """What an export folder holds and which generation features it offers (no weights read, sizes checked)."""
+    from .image_side import side_rule
+    from .model import ExportedModel
+
+    model = ExportedModel.load(folder, verify_hashes=False)
+    manifest = model.manifest
+    source = manifest.get("source") or {}
+    layers = model.clip_skip_layers
+    return [f"export: recipe {manifest.get('recipe', '?')} (revision {manifest.get('recipe_revision', 1)}), "
+            f"from {source.get('kind', '?')}",
+            f"model: text width {model.hidden_size}, {model.max_length} tokens, native {model.default_resolution} px, "
+            f"{model.prediction_type} prediction",
+            f"clip skip: up to {layers} (generate --clip-skip)" if layers else
+            "clip skip: no (exported before it; re-export to use --clip-skip)",
+            "long prompts: A1111's 75-token chunks (generate --prompt-weighting a1111)" if model.text_length_free else
+            "long prompts: no, 77 tokens (exported before them; re-export to read A1111's chunks)",
+            f"image sides: {side_rule(model)}",
+            f"curvature subspace: {'yes' if model.curvature() is not None else 'no'}"]
+
+
+def describe_image(path: Path) -> list[str]:
+    """The generation parameters a PNG holds (A1111's text, which zoodip writes too)."""
+    from .images import read_parameters
+
+    text = read_parameters(path)
+    if text is None:
+        return [f"{path} holds no generation parameters (zoodip and A1111 write them into a PNG, unless told not to)"]
+    return text.splitlines()

@@ -1,0 +1,96 @@
+"""The settings an image was generated with, written as A1111 writes them ("infotext") into a PNG's ``parameters``
+text chunk (``images.save_images(texts=)``), where A1111's PNG Info tab and the tools that read A1111's images find
+them; ``zoodip info IMAGE.png`` prints them (``images.read_parameters``)::
+
+    a photo of <my-dog> on a beach
+    Negative prompt: blurry
+    Steps: 25, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 7, Size: 512x512, Model hash: 1a2b3c4d5e, Model: sd15, ...
+
+Fields are A1111's names where A1111 has the setting (``Denoising strength``, ``Clip skip``, ``Hires upscale``,
+``Mask blur``, ...) and plain words where it has not (``Guidance rescale``, ``Prompt weighting``). One difference
+in meaning: zoodip draws a batch's initial noise from one seed, as diffusers does (image i is the seed's i-th draw,
+not A1111's seed + i), so an image of a batch says its batch size and its place in it (``Batch pos``, from 0).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .generate import generate
+from .hires import generate_hires
+from .sampling import DEFAULT_STRENGTH, INPAINT_STRENGTH
+
+# zoodip's samplers (sampling.SAMPLERS) by A1111's names for them.
+A1111_SAMPLER_NAMES = {"dpmpp_2m": "DPM++ 2M", "ddim": "DDIM", "euler": "Euler", "dpmpp_2m_karras": "DPM++ 2M Karras",
+                       "euler_a": "Euler a"}
+_MODEL_HASH_CHARS = 10  # A1111's short model hash
+
+
+def _value(value: object) -> str:
+    """A field's value as A1111 writes it: quoted (JSON) where a comma, colon or quote would end it early."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:"\n') else text
+
+
+def _image_fields(settings: Mapping[str, Any]) -> list[tuple[str, object]]:
+    """Image-to-image, inpainting and the hires fix: the fields of the settings given (generate()'s names)."""
+    fields: list[tuple[str, object]] = []
+    if settings.get("hires_scale") is not None:
+        hires_steps = settings["steps"] if settings.get("hires_steps") is None else settings["hires_steps"]
+        fields += [("Denoising strength", settings["hires_strength"]), ("Hires upscale", settings["hires_scale"]),
+                   ("Hires steps", hires_steps), ("Hires upscaler", "Lanczos")]
+    elif settings.get("image") is not None:
+        default = DEFAULT_STRENGTH if settings.get("mask_image") is None else INPAINT_STRENGTH
+        strength = settings.get("strength")
+        fields.append(("Denoising strength", default if strength is None else strength))
+    if settings.get("mask_image") is not None:
+        fields.append(("Mask blur", settings.get("mask_blur") or 0))
+        if settings.get("padding_mask_crop") is not None:
+            fields += [("Inpaint area", "Only masked"), ("Masked area padding", settings["padding_mask_crop"])]
+        if settings.get("paste_back"):
+            fields.append(("Paste back", "True"))
+    return fields
+
+
+def infotext(prompt: str, settings: Mapping[str, Any], size: tuple[int, int], model: Any,
+             batch_pos: int = 0) -> str:
+    """A1111's text for one image: ``prompt``, ``settings`` as given to ``generate()``/``generate_hires()`` (its
+    keyword names; absent ones are its defaults), the image's ``size`` (width, height; with the hires fix, A1111's
+    Size is the first pass's), the ``model`` (an ``ExportedModel``: its folder's name and its identity's first
+    characters stand for A1111's model name and hash), and the image's place in its batch."""
+    settings = {**_DEFAULTS, **{key: value for key, value in settings.items() if value is not None}}
+    if settings.get("hires_scale") is not None:  # A1111's Size is the first pass's, which the upscale multiplies
+        native = int(model.sample_size) * int(model.vae_scale_factor)
+        size = (int(settings["width"] or native), int(settings["height"] or native))
+    negative, clip_skip, count = settings["negative_prompt"], int(settings["clip_skip"]), int(settings["num_images"])
+    fields: list[tuple[str, object]] = [
+        ("Steps", settings["steps"]), ("Sampler", A1111_SAMPLER_NAMES.get(settings["sampler"], settings["sampler"])),
+        ("CFG scale", settings["guidance_scale"]), ("Seed", settings["seed"]),
+        ("Size", f"{size[0]}x{size[1]}"), ("Model hash", str(model.identity)[:_MODEL_HASH_CHARS]),
+        ("Model", Path(model.folder).name),
+        ("Clip skip", clip_skip + 1 if clip_skip else None),  # A1111 counts the last layer as 1, diffusers as 0
+        *_image_fields(settings),
+        ("Guidance rescale", settings["guidance_rescale"] or None), ("Prompt weighting", settings["prompt_weighting"]),
+        ("Batch size", count if count > 1 else None), ("Batch pos", batch_pos if count > 1 else None),
+        ("Version", f"zoodip {_version()}"),
+    ]
+    text = prompt + (f"\nNegative prompt: {negative}" if negative else "")
+    return text + "\n" + ", ".join(f"{key}: {_value(value)}" for key, value in fields if value is not None)
+
+
+def _defaults(function: Any) -> dict[str, Any]:
+    return {name: parameter.default for name, parameter in inspect.signature(function).parameters.items()
+            if parameter.default is not inspect.Parameter.empty}
+
+
+# What generate() takes when a setting is not given, and the hires fix's strength: their own signatures' defaults.
+_DEFAULTS = {**_defaults(generate), "hires_strength": _defaults(generate_hires)["hires_strength"]}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

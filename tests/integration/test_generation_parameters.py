@@ -1,0 +1,62 @@
+"""Generation parameters written into the PNG as A1111 writes them (zoodip.infotext), read by `zoodip info IMAGE`."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from cli_helpers import assert_one_line_error, run_cli
+from zoodip.generate import generate
+from zoodip.images import read_parameters
+from zoodip.model import ExportedModel
+
+
+def _fields(text: str) -> dict[str, str]:
+    return dict(pair.split(": ", 1) for pair in text.splitlines()[-1].split(", "))
+
+
+def test_every_image_of_a_batch_says_how_it_was_made_and_the_settings_make_it_again(tiny_export, tmp_path, capsys):
+    out = tmp_path / "o.png"
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a red star", "--negative-prompt", "blurry",
+                            "--steps", "3", "--sampler", "euler_a", "--seed", "11", "--num-images", "2",
+                            "--guidance-scale", "5", "--out", out], capsys)
+    assert code == 0, err
+    texts = {path.name: read_parameters(path) for path in (out, tmp_path / "o-1.png", tmp_path / "o-2.png")}
+    assert texts["o.png"] == texts["o-1.png"]  # the grid says its first image's
+    lines = texts["o-2.png"].splitlines()
+    assert lines[:2] == ["a red star", "Negative prompt: blurry"]
+    fields = _fields(texts["o-2.png"])
+    assert {k: fields[k] for k in ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Batch size",
+                                   "Batch pos")} == {"Steps": "3", "Sampler": "Euler a", "CFG scale": "5.0",
+                                                     "Seed": "11", "Size": "128x128", "Model": tiny_export.name,
+                                                     "Batch size": "2", "Batch pos": "1"}
+    model = ExportedModel.load(tiny_export)
+    assert fields["Model hash"] == model.identity[:10]
+    # What the text says is enough to make the image again (a batch: its size and place).
+    again = generate(model, lines[0], negative_prompt=lines[1].split(": ", 1)[1], steps=int(fields["Steps"]),
+                     sampler="euler_a", guidance_scale=float(fields["CFG scale"]), seed=int(fields["Seed"]),
+                     num_images=int(fields["Batch size"]))[int(fields["Batch pos"])]
+    assert np.array_equal(np.asarray(again), np.asarray(Image.open(tmp_path / "o-2.png")))
+    code, text, _ = run_cli(["info", tmp_path / "o-2.png"], capsys)
+    assert code == 0 and text.splitlines() == lines
+
+
+def test_image_to_image_records_its_strength_and_size(tiny_export, tmp_path, capsys):
+    photo = tmp_path / "wide.png"
+    Image.new("RGB", (300, 200), (200, 30, 30)).save(photo)
+    out = tmp_path / "i.png"
+    assert run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "4", "--image", photo,
+                    "--out", out], capsys)[0] == 0
+    fields = _fields(read_parameters(out))
+    assert (fields["Denoising strength"], fields["Size"]) == ("0.8", "{}x{}".format(*Image.open(out).size))
+
+
+def test_no_metadata_and_formats_without_it(tiny_export, tmp_path, capsys):
+    for name, extra in (("plain.png", ["--no-metadata"]), ("photo.jpg", [])):
+        out = tmp_path / name
+        assert run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "2", "--out", out,
+                        *extra], capsys)[0] == 0
+        assert read_parameters(out) is None
+        code, text, _ = run_cli(["info", out], capsys)
+        assert code == 0 and "holds no generation parameters" in text
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert_one_line_error(*run_cli(["info", tmp_path / "broken.png"], capsys)[::2], "cannot read image")
