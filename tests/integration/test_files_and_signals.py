@@ -198,3 +198,24 @@ def test_sides_zoodip_derives_are_sizes_the_unet_runs_at(tiny_export, doubling_u
                          (older, "image sides: multiples of 64 px on SD (not recorded by this export")):
         code, text, _ = run_cli(["info", model], capsys)
         assert code == 0 and words in text, text
+
+
+def test_a_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
+    """The `zoodip` command's entry point: a Ctrl-C during the CLI's imports (NumPy, onnxruntime: a moment on a slow
+    machine) ends it with one line and status 130, as one during the work does (it was a traceback of the imports).
+    The interrupt is raised where the import of zoodip.cli starts, so the moment is certain."""
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
+    assert scripts["zoodip"] == "zoodip.entry:main"
+    program = ("import sys\n"
+               "class Interrupt:\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name == 'zoodip.cli':\n"
+               "            raise KeyboardInterrupt\n"
+               "sys.meta_path.insert(0, Interrupt())\n"
+               "from zoodip.entry import main\n"
+               "sys.exit(main())\n")
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path)
+    assert (proc.returncode, proc.stderr, proc.stdout) == (130, "interrupted\n", "")
