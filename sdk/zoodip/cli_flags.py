@@ -193,8 +193,9 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     g.add_argument("--out", default="out.png", help="the image file (.png, .jpg, .webp) to write; one that exists is "
                    "replaced (as diffusers' save), never --image or --mask")
     g.add_argument("--no-metadata", action="store_true",
-                   help="leave the prompt and settings out of the PNG (written by default as A1111 writes them, "
-                        "where its PNG Info and 'zoodip info IMAGE' read them; .jpg and .webp get none)")
+                   help="leave the prompt and settings out of the image (written by default as A1111 writes them: "
+                        "a PNG's text, a JPEG's or WebP's EXIF comment, where A1111's PNG Info and 'zoodip info "
+                        "IMAGE' read them)")
 
 
 def _add_image_flags(g: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import os
 import secrets
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
@@ -328,7 +328,7 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
     and only when all are written are they renamed over their paths (a full disk at the third image leaves the
     files that were there, not two new images beside an old one, nor none of either). The renames themselves are
     one at a time: one that fails (a folder where a file was checked to be) leaves the earlier ones done.
-    ``texts``: each image's generation parameters (``zoodip.infotext``), written into a PNG as A1111 writes them."""
+    ``texts``: each image's generation parameters (``zoodip.infotext``), written as A1111 writes them."""
     done: list[tuple[Path, Path]] = []
     current = None
     try:
@@ -338,7 +338,7 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
             done.append((tmp, path))
             path.parent.mkdir(parents=True, exist_ok=True)
-            image.save(tmp, **({"pnginfo": _png_text(text)} if text and path.suffix.lower() == ".png" else {}))
+            image.save(tmp, **(_parameters_option(path, text) if text else {}))
         for tmp, path in done:
             current = path
             tmp.replace(path)
@@ -353,22 +353,38 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
     return [path for _, path in done]
 
 
-PARAMETERS_KEY = "parameters"  # the PNG text chunk A1111 writes an image's generation parameters into
+# Where A1111 writes an image's generation parameters: a PNG's "parameters" text; a JPEG's or WebP's EXIF
+# UserComment (in the EXIF sub-IFD), as UTF-16 big-endian text after EXIF's 8-byte "UNICODE" character code.
+PARAMETERS_KEY = "parameters"
+_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
+_COMMENT_CODES = {b"UNICODE\0": "utf-16-be", b"ASCII\0\0\0": "ascii"}
 
 
-def _png_text(text: str) -> PngImagePlugin.PngInfo:
-    info = PngImagePlugin.PngInfo()
-    info.add_text(PARAMETERS_KEY, text)  # Latin-1 text, or UTF-8 international text where it must, as A1111's
-    return info
+def _parameters_option(path: Path, text: str) -> dict[str, Any]:
+    """Pillow's save option that writes ``text`` where A1111 would for ``path``'s format."""
+    if path.suffix.lower() == ".png":
+        info = PngImagePlugin.PngInfo()
+        info.add_text(PARAMETERS_KEY, text)  # Latin-1 text, or UTF-8 international text where it must, as A1111's
+        return {"pnginfo": info}
+    exif = Image.Exif()
+    exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = b"UNICODE\0" + text.encode("utf-16-be")
+    return {"exif": exif}
+
+
+def _exif_comment(image: Image.Image) -> str | None:
+    comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    if not isinstance(comment, bytes) or comment[:8] not in _COMMENT_CODES:
+        return None
+    return comment[8:].decode(_COMMENT_CODES[comment[:8]], errors="replace").rstrip("\0") or None
 
 
 def read_parameters(path: str | Path) -> str | None:
-    """A PNG's generation parameters (A1111's ``parameters`` text; None: it has none), or one line for what is not
-    an image that can be read."""
+    """An image's generation parameters (a PNG's ``parameters`` text, a JPEG's or WebP's EXIF comment; None: it has
+    none), or one line for what is not an image that can be read."""
     try:
         with _pillow_pixel_limit(MAX_PIXELS), Image.open(path) as image:
-            text = image.info.get(PARAMETERS_KEY)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            text = image.info.get(PARAMETERS_KEY) if image.format == "PNG" else _exif_comment(image)
+    except Exception as exc:  # PIL raises many types for broken files and broken EXIF
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ZoodipError(f"cannot read image {path} ({reason}): pass an image zoodip or A1111 wrote") from None
     return str(text) if isinstance(text, str) else None

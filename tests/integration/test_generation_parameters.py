@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cli_helpers import assert_one_line_error, run_cli
@@ -50,13 +51,27 @@ def test_image_to_image_records_its_strength_and_size(tiny_export, tmp_path, cap
     assert (fields["Denoising strength"], fields["Size"]) == ("0.8", "{}x{}".format(*Image.open(out).size))
 
 
-def test_no_metadata_and_formats_without_it(tiny_export, tmp_path, capsys):
-    for name, extra in (("plain.png", ["--no-metadata"]), ("photo.jpg", [])):
-        out = tmp_path / name
-        assert run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "2", "--out", out,
-                        *extra], capsys)[0] == 0
-        assert read_parameters(out) is None
-        code, text, _ = run_cli(["info", out], capsys)
+@pytest.mark.parametrize("name", ["o.jpg", "o.webp"])
+def test_a_jpeg_or_webp_holds_them_in_its_exif_comment_as_a1111_writes_them(tiny_export, tmp_path, capsys, name):
+    out = tmp_path / name
+    assert run_cli(["generate", "--model", tiny_export, "--prompt", "ünïcode ✓ star", "--steps", "2", "--out", out],
+                   capsys)[0] == 0
+    comment = Image.open(out).getexif().get_ifd(0x8769)[0x9286]  # the EXIF sub-IFD's UserComment
+    assert comment[:8] == b"UNICODE\0" and comment[8:].decode("utf-16-be").startswith("ünïcode ✓ star\nSteps: 2, ")
+    code, text, _ = run_cli(["info", out], capsys)
+    assert code == 0 and text.splitlines()[0] == "ünïcode ✓ star"
+
+
+def test_no_metadata_and_images_without_them(tiny_export, tmp_path, capsys):
+    out = tmp_path / "plain.png"
+    assert run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "2", "--out", out,
+                    "--no-metadata"], capsys)[0] == 0
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (64, 64)).save(photo)
+    for path in (out, photo):
+        assert read_parameters(path) is None
+        code, text, _ = run_cli(["info", path], capsys)
         assert code == 0 and "holds no generation parameters" in text
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     assert_one_line_error(*run_cli(["info", tmp_path / "broken.png"], capsys)[::2], "cannot read image")
+    assert_one_line_error(*run_cli(["info", tmp_path / "missing.png"], capsys)[::2], "does not exist")
