@@ -45,6 +45,27 @@ _NOT_TAKEN = {
 }
 
 
+_MEMORY = ("memory is bounded here by from_pretrained(EXPORT, memory_budget_mb=MB): one UNet pass and one graph in "
+           "memory at a time, the VAE decoded in tiles where the whole image would not fit")
+# diffusers' pipeline methods and attributes that have no place here -> what to do instead (AttributeError before).
+_NOT_HELD = {
+    "enable_attention_slicing": _MEMORY, "enable_vae_slicing": _MEMORY, "enable_vae_tiling": _MEMORY,
+    "enable_model_cpu_offload": _MEMORY, "enable_sequential_cpu_offload": _MEMORY,
+    "enable_xformers_memory_efficient_attention": "onnxruntime's attention runs here; drop the call",
+    "scheduler": "the sampler is chosen by name: pipe.sampler = 'dpmpp_2m_karras', or sampler= in the call "
+                 "(zoodip.sampling.SAMPLERS)",
+    "unet": "the UNet is an ONNX graph: pipe.model.unet(sample, timestep, states) runs it",
+    "vae": "the VAE is two ONNX graphs: pipe.model.vae_encode(images) and pipe.model.vae_decode(latents)",
+    "load_lora_weights": "LoRA is not supported: textual inversion only (load_textual_inversion)",
+    **{key: advice for key, advice in _NOT_TAKEN.items() if key in ("safety_checker", "tokenizer", "text_encoder")},
+}
+
+
+class NotInThisPipeline(ZoodipError, AttributeError):
+    """diffusers' method or attribute that this pipeline has not: a ZoodipError saying what to do, and an
+    AttributeError, so that ``hasattr(pipe, "scheduler")`` is False as for any name an object lacks."""
+
+
 @dataclass
 class PipelineOutput:
     """diffusers' ``StableDiffusionPipelineOutput``'s ``images``: PIL images, or float [N, H, W, 3] in [0, 1]."""
@@ -56,11 +77,31 @@ class ZoodipPipeline:
     """An export with diffusers' pipeline calls. ``pipe.model`` is the ``ExportedModel``; ``pipe.sampler`` the
     default sampler of each call (one of ``SAMPLERS``)."""
 
+    _SLOTS = ("model", "sampler", "_specs", "_added")  # what may be set: another name would be silently unused
+
     def __init__(self, model: ExportedModel) -> None:
         self.model = model
         self.sampler = SAMPLERS[0]
         self._specs: list[tuple[str, str | None]] = []
         self._added: dict[str, np.ndarray] = {}
+
+    def __getattr__(self, name: str) -> Any:  # only names the class does not have: diffusers' habits, said in a line
+        if name in _NOT_HELD:
+            raise NotInThisPipeline(f"this pipeline has no {name}: {_NOT_HELD[name]}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self._SLOTS:  # pipe.scheduler = ... would change nothing: said, not ignored
+            raise ZoodipError(f"this pipeline has no {name} to set: {_NOT_HELD.get(name, 'drop it')}")
+        object.__setattr__(self, name, value)
+
+    @property
+    def device(self) -> str:
+        """diffusers' ``pipe.device``: always the CPU here."""
+        return "cpu"
+
+    def set_progress_bar_config(self, **config: Any) -> None:
+        """diffusers' call, accepted and without effect: the API draws no progress bar (pass ``callback=`` for one)."""
 
     @classmethod
     def from_pretrained(cls, export_dir: str | os.PathLike[str], *, threads: int = 0,

@@ -101,3 +101,23 @@ def test_diffusers_habits_around_the_call(pipe, tmp_path) -> None:
     for bad in (None, ""):
         with pytest.raises(ZoodipError, match="takes the path of a zoodip export folder"):
             ZoodipPipeline.from_pretrained(bad)
+
+
+def test_diffusers_pipeline_methods_and_attributes_say_what_to_do(pipe) -> None:
+    """diffusers' memory switches, scheduler swaps and components: one line each, not an AttributeError traceback;
+    an assignment that would change nothing (pipe.scheduler = ...) is refused, not silently kept."""
+    for call, words in ((lambda: pipe.enable_attention_slicing(), "memory_budget_mb=MB"),
+                        (lambda: pipe.enable_model_cpu_offload(), "memory_budget_mb=MB"),
+                        (lambda: pipe.scheduler.config, "pipe.sampler = 'dpmpp_2m_karras'"),
+                        (lambda: pipe.unet, "pipe.model.unet"),
+                        (lambda: setattr(pipe, "scheduler", object()), "has no scheduler to set: the sampler is"),
+                        (lambda: setattr(pipe, "safety_checker", None), "has no safety_checker to set"),
+                        (lambda: setattr(pipe, "guidance", 5), "has no guidance to set: drop it")):
+        with pytest.raises(ZoodipError, match=words):
+            call()
+    assert not hasattr(pipe, "scheduler") and not hasattr(pipe, "anything")
+    pipe.set_progress_bar_config(disable=True)  # accepted: the API draws no bar
+    assert pipe.device == "cpu"
+    pipe.sampler = "euler"
+    assert np.array_equal(np.asarray(pipe("a star", num_inference_steps=2).images[0]),
+                          np.asarray(generate(pipe.model, "a star", steps=2, sampler="euler")[0]))
