@@ -98,11 +98,31 @@ def half_mask(side: int) -> Any:
     return mask
 
 
+# The only-masked contender's photo: a phone photo's size (24 MP), and the box its mask redraws, about its middle.
+LARGE_PHOTO = (6000, 4000)
+MASK_BOX = (2600, 1600, 3400, 2400)
+
+
+def large_photo_and_mask(photo: Path, folder: Path) -> tuple[Path, Any]:
+    """``photo`` stretched to ``LARGE_PHOTO`` px and written to ``folder`` (a file: only-masked reads it again at
+    paste time), and a mask of that size, white in ``MASK_BOX``."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "large-photo.png"
+    with Image.open(photo) as small:
+        small.convert("RGB").resize(LARGE_PHOTO, Image.Resampling.BICUBIC).save(path)
+    mask = Image.new("L", LARGE_PHOTO, 0)
+    mask.paste(255, MASK_BOX)
+    return path, mask
+
+
 def run_generate(spec: dict, phases: Any) -> dict:
     """One ``spec["resolution"]`` px image, ``spec["sampling_steps"]`` DPM-Solver++ steps, guidance 7.5, seed 0,
     on the export, with ``spec["memory_budget_mb"]`` if given (the CLI's ``--memory-budget``); with
     ``spec["strength"]``, image-to-image from the first photo of ``spec["photos"]`` (the last ``strength`` of the steps),
-    with ``spec["mask"]`` inpainting its left half."""
+    with ``spec["mask"]`` inpainting its left half; with ``spec["only_masked"]`` (padding px) a 24 MP copy of the photo
+    inpainted in a box, only the box redrawn at the resolution (diffusers' ``padding_mask_crop``)."""
     phases.start("imports")
     import numpy as np
     import onnxruntime  # noqa: F401
@@ -123,6 +143,9 @@ def run_generate(spec: dict, phases: Any) -> dict:
     strength = spec.get("strength")
     photo = list_images(spec["photos"])[0] if strength is not None else None
     mask = half_mask(int(spec["resolution"])) if spec.get("mask") else None
+    only_masked = {} if spec.get("only_masked") is None else {"padding_mask_crop": int(spec["only_masked"])}
+    if only_masked:
+        photo, mask = large_photo_and_mask(photo, Path(spec["workdir"]))
     phases.end()
 
     marks = PhaseMarks(model, phases)
@@ -132,7 +155,7 @@ def run_generate(spec: dict, phases: Any) -> dict:
     images = generate(model, prompt, steps=int(spec["sampling_steps"]), height=int(spec["resolution"]),
                       width=int(spec["resolution"]), seed=0, callback=lambda i, n, x: stamps.append(time.perf_counter()),
                       image=photo, mask_image=mask, prompt_weighting=weighting, negative_prompt=negative,
-                      **({} if strength is None else {"strength": strength}))
+                      **({} if strength is None else {"strength": strength}), **only_masked)
     generate_s = time.perf_counter() - started
     marks.finish()
     step_times = [b - a for a, b in zip([started] + stamps[:-1], stamps)]
@@ -141,6 +164,6 @@ def run_generate(spec: dict, phases: Any) -> dict:
             "decode_s": started + generate_s - stamps[-1] if stamps else None,
             "memory_budget_mb": budget, "decode_tile": plan.tile, "decode_overlap": plan.overlap,
             "decode_estimate_bytes": plan.need_bytes, "image_size": list(pixels.shape), "image_mean": float(pixels.mean()),
-            "strength": strength, "mask": mask is not None, "text_states": text_states(model.tokenizer, prompt, weighting),
+            "strength": strength, "mask": mask is not None, "only_masked_padding": only_masked.get("padding_mask_crop"), "text_states": text_states(model.tokenizer, prompt, weighting),
             "encode_estimate_bytes": check_encode(model, side, side, None) if photo else None,
             "weight_file_bytes": {name: model.weights_bytes((name,)) for name in ("text_encoder", "unet", "vae_decoder")}}

@@ -53,6 +53,13 @@ CONTENDERS: dict[str, tuple[str, dict]] = {
                             "1.0, all 25 steps, the kept half put back after each",
                             {"kind": "zoodip_generate", "export": ("w8a32", DEFAULT_CHUNKS), "sampling_steps": 25,
                              "memory_budget_mb": 1300, "strength": 1.0, "mask": True, "once": True}),
+    "inpaint-only-masked-int8-budget": ("zoodip generate --image PHOTO --mask MASK --padding-mask-crop 32 "
+                                        "--memory-budget 1300, INT8 W8A32, one image: a 6000x4000 photo whose "
+                                        "800x800 box is redrawn at the resolution and pasted back (the photo keeps "
+                                        "its size), as inpaint-int8-budget otherwise",
+                                        {"kind": "zoodip_generate", "export": ("w8a32", DEFAULT_CHUNKS),
+                                         "sampling_steps": 25, "memory_budget_mb": 1300, "strength": 1.0,
+                                         "only_masked": 32, "once": True}),
     "long-prompt-int8-budget": ("zoodip generate --prompt-weighting a1111 --memory-budget 1300, INT8 W8A32, one image: "
                                 "a prompt of the most chunks read (4, 300 tokens) and a 1-chunk negative prompt, "
                                 "as generate-int8-budget otherwise",
@@ -96,5 +103,5 @@ CONTENDERS: dict[str, tuple[str, dict]] = {
 }
 MAIN = ["ours-int8", "onnx-fp32", "onnx-fp32-ortdefaults", "torch-backprop-ti", "torch-zo-fp32"]
 GENERATION = ["generate-int8", "generate-int8-budget", "generate-w4a32-budget", "img2img-int8-budget", "inpaint-int8-budget",
-              "long-prompt-int8-budget", "composed-prompt-int8-budget"]
+              "inpaint-only-masked-int8-budget", "long-prompt-int8-budget", "composed-prompt-int8-budget"]
 QUICK_LEVERS = ["L4-ours-buffer-reuse-on", "L5-ours-arena-off"]

@@ -266,6 +266,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import check_num_images
     from .images import image_grid, numbered_paths, save_images
     from .infotext import infotext
+    from .latents_file import save_latents
     from .model import ExportedModel, RuntimeOptions
     from .paths import check_output_file, is_same_file
 
@@ -310,7 +311,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             images = _generate_images(args.prompt, settings, model, added, groups, latents, bar)
     finally:
         bar.close()
-    texts = None if args.no_metadata else [infotext(args.prompt, settings, im.size, model, i) for i, im in enumerate(images)]
+    if args.save_latents:  # once generate() has taken them: a refused or stopped call writes nothing
+        save_latents(args.save_latents, latents)
+    texts = None if args.no_metadata else [infotext(args.prompt, dict(settings, latents=args.latents), im.size, model, i)
+                                           for i, im in enumerate(images)]
     # All of them or none: a full disk at the third image leaves the files that were there. The grid: the first's text.
     save_images([*zip(images, singles), (images[0] if len(images) == 1 else image_grid([images]), out)],
                 texts=texts and [*texts[:len(singles)], texts[0]])
@@ -342,17 +346,14 @@ def _generate_images(prompt: str, settings: dict[str, Any], model, added, groups
 
 
 def _generate_latents(args: argparse.Namespace, model) -> np.ndarray | None:
-    """--latents FILE read (checked against this call's shape), or the seed's; --save-latents writes them."""
+    """--latents FILE read (checked against this call's shape), or the seed's where --save-latents will write them."""
     from .generate import initial_latents
-    from .latents_file import load_latents, save_latents
+    from .latents_file import load_latents
 
     if not (args.latents or args.save_latents):
         return None
     seed_latents = initial_latents(model, args.seed, args.num_images, args.height, args.width)
-    latents = load_latents(args.latents, seed_latents.shape) if args.latents else seed_latents
-    if args.save_latents:
-        save_latents(args.save_latents, latents)
-    return latents
+    return load_latents(args.latents, seed_latents.shape) if args.latents else seed_latents
 
 
 def cmd_export(argv: Sequence[str]) -> int:

@@ -35,7 +35,7 @@ from PIL import Image
 from .added_tokens import check_added_ids, tokenizer_with
 from .emphasis import check_prompt_weighting, chunked_token_ids, emphasis_free_text, emphasize, weighted_token_ids
 from .errors import ZoodipError
-from .image_side import check_side, model_side_multiple
+from .image_side import check_model_side, model_side_multiple
 from .images import (NO_DRAFT, image_pixels, init_image_size, latent_mask, mask_problems, open_init_image, open_mask,
                      to_pil)
 from .inpainting import InpaintOptions, PasteBack, inpainting_views
@@ -480,7 +480,8 @@ def _latent_size(model: Any, height: int | None, width: int | None) -> tuple[int
     h, w = _latent_shape(model, height, width)
     factor = int(model.vae_scale_factor)
     check_image_size(h * factor, w * factor, factor, f"a {w * factor}x{h * factor} image (--width {w * factor} "
-                     f"--height {h * factor})", memory_budget_mb=memory_budget_mb(model))
+                     f"--height {h * factor})", memory_budget_mb=memory_budget_mb(model),
+                     multiple=model_side_multiple(model))
     return h, w
 
 
@@ -489,5 +490,5 @@ def _latent_shape(model: Any, height: int | None, width: int | None) -> tuple[in
     default = int(model.sample_size) * factor
     sizes = []
     for name, value in (("height", height), ("width", width)):
-        sizes.append(check_side(name, default if value is None else value, model_side_multiple(model), default) // factor)
+        sizes.append(check_model_side(model, name, default if value is None else value, default) // factor)
     return sizes[0], sizes[1]

@@ -9,6 +9,7 @@ which this SDK's image-to-image does not take).
 from __future__ import annotations
 
 import numbers
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 
 from .errors import ZoodipError
 from .generate import check_callback, check_num_images, generate
-from .image_side import check_side, model_side_multiple
+from .image_side import check_model_side, model_side_multiple
 from .limits import check_image_size
 from .memory_plan import check_encode, memory_budget_mb
 from .sampling import DEFAULT_STEPS, HIRES_STRENGTH, ProgressCallback, check_steps, check_strength, steps_run
@@ -51,7 +52,7 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
     factor, native = int(model.vae_scale_factor), int(model.sample_size) * int(model.vae_scale_factor)
     for name, value in (("height", height), ("width", width)):
         if value is not None:
-            check_side(name, value, model_side_multiple(model), native)
+            check_model_side(model, name, value, native)
     first_size = (width or native, height or native)
     multiple = model_side_multiple(model, derived=True)  # the sizes its UNet runs at (8 px, or 64 on older SD exports)
     size = hires_size(first_size, float(hires_scale), multiple)
@@ -60,7 +61,7 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
                           f"multiples of {multiple}): use a larger scale")
     # Before the first pass, not after it: the larger size's memory floor, and under a budget its VAE encode.
     what = f"the hires fix's {size[0]}x{size[1]} image (--hires-scale)"
-    check_image_size(size[1], size[0], factor, what, memory_budget_mb=memory_budget_mb(model))
+    check_image_size(size[1], size[0], factor, what, memory_budget_mb=memory_budget_mb(model), multiple=multiple)
     try:
         check_encode(model, size[1] // factor, size[0] // factor, memory_budget_mb(model))
     except ZoodipError as exc:
@@ -76,8 +77,11 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
 
 
 def hires_size(size: tuple[int, int], scale: float, multiple: int) -> tuple[int, int]:
-    """(width, height) times ``scale``, each rounded down to ``multiple`` (A1111's 8 px; an older export's UNet needs more)."""
-    return tuple(max(multiple, int(side * scale) // multiple * multiple) for side in size)  # type: ignore[return-value]
+    """(width, height) times ``scale``, each rounded down to ``multiple`` (A1111's 8 px; an older export's UNet needs
+    more). The scale is read as the decimal it is written as (1.4 is 7/5, not the float just under it, which would
+    make 360 * 1.4 = 503.99999999999994 and lose a step of 8 px), and the product taken exactly."""
+    exact = Fraction(repr(float(scale)))
+    return tuple(max(multiple, int(side * exact) // multiple * multiple) for side in size)  # type: ignore[return-value]
 
 
 class _TwoPassProgress:

@@ -65,6 +65,17 @@ def model_side_multiple(model: Any, derived: bool = False) -> int:
 
     ``derived``: for sides zoodip picks (from a photo's aspect, the hires fix) on an export that does not record its
     UNet's halvings, SD's three (64 px on SD): a given side is left to the UNet, which refuses it in one line."""
-    if derived and getattr(model, "unet_halvings", 0) is None:
+    if derived and getattr(model, "unet_halvings", 0) is None and not getattr(model, "unet_follows_skips", False):
         return side_multiple(int(model.vae_scale_factor) * SD_UNET_REDUCTION)
     return int(getattr(model, "side_multiple", side_multiple(model.vae_scale_factor)))
+
+
+def check_model_side(model: Any, name: str, value: object, example: int | None = None) -> int:
+    """``check_side`` with ``model``'s step (``model_side_multiple``); a side that only an older export's UNet refuses
+    says so, and that exporting again lifts the limit."""
+    multiple, base = model_side_multiple(model), side_multiple(int(model.vae_scale_factor))
+    if multiple != base and side_problem(value, base) is None and value % multiple:  # type: ignore[operator]
+        raise ZoodipError(f"{name} must be a positive multiple of {multiple} on this export, got {value!r}: its UNet "
+                          f"was exported before it ran any multiple of {base} (export the model again)"
+                          + (f", or use e.g. {example}" if example else ""))
+    return check_side(name, value, multiple, example)

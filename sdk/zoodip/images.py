@@ -11,6 +11,7 @@ import hashlib
 import os
 import secrets
 import warnings
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -269,10 +270,11 @@ def init_image_size(size: tuple[int, int], height: int | None, width: int | None
                     multiple: int) -> tuple[int, int]:
     """The (width, height) an image-to-image start is resized (not cropped) to: as given, or following the image's
     aspect: both missing, scaled down so that its longer side is at most ``longest`` (a phone photo is not denoised
-    at 12 megapixels); one missing, scaled as the other. Derived sides are rounded down to ``multiple``."""
+    at 12 megapixels); one missing, scaled as the other. Derived sides are rounded down to ``multiple``, in exact
+    arithmetic (in floats 161 * (128 / 161) is 127.99999999999999, a whole step short)."""
     iw, ih = size
-    scale = (min(1.0, longest / max(iw, ih)) if height is None and width is None
-             else (width / iw if height is None else height / ih))  # type: ignore[operator]
+    scale = (min(Fraction(1), Fraction(longest, max(iw, ih))) if height is None and width is None
+             else (Fraction(width, iw) if height is None else Fraction(height, ih)))  # type: ignore[arg-type]
     derived = [max(multiple, int(side * scale) // multiple * multiple) for side in (iw, ih)]
     return (width if width is not None else derived[0], height if height is not None else derived[1])
 

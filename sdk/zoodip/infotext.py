@@ -74,6 +74,7 @@ def infotext(prompt: str, settings: Mapping[str, Any], size: tuple[int, int], mo
         ("Clip skip", clip_skip + 1 if clip_skip else None),  # A1111 counts the last layer as 1, diffusers as 0
         *_image_fields(settings),
         ("Guidance rescale", settings["guidance_rescale"] or None), ("Prompt weighting", settings["prompt_weighting"]),
+        ("Initial latents", None if settings["latents"] is None else "given (not the seed's)"),
         ("Batch size", count if count > 1 else None), ("Batch pos", batch_pos if count > 1 else None),
         ("Version", f"zoodip {_version()}"),
     ]

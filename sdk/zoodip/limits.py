@@ -40,23 +40,25 @@ def available_bytes(memory_budget_mb: int | None = None) -> tuple[int | None, st
     return total, f"this machine's {_gb(total or 0)} of memory"
 
 
-def largest_side(vae_scale_factor: int, available: int, images: int = 1) -> int:
-    """The largest square image side (a multiple of 8 and of the VAE factor) whose floor fits ``available``."""
-    multiple = side_multiple(vae_scale_factor)
+def largest_side(vae_scale_factor: int, available: int, images: int = 1, multiple: int | None = None) -> int:
+    """The largest square image side (a multiple of ``multiple``, by default of 8 and of the VAE factor) whose floor
+    fits ``available``."""
+    multiple = multiple or side_multiple(vae_scale_factor)
     positions = math.isqrt(max(0, available // (_FLOAT32 * max(1, images))))
     side_latent = math.isqrt(positions)
     return max(0, side_latent * int(vae_scale_factor) // multiple * multiple)
 
 
 def check_image_size(height: int, width: int, vae_scale_factor: int, what: str, images: int = 1,
-                     memory_budget_mb: int | None = None) -> None:
-    """Refuse an image size whose memory floor exceeds what the run may use (one line, with the limit)."""
+                     memory_budget_mb: int | None = None, multiple: int | None = None) -> None:
+    """Refuse an image size whose memory floor exceeds what the run may use (one line, with the largest side that
+    fits, a multiple of ``multiple``: the sides the model runs at)."""
     available, where = available_bytes(memory_budget_mb)
     if available is None:
         return
     need = attention_bytes(height // vae_scale_factor, width // vae_scale_factor, images)
     if need > available:
-        side = largest_side(vae_scale_factor, available, images)
+        side = largest_side(vae_scale_factor, available, images, multiple)
         raise ZoodipError(
             f"{what} needs at least {_gb(need)} of memory (the VAE's attention over {height // vae_scale_factor}x"
             f"{width // vae_scale_factor} latents), more than {where}: use at most {side} px"

@@ -21,7 +21,7 @@ import onnxruntime as ort
 from .curvature import CurvatureSubspace
 from .errors import ZoodipError
 from .heap import limit_heap_arenas, return_large_blocks, trim_heap  # noqa: F401  (re-exported for callers)
-from .image_side import check_side, unet_side_multiple
+from .image_side import check_model_side, unet_side_multiple
 from .integrity import file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
 from .runtime_options import DEFAULT_SPIN_WAIT, RuntimeOptions, check_runtime_options  # noqa: F401 (public here)
 from .schedule import NoiseSchedule
@@ -493,7 +493,7 @@ class ExportedModel:
 
     def check_resolution(self, resolution: int) -> int:
         """The latent size for an image resolution, or a clear error."""
-        return check_side("resolution", resolution, self.side_multiple, self.default_resolution) // self.vae_scale_factor
+        return check_model_side(self, "resolution", resolution, self.default_resolution) // self.vae_scale_factor
 
     @property
     def default_resolution(self) -> int:

@@ -93,7 +93,7 @@ class Personalizer:
         self.model.check_resolution(self.resolution)
         check_clip_skip(self.model, config.clip_skip)  # within the text encoder's layers
         check_image_size(self.resolution, self.resolution, self.model.vae_scale_factor, f"--resolution {self.resolution}",
-                         memory_budget_mb=config.memory_budget_mb)
+                         memory_budget_mb=config.memory_budget_mb, multiple=self.model.side_multiple)
         t_min, t_max = config.t_range
         self.timesteps = PartialUniformTimesteps(t_min, t_max, self.model.schedule.num_train_timesteps)
         self._add_placeholder()

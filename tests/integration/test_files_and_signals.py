@@ -173,7 +173,9 @@ def test_every_multiple_of_8_runs_and_an_older_unet_says_its_sides_in_one_line(t
     assert code == 0 and Image.open(out).size == (136, 128), err
     out.unlink()
     code, _, err = run_cli(args + ["--model", doubling_unet_export], capsys)
-    assert_one_line_error(code, err, "--width must be a positive multiple of 16, got 136")  # the flag, not the argument
+    # The flag, not the argument; and that the limit is this export's.
+    assert_one_line_error(code, err, "--width must be a positive multiple of 16 on this export, got 136: its UNet was "
+                                     "exported before it ran any multiple of 8 (export the model again), or use e.g.")
     older = _older_manifest(doubling_unet_export, tmp_path / "older", "unet_halvings", "unet_upsampling_follows_skips")
     code, _, err = run_cli(args + ["--model", older], capsys)
     assert_one_line_error(code, err, "the UNet cannot run at 136x128 px")

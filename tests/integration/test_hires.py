@@ -36,6 +36,8 @@ def test_hires_progress_counts_both_passes(model) -> None:
 
 def test_hires_sizes_round_down_to_sizes_the_unet_runs_at() -> None:
     assert hires_size((512, 768), 1.3, 64) == (640, 960) and hires_size((64, 64), 1.01, 64) == (64, 64)
+    # The scale as written: 360 * 1.4 in floats is 503.99999999999994, which rounded down to 8 px lost a step.
+    assert hires_size((360, 360), 1.4, 8) == (504, 504) and hires_size((512, 200), 1.15, 8) == (584, 224)
 
 
 @pytest.mark.parametrize("settings, words", [

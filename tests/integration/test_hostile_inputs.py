@@ -226,6 +226,10 @@ def test_image_size_limit_is_a_floor_that_names_its_limit():
     check_image_size(side, side, 8, "x", memory_budget_mb=1024)  # the largest side named fits
     with pytest.raises(ZoodipError, match=f"use at most {side} px"):
         check_image_size(side + 8, side + 8, 8, "x", memory_budget_mb=1024)
+    # On an export that runs only multiples of 64 px the side named is one it runs (1016 px was named, then refused).
+    assert largest_side(8, 1000 << 20) == 1016 and largest_side(8, 1000 << 20, multiple=64) == 960
+    with pytest.raises(ZoodipError, match="use at most 960 px"):
+        check_image_size(1024, 1024, 8, "x", memory_budget_mb=1000, multiple=64)
 
 
 def test_photo_count_beyond_memory_is_refused_with_the_limit():

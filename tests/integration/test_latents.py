@@ -4,7 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from PIL import Image
+
 from cli_helpers import run_cli
+from zoodip.images import read_parameters
 from zoodip.generate import generate, initial_latents
 from zoodip.model import ExportedModel
 
@@ -22,9 +25,11 @@ def test_saved_latents_reproduce_the_image_under_another_seed(tiny_export, tmp_p
     np.testing.assert_array_equal(np.load(saved), initial_latents(model, 5))
     code, _, err = run_cli(_gen(tiny_export, tmp_path / "b.png", "--seed", "9", "--latents", saved), capsys)
     assert code == 0, err
-    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    pixels = {name: np.asarray(Image.open(tmp_path / name)) for name in ("a.png", "b.png")}
+    assert np.array_equal(pixels["a.png"], pixels["b.png"])  # (their parameters differ: the seed, latents given)
+    assert "Initial latents: given" in read_parameters(tmp_path / "b.png")
     code, _, err = run_cli(_gen(tiny_export, tmp_path / "c.png", "--seed", "9"), capsys)
-    assert (tmp_path / "c.png").read_bytes() != (tmp_path / "a.png").read_bytes()
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "c.png")), pixels["a.png"])
 
 
 def test_the_api_takes_latents_and_checks_them(tiny_export):
@@ -74,3 +79,16 @@ def test_save_latents_must_be_a_writable_npy_before_any_work(tiny_export, tmp_pa
     code, _, err = run_cli(_gen(tiny_export, tmp_path / "x.png", "--save-latents", tmp_path / "noise.txt"), capsys)
     assert code == 2 and "must end in .npy" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_refused_generate_writes_no_latents(tiny_export, tmp_path, capsys):
+    """--save-latents was written before generate() checked its settings: a call refused with status 2 still left
+    (or replaced) the .npy. It is written once the images are made."""
+    saved = tmp_path / "noise.npy"
+    np.save(saved, np.ones(3, np.float32))  # a file of the user's, which a refused call must leave as it is
+    for extra in (["--steps", "0"], ["--guidance-rescale", "2"], ["--hires-scale", "1.01"]):
+        code, _, err = run_cli(_gen(tiny_export, tmp_path / "x.png", "--save-latents", saved, *extra), capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (extra, err)
+        assert np.array_equal(np.load(saved), np.ones(3, np.float32)) and not (tmp_path / "x.png").exists(), extra
+    assert run_cli(_gen(tiny_export, tmp_path / "x.png", "--save-latents", saved), capsys)[0] == 0
+    assert np.load(saved).shape == initial_latents(ExportedModel.load(tiny_export), 0).shape

@@ -49,7 +49,22 @@ def test_the_model_and_generation_use_the_rule(tiny_export, doubling_unet_export
     doubling = ExportedModel.load(doubling_unet_export)
     assert doubling.unet_halvings == 1 and not doubling.unet_follows_skips
     assert doubling.side_multiple == side_multiple(2 * factor) == 16
-    with pytest.raises(ZoodipError, match="resolution must be a positive multiple of 16, got 136"):
+    with pytest.raises(ZoodipError, match="resolution must be a positive multiple of 16 on this export, got 136: its "
+                                          "UNet was exported before it ran any multiple of 8"):
         doubling.check_resolution(136)
     with pytest.raises(ZoodipError, match="^width must be a positive multiple"):
         _latent_shape(model, None, 3)
+
+
+def test_derived_sides_follow_a_unet_that_resizes_even_without_its_halvings_recorded():
+    """A manifest that says the UNet follows its skip connections but lacks unet_halvings (hand-edited): 8 px, as
+    `zoodip info` says, not SD's 64 for exports that record neither."""
+    from types import SimpleNamespace
+
+    from zoodip.image_side import model_side_multiple, unet_side_multiple
+
+    follows = SimpleNamespace(vae_scale_factor=8, unet_halvings=None, unet_follows_skips=True,
+                              side_multiple=unet_side_multiple(8, None, True))
+    older = SimpleNamespace(vae_scale_factor=8, unet_halvings=None, unet_follows_skips=False,
+                            side_multiple=unet_side_multiple(8, None, False))
+    assert model_side_multiple(follows, derived=True) == 8 and model_side_multiple(older, derived=True) == 64

@@ -131,6 +131,17 @@ def test_image_to_image_sizes_follow_the_image_unless_given() -> None:
     assert init_image_size((3, 5000), None, None, 512, 8) == (8, 512)  # a sliver keeps at least one multiple
 
 
+def test_derived_sides_are_exact_not_a_float_just_short_of_a_multiple() -> None:
+    """In floats 1003 * (512 / 1003) is 511.99999999999994: rounded down to 8 px it lost a whole step (504x376)."""
+    from zoodip.images import init_image_size
+
+    assert init_image_size((1003, 752), None, None, 512, 8) == (512, 376)
+    assert init_image_size((4000, 3000), None, 576, 512, 8) == (576, 432)
+    assert init_image_size((1280, 720), None, 896, 512, 8) == (896, 504)
+    for long_side in range(513, 4000):  # every photo wider than the native side keeps the native side exactly
+        assert init_image_size((long_side, 100), None, None, 512, 8)[0] == 512, long_side
+
+
 def test_jpegs_other_names_are_read_and_photos_in_subfolders_are_named(tmp_path):
     """A browser's x.jfif was skipped without a word, and so were photos one folder down."""
     import warnings
