@@ -164,7 +164,7 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
     for spec in specs:
         shown = str(spec[0] if isinstance(spec, tuple) else spec)
         if not shown.strip():  # Path("") would be the current folder
-            raise ZoodipError("an --embedding path is empty: name a .safetensors file or a folder of them")
+            raise ZoodipError("an embedding path is empty: name a .safetensors file or a folder of them")
         path, token = (Path(shown), spec[1]) if isinstance(spec, tuple) else _split_spec(shown)
         if not path.is_dir():
             groups.append(_add(added, path, token, shown, tokenizer, hidden, model_id, clip_skip))
@@ -173,7 +173,8 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
             raise ZoodipError(f"--embedding {spec!r}: a folder's embeddings keep their own names; drop ':{token}'")
         files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in EMBEDDING_SUFFIXES)
         if not files:
-            raise ZoodipError(f"--embedding {path} is a folder without embedding files ({', '.join(EMBEDDING_SUFFIXES)})")
+            raise ZoodipError(f"{path} is a folder without embedding files ({', '.join(EMBEDDING_SUFFIXES)}): name a "
+                              ".safetensors file or a folder of them")
         for file in files:
             try:
                 _add(added, file, None, str(file), tokenizer, hidden, model_id, clip_skip)

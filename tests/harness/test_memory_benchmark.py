@@ -72,7 +72,8 @@ def test_tiny_generation_rows_split_every_peak(bench_cache: Path, tmp_path: Path
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {row["name"]: row for row in json.loads((out / "memory.json").read_text())["rows"]}
     assert set(rows) == {"ours-int8", "generate-int8", "generate-int8-budget", "generate-w4a32-budget", "img2img-int8-budget",
-                         "inpaint-int8-budget", "long-prompt-int8-budget", "composed-prompt-int8-budget"}
+                         "inpaint-int8-budget", "inpaint-only-masked-int8-budget", "long-prompt-int8-budget",
+                         "composed-prompt-int8-budget"}
     for row in rows.values():
         assert not row["errors"], row["errors"]
         split = row["peak_split"]
@@ -87,6 +88,8 @@ def test_tiny_generation_rows_split_every_peak(bench_cache: Path, tmp_path: Path
     assert len(img2img["runs"][0]["step_times"]) == 20 and img2img["runs"][0]["encode_estimate_bytes"] > 0
     inpaint = rows["inpaint-int8-budget"]["runs"][0]  # strength 1.0: all the steps, with the image's latents encoded
     assert inpaint["mask"] and len(inpaint["step_times"]) == 25 and inpaint["encode_estimate_bytes"] > 0
+    only_masked = rows["inpaint-only-masked-int8-budget"]["runs"][0]  # the photo keeps its 6000x4000 size
+    assert only_masked["only_masked_padding"] == 32 and only_masked["image_size"] == [4000, 6000, 3]
     assert rows["long-prompt-int8-budget"]["runs"][0]["text_states"] == 4 * 77  # the most chunks read
     composed = rows["composed-prompt-int8-budget"]["runs"][0]  # that AND an edited part: three passes a step
     assert composed["text_states"] == 4 * 77 and composed["forwards_per_step"] == 3 and len(composed["step_times"]) == 25

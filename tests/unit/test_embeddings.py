@@ -292,5 +292,5 @@ def test_a_folder_skips_a_file_whose_token_is_a_vocabulary_word(tmp_path):
     assert list(added) == ["<fine>"]
     with pytest.raises(ZoodipError, match="is already a word of the vocabulary, which it would take over"):
         load_embeddings([tmp_path / "dogword.safetensors"], tokenizer, 8)
-    with pytest.raises(ZoodipError, match="an --embedding path is empty"):
+    with pytest.raises(ZoodipError, match="an embedding path is empty"):
         load_embeddings([""], tokenizer, 8)
