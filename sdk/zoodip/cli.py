@@ -311,13 +311,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
             images = _generate_images(args.prompt, settings, model, added, groups, latents, bar)
     finally:
         bar.close()
-    if args.save_latents:  # once generate() has taken them: a refused or stopped call writes nothing
-        save_latents(args.save_latents, latents)
     texts = None if args.no_metadata else [infotext(args.prompt, dict(settings, latents=args.latents), im.size, model, i)
                                            for i, im in enumerate(images)]
     # All of them or none: a full disk at the third image leaves the files that were there. The grid: the first's text.
     save_images([*zip(images, singles), (images[0] if len(images) == 1 else image_grid([images]), out)],
                 texts=texts and [*texts[:len(singles)], texts[0]])
+    if args.save_latents:  # once the images are written: a refused, stopped or failed call writes none
+        save_latents(args.save_latents, latents)
     print(f"wrote {out}" + (f" (grid) and {singles[0].name} ... {singles[-1].name}" if singles else "")
           + (f" (--seed {args.seed})" if drawn else ""))
     return 0

@@ -74,4 +74,8 @@ def describe_image(path: Path) -> list[str]:
     if text is None:
         return [f"{path} holds no generation parameters (zoodip and A1111 write them into the images they save, unless "
                 "told not to)"]
-    return text.splitlines()
+    # Another tool's image may hold terminal control characters (escape sequences, BEL, carriage returns): shown escaped.
+    return [line.translate(_CONTROLS) for line in text.split("\n")]
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f, *range(0x80, 0xa0)) if c != 0x09}

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import struct
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -127,7 +128,7 @@ def _to_rgb8(image: Image.Image) -> Image.Image:
 
 
 @contextlib.contextmanager
-def _pillow_pixel_limit(limit: int) -> Iterator[None]:
+def _pillow_pixel_limit(limit: int | None) -> Iterator[None]:
     """Pillow warns above ``Image.MAX_IMAGE_PIXELS`` and refuses above twice that: make its limit ours.
 
     (A process-wide setting, restored on exit; photos are decoded one at a time.)
@@ -359,6 +360,8 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
 # UserComment (in the EXIF sub-IFD), as UTF-16 big-endian text after EXIF's 8-byte "UNICODE" character code.
 PARAMETERS_KEY = "parameters"
 _EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
+_TIFF_LONG, _TIFF_UNDEFINED = 4, 7  # TIFF field types
+_JPEG_SEGMENT = 65533  # the most bytes a JPEG's EXIF segment holds
 _COMMENT_CODES = {b"UNICODE\0": "utf-16-be", b"ASCII\0\0\0": "ascii"}
 
 
@@ -368,9 +371,24 @@ def _parameters_option(path: Path, text: str) -> dict[str, Any]:
         info = PngImagePlugin.PngInfo()
         info.add_text(PARAMETERS_KEY, text)  # Latin-1 text, or UTF-8 international text where it must, as A1111's
         return {"pnginfo": info}
-    exif = Image.Exif()
-    exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = b"UNICODE\0" + text.encode("utf-16-be")
+    exif = _exif_user_comment(b"UNICODE\0" + text.encode("utf-16-be"))
+    if len(exif) > _JPEG_SEGMENT and path.suffix.lower() in (".jpg", ".jpeg"):
+        warnings.warn(f"the generation parameters ({len(text)} characters) do not fit a JPEG's EXIF (64 KB): {path} is "
+                      "written without them; save a .png to keep them", stacklevel=4)
+        return {}
     return {"exif": exif}
+
+
+def _exif_user_comment(comment: bytes) -> bytes:
+    """EXIF data holding only ``comment`` as the UserComment, typed UNDEFINED as EXIF says (Pillow's own writer types
+    it BYTE, which piexif, and so A1111, reads back as numbers): a big-endian TIFF header, IFD0 with one entry, the
+    EXIF sub-IFD's offset, and that sub-IFD with one entry pointing at the comment's bytes after it."""
+    exif_ifd = 8 + 18  # after the 8-byte header and IFD0 (an entry count, one 12-byte entry, the next-IFD offset)
+    data = exif_ifd + 18
+    return (b"Exif\0\0MM\0\x2a" + struct.pack(">I", 8)
+            + struct.pack(">HHHII", 1, _EXIF_IFD, _TIFF_LONG, 1, exif_ifd) + struct.pack(">I", 0)
+            + struct.pack(">HHHII", 1, _USER_COMMENT, _TIFF_UNDEFINED, len(comment), data) + struct.pack(">I", 0)
+            + comment)
 
 
 def _exif_comment(image: Image.Image) -> str | None:
@@ -384,7 +402,7 @@ def read_parameters(path: str | Path) -> str | None:
     """An image's generation parameters (a PNG's ``parameters`` text, a JPEG's or WebP's EXIF comment; None: it has
     none), or one line for what is not an image that can be read."""
     try:
-        with _pillow_pixel_limit(MAX_PIXELS), Image.open(path) as image:
+        with _pillow_pixel_limit(None), Image.open(path) as image:  # the header and text only: no pixel is decoded
             text = image.info.get(PARAMETERS_KEY) if image.format == "PNG" else _exif_comment(image)
     except Exception as exc:  # PIL raises many types for broken files and broken EXIF
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

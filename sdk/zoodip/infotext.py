@@ -62,7 +62,8 @@ def infotext(prompt: str, settings: Mapping[str, Any], size: tuple[int, int], mo
     Size is the first pass's), the ``model`` (an ``ExportedModel``: its folder's name and its identity's first
     characters stand for A1111's model name and hash), and the image's place in its batch."""
     settings = {**_DEFAULTS, **{key: value for key, value in settings.items() if value is not None}}
-    if settings.get("hires_scale") is not None:  # A1111's Size is the first pass's, which the upscale multiplies
+    crop = settings.get("padding_mask_crop") is not None and settings.get("mask_image") is not None
+    if settings.get("hires_scale") is not None or crop:  # A1111's Size: the first pass's, or the box's redrawn size
         native = int(model.sample_size) * int(model.vae_scale_factor)
         size = (int(settings["width"] or native), int(settings["height"] or native))
     negative, clip_skip, count = settings["negative_prompt"], int(settings["clip_skip"]), int(settings["num_images"])
@@ -79,7 +80,9 @@ def infotext(prompt: str, settings: Mapping[str, Any], size: tuple[int, int], mo
         ("Version", f"zoodip {_version()}"),
     ]
     text = prompt + (f"\nNegative prompt: {negative}" if negative else "")
-    return text + "\n" + ", ".join(f"{key}: {_value(value)}" for key, value in fields if value is not None)
+    text += "\n" + ", ".join(f"{key}: {_value(value)}" for key, value in fields if value is not None)
+    # A prompt from a command line that is not UTF-8 holds surrogates, which no file's text can: written escaped.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _defaults(function: Any) -> dict[str, Any]:

@@ -77,8 +77,6 @@ class ZoodipPipeline:
     """An export with diffusers' pipeline calls. ``pipe.model`` is the ``ExportedModel``; ``pipe.sampler`` the
     default sampler of each call (one of ``SAMPLERS``)."""
 
-    _SLOTS = ("model", "sampler", "_specs", "_added")  # what may be set: another name would be silently unused
-
     def __init__(self, model: ExportedModel) -> None:
         self.model = model
         self.sampler = SAMPLERS[0]
@@ -91,8 +89,13 @@ class ZoodipPipeline:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name not in self._SLOTS:  # pipe.scheduler = ... would change nothing: said, not ignored
-            raise ZoodipError(f"this pipeline has no {name} to set: {_NOT_HELD.get(name, 'drop it')}")
+        if name in _NOT_HELD:  # pipe.scheduler = ... would change nothing: said, not ignored
+            raise ZoodipError(f"this pipeline has no {name} to set: {_NOT_HELD[name]}")
+        if name == "sampler" and value not in SAMPLERS:  # said here, not at the next call
+            raise ZoodipError(f"sampler must be one of {', '.join(SAMPLERS)}, got {value!r}")
+        if name == "model" and not isinstance(value, ExportedModel):
+            raise ZoodipError(f"model must be an ExportedModel (ZoodipPipeline.from_pretrained(EXPORT) opens one), got "
+                              f"{type(value).__name__}")
         object.__setattr__(self, name, value)
 
     @property
@@ -139,10 +142,15 @@ class ZoodipPipeline:
         """Forget every loaded embedding (diffusers' call of the same name)."""
         self._specs, self._added = [], {}
 
-    def to(self, device: object) -> ZoodipPipeline:
-        """diffusers' ``pipe.to(device)``: the CPU only (onnxruntime's CPU provider), so "cpu" is this pipeline."""
-        if str(device) != "cpu":
-            raise ZoodipError(f"this pipeline runs on the CPU (onnxruntime), not {device!r}: drop .to(...)")
+    def to(self, *devices: object, **options: object) -> ZoodipPipeline:
+        """diffusers' ``pipe.to(device)``: the CPU only (onnxruntime's CPU provider), so "cpu" (any case, "cpu:0", a
+        torch CPU device) is this pipeline; a dtype is the export's, chosen by ``zoodip export --recipe``."""
+        devices += tuple(value for key, value in options.items() if key == "device")
+        if any(key != "device" for key in options):
+            raise ZoodipError("the export's precision was chosen by 'zoodip export --recipe': drop the dtype from .to()")
+        for device in devices:
+            if str(device).lower().split(":")[0] != "cpu":
+                raise ZoodipError(f"this pipeline runs on the CPU (onnxruntime), not {device!r}: drop .to(...)")
         return self
 
     def __call__(self, prompt: str, *positional: Any, negative_prompt: str | None = None,

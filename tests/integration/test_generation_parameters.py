@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from cli_helpers import assert_one_line_error, run_cli
 from zoodip.generate import generate
@@ -75,3 +76,51 @@ def test_no_metadata_and_images_without_them(tiny_export, tmp_path, capsys):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     assert_one_line_error(*run_cli(["info", tmp_path / "broken.png"], capsys)[::2], "cannot read image")
     assert_one_line_error(*run_cli(["info", tmp_path / "missing.png"], capsys)[::2], "does not exist")
+
+
+def _exif_comment_type(path) -> int:
+    """The TIFF field type of the EXIF UserComment as stored (7: UNDEFINED, which piexif, and so A1111, reads)."""
+    import struct
+
+    data = Image.open(path).info["exif"]
+    data = data[6:] if data.startswith(b"Exif\0\0") else data
+    order = ">" if data[:2] == b"MM" else "<"
+
+    def entries(offset: int):
+        (count,) = struct.unpack_from(order + "H", data, offset)
+        for i in range(count):
+            yield struct.unpack_from(order + "HHII", data, offset + 2 + 12 * i)
+
+    (ifd0,) = struct.unpack_from(order + "I", data, 4)
+    sub_ifd = next(value for tag, _, _, value in entries(ifd0) if tag == 0x8769)
+    return next(kind for tag, kind, _, _ in entries(sub_ifd) if tag == 0x9286)
+
+
+def test_what_the_saving_cannot_hold_is_said_not_a_traceback(tiny_export, tmp_path, capsys):
+    """A prompt that is not UTF-8 (surrogates from the command line), a prompt too long for a JPEG's 64 KB EXIF, a crop
+    whose Size is the box's, control characters in another tool's text; and the comment typed as A1111 reads it."""
+    base = ["generate", "--model", tiny_export, "--steps", "2"]
+    code, _, err = run_cli(base + ["--prompt", "caf\udce9 star", "--out", tmp_path / "s.png"], capsys)
+    assert code == 0 and read_parameters(tmp_path / "s.png").startswith("caf\\udce9 star\n"), err
+    code, _, err = run_cli(base + ["--prompt", "star " * 7000, "--out", tmp_path / "long.jpg",
+                                   "--save-latents", tmp_path / "n.npy"], capsys)
+    exif_lines = [line for line in err.splitlines() if "EXIF" in line]  # (beside the prompt's truncation warning)
+    assert code == 0 and len(exif_lines) == 1 and exif_lines[0].startswith("warning: the generation parameters (")
+    assert read_parameters(tmp_path / "long.jpg") is None and (tmp_path / "n.npy").is_file()
+    assert run_cli(base + ["--prompt", "a star", "--out", tmp_path / "c.jpg"], capsys)[0] == 0
+    assert _exif_comment_type(tmp_path / "c.jpg") == 7
+    photo, mask = tmp_path / "p.png", tmp_path / "m.png"
+    Image.new("RGB", (300, 200), (20, 90, 200)).save(photo)
+    white = Image.new("L", (300, 200), 0)
+    white.paste(255, (100, 50, 160, 110))
+    white.save(mask)
+    assert run_cli(base + ["--prompt", "a star", "--image", photo, "--mask", mask, "--padding-mask-crop", "8",
+                           "--width", "64", "--height", "96", "--out", tmp_path / "crop.png"], capsys)[0] == 0
+    assert Image.open(tmp_path / "crop.png").size == (300, 200)
+    assert _fields(read_parameters(tmp_path / "crop.png"))["Size"] == "64x96"  # what was generated, as A1111's
+    hostile = tmp_path / "hostile.png"
+    info = PngInfo()
+    info.add_text("parameters", "a \x1b]0;owned\x07 star\rX\nSteps: 2")
+    Image.new("RGB", (8, 8)).save(hostile, pnginfo=info)
+    code, text, _ = run_cli(["info", hostile], capsys)
+    assert code == 0 and text == "a \\x1b]0;owned\\x07 star\\x0dX\nSteps: 2\n"

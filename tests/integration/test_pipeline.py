@@ -112,12 +112,14 @@ def test_diffusers_pipeline_methods_and_attributes_say_what_to_do(pipe) -> None:
                         (lambda: pipe.unet, "pipe.model.unet"),
                         (lambda: setattr(pipe, "scheduler", object()), "has no scheduler to set: the sampler is"),
                         (lambda: setattr(pipe, "safety_checker", None), "has no safety_checker to set"),
-                        (lambda: setattr(pipe, "guidance", 5), "has no guidance to set: drop it")):
+                        (lambda: setattr(pipe, "sampler", "k_euler"), "sampler must be one of dpmpp_2m"),
+                        (lambda: setattr(pipe, "model", "tiny"), "model must be an ExportedModel"),
+                        (lambda: pipe.to("cpu", dtype="float16"), "precision was chosen by 'zoodip export")):
         with pytest.raises(ZoodipError, match=words):
             call()
     assert not hasattr(pipe, "scheduler") and not hasattr(pipe, "anything")
     pipe.set_progress_bar_config(disable=True)  # accepted: the API draws no bar
-    assert pipe.device == "cpu"
+    assert pipe.device == "cpu" and pipe.to("CPU") is pipe and pipe.to(device="cpu:0") is pipe
     pipe.sampler = "euler"
     assert np.array_equal(np.asarray(pipe("a star", num_inference_steps=2).images[0]),
                           np.asarray(generate(pipe.model, "a star", steps=2, sampler="euler")[0]))
