@@ -403,26 +403,35 @@ def test_generate_with_placeholders_already_in_the_tokenizer() -> None:
         generate(model, "a <old> and <new>", steps=1, added_embeddings={"<new>": vec})
 
 
-@needs_diffusers
-@pytest.mark.slow
-def test_generate_matches_the_diffusers_pipeline(tiny_sd_folder, tmp_path) -> None:
-    """End to end on the tiny SD folder (fp32 export): same images as StableDiffusionPipeline given the
-    same initial latents, with a learned token loaded from our embedding file on both sides."""
+def _fp32_export_and_pipeline(tiny_sd_folder, tmp_path, curvature_samples: int | None):
+    """The tiny folder's fp32 export, loaded, and diffusers' pipeline on the folder itself (no progress bar)."""
     import warnings
 
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
-    from zoodip.embeddings import load_embedding_file, save_learned_embeds
     from zoodip.model import ExportedModel
     from zoodip_export.export_model import export_model
 
-    export_model(tiny_sd_folder, tmp_path / "fp32", precision="fp32", parity=False, progress=False)
-    model = ExportedModel.load(tmp_path / "fp32")
+    export_model(tiny_sd_folder, tmp_path / "fp32", precision="fp32", parity=False, progress=False,
+                 curvature_samples=curvature_samples)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=None, feature_extractor=None,
                                                        requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
+    return ExportedModel.load(tmp_path / "fp32"), pipe
+
+
+@needs_diffusers
+@pytest.mark.slow
+def test_generate_matches_the_diffusers_pipeline(tiny_sd_folder, tmp_path) -> None:
+    """End to end on the tiny SD folder (fp32 export): same images as StableDiffusionPipeline given the
+    same initial latents, with a learned token loaded from our embedding file on both sides."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    from zoodip.embeddings import load_embedding_file, save_learned_embeds
+
+    model, pipe = _fp32_export_and_pipeline(tiny_sd_folder, tmp_path, curvature_samples=None)
     vectors = np.random.default_rng(0).standard_normal((2, model.hidden_size)).astype(np.float32) * 0.02
     path = save_learned_embeds(tmp_path / "learned_embeds.safetensors", "<tok>", vectors)
     pipe.load_textual_inversion(str(path))
@@ -465,21 +474,9 @@ def test_generate_matches_the_diffusers_pipeline_at_sides_the_unet_halvings_do_n
                                                                                          tmp_path) -> None:
     """136x120 px: 17x15 latents, which the tiny UNet's halving rounds up; diffusers resizes its upsampling to the skip
     connection, and so does the exported UNet (exports before it refused every side but multiples of 16 px)."""
-    import warnings
+    from diffusers import DDIMScheduler
 
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    from zoodip.model import ExportedModel
-    from zoodip_export.export_model import export_model
-
-    export_model(tiny_sd_folder, tmp_path / "fp32", precision="fp32", parity=False, progress=False,
-                 curvature_samples=0)
-    model = ExportedModel.load(tmp_path / "fp32")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=None, feature_extractor=None,
-                                                       requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    model, pipe = _fp32_export_and_pipeline(tiny_sd_folder, tmp_path, curvature_samples=0)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     noise = np.random.default_rng(5).standard_normal((1, model.latent_channels, 15, 17), dtype=np.float32)
     ref = pipe("a red star", num_inference_steps=4, height=120, width=136, latents=torch.from_numpy(noise),
