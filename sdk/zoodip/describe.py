@@ -65,7 +65,7 @@ def describe_export(folder: Path) -> list[str]:
 
 
 def describe_image(path: Path) -> list[str]:
-    """The generation parameters a PNG holds (A1111's text, which zoodip writes too)."""
+    """The generation parameters an image holds (A1111's text, which zoodip writes too)."""
     from .images import read_parameters
 
     if not path.is_file():  # a pipe would block the read for ever
