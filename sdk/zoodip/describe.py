@@ -68,8 +68,6 @@ def describe_image(path: Path) -> list[str]:
     """The generation parameters an image holds (A1111's text, which zoodip writes too)."""
     from .images import read_parameters
 
-    if not path.is_file():  # a pipe would block the read for ever
-        raise ZoodipError(f"{path} does not exist or is not a regular file: pass an image zoodip or A1111 wrote")
     text = read_parameters(path)
     if text is None:
         return [f"{path} holds no generation parameters (zoodip and A1111 write them into the images they save, unless "

@@ -40,6 +40,11 @@ def check_side(name: str, value: object, vae_scale_factor: int = 1, example: int
     return int(value)  # type: ignore[arg-type]  (side_problem has checked it is an integer)
 
 
+def sd_unet_side_multiple(vae_scale_factor: int) -> int:
+    """The sides SD's UNet, exported to double at each upsampling, runs at: its three halvings exact (64 px on SD)."""
+    return side_multiple(vae_scale_factor * SD_UNET_REDUCTION)
+
+
 def unet_side_multiple(vae_scale_factor: int, unet_halvings: int | None, follows_skips: bool) -> int:
     """The step of image sides an exported model runs at: 8 px and the VAE's factor, as in diffusers, where its UNet
     resizes each upsampling to the skip connection it meets; on an export made before that, times 2 per UNet halving
@@ -55,7 +60,8 @@ def side_rule(model: Any) -> str:
     if model.unet_follows_skips:
         return f"multiples of {model.side_multiple} px"
     if model.unet_halvings is None:
-        return "multiples of 64 px on SD (not recorded by this export; export it again to run any multiple of 8)"
+        return (f"multiples of {sd_unet_side_multiple(model.vae_scale_factor)} px on SD (not recorded by this export; "
+                f"export it again to run any multiple of {side_multiple(model.vae_scale_factor)})")
     return (f"multiples of {model.side_multiple} px (its UNet was exported before it followed its skip connections' "
             f"sizes; export it again to run any multiple of {side_multiple(model.vae_scale_factor)})")
 
@@ -66,7 +72,7 @@ def model_side_multiple(model: Any, derived: bool = False) -> int:
     ``derived``: for sides zoodip picks (from a photo's aspect, the hires fix) on an export that does not record its
     UNet's halvings, SD's three (64 px on SD): a given side is left to the UNet, which refuses it in one line."""
     if derived and getattr(model, "unet_halvings", 0) is None and not getattr(model, "unet_follows_skips", False):
-        return side_multiple(int(model.vae_scale_factor) * SD_UNET_REDUCTION)
+        return sd_unet_side_multiple(int(model.vae_scale_factor))
     return int(getattr(model, "side_multiple", side_multiple(model.vae_scale_factor)))
 
 

@@ -401,6 +401,8 @@ def _exif_comment(image: Image.Image) -> str | None:
 def read_parameters(path: str | Path) -> str | None:
     """An image's generation parameters (a PNG's ``parameters`` text, a JPEG's or WebP's EXIF comment; None: it has
     none), or one line for what is not an image that can be read."""
+    if not Path(path).is_file():  # a pipe would block the read for ever
+        raise ZoodipError(f"{path} does not exist or is not a regular file: pass an image zoodip or A1111 wrote")
     try:
         with _pillow_pixel_limit(None), Image.open(path) as image:  # the header and text only: no pixel is decoded
             text = image.info.get(PARAMETERS_KEY) if image.format == "PNG" else _exif_comment(image)

@@ -21,11 +21,9 @@ from typing import Any
 
 from .generate import generate
 from .hires import generate_hires
-from .sampling import DEFAULT_STRENGTH, INPAINT_STRENGTH
+from .sampling import A1111_SAMPLER_NAMES, DEFAULT_STRENGTH, INPAINT_STRENGTH
 
-# zoodip's samplers (sampling.SAMPLERS) by A1111's names for them.
-A1111_SAMPLER_NAMES = {"dpmpp_2m": "DPM++ 2M", "ddim": "DDIM", "euler": "Euler", "dpmpp_2m_karras": "DPM++ 2M Karras",
-                       "euler_a": "Euler a"}
+__all__ = ["A1111_SAMPLER_NAMES", "infotext"]  # the sampler names are sampling's, re-exported for infotext's readers
 _MODEL_HASH_CHARS = 10  # A1111's short model hash
 
 

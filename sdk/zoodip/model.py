@@ -21,7 +21,7 @@ import onnxruntime as ort
 from .curvature import CurvatureSubspace
 from .errors import ZoodipError
 from .heap import limit_heap_arenas, return_large_blocks, trim_heap  # noqa: F401  (re-exported for callers)
-from .image_side import check_model_side, unet_side_multiple
+from .image_side import check_model_side, sd_unet_side_multiple, unet_side_multiple
 from .integrity import file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
 from .runtime_options import DEFAULT_SPIN_WAIT, RuntimeOptions, check_runtime_options  # noqa: F401 (public here)
 from .schedule import NoiseSchedule
@@ -460,8 +460,8 @@ class ExportedModel:
             if "mismatched dimensions" not in str(exc):
                 raise
             h, w = (side * self.vae_scale_factor for side in sample.shape[2:])
-            raise ZoodipError(f"the UNet cannot run at {w}x{h} px (this export's skip connections meet again only at "
-                              "multiples of 64 px on SD1.x/2.x): use such sides, or export the model again") from None
+            raise ZoodipError(f"the UNet cannot run at {w}x{h} px (this export's skip connections meet again only at multiples"
+                              f" of {sd_unet_side_multiple(self.vae_scale_factor)} px on SD1.x/2.x): use such sides, or export the model again") from None
 
     def _vae_moments(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The VAE posterior's mean and std for images [B,3,H,W] in [-1,1], unscaled."""

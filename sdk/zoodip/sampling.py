@@ -44,17 +44,19 @@ class _SamplerKind:
     # one (diffusers' from_config does not carry defaults across scheduler classes).
     default_spacing: str
     sigma_space: bool  # steps on k-diffusion's x0 + sigma * eps (the Euler samplers), not on VP latents
+    a1111_name: str  # what A1111 calls it (its generation parameters' "Sampler")
 
 
-# The samplers by name, with what the plan needs of each. A1111 calls the last two "DPM++ 2M Karras" and "Euler a".
+# The samplers by name, with what the plan needs of each and A1111's name for it.
 _KINDS = {
-    "dpmpp_2m": _SamplerKind(dpm_timesteps, "linspace", False),
-    "ddim": _SamplerKind(ddim_timesteps, "leading", False),
-    "euler": _SamplerKind(euler_timesteps, "linspace", True),
-    "dpmpp_2m_karras": _SamplerKind(None, "linspace", False),
-    "euler_a": _SamplerKind(euler_timesteps, "linspace", True),
+    "dpmpp_2m": _SamplerKind(dpm_timesteps, "linspace", False, "DPM++ 2M"),
+    "ddim": _SamplerKind(ddim_timesteps, "leading", False, "DDIM"),
+    "euler": _SamplerKind(euler_timesteps, "linspace", True, "Euler"),
+    "dpmpp_2m_karras": _SamplerKind(None, "linspace", False, "DPM++ 2M Karras"),
+    "euler_a": _SamplerKind(euler_timesteps, "linspace", True, "Euler a"),
 }
 SAMPLERS = tuple(_KINDS)  # the CLI's --sampler choices; the first is the default
+A1111_SAMPLER_NAMES = {name: kind.a1111_name for name, kind in _KINDS.items()}
 DEFAULT_STEPS = 25  # sampling steps, as diffusers' pipelines
 DEFAULT_STRENGTH = 0.8  # image-to-image's default strength, diffusers' img2img pipelines'
 INPAINT_STRENGTH = 1.0  # inpainting's default strength, diffusers' inpainting pipelines'
