@@ -265,7 +265,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .embeddings import load_embeddings
     from .generate import check_num_images
     from .images import image_grid, numbered_paths, save_images
-    from .infotext import infotext
+    from .infotext import infotext, used_embedding_hashes
     from .latents_file import save_latents
     from .model import ExportedModel, RuntimeOptions
     from .paths import check_output_file, is_same_file
@@ -300,8 +300,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ZoodipError(f"--threads must be an integer >= 0 (0: all cores), got {args.threads}")
     model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on",
                                                           memory_budget_mb=args.memory_budget))
+    sources: dict[str, Path] = {}
     added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity,
-                                    args.clip_skip)
+                                    args.clip_skip, sources=sources)
     drawn = args.seed == -1  # A1111's "random": drawn here, and said below
     args.seed = secrets.randbelow(2**32) if drawn else args.seed
     latents, settings = _generate_latents(args, model), _generate_settings(args)
@@ -311,8 +312,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             images = _generate_images(args.prompt, settings, model, added, groups, latents, bar)
     finally:
         bar.close()
-    texts = None if args.no_metadata else [infotext(args.prompt, dict(settings, latents=args.latents), im.size, model, i)
-                                           for i, im in enumerate(images)]
+    hashes = {} if args.no_metadata else used_embedding_hashes(model, [args.prompt, args.negative_prompt], added,
+                                                               sources)
+    texts = None if args.no_metadata else [infotext(args.prompt, dict(settings, latents=args.latents), im.size, model, i,
+                                                    hashes) for i, im in enumerate(images)]
     # All of them or none: a full disk at the third image leaves the files that were there. The grid: the first's text.
     save_images([*zip(images, singles), (images[0] if len(images) == 1 else image_grid([images]), out)],
                 texts=texts and [*texts[:len(singles)], texts[0]])

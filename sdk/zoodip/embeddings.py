@@ -14,6 +14,7 @@ loads files a user downloaded.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -135,9 +136,22 @@ def load_embedding_file(path: str | os.PathLike[str], token: str | None = None) 
     return name, vectors
 
 
+A1111_HASH_CHARS = 12  # A1111's short hash of an embedding file, which its images' "TI hashes" name
+
+
+def short_hash(path: str | os.PathLike[str]) -> str:
+    """A1111's short hash of an embedding file: the first characters of its SHA-256 (the same file, the same hash,
+    whichever tool reads it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:A1111_HASH_CHARS]
+
+
 def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | None]], tokenizer: Any = None,
-                    hidden: int | None = None, model_id: str | None = None,
-                    clip_skip: int | None = None) -> tuple[dict[str, np.ndarray], list[list[str]]]:
+                    hidden: int | None = None, model_id: str | None = None, clip_skip: int | None = None,
+                    sources: dict[str, Path] | None = None) -> tuple[dict[str, np.ndarray], list[list[str]]]:
     """Embeddings for a prompt from ``PATH``, ``PATH:TOKEN`` or ``FOLDER`` specs (``--embedding``), or
     ``(PATH, TOKEN or None)`` pairs (a token holding ':', a path never split).
 
@@ -149,7 +163,8 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
     ``model_id``: the export's identity; a zoodip file trained on another export gets a warning, and so does one
     trained at another ``clip_skip`` than the generation's (where given). A ``FOLDER`` is loaded as A1111 loads its embeddings folder: every ``EMBEDDING_SUFFIXES`` file in it,
     a file that cannot be used (another model's width, damaged, a name taken) skipped with a warning, and
-    none of them in ``groups``, so that the ones a prompt does not use are not warned about.
+    none of them in ``groups``, so that the ones a prompt does not use are not warned about. ``sources``, where
+    given, gets each name's file (the images' parameters name the files a prompt used: ``short_hash``).
     """
     if isinstance(specs, (str, os.PathLike)):  # one path, as diffusers' load_textual_inversion takes it
         specs = [specs]
@@ -168,6 +183,7 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
         path, token = (Path(shown), spec[1]) if isinstance(spec, tuple) else _split_spec(shown)
         if not path.is_dir():
             groups.append(_add(added, path, token, shown, tokenizer, hidden, model_id, clip_skip))
+            _note_sources(sources, groups[-1], path)
             continue
         if token is not None:
             raise ZoodipError(f"--embedding {spec!r}: a folder's embeddings keep their own names; drop ':{token}'")
@@ -177,10 +193,15 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
                               ".safetensors file or a folder of them")
         for file in files:
             try:
-                _add(added, file, None, str(file), tokenizer, hidden, model_id, clip_skip)
+                _note_sources(sources, _add(added, file, None, str(file), tokenizer, hidden, model_id, clip_skip), file)
             except ZoodipError as exc:
                 warnings.warn(f"skipped {file.name} of the folder {path}: {exc}", stacklevel=2)
     return added, groups
+
+
+def _note_sources(sources: dict[str, Path] | None, names: list[str], path: Path) -> None:
+    if sources is not None:
+        sources.update(dict.fromkeys(names, path))
 
 
 def _add(added: dict[str, np.ndarray], path: Path, token: str | None, spec: str, tokenizer: Any, hidden: int | None,

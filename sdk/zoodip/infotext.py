@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .added_tokens import tokenizer_with
+from .embeddings import short_hash
 from .generate import generate
 from .hires import generate_hires
+from .prompt_checks import used_token_names
 from .sampling import A1111_SAMPLER_NAMES, DEFAULT_STRENGTH, INPAINT_STRENGTH
 
-__all__ = ["A1111_SAMPLER_NAMES", "infotext"]  # the sampler names are sampling's, re-exported for infotext's readers
+__all__ = ["A1111_SAMPLER_NAMES", "infotext", "used_embedding_hashes"]  # the sampler names are sampling's, re-exported for infotext's readers
 _MODEL_HASH_CHARS = 10  # A1111's short model hash
 
 
@@ -54,11 +60,12 @@ def _image_fields(settings: Mapping[str, Any]) -> list[tuple[str, object]]:
 
 
 def infotext(prompt: str, settings: Mapping[str, Any], size: tuple[int, int], model: Any,
-             batch_pos: int = 0) -> str:
+             batch_pos: int = 0, embedding_hashes: Mapping[str, str] | None = None) -> str:
     """A1111's text for one image: ``prompt``, ``settings`` as given to ``generate()``/``generate_hires()`` (its
     keyword names; absent ones are its defaults), the image's ``size`` (width, height; with the hires fix, A1111's
     Size is the first pass's), the ``model`` (an ``ExportedModel``: its folder's name and its identity's first
-    characters stand for A1111's model name and hash), and the image's place in its batch."""
+    characters stand for A1111's model name and hash), the image's place in its batch, and the embeddings its
+    prompts used, ``{token: its file's short hash}`` (``embeddings.short_hash``; A1111's "TI hashes")."""
     settings = {**_DEFAULTS, **{key: value for key, value in settings.items() if value is not None}}
     crop = settings.get("padding_mask_crop") is not None and settings.get("mask_image") is not None
     if settings.get("hires_scale") is not None or crop:  # A1111's Size: the first pass's, or the box's redrawn size
@@ -75,12 +82,30 @@ def infotext(prompt: str, settings: Mapping[str, Any], size: tuple[int, int], mo
         ("Guidance rescale", settings["guidance_rescale"] or None), ("Prompt weighting", settings["prompt_weighting"]),
         ("Initial latents", None if settings["latents"] is None else "given (not the seed's)"),
         ("Batch size", count if count > 1 else None), ("Batch pos", batch_pos if count > 1 else None),
+        ("TI hashes", ", ".join(f"{_hash_name(name)}: {digest}" for name, digest in (embedding_hashes or {}).items())
+         or None),
         ("Version", f"zoodip {_version()}"),
     ]
     text = prompt + (f"\nNegative prompt: {negative}" if negative else "")
     text += "\n" + ", ".join(f"{key}: {_value(value)}" for key, value in fields if value is not None)
     # A prompt from a command line that is not UTF-8 holds surrogates, which no file's text can: written escaped.
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def used_embedding_hashes(model: Any, texts: Sequence[str], added: Mapping[str, np.ndarray],
+                          sources: Mapping[str, str | os.PathLike[str]]) -> dict[str, str]:
+    """``{token: short hash of its file}`` for the ``added`` embeddings that ``texts`` (the prompt and the negative
+    one) use, by the names they use them under; ``sources`` (``load_embeddings(sources=)``) says each one's file."""
+    if not added:
+        return {}
+    used = used_token_names(tokenizer_with(model, added)[0], texts, list(added))
+    digests = {path: short_hash(path) for path in {sources[name] for name in used if name in sources}}
+    return {name: digests[sources[name]] for name in used if name in sources}
+
+
+def _hash_name(token: str) -> str:
+    """A token as A1111 names it among the TI hashes: without the comma and colon that would split the list."""
+    return token.replace(":", "").replace(",", "")
 
 
 def _defaults(function: Any) -> dict[str, Any]:

@@ -62,6 +62,21 @@ def _shortened(text: str, limit: int = 40) -> str:
 _PLACEHOLDER_WORD = re.compile(r"<[^<>\s]+>")
 
 
+def _added_ids(tokenizer: Any, names: Sequence[str]) -> set[int]:
+    """The ids past the vocabulary that ``names`` (added tokens) read as."""
+    base = int(tokenizer.base_vocab_size)
+    return {int(i) for name in names for i in np.asarray(tokenizer([name]))[0] if i >= base}
+
+
+def used_token_names(tokenizer: Any, texts: Sequence[str], names: Sequence[str]) -> list[str]:
+    """The added tokens of ``names`` that ``texts`` use anywhere (read whole, as A1111's chunks read them); with a
+    tokenizer without ``encode``, within what it reads."""
+    read = (tokenizer.encode if callable(getattr(tokenizer, "encode", None))
+            else lambda text: np.asarray(tokenizer([text]))[0])
+    ids = {int(i) for text in texts if text for i in read(text)}
+    return [name for name in names if _added_ids(tokenizer, [name]) & ids]
+
+
 def unloaded_token_problems(texts: Sequence[str], loaded: Sequence[str], tokenizer: Any = None) -> list[str]:
     """One message per ``<word>`` in ``texts`` that no loaded embedding answers to: the tokenizer would read
     it as plain text (its pieces '<', 'my', '-', 'dog', '>'), and the image silently lacks the concept. A word
@@ -84,11 +99,10 @@ def token_use_problems(tokenizer: Any, texts: Sequence[str], groups: Sequence[Se
     generate() uses (``__call__``, ``base_vocab_size``); with an ``encode`` method (untruncated ids) a
     token past the limit is told apart from a missing one.
     """
-    base = int(tokenizer.base_vocab_size)
     width = int(np.asarray(tokenizer([""])).shape[1])
     problems = []
     for names in groups:
-        ids = {int(i) for name in names for i in np.asarray(tokenizer([name]))[0] if i >= base}
+        ids = _added_ids(tokenizer, names)
         if any(int(i) in ids for text in texts if text for i in np.asarray(tokenizer([text]))[0]):
             continue  # used within the limit
         shown = " or ".join(repr(name) for name in names)

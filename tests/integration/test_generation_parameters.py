@@ -124,3 +124,36 @@ def test_what_the_saving_cannot_hold_is_said_not_a_traceback(tiny_export, tmp_pa
     Image.new("RGB", (8, 8)).save(hostile, pnginfo=info)
     code, text, _ = run_cli(["info", hostile], capsys)
     assert code == 0 and text == "a \\x1b]0;owned\\x07 star\\x0dX\nSteps: 2\n"
+
+
+def test_the_embeddings_a_prompt_used_are_named_with_their_files_hashes_as_a1111s_ti_hashes(tiny_export, tmp_path,
+                                                                                              capsys):
+    import hashlib
+    import json
+    import re
+
+    from zoodip.embeddings import save_a1111_embedding, save_learned_embeds
+
+    hidden = ExportedModel.load(tiny_export).hidden_size
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    dog = save_learned_embeds(tmp_path / "dog.safetensors", "<my-dog>", rng.normal(size=(1, hidden)) * 0.01)
+    star = save_a1111_embedding(folder / "zoostar.safetensors", "zoostar", rng.normal(size=(2, hidden)) * 0.01)
+    save_learned_embeds(folder / "unused.safetensors", "<unused>", rng.normal(size=(1, hidden)) * 0.01)
+
+    def hashes(prompt: str, negative: str) -> str | None:
+        out = tmp_path / "o.png"
+        code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", prompt, "--negative-prompt", negative,
+                                "--steps", "1", "--embedding", dog, "--embedding", folder, "--out", out], capsys)
+        assert code == 0, err
+        found = re.search(r'TI hashes: ("(?:\\.|[^"\\])*")', read_parameters(out))
+        return found and json.loads(found.group(1))
+
+    def sha(path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:12]  # A1111's short hash
+
+    # The names the prompts use (A1111's trigger word, the file's stem, as written), each file once; not the unused.
+    assert hashes("a photo of <my-dog>", "zoostar") == f"<my-dog>: {sha(dog)}, zoostar: {sha(star)}"
+    assert hashes("a photo of <zoostar>", "") == f"<zoostar>: {sha(star)}"
+    assert hashes("a photo of a dog", "") is None

@@ -70,3 +70,10 @@ def test_a_prompt_with_quotes_and_colons_stays_the_first_line():
     prompt = 'a "quoted" (word:1.3), [a:b:0.5]'
     text = infotext(prompt, {"negative_prompt": "x: y"}, (8, 8), _Model())
     assert parse(text)[:2] == (prompt, "x: y")
+
+
+def test_the_embeddings_used_are_a1111s_ti_hashes_their_names_kept_from_splitting_the_list():
+    _, _, fields = parse(infotext("x", {}, (8, 8), _Model(),
+                                  embedding_hashes={"<a:b,c>": "0123456789ab", "d": "ba9876543210"}))
+    assert fields["TI hashes"] == "<abc>: 0123456789ab, d: ba9876543210"
+    assert "TI hashes" not in parse(infotext("x", {}, (8, 8), _Model(), embedding_hashes={}))[2]
