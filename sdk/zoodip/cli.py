@@ -263,11 +263,47 @@ def cmd_personalize(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .embeddings import load_embeddings
-    from .generate import check_num_images
-    from .images import image_grid, numbered_paths, save_images
+    from .images import image_grid, save_images
     from .infotext import infotext, used_embedding_hashes
     from .latents_file import save_latents
     from .model import ExportedModel, RuntimeOptions
+
+    out, singles = _checked_generate_flags(args)
+    model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on",
+                                                          memory_budget_mb=args.memory_budget))
+    sources: dict[str, Path] = {}
+    added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity,
+                                    args.clip_skip, sources=sources)
+    drawn = [flag for flag in ("seed", "variation_seed") if getattr(args, flag) == -1]  # A1111's "random": said below
+    for flag in drawn:
+        setattr(args, flag, secrets.randbelow(2**32))
+    latents, settings = _generate_latents(args, model), _generate_settings(args)
+    bar = SamplingBar()
+    try:
+        with interrupt_on_termination():
+            given = latents if args.latents else None
+            images = _generate_images(args.prompt, settings, model, added, groups, given, bar)
+    finally:
+        bar.close()
+    hashes = {} if args.no_metadata else used_embedding_hashes(model, [args.prompt, args.negative_prompt], added,
+                                                               sources)
+    texts = None if args.no_metadata else [infotext(args.prompt, dict(settings, latents=args.latents), im.size, model, i,
+                                                    hashes) for i, im in enumerate(images)]
+    # All of them or none: a full disk at the third image leaves the files that were there. The grid: the first's text.
+    save_images([*zip(images, singles), (images[0] if len(images) == 1 else image_grid([images]), out)],
+                texts=texts and [*texts[:len(singles)], texts[0]])
+    if args.save_latents:  # once the images are written: a refused, stopped or failed call writes none
+        save_latents(args.save_latents, latents)
+    print(f"wrote {out}" + (f" (grid) and {singles[0].name} ... {singles[-1].name}" if singles else "")
+          + "".join(f" (--{flag.replace('_', '-')} {getattr(args, flag)})" for flag in drawn))
+    return 0
+
+
+def _checked_generate_flags(args: argparse.Namespace) -> tuple[Path, list[Path]]:
+    """generate's flags that cannot go together refused, before any work; the output file and, for several images,
+    the numbered files beside it."""
+    from .generate import check_num_images
+    from .images import numbered_paths
     from .paths import check_output_file, is_same_file
 
     out = check_output_file(args.out, "--out", (".png", ".jpg", ".jpeg", ".webp"))
@@ -298,32 +334,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                               "that exists)")
     if args.threads < 0:
         raise ZoodipError(f"--threads must be an integer >= 0 (0: all cores), got {args.threads}")
-    model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on",
-                                                          memory_budget_mb=args.memory_budget))
-    sources: dict[str, Path] = {}
-    added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity,
-                                    args.clip_skip, sources=sources)
-    drawn = args.seed == -1  # A1111's "random": drawn here, and said below
-    args.seed = secrets.randbelow(2**32) if drawn else args.seed
-    latents, settings = _generate_latents(args, model), _generate_settings(args)
-    bar = SamplingBar()
-    try:
-        with interrupt_on_termination():
-            images = _generate_images(args.prompt, settings, model, added, groups, latents, bar)
-    finally:
-        bar.close()
-    hashes = {} if args.no_metadata else used_embedding_hashes(model, [args.prompt, args.negative_prompt], added,
-                                                               sources)
-    texts = None if args.no_metadata else [infotext(args.prompt, dict(settings, latents=args.latents), im.size, model, i,
-                                                    hashes) for i, im in enumerate(images)]
-    # All of them or none: a full disk at the third image leaves the files that were there. The grid: the first's text.
-    save_images([*zip(images, singles), (images[0] if len(images) == 1 else image_grid([images]), out)],
-                texts=texts and [*texts[:len(singles)], texts[0]])
-    if args.save_latents:  # once the images are written: a refused, stopped or failed call writes none
-        save_latents(args.save_latents, latents)
-    print(f"wrote {out}" + (f" (grid) and {singles[0].name} ... {singles[-1].name}" if singles else "")
-          + (f" (--seed {args.seed})" if drawn else ""))
-    return 0
+    return out, singles
 
 
 def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -332,7 +343,8 @@ def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
                     sampler=args.sampler, seed=args.seed, height=args.height, width=args.width,
                     num_images=args.num_images, prompt_weighting=args.prompt_weighting, clip_skip=args.clip_skip,
                     guidance_rescale=args.guidance_rescale, mask_blur=args.mask_blur,
-                    padding_mask_crop=args.padding_mask_crop, paste_back=args.paste_back)  # (without --mask: refused)
+                    padding_mask_crop=args.padding_mask_crop, paste_back=args.paste_back,  # (without --mask: refused)
+                    variation_seed=args.variation_seed, variation_strength=args.variation_strength)
     if args.hires_scale is None:
         return dict(settings, image=args.image, strength=args.strength, mask_image=args.mask)
     hires = {k: v for k, v in (("hires_strength", args.hires_strength), ("hires_steps", args.hires_steps))
@@ -349,13 +361,18 @@ def _generate_images(prompt: str, settings: dict[str, Any], model, added, groups
 
 
 def _generate_latents(args: argparse.Namespace, model) -> np.ndarray | None:
-    """--latents FILE read (checked against this call's shape), or the seed's where --save-latents will write them."""
+    """--latents FILE read (checked against this call's shape), or the seed's where --save-latents will write them
+    (what generate draws itself: not passed to it)."""
     from .generate import initial_latents
     from .latents_file import load_latents
 
+    if args.latents and args.variation_seed is not None:
+        raise ZoodipError("--variation-seed mixes another seed's noise into --seed's, and --latents are the noise "
+                          "already: drop one of them")
     if not (args.latents or args.save_latents):
         return None
-    seed_latents = initial_latents(model, args.seed, args.num_images, args.height, args.width)
+    seed_latents = initial_latents(model, args.seed, args.num_images, args.height, args.width, args.variation_seed,
+                                   args.variation_strength)
     return load_latents(args.latents, seed_latents.shape) if args.latents else seed_latents
 
 
@@ -420,7 +437,7 @@ _INTERRUPTED = {"personalize": "interrupted: resume with --resume (the last chec
 # The API's argument names that open its one-line refusals, as the flags a CLI user typed.
 _FLAG_OF = {name: "--" + name.replace("_", "-") for name in (
     "width", "height", "resolution", "steps", "seed", "strength", "guidance_scale", "guidance_rescale", "clip_skip",
-    "mask_blur", "padding_mask_crop", "hires_scale", "hires_strength")}
+    "mask_blur", "padding_mask_crop", "hires_scale", "hires_strength", "variation_seed", "variation_strength")}
 
 
 def _in_flag_words(message: str) -> str:

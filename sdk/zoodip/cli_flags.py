@@ -176,6 +176,11 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
                         "'Clip skip' N+1); 0: its last layer")
     g.add_argument("--seed", type=int, default=0, help="the initial noise's seed; -1: a random one, said in the "
                    "output line so that the image can be made again (A1111's -1)")
+    g.add_argument("--variation-seed", type=int, default=None, metavar="N",
+                   help="A1111's variation seed: this seed's noise mixed into --seed's (with --variation-strength), "
+                        "the same layout with other details; -1: a random one, said in the output line")
+    g.add_argument("--variation-strength", type=float, default=0.0, metavar="S",
+                   help="how much of --variation-seed's noise, from 0 (--seed's image) to 1 (--variation-seed's)")
     _add_image_flags(g)
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)

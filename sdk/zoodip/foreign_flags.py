@@ -80,6 +80,8 @@ GENERATE_FLAGS: dict[str, str] = {
     "--enable_hr": "A1111's hires fix is --hires-scale X (2: twice the size)",
     "--hr_scale": "A1111's 'Upscale by' is --hires-scale X",
     "--hr_second_pass_steps": "use --hires-steps N (with --hires-scale)",
+    "--subseed": "A1111's variation seed is --variation-seed N (with --variation-strength)",
+    "--subseed_strength": "A1111's variation strength is --variation-strength S (with --variation-seed)",
     "--hr_upscaler": "the hires fix upscales with Lanczos (A1111's 'Lanczos' upscaler; no latent or ESRGAN "
                      "upscalers here); drop it",
 }

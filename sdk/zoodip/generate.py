@@ -42,6 +42,7 @@ from .inpainting import InpaintOptions, PasteBack, inpainting_views
 from .limits import check_image_size
 from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
 from .model import clip_skip_problem
+from .noise import check_seed, check_variation, checked_latents, seed_noise
 from .prompt_checks import (LONG_PROMPT_HINT, keyword_token_problems, syntax_problems, token_use_problems,
                             truncation_problems, unloaded_token_problems)
 from .prompt_schedule import Phases, check_phase_count, composable_parts, prompt_schedule
@@ -68,23 +69,17 @@ def generate(
     model: Any,
     prompt: str,
     *,
-    negative_prompt: str = "",
-    steps: int = DEFAULT_STEPS,
-    guidance_scale: float = 7.5,
-    sampler: str = "dpmpp_2m",
-    seed: int = 0,
-    height: int | None = None, width: int | None = None,
-    num_images: int = 1,
+    negative_prompt: str = "", steps: int = DEFAULT_STEPS, guidance_scale: float = 7.5, sampler: str = "dpmpp_2m",
+    seed: int = 0, height: int | None = None, width: int | None = None, num_images: int = 1,
     added_embeddings: Mapping[str, np.ndarray] | None = None,
-    callback: ProgressCallback | None = None,
-    batch_cfg: bool = True,
-    eta: float = 0.0,
+    callback: ProgressCallback | None = None, batch_cfg: bool = True, eta: float = 0.0,
     token_groups: Sequence[Sequence[str]] | None = None,
     latents: np.ndarray | None = None,
     prompt_weighting: str = "none",
     image: str | Path | Image.Image | None = None, strength: float | None = None,
     mask_image: str | Path | Image.Image | None = None, clip_skip: int = 0, guidance_rescale: float = 0.0,
     mask_blur: float = 0.0, padding_mask_crop: int | None = None, paste_back: bool = False,
+    variation_seed: int | None = None, variation_strength: float = 0.0,
 ) -> list[Image.Image]:
     """Generate ``num_images`` images for ``prompt``; returns RGB PIL images of ``width`` x ``height``.
 
@@ -107,9 +102,12 @@ def generate(
             (default 0.8, with a mask 1.0, diffusers' defaults); mask_image: inpainting, white redrawn, black kept;
             mask_blur (px), padding_mask_crop (diffusers': redraw only around the mask) and paste_back: ``inpainting``.
         clip_skip: the text encoder's k-th layer from the end, through its final norm (as diffusers; A1111's k + 1).
+        variation_seed, variation_strength: A1111's variation: that seed's noise mixed in (``zoodip.noise.slerp``; 0:
+            the seed's image, 1: the variation seed's); the rest of the run's randomness stays the seed's.
     """
     _check_settings(model, prompt, negative_prompt, sampler, steps, num_images, guidance_scale, eta, seed,
                     prompt_weighting, clip_skip, guidance_rescale, callback=callback, batch_cfg=batch_cfg, groups=token_groups)
+    check_variation(variation_seed, variation_strength, latents)
     start, h, w = _image_start(model, image, mask_image, strength, height, width,  # a size that cannot fit: refused
                                InpaintOptions(mask_blur, padding_mask_crop, paste_back))
     plan = plan_decode(model, h, w, budget := memory_budget_mb(model))
@@ -119,7 +117,8 @@ def generate(
     parts, uncond = _conditioning(model, encode, phases, float(guidance_scale), budget)
     model_fn = _guided(model, parts, uncond, batch_cfg and budget is None, one_image_at_a_time=budget is not None,
                        rescale=float(guidance_rescale), step=(done := _StepCount(callback)))
-    noise = _checked_latents(latents, _draw_latents(rng := np.random.default_rng(seed), model, num_images, h, w))
+    noise, rng = seed_noise(seed, (num_images, int(model.latent_channels), h, w), variation_seed, variation_strength)
+    noise = checked_latents(latents, noise)
     x0 = None if start is None else _image_latents(model, start.pixels, num_images, rng, budget)
     latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, eta=eta, rng=rng, callback=done,
                           image_latents=x0, strength=start.strength if start else 1.0, mask=start.mask if start else None)
@@ -252,31 +251,13 @@ def check_clip_skip(model: Any, clip_skip: object) -> None:
 
 
 def initial_latents(model: Any, seed: int, num_images: int = 1, height: int | None = None,
-                    width: int | None = None) -> np.ndarray:
-    """The initial latents ``generate`` draws for ``seed`` (``[num_images, channels, height/8, width/8]``)."""
+                    width: int | None = None, variation_seed: int | None = None,
+                    variation_strength: float = 0.0) -> np.ndarray:
+    """The initial latents ``generate`` draws for ``seed`` (``[num_images, channels, height/8, width/8]``), with a
+    variation seed's mixed in as it mixes them."""
+    check_variation(variation_seed, variation_strength)
     h, w = _latent_size(model, height, width)
-    return _draw_latents(np.random.default_rng(seed), model, num_images, h, w)
-
-
-def _draw_latents(rng: np.random.Generator, model: Any, num_images: int, h: int, w: int) -> np.ndarray:
-    return rng.standard_normal((num_images, int(model.latent_channels), h, w), dtype=np.float32)
-
-
-MAX_LATENT = 1e3  # |x| of a unit-variance draw: past 6 in one of 10^9 values; past this, not noise at all
-
-
-def _checked_latents(latents: np.ndarray | None, noise: np.ndarray) -> np.ndarray:
-    """The caller's ``latents`` (checked against the seed's ``noise``, which is drawn anyway), else ``noise``."""
-    if latents is None:
-        return noise
-    latents, shape = np.asarray(latents), noise.shape
-    if latents.shape != shape or not np.issubdtype(latents.dtype, np.floating) or not np.all(np.isfinite(latents)):
-        raise ZoodipError(f"latents must be finite floats of shape {list(shape)} ([images, channels, height/8, "
-                          f"width/8]), got {latents.dtype} {list(latents.shape)}")
-    if np.abs(latents).max(initial=0.0) > MAX_LATENT:  # the sampler scales them by sigma_max: a flat gray image
-        raise ZoodipError(f"latents hold values up to {float(np.abs(latents).max()):.3g}: initial latents are unit-variance "
-                          f"noise (a draw stays within about 6), so these are not; pass noise (or a seed)")
-    return latents.astype(np.float32)
+    return seed_noise(seed, (num_images, int(model.latent_channels), h, w), variation_seed, variation_strength)[0]
 
 
 def _text_states(model: Any, ids: np.ndarray, weights: np.ndarray | None, extra_rows: Any,
@@ -311,8 +292,7 @@ def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler
         raise ZoodipError(f"eta must be a finite number >= 0 (DDIM's noise; 0: deterministic), got {eta!r}")
     if eta and sampler != "ddim":
         raise ZoodipError(f"eta applies to the ddim sampler only; drop it or use sampler='ddim' (got sampler={sampler!r})")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ZoodipError(f"seed must be a non-negative integer, got {seed!r}")
+    check_seed(seed)
     if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
         raise ZoodipError("prompt and negative_prompt must be strings")
     check_clip_skip(model, clip_skip)

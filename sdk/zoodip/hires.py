@@ -32,7 +32,8 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
     """``generate(model, prompt, ...)``'s images, each upscaled ``hires_scale`` times (Lanczos; sides rounded down
     to sizes the model's UNet runs at) and redrawn over the last ``hires_strength`` of ``hires_steps`` (default:
     ``steps``) steps, with the same prompt and options. Image ``i``'s second pass draws its noise from ``seed + i``, A1111's
-    seed for the i-th image of a batch. ``callback(step, total, latents)`` counts the steps of both passes."""
+    seed for the i-th image of a batch (a variation's from ``variation_seed + i``). ``callback(step, total, latents)``
+    counts the steps of both passes."""
     if any(options.pop(key, None) is not None for key in ("image", "mask_image", "strength")):
         raise ZoodipError("the hires fix is for text-to-image (A1111 has none for img2img): drop image, mask_image and "
                           "strength (hires_strength is the second pass's), or drop the hires settings")
@@ -67,12 +68,13 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
     except ZoodipError as exc:
         raise ZoodipError(f"the hires fix's second pass: {exc}, or a smaller --hires-scale") from None
     progress = _TwoPassProgress(callback, steps + num_images * second_run)
+    variation_seed = options.pop("variation_seed", None)
     first = generate(model, prompt, seed=seed, num_images=num_images, steps=steps, height=height, width=width,
-                     callback=progress.pass_callback(), **options)
+                     callback=progress.pass_callback(), variation_seed=variation_seed, **options)
     options.pop("latents", None)  # the first pass's noise
     return [generate(model, prompt, seed=seed + i, steps=hires_steps, image=image.resize(size, Image.Resampling.LANCZOS),
                      strength=hires_strength, height=size[1], width=size[0], callback=progress.pass_callback(),
-                     **options)[0]
+                     variation_seed=None if variation_seed is None else variation_seed + i, **options)[0]
             for i, image in enumerate(first)]
 
 

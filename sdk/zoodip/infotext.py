@@ -77,6 +77,8 @@ def infotext(prompt: str, settings: Mapping[str, Any], size: tuple[int, int], mo
         ("CFG scale", settings["guidance_scale"]), ("Seed", settings["seed"]),
         ("Size", f"{size[0]}x{size[1]}"), ("Model hash", str(model.identity)[:_MODEL_HASH_CHARS]),
         ("Model", Path(model.folder).name),
+        *([("Variation seed", settings["variation_seed"]), ("Variation seed strength", settings["variation_strength"])]
+          if settings["variation_strength"] else []),
         ("Clip skip", clip_skip + 1 if clip_skip else None),  # A1111 counts the last layer as 1, diffusers as 0
         *_image_fields(settings),
         ("Guidance rescale", settings["guidance_rescale"] or None), ("Prompt weighting", settings["prompt_weighting"]),

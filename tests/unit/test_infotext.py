@@ -56,6 +56,8 @@ def test_settings_not_given_are_generates_defaults():
     ({"num_images": 3}, {"Batch size": "3", "Batch pos": "2"}),
     ({"guidance_rescale": 0.7, "prompt_weighting": "a1111"}, {"Guidance rescale": "0.7", "Prompt weighting": "a1111"}),
     ({"latents": "noise.npy"}, {"Initial latents": "given (not the seed's)"}),
+    ({"variation_seed": 9, "variation_strength": 0.3}, {"Variation seed": "9", "Variation seed strength": "0.3"}),
+    ({"variation_seed": 9, "variation_strength": 0.0}, {"Variation seed": None}),
 ])
 def test_each_setting_in_its_field(settings, expected):
     _, _, fields = parse(infotext("x", settings, (512, 512), _Model(), batch_pos=2))
