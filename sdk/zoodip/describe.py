@@ -66,7 +66,7 @@ def describe_export(folder: Path) -> list[str]:
 
 def describe_image(path: Path) -> list[str]:
     """The generation parameters an image holds (A1111's text, which zoodip writes too)."""
-    from .images import read_parameters
+    from .image_parameters import read_parameters
 
     text = read_parameters(path)
     if text is None:

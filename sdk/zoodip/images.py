@@ -10,16 +10,17 @@ import contextlib
 import hashlib
 import os
 import secrets
-import struct
+import threading
 import warnings
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, ImageOps
 
 from .errors import ZoodipError
+from .image_parameters import parameters_option
 
 # GIF: its first frame. .jfif and .jpe are JPEG's other names (browsers save under .jfif); AVIF where Pillow reads it.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif")
@@ -131,14 +132,19 @@ def _to_rgb8(image: Image.Image) -> Image.Image:
 def _pillow_pixel_limit(limit: int | None) -> Iterator[None]:
     """Pillow warns above ``Image.MAX_IMAGE_PIXELS`` and refuses above twice that: make its limit ours.
 
-    (A process-wide setting, restored on exit; photos are decoded one at a time.)
+    (A process-wide setting, restored on exit. One thread at a time: two threads' save-and-restore interleaved could
+    leave another limit behind for good.)
     """
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = limit
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+    with _PIXEL_LIMIT_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = limit
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+_PIXEL_LIMIT_LOCK = threading.RLock()
 
 
 def load_image(path: str | Path, resolution: int, center_crop: bool = True) -> np.ndarray:
@@ -341,7 +347,7 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
             done.append((tmp, path))
             path.parent.mkdir(parents=True, exist_ok=True)
-            image.save(tmp, **(_parameters_option(path, text) if text else {}))
+            image.save(tmp, **(parameters_option(path, text) if text else {}))
         for tmp, path in done:
             current = path
             tmp.replace(path)
@@ -354,62 +360,6 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
                               "file") from None
         raise
     return [path for _, path in done]
-
-
-# Where A1111 writes an image's generation parameters: a PNG's "parameters" text; a JPEG's or WebP's EXIF
-# UserComment (in the EXIF sub-IFD), as UTF-16 big-endian text after EXIF's 8-byte "UNICODE" character code.
-PARAMETERS_KEY = "parameters"
-_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
-_TIFF_LONG, _TIFF_UNDEFINED = 4, 7  # TIFF field types
-_JPEG_SEGMENT = 65533  # the most bytes a JPEG's EXIF segment holds
-_COMMENT_CODES = {b"UNICODE\0": "utf-16-be", b"ASCII\0\0\0": "ascii"}
-
-
-def _parameters_option(path: Path, text: str) -> dict[str, Any]:
-    """Pillow's save option that writes ``text`` where A1111 would for ``path``'s format."""
-    if path.suffix.lower() == ".png":
-        info = PngImagePlugin.PngInfo()
-        info.add_text(PARAMETERS_KEY, text)  # Latin-1 text, or UTF-8 international text where it must, as A1111's
-        return {"pnginfo": info}
-    exif = _exif_user_comment(b"UNICODE\0" + text.encode("utf-16-be"))
-    if len(exif) > _JPEG_SEGMENT and path.suffix.lower() in (".jpg", ".jpeg"):
-        warnings.warn(f"the generation parameters ({len(text)} characters) do not fit a JPEG's EXIF (64 KB): {path} is "
-                      "written without them; save a .png to keep them", stacklevel=4)
-        return {}
-    return {"exif": exif}
-
-
-def _exif_user_comment(comment: bytes) -> bytes:
-    """EXIF data holding only ``comment`` as the UserComment, typed UNDEFINED as EXIF says (Pillow's own writer types
-    it BYTE, which piexif, and so A1111, reads back as numbers): a big-endian TIFF header, IFD0 with one entry, the
-    EXIF sub-IFD's offset, and that sub-IFD with one entry pointing at the comment's bytes after it."""
-    exif_ifd = 8 + 18  # after the 8-byte header and IFD0 (an entry count, one 12-byte entry, the next-IFD offset)
-    data = exif_ifd + 18
-    return (b"Exif\0\0MM\0\x2a" + struct.pack(">I", 8)
-            + struct.pack(">HHHII", 1, _EXIF_IFD, _TIFF_LONG, 1, exif_ifd) + struct.pack(">I", 0)
-            + struct.pack(">HHHII", 1, _USER_COMMENT, _TIFF_UNDEFINED, len(comment), data) + struct.pack(">I", 0)
-            + comment)
-
-
-def _exif_comment(image: Image.Image) -> str | None:
-    comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
-    if not isinstance(comment, bytes) or comment[:8] not in _COMMENT_CODES:
-        return None
-    return comment[8:].decode(_COMMENT_CODES[comment[:8]], errors="replace").rstrip("\0") or None
-
-
-def read_parameters(path: str | Path) -> str | None:
-    """An image's generation parameters (a PNG's ``parameters`` text, a JPEG's or WebP's EXIF comment; None: it has
-    none), or one line for what is not an image that can be read."""
-    if not Path(path).is_file():  # a pipe would block the read for ever
-        raise ZoodipError(f"{path} does not exist or is not a regular file: pass an image zoodip or A1111 wrote")
-    try:
-        with _pillow_pixel_limit(None), Image.open(path) as image:  # the header and text only: no pixel is decoded
-            text = image.info.get(PARAMETERS_KEY) if image.format == "PNG" else _exif_comment(image)
-    except Exception as exc:  # PIL raises many types for broken files and broken EXIF
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ZoodipError(f"cannot read image {path} ({reason}): pass an image zoodip or A1111 wrote") from None
-    return str(text) if isinstance(text, str) else None
 
 
 def numbered_paths(path: str | Path, count: int) -> list[Path]:

@@ -1,6 +1,6 @@
 """The settings an image was generated with, written as A1111 writes them ("infotext": a PNG's ``parameters`` text,
 a JPEG's or WebP's EXIF comment; ``images.save_images(texts=)``), where A1111's PNG Info tab and the tools that read
-A1111's images find them; ``zoodip info IMAGE`` prints them (``images.read_parameters``)::
+A1111's images find them; ``zoodip info IMAGE`` prints them (``image_parameters.read_parameters``)::
 
     a photo of <my-dog> on a beach
     Negative prompt: blurry

@@ -8,7 +8,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from cli_helpers import assert_one_line_error, run_cli
 from zoodip.generate import generate
-from zoodip.images import read_parameters
+from zoodip.image_parameters import read_parameters
 from zoodip.model import ExportedModel
 
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from cli_helpers import run_cli
-from zoodip.images import read_parameters
+from zoodip.image_parameters import read_parameters
 from zoodip.generate import generate, initial_latents
 from zoodip.model import ExportedModel
 

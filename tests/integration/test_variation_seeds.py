@@ -10,7 +10,7 @@ from PIL import Image
 from cli_helpers import assert_one_line_error, run_cli
 from zoodip.generate import generate, initial_latents
 from zoodip.hires import generate_hires
-from zoodip.images import read_parameters
+from zoodip.image_parameters import read_parameters
 from zoodip.model import ExportedModel
 from zoodip.pipeline import ZoodipPipeline
 

@@ -1,0 +1,105 @@
+"""Reading an image's generation parameters from its own chunks and segments (zoodip.image_parameters)."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from zoodip.errors import ZoodipError
+from zoodip.image_parameters import exif_user_comment, read_parameters
+
+TEXT = "a photo of <my-dog>\nNegative prompt: blurry\nSteps: 20, Seed: 7"
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png(*chunks: bytes, width: int = 4, height: int = 4) -> bytes:
+    """A PNG whose chunks are given: IHDR (8-bit RGB) first, IEND last."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + b"".join(chunks) + _chunk(b"IEND", b"")
+
+
+def _idat(width: int = 4, height: int = 4) -> bytes:
+    return _chunk(b"IDAT", zlib.compress(b"".join(b"\0" + b"\x80" * 3 * width for _ in range(height))))
+
+
+def test_a_text_chunk_after_the_pixels_is_read_as_one_before_them(tmp_path):
+    after = tmp_path / "after.png"
+    after.write_bytes(_png(_idat(), _chunk(b"tEXt", b"parameters\0" + TEXT.encode("latin-1"))))
+    assert Image.open(after).size == (4, 4)  # a valid PNG
+    assert read_parameters(after) == TEXT
+
+
+@pytest.mark.parametrize("zip_", [False, True])
+def test_compressed_and_international_text_as_pillow_writes_them(tmp_path, zip_):
+    for text in (TEXT, "ünïcode ✓ " + TEXT):  # Latin-1 (tEXt, zTXt) and beyond it (iTXt)
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", text, zip=zip_)
+        Image.new("RGB", (4, 4)).save(tmp_path / "p.png", pnginfo=info)
+        assert read_parameters(tmp_path / "p.png") == text
+
+
+def test_an_image_of_any_size_is_read_without_touching_pillows_pixel_limit(tmp_path, monkeypatch):
+    huge = tmp_path / "huge.png"  # its header says 100000 x 100000; no pixel is ever read
+    huge.write_bytes(_png(_chunk(b"tEXt", b"parameters\0" + TEXT.encode()), width=100_000, height=100_000))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert read_parameters(huge) == TEXT
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+def test_a_text_that_inflates_past_a_megabyte_is_refused_in_one_line(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png(_chunk(b"zTXt", b"parameters\0\0" + zlib.compress(b"a" * (20 << 20), 9)), _idat()))
+    with pytest.raises(ZoodipError, match="inflates past 1 MB") as caught:
+        read_parameters(bomb)
+    assert "\n" not in str(caught.value)
+
+
+def _jpeg_with_exif(exif: bytes) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+def _little_endian_exif(comment: bytes) -> bytes:
+    """EXIF in Intel byte order (as cameras and Windows write it), its UserComment typed UNDEFINED."""
+    exif_ifd = 8 + 18
+    return (b"Exif\0\0II\x2a\0" + struct.pack("<I", 8) + struct.pack("<HHHII", 1, 0x8769, 4, 1, exif_ifd)
+            + struct.pack("<I", 0) + struct.pack("<HHHII", 1, 0x9286, 7, len(comment), exif_ifd + 18)
+            + struct.pack("<I", 0) + comment)
+
+
+@pytest.mark.parametrize("comment", [
+    b"UNICODE\0" + TEXT.encode("utf-16-be"),  # A1111's (piexif's)
+    b"UNICODE\0" + TEXT.encode("utf-16-le"),  # a writer that follows the TIFF's byte order
+    b"UNICODE\0" + "\ufeff".encode("utf-16-le") + TEXT.encode("utf-16-le"),  # with a byte-order mark
+    b"ASCII\0\0\0" + TEXT.encode("ascii"),
+])
+def test_exif_comments_in_either_byte_order(tmp_path, comment):
+    for name, exif in (("be.jpg", exif_user_comment(comment)), ("le.jpg", _little_endian_exif(comment))):
+        (tmp_path / name).write_bytes(_jpeg_with_exif(exif))
+        assert read_parameters(tmp_path / name) == TEXT
+
+
+def test_images_without_parameters_and_damaged_files(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.webp")
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.bmp")
+    for name in ("plain.png", "plain.jpg", "plain.webp", "plain.bmp"):
+        assert read_parameters(tmp_path / name) is None
+    good = _jpeg_with_exif(exif_user_comment(b"UNICODE\0" + TEXT.encode("utf-16-be")))
+    for name, data in (("cut.jpg", good[:30]), ("noise.png", b"\x89PNG\r\n\x1a\n" + b"\xff" * 64),
+                       ("text.png", b"not an image at all"), ("empty.jpg", b"")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ZoodipError, match="cannot read image") as caught:
+            read_parameters(tmp_path / name)
+        assert "\n" not in str(caught.value)
+    cut = tmp_path / "cut.png"  # cut short after its parameters: they are read
+    cut.write_bytes(_png(_chunk(b"tEXt", b"parameters\0" + TEXT.encode()), _idat())[:-20])
+    assert read_parameters(cut) == TEXT
