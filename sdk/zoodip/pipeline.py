@@ -57,8 +57,16 @@ _NOT_HELD = {
     "unet": "the UNet is an ONNX graph: pipe.model.unet(sample, timestep, states) runs it",
     "vae": "the VAE is two ONNX graphs: pipe.model.vae_encode(images) and pipe.model.vae_decode(latents)",
     "load_lora_weights": "LoRA is not supported: textual inversion only (load_textual_inversion)",
-    **{key: advice for key, advice in _NOT_TAKEN.items() if key in ("safety_checker", "tokenizer", "text_encoder")},
+    "components": "the export's graphs are pipe.model's (ExportedModel: text encoder, UNet, VAE; 'zoodip info EXPORT' "
+                  "lists them)",
+    "config": "the export's settings are its manifest: pipe.model.manifest",
+    "dtype": "the export's precision was chosen by 'zoodip export --recipe' ('zoodip info EXPORT' says which); "
+             "activations are float32",
+    "save_pretrained": "the export folder is the saved pipeline: copy it (pipe.model.folder)",
+    **{key: advice for key, advice in _NOT_TAKEN.items() if key in ("tokenizer", "text_encoder")},
 }
+# diffusers' switches for a safety checker, which an export never has: read as diffusers reads a pipeline without one.
+_NO_SAFETY_CHECKER = {"safety_checker": None, "requires_safety_checker": False}
 
 
 class NotInThisPipeline(ZoodipError, AttributeError):
@@ -84,11 +92,18 @@ class ZoodipPipeline:
         self._added: dict[str, np.ndarray] = {}
 
     def __getattr__(self, name: str) -> Any:  # only names the class does not have: diffusers' habits, said in a line
+        if name in _NO_SAFETY_CHECKER:
+            return _NO_SAFETY_CHECKER[name]
         if name in _NOT_HELD:
             raise NotInThisPipeline(f"this pipeline has no {name}: {_NOT_HELD[name]}")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name in _NO_SAFETY_CHECKER:  # "pipe.safety_checker = None" (a diffusers habit) asks for what is already so
+            if value is not _NO_SAFETY_CHECKER[name]:
+                raise ZoodipError(f"this pipeline has no safety checker to set ({name}={value!r:.40}): an export "
+                                  "has none; drop the line")
+            return
         if name in _NOT_HELD:  # pipe.scheduler = ... would change nothing: said, not ignored
             raise ZoodipError(f"this pipeline has no {name} to set: {_NOT_HELD[name]}")
         if name == "sampler" and value not in SAMPLERS:  # said here, not at the next call

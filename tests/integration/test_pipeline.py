@@ -111,13 +111,17 @@ def test_diffusers_pipeline_methods_and_attributes_say_what_to_do(pipe) -> None:
                         (lambda: pipe.scheduler.config, "pipe.sampler = 'dpmpp_2m_karras'"),
                         (lambda: pipe.unet, "pipe.model.unet"),
                         (lambda: setattr(pipe, "scheduler", object()), "has no scheduler to set: the sampler is"),
-                        (lambda: setattr(pipe, "safety_checker", None), "has no safety_checker to set"),
+                        (lambda: setattr(pipe, "safety_checker", object()), "has no safety checker to set"),
+                        (lambda: pipe.components, "pipe.model's"), (lambda: pipe.config, "pipe.model.manifest"),
+                        (lambda: pipe.dtype, "zoodip export --recipe"), (lambda: pipe.save_pretrained("x"), "copy it"),
                         (lambda: setattr(pipe, "sampler", "k_euler"), "sampler must be one of dpmpp_2m"),
                         (lambda: setattr(pipe, "model", "tiny"), "model must be an ExportedModel"),
                         (lambda: pipe.to("cpu", dtype="float16"), "precision was chosen by 'zoodip export")):
         with pytest.raises(ZoodipError, match=words):
             call()
     assert not hasattr(pipe, "scheduler") and not hasattr(pipe, "anything")
+    pipe.safety_checker, pipe.requires_safety_checker = None, False  # diffusers' way to turn one off: already so
+    assert pipe.safety_checker is None and pipe.requires_safety_checker is False
     pipe.set_progress_bar_config(disable=True)  # accepted: the API draws no bar
     assert pipe.device == "cpu" and pipe.to("CPU") is pipe and pipe.to(device="cpu:0") is pipe
     pipe.sampler = "euler"
