@@ -235,15 +235,14 @@ class ExportedModel:
         except (OSError, ValueError) as exc:
             raise ZoodipError(f"cannot read {table_path} ({exc}): re-run 'zoodip export'") from None
         if self.token_embeddings.ndim != 2 or self.token_embeddings.shape[1] != self.hidden_size:
-            raise ZoodipError(
-                f"{table_path} has shape {self.token_embeddings.shape}, expected [vocab, {self.hidden_size}]: "
-                "the manifest and files disagree, re-run 'zoodip export'"
-            )
+            raise ZoodipError(f"{table_path} has shape {self.token_embeddings.shape}, expected [vocab, "
+                              f"{self.hidden_size}]: the manifest and files disagree, re-run 'zoodip export'")
         if self.token_embeddings.shape[0] != self.tokenizer.base_vocab_size:
-            raise ZoodipError(
-                f"{table_path} has {self.token_embeddings.shape[0]} rows but the tokenizer has "
-                f"{self.tokenizer.base_vocab_size} tokens: re-run 'zoodip export'"
-            )
+            raise ZoodipError(f"{table_path} has {self.token_embeddings.shape[0]} rows but the tokenizer has "
+                              f"{self.tokenizer.base_vocab_size} tokens: re-run 'zoodip export'")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled (multiprocessing) or deep-copied: opened again from its folder,
+        return type(self).load, (self.folder, self.options)  # with sessions of its own (they cannot be copied)
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod

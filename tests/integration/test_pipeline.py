@@ -127,3 +127,17 @@ def test_diffusers_pipeline_methods_and_attributes_say_what_to_do(pipe) -> None:
     pipe.sampler = "euler"
     assert np.array_equal(np.asarray(pipe("a star", num_inference_steps=2).images[0]),
                           np.asarray(generate(pipe.model, "a star", steps=2, sampler="euler")[0]))
+
+
+def test_a_pipeline_pickled_or_deep_copied_opens_its_export_again(pipe) -> None:
+    """multiprocessing pickles what it sends to a worker; copy.deepcopy copies: the export is opened again from its
+    folder (onnxruntime's sessions cannot be copied), with the same options, embeddings and sampler."""
+    import copy
+    import pickle
+
+    pipe.sampler = "euler"
+    reference = np.asarray(pipe("a star", num_inference_steps=2).images[0])
+    for twin in (pickle.loads(pickle.dumps(pipe)), copy.deepcopy(pipe)):
+        assert twin.model is not pipe.model and twin.model.folder == pipe.model.folder
+        assert twin.model.options == pipe.model.options and twin.sampler == "euler"
+        assert np.array_equal(np.asarray(twin("a star", num_inference_steps=2).images[0]), reference)
