@@ -8,7 +8,8 @@ import numpy as np
 
 from .config import PersonalizeConfig
 from .generate import check_prompt, generate
-from .images import image_grid, save_image
+from .images import image_grid, save_images
+from .infotext import infotext
 
 VALIDATION_NAME = "validation-steps-{step}.png"  # --validation_prompt previews, beside the run
 
@@ -26,9 +27,12 @@ def write_preview(model, config: PersonalizeConfig, vectors: np.ndarray, step: i
     """The preview of ``step`` with the token's ``vectors`` [K, d] (diffusers' settings: 25 DPM-Solver++ steps,
     guidance 7.5; the run's seed, so previews of different steps compare). On a model with a memory budget it is
     generated within it, as ``generate`` does."""
-    images = generate(model, config.validation_prompt, seed=config.seed, height=resolution, width=resolution,
-                      num_images=config.num_validation_images, added_embeddings={config.placeholder_token: vectors},
-                      batch_cfg=batch_cfg, clip_skip=config.clip_skip, prompt_weighting=config.validation_prompt_weighting)
+    settings = dict(seed=config.seed, height=resolution, width=resolution, num_images=config.num_validation_images,
+                    clip_skip=config.clip_skip, prompt_weighting=config.validation_prompt_weighting)
+    images = generate(model, config.validation_prompt, added_embeddings={config.placeholder_token: vectors},
+                      batch_cfg=batch_cfg, **settings)
     model.release("vae_decoder")  # training does not need it: keep its memory free between previews
-    return save_image(image_grid([images]), config.output_dir / VALIDATION_NAME.format(step=step),
-                      "--validation_prompt preview")
+    # The grid says its first image's settings, as A1111's grids (the token's vectors are the run's at this step).
+    text = infotext(config.validation_prompt, settings, images[0].size, model)
+    return save_images([(image_grid([images]), config.output_dir / VALIDATION_NAME.format(step=step))],
+                       "--validation_prompt preview", texts=[text])[0]

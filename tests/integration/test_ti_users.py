@@ -21,6 +21,7 @@ from zoodip.prompt_checks import token_use_problems, truncation_problems, unload
 from zoodip.images import load_image
 from zoodip.prompts import PromptSampler, load_template_file
 from zoodip.safetensors_io import save_file
+from zoodip.image_parameters import read_parameters
 from zoodip.trainer import VALIDATION_NAME, PersonalizeConfig, Personalizer, personalize
 
 TOKEN = "<striped-star>"
@@ -183,6 +184,8 @@ def test_validation_previews_are_written_and_announced_without_changing_the_run(
     previews = [e.path for e in events if e.event == "validation"]
     assert previews == [str(tmp_path / "v" / VALIDATION_NAME.format(step=s)) for s in (2, 3)]
     assert Image.open(previews[0]).size[0] > 2 * 128  # a grid of 2
+    text = read_parameters(previews[0])  # the settings that made it, as A1111's previews and grids say them
+    assert text.startswith(f"a photo of {TOKEN}\nSteps: 25, ") and "Size: 128x128" in text and "Batch size: 2" in text
     plain = personalize(run_config(tiny_export, photos, tmp_path / "p"))
     assert result.embedding_path.read_bytes() == plain.embedding_path.read_bytes()
     with pytest.raises(ZoodipError, match="does not contain"):
