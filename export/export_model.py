@@ -1,6 +1,7 @@
 """Export a diffusers Stable Diffusion folder (SD1.x/2.x) to zoodip's ONNX folder (docs/export-format.md).
 
     python export/export_model.py SRC_FOLDER OUT_DIR [--precision fp32|int8] [--recipe w8a32|w4a32|dynamic-int8]
+    python export/export_model.py model.safetensors OUT_DIR  # A1111's single-file checkpoint (single_file.py)
     python export/export_model.py --tiny OUT_DIR          # a small seeded random SD-shaped model
 
 The folder is built next to OUT_DIR under a temporary name and renamed at the very end, so a
@@ -23,7 +24,7 @@ from typing import Any
 from zoodip.errors import ZoodipError
 from zoodip.model import FORMAT, FORMAT_VERSION, file_sha256  # one definition of the folder format, shared with the reader
 from zoodip_export.staging import missing_parents, publish, staging_folder
-from zoodip_export.source_folder import read_json, check_source, model_info
+from zoodip_export.source_folder import check_source, model_info, read_json, read_source
 
 PRECISIONS = ("int8", "fp32")
 MANIFEST = "manifest.json"
@@ -280,21 +281,22 @@ def _export_graphs(source: Path, staging: Path, info: dict[str, Any], recipe: st
 def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, precision: str = "int8",
                  recipe: str | None = None, seed: int = 0, parity: bool = True, sample_size: int | None = None,
                  progress: bool = True, overwrite: bool = False, curvature_samples: int | None = None,
-                 ) -> dict[str, Any]:
-    """Export ``source`` (a diffusers SD1.x/2.x folder), or with ``tiny`` a seeded tiny model, to ``out_dir``.
+                 config: Path | None = None) -> dict[str, Any]:
+    """Export ``source`` (a diffusers SD1.x/2.x folder, or a single-file ``.safetensors`` checkpoint in the original
+    layout, whose architecture is ``config``'s, a diffusers folder, or SD1.5's: ``single_file``), or with ``tiny`` a
+    seeded tiny model, to ``out_dir``.
 
     Returns the manifest (also written as ``out_dir/manifest.json``). Raises ``ZoodipError`` for
     bad inputs, before anything is written. ``curvature_samples``: draws averaged into the curvature
     subspace (0: none; None: ``zoodip_export.curvature.DEFAULT_CURVATURE_SAMPLES``, or its
     ``RANDOM_MODEL_CURVATURE_SAMPLES`` for the seeded random-weight models).
     """
-    from zoodip_export.tiny import build_tiny_sd_folder
-
     precision, recipe = resolve_recipe(precision, recipe)
-    _check_export_args(source, tiny, curvature_samples, sample_size)
+    _check_export_args(source, tiny, curvature_samples, sample_size, config)
     out_dir = Path(out_dir).expanduser().absolute()
     check_out_dir(out_dir, overwrite, None if tiny else source)
-    source, configs, source_entry = _read_source(source, sample_size, seed)
+    config = None if config is None else Path(config).expanduser().absolute()
+    source, configs, source_entry = read_source(source, sample_size, seed, config)
     if recipe == "dynamic-int8":
         from zoodip_export.quantize import DYNAMIC_INT8_WARNING
 
@@ -306,10 +308,8 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     staging = staging_folder(out_dir)
     try:
         with _quiet_libraries():
-            if tiny:
-                log("building the tiny random model")
-                source = build_tiny_sd_folder(staging / "_source", seed=seed)
-                configs = check_source(source)
+            if tiny or source.is_file():
+                source, configs = _built_source(source, staging / "_source", seed, config, log)
             info = model_info(configs, sample_size)
             graphs, parity_results = _export_graphs(source, staging, info, recipe, seed=seed, parity=parity, log=log)
 
@@ -319,8 +319,8 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
         with _quiet_libraries():
             curvature = export_curvature(source, staging, curvature_samples, "tiny" if tiny else source_entry["kind"],
                                          seed, log)
-        if tiny:
-            shutil.rmtree(staging / "_source")
+        for scratch in ("_source", "_source-config"):  # the tiny model's or a single file's folder
+            shutil.rmtree(staging / scratch, ignore_errors=True)
 
         manifest = _manifest(staging, source_entry, precision, recipe, info, graphs, parity_results, curvature)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -339,10 +339,29 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     return manifest
 
 
-def _check_export_args(source: Path | None, tiny: bool, curvature_samples: int | None, sample_size: int | None) -> None:
+def _built_source(source: Path | None, dest: Path, seed: int, config: Path | None,
+                  log: _Progress) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """The folder an export reads where it has to be written first (the tiny model, or a single file converted) and
+    its configs."""
+    from zoodip_export.single_file import single_file_to_folder
+    from zoodip_export.tiny import build_tiny_sd_folder
+
+    if source is None:
+        log("building the tiny random model")
+        folder = build_tiny_sd_folder(dest, seed=seed)
+    else:
+        log(f"converting the single-file checkpoint {source.name} (diffusers' conversion, offline)")
+        folder = single_file_to_folder(source, dest, config)
+    return folder, check_source(folder)
+
+
+def _check_export_args(source: Path | None, tiny: bool, curvature_samples: int | None, sample_size: int | None,
+                       config: Path | None = None) -> None:
     """export_model()'s arguments that need no file, each refused in one line."""
     if tiny and source is not None:
         raise ZoodipError("give either a source folder or --tiny, not both")
+    if tiny and config is not None:
+        raise ZoodipError("--config is for a single-file checkpoint, not --tiny: drop it")
     if not tiny and source is None:
         raise ZoodipError("no source folder given (pass a diffusers Stable Diffusion folder, or --tiny)")
     if curvature_samples is not None and (isinstance(curvature_samples, bool) or not isinstance(curvature_samples, int)
@@ -350,22 +369,6 @@ def _check_export_args(source: Path | None, tiny: bool, curvature_samples: int |
         raise ZoodipError(f"curvature_samples must be a whole number >= 0 (0: no curvature subspace), not {curvature_samples!r}")
     if sample_size is not None and (not isinstance(sample_size, int) or sample_size <= 0):
         raise ZoodipError(f"sample_size must be a positive integer, not {sample_size!r}")
-
-
-def _read_source(source: Path | None, sample_size: int | None,
-                 seed: int) -> tuple[Path | None, dict[str, dict[str, Any]], dict[str, Any]]:
-    """(absolute source folder, its checked configs, the manifest's "source" entry); the tiny model's without one."""
-    from zoodip_export.tiny import SOURCE_MARKER
-
-    if source is None:
-        return None, {}, {"kind": "tiny", "path": None, "seed": seed}
-    source = Path(source).expanduser().absolute()
-    configs = check_source(source)
-    model_info(configs, sample_size)  # fail on a bad sample_size before writing anything
-    marker = source / SOURCE_MARKER
-    built_here = read_json(marker) if marker.is_file() else {}
-    return source, configs, {"kind": built_here.get("kind", "diffusers-folder"), "path": str(source),
-                             "seed": built_here.get("seed")}
 
 
 def _write_tokenizer_and_scheduler(source: Path, staging: Path, configs: dict[str, dict[str, Any]],
@@ -424,7 +427,12 @@ def _parser(prog: str = "python export/export_model.py") -> argparse.ArgumentPar
         description="Export a diffusers Stable Diffusion 1.x/2.x folder to zoodip's ONNX folder (4-bit/INT8 weights).",
         epilog=f"examples: {prog} ./stable-diffusion-v1-5 ./sd15-zoodip   |   {prog} --tiny ./tiny-zoodip",
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="SRC_FOLDER OUT_DIR (with --tiny: OUT_DIR only)")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="SOURCE OUT_DIR (SOURCE: a diffusers folder, or a single-file .safetensors checkpoint as "
+                             "A1111 keeps them; with --tiny: OUT_DIR only)")
+    parser.add_argument("--config", default=None, metavar="FOLDER",
+                        help="a single file's architecture: a diffusers folder of its kind, whose configs and tokenizer "
+                             "are read (default for SD1.x files: SD1.5's; SD2.x files need it)")
     parser.add_argument("--tiny", action="store_true", help="export a small seeded random SD-shaped model")
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="weight precision (default: int8, or what --recipe implies)")
@@ -456,7 +464,7 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
         args = parser.parse_args(argv)
         expected = 1 if args.tiny else 2
         if len(args.paths) != expected:
-            usage = "--tiny OUT_DIR" if args.tiny else "SRC_FOLDER OUT_DIR"
+            usage = "--tiny OUT_DIR" if args.tiny else "SOURCE OUT_DIR"
             raise ZoodipError(f"expected {usage}, got {len(args.paths)} path(s)")
         if not args.paths[-1].strip():  # Path("") would be the current folder
             raise ZoodipError("OUT_DIR is empty: name the folder to export into")
@@ -465,7 +473,8 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
         with interrupt_on_termination():  # SIGTERM too removes the staging folder, not only the next export
             export_model(source, Path(args.paths[-1]), tiny=args.tiny, precision=precision, recipe=args.recipe,
                          seed=args.seed, parity=args.parity, sample_size=args.sample_size, progress=not args.quiet,
-                         overwrite=args.overwrite, curvature_samples=args.curvature_samples)
+                         overwrite=args.overwrite, curvature_samples=args.curvature_samples,
+                         config=None if args.config is None else Path(args.config))
     except ZoodipError as exc:
         return print_error(exc)
     except KeyboardInterrupt:

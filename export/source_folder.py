@@ -120,3 +120,28 @@ def model_info(configs: dict[str, dict[str, Any]], sample_size: int | None) -> d
         "prediction_type": str(scheduler.get("prediction_type", "epsilon")),
         "num_train_timesteps": int(scheduler.get("num_train_timesteps", 1000)),
     }
+
+
+def read_source(source: Path | None, sample_size: int | None, seed: int,
+                config: Path | None = None) -> tuple[Path | None, dict[str, dict[str, Any]], dict[str, Any]]:
+    """(absolute source folder, its checked configs, the manifest's "source" entry); the tiny model's without one, a
+    single file's with its configs read after its conversion."""
+    from zoodip_export.single_file import single_file_flavor
+    from zoodip_export.tiny import SOURCE_MARKER
+
+    if source is None:
+        return None, {}, {"kind": "tiny", "path": None, "seed": seed}
+    source = Path(source).expanduser().absolute()
+    if config is not None:
+        check_source(config)  # a diffusers folder, its configs and tokenizer read (its weights need not be there)
+    if source.is_file():
+        single_file_flavor(source)  # refused before any work if it is not an SD1.x/2.x checkpoint
+        return source, {}, {"kind": "single-file", "path": str(source), "seed": None}
+    if config is not None:
+        raise ZoodipError("--config is for a single-file checkpoint; a diffusers folder has its own configs: drop it")
+    configs = check_source(source)
+    model_info(configs, sample_size)  # fail on a bad sample_size before writing anything
+    marker = source / SOURCE_MARKER
+    built_here = read_json(marker) if marker.is_file() else {}
+    return source, configs, {"kind": built_here.get("kind", "diffusers-folder"), "path": str(source),
+                             "seed": built_here.get("seed")}

@@ -1,0 +1,114 @@
+"""A1111's single-file checkpoints: one ``.safetensors`` in the original Stable Diffusion (LDM) layout, as A1111,
+civitai and most shared SD1.x models keep them, turned into the diffusers folder the exporter reads.
+
+The conversion is diffusers' own (``StableDiffusionPipeline.from_single_file``), run offline: the architecture comes
+from configs given here, never from the Hub. SD1.x checkpoints use SD1.5's (``sd15_configs``, with CLIP's tokenizer
+files built from the merges shipped in a PyPI package); SD2.x ones need ``config``, a diffusers SD2.x folder of the
+same kind, since the weights do not say whether the model predicts noise (2.x base, 512 px) or velocity (2.x, 768 px).
+Pickled checkpoints (``.ckpt``) are refused: unpickling runs code, and this tool reads files people download.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from zoodip.errors import ZoodipError
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+_UNET, _SD1_TEXT, _SD2_TEXT = "model.diffusion_model.", "cond_stage_model.transformer.", "cond_stage_model.model."
+_SDXL = "conditioner.embedders."
+_INPUT_CONV = _UNET + "input_blocks.0.0.weight"
+_TO_FOLDER = ("python -c \"from diffusers import StableDiffusionPipeline as P; "
+              "P.from_single_file('IN.safetensors').save_pretrained('FOLDER')\" on a machine with network access, then "
+              "export FOLDER")
+
+
+def single_file_flavor(path: Path) -> str:
+    """"sd1" or "sd2" for an SD checkpoint file, from the names in its header alone (no tensor is read); anything
+    else refused in one line saying what to pass instead."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ZoodipError(f"{path} is a pickled checkpoint, which zoodip does not load (unpickling runs code from the "
+                          f"file): use the model's .safetensors file, or convert it with {_TO_FOLDER}")
+    if path.suffix.lower() != ".safetensors":
+        raise ZoodipError(f"{path} is neither a diffusers folder nor a .safetensors checkpoint: pass one of them")
+    names = _tensor_names(path)
+    if any(name.startswith(_SDXL) for name in names):
+        raise ZoodipError(f"{path} is an SDXL checkpoint: zoodip exports Stable Diffusion 1.x/2.x only")
+    if not any(name.startswith(_UNET) for name in names):
+        kind = "a LoRA" if any("lora" in name for name in names) else "not a Stable Diffusion checkpoint"
+        raise ZoodipError(f"{path} is {kind} (no {_UNET}* tensors): pass a whole SD1.x/2.x checkpoint or a diffusers "
+                          "folder")
+    if any(name.startswith(_SD2_TEXT) for name in names):
+        return "sd2"
+    if any(name.startswith(_SD1_TEXT) for name in names):
+        return "sd1"
+    raise ZoodipError(f"{path} holds a UNet but no text encoder ({_SD1_TEXT}* or {_SD2_TEXT}*): pass a whole "
+                      "SD1.x/2.x checkpoint")
+
+
+def _tensor_names(path: Path) -> list[str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            return list(file.keys())
+    except (OSError, SafetensorError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ZoodipError(f"cannot read {path} ({reason}): the file may be damaged or incomplete: copy it again") from None
+
+
+def single_file_to_folder(path: Path, dest: Path, config: Path | None = None) -> Path:
+    """Write ``path``'s weights as a diffusers folder ``dest`` (fp32), its architecture from ``config`` (a diffusers
+    folder: its configs and tokenizer are read, not its weights) or, for SD1.x, SD1.5's; returns ``dest``."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    flavor = single_file_flavor(path)
+    if config is None:
+        if flavor == "sd2":
+            raise ZoodipError(f"{path} is an SD2.x checkpoint, whose weights do not say whether it predicts noise "
+                              "(2.x base, 512 px) or velocity (2.x, 768 px): pass --config FOLDER, a diffusers SD2.x "
+                              "folder of the same kind (its configs are read, not its weights)")
+        config = _sd15_config_folder(dest.with_name(dest.name + "-config"), _in_channels(path))
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()  # the export's own progress lines say what is done
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
+                                                        torch_dtype=torch.float32, safety_checker=None,
+                                                        requires_safety_checker=False)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "state_dict" in reason or "size mismatch" in reason:
+            reason = f"its tensors do not fit that architecture: {reason.rstrip(':')}"
+        what = "SD1.5's configs" if config.name.endswith("-config") else f"the configs of {config}"
+        raise ZoodipError(f"cannot convert {path} with {what} ({reason[:300]}): a checkpoint of another "
+                          "architecture needs --config FOLDER, a diffusers folder of its kind") from None
+    finally:
+        diffusers_logging.enable_progress_bar()
+    pipe.save_pretrained(dest, safe_serialization=True)
+    return dest
+
+
+def _in_channels(path: Path) -> int:
+    """The UNet's input channels (4; an inpainting model's 9), from the first convolution's shape."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as file:
+        return int(file.get_slice(_INPUT_CONV).get_shape()[1]) if _INPUT_CONV in file.keys() else 4
+
+
+def _sd15_config_folder(dest: Path, in_channels: int) -> Path:
+    """SD1.5's configs and CLIP's tokenizer as a weightless diffusers folder, for diffusers' conversion to read."""
+    from zoodip_export.clip_vocab import write_clip_tokenizer_files
+    from zoodip_export.sd15_configs import sd15_configs
+    from zoodip_export.tiny import model_index, write_json
+
+    configs: dict[str, Any] = sd15_configs()
+    configs["unet"]["in_channels"] = in_channels
+    write_json(dest / "model_index.json", model_index())
+    for name, file in (("unet", "config.json"), ("vae", "config.json"), ("text_encoder", "config.json"),
+                       ("scheduler", "scheduler_config.json")):
+        write_json(dest / name / file, configs[name])
+    write_clip_tokenizer_files(dest / "tokenizer")
+    return dest

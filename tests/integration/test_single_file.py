@@ -1,0 +1,94 @@
+"""``zoodip export FILE.safetensors``: A1111's single-file checkpoints (the original LDM layout), converted offline by
+diffusers' own conversion with configs given here, then exported as a folder would be."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from cli_helpers import assert_one_line_error, run_cli
+from ldm_layout import folder_to_ldm
+
+GRAPH_FILES = ("text_encoder.onnx", "unet.onnx", "vae_encoder.onnx", "vae_decoder.onnx", "token_embeddings.npy")
+FAST = ["--quiet", "--no-parity", "--curvature-samples", "0", "--recipe", "w8a32"]
+
+
+def _graph_hashes(export: Path) -> dict[str, str]:
+    files = json.loads((export / "manifest.json").read_text())["files"]
+    return {name: info["sha256"] for name, info in files.items() if name.split(".")[0] in
+            {Path(g).stem for g in GRAPH_FILES}}
+
+
+@pytest.fixture(scope="module")
+def folder_export(tiny_sd_folder, tmp_path_factory) -> Path:
+    from zoodip_export.export_model import export_model
+
+    out = tmp_path_factory.mktemp("folder") / "export"
+    export_model(tiny_sd_folder, out, recipe="w8a32", parity=False, progress=False, curvature_samples=0)
+    return out
+
+
+def test_a_single_file_exports_the_same_graphs_as_its_diffusers_folder(tiny_sd_folder, folder_export, tmp_path, capsys):
+    checkpoint = folder_to_ldm(tiny_sd_folder, tmp_path / "tiny-model.safetensors")
+    out = tmp_path / "from-file"
+    code, _, err = run_cli(["export", checkpoint, out, "--config", tiny_sd_folder, *FAST], capsys)
+    assert code == 0, err
+    assert _graph_hashes(out) == _graph_hashes(folder_export) and len(_graph_hashes(out)) == len(GRAPH_FILES)
+    source = json.loads((out / "manifest.json").read_text())["source"]
+    assert source["kind"] == "single-file" and source["path"] == str(checkpoint)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in folder_export.iterdir())  # no scratch left
+
+
+def test_an_sd2_file_needs_its_configs_and_keeps_v_prediction(tmp_path, capsys):
+    from zoodip_export.tiny import build_tiny_sd_folder
+
+    folder = build_tiny_sd_folder(tmp_path / "sd2", seed=1, flavor="sd2")
+    checkpoint = folder_to_ldm(folder, tmp_path / "sd2-model.safetensors")
+    out = tmp_path / "out"
+    assert_one_line_error(*run_cli(["export", checkpoint, out, *FAST], capsys)[::2], "pass --config FOLDER")
+    assert not out.exists()
+    code, _, err = run_cli(["export", checkpoint, out, "--config", folder, *FAST], capsys)
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["model"]["prediction_type"] == "v_prediction"
+
+
+def _fake_checkpoint(path: Path, names: list[str]) -> Path:
+    save_file({name: np.zeros(2, np.float32) for name in names}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("name, names, words", [
+    ("model.ckpt", None, "is a pickled checkpoint"),
+    ("lora.safetensors", ["lora_unet_down_blocks_0.lora_up.weight"], "is a LoRA"),
+    ("xl.safetensors", ["conditioner.embedders.0.transformer.x", "model.diffusion_model.x"], "SDXL"),
+    ("vae.safetensors", ["encoder.conv_in.weight"], "not a Stable Diffusion checkpoint"),
+    ("unet-only.safetensors", ["model.diffusion_model.x"], "no text encoder"),
+    ("damaged.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json", "cannot read"),
+    ("model.onnx", [], "neither a diffusers folder nor a .safetensors checkpoint"),
+])
+def test_files_that_are_not_sd_checkpoints_are_refused_before_any_work(tmp_path, capsys, name, names, words):
+    path = tmp_path / name
+    if isinstance(names, list) and name.endswith(".safetensors"):
+        _fake_checkpoint(path, names)
+    else:
+        path.write_bytes(names if isinstance(names, bytes) else b"\x80\x04 a pickle")
+    out = tmp_path / "out"
+    assert_one_line_error(*run_cli(["export", path, out, *FAST], capsys)[::2], words)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_a_file_of_another_architecture_and_misplaced_config_flags(tiny_sd_folder, tmp_path, capsys):
+    checkpoint = folder_to_ldm(tiny_sd_folder, tmp_path / "tiny-model.safetensors")
+    out = tmp_path / "out"
+    # Without --config an SD1.x file is read with SD1.5's configs, which the tiny model's tensors do not fit.
+    assert_one_line_error(*run_cli(["export", checkpoint, out, *FAST], capsys)[::2], "do not fit that architecture")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["tiny-model.safetensors"]
+    assert_one_line_error(*run_cli(["export", tiny_sd_folder, out, "--config", tiny_sd_folder, *FAST], capsys)[::2],
+                          "--config is for a single-file checkpoint")
+    assert_one_line_error(*run_cli(["export", "--tiny", out, "--config", tiny_sd_folder, *FAST], capsys)[::2],
+                          "--config is for a single-file checkpoint")
+    assert_one_line_error(*run_cli(["export", checkpoint, out, "--config", tmp_path, *FAST], capsys)[::2],
+                          "not a diffusers Stable Diffusion folder")
