@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from PIL import Image, PngImagePlugin
+from PIL import Image, PngImagePlugin, TiffImagePlugin
 
 from .errors import ZoodipError
 
@@ -23,7 +23,7 @@ _EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
 _TIFF_LONG, _TIFF_UNDEFINED = 4, 7  # TIFF field types
 _JPEG_SEGMENT = 65533  # the most bytes a JPEG's EXIF segment holds
 _UNICODE, _ASCII = b"UNICODE\0", b"ASCII\0\0\0"  # EXIF's character codes
-_MAX_TEXT = 1 << 20  # a parameters text past this is not one (Pillow's limit on a PNG text chunk, too)
+_MAX_TEXT = 16 << 20  # a parameters text past this is not one
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -54,8 +54,8 @@ def exif_user_comment(comment: bytes) -> bytes:
 
 
 def read_parameters(path: str | Path) -> str | None:
-    """An image's generation parameters (a PNG's ``parameters`` text, a JPEG's or WebP's EXIF comment; None: it has
-    none), or one line for what is not an image that can be read."""
+    """An image's generation parameters (a PNG's ``parameters`` text, else its EXIF comment; a JPEG's, WebP's or TIFF's
+    EXIF comment; None: it has none), or one line for what is not an image that can be read."""
     if not Path(path).is_file():  # a pipe would block the read for ever
         raise ZoodipError(f"{path} does not exist or is not a regular file: pass an image zoodip or A1111 wrote")
     try:
@@ -63,66 +63,107 @@ def read_parameters(path: str | Path) -> str | None:
             head = file.read(12)
             file.seek(0)
             if head.startswith(_PNG_SIGNATURE):
-                return _png_parameters(file)
-            if head.startswith(b"\xff\xd8"):
-                return _comment(_jpeg_exif(file))
-            if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-                return _comment(_webp_exif(file))
-        with Image.open(path) as image:  # another format Pillow reads (TIFF, ...): its EXIF, if it has one
-            return _comment(image.getexif())
-    except ZoodipError:
-        raise
+                text = _png_parameters(file)
+            elif head.startswith(b"\xff\xd8"):
+                text = _comment(_jpeg_exif(file))
+            elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+                text = _comment(_webp_exif(file))
+            elif head[:4] in (b"II*\0", b"MM\0*"):  # TIFF: its own plugin, which reads the header and no pixel
+                with TiffImagePlugin.TiffImageFile(file) as image:
+                    text = _comment(image.getexif())
+            else:
+                with Image.open(file) as image:  # another format Pillow reads (GIF, BMP, ...): its EXIF, if any
+                    text = _comment(image.getexif())
+    except (ZoodipError, TooLarge) as exc:
+        raise ZoodipError(f"cannot read image {path}: {exc}") from None
     except Exception as exc:  # damaged chunks, EXIF or files of every kind
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ZoodipError(f"cannot read image {path} ({reason}): pass an image zoodip or A1111 wrote") from None
+        reason = _DAMAGED if isinstance(exc, (IndexError, struct.error, EOFError)) or not str(exc) else str(exc)
+        raise ZoodipError(f"cannot read image {path} ({reason.splitlines()[0]}): pass an image zoodip or A1111 "
+                          "wrote") from None
+    return text or None
+
+
+_DAMAGED = "its chunks or segments are damaged or cut short"
+_MAX_PARTS = 100_000  # chunks or segments walked before the text: far more than any image holds there
+
+
+class TooLarge(ValueError):
+    """A parameters text past ``_MAX_TEXT``."""
 
 
 def _png_parameters(file: BinaryIO) -> str | None:
-    """The first ``parameters`` text chunk (tEXt, zTXt or iTXt), before or after the pixel data."""
-    file.seek(len(_PNG_SIGNATURE))
+    """The ``parameters`` text (tEXt, zTXt or iTXt): the last one before the pixel data, as Pillow and so A1111 read
+    it, else one after it; else the eXIf chunk's comment."""
     size = file.seek(0, 2)
     file.seek(len(_PNG_SIGNATURE))
-    while len(header := file.read(8)) == 8:
+    before, after, exif, seen_pixels = None, None, None, False
+    for _ in range(_MAX_PARTS):
+        header = file.read(8)
+        if len(header) < 8:
+            raise ValueError("the PNG ends before its last chunk: cut short")
         length, kind = struct.unpack(">I4s", header)
+        if kind == b"IDAT" and before is not None:
+            return before  # what Pillow, and so A1111, reads: the file's later chunks are not needed
         if not kind.isalpha() or file.tell() + length + 4 > size or (kind == b"IHDR") != (file.tell() == 16):
-            raise ValueError("damaged PNG chunks")
-        if kind in (b"tEXt", b"zTXt", b"iTXt") and length <= _MAX_TEXT:
+            raise ValueError(_DAMAGED)
+        if kind == b"IEND":
+            text = before if before is not None else after
+            return text if text is not None else _comment(exif)
+        if kind in (b"tEXt", b"zTXt", b"iTXt", b"eXIf") and length > _MAX_TEXT:
+            raise TooLarge(f"a text chunk of {length} bytes, past the {_MAX_TEXT >> 20} MB a parameters text may hold")
+        if kind in (b"tEXt", b"zTXt", b"iTXt"):
             keyword, _, body = file.read(length).partition(b"\0")
             if keyword == PARAMETERS_KEY.encode():
-                return _png_text(kind, body)
-        elif kind == b"IEND":
-            return None
+                text = _png_text(kind, body)
+                before, after = (before, text) if seen_pixels else (text, after)
+        elif kind == b"eXIf":
+            exif = file.read(length)
         else:
+            seen_pixels = seen_pixels or kind == b"IDAT"
             file.seek(length, 1)
         file.seek(4, 1)  # the chunk's CRC
-    raise ValueError("the PNG ends before its last chunk: cut short")
+    raise ValueError(f"more than {_MAX_PARTS} chunks: {_DAMAGED}")
 
 
 def _png_text(kind: bytes, body: bytes) -> str:
     if kind == b"tEXt":
         return body.decode("latin-1")
-    if kind == b"zTXt":  # a compression method byte, then zlib
+    if kind == b"zTXt":  # a compression method byte (0: zlib), then the stream
+        if body[:1] != b"\0":
+            raise ValueError("a compressed text chunk of an unknown compression method")
         return _inflated(body[1:]).decode("latin-1")
-    compressed, body = body[0], body[2:]  # iTXt: flag, method, language and translated keyword, then UTF-8
-    text = body.split(b"\0", 2)[-1]
-    return (_inflated(text) if compressed else text).decode("utf-8", errors="replace")
+    compressed, method, body = body[:1] == b"\1", body[1:2], body[2:]  # iTXt: flags, language, translated keyword
+    parts = body.split(b"\0", 2)
+    if len(parts) < 3 or (compressed and method != b"\0"):
+        raise ValueError(f"an international text chunk: {_DAMAGED}")
+    return (_inflated(parts[2]) if compressed else parts[2]).decode("utf-8", errors="replace")
 
 
 def _inflated(data: bytes) -> bytes:
-    """zlib's data, refused past ``_MAX_TEXT`` (a small chunk can inflate to gigabytes)."""
+    """zlib's data, refused past ``_MAX_TEXT`` (a small chunk can inflate to gigabytes) or cut short."""
     inflater = zlib.decompressobj()
     text = inflater.decompress(data, _MAX_TEXT)
     if inflater.unconsumed_tail:
-        raise ValueError("a compressed text chunk inflates past 1 MB")
+        raise TooLarge(f"a compressed text chunk inflates past {_MAX_TEXT >> 20} MB")
+    if not inflater.eof:
+        raise ValueError("a compressed text chunk is cut short")
     return text
 
 
 def _jpeg_exif(file: BinaryIO) -> bytes | None:
     """The APP1 segment that holds EXIF (before the image data, where JPEG keeps it)."""
     file.seek(2)
-    while (marker := file.read(2)) and marker[0] == 0xFF:
-        while marker[1] == 0xFF:  # fill bytes
-            marker = marker[1:] + file.read(1)
+    for _ in range(_MAX_PARTS):
+        marker = file.read(2)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            break
+        if marker[1] == 0xFF:  # fill bytes: skipped a block at a time
+            file.seek(-1, 1)
+            fill = file.read(1 << 16).lstrip(b"\xff")
+            if not fill:
+                break
+            file.seek(-len(fill), 1)
+            continue
         if marker[1] in (0xDA, 0xD9):  # the scan's data, or the end: no EXIF before it
             return None
         if 0xD0 <= marker[1] <= 0xD7 or marker[1] == 0x01:  # markers without a length
@@ -133,24 +174,31 @@ def _jpeg_exif(file: BinaryIO) -> bytes | None:
             break
         if marker[1] == 0xE1 and segment.startswith(b"Exif\0\0"):
             return segment
-    raise ValueError("the JPEG's segments are damaged or cut short")
+    raise ValueError(f"the JPEG's segments are damaged or cut short")
 
 
 def _webp_exif(file: BinaryIO) -> bytes | None:
     """The RIFF container's EXIF chunk."""
+    size = file.seek(0, 2)
+    file.seek(4)
+    if struct.unpack("<I", file.read(4))[0] + 8 > size:
+        raise ValueError("the WebP is cut short")
     file.seek(12)
-    while len(header := file.read(8)) == 8:
+    for _ in range(_MAX_PARTS):
+        header = file.read(8)
+        if len(header) < 8:
+            return None
         kind, length = header[:4], struct.unpack("<I", header[4:])[0]
         if kind == b"EXIF":
             if len(data := file.read(length)) != length:
                 raise ValueError("the WebP's EXIF chunk is cut short")
             return data
         file.seek(length + (length & 1), 1)  # chunks are padded to an even length
-    return None
+    raise ValueError(f"more than {_MAX_PARTS} chunks: {_DAMAGED}")
 
 
 def _comment(exif: bytes | Image.Exif | None) -> str | None:
-    """The EXIF UserComment's text (UNICODE or ASCII coded), else None."""
+    """The EXIF UserComment's text (UNICODE, ASCII or, as A1111 reads it, undefined-coded UTF-8), else None."""
     if exif is None:
         return None
     if isinstance(exif, bytes):
@@ -159,19 +207,26 @@ def _comment(exif: bytes | Image.Exif | None) -> str | None:
         exif = parsed
     comment = exif.get_ifd(_EXIF_IFD).get(_USER_COMMENT)
     comment = bytes(comment) if isinstance(comment, tuple) else comment  # typed BYTE by another writer
-    if not isinstance(comment, bytes) or comment[:8] not in (_UNICODE, _ASCII):
+    if not isinstance(comment, bytes) or len(comment) < 8:
         return None
-    body = comment[8:]
-    encoding = "ascii" if comment[:8] == _ASCII else _utf16_order(body, getattr(exif, "endian", ">"))
-    return body.decode(encoding, errors="replace").lstrip("\ufeff").rstrip("\0") or None
+    code, body = comment[:8], comment[8:]
+    if code == _UNICODE:
+        text = _utf16(body, getattr(exif, "endian", ">"))
+    else:
+        text = body.decode("ascii" if code == _ASCII else "utf-8", errors="replace" if code == _ASCII else "ignore")
+    return text.lstrip("\ufeff").rstrip("\0") or None
 
 
-def _utf16_order(body: bytes, endian: str) -> str:
-    """UTF-16's byte order: a byte-order mark's; else where the zero bytes of Latin text fall (A1111's is big-endian;
-    writers that follow the TIFF's byte order write little-endian); else the TIFF's."""
+def _utf16(body: bytes, endian: str) -> str:
+    """UTF-16 in the byte order a byte-order mark gives; else the one whose text reads as A1111's (its "Steps: "
+    field), else the one that decodes, trying big-endian first (A1111's and zoodip's) unless the TIFF is
+    little-endian (a writer that follows it)."""
     if body[:2] in (b"\xfe\xff", b"\xff\xfe"):
-        return "utf-16-be" if body[:2] == b"\xfe\xff" else "utf-16-le"
-    high_first, high_last = body[0::2].count(0), body[1::2].count(0)
-    if high_first != high_last:
-        return "utf-16-be" if high_first > high_last else "utf-16-le"
-    return "utf-16-le" if endian == "<" else "utf-16-be"
+        return body.decode("utf-16-be" if body[:2] == b"\xfe\xff" else "utf-16-le", errors="replace")
+    orders = ("utf-16-le", "utf-16-be") if endian == "<" else ("utf-16-be", "utf-16-le")
+    texts = [body.decode(order, errors="replace") for order in orders]
+    for test in (lambda text: "Steps: " in text, lambda text: "\ufffd" not in text):
+        for text in texts:
+            if test(text):
+                return text
+    return texts[0]

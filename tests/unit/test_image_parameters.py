@@ -52,10 +52,10 @@ def test_an_image_of_any_size_is_read_without_touching_pillows_pixel_limit(tmp_p
     assert Image.MAX_IMAGE_PIXELS == 1000
 
 
-def test_a_text_that_inflates_past_a_megabyte_is_refused_in_one_line(tmp_path):
+def test_a_text_that_inflates_past_16_mb_is_refused_in_one_line(tmp_path):
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(_png(_chunk(b"zTXt", b"parameters\0\0" + zlib.compress(b"a" * (20 << 20), 9)), _idat()))
-    with pytest.raises(ZoodipError, match="inflates past 1 MB") as caught:
+    bomb.write_bytes(_png(_chunk(b"zTXt", b"parameters\0\0" + zlib.compress(b"a" * (40 << 20), 9)), _idat()))
+    with pytest.raises(ZoodipError, match="inflates past 16 MB") as caught:
         read_parameters(bomb)
     assert "\n" not in str(caught.value)
 
@@ -103,3 +103,56 @@ def test_images_without_parameters_and_damaged_files(tmp_path):
     cut = tmp_path / "cut.png"  # cut short after its parameters: they are read
     cut.write_bytes(_png(_chunk(b"tEXt", b"parameters\0" + TEXT.encode()), _idat())[:-20])
     assert read_parameters(cut) == TEXT
+
+
+def test_a_comment_of_characters_whose_low_byte_is_zero_is_read_in_its_byte_order(tmp_path):
+    text = "一" * 300 + "\nSteps: 20"  # U+4E00: its zero byte falls where little-endian Latin text has its zeros
+    for order, exif in (("be", exif_user_comment(b"UNICODE\0" + text.encode("utf-16-be"))),
+                        ("le", _little_endian_exif(b"UNICODE\0" + text.encode("utf-16-le")))):
+        (tmp_path / f"{order}.jpg").write_bytes(_jpeg_with_exif(exif))
+        assert read_parameters(tmp_path / f"{order}.jpg") == text
+
+
+def test_pngs_read_as_pillow_and_so_a1111_reads_them(tmp_path):
+    def text_chunk(value: bytes) -> bytes:
+        return _chunk(b"tEXt", b"parameters\0" + value)
+
+    cases = {
+        "two.png": (_png(text_chunk(b"FIRST"), text_chunk(b"SECOND"), _idat()), "SECOND"),  # the last before the pixels
+        "around.png": (_png(text_chunk(b"BEFORE"), _idat(), text_chunk(b"AFTER")), "BEFORE"),
+        "empty.png": (_png(text_chunk(b""), _idat()), None),
+        "exif.png": (_png(_chunk(b"eXIf", exif_user_comment(b"UNICODE\0" + TEXT.encode("utf-16-be"))[6:]), _idat()),
+                     TEXT),
+    }
+    for name, (data, expected) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert read_parameters(tmp_path / name) == expected, name
+
+
+@pytest.mark.parametrize("chunks, words", [
+    ([_chunk(b"zTXt", b"parameters\0\0" + zlib.compress(TEXT.encode())[:-6])], "cut short"),
+    ([_chunk(b"zTXt", b"parameters\0\1" + zlib.compress(TEXT.encode()))], "unknown compression method"),
+    ([_chunk(b"tEXt", b"parameters\0" + b"a" * ((16 << 20) + 1))], "past the 16 MB"),
+])
+def test_text_chunks_that_cannot_be_read_whole_are_said(tmp_path, chunks, words):
+    (tmp_path / "x.png").write_bytes(_png(*chunks, _idat()))
+    with pytest.raises(ZoodipError, match=words):
+        read_parameters(tmp_path / "x.png")
+
+
+def test_damaged_jpegs_webps_and_tiffs(tmp_path):
+    import time
+
+    (tmp_path / "fill.jpg").write_bytes(b"\xff\xd8" + b"\xff" * (8 << 20))  # fill bytes to the end: read in blocks
+    started = time.perf_counter()
+    with pytest.raises(ZoodipError, match="damaged or cut short"):
+        read_parameters(tmp_path / "fill.jpg")
+    assert time.perf_counter() - started < 1.0
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "WEBP", exif=exif_user_comment(b"ASCII\0\0\0" + b"x"))
+    (tmp_path / "cut.webp").write_bytes(buffer.getvalue()[:20])
+    with pytest.raises(ZoodipError, match="cut short"):
+        read_parameters(tmp_path / "cut.webp")
+    undefined = exif_user_comment(b"\0" * 8 + TEXT.encode())  # an undefined character code: UTF-8, as A1111 reads it
+    Image.new("RGB", (8, 8)).save(tmp_path / "u.tiff", exif=undefined)
+    assert read_parameters(tmp_path / "u.tiff") == TEXT
