@@ -271,9 +271,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out, singles = _checked_generate_flags(args)
     model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on",
                                                           memory_budget_mb=args.memory_budget))
-    sources: dict[str, Path] = {}
+    hashes: dict[str, str] = {}
     added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity,
-                                    args.clip_skip, sources=sources)
+                                    args.clip_skip, hashes=hashes)
     drawn = [flag for flag in ("seed", "variation_seed") if getattr(args, flag) == -1]  # A1111's "random": said below
     for flag in drawn:
         setattr(args, flag, secrets.randbelow(2**32))
@@ -285,10 +285,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             images = _generate_images(args.prompt, settings, model, added, groups, given, bar)
     finally:
         bar.close()
-    hashes = {} if args.no_metadata else used_embedding_hashes(model, [args.prompt, args.negative_prompt], added,
-                                                               sources)
+    used = {} if args.no_metadata else used_embedding_hashes(model, args.prompt, settings, added, hashes)
     texts = None if args.no_metadata else [infotext(args.prompt, dict(settings, latents=args.latents), im.size, model, i,
-                                                    hashes) for i, im in enumerate(images)]
+                                                    used) for i, im in enumerate(images)]
     # All of them or none: a full disk at the third image leaves the files that were there. The grid: the first's text.
     save_images([*zip(images, singles), (images[0] if len(images) == 1 else image_grid([images]), out)],
                 texts=texts and [*texts[:len(singles)], texts[0]])

@@ -90,8 +90,8 @@ def a1111_file_name(token: str) -> str:
 
 def _checked_vectors(path: str | os.PathLike[str], token: str, vectors: np.ndarray) -> np.ndarray:
     """``vectors`` as float32 [num_vectors, hidden], refused (with the token and file name) where unsavable."""
-    if not isinstance(token, str) or not token.strip() or token != token.strip():
-        raise ZoodipError(f"invalid placeholder token {token!r}: use a non-empty word without spaces around it, e.g. '<my-cat>'")
+    if not isinstance(token, str) or not token.strip() or any(ch.isspace() for ch in token):
+        raise ZoodipError(f"invalid placeholder token {token!r}: use one word without spaces, e.g. '<my-cat>'")
     if Path(path).suffix.lower() in _PICKLE_SUFFIXES:
         # The bytes would be safetensors, but every tool (this SDK included) treats the name as a pickle.
         raise ZoodipError(f"{path}: name embedding files '*.safetensors' (e.g. learned_embeds.safetensors), not {Path(path).suffix}")
@@ -151,7 +151,7 @@ def short_hash(path: str | os.PathLike[str]) -> str:
 
 def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | None]], tokenizer: Any = None,
                     hidden: int | None = None, model_id: str | None = None, clip_skip: int | None = None,
-                    sources: dict[str, Path] | None = None) -> tuple[dict[str, np.ndarray], list[list[str]]]:
+                    hashes: dict[str, str] | None = None) -> tuple[dict[str, np.ndarray], list[list[str]]]:
     """Embeddings for a prompt from ``PATH``, ``PATH:TOKEN`` or ``FOLDER`` specs (``--embedding``), or
     ``(PATH, TOKEN or None)`` pairs (a token holding ':', a path never split).
 
@@ -163,8 +163,9 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
     ``model_id``: the export's identity; a zoodip file trained on another export gets a warning, and so does one
     trained at another ``clip_skip`` than the generation's (where given). A ``FOLDER`` is loaded as A1111 loads its embeddings folder: every ``EMBEDDING_SUFFIXES`` file in it,
     a file that cannot be used (another model's width, damaged, a name taken) skipped with a warning, and
-    none of them in ``groups``, so that the ones a prompt does not use are not warned about. ``sources``, where
-    given, gets each name's file (the images' parameters name the files a prompt used: ``short_hash``).
+    none of them in ``groups``, so that the ones a prompt does not use are not warned about. ``hashes``, where
+    given, gets each name's file's ``short_hash``, taken as the file is loaded (the images' parameters name the files
+    a prompt used, as they were when read, whatever happens to them later).
     """
     if isinstance(specs, (str, os.PathLike)):  # one path, as diffusers' load_textual_inversion takes it
         specs = [specs]
@@ -183,7 +184,7 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
         path, token = (Path(shown), spec[1]) if isinstance(spec, tuple) else _split_spec(shown)
         if not path.is_dir():
             groups.append(_add(added, path, token, shown, tokenizer, hidden, model_id, clip_skip))
-            _note_sources(sources, groups[-1], path)
+            _note_hashes(hashes, groups[-1], path)
             continue
         if token is not None:
             raise ZoodipError(f"--embedding {spec!r}: a folder's embeddings keep their own names; drop ':{token}'")
@@ -193,15 +194,18 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
                               ".safetensors file or a folder of them")
         for file in files:
             try:
-                _note_sources(sources, _add(added, file, None, str(file), tokenizer, hidden, model_id, clip_skip), file)
+                _note_hashes(hashes, _add(added, file, None, str(file), tokenizer, hidden, model_id, clip_skip), file)
             except ZoodipError as exc:
                 warnings.warn(f"skipped {file.name} of the folder {path}: {exc}", stacklevel=2)
     return added, groups
 
 
-def _note_sources(sources: dict[str, Path] | None, names: list[str], path: Path) -> None:
-    if sources is not None:
-        sources.update(dict.fromkeys(names, path))
+def _note_hashes(hashes: dict[str, str] | None, names: list[str], path: Path) -> None:
+    if hashes is not None:
+        try:
+            hashes.update(dict.fromkeys(names, short_hash(path)))
+        except OSError as exc:  # gone or replaced since it was read a moment ago
+            raise ZoodipError(f"cannot read {path} again ({exc.strerror or exc}): was it moved while being loaded?") from None
 
 
 def _add(added: dict[str, np.ndarray], path: Path, token: str | None, spec: str, tokenizer: Any, hidden: int | None,
@@ -265,6 +269,9 @@ def _load(path: Path, token: str | None) -> tuple[str, np.ndarray, bool]:
             raise ZoodipError(f"invalid token {token!r} for {path.name}: use one word without spaces, e.g. '<my-dog>'")
         name = token
     elif stored_token is not None:
+        if not stored_token.strip() or any(ch.isspace() for ch in stored_token):
+            raise ZoodipError(f"{path}: its token {stored_token!r:.60} holds spaces, which a prompt cannot name as one "
+                              "token: rename it with --embedding PATH:TOKEN (load_textual_inversion(..., token=))")
         name = stored_token
     else:
         name = path.stem if (path.stem.startswith("<") and path.stem.endswith(">")) else f"<{path.stem}>"

@@ -209,13 +209,10 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
     """Text conditioning: ``encode(text)`` gives the text states ``[1, length, d]``, each text encoded once however
     often it is asked for; one warning per added token group that no phase of the prompts uses within what is read,
     and per emphasis it cannot honour."""
-    schedules = [schedule for _, schedule in phases[0]] + [phases[1]]
-    prompts = list(dict.fromkeys(text for schedule in schedules for text in schedule.values))  # each text once
+    prompts, read, chunked = _texts_read(model, phases, weighting)
     tokenizer, extra_rows, known_added = tokenizer_with(model, added_embeddings)
     groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
     weighted = weighting == "a1111"
-    chunked = weighted and bool(getattr(model, "text_length_free", False))  # A1111's long prompts: read whole
-    read = [emphasis_free_text(text) for text in prompts] if weighted else prompts  # the words the encoder gets
     problems = ([] if chunked else truncation_problems(tokenizer, read, LONG_PROMPT_HINT if weighted else ""))
     problems += (token_use_problems(tokenizer, read, groups, whole=chunked)
                  + unloaded_token_problems(read, names := [name for names in groups for name in names], tokenizer)
@@ -241,6 +238,25 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
         return _text_states(model, ids, weights, extra_rows, clip_skip)
 
     return encode
+
+
+def _texts_read(model: Any, phases: PromptPhases, weighting: str) -> tuple[list[str], list[str], bool]:
+    """The texts of the prompts' phases (each once), the words of each the text encoder gets, and whether they are
+    read whole (A1111's long prompts, in chunks) rather than to the 77-token limit."""
+    schedules = [schedule for _, schedule in phases[0]] + [phases[1]]
+    prompts = list(dict.fromkeys(text for schedule in schedules for text in schedule.values))  # each text once
+    weighted = weighting == "a1111"
+    chunked = weighted and bool(getattr(model, "text_length_free", False))  # A1111's long prompts: read whole
+    return prompts, [emphasis_free_text(text) for text in prompts] if weighted else prompts, chunked
+
+
+def prompt_texts_read(model: Any, prompt: str, negative_prompt: str = "", prompt_weighting: str = "none",
+                      steps: int = DEFAULT_STEPS) -> tuple[list[str], bool]:
+    """The words the text encoder gets from the prompts over the ``steps`` that run (prompt editing's phases, AND's
+    parts), and whether they are read whole (else to the 77-token limit): what an image's prompts used."""
+    _, read, whole = _texts_read(model, _prompt_phases(prompt, negative_prompt, prompt_weighting, steps),
+                                 prompt_weighting)
+    return read, whole
 
 
 def check_clip_skip(model: Any, clip_skip: object) -> None:

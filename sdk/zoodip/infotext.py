@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .added_tokens import tokenizer_with
-from .embeddings import short_hash
-from .generate import generate
+from .generate import generate, prompt_texts_read
 from .hires import generate_hires
 from .prompt_checks import used_token_names
-from .sampling import A1111_SAMPLER_NAMES, DEFAULT_STRENGTH, INPAINT_STRENGTH
+from .sampling import A1111_SAMPLER_NAMES, DEFAULT_STRENGTH, INPAINT_STRENGTH, steps_run
 
 __all__ = ["A1111_SAMPLER_NAMES", "infotext", "used_embedding_hashes"]  # the sampler names are sampling's, re-exported for infotext's readers
 _MODEL_HASH_CHARS = 10  # A1111's short model hash
@@ -94,15 +92,24 @@ def infotext(prompt: str, settings: Mapping[str, Any], size: tuple[int, int], mo
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def used_embedding_hashes(model: Any, texts: Sequence[str], added: Mapping[str, np.ndarray],
-                          sources: Mapping[str, str | os.PathLike[str]]) -> dict[str, str]:
-    """``{token: short hash of its file}`` for the ``added`` embeddings that ``texts`` (the prompt and the negative
-    one) use, by the names they use them under; ``sources`` (``load_embeddings(sources=)``) says each one's file."""
+def used_embedding_hashes(model: Any, prompt: str, settings: Mapping[str, Any], added: Mapping[str, np.ndarray],
+                          hashes: Mapping[str, str]) -> dict[str, str]:
+    """``{token: its file's short hash}`` for the ``added`` embeddings that ``prompt`` and the negative prompt used,
+    as ``generate()`` with ``settings`` reads them (the phases of an edited prompt that run, the words within the
+    token limit), each file once under the first name they use; ``hashes``: ``load_embeddings(hashes=)``'s."""
     if not added:
         return {}
-    used = used_token_names(tokenizer_with(model, added)[0], texts, list(added))
-    digests = {path: short_hash(path) for path in {sources[name] for name in used if name in sources}}
-    return {name: digests[sources[name]] for name in used if name in sources}
+    settings = {**_DEFAULTS, **{key: value for key, value in settings.items() if value is not None}}
+    image_to_image = settings.get("image") is not None and settings.get("hires_scale") is None
+    default = DEFAULT_STRENGTH if settings.get("mask_image") is None else INPAINT_STRENGTH
+    strength = (settings.get("strength") or default) if image_to_image else None
+    texts, whole = prompt_texts_read(model, prompt, settings["negative_prompt"], settings["prompt_weighting"],
+                                     steps_run(settings["steps"], strength))
+    named: dict[str, str] = {}
+    for name in used_token_names(tokenizer_with(model, added)[0], texts, list(added), whole):
+        if name in hashes and hashes[name] not in named.values():
+            named[name] = hashes[name]
+    return named
 
 
 def _hash_name(token: str) -> str:

@@ -68,10 +68,10 @@ def _added_ids(tokenizer: Any, names: Sequence[str]) -> set[int]:
     return {int(i) for name in names for i in np.asarray(tokenizer([name]))[0] if i >= base}
 
 
-def used_token_names(tokenizer: Any, texts: Sequence[str], names: Sequence[str]) -> list[str]:
-    """The added tokens of ``names`` that ``texts`` use anywhere (read whole, as A1111's chunks read them); with a
-    tokenizer without ``encode``, within what it reads."""
-    read = (tokenizer.encode if callable(getattr(tokenizer, "encode", None))
+def used_token_names(tokenizer: Any, texts: Sequence[str], names: Sequence[str], whole: bool = False) -> list[str]:
+    """The added tokens of ``names`` that ``texts`` use within what the text encoder reads of them (``whole``: all of
+    them, as A1111's chunks read them; else to the token limit), the same reading as ``token_use_problems``."""
+    read = (tokenizer.encode if whole and callable(getattr(tokenizer, "encode", None))
             else lambda text: np.asarray(tokenizer([text]))[0])
     ids = {int(i) for text in texts if text for i in read(text)}
     return [name for name in names if _added_ids(tokenizer, [name]) & ids]

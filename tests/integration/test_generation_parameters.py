@@ -157,3 +157,33 @@ def test_the_embeddings_a_prompt_used_are_named_with_their_files_hashes_as_a1111
     assert hashes("a photo of <my-dog>", "zoostar") == f"<my-dog>: {sha(dog)}, zoostar: {sha(star)}"
     assert hashes("a photo of <zoostar>", "") == f"<zoostar>: {sha(star)}"
     assert hashes("a photo of a dog", "") is None
+
+
+def test_ti_hashes_are_the_files_as_loaded_and_only_what_the_encoder_read(tiny_export, tmp_path):
+    import hashlib
+
+    from zoodip.embeddings import load_embeddings, save_a1111_embedding, save_learned_embeds
+    from zoodip.infotext import used_embedding_hashes
+
+    model = ExportedModel.load(tiny_export)
+    rng = np.random.default_rng(1)
+    a = save_learned_embeds(tmp_path / "a.safetensors", "<a>", rng.normal(size=(1, model.hidden_size)) * 0.01)
+    star = save_a1111_embedding(tmp_path / "zoostar.safetensors", "zoostar", rng.normal(size=(1, model.hidden_size)))
+    digest = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()[:12] for path in (a, star)}
+    hashes: dict[str, str] = {}
+    added, _ = load_embeddings([a, star], model.tokenizer, model.hidden_size, hashes=hashes)
+    a.unlink()  # gone after loading (a run saving it again, a clean-up): the parameters name what was loaded
+    star.write_bytes(b"changed")
+
+    def used(prompt: str, **settings) -> dict[str, str]:
+        return used_embedding_hashes(model, prompt, {"steps": 4, **settings}, added, hashes)
+
+    assert used("a photo of <a>") == {"<a>": digest["a.safetensors"]}
+    assert used("<zoostar> and zoostar") == {"<zoostar>": digest["zoostar.safetensors"]}  # one file: listed once
+    # What the text encoder never read is not listed: an edit's phase that does not run, words past the limit.
+    assert used("[<a>::0.01] a star", prompt_weighting="a1111") == {}
+    assert used("[<a>:<zoostar>:3]", prompt_weighting="a1111") == {"<a>": digest["a.safetensors"],
+                                                                     "<zoostar>": digest["zoostar.safetensors"]}
+    assert used("[<a>:<zoostar>:9]", prompt_weighting="a1111") == {"<a>": digest["a.safetensors"]}
+    assert used("star, " * 80 + "<a>") == {}
+    assert used("a star", negative_prompt="<a>") == {"<a>": digest["a.safetensors"]}

@@ -294,3 +294,21 @@ def test_a_folder_skips_a_file_whose_token_is_a_vocabulary_word(tmp_path):
         load_embeddings([tmp_path / "dogword.safetensors"], tokenizer, 8)
     with pytest.raises(ZoodipError, match="an embedding path is empty"):
         load_embeddings([""], tokenizer, 8)
+
+
+def test_a_token_with_spaces_is_not_saved_and_a_file_holding_one_is_skipped_in_a_folder(tmp_path):
+    """A prompt cannot name such a token; a file written by another tool with one stopped every generation."""
+    from safetensors.numpy import save_file
+
+    from zoodip.embeddings import load_embeddings
+
+    for token in ("<s p>", "<n\nl>"):
+        with pytest.raises(ZoodipError, match="use one word without spaces"):
+            save_learned_embeds(tmp_path / "x.safetensors", token, np.ones((1, 8), np.float32))
+    save_file({"<n\nl>": np.ones((1, 8), np.float32)}, str(tmp_path / "nl.safetensors"))
+    save_learned_embeds(tmp_path / "fine.safetensors", "<fine>", np.ones((1, 8), np.float32))
+    with pytest.warns(UserWarning, match=r"skipped nl.safetensors .*holds spaces"):
+        added, _ = load_embeddings([tmp_path])
+    assert list(added) == ["<fine>"]
+    renamed, _ = load_embeddings([(str(tmp_path / "nl.safetensors"), "<nl>")])
+    assert list(renamed) == ["<nl>"]
