@@ -320,6 +320,10 @@ def _checked_generate_flags(args: argparse.Namespace) -> tuple[Path, list[Path]]
     if args.hires_scale is not None and args.image is not None:
         raise ZoodipError("--hires-scale is for text-to-image (A1111 has no hires fix for img2img): drop --image, or "
                           "drop --hires-scale and give the size with --width/--height")
+    if args.save_latents and args.hires_scale is not None and args.variation_seed is not None:
+        raise ZoodipError("--save-latents holds the first pass's noise, and the hires fix's second pass mixes in "
+                          "--variation-seed + i too, which --latents cannot give back: drop --save-latents (--seed "
+                          "and --variation-seed make the image again)")
     if args.image is not None and (args.latents or args.save_latents):
         raise ZoodipError("--latents and --save-latents are for text-to-image; with --image the noise follows the "
                           "image's size: drop them (the API's generate(image=..., latents=...) takes both)")

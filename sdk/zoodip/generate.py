@@ -107,7 +107,7 @@ def generate(
     """
     _check_settings(model, prompt, negative_prompt, sampler, steps, num_images, guidance_scale, eta, seed,
                     prompt_weighting, clip_skip, guidance_rescale, callback=callback, batch_cfg=batch_cfg, groups=token_groups)
-    check_variation(variation_seed, variation_strength, latents)
+    check_variation(variation_seed, variation_strength, latents, seed)
     start, h, w = _image_start(model, image, mask_image, strength, height, width,  # a size that cannot fit: refused
                                InpaintOptions(mask_blur, padding_mask_crop, paste_back))
     plan = plan_decode(model, h, w, budget := memory_budget_mb(model))
@@ -271,6 +271,8 @@ def initial_latents(model: Any, seed: int, num_images: int = 1, height: int | No
                     variation_strength: float = 0.0) -> np.ndarray:
     """The initial latents ``generate`` draws for ``seed`` (``[num_images, channels, height/8, width/8]``), with a
     variation seed's mixed in as it mixes them."""
+    check_seed(seed)
+    check_num_images(num_images)
     check_variation(variation_seed, variation_strength)
     h, w = _latent_size(model, height, width)
     return seed_noise(seed, (num_images, int(model.latent_channels), h, w), variation_seed, variation_strength)[0]

@@ -72,9 +72,11 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
     first = generate(model, prompt, seed=seed, num_images=num_images, steps=steps, height=height, width=width,
                      callback=progress.pass_callback(), variation_seed=variation_seed, **options)
     options.pop("latents", None)  # the first pass's noise
-    return [generate(model, prompt, seed=seed + i, steps=hires_steps, image=image.resize(size, Image.Resampling.LANCZOS),
-                     strength=hires_strength, height=size[1], width=size[0], callback=progress.pass_callback(),
-                     variation_seed=None if variation_seed is None else variation_seed + i, **options)[0]
+    # int(): a NumPy seed would wrap at its type's end (np.int8(127) + 1 is -128)
+    return [generate(model, prompt, seed=int(seed) + i, steps=hires_steps,
+                     image=image.resize(size, Image.Resampling.LANCZOS), strength=hires_strength, height=size[1],
+                     width=size[0], callback=progress.pass_callback(),
+                     variation_seed=None if variation_seed is None else int(variation_seed) + i, **options)[0]
             for i, image in enumerate(first)]
 
 

@@ -12,6 +12,7 @@ numbers; its noise is torch's draws anyway). ``s = 0`` is the seed's image, ``s 
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 
@@ -27,8 +28,18 @@ def draw_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 
 def slerp(s: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spherical interpolation from ``a`` (s = 0) to ``b`` (s = 1) along the leading axis: each ``a[i]``, ``b[i]`` one
-    vector. Nearly parallel vectors are mixed on the straight line, where the sines' ratio loses its digits."""
+    vector (float arrays of one shape, none of them zero). Nearly parallel vectors are mixed on the straight line,
+    where the sines' ratio loses its digits."""
+    _check_strength(s, "s")
+    a, b = np.asarray(a), np.asarray(b)
+    if (a.shape != b.shape or a.ndim < 1 or a.size == 0 or not np.issubdtype(a.dtype, np.floating)
+            or not np.issubdtype(b.dtype, np.floating)):
+        raise ZoodipError(f"slerp mixes two float arrays of one shape, got {a.dtype} {list(a.shape)} and {b.dtype} "
+                          f"{list(b.shape)}")
     flat_a, flat_b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    if not (np.isfinite(flat_a).all() and np.isfinite(flat_b).all()) or not (
+            np.linalg.norm(flat_a, axis=1).all() and np.linalg.norm(flat_b, axis=1).all()):
+        raise ZoodipError("slerp mixes finite, nonzero vectors (noise): a zero or non-finite one has no direction")
     cos = np.sum(flat_a * flat_b, axis=1) / (np.linalg.norm(flat_a, axis=1) * np.linalg.norm(flat_b, axis=1))
     omega = np.arccos(np.clip(cos, -1.0, 1.0))[:, None]
     sin = np.sin(omega)
@@ -45,13 +56,18 @@ def check_seed(seed: object, name: str = "seed") -> None:
         raise ZoodipError(f"{name} must be a non-negative integer, got {seed!r:.60}")
 
 
-def check_variation(variation_seed: object, variation_strength: object, latents: object = None) -> None:
-    """A1111's variation settings: a strength in [0, 1], a seed wherever the strength mixes one in, and no
-    caller's ``latents`` (which are the noise already: mix them before passing them)."""
-    if (isinstance(variation_strength, bool) or not isinstance(variation_strength, numbers.Real)
-            or not 0 <= variation_strength <= 1):
-        raise ZoodipError(f"variation_strength must be a number from 0 to 1 (0: the seed's image, 1: the variation "
-                          f"seed's), got {variation_strength!r:.60}")
+def _check_strength(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ZoodipError(f"{name} must be a number from 0 to 1 (0: the seed's noise, 1: the variation seed's), got "
+                          f"{value!r:.60}")
+
+
+def check_variation(variation_seed: object, variation_strength: object, latents: object = None,
+                    seed: object = None) -> None:
+    """A1111's variation settings: a strength in [0, 1] (None: 0), a seed wherever the strength mixes one in, and no
+    caller's ``latents`` (which are the noise already: mix them before passing them). A variation seed that is the
+    ``seed`` itself is warned of: it changes nothing."""
+    _check_strength(0.0 if variation_strength is None else variation_strength, "variation_strength")
     if variation_seed is None:
         if variation_strength:
             raise ZoodipError("variation_strength mixes in another seed's noise: give it with variation_seed "
@@ -64,6 +80,9 @@ def check_variation(variation_seed: object, variation_strength: object, latents:
     if latents is not None:
         raise ZoodipError("variation_seed cannot be mixed into the initial latents given (they are the noise "
                           "already): drop it, or mix the variation into the latents you pass (zoodip.noise.slerp)")
+    if seed is not None and variation_seed == seed:
+        warnings.warn(f"the variation seed is the seed itself ({seed}), whose noise it mixes in: the image is the "
+                      "seed's; pick another variation seed", stacklevel=3)
 
 
 def seed_noise(seed: int, shape: tuple[int, ...], variation_seed: int | None = None,
@@ -72,7 +91,7 @@ def seed_noise(seed: int, shape: tuple[int, ...], variation_seed: int | None = N
     generator, which goes on to draw the rest of the run's randomness (a variation changes the noise only)."""
     rng = np.random.default_rng(seed)
     noise = draw_noise(rng, shape)
-    if variation_seed is not None and variation_strength:
+    if variation_seed is not None and variation_strength:  # (None, as 0: no variation)
         noise = slerp(float(variation_strength), noise, draw_noise(np.random.default_rng(variation_seed), shape))
     return noise, rng
 

@@ -71,6 +71,8 @@ def _run(export, tmp_path, capsys, *extra):
     (["--variation-seed", "3", "--variation-strength", "2"], "--variation-strength must be a number from 0 to 1"),
     (["--variation-seed", "3", "--variation-strength", "0.2", "--latents", "x.npy"], "--latents are the noise"),
     (["--subseed", "3"], "A1111's variation seed is --variation-seed"),
+    (["--variation-seed", "3", "--variation-strength", "0.2", "--hires-scale", "1.5", "--save-latents", "n.npy"],
+     "--latents cannot give back"),
 ])
 def test_a_variation_that_cannot_be_made_is_one_line(tiny_export, tmp_path, capsys, flags, words):
     out = tmp_path / "never.png"
@@ -90,3 +92,13 @@ def test_the_hires_fix_and_the_pipeline_take_a_variation(tiny_export):
     image = pipe("a star", num_inference_steps=2, seed=3, variation_seed=8, variation_strength=0.3).images[0]
     assert np.array_equal(np.asarray(image), np.asarray(generate(model, "a star", steps=2, seed=3, variation_seed=8,
                                                                  variation_strength=0.3)[0]))
+
+
+def test_initial_latents_checks_what_generate_checks(tiny_export):
+    from zoodip.errors import ZoodipError
+
+    model = ExportedModel.load(tiny_export)
+    for seed, count, words in ((None, 1, "seed must be"), (-1, 1, "seed must be"), (1.0, 1, "seed must be"),
+                               (0, 0, "num_images"), (0, 10**6, "num_images"), (0, "2", "num_images")):
+        with pytest.raises(ZoodipError, match=words):
+            initial_latents(model, seed, count)

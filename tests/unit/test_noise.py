@@ -54,3 +54,22 @@ def test_settings_that_cannot_mean_a_variation_are_refused_in_one_line(seed, str
         check_variation(seed, strength, latents)
     assert "\n" not in str(caught.value)
     check_variation(None, 0.0)  # no variation: nothing to check
+
+
+@pytest.mark.parametrize("s, a, b, words", [
+    (float("nan"), _draws(0), _draws(1), "s must be a number from 0 to 1"),
+    (1.5, _draws(0), _draws(1), "s must be a number from 0 to 1"),
+    (0.5, _draws(0), _draws(1)[:1], "two float arrays of one shape"),
+    (0.5, np.zeros((1, 4), np.int64), np.ones((1, 4), np.int64), "two float arrays of one shape"),
+    (0.5, np.zeros((1, 4), np.float32), np.ones((1, 4), np.float32), "a zero or non-finite one has no direction"),
+])
+def test_slerp_refuses_what_has_no_direction_to_mix(s, a, b, words):
+    with pytest.raises(ZoodipError, match=words):
+        slerp(s, a, b)
+
+
+def test_none_is_no_variation_and_a_variation_seed_equal_to_the_seed_is_warned_of():
+    check_variation(None, None)
+    np.testing.assert_allclose(slerp(0.5, [[1.0, 0.0]], [[0.0, 1.0]]), [[0.5**0.5, 0.5**0.5]])  # lists are arrays
+    with pytest.warns(UserWarning, match="the variation seed is the seed itself"):
+        check_variation(7, 0.3, seed=7)
