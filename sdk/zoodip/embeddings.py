@@ -356,6 +356,9 @@ def _pick_embedding(tensors: dict[str, object], path: Path) -> str:
     if len(tensors) == 1:  # diffusers (and zoodip): {token: vectors}
         return next(iter(tensors))
     names = sorted(tensors)
+    if any(name.startswith("model.diffusion_model.") for name in names):  # A1111's layout of a whole model
+        raise ZoodipError(f"{path} is a Stable Diffusion checkpoint ({len(names)} tensors), not an embedding: export it "
+                          "with 'zoodip export CHECKPOINT.safetensors OUT_DIR' and pass --model OUT_DIR")
     raise ZoodipError(
         f"{path} holds {len(names)} tensors ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): "
         "a textual-inversion embedding has one ({token: vectors}) or 'emb_params'; is this a LoRA or a model checkpoint?"

@@ -92,3 +92,11 @@ def test_a_file_of_another_architecture_and_misplaced_config_flags(tiny_sd_folde
                           "--config is for a single-file checkpoint")
     assert_one_line_error(*run_cli(["export", checkpoint, out, "--config", tmp_path, *FAST], capsys)[::2],
                           "not a diffusers Stable Diffusion folder")
+
+
+def test_a_checkpoint_given_where_an_embedding_goes_says_to_export_it(tiny_export, tmp_path, capsys):
+    checkpoint = _fake_checkpoint(tmp_path / "model.safetensors",
+                                  ["model.diffusion_model.x", "cond_stage_model.transformer.y"])
+    for args in (["info", checkpoint], ["generate", "--model", tiny_export, "--prompt", "a star", "--embedding",
+                                        checkpoint, "--out", tmp_path / "x.png"]):
+        assert_one_line_error(*run_cli(args, capsys)[::2], "export it with 'zoodip export CHECKPOINT.safetensors")
