@@ -262,18 +262,28 @@ def cmd_personalize(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .cli_flags import checked_generate_flags
     from .embeddings import load_embeddings
+    from .from_parameters import parameter_notes
     from .images import image_grid, save_images
     from .infotext import infotext, used_embedding_hashes
     from .latents_file import save_latents
     from .model import ExportedModel, RuntimeOptions
 
-    out, singles = _checked_generate_flags(args)
+    if args.parameters_from is not None:
+        image_parameters = _apply_image_parameters(args)
+    elif args.prompt is None:
+        raise ZoodipError("--prompt is required (or --parameters-from IMAGE: make an image again from its parameters)")
+    out, singles = checked_generate_flags(args)
     model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on",
                                                           memory_budget_mb=args.memory_budget))
     hashes: dict[str, str] = {}
     added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity,
                                     args.clip_skip, hashes=hashes)
+    if args.parameters_from is not None:
+        for note in parameter_notes(image_parameters, model, hashes, image_given=args.image is not None,
+                                    mask_given=args.mask is not None, latents_given=args.latents is not None):
+            warnings.warn(f"--parameters-from {args.parameters_from}: {note}", stacklevel=1)
     drawn = [flag for flag in ("seed", "variation_seed") if getattr(args, flag) == -1]  # A1111's "random": said below
     for flag in drawn:
         setattr(args, flag, secrets.randbelow(2**32))
@@ -298,46 +308,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checked_generate_flags(args: argparse.Namespace) -> tuple[Path, list[Path]]:
-    """generate's flags that cannot go together refused, before any work; the output file and, for several images,
-    the numbered files beside it."""
-    from .generate import check_num_images
-    from .images import numbered_paths
-    from .paths import check_output_file, is_same_file
+def _apply_image_parameters(args: argparse.Namespace):
+    """--parameters-from IMAGE: its prompts and settings into ``args``, where no flag gave them; what it names but
+    cannot give is refused unless a flag gives it. Image-to-image's and inpainting's settings apply with --image
+    (and --mask)."""
+    from .from_parameters import IMAGE_SETTINGS, MASK_SETTINGS, image_parameters
 
-    out = check_output_file(args.out, "--out", (".png", ".jpg", ".jpeg", ".webp"))
-    if args.save_latents:
-        check_output_file(args.save_latents, "--save-latents", (".npy",))
-    check_num_images(args.num_images)
-    for flag, value in (("--strength", args.strength), ("--mask", args.mask)):
-        if value is not None and args.image is None:
-            raise ZoodipError(f"{flag} applies to image-to-image only (--image, and with --mask inpainting): add "
-                              f"--image PATH, or drop {flag}")
-    for flag, value in (("--hires-strength", args.hires_strength), ("--hires-steps", args.hires_steps)):
-        if value is not None and args.hires_scale is None:
-            raise ZoodipError(f"{flag} sets the hires fix's second pass: add --hires-scale X (2: twice the size), or "
-                              f"drop {flag}")
-    if args.hires_scale is not None and args.image is not None:
-        raise ZoodipError("--hires-scale is for text-to-image (A1111 has no hires fix for img2img): drop --image, or "
-                          "drop --hires-scale and give the size with --width/--height")
-    if args.save_latents and args.hires_scale is not None and args.variation_seed is not None:
-        raise ZoodipError("--save-latents holds the first pass's noise, and the hires fix's second pass mixes in "
-                          "--variation-seed + i too, which --latents cannot give back: drop --save-latents (--seed "
-                          "and --variation-seed make the image again)")
-    if args.image is not None and (args.latents or args.save_latents):
-        raise ZoodipError("--latents and --save-latents are for text-to-image; with --image the noise follows the "
-                          "image's size: drop them (the API's generate(image=..., latents=...) takes both)")
-    # Several images: each in its own file beside the grid (out-1.png ...), all checked before any work.
-    singles = numbered_paths(out, args.num_images) if args.num_images > 1 else []
-    for path in singles:
-        check_output_file(path, "--out")
-    for flag, source in (("--image", args.image), ("--mask", args.mask)):
-        if source and any(is_same_file(source, path) for path in (out, *singles)):
-            raise ZoodipError(f"--out would write over {flag} {source}: name another file (--out replaces a file "
-                              "that exists)")
-    if args.threads < 0:
-        raise ZoodipError(f"--threads must be an integer >= 0 (0: all cores), got {args.threads}")
-    return out, singles
+    parameters = image_parameters(args.parameters_from)
+    given = getattr(args, "given", set())
+    skipped = (() if args.image is not None else IMAGE_SETTINGS) + (() if args.mask is not None else MASK_SETTINGS)
+    for name, value in [("prompt", parameters.prompt), ("negative_prompt", parameters.negative_prompt),
+                        *parameters.settings.items()]:
+        if name not in given and name not in skipped:
+            setattr(args, name, value)
+    for name, problem in parameters.problems.items():
+        if name not in given:
+            raise ZoodipError(f"--parameters-from {args.parameters_from}: {problem}")
+    return parameters
 
 
 def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -443,6 +430,19 @@ _FLAG_OF = {name: "--" + name.replace("_", "-") for name in (
     "mask_blur", "padding_mask_crop", "hires_scale", "hires_strength", "variation_seed", "variation_strength")}
 
 
+def _given_flags(argv: Sequence[str], args: argparse.Namespace) -> set[str]:
+    """The settings ``generate``'s command line gave rather than left to their defaults (argparse sets a default
+    only where the namespace has no value: a marker in every place tells the two apart; None in those whose default
+    is None, which a repeatable flag appends to)."""
+    unset = object()
+    parser = OneLineParser(prog="zoodip generate")
+    add_generate_flags(parser)
+    marked = {name: None if value is None or isinstance(value, list) else unset for name, value in vars(args).items()}
+    namespace = argparse.Namespace(**marked)
+    parser.parse_known_args(list(argv), namespace=namespace)
+    return {name for name, value in vars(namespace).items() if value is not unset and value is not None}
+
+
 def _in_flag_words(message: str) -> str:
     """``width must be ...`` -> ``--width must be ...``: the same refusal, in the words of the command line."""
     first, space, rest = message.partition(" ")
@@ -462,6 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:  # argparse would send the user to the top-level help, not the command's
             foreign = foreign_flag_problem(unknown, args.command)
             raise ZoodipError(foreign or f"unrecognized arguments: {' '.join(unknown)}: see 'zoodip {args.command} --help'")
+        if args.command == "generate":
+            args.given = _given_flags(argv[1:], args)
         handler = {"personalize": cmd_personalize, "generate": cmd_generate, "verify": cmd_verify,
                    "info": cmd_info}[args.command]
         with warnings.catch_warnings():

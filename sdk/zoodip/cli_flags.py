@@ -3,6 +3,7 @@ and ``generate``'s. ``zoodip.cli`` builds the parser from them and runs the comm
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .config import OPTIMIZERS, VAE_SAMPLING
 from .curvature import DEFAULT_CURVATURE_FRACTION
@@ -152,7 +153,10 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
 def add_generate_flags(g: argparse.ArgumentParser) -> None:
     """The flags of ``zoodip generate`` (diffusers' pipeline argument names are accepted too)."""
     g.add_argument("--model", required=True, help="zoodip export folder")
-    g.add_argument("--prompt", required=True)
+    g.add_argument("--prompt", default=None, help="the prompt (required, unless --parameters-from gives it)")
+    g.add_argument("--parameters-from", default=None, metavar="IMAGE",
+                   help="make an image again from the generation parameters IMAGE holds (A1111's PNG Info -> "
+                        "Send to txt2img): its prompts and settings, each flag given here taking their place")
     g.add_argument("--negative-prompt", default="")
     g.add_argument("--embedding", action="append", metavar="PATH[:TOKEN]",
                    help="learned embedding file (diffusers or A1111 .safetensors), optionally renamed to "
@@ -232,3 +236,46 @@ def _add_image_flags(g: argparse.ArgumentParser) -> None:
                         "A1111's denoising strength)")
     g.add_argument("--hires-steps", type=int, default=None, metavar="N",
                    help="with --hires-scale: the second pass's steps, of which the last S x N run (default: --steps)")
+
+
+def checked_generate_flags(args: argparse.Namespace) -> tuple[Path, list[Path]]:
+    """generate's flags that cannot go together refused, before any work; the output file and, for several images,
+    the numbered files beside it."""
+    from .errors import ZoodipError
+    from .generate import check_num_images
+    from .images import numbered_paths
+    from .paths import check_output_file, is_same_file
+
+    out = check_output_file(args.out, "--out", (".png", ".jpg", ".jpeg", ".webp"))
+    if args.save_latents:
+        check_output_file(args.save_latents, "--save-latents", (".npy",))
+    check_num_images(args.num_images)
+    for flag, value in (("--strength", args.strength), ("--mask", args.mask)):
+        if value is not None and args.image is None:
+            raise ZoodipError(f"{flag} applies to image-to-image only (--image, and with --mask inpainting): add "
+                              f"--image PATH, or drop {flag}")
+    for flag, value in (("--hires-strength", args.hires_strength), ("--hires-steps", args.hires_steps)):
+        if value is not None and args.hires_scale is None:
+            raise ZoodipError(f"{flag} sets the hires fix's second pass: add --hires-scale X (2: twice the size), or "
+                              f"drop {flag}")
+    if args.hires_scale is not None and args.image is not None:
+        raise ZoodipError("--hires-scale is for text-to-image (A1111 has no hires fix for img2img): drop --image, or "
+                          "drop --hires-scale and give the size with --width/--height")
+    if args.save_latents and args.hires_scale is not None and args.variation_seed is not None:
+        raise ZoodipError("--save-latents holds the first pass's noise, and the hires fix's second pass mixes in "
+                          "--variation-seed + i too, which --latents cannot give back: drop --save-latents (--seed "
+                          "and --variation-seed make the image again)")
+    if args.image is not None and (args.latents or args.save_latents):
+        raise ZoodipError("--latents and --save-latents are for text-to-image; with --image the noise follows the "
+                          "image's size: drop them (the API's generate(image=..., latents=...) takes both)")
+    # Several images: each in its own file beside the grid (out-1.png ...), all checked before any work.
+    singles = numbered_paths(out, args.num_images) if args.num_images > 1 else []
+    for path in singles:
+        check_output_file(path, "--out")
+    for flag, source in (("--image", args.image), ("--mask", args.mask)):
+        if source and any(is_same_file(source, path) for path in (out, *singles)):
+            raise ZoodipError(f"--out would write over {flag} {source}: name another file (--out replaces a file "
+                              "that exists)")
+    if args.threads < 0:
+        raise ZoodipError(f"--threads must be an integer >= 0 (0: all cores), got {args.threads}")
+    return out, singles

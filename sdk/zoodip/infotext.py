@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -27,8 +28,8 @@ from .hires import generate_hires
 from .prompt_checks import used_token_names
 from .sampling import A1111_SAMPLER_NAMES, DEFAULT_STRENGTH, INPAINT_STRENGTH, steps_run
 
-__all__ = ["A1111_SAMPLER_NAMES", "infotext", "used_embedding_hashes"]  # the sampler names are sampling's, re-exported for infotext's readers
-_MODEL_HASH_CHARS = 10  # A1111's short model hash
+__all__ = ["A1111_SAMPLER_NAMES", "infotext", "read_infotext", "settings_from_fields", "used_embedding_hashes"]  # the sampler names are sampling's, re-exported for infotext's readers
+MODEL_HASH_CHARS = 10  # A1111's short model hash
 
 
 def _value(value: object) -> str:
@@ -73,7 +74,7 @@ def infotext(prompt: str, settings: Mapping[str, Any], size: tuple[int, int], mo
     fields: list[tuple[str, object]] = [
         ("Steps", settings["steps"]), ("Sampler", A1111_SAMPLER_NAMES.get(settings["sampler"], settings["sampler"])),
         ("CFG scale", settings["guidance_scale"]), ("Seed", settings["seed"]),
-        ("Size", f"{size[0]}x{size[1]}"), ("Model hash", str(model.identity)[:_MODEL_HASH_CHARS]),
+        ("Size", f"{size[0]}x{size[1]}"), ("Model hash", str(model.identity)[:MODEL_HASH_CHARS]),
         ("Model", Path(model.folder).name),
         *([("Variation seed", settings["variation_seed"]), ("Variation seed strength", settings["variation_strength"])]
           if settings["variation_strength"] else []),
@@ -110,6 +111,91 @@ def used_embedding_hashes(model: Any, prompt: str, settings: Mapping[str, Any], 
         if name in hashes and hashes[name] not in named.values():
             named[name] = hashes[name]
     return named
+
+
+# A1111's fields that are one setting of generate() each, and how a value reads back (A1111 counts clip skip from 1).
+_ONE_SETTING: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "Steps": ("steps", int), "CFG scale": ("guidance_scale", float), "Seed": ("seed", int),
+    "Variation seed": ("variation_seed", int), "Variation seed strength": ("variation_strength", float),
+    "Clip skip": ("clip_skip", lambda value: int(value) - 1), "Guidance rescale": ("guidance_rescale", float),
+    "Prompt weighting": ("prompt_weighting", str), "Batch size": ("num_images", int),
+    "Hires upscale": ("hires_scale", float), "Hires steps": ("hires_steps", int), "Mask blur": ("mask_blur", float),
+    "Masked area padding": ("padding_mask_crop", int),
+}
+# Fields that are no setting (said, or checked by the caller) and A1111's that fields above already carry.
+NOT_SETTINGS = ("Model", "Model hash", "Version", "Batch pos", "Hires upscaler", "TI hashes", "Schedule type",
+                "Initial latents", "Inpaint area")
+_FIELD_PAIR = re.compile(r'\s*(\w[\w \-/+.]*): ("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+_NEGATIVE = "Negative prompt:"
+
+
+def read_infotext(text: str) -> tuple[str, str, dict[str, str]]:
+    """(prompt, negative prompt, {field: value}) of A1111's text, read as A1111 reads it: the last line holds the
+    fields where at least three are found on it; a line that starts with "Negative prompt:" starts the negative one."""
+    lines = text.strip("\n").split("\n")
+    pairs = _FIELD_PAIR.findall(lines[-1])
+    fields: dict[str, str] = {}
+    if len(pairs) >= 3:
+        lines.pop()
+        for key, value in pairs:
+            fields[key.strip()] = _unquoted(value.strip())
+    prompt: list[str] = []
+    negative: list[str] = []
+    for line in lines:
+        if line.startswith(_NEGATIVE) and not negative:
+            line = line[len(_NEGATIVE):].removeprefix(" ")
+            negative.append(line)
+        else:
+            (negative if negative else prompt).append(line)
+    return "\n".join(prompt), "\n".join(negative), fields
+
+
+def _unquoted(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            return str(json.loads(value))
+        except ValueError:
+            return value[1:-1]
+    return value
+
+
+def settings_from_fields(fields: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """``generate()``'s (and the hires fix's) settings that A1111's ``fields`` give, the problems of those that cannot
+    be given (by setting: a sampler zoodip lacks, a value that does not read), and the fields that are no setting
+    here (another tool's)."""
+    settings: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    for field, value in fields.items():
+        try:
+            if field in _ONE_SETTING:
+                name, read = _ONE_SETTING[field]
+                settings[name] = read(value)
+            elif field == "Size":
+                width, _, height = value.partition("x")
+                settings["width"], settings["height"] = int(width), int(height)
+            elif field == "Denoising strength":  # the hires fix's second pass, or image-to-image's
+                settings["hires_strength" if "Hires upscale" in fields else "strength"] = float(value)
+            elif field == "Paste back":
+                settings["paste_back"] = value == "True"
+            elif field == "Sampler":
+                _read_sampler(value, fields.get("Schedule type"), settings, problems)
+        except ValueError:
+            problems[_ONE_SETTING.get(field, (field.lower(),))[0]] = f"its {field} {value!r:.40} does not read as one"
+    unused = [field for field in fields if field not in {*_ONE_SETTING, *NOT_SETTINGS, "Size", "Denoising strength",
+                                                         "Paste back", "Sampler"}]
+    settings.setdefault("prompt_weighting", "a1111")  # a text without zoodip's field is A1111's, which reads emphasis
+    return settings, problems, unused
+
+
+def _read_sampler(name: str, schedule: str | None, settings: dict[str, Any], problems: dict[str, str]) -> None:
+    """A1111's sampler name (with its "Schedule type", where A1111 1.9 on says it apart) as one of ``SAMPLERS``."""
+    by_name = {a1111: ours for ours, a1111 in A1111_SAMPLER_NAMES.items()}
+    full = name if schedule in (None, "Automatic") else f"{name} {schedule}"
+    if full in by_name:
+        settings["sampler"] = by_name[full]
+    else:
+        problems["sampler"] = (f"its sampler {full!r:.40} is not one zoodip has ({', '.join(by_name)}): pass "
+                               "--sampler")
 
 
 def _hash_name(token: str) -> str:

@@ -1,0 +1,72 @@
+"""An image made again from the generation parameters it holds: A1111's "PNG Info -> Send to txt2img".
+
+``image_parameters`` reads the text, ``infotext.read_infotext`` its prompts and fields, ``infotext.settings_from_fields``
+the settings they give; this module says what the text needs from the caller that it cannot hold (the export it was
+made with, its embedding files, its source image) and what in it does not apply here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ZoodipError
+from .image_parameters import read_parameters
+from .infotext import MODEL_HASH_CHARS, read_infotext, settings_from_fields
+
+# Settings that only image-to-image and inpainting read: applied where the caller gives an image (and a mask).
+IMAGE_SETTINGS = ("strength",)
+MASK_SETTINGS = ("mask_blur", "padding_mask_crop", "paste_back")
+
+
+@dataclass
+class ImageParameters:
+    """What an image's parameters give: its prompts, ``generate()``'s settings, the problems of settings they name
+    but cannot give (by setting), the fields that are no setting here, and all the fields as written."""
+
+    prompt: str
+    negative_prompt: str
+    settings: dict[str, Any]
+    problems: dict[str, str]
+    unused: list[str]
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def image_parameters(path: str | Path) -> ImageParameters:
+    """The generation parameters ``path`` holds, read for making it again; one line where it holds none."""
+    text = read_parameters(path)
+    if text is None:
+        raise ZoodipError(f"{path} holds no generation parameters to make it again from (zoodip and A1111 write them "
+                          "into the images they save): pass the prompt and settings instead")
+    prompt, negative, fields = read_infotext(text)
+    settings, problems, unused = settings_from_fields(fields)
+    return ImageParameters(prompt, negative, settings, problems, unused, fields)
+
+
+def parameter_notes(parameters: ImageParameters, model: Any, hashes: Mapping[str, str], *, image_given: bool,
+                    mask_given: bool, latents_given: bool) -> list[str]:
+    """What the caller should know before making the image again: another export, an embedding no file gives, a
+    source image, mask or latents it was made from that were not given, and the fields that do not apply here."""
+    fields, notes = parameters.fields, []
+    made_with = fields.get("Model hash")
+    if made_with and made_with != str(model.identity)[:MODEL_HASH_CHARS]:
+        notes.append(f"the image was made with another model (Model hash {made_with}, {fields.get('Model', '?')}; "
+                     f"this export's is {str(model.identity)[:MODEL_HASH_CHARS]}): it will differ")
+    for entry in filter(None, (part.strip() for part in fields.get("TI hashes", "").split(","))):
+        name, _, digest = entry.rpartition(": ")
+        if digest not in hashes.values():
+            notes.append(f"the image used the embedding {name or entry} (file hash {digest}), which no --embedding "
+                         "gives: pass its file, or the image will lack it")
+    if not image_given and any(name in parameters.settings for name in IMAGE_SETTINGS):
+        notes.append("the image was made from another image (Denoising strength "
+                     f"{fields.get('Denoising strength')}): pass it with --image to make it again")
+    if not mask_given and any(name in parameters.settings for name in MASK_SETTINGS):
+        notes.append("the image was inpainted: pass its image and mask with --image and --mask to make it again")
+    if "Initial latents" in fields and not latents_given:
+        notes.append("the image was made from initial latents given to it, not from its seed: pass them with --latents")
+    if "Batch pos" in fields:
+        notes.append(f"the image was image {fields['Batch pos']} (from 0) of a batch of {fields.get('Batch size', '?')}: "
+                     "it is the batch's numbered file of that place + 1 (OUT-1.png is image 0)")
+    if parameters.unused:
+        notes.append(f"fields that are no setting here, left out: {', '.join(parameters.unused)}")
+    return notes

@@ -1,0 +1,94 @@
+"""generate --parameters-from IMAGE: an image made again from the generation parameters it holds (A1111's "PNG Info ->
+Send to txt2img"), each flag given taking the place of the image's value."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from cli_helpers import assert_one_line_error, run_cli
+from zoodip.image_parameters import read_parameters
+from zoodip.infotext import read_infotext, settings_from_fields
+
+
+def _generate(export, out, *flags):
+    return ["generate", "--model", export, "--out", out, "--threads", "1", *flags]
+
+
+def _pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_an_image_is_made_again_from_its_parameters_and_a_flag_given_takes_their_place(tiny_export, tmp_path, capsys):
+    first = tmp_path / "first.png"
+    assert run_cli(_generate(tiny_export, first, "--prompt", "a red star, (shiny:1.2)", "--negative-prompt", "blurry",
+                             "--steps", "3", "--seed", "5", "--sampler", "euler_a", "--guidance-scale", "6",
+                             "--num-images", "2", "--variation-seed", "9", "--variation-strength", "0.2",
+                             "--prompt-weighting", "a1111"), capsys)[0] == 0
+    again = tmp_path / "again.png"
+    code, _, err = run_cli(_generate(tiny_export, again, "--parameters-from", tmp_path / "first-2.png"), capsys)
+    assert code == 0, err
+    assert "image 1 (from 0) of a batch of 2" in err  # which of the batch's files it is
+    assert np.array_equal(_pixels(tmp_path / "again-2.png"), _pixels(tmp_path / "first-2.png"))
+    assert read_parameters(tmp_path / "again-2.png") == read_parameters(tmp_path / "first-2.png")
+    changed = tmp_path / "changed.png"
+    assert run_cli(_generate(tiny_export, changed, "--parameters-from", first, "--steps", "2", "--num-images", "1",
+                             "--prompt", "a blue star", "--guidance-scale", "7.5"), capsys)[0] == 0
+    prompt, negative, fields = read_infotext(read_parameters(changed))
+    assert (prompt, negative, fields["Steps"], fields["Seed"], fields["Sampler"]) == ("a blue star", "blurry", "2",
+                                                                                     "5", "Euler a")
+    assert fields["CFG scale"] == "7.5"  # given, though it is the flag's default: the image's 6 does not replace it
+
+
+A1111_TEXT = ("a photo of <cat-toy>, (masterpiece:1.2)\nNegative prompt: lowres\nSteps: 4, Sampler: DPM++ 2M, "
+              "Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 128x128, Model hash: 6ce0161689, "
+              "Model: v1-5-pruned-emaonly, Clip skip: 2, ENSD: 31337, TI hashes: \"cat-toy: 0123456789ab\", "
+              "Version: v1.10.1")
+
+
+def test_a1111s_text_reads_in_a1111s_words_and_what_it_cannot_carry_is_said(tiny_export, tmp_path, capsys):
+    prompt, negative, fields = read_infotext(A1111_TEXT)
+    settings, problems, unused = settings_from_fields(fields)
+    assert (prompt, negative, problems, unused) == ("a photo of <cat-toy>, (masterpiece:1.2)", "lowres", {}, ["ENSD"])
+    assert settings == {"steps": 4, "sampler": "dpmpp_2m_karras", "guidance_scale": 7.0, "seed": 1234, "width": 128,
+                        "height": 128, "clip_skip": 1, "prompt_weighting": "a1111"}  # A1111 reads emphasis
+    info = PngInfo()
+    info.add_text("parameters", A1111_TEXT.replace("<cat-toy>", "a toy"))
+    Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=info)
+    code, _, err = run_cli(_generate(tiny_export, tmp_path / "o.png", "--parameters-from", tmp_path / "a1111.png"),
+                           capsys)
+    assert code == 0, err
+    for words in ("made with another model (Model hash 6ce0161689", "the embedding cat-toy (file hash 0123456789ab)",
+                  "no setting here, left out: ENSD"):
+        assert words in err
+    assert "Clip skip: 2" in read_parameters(tmp_path / "o.png")
+
+
+def test_what_cannot_be_made_again_is_one_line_unless_a_flag_gives_it(tiny_export, tmp_path, capsys):
+    info = PngInfo()
+    info.add_text("parameters", A1111_TEXT.replace("DPM++ 2M", "DPM++ SDE").replace("<cat-toy>", "a toy"))
+    Image.new("RGB", (8, 8)).save(tmp_path / "sde.png", pnginfo=info)
+    out = tmp_path / "o.png"
+    assert_one_line_error(*run_cli(_generate(tiny_export, out, "--parameters-from", tmp_path / "sde.png"),
+                                   capsys)[::2], "its sampler 'DPM++ SDE Karras' is not one zoodip has")
+    assert not out.exists()
+    assert run_cli(_generate(tiny_export, out, "--parameters-from", tmp_path / "sde.png", "--sampler", "euler"),
+                   capsys)[0] == 0
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    assert_one_line_error(*run_cli(_generate(tiny_export, out, "--parameters-from", tmp_path / "plain.png"),
+                                   capsys)[::2], "holds no generation parameters to make it again from")
+
+
+def test_an_image_to_image_result_needs_its_source_image(tiny_export, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (128, 128), (200, 40, 40)).save(photo)
+    made = tmp_path / "made.png"
+    assert run_cli(_generate(tiny_export, made, "--prompt", "a star", "--steps", "4", "--image", photo,
+                             "--strength", "0.5"), capsys)[0] == 0
+    code, _, err = run_cli(_generate(tiny_export, tmp_path / "no-image.png", "--parameters-from", made), capsys)
+    assert code == 0 and "made from another image (Denoising strength 0.5): pass it with --image" in err
+    code, _, err = run_cli(_generate(tiny_export, tmp_path / "again.png", "--parameters-from", made, "--image", photo),
+                           capsys)
+    assert code == 0, err
+    assert np.array_equal(_pixels(tmp_path / "again.png"), _pixels(made))
