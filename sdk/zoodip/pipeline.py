@@ -88,7 +88,6 @@ class ZoodipPipeline:
     def __init__(self, model: ExportedModel) -> None:
         self.model = model
         self.sampler = SAMPLERS[0]
-        self._specs: list[tuple[str, str | None]] = []
         self._added: dict[str, np.ndarray] = {}
 
     def __getattr__(self, name: str) -> Any:  # only names the class does not have: diffusers' habits, said in a line
@@ -148,14 +147,18 @@ class ZoodipPipeline:
         if len(tokens) != len(paths):
             raise ZoodipError(f"load_textual_inversion got {len(paths)} files and {len(tokens)} tokens: give one token "
                               "per file, or none")
-        specs = self._specs + [(os.fspath(path), name) for path, name in zip(paths, tokens)]
+        specs = [(os.fspath(path), name) for path, name in zip(paths, tokens)]
         m = self.model
-        self._added = load_embeddings(specs, m.tokenizer, m.hidden_size, m.identity)[0]  # all again: a name taken
-        self._specs = specs  # by an earlier call is refused as within one call
+        added = load_embeddings(specs, m.tokenizer, m.hidden_size, m.identity)[0]
+        for name in added:  # as a name taken twice within one call
+            if name in self._added:
+                raise ZoodipError(f"an embedding named {name!r} is already loaded (by an earlier load_textual_inversion): "
+                                  "rename this one with token=, or call unload_textual_inversion() first")
+        self._added = {**self._added, **added}
 
     def unload_textual_inversion(self) -> None:
         """Forget every loaded embedding (diffusers' call of the same name)."""
-        self._specs, self._added = [], {}
+        self._added = {}
 
     def to(self, *devices: object, **options: object) -> ZoodipPipeline:
         """diffusers' ``pipe.to(device)``: the CPU only (onnxruntime's CPU provider), so "cpu" (any case, "cpu:0", a

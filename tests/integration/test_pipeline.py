@@ -44,7 +44,7 @@ def test_load_textual_inversion_renames_lists_and_refuses_a_name_twice(pipe, tmp
     assert sorted(pipe._added) == ["<x>", "<y:z>"]
     with pytest.raises(ZoodipError, match="got 2 files and 1 tokens"):
         pipe.load_textual_inversion([a, b], token=["<q>"])
-    with pytest.raises(ZoodipError, match="two embeddings are named '<x>'"):
+    with pytest.raises(ZoodipError, match="an embedding named '<x>' is already loaded"):
         pipe.load_textual_inversion(b, token="<x>")
     pipe.load_textual_inversion(a)  # the refused calls added nothing
     assert sorted(pipe._added) == ["<a>", "<x>", "<y:z>"]
@@ -141,3 +141,18 @@ def test_a_pipeline_pickled_or_deep_copied_opens_its_export_again(pipe) -> None:
         assert twin.model is not pipe.model and twin.model.folder == pipe.model.folder
         assert twin.model.options == pipe.model.options and twin.sampler == "euler"
         assert np.array_equal(np.asarray(twin("a star", num_inference_steps=2).images[0]), reference)
+
+
+def test_a_folders_skipped_file_is_warned_of_once_not_at_every_later_load(pipe, tmp_path) -> None:
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    _embedding(folder, "good.safetensors", "<good>", pipe.model.hidden_size)
+    (folder / "old.pt").write_bytes(b"\x80\x02 a pickle")
+    with pytest.warns(UserWarning, match="skipped old.pt"):
+        pipe.load_textual_inversion(folder)
+    later, _ = _embedding(tmp_path, "later.safetensors", "<later>", pipe.model.hidden_size, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe.load_textual_inversion(later)
+    assert sorted(pipe._added) == ["<good>", "<later>"]
+    pipe.unload_textual_inversion()
