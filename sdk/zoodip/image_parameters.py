@@ -74,7 +74,7 @@ def read_parameters(path: str | Path) -> str | None:
             else:
                 with Image.open(file) as image:  # another format Pillow reads (GIF, BMP, ...): its EXIF, if any
                     text = _comment(image.getexif())
-    except (ZoodipError, TooLarge) as exc:
+    except (ZoodipError, _TooLarge) as exc:
         raise ZoodipError(f"cannot read image {path}: {exc}") from None
     except Exception as exc:  # damaged chunks, EXIF or files of every kind
         reason = _DAMAGED if isinstance(exc, (IndexError, struct.error, EOFError)) or not str(exc) else str(exc)
@@ -87,7 +87,7 @@ _DAMAGED = "its chunks or segments are damaged or cut short"
 _MAX_PARTS = 100_000  # chunks or segments walked before the text: far more than any image holds there
 
 
-class TooLarge(ValueError):
+class _TooLarge(ValueError):
     """A parameters text past ``_MAX_TEXT``."""
 
 
@@ -110,7 +110,7 @@ def _png_parameters(file: BinaryIO) -> str | None:
             text = before if before is not None else after
             return text if text is not None else _comment(exif)
         if kind in (b"tEXt", b"zTXt", b"iTXt", b"eXIf") and length > _MAX_TEXT:
-            raise TooLarge(f"a text chunk of {length} bytes, past the {_MAX_TEXT >> 20} MB a parameters text may hold")
+            raise _TooLarge(f"a text chunk of {length} bytes, past the {_MAX_TEXT >> 20} MB a parameters text may hold")
         if kind in (b"tEXt", b"zTXt", b"iTXt"):
             keyword, _, body = file.read(length).partition(b"\0")
             if keyword == PARAMETERS_KEY.encode():
@@ -144,7 +144,7 @@ def _inflated(data: bytes) -> bytes:
     inflater = zlib.decompressobj()
     text = inflater.decompress(data, _MAX_TEXT)
     if inflater.unconsumed_tail:
-        raise TooLarge(f"a compressed text chunk inflates past {_MAX_TEXT >> 20} MB")
+        raise _TooLarge(f"a compressed text chunk inflates past {_MAX_TEXT >> 20} MB")
     if not inflater.eof:
         raise ValueError("a compressed text chunk is cut short")
     return text
@@ -174,7 +174,7 @@ def _jpeg_exif(file: BinaryIO) -> bytes | None:
             break
         if marker[1] == 0xE1 and segment.startswith(b"Exif\0\0"):
             return segment
-    raise ValueError(f"the JPEG's segments are damaged or cut short")
+    raise ValueError("the JPEG's segments are damaged or cut short")
 
 
 def _webp_exif(file: BinaryIO) -> bytes | None:
