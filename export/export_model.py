@@ -321,6 +321,7 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
                                          seed, log)
         for scratch in ("_source", "_source-config"):  # the tiny model's or a single file's folder
             shutil.rmtree(staging / scratch, ignore_errors=True)
+        (staging / "_source-checkpoint.safetensors").unlink(missing_ok=True)
 
         manifest = _manifest(staging, source_entry, precision, recipe, info, graphs, parity_results, curvature)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -9,6 +9,7 @@ Pickled checkpoints (``.ckpt``) are refused: unpickling runs code, and this tool
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from zoodip.errors import ZoodipError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _UNET, _SD1_TEXT, _SD2_TEXT = "model.diffusion_model.", "cond_stage_model.transformer.", "cond_stage_model.model."
-_SDXL = "conditioner.embedders."
+_SDXL, _VAE = "conditioner.embedders.", "first_stage_model."
 _INPUT_CONV = _UNET + "input_blocks.0.0.weight"
 _TO_FOLDER = ("python -c \"from diffusers import StableDiffusionPipeline as P; "
               "P.from_single_file('IN.safetensors').save_pretrained('FOLDER')\" on a machine with network access, then "
@@ -29,6 +30,9 @@ def single_file_flavor(path: Path) -> str:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ZoodipError(f"{path} is a pickled checkpoint, which zoodip does not load (unpickling runs code from the "
                           f"file): use the model's .safetensors file, or convert it with {_TO_FOLDER}")
+    if not path.is_file():
+        raise ZoodipError(f"{path} does not exist (or is not a file): pass a diffusers folder or a .safetensors "
+                          "checkpoint")
     if path.suffix.lower() != ".safetensors":
         raise ZoodipError(f"{path} is neither a diffusers folder nor a .safetensors checkpoint: pass one of them")
     names = _tensor_names(path)
@@ -38,12 +42,18 @@ def single_file_flavor(path: Path) -> str:
         kind = "a LoRA" if any("lora" in name for name in names) else "not a Stable Diffusion checkpoint"
         raise ZoodipError(f"{path} is {kind} (no {_UNET}* tensors): pass a whole SD1.x/2.x checkpoint or a diffusers "
                           "folder")
-    if any(name.startswith(_SD2_TEXT) for name in names):
-        return "sd2"
-    if any(name.startswith(_SD1_TEXT) for name in names):
-        return "sd1"
-    raise ZoodipError(f"{path} holds a UNet but no text encoder ({_SD1_TEXT}* or {_SD2_TEXT}*): pass a whole "
-                      "SD1.x/2.x checkpoint")
+    flavor = next((flavor for flavor, prefix in (("sd2", _SD2_TEXT), ("sd1", _SD1_TEXT))
+                   if any(name.startswith(prefix) for name in names)), None)
+    if flavor is None:
+        raise ZoodipError(f"{path} holds a UNet but no text encoder ({_SD1_TEXT}* or {_SD2_TEXT}*): pass a whole "
+                          "SD1.x/2.x checkpoint")
+    if not any(name.startswith(_VAE) for name in names):
+        raise ZoodipError(f"{path} holds no VAE ({_VAE}* tensors; a checkpoint shared without one): zoodip exports "
+                          "whole checkpoints: use one with its VAE baked in")
+    if (channels := _in_channels(path, names)) != 4:
+        raise ZoodipError(f"{path} is an inpainting model (its UNet reads {channels} channels): zoodip exports "
+                          "text-to-image SD1.x/2.x models, which inpaint any image themselves (generate --image --mask)")
+    return flavor
 
 
 def _tensor_names(path: Path) -> list[str]:
@@ -69,15 +79,20 @@ def single_file_to_folder(path: Path, dest: Path, config: Path | None = None) ->
             raise ZoodipError(f"{path} is an SD2.x checkpoint, whose weights do not say whether it predicts noise "
                               "(2.x base, 512 px) or velocity (2.x, 768 px): pass --config FOLDER, a diffusers SD2.x "
                               "folder of the same kind (its configs are read, not its weights)")
-        config = _sd15_config_folder(dest.with_name(dest.name + "-config"), _in_channels(path))
+        config = _sd15_config_folder(dest.with_name(dest.name + "-config"))
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
     from diffusers.utils import logging as diffusers_logging
 
+    readable = path
+    if path.suffix != ".safetensors":  # diffusers picks its reader by the lower-case suffix alone
+        readable = dest.with_name(dest.name + "-checkpoint.safetensors")
+        readable.symlink_to(path.absolute())
     diffusers_logging.disable_progress_bar()  # the export's own progress lines say what is done
     try:
-        pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
+        pipe = StableDiffusionPipeline.from_single_file(str(readable), config=str(config), local_files_only=True,
                                                         torch_dtype=torch.float32, safety_checker=None,
                                                         requires_safety_checker=False)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, SingleFileComponentError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "state_dict" in reason or "size mismatch" in reason:
             reason = f"its tensors do not fit that architecture: {reason.rstrip(':')}"
@@ -86,26 +101,53 @@ def single_file_to_folder(path: Path, dest: Path, config: Path | None = None) ->
                           "architecture needs --config FOLDER, a diffusers folder of its kind") from None
     finally:
         diffusers_logging.enable_progress_bar()
+    _check_converted(pipe, path, flavor)
     pipe.save_pretrained(dest, safe_serialization=True)
+    # diffusers' conversion adds settings of its own to the scheduler's (its timestep spacing, which changes every
+    # sampler's steps): the configs' own, as their folder's export has it.
+    shutil.copyfile(config / "scheduler" / "scheduler_config.json", dest / "scheduler" / "scheduler_config.json")
     return dest
 
 
-def _in_channels(path: Path) -> int:
+def _in_channels(path: Path, names: list[str]) -> int:
     """The UNet's input channels (4; an inpainting model's 9), from the first convolution's shape."""
     from safetensors import safe_open
 
+    if _INPUT_CONV not in names:
+        return 4
     with safe_open(str(path), framework="pt") as file:
-        return int(file.get_slice(_INPUT_CONV).get_shape()[1]) if _INPUT_CONV in file.keys() else 4
+        return int(file.get_slice(_INPUT_CONV).get_shape()[1])
 
 
-def _sd15_config_folder(dest: Path, in_channels: int) -> Path:
+def _check_converted(pipe: Any, path: Path, flavor: str) -> None:
+    """Every tensor of the converted model came from ``path`` (diffusers gives a missing one its random initial
+    values, silently) and is finite."""
+    import torch
+    from zoodip_export.ldm_layout import components_to_ldm
+
+    try:
+        expected = components_to_ldm(pipe.unet.state_dict(), dict(pipe.unet.config), pipe.vae.state_dict(),
+                                     dict(pipe.vae.config), pipe.text_encoder.state_dict(), flavor == "sd2")
+    except (ValueError, KeyError) as exc:
+        raise ZoodipError(f"cannot check {path}'s conversion ({exc}): a model of another layout than SD1.x/2.x's") from None
+    present = set(_tensor_names(path))
+    missing = sorted(name for name in expected if name not in present and not name.endswith("position_ids"))
+    if missing:
+        raise ZoodipError(f"{path} lacks {len(missing)} of the model's tensors (e.g. {missing[0]}), which the "
+                          "conversion would fill with random values: the file is incomplete: use a whole checkpoint")
+    broken = next((name for name, tensor in expected.items()
+                   if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+    if broken is not None:
+        raise ZoodipError(f"{path} holds non-finite values (NaN or infinity) in {broken}: the file is damaged")
+
+
+def _sd15_config_folder(dest: Path) -> Path:
     """SD1.5's configs and CLIP's tokenizer as a weightless diffusers folder, for diffusers' conversion to read."""
     from zoodip_export.clip_vocab import write_clip_tokenizer_files
     from zoodip_export.sd15_configs import sd15_configs
     from zoodip_export.tiny import model_index, write_json
 
     configs: dict[str, Any] = sd15_configs()
-    configs["unet"]["in_channels"] = in_channels
     write_json(dest / "model_index.json", model_index())
     for name, file in (("unet", "config.json"), ("vae", "config.json"), ("text_encoder", "config.json"),
                        ("scheduler", "scheduler_config.json")):

@@ -126,6 +126,7 @@ def read_source(source: Path | None, sample_size: int | None, seed: int,
                 config: Path | None = None) -> tuple[Path | None, dict[str, dict[str, Any]], dict[str, Any]]:
     """(absolute source folder, its checked configs, the manifest's "source" entry); the tiny model's without one, a
     single file's with its configs read after its conversion."""
+    from zoodip.model import file_sha256
     from zoodip_export.single_file import single_file_flavor
     from zoodip_export.tiny import SOURCE_MARKER
 
@@ -134,9 +135,10 @@ def read_source(source: Path | None, sample_size: int | None, seed: int,
     source = Path(source).expanduser().absolute()
     if config is not None:
         check_source(config)  # a diffusers folder, its configs and tokenizer read (its weights need not be there)
-    if source.is_file():
+    if source.is_file() or source.suffix.lower() == ".safetensors":
         single_file_flavor(source)  # refused before any work if it is not an SD1.x/2.x checkpoint
-        return source, {}, {"kind": "single-file", "path": str(source), "seed": None}
+        # A1111 names a checkpoint by its SHA-256 (an image's "Model hash"): kept, so its images name this export.
+        return source, {}, {"kind": "single-file", "path": str(source), "seed": None, "sha256": file_sha256(source)}
     if config is not None:
         raise ZoodipError("--config is for a single-file checkpoint; a diffusers folder has its own configs: drop it")
     configs = check_source(source)

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from .errors import ZoodipError
 from .image_parameters import read_parameters
-from .infotext import MODEL_HASH_CHARS, read_infotext, settings_from_fields
+from .infotext import model_hash, read_infotext, settings_from_fields
 
 # Settings that only image-to-image and inpainting read: applied where the caller gives an image (and a mask).
 IMAGE_SETTINGS = ("strength",)
@@ -49,9 +49,9 @@ def parameter_notes(parameters: ImageParameters, model: Any, hashes: Mapping[str
     source image, mask or latents it was made from that were not given, and the fields that do not apply here."""
     fields, notes = parameters.fields, []
     made_with = fields.get("Model hash")
-    if made_with and made_with != str(model.identity)[:MODEL_HASH_CHARS]:
+    if made_with and made_with != model_hash(model):
         notes.append(f"the image was made with another model (Model hash {made_with}, {fields.get('Model', '?')}; "
-                     f"this export's is {str(model.identity)[:MODEL_HASH_CHARS]}): it will differ")
+                     f"this export's is {model_hash(model)}): it will differ")
     for entry in filter(None, (part.strip() for part in fields.get("TI hashes", "").split(","))):
         name, _, digest = entry.rpartition(": ")
         if digest not in hashes.values():

@@ -28,7 +28,8 @@ from .hires import generate_hires
 from .prompt_checks import used_token_names
 from .sampling import A1111_SAMPLER_NAMES, DEFAULT_STRENGTH, INPAINT_STRENGTH, steps_run
 
-__all__ = ["A1111_SAMPLER_NAMES", "infotext", "read_infotext", "settings_from_fields", "used_embedding_hashes"]  # the sampler names are sampling's, re-exported for infotext's readers
+__all__ = ["A1111_SAMPLER_NAMES", "infotext", "model_hash", "read_infotext", "settings_from_fields",
+           "used_embedding_hashes"]  # the sampler names are sampling's, re-exported for infotext's readers
 MODEL_HASH_CHARS = 10  # A1111's short model hash
 
 
@@ -74,7 +75,7 @@ def infotext(prompt: str, settings: Mapping[str, Any], size: tuple[int, int], mo
     fields: list[tuple[str, object]] = [
         ("Steps", settings["steps"]), ("Sampler", A1111_SAMPLER_NAMES.get(settings["sampler"], settings["sampler"])),
         ("CFG scale", settings["guidance_scale"]), ("Seed", settings["seed"]),
-        ("Size", f"{size[0]}x{size[1]}"), ("Model hash", str(model.identity)[:MODEL_HASH_CHARS]),
+        ("Size", f"{size[0]}x{size[1]}"), ("Model hash", model_hash(model)),
         ("Model", Path(model.folder).name),
         *([("Variation seed", settings["variation_seed"]), ("Variation seed strength", settings["variation_strength"])]
           if settings["variation_strength"] else []),
@@ -91,6 +92,13 @@ def infotext(prompt: str, settings: Mapping[str, Any], size: tuple[int, int], mo
     text += "\n" + ", ".join(f"{key}: {_value(value)}" for key, value in fields if value is not None)
     # A prompt from a command line that is not UTF-8 holds surrogates, which no file's text can: written escaped.
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def model_hash(model: Any) -> str:
+    """A1111's "Model hash" of an export: its single-file checkpoint's, as A1111 names that file (the first
+    characters of its SHA-256), else the export's identity's."""
+    source = getattr(model, "manifest", {}).get("source", {})
+    return str(source.get("sha256") or model.identity)[:MODEL_HASH_CHARS]
 
 
 def used_embedding_hashes(model: Any, prompt: str, settings: Mapping[str, Any], added: Mapping[str, np.ndarray],

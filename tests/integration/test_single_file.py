@@ -2,15 +2,19 @@
 diffusers' own conversion with configs given here, then exported as a folder would be."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from safetensors.numpy import save_file
 
+from zoodip.image_parameters import read_parameters
+
 from cli_helpers import assert_one_line_error, run_cli
-from ldm_layout import folder_to_ldm
+from zoodip_export.ldm_layout import folder_to_ldm
 
 GRAPH_FILES = ("text_encoder.onnx", "unet.onnx", "vae_encoder.onnx", "vae_decoder.onnx", "token_embeddings.npy")
 FAST = ["--quiet", "--no-parity", "--curvature-samples", "0", "--recipe", "w8a32"]
@@ -39,7 +43,18 @@ def test_a_single_file_exports_the_same_graphs_as_its_diffusers_folder(tiny_sd_f
     assert _graph_hashes(out) == _graph_hashes(folder_export) and len(_graph_hashes(out)) == len(GRAPH_FILES)
     source = json.loads((out / "manifest.json").read_text())["source"]
     assert source["kind"] == "single-file" and source["path"] == str(checkpoint)
+    assert source["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in folder_export.iterdir())  # no scratch left
+    # The scheduler's config too is the folder's (diffusers' conversion adds a timestep spacing of its own, which
+    # changed every sampler's steps): the two exports make the same images.
+    assert (out / "scheduler_config.json").read_bytes() == (folder_export / "scheduler_config.json").read_bytes()
+    images = [tmp_path / "file.png", tmp_path / "folder.png"]
+    for export, image in zip((out, folder_export), images):
+        assert run_cli(["generate", "--model", export, "--prompt", "a star", "--steps", "2", "--out", image],
+                       capsys)[0] == 0
+    assert np.array_equal(np.asarray(Image.open(images[0])), np.asarray(Image.open(images[1])))
+    # Its images name the checkpoint as A1111 does: the file's SHA-256, first 10 hex digits.
+    assert f"Model hash: {source['sha256'][:10]}," in read_parameters(images[0])
 
 
 def test_an_sd2_file_needs_its_configs_and_keeps_v_prediction(tmp_path, capsys):
@@ -100,3 +115,45 @@ def test_a_checkpoint_given_where_an_embedding_goes_says_to_export_it(tiny_expor
     for args in (["info", checkpoint], ["generate", "--model", tiny_export, "--prompt", "a star", "--embedding",
                                         checkpoint, "--out", tmp_path / "x.png"]):
         assert_one_line_error(*run_cli(args, capsys)[::2], "export it with 'zoodip export CHECKPOINT.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_sd_folder, tmp_path_factory) -> Path:
+    return folder_to_ldm(tiny_sd_folder, tmp_path_factory.mktemp("ckpt") / "tiny-model.safetensors")
+
+
+def _edited(checkpoint: Path, dest: Path, edit) -> Path:
+    from safetensors.torch import load_file, save_file as save_torch
+
+    tensors = load_file(str(checkpoint))
+    edit(tensors)
+    save_torch(tensors, str(dest))
+    return dest
+
+
+@pytest.mark.parametrize("name, edit, words", [
+    ("missing.safetensors", lambda t: t.pop(next(k for k in t if k.endswith("attn1.to_q.weight"))),
+     "lacks 1 of the model's tensors"),
+    ("nan.safetensors", lambda t: t["model.diffusion_model.out.2.weight"].fill_(float("nan")), "non-finite values"),
+    ("no-vae.safetensors", lambda t: [t.pop(k) for k in list(t) if k.startswith("first_stage_model.")],
+     "holds no VAE"),
+    ("inpainting.safetensors", lambda t: t.__setitem__("model.diffusion_model.input_blocks.0.0.weight",
+                                                       t["model.diffusion_model.input_blocks.0.0.weight"].repeat(1, 2, 1, 1)[:, :9]),
+     "is an inpainting model"),
+])
+def test_an_incomplete_or_damaged_checkpoint_is_refused_not_filled_with_random_values(
+        tiny_sd_folder, tiny_checkpoint, tmp_path, capsys, name, edit, words):
+    checkpoint = _edited(tiny_checkpoint, tmp_path / name, edit)
+    out = tmp_path / "out"
+    assert_one_line_error(*run_cli(["export", checkpoint, out, "--config", tiny_sd_folder, *FAST], capsys)[::2], words)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_an_upper_case_suffix_exports_and_a_missing_file_is_named(tiny_sd_folder, tiny_checkpoint, tmp_path, capsys):
+    upper = tmp_path / "MODEL.SAFETENSORS"
+    upper.write_bytes(tiny_checkpoint.read_bytes())
+    code, _, err = run_cli(["export", upper, tmp_path / "out", "--config", tiny_sd_folder, *FAST], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MODEL.SAFETENSORS", "out"]
+    assert_one_line_error(*run_cli(["export", tmp_path / "typo.safetensors", tmp_path / "x", "--config", tiny_sd_folder,
+                                    *FAST], capsys)[::2], "typo.safetensors does not exist")

@@ -1,7 +1,9 @@
-"""A diffusers SD folder -> one checkpoint in the original (LDM) layout, as A1111 and civitai keep them: the inverse of
-diffusers' single-file conversion, written here for the tests of ``zoodip export FILE.safetensors`` (no such file
-can be downloaded here). SD1.x's text encoder is stored as is under ``cond_stage_model.transformer.``; SD2.x's in
-OpenCLIP's layout (fused q/k/v projections) under ``cond_stage_model.model.``."""
+"""Diffusers' SD components -> the original (LDM) layout of a single-file checkpoint, as A1111 and civitai keep them:
+the inverse of diffusers' single-file conversion. The exporter uses it to check that a converted checkpoint's every
+tensor came from the file (diffusers fills a missing one with its random initial values, silently); the tests use it
+to write such files from the tiny folders (no real one can be downloaded here). SD1.x's text encoder is stored as is
+under ``cond_stage_model.transformer.``; SD2.x's in OpenCLIP's layout (fused q/k/v projections) under
+``cond_stage_model.model.``."""
 from __future__ import annotations
 
 import json
@@ -53,7 +55,7 @@ def unet_to_ldm(sd: dict, config: dict) -> dict:
         if i < blocks - 1:
             _move(f"up_blocks.{i}.upsamplers.0.conv", f"output_blocks.{i * (L + 1) + L}.{2 if has_attention else 1}.conv",
                   sd, out)
-    assert len(out) == len(sd), (len(out), len(sd))  # every tensor placed
+    _check_placed(out, sd, "UNet")
     return {"model.diffusion_model." + k: v for k, v in out.items()}
 
 
@@ -116,22 +118,33 @@ def open_clip_layout(sd: dict) -> dict:
     return out
 
 
-def folder_to_ldm(folder: Path, dest: Path) -> Path:
-    folder = Path(folder)
-    state: dict = {}
-    unet = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
-    state.update(unet_to_ldm(unet, json.loads((folder / "unet" / "config.json").read_text())))
-    vae = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
-    state.update(vae_to_ldm(vae, json.loads((folder / "vae" / "config.json").read_text())))
-    text = load_file(folder / "text_encoder" / "model.safetensors")
-    if json.loads((folder / "text_encoder" / "config.json").read_text()).get("hidden_act") == "gelu":  # SD2.x's
+def _check_placed(out: dict, sd: dict, what: str) -> None:
+    if len(out) != len(sd):
+        raise ValueError(f"the {what} has {len(sd) - len(out)} tensors the original layout does not name here")
+
+
+def components_to_ldm(unet: dict, unet_config: dict, vae: dict, vae_config: dict, text: dict,
+                      open_clip: bool) -> dict:
+    """The state dicts of a UNet, a VAE and a CLIP text encoder (with their configs) under a checkpoint's names; the
+    text encoder in OpenCLIP's layout where ``open_clip`` (SD2.x)."""
+    state = {**unet_to_ldm(unet, unet_config), **vae_to_ldm(vae, vae_config)}
+    if open_clip:
         state.update({"cond_stage_model.model." + k: v for k, v in open_clip_layout(text).items()})
     else:
         state.update({"cond_stage_model.transformer." + k: v for k, v in text.items()})
+    return state
+
+
+def folder_to_ldm(folder: Path, dest: Path) -> Path:
+    """A diffusers SD folder's weights written as one checkpoint ``dest`` in the original layout; returns ``dest``."""
+    folder = Path(folder)
+
+    def config(part: str) -> dict:
+        return json.loads((folder / part / "config.json").read_text())
+
+    state = components_to_ldm(load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"), config("unet"),
+                              load_file(folder / "vae" / "diffusion_pytorch_model.safetensors"), config("vae"),
+                              load_file(folder / "text_encoder" / "model.safetensors"),
+                              config("text_encoder").get("hidden_act") == "gelu")  # SD2.x's OpenCLIP
     save_file({k: v.contiguous() for k, v in state.items()}, str(dest))
     return dest
-
-
-if __name__ == "__main__":
-    import sys
-    folder_to_ldm(Path(sys.argv[1]), Path(sys.argv[2]))
