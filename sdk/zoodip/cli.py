@@ -308,21 +308,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _apply_image_parameters(args: argparse.Namespace):
+def _apply_image_parameters(args: argparse.Namespace) -> Any:
     """--parameters-from IMAGE: its prompts and settings into ``args``, where no flag gave them; what it names but
     cannot give is refused unless a flag gives it. Image-to-image's and inpainting's settings apply with --image
     (and --mask)."""
-    from .from_parameters import IMAGE_SETTINGS, MASK_SETTINGS, image_parameters
+    from .from_parameters import ignored_settings, image_parameters
 
     parameters = image_parameters(args.parameters_from)
     given = getattr(args, "given", set())
-    skipped = (() if args.image is not None else IMAGE_SETTINGS) + (() if args.mask is not None else MASK_SETTINGS)
+    skipped = {*ignored_settings(parameters, image_given=args.image is not None, mask_given=args.mask is not None,
+                                 latents_given=args.latents is not None),
+               *(("variation_seed",) if "variation_strength" in given and not args.variation_strength else ())}
     for name, value in [("prompt", parameters.prompt), ("negative_prompt", parameters.negative_prompt),
                         *parameters.settings.items()]:
         if name not in given and name not in skipped:
             setattr(args, name, value)
     for name, problem in parameters.problems.items():
-        if name not in given:
+        if name not in given and name not in skipped:
             raise ZoodipError(f"--parameters-from {args.parameters_from}: {problem}")
     return parameters
 

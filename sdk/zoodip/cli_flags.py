@@ -222,9 +222,9 @@ def _add_image_flags(g: argparse.ArgumentParser) -> None:
                    help="with --mask: redraw only the box around the white part, PX pixels wider (diffusers' "
                         "padding_mask_crop; A1111's 'Only masked', padding 32), at --width/--height (default: the "
                         "model's native size), and paste it back into the whole image, which keeps its size")
-    g.add_argument("--paste-back", action="store_true",
+    g.add_argument("--paste-back", action=argparse.BooleanOptionalAction, default=False,
                    help="with --mask: keep the original's pixels where the mask is black (as A1111 does), not their "
-                        "trip through the VAE")
+                        "trip through the VAE (--no-paste-back: an image's parameters that ask for it, not)")
     g.add_argument("--strength", type=float, default=None,
                    help=f"with --image: how much of it is redrawn, in (0, 1] (default {DEFAULT_STRENGTH}, with --mask "
                         f"{INPAINT_STRENGTH}, as diffusers)")
@@ -272,7 +272,7 @@ def checked_generate_flags(args: argparse.Namespace) -> tuple[Path, list[Path]]:
     singles = numbered_paths(out, args.num_images) if args.num_images > 1 else []
     for path in singles:
         check_output_file(path, "--out")
-    for flag, source in (("--image", args.image), ("--mask", args.mask)):
+    for flag, source in (("--image", args.image), ("--mask", args.mask), ("--parameters-from", args.parameters_from)):
         if source and any(is_same_file(source, path) for path in (out, *singles)):
             raise ZoodipError(f"--out would write over {flag} {source}: name another file (--out replaces a file "
                               "that exists)")

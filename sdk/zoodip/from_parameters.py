@@ -12,11 +12,21 @@ from typing import Any, Mapping
 
 from .errors import ZoodipError
 from .image_parameters import read_parameters
-from .infotext import model_hash, read_infotext, settings_from_fields
+from .infotext import is_zoodips, model_hash, read_infotext, settings_from_fields
 
-# Settings that only image-to-image and inpainting read: applied where the caller gives an image (and a mask).
+# Settings that only image-to-image and inpainting read: applied where the caller gives an image (and a mask); and the
+# ones that are not for image-to-image (A1111 has no hires fix there) or given latents (which are the noise already).
 IMAGE_SETTINGS = ("strength",)
 MASK_SETTINGS = ("mask_blur", "padding_mask_crop", "paste_back")
+TEXT_TO_IMAGE_SETTINGS = ("hires_scale", "hires_strength", "hires_steps")
+NOISE_SETTINGS = ("variation_seed", "variation_strength")
+
+
+def ignored_settings(parameters: ImageParameters, *, image_given: bool, mask_given: bool,
+                     latents_given: bool) -> set[str]:
+    """The image's settings that do not apply to this call (``parameter_notes`` says each)."""
+    return {*(TEXT_TO_IMAGE_SETTINGS if image_given else IMAGE_SETTINGS), *(() if mask_given else MASK_SETTINGS),
+            *(NOISE_SETTINGS if latents_given else ())}
 
 
 @dataclass
@@ -48,23 +58,33 @@ def parameter_notes(parameters: ImageParameters, model: Any, hashes: Mapping[str
     """What the caller should know before making the image again: another export, an embedding no file gives, a
     source image, mask or latents it was made from that were not given, and the fields that do not apply here."""
     fields, notes = parameters.fields, []
+    if not fields:
+        notes.append("its text holds no settings line (Steps: ..., Seed: ...): only its prompt is used")
     made_with = fields.get("Model hash")
     if made_with and made_with != model_hash(model):
         notes.append(f"the image was made with another model (Model hash {made_with}, {fields.get('Model', '?')}; "
                      f"this export's is {model_hash(model)}): it will differ")
     for entry in filter(None, (part.strip() for part in fields.get("TI hashes", "").split(","))):
         name, _, digest = entry.rpartition(": ")
-        if digest not in hashes.values():
+        names = [loaded for loaded, loaded_digest in hashes.items() if loaded_digest == digest]
+        if not names:
             notes.append(f"the image used the embedding {name or entry} (file hash {digest}), which no --embedding "
                          "gives: pass its file, or the image will lack it")
+        elif name and name not in names and f"<{name}>" not in names:
+            notes.append(f"the image's embedding {name} is loaded as {names[0]}: pass it as --embedding FILE:{name} "
+                         "to load it under the name its prompt uses")
     if not image_given and any(name in parameters.settings for name in IMAGE_SETTINGS):
         notes.append("the image was made from another image (Denoising strength "
                      f"{fields.get('Denoising strength')}): pass it with --image to make it again")
+    if image_given and any(name in parameters.settings for name in TEXT_TO_IMAGE_SETTINGS):
+        notes.append("the image's hires fix is left out: it is for text-to-image, and --image is given")
+    if latents_given and any(name in parameters.settings for name in NOISE_SETTINGS):
+        notes.append("the image's variation seed is left out: --latents are the noise")
     if not mask_given and any(name in parameters.settings for name in MASK_SETTINGS):
         notes.append("the image was inpainted: pass its image and mask with --image and --mask to make it again")
     if "Initial latents" in fields and not latents_given:
         notes.append("the image was made from initial latents given to it, not from its seed: pass them with --latents")
-    if "Batch pos" in fields:
+    if "Batch pos" in fields and is_zoodips(fields):  # A1111 writes each batch image's own seed: made alone
         notes.append(f"the image was image {fields['Batch pos']} (from 0) of a batch of {fields.get('Batch size', '?')}: "
                      "it is the batch's numbered file of that place + 1 (OUT-1.png is image 0)")
     if parameters.unused:

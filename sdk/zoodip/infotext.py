@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +27,7 @@ from .added_tokens import tokenizer_with
 from .generate import generate, prompt_texts_read
 from .hires import generate_hires
 from .prompt_checks import used_token_names
-from .sampling import A1111_SAMPLER_NAMES, DEFAULT_STRENGTH, INPAINT_STRENGTH, steps_run
+from .sampling import A1111_SAMPLER_NAMES, DEFAULT_STEPS, DEFAULT_STRENGTH, INPAINT_STRENGTH, steps_run
 
 __all__ = ["A1111_SAMPLER_NAMES", "infotext", "model_hash", "read_infotext", "settings_from_fields",
            "used_embedding_hashes"]  # the sampler names are sampling's, re-exported for infotext's readers
@@ -44,8 +45,11 @@ def _image_fields(settings: Mapping[str, Any]) -> list[tuple[str, object]]:
     fields: list[tuple[str, object]] = []
     if settings.get("hires_scale") is not None:
         hires_steps = settings["steps"] if settings.get("hires_steps") is None else settings["hires_steps"]
+        # A1111's "Hires steps" are the steps its second pass runs; zoodip's run the last strength of a schedule of
+        # hires_steps (as image-to-image's), written apart so that A1111 and zoodip each read their own.
         fields += [("Denoising strength", settings["hires_strength"]), ("Hires upscale", settings["hires_scale"]),
-                   ("Hires steps", hires_steps), ("Hires upscaler", "Lanczos")]
+                   ("Hires steps", steps_run(hires_steps, settings["hires_strength"])), (HIRES_SCHEDULE, hires_steps),
+                   ("Hires upscaler", "Lanczos")]
     elif settings.get("image") is not None:
         default = DEFAULT_STRENGTH if settings.get("mask_image") is None else INPAINT_STRENGTH
         strength = settings.get("strength")
@@ -121,19 +125,21 @@ def used_embedding_hashes(model: Any, prompt: str, settings: Mapping[str, Any], 
     return named
 
 
+HIRES_SCHEDULE = "Hires schedule"  # zoodip's: the schedule whose last hires strength the second pass runs
+
 # A1111's fields that are one setting of generate() each, and how a value reads back (A1111 counts clip skip from 1).
 _ONE_SETTING: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Steps": ("steps", int), "CFG scale": ("guidance_scale", float), "Seed": ("seed", int),
     "Variation seed": ("variation_seed", int), "Variation seed strength": ("variation_strength", float),
     "Clip skip": ("clip_skip", lambda value: int(value) - 1), "Guidance rescale": ("guidance_rescale", float),
-    "Prompt weighting": ("prompt_weighting", str), "Batch size": ("num_images", int),
-    "Hires upscale": ("hires_scale", float), "Hires steps": ("hires_steps", int), "Mask blur": ("mask_blur", float),
-    "Masked area padding": ("padding_mask_crop", int),
+    "Prompt weighting": ("prompt_weighting", str),
+    "Mask blur": ("mask_blur", float), "Masked area padding": ("padding_mask_crop", int),
+    HIRES_SCHEDULE: ("hires_steps", int),
 }
 # Fields that are no setting (said, or checked by the caller) and A1111's that fields above already carry.
 NOT_SETTINGS = ("Model", "Model hash", "Version", "Batch pos", "Hires upscaler", "TI hashes", "Schedule type",
-                "Initial latents", "Inpaint area")
-_FIELD_PAIR = re.compile(r'\s*(\w[\w \-/+.]*): ("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+                "Initial latents", "Inpaint area", "Hires steps", "Hires upscale", "Batch size")
+_FIELD_PAIR = re.compile(r'\s*(\w[\w \-/+.]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')  # A1111's own pattern
 _NEGATIVE = "Negative prompt:"
 
 
@@ -167,32 +173,60 @@ def _unquoted(value: str) -> str:
     return value
 
 
+def is_zoodips(fields: Mapping[str, str]) -> bool:
+    """Whether the text was written by zoodip (its Version field), whose batches and hires steps it reads its way."""
+    return fields.get("Version", "").startswith("zoodip")
+
+
 def settings_from_fields(fields: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str], list[str]]:
     """``generate()``'s (and the hires fix's) settings that A1111's ``fields`` give, the problems of those that cannot
     be given (by setting: a sampler zoodip lacks, a value that does not read), and the fields that are no setting
-    here (another tool's)."""
+    here (another tool's). A text of A1111's is read in A1111's meaning: emphasis read as A1111 reads it, an image of
+    a batch made alone from its own seed (A1111 writes each one's), its hires fix on only with a denoising strength,
+    its second pass running the steps it says."""
     settings: dict[str, Any] = {}
     problems: dict[str, str] = {}
     for field, value in fields.items():
+        names = {"Size": ("width", "height"), "Denoising strength": ("strength", "hires_strength"),
+                 "Hires steps": ("hires_steps",), "Batch size": ("num_images",)}.get(field, (field,))
         try:
-            if field in _ONE_SETTING:
-                name, read = _ONE_SETTING[field]
-                settings[name] = read(value)
-            elif field == "Size":
-                width, _, height = value.partition("x")
-                settings["width"], settings["height"] = int(width), int(height)
-            elif field == "Denoising strength":  # the hires fix's second pass, or image-to-image's
-                settings["hires_strength" if "Hires upscale" in fields else "strength"] = float(value)
-            elif field == "Paste back":
-                settings["paste_back"] = value == "True"
-            elif field == "Sampler":
-                _read_sampler(value, fields.get("Schedule type"), settings, problems)
-        except ValueError:
-            problems[_ONE_SETTING.get(field, (field.lower(),))[0]] = f"its {field} {value!r:.40} does not read as one"
+            _read_field(field, value, fields, settings, problems)
+        except (ValueError, ZeroDivisionError):
+            for name in (_ONE_SETTING[field][0],) if field in _ONE_SETTING else names:
+                problems[name] = (f"its {field} {value!r:.40} does not read as a value: give it yourself "
+                                  f"(--{name.replace('_', '-')})")
     unused = [field for field in fields if field not in {*_ONE_SETTING, *NOT_SETTINGS, "Size", "Denoising strength",
                                                          "Paste back", "Sampler"}]
-    settings.setdefault("prompt_weighting", "a1111")  # a text without zoodip's field is A1111's, which reads emphasis
+    if not is_zoodips(fields):
+        settings.setdefault("prompt_weighting", "a1111")  # A1111 reads emphasis
+        if {"Mask blur", "Inpaint area", "Masked area padding"} & set(fields):
+            settings["paste_back"] = True  # A1111's inpainting always puts the original back where it keeps it
     return settings, problems, unused
+
+
+def _read_field(field: str, value: str, fields: Mapping[str, str], settings: dict[str, Any],
+                problems: dict[str, str]) -> None:
+    """One field's settings (``settings_from_fields``); a value that does not read raises ValueError."""
+    hires = "Hires upscale" in fields and "Denoising strength" in fields  # as A1111 turns its hires fix on
+    if field in _ONE_SETTING:
+        name, read = _ONE_SETTING[field]
+        settings[name] = read(value)
+    elif field == "Size":
+        width, _, height = value.partition("x")
+        settings["width"], settings["height"] = int(width), int(height)
+    elif field == "Denoising strength":  # the hires fix's second pass, or image-to-image's
+        settings["hires_strength" if hires else "strength"] = float(value)
+    elif field == "Hires upscale" and hires:
+        settings["hires_scale"] = float(value)
+        if HIRES_SCHEDULE not in fields:  # A1111's: its second pass runs "Hires steps" (0 or none: "Steps") steps
+            run = int(fields.get("Hires steps", 0)) or int(fields.get("Steps", DEFAULT_STEPS))
+            settings["hires_steps"] = math.ceil(run / float(fields["Denoising strength"]))
+    elif field == "Batch size" and is_zoodips(fields):  # A1111's batch image: its own seed, made alone
+        settings["num_images"] = int(value)
+    elif field == "Paste back":
+        settings["paste_back"] = value == "True"
+    elif field == "Sampler":
+        _read_sampler(value, fields.get("Schedule type"), settings, problems)
 
 
 def _read_sampler(name: str, schedule: str | None, settings: dict[str, Any], problems: dict[str, str]) -> None:

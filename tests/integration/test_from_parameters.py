@@ -92,3 +92,67 @@ def test_an_image_to_image_result_needs_its_source_image(tiny_export, tmp_path, 
                            capsys)
     assert code == 0, err
     assert np.array_equal(_pixels(tmp_path / "again.png"), _pixels(made))
+
+
+def _a1111_image(path, text: str):
+    info = PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ("Steps:2, Sampler:Euler a, CFG scale:5, Seed:3", {"steps": 2, "sampler": "euler_a", "seed": 3}),  # no spaces
+    # A1111's hires fix: on only with a denoising strength; its "Hires steps" are the steps its second pass runs.
+    ("Steps: 20, Seed: 1, Size: 64x64, Hires upscale: 2", {"hires_scale": None}),
+    ("Steps: 20, Seed: 1, Size: 64x64, Denoising strength: 0.7, Hires upscale: 2, Hires steps: 20",
+     {"hires_scale": 2.0, "hires_strength": 0.7, "hires_steps": 29}),
+    ("Steps: 10, Seed: 1, Size: 64x64, Denoising strength: 0.5, Hires upscale: 2", {"hires_steps": 20}),
+    # A1111's batch image carries its own seed: made alone; its inpainting always pastes the original back.
+    ("Steps: 2, Seed: 1001, Size: 64x64, Batch size: 4, Batch pos: 1", {"num_images": None, "seed": 1001}),
+    ("Steps: 2, Seed: 1, Size: 64x64, Denoising strength: 0.75, Mask blur: 4", {"paste_back": True, "mask_blur": 4.0}),
+])
+def test_a1111s_fields_in_a1111s_meaning(fields, expected):
+    settings, problems, _ = settings_from_fields(read_infotext("a cat\n" + fields)[2])
+    assert not problems and {key: settings.get(key) for key in expected} == expected
+    hires_steps = settings.get("hires_steps")
+    if hires_steps:  # the second pass runs the steps A1111's text says
+        assert int(hires_steps * settings["hires_strength"]) == int(fields.split("Hires steps: ")[-1].split(",")[0]
+                                                                    if "Hires steps" in fields else 10)
+
+
+def test_the_image_is_never_overwritten_and_its_settings_can_be_turned_off(tiny_export, tmp_path, capsys):
+    made = tmp_path / "made.png"
+    assert run_cli(_generate(tiny_export, made, "--prompt", "a star", "--steps", "2", "--variation-seed", "4",
+                             "--variation-strength", "0.3"), capsys)[0] == 0
+    assert_one_line_error(*run_cli(_generate(tiny_export, made, "--parameters-from", made), capsys)[::2],
+                          "--out would write over --parameters-from")
+    plain = tmp_path / "plain.png"
+    assert run_cli(_generate(tiny_export, plain, "--parameters-from", made, "--variation-strength", "0"), capsys)[0] == 0
+    assert "Variation" not in read_parameters(plain)
+    bad = _a1111_image(tmp_path / "bad.png", "a cat\nSteps: 2, Seed: 1, Size: 512x")
+    assert_one_line_error(*run_cli(_generate(tiny_export, tmp_path / "o.png", "--parameters-from", bad), capsys)[::2],
+                          "give it yourself (--width)")
+    assert run_cli(_generate(tiny_export, tmp_path / "o.png", "--parameters-from", bad, "--width", "64", "--height",
+                             "64"), capsys)[0] == 0
+    bare = _a1111_image(tmp_path / "bare.png", "just a prompt")
+    code, _, err = run_cli(_generate(tiny_export, tmp_path / "b.png", "--parameters-from", bare, "--steps", "1"), capsys)
+    assert code == 0 and "holds no settings line" in err
+
+
+def test_a_zoodip_hires_image_is_made_again_and_an_embedding_under_another_name_is_said(tiny_export, tmp_path, capsys):
+    from zoodip.embeddings import save_learned_embeds
+    from zoodip.model import ExportedModel
+
+    embedding = save_learned_embeds(tmp_path / "tok.safetensors", "<tok>",
+                                    np.random.default_rng(0).normal(size=(1, ExportedModel.load(tiny_export).hidden_size)))
+    made = tmp_path / "hires.png"
+    assert run_cli(_generate(tiny_export, made, "--prompt", "a <tok>", "--steps", "2", "--hires-scale", "1.5",
+                             "--hires-strength", "0.5", "--embedding", embedding), capsys)[0] == 0
+    assert "Hires steps: 1, Hires schedule: 2" in read_parameters(made)
+    again = tmp_path / "again.png"
+    assert run_cli(_generate(tiny_export, again, "--parameters-from", made, "--embedding", embedding), capsys)[0] == 0
+    assert np.array_equal(_pixels(again), _pixels(made))
+    code, _, err = run_cli(_generate(tiny_export, tmp_path / "x.png", "--parameters-from", made, "--embedding",
+                                     f"{embedding}:<other>"), capsys)
+    assert "is loaded as <other>: pass it as --embedding FILE:<tok>" in err
