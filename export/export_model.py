@@ -113,10 +113,11 @@ def _quiet_libraries() -> Iterator[None]:
 
 
 def _load(component: str, loader: Any, folder: Path) -> Any:
+    import torch
     from safetensors import SafetensorError
 
     try:
-        return loader(folder)
+        module = loader(folder)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         if not any(path.suffix in (".safetensors", ".bin") for path in folder.iterdir()):
             raise ZoodipError(f"cannot load the {component}: {folder} holds no weights file (.safetensors): copy the "
@@ -124,6 +125,12 @@ def _load(component: str, loader: Any, folder: Path) -> Any:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ZoodipError(f"cannot load the {component} from {folder} ({first_line}): a weights file there may be "
                           "damaged or incomplete: copy it again") from None
+    broken = next((name for name, tensor in module.state_dict().items()
+                   if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+    if broken is not None:  # quantized, they would become arbitrary codes and the export would look done
+        raise ZoodipError(f"the {component} in {folder} holds non-finite values (NaN or infinity) in {broken}: the "
+                          "weights are damaged")
+    return module
 
 
 def _graph_entry(path: Path, data_file: str | None) -> dict[str, Any]:

@@ -147,7 +147,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise ZoodipError("the export folder's path is empty: pass the folder 'zoodip export' wrote")
     folder = Path(folder)
     if folder.is_file():
-        raise ZoodipError(f"{folder} is a file, not an export folder: pass the folder that holds {MANIFEST}")
+        raise ZoodipError(f"{folder} is a file, not an export folder: " + (f"export it once with 'zoodip export {folder.name} "
+                          "OUT_DIR', then pass OUT_DIR" if folder.suffix.lower() in (".safetensors", ".ckpt") else f"pass the folder that holds {MANIFEST}"))
     if not folder.is_dir():
         raise ZoodipError(f"export folder {folder} does not exist: create it with 'zoodip export'")
     path = folder / MANIFEST

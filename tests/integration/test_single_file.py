@@ -157,3 +157,26 @@ def test_an_upper_case_suffix_exports_and_a_missing_file_is_named(tiny_sd_folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["MODEL.SAFETENSORS", "out"]
     assert_one_line_error(*run_cli(["export", tmp_path / "typo.safetensors", tmp_path / "x", "--config", tiny_sd_folder,
                                     *FAST], capsys)[::2], "typo.safetensors does not exist")
+
+
+def test_a_checkpoint_passed_as_the_model_says_to_export_it(tmp_path, capsys):
+    checkpoint = _fake_checkpoint(tmp_path / "v1-5.safetensors", ["model.diffusion_model.x"])
+    assert_one_line_error(*run_cli(["generate", "--model", checkpoint, "--prompt", "a star"], capsys)[::2],
+                          "export it once with 'zoodip export v1-5.safetensors OUT_DIR', then pass OUT_DIR")
+
+
+def test_a_folder_with_non_finite_weights_is_refused_not_quantized(tiny_sd_folder, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file as save_torch
+
+    folder = tmp_path / "nan-folder"
+    shutil.copytree(tiny_sd_folder, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["conv_out.weight"].fill_(float("inf"))
+    save_torch(tensors, str(weights))
+    out = tmp_path / "out"
+    assert_one_line_error(*run_cli(["export", folder, out, *FAST], capsys)[::2], "non-finite values (NaN or infinity) "
+                          "in conv_out.weight")
+    assert not out.exists()
