@@ -63,6 +63,11 @@ def _tensor_names(path: Path) -> list[str]:
         with safe_open(str(path), framework="pt") as file:
             return list(file.keys())
     except (OSError, SafetensorError, ValueError) as exc:
+        with open(path, "rb") as file:
+            head = file.read(4)
+        if head[:2] == b"PK" or head[:1] == b"\x80":  # a zip (torch.save) or a bare pickle under another name
+            raise ZoodipError(f"{path} is a pickled checkpoint under a .safetensors name (a renamed .ckpt?), which "
+                              f"zoodip does not load: convert it with {_TO_FOLDER}") from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ZoodipError(f"cannot read {path} ({reason}): the file may be damaged or incomplete: copy it again") from None
 

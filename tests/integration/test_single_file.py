@@ -83,6 +83,7 @@ def _fake_checkpoint(path: Path, names: list[str]) -> Path:
     ("unet-only.safetensors", ["model.diffusion_model.x"], "no text encoder"),
     ("damaged.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json", "cannot read"),
     ("model.onnx", [], "neither a diffusers folder nor a .safetensors checkpoint"),
+    ("renamed.safetensors", b"PK\x03\x04 a torch.save zip", "pickled checkpoint under a .safetensors name"),
 ])
 def test_files_that_are_not_sd_checkpoints_are_refused_before_any_work(tmp_path, capsys, name, names, words):
     path = tmp_path / name
