@@ -319,10 +319,12 @@ def _apply_image_parameters(args: argparse.Namespace) -> Any:
     skipped = {*ignored_settings(parameters, image_given=args.image is not None, mask_given=args.mask is not None,
                                  latents_given=args.latents is not None),
                *(("variation_seed",) if "variation_strength" in given and not args.variation_strength else ())}
+    args.from_image = set()
     for name, value in [("prompt", parameters.prompt), ("negative_prompt", parameters.negative_prompt),
                         *parameters.settings.items()]:
         if name not in given and name not in skipped:
             setattr(args, name, value)
+            args.from_image.add(name)
     for name, problem in parameters.problems.items():
         if name not in given and name not in skipped:
             raise ZoodipError(f"--parameters-from {args.parameters_from}: {problem}")
@@ -429,7 +431,8 @@ _INTERRUPTED = {"personalize": "interrupted: resume with --resume (the last chec
 # The API's argument names that open its one-line refusals, as the flags a CLI user typed.
 _FLAG_OF = {name: "--" + name.replace("_", "-") for name in (
     "width", "height", "resolution", "steps", "seed", "strength", "guidance_scale", "guidance_rescale", "clip_skip",
-    "mask_blur", "padding_mask_crop", "hires_scale", "hires_strength", "variation_seed", "variation_strength")}
+    "mask_blur", "padding_mask_crop", "hires_scale", "hires_strength", "variation_seed", "variation_strength",
+    "num_images")}
 
 
 def _given_flags(argv: Sequence[str], args: argparse.Namespace) -> set[str]:
@@ -445,15 +448,18 @@ def _given_flags(argv: Sequence[str], args: argparse.Namespace) -> set[str]:
     return {name for name, value in vars(namespace).items() if value is not unset and value is not None}
 
 
-def _in_flag_words(message: str) -> str:
-    """``width must be ...`` -> ``--width must be ...``: the same refusal, in the words of the command line."""
+def _in_flag_words(message: str, from_image: Sequence[str] = ()) -> str:
+    """``width must be ...`` -> ``--width must be ...``: the same refusal, in the words of the command line (and, for a
+    value --parameters-from read from an image, saying so)."""
     first, space, rest = message.partition(" ")
-    return _FLAG_OF[first] + space + rest if first in _FLAG_OF else message
+    if first in from_image:
+        rest += f" (the value of the image's parameters: give {_FLAG_OF.get(first, first)} to replace it)"
+    return _FLAG_OF.get(first, first) + space + rest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv else ""
+    command, args = argv[0] if argv else "", None
     for stream in (sys.stdout, sys.stderr):  # a path the terminal cannot show: escaped, not a traceback after the work
         if callable(getattr(stream, "reconfigure", None)):
             stream.reconfigure(errors="backslashreplace")
@@ -472,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = one_line_warning
             return handler(args)
     except ZoodipError as exc:
-        return print_error(_in_flag_words(str(exc)))
+        return print_error(_in_flag_words(str(exc), getattr(args, "from_image", ()) if args is not None else ()))
     except KeyboardInterrupt:
         print(_INTERRUPTED.get(command, "interrupted"), file=sys.stderr)
         return 130

@@ -155,9 +155,11 @@ def read_infotext(text: str) -> tuple[str, str, dict[str, str]]:
             fields[key.strip()] = _unquoted(value.strip())
     prompt: list[str] = []
     negative: list[str] = []
+    a1111s = not is_zoodips(fields)  # A1111 strips every line, and the label off every line that starts with it
     for line in lines:
-        if line.startswith(_NEGATIVE) and not negative:
-            line = line[len(_NEGATIVE):].removeprefix(" ")
+        line = line.strip() if a1111s else line
+        if line.startswith(_NEGATIVE) and (a1111s or not negative):
+            line = line[len(_NEGATIVE):].strip() if a1111s else line[len(_NEGATIVE):].removeprefix(" ")
             negative.append(line)
         else:
             (negative if negative else prompt).append(line)

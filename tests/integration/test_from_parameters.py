@@ -156,3 +156,11 @@ def test_a_zoodip_hires_image_is_made_again_and_an_embedding_under_another_name_
     code, _, err = run_cli(_generate(tiny_export, tmp_path / "x.png", "--parameters-from", made, "--embedding",
                                      f"{embedding}:<other>"), capsys)
     assert "is loaded as <other>: pass it as --embedding FILE:<tok>" in err
+
+
+def test_a_value_of_the_image_that_is_refused_says_it_came_from_the_image(tiny_export, tmp_path, capsys):
+    image = _a1111_image(tmp_path / "big.png", "a cat\nSteps: 2, Seed: 1, Size: 64x64, CFG scale: 500")
+    assert_one_line_error(*run_cli(_generate(tiny_export, tmp_path / "o.png", "--parameters-from", image), capsys)[::2],
+                          "(the value of the image's parameters: give --guidance-scale to replace it)")
+    spaced = read_infotext("  a cat  \nNegative prompt:  blurry \nNegative prompt: dark\nSteps: 2, Seed: 1, Size: 8x8")
+    assert spaced[:2] == ("a cat", "blurry\ndark")  # as A1111 reads its own text: lines stripped, every label off
