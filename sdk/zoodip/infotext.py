@@ -131,7 +131,8 @@ HIRES_SCHEDULE = "Hires schedule"  # zoodip's: the schedule whose last hires str
 _ONE_SETTING: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Steps": ("steps", int), "CFG scale": ("guidance_scale", float), "Seed": ("seed", int),
     "Variation seed": ("variation_seed", int), "Variation seed strength": ("variation_strength", float),
-    "Clip skip": ("clip_skip", lambda value: int(value) - 1), "Guidance rescale": ("guidance_rescale", float),
+    "Clip skip": ("clip_skip", lambda value: max(int(value) - 1, 0)),  # (A1111 reads its 0 as its 1: the last layer)
+    "Guidance rescale": ("guidance_rescale", float),
     "Prompt weighting": ("prompt_weighting", str),
     "Mask blur": ("mask_blur", float), "Masked area padding": ("padding_mask_crop", int),
     HIRES_SCHEDULE: ("hires_steps", int),

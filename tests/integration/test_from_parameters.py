@@ -103,6 +103,7 @@ def _a1111_image(path, text: str):
 
 @pytest.mark.parametrize("fields, expected", [
     ("Steps:2, Sampler:Euler a, CFG scale:5, Seed:3", {"steps": 2, "sampler": "euler_a", "seed": 3}),  # no spaces
+    ("Steps: 2, Seed: 3, Clip skip: 0", {"clip_skip": 0}),  # A1111 reads 0 as 1, its last layer
     # A1111's hires fix: on only with a denoising strength; its "Hires steps" are the steps its second pass runs.
     ("Steps: 20, Seed: 1, Size: 64x64, Hires upscale: 2", {"hires_scale": None}),
     ("Steps: 20, Seed: 1, Size: 64x64, Denoising strength: 0.7, Hires upscale: 2, Hires steps: 20",
