@@ -88,7 +88,7 @@ DYNAMIC_INT8_WARNING = (
 def session_options(session: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """``(SessionOptions, extra InferenceSession kwargs)`` for a manifest ``session`` entry."""
     import onnxruntime as ort
-    from zoodip.model import apply_export_session
+    from zoodip.runtime_options import apply_export_session
 
     options = ort.SessionOptions()
     disabled = apply_export_session(options, session)

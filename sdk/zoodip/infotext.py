@@ -109,7 +109,8 @@ def used_embedding_hashes(model: Any, prompt: str, settings: Mapping[str, Any], 
                           hashes: Mapping[str, str]) -> dict[str, str]:
     """``{token: its file's short hash}`` for the ``added`` embeddings that ``prompt`` and the negative prompt used,
     as ``generate()`` with ``settings`` reads them (the phases of an edited prompt that run, the words within the
-    token limit), each file once under the first name they use; ``hashes``: ``load_embeddings(hashes=)``'s."""
+    token limit), each name once (an A1111 file's trigger word and its ``<stem>``, one loading, once);
+    ``hashes``: ``load_embeddings(hashes=)``'s."""
     if not added:
         return {}
     settings = {**_DEFAULTS, **{key: value for key, value in settings.items() if value is not None}}
@@ -120,7 +121,8 @@ def used_embedding_hashes(model: Any, prompt: str, settings: Mapping[str, Any], 
                                      steps_run(settings["steps"], strength))
     named: dict[str, str] = {}
     for name in used_token_names(tokenizer_with(model, added)[0], texts, list(added), whole):
-        if name in hashes and hashes[name] not in named.values():
+        alias = name[1:-1] if name.startswith("<") and name.endswith(">") else f"<{name}>"
+        if name in hashes and named.get(alias) != hashes[name]:  # an A1111 file's trigger word and <stem>: once
             named[name] = hashes[name]
     return named
 
@@ -135,11 +137,10 @@ _ONE_SETTING: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Guidance rescale": ("guidance_rescale", float),
     "Prompt weighting": ("prompt_weighting", str),
     "Mask blur": ("mask_blur", float), "Masked area padding": ("padding_mask_crop", int),
-    HIRES_SCHEDULE: ("hires_steps", int),
 }
 # Fields that are no setting (said, or checked by the caller) and A1111's that fields above already carry.
 NOT_SETTINGS = ("Model", "Model hash", "Version", "Batch pos", "Hires upscaler", "TI hashes", "Schedule type",
-                "Initial latents", "Inpaint area", "Hires steps", "Hires upscale", "Batch size")
+                "Initial latents", "Inpaint area", "Hires steps", "Hires upscale", "Batch size", HIRES_SCHEDULE)
 _FIELD_PAIR = re.compile(r'\s*(\w[\w \-/+.]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')  # A1111's own pattern
 _NEGATIVE = "Negative prompt:"
 
@@ -190,8 +191,8 @@ def settings_from_fields(fields: Mapping[str, str]) -> tuple[dict[str, Any], dic
     settings: dict[str, Any] = {}
     problems: dict[str, str] = {}
     for field, value in fields.items():
-        names = {"Size": ("width", "height"), "Denoising strength": ("strength", "hires_strength"),
-                 "Hires steps": ("hires_steps",), "Batch size": ("num_images",)}.get(field, (field,))
+        names = {"Size": ("width", "height"), "Denoising strength": ("strength",), "Batch size": ("num_images",),
+                 "Paste back": ("paste_back",)}.get(field, (field,))
         try:
             _read_field(field, value, fields, settings, problems)
         except (ValueError, ZeroDivisionError):
@@ -220,16 +221,49 @@ def _read_field(field: str, value: str, fields: Mapping[str, str], settings: dic
     elif field == "Denoising strength":  # the hires fix's second pass, or image-to-image's
         settings["hires_strength" if hires else "strength"] = float(value)
     elif field == "Hires upscale" and hires:
-        settings["hires_scale"] = float(value)
-        if HIRES_SCHEDULE not in fields:  # A1111's: its second pass runs "Hires steps" (0 or none: "Steps") steps
-            run = int(fields.get("Hires steps", 0)) or int(fields.get("Steps", DEFAULT_STEPS))
-            settings["hires_steps"] = math.ceil(run / float(fields["Denoising strength"]))
+        _read_hires(fields, settings, problems)
     elif field == "Batch size" and is_zoodips(fields):  # A1111's batch image: its own seed, made alone
         settings["num_images"] = int(value)
     elif field == "Paste back":
-        settings["paste_back"] = value == "True"
+        if value.lower() not in ("true", "false"):
+            raise ValueError(value)
+        settings["paste_back"] = value.lower() == "true"
     elif field == "Sampler":
         _read_sampler(value, fields.get("Schedule type"), settings, problems)
+
+
+def _read_hires(fields: Mapping[str, str], settings: dict[str, Any], problems: dict[str, str]) -> None:
+    """The hires fix's settings: zoodip's schedule where its text gives it, else A1111's second pass of "Hires steps"
+    (0 or none: "Steps") steps, which zoodip runs as the last strength of a schedule just long enough."""
+    readings = {"hires_scale": ("Hires upscale", float), "hires_strength": ("Denoising strength", float)}
+    for name, (field, read) in readings.items():
+        try:
+            settings[name] = read(fields[field])
+        except ValueError:
+            problems[name] = f"its {field} {fields[field]!r:.40} does not read as a value: give --{name.replace('_', '-')}"
+    strength = settings.get("hires_strength")
+    if strength is None or not 0 < strength <= 1:
+        problems["hires_strength"] = (f"its Denoising strength {fields['Denoising strength']!r:.40} is not in (0, 1]: "
+                                      "give --hires-strength")
+        return
+    try:
+        if HIRES_SCHEDULE in fields:
+            settings["hires_steps"] = int(fields[HIRES_SCHEDULE])
+            return
+        run = int(fields.get("Hires steps", 0)) or int(fields.get("Steps", DEFAULT_STEPS))
+    except ValueError:
+        problems["hires_steps"] = "its Hires steps do not read as a value: give --hires-steps"
+        return
+    schedule = math.ceil(run / strength)
+    if schedule > _MAX_SCHEDULE:
+        problems["hires_steps"] = (f"its second pass of {run} steps at Denoising strength {strength:g} needs a schedule "
+                                   f"of {schedule} steps, past the {_MAX_SCHEDULE} of the noise schedule: give "
+                                   "--hires-steps and --hires-strength")
+    else:
+        settings["hires_steps"] = schedule
+
+
+_MAX_SCHEDULE = 1000  # the steps of SD's noise schedule, the most a sampler takes
 
 
 def _read_sampler(name: str, schedule: str | None, settings: dict[str, Any], problems: dict[str, str]) -> None:

@@ -23,7 +23,8 @@ from .errors import ZoodipError
 from .heap import limit_heap_arenas, return_large_blocks, trim_heap  # noqa: F401  (re-exported for callers)
 from .image_side import check_model_side, sd_unet_side_multiple, unet_side_multiple
 from .integrity import file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
-from .runtime_options import DEFAULT_SPIN_WAIT, RuntimeOptions, check_runtime_options  # noqa: F401 (public here)
+from .runtime_options import (DEFAULT_SPIN_WAIT, RuntimeOptions, apply_export_session,  # noqa: F401 (public here)
+                              check_runtime_options)
 from .schedule import NoiseSchedule
 from .tokenizer import CLIPTokenizer
 
@@ -35,18 +36,6 @@ GRAPHS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 
 # Under a memory budget these graphs run without onnxruntime's CPU arena (``session_options``).
 RUN_ONCE_PER_IMAGE = ("vae_decoder",)
-
-
-def apply_export_session(opts: ort.SessionOptions, session: dict[str, Any] | None) -> list[str]:
-    """Apply an export manifest's ``session`` entry (what its recipe needs from onnxruntime) to ``opts``.
-
-    Returns the graph optimizers to disable (``InferenceSession(disabled_optimizers=...)``). The one
-    reading of that entry: the exporter's parity sessions use it too.
-    """
-    session = session or {}
-    if session.get("disable_quant_qdq"):
-        opts.add_session_config_entry("session.disable_quant_qdq", "1")
-    return list(session.get("disabled_optimizers", []))
 
 
 def _bad_manifest(path: Path, what: str) -> ZoodipError:
@@ -200,9 +189,8 @@ class ExportedModel:
     """The four graphs of an export folder, its tokenizer, embedding table and noise schedule."""
 
     def __init__(self, folder: Path, manifest: dict[str, Any], options: RuntimeOptions) -> None:
-        self.folder = Path(folder)
-        self.manifest = manifest
-        self.options = options
+        self.folder, self.manifest, self.options = Path(folder).absolute(), manifest, options  # (absolute: a copy
+        self._identity = hashlib.sha256((self.folder / MANIFEST).read_bytes()).hexdigest()[:16]  # reopens it anywhere)
         info = manifest["model"]
         self.hidden_size: int = int(info["hidden_size"])
         self.cross_attention_dim: int = int(info.get("cross_attention_dim", self.hidden_size))
@@ -243,7 +231,7 @@ class ExportedModel:
                               f"{self.tokenizer.base_vocab_size} tokens: re-run 'zoodip export'")
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled (multiprocessing) or deep-copied: opened again from its folder,
-        return type(self).load, (self.folder, self.options)  # with sessions of its own (they cannot be copied)
+        return reopen_export, (self.folder, self.options, self.identity)  # sessions of its own (they cannot be copied)
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -297,8 +285,8 @@ class ExportedModel:
 
     @property
     def identity(self) -> str:
-        """A short hash of the manifest, which lists every file's sha256: another export, another identity."""
-        return hashlib.sha256((self.folder / MANIFEST).read_bytes()).hexdigest()[:16]
+        """A short hash of the manifest, which lists every file's sha256 (as opened): another export, another identity."""
+        return self._identity
 
     def curvature(self) -> CurvatureSubspace | None:
         """The export's curvature subspace (``zoodip.curvature``), or None where it has none."""
@@ -498,3 +486,11 @@ class ExportedModel:
     @property
     def default_resolution(self) -> int:
         return self.sample_size * self.vae_scale_factor
+
+
+def reopen_export(folder: Path, options: RuntimeOptions, identity: str) -> ExportedModel:
+    """A pickled or copied ``ExportedModel`` opened again: the same export, or one line saying it changed."""
+    model = ExportedModel.load(folder, options)
+    if model.identity != identity:
+        raise ZoodipError(f"the export at {folder} changed since the model was opened: open it again")
+    return model

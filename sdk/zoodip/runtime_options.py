@@ -66,3 +66,15 @@ def check_runtime_options(options: object) -> None:
     for name in ("extra_config", "session_attributes"):
         if not isinstance(getattr(options, name), dict):
             raise ZoodipError(f"RuntimeOptions.{name} must be a dict, got {type(getattr(options, name)).__name__}")
+
+
+def apply_export_session(opts: Any, session: dict[str, Any] | None) -> list[str]:
+    """Apply an export manifest's ``session`` entry (what its recipe needs from onnxruntime) to ``opts``.
+
+    Returns the graph optimizers to disable (``InferenceSession(disabled_optimizers=...)``). The one
+    reading of that entry: the exporter's parity sessions use it too.
+    """
+    session = session or {}
+    if session.get("disable_quant_qdq"):
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    return list(session.get("disabled_optimizers", []))

@@ -165,3 +165,20 @@ def test_a_value_of_the_image_that_is_refused_says_it_came_from_the_image(tiny_e
                           "(the value of the image's parameters: give --guidance-scale to replace it)")
     spaced = read_infotext("  a cat  \nNegative prompt:  blurry \nNegative prompt: dark\nSteps: 2, Seed: 1, Size: 8x8")
     assert spaced[:2] == ("a cat", "blurry\ndark")  # as A1111 reads its own text: lines stripped, every label off
+
+
+@pytest.mark.parametrize("fields, problem_of, words", [
+    ("Denoising strength: 0.5, Hires upscale: abc", "hires_scale", "give --hires-scale"),
+    ("Denoising strength: nan, Hires upscale: 2", "hires_strength", "is not in (0, 1]: give --hires-strength"),
+    ("Denoising strength: 0.02, Hires upscale: 1.5, Hires steps: 30", "hires_steps", "needs a schedule of 1500 steps"),
+    ("Paste back: maybe", "paste_back", "give it yourself (--paste-back)"),
+])
+def test_hires_and_paste_back_values_that_do_not_read_are_filed_under_their_own_setting(fields, problem_of, words):
+    _, problems, _ = settings_from_fields(read_infotext(f"a cat\nSteps: 20, Seed: 1, Size: 64x64, {fields}")[2])
+    assert list(problems) == [problem_of] and words in problems[problem_of]
+
+
+def test_zoodips_schedule_field_alone_is_no_hires_fix_and_paste_back_reads_either_case():
+    settings, problems, _ = settings_from_fields(read_infotext("a cat\nSteps: 2, Seed: 1, Hires schedule: 3, "
+                                                               "Paste back: true, Version: zoodip 0.1.0")[2])
+    assert not problems and "hires_steps" not in settings and settings["paste_back"] is True

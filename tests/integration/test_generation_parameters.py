@@ -187,3 +187,21 @@ def test_ti_hashes_are_the_files_as_loaded_and_only_what_the_encoder_read(tiny_e
     assert used("[<a>:<zoostar>:9]", prompt_weighting="a1111") == {"<a>": digest["a.safetensors"]}
     assert used("star, " * 80 + "<a>") == {}
     assert used("a star", negative_prompt="<a>") == {"<a>": digest["a.safetensors"]}
+
+
+def test_one_file_under_two_names_is_listed_under_each_and_the_export_is_named_as_opened(tiny_export, tmp_path):
+    import shutil
+
+    from zoodip.embeddings import load_embeddings, save_learned_embeds
+    from zoodip.infotext import model_hash, used_embedding_hashes
+
+    copy = tmp_path / "export"
+    shutil.copytree(tiny_export, copy)
+    model = ExportedModel.load(copy)
+    a = save_learned_embeds(tmp_path / "a.safetensors", "<a>", np.ones((1, model.hidden_size), np.float32) * 0.01)
+    hashes: dict[str, str] = {}
+    added, _ = load_embeddings([(str(a), "<x>"), (str(a), "<y>")], model.tokenizer, model.hidden_size, hashes=hashes)
+    assert list(used_embedding_hashes(model, "<x> and <y>", {}, added, hashes)) == ["<x>", "<y>"]
+    named = model_hash(model)
+    shutil.rmtree(copy)  # removed (or replaced) while an image is made: its parameters name the export as opened
+    assert model_hash(model) == named

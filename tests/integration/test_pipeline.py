@@ -156,3 +156,19 @@ def test_a_folders_skipped_file_is_warned_of_once_not_at_every_later_load(pipe, 
         pipe.load_textual_inversion(later)
     assert sorted(pipe._added) == ["<good>", "<later>"]
     pipe.unload_textual_inversion()
+
+
+def test_a_copy_reopens_the_export_it_was_opened_on_or_says_it_changed(tiny_export, tmp_path, monkeypatch) -> None:
+    import pickle
+    import shutil
+
+    shutil.copytree(tiny_export, tmp_path / "export")
+    monkeypatch.chdir(tmp_path)
+    pipe = ZoodipPipeline.from_pretrained("export")  # relative: a worker started elsewhere still finds it
+    monkeypatch.chdir("/")
+    data = pickle.dumps(pipe)
+    assert pickle.loads(data).model.identity == pipe.model.identity
+    manifest = tmp_path / "export" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"format_version": 1', '"format_version": 1 '))
+    with pytest.raises(ZoodipError, match="changed since the model was opened: open it again"):
+        pickle.loads(data)
