@@ -360,6 +360,8 @@ def _built_source(source: Path | None, dest: Path, seed: int, config: Path | Non
     else:
         log(f"converting the single-file checkpoint {source.name} (diffusers' conversion, offline)")
         folder = single_file_to_folder(source, dest, config)
+        prediction = read_json(folder / "scheduler" / "scheduler_config.json").get("prediction_type", "epsilon")
+        log(f"its architecture and prediction type ({prediction}) are {config or 'SD1.5'}'s: the weights do not say")
     return folder, check_source(folder)
 
 

@@ -9,7 +9,9 @@ Pickled checkpoints (``.ckpt``) are refused: unpickling runs code, and this tool
 """
 from __future__ import annotations
 
+import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,9 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _UNET, _SD1_TEXT, _SD2_TEXT = "model.diffusion_model.", "cond_stage_model.transformer.", "cond_stage_model.model."
 _SDXL, _VAE = "conditioner.embedders.", "first_stage_model."
 _INPUT_CONV = _UNET + "input_blocks.0.0.weight"
+# A checkpoint's tensors no SD model of diffusers holds: CLIP's position ids, OpenCLIP's projection, scale and last
+# layer (SD2.x reads the one before it), the VAE's training loss.
+_NOT_CONVERTED = re.compile(r"position_ids$|\.text_projection$|\.logit_scale$|\.resblocks\.23\.|first_stage_model\.loss\.")
 _TO_FOLDER = ("python -c \"from diffusers import StableDiffusionPipeline as P; "
               "P.from_single_file('IN.safetensors').save_pretrained('FOLDER')\" on a machine with network access, then "
               "export FOLDER")
@@ -39,6 +44,9 @@ def single_file_flavor(path: Path) -> str:
     if any(name.startswith(_SDXL) for name in names):
         raise ZoodipError(f"{path} is an SDXL checkpoint: zoodip exports Stable Diffusion 1.x/2.x only")
     if not any(name.startswith(_UNET) for name in names):
+        if any(name.startswith("model_ema.") for name in names):
+            raise ZoodipError(f"{path} holds its UNet only as EMA weights (model_ema.*), which diffusers' conversion "
+                              "does not read: use the model's file with its weights (most are shared so)")
         kind = "a LoRA" if any("lora" in name for name in names) else "not a Stable Diffusion checkpoint"
         raise ZoodipError(f"{path} is {kind} (no {_UNET}* tensors): pass a whole SD1.x/2.x checkpoint or a diffusers "
                           "folder")
@@ -140,6 +148,11 @@ def _check_converted(pipe: Any, path: Path, flavor: str) -> None:
     if missing:
         raise ZoodipError(f"{path} lacks {len(missing)} of the model's tensors (e.g. {missing[0]}), which the "
                           "conversion would fill with random values: the file is incomplete: use a whole checkpoint")
+    unused = sorted(name for name in present - set(expected) if name.startswith((_UNET, _VAE, _SD1_TEXT, _SD2_TEXT))
+                    and not _NOT_CONVERTED.search(name))
+    if unused:  # a larger model than the configs' architecture loses them: said, since a file may carry extras
+        print(f"warning: the conversion leaves out {len(unused)} of {path.name}'s model tensors (e.g. {unused[0]}): if "
+              "its model is larger than the configs' architecture, pass --config FOLDER of its kind", file=sys.stderr)
     broken = next((name for name, tensor in expected.items()
                    if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
     if broken is not None:

@@ -61,6 +61,10 @@ def check_source(source: Path) -> dict[str, dict[str, Any]]:
         raise ZoodipError(f"{source}: only CLIP text encoders (Stable Diffusion 1.x/2.x) are supported")
     if not isinstance(configs["unet"].get("cross_attention_dim"), int):
         raise ZoodipError(f"{source}: unsupported UNet (expected one integer cross_attention_dim, as in SD1.x/2.x)")
+    layers = text.get("num_hidden_layers", 12)
+    if not isinstance(layers, int) or layers < 2:  # (clip skip reads the layers before the last)
+        raise ZoodipError(f"{source}: its text encoder has {layers!r} layer(s); SD1.x's has 12, SD2.x's 23: not a "
+                          "Stable Diffusion text encoder")
     _check_readable_by_the_sdk(source, configs)
     unet_channels, latent_channels = configs["unet"].get("in_channels", 4), configs["vae"].get("latent_channels", 4)
     if unet_channels != latent_channels:

@@ -55,7 +55,8 @@ def remove_stale_staging(out_dir: Path) -> None:
         match = pattern.match(entry.name)
         if not match or not entry.is_dir() or _process_is_running(int(match.group(1))):
             continue
-        size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+        size = sum(f.lstat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())  # (a link: not
+        # what it points to, such as the checkpoint a single-file export links to)
         shutil.rmtree(entry, ignore_errors=True)
         print(f"removed {entry.name} ({size / 2**20:.0f} MiB), left by an export that was killed", file=sys.stderr)
 

@@ -181,3 +181,24 @@ def test_a_folder_with_non_finite_weights_is_refused_not_quantized(tiny_sd_folde
     assert_one_line_error(*run_cli(["export", folder, out, *FAST], capsys)[::2], "non-finite values (NaN or infinity) "
                           "in conv_out.weight")
     assert not out.exists()
+
+
+def test_extra_tensors_are_said_and_ema_only_files_and_one_layer_text_encoders_refused(tiny_sd_folder, tiny_checkpoint,
+                                                                                       tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    extra = _edited(tiny_checkpoint, tmp_path / "extra.safetensors",
+                    lambda t: t.__setitem__("model.diffusion_model.label_emb.0.0.weight", torch.zeros(4, 4)))
+    code, _, err = run_cli(["export", extra, tmp_path / "out", "--config", tiny_sd_folder, *FAST], capsys)
+    assert code == 0 and "leaves out 1 of extra.safetensors's model tensors (e.g. model.diffusion_model.label_emb" in err
+    ema = _fake_checkpoint(tmp_path / "ema.safetensors", ["model_ema.diffusion_modelinput_blocks00weight",
+                                                          "cond_stage_model.transformer.x", "first_stage_model.x"])
+    assert_one_line_error(*run_cli(["export", ema, tmp_path / "o2", *FAST], capsys)[::2], "only as EMA weights")
+    one_layer = tmp_path / "one-layer"
+    shutil.copytree(tiny_sd_folder, one_layer)
+    config = one_layer / "text_encoder" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "num_hidden_layers": 1}))
+    assert_one_line_error(*run_cli(["export", one_layer, tmp_path / "o3", *FAST], capsys)[::2],
+                          "its text encoder has 1 layer(s)")
