@@ -316,7 +316,7 @@ def _apply_image_parameters(args: argparse.Namespace) -> Any:
 
     parameters = image_parameters(args.parameters_from)
     given = getattr(args, "given", set())
-    skipped = {*ignored_settings(parameters, image_given=args.image is not None, mask_given=args.mask is not None,
+    skipped = {*ignored_settings(image_given=args.image is not None, mask_given=args.mask is not None,
                                  latents_given=args.latents is not None),
                *(("variation_seed",) if "variation_strength" in given and not args.variation_strength else ())}
     args.from_image = set()

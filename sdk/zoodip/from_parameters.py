@@ -22,9 +22,8 @@ TEXT_TO_IMAGE_SETTINGS = ("hires_scale", "hires_strength", "hires_steps")
 NOISE_SETTINGS = ("variation_seed", "variation_strength")
 
 
-def ignored_settings(parameters: ImageParameters, *, image_given: bool, mask_given: bool,
-                     latents_given: bool) -> set[str]:
-    """The image's settings that do not apply to this call (``parameter_notes`` says each)."""
+def ignored_settings(*, image_given: bool, mask_given: bool, latents_given: bool) -> set[str]:
+    """The settings of an image's parameters that do not apply to a call given these (``parameter_notes`` says each)."""
     return {*(TEXT_TO_IMAGE_SETTINGS if image_given else IMAGE_SETTINGS), *(() if mask_given else MASK_SETTINGS),
             *(NOISE_SETTINGS if latents_given else ())}
 
