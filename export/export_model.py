@@ -351,7 +351,7 @@ def _built_source(source: Path | None, dest: Path, seed: int, config: Path | Non
                   log: _Progress) -> tuple[Path, dict[str, dict[str, Any]]]:
     """The folder an export reads where it has to be written first (the tiny model, or a single file converted) and
     its configs."""
-    from zoodip_export.single_file import single_file_to_folder
+    from zoodip_export.single_file import single_file_has_vae, single_file_to_folder
     from zoodip_export.tiny import build_tiny_sd_folder
 
     if source is None:
@@ -361,7 +361,8 @@ def _built_source(source: Path | None, dest: Path, seed: int, config: Path | Non
         log(f"converting the single-file checkpoint {source.name} (diffusers' conversion, offline)")
         folder = single_file_to_folder(source, dest, config)
         prediction = read_json(folder / "scheduler" / "scheduler_config.json").get("prediction_type", "epsilon")
-        log(f"its architecture and prediction type ({prediction}) are {config or 'SD1.5'}'s: the weights do not say")
+        log(f"its architecture and prediction type ({prediction}) are {config or 'SD1.5'}'s: the weights do not say"
+            + ("" if single_file_has_vae(source) else f"; its VAE is {config}'s (the file holds none)"))
     return folder, check_source(folder)
 
 

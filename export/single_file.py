@@ -29,9 +29,9 @@ _TO_FOLDER = ("python -c \"from diffusers import StableDiffusionPipeline as P; "
               "export FOLDER")
 
 
-def single_file_flavor(path: Path) -> str:
+def single_file_flavor(path: Path, config: Path | None = None) -> str:
     """"sd1" or "sd2" for an SD checkpoint file, from the names in its header alone (no tensor is read); anything
-    else refused in one line saying what to pass instead."""
+    else refused in one line saying what to pass instead. A file without a VAE takes ``config``'s (``vae_folder``)."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ZoodipError(f"{path} is a pickled checkpoint, which zoodip does not load (unpickling runs code from the "
                           f"file): use the model's .safetensors file, or convert it with {_TO_FOLDER}")
@@ -55,13 +55,24 @@ def single_file_flavor(path: Path) -> str:
     if flavor is None:
         raise ZoodipError(f"{path} holds a UNet but no text encoder ({_SD1_TEXT}* or {_SD2_TEXT}*): pass a whole "
                           "SD1.x/2.x checkpoint")
-    if not any(name.startswith(_VAE) for name in names):
-        raise ZoodipError(f"{path} holds no VAE ({_VAE}* tensors; a checkpoint shared without one): zoodip exports "
-                          "whole checkpoints: use one with its VAE baked in")
+    if not any(name.startswith(_VAE) for name in names) and vae_folder(config) is None:
+        raise ZoodipError(f"{path} holds no VAE ({_VAE}* tensors; a checkpoint shared without one): pass --config "
+                          "FOLDER, a diffusers folder of its kind whose vae/ holds the VAE to use (its weights)")
     if (channels := _in_channels(path, names)) != 4:
         raise ZoodipError(f"{path} is an inpainting model (its UNet reads {channels} channels): zoodip exports "
                           "text-to-image SD1.x/2.x models, which inpaint any image themselves (generate --image --mask)")
     return flavor
+
+
+def single_file_has_vae(path: Path) -> bool:
+    """Whether the checkpoint holds its VAE (many are shared without one)."""
+    return any(name.startswith(_VAE) for name in _tensor_names(path))
+
+
+def vae_folder(config: Path | None) -> Path | None:
+    """``config``'s VAE folder where it holds weights (a checkpoint shared without a VAE takes it), else None."""
+    folder = None if config is None else config / "vae"
+    return folder if folder is not None and any(folder.glob("diffusion_pytorch_model*.safetensors")) else None
 
 
 def _tensor_names(path: Path) -> list[str]:
@@ -84,9 +95,10 @@ def single_file_to_folder(path: Path, dest: Path, config: Path | None = None) ->
     """Write ``path``'s weights as a diffusers folder ``dest`` (fp32), its architecture from ``config`` (a diffusers
     folder: its configs and tokenizer are read, not its weights) or, for SD1.x, SD1.5's; returns ``dest``."""
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
 
-    flavor = single_file_flavor(path)
+    flavor = single_file_flavor(path, config)
+    own_vae = single_file_has_vae(path)
     if config is None:
         if flavor == "sd2":
             raise ZoodipError(f"{path} is an SD2.x checkpoint, whose weights do not say whether it predicts noise "
@@ -102,9 +114,10 @@ def single_file_to_folder(path: Path, dest: Path, config: Path | None = None) ->
         readable.symlink_to(path.absolute())
     diffusers_logging.disable_progress_bar()  # the export's own progress lines say what is done
     try:
+        vae = {} if own_vae else {"vae": AutoencoderKL.from_pretrained(vae_folder(config), torch_dtype=torch.float32)}
         pipe = StableDiffusionPipeline.from_single_file(str(readable), config=str(config), local_files_only=True,
                                                         torch_dtype=torch.float32, safety_checker=None,
-                                                        requires_safety_checker=False)
+                                                        requires_safety_checker=False, **vae)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, SingleFileComponentError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "state_dict" in reason or "size mismatch" in reason:
@@ -114,7 +127,7 @@ def single_file_to_folder(path: Path, dest: Path, config: Path | None = None) ->
                           "architecture needs --config FOLDER, a diffusers folder of its kind") from None
     finally:
         diffusers_logging.enable_progress_bar()
-    _check_converted(pipe, path, flavor)
+    _check_converted(pipe, path, flavor, own_vae)
     pipe.save_pretrained(dest, safe_serialization=True)
     # diffusers' conversion adds settings of its own to the scheduler's (its timestep spacing, which changes every
     # sampler's steps): the configs' own, as their folder's export has it.
@@ -132,9 +145,9 @@ def _in_channels(path: Path, names: list[str]) -> int:
         return int(file.get_slice(_INPUT_CONV).get_shape()[1])
 
 
-def _check_converted(pipe: Any, path: Path, flavor: str) -> None:
+def _check_converted(pipe: Any, path: Path, flavor: str, own_vae: bool = True) -> None:
     """Every tensor of the converted model came from ``path`` (diffusers gives a missing one its random initial
-    values, silently) and is finite."""
+    values, silently; the VAE from the configs' folder where the file has none) and is finite."""
     import torch
     from zoodip_export.ldm_layout import components_to_ldm
 
@@ -144,7 +157,8 @@ def _check_converted(pipe: Any, path: Path, flavor: str) -> None:
     except (ValueError, KeyError) as exc:
         raise ZoodipError(f"cannot check {path}'s conversion ({exc}): a model of another layout than SD1.x/2.x's") from None
     present = set(_tensor_names(path))
-    missing = sorted(name for name in expected if name not in present and not name.endswith("position_ids"))
+    missing = sorted(name for name in expected if name not in present and not name.endswith("position_ids")
+                     and (own_vae or not name.startswith(_VAE)))
     if missing:
         raise ZoodipError(f"{path} lacks {len(missing)} of the model's tensors (e.g. {missing[0]}), which the "
                           "conversion would fill with random values: the file is incomplete: use a whole checkpoint")

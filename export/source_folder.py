@@ -140,7 +140,7 @@ def read_source(source: Path | None, sample_size: int | None, seed: int,
     if config is not None:
         check_source(config)  # a diffusers folder, its configs and tokenizer read (its weights need not be there)
     if source.is_file() or source.suffix.lower() == ".safetensors":
-        single_file_flavor(source)  # refused before any work if it is not an SD1.x/2.x checkpoint
+        single_file_flavor(source, config)  # refused before any work if it is not an SD1.x/2.x checkpoint
         # A1111 names a checkpoint by its SHA-256 (an image's "Model hash"): kept, so its images name this export.
         return source, {}, {"kind": "single-file", "path": str(source), "seed": None, "sha256": file_sha256(source)}
     if config is not None:

@@ -136,8 +136,6 @@ def _edited(checkpoint: Path, dest: Path, edit) -> Path:
     ("missing.safetensors", lambda t: t.pop(next(k for k in t if k.endswith("attn1.to_q.weight"))),
      "lacks 1 of the model's tensors"),
     ("nan.safetensors", lambda t: t["model.diffusion_model.out.2.weight"].fill_(float("nan")), "non-finite values"),
-    ("no-vae.safetensors", lambda t: [t.pop(k) for k in list(t) if k.startswith("first_stage_model.")],
-     "holds no VAE"),
     ("inpainting.safetensors", lambda t: t.__setitem__("model.diffusion_model.input_blocks.0.0.weight",
                                                        t["model.diffusion_model.input_blocks.0.0.weight"].repeat(1, 2, 1, 1)[:, :9]),
      "is an inpainting model"),
@@ -202,3 +200,15 @@ def test_extra_tensors_are_said_and_ema_only_files_and_one_layer_text_encoders_r
     config.write_text(json.dumps({**json.loads(config.read_text()), "num_hidden_layers": 1}))
     assert_one_line_error(*run_cli(["export", one_layer, tmp_path / "o3", *FAST], capsys)[::2],
                           "its text encoder has 1 layer(s)")
+
+
+def test_a_checkpoint_shared_without_a_vae_takes_the_config_folders(tiny_sd_folder, tiny_checkpoint, folder_export,
+                                                                    tmp_path, capsys):
+    checkpoint = _edited(tiny_checkpoint, tmp_path / "no-vae.safetensors",
+                         lambda t: [t.pop(k) for k in list(t) if k.startswith("first_stage_model.")])
+    assert_one_line_error(*run_cli(["export", checkpoint, tmp_path / "o", *FAST], capsys)[::2],
+                          "holds no VAE (first_stage_model.* tensors; a checkpoint shared without one): pass --config")
+    out = tmp_path / "out"
+    code, _, err = run_cli(["export", checkpoint, out, "--config", tiny_sd_folder, *FAST], capsys)
+    assert code == 0, err
+    assert _graph_hashes(out) == _graph_hashes(folder_export)  # the folder's VAE, the file's UNet and text encoder
