@@ -73,7 +73,9 @@ def read_parameters(path: str | Path) -> str | None:
                     text = _comment(image.getexif())
             else:
                 with Image.open(file) as image:  # another format Pillow reads (GIF, BMP, ...): its EXIF, if any
-                    text = _comment(image.getexif())
+                    comment = image.info.get("comment")  # a GIF's comment, which A1111 reads too
+                    text = _comment(image.getexif()) or (comment.decode("utf-8", errors="replace")
+                                                         if isinstance(comment, bytes) else None)
     except (ZoodipError, _TooLarge) as exc:
         raise ZoodipError(f"cannot read image {path}: {exc}") from None
     except Exception as exc:  # damaged chunks, EXIF or files of every kind

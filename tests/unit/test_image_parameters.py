@@ -156,3 +156,8 @@ def test_damaged_jpegs_webps_and_tiffs(tmp_path):
     undefined = exif_user_comment(b"\0" * 8 + TEXT.encode())  # an undefined character code: UTF-8, as A1111 reads it
     Image.new("RGB", (8, 8)).save(tmp_path / "u.tiff", exif=undefined)
     assert read_parameters(tmp_path / "u.tiff") == TEXT
+
+
+def test_a_gifs_comment_is_read_as_a1111_reads_it(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "c.gif", comment=TEXT.encode())
+    assert read_parameters(tmp_path / "c.gif") == TEXT
