@@ -25,6 +25,7 @@ from zoodip.errors import ZoodipError
 from zoodip.model import FORMAT, FORMAT_VERSION, file_sha256  # one definition of the folder format, shared with the reader
 from zoodip_export.staging import missing_parents, publish, staging_folder
 from zoodip_export.source_folder import check_source, model_info, read_json, read_source
+from zoodip_export.weights import first_non_finite
 
 PRECISIONS = ("int8", "fp32")
 MANIFEST = "manifest.json"
@@ -113,7 +114,6 @@ def _quiet_libraries() -> Iterator[None]:
 
 
 def _load(component: str, loader: Any, folder: Path) -> Any:
-    import torch
     from safetensors import SafetensorError
 
     try:
@@ -125,8 +125,7 @@ def _load(component: str, loader: Any, folder: Path) -> Any:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ZoodipError(f"cannot load the {component} from {folder} ({first_line}): a weights file there may be "
                           "damaged or incomplete: copy it again") from None
-    broken = next((name for name, tensor in module.state_dict().items()
-                   if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+    broken = first_non_finite(module.state_dict())
     if broken is not None:  # quantized, they would become arbitrary codes and the export would look done
         raise ZoodipError(f"the {component} in {folder} holds non-finite values (NaN or infinity) in {broken}: the "
                           "weights are damaged")
@@ -351,7 +350,7 @@ def _built_source(source: Path | None, dest: Path, seed: int, config: Path | Non
                   log: _Progress) -> tuple[Path, dict[str, dict[str, Any]]]:
     """The folder an export reads where it has to be written first (the tiny model, or a single file converted) and
     its configs."""
-    from zoodip_export.single_file import single_file_has_vae, single_file_to_folder
+    from zoodip_export.single_file import single_file_to_folder
     from zoodip_export.tiny import build_tiny_sd_folder
 
     if source is None:
@@ -359,10 +358,7 @@ def _built_source(source: Path | None, dest: Path, seed: int, config: Path | Non
         folder = build_tiny_sd_folder(dest, seed=seed)
     else:
         log(f"converting the single-file checkpoint {source.name} (diffusers' conversion, offline)")
-        folder = single_file_to_folder(source, dest, config)
-        prediction = read_json(folder / "scheduler" / "scheduler_config.json").get("prediction_type", "epsilon")
-        log(f"its architecture and prediction type ({prediction}) are {config or 'SD1.5'}'s: the weights do not say"
-            + ("" if single_file_has_vae(source) else f"; its VAE is {config}'s (the file holds none)"))
+        folder = single_file_to_folder(source, dest, config, log)
     return folder, check_source(folder)
 
 

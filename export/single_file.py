@@ -13,7 +13,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from zoodip.errors import ZoodipError
 
@@ -29,9 +29,10 @@ _TO_FOLDER = ("python -c \"from diffusers import StableDiffusionPipeline as P; "
               "export FOLDER")
 
 
-def single_file_flavor(path: Path, config: Path | None = None) -> str:
-    """"sd1" or "sd2" for an SD checkpoint file, from the names in its header alone (no tensor is read); anything
-    else refused in one line saying what to pass instead. A file without a VAE takes ``config``'s (``vae_folder``)."""
+def single_file_flavor(path: Path, config: Path | None = None, names: list[str] | None = None) -> str:
+    """"sd1" or "sd2" for an SD checkpoint file, from the ``names`` in its header alone (read here where not given; no
+    tensor is read); anything else refused in one line saying what to pass instead. A file without a VAE takes
+    ``config``'s (``vae_folder``)."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ZoodipError(f"{path} is a pickled checkpoint, which zoodip does not load (unpickling runs code from the "
                           f"file): use the model's .safetensors file, or convert it with {_TO_FOLDER}")
@@ -40,7 +41,7 @@ def single_file_flavor(path: Path, config: Path | None = None) -> str:
                           "checkpoint")
     if path.suffix.lower() != ".safetensors":
         raise ZoodipError(f"{path} is neither a diffusers folder nor a .safetensors checkpoint: pass one of them")
-    names = _tensor_names(path)
+    names = _tensor_names(path) if names is None else names
     if any(name.startswith(_SDXL) for name in names):
         raise ZoodipError(f"{path} is an SDXL checkpoint: zoodip exports Stable Diffusion 1.x/2.x only")
     if not any(name.startswith(_UNET) for name in names):
@@ -62,11 +63,6 @@ def single_file_flavor(path: Path, config: Path | None = None) -> str:
         raise ZoodipError(f"{path} is an inpainting model (its UNet reads {channels} channels): zoodip exports "
                           "text-to-image SD1.x/2.x models, which inpaint any image themselves (generate --image --mask)")
     return flavor
-
-
-def single_file_has_vae(path: Path) -> bool:
-    """Whether the checkpoint holds its VAE (many are shared without one)."""
-    return any(name.startswith(_VAE) for name in _tensor_names(path))
 
 
 def vae_folder(config: Path | None) -> Path | None:
@@ -91,14 +87,18 @@ def _tensor_names(path: Path) -> list[str]:
         raise ZoodipError(f"cannot read {path} ({reason}): the file may be damaged or incomplete: copy it again") from None
 
 
-def single_file_to_folder(path: Path, dest: Path, config: Path | None = None) -> Path:
+def single_file_to_folder(path: Path, dest: Path, config: Path | None = None,
+                          log: Callable[[str], None] = print) -> Path:
     """Write ``path``'s weights as a diffusers folder ``dest`` (fp32), its architecture from ``config`` (a diffusers
-    folder: its configs and tokenizer are read, not its weights) or, for SD1.x, SD1.5's; returns ``dest``."""
+    folder: its configs and tokenizer are read, not its weights) or, for SD1.x, SD1.5's; returns ``dest``. ``log``
+    says what the weights could not: whose architecture, prediction type and VAE."""
     import torch
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
-    flavor = single_file_flavor(path, config)
-    own_vae = single_file_has_vae(path)
+    names = _tensor_names(path)
+    flavor = single_file_flavor(path, config, names)
+    own_vae = any(name.startswith(_VAE) for name in names)
+    said = "SD1.5" if config is None else str(config)
     if config is None:
         if flavor == "sd2":
             raise ZoodipError(f"{path} is an SD2.x checkpoint, whose weights do not say whether it predicts noise "
@@ -127,11 +127,14 @@ def single_file_to_folder(path: Path, dest: Path, config: Path | None = None) ->
                           "architecture needs --config FOLDER, a diffusers folder of its kind") from None
     finally:
         diffusers_logging.enable_progress_bar()
-    _check_converted(pipe, path, flavor, own_vae)
+    _check_converted(pipe, path, flavor, set(names), own_vae)
     pipe.save_pretrained(dest, safe_serialization=True)
     # diffusers' conversion adds settings of its own to the scheduler's (its timestep spacing, which changes every
     # sampler's steps): the configs' own, as their folder's export has it.
     shutil.copyfile(config / "scheduler" / "scheduler_config.json", dest / "scheduler" / "scheduler_config.json")
+    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+    log(f"its architecture and prediction type ({prediction}) are {said}'s: the weights do not say"
+        + ("" if own_vae else f"; its VAE is {said}'s (the file holds none)"))
     return dest
 
 
@@ -145,18 +148,17 @@ def _in_channels(path: Path, names: list[str]) -> int:
         return int(file.get_slice(_INPUT_CONV).get_shape()[1])
 
 
-def _check_converted(pipe: Any, path: Path, flavor: str, own_vae: bool = True) -> None:
+def _check_converted(pipe: Any, path: Path, flavor: str, present: set[str], own_vae: bool = True) -> None:
     """Every tensor of the converted model came from ``path`` (diffusers gives a missing one its random initial
     values, silently; the VAE from the configs' folder where the file has none) and is finite."""
-    import torch
     from zoodip_export.ldm_layout import components_to_ldm
+    from zoodip_export.weights import first_non_finite
 
     try:
         expected = components_to_ldm(pipe.unet.state_dict(), dict(pipe.unet.config), pipe.vae.state_dict(),
                                      dict(pipe.vae.config), pipe.text_encoder.state_dict(), flavor == "sd2")
     except (ValueError, KeyError) as exc:
         raise ZoodipError(f"cannot check {path}'s conversion ({exc}): a model of another layout than SD1.x/2.x's") from None
-    present = set(_tensor_names(path))
     missing = sorted(name for name in expected if name not in present and not name.endswith("position_ids")
                      and (own_vae or not name.startswith(_VAE)))
     if missing:
@@ -167,8 +169,7 @@ def _check_converted(pipe: Any, path: Path, flavor: str, own_vae: bool = True) -
     if unused:  # a larger model than the configs' architecture loses them: said, since a file may carry extras
         print(f"warning: the conversion leaves out {len(unused)} of {path.name}'s model tensors (e.g. {unused[0]}): if "
               "its model is larger than the configs' architecture, pass --config FOLDER of its kind", file=sys.stderr)
-    broken = next((name for name, tensor in expected.items()
-                   if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+    broken = first_non_finite(expected)
     if broken is not None:
         raise ZoodipError(f"{path} holds non-finite values (NaN or infinity) in {broken}: the file is damaged")
 

@@ -470,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:  # argparse would send the user to the top-level help, not the command's
             foreign = foreign_flag_problem(unknown, args.command)
             raise ZoodipError(foreign or f"unrecognized arguments: {' '.join(unknown)}: see 'zoodip {args.command} --help'")
-        if args.command == "generate":
+        if args.command == "generate" and args.parameters_from is not None:  # flags given take the image's place
             args.given = _given_flags(argv[1:], args)
         handler = {"personalize": cmd_personalize, "generate": cmd_generate, "verify": cmd_verify,
                    "info": cmd_info}[args.command]
