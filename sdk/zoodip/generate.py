@@ -46,8 +46,8 @@ from .noise import check_seed, check_variation, checked_latents, seed_noise
 from .prompt_checks import (LONG_PROMPT_HINT, keyword_token_problems, syntax_problems, token_use_problems,
                             truncation_problems, unloaded_token_problems)
 from .prompt_schedule import Phases, check_phase_count, composable_parts, prompt_schedule
-from .sampling import (DEFAULT_STEPS, DEFAULT_STRENGTH, INPAINT_STRENGTH, ProgressCallback, check_sampler, check_steps,
-                       check_strength, run_sampler, steps_run)
+from .sampling import (DEFAULT_STEPS, ProgressCallback, check_sampler, check_steps, check_strength, image_strength,
+                       run_sampler, steps_run)
 from .vae_tiles import decode_tiled
 
 # Images per call: they are denoised as one UNet batch (twice that with guidance), whose activations
@@ -439,7 +439,7 @@ def _image_start(model: Any, image: Any, mask_image: Any, strength: object, heig
         if strength is not None:
             check_strength(strength)  # as diffusers' text-to-image, strength is not used; a bad one is still refused
         return None, *_latent_size(model, height, width)
-    strength = (DEFAULT_STRENGTH if mask_image is None else INPAINT_STRENGTH) if strength is None else strength
+    strength = image_strength(strength, mask_image is not None)
     check_strength(strength)
     native = int(model.sample_size) * int(model.vae_scale_factor)
     crop = mask_image is not None and inpaint.padding_mask_crop is not None  # then generated at the size asked

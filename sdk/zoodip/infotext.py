@@ -27,7 +27,7 @@ from .added_tokens import tokenizer_with
 from .generate import generate, prompt_texts_read
 from .hires import generate_hires
 from .prompt_checks import used_token_names
-from .sampling import A1111_SAMPLER_NAMES, DEFAULT_STEPS, DEFAULT_STRENGTH, INPAINT_STRENGTH, steps_run
+from .sampling import A1111_SAMPLER_NAMES, DEFAULT_STEPS, image_strength, steps_run
 
 __all__ = ["A1111_SAMPLER_NAMES", "infotext", "model_hash", "read_infotext", "settings_from_fields",
            "used_embedding_hashes"]  # the sampler names are sampling's, re-exported for infotext's readers
@@ -51,9 +51,8 @@ def _image_fields(settings: Mapping[str, Any]) -> list[tuple[str, object]]:
                    ("Hires steps", steps_run(hires_steps, settings["hires_strength"])), (HIRES_SCHEDULE, hires_steps),
                    ("Hires upscaler", "Lanczos")]
     elif settings.get("image") is not None:
-        default = DEFAULT_STRENGTH if settings.get("mask_image") is None else INPAINT_STRENGTH
-        strength = settings.get("strength")
-        fields.append(("Denoising strength", default if strength is None else strength))
+        masked = settings.get("mask_image") is not None
+        fields.append(("Denoising strength", image_strength(settings.get("strength"), masked)))
     if settings.get("mask_image") is not None:
         fields.append(("Mask blur", settings.get("mask_blur") or 0))
         if settings.get("padding_mask_crop") is not None:
@@ -115,8 +114,8 @@ def used_embedding_hashes(model: Any, prompt: str, settings: Mapping[str, Any], 
         return {}
     settings = {**_DEFAULTS, **{key: value for key, value in settings.items() if value is not None}}
     image_to_image = settings.get("image") is not None and settings.get("hires_scale") is None
-    default = DEFAULT_STRENGTH if settings.get("mask_image") is None else INPAINT_STRENGTH
-    strength = (settings.get("strength") or default) if image_to_image else None
+    masked = settings.get("mask_image") is not None
+    strength = image_strength(settings.get("strength"), masked) if image_to_image else None
     texts, whole = prompt_texts_read(model, prompt, settings["negative_prompt"], settings["prompt_weighting"],
                                      steps_run(settings["steps"], strength))
     named: dict[str, str] = {}

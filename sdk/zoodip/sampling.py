@@ -62,6 +62,11 @@ DEFAULT_STRENGTH = 0.8  # image-to-image's default strength, diffusers' img2img 
 INPAINT_STRENGTH = 1.0  # inpainting's default strength, diffusers' inpainting pipelines'
 HIRES_STRENGTH = 0.7  # A1111's hires fix: its second pass's denoising strength (zoodip.hires)
 
+
+def image_strength(strength: float | None, masked: bool) -> float:
+    """An image-to-image call's strength: the one given, else diffusers' default (inpainting's where ``masked``)."""
+    return (INPAINT_STRENGTH if masked else DEFAULT_STRENGTH) if strength is None else strength
+
 ProgressCallback = Callable[[int, int, np.ndarray], None]
 """``callback(step, total, latents)``: after each denoising step (``step`` counts from 1); ``latents``
 is the sampler's current state [num_images, C, h, w], not yet decoded."""
