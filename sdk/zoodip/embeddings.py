@@ -14,7 +14,6 @@ loads files a user downloaded.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ZoodipError
+from .integrity import file_sha256
 from .safetensors_io import load_metadata, read_file, save_file
 
 # A prompt holds at most 75 tokens (77 with its start and end markers), so no usable embedding has
@@ -142,11 +142,7 @@ A1111_HASH_CHARS = 12  # A1111's short hash of an embedding file, which its imag
 def short_hash(path: str | os.PathLike[str]) -> str:
     """A1111's short hash of an embedding file: the first characters of its SHA-256 (the same file, the same hash,
     whichever tool reads it)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:A1111_HASH_CHARS]
+    return file_sha256(Path(path))[:A1111_HASH_CHARS]
 
 
 def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | None]], tokenizer: Any = None,

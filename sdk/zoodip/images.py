@@ -129,7 +129,7 @@ def _to_rgb8(image: Image.Image) -> Image.Image:
 
 
 @contextlib.contextmanager
-def _pillow_pixel_limit(limit: int | None) -> Iterator[None]:
+def _pillow_pixel_limit(limit: int) -> Iterator[None]:
     """Pillow warns above ``Image.MAX_IMAGE_PIXELS`` and refuses above twice that: make its limit ours.
 
     (A process-wide setting, restored on exit. One thread at a time: two threads' save-and-restore interleaved could
