@@ -66,6 +66,11 @@ def check_source(source: Path) -> dict[str, dict[str, Any]]:
         raise ZoodipError(f"{source}: its text encoder has {layers!r} layer(s); SD1.x's has 12, SD2.x's 23: not a "
                           "Stable Diffusion text encoder")
     _check_readable_by_the_sdk(source, configs)
+    if configs["unet"].get("time_cond_proj_dim") is not None:  # its UNet would be exported without that input
+        raise ZoodipError(f"{source}: its UNet takes a guidance-scale embedding (time_cond_proj_dim: a latent "
+                          "consistency model distilled with it, such as LCM_Dreamshaper_v7), an input zoodip's export "
+                          "does not have: export a base model with the LCM-LoRA fused in instead (diffusers' "
+                          "load_lora_weights, fuse_lora, save_pretrained) and generate with --sampler lcm")
     unet_channels, latent_channels = configs["unet"].get("in_channels", 4), configs["vae"].get("latent_channels", 4)
     if unet_channels != latent_channels:
         raise ZoodipError(f"{source}: its UNet reads {unet_channels} channels, not the VAE's {latent_channels} latent "

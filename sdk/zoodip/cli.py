@@ -269,6 +269,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .infotext import infotext, used_embedding_hashes
     from .latents_file import save_latents
     from .model import ExportedModel, RuntimeOptions
+    from .sampling import sampler_notes
 
     if args.parameters_from is not None:
         image_parameters = _apply_image_parameters(args)
@@ -284,6 +285,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for note in parameter_notes(image_parameters, model, hashes, image_given=args.image is not None,
                                     mask_given=args.mask is not None, latents_given=args.latents is not None):
             warnings.warn(f"--parameters-from {args.parameters_from}: {note}", stacklevel=1)
+    for note in sampler_notes(model, args.sampler, args.guidance_scale):
+        warnings.warn(note, stacklevel=1)
     drawn = [flag for flag in ("seed", "variation_seed") if getattr(args, flag) == -1]  # A1111's "random": said below
     for flag in drawn:
         setattr(args, flag, secrets.randbelow(2**32))

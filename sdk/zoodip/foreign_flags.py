@@ -66,8 +66,9 @@ GENERATE_FLAGS: dict[str, str] = {
     "--output_dir": "zoodip generate writes one file, and with --num-images its numbered images beside it: use "
                     "--out DIR/NAME.png",
     "--scheduler": "pick the sampler with --sampler (dpmpp_2m = DPMSolverMultistepScheduler, ddim, euler, "
-                   "dpmpp_2m_karras, euler_a = EulerAncestralDiscreteScheduler)",
-    "--sampler_name": "use --sampler (dpmpp_2m_karras is A1111's 'DPM++ 2M Karras', euler_a its 'Euler a')",
+                   "dpmpp_2m_karras, euler_a = EulerAncestralDiscreteScheduler, lcm = LCMScheduler)",
+    "--sampler_name": "use --sampler (dpmpp_2m_karras is A1111's 'DPM++ 2M Karras', euler_a its 'Euler a', lcm its "
+                      "'LCM')",
     "--cfg_scale": "A1111's CFG scale is --guidance-scale",
     "--denoising_strength": "A1111's denoising strength is --strength (with --image)",
     "--batch_size": _IMAGES,

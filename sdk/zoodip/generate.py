@@ -95,7 +95,7 @@ def generate(
         batch_cfg: both guidance passes as one batch (False: one by one, less memory; a memory budget runs each alone).
         token_groups: each embedding's names (``embeddings.load_embeddings``' groups; default: each token alone).
         latents: initial latents ``[num_images, channels, height/8, width/8]`` (unit variance) instead of the seed's;
-            the seed still drives DDIM's ``eta`` and euler_a's noise. diffusers' ``latents=`` takes the same array.
+            the seed still drives DDIM's ``eta`` and euler_a's and lcm's noise. diffusers' ``latents=`` takes the same array.
         prompt_weighting: "none" (as diffusers: brackets are text, 77 tokens) or "a1111" (A1111's: ``zoodip.emphasis``,
             long prompts, and prompt editing and alternation, ``zoodip.prompt_schedule``).
         image, strength: img2img, as diffusers': ``image`` (path or PIL) noised over the last ``strength`` of the steps
@@ -297,7 +297,7 @@ def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler
     """generate()'s settings, each refused in one line before any work."""
     check_prompt_weighting(prompt_weighting)
     check_sampler(sampler)
-    check_steps(model, steps)
+    check_steps(model, steps, sampler)
     check_num_images(num_images)
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) \
             or not abs(guidance_scale) <= MAX_GUIDANCE_SCALE:

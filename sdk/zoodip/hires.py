@@ -37,11 +37,12 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
     if any(options.pop(key, None) is not None for key in ("image", "mask_image", "strength")):
         raise ZoodipError("the hires fix is for text-to-image (A1111 has none for img2img): drop image, mask_image and "
                           "strength (hires_strength is the second pass's), or drop the hires settings")
-    check_steps(model, steps)
+    sampler = options.get("sampler")
+    check_steps(model, steps, sampler)
     check_num_images(num_images)
     check_callback(callback)
     hires_steps = steps if hires_steps is None else hires_steps
-    check_steps(model, hires_steps)
+    check_steps(model, hires_steps, sampler)
     if isinstance(hires_scale, bool) or not isinstance(hires_scale, numbers.Real) or not 1 < hires_scale <= MAX_HIRES_SCALE:
         raise ZoodipError(f"hires_scale must be a number above 1 and at most {MAX_HIRES_SCALE:g} (A1111's 'Upscale by'; "
                           f"2 is its default), got {hires_scale!r}")

@@ -11,6 +11,8 @@ Stable Diffusion configuration (tested to ~1e-6 against them):
                          ``lower_order_final``, final sigma 0)
 * ``sample_euler``     - ``EulerDiscreteScheduler`` (no churn)
 * ``sample_euler_ancestral`` - ``EulerAncestralDiscreteScheduler`` (A1111's "Euler a")
+* ``sample_lcm``       - ``LCMScheduler`` (Luo et al. 2023: 2-8 steps on a latent consistency model, such as
+                         SD1.5 with the LCM-LoRA fused in)
 
 and the ``*_timesteps`` functions reproduce the matching ``set_timesteps`` spacings; ``karras_schedule``
 reproduces ``use_karras_sigmas=True`` (with ``sample_dpmpp_2m``: A1111's "DPM++ 2M Karras"). Notation: a
@@ -104,6 +106,22 @@ def euler_timesteps(num_train: int, steps: int, spacing: Spacing = "linspace", o
     else:
         timesteps = np.round(np.arange(num_train, 0, -num_train / steps)) - 1.0
     return _check_range(timesteps, num_train, steps)
+
+
+def lcm_timesteps(num_train: int, steps: int, original_steps: int = 50) -> np.ndarray:
+    """``LCMScheduler.set_timesteps``: ``steps`` of the ``original_steps`` timesteps the consistency model was distilled
+    on (every ``k = num_train // original_steps``-th, ending at ``num_train - 1``), evenly spaced by index from the
+    top; e.g. 1000 train steps, 4 steps -> 999, 759, 499, 259."""
+    if isinstance(original_steps, bool) or not isinstance(original_steps, (int, np.integer)) \
+            or not 1 <= original_steps <= num_train:
+        raise ZoodipError(f"the scheduler config's original_inference_steps must be an integer from 1 to {num_train}, "
+                          f"got {original_steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= original_steps:
+        raise ZoodipError(f"the lcm sampler takes 1 to {original_steps} steps (the schedule its model was distilled "
+                          f"on; 4-8 is typical), got {steps!r}")
+    k = num_train // original_steps
+    distilled = (np.arange(1, original_steps + 1, dtype=np.int64) * k - 1)[::-1]
+    return distilled[np.floor(np.linspace(0, original_steps, steps, endpoint=False)).astype(np.int64)]
 
 
 def sigmas_at(alphas_cumprod: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
@@ -320,6 +338,42 @@ def sample_euler_ancestral(
         sigma_down = math.sqrt(s_next**2 - sigma_up**2)
         x = x + (x - x0) / s_cur * (sigma_down - s_cur)
         x = (x + rng.standard_normal(x.shape, dtype=np.float32) * sigma_up).astype(np.float32, copy=False)
+        if callback is not None:
+            callback(i, float(t), x)
+    return x
+
+
+def sample_lcm(
+    model_fn: ModelFn,
+    x_T: np.ndarray,
+    alphas_cumprod: np.ndarray,
+    timesteps: np.ndarray,
+    prediction_type: str = "epsilon",
+    *,
+    rng: np.random.Generator,
+    timestep_scaling: float = 10.0,
+    callback: StepCallback | None = None,
+) -> np.ndarray:
+    """Multistep consistency sampling (Luo et al. 2023, Algorithm 1; diffusers' ``LCMScheduler``) from unit noise.
+
+    A consistency model maps a noisy latent at ``t`` to its clean end in one call: ``f(x, t) = c_skip(t) x +
+    c_out(t) x0_hat``, with the boundary-condition scalings ``c_skip = s^2 / ((10 t)^2 + s^2)`` and ``c_out =
+    10 t / sqrt((10 t)^2 + s^2)``, ``s = 0.5`` (``10`` is ``timestep_scaling``), so ``f`` is the identity at ``t = 0``.
+    Each step but the last noises that end afresh to the next timestep, ``sqrt(a_next) f + sqrt(1 - a_next) z``,
+    one draw of ``rng`` per step (none on the last, as diffusers draws them); the last step returns ``f``.
+    """
+    x, ac, ts = _check_inputs(x_T, alphas_cumprod, timesteps, prediction_type)
+    sigma_data = 0.5
+    for i, t in enumerate(ts):
+        x0, _ = predict_x0_eps(model_fn(x, float(t)), x, float(ac[int(t)]), prediction_type)
+        scaled = float(t) * float(timestep_scaling)
+        c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
+        c_out = scaled / math.sqrt(scaled**2 + sigma_data**2)
+        x = c_out * x0 + c_skip * x
+        if i + 1 < len(ts):
+            a_next = float(ac[int(ts[i + 1])])
+            x = math.sqrt(a_next) * x + math.sqrt(1.0 - a_next) * rng.standard_normal(x.shape, dtype=np.float32)
+        x = x.astype(np.float32, copy=False)
         if callback is not None:
             callback(i, float(t), x)
     return x

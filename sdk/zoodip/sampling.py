@@ -29,17 +29,20 @@ from .samplers import (
     euler_init_noise_sigma,
     euler_timesteps,
     karras_schedule,
+    lcm_timesteps,
     sample_ddim,
     sample_dpmpp_2m,
     sample_euler,
     sample_euler_ancestral,
+    sample_lcm,
     sigmas_at,
 )
 
 
 @dataclass(frozen=True)
 class _SamplerKind:
-    timesteps: Callable[..., np.ndarray] | None  # the diffusers spacing of its timesteps (None: Karras sigmas)
+    # The diffusers spacing of its timesteps (None: Karras sigmas; lcm_timesteps: the distillation schedule's).
+    timesteps: Callable[..., np.ndarray] | None
     # Its diffusers scheduler's own default spacing: what a pipeline uses when the scheduler config does not name
     # one (diffusers' from_config does not carry defaults across scheduler classes).
     default_spacing: str
@@ -54,9 +57,11 @@ _KINDS = {
     "euler": _SamplerKind(euler_timesteps, "linspace", True, "Euler"),
     "dpmpp_2m_karras": _SamplerKind(None, "linspace", False, "DPM++ 2M Karras"),
     "euler_a": _SamplerKind(euler_timesteps, "linspace", True, "Euler a"),
+    "lcm": _SamplerKind(lcm_timesteps, "leading", False, "LCM"),
 }
 SAMPLERS = tuple(_KINDS)  # the CLI's --sampler choices; the first is the default
 A1111_SAMPLER_NAMES = {name: kind.a1111_name for name, kind in _KINDS.items()}
+NOISY_SAMPLERS = ("euler_a", "lcm")  # they draw fresh noise every step: from the seed's rng
 DEFAULT_STEPS = 25  # sampling steps, as diffusers' pipelines
 DEFAULT_STRENGTH = 0.8  # image-to-image's default strength, diffusers' img2img pipelines'
 INPAINT_STRENGTH = 1.0  # inpainting's default strength, diffusers' inpainting pipelines'
@@ -89,14 +94,17 @@ def sampling_plan(model: Any, sampler: str, steps: int) -> SamplingPlan:
     schedule = model.schedule
     ac = np.asarray(schedule.alphas_cumprod, dtype=np.float64)
     num_train = int(schedule.num_train_timesteps)
-    check_steps(model, steps)
     check_sampler(sampler)
+    check_steps(model, steps, sampler)
     kind, config = _KINDS[sampler], scheduler_config(model)
     spacing = str(config.get("timestep_spacing") or kind.default_spacing)
     offset = int(config.get("steps_offset", 0) or 0)
     final = 1.0 if config.get("set_alpha_to_one", True) else float(ac[0])
     if kind.timesteps is None:  # the Karras sigmas span the whole schedule: no spacing applies
         sigmas, timesteps = karras_schedule(ac, steps)
+    elif kind.timesteps is lcm_timesteps:  # the distillation schedule's timesteps (LCMScheduler's config)
+        timesteps = lcm_timesteps(num_train, steps, lcm_settings(model)[0])
+        sigmas = sigmas_at(ac, timesteps)
     else:
         timesteps = kind.timesteps(num_train, steps, spacing=spacing, offset=offset)
         sigmas = sigmas_at(ac, timesteps)
@@ -104,11 +112,28 @@ def sampling_plan(model: Any, sampler: str, steps: int) -> SamplingPlan:
     return SamplingPlan(sampler, timesteps, sigmas, init, final, kind.sigma_space)
 
 
-def check_steps(model: Any, steps: object) -> None:
-    """Sampling steps: an integer from 1 to the model's training timesteps."""
+def check_steps(model: Any, steps: object, sampler: str | None = None) -> None:
+    """Sampling steps: an integer from 1 to the model's training timesteps (for ``sampler`` "lcm", to its
+    distillation schedule's length)."""
     num_train = int(model.schedule.num_train_timesteps)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_train:
         raise ZoodipError(f"steps must be an integer from 1 to {num_train}, got {steps!r} (20-30 is typical)")
+    if sampler == "lcm":
+        lcm_timesteps(num_train, int(steps), lcm_settings(model)[0])
+
+
+def lcm_settings(model: Any) -> tuple[int, float]:
+    """The lcm sampler's ``(original_inference_steps, timestep_scaling)`` from the model's scheduler config
+    (``LCMScheduler``'s keys; its defaults 50 and 10 where the config is another scheduler's)."""
+    config = scheduler_config(model)
+    original, scaling = config.get("original_inference_steps", 50), config.get("timestep_scaling", 10.0)
+    if isinstance(original, bool) or not isinstance(original, int) or original < 1:
+        raise ZoodipError(f"the scheduler config's original_inference_steps must be a positive integer, got "
+                          f"{original!r}: re-run 'zoodip export' or mend scheduler/scheduler_config.json")
+    if isinstance(scaling, bool) or not isinstance(scaling, numbers.Real) or not 0 < scaling < math.inf:
+        raise ZoodipError(f"the scheduler config's timestep_scaling must be a positive number, got {scaling!r}: "
+                          "re-run 'zoodip export' or mend scheduler/scheduler_config.json")
+    return original, float(scaling)
 
 
 def steps_run(steps: int, strength: float | None = None) -> int:
@@ -121,6 +146,19 @@ def steps_run(steps: int, strength: float | None = None) -> int:
         raise ZoodipError(f"strength {strength} of {steps} steps leaves no step to run (diffusers runs "
                           "int(steps * strength)): raise --strength or --steps")
     return int(keep)
+
+
+def sampler_notes(model: Any, sampler: str, guidance_scale: float) -> list[str]:
+    """What a user should hear about a sampler choice that works but is likely not what the model is made for."""
+    consistency = scheduler_config(model).get("_class_name") == "LCMScheduler"
+    if consistency and sampler != "lcm":
+        return [f"the export's scheduler is LCMScheduler (a latent consistency model, such as SD with the LCM-LoRA "
+                f"fused in), made for --sampler lcm --steps 4 --guidance-scale 1; --sampler {sampler} may give blurred "
+                "images"]
+    if sampler == "lcm" and guidance_scale > 2:
+        return [f"the lcm sampler is made for a guidance scale of 1 to 2 (1 also halves the work), not "
+                f"{guidance_scale:g}: its images may come out overcooked"]
+    return []
 
 
 def check_sampler(sampler: object) -> None:
@@ -187,8 +225,8 @@ def run_sampler(
         if callback is not None:
             callback(i + 1, len(ts), x)
 
-    if sampler == "euler_a" and rng is None:
-        raise ZoodipError("the euler_a sampler adds noise every step: pass rng (generate() passes the seed's)")
+    if sampler in NOISY_SAMPLERS and rng is None:
+        raise ZoodipError(f"the {sampler} sampler adds noise every step: pass rng (generate() passes the seed's)")
     # An overflow is reported once, as the check below, rather than as NumPy's warnings along the way.
     with np.errstate(over="ignore", invalid="ignore"):
         if sampler == "ddim":
@@ -196,6 +234,9 @@ def run_sampler(
                             final_alpha_cumprod=plan.final_alpha_cumprod, rng=rng, callback=on_step)
         elif sampler in ("dpmpp_2m", "dpmpp_2m_karras"):
             x = sample_dpmpp_2m(model_fn, x, ac, ts, prediction_type, sigmas=plan.sigmas, callback=on_step)
+        elif sampler == "lcm":
+            x = sample_lcm(model_fn, x, ac, ts, prediction_type, rng=rng, timestep_scaling=lcm_settings(model)[1],
+                           callback=on_step)
         elif sampler == "euler_a":
             x = sample_euler_ancestral(model_fn, x, ac, ts, prediction_type, rng=rng,
                                        init_noise_sigma=plan.init_noise_sigma, callback=on_step)
