@@ -3,6 +3,7 @@
     python export/export_model.py SRC_FOLDER OUT_DIR [--precision fp32|int8] [--recipe w8a32|w4a32|dynamic-int8]
     python export/export_model.py model.safetensors OUT_DIR  # A1111's single-file checkpoint (single_file.py)
     python export/export_model.py --tiny OUT_DIR          # a small seeded random SD-shaped model
+    python export/export_model.py SRC OUT_DIR --lora style.safetensors:0.8   # LoRAs fused in first (lora.py)
 
 The folder is built next to OUT_DIR under a temporary name and renamed at the very end, so a
 failed or interrupted export never leaves a half-written OUT_DIR behind.
@@ -17,18 +18,18 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from zoodip.errors import ZoodipError
 from zoodip.model import FORMAT, FORMAT_VERSION, file_sha256  # one definition of the folder format, shared with the reader
-from zoodip_export.staging import missing_parents, publish, staging_folder
-from zoodip_export.source_folder import check_source, model_info, read_json, read_source
+from zoodip_export.lora import LoraSpec, fuse_loras, lora_entries, lora_specs
+from zoodip_export.staging import MANIFEST, check_out_dir, missing_parents, publish, staging_folder
+from zoodip_export.source_folder import check_source, model_info, read_source
 from zoodip_export.weights import first_non_finite
 
 PRECISIONS = ("int8", "fp32")
-MANIFEST = "manifest.json"
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
 SCHEDULER_CONFIG = "scheduler_config.json"
 
@@ -60,23 +61,6 @@ def resolve_recipe(precision: str, recipe: str | None) -> tuple[str, str]:
     if RECIPE_PRECISION[recipe] != precision:
         raise ZoodipError(f"recipe {recipe!r} does not go with precision {precision!r}")
     return precision, recipe
-
-
-def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None) -> None:
-    from zoodip.paths import check_output_dir, lies_within
-
-    check_output_dir(out_dir, "OUT_DIR")  # not a file, not under one, creatable: before any work
-    if source is not None:
-        if lies_within(source, out_dir):
-            raise ZoodipError(f"OUT_DIR {out_dir} is the source folder or holds it, which the export must not replace: "
-                              "choose another OUT_DIR")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise ZoodipError(f"output folder {out_dir} exists and is not empty (use --overwrite to replace it)")
-        # --overwrite replaces a previous export, never an arbitrary folder someone pointed us at.
-        manifest = out_dir / MANIFEST
-        if not manifest.is_file() or read_json(manifest).get("format") != FORMAT:
-            raise ZoodipError(f"refusing to overwrite {out_dir}: it is not a zoodip export folder")
 
 
 # --- the export -----------------------------------------------------------------------------------
@@ -287,7 +271,7 @@ def _export_graphs(source: Path, staging: Path, info: dict[str, Any], recipe: st
 def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, precision: str = "int8",
                  recipe: str | None = None, seed: int = 0, parity: bool = True, sample_size: int | None = None,
                  progress: bool = True, overwrite: bool = False, curvature_samples: int | None = None,
-                 config: Path | None = None) -> dict[str, Any]:
+                 config: Path | None = None, loras: Sequence[str | LoraSpec] = ()) -> dict[str, Any]:
     """Export ``source`` (a diffusers SD1.x/2.x folder, or a single-file ``.safetensors`` checkpoint in the original
     layout, whose architecture is ``config``'s, a diffusers folder, or SD1.5's: ``single_file``), or with ``tiny`` a
     seeded tiny model, to ``out_dir``.
@@ -295,14 +279,17 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     Returns the manifest (also written as ``out_dir/manifest.json``). Raises ``ZoodipError`` for
     bad inputs, before anything is written. ``curvature_samples``: draws averaged into the curvature
     subspace (0: none; None: ``zoodip_export.curvature.DEFAULT_CURVATURE_SAMPLES``, or its
-    ``RANDOM_MODEL_CURVATURE_SAMPLES`` for the seeded random-weight models).
+    ``RANDOM_MODEL_CURVATURE_SAMPLES`` for the seeded random-weight models). ``loras``: ``FILE[:SCALE]`` (or
+    ``LoraSpec``) fused into the weights first, in order (``zoodip_export.lora``).
     """
     precision, recipe = resolve_recipe(precision, recipe)
+    specs = lora_specs(loras)
     _check_export_args(source, tiny, curvature_samples, sample_size, config)
     out_dir = Path(out_dir).expanduser().absolute()
     check_out_dir(out_dir, overwrite, None if tiny else source)
     config = None if config is None else Path(config).expanduser().absolute()
     source, configs, source_entry = read_source(source, sample_size, seed, config)
+    source_entry.update(lora_entries(specs))
     if recipe == "dynamic-int8":
         from zoodip_export.quantize import DYNAMIC_INT8_WARNING
 
@@ -314,8 +301,8 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     staging = staging_folder(out_dir)
     try:
         with _quiet_libraries():
-            if tiny or source.is_file():
-                source, configs = _built_source(source, staging / "_source", seed, config, log)
+            if tiny or source.is_file() or specs:
+                source, configs = _built_source(source, staging, seed, config, specs, log)
             info = model_info(configs, sample_size)
             graphs, parity_results = _export_graphs(source, staging, info, recipe, seed=seed, parity=parity, log=log)
 
@@ -325,10 +312,7 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
         with _quiet_libraries():
             curvature = export_curvature(source, staging, curvature_samples, "tiny" if tiny else source_entry["kind"],
                                          seed, log)
-        for scratch in ("_source", "_source-config"):  # the tiny model's or a single file's folder
-            shutil.rmtree(staging / scratch, ignore_errors=True)
-        (staging / "_source-checkpoint.safetensors").unlink(missing_ok=True)
-
+        _remove_built_source(staging)
         manifest = _manifest(staging, source_entry, precision, recipe, info, graphs, parity_results, curvature)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if parity_results:
@@ -346,19 +330,29 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     return manifest
 
 
-def _built_source(source: Path | None, dest: Path, seed: int, config: Path | None,
+def _remove_built_source(staging: Path) -> None:
+    """The folders ``_built_source`` wrote (the tiny model's, a single file's, the LoRAs'), done with."""
+    for scratch in ("_source", "_source-config", "_source-lora"):
+        shutil.rmtree(staging / scratch, ignore_errors=True)
+    (staging / "_source-checkpoint.safetensors").unlink(missing_ok=True)
+
+
+def _built_source(source: Path | None, staging: Path, seed: int, config: Path | None, specs: Sequence[LoraSpec],
                   log: _Progress) -> tuple[Path, dict[str, dict[str, Any]]]:
-    """The folder an export reads where it has to be written first (the tiny model, or a single file converted) and
-    its configs."""
+    """The folder an export reads where it has to be written first (the tiny model, a single file converted, LoRAs
+    fused into either or into a folder) and its configs."""
     from zoodip_export.single_file import single_file_to_folder
     from zoodip_export.tiny import build_tiny_sd_folder
 
+    folder = source
     if source is None:
         log("building the tiny random model")
-        folder = build_tiny_sd_folder(dest, seed=seed)
-    else:
+        folder = build_tiny_sd_folder(staging / "_source", seed=seed)
+    elif source.is_file():
         log(f"converting the single-file checkpoint {source.name} (diffusers' conversion, offline)")
-        folder = single_file_to_folder(source, dest, config, log)
+        folder = single_file_to_folder(source, staging / "_source", config, log)
+    if specs:
+        folder = fuse_loras(folder, staging / "_source-lora", specs, log)
     return folder, check_source(folder)
 
 
@@ -440,6 +434,9 @@ def _parser(prog: str = "python export/export_model.py") -> argparse.ArgumentPar
     parser.add_argument("--config", default=None, metavar="FOLDER",
                         help="a single file's architecture: a diffusers folder of its kind, whose configs and tokenizer "
                              "are read (default for SD1.x files: SD1.5's; SD2.x files need it)")
+    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                        help="a LoRA (kohya's/A1111's or diffusers' .safetensors) fused into the weights first, at SCALE "
+                             "(default 1; A1111's <lora:NAME:SCALE>); repeat for several")
     parser.add_argument("--tiny", action="store_true", help="export a small seeded random SD-shaped model")
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="weight precision (default: int8, or what --recipe implies)")
@@ -481,7 +478,7 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
             export_model(source, Path(args.paths[-1]), tiny=args.tiny, precision=precision, recipe=args.recipe,
                          seed=args.seed, parity=args.parity, sample_size=args.sample_size, progress=not args.quiet,
                          overwrite=args.overwrite, curvature_samples=args.curvature_samples,
-                         config=None if args.config is None else Path(args.config))
+                         config=None if args.config is None else Path(args.config), loras=args.lora)
     except ZoodipError as exc:
         return print_error(exc)
     except KeyboardInterrupt:

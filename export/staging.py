@@ -13,6 +13,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from zoodip.errors import ZoodipError
+
+MANIFEST = "manifest.json"  # an export folder's description (docs/export-format.md)
+
 
 def publish(staging: Path, out_dir: Path) -> None:
     """Put the finished ``staging`` folder at ``out_dir`` (replacing an old one only at the last moment)."""
@@ -69,3 +73,23 @@ def _process_is_running(pid: int) -> bool:
     except (PermissionError, OverflowError):  # another user's process (or an absurd id): leave it alone
         return True
     return True
+
+
+def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None) -> None:
+    """OUT_DIR checked before any work: creatable, not the source, and only an earlier export is replaced."""
+    from zoodip.model import FORMAT
+    from zoodip.paths import check_output_dir, lies_within
+    from zoodip_export.source_folder import read_json
+
+    check_output_dir(out_dir, "OUT_DIR")  # not a file, not under one, creatable: before any work
+    if source is not None:
+        if lies_within(source, out_dir):
+            raise ZoodipError(f"OUT_DIR {out_dir} is the source folder or holds it, which the export must not replace: "
+                              "choose another OUT_DIR")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise ZoodipError(f"output folder {out_dir} exists and is not empty (use --overwrite to replace it)")
+        # --overwrite replaces a previous export, never an arbitrary folder someone pointed us at.
+        manifest = out_dir / MANIFEST
+        if not manifest.is_file() or read_json(manifest).get("format") != FORMAT:
+            raise ZoodipError(f"refusing to overwrite {out_dir}: it is not a zoodip export folder")

@@ -45,6 +45,7 @@ def describe_embedding(path: Path) -> list[str]:
 
 def describe_export(folder: Path) -> list[str]:
     """What an export folder holds and which generation features it offers (no weights read, sizes checked)."""
+    from .extra_networks import fused_loras
     from .image_side import side_rule
     from .model import ExportedModel
 
@@ -61,7 +62,9 @@ def describe_export(folder: Path) -> list[str]:
             "long prompts: A1111's 75-token chunks (generate --prompt-weighting a1111)" if model.text_length_free else
             "long prompts: no, 77 tokens (exported before them; re-export to read A1111's chunks)",
             f"image sides: {side_rule(model)}",
-            f"curvature subspace: {'yes' if model.curvature() is not None else 'no'}"]
+            f"curvature subspace: {'yes' if model.curvature() is not None else 'no'}",
+            "LoRAs fused in: " + (", ".join(f"{name} at {entry.get('scale', 1.0):g} (sha256 {str(entry.get('sha256'))[:12]})"
+                                            for name, entry in fused_loras(model).items()) or "none")]
 
 
 def describe_image(path: Path) -> list[str]:

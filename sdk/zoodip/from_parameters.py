@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ZoodipError
+from .extra_networks import lora_hashes
 from .image_parameters import read_parameters
 from .infotext import is_zoodips, model_hash, read_infotext, settings_from_fields
 
@@ -63,6 +64,10 @@ def parameter_notes(parameters: ImageParameters, model: Any, hashes: Mapping[str
     if made_with and made_with != model_hash(model):
         notes.append(f"the image was made with another model (Model hash {made_with}, {fields.get('Model', '?')}; "
                      f"this export's is {model_hash(model)}): it will differ")
+    if _entries(fields.get("Lora hashes", "")) != _entries(lora_hashes(model)):
+        notes.append(f"the image was made with the LoRAs {fields.get('Lora hashes') or 'none'} (name: file hash), this "
+                     f"export holds {lora_hashes(model) or 'none'} (zoodip fuses them at export, 'zoodip export --lora "
+                     "FILE:SCALE'): it will differ")
     for entry in filter(None, (part.strip() for part in fields.get("TI hashes", "").split(","))):
         name, _, digest = entry.rpartition(": ")
         names = [loaded for loaded, loaded_digest in hashes.items() if loaded_digest == digest]
@@ -89,3 +94,8 @@ def parameter_notes(parameters: ImageParameters, model: Any, hashes: Mapping[str
     if parameters.unused:
         notes.append(f"fields that are no setting here, left out: {', '.join(parameters.unused)}")
     return notes
+
+
+def _entries(listed: str) -> set[str]:
+    """The entries of a "name: hash, ..." field."""
+    return {part.strip() for part in listed.split(",") if part.strip()}

@@ -43,6 +43,7 @@ from .limits import check_image_size
 from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
 from .model import clip_skip_problem
 from .noise import check_seed, check_variation, checked_latents, seed_noise
+from .extra_networks import tag_problems, take_out_tags
 from .prompt_checks import (LONG_PROMPT_HINT, keyword_token_problems, syntax_problems, token_use_problems,
                             truncation_problems, unloaded_token_problems)
 from .prompt_schedule import Phases, check_phase_count, composable_parts, prompt_schedule
@@ -113,7 +114,7 @@ def generate(
     plan = plan_decode(model, h, w, budget := memory_budget_mb(model))
     run = steps_run(steps, None if start is None else start.strength)  # the steps a prompt's editing is laid over
     phases = _prompt_phases(prompt, negative_prompt, prompt_weighting, run)
-    encode = _prompt_encoder(model, added_embeddings, token_groups, phases, prompt_weighting, clip_skip)
+    encode = _prompt_encoder(model, added_embeddings, token_groups, phases, prompt_weighting, clip_skip, prompt)
     parts, uncond = _conditioning(model, encode, phases, float(guidance_scale), budget)
     model_fn = _guided(model, parts, uncond, batch_cfg and budget is None, one_image_at_a_time=budget is not None,
                        rescale=float(guidance_rescale), step=(done := _StepCount(callback)))
@@ -142,7 +143,7 @@ def check_prompt(model: Any, prompt: str, *, negative_prompt: str = "", steps: i
     and encoded (text encoder only). A job that generates late (training previews) checks its prompt before it starts."""
     _check_settings(model, prompt, negative_prompt, "dpmpp_2m", steps, 1, 1.0, 0.0, 0, prompt_weighting, clip_skip)
     phases = _prompt_phases(prompt, negative_prompt, prompt_weighting, steps)
-    encode = _prompt_encoder(model, added_embeddings, None, phases, prompt_weighting, clip_skip)
+    encode = _prompt_encoder(model, added_embeddings, None, phases, prompt_weighting, clip_skip, prompt)
     for schedule in [part for _, part in phases[0]] + [phases[1]]:
         schedule.map(encode)
     _release_under_budget(model, memory_budget_mb(model), "text_encoder")  # as generate: not held past its phase
@@ -153,11 +154,12 @@ PromptPhases = tuple[list[tuple[float, Phases[str]]], Phases[str]]
 
 
 def _prompt_phases(prompt: str, negative_prompt: str, weighting: str, steps: int) -> PromptPhases:
-    """Each prompt's texts over the ``steps`` that run: under "a1111", A1111's AND parts of the prompt and the
-    prompt editing and alternation of both (``zoodip.prompt_schedule``); else each prompt whole, all through."""
+    """Each prompt's texts over the ``steps`` that run: under "a1111", A1111's AND parts of the prompt (its
+    extra-network tags taken out, ``zoodip.extra_networks``) and the prompt editing and alternation of both
+    (``zoodip.prompt_schedule``); else each prompt whole, all through."""
     if weighting != "a1111":
         return [(1.0, Phases((steps,), (prompt,)))], Phases((steps,), (negative_prompt,))
-    parts = [(weight, prompt_schedule(text, steps)) for text, weight in composable_parts(prompt)]
+    parts = [(weight, prompt_schedule(text, steps)) for text, weight in composable_parts(take_out_tags(prompt)[0])]
     negative = prompt_schedule(negative_prompt, steps)  # as A1111: AND in a negative prompt is a word
     for phases, what in [(phases, "prompt") for _, phases in parts] + [(negative, "negative prompt")]:
         check_phase_count(phases, what)
@@ -205,10 +207,10 @@ def decode_latents(model: Any, latents: np.ndarray, plan: DecodePlan | None = No
 
 def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | None,
                     token_groups: Sequence[Sequence[str]] | None, phases: PromptPhases,
-                    weighting: str = "none", clip_skip: int = 0):
+                    weighting: str = "none", clip_skip: int = 0, prompt: str = ""):
     """Text conditioning: ``encode(text)`` gives the text states ``[1, length, d]``, each text encoded once however
     often it is asked for; one warning per added token group that no phase of the prompts uses within what is read,
-    and per emphasis it cannot honour."""
+    per emphasis it cannot honour and per extra-network tag of ``prompt`` that asks for what the export lacks."""
     prompts, read, chunked = _texts_read(model, phases, weighting)
     tokenizer, extra_rows, known_added = tokenizer_with(model, added_embeddings)
     groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
@@ -217,7 +219,7 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
     problems += (token_use_problems(tokenizer, read, groups, whole=chunked)
                  + unloaded_token_problems(read, names := [name for names in groups for name in names], tokenizer)
                  + syntax_problems(prompts, weighted, chunked, negative=phases[1].values)
-                 + (keyword_token_problems(names) if weighted else []))
+                 + (keyword_token_problems(names) + tag_problems(prompt, model) if weighted else []))
     for problem in dict.fromkeys(problems):
         warnings.warn(problem, stacklevel=3)
 

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .added_tokens import tokenizer_with
+from .extra_networks import lora_hashes
 from .generate import generate, prompt_texts_read
 from .hires import generate_hires
 from .prompt_checks import used_token_names
@@ -89,6 +90,7 @@ def infotext(prompt: str, settings: Mapping[str, Any], size: tuple[int, int], mo
         ("Batch size", count if count > 1 else None), ("Batch pos", batch_pos if count > 1 else None),
         ("TI hashes", ", ".join(f"{_hash_name(name)}: {digest}" for name, digest in (embedding_hashes or {}).items())
          or None),
+        ("Lora hashes", lora_hashes(model) or None),  # the LoRAs fused into the export (no <lora:> tag needed here)
         ("Version", f"zoodip {_version()}"),
     ]
     text = prompt + (f"\nNegative prompt: {negative}" if negative else "")
@@ -138,8 +140,9 @@ _ONE_SETTING: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Mask blur": ("mask_blur", float), "Masked area padding": ("padding_mask_crop", int),
 }
 # Fields that are no setting (said, or checked by the caller) and A1111's that fields above already carry.
-NOT_SETTINGS = ("Model", "Model hash", "Version", "Batch pos", "Hires upscaler", "TI hashes", "Schedule type",
-                "Initial latents", "Inpaint area", "Hires steps", "Hires upscale", "Batch size", HIRES_SCHEDULE)
+NOT_SETTINGS = ("Model", "Model hash", "Version", "Batch pos", "Hires upscaler", "TI hashes", "Lora hashes",
+                "Schedule type", "Initial latents", "Inpaint area", "Hires steps", "Hires upscale", "Batch size",
+                HIRES_SCHEDULE)
 _FIELD_PAIR = re.compile(r'\s*(\w[\w \-/+.]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')  # A1111's own pattern
 _NEGATIVE = "Negative prompt:"
 

@@ -37,7 +37,8 @@ _NOT_TAKEN = {
     "callback_on_step_end": "pass callback=fn(step, total, latents)",
     "prompt_embeds": "pass the prompt's text (learned tokens through load_textual_inversion)",
     "negative_prompt_embeds": "pass negative_prompt's text",
-    "cross_attention_kwargs": "there are no LoRA or attention processors here; drop it",
+    "cross_attention_kwargs": "there are no attention processors here, and LoRAs are fused at export ('zoodip export "
+                              "--lora FILE:SCALE'): drop it",
     "safety_checker": "the export has no safety checker; drop it",
     "weight_name": "pass the embedding file's own path (or a folder of them)",
     "tokenizer": "the export's tokenizer is used; drop it",
@@ -56,7 +57,9 @@ _NOT_HELD = {
                  "(zoodip.sampling.SAMPLERS)",
     "unet": "the UNet is an ONNX graph: pipe.model.unet(sample, timestep, states) runs it",
     "vae": "the VAE is two ONNX graphs: pipe.model.vae_encode(images) and pipe.model.vae_decode(latents)",
-    "load_lora_weights": "LoRA is not supported: textual inversion only (load_textual_inversion)",
+    "load_lora_weights": "LoRAs are fused into the weights at export: 'zoodip export SRC OUT --lora FILE:SCALE' "
+                         "(export_model(..., loras=['FILE:SCALE'])); 'zoodip info EXPORT' lists an export's",
+    "fuse_lora": "LoRAs are fused into the weights at export: 'zoodip export SRC OUT --lora FILE:SCALE'",
     "components": "the export's graphs are pipe.model's (ExportedModel: text encoder, UNet, VAE; 'zoodip info EXPORT' "
                   "lists them)",
     "config": "the export's settings are its manifest: pipe.model.manifest",

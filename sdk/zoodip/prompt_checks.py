@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .emphasis import has_break, looks_weighted, unsupported_problems
+from .extra_networks import TAG
 from .prompt_schedule import AND_SEPARATOR, parse_schedule, schedule_problems
 
 
@@ -23,7 +24,9 @@ def syntax_problems(prompts: Sequence[str], weighted: bool, chunked: bool = Fals
     syntax = {"emphasis syntax '(words:1.3)'": looks_weighted, "prompt editing or alternation '[a:b:0.5]', '[a|b]'":
               lambda text: parse_schedule(text) is not None,
               "AND (composable diffusion)": lambda text: text not in negative and AND_SEPARATOR.search(_words(text)),
-              "BREAK (a new 75-token chunk)": lambda text: has_break(_words(text))}
+              "BREAK (a new 75-token chunk)": lambda text: has_break(_words(text)),
+              "extra-network tag '<lora:name:1>' (LoRAs are fused at export here: 'zoodip export --lora')":
+              lambda text: text not in negative and TAG.search(text)}
     return [f"the prompt {_shortened(text)} uses A1111's {name}, read here as plain text (as diffusers does): pass "
             "--prompt-weighting a1111 (prompt_weighting='a1111') to read it as A1111 does"
             for text in prompts if text for name, found in syntax.items() if found(text)]

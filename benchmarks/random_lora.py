@@ -1,0 +1,78 @@
+"""A random LoRA in kohya's layout (A1111's) for a diffusers SD folder, so that what ``zoodip export --lora`` costs on a
+model's real shapes can be measured without a downloaded LoRA (random values: time, memory and disk only).
+
+    python benchmarks/random_lora.py                 # SD1.5's architecture (memory.py's cached random folder)
+    python benchmarks/random_lora.py --source DIR --out lora.safetensors --rank 16 --alpha 8
+
+Factors of rank ``--rank`` (float16, as LoRAs are shared) on every attention projection of the UNet (``to_q``,
+``to_k``, ``to_v``, ``to_out.0``, ``proj_in``, ``proj_out``) and of the text encoder (``q_proj``, ``k_proj``,
+``v_proj``, ``out_proj``): the layers a typical character or style LoRA trains.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
+
+from reference.repo import REPO  # noqa: E402
+
+sys.path.insert(0, str(REPO / "sdk"))
+
+from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
+
+DEFAULT_SOURCE = REPO / ".cache" / "bench" / "sd15-random-s0"  # benchmarks/memory.py builds it
+TARGETS = ("to_q", "to_k", "to_v", "proj_in", "proj_out", "q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def random_lora(source: Path, out: Path, rank: int, alpha: float, seed: int) -> int:
+    """Write the LoRA; returns its number of layers."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers.utils import logging as transformers_logging
+
+    from zoodip_export.onnx_export import load_text_encoder, load_unet
+
+    transformers_logging.set_verbosity_error()  # its loader's deprecation notes say nothing about this file
+
+    generator, tensors = torch.Generator().manual_seed(seed), {}
+    for prefix, model in (("lora_unet_", load_unet(source / "unet")), ("lora_te_", load_text_encoder(source / "text_encoder"))):
+        for name, module in model.named_modules():
+            if name.rsplit(".", 1)[-1] not in TARGETS and not name.endswith("to_out.0"):
+                continue
+            shape, key = module.weight.shape, prefix + name.replace(".", "_")
+            kernel = [1, 1] if len(shape) == 4 else []
+            tensors[f"{key}.lora_down.weight"] = (torch.randn(rank, shape[1], *kernel, generator=generator) * 0.01).half()
+            tensors[f"{key}.lora_up.weight"] = (torch.randn(shape[0], rank, *kernel, generator=generator) * 0.01).half()
+            tensors[f"{key}.alpha"] = torch.tensor(alpha).half()
+    save_file(tensors, str(out))
+    return len(tensors) // 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="python benchmarks/random_lora.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="a diffusers SD folder (default: memory.py's "
+                                                                             "SD1.5-architecture one)")
+    parser.add_argument("--out", type=Path, default=Path("random_lora.safetensors"), help="the LoRA file to write")
+    parser.add_argument("--rank", type=int, default=16, help="the factors' rank")
+    parser.add_argument("--alpha", type=float, default=8.0, help="kohya's alpha (the update is scaled by alpha / rank)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random factors")
+    try:
+        args = parser.parse_args(argv)
+        if args.rank < 1:
+            parser.error(f"--rank must be an integer >= 1, got {args.rank}")
+        if not (args.source / "unet").is_dir() or not (args.source / "text_encoder").is_dir():
+            raise ZoodipError(f"--source {args.source} is not a diffusers SD folder (unet/ and text_encoder/): run "
+                              "'python benchmarks/memory.py --quick' to build the SD1.5-architecture one, or pass one")
+        if args.out.suffix != ".safetensors" or args.out.is_dir():
+            raise ZoodipError(f"--out {args.out} must name a .safetensors file")
+    except ZoodipError as exc:
+        return print_error(exc)
+    layers = random_lora(args.source, args.out, args.rank, args.alpha, args.seed)
+    print(f"{args.out}: {layers} layers, rank {args.rank}, alpha {args.alpha:g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""LoRAs fused into a model's weights before its export: A1111's ``<lora:NAME:SCALE>`` and diffusers' ``fuse_lora``,
+done once on the device's behalf, so the exported graphs (and every embedding learned on them) carry them.
+
+A LoRA (Hu et al. 2021) stores, for a weight ``W`` of the UNet or the text encoder, two thin factors ``up`` [out, r]
+and ``down`` [r, in] (a convolution's ``down`` keeps its kernel: [r, in, kh, kw], its ``up`` is 1x1) and an ``alpha``;
+fused at ``scale`` it is
+
+    W <- W + scale * (alpha / r) * up @ down
+
+Two file layouts are read: kohya's, which A1111 and civitai use (``lora_unet_<module path with _>.lora_down.weight``,
+``.lora_up.weight``, ``.alpha``; ``lora_te_`` for the text encoder), and diffusers' PEFT one
+(``unet.<module path>.lora_A.weight``, ``.lora_B.weight``, optional ``.alpha``; ``text_encoder.`` likewise). Every
+layer of the file must land on a weight of the model with the right shape, or the LoRA is refused: one made for
+another model (SDXL, SD2 on SD1) never fuses halfway. LyCORIS' other kinds (LoHa, LoKr, DoRA) are refused by name.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from zoodip.errors import ZoodipError
+
+COMPONENTS = {"unet": ("lora_unet_", "unet."), "text_encoder": ("lora_te_", "text_encoder.")}
+KOHYA_PARTS = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
+PEFT_PARTS = {".lora_A.weight": "down", ".lora_B.weight": "up", ".alpha": "alpha"}
+# Keys of adapters that are not a plain low-rank product: what each is, for the refusal.
+OTHER_KINDS = {"hada_": "LoHa", "lokr_": "LoKr", "dora_scale": "DoRA", ".lora_mid.": "LoCon with a Tucker core",
+               "lora_te1_": "SDXL", "lora_te2_": "SDXL", "text_encoder_2.": "SDXL", ".diff": "a full weight difference"}
+MAX_SCALE = 10.0  # A1111's LoRA weights are typically 0.5-1.5; far beyond, a typo
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One ``--lora FILE[:SCALE]``."""
+
+    path: Path
+    scale: float = 1.0
+
+    @property
+    def name(self) -> str:
+        """A1111's name for it: the file name without its suffix (its ``<lora:NAME:...>``)."""
+        return self.path.stem
+
+
+@dataclass
+class LoraLayer:
+    """One layer of a LoRA: the model weight it changes and its factors (torch tensors)."""
+
+    module: str  # the weight's module path in the component, e.g. "down_blocks.0.attentions.0.proj_in"
+    down: Any = None
+    up: Any = None
+    alpha: float | None = None
+
+
+def parse_lora(text: str) -> LoraSpec:
+    """``FILE[:SCALE]``: the scale after the last colon when it reads as a number (a path may hold colons)."""
+    path, sep, tail = str(text).rpartition(":")
+    scale = 1.0
+    if sep and path and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", tail.strip()):
+        text, scale = path, float(tail)
+    if not math.isfinite(scale) or not abs(scale) <= MAX_SCALE:
+        raise ZoodipError(f"--lora {text}: its scale {scale:g} is past +-{MAX_SCALE:g} (A1111's are about 0.5-1.5)")
+    path = Path(text).expanduser().absolute()
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "no such file"
+        raise ZoodipError(f"--lora {text}: {what} (FILE or FILE:SCALE, e.g. my_style.safetensors:0.8)")
+    if path.suffix.lower() != ".safetensors":
+        raise ZoodipError(f"--lora {text}: only .safetensors LoRAs are read (a .pt/.ckpt file is a pickle, which can "
+                          "run code when loaded): convert it to safetensors")
+    return LoraSpec(path, scale)
+
+
+def lora_specs(loras: Sequence[str | LoraSpec]) -> list[LoraSpec]:
+    """``--lora`` arguments (``FILE[:SCALE]`` or ``LoraSpec``), each checked."""
+    specs = [lora if isinstance(lora, LoraSpec) else parse_lora(lora) for lora in loras]
+    names = [spec.name for spec in specs]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:  # A1111 would add them up; one entry per name keeps the export's record (and tags) plain
+        raise ZoodipError(f"--lora {twice} is given twice: give it once, at the sum of the scales")
+    return specs
+
+
+def lora_entries(specs: Sequence[LoraSpec]) -> dict[str, Any]:
+    """The manifest source entry's ``loras`` (each file's name, SHA-256 and scale), or nothing without LoRAs."""
+    from zoodip.integrity import file_sha256
+
+    if not specs:
+        return {}
+    return {"loras": [{"file": spec.path.name, "sha256": file_sha256(spec.path), "scale": spec.scale}
+                      for spec in specs]}
+
+
+def read_lora(spec: LoraSpec) -> dict[str, dict[str, LoraLayer]]:
+    """``{component: {module: layer}}`` of one LoRA file, every key accounted for (module doc)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(spec.path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ZoodipError(f"--lora {spec.path.name}: cannot read it ({str(exc).splitlines()[0] if str(exc) else exc}): "
+                          "the file may be damaged or not a safetensors file") from None
+    layers: dict[str, dict[str, LoraLayer]] = {component: {} for component in COMPONENTS}
+    for key, tensor in tensors.items():
+        kind = next((what for marker, what in OTHER_KINDS.items() if marker in key), None)
+        if kind is not None:
+            raise ZoodipError(f"--lora {spec.path.name} is {kind} ({key}), not a plain LoRA for SD1.x/2.x: zoodip fuses "
+                              "plain low-rank LoRAs (kohya's or diffusers' layout) only")
+        component, module, part = _split_key(key)
+        if component is None:
+            raise ZoodipError(f"--lora {spec.path.name}: {key!r} is no LoRA weight of a UNet or text encoder (kohya's "
+                              "lora_unet_/lora_te_ or diffusers' unet./text_encoder. layouts are read)")
+        layer = layers[component].setdefault(module, LoraLayer(module))
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise ZoodipError(f"--lora {spec.path.name}: {key} holds non-finite values (NaN or infinity): the file is "
+                              "damaged")
+        if part == "alpha":
+            layer.alpha = float(tensor.float().reshape(-1)[0]) if tensor.numel() else None
+        else:
+            setattr(layer, part, tensor.float())
+    for component, by_module in layers.items():
+        for layer in by_module.values():
+            if layer.down is None or layer.up is None:
+                raise ZoodipError(f"--lora {spec.path.name}: layer {layer.module} of the {component} has only one of "
+                                  "its two factors: the file is incomplete")
+    if not any(layers.values()):
+        raise ZoodipError(f"--lora {spec.path.name} holds no LoRA layers")
+    return layers
+
+
+def _split_key(key: str) -> tuple[str | None, str, str]:
+    """(component, module, part) of a key, or (None, "", "") when it is neither layout's."""
+    for component, (kohya, peft) in COMPONENTS.items():
+        for prefix, parts in ((kohya, KOHYA_PARTS), (peft, PEFT_PARTS)):
+            if key.startswith(prefix):
+                for suffix, part in parts.items():
+                    if key.endswith(suffix):
+                        return component, key[len(prefix):-len(suffix)], part
+    return None, "", ""
+
+
+def fuse_into(module: Any, component: str, layers: dict[str, LoraLayer], spec: LoraSpec) -> None:
+    """Add each layer's ``scale * alpha / r * up @ down`` to its weight in ``module`` (a torch model, in place)."""
+    import torch
+
+    weights = {name: sub.weight for name, sub in module.named_modules() if isinstance(getattr(sub, "weight", None),
+                                                                                      torch.Tensor)}
+    kohya_names = {name.replace(".", "_"): name for name in weights}
+    for layer in layers.values():
+        name = layer.module if layer.module in weights else kohya_names.get(layer.module)
+        if name is None and re.match(r"(input_blocks|middle_block|output_blocks)_", layer.module):
+            raise ZoodipError(f"--lora {spec.path.name} names the UNet's layers in the original SD layout "
+                              f"({layer.module}), which zoodip does not map: save it in kohya's diffusers-named layout")
+        if name is None:
+            raise ZoodipError(f"--lora {spec.path.name}: its {component} layer {layer.module} is not in this model: a "
+                              "LoRA made for another model (an SD1.x LoRA fits SD1.x models, an SD2.x one SD2.x)")
+        weight, down, up = weights[name], layer.down, layer.up
+        if not _fits(weight.shape, down.shape, up.shape):
+            raise ZoodipError(f"--lora {spec.path.name}: its {component} layer {layer.module} has factors "
+                              f"{list(up.shape)} x {list(down.shape)}, which do not make the model's weight "
+                              f"{list(weight.shape)}: a LoRA made for another model")
+        rank = down.shape[0]
+        alpha = float(rank) if layer.alpha is None else layer.alpha
+        delta = (up.reshape(up.shape[0], rank) @ down.reshape(rank, -1)) * (spec.scale * alpha / rank)
+        with torch.no_grad():
+            weight += delta.reshape(weight.shape).to(weight.dtype)
+        if not torch.isfinite(weight).all():
+            raise ZoodipError(f"--lora {spec.path.name}: fused into {component} {layer.module} it gives non-finite "
+                              "weights (its values or alpha are far too large): the file is damaged")
+
+
+def _fits(weight: tuple[int, ...], down: tuple[int, ...], up: tuple[int, ...]) -> bool:
+    """Whether ``up @ down`` makes a weight of shape ``weight``: ``up`` [out, r(, 1, 1)], ``down`` [r, in] or, for a
+    convolution, [r, in, kh, kw] with the weight's kernel (a 1x1 convolution also takes [r, in])."""
+    kernel, down_kernel, up_kernel = tuple(weight[2:]), tuple(down[2:]), tuple(up[2:])
+    return (len(weight) >= 2 and len(down) >= 2 and len(up) >= 2 and up[0] == weight[0] and up[1] == down[0] and down[1] == weight[1]
+            and all(k == 1 for k in up_kernel) and len(up) in (2, len(weight))
+            and (down_kernel == kernel or (not down_kernel and all(k == 1 for k in kernel))))
+
+
+def fuse_loras(source: Path, dest: Path, specs: Sequence[LoraSpec],
+               log: Callable[[str], None] = lambda message: None) -> Path:
+    """A diffusers folder at ``dest``: ``source`` with ``specs`` fused into its UNet and text encoder (saved in fp32,
+    as the export reads them); its other parts are links to ``source``'s. Every file is read and every layer placed
+    before anything is written."""
+    from zoodip_export.onnx_export import load_text_encoder, load_unet
+
+    files = [read_lora(spec) for spec in specs]
+    dest.mkdir(parents=True)
+    loaders = {"unet": load_unet, "text_encoder": load_text_encoder}
+    for part in sorted(os.listdir(source)):
+        if part not in loaders:
+            os.symlink(source / part, dest / part)
+    for component, loader in loaders.items():
+        if not any(layers[component] for layers in files):
+            os.symlink(source / component, dest / component)
+            continue
+        log(f"fusing {len(specs)} LoRA(s) into the {component}")
+        model = loader(source / component)
+        for spec, layers in zip(specs, files):
+            fuse_into(model, component, layers[component], spec)
+        model.save_pretrained(str(dest / component), safe_serialization=True)
+        del model
+    return dest
