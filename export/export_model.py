@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from zoodip.errors import ZoodipError
-from zoodip.model import FORMAT, FORMAT_VERSION, file_sha256  # one definition of the folder format, shared with the reader
+from zoodip.integrity import file_sha256
+from zoodip.manifest import FORMAT, FORMAT_VERSION, MANIFEST  # one definition of the folder format, shared with the reader
 from zoodip_export.lora import LoraSpec, fuse_loras, lora_entries, lora_specs
-from zoodip_export.staging import MANIFEST, check_out_dir, missing_parents, publish, staging_folder
+from zoodip_export.staging import check_out_dir, missing_parents, publish, staging_folder
 from zoodip_export.source_folder import check_source, model_info, read_source
-from zoodip_export.weights import first_non_finite
+from zoodip_export.weights import load_checked
 
 PRECISIONS = ("int8", "fp32")
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
@@ -95,25 +96,6 @@ def _quiet_libraries() -> Iterator[None]:
         finally:
             for lg, level in zip(loggers, levels):
                 lg.setLevel(level)
-
-
-def _load(component: str, loader: Any, folder: Path) -> Any:
-    from safetensors import SafetensorError
-
-    try:
-        module = loader(folder)
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
-        if not any(path.suffix in (".safetensors", ".bin") for path in folder.iterdir()):
-            raise ZoodipError(f"cannot load the {component}: {folder} holds no weights file (.safetensors): copy the "
-                              "model's weights there") from None
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ZoodipError(f"cannot load the {component} from {folder} ({first_line}): a weights file there may be "
-                          "damaged or incomplete: copy it again") from None
-    broken = first_non_finite(module.state_dict())
-    if broken is not None:  # quantized, they would become arbitrary codes and the export would look done
-        raise ZoodipError(f"the {component} in {folder} holds non-finite values (NaN or infinity) in {broken}: the "
-                          "weights are damaged")
-    return module
 
 
 def _graph_entry(path: Path, data_file: str | None) -> dict[str, Any]:
@@ -240,7 +222,7 @@ def _export_graphs(source: Path, staging: Path, info: dict[str, Any], recipe: st
 
     exporter = _GraphExporter(staging, info, recipe, seed, parity, log)
     # Text encoder (+ the token embedding table the SDK looks prompts up in).
-    text_encoder = _load("text encoder", ox.load_text_encoder, source / "text_encoder")
+    text_encoder = load_checked("text encoder", ox.load_text_encoder, source / "text_encoder")
     table = text_encoder.text_model.embeddings.token_embedding.weight.detach().numpy().astype(np.float16)
     np.save(staging / TOKEN_EMBEDDINGS, table, allow_pickle=False)
     exporter.token_table = np.load(staging / TOKEN_EMBEDDINGS, mmap_mode="r")
@@ -250,7 +232,7 @@ def _export_graphs(source: Path, staging: Path, info: dict[str, Any], recipe: st
     del text_encoder
     exporter.finish_one("text_encoder", raw)
 
-    unet_graph = ox.UNetGraph(_load("UNet", ox.load_unet, source / "unet"))
+    unet_graph = ox.UNetGraph(load_checked("UNet", ox.load_unet, source / "unet"))
     info["unet_upsampling_follows_skips"] = unet_graph.upsampling_follows_skips  # image sides: see docs/export-format
     raw = exporter.export_one("unet", unet_graph)
     if parity and unet_graph.upsampling_follows_skips:
@@ -258,7 +240,7 @@ def _export_graphs(source: Path, staging: Path, info: dict[str, Any], recipe: st
     del unet_graph
     exporter.finish_one("unet", raw)
 
-    vae = _load("VAE", ox.load_vae, source / "vae")
+    vae = load_checked("VAE", ox.load_vae, source / "vae")
     raw_encoder = exporter.export_one("vae_encoder", ox.VaeEncoderGraph(vae))
     raw_decoder = exporter.export_one("vae_decoder", ox.VaeDecoderGraph(vae))
     del vae

@@ -15,6 +15,7 @@ another model (SDXL, SD2 on SD1) never fuses halfway. LyCORIS' other kinds (LoHa
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -60,13 +61,17 @@ def parse_lora(text: str) -> LoraSpec:
     """``FILE[:SCALE]``: the scale after the last colon when it reads as a number (a path may hold colons)."""
     path, sep, tail = str(text).rpartition(":")
     scale = 1.0
-    if sep and path and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", tail.strip()):
+    if sep and path and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(nan|inf|infinity)", tail.strip(),
+                                     re.IGNORECASE):
         text, scale = path, float(tail)
     if not math.isfinite(scale) or not abs(scale) <= MAX_SCALE:
         raise ZoodipError(f"--lora {text}: its scale {scale:g} is past +-{MAX_SCALE:g} (A1111's are about 0.5-1.5)")
+    if not str(text).strip():
+        raise ZoodipError("--lora is empty: give FILE or FILE:SCALE, e.g. my_style.safetensors:0.8")
     path = Path(text).expanduser().absolute()
     if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "no such file"
+        what = ("is a folder, not a file" if path.is_dir() else "is not a regular file" if path.exists()
+                else "no such file")
         raise ZoodipError(f"--lora {text}: {what} (FILE or FILE:SCALE, e.g. my_style.safetensors:0.8)")
     if path.suffix.lower() != ".safetensors":
         raise ZoodipError(f"--lora {text}: only .safetensors LoRAs are read (a .pt/.ckpt file is a pickle, which can "
@@ -77,10 +82,14 @@ def parse_lora(text: str) -> LoraSpec:
 def lora_specs(loras: Sequence[str | LoraSpec]) -> list[LoraSpec]:
     """``--lora`` arguments (``FILE[:SCALE]`` or ``LoraSpec``), each checked."""
     specs = [lora if isinstance(lora, LoraSpec) else parse_lora(lora) for lora in loras]
+    files = [spec.path.resolve() for spec in specs]
+    twice = next((spec for spec, file in zip(specs, files) if files.count(file) > 1), None)
+    if twice is not None:  # A1111 would add them up; one entry per file keeps the export's record (and tags) plain
+        raise ZoodipError(f"--lora {twice.path.name} is given twice: give it once, at the sum of the scales")
     names = [spec.name for spec in specs]
-    twice = next((name for name in names if names.count(name) > 1), None)
-    if twice is not None:  # A1111 would add them up; one entry per name keeps the export's record (and tags) plain
-        raise ZoodipError(f"--lora {twice} is given twice: give it once, at the sum of the scales")
+    same = next((name for name in names if names.count(name) > 1), None)
+    if same is not None:  # A1111 names a LoRA by its file name: its tags and Lora hashes could not tell them apart
+        raise ZoodipError(f"two --lora files are named {same}: rename one (A1111 names a LoRA by its file name)")
     return specs
 
 
@@ -96,14 +105,7 @@ def lora_entries(specs: Sequence[LoraSpec]) -> dict[str, Any]:
 
 def read_lora(spec: LoraSpec) -> dict[str, dict[str, LoraLayer]]:
     """``{component: {module: layer}}`` of one LoRA file, every key accounted for (module doc)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(spec.path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ZoodipError(f"--lora {spec.path.name}: cannot read it ({str(exc).splitlines()[0] if str(exc) else exc}): "
-                          "the file may be damaged or not a safetensors file") from None
+    tensors, metadata = _read_file(spec)
     layers: dict[str, dict[str, LoraLayer]] = {component: {} for component in COMPONENTS}
     for key, tensor in tensors.items():
         kind = next((what for marker, what in OTHER_KINDS.items() if marker in key), None)
@@ -111,25 +113,87 @@ def read_lora(spec: LoraSpec) -> dict[str, dict[str, LoraLayer]]:
             raise ZoodipError(f"--lora {spec.path.name} is {kind} ({key}), not a plain LoRA for SD1.x/2.x: zoodip fuses "
                               "plain low-rank LoRAs (kohya's or diffusers' layout) only")
         component, module, part = _split_key(key)
-        if component is None:
+        if component is None or not module.strip("._"):
             raise ZoodipError(f"--lora {spec.path.name}: {key!r} is no LoRA weight of a UNet or text encoder (kohya's "
                               "lora_unet_/lora_te_ or diffusers' unet./text_encoder. layouts are read)")
+        alpha = part == "alpha"
+        if not (tensor.numel() == 1 if alpha else tensor.is_floating_point()) or not bool(tensor.float().isfinite().all()):
+            what = "is not one finite number" if alpha else "holds non-finite values (NaN or infinity) or no floats"
+            raise ZoodipError(f"--lora {spec.path.name}: {key} {what}: the file is damaged")
         layer = layers[component].setdefault(module, LoraLayer(module))
-        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
-            raise ZoodipError(f"--lora {spec.path.name}: {key} holds non-finite values (NaN or infinity): the file is "
-                              "damaged")
-        if part == "alpha":
-            layer.alpha = float(tensor.float().reshape(-1)[0]) if tensor.numel() else None
+        if alpha:
+            layer.alpha = float(tensor.float().reshape(-1)[0])
         else:
             setattr(layer, part, tensor.float())
+    scalings = _peft_scalings(spec, metadata)
     for component, by_module in layers.items():
         for layer in by_module.values():
-            if layer.down is None or layer.up is None:
-                raise ZoodipError(f"--lora {spec.path.name}: layer {layer.module} of the {component} has only one of "
-                                  "its two factors: the file is incomplete")
+            _complete(spec, component, layer, scalings.get(component))
     if not any(layers.values()):
         raise ZoodipError(f"--lora {spec.path.name} holds no LoRA layers")
     return layers
+
+
+MAX_ALPHA_PER_RANK = 1000.0  # LoRAs use alpha / r from about 1/r to a few; far beyond, a damaged file
+
+
+def _complete(spec: LoraSpec, component: str, layer: LoraLayer, scaling: float | None) -> None:
+    """A layer checked to have both factors of one rank >= 1 and an alpha (its own, else diffusers' metadata's
+    ``scaling * r``, else ``r``: scaling 1) within reason."""
+    where = f"--lora {spec.path.name}: layer {layer.module} of the {component}"
+    if layer.down is None or layer.up is None:
+        has = "an alpha but no factors" if layer.down is None and layer.up is None else "only one of its two factors"
+        raise ZoodipError(f"{where} has {has}: the file is incomplete")
+    if layer.down.dim() < 2 or layer.up.dim() < 2 or layer.down.shape[0] < 1 or layer.up.shape[1] != layer.down.shape[0]:
+        raise ZoodipError(f"{where} has factors {list(layer.up.shape)} x {list(layer.down.shape)}, which are not two "
+                          "matrices of one rank >= 1: the file is damaged")
+    rank = layer.down.shape[0]
+    if layer.alpha is None:
+        layer.alpha = rank * (1.0 if scaling is None else scaling)
+    if not abs(layer.alpha) / rank <= MAX_ALPHA_PER_RANK:
+        raise ZoodipError(f"{where} has alpha {layer.alpha:g} for rank {rank}, a factor of {layer.alpha / rank:g}: far "
+                          "past what LoRAs use, the file is damaged")
+
+
+def _read_file(spec: LoraSpec) -> tuple[dict[str, Any], dict[str, str]]:
+    """The file's tensors (torch) and its safetensors metadata."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(spec.path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ZoodipError(f"--lora {spec.path.name}: cannot read it ({first}): the file may be damaged or not a "
+                          "safetensors file") from None
+
+
+def _peft_scalings(spec: LoraSpec, metadata: dict[str, str]) -> dict[str, float]:
+    """``{component: alpha / r}`` from diffusers' ``lora_adapter_metadata`` (PEFT's ``lora_alpha`` and ``r`` by
+    component; ``alpha / sqrt(r)`` with ``use_rslora``), which recent diffusers writes instead of alpha tensors."""
+    text = metadata.get("lora_adapter_metadata")
+    if not text:
+        return {}
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise ZoodipError(f"--lora {spec.path.name}: its lora_adapter_metadata is not a JSON object: the file is damaged")
+    scalings = {}
+    for component in COMPONENTS:
+        r, alpha = meta.get(f"{component}.r"), meta.get(f"{component}.lora_alpha", meta.get(f"{component}.r"))
+        if r is None and alpha is None:
+            continue
+        if meta.get(f"{component}.rank_pattern") or meta.get(f"{component}.alpha_pattern") or \
+                meta.get(f"{component}.use_dora"):
+            raise ZoodipError(f"--lora {spec.path.name}: its metadata gives the {component} per-layer ranks or alphas "
+                              "or DoRA, which zoodip does not read: fuse it with diffusers and export that folder")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e6 for v in (r, alpha)):
+            raise ZoodipError(f"--lora {spec.path.name}: its metadata's {component} r {r!r} and lora_alpha {alpha!r} "
+                              "are not positive numbers: the file is damaged")
+        scalings[component] = alpha / (math.sqrt(r) if meta.get(f"{component}.use_rslora") else r)
+    return scalings
 
 
 def _split_key(key: str) -> tuple[str | None, str, str]:
@@ -150,8 +214,12 @@ def fuse_into(module: Any, component: str, layers: dict[str, LoraLayer], spec: L
     weights = {name: sub.weight for name, sub in module.named_modules() if isinstance(getattr(sub, "weight", None),
                                                                                       torch.Tensor)}
     kohya_names = {name.replace(".", "_"): name for name in weights}
+    placed: dict[str, str] = {}
     for layer in layers.values():
         name = layer.module if layer.module in weights else kohya_names.get(layer.module)
+        if name is not None and placed.setdefault(name, layer.module) != layer.module:
+            raise ZoodipError(f"--lora {spec.path.name} gives the {component} layer {name} twice ({placed[name]} and "
+                              f"{layer.module}): the file is damaged (it would be fused twice)")
         if name is None and re.match(r"(input_blocks|middle_block|output_blocks)_", layer.module):
             raise ZoodipError(f"--lora {spec.path.name} names the UNet's layers in the original SD layout "
                               f"({layer.module}), which zoodip does not map: save it in kohya's diffusers-named layout")
@@ -159,12 +227,15 @@ def fuse_into(module: Any, component: str, layers: dict[str, LoraLayer], spec: L
             raise ZoodipError(f"--lora {spec.path.name}: its {component} layer {layer.module} is not in this model: a "
                               "LoRA made for another model (an SD1.x LoRA fits SD1.x models, an SD2.x one SD2.x)")
         weight, down, up = weights[name], layer.down, layer.up
+        if weight.dim() < 2:
+            raise ZoodipError(f"--lora {spec.path.name}: its {component} layer {layer.module} is a {weight.dim()}-D "
+                              "weight (a norm's or a bias), which no LoRA changes: the file is damaged or foreign")
         if not _fits(weight.shape, down.shape, up.shape):
             raise ZoodipError(f"--lora {spec.path.name}: its {component} layer {layer.module} has factors "
                               f"{list(up.shape)} x {list(down.shape)}, which do not make the model's weight "
                               f"{list(weight.shape)}: a LoRA made for another model")
         rank = down.shape[0]
-        alpha = float(rank) if layer.alpha is None else layer.alpha
+        alpha = layer.alpha if layer.alpha is not None else float(rank)
         delta = (up.reshape(up.shape[0], rank) @ down.reshape(rank, -1)) * (spec.scale * alpha / rank)
         with torch.no_grad():
             weight += delta.reshape(weight.shape).to(weight.dtype)
@@ -188,19 +259,21 @@ def fuse_loras(source: Path, dest: Path, specs: Sequence[LoraSpec],
     as the export reads them); its other parts are links to ``source``'s. Every file is read and every layer placed
     before anything is written."""
     from zoodip_export.onnx_export import load_text_encoder, load_unet
+    from zoodip_export.weights import load_checked
 
     files = [read_lora(spec) for spec in specs]
     dest.mkdir(parents=True)
-    loaders = {"unet": load_unet, "text_encoder": load_text_encoder}
+    loaders = {"unet": ("UNet", load_unet), "text_encoder": ("text encoder", load_text_encoder)}
     for part in sorted(os.listdir(source)):
         if part not in loaders:
             os.symlink(source / part, dest / part)
-    for component, loader in loaders.items():
-        if not any(layers[component] for layers in files):
+    for component, (what, loader) in loaders.items():
+        touching = sum(1 for layers in files if layers[component])
+        if not touching:
             os.symlink(source / component, dest / component)
             continue
-        log(f"fusing {len(specs)} LoRA(s) into the {component}")
-        model = loader(source / component)
+        log(f"fusing {touching} LoRA(s) into the {what}")
+        model = load_checked(what, loader, source / component)
         for spec, layers in zip(specs, files):
             fuse_into(model, component, layers[component], spec)
         model.save_pretrained(str(dest / component), safe_serialization=True)

@@ -14,8 +14,7 @@ import tempfile
 from pathlib import Path
 
 from zoodip.errors import ZoodipError
-
-MANIFEST = "manifest.json"  # an export folder's description (docs/export-format.md)
+from zoodip.manifest import FORMAT, MANIFEST
 
 
 def publish(staging: Path, out_dir: Path) -> None:
@@ -77,7 +76,6 @@ def _process_is_running(pid: int) -> bool:
 
 def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None) -> None:
     """OUT_DIR checked before any work: creatable, not the source, and only an earlier export is replaced."""
-    from zoodip.model import FORMAT
     from zoodip.paths import check_output_dir, lies_within
     from zoodip_export.source_folder import read_json
 

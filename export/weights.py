@@ -1,7 +1,10 @@
 """Checks of a model's weights as torch holds them, before they are exported (a folder's, a single file's)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from zoodip.errors import ZoodipError
 
 
 def first_non_finite(tensors: Mapping[str, Any]) -> str | None:
@@ -11,3 +14,25 @@ def first_non_finite(tensors: Mapping[str, Any]) -> str | None:
 
     return next((name for name, tensor in tensors.items()
                  if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+
+
+def load_checked(component: str, loader: Callable[[Path], Any], folder: Path) -> Any:
+    """``loader(folder)``, its failures and non-finite weights each one line naming the folder (where it is a link
+    into a staging folder, the folder it points to: the user's)."""
+    from safetensors import SafetensorError
+
+    shown = Path(folder).resolve()
+    try:
+        module = loader(folder)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        if not any(path.suffix in (".safetensors", ".bin") for path in Path(folder).iterdir()):
+            raise ZoodipError(f"cannot load the {component}: {shown} holds no weights file (.safetensors): copy the "
+                              "model's weights there") from None
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ZoodipError(f"cannot load the {component} from {shown} ({first_line}): a weights file there may be "
+                          "damaged or incomplete: copy it again") from None
+    broken = first_non_finite(module.state_dict())
+    if broken is not None:  # quantized, they would become arbitrary codes and the export would look done
+        raise ZoodipError(f"the {component} in {shown} holds non-finite values (NaN or infinity) in {broken}: the "
+                          "weights are damaged")
+    return module

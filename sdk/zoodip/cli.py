@@ -269,7 +269,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .infotext import infotext, used_embedding_hashes
     from .latents_file import save_latents
     from .model import ExportedModel, RuntimeOptions
-    from .sampling import sampler_notes
 
     if args.parameters_from is not None:
         image_parameters = _apply_image_parameters(args)
@@ -285,8 +284,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for note in parameter_notes(image_parameters, model, hashes, image_given=args.image is not None,
                                     mask_given=args.mask is not None, latents_given=args.latents is not None):
             warnings.warn(f"--parameters-from {args.parameters_from}: {note}", stacklevel=1)
-    for note in sampler_notes(model, args.sampler, args.guidance_scale):
-        warnings.warn(note, stacklevel=1)
     drawn = [flag for flag in ("seed", "variation_seed") if getattr(args, flag) == -1]  # A1111's "random": said below
     for flag in drawn:
         setattr(args, flag, secrets.randbelow(2**32))
@@ -434,8 +431,8 @@ _INTERRUPTED = {"personalize": "interrupted: resume with --resume (the last chec
 # The API's argument names that open its one-line refusals, as the flags a CLI user typed.
 _FLAG_OF = {name: "--" + name.replace("_", "-") for name in (
     "width", "height", "resolution", "steps", "seed", "strength", "guidance_scale", "guidance_rescale", "clip_skip",
-    "mask_blur", "padding_mask_crop", "hires_scale", "hires_strength", "variation_seed", "variation_strength",
-    "num_images")}
+    "mask_blur", "padding_mask_crop", "hires_scale", "hires_strength", "hires_steps", "variation_seed",
+    "variation_strength", "num_images")}
 
 
 def _given_flags(argv: Sequence[str], args: argparse.Namespace) -> set[str]:

@@ -196,8 +196,9 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
                    help="generate within MB: one UNet pass at a time, one graph in memory at a time, and the VAE "
                         "decoding in overlapping tiles where the whole image would not fit")
     g.add_argument("--latents", default=None, metavar="FILE.npy",
-                   help="initial latents [images, 4, height/8, width/8] instead of the seed's (diffusers' latents=); "
-                        "the same latents give the same images in diffusers")
+                   help="initial latents [images, 4, height/8, width/8] instead of the seed's (diffusers' latents=): "
+                        "the same latents give diffusers' images (euler_a and lcm also draw noise every step, from "
+                        "--seed)")
     g.add_argument("--save-latents", default=None, metavar="FILE.npy", help="write the initial latents used")
     g.add_argument("--out", default="out.png", help="the image file (.png, .jpg, .webp) to write; one that exists is "
                    "replaced (as diffusers' save), never --image or --mask")

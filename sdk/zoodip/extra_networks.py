@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +20,31 @@ LORA_KINDS = ("lora", "lyco")
 LORA_HASH_CHARS = 12  # A1111's "Lora hashes": the first characters of each file's SHA-256
 
 
-def take_out_tags(prompt: str) -> tuple[str, list[tuple[str, str, float]]]:
-    """``prompt`` without its tags (as A1111 reads it) and each tag's ``(kind, name, multiplier)`` (1 when it
-    gives none, or none that reads as a number)."""
-    calls: list[tuple[str, str, float]] = []
+def take_out_tags(prompt: str) -> tuple[str, list[tuple[str, str, tuple[float | None, float | None]]]]:
+    """``prompt`` without its tags (as A1111 reads it) and each tag's ``(kind, name, (te, unet))``: A1111's text-encoder
+    and UNet multipliers (``<lora:NAME:TE:UNET>`` or ``te=``/``unet=``; the UNet's defaults to the text encoder's,
+    which defaults to 1), None for one that is no finite number."""
+    calls: list[tuple[str, str, tuple[float | None, float | None]]] = []
 
     def drop(match: re.Match[str]) -> str:
-        name, _, rest = match.group(2).partition(":")
-        multiplier = rest.partition(":")[0].strip()
-        try:
-            value = float(multiplier) if multiplier else 1.0
-        except ValueError:
-            value = 1.0
-        calls.append((match.group(1).lower(), name.strip(), value if math.isfinite(value) else 1.0))
+        name, *args = match.group(2).split(":")
+        named = dict(arg.split("=", 1) for arg in args if "=" in arg)
+        positional = [arg for arg in args if "=" not in arg]
+        te = _number(named.get("te", positional[0] if positional else "1"))
+        unet = _number(named.get("unet", positional[1] if len(positional) > 1 else None)) if (
+            "unet" in named or len(positional) > 1) else te
+        calls.append((match.group(1).lower(), name.strip(), (te, unet)))
         return ""
 
     return TAG.sub(drop, prompt), calls
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def fused_loras(model: Any) -> dict[str, dict[str, Any]]:
@@ -53,20 +63,43 @@ def lora_hashes(model: Any) -> str:
 
 
 def tag_problems(prompt: str, model: Any) -> list[str]:
-    """One message per tag of ``prompt`` that asks for what the export does not hold (module doc)."""
-    held, problems = fused_loras(model), []
-    for kind, name, multiplier in take_out_tags(prompt)[1]:
-        tag = f"<{kind}:{name}:{multiplier:g}>"
+    """What the tags of ``prompt`` ask for that the export does not hold (module doc): one line per kind of problem,
+    naming the tags (the first few of many)."""
+    held = fused_loras(model)
+    lacking: dict[str, str] = {}
+    other_scale: dict[str, str] = {}
+    other_kind: dict[str, str] = {}
+    for kind, name, (te, unet) in take_out_tags(prompt)[1]:
+        tag = f"<{kind}:{name}:{_shown(te)}" + ("" if unet == te else f":{_shown(unet)}") + ">"
         if kind not in LORA_KINDS:
-            problems.append(f"the prompt's {tag} names an extra network of a kind zoodip has none of ({kind}); the tag "
-                            "is left out, as A1111 leaves every tag out of the text it reads")
+            other_kind[tag] = kind
         elif name not in held:
-            have = ", ".join(f"{other} at {entry.get('scale', 1.0):g}" for other, entry in held.items()) or "none"
-            problems.append(f"the prompt's {tag} asks for a LoRA this export does not hold (it holds {have}): zoodip "
-                            f"fuses LoRAs at export, 'zoodip export SRC OUT --lora {name}.safetensors:{multiplier:g}'; "
-                            "the tag is left out")
-        elif not math.isclose(float(held[name].get("scale", 1.0)), multiplier, abs_tol=1e-6):
-            problems.append(f"the prompt's {tag} asks for {multiplier:g}, but this export holds {name} fused at "
-                            f"{float(held[name].get('scale', 1.0)):g}, which its images use: export again with "
-                            f"--lora {name}.safetensors:{multiplier:g} for another strength")
+            lacking[tag] = shlex.quote(f"{name}.safetensors:{_shown(te)}")
+        elif te is None or unet is None or not all(
+                math.isclose(float(held[name].get("scale", 1.0)), value, abs_tol=1e-6) for value in (te, unet)):
+            other_scale[tag] = f"{float(held[name].get('scale', 1.0)):g}"
+    problems = []
+    if lacking:
+        have = ", ".join(f"{other} at {float(entry.get('scale', 1.0)):g}" for other, entry in held.items()) or "none"
+        problems.append(f"the prompt's {_listed(lacking)} ask{'s' if len(lacking) == 1 else ''} for LoRAs this export "
+                        f"does not hold (it holds {have}): zoodip fuses LoRAs at export, 'zoodip export SRC OUT "
+                        f"--lora {next(iter(lacking.values()))}'; the tags are left out of the text")
+    if other_scale:
+        problems.append(f"the prompt's {_listed(other_scale)} ask{'s' if len(other_scale) == 1 else ''} for another "
+                        f"strength than the export's LoRA holds (fused at {', '.join(dict.fromkeys(other_scale.values()))}"
+                        "), which its images use: a LoRA's strength is fixed at export, export again with --lora "
+                        "FILE:SCALE for another (a multiplier that is no number counts as another)")
+    if other_kind:
+        problems.append(f"the prompt's {_listed(other_kind)} name{'s' if len(other_kind) == 1 else ''} extra networks "
+                        f"of a kind zoodip has none of ({', '.join(dict.fromkeys(other_kind.values()))}); left out of "
+                        "the text, as A1111 leaves every tag out")
     return problems
+
+
+def _shown(value: float | None) -> str:
+    return "?" if value is None else f"{value:g}"
+
+
+def _listed(tags: dict[str, str], first: int = 3) -> str:
+    names = [tag[:60] for tag in tags]
+    return ", ".join(names[:first]) + (f" and {len(names) - first} more" if len(names) > first else "")

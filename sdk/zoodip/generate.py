@@ -121,8 +121,9 @@ def generate(
     noise, rng = seed_noise(seed, (num_images, int(model.latent_channels), h, w), variation_seed, variation_strength)
     noise = checked_latents(latents, noise)
     x0 = None if start is None else _image_latents(model, start.pixels, num_images, rng, budget)
-    latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, eta=eta, rng=rng, callback=done,
-                          image_latents=x0, strength=start.strength if start else 1.0, mask=start.mask if start else None)
+    latents = run_sampler(model, model_fn, noise, sampler=sampler, steps=steps, guidance_scale=guidance_scale, eta=eta,
+                          rng=rng, callback=done, image_latents=x0, strength=start.strength if start else 1.0,
+                          mask=start.mask if start else None)
     return _images(model, latents, plan, budget, start.paste if start else None)
 
 

@@ -42,7 +42,7 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
     check_num_images(num_images)
     check_callback(callback)
     hires_steps = steps if hires_steps is None else hires_steps
-    check_steps(model, hires_steps, sampler)
+    check_steps(model, hires_steps, sampler, name="hires_steps")
     if isinstance(hires_scale, bool) or not isinstance(hires_scale, numbers.Real) or not 1 < hires_scale <= MAX_HIRES_SCALE:
         raise ZoodipError(f"hires_scale must be a number above 1 and at most {MAX_HIRES_SCALE:g} (A1111's 'Upscale by'; "
                           f"2 is its default), got {hires_scale!r}")

@@ -275,8 +275,9 @@ def _read_sampler(name: str, schedule: str | None, settings: dict[str, Any], pro
     if full in by_name:
         settings["sampler"] = by_name[full]
     else:
-        problems["sampler"] = (f"its sampler {full!r:.40} is not one zoodip has ({', '.join(by_name)}): pass "
-                               "--sampler")
+        with_schedule = "" if full == name else f" with the schedule type {schedule!r:.20}"
+        problems["sampler"] = (f"its sampler {name!r:.40}{with_schedule} is not one zoodip has ({', '.join(by_name)}): "
+                               "pass --sampler")
 
 
 def _hash_name(token: str) -> str:

@@ -23,157 +23,15 @@ from .errors import ZoodipError
 from .heap import limit_heap_arenas, return_large_blocks, trim_heap  # noqa: F401  (re-exported for callers)
 from .image_side import check_model_side, sd_unet_side_multiple, unet_side_multiple
 from .integrity import file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
+from .manifest import (FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, latent_scale_problem,  # noqa: F401 (public here)
+                       read_manifest)
 from .runtime_options import (DEFAULT_SPIN_WAIT, RuntimeOptions, apply_export_session,  # noqa: F401 (public here)
                               check_runtime_options)
 from .schedule import NoiseSchedule
 from .tokenizer import CLIPTokenizer
 
-FORMAT = "zoodip-export"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"  # the file that makes a folder an export (docs/export-format.md)
-GRAPHS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
-
-
 # Under a memory budget these graphs run without onnxruntime's CPU arena (``session_options``).
 RUN_ONCE_PER_IMAGE = ("vae_decoder",)
-
-
-def _bad_manifest(path: Path, what: str) -> ZoodipError:
-    return ZoodipError(f"{path} {what}: the export is damaged or foreign, re-run 'zoodip export'")
-
-
-def _inside(folder: Path, relative: object, path: Path, field_name: str) -> Path:
-    """``folder / relative`` for a manifest path that must stay inside the folder (no absolute, no '..')."""
-    if not isinstance(relative, str) or not relative.strip():
-        raise _bad_manifest(path, f"has {field_name} = {relative!r}, not a file name")
-    target = (folder / relative).resolve()
-    if Path(relative).is_absolute() or not target.is_relative_to(folder.resolve()):
-        raise _bad_manifest(path, f"points {field_name} outside the export folder ({relative!r})")
-    return folder / relative
-
-
-def _typed(obj: dict[str, Any], key: str, kinds: tuple[type, ...], path: Path, where: str, required: bool = True,
-           positive: bool = False) -> Any:
-    """``obj[key]`` checked to be one of ``kinds`` (bool never counts as a number)."""
-    if key not in obj or obj[key] is None:
-        if required:
-            raise _bad_manifest(path, f"lacks {where}{key}")
-        return None
-    value = obj[key]
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise _bad_manifest(path, f"has {where}{key} = {value!r} of the wrong type")
-    if positive and not (value > 0 and (not isinstance(value, float) or value < float("inf"))):
-        raise _bad_manifest(path, f"has {where}{key} = {value!r}, not a positive number")
-    return value
-
-
-def latent_scale_problem(value: object) -> str | None:
-    """None for a usable VAE latent scale (``scaling_factor``: a positive finite number), else what is wrong with it.
-    The one rule for the manifest's copy and for the source folder an export reads it from."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        return f"{value!r}, not a positive number"
-    return None
-
-
-def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
-    """Types, required fields and in-folder paths of a manifest (docs/export-format.md); one line per problem."""
-    for key in ("model", "graphs", "files", "token_embeddings"):
-        _typed(manifest, key, (dict,), path, "")
-    _typed(manifest, "session", (dict,), path, "", required=False)
-    model = manifest["model"]
-    for key in ("hidden_size", "latent_channels", "vae_scale_factor", "sample_size"):
-        _typed(model, key, (int,), path, "model.", positive=True)
-    for key in ("cross_attention_dim", "max_length"):
-        _typed(model, key, (int,), path, "model.", required=False, positive=True)
-    halvings = _typed(model, "unet_halvings", (int,), path, "model.", required=False)
-    if halvings is not None and not (0 <= halvings <= 8 and model["sample_size"] % 2 ** halvings == 0):
-        raise _bad_manifest(path, f"has model.unet_halvings = {halvings}, not 0 to 8 or more than its sample_size allows")
-    _typed(model, "unet_upsampling_follows_skips", (bool,), path, "model.", required=False)
-    scale_problem = latent_scale_problem(_typed(model, "scaling_factor", (int, float), path, "model."))
-    if scale_problem:
-        raise _bad_manifest(path, f"has model.scaling_factor = {scale_problem}")
-    _typed(model, "prediction_type", (str,), path, "model.", required=False)
-    files = manifest["files"]
-    for name, info in files.items():
-        _inside(folder, name, path, "a files entry")
-        if not isinstance(info, dict):
-            raise _bad_manifest(path, f"has files[{name!r}] = {info!r}, not an object")
-        size = _typed(info, "bytes", (int,), path, f"files[{name!r}].", required=False)
-        if size is not None and size < 0:
-            raise _bad_manifest(path, f"has a negative size for {name!r}")
-        digest = _typed(info, "sha256", (str,), path, f"files[{name!r}].", required=False)
-        if digest is not None and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
-            raise _bad_manifest(path, f"has files[{name!r}].sha256 = {digest!r}, not a sha256")
-    for name in GRAPHS:
-        graph = _typed(manifest["graphs"], name, (dict,), path, "graphs.")
-        for key in ("file", "external_data"):
-            relative = _typed(graph, key, (str,), path, f"graphs.{name}.", required=key == "file")
-            if relative is not None:
-                _inside(folder, relative, path, f"graphs.{name}.{key}")
-                if relative not in files:  # every weight file is size- and hash-checked
-                    raise _bad_manifest(path, f"does not list graphs.{name}.{key} {relative!r} among its files")
-        _typed(graph, "inputs", (dict,), path, f"graphs.{name}.", required=False)
-    table = _typed(manifest["token_embeddings"], "file", (str,), path, "token_embeddings.")
-    _inside(folder, table, path, "token_embeddings.file")
-    for key in ("tokenizer", "scheduler"):
-        _inside(folder, _typed(manifest, key, (str,), path, ""), path, key)
-    curvature = _typed(manifest, "curvature", (dict,), path, "", required=False)
-    if curvature is not None:
-        relative = _typed(curvature, "file", (str,), path, "curvature.")
-        _inside(folder, relative, path, "curvature.file")
-        if relative not in files:
-            raise _bad_manifest(path, f"does not list curvature.file {relative!r} among its files")
-    session = manifest.get("session") or {}
-    _typed(session, "disable_quant_qdq", (bool,), path, "session.", required=False)
-    disabled = _typed(session, "disabled_optimizers", (list,), path, "session.", required=False)
-    if disabled is not None and not all(isinstance(x, str) for x in disabled):
-        raise _bad_manifest(path, "has session.disabled_optimizers that are not all names")
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """Read and check ``MANIFEST`` of an export folder (fields, paths, files present, sizes)."""
-    if not str(folder).strip():
-        raise ZoodipError("the export folder's path is empty: pass the folder 'zoodip export' wrote")
-    folder = Path(folder)
-    if folder.is_file():
-        raise ZoodipError(f"{folder} is a file, not an export folder: " + (f"export it once with 'zoodip export {folder.name} "
-                          "OUT_DIR', then pass OUT_DIR" if folder.suffix.lower() in (".safetensors", ".ckpt") else f"pass the folder that holds {MANIFEST}"))
-    if not folder.is_dir():
-        raise ZoodipError(f"export folder {folder} does not exist: create it with 'zoodip export'")
-    path = folder / MANIFEST
-    if not path.is_file():
-        if (folder / "model_index.json").is_file():  # the diffusers folder itself, as diffusers' scripts take it
-            raise ZoodipError(f"{folder} is a diffusers folder, not a zoodip export: convert it once with "
-                              f"'zoodip export {folder} EXPORT_DIR' and pass EXPORT_DIR")
-        raise ZoodipError(f"{folder} has no manifest.json: it is not a zoodip export (run 'zoodip export')")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ZoodipError(f"{path} is not valid JSON ({exc}): re-run 'zoodip export'") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ZoodipError(f"{path} is not a zoodip export manifest: re-run 'zoodip export'")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ZoodipError(
-            f"{path} has format_version {manifest.get('format_version')}, this SDK reads {FORMAT_VERSION}: "
-            "re-export with this version of zoodip"
-        )
-    for key in ("model", "graphs", "files", "token_embeddings", "tokenizer", "scheduler"):
-        if key not in manifest:
-            raise ZoodipError(f"{path} lacks '{key}': the export is incomplete, re-run 'zoodip export'")
-    for name in GRAPHS:
-        if not isinstance(manifest["graphs"], dict) or name not in manifest["graphs"]:
-            raise ZoodipError(f"{path} lists no '{name}' graph: re-run 'zoodip export'")
-    check_manifest(manifest, folder, path)
-    for name, info in manifest["files"].items():
-        file = folder / name
-        if not file.is_file():
-            raise ZoodipError(f"{file} is missing: the export folder is partial, re-run 'zoodip export'")
-        if "bytes" in info and file.stat().st_size != info["bytes"]:
-            raise ZoodipError(
-                f"{file} has {file.stat().st_size} bytes, the manifest says {info['bytes']}: "
-                "the file is damaged, re-run 'zoodip export'"
-            )
-    return manifest
 
 
 def clip_skip_problem(clip_skip: object, layers: int) -> str:
@@ -210,6 +68,8 @@ class ExportedModel:
             scheduler_config = json.loads(scheduler_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ZoodipError(f"cannot read {scheduler_path} ({exc}): re-run 'zoodip export'") from None
+        if not isinstance(scheduler_config, dict):
+            raise ZoodipError(f"{scheduler_path} is not a JSON object (a scheduler config): re-run 'zoodip export'")
         if "prediction_type" in info:
             scheduler_config.setdefault("prediction_type", info["prediction_type"])
         self.scheduler_config: dict[str, Any] = scheduler_config  # samplers read the inference settings

@@ -18,18 +18,22 @@ def syntax_problems(prompts: Sequence[str], weighted: bool, chunked: bool = Fals
     """A1111 syntax read as plain text (explicit weights, prompt editing and, outside the ``negative`` prompt's
     texts, where A1111 reads it as a word too, AND, under "none"), or not read at all (BREAK where the UNet reads 77
     text states only, editing in a prompt too long or deep to read)."""
+    negative_tags = [f"the negative prompt's {match.group(0)[:40]} is read as words, as A1111 reads it there (it takes "
+                     "extra-network tags out of the prompt only; zoodip fuses LoRAs at export)"
+                     for text in negative for match in TAG.finditer(text or "")][:1]
     if weighted:
-        return [problem for text in prompts if text
-                for problem in unsupported_problems(text, chunked) + schedule_problems(text)]
+        return negative_tags + [problem for text in prompts if text
+                                for problem in unsupported_problems(text, chunked) + schedule_problems(text)]
     syntax = {"emphasis syntax '(words:1.3)'": looks_weighted, "prompt editing or alternation '[a:b:0.5]', '[a|b]'":
               lambda text: parse_schedule(text) is not None,
               "AND (composable diffusion)": lambda text: text not in negative and AND_SEPARATOR.search(_words(text)),
               "BREAK (a new 75-token chunk)": lambda text: has_break(_words(text)),
               "extra-network tag '<lora:name:1>' (LoRAs are fused at export here: 'zoodip export --lora')":
               lambda text: text not in negative and TAG.search(text)}
-    return [f"the prompt {_shortened(text)} uses A1111's {name}, read here as plain text (as diffusers does): pass "
-            "--prompt-weighting a1111 (prompt_weighting='a1111') to read it as A1111 does"
-            for text in prompts if text for name, found in syntax.items() if found(text)]
+    return negative_tags + [
+        f"the prompt {_shortened(text)} uses A1111's {name}, read here as plain text (as diffusers does): pass "
+        "--prompt-weighting a1111 (prompt_weighting='a1111') to read it as A1111 does"
+        for text in prompts if text for name, found in syntax.items() if found(text)]
 
 
 # Where A1111's emphasis is asked for but the export's UNet reads 77 text states only.
@@ -84,7 +88,9 @@ def unloaded_token_problems(texts: Sequence[str], loaded: Sequence[str], tokeniz
     """One message per ``<word>`` in ``texts`` that no loaded embedding answers to: the tokenizer would read
     it as plain text (its pieces '<', 'my', '-', 'dog', '>'), and the image silently lacks the concept. A word
     that ``tokenizer`` already holds as a placeholder is not plain text (its missing vectors are an error)."""
-    seen = sorted({word for text in texts if text for word in _PLACEHOLDER_WORD.findall(text)} - set(loaded))
+    # (A1111's extra-network tags, <lora:name:1>, are said apart: syntax_problems, extra_networks.tag_problems.)
+    seen = sorted({word for text in texts if text for word in _PLACEHOLDER_WORD.findall(TAG.sub(" ", text))}
+                  - set(loaded))
     if tokenizer is not None:
         base = int(tokenizer.base_vocab_size)
         seen = [word for word in seen if not any(int(i) >= base for i in np.asarray(tokenizer([word]))[0])]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -112,28 +113,39 @@ def sampling_plan(model: Any, sampler: str, steps: int) -> SamplingPlan:
     return SamplingPlan(sampler, timesteps, sigmas, init, final, kind.sigma_space)
 
 
-def check_steps(model: Any, steps: object, sampler: str | None = None) -> None:
-    """Sampling steps: an integer from 1 to the model's training timesteps (for ``sampler`` "lcm", to its
-    distillation schedule's length)."""
+def check_steps(model: Any, steps: object, sampler: str | None = None, name: str = "steps") -> None:
+    """Sampling steps (``name``: the argument that gave them): an integer from 1 to the model's training timesteps
+    (for ``sampler`` "lcm", to its distillation schedule's length)."""
     num_train = int(model.schedule.num_train_timesteps)
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_train:
-        raise ZoodipError(f"steps must be an integer from 1 to {num_train}, got {steps!r} (20-30 is typical)")
     if sampler == "lcm":
-        lcm_timesteps(num_train, int(steps), lcm_settings(model)[0])
+        original = lcm_settings(model)[0]
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= original:
+            raise ZoodipError(f"{name} must be an integer from 1 to {original} for the lcm sampler (the schedule its "
+                              f"model was distilled on; 4-8 is typical), got {steps!r}")
+    elif isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_train:
+        raise ZoodipError(f"{name} must be an integer from 1 to {num_train}, got {steps!r} (20-30 is typical)")
+
+
+# The lcm sampler's settings in a scheduler config: LCMScheduler's keys, its defaults, and what each may hold.
+_LCM_KEYS = {"original_inference_steps": (50, "an integer from 1 to the training timesteps (LCM's: 50)"),
+             "timestep_scaling": (10.0, "a number from 1e-3 to 1e3 (LCM's: 10)")}
 
 
 def lcm_settings(model: Any) -> tuple[int, float]:
     """The lcm sampler's ``(original_inference_steps, timestep_scaling)`` from the model's scheduler config
     (``LCMScheduler``'s keys; its defaults 50 and 10 where the config is another scheduler's)."""
-    config = scheduler_config(model)
-    original, scaling = config.get("original_inference_steps", 50), config.get("timestep_scaling", 10.0)
-    if isinstance(original, bool) or not isinstance(original, int) or original < 1:
-        raise ZoodipError(f"the scheduler config's original_inference_steps must be a positive integer, got "
-                          f"{original!r}: re-run 'zoodip export' or mend scheduler/scheduler_config.json")
-    if isinstance(scaling, bool) or not isinstance(scaling, numbers.Real) or not 0 < scaling < math.inf:
-        raise ZoodipError(f"the scheduler config's timestep_scaling must be a positive number, got {scaling!r}: "
-                          "re-run 'zoodip export' or mend scheduler/scheduler_config.json")
-    return original, float(scaling)
+    config, num_train = scheduler_config(model), int(model.schedule.num_train_timesteps)
+    original, scaling = (config.get(key, default) for key, (default, _) in _LCM_KEYS.items())
+    bad = [key for key, value, fits in (
+        ("original_inference_steps", original, lambda v: isinstance(v, int) and 1 <= v <= num_train),
+        ("timestep_scaling", scaling, lambda v: isinstance(v, numbers.Real) and 1e-3 <= v <= 1e3))
+        if isinstance(value, bool) or not fits(value)]
+    if bad:
+        key = bad[0]
+        given = f"{config[key]!r}" if key in config else f"its default {_LCM_KEYS[key][0]!r}, past {num_train} steps"
+        raise ZoodipError(f"the lcm sampler reads the scheduler config's {key}, which must be {_LCM_KEYS[key][1]}: "
+                          f"got {given}; mend the export's scheduler_config.json or re-export the model")
+    return int(original), float(scaling)
 
 
 def steps_run(steps: int, strength: float | None = None) -> int:
@@ -148,17 +160,22 @@ def steps_run(steps: int, strength: float | None = None) -> int:
     return int(keep)
 
 
-def sampler_notes(model: Any, sampler: str, guidance_scale: float) -> list[str]:
-    """What a user should hear about a sampler choice that works but is likely not what the model is made for."""
-    consistency = scheduler_config(model).get("_class_name") == "LCMScheduler"
-    if consistency and sampler != "lcm":
-        return [f"the export's scheduler is LCMScheduler (a latent consistency model, such as SD with the LCM-LoRA "
-                f"fused in), made for --sampler lcm --steps 4 --guidance-scale 1; --sampler {sampler} may give blurred "
-                "images"]
-    if sampler == "lcm" and guidance_scale > 2:
-        return [f"the lcm sampler is made for a guidance scale of 1 to 2 (1 also halves the work), not "
-                f"{guidance_scale:g}: its images may come out overcooked"]
-    return []
+def sampler_notes(model: Any, sampler: str, guidance_scale: float | None = None) -> list[str]:
+    """What a user should hear about a sampler choice that works but may not be what the model is made for, or
+    settings of its scheduler config that no sampler here applies."""
+    config, notes = scheduler_config(model), []
+    if config.get("_class_name") == "LCMScheduler" and sampler != "lcm":
+        notes.append(f"the export's scheduler is LCMScheduler (a latent consistency model, such as SD with the LCM-LoRA "
+                     f"fused in), made for --sampler lcm --steps 4 --guidance-scale 1; --sampler {sampler} may give "
+                     "blurred images")
+    if sampler == "lcm" and guidance_scale is not None and guidance_scale > 2:
+        notes.append(f"the lcm sampler is made for a guidance scale of 1 to 2 (1 also halves the work), not "
+                     f"{guidance_scale:g}: its images may come out overcooked")
+    unapplied = [key for key in ("clip_sample", "thresholding") if config.get(key) is True]
+    if unapplied:  # SD's configs set both off; diffusers' schedulers would clamp the predicted x0
+        notes.append(f"the scheduler config asks for {' and '.join(unapplied)}, which zoodip's samplers do not apply "
+                     "(Stable Diffusion's configs leave them off): the images may differ from diffusers'")
+    return notes
 
 
 def check_sampler(sampler: object) -> None:
@@ -200,6 +217,7 @@ def run_sampler(
     *,
     sampler: str = "dpmpp_2m",
     steps: int = 25,
+    guidance_scale: float | None = None,
     eta: float = 0.0,
     rng: np.random.Generator | None = None,
     callback: ProgressCallback | None = None,
@@ -209,8 +227,11 @@ def run_sampler(
 ) -> np.ndarray:
     """Denoise unit ``noise`` into latents with ``model``'s schedule and scheduler settings; with ``image_latents``,
     their noised version over the last ``strength`` of the steps instead (image-to-image); with a latent ``mask``
-    too (1: redraw, 0: keep), the kept part put back after every step (``KeptRegion``, inpainting)."""
+    too (1: redraw, 0: keep), the kept part put back after every step (``KeptRegion``, inpainting). ``sampler_notes``
+    for this call (``guidance_scale``: the call's, for the notes only) are warnings."""
     plan = sampling_plan(model, sampler, steps)
+    for note in sampler_notes(model, sampler, guidance_scale):
+        warnings.warn(note, stacklevel=2)  # generate()'s line: said once for both passes of the hires fix
     # As diffusers' inpainting pipelines: at strength 1 the masked part starts from noise alone, without the image's trace.
     from_noise = image_latents is None or (mask is not None and strength == 1.0)
     plan = plan if from_noise else image_to_image(plan, strength)

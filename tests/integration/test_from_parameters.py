@@ -71,7 +71,7 @@ def test_what_cannot_be_made_again_is_one_line_unless_a_flag_gives_it(tiny_expor
     Image.new("RGB", (8, 8)).save(tmp_path / "sde.png", pnginfo=info)
     out = tmp_path / "o.png"
     assert_one_line_error(*run_cli(_generate(tiny_export, out, "--parameters-from", tmp_path / "sde.png"),
-                                   capsys)[::2], "its sampler 'DPM++ SDE Karras' is not one zoodip has")
+                                   capsys)[::2], "its sampler 'DPM++ SDE' with the schedule type 'Karras' is not one zoodip has")
     assert not out.exists()
     assert run_cli(_generate(tiny_export, out, "--parameters-from", tmp_path / "sde.png", "--sampler", "euler"),
                    capsys)[0] == 0

@@ -67,14 +67,14 @@ def test_lcm_matches_lcm_scheduler_with_the_same_noise(prediction_type: str, ste
 
 def test_lcm_steps_and_settings_are_checked_before_any_work() -> None:
     model = FakeModel()
-    with pytest.raises(ZoodipError, match="lcm sampler takes 1 to 50 steps"):
+    with pytest.raises(ZoodipError, match="steps must be an integer from 1 to 50 for the lcm sampler"):
         generate(model, "a dog", sampler="lcm", steps=60)
     assert model.text_calls == [] and model.unet_batches == []
     model.scheduler_config = dict(model.scheduler_config, original_inference_steps="50")
-    with pytest.raises(ZoodipError, match="original_inference_steps must be a positive integer"):
+    with pytest.raises(ZoodipError, match="config's original_inference_steps, which must be an integer from 1"):
         generate(model, "a dog", sampler="lcm", steps=4)
     model.scheduler_config = dict(model.scheduler_config, original_inference_steps=8, timestep_scaling=float("nan"))
-    with pytest.raises(ZoodipError, match="timestep_scaling must be a positive number"):
+    with pytest.raises(ZoodipError, match="config's timestep_scaling, which must be a number from 1e-3 to 1e3"):
         generate(model, "a dog", sampler="lcm", steps=4)
     model.scheduler_config["timestep_scaling"] = 10
     assert len(generate(model, "a dog", sampler="lcm", steps=8, guidance_scale=1.0)) == 1
@@ -141,3 +141,41 @@ def test_export_refuses_a_unet_with_a_guidance_embedding(tiny_sd_folder, tmp_pat
     code, _, err = run_cli(["export", distilled, out, "--quiet"], capsys)
     assert_one_line_error(code, err, "takes a guidance-scale embedding")
     assert "--sampler lcm" in err and not out.exists()
+
+
+def test_lcm_notes_come_after_the_checks_and_through_the_api(tiny_export, tmp_path, capsys) -> None:
+    base = ["generate", "--model", tiny_export, "--prompt", "a red star", "--sampler", "lcm", "--out", tmp_path / "a.png"]
+    code, _, err = run_cli([*base, "--guidance-scale", "200"], capsys)  # refused: no note before the error line
+    assert_one_line_error(code, err, "--guidance-scale")
+    code, _, err = run_cli([*base, "--steps", "60", "--guidance-scale", "7"], capsys)
+    assert_one_line_error(code, err, "--steps must be an integer from 1 to 50 for the lcm sampler")
+    code, _, err = run_cli([*base, "--steps", "4", "--hires-scale", "1.5", "--hires-steps", "60"], capsys)
+    assert_one_line_error(code, err, "--hires-steps must be an integer from 1 to 50 for the lcm sampler")
+    code, _, err = run_cli([*base, "--steps", "2", "--guidance-scale", "7", "--hires-scale", "1.5"], capsys)
+    assert code == 0 and err.count("warning: ") == 1 and "guidance scale of 1 to 2" in err  # once for both passes
+    from zoodip.model import ExportedModel
+
+    with pytest.warns(UserWarning, match="guidance scale of 1 to 2"):
+        generate(ExportedModel.load(tiny_export), "a red star", sampler="lcm", steps=2, guidance_scale=7.0)
+
+
+@pytest.mark.parametrize("config,needle", [
+    ({"timestep_scaling": 1e160}, "timestep_scaling, which must be a number from 1e-3 to 1e3"),
+    ({"original_inference_steps": 5000}, "original_inference_steps, which must be an integer from 1 to the")])
+def test_lcm_settings_out_of_range_are_one_line(tiny_export, tmp_path, capsys, config, needle) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    path = export / "scheduler_config.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), **config)))
+    manifest = json.loads((export / "manifest.json").read_text())  # the file's size and hash, as changed here
+    manifest["files"]["scheduler_config.json"] = {"bytes": path.stat().st_size}
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(["generate", "--model", export, "--prompt", "a red star", "--sampler", "lcm", "--steps", "4",
+                            "--out", tmp_path / "a.png"], capsys)
+    assert_one_line_error(code, err, needle)
+
+
+def test_scheduler_settings_no_sampler_applies_are_said() -> None:
+    model = FakeModel()
+    model.scheduler_config = dict(model.scheduler_config, clip_sample=True, thresholding=True)
+    assert "asks for clip_sample and thresholding, which zoodip's samplers do not apply" in sampler_notes(model, "lcm")[0]

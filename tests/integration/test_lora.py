@@ -89,7 +89,8 @@ def test_kohya_and_diffusers_layouts_fuse_as_by_hand(tiny_sd_folder, tmp_path) -
     assert not any(p.name.startswith("_source") for p in (tmp_path / "fused").iterdir())
     assert (tiny_sd_folder / "unet").is_dir() and not (tiny_sd_folder / "unet").is_symlink()  # the source untouched
 
-    # diffusers' PEFT layout (lora_A = down, lora_B = up, no alpha: alpha = r) of the same factors, at scale 1.
+    # diffusers' PEFT layout (lora_A = down, lora_B = up) of the same factors, at scale 1, its alpha in the file's
+    # metadata as recent diffusers writes it (save_lora_weights(..., unet_lora_adapter_metadata=...)): alpha 8, r 4.
     from safetensors.torch import load_file
 
     kohya = load_file(str(lora))
@@ -98,9 +99,11 @@ def test_kohya_and_diffusers_layouts_fuse_as_by_hand(tiny_sd_folder, tmp_path) -
         old = ("lora_unet_" if component == "unet" else "lora_te_") + module.replace(".", "_")
         peft[f"{component}.{module}.lora_A.weight"] = kohya[f"{old}.lora_down.weight"]
         peft[f"{component}.{module}.lora_B.weight"] = kohya[f"{old}.lora_up.weight"]
-    save_file(peft, str(tmp_path / "peft.safetensors"))
+    metadata = {f"{component}.{key}": value for component in ("unet", "text_encoder")
+                for key, value in (("r", RANK), ("lora_alpha", 8))}
+    save_file(peft, str(tmp_path / "peft.safetensors"), metadata={"lora_adapter_metadata": json.dumps(metadata)})
     export_fp32(tiny_sd_folder, tmp_path / "peft", loras=[LoraSpec(tmp_path / "peft.safetensors", 1.0)])
-    export_fp32(fused_by_hand(tiny_sd_folder, tmp_path / "by-hand-1", shapes, 1.0, RANK), tmp_path / "ref-1")
+    export_fp32(fused_by_hand(tiny_sd_folder, tmp_path / "by-hand-1", shapes, 1.0, 8.0), tmp_path / "ref-1")
     assert np.abs(image(tmp_path / "peft") - image(tmp_path / "ref-1")).max() <= 1
 
 
@@ -114,7 +117,10 @@ def _mutated(path, tensors: dict[str, torch.Tensor], drop: str = "", **extra: to
     ("loha", "is LoHa"), ("sdxl", "is SDXL"), ("unknown-key", "no LoRA weight"), ("half", "only one of its two"),
     ("not-in-model", "not in this model"), ("wrong-shape", "do not make the model's weight"),
     ("ldm-names", "original SD layout"), ("nan", "non-finite"), ("huge-scale", "past +-10"),
-    ("overflow", "gives non-finite weights"), ("twice", "given twice"), ("folder", "is a folder")])
+    ("overflow", "gives non-finite weights"), ("huge-alpha", "far past what LoRAs use"), ("twice", "given twice"),
+    ("folder", "is a folder"), ("rank-0", "not two matrices of one rank >= 1"), ("int-factors", "no floats"),
+    ("both-spellings", "twice"), ("norm-layer", "which no LoRA changes"), ("peft-patterns", "per-layer ranks"),
+    ("empty", "--lora is empty")])
 def test_a_lora_that_does_not_fit_is_one_line_and_nothing_written(tiny_sd_folder, tmp_path, capsys, case,
                                                                   needle) -> None:
     good = kohya_file(tmp_path / "good.safetensors", model_shapes(tiny_sd_folder))
@@ -154,16 +160,65 @@ def test_a_lora_that_does_not_fit_is_one_line_and_nothing_written(tiny_sd_folder
     elif case == "huge-scale":
         arg = f"{good}:20"
     elif case == "overflow":
+        tensors["lora_unet_mid_block_resnets_0_conv1.lora_up.weight"] *= 1e30  # finite factors, an infinite product
+        tensors["lora_unet_mid_block_resnets_0_conv1.lora_down.weight"] *= 1e30
+        _mutated(bad, tensors)
+    elif case == "huge-alpha":
         _mutated(bad, tensors, **{"lora_unet_mid_block_resnets_0_conv1.alpha": torch.tensor(3e38)})
-        arg = f"{bad}:10"
     elif case == "folder":
         arg = str(tmp_path)
+    elif case == "empty":
+        arg = ""
+    elif case == "rank-0":
+        name = "lora_unet_mid_block_resnets_0_conv1"
+        _mutated(bad, tensors, drop=name, **{f"{name}.lora_up.weight": torch.ones(64, 0, 1, 1),
+                                             f"{name}.lora_down.weight": torch.ones(0, 64, 3, 3)})
+    elif case == "int-factors":
+        tensors["lora_unet_mid_block_resnets_0_conv1.lora_up.weight"] = torch.ones(64, RANK, 1, 1, dtype=torch.int32)
+        _mutated(bad, tensors)
+    elif case == "both-spellings":  # kohya's and diffusers' names of one layer: it would be fused twice
+        name = "down_blocks.0.attentions.0.proj_in"
+        kohya = "lora_unet_" + name.replace(".", "_")
+        _mutated(bad, tensors, **{f"unet.{name}.lora_A.weight": tensors[f"{kohya}.lora_down.weight"].clone(),
+                                  f"unet.{name}.lora_B.weight": tensors[f"{kohya}.lora_up.weight"].clone()})
+    elif case == "norm-layer":
+        _mutated(bad, tensors, **{"lora_unet_mid_block_resnets_0_norm1.lora_up.weight": torch.ones(64, 1),
+                                  "lora_unet_mid_block_resnets_0_norm1.lora_down.weight": torch.ones(1, 64)})
+    elif case == "peft-patterns":
+        peft = {f"unet.{LAYERS[0][1]}.lora_A.weight": torch.ones(RANK, 32),
+                f"unet.{LAYERS[0][1]}.lora_B.weight": torch.ones(32, RANK)}
+        save_file(peft, str(bad), metadata={"lora_adapter_metadata": json.dumps(
+            {"unet.r": RANK, "unet.lora_alpha": 8, "unet.rank_pattern": {"to_k": 2}})})
     out = tmp_path / "out"
     extra = ["--lora", f"{good}:0.5"] if case == "twice" else []
     code, _, err = run_cli(["export", tiny_sd_folder, out, "--lora", arg if case != "twice" else str(good), *extra,
                             "--precision", "fp32", "--no-parity", "--curvature-samples", "0", "--quiet"], capsys)
     assert_one_line_error(code, err, needle)
     assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_a_damaged_source_is_named_as_without_a_lora(tiny_sd_folder, tmp_path, capsys) -> None:
+    """The source's weights are loaded for the fusion as for the export: a truncated file or NaN is one line naming the
+    source folder (not the staging folder the fused model is written to)."""
+    lora = kohya_file(tmp_path / "style.safetensors", model_shapes(tiny_sd_folder))
+    truncated, poisoned = tmp_path / "truncated", tmp_path / "poisoned"
+    for folder in (truncated, poisoned):
+        shutil.copytree(tiny_sd_folder, folder)
+    weights = truncated / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    vae = poisoned / "vae" / "diffusion_pytorch_model.safetensors"  # a part the LoRA does not touch
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(vae))
+    next(iter(tensors.values())).view(-1)[0] = float("nan")
+    save_file(tensors, str(vae))
+    for source, needle in ((truncated, f"cannot load the UNet from {(truncated / 'unet').resolve()}"),
+                           (poisoned, f"the VAE in {(poisoned / 'vae').resolve()} holds non-finite values")):
+        out = tmp_path / f"out-{source.name}"
+        code, _, err = run_cli(["export", source, out, "--lora", lora, "--precision", "fp32", "--no-parity",
+                                "--curvature-samples", "0", "--quiet"], capsys)
+        assert_one_line_error(code, err, needle)
+        assert not out.exists()
 
 
 def test_lora_arguments_read_a_scale_after_the_last_colon(tmp_path) -> None:
@@ -192,10 +247,13 @@ def fused_export(tiny_sd_folder, tmp_path_factory):
 
 
 def test_tags_are_taken_out_as_a1111_does() -> None:
-    text, calls = take_out_tags("a <lora:style:0.7> cat, <hypernet:x> <LoRA:y:0.5:0.2>, <lora:z:abc>")
-    assert text == "a  cat,  , " and calls == [("lora", "style", 0.7), ("hypernet", "x", 1.0), ("lora", "y", 0.5),
-                                                 ("lora", "z", 1.0)]
-    assert take_out_tags("a <b> c <d:>")[1] == [] and take_out_tags("(x:1.2) <lora:n:inf>")[1] == [("lora", "n", 1.0)]
+    text, calls = take_out_tags("a <lora:style:0.7> cat, <hypernet:x> <LoRA:y:0.5:0.2>, <lora:z:abc> "
+                                "<lora:w:te=0.3:unet=0.4>")
+    assert text == "a  cat,  ,  " and calls == [
+        ("lora", "style", (0.7, 0.7)), ("hypernet", "x", (1.0, 1.0)), ("lora", "y", (0.5, 0.2)),  # text encoder, UNet
+        ("lora", "z", (None, None)), ("lora", "w", (0.3, 0.4))]
+    assert take_out_tags("a <b> c <d:>")[1] == [] and take_out_tags("(x:1.2) <lora:n:inf>")[1] == [("lora", "n",
+                                                                                                    (None, None))]
 
 
 def test_a_tag_is_checked_against_the_loras_the_export_holds(fused_export) -> None:
@@ -207,6 +265,10 @@ def test_a_tag_is_checked_against_the_loras_the_export_holds(fused_export) -> No
                                       for tag in ("<lora:other:1>", "<lora:style:0.5>", "<hypernet:h:1>"))
     assert "does not hold (it holds style at 0.7)" in lacking[0] and "--lora other.safetensors:1" in lacking[0]
     assert "fused at 0.7" in other_scale[0] and "kind zoodip has none of" in hypernet[0]
+    assert len(tag_problems("a <lora:style:0.7:0.5> <lora:style:x>", model)) == 1  # UNet's multiplier, no number
+    many = tag_problems(" ".join(f"<lora:n{i}:1>" for i in range(200)) + " <lora:style:0.2> <hypernet:h>", model)
+    assert len(many) == 3 and "and 197 more" in many[0]  # one line per kind of problem, however many tags
+    assert "'it'\"'\"'s.safetensors:1'" in tag_problems("<lora:it's:1>", model)[0]  # a command to paste, quoted
 
 
 def test_generate_reads_the_tags_as_a1111_and_writes_lora_hashes(fused_export, tmp_path, capsys) -> None:
@@ -224,7 +286,10 @@ def test_generate_reads_the_tags_as_a1111_and_writes_lora_hashes(fused_export, t
     code, _, err = run_cli([*base, "--prompt", "a red star <lora:style:0.4>", "--out", tmp_path / "b.png"], capsys)
     assert code == 0 and err.count("warning: ") == 1 and "fused at 0.7" in err
     code, _, err = run_cli([*base[:-2], "--prompt", "a red star <lora:style:0.7>", "--out", tmp_path / "c.png"], capsys)
-    assert code == 0 and "extra-network tag" in err and "read here as plain text" in err
+    assert code == 0 and err.count("warning: ") == 1 and "extra-network tag" in err and "read here as plain text" in err
+    code, _, err = run_cli([*base, "--prompt", "a red star", "--negative-prompt", "<lora:style:1>", "--out",
+                            tmp_path / "d.png"], capsys)  # A1111 reads a negative prompt's tag as words too
+    assert code == 0 and err.count("warning: ") == 1 and "negative prompt's <lora:style:1> is read as words" in err
     code, out, _ = run_cli(["info", fused_export], capsys)
     assert code == 0 and f"LoRAs fused in: style at 0.7 (sha256 {digest})" in out
 
@@ -237,3 +302,29 @@ def test_an_image_made_with_loras_says_so_when_made_again_without_them(fused_exp
     code, _, err = run_cli(["generate", "--model", tiny_export, "--parameters-from", image, "--out",
                             tmp_path / "again.png"], capsys)
     assert code == 0 and "made with the LoRAs style: " in err and "this export holds none" in err
+
+
+GOOD_ENTRY = {"file": "style.safetensors", "sha256": "ab" * 32, "scale": 0.7}
+
+
+@pytest.mark.parametrize("source,needle", [
+    ("x", "has source = 'x' of the wrong type"), ({"loras": "style"}, "source.loras = 'style' of the wrong type"),
+    ({"loras": [1]}, "source.loras[0] = '1', not an object"),
+    ({"loras": [{k: v for k, v in GOOD_ENTRY.items() if k != "sha256"}]}, "lacks source.loras[0].sha256"),
+    ({"loras": [dict(GOOD_ENTRY, scale="0.7")]}, "source.loras[0].scale = '0.7' of the wrong type"),
+    ({"loras": [dict(GOOD_ENTRY, scale=10 ** 400)]}, "not a finite number"),
+    ({"loras": [dict(GOOD_ENTRY, file=" ")]}, "an empty source.loras[0].file"),
+    ({"loras": [GOOD_ENTRY] * 65}, "more than 64"), ("scheduler-list", "is not a JSON object (a scheduler config)")])
+def test_a_damaged_source_entry_or_scheduler_config_is_one_line(tiny_export, tmp_path, capsys, source, needle) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export, export)
+    manifest = json.loads((export / "manifest.json").read_text())
+    if source == "scheduler-list":
+        (export / "scheduler_config.json").write_text("[1, 2]")
+        manifest["files"]["scheduler_config.json"] = {"bytes": 6}
+    else:
+        manifest["source"] = source
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    for args in (["info", export], ["generate", "--model", export, "--prompt", "a", "--out", tmp_path / "a.png"]):
+        code, _, err = run_cli(args, capsys)
+        assert_one_line_error(code, err, needle)
