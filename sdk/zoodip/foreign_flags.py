@@ -67,8 +67,8 @@ GENERATE_FLAGS: dict[str, str] = {
                     "--out DIR/NAME.png",
     "--scheduler": "pick the sampler with --sampler (dpmpp_2m = DPMSolverMultistepScheduler, ddim, euler, "
                    "dpmpp_2m_karras, euler_a = EulerAncestralDiscreteScheduler, lcm = LCMScheduler)",
-    "--sampler_name": "use --sampler (dpmpp_2m_karras is A1111's 'DPM++ 2M Karras', euler_a its 'Euler a', lcm its "
-                      "'LCM')",
+    "--sampler_name": "use --sampler (dpmpp_2m_karras is A1111's 'DPM++ 2M Karras', dpmpp_2m_sde_karras its "
+                      "'DPM++ 2M SDE Karras', euler_a its 'Euler a', lcm its 'LCM')",
     "--cfg_scale": "A1111's CFG scale is --guidance-scale",
     "--denoising_strength": "A1111's denoising strength is --strength (with --image)",
     "--batch_size": _IMAGES,

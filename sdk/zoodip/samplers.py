@@ -8,7 +8,8 @@ Stable Diffusion configuration (tested to ~1e-6 against them):
 
 * ``sample_ddim``      - ``DDIMScheduler`` (``eta`` = 0: deterministic DDIM; > 0 adds noise)
 * ``sample_dpmpp_2m``  - ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 2, midpoint,
-                         ``lower_order_final``, final sigma 0)
+                         ``lower_order_final``, final sigma 0); with ``noise_rng``, its ``sde-dpmsolver++``
+                         (A1111's "DPM++ 2M SDE")
 * ``sample_euler``     - ``EulerDiscreteScheduler`` (no churn)
 * ``sample_euler_ancestral`` - ``EulerAncestralDiscreteScheduler`` (A1111's "Euler a")
 * ``sample_lcm``       - ``LCMScheduler`` (Luo et al. 2023: 2-8 steps on a latent consistency model, such as
@@ -247,6 +248,7 @@ def sample_dpmpp_2m(
     prediction_type: str = "epsilon",
     *,
     sigmas: np.ndarray | None = None,
+    noise_rng: np.random.Generator | None = None,
     callback: StepCallback | None = None,
 ) -> np.ndarray:
     """DPM-Solver++(2M) (Lu et al. 2022) from unit noise ``x_T``, ending at sigma 0.
@@ -255,6 +257,11 @@ def sample_dpmpp_2m(
     first step has no history and the last one goes to sigma 0 (where log-SNR is infinite), so
     both are first order (= DDIM), as in diffusers with ``final_sigmas_type="zero"``. ``sigmas``: the steps'
     noise levels where they are not the timesteps' own (``karras_schedule``).
+
+    With ``noise_rng``, the SDE solver of the same paper (section 4, eta 1; diffusers' ``sde-dpmsolver++``): with
+    ``e = exp(-h) = sigma_next / sigma``, each step keeps ``e`` of the ODE step's share of ``x``, takes ``1 - e^2``
+    (not ``1 - e``) of ``x0`` and adds fresh noise of VP std ``sigma_vp(next) sqrt(1 - e^2)``; one draw per step, the
+    last one multiplied by 0, as diffusers draws them.
     """
     x, ac, ts = _check_inputs(x_T, alphas_cumprod, timesteps, prediction_type)
     # k-diffusion sigmas of the steps, then 0; lambda = log(alpha/sigma_vp) = -log(sigma).
@@ -270,6 +277,8 @@ def sample_dpmpp_2m(
         alpha_next = 1.0 / math.sqrt(s_next**2 + 1.0)
         ratio = (s_next * alpha_next) / (s_cur * math.sqrt(a_cur))  # sigma_vp(next) / sigma_vp(cur)
         one_minus_exp = 1.0 - s_next / s_cur  # 1 - exp(-h), h = lambda_next - lambda_cur
+        if noise_rng is not None:  # the SDE step: x's share times exp(-h), x0's 1 - exp(-2h), and fresh noise
+            ratio, one_minus_exp = ratio * (s_next / s_cur), 1.0 - (s_next / s_cur) ** 2
         h_prev = math.log(float(sigmas[i - 1]) / s_cur) if i > 0 else 0.0
         if prev_x0 is None or s_next == 0.0 or h_prev == 0.0:  # no usable history (h_prev 0: repeated t)
             x = ratio * x + (alpha_next * one_minus_exp) * x0
@@ -277,6 +286,9 @@ def sample_dpmpp_2m(
             h = math.log(s_cur / s_next)
             d1 = (x0 - prev_x0) * (h / h_prev)  # (m0 - m1) / r0 with r0 = h_prev / h
             x = ratio * x + (alpha_next * one_minus_exp) * x0 + (0.5 * alpha_next * one_minus_exp) * d1
+        if noise_rng is not None:
+            z = noise_rng.standard_normal(x.shape, dtype=np.float32)
+            x = x + (s_next * alpha_next * math.sqrt(one_minus_exp)) * z  # sigma_vp(next) sqrt(1 - exp(-2h))
         x = x.astype(np.float32, copy=False)
         prev_x0 = x0
         if callback is not None:

@@ -57,12 +57,14 @@ _KINDS = {
     "ddim": _SamplerKind(ddim_timesteps, "leading", False, "DDIM"),
     "euler": _SamplerKind(euler_timesteps, "linspace", True, "Euler"),
     "dpmpp_2m_karras": _SamplerKind(None, "linspace", False, "DPM++ 2M Karras"),
+    "dpmpp_2m_sde": _SamplerKind(dpm_timesteps, "linspace", False, "DPM++ 2M SDE"),
+    "dpmpp_2m_sde_karras": _SamplerKind(None, "linspace", False, "DPM++ 2M SDE Karras"),
     "euler_a": _SamplerKind(euler_timesteps, "linspace", True, "Euler a"),
     "lcm": _SamplerKind(lcm_timesteps, "leading", False, "LCM"),
 }
 SAMPLERS = tuple(_KINDS)  # the CLI's --sampler choices; the first is the default
 A1111_SAMPLER_NAMES = {name: kind.a1111_name for name, kind in _KINDS.items()}
-NOISY_SAMPLERS = ("euler_a", "lcm")  # they draw fresh noise every step: from the seed's rng
+NOISY_SAMPLERS = ("euler_a", "lcm", "dpmpp_2m_sde", "dpmpp_2m_sde_karras")  # fresh noise every step: the seed's rng
 DEFAULT_STEPS = 25  # sampling steps, as diffusers' pipelines
 DEFAULT_STRENGTH = 0.8  # image-to-image's default strength, diffusers' img2img pipelines'
 INPAINT_STRENGTH = 1.0  # inpainting's default strength, diffusers' inpainting pipelines'
@@ -253,8 +255,9 @@ def run_sampler(
         if sampler == "ddim":
             x = sample_ddim(model_fn, x, ac, ts, prediction_type, eta=eta,
                             final_alpha_cumprod=plan.final_alpha_cumprod, rng=rng, callback=on_step)
-        elif sampler in ("dpmpp_2m", "dpmpp_2m_karras"):
-            x = sample_dpmpp_2m(model_fn, x, ac, ts, prediction_type, sigmas=plan.sigmas, callback=on_step)
+        elif sampler.startswith("dpmpp_2m"):
+            x = sample_dpmpp_2m(model_fn, x, ac, ts, prediction_type, sigmas=plan.sigmas,
+                                noise_rng=rng if "_sde" in sampler else None, callback=on_step)
         elif sampler == "lcm":
             x = sample_lcm(model_fn, x, ac, ts, prediction_type, rng=rng, timestep_scaling=lcm_settings(model)[1],
                            callback=on_step)

@@ -178,6 +178,39 @@ def test_dpmpp_2m_karras_matches_diffusers(prediction_type: str, steps: int) -> 
     assert rel_err(out, ref) < 1e-5
 
 
+class ReplayDraws:
+    """A stand-in for the NumPy generator a noisy sampler draws its per-step noise from: diffusers' draws, replayed."""
+
+    def __init__(self, seed: int, count: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.draws = [torch.randn(SHAPE, generator=generator).numpy() for _ in range(count)]
+
+    def standard_normal(self, shape, dtype):  # the one Generator method the samplers use
+        assert tuple(shape) == SHAPE and dtype == np.float32
+        return self.draws.pop(0)
+
+
+@needs_diffusers
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps,karras", [(10, False), (20, False), (8, True), (25, True)])
+def test_dpmpp_2m_sde_matches_diffusers_with_the_same_noise(prediction_type: str, steps: int, karras: bool) -> None:
+    """DPM++ 2M SDE (A1111's name; diffusers' sde-dpmsolver++), on the timesteps' own sigmas and on Karras'."""
+    scheduler = schedulers.DPMSolverMultistepScheduler(
+        **{k: v for k, v in SD_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one")},
+        prediction_type=prediction_type, algorithm_type="sde-dpmsolver++", solver_order=2, use_karras_sigmas=karras,
+    )
+    ref, ref_ts = run_diffusers(scheduler, steps, noise(), generator=torch.Generator().manual_seed(9))
+    ac = scheduler.alphas_cumprod.numpy().astype(np.float64) if karras else sd_alphas_cumprod()
+    sigmas, ts = karras_schedule(ac, steps) if karras else (None, dpm_timesteps(1000, steps))
+    np.testing.assert_array_equal(ts, ref_ts)
+    replay = ReplayDraws(9, steps)  # one draw a step, the last one too (multiplied by sigma 0)
+    out = sample_dpmpp_2m(fake_model, noise(), ac, ts, prediction_type, sigmas=sigmas,
+                          noise_rng=replay)  # type: ignore[arg-type]
+    assert replay.draws == [] and rel_err(out, ref) < 1e-5
+    ode = sample_dpmpp_2m(fake_model, noise(), ac, ts, prediction_type, sigmas=sigmas)
+    assert rel_err(out, ode) > 1e-2  # the noise and the SDE's coefficients matter
+
+
 def test_karras_sigmas_follow_the_papers_formula() -> None:
     sigmas = karras_sigmas(0.03, 14.6, 5)
     assert sigmas[0] == pytest.approx(14.6) and sigmas[-1] == pytest.approx(0.03)
@@ -467,6 +500,32 @@ def test_generate_matches_the_diffusers_pipeline(tiny_sd_folder, tmp_path) -> No
             plain = generate(model, f"a photo of {token}", steps=6, sampler=sampler, seed=3, num_images=2,
                              added_embeddings={token: loaded}, negative_prompt="blurry", guidance_scale=7.5)
             assert np.abs(np.asarray(plain[0], float) - np.asarray(ours[0], float)).mean() > 1.0
+
+
+@needs_diffusers
+@pytest.mark.slow
+def test_generate_with_dpmpp_2m_sde_karras_matches_the_diffusers_pipeline(tiny_sd_folder, tmp_path, monkeypatch) -> None:
+    """A1111's "DPM++ 2M SDE Karras" end to end on the tiny SD folder (fp32 export): the seed's start noise and its
+    per-step draws given to diffusers' pipeline too (its scheduler's draws replaced by ours)."""
+    from diffusers import DPMSolverMultistepScheduler
+    from diffusers.schedulers import scheduling_dpmsolver_multistep
+
+    model, pipe = _fp32_export_and_pipeline(tiny_sd_folder, tmp_path, curvature_samples=0)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="sde-dpmsolver++",
+                                                             use_karras_sigmas=True)
+    shape = (2, model.latent_channels, model.sample_size, model.sample_size)
+    rng = np.random.default_rng(3)  # generate(seed=3)'s: the start noise, then one draw a step
+    start = rng.standard_normal(shape, dtype=np.float32)
+    draws = [rng.standard_normal(shape, dtype=np.float32) for _ in range(6)]
+    monkeypatch.setattr(scheduling_dpmsolver_multistep, "randn_tensor",
+                        lambda shape, **kwargs: torch.from_numpy(draws.pop(0)))
+    ref = pipe("a red star", negative_prompt="blurry", num_inference_steps=6, guidance_scale=7.5,
+               latents=torch.from_numpy(start), output_type="np", num_images_per_prompt=2).images
+    assert draws == []
+    ours = generate(model, "a red star", negative_prompt="blurry", steps=6, guidance_scale=7.5, seed=3, num_images=2,
+                    sampler="dpmpp_2m_sde_karras")
+    diff = np.abs(np.stack([np.asarray(im) for im in ours]).astype(int) - (ref * 255).round().astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.05, (diff.max(), diff.mean())
 
 
 @needs_diffusers
