@@ -49,6 +49,7 @@ class _SamplerKind:
     default_spacing: str
     sigma_space: bool  # steps on k-diffusion's x0 + sigma * eps (the Euler samplers), not on VP latents
     a1111_name: str  # what A1111 calls it (its generation parameters' "Sampler")
+    fresh_noise: bool = False  # draws noise every step (from the seed's generator, after the start noise)
 
 
 # The samplers by name, with what the plan needs of each and A1111's name for it.
@@ -57,14 +58,14 @@ _KINDS = {
     "ddim": _SamplerKind(ddim_timesteps, "leading", False, "DDIM"),
     "euler": _SamplerKind(euler_timesteps, "linspace", True, "Euler"),
     "dpmpp_2m_karras": _SamplerKind(None, "linspace", False, "DPM++ 2M Karras"),
-    "dpmpp_2m_sde": _SamplerKind(dpm_timesteps, "linspace", False, "DPM++ 2M SDE"),
-    "dpmpp_2m_sde_karras": _SamplerKind(None, "linspace", False, "DPM++ 2M SDE Karras"),
-    "euler_a": _SamplerKind(euler_timesteps, "linspace", True, "Euler a"),
-    "lcm": _SamplerKind(lcm_timesteps, "leading", False, "LCM"),
+    "dpmpp_2m_sde": _SamplerKind(dpm_timesteps, "linspace", False, "DPM++ 2M SDE", fresh_noise=True),
+    "dpmpp_2m_sde_karras": _SamplerKind(None, "linspace", False, "DPM++ 2M SDE Karras", fresh_noise=True),
+    "euler_a": _SamplerKind(euler_timesteps, "linspace", True, "Euler a", fresh_noise=True),
+    "lcm": _SamplerKind(lcm_timesteps, "leading", False, "LCM", fresh_noise=True),
 }
 SAMPLERS = tuple(_KINDS)  # the CLI's --sampler choices; the first is the default
 A1111_SAMPLER_NAMES = {name: kind.a1111_name for name, kind in _KINDS.items()}
-NOISY_SAMPLERS = ("euler_a", "lcm", "dpmpp_2m_sde", "dpmpp_2m_sde_karras")  # fresh noise every step: the seed's rng
+NOISY_SAMPLERS = tuple(name for name, kind in _KINDS.items() if kind.fresh_noise)
 DEFAULT_STEPS = 25  # sampling steps, as diffusers' pipelines
 DEFAULT_STRENGTH = 0.8  # image-to-image's default strength, diffusers' img2img pipelines'
 INPAINT_STRENGTH = 1.0  # inpainting's default strength, diffusers' inpainting pipelines'
@@ -255,9 +256,9 @@ def run_sampler(
         if sampler == "ddim":
             x = sample_ddim(model_fn, x, ac, ts, prediction_type, eta=eta,
                             final_alpha_cumprod=plan.final_alpha_cumprod, rng=rng, callback=on_step)
-        elif sampler.startswith("dpmpp_2m"):
+        elif sampler.startswith("dpmpp_2m"):  # the ODE solver, or with fresh noise its SDE (module samplers)
             x = sample_dpmpp_2m(model_fn, x, ac, ts, prediction_type, sigmas=plan.sigmas,
-                                noise_rng=rng if "_sde" in sampler else None, callback=on_step)
+                                noise_rng=rng if _KINDS[sampler].fresh_noise else None, callback=on_step)
         elif sampler == "lcm":
             x = sample_lcm(model_fn, x, ac, ts, prediction_type, rng=rng, timestep_scaling=lcm_settings(model)[1],
                            callback=on_step)
