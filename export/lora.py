@@ -52,20 +52,28 @@ class LoraLayer:
     """One layer of a LoRA: the model weight it changes and its factors (torch tensors)."""
 
     module: str  # the weight's module path in the component, e.g. "down_blocks.0.attentions.0.proj_in"
+    layout: str = "kohya"  # or "peft": which spelling the file gave it in
     down: Any = None
     up: Any = None
     alpha: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.layout} {self.module}"
 
 
 def parse_lora(text: str) -> LoraSpec:
     """``FILE[:SCALE]``: the scale after the last colon when it reads as a number (a path may hold colons)."""
     path, sep, tail = str(text).rpartition(":")
     scale = 1.0
+    if sep and path and not tail.strip() and not Path(text).exists():
+        raise ZoodipError(f"--lora {text}: the scale after ':' is empty (FILE or FILE:SCALE, e.g. my_style.safetensors:0.8)")
     if sep and path and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(nan|inf|infinity)", tail.strip(),
                                      re.IGNORECASE):
         text, scale = path, float(tail)
-    if not math.isfinite(scale) or not abs(scale) <= MAX_SCALE:
-        raise ZoodipError(f"--lora {text}: its scale {scale:g} is past +-{MAX_SCALE:g} (A1111's are about 0.5-1.5)")
+    if not math.isfinite(scale) or not 0 < abs(scale) <= MAX_SCALE:
+        raise ZoodipError(f"--lora {text}: its scale {scale:g} is {'0, which fuses nothing' if scale == 0 else 'past +-%g' % MAX_SCALE}"
+                          " (A1111's are about 0.5-1.5)")
     if not str(text).strip():
         raise ZoodipError("--lora is empty: give FILE or FILE:SCALE, e.g. my_style.safetensors:0.8")
     path = Path(text).expanduser().absolute()
@@ -76,6 +84,9 @@ def parse_lora(text: str) -> LoraSpec:
     if path.suffix.lower() != ".safetensors":
         raise ZoodipError(f"--lora {text}: only .safetensors LoRAs are read (a .pt/.ckpt file is a pickle, which can "
                           "run code when loaded): convert it to safetensors")
+    if any(c in path.stem for c in ",:<>"):  # A1111's tags and Lora hashes could not name it
+        raise ZoodipError(f"--lora {text}: its file name holds one of , : < > (A1111 names a LoRA by its file name, in "
+                          "tags and in the images' Lora hashes): rename the file")
     return LoraSpec(path, scale)
 
 
@@ -99,12 +110,19 @@ def lora_entries(specs: Sequence[LoraSpec]) -> dict[str, Any]:
 
     if not specs:
         return {}
-    return {"loras": [{"file": spec.path.name, "sha256": file_sha256(spec.path), "scale": spec.scale}
-                      for spec in specs]}
+    digests = [file_sha256(spec.path) for spec in specs]
+    same = next((spec for spec, digest in zip(specs, digests) if digests.count(digest) > 1), None)
+    if same is not None:  # a copy or a hard link of one file: it would be fused twice
+        raise ZoodipError(f"--lora {same.path.name} is the same file (the same bytes) as another --lora: give it once, at "
+                          "the sum of the scales")
+    return {"loras": [{"file": spec.path.name, "sha256": digest, "scale": spec.scale}
+                      for spec, digest in zip(specs, digests)]}
 
 
 def read_lora(spec: LoraSpec) -> dict[str, dict[str, LoraLayer]]:
-    """``{component: {module: layer}}`` of one LoRA file, every key accounted for (module doc)."""
+    """``{component: {layout and module: layer}}`` of one LoRA file, every key accounted for (module doc)."""
+    import torch
+
     tensors, metadata = _read_file(spec)
     layers: dict[str, dict[str, LoraLayer]] = {component: {} for component in COMPONENTS}
     for key, tensor in tensors.items():
@@ -112,15 +130,16 @@ def read_lora(spec: LoraSpec) -> dict[str, dict[str, LoraLayer]]:
         if kind is not None:
             raise ZoodipError(f"--lora {spec.path.name} is {kind} ({key}), not a plain LoRA for SD1.x/2.x: zoodip fuses "
                               "plain low-rank LoRAs (kohya's or diffusers' layout) only")
-        component, module, part = _split_key(key)
+        component, module, part, layout = _split_key(key)
         if component is None or not module.strip("._"):
             raise ZoodipError(f"--lora {spec.path.name}: {key!r} is no LoRA weight of a UNet or text encoder (kohya's "
                               "lora_unet_/lora_te_ or diffusers' unet./text_encoder. layouts are read)")
         alpha = part == "alpha"
-        if not (tensor.numel() == 1 if alpha else tensor.is_floating_point()) or not bool(tensor.float().isfinite().all()):
+        numeric = tensor.dtype != torch.bool and (tensor.numel() == 1 if alpha else tensor.is_floating_point())
+        if not numeric or not bool(tensor.float().isfinite().all()):
             what = "is not one finite number" if alpha else "holds non-finite values (NaN or infinity) or no floats"
             raise ZoodipError(f"--lora {spec.path.name}: {key} {what}: the file is damaged")
-        layer = layers[component].setdefault(module, LoraLayer(module))
+        layer = layers[component].setdefault(f"{layout} {module}", LoraLayer(module, layout))
         if alpha:
             layer.alpha = float(tensor.float().reshape(-1)[0])
         else:
@@ -128,7 +147,10 @@ def read_lora(spec: LoraSpec) -> dict[str, dict[str, LoraLayer]]:
     scalings = _peft_scalings(spec, metadata)
     for component, by_module in layers.items():
         for layer in by_module.values():
-            _complete(spec, component, layer, scalings.get(component))
+            if layer.layout == "peft" and scalings and component not in scalings:  # diffusers could not load it
+                raise ZoodipError(f"--lora {spec.path.name}: its metadata gives no r or lora_alpha for the {component} "
+                                  "layers it holds: the file is damaged")
+            _complete(spec, component, layer, scalings.get(component) if layer.layout == "peft" else None)
     if not any(layers.values()):
         raise ZoodipError(f"--lora {spec.path.name} holds no LoRA layers")
     return layers
@@ -137,9 +159,9 @@ def read_lora(spec: LoraSpec) -> dict[str, dict[str, LoraLayer]]:
 MAX_ALPHA_PER_RANK = 1000.0  # LoRAs use alpha / r from about 1/r to a few; far beyond, a damaged file
 
 
-def _complete(spec: LoraSpec, component: str, layer: LoraLayer, scaling: float | None) -> None:
-    """A layer checked to have both factors of one rank >= 1 and an alpha (its own, else diffusers' metadata's
-    ``scaling * r``, else ``r``: scaling 1) within reason."""
+def _complete(spec: LoraSpec, component: str, layer: LoraLayer, peft: tuple[float, int] | None) -> None:
+    """A layer checked to have both factors of one rank >= 1 and an alpha (diffusers' metadata's ``scaling * r``, where
+    ``peft`` gives its ``(scaling, r)``; else its own; else ``r``: scaling 1) within reason."""
     where = f"--lora {spec.path.name}: layer {layer.module} of the {component}"
     if layer.down is None or layer.up is None:
         has = "an alpha but no factors" if layer.down is None and layer.up is None else "only one of its two factors"
@@ -148,11 +170,18 @@ def _complete(spec: LoraSpec, component: str, layer: LoraLayer, scaling: float |
         raise ZoodipError(f"{where} has factors {list(layer.up.shape)} x {list(layer.down.shape)}, which are not two "
                           "matrices of one rank >= 1: the file is damaged")
     rank = layer.down.shape[0]
+    if peft is not None:  # diffusers builds the layer from the metadata: its rank must be the factors', its alpha wins
+        scaling, r = peft
+        if r != rank or (layer.alpha is not None and not math.isclose(layer.alpha / rank, scaling, rel_tol=1e-6)):
+            own = "" if layer.alpha is None else f" and alpha {layer.alpha:.3g}"
+            raise ZoodipError(f"{where} has rank {rank}{own} where the file's metadata says rank {r} and alpha / r "
+                              f"{scaling:.3g}: the file is damaged")
+        layer.alpha = scaling * rank
     if layer.alpha is None:
-        layer.alpha = rank * (1.0 if scaling is None else scaling)
+        layer.alpha = float(rank)
     if not abs(layer.alpha) / rank <= MAX_ALPHA_PER_RANK:
-        raise ZoodipError(f"{where} has alpha {layer.alpha:g} for rank {rank}, a factor of {layer.alpha / rank:g}: far "
-                          "past what LoRAs use, the file is damaged")
+        raise ZoodipError(f"{where} has alpha {layer.alpha:.3g} for rank {rank}, a factor of {layer.alpha / rank:.3g}: "
+                          "far past what LoRAs use, the file is damaged")
 
 
 def _read_file(spec: LoraSpec) -> tuple[dict[str, Any], dict[str, str]]:
@@ -168,9 +197,10 @@ def _read_file(spec: LoraSpec) -> tuple[dict[str, Any], dict[str, str]]:
                           "safetensors file") from None
 
 
-def _peft_scalings(spec: LoraSpec, metadata: dict[str, str]) -> dict[str, float]:
-    """``{component: alpha / r}`` from diffusers' ``lora_adapter_metadata`` (PEFT's ``lora_alpha`` and ``r`` by
-    component; ``alpha / sqrt(r)`` with ``use_rslora``), which recent diffusers writes instead of alpha tensors."""
+def _peft_scalings(spec: LoraSpec, metadata: dict[str, str]) -> dict[str, tuple[float, int]]:
+    """``{component: (alpha / r, r)}`` from diffusers' ``lora_adapter_metadata`` (PEFT's ``lora_alpha``, its default
+    8, and ``r`` by component; ``alpha / sqrt(r)`` with ``use_rslora``), which recent diffusers writes instead of
+    alpha tensors."""
     text = metadata.get("lora_adapter_metadata")
     if not text:
         return {}
@@ -182,29 +212,32 @@ def _peft_scalings(spec: LoraSpec, metadata: dict[str, str]) -> dict[str, float]
         raise ZoodipError(f"--lora {spec.path.name}: its lora_adapter_metadata is not a JSON object: the file is damaged")
     scalings = {}
     for component in COMPONENTS:
-        r, alpha = meta.get(f"{component}.r"), meta.get(f"{component}.lora_alpha", meta.get(f"{component}.r"))
-        if r is None and alpha is None:
+        if not any(key.startswith(f"{component}.") for key in meta):
             continue
+        r, alpha, rslora = (meta.get(f"{component}.{key}", default) for key, default in
+                            (("r", None), ("lora_alpha", 8), ("use_rslora", False)))  # PEFT's LoraConfig defaults
         if meta.get(f"{component}.rank_pattern") or meta.get(f"{component}.alpha_pattern") or \
                 meta.get(f"{component}.use_dora"):
             raise ZoodipError(f"--lora {spec.path.name}: its metadata gives the {component} per-layer ranks or alphas "
                               "or DoRA, which zoodip does not read: fuse it with diffusers and export that folder")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e6 for v in (r, alpha)):
-            raise ZoodipError(f"--lora {spec.path.name}: its metadata's {component} r {r!r} and lora_alpha {alpha!r} "
-                              "are not positive numbers: the file is damaged")
-        scalings[component] = alpha / (math.sqrt(r) if meta.get(f"{component}.use_rslora") else r)
+        if not (isinstance(r, int) and not isinstance(r, bool) and 0 < r < 1 << 20 and isinstance(alpha, (int, float))
+                and not isinstance(alpha, bool) and 0 < alpha < 1e6 and isinstance(rslora, bool)):
+            raise ZoodipError(f"--lora {spec.path.name}: its metadata's {component} r {str(r)[:20]}, lora_alpha "
+                              f"{str(alpha)[:20]} and use_rslora {str(rslora)[:10]} are not a rank, a positive number "
+                              "and true/false: the file is damaged")
+        scalings[component] = (alpha / (math.sqrt(r) if rslora else r), r)
     return scalings
 
 
-def _split_key(key: str) -> tuple[str | None, str, str]:
-    """(component, module, part) of a key, or (None, "", "") when it is neither layout's."""
+def _split_key(key: str) -> tuple[str | None, str, str, str]:
+    """(component, module, part, layout) of a key, or (None, "", "", "") when it is neither layout's."""
     for component, (kohya, peft) in COMPONENTS.items():
-        for prefix, parts in ((kohya, KOHYA_PARTS), (peft, PEFT_PARTS)):
+        for prefix, parts, layout in ((kohya, KOHYA_PARTS, "kohya"), (peft, PEFT_PARTS, "peft")):
             if key.startswith(prefix):
                 for suffix, part in parts.items():
                     if key.endswith(suffix):
-                        return component, key[len(prefix):-len(suffix)], part
-    return None, "", ""
+                        return component, key[len(prefix):-len(suffix)], part, layout
+    return None, "", "", ""
 
 
 def fuse_into(module: Any, component: str, layers: dict[str, LoraLayer], spec: LoraSpec) -> None:
@@ -217,9 +250,9 @@ def fuse_into(module: Any, component: str, layers: dict[str, LoraLayer], spec: L
     placed: dict[str, str] = {}
     for layer in layers.values():
         name = layer.module if layer.module in weights else kohya_names.get(layer.module)
-        if name is not None and placed.setdefault(name, layer.module) != layer.module:
+        if name is not None and placed.setdefault(name, layer.label) != layer.label:
             raise ZoodipError(f"--lora {spec.path.name} gives the {component} layer {name} twice ({placed[name]} and "
-                              f"{layer.module}): the file is damaged (it would be fused twice)")
+                              f"{layer.label}): the file is damaged (it would be fused twice)")
         if name is None and re.match(r"(input_blocks|middle_block|output_blocks)_", layer.module):
             raise ZoodipError(f"--lora {spec.path.name} names the UNet's layers in the original SD layout "
                               f"({layer.module}), which zoodip does not map: save it in kohya's diffusers-named layout")

@@ -64,7 +64,7 @@ def describe_export(folder: Path) -> list[str]:
             f"image sides: {side_rule(model)}",
             f"curvature subspace: {'yes' if model.curvature() is not None else 'no'}",
             "LoRAs fused in: " + (", ".join(f"{name} at {entry.get('scale', 1.0):g} (sha256 {str(entry.get('sha256'))[:12]})"
-                                            for name, entry in fused_loras(model).items()) or "none")]
+                                            for name, entry in fused_loras(model).items()) or "none").translate(_CONTROLS)]
 
 
 def describe_image(path: Path) -> list[str]:

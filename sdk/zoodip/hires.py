@@ -70,14 +70,17 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
         raise ZoodipError(f"the hires fix's second pass: {exc}, or a smaller --hires-scale") from None
     progress = _TwoPassProgress(callback, steps + num_images * second_run)
     variation_seed = options.pop("variation_seed", None)
-    first = generate(model, prompt, seed=seed, num_images=num_images, steps=steps, height=height, width=width,
-                     callback=progress.pass_callback(), variation_seed=variation_seed, **options)
-    options.pop("latents", None)  # the first pass's noise
+    latents = options.pop("latents", None)  # the first pass's noise
+
+    def run(**settings: Any) -> list[Image.Image]:  # every pass from this one line: a prompt's warning is said once
+        return generate(model, prompt, callback=progress.pass_callback(), **settings, **options)
+
+    first = run(seed=seed, num_images=num_images, steps=steps, height=height, width=width,
+                variation_seed=variation_seed, latents=latents)
     # int(): a NumPy seed would wrap at its type's end (np.int8(127) + 1 is -128)
-    return [generate(model, prompt, seed=int(seed) + i, steps=hires_steps,
-                     image=image.resize(size, Image.Resampling.LANCZOS), strength=hires_strength, height=size[1],
-                     width=size[0], callback=progress.pass_callback(),
-                     variation_seed=None if variation_seed is None else int(variation_seed) + i, **options)[0]
+    return [run(seed=int(seed) + i, steps=hires_steps, image=image.resize(size, Image.Resampling.LANCZOS),
+                strength=hires_strength, height=size[1], width=size[0],
+                variation_seed=None if variation_seed is None else int(variation_seed) + i)[0]
             for i, image in enumerate(first)]
 
 

@@ -116,6 +116,9 @@ def _check_source(source: dict[str, Any], path: Path) -> None:
     loras = _typed(source, "loras", (list,), path, "source.", required=False) or []
     if len(loras) > MAX_LORAS:
         raise _bad_manifest(path, f"lists {len(loras)} LoRAs under source.loras, more than {MAX_LORAS}")
+    names = [str(entry.get("file")) for entry in loras if isinstance(entry, dict)]
+    if len(set(names)) < len(names):  # each file is fused once, and named once in tags and Lora hashes
+        raise _bad_manifest(path, "names one LoRA file twice under source.loras")
     for i, entry in enumerate(loras):
         where = f"source.loras[{i}]."
         if not isinstance(entry, dict):

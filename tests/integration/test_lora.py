@@ -120,7 +120,10 @@ def _mutated(path, tensors: dict[str, torch.Tensor], drop: str = "", **extra: to
     ("overflow", "gives non-finite weights"), ("huge-alpha", "far past what LoRAs use"), ("twice", "given twice"),
     ("folder", "is a folder"), ("rank-0", "not two matrices of one rank >= 1"), ("int-factors", "no floats"),
     ("both-spellings", "twice"), ("norm-layer", "which no LoRA changes"), ("peft-patterns", "per-layer ranks"),
-    ("empty", "--lora is empty")])
+    ("empty", "--lora is empty"), ("dotted-and-peft", "twice"), ("mixed-layouts", "only one of its two factors"),
+    ("peft-alpha-disagrees", "where the file's metadata says rank 4 and alpha / r 2"),
+    ("peft-rank-disagrees", "has rank 8 where the file's metadata says rank 4"), ("peft-te-only", "gives no r or lora_alpha for the unet"),
+    ("copy", "the same file (the same bytes)")])
 def test_a_lora_that_does_not_fit_is_one_line_and_nothing_written(tiny_sd_folder, tmp_path, capsys, case,
                                                                   needle) -> None:
     good = kohya_file(tmp_path / "good.safetensors", model_shapes(tiny_sd_folder))
@@ -184,13 +187,35 @@ def test_a_lora_that_does_not_fit_is_one_line_and_nothing_written(tiny_sd_folder
     elif case == "norm-layer":
         _mutated(bad, tensors, **{"lora_unet_mid_block_resnets_0_norm1.lora_up.weight": torch.ones(64, 1),
                                   "lora_unet_mid_block_resnets_0_norm1.lora_down.weight": torch.ones(1, 64)})
+    elif case in ("dotted-and-peft", "mixed-layouts"):  # kohya's dotted spelling, or one factor in each layout
+        name = "down_blocks.0.attentions.0.proj_in"
+        kohya = "lora_unet_" + name.replace(".", "_")
+        down, up = tensors.pop(f"{kohya}.lora_down.weight"), tensors.pop(f"{kohya}.lora_up.weight")
+        extra = {f"unet.{name}.lora_A.weight": down.clone(), f"unet.{name}.lora_B.weight": up.clone()}
+        if case == "dotted-and-peft":
+            extra |= {f"lora_unet_{name}.lora_down.weight": down, f"lora_unet_{name}.lora_up.weight": up}
+        else:
+            extra = {f"lora_unet_{name}.lora_down.weight": down, f"unet.{name}.lora_B.weight": up}
+        _mutated(bad, {k: v for k, v in tensors.items() if not k.startswith(kohya)}, **extra)
+    elif case.startswith("peft-") and case != "peft-patterns":
+        rank = 8 if case == "peft-rank-disagrees" else RANK
+        peft = {f"unet.{LAYERS[0][1]}.lora_A.weight": torch.ones(rank, 32) * 0.01,
+                f"unet.{LAYERS[0][1]}.lora_B.weight": torch.ones(32, rank) * 0.01}
+        if case == "peft-alpha-disagrees":
+            peft[f"unet.{LAYERS[0][1]}.alpha"] = torch.tensor(4.0)  # alpha / r 1, the metadata's 2
+        component = "text_encoder" if case == "peft-te-only" else "unet"
+        save_file(peft, str(bad), metadata={"lora_adapter_metadata": json.dumps(
+            {f"{component}.r": RANK, f"{component}.lora_alpha": 8})})
+    elif case == "copy":
+        shutil.copyfile(good, tmp_path / "copy.safetensors")
+        arg = str(tmp_path / "copy.safetensors")
     elif case == "peft-patterns":
         peft = {f"unet.{LAYERS[0][1]}.lora_A.weight": torch.ones(RANK, 32),
                 f"unet.{LAYERS[0][1]}.lora_B.weight": torch.ones(32, RANK)}
         save_file(peft, str(bad), metadata={"lora_adapter_metadata": json.dumps(
             {"unet.r": RANK, "unet.lora_alpha": 8, "unet.rank_pattern": {"to_k": 2}})})
     out = tmp_path / "out"
-    extra = ["--lora", f"{good}:0.5"] if case == "twice" else []
+    extra = ["--lora", f"{good}:0.5"] if case in ("twice", "copy") else []
     code, _, err = run_cli(["export", tiny_sd_folder, out, "--lora", arg if case != "twice" else str(good), *extra,
                             "--precision", "fp32", "--no-parity", "--curvature-samples", "0", "--quiet"], capsys)
     assert_one_line_error(code, err, needle)
@@ -222,16 +247,21 @@ def test_a_damaged_source_is_named_as_without_a_lora(tiny_sd_folder, tmp_path, c
 
 
 def test_lora_arguments_read_a_scale_after_the_last_colon(tmp_path) -> None:
-    odd = tmp_path / "a:b.safetensors"
+    (tmp_path / "a:b").mkdir()
+    odd = tmp_path / "a:b" / "style.safetensors"  # a colon in the path (the file's own name may hold none)
     odd.write_bytes(b"")
     assert parse_lora(str(odd)) == LoraSpec(odd, 1.0)
     assert parse_lora(f"{odd}:0.8") == LoraSpec(odd, 0.8)
     assert parse_lora(f"{odd}:-1e-1") == LoraSpec(odd, -0.1)
-    assert parse_lora(f"{odd}:.5").name == "a:b"
-    with pytest.raises(ZoodipError, match="no such file"):
-        parse_lora(f"{odd}:x")
-    with pytest.raises(ZoodipError, match="past"):
-        parse_lora(f"{odd}:1e6")
+    assert parse_lora(f"{odd}:.5").name == "style"
+    for text, needle in ((f"{odd}:x", "no such file"), (f"{odd}:1e6", "past"), (f"{odd}:nan", "past"),
+                         (f"{odd}:0", "0, which fuses nothing"), (f"{odd}:", "the scale after ':' is empty")):
+        with pytest.raises(ZoodipError, match=needle):
+            parse_lora(text)
+    named = tmp_path / "style, v2.safetensors"
+    named.write_bytes(b"")
+    with pytest.raises(ZoodipError, match="A1111 names a LoRA by its file name"):
+        parse_lora(str(named))
 
 
 # -- what the SDK makes of an export's LoRAs: A1111's <lora:NAME:SCALE> tags, Lora hashes, zoodip info -------------
@@ -285,6 +315,9 @@ def test_generate_reads_the_tags_as_a1111_and_writes_lora_hashes(fused_export, t
     assert f'Lora hashes: "style: {digest}"' in read_parameters(tmp_path / "tag.png")
     code, _, err = run_cli([*base, "--prompt", "a red star <lora:style:0.4>", "--out", tmp_path / "b.png"], capsys)
     assert code == 0 and err.count("warning: ") == 1 and "fused at 0.7" in err
+    code, _, err = run_cli([*base, "--prompt", "a red star <lora:style:0.4>", "--hires-scale", "1.5", "--num-images",
+                            "2", "--out", tmp_path / "h.png"], capsys)  # three passes read the prompt: said once
+    assert code == 0 and err.count("warning: ") == 1 and "fused at 0.7" in err
     code, _, err = run_cli([*base[:-2], "--prompt", "a red star <lora:style:0.7>", "--out", tmp_path / "c.png"], capsys)
     assert code == 0 and err.count("warning: ") == 1 and "extra-network tag" in err and "read here as plain text" in err
     code, _, err = run_cli([*base, "--prompt", "a red star", "--negative-prompt", "<lora:style:1>", "--out",
@@ -314,7 +347,8 @@ GOOD_ENTRY = {"file": "style.safetensors", "sha256": "ab" * 32, "scale": 0.7}
     ({"loras": [dict(GOOD_ENTRY, scale="0.7")]}, "source.loras[0].scale = '0.7' of the wrong type"),
     ({"loras": [dict(GOOD_ENTRY, scale=10 ** 400)]}, "not a finite number"),
     ({"loras": [dict(GOOD_ENTRY, file=" ")]}, "an empty source.loras[0].file"),
-    ({"loras": [GOOD_ENTRY] * 65}, "more than 64"), ("scheduler-list", "is not a JSON object (a scheduler config)")])
+    ({"loras": [GOOD_ENTRY] * 65}, "more than 64"), ({"loras": [GOOD_ENTRY] * 2}, "names one LoRA file twice"),
+    ("scheduler-list", "is not a JSON object (a scheduler config)")])
 def test_a_damaged_source_entry_or_scheduler_config_is_one_line(tiny_export, tmp_path, capsys, source, needle) -> None:
     export = tmp_path / "export"
     shutil.copytree(tiny_export, export)
@@ -328,3 +362,15 @@ def test_a_damaged_source_entry_or_scheduler_config_is_one_line(tiny_export, tmp
     for args in (["info", export], ["generate", "--model", export, "--prompt", "a", "--out", tmp_path / "a.png"]):
         code, _, err = run_cli(args, capsys)
         assert_one_line_error(code, err, needle)
+
+
+def test_peft_metadata_without_lora_alpha_takes_peft_s_default(tmp_path) -> None:
+    """PEFT's LoraConfig defaults lora_alpha to 8 (not to r): a file whose metadata gives r alone fuses at 8 / r."""
+    from zoodip_export.lora import read_lora
+
+    path = tmp_path / "r-only.safetensors"
+    save_file({f"unet.{LAYERS[0][1]}.lora_A.weight": torch.ones(RANK, 32),
+               f"unet.{LAYERS[0][1]}.lora_B.weight": torch.ones(32, RANK)}, str(path),
+              metadata={"lora_adapter_metadata": json.dumps({"unet.r": RANK})})
+    (layer,) = read_lora(LoraSpec(path, 1.0))["unet"].values()
+    assert layer.alpha == pytest.approx(8.0)
