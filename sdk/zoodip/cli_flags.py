@@ -197,8 +197,8 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
                         "decoding in overlapping tiles where the whole image would not fit")
     g.add_argument("--latents", default=None, metavar="FILE.npy",
                    help="initial latents [images, 4, height/8, width/8] instead of the seed's (diffusers' latents=): "
-                        "the same latents give diffusers' images (euler_a and lcm also draw noise every step, from "
-                        "--seed)")
+                        "the same latents give diffusers' images (euler_a, lcm and the SDE samplers also draw noise "
+                        "every step, from --seed)")
     g.add_argument("--save-latents", default=None, metavar="FILE.npy", help="write the initial latents used")
     g.add_argument("--out", default="out.png", help="the image file (.png, .jpg, .webp) to write; one that exists is "
                    "replaced (as diffusers' save), never --image or --mask")

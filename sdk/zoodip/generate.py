@@ -96,7 +96,8 @@ def generate(
         batch_cfg: both guidance passes as one batch (False: one by one, less memory; a memory budget runs each alone).
         token_groups: each embedding's names (``embeddings.load_embeddings``' groups; default: each token alone).
         latents: initial latents ``[num_images, channels, height/8, width/8]`` (unit variance) instead of the seed's;
-            the seed still drives DDIM's ``eta`` and euler_a's and lcm's noise. diffusers' ``latents=`` takes the same array.
+            the seed still drives DDIM's ``eta`` and the per-step noise of euler_a, lcm and the SDE samplers.
+            diffusers' ``latents=`` takes the same array.
         prompt_weighting: "none" (as diffusers: brackets are text, 77 tokens) or "a1111" (A1111's: ``zoodip.emphasis``,
             long prompts, and prompt editing and alternation, ``zoodip.prompt_schedule``).
         image, strength: img2img, as diffusers': ``image`` (path or PIL) noised over the last ``strength`` of the steps
