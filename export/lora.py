@@ -9,9 +9,11 @@ fused at ``scale`` it is
 
 Two file layouts are read: kohya's, which A1111 and civitai use (``lora_unet_<module path with _>.lora_down.weight``,
 ``.lora_up.weight``, ``.alpha``; ``lora_te_`` for the text encoder), and diffusers' PEFT one
-(``unet.<module path>.lora_A.weight``, ``.lora_B.weight``, optional ``.alpha``; ``text_encoder.`` likewise). Every
-layer of the file must land on a weight of the model with the right shape, or the LoRA is refused: one made for
-another model (SDXL, SD2 on SD1) never fuses halfway. LyCORIS' other kinds (LoHa, LoKr, DoRA) are refused by name.
+(``unet.<module path>.lora_A.weight``, ``.lora_B.weight``; ``text_encoder.`` likewise), whose alpha is the file's
+``lora_adapter_metadata`` (PEFT's ``r``, ``lora_alpha``, ``use_rslora`` by component, as diffusers reads it), else
+``.alpha`` tensors, else ``r``. Every layer of the file must land on a weight of the model with the right shape, once,
+or the LoRA is refused: one made for another model (SDXL, SD2 on SD1) never fuses halfway. LyCORIS' other kinds
+(LoHa, LoKr, DoRA) are refused by name.
 """
 from __future__ import annotations
 
