@@ -35,6 +35,7 @@ from PIL import Image
 from .added_tokens import check_added_ids, tokenizer_with
 from .emphasis import check_prompt_weighting, chunked_token_ids, emphasis_free_text, emphasize, weighted_token_ids
 from .errors import ZoodipError
+from .extra_networks import tag_problems, take_out_tags
 from .image_side import check_model_side, model_side_multiple
 from .images import (NO_DRAFT, image_pixels, init_image_size, latent_mask, mask_problems, open_init_image, open_mask,
                      to_pil)
@@ -43,7 +44,6 @@ from .limits import check_image_size
 from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
 from .model import clip_skip_problem
 from .noise import check_seed, check_variation, checked_latents, seed_noise
-from .extra_networks import tag_problems, take_out_tags
 from .prompt_checks import (LONG_PROMPT_HINT, keyword_token_problems, syntax_problems, token_use_problems,
                             truncation_problems, unloaded_token_problems)
 from .prompt_schedule import Phases, check_phase_count, composable_parts, prompt_schedule
