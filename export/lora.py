@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from zoodip.errors import ZoodipError
+from zoodip.extra_networks import lora_name
 
 COMPONENTS = {"unet": ("lora_unet_", "unet."), "text_encoder": ("lora_te_", "text_encoder.")}
 KOHYA_PARTS = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
@@ -99,7 +100,7 @@ def lora_specs(loras: Sequence[str | LoraSpec]) -> list[LoraSpec]:
     twice = next((spec for spec, file in zip(specs, files) if files.count(file) > 1), None)
     if twice is not None:  # A1111 would add them up; one entry per file keeps the export's record (and tags) plain
         raise ZoodipError(f"--lora {twice.path.name} is given twice: give it once, at the sum of the scales")
-    names = [spec.name for spec in specs]
+    names = [lora_name(spec.name) for spec in specs]  # as tags name them
     same = next((name for name in names if names.count(name) > 1), None)
     if same is not None:  # A1111 names a LoRA by its file name: its tags and Lora hashes could not tell them apart
         raise ZoodipError(f"two --lora files are named {same}: rename one (A1111 names a LoRA by its file name)")
@@ -113,10 +114,10 @@ def lora_entries(specs: Sequence[LoraSpec]) -> dict[str, Any]:
     if not specs:
         return {}
     digests = [file_sha256(spec.path) for spec in specs]
-    same = next((spec for spec, digest in zip(specs, digests) if digests.count(digest) > 1), None)
-    if same is not None:  # a copy or a hard link of one file: it would be fused twice
-        raise ZoodipError(f"--lora {same.path.name} is the same file (the same bytes) as another --lora: give it once, at "
-                          "the sum of the scales")
+    same = [spec.path.name for spec, digest in zip(specs, digests) if digests.count(digest) > 1]
+    if same:  # a copy or a hard link of one file: it would be fused twice
+        raise ZoodipError(f"--lora {same[0]} and {same[1]} are the same file (the same bytes): give it once, at the sum "
+                          "of the scales")
     return {"loras": [{"file": spec.path.name, "sha256": digest, "scale": spec.scale}
                       for spec, digest in zip(specs, digests)]}
 
@@ -149,6 +150,10 @@ def read_lora(spec: LoraSpec) -> dict[str, dict[str, LoraLayer]]:
     scalings = _peft_scalings(spec, metadata)
     for component, by_module in layers.items():
         for layer in by_module.values():
+            other = by_module.get(f"{'peft' if layer.layout == 'kohya' else 'kohya'} {layer.module}")
+            if other is not None and (layer.down is None or layer.up is None):
+                raise ZoodipError(f"--lora {spec.path.name}: layer {layer.module} of the {component} has its factors in "
+                                  "two layouts (kohya's and diffusers'): the file is damaged")
             if layer.layout == "peft" and scalings and component not in scalings:  # diffusers could not load it
                 raise ZoodipError(f"--lora {spec.path.name}: its metadata gives no r or lora_alpha for the {component} "
                                   "layers it holds: the file is damaged")
@@ -193,6 +198,9 @@ def _read_file(spec: LoraSpec) -> tuple[dict[str, Any], dict[str, str]]:
     try:
         with safe_open(str(spec.path), framework="pt") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
+    except UnicodeError:  # safetensors takes the path as UTF-8
+        raise ZoodipError(f"--lora {spec.path.name!r}: its path is not valid UTF-8, which the safetensors reader needs: "
+                          "rename the file") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ZoodipError(f"--lora {spec.path.name}: cannot read it ({first}): the file may be damaged or not a "
@@ -224,11 +232,17 @@ def _peft_scalings(spec: LoraSpec, metadata: dict[str, str]) -> dict[str, tuple[
                               "or DoRA, which zoodip does not read: fuse it with diffusers and export that folder")
         if not (isinstance(r, int) and not isinstance(r, bool) and 0 < r < 1 << 20 and isinstance(alpha, (int, float))
                 and not isinstance(alpha, bool) and 0 < alpha < 1e6 and isinstance(rslora, bool)):
-            raise ZoodipError(f"--lora {spec.path.name}: its metadata's {component} r {str(r)[:20]}, lora_alpha "
-                              f"{str(alpha)[:20]} and use_rslora {str(rslora)[:10]} are not a rank, a positive number "
-                              "and true/false: the file is damaged")
+            raise ZoodipError(f"--lora {spec.path.name}: its metadata's {component} r {_short(r)}, lora_alpha "
+                              f"{_short(alpha)} and use_rslora {_short(rslora)} are not a rank, a positive number and "
+                              "true/false: the file is damaged")
         scalings[component] = (alpha / (math.sqrt(r) if rslora else r), r)
     return scalings
+
+
+def _short(value: object) -> str:
+    """A metadata value as JSON writes it, cut short where it is long (a 400-digit number)."""
+    text = json.dumps(value)
+    return text if len(text) <= 24 else text[:20] + "..."
 
 
 def _split_key(key: str) -> tuple[str | None, str, str, str]:

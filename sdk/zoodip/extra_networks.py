@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def take_out_tags(prompt: str) -> tuple[str, list[tuple[str, str, tuple[float | 
         te = _number(named.get("te", positional[0] if positional else "1"))
         unet = _number(named.get("unet", positional[1] if len(positional) > 1 else None)) if (
             "unet" in named or len(positional) > 1) else te
-        calls.append((match.group(1).lower(), name.strip(), (te, unet)))
+        calls.append((match.group(1).lower(), lora_name(name), (te, unet)))
         return ""
 
     return TAG.sub(drop, prompt), calls
@@ -47,12 +48,18 @@ def _number(text: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def lora_name(name: str) -> str:
+    """A LoRA's name as tags and file names are compared: stripped and in Unicode's composed form (NFC; macOS keeps
+    file names decomposed, keyboards type them composed)."""
+    return unicodedata.normalize("NFC", name).strip()
+
+
 def fused_loras(model: Any) -> dict[str, dict[str, Any]]:
     """``{name: its manifest entry}`` of the LoRAs an export holds (name: the file's stem, A1111's name for it)."""
     manifest = getattr(model, "manifest", None)
     source = manifest.get("source") if isinstance(manifest, dict) else None
     entries = source.get("loras") if isinstance(source, dict) else None
-    return {Path(str(entry.get("file", ""))).stem: entry for entry in entries if isinstance(entry, dict)
+    return {lora_name(Path(str(entry.get("file", ""))).stem): entry for entry in entries if isinstance(entry, dict)
             and isinstance(entry.get("scale", 1.0), (int, float))} if isinstance(entries, list) else {}
 
 

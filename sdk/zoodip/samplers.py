@@ -128,7 +128,8 @@ def lcm_timesteps(num_train: int, steps: int, original_steps: int = 50) -> np.nd
 def sigmas_at(alphas_cumprod: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
     """``sigma(t) = sqrt((1 - a_t) / a_t)``, linearly interpolated for fractional ``t`` (as diffusers does)."""
     ac = np.asarray(alphas_cumprod, dtype=np.float64)
-    table = np.sqrt((1.0 - ac) / ac)
+    with np.errstate(divide="ignore"):  # a zero-SNR schedule's top: sigma infinite (its samplers step on alpha_bar)
+        table = np.sqrt((1.0 - ac) / ac)
     return np.interp(np.asarray(timesteps, dtype=np.float64), np.arange(len(table)), table)
 
 

@@ -50,18 +50,21 @@ class _SamplerKind:
     sigma_space: bool  # steps on k-diffusion's x0 + sigma * eps (the Euler samplers), not on VP latents
     a1111_name: str  # what A1111 calls it (its generation parameters' "Sampler")
     fresh_noise: bool = False  # draws noise every step (from the seed's generator, after the start noise)
+    # Steps between noise levels sigma, so a zero-SNR schedule's infinite top sigma is made finite (diffusers' Euler and
+    # DPM-Solver schedulers; DDIM and LCM step on alpha_bar itself, where 0 is a value like any other).
+    finite_top: bool = True
 
 
 # The samplers by name, with what the plan needs of each and A1111's name for it.
 _KINDS = {
     "dpmpp_2m": _SamplerKind(dpm_timesteps, "linspace", False, "DPM++ 2M"),
-    "ddim": _SamplerKind(ddim_timesteps, "leading", False, "DDIM"),
+    "ddim": _SamplerKind(ddim_timesteps, "leading", False, "DDIM", finite_top=False),
     "euler": _SamplerKind(euler_timesteps, "linspace", True, "Euler"),
     "dpmpp_2m_karras": _SamplerKind(None, "linspace", False, "DPM++ 2M Karras"),
     "dpmpp_2m_sde": _SamplerKind(dpm_timesteps, "linspace", False, "DPM++ 2M SDE", fresh_noise=True),
     "dpmpp_2m_sde_karras": _SamplerKind(None, "linspace", False, "DPM++ 2M SDE Karras", fresh_noise=True),
     "euler_a": _SamplerKind(euler_timesteps, "linspace", True, "Euler a", fresh_noise=True),
-    "lcm": _SamplerKind(lcm_timesteps, "leading", False, "LCM", fresh_noise=True),
+    "lcm": _SamplerKind(lcm_timesteps, "leading", False, "LCM", fresh_noise=True, finite_top=False),
 }
 SAMPLERS = tuple(_KINDS)  # the CLI's --sampler choices; the first is the default
 A1111_SAMPLER_NAMES = {name: kind.a1111_name for name, kind in _KINDS.items()}
@@ -95,11 +98,10 @@ class SamplingPlan:
 
 def sampling_plan(model: Any, sampler: str, steps: int) -> SamplingPlan:
     """``sampler``'s ``steps`` timesteps from noise with ``model``'s schedule and scheduler config, as diffusers sets them."""
-    schedule = model.schedule
-    ac = np.asarray(schedule.alphas_cumprod, dtype=np.float64)
-    num_train = int(schedule.num_train_timesteps)
+    num_train = int(model.schedule.num_train_timesteps)
     check_sampler(sampler)
     check_steps(model, steps, sampler)
+    ac = sampler_alphas_cumprod(model, sampler)
     kind, config = _KINDS[sampler], scheduler_config(model)
     spacing = str(config.get("timestep_spacing") or kind.default_spacing)
     offset = int(config.get("steps_offset", 0) or 0)
@@ -114,6 +116,15 @@ def sampling_plan(model: Any, sampler: str, steps: int) -> SamplingPlan:
         sigmas = sigmas_at(ac, timesteps)
     init = euler_init_noise_sigma(float(sigmas[0]), spacing) if kind.sigma_space else 1.0
     return SamplingPlan(sampler, timesteps, sigmas, init, final, kind.sigma_space)
+
+
+def sampler_alphas_cumprod(model: Any, sampler: str) -> np.ndarray:
+    """The schedule's ``alpha_bar`` as ``sampler`` reads it: a zero-terminal-SNR schedule's last one (0: an infinite
+    sigma) is 2^-24 for the samplers that step between sigmas, as diffusers' Euler and DPM-Solver schedulers set it."""
+    ac = np.array(model.schedule.alphas_cumprod, dtype=np.float64)
+    if _KINDS[sampler].finite_top and ac[-1] == 0.0:
+        ac[-1] = 2.0**-24
+    return ac
 
 
 def check_steps(model: Any, steps: object, sampler: str | None = None, name: str = "steps") -> None:
@@ -175,9 +186,13 @@ def sampler_notes(model: Any, sampler: str, guidance_scale: float | None = None)
         notes.append(f"the lcm sampler is made for a guidance scale of 1 to 2 (1 also halves the work), not "
                      f"{guidance_scale:g}: its images may come out overcooked")
     unapplied = [key for key in ("clip_sample", "thresholding") if config.get(key) is True]
+    if sampler.startswith("dpmpp"):  # DPM-Solver's own settings in a config saved with DPMSolverMultistepScheduler
+        unapplied += [f"{key} {config[key]}" for key, ours in (("solver_order", 2), ("final_sigmas_type", "zero"))
+                      if config.get(key, ours) != ours]
     if unapplied:  # SD's configs set both off; diffusers' schedulers would clamp the predicted x0
-        notes.append(f"the scheduler config asks for {' and '.join(unapplied)}, which zoodip's samplers do not apply "
-                     "(Stable Diffusion's configs leave them off): the images may differ from diffusers'")
+        notes.append(f"the scheduler config asks for {' and '.join(map(str, unapplied))[:120]}, which zoodip's "
+                     f"{sampler} does not apply (it is order 2 and ends at sigma 0; Stable Diffusion's configs leave "
+                     "clipping and thresholding off): the images may differ from diffusers'")
     return notes
 
 
@@ -207,10 +222,10 @@ def start_latents(plan: SamplingPlan, noise: np.ndarray, image_latents: np.ndarr
 
 def noised_latents(plan: SamplingPlan, x0: np.ndarray, noise: np.ndarray, sigma: float) -> np.ndarray:
     """``x0`` noised to level ``sigma`` in the plan's parameterization (module doc): each scheduler's ``add_noise``."""
-    x = x0.astype(np.float64) + sigma * noise
-    if not plan.sigma_space:
-        x = x / math.sqrt(sigma**2 + 1.0)
-    return x.astype(np.float32)
+    if plan.sigma_space:
+        return (x0.astype(np.float64) + sigma * noise).astype(np.float32)
+    alpha_bar = 1.0 / (sigma**2 + 1.0)  # (x0 + sigma noise) / sqrt(sigma^2 + 1), also where sigma is infinite
+    return (math.sqrt(alpha_bar) * x0.astype(np.float64) + math.sqrt(1.0 - alpha_bar) * noise).astype(np.float32)
 
 
 def run_sampler(
@@ -239,7 +254,7 @@ def run_sampler(
     from_noise = image_latents is None or (mask is not None and strength == 1.0)
     plan = plan if from_noise else image_to_image(plan, strength)
     x, ts = start_latents(plan, noise, None if from_noise else image_latents), plan.timesteps
-    ac = np.asarray(model.schedule.alphas_cumprod, dtype=np.float64)
+    ac = sampler_alphas_cumprod(model, sampler)
     prediction_type = str(model.schedule.prediction_type)
     keep = None if mask is None or image_latents is None else KeptRegion(plan, image_latents, noise, mask)
 
@@ -252,7 +267,7 @@ def run_sampler(
     if sampler in NOISY_SAMPLERS and rng is None:
         raise ZoodipError(f"the {sampler} sampler adds noise every step: pass rng (generate() passes the seed's)")
     # An overflow is reported once, as the check below, rather than as NumPy's warnings along the way.
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         if sampler == "ddim":
             x = sample_ddim(model_fn, x, ac, ts, prediction_type, eta=eta,
                             final_alpha_cumprod=plan.final_alpha_cumprod, rng=rng, callback=on_step)
@@ -268,11 +283,20 @@ def run_sampler(
         else:
             x = sample_euler(model_fn, x, ac, ts, prediction_type, init_noise_sigma=plan.init_noise_sigma,
                              callback=on_step)
-    if not np.all(np.isfinite(x)):
-        raise ZoodipError("sampling ended in non-finite latents (the guided prediction left float32's range), so no "
-                          "image is made: lower the guidance scale or the prompt's weights, or check the model with "
-                          "'zoodip verify'")
-    return x
+    return _finite(x, zero_snr_epsilon=ac.min() == 0.0 and prediction_type == "epsilon")
+
+
+def _finite(x: np.ndarray, zero_snr_epsilon: bool) -> np.ndarray:
+    """The final latents, or one error saying why they are not finite."""
+    if np.all(np.isfinite(x)):
+        return x
+    if zero_snr_epsilon:
+        raise ZoodipError("sampling ended in non-finite latents: the schedule reaches zero SNR (rescale_betas_zero_snr), "
+                          "where a noise-predicting model's image is undefined; such models predict v (prediction_type "
+                          "v_prediction in the scheduler config), or use another sampler than ddim or lcm")
+    raise ZoodipError("sampling ended in non-finite latents (the guided prediction left float32's range), so no "
+                      "image is made: lower the guidance scale or the prompt's weights, or check the model with "
+                      "'zoodip verify'")
 
 
 class KeptRegion:

@@ -120,7 +120,7 @@ def _mutated(path, tensors: dict[str, torch.Tensor], drop: str = "", **extra: to
     ("overflow", "gives non-finite weights"), ("huge-alpha", "far past what LoRAs use"), ("twice", "given twice"),
     ("folder", "is a folder"), ("rank-0", "not two matrices of one rank >= 1"), ("int-factors", "no floats"),
     ("both-spellings", "twice"), ("norm-layer", "which no LoRA changes"), ("peft-patterns", "per-layer ranks"),
-    ("empty", "--lora is empty"), ("dotted-and-peft", "twice"), ("mixed-layouts", "only one of its two factors"),
+    ("empty", "--lora is empty"), ("dotted-and-peft", "twice"), ("mixed-layouts", "has its factors in two layouts"),
     ("peft-alpha-disagrees", "where the file's metadata says rank 4 and alpha / r 2"),
     ("peft-rank-disagrees", "has rank 8 where the file's metadata says rank 4"), ("peft-te-only", "gives no r or lora_alpha for the unet"),
     ("copy", "the same file (the same bytes)")])
@@ -296,6 +296,8 @@ def test_a_tag_is_checked_against_the_loras_the_export_holds(fused_export) -> No
     assert "does not hold (it holds style at 0.7)" in lacking[0] and "--lora other.safetensors:1" in lacking[0]
     assert "fused at 0.7" in other_scale[0] and "kind zoodip has none of" in hypernet[0]
     assert len(tag_problems("a <lora:style:0.7:0.5> <lora:style:x>", model)) == 1  # UNet's multiplier, no number
+    assert tag_problems("a <lora: style :0.7> <lora:sty\u0301le:1>", model) == tag_problems("<lora:stýle:1>", model)
+    assert tag_problems("a <lora: style :0.7>", model) == []  # names compared stripped and composed (NFC)
     many = tag_problems(" ".join(f"<lora:n{i}:1>" for i in range(200)) + " <lora:style:0.2> <hypernet:h>", model)
     assert len(many) == 3 and "and 197 more" in many[0]  # one line per kind of problem, however many tags
     assert "'it'\"'\"'s.safetensors:1'" in tag_problems("<lora:it's:1>", model)[0]  # a command to paste, quoted

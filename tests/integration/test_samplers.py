@@ -735,3 +735,41 @@ def test_api_arguments_of_the_wrong_kind_are_one_clear_error_before_any_work() -
     generate(FakeModel(), "a dog", steps=2, callback=lambda *args: seen.append(len(args)))  # *args takes them
     generate(FakeModel(), "a dog", steps=2, callback=lambda step, total, latents, extra=None: None)  # a default: fine
     assert seen == [3, 3]
+
+
+@needs_diffusers
+def test_a_zero_snr_schedule_samples_as_diffusers_with_every_sampler() -> None:
+    """A zero-terminal-SNR schedule (``rescale_betas_zero_snr``, v-prediction): its top sigma is infinite, which
+    diffusers' Euler and DPM-Solver schedulers make finite with alpha_bar 2^-24; DDIM and LCM step on alpha_bar 0."""
+    from zoodip.sampling import sampler_alphas_cumprod
+
+    config = {**SD_CONFIG, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
+              "timestep_spacing": "trailing"}
+    model = FakeModel("v_prediction")
+    model.schedule, model.scheduler_config = NoiseSchedule.from_config(config), dict(config)
+    reference = schedulers.DPMSolverMultistepScheduler(
+        **{k: v for k, v in config.items() if k not in ("clip_sample", "set_alpha_to_one")},
+        algorithm_type="sde-dpmsolver++", use_karras_sigmas=True)
+    ac = sampler_alphas_cumprod(model, "dpmpp_2m_sde_karras")
+    assert ac[-1] == 2.0**-24 and sampler_alphas_cumprod(model, "ddim")[-1] == 0.0
+    np.testing.assert_allclose(ac, reference.alphas_cumprod.numpy(), rtol=1e-5, atol=1e-9)
+    ref, ref_ts = run_diffusers(reference, 12, noise(), generator=torch.Generator().manual_seed(4))
+    sigmas, ts = karras_schedule(reference.alphas_cumprod.numpy().astype(np.float64), 12)
+    np.testing.assert_array_equal(ts, ref_ts)
+    out = sample_dpmpp_2m(fake_model, noise(), reference.alphas_cumprod.numpy().astype(np.float64), ts, "v_prediction",
+                          sigmas=sigmas, noise_rng=ReplayDraws(4, 12))  # type: ignore[arg-type]
+    assert rel_err(out, ref) < 1e-5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no NumPy division by zero on the way
+        for sampler in SAMPLERS:
+            assert np.isfinite(final_latents(model, "a dog", steps=4, sampler=sampler, guidance_scale=1.5)).all()
+
+
+def test_a_zero_snr_schedule_with_a_noise_predicting_model_is_one_error_saying_so() -> None:
+    config = {**SD_CONFIG, "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    model = FakeModel("epsilon")
+    model.schedule, model.scheduler_config = NoiseSchedule.from_config(config), dict(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no NumPy division by zero before the one error
+        with pytest.raises(ZoodipError, match="the schedule reaches zero SNR"):
+            generate(model, "a dog", steps=3, sampler="ddim")
