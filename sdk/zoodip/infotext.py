@@ -276,8 +276,9 @@ def _read_sampler(name: str, schedule: str | None, settings: dict[str, Any], pro
         settings["sampler"] = by_name[full]
     else:
         with_schedule = "" if full == name else f" with the schedule type {schedule!r:.20}"
-        kinds = [a1111[len(name):].strip() or "Automatic" for a1111 in by_name if a1111.split(" Karras")[0] == name]
-        has = f"it has {name} with {' or '.join(kinds)} only" if kinds else f"it has {', '.join(by_name)}"
+        kinds = [f"{a1111[len(name):].strip()}'s schedule" if a1111 != name else "the model's own timesteps"
+                 for a1111 in by_name if a1111.split(" Karras")[0] == name]
+        has = f"it has {name} on {' or '.join(kinds)} only" if kinds else f"it has {', '.join(by_name)}"
         problems["sampler"] = (f"its sampler {name!r:.40}{with_schedule} is not one zoodip has ({has}): pass --sampler")
 
 

@@ -206,16 +206,16 @@ def sample_ddim(
     *,
     eta: float = 0.0,
     final_alpha_cumprod: float | None = None,
+    step_ratio: int | None = None,
     rng: np.random.Generator | None = None,
     callback: StepCallback | None = None,
 ) -> np.ndarray:
     """DDIM (Song et al. 2021) from unit noise ``x_T`` through descending ``timesteps``.
 
-    Each step goes from ``t`` to the next timestep of the list; the last one goes to
-    ``final_alpha_cumprod``: ``alphas_cumprod[0]`` by default (Stable Diffusion's
-    ``set_alpha_to_one: false``), pass 1.0 for ``set_alpha_to_one: true``. With "leading" spacing
-    this is exactly diffusers' ``prev_timestep = t - num_train // steps``.
-    ``eta`` > 0 adds fresh noise each step (drawn from ``rng``, required then).
+    Each step goes from ``t`` to ``t - step_ratio`` (diffusers' ``prev_timestep = t - num_train // steps``, whatever
+    the spacing), or without ``step_ratio`` to the next timestep of the list (the same with "leading" spacing); below
+    0, to ``final_alpha_cumprod``: ``alphas_cumprod[0]`` by default (Stable Diffusion's ``set_alpha_to_one: false``),
+    pass 1.0 for ``set_alpha_to_one: true``. ``eta`` > 0 adds fresh noise each step (drawn from ``rng``, required then).
     """
     x, ac, ts = _check_inputs(x_T, alphas_cumprod, timesteps, prediction_type)
     if eta < 0:
@@ -226,7 +226,8 @@ def sample_ddim(
 
     for i, t in enumerate(ts):
         a_t = float(ac[int(t)])
-        a_prev = float(ac[int(ts[i + 1])]) if i + 1 < len(ts) else a_final
+        prev = (int(ts[i + 1]) if i + 1 < len(ts) else -1) if step_ratio is None else int(t) - int(step_ratio)
+        a_prev = float(ac[prev]) if prev >= 0 else a_final
         x0, eps = predict_x0_eps(model_fn(x, float(t)), x, a_t, prediction_type)
         # Posterior std of DDPM between the two timesteps, scaled by eta (eq. 16 of the paper).
         variance = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)

@@ -187,12 +187,12 @@ def sampler_notes(model: Any, sampler: str, guidance_scale: float | None = None)
                      f"{guidance_scale:g}: its images may come out overcooked")
     unapplied = [key for key in ("clip_sample", "thresholding") if config.get(key) is True]
     if sampler.startswith("dpmpp"):  # DPM-Solver's own settings in a config saved with DPMSolverMultistepScheduler
-        unapplied += [f"{key} {config[key]}" for key, ours in (("solver_order", 2), ("final_sigmas_type", "zero"))
+        unapplied += [f"{key} {config[key]!r}" for key, ours in (("solver_order", 2), ("final_sigmas_type", "zero"))
                       if config.get(key, ours) != ours]
     if unapplied:  # SD's configs set both off; diffusers' schedulers would clamp the predicted x0
-        notes.append(f"the scheduler config asks for {' and '.join(map(str, unapplied))[:120]}, which zoodip's "
-                     f"{sampler} does not apply (it is order 2 and ends at sigma 0; Stable Diffusion's configs leave "
-                     "clipping and thresholding off): the images may differ from diffusers'")
+        asked = " and ".join(unapplied)
+        notes.append(f"the scheduler config asks for {asked if len(asked) <= 120 else asked[:117] + '...'}, which "
+                     f"zoodip's {sampler} sampler does not apply: the images may differ from diffusers'")
     return notes
 
 
@@ -264,13 +264,12 @@ def run_sampler(
         if callback is not None:
             callback(i + 1, len(ts), x)
 
-    if sampler in NOISY_SAMPLERS and rng is None:
-        raise ZoodipError(f"the {sampler} sampler adds noise every step: pass rng (generate() passes the seed's)")
+    _check_run(sampler, ac, ts, prediction_type, rng)
     # An overflow is reported once, as the check below, rather than as NumPy's warnings along the way.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         if sampler == "ddim":
-            x = sample_ddim(model_fn, x, ac, ts, prediction_type, eta=eta,
-                            final_alpha_cumprod=plan.final_alpha_cumprod, rng=rng, callback=on_step)
+            x = sample_ddim(model_fn, x, ac, ts, prediction_type, eta=eta, final_alpha_cumprod=plan.final_alpha_cumprod,
+                            step_ratio=len(ac) // steps, rng=rng, callback=on_step)
         elif sampler.startswith("dpmpp_2m"):  # the ODE solver, or with fresh noise its SDE (module samplers)
             x = sample_dpmpp_2m(model_fn, x, ac, ts, prediction_type, sigmas=plan.sigmas,
                                 noise_rng=rng if _KINDS[sampler].fresh_noise else None, callback=on_step)
@@ -283,20 +282,23 @@ def run_sampler(
         else:
             x = sample_euler(model_fn, x, ac, ts, prediction_type, init_noise_sigma=plan.init_noise_sigma,
                              callback=on_step)
-    return _finite(x, zero_snr_epsilon=ac.min() == 0.0 and prediction_type == "epsilon")
+    if not np.all(np.isfinite(x)):
+        raise ZoodipError("sampling ended in non-finite latents (the guided prediction left float32's range), so no "
+                          "image is made: lower the guidance scale or the prompt's weights, or check the model with "
+                          "'zoodip verify'")
+    return x
 
 
-def _finite(x: np.ndarray, zero_snr_epsilon: bool) -> np.ndarray:
-    """The final latents, or one error saying why they are not finite."""
-    if np.all(np.isfinite(x)):
-        return x
-    if zero_snr_epsilon:
-        raise ZoodipError("sampling ended in non-finite latents: the schedule reaches zero SNR (rescale_betas_zero_snr), "
-                          "where a noise-predicting model's image is undefined; such models predict v (prediction_type "
-                          "v_prediction in the scheduler config), or use another sampler than ddim or lcm")
-    raise ZoodipError("sampling ended in non-finite latents (the guided prediction left float32's range), so no "
-                      "image is made: lower the guidance scale or the prompt's weights, or check the model with "
-                      "'zoodip verify'")
+def _check_run(sampler: str, ac: np.ndarray, timesteps: np.ndarray, prediction_type: str,
+               rng: np.random.Generator | None) -> None:
+    """Refused before the first step: a noisy sampler without its generator, and a noise-predicting model at a zero-SNR
+    timestep, where its image is undefined."""
+    if sampler in NOISY_SAMPLERS and rng is None:
+        raise ZoodipError(f"the {sampler} sampler adds noise every step: pass rng (generate() passes the seed's)")
+    if prediction_type == "epsilon" and not _KINDS[sampler].finite_top and ac[np.asarray(timesteps, np.int64)].min() == 0:
+        raise ZoodipError(f"the schedule reaches zero SNR (rescale_betas_zero_snr) at the {sampler} sampler's first "
+                          "step, where a noise-predicting model's image is undefined: such models predict v "
+                          "(prediction_type v_prediction in the scheduler config); or use another sampler")
 
 
 class KeptRegion:

@@ -178,6 +178,6 @@ def test_lcm_settings_out_of_range_are_one_line(tiny_export, tmp_path, capsys, c
 def test_scheduler_settings_no_sampler_applies_are_said() -> None:
     model = FakeModel()
     model.scheduler_config = dict(model.scheduler_config, clip_sample=True, thresholding=True)
-    assert "asks for clip_sample and thresholding, which zoodip's lcm does not apply" in sampler_notes(model, "lcm")[0]
+    assert "asks for clip_sample and thresholding, which zoodip's lcm sampler does not apply" in sampler_notes(model, "lcm")[0]
     model.scheduler_config = dict(model.scheduler_config, clip_sample=False, thresholding=False, solver_order=3)
     assert sampler_notes(model, "lcm") == [] and "asks for solver_order 3" in sampler_notes(model, "dpmpp_2m_sde")[0]

@@ -94,6 +94,21 @@ def test_ddim_matches_diffusers(prediction_type: str, steps: int) -> None:
 
 
 @needs_diffusers
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps,spacing", [(15, "trailing"), (4, "linspace"), (7, "trailing")])
+def test_ddim_steps_back_by_the_step_ratio_whatever_the_spacing(prediction_type: str, steps: int, spacing: str) -> None:
+    """diffusers' DDIM goes from t to t - num_train // steps, which is the list's next timestep only with "leading"."""
+    config = {**SD_CONFIG, "timestep_spacing": spacing, "steps_offset": 0}
+    ref, ref_ts = run_diffusers(schedulers.DDIMScheduler(**config, prediction_type=prediction_type), steps, noise())
+    ts = ddim_timesteps(1000, steps, offset=0, spacing=spacing)
+    np.testing.assert_array_equal(ts, ref_ts)
+    out = sample_ddim(fake_model, noise(), sd_alphas_cumprod(), ts, prediction_type, step_ratio=1000 // steps)
+    assert rel_err(out, ref) < 1e-5
+    listed = sample_ddim(fake_model, noise(), sd_alphas_cumprod(), ts, prediction_type)  # the list's next timestep
+    assert rel_err(listed, ref) > 1e-4
+
+
+@needs_diffusers
 def test_ddim_set_alpha_to_one_and_eta() -> None:
     config = {**SD_CONFIG, "set_alpha_to_one": True}
     steps = 10
