@@ -3,8 +3,9 @@ export holds.
 
 A1111 takes every ``<kind:args>`` tag out of a prompt's text before reading it and applies the network it names.
 zoodip fuses LoRAs into the weights once, at export (``zoodip export SRC OUT --lora FILE:SCALE``; the manifest's
-``source.loras``), so under A1111's prompt reading it takes the tags out the same way and says, in one line each,
-where a tag asks for what the export does not hold: a LoRA it lacks, one fused at another scale, a hypernetwork.
+``source.loras``), so under A1111's prompt reading it takes the tags out the same way and says, in one line per kind
+of problem, where tags ask for what the export does not hold: LoRAs it lacks, one fused at another scale, other
+networks. Names are compared stripped and composed (``lora_name``).
 """
 from __future__ import annotations
 
