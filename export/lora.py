@@ -35,6 +35,7 @@ PEFT_PARTS = {".lora_A.weight": "down", ".lora_B.weight": "up", ".alpha": "alpha
 OTHER_KINDS = {"hada_": "LoHa", "lokr_": "LoKr", "dora_scale": "DoRA", ".lora_mid.": "LoCon with a Tucker core",
                "lora_te1_": "SDXL", "lora_te2_": "SDXL", "text_encoder_2.": "SDXL", ".diff": "a full weight difference"}
 MAX_SCALE = 10.0  # A1111's LoRA weights are typically 0.5-1.5; far beyond, a typo
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(nan|inf|infinity)", re.IGNORECASE)  # a scale
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,12 @@ def parse_lora(text: str) -> LoraSpec:
     scale = 1.0
     if sep and path and not tail.strip() and not Path(text).exists():
         raise ZoodipError(f"--lora {text}: the scale after ':' is empty (FILE or FILE:SCALE, e.g. my_style.safetensors:0.8)")
-    if sep and path and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(nan|inf|infinity)", tail.strip(),
-                                     re.IGNORECASE):
+    if sep and path and _NUMBER.fullmatch(tail.strip()):
         text, scale = path, float(tail)
+        _, colon, other = path.rpartition(":")
+        if colon and _NUMBER.fullmatch(other.strip()) and not Path(path).exists():  # A1111's te:unet pair, say
+            raise ZoodipError(f"--lora {path}:{tail}: two scales given; a LoRA is fused at one (FILE:SCALE, e.g. "
+                              "my_style.safetensors:0.8)")
     if not math.isfinite(scale) or not 0 < abs(scale) <= MAX_SCALE:
         raise ZoodipError(f"--lora {text}: its scale {scale:g} is {'0, which fuses nothing' if scale == 0 else 'past +-%g' % MAX_SCALE}"
                           " (A1111's are about 0.5-1.5)")

@@ -255,7 +255,8 @@ def test_lora_arguments_read_a_scale_after_the_last_colon(tmp_path) -> None:
     assert parse_lora(f"{odd}:-1e-1") == LoraSpec(odd, -0.1)
     assert parse_lora(f"{odd}:.5").name == "style"
     for text, needle in ((f"{odd}:x", "no such file"), (f"{odd}:1e6", "past"), (f"{odd}:nan", "past"),
-                         (f"{odd}:0", "0, which fuses nothing"), (f"{odd}:", "the scale after ':' is empty")):
+                         (f"{odd}:0", "0, which fuses nothing"), (f"{odd}:", "the scale after ':' is empty"),
+                         (f"{odd}:0.5:0.5", "two scales given")):
         with pytest.raises(ZoodipError, match=needle):
             parse_lora(text)
     named = tmp_path / "style, v2.safetensors"
