@@ -57,11 +57,9 @@ def lora_name(name: str) -> str:
 
 def fused_loras(model: Any) -> dict[str, dict[str, Any]]:
     """``{name: its manifest entry}`` of the LoRAs an export holds (name: the file's stem, A1111's name for it)."""
-    manifest = getattr(model, "manifest", None)
-    source = manifest.get("source") if isinstance(manifest, dict) else None
-    entries = source.get("loras") if isinstance(source, dict) else None
-    return {lora_name(Path(str(entry.get("file", ""))).stem): entry for entry in entries if isinstance(entry, dict)
-            and isinstance(entry.get("scale", 1.0), (int, float))} if isinstance(entries, list) else {}
+    manifest = getattr(model, "manifest", None) or {}  # its entries' types were checked at load (zoodip.manifest)
+    entries = (manifest.get("source") or {}).get("loras") or []
+    return {lora_name(Path(entry["file"]).stem): entry for entry in entries}
 
 
 def lora_hashes(model: Any) -> str:
