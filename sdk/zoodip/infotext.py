@@ -4,7 +4,7 @@ A1111's images find them; ``zoodip info IMAGE`` prints them (``image_parameters.
 
     a photo of <my-dog> on a beach
     Negative prompt: blurry
-    Steps: 25, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 7, Size: 512x512, Model hash: 1a2b3c4d5e, Model: sd15, ...
+    Steps: 25, Sampler: DPM++ 2M, Schedule type: Uniform, CFG scale: 7.5, Seed: 7, Size: 512x512, Model hash: ...
 
 Fields are A1111's names where A1111 has the setting (``Denoising strength``, ``Clip skip``, ``Hires upscale``,
 ``Mask blur``, ...) and plain words where it has not (``Guidance rescale``, ``Prompt weighting``). One difference
@@ -30,8 +30,9 @@ from .hires import generate_hires
 from .prompt_checks import used_token_names
 from .sampling import A1111_SAMPLER_NAMES, DEFAULT_STEPS, image_strength, steps_run
 
-__all__ = ["A1111_SAMPLER_NAMES", "infotext", "model_hash", "read_infotext", "settings_from_fields",
-           "used_embedding_hashes"]  # the sampler names are sampling's, re-exported for infotext's readers
+# (the sampler names are sampling's, re-exported for infotext's readers)
+__all__ = ["A1111_AUTOMATIC_SCHEDULES", "A1111_SAMPLER_NAMES", "infotext", "model_hash", "read_infotext",
+           "settings_from_fields", "used_embedding_hashes"]
 MODEL_HASH_CHARS = 10  # A1111's short model hash
 
 
@@ -78,6 +79,7 @@ def infotext(prompt: str, settings: Mapping[str, Any], size: tuple[int, int], mo
     negative, clip_skip, count = settings["negative_prompt"], int(settings["clip_skip"]), int(settings["num_images"])
     fields: list[tuple[str, object]] = [
         ("Steps", settings["steps"]), ("Sampler", A1111_SAMPLER_NAMES.get(settings["sampler"], settings["sampler"])),
+        ("Schedule type", _written_schedule(settings["sampler"])),
         ("CFG scale", settings["guidance_scale"]), ("Seed", settings["seed"]),
         ("Size", f"{size[0]}x{size[1]}"), ("Model hash", model_hash(model)),
         ("Model", Path(model.folder).name),
@@ -268,14 +270,32 @@ def _read_hires(fields: Mapping[str, str], settings: dict[str, Any], problems: d
 _MAX_SCHEDULE = 1000  # the steps of SD's noise schedule, the most a sampler takes
 
 
+# A1111 1.9 on splits its schedules from its samplers ("Schedule type") and gives some samplers another one than their
+# plain, evenly spaced ("Uniform") timesteps when the type is "Automatic", its default and what a text without the
+# field pastes as: these, of the samplers zoodip has. A1111 writes the type it resolved, so a text without one was
+# made on Uniform (an older A1111's only schedule for these names); zoodip writes "Uniform" beside them, which A1111
+# 1.9 on would otherwise read as its Karras / Exponential.
+A1111_AUTOMATIC_SCHEDULES = {"DPM++ 2M": "Karras", "DPM++ 2M SDE": "Exponential"}
+_UNIFORM = "Uniform"
+
+
+def _written_schedule(sampler: str) -> str | None:
+    """The "Schedule type" zoodip writes beside a sampler: Uniform where A1111's Automatic would mean another."""
+    return _UNIFORM if A1111_SAMPLER_NAMES.get(sampler) in A1111_AUTOMATIC_SCHEDULES else None
+
+
 def _read_sampler(name: str, schedule: str | None, settings: dict[str, Any], problems: dict[str, str]) -> None:
-    """A1111's sampler name (with its "Schedule type", where A1111 1.9 on says it apart) as one of ``SAMPLERS``."""
+    """A1111's sampler name (with its "Schedule type", where A1111 1.9 on says it apart) as one of ``SAMPLERS``:
+    Uniform is zoodip's plain sampler (its timesteps spaced as the export's scheduler config says, close to A1111's
+    Uniform, not equal), Automatic the schedule A1111 1.9 on gives the sampler (``A1111_AUTOMATIC_SCHEDULES``)."""
     by_name = {a1111: ours for ours, a1111 in A1111_SAMPLER_NAMES.items()}
-    full = name if schedule in (None, "Automatic") else f"{name} {schedule}"
+    resolved = A1111_AUTOMATIC_SCHEDULES.get(name) if schedule == "Automatic" else schedule
+    full = name if resolved in (None, _UNIFORM) else f"{name} {resolved}"
     if full in by_name:
         settings["sampler"] = by_name[full]
     else:
-        with_schedule = "" if full == name else f" with the schedule type {schedule!r:.20}"
+        automatic = f" (A1111's {resolved} for it)" if schedule == "Automatic" else ""
+        with_schedule = "" if full == name else f" with the schedule type {schedule!r:.20}{automatic}"
         kinds = [f"{a1111[len(name):].strip()}'s schedule" if a1111 != name else "the model's own timesteps"
                  for a1111 in by_name if a1111.split(" Karras")[0] == name]
         has = f"it has {name} on {' or '.join(kinds)} only" if kinds else f"it has {', '.join(by_name)}"

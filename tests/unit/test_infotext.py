@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from zoodip.infotext import A1111_SAMPLER_NAMES, infotext
+from zoodip.infotext import A1111_AUTOMATIC_SCHEDULES, A1111_SAMPLER_NAMES, infotext, settings_from_fields
 from zoodip.sampling import SAMPLERS
 
 
@@ -80,3 +80,35 @@ def test_the_embeddings_used_are_a1111s_ti_hashes_their_names_kept_from_splittin
                                   embedding_hashes={"<a:b,c>": "0123456789ab", "d": "ba9876543210"}))
     assert fields["TI hashes"] == "<abc>: 0123456789ab, d: ba9876543210"
     assert "TI hashes" not in parse(infotext("x", {}, (8, 8), _Model(), embedding_hashes={}))[2]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_a_sampler_whose_a1111_automatic_schedule_differs_is_written_with_uniform_and_reads_back(sampler):
+    _, _, fields = parse(infotext("x", {"sampler": sampler}, (8, 8), _Model()))
+    plain_elsewhere = A1111_SAMPLER_NAMES[sampler] in A1111_AUTOMATIC_SCHEDULES  # A1111 1.9 would pick Karras etc.
+    assert fields.get("Schedule type") == ("Uniform" if plain_elsewhere else None)
+    assert settings_from_fields(fields)[0]["sampler"] == sampler
+
+
+@pytest.mark.parametrize("sampler, schedule, expected", [
+    ("DPM++ 2M", None, "dpmpp_2m"),  # A1111 writes the schedule it resolved: none written is Uniform (or before 1.9)
+    ("DPM++ 2M", "Uniform", "dpmpp_2m"),
+    ("DPM++ 2M", "Automatic", "dpmpp_2m_karras"),  # what A1111 1.9 on runs for it
+    ("DPM++ 2M", "Karras", "dpmpp_2m_karras"),
+    ("DPM++ 2M Karras", "Uniform", "dpmpp_2m_karras"),  # A1111 takes the name's suffix over the field
+    ("Euler a", "Automatic", "euler_a"),
+    ("Euler a", "Uniform", "euler_a"),
+    ("DPM++ 2M SDE", "Karras", "dpmpp_2m_sde_karras"),
+])
+def test_a1111s_schedule_type_reads_as_a1111_runs_it(sampler, schedule, expected):
+    fields = {"Sampler": sampler, **({"Schedule type": schedule} if schedule else {})}
+    settings, problems, _ = settings_from_fields(fields)
+    assert (settings.get("sampler"), problems) == (expected, {})
+
+
+def test_a1111s_automatic_schedule_that_zoodip_lacks_is_said_as_what_a1111_runs():
+    _, problems, _ = settings_from_fields({"Sampler": "DPM++ 2M SDE", "Schedule type": "Automatic"})
+    assert problems["sampler"].startswith("its sampler 'DPM++ 2M SDE' with the schedule type 'Automatic' (A1111's "
+                                          "Exponential for it) is not one zoodip has")
+    _, problems, _ = settings_from_fields({"Sampler": "Euler", "Schedule type": "SGM Uniform"})
+    assert "it has Euler on the model's own timesteps only" in problems["sampler"]
