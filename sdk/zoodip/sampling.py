@@ -186,12 +186,19 @@ def sampler_notes(model: Any, sampler: str, guidance_scale: float | None = None)
         notes.append(f"the lcm sampler is made for a guidance scale of 1 to 2 (1 also halves the work), not "
                      f"{guidance_scale:g}: its images may come out overcooked")
     unapplied = [key for key in ("clip_sample", "thresholding") if config.get(key) is True]
+    if config.get("use_karras_sigmas") is True and _KINDS[sampler].timesteps is not None:  # a non-Karras sampler
+        karras = f"{sampler}_karras" if f"{sampler}_karras" in _KINDS else "dpmpp_2m_karras"
+        unapplied.append(f"use_karras_sigmas True (--sampler {karras} has them)")
     if sampler.startswith("dpmpp"):  # DPM-Solver's own settings in a config saved with DPMSolverMultistepScheduler
         unapplied += [f"{key} {config[key]!r}" for key, ours in (("solver_order", 2), ("final_sigmas_type", "zero"))
                       if config.get(key, ours) != ours]
+        ours = "sde-dpmsolver++" if _KINDS[sampler].fresh_noise else "dpmsolver++"
+        if config.get("algorithm_type", ours) != ours:
+            hint = " (--sampler dpmpp_2m_sde is it)" if config["algorithm_type"] == "sde-dpmsolver++" else ""
+            unapplied.append(f"algorithm_type {config['algorithm_type']!r:.40}{hint}")
     if unapplied:  # SD's configs set both off; diffusers' schedulers would clamp the predicted x0
         asked = " and ".join(unapplied)
-        notes.append(f"the scheduler config asks for {asked if len(asked) <= 120 else asked[:117] + '...'}, which "
+        notes.append(f"the scheduler config asks for {asked if len(asked) <= 240 else asked[:237] + '...'}, which "
                      f"zoodip's {sampler} sampler does not apply: the images may differ from diffusers'")
     return notes
 

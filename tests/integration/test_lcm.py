@@ -181,3 +181,15 @@ def test_scheduler_settings_no_sampler_applies_are_said() -> None:
     assert "asks for clip_sample and thresholding, which zoodip's lcm sampler does not apply" in sampler_notes(model, "lcm")[0]
     model.scheduler_config = dict(model.scheduler_config, clip_sample=False, thresholding=False, solver_order=3)
     assert sampler_notes(model, "lcm") == [] and "asks for solver_order 3" in sampler_notes(model, "dpmpp_2m_sde")[0]
+
+
+def test_a_dpm_solver_config_saved_with_karras_sigmas_or_the_sde_says_the_sampler_that_has_them() -> None:
+    model = FakeModel()  # a config saved from DPMSolverMultistepScheduler(use_karras_sigmas=True, "sde-dpmsolver++")
+    model.scheduler_config = dict(model.scheduler_config, use_karras_sigmas=True, algorithm_type="sde-dpmsolver++")
+    assert sampler_notes(model, "dpmpp_2m_sde_karras") == []
+    note = sampler_notes(model, "dpmpp_2m")[0]
+    assert ("asks for use_karras_sigmas True (--sampler dpmpp_2m_karras has them) and algorithm_type "
+            "'sde-dpmsolver++' (--sampler dpmpp_2m_sde is it), which zoodip's dpmpp_2m sampler does not apply") in note
+    assert "use_karras_sigmas True (--sampler dpmpp_2m_karras has them)" in sampler_notes(model, "euler_a")[0]
+    model.scheduler_config = dict(model.scheduler_config, use_karras_sigmas=False, algorithm_type="dpmsolver")
+    assert sampler_notes(model, "ddim") == [] and "algorithm_type 'dpmsolver', " in sampler_notes(model, "dpmpp_2m")[0]
