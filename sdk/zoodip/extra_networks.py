@@ -5,7 +5,8 @@ A1111 takes every ``<kind:args>`` tag out of a prompt's text before reading it a
 zoodip fuses LoRAs into the weights once, at export (``zoodip export SRC OUT --lora FILE:SCALE``; the manifest's
 ``source.loras``), so under A1111's prompt reading it takes the tags out the same way and says, in one line per kind
 of problem, where tags ask for what the export does not hold: LoRAs it lacks, one fused at another scale, other
-networks. Names are compared stripped and composed (``lora_name``).
+networks; and a tag left unclosed, which A1111 reads as words. Names are compared stripped and composed
+(``lora_name``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from typing import Any
 
 # A1111's pattern for an extra network's tag: <kind:name[:multiplier[:...]]>.
 TAG = re.compile(r"<(\w+):([^>]+)>")
+# A tag opened and not closed before the next tag or the text's end (A1111 reads it as words).
+_OPEN_TAG = re.compile(r"<(?:lora|lyco|hypernet):[^<>]*(?=<|$)", re.IGNORECASE)
 LORA_KINDS = ("lora", "lyco")
 LORA_HASH_CHARS = 12  # A1111's "Lora hashes": the first characters of each file's SHA-256
 
@@ -75,9 +78,13 @@ def tag_problems(prompt: str, model: Any) -> list[str]:
     lacking: dict[str, str] = {}
     other_scale: dict[str, str] = {}
     other_kind: dict[str, str] = {}
-    for kind, name, (te, unet) in take_out_tags(prompt)[1]:
+    text, calls = take_out_tags(prompt)
+    unclosed = [found.group(0) for found in _OPEN_TAG.finditer(text)]
+    for kind, name, (te, unet) in calls:
         tag = f"<{kind}:{name}:{_shown(te)}" + ("" if unet == te else f":{_shown(unet)}") + ">"
-        if kind not in LORA_KINDS:
+        if "<" in name:  # A1111's pattern reads an unclosed tag and the next as one
+            unclosed.append(f"<{kind}:{name.split('<')[0]}")
+        elif kind not in LORA_KINDS:
             other_kind[tag] = kind
         elif name not in held:
             lacking[tag] = shlex.quote(f"{name}.safetensors:{_shown(te)}")
@@ -95,6 +102,9 @@ def tag_problems(prompt: str, model: Any) -> list[str]:
                         f"strength than the export's LoRA holds (fused at {', '.join(dict.fromkeys(other_scale.values()))}"
                         "), which its images use: a LoRA's strength is fixed at export, export again with --lora "
                         "FILE:SCALE for another (a multiplier that is no number counts as another)")
+    if unclosed:
+        problems.append(f"the prompt's {unclosed[0].strip()[:40]!r} has no closing '>', so A1111 reads no tag there "
+                        "but words (or, before another tag, the two as one): close it to name a LoRA")
     if other_kind:
         problems.append(f"the prompt's {_listed(other_kind)} name{'s' if len(other_kind) == 1 else ''} extra networks "
                         f"of a kind zoodip has none of ({', '.join(dict.fromkeys(other_kind.values()))}); left out of "

@@ -287,6 +287,18 @@ def test_tags_are_taken_out_as_a1111_does() -> None:
                                                                                                     (None, None))]
 
 
+def test_a_tag_left_unclosed_is_said_as_words_a1111_reads() -> None:
+    class NoLoras:
+        manifest: dict = {}
+
+    for prompt, shown in (("a <lora:style:0.7 cat", "'<lora:style:0.7 cat'"), ("(a>b) <hypernet:", "'<hypernet:'"),
+                          ("<LyCO:x, blue <lora:y:1>", "'<lyco:x, blue'")):  # A1111's pattern: the two as one tag
+        assert [line for line in tag_problems(prompt, NoLoras()) if "no closing '>'" in line] == [
+            f"the prompt's {shown} has no closing '>', so A1111 reads no tag there but words (or, before another tag, "
+            "the two as one): close it to name a LoRA"]
+    assert tag_problems("a <lora:> cat", NoLoras()) == []  # no tag by A1111's pattern, nor an unclosed one
+
+
 def test_a_tag_is_checked_against_the_loras_the_export_holds(fused_export) -> None:
     model = ExportedModel.load(fused_export)
     digest = model.manifest["source"]["loras"][0]["sha256"]
