@@ -55,7 +55,30 @@ def read_checkpoint(path: Path, fingerprint: str, photos_id: str, model_id: str,
             "or use a new --output_dir"
         )
     _check_identity(state, path, "photos", photos_id, "other photos (or captions)")
+    problem = _number_problem(state)
+    if problem:
+        raise ZoodipError(f"checkpoint {path} is damaged ({problem}): delete it and start again without --resume")
     return state
+
+
+# The counts a run's state holds (a damaged or edited file could make them fractional or negative), and the entries
+# that are never negative (Adam's second moment). best_eval's NaN stands for "no evaluation yet".
+_COUNTS = ("step", "train_forwards", "evals_without_improvement", "opt/steps", "sg/count")
+_NON_NEGATIVE = ("opt/exp_avg_sq",)
+
+
+def _number_problem(state: dict[str, np.ndarray]) -> str | None:
+    """What makes the state's numbers impossible for a run to have written, or None: the trainer's own checks are
+    of shapes, and a NaN resumed would surface steps later as a diverged loss or a failed SVD."""
+    for key, value in state.items():
+        array = np.asarray(value)
+        if array.dtype.kind == "f" and not np.isfinite(array[~np.isnan(array)] if key == "best_eval" else array).all():
+            return f"'{key}' holds values that are no finite numbers"
+        if key in _COUNTS and (array.shape != () or array.dtype.kind not in "iu" or int(array) < 0):
+            return f"'{key}' is {array.tolist()!r:.40}, not a count"
+        if key in _NON_NEGATIVE and array.dtype.kind == "f" and (array < 0).any():
+            return f"'{key}' holds negative values, which it never does"
+    return None
 
 
 def _check_identity(state: dict[str, np.ndarray], path: Path, key: str, mine: str, what: str) -> None:

@@ -343,6 +343,14 @@ def test_resume_with_fewer_steps_than_done_is_refused(finished_run, tiny_export,
     (lambda s: s.pop("v"), "damaged (no 'v')"),
     (lambda s: s.update(v=np.zeros(7, np.float32)), "damaged ('v' has shape [7]"),
     (lambda s: s.update({"opt/exp_avg": np.zeros(3)}), "damaged"),
+    # numbers no run writes: a NaN resumed surfaced steps later as a failed SVD (a traceback) or a "diverged" loss
+    (lambda s: s.update({"sg/buffer": np.full_like(s["sg/buffer"], np.nan)}), "damaged ('sg/buffer' holds values "
+                                                                              "that are no finite numbers)"),
+    (lambda s: s.update(v=np.full_like(s["v"], np.inf)), "damaged ('v' holds values that are no finite numbers)"),
+    (lambda s: s.update(eval_history=np.array([[0.0, np.nan]])), "damaged ('eval_history' holds values"),
+    (lambda s: s.update({"opt/exp_avg_sq": -1 - s["opt/exp_avg_sq"]}), "('opt/exp_avg_sq' holds negative values"),
+    (lambda s: s.update(step=np.array(2.5)), "damaged ('step' is 2.5, not a count)"),
+    (lambda s: s.update({"sg/count": np.array(-5)}), "damaged ('sg/count' is -5, not a count)"),
 ])
 def test_damaged_checkpoint_is_one_line(finished_run, tiny_export, photos, capsys, damage, needle):
     path = finished_run / "checkpoint.npz"
