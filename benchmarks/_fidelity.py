@@ -58,10 +58,10 @@ def placeholder_gradient(text, unet, rows, mask: np.ndarray, v0, x_t, t, target)
 
 
 def finite_difference_fidelity(export, source_folder, photos, seed: int = SEED,
-                               directions: int = DIRECTIONS) -> tuple[float, float]:
+                               directions: int = DIRECTIONS, mu: float = MU) -> tuple[float, float]:
     """(correlation, slope) of the SDK's finite differences on ``export`` against autograd on ``source_folder``.
 
-    The SDK's own DenoisingLoss with its default session options and mu; the slope is the least-squares
+    The SDK's own DenoisingLoss with its default session options, at the paper's mu unless given; the slope is the least-squares
     factor from exact to finite (1 when the magnitudes agree, not only the signs). The directions are
     evaluated in batches of at most ``DIRECTIONS``, each with its own L(v0) (a batch of one size).
     """
@@ -72,8 +72,8 @@ def finite_difference_fidelity(export, source_folder, photos, seed: int = SEED,
     loss = DenoisingLoss(model, placeholder, batched=True)
     finite = []
     for i in range(0, len(z), DIRECTIONS):
-        losses = loss(ids, np.concatenate([v0[None], v0[None] + MU * z[i : i + DIRECTIONS]]), x_t, t, target)
-        finite.append((losses[1:] - losses[0]) / MU)
+        losses = loss(ids, np.concatenate([v0[None], v0[None] + mu * z[i : i + DIRECTIONS]]), x_t, t, target)
+        finite.append((losses[1:] - losses[0]) / mu)
     finite = np.concatenate(finite)
     exact = autograd_directional(source_folder, loss, ids, v0, x_t, t, target, z)
     return float(np.corrcoef(finite, exact)[0, 1]), float(np.dot(finite, exact) / np.dot(exact, exact))

@@ -55,7 +55,7 @@ def config_from_args(args: argparse.Namespace):
     from .trainer import PersonalizeConfig
 
     return PersonalizeConfig(
-        export_dir=Path(args.model), images=Path(args.train_data_dir), output_dir=args.output_dir,
+        export_dir=args.model, images=args.train_data_dir, output_dir=args.output_dir,  # (strings: "" is said)
         placeholder_token=args.placeholder_token, initializer_token=args.initializer_token, num_vectors=args.num_vectors,
         learnable_property=args.learnable_property, resolution=args.resolution,
         max_train_steps=args.max_train_steps, learning_rate=args.learning_rate, seed=args.seed,

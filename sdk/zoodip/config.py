@@ -31,6 +31,11 @@ from .timesteps import PAPER_T_RANGE
 from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
 
 OPTIMIZERS = ("adam", "sgd")  # ZO-Adam (the paper's) or ZO-SGD
+# The smallest finite-difference step a run takes: below it float32 rounding takes the model's loss differences over
+# (benchmarks/README.md, "fd_fidelity.py": correlation with autograd against mu). The estimator itself (exact
+# functions in float64) has no such floor.
+MU_MIN = 1e-5
+MAX_LEARNING_RATE = 100.0  # far past any useful step (the paper's is 1e-2): a typo such as 1e308 overflows the step
 # A photo's latent: one sample of its VAE posterior drawn once and cached ("once"), or a fresh sample every
 # step from the cached mean and std ("per-step", as the authors' code and diffusers' script encode each batch).
 VAE_SAMPLING = ("once", "per-step")
@@ -171,9 +176,11 @@ class PersonalizeConfig:
             value = getattr(self, name)
             if not (value is None and name == "validation_prompt") and not isinstance(value, str):
                 raise ZoodipError(f"{name} must be a string, got {value!r}")
-        if isinstance(self.output_dir, str) and not self.output_dir.strip():
-            # Path("") is ".": an empty flag would silently write into the current folder.
-            raise ZoodipError("--output_dir is empty: name the folder to write into, e.g. --output_dir my-run")
+        for flag, value, example in (("--output_dir", self.output_dir, "my-run"), ("--train_data_dir", self.images,
+                                     "my-photos"), ("--model", self.export_dir, "sd15-int8")):
+            if isinstance(value, str) and not value.strip():
+                # Path("") is ".": an empty flag would silently read or write the current folder.
+                raise ZoodipError(f"{flag} is empty: name the folder, e.g. {flag} {example}")
         if self.memory_budget_mb is not None:
             self.batched = False  # n+1 evaluations one by one: a third of the activations
         self.export_dir = Path(self.export_dir)
@@ -228,7 +235,7 @@ class PersonalizeConfig:
         positive_int("seed", self.seed, 0)
         if self.tau is not None:
             positive_int("tau", self.tau, 2)
-        positive_int("max_train_steps", self.max_train_steps, 0)
+        positive_int("max_train_steps", self.max_train_steps)  # 0 would save the initializer as a learned word
         positive_int("eval_every", self.eval_every, 0)
         validation.positive_int("eval_timesteps", self.eval_timesteps)  # the API's only: no flag sets it
         validation.positive_int("--checkpointing_steps (checkpoint_every)", self.checkpoint_every, 0)
@@ -248,9 +255,11 @@ class PersonalizeConfig:
     def _validate_method(self) -> None:
         """The method's hyperparameters and choices."""
         # The same checks as the method's own constructors (zo.py), under the CLI's flag names.
-        check_mu(self.mu, "--mu")
+        if check_mu(self.mu, "--mu") < MU_MIN:
+            raise ZoodipError(f"--mu {self.mu:g} is too small: below {MU_MIN:g} the loss differences of a float32 "
+                              "model drown in its rounding and the estimate is noise; the paper uses 1e-3")
         validation.finite_float("--nu", self.nu, low=0.0, high=1.0, high_open=True)
-        validation.finite_float("--learning_rate", self.learning_rate, low=0.0)
+        validation.finite_float("--learning_rate", self.learning_rate, low=0.0, high=MAX_LEARNING_RATE)
         if self.optimizer not in OPTIMIZERS:
             raise ZoodipError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.directions not in DIRECTIONS:
@@ -399,7 +408,7 @@ def warn_about_settings(config: PersonalizeConfig, width: int, native: int | Non
     """One warning each for settings that will not do what they say: a placeholder that A1111's reading splits
     (it holds AND or BREAK), a resolution past twice the model's ``native`` one, Subspace Gradient's history at least ``width``, the length of the learned vector (the
     embedding width times --num_vectors; only an explicit --tau gets there), and a warmup with the constant
-    learning rate.
+    learning rate or longer than the run.
 
     Called from Personalizer._compose_method: the warnings name the line that built the Personalizer.
     """
@@ -409,6 +418,9 @@ def warn_about_settings(config: PersonalizeConfig, width: int, native: int | Non
         warnings.warn(f"--resolution {config.resolution} is more than twice the model's native {native} px: each "
                       f"forward costs about {(config.resolution / native) ** 2:.0f}x the native one's, on images larger than "
                       f"the model's own; use --resolution {native} (or leave it out)", stacklevel=4)
+    if config.lr_scheduler != "constant" and config.lr_warmup_steps > config.max_train_steps:
+        warnings.warn(f"--lr_warmup_steps {config.lr_warmup_steps} is longer than the run (--max_train_steps "
+                      f"{config.max_train_steps}): the learning rate never reaches --learning_rate", stacklevel=4)
     if config.lr_scheduler == "constant" and config.lr_warmup_steps:
         warnings.warn(f"--lr_warmup_steps {config.lr_warmup_steps} has no effect with --lr_scheduler constant (as in "
                       "diffusers); use constant_with_warmup, linear or cosine to warm up", stacklevel=4)

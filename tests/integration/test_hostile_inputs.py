@@ -187,6 +187,12 @@ def test_sha256_is_checked_once_per_file_identity_and_verify_checks_all(tiny_exp
     (["--n", "100000"], "use at most 32"),
     (["--learning_rate", "inf"], "--learning_rate"),
     (["--checkpointing_steps", "-1"], "--checkpointing_steps"),  # the flag's own name, not the config field's
+    # found by a sweep: these ran every step and then ended in a NaN, "never moved" or the initializer saved as learned
+    (["--learning_rate", "1e308"], "--learning_rate must be a finite number in (0, 100]"),
+    (["--mu", "1e-7"], "--mu 1e-07 is too small: below 1e-05 the loss differences of a float32 model drown"),
+    (["--max_train_steps", "0"], "--max_train_steps must be an integer >= 1"),
+    (["--train_data_dir", " "], "--train_data_dir is empty: name the folder"),  # Path("") is the current folder
+    (["--model", ""], "--model is empty: name the folder"),
 ])
 def test_numbers_out_of_range_are_refused_up_front(tiny_export, photos, work, capsys, flags, needle):
     code, _, err = run_cli(personalize_args(tiny_export, photos, work / "run", *flags), capsys)

@@ -450,6 +450,11 @@ def test_warmup_with_the_constant_rate_warns_at_the_callers_line(tiny_export, ph
     with pytest.warns(UserWarning, match="--lr_warmup_steps 3 has no effect with --lr_scheduler constant") as caught:
         Personalizer(make_config(tiny_export, photos, tmp_path / "w", lr_warmup_steps=3))
     assert [w.filename for w in caught if "lr_warmup" in str(w.message)] == [__file__]
+    config = make_config(tiny_export, photos, tmp_path / "long", lr_scheduler="linear", lr_warmup_steps=50,
+                         max_train_steps=4)
+    with pytest.warns(UserWarning, match=r"--lr_warmup_steps 50 is longer than the run \(--max_train_steps 4\): the "
+                                         "learning rate never reaches --learning_rate"):
+        Personalizer(config)
 
 
 def test_numpy_numbers_in_the_config_are_the_numbers_they_equal(tiny_export, photos, tmp_path):
