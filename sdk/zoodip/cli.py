@@ -37,6 +37,7 @@ from .console import (TERMINATION_SIGNALS, OneLineParser, ProgressBar, SamplingB
 from .cli_flags import add_generate_flags, add_personalize_flags  # noqa: E402
 from .errors import ZoodipError  # noqa: E402
 from .foreign_flags import foreign_flag_problem  # noqa: E402
+from .paths import os_error_line  # noqa: E402
 
 if TYPE_CHECKING:
     import numpy as np
@@ -485,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of stdout left (`zoodip info X | head -1`): nothing is wrong here
         _silence_stdout()
         return 141  # 128 + SIGPIPE, as a command that the pipe's signal ended
+    except OSError as exc:  # a path the system refused where it was first touched (a name too long, a link loop)
+        return print_error(os_error_line(exc))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ a second run in it would delete the first's in-flight temp files and interleave 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -86,6 +87,16 @@ def check_output_file(path: str | os.PathLike[str], flag: str, suffixes: tuple[s
         return path
     _check_creatable(path, flag)
     return path
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an error the system raised on a path wherever it was first touched (a name past the file
+    system's length, a loop of links, a folder that went away): the path, shortened, and what to do."""
+    advice = {errno.ENAMETOOLONG: "the name is too long for the file system: use a shorter one",
+              errno.ELOOP: "its links form a loop: point the link at a real file"}.get(
+        exc.errno or 0, f"{(exc.strerror or type(exc).__name__).lower()}: check the path")
+    name = os.fsdecode(exc.filename) if isinstance(exc.filename, (str, bytes)) else "a path"
+    return f"{name[:60] + '...' if len(name) > 60 else name}: {advice}"
 
 
 def lies_within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:

@@ -558,3 +558,14 @@ def test_an_embedding_that_saturates_the_text_encoder_is_warned_about(model):
         generate(model, "a photo of <s>", steps=1, added_embeddings={"<s>": vector})
     with pytest.warns(UserWarning, match=r"the embedding for '<s>' has a vector of norm .* over 100x the largest word's"):
         generate(model, "a photo of <s>", steps=1, added_embeddings={"<s>": vector * np.float32(1e4)})
+
+
+@pytest.mark.parametrize("flag", ["--out", "--image", "--parameters-from", "--embedding", "--latents", "--model"])
+def test_a_name_too_long_for_the_file_system_is_one_line_wherever_it_is_given(tiny_export, tmp_path, capsys, flag):
+    """Found by a sweep: pathlib's is_dir()/exists() raised ENAMETOOLONG as a traceback from six places."""
+    long = tmp_path / ("a" * 300 + ".png")
+    args = {"--out": tmp_path / "o.png", "--model": tiny_export, flag: long}
+    code, _, err = run_cli(["generate", "--prompt", "a star", "--steps", "2", *(x for pair in args.items() for x in pair)],
+                           capsys)
+    assert_one_line_error(code, err, "...: the name is too long for the file system: use a shorter one")
+    assert not (tmp_path / "o.png").exists()
