@@ -145,7 +145,9 @@ _ONE_SETTING: dict[str, tuple[str, Callable[[str], Any]]] = {
 NOT_SETTINGS = ("Model", "Model hash", "Version", "Batch pos", "Hires upscaler", "TI hashes", "Lora hashes",
                 "Schedule type", "Initial latents", "Inpaint area", "Hires steps", "Hires upscale", "Batch size",
                 HIRES_SCHEDULE)
-_FIELD_PAIR = re.compile(r'\s*(\w[\w \-/+.]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')  # A1111's own pattern
+# A1111's own pattern, with its names bounded (its longest are about 30 characters): unbounded, a long line without
+# a colon was read again from every word to its end, hours for a few megabytes of text.
+_FIELD_PAIR = re.compile(r'\s*(\w[\w \-/+.]{0,79}):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 _NEGATIVE = "Negative prompt:"
 
 

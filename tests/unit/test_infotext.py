@@ -112,3 +112,16 @@ def test_a1111s_automatic_schedule_that_zoodip_lacks_is_said_as_what_a1111_runs(
                                           "Exponential for it) is not one zoodip has")
     _, problems, _ = settings_from_fields({"Sampler": "Euler", "Schedule type": "SGM Uniform"})
     assert "it has Euler on the model's own timesteps only" in problems["sampler"]
+
+
+def test_a_long_settings_line_without_a_colon_is_read_in_linear_time():
+    """Found by a sweep: A1111's pattern read such a line again from every word to its end (120 KB: 74 s, 4 MB: about
+    a day). A bound well above the linear time, far below the quadratic one (about 15 minutes for this line)."""
+    import time
+
+    from zoodip.infotext import read_infotext
+
+    start = time.perf_counter()
+    prompt, _, fields = read_infotext("a cat\n" + "a " * 200_000)
+    assert time.perf_counter() - start < 10 and fields == {} and prompt.startswith("a cat\na a")
+    assert read_infotext("x\nSteps: 4, " + "Lora hashes: \"" + "n: 0123456789ab, " * 50 + "\", Seed: 3")[2]["Seed"] == "3"
