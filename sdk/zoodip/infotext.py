@@ -139,8 +139,9 @@ _ONE_SETTING: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Clip skip": ("clip_skip", lambda value: max(int(value) - 1, 0)),  # (A1111 reads its 0 as its 1: the last layer)
     "Guidance rescale": ("guidance_rescale", float),
     "Prompt weighting": ("prompt_weighting", str),
-    "Mask blur": ("mask_blur", float), "Masked area padding": ("padding_mask_crop", int),
+    "Mask blur": ("mask_blur", float),
 }
+A1111_MASK_PADDING = 32  # the padding A1111 takes for "Only masked" where the text gives none
 # Fields that are no setting (said, or checked by the caller) and A1111's that fields above already carry.
 NOT_SETTINGS = ("Model", "Model hash", "Version", "Batch pos", "Hires upscaler", "TI hashes", "Lora hashes",
                 "Schedule type", "Initial latents", "Inpaint area", "Hires steps", "Hires upscale", "Batch size",
@@ -198,15 +199,16 @@ def settings_from_fields(fields: Mapping[str, str]) -> tuple[dict[str, Any], dic
     problems: dict[str, str] = {}
     for field, value in fields.items():
         names = {"Size": ("width", "height"), "Denoising strength": ("strength",), "Batch size": ("num_images",),
-                 "Paste back": ("paste_back",)}.get(field, (field,))
+                 "Paste back": ("paste_back",), "Inpaint area": ("padding_mask_crop",)}.get(field, (field,))
         try:
             _read_field(field, value, fields, settings, problems)
         except (ValueError, ZeroDivisionError):
             for name in (_ONE_SETTING[field][0],) if field in _ONE_SETTING else names:
                 problems[name] = (f"its {field} {value!r:.40} does not read as a value: give it yourself "
                                   f"(--{name.replace('_', '-')})")
-    unused = [field for field in fields if field not in {*_ONE_SETTING, *NOT_SETTINGS, "Size", "Denoising strength",
-                                                         "Paste back", "Sampler"}]
+    read = {*_ONE_SETTING, *NOT_SETTINGS, "Size", "Denoising strength", "Paste back", "Sampler"}
+    unused = [field for field in fields if field not in read and not (field == "Masked area padding"
+                                                                      and "Inpaint area" in fields)]
     if not is_zoodips(fields):
         settings.setdefault("prompt_weighting", "a1111")  # A1111 reads emphasis
         if {"Mask blur", "Inpaint area", "Masked area padding"} & set(fields):
@@ -236,6 +238,15 @@ def _read_field(field: str, value: str, fields: Mapping[str, str], settings: dic
         settings["paste_back"] = value.lower() == "true"
     elif field == "Sampler":
         _read_sampler(value, fields.get("Schedule type"), settings, problems)
+    elif field == "Inpaint area":  # A1111 writes its padding with "Only masked" only, and reads 32 where it is missing
+        if value not in ("Only masked", "Whole picture"):
+            raise ValueError(value)
+        padding = fields.get("Masked area padding", str(A1111_MASK_PADDING))
+        if value == "Only masked" and not padding.isdigit():
+            problems["padding_mask_crop"] = (f"its Masked area padding {padding!r:.40} does not read as a value: give "
+                                             "it yourself (--padding-mask-crop)")
+        elif value == "Only masked":
+            settings["padding_mask_crop"] = int(padding)
 
 
 def _read_hires(fields: Mapping[str, str], settings: dict[str, Any], problems: dict[str, str]) -> None:

@@ -125,3 +125,23 @@ def test_a_long_settings_line_without_a_colon_is_read_in_linear_time():
     prompt, _, fields = read_infotext("a cat\n" + "a " * 200_000)
     assert time.perf_counter() - start < 10 and fields == {} and prompt.startswith("a cat\na a")
     assert read_infotext("x\nSteps: 4, " + "Lora hashes: \"" + "n: 0123456789ab, " * 50 + "\", Seed: 3")[2]["Seed"] == "3"
+
+
+@pytest.mark.parametrize("fields, padding, unused", [
+    ({"Inpaint area": "Only masked", "Masked area padding": "8"}, 8, []),
+    ({"Inpaint area": "Only masked"}, 32, []),  # A1111 reads its default where the text gives none
+    ({"Inpaint area": "Whole picture", "Masked area padding": "32"}, None, []),  # found by a sweep: was cropped
+    ({"Masked area padding": "8"}, None, ["Masked area padding"]),  # no area: not A1111's, said as left out
+])
+def test_the_masked_area_padding_crops_only_with_a1111s_only_masked(fields, padding, unused):
+    settings, problems, left_out = settings_from_fields({"Mask blur": "4", **fields})
+    assert (settings.get("padding_mask_crop"), problems, left_out) == (padding, {}, unused)
+    assert settings["paste_back"] is True  # A1111's inpainting puts the original back either way
+
+
+def test_an_inpaint_area_or_padding_that_does_not_read_names_its_flag():
+    for fields, words in (({"Inpaint area": "Only masked", "Masked area padding": "x"}, "its Masked area padding 'x'"),
+                          ({"Inpaint area": "Everywhere"}, "its Inpaint area 'Everywhere'")):
+        problems = settings_from_fields(fields)[1]
+        assert list(problems) == ["padding_mask_crop"] and words in problems["padding_mask_crop"]
+        assert "(--padding-mask-crop)" in problems["padding_mask_crop"]
