@@ -82,6 +82,12 @@ def parameter_notes(parameters: ImageParameters, model: Any, hashes: Mapping[str
                      f"{fields.get('Denoising strength')}): pass it with --image to make it again")
     if image_given and any(name in parameters.settings for name in TEXT_TO_IMAGE_SETTINGS):
         notes.append("the image's hires fix is left out: it is for text-to-image, and --image is given")
+    elif "hires_strength" in parameters.settings and fields.get("Hires upscaler", "Lanczos") != "Lanczos":
+        notes.append(f"the image's hires fix upscaled with {fields['Hires upscaler']!r:.40}, zoodip's with Lanczos (an "
+                     "image resampler): its second pass starts from another picture, and the image will differ")
+    if fields.get("Mask mode") == "Inpaint not masked":
+        notes.append("the image was inpainted outside its mask (A1111's Mask mode: Inpaint not masked): pass the "
+                     "inverted mask with --mask, or the other part is redrawn")
     if latents_given and any(name in parameters.settings for name in NOISE_SETTINGS):
         notes.append("the image's variation seed is left out: --latents are the noise")
     if not mask_given and any(name in parameters.settings for name in MASK_SETTINGS):

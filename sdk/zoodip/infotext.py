@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .added_tokens import tokenizer_with
+from .errors import ZoodipError
 from .extra_networks import lora_hashes
 from .generate import generate, prompt_texts_read
 from .hires import generate_hires
@@ -145,7 +146,7 @@ A1111_MASK_PADDING = 32  # the padding A1111 takes for "Only masked" where the t
 # Fields that are no setting (said, or checked by the caller) and A1111's that fields above already carry.
 NOT_SETTINGS = ("Model", "Model hash", "Version", "Batch pos", "Hires upscaler", "TI hashes", "Lora hashes",
                 "Schedule type", "Initial latents", "Inpaint area", "Hires steps", "Hires upscale", "Batch size",
-                HIRES_SCHEDULE)
+                HIRES_SCHEDULE, "Hires resize", "First pass size", "Mask mode")
 # A1111's own pattern, with its names bounded (its longest are about 30 characters): unbounded, a long line without
 # a colon was read again from every word to its end, hours for a few megabytes of text.
 _FIELD_PAIR = re.compile(r'\s*(\w[\w \-/+.]{0,79}):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
@@ -219,7 +220,7 @@ def settings_from_fields(fields: Mapping[str, str]) -> tuple[dict[str, Any], dic
 def _read_field(field: str, value: str, fields: Mapping[str, str], settings: dict[str, Any],
                 problems: dict[str, str]) -> None:
     """One field's settings (``settings_from_fields``); a value that does not read raises ValueError."""
-    hires = "Hires upscale" in fields and "Denoising strength" in fields  # as A1111 turns its hires fix on
+    hires = bool(_HIRES_SIZES & set(fields)) and "Denoising strength" in fields  # as A1111 turns its hires fix on
     if field in _ONE_SETTING:
         name, read = _ONE_SETTING[field]
         settings[name] = read(value)
@@ -228,7 +229,7 @@ def _read_field(field: str, value: str, fields: Mapping[str, str], settings: dic
         settings["width"], settings["height"] = int(width), int(height)
     elif field == "Denoising strength":  # the hires fix's second pass, or image-to-image's
         settings["hires_strength" if hires else "strength"] = float(value)
-    elif field == "Hires upscale" and hires:
+    elif field in _HIRES_SIZES and hires:
         _read_hires(fields, settings, problems)
     elif field == "Batch size" and is_zoodips(fields):  # A1111's batch image: its own seed, made alone
         settings["num_images"] = int(value)
@@ -255,9 +256,11 @@ def _read_hires(fields: Mapping[str, str], settings: dict[str, Any], problems: d
     readings = {"hires_scale": ("Hires upscale", float), "hires_strength": ("Denoising strength", float)}
     for name, (field, read) in readings.items():
         try:
-            settings[name] = read(fields[field])
+            settings[name] = read(fields[field]) if field in fields else _hires_resize_scale(fields)
         except ValueError:
             problems[name] = f"its {field} {fields[field]!r:.40} does not read as a value: give --{name.replace('_', '-')}"
+        except ZoodipError as exc:
+            problems[name] = str(exc)
     strength = settings.get("hires_strength")
     if strength is None or not 0 < strength <= 1:
         problems["hires_strength"] = (f"its Denoising strength {fields['Denoising strength']!r:.40} is not in (0, 1]: "
@@ -281,6 +284,27 @@ def _read_hires(fields: Mapping[str, str], settings: dict[str, Any], problems: d
 
 
 _MAX_SCHEDULE = 1000  # the steps of SD's noise schedule, the most a sampler takes
+# The fields by which A1111 says its hires fix's size: "Upscale by", "Resize to" (WxH, 0 for a side that follows the
+# other) and its first hires fix's (before 1.0) size of the first pass.
+_HIRES_SIZES = {"Hires upscale", "Hires resize", "First pass size"}
+
+
+def _hires_resize_scale(fields: Mapping[str, str]) -> float:
+    """The scale of A1111's "Resize to" hires fix, whose second pass keeps the first's aspect: zoodip's scales the
+    first pass, so another aspect (which A1111 crops to) or its old first-pass size is a ZoodipError to say."""
+    if "Hires resize" not in fields:
+        raise ZoodipError(f"its hires fix is A1111's first one (First pass size {fields['First pass size']!r:.20}, "
+                          "Size the result's): give --hires-scale and the first pass's --width and --height")
+    try:
+        (width, height), (to_width, to_height) = (map(int, fields[key].split("x")) for key in ("Size", "Hires resize"))
+        scale = to_width / width if to_width else to_height / height
+    except (KeyError, ValueError, ZeroDivisionError):
+        raise ZoodipError(f"its Hires resize {fields['Hires resize']!r:.20} does not read as a size of its Size "
+                          f"{fields.get('Size')!r:.20}: give --hires-scale") from None
+    if any(to and abs(side * scale - to) >= 8 for side, to in ((width, to_width), (height, to_height))):
+        raise ZoodipError(f"its Hires resize {fields['Hires resize']!r:.20} changes the shape of its Size "
+                          f"{fields['Size']!r:.20} (A1111 crops to it; zoodip's hires fix scales): give --hires-scale")
+    return scale
 
 
 # A1111 1.9 on splits its schedules from its samplers ("Schedule type") and gives some samplers another one than their

@@ -182,3 +182,48 @@ def test_zoodips_schedule_field_alone_is_no_hires_fix_and_paste_back_reads_eithe
     settings, problems, _ = settings_from_fields(read_infotext("a cat\nSteps: 2, Seed: 1, Hires schedule: 3, "
                                                                "Paste back: true, Version: zoodip 0.1.0")[2])
     assert not problems and "hires_steps" not in settings and settings["paste_back"] is True
+
+
+A1111_HIRES = ("a cat\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Denoising strength: 0.7, "
+               "Hires resize: 128x0, Hires steps: 2, Hires upscaler: Latent, Version: v1.10.1")
+
+
+def test_a1111s_resize_to_hires_fix_is_a_hires_fix_and_its_upscaler_is_said(tiny_export):
+    """Found by a sweep: "Hires resize" (A1111's Resize-to mode) was read as image-to-image, with advice to pass an
+    image; A1111's Latent or ESRGAN upscalers were swapped for Lanczos without a word."""
+    from zoodip.from_parameters import ImageParameters, parameter_notes
+    from zoodip.model import ExportedModel
+
+    prompt, negative, fields = read_infotext(A1111_HIRES)
+    settings, problems, unused = settings_from_fields(fields)
+    assert (settings["hires_scale"], settings["hires_strength"], "strength" in settings, problems, unused) == (
+        2.0, 0.7, False, {}, [])
+    notes = parameter_notes(ImageParameters(prompt, negative, settings, problems, unused, fields),
+                            ExportedModel.load(tiny_export), {}, image_given=False, mask_given=False, latents_given=False)
+    assert [note for note in notes if "hires" in note] == [
+        "the image's hires fix upscaled with 'Latent', zoodip's with Lanczos (an image resampler): its second pass "
+        "starts from another picture, and the image will differ"]
+    old = settings_from_fields(read_infotext(A1111_HIRES.replace("Hires resize: 128x0", "First pass size: 0x0"))[2])
+    assert "hires_strength" in old[0] and "A1111's first one (First pass size '0x0'" in old[1]["hires_scale"]
+
+
+@pytest.mark.parametrize("resize, scale, problem", [("128x128", 2.0, None), ("0x96", 1.5, None),
+                                                    ("128x96", None, "changes the shape of its Size '64x64'"),
+                                                    ("axb", None, "does not read as a size")])
+def test_a_hires_resize_is_a_scale_of_the_first_pass_where_it_keeps_its_shape(resize, scale, problem):
+    settings, problems, _ = settings_from_fields(read_infotext(A1111_HIRES.replace("128x0", resize))[2])
+    assert settings.get("hires_scale") == scale and (problem in problems["hires_scale"] if problem else not problems)
+
+
+def test_an_image_inpainted_outside_its_mask_says_to_invert_it(tiny_export):
+    from zoodip.from_parameters import ImageParameters, parameter_notes
+    from zoodip.model import ExportedModel
+
+    text = A1111_HIRES.split("\n")[0] + "\nSteps: 3, Seed: 1, Size: 64x64, Denoising strength: 0.7, Mask blur: 4, " \
+                                        "Mask mode: Inpaint not masked"
+    prompt, negative, fields = read_infotext(text)
+    settings, problems, unused = settings_from_fields(fields)
+    notes = parameter_notes(ImageParameters(prompt, negative, settings, problems, unused, fields),
+                            ExportedModel.load(tiny_export), {}, image_given=True, mask_given=True, latents_given=False)
+    assert unused == [] and notes == ["the image was inpainted outside its mask (A1111's Mask mode: Inpaint not "
+                                      "masked): pass the inverted mask with --mask, or the other part is redrawn"]
