@@ -25,7 +25,7 @@ from .curvature import DEFAULT_CURVATURE_FRACTION
 from .lr_schedule import LENGTH_DEPENDENT, LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT, RuntimeOptions
 from .paths import lies_within
-from .prompt_checks import keyword_token_problems
+from .prompt_checks import unreadable_token_problems
 from .prompts import LEARNABLE_PROPERTIES
 from .timesteps import PAPER_T_RANGE
 from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
@@ -305,6 +305,10 @@ class PersonalizeConfig:
         if self.validation_prompt is not None and self.placeholder_token not in self.validation_prompt:
             raise ZoodipError(f"--validation_prompt {self.validation_prompt!r} does not contain {self.placeholder_token}: "
                               f"put the token in it, e.g. 'a photo of {self.placeholder_token} on the beach'")
+        unreadable = unreadable_token_problems([self.placeholder_token])
+        if unreadable and self.validation_prompt is not None and self.validation_prompt_weighting == "a1111":
+            raise ZoodipError(f"{unreadable[0]}; the previews, read as A1111 reads them (--prompt-weighting a1111), "
+                              "would lack it")
         if self.captions is not None and self.template_file is not None:
             raise ZoodipError("--captions and --template_file are two ways to caption the photos: use one")
         if self.vae_sampling not in VAE_SAMPLING:
@@ -412,7 +416,7 @@ def warn_about_settings(config: PersonalizeConfig, width: int, native: int | Non
 
     Called from Personalizer._compose_method: the warnings name the line that built the Personalizer.
     """
-    for problem in keyword_token_problems([config.placeholder_token]):
+    for problem in unreadable_token_problems([config.placeholder_token]):
         warnings.warn(problem, stacklevel=4)
     if native and config.resolution and config.resolution > 2 * native:  # diffusers' script defaults to 512
         warnings.warn(f"--resolution {config.resolution} is more than twice the model's native {native} px: each "

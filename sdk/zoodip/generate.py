@@ -44,8 +44,8 @@ from .limits import check_image_size
 from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
 from .model import clip_skip_problem
 from .noise import check_seed, check_variation, checked_latents, seed_noise
-from .prompt_checks import (LONG_PROMPT_HINT, keyword_token_problems, syntax_problems, token_use_problems,
-                            truncation_problems, unloaded_token_problems)
+from .prompt_checks import (LONG_PROMPT_HINT, syntax_problems, token_use_problems, truncation_problems,
+                            unloaded_token_problems, unreadable_token_problems)
 from .prompt_schedule import Phases, check_phase_count, composable_parts, prompt_schedule
 from .sampling import (DEFAULT_STEPS, ProgressCallback, check_sampler, check_steps, check_strength, image_strength,
                        run_sampler, steps_run)
@@ -218,10 +218,12 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
     groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
     weighted = weighting == "a1111"
     problems = ([] if chunked else truncation_problems(tokenizer, read, LONG_PROMPT_HINT if weighted else ""))
-    problems += (token_use_problems(tokenizer, read, groups, whole=chunked)
-                 + unloaded_token_problems(read, names := [name for names in groups for name in names], tokenizer)
+    names = [name for names in groups for name in names]
+    unreadable = {name for name in names if unreadable_token_problems([name])} if weighted else set()
+    problems += (token_use_problems(tokenizer, read, [g for g in groups if not unreadable & set(g)], whole=chunked)
+                 + unloaded_token_problems(read, names, tokenizer)
                  + syntax_problems(prompts, weighted, chunked, negative=phases[1].values)
-                 + (keyword_token_problems(names) + tag_problems(prompt, model) if weighted else []))
+                 + (unreadable_token_problems(names) + tag_problems(prompt, model) if weighted else []))
     for problem in dict.fromkeys(problems):
         warnings.warn(problem, stacklevel=3)
 

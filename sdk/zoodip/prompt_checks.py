@@ -139,10 +139,17 @@ def _bare_words_said(names: Sequence[str], texts: Sequence[str]) -> list[str]:
                                          for text in texts if text)]
 
 
-def keyword_token_problems(names: Sequence[str]) -> list[str]:
-    """One message per learned token whose name holds A1111's AND or BREAK: read as A1111 reads a prompt, the prompt
-    is split there, so the token is never read whole."""
-    keywords = {"AND": AND_SEPARATOR.search, "BREAK": has_break}
-    return [f"the learned token {name!r} holds {keyword}, where A1111's reading of a prompt splits it, so the token is "
-            "never read whole: rename it (--embedding PATH:TOKEN, added_embeddings' key, --placeholder_token)"
-            for name in names for keyword, found in keywords.items() if found(name)]
+# What A1111's reading of a prompt takes as syntax inside a learned token's name, so that the name is never read
+# whole: AND and BREAK split the prompt, brackets weigh or edit, | alternates, \ escapes, <kind:...> is a tag.
+_A1111_SYNTAX = {"AND": AND_SEPARATOR.search, "BREAK": has_break,
+                 "brackets": re.compile(r"[()\[\]]").search, "|": re.compile(r"\|").search,
+                 "\\": re.compile(r"\\").search, "an extra-network tag": TAG.search}
+
+
+def unreadable_token_problems(names: Sequence[str]) -> list[str]:
+    """One message per learned token whose name holds A1111's syntax (``_A1111_SYNTAX``): read as A1111 reads a
+    prompt (``--prompt-weighting a1111``), the token is never read whole, however the prompt writes it."""
+    held = {name: [what for what, found in _A1111_SYNTAX.items() if found(name)] for name in names}
+    return [f"the learned token {name!r} holds {' and '.join(whats)}, which A1111's reading of a prompt takes as its "
+            "syntax, so the token is never read whole: rename it (--embedding PATH:TOKEN, added_embeddings' key, "
+            "--placeholder_token)" for name, whats in held.items() if whats]

@@ -14,6 +14,7 @@ from PIL import Image
 
 
 from cli_helpers import TOKEN, assert_one_line_error, personalize_args, run_cli
+from zoodip.prompt_checks import unreadable_token_problems
 
 
 def generate_args(export, out, *extra):
@@ -431,6 +432,30 @@ def test_a_placeholder_that_a1111s_reading_splits_is_warned_about(tiny_export, p
     args = [a if a != TOKEN else "<BREAK>" for a in personalize_args(tiny_export, photos, tmp_path / "run")]
     code, _, err = run_cli(args, capsys)
     assert code == 0 and err.count("\n") == 1 and "the learned token '<BREAK>' holds BREAK" in err, err
+
+
+def test_a_placeholder_in_a1111s_syntax_is_refused_where_a1111s_previews_would_lack_it(tiny_export, photos, tmp_path,
+                                                                                       capsys):
+    """Found by a sweep: '(x:1.5)' trained with A1111-read previews drew every preview without the token."""
+    args = [a if a != TOKEN else "(x:1.5)" for a in personalize_args(tiny_export, photos, tmp_path / "run")]
+    code, _, err = run_cli([*args, "--validation_prompt", "a photo of (x:1.5)", "--prompt-weighting", "a1111"], capsys)
+    assert_one_line_error(code, err, "the learned token '(x:1.5)' holds brackets, which A1111's reading of a prompt "
+                                     "takes as its syntax")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("token, what", [("(x)", "brackets"), ("[x|y]", "brackets and |"), ("x\\", "\\")])
+def test_an_embedding_token_a1111s_reading_cannot_read_is_said_so_not_said_missing(tiny_export, tmp_path, capsys,
+                                                                                   token, what):
+    from safetensors.numpy import save_file
+
+    save_file({"emb_params": np.zeros((1, 32), np.float32)}, str(tmp_path / "e.safetensors"))
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--embedding", f"{tmp_path / 'e.safetensors'}:{token}",
+                            "--prompt", f"a {token} cat", "--steps", "2", "--prompt-weighting", "a1111",
+                            "--out", tmp_path / "o.png"], capsys)
+    assert code == 0 and f"the learned token {token!r} holds {what}, which A1111" in err, err
+    assert "does not appear in the prompt" not in err
+    assert "holds an extra-network tag" in unreadable_token_problems(["<lora:x>"])[0]  # (no PATH:TOKEN can name it)
 
 
 def test_default_tau_per_width():
