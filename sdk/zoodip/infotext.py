@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .added_tokens import tokenizer_with
+from .emphasis import PROMPT_WEIGHTINGS
 from .errors import ZoodipError
 from .extra_networks import lora_hashes
 from .generate import generate, prompt_texts_read
@@ -139,7 +140,7 @@ _ONE_SETTING: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Variation seed": ("variation_seed", int), "Variation seed strength": ("variation_strength", float),
     "Clip skip": ("clip_skip", lambda value: max(int(value) - 1, 0)),  # (A1111 reads its 0 as its 1: the last layer)
     "Guidance rescale": ("guidance_rescale", float),
-    "Prompt weighting": ("prompt_weighting", str),
+    "Prompt weighting": ("prompt_weighting", lambda value: PROMPT_WEIGHTINGS[PROMPT_WEIGHTINGS.index(value)]),
     "Mask blur": ("mask_blur", float),
 }
 A1111_MASK_PADDING = 32  # the padding A1111 takes for "Only masked" where the text gives none
@@ -210,6 +211,9 @@ def settings_from_fields(fields: Mapping[str, str]) -> tuple[dict[str, Any], dic
     read = {*_ONE_SETTING, *NOT_SETTINGS, "Size", "Denoising strength", "Paste back", "Sampler"}
     unused = [field for field in fields if field not in read and not (field == "Masked area padding"
                                                                       and "Inpaint area" in fields)]
+    if not settings.get("variation_strength"):  # A1111 writes a variation seed with its strength: 0 changes nothing
+        settings.pop("variation_seed", None)
+        settings.pop("variation_strength", None)
     if not is_zoodips(fields):
         settings.setdefault("prompt_weighting", "a1111")  # A1111 reads emphasis
         if {"Mask blur", "Inpaint area", "Masked area padding"} & set(fields):
