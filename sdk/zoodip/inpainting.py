@@ -48,12 +48,14 @@ class InpaintOptions:
         if padding is not None and (isinstance(padding, bool) or not isinstance(padding, (int, np.integer))
                                     or padding < 0):
             raise ZoodipError(f"padding_mask_crop must be a whole number of pixels >= 0 (A1111's 'only masked "
-                              f"padding' is 32), or None for the whole image, got {padding!r}")
+                              f"padding' is 32), or left out for the whole image, got {padding!r}")
         if not isinstance(self.paste_back, (bool, np.bool_)):
             raise ZoodipError(f"paste_back must be True or False, got {self.paste_back!r}")
-        if not with_mask and self.changes_pixels:
-            raise ZoodipError("mask_blur, padding_mask_crop and paste_back apply to inpainting: pass mask_image "
-                              "(--mask PATH) too, or drop them")
+        given = [name for name, on in (("mask_blur", bool(blur)), ("padding_mask_crop", padding is not None),
+                                       ("paste_back", bool(self.paste_back))) if on]
+        if not with_mask and given:
+            raise ZoodipError(f"{' and '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to inpainting: pass "
+                              f"mask_image (--mask PATH) too, or drop {'it' if len(given) == 1 else 'them'}")
 
 
 def blur_mask(mask: Image.Image, radius: float) -> Image.Image:
