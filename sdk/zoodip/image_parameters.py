@@ -58,6 +58,21 @@ def read_parameters(path: str | Path) -> str | None:
     EXIF comment; None: it has none), or one line for what is not an image that can be read."""
     if not Path(path).is_file():  # a pipe would block the read for ever
         raise ZoodipError(f"{path} does not exist or is not a regular file: pass an image zoodip or A1111 wrote")
+    with warnings.catch_warnings(record=True) as caught:  # Pillow's words on EXIF: not lines of their own
+        warnings.simplefilter("always")
+        text = _read_text(path)
+    damaged = [str(w.message).strip() for w in caught if str(w.message).startswith(_PILLOW_DAMAGED)]
+    if text is None and damaged:  # its parameters may have been there
+        raise ZoodipError(f"cannot read image {path} (its EXIF data is damaged: {damaged[0].splitlines()[0]}): pass an "
+                          "image zoodip or A1111 wrote")
+    return text
+
+
+_PILLOW_DAMAGED = ("Corrupt EXIF data", "Tag data larger than file")  # Pillow's warnings on an EXIF cut short
+
+
+def _read_text(path: str | Path) -> str | None:
+    """``read_parameters``' reading, by the file's format."""
     try:
         with open(path, "rb") as file:
             head = file.read(12)

@@ -161,3 +161,19 @@ def test_damaged_jpegs_webps_and_tiffs(tmp_path):
 def test_a_gifs_comment_is_read_as_a1111_reads_it(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "c.gif", comment=TEXT.encode())
     assert read_parameters(tmp_path / "c.gif") == TEXT
+
+
+def test_a_damaged_exif_is_said_in_one_line_not_in_pillows_warnings(tmp_path):
+    """Found by a sweep: Pillow's "Corrupt EXIF data" came out as a line of its own, then "holds no parameters"."""
+    import warnings
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, "JPEG")
+    ifd = b"Exif\0\0MM\0\x2a" + struct.pack(">I", 8) + struct.pack(">HHHII", 1, 0x8769, 4, 1, 60000) + b"\0" * 4
+    app1 = b"\xff\xe1" + struct.pack(">H", len(ifd) + 2) + ifd  # the EXIF sub-IFD points past the segment
+    (tmp_path / "bad.jpg").write_bytes(buffer.getvalue()[:2] + app1 + buffer.getvalue()[2:])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ZoodipError, match=r"bad.jpg \(its EXIF data is damaged: Corrupt EXIF data\. Expecting"):
+            read_parameters(tmp_path / "bad.jpg")
+    assert caught == []
