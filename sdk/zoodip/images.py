@@ -206,6 +206,8 @@ def _open_checked(path: str | Path, draft_side: int, advice: str, min_side: int 
         raise ZoodipError(f"cannot read image {path} ({reason}): {advice}") from None
     if min(width, height) < min_side:
         raise ZoodipError(f"{path} is only {width}x{height} px: use photos at least {min_side} px on the short side")
+    if image.mode == "F" and not np.isfinite(np.asarray(image)).all():  # a float TIFF: NaN would cast to any gray
+        raise ZoodipError(f"{path} holds pixels that are no numbers (NaN or infinite, in its float data): {advice}")
     for problem in seen:
         text = str(problem.message).strip()
         if "exif" in text.lower():
