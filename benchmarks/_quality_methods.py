@@ -346,7 +346,8 @@ def _zo_config(spec: MethodSpec, job: Job, export_dir: Path, out_dir: Path, step
     return PersonalizeConfig(
         export_dir=export_dir, images=Path(job.photos), output_dir=out_dir, placeholder_token=job.placeholder,
         initializer_token=job.initializer, max_train_steps=steps, learning_rate=spec.learning_rate(), seed=seed,
-        n=spec.n, directions=spec.directions, orthogonal_after=spec.ortho_after, orthogonal_n=spec.ortho_n, mu=spec.mu, subspace=spec.subspace, tau=spec.tau, nu=spec.nu, subspace_mode=spec.mode, t_range=t_range,
+        n=spec.n, directions=spec.directions, orthogonal_after=spec.ortho_after, orthogonal_n=spec.ortho_n, mu=spec.mu, subspace=spec.subspace, t_range=t_range,
+        **({"tau": spec.tau, "nu": spec.nu, "subspace_mode": spec.mode} if spec.subspace else {}),  # (else unused)
         vocabulary_variance=spec.vocab, curvature_fraction=spec.curvature, adam_state_dtype=spec.adam_state, adam_eps=spec.adam_eps, clip_estimate=spec.clip,
         lr_scheduler=spec.schedule, num_vectors=spec.num_vectors, eval_every=0, checkpoint_every=0, threads=1,
         flip=spec.flip, vae_sampling=spec.vae, resolution=spec.res,

@@ -49,6 +49,9 @@ def _curvature_fraction(args: argparse.Namespace) -> float | None:
         if args.curvature_subspace is not None:
             raise ZoodipError("--curvature-subspace and --no-curvature-subspace contradict each other: use one")
         return 0.0
+    if args.curvature_subspace is not None and not args.curvature_subspace > 0:  # the API's 0 is the flag's --no-...
+        raise ZoodipError(f"--curvature-subspace must be a fraction in (0, 1], got {args.curvature_subspace:g}: "
+                          "--no-curvature-subspace turns the subspace off")
     return args.curvature_subspace
 
 

@@ -410,7 +410,7 @@ def default_tau(width: int) -> int:
 
 def warn_about_settings(config: PersonalizeConfig, width: int, native: int | None = None) -> None:
     """One warning each for settings that will not do what they say: a placeholder that A1111's reading splits
-    (it holds AND or BREAK), a resolution past twice the model's ``native`` one, Subspace Gradient's history at least ``width``, the length of the learned vector (the
+    (it holds AND or BREAK), settings another one turns off, a resolution past twice the model's ``native`` one, Subspace Gradient's history at least ``width``, the length of the learned vector (the
     embedding width times --num_vectors; only an explicit --tau gets there), and a warmup with the constant
     learning rate or longer than the run.
 
@@ -428,6 +428,8 @@ def warn_about_settings(config: PersonalizeConfig, width: int, native: int | Non
     if config.lr_scheduler == "constant" and config.lr_warmup_steps:
         warnings.warn(f"--lr_warmup_steps {config.lr_warmup_steps} has no effect with --lr_scheduler constant (as in "
                       "diffusers); use constant_with_warmup, linear or cosine to warm up", stacklevel=4)
+    for problem in _settings_turned_off(config):
+        warnings.warn(problem, stacklevel=4)
     if config.subspace and config.tau is not None and config.tau >= width:
         # The method assumes tau < d (128 < 768 on SD1.5): a history of >= d steps spans the whole
         # space and the projection then removes directions everywhere. Measured on the 64-wide
@@ -436,6 +438,29 @@ def warn_about_settings(config: PersonalizeConfig, width: int, native: int | Non
                 else f"{width} numbers learned ({config.num_vectors} vectors)")
         warnings.warn(f"--tau {config.tau} >= {size}: Subspace Gradient will restrict the whole "
                       f"space and can stall training; use --tau below {width} (e.g. {default_tau(width)})", stacklevel=4)
+
+
+# Settings that another one turns off, by why: (is it off?, {field: its flag}).
+_TURNED_OFF = {
+    "--no-subspace turns Subspace Gradient off": (lambda c: not c.subspace, {
+        "tau": "--tau", "nu": "--nu", "subspace_mode": "--subspace-mode"}),
+    "--eval-every 0 turns the evaluation loss off": (lambda c: not c.eval_every, {
+        "early_stop_patience": "--early-stop-patience"}),
+    "previews need a --validation_prompt": (lambda c: c.validation_prompt is None, {
+        "num_validation_images": "--num_validation_images", "validation_steps": "--validation_steps",
+        "validation_prompt_weighting": "--prompt-weighting"}),
+}
+
+
+def _settings_turned_off(config: PersonalizeConfig) -> list[str]:
+    """One message per switch whose settings were given though it turns them off (they change nothing)."""
+    defaults = {item.name: item.default for item in fields(config)}
+    problems = []
+    for why, (off, flags) in _TURNED_OFF.items():
+        given = [flag for name, flag in flags.items() if getattr(config, name) != defaults[name]]
+        if off(config) and given:
+            problems.append(f"{' and '.join(given)} change{'s' if len(given) == 1 else ''} nothing: {why}")
+    return problems
 
 
 def _pair(name: str, value: object, kind: type) -> tuple:

@@ -194,6 +194,7 @@ def test_sha256_is_checked_once_per_file_identity_and_verify_checks_all(tiny_exp
     (["--max_train_steps", "0"], "--max_train_steps must be an integer >= 1"),
     (["--train_data_dir", " "], "--train_data_dir is empty: name the folder"),  # Path("") is the current folder
     (["--model", ""], "--model is empty: name the folder"),
+    (["--curvature-subspace", "0"], "--curvature-subspace must be a fraction in (0, 1], got 0: --no-curvature-subspace"),
 ])
 def test_numbers_out_of_range_are_refused_up_front(tiny_export, photos, work, capsys, flags, needle):
     code, _, err = run_cli(personalize_args(tiny_export, photos, work / "run", *flags), capsys)

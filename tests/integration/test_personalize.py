@@ -457,6 +457,18 @@ def test_warmup_with_the_constant_rate_warns_at_the_callers_line(tiny_export, ph
         Personalizer(config)
 
 
+@pytest.mark.parametrize("settings, words", [
+    ({"subspace": False, "tau": 8, "nu": 0.01}, "--tau and --nu change nothing: --no-subspace turns Subspace Gradient off"),
+    ({"eval_every": 0, "early_stop_patience": 3}, "--early-stop-patience changes nothing: --eval-every 0 turns the "
+                                                  "evaluation loss off"),
+    ({"validation_steps": 5}, "--validation_steps changes nothing: previews need a --validation_prompt"),
+])
+def test_settings_another_setting_turns_off_are_said(tiny_export, photos, tmp_path, settings, words):
+    """Found by a sweep: accepted and ignored without a word."""
+    with pytest.warns(UserWarning, match=words):
+        Personalizer(make_config(tiny_export, photos, tmp_path / "w", **settings))
+
+
 def test_numpy_numbers_in_the_config_are_the_numbers_they_equal(tiny_export, photos, tmp_path):
     """np.int64 / np.float32 settings (an app's habit) ran every step, then failed to write the embedding's JSON
     header, leaving a run folder that neither a fresh run nor a resume accepted."""
