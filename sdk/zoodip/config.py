@@ -428,7 +428,7 @@ def warn_about_settings(config: PersonalizeConfig, width: int, native: int | Non
     if config.lr_scheduler == "constant" and config.lr_warmup_steps:
         warnings.warn(f"--lr_warmup_steps {config.lr_warmup_steps} has no effect with --lr_scheduler constant (as in "
                       "diffusers); use constant_with_warmup, linear or cosine to warm up", stacklevel=4)
-    for problem in _settings_turned_off(config):
+    for problem in _settings_turned_off(config, width):
         warnings.warn(problem, stacklevel=4)
     if config.subspace and config.tau is not None and config.tau >= width:
         # The method assumes tau < d (128 < 768 on SD1.5): a history of >= d steps spans the whole
@@ -452,12 +452,14 @@ _TURNED_OFF = {
 }
 
 
-def _settings_turned_off(config: PersonalizeConfig) -> list[str]:
-    """One message per switch whose settings were given though it turns them off (they change nothing)."""
-    defaults = {item.name: item.default for item in fields(config)}
+def _settings_turned_off(config: PersonalizeConfig, width: int) -> list[str]:
+    """One message per switch whose settings were given though it turns them off (they change nothing); a value
+    that is its default, or the trainer's resolved default (tau's for ``width``), counts as not given."""
+    unset = {item.name: [item.default] for item in fields(config)}
+    unset["tau"].append(default_tau(width))
     problems = []
     for why, (off, flags) in _TURNED_OFF.items():
-        given = [flag for name, flag in flags.items() if getattr(config, name) != defaults[name]]
+        given = [flag for name, flag in flags.items() if getattr(config, name) not in unset[name]]
         if off(config) and given:
             problems.append(f"{' and '.join(given)} change{'s' if len(given) == 1 else ''} nothing: {why}")
     return problems
