@@ -172,6 +172,8 @@ class OneLineParser(argparse.ArgumentParser):
     underscores, most command lines with dashes, and users type the one they know."""
 
     def error(self, message: str):  # type: ignore[override]
+        if message.endswith("expected one argument"):  # argparse takes a value such as -inf or -ugly for a flag
+            message += " (a value that starts with '-' is written --flag=VALUE)"
         raise ZoodipError(f"{message}: see '{self.prog} --help'")
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]

@@ -35,6 +35,14 @@ def test_an_unknown_flag_is_one_line_naming_the_tool():
         parser().parse_args(["--nope"])
 
 
+def test_a_value_that_starts_with_a_dash_says_how_to_write_it():
+    """Found by a sweep: --prompt -ugly (or --guidance-scale -inf) said only that no value was given."""
+    with pytest.raises(ZoodipError, match=r"argument --prompt: expected one argument \(a value that starts with '-' is "
+                                          r"written --flag=VALUE\)"):
+        parser().parse_args(["--prompt", "-ugly"])
+    assert parser().parse_args(["--prompt=-ugly"]).prompt == "-ugly"
+
+
 def draws(steps: int, monkeypatch, capsys, tty: bool, evals: tuple[int, ...] = ()) -> list[str]:
     """The bar's redraws (each a \\r-separated piece of stderr) over ``steps`` quick steps."""
     from zoodip.console import ProgressBar
