@@ -17,6 +17,7 @@ import inspect
 import json
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
@@ -125,7 +126,10 @@ def used_embedding_hashes(model: Any, prompt: str, settings: Mapping[str, Any], 
     texts, whole = prompt_texts_read(model, prompt, settings["negative_prompt"], settings["prompt_weighting"],
                                      steps_run(settings["steps"], strength))
     named: dict[str, str] = {}
-    for name in used_token_names(tokenizer_with(model, added)[0], texts, list(added), whole):
+    with warnings.catch_warnings():  # what loading the embeddings warns of, generate() has said
+        warnings.simplefilter("ignore")
+        tokenizer = tokenizer_with(model, added)[0]
+    for name in used_token_names(tokenizer, texts, list(added), whole):
         alias = name[1:-1] if name.startswith("<") and name.endswith(">") else f"<{name}>"
         if name in hashes and named.get(alias) != hashes[name]:  # an A1111 file's trigger word and <stem>: once
             named[name] = hashes[name]

@@ -595,3 +595,13 @@ def test_a_name_too_long_for_the_file_system_is_one_line_wherever_it_is_given(ti
                            capsys)
     assert_one_line_error(code, err, "...: the name is too long for the file system: use a shorter one")
     assert not (tmp_path / "o.png").exists()
+
+
+def test_an_embedding_far_past_any_words_norm_is_said_once(tiny_export, tmp_path, capsys):
+    """Found by a sweep: said twice (the image's TI hashes read the tokens again)."""
+    from safetensors.numpy import save_file
+
+    save_file({"emb_params": np.full((1, 32), 1e20, np.float32)}, str(tmp_path / "big.safetensors"))
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--embedding", f"{tmp_path / 'big.safetensors'}:<h>",
+                            "--prompt", "a <h> cat", "--steps", "2", "--out", tmp_path / "o.png"], capsys)
+    assert code == 0 and err.count("over 100x the largest word's") == 1, err
