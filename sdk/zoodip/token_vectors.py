@@ -12,6 +12,8 @@ search dimension, and with it the number of forwards a forward-only estimate nee
 """
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -37,19 +39,27 @@ def as_matrix(v: np.ndarray, width: int) -> np.ndarray:
 
 
 def check_prompts_fit(tokenizer: Any, prompts: Iterable[str], placeholder_ids: Sequence[int], token: str) -> None:
-    """Refuse a training prompt in which any of the placeholder's vectors falls past the text encoder's limit.
+    """Refuse a training prompt in which any of the placeholder's vectors falls past the text encoder's limit, and warn of
+    one whose last words fall past it (diffusers cuts them without a word).
 
     The text encoder reads ``max_length - 2`` tokens between its start and end markers; a vector cut off
     there would never be trained (its gradient is zero) yet would be saved as if it had been.
     """
     limit = int(tokenizer.max_length) - 2
     wanted = set(placeholder_ids)
+    long: list[tuple[str, int]] = []
     for prompt in prompts:
         ids = tokenizer.encode(prompt)
+        if len(ids) > limit:
+            long.append((prompt, len(ids)))
         if any(i in wanted for i in ids[limit:]):
             count = len(placeholder_ids)
             vectors = f"its {count} vectors" if count > 1 else "its vector"
             raise ZoodipError(f"the training prompt {prompt!r} is {len(ids)} tokens with {token} expanded to {vectors}, "
                               f"past the text encoder's {limit}: use a smaller --num_vectors or shorter captions or "
                               "templates")
+    if long:  # the placeholder is read; the caption's last words are not, as in diffusers' training
+        (prompt, length), more = long[0], f" (and {len(long) - 1} more)" if len(long) > 1 else ""
+        warnings.warn(f"the training prompt {prompt[:60]!r}{more} is {length} tokens, past the text encoder's {limit}: "
+                      "its last words are not read; shorten the captions or templates", stacklevel=3)
 

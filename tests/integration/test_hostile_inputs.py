@@ -563,6 +563,17 @@ def test_captions_files_of_the_wrong_shape_are_refused_before_any_output(tiny_ex
     assert not (tmp_path / "run").exists()
 
 
+def test_a_caption_whose_last_words_the_text_encoder_cannot_read_is_warned_about(tiny_export, photos, tmp_path, capsys):
+    """Found by a sweep: cut at 75 tokens without a word (as diffusers does); the placeholder itself is read."""
+    names = sorted(path.name for path in Path(photos).iterdir() if path.suffix.lower() in (".png", ".jpg"))
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps({name: f"a photo of {{}} {'very ' * 100}blue" for name in names}))
+    code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "run", "--captions", captions,
+                                            "--max_train_steps", "1"), capsys)
+    assert code == 0 and err.count("\n") == 1, err
+    assert f"(and {len(names) - 1} more) is 105 tokens, past the text encoder's 75: its last words are not read" in err
+
+
 def test_a_resolution_far_above_the_models_is_warned_about(tiny_export, photos, tmp_path, capsys):
     """diffusers' script defaults to 512: on a model made for fewer pixels every forward costs that much more."""
     code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "run", "--resolution", "512",
