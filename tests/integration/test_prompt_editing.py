@@ -101,10 +101,11 @@ def test_a_learned_token_that_a1111s_reading_splits_is_said(model):
     never read whole, so its vectors would be silently ignored."""
     vectors = np.ones((1, model.hidden_size), np.float32)
     for token, keyword in (("<BREAK>", "BREAK"), ("<cat-AND-dog>", "AND")):
-        with pytest.warns(UserWarning) as record:  # (split at AND, its parts do not hold the token either: said too)
+        with pytest.warns(UserWarning) as record:
             generate(model, f"a {token} star", steps=1, prompt_weighting="a1111", added_embeddings={token: vectors})
         said = [str(warning.message) for warning in record]
-        assert any(f"the learned token '{token}' holds {keyword}, where A1111's reading" in line for line in said), said
+        assert any(f"the learned token '{token}' holds {keyword}, which A1111's reading" in line for line in said), said
+        assert not any("does not appear in the prompt" in line for line in said), said  # why it is not read: said
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             generate(model, f"a {token} star", steps=1, added_embeddings={token: vectors})  # read whole under none
