@@ -152,9 +152,11 @@ A1111_MASK_PADDING = 32  # the padding A1111 takes for "Only masked" where the t
 NOT_SETTINGS = ("Model", "Model hash", "Version", "Batch pos", "Hires upscaler", "TI hashes", "Lora hashes",
                 "Schedule type", "Initial latents", "Inpaint area", "Hires steps", "Hires upscale", "Batch size",
                 HIRES_SCHEDULE, "Hires resize", "First pass size", "Mask mode")
-# A1111's own pattern, with its names bounded (its longest are about 30 characters): unbounded, a long line without
-# a colon was read again from every word to its end, hours for a few megabytes of text.
-_FIELD_PAIR = re.compile(r'\s*(\w[\w \-/+.]{0,79}):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+# A1111's own pattern, made to take linear time: unbounded, a long line without a colon (or a long run of spaces) was
+# read again from every word to its end, hours for a few megabytes of text. Here a match starts at a run of spaces'
+# start, its name where no name character precedes it (as A1111's, which would have taken them into the name), and a
+# name holds at most 80 characters (A1111's longest are about 30).
+_FIELD_PAIR = re.compile(r'(?<!\s)\s*(?<![\w\-/+.])(\w[\w \-/+.]{0,79}):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 _NEGATIVE = "Negative prompt:"
 
 

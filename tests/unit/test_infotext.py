@@ -125,6 +125,11 @@ def test_a_long_settings_line_without_a_colon_is_read_in_linear_time():
     prompt, _, fields = read_infotext("a cat\n" + "a " * 200_000)
     assert time.perf_counter() - start < 10 and fields == {} and prompt.startswith("a cat\na a")
     assert read_infotext("x\nSteps: 4, " + "Lora hashes: \"" + "n: 0123456789ab, " * 50 + "\", Seed: 3")[2]["Seed"] == "3"
+    start = time.perf_counter()  # a run of spaces (or U+3000) was the same: every start in it read to its end
+    assert read_infotext("a cat\n" + " " * 200_000 + "x")[2] == {} and time.perf_counter() - start < 10
+    # a name past 80 characters is no field, not its tail: A1111 reads "Comment...Seed" as one unknown name
+    assert read_infotext("x\nComment" + "." * 80 + "Seed: 99, Steps: 3, Size: 8x8, CFG scale: 7")[2] == {
+        "Steps": "3", "Size": "8x8", "CFG scale": "7"}
 
 
 @pytest.mark.parametrize("fields, padding, unused", [
