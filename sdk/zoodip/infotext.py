@@ -324,6 +324,7 @@ def _hires_resize_scale(fields: Mapping[str, str]) -> float:
 # 1.9 on would otherwise read as its Karras / Exponential.
 A1111_AUTOMATIC_SCHEDULES = {"DPM++ 2M": "Karras", "DPM++ 2M SDE": "Exponential"}
 _UNIFORM = "Uniform"
+_SCHEDULE_LABELS = {label.lower(): label for label in ("Automatic", _UNIFORM, "Karras", "Exponential")}
 
 
 def _written_schedule(sampler: str) -> str | None:
@@ -336,6 +337,10 @@ def _read_sampler(name: str, schedule: str | None, settings: dict[str, Any], pro
     Uniform is zoodip's plain sampler (its timesteps spaced as the export's scheduler config says, close to A1111's
     Uniform, not equal), Automatic the schedule A1111 1.9 on gives the sampler (``A1111_AUTOMATIC_SCHEDULES``)."""
     by_name = {a1111: ours for ours, a1111 in A1111_SAMPLER_NAMES.items()}
+    if name.endswith(" Karras") and name in by_name:  # A1111 lets the name's schedule win over the field's
+        settings["sampler"] = by_name[name]
+        return
+    schedule = _SCHEDULE_LABELS.get(schedule, schedule) if schedule else None  # A1111 takes "karras" as "Karras"
     resolved = A1111_AUTOMATIC_SCHEDULES.get(name) if schedule == "Automatic" else schedule
     full = name if resolved in (None, _UNIFORM) else f"{name} {resolved}"
     if full in by_name:

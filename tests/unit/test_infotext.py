@@ -99,6 +99,9 @@ def test_a_sampler_whose_a1111_automatic_schedule_differs_is_written_with_unifor
     ("Euler a", "Automatic", "euler_a"),
     ("Euler a", "Uniform", "euler_a"),
     ("DPM++ 2M SDE", "Karras", "dpmpp_2m_sde_karras"),
+    ("DPM++ 2M Karras", "Exponential", "dpmpp_2m_karras"),  # found by a sweep: refused
+    ("DPM++ 2M", "karras", "dpmpp_2m_karras"),  # A1111's scheduler names as well as its labels
+    ("Euler a", "uniform", "euler_a"),
 ])
 def test_a1111s_schedule_type_reads_as_a1111_runs_it(sampler, schedule, expected):
     fields = {"Sampler": sampler, **({"Schedule type": schedule} if schedule else {})}
