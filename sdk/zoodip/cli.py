@@ -320,9 +320,11 @@ def _apply_image_parameters(args: argparse.Namespace) -> Any:
 
     parameters = image_parameters(args.parameters_from)
     given = getattr(args, "given", set())
+    # A variation seed without a strength (or at 0, the flag's or else the image's) changes nothing: left out
+    strength = args.variation_strength if "variation_strength" in given else parameters.settings.get("variation_strength")
     skipped = {*ignored_settings(image_given=args.image is not None, mask_given=args.mask is not None,
                                  latents_given=args.latents is not None),
-               *(("variation_seed",) if "variation_strength" in given and not args.variation_strength else ())}
+               *(("variation_seed", "variation_strength") if not strength else ())}
     args.from_image = set()
     for name, value in [("prompt", parameters.prompt), ("negative_prompt", parameters.negative_prompt),
                         *parameters.settings.items()]:

@@ -217,9 +217,6 @@ def settings_from_fields(fields: Mapping[str, str]) -> tuple[dict[str, Any], dic
     read = {*_ONE_SETTING, *NOT_SETTINGS, "Size", "Denoising strength", "Paste back", "Sampler"}
     unused = [field for field in fields if field not in read and not (field == "Masked area padding"
                                                                       and "Inpaint area" in fields)]
-    if not settings.get("variation_strength"):  # A1111 writes a variation seed with its strength: 0 changes nothing
-        settings.pop("variation_seed", None)
-        settings.pop("variation_strength", None)
     if not is_zoodips(fields):
         settings.setdefault("prompt_weighting", "a1111")  # A1111 reads emphasis
         if {"Mask blur", "Inpaint area", "Masked area padding"} & set(fields):

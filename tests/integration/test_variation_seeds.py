@@ -102,3 +102,20 @@ def test_initial_latents_checks_what_generate_checks(tiny_export):
                                (0, 0, "num_images"), (0, 10**6, "num_images"), (0, "2", "num_images")):
         with pytest.raises(ZoodipError, match=words):
             initial_latents(model, seed, count)
+
+
+def test_an_images_variation_seed_without_a_strength_is_left_out_unless_a_flag_gives_one(tiny_export, tmp_path,
+                                                                                            capsys):
+    """Found by sweeps: refused with advice (--variation-seed) that gave the same refusal; then, once left out in the
+    reading, lost where --variation-strength asked for it."""
+    from PIL.PngImagePlugin import PngInfo
+
+    for strength in ("", ", Variation seed strength: 0"):
+        info = PngInfo()
+        info.add_text("parameters", f"a red star\nSteps: 2, Seed: 1, Size: 64x64, Variation seed: 5{strength}")
+        Image.new("RGB", (8, 8)).save(tmp_path / "v.png", pnginfo=info)
+        base = ["generate", "--model", tiny_export, "--parameters-from", tmp_path / "v.png"]
+        code, _, err = run_cli([*base, "--out", tmp_path / "a.png"], capsys)
+        assert code == 0 and "Variation seed" not in read_parameters(tmp_path / "a.png"), err
+        code, _, err = run_cli([*base, "--variation-strength", "0.5", "--out", tmp_path / "b.png"], capsys)
+        assert code == 0 and "Variation seed: 5, Variation seed strength: 0.5" in read_parameters(tmp_path / "b.png")

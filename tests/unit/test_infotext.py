@@ -155,15 +155,6 @@ def test_an_inpaint_area_or_padding_that_does_not_read_names_its_flag():
         assert "(--padding-mask-crop)" in problems["padding_mask_crop"]
 
 
-def test_a_variation_seed_without_a_strength_changes_nothing_and_is_left_out():
-    """Found by a sweep: refused, with advice (--variation-seed) that gave the same refusal again."""
-    for strength in ({}, {"Variation seed strength": "0"}):
-        settings, problems, _ = settings_from_fields({"Seed": "1", "Variation seed": "5", **strength})
-        assert (settings, problems) == ({"seed": 1, "prompt_weighting": "a1111"}, {})
-    settings = settings_from_fields({"Variation seed": "5", "Variation seed strength": "0.3"})[0]
-    assert (settings["variation_seed"], settings["variation_strength"]) == (5, 0.3)
-
-
 def test_a_prompt_weighting_zoodip_lacks_names_its_flag():
     problems = settings_from_fields({"Prompt weighting": "foo", "Version": "zoodip 0.1.0"})[1]
     assert problems == {"prompt_weighting": "its Prompt weighting 'foo' does not read as a value: give it yourself "
