@@ -302,11 +302,14 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
 
             log("parity:\n" + format_parity_table(parity_results))
         publish(staging, out_dir)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         for parent in created_parents:  # innermost first; only folders this call created
             with contextlib.suppress(OSError):
                 parent.rmdir()
+        if type(exc).__name__ == "SafetensorError":  # safetensors' writer on a full disk (reads are load_checked's)
+            raise ZoodipError(f"writing the export failed ({str(exc).splitlines()[0][:100]}): free disk space and "
+                              "export again") from None
         raise
     log(f"done: {out_dir}")
     return manifest

@@ -92,17 +92,29 @@ def check_output_file(path: str | os.PathLike[str], flag: str, suffixes: tuple[s
 def os_error_line(exc: OSError) -> str:
     """One line for an error the system raised on a path wherever it was first touched (a name past the file
     system's length, a loop of links, a folder that went away): the path, shortened, and what to do."""
+    if not isinstance(exc.filename, (str, bytes)):  # NumPy's short write on a full disk names no file, no errno
+        return (f"a file could not be read or written ({exc.strerror or exc or type(exc).__name__}): free disk space "
+                "and check the paths given")
     advice = {errno.ENAMETOOLONG: "the name is too long for the file system: use a shorter one",
               errno.ELOOP: "its links form a loop: point the link at a real file"}.get(
         exc.errno or 0, f"{(exc.strerror or type(exc).__name__).lower()}: check the path")
-    name = os.fsdecode(exc.filename) if isinstance(exc.filename, (str, bytes)) else "a path"
+    name = os.fsdecode(exc.filename)
     return f"{name[:60] + '...' if len(name) > 60 else name}: {advice}"
 
 
 def lies_within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is ``folder`` or lies under it, links and ``..`` resolved (an output among the inputs)."""
-    where, place = Path(path).absolute().resolve(), Path(folder).absolute().resolve()
+    where, place = _resolved(path), _resolved(folder)
     return where == place or place in where.parents
+
+
+def _resolved(path: str | os.PathLike[str]) -> Path:
+    """``path`` absolute with its links resolved; a loop of links as the OSError it is (pathlib raises RuntimeError
+    before Python 3.13)."""
+    try:
+        return Path(path).absolute().resolve()
+    except RuntimeError:
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), os.fspath(path)) from None
 
 
 def is_same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

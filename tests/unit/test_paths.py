@@ -38,3 +38,23 @@ def test_a_lock_file_removed_between_open_and_flock_is_taken_again_at_its_path(t
         monkeypatch.setattr(fcntl, "flock", real_flock)
         with open(lock) as other, pytest.raises(BlockingIOError):
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_os_errors_are_one_line_with_the_path_or_what_failed(tmp_path):
+    """Found by sweeps: a loop of links was pathlib's RuntimeError (a traceback); NumPy's short write on a full disk
+    has no file name and no errno, and was said as 'a path: oserror'."""
+    import errno
+    import os
+
+    from zoodip.paths import lies_within, os_error_line
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(OSError) as info:
+        lies_within(tmp_path / "a" / "sub", tmp_path)
+    assert info.value.errno == errno.ELOOP
+    assert os_error_line(info.value).endswith("its links form a loop: point the link at a real file")
+    long = OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), "x" * 300)
+    assert os_error_line(long) == "x" * 60 + "...: the name is too long for the file system: use a shorter one"
+    assert os_error_line(OSError("10 requested and 4 written")) == (
+        "a file could not be read or written (10 requested and 4 written): free disk space and check the paths given")
