@@ -63,7 +63,8 @@ def read_checkpoint(path: Path, fingerprint: str, photos_id: str, model_id: str,
 
 # The counts a run's state holds (a damaged or edited file could make them fractional or negative), and the entries
 # that are never negative (Adam's second moment). best_eval's NaN stands for "no evaluation yet".
-_COUNTS = ("step", "train_forwards", "evals_without_improvement", "opt/steps", "sg/count")
+_COUNTS = ("step", "train_forwards", "evals_without_improvement", "opt/steps", "sg/count", "sg/rank")
+_MAX_COUNT = 10**12  # far past any run (a million steps is weeks of SD forwards), far below int64's end
 _NON_NEGATIVE = ("opt/exp_avg_sq",)
 
 
@@ -74,8 +75,10 @@ def _number_problem(state: dict[str, np.ndarray]) -> str | None:
         array = np.asarray(value)
         if array.dtype.kind == "f" and not np.isfinite(array[~np.isnan(array)] if key == "best_eval" else array).all():
             return f"'{key}' holds values that are no finite numbers"
-        if key in _COUNTS and (array.shape != () or array.dtype.kind not in "iu" or int(array) < 0):
+        if key in _COUNTS and (array.shape != () or array.dtype.kind not in "iu" or not 0 <= int(array) <= _MAX_COUNT):
             return f"'{key}' is {array.tolist()!r:.40}, not a count"
+        if key == "sg/kept_dims" and (array.shape != () or array.dtype.kind not in "iu" or int(array) < -1):
+            return f"'{key}' is {array.tolist()!r:.40}, not a count (or -1)"
         if key in _NON_NEGATIVE and array.dtype.kind == "f" and (array < 0).any():
             return f"'{key}' holds negative values, which it never does"
     return None

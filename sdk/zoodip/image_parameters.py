@@ -68,7 +68,8 @@ def read_parameters(path: str | Path) -> str | None:
     return text
 
 
-_PILLOW_DAMAGED = ("Corrupt EXIF data", "Tag data larger than file")  # Pillow's warnings on an EXIF cut short
+# Pillow's warnings on an EXIF cut short or pointing past its end
+_PILLOW_DAMAGED = ("Corrupt EXIF data", "Tag data larger than file", "Truncated File Read")
 
 
 def _read_text(path: str | Path) -> str | None:

@@ -250,7 +250,7 @@ def _read_field(field: str, value: str, fields: Mapping[str, str], settings: dic
         if value not in ("Only masked", "Whole picture"):
             raise ValueError(value)
         padding = fields.get("Masked area padding", str(A1111_MASK_PADDING))
-        if value == "Only masked" and not padding.isdigit():
+        if value == "Only masked" and not padding.isdecimal():  # (isdigit takes "²", which int() does not)
             problems["padding_mask_crop"] = (f"its Masked area padding {padding!r:.40} does not read as a value: give "
                                              "it yourself (--padding-mask-crop)")
         elif value == "Only masked":

@@ -140,9 +140,9 @@ def _bare_words_said(names: Sequence[str], texts: Sequence[str]) -> list[str]:
 
 
 # What A1111's reading of a prompt takes as syntax inside a learned token's name, so that the name is never read
-# whole: AND and BREAK split the prompt, brackets weigh or edit, | alternates, \ escapes, <kind:...> is a tag.
-_A1111_SYNTAX = {"AND": AND_SEPARATOR.search, "BREAK": has_break,
-                 "brackets": re.compile(r"[()\[\]]").search, "|": re.compile(r"\|").search,
+# whole: AND and BREAK split the prompt, brackets weigh or edit, \ escapes (or is dropped), <kind:...> is a tag.
+# (A bare | is text: it alternates only inside brackets.)
+_A1111_SYNTAX = {"AND": AND_SEPARATOR.search, "BREAK": has_break, "brackets": re.compile(r"[()\[\]]").search,
                  "\\": re.compile(r"\\").search, "an extra-network tag": TAG.search}
 
 
