@@ -80,10 +80,10 @@ def tag_problems(prompt: str, model: Any) -> list[str]:
     other_kind: dict[str, str] = {}
     text, calls = take_out_tags(prompt)
     unclosed = [found.group(0) for found in _OPEN_TAG.finditer(text)]
-    for kind, name, (te, unet) in calls:
+    for (kind, name, (te, unet)), match in zip(calls, TAG.finditer(prompt)):  # (take_out_tags' matches, in order)
         tag = f"<{kind}:{name}:{_shown(te)}" + ("" if unet == te else f":{_shown(unet)}") + ">"
-        if "<" in name:  # A1111's pattern reads an unclosed tag and the next as one
-            unclosed.append(f"<{kind}:{name.split('<')[0]}")
+        if "<" in match.group(2):  # A1111's pattern reads an unclosed tag and the next as one
+            unclosed.append(f"<{kind}:{match.group(2).split('<')[0]}")
         elif kind not in LORA_KINDS:
             other_kind[tag] = kind
         elif name not in held:

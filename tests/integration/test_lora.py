@@ -292,7 +292,8 @@ def test_a_tag_left_unclosed_is_said_as_words_a1111_reads() -> None:
         manifest: dict = {}
 
     for prompt, shown in (("a <lora:style:0.7 cat", "'<lora:style:0.7 cat'"), ("(a>b) <hypernet:", "'<hypernet:'"),
-                          ("<LyCO:x, blue <lora:y:1>", "'<lyco:x, blue'")):  # A1111's pattern: the two as one tag
+                          ("<LyCO:x, blue <lora:y:1>", "'<lyco:x, blue'"),  # A1111's pattern: the two as one tag
+                          ("<lora:foo:1 <lora:bar:0.5>", "'<lora:foo:1'")):  # (found by a sweep: a multiplier too)
         assert [line for line in tag_problems(prompt, NoLoras()) if "no closing '>'" in line] == [
             f"the prompt's {shown} has no closing '>', so A1111 reads no tag there but words (or, before another tag, "
             "the two as one): close it to name a LoRA"]
