@@ -186,16 +186,21 @@ def sampler_notes(model: Any, sampler: str, guidance_scale: float | None = None)
         notes.append(f"the lcm sampler is made for a guidance scale of 1 to 2 (1 also halves the work), not "
                      f"{guidance_scale:g}: its images may come out overcooked")
     unapplied = [key for key in ("clip_sample", "thresholding") if config.get(key) is True]
-    if config.get("use_karras_sigmas") is True and _KINDS[sampler].timesteps is not None:  # a non-Karras sampler
-        karras = f"{sampler}_karras" if f"{sampler}_karras" in _KINDS else "dpmpp_2m_karras"
-        unapplied.append(f"use_karras_sigmas True (--sampler {karras} has them)")
+    if sampler in ("dpmpp_2m", "dpmpp_2m_sde", "euler"):  # plain samplers whose diffusers schedulers take these
+        karras = f"{sampler}_karras" if f"{sampler}_karras" in _KINDS else None
+        unapplied += [f"{key} True" + (f" (--sampler {karras} has them)" if key == "use_karras_sigmas" and karras else "")
+                      for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+                      if config.get(key) is True]
     if sampler.startswith("dpmpp"):  # DPM-Solver's own settings in a config saved with DPMSolverMultistepScheduler
         unapplied += [f"{key} {config[key]!r}" for key, ours in (("solver_order", 2), ("final_sigmas_type", "zero"))
                       if config.get(key, ours) != ours]
         ours = "sde-dpmsolver++" if _KINDS[sampler].fresh_noise else "dpmsolver++"
-        if config.get("algorithm_type", ours) != ours:
-            hint = " (--sampler dpmpp_2m_sde is it)" if config["algorithm_type"] == "sde-dpmsolver++" else ""
-            unapplied.append(f"algorithm_type {config['algorithm_type']!r:.40}{hint}")
+        algorithm = config.get("algorithm_type", ours)
+        if algorithm != ours:
+            other = ("dpmpp_2m_sde" if algorithm == "sde-dpmsolver++" else "dpmpp_2m") + (
+                "_karras" if sampler.endswith("_karras") else "")
+            hint = f" (--sampler {other} is it)" if algorithm in ("dpmsolver++", "sde-dpmsolver++") else ""
+            unapplied.append(f"algorithm_type {algorithm!r:.40}{hint}")
     if unapplied:  # SD's configs set both off; diffusers' schedulers would clamp the predicted x0
         asked = " and ".join(unapplied)
         notes.append(f"the scheduler config asks for {asked if len(asked) <= 240 else asked[:237] + '...'}, which "

@@ -190,6 +190,14 @@ def test_a_dpm_solver_config_saved_with_karras_sigmas_or_the_sde_says_the_sample
     note = sampler_notes(model, "dpmpp_2m")[0]
     assert ("asks for use_karras_sigmas True (--sampler dpmpp_2m_karras has them) and algorithm_type "
             "'sde-dpmsolver++' (--sampler dpmpp_2m_sde is it), which zoodip's dpmpp_2m sampler does not apply") in note
-    assert "use_karras_sigmas True (--sampler dpmpp_2m_karras has them)" in sampler_notes(model, "euler_a")[0]
-    model.scheduler_config = dict(model.scheduler_config, use_karras_sigmas=False, algorithm_type="dpmsolver")
-    assert sampler_notes(model, "ddim") == [] and "algorithm_type 'dpmsolver', " in sampler_notes(model, "dpmpp_2m")[0]
+    assert "algorithm_type 'sde-dpmsolver++' (--sampler dpmpp_2m_sde_karras is it)" in sampler_notes(
+        model, "dpmpp_2m_karras")[0]
+    # Euler's diffusers scheduler takes Karras sigmas, which zoodip's euler lacks; Euler a's, DDIM's and LCM's do not
+    # take them (a sweep found them said there, and euler sent to another sampler)
+    model.scheduler_config = dict(model.scheduler_config, algorithm_type="sde-dpmsolver++")
+    assert "asks for use_karras_sigmas True, which zoodip's euler" in sampler_notes(model, "euler")[0]
+    assert [sampler_notes(model, name) for name in ("euler_a", "ddim", "lcm")] == [[], [], []]
+    model.scheduler_config = dict(model.scheduler_config, use_karras_sigmas=False, algorithm_type="dpmsolver",
+                                  use_beta_sigmas=True)
+    assert "algorithm_type 'dpmsolver', " in sampler_notes(model, "dpmpp_2m")[0]
+    assert "use_beta_sigmas True and algorithm_type 'dpmsolver'," in sampler_notes(model, "dpmpp_2m")[0]
