@@ -303,16 +303,22 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
             log("parity:\n" + format_parity_table(parity_results))
         publish(staging, out_dir)
     except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        for parent in created_parents:  # innermost first; only folders this call created
-            with contextlib.suppress(OSError):
-                parent.rmdir()
-        if type(exc).__name__ == "SafetensorError":  # safetensors' writer on a full disk (reads are load_checked's)
-            raise ZoodipError(f"writing the export failed ({str(exc).splitlines()[0][:100]}): free disk space and "
-                              "export again") from None
+        _discard(staging, created_parents, exc)
         raise
     log(f"done: {out_dir}")
     return manifest
+
+
+def _discard(staging: Path, created_parents: list[Path], exc: BaseException) -> None:
+    """Remove what a failed export made (the staging folder, the parents it created, innermost first); safetensors'
+    writer failing (a full disk: reads are load_checked's) as one line."""
+    shutil.rmtree(staging, ignore_errors=True)
+    for parent in created_parents:
+        with contextlib.suppress(OSError):
+            parent.rmdir()
+    if type(exc).__name__ == "SafetensorError":
+        raise ZoodipError(f"writing the export failed ({str(exc).splitlines()[0][:100]}): free disk space and export "
+                          "again") from None
 
 
 def _remove_built_source(staging: Path) -> None:
