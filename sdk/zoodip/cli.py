@@ -324,7 +324,8 @@ def _apply_image_parameters(args: argparse.Namespace) -> Any:
     strength = args.variation_strength if "variation_strength" in given else parameters.settings.get("variation_strength")
     skipped = {*ignored_settings(image_given=args.image is not None, mask_given=args.mask is not None,
                                  latents_given=args.latents is not None),
-               *(("variation_seed", "variation_strength") if not strength else ())}
+               *(("variation_seed", "variation_strength") if not (strength or "variation_strength" in parameters.problems)
+                 else ())}  # (a strength that does not read is said below)
     args.from_image = set()
     for name, value in [("prompt", parameters.prompt), ("negative_prompt", parameters.negative_prompt),
                         *parameters.settings.items()]:

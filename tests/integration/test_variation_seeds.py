@@ -119,3 +119,8 @@ def test_an_images_variation_seed_without_a_strength_is_left_out_unless_a_flag_g
         assert code == 0 and "Variation seed" not in read_parameters(tmp_path / "a.png"), err
         code, _, err = run_cli([*base, "--variation-strength", "0.5", "--out", tmp_path / "b.png"], capsys)
         assert code == 0 and "Variation seed: 5, Variation seed strength: 0.5" in read_parameters(tmp_path / "b.png")
+    info = PngInfo()  # found by a sweep: a strength that does not read dropped the variation without a word
+    info.add_text("parameters", "a red star\nSteps: 2, Seed: 1, Size: 64x64, Variation seed: 5, Variation seed strength: x")
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png", pnginfo=info)
+    assert_one_line_error(*run_cli(["generate", "--model", tiny_export, "--parameters-from", tmp_path / "x.png", "--out",
+                                    tmp_path / "c.png"], capsys)[::2], "its Variation seed strength 'x' does not read")
