@@ -153,10 +153,10 @@ NOT_SETTINGS = ("Model", "Model hash", "Version", "Batch pos", "Hires upscaler",
                 "Schedule type", "Initial latents", "Inpaint area", "Hires steps", "Hires upscale", "Batch size",
                 HIRES_SCHEDULE, "Hires resize", "First pass size", "Mask mode")
 # A1111's own pattern, made to take linear time: unbounded, a long line without a colon (or a long run of spaces) was
-# read again from every word to its end, hours for a few megabytes of text. Here a match starts at a run of spaces'
-# start, its name where no name character precedes it (as A1111's, which would have taken them into the name), and a
-# name holds at most 80 characters (A1111's longest are about 30).
-_FIELD_PAIR = re.compile(r'(?<!\s)\s*(?<![\w\-/+.])(\w[\w \-/+.]{0,79}):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+# read again from every word to its end, hours for a few megabytes of text. Here a match starts where neither a name
+# character nor a space precedes it (A1111's would have taken them into the name), and a name holds at most 80
+# characters (A1111's longest are about 30): a longer one is no field, not its tail.
+_FIELD_PAIR = re.compile(r'(?<![\w \-/+.])(?<!\s)\s*(\w[\w \-/+.]{0,79}):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 _NEGATIVE = "Negative prompt:"
 
 
@@ -321,7 +321,12 @@ def _hires_resize_scale(fields: Mapping[str, str]) -> float:
 # 1.9 on would otherwise read as its Karras / Exponential.
 A1111_AUTOMATIC_SCHEDULES = {"DPM++ 2M": "Karras", "DPM++ 2M SDE": "Exponential"}
 _UNIFORM = "Uniform"
-_SCHEDULE_LABELS = {label.lower(): label for label in ("Automatic", _UNIFORM, "Karras", "Exponential")}
+# A1111's schedule types by label and by name ("Karras", "karras"; "SGM Uniform", "sgm_uniform"), longest first.
+_A1111_SCHEDULES = ("Automatic", _UNIFORM, "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+                    "Align Your Steps", "Simple", "Normal", "DDIM", "Beta")
+_SCHEDULE_NAMES = dict(sorted({**{label: label for label in _A1111_SCHEDULES},
+                               **{label.lower().replace(" ", "_"): label for label in _A1111_SCHEDULES}}.items(),
+                              key=lambda item: -len(item[0])))
 
 
 def _written_schedule(sampler: str) -> str | None:
@@ -334,10 +339,12 @@ def _read_sampler(name: str, schedule: str | None, settings: dict[str, Any], pro
     Uniform is zoodip's plain sampler (its timesteps spaced as the export's scheduler config says, close to A1111's
     Uniform, not equal), Automatic the schedule A1111 1.9 on gives the sampler (``A1111_AUTOMATIC_SCHEDULES``)."""
     by_name = {a1111: ours for ours, a1111 in A1111_SAMPLER_NAMES.items()}
-    if name.endswith(" Karras") and name in by_name:  # A1111 lets the name's schedule win over the field's
-        settings["sampler"] = by_name[name]
-        return
-    schedule = _SCHEDULE_LABELS.get(schedule, schedule) if schedule else None  # A1111 takes "karras" as "Karras"
+    for option, label in _SCHEDULE_NAMES.items():  # A1111 takes a schedule at the name's end over the field's
+        if name.endswith(" " + option):
+            name, schedule = name[:-len(option) - 1], label
+            break
+    else:  # a field A1111 does not know is its Automatic; no field: Uniform (A1111 writes the type it resolved)
+        schedule = None if schedule is None else _SCHEDULE_NAMES.get(schedule, "Automatic")
     resolved = A1111_AUTOMATIC_SCHEDULES.get(name) if schedule == "Automatic" else schedule
     full = name if resolved in (None, _UNIFORM) else f"{name} {resolved}"
     if full in by_name:

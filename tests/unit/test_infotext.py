@@ -102,6 +102,8 @@ def test_a_sampler_whose_a1111_automatic_schedule_differs_is_written_with_unifor
     ("DPM++ 2M Karras", "Exponential", "dpmpp_2m_karras"),  # found by a sweep: refused
     ("DPM++ 2M", "karras", "dpmpp_2m_karras"),  # A1111's scheduler names as well as its labels
     ("Euler a", "uniform", "euler_a"),
+    ("DPM++ 2M Uniform", None, "dpmpp_2m"),  # any schedule at the name's end, as A1111 reads it
+    ("DPM++ 2M", "KARRAS", "dpmpp_2m_karras"),  # a type A1111 does not know is its Automatic
 ])
 def test_a1111s_schedule_type_reads_as_a1111_runs_it(sampler, schedule, expected):
     fields = {"Sampler": sampler, **({"Schedule type": schedule} if schedule else {})}
@@ -131,8 +133,9 @@ def test_a_long_settings_line_without_a_colon_is_read_in_linear_time():
     start = time.perf_counter()  # a run of spaces (or U+3000) was the same: every start in it read to its end
     assert read_infotext("a cat\n" + " " * 200_000 + "x")[2] == {} and time.perf_counter() - start < 10
     # a name past 80 characters is no field, not its tail: A1111 reads "Comment...Seed" as one unknown name
-    assert read_infotext("x\nComment" + "." * 80 + "Seed: 99, Steps: 3, Size: 8x8, CFG scale: 7")[2] == {
-        "Steps": "3", "Size": "8x8", "CFG scale": "7"}
+    for long_name in ("Comment" + "." * 80 + "Seed", "Comment " + "x" * 100 + " Seed"):
+        assert read_infotext(f"x\n{long_name}: 99, Steps: 3, Size: 8x8, CFG scale: 7")[2] == {
+            "Steps": "3", "Size": "8x8", "CFG scale": "7"}
 
 
 @pytest.mark.parametrize("fields, padding, unused", [
