@@ -409,8 +409,8 @@ def default_tau(width: int) -> int:
 
 
 def warn_about_settings(config: PersonalizeConfig, width: int, native: int | None = None) -> None:
-    """One warning each for settings that will not do what they say: a placeholder that A1111's reading splits
-    (it holds AND or BREAK), settings another one turns off, a resolution past twice the model's ``native`` one, Subspace Gradient's history at least ``width``, the length of the learned vector (the
+    """One warning each for settings that will not do what they say: a placeholder that A1111's reading cannot read
+    whole (it holds AND, BREAK, brackets, a backslash or a tag), settings another one turns off, a resolution past twice the model's ``native`` one, Subspace Gradient's history at least ``width``, the length of the learned vector (the
     embedding width times --num_vectors; only an explicit --tau gets there), and a warmup with the constant
     learning rate or longer than the run.
 

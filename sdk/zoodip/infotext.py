@@ -144,7 +144,7 @@ _ONE_SETTING: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Variation seed": ("variation_seed", int), "Variation seed strength": ("variation_strength", float),
     "Clip skip": ("clip_skip", lambda value: max(int(value) - 1, 0)),  # (A1111 reads its 0 as its 1: the last layer)
     "Guidance rescale": ("guidance_rescale", float),
-    "Prompt weighting": ("prompt_weighting", lambda value: PROMPT_WEIGHTINGS[PROMPT_WEIGHTINGS.index(value)]),
+    "Prompt weighting": ("prompt_weighting", lambda value: _one_of(value, PROMPT_WEIGHTINGS)),
     "Mask blur": ("mask_blur", float),
 }
 A1111_MASK_PADDING = 32  # the padding A1111 takes for "Only masked" where the text gives none
@@ -222,6 +222,13 @@ def settings_from_fields(fields: Mapping[str, str]) -> tuple[dict[str, Any], dic
         if {"Mask blur", "Inpaint area", "Masked area padding"} & set(fields):
             settings["paste_back"] = True  # A1111's inpainting always puts the original back where it keeps it
     return settings, problems, unused
+
+
+def _one_of(value: str, choices: tuple[str, ...]) -> str:
+    """``value`` where it is one of ``choices``, else ValueError (a field that does not read)."""
+    if value not in choices:
+        raise ValueError(value)
+    return value
 
 
 def _read_field(field: str, value: str, fields: Mapping[str, str], settings: dict[str, Any],
