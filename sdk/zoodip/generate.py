@@ -45,7 +45,7 @@ from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
 from .model import clip_skip_problem
 from .noise import check_seed, check_variation, checked_latents, seed_noise
 from .prompt_checks import (LONG_PROMPT_HINT, syntax_problems, token_use_problems, truncation_problems,
-                            unloaded_token_problems, unreadable_token_problems)
+                            unloaded_token_problems, unreadable_tokens)
 from .prompt_schedule import Phases, check_phase_count, composable_parts, prompt_schedule
 from .sampling import (DEFAULT_STEPS, ProgressCallback, check_sampler, check_steps, check_strength, image_strength,
                        run_sampler, steps_run)
@@ -219,11 +219,12 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
     weighted = weighting == "a1111"
     problems = ([] if chunked else truncation_problems(tokenizer, read, LONG_PROMPT_HINT if weighted else ""))
     names = [name for names in groups for name in names]
-    unreadable = {name for name in names if unreadable_token_problems([name])} if weighted else set()
-    problems += (token_use_problems(tokenizer, read, [g for g in groups if not unreadable & set(g)], whole=chunked)
+    unreadable = unreadable_tokens(names) if weighted else {}  # said as such, not as missing from the prompt
+    problems += (token_use_problems(tokenizer, read, [g for g in groups if not unreadable.keys() & set(g)],
+                                    whole=chunked)
                  + unloaded_token_problems(read, names, tokenizer)
                  + syntax_problems(prompts, weighted, chunked, negative=phases[1].values)
-                 + (unreadable_token_problems(names) + tag_problems(prompt, model) if weighted else []))
+                 + (list(unreadable.values()) + tag_problems(prompt, model) if weighted else []))
     for problem in dict.fromkeys(problems):
         warnings.warn(problem, stacklevel=3)
 

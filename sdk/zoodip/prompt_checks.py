@@ -146,10 +146,15 @@ _A1111_SYNTAX = {"AND": AND_SEPARATOR.search, "BREAK": has_break, "brackets": re
                  "\\": re.compile(r"\\").search, "an extra-network tag": TAG.search}
 
 
-def unreadable_token_problems(names: Sequence[str]) -> list[str]:
-    """One message per learned token whose name holds A1111's syntax (``_A1111_SYNTAX``): read as A1111 reads a
-    prompt (``--prompt-weighting a1111``), the token is never read whole, however the prompt writes it."""
+def unreadable_tokens(names: Sequence[str]) -> dict[str, str]:
+    """``{name: its message}`` for the learned tokens whose names hold A1111's syntax (``_A1111_SYNTAX``): read as A1111
+    reads a prompt (``--prompt-weighting a1111``), such a token is never read whole, however the prompt writes it."""
     held = {name: [what for what, found in _A1111_SYNTAX.items() if found(name)] for name in names}
-    return [f"the learned token {name!r} holds {' and '.join(whats)}, which A1111's reading of a prompt takes as its "
-            "syntax, so the token is never read whole: rename it (--embedding PATH:TOKEN, added_embeddings' key, "
-            "--placeholder_token)" for name, whats in held.items() if whats]
+    return {name: f"the learned token {name!r} holds {' and '.join(whats)}, which A1111's reading of a prompt takes as "
+                  "its syntax, so the token is never read whole: rename it (--embedding PATH:TOKEN, added_embeddings' "
+                  "key, --placeholder_token)" for name, whats in held.items() if whats}
+
+
+def unreadable_token_problems(names: Sequence[str]) -> list[str]:
+    """``unreadable_tokens``' messages, one per such token."""
+    return list(unreadable_tokens(names).values())

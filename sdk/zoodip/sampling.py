@@ -53,15 +53,19 @@ class _SamplerKind:
     # Steps between noise levels sigma, so a zero-SNR schedule's infinite top sigma is made finite (diffusers' Euler and
     # DPM-Solver schedulers; DDIM and LCM step on alpha_bar itself, where 0 is a value like any other).
     finite_top: bool = True
+    # Its diffusers scheduler takes use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas, which it does not
+    # apply (its Karras twin, where there is one, applies Karras's): a config asking for them is said (sampler_notes).
+    sigma_options: bool = False
 
 
 # The samplers by name, with what the plan needs of each and A1111's name for it.
 _KINDS = {
-    "dpmpp_2m": _SamplerKind(dpm_timesteps, "linspace", False, "DPM++ 2M"),
+    "dpmpp_2m": _SamplerKind(dpm_timesteps, "linspace", False, "DPM++ 2M", sigma_options=True),
     "ddim": _SamplerKind(ddim_timesteps, "leading", False, "DDIM", finite_top=False),
-    "euler": _SamplerKind(euler_timesteps, "linspace", True, "Euler"),
+    "euler": _SamplerKind(euler_timesteps, "linspace", True, "Euler", sigma_options=True),
     "dpmpp_2m_karras": _SamplerKind(None, "linspace", False, "DPM++ 2M Karras"),
-    "dpmpp_2m_sde": _SamplerKind(dpm_timesteps, "linspace", False, "DPM++ 2M SDE", fresh_noise=True),
+    "dpmpp_2m_sde": _SamplerKind(dpm_timesteps, "linspace", False, "DPM++ 2M SDE", fresh_noise=True,
+                                 sigma_options=True),
     "dpmpp_2m_sde_karras": _SamplerKind(None, "linspace", False, "DPM++ 2M SDE Karras", fresh_noise=True),
     "euler_a": _SamplerKind(euler_timesteps, "linspace", True, "Euler a", fresh_noise=True),
     "lcm": _SamplerKind(lcm_timesteps, "leading", False, "LCM", fresh_noise=True, finite_top=False),
@@ -186,7 +190,7 @@ def sampler_notes(model: Any, sampler: str, guidance_scale: float | None = None)
         notes.append(f"the lcm sampler is made for a guidance scale of 1 to 2 (1 also halves the work), not "
                      f"{guidance_scale:g}: its images may come out overcooked")
     unapplied = [key for key in ("clip_sample", "thresholding") if config.get(key) is True]
-    if sampler in ("dpmpp_2m", "dpmpp_2m_sde", "euler"):  # plain samplers whose diffusers schedulers take these
+    if _KINDS[sampler].sigma_options:
         karras = f"{sampler}_karras" if f"{sampler}_karras" in _KINDS else None
         unapplied += [f"{key} True" + (f" (--sampler {karras} has them)" if key == "use_karras_sigmas" and karras else "")
                       for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")

@@ -13,7 +13,6 @@ search dimension, and with it the number of forwards a forward-only estimate nee
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Iterable, Sequence
 from typing import Any
 
