@@ -14,9 +14,6 @@ Every user error prints one line ``error: ...`` and exits with status 2; a warni
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
-import json
 import os
 import secrets
 import signal
@@ -24,7 +21,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 # NumPy's own linear algebra here is small (768-wide vectors; Subspace Gradient's PCA of a 128 x 768
 # history every 128 steps), and OpenBLAS's thread pool, competing with onnxruntime's threads on a busy
@@ -38,6 +35,7 @@ from .cli_flags import add_generate_flags, add_personalize_flags  # noqa: E402
 from .errors import ZoodipError  # noqa: E402
 from .foreign_flags import foreign_flag_problem  # noqa: E402
 from .paths import os_error_line  # noqa: E402
+from .progress_log import LazyJsonlLog, silence_stdout  # noqa: E402
 
 if TYPE_CHECKING:
     import numpy as np
@@ -130,88 +128,6 @@ class _GracefulStop:
         return 128 + int(self.signum or signal.SIGINT)
 
 
-class _LazyJsonl:
-    """``--progress-jsonl PATH``: checked up front, opened (for appending) at the first event; a run
-    refused during setup removes the file it created (``discard_setup_only``). Where the reader of ``-`` leaves
-    (an app that stopped reading, ``| head``), ``on_reader_gone`` is called and nothing more is written."""
-
-    def __init__(self, target: str, config: Any) -> None:
-        self.stream = sys.stdout if target == "-" else None
-        self.path = None if target == "-" else _progress_log_path(target, config)
-        self.write = None
-        self.created = False  # this run made the file
-        self.trained = False  # a step was reported: the file holds more than setup phases
-        self.on_reader_gone: Callable[[], None] | None = None
-
-    def __call__(self, progress) -> None:
-        from .api import jsonl_progress_writer
-
-        if self.write is None:
-            if self.stream is None:
-                try:
-                    self.created = not self.path.exists()
-                    self.path.parent.mkdir(parents=True, exist_ok=True)  # e.g. in the run folder, made at its start
-                    self.stream = open(self.path, "a", encoding="utf-8")
-                except OSError as exc:
-                    raise ZoodipError(f"cannot write --progress-jsonl {self.path} ({exc.strerror or exc}): choose another file") from None
-            self.write = jsonl_progress_writer(self.stream)
-        self.trained = self.trained or progress.event != "setup"
-        if self.stream is None:
-            return  # the reader left
-        try:
-            self.write(progress)
-        except BrokenPipeError:
-            _silence_stdout()
-            self.stream = None
-            if self.on_reader_gone is not None:
-                self.on_reader_gone()
-        except OSError as exc:
-            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise ZoodipError(f"cannot write --progress-jsonl {self.path or '-'} ({reason}): free space or choose "
-                              "another file") from None
-
-    def close(self) -> None:
-        if self.stream is not None and self.stream is not sys.stdout:
-            with contextlib.suppress(OSError):  # a full disk was said when a write failed
-                self.stream.close()
-
-    def discard_setup_only(self) -> None:
-        """After a failed setup: remove the file if this run created it and it holds setup phases only."""
-        if self.created and not self.trained and self.path is not None:
-            self.path.unlink(missing_ok=True)
-
-
-def _silence_stdout() -> None:
-    """Its reader left: stdout onto /dev/null, so that the exit's flush of what is buffered cannot raise again."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
-def _progress_log_path(target: str, config: Any) -> Path:
-    """``--progress-jsonl``'s file: writable, not one of the model's or the run's files, and if it exists already a
-    progress log (appended to); anything else would be overwritten or corrupted by the run's lines."""
-    from .paths import check_output_file, lies_within
-    from .trainer import CONFIG_NAME, RUN_FILES
-
-    path = check_output_file(target, "--progress-jsonl")
-    in_model = lies_within(path, config.export_dir)
-    # In the run folder only a .jsonl of its own: the run writes its log, snapshots and previews there.
-    in_run = path.absolute().resolve().parent == Path(config.output_dir).absolute().resolve() and (
-        path.suffix != ".jsonl" or path.name in (*RUN_FILES, CONFIG_NAME))
-    if in_model or in_run:
-        raise ZoodipError(f"--progress-jsonl {target} is {'in the model folder' if in_model else 'a file of the run'}: "
-                          "name a file of its own, e.g. progress.jsonl")
-    if path.is_file() and path.stat().st_size:
-        try:
-            with open(path, encoding="utf-8") as log:
-                first = json.loads(log.readline(1 << 20))
-        except (OSError, UnicodeDecodeError, ValueError):
-            first = None
-        if not (isinstance(first, dict) and first.get("type") == "progress"):
-            raise ZoodipError(f"--progress-jsonl {target} exists and is not a progress log (JSON lines), which the run "
-                              "would append to: name a new file")
-    return path
-
-
 def _resume_requested(args: argparse.Namespace) -> bool:
     """--resume, or diffusers' --resume_from_checkpoint latest (a run folder holds one checkpoint)."""
     given = args.resume_from_checkpoint
@@ -229,7 +145,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     config.validate()  # a bad setting is one line on stderr, before any progress bar is drawn
     resume = _resume_requested(args)
     check_output_dir(config.output_dir)
-    jsonl = _LazyJsonl(args.progress_jsonl, config) if args.progress_jsonl else None
+    jsonl = LazyJsonlLog(args.progress_jsonl, config) if args.progress_jsonl else None
     bar = ProgressBar(config.max_train_steps, enabled=not args.no_progress)
     callbacks = [bar] + ([jsonl] if jsonl else [])
     try:
@@ -271,7 +187,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .from_parameters import parameter_notes
     from .images import image_grid, save_images
     from .infotext import infotext, used_embedding_hashes
-    from .latents_file import save_latents
+    from .latents_file import write_latents
     from .model import ExportedModel, RuntimeOptions
 
     if args.parameters_from is not None:
@@ -302,11 +218,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     used = {} if args.no_metadata else used_embedding_hashes(model, args.prompt, settings, added, hashes)
     texts = None if args.no_metadata else [infotext(args.prompt, dict(settings, latents=args.latents), im.size, model, i,
                                                     used) for i, im in enumerate(images)]
-    # All of them or none: a full disk at the third image leaves the files that were there. The grid: the first's text.
+    # All of them or none (the latents too): a full disk at the third image leaves the files that were there; a
+    # refused, stopped or failed call writes none. The grid: the first's text.
     save_images([*zip(images, singles), (images[0] if len(images) == 1 else image_grid([images]), out)],
-                texts=texts and [*texts[:len(singles)], texts[0]])
-    if args.save_latents:  # once the images are written: a refused, stopped or failed call writes none
-        save_latents(args.save_latents, latents)
+                texts=texts and [*texts[:len(singles)], texts[0]],
+                also=[("--save-latents", args.save_latents, lambda handle: write_latents(handle, latents))]
+                if args.save_latents else ())
     print(f"wrote {out}" + (f" (grid) and {singles[0].name} ... {singles[-1].name}" if singles else "")
           + "".join(f" (--{flag.replace('_', '-')} {getattr(args, flag)})" for flag in drawn))
     return 0
@@ -490,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_INTERRUPTED.get(command, "interrupted"), file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader of stdout left (`zoodip info X | head -1`): nothing is wrong here
-        _silence_stdout()
+        silence_stdout()
         return 141  # 128 + SIGPIPE, as a command that the pipe's signal ended
     except OSError as exc:  # a path the system refused where it was first touched (a name too long, a link loop)
         return print_error(os_error_line(exc))

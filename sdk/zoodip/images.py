@@ -14,7 +14,7 @@ import threading
 import warnings
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -334,34 +334,50 @@ def save_image(image: Image.Image, path: str | Path, flag: str = "--out") -> Pat
 
 
 def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--out",
-                texts: Sequence[str | None] | None = None) -> list[Path]:
+                texts: Sequence[str | None] | None = None,
+                also: Sequence[tuple[str, Path, Callable[[BinaryIO], None]]] = ()) -> list[Path]:
     """Write each ``(image, path)`` as ``save_image`` does, all or none: every image goes to its temp file first,
     and only when all are written are they renamed over their paths (a full disk at the third image leaves the
     files that were there, not two new images beside an old one, nor none of either). The renames themselves are
     one at a time: one that fails (a folder where a file was checked to be) leaves the earlier ones done.
-    ``texts``: each image's generation parameters (``zoodip.infotext``), written as A1111 writes them."""
-    done: list[tuple[Path, Path]] = []
-    current = None
+    ``texts``: each image's generation parameters (``zoodip.infotext``), written as A1111 writes them.
+    ``also``: other files of the same call, ``(flag, path, write(handle))``, written in the same all or none
+    (``generate --save-latents``: no latents beside images that could not be written, nor the reverse)."""
+    done: list[tuple[str, Path, Path]] = []  # (flag, temp file, path)
+    current = (flag, None)
     try:
-        for (image, path), text in zip(pairs, texts or [None] * len(pairs), strict=True):
-            current = path = Path(path)
+        writes = [(flag, path, lambda tmp, image=image, text=text: image.save(
+                       tmp, **(parameters_option(Path(tmp), text) if text else {})))
+                  for (image, path), text in zip(pairs, texts or [None] * len(pairs), strict=True)]
+        for write_flag, path, write in [*writes, *((f, p, _through_handle(w)) for f, p, w in also)]:
+            current = (write_flag, path := Path(path))
             # Beside it, a name no one else uses, keeping the suffix: Pillow picks the format by it.
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
-            done.append((tmp, path))
+            done.append((write_flag, tmp, path))
             path.parent.mkdir(parents=True, exist_ok=True)
-            image.save(tmp, **(parameters_option(path, text) if text else {}))
-        for tmp, path in done:
-            current = path
+            write(tmp)
+        for write_flag, tmp, path in done:
+            current = (write_flag, path)
             tmp.replace(path)
     except BaseException as exc:
-        for tmp, _ in done:
+        for _, tmp, _ in done:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise ZoodipError(f"cannot write {flag} {current} ({exc.strerror or exc}): free space or choose another "
-                              "file") from None
+            raise ZoodipError(f"cannot write {current[0]} {current[1]} ({exc.strerror or exc}): free space or choose "
+                              "another file") from None
         raise
-    return [path for _, path in done]
+    return [path for _, _, path in done[:len(pairs)]]
+
+
+def _through_handle(write: Callable[[BinaryIO], None]) -> Callable[[Path], None]:
+    """``write(handle)`` as a write to a new file's path, flushed to the disk before it is renamed into place."""
+    def to_path(tmp: Path) -> None:
+        with open(tmp, "xb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return to_path
 
 
 def numbered_paths(path: str | Path, count: int) -> list[Path]:

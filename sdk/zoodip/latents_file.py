@@ -8,6 +8,7 @@ huge or foreign file is refused without loading it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -48,9 +49,13 @@ def load_latents(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
     return latents
 
 
+def write_latents(handle: BinaryIO, latents: np.ndarray) -> None:
+    """``latents`` as a float32 .npy into the open binary file ``handle``."""
+    np.save(handle, np.asarray(latents, np.float32), allow_pickle=False)
+
+
 def save_latents(path: str | Path, latents: np.ndarray) -> Path:
     """Write ``latents`` to ``path`` (.npy) atomically."""
     path = Path(path)
-    atomic_write_bytes(path, lambda handle: np.save(handle, np.asarray(latents, np.float32), allow_pickle=False),
-                       "free space or choose another file")
+    atomic_write_bytes(path, lambda handle: write_latents(handle, latents), "free space or choose another file")
     return path

@@ -237,3 +237,28 @@ def test_save_images_names_the_file_it_could_not_write_and_leaves_no_temp_file(t
     with pytest.raises(ZoodipError, match=r"cannot write --out \S*c\.png"):
         save_images([(image, tmp_path / "a.png"), (image, tmp_path / "c.png")])
     assert sorted(p.name for p in tmp_path.iterdir()) in (["a.png", "c.png"], ["c.png"])  # no .tmp file left
+
+
+def test_save_images_writes_its_other_files_in_the_same_all_or_none(tmp_path):
+    """generate --save-latents: the latents were written after the images, so a full disk at the latents left new
+    images beside old latents (and the reverse order would leave new latents beside old images)."""
+    from zoodip.images import save_images
+
+    image = Image.new("RGB", (8, 8), "red")
+    (tmp_path / "old.npy").write_bytes(b"old latents")
+    (tmp_path / "a.png").mkdir()  # the image cannot be written: the latents must stay the old ones
+    (tmp_path / "a.png" / "x").write_text("in the way")
+    also = [("--save-latents", tmp_path / "old.npy", lambda handle: handle.write(b"new latents"))]
+    with pytest.raises(ZoodipError, match=r"cannot write --out \S*a\.png"):
+        save_images([(image, tmp_path / "a.png")], also=also)
+    assert (tmp_path / "old.npy").read_bytes() == b"old latents"
+
+    def no_space(handle):
+        raise OSError(28, "No space left on device")
+    with pytest.raises(ZoodipError, match=r"cannot write --save-latents \S*old\.npy \(No space left on device\)"):
+        save_images([(image, tmp_path / "b.png")], also=[("--save-latents", tmp_path / "old.npy", no_space)])
+    assert not (tmp_path / "b.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "old.npy"]  # no temp file left
+
+    assert save_images([(image, tmp_path / "b.png")], also=also) == [tmp_path / "b.png"]
+    assert (tmp_path / "old.npy").read_bytes() == b"new latents" and Image.open(tmp_path / "b.png").size == (8, 8)

@@ -1,0 +1,95 @@
+"""``--progress-jsonl``: the run's progress as JSON lines, to a file or to stdout (``-``) for a process boundary
+(an app that runs the CLI and reads one object per event; the lines are ``api.progress_to_json``'s)."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ZoodipError
+
+
+class LazyJsonlLog:
+    """``--progress-jsonl PATH``: checked up front, opened (for appending) at the first event; a run
+    refused during setup removes the file it created (``discard_setup_only``). Where the reader of ``-`` leaves
+    (an app that stopped reading, ``| head``), ``on_reader_gone`` is called and nothing more is written."""
+
+    def __init__(self, target: str, config: Any) -> None:
+        self.stream = sys.stdout if target == "-" else None
+        self.path = None if target == "-" else progress_log_path(target, config)
+        self.write = None
+        self.created = False  # this run made the file
+        self.trained = False  # a step was reported: the file holds more than setup phases
+        self.on_reader_gone: Callable[[], None] | None = None
+
+    def __call__(self, progress) -> None:
+        from .api import jsonl_progress_writer
+
+        if self.write is None:
+            if self.stream is None:
+                try:
+                    self.created = not self.path.exists()
+                    self.path.parent.mkdir(parents=True, exist_ok=True)  # e.g. in the run folder, made at its start
+                    self.stream = open(self.path, "a", encoding="utf-8")
+                except OSError as exc:
+                    raise ZoodipError(f"cannot write --progress-jsonl {self.path} ({exc.strerror or exc}): choose another file") from None
+            self.write = jsonl_progress_writer(self.stream)
+        self.trained = self.trained or progress.event != "setup"
+        if self.stream is None:
+            return  # the reader left
+        try:
+            self.write(progress)
+        except BrokenPipeError:
+            silence_stdout()
+            self.stream = None
+            if self.on_reader_gone is not None:
+                self.on_reader_gone()
+        except OSError as exc:
+            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            raise ZoodipError(f"cannot write --progress-jsonl {self.path or '-'} ({reason}): free space or choose "
+                              "another file") from None
+
+    def close(self) -> None:
+        if self.stream is not None and self.stream is not sys.stdout:
+            with contextlib.suppress(OSError):  # a full disk was said when a write failed
+                self.stream.close()
+
+    def discard_setup_only(self) -> None:
+        """After a failed setup: remove the file if this run created it and it holds setup phases only."""
+        if self.created and not self.trained and self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def silence_stdout() -> None:
+    """Its reader left: stdout onto /dev/null, so that the exit's flush of what is buffered cannot raise again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def progress_log_path(target: str, config: Any) -> Path:
+    """``--progress-jsonl``'s file: writable, not one of the model's or the run's files, and if it exists already a
+    progress log (appended to); anything else would be overwritten or corrupted by the run's lines."""
+    from .paths import check_output_file, lies_within
+    from .trainer import CONFIG_NAME, RUN_FILES
+
+    path = check_output_file(target, "--progress-jsonl")
+    in_model = lies_within(path, config.export_dir)
+    # In the run folder only a .jsonl of its own: the run writes its log, snapshots and previews there.
+    in_run = path.absolute().resolve().parent == Path(config.output_dir).absolute().resolve() and (
+        path.suffix != ".jsonl" or path.name in (*RUN_FILES, CONFIG_NAME))
+    if in_model or in_run:
+        raise ZoodipError(f"--progress-jsonl {target} is {'in the model folder' if in_model else 'a file of the run'}: "
+                          "name a file of its own, e.g. progress.jsonl")
+    if path.is_file() and path.stat().st_size:
+        try:
+            with open(path, encoding="utf-8") as log:
+                first = json.loads(log.readline(1 << 20))
+        except (OSError, UnicodeDecodeError, ValueError):
+            first = None
+        if not (isinstance(first, dict) and first.get("type") == "progress"):
+            raise ZoodipError(f"--progress-jsonl {target} exists and is not a progress log (JSON lines), which the run "
+                              "would append to: name a new file")
+    return path
