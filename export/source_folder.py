@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from zoodip.errors import ZoodipError
+from zoodip.paths import why_missing
 
 # What a diffusers SD folder must hold for us: component -> files that must exist in it.
 REQUIRED_PARTS: dict[str, tuple[str, ...]] = {
@@ -33,7 +34,7 @@ def read_json(path: Path) -> dict[str, Any]:
 def check_source(source: Path) -> dict[str, dict[str, Any]]:
     """Check that ``source`` is a diffusers SD folder we can export; returns its component configs."""
     if not source.exists():
-        raise ZoodipError(f"source folder {source} does not exist")
+        raise ZoodipError(f"source folder {source} {why_missing(source)}: pass a diffusers Stable Diffusion folder")
     if not source.is_dir():
         raise ZoodipError(f"source {source} is not a folder (expected a diffusers Stable Diffusion folder)")
     # SDXL folders look like SD ones plus a second text encoder; refuse them before reading weights.

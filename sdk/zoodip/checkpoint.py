@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import ZoodipError
-from .paths import atomic_write_bytes
+from .paths import atomic_write_bytes, why_missing
 
 CHECKPOINT_NAME = "checkpoint.npz"
 
@@ -36,7 +36,7 @@ def read_checkpoint(path: Path, fingerprint: str, photos_id: str, model_id: str,
     if path.exists() and not path.is_file():
         raise ZoodipError(f"checkpoint {path} is not a file: remove it and start again without --resume")
     if not path.is_file():
-        raise ZoodipError(f"nothing to resume: {path} does not exist (run without --resume to start)")
+        raise ZoodipError(f"nothing to resume: {path} {why_missing(path)} (run without --resume to start)")
     try:
         with np.load(path, allow_pickle=False) as data:
             state = {k: data[k] for k in data.files}

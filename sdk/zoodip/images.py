@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ZoodipError
+from .paths import why_missing
 from .image_parameters import parameters_option
 
 # GIF: its first frame. .jfif and .jpe are JPEG's other names (browsers save under .jfif); AVIF where Pillow reads it.
@@ -38,7 +39,7 @@ def list_images(folder: str | Path) -> list[Path]:
     """The image files of a folder (by extension, sorted; hidden files skipped)."""
     folder = Path(folder)
     if not folder.exists():
-        raise ZoodipError(f"image folder {folder} does not exist: pass a folder with 3-10 photos of the concept")
+        raise ZoodipError(f"image folder {folder} {why_missing(folder)}: pass a folder with 3-10 photos of the concept")
     if folder.is_file():
         return [folder]
     if not folder.is_dir():

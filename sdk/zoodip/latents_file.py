@@ -13,7 +13,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .errors import ZoodipError
-from .paths import atomic_write_bytes
+from .paths import atomic_write_bytes, why_missing
 
 NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
 
@@ -22,7 +22,7 @@ def load_latents(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
     """The float32 latents of ``path`` (a .npy file), which must have exactly ``shape`` and finite values."""
     path = Path(path)
     if not path.is_file():
-        raise ZoodipError(f"--latents {path} does not exist: pass a .npy file written by --save-latents "
+        raise ZoodipError(f"--latents {path} {why_missing(path)}: pass a .npy file written by --save-latents "
                           "(or numpy.save of a [images, channels, height/8, width/8] float array)")
     try:
         with open(path, "rb") as handle:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ZoodipError
+from .paths import why_missing
 
 FORMAT = "zoodip-export"
 FORMAT_VERSION = 1
@@ -142,7 +143,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise ZoodipError(f"{folder} is a file, not an export folder: " + (f"export it once with 'zoodip export {folder.name} "
                           "OUT_DIR', then pass OUT_DIR" if folder.suffix.lower() in (".safetensors", ".ckpt") else f"pass the folder that holds {MANIFEST}"))
     if not folder.is_dir():
-        raise ZoodipError(f"export folder {folder} does not exist: create it with 'zoodip export'")
+        raise ZoodipError(f"export folder {folder} {why_missing(folder)}: create it with 'zoodip export'")
     path = folder / MANIFEST
     if not path.is_file():
         if (folder / "model_index.json").is_file():  # the diffusers folder itself, as diffusers' scripts take it

@@ -102,6 +102,25 @@ def os_error_line(exc: OSError) -> str:
     return f"{name[:60] + '...' if len(name) > 60 else name}: {advice}"
 
 
+def why_missing(path: str | os.PathLike[str]) -> str:
+    """Why an input the user named is not there, said after its name: "does not exist", or what hides it (a link
+    whose target is gone, a loop of links, a file where the path needs a folder), which "does not exist" would
+    send the user looking in the wrong place for."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a loop of symbolic links (a link that leads back to itself)"
+        if exc.errno == errno.ENOTDIR:
+            return "does not exist (a part of the path is a file, not a folder)"
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+        if exc.errno not in (errno.ENOENT, None):
+            return f"cannot be read ({exc.strerror or exc})"
+        return "does not exist"
+    return "is neither a file nor a folder (a device, pipe or socket)"
+
+
 def lies_within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is ``folder`` or lies under it, links and ``..`` resolved (an output among the inputs)."""
     where, place = _resolved(path), _resolved(folder)

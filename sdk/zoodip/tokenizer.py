@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import ZoodipError
+from .paths import why_missing
 from .tokenizer_files import DEFAULT_MAX_LENGTH, read_merges, read_settings, read_vocab
 
 __all__ = ["CLIPTokenizer"]
@@ -216,7 +217,7 @@ class CLIPTokenizer:
         """Load a transformers/diffusers ``tokenizer/`` folder (vocab.json, merges.txt, configs)."""
         folder = Path(folder)
         if not folder.is_dir():
-            raise ZoodipError(f"tokenizer folder {folder} does not exist: point to the model's 'tokenizer' folder")
+            raise ZoodipError(f"tokenizer folder {folder} {why_missing(folder)}: point to the model's 'tokenizer' folder")
         for name in ("vocab.json", "merges.txt"):
             if not (folder / name).is_file():
                 raise ZoodipError(f"{folder / name} is missing: copy the full 'tokenizer' folder of the model")

@@ -58,3 +58,25 @@ def test_os_errors_are_one_line_with_the_path_or_what_failed(tmp_path):
     assert os_error_line(long) == "x" * 60 + "...: the name is too long for the file system: use a shorter one"
     assert os_error_line(OSError("10 requested and 4 written")) == (
         "a file could not be read or written (10 requested and 4 written): free disk space and check the paths given")
+
+
+def test_a_missing_input_says_what_hides_it(tmp_path):
+    """A link loop, a link whose target is gone or a file inside the path were all said as "does not exist",
+    which sends the user looking for a missing folder rather than at the link."""
+    import os
+    from zoodip.images import list_images
+    from zoodip.paths import why_missing
+
+    os.symlink(tmp_path / "b", tmp_path / "a")
+    os.symlink(tmp_path / "a", tmp_path / "b")
+    os.symlink(tmp_path / "gone", tmp_path / "dangling")
+    (tmp_path / "file").write_text("x")
+    os.mkfifo(tmp_path / "pipe")
+    assert why_missing(tmp_path / "nothing") == "does not exist"
+    assert why_missing(tmp_path / "a").startswith("is a loop of symbolic links")
+    assert why_missing(tmp_path / "a" / "x").startswith("is a loop of symbolic links")
+    assert why_missing(tmp_path / "dangling") == f"is a symbolic link to {tmp_path / 'gone'}, which does not exist"
+    assert why_missing(tmp_path / "file" / "x") == "does not exist (a part of the path is a file, not a folder)"
+    assert why_missing(tmp_path / "pipe").startswith("is neither a file nor a folder")
+    with pytest.raises(ZoodipError, match=r"^image folder \S+ is a loop of symbolic links"):
+        list_images(tmp_path / "a")
