@@ -56,6 +56,15 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def _warn_about_few_photos(files: Sequence[Path]) -> None:
+    """One or two photos are said: textual inversion learns what the photos share, so a single photo's background,
+    pose and light become part of the word (it still runs: one photo is sometimes all there is)."""
+    if len(files) < 3:
+        warnings.warn(f"only {len(files)} photo{'s' if len(files) > 1 else ''} ({_listed([p.name for p in files])}): "
+                      "the word learns what the photos share, so one photo's background, pose and light become part "
+                      "of it; 3-10 photos of the concept in different settings teach it better", stacklevel=3)
+
+
 def _warn_about_skipped(entries: Sequence[Path]) -> None:
     """Name what looks like a photo but is not used: otherwise a run learns from fewer photos than the user
     put there without a word (a phone's HEIC shots beside its JPEGs, a broken link, a folder named x.png)."""
@@ -304,6 +313,7 @@ def load_images(paths: str | Path | Sequence[str | Path], resolution: int,
         if not files:
             raise ZoodipError("no images given: pass 3-10 photos of the concept")
     arrays = [load_image(p, resolution, center_crop) for p in files]
+    _warn_about_few_photos(files)  # once they are read: a photo that cannot be is the one line said
     return [p.name for p in files], np.stack(arrays)
 
 

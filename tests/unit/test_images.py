@@ -262,3 +262,17 @@ def test_save_images_writes_its_other_files_in_the_same_all_or_none(tmp_path):
 
     assert save_images([(image, tmp_path / "b.png")], also=also) == [tmp_path / "b.png"]
     assert (tmp_path / "old.npy").read_bytes() == b"new latents" and Image.open(tmp_path / "b.png").size == (8, 8)
+
+
+def test_one_or_two_photos_are_said_three_are_not(tmp_path):
+    import warnings
+
+    for i in range(3):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            Image.new("RGB", (40, 40), (i * 80, 0, 0)).save(tmp_path / f"p{i}.png")
+            load_images(tmp_path, 32)
+            load_images([tmp_path / "p0.png"], 32)
+        messages = [str(w.message) for w in caught]
+        assert (messages[0].startswith(f"only {i + 1} photo") if i < 2 else len(messages) == 1), messages
+        assert messages[-1].startswith("only 1 photo (p0.png): the word learns what the photos share")
