@@ -189,12 +189,14 @@ def sampler_notes(model: Any, sampler: str, guidance_scale: float | None = None)
     if sampler == "lcm" and guidance_scale is not None and guidance_scale > 2:
         notes.append(f"the lcm sampler is made for a guidance scale of 1 to 2 (1 also halves the work), not "
                      f"{guidance_scale:g}: its images may come out overcooked")
-    unapplied = [key for key in ("clip_sample", "thresholding") if config.get(key) is True]
+    # Set as diffusers reads them: any true value (1 and "true" too; diffusers' schedulers test `if config.key:`).
+    unapplied = [key for key in ("clip_sample", "thresholding") if config.get(key)]
     if _KINDS[sampler].sigma_options:
         karras = f"{sampler}_karras" if f"{sampler}_karras" in _KINDS else None
-        unapplied += [f"{key} True" + (f" (--sampler {karras} has them)" if key == "use_karras_sigmas" and karras else "")
-                      for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-                      if config.get(key) is True]
+        unapplied += [f"{key} {config[key]!r:.40}" + (f" (--sampler {karras} has them)" if key == "use_karras_sigmas"
+                                                      and karras else "")
+                      for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas")
+                      if config.get(key)]
     if sampler.startswith("dpmpp"):  # DPM-Solver's own settings in a config saved with DPMSolverMultistepScheduler
         unapplied += [f"{key} {config[key]!r}" for key, ours in (("solver_order", 2), ("final_sigmas_type", "zero"))
                       if config.get(key, ours) != ours]

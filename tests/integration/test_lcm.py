@@ -201,3 +201,8 @@ def test_a_dpm_solver_config_saved_with_karras_sigmas_or_the_sde_says_the_sample
                                   use_beta_sigmas=True)
     assert "algorithm_type 'dpmsolver', " in sampler_notes(model, "dpmpp_2m")[0]
     assert "use_beta_sigmas True and algorithm_type 'dpmsolver'," in sampler_notes(model, "dpmpp_2m")[0]
+    # Any value diffusers' `if config.use_karras_sigmas:` takes as true (a hand-edited 1 or "true"), said with it
+    model.scheduler_config = dict(model.scheduler_config, use_beta_sigmas=0, use_karras_sigmas=1, use_flow_sigmas="true",
+                                  algorithm_type="dpmsolver++", clip_sample=1)
+    assert ("asks for clip_sample and use_karras_sigmas 1 (--sampler dpmpp_2m_karras has them) and use_flow_sigmas "
+            "'true', which zoodip's dpmpp_2m sampler") in sampler_notes(model, "dpmpp_2m")[0]
