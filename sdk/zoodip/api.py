@@ -14,6 +14,8 @@ an Android app that runs the CLI with ``--progress-jsonl``.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import threading
 from dataclasses import asdict
 from typing import IO, Any, Callable
@@ -41,7 +43,13 @@ def jsonl_progress_writer(stream: IO[str]) -> Callable[[Progress], None]:
 
 
 class PersonalizationJob:
-    """A personalization run in a background thread, with progress callback and cancellation."""
+    """A personalization run in a background thread, with progress callback and cancellation.
+
+    ``on_progress(progress)`` is called in the job's thread with each event. If it raises, the job stops as on
+    ``cancel()`` (checkpoint and the embedding so far saved) and ``wait()`` raises that error; ``result`` keeps what
+    the run ended with (a callback that raises at the last event leaves a finished run finished). One job runs
+    once (``start()`` or ``run()``): a new ``PersonalizationJob(config, resume=True)`` continues it.
+    """
 
     def __init__(self, config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,
                  resume: bool = False) -> None:
@@ -49,12 +57,15 @@ class PersonalizationJob:
             raise ZoodipError(f"config must be a PersonalizeConfig, got {type(config).__name__}")
         if on_progress is not None and not callable(on_progress):
             raise ZoodipError(f"on_progress must be callable as on_progress(progress), got {type(on_progress).__name__}")
+        if not isinstance(resume, bool):
+            raise ZoodipError(f"resume must be True or False, got {resume!r}")
         self.config = config
         self.on_progress = on_progress
         self.resume = resume
         self.latest: Progress | None = None
         self.result: PersonalizeResult | None = None
         self.error: BaseException | None = None
+        self.callback_error: BaseException | None = None  # what on_progress raised: it stopped the job
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self._running_here = False  # run(): in the caller's thread
@@ -62,8 +73,13 @@ class PersonalizationJob:
 
     def _progress(self, progress: Progress) -> None:
         self.latest = progress
-        if self.on_progress is not None:
+        if self.on_progress is None or self.callback_error is not None:
+            return
+        try:
             self.on_progress(progress)
+        except BaseException as exc:  # the app's error, not the run's: stop as cancel() does, keeping the steps
+            self.callback_error = exc
+            self._cancel.set()
 
     def _target(self) -> None:
         try:
@@ -71,15 +87,21 @@ class PersonalizationJob:
         except BaseException as exc:  # reported through wait(); never lost in the thread
             self.error = exc
 
+    def _claim(self) -> None:
+        """One run per job: a second would share the run folder with the first, or replace its outcome."""
+        if self._thread is not None or self._running_here:
+            raise ZoodipError("this job was already started: create a new PersonalizationJob to run again "
+                              "(resume=True continues its run)")
+
     def start(self) -> PersonalizationJob:
-        if self._thread is not None:
-            raise ZoodipError("this job was already started: create a new PersonalizationJob to run again")
+        self._claim()
         self._thread = threading.Thread(target=self._target, name="zoodip-personalize", daemon=True)
         self._thread.start()
         return self
 
     def run(self) -> PersonalizeResult:
         """Run in the calling thread (blocking; another thread may cancel() it)."""
+        self._claim()
         self._running_here = True
         self._target()
         return self._outcome()
@@ -99,10 +121,13 @@ class PersonalizationJob:
     def wait(self, timeout: float | None = None) -> PersonalizeResult | None:
         """Wait for the job; returns the result, None on timeout, or raises the job's error."""
         if self._thread is None:
-            raise ZoodipError("the job was not started: call start() first")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+            raise ZoodipError("the job was not run in a thread: start() it first" if not self._running_here else
+                              "the job ran in the caller's thread: run() returned its result")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
+                                    or math.isnan(timeout) or timeout < 0):
             raise ZoodipError(f"timeout must be a number of seconds >= 0 (or None to wait to the end), got {timeout!r}")
-        self._thread.join(timeout)
+        # Past the OS's longest wait (infinity included) Thread.join raises, and leaves the thread marked as ended
+        self._thread.join(None if timeout is None or timeout >= threading.TIMEOUT_MAX else float(timeout))
         if self._thread.is_alive():
             return None
         return self._outcome()
@@ -118,7 +143,10 @@ class PersonalizationJob:
         if self.running:
             raise ZoodipError("the job is still running: wait() for it (or cancel() it) before generating, "
                               "since generation and training share the memory budget")
-        if self.result is None or self.result.embedding_path is None:
+        if self.result is not None and self.result.embedding_path is None:
+            raise ZoodipError("this job was cancelled before its first step and learned nothing: continue it with "
+                              "PersonalizationJob(config, resume=True)")
+        if self.result is None:
             raise ZoodipError("this job has no learned embedding: start() it and wait() for it first (a job that "
                               "failed has none)")
         token, vectors = load_embedding_file(self.result.embedding_path)
@@ -128,7 +156,8 @@ class PersonalizationJob:
         return generate(self._model, prompt, added_embeddings={token: vectors}, **options)
 
     def _outcome(self) -> PersonalizeResult:
-        if self.error is not None:
-            raise self.error
+        for error in (self.error, self.callback_error):
+            if error is not None:
+                raise error
         assert self.result is not None
         return self.result

@@ -9,7 +9,7 @@ import os
 import types
 import typing
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -337,6 +337,16 @@ class PersonalizeConfig:
     def fingerprint(self) -> str:
         """Hash of everything that shapes the trajectory; a checkpoint only resumes the same run."""
         return hashlib.sha256(json.dumps(self.fingerprint_payload(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def settings_differing_from(self, recorded: dict[str, object]) -> list[str]:
+        """The settings that make this run's fingerprint differ from that of a run whose config.json is ``recorded``,
+        by the names the user gave (a memory budget runs the evaluations one by one: not "batched" then)."""
+        before, now = replace(self, **recorded).fingerprint_payload(), self.fingerprint_payload()
+        same = lambda a, b: json.dumps(a, default=str) == json.dumps(b, default=str)  # noqa: E731
+        names = sorted(key for key in set(now) | set(before) if not same(now.get(key), before.get(key)))
+        if "batched" in names and recorded.get("memory_budget_mb") != self.memory_budget_mb:
+            names[names.index("batched")] = "memory_budget_mb"
+        return names
 
     def fingerprint_payload(self) -> dict:
         """The settings ``fingerprint`` hashes (where two runs' differ, a checkpoint of one does not resume the other)."""

@@ -303,12 +303,9 @@ class Personalizer:
     def _changed_settings(self) -> list[str]:
         """The settings of this run that differ from those its folder's config.json recorded (none if unreadable)."""
         try:
-            recorded = json.loads((self.config.output_dir / CONFIG_NAME).read_text())
-            before = dataclasses.replace(self.config, **recorded).fingerprint_payload()
+            return self.config.settings_differing_from(json.loads((self.config.output_dir / CONFIG_NAME).read_text()))
         except (OSError, ValueError, TypeError, ZoodipError):  # only a hint for the message: never its own error
             return []
-        now, same = self.config.fingerprint_payload(), lambda a, b: json.dumps(a, default=str) == json.dumps(b, default=str)
-        return sorted(key for key in set(now) | set(before) if not same(now.get(key), before.get(key)))
 
     def _load_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore the run state; a missing key or a wrong shape raises (KeyError, ValueError, ZoodipError)."""

@@ -230,6 +230,9 @@ def test_resume_refuses_other_settings_and_fresh_run_refuses_existing(tiny_expor
     with pytest.raises(ZoodipError, match=r"other settings \(adam_state_dtype differ\)"):  # part of the run
         personalize(make_config(tiny_export, photos, out, max_train_steps=4, eval_every=0,
                                 adam_state_dtype="float16"), resume=True)
+    with pytest.raises(ZoodipError, match=r"other settings \(memory_budget_mb differ\)"):  # not "batched", which it sets
+        personalize(make_config(tiny_export, photos, out, max_train_steps=4, eval_every=0, memory_budget_mb=4000),
+                    resume=True)
     with pytest.raises(ZoodipError, match="nothing to resume"):
         personalize(make_config(tiny_export, photos, tmp_path / "none", eval_every=0), resume=True)
 
@@ -497,10 +500,57 @@ def test_job_api_misuse_is_one_clear_error(tiny_export, photos, tmp_path):
     job = PersonalizationJob(config)
     with pytest.raises(ZoodipError, match="nothing to cancel"):
         job.cancel()
+    with pytest.raises(ZoodipError, match="resume must be True or False, got 'yes'"):
+        PersonalizationJob(config, resume="yes")
     job.start()
-    with pytest.raises(ZoodipError, match="timeout must be a number of seconds"):
-        job.wait(timeout="1")
-    assert job.wait(60).status == "done"  # the refused cancel left no mark on it
+    # NaN reached Thread.join, whose error left the running thread marked as ended (then a bare AssertionError)
+    for timeout in ("1", float("nan"), -1):
+        with pytest.raises(ZoodipError, match="timeout must be a number of seconds"):
+            job.wait(timeout=timeout)
+    with pytest.raises(ZoodipError, match="already started"):  # a second run would share the folder, replace the outcome
+        job.run()
+    assert job.wait(float("inf")).status == "done" and job.wait(10**30).status == "done"  # past the OS's longest wait
+    with pytest.raises(ZoodipError, match="already started"):
+        job.start()
+    ran = PersonalizationJob(make_config(tiny_export, photos, tmp_path / "ran", max_train_steps=2, eval_every=0))
+    assert ran.run().status == "done"
+    for again in (ran.start, ran.run):
+        with pytest.raises(ZoodipError, match="already started"):
+            again()
+    with pytest.raises(ZoodipError, match="ran in the caller's thread"):
+        ran.wait()
+    assert ran.result.status == "done"
+
+
+def test_an_on_progress_that_raises_stops_the_job_as_cancel_does(tiny_export, photos, tmp_path):
+    """The app's callback error stopped the run where it was (the steps since the last checkpoint lost), and one
+    raised at the last event turned a finished run into a failed job with no result."""
+    class AppBug(Exception):
+        pass
+
+    def fails_at(event, step=0):
+        def on_progress(progress):
+            if progress.event == event and progress.step >= step:
+                raise AppBug(event)
+        return on_progress
+
+    config = make_config(tiny_export, photos, tmp_path / "mid", max_train_steps=30, eval_every=0, checkpoint_every=50)
+    job = PersonalizationJob(config, on_progress=fails_at("step", 5)).start()
+    with pytest.raises(AppBug):
+        job.wait(60)
+    assert job.result.status == "cancelled" and job.result.steps == 5 and job.callback_error is not None
+    assert PersonalizationJob(config, resume=True).run().steps == 30  # its checkpoint is the step it stopped at
+    done = PersonalizationJob(make_config(tiny_export, photos, tmp_path / "end", max_train_steps=3, eval_every=0),
+                              on_progress=fails_at("done")).start()
+    with pytest.raises(AppBug):
+        done.wait(60)
+    assert done.result.status == "done" and done.result.embedding_path.is_file()
+    early = PersonalizationJob(make_config(tiny_export, photos, tmp_path / "setup", eval_every=0),
+                               on_progress=fails_at("setup")).start()
+    with pytest.raises(AppBug):
+        early.wait(60)
+    with pytest.raises(ZoodipError, match="cancelled before its first step and learned nothing"):
+        early.generate("a photo of " + TOKEN)
 
 
 def test_config_fields_of_the_wrong_kind_are_one_clear_error(tiny_export, photos, tmp_path):
