@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .embeddings import check_hidden_size
+from .embeddings import MAX_VECTORS, check_hidden_size
 from .errors import ZoodipError
 from .run_checks import BLOWUP_NORM_FACTOR
 
@@ -39,6 +39,9 @@ def tokenizer_with(model: Any, added: Mapping[str, np.ndarray] | None) -> tuple[
         if array.ndim != 2 or len(array) < 1:
             raise ZoodipError(f"embedding for {token!r} must have shape [n, {hidden}] or [{hidden}], got {list(np.shape(vectors))}")
         check_hidden_size(array, hidden, f"the embedding for {token!r}")
+        if len(array) > MAX_VECTORS:  # (a file's are refused so on reading)
+            raise ZoodipError(f"the embedding for {token!r} has {len(array)} vectors, more than a prompt's "
+                              f"{MAX_VECTORS} tokens can hold: is it an embedding?")
         _warn_if_saturating(model, token, array)
         ids = _add_or_find(tokenizer, token, len(array), base)
         for token_id, row in zip(ids, array):
@@ -54,7 +57,10 @@ def _added_vectors(token: object, vectors: object) -> np.ndarray:
     real numbers (a NaN would only show as a black image, after all the steps)."""
     if not isinstance(token, str):
         raise ZoodipError(f"added_embeddings' keys are token names (strings), got {token!r}")
-    array = np.asarray(vectors)  # (None: an object array, refused below)
+    try:
+        array = np.asarray(vectors)  # (None: an object array, refused below)
+    except ValueError:  # rows of different lengths
+        raise ZoodipError(f"the embedding for {token!r} must be an array [n, hidden]: its rows differ in length") from None
     if array.dtype.kind not in "fiu":
         raise ZoodipError(f"the embedding for {token!r} must hold real numbers, got {array.dtype} values")
     array = array.astype(np.float32)

@@ -243,7 +243,7 @@ def checked_generate_flags(args: argparse.Namespace) -> tuple[Path, list[Path]]:
     """generate's flags that cannot go together refused, before any work; the output file and, for several images,
     the numbered files beside it."""
     from .errors import ZoodipError
-    from .generate import check_num_images
+    from .generate_settings import check_num_images
     from .images import numbered_paths
     from .paths import check_output_file, is_same_file
 

@@ -18,7 +18,7 @@ from . import validation
 from .embeddings import MAX_VECTORS, a1111_file_name
 from .emphasis import check_prompt_weighting
 from .errors import ZoodipError
-from .generate import MAX_IMAGES
+from .generate_settings import MAX_IMAGES
 from .gradient_estimate import DIRECTIONS, check_mu
 from .image_side import check_side
 from .curvature import DEFAULT_CURVATURE_FRACTION

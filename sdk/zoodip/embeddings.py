@@ -132,8 +132,15 @@ def load_embedding_file(path: str | os.PathLike[str], token: str | None = None) 
     stem already written as ``<...>`` is used as is. (A1111 itself uses the bare stem:
     :func:`load_embeddings` adds it as a second name.)
     """
-    name, vectors, _ = _load(Path(path), token)
+    name, vectors, _ = _load(Path(_path_text(path, "path")), token)
     return name, vectors
+
+
+def _path_text(path: object, name: str) -> str:
+    """A path argument as text (bytes as the OS decodes them), or one line for what is not a path."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise ZoodipError(f"{name} must be a file path (str or Path), got {type(path).__name__}")
+    return os.fsdecode(path)
 
 
 A1111_HASH_CHARS = 12  # A1111's short hash of an embedding file, which its images' "TI hashes" name
@@ -173,8 +180,12 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
         clip_skip = int(clip_skip)
     added: dict[str, np.ndarray] = {}
     groups: list[list[str]] = []
+    if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, (int, np.integer)) or hidden < 1):
+        raise ZoodipError(f"hidden must be the text encoder's width (a whole number, e.g. 768), got {hidden!r:.60}")
     for spec in specs:
-        shown = str(spec[0] if isinstance(spec, tuple) else spec)
+        if isinstance(spec, tuple) and len(spec) != 2:
+            raise ZoodipError(f"an embedding spec as a tuple is (PATH, TOKEN or None), got {spec!r:.60}")
+        shown = _path_text(spec[0] if isinstance(spec, tuple) else spec, "an embedding spec")
         if not shown.strip():  # Path("") would be the current folder
             raise ZoodipError("an embedding path is empty: name a .safetensors file or a folder of them")
         path, token = (Path(shown), spec[1]) if isinstance(spec, tuple) else _split_spec(shown)
@@ -266,7 +277,8 @@ def _load(path: Path, token: str | None) -> tuple[str, np.ndarray, bool]:
         name = token
     elif stored_token is not None:
         if not stored_token.strip() or any(ch.isspace() for ch in stored_token):
-            raise ZoodipError(f"{path}: its token {stored_token!r:.60} holds spaces, which a prompt cannot name as one "
+            what = "holds spaces" if stored_token else "is empty"
+            raise ZoodipError(f"{path}: its token {stored_token!r:.60} {what}, which a prompt cannot name as one "
                               "token: rename it with --embedding PATH:TOKEN (load_textual_inversion(..., token=))")
         name = stored_token
     else:

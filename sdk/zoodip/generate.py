@@ -22,8 +22,6 @@ those of the unbudgeted call, up to the floating-point order of batched and sing
 """
 from __future__ import annotations
 
-import inspect
-import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,37 +31,22 @@ import numpy as np
 from PIL import Image
 
 from .added_tokens import check_added_ids, tokenizer_with
-from .emphasis import check_prompt_weighting, chunked_token_ids, emphasis_free_text, emphasize, weighted_token_ids
+from .emphasis import chunked_token_ids, emphasis_free_text, emphasize, weighted_token_ids
 from .errors import ZoodipError
 from .extra_networks import tag_problems, take_out_tags
+from .generate_settings import check_generate_settings, check_num_images
 from .image_side import check_model_side, model_side_multiple
 from .images import (NO_DRAFT, image_pixels, init_image_size, latent_mask, mask_problems, open_init_image, open_mask,
                      to_pil)
 from .inpainting import InpaintOptions, PasteBack, inpainting_views
 from .limits import check_image_size
 from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
-from .model import clip_skip_problem
 from .noise import check_seed, check_variation, checked_latents, seed_noise
 from .prompt_checks import (LONG_PROMPT_HINT, syntax_problems, token_use_problems, truncation_problems,
                             unloaded_token_problems, unreadable_tokens)
 from .prompt_schedule import Phases, check_phase_count, composable_parts, prompt_schedule
-from .sampling import (DEFAULT_STEPS, ProgressCallback, check_sampler, check_steps, check_strength, image_strength,
-                       run_sampler, steps_run)
+from .sampling import DEFAULT_STEPS, ProgressCallback, check_strength, image_strength, run_sampler, steps_run
 from .vae_tiles import decode_tiled
-
-# Images per call: they are denoised as one UNet batch (twice that with guidance), whose activations
-# grow with the count; more than a grid's worth is asked for by mistake, not by design.
-MAX_IMAGES = 64
-# The largest |guidance scale|: far beyond what anyone uses, the guided prediction leaves float32's range and the
-# image comes out black.
-MAX_GUIDANCE_SCALE = 100.0
-
-
-def check_num_images(num_images: object) -> None:
-    """Images per call: 1 to MAX_IMAGES (checked before any file or model work)."""
-    if isinstance(num_images, bool) or not isinstance(num_images, (int, np.integer)) or not 1 <= num_images <= MAX_IMAGES:
-        raise ZoodipError(f"num_images must be an integer from 1 to {MAX_IMAGES} (the UNet denoises them as one batch), "
-                          f"got {num_images!r}: call again with another seed for more")
 
 
 def generate(
@@ -107,7 +90,7 @@ def generate(
         variation_seed, variation_strength: A1111's variation: that seed's noise mixed in (``zoodip.noise.slerp``; 0:
             the seed's image, 1: the variation seed's); the rest of the run's randomness stays the seed's.
     """
-    _check_settings(model, prompt, negative_prompt, sampler, steps, num_images, guidance_scale, eta, seed,
+    check_generate_settings(model, prompt, negative_prompt, sampler, steps, num_images, guidance_scale, eta, seed,
                     prompt_weighting, clip_skip, guidance_rescale, callback=callback, batch_cfg=batch_cfg, groups=token_groups)
     check_variation(variation_seed, variation_strength, latents, seed)
     start, h, w = _image_start(model, image, mask_image, strength, height, width,  # a size that cannot fit: refused
@@ -143,7 +126,7 @@ def check_prompt(model: Any, prompt: str, *, negative_prompt: str = "", steps: i
                  clip_skip: int = 0) -> None:
     """What ``generate`` would refuse (or warn about) in these prompts, found without sampling: their texts are read
     and encoded (text encoder only). A job that generates late (training previews) checks its prompt before it starts."""
-    _check_settings(model, prompt, negative_prompt, "dpmpp_2m", steps, 1, 1.0, 0.0, 0, prompt_weighting, clip_skip)
+    check_generate_settings(model, prompt, negative_prompt, "dpmpp_2m", steps, 1, 1.0, 0.0, 0, prompt_weighting, clip_skip)
     phases = _prompt_phases(prompt, negative_prompt, prompt_weighting, steps)
     encode = _prompt_encoder(model, added_embeddings, None, phases, prompt_weighting, clip_skip, prompt)
     for schedule in [part for _, part in phases[0]] + [phases[1]]:
@@ -216,6 +199,10 @@ def _prompt_encoder(model: Any, added_embeddings: Mapping[str, np.ndarray] | Non
     prompts, read, chunked = _texts_read(model, phases, weighting)
     tokenizer, extra_rows, known_added = tokenizer_with(model, added_embeddings)
     groups = token_groups if token_groups is not None else [[token] for token in added_embeddings or {}]
+    strays = [name for group in groups for name in group if name not in (added_embeddings or {})]
+    if strays:  # else said as a token the prompt does not use, or (no embeddings) the name read as words
+        raise ZoodipError(f"token_groups names {', '.join(map(repr, strays[:5]))}, which added_embeddings does not "
+                          "hold: pass the groups load_embeddings gave with its embeddings")
     weighted = weighting == "a1111"
     problems = ([] if chunked else truncation_problems(tokenizer, read, LONG_PROMPT_HINT if weighted else ""))
     names = [name for names in groups for name in names]
@@ -266,13 +253,6 @@ def prompt_texts_read(model: Any, prompt: str, negative_prompt: str = "", prompt
     return read, whole
 
 
-def check_clip_skip(model: Any, clip_skip: object) -> None:
-    """``clip_skip`` 0, or a number of layers ``model``'s text encoder can skip; else one line naming the range."""
-    layers = int(getattr(model, "clip_skip_layers", 0))
-    if not isinstance(clip_skip, (int, np.integer)) or isinstance(clip_skip, bool) or not 0 <= clip_skip <= layers:
-        raise ZoodipError(clip_skip_problem(clip_skip, layers))
-
-
 def initial_latents(model: Any, seed: int, num_images: int = 1, height: int | None = None,
                     width: int | None = None, variation_seed: int | None = None,
                     variation_strength: float = 0.0) -> np.ndarray:
@@ -295,69 +275,6 @@ def _text_states(model: Any, ids: np.ndarray, weights: np.ndarray | None, extra_
         states = np.asarray(model.encode_text(ids, extra_rows), dtype=np.float32)
     states = states if weights is None else emphasize(states, weights)
     return states.reshape(1, -1, states.shape[-1])
-
-
-def _check_settings(model: Any, prompt: object, negative_prompt: object, sampler: str, steps: object, num_images: int,
-                    guidance_scale: object, eta: object, seed: object, prompt_weighting: object = "none",
-                    clip_skip: object = 0, guidance_rescale: object = 0.0, *, callback: object = None,
-                    batch_cfg: object = True, groups: object = None) -> None:
-    """generate()'s settings, each refused in one line before any work."""
-    check_prompt_weighting(prompt_weighting)
-    check_sampler(sampler)
-    check_steps(model, steps, sampler)
-    check_num_images(num_images)
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) \
-            or not abs(guidance_scale) <= MAX_GUIDANCE_SCALE:
-        raise ZoodipError(f"guidance_scale must be a number within +-{MAX_GUIDANCE_SCALE:g} (7.5 is diffusers' default, "
-                          f"A1111's CFG scale stops at 30), got {guidance_scale!r}")
-    if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, numbers.Real) or not 0 <= guidance_rescale <= 1:
-        raise ZoodipError(f"guidance_rescale must be a number from 0 to 1 (diffusers suggests 0.7 for v-prediction "
-                          f"models), got {guidance_rescale!r}")
-    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta < float("inf"):
-        raise ZoodipError(f"eta must be a finite number >= 0 (DDIM's noise; 0: deterministic), got {eta!r}")
-    if eta and sampler != "ddim":
-        raise ZoodipError(f"eta applies to the ddim sampler only; drop it or use sampler='ddim' (got sampler={sampler!r})")
-    check_seed(seed)
-    if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
-        raise ZoodipError("prompt and negative_prompt must be strings")
-    check_clip_skip(model, clip_skip)
-    _check_call_options(callback, batch_cfg, groups)
-    if guidance_rescale and prompt_weighting == "a1111" and len(composable_parts(prompt)) > 1:
-        raise ZoodipError("guidance_rescale rescales toward one prompt's prediction, and a prompt of several AND parts "
-                          "has several: drop one of the two")
-
-
-def _call_problem(callback: object) -> str | None:
-    """Why ``callback(step, total, latents)`` would fail, or None (also where its signature cannot be read)."""
-    if not callable(callback):
-        return f"got {type(callback).__name__}"
-    try:
-        inspect.signature(callback).bind(1, 1, None)
-    except TypeError as exc:
-        return f"its signature does not take them ({exc})"
-    except ValueError:
-        pass  # no signature to read (a builtin): called as it is
-    return None
-
-
-def check_callback(callback: object) -> None:
-    """None, or a progress callback callable as ``callback(step, total, latents)``; else one line, before any work."""
-    problem = None if callback is None else _call_problem(callback)
-    if problem:
-        raise ZoodipError(f"callback must be callable as callback(step, total, latents) (not diffusers' "
-                          f"callback_on_step_end(pipe, step, timestep, kwargs)): {problem}")
-
-
-def _check_call_options(callback: object, batch_cfg: object, groups: object) -> None:
-    """The progress callback, ``batch_cfg`` (a bool) and ``token_groups`` (lists of token names), refused before any
-    work rather than failing mid-run."""
-    check_callback(callback)
-    if not isinstance(batch_cfg, (bool, np.bool_)):
-        raise ZoodipError(f"batch_cfg must be True or False, got {batch_cfg!r}")
-    if groups is not None and (not isinstance(groups, (list, tuple)) or not all(
-            isinstance(group, (list, tuple)) and all(isinstance(name, str) for name in group) for group in groups)):
-        raise ZoodipError("token_groups must be a list of lists of token names (load_embeddings' groups), got "
-                          f"{groups!r:.60}")
 
 
 def _guided(model: Any, parts: list[tuple[float, Phases[np.ndarray]]], uncond: Phases[np.ndarray] | None,

@@ -16,10 +16,12 @@ import numpy as np
 from PIL import Image
 
 from .errors import ZoodipError
-from .generate import check_callback, check_num_images, generate
+from .generate import generate
+from .generate_settings import check_callback, check_num_images
 from .image_side import check_model_side, model_side_multiple
 from .limits import check_image_size
 from .memory_plan import check_encode, memory_budget_mb
+from .model import check_model
 from .sampling import DEFAULT_STEPS, HIRES_STRENGTH, ProgressCallback, check_steps, check_strength, steps_run
 
 MAX_HIRES_SCALE = 4.0  # A1111's slider stops at 4
@@ -38,6 +40,7 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
         raise ZoodipError("the hires fix is for text-to-image (A1111 has none for img2img): drop image, mask_image and "
                           "strength (hires_strength is the second pass's), or drop the hires settings")
     sampler = options.get("sampler")
+    check_model(model)
     check_steps(model, steps, sampler)
     check_num_images(num_images)
     check_callback(callback)

@@ -241,7 +241,7 @@ def open_init_image(source: str | Path | Image.Image, draft_side: int) -> Image.
     if isinstance(source, Image.Image):
         if min(source.size) < 1:
             raise ZoodipError(f"the start image is {source.width}x{source.height} px, empty: pass a picture")
-        return _to_rgb8(source)
+        return _to_rgb8(_loaded(source, "image"))
     if isinstance(source, (str, Path)):
         return open_photo(source, draft_side, advice="pass a JPEG or PNG file")
     raise ZoodipError(f"image must be a file path or a PIL image, got {type(source).__name__}")
@@ -257,9 +257,22 @@ def open_mask(source: str | Path | Image.Image, draft_side: int) -> Image.Image:
         raise ZoodipError(f"mask_image must be a file path or a PIL image, got {type(source).__name__}")
     elif min(source.size) < 1:
         raise ZoodipError(f"the mask is {source.width}x{source.height} px, empty: draw it over the image")
+    else:
+        source = _loaded(source, "mask_image")
     if source.mode in ("RGBA", "LA", "PA") or (source.mode == "P" and "transparency" in source.info):
         source = source.convert("RGBA").convert("RGB")  # the colours under the alpha, as PIL's convert("L") reads
     return _to_rgb8(source).convert("L")
+
+
+def _loaded(image: Image.Image, name: str) -> Image.Image:
+    """A PIL image given by the caller, its pixels read: one that was closed, or whose file is cut short, is one line."""
+    try:
+        image.load()
+    except ValueError as exc:  # Pillow: "Operation on closed image"
+        raise ZoodipError(f"{name} cannot be read ({exc}): pass it before closing it, or pass its path") from None
+    except OSError as exc:
+        raise ZoodipError(f"{name} cannot be read ({exc}): pass an image file that is whole") from None
+    return image
 
 
 def latent_mask(mask: Image.Image, size: tuple[int, int], factor: int) -> np.ndarray:

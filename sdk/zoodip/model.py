@@ -34,6 +34,21 @@ from .tokenizer import CLIPTokenizer
 RUN_ONCE_PER_IMAGE = ("vae_decoder",)
 
 
+# What generation reads of a model: an ExportedModel has it all (a stand-in with the same interface may be passed).
+MODEL_INTERFACE = ("tokenizer", "schedule", "encode_text", "unet", "vae_decode", "latent_channels", "hidden_size")
+
+
+def check_model(model: object) -> None:
+    """Refuse what is not a loaded model (a path, None) in one line rather than an AttributeError inside."""
+    if isinstance(model, (str, bytes, os.PathLike)):
+        raise ZoodipError(f"model must be a loaded model, got the path {os.fsdecode(model)!r}: pass "
+                          "ExportedModel.load(path)")
+    missing = [name for name in MODEL_INTERFACE if not hasattr(model, name)]
+    if missing:
+        lacks = f", which has no {', '.join(missing)}" if len(missing) < len(MODEL_INTERFACE) else ""  # (None: none)
+        raise ZoodipError(f"model must be an ExportedModel (ExportedModel.load(path)), got {type(model).__name__}{lacks}")
+
+
 def clip_skip_problem(clip_skip: object, layers: int) -> str:
     """The one-line refusal of a ``clip_skip`` that a text encoder with ``layers`` skippable layers cannot honour."""
     if layers == 0:

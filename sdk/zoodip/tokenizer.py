@@ -206,9 +206,9 @@ class CLIPTokenizer:
         # word -> ids. transformers seeds its cache so that the pattern's two special words are not
         # given an end-of-word marker (they stay bos/eos even when written in upper case).
         self._cache: Dict[str, Tuple[int, ...]] = {}
-        self._refresh_added()
         for token, index in sorted((added_tokens or {}).items(), key=lambda item: item[1]):
-            self._register(token, index)
+            self._register(token, index, refresh=False)
+        self._refresh_added()
 
     # ------------------------------------------------------------------ loading
 
@@ -385,7 +385,8 @@ class CLIPTokenizer:
         ids = []
         for name in names:
             ids.append(self.vocab_size)
-            self._register(name, self.vocab_size)
+            self._register(name, self.vocab_size, refresh=False)
+        self._refresh_added()  # once for all the names: a table rebuilt per name made many vectors quadratic
         return ids
 
     def is_known_word(self, name: str) -> bool:
@@ -396,7 +397,7 @@ class CLIPTokenizer:
         # e.g. "Dog" or "été": text that already encodes to one existing token.
         return len(self._encode_plain(name)) == 1
 
-    def _register(self, token: str, index: int) -> None:
+    def _register(self, token: str, index: int, refresh: bool = True) -> None:
         if index < self._base_size:
             # A special token saved with the folder (e.g. SD2's "!" pad): it is cut out whole.
             if self._encoder.get(token) != index:
@@ -416,7 +417,8 @@ class CLIPTokenizer:
         else:
             self._added[token] = index
             self._added_decoder[index] = token
-        self._refresh_added()
+        if refresh:
+            self._refresh_added()
 
     def _refresh_added(self) -> None:
         """Rebuild the lookup tables that depend on the set of added tokens."""

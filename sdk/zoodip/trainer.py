@@ -32,7 +32,7 @@ from .config import PersonalizeConfig, default_tau, warn_about_settings  # noqa:
 from .denoising_loss import DenoisingLoss, auto_batched  # noqa: F401 (zoodip.trainer.DenoisingLoss stays public)
 from .embeddings import a1111_file_name, save_a1111_embedding, save_learned_embeds
 from .errors import ZoodipError
-from .generate import check_clip_skip
+from .generate_settings import check_clip_skip
 from .gradient_estimate import EstimatorSchedule, RandomGradientEstimator
 from .images import list_images, load_images
 from .limits import check_image_size, check_photo_count

@@ -735,8 +735,9 @@ def test_api_arguments_of_the_wrong_kind_are_one_clear_error_before_any_work() -
         (dict(callback=5), "callback must be callable as callback(step, total, latents)"),
         (dict(callback=lambda step: None), "its signature does not take them"),
         (dict(callback=lambda pipe, step, timestep, kwargs: None), "its signature does not take them"),
-        (dict(sampler="ddim", eta="x"), "eta must be a finite number >= 0"),
-        (dict(sampler="ddim", eta=float("nan")), "eta must be a finite number >= 0"),
+        (dict(sampler="ddim", eta="x"), "eta must be a number from 0 to 1"),
+        (dict(sampler="ddim", eta=float("nan")), "eta must be a number from 0 to 1"),
+        (dict(sampler="ddim", eta=1.01), "eta must be a number from 0 to 1"),  # 1e308 overflowed, 100 drowned the image
         (dict(batch_cfg="no"), "batch_cfg must be True or False"),
         (dict(token_groups=5), "token_groups must be a list of lists"),
         (dict(token_groups="<s>"), "token_groups must be a list of lists"),

@@ -312,3 +312,6 @@ def test_a_token_with_spaces_is_not_saved_and_a_file_holding_one_is_skipped_in_a
     assert list(added) == ["<fine>"]
     renamed, _ = load_embeddings([(str(tmp_path / "nl.safetensors"), "<nl>")])
     assert list(renamed) == ["<nl>"]
+    save_file({"": np.ones((1, 8), np.float32)}, str(tmp_path / "empty.safetensors"))  # said as "holds spaces" before
+    with pytest.raises(ZoodipError, match=r"its token '' is empty, which a prompt cannot name"):
+        load_embeddings([tmp_path / "empty.safetensors"])
