@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .console import (TERMINATION_SIGNALS, OneLineParser, ProgressBar, SamplingBar, duration,  # noqa: E402
-                      interrupt_on_termination, one_line_warning, print_error)
+                      interrupt_on_termination, one_line_warning, print_error, signals_to_handle)
 from .cli_flags import add_generate_flags, add_personalize_flags  # noqa: E402
 from .errors import ZoodipError  # noqa: E402
 from .foreign_flags import foreign_flag_problem  # noqa: E402
@@ -114,7 +114,7 @@ class _GracefulStop:
 
     def __enter__(self) -> _GracefulStop:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, *TERMINATION_SIGNALS):
+            for sig in signals_to_handle((signal.SIGINT, *TERMINATION_SIGNALS)):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -144,6 +144,12 @@ class SamplingBar:
 TERMINATION_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
+def signals_to_handle(kinds: tuple[int, ...]) -> list[int]:
+    """Those of ``kinds`` the process does not ignore: ``nohup`` ignores SIGHUP, and a shell ignores SIGINT for a
+    command started with ``&``; taking them over would stop a run the user asked to survive them."""
+    return [kind for kind in kinds if signal.getsignal(kind) != signal.SIG_IGN]
+
+
 @contextlib.contextmanager
 def interrupt_on_termination() -> Iterator[None]:
     """SIGTERM (an app stopping the process) and SIGHUP (a closed terminal) as Ctrl-C while the block runs: the
@@ -152,7 +158,7 @@ def interrupt_on_termination() -> Iterator[None]:
         raise KeyboardInterrupt
 
     main = threading.current_thread() is threading.main_thread()
-    previous = {kind: signal.signal(kind, interrupt) for kind in TERMINATION_SIGNALS} if main else {}
+    previous = {kind: signal.signal(kind, interrupt) for kind in signals_to_handle(TERMINATION_SIGNALS)} if main else {}
     try:
         yield
     finally:

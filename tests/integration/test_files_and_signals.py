@@ -112,6 +112,18 @@ def test_a_closed_terminal_saves_the_run_as_sigterm_does(tiny_export, photos, tm
     assert int(np.load(out / "checkpoint.npz")["step"]) >= 5
 
 
+def test_a_run_started_with_nohup_keeps_running_through_a_hangup(tiny_export, photos, tmp_path):
+    """nohup ignores SIGHUP for the command, which took the signal over and stopped at the user's logout."""
+    out = tmp_path / "nohup"
+    proc = subprocess.Popen([sys.executable, "-m", "zoodip.cli", *map(str, personalize_args(
+        tiny_export, photos, out, "--max_train_steps", "40", "--eval-every", "0"))], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    _wait_for_steps(out / "log.jsonl", 5)
+    proc.send_signal(signal.SIGHUP)
+    printed, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "done: 40 steps" in printed + err, err
+
+
 def test_a_progress_reader_that_leaves_stops_the_run_with_its_steps_saved(tiny_export, photos, tmp_path):
     """An app that stops reading --progress-jsonl - (or `| head`): the run stops after the step, checkpointed, as the
     pipe's signal would end a command (141), not killed with up to --checkpointing_steps of work lost."""
