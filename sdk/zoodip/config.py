@@ -39,6 +39,11 @@ MAX_LEARNING_RATE = 100.0  # far past any useful step (the paper's is 1e-2): a t
 # A photo's latent: one sample of its VAE posterior drawn once and cached ("once"), or a fresh sample every
 # step from the cached mean and std ("per-step", as the authors' code and diffusers' script encode each batch).
 VAE_SAMPLING = ("once", "per-step")
+MAX_TOKEN_CHARS = 100  # a placeholder's name: a word in a prompt and (--a1111) a file name
+# Upper bounds past any useful run (the paper's is 30,000 steps, evaluations read 3 timesteps per photo): a typo
+# such as 10**30 otherwise passes and fails later (a checkpoint's counts past 10^12 are refused as damaged).
+MAX_TRAIN_STEPS = 10**9
+MAX_EVAL_TIMESTEPS = 100  # each held in memory as a noised latent per photo, each evaluation a forward apiece
 
 
 def positive_int(name: str, value: object, minimum: int = 1) -> None:
@@ -236,6 +241,10 @@ class PersonalizeConfig:
         if self.tau is not None:
             positive_int("tau", self.tau, 2)
         positive_int("max_train_steps", self.max_train_steps)  # 0 would save the initializer as a learned word
+        for name, value, most in (("--max_train_steps", self.max_train_steps, MAX_TRAIN_STEPS),
+                                  ("eval_timesteps", self.eval_timesteps, MAX_EVAL_TIMESTEPS)):
+            if isinstance(value, (int, np.integer)) and value > most:
+                raise ZoodipError(f"{name} must be at most {most:,}, got {value:,}")
         positive_int("eval_every", self.eval_every, 0)
         validation.positive_int("eval_timesteps", self.eval_timesteps)  # the API's only: no flag sets it
         validation.positive_int("--checkpointing_steps (checkpoint_every)", self.checkpoint_every, 0)
@@ -260,6 +269,9 @@ class PersonalizeConfig:
                               "model drown in its rounding and the estimate is noise; the paper uses 1e-3")
         validation.finite_float("--nu", self.nu, low=0.0, high=1.0, high_open=True)
         validation.finite_float("--learning_rate", self.learning_rate, low=0.0, high=MAX_LEARNING_RATE)
+        for name, beta in zip(("adam_betas[0] (beta1)", "adam_betas[1] (beta2)"), self.adam_betas):  # as ZOAdam's
+            validation.finite_float(name, beta, low=0.0, low_open=False, high=1.0, high_open=True)
+        validation.finite_float("adam_eps", self.adam_eps, low=0.0)
         if self.optimizer not in OPTIMIZERS:
             raise ZoodipError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.directions not in DIRECTIONS:
@@ -315,20 +327,21 @@ class PersonalizeConfig:
             raise ZoodipError(f"--vae-sampling must be one of {', '.join(VAE_SAMPLING)}, got {self.vae_sampling!r}")
         if self.learnable_property not in LEARNABLE_PROPERTIES:
             raise ZoodipError(f"--learnable_property must be one of {', '.join(LEARNABLE_PROPERTIES)}, got {self.learnable_property!r}")
-        if self.vocabulary_variance is not None and not (
-                isinstance(self.vocabulary_variance, (int, float)) and 0 < self.vocabulary_variance <= 1):
+        fraction = lambda x: not isinstance(x, bool) and isinstance(x, (int, float)) and 0 <= x <= 1  # noqa: E731
+        if self.vocabulary_variance is not None and not (fraction(self.vocabulary_variance) and self.vocabulary_variance):
             raise ZoodipError(f"--vocabulary-subspace must be a variance fraction in (0, 1], e.g. 0.9, got {self.vocabulary_variance!r}")
-        if self.curvature_fraction is not None and not (
-                isinstance(self.curvature_fraction, (int, float)) and 0 <= self.curvature_fraction <= 1):
-            raise ZoodipError(f"--curvature-subspace must be a fraction in (0, 1], e.g. {DEFAULT_CURVATURE_FRACTION}, "
-                              f"got {self.curvature_fraction!r}")
+        if self.curvature_fraction is not None and not fraction(self.curvature_fraction):  # 0: the whole space
+            raise ZoodipError(f"--curvature-subspace (curvature_fraction) must be a fraction in [0, 1] (0: the whole "
+                              f"space), e.g. {DEFAULT_CURVATURE_FRACTION}, got {self.curvature_fraction!r}")
         if isinstance(self.clip_skip, bool) or not isinstance(self.clip_skip, (int, np.integer)) or self.clip_skip < 0:
             raise ZoodipError(f"--clip-skip must be a whole number of layers, 0 or more, got {self.clip_skip!r}")
         if self.curvature_fraction and self.vocabulary_variance is not None:
             raise ZoodipError("--vocabulary-subspace and --curvature-subspace are two search subspaces: use one "
                               "(add --no-curvature-subspace to search the vocabulary's)")
-        if not self.placeholder_token or any(ch.isspace() for ch in self.placeholder_token):
-            raise ZoodipError(f"--placeholder_token must be one word without spaces, e.g. '<my-dog>', got {self.placeholder_token!r}")
+        if not self.placeholder_token or any(ch.isspace() or not ch.isprintable() for ch in self.placeholder_token) \
+                or len(self.placeholder_token) > MAX_TOKEN_CHARS:  # (a control character, a name no file can carry)
+            raise ZoodipError(f"--placeholder_token must be one word without spaces or control characters, at most "
+                              f"{MAX_TOKEN_CHARS} characters, e.g. '<my-dog>', got {self.placeholder_token!r:.80}")
         if not self.initializer_token or any(ch.isspace() for ch in self.initializer_token.strip()):
             raise ZoodipError(f"--initializer_token must be a single word, got {self.initializer_token!r}")
         if self.a1111:

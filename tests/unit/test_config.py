@@ -10,6 +10,7 @@ from zoodip.config import PersonalizeConfig
 from zoodip.errors import ZoodipError
 
 BASE = dict(export_dir=".", images=".", output_dir="run")
+APART = dict(export_dir="no-export", images="no-photos", output_dir="run")  # validate() refuses a run inside the photos
 
 
 @pytest.mark.parametrize("settings,needle", [
@@ -24,6 +25,23 @@ def test_wrong_kinds_are_refused(settings, needle) -> None:
     with pytest.raises(ZoodipError) as info:
         PersonalizeConfig(**BASE, **settings)
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("settings,needle", [  # each was accepted, and failed after the model loaded, or never
+    (dict(curvature_fraction=True), "--curvature-subspace (curvature_fraction) must be a fraction in [0, 1]"),
+    (dict(vocabulary_variance=True), "--vocabulary-subspace must be a variance fraction in (0, 1]"),
+    (dict(adam_betas=(1.0, 0.999)), "adam_betas[0] (beta1) must be a finite number in [0, 1), got 1.0"),
+    (dict(adam_eps=0.0), "adam_eps must be a finite number > 0, got 0.0"),
+    (dict(placeholder_token="<a\x00b>"), "--placeholder_token must be one word without spaces or control characters"),
+    (dict(placeholder_token="<" + "a" * 200 + ">"), "at most 100 characters"),
+    (dict(max_train_steps=10**30), "--max_train_steps must be at most 1,000,000,000"),
+    (dict(eval_timesteps=10**4), "eval_timesteps must be at most 100, got 10,000"),
+])
+def test_values_past_their_range_are_refused_before_any_work(settings, needle) -> None:
+    with pytest.raises(ZoodipError) as info:
+        PersonalizeConfig(**APART, **settings).validate()
+    assert needle in str(info.value)
+    PersonalizeConfig(**APART, curvature_fraction=0, eval_timesteps=100, max_train_steps=10**9).validate()
 
 
 def test_right_kinds_pass_and_are_normalized() -> None:
