@@ -19,8 +19,8 @@ CHECKPOINT_NAME = "checkpoint.npz"
 def write_checkpoint(path: Path, state: dict[str, np.ndarray]) -> Path:
     """Write ``state`` to ``path`` atomically: an interrupted write leaves the previous checkpoint."""
     # The first checkpoint's failure ends a fresh run, whose folder is then removed: nothing to resume yet.
-    advice = "free space and resume with --resume" if path.exists() else "free space and run again"
-    atomic_write_bytes(path, lambda handle: np.savez(handle, **state), advice)
+    then = "resume with --resume" if path.exists() else "run again"
+    atomic_write_bytes(path, lambda handle: np.savez(handle, **state), then)
     return path
 
 

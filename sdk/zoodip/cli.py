@@ -150,8 +150,8 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     callbacks = [bar] + ([jsonl] if jsonl else [])
     try:
         with _GracefulStop() as stop:
-            if jsonl is not None:  # its reader left: saved and stopped as if by the pipe's signal
-                jsonl.on_reader_gone = lambda: stop.request(signal.SIGPIPE)
+            if jsonl is not None:  # its reader left (or its file is full): saved and stopped as by the pipe's signal
+                jsonl.on_stop = lambda: stop.request(signal.SIGPIPE)
             result = personalize(config, lambda p: [cb(p) for cb in callbacks], resume=resume,
                                  cancel_event=stop.event)
     except BaseException:
@@ -173,6 +173,9 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         from .embeddings import a1111_file_name
 
         print(f"A1111 embedding: {config.output_dir / a1111_file_name(config.placeholder_token)}", file=out)
+    if jsonl is not None and jsonl.failure:
+        raise ZoodipError(f"{jsonl.failure} and resume with --resume (the run stopped at step {result.steps}, its "
+                          "checkpoint saved)")
     if result.status == "cancelled":
         kept = f"embedding so far in {result.embedding_path}, " if result.embedding_path else ""
         print(f"stopped at step {result.steps} ({kept}checkpoint saved): resume with --resume and the same flags",

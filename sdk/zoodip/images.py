@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ZoodipError
-from .paths import why_missing
+from .paths import why_missing, write_failure
 from .image_parameters import parameters_option
 
 # GIF: its first frame. .jfif and .jpe are JPEG's other names (browsers save under .jfif); AVIF where Pillow reads it.
@@ -388,8 +388,8 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise ZoodipError(f"cannot write {current[0]} {current[1]} ({exc.strerror or exc}): free space or choose "
-                              "another file") from None
+            reason, fix = write_failure(exc)
+            raise ZoodipError(f"cannot write {current[0]} {current[1]} ({reason}): {fix} or choose another file") from None
         raise
     return [path for _, _, path in done[:len(pairs)]]
 

@@ -57,5 +57,5 @@ def write_latents(handle: BinaryIO, latents: np.ndarray) -> None:
 def save_latents(path: str | Path, latents: np.ndarray) -> Path:
     """Write ``latents`` to ``path`` (.npy) atomically."""
     path = Path(path)
-    atomic_write_bytes(path, lambda handle: write_latents(handle, latents), "free space or choose another file")
+    atomic_write_bytes(path, lambda handle: write_latents(handle, latents), "try again (or choose another file)")
     return path

@@ -174,11 +174,21 @@ def remove_stale_temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:
     return removed
 
 
-def atomic_write_bytes(path: Path, write: Callable[[object], None], advice: str = "free space and try again") -> None:
+def write_failure(exc: OSError) -> tuple[str, str]:
+    """Why a write failed and what fixes it, for its one line: a full disk (also NumPy's short write, which has no
+    errno), a folder the process may not write (read-only, immutable, another owner's), or what the system said."""
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) or exc.errno is None:
+        return "the disk is full", "free space"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return exc.strerror or str(exc), "make the folder writable"
+    return exc.strerror or str(exc), "check the folder"
+
+
+def atomic_write_bytes(path: Path, write: Callable[[object], None], then: str = "try again") -> None:
     """Write through ``write(handle)`` into a temp file beside ``path``, fsync, then rename over it.
 
-    A crash or a full disk leaves the previous file intact and no partial file behind; ``advice`` ends the
-    refusal's line (what the caller's user can do).
+    A crash or a full disk leaves the previous file intact and no partial file behind; the refusal's line ends with
+    the fix for the failure (``write_failure``) and ``then``, what the caller's user does after it.
     """
     tmp = temp_path(path)
     try:
@@ -192,9 +202,9 @@ def atomic_write_bytes(path: Path, write: Callable[[object], None], advice: str 
             tmp.unlink()
         except OSError:
             pass
-        reason = "the disk is full" if exc.errno == 28 else (exc.strerror or str(exc))
+        reason, fix = write_failure(exc)
         kept = "; the previous version is intact" if path.exists() else ""
-        raise ZoodipError(f"cannot write {path}: {reason}{kept}: {advice}") from None
+        raise ZoodipError(f"cannot write {path}: {reason}{kept}: {fix} and {then}") from None
 
 
 RUN_LOCK_NAME = ".zoodip-run.lock"

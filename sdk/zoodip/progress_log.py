@@ -11,52 +11,76 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ZoodipError
+from .paths import write_failure
 
 
 class LazyJsonlLog:
     """``--progress-jsonl PATH``: checked up front, opened (for appending) at the first event; a run
     refused during setup removes the file it created (``discard_setup_only``). Where the reader of ``-`` leaves
-    (an app that stopped reading, ``| head``), ``on_reader_gone`` is called and nothing more is written."""
+    (an app that stopped reading, ``| head``) or the file cannot take a line (a full disk), ``on_stop`` is called and
+    nothing more is written: the run stops after its step, checkpointed, rather than losing the steps since its last
+    checkpoint. ``failure`` then says why the file could not be written (None: the reader left)."""
 
     def __init__(self, target: str, config: Any) -> None:
-        self.stream = sys.stdout if target == "-" else None
         self.path = None if target == "-" else progress_log_path(target, config)
-        self.write = None
+        self.file: Any = None  # the log, unbuffered: each line one write, cut back whole if it falls short
+        self.stopped = False
+        self.failure: str | None = None
         self.created = False  # this run made the file
         self.trained = False  # a step was reported: the file holds more than setup phases
-        self.on_reader_gone: Callable[[], None] | None = None
+        self.on_stop: Callable[[], None] | None = None
 
     def __call__(self, progress) -> None:
-        from .api import jsonl_progress_writer
+        from .api import progress_to_json
 
-        if self.write is None:
-            if self.stream is None:
-                try:
-                    self.created = not self.path.exists()
-                    self.path.parent.mkdir(parents=True, exist_ok=True)  # e.g. in the run folder, made at its start
-                    self.stream = open(self.path, "a", encoding="utf-8")
-                except OSError as exc:
-                    raise ZoodipError(f"cannot write --progress-jsonl {self.path} ({exc.strerror or exc}): choose another file") from None
-            self.write = jsonl_progress_writer(self.stream)
+        if self.path is not None and self.file is None and not self.stopped:
+            self._open()
         self.trained = self.trained or progress.event != "setup"
-        if self.stream is None:
-            return  # the reader left
+        if self.stopped:
+            return
+        line = progress_to_json(progress) + "\n"
         try:
-            self.write(progress)
+            if self.file is None:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            else:
+                self._append(line.encode("utf-8"))
         except BrokenPipeError:
             silence_stdout()
-            self.stream = None
-            if self.on_reader_gone is not None:
-                self.on_reader_gone()
+            self._stop(None)
         except OSError as exc:
-            reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise ZoodipError(f"cannot write --progress-jsonl {self.path or '-'} ({reason}): free space or choose "
-                              "another file") from None
+            reason, fix = write_failure(exc)
+            self._stop(f"cannot write --progress-jsonl {self.path or '-'} ({reason}): {fix}")
+
+    def _open(self) -> None:
+        try:
+            self.created = not self.path.exists()
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # e.g. in the run folder, made at its start
+            self.file = open(self.path, "ab", buffering=0)
+        except OSError as exc:
+            raise ZoodipError(f"cannot write --progress-jsonl {self.path} ({exc.strerror or exc}): choose another file") from None
+
+    def _append(self, data: bytes) -> None:
+        """One whole line or none: a write that falls short (a full disk) is cut back, so that the log never holds
+        half a line for a reader (or a resumed run's lines) to meet."""
+        end = os.fstat(self.file.fileno()).st_size
+        try:
+            if self.file.write(data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.file.fileno(), end)
+            raise
+
+    def _stop(self, failure: str | None) -> None:
+        self.stopped, self.failure = True, failure
+        if self.on_stop is not None:
+            self.on_stop()
 
     def close(self) -> None:
-        if self.stream is not None and self.stream is not sys.stdout:
-            with contextlib.suppress(OSError):  # a full disk was said when a write failed
-                self.stream.close()
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
 
     def discard_setup_only(self) -> None:
         """After a failed setup: remove the file if this run created it and it holds setup phases only."""

@@ -73,7 +73,7 @@ def truncate_log(path: Path, step: int) -> None:
         return
     kept = [json.dumps(record) for record in read_log(path) if record.get("step", 0) <= step]
     atomic_write_bytes(path, lambda handle: handle.write(("\n".join(kept) + "\n" if kept else "").encode()),
-                       "free space and resume with --resume (the checkpoint is intact)")
+                       "resume with --resume (the checkpoint is intact)")
 
 
 def read_log(path: Path) -> list[dict]:

@@ -41,6 +41,50 @@ def test_progress_jsonl_is_never_appended_to_a_file_that_is_not_a_progress_log(t
     assert log.read_text().splitlines()[: len(lines)] == lines and len(log.read_text().splitlines()) > len(lines)
 
 
+def test_a_progress_log_on_a_full_disk_stops_the_run_with_its_steps_saved_and_no_half_line(
+        tiny_export, photos, tmp_path, capsys, monkeypatch):
+    """The log's disk filled up mid-run: the run died with its steps since the last checkpoint lost (the run folder's
+    disk had room), and the log kept half a line, after which a resumed run appended its own."""
+    import errno
+    import os
+
+    from zoodip.progress_log import LazyJsonlLog
+
+    append, calls = LazyJsonlLog._append, []
+
+    class FillingUp:  # the log file, on a disk that takes half of the 8th line and then nothing
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            if len(calls) < 8:
+                return self.file.write(data)
+            if len(calls) == 8:
+                return self.file.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    def fills_up(self, data):
+        calls.append(data)
+        self.file = self.file if isinstance(self.file, FillingUp) else FillingUp(self.file)
+        return append(self, data)
+
+    monkeypatch.setattr(LazyJsonlLog, "_append", fills_up)
+    log, out = tmp_path / "progress.jsonl", tmp_path / "run"
+    code, _, err = run_cli(personalize_args(tiny_export, photos, out, "--max_train_steps", "40", "--eval-every", "0",
+                                            "--checkpointing_steps", "1000", "--progress-jsonl", log), capsys)
+    assert_one_line_error(code, err, "cannot write --progress-jsonl")
+    assert "(the disk is full): free space and resume with --resume (the run stopped at step" in err
+    assert 1 <= int(np.load(out / "checkpoint.npz")["step"]) < 40
+    assert all(json.loads(line)["type"] == "progress" for line in log.read_text().splitlines())  # whole lines only
+    monkeypatch.setattr(LazyJsonlLog, "_append", append)
+    assert run_cli(personalize_args(tiny_export, photos, out, "--max_train_steps", "40", "--eval-every", "0",
+                                    "--progress-jsonl", log, "--resume"), capsys)[0] == 0
+    assert json.loads(log.read_text().splitlines()[-1])["event"] == "done"
+
+
 def test_the_run_folder_is_refused_among_the_photos_or_in_the_model(tiny_export, photos, tmp_path, capsys):
     import shutil
 

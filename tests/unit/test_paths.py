@@ -80,3 +80,24 @@ def test_a_missing_input_says_what_hides_it(tmp_path):
     assert why_missing(tmp_path / "pipe").startswith("is neither a file nor a folder")
     with pytest.raises(ZoodipError, match=r"^image folder \S+ is a loop of symbolic links"):
         list_images(tmp_path / "a")
+
+
+def test_a_failed_write_says_the_fix_that_fits_its_cause(tmp_path):
+    """Every failed write was told to free space: a read-only folder too, and NumPy's short write (no errno) was said
+    in its own words ("1024 requested and 992 written")."""
+    import errno
+    from zoodip.paths import atomic_write_bytes, write_failure
+
+    assert write_failure(OSError(errno.ENOSPC, "No space left on device")) == ("the disk is full", "free space")
+    assert write_failure(OSError("1024 requested and 992 written")) == ("the disk is full", "free space")
+    assert write_failure(OSError(errno.EROFS, "Read-only file system")) == ("Read-only file system",
+                                                                           "make the folder writable")
+    assert write_failure(OSError(errno.EPERM, "Operation not permitted"))[1] == "make the folder writable"
+
+    def refused(handle):
+        raise OSError(errno.EACCES, "Permission denied")
+    (tmp_path / "c.npz").write_bytes(b"before")
+    with pytest.raises(ZoodipError, match=r"cannot write \S+c\.npz: Permission denied; the previous version is intact: "
+                                          r"make the folder writable and resume with --resume$"):
+        atomic_write_bytes(tmp_path / "c.npz", refused, "resume with --resume")
+    assert (tmp_path / "c.npz").read_bytes() == b"before" and len(list(tmp_path.iterdir())) == 1
