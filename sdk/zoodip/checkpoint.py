@@ -55,7 +55,7 @@ def read_checkpoint(path: Path, fingerprint: str, photos_id: str, model_id: str,
             "or use a new --output_dir"
         )
     _check_identity(state, path, "photos", photos_id, "other photos (or captions)")
-    problem = _number_problem(state)
+    problem = _number_problem(state) or _count_problem(state)
     if problem:
         raise ZoodipError(f"checkpoint {path} is damaged ({problem}): delete it and start again without --resume")
     return state
@@ -81,6 +81,24 @@ def _number_problem(state: dict[str, np.ndarray]) -> str | None:
             return f"'{key}' is {array.tolist()!r:.40}, not a count (or -1)"
         if key in _NON_NEGATIVE and array.dtype.kind == "f" and (array < 0).any():
             return f"'{key}' holds negative values, which it never does"
+    return None
+
+
+def _count_problem(state: dict[str, np.ndarray]) -> str | None:
+    """Where the counts disagree as no run writes them (an edited file): each step is one optimizer step and one
+    observation of Subspace Gradient's history, takes at least two forwards (L(v) and one direction), and is
+    evaluated in order. Read after ``_number_problem``: every count is a whole number."""
+    step = int(state["step"]) if "step" in state else None
+    if step is None:
+        return None
+    for key in ("opt/steps", "sg/count"):
+        if key in state and int(state[key]) != step:
+            return f"'{key}' is {int(state[key])} at step {step}, and a run steps both together"
+    if "train_forwards" in state and int(state["train_forwards"]) < 2 * step:
+        return f"'train_forwards' is {int(state['train_forwards'])}, fewer than 2 per step over {step} steps"
+    history = np.asarray(state.get("eval_history", np.zeros((0, 2)))).reshape(-1, 2)[:, 0]
+    if history.size and (np.any(np.diff(history) < 0) or history[0] < 0 or history[-1] > step):
+        return f"'eval_history' holds steps {history.tolist()!r:.60}, not evaluations in order up to step {step}"
     return None
 
 

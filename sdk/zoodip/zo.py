@@ -401,6 +401,21 @@ class SubspaceProjector:
             "rank": self._rank,
         }
 
+    def _fit_problem(self, count: int, kept: int, rank: int, basis: np.ndarray) -> str | None:
+        """What a fit (``_refit``) cannot have left, or None: no fit before ``tau`` observations; a fit keeps ``k`` of
+        ``r`` components and applies the other ``r - k`` (history-span) or those ``k``, as orthonormal rows."""
+        if count < self.tau and (kept != -1 or len(basis)):
+            return f"a fit after {count} of {self.tau} observations"
+        if kept < 0:
+            return f"rows without a fit ({len(basis)})" if len(basis) else None
+        if not kept <= rank <= min(self.tau, self.dim):
+            return f"{kept} of {rank} components kept, in a history of {self.tau}"
+        if len(basis) != (rank - kept if self.mode == "history-span" else kept):
+            return f"{len(basis)} rows for {kept} of {rank} components kept"
+        if not np.allclose(basis @ basis.T, np.eye(len(basis)), atol=1e-6):
+            return "rows that are not orthonormal"
+        return None
+
     def load_state_dict(self, state: Mapping[str, StateValue]) -> None:
         mode = str(state["mode"])
         if mode != self.mode:
@@ -412,6 +427,9 @@ class SubspaceProjector:
         if basis.ndim != 2 or basis.shape[1] != self.dim:
             raise ZoodipError(f"checkpoint subspace basis has shape {basis.shape}; expected [m, {self.dim}]")
         kept = int(state["kept_dims"])  # type: ignore[arg-type]
+        problem = self._fit_problem(int(state["count"]), kept, int(state["rank"]), basis)  # type: ignore[arg-type]
+        if problem:
+            raise ZoodipError(f"Subspace Gradient's state holds {problem}")
         self._buffer = np.array(buffer, dtype=np.float64)
         self._count = int(state["count"])  # type: ignore[arg-type]
         self._basis = np.ascontiguousarray(basis)

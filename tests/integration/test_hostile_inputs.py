@@ -361,6 +361,13 @@ def test_resume_with_fewer_steps_than_done_is_refused(finished_run, tiny_export,
     (lambda s: s.update({"sg/count": np.array(-5)}), "damaged ('sg/count' is -5, not a count)"),
     (lambda s: s.update(train_forwards=np.array(2**63 - 1)), "'train_forwards' is 9223372036854775807, not a count"),
     (lambda s: s.update({"sg/rank": np.array(-2)}), "damaged ('sg/rank' is -2, not a count)"),
+    # counts that disagree as no run writes them (an edited file): the run went on from the mixed state
+    (lambda s: s.update({"opt/steps": np.array(1)}), "damaged ('opt/steps' is 1 at step 3, and a run steps both"),
+    (lambda s: s.update(step=np.array(2)), "damaged ('opt/steps' is 3 at step 2"),
+    (lambda s: s.update({"sg/count": np.array(0)}), "damaged ('sg/count' is 0 at step 3"),
+    (lambda s: s.update(train_forwards=np.array(0)), "damaged ('train_forwards' is 0, fewer than 2 per step over 3"),
+    (lambda s: s.update(eval_history=np.array([[0.0, 1.0], [500.0, 1.0]])), "not evaluations in order up to step 3"),
+    (lambda s: s.update({"sg/kept_dims": np.array(2)}), "Subspace Gradient's state holds a fit after 3 of 4 observations"),
 ])
 def test_damaged_checkpoint_is_one_line(finished_run, tiny_export, photos, capsys, damage, needle):
     path = finished_run / "checkpoint.npz"

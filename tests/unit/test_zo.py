@@ -798,3 +798,24 @@ def test_method_settings_are_checked_without_a_run() -> None:
     with pytest.raises(ZoodipError, match="--clip-estimate clips against ZO-Adam's float64"):
         PersonalizeConfig.check_method_settings(clip_estimate=2.0, adam_state_dtype="float16")
 
+
+
+def test_a_subspace_state_no_fit_leaves_is_refused_on_loading():
+    """An edited checkpoint's basis of zeros, or a fit the counts cannot have made, was resumed without a word."""
+    from zoodip.zo import SubspaceProjector
+
+    rng = np.random.default_rng(0)  # a history along two directions, with a trace of the others: rows to project out
+    history = rng.standard_normal((6, 2)) @ rng.standard_normal((2, 8)) + 1e-4 * rng.standard_normal((6, 8))
+    projector = SubspaceProjector(8, tau=4)
+    for v in history:
+        projector.observe(v)
+    state = projector.state_dict()
+    assert len(state["basis"]) > 0
+    SubspaceProjector(8, tau=4).load_state_dict(state)  # the state as written loads
+    for change, needle in ((dict(basis=np.zeros_like(state["basis"])), "rows that are not orthonormal"),
+                           (dict(kept_dims=state["rank"] + 1), "components kept"),
+                           (dict(basis=state["basis"][:0]), "rows for"),
+                           (dict(count=3), "a fit after 3 of 4 observations"),
+                           (dict(kept_dims=-1), "rows without a fit")):
+        with pytest.raises(ZoodipError, match=needle):
+            SubspaceProjector(8, tau=4).load_state_dict({**state, **change})
