@@ -49,7 +49,7 @@ def read_checkpoint(path: Path, fingerprint: str, photos_id: str, model_id: str,
         _check_vector_count(state["v"], path, *vectors)
     if str(state.get("fingerprint")) != fingerprint:
         names = changed() if changed is not None else []
-        which = f" ({', '.join(names)} differ)" if names else ""
+        which = f" ({', '.join(names)} {'differ' if len(names) > 1 else 'differs'})" if names else ""
         raise ZoodipError(
             f"checkpoint {path} belongs to a run with other settings{which}: resume with the same flags, "
             "or use a new --output_dir"

@@ -138,6 +138,7 @@ def _resume_requested(args: argparse.Namespace) -> bool:
 
 
 def cmd_personalize(args: argparse.Namespace) -> int:
+    from .lr_schedule import LENGTH_DEPENDENT
     from .paths import check_output_dir
     from .trainer import personalize
 
@@ -166,7 +167,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     out = sys.stderr if args.progress_jsonl == "-" else sys.stdout
     print(_summary(result), file=out)
     if result.status == "done" and result.trend is not None:
-        print(result.trend.describe(), file=out)
+        print(result.trend.describe(resumable=config.lr_scheduler not in LENGTH_DEPENDENT), file=out)
     if result.embedding_path:
         print(f"embedding: {result.embedding_path}", file=out)
     if config.a1111 and result.status != "cancelled":

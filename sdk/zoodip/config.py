@@ -8,7 +8,6 @@ import math
 import os
 import types
 import typing
-import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -39,6 +38,11 @@ MAX_LEARNING_RATE = 100.0  # far past any useful step (the paper's is 1e-2): a t
 # A photo's latent: one sample of its VAE posterior drawn once and cached ("once"), or a fresh sample every
 # step from the cached mean and std ("per-step", as the authors' code and diffusers' script encode each batch).
 VAE_SAMPLING = ("once", "per-step")
+# Settings a resume refusal names whose flag is not their name (the others' flags are, with dashes or underscores).
+_SETTING_FLAGS = {"memory_budget_mb": "memory_budget_mb (--memory-budget)", "batched": "batched (--sequential)",
+                  "subspace": "subspace (--no-subspace)", "curvature_fraction": "curvature_fraction (--curvature-subspace)",
+                  "vocabulary_variance": "vocabulary_variance (--vocabulary-subspace)",
+                  "orthogonal_phase": "orthogonal_phase (--orthogonal-after, --orthogonal-n)"}
 MAX_TOKEN_CHARS = 100  # a placeholder's name: a word in a prompt and (--a1111) a file name
 # Upper bounds past any useful run (the paper's is 30,000 steps, evaluations read 3 timesteps per photo): a typo
 # such as 10**30 otherwise passes and fails later (a checkpoint's counts past 10^12 are refused as damaged).
@@ -359,7 +363,9 @@ class PersonalizeConfig:
         names = sorted(key for key in set(now) | set(before) if not same(now.get(key), before.get(key)))
         if "batched" in names and recorded.get("memory_budget_mb") != self.memory_budget_mb:
             names[names.index("batched")] = "memory_budget_mb"
-        return names
+        if "max_train_steps" in names and self.lr_scheduler in LENGTH_DEPENDENT:  # not said by the name alone
+            names[names.index("max_train_steps")] = f"max_train_steps (which --lr_scheduler {self.lr_scheduler} follows)"
+        return [_SETTING_FLAGS.get(name, name) for name in names]
 
     def fingerprint_payload(self) -> dict:
         """The settings ``fingerprint`` hashes (where two runs' differ, a checkpoint of one does not resume the other)."""
@@ -429,63 +435,6 @@ def default_tau(width: int) -> int:
     training); on the 64-wide reference model tau=32 learns and tau=128 stalls (benchmarks/README.md).
     """
     return PAPER_TAU if 2 * PAPER_TAU <= width else max(2, width // 2)
-
-
-def warn_about_settings(config: PersonalizeConfig, width: int, native: int | None = None) -> None:
-    """One warning each for settings that will not do what they say: a placeholder that A1111's reading cannot read
-    whole (it holds AND, BREAK, brackets, a backslash or a tag), settings another one turns off, a resolution past twice the model's ``native`` one, Subspace Gradient's history at least ``width``, the length of the learned vector (the
-    embedding width times --num_vectors; only an explicit --tau gets there), and a warmup with the constant
-    learning rate or longer than the run.
-
-    Called from Personalizer._compose_method: the warnings name the line that built the Personalizer.
-    """
-    for problem in unreadable_token_problems([config.placeholder_token]):
-        warnings.warn(problem, stacklevel=4)
-    if native and config.resolution and config.resolution > 2 * native:  # diffusers' script defaults to 512
-        warnings.warn(f"--resolution {config.resolution} is more than twice the model's native {native} px: each "
-                      f"forward costs about {(config.resolution / native) ** 2:.0f}x the native one's, on images larger than "
-                      f"the model's own; use --resolution {native} (or leave it out)", stacklevel=4)
-    if config.lr_scheduler != "constant" and config.lr_warmup_steps > config.max_train_steps:
-        warnings.warn(f"--lr_warmup_steps {config.lr_warmup_steps} is longer than the run (--max_train_steps "
-                      f"{config.max_train_steps}): the learning rate never reaches --learning_rate", stacklevel=4)
-    if config.lr_scheduler == "constant" and config.lr_warmup_steps:
-        warnings.warn(f"--lr_warmup_steps {config.lr_warmup_steps} has no effect with --lr_scheduler constant (as in "
-                      "diffusers); use constant_with_warmup, linear or cosine to warm up", stacklevel=4)
-    for problem in _settings_turned_off(config, width):
-        warnings.warn(problem, stacklevel=4)
-    if config.subspace and config.tau is not None and config.tau >= width:
-        # The method assumes tau < d (128 < 768 on SD1.5): a history of >= d steps spans the whole
-        # space and the projection then removes directions everywhere. Measured on the 64-wide
-        # reference model: tau=128 stalls training, tau=32 does not (benchmarks/README.md).
-        size = (f"embedding width {width}" if config.num_vectors == 1
-                else f"{width} numbers learned ({config.num_vectors} vectors)")
-        warnings.warn(f"--tau {config.tau} >= {size}: Subspace Gradient will restrict the whole "
-                      f"space and can stall training; use --tau below {width} (e.g. {default_tau(width)})", stacklevel=4)
-
-
-# Settings that another one turns off, by why: (is it off?, {field: its flag}).
-_TURNED_OFF = {
-    "--no-subspace turns Subspace Gradient off": (lambda c: not c.subspace, {
-        "tau": "--tau", "nu": "--nu", "subspace_mode": "--subspace-mode"}),
-    "--eval-every 0 turns the evaluation loss off": (lambda c: not c.eval_every, {
-        "early_stop_patience": "--early-stop-patience"}),
-    "previews need a --validation_prompt": (lambda c: c.validation_prompt is None, {
-        "num_validation_images": "--num_validation_images", "validation_steps": "--validation_steps",
-        "validation_prompt_weighting": "--prompt-weighting"}),
-}
-
-
-def _settings_turned_off(config: PersonalizeConfig, width: int) -> list[str]:
-    """One message per switch whose settings were given though it turns them off (they change nothing); a value
-    that is its default, or the trainer's resolved default (tau's for ``width``), counts as not given."""
-    unset = {item.name: [item.default] for item in fields(config)}
-    unset["tau"].append(default_tau(width))
-    problems = []
-    for why, (off, flags) in _TURNED_OFF.items():
-        given = [flag for name, flag in flags.items() if getattr(config, name) not in unset[name]]
-        if off(config) and given:
-            problems.append(f"{' and '.join(given)} change{'s' if len(given) == 1 else ''} nothing: {why}")
-    return problems
 
 
 def _pair(name: str, value: object, kind: type) -> tuple:

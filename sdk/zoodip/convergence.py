@@ -25,13 +25,16 @@ class Trend:
     recent_gain: float  # R, relative to e_0
     recent_steps: int  # the steps the recent window covers
 
-    def describe(self) -> str:
+    def describe(self, resumable: bool = True) -> str:
+        """The verdict in one line; ``resumable``: whether a longer run can continue this one (a learning-rate
+        schedule that follows the run's length cannot: its rates would change under the steps already taken)."""
         if self.flattened:
             return (f"the evaluation loss has flattened (the last {self.recent_steps} steps improved it by "
                     f"{self.recent_gain:.1%}, the whole run by {self.total_gain:.1%}): more steps are unlikely to help")
         return (f"the evaluation loss was still falling (the last {self.recent_steps} steps improved it by "
                 f"{self.recent_gain:.1%} of {self.total_gain:.1%} in all): more steps may help "
-                "(--resume with a larger --max_train_steps)")
+                + ("(--resume with a larger --max_train_steps)" if resumable else
+                   "(a longer run in a new --output_dir: this --lr_scheduler follows the run's length)"))
 
 
 def evaluation_trend(history: list[tuple[int, float]], window: float = 0.25, tolerance: float = 0.1) -> Trend | None:

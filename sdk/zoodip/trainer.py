@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from .checkpoint import CHECKPOINT_NAME, checkpoint_vector, read_checkpoint, write_checkpoint
-from .config import PersonalizeConfig, default_tau, warn_about_settings  # noqa: F401 (zoodip.trainer.PersonalizeConfig stays public)
+from .config import PersonalizeConfig, default_tau  # noqa: F401 (zoodip.trainer.PersonalizeConfig stays public)
 from .denoising_loss import DenoisingLoss, auto_batched  # noqa: F401 (zoodip.trainer.DenoisingLoss stays public)
 from .embeddings import a1111_file_name, save_a1111_embedding, save_learned_embeds
 from .errors import ZoodipError
@@ -45,6 +45,7 @@ from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
 from .run_checks import append_log, check_outcome, sha256_of_files, truncate_log
 from .search_space import choose_search_space
+from .setting_warnings import warn_about_settings
 from .step_inputs import StepInputs, draw_step_inputs, encode_photo_views, step_rng
 from .timesteps import PartialUniformTimesteps
 from .token_vectors import add_placeholder_tokens, as_matrix, check_prompts_fit, initial_vector

@@ -1,6 +1,7 @@
 """The personalization loop on the tiny INT8 export: it learns, it resumes exactly, it stops cleanly."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 
@@ -219,7 +220,7 @@ def test_resume_refuses_other_settings_and_fresh_run_refuses_existing(tiny_expor
     personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0))
     with pytest.raises(ZoodipError, match="already holds a run"):
         personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0))
-    with pytest.raises(ZoodipError, match=r"other settings \(mu differ\)"):  # named, from the folder's config.json
+    with pytest.raises(ZoodipError, match=r"other settings \(mu differs\)"):  # named, from the folder's config.json
         personalize(make_config(tiny_export, photos, out, max_train_steps=4, eval_every=0, mu=2e-3), resume=True)
     with pytest.raises(ZoodipError, match=r"other settings \(learning_rate, seed differ\)"):
         personalize(make_config(tiny_export, photos, out, max_train_steps=4, eval_every=0, seed=5, learning_rate=0.5),
@@ -227,12 +228,16 @@ def test_resume_refuses_other_settings_and_fresh_run_refuses_existing(tiny_expor
     # The default settings keep the fingerprint the code made before the Adam state dtype existed,
     # so older checkpoints still resume.
     assert make_config(tiny_export, photos, out).fingerprint() == "1f0a1d039f6b4c2d"
-    with pytest.raises(ZoodipError, match=r"other settings \(adam_state_dtype differ\)"):  # part of the run
+    with pytest.raises(ZoodipError, match=r"other settings \(adam_state_dtype differs\)"):  # part of the run
         personalize(make_config(tiny_export, photos, out, max_train_steps=4, eval_every=0,
                                 adam_state_dtype="float16"), resume=True)
-    with pytest.raises(ZoodipError, match=r"other settings \(memory_budget_mb differ\)"):  # not "batched", which it sets
+    with pytest.raises(ZoodipError, match=r"other settings \(memory_budget_mb \(--memory-budget\) differs\)"):  # not "batched"
         personalize(make_config(tiny_export, photos, out, max_train_steps=4, eval_every=0, memory_budget_mb=4000),
                     resume=True)
+    linear = make_config(tiny_export, photos, tmp_path / "linear", max_train_steps=2, eval_every=0, lr_scheduler="linear")
+    personalize(linear)  # its rates follow the run's length: a longer resume is another run, and the refusal says why
+    with pytest.raises(ZoodipError, match=r"\(max_train_steps \(which --lr_scheduler linear follows\) differs\)"):
+        personalize(dataclasses.replace(linear, max_train_steps=4), resume=True)
     with pytest.raises(ZoodipError, match="nothing to resume"):
         personalize(make_config(tiny_export, photos, tmp_path / "none", eval_every=0), resume=True)
 

@@ -21,7 +21,9 @@ def test_a_curve_that_levels_off_has_flattened():
 def test_a_curve_still_falling_steadily_has_not():
     trend = evaluation_trend(_history(1.0 - 0.01 * np.arange(21)))
     assert trend is not None and not trend.flattened
-    assert abs(trend.recent_gain - 0.05) < 1e-9 and "--max_train_steps" in trend.describe()
+    assert abs(trend.recent_gain - 0.05) < 1e-9 and "(--resume with a larger --max_train_steps)" in trend.describe()
+    # A schedule that follows the run's length refuses that resume: a new run is the advice then
+    assert "(a longer run in a new --output_dir" in trend.describe(resumable=False)
 
 
 def test_ups_and_downs_above_the_plateau_do_not_count():
