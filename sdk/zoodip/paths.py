@@ -174,6 +174,15 @@ def remove_stale_temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:
     return removed
 
 
+def check_files_to_replace(paths: list[Path], then: str) -> None:
+    """Refuse, before any work, a path a run will write its file to that holds a folder (or a device): its write
+    would fail only at the end, after all the steps. ``then``: what the user does once it is moved."""
+    for path in paths:
+        if path.exists() and not path.is_file():
+            raise ZoodipError(f"{path} is not a file (a folder or a device), and the run writes its own there at the "
+                              f"end: move it, then {then}")
+
+
 def write_failure(exc: OSError) -> tuple[str, str]:
     """Why a write failed and what fixes it, for its one line: a full disk (also NumPy's short write, which has no
     errno), a folder the process may not write (read-only, immutable, another owner's), or what the system said."""

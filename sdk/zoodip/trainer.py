@@ -39,7 +39,7 @@ from .limits import check_image_size, check_photo_count
 from .lr_schedule import lr_at
 from .method_parts import LossFactory, OptimizerFactory, ProjectorFactory, default_optimizer, default_projector
 from .model import ExportedModel, RuntimeOptions
-from .paths import check_output_dir, remove_stale_temp_files, run_folder_lock
+from .paths import check_files_to_replace, check_output_dir, remove_stale_temp_files, run_folder_lock
 from .previews import VALIDATION_NAME, check_preview_prompt, write_preview  # noqa: F401 (VALIDATION_NAME public here)
 from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.Progress stays public)
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
@@ -404,6 +404,8 @@ class Personalizer:
                 raise ZoodipError(f"the checkpoint is at step {self.step}, past --max_train_steps "
                                   f"{self.config.max_train_steps}: resume with at least {self.step}, or start a new run")
             truncate_log(self.config.output_dir / LOG_NAME, self.step)
+            check_files_to_replace([out / EMBEDDING_NAME, *([out / a1111_file_name(self.config.placeholder_token)]
+                                                             if self.config.a1111 else [])], "resume with --resume")
         else:
             if self.checkpoint_path.exists() or (out / EMBEDDING_NAME).exists():  # a run's, or another tool's file
                 held = ("a run: pass --resume to continue it," if self.checkpoint_path.exists() else

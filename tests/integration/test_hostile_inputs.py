@@ -379,6 +379,18 @@ def test_damaged_checkpoint_is_one_line(finished_run, tiny_export, photos, capsy
     assert_one_line_error(code, err, needle)
 
 
+def test_a_folder_where_the_run_writes_its_embedding_is_refused_before_the_steps(finished_run, tiny_export, photos,
+                                                                                 capsys):
+    """It failed only at the end, after all the resumed steps, with advice to free space."""
+    (finished_run / "learned_embeds.safetensors").unlink()
+    (finished_run / "learned_embeds.safetensors").mkdir()
+    code, _, err = run_cli(personalize_args(tiny_export, photos, finished_run, "--resume", "--max_train_steps", "50"),
+                           capsys)
+    assert_one_line_error(code, err, "learned_embeds.safetensors is not a file (a folder or a device), and the run "
+                                     "writes its own there at the end: move it, then resume with --resume")
+    assert int(np.load(finished_run / "checkpoint.npz")["step"]) == 3
+
+
 def test_a_checkpoint_that_is_garbage_or_a_folder_is_one_line(finished_run, tiny_export, photos, capsys):
     path = finished_run / "checkpoint.npz"
     path.write_bytes(b"\x80\x04garbage, not an npz")
