@@ -255,14 +255,37 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 @contextlib.contextmanager
+def _folder_lock(folder: Path, busy: str) -> Iterator[None]:
+    """The folder's own flock beside the lock file's: a user who deletes the lock file (left by a killed run, it
+    looks stale) would otherwise let a second run in beside a live one. Where a file system cannot lock a folder,
+    the lock file alone holds."""
+    try:
+        import fcntl
+        handle = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ZoodipError(busy) from None
+        except OSError:
+            pass  # no folder locks here
+        yield
+    finally:
+        os.close(handle)
+
+
+@contextlib.contextmanager
 def run_folder_lock(folder: Path) -> Iterator[None]:
     """One run at a time in ``folder``: a second process gets one line naming it. The lock file goes when
     the run ends (as does the folder, if the run created it and wrote nothing)."""
     created = not folder.exists()
     lock = folder / RUN_LOCK_NAME
+    busy = f"{folder} is in use by another zoodip run: wait for it to end, or choose another --output_dir"
     try:
-        with exclusive_lock(lock, busy=f"{folder} is in use by another zoodip run: wait for it to end, "
-                                         "or choose another --output_dir"):
+        with exclusive_lock(lock, busy=busy), _folder_lock(folder, busy):
             try:
                 yield
             finally:  # still holding the lock: a run that starts after this finds no file, or a fresh one
