@@ -385,6 +385,22 @@ def _in_flag_words(message: str, from_image: Sequence[str] = ()) -> str:
     return _FLAG_OF.get(first, first) + space + rest
 
 
+def _flag_of_path(args: argparse.Namespace | None, filename: object) -> str | None:
+    """The flag whose path is ``filename``, else whose folder holds it (the error names the path the system was
+    given, which may be a file inside a flag's folder)."""
+    if args is None or not isinstance(filename, (str, bytes)):
+        return None
+    failed = Path(os.fsdecode(filename))
+    given = [(dest, Path(value)) for dest, values in vars(args).items()
+             for value in (values if isinstance(values, list) else [values])
+             if isinstance(value, (str, Path)) and str(value) not in ("", ".")]
+    for holds in (lambda path: failed == path, lambda path: path in failed.parents and path.is_dir()):
+        for dest, path in given:
+            if holds(path):
+                return "--" + dest  # (the parser takes _ and - alike)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command, args = argv[0] if argv else "", None
@@ -414,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         silence_stdout()
         return 141  # 128 + SIGPIPE, as a command that the pipe's signal ended
     except OSError as exc:  # a path the system refused where it was first touched (a name too long, a link loop)
-        return print_error(os_error_line(exc))
+        return print_error(os_error_line(exc, _flag_of_path(args, exc.filename)))
 
 
 if __name__ == "__main__":

@@ -89,9 +89,10 @@ def check_output_file(path: str | os.PathLike[str], flag: str, suffixes: tuple[s
     return path
 
 
-def os_error_line(exc: OSError) -> str:
+def os_error_line(exc: OSError, flag: str | None = None) -> str:
     """One line for an error the system raised on a path wherever it was first touched (a name past the file
-    system's length, a loop of links, a folder that went away): the path, shortened, and what to do."""
+    system's length, a loop of links, a folder that went away): the flag that gave it, the path, shortened, and
+    what to do."""
     if not isinstance(exc.filename, (str, bytes)):  # NumPy's short write on a full disk names no file, no errno
         return (f"a file could not be read or written ({exc.strerror or exc or type(exc).__name__}): free disk space "
                 "and check the paths given")
@@ -99,7 +100,7 @@ def os_error_line(exc: OSError) -> str:
               errno.ELOOP: "its links form a loop: point the link at a real file"}.get(
         exc.errno or 0, f"{(exc.strerror or type(exc).__name__).lower()}: check the path")
     name = os.fsdecode(exc.filename)
-    return f"{name[:60] + '...' if len(name) > 60 else name}: {advice}"
+    return f"{flag + ' ' if flag else ''}{name[:60] + '...' if len(name) > 60 else name}: {advice}"
 
 
 def why_missing(path: str | os.PathLike[str]) -> str:

@@ -627,6 +627,7 @@ def test_a_name_too_long_for_the_file_system_is_one_line_wherever_it_is_given(ti
     code, _, err = run_cli(["generate", "--prompt", "a star", "--steps", "2", *(x for pair in args.items() for x in pair)],
                            capsys)
     assert_one_line_error(code, err, "...: the name is too long for the file system: use a shorter one")
+    assert err.startswith(f"error: --{flag[2:].replace('-', '_')} /")  # the flag that gave it, named
     assert not (tmp_path / "o.png").exists()
 
 
