@@ -363,6 +363,8 @@ class PersonalizeConfig:
         names = sorted(key for key in set(now) | set(before) if not same(now.get(key), before.get(key)))
         if "batched" in names and recorded.get("memory_budget_mb") != self.memory_budget_mb:
             names[names.index("batched")] = "memory_budget_mb"
+        if "lr_scheduler" in names and recorded.get("lr_scheduler") == self.lr_scheduler:  # the pair's other half
+            names[names.index("lr_scheduler")] = "lr_warmup_steps"
         if "max_train_steps" in names and self.lr_scheduler in LENGTH_DEPENDENT:  # not said by the name alone
             names[names.index("max_train_steps")] = f"max_train_steps (which --lr_scheduler {self.lr_scheduler} follows)"
         return [_SETTING_FLAGS.get(name, name) for name in names]
