@@ -103,8 +103,10 @@ def tag_problems(prompt: str, model: Any) -> list[str]:
                         "), which its images use: a LoRA's strength is fixed at export, export again with --lora "
                         "FILE:SCALE for another (a multiplier that is no number counts as another)")
     if unclosed:
-        problems.append(f"the prompt's {unclosed[0].strip()[:40]!r} has no closing '>', so A1111 reads no tag there "
-                        "but words (or, before another tag, the two as one): close it to name a LoRA")
+        shown = ", ".join(repr(tag.strip()[:40]) for tag in unclosed[:3]) + (
+            f" and {len(unclosed) - 3} more" if len(unclosed) > 3 else "")
+        problems.append(f"the prompt's {shown} {'has' if len(unclosed) == 1 else 'have'} no closing '>', so A1111 "
+                        "reads no tag there but words (or, before another tag, the two as one): close it to name a LoRA")
     if other_kind:
         problems.append(f"the prompt's {_listed(other_kind)} name{'s' if len(other_kind) == 1 else ''} extra networks "
                         f"of a kind zoodip has none of ({', '.join(dict.fromkeys(other_kind.values()))}); left out of "

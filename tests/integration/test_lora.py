@@ -298,6 +298,7 @@ def test_a_tag_left_unclosed_is_said_as_words_a1111_reads() -> None:
             f"the prompt's {shown} has no closing '>', so A1111 reads no tag there but words (or, before another tag, "
             "the two as one): close it to name a LoRA"]
     assert tag_problems("a <lora:> cat", NoLoras()) == []  # no tag by A1111's pattern, nor an unclosed one
+    assert "the prompt's '<lora:a:1 x', '<lora:b' have no closing '>'" in tag_problems("<lora:a:1 x <lora:b", NoLoras())[0]
 
 
 def test_a_tag_is_checked_against_the_loras_the_export_holds(fused_export) -> None:
