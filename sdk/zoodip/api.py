@@ -20,6 +20,8 @@ import threading
 from dataclasses import asdict
 from typing import IO, Any, Callable
 
+import numpy as np
+
 from .embeddings import load_embedding_file
 from .errors import ZoodipError
 from .generate import generate
@@ -57,11 +59,11 @@ class PersonalizationJob:
             raise ZoodipError(f"config must be a PersonalizeConfig, got {type(config).__name__}")
         if on_progress is not None and not callable(on_progress):
             raise ZoodipError(f"on_progress must be callable as on_progress(progress), got {type(on_progress).__name__}")
-        if not isinstance(resume, bool):
+        if not isinstance(resume, (bool, np.bool_)):
             raise ZoodipError(f"resume must be True or False, got {resume!r}")
         self.config = config
         self.on_progress = on_progress
-        self.resume = resume
+        self.resume = bool(resume)
         self.latest: Progress | None = None
         self.result: PersonalizeResult | None = None
         self.error: BaseException | None = None

@@ -96,9 +96,14 @@ def _count_problem(state: dict[str, np.ndarray]) -> str | None:
             return f"'{key}' is {int(state[key])} at step {step}, and a run steps both together"
     if "train_forwards" in state and int(state["train_forwards"]) < 2 * step:
         return f"'train_forwards' is {int(state['train_forwards'])}, fewer than 2 per step over {step} steps"
-    history = np.asarray(state.get("eval_history", np.zeros((0, 2)))).reshape(-1, 2)[:, 0]
-    if history.size and (np.any(np.diff(history) < 0) or history[0] < 0 or history[-1] > step):
-        return f"'eval_history' holds steps {history.tolist()!r:.60}, not evaluations in order up to step {step}"
+    history = np.asarray(state.get("eval_history", np.zeros((0, 2))))
+    if not history.size:  # (a run without evaluations may store it flat)
+        return None
+    if history.ndim != 2 or history.shape[1] != 2 or history.dtype.kind not in "fiu":
+        return f"'eval_history' is {list(history.shape)} {history.dtype}, not [evaluations, 2] numbers"
+    steps = history[:, 0]
+    if np.any(steps != np.round(steps)) or np.any(np.diff(steps) < 0) or steps[0] < 0 or steps[-1] > step:
+        return f"'eval_history' holds steps {steps.tolist()!r:.60}, not evaluations in order up to step {step}"
     return None
 
 

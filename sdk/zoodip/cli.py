@@ -189,7 +189,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .cli_flags import checked_generate_flags
     from .embeddings import load_embeddings
     from .from_parameters import parameter_notes
-    from .images import image_grid, save_images
+    from .images import check_encodable, grid_size, image_grid, save_images
     from .infotext import infotext, used_embedding_hashes
     from .latents_file import write_latents
     from .model import ExportedModel, RuntimeOptions
@@ -201,6 +201,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out, singles = checked_generate_flags(args)
     model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on",
                                                           memory_budget_mb=args.memory_budget))
+    if args.image is None:  # the images' size is known before the work (with --image it follows the photo's)
+        scale, native = args.hires_scale or 1, model.default_resolution
+        size = (int((args.width or native) * scale), int((args.height or native) * scale))
+        check_encodable(out, size if args.num_images == 1 else grid_size(args.num_images, 1, size))
     hashes: dict[str, str] = {}
     added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity,
                                     args.clip_skip, hashes=hashes)

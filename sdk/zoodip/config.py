@@ -8,6 +8,7 @@ import math
 import os
 import types
 import typing
+import unicodedata
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -342,10 +343,13 @@ class PersonalizeConfig:
         if self.curvature_fraction and self.vocabulary_variance is not None:
             raise ZoodipError("--vocabulary-subspace and --curvature-subspace are two search subspaces: use one "
                               "(add --no-curvature-subspace to search the vocabulary's)")
-        if not self.placeholder_token or any(ch.isspace() or not ch.isprintable() for ch in self.placeholder_token) \
-                or len(self.placeholder_token) > MAX_TOKEN_CHARS:  # (a control character, a name no file can carry)
-            raise ZoodipError(f"--placeholder_token must be one word without spaces or control characters, at most "
-                              f"{MAX_TOKEN_CHARS} characters, e.g. '<my-dog>', got {self.placeholder_token!r:.80}")
+        token = self.placeholder_token
+        if not token or any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in token):  # (NUL, escapes)
+            raise ZoodipError(f"--placeholder_token must be one word without spaces or control characters, e.g. "
+                              f"'<my-dog>', got {token!r:.80}")
+        if len(token) > MAX_TOKEN_CHARS:  # a word in a prompt, and (--a1111) a file's name
+            raise ZoodipError(f"--placeholder_token has {len(token)} characters, more than {MAX_TOKEN_CHARS}: "
+                              "choose a short name, e.g. '<my-dog>'")
         if not self.initializer_token or any(ch.isspace() for ch in self.initializer_token.strip()):
             raise ZoodipError(f"--initializer_token must be a single word, got {self.initializer_token!r}")
         if self.a1111:

@@ -336,13 +336,29 @@ def to_pil(images: np.ndarray) -> list[Image.Image]:
     return [Image.fromarray(a.transpose(1, 2, 0), mode="RGB") for a in array]
 
 
+# The widest side each output format's encoder writes (Pillow's libwebp and libjpeg); PNG has no such limit.
+ENCODER_MAX_SIDE = {".webp": 16383, ".jpg": 65535, ".jpeg": 65535}
+
+
+def grid_size(columns: int, rows: int, size: tuple[int, int], pad: int = 2) -> tuple[int, int]:
+    """The (width, height) of ``image_grid``'s grid of ``rows`` x ``columns`` images of ``size``."""
+    return columns * (size[0] + pad) + pad, rows * (size[1] + pad) + pad
+
+
+def check_encodable(path: str | Path, size: tuple[int, int], flag: str = "--out") -> None:
+    """Refuse an image of ``size`` that the format of ``path``'s suffix cannot hold, before any work (or any file)."""
+    limit = ENCODER_MAX_SIDE.get(Path(path).suffix.lower())
+    if limit is not None and max(size) > limit:
+        raise ZoodipError(f"{flag} {path}: a {Path(path).suffix.lower()} image holds at most {limit} px a side, and "
+                          f"this one is {size[0]}x{size[1]}: write a .png, or fewer or smaller images")
+
+
 def image_grid(rows: Sequence[Sequence[Image.Image]], pad: int = 2) -> Image.Image:
     """Tile images into a grid (rows of equal-size images), white padding between them."""
     if not rows or not rows[0]:
         raise ValueError("image_grid needs at least one image")
     w, h = rows[0][0].size
-    ncols = max(len(r) for r in rows)
-    grid = Image.new("RGB", (ncols * (w + pad) + pad, len(rows) * (h + pad) + pad), (255, 255, 255))
+    grid = Image.new("RGB", grid_size(max(len(r) for r in rows), len(rows), (w, h), pad), (255, 255, 255))
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
             grid.paste(image.resize((w, h)), (pad + c * (w + pad), pad + r * (h + pad)))
@@ -370,6 +386,8 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
     done: list[tuple[str, Path, Path]] = []  # (flag, temp file, path)
     current = (flag, None)
     try:
+        for image, path in pairs:  # (before any file: a grid too wide for a WebP is Pillow's ValueError)
+            check_encodable(path, image.size, flag)
         writes = [(flag, path, lambda tmp, image=image, text=text: image.save(
                        tmp, **(parameters_option(Path(tmp), text) if text else {})))
                   for (image, path), text in zip(pairs, texts or [None] * len(pairs), strict=True)]

@@ -51,6 +51,8 @@ def _writable_folder(folder: Path) -> bool:
 def _check_creatable(path: Path, flag: str) -> None:
     """``path`` does not exist yet: its nearest existing ancestor must be a writable folder."""
     anchor = _nearest_existing(path.absolute())
+    if anchor == path.absolute():  # a link to nothing (or a loop): the path is there, and is nothing to write to
+        raise ZoodipError(f"{flag} {path} {why_missing(path)}: remove the link, or name another path")
     if not anchor.is_dir():
         raise ZoodipError(f"{flag} {path} lies under {anchor}, which is a file, not a folder: choose another path")
     if not _writable_folder(anchor):
@@ -119,7 +121,9 @@ def why_missing(path: str | os.PathLike[str]) -> str:
         if exc.errno not in (errno.ENOENT, None):
             return f"cannot be read ({exc.strerror or exc})"
         return "does not exist"
-    return "is neither a file nor a folder (a device, pipe or socket)"
+    # There after all: said as what it is (the caller wanted the other kind, or a regular file)
+    return ("is a folder" if os.path.isdir(path) else "is a file" if os.path.isfile(path)
+            else "is neither a file nor a folder (a device, pipe or socket)")
 
 
 def lies_within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
@@ -187,7 +191,8 @@ def check_files_to_replace(paths: list[Path], then: str) -> None:
 def write_failure(exc: OSError) -> tuple[str, str]:
     """Why a write failed and what fixes it, for its one line: a full disk (also NumPy's short write, which has no
     errno), a folder the process may not write (read-only, immutable, another owner's), or what the system said."""
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) or exc.errno is None:
+    short_write = exc.errno is None and " requested and " in str(exc)  # NumPy's words: no errno, no file
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) or short_write:
         return "the disk is full", "free space"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return exc.strerror or str(exc), "make the folder writable"

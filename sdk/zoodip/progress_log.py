@@ -46,8 +46,11 @@ class LazyJsonlLog:
             else:
                 self._append(line.encode("utf-8"))
         except BrokenPipeError:
-            silence_stdout()
-            self._stop(None)
+            if self.file is None:  # stdout's reader left: as the pipe's signal would end a command
+                silence_stdout()
+                self._stop(None)
+            else:  # a named pipe's reader left: the run's own output still goes to stdout
+                self._stop(f"cannot write --progress-jsonl {self.path} (its reader left): keep it reading")
         except OSError as exc:
             reason, fix = write_failure(exc)
             self._stop(f"cannot write --progress-jsonl {self.path or '-'} ({reason}): {fix}")

@@ -85,6 +85,25 @@ def test_a_progress_log_on_a_full_disk_stops_the_run_with_its_steps_saved_and_no
     assert json.loads(log.read_text().splitlines()[-1])["event"] == "done"
 
 
+def test_a_named_pipe_whose_reader_leaves_stops_the_run_and_keeps_its_output(tiny_export, photos, tmp_path):
+    """--progress-jsonl FIFO: its reader leaving was taken for stdout's, whose output then went to /dev/null (the
+    summary lost) with nothing said of the pipe."""
+    import os
+    import threading
+
+    fifo, out = tmp_path / "progress.fifo", tmp_path / "run"
+    os.mkfifo(fifo)
+    reader = threading.Thread(target=lambda: open(fifo, "rb").close())  # opens it, then leaves at once
+    reader.start()
+    proc = _cli(*personalize_args(tiny_export, photos, out, "--max_train_steps", "2000", "--eval-every", "0",
+                                  "--progress-jsonl", fifo))
+    printed, err = proc.communicate(timeout=120)
+    reader.join()
+    assert proc.returncode == 2, err
+    assert err.strip().splitlines()[-1].startswith(f"error: cannot write --progress-jsonl {fifo} (its reader left)")
+    assert "cancelled:" in printed and "resume with --resume (the run stopped at step" in err
+
+
 def test_the_run_folder_is_refused_among_the_photos_or_in_the_model(tiny_export, photos, tmp_path, capsys):
     import shutil
 

@@ -367,6 +367,10 @@ def test_resume_with_fewer_steps_than_done_is_refused(finished_run, tiny_export,
     (lambda s: s.update({"sg/count": np.array(0)}), "damaged ('sg/count' is 0 at step 3"),
     (lambda s: s.update(train_forwards=np.array(0)), "damaged ('train_forwards' is 0, fewer than 2 per step over 3"),
     (lambda s: s.update(eval_history=np.array([[0.0, 1.0], [500.0, 1.0]])), "not evaluations in order up to step 3"),
+    (lambda s: s.update(eval_history=np.array([[0.0, 1.0], [2.5, 1.0]])), "not evaluations in order up to step 3"),
+    (lambda s: s.update(eval_history=np.array([0.0, 1.18, 3.0])), "'eval_history' is [3] float64, not [evaluations, 2]"),
+    (lambda s: s.update(eval_history=np.ones((2, 3))), "'eval_history' is [2, 3] float64, not [evaluations, 2]"),
+    (lambda s: s.update(eval_history=np.array(["a", "b"])), "'eval_history' is [2] <U1, not [evaluations, 2]"),
     (lambda s: s.update({"sg/kept_dims": np.array(2)}), "Subspace Gradient's state holds a fit after 3 of 4 observations"),
 ])
 def test_damaged_checkpoint_is_one_line(finished_run, tiny_export, photos, capsys, damage, needle):

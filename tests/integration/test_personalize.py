@@ -512,6 +512,7 @@ def test_job_api_misuse_is_one_clear_error(tiny_export, photos, tmp_path):
         job.cancel()
     with pytest.raises(ZoodipError, match="resume must be True or False, got 'yes'"):
         PersonalizationJob(config, resume="yes")
+    assert PersonalizationJob(config, resume=np.bool_(False)).resume is False  # NumPy's bool is a bool
     job.start()
     # NaN reached Thread.join, whose error left the running thread marked as ended (then a bare AssertionError)
     for timeout in ("1", float("nan"), -1):

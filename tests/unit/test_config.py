@@ -33,7 +33,7 @@ def test_wrong_kinds_are_refused(settings, needle) -> None:
     (dict(adam_betas=(1.0, 0.999)), "adam_betas[0] (beta1) must be a finite number in [0, 1), got 1.0"),
     (dict(adam_eps=0.0), "adam_eps must be a finite number > 0, got 0.0"),
     (dict(placeholder_token="<a\x00b>"), "--placeholder_token must be one word without spaces or control characters"),
-    (dict(placeholder_token="<" + "a" * 200 + ">"), "at most 100 characters"),
+    (dict(placeholder_token="<" + "a" * 200 + ">"), "--placeholder_token has 202 characters, more than 100"),
     (dict(max_train_steps=10**30), "--max_train_steps must be at most 1,000,000,000"),
     (dict(eval_timesteps=10**4), "eval_timesteps must be at most 100, got 10,000"),
 ])
@@ -42,6 +42,7 @@ def test_values_past_their_range_are_refused_before_any_work(settings, needle) -
         PersonalizeConfig(**APART, **settings).validate()
     assert needle in str(info.value)
     PersonalizeConfig(**APART, curvature_fraction=0, eval_timesteps=100, max_train_steps=10**9).validate()
+    PersonalizeConfig(**APART, placeholder_token="<\U0001f469\u200d\U0001f4bb>").validate()  # an emoji's joiner is no control
 
 
 def test_right_kinds_pass_and_are_normalized() -> None:

@@ -255,7 +255,7 @@ def test_save_images_writes_its_other_files_in_the_same_all_or_none(tmp_path):
 
     def no_space(handle):
         raise OSError(28, "No space left on device")
-    with pytest.raises(ZoodipError, match=r"cannot write --save-latents \S*old\.npy \(No space left on device\)"):
+    with pytest.raises(ZoodipError, match=r"cannot write --save-latents \S*old\.npy \(the disk is full\): free space"):
         save_images([(image, tmp_path / "b.png")], also=[("--save-latents", tmp_path / "old.npy", no_space)])
     assert not (tmp_path / "b.png").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "old.npy"]  # no temp file left
@@ -276,3 +276,16 @@ def test_one_or_two_photos_are_said_three_are_not(tmp_path):
         messages = [str(w.message) for w in caught]
         assert (messages[0].startswith(f"only {i + 1} photo") if i < 2 else len(messages) == 1), messages
         assert messages[-1].startswith("only 1 photo (p0.png): the word learns what the photos share")
+
+
+def test_an_image_too_wide_for_its_format_is_refused_before_any_file(tmp_path):
+    """A 33-image grid as .webp was Pillow's ValueError traceback (WebP's sides stop at 16383 px)."""
+    from zoodip.images import check_encodable, grid_size, save_images
+
+    assert grid_size(33, 1, (512, 64)) == (33 * 514 + 2, 68)
+    with pytest.raises(ZoodipError, match=r"a \.webp image holds at most 16383 px a side, and this one is 16964x68"):
+        check_encodable(tmp_path / "g.webp", grid_size(33, 1, (512, 64)))
+    check_encodable(tmp_path / "g.png", (100_000, 8))  # PNG has no such limit
+    with pytest.raises(ZoodipError, match="holds at most 16383 px"):
+        save_images([(Image.new("RGB", (8, 8)), tmp_path / "a.webp"), (Image.new("RGB", (16384, 2)), tmp_path / "b.webp")])
+    assert list(tmp_path.iterdir()) == []

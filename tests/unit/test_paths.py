@@ -101,3 +101,19 @@ def test_a_failed_write_says_the_fix_that_fits_its_cause(tmp_path):
                                           r"make the folder writable and resume with --resume$"):
         atomic_write_bytes(tmp_path / "c.npz", refused, "resume with --resume")
     assert (tmp_path / "c.npz").read_bytes() == b"before" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_what_is_there_but_of_the_other_kind_is_said_as_what_it_is(tmp_path):
+    """A folder given for a file was said to be "a device, pipe or socket"; a link to nothing given as an output
+    was said to lie under a file; a Pillow encoder's error (no errno) was said to be a full disk."""
+    import os
+    from zoodip.paths import check_output_file, why_missing, write_failure
+
+    (tmp_path / "adir.npy").mkdir()
+    assert why_missing(tmp_path / "adir.npy") == "is a folder"
+    os.symlink(tmp_path / "gone" / "x.npy", tmp_path / "dangling.npy")
+    with pytest.raises(ZoodipError, match=r"--save-latents \S+dangling\.npy is a symbolic link to \S+x\.npy, which "
+                                          r"does not exist: remove the link, or name another path"):
+        check_output_file(tmp_path / "dangling.npy", "--save-latents", (".npy",))
+    assert write_failure(OSError("encoder error -2 when writing image file")) == (
+        "encoder error -2 when writing image file", "check the folder")
