@@ -104,6 +104,8 @@ def _count_problem(state: dict[str, np.ndarray]) -> str | None:
     steps = history[:, 0]
     if np.any(steps != np.round(steps)) or np.any(np.diff(steps) < 0) or steps[0] < 0 or steps[-1] > step:
         return f"'eval_history' holds steps {steps.tolist()!r:.60}, not evaluations in order up to step {step}"
+    if np.any(history[:, 1] < 0):
+        return "'eval_history' holds negative losses, which a mean of squares never is"
     return None
 
 

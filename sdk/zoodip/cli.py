@@ -189,6 +189,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .cli_flags import checked_generate_flags
     from .embeddings import load_embeddings
     from .from_parameters import parameter_notes
+    from .hires import planned_size
     from .images import check_encodable, grid_size, image_grid, save_images
     from .infotext import infotext, used_embedding_hashes
     from .latents_file import write_latents
@@ -201,9 +202,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out, singles = checked_generate_flags(args)
     model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on",
                                                           memory_budget_mb=args.memory_budget))
-    if args.image is None:  # the images' size is known before the work (with --image it follows the photo's)
-        scale, native = args.hires_scale or 1, model.default_resolution
-        size = (int((args.width or native) * scale), int((args.height or native) * scale))
+    size = None if args.image is not None else planned_size(model, args.width, args.height, args.hires_scale)
+    if size is not None:  # known before the work (with --image it follows the photo's)
         check_encodable(out, size if args.num_images == 1 else grid_size(args.num_images, 1, size))
     hashes: dict[str, str] = {}
     added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity,
@@ -389,20 +389,27 @@ def _in_flag_words(message: str, from_image: Sequence[str] = ()) -> str:
     return _FLAG_OF.get(first, first) + space + rest
 
 
+# The flags that name files or folders, as written (an OS error on a path is said with the flag that gave it).
+_PATH_FLAGS = {dest: "--" + dest for dest in ("model", "out", "image", "mask", "embedding", "latents", "output_dir",
+                                              "train_data_dir", "captions", "template_file")}
+_PATH_FLAGS.update(parameters_from="--parameters-from", save_latents="--save-latents", progress_jsonl="--progress-jsonl")
+
+
 def _flag_of_path(args: argparse.Namespace | None, filename: object) -> str | None:
-    """The flag whose path is ``filename``, else whose folder holds it (the error names the path the system was
-    given, which may be a file inside a flag's folder)."""
+    """The flag whose path is ``filename`` (or, for --out, one of the numbered files beside it), else the one whose
+    folder holds it most closely (the error names the path the system was given, maybe a file inside a folder)."""
     if args is None or not isinstance(filename, (str, bytes)):
         return None
     failed = Path(os.fsdecode(filename))
-    given = [(dest, Path(value)) for dest, values in vars(args).items()
-             for value in (values if isinstance(values, list) else [values])
+    given = [(flag, Path(value)) for dest, flag in _PATH_FLAGS.items()
+             for value in (lambda v: v if isinstance(v, list) else [v])(getattr(args, dest, None))
              if isinstance(value, (str, Path)) and str(value) not in ("", ".")]
-    for holds in (lambda path: failed == path, lambda path: path in failed.parents and path.is_dir()):
-        for dest, path in given:
-            if holds(path):
-                return "--" + dest  # (the parser takes _ and - alike)
-    return None
+    for flag, path in given:
+        if failed == path or (flag == "--out" and failed.parent == path.parent and failed.suffix == path.suffix
+                              and failed.stem.startswith(path.stem + "-")):
+            return flag
+    holders = [(len(path.parts), flag) for flag, path in given if path in failed.parents and os.path.isdir(path)]
+    return max(holders)[1] if holders else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,6 +51,13 @@ MAX_TRAIN_STEPS = 10**9
 MAX_EVAL_TIMESTEPS = 100  # each held in memory as a noised latent per photo, each evaluation a forward apiece
 
 
+def _unwritable(ch: str) -> bool:
+    """A character a placeholder cannot hold: a control character (NUL, an escape), half a surrogate pair (a byte the
+    terminal's encoding could not read: no file can store it), or an invisible format character a typed prompt never
+    holds (a zero-width space, a direction override), but for the joiner of emoji sequences."""
+    return unicodedata.category(ch) in ("Cc", "Cs") or (unicodedata.category(ch) == "Cf" and ch != "\u200d")
+
+
 def positive_int(name: str, value: object, minimum: int = 1) -> None:
     """Refuse a setting that is not an integer >= minimum, naming its flag (validation.positive_int's check)."""
     validation.positive_int(f"--{name}", value, minimum)
@@ -344,9 +351,9 @@ class PersonalizeConfig:
             raise ZoodipError("--vocabulary-subspace and --curvature-subspace are two search subspaces: use one "
                               "(add --no-curvature-subspace to search the vocabulary's)")
         token = self.placeholder_token
-        if not token or any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in token):  # (NUL, escapes)
-            raise ZoodipError(f"--placeholder_token must be one word without spaces or control characters, e.g. "
-                              f"'<my-dog>', got {token!r:.80}")
+        if not token or any(ch.isspace() or _unwritable(ch) for ch in token):
+            raise ZoodipError(f"--placeholder_token must be one word without spaces, control or invisible characters, "
+                              f"e.g. '<my-dog>', got {token!r:.80}")
         if len(token) > MAX_TOKEN_CHARS:  # a word in a prompt, and (--a1111) a file's name
             raise ZoodipError(f"--placeholder_token has {len(token)} characters, more than {MAX_TOKEN_CHARS}: "
                               "choose a short name, e.g. '<my-dog>'")
@@ -369,6 +376,8 @@ class PersonalizeConfig:
             names[names.index("batched")] = "memory_budget_mb"
         if "lr_scheduler" in names and recorded.get("lr_scheduler") == self.lr_scheduler:  # the pair's other half
             names[names.index("lr_scheduler")] = "lr_warmup_steps"
+        if "max_train_steps" in names and recorded.get("max_train_steps") == self.max_train_steps:  # recorded only
+            names.remove("max_train_steps")  # for a schedule that follows it: the schedule is what changed
         if "max_train_steps" in names and self.lr_scheduler in LENGTH_DEPENDENT:  # not said by the name alone
             names[names.index("max_train_steps")] = f"max_train_steps (which --lr_scheduler {self.lr_scheduler} follows)"
         return [_SETTING_FLAGS.get(name, name) for name in names]

@@ -38,10 +38,10 @@ def check_clip_skip(model: Any, clip_skip: object) -> None:
         raise ZoodipError(clip_skip_problem(clip_skip, layers))
 
 
-def check_generate_settings(model: Any, prompt: object, negative_prompt: object, sampler: str, steps: object, num_images: int,
-                    guidance_scale: object, eta: object, seed: object, prompt_weighting: object = "none",
-                    clip_skip: object = 0, guidance_rescale: object = 0.0, *, callback: object = None,
-                    batch_cfg: object = True, groups: object = None) -> None:
+def check_generate_settings(model: Any, prompt: object, negative_prompt: object, sampler: str, steps: object,
+                            num_images: int, guidance_scale: object, eta: object, seed: object,
+                            prompt_weighting: object = "none", clip_skip: object = 0, guidance_rescale: object = 0.0, *,
+                            callback: object = None, batch_cfg: object = True, groups: object = None) -> None:
     """generate()'s settings, each refused in one line before any work."""
     check_model(model)
     check_prompt_weighting(prompt_weighting)

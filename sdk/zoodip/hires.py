@@ -87,6 +87,20 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
             for i, image in enumerate(first)]
 
 
+def planned_size(model: Any, width: int | None, height: int | None, hires_scale: float | None = None) -> tuple[int, int] | None:
+    """The (width, height) text-to-image makes for these settings, the hires fix's second pass included, known before
+    any work; a side out of range is refused as generate() refuses it, and a hires scale out of range gives None
+    (``generate_hires`` says so)."""
+    native = int(model.sample_size) * int(model.vae_scale_factor)
+    first = (check_model_side(model, "width", native if width is None else width, native),
+             check_model_side(model, "height", native if height is None else height, native))
+    if hires_scale is None:
+        return first
+    if isinstance(hires_scale, bool) or not isinstance(hires_scale, numbers.Real) or not 1 < hires_scale <= MAX_HIRES_SCALE:
+        return None
+    return hires_size(first, float(hires_scale), model_side_multiple(model, derived=True))
+
+
 def hires_size(size: tuple[int, int], scale: float, multiple: int) -> tuple[int, int]:
     """(width, height) times ``scale``, each rounded down to ``multiple`` (A1111's 8 px; an older export's UNet needs
     more). The scale is read as the decimal it is written as (1.4 is 7/5, not the float just under it, which would

@@ -336,8 +336,9 @@ def to_pil(images: np.ndarray) -> list[Image.Image]:
     return [Image.fromarray(a.transpose(1, 2, 0), mode="RGB") for a in array]
 
 
-# The widest side each output format's encoder writes (Pillow's libwebp and libjpeg); PNG has no such limit.
-ENCODER_MAX_SIDE = {".webp": 16383, ".jpg": 65535, ".jpeg": 65535}
+# The widest side each output format's encoder writes (Pillow's libwebp; libjpeg's JPEG_MAX_DIMENSION, 65500, not
+# the format's 65535); PNG has no such limit.
+ENCODER_MAX_SIDE = {".webp": 16383, ".jpg": 65500, ".jpeg": 65500}
 
 
 def grid_size(columns: int, rows: int, size: tuple[int, int], pad: int = 2) -> tuple[int, int]:

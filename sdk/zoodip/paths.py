@@ -53,6 +53,8 @@ def _check_creatable(path: Path, flag: str) -> None:
     anchor = _nearest_existing(path.absolute())
     if anchor == path.absolute():  # a link to nothing (or a loop): the path is there, and is nothing to write to
         raise ZoodipError(f"{flag} {path} {why_missing(path)}: remove the link, or name another path")
+    if os.path.islink(anchor):  # a link to nothing on the way
+        raise ZoodipError(f"{flag} {path} lies under {anchor}, which {why_missing(anchor)}: choose another path")
     if not anchor.is_dir():
         raise ZoodipError(f"{flag} {path} lies under {anchor}, which is a file, not a folder: choose another path")
     if not _writable_folder(anchor):

@@ -144,7 +144,7 @@ def test_a_failed_write_leaves_the_files_that_were_there(tiny_export, tmp_path, 
     monkeypatch.setattr(PILImage.Image, "save", save_then_fail)
     code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "2",
                             "--num-images", "3", "--out", tmp_path / "grid.png"], capsys)
-    assert_one_line_error(code, err, "No space left on device")
+    assert_one_line_error(code, err, "(the disk is full): free space")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid-1.png"]
     assert (tmp_path / "grid-1.png").read_bytes() == b"an older image"
 

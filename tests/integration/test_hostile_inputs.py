@@ -368,6 +368,7 @@ def test_resume_with_fewer_steps_than_done_is_refused(finished_run, tiny_export,
     (lambda s: s.update(train_forwards=np.array(0)), "damaged ('train_forwards' is 0, fewer than 2 per step over 3"),
     (lambda s: s.update(eval_history=np.array([[0.0, 1.0], [500.0, 1.0]])), "not evaluations in order up to step 3"),
     (lambda s: s.update(eval_history=np.array([[0.0, 1.0], [2.5, 1.0]])), "not evaluations in order up to step 3"),
+    (lambda s: s.update(eval_history=np.array([[0.0, -1.0]])), "'eval_history' holds negative losses"),
     (lambda s: s.update(eval_history=np.array([0.0, 1.18, 3.0])), "'eval_history' is [3] float64, not [evaluations, 2]"),
     (lambda s: s.update(eval_history=np.ones((2, 3))), "'eval_history' is [2, 3] float64, not [evaluations, 2]"),
     (lambda s: s.update(eval_history=np.array(["a", "b"])), "'eval_history' is [2] <U1, not [evaluations, 2]"),
@@ -623,6 +624,15 @@ def test_an_embedding_that_saturates_the_text_encoder_is_warned_about(model):
         generate(model, "a photo of <s>", steps=1, added_embeddings={"<s>": vector * np.float32(1e4)})
 
 
+def test_an_os_error_names_the_flag_whose_path_failed_not_one_whose_words_match(tiny_export, tmp_path, capsys):
+    """A prompt spelling the output's folder, or the model folder holding --out's numbered files, was named."""
+    out = tmp_path / ("a" * 300 + ".png")  # the grid's numbered files beside it fail first, and are --out's
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", str(tmp_path), "--num-images", "2",
+                            "--steps", "2", "--out", out], capsys)
+    assert_one_line_error(code, err, "the name is too long for the file system")
+    assert err.startswith(f"error: --out {str(tmp_path)[:20]}")
+
+
 @pytest.mark.parametrize("flag", ["--out", "--image", "--parameters-from", "--embedding", "--latents", "--model"])
 def test_a_name_too_long_for_the_file_system_is_one_line_wherever_it_is_given(tiny_export, tmp_path, capsys, flag):
     """Found by a sweep: pathlib's is_dir()/exists() raised ENAMETOOLONG as a traceback from six places."""
@@ -631,7 +641,7 @@ def test_a_name_too_long_for_the_file_system_is_one_line_wherever_it_is_given(ti
     code, _, err = run_cli(["generate", "--prompt", "a star", "--steps", "2", *(x for pair in args.items() for x in pair)],
                            capsys)
     assert_one_line_error(code, err, "...: the name is too long for the file system: use a shorter one")
-    assert err.startswith(f"error: --{flag[2:].replace('-', '_')} /")  # the flag that gave it, named
+    assert err.startswith(f"error: {flag} /")  # the flag that gave it, named
     assert not (tmp_path / "o.png").exists()
 
 

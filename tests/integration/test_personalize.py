@@ -240,6 +240,8 @@ def test_resume_refuses_other_settings_and_fresh_run_refuses_existing(tiny_expor
         personalize(dataclasses.replace(linear, max_train_steps=4), resume=True)
     with pytest.raises(ZoodipError, match=r"\(lr_warmup_steps differs\)"):  # not "lr_scheduler", which is the same
         personalize(dataclasses.replace(linear, lr_warmup_steps=1), resume=True)
+    with pytest.raises(ZoodipError, match=r"\(lr_scheduler differs\)"):  # not max_train_steps, which is the same
+        personalize(dataclasses.replace(linear, lr_scheduler="constant"), resume=True)
     with pytest.raises(ZoodipError, match="nothing to resume"):
         personalize(make_config(tiny_export, photos, tmp_path / "none", eval_every=0), resume=True)
 

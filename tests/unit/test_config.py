@@ -32,7 +32,9 @@ def test_wrong_kinds_are_refused(settings, needle) -> None:
     (dict(vocabulary_variance=True), "--vocabulary-subspace must be a variance fraction in (0, 1]"),
     (dict(adam_betas=(1.0, 0.999)), "adam_betas[0] (beta1) must be a finite number in [0, 1), got 1.0"),
     (dict(adam_eps=0.0), "adam_eps must be a finite number > 0, got 0.0"),
-    (dict(placeholder_token="<a\x00b>"), "--placeholder_token must be one word without spaces or control characters"),
+    (dict(placeholder_token="<a\x00b>"), "--placeholder_token must be one word without spaces, control or invisible"),
+    (dict(placeholder_token="<\udcff>"), "without spaces, control or invisible"),  # a byte the terminal could not read
+    (dict(placeholder_token="<a\u200bb>"), "without spaces, control or invisible"),  # a zero-width space
     (dict(placeholder_token="<" + "a" * 200 + ">"), "--placeholder_token has 202 characters, more than 100"),
     (dict(max_train_steps=10**30), "--max_train_steps must be at most 1,000,000,000"),
     (dict(eval_timesteps=10**4), "eval_timesteps must be at most 100, got 10,000"),

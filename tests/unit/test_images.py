@@ -289,3 +289,17 @@ def test_an_image_too_wide_for_its_format_is_refused_before_any_file(tmp_path):
     with pytest.raises(ZoodipError, match="holds at most 16383 px"):
         save_images([(Image.new("RGB", (8, 8)), tmp_path / "a.webp"), (Image.new("RGB", (16384, 2)), tmp_path / "b.webp")])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_planned_size_follows_the_hires_fix_rounding_and_leaves_a_bad_scale_to_its_check():
+    """The output's size check multiplied the sides by the scale unrounded (a WebP grid that fits was refused) and
+    raised on a NaN scale (a traceback before the scale's own one line)."""
+    from types import SimpleNamespace
+
+    from zoodip.hires import planned_size
+
+    model = SimpleNamespace(sample_size=8, vae_scale_factor=8, unet_halvings=3, unet_follows_skips=True)
+    assert planned_size(model, 3640, 16, 1.5) == (5456, 24) and planned_size(model, None, None) == (64, 64)
+    assert planned_size(model, 64, 64, float("nan")) is None and planned_size(model, 64, 64, float("inf")) is None
+    with pytest.raises(ZoodipError, match="width must be a positive multiple of 8, got 1001"):
+        planned_size(model, 1001, 64)

@@ -117,3 +117,13 @@ def test_what_is_there_but_of_the_other_kind_is_said_as_what_it_is(tmp_path):
         check_output_file(tmp_path / "dangling.npy", "--save-latents", (".npy",))
     assert write_failure(OSError("encoder error -2 when writing image file")) == (
         "encoder error -2 when writing image file", "check the folder")
+
+
+def test_an_output_under_a_link_to_nothing_says_so(tmp_path):
+    import os
+    from zoodip.paths import check_output_file
+
+    os.symlink(tmp_path / "missing-dir", tmp_path / "dd")
+    with pytest.raises(ZoodipError, match=r"lies under \S+dd, which is a symbolic link to \S+missing-dir, which does "
+                                          "not exist: choose another path"):
+        check_output_file(tmp_path / "dd" / "x.png", "--out")
