@@ -400,10 +400,11 @@ def _flag_of_path(args: argparse.Namespace | None, filename: object) -> str | No
     folder holds it most closely (the error names the path the system was given, maybe a file inside a folder)."""
     if args is None or not isinstance(filename, (str, bytes)):
         return None
-    failed = Path(os.fsdecode(filename))
-    given = [(flag, Path(value)) for dest, flag in _PATH_FLAGS.items()
-             for value in (lambda v: v if isinstance(v, list) else [v])(getattr(args, dest, None))
-             if isinstance(value, (str, Path)) and str(value) not in ("", ".")]
+    failed, given = Path(os.fsdecode(filename)), []
+    for dest, flag in _PATH_FLAGS.items():
+        values = getattr(args, dest, None)  # (--embedding's: a list)
+        given += [(flag, Path(value)) for value in (values if isinstance(values, list) else [values])
+                  if isinstance(value, (str, Path)) and str(value) not in ("", ".")]
     for flag, path in given:
         if failed == path or (flag == "--out" and failed.parent == path.parent and failed.suffix == path.suffix
                               and failed.stem.startswith(path.stem + "-")):
