@@ -54,11 +54,7 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
         raise ZoodipError(f"hires_strength {hires_strength} of {hires_steps} hires steps leaves no step to run: raise "
                           "hires_strength (--hires-strength) or hires_steps (--hires-steps)")
     second_run = steps_run(hires_steps, hires_strength)
-    factor, native = int(model.vae_scale_factor), int(model.sample_size) * int(model.vae_scale_factor)
-    for name, value in (("height", height), ("width", width)):
-        if value is not None:
-            check_model_side(model, name, value, native)
-    first_size = (width or native, height or native)
+    factor, first_size = int(model.vae_scale_factor), planned_size(model, width, height)
     multiple = model_side_multiple(model, derived=True)  # the sizes its UNet runs at (8 px, or 64 on older SD exports)
     size = hires_size(first_size, float(hires_scale), multiple)
     if size == first_size:
@@ -92,8 +88,10 @@ def planned_size(model: Any, width: int | None, height: int | None, hires_scale:
     any work; a side out of range is refused as generate() refuses it, and a hires scale out of range gives None
     (``generate_hires`` says so)."""
     native = int(model.sample_size) * int(model.vae_scale_factor)
-    first = (check_model_side(model, "width", native if width is None else width, native),
-             check_model_side(model, "height", native if height is None else height, native))
+    # Height first, as generate() checks them (a call with both wrong is refused for the same side).
+    checked = {name: check_model_side(model, name, native if value is None else value, native)
+               for name, value in (("height", height), ("width", width))}
+    first = (checked["width"], checked["height"])
     if hires_scale is None:
         return first
     if isinstance(hires_scale, bool) or not isinstance(hires_scale, numbers.Real) or not 1 < hires_scale <= MAX_HIRES_SCALE:
