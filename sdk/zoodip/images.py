@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ZoodipError
-from .paths import why_missing, write_failure
+from .paths import why_missing, write_failure, write_target
 from .image_parameters import parameters_option
 
 # GIF: its first frame. .jfif and .jpe are JPEG's other names (browsers save under .jfif); AVIF where Pillow reads it.
@@ -393,7 +393,8 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
                        tmp, **(parameters_option(Path(tmp), text) if text else {})))
                   for (image, path), text in zip(pairs, texts or [None] * len(pairs), strict=True)]
         for write_flag, path, write in [*writes, *((f, p, _through_handle(w)) for f, p, w in also)]:
-            current = (write_flag, path := Path(path))
+            current = (write_flag, Path(path))
+            path = write_target(Path(path))  # (a link: its target)
             # Beside it, a name no one else uses, keeping the suffix: Pillow picks the format by it.
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
             done.append((write_flag, tmp, path))
@@ -410,7 +411,7 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
             reason, fix = write_failure(exc)
             raise ZoodipError(f"cannot write {current[0]} {current[1]} ({reason}): {fix} or choose another file") from None
         raise
-    return [path for _, _, path in done[:len(pairs)]]
+    return [Path(path) for _, path in pairs]
 
 
 def _through_handle(write: Callable[[BinaryIO], None]) -> Callable[[Path], None]:

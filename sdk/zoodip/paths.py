@@ -98,8 +98,8 @@ def os_error_line(exc: OSError, flag: str | None = None) -> str:
     system's length, a loop of links, a folder that went away): the flag that gave it, the path, shortened, and
     what to do."""
     if not isinstance(exc.filename, (str, bytes)):  # NumPy's short write on a full disk names no file, no errno
-        return (f"a file could not be read or written ({exc.strerror or exc or type(exc).__name__}): free disk space "
-                "and check the paths given")
+        reason, fix = write_failure(exc)
+        return f"a file could not be read or written ({reason}): {fix} and check the paths given"
     advice = {errno.ENAMETOOLONG: "the name is too long for the file system: use a shorter one",
               errno.ELOOP: "its links form a loop: point the link at a real file"}.get(
         exc.errno or 0, f"{(exc.strerror or type(exc).__name__).lower()}: check the path")
@@ -196,17 +196,25 @@ def write_failure(exc: OSError) -> tuple[str, str]:
     short_write = exc.errno is None and " requested and " in str(exc)  # NumPy's words: no errno, no file
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) or short_write:
         return "the disk is full", "free space"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return exc.strerror or str(exc), "make the folder writable"
-    return exc.strerror or str(exc), "check the folder"
+    said = exc.strerror or str(exc) or type(exc).__name__
+    return (said, "make the folder writable") if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else (
+        said, "check the folder")
+
+
+def write_target(path: Path) -> Path:
+    """The file a write to ``path`` replaces: a symbolic link's target (a rename over the link itself would turn it
+    into a plain file and leave the target stale), else ``path``."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path
 
 
 def atomic_write_bytes(path: Path, write: Callable[[object], None], then: str = "try again") -> None:
     """Write through ``write(handle)`` into a temp file beside ``path``, fsync, then rename over it.
 
-    A crash or a full disk leaves the previous file intact and no partial file behind; the refusal's line ends with
-    the fix for the failure (``write_failure``) and ``then``, what the caller's user does after it.
+    A crash, an interrupt or a full disk leaves the previous file intact and no partial file behind; the refusal's
+    line ends with the fix for the failure (``write_failure``) and ``then``, what the caller's user does after it. A
+    symbolic link is written through (``write_target``).
     """
+    path = write_target(path)
     tmp = temp_path(path)
     try:
         with open_new_file(tmp) as handle:
@@ -214,14 +222,29 @@ def atomic_write_bytes(path: Path, write: Callable[[object], None], then: str = 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
-        try:
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp.unlink()
-        except OSError:
-            pass
+        if not isinstance(exc, OSError):
+            raise
         reason, fix = write_failure(exc)
         kept = "; the previous version is intact" if path.exists() else ""
         raise ZoodipError(f"cannot write {path}: {reason}{kept}: {fix} and {then}") from None
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Persist a rename itself (POSIX); best effort, since not every platform allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 RUN_LOCK_NAME = ".zoodip-run.lock"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ZoodipError
-from .paths import atomic_write_bytes
+from .paths import atomic_write_bytes, write_failure
 
 
 def sha256_of_files(paths: Iterable[Path]) -> str:
@@ -63,8 +63,9 @@ def append_log(path: Path, record: dict) -> None:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
     except OSError as exc:
-        raise ZoodipError(f"cannot append to {path} ({exc.strerror or exc}): free space or fix the file, "
-                          "then resume with --resume (the last checkpoint is intact)") from None
+        reason, fix = write_failure(exc)
+        raise ZoodipError(f"cannot append to {path} ({reason}): {fix}, then resume with --resume (the last checkpoint "
+                          "is intact)") from None
 
 
 def truncate_log(path: Path, step: int) -> None:

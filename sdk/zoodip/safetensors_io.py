@@ -24,7 +24,7 @@ from typing import BinaryIO, Callable, Iterable, Mapping
 import numpy as np
 
 from .errors import ZoodipError
-from .paths import open_new_file, temp_path
+from .paths import atomic_write_bytes
 
 # safetensors dtype name -> little-endian NumPy dtype. BF16 has no NumPy dtype; it is read as
 # float32 (exactly: bfloat16 is the top half of a float32) and is never written.
@@ -95,41 +95,15 @@ def save_file(
     # Pad so the data buffer starts 8-byte aligned (lets readers map tensors in place).
     header_bytes += b" " * (-len(header_bytes) % 8)
 
+    def write(handle: BinaryIO) -> None:
+        handle.write(len(header_bytes).to_bytes(8, "little"))
+        handle.write(header_bytes)
+        for chunk in chunks:
+            handle.write(chunk)
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name = temp_path(path)
-    try:
-        with open_new_file(tmp_name) as handle:
-            handle.write(len(header_bytes).to_bytes(8, "little"))
-            handle.write(header_bytes)
-            for chunk in chunks:
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise ZoodipError(f"cannot write {path} ({exc.strerror or exc}): check the folder exists and has free space") from None
-        raise
-    _fsync_dir(path.parent)
+    atomic_write_bytes(path, write)
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist the rename itself (POSIX); best effort, since not every platform allows it."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:

@@ -39,7 +39,7 @@ from .limits import check_image_size, check_photo_count
 from .lr_schedule import lr_at
 from .method_parts import LossFactory, OptimizerFactory, ProjectorFactory, default_optimizer, default_projector
 from .model import ExportedModel, RuntimeOptions
-from .paths import check_files_to_replace, check_output_dir, remove_stale_temp_files, run_folder_lock
+from .paths import check_files_to_replace, check_output_dir, remove_stale_temp_files, run_folder_lock, write_failure
 from .previews import VALIDATION_NAME, check_preview_prompt, write_preview  # noqa: F401 (VALIDATION_NAME public here)
 from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.Progress stays public)
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
@@ -355,8 +355,8 @@ class Personalizer:
                 except OSError:
                     pass
             if isinstance(exc, OSError):
-                raise ZoodipError(f"cannot start the run in {out} ({exc.strerror or exc}): free space or "
-                                  "choose another --output_dir") from None
+                reason, fix = write_failure(exc)
+                raise ZoodipError(f"cannot start the run in {out} ({reason}): {fix} or choose another --output_dir") from None
             raise
 
     def _record_eval(self) -> float:

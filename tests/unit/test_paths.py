@@ -57,7 +57,7 @@ def test_os_errors_are_one_line_with_the_path_or_what_failed(tmp_path):
     long = OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), "x" * 300)
     assert os_error_line(long) == "x" * 60 + "...: the name is too long for the file system: use a shorter one"
     assert os_error_line(OSError("10 requested and 4 written")) == (
-        "a file could not be read or written (10 requested and 4 written): free disk space and check the paths given")
+        "a file could not be read or written (the disk is full): free space and check the paths given")
 
 
 def test_a_missing_input_says_what_hides_it(tmp_path):
@@ -101,6 +101,58 @@ def test_a_failed_write_says_the_fix_that_fits_its_cause(tmp_path):
                                           r"make the folder writable and resume with --resume$"):
         atomic_write_bytes(tmp_path / "c.npz", refused, "resume with --resume")
     assert (tmp_path / "c.npz").read_bytes() == b"before" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_write_through_a_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    """A linked checkpoint, embedding or image became a plain file at the first save, its target left stale."""
+    import numpy as np
+    from PIL import Image
+    from zoodip.images import save_images
+    from zoodip.paths import atomic_write_bytes
+    from zoodip.safetensors_io import load_file, save_file
+
+    (tmp_path / "kept").mkdir()
+    for name, write in (("c.npz", lambda path: atomic_write_bytes(path, lambda handle: handle.write(b"new"))),
+                        ("e.safetensors", lambda path: save_file({"v": np.zeros(2, np.float32)}, path)),
+                        ("x.png", lambda path: save_images([(Image.new("RGB", (4, 4), "red"), path)]))):
+        (tmp_path / "kept" / name).write_bytes(b"old")
+        (tmp_path / name).symlink_to(tmp_path / "kept" / name)
+        write(tmp_path / name)
+        assert (tmp_path / name).is_symlink() and (tmp_path / "kept" / name).read_bytes() != b"old"
+    assert (tmp_path / "kept" / "c.npz").read_bytes() == b"new"
+    assert load_file(tmp_path / "kept" / "e.safetensors")["v"].tolist() == [0, 0]
+    assert Image.open(tmp_path / "kept" / "x.png").getpixel((0, 0)) == (255, 0, 0)
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["c.npz", "e.safetensors", "x.png"]  # no temp
+
+
+def test_the_run_log_and_the_run_start_give_the_fix_that_fits_the_failure(tmp_path, monkeypatch):
+    """Both said "free space" whatever failed (a read-only folder, a log that is a folder)."""
+    import builtins
+    import errno
+    from zoodip.run_checks import append_log
+
+    (tmp_path / "log.jsonl").mkdir()
+    with pytest.raises(ZoodipError, match=r"cannot append to \S+log\.jsonl \(Is a directory\): check the folder, then "
+                                          r"resume with --resume \(the last checkpoint is intact\)$"):
+        append_log(tmp_path / "log.jsonl", {"step": 1})
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(builtins, "open", read_only)
+    with pytest.raises(ZoodipError, match=r"\(Read-only file system\): make the folder writable, then resume"):
+        append_log(tmp_path / "other.jsonl", {"step": 1})
+
+
+def test_an_interrupted_write_leaves_the_previous_file_and_no_temp_file(tmp_path):
+    from zoodip.paths import atomic_write_bytes
+
+    def interrupted(handle):
+        handle.write(b"half")
+        raise KeyboardInterrupt
+    (tmp_path / "c.npz").write_bytes(b"before")
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(tmp_path / "c.npz", interrupted)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"] and (tmp_path / "c.npz").read_bytes() == b"before"
 
 
 def test_what_is_there_but_of_the_other_kind_is_said_as_what_it_is(tmp_path):
