@@ -285,8 +285,7 @@ class Personalizer:
                     state[prefix + key] = np.asarray(value)
         return state
 
-    def save_checkpoint(self) -> Path:
-        self.config.output_dir.mkdir(parents=True, exist_ok=True)
+    def save_checkpoint(self) -> Path:  # (into the folder the run's start made: one removed since is not remade)
         return write_checkpoint(self.checkpoint_path, self.state_dict())
 
     def load_checkpoint(self) -> None:

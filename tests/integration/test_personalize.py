@@ -45,6 +45,21 @@ def test_short_run_lowers_the_evaluation_loss(tiny_export, photos, tmp_path):
     json.loads(progress_to_json(events[-1]))  # the JSON-lines contract holds for real events
 
 
+def test_a_run_whose_folder_goes_away_stops_in_one_line_and_does_not_remake_it(tiny_export, photos, tmp_path):
+    """The next checkpoint's write made the folder again and the run finished without its config.json, its log
+    starting mid-run."""
+    import shutil
+    config = make_config(tiny_export, photos, tmp_path / "run")
+
+    def remove_at_five(progress):
+        if progress.step == 5 and progress.event == "step":
+            shutil.rmtree(tmp_path / "run")
+    with pytest.raises(ZoodipError, match=r"^the run folder \S+run went away during the run \(removed or moved\), and "
+                                          r"its checkpoint with it: start the run again$"):
+        personalize(config, on_progress=remove_at_five)
+    assert not (tmp_path / "run").exists()
+
+
 def _final_bytes(out) -> bytes:
     return (out / EMBEDDING_NAME).read_bytes()
 
