@@ -24,6 +24,14 @@ def write_checkpoint(path: Path, state: dict[str, np.ndarray]) -> Path:
     return path
 
 
+def check_checkpoint_file(path: Path) -> None:
+    """Refuse a resume whose checkpoint is missing or is no file (before any work, and again as it is read)."""
+    if path.exists() and not path.is_file():
+        raise ZoodipError(f"checkpoint {path} is not a file: remove it and start again without --resume")
+    if not path.is_file():
+        raise ZoodipError(f"nothing to resume: {path} {why_missing(path)} (run without --resume to start)")
+
+
 def read_checkpoint(path: Path, fingerprint: str, photos_id: str, model_id: str,
                     vectors: tuple[int, int] | None = None,
                     changed: Callable[[], list[str]] | None = None) -> dict[str, np.ndarray]:
@@ -33,10 +41,7 @@ def read_checkpoint(path: Path, fingerprint: str, photos_id: str, model_id: str,
     naming that flag (the fingerprint differs too, but its message cannot say which setting did).
     ``changed``: where the settings differ, which ones (from what the run folder recorded), for the message.
     """
-    if path.exists() and not path.is_file():
-        raise ZoodipError(f"checkpoint {path} is not a file: remove it and start again without --resume")
-    if not path.is_file():
-        raise ZoodipError(f"nothing to resume: {path} {why_missing(path)} (run without --resume to start)")
+    check_checkpoint_file(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             state = {k: data[k] for k in data.files}

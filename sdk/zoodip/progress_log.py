@@ -100,7 +100,7 @@ def progress_log_path(target: str, config: Any) -> Path:
     """``--progress-jsonl``'s file: writable, not one of the model's or the run's files, and if it exists already a
     progress log (appended to); anything else would be overwritten or corrupted by the run's lines."""
     from .paths import check_output_file, lies_within
-    from .trainer import CONFIG_NAME, RUN_FILES
+    from .run_folder import CONFIG_NAME, RUN_FILES
 
     path = check_output_file(target, "--progress-jsonl")
     in_model = lies_within(path, config.export_dir)

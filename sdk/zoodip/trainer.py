@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import threading
 import time
 from pathlib import Path
@@ -39,24 +38,19 @@ from .limits import check_image_size, check_photo_count
 from .lr_schedule import lr_at
 from .method_parts import LossFactory, OptimizerFactory, ProjectorFactory, default_optimizer, default_projector
 from .model import ExportedModel, RuntimeOptions
-from .paths import check_files_to_replace, check_output_dir, remove_stale_temp_files, run_folder_lock, write_failure
+from .paths import check_output_dir, remove_stale_temp_files, run_folder_lock, write_failure
 from .previews import VALIDATION_NAME, check_preview_prompt, write_preview  # noqa: F401 (VALIDATION_NAME public here)
 from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.Progress stays public)
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
 from .run_checks import append_log, check_outcome, sha256_of_files, truncate_log
+from .run_folder import (CONFIG_NAME, EMBEDDING_NAME, LOG_NAME, RUN_FILES, SNAPSHOT_NAME,  # noqa: F401 (public here)
+                         SNAPSHOT_TEMP, check_run_folder)
 from .search_space import choose_search_space
 from .setting_warnings import warn_about_settings
 from .step_inputs import StepInputs, draw_step_inputs, encode_photo_views, step_rng
 from .timesteps import PartialUniformTimesteps
 from .token_vectors import add_placeholder_tokens, as_matrix, check_prompts_fit, initial_vector
 
-EMBEDDING_NAME = "learned_embeds.safetensors"
-LOG_NAME = "log.jsonl"
-CONFIG_NAME = "config.json"  # the run's settings, as its first step found them
-RUN_FILES = (CHECKPOINT_NAME, EMBEDDING_NAME, LOG_NAME)  # written atomically: their temp files are cleaned
-# diffusers' textual_inversion.py names its --save_steps snapshots so; a cancelled run writes one too.
-SNAPSHOT_NAME = "learned_embeds-steps-{step}.safetensors"
-_SNAPSHOT_TEMP = re.compile(r"^\.(learned_embeds-steps-\d+\.safetensors)\.")
 _EVAL_STREAM = 0x5EED_E7A1  # separates the fixed evaluation noises from the training stream
 
 
@@ -394,8 +388,9 @@ class Personalizer:
         out = self.config.output_dir
         remove_stale_temp_files(out, RUN_FILES)
         if out.is_dir():  # and those of snapshots (their names carry the step)
-            snapshots = {m.group(1) for entry in out.iterdir() if (m := _SNAPSHOT_TEMP.match(entry.name))}
+            snapshots = {m.group(1) for entry in out.iterdir() if (m := SNAPSHOT_TEMP.match(entry.name))}
             remove_stale_temp_files(out, tuple(snapshots))
+        check_run_folder(self.config, resume)  # (again: checked before the model loaded, now under the lock)
         if resume:
             self._phase("loading the checkpoint")
             self.load_checkpoint()
@@ -403,13 +398,7 @@ class Personalizer:
                 raise ZoodipError(f"the checkpoint is at step {self.step}, past --max_train_steps "
                                   f"{self.config.max_train_steps}: resume with at least {self.step}, or start a new run")
             truncate_log(self.config.output_dir / LOG_NAME, self.step)
-            check_files_to_replace([out / EMBEDDING_NAME, *([out / a1111_file_name(self.config.placeholder_token)]
-                                                             if self.config.a1111 else [])], "resume with --resume")
         else:
-            if self.checkpoint_path.exists() or (out / EMBEDDING_NAME).exists():  # a run's, or another tool's file
-                held = ("a run: pass --resume to continue it," if self.checkpoint_path.exists() else
-                        f"{EMBEDDING_NAME}, which a fresh run would replace: move it,")
-                raise ZoodipError(f"{out} already holds {held} or choose a new --output_dir")
             self._start_fresh()
 
     def _after_step(self, loss: float, step_started: float, started: float, forwards_at_start: int) -> bool:
@@ -495,4 +484,5 @@ class Personalizer:
 def personalize(config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,
                 resume: bool = False, cancel_event: threading.Event | None = None) -> PersonalizeResult:
     """Run (or resume) a personalization and write ``learned_embeds.safetensors`` into the output folder."""
+    check_run_folder(config, resume)  # before the model loads
     return Personalizer(config, on_progress, cancel_event).run(resume=resume)

@@ -230,6 +230,29 @@ def test_a_fresh_run_never_replaces_another_tools_embedding(tiny_export, photos,
     assert (out / "learned_embeds.safetensors").read_bytes() == b"someone else's"
 
 
+def test_a_folder_that_cannot_take_the_run_is_refused_before_the_model_loads(tiny_export, photos, tmp_path,
+                                                                             monkeypatch):
+    """Refused only after the model loaded, the photos were encoded and the search space was chosen (minutes of SD)."""
+    import zoodip.trainer
+
+    def no_setup(*args, **kwargs):
+        raise AssertionError("the run was set up")
+    monkeypatch.setattr(zoodip.trainer.Personalizer, "__init__", no_setup)
+    out = tmp_path / "r"
+    out.mkdir()
+    with pytest.raises(ZoodipError, match=r"^nothing to resume: \S+checkpoint\.npz does not exist"):
+        personalize(make_config(tiny_export, photos, out), resume=True)
+    (out / "checkpoint.npz").mkdir()
+    with pytest.raises(ZoodipError, match=r"checkpoint \S+ is not a file"):
+        personalize(make_config(tiny_export, photos, out), resume=True)
+    with pytest.raises(ZoodipError, match="already holds a run"):
+        personalize(make_config(tiny_export, photos, out))
+    (out / "checkpoint.npz").rmdir()
+    (out / "learned_embeds.safetensors").write_bytes(b"another tool's")
+    with pytest.raises(ZoodipError, match="already holds learned_embeds.safetensors"):
+        personalize(make_config(tiny_export, photos, out))
+
+
 def test_resume_refuses_other_settings_and_fresh_run_refuses_existing(tiny_export, photos, tmp_path):
     out = tmp_path / "r"
     personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0))
