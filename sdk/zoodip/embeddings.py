@@ -48,20 +48,20 @@ def _metadata_key(name: str) -> str:
 
 
 def save_learned_embeds(path: str | os.PathLike[str], token: str, vectors: np.ndarray,
-                        metadata: Mapping[str, str] | None = None) -> Path:
+                        metadata: Mapping[str, str] | None = None, *, then: str = "try again") -> Path:
     """Save a learned embedding in the diffusers textual-inversion format; returns the path.
 
     ``vectors`` is [num_vectors, hidden] or [hidden]; it is stored as float32 [num_vectors, hidden]
     under the key ``token``. The write is atomic (a crash never leaves a half-written file).
     ``metadata`` (strings) goes into the header, each key prefixed ``zoodip_`` (see
-    :func:`read_embedding_metadata`).
+    :func:`read_embedding_metadata`). ``then``: what the user does after a failed write (its line's end).
     """
     array = _checked_vectors(path, token, vectors)
-    return save_file({token: array}, path, metadata=_header(token, array, metadata))
+    return save_file({token: array}, path, metadata=_header(token, array, metadata), then=then)
 
 
 def save_a1111_embedding(path: str | os.PathLike[str], token: str, vectors: np.ndarray,
-                         metadata: Mapping[str, str] | None = None) -> Path:
+                         metadata: Mapping[str, str] | None = None, *, then: str = "try again") -> Path:
     """Save a learned embedding as A1111/webui keeps one in safetensors: ``{"emb_params": [num_vectors, hidden]}``.
 
     A1111 takes the trigger word from the file name (name the file with :func:`a1111_file_name`) and reads
@@ -69,7 +69,7 @@ def save_a1111_embedding(path: str | os.PathLike[str], token: str, vectors: np.n
     :func:`save_learned_embeds` writes it, which :func:`load_embedding_file` and ``zoodip info`` read back.
     """
     array = _checked_vectors(path, token, vectors)
-    return save_file({"emb_params": array}, path, metadata=_header(token, array, metadata))
+    return save_file({"emb_params": array}, path, metadata=_header(token, array, metadata), then=then)
 
 
 def a1111_file_name(token: str) -> str:

@@ -384,7 +384,7 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
     ``texts``: each image's generation parameters (``zoodip.infotext``), written as A1111 writes them.
     ``also``: other files of the same call, ``(flag, path, write(handle))``, written in the same all or none
     (``generate --save-latents``: no latents beside images that could not be written, nor the reverse)."""
-    done: list[tuple[str, Path, Path]] = []  # (flag, temp file, path)
+    done: list[tuple[str, Path, Path, Path]] = []  # (flag, temp file, the file it replaces, the path given)
     current = (flag, None)
     try:
         for image, path in pairs:  # (before any file: a grid too wide for a WebP is Pillow's ValueError)
@@ -394,17 +394,17 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
                   for (image, path), text in zip(pairs, texts or [None] * len(pairs), strict=True)]
         for write_flag, path, write in [*writes, *((f, p, _through_handle(w)) for f, p, w in also)]:
             current = (write_flag, Path(path))
-            path = write_target(Path(path))  # (a link: its target)
-            # Beside it, a name no one else uses, keeping the suffix: Pillow picks the format by it.
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
-            done.append((write_flag, tmp, path))
-            path.parent.mkdir(parents=True, exist_ok=True)
+            target = write_target(Path(path))  # (a link: its target)
+            # Beside it, a name no one else uses, with the suffix the user gave: Pillow picks the format by it.
+            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{Path(path).suffix}")
+            done.append((write_flag, tmp, target, Path(path)))
+            target.parent.mkdir(parents=True, exist_ok=True)
             write(tmp)
-        for write_flag, tmp, path in done:
-            current = (write_flag, path)
-            tmp.replace(path)
+        for write_flag, tmp, target, given in done:
+            current = (write_flag, given)
+            tmp.replace(target)
     except BaseException as exc:
-        for _, tmp, _ in done:
+        for _, tmp, _, _ in done:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):

@@ -166,18 +166,22 @@ def open_new_file(path: Path):  # -> BinaryIO
 
 
 def remove_stale_temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:
-    """Delete the temp files that interrupted atomic writes of ``names`` left in ``folder``."""
+    """Delete the temp files that interrupted atomic writes of ``names`` left in ``folder`` (and, for a name that is
+    a link, beside its target, where ``atomic_write_bytes`` writes them)."""
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    patterns = [re.compile(rf"^\.{re.escape(name)}\.(tmp-.*|.+\.tmp)$") for name in names]
-    for entry in folder.iterdir():
-        if entry.is_file() and any(p.match(entry.name) for p in patterns):
-            try:
-                entry.unlink()
-                removed.append(entry)
-            except OSError:
-                pass
+    places: dict[Path, set[str]] = {folder: set(names)}
+    for name in names:
+        target = write_target(folder / name)
+        places.setdefault(target.parent, set()).add(target.name)
+    for place, held in places.items():
+        patterns = [re.compile(rf"^\.{re.escape(name)}\.(tmp-.*|.+\.tmp)$") for name in held]
+        for entry in place.iterdir() if place.is_dir() else ():
+            if entry.is_file() and any(p.match(entry.name) for p in patterns):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    removed.append(entry)
     return removed
 
 
@@ -188,6 +192,9 @@ def check_files_to_replace(paths: list[Path], then: str) -> None:
         if path.exists() and not path.is_file():
             raise ZoodipError(f"{path} is not a file (a folder or a device), and the run writes its own there at the "
                               f"end: move it, then {then}")
+        if path.exists() and not _writable_folder(write_target(path).absolute().parent):  # (a link's: its target's)
+            raise ZoodipError(f"{path} is in a folder this process cannot write{' (through its link)' if path.is_symlink() else ''}"
+                              f", and the run replaces it at the end: make the folder writable, then {then}")
 
 
 def write_failure(exc: OSError) -> tuple[str, str]:
@@ -202,9 +209,13 @@ def write_failure(exc: OSError) -> tuple[str, str]:
 
 
 def write_target(path: Path) -> Path:
-    """The file a write to ``path`` replaces: a symbolic link's target (a rename over the link itself would turn it
-    into a plain file and leave the target stale), else ``path``."""
-    return Path(os.path.realpath(path)) if os.path.islink(path) else path
+    """The file a write to ``path`` replaces: a symbolic link's target where that is a file or not there yet (a rename
+    over the link itself would turn it into a plain file and leave the target stale), else ``path`` (a link to a
+    device, a pipe or a folder is replaced, never what it points at)."""
+    if not os.path.islink(path):
+        return path
+    target = Path(os.path.realpath(path))
+    return target if target.is_file() or not os.path.lexists(target) else path
 
 
 def atomic_write_bytes(path: Path, write: Callable[[object], None], then: str = "try again") -> None:
@@ -214,23 +225,23 @@ def atomic_write_bytes(path: Path, write: Callable[[object], None], then: str = 
     line ends with the fix for the failure (``write_failure``) and ``then``, what the caller's user does after it. A
     symbolic link is written through (``write_target``).
     """
-    path = write_target(path)
-    tmp = temp_path(path)
+    target = write_target(path)
+    tmp = temp_path(target)
     try:
         with open_new_file(tmp) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
         if not isinstance(exc, OSError):
             raise
         reason, fix = write_failure(exc)
-        kept = "; the previous version is intact" if path.exists() else ""
+        kept = "; the previous version is intact" if target.is_file() else ""
         raise ZoodipError(f"cannot write {path}: {reason}{kept}: {fix} and {then}") from None
-    _fsync_folder(path.parent)
+    _fsync_folder(target.parent)
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -63,9 +63,6 @@ def append_log(path: Path, record: dict) -> None:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
     except OSError as exc:
-        if not path.parent.is_dir():  # removed or moved during the run, its checkpoint with it: not remade here
-            raise ZoodipError(f"the run folder {path.parent} went away during the run (removed or moved), and its "
-                              "checkpoint with it: start the run again") from None
         reason, fix = write_failure(exc)
         raise ZoodipError(f"cannot append to {path} ({reason}): {fix}, then resume with --resume (the last checkpoint "
                           "is intact)") from None

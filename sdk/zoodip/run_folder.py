@@ -6,13 +6,15 @@ takes the folder (``Personalizer``, under the folder's lock).
 """
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 from .checkpoint import CHECKPOINT_NAME, check_checkpoint_file
 from .config import PersonalizeConfig
 from .embeddings import a1111_file_name
 from .errors import ZoodipError
-from .paths import check_files_to_replace
+from .paths import check_files_to_replace, check_output_dir
 
 EMBEDDING_NAME = "learned_embeds.safetensors"
 LOG_NAME = "log.jsonl"
@@ -25,14 +27,34 @@ SNAPSHOT_TEMP = re.compile(r"^\.(learned_embeds-steps-\d+\.safetensors)\.")
 
 def check_run_folder(config: PersonalizeConfig, resume: bool) -> None:
     """A resume needs the folder's checkpoint and refuses a folder (or device) where its embedding files go; a
-    fresh run refuses a folder holding a run (it would be lost) or an embedding it would replace."""
-    out = config.output_dir
-    if resume:
-        check_checkpoint_file(out / CHECKPOINT_NAME)
-        check_files_to_replace([out / EMBEDDING_NAME,
-                                *([out / a1111_file_name(config.placeholder_token)] if config.a1111 else [])],
-                               "resume with --resume")
-    elif (out / CHECKPOINT_NAME).exists() or (out / EMBEDDING_NAME).exists():  # a run's, or another tool's file
-        held = ("a run: pass --resume to continue it," if (out / CHECKPOINT_NAME).exists() else
-                f"{EMBEDDING_NAME}, which a fresh run would replace: move it,")
-        raise ZoodipError(f"{out} already holds {held} or choose a new --output_dir")
+    fresh run refuses a folder holding a run (it would be lost) or an embedding file it would replace."""
+    out = check_output_dir(config.output_dir)
+    checkpoint = out / CHECKPOINT_NAME
+    embeddings = [out / EMBEDDING_NAME, *([out / a1111_file_name(config.placeholder_token)] if config.a1111 else [])]
+    if resume or (checkpoint.exists() and not checkpoint.is_file()):  # (a folder is no run to resume either)
+        check_checkpoint_file(checkpoint)
+        check_files_to_replace(embeddings, "resume with --resume")
+    elif checkpoint.exists():
+        raise ZoodipError(f"{out} already holds a run: pass --resume to continue it, or choose a new --output_dir")
+    for path in embeddings if not resume else ():  # a run's, or another tool's file (A1111's, diffusers')
+        if path.exists():
+            raise ZoodipError(f"{out} already holds {path.name}, which a fresh run would replace: move it, or "
+                              "choose a new --output_dir")
+
+
+def folder_identity(folder: Path) -> tuple[int, int] | None:
+    """Which folder ``folder`` names now (device and inode), or None where it names none."""
+    try:
+        found = os.stat(folder)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def check_folder_kept(folder: Path, identity: tuple[int, int] | None) -> None:
+    """Stop a run whose folder is no longer the one it started in (removed, moved, or replaced by another): its
+    next writes would remake it, or write into another, without the run's config.json and earlier log."""
+    if identity is not None and folder_identity(folder) != identity:
+        raise ZoodipError(f"the run folder {folder} went away during the run (removed, moved, or replaced by "
+                          "another): if you moved it, resume it where it is now with --resume; else start the run "
+                          "again")

@@ -58,7 +58,8 @@ _METADATA_KEY = "__metadata__"
 
 
 def save_file(
-    tensors: Mapping[str, np.ndarray], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
+    tensors: Mapping[str, np.ndarray], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None,
+    *, then: str = "try again",
 ) -> Path:
     """Write ``tensors`` to ``path`` in safetensors format, atomically.
 
@@ -102,7 +103,7 @@ def save_file(
             handle.write(chunk)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, write)
+    atomic_write_bytes(path, write, then)  # (``then``: what the user does after a failed write)
     return path
 
 

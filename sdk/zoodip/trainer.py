@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
 from .run_checks import append_log, check_outcome, sha256_of_files, truncate_log
 from .run_folder import (CONFIG_NAME, EMBEDDING_NAME, LOG_NAME, RUN_FILES, SNAPSHOT_NAME,  # noqa: F401 (public here)
-                         SNAPSHOT_TEMP, check_run_folder)
+                         SNAPSHOT_TEMP, check_folder_kept, check_run_folder, folder_identity)
 from .search_space import choose_search_space
 from .setting_warnings import warn_about_settings
 from .step_inputs import StepInputs, draw_step_inputs, encode_photo_views, step_rng
@@ -250,7 +251,8 @@ class Personalizer:
 
     def save_embedding(self, path: Path, v: np.ndarray, save: Callable[..., Path] = save_learned_embeds) -> Path:
         """The flat vector ``v`` as the token's [num_vectors, width] embedding file (diffusers' layout by default)."""
-        return save(path, self.config.placeholder_token, as_matrix(v, self.width), self.embedding_metadata())
+        return save(path, self.config.placeholder_token, as_matrix(v, self.width), self.embedding_metadata(),
+                    then="resume with --resume (the checkpoint is saved)")
 
     def snapshot_path(self) -> Path:
         return self.config.output_dir / SNAPSHOT_NAME.format(step=self.step)
@@ -321,15 +323,19 @@ class Personalizer:
 
     # -- the run -------------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
+        check_folder_kept(self.config.output_dir, self._folder_identity)  # (the append would remake a removed one)
         append_log(self.config.output_dir / LOG_NAME, record)
 
     def _start_fresh(self) -> None:
         """Write config.json, the step-0 evaluation and the first checkpoint, or nothing at all."""
         out = self.config.output_dir
         missing = [p for p in [out, *out.parents] if not p.exists()]
+        linked = os.path.lexists(out / CHECKPOINT_NAME)  # (a link to a file not there yet: the user's, kept)
         try:
             out.mkdir(parents=True, exist_ok=True)
-            (out / LOG_NAME).unlink(missing_ok=True)
+            self._folder_identity = folder_identity(out)
+            for name in (LOG_NAME, CONFIG_NAME):  # anew (a link into another run's folder: the link, not its file)
+                (out / name).unlink(missing_ok=True)
             (out / CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=2, default=str))
             if self.config.eval_every:
                 self._phase(f"first evaluation ({len(self._eval_items)} forwards)")
@@ -337,7 +343,7 @@ class Personalizer:
                 self._log({"step": 0, "eval_loss": value})
             self.save_checkpoint()
         except BaseException as exc:
-            for name in (CONFIG_NAME, LOG_NAME, CHECKPOINT_NAME):
+            for name in (CONFIG_NAME, LOG_NAME, *(() if linked else (CHECKPOINT_NAME,))):
                 try:
                     (out / name).unlink(missing_ok=True)
                 except OSError:
@@ -391,6 +397,7 @@ class Personalizer:
             snapshots = {m.group(1) for entry in out.iterdir() if (m := SNAPSHOT_TEMP.match(entry.name))}
             remove_stale_temp_files(out, tuple(snapshots))
         check_run_folder(self.config, resume)  # (again: checked before the model loaded, now under the lock)
+        self._folder_identity = folder_identity(out)  # (a fresh run's: once its start has made the folder)
         if resume:
             self._phase("loading the checkpoint")
             self.load_checkpoint()

@@ -54,10 +54,20 @@ def test_a_run_whose_folder_goes_away_stops_in_one_line_and_does_not_remake_it(t
     def remove_at_five(progress):
         if progress.step == 5 and progress.event == "step":
             shutil.rmtree(tmp_path / "run")
-    with pytest.raises(ZoodipError, match=r"^the run folder \S+run went away during the run \(removed or moved\), and "
-                                          r"its checkpoint with it: start the run again$"):
+    went_away = (r"^the run folder \S+run went away during the run \(removed, moved, or replaced by another\): if you "
+                 r"moved it, resume it where it is now with --resume; else start the run again$")
+    with pytest.raises(ZoodipError, match=went_away):
         personalize(config, on_progress=remove_at_five)
     assert not (tmp_path / "run").exists()
+
+    def replace_at_five(progress):  # another folder in its place: the run wrote on there, without its config.json
+        if progress.step == 5 and progress.event == "step":
+            (tmp_path / "run").rename(tmp_path / "moved")
+            (tmp_path / "run").mkdir()
+    with pytest.raises(ZoodipError, match=went_away):
+        personalize(config, on_progress=replace_at_five)
+    assert not (tmp_path / "run").exists()  # nothing written there (the run's start made "run": left as it was, empty)
+    personalize(dataclasses.replace(config, output_dir=tmp_path / "moved"), resume=True)  # where it is now
 
 
 def _final_bytes(out) -> bytes:
@@ -243,14 +253,42 @@ def test_a_folder_that_cannot_take_the_run_is_refused_before_the_model_loads(tin
     with pytest.raises(ZoodipError, match=r"^nothing to resume: \S+checkpoint\.npz does not exist"):
         personalize(make_config(tiny_export, photos, out), resume=True)
     (out / "checkpoint.npz").mkdir()
-    with pytest.raises(ZoodipError, match=r"checkpoint \S+ is not a file"):
-        personalize(make_config(tiny_export, photos, out), resume=True)
+    for resume in (True, False):  # (not "pass --resume", which then said "start without --resume")
+        with pytest.raises(ZoodipError, match=r"checkpoint \S+ is not a file: remove it and start again without"):
+            personalize(make_config(tiny_export, photos, out), resume=resume)
+    (out / "checkpoint.npz").rmdir()
+    (out / "checkpoint.npz").write_bytes(b"a run's")
     with pytest.raises(ZoodipError, match="already holds a run"):
         personalize(make_config(tiny_export, photos, out))
-    (out / "checkpoint.npz").rmdir()
+    (out / "checkpoint.npz").unlink()
     (out / "learned_embeds.safetensors").write_bytes(b"another tool's")
     with pytest.raises(ZoodipError, match="already holds learned_embeds.safetensors"):
         personalize(make_config(tiny_export, photos, out))
+    (out / "learned_embeds.safetensors").unlink()
+    (out / "striped-star.safetensors").write_bytes(b"an A1111 embedding")  # (--a1111's file: it was replaced)
+    with pytest.raises(ZoodipError, match="already holds striped-star.safetensors, which a fresh run would replace"):
+        personalize(make_config(tiny_export, photos, out, a1111=True))
+    with pytest.raises(ZoodipError, match=r"^--output_dir \S+ is an existing file"):  # (not "nothing to resume")
+        personalize(make_config(tiny_export, photos, out / "striped-star.safetensors"), resume=True)
+
+
+def test_a_fresh_start_writes_its_own_config_and_keeps_the_users_links(tiny_export, photos, tmp_path):
+    """A config.json link into another run's folder had that run's settings replaced; a failed start deleted the
+    user's checkpoint link and named its target, not checkpoint.npz."""
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text("another run's settings")
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "config.json").symlink_to(tmp_path / "other" / "config.json")
+    personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0))
+    assert (tmp_path / "other" / "config.json").read_text() == "another run's settings"
+    assert not (out / "config.json").is_symlink() and json.loads((out / "config.json").read_text())["seed"] == 0
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "checkpoint.npz").symlink_to(tmp_path / "no-such-folder" / "c.npz")
+    with pytest.raises(ZoodipError, match=r"^cannot write \S+linked/checkpoint\.npz: No such file or directory"):
+        personalize(make_config(tiny_export, photos, linked, max_train_steps=2, eval_every=0))
+    assert (linked / "checkpoint.npz").is_symlink() and sorted(p.name for p in linked.iterdir()) == ["checkpoint.npz"]
 
 
 def test_resume_refuses_other_settings_and_fresh_run_refuses_existing(tiny_export, photos, tmp_path):

@@ -143,6 +143,52 @@ def test_the_run_log_and_the_run_start_give_the_fix_that_fits_the_failure(tmp_pa
         append_log(tmp_path / "other.jsonl", {"step": 1})
 
 
+def test_a_link_to_what_is_no_file_is_replaced_not_written_through(tmp_path):
+    """Written through, a link to a device replaced the device (as root: /dev/null became a file of latents), and a
+    link to a file of another suffix made Pillow pick no format (a traceback) or another one."""
+    import os
+
+    from PIL import Image
+    from zoodip.images import save_images
+    from zoodip.paths import atomic_write_bytes
+
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "c.npz").symlink_to(tmp_path / "pipe")
+    atomic_write_bytes(tmp_path / "c.npz", lambda handle: handle.write(b"new"))
+    assert (tmp_path / "c.npz").read_bytes() == b"new" and not (tmp_path / "c.npz").is_symlink()
+    assert (tmp_path / "pipe").is_fifo()
+    (tmp_path / "plain.dat").write_bytes(b"old")
+    (tmp_path / "x.png").symlink_to(tmp_path / "plain.dat")
+    save_images([(Image.new("RGB", (4, 4), "red"), tmp_path / "x.png")])
+    assert Image.open(tmp_path / "plain.dat").format == "PNG"  # the name the user gave says the format
+
+
+def test_temp_files_left_beside_a_links_target_are_cleaned_with_the_runs(tmp_path):
+    from zoodip.paths import remove_stale_temp_files
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "kept.npz").write_bytes(b"checkpoint")
+    (tmp_path / "run" / "checkpoint.npz").symlink_to(tmp_path / "store" / "kept.npz")
+    (tmp_path / "store" / ".kept.npz.tmp-123-abcd").write_bytes(b"half")  # a write killed mid-way
+    (tmp_path / "run" / ".checkpoint.npz.tmp-123-abcd").write_bytes(b"half")
+    removed = remove_stale_temp_files(tmp_path / "run", ("checkpoint.npz",))
+    assert len(removed) == 2 and sorted(p.name for p in (tmp_path / "store").iterdir()) == ["kept.npz"]
+
+
+def test_a_folder_where_the_file_goes_is_not_said_to_be_intact(tmp_path):
+    from zoodip.paths import atomic_write_bytes
+
+    (tmp_path / "e.safetensors").mkdir()
+    with pytest.raises(ZoodipError, match=r"cannot write \S+e\.safetensors: Is a directory: check the folder"):
+        atomic_write_bytes(tmp_path / "e.safetensors", lambda handle: handle.write(b"x"))
+    import numpy as np
+    from zoodip.embeddings import save_learned_embeds
+
+    with pytest.raises(ZoodipError, match=r"check the folder and resume with --resume$"):  # (was: "try again")
+        save_learned_embeds(tmp_path / "e.safetensors", "<t>", np.zeros(4, np.float32), then="resume with --resume")
+
+
 def test_an_interrupted_write_leaves_the_previous_file_and_no_temp_file(tmp_path):
     from zoodip.paths import atomic_write_bytes
 
