@@ -7,16 +7,20 @@
     result = job.wait()    # PersonalizeResult (status, embedding path, eval losses)
     images = job.generate("a photo of <my-dog> on a beach")   # within the job's memory budget, if it has one
 
-A cancelled or killed job continues with ``PersonalizationJob(same_config, resume=True).start()``.
+A cancelled or killed job continues with ``PersonalizationJob(same_config, resume=True).start()``. An interpreter
+that exits while a job runs cancels it and waits for its checkpoint first (``atexit``): ended under a running
+onnxruntime session, the process would abort and lose the steps since the last checkpoint.
 Progress can also be streamed as JSON lines (one object per event) for a process boundary, e.g.
 an Android app that runs the CLI with ``--progress-jsonl``.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import numbers
 import threading
+import weakref
 from dataclasses import asdict
 from typing import IO, Any, Callable
 
@@ -29,6 +33,17 @@ from .model import ExportedModel
 from .trainer import PersonalizeConfig, PersonalizeResult, Progress, personalize
 
 __all__ = ["PersonalizationJob", "progress_to_json", "jsonl_progress_writer"]
+_STARTED: weakref.WeakSet[PersonalizationJob] = weakref.WeakSet()  # the jobs an exiting interpreter stops first
+
+
+@atexit.register
+def _stop_running_jobs() -> None:
+    """Cancel the jobs still running and wait for their checkpoints (atexit runs before the daemon threads die)."""
+    running = [job for job in list(_STARTED) if job.running]
+    for job in running:
+        job._cancel.set()
+    for job in running:
+        job._finished.wait()
 
 
 def progress_to_json(progress: Progress) -> str:
@@ -72,6 +87,11 @@ class PersonalizationJob:
         self._thread: threading.Thread | None = None
         self._running_here = False  # run(): in the caller's thread
         self._model: ExportedModel | None = None  # generate()'s, loaded on first use
+        self._model_lock = threading.Lock()  # (generate() from several threads: one model, one memory budget)
+        # Set when the run ends, however it ends. Not Thread.is_alive(): a Ctrl-C in Thread.join marks the thread
+        # ended while it runs on (CPython 3.11), and wait() then read a result not there yet.
+        self._finished = threading.Event()
+        self._runner: int | None = None  # the thread running it, which must not wait() for itself
 
     def _progress(self, progress: Progress) -> None:
         self.latest = progress
@@ -84,10 +104,13 @@ class PersonalizationJob:
             self._cancel.set()
 
     def _target(self) -> None:
+        self._runner = threading.get_ident()
         try:
             self.result = personalize(self.config, self._progress, resume=self.resume, cancel_event=self._cancel)
         except BaseException as exc:  # reported through wait(); never lost in the thread
             self.error = exc
+        finally:
+            self._finished.set()
 
     def _claim(self) -> None:
         """One run per job: a second would share the run folder with the first, or replace its outcome."""
@@ -98,6 +121,7 @@ class PersonalizationJob:
     def start(self) -> PersonalizationJob:
         self._claim()
         self._thread = threading.Thread(target=self._target, name="zoodip-personalize", daemon=True)
+        _STARTED.add(self)
         self._thread.start()
         return self
 
@@ -111,26 +135,29 @@ class PersonalizationJob:
     def cancel(self) -> None:
         """Ask the job to stop after the current step; it saves a checkpoint and the embedding so far
         (``result.embedding_path``, a ``learned_embeds-steps-N.safetensors``) and returns 'cancelled'. Before
-        ``start()`` there is nothing to stop: refused, so that a later start does not set up only to cancel."""
+        ``start()`` there is nothing to stop: refused, so that a later start does not set up only to cancel. A cancel
+        during the setup takes effect when it ends (the model loaded, the photos encoded, the first evaluation)."""
         if self._thread is None and not self._running_here:
             raise ZoodipError("the job was not started: there is nothing to cancel (start() runs it)")
         self._cancel.set()
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return (self._thread is not None or self._running_here) and not self._finished.is_set()
 
     def wait(self, timeout: float | None = None) -> PersonalizeResult | None:
         """Wait for the job; returns the result, None on timeout, or raises the job's error."""
+        if self._runner == threading.get_ident() and not self._finished.is_set():
+            raise ZoodipError("wait() was called from the job's own thread (its on_progress): it would wait for "
+                              "itself; wait from another thread")
         if self._thread is None:
             raise ZoodipError("the job was not run in a thread: start() it first" if not self._running_here else
                               "the job ran in the caller's thread: run() returned its result")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
                                     or math.isnan(timeout) or timeout < 0):
             raise ZoodipError(f"timeout must be a number of seconds >= 0 (or None to wait to the end), got {timeout!r}")
-        # Past the OS's longest wait (infinity included) Thread.join raises, and leaves the thread marked as ended
-        self._thread.join(None if timeout is None or timeout >= threading.TIMEOUT_MAX else float(timeout))
-        if self._thread.is_alive():
+        # Past the OS's longest wait (infinity included) the wait raises
+        if not self._finished.wait(None if timeout is None or timeout >= threading.TIMEOUT_MAX else float(timeout)):
             return None
         return self._outcome()
 
@@ -152,8 +179,9 @@ class PersonalizationJob:
             raise ZoodipError("this job has no learned embedding: start() it and wait() for it first (a job that "
                               "failed has none)")
         token, vectors = load_embedding_file(self.result.embedding_path)
-        if self._model is None:
-            self._model = ExportedModel.load(self.config.export_dir, self.config.runtime_options())
+        with self._model_lock:
+            if self._model is None:
+                self._model = ExportedModel.load(self.config.export_dir, self.config.runtime_options())
         options.setdefault("clip_skip", self.config.clip_skip)
         return generate(self._model, prompt, added_embeddings={token: vectors}, **options)
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,9 @@ class ExportedModel:
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._max_token_norm: float | None = None
         self._sessions_lock = threading.Lock()  # two threads' generate(): one's release() between the other's steps
+        # Each file as opened: a session made later (first use, or after release) from a replaced file would mix two
+        # exports' graphs with this one's tokenizer and schedule.
+        self._opened = {name: _file_state(self.folder / name) for name in manifest["files"]}
 
         scheduler_path = self.folder / manifest["scheduler"]
         try:
@@ -126,8 +130,12 @@ class ExportedModel:
         manifest = read_manifest(folder)
         if verify_hashes is not False:
             verify_files(folder, manifest["files"], force=bool(verify_hashes))
-        model = cls(folder, manifest, options or RuntimeOptions())
+        # A copy: the model sets its own (low_memory under a budget), and a caller's later change is not checked.
+        options = RuntimeOptions() if options is None else replace(
+            options, extra_config=dict(options.extra_config), session_attributes=dict(options.session_attributes))
+        model = cls(folder, manifest, options)
         model.check_memory_budget()
+        model.session_options()  # (a session attribute onnxruntime refuses: said now, not at the first graph)
         return model
 
     def weights_bytes(self, names: tuple[str, ...] = ("text_encoder", "unet")) -> int:
@@ -224,7 +232,11 @@ class ExportedModel:
         for key, value in self.options.session_attributes.items():
             if key.startswith("_") or not hasattr(opts, key):
                 raise ZoodipError(f"'{key}' is not an onnxruntime SessionOptions attribute: check RuntimeOptions.session_attributes")
-            setattr(opts, key, value)
+            try:
+                setattr(opts, key, value)
+            except (TypeError, ValueError) as exc:  # pybind's own words run to several lines
+                raise ZoodipError(f"RuntimeOptions.session_attributes['{key}'] = {value!r:.40} is not a value onnxruntime "
+                                  f"takes ({type(getattr(opts, key)).__name__} expected)") from None
         return opts, disabled
 
     def session(self, name: str) -> ort.InferenceSession:
@@ -235,6 +247,10 @@ class ExportedModel:
             if session is None:
                 graph = self.manifest["graphs"][name]
                 path = self.folder / graph["file"]
+                for file in filter(None, (graph.get("file"), graph.get("external_data"))):
+                    if file in self._opened and _file_state(self.folder / file) != self._opened[file]:
+                        raise ZoodipError(f"the export at {self.folder} changed since the model was opened ({file}): "
+                                          "open it again")
                 opts, disabled = self.session_options(name)
                 try:
                     session = ort.InferenceSession(
@@ -361,6 +377,15 @@ class ExportedModel:
     @property
     def default_resolution(self) -> int:
         return self.sample_size * self.vae_scale_factor
+
+
+def _file_state(path: Path) -> tuple[int, int, int, int] | None:
+    """What tells a file from its replacement without reading it (device, inode, size, modification time)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
 
 
 def reopen_export(folder: Path, options: RuntimeOptions, identity: str) -> ExportedModel:

@@ -61,3 +61,35 @@ def test_runtime_options_that_are_not_what_they_say_are_one_line_at_load(tiny_ex
     with pytest.raises(ZoodipError, match="verify_hashes must be None, True or False"):
         ExportedModel.load(tiny_export, verify_hashes="no")  # "no" would have been True
     ExportedModel.load(tiny_export, RuntimeOptions(threads=np.int64(1)))
+
+
+def test_a_model_keeps_its_own_copy_of_the_options_and_checks_session_attributes_at_load(tiny_export):
+    """The caller's options were the model's own: load set low_memory on them, and a change after load reached the
+    next session unchecked (a ValueError); a session attribute of the wrong type was onnxruntime's TypeError at the
+    first generate()."""
+    from zoodip.errors import ZoodipError
+
+    options = RuntimeOptions(memory_budget_mb=10_000, low_memory=False)
+    model = ExportedModel.load(tiny_export, options)
+    assert model.options.low_memory and not options.low_memory
+    options.threads = "many"
+    model.session("text_encoder")
+    with pytest.raises(ZoodipError, match=r"^RuntimeOptions.session_attributes\['enable_cpu_mem_arena'\] = 'no' is not "
+                                          r"a value onnxruntime takes \(bool expected\)$"):
+        ExportedModel.load(tiny_export, RuntimeOptions(session_attributes={"enable_cpu_mem_arena": "no"}))
+
+
+def test_a_graph_replaced_after_the_model_opened_is_refused_not_mixed_in(tiny_export, tmp_path):
+    """A session opened after the export's files were replaced ran the other export's graph with this one's
+    tokenizer and schedule: images of neither."""
+    import shutil
+
+    from zoodip.errors import ZoodipError
+
+    folder = shutil.copytree(tiny_export, tmp_path / "export")
+    model = ExportedModel.load(folder)
+    model.session("unet")
+    (folder / "vae_decoder.onnx").write_bytes((folder / "vae_decoder.onnx").read_bytes() + b" ")
+    model.session("unet")  # (open already: kept)
+    with pytest.raises(ZoodipError, match=r"changed since the model was opened \(vae_decoder.onnx\): open it again$"):
+        model.session("vae_decoder")

@@ -1,0 +1,104 @@
+"""A PersonalizationJob as an app backend lives with it: interrupted waits, waits from its own callback, several
+threads generating at once, an interpreter that exits while it trains."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from test_personalize import make_config
+from zoodip.api import PersonalizationJob
+from zoodip.errors import ZoodipError
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted()
+
+
+def test_an_interrupted_wait_leaves_the_job_running_and_waitable(tiny_export, photos, tmp_path):
+    """A Ctrl-C in wait() (Thread.join) marked the job's thread as ended while it trained on: `running` said False,
+    and the next wait() failed with a bare AssertionError instead of waiting."""
+    previous = signal.signal(signal.SIGALRM, _raise_interrupted)
+    job = PersonalizationJob(make_config(tiny_export, photos, tmp_path / "run", max_train_steps=100_000,
+                                         eval_every=0, checkpoint_every=0)).start()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        with pytest.raises(Interrupted):
+            job.wait()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert job.running
+    job.cancel()
+    result = job.wait()
+    assert result.status == "cancelled" and not job.running
+
+
+def test_wait_from_the_jobs_own_callback_is_one_line(tiny_export, photos, tmp_path):
+    """It raised Thread.join's RuntimeError (start()), or said that run() had returned while it ran."""
+    holder: list[PersonalizationJob] = []
+
+    def waits(progress):
+        if progress.event == "step":
+            holder[0].wait()
+    for how in ("start", "run"):
+        job = PersonalizationJob(make_config(tiny_export, photos, tmp_path / how, max_train_steps=3, eval_every=0),
+                                 on_progress=waits)
+        holder[:] = [job]
+        with pytest.raises(ZoodipError, match=r"^wait\(\) was called from the job's own thread \(its on_progress\): it "
+                                              r"would wait for itself; wait from another thread$"):
+            job.start().wait() if how == "start" else job.run()
+        assert job.result.status == "cancelled"  # stopped as on_progress' error stops it: its checkpoint kept
+
+
+def test_generate_from_several_threads_loads_one_model(tiny_export, photos, tmp_path, monkeypatch):
+    """Each thread loaded a model of its own: a job's memory budget held four times over."""
+    import zoodip.api
+
+    job = PersonalizationJob(make_config(tiny_export, photos, tmp_path / "run", max_train_steps=2, eval_every=0))
+    job.start().wait()
+    loads = []
+    real_load = zoodip.api.ExportedModel.load
+
+    def counted(*args, **kwargs):
+        loads.append(1)
+        return real_load(*args, **kwargs)
+    monkeypatch.setattr(zoodip.api.ExportedModel, "load", counted)
+    images: list = []
+    threads = [threading.Thread(target=lambda: images.append(job.generate("a photo of <striped-star>", steps=2)))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(loads) == 1 and len(images) == 3
+    assert all(np.array_equal(np.asarray(images[0][0]), np.asarray(other[0])) for other in images[1:])
+
+
+def test_an_interpreter_that_exits_mid_job_cancels_it_and_keeps_its_checkpoint(tiny_export, photos, tmp_path):
+    """The job's daemon thread died under a running onnxruntime session: the process aborted (status 134), the steps
+    since the last checkpoint lost and the lock file left."""
+    out = tmp_path / "run"
+    script = f"""
+import time
+from zoodip.api import PersonalizationJob
+from zoodip.trainer import PersonalizeConfig
+config = PersonalizeConfig(export_dir={str(tiny_export)!r}, images={str(photos)!r}, output_dir={str(out)!r},
+                           placeholder_token="<s>", initializer_token="star", max_train_steps=100000, eval_every=0,
+                           checkpoint_every=0, tau=4, threads=1)
+job = PersonalizationJob(config).start()
+while job.latest is None or job.latest.step < 3:
+    time.sleep(0.05)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(np.load(out / "checkpoint.npz")["step"]) >= 3
+    assert not (out / ".zoodip-run.lock").exists()
