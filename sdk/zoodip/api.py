@@ -9,7 +9,8 @@
 
 A cancelled or killed job continues with ``PersonalizationJob(same_config, resume=True).start()``. An interpreter
 that exits while a job runs cancels it and waits for its checkpoint first (``atexit``): ended under a running
-onnxruntime session, the process would abort and lose the steps since the last checkpoint.
+onnxruntime session, the process would abort and lose the steps since the last checkpoint. That wait ends with the
+job's current step (or ``on_progress`` call: one that never returns holds the exit), or at a Ctrl-C.
 Progress can also be streamed as JSON lines (one object per event) for a process boundary, e.g.
 an Android app that runs the CLI with ``--progress-jsonl``.
 """
@@ -19,6 +20,7 @@ import atexit
 import json
 import math
 import numbers
+import os
 import threading
 import weakref
 from dataclasses import asdict
@@ -38,12 +40,17 @@ _STARTED: weakref.WeakSet[PersonalizationJob] = weakref.WeakSet()  # the jobs an
 
 @atexit.register
 def _stop_running_jobs() -> None:
-    """Cancel the jobs still running and wait for their checkpoints (atexit runs before the daemon threads die)."""
-    running = [job for job in list(_STARTED) if job.running]
+    """Cancel the jobs still running and wait for their checkpoints (atexit runs before the daemon threads die). Only
+    this process's (a forked child has none of their threads); a Ctrl-C while it waits exits at once."""
+    running = [job for job in list(_STARTED) if job.running and job._pid == os.getpid()]
     for job in running:
         job._cancel.set()
-    for job in running:
-        job._finished.wait()
+    try:
+        for job in running:
+            while not job._finished.wait(0.1):  # (short waits: a Ctrl-C is seen between them)
+                pass
+    except KeyboardInterrupt:
+        pass
 
 
 def progress_to_json(progress: Progress) -> str:
@@ -122,6 +129,7 @@ class PersonalizationJob:
         self._claim()
         self._thread = threading.Thread(target=self._target, name="zoodip-personalize", daemon=True)
         _STARTED.add(self)
+        self._pid = os.getpid()
         self._thread.start()
         return self
 

@@ -177,7 +177,11 @@ def remove_stale_temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:
         places.setdefault(target.parent, set()).add(target.name)
     for place, held in places.items():
         patterns = [re.compile(rf"^\.{re.escape(name)}\.(tmp-.*|.+\.tmp)$") for name in held]
-        for entry in place.iterdir() if place.is_dir() else ():
+        try:
+            entries = list(place.iterdir()) if place.is_dir() else []
+        except OSError:  # a folder it may write but not list (a drop box): nothing of its to clean
+            continue
+        for entry in entries:
             if entry.is_file() and any(p.match(entry.name) for p in patterns):
                 with contextlib.suppress(OSError):
                     entry.unlink()
@@ -192,9 +196,11 @@ def check_files_to_replace(paths: list[Path], then: str) -> None:
         if path.exists() and not path.is_file():
             raise ZoodipError(f"{path} is not a file (a folder or a device), and the run writes its own there at the "
                               f"end: move it, then {then}")
-        if path.exists() and not _writable_folder(write_target(path).absolute().parent):  # (a link's: its target's)
-            raise ZoodipError(f"{path} is in a folder this process cannot write{' (through its link)' if path.is_symlink() else ''}"
-                              f", and the run replaces it at the end: make the folder writable, then {then}")
+        folder = write_target(path).absolute().parent  # (a link's: its target's, there or not yet)
+        if (path.exists() or path.is_symlink()) and not _writable_folder(folder):
+            where = f"links into {folder}, a folder" if path.is_symlink() else "is in a folder"
+            raise ZoodipError(f"{path} {where} this process cannot write (or that is not there), and the run writes "
+                              f"it at the end: make the folder writable, then {then}")
 
 
 def write_failure(exc: OSError) -> tuple[str, str]:
@@ -240,7 +246,8 @@ def atomic_write_bytes(path: Path, write: Callable[[object], None], then: str = 
             raise
         reason, fix = write_failure(exc)
         kept = "; the previous version is intact" if target.is_file() else ""
-        raise ZoodipError(f"cannot write {path}: {reason}{kept}: {fix} and {then}") from None
+        shown = f"{path} (a link to {target})" if target != path else path
+        raise ZoodipError(f"cannot write {shown}: {reason}{kept}: {fix} and {then}") from None
     _fsync_folder(target.parent)
 
 

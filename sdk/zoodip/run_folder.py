@@ -6,6 +6,7 @@ takes the folder (``Personalizer``, under the folder's lock).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -26,20 +27,38 @@ SNAPSHOT_TEMP = re.compile(r"^\.(learned_embeds-steps-\d+\.safetensors)\.")
 
 
 def check_run_folder(config: PersonalizeConfig, resume: bool) -> None:
-    """A resume needs the folder's checkpoint and refuses a folder (or device) where its embedding files go; a
-    fresh run refuses a folder holding a run (it would be lost) or an embedding file it would replace."""
+    """A resume needs the folder's checkpoint; a fresh run refuses a folder holding a run (it would be lost), an
+    embedding file it would replace, or a config.json or log.jsonl that is not a zoodip run's (a project's own, with
+    ``--output_dir .``); either refuses, before the work, a place its files cannot go."""
     out = check_output_dir(config.output_dir)
     checkpoint = out / CHECKPOINT_NAME
     embeddings = [out / EMBEDDING_NAME, *([out / a1111_file_name(config.placeholder_token)] if config.a1111 else [])]
     if resume or (checkpoint.exists() and not checkpoint.is_file()):  # (a folder is no run to resume either)
         check_checkpoint_file(checkpoint)
-        check_files_to_replace(embeddings, "resume with --resume")
     elif checkpoint.exists():
         raise ZoodipError(f"{out} already holds a run: pass --resume to continue it, or choose a new --output_dir")
     for path in embeddings if not resume else ():  # a run's, or another tool's file (A1111's, diffusers')
         if path.exists():
             raise ZoodipError(f"{out} already holds {path.name}, which a fresh run would replace: move it, or "
                               "choose a new --output_dir")
+    for name in (CONFIG_NAME, LOG_NAME) if not resume else ():  # (a killed start's own are started anew)
+        if (out / name).exists() and not _is_a_runs(out / name):
+            raise ZoodipError(f"{out} already holds {name}, which is not a zoodip run's and a run writes its own "
+                              "there: move it, or choose a new --output_dir")
+    check_files_to_replace([*embeddings, *([] if resume else [checkpoint])],
+                           "resume with --resume" if resume else "run again")
+
+
+def _is_a_runs(path: Path) -> bool:
+    """Whether ``path`` reads as a run's config.json (its placeholder and model) or log.jsonl (steps), or is empty."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            first = handle.readline(1 << 20).strip() if path.name == LOG_NAME else handle.read(1 << 20)
+        found = json.loads(first) if first else {}
+    except (OSError, ValueError):
+        return False
+    keys = ("placeholder_token", "export_dir") if path.name == CONFIG_NAME else ("step",)
+    return isinstance(found, dict) and (not first or all(key in found for key in keys))
 
 
 def folder_identity(folder: Path) -> tuple[int, int] | None:
@@ -48,7 +67,7 @@ def folder_identity(folder: Path) -> tuple[int, int] | None:
         found = os.stat(folder)
     except OSError:
         return None
-    return found.st_dev, found.st_ino
+    return (found.st_dev, found.st_ino) if found.st_nlink else None  # (no links: removed, though still open as ".")
 
 
 def check_folder_kept(folder: Path, identity: tuple[int, int] | None) -> None:

@@ -282,6 +282,7 @@ class Personalizer:
         return state
 
     def save_checkpoint(self) -> Path:  # (into the folder the run's start made: one removed since is not remade)
+        check_folder_kept(self.config.output_dir, self._folder_identity)
         return write_checkpoint(self.checkpoint_path, self.state_dict())
 
     def load_checkpoint(self) -> None:

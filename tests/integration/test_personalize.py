@@ -276,19 +276,33 @@ def test_a_fresh_start_writes_its_own_config_and_keeps_the_users_links(tiny_expo
     """A config.json link into another run's folder had that run's settings replaced; a failed start deleted the
     user's checkpoint link and named its target, not checkpoint.npz."""
     (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "config.json").write_text("another run's settings")
+    settings = json.dumps({"placeholder_token": "<other>", "export_dir": "m", "seed": 5})  # another run's
+    (tmp_path / "other" / "config.json").write_text(settings)
     out = tmp_path / "r"
     out.mkdir()
     (out / "config.json").symlink_to(tmp_path / "other" / "config.json")
     personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0))
-    assert (tmp_path / "other" / "config.json").read_text() == "another run's settings"
+    assert (tmp_path / "other" / "config.json").read_text() == settings
     assert not (out / "config.json").is_symlink() and json.loads((out / "config.json").read_text())["seed"] == 0
     linked = tmp_path / "linked"
     linked.mkdir()
     (linked / "checkpoint.npz").symlink_to(tmp_path / "no-such-folder" / "c.npz")
-    with pytest.raises(ZoodipError, match=r"^cannot write \S+linked/checkpoint\.npz: No such file or directory"):
+    with pytest.raises(ZoodipError, match=r"^\S+linked/checkpoint\.npz links into \S+no-such-folder, a folder this "
+                                          r"process cannot write \(or that is not there\)"):  # before the work
         personalize(make_config(tiny_export, photos, linked, max_train_steps=2, eval_every=0))
     assert (linked / "checkpoint.npz").is_symlink() and sorted(p.name for p in linked.iterdir()) == ["checkpoint.npz"]
+    project = tmp_path / "project"  # (--output_dir . in a project: its own config.json and log.jsonl were deleted)
+    project.mkdir()
+    for name, text in (("config.json", '{"name": "my-app"}'), ("log.jsonl", "server started\n")):
+        (project / name).write_text(text)
+        with pytest.raises(ZoodipError, match=rf"already holds {name}, which is not a zoodip run's"):
+            personalize(make_config(tiny_export, photos, project, max_train_steps=2, eval_every=0))
+        (project / name).unlink()
+    killed = tmp_path / "killed"  # a start killed before its first checkpoint: its own files, started anew
+    personalize(make_config(tiny_export, photos, killed, max_train_steps=2, eval_every=0))
+    (killed / "checkpoint.npz").unlink()
+    (killed / "learned_embeds.safetensors").unlink()
+    assert personalize(make_config(tiny_export, photos, killed, max_train_steps=2, eval_every=0)).status == "done"
 
 
 def test_resume_refuses_other_settings_and_fresh_run_refuses_existing(tiny_export, photos, tmp_path):

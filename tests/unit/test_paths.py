@@ -176,6 +176,26 @@ def test_temp_files_left_beside_a_links_target_are_cleaned_with_the_runs(tmp_pat
     assert len(removed) == 2 and sorted(p.name for p in (tmp_path / "store").iterdir()) == ["kept.npz"]
 
 
+def test_a_link_target_folder_that_cannot_be_listed_is_left_alone(tmp_path, monkeypatch):
+    """A link into a drop box (writable, not listable) stopped the run at its start with "permission denied"."""
+    import errno
+    import pathlib
+
+    from zoodip.paths import remove_stale_temp_files
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "box").mkdir()
+    (tmp_path / "run" / "learned_embeds.safetensors").symlink_to(tmp_path / "box" / "e.safetensors")
+    listing = pathlib.Path.iterdir
+
+    def refused(self):
+        if self.name == "box":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return listing(self)
+    monkeypatch.setattr(pathlib.Path, "iterdir", refused)
+    assert remove_stale_temp_files(tmp_path / "run", ("learned_embeds.safetensors",)) == []
+
+
 def test_a_folder_where_the_file_goes_is_not_said_to_be_intact(tmp_path):
     from zoodip.paths import atomic_write_bytes
 
