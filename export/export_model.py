@@ -301,7 +301,7 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
             from zoodip_export.parity import format_parity_table
 
             log("parity:\n" + format_parity_table(parity_results))
-        publish(staging, out_dir)
+        publish(staging, out_dir, overwrite)
     except BaseException as exc:
         _discard(staging, created_parents, exc)
         raise

@@ -17,8 +17,15 @@ from zoodip.errors import ZoodipError
 from zoodip.manifest import FORMAT, MANIFEST
 
 
-def publish(staging: Path, out_dir: Path) -> None:
-    """Put the finished ``staging`` folder at ``out_dir`` (replacing an old one only at the last moment)."""
+def publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
+    """Put the finished ``staging`` folder at ``out_dir`` (replacing an old one only at the last moment). What is
+    there now is checked again as at the start (``check_out_dir``): another export or a user's files may have
+    appeared while this one ran, and only an export is replaced, only with ``overwrite``."""
+    try:
+        check_out_dir(out_dir, overwrite)
+    except ZoodipError as exc:
+        raise ZoodipError(f"{exc}: it appeared while the export ran (another export, or files put there), and nothing "
+                          "was replaced") from None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         out_dir.rename(old)

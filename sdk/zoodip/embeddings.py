@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,11 @@ MAX_WIDTH = 4096
 _PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
 # What an A1111 embeddings folder holds; its pickles (.pt/.bin) are refused one by one, each skip said.
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+# A run folder's files (zoodip.run_folder): its embedding, and its step snapshots (diffusers' --save_steps names; a
+# cancelled run writes one too), the same token at earlier steps.
+EMBEDDING_NAME = "learned_embeds.safetensors"
+SNAPSHOT_NAME = "learned_embeds-steps-{step}.safetensors"
+_SNAPSHOT_FILE = re.compile(r"^learned_embeds-steps-(\d+)\.safetensors$")
 # Pickles are converted on a desktop with torch, by a script kept outside the SDK.
 _CONVERT_HINT = "convert it on a desktop with: python tools/pt_embedding_to_safetensors.py IN.pt OUT.safetensors"
 # zoodip's own entries of the safetensors header (__metadata__, strings only). Loaders that do not know
@@ -195,7 +201,8 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
             continue
         if token is not None:
             raise ZoodipError(f"--embedding {spec!r}: a folder's embeddings keep their own names; drop ':{token}'")
-        files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in EMBEDDING_SUFFIXES)
+        files = _one_of_a_runs(path, sorted(f for f in path.iterdir() if f.is_file()
+                                            and f.suffix.lower() in EMBEDDING_SUFFIXES))
         if not files:
             raise ZoodipError(f"{path} is a folder without embedding files ({', '.join(EMBEDDING_SUFFIXES)}): name a "
                               ".safetensors file or a folder of them")
@@ -205,6 +212,18 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
             except ZoodipError as exc:
                 warnings.warn(f"skipped {file.name} of the folder {path}: {exc}", stacklevel=2)
     return added, groups
+
+
+def _one_of_a_runs(folder: Path, files: list[Path]) -> list[Path]:
+    """``files`` less a run's step snapshots (the same token at earlier steps; sorted first, the first step's was
+    loaded and every other one said as a clash): its embedding, or without one its latest snapshot, stands for it."""
+    steps = {file: int(found.group(1)) for file in files if (found := _SNAPSHOT_FILE.match(file.name))}
+    if not steps:
+        return files
+    kept = next((file for file in files if file.name == EMBEDDING_NAME), max(steps, key=lambda file: steps[file]))
+    warnings.warn(f"{folder} holds a run: its {kept.name} is used, not its {len(steps) - (kept in steps)} earlier step "
+                  "snapshots (name one to use it)", stacklevel=3)
+    return [file for file in files if file == kept or file not in steps]
 
 
 def _note_hashes(hashes: dict[str, str] | None, names: list[str], path: Path) -> None:

@@ -2,9 +2,9 @@
 
 Hashing SD1.5's ~1 GB of INT8 weights takes seconds; doing it at every start would not. So each
 file is hashed in full once, and the result is remembered under its identity (resolved path, size,
-modification time in ns, inode, device). A later load re-hashes only files whose identity changed:
-a file rewritten in place, replaced or restored from a backup gets a new mtime or inode and is
-hashed again. ``zoodip verify MODEL`` ignores what is remembered and hashes everything.
+modification time in ns, inode, device, inode change time). A later load re-hashes only files whose identity
+changed: a file rewritten in place, replaced or restored from a backup gets a new mtime, inode or change time and
+is hashed again. ``zoodip verify MODEL`` ignores what is remembered and hashes everything.
 
 The memory lives in ``$ZOODIP_CACHE_DIR`` (default ``$XDG_CACHE_HOME/zoodip`` or ``~/.cache/zoodip``),
 file ``verified-files.json``. It is an optimization only: when it cannot be read or written,
@@ -41,16 +41,20 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def file_identity(path: Path) -> list[int]:
-    """What changes when a file's content may have: size, mtime (ns), inode, device."""
+    """What changes when a file's content may have: size, mtime (ns), inode, device, and the inode's change time (a
+    write whose mtime was set back, as ``touch -r``, ``cp -p`` and ``rsync -t`` do, still moves it)."""
     st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, st.st_ctime_ns]
 
 
 def _load_cache() -> dict[str, Any]:
+    path = cache_dir() / CACHE_FILE
     try:
-        data = json.loads((cache_dir() / CACHE_FILE).read_text(encoding="utf-8"))
+        if not path.is_file():  # (a named pipe there would block the read for ever)
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # (RecursionError: JSON nested past the parser's depth)
         return {}
 
 

@@ -27,6 +27,7 @@ class LazyJsonlLog:
         self.stopped = False
         self.failure: str | None = None
         self.created = False  # this run made the file
+        self.written = 0  # the bytes this run wrote there
         self.trained = False  # a step was reported: the file holds more than setup phases
         self.on_stop: Callable[[], None] | None = None
 
@@ -70,6 +71,7 @@ class LazyJsonlLog:
         try:
             if self.file.write(data) != len(data):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.written += len(data)
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(self.file.fileno(), end)
@@ -86,9 +88,12 @@ class LazyJsonlLog:
                 self.file.close()
 
     def discard_setup_only(self) -> None:
-        """After a failed setup: remove the file if this run created it and it holds setup phases only."""
+        """After a failed setup: remove the file if this run created it and it holds its setup phases only (not what
+        another run, given the same file, has appended since)."""
         if self.created and not self.trained and self.path is not None:
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                if self.path.stat().st_size == self.written:
+                    self.path.unlink()
 
 
 def silence_stdout() -> None:

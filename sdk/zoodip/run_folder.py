@@ -13,16 +13,13 @@ from pathlib import Path
 
 from .checkpoint import CHECKPOINT_NAME, check_checkpoint_file
 from .config import PersonalizeConfig
-from .embeddings import a1111_file_name
+from .embeddings import EMBEDDING_NAME, SNAPSHOT_NAME, a1111_file_name  # noqa: F401 (public here)
 from .errors import ZoodipError
 from .paths import check_files_to_replace, check_output_dir
 
-EMBEDDING_NAME = "learned_embeds.safetensors"
 LOG_NAME = "log.jsonl"
 CONFIG_NAME = "config.json"  # the run's settings, as its first step found them
 RUN_FILES = (CHECKPOINT_NAME, EMBEDDING_NAME, LOG_NAME)  # written atomically: their temp files are cleaned
-# diffusers' textual_inversion.py names its --save_steps snapshots so; a cancelled run writes one too.
-SNAPSHOT_NAME = "learned_embeds-steps-{step}.safetensors"
 SNAPSHOT_TEMP = re.compile(r"^\.(learned_embeds-steps-\d+\.safetensors)\.")
 
 

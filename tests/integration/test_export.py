@@ -420,6 +420,30 @@ def test_failed_export_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest
     assert list(tmp_path.iterdir()) == []  # not even the parent folders it created
 
 
+def test_what_appears_at_out_dir_during_the_export_is_not_replaced(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """OUT_DIR was checked at the start only: a user's files put there while the export ran were deleted at its end,
+    and of two exports into one new OUT_DIR the last silently replaced the other (both exit 0)."""
+    import zoodip_export.export_model as exporting
+
+    real_publish = exporting.publish
+
+    def files_appear_first(staging: Path, out_dir: Path, overwrite: bool) -> None:
+        out_dir.mkdir()
+        (out_dir / "thesis.txt").write_text("mine")
+        real_publish(staging, out_dir, overwrite)
+
+    monkeypatch.setattr(exporting, "publish", files_appear_first)
+    out = tmp_path / "out"
+    for overwrite in (False, True):  # (--overwrite replaces an export only)
+        with pytest.raises(ZoodipError, match=r"it appeared while the export ran \(another export, or files put "
+                                              r"there\), and nothing was replaced$"):
+            export_model(None, out, tiny=True, parity=False, progress=False, curvature_samples=0, overwrite=overwrite)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (out / "thesis.txt").read_text() == "mine"
+        (out / "thesis.txt").unlink()
+        out.rmdir()
+
+
 def test_cli_help_runs_as_a_script() -> None:
     result = subprocess.run([sys.executable, str(REPO / "export" / "export_model.py"), "--help"],
                             capture_output=True, text=True, timeout=60)

@@ -81,3 +81,25 @@ def test_the_expected_duration_is_said_once_after_more_than_the_first_step(monke
         lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("expected: ")]
         assert lines == [f"expected: about {console.duration(12.0 * (100 - said_at))} for the remaining "
                          f"{100 - said_at} steps (timed on {said_at} steps)"], lines
+
+
+def test_a_refused_setup_keeps_a_progress_log_another_run_has_written_to(tmp_path):
+    """A run refused during its setup removed the --progress-jsonl file it had created, with the lines another run,
+    given the same file, had appended since (its whole log then went to a deleted file)."""
+    from types import SimpleNamespace
+
+    from zoodip.progress import Progress
+    from zoodip.progress_log import LazyJsonlLog
+
+    config = SimpleNamespace(export_dir=tmp_path / "model", output_dir=tmp_path / "run")
+    setup = Progress("setup", 0, 10, None, None, None, 0, 0.0, 0.0, None, phase="loading the model")
+    for other_run_wrote in (False, True):
+        path = tmp_path / f"progress-{other_run_wrote}.jsonl"
+        log = LazyJsonlLog(str(path), config)
+        log(setup)
+        if other_run_wrote:
+            with open(path, "a") as handle:
+                handle.write('{"type": "progress", "event": "step"}\n')
+        log.close()
+        log.discard_setup_only()
+        assert path.exists() == other_run_wrote

@@ -315,3 +315,25 @@ def test_a_token_with_spaces_is_not_saved_and_a_file_holding_one_is_skipped_in_a
     save_file({"": np.ones((1, 8), np.float32)}, str(tmp_path / "empty.safetensors"))  # said as "holds spaces" before
     with pytest.raises(ZoodipError, match=r"its token '' is empty, which a prompt cannot name"):
         load_embeddings([tmp_path / "empty.safetensors"])
+
+
+def test_a_run_folder_gives_its_embedding_not_its_first_step_snapshot(tmp_path):
+    """The folder's files were read in name order: a --save_steps run's step-1 snapshot stood for the token, and each
+    later snapshot was said as a clash (hundreds of lines)."""
+    import warnings
+
+    from zoodip.embeddings import load_embeddings, save_learned_embeds
+
+    for step in (1, 2, 10):
+        save_learned_embeds(tmp_path / f"learned_embeds-steps-{step}.safetensors", "<s>", np.full(4, step, np.float32))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        added, _ = load_embeddings([tmp_path])
+    assert added["<s>"].ravel().tolist() == [10] * 4  # a cancelled run's folder: its latest snapshot
+    assert len(said) == 1 and "its learned_embeds-steps-10.safetensors is used, not its 2 earlier" in str(said[0].message)
+    save_learned_embeds(tmp_path / "learned_embeds.safetensors", "<s>", np.full(4, 99, np.float32))
+    save_learned_embeds(tmp_path / "other.safetensors", "<o>", np.zeros(4, np.float32))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        added, _ = load_embeddings([tmp_path])
+    assert added["<s>"].ravel().tolist() == [99] * 4 and "<o>" in added and len(said) == 1
