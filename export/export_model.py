@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -268,6 +269,8 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     specs = lora_specs(loras)
     _check_export_args(source, tiny, curvature_samples, sample_size, config)
     out_dir = Path(out_dir).expanduser().absolute()
+    if out_dir.is_symlink():  # a link to a folder: the export goes where it points (publishing renames OUT_DIR)
+        out_dir = Path(os.path.realpath(out_dir))
     check_out_dir(out_dir, overwrite, None if tiny else source)
     config = None if config is None else Path(config).expanduser().absolute()
     source, configs, source_entry = read_source(source, sample_size, seed, config)

@@ -201,29 +201,42 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
             continue
         if token is not None:
             raise ZoodipError(f"--embedding {spec!r}: a folder's embeddings keep their own names; drop ':{token}'")
-        files = _one_of_a_runs(path, sorted(f for f in path.iterdir() if f.is_file()
-                                            and f.suffix.lower() in EMBEDDING_SUFFIXES))
-        if not files:
-            raise ZoodipError(f"{path} is a folder without embedding files ({', '.join(EMBEDDING_SUFFIXES)}): name a "
-                              ".safetensors file or a folder of them")
-        for file in files:
-            try:
-                _note_hashes(hashes, _add(added, file, None, str(file), tokenizer, hidden, model_id, clip_skip), file)
-            except ZoodipError as exc:
-                warnings.warn(f"skipped {file.name} of the folder {path}: {exc}", stacklevel=2)
+        _add_folder(added, path, hashes, tokenizer, hidden, model_id, clip_skip)
     return added, groups
 
 
-def _one_of_a_runs(folder: Path, files: list[Path]) -> list[Path]:
-    """``files`` less a run's step snapshots (the same token at earlier steps; sorted first, the first step's was
-    loaded and every other one said as a clash): its embedding, or without one its latest snapshot, stands for it."""
-    steps = {file: int(found.group(1)) for file in files if (found := _SNAPSHOT_FILE.match(file.name))}
-    if not steps:
-        return files
-    kept = next((file for file in files if file.name == EMBEDDING_NAME), max(steps, key=lambda file: steps[file]))
-    warnings.warn(f"{folder} holds a run: its {kept.name} is used, not its {len(steps) - (kept in steps)} earlier step "
-                  "snapshots (name one to use it)", stacklevel=3)
-    return [file for file in files if file == kept or file not in steps]
+def _add_folder(added: dict[str, np.ndarray], path: Path, hashes: dict[str, str] | None, *details: Any) -> None:
+    """A folder's embedding files into ``added`` (``_add``'s ``details``); a file it cannot use is skipped with a
+    warning, and a run's files that repeat a token loaded from its newest are left out, said in one line."""
+    files = _newest_first([f for f in path.iterdir() if f.is_file() and f.suffix.lower() in EMBEDDING_SUFFIXES])
+    if not files:
+        raise ZoodipError(f"{path} is a folder without embedding files ({', '.join(EMBEDDING_SUFFIXES)}): name a "
+                          ".safetensors file or a folder of them")
+    here: set[str] = set()
+    repeats = 0
+    for file in files:
+        try:
+            name, vectors, _ = _load(file, None)
+            if name in here and (_SNAPSHOT_FILE.match(file.name) or np.array_equal(added[name], vectors)):
+                repeats += 1  # a run's earlier step snapshot, or its --a1111 copy, of a token loaded from here
+                continue
+            names = _add(added, file, None, str(file), *details)
+            here.update(names)
+            _note_hashes(hashes, names, file)
+        except ZoodipError as exc:
+            warnings.warn(f"skipped {file.name} of the folder {path}: {exc}", stacklevel=3)
+    if repeats:
+        warnings.warn(f"{path} holds a run: {repeats} of its files repeat a token loaded from its newest (earlier step "
+                      "snapshots, an --a1111 copy) and are not used: name one to use it", stacklevel=3)
+
+
+def _newest_first(files: list[Path]) -> list[Path]:
+    """A run's embedding first, then its step snapshots latest first, then the rest by name: where a run's files name
+    one token, the newest readable one stands for it (by name, the first step's snapshot came first)."""
+    def order(file: Path) -> tuple[int, int, str]:
+        found = _SNAPSHOT_FILE.match(file.name)
+        return (0, 0, "") if file.name == EMBEDDING_NAME else (1, -int(found.group(1)), "") if found else (2, 0, file.name)
+    return sorted(files, key=order)
 
 
 def _note_hashes(hashes: dict[str, str] | None, names: list[str], path: Path) -> None:

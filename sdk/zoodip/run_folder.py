@@ -47,15 +47,23 @@ def check_run_folder(config: PersonalizeConfig, resume: bool) -> None:
 
 
 def _is_a_runs(path: Path) -> bool:
-    """Whether ``path`` reads as a run's config.json (its placeholder and model) or log.jsonl (steps), or is empty."""
+    """Whether ``path`` reads as a run's config.json (its placeholder and model) or log.jsonl (steps), or as one a
+    start killed mid-write left (empty, torn, zeros: it begins as a run's first line does)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            first = handle.readline(1 << 20).strip() if path.name == LOG_NAME else handle.read(1 << 20)
-        found = json.loads(first) if first else {}
-    except (OSError, ValueError):
+        with open(path, encoding="utf-8-sig", errors="replace") as handle:
+            text = handle.readline(1 << 20) if path.name == LOG_NAME else handle.read(1 << 20)
+    except OSError:
+        return False
+    start = '{"export_dir"' if path.name == CONFIG_NAME else '{"step"'  # (the first key a run writes)
+    compact = re.sub(r"\s", "", text.replace("\x00", ""))
+    if compact.startswith(start) or start.startswith(compact):
+        return True
+    try:
+        found = json.loads(text)
+    except ValueError:
         return False
     keys = ("placeholder_token", "export_dir") if path.name == CONFIG_NAME else ("step",)
-    return isinstance(found, dict) and (not first or all(key in found for key in keys))
+    return isinstance(found, dict) and all(key in found for key in keys)
 
 
 def folder_identity(folder: Path) -> tuple[int, int] | None:

@@ -444,6 +444,17 @@ def test_what_appears_at_out_dir_during_the_export_is_not_replaced(tmp_path: Pat
         out.rmdir()
 
 
+def test_an_out_dir_that_is_a_link_gets_the_export_where_it_points(tmp_path: Path) -> None:
+    """Publishing renamed OUT_DIR: the user's link was moved aside (.LINK.old-PID) and a folder put in its place."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "models")
+    for overwrite in (False, True):
+        export_model(None, tmp_path / "link", tiny=True, parity=False, progress=False, curvature_samples=0,
+                     overwrite=overwrite)
+        assert (tmp_path / "link").is_symlink() and (tmp_path / "models" / "manifest.json").is_file()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "models"]
+
+
 def test_cli_help_runs_as_a_script() -> None:
     result = subprocess.run([sys.executable, str(REPO / "export" / "export_model.py"), "--help"],
                             capture_output=True, text=True, timeout=60)

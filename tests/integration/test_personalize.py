@@ -303,6 +303,11 @@ def test_a_fresh_start_writes_its_own_config_and_keeps_the_users_links(tiny_expo
     (killed / "checkpoint.npz").unlink()
     (killed / "learned_embeds.safetensors").unlink()
     assert personalize(make_config(tiny_export, photos, killed, max_train_steps=2, eval_every=0)).status == "done"
+    (killed / "checkpoint.npz").unlink()
+    (killed / "learned_embeds.safetensors").unlink()
+    (killed / "config.json").write_text('{\n  "export_d')  # torn by a power cut mid-write, as its log
+    (killed / "log.jsonl").write_bytes(b'{"st')
+    assert personalize(make_config(tiny_export, photos, killed, max_train_steps=2, eval_every=0)).status == "done"
 
 
 def test_resume_refuses_other_settings_and_fresh_run_refuses_existing(tiny_export, photos, tmp_path):

@@ -322,18 +322,24 @@ def test_a_run_folder_gives_its_embedding_not_its_first_step_snapshot(tmp_path):
     later snapshot was said as a clash (hundreds of lines)."""
     import warnings
 
-    from zoodip.embeddings import load_embeddings, save_learned_embeds
+    from zoodip.embeddings import load_embeddings, save_a1111_embedding, save_learned_embeds
+
+    def loaded(folder):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            added, _ = load_embeddings([folder])
+        return {name: float(vectors.ravel()[0]) for name, vectors in added.items()}, [str(w.message) for w in said]
 
     for step in (1, 2, 10):
         save_learned_embeds(tmp_path / f"learned_embeds-steps-{step}.safetensors", "<s>", np.full(4, step, np.float32))
-    with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always")
-        added, _ = load_embeddings([tmp_path])
-    assert added["<s>"].ravel().tolist() == [10] * 4  # a cancelled run's folder: its latest snapshot
-    assert len(said) == 1 and "its learned_embeds-steps-10.safetensors is used, not its 2 earlier" in str(said[0].message)
+    added, said = loaded(tmp_path)
+    assert added == {"<s>": 10} and len(said) == 1 and "2 of its files repeat a token" in said[0]  # a cancelled run
+    (tmp_path / "learned_embeds-steps-10.safetensors").write_bytes(b"damaged")
+    added, said = loaded(tmp_path)
+    assert added == {"<s>": 2} and len(said) == 2 and "skipped learned_embeds-steps-10" in said[0]  # the newest readable
     save_learned_embeds(tmp_path / "learned_embeds.safetensors", "<s>", np.full(4, 99, np.float32))
-    save_learned_embeds(tmp_path / "other.safetensors", "<o>", np.zeros(4, np.float32))
-    with warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always")
-        added, _ = load_embeddings([tmp_path])
-    assert added["<s>"].ravel().tolist() == [99] * 4 and "<o>" in added and len(said) == 1
+    save_a1111_embedding(tmp_path / "s.safetensors", "<s>", np.full(4, 99, np.float32))  # --a1111's copy: no clash
+    save_learned_embeds(tmp_path / "learned_embeds-steps-3.safetensors", "<t>", np.full(4, 3, np.float32))  # another's
+    added, said = loaded(tmp_path)
+    assert added == {"<s>": 99, "<t>": 3}
+    assert [line for line in said if "skipped" not in line] == [said[-1]] and "3 of its files repeat" in said[-1]
