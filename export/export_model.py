@@ -269,7 +269,8 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     specs = lora_specs(loras)
     _check_export_args(source, tiny, curvature_samples, sample_size, config)
     out_dir = Path(out_dir).expanduser().absolute()
-    if out_dir.is_symlink():  # a link to a folder: the export goes where it points (publishing renames OUT_DIR)
+    if out_dir.is_symlink() and (out_dir.is_dir() or not out_dir.exists()):  # the export goes where a link to a
+        # folder (or to nothing yet) points: publishing renames OUT_DIR, which moved the link aside
         out_dir = Path(os.path.realpath(out_dir))
     check_out_dir(out_dir, overwrite, None if tiny else source)
     config = None if config is None else Path(config).expanduser().absolute()

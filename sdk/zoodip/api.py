@@ -99,6 +99,7 @@ class PersonalizationJob:
         # ended while it runs on (CPython 3.11), and wait() then read a result not there yet.
         self._finished = threading.Event()
         self._runner: int | None = None  # the thread running it, which must not wait() for itself
+        self._pid: int | None = None  # the process that started it (a forked child has none of its threads)
 
     def _progress(self, progress: Progress) -> None:
         self.latest = progress
@@ -128,8 +129,8 @@ class PersonalizationJob:
     def start(self) -> PersonalizationJob:
         self._claim()
         self._thread = threading.Thread(target=self._target, name="zoodip-personalize", daemon=True)
-        _STARTED.add(self)
         self._pid = os.getpid()
+        _STARTED.add(self)
         self._thread.start()
         return self
 

@@ -207,27 +207,40 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
 
 def _add_folder(added: dict[str, np.ndarray], path: Path, hashes: dict[str, str] | None, *details: Any) -> None:
     """A folder's embedding files into ``added`` (``_add``'s ``details``); a file it cannot use is skipped with a
-    warning, and a run's files that repeat a token loaded from its newest are left out, said in one line."""
+    warning. A run's step snapshots of a token loaded from its newest file are left out, and those that cannot be
+    used are skipped, each said in one line; a copy of a loaded token (a run's --a1111 file) adds only its own names
+    (A1111's trigger word)."""
     files = _newest_first([f for f in path.iterdir() if f.is_file() and f.suffix.lower() in EMBEDDING_SUFFIXES])
     if not files:
         raise ZoodipError(f"{path} is a folder without embedding files ({', '.join(EMBEDDING_SUFFIXES)}): name a "
                           ".safetensors file or a folder of them")
-    here: set[str] = set()
-    repeats = 0
+    earlier: list[str] = []
+    unusable: list[str] = []  # (the snapshots': one line, not one a step)
     for file in files:
+        snapshot = bool(_SNAPSHOT_FILE.match(file.name))
         try:
-            name, vectors, _ = _load(file, None)
-            if name in here and (_SNAPSHOT_FILE.match(file.name) or np.array_equal(added[name], vectors)):
-                repeats += 1  # a run's earlier step snapshot, or its --a1111 copy, of a token loaded from here
+            name, _, _ = _load(file, None)
+            if snapshot and name in added:
+                earlier.append(file.name)
                 continue
-            names = _add(added, file, None, str(file), *details)
-            here.update(names)
-            _note_hashes(hashes, names, file)
+            own: dict[str, np.ndarray] = {}  # (its names apart first: a copy's equal vectors are no clash)
+            names = _add(own, file, None, str(file), *details)
+            for alias in names:
+                if alias in added and not np.array_equal(added[alias], own[alias]):
+                    raise _clash(alias, str(file))
+            joined = [alias for alias in names if alias not in added]
+            added.update({alias: own[alias] for alias in joined})
+            _note_hashes(hashes, joined, file)
         except ZoodipError as exc:
-            warnings.warn(f"skipped {file.name} of the folder {path}: {exc}", stacklevel=3)
-    if repeats:
-        warnings.warn(f"{path} holds a run: {repeats} of its files repeat a token loaded from its newest (earlier step "
-                      "snapshots, an --a1111 copy) and are not used: name one to use it", stacklevel=3)
+            if snapshot:
+                unusable.append(str(exc))
+            else:
+                warnings.warn(f"skipped {file.name} of the folder {path}: {exc}", stacklevel=3)
+    if earlier:
+        warnings.warn(f"{path} holds a run: its {len(earlier)} earlier step snapshots are not used (name one to use "
+                      "it)", stacklevel=3)
+    if unusable:
+        warnings.warn(f"skipped {len(unusable)} step snapshots of the folder {path}: {unusable[0]}", stacklevel=3)
 
 
 def _newest_first(files: list[Path]) -> list[Path]:
@@ -272,11 +285,15 @@ def _add(added: dict[str, np.ndarray], path: Path, token: str | None, spec: str,
         names.append(stem)  # A1111's trigger word
     for alias in names:
         if alias in added:
-            raise ZoodipError(f"two embeddings are named {alias!r} ({spec} and an earlier --embedding): "
-                              "rename one with --embedding PATH:TOKEN (load_textual_inversion(..., token=))")
+            raise _clash(alias, spec)
     for alias in names:
         added[alias] = vectors
     return names
+
+
+def _clash(alias: str, spec: str) -> ZoodipError:
+    return ZoodipError(f"two embeddings are named {alias!r} ({spec} and an earlier --embedding): rename one with "
+                       "--embedding PATH:TOKEN (load_textual_inversion(..., token=))")
 
 
 def _trained_clip_skip(metadata: dict[str, str]) -> int:

@@ -47,22 +47,22 @@ def check_run_folder(config: PersonalizeConfig, resume: bool) -> None:
 
 
 def _is_a_runs(path: Path) -> bool:
-    """Whether ``path`` reads as a run's config.json (its placeholder and model) or log.jsonl (steps), or as one a
-    start killed mid-write left (empty, torn, zeros: it begins as a run's first line does)."""
+    """Whether ``path`` reads as a run's config.json (its placeholder and model) or log.jsonl (steps: its first line
+    that is not blank), or as one a start killed mid-write left: empty, zeros, or torn (no JSON, beginning as a run's
+    first line does)."""
     try:
         with open(path, encoding="utf-8-sig", errors="replace") as handle:
-            text = handle.readline(1 << 20) if path.name == LOG_NAME else handle.read(1 << 20)
+            text = handle.read(1 << 20) if path.name == CONFIG_NAME else next(
+                (line for line in handle if line.strip("\x00 \t\r\n")), "")
     except OSError:
         return False
-    start = '{"export_dir"' if path.name == CONFIG_NAME else '{"step"'  # (the first key a run writes)
-    compact = re.sub(r"\s", "", text.replace("\x00", ""))
-    if compact.startswith(start) or start.startswith(compact):
-        return True
+    keys = ("placeholder_token", "export_dir") if path.name == CONFIG_NAME else ("step",)
     try:
         found = json.loads(text)
-    except ValueError:
-        return False
-    keys = ("placeholder_token", "export_dir") if path.name == CONFIG_NAME else ("step",)
+    except ValueError:  # torn: what a run's first line begins with (the first key it writes), or nothing at all
+        compact = re.sub(r"\s", "", text.replace("\x00", ""))
+        start = '{"export_dir"' if path.name == CONFIG_NAME else '{"step"'
+        return compact.startswith(start) or start.startswith(compact)
     return isinstance(found, dict) and all(key in found for key in keys)
 
 

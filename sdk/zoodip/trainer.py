@@ -72,6 +72,7 @@ class Personalizer:
         check_output_dir(config.output_dir)  # before any work: a run must be able to write its result
         self.on_progress = on_progress
         self.cancel_event = cancel_event or threading.Event()
+        self._folder_identity: tuple[int, int] | None = None  # the run folder's, once the run has taken it
         self.config = config  # (completed below, once the model's width is known)
         self._created = time.monotonic()
         self._phase("loading the model")

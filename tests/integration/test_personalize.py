@@ -293,7 +293,8 @@ def test_a_fresh_start_writes_its_own_config_and_keeps_the_users_links(tiny_expo
     assert (linked / "checkpoint.npz").is_symlink() and sorted(p.name for p in linked.iterdir()) == ["checkpoint.npz"]
     project = tmp_path / "project"  # (--output_dir . in a project: its own config.json and log.jsonl were deleted)
     project.mkdir()
-    for name, text in (("config.json", '{"name": "my-app"}'), ("log.jsonl", "server started\n")):
+    for name, text in (("config.json", '{"name": "my-app"}'), ("log.jsonl", "server started\n"),
+                       ("config.json", '{"export_dir": "build", "app": "my-site"}'), ("log.jsonl", "\nserver up\n")):
         (project / name).write_text(text)
         with pytest.raises(ZoodipError, match=rf"already holds {name}, which is not a zoodip run's"):
             personalize(make_config(tiny_export, photos, project, max_train_steps=2, eval_every=0))

@@ -333,13 +333,21 @@ def test_a_run_folder_gives_its_embedding_not_its_first_step_snapshot(tmp_path):
     for step in (1, 2, 10):
         save_learned_embeds(tmp_path / f"learned_embeds-steps-{step}.safetensors", "<s>", np.full(4, step, np.float32))
     added, said = loaded(tmp_path)
-    assert added == {"<s>": 10} and len(said) == 1 and "2 of its files repeat a token" in said[0]  # a cancelled run
+    assert added == {"<s>": 10} and said == [f"{tmp_path} holds a run: its 2 earlier step snapshots are not used (name "
+                                             "one to use it)"]  # a cancelled run's folder: its latest snapshot
     (tmp_path / "learned_embeds-steps-10.safetensors").write_bytes(b"damaged")
     added, said = loaded(tmp_path)
-    assert added == {"<s>": 2} and len(said) == 2 and "skipped learned_embeds-steps-10" in said[0]  # the newest readable
+    assert added == {"<s>": 2} and len(said) == 2 and said[1].startswith("skipped 1 step snapshots")  # newest readable
     save_learned_embeds(tmp_path / "learned_embeds.safetensors", "<s>", np.full(4, 99, np.float32))
-    save_a1111_embedding(tmp_path / "s.safetensors", "<s>", np.full(4, 99, np.float32))  # --a1111's copy: no clash
-    save_learned_embeds(tmp_path / "learned_embeds-steps-3.safetensors", "<t>", np.full(4, 3, np.float32))  # another's
-    added, said = loaded(tmp_path)
-    assert added == {"<s>": 99, "<t>": 3}
-    assert [line for line in said if "skipped" not in line] == [said[-1]] and "3 of its files repeat" in said[-1]
+    save_a1111_embedding(tmp_path / "s.safetensors", "<s>", np.full(4, 99, np.float32))  # --a1111's copy: no clash,
+    save_learned_embeds(tmp_path / "learned_embeds-steps-3.safetensors", "<t>", np.full(4, 3, np.float32))  # A1111's
+    added, said = loaded(tmp_path)  # trigger word joins; another token's snapshot loads
+    assert added == {"<s>": 99, "s": 99, "<t>": 3} and len(said) == 2 and "its 2 earlier" in said[0]
+    wide = tmp_path / "wide"  # a run on another width: one line for its snapshots, not one a step
+    wide.mkdir()
+    for name in ("learned_embeds.safetensors", *(f"learned_embeds-steps-{step}.safetensors" for step in range(1, 9))):
+        save_learned_embeds(wide / name, "<s>", np.ones(8, np.float32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_embeddings([wide], hidden=4)[0] == {}
+    assert len(caught) == 2 and str(caught[1].message).startswith(f"skipped 8 step snapshots of the folder {wide}: ")
