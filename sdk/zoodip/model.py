@@ -23,7 +23,7 @@ from .curvature import CurvatureSubspace
 from .errors import ZoodipError
 from .heap import limit_heap_arenas, return_large_blocks, trim_heap  # noqa: F401  (re-exported for callers)
 from .image_side import check_model_side, sd_unet_side_multiple, unet_side_multiple
-from .integrity import file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
+from .integrity import file_identity, file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
 from .manifest import (FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, latent_scale_problem,  # noqa: F401 (public here)
                        read_manifest)
 from .runtime_options import (DEFAULT_SPIN_WAIT, RuntimeOptions, apply_export_session,  # noqa: F401 (public here)
@@ -379,13 +379,12 @@ class ExportedModel:
         return self.sample_size * self.vae_scale_factor
 
 
-def _file_state(path: Path) -> tuple[int, int, int, int] | None:
-    """What tells a file from its replacement without reading it (device, inode, size, modification time)."""
+def _file_state(path: Path) -> tuple[int, ...] | None:
+    """What tells a file from its replacement without reading it (``integrity.file_identity``), or None if it is gone."""
     try:
-        found = path.stat()
+        return tuple(file_identity(path))
     except OSError:
         return None
-    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
 
 
 def reopen_export(folder: Path, options: RuntimeOptions, identity: str) -> ExportedModel:
