@@ -41,7 +41,7 @@ EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 # cancelled run writes one too), the same token at earlier steps.
 EMBEDDING_NAME = "learned_embeds.safetensors"
 SNAPSHOT_NAME = "learned_embeds-steps-{step}.safetensors"
-_SNAPSHOT_FILE = re.compile(r"^learned_embeds-steps-(\d+)\.safetensors$")
+SNAPSHOT_FILE = re.compile(r"^learned_embeds-steps-(\d+)\.safetensors$")  # (SNAPSHOT_NAME's files)
 # Pickles are converted on a desktop with torch, by a script kept outside the SDK.
 _CONVERT_HINT = "convert it on a desktop with: python tools/pt_embedding_to_safetensors.py IN.pt OUT.safetensors"
 # zoodip's own entries of the safetensors header (__metadata__, strings only). Loaders that do not know
@@ -217,7 +217,7 @@ def _add_folder(added: dict[str, np.ndarray], path: Path, hashes: dict[str, str]
     earlier: list[str] = []
     unusable: list[str] = []  # (the snapshots': one line, not one a step)
     for file in files:
-        snapshot = bool(_SNAPSHOT_FILE.match(file.name))
+        snapshot = bool(SNAPSHOT_FILE.match(file.name))
         try:
             name, _, _ = _load(file, None)
             if snapshot and name in added:
@@ -247,7 +247,7 @@ def _newest_first(files: list[Path]) -> list[Path]:
     """A run's embedding first, then its step snapshots latest first, then the rest by name: where a run's files name
     one token, the newest readable one stands for it (by name, the first step's snapshot came first)."""
     def order(file: Path) -> tuple[int, int, str]:
-        found = _SNAPSHOT_FILE.match(file.name)
+        found = SNAPSHOT_FILE.match(file.name)
         return (0, 0, "") if file.name == EMBEDDING_NAME else (1, -int(found.group(1)), "") if found else (2, 0, file.name)
     return sorted(files, key=order)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
 import threading
 import warnings
 from fractions import Fraction
@@ -20,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ZoodipError
-from .paths import why_missing, write_failure, write_target
+from .paths import temp_path, why_missing, write_failure, write_target
 from .image_parameters import parameters_option
 
 # GIF: its first frame. .jfif and .jpe are JPEG's other names (browsers save under .jfif); AVIF where Pillow reads it.
@@ -396,7 +395,7 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
             current = (write_flag, Path(path))
             target = write_target(Path(path))  # (a link: its target)
             # Beside it, a name no one else uses, with the suffix the user gave: Pillow picks the format by it.
-            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{Path(path).suffix}")
+            tmp = Path(f"{temp_path(target)}{Path(path).suffix}")
             done.append((write_flag, tmp, target, Path(path)))
             target.parent.mkdir(parents=True, exist_ok=True)
             write(tmp)

@@ -13,14 +13,14 @@ from pathlib import Path
 
 from .checkpoint import CHECKPOINT_NAME, check_checkpoint_file
 from .config import PersonalizeConfig
-from .embeddings import EMBEDDING_NAME, SNAPSHOT_NAME, a1111_file_name  # noqa: F401 (public here)
+from .embeddings import EMBEDDING_NAME, SNAPSHOT_FILE, SNAPSHOT_NAME, a1111_file_name  # noqa: F401 (public here)
 from .errors import ZoodipError
 from .paths import check_files_to_replace, check_output_dir
 
 LOG_NAME = "log.jsonl"
 CONFIG_NAME = "config.json"  # the run's settings, as its first step found them
 RUN_FILES = (CHECKPOINT_NAME, EMBEDDING_NAME, LOG_NAME)  # written atomically: their temp files are cleaned
-SNAPSHOT_TEMP = re.compile(r"^\.(learned_embeds-steps-\d+\.safetensors)\.")
+SNAPSHOT_TEMP = re.compile(rf"^\.({SNAPSHOT_FILE.pattern[1:-1]})\.")  # a snapshot's temp file (group 1: its name)
 
 
 def check_run_folder(config: PersonalizeConfig, resume: bool) -> None:
