@@ -31,7 +31,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .console import (TERMINATION_SIGNALS, OneLineParser, ProgressBar, SamplingBar, duration,  # noqa: E402
                       interrupt_on_termination, one_line_warning, print_error, signals_to_handle)
-from .cli_flags import add_generate_flags, add_personalize_flags  # noqa: E402
+from .cli_flags import PATH_FLAGS, add_generate_flags, add_personalize_flags, names_a_path  # noqa: E402
 from .errors import ZoodipError  # noqa: E402
 from .foreign_flags import foreign_flag_problem  # noqa: E402
 from .paths import os_error_line  # noqa: E402
@@ -346,11 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_flags(g)
 
     v = sub.add_parser("verify", help="check every file of an export folder against the manifest's sha256 values")
-    v.add_argument("model", help="zoodip export folder")
+    names_a_path(v.add_argument("model", help="zoodip export folder"))
 
     i = sub.add_parser("info", help="what an embedding file holds and, for zoodip's, how it was trained; what an "
                                     "export folder offers; or the settings an image was generated with")
-    i.add_argument("embedding", metavar="PATH", help="embedding file (.safetensors), export folder or image")
+    names_a_path(i.add_argument("embedding", metavar="PATH", help="embedding file (.safetensors), export folder or image"))
 
     return parser
 
@@ -389,19 +389,13 @@ def _in_flag_words(message: str, from_image: Sequence[str] = ()) -> str:
     return _FLAG_OF.get(first, first) + space + rest
 
 
-# The flags that name files or folders, as written (an OS error on a path is said with the flag that gave it).
-_PATH_FLAGS = {dest: "--" + dest for dest in ("model", "out", "image", "mask", "embedding", "latents", "output_dir",
-                                              "train_data_dir", "captions", "template_file")}
-_PATH_FLAGS.update(parameters_from="--parameters-from", save_latents="--save-latents", progress_jsonl="--progress-jsonl")
-
-
 def _flag_of_path(args: argparse.Namespace | None, filename: object) -> str | None:
     """The flag whose path is ``filename`` (or, for --out, one of the numbered files beside it), else the one whose
     folder holds it most closely (the error names the path the system was given, maybe a file inside a folder)."""
     if args is None or not isinstance(filename, (str, bytes)):
         return None
     failed, given = Path(os.fsdecode(filename)), []
-    for dest, flag in _PATH_FLAGS.items():
+    for dest, flag in PATH_FLAGS.items():
         values = getattr(args, dest, None)  # (--embedding's: a list)
         given += [(flag, Path(value)) for value in (values if isinstance(values, list) else [values])
                   if isinstance(value, (str, Path)) and str(value) not in ("", ".")]

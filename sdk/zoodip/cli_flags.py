@@ -17,6 +17,17 @@ from .timesteps import PAPER_T_RANGE
 from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
 
 
+# {dest: the flag as written} of the flags that name a file or folder (an OS error on a path is said with its flag),
+# filled as the parser is built: the first spelling a dest is given under is the one said.
+PATH_FLAGS: dict[str, str] = {}
+
+
+def names_a_path(action: argparse.Action) -> argparse.Action:
+    """``action``, its flag entered in ``PATH_FLAGS`` (a positional's said as ``--`` and its name)."""
+    PATH_FLAGS.setdefault(action.dest, action.option_strings[0] if action.option_strings else "--" + action.dest)
+    return action
+
+
 def add_spin_wait_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spin-wait", choices=("on", "off"), default="on" if DEFAULT_SPIN_WAIT else "off",
                         help="onnxruntime's idle threads poll (on) or sleep (off) between parallel sections; "
@@ -33,9 +44,10 @@ def add_personalize_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     """The model, the photos, the token, the length and the learning rate."""
-    p.add_argument("--model", "--pretrained_model_name_or_path", dest="model", required=True, help="zoodip export folder")
-    p.add_argument("--train_data_dir", required=True, help="folder with 3-10 photos of the concept")
-    p.add_argument("--output_dir", required=True, help="where the embedding, checkpoint and log go")
+    names_a_path(p.add_argument("--model", "--pretrained_model_name_or_path", dest="model", required=True,
+                                 help="zoodip export folder"))
+    names_a_path(p.add_argument("--train_data_dir", required=True, help="folder with 3-10 photos of the concept"))
+    names_a_path(p.add_argument("--output_dir", required=True, help="where the embedding, checkpoint and log go"))
     p.add_argument("--placeholder_token", default="<concept>", help="the new word, e.g. '<my-dog>'")
     p.add_argument("--initializer_token", default="object", help="one existing word close to the concept")
     p.add_argument("--num_vectors", type=int, default=1,
@@ -107,10 +119,11 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_photo_flags(p: argparse.ArgumentParser) -> None:
     """Captions, templates and how the photos are cropped and flipped."""
-    p.add_argument("--captions", default=None, help="JSON {image file name: caption containing the placeholder}")
-    p.add_argument("--template_file", default=None, metavar="PATH",
+    names_a_path(p.add_argument("--captions", default=None,
+                                 help="JSON {image file name: caption containing the placeholder}"))
+    names_a_path(p.add_argument("--template_file", default=None, metavar="PATH",
                    help="A1111 prompt templates, one a line: [name] is the token, [filewords] the .txt caption "
-                        "beside each photo (instead of the built-in templates)")
+                        "beside each photo (instead of the built-in templates)"))
     p.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True,
                    help="crop each photo to its centered square (default); --no-center_crop squashes the whole "
                         "photo into the square, as diffusers does without --center_crop")
@@ -146,22 +159,23 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --output_dir from its checkpoint")
     p.add_argument("--resume_from_checkpoint", default=None, metavar="latest",
                    help="diffusers' spelling of --resume; zoodip keeps one checkpoint per run, so only 'latest'")
-    p.add_argument("--progress-jsonl", default=None, metavar="PATH", help="also stream progress as JSON lines ('-' = stdout)")
+    names_a_path(p.add_argument("--progress-jsonl", default=None, metavar="PATH",
+                                 help="also stream progress as JSON lines ('-' = stdout)"))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_generate_flags(g: argparse.ArgumentParser) -> None:
     """The flags of ``zoodip generate`` (diffusers' pipeline argument names are accepted too)."""
-    g.add_argument("--model", required=True, help="zoodip export folder")
+    names_a_path(g.add_argument("--model", required=True, help="zoodip export folder"))
     g.add_argument("--prompt", default=None, help="the prompt (required, unless --parameters-from gives it)")
-    g.add_argument("--parameters-from", default=None, metavar="IMAGE",
+    names_a_path(g.add_argument("--parameters-from", default=None, metavar="IMAGE",
                    help="make an image again from the generation parameters IMAGE holds (A1111's PNG Info -> "
-                        "Send to txt2img): its prompts and settings, each flag given here taking their place")
+                        "Send to txt2img): its prompts and settings, each flag given here taking their place"))
     g.add_argument("--negative-prompt", default="")
-    g.add_argument("--embedding", action="append", metavar="PATH[:TOKEN]",
+    names_a_path(g.add_argument("--embedding", action="append", metavar="PATH[:TOKEN]",
                    help="learned embedding file (diffusers or A1111 .safetensors), optionally renamed to "
                         "TOKEN; an A1111 file answers to its file name, as in A1111; or a folder of them (every file "
-                        "loaded, as A1111's embeddings folder); repeatable")
+                        "loaded, as A1111's embeddings folder); repeatable"))
     # diffusers' pipeline arguments are accepted too: num_inference_steps, num_images_per_prompt.
     g.add_argument("--steps", "--num-inference-steps", dest="steps", type=int, default=DEFAULT_STEPS)
     g.add_argument("--guidance-scale", type=float, default=7.5)
@@ -195,13 +209,14 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     g.add_argument("--memory-budget", type=int, default=None, metavar="MB",
                    help="generate within MB: one UNet pass at a time, one graph in memory at a time, and the VAE "
                         "decoding in overlapping tiles where the whole image would not fit")
-    g.add_argument("--latents", default=None, metavar="FILE.npy",
+    names_a_path(g.add_argument("--latents", default=None, metavar="FILE.npy",
                    help="initial latents [images, 4, height/8, width/8] instead of the seed's (diffusers' latents=): "
                         "the same latents give diffusers' images (euler_a, lcm and the SDE samplers also draw noise "
-                        "every step, from --seed)")
-    g.add_argument("--save-latents", default=None, metavar="FILE.npy", help="write the initial latents used")
-    g.add_argument("--out", default="out.png", help="the image file (.png, .jpg, .webp) to write; one that exists is "
-                   "replaced (as diffusers' save), never --image or --mask")
+                        "every step, from --seed)"))
+    names_a_path(g.add_argument("--save-latents", default=None, metavar="FILE.npy",
+                                 help="write the initial latents used"))
+    names_a_path(g.add_argument("--out", default="out.png", help="the image file (.png, .jpg, .webp) to write; one that exists is "
+                   "replaced (as diffusers' save), never --image or --mask"))
     g.add_argument("--no-metadata", action="store_true",
                    help="leave the prompt and settings out of the image (written by default as A1111 writes them: "
                         "a PNG's text, a JPEG's or WebP's EXIF comment, where A1111's PNG Info and 'zoodip info "
@@ -210,12 +225,12 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
 
 def _add_image_flags(g: argparse.ArgumentParser) -> None:
     """Image-to-image, inpainting and the hires fix."""
-    g.add_argument("--image", default=None, metavar="PATH",
+    names_a_path(g.add_argument("--image", default=None, metavar="PATH",
                    help="image-to-image (diffusers' img2img): start from this picture, resized to --width/--height "
-                        "(default: its own aspect, the longer side the model's native size)")
-    g.add_argument("--mask", "--mask-image", dest="mask", default=None, metavar="PATH",
+                        "(default: its own aspect, the longer side the model's native size)"))
+    names_a_path(g.add_argument("--mask", "--mask-image", dest="mask", default=None, metavar="PATH",
                    help="with --image: inpainting (diffusers' mask_image): redraw the white part of this picture, "
-                        "keep the black part (any aspect ratio is stretched to the image's)")
+                        "keep the black part (any aspect ratio is stretched to the image's)"))
     g.add_argument("--mask-blur", type=float, default=0.0, metavar="PX",
                    help="with --mask: blur the mask by PX pixels (A1111's 'Mask blur', 4 there): a soft seam where "
                         "the result is pasted back (--paste-back, --padding-mask-crop)")
