@@ -4,14 +4,17 @@ num_inference_steps=...).images``, so that code written for ``StableDiffusionPip
 A thin shell: every call is ``zoodip.generate.generate`` (or ``zoodip.hires.generate_hires``) under diffusers'
 argument names; the rules, defaults and errors are theirs. What differs from diffusers, by design:
 
-- the noise comes from ``seed`` (NumPy's, the same on every machine), not from a ``torch.Generator``;
+- the noise comes from ``seed`` (NumPy's, the same on every machine), not from a ``torch.Generator``; without one a
+  call draws a seed, as diffusers draws noise without a generator, and ``.seed`` of its output says which;
 - the sampler is a name (``sampler="euler"``, ``zoodip.sampling.SAMPLERS``), not a scheduler object;
 - one prompt per call (diffusers' list of prompts: call once per prompt).
 """
 from __future__ import annotations
 
 import inspect
+import numbers
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +27,7 @@ from .generate import generate
 from .hires import generate_hires
 from .model import ExportedModel
 from .runtime_options import RuntimeOptions
-from .sampling import DEFAULT_STEPS, SAMPLERS
+from .sampling import DEFAULT_STEPS, SAMPLERS, call_plan, image_strength, starts_from_noise
 
 OUTPUT_TYPES = ("pil", "np")
 
@@ -34,7 +37,7 @@ _RENAMED = {"num_inference_steps": "steps", "num_images_per_prompt": "num_images
 _NOT_TAKEN = {
     "generator": "pass seed=INT (the noise is NumPy's, the same on every machine; a torch.Generator's differs)",
     "torch_dtype": "the export's precision was chosen by 'zoodip export --recipe'; drop it",
-    "callback_on_step_end": "pass callback=fn(step, total, latents)",
+    "callback_on_step_end": "pass callback=fn(step, timestep, latents) (diffusers' callback, with callback_steps)",
     "prompt_embeds": "pass the prompt's text (learned tokens through load_textual_inversion)",
     "negative_prompt_embeds": "pass negative_prompt's text",
     "cross_attention_kwargs": "there are no attention processors here, and LoRAs are fused at export ('zoodip export "
@@ -79,9 +82,13 @@ class NotInThisPipeline(ZoodipError, AttributeError):
 
 @dataclass
 class PipelineOutput:
-    """diffusers' ``StableDiffusionPipelineOutput``'s ``images``: PIL images, or float [N, H, W, 3] in [0, 1]."""
+    """diffusers' ``StableDiffusionPipelineOutput``: ``images`` (PIL images, or float [N, H, W, 3] in [0, 1]) and
+    ``nsfw_content_detected`` (None: an export has no safety checker); ``seed``: the call's (drawn where none was
+    given), which makes its images again."""
 
     images: Any
+    nsfw_content_detected: None = None
+    seed: int = 0
 
 
 class ZoodipPipeline:
@@ -159,9 +166,22 @@ class ZoodipPipeline:
                                   "rename this one with token=, or call unload_textual_inversion() first")
         self._added = {**self._added, **added}
 
-    def unload_textual_inversion(self) -> None:
-        """Forget every loaded embedding (diffusers' call of the same name)."""
-        self._added = {}
+    def unload_textual_inversion(self, tokens: str | Sequence[str] | None = None, **unknown: Any) -> None:
+        """Forget the loaded embeddings named ``tokens`` (an A1111 file's trigger word and ``<stem>`` together), or
+        every one (diffusers' call of the same name)."""
+        _refuse({key: value for key, value in unknown.items() if value is not None}, "unload_textual_inversion")
+        if tokens is None:
+            self._added = {}
+            return
+        names = [tokens] if isinstance(tokens, str) else list(tokens) if isinstance(tokens, (list, tuple)) else None
+        if names is None or not all(isinstance(name, str) for name in names):
+            raise ZoodipError(f"unload_textual_inversion takes a token or a list of tokens, got {tokens!r:.60}")
+        unknown_names = [name for name in names if name not in self._added]
+        if unknown_names:
+            raise ZoodipError(f"no embedding named {unknown_names[0]!r} is loaded (loaded: "
+                              f"{', '.join(sorted(self._added)) or 'none'}): name one of them")
+        gone = [self._added[name] for name in names]  # an A1111 file's two names hold one array
+        self._added = {name: v for name, v in self._added.items() if not any(v is vectors for vectors in gone)}
 
     def to(self, *devices: object, **options: object) -> ZoodipPipeline:
         """diffusers' ``pipe.to(device)``: the CPU only (onnxruntime's CPU provider), so "cpu" (any case, "cpu:0", a
@@ -175,11 +195,14 @@ class ZoodipPipeline:
         return self
 
     def __call__(self, prompt: str, *positional: Any, negative_prompt: str | None = None,
-                 num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = 7.5, seed: int = 0,
-                 output_type: str = "pil", clip_skip: int | None = None, **options: Any) -> PipelineOutput:
+                 num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = 7.5, seed: int | None = None,
+                 output_type: str = "pil", clip_skip: int | None = None, callback: Any = None, callback_steps: int = 1,
+                 **options: Any) -> PipelineOutput:
         """``generate(self.model, prompt, ...)`` under diffusers' names (``num_images_per_prompt``, ``height``,
         ``width``, ``latents``, ``image``, ``strength``, ``mask_image``, ``padding_mask_crop``, ``eta``,
-        ``guidance_rescale``, ``callback``; ``hires_scale`` & co. run ``zoodip.hires.generate_hires``)."""
+        ``guidance_rescale``; ``hires_scale`` & co. run ``zoodip.hires.generate_hires``). As diffusers': a
+        ``guidance_scale`` of at most 1 runs the prompt alone (no negative prompt); ``callback(step, timestep,
+        latents)`` after every ``callback_steps``-th step (counted from 0); no ``seed``: one drawn."""
         if isinstance(prompt, (list, tuple)):
             raise ZoodipError("one prompt per call here (diffusers batches a list): call the pipeline once per prompt, "
                               "with num_images_per_prompt for several images of one")
@@ -196,13 +219,45 @@ class ZoodipPipeline:
         settings = {_RENAMED.get(key, key): value for key, value in options.items()}
         settings.setdefault("sampler", self.sampler)
         run = generate_hires if "hires_scale" in settings else generate
+        if callback is not None:
+            settings["callback"] = _DiffusersCallback(self.model, callback, callback_steps, num_inference_steps,
+                                                      settings, hires=run is generate_hires)
+        if isinstance(guidance_scale, numbers.Real) and not isinstance(guidance_scale, (bool, np.bool_)) and guidance_scale <= 1:
+            guidance_scale = 1.0  # diffusers' guidance is off at or below 1: the prompt alone, whatever the value
+        seed = secrets.randbelow(2**32) if seed is None else seed
         # Embeddings stay loaded for many prompts, as diffusers': no groups, so one a prompt leaves out is not warned of.
         images = run(self.model, prompt, negative_prompt=negative_prompt or "", steps=num_inference_steps,
                      guidance_scale=guidance_scale, seed=seed, clip_skip=0 if clip_skip is None else clip_skip,
                      added_embeddings=self._added, token_groups=[], **settings)
         if output_type == "np":
-            return PipelineOutput(np.stack([np.asarray(image, np.float32) / 255.0 for image in images]))
-        return PipelineOutput(images)
+            return PipelineOutput(np.stack([np.asarray(image, np.float32) / 255.0 for image in images]), seed=seed)
+        return PipelineOutput(images, seed=seed)
+
+
+class _DiffusersCallback:
+    """diffusers' ``callback(step, timestep, latents)`` (the step from 0) every ``every``-th step, as the progress
+    callback ``generate()`` calls with ``(step, total, latents)`` (the step from 1)."""
+
+    def __init__(self, model: ExportedModel, callback: Any, every: object, steps: int, settings: dict[str, Any],
+                 hires: bool) -> None:
+        if not callable(callback):
+            raise ZoodipError(f"callback must be callable as callback(step, timestep, latents), got {callback!r:.60}")
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ZoodipError(f"callback_steps must be a positive integer, got {every!r:.60}")
+        if hires:
+            raise ZoodipError("the hires fix's two passes have no diffusers callback: call zoodip.hires.generate_hires("
+                              "..., callback=fn(step, total, latents)) for its progress")
+        self.model, self.callback, self.every, self.steps, self.settings = model, callback, every, steps, settings
+        self.timesteps: np.ndarray | None = None
+
+    def __call__(self, step: int, total: int, latents: np.ndarray) -> None:
+        if self.timesteps is None:  # the call's plan, read once its settings have been checked
+            image, masked = self.settings.get("image") is not None, self.settings.get("mask_image") is not None
+            strength = image_strength(self.settings.get("strength"), masked) if image else 1.0
+            self.timesteps = call_plan(self.model, self.settings["sampler"], self.steps, strength,
+                                       starts_from_noise(image, masked, strength)).timesteps
+        if (step - 1) % self.every == 0:
+            self.callback(step - 1, self.timesteps[step - 1], latents)
 
 
 # generate()'s own settings that a call passes on as they are (its signature is the one list), and the hires fix's.

@@ -231,6 +231,18 @@ def image_to_image(plan: SamplingPlan, strength: float) -> SamplingPlan:
     return replace(plan, timesteps=plan.timesteps[-keep:], sigmas=plan.sigmas[-keep:], init_noise_sigma=1.0)
 
 
+def starts_from_noise(image: bool, masked: bool, strength: float) -> bool:
+    """Whether a call's latents start from noise alone: text-to-image, or, as diffusers' inpainting pipelines, an
+    inpainting at strength 1 (the masked part without the image's trace)."""
+    return not image or (masked and strength == 1.0)
+
+
+def call_plan(model: Any, sampler: str, steps: int, strength: float = 1.0, from_noise: bool = True) -> SamplingPlan:
+    """The plan a call runs: ``steps`` of ``sampler``, or, from an image's latents, their last ``strength``."""
+    plan = sampling_plan(model, sampler, steps)
+    return plan if from_noise else image_to_image(plan, strength)
+
+
 def start_latents(plan: SamplingPlan, noise: np.ndarray, image_latents: np.ndarray | None = None) -> np.ndarray:
     """Unit ``noise`` (the samplers scale it), or ``image_latents`` noised to the plan's first step (module doc)."""
     if image_latents is None:
@@ -265,12 +277,10 @@ def run_sampler(
     their noised version over the last ``strength`` of the steps instead (image-to-image); with a latent ``mask``
     too (1: redraw, 0: keep), the kept part put back after every step (``KeptRegion``, inpainting). ``sampler_notes``
     for this call (``guidance_scale``: the call's, for the notes only) are warnings."""
-    plan = sampling_plan(model, sampler, steps)
     for note in sampler_notes(model, sampler, guidance_scale):
         warnings.warn(note, stacklevel=2)  # generate()'s line: said once for both passes of the hires fix
-    # As diffusers' inpainting pipelines: at strength 1 the masked part starts from noise alone, without the image's trace.
-    from_noise = image_latents is None or (mask is not None and strength == 1.0)
-    plan = plan if from_noise else image_to_image(plan, strength)
+    from_noise = starts_from_noise(image_latents is not None, mask is not None, strength)
+    plan = call_plan(model, sampler, steps, strength, from_noise)
     x, ts = start_latents(plan, noise, None if from_noise else image_latents), plan.timesteps
     ac = sampler_alphas_cumprod(model, sampler)
     prediction_type = str(model.schedule.prediction_type)

@@ -55,7 +55,10 @@ def test_load_textual_inversion_renames_lists_and_refuses_a_name_twice(pipe, tmp
 
 @pytest.mark.parametrize("call, words", [
     (dict(generator=object()), "does not take generator=: pass seed=INT"),
-    (dict(callback_on_step_end=print), r"pass callback=fn\(step, total, latents\)"),
+    (dict(callback_on_step_end=print), r"pass callback=fn\(step, timestep, latents\)"),
+    (dict(callback=print, callback_steps=0), "callback_steps must be a positive integer"),
+    (dict(callback=3), "callback must be callable as callback"),
+    (dict(callback=print, hires_scale=2), "the hires fix's two passes have no diffusers callback"),
     (dict(prompt_embeds=np.zeros(3)), "pass the prompt's text"),
     (dict(num_inference_step=3), "does not take num_inference_step=: it takes"),
     (dict(output_type="latent"), "output_type must be one of pil, np"),
@@ -125,7 +128,7 @@ def test_diffusers_pipeline_methods_and_attributes_say_what_to_do(pipe) -> None:
     pipe.set_progress_bar_config(disable=True)  # accepted: the API draws no bar
     assert pipe.device == "cpu" and pipe.to("CPU") is pipe and pipe.to(device="cpu:0") is pipe
     pipe.sampler = "euler"
-    assert np.array_equal(np.asarray(pipe("a star", num_inference_steps=2).images[0]),
+    assert np.array_equal(np.asarray(pipe("a star", num_inference_steps=2, seed=0).images[0]),
                           np.asarray(generate(pipe.model, "a star", steps=2, sampler="euler")[0]))
 
 
@@ -136,11 +139,11 @@ def test_a_pipeline_pickled_or_deep_copied_opens_its_export_again(pipe) -> None:
     import pickle
 
     pipe.sampler = "euler"
-    reference = np.asarray(pipe("a star", num_inference_steps=2).images[0])
+    reference = np.asarray(pipe("a star", num_inference_steps=2, seed=0).images[0])
     for twin in (pickle.loads(pickle.dumps(pipe)), copy.deepcopy(pipe)):
         assert twin.model is not pipe.model and twin.model.folder == pipe.model.folder
         assert twin.model.options == pipe.model.options and twin.sampler == "euler"
-        assert np.array_equal(np.asarray(twin("a star", num_inference_steps=2).images[0]), reference)
+        assert np.array_equal(np.asarray(twin("a star", num_inference_steps=2, seed=0).images[0]), reference)
 
 
 def test_a_folders_skipped_file_is_warned_of_once_not_at_every_later_load(pipe, tmp_path) -> None:
@@ -172,3 +175,63 @@ def test_a_copy_reopens_the_export_it_was_opened_on_or_says_it_changed(tiny_expo
     manifest.write_text(manifest.read_text().replace('"format_version": 1', '"format_version": 1 '))
     with pytest.raises(ZoodipError, match="changed since the model was opened: open it again"):
         pickle.loads(data)
+
+
+def test_diffusers_guidance_scale_at_most_one_is_the_prompt_alone(pipe) -> None:
+    def image(**call):
+        return np.asarray(pipe("a red circle", negative_prompt="a blue square", num_inference_steps=2, seed=1,
+                               **call).images[0])
+    alone = image(guidance_scale=1.0)
+    for scale in (0.0, 0.5, -1, np.float32(0.3)):  # diffusers: no guidance, the negative prompt unused
+        assert np.array_equal(image(guidance_scale=scale), alone)
+    assert not np.array_equal(image(guidance_scale=3.0), alone)
+
+
+def test_diffusers_callback_gets_the_step_from_0_and_the_timestep_every_callback_steps(pipe, tiny_export) -> None:
+    from zoodip.sampling import sampling_plan
+
+    calls: list[tuple[int, float, tuple]] = []
+    pipe("a star", num_inference_steps=5, seed=2, sampler="euler",
+         callback=lambda step, t, latents: calls.append((step, float(t), latents.shape)))
+    timesteps = sampling_plan(pipe.model, "euler", 5).timesteps
+    assert [(step, t) for step, t, _ in calls] == [(i, float(timesteps[i])) for i in range(5)]
+    calls.clear()
+    pipe("a star", num_inference_steps=5, seed=2, callback=lambda step, t, latents: calls.append((step, t, None)),
+         callback_steps=2)
+    assert [step for step, _, _ in calls] == [0, 2, 4]
+    calls.clear()
+    photo = pipe("a star", num_inference_steps=2, seed=2).images[0]  # image-to-image: the last half's timesteps
+    pipe("a star", image=photo, strength=0.5, num_inference_steps=6, seed=2, sampler="euler",
+         callback=lambda step, t, latents: calls.append((step, float(t), None)))
+    assert [t for _, t, _ in calls] == [float(t) for t in sampling_plan(pipe.model, "euler", 6).timesteps[3:]]
+
+
+def test_without_a_seed_a_call_draws_one_and_says_it(pipe) -> None:
+    first, second = pipe("a star", num_inference_steps=2), pipe("a star", num_inference_steps=2)
+    assert first.seed != second.seed and first.nsfw_content_detected is None
+    again = pipe("a star", num_inference_steps=2, seed=first.seed)
+    assert again.seed == first.seed
+    assert np.array_equal(np.asarray(again.images[0]), np.asarray(first.images[0]))
+    assert not np.array_equal(np.asarray(second.images[0]), np.asarray(first.images[0]))
+
+
+def test_unload_textual_inversion_forgets_the_named_tokens_as_diffusers(pipe, tmp_path) -> None:
+    from zoodip.embeddings import save_a1111_embedding
+
+    hidden = pipe.model.hidden_size
+    a, _ = _embedding(tmp_path, "a.safetensors", "<a>", hidden)
+    b, _ = _embedding(tmp_path, "b.safetensors", "<b>", hidden, seed=1)
+    c = save_a1111_embedding(tmp_path / "cstyle.safetensors", "cstyle", np.ones((1, hidden), np.float32))
+    pipe.load_textual_inversion([a, b, c])
+    assert sorted(pipe._added) == ["<a>", "<b>", "<cstyle>", "cstyle"]
+    pipe.unload_textual_inversion("<a>")
+    pipe.unload_textual_inversion(["cstyle"])  # an A1111 file's two names: both gone
+    assert sorted(pipe._added) == ["<b>"]
+    with pytest.raises(ZoodipError, match=r"no embedding named '<a>' is loaded \(loaded: <b>\)"):
+        pipe.unload_textual_inversion("<a>")
+    with pytest.raises(ZoodipError, match="takes a token or a list of tokens"):
+        pipe.unload_textual_inversion(3)
+    with pytest.raises(ZoodipError, match="does not take text_encoder=: the export's text encoder is used"):
+        pipe.unload_textual_inversion("<b>", text_encoder=object())
+    pipe.unload_textual_inversion("<b>", tokenizer=None, text_encoder=None)
+    assert pipe._added == {}
