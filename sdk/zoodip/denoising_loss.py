@@ -30,7 +30,10 @@ class DenoisingLoss:
     def text_inputs(self, ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """Token embeddings [m, 77, H] for one prompt, each placeholder vector's rows set from each candidate."""
         rows = np.asarray(candidates).reshape(len(candidates), len(self.placeholder_ids), -1)  # [m, K, H]
-        base = self.model.embed_tokens(ids[None], extra_rows=rows[0])[0]
+        # The placeholder's positions looked up as id 0 and set below (its ids need not be the first added ones: a
+        # tokenizer may hold tokens added before, whose rows a prompt using them was not given: refused).
+        plain = np.where(np.isin(ids, self.placeholder_ids), 0, ids)
+        base = self.model.embed_tokens(plain[None])[0]
         inputs = np.repeat(base[None], len(candidates), axis=0)
         for k, token_id in enumerate(self.placeholder_ids):
             positions = np.flatnonzero(ids == token_id)

@@ -669,3 +669,18 @@ def test_config_fields_of_the_wrong_kind_are_one_clear_error(tiny_export, photos
                                  ("output_dir", 3, "output_dir must be a path")):
         with pytest.raises(ZoodipError, match=needle):
             make_config(tiny_export, photos, tmp_path / "o", **{field: value})
+
+
+def test_a_tokenizer_holding_tokens_added_before_trains_as_one_without(tiny_export, photos, tmp_path):
+    import shutil
+
+    from zoodip.model import ExportedModel
+
+    copy = tmp_path / "export"
+    shutil.copytree(tiny_export, copy)
+    base = ExportedModel.load(tiny_export).token_embeddings.shape[0]
+    (copy / "tokenizer" / "added_tokens.json").write_text(json.dumps({"<cat>": base}))  # a saved TI pipeline's
+    plain = personalize(make_config(tiny_export, photos, tmp_path / "plain", max_train_steps=3, eval_every=3))
+    added = personalize(make_config(copy, photos, tmp_path / "added", max_train_steps=3, eval_every=3))
+    assert added.eval_history == plain.eval_history  # the placeholder's id is another; nothing else is
+    assert np.array_equal(load_embedding_file(added.embedding_path)[1], load_embedding_file(plain.embedding_path)[1])
