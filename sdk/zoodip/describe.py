@@ -2,10 +2,10 @@
 offers, or the settings an image was generated with. Each returns its lines; the CLI prints them."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .errors import ZoodipError
+from .json_text import parse_json
 
 
 def describe(path: str | Path) -> list[str]:
@@ -37,10 +37,21 @@ def describe_embedding(path: Path) -> list[str]:
     meta = read_embedding_metadata(str(path))
     if "steps" not in meta:
         return lines + ["trained by: not recorded (not a zoodip file, or an older one)"]
-    settings = json.loads(meta.get("settings", "{}"))
-    return lines + [f"trained: {meta['steps']} steps, {meta['forwards']} training forwards",
-                    f"model: {meta.get('model_name', '?')} (manifest {meta.get('model', '?')})",
-                    "settings: " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))]
+    try:
+        settings = parse_json(meta.get("settings", "{}"))
+    except ValueError:
+        settings = None
+    said = {key: _one_line(meta.get(key, "?")) for key in ("steps", "forwards", "model_name", "model")}
+    return lines + [f"trained: {said['steps']} steps, {said['forwards']} training forwards",
+                    f"model: {said['model_name']} (manifest {said['model']})",
+                    "settings: " + (", ".join(f"{k}={_one_line(v)}" for k, v in sorted(settings.items()))
+                                    if isinstance(settings, dict) else "unreadable (the file's record is damaged)")]
+
+
+def _one_line(value: object) -> str:
+    """A value a file recorded, as one line (a newline in it would print as a line of its own)."""
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def describe_export(folder: Path) -> list[str]:

@@ -14,7 +14,6 @@ loads files a user downloaded.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
@@ -28,6 +27,7 @@ import numpy as np
 from .errors import ZoodipError
 from .integrity import file_sha256
 from .safetensors_io import load_metadata, read_file, save_file
+from .json_text import parse_json
 
 # A prompt holds at most 75 tokens (77 with its start and end markers), so no usable embedding has
 # more vectors; text encoders in use are at most 4096 wide. Checked on the file's header, before
@@ -299,7 +299,7 @@ def _clash(alias: str, spec: str) -> ZoodipError:
 def _trained_clip_skip(metadata: dict[str, str]) -> int:
     """The ``clip_skip`` a zoodip embedding's header records (0: its last layer, also where it says nothing)."""
     try:
-        return int(json.loads(metadata.get("settings", "{}")).get("clip_skip", 0))
+        return int(parse_json(metadata.get("settings", "{}")).get("clip_skip", 0))
     except (ValueError, TypeError, AttributeError):
         return 0
 

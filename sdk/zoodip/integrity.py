@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ZoodipError
+from .json_text import parse_json
 
 CACHE_FILE = "verified-files.json"
 
@@ -52,9 +53,9 @@ def _load_cache() -> dict[str, Any]:
     try:
         if not path.is_file():  # (a named pipe there would block the read for ever)
             return {}
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError, RecursionError):  # (RecursionError: JSON nested past the parser's depth)
+    except (OSError, ValueError):
         return {}
 
 

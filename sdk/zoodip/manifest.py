@@ -2,13 +2,13 @@
 fields, types and in-folder paths, one line per problem, before any file is opened."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from .errors import ZoodipError
-from .paths import why_missing
+from .paths import lies_within, why_missing
+from .json_text import parse_json
 
 FORMAT = "zoodip-export"
 FORMAT_VERSION = 1
@@ -24,8 +24,12 @@ def _inside(folder: Path, relative: object, path: Path, field_name: str) -> Path
     """``folder / relative`` for a manifest path that must stay inside the folder (no absolute, no '..')."""
     if not isinstance(relative, str) or not relative.strip():
         raise _bad_manifest(path, f"has {field_name} = {relative!r}, not a file name")
-    target = (folder / relative).resolve()
-    if Path(relative).is_absolute() or not target.is_relative_to(folder.resolve()):
+    try:
+        inside = not Path(relative).is_absolute() and lies_within(folder / relative, folder)
+    except OSError:  # a loop of links on the way
+        raise ZoodipError(f"{folder / relative} (the manifest's {field_name}) is a loop of symbolic links: point the "
+                          "link at a real file, or re-run 'zoodip export'") from None
+    if not inside:
         raise _bad_manifest(path, f"points {field_name} outside the export folder ({relative!r})")
     return folder / relative
 
@@ -73,7 +77,7 @@ def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
     _typed(model, "prediction_type", (str,), path, "model.", required=False)
     files = manifest["files"]
     for name, info in files.items():
-        _inside(folder, name, path, "a files entry")
+        _inside(folder, name, path, "files entry")
         if not isinstance(info, dict):
             raise _bad_manifest(path, f"has files[{name!r}] = {info!r}, not an object")
         size = _typed(info, "bytes", (int,), path, f"files[{name!r}].", required=False)
@@ -151,7 +155,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
                               f"'zoodip export {folder} EXPORT_DIR' and pass EXPORT_DIR")
         raise ZoodipError(f"{folder} has no manifest.json: it is not a zoodip export (run 'zoodip export')")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = parse_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ZoodipError(f"{path} is not valid JSON ({exc}): re-run 'zoodip export'") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

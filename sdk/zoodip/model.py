@@ -9,7 +9,6 @@ for finite differences (no activation quantization, no folding weights back to f
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 from dataclasses import replace
@@ -30,6 +29,7 @@ from .runtime_options import (DEFAULT_SPIN_WAIT, RuntimeOptions, apply_export_se
                               check_runtime_options)
 from .schedule import NoiseSchedule
 from .tokenizer import CLIPTokenizer
+from .json_text import parse_json
 
 # Under a memory budget these graphs run without onnxruntime's CPU arena (``session_options``).
 RUN_ONCE_PER_IMAGE = ("vae_decoder",)
@@ -84,7 +84,7 @@ class ExportedModel:
 
         scheduler_path = self.folder / manifest["scheduler"]
         try:
-            scheduler_config = json.loads(scheduler_path.read_text(encoding="utf-8"))
+            scheduler_config = parse_json(scheduler_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ZoodipError(f"cannot read {scheduler_path} ({exc}): re-run 'zoodip export'") from None
         if not isinstance(scheduler_config, dict):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Callable
 
 from .errors import ZoodipError
 from .paths import write_failure
+from .json_text import parse_json
 
 
 class LazyJsonlLog:
@@ -118,7 +118,7 @@ def progress_log_path(target: str, config: Any) -> Path:
     if path.is_file() and path.stat().st_size:
         try:
             with open(path, encoding="utf-8") as log:
-                first = json.loads(log.readline(1 << 20))
+                first = parse_json(log.readline(1 << 20))
         except (OSError, UnicodeDecodeError, ValueError):
             first = None
         if not (isinstance(first, dict) and first.get("type") == "progress"):

@@ -24,6 +24,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from .errors import ZoodipError
+from .json_text import parse_json
 
 LearnableProperty = Literal["object", "style"]
 
@@ -111,11 +112,10 @@ def load_captions(path: Path, image_names: Sequence[str], placeholder: str) -> d
     except (OSError, UnicodeDecodeError) as exc:
         raise ZoodipError(f"cannot read captions file {path} ({exc}); it must be a readable UTF-8 text file") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ZoodipError(
-            f"captions file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from None
+        data = parse_json(text)
+    except ValueError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else exc
+        raise ZoodipError(f"captions file {path} is not valid JSON ({where})") from None
     data = _authors_dataset(data, image_names)
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ZoodipError(

@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import ZoodipError
 from .paths import atomic_write_bytes, write_failure
+from .json_text import parse_json
 
 
 def sha256_of_files(paths: Iterable[Path]) -> str:
@@ -90,7 +91,7 @@ def read_log(path: Path) -> list[dict]:
     records: list[dict] = []
     for index, (number, line) in enumerate(numbered):
         try:
-            record = json.loads(line.decode("utf-8"))
+            record = parse_json(line.decode("utf-8"))
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
         except ValueError:  # also UnicodeDecodeError

@@ -6,7 +6,6 @@ takes the folder (``Personalizer``, under the folder's lock).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ from .config import PersonalizeConfig
 from .embeddings import EMBEDDING_NAME, SNAPSHOT_FILE, SNAPSHOT_NAME, a1111_file_name  # noqa: F401 (public here)
 from .errors import ZoodipError
 from .paths import check_files_to_replace, check_output_dir
+from .json_text import parse_json
 
 LOG_NAME = "log.jsonl"
 CONFIG_NAME = "config.json"  # the run's settings, as its first step found them
@@ -58,7 +58,7 @@ def _is_a_runs(path: Path) -> bool:
         return False
     keys = ("placeholder_token", "export_dir") if path.name == CONFIG_NAME else ("step",)
     try:
-        found = json.loads(text)
+        found = parse_json(text)
     except ValueError:  # torn: what a run's first line begins with (the first key it writes), or nothing at all
         compact = re.sub(r"\s", "", text.replace("\x00", ""))
         start = '{"export_dir"' if path.name == CONFIG_NAME else '{"step"'

@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import ZoodipError
 from .paths import atomic_write_bytes
+from .json_text import parse_json
 
 # safetensors dtype name -> little-endian NumPy dtype. BF16 has no NumPy dtype; it is read as
 # float32 (exactly: bfloat16 is the top half of a float32) and is never written.
@@ -157,7 +158,7 @@ def _read_header(handle: BinaryIO, size: int, path: Path) -> tuple[dict[str, dic
     if header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
         raise _bad(path, f"header length {header_len} does not fit the {size}-byte file; truncated?")
     try:
-        header = json.loads(handle.read(header_len).decode("utf-8"))
+        header = parse_json(handle.read(header_len).decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise _bad(path, "header is not JSON") from None
     if not isinstance(header, dict):

@@ -13,7 +13,6 @@ put back as ``x0`` noised to the level that step reached (``KeptRegion``). At st
 """
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import warnings
@@ -38,6 +37,7 @@ from .samplers import (
     sample_lcm,
     sigmas_at,
 )
+from .json_text import parse_json
 
 
 @dataclass(frozen=True)
@@ -358,7 +358,7 @@ def scheduler_config(model: Any) -> dict[str, Any]:
     if folder is not None and isinstance(manifest, Mapping) and manifest.get("scheduler"):
         path = Path(folder) / str(manifest["scheduler"])
         try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
+            loaded = parse_json(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ZoodipError(f"cannot read {path} ({exc}): re-run 'zoodip export'") from None
         if isinstance(loaded, dict):

@@ -6,12 +6,12 @@ transformers reads it. zoodip.tokenizer.CLIPTokenizer.from_folder builds the tok
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import ZoodipError
+from .json_text import parse_json
 
 DEFAULT_MAX_LENGTH = 77
 # transformers reads only this many merges (after the "#version" header line) from merges.txt.
@@ -29,10 +29,11 @@ class TokenizerSettings:
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # (UnicodeDecodeError is one)
         raise ZoodipError(
-            f"{path} is not readable JSON ({exc.__class__.__name__}): re-export the model or copy the tokenizer folder again"
+            f"{path} is not readable JSON ({str(exc)[:100] or type(exc).__name__}): re-export the model or copy the "
+            "tokenizer folder again"
         ) from None
 
 

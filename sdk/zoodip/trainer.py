@@ -51,6 +51,7 @@ from .setting_warnings import warn_about_settings
 from .step_inputs import StepInputs, draw_step_inputs, encode_photo_views, step_rng
 from .timesteps import PartialUniformTimesteps
 from .token_vectors import add_placeholder_tokens, as_matrix, check_prompts_fit, initial_vector
+from .json_text import parse_json
 
 _EVAL_STREAM = 0x5EED_E7A1  # separates the fixed evaluation noises from the training stream
 
@@ -301,7 +302,7 @@ class Personalizer:
     def _changed_settings(self) -> list[str]:
         """The settings of this run that differ from those its folder's config.json recorded (none if unreadable)."""
         try:
-            return self.config.settings_differing_from(json.loads((self.config.output_dir / CONFIG_NAME).read_text()))
+            return self.config.settings_differing_from(parse_json((self.config.output_dir / CONFIG_NAME).read_text()))
         except (OSError, ValueError, TypeError, ZoodipError):  # only a hint for the message: never its own error
             return []
 

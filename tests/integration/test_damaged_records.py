@@ -1,0 +1,60 @@
+"""Records a user's copy or edit can damage (JSON nested past the parser's depth, an embedding's settings, a loop of
+links inside an export): each one line, never a traceback."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from zoodip.describe import describe
+from zoodip.embeddings import load_embeddings, save_learned_embeds
+from zoodip.errors import ZoodipError
+from zoodip.json_text import parse_json
+from zoodip.model import ExportedModel
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_json_nested_past_the_parsers_depth_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_json(DEEP)
+    assert parse_json('{"a": [1]}') == {"a": [1]}
+
+
+def _copy(tiny_export, tmp_path):
+    return shutil.copytree(tiny_export, tmp_path / "export")
+
+
+def test_an_export_whose_manifest_or_added_tokens_nest_too_deep_is_one_line(tiny_export, tmp_path) -> None:
+    folder = _copy(tiny_export, tmp_path)
+    (folder / "tokenizer" / "added_tokens.json").write_text(DEEP)  # (no hash covers it)
+    with pytest.raises(ZoodipError, match="added_tokens.json is not readable JSON"):
+        ExportedModel.load(folder)
+    (folder / "tokenizer" / "added_tokens.json").unlink()
+    text = (folder / "manifest.json").read_text()
+    (folder / "manifest.json").write_text(text.replace('"precision":', f'"deep": {DEEP}, "precision":', 1))
+    with pytest.raises(ZoodipError, match="manifest.json is not valid JSON"):
+        ExportedModel.load(folder)
+
+
+def test_a_loop_of_links_inside_an_export_is_one_line(tiny_export, tmp_path) -> None:
+    folder = _copy(tiny_export, tmp_path)
+    (folder / "unet.onnx").unlink()
+    (folder / "unet.onnx").symlink_to("unet.onnx")
+    with pytest.raises(ZoodipError, match=r"unet.onnx \(the manifest's .*\) is a loop of symbolic links"):
+        ExportedModel.load(folder)
+
+
+@pytest.mark.parametrize("settings, said", [
+    ("{", "settings: unreadable"), ("[1]", "settings: unreadable"), (DEEP, "settings: unreadable"),
+    ('{"lr": 0.1}', "settings: lr=0.1"),
+])
+def test_info_and_loading_read_an_embedding_whose_record_is_damaged(model, tmp_path, settings, said) -> None:
+    path = save_learned_embeds(tmp_path / "e.safetensors", "<e>", np.zeros((1, model.hidden_size), np.float32),
+                               {"steps": "4", "model_name": "a\nb", "settings": settings})  # (no forwards)
+    lines = describe(path)
+    assert any(line.startswith(said) for line in lines)
+    assert "trained: 4 steps, ? training forwards" in lines and "model: a\\nb (manifest ?)" in lines
+    added = load_embeddings([str(path)], model.tokenizer, model.hidden_size, model.identity, clip_skip=0)[0]
+    assert list(added) == ["<e>"]  # (the settings' clip skip unread: taken as the last layer's)
