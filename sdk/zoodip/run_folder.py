@@ -44,6 +44,24 @@ def check_run_folder(config: PersonalizeConfig, resume: bool) -> None:
                               "there: move it, or choose a new --output_dir")
     check_files_to_replace([*embeddings, *([] if resume else [checkpoint])],
                            "resume with --resume" if resume else "run again")
+    _check_links_apart(out, [checkpoint, *embeddings, out / LOG_NAME])
+
+
+def _check_links_apart(out: Path, written: list[Path]) -> None:
+    """The run's files that are links (written through, ``paths.write_target``) must lead to files of their own,
+    outside any other run's folder: two writes into one file would leave only the last (an embedding over the
+    checkpoint), and a folder copied as links (``cp -rs``) would resume into the original's files, past its lock."""
+    here, seen = os.path.realpath(out), {}
+    for path in (path for path in written if os.path.islink(path)):
+        target = Path(os.path.realpath(path))
+        if target in seen:
+            raise ZoodipError(f"{seen[target].name} and {path.name} in {out} are links to one file ({target}), and a "
+                              "run writes each: point them at different files, or remove the links")
+        seen[target] = path
+        if str(target.parent) != here and (target.parent / CHECKPOINT_NAME).exists():
+            raise ZoodipError(f"{path} is a link into another run's folder ({target.parent}), whose files the run "
+                              "would write: run there, or copy that folder's files (cp -r, not links) and run on the "
+                              "copy")
 
 
 def _is_a_runs(path: Path) -> bool:

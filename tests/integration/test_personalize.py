@@ -684,3 +684,26 @@ def test_a_tokenizer_holding_tokens_added_before_trains_as_one_without(tiny_expo
     added = personalize(make_config(copy, photos, tmp_path / "added", max_train_steps=3, eval_every=3))
     assert added.eval_history == plain.eval_history  # the placeholder's id is another; nothing else is
     assert np.array_equal(load_embedding_file(added.embedding_path)[1], load_embedding_file(plain.embedding_path)[1])
+
+
+def test_run_files_linked_to_one_file_or_into_another_run_are_refused_before_the_work(tiny_export, photos, tmp_path):
+    """An embedding and an --a1111 file linked to one file kept only the last written (exit 0); a folder copied as
+    links (cp -rs) resumed into the original run's checkpoint, embedding and log."""
+    store, out = tmp_path / "store", tmp_path / "r"
+    store.mkdir(), out.mkdir()
+    (out / "learned_embeds.safetensors").symlink_to(store / "same.safetensors")
+    (out / "striped-star.safetensors").symlink_to(store / "same.safetensors")
+    with pytest.raises(ZoodipError, match=r"learned_embeds.safetensors and striped-star.safetensors in \S+ are links "
+                                          r"to one file \(\S+same.safetensors\)"):
+        personalize(make_config(tiny_export, photos, out, max_train_steps=2, eval_every=0, a1111=True))
+    assert not (store / "same.safetensors").exists()
+    original = tmp_path / "original"
+    personalize(make_config(tiny_export, photos, original, max_train_steps=2, eval_every=0))
+    before = {path.name: path.read_bytes() for path in original.iterdir() if path.is_file()}
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in original.iterdir():
+        (copy / path.name).symlink_to(path)
+    with pytest.raises(ZoodipError, match=r"checkpoint.npz is a link into another run's folder \(\S+original\)"):
+        personalize(make_config(tiny_export, photos, copy, max_train_steps=4, eval_every=0), resume=True)
+    assert {path.name: path.read_bytes() for path in original.iterdir() if path.is_file()} == before
