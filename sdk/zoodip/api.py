@@ -23,7 +23,8 @@ import numbers
 import os
 import threading
 import weakref
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import IO, Any, Callable
 
 import numpy as np
@@ -72,7 +73,8 @@ class PersonalizationJob:
     ``on_progress(progress)`` is called in the job's thread with each event. If it raises, the job stops as on
     ``cancel()`` (checkpoint and the embedding so far saved) and ``wait()`` raises that error; ``result`` keeps what
     the run ended with (a callback that raises at the last event leaves a finished run finished). One job runs
-    once (``start()`` or ``run()``): a new ``PersonalizationJob(config, resume=True)`` continues it.
+    once (``start()`` or ``run()``): a new ``PersonalizationJob(config, resume=True)`` continues it. ``config``'s
+    folders are taken as absolute when the job is made (``job.config``), so the host may change its working folder.
     """
 
     def __init__(self, config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,
@@ -83,7 +85,10 @@ class PersonalizationJob:
             raise ZoodipError(f"on_progress must be callable as on_progress(progress), got {type(on_progress).__name__}")
         if not isinstance(resume, (bool, np.bool_)):
             raise ZoodipError(f"resume must be True or False, got {resume!r}")
-        self.config = config
+        # The folders absolute (links kept): a host that changes its working folder while the job runs in a thread
+        # would send its reads and writes elsewhere (the run stopped as if its folder had gone, or wrote a new one).
+        self.config = replace(config, **{name: Path(os.path.abspath(getattr(config, name)))
+                                         for name in ("export_dir", "images", "output_dir")})
         self.on_progress = on_progress
         self.resume = bool(resume)
         self.latest: Progress | None = None

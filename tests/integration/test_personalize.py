@@ -707,3 +707,16 @@ def test_run_files_linked_to_one_file_or_into_another_run_are_refused_before_the
     with pytest.raises(ZoodipError, match=r"checkpoint.npz is a link into another run's folder \(\S+original\)"):
         personalize(make_config(tiny_export, photos, copy, max_train_steps=4, eval_every=0), resume=True)
     assert {path.name: path.read_bytes() for path in original.iterdir() if path.is_file()} == before
+
+
+def test_a_job_keeps_its_folders_when_the_host_changes_its_working_folder(tiny_export, photos, tmp_path, monkeypatch):
+    """A relative output_dir followed the host's os.chdir: the run stopped as if its folder had gone, or wrote anew
+    wherever the host had moved."""
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(start)
+    job = PersonalizationJob(make_config(tiny_export, photos, "rel_out", max_train_steps=2, eval_every=0))
+    monkeypatch.chdir(elsewhere)
+    result = job.start().wait()
+    assert result.status == "done" and (start / "rel_out" / EMBEDDING_NAME).is_file()
+    assert not (elsewhere / "rel_out").exists() and result.embedding_path == start / "rel_out" / EMBEDDING_NAME
