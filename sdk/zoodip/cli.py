@@ -257,6 +257,9 @@ def _apply_image_parameters(args: argparse.Namespace) -> Any:
         if name not in given and name not in skipped:
             setattr(args, name, value)
             args.from_image.add(name)
+    if "eta" in args.from_image and args.sampler != "ddim":  # DDIM's noise, with another sampler flag-chosen
+        args.eta = 0.0
+        args.from_image.discard("eta")
     for name, problem in parameters.problems.items():
         if name not in given and name not in skipped:
             raise ZoodipError(f"--parameters-from {args.parameters_from}: {problem}")
@@ -270,7 +273,7 @@ def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
                     num_images=args.num_images, prompt_weighting=args.prompt_weighting, clip_skip=args.clip_skip,
                     guidance_rescale=args.guidance_rescale, mask_blur=args.mask_blur,
                     padding_mask_crop=args.padding_mask_crop, paste_back=args.paste_back,  # (without --mask: refused)
-                    variation_seed=args.variation_seed, variation_strength=args.variation_strength)
+                    variation_seed=args.variation_seed, variation_strength=args.variation_strength, eta=args.eta)
     if args.hires_scale is None:
         return dict(settings, image=args.image, strength=args.strength, mask_image=args.mask)
     hires = {k: v for k, v in (("hires_strength", args.hires_strength), ("hires_steps", args.hires_steps))

@@ -12,7 +12,7 @@ from .gradient_estimate import DIRECTIONS
 from .lr_schedule import LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT
 from .prompts import LEARNABLE_PROPERTIES
-from .sampling import DEFAULT_STEPS, DEFAULT_STRENGTH, HIRES_STRENGTH, INPAINT_STRENGTH, SAMPLERS
+from .sampling import DEFAULT_STEPS, DEFAULT_STRENGTH, HIRES_STRENGTH, INPAINT_STRENGTH, SAMPLERS, sampler_named
 from .timesteps import PAPER_T_RANGE
 from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
 
@@ -166,7 +166,8 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
 
 def add_generate_flags(g: argparse.ArgumentParser) -> None:
     """The flags of ``zoodip generate`` (diffusers' pipeline argument names are accepted too)."""
-    names_a_path(g.add_argument("--model", required=True, help="zoodip export folder"))
+    names_a_path(g.add_argument("--model", "--pretrained_model_name_or_path", dest="model", required=True,
+                                help="zoodip export folder"))
     g.add_argument("--prompt", default=None, help="the prompt (required, unless --parameters-from gives it)")
     names_a_path(g.add_argument("--parameters-from", default=None, metavar="IMAGE",
                    help="make an image again from the generation parameters IMAGE holds (A1111's PNG Info -> "
@@ -182,7 +183,11 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
                    help="rescale the guided prediction toward the prompt's spread, in [0, 1] (diffusers' "
                         "guidance_rescale; 0.7 is its suggestion for v-prediction models); 0: off")
-    g.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0])
+    g.add_argument("--sampler", type=sampler_named, choices=SAMPLERS, default=SAMPLERS[0],
+                   help="the sampler (A1111's names are read too: 'Euler a', 'DPM++ 2M Karras', ...)")
+    g.add_argument("--eta", type=float, default=0.0,
+                   help="with --sampler ddim: the noise each step adds back, from 0 (deterministic) to 1 (as DDPM) "
+                        "(diffusers' eta, A1111's 'Eta DDIM')")
     g.add_argument("--prompt-weighting", choices=PROMPT_WEIGHTINGS, default=PROMPT_WEIGHTINGS[0],
                    help="none: brackets are plain text, as in diffusers (77 tokens); a1111: AUTOMATIC1111's emphasis, "
                         "(words) x1.1, [words] /1.1, (words:1.3) x1.3, \\( for a literal bracket, long prompts in "

@@ -194,8 +194,9 @@ class OneLineParser(argparse.ArgumentParser):
         name, eq, value = arg.partition("=")
         if name in self._option_string_actions:
             return arg
-        for other in ("--" + name[2:].replace("_", "-"), "--" + name[2:].replace("-", "_")):
-            if other in self._option_string_actions:
+        wanted = name[2:].replace("-", "_")  # (a flag may mix the two: --no-center_crop is --no_center_crop)
+        for other in self._option_string_actions:
+            if other.startswith("--") and other[2:].replace("-", "_") == wanted:
                 return other + eq + value
         return arg
 

@@ -57,6 +57,11 @@ DIFFUSERS_TI_FLAGS: dict[str, str] = {
 }
 
 
+_EMBEDDINGS = "learned embeddings are loaded with --embedding PATH (a file, or a folder of them; repeatable)"
+_KARRAS = "Karras sigmas are samplers here: --sampler dpmpp_2m_karras or dpmpp_2m_sde_karras"
+_OWN_TIMESTEPS = "the sampler spaces its own timesteps over --steps (--sampler picks the schedule); drop it"
+_NOT_HERE = "A1111's option has no counterpart here; drop it"
+_SAMPLER_PARAMETERS = "A1111's sampler parameters keep their defaults here; drop it"
 _IMAGES = "images per call: --num-images N (one UNet batch; call again with another --seed for more)"
 
 # A diffusers pipeline argument or A1111 setting (underscore spelling) that ``zoodip generate`` names otherwise or
@@ -83,6 +88,27 @@ GENERATE_FLAGS: dict[str, str] = {
     "--hr_second_pass_steps": "use --hires-steps N (with --hires-scale)",
     "--subseed": "A1111's variation seed is --variation-seed N (with --variation-strength)",
     "--subseed_strength": "A1111's variation strength is --variation-strength S (with --variation-seed)",
+    "--lora": "LoRAs are fused into the weights at export: 'zoodip export SRC OUT --lora FILE:SCALE', then --model OUT",
+    "--textual_inversion": _EMBEDDINGS,
+    "--embeddings": _EMBEDDINGS,
+    "--embeddings_dir": _EMBEDDINGS,
+    "--embedding_dir": _EMBEDDINGS,
+    "--use_karras_sigmas": _KARRAS,
+    "--karras": _KARRAS,
+    "--schedule_type": _KARRAS + " (the others space their timesteps as the export's scheduler config says)",
+    "--scheduler_type": _KARRAS,
+    "--timesteps": _OWN_TIMESTEPS,
+    "--sigmas": _OWN_TIMESTEPS,
+    "--denoising_end": "SDXL's hand-off to a refiner has no place in SD1.x/2.x; drop it",
+    "--restore_faces": _NOT_HERE,
+    "--tiling": _NOT_HERE,
+    "--styles": "A1111's styles are text: write them into --prompt / --negative-prompt",
+    "--s_noise": _SAMPLER_PARAMETERS,
+    "--s_churn": _SAMPLER_PARAMETERS,
+    "--s_tmin": _SAMPLER_PARAMETERS,
+    "--s_tmax": _SAMPLER_PARAMETERS,
+    "--ensd": "A1111's eta noise seed delta has no counterpart (the noise comes from --seed); drop it",
+    "--eta_noise_seed_delta": "A1111's eta noise seed delta has no counterpart (the noise comes from --seed); drop it",
     "--hr_upscaler": "the hires fix upscales with Lanczos (A1111's 'Lanczos' upscaler; no latent or ESRGAN "
                      "upscalers here); drop it",
 }

@@ -90,6 +90,7 @@ def infotext(prompt: str, settings: Mapping[str, Any], size: tuple[int, int], mo
           if settings["variation_strength"] else []),
         ("Clip skip", clip_skip + 1 if clip_skip else None),  # A1111 counts the last layer as 1, diffusers as 0
         *_image_fields(settings),
+        ("Eta DDIM", settings["eta"] if settings["sampler"] == "ddim" and settings["eta"] else None),
         ("Guidance rescale", settings["guidance_rescale"] or None), ("Prompt weighting", settings["prompt_weighting"]),
         ("Initial latents", None if settings["latents"] is None else "given (not the seed's)"),
         ("Batch size", count if count > 1 else None), ("Batch pos", batch_pos if count > 1 else None),
@@ -144,6 +145,7 @@ _ONE_SETTING: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Variation seed": ("variation_seed", int), "Variation seed strength": ("variation_strength", float),
     "Clip skip": ("clip_skip", lambda value: max(int(value) - 1, 0)),  # (A1111 reads its 0 as its 1: the last layer)
     "Guidance rescale": ("guidance_rescale", float),
+    "Eta DDIM": ("eta", float),  # (DDIM's only: read where the sampler is DDIM, left out with another)
     "Prompt weighting": ("prompt_weighting", lambda value: _one_of(value, PROMPT_WEIGHTINGS)),
     "Mask blur": ("mask_blur", float),
 }

@@ -79,6 +79,13 @@ INPAINT_STRENGTH = 1.0  # inpainting's default strength, diffusers' inpainting p
 HIRES_STRENGTH = 0.7  # A1111's hires fix: its second pass's denoising strength (zoodip.hires)
 
 
+def sampler_named(name: str) -> str:
+    """``name`` as one of ``SAMPLERS`` where it is A1111's name of one, in any case ("Euler a", "DPM++ 2M Karras"),
+    else as given (one of them, or what the caller refuses)."""
+    by_a1111 = {a1111.lower(): ours for ours, a1111 in A1111_SAMPLER_NAMES.items()}
+    return name if name in SAMPLERS else by_a1111.get(name.lower(), name)
+
+
 def image_strength(strength: float | None, masked: bool) -> float:
     """An image-to-image call's strength: the one given, else diffusers' default (inpainting's where ``masked``)."""
     return (INPAINT_STRENGTH if masked else DEFAULT_STRENGTH) if strength is None else strength

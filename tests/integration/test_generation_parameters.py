@@ -205,3 +205,24 @@ def test_one_file_under_two_names_is_listed_under_each_and_the_export_is_named_a
     named = model_hash(model)
     shutil.rmtree(copy)  # removed (or replaced) while an image is made: its parameters name the export as opened
     assert model_hash(model) == named
+
+
+def test_ddims_eta_is_a_flag_written_as_a1111s_eta_ddim_and_read_back(tiny_export, tmp_path, capsys):
+    """The API took eta= but the CLI had no --eta, and --parameters-from called A1111's "Eta DDIM" no setting."""
+    out = tmp_path / "d.png"
+    code, _, err = run_cli(["generate", "--pretrained_model_name_or_path", tiny_export, "--prompt", "a red star",
+                            "--steps", "3", "--sampler", "DDIM", "--eta", "0.5", "--out", out], capsys)
+    assert code == 0, err
+    assert _fields(read_parameters(out))["Eta DDIM"] == "0.5"
+    model = ExportedModel.load(tiny_export)
+    made = generate(model, "a red star", steps=3, sampler="ddim", eta=0.5)[0]
+    assert np.array_equal(np.asarray(made), np.asarray(Image.open(out)))
+    again = tmp_path / "again.png"
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--parameters-from", out, "--out", again], capsys)
+    assert code == 0 and "Eta DDIM" not in err, err
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(made))
+    other = tmp_path / "other.png"  # another sampler chosen by its flag: DDIM's eta left out
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--parameters-from", out, "--sampler", "Euler a",
+                            "--out", other], capsys)
+    assert code == 0, err
+    assert "Eta DDIM" not in read_parameters(other) and _fields(read_parameters(other))["Sampler"] == "Euler a"

@@ -24,6 +24,16 @@ def test_a_flag_may_be_spelled_with_underscores_or_dashes():
     assert parser().parse_args(["--t-range", "3", "4", "--max_train_steps", "5"]).t_range == [3, 4]
 
 
+def test_a_flag_that_mixes_the_two_spellings_is_read_in_either() -> None:
+    """argparse's --no- prefix mixes them (--no-center_crop): --no_center_crop was an unrecognized argument."""
+    import argparse
+
+    p = OneLineParser(prog="tool")
+    p.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True)
+    for spelling in ("--no_center_crop", "--no-center-crop", "--no-center_crop"):
+        assert p.parse_args([spelling]).center_crop is False
+
+
 def test_values_and_everything_after_a_double_dash_are_left_alone():
     args, rest = parser().parse_known_args(["--prompt=a_b-c", "--", "--max-train-steps"])
     assert args.prompt == "a_b-c" and args.max_train_steps == 1

@@ -55,3 +55,12 @@ def test_generate_names_the_diffusers_or_a1111_flag_and_what_to_use(flag, advice
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith(f"error: {flag} is a flag of diffusers' pipelines or A1111, not of zoodip: ") and advice in err[0]
+
+
+@pytest.mark.parametrize("flag, words", [("--use_karras_sigmas", "--sampler dpmpp_2m_karras"),
+                                         ("--lora", "zoodip export SRC OUT --lora FILE:SCALE"),
+                                         ("--textual_inversion", "--embedding PATH"), ("--restore-faces", "drop it")])
+def test_generate_names_what_diffusers_and_a1111_users_type(flag, words, capsys) -> None:
+    code = main(["generate", "--model", "m", "--prompt", "p", flag, "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and words in err[0] and err[0].startswith(f"error: {flag} is a flag of")
