@@ -94,6 +94,16 @@ def a1111_file_name(token: str) -> str:
     return f"{name}.safetensors"
 
 
+def check_a1111_trigger(token: str, tokenizer: Any) -> None:
+    """Refuse an ``--a1111`` file whose name, A1111's trigger word, is a word of ``tokenizer``'s vocabulary: A1111
+    would take the word over in every prompt (zoodip and diffusers refuse such a name when loading)."""
+    trigger = a1111_file_name(token)[: -len(".safetensors")]
+    if tokenizer.is_known_word(trigger):
+        raise ZoodipError(f"--a1111: A1111 calls the embedding by its file's name, {trigger!r}, a word of the "
+                          "vocabulary, which it would take over in every prompt: choose a --placeholder_token whose "
+                          f"name is no word, e.g. '<my-{trigger}>'")
+
+
 def _checked_vectors(path: str | os.PathLike[str], token: str, vectors: np.ndarray) -> np.ndarray:
     """``vectors`` as float32 [num_vectors, hidden], refused (with the token and file name) where unsavable."""
     if not isinstance(token, str) or not token.strip() or any(ch.isspace() for ch in token):

@@ -720,3 +720,11 @@ def test_a_job_keeps_its_folders_when_the_host_changes_its_working_folder(tiny_e
     result = job.start().wait()
     assert result.status == "done" and (start / "rel_out" / EMBEDDING_NAME).is_file()
     assert not (elsewhere / "rel_out").exists() and result.embedding_path == start / "rel_out" / EMBEDDING_NAME
+
+
+def test_an_a1111_file_named_as_a_word_is_refused_before_the_work(tiny_export, photos, tmp_path):
+    """--placeholder_token '<star>' --a1111 wrote star.safetensors: A1111's trigger 'star', every star taken over."""
+    with pytest.raises(ZoodipError, match=r"--a1111: A1111 calls the embedding by its file's name, 'star', a word of "
+                                          r"the vocabulary.*e\.g\. '<my-star>'"):
+        personalize(make_config(tiny_export, photos, tmp_path / "r", placeholder_token="<star>", a1111=True))
+    assert not (tmp_path / "r").exists()
