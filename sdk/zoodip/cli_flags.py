@@ -178,16 +178,7 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
                         "TOKEN; an A1111 file answers to its file name, as in A1111; or a folder of them (every file "
                         "loaded, as A1111's embeddings folder); repeatable"))
     # diffusers' pipeline arguments are accepted too: num_inference_steps, num_images_per_prompt.
-    g.add_argument("--steps", "--num-inference-steps", dest="steps", type=int, default=DEFAULT_STEPS)
-    g.add_argument("--guidance-scale", type=float, default=7.5)
-    g.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
-                   help="rescale the guided prediction toward the prompt's spread, in [0, 1] (diffusers' "
-                        "guidance_rescale; 0.7 is its suggestion for v-prediction models); 0: off")
-    g.add_argument("--sampler", type=sampler_named, choices=SAMPLERS, default=SAMPLERS[0],
-                   help="the sampler (A1111's names are read too: 'Euler a', 'DPM++ 2M Karras', ...)")
-    g.add_argument("--eta", type=float, default=0.0,
-                   help="with --sampler ddim: the noise each step adds back, from 0 (deterministic) to 1 (as DDPM) "
-                        "(diffusers' eta, A1111's 'Eta DDIM')")
+    _add_sampling_flags(g)
     g.add_argument("--prompt-weighting", choices=PROMPT_WEIGHTINGS, default=PROMPT_WEIGHTINGS[0],
                    help="none: brackets are plain text, as in diffusers (77 tokens); a1111: AUTOMATIC1111's emphasis, "
                         "(words) x1.1, [words] /1.1, (words:1.3) x1.3, \\( for a literal bracket, long prompts in "
@@ -226,6 +217,20 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
                    help="leave the prompt and settings out of the image (written by default as A1111 writes them: "
                         "a PNG's text, a JPEG's or WebP's EXIF comment, where A1111's PNG Info and 'zoodip info "
                         "IMAGE' read them)")
+
+
+def _add_sampling_flags(g: argparse.ArgumentParser) -> None:
+    """The steps, the guidance and the sampler."""
+    g.add_argument("--steps", "--num-inference-steps", dest="steps", type=int, default=DEFAULT_STEPS)
+    g.add_argument("--guidance-scale", type=float, default=7.5)
+    g.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
+                   help="rescale the guided prediction toward the prompt's spread, in [0, 1] (diffusers' "
+                        "guidance_rescale; 0.7 is its suggestion for v-prediction models); 0: off")
+    g.add_argument("--sampler", type=sampler_named, choices=SAMPLERS, default=SAMPLERS[0],
+                   help="the sampler (A1111's names are read too: 'Euler a', 'DPM++ 2M Karras', ...)")
+    g.add_argument("--eta", type=float, default=0.0,
+                   help="with --sampler ddim: the noise each step adds back, from 0 (deterministic) to 1 (as DDPM) "
+                        "(diffusers' eta, A1111's 'Eta DDIM')")
 
 
 def _add_image_flags(g: argparse.ArgumentParser) -> None:
