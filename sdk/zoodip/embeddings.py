@@ -274,6 +274,9 @@ def _add(added: dict[str, np.ndarray], path: Path, token: str | None, spec: str,
          model_id: str | None, clip_skip: int | None = None) -> list[str]:
     """One file's embedding into ``added`` under each of its names (see ``load_embeddings``); returns the names."""
     name, vectors, named_by_file = _load(path, token)
+    if any(ch.isspace() for ch in name):  # (A1111 reads a file name such as "bad hands" as several words)
+        raise ZoodipError(f"{spec}: its name {name!r} holds a space, which no added token can: load it under a name "
+                          "without one, --embedding PATH:TOKEN (load_textual_inversion(..., token=))")
     if hidden is not None:
         check_hidden_size(vectors, hidden, path)
     metadata = read_embedding_metadata(path) if model_id is not None or clip_skip is not None else {}

@@ -270,10 +270,14 @@ def test_an_embeddings_folder_loads_as_a1111_loads_its_own(model, tmp_path, tiny
     a1111_file(folder, "too-wide", width=model.hidden_size + 8)  # another model family's
     (folder / "broken.bin").write_bytes(b"PK\x03\x04 not a zip")
     (folder / "notes.txt").write_text("not an embedding")
+    a1111_file(folder, "bad hands")  # A1111's several-word trigger: no token here (it aborted every prompt's call)
     with pytest.warns(UserWarning) as caught:
         added, groups = load_embeddings([folder], model.tokenizer, model.hidden_size)
-    skipped = sorted(str(w.message).split(" ")[1] for w in caught)
-    assert skipped == ["broken.bin", "pickled.pt", "too-wide.safetensors"] and groups == []
+    skipped = sorted(str(w.message).split(" of the folder")[0][len("skipped "):] for w in caught)
+    assert skipped == ["bad hands.safetensors", "broken.bin", "pickled.pt", "too-wide.safetensors"] and groups == []
+    assert "PATH:TOKEN" in next(str(w.message) for w in caught if "bad hands" in str(w.message))
+    spaced = load_embeddings([(folder / "bad hands.safetensors", "<bad-hands>")], model.tokenizer, model.hidden_size)
+    assert list(spaced[0]) == ["<bad-hands>"]
     assert "is a pickle" in next(str(w.message) for w in caught if "pickled.pt" in str(w.message))
     assert set(added) == {"<zorbflake>", "zorbflake", "<quillmoth>", "quillmoth"} and added["quillmoth"].shape[0] == 2
     import warnings
@@ -289,4 +293,4 @@ def test_an_embeddings_folder_loads_as_a1111_loads_its_own(model, tmp_path, tiny
     code = main(["generate", "--model", str(tiny_export), "--prompt", "a quillmoth star", "--steps", "2",
                  "--embedding", str(folder), "--out", str(out), "--threads", "1"])
     err = capsys.readouterr().err
-    assert code == 0 and out.is_file() and err.count("warning: skipped") == 3, err
+    assert code == 0 and out.is_file() and err.count("warning: skipped") == 4, err
