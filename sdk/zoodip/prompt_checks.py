@@ -126,10 +126,24 @@ def token_use_problems(tokenizer: Any, texts: Sequence[str], groups: Sequence[Se
             problems.append(f"the embedding token {shown} does not appear in the prompt, so it changes nothing: the "
                             f"prompt's {said[0]!r} is that word of the vocabulary, not the embedding (a file name that "
                             f"is already a word is not taken over, unlike A1111): write '<{said[0]}>'")
+        elif cased := _written_in_another_case(names, texts):
+            problems.append(f"the embedding token {shown} does not appear in the prompt, so it changes nothing: the "
+                            f"prompt writes {cased[1]!r}, and a name is matched as written here (A1111 ignores case): "
+                            f"write {cased[0]!r}")
         else:
             problems.append(f"the embedding token {shown} does not appear in the prompt, so it changes nothing: "
                             "write it in the prompt (or rename it with --embedding PATH:TOKEN)")
     return problems
+
+
+def _written_in_another_case(names: Sequence[str], texts: Sequence[str]) -> tuple[str, str] | None:
+    """(a name, the text's spelling of it) where a text holds one of ``names`` in another case, else None."""
+    for name in names:
+        for text in texts:
+            found = re.search(re.escape(name), text or "", re.IGNORECASE)
+            if found:
+                return name, found.group(0)
+    return None
 
 
 def _bare_words_said(names: Sequence[str], texts: Sequence[str]) -> list[str]:

@@ -72,6 +72,8 @@ def test_unused_and_cut_off_tokens_are_named(model, tmp_path):
         tokenizer.add_placeholder(name)
     assert token_use_problems(tokenizer, ["a photo of zorbflake", ""], groups) == []
     assert "does not appear" in token_use_problems(tokenizer, ["a photo of a dog", ""], groups)[0]
+    assert ("the prompt writes '<ZorbFlake>', and a name is matched as written here (A1111 ignores case): write "
+            "'<zorbflake>'") in token_use_problems(tokenizer, ["a photo of <ZorbFlake>", ""], groups)[0]
     long_prompt = "dog " * 80 + "zorbflake"
     assert "75-token limit (at token 81)" in token_use_problems(tokenizer, [long_prompt, ""], groups)[0]
     assert token_use_problems(tokenizer, ["a dog", "zorbflake"], groups) == []  # the negative prompt counts
