@@ -55,6 +55,7 @@ COMMA_BACKTRACK = 20  # A1111's default "comma padding backtrack"
 MAX_CHUNKS = 4  # the longest prompt read: 300 tokens (the UNet's cross-attention grows with the length)
 # What an A1111 prompt with an explicit weight looks like: worth a warning where it is read as plain text.
 _A1111_WEIGHTED = re.compile(r"\([^()]*:\s*[+-]?\d*\.?\d+\s*\)")
+_A1111_BRACKETED = re.compile(r"(?<!\\)\((?=[^()]*\w)[^()]*(?<!\\)\)|(?<!\\)\[(?=[^\[\]]*\w)[^\[\]:|]*(?<!\\)\]")
 
 
 def has_break(text: str) -> bool:
@@ -171,9 +172,10 @@ def unsupported_problems(prompt: str, chunked: bool = True) -> list[str]:
     return problems
 
 
-def looks_weighted(prompt: str) -> bool:
-    """Whether ``prompt`` holds A1111's explicit weight syntax, ``(words:1.3)``."""
-    return bool(_A1111_WEIGHTED.search(prompt))
+def looks_emphasized(prompt: str) -> bool:
+    """Whether ``prompt`` holds A1111's emphasis: an explicit weight, ``(words:1.3)``, or brackets that weigh by
+    themselves, ``(words)`` x1.1 and ``[words]`` /1.1 (not an edit's ``[a:b:when]`` or an alternation's ``[a|b]``)."""
+    return bool(_A1111_WEIGHTED.search(prompt) or _A1111_BRACKETED.search(prompt))
 
 
 def weighted_token_ids(tokenizer: Any, prompt: str) -> tuple[np.ndarray, np.ndarray]:

@@ -88,7 +88,7 @@ def test_read_as_plain_text_without_a1111_and_said(model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         generate(model, "a [red:blue:0.5] star", steps=1, prompt_weighting="a1111")
-        generate(model, "a [red] star, 3:2", steps=1)  # emphasis-like brackets alone say nothing
+        generate(model, "a red star, 3:2", steps=1)  # a ratio is no syntax (brackets alone: test_prompt_weighting)
         generate(model, "a red star", negative_prompt="blurry AND dark", steps=1)  # A1111 reads that AND as a word
     with pytest.warns(UserWarning, match=r"uses A1111's AND \(composable diffusion\), read here as plain text"):
         generate(model, "a red star AND a blue moon", steps=1)

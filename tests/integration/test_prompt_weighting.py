@@ -58,8 +58,10 @@ def test_learned_tokens_can_be_weighted(model):
 
 
 def test_what_cannot_be_honoured_is_said(model):
-    with pytest.warns(UserWarning, match=r"uses A1111's emphasis syntax '\(words:1.3\)', read here as plain text"):
-        generate(model, "a (red:1.3) star", steps=1)
+    for prompt in ("a (red:1.3) star", "a ((red)) star", "a [red] star"):  # (brackets alone weigh in A1111 too)
+        with pytest.warns(UserWarning, match=r"uses A1111's emphasis syntax '\(words:1.3\)', '\(words\)', "
+                                             r"'\[words\]', read here as plain text"):
+            generate(model, prompt, steps=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         generate(model, "a (red:1.3) star", steps=1, prompt_weighting="a1111")  # honoured: nothing to say

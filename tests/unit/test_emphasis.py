@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from zoodip.emphasis import (CHUNK_TOKENS, COMMA_BACKTRACK, MAX_CHUNKS, PROMPT_WEIGHTINGS, check_prompt_weighting,
-                             chunked_token_ids, emphasis_free_text, emphasize, looks_weighted, parse_chunks,
+                             chunked_token_ids, emphasis_free_text, emphasize, looks_emphasized, parse_chunks,
                              parse_emphasis, unsupported_problems, weighted_token_ids)
 from zoodip.errors import ZoodipError
 from zoodip.tokenizer import CLIPTokenizer
@@ -61,8 +61,10 @@ def test_an_unreadable_weight_is_one_clear_error():
 
 
 def test_which_prompts_are_said_to_look_weighted():
-    assert looks_weighted("a (cat:1.3) on a mat") and looks_weighted("(cat: .5 )")
-    assert not looks_weighted("a (cat) on a mat") and not looks_weighted("ratio 3:2 (approx)")
+    assert looks_emphasized("a (cat:1.3) on a mat") and looks_emphasized("(cat: .5 )")
+    # Brackets weigh by themselves in A1111 ((masterpiece) x1.1, [blurry] /1.1): the defaults read them as text.
+    assert looks_emphasized("a ((cat))") and looks_emphasized("[blurry], (approx)")
+    assert not looks_emphasized("a [cat:dog:0.5] or [a|b]") and not looks_emphasized(r"a \(cat\) () []")
     assert unsupported_problems("a cat BREAK a hat", chunked=False) and not unsupported_problems("a cat BREAK a hat")
     assert not unsupported_problems("a breakfast, break", chunked=False)
     # A1111's prompt editing and AND are read before emphasis (zoodip.prompt_schedule): nothing to say here.
