@@ -323,10 +323,16 @@ def cmd_export(argv: Sequence[str]) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .integrity import verify_files
+    from .manifest import unlisted_tokenizer_files
     from .model import read_manifest
 
     manifest = read_manifest(args.model)  # (a str: an empty one is told, not read as the current folder)
     files, size = verify_files(Path(args.model), manifest["files"], force=True)
+    unlisted = unlisted_tokenizer_files(Path(args.model), manifest)
+    if unlisted:
+        raise ZoodipError(f"{Path(args.model) / unlisted[0]} is not among the manifest's files (an export writes none "
+                          f"such{f', nor the {len(unlisted) - 1} others beside it' if len(unlisted) > 1 else ''}), and "
+                          "the SDK would read it unchecked: remove it, or re-run 'zoodip export'")
     print(f"ok: {files} files ({size / 2**20:.1f} MiB) match the manifest's sha256 values")
     return 0
 

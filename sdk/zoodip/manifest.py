@@ -83,8 +83,8 @@ def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
         size = _typed(info, "bytes", (int,), path, f"files[{name!r}].", required=False)
         if size is not None and size < 0:
             raise _bad_manifest(path, f"has a negative size for {name!r}")
-        digest = _typed(info, "sha256", (str,), path, f"files[{name!r}].", required=False)
-        if digest is not None and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+        digest = _typed(info, "sha256", (str,), path, f"files[{name!r}].")  # (export lists every file's)
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise _bad_manifest(path, f"has files[{name!r}].sha256 = {digest!r}, not a sha256")
     for name in GRAPHS:
         graph = _typed(manifest["graphs"], name, (dict,), path, "graphs.")
@@ -99,6 +99,12 @@ def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
     _inside(folder, table, path, "token_embeddings.file")
     for key in ("tokenizer", "scheduler"):
         _inside(folder, _typed(manifest, key, (str,), path, ""), path, key)
+    tokenizer = manifest["tokenizer"].rstrip("/")
+    read = {"token_embeddings.file": table, "scheduler": manifest["scheduler"],  # what the SDK reads: hash-checked
+            **{f"tokenizer's {name}": f"{tokenizer}/{name}" for name in ("vocab.json", "merges.txt")}}
+    for key, relative in read.items():
+        if relative not in files:
+            raise _bad_manifest(path, f"does not list {key} {relative!r} among its files")
     curvature = _typed(manifest, "curvature", (dict,), path, "", required=False)
     if curvature is not None:
         relative = _typed(curvature, "file", (str,), path, "curvature.")
@@ -182,3 +188,11 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
                 "the file is damaged, re-run 'zoodip export'"
             )
     return manifest
+
+
+def unlisted_tokenizer_files(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    """The files of the export's tokenizer folder that its manifest does not list (none from an export: the SDK
+    would read one unchecked, e.g. a saved textual-inversion pipeline's added_tokens.json copied in)."""
+    tokenizer = Path(folder) / manifest["tokenizer"]
+    found = sorted(path.relative_to(folder).as_posix() for path in tokenizer.rglob("*") if path.is_file())
+    return [name for name in found if name not in manifest["files"]]

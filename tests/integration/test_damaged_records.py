@@ -58,3 +58,29 @@ def test_info_and_loading_read_an_embedding_whose_record_is_damaged(model, tmp_p
     assert "trained: 4 steps, ? training forwards" in lines and "model: a\\nb (manifest ?)" in lines
     added = load_embeddings([str(path)], model.tokenizer, model.hidden_size, model.identity, clip_skip=0)[0]
     assert list(added) == ["<e>"]  # (the settings' clip skip unread: taken as the last layer's)
+
+
+def test_verify_refuses_a_manifest_that_hashes_nothing_and_a_file_it_does_not_list(tiny_export, tmp_path, capsys):
+    """verify said "ok: 0 files" of a manifest without sha256 values (the weights then damaged), and ok of a tokenizer
+    folder holding an added_tokens.json the SDK reads but no hash covers."""
+    import json
+
+    from cli_helpers import assert_one_line_error, run_cli
+
+    folder = _copy(tiny_export, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "tokenizer" / "added_tokens.json").write_text('{"<cat>": 49408}')
+    code, _, err = run_cli(["verify", folder], capsys)
+    assert_one_line_error(code, err, "tokenizer/added_tokens.json is not among the manifest's files")
+    (folder / "tokenizer" / "added_tokens.json").unlink()
+    assert run_cli(["verify", folder], capsys)[0] == 0
+    for entry in manifest["files"].values():
+        del entry["sha256"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(["verify", folder], capsys)
+    assert_one_line_error(code, err, "lacks files['curvature.safetensors'].sha256")
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    del manifest["files"]["scheduler_config.json"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(["verify", folder], capsys)
+    assert_one_line_error(code, err, "does not list scheduler 'scheduler_config.json' among its files")

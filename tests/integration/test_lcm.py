@@ -12,6 +12,7 @@ import pytest
 
 from zoodip.errors import ZoodipError
 from zoodip.generate import generate
+from zoodip.integrity import file_sha256
 from zoodip.samplers import lcm_timesteps, sample_lcm
 from zoodip.sampling import sampler_notes
 
@@ -168,7 +169,7 @@ def test_lcm_settings_out_of_range_are_one_line(tiny_export, tmp_path, capsys, c
     path = export / "scheduler_config.json"
     path.write_text(json.dumps(dict(json.loads(path.read_text()), **config)))
     manifest = json.loads((export / "manifest.json").read_text())  # the file's size and hash, as changed here
-    manifest["files"]["scheduler_config.json"] = {"bytes": path.stat().st_size}
+    manifest["files"]["scheduler_config.json"] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
     (export / "manifest.json").write_text(json.dumps(manifest))
     code, _, err = run_cli(["generate", "--model", export, "--prompt", "a red star", "--sampler", "lcm", "--steps", "4",
                             "--out", tmp_path / "a.png"], capsys)

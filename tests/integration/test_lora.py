@@ -2,6 +2,7 @@
 weights a by-hand fusion changes (the same images), and every file that does not fit is one line before any output."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -372,7 +373,7 @@ def test_a_damaged_source_entry_or_scheduler_config_is_one_line(tiny_export, tmp
     manifest = json.loads((export / "manifest.json").read_text())
     if source == "scheduler-list":
         (export / "scheduler_config.json").write_text("[1, 2]")
-        manifest["files"]["scheduler_config.json"] = {"bytes": 6}
+        manifest["files"]["scheduler_config.json"] = {"bytes": 6, "sha256": hashlib.sha256(b"[1, 2]").hexdigest()}
     else:
         manifest["source"] = source
     (export / "manifest.json").write_text(json.dumps(manifest))
