@@ -92,6 +92,27 @@ def _config_number(config: Mapping[str, Any], key: str) -> float:
     return float(value)
 
 
+def _config_flag(config: Mapping[str, Any], key: str) -> bool:
+    """A true-or-false setting of the config (absent or null: false); a string such as "false" is refused, not read
+    as true."""
+    value = config.get(key)
+    if value is not None and not isinstance(value, (bool, np.bool_)):
+        raise ZoodipError(f"scheduler config: {key} must be true or false, got {value!r}; fix scheduler_config.json")
+    return bool(value)
+
+
+def _trained_betas(values: object) -> np.ndarray:
+    """``trained_betas`` as float64: finite numbers from 0 to 1, not all 0 (a schedule that never adds noise)."""
+    try:
+        betas = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        betas = np.array([np.nan])
+    if betas.ndim != 1 or not np.all(np.isfinite(betas)) or not np.all((betas >= 0) & (betas <= 1)) or not betas.any():
+        raise ZoodipError(f"scheduler config: trained_betas must be a list of numbers from 0 to 1, not all 0, got "
+                          f"{str(values)[:60]!r}; fix scheduler_config.json")
+    return betas
+
+
 # eq=False: field-wise == on arrays is ambiguous; compare .betas explicitly instead.
 @dataclass(frozen=True, eq=False)
 class NoiseSchedule:
@@ -149,7 +170,7 @@ class NoiseSchedule:
 
         trained = cfg.get("trained_betas")
         if trained is not None:
-            betas = np.asarray(trained, dtype=np.float64)
+            betas = _trained_betas(trained)
             if betas.ndim != 1 or betas.shape[0] != steps:
                 raise ZoodipError(
                     f"scheduler config: trained_betas has {betas.size} values but num_train_timesteps is {steps}; "
@@ -172,7 +193,13 @@ class NoiseSchedule:
                     f"scheduler config: beta_schedule {schedule!r} is not supported; "
                     f"use one of {', '.join(BETA_SCHEDULES)} or give trained_betas"
                 )
-        if cfg.get("rescale_betas_zero_snr", False):
+        for key in ("set_alpha_to_one", "clip_sample", "thresholding"):  # the samplers' switches: read as they mean
+            _config_flag(cfg, key)
+        offset = cfg.get("steps_offset", 0)
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < steps):
+            raise ZoodipError(f"scheduler config: steps_offset must be an integer from 0 to {steps - 1} (Stable "
+                              f"Diffusion's is 1), got {offset!r}; fix scheduler_config.json")
+        if _config_flag(cfg, "rescale_betas_zero_snr"):
             betas = rescale_zero_terminal_snr(betas)
         return cls(betas=betas, prediction_type=cast(PredictionType, prediction_type))
 

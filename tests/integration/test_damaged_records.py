@@ -84,3 +84,19 @@ def test_verify_refuses_a_manifest_that_hashes_nothing_and_a_file_it_does_not_li
     (folder / "manifest.json").write_text(json.dumps(manifest))
     code, _, err = run_cli(["verify", folder], capsys)
     assert_one_line_error(code, err, "does not list scheduler 'scheduler_config.json' among its files")
+
+
+@pytest.mark.parametrize("edit, said", [
+    ({"rescale_betas_zero_snr": "false"}, "rescale_betas_zero_snr must be true or false, got 'false'"),  # (was: on)
+    ({"set_alpha_to_one": "no"}, "set_alpha_to_one must be true or false"),
+    ({"trained_betas": "0.1,0.2"}, "trained_betas must be a list of numbers from 0 to 1"),
+    ({"trained_betas": [0.0] * 1000}, "not all 0"),
+    ({"steps_offset": "1"}, "steps_offset must be an integer from 0 to 999"),
+])
+def test_a_scheduler_configs_values_are_checked_by_type(edit, said) -> None:
+    from zoodip.schedule import NoiseSchedule
+
+    config = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, **edit}
+    with pytest.raises(ZoodipError, match=said):
+        NoiseSchedule.from_config(config)
+    NoiseSchedule.from_config({**config, **{key: None for key in edit}})  # null: the default
