@@ -34,7 +34,7 @@ from .console import (TERMINATION_SIGNALS, OneLineParser, ProgressBar, SamplingB
 from .cli_flags import PATH_FLAGS, add_generate_flags, add_personalize_flags, names_a_path  # noqa: E402
 from .errors import ZoodipError  # noqa: E402
 from .foreign_flags import foreign_flag_problem  # noqa: E402
-from .paths import os_error_line  # noqa: E402
+from .paths import os_error_line, remove_stale_temp_files  # noqa: E402
 from .progress_log import LazyJsonlLog, silence_stdout  # noqa: E402
 
 if TYPE_CHECKING:
@@ -200,6 +200,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     elif args.prompt is None:
         raise ZoodipError("--prompt is required (or --parameters-from IMAGE: make an image again from its parameters)")
     out, singles = checked_generate_flags(args)
+    for path in [out, *singles, *([Path(args.save_latents)] if args.save_latents else [])]:
+        remove_stale_temp_files(path.parent, (path.name,), writer_gone=True)  # a killed call's
     model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on",
                                                           memory_budget_mb=args.memory_budget))
     size = None if args.image is not None else planned_size(model, args.width, args.height, args.hires_scale)

@@ -165,9 +165,10 @@ def open_new_file(path: Path):  # -> BinaryIO
     return os.fdopen(fd, "wb")
 
 
-def remove_stale_temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:
+def remove_stale_temp_files(folder: Path, names: tuple[str, ...], writer_gone: bool = False) -> list[Path]:
     """Delete the temp files that interrupted atomic writes of ``names`` left in ``folder`` (and, for a name that is
-    a link, beside its target, where ``atomic_write_bytes`` writes them)."""
+    a link, beside its target, where ``atomic_write_bytes`` writes them). ``writer_gone``: only those whose writing
+    process (its id in the name, ``temp_path``) has ended, where no lock keeps other writers out (``generate``)."""
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
@@ -182,11 +183,26 @@ def remove_stale_temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:
         except OSError:  # a folder it may write but not list (a drop box): nothing of its to clean
             continue
         for entry in entries:
-            if entry.is_file() and any(p.match(entry.name) for p in patterns):
+            if entry.is_file() and any(p.match(entry.name) for p in patterns) and (
+                    not writer_gone or not _writer_alive(entry.name)):
                 with contextlib.suppress(OSError):
                     entry.unlink()
                     removed.append(entry)
     return removed
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process whose id a temp file's name holds (``temp_path``) still runs (or may: not ours to ask)."""
+    found = re.search(r"\.tmp-(\d+)-", name)
+    if found is None:
+        return False
+    try:
+        os.kill(int(found.group(1)), 0)
+    except PermissionError:  # another user's process
+        return True
+    except (OSError, OverflowError):  # none such (or an id past the system's range)
+        return False
+    return True
 
 
 def check_files_to_replace(paths: list[Path], then: str) -> None:

@@ -215,3 +215,20 @@ def test_info_and_verify_path_mistakes_are_one_line(tiny_export, tmp_path, capsy
     for args, needle in ((["info", ""], "the path is empty"), (["verify", ""], "path is empty"),
                          (["verify", tiny_export / "manifest.json"], "is a file, not an export folder")):
         assert_one_line_error(*run_cli(args, capsys)[::2], needle)
+
+
+def test_generate_cleans_what_a_killed_call_left_beside_its_outputs_not_a_live_ones(tiny_export, tmp_path, capsys):
+    """A generate killed while writing left .a-1.png.tmp-PID-... files that no later call removed."""
+    import os
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = int(ended.stdout), os.getpid()  # (the first has ended; this process runs)
+    names = {f".a-1.png.tmp-{dead}-00ff00ff.png": "stale", f".a.png.tmp-{dead}-0a0b0c0d.png": "stale",
+             f".a-2.png.tmp-{alive}-01020304.png": "live", f".b.png.tmp-{dead}-0a0b0c0d.png": "another file's"}
+    for name in names:
+        (tmp_path / name).write_bytes(b"half an image")
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "1", "--num-images",
+                            "2", "--out", tmp_path / "a.png"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(
+        name for name, kind in names.items() if kind != "stale")
