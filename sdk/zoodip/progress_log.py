@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -63,6 +64,11 @@ class LazyJsonlLog:
             self.file = open(self.path, "ab", buffering=0)
         except OSError as exc:
             raise ZoodipError(f"cannot write --progress-jsonl {self.path} ({exc.strerror or exc}): choose another file") from None
+        if not _hold_alone(self.file):  # two runs' lines, without a run's name, would interleave beyond telling apart
+            self.file.close()
+            self.file, self.stopped = None, True
+            raise ZoodipError(f"--progress-jsonl {self.path} is being written by another run: give each run its own "
+                              "file")
 
     def _append(self, data: bytes) -> None:
         """One whole line or none: a write that falls short (a full disk) is cut back, so that the log never holds
@@ -94,6 +100,24 @@ class LazyJsonlLog:
             with contextlib.suppress(OSError):
                 if self.path.stat().st_size == self.written:
                     self.path.unlink()
+
+
+def _hold_alone(handle: Any) -> bool:
+    """Take an exclusive advisory lock on ``handle``'s file for as long as it is open (a regular file only; where
+    ``fcntl`` does not exist, Windows, none); False where another process holds one."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        return True
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # a file system without locks: as on Windows
+        return True
+    return True
 
 
 def silence_stdout() -> None:

@@ -45,6 +45,20 @@ def test_progress_jsonl_stream(tiny_export, photos, tmp_path, capsys):
     assert {"type", "event", "step", "total", "loss", "eval_loss", "forwards", "eta_s"} <= set(events[0])
 
 
+def test_a_progress_file_another_run_writes_is_refused(tiny_export, photos, tmp_path, capsys):
+    """Two runs given one --progress-jsonl interleaved their lines, which name no run, beyond telling apart."""
+    fcntl = pytest.importorskip("fcntl")
+    stream = tmp_path / "progress.jsonl"
+    with open(stream, "ab") as other:  # another run, writing it
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "p", "--progress-jsonl", stream), capsys)
+        assert_one_line_error(code, err, f"--progress-jsonl {stream} is being written by another run: give each run "
+                                         "its own file")
+        assert stream.read_bytes() == b""
+    code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "p", "--progress-jsonl", stream), capsys)
+    assert code == 0, err
+
+
 @pytest.fixture()
 def broken_exports(tiny_export, tmp_path):
     """Copies of the tiny export, each damaged in one way."""
