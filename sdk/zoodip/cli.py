@@ -169,7 +169,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     if result.status == "done" and result.trend is not None:
         print(result.trend.describe(resumable=config.lr_scheduler not in LENGTH_DEPENDENT), file=out)
     if result.embedding_path:
-        print(f"embedding: {result.embedding_path}", file=out)
+        print(f"embedding: {result.embedding_path} (its token: {config.placeholder_token})", file=out)
     if config.a1111 and result.status != "cancelled":
         from .embeddings import a1111_file_name
 
