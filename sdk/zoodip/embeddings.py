@@ -43,7 +43,8 @@ EMBEDDING_NAME = "learned_embeds.safetensors"
 SNAPSHOT_NAME = "learned_embeds-steps-{step}.safetensors"
 SNAPSHOT_FILE = re.compile(r"^learned_embeds-steps-(\d+)\.safetensors$")  # (SNAPSHOT_NAME's files)
 # Pickles are converted on a desktop with torch, by a script kept outside the SDK.
-_CONVERT_HINT = "convert it on a desktop with: python tools/pt_embedding_to_safetensors.py IN.pt OUT.safetensors"
+_CONVERT_HINT = ("convert it on a desktop with the converter in zoodip's repository (it needs torch): python "
+                 "tools/pt_embedding_to_safetensors.py IN.pt OUT.safetensors")
 # zoodip's own entries of the safetensors header (__metadata__, strings only). Loaders that do not know
 # them (diffusers, A1111, the safetensors package) read the tensors and ignore the header's metadata.
 METADATA_PREFIX = "zoodip_"
