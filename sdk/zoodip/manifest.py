@@ -161,8 +161,14 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
                               f"'zoodip export {folder} EXPORT_DIR' and pass EXPORT_DIR")
         raise ZoodipError(f"{folder} has no manifest.json: it is not a zoodip export (run 'zoodip export')")
     try:
-        manifest = parse_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:  # (not its text: its permissions, or the disk)
+        raise ZoodipError(f"cannot read {path} ({exc.strerror or exc}): check the file's permissions") from None
+    except ValueError as exc:
+        raise ZoodipError(f"{path} is not valid JSON ({exc}): re-run 'zoodip export'") from None
+    try:
+        manifest = parse_json(text)
+    except ValueError as exc:
         raise ZoodipError(f"{path} is not valid JSON ({exc}): re-run 'zoodip export'") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ZoodipError(f"{path} is not a zoodip export manifest: re-run 'zoodip export'")
