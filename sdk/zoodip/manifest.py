@@ -172,9 +172,10 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise ZoodipError(f"{path} is not valid JSON ({exc}): re-run 'zoodip export'") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ZoodipError(f"{path} is not a zoodip export manifest: re-run 'zoodip export'")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or version != FORMAT_VERSION:  # (true is no 1, and "1" is said with its quotes)
         raise ZoodipError(
-            f"{path} has format_version {manifest.get('format_version')}, this SDK reads {FORMAT_VERSION}: "
+            f"{path} has format_version {version!r}, this SDK reads {FORMAT_VERSION}: "
             "re-export with this version of zoodip"
         )
     for key in ("model", "graphs", "files", "token_embeddings", "tokenizer", "scheduler"):

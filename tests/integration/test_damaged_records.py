@@ -100,3 +100,15 @@ def test_a_scheduler_configs_values_are_checked_by_type(edit, said) -> None:
     with pytest.raises(ZoodipError, match=said):
         NoiseSchedule.from_config(config)
     NoiseSchedule.from_config({**config, **{key: None for key in edit}})  # null: the default
+
+
+@pytest.mark.parametrize("version, said", [("1", "format_version '1'"), (True, "format_version True"),
+                                           (2, "format_version 2")])
+def test_a_manifests_format_version_is_said_as_written(tiny_export, tmp_path, version, said) -> None:
+    import json
+
+    folder = _copy(tiny_export, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(dict(manifest, format_version=version)))
+    with pytest.raises(ZoodipError, match=f"has {said}, this SDK reads 1"):
+        ExportedModel.load(folder)
