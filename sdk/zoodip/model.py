@@ -59,6 +59,12 @@ def clip_skip_problem(clip_skip: object, layers: int) -> str:
             f"text encoder, as diffusers counts; A1111's 'Clip skip' N is N - 1 here), got {clip_skip!r}")
 
 
+# (graph, input) -> {axis: the manifest's model field that gives its size}, where the graph fixes it.
+_INPUT_SIZES = {("unet", "sample"): {1: "latent_channels"}, ("vae_decoder", "latent_sample"): {1: "latent_channels"},
+                ("unet", "encoder_hidden_states"): {2: "cross_attention_dim"},
+                ("text_encoder", "inputs_embeds"): {1: "max_length", 2: "hidden_size"}}
+
+
 class ExportedModel:
     """The four graphs of an export folder, its tokenizer, embedding table and noise schedule."""
 
@@ -94,6 +100,10 @@ class ExportedModel:
         self.scheduler_config: dict[str, Any] = scheduler_config  # samplers read the inference settings
         self.schedule = NoiseSchedule.from_config(scheduler_config)
         self.tokenizer = CLIPTokenizer.from_folder(self.folder / manifest["tokenizer"])
+        if self.tokenizer.max_length != self.max_length:  # its ids would not fit the text encoder's positions
+            raise ZoodipError(f"the tokenizer's model_max_length is {self.tokenizer.max_length}, the text encoder's "
+                              f"{self.max_length} (the manifest's model.max_length): copy the model's own tokenizer "
+                              "folder again, or re-run 'zoodip export'")
 
         table_info = manifest["token_embeddings"]
         table_path = self.folder / table_info["file"]
@@ -271,6 +281,13 @@ class ExportedModel:
             raise ZoodipError(
                 f"{expected['file']} has inputs {sorted(have)}, the manifest says {sorted(want)}: re-run 'zoodip export'"
             )
+        for graph_input in session.get_inputs():  # the sizes the SDK lays its arrays out by, against the graph's own
+            for axis, key in _INPUT_SIZES.get((name, graph_input.name), {}).items():
+                size = graph_input.shape[axis] if len(graph_input.shape) > axis else None
+                if isinstance(size, int) and size != self.manifest["model"].get(key):
+                    raise ZoodipError(f"{expected['file']}'s input {graph_input.name} has {size} on axis {axis}, the "
+                                      f"manifest's model.{key} says {self.manifest['model'].get(key)!r}: re-run "
+                                      "'zoodip export'")
 
     def release(self, name: str) -> None:
         """Drop a graph's session (e.g. the VAE encoder once the photos are cached) and trim the heap."""

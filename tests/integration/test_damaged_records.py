@@ -112,3 +112,22 @@ def test_a_manifests_format_version_is_said_as_written(tiny_export, tmp_path, ve
     (folder / "manifest.json").write_text(json.dumps(dict(manifest, format_version=version)))
     with pytest.raises(ZoodipError, match=f"has {said}, this SDK reads 1"):
         ExportedModel.load(folder)
+
+
+def test_manifest_sizes_that_disagree_with_the_graphs_or_the_tokenizer_are_one_line(tiny_export, tmp_path) -> None:
+    """A manifest's latent_channels unlike the UNet's was an onnxruntime traceback at the first generate, and a
+    tokenizer's model_max_length unlike the text encoder's another (personalize blamed the training prompts)."""
+    import json
+
+    folder = _copy(tiny_export, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["model"]["latent_channels"] = 3
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ZoodipError, match=r"unet.onnx's input sample has 4 on axis 1, the manifest's "
+                                          r"model.latent_channels says 3"):
+        ExportedModel.load(folder).unet(np.zeros((1, 3, 16, 16), np.float32), np.zeros(1, np.float32),
+                                        np.zeros((1, 77, 32), np.float32))
+    manifest["model"]["latent_channels"], manifest["model"]["max_length"] = 4, 60
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ZoodipError, match="the tokenizer's model_max_length is 77, the text encoder's 60"):
+        ExportedModel.load(folder)
