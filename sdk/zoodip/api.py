@@ -73,8 +73,8 @@ class PersonalizationJob:
     ``on_progress(progress)`` is called in the job's thread with each event. If it raises, the job stops as on
     ``cancel()`` (checkpoint and the embedding so far saved) and ``wait()`` raises that error; ``result`` keeps what
     the run ended with (a callback that raises at the last event leaves a finished run finished). One job runs
-    once (``start()`` or ``run()``): a new ``PersonalizationJob(config, resume=True)`` continues it. ``config``'s
-    folders are taken as absolute when the job is made (``job.config``), so the host may change its working folder.
+    once (``start()`` or ``run()``): a new ``PersonalizationJob(config, resume=True)`` continues it. The run takes
+    ``config`` as ``start()`` finds it, its folders as absolute then, so that the host may change its working folder.
     """
 
     def __init__(self, config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,
@@ -85,10 +85,8 @@ class PersonalizationJob:
             raise ZoodipError(f"on_progress must be callable as on_progress(progress), got {type(on_progress).__name__}")
         if not isinstance(resume, (bool, np.bool_)):
             raise ZoodipError(f"resume must be True or False, got {resume!r}")
-        # The folders absolute (links kept): a host that changes its working folder while the job runs in a thread
-        # would send its reads and writes elsewhere (the run stopped as if its folder had gone, or wrote a new one).
-        self.config = replace(config, **{name: Path(os.path.abspath(getattr(config, name)))
-                                         for name in ("export_dir", "images", "output_dir")})
+        self.config = config
+        self._run_config = config  # what it runs: the config as start() or run() found it, its folders absolute
         self.on_progress = on_progress
         self.resume = bool(resume)
         self.latest: Progress | None = None
@@ -119,17 +117,22 @@ class PersonalizationJob:
     def _target(self) -> None:
         self._runner = threading.get_ident()
         try:
-            self.result = personalize(self.config, self._progress, resume=self.resume, cancel_event=self._cancel)
+            self.result = personalize(self._run_config, self._progress, resume=self.resume, cancel_event=self._cancel)
         except BaseException as exc:  # reported through wait(); never lost in the thread
             self.error = exc
         finally:
             self._finished.set()
 
     def _claim(self) -> None:
-        """One run per job: a second would share the run folder with the first, or replace its outcome."""
+        """One run per job: a second would share the run folder with the first, or replace its outcome. The run's
+        folders are taken as absolute now (links and '..' kept): a host that changes its working folder while the job
+        runs in a thread would send its reads and writes elsewhere (it stopped as if its folder had gone, or wrote a
+        new one)."""
         if self._thread is not None or self._running_here:
             raise ZoodipError("this job was already started: create a new PersonalizationJob to run again "
                               "(resume=True continues its run)")
+        self._run_config = replace(self.config, **{name: Path(getattr(self.config, name)).absolute()
+                                                   for name in ("export_dir", "images", "output_dir")})
 
     def start(self) -> PersonalizationJob:
         self._claim()
@@ -195,8 +198,8 @@ class PersonalizationJob:
         token, vectors = load_embedding_file(self.result.embedding_path)
         with self._model_lock:
             if self._model is None:
-                self._model = ExportedModel.load(self.config.export_dir, self.config.runtime_options())
-        options.setdefault("clip_skip", self.config.clip_skip)
+                self._model = ExportedModel.load(self._run_config.export_dir, self._run_config.runtime_options())
+        options.setdefault("clip_skip", self._run_config.clip_skip)
         return generate(self._model, prompt, added_embeddings={token: vectors}, **options)
 
     def _outcome(self) -> PersonalizeResult:

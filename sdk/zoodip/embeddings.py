@@ -95,14 +95,14 @@ def a1111_file_name(token: str) -> str:
     return f"{name}.safetensors"
 
 
-def check_a1111_trigger(token: str, tokenizer: Any) -> None:
-    """Refuse an ``--a1111`` file whose name, A1111's trigger word, is a word of ``tokenizer``'s vocabulary: A1111
-    would take the word over in every prompt (zoodip and diffusers refuse such a name when loading)."""
+def warn_of_a1111_trigger(token: str, tokenizer: Any) -> None:
+    """Warn of an ``--a1111`` file whose name, A1111's trigger word, is a word of ``tokenizer``'s vocabulary: A1111
+    takes the word over in every prompt (zoodip and diffusers load such a file under ``<NAME>`` only)."""
     trigger = a1111_file_name(token)[: -len(".safetensors")]
     if tokenizer.is_known_word(trigger):
-        raise ZoodipError(f"--a1111: A1111 calls the embedding by its file's name, {trigger!r}, a word of the "
-                          "vocabulary, which it would take over in every prompt: choose a --placeholder_token whose "
-                          f"name is no word, e.g. '<my-{trigger}>'")
+        warnings.warn(f"--a1111: A1111 calls the embedding by its file's name, {trigger!r}, a word of the vocabulary, "
+                      "which it takes over in every prompt there: rename the file (its trigger), or train with a "
+                      f"--placeholder_token whose name is no word, e.g. '<my-{trigger}>'", stacklevel=2)
 
 
 def _checked_vectors(path: str | os.PathLike[str], token: str, vectors: np.ndarray) -> np.ndarray:

@@ -58,7 +58,7 @@ def _check_links_apart(out: Path, written: list[Path]) -> None:
             raise ZoodipError(f"{seen[target].name} and {path.name} in {out} are links to one file ({target}), and a "
                               "run writes each: point them at different files, or remove the links")
         seen[target] = path
-        if str(target.parent) != here and (target.parent / CHECKPOINT_NAME).exists():
+        if str(target.parent) != here and _is_a_runs(target.parent / CONFIG_NAME):  # (not a store of files)
             raise ZoodipError(f"{path} is a link into another run's folder ({target.parent}), whose files the run "
                               "would write: run there, or copy that folder's files (cp -r, not links) and run on the "
                               "copy")

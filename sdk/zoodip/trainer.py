@@ -30,7 +30,7 @@ import numpy as np
 from .checkpoint import CHECKPOINT_NAME, checkpoint_vector, read_checkpoint, write_checkpoint
 from .config import PersonalizeConfig, default_tau  # noqa: F401 (zoodip.trainer.PersonalizeConfig stays public)
 from .denoising_loss import DenoisingLoss, auto_batched  # noqa: F401 (zoodip.trainer.DenoisingLoss stays public)
-from .embeddings import a1111_file_name, check_a1111_trigger, save_a1111_embedding, save_learned_embeds
+from .embeddings import a1111_file_name, warn_of_a1111_trigger, save_a1111_embedding, save_learned_embeds
 from .errors import ZoodipError
 from .generate_settings import check_clip_skip
 from .gradient_estimate import EstimatorSchedule, RandomGradientEstimator
@@ -122,7 +122,7 @@ class Personalizer:
                 "token: pick one common word close to the concept (e.g. 'dog', 'toy', 'painting')"
             )
         if config.a1111:  # (said before the work, not after it)
-            check_a1111_trigger(config.placeholder_token, tokenizer)
+            warn_of_a1111_trigger(config.placeholder_token, tokenizer)
         self.placeholder_ids = add_placeholder_tokens(tokenizer, config.placeholder_token, config.num_vectors)
         self.placeholder_id = self.placeholder_ids[0]
         self.v_init = initial_vector(self.model.token_embeddings[init_ids[0]], config.num_vectors)

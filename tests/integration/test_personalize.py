@@ -707,6 +707,11 @@ def test_run_files_linked_to_one_file_or_into_another_run_are_refused_before_the
     with pytest.raises(ZoodipError, match=r"checkpoint.npz is a link into another run's folder \(\S+original\)"):
         personalize(make_config(tiny_export, photos, copy, max_train_steps=4, eval_every=0), resume=True)
     assert {path.name: path.read_bytes() for path in original.iterdir() if path.is_file()} == before
+    stored, run = tmp_path / "storage", tmp_path / "linked-run"  # a checkpoint kept elsewhere, of the same name
+    stored.mkdir(), run.mkdir()
+    (run / "checkpoint.npz").symlink_to(stored / "checkpoint.npz")
+    personalize(make_config(tiny_export, photos, run, max_train_steps=2, eval_every=0))
+    assert personalize(make_config(tiny_export, photos, run, max_train_steps=3, eval_every=0), resume=True).steps == 3
 
 
 def test_a_job_keeps_its_folders_when_the_host_changes_its_working_folder(tiny_export, photos, tmp_path, monkeypatch):
@@ -715,16 +720,22 @@ def test_a_job_keeps_its_folders_when_the_host_changes_its_working_folder(tiny_e
     start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
     start.mkdir(), elsewhere.mkdir()
     monkeypatch.chdir(start)
-    job = PersonalizationJob(make_config(tiny_export, photos, "rel_out", max_train_steps=2, eval_every=0))
+    config = make_config(tiny_export, photos, "rel_out", max_train_steps=5, eval_every=0)
+    job = PersonalizationJob(config)
+    config.max_train_steps = 2  # the config as start() finds it
+    job.start()
     monkeypatch.chdir(elsewhere)
-    result = job.start().wait()
-    assert result.status == "done" and (start / "rel_out" / EMBEDDING_NAME).is_file()
+    result = job.wait()
+    assert result.status == "done" and result.steps == 2 and (start / "rel_out" / EMBEDDING_NAME).is_file()
     assert not (elsewhere / "rel_out").exists() and result.embedding_path == start / "rel_out" / EMBEDDING_NAME
 
 
-def test_an_a1111_file_named_as_a_word_is_refused_before_the_work(tiny_export, photos, tmp_path):
-    """--placeholder_token '<star>' --a1111 wrote star.safetensors: A1111's trigger 'star', every star taken over."""
-    with pytest.raises(ZoodipError, match=r"--a1111: A1111 calls the embedding by its file's name, 'star', a word of "
-                                          r"the vocabulary.*e\.g\. '<my-star>'"):
-        personalize(make_config(tiny_export, photos, tmp_path / "r", placeholder_token="<star>", a1111=True))
-    assert not (tmp_path / "r").exists()
+def test_an_a1111_file_named_as_a_word_is_warned_of_before_the_work(tiny_export, photos, tmp_path):
+    """--placeholder_token '<star>' --a1111 wrote star.safetensors: A1111's trigger 'star', every star taken over,
+    said nowhere (a warning, not a refusal: the default '<concept>' is such a word, and a run may be resumed)."""
+    events = []
+    with pytest.warns(UserWarning, match=r"--a1111: A1111 calls the embedding by its file's name, 'star', a word of "
+                                         r"the vocabulary.*e\.g\. '<my-star>'"):
+        personalize(make_config(tiny_export, photos, tmp_path / "r", placeholder_token="<star>", a1111=True,
+                                max_train_steps=1, eval_every=0), on_progress=events.append)
+    assert (tmp_path / "r" / "star.safetensors").is_file()
