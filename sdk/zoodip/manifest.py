@@ -8,6 +8,7 @@ from typing import Any
 
 from .errors import ZoodipError
 from .paths import lies_within, why_missing
+from .tokenizer_files import TOKENIZER_FILES, VOCABULARY_FILES
 from .json_text import parse_json
 
 FORMAT = "zoodip-export"
@@ -101,7 +102,7 @@ def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
         _inside(folder, _typed(manifest, key, (str,), path, ""), path, key)
     tokenizer = manifest["tokenizer"].rstrip("/")
     read = {"token_embeddings.file": table, "scheduler": manifest["scheduler"],  # what the SDK reads: hash-checked
-            **{f"tokenizer's {name}": f"{tokenizer}/{name}" for name in ("vocab.json", "merges.txt")}}
+            **{f"tokenizer's {name}": f"{tokenizer}/{name}" for name in VOCABULARY_FILES}}
     for key, relative in read.items():
         if relative not in files:
             raise _bad_manifest(path, f"does not list {key} {relative!r} among its files")
@@ -198,8 +199,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 
 def unlisted_tokenizer_files(folder: Path, manifest: dict[str, Any]) -> list[str]:
-    """The files of the export's tokenizer folder that its manifest does not list (none from an export: the SDK
-    would read one unchecked, e.g. a saved textual-inversion pipeline's added_tokens.json copied in)."""
-    tokenizer = Path(folder) / manifest["tokenizer"]
-    found = sorted(path.relative_to(folder).as_posix() for path in tokenizer.rglob("*") if path.is_file())
-    return [name for name in found if name not in manifest["files"]]
+    """The files the SDK reads from the export's tokenizer folder that its manifest does not list (none from an
+    export: one would be read unchecked, e.g. a saved textual-inversion pipeline's added_tokens.json copied in)."""
+    tokenizer = manifest["tokenizer"].rstrip("/")
+    read = [f"{tokenizer}/{name}" for name in TOKENIZER_FILES if (Path(folder) / tokenizer / name).exists()]
+    return [name for name in read if name not in manifest["files"]]

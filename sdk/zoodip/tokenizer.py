@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import ZoodipError
 from .paths import why_missing
-from .tokenizer_files import DEFAULT_MAX_LENGTH, read_merges, read_settings, read_vocab
+from .tokenizer_files import DEFAULT_MAX_LENGTH, VOCABULARY_FILES, read_merges, read_settings, read_vocab
 
 __all__ = ["CLIPTokenizer"]
 
@@ -218,7 +218,7 @@ class CLIPTokenizer:
         folder = Path(folder)
         if not folder.is_dir():
             raise ZoodipError(f"tokenizer folder {folder} {why_missing(folder)}: point to the model's 'tokenizer' folder")
-        for name in ("vocab.json", "merges.txt"):
+        for name in VOCABULARY_FILES:
             if not (folder / name).is_file():
                 raise ZoodipError(f"{folder / name} is missing: copy the full 'tokenizer' folder of the model")
         vocab, merges = read_vocab(folder), read_merges(folder)

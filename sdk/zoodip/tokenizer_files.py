@@ -14,6 +14,10 @@ from .errors import ZoodipError
 from .json_text import parse_json
 
 DEFAULT_MAX_LENGTH = 77
+VOCABULARY_FILES = ("vocab.json", "merges.txt")  # needed
+SETTINGS_FILES = ("tokenizer_config.json", "special_tokens_map.json")  # optional; the second one wins, as in transformers
+ADDED_TOKENS_FILE = "added_tokens.json"  # optional: tokens a textual-inversion run added and saved
+TOKENIZER_FILES = (*VOCABULARY_FILES, *SETTINGS_FILES, ADDED_TOKENS_FILE)  # every file of the folder that is read
 # transformers reads only this many merges (after the "#version" header line) from merges.txt.
 MAX_MERGES = 49152 - 256 - 2
 
@@ -48,7 +52,7 @@ def token_content(value: Any) -> Optional[str]:
 
 def read_vocab(folder: Path) -> Dict[str, int]:
     """vocab.json: token -> id, the ids exactly 0..n-1."""
-    vocab = read_json(folder / "vocab.json")
+    vocab = read_json(folder / VOCABULARY_FILES[0])
     if (
         not isinstance(vocab, dict)
         or not vocab
@@ -63,7 +67,7 @@ def read_vocab(folder: Path) -> Dict[str, int]:
 def read_merges(folder: Path) -> List[Tuple[str, str]]:
     """merges.txt: the BPE merges in rank order (at most transformers' MAX_MERGES)."""
     try:
-        lines = (folder / "merges.txt").read_text(encoding="utf-8").strip().split("\n")
+        lines = (folder / VOCABULARY_FILES[1]).read_text(encoding="utf-8").strip().split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise ZoodipError(f"{folder / 'merges.txt'} is unreadable ({exc.__class__.__name__}): copy the tokenizer folder again") from None
     merges: List[Tuple[str, str]] = []
@@ -81,21 +85,21 @@ def read_merges(folder: Path) -> List[Tuple[str, str]]:
 def read_settings(folder: Path) -> TokenizerSettings:
     """tokenizer_config.json, special_tokens_map.json and added_tokens.json, each optional."""
     settings: Dict[str, Any] = {}
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the second one wins, as in transformers
+    for name in SETTINGS_FILES:
         path = folder / name
         if path.is_file():
             data = read_json(path)
             if not isinstance(data, dict):
                 raise ZoodipError(f"{path} is not a JSON object: copy the model's tokenizer folder again")
             settings[name] = data
-    config = settings.get("tokenizer_config.json", {})
+    config = settings.get(SETTINGS_FILES[0], {})
     tokens: Dict[str, str] = {
         "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>",
         "pad_token": "<|endoftext|>",
         "unk_token": "<|endoftext|>",
     }
-    for source in (config, settings.get("special_tokens_map.json", {})):
+    for source in (config, settings.get(SETTINGS_FILES[1], {})):
         for key in tokens:
             content = token_content(source.get(key))
             if content:
@@ -117,8 +121,8 @@ def read_added_tokens(folder: Path, config: Dict[str, Any]) -> Dict[str, int]:
             content = token_content(entry)
             if content is not None and str(index).isdigit():
                 added[content] = int(index)
-    if (folder / "added_tokens.json").is_file():
-        extra = read_json(folder / "added_tokens.json")
+    if (folder / ADDED_TOKENS_FILE).is_file():
+        extra = read_json(folder / ADDED_TOKENS_FILE)
         if isinstance(extra, dict):
             added.update({k: v for k, v in extra.items() if isinstance(k, str) and isinstance(v, int)})
     return added

@@ -73,6 +73,8 @@ def test_verify_refuses_a_manifest_that_hashes_nothing_and_a_file_it_does_not_li
     code, _, err = run_cli(["verify", folder], capsys)
     assert_one_line_error(code, err, "tokenizer/added_tokens.json is not among the manifest's files")
     (folder / "tokenizer" / "added_tokens.json").unlink()
+    (folder / "tokenizer" / ".DS_Store").write_bytes(b"\0")  # what the SDK never reads: no concern of verify
+    (folder / "tokenizer" / "vocab.json.orig").write_text("{}")
     assert run_cli(["verify", folder], capsys)[0] == 0
     for entry in manifest["files"].values():
         del entry["sha256"]
