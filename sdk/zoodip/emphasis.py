@@ -55,7 +55,9 @@ COMMA_BACKTRACK = 20  # A1111's default "comma padding backtrack"
 MAX_CHUNKS = 4  # the longest prompt read: 300 tokens (the UNet's cross-attention grows with the length)
 # What an A1111 prompt with an explicit weight looks like: worth a warning where it is read as plain text.
 _A1111_WEIGHTED = re.compile(r"\([^()]*:\s*[+-]?\d*\.?\d+\s*\)")
-_A1111_BRACKETED = re.compile(r"(?<!\\)\((?=[^()]*\w)[^()]*(?<!\\)\)|(?<!\\)\[(?=[^\[\]]*\w)[^\[\]:|]*(?<!\\)\]")
+# Brackets that weigh by themselves and seldom appear in plain prose: doubled round ones, "((words))", and square
+# ones after no word character ("[blurry]", not "array[0]"); a single "(words)" is prose as often ("a dog (a pug)").
+_A1111_BRACKETED = re.compile(r"(?<!\\)\(\((?=[^()]*[^\W\d_])[^()]*\)\)|(?<![\w\\])\[(?=[^\[\]]*[^\W\d_])[^\[\]:|]*\]")
 
 
 def has_break(text: str) -> bool:
@@ -173,8 +175,9 @@ def unsupported_problems(prompt: str, chunked: bool = True) -> list[str]:
 
 
 def looks_emphasized(prompt: str) -> bool:
-    """Whether ``prompt`` holds A1111's emphasis: an explicit weight, ``(words:1.3)``, or brackets that weigh by
-    themselves, ``(words)`` x1.1 and ``[words]`` /1.1 (not an edit's ``[a:b:when]`` or an alternation's ``[a|b]``)."""
+    """Whether ``prompt`` holds A1111's emphasis as plain prose seldom does: an explicit weight, ``(words:1.3)``, or
+    brackets that weigh by themselves, ``((words))`` x1.21 and ``[words]`` /1.1 (not an edit's ``[a:b:when]`` or an
+    alternation's ``[a|b]``)."""
     return bool(_A1111_WEIGHTED.search(prompt) or _A1111_BRACKETED.search(prompt))
 
 

@@ -24,7 +24,7 @@ def syntax_problems(prompts: Sequence[str], weighted: bool, chunked: bool = Fals
     if weighted:
         return negative_tags + [problem for text in prompts if text
                                 for problem in unsupported_problems(text, chunked) + schedule_problems(text)]
-    syntax = {"emphasis syntax '(words:1.3)', '(words)', '[words]'": looks_emphasized, "prompt editing or alternation '[a:b:0.5]', '[a|b]'":
+    syntax = {"emphasis syntax '(words:1.3)', '((words))', '[words]'": looks_emphasized, "prompt editing or alternation '[a:b:0.5]', '[a|b]'":
               lambda text: parse_schedule(text) is not None,
               "AND (composable diffusion)": lambda text: text not in negative and AND_SEPARATOR.search(_words(text)),
               "BREAK (a new 75-token chunk)": lambda text: has_break(_words(text)),

@@ -59,7 +59,7 @@ def test_learned_tokens_can_be_weighted(model):
 
 def test_what_cannot_be_honoured_is_said(model):
     for prompt in ("a (red:1.3) star", "a ((red)) star", "a [red] star"):  # (brackets alone weigh in A1111 too)
-        with pytest.warns(UserWarning, match=r"uses A1111's emphasis syntax '\(words:1.3\)', '\(words\)', "
+        with pytest.warns(UserWarning, match=r"uses A1111's emphasis syntax '\(words:1.3\)', '\(\(words\)\)', "
                                              r"'\[words\]', read here as plain text"):
             generate(model, prompt, steps=1)
     with warnings.catch_warnings():

@@ -62,9 +62,11 @@ def test_an_unreadable_weight_is_one_clear_error():
 
 def test_which_prompts_are_said_to_look_weighted():
     assert looks_emphasized("a (cat:1.3) on a mat") and looks_emphasized("(cat: .5 )")
-    # Brackets weigh by themselves in A1111 ((masterpiece) x1.1, [blurry] /1.1): the defaults read them as text.
-    assert looks_emphasized("a ((cat))") and looks_emphasized("[blurry], (approx)")
+    # Brackets weigh by themselves in A1111 (((masterpiece)) x1.21, [blurry] /1.1): the defaults read them as text.
+    assert looks_emphasized("a ((cat))") and looks_emphasized("[blurry], x")
     assert not looks_emphasized("a [cat:dog:0.5] or [a|b]") and not looks_emphasized(r"a \(cat\) () []")
+    for prose in ("a dog (golden retriever)", "born (1865)", "array[0]", "((1))"):  # as often plain text: not said
+        assert not looks_emphasized(prose), prose
     assert unsupported_problems("a cat BREAK a hat", chunked=False) and not unsupported_problems("a cat BREAK a hat")
     assert not unsupported_problems("a breakfast, break", chunked=False)
     # A1111's prompt editing and AND are read before emphasis (zoodip.prompt_schedule): nothing to say here.
