@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoodip.json_text import parse_json
 from zoodip.curvature import CURVATURE_FILE, save_curvature
 from zoodip_export.torch_model import TorchModel
 
@@ -205,7 +206,7 @@ def stored_curvature(source: Path) -> dict[str, Any] | None:
     path = Path(source) / CURVATURE_FILE
     if not path.is_file():
         return None
-    meta = {key: json.loads(value) for key, value in load_metadata(path).items()}
+    meta = {key: parse_json(value) for key, value in load_metadata(path).items()}
     if meta.get("weights") != weights_fingerprint(source):
         return None
     CurvatureSubspace.load(path)  # refuses a damaged file

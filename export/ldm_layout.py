@@ -6,11 +6,12 @@ under ``cond_stage_model.transformer.``; SD2.x's in OpenCLIP's layout (fused q/k
 ``cond_stage_model.model.``."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from zoodip.json_text import parse_json
 
 
 def _resnet(prefix_new: str, prefix_old: str, sd: dict, out: dict) -> None:
@@ -140,7 +141,7 @@ def folder_to_ldm(folder: Path, dest: Path) -> Path:
     folder = Path(folder)
 
     def config(part: str) -> dict:
-        return json.loads((folder / part / "config.json").read_text())
+        return parse_json((folder / part / "config.json").read_text())
 
     state = components_to_ldm(load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"), config("unet"),
                               load_file(folder / "vae" / "diffusion_pytorch_model.safetensors"), config("vae"),

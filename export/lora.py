@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from zoodip.json_text import parse_json
 from zoodip.errors import ZoodipError
 from zoodip.extra_networks import lora_name
 
@@ -219,7 +220,7 @@ def _peft_scalings(spec: LoraSpec, metadata: dict[str, str]) -> dict[str, tuple[
     if not text:
         return {}
     try:
-        meta = json.loads(text)
+        meta = parse_json(text)
     except ValueError:
         meta = None
     if not isinstance(meta, dict):

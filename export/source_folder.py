@@ -1,10 +1,10 @@
 """The diffusers source folder an export reads: its required parts, its configs, the model facts they give."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from zoodip.json_text import parse_json
 from zoodip.errors import ZoodipError
 from zoodip.paths import why_missing
 
@@ -23,8 +23,8 @@ MAX_SAMPLE_SIZE = 512
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # (UnicodeDecodeError is one)
         raise ZoodipError(f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ZoodipError(f"{path} is not a JSON object")

@@ -8,7 +8,6 @@ text encoder from embeddings (:class:`~zoodip_export.onnx_export.TextEncoderGrap
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoodip.json_text import parse_json
 from zoodip.schedule import NoiseSchedule
 from zoodip.tokenizer import CLIPTokenizer
 from zoodip_export.onnx_export import TextEncoderGraph, load_text_encoder, load_unet, load_vae
@@ -56,7 +56,7 @@ class TorchModel:
             from diffusers.models.attention_processor import AttnProcessor
 
             unet.set_attn_processor(AttnProcessor())
-        config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        config = parse_json((folder / "scheduler" / "scheduler_config.json").read_text())
         return cls(folder, tokenizer, text_model.embeddings.token_embedding.weight.detach(),
                    TextEncoderGraph(text_model, tokenizer.max_length).eval(), unet, config,
                    NoiseSchedule.from_config(config))

@@ -44,7 +44,7 @@ def describe_embedding(path: Path) -> list[str]:
     said = {key: _one_line(meta.get(key, "?")) for key in ("steps", "forwards", "model_name", "model")}
     return lines + [f"trained: {said['steps']} steps, {said['forwards']} training forwards",
                     f"model: {said['model_name']} (manifest {said['model']})",
-                    "settings: " + (", ".join(f"{k}={_one_line(v)}" for k, v in sorted(settings.items()))
+                    "settings: " + (", ".join(f"{_one_line(k)}={_one_line(v)}" for k, v in sorted(settings.items()))
                                     if isinstance(settings, dict) else "unreadable (the file's record is damaged)")]
 
 

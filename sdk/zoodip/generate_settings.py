@@ -58,7 +58,7 @@ def check_generate_settings(model: Any, prompt: object, negative_prompt: object,
     if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta <= 1:  # past 1 the noise outgrows
         raise ZoodipError(f"eta must be a number from 0 to 1 (DDIM's noise: 0 deterministic, 1 as DDPM), got {eta!r}")
     if eta and sampler != "ddim":
-        raise ZoodipError(f"eta applies to the ddim sampler only; drop it or use sampler='ddim' (got sampler={sampler!r})")
+        raise ZoodipError(f"eta applies to the ddim sampler only, not {sampler}: drop it, or choose the ddim sampler")
     check_seed(seed)
     if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
         raise ZoodipError("prompt and negative_prompt must be strings")

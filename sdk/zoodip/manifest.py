@@ -23,12 +23,12 @@ def _bad_manifest(path: Path, what: str) -> ZoodipError:
 
 def _inside(folder: Path, relative: object, path: Path, field_name: str) -> Path:
     """``folder / relative`` for a manifest path that must stay inside the folder (no absolute, no '..')."""
-    if not isinstance(relative, str) or not relative.strip():
+    if not isinstance(relative, str) or not relative.strip() or "\0" in relative:
         raise _bad_manifest(path, f"has {field_name} = {relative!r}, not a file name")
     try:
         inside = not Path(relative).is_absolute() and lies_within(folder / relative, folder)
     except OSError:  # a loop of links on the way
-        raise ZoodipError(f"{folder / relative} (the manifest's {field_name}) is a loop of symbolic links: point the "
+        raise ZoodipError(f"{folder / relative} (in the manifest: {field_name}) is a loop of symbolic links: point the "
                           "link at a real file, or re-run 'zoodip export'") from None
     if not inside:
         raise _bad_manifest(path, f"points {field_name} outside the export folder ({relative!r})")
@@ -78,7 +78,7 @@ def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
     _typed(model, "prediction_type", (str,), path, "model.", required=False)
     files = manifest["files"]
     for name, info in files.items():
-        _inside(folder, name, path, "files entry")
+        _inside(folder, name, path, "a files entry")
         if not isinstance(info, dict):
             raise _bad_manifest(path, f"has files[{name!r}] = {info!r}, not an object")
         size = _typed(info, "bytes", (int,), path, f"files[{name!r}].", required=False)

@@ -242,7 +242,7 @@ class _DiffusersCallback:
                  hires: bool) -> None:
         if not callable(callback):
             raise ZoodipError(f"callback must be callable as callback(step, timestep, latents), got {callback!r:.60}")
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        if not isinstance(every, numbers.Integral) or isinstance(every, (bool, np.bool_)) or every < 1:
             raise ZoodipError(f"callback_steps must be a positive integer, got {every!r:.60}")
         if hires:
             raise ZoodipError("the hires fix's two passes have no diffusers callback: call zoodip.hires.generate_hires("

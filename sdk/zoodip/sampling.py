@@ -83,7 +83,7 @@ def sampler_named(name: str) -> str:
     """``name`` as one of ``SAMPLERS`` where it is A1111's name of one, in any case ("Euler a", "DPM++ 2M Karras"),
     else as given (one of them, or what the caller refuses)."""
     by_a1111 = {a1111.lower(): ours for ours, a1111 in A1111_SAMPLER_NAMES.items()}
-    return name if name in SAMPLERS else by_a1111.get(name.lower(), name)
+    return name if name in SAMPLERS else name.lower() if name.lower() in SAMPLERS else by_a1111.get(name.lower(), name)
 
 
 def image_strength(strength: float | None, masked: bool) -> float:

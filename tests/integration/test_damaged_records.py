@@ -42,7 +42,7 @@ def test_a_loop_of_links_inside_an_export_is_one_line(tiny_export, tmp_path) -> 
     folder = _copy(tiny_export, tmp_path)
     (folder / "unet.onnx").unlink()
     (folder / "unet.onnx").symlink_to("unet.onnx")
-    with pytest.raises(ZoodipError, match=r"unet.onnx \(the manifest's .*\) is a loop of symbolic links"):
+    with pytest.raises(ZoodipError, match=r"unet.onnx \(in the manifest: a files entry\) is a loop of symbolic links"):
         ExportedModel.load(folder)
 
 
@@ -132,4 +132,24 @@ def test_manifest_sizes_that_disagree_with_the_graphs_or_the_tokenizer_are_one_l
     manifest["model"]["latent_channels"], manifest["model"]["max_length"] = 4, 60
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ZoodipError, match="the tokenizer's model_max_length is 77, the text encoder's 60"):
+        ExportedModel.load(folder)
+
+
+def test_export_reads_a_source_whose_json_nests_too_deep_in_one_line(tiny_sd_folder, tmp_path) -> None:
+    from zoodip_export.source_folder import check_source
+
+    source = shutil.copytree(tiny_sd_folder, tmp_path / "source")
+    (source / "model_index.json").write_text(DEEP)
+    with pytest.raises(ZoodipError, match="model_index.json: JSON nested too deeply to read"):
+        check_source(source)
+
+
+def test_a_manifest_file_name_holding_a_nul_is_one_line(tiny_export, tmp_path) -> None:
+    import json
+
+    folder = _copy(tiny_export, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["unet\0.onnx"] = manifest["files"]["unet.onnx"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ZoodipError, match=r"has a files entry = 'unet\\x00.onnx', not a file name"):
         ExportedModel.load(folder)

@@ -214,6 +214,9 @@ def test_ddims_eta_is_a_flag_written_as_a1111s_eta_ddim_and_read_back(tiny_expor
                             "--steps", "3", "--sampler", "DDIM", "--eta", "0.5", "--out", out], capsys)
     assert code == 0, err
     assert _fields(read_parameters(out))["Eta DDIM"] == "0.5"
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a", "--eta", "0.5", "--sampler", "euler_A",
+                            "--out", tmp_path / "x.png"], capsys)  # (a sampler's name in any case)
+    assert_one_line_error(code, err, "eta applies to the ddim sampler only, not euler_a: drop it, or choose the ddim")
     model = ExportedModel.load(tiny_export)
     made = generate(model, "a red star", steps=3, sampler="ddim", eta=0.5)[0]
     assert np.array_equal(np.asarray(made), np.asarray(Image.open(out)))
