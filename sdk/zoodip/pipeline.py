@@ -27,7 +27,7 @@ from .generate import generate
 from .hires import generate_hires
 from .model import ExportedModel
 from .runtime_options import RuntimeOptions
-from .sampling import DEFAULT_STEPS, SAMPLERS, call_plan, image_strength, starts_from_noise
+from .sampling import DEFAULT_STEPS, HIRES_STRENGTH, SAMPLERS, call_plan, image_strength, starts_from_noise
 
 OUTPUT_TYPES = ("pil", "np")
 
@@ -244,20 +244,25 @@ class _DiffusersCallback:
             raise ZoodipError(f"callback must be callable as callback(step, timestep, latents), got {callback!r:.60}")
         if not isinstance(every, numbers.Integral) or isinstance(every, (bool, np.bool_)) or every < 1:
             raise ZoodipError(f"callback_steps must be a positive integer, got {every!r:.60}")
-        if hires:
-            raise ZoodipError("the hires fix's two passes have no diffusers callback: call zoodip.hires.generate_hires("
-                              "..., callback=fn(step, total, latents)) for its progress")
         self.model, self.callback, self.every, self.steps, self.settings = model, callback, every, steps, settings
-        self.timesteps: np.ndarray | None = None
+        self.hires = hires
+        self.passes: tuple[np.ndarray, np.ndarray] | None = None  # the timesteps of the first pass, and of each second
 
     def __call__(self, step: int, total: int, latents: np.ndarray) -> None:
-        if self.timesteps is None:  # the call's plan, read once its settings have been checked
-            image, masked = self.settings.get("image") is not None, self.settings.get("mask_image") is not None
-            strength = image_strength(self.settings.get("strength"), masked) if image else 1.0
-            self.timesteps = call_plan(self.model, self.settings["sampler"], self.steps, strength,
-                                       starts_from_noise(image, masked, strength)).timesteps
         if (step - 1) % self.every == 0:
-            self.callback(step - 1, self.timesteps[step - 1], latents)
+            self.callback(step - 1, self._timestep(step - 1), latents)
+
+    def _timestep(self, index: int) -> float:
+        if self.passes is None:  # the call's plans, read once its settings have been checked
+            settings, sampler = self.settings, self.settings["sampler"]
+            image, masked = settings.get("image") is not None, settings.get("mask_image") is not None
+            strength = image_strength(settings.get("strength"), masked) if image else 1.0
+            first = call_plan(self.model, sampler, self.steps, strength, starts_from_noise(image, masked, strength))
+            second = call_plan(self.model, sampler, settings.get("hires_steps") or self.steps,
+                               settings.get("hires_strength", HIRES_STRENGTH), from_noise=False) if self.hires else first
+            self.passes = (first.timesteps, second.timesteps)
+        first, second = self.passes  # (the hires fix: the first pass, then one second pass an image)
+        return first[index] if index < len(first) else second[(index - len(first)) % len(second)]
 
 
 # generate()'s own settings that a call passes on as they are (its signature is the one list), and the hires fix's.

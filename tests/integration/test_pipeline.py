@@ -58,7 +58,6 @@ def test_load_textual_inversion_renames_lists_and_refuses_a_name_twice(pipe, tmp
     (dict(callback_on_step_end=print), r"pass callback=fn\(step, timestep, latents\)"),
     (dict(callback=print, callback_steps=0), "callback_steps must be a positive integer"),
     (dict(callback=3), "callback must be callable as callback"),
-    (dict(callback=print, hires_scale=2), "the hires fix's two passes have no diffusers callback"),
     (dict(prompt_embeds=np.zeros(3)), "pass the prompt's text"),
     (dict(num_inference_step=3), "does not take num_inference_step=: it takes"),
     (dict(output_type="latent"), "output_type must be one of pil, np"),
@@ -204,6 +203,12 @@ def test_diffusers_callback_gets_the_step_from_0_and_the_timestep_every_callback
     pipe("a star", image=photo, strength=0.5, num_inference_steps=6, seed=2, sampler="euler",
          callback=lambda step, t, latents: calls.append((step, float(t), None)))
     assert [t for _, t, _ in calls] == [float(t) for t in sampling_plan(pipe.model, "euler", 6).timesteps[3:]]
+    calls.clear()  # the hires fix: the first pass's steps, then each image's second pass's
+    pipe("a star", num_inference_steps=3, seed=2, sampler="euler", hires_scale=1.5, hires_strength=0.5,
+         hires_steps=4, num_images_per_prompt=2, callback=lambda step, t, latents: calls.append((step, float(t), None)))
+    first, second = sampling_plan(pipe.model, "euler", 3).timesteps, sampling_plan(pipe.model, "euler", 4).timesteps[2:]
+    assert [step for step, _, _ in calls] == list(range(7))
+    assert [t for _, t, _ in calls] == [float(t) for t in [*first, *second, *second]]
 
 
 def test_without_a_seed_a_call_draws_one_and_says_it(pipe) -> None:
