@@ -10,8 +10,8 @@ from .config import PersonalizeConfig
 from .generate import check_prompt, generate
 from .images import image_grid, save_images
 from .infotext import infotext
+from .run_folder import VALIDATION_NAME
 
-VALIDATION_NAME = "validation-steps-{step}.png"  # --validation_prompt previews, beside the run
 
 
 def check_preview_prompt(model, config: PersonalizeConfig, vectors: np.ndarray) -> None:

@@ -14,13 +14,28 @@ from .checkpoint import CHECKPOINT_NAME, check_checkpoint_file
 from .config import PersonalizeConfig
 from .embeddings import EMBEDDING_NAME, SNAPSHOT_FILE, SNAPSHOT_NAME, a1111_file_name  # noqa: F401 (public here)
 from .errors import ZoodipError
-from .paths import check_files_to_replace, check_output_dir
+from .paths import check_files_to_replace, check_output_dir, remove_stale_temp_files
 from .json_text import parse_json
 
 LOG_NAME = "log.jsonl"
 CONFIG_NAME = "config.json"  # the run's settings, as its first step found them
 RUN_FILES = (CHECKPOINT_NAME, EMBEDDING_NAME, LOG_NAME)  # written atomically: their temp files are cleaned
-SNAPSHOT_TEMP = re.compile(rf"^\.({SNAPSHOT_FILE.pattern[1:-1]})\.")  # a snapshot's temp file (group 1: its name)
+VALIDATION_NAME = "validation-steps-{step}.png"  # --validation_prompt previews, beside the run
+# A temp file of a file whose name carries its step, a snapshot or a preview (group 1: that file's name).
+_STEP_FILE_TEMP = re.compile(r"^\.(" + SNAPSHOT_FILE.pattern[1:-1] + "|"
+                             + re.escape(VALIDATION_NAME).replace(re.escape("{step}"), r"\d+") + r")\.")
+
+
+def remove_stale_run_temp_files(config: PersonalizeConfig) -> None:
+    """Delete the temp files that interrupted writes left in the run folder: of the run's files, its --a1111 copy, and
+    its step snapshots and previews (their names carry the step). Under the folder's lock: no writer is running."""
+    out = config.output_dir
+    names = [*RUN_FILES, *([a1111_file_name(config.placeholder_token)] if config.a1111 else [])]
+    try:
+        names += [m.group(1) for entry in out.iterdir() if (m := _STEP_FILE_TEMP.match(entry.name))]
+    except OSError:  # not there yet, or not listable: nothing of a step's to clean
+        pass
+    remove_stale_temp_files(out, tuple(names))
 
 
 def check_run_folder(config: PersonalizeConfig, resume: bool) -> None:

@@ -39,13 +39,14 @@ from .limits import check_image_size, check_photo_count
 from .lr_schedule import lr_at
 from .method_parts import LossFactory, OptimizerFactory, ProjectorFactory, default_optimizer, default_projector
 from .model import ExportedModel, RuntimeOptions
-from .paths import check_output_dir, remove_stale_temp_files, run_folder_lock, write_failure
-from .previews import VALIDATION_NAME, check_preview_prompt, write_preview  # noqa: F401 (VALIDATION_NAME public here)
+from .paths import check_output_dir, run_folder_lock, write_failure
+from .previews import check_preview_prompt, write_preview
 from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.Progress stays public)
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
 from .run_checks import append_log, check_outcome, sha256_of_files, truncate_log
 from .run_folder import (CONFIG_NAME, EMBEDDING_NAME, LOG_NAME, RUN_FILES, SNAPSHOT_NAME,  # noqa: F401 (public here)
-                         SNAPSHOT_TEMP, check_folder_kept, check_run_folder, folder_identity)
+                         VALIDATION_NAME, check_folder_kept, check_run_folder, folder_identity,
+                         remove_stale_run_temp_files)
 from .search_space import choose_search_space
 from .setting_warnings import warn_about_settings
 from .step_inputs import StepInputs, draw_step_inputs, encode_photo_views, step_rng
@@ -397,10 +398,7 @@ class Personalizer:
     def _prepare_output(self, resume: bool) -> None:
         """Clean stale temp files, then load the checkpoint (resume) or start the run's files afresh."""
         out = self.config.output_dir
-        remove_stale_temp_files(out, RUN_FILES)
-        if out.is_dir():  # and those of snapshots (their names carry the step)
-            snapshots = {m.group(1) for entry in out.iterdir() if (m := SNAPSHOT_TEMP.match(entry.name))}
-            remove_stale_temp_files(out, tuple(snapshots))
+        remove_stale_run_temp_files(self.config)
         check_run_folder(self.config, resume)  # (again: checked before the model loaded, now under the lock)
         self._folder_identity = folder_identity(out)  # (a fresh run's: once its start has made the folder)
         if resume:

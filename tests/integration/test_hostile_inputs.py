@@ -447,7 +447,8 @@ def test_a_damaged_log_line_in_the_middle_is_one_line(finished_run, tiny_export,
 
 def test_interrupted_write_temp_files_are_cleaned_and_outputs_are_0644(finished_run, tiny_export, photos, capsys):
     stale = [finished_run / ".checkpoint.npz.tmp-999999", finished_run / ".learned_embeds.safetensors.k3j2l1.tmp",
-             finished_run / ".log.jsonl.tmp-1-abcd"]
+             finished_run / ".log.jsonl.tmp-1-abcd", finished_run / ".validation-steps-2.png.tmp-7-ab12.png",
+             finished_run / ".learned_embeds-steps-2.safetensors.tmp-7-cd34"]  # (previews too: they were left)
     for path in stale:
         path.write_bytes(b"partial")
     keep = finished_run / "notes.txt"
