@@ -191,7 +191,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .from_parameters import parameter_notes
     from .hires import planned_size
     from .images import check_encodable, grid_size, image_grid, save_images
-    from .infotext import infotext, used_embedding_hashes
+    from .infotext import infotext, unreadable_prompt_problem, used_embedding_hashes
     from .latents_file import write_latents
     from .model import ExportedModel, RuntimeOptions
 
@@ -200,6 +200,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     elif args.prompt is None:
         raise ZoodipError("--prompt is required (or --parameters-from IMAGE: make an image again from its parameters)")
     out, singles = checked_generate_flags(args)
+    if not args.no_metadata and (problem := unreadable_prompt_problem(args.prompt, args.negative_prompt)):
+        warnings.warn(problem, stacklevel=1)
     for path in [out, *singles, *([Path(args.save_latents)] if args.save_latents else [])]:
         remove_stale_temp_files(path.parent, (path.name,), writer_gone=True)  # a killed call's
     model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on",

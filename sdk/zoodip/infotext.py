@@ -162,6 +162,18 @@ _FIELD_PAIR = re.compile(r'(?<![\w \-/+.])(?<!\s)\s*(\w[\w \-/+.]{0,79}):\s*("(?
 _NEGATIVE = "Negative prompt:"
 
 
+def unreadable_prompt_problem(prompt: str, negative_prompt: str) -> str | None:
+    """What the image's written parameters would read back wrong of these prompts (a line beginning "Negative
+    prompt:", or a last line of fields), as A1111 and --parameters-from read them; None where both read back."""
+    text = prompt + (f"\nNegative prompt: {negative_prompt}" if negative_prompt else "") + "\nSteps: 1, Seed: 0, Version: zoodip"
+    read_prompt, read_negative, _ = read_infotext(text)
+    if (read_prompt, read_negative) == (prompt.strip(), negative_prompt.strip()):
+        return None
+    return ("the prompt's text reads back otherwise from the image's parameters (a line beginning 'Negative prompt:', "
+            "or one of 'Name: value' fields, is taken as A1111 takes it), so --parameters-from will not make the "
+            "image again: reword that line")
+
+
 def read_infotext(text: str) -> tuple[str, str, dict[str, str]]:
     """(prompt, negative prompt, {field: value}) of A1111's text, read as A1111 reads it: the last line holds the
     fields where at least three are found on it; a line that starts with "Negative prompt:" starts the negative one."""

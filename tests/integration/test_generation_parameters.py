@@ -229,3 +229,14 @@ def test_ddims_eta_is_a_flag_written_as_a1111s_eta_ddim_and_read_back(tiny_expor
                             "--out", other], capsys)
     assert code == 0, err
     assert "Eta DDIM" not in read_parameters(other) and _fields(read_parameters(other))["Sampler"] == "Euler a"
+
+
+def test_a_prompt_whose_parameters_would_read_back_otherwise_is_warned_of(tiny_export, tmp_path, capsys):
+    """A prompt holding a line 'Negative prompt: x' wrote parameters that made another image, without a word."""
+    common = ["generate", "--model", tiny_export, "--steps", "1", "--out", tmp_path / "a.png"]
+    code, _, err = run_cli([*common, "--prompt", "a red circle\nNegative prompt: x"], capsys)
+    assert code == 0 and err.count("warning: ") == 1 and "--parameters-from will not make the image again" in err
+    code, _, err = run_cli([*common, "--prompt", "a red circle\n  on two lines", "--negative-prompt", "x"], capsys)
+    assert code == 0 and "warning" not in err, err
+    code, _, err = run_cli([*common, "--no-metadata", "--prompt", "a red circle\nNegative prompt: x"], capsys)
+    assert code == 0 and "warning" not in err, err
