@@ -131,8 +131,10 @@ class PersonalizationJob:
         if self._thread is not None or self._running_here:
             raise ZoodipError("this job was already started: create a new PersonalizationJob to run again "
                               "(resume=True continues its run)")
-        self._run_config = replace(self.config, **{name: Path(getattr(self.config, name)).absolute()
-                                                   for name in ("export_dir", "images", "output_dir")})
+        folders = {name: getattr(self.config, name) for name in ("export_dir", "images", "output_dir")}
+        self._run_config = replace(self.config, **{  # (what is no path, or an empty one, is refused as the config's)
+            name: Path(value).absolute() if isinstance(value, (str, os.PathLike)) and str(value).strip() else value
+            for name, value in folders.items()})
 
     def start(self) -> PersonalizationJob:
         self._claim()

@@ -2,7 +2,9 @@
 fields, types and in-folder paths, one line per problem, before any file is opened."""
 from __future__ import annotations
 
+import json
 import math
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +102,11 @@ def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
     _inside(folder, table, path, "token_embeddings.file")
     for key in ("tokenizer", "scheduler"):
         _inside(folder, _typed(manifest, key, (str,), path, ""), path, key)
-    tokenizer = manifest["tokenizer"].rstrip("/")
+    tokenizer, listed = manifest["tokenizer"], {_spelled(name) for name in files}  # (paths as written: "./x" is "x")
     read = {"token_embeddings.file": table, "scheduler": manifest["scheduler"],  # what the SDK reads: hash-checked
             **{f"tokenizer's {name}": f"{tokenizer}/{name}" for name in VOCABULARY_FILES}}
     for key, relative in read.items():
-        if relative not in files:
+        if _spelled(relative) not in listed:
             raise _bad_manifest(path, f"does not list {key} {relative!r} among its files")
     curvature = _typed(manifest, "curvature", (dict,), path, "", required=False)
     if curvature is not None:
@@ -176,7 +178,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     version = manifest.get("format_version")
     if isinstance(version, bool) or version != FORMAT_VERSION:  # (true is no 1, and "1" is said with its quotes)
         raise ZoodipError(
-            f"{path} has format_version {version!r}, this SDK reads {FORMAT_VERSION}: "
+            f"{path} has format_version {json.dumps(version)}, this SDK reads {FORMAT_VERSION}: "
             "re-export with this version of zoodip"
         )
     for key in ("model", "graphs", "files", "token_embeddings", "tokenizer", "scheduler"):
@@ -201,6 +203,11 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 def unlisted_tokenizer_files(folder: Path, manifest: dict[str, Any]) -> list[str]:
     """The files the SDK reads from the export's tokenizer folder that its manifest does not list (none from an
     export: one would be read unchecked, e.g. a saved textual-inversion pipeline's added_tokens.json copied in)."""
-    tokenizer = manifest["tokenizer"].rstrip("/")
-    read = [f"{tokenizer}/{name}" for name in TOKENIZER_FILES if (Path(folder) / tokenizer / name).exists()]
-    return [name for name in read if name not in manifest["files"]]
+    tokenizer, listed = manifest["tokenizer"], {_spelled(name) for name in manifest["files"]}
+    read = [_spelled(f"{tokenizer}/{name}") for name in TOKENIZER_FILES if (Path(folder) / tokenizer / name).exists()]
+    return [name for name in read if name not in listed]
+
+
+def _spelled(relative: str) -> str:
+    """A manifest's path in one spelling ("./tokenizer//vocab.json" is "tokenizer/vocab.json")."""
+    return posixpath.normpath(relative)

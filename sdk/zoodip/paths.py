@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -168,7 +169,8 @@ def open_new_file(path: Path):  # -> BinaryIO
 def remove_stale_temp_files(folder: Path, names: tuple[str, ...], writer_gone: bool = False) -> list[Path]:
     """Delete the temp files that interrupted atomic writes of ``names`` left in ``folder`` (and, for a name that is
     a link, beside its target, where ``atomic_write_bytes`` writes them). ``writer_gone``: only those whose writing
-    process (its id in the name, ``temp_path``) has ended, where no lock keeps other writers out (``generate``)."""
+    process (its id in the name, ``temp_path``) has ended and that were not written to for minutes, where no lock
+    keeps other writers out (``generate``; a process of another machine or container may share the id)."""
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
@@ -184,16 +186,25 @@ def remove_stale_temp_files(folder: Path, names: tuple[str, ...], writer_gone: b
             continue
         for entry in entries:
             if entry.is_file() and any(p.match(entry.name) for p in patterns) and (
-                    not writer_gone or not _writer_alive(entry.name)):
+                    not writer_gone or not _writer_may_run(entry)):
                 with contextlib.suppress(OSError):
                     entry.unlink()
                     removed.append(entry)
     return removed
 
 
-def _writer_alive(name: str) -> bool:
-    """Whether the process whose id a temp file's name holds (``temp_path``) still runs (or may: not ours to ask)."""
-    found = re.search(r"\.tmp-(\d+)-", name)
+_WRITING_FOR_S = 300.0  # a temp file written to more recently may be a live write's (an image's takes seconds)
+
+
+def _writer_may_run(entry: Path) -> bool:
+    """Whether the process that writes the temp file ``entry`` may still run: its id (in the name, ``temp_path``)
+    is a live process's here, or the file was written to within ``_WRITING_FOR_S``."""
+    try:
+        if time.time() - entry.stat().st_mtime < _WRITING_FOR_S:
+            return True
+    except OSError:
+        return True  # (gone already, or not ours to read)
+    found = re.search(r"\.tmp-(\d+)-", entry.name)
     if found is None:
         return False
     try:

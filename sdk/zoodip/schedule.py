@@ -93,10 +93,10 @@ def _config_number(config: Mapping[str, Any], key: str) -> float:
 
 
 def _config_flag(config: Mapping[str, Any], key: str) -> bool:
-    """A true-or-false setting of the config (absent or null: false); a string such as "false" is refused, not read
-    as true."""
+    """A true-or-false setting of the config (absent or null: false; a number as diffusers reads it, 0 false); a
+    string such as "false" is refused, not read as true."""
     value = config.get(key)
-    if value is not None and not isinstance(value, (bool, np.bool_)):
+    if value is not None and not isinstance(value, (bool, np.bool_, int, float)):
         raise ZoodipError(f"scheduler config: {key} must be true or false, got {value!r}; fix scheduler_config.json")
     return bool(value)
 
@@ -195,8 +195,9 @@ class NoiseSchedule:
                 )
         for key in ("set_alpha_to_one", "clip_sample", "thresholding"):  # the samplers' switches: read as they mean
             _config_flag(cfg, key)
-        offset = cfg.get("steps_offset", 0)
-        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < steps):
+        offset = cfg.get("steps_offset", 0)  # (an integer, or a float that is one: 1.0)
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, (int, float))
+                                   or not (math.isfinite(offset) and offset == int(offset) and 0 <= offset < steps)):
             raise ZoodipError(f"scheduler config: steps_offset must be an integer from 0 to {steps - 1} (Stable "
                               f"Diffusion's is 1), got {offset!r}; fix scheduler_config.json")
         if _config_flag(cfg, "rescale_betas_zero_snr"):

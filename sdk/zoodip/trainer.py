@@ -122,9 +122,9 @@ class Personalizer:
                 f"--initializer_token {config.initializer_token!r} is {len(init_ids)} tokens, it must be a single "
                 "token: pick one common word close to the concept (e.g. 'dog', 'toy', 'painting')"
             )
-        if config.a1111:  # (said before the work, not after it)
-            warn_of_a1111_trigger(config.placeholder_token, tokenizer)
         self.placeholder_ids = add_placeholder_tokens(tokenizer, config.placeholder_token, config.num_vectors)
+        if config.a1111:  # (said before the work, not after it; after a placeholder that is a word is refused)
+            warn_of_a1111_trigger(config.placeholder_token, tokenizer)
         self.placeholder_id = self.placeholder_ids[0]
         self.v_init = initial_vector(self.model.token_embeddings[init_ids[0]], config.num_vectors)
 

@@ -241,6 +241,9 @@ def test_generate_cleans_what_a_killed_call_left_beside_its_outputs_not_a_live_o
              f".a-2.png.tmp-{alive}-01020304.png": "live", f".b.png.tmp-{dead}-0a0b0c0d.png": "another file's"}
     for name in names:
         (tmp_path / name).write_bytes(b"half an image")
+        os.utime(tmp_path / name, (0, 0))  # long untouched (a fresh one may be another machine's live write)
+    (tmp_path / f".a-1.png.tmp-{dead}-12341234.png").write_bytes(b"being written")
+    names[f".a-1.png.tmp-{dead}-12341234.png"] = "fresh"
     code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "1", "--num-images",
                             "2", "--out", tmp_path / "a.png"], capsys)
     assert code == 0, err

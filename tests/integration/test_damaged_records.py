@@ -104,7 +104,19 @@ def test_a_scheduler_configs_values_are_checked_by_type(edit, said) -> None:
     NoiseSchedule.from_config({**config, **{key: None for key in edit}})  # null: the default
 
 
-@pytest.mark.parametrize("version, said", [("1", "format_version '1'"), (True, "format_version True"),
+def test_a_scheduler_configs_switches_may_be_numbers_as_diffusers_reads_them() -> None:
+    from zoodip.schedule import NoiseSchedule
+
+    config = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    for edit in ({"clip_sample": 1, "set_alpha_to_one": 0, "thresholding": 0}, {"steps_offset": 1.0},
+                 {"rescale_betas_zero_snr": 1}):
+        NoiseSchedule.from_config({**config, **edit})
+    assert NoiseSchedule.from_config({**config, "rescale_betas_zero_snr": 1}).alphas_cumprod[-1] < 1e-6
+    with pytest.raises(ZoodipError, match="steps_offset must be an integer"):
+        NoiseSchedule.from_config({**config, "steps_offset": 1.5})
+
+
+@pytest.mark.parametrize("version, said", [("1", 'format_version "1"'), (True, "format_version true"),
                                            (2, "format_version 2")])
 def test_a_manifests_format_version_is_said_as_written(tiny_export, tmp_path, version, said) -> None:
     import json
@@ -153,3 +165,12 @@ def test_a_manifest_file_name_holding_a_nul_is_one_line(tiny_export, tmp_path) -
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ZoodipError, match=r"has a files entry = 'unet\\x00.onnx', not a file name"):
         ExportedModel.load(folder)
+
+
+def test_a_manifests_paths_are_compared_in_one_spelling(tiny_export, tmp_path) -> None:
+    import json
+
+    folder = _copy(tiny_export, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(dict(manifest, tokenizer="./tokenizer")))
+    assert ExportedModel.load(folder).tokenizer is not None

@@ -727,6 +727,10 @@ def test_a_job_keeps_its_folders_when_the_host_changes_its_working_folder(tiny_e
     monkeypatch.chdir(elsewhere)
     result = job.wait()
     assert result.status == "done" and result.steps == 2 and (start / "rel_out" / EMBEDDING_NAME).is_file()
+    for value, said in (("", "--output_dir is empty"), (None, "output_dir must be a path")):  # refused as before
+        config.output_dir = value
+        with pytest.raises(ZoodipError, match=said):
+            PersonalizationJob(config).start()
     assert not (elsewhere / "rel_out").exists() and result.embedding_path == start / "rel_out" / EMBEDDING_NAME
 
 
