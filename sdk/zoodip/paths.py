@@ -357,10 +357,10 @@ def _folder_lock(folder: Path, busy: str) -> Iterator[None]:
 def run_folder_lock(folder: Path) -> Iterator[None]:
     """One run at a time in ``folder``: a second process gets one line naming it. The lock file goes when
     the run ends (as does the folder, if the run created it and wrote nothing)."""
-    folder = Path(os.path.abspath(folder))  # (a host's chdir during the run must not send the cleanup elsewhere)
+    busy = f"{folder} is in use by another zoodip run: wait for it to end, or choose another --output_dir"
+    folder = Path(folder).absolute()  # (a host's chdir during the run must not send the cleanup elsewhere)
     created = not folder.exists()
     lock = folder / RUN_LOCK_NAME
-    busy = f"{folder} is in use by another zoodip run: wait for it to end, or choose another --output_dir"
     try:
         with exclusive_lock(lock, busy=busy), _folder_lock(folder, busy):
             try:

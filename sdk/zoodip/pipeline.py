@@ -222,8 +222,7 @@ class ZoodipPipeline:
         if callback is not None:
             settings["callback"] = _DiffusersCallback(self.model, callback, callback_steps, num_inference_steps,
                                                       settings, hires=run is generate_hires)
-        if isinstance(guidance_scale, numbers.Real) and not isinstance(guidance_scale, (bool, np.bool_)) and guidance_scale <= 1:
-            guidance_scale = 1.0  # diffusers' guidance is off at or below 1: the prompt alone, whatever the value
+        guidance_scale = _diffusers_guidance(guidance_scale)
         seed = secrets.randbelow(2**32) if seed is None else seed
         # Embeddings stay loaded for many prompts, as diffusers': no groups, so one a prompt leaves out is not warned of.
         images = run(self.model, prompt, negative_prompt=negative_prompt or "", steps=num_inference_steps,
@@ -232,6 +231,13 @@ class ZoodipPipeline:
         if output_type == "np":
             return PipelineOutput(np.stack([np.asarray(image, np.float32) / 255.0 for image in images]), seed=seed)
         return PipelineOutput(images, seed=seed)
+
+
+def _diffusers_guidance(scale: Any) -> Any:
+    """diffusers' guidance is off at or below 1: the prompt alone, whatever the value (1.0 here); else ``scale`` as
+    given (what is no number is refused as generate() refuses it)."""
+    is_number = isinstance(scale, numbers.Real) and not isinstance(scale, (bool, np.bool_))
+    return 1.0 if is_number and scale <= 1 else scale
 
 
 class _DiffusersCallback:

@@ -30,7 +30,7 @@ import numpy as np
 from .checkpoint import CHECKPOINT_NAME, checkpoint_vector, read_checkpoint, write_checkpoint
 from .config import PersonalizeConfig, default_tau  # noqa: F401 (zoodip.trainer.PersonalizeConfig stays public)
 from .denoising_loss import DenoisingLoss, auto_batched  # noqa: F401 (zoodip.trainer.DenoisingLoss stays public)
-from .embeddings import a1111_file_name, warn_of_a1111_trigger, save_a1111_embedding, save_learned_embeds
+from .embeddings import a1111_file_name, save_a1111_embedding, save_learned_embeds, warn_of_a1111_trigger
 from .errors import ZoodipError
 from .generate_settings import check_clip_skip
 from .gradient_estimate import EstimatorSchedule, RandomGradientEstimator
