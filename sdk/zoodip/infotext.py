@@ -167,10 +167,10 @@ def unreadable_prompt_problem(prompt: str, negative_prompt: str) -> str | None:
     prompt:", or a last line of fields), as A1111 and --parameters-from read them; None where both read back."""
     text = prompt + (f"\nNegative prompt: {negative_prompt}" if negative_prompt else "") + "\nSteps: 1, Seed: 0, Version: zoodip"
     read_prompt, read_negative, _ = read_infotext(text)
-    if (read_prompt, read_negative) == (prompt.strip(), negative_prompt.strip()):
-        return None
+    if (read_prompt.strip(), read_negative.strip()) == (prompt.strip(), negative_prompt.strip()):  # (spaces at the
+        return None  # ends change no token)
     return ("the prompt's text reads back otherwise from the image's parameters (a line beginning 'Negative prompt:', "
-            "or one of 'Name: value' fields, is taken as A1111 takes it), so --parameters-from will not make the "
+            "or one of 'Name: value' fields, is taken as the parameters' own), so --parameters-from will not make the "
             "image again: reword that line")
 
 

@@ -236,7 +236,9 @@ def test_a_prompt_whose_parameters_would_read_back_otherwise_is_warned_of(tiny_e
     common = ["generate", "--model", tiny_export, "--steps", "1", "--out", tmp_path / "a.png"]
     code, _, err = run_cli([*common, "--prompt", "a red circle\nNegative prompt: x"], capsys)
     assert code == 0 and err.count("warning: ") == 1 and "--parameters-from will not make the image again" in err
-    code, _, err = run_cli([*common, "--prompt", "a red circle\n  on two lines", "--negative-prompt", "x"], capsys)
-    assert code == 0 and "warning" not in err, err
+    for prompt, negative in (("a red circle\n  on two lines", "x"), ("a cat \r\n", " blurry, lowres"),
+                             ("portrait, style: oil, lighting: soft, mood: calm", "")):
+        code, _, err = run_cli([*common, "--prompt", prompt, "--negative-prompt", negative], capsys)
+        assert code == 0 and "warning" not in err, err
     code, _, err = run_cli([*common, "--no-metadata", "--prompt", "a red circle\nNegative prompt: x"], capsys)
     assert code == 0 and "warning" not in err, err
