@@ -202,8 +202,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out, singles = checked_generate_flags(args)
     if not args.no_metadata and (problem := unreadable_prompt_problem(args.prompt, args.negative_prompt)):
         warnings.warn(problem, stacklevel=1)
-    for path in [out, *singles, *([Path(args.save_latents)] if args.save_latents else [])]:
-        remove_stale_temp_files(path.parent, (path.name,), writer_gone=True)  # a killed call's
+    _remove_killed_calls_temp_files([out, *singles, *([Path(args.save_latents)] if args.save_latents else [])])
     model = ExportedModel.load(args.model, RuntimeOptions(threads=args.threads, spin_wait=args.spin_wait == "on",
                                                           memory_budget_mb=args.memory_budget))
     size = None if args.image is not None else planned_size(model, args.width, args.height, args.hires_scale)
@@ -239,6 +238,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"wrote {out}" + (f" (grid) and {singles[0].name} ... {singles[-1].name}" if singles else "")
           + "".join(f" (--{flag.replace('_', '-')} {getattr(args, flag)})" for flag in drawn))
     return 0
+
+
+def _remove_killed_calls_temp_files(outputs: list[Path]) -> None:
+    """The temp files a killed generate left beside these outputs (no lock keeps writers out: only a dead writer's,
+    ``paths.remove_stale_temp_files``), each folder listed once."""
+    by_folder: dict[Path, list[str]] = {}
+    for path in outputs:
+        by_folder.setdefault(path.parent, []).append(path.name)
+    for folder, names in by_folder.items():
+        remove_stale_temp_files(folder, tuple(names), writer_gone=True)
 
 
 def _apply_image_parameters(args: argparse.Namespace) -> Any:

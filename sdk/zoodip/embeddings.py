@@ -230,12 +230,12 @@ def _add_folder(added: dict[str, np.ndarray], path: Path, hashes: dict[str, str]
     for file in files:
         snapshot = bool(SNAPSHOT_FILE.match(file.name))
         try:
-            name, _, _ = _load(file, None)
-            if snapshot and name in added:
+            loaded = _load(file, None)
+            if snapshot and loaded[0] in added:
                 earlier.append(file.name)
                 continue
             own: dict[str, np.ndarray] = {}  # (its names apart first: a copy's equal vectors are no clash)
-            names = _add(own, file, None, str(file), *details)
+            names = _add(own, file, None, str(file), *details, loaded=loaded)
             for alias in names:
                 if alias in added and not np.array_equal(added[alias], own[alias]):
                     raise _clash(alias, str(file))
@@ -272,9 +272,11 @@ def _note_hashes(hashes: dict[str, str] | None, names: list[str], path: Path) ->
 
 
 def _add(added: dict[str, np.ndarray], path: Path, token: str | None, spec: str, tokenizer: Any, hidden: int | None,
-         model_id: str | None, clip_skip: int | None = None) -> list[str]:
-    """One file's embedding into ``added`` under each of its names (see ``load_embeddings``); returns the names."""
-    name, vectors, named_by_file = _load(path, token)
+         model_id: str | None, clip_skip: int | None = None,
+         loaded: tuple[str, np.ndarray, bool] | None = None) -> list[str]:
+    """One file's embedding into ``added`` under each of its names (see ``load_embeddings``); returns the names.
+    ``loaded``: what ``_load(path, token)`` gave, where the caller has read the file already."""
+    name, vectors, named_by_file = _load(path, token) if loaded is None else loaded
     if any(ch.isspace() for ch in name):  # (A1111 reads a file name such as "bad hands" as several words)
         raise ZoodipError(f"{spec}: its name {name!r} holds a space, which no added token can: load it under a name "
                           "without one, --embedding PATH:TOKEN (load_textual_inversion(..., token=))")

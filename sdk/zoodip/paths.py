@@ -25,6 +25,11 @@ from typing import Callable, Iterator
 
 from .errors import ZoodipError
 
+try:
+    import fcntl as _fcntl
+except ImportError:  # Windows: no advisory locks, nothing is locked
+    _fcntl = None
+
 
 def _nearest_existing(path: Path) -> Path:
     """``path`` or its closest ancestor that exists (as anything)."""
@@ -157,6 +162,9 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
+_TEMP_WRITER = re.compile(r"\.tmp-(\d+)-")  # the writing process's id in a ``temp_path`` name
+
+
 def open_new_file(path: Path):  # -> BinaryIO
     """Create ``path`` exclusively for writing, with the umask's ordinary permissions (0644 usually).
 
@@ -204,7 +212,7 @@ def _writer_may_run(entry: Path) -> bool:
             return True
     except OSError:
         return True  # (gone already, or not ours to read)
-    found = re.search(r"\.tmp-(\d+)-", entry.name)
+    found = _TEMP_WRITER.search(entry.name)
     if found is None:
         return False
     try:
@@ -303,23 +311,32 @@ def exclusive_lock(path: Path, busy: str | None = None) -> Iterator[None]:
     so a lock is never left stale. ``busy``: raise ``ZoodipError(busy)`` at once if another process
     holds it; None: wait for it. Where ``fcntl`` does not exist (Windows) nothing is locked.
     """
-    try:
-        import fcntl
-    except ImportError:
+    if _fcntl is None:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         with open(path, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy is not None else 0))
-            except BlockingIOError:
-                raise ZoodipError(busy or "") from None
+            if not take_flock(handle, wait=busy is None):
+                raise ZoodipError(busy or "")
             if _same_file(handle.fileno(), path):
                 yield
                 return
         # The holder removed the file as it ended (run_folder_lock) after we opened it: ours is a lock on a
         # file nobody else will open; take the one at the path now.
+
+
+def take_flock(handle: object, wait: bool = False) -> bool:
+    """An exclusive advisory ``flock`` on the open file ``handle`` (a file object or descriptor), held until it is
+    closed; False where another process holds one and ``wait`` is off; True where taken, or where ``fcntl`` does not
+    exist. A file system that cannot lock raises its OSError."""
+    if _fcntl is None:
+        return True
+    try:
+        _fcntl.flock(handle, _fcntl.LOCK_EX | (0 if wait else _fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -336,18 +353,17 @@ def _folder_lock(folder: Path, busy: str) -> Iterator[None]:
     looks stale) would otherwise let a second run in beside a live one. Where a file system cannot lock a folder,
     the lock file alone holds."""
     try:
-        import fcntl
         handle = os.open(folder, os.O_RDONLY)
-    except (ImportError, OSError):
+    except OSError:
         yield
         return
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ZoodipError(busy) from None
+            taken = take_flock(handle)
         except OSError:
-            pass  # no folder locks here
+            taken = True  # no folder locks here
+        if not taken:
+            raise ZoodipError(busy)
         yield
     finally:
         os.close(handle)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ZoodipError
-from .paths import write_failure
+from .paths import take_flock, write_failure
 from .json_text import parse_json
 
 
@@ -105,19 +105,12 @@ class LazyJsonlLog:
 def _hold_alone(handle: Any) -> bool:
     """Take an exclusive advisory lock on ``handle``'s file for as long as it is open (a regular file only; where
     ``fcntl`` does not exist, Windows, none); False where another process holds one."""
-    try:
-        import fcntl
-    except ImportError:
-        return True
     if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
         return True
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
+        return take_flock(handle)
     except OSError:  # a file system without locks: as on Windows
         return True
-    return True
 
 
 def silence_stdout() -> None:
