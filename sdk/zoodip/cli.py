@@ -260,8 +260,9 @@ def _apply_image_parameters(args: argparse.Namespace) -> Any:
     given = getattr(args, "given", set())
     # A variation seed without a strength (or at 0, the flag's or else the image's) changes nothing: left out
     strength = args.variation_strength if "variation_strength" in given else parameters.settings.get("variation_strength")
+    sampler = args.sampler if "sampler" in given else parameters.settings.get("sampler", args.sampler)
     skipped = {*ignored_settings(image_given=args.image is not None, mask_given=args.mask is not None,
-                                 latents_given=args.latents is not None),
+                                 latents_given=args.latents is not None, sampler=sampler),
                *(("variation_seed", "variation_strength") if not (strength or "variation_strength" in parameters.problems)
                  else ())}  # (a strength that does not read is said below)
     args.from_image = set()
@@ -270,9 +271,6 @@ def _apply_image_parameters(args: argparse.Namespace) -> Any:
         if name not in given and name not in skipped:
             setattr(args, name, value)
             args.from_image.add(name)
-    if "eta" in args.from_image and args.sampler != "ddim":  # DDIM's noise, with another sampler flag-chosen
-        args.eta = 0.0
-        args.from_image.discard("eta")
     for name, problem in parameters.problems.items():
         if name not in given and name not in skipped:
             raise ZoodipError(f"--parameters-from {args.parameters_from}: {problem}")

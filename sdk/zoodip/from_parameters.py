@@ -21,12 +21,14 @@ IMAGE_SETTINGS = ("strength",)
 MASK_SETTINGS = ("mask_blur", "padding_mask_crop", "paste_back")
 TEXT_TO_IMAGE_SETTINGS = ("hires_scale", "hires_strength", "hires_steps")
 NOISE_SETTINGS = ("variation_seed", "variation_strength")
+DDIM_SETTINGS = ("eta",)  # DDIM's noise: no other sampler takes it
 
 
-def ignored_settings(*, image_given: bool, mask_given: bool, latents_given: bool) -> set[str]:
-    """The settings of an image's parameters that do not apply to a call given these (``parameter_notes`` says each)."""
+def ignored_settings(*, image_given: bool, mask_given: bool, latents_given: bool, sampler: str) -> set[str]:
+    """The settings of an image's parameters that do not apply to a call given these and running ``sampler``
+    (``parameter_notes`` says each but DDIM's, dropped where a flag picks another sampler)."""
     return {*(TEXT_TO_IMAGE_SETTINGS if image_given else IMAGE_SETTINGS), *(() if mask_given else MASK_SETTINGS),
-            *(NOISE_SETTINGS if latents_given else ())}
+            *(NOISE_SETTINGS if latents_given else ()), *(() if sampler == "ddim" else DDIM_SETTINGS)}
 
 
 @dataclass

@@ -31,7 +31,7 @@ from .extra_networks import lora_hashes
 from .generate import generate, prompt_texts_read
 from .hires import generate_hires
 from .prompt_checks import used_token_names
-from .sampling import A1111_SAMPLER_NAMES, DEFAULT_STEPS, image_strength, steps_run
+from .sampling import A1111_SAMPLER_NAMES, DEFAULT_STEPS, SAMPLERS, image_strength, sampler_named, steps_run
 
 # (the sampler names are sampling's, re-exported for infotext's readers)
 __all__ = ["A1111_AUTOMATIC_SCHEDULES", "A1111_SAMPLER_NAMES", "infotext", "model_hash", "read_infotext",
@@ -359,7 +359,6 @@ def _read_sampler(name: str, schedule: str | None, settings: dict[str, Any], pro
     """A1111's sampler name (with its "Schedule type", where A1111 1.9 on says it apart) as one of ``SAMPLERS``:
     Uniform is zoodip's plain sampler (its timesteps spaced as the export's scheduler config says, close to A1111's
     Uniform, not equal), Automatic the schedule A1111 1.9 on gives the sampler (``A1111_AUTOMATIC_SCHEDULES``)."""
-    by_name = {a1111: ours for ours, a1111 in A1111_SAMPLER_NAMES.items()}
     for option, label in _SCHEDULE_NAMES.items():  # A1111 takes a schedule at the name's end over the field's
         if name.endswith(" " + option):
             name, schedule = name[:-len(option) - 1], label
@@ -368,14 +367,14 @@ def _read_sampler(name: str, schedule: str | None, settings: dict[str, Any], pro
         schedule = None if schedule is None else _SCHEDULE_NAMES.get(schedule, "Automatic")
     resolved = A1111_AUTOMATIC_SCHEDULES.get(name) if schedule == "Automatic" else schedule
     full = name if resolved in (None, _UNIFORM) else f"{name} {resolved}"
-    if full in by_name:
-        settings["sampler"] = by_name[full]
+    if (ours := sampler_named(full)) in SAMPLERS:
+        settings["sampler"] = ours
     else:
         automatic = f" (A1111's {resolved} for it)" if schedule == "Automatic" else ""
         with_schedule = "" if full == name else f" with the schedule type {schedule!r:.20}{automatic}"
         kinds = [f"{a1111[len(name):].strip()}'s schedule" if a1111 != name else "the model's own timesteps"
-                 for a1111 in by_name if a1111.split(" Karras")[0] == name]
-        has = f"it has {name} on {' or '.join(kinds)} only" if kinds else f"it has {', '.join(by_name)}"
+                 for a1111 in A1111_SAMPLER_NAMES.values() if a1111.split(" Karras")[0] == name]
+        has = f"it has {name} on {' or '.join(kinds)} only" if kinds else f"it has {', '.join(A1111_SAMPLER_NAMES.values())}"
         problems["sampler"] = (f"its sampler {name!r:.40}{with_schedule} is not one zoodip has ({has}): pass --sampler")
 
 

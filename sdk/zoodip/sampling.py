@@ -223,7 +223,9 @@ def sampler_notes(model: Any, sampler: str, guidance_scale: float | None = None)
 
 def check_sampler(sampler: object) -> None:
     if sampler not in SAMPLERS:
-        raise ZoodipError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+        ours = sampler_named(sampler) if isinstance(sampler, str) else None
+        alternative = f" ({ours!r} is its name here)" if ours in SAMPLERS else ""
+        raise ZoodipError(f"unknown sampler {sampler!r:.60}: use one of {', '.join(SAMPLERS)}{alternative}")
 
 
 def check_strength(strength: object, name: str = "strength") -> None:

@@ -69,6 +69,30 @@ def test_every_sampler_has_its_a1111_name():
     assert set(A1111_SAMPLER_NAMES) == set(SAMPLERS)
 
 
+def test_the_api_refusing_a1111s_sampler_name_says_its_name_here():
+    from zoodip.errors import ZoodipError
+    from zoodip.sampling import check_sampler
+
+    for a1111, ours in (("Euler a", "euler_a"), ("DPM++ 2M SDE Karras", "dpmpp_2m_sde_karras"), ("EULER", "euler")):
+        with pytest.raises(ZoodipError, match=f"unknown sampler '{re.escape(a1111)}': use one of .*\\('{ours}' is its name here\\)$"):
+            check_sampler(a1111)
+    with pytest.raises(ZoodipError, match="use one of [a-z_0-9, ]+$"):
+        check_sampler("heun")
+
+
+def test_a_sampler_field_reads_as_the_flag_reads_it():
+    for written in ("Euler a", "euler a", "DPM++ 2M Karras", "ddim"):
+        settings, problems, _ = settings_from_fields({"Sampler": written})
+        assert settings["sampler"] in SAMPLERS and not problems, written
+
+
+def test_ddims_eta_is_left_out_where_the_call_runs_another_sampler():
+    from zoodip.from_parameters import ignored_settings
+
+    flags = dict(image_given=False, mask_given=True, latents_given=False)
+    assert "eta" in ignored_settings(**flags, sampler="euler_a") and "eta" not in ignored_settings(**flags, sampler="ddim")
+
+
 def test_a_prompt_with_quotes_and_colons_stays_the_first_line():
     prompt = 'a "quoted" (word:1.3), [a:b:0.5]'
     text = infotext(prompt, {"negative_prompt": "x: y"}, (8, 8), _Model())
