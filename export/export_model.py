@@ -32,6 +32,7 @@ from zoodip_export.source_folder import check_source, model_info, read_source
 from zoodip_export.weights import load_checked
 
 PRECISIONS = ("int8", "fp32")
+DEFAULT_PRECISION = "int8"
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
 SCHEDULER_CONFIG = "scheduler_config.json"
 
@@ -251,7 +252,7 @@ def _export_graphs(source: Path, staging: Path, info: dict[str, Any], recipe: st
     return exporter.graphs, exporter.results
 
 
-def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, precision: str = "int8",
+def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, precision: str = DEFAULT_PRECISION,
                  recipe: str | None = None, seed: int = 0, parity: bool = True, sample_size: int | None = None,
                  progress: bool = True, overwrite: bool = False, curvature_samples: int | None = None,
                  config: Path | None = None, loras: Sequence[str | LoraSpec] = ()) -> dict[str, Any]:
@@ -434,9 +435,9 @@ def _parser(prog: str = "python export/export_model.py") -> argparse.ArgumentPar
                              "(default 1; A1111's <lora:NAME:SCALE>); repeat for several")
     parser.add_argument("--tiny", action="store_true", help="export a small seeded random SD-shaped model")
     parser.add_argument("--precision", default=None, choices=PRECISIONS,
-                        help="weight precision (default: int8, or what --recipe implies)")
+                        help=f"weight precision (default: {DEFAULT_PRECISION}, or what --recipe implies)")
     parser.add_argument("--recipe", default=None, choices=RECIPES,
-                        help=f"quantization recipe (default {DEFAULT_RECIPE['int8']} for int8; w4a32: 4-bit weights where "
+                        help=f"quantization recipe (default {DEFAULT_RECIPE[DEFAULT_PRECISION]} for {DEFAULT_PRECISION}; w4a32: 4-bit weights where "
                              "they hold, int8 elsewhere; w8a32: int8 weights everywhere; "
                              "dynamic-int8 breaks forward-only gradients)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model and of the parity inputs")
@@ -468,7 +469,7 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
         if not args.paths[-1].strip():  # Path("") would be the current folder
             raise ZoodipError("OUT_DIR is empty: name the folder to export into")
         source = None if args.tiny else Path(args.paths[0])
-        precision = args.precision or RECIPE_PRECISION.get(args.recipe or "", "int8")
+        precision = args.precision or RECIPE_PRECISION.get(args.recipe or "", DEFAULT_PRECISION)
         with interrupt_on_termination():  # SIGTERM too removes the staging folder, not only the next export
             export_model(source, Path(args.paths[-1]), tiny=args.tiny, precision=precision, recipe=args.recipe,
                          seed=args.seed, parity=args.parity, sample_size=args.sample_size, progress=not args.quiet,

@@ -3,19 +3,24 @@ and ``generate``'s. ``zoodip.cli`` builds the parser from them and runs the comm
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
-from .config import OPTIMIZERS, VAE_SAMPLING
+from .config import OPTIMIZERS, VAE_SAMPLING, PersonalizeConfig
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .emphasis import PROMPT_WEIGHTINGS
 from .gradient_estimate import DIRECTIONS
 from .lr_schedule import LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT
 from .prompts import LEARNABLE_PROPERTIES
-from .sampling import DEFAULT_STEPS, DEFAULT_STRENGTH, HIRES_STRENGTH, INPAINT_STRENGTH, SAMPLERS, sampler_named
+from .sampling import (DEFAULT_GUIDANCE_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_STRENGTH, HIRES_STRENGTH,
+                       INPAINT_STRENGTH, SAMPLERS, sampler_named)
 from .timesteps import PAPER_T_RANGE
-from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
+from .zo import ADAM_STATE_DTYPES, PAPER_TAU, PROJECTION_MODES
 
+
+# personalize's defaults are PersonalizeConfig's: a run started from the command line is the API's run.
+_CONFIG = {field.name: field.default for field in dataclasses.fields(PersonalizeConfig)}
 
 # {dest: the flag as written} of the flags that name a file or folder (an OS error on a path is said with its flag),
 # filled as the parser is built: the first spelling a dest is given under is the one said.
@@ -48,27 +53,27 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                                  help="zoodip export folder"))
     names_a_path(p.add_argument("--train_data_dir", required=True, help="folder with 3-10 photos of the concept"))
     names_a_path(p.add_argument("--output_dir", required=True, help="where the embedding, checkpoint and log go"))
-    p.add_argument("--placeholder_token", default="<concept>", help="the new word, e.g. '<my-dog>'")
-    p.add_argument("--initializer_token", default="object", help="one existing word close to the concept")
-    p.add_argument("--num_vectors", type=int, default=1,
+    p.add_argument("--placeholder_token", default=_CONFIG["placeholder_token"], help="the new word, e.g. '<my-dog>'")
+    p.add_argument("--initializer_token", default=_CONFIG["initializer_token"], help="one existing word close to the concept")
+    p.add_argument("--num_vectors", type=int, default=_CONFIG["num_vectors"],
                    help="vectors per token, as diffusers' flag: the token stands for K learned vectors, all starting "
                         "at the initializer word; forward-only training searches K times the dimensions, so it needs "
-                        "more steps for the same progress (default 1)")
-    p.add_argument("--learnable_property", choices=LEARNABLE_PROPERTIES, default="object")
+                        f"more steps for the same progress (default {_CONFIG['num_vectors']})")
+    p.add_argument("--learnable_property", choices=LEARNABLE_PROPERTIES, default=_CONFIG["learnable_property"])
     p.add_argument("--resolution", type=int, default=None,
                    help="training resolution (default: the model's). A lower one makes each step cheaper but teaches "
                         "the token what the model draws at that size, which need not carry over to full size "
                         "(benchmarks/README.md, 'Cheaper forwards')")
-    p.add_argument("--max_train_steps", type=int, default=1000,
+    p.add_argument("--max_train_steps", type=int, default=_CONFIG["max_train_steps"],
                    help="ZO steps, n+1 UNet forwards each. Forward-only training needs many more forwards than "
                         "backprop: how many, measured per world and budget, is in benchmarks/README.md")
-    p.add_argument("--learning_rate", type=float, default=1e-2)
-    p.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default="constant",
-                   help="learning-rate schedule, diffusers' formulas (default: constant)")
-    p.add_argument("--lr_warmup_steps", type=int, default=0,
+    p.add_argument("--learning_rate", type=float, default=_CONFIG["learning_rate"])
+    p.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=_CONFIG["lr_scheduler"],
+                   help=f"learning-rate schedule, diffusers' formulas (default: {_CONFIG['lr_scheduler']})")
+    p.add_argument("--lr_warmup_steps", type=int, default=_CONFIG["lr_warmup_steps"],
                    help="steps rising linearly from 0 to --learning_rate (not with constant, as in diffusers)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clip-skip", "--clip_skip", dest="clip_skip", type=int, default=0, metavar="N",
+    p.add_argument("--seed", type=int, default=_CONFIG["seed"])
+    p.add_argument("--clip-skip", "--clip_skip", dest="clip_skip", type=int, default=_CONFIG["clip_skip"], metavar="N",
                    help="train on the text encoder's N-th layer from the end, for models prompted so (diffusers' "
                         "clip_skip; A1111's 'Clip skip' N+1, which A1111 also trains embeddings with); generate "
                         "with the same --clip-skip. 0: its last layer")
@@ -76,8 +81,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_method_flags(p: argparse.ArgumentParser) -> None:
     """The ZO method: directions, perturbation, Subspace Gradient, search subspaces, timesteps, optimizer."""
-    p.add_argument("--n", type=int, default=2, help="random directions per step (n+1 forwards per step)")
-    p.add_argument("--directions", choices=DIRECTIONS, default="gaussian",
+    p.add_argument("--n", type=int, default=_CONFIG["n"], help="random directions per step (n+1 forwards per step)")
+    p.add_argument("--directions", choices=DIRECTIONS, default=_CONFIG["directions"],
                    help="gaussian: n independent random directions (the paper); orthogonal: n orthogonal ones, "
                         "which with --n equal to the searched dimension give its exact finite-difference gradient")
     p.add_argument("--orthogonal-after", type=int, default=None, metavar="FORWARDS",
@@ -85,13 +90,13 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
                         "frames of --orthogonal-n directions (default: the searched dimension) every step")
     p.add_argument("--orthogonal-n", type=int, default=None, metavar="N",
                    help="directions per step after --orthogonal-after (N+1 forwards a step)")
-    p.add_argument("--mu", type=float, default=1e-3, help="finite-difference perturbation")
+    p.add_argument("--mu", type=float, default=_CONFIG["mu"], help="finite-difference perturbation")
     p.add_argument("--tau", type=int, default=None,
-                   help="Subspace Gradient history length (default: the paper's 128, or half the embedding width "
+                   help=f"Subspace Gradient history length (default: the paper's {PAPER_TAU}, or half the embedding width "
                         "on models narrower than 256)")
-    p.add_argument("--nu", type=float, default=1e-3, help="Subspace Gradient: variance fraction dropped")
+    p.add_argument("--nu", type=float, default=_CONFIG["nu"], help="Subspace Gradient: variance fraction dropped")
     p.add_argument("--no-subspace", action="store_true", help="turn Subspace Gradient off (ablation)")
-    p.add_argument("--subspace-mode", choices=PROJECTION_MODES, default="history-span",
+    p.add_argument("--subspace-mode", choices=PROJECTION_MODES, default=_CONFIG["subspace_mode"],
                    help="history-span: the authors' code (default); principal: project onto the kept components "
                         "only (stalls over long runs, see benchmarks/README.md)")
     p.add_argument("--vocabulary-subspace", type=float, default=None, metavar="FRACTION",
@@ -106,11 +111,11 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
                    help="search the whole embedding space, as the paper does")
     p.add_argument("--t-range", nargs=2, type=int, default=list(PAPER_T_RANGE), metavar=("T_MIN", "T_MAX"),
                    help="PUTS timestep range [T_MIN, T_MAX); 0 1000 is uniform sampling")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    p.add_argument("--adam-state-dtype", choices=ADAM_STATE_DTYPES, default="float64",
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=_CONFIG["optimizer"])
+    p.add_argument("--adam-state-dtype", choices=ADAM_STATE_DTYPES, default=_CONFIG["adam_state_dtype"],
                    help="ZO-Adam's moment storage. float16 reproduces the ZOODiP authors' code, whose fp16 second "
                         "moment stays near 0 for small estimates, so their steps are close to lr * m_hat / eps "
-                        "(default: float64)")
+                        f"(default: {_CONFIG['adam_state_dtype']})")
     p.add_argument("--clip-estimate", type=float, default=None, metavar="KAPPA",
                    help="clip each gradient estimate's norm to KAPPA (above 1) times the RMS norm of the estimates "
                         "so far, against the rare huge estimates of a heavy-tailed loss (not in the paper; "
@@ -128,7 +133,7 @@ def _add_photo_flags(p: argparse.ArgumentParser) -> None:
                    help="crop each photo to its centered square (default); --no-center_crop squashes the whole "
                         "photo into the square, as diffusers does without --center_crop")
     p.add_argument("--flip", action="store_true", help="random horizontal flips (the authors' code and diffusers flip with p=0.5)")
-    p.add_argument("--vae-sampling", choices=VAE_SAMPLING, default="once",
+    p.add_argument("--vae-sampling", choices=VAE_SAMPLING, default=_CONFIG["vae_sampling"],
                    help="once: one sample of each photo's VAE posterior, cached (default); per-step: a fresh sample "
                         "each step, as the authors' code and diffusers' script")
 
@@ -136,23 +141,25 @@ def _add_photo_flags(p: argparse.ArgumentParser) -> None:
 def _add_output_flags(p: argparse.ArgumentParser) -> None:
     """Evaluation, checkpoints, snapshots, previews, resources, resuming and progress."""
     p.add_argument("--sequential", action="store_true", help="run the n+1 UNet evaluations one by one (less memory; the default for SD-size UNets, small ones run them as one batch)")
-    p.add_argument("--eval-every", type=int, default=50, help="steps between evaluation losses (0: never)")
-    p.add_argument("--checkpointing_steps", type=int, default=50)
-    p.add_argument("--save_steps", type=int, default=0,
+    p.add_argument("--eval-every", type=int, default=_CONFIG["eval_every"], help="steps between evaluation losses (0: never)")
+    p.add_argument("--checkpointing_steps", type=int, default=_CONFIG["checkpoint_every"])
+    p.add_argument("--save_steps", type=int, default=_CONFIG["save_steps"],
                    help="also save the embedding every N steps as learned_embeds-steps-N.safetensors (0: never)")
     p.add_argument("--a1111", action="store_true",
                    help="also write the embedding as A1111 keeps one: NAME.safetensors (emb_params) beside "
                         "learned_embeds.safetensors, NAME being the token without <>, A1111's trigger word")
     p.add_argument("--validation_prompt", default=None,
                    help="preview prompt (with the token): every --validation_steps a PNG grid validation-steps-N.png "
-                        "is written into --output_dir (each costs 2 x 25 UNet forwards per image)")
-    p.add_argument("--num_validation_images", type=int, default=4, help="images per preview (default 4, as diffusers)")
-    p.add_argument("--validation_steps", type=int, default=100, help="steps between previews (default 100, as diffusers)")
+                        f"is written into --output_dir (each costs 2 x {DEFAULT_STEPS} UNet forwards per image)")
+    p.add_argument("--num_validation_images", type=int, default=_CONFIG["num_validation_images"],
+                   help=f"images per preview (default {_CONFIG['num_validation_images']}, as diffusers)")
+    p.add_argument("--validation_steps", type=int, default=_CONFIG["validation_steps"],
+                   help=f"steps between previews (default {_CONFIG['validation_steps']}, as diffusers)")
     p.add_argument("--prompt-weighting", "--prompt_weighting", dest="prompt_weighting", choices=PROMPT_WEIGHTINGS,
-                   default=PROMPT_WEIGHTINGS[0], help="how --validation_prompt is read, as generate's flag: none (plain "
+                   default=_CONFIG["validation_prompt_weighting"], help="how --validation_prompt is read, as generate's flag: none (plain "
                    "text, as diffusers) or a1111 (A1111's emphasis, long prompts, prompt editing and AND)")
-    p.add_argument("--early-stop-patience", type=int, default=0, help="stop after this many evaluations without improvement")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    p.add_argument("--early-stop-patience", type=int, default=_CONFIG["early_stop_patience"], help="stop after this many evaluations without improvement")
+    p.add_argument("--threads", type=int, default=_CONFIG["threads"], help="onnxruntime threads (0: all cores)")
     add_spin_wait_flag(p)
     p.add_argument("--memory-budget", type=int, default=None, metavar="MB", help="low-memory mode within MB (implies --sequential); "
                    "--validation_prompt previews are generated within it too")
@@ -222,11 +229,11 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
 def _add_sampling_flags(g: argparse.ArgumentParser) -> None:
     """The steps, the guidance and the sampler."""
     g.add_argument("--steps", "--num-inference-steps", dest="steps", type=int, default=DEFAULT_STEPS)
-    g.add_argument("--guidance-scale", type=float, default=7.5)
+    g.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE_SCALE)
     g.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
                    help="rescale the guided prediction toward the prompt's spread, in [0, 1] (diffusers' "
                         "guidance_rescale; 0.7 is its suggestion for v-prediction models); 0: off")
-    g.add_argument("--sampler", type=sampler_named, choices=SAMPLERS, default=SAMPLERS[0],
+    g.add_argument("--sampler", type=sampler_named, choices=SAMPLERS, default=DEFAULT_SAMPLER,
                    help="the sampler (A1111's names are read too: 'Euler a', 'DPM++ 2M Karras', ...)")
     g.add_argument("--eta", type=float, default=0.0,
                    help="with --sampler ddim: the noise each step adds back, from 0 (deterministic) to 1 (as DDPM) "

@@ -28,7 +28,7 @@ from .paths import lies_within
 from .prompt_checks import unreadable_token_problems
 from .prompts import LEARNABLE_PROPERTIES
 from .timesteps import PAPER_T_RANGE
-from .zo import ADAM_STATE_DTYPES, PROJECTION_MODES
+from .zo import ADAM_STATE_DTYPES, PAPER_NU, PAPER_TAU, PROJECTION_MODES
 
 OPTIMIZERS = ("adam", "sgd")  # ZO-Adam (the paper's) or ZO-SGD
 # The smallest finite-difference step a run takes: below it float32 rounding takes the model's loss differences over
@@ -142,7 +142,7 @@ class PersonalizeConfig:
     # SG history length and refit period. None: the paper's 128 where the embedding is wider than
     # 256, else half the width (the method needs tau < width; see default_tau).
     tau: int | None = None
-    nu: float = 1e-3  # SG: variance fraction dropped
+    nu: float = PAPER_NU  # SG: variance fraction dropped
     subspace_mode: str = "history-span"  # or "principal"
     # Not in the paper: draw the ZO directions inside the principal subspace of the token table that
     # holds this fraction of its variance (vocabulary.VocabularySubspace), e.g. 0.9. None: the whole space.
@@ -438,9 +438,6 @@ class PersonalizeConfig:
         """The onnxruntime settings of this run's model: its threads, spinning and memory budget. A model
         loaded with them for generation (``PersonalizationJob.generate``) stays within the same budget."""
         return RuntimeOptions(threads=self.threads, memory_budget_mb=self.memory_budget_mb, spin_wait=self.spin_wait)
-
-
-PAPER_TAU = 128  # the paper's history length, for 768/1024-wide text encoders
 
 
 def default_tau(width: int) -> int:

@@ -45,7 +45,7 @@ from .noise import check_seed, check_variation, checked_latents, seed_noise
 from .prompt_checks import (LONG_PROMPT_HINT, syntax_problems, token_use_problems, truncation_problems,
                             unloaded_token_problems, unreadable_tokens)
 from .prompt_schedule import Phases, check_phase_count, composable_parts, prompt_schedule
-from .sampling import DEFAULT_STEPS, ProgressCallback, check_strength, image_strength, run_sampler, steps_run
+from .sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, ProgressCallback, check_strength, image_strength, run_sampler, steps_run
 from .vae_tiles import decode_tiled
 
 
@@ -53,7 +53,7 @@ def generate(
     model: Any,
     prompt: str,
     *,
-    negative_prompt: str = "", steps: int = DEFAULT_STEPS, guidance_scale: float = 7.5, sampler: str = "dpmpp_2m",
+    negative_prompt: str = "", steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE_SCALE, sampler: str = DEFAULT_SAMPLER,
     seed: int = 0, height: int | None = None, width: int | None = None, num_images: int = 1,
     added_embeddings: Mapping[str, np.ndarray] | None = None,
     callback: ProgressCallback | None = None, batch_cfg: bool = True, eta: float = 0.0,
@@ -71,7 +71,7 @@ def generate(
         model: an ``ExportedModel`` (or anything with its interface: tokenizer, encode_text, unet, ...).
         guidance_scale: ``uncond + g (cond - uncond)``; 1.0 runs the prompt alone (half the work), 0.0 the negative one.
         guidance_rescale: phi of Lin et al. 2024, eq. 16 (diffusers' ``guidance_rescale``): see ``rescale_guidance``.
-        sampler: one of ``sampling.SAMPLERS`` (default "dpmpp_2m", DPM-Solver++ 2M).
+        sampler: one of ``sampling.SAMPLERS`` (default ``sampling.DEFAULT_SAMPLER``).
         seed: the initial latents are ``np.random.default_rng(seed).standard_normal`` (float32): the same on any machine.
         height, width: image size in pixels, multiples of 8 (default: the model's native size).
         added_embeddings: learned tokens, ``{token: vectors [n, hidden] or [hidden]}``, for both prompts.
@@ -126,7 +126,7 @@ def check_prompt(model: Any, prompt: str, *, negative_prompt: str = "", steps: i
                  clip_skip: int = 0) -> None:
     """What ``generate`` would refuse (or warn about) in these prompts, found without sampling: their texts are read
     and encoded (text encoder only). A job that generates late (training previews) checks its prompt before it starts."""
-    check_generate_settings(model, prompt, negative_prompt, "dpmpp_2m", steps, 1, 1.0, 0.0, 0, prompt_weighting, clip_skip)
+    check_generate_settings(model, prompt, negative_prompt, DEFAULT_SAMPLER, steps, 1, 1.0, 0.0, 0, prompt_weighting, clip_skip)
     phases = _prompt_phases(prompt, negative_prompt, prompt_weighting, steps)
     encode = _prompt_encoder(model, added_embeddings, None, phases, prompt_weighting, clip_skip, prompt)
     for schedule in [part for _, part in phases[0]] + [phases[1]]:

@@ -27,7 +27,7 @@ from .generate import generate
 from .hires import generate_hires
 from .model import ExportedModel
 from .runtime_options import RuntimeOptions
-from .sampling import DEFAULT_STEPS, HIRES_STRENGTH, SAMPLERS, call_plan, image_strength, starts_from_noise
+from .sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, HIRES_STRENGTH, SAMPLERS, call_plan, image_strength, starts_from_noise
 
 OUTPUT_TYPES = ("pil", "np")
 
@@ -97,7 +97,7 @@ class ZoodipPipeline:
 
     def __init__(self, model: ExportedModel) -> None:
         self.model = model
-        self.sampler = SAMPLERS[0]
+        self.sampler = DEFAULT_SAMPLER
         self._added: dict[str, np.ndarray] = {}
 
     def __getattr__(self, name: str) -> Any:  # only names the class does not have: diffusers' habits, said in a line
@@ -195,7 +195,7 @@ class ZoodipPipeline:
         return self
 
     def __call__(self, prompt: str, *positional: Any, negative_prompt: str | None = None,
-                 num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = 7.5, seed: int | None = None,
+                 num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE_SCALE, seed: int | None = None,
                  output_type: str = "pil", clip_skip: int | None = None, callback: Any = None, callback_steps: int = 1,
                  **options: Any) -> PipelineOutput:
         """``generate(self.model, prompt, ...)`` under diffusers' names (``num_images_per_prompt``, ``height``,

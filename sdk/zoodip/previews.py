@@ -24,9 +24,9 @@ def check_preview_prompt(model, config: PersonalizeConfig, vectors: np.ndarray) 
 
 def write_preview(model, config: PersonalizeConfig, vectors: np.ndarray, step: int, resolution: int,
                   batch_cfg: bool) -> Path:
-    """The preview of ``step`` with the token's ``vectors`` [K, d] (diffusers' settings: 25 DPM-Solver++ steps,
-    guidance 7.5; the run's seed, so previews of different steps compare). On a model with a memory budget it is
-    generated within it, as ``generate`` does."""
+    """The preview of ``step`` with the token's ``vectors`` [K, d] (``generate``'s defaults, diffusers' settings; the
+    run's seed, so previews of different steps compare). On a model with a memory budget it is generated within it,
+    as ``generate`` does."""
     settings = dict(seed=config.seed, height=resolution, width=resolution, num_images=config.num_validation_images,
                     clip_skip=config.clip_skip, prompt_weighting=config.validation_prompt_weighting)
     images = generate(model, config.validation_prompt, added_embeddings={config.placeholder_token: vectors},

@@ -73,7 +73,7 @@ STYLE_TEMPLATES: tuple[str, ...] = (
 )
 
 TEMPLATES: dict[str, tuple[str, ...]] = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
-LEARNABLE_PROPERTIES: tuple[str, ...] = tuple(TEMPLATES)  # the --learnable_property choices
+LEARNABLE_PROPERTIES: tuple[str, ...] = tuple(TEMPLATES)  # the --learnable_property choices (LearnableProperty's)
 # The textual-inversion paper's template lists, which diffusers' textual_inversion.py and the ZOODiP
 # authors' code train with (and A1111 ships as subject.txt / style.txt), as --template_file files. The
 # built-in lists above are this SDK's own (benchmarks/README.md compares the two).

@@ -70,7 +70,9 @@ _KINDS = {
     "euler_a": _SamplerKind(euler_timesteps, "linspace", True, "Euler a", fresh_noise=True),
     "lcm": _SamplerKind(lcm_timesteps, "leading", False, "LCM", fresh_noise=True, finite_top=False),
 }
-SAMPLERS = tuple(_KINDS)  # the CLI's --sampler choices; the first is the default
+SAMPLERS = tuple(_KINDS)  # the CLI's --sampler choices
+DEFAULT_SAMPLER = "dpmpp_2m"  # DPM-Solver++ 2M, diffusers' SD pipelines' scheduler
+DEFAULT_GUIDANCE_SCALE = 7.5  # diffusers' pipelines' default
 A1111_SAMPLER_NAMES = {name: kind.a1111_name for name, kind in _KINDS.items()}
 NOISY_SAMPLERS = tuple(name for name, kind in _KINDS.items() if kind.fresh_noise)
 DEFAULT_STEPS = 25  # sampling steps, as diffusers' pipelines
@@ -272,8 +274,8 @@ def run_sampler(
     model_fn: Callable[[np.ndarray, float], np.ndarray],
     noise: np.ndarray,
     *,
-    sampler: str = "dpmpp_2m",
-    steps: int = 25,
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int = DEFAULT_STEPS,
     guidance_scale: float | None = None,
     eta: float = 0.0,
     rng: np.random.Generator | None = None,

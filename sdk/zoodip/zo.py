@@ -24,7 +24,7 @@ authors' code keeps them); updated embeddings keep the caller's dtype.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal, Union
+from typing import Literal, Union, get_args
 
 import numpy as np
 
@@ -35,9 +35,11 @@ from .validation import as_vector, check_state_shape, finite_float, positive_int
 StateValue = Union[np.ndarray, int, float, str]
 StateDict = dict[str, StateValue]
 ProjectionMode = Literal["history-span", "principal"]
-PROJECTION_MODES: tuple[str, ...] = ("history-span", "principal")
+PROJECTION_MODES: tuple[str, ...] = get_args(ProjectionMode)
 # ZO-Adam's moment storage: "float64" (default) or "float16", the ZOODiP authors' (see ZOAdam).
 ADAM_STATE_DTYPES: tuple[str, ...] = ("float64", "float16")
+PAPER_TAU = 128  # Subspace Gradient's history length in the paper, for 768/1024-wide text encoders
+PAPER_NU = 1e-3  # and the fraction of the history's variance it drops
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,7 +298,7 @@ class SubspaceProjector:
     to ``g`` in raw coordinates, exactly as the authors do.
     """
 
-    def __init__(self, dim: int, tau: int = 128, nu: float = 1e-3, mode: ProjectionMode = "history-span",
+    def __init__(self, dim: int, tau: int = PAPER_TAU, nu: float = PAPER_NU, mode: ProjectionMode = "history-span",
                  search_basis: np.ndarray | None = None) -> None:
         self.dim = positive_int("dim", dim)
         # A single remembered embedding has no variance: PCA needs at least two.

@@ -83,3 +83,35 @@ def test_switch_kind_reads_the_meaning_of_an_annotation(annotation, kind) -> Non
 
     assert _switch_kind(annotation) is kind
 
+
+
+def test_a_bare_personalize_command_is_the_apis_default_run() -> None:
+    """The CLI's personalize defaults are PersonalizeConfig's, field by field (they were literals of their own)."""
+    from zoodip.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["personalize", "--model", "m", "--train_data_dir", "p", "--output_dir", "o"])
+    from_cli = config_from_args(args)
+    api = PersonalizeConfig(export_dir="m", images="p", output_dir="o")
+    differing = {f.name: (getattr(from_cli, f.name), getattr(api, f.name)) for f in dataclasses.fields(PersonalizeConfig)
+                 if getattr(from_cli, f.name) != getattr(api, f.name)}
+    assert not differing
+
+
+def test_generates_defaults_are_the_apis() -> None:
+    import inspect
+
+    from zoodip.cli import build_parser
+    from zoodip.generate import generate
+
+    args = build_parser().parse_args(["generate", "--model", "m", "--prompt", "x"])
+    api = inspect.signature(generate).parameters
+    for flag, parameter in (("steps", "steps"), ("guidance_scale", "guidance_scale"), ("sampler", "sampler"),
+                            ("negative_prompt", "negative_prompt"), ("num_images", "num_images"), ("seed", "seed"),
+                            ("eta", "eta"), ("clip_skip", "clip_skip"), ("guidance_rescale", "guidance_rescale")):
+        assert getattr(args, flag) == api[parameter].default, flag
+
+
+def test_learnable_properties_are_the_types_choices() -> None:
+    from zoodip.prompts import LEARNABLE_PROPERTIES, LearnableProperty
+
+    assert LEARNABLE_PROPERTIES == typing.get_args(LearnableProperty)
