@@ -65,8 +65,12 @@ def test_each_setting_in_its_field(settings, expected):
     assert {key: fields.get(key) for key in expected} == expected
 
 
-def test_every_sampler_has_its_a1111_name():
-    assert set(A1111_SAMPLER_NAMES) == set(SAMPLERS)
+def test_every_sampler_has_an_a1111_name_of_its_own_that_reads_back_as_it():
+    from zoodip.sampling import sampler_named
+
+    names = [A1111_SAMPLER_NAMES[sampler] for sampler in SAMPLERS]
+    assert all(names) and len(set(names)) == len(names)
+    assert [sampler_named(name) for name in names] == list(SAMPLERS)
 
 
 def test_the_api_refusing_a1111s_sampler_name_says_its_name_here():
