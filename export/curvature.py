@@ -39,7 +39,7 @@ from zoodip_export.torch_model import TorchModel
 DEFAULT_CURVATURE_SAMPLES = 16  # draws averaged into the curvature subspace (zoodip_export.curvature)
 # Seeded random-weight models, whose curvature means nothing: the tiny one (tests, smoke runs) still gets
 # a cheap one so the default path is exercised; the SD1.5-architecture one (memory and speed benchmarks)
-# none, since at SD scale it costs hours of CPU.
+# none, since at SD scale its backward passes cost far more than the export.
 RANDOM_MODEL_CURVATURE_SAMPLES = {"tiny": 2, "sd15-random": 0}
 
 # Common single words, the kind a user gives as initializer (nouns, colours, materials, styles).

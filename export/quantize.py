@@ -13,7 +13,7 @@ by at most :data:`~zoodip_export.quantize_int4.INT4_MAX_LAYER_ERROR` becomes onn
 K with one fp32 scale each, the block of :data:`~zoodip_export.quantize_int4.INT4_BLOCKS` that holds in the fewest bytes;
 ``accuracy_level=1``: the weights are unpacked inside the GEMM and multiplied in fp32, so activations are
 never quantized and no fp32 copy of the weight exists). onnxruntime has no 4-bit convolution (and its
-int4 ``DequantizeLinear`` is several times slower than int8), so in the UNet the convolutions of the
+int4 ``DequantizeLinear`` is slower than int8), so in the UNet the convolutions of the
 :data:`~zoodip_export.quantize_int4.INT4_CONV_LEVELS` deepest resolution levels, where most of its weights are and a convolution's
 input is small, are rewritten as im2col + ``MatMulNBits`` under the same per-layer test; at the shallow
 levels that rewrite is slower than the int8 convolution and holds 9x the layer's input, so they stay

@@ -41,8 +41,8 @@ TINY_TEXT_HIDDEN = 32
 TINY_LATENT_SIZE = 16  # latent side; images are 8x larger (128 px)
 # A random CLIP draws its token table with std 0.02 (initializer_range). We draw it 5x wider, so
 # token content dominates the position embeddings at the encoder input and the prompt visibly
-# drives the UNet (two prompts give noise predictions ~18% apart), as in a trained model. Norms stay SD-like (|e| ~0.6; SD1.5's are ~0.4), so a finite-difference
-# step mu*z with mu=1e-3, z~N(0,I) is a ~1% relative perturbation, far above float32 rounding.
+# drives the UNet, as in a trained model. Token norms stay of SD's order, so a finite-difference
+# step mu*z with mu=1e-3, z~N(0,I) stays a small relative perturbation, far above float32 rounding.
 TINY_TOKEN_EMBEDDING_STD = 0.1
 
 

@@ -101,8 +101,8 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
                         "only (stalls over long runs, see benchmarks/README.md)")
     p.add_argument("--vocabulary-subspace", type=float, default=None, metavar="FRACTION",
                    help="draw the random directions inside the token table's principal subspace holding FRACTION "
-                        "of its variance (not in the paper; default: the whole embedding space). Try 0.95 on "
-                        "768-wide models such as SD1.5; on narrow, near-isotropic tables it costs a little")
+                        "of its variance (not in the paper; default: the whole embedding space; README.md's "
+                        "quickstart says where it was measured and what it did)")
     p.add_argument("--curvature-subspace", type=float, default=None, metavar="FRACTION",
                    help="draw the random directions inside the model's curvature subspace holding FRACTION of its "
                         f"stored spectrum (not in the paper; default: {DEFAULT_CURVATURE_FRACTION} where the export has "

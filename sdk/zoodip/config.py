@@ -444,7 +444,7 @@ def default_tau(width: int) -> int:
     """tau when not given: the paper's 128 where that is at most half the width, else half the width.
 
     The method needs tau < width (a longer history spans the whole space and the projection stalls
-    training); on the 64-wide reference model tau=32 learns and tau=128 stalls (benchmarks/README.md).
+    training; benchmarks/README.md has both measured on the 64-wide reference model).
     """
     return PAPER_TAU if 2 * PAPER_TAU <= width else max(2, width // 2)
 

@@ -1,6 +1,6 @@
 """sha256 integrity of an export folder, at a cost a phone can pay.
 
-Hashing SD1.5's ~1 GB of INT8 weights takes seconds; doing it at every start would not. So each
+Hashing all of SD1.5's INT8 weights at every start would make each start wait for it. So each
 file is hashed in full once, and the result is remembered under its identity (resolved path, size,
 modification time in ns, inode, device, inode change time). A later load re-hashes only files whose identity
 changed: a file rewritten in place, replaced or restored from a backup gets a new mtime, inode or change time and

@@ -24,8 +24,8 @@ from .limits import attention_bytes
 _FLOAT32 = 4
 FULL_RESOLUTION_CHANNELS = 256  # SD's VAE decoder: block_out_channels[1], upsampled to full resolution
 ENCODER_FULL_RESOLUTION_CHANNELS = 128  # SD's VAE encoder: block_out_channels[0], its full-resolution blocks
-# Measured on the SD1.5 architecture (benchmarks/results/memory/img2img-512): encoding a 512 px photo took 0.60 GiB above
-# the process before it, 4.1 such maps besides the weights and the attention; one more for margin.
+# The encoder's full-resolution maps alive at once, as its memory run on the SD1.5 architecture counted them (besides
+# its weights and attention), rounded up with one more for margin (benchmarks/README.md, "image-to-image under a budget").
 ENCODER_LIVE_FULL_RESOLUTION_MAPS = 5
 LIVE_FULL_RESOLUTION_MAPS = 3  # that map, its GroupNorm and its SiLU output, alive together
 BLEND_FLOATS_PER_PIXEL = 4  # a tiled decode's accumulators: RGB sums and the weight

@@ -33,8 +33,7 @@ def warn_about_settings(config: PersonalizeConfig, width: int, native: int | Non
         warnings.warn(problem, stacklevel=4)
     if config.subspace and config.tau is not None and config.tau >= width:
         # The method assumes tau < d (128 < 768 on SD1.5): a history of >= d steps spans the whole
-        # space and the projection then removes directions everywhere. Measured on the 64-wide
-        # reference model: tau=128 stalls training, tau=32 does not (benchmarks/README.md).
+        # space and the projection then removes directions everywhere (config.default_tau).
         size = (f"embedding width {width}" if config.num_vectors == 1
                 else f"{width} numbers learned ({config.num_vectors} vectors)")
         warnings.warn(f"--tau {config.tau} >= {size}: Subspace Gradient will restrict the whole "
