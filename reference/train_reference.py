@@ -163,7 +163,7 @@ def stage_vae(work: Path, data: dict, args: argparse.Namespace):
     ckpt_path = work / "vae.pt"
     start = 0
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, weights_only=False, map_location=args.device)
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location=args.device)
         vae.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         start = ckpt["step"]
@@ -360,7 +360,7 @@ def stage_diffusion(work: Path, data: dict, latents: tuple[np.ndarray, np.ndarra
     ckpt_path = work / "diffusion.pt"
     start = 0
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, weights_only=False, map_location=args.device)
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location=args.device)
         models.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"kind": "reference-world", "seed": args.seed, "resolution": world.RESOLUTION, "n_images": args.n_images,
                 "vae_from": repo_relative(args.vae_from), **run}
     elif previous is None:
-        vae_ckpt = torch.load(args.work / "vae.pt", weights_only=False)
+        vae_ckpt = torch.load(args.work / "vae.pt", weights_only=True)
         meta = {"kind": "reference-world", "seed": args.seed, "resolution": world.RESOLUTION,
                 "n_images": args.n_images, "vae_steps": args.vae_steps, "vae_mse": vae_ckpt.get("mse"), **run}
     else:  # the starting folder's record, with this continuation appended
