@@ -3,7 +3,7 @@
     python benchmarks/memory.py --quick                 # 256 px, 1 repetition
     python benchmarks/memory.py                         # 512 px, 2 repetitions
     python benchmarks/memory.py --scaling               # + ours and torch backprop TI at 256/384/512
-    python benchmarks/memory.py --tiny --out /tmp/m     # the tiny model, seconds (used by the tests)
+    python benchmarks/memory.py --tiny --out "$(mktemp -d)"  # the tiny model, seconds (used by the tests)
 
 The SD1.5 architecture is built with seeded random weights from its configs in
 export/sd15_configs.py (memory and speed do not depend on weight values) and exported through the

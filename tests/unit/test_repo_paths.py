@@ -49,9 +49,9 @@ def test_relative_args_rewrites_only_absolute_paths(tmp_path):
                                          "--torch-model", "reference/model", "--methods", "zoodip,zo-naive"]
 
 
-# A machine's absolute path: /work/..., /root/..., /home/... not preceded by a name character or a dot
-# (so "a/work/b" and "./work/x" are not matches).
-MACHINE_PATH = re.compile(r"(^|[^.a-zA-Z])/(work|root|home)/[A-Za-z]")
+# A machine's absolute path: /work/..., /root/..., /home/..., /tmp/..., /mnt/..., /Users/..., /var/folders/... not
+# preceded by a name character or a dot (so "a/work/b" and "./work/x" are not matches).
+MACHINE_PATH = re.compile(r"(^|[^.a-zA-Z])/(work|root|home|tmp|mnt|Users|var/folders)/[A-Za-z]")
 BINARY_SUFFIXES = (".png", ".onnx", ".ort", ".safetensors", ".npz", ".npy", ".gz")
 
 
