@@ -332,13 +332,14 @@ def read_run(out: Path, wall_s: float) -> dict[str, Any]:
     import numpy as np
 
     _sdk_importable()
-    from zoodip.embeddings import load_embedding_file
+    from zoodip.embeddings import EMBEDDING_NAME, load_embedding_file
+    from zoodip.run_folder import LOG_NAME
 
     probe = json.loads((out / "probe.json").read_text())
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines() if line.strip()]
     progress = out.with_name(out.name + ".progress.jsonl")
     events = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
-    _, vectors = load_embedding_file(out / "learned_embeds.safetensors")
+    _, vectors = load_embedding_file(out / EMBEDDING_NAME)
     step_times, last = [], 0.0
     for event in events:
         if event["event"] in ("step", "eval"):
@@ -580,11 +581,13 @@ ARM_CHECK_RECIPES = ("w8a32", "w4a32")
 
 
 def make_tiny_export(work: Path, recipe: str = "w8a32") -> Path:
+    for path in (REPO / "sdk", REPO):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    from zoodip.manifest import MANIFEST
+
     out = work / f"tiny-export-{recipe}"
-    if not (out / "manifest.json").is_file():
-        for path in (REPO / "sdk", REPO):
-            if str(path) not in sys.path:
-                sys.path.insert(0, str(path))
+    if not (out / MANIFEST).is_file():
         from zoodip_export.export_model import export_model
 
         log(f"exporting the tiny model on the host: export_model(None, out, tiny=True, recipe={recipe!r})")

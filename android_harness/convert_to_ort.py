@@ -46,6 +46,7 @@ import onnxruntime as ort  # noqa: E402
 
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.manifest import MANIFEST  # noqa: E402
 from zoodip.model import GRAPHS, ExportedModel, RuntimeOptions, read_manifest  # noqa: E402
 
 LEVELS = {
@@ -251,7 +252,7 @@ def convert_export(export_dir: Path, out_dir: Path, level: str = "extended", che
             rel = path.relative_to(staging).as_posix()
             files[rel] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
         new["files"] = files
-        (staging / "manifest.json").write_text(json.dumps(new, indent=2) + "\n", encoding="utf-8")
+        (staging / MANIFEST).write_text(json.dumps(new, indent=2) + "\n", encoding="utf-8")
 
         report: dict[str, Any] = {"level": level, "onnxruntime": ort.__version__, "graphs": sizes,
                                   "total_onnx_bytes": sum(s["onnx_bytes"] for s in sizes.values()),

@@ -303,6 +303,21 @@ def _torch_predictions(text, unet, inputs, x_t, t: int, batched: bool):
     return torch.cat(preds).numpy()
 
 
+def _export_text_side(export: Path):
+    """The export's tokenizer, token table (memory-mapped) and noise schedule, read where its manifest names them
+    (without opening its graphs: the torch contenders' memory holds no onnxruntime)."""
+    import numpy as np
+
+    from zoodip.manifest import read_manifest
+    from zoodip.schedule import NoiseSchedule
+    from zoodip.tokenizer import CLIPTokenizer
+
+    manifest = read_manifest(export)
+    schedule = NoiseSchedule.from_config(json.loads((export / manifest["scheduler"]).read_text()))
+    return (CLIPTokenizer.from_folder(export / manifest["tokenizer"]),
+            np.load(export / manifest["token_embeddings"]["file"], mmap_mode="r", allow_pickle=False), schedule)
+
+
 def run_torch_zo(spec: dict, phases: Phases) -> dict:
     """The ZOODiP step (n=2, mu=1e-3, the same loss) in torch fp32, forward only, latents cached."""
     torch = _ti_setup(spec, phases)
@@ -310,10 +325,8 @@ def run_torch_zo(spec: dict, phases: Phases) -> dict:
 
     from zoodip_export.onnx_export import TextEncoderGraph
 
-    from zoodip.schedule import NoiseSchedule
     from zoodip.step_inputs import draw_step_inputs, step_rng
     from zoodip.timesteps import PartialUniformTimesteps
-    from zoodip.tokenizer import CLIPTokenizer
     from zoodip.zo import RandomGradientEstimator
 
     source = Path(spec["source"])
@@ -329,13 +342,11 @@ def run_torch_zo(spec: dict, phases: Phases) -> dict:
     models = load_torch_models(source, ("text_encoder", "unet"))
     text = TextEncoderGraph(models["text_encoder"].text_model, 77)
     unet = models["unet"]
-    tokenizer = CLIPTokenizer.from_folder(export / "tokenizer")
+    tokenizer, table, schedule = _export_text_side(export)
     placeholder = tokenizer.add_placeholder("<bench>")[0]
-    table = np.load(export / "token_embeddings.npy", mmap_mode="r")
     ids = tokenizer("a photo of a <bench>")[0]
     base = np.asarray(table[np.minimum(ids, len(table) - 1)], np.float32)
     v = np.asarray(table[tokenizer.token_ids_for_word("dog")[0]], np.float32).copy()
-    schedule = NoiseSchedule.from_config(json.loads((export / "scheduler_config.json").read_text()))
     estimator = RandomGradientEstimator(len(v), n=2, mu=1e-3)
     puts = PartialUniformTimesteps(500, 900, schedule.num_train_timesteps)
     phases.end()
@@ -364,19 +375,14 @@ def _fd_problem(export: Path, side: int, directions: int, seed: int = 0) -> dict
     """A fixed (prompt, v0, x_t, t, target, directions) problem, built with the SDK's pieces only."""
     import numpy as np
 
-    from zoodip.schedule import NoiseSchedule
-    from zoodip.tokenizer import CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_folder(export / "tokenizer")
+    tokenizer, table, schedule = _export_text_side(export)
     placeholder = tokenizer.add_placeholder("<fidelity>")[0]
     ids = tokenizer("a photo of a <fidelity>")[0]
-    table = np.load(export / "token_embeddings.npy", mmap_mode="r")
     v0 = np.asarray(table[tokenizer.token_ids_for_word("dog")[0]], np.float32)
     rng = np.random.default_rng(seed)
     x0 = rng.standard_normal((4, side, side)).astype(np.float32) * 0.8
     noise = rng.standard_normal(x0.shape).astype(np.float32)
     t = 700
-    schedule = NoiseSchedule.from_config(json.loads((export / "scheduler_config.json").read_text()))
     x_t = schedule.add_noise(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
     target = schedule.target(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
     z = rng.standard_normal((directions, len(v0))).astype(np.float32)
@@ -396,7 +402,7 @@ def run_fd_exact(spec: dict, phases: Phases) -> dict:
     models = load_torch_models(Path(spec["source"]), ("text_encoder", "unet"))
     text = TextEncoderGraph(models["text_encoder"].text_model, 77)
     unet = UNetGraph(models["unet"], attention_query_chunks=0)
-    table = np.load(export / "token_embeddings.npy", mmap_mode="r")
+    table = _export_text_side(export)[1]
     ids = problem["ids"]
     rows = np.asarray(table[np.minimum(ids, len(table) - 1)], np.float32)
     phases.end()

@@ -65,7 +65,9 @@ def is_current_export(folder: Path, recipe: str) -> bool:
     """``folder`` holds a finished export made with the current revision of ``recipe``."""
     from zoodip_export.quantize import RECIPE_REVISION
 
-    manifest = Path(folder) / "manifest.json"
+    from zoodip.manifest import MANIFEST
+
+    manifest = Path(folder) / MANIFEST
     if not manifest.is_file():
         return False
     return json.loads(manifest.read_text(encoding="utf-8")).get("recipe_revision", 1) == RECIPE_REVISION[recipe]
@@ -77,10 +79,12 @@ def export_folder(cache: Path, tiny: bool, recipe: str, chunks: int, seed: int =
     from zoodip_export.export_model import export_model
     from zoodip_export.quantize import RECIPE_PRECISION
 
+    from zoodip.manifest import MANIFEST
+
     dest = Path(cache) / export_name(tiny, recipe, chunks, seed)
     if is_current_export(dest, recipe):
         return dest
-    if (dest / "manifest.json").is_file():
+    if (dest / MANIFEST).is_file():
         _log(f"{dest.name} was exported with an older layout of recipe {recipe}: exporting it again")
     source = source_folder(cache, tiny, seed)
     onnx_export.ATTENTION_QUERY_CHUNKS = chunks

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from benchmarks._quality_snapshots import Job, Snapshot, checkpoint_steps
+from zoodip.manifest import MANIFEST
 from zoodip.model import ExportedModel, RuntimeOptions
 from zoodip.step_inputs import draw_step_inputs, step_rng
 
@@ -26,7 +27,7 @@ def torch_source(export_dir: Path, override: Path | None = None) -> Path:
     """The diffusers folder behind an export (the manifest records it), or ``override``."""
     if override is not None:
         return Path(override)
-    manifest = json.loads((Path(export_dir) / "manifest.json").read_text())
+    manifest = json.loads((Path(export_dir) / MANIFEST).read_text())
     path = (manifest.get("source") or {}).get("path")
     if not path or not Path(path).is_dir():
         raise FileNotFoundError(f"{export_dir}: the manifest names no diffusers source folder; pass --torch-model")

@@ -13,6 +13,7 @@ from benchmarks._quality_summary import metric_names, summarize
 from reference.repo import REPO, repo_relative
 from zoodip.console import print_error
 from zoodip.curvature import CURVATURE_FILE
+from zoodip.manifest import MANIFEST
 
 
 MERGE_KEYS = ("gen_steps", "guidance", "images_per_prompt", "max_heldout")
@@ -42,7 +43,7 @@ def export_weights_identity(model: Any) -> dict[str, str] | str:
     folder = Path(str(model))
     folder = folder if folder.is_absolute() else REPO / folder
     try:
-        files = json.loads((folder / "manifest.json").read_text())["files"]
+        files = json.loads((folder / MANIFEST).read_text())["files"]
     except (OSError, ValueError, KeyError):
         return Path(str(model)).name
     return {name: info.get("sha256") for name, info in sorted(files.items()) if name != CURVATURE_FILE}

@@ -41,12 +41,12 @@ def variants(prompt: str, token: str, edit_word: str) -> dict[str, str]:
 def measure(demo: Path, seeds: int) -> dict:
     from reference import world
     from reference.evaluator import Evaluator, attribute_accuracy
-    from zoodip.embeddings import load_embedding_file
+    from zoodip.embeddings import EMBEDDING_NAME, load_embedding_file
     from zoodip.generate import generate
     from zoodip.model import ExportedModel
 
     model = ExportedModel.load(demo / "model")
-    token, vectors = load_embedding_file(demo / "run" / "learned_embeds.safetensors")
+    token, vectors = load_embedding_file(demo / "run" / EMBEDDING_NAME)
     concept, evaluator = world.concept_by_name(token), Evaluator.load()
     rows = []
     for template in concept.held_out_prompts:

@@ -40,6 +40,7 @@ from _models import DEFAULT_CACHE, export_name, is_current_export  # noqa: E402
 from zoodip import validation  # noqa: E402
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.manifest import MANIFEST  # noqa: E402
 from zoodip.image_side import check_side  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
 
@@ -91,7 +92,7 @@ def prepare_export(cache: Path, tiny: bool, recipe: str, chunks: int) -> Path:
         command = [sys.executable, str(REPO / "benchmarks" / "_models.py"), str(cache), "tiny" if tiny else "sd15",
                    recipe, str(chunks)]
         done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        if done.returncode != 0 or not (folder / "manifest.json").is_file():
+        if done.returncode != 0 or not (folder / MANIFEST).is_file():
             tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise ZoodipError(f"exporting {folder.name} failed: {tail}")
     return folder
@@ -201,7 +202,7 @@ def run(args: argparse.Namespace) -> dict:
             runs.append(result)
         manifest = None
         if "export" in base:
-            manifest = json.loads((exports[tuple(base["export"])] / "manifest.json").read_text())
+            manifest = json.loads((exports[tuple(base["export"])] / MANIFEST).read_text())
         return summarize(name, description, base, runs, manifest)
 
     started = time.perf_counter()

@@ -56,6 +56,7 @@ from benchmarks._quality_summary import (  # noqa: E402,F401 (quality.summarize 
 from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.manifest import MANIFEST  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "quality"
@@ -90,7 +91,7 @@ def _prepare_model(model: str | None, smoke: bool, cache: Path) -> tuple[Path, P
 
         model = str(materialize(REFERENCE_MODEL, cache / "reference-768"))
     path = Path(model) if model else REFERENCE_MODEL
-    if (path / "manifest.json").is_file():
+    if (path / MANIFEST).is_file():
         try:
             return path, qm.torch_source(path)
         except FileNotFoundError:
@@ -105,7 +106,7 @@ def _prepare_model(model: str | None, smoke: bool, cache: Path) -> tuple[Path, P
             stat = file.stat()
             stamp.update(f"{file.relative_to(path)}:{stat.st_size}:{int(stat.st_mtime)}".encode())
     dest = cache / f"quality-{path.name.removeprefix('quality-')}-{stamp.hexdigest()[:10]}-{EXPORT_RECIPE}"
-    if not (dest / "manifest.json").is_file():
+    if not (dest / MANIFEST).is_file():
         from zoodip_export.export_model import export_model
 
         log(f"exporting {path} -> {dest} ({EXPORT_RECIPE})")
@@ -398,7 +399,7 @@ def _checked(args: Any) -> tuple[str, tuple[int, int], list[str]]:
     if args.seeds < 1 or (args.seeds > 1 and task != "world"):
         raise ZoodipError(f"--seeds {args.seeds}: training seeds repeat the world task's concepts (a positive number, "
                           f"and only with --task world; this run's task is {task})")
-    if args.model and not any((Path(args.model) / name).is_file() for name in ("manifest.json", "model_index.json")):
+    if args.model and not any((Path(args.model) / name).is_file() for name in (MANIFEST, "model_index.json")):
         raise ZoodipError(f"--model {args.model}: neither an export folder (manifest.json) nor a diffusers folder "
                           "(model_index.json)")
     if task == "world":

@@ -27,8 +27,10 @@ import time
 from pathlib import Path
 
 import zoodip
+from zoodip.checkpoint import CHECKPOINT_NAME
 from zoodip.console import OneLineParser, print_error, ProgressBar, one_line_warning
 from zoodip.errors import ZoodipError
+from zoodip.manifest import MANIFEST
 from zoodip.lr_schedule import LR_SCHEDULERS
 from zoodip.paths import check_output_dir
 
@@ -98,7 +100,7 @@ def _export_builtin(folder: Path, progress: bool, source: Path | None = None) ->
     recipe = _default_recipe()
     if recipe:
         stamp["recipe"] = recipe
-    if (folder / "manifest.json").is_file():
+    if (folder / MANIFEST).is_file():
         try:
             previous = json.loads(stamp_path.read_text())
         except (OSError, ValueError):
@@ -209,7 +211,7 @@ def _personalize(export_dir: Path, photos_dir: Path, run_dir: Path, steps: int, 
                                threads=threads, **method)
     stamp = {"model": json.loads((export_dir / SOURCE_STAMP).read_text()) if use_reference else "tiny",
              "steps": steps, "run": config.fingerprint()}
-    resume = (run_dir / "checkpoint.npz").is_file()
+    resume = (run_dir / CHECKPOINT_NAME).is_file()
     if resume:
         try:
             previous = json.loads((run_dir / "demo_run.json").read_text())

@@ -24,6 +24,7 @@ from reference.repo import REPO  # noqa: E402
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.manifest import MANIFEST  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from zoodip.model import ExportedModel, RuntimeOptions
 
     try:
-        if not (args.export / "manifest.json").is_file():
+        if not (args.export / MANIFEST).is_file():
             from zoodip_export.export_model import export_model
 
             export_model(args.model, args.export, progress=True, overwrite=True)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     acc_renders = evaluator.accuracy(renders, targets)
     report = {"command": "reference/eval_reference.py " + " ".join(sys.argv[1:]), "n": args.n, "seed": args.seed,
               "steps": args.steps, "guidance": args.guidance, "sampler": "dpmpp_2m",
-              "export_recipe": json.loads((args.export / "manifest.json").read_text())["recipe"],
+              "export_recipe": json.loads((args.export / MANIFEST).read_text())["recipe"],
               "accuracy": acc, "all_five": all_five, "accuracy_on_renders": acc_renders,
               "seconds_generating": round(gen_s, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
