@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -48,6 +47,8 @@ from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.manifest import MANIFEST  # noqa: E402
 from zoodip.model import GRAPHS, ExportedModel, RuntimeOptions, read_manifest  # noqa: E402
+from zoodip.paths import check_output_dir, lies_within  # noqa: E402
+from zoodip_export.staging import check_out_dir, publish  # noqa: E402
 
 LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -189,17 +190,19 @@ def verify(onnx_dir: Path, ort_dir: Path, directions: int = 4, mu: float = 1e-3,
     return report
 
 
-def convert_export(export_dir: Path, out_dir: Path, level: str = "extended", check: bool = True,
+def convert_export(export_dir: str | Path, out_dir: str | Path, level: str = "extended", check: bool = True,
                    overwrite: bool = False, log=print) -> dict[str, Any]:
-    """Write OUT_DIR: the export with .ort graphs, operator configs and ``ort_conversion.json``."""
-    export_dir, out_dir = Path(export_dir), Path(out_dir)
+    """Write OUT_DIR: the export with .ort graphs, operator configs and ``ort_conversion.json``. OUT_DIR is checked
+    as ``zoodip export`` checks its own (``--overwrite`` replaces an earlier export only, never a folder holding
+    EXPORT_DIR) and published the same way, in one rename at the end."""
     if level not in LEVELS:
         raise ZoodipError(f"unknown --level {level!r}: use one of {', '.join(LEVELS)}")
     manifest = read_manifest(export_dir)
-    if out_dir.resolve() == export_dir.resolve():
-        raise ZoodipError("OUT_DIR must differ from EXPORT_DIR")
-    if out_dir.exists() and not overwrite:
-        raise ZoodipError(f"{out_dir} already exists: choose a new OUT_DIR or pass --overwrite")
+    check_output_dir(out_dir, "OUT_DIR")  # (an empty one is the current folder)
+    export_dir, out_dir = Path(export_dir), Path(out_dir)
+    if lies_within(out_dir, export_dir):
+        raise ZoodipError(f"OUT_DIR {out_dir} is EXPORT_DIR or lies inside it: choose a folder outside the export")
+    check_out_dir(out_dir, overwrite, source=export_dir)
     if manifest.get("recipe") == "dynamic-int8":
         log("warning: the dynamic-int8 recipe quantizes activations at run time; its losses are not smooth "
             "at the finite-difference scale (use an export with the default recipe, w4a32, or with w8a32)")
@@ -267,9 +270,7 @@ def convert_export(export_dir: Path, out_dir: Path, level: str = "extended", che
                 f"diff = {lv['max_rel_fd_diff']:.3g} (bit-identical: {lv['bit_identical']})")
         (staging / "ort_conversion.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         staging.chmod(0o755)  # mkdtemp made it private
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+        publish(staging, out_dir, overwrite)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -279,8 +280,8 @@ def convert_export(export_dir: Path, out_dir: Path, level: str = "extended", che
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python android_harness/convert_to_ort.py", description=__doc__.splitlines()[0])
-    parser.add_argument("export_dir", type=Path)
-    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("export_dir")
+    parser.add_argument("out_dir")
     parser.add_argument("--level", choices=sorted(LEVELS), default="extended",
                         help="graph optimization level baked into the .ort files (default: extended)")
     parser.add_argument("--no-verify", action="store_true", help="skip the .onnx vs .ort comparison")

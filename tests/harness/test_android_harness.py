@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,7 +110,30 @@ def test_convert_errors_are_one_line(ort_export, tiny_export, tmp_path, capsys):
     assert convert_to_ort.main([str(out), str(tmp_path / "again")]) == 2  # already .ort
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 3 and all(line.startswith("error: ") for line in err), err
-    assert "already exists" in err[0] and "manifest.json" in err[1] and "ORT graphs" in err[2]
+    assert "exists and is not empty" in err[0] and "manifest.json" in err[1] and "ORT graphs" in err[2]
+
+
+def test_convert_replaces_an_earlier_export_only(tiny_export, tmp_path, capsys, monkeypatch):
+    """--overwrite removed whatever OUT_DIR was: the folder holding EXPORT_DIR (the export with it, exit 0) or, given
+    '', the current folder; OUT_DIR inside EXPORT_DIR was written into the export."""
+    parent = tmp_path / "parent"
+    shutil.copytree(tiny_export, parent / "export")
+    (parent / "notes.txt").write_text("mine")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    monkeypatch.chdir(mine)
+    for out, needle in ((parent, "holds it"), ("", "OUT_DIR is empty"), (parent / "export" / "sub", "lies inside it"),
+                        (mine, "not a zoodip export folder")):
+        assert convert_to_ort.main([str(parent / "export"), str(out), "--overwrite", "--no-verify"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and needle in err and "\n" not in err, err
+    assert (parent / "notes.txt").read_text() == "mine" and (mine / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in (parent / "export").iterdir()) == sorted(p.name for p in Path(tiny_export).iterdir())
+    earlier = tmp_path / "earlier"
+    for _ in range(2):  # the second replaces the first
+        assert convert_to_ort.main([str(parent / "export"), str(earlier), "--overwrite", "--no-verify"]) == 0
+    assert (earlier / "manifest.json").is_file() and not list(tmp_path.glob(".earlier*"))
 
 
 # --- device runner ----------------------------------------------------------------------------------
