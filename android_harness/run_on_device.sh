@@ -65,7 +65,9 @@ done
 [ -d "$PHOTOS" ] || die "photo folder $PHOTOS does not exist"
 case "$SETUP" in venv|termux|none) ;; *) die "--setup must be venv, termux or none" ;; esac
 case "$RUN" in *[!A-Za-z0-9._-]*|"") die "--run must be letters, digits, '.', '_' or '-'" ;; esac
-[ -n "$STEPS" ] && { [[ "$STEPS" =~ ^[0-9]+$ ]] || die "--steps must be a whole number"; }
+[ -n "$STEPS" ] && { [[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || die "--steps must be a whole number from 1"; }
+[ -n "$PORT" ] && { [[ "$PORT" =~ ^[1-9][0-9]{0,4}$ ]] && [ "$PORT" -le 65535 ] || die "--port must be a port number (1-65535)"; }
+case "$REMOTE_DIR" in ""|-*) die "--remote-dir must name a folder on the device (not empty, not starting with '-')" ;; esac
 if ! [ "$DRY" = 1 ]; then
   command -v ssh >/dev/null || die "ssh is not installed on this machine"
   [ "$MODE" = adb ] && { command -v adb >/dev/null || die "adb is not installed (Android platform-tools)"; }
@@ -76,9 +78,6 @@ MODEL_NAME="$(basename "$MODEL")"
 OUT="${OUT:-device_out/$RUN}"
 R="$REMOTE_DIR"
 RUN_DIR="$R/runs/$RUN"
-if [ -z "$PY" ]; then
-  if [ "$SETUP" = venv ]; then PY="$R/venv/bin/python"; else PY="python3"; fi
-fi
 
 ADB=(adb); [ -n "$SERIAL" ] && ADB=(adb -s "$SERIAL")
 if [ "$MODE" = adb ]; then
@@ -103,6 +102,11 @@ run() {                                    # run (or, with --dry-run, print) one
   [ "$DRY" = 1 ] || bash -c "$1"
 }
 remote() { printf '%s %s' "$(q "${SSH[@]}")" "$(sq "$1")"; }   # the command line that runs $1 on the device
+# The device-side words of the commands below, quoted where they need it (a folder named "my model").
+RQ="$(q "$R")"; RUNQ="$(q "$RUN_DIR")"; MQ="$(q "$MODEL_NAME")"
+if [ -z "$PY" ]; then
+  if [ "$SETUP" = venv ]; then PY="$RQ/venv/bin/python"; else PY="python3"; fi
+fi
 
 # 1. reach the device
 if [ "$MODE" = adb ]; then
@@ -110,34 +114,34 @@ if [ "$MODE" = adb ]; then
   run "$(q "${ADB[@]}" shell getprop ro.product.cpu.abi)   # expect arm64-v8a"
   run "$(q "${ADB[@]}" forward "tcp:$PORT" tcp:8022)   # Termux: pkg install openssh && sshd"
 fi
-run "$(remote "uname -m && mkdir -p $R/sdk $R/models $RUN_DIR")"
+run "$(remote "uname -m && mkdir -p $RQ/sdk $RQ/models $RUNQ")"
 
 if [ "$FETCH" = 0 ]; then
 # 2. push the SDK, the runner, the photos and (if the device lacks it) the export
-run "tar -C $(q "$REPO/sdk") --exclude=__pycache__ -cf - zoodip | $(remote "rm -rf $R/sdk/zoodip && tar -C $R/sdk -xf -")"
-run "tar -C $(q "$HERE") -cf - device_run.py | $(remote "tar -C $R -xf -")"
-run "tar -C $(q "$PHOTOS") -cf - . | $(remote "rm -rf $RUN_DIR/photos && mkdir -p $RUN_DIR/photos && tar -C $RUN_DIR/photos -xf -")"
-run "$(remote "cat $R/models/$MODEL_NAME/manifest.json 2>/dev/null") | cmp -s - $(q "$MODEL/manifest.json") || { tar -C $(q "$(dirname "$MODEL")") -cf - $(q "$MODEL_NAME") | $(remote "rm -rf $R/models/$MODEL_NAME && tar -C $R/models -xf -"); }"
+run "tar -C $(q "$REPO/sdk") --exclude=__pycache__ -cf - zoodip | $(remote "rm -rf $RQ/sdk/zoodip && tar -C $RQ/sdk -xf -")"
+run "tar -C $(q "$HERE") -cf - device_run.py | $(remote "tar -C $RQ -xf -")"
+run "tar -C $(q "$PHOTOS") -cf - . | $(remote "rm -rf $RUNQ/photos && mkdir -p $RUNQ/photos && tar -C $RUNQ/photos -xf -")"
+run "$(remote "cat $RQ/models/$MQ/manifest.json 2>/dev/null") | cmp -s - $(q "$MODEL/manifest.json") || { tar -C $(q "$(dirname "$MODEL")") -cf - $(q "$MODEL_NAME") | $(remote "rm -rf $RQ/models/$MQ && tar -C $RQ/models -xf -"); }"
 
 # 3. dependencies (numpy, onnxruntime, pillow, tqdm; never torch)
 case "$SETUP" in
-  venv) run "$(remote "python3 -m venv $R/venv && $R/venv/bin/pip install -q numpy onnxruntime pillow tqdm")" ;;
+  venv) run "$(remote "python3 -m venv $RQ/venv && $RQ/venv/bin/pip install -q numpy onnxruntime pillow tqdm")" ;;
   termux) run "$(remote "pkg install -y python python-numpy python-pillow && pip install tqdm && { python -c 'import onnxruntime' 2>/dev/null || pkg install -y python-onnxruntime; }")" ;;
 esac
-run "$(remote "PYTHONPATH=$R/sdk $PY -c 'import numpy, onnxruntime, PIL, tqdm, zoodip; print(\"onnxruntime\", onnxruntime.__version__)'")"
+run "$(remote "PYTHONPATH=$RQ/sdk $PY -c 'import numpy, onnxruntime, PIL, tqdm, zoodip; print(\"onnxruntime\", onnxruntime.__version__)'")"
 
 # 4. the run: nohup so a dropped connection does not stop it; the exit code lands in a file
 ARGS=(personalize --model "$R/models/$MODEL_NAME" --train_data_dir "$RUN_DIR/photos" --output_dir "$RUN_DIR" --no-progress)
 [ -n "$STEPS" ] && ARGS+=(--max_train_steps "$STEPS")
 [ "$RESUME" = 1 ] && ARGS+=(--resume)
 ARGS+=("${EXTRA[@]}")
-INNER="{ command -v termux-wake-lock >/dev/null && termux-wake-lock || true; }; PYTHONPATH=$R/sdk nohup $PY $R/device_run.py --summary $RUN_DIR/run.json -- $(q "${ARGS[@]}") > $RUN_DIR/stdout.log 2> $RUN_DIR/stderr.log; echo \$? > $RUN_DIR/exit_code"
+INNER="{ command -v termux-wake-lock >/dev/null && termux-wake-lock || true; }; PYTHONPATH=$RQ/sdk nohup $PY $RQ/device_run.py --summary $RUNQ/run.json -- $(q "${ARGS[@]}") > $RUNQ/stdout.log 2> $RUNQ/stderr.log; echo \$? > $RUNQ/exit_code"
 run "$(remote "$INNER") || true"
 fi
 
 # 5. bring back the results
 run "mkdir -p $(q "$OUT")"
-run "$(remote "cd $RUN_DIR && tar -cf - \$(ls learned_embeds.safetensors log.jsonl progress.jsonl config.json run.json stdout.log stderr.log exit_code 2>/dev/null)") | tar -C $(q "$OUT") -xf -"
+run "$(remote "cd $RUNQ && tar -cf - \$(ls learned_embeds.safetensors log.jsonl progress.jsonl config.json run.json stdout.log stderr.log exit_code 2>/dev/null)") | tar -C $(q "$OUT") -xf -"
 
 if [ "$DRY" = 1 ]; then
   echo "(dry run: nothing was executed)"

@@ -184,13 +184,45 @@ def test_run_on_device_dry_run_ssh_setup_and_resume(tiny_export, photos, tmp_pat
     assert "--resume" in result.stdout
 
 
+def test_run_on_device_quotes_the_device_side_names(tiny_export, photos, tmp_path):
+    """A model folder named 'my model' ran 'rm -rf zoodip-run/models/my model' on the device (its ~/model gone), and
+    --remote-dir 'zoo run' sent every step to other folders. Run for real through an ssh that runs the device's
+    commands in a folder of this machine."""
+    home, bin_dir = tmp_path / "device home", tmp_path / "bin"
+    home.mkdir()
+    (home / "model").write_text("the device's own file")
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f"#!/bin/sh\nwhile [ $# -gt 1 ]; do shift; done\ncd {shlex.quote(str(home))} && exec sh -c \"$1\"\n")
+    (bin_dir / "ssh").chmod(0o755)
+    model = tmp_path / "host side" / "my model"
+    shutil.copytree(tiny_export, model)
+    result = subprocess.run(["bash", str(HARNESS / "run_on_device.sh"), "--ssh", "dev@box", "--setup", "none",
+                             "--python", sys.executable, "--remote-dir", "zoo run", "--model", str(model),
+                             "--photos", str(photos), "--steps", "2", "--out", str(tmp_path / "back"), "--",
+                             "--placeholder_token", TOKEN, "--initializer_token", "star", "--tau", "2",
+                             "--eval-every", "2"],
+                            env=dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin"), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert (home / "model").read_text() == "the device's own file"
+    assert sorted(p.name for p in home.iterdir()) == ["model", "zoo run"]
+    assert (home / "zoo run" / "models" / "my model" / "manifest.json").is_file()
+    assert (tmp_path / "back" / "exit_code").read_text().strip() == "0"
+    assert (tmp_path / "back" / "learned_embeds.safetensors").is_file()
+
+
 @pytest.mark.parametrize("args,needle", [
+    (["--adb", "--steps", "0", "--model", "m", "--photos", "."], "--steps must be a whole number from 1"),
+    (["--adb", "--port", "99999", "--model", "m", "--photos", "."], "--port must be a port number"),
+    (["--adb", "--remote-dir", "-x", "--model", "m", "--photos", "."], "--remote-dir must name a folder"),
     (["--adb", "--photos", "."], "--model"),
     (["--model", ".", "--photos", "."], "choose --adb"),
     (["--adb", "--model", "/nonexistent", "--photos", "."], "manifest.json"),
     (["--adb", "--bogus"], "unknown option"),
 ])
 def test_run_on_device_user_errors(args, needle, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.json").write_text("{}")  # an export as far as the script looks
     result = dry_run(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and needle in result.stderr and len(result.stderr.splitlines()) == 1
