@@ -37,6 +37,7 @@ from zoodip.curvature import CURVATURE_FILE, save_curvature
 from zoodip_export.torch_model import TorchModel
 
 DEFAULT_CURVATURE_SAMPLES = 16  # draws averaged into the curvature subspace (zoodip_export.curvature)
+MAX_CURVATURE_SAMPLES = 1024  # 64x the default: past it a typed number is a slip, not a plan
 # Seeded random-weight models, whose curvature means nothing: the tiny one (tests, smoke runs) still gets
 # a cheap one so the default path is exercised; the SD1.5-architecture one (memory and speed benchmarks)
 # none, since at SD scale its backward passes cost far more than the export.
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["COMMON_WORDS", "CURVATURE_FILE", "DEFAULT_CURVATURE_SAMPLES", "RANDOM_MODEL_CURVATURE_SAMPLES", "WORDS_FILE",
+__all__ = ["COMMON_WORDS", "CURVATURE_FILE", "DEFAULT_CURVATURE_SAMPLES", "MAX_CURVATURE_SAMPLES", "RANDOM_MODEL_CURVATURE_SAMPLES", "WORDS_FILE",
            "PROBE_PLACEHOLDER", "Draw", "compute_curvature", "export_curvature", "gauss_newton_product",
            "generated_latents", "initializer_words", "make_draws", "stored_curvature", "top_eigenvectors",
            "weights_fingerprint"]

@@ -88,13 +88,19 @@ def _quiet_libraries() -> Iterator[None]:
             from transformers.utils import logging as transformers_logging
 
             dl, tl = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+            bars = [(library, library.is_progress_bar_enabled()) for library in (diffusers_logging, transformers_logging)]
             diffusers_logging.set_verbosity(logging.CRITICAL)
             transformers_logging.set_verbosity(logging.CRITICAL)
+            for library, _ in bars:  # ("Loading checkpoint shards" of a sharded folder; the export says its own steps)
+                library.disable_progress_bar()
             try:
                 yield
             finally:
                 diffusers_logging.set_verbosity(dl)
                 transformers_logging.set_verbosity(tl)
+                for library, enabled in bars:
+                    if enabled:
+                        library.enable_progress_bar()
         finally:
             for lg, level in zip(loggers, levels):
                 lg.setLevel(level)
@@ -355,6 +361,8 @@ def _built_source(source: Path | None, staging: Path, seed: int, config: Path | 
 def _check_export_args(source: Path | None, tiny: bool, curvature_samples: int | None, sample_size: int | None,
                        config: Path | None = None) -> None:
     """export_model()'s arguments that need no file, each refused in one line."""
+    from zoodip_export.curvature import DEFAULT_CURVATURE_SAMPLES, MAX_CURVATURE_SAMPLES
+
     if tiny and source is not None:
         raise ZoodipError("give either a source folder or --tiny, not both")
     if tiny and config is not None:
@@ -362,8 +370,10 @@ def _check_export_args(source: Path | None, tiny: bool, curvature_samples: int |
     if not tiny and source is None:
         raise ZoodipError("no source folder given (pass a diffusers Stable Diffusion folder, or --tiny)")
     if curvature_samples is not None and (isinstance(curvature_samples, bool) or not isinstance(curvature_samples, int)
-                                          or curvature_samples < 0):
-        raise ZoodipError(f"curvature_samples must be a whole number >= 0 (0: no curvature subspace), not {curvature_samples!r}")
+                                          or not 0 <= curvature_samples <= MAX_CURVATURE_SAMPLES):
+        raise ZoodipError(f"curvature_samples must be a whole number from 0 (no curvature subspace) to "
+                          f"{MAX_CURVATURE_SAMPLES}, not {curvature_samples!r:.40} (default {DEFAULT_CURVATURE_SAMPLES}; "
+                          "each draw costs backward passes of the whole model)")
     if sample_size is not None and (not isinstance(sample_size, int) or sample_size <= 0):
         raise ZoodipError(f"sample_size must be a positive integer, not {sample_size!r}")
 

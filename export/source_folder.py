@@ -19,6 +19,8 @@ REQUIRED_PARTS: dict[str, tuple[str, ...]] = {
 
 # The largest native latent side an export records (SDXL's is 128): a larger one is a damaged config.
 MAX_SAMPLE_SIZE = 512
+# UNet config keys of conditioning besides the text and the timestep (SDXL's text_time, class labels, image hints).
+_OTHER_CONDITIONING = ("addition_embed_type", "class_embed_type", "num_class_embeds", "encoder_hid_dim_type")
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -67,6 +69,11 @@ def check_source(source: Path) -> dict[str, dict[str, Any]]:
         raise ZoodipError(f"{source}: its text encoder has {layers!r} layer(s); SD1.x's has 12, SD2.x's 23: not a "
                           "Stable Diffusion text encoder")
     _check_readable_by_the_sdk(source, configs)
+    conditioning = [key for key in _OTHER_CONDITIONING if configs["unet"].get(key) is not None]
+    if conditioning:  # SDXL's UNet (text_time), class-conditioned ones: their graphs take inputs zoodip's has not
+        raise ZoodipError(f"{source}: its UNet is conditioned on more than the text ({', '.join(conditioning)} in "
+                          "unet/config.json, as SDXL's or a class-conditioned model's): zoodip exports Stable "
+                          "Diffusion 1.x/2.x UNets only")
     if configs["unet"].get("time_cond_proj_dim") is not None:  # its UNet would be exported without that input
         raise ZoodipError(f"{source}: its UNet takes a guidance-scale embedding (time_cond_proj_dim: a latent "
                           "consistency model distilled with it, such as LCM_Dreamshaper_v7), an input zoodip's export "
@@ -82,19 +89,52 @@ def check_source(source: Path) -> dict[str, dict[str, Any]]:
 
 def _check_readable_by_the_sdk(source: Path, configs: dict[str, dict[str, Any]]) -> None:
     """What the SDK reads of the export as the source has it (the scheduler config, the VAE's latent scale, the
-    tokenizer's files), checked before any weights are read: an export the SDK refuses is not written."""
+    tokenizer's files and how they fit the text encoder and the UNet), checked before any weights are read: an export
+    the SDK refuses is not written."""
     from zoodip.model import latent_scale_problem
+    from zoodip.samplers import SPACINGS
     from zoodip.schedule import NoiseSchedule
     from zoodip.tokenizer import CLIPTokenizer
 
     try:
         NoiseSchedule.from_config(configs["scheduler"])
-        CLIPTokenizer.from_folder(source / "tokenizer")
+        tokenizer = CLIPTokenizer.from_folder(source / "tokenizer")
     except ZoodipError as exc:
         raise ZoodipError(f"{source}: {exc}") from None
+    spacing = configs["scheduler"].get("timestep_spacing")
+    if spacing is not None and spacing not in SPACINGS:  # every sampler would refuse it
+        raise ZoodipError(f"{source}: scheduler/scheduler_config.json has timestep_spacing {spacing!r:.40}, not one of "
+                          f"{', '.join(SPACINGS)}: fix the file")
     scale_problem = latent_scale_problem(configs["vae"].get("scaling_factor", 0.18215))
     if scale_problem:
         raise ZoodipError(f"{source}: vae/config.json has scaling_factor {scale_problem} (SD1.x/2.x: 0.18215): fix the file")
+    _check_text_side(source, configs, tokenizer)
+
+
+def _check_text_side(source: Path, configs: dict[str, dict[str, Any]], tokenizer: Any) -> None:
+    """The tokenizer, the text encoder and the UNet's cross-attention fit one another as the SDK joins them."""
+    text, unet = configs["text_encoder"], configs["unet"]
+    width, attends_to = text.get("hidden_size"), unet["cross_attention_dim"]
+    if width != attends_to:  # the UNet's parity inputs are random: only a generate would have found it
+        raise ZoodipError(f"{source}: its text encoder is {width!r:.20} wide (text_encoder/config.json hidden_size), its "
+                          f"UNet attends to {attends_to} (unet/config.json cross_attention_dim): the two are not one "
+                          "model's; copy the model's own text_encoder folder")
+    positions = min(int(text.get("max_position_embeddings", 77)), 77)
+    if tokenizer.max_length != positions:
+        raise ZoodipError(f"{source}: tokenizer/tokenizer_config.json's model_max_length is {tokenizer.max_length}, the "
+                          f"text encoder takes {positions} positions: copy the model's own tokenizer folder")
+    rows, base, added = text.get("vocab_size", 49408), tokenizer.base_vocab_size, tokenizer.added_tokens
+    if rows == base:
+        return
+    if added and rows == base + len(added):
+        embeddings = source / "learned_embeds.safetensors"
+        where = (f"{embeddings.name}, which diffusers' script saved beside this pipeline" if embeddings.is_file()
+                 else "the learned_embeds.safetensors its training saved")
+        raise ZoodipError(f"{source}: its text encoder holds {len(added)} token(s) added after training "
+                          f"({', '.join(sorted(added))[:80]}: a textual-inversion pipeline saved whole): export the "
+                          f"base model it was trained from and pass {where} to generate with --embedding")
+    raise ZoodipError(f"{source}: its text encoder has {rows!r:.20} token rows (text_encoder/config.json vocab_size), "
+                      f"its tokenizer {base} words: copy the model's own tokenizer folder")
 
 
 def vae_scale_factor(vae: dict[str, Any]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -395,6 +396,35 @@ def test_bad_inputs(case: str, tiny_source: Path, tmp_path: Path, capsys: pytest
     assert _no_leftovers(tmp_path, {"out", "broken", "file.txt"})
 
 
+_MISMATCHED_SOURCES = {  # a config edit -> what the one line says; each exported, then failed at every generate
+    "text-wider-than-cross-attention": ("text_encoder/config.json", {"hidden_size": 64}, "are not one model's"),
+    "sdxl-like-unet": ("unet/config.json", {"addition_embed_type": "text_time"}, "conditioned on more than the text"),
+    "class-conditioned-unet": ("unet/config.json", {"class_embed_type": "timestep"}, "class_embed_type"),
+    "unknown-spacing": ("scheduler/scheduler_config.json", {"timestep_spacing": "foo"}, "timestep_spacing 'foo'"),
+    "fewer-positions": ("text_encoder/config.json", {"max_position_embeddings": 64}, "takes 64 positions"),
+    "other-vocabulary": ("text_encoder/config.json", {"vocab_size": 49000}, "has 49000 token rows"),
+    "saved-ti-pipeline": ("text_encoder/config.json", {"vocab_size": 49409}, "textual-inversion pipeline saved whole"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_MISMATCHED_SOURCES))
+def test_a_source_the_sdk_could_not_use_is_refused_before_the_export(case: str, tiny_source: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(tiny_source, source, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))  # (configs only)
+    file, edit, needle = _MISMATCHED_SOURCES[case]
+    (source / file).write_text(json.dumps({**json.loads((source / file).read_text()), **edit}))
+    if case == "saved-ti-pipeline":  # diffusers' textual_inversion.py --save_as_full_pipeline: the token added
+        (source / "tokenizer" / "added_tokens.json").write_text(json.dumps({"<cat-toy>": 49408}))
+        (source / "learned_embeds.safetensors").write_bytes(b"")
+    assert main([str(source), str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "out").exists()
+    if case == "saved-ti-pipeline":
+        assert "<cat-toy>" in err and "learned_embeds.safetensors, which diffusers' script saved" in err
+
+
 def test_bad_inputs_raise_zoodip_error(tiny_source: Path, tmp_path: Path) -> None:
     with pytest.raises(ZoodipError, match="does not exist"):
         export_model(tmp_path / "nope", tmp_path / "out")
@@ -404,6 +434,9 @@ def test_bad_inputs_raise_zoodip_error(tiny_source: Path, tmp_path: Path) -> Non
         export_model(tiny_source, tmp_path / "out", precision="int4")
     with pytest.raises(ZoodipError, match="recipe"):
         export_model(tiny_source, tmp_path / "out", recipe="int2")
+    for draws in (-1, 10**12, 1.5):  # 10**12 was taken, and the export ran for ever
+        with pytest.raises(ZoodipError, match="curvature_samples must be a whole number from 0 .* to 1024"):
+            export_model(tiny_source, tmp_path / "out", curvature_samples=draws)
     assert not (tmp_path / "out").exists()
 
 
