@@ -162,7 +162,8 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=_CONFIG["threads"], help="onnxruntime threads (0: all cores)")
     add_spin_wait_flag(p)
     p.add_argument("--memory-budget", type=int, default=None, metavar="MB", help="low-memory mode within MB (implies --sequential); "
-                   "--validation_prompt previews are generated within it too")
+                   "--validation_prompt previews are generated within it too. It counts the weights and the largest "
+                   "working sets; the process itself (Python, NumPy, onnxruntime) comes on top")
     p.add_argument("--resume", action="store_true", help="continue the run in --output_dir from its checkpoint")
     p.add_argument("--resume_from_checkpoint", default=None, metavar="latest",
                    help="diffusers' spelling of --resume; zoodip keeps one checkpoint per run, so only 'latest'")
@@ -211,7 +212,8 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     add_spin_wait_flag(g)
     g.add_argument("--memory-budget", type=int, default=None, metavar="MB",
                    help="generate within MB: one UNet pass at a time, one graph in memory at a time, and the VAE "
-                        "decoding in overlapping tiles where the whole image would not fit")
+                        "decoding in overlapping tiles where the whole image would not fit (the weights and the "
+                        "largest working sets are counted; the process itself comes on top)")
     names_a_path(g.add_argument("--latents", default=None, metavar="FILE.npy",
                    help="initial latents [images, 4, height/8, width/8] instead of the seed's (diffusers' latents=): "
                         "the same latents give diffusers' images (euler_a, lcm and the SDE samplers also draw noise "

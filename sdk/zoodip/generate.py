@@ -40,7 +40,7 @@ from .images import (NO_DRAFT, image_pixels, init_image_size, latent_mask, mask_
                      to_pil)
 from .inpainting import InpaintOptions, PasteBack, inpainting_views
 from .limits import check_image_size
-from .memory_plan import DecodePlan, check_encode, memory_budget_mb, plan_decode
+from .memory_plan import DecodePlan, check_encode, check_whole_photo, memory_budget_mb, plan_decode
 from .noise import check_seed, check_variation, checked_latents, seed_noise
 from .prompt_checks import (LONG_PROMPT_HINT, syntax_problems, token_use_problems, truncation_problems,
                             unloaded_token_problems, unreadable_tokens)
@@ -94,7 +94,7 @@ def generate(
                     prompt_weighting, clip_skip, guidance_rescale, callback=callback, batch_cfg=batch_cfg, groups=token_groups)
     check_variation(variation_seed, variation_strength, latents, seed)
     start, h, w = _image_start(model, image, mask_image, strength, height, width,  # a size that cannot fit: refused
-                               InpaintOptions(mask_blur, padding_mask_crop, paste_back))
+                               InpaintOptions(mask_blur, padding_mask_crop, paste_back), num_images)
     plan = plan_decode(model, h, w, budget := memory_budget_mb(model))
     run = steps_run(steps, None if start is None else start.strength)  # the steps a prompt's editing is laid over
     phases = _prompt_phases(prompt, negative_prompt, prompt_weighting, run)
@@ -352,7 +352,7 @@ class _ImageStart:
 
 
 def _image_start(model: Any, image: Any, mask_image: Any, strength: object, height: int | None,
-                 width: int | None, inpaint: InpaintOptions) -> tuple[_ImageStart | None, int, int]:
+                 width: int | None, inpaint: InpaintOptions, num_images: int = 1) -> tuple[_ImageStart | None, int, int]:
     """The start image (None without one) and the latent size of the images, checked (``_latent_size``; with a
     start image, before it is resized)."""
     inpaint.check(with_mask=mask_image is not None)
@@ -372,6 +372,8 @@ def _image_start(model: Any, image: Any, mask_image: Any, strength: object, heig
                      init_image_size(picture.size, height, width, native, model_side_multiple(model, derived=True)))
     h, w = _latent_size(model, height, width)
     check_encode(model, h, w, memory_budget_mb(model))
+    if crop:
+        check_whole_photo(picture.size, num_images, memory_budget_mb(model))
     mask, paste = None, None
     if mask_image is not None:
         drawn = open_mask(mask_image, max(picture.size) if inpaint.changes_pixels else max(width, height))

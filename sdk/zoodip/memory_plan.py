@@ -89,6 +89,24 @@ def plan_decode(model: Any, latent_h: int, latent_w: int, budget_mb: int | None)
         "or make a smaller image")
 
 
+# Inpainting only the masked area pastes into the whole photo: at paste time it holds the photo read again and its
+# array (RGB bytes each), and per image the canvas pasted into and the image made of it (the mask's full-size
+# copies, earlier, are fewer bytes).
+PASTE_BYTES_PER_PIXEL = 2 * 3
+PASTE_BYTES_PER_PIXEL_PER_IMAGE = 2 * 3
+
+
+def check_whole_photo(size: tuple[int, int], num_images: int, budget_mb: int | None) -> int:
+    """Estimated bytes of pasting ``num_images`` images into a whole photo of ``size``, refused over the budget."""
+    need = size[0] * size[1] * (PASTE_BYTES_PER_PIXEL + PASTE_BYTES_PER_PIXEL_PER_IMAGE * int(num_images))
+    if budget_mb is not None and need > int(budget_mb) << 20:
+        raise ZoodipError(
+            f"inpainting only the masked area pastes the images into the whole {size[0]}x{size[1]} photo, which takes "
+            f"about {-(-need // (1 << 20))} MB, more than the --memory-budget of {budget_mb} MB: make the photo "
+            "smaller, inpaint without --padding-mask-crop, or raise the budget")
+    return need
+
+
 def check_encode(model: Any, latent_h: int, latent_w: int, budget_mb: int | None) -> int:
     """Estimated bytes to encode an image-to-image start (whole: the encoder is not tiled), refused over the budget.
 

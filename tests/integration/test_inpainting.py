@@ -144,6 +144,25 @@ def test_inpainting_within_a_memory_budget(tiny_export, picture):
     assert np.abs(pixels(budgeted) - pixels(plain)).max() <= 1
 
 
+def test_only_masked_inpainting_of_a_photo_past_the_budget_is_refused_before_the_work(tiny_export, tmp_path):
+    """The whole photo is pasted into, which no budget check counted: a 24 MP photo took 462 MB under a 60 MB one."""
+    photo, mask = tmp_path / "large.png", tmp_path / "mask.png"
+    Image.new("RGB", (4000, 3000), (90, 120, 150)).save(photo)
+    mask_image(1000, 1200, (4000, 3000)).save(mask)
+    model = ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=100))
+    calls = []
+    with pytest.raises(ZoodipError, match=r"whole 4000x3000 photo, which takes about 138 MB, more than the "
+                                          r"--memory-budget of 100 MB"):
+        generate(model, "a red star", image=photo, mask_image=mask, padding_mask_crop=8,
+                 callback=lambda *step: calls.append(step), **SETTINGS)
+    assert not calls
+    small = tmp_path / "small.png"
+    Image.new("RGB", (1000, 750), (90, 120, 150)).save(small)
+    mask_image(100, 200, (1000, 750)).save(mask)
+    made = generate(model, "a red star", image=small, mask_image=mask, padding_mask_crop=8, **SETTINGS)
+    assert made[0].size == (1000, 750)
+
+
 def test_only_masked_and_paste_back_keep_the_originals_pixels_outside_the_mask(model, tiny_export, tmp_path, capsys):
     """--padding-mask-crop redraws the box around the mask at the native size and pastes it into the whole photo,
     which keeps its size; --paste-back keeps the black part's pixels exactly (not through the VAE)."""
