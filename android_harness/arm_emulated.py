@@ -267,15 +267,21 @@ def build_rootfs(root: Path = ROOTFS) -> None:
         env = dict(os.environ, **emulation_env(emulated_cpu()))  # debootstrap's second stage runs aarch64 code
         log(f"debootstrap --arch=arm64 --variant=minbase {SUITE} {partial} {mirror} (about 3-5 minutes)")
         started = time.monotonic()
-        subprocess.run(["debootstrap", "--arch=arm64", "--variant=minbase", "--include=python3,python3-venv",
-                        SUITE, str(partial), mirror], check=True, stdout=subprocess.DEVNULL, env=env)
-        reqs = fetch_wheels(WHEELS)
-        wheels_in_root = partial / "opt" / "wheels"
-        shutil.copytree(WHEELS, wheels_in_root)
-        log(f"venv {VENV} in the rootfs, offline install of {' '.join(reqs)}")
-        subprocess.run(["chroot", str(partial), "/usr/bin/python3", "-m", "venv", VENV], check=True, env=env)
-        subprocess.run(["chroot", str(partial), f"{VENV}/bin/python", "-m", "pip", "install", "-q", "--no-index",
-                        "--find-links", "/opt/wheels", *reqs], check=True, env=env)
+        try:
+            subprocess.run(["debootstrap", "--arch=arm64", "--variant=minbase", "--include=python3,python3-venv",
+                            SUITE, str(partial), mirror], check=True, stdout=subprocess.DEVNULL, env=env)
+            reqs = fetch_wheels(WHEELS)
+            wheels_in_root = partial / "opt" / "wheels"
+            shutil.copytree(WHEELS, wheels_in_root)
+            log(f"venv {VENV} in the rootfs, offline install of {' '.join(reqs)}")
+            subprocess.run(["chroot", str(partial), "/usr/bin/python3", "-m", "venv", VENV], check=True, env=env)
+            subprocess.run(["chroot", str(partial), f"{VENV}/bin/python", "-m", "pip", "install", "-q", "--no-index",
+                            "--find-links", "/opt/wheels", *reqs], check=True, env=env)
+        except subprocess.CalledProcessError as exc:  # (its own output said why, above)
+            shutil.rmtree(partial, ignore_errors=True)
+            raise HostNotReady(f"building the arm64 rootfs failed: '{' '.join(map(str, exc.cmd[:2]))} ...' exited "
+                               f"{exc.returncode} (the Debian mirror {mirror} and PyPI must be reachable once); nothing "
+                               "was kept, run it again") from None
         shutil.rmtree(wheels_in_root)
         info = {"suite": SUITE, "mirror": mirror, "packages": reqs, "built_s": round(time.monotonic() - started, 1)}
         (partial / STAMP).write_text(json.dumps(info, indent=2) + "\n")
@@ -289,7 +295,7 @@ def setup() -> None:
     if os.geteuid() != 0:
         raise HostNotReady("the emulated ARM64 run needs root (chroot, binfmt_misc, debootstrap): run it with sudo")
     install_host_packages()
-    why = ensure_binfmt()
+    why = check_cpu(emulated_cpu()) or ensure_binfmt()  # (the CPU list is known once qemu is installed)
     if why:
         raise HostNotReady(why)
     build_rootfs()

@@ -59,6 +59,19 @@ def step_times(progress: Path) -> list[float]:
     return times
 
 
+PROGRESS_FLAGS = ("--progress-jsonl", "--progress_jsonl")
+
+
+def progress_file(cli_args: list[str]) -> str | None:
+    """The file the CLI arguments stream progress to (the last one given, as argparse takes it), or None."""
+    found = None
+    for i, arg in enumerate(cli_args):
+        flag, eq, value = arg.partition("=")
+        if flag in PROGRESS_FLAGS:
+            found = value if eq else (cli_args[i + 1] if i + 1 < len(cli_args) else None)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv or argv.index("--") != 2 or argv[0] != "--summary":
@@ -66,12 +79,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = Path(argv[1])
     cli_args = argv[3:]
-    summary.parent.mkdir(parents=True, exist_ok=True)
-    progress = summary.with_name("progress.jsonl")
-    if "--progress-jsonl" not in cli_args:
+    given = progress_file(cli_args)
+    if given == "-" or (given is None and any(a.partition("=")[0] in PROGRESS_FLAGS for a in cli_args)):
+        print("error: device_run.py reads the step times from the progress file: give --progress-jsonl a file "
+              "(not '-'), or leave it out for one beside RUN_JSON", file=sys.stderr)
+        return 2
+    try:
+        summary.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot make the folder of --summary {summary} ({exc.strerror or exc}): choose another path",
+              file=sys.stderr)
+        return 2
+    progress = summary.with_name("progress.jsonl") if given is None else Path(given)
+    if given is None:
         cli_args += ["--progress-jsonl", str(progress)]
-    else:
-        progress = Path(cli_args[cli_args.index("--progress-jsonl") + 1])
 
     started = time.monotonic()
     state: dict = {"finished": False, "exit_code": None, "argv": cli_args, "pid": os.getpid()}

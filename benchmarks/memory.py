@@ -40,12 +40,20 @@ from _models import DEFAULT_CACHE, export_name, is_current_export  # noqa: E402
 from zoodip import validation  # noqa: E402
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
-from zoodip.manifest import MANIFEST  # noqa: E402
 from zoodip.image_side import check_side  # noqa: E402
+from zoodip.manifest import MANIFEST  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
 
 CONTENDERS_PY = REPO / "benchmarks" / "_contenders.py"
 PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "memory"
+MAX_PHOTOS = 100
+# The budget rows' budget on the tiny model: its weights are a few MB, so SD1.5's 1300 MB would hold everything;
+# this one still makes them plan (tiles, one graph at a time) and holds only-masked inpainting's whole photo.
+TINY_BUDGET_MB = 400
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: past it a typed number is a slip
+
+
 def _log(message: str) -> None:
     print(f"[memory {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -133,7 +141,8 @@ def _parser() -> OneLineParser:
     parser.add_argument("--contenders", default=None,
                         help="comma-separated names (default: all; --quick: main + 2 levers); 'main' = the 5 main ones, "
                              "'generation' = generating one image with and without --memory-budget")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory"), help="output folder")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: benchmarks/results/memory, the committed results; --tiny needs one)")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="model/export cache folder")
     parser.add_argument("--photos", type=int, default=3, help="photos in the personalization set (bundled ones)")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
@@ -161,14 +170,24 @@ def select(names_arg: str | None, quick: bool) -> list[str]:
         else:
             raise ZoodipError(f"unknown contender {part!r}: use 'main', 'generation', 'levers' or one of "
                               f"{', '.join(CONTENDERS)}")
+    if not names:
+        raise ZoodipError(f"--contenders {names_arg!r} names no contender: use 'main', 'generation', 'levers' or names")
     return list(dict.fromkeys(names))
+
+
+def _out_folder(args: argparse.Namespace) -> str | Path:
+    """--out as given, else the committed results (not for --tiny, whose numbers are no SD1.5 architecture's)."""
+    if args.out is None and args.tiny:
+        raise ZoodipError("--tiny measures the tiny model: give it an --out folder (the default is the committed "
+                          "benchmarks/results/memory)")
+    return DEFAULT_OUT if args.out is None else args.out
 
 
 def run(args: argparse.Namespace) -> dict:
     resolution, steps, repeats = _sizes(args)
     names = select(args.contenders, args.quick)
-    cache, out = (check_output_dir(Path(path).absolute(), flag) for path, flag in ((args.cache, "--cache"),
-                                                                                   (args.out, "--out")))
+    cache, out = (check_output_dir(path, flag).absolute() for path, flag in ((args.cache, "--cache"),
+                                                                            (_out_folder(args), "--out")))
     cache.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     source = cache / ("tiny-random-s0" if args.tiny else "sd15-random-s0")
@@ -185,7 +204,7 @@ def run(args: argparse.Namespace) -> dict:
         if args.threads and "threads" not in spec:
             spec["threads"] = args.threads
         if args.tiny and spec.get("memory_budget_mb"):
-            spec["memory_budget_mb"] = 200
+            spec["memory_budget_mb"] = TINY_BUDGET_MB
         return spec
 
     def measure(name: str, res: int) -> dict:
@@ -203,6 +222,9 @@ def run(args: argparse.Namespace) -> dict:
         manifest = None
         if "export" in base:
             manifest = json.loads((exports[tuple(base["export"])] / MANIFEST).read_text())
+        if args.tiny and base.get("memory_budget_mb"):  # the row says the budget it ran under
+            base = dict(base, memory_budget_mb=TINY_BUDGET_MB)
+            description = f"{description} (--tiny: run under {TINY_BUDGET_MB} MB)"
         return summarize(name, description, base, runs, manifest)
 
     started = time.perf_counter()
@@ -254,8 +276,9 @@ def _sizes(args: argparse.Namespace) -> tuple[int, int, int]:
     for flag, value, least in (("--steps", steps, 1), ("--repeats", repeats, 1), ("--photos", args.photos, 1),
                                ("--threads", args.threads, 0), ("--directions", args.directions, 1)):
         validation.positive_int(flag, value, least)
-    if not args.timeout > 0:
-        raise ZoodipError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.photos > MAX_PHOTOS:
+        raise ZoodipError(f"--photos must be at most {MAX_PHOTOS} (a personalization set is a few photos), got {args.photos}")
+    validation.finite_float("--timeout (seconds per contender)", args.timeout, low=0, high=MAX_TIMEOUT_S)
     return resolution, steps, repeats
 
 
@@ -336,7 +359,7 @@ def render(out: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        report = render(Path(args.out)) if args.render else run(args)
+        report = render(_out_folder(args)) if args.render else run(args)
     except ZoodipError as exc:
         return print_error(exc)
     print(markdown(report))

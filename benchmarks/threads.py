@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.image_side import side_problem  # noqa: E402
+from zoodip.paths import check_output_dir  # noqa: E402
 
 # name -> (intra-op threads, spin-waiting); 0 threads = onnxruntime's default (one per core).
 SETTINGS: dict[str, tuple[int, bool]] = {
@@ -81,7 +82,8 @@ def measure(model_dir: Path, threads: int, spin: bool, resolution: int, forwards
             burner.wait()
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
-        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        tail = (done.stderr.strip().splitlines() or [f"killed by signal {-done.returncode} (out of memory?)"
+                                                      if done.returncode < 0 else "(no output)"])[-1]
         raise ZoodipError(f"the measurement with threads={threads}, spin={spin} failed: {tail}")
     times = json.loads(lines[-1][len("RESULT "):])
     return {"s_per_forward": statistics.median(times), "times": times, "load_before": load}
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if resolution_problem:
         return print_error(ZoodipError(f"--resolution {resolution_problem}"))
     try:
+        out = check_output_dir(args.out, "--out")  # before minutes of measuring
         model = Path(args.model) if args.model else default_model()
         settings = {}
         for name, (threads, spin) in SETTINGS.items():
@@ -155,7 +158,6 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **machine(), "model": relative_args([str(model)])[0],
             "resolution": args.resolution, "forwards": args.forwards, "busy": args.busy}
     results = {"meta": meta, "settings": settings}
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "threads.json").write_text(json.dumps(results, indent=2))
     (out / "threads.md").write_text(markdown(results))

@@ -29,7 +29,7 @@ from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.generate import decode_latents  # noqa: E402
 from zoodip.images import to_pil  # noqa: E402
-from zoodip.memory_plan import OVERLAP_FRACTION, DecodePlan  # noqa: E402
+from zoodip.memory_plan import MIN_TILE, OVERLAP_FRACTION, DecodePlan  # noqa: E402
 from zoodip.model import ExportedModel, RuntimeOptions  # noqa: E402
 from zoodip.vae_tiles import tile_starts  # noqa: E402
 
@@ -55,12 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         tiles = [int(t) for t in args.tiles.split(",") if t.strip().isdigit()]
-        if len(tiles) != len(args.tiles.split(",")) or min(tiles) < 1:
-            parser.error(f"--tiles takes comma-separated tile sides >= 1, got {args.tiles!r}")
+        if len(tiles) != len(args.tiles.split(",")) or min(tiles) < MIN_TILE:  # (the SDK tiles no finer)
+            parser.error(f"--tiles takes comma-separated tile sides of at least {MIN_TILE} latents, got {args.tiles!r}")
+        if args.export == DEFAULT_EXPORT and not DEFAULT_EXPORT.is_dir():
+            parser.error(f"{relative_args([str(DEFAULT_EXPORT)])[0]} is not built yet: run benchmarks/memory.py once "
+                         "(it exports the SD1.5 architecture there), or pass --export DIR")
         model = ExportedModel.load(args.export, RuntimeOptions(memory_budget_mb=1 << 20))  # the budget's sessions
-        side = args.resolution // model.vae_scale_factor
-        if side < 1:
-            parser.error(f"--resolution {args.resolution}: must be at least the VAE's factor {model.vae_scale_factor}")
+        side, rest = divmod(args.resolution, model.vae_scale_factor)
+        if side < 1 or rest:
+            parser.error(f"--resolution {args.resolution}: must be a multiple of the VAE's factor {model.vae_scale_factor}")
+        if max(tiles) > side:
+            parser.error(f"--tiles {max(tiles)} is larger than the image ({side} latents a side): nothing to tile")
     except ZoodipError as exc:
         return print_error(exc)
     latents = np.random.default_rng(0).standard_normal((1, model.latent_channels, side, side)).astype(np.float32)

@@ -242,6 +242,27 @@ def test_device_run_records_memory_and_step_times(tiny_export, photos, tmp_path)
     assert events[-1]["event"] == "done"
 
 
+@pytest.mark.parametrize("summary_under_a_file,progress", [(False, ["--progress-jsonl"]), (False, ["--progress-jsonl", "-"]),
+                                                       (False, ["--progress_jsonl=-"]), (True, [])])
+def test_device_run_refuses_in_one_line_what_it_could_not_record(summary_under_a_file, progress, tmp_path):
+    """'--progress-jsonl -' ran and recorded no step times (steps_timed 0), a bare --progress-jsonl was an IndexError
+    and a --summary under a file a FileExistsError."""
+    (tmp_path / "afile").write_text("x")
+    summary = tmp_path / ("afile" if summary_under_a_file else "run") / "run.json"
+    result = subprocess.run([sys.executable, str(HARNESS / "device_run.py"), "--summary", str(summary), "--",
+                             "personalize", *progress], env=sdk_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_device_run_reads_the_progress_file_however_its_flag_is_spelt():
+    import device_run
+
+    assert device_run.progress_file(["--progress_jsonl=a.jsonl", "--x"]) == "a.jsonl"
+    assert device_run.progress_file(["--progress-jsonl", "a", "--progress-jsonl", "b"]) == "b"
+    assert device_run.progress_file(["--resume"]) is None
+
+
 # --- the app sketch against the real CLI --------------------------------------------------------------
 
 def kotlin_reads() -> dict[str, str]:

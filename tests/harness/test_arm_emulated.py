@@ -53,6 +53,24 @@ def test_a_host_that_cannot_run_it_gets_one_line_and_status_2(monkeypatch, capsy
     assert err.startswith("error: ") and "root" in err and "\n" not in err and "Traceback" not in err
 
 
+def test_a_failed_rootfs_build_is_one_reason_and_leaves_nothing(monkeypatch, tmp_path):
+    """A debootstrap that failed (no network) was a CalledProcessError traceback, its half-built rootfs left."""
+    import subprocess
+
+    root = tmp_path / "arm64-rootfs"
+    monkeypatch.setattr(arm_emulated, "ensure_binfmt", lambda: None)
+
+    def debootstrap(command, **kwargs):
+        (root.with_name(root.name + ".partial") / "debootstrap").mkdir(parents=True)
+        raise subprocess.CalledProcessError(1, command)
+
+    monkeypatch.setattr(arm_emulated.subprocess, "run", debootstrap)
+    with pytest.raises(arm_emulated.HostNotReady, match="building the arm64 rootfs failed: 'debootstrap --arch=arm64 "
+                                                        "...' exited 1 .* nothing was kept"):
+        arm_emulated.build_rootfs(root)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".arm64-rootfs.lock"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("export_fixture", ["tiny_export", "tiny_w4_export"])  # the recipes make arm-check can run
 def test_x86_64_and_emulated_arm64_personalizations_agree(export_fixture, request, tmp_path):

@@ -33,8 +33,9 @@ def bench_cache(tmp_path_factory, tiny_sd_folder, tiny_export, tiny_w4_export) -
     return cache
 
 
-def _memory(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(MEMORY_PY), *args], capture_output=True, text=True, timeout=timeout)
+def _memory(*args: str, timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(MEMORY_PY), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd)
 
 
 def test_tiny_benchmark_writes_json_table_and_chart(bench_cache: Path, tmp_path: Path) -> None:
@@ -110,6 +111,23 @@ def test_unknown_contender_is_a_one_line_error(tmp_path: Path) -> None:
     done = _memory("--tiny", "--contenders", "nope", "--out", str(tmp_path), "--cache", str(tmp_path / "c"), timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: unknown contender 'nope'") and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--contenders", ","], "names no contender"),
+    (["--out", ""], "--out is empty"),
+    (["--timeout", "inf"], "--timeout (seconds per contender)"),
+    (["--photos", "100000"], "--photos must be at most 100"),
+    ([], "--tiny measures the tiny model: give it an --out folder"),
+])
+def test_flags_that_would_write_elsewhere_or_run_for_ever_are_one_line(flags, needle, tmp_path: Path) -> None:
+    """--contenders ',' wrote an empty table over the committed results, --tiny without --out the tiny model's numbers
+    over them, --out '' into the current folder; --timeout inf was an OverflowError after the exports, --photos 100000
+    a traceback per contender."""
+    out = [] if "--out" in flags or not flags else ["--out", str(tmp_path / "out")]
+    done = _memory("--tiny", *flags, *out, "--cache", str(tmp_path / "c"), timeout=60, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and needle in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_memory_budget_below_the_weights_is_refused(tiny_export: Path) -> None:

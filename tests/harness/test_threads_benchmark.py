@@ -32,3 +32,15 @@ def test_bad_settings_are_one_line_and_exit_2(flags, capsys):
     assert threads.main(flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_an_output_folder_that_cannot_be_one_is_refused_before_measuring(tiny_export, tmp_path, capsys, monkeypatch):
+    """--out naming a file failed with FileExistsError after every measurement; '' wrote into the current folder."""
+    (tmp_path / "afile").write_text("x")
+    measured = []
+    monkeypatch.setattr(threads, "measure", lambda *a: measured.append(a))
+    for out, needle in ((tmp_path / "afile", "is an existing file"), ("", "--out is empty")):
+        assert threads.main(["--model", str(tiny_export), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and needle in err and "\n" not in err, err
+    assert not measured
