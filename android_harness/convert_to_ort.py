@@ -30,7 +30,6 @@ import hashlib
 import json
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -47,8 +46,8 @@ from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.manifest import MANIFEST  # noqa: E402
 from zoodip.model import GRAPHS, ExportedModel, RuntimeOptions, read_manifest  # noqa: E402
-from zoodip.paths import check_output_dir, lies_within  # noqa: E402
-from zoodip_export.staging import check_out_dir, publish  # noqa: E402
+from zoodip.paths import lies_within  # noqa: E402
+from zoodip.export_folder import check_out_dir, output_target, publish, staging_folder  # noqa: E402
 
 LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -198,8 +197,7 @@ def convert_export(export_dir: str | Path, out_dir: str | Path, level: str = "ex
     if level not in LEVELS:
         raise ZoodipError(f"unknown --level {level!r}: use one of {', '.join(LEVELS)}")
     manifest = read_manifest(export_dir)
-    check_output_dir(out_dir, "OUT_DIR")  # (an empty one is the current folder)
-    export_dir, out_dir = Path(export_dir), Path(out_dir)
+    export_dir, out_dir = Path(export_dir), output_target(out_dir)
     if lies_within(out_dir, export_dir):
         raise ZoodipError(f"OUT_DIR {out_dir} is EXPORT_DIR or lies inside it: choose a folder outside the export")
     check_out_dir(out_dir, overwrite, source=export_dir)
@@ -208,7 +206,7 @@ def convert_export(export_dir: str | Path, out_dir: str | Path, level: str = "ex
             "at the finite-difference scale (use an export with the default recipe, w4a32, or with w8a32)")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging = staging_folder(out_dir)  # (and those of killed conversions removed)
     try:
         new = json.loads(json.dumps(manifest))
         graph_files = {info["file"] for info in manifest["graphs"].values()}
@@ -269,7 +267,6 @@ def convert_export(export_dir: str | Path, out_dir: str | Path, level: str = "ex
             log(f"  losses L(v), L(v+mu z_i): max |diff| = {lv['max_abs_loss_diff']:.3g}, finite differences max rel "
                 f"diff = {lv['max_rel_fd_diff']:.3g} (bit-identical: {lv['bit_identical']})")
         (staging / "ort_conversion.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        staging.chmod(0o755)  # mkdtemp made it private
         publish(staging, out_dir, overwrite)
     finally:
         if staging.exists():

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -27,7 +26,7 @@ from zoodip.errors import ZoodipError
 from zoodip.integrity import file_sha256
 from zoodip.manifest import FORMAT, FORMAT_VERSION, MANIFEST  # one definition of the folder format, shared with the reader
 from zoodip_export.lora import LoraSpec, fuse_loras, lora_entries, lora_specs
-from zoodip_export.staging import check_out_dir, missing_parents, publish, staging_folder
+from zoodip.export_folder import check_out_dir, missing_parents, output_target, publish, staging_folder
 from zoodip_export.source_folder import check_source, model_info, read_source
 from zoodip_export.weights import load_checked
 
@@ -275,10 +274,7 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     precision, recipe = resolve_recipe(precision, recipe)
     specs = lora_specs(loras)
     _check_export_args(source, tiny, curvature_samples, sample_size, config)
-    out_dir = Path(out_dir).expanduser().absolute()
-    if out_dir.is_symlink() and (out_dir.is_dir() or not out_dir.exists()):  # the export goes where a link to a
-        # folder (or to nothing yet) points: publishing renames OUT_DIR, which moved the link aside
-        out_dir = Path(os.path.realpath(out_dir))
+    out_dir = output_target(out_dir)
     check_out_dir(out_dir, overwrite, None if tiny else source)
     config = None if config is None else Path(config).expanduser().absolute()
     source, configs, source_entry = read_source(source, sample_size, seed, config)

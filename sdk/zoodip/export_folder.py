@@ -1,5 +1,7 @@
-"""Where an export is built: a hidden staging folder beside the output, published by one rename at the end.
+"""Where an export folder is built: a hidden staging folder beside the output, published by one rename at the end.
 
+``zoodip export`` (zoodip_export) and the ARM harness's .ort conversion (android_harness/convert_to_ort.py) write
+export folders by these rules, which is why they live beside the format (``zoodip.manifest``), not in the exporter.
 A finished export appears at OUT_DIR in one step (``publish``); until then it lives in
 ``.OUT_DIR.<pid>.<random>.partial``. The process id in that name lets the next export recognize, and
 remove, the staging folders of exports that were killed before they could clean up.
@@ -13,8 +15,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from zoodip.errors import ZoodipError
-from zoodip.manifest import FORMAT, MANIFEST
+from .errors import ZoodipError
+from .json_text import parse_json
+from .manifest import FORMAT, MANIFEST
+from .paths import check_output_dir, lies_within
+
+
+def output_target(out_dir: str | Path) -> Path:
+    """OUT_DIR as the folder to publish at: absolute, and where a link to a folder (or to nothing yet) points
+    (publishing renames OUT_DIR: the user's link would be moved aside and a folder put in its place). An empty one
+    (the current folder) is refused."""
+    out_dir = check_output_dir(Path(out_dir).expanduser() if str(out_dir).strip() else out_dir, "OUT_DIR").absolute()
+    if out_dir.is_symlink() and (out_dir.is_dir() or not out_dir.exists()):
+        out_dir = Path(os.path.realpath(out_dir))
+    return out_dir
 
 
 def publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
@@ -83,9 +97,6 @@ def _process_is_running(pid: int) -> bool:
 
 def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None) -> None:
     """OUT_DIR checked before any work: creatable, not the source, and only an earlier export is replaced."""
-    from zoodip.paths import check_output_dir, lies_within
-    from zoodip_export.source_folder import read_json
-
     check_output_dir(out_dir, "OUT_DIR")  # not a file, not under one, creatable: before any work
     if source is not None:
         if lies_within(source, out_dir):
@@ -96,5 +107,14 @@ def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None) ->
             raise ZoodipError(f"output folder {out_dir} exists and is not empty (use --overwrite to replace it)")
         # --overwrite replaces a previous export, never an arbitrary folder someone pointed us at.
         manifest = out_dir / MANIFEST
-        if not manifest.is_file() or read_json(manifest).get("format") != FORMAT:
+        if not manifest.is_file() or _format_of(manifest) != FORMAT:
             raise ZoodipError(f"refusing to overwrite {out_dir}: it is not a zoodip export folder")
+
+
+def _format_of(manifest: Path) -> object:
+    """The ``format`` a manifest file names (None where it is no readable JSON object)."""
+    try:
+        data = parse_json(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("format") if isinstance(data, dict) else None
