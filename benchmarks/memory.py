@@ -183,6 +183,15 @@ def _out_folder(args: argparse.Namespace) -> str | Path:
     return DEFAULT_OUT if args.out is None else args.out
 
 
+def _contender(name: str, tiny: bool) -> tuple[str, dict]:
+    """A contender's description and settings; on the tiny model a budget row runs (and says it runs) under
+    TINY_BUDGET_MB."""
+    description, base = CONTENDERS[name]
+    if tiny and base.get("memory_budget_mb"):
+        return f"{description} (--tiny: run under {TINY_BUDGET_MB} MB)", dict(base, memory_budget_mb=TINY_BUDGET_MB)
+    return description, base
+
+
 def run(args: argparse.Namespace) -> dict:
     resolution, steps, repeats = _sizes(args)
     names = select(args.contenders, args.quick)
@@ -197,18 +206,16 @@ def run(args: argparse.Namespace) -> dict:
     exports = _prepare_exports(cache, args.tiny, names)
 
     def spec_for(name: str, res: int, run_index: int) -> dict:
-        spec = dict(CONTENDERS[name][1])
+        spec = dict(_contender(name, args.tiny)[1])
         export = exports[tuple(spec.pop("export", ("w8a32", DEFAULT_CHUNKS)))]
         spec.update({"export_dir": str(export), "source": str(source), "photos": str(photos), "resolution": res,
                      "steps": steps, "workdir": str(work / f"{len(os.listdir(work))}-{run_index}")})
         if args.threads and "threads" not in spec:
             spec["threads"] = args.threads
-        if args.tiny and spec.get("memory_budget_mb"):
-            spec["memory_budget_mb"] = TINY_BUDGET_MB
         return spec
 
     def measure(name: str, res: int) -> dict:
-        description, base = CONTENDERS[name]
+        description, base = _contender(name, args.tiny)
         runs = []
         # Lever rows and torch ZO: one repetition (they are not in the headline ratios).
         for index in range(1 if (base.get("lever") or base.get("once")) else repeats):
@@ -222,9 +229,6 @@ def run(args: argparse.Namespace) -> dict:
         manifest = None
         if "export" in base:
             manifest = json.loads((exports[tuple(base["export"])] / MANIFEST).read_text())
-        if args.tiny and base.get("memory_budget_mb"):  # the row says the budget it ran under
-            base = dict(base, memory_budget_mb=TINY_BUDGET_MB)
-            description = f"{description} (--tiny: run under {TINY_BUDGET_MB} MB)"
         return summarize(name, description, base, runs, manifest)
 
     started = time.perf_counter()
