@@ -294,13 +294,14 @@ def main(argv: list[str] | None = None) -> int:
                                        "reuses SRC_FOLDER/curvature.safetensors when it matches the weights).")
     parser.add_argument("source", type=Path)
     parser.add_argument("out", type=Path, nargs="?", default=None, help=f"default: SRC_FOLDER/{CURVATURE_FILE}")
-    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=DEFAULT_CURVATURE_SAMPLES,
+                        help=f"draws averaged (default {DEFAULT_CURVATURE_SAMPLES}, at most {MAX_CURVATURE_SAMPLES})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     try:
         args = parser.parse_args(argv)
-        if args.samples < 1 or (args.threads or 0) < 0:
-            parser.error("--samples must be at least 1 and --threads 0 (torch's default) or more")
+        if not 1 <= args.samples <= MAX_CURVATURE_SAMPLES or (args.threads or 0) < 0:
+            parser.error(f"--samples must be from 1 to {MAX_CURVATURE_SAMPLES} and --threads 0 (torch's default) or more")
         meta = compute_curvature(args.source, args.out or args.source / CURVATURE_FILE, samples=args.samples,
                                  seed=args.seed, threads=args.threads, log=lambda line: print(line, file=sys.stderr))
     except (OSError, ValueError, ZoodipError) as exc:

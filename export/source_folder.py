@@ -68,12 +68,12 @@ def check_source(source: Path) -> dict[str, dict[str, Any]]:
     if not isinstance(layers, int) or layers < 2:  # (clip skip reads the layers before the last)
         raise ZoodipError(f"{source}: its text encoder has {layers!r} layer(s); SD1.x's has 12, SD2.x's 23: not a "
                           "Stable Diffusion text encoder")
-    _check_readable_by_the_sdk(source, configs)
     conditioning = [key for key in _OTHER_CONDITIONING if configs["unet"].get(key) is not None]
     if conditioning:  # SDXL's UNet (text_time), class-conditioned ones: their graphs take inputs zoodip's has not
         raise ZoodipError(f"{source}: its UNet is conditioned on more than the text ({', '.join(conditioning)} in "
                           "unet/config.json, as SDXL's or a class-conditioned model's): zoodip exports Stable "
                           "Diffusion 1.x/2.x UNets only")
+    _check_readable_by_the_sdk(source, configs)
     if configs["unet"].get("time_cond_proj_dim") is not None:  # its UNet would be exported without that input
         raise ZoodipError(f"{source}: its UNet takes a guidance-scale embedding (time_cond_proj_dim: a latent "
                           "consistency model distilled with it, such as LCM_Dreamshaper_v7), an input zoodip's export "
@@ -119,7 +119,7 @@ def _check_text_side(source: Path, configs: dict[str, dict[str, Any]], tokenizer
         raise ZoodipError(f"{source}: its text encoder is {width!r:.20} wide (text_encoder/config.json hidden_size), its "
                           f"UNet attends to {attends_to} (unet/config.json cross_attention_dim): the two are not one "
                           "model's; copy the model's own text_encoder folder")
-    positions = min(int(text.get("max_position_embeddings", 77)), 77)
+    positions = min(_text_positions(source, text), 77)
     if tokenizer.max_length != positions:
         raise ZoodipError(f"{source}: tokenizer/tokenizer_config.json's model_max_length is {tokenizer.max_length}, the "
                           f"text encoder takes {positions} positions: copy the model's own tokenizer folder")
@@ -130,11 +130,21 @@ def _check_text_side(source: Path, configs: dict[str, dict[str, Any]], tokenizer
         embeddings = source / "learned_embeds.safetensors"
         where = (f"{embeddings.name}, which diffusers' script saved beside this pipeline" if embeddings.is_file()
                  else "the learned_embeds.safetensors its training saved")
+        names = ", ".join(sorted(added)[:3]) + (f" and {len(added) - 3} more" if len(added) > 3 else "")
         raise ZoodipError(f"{source}: its text encoder holds {len(added)} token(s) added after training "
-                          f"({', '.join(sorted(added))[:80]}: a textual-inversion pipeline saved whole): export the "
+                          f"({names}: a textual-inversion pipeline saved whole): export the "
                           f"base model it was trained from and pass {where} to generate with --embedding")
     raise ZoodipError(f"{source}: its text encoder has {rows!r:.20} token rows (text_encoder/config.json vocab_size), "
                       f"its tokenizer {base} words: copy the model's own tokenizer folder")
+
+
+def _text_positions(source: Path, text: dict[str, Any]) -> int:
+    """The text encoder's positions (CLIP's default 77 where its config leaves them out)."""
+    positions = text.get("max_position_embeddings", 77)
+    if isinstance(positions, bool) or not isinstance(positions, int) or positions < 2:
+        raise ZoodipError(f"{source}: text_encoder/config.json's max_position_embeddings is {positions!r:.20}, not a "
+                          "number of positions (CLIP's is 77): fix the file")
+    return positions
 
 
 def vae_scale_factor(vae: dict[str, Any]) -> int:

@@ -404,6 +404,9 @@ _MISMATCHED_SOURCES = {  # a config edit -> what the one line says; each exporte
     "fewer-positions": ("text_encoder/config.json", {"max_position_embeddings": 64}, "takes 64 positions"),
     "other-vocabulary": ("text_encoder/config.json", {"vocab_size": 49000}, "has 49000 token rows"),
     "saved-ti-pipeline": ("text_encoder/config.json", {"vocab_size": 49409}, "textual-inversion pipeline saved whole"),
+    "null-positions": ("text_encoder/config.json", {"max_position_embeddings": None}, "max_position_embeddings is None"),
+    "sdxl-unet-with-sdxl-width": ("unet/config.json", {"addition_embed_type": "text_time", "cross_attention_dim": 2048},
+                                  "conditioned on more than the text"),  # (not "copy the model's own text_encoder")
 }
 
 
