@@ -67,7 +67,10 @@ case "$SETUP" in venv|termux|none) ;; *) die "--setup must be venv, termux or no
 case "$RUN" in *[!A-Za-z0-9._-]*|"") die "--run must be letters, digits, '.', '_' or '-'" ;; esac
 [ -n "$STEPS" ] && { [[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || die "--steps must be a whole number from 1"; }
 [ -n "$PORT" ] && { [[ "$PORT" =~ ^[1-9][0-9]{0,4}$ ]] && [ "$PORT" -le 65535 ] || die "--port must be a port number (1-65535)"; }
-case "$REMOTE_DIR" in ""|-*) die "--remote-dir must name a folder on the device (not empty, not starting with '-')" ;; esac
+case "$REMOTE_DIR" in
+  ""|-*) die "--remote-dir must name a folder on the device (not empty, not starting with '-')" ;;
+  "~"*) die "--remote-dir is relative to the device's home already: drop the '~/' (or give an absolute path)" ;;
+esac
 if ! [ "$DRY" = 1 ]; then
   command -v ssh >/dev/null || die "ssh is not installed on this machine"
   [ "$MODE" = adb ] && { command -v adb >/dev/null || die "adb is not installed (Android platform-tools)"; }
@@ -121,7 +124,7 @@ if [ "$FETCH" = 0 ]; then
 run "tar -C $(q "$REPO/sdk") --exclude=__pycache__ -cf - zoodip | $(remote "rm -rf $RQ/sdk/zoodip && tar -C $RQ/sdk -xf -")"
 run "tar -C $(q "$HERE") -cf - device_run.py | $(remote "tar -C $RQ -xf -")"
 run "tar -C $(q "$PHOTOS") -cf - . | $(remote "rm -rf $RUNQ/photos && mkdir -p $RUNQ/photos && tar -C $RUNQ/photos -xf -")"
-run "$(remote "cat $RQ/models/$MQ/manifest.json 2>/dev/null") | cmp -s - $(q "$MODEL/manifest.json") || { tar -C $(q "$(dirname "$MODEL")") -cf - $(q "$MODEL_NAME") | $(remote "rm -rf $RQ/models/$MQ && tar -C $RQ/models -xf -"); }"
+run "$(remote "cat $RQ/models/$MQ/manifest.json 2>/dev/null") | cmp -s - $(q "$MODEL/manifest.json") || { tar -C $(q "$(dirname "$MODEL")") -cf - $(q "./$MODEL_NAME") | $(remote "rm -rf $RQ/models/$MQ && tar -C $RQ/models -xf -"); }"
 
 # 3. dependencies (numpy, onnxruntime, pillow, tqdm; never torch)
 case "$SETUP" in

@@ -194,7 +194,7 @@ def test_run_on_device_quotes_the_device_side_names(tiny_export, photos, tmp_pat
     bin_dir.mkdir()
     (bin_dir / "ssh").write_text(f"#!/bin/sh\nwhile [ $# -gt 1 ]; do shift; done\ncd {shlex.quote(str(home))} && exec sh -c \"$1\"\n")
     (bin_dir / "ssh").chmod(0o755)
-    model = tmp_path / "host side" / "my model"
+    model = tmp_path / "host side" / "-my model"  # (a leading '-' was an option to the host's tar)
     shutil.copytree(tiny_export, model)
     result = subprocess.run(["bash", str(HARNESS / "run_on_device.sh"), "--ssh", "dev@box", "--setup", "none",
                              "--python", sys.executable, "--remote-dir", "zoo run", "--model", str(model),
@@ -206,7 +206,7 @@ def test_run_on_device_quotes_the_device_side_names(tiny_export, photos, tmp_pat
     assert result.returncode == 0, result.stderr
     assert (home / "model").read_text() == "the device's own file"
     assert sorted(p.name for p in home.iterdir()) == ["model", "zoo run"]
-    assert (home / "zoo run" / "models" / "my model" / "manifest.json").is_file()
+    assert (home / "zoo run" / "models" / "-my model" / "manifest.json").is_file()
     assert (tmp_path / "back" / "exit_code").read_text().strip() == "0"
     assert (tmp_path / "back" / "learned_embeds.safetensors").is_file()
 
@@ -215,6 +215,7 @@ def test_run_on_device_quotes_the_device_side_names(tiny_export, photos, tmp_pat
     (["--adb", "--steps", "0", "--model", "m", "--photos", "."], "--steps must be a whole number from 1"),
     (["--adb", "--port", "99999", "--model", "m", "--photos", "."], "--port must be a port number"),
     (["--adb", "--remote-dir", "-x", "--model", "m", "--photos", "."], "--remote-dir must name a folder"),
+    (["--adb", "--remote-dir", "~/zoo", "--model", "m", "--photos", "."], "relative to the device's home already"),
     (["--adb", "--photos", "."], "--model"),
     (["--model", ".", "--photos", "."], "choose --adb"),
     (["--adb", "--model", "/nonexistent", "--photos", "."], "manifest.json"),
