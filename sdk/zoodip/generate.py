@@ -40,7 +40,7 @@ from .images import (NO_DRAFT, image_pixels, init_image_size, latent_mask, mask_
                      to_pil)
 from .inpainting import InpaintOptions, PasteBack, inpainting_views
 from .limits import check_image_size
-from .memory_plan import DecodePlan, check_encode, check_whole_photo, memory_budget_mb, plan_decode
+from .memory_plan import DecodePlan, check_encode, check_photo, memory_budget_mb, plan_decode
 from .noise import check_seed, check_variation, checked_latents, seed_noise
 from .prompt_checks import (LONG_PROMPT_HINT, syntax_problems, token_use_problems, truncation_problems,
                             unloaded_token_problems, unreadable_tokens)
@@ -367,13 +367,13 @@ def _image_start(model: Any, image: Any, mask_image: Any, strength: object, heig
     check_strength(strength)
     native = int(model.sample_size) * int(model.vae_scale_factor)
     crop = mask_image is not None and inpaint.padding_mask_crop is not None  # then generated at the size asked
-    picture = open_init_image(image, NO_DRAFT if crop else max(native, height or 0, width or 0) * 2)
+    budget = memory_budget_mb(model)
+    fits = None if budget is None else (lambda size: check_photo(size, num_images, crop, budget))
+    picture = open_init_image(image, NO_DRAFT if crop else max(native, height or 0, width or 0) * 2, fits)
     width, height = ((width or native, height or native) if crop else
                      init_image_size(picture.size, height, width, native, model_side_multiple(model, derived=True)))
     h, w = _latent_size(model, height, width)
-    check_encode(model, h, w, memory_budget_mb(model))
-    if crop:
-        check_whole_photo(picture.size, num_images, memory_budget_mb(model))
+    check_encode(model, h, w, budget)
     mask, paste = None, None
     if mask_image is not None:
         drawn = open_mask(mask_image, max(picture.size) if inpaint.changes_pixels else max(width, height))

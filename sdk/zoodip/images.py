@@ -172,16 +172,18 @@ def load_image(path: str | Path, resolution: int, center_crop: bool = True) -> n
     return _pixels(image, (resolution, resolution))
 
 
-def open_photo(path: str | Path, draft_side: int,
-               advice: str = "remove it or replace it with a JPEG/PNG photo") -> Image.Image:
+def open_photo(path: str | Path, draft_side: int, advice: str = "remove it or replace it with a JPEG/PNG photo",
+               check_size: Callable[[tuple[int, int]], None] | None = None) -> Image.Image:
     """A photo file as 8-bit RGB, upright (EXIF), refused in one line if broken, tiny or too large to decode.
 
     ``draft_side``: JPEGs decode directly at a reduced scale that keeps at least this many pixels a side.
+    ``check_size``: given the size it will decode at (a JPEG's after that scale), before it is decoded.
     """
-    return _to_rgb8(_open_checked(path, draft_side, advice))
+    return _to_rgb8(_open_checked(path, draft_side, advice, check_size=check_size))
 
 
-def _open_checked(path: str | Path, draft_side: int, advice: str, min_side: int = MIN_SIDE) -> Image.Image:
+def _open_checked(path: str | Path, draft_side: int, advice: str, min_side: int = MIN_SIDE,
+                  check_size: Callable[[tuple[int, int]], None] | None = None) -> Image.Image:
     """``open_photo``'s file, decoded and upright in its own mode."""
     if not str(path).strip():
         raise ZoodipError(f"an empty path was given for an image: {advice}")
@@ -204,6 +206,8 @@ def _open_checked(path: str | Path, draft_side: int, advice: str, min_side: int 
                     )
                 # JPEG can decode at a reduced scale directly: a 48 MP photo never becomes 48 MP in memory.
                 opened.draft("RGB", (draft_side, draft_side))
+                if check_size is not None:
+                    check_size(opened.size)
                 image = ImageOps.exif_transpose(opened)
                 image.load()
     except ZoodipError:
@@ -235,14 +239,18 @@ def _pixels(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def open_init_image(source: str | Path | Image.Image, draft_side: int) -> Image.Image:
-    """An image-to-image start as 8-bit RGB: a file (``open_photo``'s checks) or a PIL image."""
+def open_init_image(source: str | Path | Image.Image, draft_side: int,
+                    check_size: Callable[[tuple[int, int]], None] | None = None) -> Image.Image:
+    """An image-to-image start as 8-bit RGB: a file (``open_photo``'s checks) or a PIL image (``check_size``: as
+    ``open_photo``'s, given a PIL image's size)."""
     if isinstance(source, Image.Image):
         if min(source.size) < 1:
             raise ZoodipError(f"the start image is {source.width}x{source.height} px, empty: pass a picture")
+        if check_size is not None:
+            check_size(source.size)
         return _to_rgb8(_loaded(source, "image"))
     if isinstance(source, (str, Path)):
-        return open_photo(source, draft_side, advice="pass a JPEG or PNG file")
+        return open_photo(source, draft_side, advice="pass a JPEG or PNG file", check_size=check_size)
     raise ZoodipError(f"image must be a file path or a PIL image, got {type(source).__name__}")
 
 

@@ -342,6 +342,9 @@ def _hires_resize_scale(fields: Mapping[str, str]) -> float:
 # 1.9 on would otherwise read as its Karras / Exponential.
 A1111_AUTOMATIC_SCHEDULES = {"DPM++ 2M": "Karras", "DPM++ 2M SDE": "Exponential"}
 _UNIFORM = "Uniform"
+# A1111's sampler names without their schedule ("DPM++ 2M" of "DPM++ 2M Karras"), by their lower case.
+_A1111_SAMPLER_SPELLINGS = {name.lower(): name for a1111 in A1111_SAMPLER_NAMES.values()
+                            for name in (a1111, a1111.removesuffix(" Karras"))}
 # A1111's schedule types by label and by name ("Karras", "karras"; "SGM Uniform", "sgm_uniform"), longest first.
 _A1111_SCHEDULES = ("Automatic", _UNIFORM, "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
                     "Align Your Steps", "Simple", "Normal", "DDIM", "Beta")
@@ -365,6 +368,7 @@ def _read_sampler(name: str, schedule: str | None, settings: dict[str, Any], pro
             break
     else:  # a field A1111 does not know is its Automatic; no field: Uniform (A1111 writes the type it resolved)
         schedule = None if schedule is None else _SCHEDULE_NAMES.get(schedule, "Automatic")
+    name = _A1111_SAMPLER_SPELLINGS.get(name.lower(), name)  # in any case, as the flag reads it: then as A1111 has it
     resolved = A1111_AUTOMATIC_SCHEDULES.get(name) if schedule == "Automatic" else schedule
     full = name if resolved in (None, _UNIFORM) else f"{name} {resolved}"
     if (ours := sampler_named(full)) in SAMPLERS:

@@ -25,7 +25,7 @@ _FLOAT32 = 4
 FULL_RESOLUTION_CHANNELS = 256  # SD's VAE decoder: block_out_channels[1], upsampled to full resolution
 ENCODER_FULL_RESOLUTION_CHANNELS = 128  # SD's VAE encoder: block_out_channels[0], its full-resolution blocks
 # The encoder's full-resolution maps alive at once, as its memory run on the SD1.5 architecture counted them (besides
-# its weights and attention), rounded up with one more for margin (benchmarks/README.md, "image-to-image under a budget").
+# its weights and attention), rounded up with one more for margin (benchmarks/README.md, "Image-to-image under the same budget").
 ENCODER_LIVE_FULL_RESOLUTION_MAPS = 5
 LIVE_FULL_RESOLUTION_MAPS = 3  # that map, its GroupNorm and its SiLU output, alive together
 BLEND_FLOATS_PER_PIXEL = 4  # a tiled decode's accumulators: RGB sums and the weight
@@ -89,21 +89,26 @@ def plan_decode(model: Any, latent_h: int, latent_w: int, budget_mb: int | None)
         "or make a smaller image")
 
 
-# Inpainting only the masked area pastes into the whole photo: at paste time it holds the photo read again and its
-# array (RGB bytes each), and per image the canvas pasted into and the image made of it (the mask's full-size
-# copies, earlier, are fewer bytes).
-PASTE_BYTES_PER_PIXEL = 2 * 3
-PASTE_BYTES_PER_PIXEL_PER_IMAGE = 2 * 3
+# A start photo at its decoded size (PIL holds RGB in 4 bytes a pixel): decoded, and one converted copy. Inpainting
+# only the masked area pastes into the whole photo: then it holds the photo read again and its array (RGB), and per
+# image the canvas pasted into and the image made of it.
+PHOTO_BYTES_PER_PIXEL = 2 * 4
+PASTE_BYTES_PER_PIXEL = 4 + 3
+PASTE_BYTES_PER_PIXEL_PER_IMAGE = 3 + 4
 
 
-def check_whole_photo(size: tuple[int, int], num_images: int, budget_mb: int | None) -> int:
-    """Estimated bytes of pasting ``num_images`` images into a whole photo of ``size``, refused over the budget."""
-    need = size[0] * size[1] * (PASTE_BYTES_PER_PIXEL + PASTE_BYTES_PER_PIXEL_PER_IMAGE * int(num_images))
+def check_photo(size: tuple[int, int], num_images: int, pasted_whole: bool, budget_mb: int | None) -> int:
+    """Estimated bytes of a start photo decoded at ``size`` (and, ``pasted_whole``, of pasting ``num_images`` images
+    into it whole), refused over the budget before it is decoded."""
+    per_pixel = PHOTO_BYTES_PER_PIXEL
+    if pasted_whole:
+        per_pixel = max(per_pixel, PASTE_BYTES_PER_PIXEL + PASTE_BYTES_PER_PIXEL_PER_IMAGE * int(num_images))
+    need = size[0] * size[1] * per_pixel
     if budget_mb is not None and need > int(budget_mb) << 20:
+        doing = "decoding and pasting into" if pasted_whole else "decoding"
         raise ZoodipError(
-            f"inpainting only the masked area pastes the images into the whole {size[0]}x{size[1]} photo, which takes "
-            f"about {-(-need // (1 << 20))} MB, more than the --memory-budget of {budget_mb} MB: make the photo "
-            "smaller, inpaint without --padding-mask-crop, or raise the budget")
+            f"{doing} the whole {size[0]}x{size[1]} start photo takes about {-(-need // (1 << 20))} MB, more than "
+            f"the --memory-budget of {budget_mb} MB: make the photo smaller or raise the budget")
     return need
 
 

@@ -145,16 +145,22 @@ def test_inpainting_within_a_memory_budget(tiny_export, picture):
 
 
 def test_only_masked_inpainting_of_a_photo_past_the_budget_is_refused_before_the_work(tiny_export, tmp_path):
-    """The whole photo is pasted into, which no budget check counted: a 24 MP photo took 462 MB under a 60 MB one."""
+    """The whole photo is decoded (and, only masked, pasted into), which no budget check counted: a 24 MP photo took
+    462 MB under a 60 MB one."""
     photo, mask = tmp_path / "large.png", tmp_path / "mask.png"
     Image.new("RGB", (4000, 3000), (90, 120, 150)).save(photo)
     mask_image(1000, 1200, (4000, 3000)).save(mask)
     model = ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=100))
     calls = []
-    with pytest.raises(ZoodipError, match=r"whole 4000x3000 photo, which takes about 138 MB, more than the "
-                                          r"--memory-budget of 100 MB"):
+    with pytest.raises(ZoodipError, match=r"decoding and pasting into the whole 4000x3000 start photo takes about "
+                                          r"161 MB, more than the --memory-budget of 100 MB"):
         generate(model, "a red star", image=photo, mask_image=mask, padding_mask_crop=8,
                  callback=lambda *step: calls.append(step), **SETTINGS)
+    small_budget = ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=60))
+    for extra in ({}, {"mask_image": mask, "paste_back": True}):  # decoded whole all the same (a PNG has no draft)
+        with pytest.raises(ZoodipError, match=r"decoding the whole 4000x3000 start photo takes about 92 MB"):
+            generate(small_budget, "a red star", image=photo, callback=lambda *step: calls.append(step),
+                     **extra, **SETTINGS)
     assert not calls
     small = tmp_path / "small.png"
     Image.new("RGB", (1000, 750), (90, 120, 150)).save(small)

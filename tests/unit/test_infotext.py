@@ -88,6 +88,13 @@ def test_a_sampler_field_reads_as_the_flag_reads_it():
     for written in ("Euler a", "euler a", "DPM++ 2M Karras", "ddim"):
         settings, problems, _ = settings_from_fields({"Sampler": written})
         assert settings["sampler"] in SAMPLERS and not problems, written
+    for name in ("DPM++ 2M", "dpm++ 2m", "DPM++ 2m SDE", "dpm++ 2m sde"):  # its Automatic schedule in any case too
+        expected = "dpmpp_2m" if "sde" not in name.lower() else None
+        settings, problems, _ = settings_from_fields({"Sampler": name, "Schedule type": "Automatic"})
+        if expected:
+            assert settings["sampler"] == "dpmpp_2m_karras" and not problems, name
+        else:  # A1111's Exponential, which zoodip lacks: said as for A1111's own spelling
+            assert "sampler" not in settings and "Exponential" in problems["sampler"], name
 
 
 def test_ddims_eta_is_left_out_where_the_call_runs_another_sampler():
