@@ -13,7 +13,9 @@ from benchmarks._quality_summary import metric_names, summarize
 from reference.repo import REPO, repo_relative
 from zoodip.console import print_error
 from zoodip.curvature import CURVATURE_FILE
+from zoodip.errors import ZoodipError
 from zoodip.manifest import MANIFEST
+from zoodip.paths import check_output_dir, lies_within
 
 
 MERGE_KEYS = ("gen_steps", "guidance", "images_per_prompt", "max_heldout")
@@ -316,8 +318,15 @@ def merge_main(sources: list[str], out: Path | None, command: str) -> int:
     if out is None:
         return print_error("--merge needs --out DIR (where to write the merged results)")
     try:
+        check_output_dir(out, "--out")
+        for source in sources:
+            folder, names, _ = parse_merge_source(source)
+            if lies_within(out, folder):  # its run would be rewritten as a merge of itself, its own record lost
+                raise ValueError(f"--out {out} is the run {source} or lies inside it: write the merge elsewhere")
+            if names == []:
+                raise ValueError(f"{source}: no methods after ':' (DIR takes all of them, DIR:A,B those)")
         results = merge_results(sources, command)
-    except ValueError as exc:
+    except (ValueError, ZoodipError) as exc:
         return print_error(f"--merge: {exc}")
     out.mkdir(parents=True, exist_ok=True)
     write_reports(out, results)

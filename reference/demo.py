@@ -28,6 +28,7 @@ from pathlib import Path
 
 import zoodip
 from zoodip.checkpoint import CHECKPOINT_NAME
+from zoodip.config import MAX_TRAIN_STEPS
 from zoodip.console import OneLineParser, print_error, ProgressBar, one_line_warning
 from zoodip.errors import ZoodipError
 from zoodip.manifest import MANIFEST
@@ -209,6 +210,7 @@ def _personalize(export_dir: Path, photos_dir: Path, run_dir: Path, steps: int, 
                                # tau: the default (the paper's 128 on the 768-wide built-in model; half the
                                # width on the 32-wide fallback, since Subspace Gradient needs tau < d).
                                threads=threads, **method)
+    config.validate()  # (before an earlier run of another length is removed below)
     stamp = {"model": json.loads((export_dir / SOURCE_STAMP).read_text()) if use_reference else "tiny",
              "steps": steps, "run": config.fingerprint()}
     resume = (run_dir / CHECKPOINT_NAME).is_file()
@@ -333,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         check_output_dir(args.out, "--out")
         if args.seed < 0 or args.save_steps < 0:
             raise ZoodipError(f"--seed {args.seed} --save_steps {args.save_steps}: both must be 0 or more")
-        if args.steps is not None and args.steps < 1:  # before the export and the folders, not after them
-            raise ZoodipError(f"--steps {args.steps}: give at least 1 (or leave it out for the demo's own length)")
+        if args.steps is not None and not 1 <= args.steps <= MAX_TRAIN_STEPS:  # before the export and the folders
+            raise ZoodipError(f"--steps {args.steps}: give 1 to {MAX_TRAIN_STEPS:,} (or leave it out for the demo's "
+                              "own length)")
         with warnings.catch_warnings():
             warnings.showwarning = one_line_warning
             method = method_settings(args)  # refused now, not after the export

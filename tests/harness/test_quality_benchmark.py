@@ -186,6 +186,21 @@ def test_merge_combines_stored_runs_and_rates_both_target_metrics(tmp_path, caps
     assert "(target >= 0.95 on each: not met)" in (tmp_path / "m2" / "results.md").read_text()
 
 
+def test_merge_refuses_an_out_that_is_its_input_or_a_file_and_an_empty_method_list(tmp_path, capsys):
+    """--out SRC rewrote the source run as a merge of itself (its record lost); a file as --out and 'DIR:' with no
+    methods were tracebacks, the latter after writing half the reports."""
+    src = _fake_results(tmp_path / "src", {"ti-backprop": (0.1, 100)})
+    before = (src / "results.json").read_bytes()
+    (tmp_path / "afile").write_text("x")
+    for argv, needle in (([str(src), "--out", str(src)], "is the run"), ([str(src), "--out", str(src / "sub")], "is the run"),
+                         ([str(src), "--out", str(tmp_path / "afile")], "is an existing file"),
+                         ([f"{src}:", "--out", str(tmp_path / "m")], "no methods after ':'")):
+        assert quality.main(["--merge", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --merge: ") and needle in err and err.count("\n") == 1, err
+    assert (src / "results.json").read_bytes() == before and not (tmp_path / "m").exists()
+
+
 def test_merge_takes_a_variant_whose_name_holds_an_equals_sign(tmp_path):
     # "DIR:old=new" renames; the "=" inside a variant's brackets is part of its name, not a rename.
     assert _quality_merge.rename_pair("paper[adam16=1]") == ("paper[adam16=1]", "paper[adam16=1]")

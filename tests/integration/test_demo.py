@@ -46,3 +46,15 @@ def test_demo_refuses_an_unknown_flag_in_one_line(tmp_path, capsys):
     assert demo.main(["--out", str(tmp_path / "demo"), "--no-such-flag"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and not (tmp_path / "demo").exists()
+
+
+def test_demo_refuses_steps_past_the_sdks_limit_before_any_work(tmp_path, capsys):
+    """--steps 99999999999 removed the previous finished run (checkpoint, embedding, log), then was refused as the
+    SDK's --max_train_steps."""
+    out = tmp_path / "demo"
+    (out / "run").mkdir(parents=True)
+    (out / "run" / "checkpoint.npz").write_bytes(b"an earlier run")
+    assert demo.main(["--out", str(out), "--steps", "99999999999", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --steps 99999999999: give 1 to ") and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (out / "run").iterdir()) == ["checkpoint.npz"]
