@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference.repo import REPO, relative_args  # noqa: E402
+from reference.repo import REPO, relative_args, results_out  # noqa: E402
 from benchmarks._quality_report import write_results  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
@@ -38,6 +38,7 @@ from reference.demo import METHOD_FLAGS, add_method_flags, method_flag_dest, met
 
 # Issue 15's bar for the demo, per training seed: mean attribute accuracy of the "after" images at least 0.85 and
 # all five attributes in at least half of them.
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "demo"
 BAR_MEAN_ACCURACY = 0.85
 BAR_ALL_FIVE = 0.5
 
@@ -217,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="train by backprop TI for STEPS steps instead of running the demo (the ceiling)")
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULTS",
                    help="join the results folders of runs on disjoint seeds into --out instead of running")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "demo")
+    p.add_argument("--out", default=None,
+                   help="results folder (default, for the default settings only: benchmarks/results/demo)")
     p.add_argument("--work", type=Path, default=REPO / ".cache" / "demo-seeds")
     try:
         args = p.parse_args(argv)
@@ -232,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ZoodipError("--save_steps and --threads must be 0 or more")
         if args.steps is not None and args.steps < 1:  # 0 would run the demo's default length without a word
             raise ZoodipError(f"--steps {args.steps}: give at least 1 (or leave it out for the demo's own length)")
-        check_output_dir(args.out, "--out")  # before any run: the results go there at the end
         check_output_dir(args.work, "--work")
+        args.out = check_output_dir(results_out(p, args, DEFAULT_OUT, ignore=("threads", "work")), "--out")
         if args.merge is not None:
             if args.backprop is not None or demo_flags_given or args.seeds:
                 raise ZoodipError("--merge joins finished runs: give it only the results folders and --out")

@@ -195,8 +195,8 @@ def _contender(name: str, tiny: bool) -> tuple[str, dict]:
 def run(args: argparse.Namespace) -> dict:
     resolution, steps, repeats = _sizes(args)
     names = select(args.contenders, args.quick)
-    cache, out = (check_output_dir(path, flag).absolute() for path, flag in ((args.cache, "--cache"),
-                                                                            (_out_folder(args), "--out")))
+    cache = check_output_dir(args.cache, "--cache").absolute()
+    out = check_output_dir(_out_folder(args), "--out").absolute()
     cache.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     source = cache / ("tiny-random-s0" if args.tiny else "sd15-random-s0")

@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference.repo import REPO, relative_args  # noqa: E402
+from reference.repo import REPO, relative_args, results_out  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.paths import check_output_dir  # noqa: E402
 
 T_RANGE = (500, 900)
 VARIANCE_FRACTION = 0.95
@@ -327,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead, measure how noisy one draw's gradient is (DRAWS draws per concept; "
                         "models with a curvature file) and what that makes a forward-only step cost")
     p.add_argument("--cache", type=Path, default=REPO / ".cache")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "problem-dimension")
+    p.add_argument("--out", default=None,
+                   help="results folder (default, for the default settings only: benchmarks/results/problem-dimension)")
     try:
         args = p.parse_args(argv)
         if args.gradient_noise < 0 or args.gradient_noise == 1 or args.samples < 1:
@@ -346,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [n for n in names if n not in folders]
         if unknown or not names:
             p.error(f"--models: unknown {unknown or args.models!r}; choose from {sorted(folders)}")
+        args.out = check_output_dir(results_out(p, args, REPO / "benchmarks" / "results" / "problem-dimension",
+                                                ignore=("cache",)), "--out")  # before the work
     except ZoodipError as exc:
         return print_error(exc)
     command = " ".join(["python benchmarks/problem_dimension.py",

@@ -87,6 +87,6 @@ def test_memory_benchmark_numbers_are_checked_before_any_work(args, needle, tmp_
 
 
 def test_the_demo_refuses_a_bad_length_before_its_export(tmp_path):
-    _one_line_error("reference/demo.py", ["--out", str(tmp_path / "demo"), "--steps", "-1"], "--steps -1: give at least 1",
+    _one_line_error("reference/demo.py", ["--out", str(tmp_path / "demo"), "--steps", "-1"], "--steps -1: give 1 to 1,000,000,000",
                     tmp_path)
     assert not (tmp_path / "demo").exists()
