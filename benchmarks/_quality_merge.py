@@ -314,11 +314,11 @@ def _extended(name: str, job: str, curve: list[dict[str, Any]], where: Path, mor
     return [joined[forwards] for forwards in sorted(joined)]
 
 
-def merge_main(sources: list[str], out: Path | None, command: str) -> int:
+def merge_main(sources: list[str], out: str | Path | None, command: str) -> int:
     if out is None:
         return print_error("--merge needs --out DIR (where to write the merged results)")
     try:
-        check_output_dir(out, "--out")
+        out = check_output_dir(out, "--out")
         for source in sources:
             folder, names, _ = parse_merge_source(source)
             if lies_within(out, folder):  # its run would be rewritten as a merge of itself, its own record lost

@@ -47,6 +47,7 @@ from zoodip.model import ExportedModel
 from zoodip.step_inputs import StepInputs, draw_step_inputs, step_rng
 from zoodip.trainer import DenoisingLoss, PersonalizeConfig, Personalizer
 from zoodip.config import VAE_SAMPLING
+from zoodip.errors import ZoodipError
 from zoodip.gradient_estimate import EstimatorSchedule, RandomGradientEstimator
 from zoodip.image_side import side_problem
 from zoodip.lr_schedule import LR_SCHEDULERS
@@ -212,9 +213,12 @@ def timestep_range(text: str, what: str, num_train: int = 1000) -> tuple[int, in
 def _number(kind: type, key: str, value: str, text: str) -> Any:
     """A method setting's number, or a ValueError naming the setting (not Python's 'invalid literal')."""
     try:
-        return kind(value)
+        number = kind(value)
     except ValueError:
         raise ValueError(f"method {text!r}: {key}={value!r} is not {'a whole number' if kind is int else 'a number'}") from None
+    if not np.isfinite(number):
+        raise ValueError(f"method {text!r}: {key}={value!r} is not finite")
+    return number
 
 
 def parse_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpec:
@@ -340,19 +344,36 @@ class ESPersonalizer(Personalizer):
         return float(np.mean(losses))
 
 
+def zo_method_settings(spec: MethodSpec, num_train_timesteps: int = 1000) -> dict[str, Any]:
+    """A ZO method's PersonalizeConfig settings (checked before a run with ``PersonalizeConfig.check_method_settings``)."""
+    return dict(
+        learning_rate=spec.learning_rate(), n=spec.n, directions=spec.directions, orthogonal_after=spec.ortho_after,
+        orthogonal_n=spec.ortho_n, mu=spec.mu, subspace=spec.subspace, t_range=spec.t_range or (0, num_train_timesteps),
+        **({"tau": spec.tau, "nu": spec.nu, "subspace_mode": spec.mode} if spec.subspace else {}),  # (else unused)
+        vocabulary_variance=spec.vocab, curvature_fraction=spec.curvature, adam_state_dtype=spec.adam_state,
+        adam_eps=spec.adam_eps, clip_estimate=spec.clip, lr_scheduler=spec.schedule, num_vectors=spec.num_vectors,
+        flip=spec.flip, vae_sampling=spec.vae, resolution=spec.res)
+
+
+def checked_method(text: str, puts: tuple[int, int] = REFERENCE_PUTS) -> MethodSpec:
+    """``parse_method``, a ZO method's settings also checked as the SDK checks them: before any method trains (a
+    worker's traceback lost the methods before it)."""
+    spec = parse_method(text, puts)
+    if spec.kind == "zo":
+        try:
+            PersonalizeConfig.check_method_settings(**zo_method_settings(spec))
+        except ZoodipError as exc:
+            raise ValueError(f"method {text!r}: {exc}") from None
+    return spec
+
+
 def _zo_config(spec: MethodSpec, job: Job, export_dir: Path, out_dir: Path, steps: int, seed: int,
                num_train_timesteps: int) -> PersonalizeConfig:
-    t_range = spec.t_range or (0, num_train_timesteps)
     return PersonalizeConfig(
         export_dir=export_dir, images=Path(job.photos), output_dir=out_dir, placeholder_token=job.placeholder,
-        initializer_token=job.initializer, max_train_steps=steps, learning_rate=spec.learning_rate(), seed=seed,
-        n=spec.n, directions=spec.directions, orthogonal_after=spec.ortho_after, orthogonal_n=spec.ortho_n, mu=spec.mu, subspace=spec.subspace, t_range=t_range,
-        **({"tau": spec.tau, "nu": spec.nu, "subspace_mode": spec.mode} if spec.subspace else {}),  # (else unused)
-        vocabulary_variance=spec.vocab, curvature_fraction=spec.curvature, adam_state_dtype=spec.adam_state, adam_eps=spec.adam_eps, clip_estimate=spec.clip,
-        lr_scheduler=spec.schedule, num_vectors=spec.num_vectors, eval_every=0, checkpoint_every=0, threads=1,
-        flip=spec.flip, vae_sampling=spec.vae, resolution=spec.res,
-        template_file=TEXTUAL_INVERSION_TEMPLATE_FILES["object"] if spec.templates == "ti" else None,
-    )
+        initializer_token=job.initializer, max_train_steps=steps, seed=seed, eval_every=0, checkpoint_every=0,
+        threads=1, template_file=TEXTUAL_INVERSION_TEMPLATE_FILES["object"] if spec.templates == "ti" else None,
+        **zo_method_settings(spec, num_train_timesteps))
 
 
 def run_forward_only(spec: MethodSpec, job: Job, export_dir: Path, work: Path, budget: int, checkpoints: int,

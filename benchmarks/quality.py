@@ -297,7 +297,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny random model, planted check, 1 job, few steps")
     parser.add_argument("--task", choices=("auto", "world", "planted"), default="auto",
                         help="auto: world if reference/model and reference/evaluator.py exist, else planted")
-    parser.add_argument("--out", type=Path, default=None, help=f"output folder (default {DEFAULT_OUT.relative_to(REPO)})")
+    parser.add_argument("--out", default=None, help=f"output folder (default {DEFAULT_OUT.relative_to(REPO)})")
     parser.add_argument("--concepts", default=None, help="concept names (comma list) or a count (planted: number of targets)")
     parser.add_argument("--methods", default=None, help=f"comma list of {', '.join(qm.METHODS)}; variants name[key=value]")
     parser.add_argument("--sweep", default=None, help="PUTS ranges to sweep, e.g. 300-700,500-900: runs zoodip[t=...] variants")
@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         export_dir, torch_model = prepare_model(args.model, args.smoke, args.cache)
     except ZoodipError as exc:
         return print_error(exc)
-    out = args.out or (DEFAULT_OUT if not args.smoke else Path(tempfile.mkdtemp(prefix="zoodip-quality-smoke-")))
+    out = Path(args.out) if args.out is not None else (
+        DEFAULT_OUT if not args.smoke else Path(tempfile.mkdtemp(prefix="zoodip-quality-smoke-")))
     out.mkdir(parents=True, exist_ok=True)
 
     torch_model = args.torch_model or torch_model
@@ -436,14 +437,16 @@ def _task(args: Any) -> str:
 
 def _methods(args: Any, puts: tuple[int, int]) -> list[str]:
     """--methods, or the --sweep's PUTS ranges, or every method; each parsed now, so a typo fails early."""
-    if args.methods:
+    if args.methods is not None:
         methods = [m.strip() for m in split_methods(args.methods)]
-    elif args.sweep:
+    elif args.sweep is not None:
         methods = ["init"] + [f"zoodip[t={r.strip()}]" for r in args.sweep.split(",") if r.strip()]
     else:
         methods = list(qm.METHODS)
+    if not methods:
+        raise ValueError(f"--methods {args.methods!r} / --sweep {args.sweep!r} names no method")
     for method in methods:
-        qm.parse_method(method, puts)
+        qm.checked_method(method, puts)
     return methods
 
 

@@ -221,7 +221,10 @@ class PersonalizeConfig:
     def check_method_settings(cls, **settings: object) -> None:
         """Check method settings (PersonalizeConfig fields, e.g. ``learning_rate``) before a run exists, with
         :meth:`validate`'s checks and messages: a front end refuses a bad value before any long work."""
-        cls(export_dir=".", images=".", output_dir=".", **settings)._validate_method()
+        config = cls(export_dir=".", images=".", output_dir=".", **settings)
+        config._plain_numbers()
+        config._validate_counts()  # (n, tau, num_vectors, ...: the rest stay their valid defaults)
+        config._validate_method()
 
     def validate(self) -> None:
         """Check the hyperparameters that need no model (the model-dependent ones are checked later)."""
