@@ -19,12 +19,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: m
 
 from reference import world  # noqa: E402
 from reference.evaluator import Evaluator, attribute_accuracy  # noqa: E402
-from reference.repo import REPO  # noqa: E402
+from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.paths import check_output_dir  # noqa: E402
 from zoodip.manifest import MANIFEST  # noqa: E402
+
+
+def _exported_from(export: Path) -> Path | None:
+    """The source folder ``export`` was exported from, as its manifest records it (None: no readable export)."""
+    try:
+        source = json.loads((export / MANIFEST).read_text())["source"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Path(source).resolve() if source else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     try:
         args = p.parse_args(argv)
-        if min(args.n, args.steps) < 1 or args.threads < 0:
-            p.error("--n and --steps must be at least 1, --threads 0 (all cores) or more")
+        if min(args.n, args.steps) < 1 or args.threads < 0 or args.seed < 0:
+            p.error("--n and --steps must be at least 1, --threads and --seed 0 or more")
+        if not 0 <= args.guidance < float("inf"):
+            p.error(f"--guidance {args.guidance}: give a finite guidance scale >= 0")
+        check_output_dir(args.out, "--out")  # before minutes of generating
     except ZoodipError as exc:
         return print_error(exc)
 
@@ -49,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from zoodip.model import ExportedModel, RuntimeOptions
 
     try:
-        if not (args.export / MANIFEST).is_file():
+        if _exported_from(args.export) != args.model.resolve():  # none yet, or another model's: (re-)export
             from zoodip_export.export_model import export_model
 
             export_model(args.model, args.export, progress=True, overwrite=True)
@@ -71,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     # The same measure on real renders of the same captions: the ceiling the evaluator allows.
     renders = [world.render(world.Attributes(**t), np.random.default_rng(k)) for k, t in enumerate(targets)]
     acc_renders = evaluator.accuracy(renders, targets)
-    report = {"command": "reference/eval_reference.py " + " ".join(sys.argv[1:]), "n": args.n, "seed": args.seed,
+    report = {"command": "reference/eval_reference.py " + " ".join(relative_args(sys.argv[1:] if argv is None else argv)),
+              "model": repo_relative(args.model), "n": args.n, "seed": args.seed,
               "steps": args.steps, "guidance": args.guidance, "sampler": "dpmpp_2m",
               "export_recipe": json.loads((args.export / MANIFEST).read_text())["recipe"],
               "accuracy": acc, "all_five": all_five, "accuracy_on_renders": acc_renders,

@@ -4,6 +4,7 @@ nothing on stdout. Each runs in its own process, as a user starts it; each fails
 a few seconds for those that import torch or onnx at module level)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -90,3 +91,22 @@ def test_the_demo_refuses_a_bad_length_before_its_export(tmp_path):
     _one_line_error("reference/demo.py", ["--out", str(tmp_path / "demo"), "--steps", "-1"], "--steps -1: give 1 to 1,000,000,000",
                     tmp_path)
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("args,needle", [(["--guidance", "nan"], "--guidance nan: give a finite guidance scale"),
+                                         (["--seed", "-1"], "--seed 0 or more"),
+                                         (["--out", "FILE"], "is an existing file")])
+def test_the_generation_accuracy_check_refuses_before_generating(args, needle, tmp_path):
+    """Each was a traceback, the file as --out only after all the images were made."""
+    (tmp_path / "file").write_text("x")
+    _one_line_error("reference/eval_reference.py", [str(tmp_path / "file") if a == "FILE" else a for a in args],
+                    needle, tmp_path)
+
+
+def test_the_generation_accuracy_check_exports_the_model_it_is_given(tmp_path):
+    """An export already at --export was measured whatever --model said (and the report named no model)."""
+    from reference.eval_reference import _exported_from
+
+    assert _exported_from(tmp_path) is None
+    (tmp_path / "manifest.json").write_text(json.dumps({"source": {"path": str(tmp_path / "model-a")}}))
+    assert _exported_from(tmp_path) == (tmp_path / "model-a").resolve()
