@@ -19,6 +19,7 @@ Results: ``benchmarks/results/demo/`` (results.json, results.md).
 from __future__ import annotations
 
 import json
+import shlex
 import platform
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference.repo import REPO, relative_args, results_out  # noqa: E402
+from reference.repo import REPO, relative_args  # noqa: E402
 from benchmarks._quality_report import write_results  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
@@ -146,6 +147,20 @@ def budgets_at_bar(rows: list[dict]) -> list[dict]:
             for steps, points in sorted(readings.items()) if len(points) == len(rows)]
 
 
+def _run_settings(command: str) -> tuple[str, ...]:
+    """A recorded demo_seeds.py command's settings: its flags and values but those that do not change a seed's run
+    (which seeds, where, how many threads)."""
+    words, kept = iter(shlex.split(command)[2:]), []  # (past "python benchmarks/demo_seeds.py")
+    for word in words:
+        flag, equals, _ = word.partition("=")
+        if flag in ("--seeds", "--out", "--work", "--threads"):
+            if not equals:
+                next(words, None)  # its value
+            continue
+        kept.append(word)
+    return tuple(kept)
+
+
 def merge(parts: list[Path]) -> dict:
     """The results.json of several runs on disjoint seeds as one result (rows by seed; each part's command kept)."""
     results = []
@@ -163,6 +178,10 @@ def merge(parts: list[Path]) -> dict:
     seeds = [row["seed"] for row in rows]
     if len(set(seeds)) != len(seeds):
         raise ZoodipError(f"--merge: a seed appears in more than one part ({seeds}); merge runs of disjoint seeds")
+    settings = {part: _run_settings(str(result.get("command", ""))) for part, result in zip(parts, results)}
+    if len(set(settings.values())) > 1:  # one tally of runs of other settings would measure nothing
+        listed = "; ".join(f"{part}: {' '.join(given) or 'the defaults'}" for part, given in settings.items())
+        raise ZoodipError(f"--merge: the parts ran other settings ({listed}): merge runs of the same settings")
     merged = _result(rows)
     merged["parts"] = [str(result.get("command", part)) for result, part in zip(results, parts)]
     return merged
@@ -219,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULTS",
                    help="join the results folders of runs on disjoint seeds into --out instead of running")
     p.add_argument("--out", default=None,
-                   help="results folder (default, for the default settings only: benchmarks/results/demo)")
+                   help="results folder (default: benchmarks/results/demo, the committed results)")
     p.add_argument("--work", type=Path, default=REPO / ".cache" / "demo-seeds")
     try:
         args = p.parse_args(argv)
@@ -235,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps is not None and args.steps < 1:  # 0 would run the demo's default length without a word
             raise ZoodipError(f"--steps {args.steps}: give at least 1 (or leave it out for the demo's own length)")
         check_output_dir(args.work, "--work")
-        args.out = check_output_dir(results_out(p, args, DEFAULT_OUT, ignore=("threads", "work")), "--out")
+        args.out = check_output_dir(DEFAULT_OUT if args.out is None else args.out, "--out")
         if args.merge is not None:
             if args.backprop is not None or demo_flags_given or args.seeds:
                 raise ZoodipError("--merge joins finished runs: give it only the results folders and --out")

@@ -93,16 +93,21 @@ def test_merge_joins_runs_of_disjoint_seeds(tmp_path):
     assert "    run a\n    run b\n" in report and "| 500 | 2 of 3 | 0.70 | 0.00 |" in report
 
 
-@pytest.mark.parametrize("case", ["same seed twice", "not a results folder", "rows without seeds", "with a run flag"])
+@pytest.mark.parametrize("case", ["same seed twice", "not a results folder", "rows without seeds", "with a run flag",
+                                  "other settings"])
 def test_merge_refusals_are_one_line_and_write_nothing(tmp_path, capsys, case):
     part = tmp_path / "a"
     part.mkdir()
     (part / "results.json").write_text(json.dumps({"command": "run a", "rows": [_row(0, [(500, 0.9, 0.75)])]}))
     (tmp_path / "other.json").write_text(json.dumps({"rows": [{"steps": 4}]}))
+    (tmp_path / "faster.json").write_text(json.dumps({  # another rate: one tally of the two measured nothing
+        "command": "python benchmarks/demo_seeds.py --seeds 1 --learning_rate 0.02 --threads 1",
+        "rows": [_row(1, [(500, 0.9, 0.75)])]}))
     flags = {"same seed twice": ["--merge", str(part), str(part)],
              "not a results folder": ["--merge", str(part), str(tmp_path)],
              "rows without seeds": ["--merge", str(part), str(tmp_path / "other.json")],
-             "with a run flag": ["--merge", str(part), "--steps", "100"]}[case]
+             "with a run flag": ["--merge", str(part), "--steps", "100"],
+             "other settings": ["--merge", str(part), str(tmp_path / "faster.json")]}[case]
     assert demo_seeds.main(flags + ["--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and "--merge" in err
