@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from reference.repo import REPO, relative_args, repo_relative, results_out
+from reference.repo import REPO, relative_args, repo_relative
 from zoodip.console import OneLineParser, print_error
 from zoodip.errors import ZoodipError
 from zoodip.paths import check_output_dir
@@ -25,13 +25,13 @@ def demo_benchmark(argv: list[str] | None, script: str, doc: str, needs: Sequenc
     parser.add_argument("--demo", default="demo_out", help=f"a make demo output folder ({', '.join(needs)})")
     parser.add_argument(flag, type=int, default=default, help=help_text)
     committed = REPO / "benchmarks" / "results" / Path(script).stem.replace("_", "-")
-    parser.add_argument("--out", default=None, help=f"results folder (default, for the default settings only: "
-                                                      f"{repo_relative(committed)})")
+    parser.add_argument("--out", default=None, help=f"results folder (default: {repo_relative(committed)}, the "
+                                                      "committed results)")
     try:
         args = parser.parse_args(argv)
         demo = check_demo_folder(Path(args.demo), needs)
         number = check_count(flag, getattr(args, flag.lstrip("-").replace("-", "_")))
-        args.out = check_output_dir(results_out(parser, args, committed), "--out")  # before the measurement
+        args.out = check_output_dir(committed if args.out is None else args.out, "--out")  # before the measurement
         started = time.time()
         result = measure(demo, number)
         write_results(Path(args.out), script, argv, result, lambda command: report(result, command, time.time() - started))

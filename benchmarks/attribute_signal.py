@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference.repo import REPO, relative_args, results_out  # noqa: E402
+from reference.repo import REPO, relative_args  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, default=REPO / ".cache")
     p.add_argument("--out", default=None,
-                   help="results folder (default, for the default settings only: benchmarks/results/attribute-signal)")
+                   help="results folder (default: benchmarks/results/attribute-signal, the committed results)")
     try:
         args = p.parse_args(argv)
         if args.draws < 2:
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [n for n in names if n not in known]
         if unknown or not names:
             raise ZoodipError(f"--concepts: unknown {unknown or args.concepts!r}; choose from {', '.join(known)}")
-        args.out = check_output_dir(results_out(p, args, REPO / "benchmarks" / "results" / "attribute-signal",
-                                                ignore=("cache",)), "--out")  # before the work
+        args.out = check_output_dir(REPO / "benchmarks" / "results" / "attribute-signal" if args.out is None
+                                    else args.out, "--out")  # before the work
     except ZoodipError as exc:
         return print_error(exc)
     command = " ".join(["python benchmarks/attribute_signal.py", *relative_args(argv if argv is not None else sys.argv[1:])])

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
-from reference.repo import REPO, relative_args, results_out  # noqa: E402
+from reference.repo import REPO, relative_args  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "sdk"))
@@ -176,12 +176,11 @@ def select(names_arg: str | None, quick: bool) -> list[str]:
 
 
 def _out_folder(args: argparse.Namespace) -> str | Path:
-    """--out as given, else the committed results: for the full and --quick runs only (not for --tiny, whose numbers
-    are no SD1.5 architecture's, nor a run of other settings)."""
+    """--out as given, else the committed results (not for --tiny, whose numbers are no SD1.5 architecture's)."""
     if args.out is None and args.tiny:
         raise ZoodipError("--tiny measures the tiny model: give it an --out folder (the default is the committed "
                           "benchmarks/results/memory)")
-    return results_out(_parser(), args, DEFAULT_OUT, ignore=("quick", "scaling", "cache", "timeout", "render"))
+    return DEFAULT_OUT if args.out is None else args.out
 
 
 def _contender(name: str, tiny: bool) -> tuple[str, dict]:

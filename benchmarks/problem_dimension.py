@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference.repo import REPO, relative_args, results_out  # noqa: E402
+from reference.repo import REPO, relative_args  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                         "models with a curvature file) and what that makes a forward-only step cost")
     p.add_argument("--cache", type=Path, default=REPO / ".cache")
     p.add_argument("--out", default=None,
-                   help="results folder (default, for the default settings only: benchmarks/results/problem-dimension)")
+                   help="results folder (default: benchmarks/results/problem-dimension, the committed results)")
     try:
         args = p.parse_args(argv)
         if args.gradient_noise < 0 or args.gradient_noise == 1 or args.samples < 1:
@@ -348,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [n for n in names if n not in folders]
         if unknown or not names:
             p.error(f"--models: unknown {unknown or args.models!r}; choose from {sorted(folders)}")
-        args.out = check_output_dir(results_out(p, args, REPO / "benchmarks" / "results" / "problem-dimension",
-                                                ignore=("cache",)), "--out")  # before the work
+        args.out = check_output_dir(REPO / "benchmarks" / "results" / "problem-dimension" if args.out is None
+                                    else args.out, "--out")  # before the work
     except ZoodipError as exc:
         return print_error(exc)
     command = " ".join(["python benchmarks/problem_dimension.py",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
-from reference.repo import REPO, relative_args, results_out  # noqa: E402
+from reference.repo import REPO, relative_args  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "sdk"))
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forwards", type=int, default=3, help="timed forwards per setting (after one warm-up)")
     parser.add_argument("--busy", type=int, default=os.cpu_count() or 1, help="burner processes for the busy case")
     parser.add_argument("--out", default=None,
-                        help="results folder (default, for the default settings only: benchmarks/results/threads)")
+                        help="results folder (default: benchmarks/results/threads, the committed results)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if resolution_problem:
         return print_error(ZoodipError(f"--resolution {resolution_problem}"))
     try:
-        out = check_output_dir(results_out(parser, args, REPO / "benchmarks" / "results" / "threads"), "--out")
+        out = check_output_dir(REPO / "benchmarks" / "results" / "threads" if args.out is None else args.out, "--out")
         model = Path(args.model) if args.model else default_model()
         settings = {}
         for name, (threads, spin) in SETTINGS.items():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,21 +40,4 @@ def relative_args(args: Iterable[str], repo: Path = REPO) -> list[str]:
     return recorded
 
 
-def results_out(parser: Any, args: Any, default: Path, ignore: Iterable[str] = ()) -> str | Path:
-    """A benchmark's ``--out``: as given, else ``default``, the folder of its committed results, for a run of the
-    script's default settings only (a run with others would replace them with another configuration's results). The
-    settings are ``args``' values against ``parser``'s defaults, but those named in ``ignore`` (caches, threads)."""
-    if args.out is not None:
-        return args.out  # as typed: '' is for the caller's folder check to refuse
-    changed = [name for name, value in vars(args).items()
-               if name not in ("out", *ignore) and value != parser.get_default(name)]
-    if changed:
-        from zoodip.errors import ZoodipError
-
-        flags = ", ".join("--" + name.replace("_", "-") for name in changed)
-        raise ZoodipError(f"{flags} given: the default --out holds the committed results of the default settings "
-                          f"({repo_relative(default)}), so give --out for others")
-    return default
-
-
-__all__ = ["OUTSIDE_REPO", "REPO", "relative_args", "repo_relative", "results_out"]
+__all__ = ["OUTSIDE_REPO", "REPO", "relative_args", "repo_relative"]

@@ -25,10 +25,12 @@ def output_target(out_dir: str | Path) -> Path:
     """OUT_DIR as the folder to publish at: absolute, and where a link to a folder (or to nothing yet) points
     (publishing renames OUT_DIR: the user's link would be moved aside and a folder put in its place). An empty one
     (the current folder) is refused."""
-    out_dir = check_output_dir(Path(out_dir).expanduser() if str(out_dir).strip() else out_dir, "OUT_DIR").absolute()
+    if not str(out_dir).strip():
+        check_output_dir(out_dir, "OUT_DIR")  # (says it is empty)
+    out_dir = Path(out_dir).expanduser().absolute()
     if out_dir.is_symlink() and (out_dir.is_dir() or not out_dir.exists()):
         out_dir = Path(os.path.realpath(out_dir))
-    return out_dir
+    return check_output_dir(out_dir, "OUT_DIR")
 
 
 def publish(staging: Path, out_dir: Path, overwrite: bool) -> None:

@@ -491,6 +491,16 @@ def test_an_out_dir_that_is_a_link_gets_the_export_where_it_points(tmp_path: Pat
         assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "models"]
 
 
+def test_an_out_dir_linked_to_nothing_yet_is_where_the_export_goes(tmp_path: Path) -> None:
+    """(Refused as a link to nothing after the publishing rules moved into the SDK; the export wrote there before.)"""
+    from zoodip.export_folder import output_target
+
+    (tmp_path / "link").symlink_to(tmp_path / "later")
+    assert output_target(tmp_path / "link") == (tmp_path / "later").resolve()
+    with pytest.raises(ZoodipError, match="OUT_DIR is empty"):
+        output_target("")
+
+
 def test_cli_help_runs_as_a_script() -> None:
     result = subprocess.run([sys.executable, str(REPO / "export" / "export_model.py"), "--help"],
                             capture_output=True, text=True, timeout=60)

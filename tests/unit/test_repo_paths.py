@@ -52,25 +52,6 @@ def test_relative_args_rewrites_only_absolute_paths(tmp_path):
     assert relative_args(["--models", f"x={tmp_path / 'src'}", "a=b"], repo) == ["--models", "x=<outside-repo>/src", "a=b"]
 
 
-def test_the_committed_results_folder_is_the_default_out_of_the_default_settings_only(tmp_path):
-    """A run with other settings and no --out replaced the committed results (demo_seeds.py --seeds 0 --steps 20)."""
-    import argparse
-
-    from reference.repo import results_out
-    from zoodip.errors import ZoodipError
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", default=None)
-    parser.add_argument("--cache", default="c")
-    parser.add_argument("--out", default=None)
-    committed = tmp_path / "committed"
-    assert results_out(parser, parser.parse_args([]), committed) == committed
-    assert results_out(parser, parser.parse_args(["--cache", "d"]), committed, ignore=("cache",)) == committed
-    assert results_out(parser, parser.parse_args(["--seeds", "0", "--out", "x"]), committed) == "x"
-    with pytest.raises(ZoodipError, match="^--seeds given: the default --out holds the committed results"):
-        results_out(parser, parser.parse_args(["--seeds", "0"]), committed)
-
-
 # A machine's absolute path: /work/..., /root/..., /home/..., /tmp/..., /mnt/..., /Users/..., /var/folders/... not
 # preceded by a name character or a dot (so "a/work/b" and "./work/x" are not matches).
 MACHINE_PATH = re.compile(r"(^|[^.a-zA-Z])/(work|root|home|tmp|mnt|Users|var/folders)/[A-Za-z]")
