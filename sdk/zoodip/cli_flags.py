@@ -93,7 +93,7 @@ def _add_method_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mu", type=float, default=_CONFIG["mu"], help="finite-difference perturbation")
     p.add_argument("--tau", type=int, default=None,
                    help=f"Subspace Gradient history length (default: the paper's {PAPER_TAU}, or half the embedding width "
-                        "on models narrower than 256)")
+                        f"on models narrower than {2 * PAPER_TAU})")
     p.add_argument("--nu", type=float, default=_CONFIG["nu"], help="Subspace Gradient: variance fraction dropped")
     p.add_argument("--no-subspace", action="store_true", help="turn Subspace Gradient off (ablation)")
     p.add_argument("--subspace-mode", choices=PROJECTION_MODES, default=_CONFIG["subspace_mode"],
