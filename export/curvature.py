@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["COMMON_WORDS", "CURVATURE_FILE", "DEFAULT_CURVATURE_SAMPLES", "MAX_CURVATURE_SAMPLES", "RANDOM_MODEL_CURVATURE_SAMPLES", "WORDS_FILE",
+__all__ = ["COMMON_WORDS", "CURVATURE_FILE", "DEFAULT_CURVATURE_SAMPLES", "MAX_CURVATURE_SAMPLES",
+           "RANDOM_MODEL_CURVATURE_SAMPLES", "WORDS_FILE",
            "PROBE_PLACEHOLDER", "Draw", "compute_curvature", "export_curvature", "gauss_newton_product",
            "generated_latents", "initializer_words", "make_draws", "stored_curvature", "top_eigenvectors",
            "weights_fingerprint"]

@@ -45,7 +45,8 @@ from .noise import check_seed, check_variation, checked_latents, seed_noise
 from .prompt_checks import (LONG_PROMPT_HINT, syntax_problems, token_use_problems, truncation_problems,
                             unloaded_token_problems, unreadable_tokens)
 from .prompt_schedule import Phases, check_phase_count, composable_parts, prompt_schedule
-from .sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, ProgressCallback, check_strength, image_strength, run_sampler, steps_run
+from .sampling import (DEFAULT_GUIDANCE_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, ProgressCallback, check_strength,
+                       image_strength, run_sampler, steps_run)
 from .vae_tiles import decode_tiled
 
 
@@ -53,8 +54,8 @@ def generate(
     model: Any,
     prompt: str,
     *,
-    negative_prompt: str = "", steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE_SCALE, sampler: str = DEFAULT_SAMPLER,
-    seed: int = 0, height: int | None = None, width: int | None = None, num_images: int = 1,
+    negative_prompt: str = "", steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    sampler: str = DEFAULT_SAMPLER, seed: int = 0, height: int | None = None, width: int | None = None, num_images: int = 1,
     added_embeddings: Mapping[str, np.ndarray] | None = None,
     callback: ProgressCallback | None = None, batch_cfg: bool = True, eta: float = 0.0,
     token_groups: Sequence[Sequence[str]] | None = None,
@@ -126,7 +127,8 @@ def check_prompt(model: Any, prompt: str, *, negative_prompt: str = "", steps: i
                  clip_skip: int = 0) -> None:
     """What ``generate`` would refuse (or warn about) in these prompts, found without sampling: their texts are read
     and encoded (text encoder only). A job that generates late (training previews) checks its prompt before it starts."""
-    check_generate_settings(model, prompt, negative_prompt, DEFAULT_SAMPLER, steps, 1, 1.0, 0.0, 0, prompt_weighting, clip_skip)
+    check_generate_settings(model, prompt, negative_prompt, DEFAULT_SAMPLER, steps, 1, 1.0, 0.0, 0, prompt_weighting,
+                            clip_skip)
     phases = _prompt_phases(prompt, negative_prompt, prompt_weighting, steps)
     encode = _prompt_encoder(model, added_embeddings, None, phases, prompt_weighting, clip_skip, prompt)
     for schedule in [part for _, part in phases[0]] + [phases[1]]:

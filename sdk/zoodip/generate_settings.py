@@ -50,8 +50,8 @@ def check_generate_settings(model: Any, prompt: object, negative_prompt: object,
     check_num_images(num_images)
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) \
             or not abs(guidance_scale) <= MAX_GUIDANCE_SCALE:
-        raise ZoodipError(f"guidance_scale must be a number within +-{MAX_GUIDANCE_SCALE:g} ({DEFAULT_GUIDANCE_SCALE:g} is diffusers' default, "
-                          f"A1111's CFG scale stops at 30), got {guidance_scale!r}")
+        raise ZoodipError(f"guidance_scale must be a number within +-{MAX_GUIDANCE_SCALE:g} ({DEFAULT_GUIDANCE_SCALE:g} is "
+                          f"diffusers' default, A1111's CFG scale stops at 30), got {guidance_scale!r}")
     if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, numbers.Real) or not 0 <= guidance_rescale <= 1:
         raise ZoodipError(f"guidance_rescale must be a number from 0 to 1 (diffusers suggests 0.7 for v-prediction "
                           f"models), got {guidance_rescale!r}")

@@ -378,7 +378,8 @@ def _read_sampler(name: str, schedule: str | None, settings: dict[str, Any], pro
         with_schedule = "" if full == name else f" with the schedule type {schedule!r:.20}{automatic}"
         kinds = [f"{a1111[len(name):].strip()}'s schedule" if a1111 != name else "the model's own timesteps"
                  for a1111 in A1111_SAMPLER_NAMES.values() if a1111.split(" Karras")[0] == name]
-        has = f"it has {name} on {' or '.join(kinds)} only" if kinds else f"it has {', '.join(A1111_SAMPLER_NAMES.values())}"
+        every = ", ".join(A1111_SAMPLER_NAMES.values())
+        has = f"it has {name} on {' or '.join(kinds)} only" if kinds else f"it has {every}"
         problems["sampler"] = (f"its sampler {name!r:.40}{with_schedule} is not one zoodip has ({has}): pass --sampler")
 
 

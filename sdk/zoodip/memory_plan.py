@@ -25,7 +25,8 @@ _FLOAT32 = 4
 FULL_RESOLUTION_CHANNELS = 256  # SD's VAE decoder: block_out_channels[1], upsampled to full resolution
 ENCODER_FULL_RESOLUTION_CHANNELS = 128  # SD's VAE encoder: block_out_channels[0], its full-resolution blocks
 # The encoder's full-resolution maps alive at once, as its memory run on the SD1.5 architecture counted them (besides
-# its weights and attention), rounded up with one more for margin (benchmarks/README.md, "Image-to-image under the same budget").
+# its weights and attention), rounded up with one more for margin (benchmarks/README.md, "Image-to-image under the
+# same budget").
 ENCODER_LIVE_FULL_RESOLUTION_MAPS = 5
 LIVE_FULL_RESOLUTION_MAPS = 3  # that map, its GroupNorm and its SiLU output, alive together
 BLEND_FLOATS_PER_PIXEL = 4  # a tiled decode's accumulators: RGB sums and the weight

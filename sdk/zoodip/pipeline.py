@@ -27,7 +27,8 @@ from .generate import generate
 from .hires import generate_hires
 from .model import ExportedModel
 from .runtime_options import RuntimeOptions
-from .sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, HIRES_STRENGTH, SAMPLERS, call_plan, image_strength, starts_from_noise
+from .sampling import (DEFAULT_GUIDANCE_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, HIRES_STRENGTH, SAMPLERS, call_plan,
+                       image_strength, starts_from_noise)
 
 OUTPUT_TYPES = ("pil", "np")
 
@@ -195,8 +196,8 @@ class ZoodipPipeline:
         return self
 
     def __call__(self, prompt: str, *positional: Any, negative_prompt: str | None = None,
-                 num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE_SCALE, seed: int | None = None,
-                 output_type: str = "pil", clip_skip: int | None = None, callback: Any = None, callback_steps: int = 1,
+                 num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                 seed: int | None = None, output_type: str = "pil", clip_skip: int | None = None, callback: Any = None, callback_steps: int = 1,
                  **options: Any) -> PipelineOutput:
         """``generate(self.model, prompt, ...)`` under diffusers' names (``num_images_per_prompt``, ``height``,
         ``width``, ``latents``, ``image``, ``strength``, ``mask_image``, ``padding_mask_crop``, ``eta``,
