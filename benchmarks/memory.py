@@ -363,7 +363,7 @@ def render(out: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        report = render(_out_folder(args)) if args.render else run(args)
+        report = render(Path(_out_folder(args))) if args.render else run(args)
     except ZoodipError as exc:
         return print_error(exc)
     print(markdown(report))

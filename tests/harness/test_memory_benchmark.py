@@ -107,6 +107,14 @@ def test_vae_tiles_script_compares_tiled_with_whole_decoding(tiny_export: Path) 
     assert len(rows) == 2 and "| 9 |" in rows[0] and "| 4 |" in rows[1]  # 3x3 and 2x2 tiles over 16 latents
 
 
+def test_render_rewrites_the_reports_of_a_stored_run(tmp_path: Path) -> None:
+    """(--render --out DIR was a TypeError after --out stopped being read as a Path.)"""
+    shutil.copy(REPO / "benchmarks" / "results" / "memory" / "memory.json", tmp_path / "memory.json")
+    done = _memory("--render", "--out", str(tmp_path), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "memory.md").stat().st_size > 0 and (tmp_path / "memory.png").stat().st_size > 0
+
+
 def test_unknown_contender_is_a_one_line_error(tmp_path: Path) -> None:
     done = _memory("--tiny", "--contenders", "nope", "--out", str(tmp_path), "--cache", str(tmp_path / "c"), timeout=60)
     assert done.returncode == 2
