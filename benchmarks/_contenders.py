@@ -372,7 +372,8 @@ def run_torch_zo(spec: dict, phases: Phases) -> dict:
 
 
 def _fd_problem(export: Path, side: int, directions: int, seed: int = 0) -> dict:
-    """A fixed (prompt, v0, x_t, t, target, directions) problem, built with the SDK's pieces only."""
+    """A fixed (prompt, v0, x_t, t, target, directions) problem, built with the SDK's pieces only; ``rows``: the
+    prompt's token rows (the placeholder's the table's last, replaced by v)."""
     import numpy as np
 
     tokenizer, table, schedule = _export_text_side(export)
@@ -386,7 +387,9 @@ def _fd_problem(export: Path, side: int, directions: int, seed: int = 0) -> dict
     x_t = schedule.add_noise(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
     target = schedule.target(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
     z = rng.standard_normal((directions, len(v0))).astype(np.float32)
-    return {"ids": ids, "placeholder": placeholder, "v0": v0, "x_t": x_t, "t": t, "target": target, "z": z}
+    rows = np.asarray(table[np.minimum(ids, len(table) - 1)], np.float32)
+    return {"ids": ids, "placeholder": placeholder, "v0": v0, "x_t": x_t, "t": t, "target": target, "z": z,
+            "rows": rows}
 
 
 def run_fd_exact(spec: dict, phases: Phases) -> dict:
@@ -402,9 +405,8 @@ def run_fd_exact(spec: dict, phases: Phases) -> dict:
     models = load_torch_models(Path(spec["source"]), ("text_encoder", "unet"))
     text = TextEncoderGraph(models["text_encoder"].text_model, 77)
     unet = UNetGraph(models["unet"], attention_query_chunks=0)
-    table = _export_text_side(export)[1]
     ids = problem["ids"]
-    rows = np.asarray(table[np.minimum(ids, len(table) - 1)], np.float32)
+    rows = problem["rows"]
     phases.end()
     phases.start("train")
     started = time.perf_counter()
