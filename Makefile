@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.zoodip-installed
 
 .PHONY: setup demo test clean
 
-# Everything is pinned in pyproject.toml (torch 2.13.0 CPU build; an unpinned torch pulls CUDA).
+# Everything is pinned in pyproject.toml (torch 2.13.0: from PyPI alone that is the CUDA build; its CPU build,
+# 2.13.0+cpu, satisfies the pin where pip can find it, e.g. installed into .venv first).
 # open-clip-torch is installed without dependencies: only its CLIP BPE vocabulary file is used.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
