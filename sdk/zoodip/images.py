@@ -391,6 +391,8 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
     ``texts``: each image's generation parameters (``zoodip.infotext``), written as A1111 writes them.
     ``also``: other files of the same call, ``(flag, path, write(handle))``, written in the same all or none
     (``generate --save-latents``: no latents beside images that could not be written, nor the reverse)."""
+    if texts is not None and len(texts) != len(pairs):  # (zip's strict=True is Python 3.10's)
+        raise ValueError(f"save_images: {len(texts)} parameter texts for {len(pairs)} images")
     done: list[tuple[str, Path, Path, Path]] = []  # (flag, temp file, the file it replaces, the path given)
     current = (flag, None)
     try:
@@ -398,7 +400,7 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
             check_encodable(path, image.size, flag)
         writes = [(flag, path, lambda tmp, image=image, text=text: image.save(
                        tmp, **(parameters_option(Path(tmp), text) if text else {})))
-                  for (image, path), text in zip(pairs, texts or [None] * len(pairs), strict=True)]
+                  for (image, path), text in zip(pairs, texts or [None] * len(pairs))]
         for write_flag, path, write in [*writes, *((f, p, _through_handle(w)) for f, p, w in also)]:
             current = (write_flag, Path(path))
             target = write_target(Path(path))  # (a link: its target)
