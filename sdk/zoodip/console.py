@@ -200,6 +200,22 @@ class OneLineParser(argparse.ArgumentParser):
                 return other + eq + value
         return arg
 
+    def format_help(self) -> str:
+        for action in self._actions:
+            action.help = help_with_default(action)
+        return super().format_help()
+
+
+def help_with_default(action: argparse.Action) -> str | None:
+    """``action``'s help ending with its default where it has one the help does not already tell (argparse's
+    ArgumentDefaultsHelpFormatter skips a flag with no help text, and says "None" and "False" for "not given")."""
+    default, text = action.default, action.help
+    if text == argparse.SUPPRESS or any(default is unset for unset in (None, False, argparse.SUPPRESS)) or "default" in (text or "") \
+            or not action.option_strings:
+        return text
+    shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+    return f"{text} (default: {shown.replace('%', '%%')})" if text else f"default: {shown.replace('%', '%%')}"
+
 
 def _options_part(args: list[str]) -> list[str]:
     """The arguments before a ``--`` (after it, everything is a value)."""

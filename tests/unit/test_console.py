@@ -1,6 +1,7 @@
 """The command-line parser's contract: one line for a bad flag, and either spelling of a flag's name."""
 from __future__ import annotations
 
+import argparse
 import sys
 
 import pytest
@@ -113,3 +114,31 @@ def test_a_refused_setup_keeps_a_progress_log_another_run_has_written_to(tmp_pat
         log.close()
         log.discard_setup_only()
         assert path.exists() == other_run_wrote
+
+
+def test_help_tells_every_default_once():
+    p = OneLineParser(prog="tool")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=0.01, help="step size")
+    p.add_argument("--range", nargs=2, type=int, default=[500, 900])
+    p.add_argument("--tau", type=int, default=None, help="history (default: the paper's 128)")
+    p.add_argument("--off", action="store_true", help="switch")
+    p.add_argument("--pattern", default="50%", help="a percent")
+    text = " ".join(p.format_help().split())
+    assert "--seed SEED default: 0" in text and "step size (default: 0.01)" in text
+    assert "--range RANGE RANGE default: 500 900" in text
+    assert "(default: the paper's 128)" in text and text.count("default") == 5
+    assert "switch --pattern" in text and "a percent (default: 50%)" in text
+    assert text == " ".join(p.format_help().split())  # (asking twice adds nothing)
+
+
+def test_the_clis_help_tells_each_flags_default():
+    from zoodip.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in ("personalize", "generate"):
+        sub = commands[name]
+        sub.format_help()
+        for action in sub._actions:
+            if action.option_strings and action.default not in (None, argparse.SUPPRESS) and action.default is not False:
+                assert "default" in (action.help or ""), (name, action.option_strings)
