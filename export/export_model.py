@@ -27,7 +27,7 @@ from zoodip.integrity import file_sha256
 from zoodip.manifest import FORMAT, FORMAT_VERSION, MANIFEST  # one definition of the folder format, shared with the reader
 from zoodip_export.lora import LoraSpec, fuse_loras, lora_entries, lora_specs
 from zoodip.export_folder import check_out_dir, missing_parents, output_target, publish, staging_folder
-from zoodip_export.source_folder import check_source, model_info, read_source
+from zoodip_export.source_folder import check_source, model_info, pickled_weights_warning, read_source
 from zoodip_export.weights import load_checked
 
 PRECISIONS = ("int8", "fp32")
@@ -279,6 +279,9 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     config = None if config is None else Path(config).expanduser().absolute()
     source, configs, source_entry = read_source(source, sample_size, seed, config)
     source_entry.update(lora_entries(specs))
+    pickled = pickled_weights_warning(source) if configs else None
+    if pickled:  # a security note: shown under --quiet too
+        print(pickled, file=sys.stderr)
     if recipe == "dynamic-int8":
         from zoodip_export.quantize import DYNAMIC_INT8_WARNING
 

@@ -147,6 +147,18 @@ def _text_positions(source: Path, text: dict[str, Any]) -> int:
     return positions
 
 
+def pickled_weights_warning(source: Path) -> str | None:
+    """A warning line where a component of ``source`` has its weights only as pickles (``.bin``, no ``.safetensors``
+    beside them), else None. diffusers and transformers load those with torch's weights-only unpickler, which refuses
+    code; the user still learns that the folder is not in the safe format."""
+    pickled = [part for part in ("unet", "vae", "text_encoder") if (source / part).is_dir()
+               and any((source / part).glob("*.bin")) and not any((source / part).glob("*.safetensors"))]
+    if not pickled:
+        return None
+    return (f"warning: {source}'s {', '.join(pickled)} weights are pickled (.bin), read with torch's weights-only "
+            "loader; prefer the model's .safetensors weights, which hold no code")
+
+
 def vae_scale_factor(vae: dict[str, Any]) -> int:
     """Pixels per latent along a side: the VAE halves the image once per block after the first (8 for SD)."""
     return 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1)

@@ -25,6 +25,11 @@ def load_checked(component: str, loader: Callable[[Path], Any], folder: Path) ->
     try:
         module = loader(folder)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        refused = _refused_pickle(exc)
+        if refused is not None:  # torch's weights-only unpickler met a global: the file would run code if trusted
+            raise ZoodipError(f"cannot load the {component}: a pickled weights file (.bin) in {shown} holds more than "
+                              f"tensors ({refused}), which zoodip does not unpickle: it may run code; use the model's "
+                              ".safetensors weights") from None
         if not any(path.suffix in (".safetensors", ".bin") for path in Path(folder).iterdir()):
             raise ZoodipError(f"cannot load the {component}: {shown} holds no weights file (.safetensors): copy the "
                               "model's weights there") from None
@@ -36,3 +41,19 @@ def load_checked(component: str, loader: Callable[[Path], Any], folder: Path) ->
         raise ZoodipError(f"the {component} in {shown} holds non-finite values (NaN or infinity) in {broken}: the "
                           "weights are damaged")
     return module
+
+
+def _refused_pickle(exc: BaseException) -> str | None:
+    """The line naming what the weights-only unpickler refused (a global such as ``posix.system``) in ``exc``'s chain
+    (diffusers and transformers wrap it in their own errors), else None."""
+    import pickle
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, pickle.UnpicklingError) and "Weights only load failed" in str(current):
+            lines = [line.strip() for line in str(current).splitlines() if "global" in line.lower()]
+            return (lines[-1] if lines else "Weights only load failed")[:120].rstrip(".")
+        current = current.__cause__ or current.__context__
+    return None

@@ -1,0 +1,58 @@
+"""Source folders as people have them: pickled (.bin) weights, VAEs of another depth."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip_export.export_model import main  # noqa: E402
+from zoodip_export.onnx_export import load_vae  # noqa: E402
+from zoodip_export.tiny import build_tiny_sd_folder  # noqa: E402
+from zoodip_export.weights import load_checked  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bin_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SD folder with its weights saved as diffusers/transformers save them with safe_serialization=False."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    source = build_tiny_sd_folder(tmp_path_factory.mktemp("bin") / "tiny_sd", seed=0)
+    for part, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL), ("text_encoder", CLIPTextModel)):
+        model = cls.from_pretrained(source / part)
+        for weights in (source / part).glob("*.safetensors"):
+            weights.unlink()
+        model.save_pretrained(source / part, safe_serialization=False)
+    return source
+
+
+def test_a_folder_of_pickled_weights_exports_with_a_warning(bin_source: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(bin_source), str(tmp_path / "out"), "--quiet", "--curvature-samples", "0", "--no-parity"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: ") and "pickled (.bin)" in err, err
+    assert "unet, vae, text_encoder" in err and ".safetensors" in err
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # what a malicious .bin holds: a call run while it is unpickled
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_would_run_code_is_refused_unrun(bin_source: Path, tmp_path: Path) -> None:
+    vae = tmp_path / "vae"
+    shutil.copytree(bin_source / "vae", vae)
+    marker = tmp_path / "ran"
+    torch.save({"encoder.conv_in.weight": _Payload(marker)}, vae / "diffusion_pytorch_model.bin")
+    with pytest.raises(ZoodipError, match=r"pickled weights file \(\.bin\) .* holds more than tensors .*GLOBAL posix"
+                                          r"\.system.*use the model's \.safetensors"):
+        load_checked("VAE", load_vae, vae)
+    assert not marker.exists()
