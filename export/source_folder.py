@@ -79,6 +79,7 @@ def check_source(source: Path) -> dict[str, dict[str, Any]]:
                           "consistency model distilled with it, such as LCM_Dreamshaper_v7), an input zoodip's export "
                           "does not have: export a base model with the LCM-LoRA fused in instead (diffusers' "
                           "load_lora_weights, fuse_lora, save_pretrained) and generate with --sampler lcm")
+    _check_vae_depth(source, configs["vae"])
     unet_channels, latent_channels = configs["unet"].get("in_channels", 4), configs["vae"].get("latent_channels", 4)
     if unet_channels != latent_channels:
         raise ZoodipError(f"{source}: its UNet reads {unet_channels} channels, not the VAE's {latent_channels} latent "
@@ -147,6 +148,26 @@ def _text_positions(source: Path, text: dict[str, Any]) -> int:
     return positions
 
 
+# AutoencoderKL's defaults for the keys that set its depth (a config leaving them out gets these).
+_VAE_DEPTH_DEFAULTS = {"block_out_channels": (64,), "down_block_types": ("DownEncoderBlock2D",),
+                       "up_block_types": ("UpDecoderBlock2D",)}
+
+
+def _check_vae_depth(source: Path, vae: dict[str, Any]) -> None:
+    """The VAE halves the image once per encoder block after the first and doubles it once per decoder block after
+    the first; the export records its pixels per latent from ``block_out_channels`` (as diffusers' pipelines do),
+    which diffusers does not check against the block lists: a mismatch would give every image a wrong size."""
+    counts = {key: vae.get(key, default) for key, default in _VAE_DEPTH_DEFAULTS.items()}
+    if any(not isinstance(value, (list, tuple)) or not value for value in counts.values()):
+        raise ZoodipError(f"{source}: vae/config.json's block_out_channels, down_block_types and up_block_types must be "
+                          "non-empty lists (SD's: 4 entries each): fix the file")
+    if len({len(value) for value in counts.values()}) != 1:
+        raise ZoodipError(f"{source}: vae/config.json has {len(counts['block_out_channels'])} block_out_channels but "
+                          f"{len(counts['down_block_types'])} down_block_types and {len(counts['up_block_types'])} "
+                          "up_block_types, so its pixels per latent are not 2^(blocks - 1) (SD's: 4 each, 8 px): "
+                          "copy the model's own vae folder")
+
+
 def pickled_weights_warning(source: Path) -> str | None:
     """A warning line where a component of ``source`` has its weights only as pickles (``.bin``, no ``.safetensors``
     beside them), else None. diffusers and transformers load those with torch's weights-only unpickler, which refuses
@@ -161,7 +182,7 @@ def pickled_weights_warning(source: Path) -> str | None:
 
 def vae_scale_factor(vae: dict[str, Any]) -> int:
     """Pixels per latent along a side: the VAE halves the image once per block after the first (8 for SD)."""
-    return 2 ** (len(vae.get("block_out_channels", (0, 0, 0, 0))) - 1)
+    return 2 ** (len(vae.get("block_out_channels", _VAE_DEPTH_DEFAULTS["block_out_channels"])) - 1)
 
 
 def model_info(configs: dict[str, dict[str, Any]], sample_size: int | None) -> dict[str, Any]:

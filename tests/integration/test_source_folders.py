@@ -1,6 +1,7 @@
 """Source folders as people have them: pickled (.bin) weights, VAEs of another depth."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -56,3 +57,23 @@ def test_a_pickle_that_would_run_code_is_refused_unrun(bin_source: Path, tmp_pat
                                           r"\.system.*use the model's \.safetensors"):
         load_checked("VAE", load_vae, vae)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("edit,needle", [
+    ({"block_out_channels": [32, 32, 32, 32], "down_block_types": ["DownEncoderBlock2D"] * 3,
+      "up_block_types": ["UpDecoderBlock2D"] * 3}, "has 4 block_out_channels but 3 down_block_types and 3 up_block_types"),
+    ({"up_block_types": ["UpDecoderBlock2D"] * 2}, "has 4 block_out_channels but 4 down_block_types and 2 up_block"),
+    ({"block_out_channels": 128}, "must be non-empty lists"),
+])
+def test_a_vae_whose_blocks_disagree_on_its_depth_is_refused(tiny_sd_folder: Path, tmp_path: Path, edit: dict,
+                                                               needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The export records pixels per latent as 2^(len(block_out_channels) - 1); diffusers builds the VAE's depth from
+    its block lists without comparing them (a crash in the trace, or every image of the wrong size)."""
+    source = tmp_path / "source"
+    shutil.copytree(tiny_sd_folder, source, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))  # (configs only)
+    config = source / "vae" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **edit}))
+    assert main([str(source), str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err and "vae/config.json" in err, err
+    assert not (tmp_path / "out").exists()
