@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import posixpath
 from pathlib import Path
 from typing import Any
@@ -95,24 +96,24 @@ def check_manifest(manifest: dict[str, Any], folder: Path, path: Path) -> None:
             relative = _typed(graph, key, (str,), path, f"graphs.{name}.", required=key == "file")
             if relative is not None:
                 _inside(folder, relative, path, f"graphs.{name}.{key}")
-                if relative not in files:  # every weight file is size- and hash-checked
+                if not _listed(folder, relative, files):  # every weight file is size- and hash-checked
                     raise _bad_manifest(path, f"does not list graphs.{name}.{key} {relative!r} among its files")
         _typed(graph, "inputs", (dict,), path, f"graphs.{name}.", required=False)
     table = _typed(manifest["token_embeddings"], "file", (str,), path, "token_embeddings.")
     _inside(folder, table, path, "token_embeddings.file")
     for key in ("tokenizer", "scheduler"):
         _inside(folder, _typed(manifest, key, (str,), path, ""), path, key)
-    tokenizer, listed = manifest["tokenizer"], {_spelled(name) for name in files}  # (paths as written: "./x" is "x")
+    tokenizer = manifest["tokenizer"]
     read = {"token_embeddings.file": table, "scheduler": manifest["scheduler"],  # what the SDK reads: hash-checked
             **{f"tokenizer's {name}": f"{tokenizer}/{name}" for name in VOCABULARY_FILES}}
     for key, relative in read.items():
-        if _spelled(relative) not in listed:
+        if not _listed(folder, relative, files):
             raise _bad_manifest(path, f"does not list {key} {relative!r} among its files")
     curvature = _typed(manifest, "curvature", (dict,), path, "", required=False)
     if curvature is not None:
         relative = _typed(curvature, "file", (str,), path, "curvature.")
         _inside(folder, relative, path, "curvature.file")
-        if relative not in files:
+        if not _listed(folder, relative, files):
             raise _bad_manifest(path, f"does not list curvature.file {relative!r} among its files")
     _check_source(_typed(manifest, "source", (dict,), path, "", required=False) or {}, path)
     session = manifest.get("session") or {}
@@ -203,11 +204,18 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 def unlisted_tokenizer_files(folder: Path, manifest: dict[str, Any]) -> list[str]:
     """The files the SDK reads from the export's tokenizer folder that its manifest does not list (none from an
     export: one would be read unchecked, e.g. a saved textual-inversion pipeline's added_tokens.json copied in)."""
-    tokenizer, listed = manifest["tokenizer"], {_spelled(name) for name in manifest["files"]}
-    read = [_spelled(f"{tokenizer}/{name}") for name in TOKENIZER_FILES if (Path(folder) / tokenizer / name).exists()]
-    return [name for name in read if name not in listed]
+    tokenizer = manifest["tokenizer"]
+    read = [f"{tokenizer}/{name}" for name in TOKENIZER_FILES if (Path(folder) / tokenizer / name).exists()]
+    return [posixpath.normpath(name) for name in read if not _listed(folder, name, manifest["files"])]
 
 
-def _spelled(relative: str) -> str:
-    """A manifest's path in one spelling ("./tokenizer//vocab.json" is "tokenizer/vocab.json")."""
-    return posixpath.normpath(relative)
+def _listed(folder: Path, relative: str, files: dict[str, Any]) -> bool:
+    """Whether the file the SDK opens at ``folder / relative`` is one of ``files`` (hash-checked), however either is
+    written ("./unet.onnx" is "unet.onnx"): compared as opened, links and ".." resolved, so that "link/../x" is not
+    taken for "x" where the link leads elsewhere (a file no hash covers)."""
+    return manifest_file(folder, relative) in {manifest_file(folder, name) for name in files}
+
+
+def manifest_file(folder: Path, relative: str) -> Path:
+    """The file a manifest path names, as the SDK opens it: links and ".." resolved (one key for every spelling)."""
+    return Path(os.path.realpath(Path(folder) / relative))

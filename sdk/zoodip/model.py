@@ -24,7 +24,7 @@ from .heap import limit_heap_arenas, return_large_blocks, trim_heap  # noqa: F40
 from .image_side import check_model_side, sd_unet_side_multiple, unet_side_multiple
 from .integrity import file_identity, file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
 from .manifest import (FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, latent_scale_problem,  # noqa: F401 (public here)
-                       read_manifest)
+                       manifest_file, read_manifest)
 from .runtime_options import (DEFAULT_SPIN_WAIT, RuntimeOptions, apply_export_session,  # noqa: F401 (public here)
                               check_runtime_options)
 from .schedule import NoiseSchedule
@@ -86,7 +86,8 @@ class ExportedModel:
         self._sessions_lock = threading.Lock()  # two threads' generate(): one's release() between the other's steps
         # Each file as opened: a session made later (first use, or after release) from a replaced file would mix two
         # exports' graphs with this one's tokenizer and schedule.
-        self._opened = {name: _file_state(self.folder / name) for name in manifest["files"]}
+        # (keyed by the file as opened: a graph's path may be written otherwise than its files entry, "./unet.onnx")
+        self._opened = {manifest_file(self.folder, name): _file_state(self.folder / name) for name in manifest["files"]}
 
         scheduler_path = self.folder / manifest["scheduler"]
         try:
@@ -258,7 +259,8 @@ class ExportedModel:
                 graph = self.manifest["graphs"][name]
                 path = self.folder / graph["file"]
                 for file in filter(None, (graph.get("file"), graph.get("external_data"))):
-                    if file in self._opened and _file_state(self.folder / file) != self._opened[file]:
+                    opened = self._opened.get(manifest_file(self.folder, file))
+                    if opened is not None and _file_state(self.folder / file) != opened:
                         raise ZoodipError(f"the export at {self.folder} changed since the model was opened ({file}): "
                                           "open it again")
                 opts, disabled = self.session_options(name)
