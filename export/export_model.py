@@ -27,7 +27,8 @@ from zoodip.integrity import file_sha256
 from zoodip.manifest import FORMAT, FORMAT_VERSION, MANIFEST  # one definition of the folder format, shared with the reader
 from zoodip_export.lora import LoraSpec, fuse_loras, lora_entries, lora_specs
 from zoodip.export_folder import check_out_dir, missing_parents, output_target, publish, staging_folder
-from zoodip_export.source_folder import check_source, model_info, pickled_weights_warning, read_source
+from zoodip_export.source_folder import (check_source, model_info, pipeline_scheduler_config, read_source,
+                                         source_warnings)
 from zoodip_export.weights import load_checked
 
 PRECISIONS = ("int8", "fp32")
@@ -279,9 +280,8 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     config = None if config is None else Path(config).expanduser().absolute()
     source, configs, source_entry = read_source(source, sample_size, seed, config)
     source_entry.update(lora_entries(specs))
-    pickled = pickled_weights_warning(source) if configs else None
-    if pickled:  # a security note: shown under --quiet too
-        print(pickled, file=sys.stderr)
+    for warning in source_warnings(source, configs) if configs else ():  # (security notes too: under --quiet too)
+        print(warning, file=sys.stderr)
     if recipe == "dynamic-int8":
         from zoodip_export.quantize import DYNAMIC_INT8_WARNING
 
@@ -379,11 +379,12 @@ def _check_export_args(source: Path | None, tiny: bool, curvature_samples: int |
 
 def _write_tokenizer_and_scheduler(source: Path, staging: Path, configs: dict[str, dict[str, Any]],
                                    info: dict[str, Any]) -> None:
-    """The tokenizer folder and the scheduler config (with the model's prediction type) into ``staging``."""
+    """The tokenizer folder and the scheduler config (with the model's prediction type, as diffusers' pipelines read it)
+    into ``staging``."""
     from zoodip_export.clip_vocab import copy_tokenizer_folder
 
     copy_tokenizer_folder(source / "tokenizer", staging / "tokenizer")
-    scheduler = dict(configs["scheduler"])
+    scheduler, _ = pipeline_scheduler_config(configs["scheduler"])
     scheduler.setdefault("prediction_type", info["prediction_type"])
     (staging / SCHEDULER_CONFIG).write_text(json.dumps(scheduler, indent=2) + "\n", encoding="utf-8")
 

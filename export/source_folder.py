@@ -180,6 +180,29 @@ def pickled_weights_warning(source: Path) -> str | None:
             "loader; prefer the model's .safetensors weights, which hold no code")
 
 
+# What diffusers' Stable Diffusion pipelines rewrite in an older scheduler config when they load it (with a
+# deprecation warning): a steps_offset other than 1 (the schedulers' own default is 0) and clip_sample on.
+PIPELINE_SCHEDULER_SETTINGS = {"steps_offset": 1, "clip_sample": False}
+
+
+def pipeline_scheduler_config(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``config`` as diffusers' pipelines sample with it (``PIPELINE_SCHEDULER_SETTINGS``), so that an export samples
+    the timesteps diffusers does for the same folder; and what was changed, as ``key: old -> new``."""
+    changed = [key for key, value in PIPELINE_SCHEDULER_SETTINGS.items()
+               if (config.get(key, 0) != value if key == "steps_offset" else config.get(key) is True)]
+    return ({**config, **{key: PIPELINE_SCHEDULER_SETTINGS[key] for key in changed}},
+            [f"{key}: {config.get(key, 'not given')} -> {PIPELINE_SCHEDULER_SETTINGS[key]}" for key in changed])
+
+
+def source_warnings(source: Path, configs: dict[str, dict[str, Any]]) -> list[str]:
+    """The warning lines of exporting ``source`` (read as ``configs``): pickled weights, a scheduler config read
+    otherwise than it says."""
+    _, changed = pipeline_scheduler_config(configs.get("scheduler", {}))
+    return [line for line in (pickled_weights_warning(source), changed and (
+        f"warning: {source}'s scheduler_config.json is read as diffusers' Stable Diffusion pipelines read it "
+        f"({', '.join(changed)}; they warn that the file is outdated)")) if line]
+
+
 def vae_scale_factor(vae: dict[str, Any]) -> int:
     """Pixels per latent along a side: the VAE halves the image once per block after the first (8 for SD)."""
     return 2 ** (len(vae.get("block_out_channels", _VAE_DEPTH_DEFAULTS["block_out_channels"])) - 1)

@@ -77,3 +77,22 @@ def test_a_vae_whose_blocks_disagree_on_its_depth_is_refused(tiny_sd_folder: Pat
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and needle in err and "vae/config.json" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_outdated_scheduler_config_is_exported_as_diffusers_pipelines_read_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from diffusers import StableDiffusionPipeline
+
+    source = build_tiny_sd_folder(tmp_path / "tiny_sd", seed=0)
+    path = source / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    config.update(_class_name="DDIMScheduler", steps_offset=0, clip_sample=True)
+    path.write_text(json.dumps(config))
+    assert main([str(source), str(tmp_path / "out"), "--quiet", "--curvature-samples", "0", "--no-parity"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "steps_offset: 0 -> 1, clip_sample: True -> False" in err, err
+    exported = json.loads((tmp_path / "out" / "scheduler_config.json").read_text())
+    loaded = StableDiffusionPipeline.from_pretrained(source, safety_checker=None).scheduler.config
+    assert (exported["steps_offset"], exported["clip_sample"]) == (loaded.steps_offset, loaded.clip_sample) == (1, False)
