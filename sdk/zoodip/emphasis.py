@@ -55,9 +55,10 @@ COMMA_BACKTRACK = 20  # A1111's default "comma padding backtrack"
 MAX_CHUNKS = 4  # the longest prompt read: 300 tokens (the UNet's cross-attention grows with the length)
 # What an A1111 prompt with an explicit weight looks like: worth a warning where it is read as plain text.
 _A1111_WEIGHTED = re.compile(r"\([^()]*:\s*[+-]?\d*\.?\d+\s*\)")
-# Brackets that weigh by themselves and seldom appear in plain prose: doubled round ones, "((words))", and square
-# ones after no word character ("[blurry]", not "array[0]"); a single "(words)" is prose as often ("a dog (a pug)").
-_A1111_BRACKETED = re.compile(r"(?<!\\)\(\((?=[^()]*[^\W\d_])[^()]*\)\)|(?<![\w\\])\[(?=[^\[\]]*[^\W\d_])[^\[\]:|]*\]")
+# Brackets that weigh by themselves and seldom appear in plain prose: doubled round ones, "((words))" (also with
+# spaces between them, "( (words) )": A1111 reads both as x1.21, the spaces as text at x1.1), and square ones after
+# no word character ("[blurry]", not "array[0]"); a single "(words)" is prose as often ("a dog (a pug)").
+_A1111_BRACKETED = re.compile(r"(?<!\\)\(\s*\((?=[^()]*[^\W\d_])[^()]*\)\s*\)|(?<![\w\\])\[(?=[^\[\]]*[^\W\d_])[^\[\]:|]*\]")
 
 
 def has_break(text: str) -> bool:

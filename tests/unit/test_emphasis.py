@@ -64,6 +64,9 @@ def test_which_prompts_are_said_to_look_weighted():
     assert looks_emphasized("a (cat:1.3) on a mat") and looks_emphasized("(cat: .5 )")
     # Brackets weigh by themselves in A1111 (((masterpiece)) x1.21, [blurry] /1.1): the defaults read them as text.
     assert looks_emphasized("a ((cat))") and looks_emphasized("[blurry], x")
+    # Spaces between the brackets change nothing in A1111 (the outer pair still weighs the inner one): said as well.
+    assert looks_emphasized("a ( (cat) ) b") and looks_emphasized("( ( cat ) )")
+    assert parse_emphasis("( (x) )") == [(" ", 1.1), ("x", 1.1 * 1.1), (" ", 1.1)]  # A1111's parse_prompt_attention
     assert not looks_emphasized("a [cat:dog:0.5] or [a|b]") and not looks_emphasized(r"a \(cat\) () []")
     for prose in ("a dog (golden retriever)", "born (1865)", "array[0]", "((1))"):  # as often plain text: not said
         assert not looks_emphasized(prose), prose
