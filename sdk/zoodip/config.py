@@ -391,7 +391,9 @@ class PersonalizeConfig:
                 "seed", "n", "mu", "optimizer", "adam_betas", "adam_eps", "subspace", "tau", "nu",
                 "subspace_mode", "t_range", "flip", "batched", "eval_timesteps")
         payload = {k: getattr(self, k) for k in keys}
-        payload["captions"] = str(self.captions) if self.captions else None
+        # A text file by its name, not its path: the path depends on the folder the run was started from (a resume
+        # from another folder names the same file otherwise), and the content is in the photos' identity already.
+        payload["captions"] = self.captions.name if self.captions else None
         if self.vocabulary_variance is not None:  # absent by default: older checkpoints keep their fingerprint
             payload["vocabulary_variance"] = float(self.vocabulary_variance)
         if self.curvature_fraction:  # the trainer resolves None (automatic) to a fraction or 0 (off)
@@ -405,7 +407,7 @@ class PersonalizeConfig:
         if self.clip_estimate is not None:  # likewise
             payload["clip_estimate"] = float(self.clip_estimate)
         if self.template_file is not None:  # likewise
-            payload["template_file"] = str(self.template_file)
+            payload["template_file"] = self.template_file.name
         if self.num_vectors != 1:  # likewise
             payload["num_vectors"] = self.num_vectors
         if not self.center_crop:  # likewise
@@ -435,7 +437,8 @@ class PersonalizeConfig:
         return settings
 
     def to_json(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        """The settings as JSON (config.json), paths absolute: they name the same files from any folder."""
+        return {k: (os.path.abspath(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
     def runtime_options(self) -> RuntimeOptions:
         """The onnxruntime settings of this run's model: its threads, spinning and memory budget. A model

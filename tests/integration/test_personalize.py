@@ -743,3 +743,20 @@ def test_an_a1111_file_named_as_a_word_is_warned_of_before_the_work(tiny_export,
         personalize(make_config(tiny_export, photos, tmp_path / "r", placeholder_token="<star>", a1111=True,
                                 max_train_steps=1, eval_every=0), on_progress=events.append)
     assert (tmp_path / "r" / "star.safetensors").is_file()
+
+
+def test_a_templated_run_resumes_from_another_folder(tiny_export, photos, tmp_path, monkeypatch):
+    """The template file named relative to where the run started: a resume from elsewhere names it by another path
+    (it was refused as "template_file differs"); config.json records absolute paths, the same files from anywhere."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "tmpl.txt").write_text("a photo of [name]\na picture of [name]\n")
+    monkeypatch.chdir(tmp_path / "a")
+    config = make_config(tiny_export, photos, tmp_path / "run", template_file="tmpl.txt", max_train_steps=4)
+    personalize(config)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["template_file"] == str(tmp_path / "a" / "tmpl.txt")
+    assert recorded["images"] == str(photos.absolute())
+    monkeypatch.chdir(tmp_path / "b")
+    result = personalize(dataclasses.replace(config, template_file="../a/tmpl.txt", max_train_steps=8), resume=True)
+    assert result.status == "done" and result.steps == 8

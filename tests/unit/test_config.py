@@ -115,3 +115,17 @@ def test_learnable_properties_are_the_types_choices() -> None:
     from zoodip.prompts import LEARNABLE_PROPERTIES, LearnableProperty
 
     assert LEARNABLE_PROPERTIES == typing.get_args(LearnableProperty)
+
+
+def test_text_files_name_the_same_run_from_any_folder(tmp_path, monkeypatch) -> None:
+    """A caption or template file named from where the run started, then from elsewhere on --resume: the same run
+    (its content is in the photos' identity); config.json records absolute paths, which name it from anywhere."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    here = PersonalizeConfig(**BASE, template_file="tmpl.txt", captions="caps.txt")
+    recorded = here.to_json()
+    assert recorded["template_file"] == str(tmp_path / "a" / "tmpl.txt") and recorded["images"] == str(tmp_path / "a")
+    monkeypatch.chdir(tmp_path / "b")
+    there = PersonalizeConfig(**BASE, template_file="../a/tmpl.txt", captions=tmp_path / "a" / "caps.txt")
+    assert there.fingerprint() == here.fingerprint() and not there.settings_differing_from(recorded)
