@@ -230,7 +230,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     texts = None if args.no_metadata else [infotext(args.prompt, dict(settings, latents=args.latents), im.size, model, i,
                                                     used) for i, im in enumerate(images)]
     # All of them or none (the latents too): a full disk at the third image leaves the files that were there; a
-    # refused, stopped or failed call writes none. The grid: the first's text.
+    # refused, stopped or failed call writes none; --out is renamed into place last (new: the set is). The grid: the
+    # first's text.
     save_images([*zip(images, singles), (images[0] if len(images) == 1 else image_grid([images]), out)],
                 texts=texts and [*texts[:len(singles)], texts[0]],
                 also=[("--save-latents", args.save_latents, lambda handle: write_latents(handle, latents))]

@@ -7,6 +7,7 @@ the training resolution; what cannot be used is named in a one-line error.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import threading
@@ -387,7 +388,9 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
     """Write each ``(image, path)`` as ``save_image`` does, all or none: every image goes to its temp file first,
     and only when all are written are they renamed over their paths (a full disk at the third image leaves the
     files that were there, not two new images beside an old one, nor none of either). The renames themselves are
-    one at a time: one that fails (a folder where a file was checked to be) leaves the earlier ones done.
+    one at a time: one that fails (a folder where a file was checked to be), or a kill between them, leaves the
+    earlier ones done. So the last pair's path goes last, after the ``also`` files: where it is new, the whole set
+    is (generate's --out; a half-set it is not yet, and the same command again rewrites the set).
     ``texts``: each image's generation parameters (``zoodip.infotext``), written as A1111 writes them.
     ``also``: other files of the same call, ``(flag, path, write(handle))``, written in the same all or none
     (``generate --save-latents``: no latents beside images that could not be written, nor the reverse)."""
@@ -401,7 +404,7 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
         writes = [(flag, path, lambda tmp, image=image, text=text: image.save(
                        tmp, **(parameters_option(Path(tmp), text) if text else {})))
                   for (image, path), text in zip(pairs, texts or [None] * len(pairs))]
-        for write_flag, path, write in [*writes, *((f, p, _through_handle(w)) for f, p, w in also)]:
+        for write_flag, path, write in [*((f, p, _through_handle(w)) for f, p, w in also), *writes]:
             current = (write_flag, Path(path))
             target = write_target(Path(path))  # (a link: its target)
             # Beside it, a name no one else uses, with the suffix the user gave: Pillow picks the format by it.
@@ -409,6 +412,10 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
             done.append((write_flag, tmp, target, Path(path)))
             target.parent.mkdir(parents=True, exist_ok=True)
             write(tmp)
+        for write_flag, _, target, given in done:  # a folder put in a file's way: refused before any rename
+            current = (write_flag, given)
+            if target.is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
         for write_flag, tmp, target, given in done:
             current = (write_flag, given)
             tmp.replace(target)

@@ -303,3 +303,30 @@ def test_the_planned_size_follows_the_hires_fix_rounding_and_leaves_a_bad_scale_
     assert planned_size(model, 64, 64, float("nan")) is None and planned_size(model, 64, 64, float("inf")) is None
     with pytest.raises(ZoodipError, match="width must be a positive multiple of 8, got 1001"):
         planned_size(model, 1001, 64)
+
+
+def test_the_out_file_is_renamed_into_place_last(tmp_path, monkeypatch):
+    """A kill between the renames left a new --out beside old latents (they went last): --out now goes last, so a new
+    --out says the whole set is new; one stopped before it leaves the --out that was there."""
+    from pathlib import Path
+
+    from zoodip.images import save_images
+
+    for name in ("a.png", "a-1.png"):
+        Image.new("RGB", (8, 8), "blue").save(tmp_path / name)
+    (tmp_path / "a.npy").write_bytes(b"old latents")
+    renames, replace = [], Path.replace
+
+    def killed_at_the_last(self, target):
+        if len(renames) == 2:
+            raise KeyboardInterrupt  # as a kill between two renames, for what is there afterwards
+        renames.append(Path(target).name)
+        return replace(self, target)
+    monkeypatch.setattr(Path, "replace", killed_at_the_last)
+    red = Image.new("RGB", (8, 8), "red")
+    with pytest.raises(KeyboardInterrupt):
+        save_images([(red, tmp_path / "a-1.png"), (red, tmp_path / "a.png")],
+                    also=[("--save-latents", tmp_path / "a.npy", lambda handle: handle.write(b"new latents"))])
+    assert renames == ["a.npy", "a-1.png"]
+    assert Image.open(tmp_path / "a.png").getpixel((0, 0)) == (0, 0, 255)  # the old --out: not a set yet
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1.png", "a.npy", "a.png"]  # no temp file left
