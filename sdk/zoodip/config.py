@@ -338,6 +338,9 @@ class PersonalizeConfig:
                               "would lack it")
         if self.captions is not None and self.template_file is not None:
             raise ZoodipError("--captions and --template_file are two ways to caption the photos: use one")
+        for flag, path, kind in (("--captions", self.captions, "JSON"), ("--template_file", self.template_file, "text")):
+            if path is not None and path.is_dir():  # (read later, where the error could not name the flag)
+                raise ZoodipError(f"{flag} {path} is a folder: name the {kind} file itself")
         if self.vae_sampling not in VAE_SAMPLING:
             raise ZoodipError(f"--vae-sampling must be one of {', '.join(VAE_SAMPLING)}, got {self.vae_sampling!r}")
         if self.learnable_property not in LEARNABLE_PROPERTIES:

@@ -129,3 +129,10 @@ def test_text_files_name_the_same_run_from_any_folder(tmp_path, monkeypatch) -> 
     monkeypatch.chdir(tmp_path / "b")
     there = PersonalizeConfig(**BASE, template_file="../a/tmpl.txt", captions=tmp_path / "a" / "caps.txt")
     assert there.fingerprint() == here.fingerprint() and not there.settings_differing_from(recorded)
+
+
+def test_a_folder_given_as_a_text_file_is_refused_naming_its_flag(tmp_path) -> None:
+    """--captions FOLDER was refused as "cannot read FOLDER (Is a directory): check the file", naming no flag."""
+    for flag, field in (("--captions", "captions"), ("--template_file", "template_file")):
+        with pytest.raises(ZoodipError, match=f"^{flag} \\S+ is a folder: name the (JSON|text) file itself$"):
+            PersonalizeConfig(**APART, **{field: tmp_path}).validate()
