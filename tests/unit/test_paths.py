@@ -245,3 +245,19 @@ def test_an_output_under_a_link_to_nothing_says_so(tmp_path):
     with pytest.raises(ZoodipError, match=r"lies under \S+dd, which is a symbolic link to \S+missing-dir, which does "
                                           "not exist: choose another path"):
         check_output_file(tmp_path / "dd" / "x.png", "--out")
+
+
+def test_generate_and_personalize_treat_a_link_to_nothing_alike(tmp_path):
+    """One rule for the outputs a user names (generate --out, personalize --output_dir / --progress-jsonl): a link to
+    nothing is refused, the same words for each (only 'zoodip export OUT_DIR' follows one: it publishes a folder)."""
+    import os
+    from zoodip.paths import check_output_dir, check_output_file
+
+    os.symlink(tmp_path / "nothing.png", tmp_path / "out.png")
+    os.symlink(tmp_path / "nothing", tmp_path / "run")
+    said = r" \S+ is a symbolic link to \S+, which does not exist: remove the link, or name another path$"
+    with pytest.raises(ZoodipError, match="^--out" + said):
+        check_output_file(tmp_path / "out.png", "--out", (".png",))
+    with pytest.raises(ZoodipError, match="^--output_dir" + said):
+        check_output_dir(tmp_path / "run")
+    assert not (tmp_path / "nothing").exists() and not (tmp_path / "nothing.png").exists()
