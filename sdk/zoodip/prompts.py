@@ -108,18 +108,19 @@ def load_captions(path: Path, image_names: Sequence[str], placeholder: str) -> d
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ZoodipError(f"captions file {path} does not exist; check the path") from None
+        raise ZoodipError(f"--captions {path} does not exist; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ZoodipError(f"cannot read captions file {path} ({exc}); it must be a readable UTF-8 text file") from None
+        raise ZoodipError(f"cannot read --captions {path} ({exc}); it must be a readable UTF-8 text file") from None
     try:
         data = parse_json(text)
     except ValueError as exc:
         where = f"line {exc.lineno}, column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else exc
-        raise ZoodipError(f"captions file {path} is not valid JSON ({where})") from None
+        raise ZoodipError(f"--captions {path} is not valid JSON ({where}): write {{\"photo file name\": \"caption\"}}; "
+                          "A1111's caption .txt beside each photo is read with --template_file") from None
     data = _authors_dataset(data, image_names)
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ZoodipError(
-            f'captions file {path} must be a JSON object of strings: {{"image file name": "caption"}}'
+            f'--captions {path} must be a JSON object of strings: {{"image file name": "caption"}}'
         )
     # The authors' captions name the concept with a "{}" slot (caption.format(placeholder)).
     # Names compared in one Unicode form: macOS writes "é" in file names as e + accent, an editor as one letter.
@@ -128,9 +129,9 @@ def load_captions(path: Path, image_names: Sequence[str], placeholder: str) -> d
     missing = [name for name in image_names if unicodedata.normalize("NFC", name) not in data]
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise ZoodipError(f"captions file {path} has no caption for {shown}; add one caption per training image")
+        raise ZoodipError(f"--captions {path} has no caption for {shown}; add one caption per training image")
     captions = {name: data[unicodedata.normalize("NFC", name)] for name in image_names}
-    _check_captions(captions, placeholder, source=f"captions file {path}")
+    _check_captions(captions, placeholder, source=f"--captions {path}")
     return captions
 
 

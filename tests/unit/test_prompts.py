@@ -144,3 +144,12 @@ def test_captions_in_the_authors_format(tmp_path: Path) -> None:
     # Two datasets that both caption every photo: ambiguous, refused as any non-flat object.
     with pytest.raises(ZoodipError, match="must be a JSON object of strings"):
         load_captions(write(tmp_path, {"a": cc["dog6"], "b": cc["dog6"]}), IMAGES, "<sks>")
+
+
+def test_a_captions_file_that_is_not_json_names_the_flag_and_the_format(tmp_path):
+    """An A1111 user's captions.txt was "captions file X is not valid JSON (...)": no flag, no way out."""
+    (tmp_path / "captions.txt").write_text("a photo of <x>\n")
+    with pytest.raises(ZoodipError, match=r'^--captions \S+captions\.txt is not valid JSON \(line 1, column 1: .*\): '
+                                          r'write \{"photo file name": "caption"\}; A1111.s caption \.txt beside each '
+                                          r"photo is read with --template_file$"):
+        load_captions(tmp_path / "captions.txt", ["0.png"], "<x>")
