@@ -14,6 +14,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+EVAL_STREAM = 0x5EED_E7A1  # separates the fixed evaluation noises (and the photos' encoding) from the training stream
+
 
 class TimestepSampler(Protocol):
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray: ...
@@ -66,6 +68,32 @@ def draw_step_inputs(rng: np.random.Generator, latents: np.ndarray, timesteps: T
     x_t = schedule.add_noise(x0[None], noise[None], when)[0].astype(np.float32)
     target = schedule.target(x0[None], noise[None], when)[0].astype(np.float32)
     return StepInputs(photo, view, noise, t, prompt, x_t, target)
+
+
+def evaluation_items(latents: np.ndarray, prompts: list[str], tokenizer: Callable[[str], np.ndarray],
+                     schedule: NoisingSchedule, t_range: tuple[int, int], eval_timesteps: int,
+                     seed: int) -> list[tuple[np.ndarray, int, np.ndarray, np.ndarray]]:
+    """A run's evaluation set: fixed (prompt ids, t, x_t, target) items, the same at every evaluation, so that its
+    values are comparable (built once: only the embedding changes between evaluations).
+
+    ``latents``: [photos, views, C, h, w], the first view of each photo evaluated at ``eval_timesteps`` timesteps
+    spread evenly inside ``t_range``, with noises drawn from ``seed`` apart from the training stream; ``prompts``:
+    each photo's evaluation prompt.
+    """
+    t_min, t_max = t_range
+    k = eval_timesteps
+    steps = np.linspace(t_min, t_max - 1, k + 2)[1:-1] if k > 1 else np.array([(t_min + t_max - 1) / 2])
+    items = []
+    for i in range(len(latents)):
+        x0 = latents[i, 0]
+        ids = tokenizer(prompts[i])[0]
+        for j, t in enumerate(np.round(steps).astype(int)):
+            rng = np.random.default_rng([seed, EVAL_STREAM, 2, i, j])
+            noise = rng.standard_normal(latents.shape[2:]).astype(np.float32)
+            x_t = schedule.add_noise(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
+            target = schedule.target(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
+            items.append((ids, int(t), x_t, target))
+    return items
 
 
 def encode_photo_views(model: Any, views: list[np.ndarray], vae_sampling: str,

@@ -49,12 +49,10 @@ from .run_folder import (CONFIG_NAME, EMBEDDING_NAME, LOG_NAME, RUN_FILES, SNAPS
                          remove_stale_run_temp_files)
 from .search_space import choose_search_space
 from .setting_warnings import warn_about_settings
-from .step_inputs import StepInputs, draw_step_inputs, encode_photo_views, step_rng
+from .step_inputs import EVAL_STREAM, StepInputs, draw_step_inputs, encode_photo_views, evaluation_items, step_rng
 from .timesteps import PartialUniformTimesteps
 from .token_vectors import add_placeholder_tokens, as_matrix, check_prompts_fit, initial_vector
 from .json_text import parse_json
-
-_EVAL_STREAM = 0x5EED_E7A1  # separates the fixed evaluation noises from the training stream
 
 
 class Personalizer:
@@ -99,7 +97,9 @@ class Personalizer:
         check_preview_prompt(self.model, config, as_matrix(self.v_init, self.width))  # now, not at the first preview
         self._encode_photos()
         self._compose_method(make_loss, make_optimizer, make_projector)
-        self._eval_items = self._make_eval_items()
+        eval_prompts = [self.prompts.eval_prompt_for(name) for name in self.image_names]
+        self._eval_items = evaluation_items(self.latents, eval_prompts, self.model.tokenizer, self.model.schedule,
+                                            config.t_range, config.eval_timesteps, config.seed)
         # Open the graphs training needs now: a damaged graph is refused before anything is written.
         self.model.session("text_encoder")
         self.model.session("unet")
@@ -149,7 +149,7 @@ class Personalizer:
                           config.placeholder_token)
 
         self._phase(f"encoding {len(photo_files)} photo{'s' if len(photo_files) != 1 else ''}")
-        encode_rng = np.random.default_rng([config.seed, _EVAL_STREAM, 1])
+        encode_rng = np.random.default_rng([config.seed, EVAL_STREAM, 1])
         views = [images, images[..., ::-1]] if config.flip else [images]
         # [N, views, C, h, w]; with --vae-sampling per-step the posterior means, and their stds.
         self.latents, self.latent_std = encode_photo_views(model, views, config.vae_sampling, encode_rng)
@@ -176,28 +176,6 @@ class Personalizer:
         self.loss = make_loss(model, ids, batched, config.clip_skip)
 
     # -- evaluation ----------------------------------------------------------------------------
-    def _make_eval_items(self) -> list[tuple[np.ndarray, int, np.ndarray, np.ndarray]]:
-        """Fixed (prompt ids, t, x_t, target) items: the same every evaluation, so values are comparable.
-
-        Built once: only the embedding changes between evaluations.
-        """
-        t_min, t_max = self.config.t_range
-        k = self.config.eval_timesteps
-        steps = np.linspace(t_min, t_max - 1, k + 2)[1:-1] if k > 1 else np.array([(t_min + t_max - 1) / 2])
-        schedule = self.model.schedule
-        items = []
-        for i in range(len(self.latents)):
-            x0 = self.latents[i, 0]
-            prompt = self.prompts.eval_prompt_for(self.image_names[i])
-            ids = self.model.tokenizer(prompt)[0]
-            for j, t in enumerate(np.round(steps).astype(int)):
-                rng = np.random.default_rng([self.config.seed, _EVAL_STREAM, 2, i, j])
-                noise = rng.standard_normal(self.latents.shape[2:]).astype(np.float32)
-                x_t = schedule.add_noise(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
-                target = schedule.target(x0[None], noise[None], np.array([t]))[0].astype(np.float32)
-                items.append((ids, int(t), x_t, target))
-        return items
-
     def evaluation_loss(self, v: np.ndarray) -> float:
         """The deterministic evaluation loss of embedding v (mean over the fixed items)."""
         total = sum(float(self.loss(ids, v[None], x_t, t, target)[0]) for ids, t, x_t, target in self._eval_items)
