@@ -367,7 +367,7 @@ def _read_embedding(path: Path) -> tuple[str, np.ndarray]:
         f"{path} is a pickle (.pt/.bin), which zoodip does not load because unpickling can run arbitrary code; "
         + _CONVERT_HINT
     )
-    if path.suffix.lower() in _PICKLE_SUFFIXES:
+    if path.suffix.lower() in _PICKLE_SUFFIXES and path.is_file():  # (a mistyped path: "does not exist", below)
         raise pickle_error
     chosen: list[str] = []
     parsed: list[bool] = []  # the header parsed: whatever goes wrong next, it is not a pickle

@@ -351,3 +351,12 @@ def test_a_run_folder_gives_its_embedding_not_its_first_step_snapshot(tmp_path):
         warnings.simplefilter("always")
         assert load_embeddings([wide], hidden=4)[0] == {}
     assert len(caught) == 2 and str(caught[1].message).startswith(f"skipped 8 step snapshots of the folder {wide}: ")
+
+
+def test_a_missing_pt_file_is_said_to_be_missing_not_a_pickle(tmp_path):
+    """--embedding typo.pt was told to convert its pickle with torch: the file was not there at all."""
+    with pytest.raises(ZoodipError, match=r"typo\.pt does not exist"):
+        load_embedding_file(tmp_path / "typo.pt")
+    (tmp_path / "real.pt").write_bytes(b"\x80\x02}q\x00.")
+    with pytest.raises(ZoodipError, match=r"real\.pt is a pickle"):
+        load_embedding_file(tmp_path / "real.pt")
