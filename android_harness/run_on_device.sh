@@ -13,7 +13,8 @@
 #   --setup MODE         install the SDK's dependencies first: venv (ARM64 glibc Linux, incl. Debian
 #                        in Termux's proot-distro: python3 -m venv + pip wheels from PyPI), termux
 #                        (Termux packages, see README: partly unverified), none (default)
-#   --python PATH        Python on the device (default: REMOTE_DIR/venv/bin/python after --setup venv, else python3)
+#   --python PATH        Python on the device, one program path taken as it is (no arguments; '~/' is its home;
+#                        default: REMOTE_DIR/venv/bin/python after --setup venv, else python3)
 #   --steps N            --max_train_steps (default: the CLI's)
 #   --resume             continue the run NAME from its checkpoint (after a cancel or an OS kill)
 #   --fetch              only bring back the results of run NAME (e.g. after the connection dropped)
@@ -107,8 +108,14 @@ run() {                                    # run (or, with --dry-run, print) one
 remote() { printf '%s %s' "$(q "${SSH[@]}")" "$(sq "$1")"; }   # the command line that runs $1 on the device
 # The device-side words of the commands below, quoted where they need it (a folder named "my model").
 RQ="$(q "$R")"; RUNQ="$(q "$RUN_DIR")"; MQ="$(q "$MODEL_NAME")"
+# --python is one program path (a folder named "my env" or a name holding ';' must stay one word on the device),
+# so it is quoted whole; only a leading '~/' is left for the device's shell to expand to its home.
 if [ -z "$PY" ]; then
   if [ "$SETUP" = venv ]; then PY="$RQ/venv/bin/python"; else PY="python3"; fi
+elif [[ "$PY" == "~/"* ]]; then
+  PY="~/$(q "${PY#\~/}")"
+else
+  PY="$(q "$PY")"
 fi
 
 # 1. reach the device

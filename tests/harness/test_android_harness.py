@@ -185,11 +185,16 @@ def test_run_on_device_dry_run_ssh_setup_and_resume(tiny_export, photos, tmp_pat
 
 
 def test_run_on_device_quotes_the_device_side_names(tiny_export, photos, tmp_path):
-    """A model folder named 'my model' ran 'rm -rf zoodip-run/models/my model' on the device (its ~/model gone), and
-    --remote-dir 'zoo run' sent every step to other folders. Run for real through an ssh that runs the device's
-    commands in a folder of this machine."""
+    """A model folder named 'my model' ran 'rm -rf zoodip-run/models/my model' on the device (its ~/model gone),
+    --remote-dir 'zoo run' sent every step to other folders, and a --python path with a space or a ';' was split by
+    the device's shell (here it ran 'touch pwned'). Run for real through an ssh that runs the device's commands in a
+    folder of this machine."""
     home, bin_dir = tmp_path / "device home", tmp_path / "bin"
     home.mkdir()
+    python = home / "my env" / "python;touch pwned"  # one program path, as --python takes it
+    python.parent.mkdir()
+    python.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    python.chmod(0o755)
     (home / "model").write_text("the device's own file")
     bin_dir.mkdir()
     (bin_dir / "ssh").write_text(f"#!/bin/sh\nwhile [ $# -gt 1 ]; do shift; done\ncd {shlex.quote(str(home))} && exec sh -c \"$1\"\n")
@@ -197,7 +202,7 @@ def test_run_on_device_quotes_the_device_side_names(tiny_export, photos, tmp_pat
     model = tmp_path / "host side" / "-my model"  # (a leading '-' was an option to the host's tar)
     shutil.copytree(tiny_export, model)
     result = subprocess.run(["bash", str(HARNESS / "run_on_device.sh"), "--ssh", "dev@box", "--setup", "none",
-                             "--python", sys.executable, "--remote-dir", "zoo run", "--model", str(model),
+                             "--python", str(python), "--remote-dir", "zoo run", "--model", str(model),
                              "--photos", str(photos), "--steps", "2", "--out", str(tmp_path / "back"), "--",
                              "--placeholder_token", TOKEN, "--initializer_token", "star", "--tau", "2",
                              "--eval-every", "2"],
@@ -205,7 +210,8 @@ def test_run_on_device_quotes_the_device_side_names(tiny_export, photos, tmp_pat
                             timeout=600)
     assert result.returncode == 0, result.stderr
     assert (home / "model").read_text() == "the device's own file"
-    assert sorted(p.name for p in home.iterdir()) == ["model", "zoo run"]
+    assert sorted(p.name for p in home.iterdir()) == ["model", "my env", "zoo run"]  # no 'pwned'
+    assert not (home / "zoo run" / "pwned").exists()
     assert (home / "zoo run" / "models" / "-my model" / "manifest.json").is_file()
     assert (tmp_path / "back" / "exit_code").read_text().strip() == "0"
     assert (tmp_path / "back" / "learned_embeds.safetensors").is_file()
