@@ -54,7 +54,7 @@ while [ $# -gt 0 ]; do
     --resume) RESUME=1; shift ;;
     --fetch) FETCH=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;  # the header
     *) die "unknown option $1 (see --help)" ;;
   esac
 done

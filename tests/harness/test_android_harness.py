@@ -235,6 +235,13 @@ def test_run_on_device_user_errors(args, needle, tmp_path):
     assert result.stderr.startswith("error: ") and needle in result.stderr and len(result.stderr.splitlines()) == 1
 
 
+def test_run_on_device_help_is_the_header_only():
+    """--help printed a fixed line range, which had come to hold the script's first lines of code."""
+    result = subprocess.run(["bash", str(HARNESS / "run_on_device.sh"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("Run a zoodip personalization")
+    assert "--python PATH" in result.stdout and "set -e" not in result.stdout and "HERE=" not in result.stdout
+
+
 def test_device_run_records_memory_and_step_times(tiny_export, photos, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, str(HARNESS / "device_run.py"), "--summary", str(out / "run.json"), "--",
