@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -89,6 +90,21 @@ def measure(model_dir: Path, threads: int, spin: bool, resolution: int, forwards
     return {"s_per_forward": statistics.median(times), "times": times, "load_before": load}
 
 
+def rounded(value: float, uncertainty: float) -> str:
+    """``value`` to the decimal place of the first significant digit of ``uncertainty`` (three significant digits when
+    it is 0, at least two always): a fixed two decimals showed 0.00 for a fast model and false digits for a noisy one."""
+    if value <= 0:
+        return f"{value:.3g}"
+    lead = math.floor(math.log10(value))  # the place of the value's first significant digit
+    place = lead - 2 if uncertainty <= 0 else min(lead - 1, math.floor(math.log10(uncertainty)))
+    return f"{value:.{max(0, -place)}f}"
+
+
+def _spread(case: dict) -> float:
+    """Half the range of a case's timed forwards: how far apart repeated forwards of one setting land."""
+    return (max(case["times"]) - min(case["times"])) / 2
+
+
 def markdown(results: dict) -> str:
     meta = results["meta"]
     lines = [
@@ -97,14 +113,18 @@ def markdown(results: dict) -> str:
         f"`{meta['command']}`  ",
         f"{meta['date']}, {meta['cpu']} ({meta['cores']} cores), model `{meta['model']}`, {meta['resolution']} px, "
         f"median of {meta['forwards']} forwards after one warm-up; busy = {meta['busy']} other processes each "
-        "keeping one core busy, at the same priority",
+        "keeping one core busy, at the same priority; each number is rounded to the first digit of its forwards' "
+        "half-range (the ratio: of the two half-ranges' relative sum)",
         "",
         "| setting | quiet: s / forward | busy: s / forward | busy / quiet |",
         "|---|---|---|---|",
     ]
     for name, row in results["settings"].items():
         quiet, busy = row["quiet"]["s_per_forward"], row["busy"]["s_per_forward"]
-        lines.append(f"| {name} | {quiet:.2f} | {busy:.2f} | {busy / quiet:.2f} |")
+        dq, db = _spread(row["quiet"]), _spread(row["busy"])
+        ratio = busy / quiet
+        lines.append(f"| {name} | {rounded(quiet, dq)} | {rounded(busy, db)} | "
+                     f"{rounded(ratio, ratio * (dq / quiet + db / busy))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -44,3 +44,23 @@ def test_an_output_folder_that_cannot_be_one_is_refused_before_measuring(tiny_ex
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and needle in err and "\n" not in err, err
     assert not measured
+
+
+def test_the_table_rounds_each_number_to_its_forwards_spread():
+    """Two fixed decimals showed a fast model's forwards as 0.00 (and their ratio from hidden digits), and a noisy
+    setting's with digits its repeated forwards did not share."""
+    meta = {"command": "python benchmarks/threads.py", "date": "d", "cpu": "c", "cores": 2, "model": "m",
+            "resolution": 32, "forwards": 3, "busy": 1}
+
+    def case(times):
+        return {"s_per_forward": sorted(times)[len(times) // 2], "times": times}
+
+    results = {"meta": meta, "settings": {
+        "fast": {"quiet": case([0.00312, 0.00315, 0.00318]), "busy": case([0.00601, 0.00620, 0.00640])},
+        "noisy": {"quiet": case([1.0, 1.4, 1.9]), "busy": case([2.0, 2.0, 2.0])},
+    }}
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in threads.markdown(results).splitlines()
+            if line.startswith("| fast") or line.startswith("| noisy")}
+    assert rows["fast"] == ["0.00315", "0.0062", "1.97 |"]
+    assert rows["noisy"] == ["1.4", "2.00", "1.4 |"]  # 2.00: three identical forwards, three significant digits
+    assert threads.rounded(0.6957, 0.0087) == "0.696" and threads.rounded(12.34, 3.0) == "12"
