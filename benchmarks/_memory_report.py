@@ -151,7 +151,7 @@ def markdown(report: dict) -> str:
                   f"| setup peak (photos VAE-encoded, encoder then released) | {_mb(b['setup_vae_encode_peak'])} |",
                   f"| training peak | {_mb(b['train_peak'])} |"]
     if report.get("ratios"):
-        lines += ["", "Ratios and targets:", ""] + [f"- {k}: {v}" for k, v in report["ratios"].items()]
+        lines += ratio_lines(report)
     if report.get("scaling"):
         lines += ["", "Scaling (peak RSS GB / median step s):", "", "| contender | " +
                   " | ".join(f"{r} px" for r in report["scaling"]["resolutions"]) + " |",
@@ -161,6 +161,11 @@ def markdown(report: dict) -> str:
                 "-" if c is None else f"{c['peak_gb']:.2f} GB / {c['step_s']:.1f} s" for c in cells) + " |")
     lines += ["", f"Command: `{report['command']}`"]
     return "\n".join(lines) + "\n"
+
+
+def ratio_lines(report: dict) -> list[str]:
+    heading = "Ratios and targets:" if has_targets(report) else "Ratios (the tiny model: SD1.5's targets do not apply):"
+    return ["", heading, ""] + [f"- {k}: {v}" for k, v in report["ratios"].items()]
 
 
 def _split(row: dict) -> str:
@@ -190,7 +195,8 @@ def generation_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def ratios(rows: list[dict]) -> dict[str, str]:
+def ratios(rows: list[dict], targets: bool = True) -> dict[str, str]:
+    """The headline ratios; ``targets``: each with its SD1.5 target and verdict (not on the tiny model)."""
     by = {r["name"]: r for r in rows if "peak_rss" in r}
     out: dict[str, str] = {}
     ours = by.get("ours-int8")
@@ -198,11 +204,11 @@ def ratios(rows: list[dict]) -> dict[str, str]:
         return out
     peak = ours["peak_rss"]["max"]
     out["ours peak RSS (max over repetitions)"] = (
-        f"{peak / GB:.2f} GB (target <= {TARGET_PEAK_GB} GB: {_verdict(peak / GB <= TARGET_PEAK_GB)})")
+        _against(f"{peak / GB:.2f} GB", f"<= {TARGET_PEAK_GB} GB", peak / GB <= TARGET_PEAK_GB, targets))
     if "torch-backprop-ti" in by:
         ratio = by["torch-backprop-ti"]["peak_rss"]["min"] / peak
         out["torch backprop TI peak / ours peak"] = (
-            f"{ratio:.2f}x (target >= {TARGET_RATIO}x: {_verdict(ratio >= TARGET_RATIO)})")
+            _against(f"{ratio:.2f}x", f">= {TARGET_RATIO}x", ratio >= TARGET_RATIO, targets))
         out["torch backprop TI step time / ours step time"] = (
             f"{by['torch-backprop-ti']['step_s']['median'] / ours['step_s']['median']:.2f}x")
     for other in ("onnx-fp32", "torch-zo-fp32"):
@@ -213,17 +219,18 @@ def ratios(rows: list[dict]) -> dict[str, str]:
         fastest = min(fp32, key=lambda r: r["s_per_forward"])  # compare against fp32 at its best
         speed = fastest["s_per_forward"] / ours["s_per_forward"]
         out["INT8 forward speed vs the fastest fp32 ONNX forward (fp32 s / int8 s; >= 1 means int8 is no slower)"] = (
-            f"{speed:.2f} against {fastest['name']} ({_verdict(speed >= 1.0)})")
+            f"{speed:.2f} against {fastest['name']}" + (f" ({_verdict(speed >= 1.0)})" if targets else ""))
     # Generation within a budget on the same export as ours.
     budgeted = next((r for name, r in by.items() if name.startswith("generate-") and r["spec"].get("memory_budget_mb")
                      and r["spec"].get("export") == ours["spec"].get("export")), None)
     if budgeted:
         generation = budgeted["peak_rss"]["max"]
         out["generation with --memory-budget, peak / ours personalization peak"] = (
-            f"{generation / GB:.2f} / {peak / GB:.2f} GB (target: at most the personalization peak: {_verdict(generation <= peak)})")
+            _against(f"{generation / GB:.2f} / {peak / GB:.2f} GB", "at most the personalization peak", generation <= peak,
+                     targets))
     if ours.get("fidelity") is not None:
-        out["ours fidelity"] = f"{ours['fidelity']:.3f} (target >= 0.9: {_verdict(ours['fidelity'] >= 0.9)})"
-    out.update(w4a32_ratios(by))
+        out["ours fidelity"] = _against(f"{ours['fidelity']:.3f}", ">= 0.9", ours["fidelity"] >= 0.9, targets)
+    out.update(w4a32_ratios(by, targets))
     return out
 
 
@@ -231,7 +238,12 @@ def _verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def w4a32_ratios(by: dict[str, dict]) -> dict[str, str]:
+def _against(value: str, target: str, ok: bool, targets: bool) -> str:
+    """``value`` with its target and verdict, or alone where the targets (SD1.5's) do not apply (the tiny model)."""
+    return f"{value} (target {target}: {_verdict(ok)})" if targets else value
+
+
+def w4a32_ratios(by: dict[str, dict], targets: bool = True) -> dict[str, str]:
     """The 4-bit row (``ours-w4a32``, else ``ours-int8`` when the default recipe is W4A32) against
     :data:`W4_TARGETS` (those of the rows this run has)."""
     default = by.get("ours-int8")
@@ -241,29 +253,35 @@ def w4a32_ratios(by: dict[str, dict]) -> dict[str, str]:
     if not w4:
         return out
     peak, t = w4["peak_rss"]["max"], W4_TARGETS
-    out["ours-w4a32 peak RSS"] = f"{peak / GB:.3f} GB (target <= {t['peak_gb']} GB: {_verdict(peak / GB <= t['peak_gb'])})"
+    out["ours-w4a32 peak RSS"] = _against(f"{peak / GB:.3f} GB", f"<= {t['peak_gb']} GB", peak / GB <= t["peak_gb"], targets)
     if "torch-backprop-ti" in by:
         ratio = by["torch-backprop-ti"]["peak_rss"]["min"] / peak
-        out["torch backprop TI peak / ours-w4a32 peak"] = f"{ratio:.2f}x (target >= {t['ratio']}x: {_verdict(ratio >= t['ratio'])})"
+        out["torch backprop TI peak / ours-w4a32 peak"] = _against(f"{ratio:.2f}x", f">= {t['ratio']}x", ratio >= t["ratio"], targets)
     if ours and ours.get("s_per_forward") and w4.get("s_per_forward"):
         slower = w4["s_per_forward"] / ours["s_per_forward"]
-        out["ours-w4a32 s / forward vs ours-w8a32"] = f"{slower:.2f}x (target <= {t['speed']}x: {_verdict(slower <= t['speed'])})"
+        out["ours-w4a32 s / forward vs ours-w8a32"] = _against(f"{slower:.2f}x", f"<= {t['speed']}x", slower <= t["speed"], targets)
     if w4.get("fidelity") is not None:
-        out["ours-w4a32 fidelity"] = f"{w4['fidelity']:.3f} (target >= {t['fidelity']}: {_verdict(w4['fidelity'] >= t['fidelity'])})"
+        out["ours-w4a32 fidelity"] = _against(f"{w4['fidelity']:.3f}", f">= {t['fidelity']}", w4["fidelity"] >= t["fidelity"], targets)
     files = [r.get("weight_file_bytes", {}) for r in w4.get("runs", [])]
     if files and "unet" in files[0]:
         size = (files[0]["text_encoder"] + files[0]["unet"]) / GB
-        out["ours-w4a32 text encoder + UNet files"] = f"{size:.3f} GB (target <= {t['files_gb']} GB: {_verdict(size <= t['files_gb'])})"
+        out["ours-w4a32 text encoder + UNet files"] = _against(f"{size:.3f} GB", f"<= {t['files_gb']} GB", size <= t["files_gb"], targets)
     generation = by.get("generate-w4a32-budget")
     if generation:
         gen = generation["peak_rss"]["max"]
         out["generate-w4a32-budget peak / ours-w4a32 personalization peak"] = (
-            f"{gen / GB:.3f} / {peak / GB:.3f} GB (target: at most the personalization peak: {_verdict(gen <= peak)})")
+            _against(f"{gen / GB:.3f} / {peak / GB:.3f} GB", "at most the personalization peak", gen <= peak, targets))
     return out
 
 
-def bar_chart(rows: list[dict], path: Path, title: str) -> None:
-    """Horizontal bars of peak RSS, drawn with Pillow (no plotting dependency)."""
+def has_targets(report: dict) -> bool:
+    """Whether a run is held to the SD1.5 targets: not a --tiny one (older memory.json files say so in their command)."""
+    return not report.get("tiny", "--tiny" in report.get("command", "").split())
+
+
+def bar_chart(rows: list[dict], path: Path, title: str, targets: bool = True) -> None:
+    """Horizontal bars of peak RSS, drawn with Pillow (no plotting dependency); the SD1.5 peak target's line where
+    ``targets``."""
     from PIL import Image, ImageDraw, ImageFont
 
     rows = [r for r in rows if "peak_rss" in r]
@@ -276,7 +294,7 @@ def bar_chart(rows: list[dict], path: Path, title: str) -> None:
     draw = ImageDraw.Draw(image)
     draw.text((8, 8), title, fill="black", font=font)
     top_value = max(r["peak_rss"]["max"] for r in rows) / GB
-    scale = bar_w / max(top_value, TARGET_PEAK_GB)
+    scale = bar_w / (max(top_value, TARGET_PEAK_GB) if targets else top_value)
     for i, row in enumerate(rows):
         y = top + i * row_h
         value = row["peak_rss"]["max"] / GB
@@ -284,6 +302,9 @@ def bar_chart(rows: list[dict], path: Path, title: str) -> None:
         draw.text((8, y + 4), row["name"][:48], fill="black", font=font)
         draw.rectangle([label_w, y + 3, label_w + int(value * scale), y + row_h - 3], fill=color)
         draw.text((label_w + int(value * scale) + 6, y + 4), f"{value:.2f} GB", fill="black", font=font)
+    if not targets:
+        image.save(path, optimize=True)
+        return
     x = label_w + int(TARGET_PEAK_GB * scale)
     draw.line([x, top - 4, x, top + row_h * len(rows)], fill=(220, 0, 0), width=1)
     draw.text((x + 3, top + row_h * len(rows) + 4), f"target {TARGET_PEAK_GB} GB", fill=(220, 0, 0), font=font)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "sdk"))
 
 from _memory_contenders import CONTENDERS, DEFAULT_CHUNKS, GENERATION, MAIN, QUICK_LEVERS  # noqa: E402,F401 (memory.CONTENDERS stays)
-from _memory_report import GB, bar_chart, breakdown, markdown, peak_split, ratios, summarize  # noqa: E402
+from _memory_report import GB, bar_chart, breakdown, has_targets, markdown, peak_split, ratios, summarize  # noqa: E402
 from _models import DEFAULT_CACHE, export_name, is_current_export  # noqa: E402
 
 from zoodip import validation  # noqa: E402
@@ -234,7 +234,8 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     command = "python benchmarks/memory.py " + " ".join(relative_args(sys.argv[1:]))
     report: dict = {"machine": machine(), "resolution": resolution, "steps": steps, "repeats": repeats,
-                    "photos": args.photos, "command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                    "photos": args.photos, "command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "tiny": args.tiny}
     rows = measure_each_spec_once(names, resolution, measure)
 
     if args.fidelity:
@@ -242,13 +243,14 @@ def run(args: argparse.Namespace) -> dict:
     if args.scaling and not args.tiny:
         report["scaling"] = _scaling(rows, resolution, measure)
     report["rows"] = rows
-    report["ratios"] = ratios(rows)
+    report["ratios"] = ratios(rows, has_targets(report))
     report["elapsed_s"] = time.perf_counter() - started
     shutil.rmtree(work, ignore_errors=True)
     (out / "memory.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     text = markdown(report)
     (out / "memory.md").write_text(text, encoding="utf-8")
-    bar_chart(rows, out / "memory.png", f"Peak RSS at {resolution}px ({report['machine']['cores']} cores)")
+    bar_chart(rows, out / "memory.png", f"Peak RSS at {resolution}px ({report['machine']['cores']} cores)",
+              has_targets(report))
     return report
 
 
@@ -353,10 +355,11 @@ def render(out: Path) -> dict:
             row["breakdown"] = breakdown(row["phases"], ok[0]["weight_file_bytes"])
         if ok and "phases" in row:
             row["peak_split"] = peak_split(row["phases"])
-    report["ratios"] = ratios(report["rows"])
+    report["ratios"] = ratios(report["rows"], has_targets(report))
     path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     (out / "memory.md").write_text(markdown(report), encoding="utf-8")
-    bar_chart(report["rows"], out / "memory.png", f"Peak RSS at {report['resolution']}px ({report['machine']['cores']} cores)")
+    bar_chart(report["rows"], out / "memory.png", f"Peak RSS at {report['resolution']}px ({report['machine']['cores']} cores)",
+              has_targets(report))
     return report
 
 
