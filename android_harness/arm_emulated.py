@@ -605,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     _sdk_importable()
     from zoodip.console import OneLineParser, print_error  # one line for a bad flag
     from zoodip.errors import ZoodipError
+    from zoodip.paths import check_output_dir, check_output_file
 
     parser = OneLineParser(prog="python android_harness/arm_emulated.py",
                            description="zoodip on emulated ARM64 (qemu user mode + chroot)")
@@ -623,6 +624,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.steps < 1:
             parser.error(f"--steps {args.steps}: must be at least 1")
+        # Checked now: a --work naming a file or a --json naming a folder failed with a traceback after the runs.
+        if args.work is not None:
+            check_output_dir(args.work, "--work")
+        if args.json is not None:
+            check_output_file(args.json, "--json")
     except ZoodipError as exc:
         return print_error(exc)
     if args.cpu:  # through the environment, so status(), setup() and every child process see the same choice

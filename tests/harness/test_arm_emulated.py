@@ -44,6 +44,17 @@ def test_a_cpu_qemu_does_not_emulate_is_refused_in_one_line(monkeypatch, capsys)
     assert err.startswith("error: ") and "'pentium'" in err and arm_emulated.DEFAULT_CPU in err and "\n" not in err
 
 
+@pytest.mark.parametrize("flag", ["--work", "--json"])
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_run(flag, monkeypatch, capsys, tmp_path):
+    """--work naming a file, or --json naming a folder, was a traceback after every run had finished."""
+    monkeypatch.setattr(arm_emulated, "setup", lambda: pytest.fail("setup ran"))
+    (tmp_path / "afile").write_text("x")
+    bad = tmp_path / ("afile" if flag == "--work" else "")
+    assert arm_emulated.main(["check", flag, str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and flag in err and "\n" not in err, err
+
+
 def test_a_host_that_cannot_run_it_gets_one_line_and_status_2(monkeypatch, capsys):
     # Not root: setup() stops before any apt-get, debootstrap or binfmt_misc change.
     monkeypatch.setattr(arm_emulated, "check_cpu", lambda cpu: None)
@@ -94,3 +105,4 @@ def test_x86_64_and_emulated_arm64_personalizations_agree(export_fixture, reques
     assert c["eval_loss_max_rel_diff"] <= arm_emulated.LOSS_RTOL, c
     assert c["probe_fd_rel_l2_diff"] <= arm_emulated.FD_RTOL, c
     assert c["embedding_diff_over_update"] <= arm_emulated.UPDATE_RTOL, c
+
