@@ -343,7 +343,7 @@ def read_run(out: Path, wall_s: float) -> dict[str, Any]:
 
     probe = json.loads((out / "probe.json").read_text())
     records = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines() if line.strip()]
-    progress = out.with_name(out.name + ".progress.jsonl")
+    progress = out / "progress.jsonl"  # arm_probe.py's default
     events = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
     _, vectors = load_embedding_file(out / EMBEDDING_NAME)
     step_times, last = [], 0.0
@@ -384,7 +384,6 @@ def run_host(exports: dict[str, Path], work: Path, spec: RunSpec, name: str = "e
         _stage(stage, exports, spec.photos)
     out = stage / f"out-{name}"
     shutil.rmtree(out, ignore_errors=True)  # a reused --work folder: start the run afresh
-    out.with_name(out.name + ".progress.jsonl").unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=str(stage / "sdk"), PYTHONHASHSEED="0")
     started = time.monotonic()
     result = subprocess.run([sys.executable, str(stage / "arm_probe.py"),

@@ -5,7 +5,8 @@
 
 Runs the real CLI entry point (``zoodip.cli.main(["personalize", ...])``) in this process, then
 evaluates the denoising loss L(v) and L(v + mu z_i) on a fixed, seeded problem (the quantities a
-training step differences), and writes OUT/probe.json. ``arm_emulated.py`` runs this same file on
+training step differences), and writes OUT/probe.json; the progress stream goes to OUT/progress.jsonl (or
+--progress-jsonl), as with device_run.py. ``arm_emulated.py`` runs this same file on
 the host and inside the ARM64 rootfs and compares the two; it also runs on a device.
 """
 from __future__ import annotations
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--directions", type=int, default=4, help="finite-difference probe directions (0: no probe)")
+    parser.add_argument("--progress-jsonl", help="the progress stream's file (default: OUT/progress.jsonl)")
     try:
         args = parser.parse_args(argv)
         if args.directions < 0:
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     from zoodip.cli import main as cli_main
 
     out = Path(args.out)
-    progress = out.with_name(out.name + ".progress.jsonl")
+    # Inside the run's folder, as device_run.py keeps it (it was OUT.progress.jsonl, beside the folder).
+    progress = out / "progress.jsonl" if args.progress_jsonl is None else Path(args.progress_jsonl)
     started = time.monotonic()
     code = cli_main(["personalize", "--model", args.model, "--train_data_dir", args.photos, "--output_dir", str(out),
                      "--placeholder_token", "<arm-star>", "--initializer_token", "star",

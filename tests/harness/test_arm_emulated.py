@@ -106,3 +106,27 @@ def test_x86_64_and_emulated_arm64_personalizations_agree(export_fixture, reques
     assert c["probe_fd_rel_l2_diff"] <= arm_emulated.FD_RTOL, c
     assert c["embedding_diff_over_update"] <= arm_emulated.UPDATE_RTOL, c
 
+
+def test_the_probe_keeps_its_progress_stream_inside_its_output_folder(tiny_export, photos, tmp_path):
+    """arm_probe.py wrote OUT.progress.jsonl beside OUT (outside the folder it was given, unlike device_run.py)."""
+    import json
+    import os
+    import subprocess
+
+    out = tmp_path / "out"
+    args = [sys.executable, str(REPO / "android_harness" / "arm_probe.py"), "--model", str(tiny_export), "--photos",
+            str(photos), "--steps", "1", "--eval-every", "1", "--checkpointing-steps", "1", "--tau", "2",
+            "--directions", "0"]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "sdk"))
+    done = subprocess.run([*args, "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    events = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "done"
+    assert json.loads((out / "probe.json").read_text())["progress"] == str(out / "progress.jsonl")
+    # A place the user names is used as given.
+    named = tmp_path / "elsewhere.jsonl"
+    done = subprocess.run([*args, "--out", str(tmp_path / "out2"), "--progress-jsonl", str(named)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert named.is_file() and not (tmp_path / "out2" / "progress.jsonl").exists()
