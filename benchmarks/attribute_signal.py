@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
+from benchmarks._results_guard import check_results_folder  # noqa: E402
 
 if TYPE_CHECKING:
     from zoodip_export.torch_model import TorchModel
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ZoodipError(f"--concepts: unknown {unknown or args.concepts!r}; choose from {', '.join(known)}")
         args.out = check_output_dir(REPO / "benchmarks" / "results" / "attribute-signal" if args.out is None
                                     else args.out, "--out")  # before the work
+        check_results_folder(args.out, p, sys.argv[1:] if argv is None else argv, "attribute_signal.py")
     except ZoodipError as exc:
         return print_error(exc)
     command = " ".join(["python benchmarks/attribute_signal.py", *relative_args(argv if argv is not None else sys.argv[1:])])

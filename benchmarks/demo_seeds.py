@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
+from benchmarks._results_guard import check_results_folder  # noqa: E402
 from reference.demo import METHOD_FLAGS, add_method_flags, method_flag_dest, method_settings  # noqa: E402
 
 
@@ -255,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ZoodipError(f"--steps {args.steps}: give at least 1 (or leave it out for the demo's own length)")
         check_output_dir(args.work, "--work")
         args.out = check_output_dir(DEFAULT_OUT if args.out is None else args.out, "--out")
+        check_results_folder(args.out, p, sys.argv[1:] if argv is None else argv, "demo_seeds.py",
+                             lambda parsed: vars(parsed) | {"seeds": parse_seeds(parsed.seeds or "0-4")})
         if args.merge is not None:
             if args.backprop is not None or demo_flags_given or args.seeds:
                 raise ZoodipError("--merge joins finished runs: give it only the results folders and --out")

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
+from benchmarks._results_guard import check_results_folder  # noqa: E402
 
 T_RANGE = (500, 900)
 VARIANCE_FRACTION = 0.95
@@ -350,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--models: unknown {unknown or args.models!r}; choose from {sorted(folders)}")
         args.out = check_output_dir(REPO / "benchmarks" / "results" / "problem-dimension" if args.out is None
                                     else args.out, "--out")  # before the work
+        check_results_folder(args.out, p, sys.argv[1:] if argv is None else argv, "problem_dimension.py")
     except ZoodipError as exc:
         return print_error(exc)
     command = " ".join(["python benchmarks/problem_dimension.py",

@@ -51,6 +51,7 @@ from benchmarks._models import DEFAULT_CACHE, cache_lock, source_folder  # noqa:
 from benchmarks._quality_jobs import CONCEPT_REFS, GENERATION_SEEDS, make_jobs, planted_count, select_concepts  # noqa: E402
 from benchmarks._quality_merge import export_weights_identity, merge_main, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
 from benchmarks._quality_report import machine_info, write_reports, write_samples  # noqa: E402
+from benchmarks._results_guard import check_results_folder  # noqa: E402
 from benchmarks._quality_summary import (  # noqa: E402,F401 (quality.summarize & co.: tests, --merge)
     forwards_to_reach, metric_names, ratio_of_means_ci, summarize)
 from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
@@ -291,7 +292,7 @@ def _score_world(trained: dict[str, dict[str, Any]], jobs: list[qm.Job], export_
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python benchmarks/quality.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 concepts, 150 ZO steps, 3 checkpoints")
     parser.add_argument("--smoke", action="store_true", help="tiny random model, planted check, 1 job, few steps")
@@ -327,14 +328,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "curves it extends) into --out; trains nothing. DIR:METHODS takes only the listed methods from DIR, "
                              "DIR@1,2 only the jobs of training seeds 1 and 2")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
-        args = parse_args(argv)
+        args = (parser := build_parser()).parse_args(argv)
         checked = None if args.worker is not None or args.merge else _checked(args)
+        check_results_folder(Path(args.out or DEFAULT_OUT), parser, sys.argv[1:] if argv is None else argv, "quality.py")
     except ZoodipError as exc:
         return print_error(exc)
     if args.worker is not None:

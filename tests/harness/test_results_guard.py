@@ -1,0 +1,123 @@
+"""benchmarks/_results_guard.py: a benchmark run with other settings than the committed run of its results folder
+(a bare ``--quick`` run into the default, committed folder) is refused in one line instead of replacing it; the
+committed command itself (the README's) is still accepted."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from benchmarks import _results_guard as guard  # noqa: E402
+from zoodip.console import OneLineParser  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
+
+
+class Passed(Exception):
+    """Raised by a stub placed after the guard: the run got past it."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python benchmarks/x.py")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None)
+    return parser
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    monkeypatch.setattr(guard, "RESULTS", tmp_path / "results")
+    folder = tmp_path / "results" / "x"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"command": "python benchmarks/x.py --steps 20"}))
+    return folder
+
+
+def test_other_settings_are_refused_the_recorded_ones_accepted(results):
+    for argv in ([], ["--quick", "--steps", "20"], ["--steps", "5"]):
+        with pytest.raises(ZoodipError, match="other settings: pass --out"):
+            guard.check_results_folder(results, _parser(), argv, "x.py")
+    guard.check_results_folder(results, _parser(), ["--steps=20", "--out", str(results)], "x.py")
+    guard.check_results_folder(results.parent / "new", _parser(), ["--quick"], "x.py")  # no run there yet
+    guard.check_results_folder(results.parent.parent / "elsewhere", _parser(), ["--quick"], "x.py")
+
+
+def test_a_command_recorded_only_in_results_md_counts(results):
+    (results / "results.json").write_text(json.dumps({"rows": []}))
+    (results / "results.md").write_text("# X\n\n`python benchmarks/x.py`  \n2026-12-05\n")
+    guard.check_results_folder(results, _parser(), [], "x.py")
+    with pytest.raises(ZoodipError):
+        guard.check_results_folder(results, _parser(), ["--quick"], "x.py")
+    (results / "results.md").unlink()  # a run, but no command: nothing proves the settings the same
+    with pytest.raises(ZoodipError, match="holds committed results"):
+        guard.check_results_folder(results, _parser(), [], "x.py")
+
+
+def test_a_quick_run_into_a_committed_folder_is_one_line(tmp_path):
+    folder = "benchmarks/results/quality/sd-width-900"
+    before = (REPO / folder / "results.json").read_bytes()
+    run = subprocess.run([sys.executable, "benchmarks/quality.py", "--quick", "--out", folder], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "pass --out" in run.stderr, run.stderr
+    assert (REPO / folder / "results.json").read_bytes() == before
+
+
+def test_quality_readme_commands_are_accepted():
+    import quality
+
+    for folder in ("sd-width-900", "sd-width-seeds", "forward-count"):
+        command = guard.recorded_command(REPO / "benchmarks/results/quality" / folder)
+        argv = guard.shlex.split(command)[2:]
+        guard.check_results_folder(REPO / "benchmarks/results/quality" / folder, quality.build_parser(), argv,
+                                   "quality.py")
+
+
+@pytest.mark.parametrize("script", ["emphasis.py", "long_prompts.py", "prompt_editing.py"])
+def test_demo_benchmarks_accept_their_committed_command_only(monkeypatch, tmp_path, script):
+    module = __import__(Path(script).stem)
+    folder = REPO / "benchmarks/results" / Path(script).stem.replace("_", "-")
+    argv = guard.shlex.split(guard.recorded_command(folder))[2:]
+    demo = tmp_path / "demo"
+    for name in ("model/manifest.json", "run/learned_embeds.safetensors"):
+        (demo / name).parent.mkdir(parents=True, exist_ok=True)
+        (demo / name).write_text("")
+    argv = [str(demo) if i and argv[i - 1] == "--demo" else a for i, a in enumerate(argv)]
+    argv = argv if "--demo" in argv else argv + ["--demo", str(demo)]
+
+    def passed(*args):
+        raise Passed
+
+    monkeypatch.setattr(module, "measure", passed)
+    with pytest.raises(Passed):
+        module.main(argv)
+    assert module.main(argv + ["--" + ("seeds" if script == "emphasis.py" else "captions"), "3"]) == 2
+
+
+@pytest.mark.parametrize("script, stub, other", [("attribute_signal.py", "relative_args", ["--draws", "2"]),
+                                                 ("problem_dimension.py", "relative_args", ["--samples", "1"]),
+                                                 ("demo_seeds.py", "run", ["--seeds", "0"])])
+def test_committed_command_passes_the_guard_another_does_not(monkeypatch, capsys, script, stub, other):
+    module = __import__(Path(script).stem)
+    folder = {"attribute_signal.py": "attribute-signal", "problem_dimension.py": "problem-dimension",
+              "demo_seeds.py": "demo"}[script]
+    argv = guard.shlex.split(guard.recorded_command(REPO / "benchmarks/results" / folder))[2:]
+
+    def passed(*args, **kwargs):
+        raise Passed
+
+    monkeypatch.setattr(module, stub, passed)
+    with pytest.raises(Passed):
+        module.main(argv)
+    if script == "demo_seeds.py":
+        with pytest.raises(Passed):
+            module.main([])  # the README's bare command: seeds 0-4, the committed run's
+    assert module.main(other) == 2
+    assert "other settings: pass --out" in capsys.readouterr().err
