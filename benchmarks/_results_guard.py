@@ -17,25 +17,25 @@ RESULTS = REPO / "benchmarks" / "results"
 NOT_SETTINGS = ("out", "work", "cache", "demo", "threads")
 
 
-def recorded_command(folder: Path) -> str | None:
-    """The command a results folder's run recorded: results.json's ``command`` (or ``meta.command``), else the
-    first backquoted ``python benchmarks/...`` line of results.md; None where the folder holds no run."""
+def recorded_command(folder: Path, record: str = "results") -> str | None:
+    """The command a results folder's run recorded: ``record``.json's ``command`` (or ``meta.command``), else the
+    first backquoted ``python benchmarks/...`` line of ``record``.md; None where the folder holds no such run."""
     try:
-        result = json.loads((folder / "results.json").read_text())
+        result = json.loads((folder / f"{record}.json").read_text())
         command = result.get("command") or (result.get("meta") or {}).get("command")
         if isinstance(command, str) and command.strip():
             return command
     except (OSError, ValueError, AttributeError):
         pass
     try:
-        lines = (folder / "results.md").read_text().splitlines()
+        lines = (folder / f"{record}.md").read_text().splitlines()
     except OSError:
         lines = []
     for line in lines:
         line = line.strip()
         if line.startswith("`python benchmarks/") and line.endswith("`"):
             return line.strip("`")
-    return "" if (folder / "results.json").is_file() else None  # a run without a command: never the same settings
+    return "" if (folder / f"{record}.json").is_file() else None  # a run without a command: never the same settings
 
 
 def _settings(parser: argparse.ArgumentParser, words: Iterable[str],
@@ -49,14 +49,15 @@ def _settings(parser: argparse.ArgumentParser, words: Iterable[str],
 
 
 def check_results_folder(out: Path, parser: argparse.ArgumentParser, argv: list[str], script: str,
-                         normalize: Callable[[argparse.Namespace], dict[str, Any]] = vars) -> None:
+                         normalize: Callable[[argparse.Namespace], dict[str, Any]] = vars, record: str = "results") -> None:
     """Refuse, in one line, a run into a folder under benchmarks/results/ that holds a run recorded with other
     settings (its command, parsed by ``parser``; ``argv``: this run's arguments, as typed). The recorded command
-    itself, re-run, may replace its results. ``normalize``: a parsed namespace as settings (defaults filled in)."""
+    itself, re-run, may replace its results. ``normalize``: a parsed namespace as settings (defaults filled in);
+    ``record``: the name of the files (.json, .md) this run writes."""
     folder = Path(out).absolute()
     if not folder.is_relative_to(RESULTS.absolute()):
         return
-    command = recorded_command(folder)
+    command = recorded_command(folder, record)
     if command is None:
         return
     words = shlex.split(command)

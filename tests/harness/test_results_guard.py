@@ -116,6 +116,10 @@ def test_committed_command_passes_the_guard_another_does_not(monkeypatch, capsys
     monkeypatch.setattr(module, stub, passed)
     with pytest.raises(Passed):
         module.main(argv)
+    if script == "problem_dimension.py":  # the README's other run there writes gradient-noise.json
+        with pytest.raises(Passed):
+            module.main(["--models", "sd-width-768,reference-64", "--gradient-noise", "256"])
+        assert module.main(["--gradient-noise", "2"]) == 2
     if script == "demo_seeds.py":
         with pytest.raises(Passed):
             module.main([])  # the README's bare command: seeds 0-4, the committed run's
