@@ -1,6 +1,7 @@
 """The quality benchmark's reports: results.md, curves.png, samples.png."""
 from __future__ import annotations
 
+import datetime
 import importlib
 import importlib.metadata
 import json
@@ -34,6 +35,12 @@ def machine_info() -> dict[str, Any]:
         load = None
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
             "cpu_count": os.cpu_count(), "load_avg_at_end": load, "versions": versions}
+
+
+def run_context(command: str) -> dict[str, Any]:
+    """What a benchmark's record says about its run: the command, the date (UTC) and the machine."""
+    return {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_info()}
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -290,6 +290,7 @@ def _scope(row: dict, scope: str) -> str:
 
 def noise_report(names: list[str], folders: dict, draws_per_concept: int, seed: int, out: Path, command: str) -> int:
     """``--gradient-noise``: :func:`gradient_noise` per model, into ``out/gradient-noise.{json,md}``."""
+    from benchmarks._quality_report import run_context
     from zoodip.curvature import CURVATURE_FILE
 
     rows = []
@@ -312,7 +313,8 @@ def noise_report(names: list[str], folders: dict, draws_per_concept: int, seed: 
                      f"{r['zo_variance_per_step_vs_backprop']:.1f}", f"{r['forwards_per_backprop_step']:.0f}",
                      f"{r['top5pct_share_of_squared_norm']:.2f}",
                      " / ".join(f"{r['clipped_estimate_gain'][str(k)]:.2f}" for k in CLIP_KAPPAS)] for r in rows])
-    (out / "gradient-noise.json").write_text(json.dumps({"command": command, "t_range": T_RANGE, "rows": rows}, indent=1) + "\n")
+    (out / "gradient-noise.json").write_text(json.dumps({**run_context(command), "t_range": T_RANGE, "rows": rows},
+                                                        indent=1) + "\n")
     (out / "gradient-noise.md").write_text(report)
     print(report)
     return 0
@@ -364,9 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         rows.append(measure(name, folders[name](), args.samples, args.seed))
         print(json.dumps(rows[-1]), flush=True)
-    from benchmarks._quality_report import write_results
+    from benchmarks._quality_report import run_context, write_results
 
-    write_results(args.out, {"command": command.strip(), "samples_per_concept": args.samples, "t_range": T_RANGE,
+    write_results(args.out, {**run_context(command.strip()), "samples_per_concept": args.samples, "t_range": T_RANGE,
                              "rows": rows}, markdown(rows, command.strip()))
     return 0
 

@@ -125,3 +125,17 @@ def test_committed_command_passes_the_guard_another_does_not(monkeypatch, capsys
             module.main([])  # the README's bare command: seeds 0-4, the committed run's
     assert module.main(other) == 2
     assert "other settings: pass --out" in capsys.readouterr().err
+
+
+def test_demo_and_problem_dimension_records_say_when_and_where(monkeypatch, tmp_path):
+    import _demo_runs
+    import problem_dimension
+
+    _demo_runs.write_results(tmp_path / "demo", "emphasis.py", ["--seeds", "2"], {"rows": []}, lambda command: command)
+    monkeypatch.setattr(problem_dimension, "measure", lambda *args: {"model": "reference-64"})
+    monkeypatch.setattr(problem_dimension, "markdown", lambda rows, command: command)
+    assert problem_dimension.main(["--models", "reference-64", "--out", str(tmp_path / "dimension")]) == 0
+    for folder in ("demo", "dimension"):
+        record = json.loads((tmp_path / folder / "results.json").read_text())
+        assert record["command"].startswith("python benchmarks/") and record["date"].startswith("20")
+        assert record["machine"]["cpu_count"] >= 1 and "rows" in record
