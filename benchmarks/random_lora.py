@@ -21,9 +21,13 @@ sys.path.insert(0, str(REPO / "sdk"))
 
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.paths import check_output_file  # noqa: E402
+from zoodip.validation import finite_float, positive_int  # noqa: E402
 
 DEFAULT_SOURCE = REPO / ".cache" / "bench" / "sd15-random-s0"  # benchmarks/memory.py builds it
 TARGETS = ("to_q", "to_k", "to_v", "proj_in", "proj_out", "q_proj", "k_proj", "v_proj", "out_proj")
+FLOAT16_MAX = 65504.0  # the file stores alpha in float16: a larger one would be read back as inf
+SEED_LIMIT = 2 ** 64  # torch.Generator.manual_seed's range
 
 
 def random_lora(source: Path, out: Path, rank: int, alpha: float, seed: int) -> int:
@@ -42,6 +46,9 @@ def random_lora(source: Path, out: Path, rank: int, alpha: float, seed: int) -> 
             if name.rsplit(".", 1)[-1] not in TARGETS and not name.endswith("to_out.0"):
                 continue
             shape, key = module.weight.shape, prefix + name.replace(".", "_")
+            if rank > min(shape[:2]):  # checked before any factor is drawn: a huge rank would fill memory first
+                raise ZoodipError(f"--rank {rank} is above {source.name}'s layer {name} ({shape[1]} -> {shape[0]}): "
+                                  f"give a rank of at most {min(shape[:2])}")
             kernel = [1, 1] if len(shape) == 4 else []
             tensors[f"{key}.lora_down.weight"] = (torch.randn(rank, shape[1], *kernel, generator=generator) * 0.01).half()
             tensors[f"{key}.lora_up.weight"] = (torch.randn(shape[0], rank, *kernel, generator=generator) * 0.01).half()
@@ -60,16 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random factors")
     try:
         args = parser.parse_args(argv)
-        if args.rank < 1:
-            parser.error(f"--rank must be an integer >= 1, got {args.rank}")
+        positive_int("--rank", args.rank)
+        finite_float("--alpha", args.alpha, low=0.0, high=FLOAT16_MAX)
+        if positive_int("--seed", args.seed, 0) >= SEED_LIMIT:
+            raise ZoodipError(f"--seed must be an integer below 2**64, got {args.seed}")
         if not (args.source / "unet").is_dir() or not (args.source / "text_encoder").is_dir():
             raise ZoodipError(f"--source {args.source} is not a diffusers SD folder (unet/ and text_encoder/): run "
                               "'python benchmarks/memory.py --quick' to build the SD1.5-architecture one, or pass one")
-        if args.out.suffix != ".safetensors" or args.out.is_dir():
-            raise ZoodipError(f"--out {args.out} must name a .safetensors file")
+        check_output_file(args.out, "--out", (".safetensors",))
+        layers = random_lora(args.source, args.out, args.rank, args.alpha, args.seed)
     except ZoodipError as exc:
         return print_error(exc)
-    layers = random_lora(args.source, args.out, args.rank, args.alpha, args.seed)
     print(f"{args.out}: {layers} layers, rank {args.rank}, alpha {args.alpha:g}")
     return 0
 
