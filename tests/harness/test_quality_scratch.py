@@ -1,0 +1,51 @@
+"""benchmarks/quality.py's default --work: an interrupted run (kill, a test's timeout) left its temporary folder
+behind in the temp directory; a SIGTERM now removes it, and the next run removes those of runs killed harder."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import _quality_jobs  # noqa: E402
+
+
+def test_a_killed_run_removes_its_scratch_folder(tmp_path):
+    """What quality.py's main makes its default --work with, in a process that is then killed (SIGTERM)."""
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from benchmarks._quality_jobs import scratch_folder; "
+            "work = scratch_folder(); print(work.name, flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(REPO)], env=dict(os.environ, TMPDIR=str(tmp_path)),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        folder = Path(proc.stdout.readline().strip())
+        assert folder.is_dir() and folder.parent == tmp_path
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    assert not folder.exists()
+
+
+def test_the_next_run_removes_the_folders_of_dead_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{_quality_jobs.SCRATCH_PREFIX}{dead.stdout.strip()}-abc"
+    living = tmp_path / f"{_quality_jobs.SCRATCH_PREFIX}{os.getppid()}-abc"  # a run still going: kept
+    smoke_out = tmp_path / f"{_quality_jobs.SCRATCH_PREFIX}smoke-abc"  # a --smoke run's output: kept
+    for folder in (stale, living, smoke_out):
+        folder.mkdir()
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        scratch = _quality_jobs.scratch_folder()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not stale.exists() and living.exists() and smoke_out.exists()
+    assert Path(scratch.name).name.startswith(f"{_quality_jobs.SCRATCH_PREFIX}{os.getpid()}-")
+    scratch.cleanup()
