@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="results folder (default: benchmarks/results/attribute-signal, the committed results)")
     try:
         args = p.parse_args(argv)
-        if args.draws < 2:
-            raise ZoodipError("--draws must be at least 2 (a variance needs two draws)")
+        if args.draws < 2 or args.seed < 0:  # (numpy's generators take no negative seed)
+            raise ZoodipError("--draws must be at least 2 (a variance needs two draws), --seed 0 or more")
         folders = model_folders(args.cache)
         if args.model not in folders:
             raise ZoodipError(f"--model {args.model!r}: choose one of {', '.join(sorted(folders))}")

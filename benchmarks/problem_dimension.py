@@ -335,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="results folder (default: benchmarks/results/problem-dimension, the committed results)")
     try:
         args = p.parse_args(argv)
-        if args.gradient_noise < 0 or args.gradient_noise == 1 or args.samples < 1:
-            p.error("--gradient-noise must be 0 (off) or at least 2 draws, --samples at least 1")
+        if args.gradient_noise < 0 or args.gradient_noise == 1 or args.samples < 1 or args.seed < 0:
+            p.error("--gradient-noise must be 0 (off) or at least 2 draws, --samples at least 1, --seed 0 or more")
         folders = model_folders(args.cache)
         names = []
         for entry in (n.strip() for n in args.models.split(",")):

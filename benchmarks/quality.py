@@ -411,8 +411,8 @@ def _checked(args: Any) -> tuple[str, tuple[int, int], list[str]]:
     else:
         planted_count(args.concepts, 1)  # a bad count: refused now
     counts = (args.steps, args.checkpoints, args.images_per_prompt, args.gen_steps, args.max_heldout)  # None: default
-    if min(1 if count is None else count for count in counts) < 1:
-        raise ZoodipError("--steps, --checkpoints, --images-per-prompt, --gen-steps and --max-heldout must be at least 1")
+    if min(1 if count is None else count for count in counts) < 1 or args.seed < 0:  # numpy seeds no negative
+        raise ZoodipError("--steps, --checkpoints, --images-per-prompt, --gen-steps and --max-heldout must be at least 1, --seed 0 or more")
     if not np.isfinite(args.guidance) or args.guidance < 0:
         raise ZoodipError(f"--guidance {args.guidance}: give a finite guidance scale >= 0")
     for flag, folder in (("--out", args.out), ("--work", args.work), ("--cache", args.cache)):
