@@ -336,13 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = (parser := build_parser()).parse_args(argv)
         checked = None if args.worker is not None or args.merge else _checked(args)
-        check_results_folder(Path(args.out or DEFAULT_OUT), parser, sys.argv[1:] if argv is None else argv, "quality.py")
+        if args.worker is None:  # (a worker's arguments are its parent's spec, not a run's settings)
+            check_results_folder(Path(args.out or DEFAULT_OUT), parser, sys.argv[1:] if argv is None else argv, "quality.py")
     except ZoodipError as exc:
         return print_error(exc)
     if args.worker is not None:
         return _worker(args.worker)
-    command = "python benchmarks/quality.py " + " ".join(
-        shlex.quote(a) for a in relative_args(argv if argv is not None else sys.argv[1:]))
+    command = "python benchmarks/quality.py " + shlex.join(relative_args(argv if argv is not None else sys.argv[1:]))
     if args.merge:
         return merge_main(args.merge, args.out, command)
 

@@ -139,3 +139,12 @@ def test_demo_and_problem_dimension_records_say_when_and_where(monkeypatch, tmp_
         record = json.loads((tmp_path / folder / "results.json").read_text())
         assert record["command"].startswith("python benchmarks/") and record["date"].startswith("20")
         assert record["machine"]["cpu_count"] >= 1 and "rows" in record
+
+
+def test_a_worker_is_not_held_to_the_default_folders_run(monkeypatch, tmp_path):
+    """quality.py's workers run with --worker SPEC only: a full run stored in the default folder must not stop them."""
+    import quality
+
+    monkeypatch.setattr(quality, "DEFAULT_OUT", REPO / "benchmarks/results/quality/sd-width-900")
+    monkeypatch.setattr(quality, "_worker", lambda spec: 0)
+    assert quality.main(["--worker", str(tmp_path / "spec.json")]) == 0
