@@ -4,11 +4,6 @@ A job is one personalization problem every method trains on (benchmarks/_quality
 """
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,34 +12,6 @@ import numpy as np
 from benchmarks import _quality_methods as qm
 from reference.repo import REPO
 from zoodip.errors import ZoodipError
-
-
-SCRATCH_PREFIX = "zoodip-quality-"
-
-
-def scratch_folder() -> tempfile.TemporaryDirectory:
-    """The default --work: a temporary folder named after this process, removed at exit, on Ctrl-C and on a kill
-    (SIGTERM, made an exit here); first, the folders of runs that died harder (SIGKILL, a test's timeout, a crash),
-    whose process is gone, are removed."""
-    for stale in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
-        pid = stale.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    try:  # SIGTERM's default ends the process without the exit that removes a TemporaryDirectory
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    except ValueError:  # not the main thread: no handler can be set
-        pass
-    return tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process
-        return True
-    return True
 
 
 def select_concepts(items: list[Any], spec: str | None, default: int, key: Any) -> list[Any]:

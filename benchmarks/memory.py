@@ -22,7 +22,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO / "sdk"))
 from _memory_contenders import CONTENDERS, DEFAULT_CHUNKS, GENERATION, MAIN, QUICK_LEVERS  # noqa: E402,F401 (memory.CONTENDERS stays)
 from _memory_report import GB, bar_chart, breakdown, has_targets, markdown, peak_split, ratios, summarize  # noqa: E402
 from _models import DEFAULT_CACHE, export_name, is_current_export  # noqa: E402
+from _scratch import scratch_folder  # noqa: E402
 
 from zoodip import validation  # noqa: E402
 from zoodip.console import OneLineParser, print_error  # noqa: E402
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> dict:
     cache.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     source = cache / ("tiny-random-s0" if args.tiny else "sd15-random-s0")
-    work = Path(tempfile.mkdtemp(prefix="zoodip-memory-"))
+    work = Path((scratch := scratch_folder("zoodip-memory-")).name)
     photos = _copy_photos(work / "photos", args.photos)
 
     exports = _prepare_exports(cache, args.tiny, names)
@@ -245,7 +245,7 @@ def run(args: argparse.Namespace) -> dict:
     report["rows"] = rows
     report["ratios"] = ratios(rows, has_targets(report))
     report["elapsed_s"] = time.perf_counter() - started
-    shutil.rmtree(work, ignore_errors=True)
+    scratch.cleanup()
     (out / "memory.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     text = markdown(report)
     (out / "memory.md").write_text(text, encoding="utf-8")

@@ -48,7 +48,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks import _quality_methods as qm  # noqa: E402
 from benchmarks._models import DEFAULT_CACHE, cache_lock, source_folder  # noqa: E402
-from benchmarks._quality_jobs import CONCEPT_REFS, GENERATION_SEEDS, make_jobs, planted_count, scratch_folder, select_concepts  # noqa: E402
+from benchmarks._quality_jobs import CONCEPT_REFS, GENERATION_SEEDS, make_jobs, planted_count, select_concepts  # noqa: E402
+from benchmarks._scratch import scratch_folder  # noqa: E402
 from benchmarks._quality_merge import export_weights_identity, merge_main, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
 from benchmarks._quality_report import machine_info, write_reports, write_samples  # noqa: E402
 from benchmarks._results_guard import check_results_folder  # noqa: E402
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if torch_model is None:
         methods = _without_backprop(methods, puts)
 
-    tmp = scratch_folder() if args.work is None else None
+    tmp = scratch_folder("zoodip-quality-") if args.work is None else None
     work = Path(tmp.name) if tmp else args.work
     work.mkdir(parents=True, exist_ok=True)
     from zoodip.model import ExportedModel

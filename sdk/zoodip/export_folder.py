@@ -79,7 +79,7 @@ def remove_stale_staging(out_dir: Path) -> None:
     pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.(\d+)\.[^/]*\.partial$")
     for entry in out_dir.parent.iterdir() if out_dir.parent.is_dir() else ():
         match = pattern.match(entry.name)
-        if not match or not entry.is_dir() or _process_is_running(int(match.group(1))):
+        if not match or not entry.is_dir() or process_is_running(int(match.group(1))):
             continue
         size = sum(f.lstat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())  # (a link: not
         # what it points to, such as the checkpoint a single-file export links to)
@@ -87,7 +87,8 @@ def remove_stale_staging(out_dir: Path) -> None:
         print(f"removed {entry.name} ({size / 2**20:.0f} MiB), left by an export that was killed", file=sys.stderr)
 
 
-def _process_is_running(pid: int) -> bool:
+def process_is_running(pid: int) -> bool:
+    """Whether process ``pid`` may still be running (a folder named after it is not left over yet)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,0 +1,30 @@
+"""A benchmark's temporary work folder that does not outlive its run (memory.py's and quality.py's default --work).
+
+A Ctrl-C or an exception removes a ``TemporaryDirectory`` on the way out; a SIGTERM would not (its default ends the
+process without that exit), so it is made an exit; a SIGKILL, a crash or a test's timeout leave the folder, so it is
+named after its process, and the next run of any benchmark removes those whose process is gone.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from zoodip.export_folder import process_is_running
+
+
+def scratch_folder(prefix: str) -> tempfile.TemporaryDirectory:
+    """A temporary folder ``{prefix}{pid}-...`` in the temp directory, removed at exit, on Ctrl-C and on SIGTERM;
+    first, the ``prefix`` folders of runs whose process is gone are removed (not other names: a --smoke output)."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
+        pid = stale.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not process_is_running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    try:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    except ValueError:  # not the main thread: no handler can be set
+        pass
+    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
