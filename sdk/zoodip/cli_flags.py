@@ -179,7 +179,8 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt", default=None, help="the prompt (required, unless --parameters-from gives it)")
     names_a_path(g.add_argument("--parameters-from", default=None, metavar="IMAGE",
                    help="make an image again from the generation parameters IMAGE holds (A1111's PNG Info -> "
-                        "Send to txt2img): its prompts and settings, each flag given here taking their place"))
+                        "Send to txt2img), or a .txt file of that text: its prompts and settings, each flag given "
+                        "here taking their place"))
     g.add_argument("--negative-prompt", default="")
     names_a_path(g.add_argument("--embedding", action="append", metavar="PATH[:TOKEN]",
                    help="learned embedding file (diffusers or A1111 .safetensors), optionally renamed to "

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from .errors import ZoodipError
 from .extra_networks import lora_hashes
-from .image_parameters import read_parameters
+from .image_parameters import MAX_TEXT, read_parameters
 from .infotext import is_zoodips, model_hash, read_infotext, settings_from_fields
 
 # Settings that only image-to-image and inpainting read: applied where the caller gives an image (and a mask); and the
@@ -45,14 +45,32 @@ class ImageParameters:
 
 
 def image_parameters(path: str | Path) -> ImageParameters:
-    """The generation parameters ``path`` holds, read for making it again; one line where it holds none."""
-    text = read_parameters(path)
+    """The generation parameters ``path`` holds, read for making it again: an image zoodip or A1111 wrote, or a
+    ``.txt`` file of the text (as A1111's PNG Info shows it, copied); one line where it holds none."""
+    text = parameters_text_file(path) if Path(path).suffix.lower() == ".txt" else read_parameters(path)
     if text is None:
         raise ZoodipError(f"{path} holds no generation parameters to make it again from (zoodip and A1111 write them "
                           "into the images they save): pass the prompt and settings instead")
     prompt, negative, fields = read_infotext(text)
     settings, problems, unused = settings_from_fields(fields)
     return ImageParameters(prompt, negative, settings, problems, unused, fields)
+
+
+def parameters_text_file(path: str | Path) -> str | None:
+    """A text file's generation parameters (None: it is empty), or one line for what cannot be read as one."""
+    path = Path(path)
+    if not path.is_file():  # a pipe would block the read for ever
+        raise ZoodipError(f"{path} does not exist or is not a regular file: pass a text file of generation parameters")
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(MAX_TEXT + 1)
+        if len(raw) > MAX_TEXT:
+            raise ValueError(f"over {MAX_TEXT >> 20} MB")
+        text = raw.decode("utf-8-sig")  # (a byte-order mark, as Windows editors save)
+    except (OSError, ValueError) as exc:  # (UnicodeDecodeError is a ValueError)
+        raise ZoodipError(f"cannot read {path} as generation parameters ({str(exc).splitlines()[0]:.80}): pass a UTF-8 "
+                          "text file of them, as A1111's PNG Info shows them") from None
+    return text.strip() or None
 
 
 def parameter_notes(parameters: ImageParameters, model: Any, hashes: Mapping[str, str], *, image_given: bool,

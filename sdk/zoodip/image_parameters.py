@@ -23,7 +23,7 @@ _EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
 _TIFF_LONG, _TIFF_UNDEFINED = 4, 7  # TIFF field types
 _JPEG_SEGMENT = 65533  # the most bytes a JPEG's EXIF segment holds
 _UNICODE, _ASCII = b"UNICODE\0", b"ASCII\0\0\0"  # EXIF's character codes
-_MAX_TEXT = 16 << 20  # a parameters text past this is not one
+MAX_TEXT = 16 << 20  # a parameters text past this is not one
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -106,7 +106,7 @@ _MAX_PARTS = 100_000  # chunks or segments walked before the text: far more than
 
 
 class _TooLarge(ValueError):
-    """A parameters text past ``_MAX_TEXT``."""
+    """A parameters text past ``MAX_TEXT``."""
 
 
 def _png_parameters(file: BinaryIO) -> str | None:
@@ -127,8 +127,8 @@ def _png_parameters(file: BinaryIO) -> str | None:
         if kind == b"IEND":
             text = before if before is not None else after
             return text if text is not None else _comment(exif)
-        if kind in (b"tEXt", b"zTXt", b"iTXt", b"eXIf") and length > _MAX_TEXT:
-            raise _TooLarge(f"a text chunk of {length} bytes, past the {_MAX_TEXT >> 20} MB a parameters text may hold")
+        if kind in (b"tEXt", b"zTXt", b"iTXt", b"eXIf") and length > MAX_TEXT:
+            raise _TooLarge(f"a text chunk of {length} bytes, past the {MAX_TEXT >> 20} MB a parameters text may hold")
         if kind in (b"tEXt", b"zTXt", b"iTXt"):
             keyword, _, body = file.read(length).partition(b"\0")
             if keyword == PARAMETERS_KEY.encode():
@@ -158,11 +158,11 @@ def _png_text(kind: bytes, body: bytes) -> str:
 
 
 def _inflated(data: bytes) -> bytes:
-    """zlib's data, refused past ``_MAX_TEXT`` (a small chunk can inflate to gigabytes) or cut short."""
+    """zlib's data, refused past ``MAX_TEXT`` (a small chunk can inflate to gigabytes) or cut short."""
     inflater = zlib.decompressobj()
-    text = inflater.decompress(data, _MAX_TEXT)
+    text = inflater.decompress(data, MAX_TEXT)
     if inflater.unconsumed_tail:
-        raise _TooLarge(f"a compressed text chunk inflates past {_MAX_TEXT >> 20} MB")
+        raise _TooLarge(f"a compressed text chunk inflates past {MAX_TEXT >> 20} MB")
     if not inflater.eof:
         raise ValueError("a compressed text chunk is cut short")
     return text

@@ -227,3 +227,19 @@ def test_an_image_inpainted_outside_its_mask_says_to_invert_it(tiny_export):
                             ExportedModel.load(tiny_export), {}, image_given=True, mask_given=True, latents_given=False)
     assert unused == [] and notes == ["the image was inpainted outside its mask (A1111's Mask mode: Inpaint not "
                                       "masked): pass the inverted mask with --mask, or the other part is redrawn"]
+
+
+def test_a_text_file_of_parameters_makes_the_image_again(tiny_export, tmp_path, capsys):
+    """A1111 users keep (and paste) the PNG Info text itself: a .txt file of it is read as the image's would be."""
+    first = tmp_path / "first.png"
+    assert run_cli(_generate(tiny_export, first, "--prompt", "a red star", "--steps", "2", "--seed", "3"), capsys)[0] == 0
+    pasted = tmp_path / "pasted parameters.txt"
+    pasted.write_bytes(b"\xef\xbb\xbf" + read_parameters(first).encode() + b"\r\n")  # a Windows editor's BOM and line end
+    again = tmp_path / "again.png"
+    code, _, err = run_cli(_generate(tiny_export, again, "--parameters-from", pasted), capsys)
+    assert code == 0, err
+    assert np.array_equal(_pixels(again), _pixels(first))
+    for content, problem in ((b"", "holds no generation parameters"), (b"\xff\xfe\x00bad", "as generation parameters")):
+        pasted.write_bytes(content)
+        code, _, err = run_cli(_generate(tiny_export, again, "--parameters-from", pasted), capsys)
+        assert_one_line_error(code, err, problem)
