@@ -37,6 +37,13 @@ def machine_info() -> dict[str, Any]:
             "cpu_count": os.cpu_count(), "load_avg_at_end": load, "versions": versions}
 
 
+def run_line() -> str:
+    """When and where a benchmark that prints its results ran, in one line for its Markdown."""
+    machine = run_context("")
+    return (f"{machine['date']}, {machine['machine']['cpu']} ({machine['machine']['cpu_count']} cores), "
+            f"{machine['machine']['platform']}, onnxruntime {machine['machine']['versions']['onnxruntime']}")
+
+
 def run_context(command: str) -> dict[str, Any]:
     """What a benchmark's record says about its run: the command, the date (UTC) and the machine."""
     return {"command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -11,15 +11,20 @@ Markdown table of milliseconds per call (median). Weights are random: the time d
 """
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from zoodip.console import OneLineParser, print_error
-from zoodip.errors import ZoodipError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository's benchmarks
+
+from benchmarks._quality_report import run_line  # noqa: E402
+from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
 
 BLOCK = 32
 # (kind, output channels / N, input channels / K, spatial side or rows): 3x3 UNet convolutions of SD1.5 at
@@ -127,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except ZoodipError as exc:
         return print_error(exc)
     layouts = ["fp32", "int8", "int4-channel", "int4-block32", "matmulnbits"]
+    print(f"python benchmarks/int4_kernels.py --threads {args.threads} --repeats {args.repeats}\n{run_line()}")
     print(f"onnxruntime {ort.__version__}, {args.threads} threads, median of {args.repeats} (ms per call)\n")
     print("| layer | " + " | ".join(layouts) + " |")
     print("|---|" + "---|" * len(layouts))

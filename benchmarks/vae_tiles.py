@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
+from benchmarks._quality_report import run_line  # noqa: E402
 from reference.repo import REPO, relative_args  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     whole = decode_latents(model, latents)
     print(f"python benchmarks/vae_tiles.py {' '.join(relative_args(sys.argv[1:] if argv is None else argv))}")
+    print(run_line())
     print(f"\n{args.resolution} px, whole decode {time.perf_counter() - started:.0f} s\n")
     print("| tile (latents) | overlap | tiles | decode s | mean / max abs (output) | mean / max abs (8-bit) | PSNR dB |")
     print("|---|---|---|---|---|---|---|")

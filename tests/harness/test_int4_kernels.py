@@ -41,5 +41,8 @@ def test_the_matmulnbits_layout_computes_the_layer(kind: str, n: int, k: int, si
 def test_the_script_prints_its_table(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(int4_kernels, "LAYERS", [("conv3x3", 16, 32, 6), ("matmul", 16, 32, 8)])
     assert int4_kernels.main(["--repeats", "1", "--threads", "1"]) == 0
-    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    command, when = out.splitlines()[:2]  # what ran, when and where: a table of timings means nothing without them
+    assert command == "python benchmarks/int4_kernels.py --threads 1 --repeats 1" and "cores)" in when
     assert len(table) == 1 + 2 and all(len(line.split("|")) == 2 + 1 + 5 for line in table)

@@ -105,6 +105,7 @@ def test_vae_tiles_script_compares_tiled_with_whole_decoding(tiny_export: Path) 
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| 8 (64 px)") or line.startswith("| 12 (96 px)")]
     assert len(rows) == 2 and "| 9 |" in rows[0] and "| 4 |" in rows[1]  # 3x3 and 2x2 tiles over 16 latents
+    assert "cores)" in done.stdout.splitlines()[1]  # when and where it ran, below the command
 
 
 def test_render_rewrites_the_reports_of_a_stored_run(tmp_path: Path) -> None:
