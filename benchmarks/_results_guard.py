@@ -54,8 +54,8 @@ def check_results_folder(out: Path, parser: argparse.ArgumentParser, argv: list[
     settings (its command, parsed by ``parser``; ``argv``: this run's arguments, as typed). The recorded command
     itself, re-run, may replace its results. ``normalize``: a parsed namespace as settings (defaults filled in);
     ``record``: the name of the files (.json, .md) this run writes."""
-    folder = Path(out).absolute()
-    if not folder.is_relative_to(RESULTS.absolute()):
+    folder = Path(out).resolve()  # (benchmarks/../benchmarks/results/x, or a link to it, is that folder)
+    if not folder.is_relative_to(RESULTS.resolve()):
         return
     command = recorded_command(folder, record)
     if command is None:

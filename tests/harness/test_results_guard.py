@@ -148,3 +148,14 @@ def test_a_worker_is_not_held_to_the_default_folders_run(monkeypatch, tmp_path):
     monkeypatch.setattr(quality, "DEFAULT_OUT", REPO / "benchmarks/results/quality/sd-width-900")
     monkeypatch.setattr(quality, "_worker", lambda spec: 0)
     assert quality.main(["--worker", str(tmp_path / "spec.json")]) == 0
+
+
+def test_a_committed_folder_spelled_otherwise_is_still_guarded(results):
+    """--out through '..' out of and back into benchmarks/ (benchmarks/../benchmarks/results/x) or through a link to
+    the folder is the same folder: a --quick run there was let through, replacing the committed run."""
+    link = results.parent.parent / "link"
+    link.symlink_to(results)
+    for spelling in (results.parent.parent / "elsewhere" / ".." / "results" / "x", link):
+        with pytest.raises(ZoodipError, match="other settings"):
+            guard.check_results_folder(spelling, _parser(), ["--quick", "--out", str(spelling)], "x.py")
+        guard.check_results_folder(spelling, _parser(), ["--steps", "20", "--out", str(spelling)], "x.py")
