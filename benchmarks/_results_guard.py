@@ -62,7 +62,10 @@ def check_results_folder(out: Path, parser: argparse.ArgumentParser, argv: list[
         return
     words = shlex.split(command)
     script_at = next((i for i, word in enumerate(words) if word.endswith(script)), None)
-    recorded = None if script_at is None else _settings(parser, words[script_at + 1:], normalize)
+    # Only an interpreter before the script: a recorded 'VAR=1 PYTHONPATH=PATCH python ...' ran what flags do not say.
+    plain = script_at is not None and all(Path(word).name.startswith("python") and "=" not in word
+                                              for word in words[:script_at])
+    recorded = _settings(parser, words[script_at + 1:], normalize) if plain else None
     if recorded is None or recorded != _settings(parser, relative_args(argv), normalize):
         run = f"the committed results of `{command}`" if command else "committed results"
         raise ZoodipError(f"--out {repo_relative(folder)} holds {run}, a run with other settings: pass --out "

@@ -159,3 +159,15 @@ def test_a_committed_folder_spelled_otherwise_is_still_guarded(results):
         with pytest.raises(ZoodipError, match="other settings"):
             guard.check_results_folder(spelling, _parser(), ["--quick", "--out", str(spelling)], "x.py")
         guard.check_results_folder(spelling, _parser(), ["--steps", "20", "--out", str(spelling)], "x.py")
+
+
+def test_a_recorded_command_run_with_an_environment_or_patch_is_not_a_plain_run(results):
+    """A run recorded as 'VAR=1 PYTHONPATH=PATCH python benchmarks/x.py ...' measured something the same flags alone
+    do not: the flags alone must not replace it."""
+    (results / "results.json").write_text(json.dumps({"command": "ZOODIP_X=1 PYTHONPATH=PATCH_DIR python "
+                                                                  "benchmarks/x.py --steps 20"}))
+    with pytest.raises(ZoodipError, match="other settings"):
+        guard.check_results_folder(results, _parser(), ["--steps", "20"], "x.py")
+    for interpreter in ("python", "python3", ".venv/bin/python"):
+        (results / "results.json").write_text(json.dumps({"command": f"{interpreter} benchmarks/x.py --steps 20"}))
+        guard.check_results_folder(results, _parser(), ["--steps", "20"], "x.py")
