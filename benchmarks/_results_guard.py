@@ -14,7 +14,7 @@ from zoodip.errors import ZoodipError
 
 RESULTS = REPO / "benchmarks" / "results"
 # Where a run reads or writes, not what it measures: the same settings in another folder are the same run.
-NOT_SETTINGS = ("out", "work", "cache", "demo", "threads")
+NOT_SETTINGS = ("out", "work", "cache", "demo")
 
 
 def recorded_command(folder: Path, record: str = "results") -> str | None:

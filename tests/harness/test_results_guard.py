@@ -171,3 +171,21 @@ def test_a_recorded_command_run_with_an_environment_or_patch_is_not_a_plain_run(
     for interpreter in ("python", "python3", ".venv/bin/python"):
         (results / "results.json").write_text(json.dumps({"command": f"{interpreter} benchmarks/x.py --steps 20"}))
         guard.check_results_folder(results, _parser(), ["--steps", "20"], "x.py")
+
+
+def test_demo_seeds_thread_count_is_a_setting(monkeypatch, capsys):
+    """demo_seeds.py's results hold each seed's wall time, and a folder such as demo-w4a32-8000-1thread is named
+    after its --threads: a run with another thread count replaced its times silently."""
+    import demo_seeds
+
+    folder = "benchmarks/results/demo-w4a32-8000-1thread"
+    argv = guard.shlex.split(guard.recorded_command(REPO / folder))[2:]
+
+    def passed(*args, **kwargs):
+        raise Passed
+
+    monkeypatch.setattr(demo_seeds, "run", passed)
+    with pytest.raises(Passed):
+        demo_seeds.main(argv)
+    assert demo_seeds.main([a if a != "1" or argv[i - 1] != "--threads" else "4" for i, a in enumerate(argv)]) == 2
+    assert "other settings: pass --out" in capsys.readouterr().err
