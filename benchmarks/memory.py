@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "sdk"))
 from _memory_contenders import CONTENDERS, DEFAULT_CHUNKS, GENERATION, MAIN, QUICK_LEVERS  # noqa: E402,F401 (memory.CONTENDERS stays)
 from _memory_report import GB, bar_chart, breakdown, has_targets, markdown, peak_split, ratios, summarize  # noqa: E402
 from _models import DEFAULT_CACHE, export_name, is_current_export  # noqa: E402
+from _results_guard import check_results_folder  # noqa: E402
 from _scratch import scratch_folder  # noqa: E402
 
 from zoodip import validation  # noqa: E402
@@ -365,7 +366,10 @@ def render(out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = _parser().parse_args(argv)
+        args = (parser := _parser()).parse_args(argv)
+        if not args.render:  # (--render redraws the stored run: any settings)
+            check_results_folder(Path(_out_folder(args)), parser, sys.argv[1:] if argv is None else argv, "memory.py",
+                                 record="memory")
         report = render(Path(_out_folder(args))) if args.render else run(args)
     except ZoodipError as exc:
         return print_error(exc)

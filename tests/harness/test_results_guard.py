@@ -189,3 +189,24 @@ def test_demo_seeds_thread_count_is_a_setting(monkeypatch, capsys):
         demo_seeds.main(argv)
     assert demo_seeds.main([a if a != "1" or argv[i - 1] != "--threads" else "4" for i, a in enumerate(argv)]) == 2
     assert "other settings: pass --out" in capsys.readouterr().err
+
+
+def test_memory_keeps_its_committed_quick_run(monkeypatch, capsys):
+    """The README's bare 'python benchmarks/memory.py' (512 px, every contender) wrote into the default folder, whose
+    committed run is '--quick': it replaced it silently. Now refused; the recorded command and --render still pass."""
+    import memory
+
+    def passed(*args, **kwargs):
+        raise Passed
+
+    monkeypatch.setattr(memory, "run", passed)
+    monkeypatch.setattr(memory, "render", passed)
+    assert memory.main([]) == 2 and "other settings: pass --out" in capsys.readouterr().err
+    for argv in (["--quick"], ["--render"], ["--quick", "--out", "benchmarks/results/memory"]):
+        with pytest.raises(Passed):
+            memory.main(argv)
+    for record in sorted((REPO / "benchmarks/results/memory").glob("**/memory.json")):
+        words = guard.shlex.split(guard.recorded_command(record.parent, "memory"))[2:]
+        at = words.index("--out")
+        with pytest.raises(Passed):
+            memory.main(words[:at] + ["--out", str(record.parent)] + words[at + 2:])
