@@ -66,10 +66,13 @@ def check_results_folder(out: Path, parser: argparse.ArgumentParser, argv: list[
     plain = script_at is not None and all(Path(word).name.startswith("python") and "=" not in word
                                               for word in words[:script_at])
     recorded = _settings(parser, words[script_at + 1:], normalize) if plain else None
-    if recorded is None or recorded != _settings(parser, relative_args(argv), normalize):
-        run = f"the committed results of `{command}`" if command else "committed results"
-        raise ZoodipError(f"--out {repo_relative(folder)} holds {run}, a run with other settings: pass --out "
-                          "OTHER_FOLDER (or re-run that command to replace them)")
+    if recorded is None:  # (re-running its command would not pass either: say so, not "re-run that command")
+        run = f"the results of `{command}`, settings" if command else "results that record no command, settings"
+        raise ZoodipError(f"--out {repo_relative(folder)} holds {run} no run can be proven to repeat: pass --out "
+                          "OTHER_FOLDER")
+    if recorded != _settings(parser, relative_args(argv), normalize):
+        raise ZoodipError(f"--out {repo_relative(folder)} holds the committed results of `{command}`, a run with "
+                          "other settings: pass --out OTHER_FOLDER (or re-run that command to replace them)")
 
 
 __all__ = ["check_results_folder", "recorded_command"]

@@ -57,7 +57,7 @@ def test_a_command_recorded_only_in_results_md_counts(results):
     with pytest.raises(ZoodipError):
         guard.check_results_folder(results, _parser(), ["--quick"], "x.py")
     (results / "results.md").unlink()  # a run, but no command: nothing proves the settings the same
-    with pytest.raises(ZoodipError, match="holds committed results"):
+    with pytest.raises(ZoodipError, match="holds results that record no command, settings no run can be proven"):
         guard.check_results_folder(results, _parser(), [], "x.py")
 
 
@@ -166,8 +166,8 @@ def test_a_recorded_command_run_with_an_environment_or_patch_is_not_a_plain_run(
     do not: the flags alone must not replace it."""
     (results / "results.json").write_text(json.dumps({"command": "ZOODIP_X=1 PYTHONPATH=PATCH_DIR python "
                                                                   "benchmarks/x.py --steps 20"}))
-    with pytest.raises(ZoodipError, match="other settings"):
-        guard.check_results_folder(results, _parser(), ["--steps", "20"], "x.py")
+    with pytest.raises(ZoodipError, match="settings no run can be proven to repeat: pass --out OTHER_FOLDER$"):
+        guard.check_results_folder(results, _parser(), ["--steps", "20"], "x.py")  # (not: re-run that command)
     for interpreter in ("python", "python3", ".venv/bin/python"):
         (results / "results.json").write_text(json.dumps({"command": f"{interpreter} benchmarks/x.py --steps 20"}))
         guard.check_results_folder(results, _parser(), ["--steps", "20"], "x.py")
@@ -210,3 +210,13 @@ def test_memory_keeps_its_committed_quick_run(monkeypatch, capsys):
         at = words.index("--out")
         with pytest.raises(Passed):
             memory.main(words[:at] + ["--out", str(record.parent)] + words[at + 2:])
+
+
+def test_a_results_json_cut_short_by_a_kill_is_not_called_committed(results):
+    """A run killed while writing results.json (no results.md yet) left a folder that every run was refused with
+    'holds committed results, a run with other settings ... (or re-run that command...)', naming no command."""
+    (results / "results.json").write_text('{"command": "python benchmarks/x.py --st')
+    with pytest.raises(ZoodipError) as refused:
+        guard.check_results_folder(results, _parser(), ["--steps", "20"], "x.py")
+    assert "record no command" in str(refused.value) and "committed" not in str(refused.value)
+    assert "re-run" not in str(refused.value)
