@@ -27,6 +27,7 @@ from zoodip.validation import finite_float, positive_int  # noqa: E402
 DEFAULT_SOURCE = REPO / ".cache" / "bench" / "sd15-random-s0"  # benchmarks/memory.py builds it
 TARGETS = ("to_q", "to_k", "to_v", "proj_in", "proj_out", "q_proj", "k_proj", "v_proj", "out_proj")
 FLOAT16_MAX = 65504.0  # the file stores alpha in float16: a larger one would be read back as inf
+FLOAT16_ZERO = 2.0 ** -25  # and an alpha up to this one as 0 (a LoRA that changes nothing)
 SEED_LIMIT = 2 ** 64  # torch.Generator.manual_seed's range
 
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         positive_int("--rank", args.rank)
-        finite_float("--alpha", args.alpha, low=0.0, high=FLOAT16_MAX)
+        finite_float("--alpha", args.alpha, low=FLOAT16_ZERO, high=FLOAT16_MAX)
         if positive_int("--seed", args.seed, 0) >= SEED_LIMIT:
             raise ZoodipError(f"--seed must be an integer below 2**64, got {args.seed}")
         if not (args.source / "unet").is_dir() or not (args.source / "text_encoder").is_dir():

@@ -16,6 +16,7 @@ import random_lora  # noqa: E402
 
 @pytest.mark.parametrize("flags, named", [(["--alpha", "nan"], "--alpha"), (["--alpha", "inf"], "--alpha"),
                                           (["--alpha", "1e6"], "--alpha"), (["--alpha", "-1"], "--alpha"),
+                                          (["--alpha", "1e-9"], "--alpha"),
                                           (["--rank", "0"], "--rank"), (["--rank", "1000000000"], "--rank"),
                                           (["--seed", "-1"], "--seed"), (["--seed", str(2 ** 70)], "--seed")])
 def test_a_value_that_makes_no_lora_is_one_line(tiny_sd_folder, tmp_path, capsys, flags, named):
