@@ -32,6 +32,7 @@ from reference.repo import REPO, relative_args  # noqa: E402
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "sdk"))
 
+from _results_guard import check_results_folder  # noqa: E402
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.image_side import side_problem  # noqa: E402
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(ZoodipError(f"--resolution {resolution_problem}"))
     try:
         out = check_output_dir(REPO / "benchmarks" / "results" / "threads" if args.out is None else args.out, "--out")
+        check_results_folder(out, parser, sys.argv[1:] if argv is None else argv, "threads.py", record="threads")
         model = Path(args.model) if args.model else default_model()
         settings = {}
         for name, (threads, spin) in SETTINGS.items():

@@ -220,3 +220,20 @@ def test_a_results_json_cut_short_by_a_kill_is_not_called_committed(results):
         guard.check_results_folder(results, _parser(), ["--steps", "20"], "x.py")
     assert "record no command" in str(refused.value) and "committed" not in str(refused.value)
     assert "re-run" not in str(refused.value)
+
+
+def test_threads_keeps_its_committed_runs(monkeypatch, capsys):
+    """threads.py wrote into benchmarks/results/threads (its default) with any settings, replacing the committed
+    '--resolution 256 --forwards 5 --busy 2' run; now held to it like the other benchmarks."""
+    import threads
+
+    def passed(*args, **kwargs):
+        raise Passed
+
+    monkeypatch.setattr(threads, "measure", passed)
+    monkeypatch.setattr(threads, "default_model", lambda: REPO / "reference" / "model")
+    assert threads.main(["--forwards", "1"]) == 2 and "other settings: pass --out" in capsys.readouterr().err
+    for folder in ("threads", "threads/busy1"):
+        words = guard.shlex.split(guard.recorded_command(REPO / "benchmarks/results" / folder, "threads"))[2:]
+        with pytest.raises(Passed):
+            threads.main(words)
