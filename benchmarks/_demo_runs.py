@@ -34,7 +34,7 @@ def demo_benchmark(argv: list[str] | None, script: str, doc: str, needs: Sequenc
         demo = check_demo_folder(Path(args.demo), needs)
         number = check_count(flag, getattr(args, flag.lstrip("-").replace("-", "_")))
         args.out = check_output_dir(committed if args.out is None else args.out, "--out")  # before the measurement
-        check_results_folder(args.out, parser, sys.argv[1:] if argv is None else argv, script)
+        check_results_folder(args.out, parser, argv, script)
         started = time.time()
         result = measure(demo, number)
         write_results(Path(args.out), script, argv, result, lambda command: report(result, command, time.time() - started))

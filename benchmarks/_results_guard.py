@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -48,10 +49,11 @@ def _settings(parser: argparse.ArgumentParser, words: Iterable[str],
     return {key: value for key, value in settings.items() if key not in NOT_SETTINGS}
 
 
-def check_results_folder(out: Path, parser: argparse.ArgumentParser, argv: list[str], script: str,
+def check_results_folder(out: Path, parser: argparse.ArgumentParser, argv: list[str] | None, script: str,
                          normalize: Callable[[argparse.Namespace], dict[str, Any]] = vars, record: str = "results") -> None:
     """Refuse, in one line, a run into a folder under benchmarks/results/ that holds a run recorded with other
-    settings (its command, parsed by ``parser``; ``argv``: this run's arguments, as typed). The recorded command
+    settings (its command, parsed by ``parser``; ``argv``: this run's arguments, as typed; None: the
+    process's). The recorded command
     itself, re-run, may replace its results. ``normalize``: a parsed namespace as settings (defaults filled in);
     ``record``: the name of the files (.json, .md) this run writes."""
     folder = Path(out).resolve()  # (benchmarks/../benchmarks/results/x, or a link to it, is that folder)
@@ -70,7 +72,7 @@ def check_results_folder(out: Path, parser: argparse.ArgumentParser, argv: list[
         run = f"the results of `{command}`, settings" if command else "results that record no command, settings"
         raise ZoodipError(f"--out {repo_relative(folder)} holds {run} no run can be proven to repeat: pass --out "
                           "OTHER_FOLDER")
-    if recorded != _settings(parser, relative_args(argv), normalize):
+    if recorded != _settings(parser, relative_args(sys.argv[1:] if argv is None else argv), normalize):
         raise ZoodipError(f"--out {repo_relative(folder)} holds the committed results of `{command}`, a run with "
                           "other settings: pass --out OTHER_FOLDER (or re-run that command to replace them)")
 

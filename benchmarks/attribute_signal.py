@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ZoodipError(f"--concepts: unknown {unknown or args.concepts!r}; choose from {', '.join(known)}")
         args.out = check_output_dir(REPO / "benchmarks" / "results" / "attribute-signal" if args.out is None
                                     else args.out, "--out")  # before the work
-        check_results_folder(args.out, p, sys.argv[1:] if argv is None else argv, "attribute_signal.py")
+        check_results_folder(args.out, p, argv, "attribute_signal.py")
     except ZoodipError as exc:
         return print_error(exc)
     command = " ".join(["python benchmarks/attribute_signal.py", *relative_args(argv if argv is not None else sys.argv[1:])])

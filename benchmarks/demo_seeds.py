@@ -226,9 +226,12 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+DEFAULT_SEEDS = "0-4"  # the five training seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python benchmarks/demo_seeds.py", description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default=None, help="a range A-B or a comma list (default: 0-4)")
+    p.add_argument("--seeds", default=None, help=f"a range A-B or a comma list (default: {DEFAULT_SEEDS})")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
     add_method_flags(p)  # passed to the demo
     p.add_argument("--save_steps", type=int, default=0, metavar="N",
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=REPO / ".cache" / "demo-seeds")
     try:
         args = p.parse_args(argv)
-        seeds = parse_seeds("0-4" if args.seeds is None else args.seeds)
+        seeds = parse_seeds(DEFAULT_SEEDS if args.seeds is None else args.seeds)
         method_settings(args)  # the demo's own checks, made before any run
         demo_flags_given = bool(args.steps) or any(getattr(args, dest) for dest, _ in DEMO_FLAGS)
         if args.backprop is not None and (args.backprop < 1 or demo_flags_given):
@@ -256,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ZoodipError(f"--steps {args.steps}: give at least 1 (or leave it out for the demo's own length)")
         check_output_dir(args.work, "--work")
         args.out = check_output_dir(DEFAULT_OUT if args.out is None else args.out, "--out")
-        check_results_folder(args.out, p, sys.argv[1:] if argv is None else argv, "demo_seeds.py",
-                             lambda parsed: vars(parsed) | {"seeds": parse_seeds(parsed.seeds or "0-4")})
+        check_results_folder(args.out, p, argv, "demo_seeds.py",
+                             lambda parsed: vars(parsed) | {"seeds": parse_seeds(parsed.seeds or DEFAULT_SEEDS)})
         if args.merge is not None:
             if args.backprop is not None or demo_flags_given or args.seeds:
                 raise ZoodipError("--merge joins finished runs: give it only the results folders and --out")

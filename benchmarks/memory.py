@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = (parser := _parser()).parse_args(argv)
         if not args.render:  # (--render redraws the stored run: any settings)
-            check_results_folder(Path(_out_folder(args)), parser, sys.argv[1:] if argv is None else argv, "memory.py",
+            check_results_folder(Path(_out_folder(args)), parser, argv, "memory.py",
                                  record="memory")
         report = render(Path(_out_folder(args))) if args.render else run(args)
     except ZoodipError as exc:

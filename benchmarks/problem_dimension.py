@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--models: unknown {unknown or args.models!r}; choose from {sorted(folders)}")
         args.out = check_output_dir(REPO / "benchmarks" / "results" / "problem-dimension" if args.out is None
                                     else args.out, "--out")  # before the work
-        check_results_folder(args.out, p, sys.argv[1:] if argv is None else argv, "problem_dimension.py",
+        check_results_folder(args.out, p, argv, "problem_dimension.py",
                              record="gradient-noise" if args.gradient_noise else "results")
     except ZoodipError as exc:
         return print_error(exc)

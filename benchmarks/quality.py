@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         args = (parser := build_parser()).parse_args(argv)
         checked = None if args.worker is not None or args.merge else _checked(args)
         if args.worker is None:  # (a worker's arguments are its parent's spec, not a run's settings)
-            check_results_folder(Path(args.out or DEFAULT_OUT), parser, sys.argv[1:] if argv is None else argv, "quality.py")
+            check_results_folder(Path(args.out or DEFAULT_OUT), parser, argv, "quality.py")
     except ZoodipError as exc:
         return print_error(exc)
     if args.worker is not None:

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(ZoodipError(f"--resolution {resolution_problem}"))
     try:
         out = check_output_dir(REPO / "benchmarks" / "results" / "threads" if args.out is None else args.out, "--out")
-        check_results_folder(out, parser, sys.argv[1:] if argv is None else argv, "threads.py", record="threads")
+        check_results_folder(out, parser, argv, "threads.py", record="threads")
         model = Path(args.model) if args.model else default_model()
         settings = {}
         for name, (threads, spin) in SETTINGS.items():
