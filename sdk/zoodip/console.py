@@ -208,10 +208,13 @@ class OneLineParser(argparse.ArgumentParser):
 
 def help_with_default(action: argparse.Action) -> str | None:
     """``action``'s help ending with its default where it has one the help does not already tell (argparse's
-    ArgumentDefaultsHelpFormatter skips a flag with no help text, and says "None" and "False" for "not given")."""
+    ArgumentDefaultsHelpFormatter skips a flag with no help text, and says "None" and "False" for "not given").
+    A switch's default (store_true/false/const: its value when not given, "True" for --no-parity; not --x/--no-x)
+    and an empty one ("", []) tell nothing, so they are left out too."""
     default, text = action.default, action.help
     if text == argparse.SUPPRESS or any(default is unset for unset in (None, False, argparse.SUPPRESS)) or "default" in (text or "") \
-            or not action.option_strings:
+            or not action.option_strings or default in ("", [], ()) \
+            or (action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)):
         return text
     shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
     return f"{text} (default: {shown.replace('%', '%%')})" if text else f"default: {shown.replace('%', '%%')}"

@@ -140,5 +140,21 @@ def test_the_clis_help_tells_each_flags_default():
         sub = commands[name]
         sub.format_help()
         for action in sub._actions:
-            if action.option_strings and action.default not in (None, argparse.SUPPRESS) and action.default is not False:
+            if action.option_strings and action.default not in (None, argparse.SUPPRESS, "") and action.default is not False \
+                    and action.nargs != 0:
                 assert "default" in (action.help or ""), (name, action.option_strings)
+
+
+def test_help_tells_no_default_for_a_switch_or_an_empty_value():
+    # A store_false switch's default (True) is "not given": "--no-parity skip the checks (default: True)" read as if
+    # the checks were skipped by default; an empty default ("--negative-prompt", "") printed a bare "default:".
+    p = OneLineParser(prog="tool")
+    p.add_argument("--no-parity", dest="parity", action="store_false", help="skip the checks")
+    p.add_argument("--mode", action="store_const", const="fast", default="slow", help="go fast")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--tags", nargs="*", default=[], help="tags")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="mirror")
+    text = " ".join(p.format_help().split())
+    assert "skip the checks --mode" in text and "go fast --negative-prompt" in text
+    assert "NEGATIVE_PROMPT --tags" in text and "tags --flip" in text
+    assert "(default: True)" in text and text.count("default") == 1  # (the BooleanOptionalAction's own)
