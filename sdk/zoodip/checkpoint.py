@@ -32,10 +32,12 @@ def check_checkpoint_file(path: Path) -> None:
         raise ZoodipError(f"nothing to resume: {path} {why_missing(path)} (run without --resume to start)")
 
 
-def read_checkpoint(path: Path, fingerprint: str, photos_id: str, model_id: str,
+def read_checkpoint(path: Path, fingerprint: str | tuple[str, ...], photos_id: str, model_id: str,
                     vectors: tuple[int, int] | None = None,
                     changed: Callable[[], list[str]] | None = None) -> dict[str, np.ndarray]:
     """The arrays of the checkpoint at ``path``, refused unless it has the run's settings, photos and model.
+
+    ``fingerprint``: the run's settings' fingerprint, or those a checkpoint of the same run may hold (older ones).
 
     ``vectors``: the run's (num_vectors, width); a checkpoint of another ``--num_vectors`` is refused
     naming that flag (the fingerprint differs too, but its message cannot say which setting did).
@@ -52,7 +54,7 @@ def read_checkpoint(path: Path, fingerprint: str, photos_id: str, model_id: str,
     _check_identity(state, path, "model", model_id, "another export")
     if vectors is not None and "v" in state:
         _check_vector_count(state["v"], path, *vectors)
-    if str(state.get("fingerprint")) != fingerprint:
+    if str(state.get("fingerprint")) not in ((fingerprint,) if isinstance(fingerprint, str) else fingerprint):
         names = changed() if changed is not None else []
         which = f" ({', '.join(names)} {'differ' if len(names) > 1 else 'differs'})" if names else ""
         raise ZoodipError(

@@ -370,7 +370,15 @@ class PersonalizeConfig:
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the trajectory; a checkpoint only resumes the same run."""
-        return hashlib.sha256(json.dumps(self.fingerprint_payload(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return _digest(self.fingerprint_payload())
+
+    def fingerprints(self) -> tuple[str, ...]:
+        """The fingerprints a checkpoint of this run may hold: ``fingerprint``, and the one of a checkpoint written
+        when the caption and template files were held as typed ("sub/tmpl.txt", not "tmpl.txt"), so that a run of
+        that time resumes with the same command."""
+        payload = self.fingerprint_payload()
+        typed = {key: str(getattr(self, key)) for key in ("captions", "template_file") if key in payload and payload[key]}
+        return tuple(dict.fromkeys((_digest(payload), _digest({**payload, **typed}))))
 
     def settings_differing_from(self, recorded: dict[str, object]) -> list[str]:
         """The settings that make this run's fingerprint differ from that of a run whose config.json is ``recorded``,
@@ -468,3 +476,8 @@ def _pair(name: str, value: object, kind: type) -> tuple:
     if not ok:
         raise ZoodipError(f"{name} must be two {'integers' if kind is int else 'finite numbers'}, got {value!r}")
     return kind(items[0]), kind(items[1])
+
+
+def _digest(payload: dict) -> str:
+    """A fingerprint payload's hash."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -270,7 +270,7 @@ class Personalizer:
 
     def load_checkpoint(self) -> None:
         path = self.checkpoint_path
-        state = read_checkpoint(path, self.config.fingerprint(), self.photos_id, self.model_id,
+        state = read_checkpoint(path, self.config.fingerprints(), self.photos_id, self.model_id,
                                 (self.config.num_vectors, self.width), self._changed_settings)
         try:
             self._load_state(state)

@@ -760,3 +760,22 @@ def test_a_templated_run_resumes_from_another_folder(tiny_export, photos, tmp_pa
     monkeypatch.chdir(tmp_path / "b")
     result = personalize(dataclasses.replace(config, template_file="../a/tmpl.txt", max_train_steps=8), resume=True)
     assert result.status == "done" and result.steps == 8
+
+
+def test_a_checkpoint_from_before_text_files_were_named_still_resumes(tiny_export, photos, tmp_path, monkeypatch):
+    """A run started with --template_file sub/tmpl.txt before the fingerprint held the file's name: its checkpoint
+    holds the path as typed ("sub/tmpl.txt"); the same command with --resume was refused as "belongs to a run with
+    other settings" after the upgrade."""
+    from zoodip.config import PersonalizeConfig
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "tmpl.txt").write_text("a photo of [name]\na picture of [name]\n")
+    monkeypatch.chdir(tmp_path)
+    config = make_config(tiny_export, photos, tmp_path / "run", template_file="sub/tmpl.txt", max_train_steps=2)
+    named = PersonalizeConfig.fingerprint_payload
+    with monkeypatch.context() as older:  # the writer of that time: the path as typed
+        older.setattr(PersonalizeConfig, "fingerprint_payload",
+                      lambda self: {**named(self), "template_file": str(self.template_file)})
+        personalize(config)
+    result = personalize(dataclasses.replace(config, max_train_steps=4), resume=True)
+    assert result.status == "done" and result.steps == 4
