@@ -86,8 +86,12 @@ class ExportedModel:
         self._sessions_lock = threading.Lock()  # two threads' generate(): one's release() between the other's steps
         # Each file as opened: a session made later (first use, or after release) from a replaced file would mix two
         # exports' graphs with this one's tokenizer and schedule.
-        # (keyed by the file as opened: a graph's path may be written otherwise than its files entry, "./unet.onnx")
-        self._opened = {manifest_file(self.folder, name): _file_state(self.folder / name) for name in manifest["files"]}
+        # Keyed by each path as the manifest writes it, a graph's too ("./unet.onnx" for the files entry "unet.onnx"),
+        # matched now as the files they open: resolved later, a repointed folder link would match none.
+        self._opened = {name: _file_state(self.folder / name) for name in manifest["files"]}
+        by_file = {manifest_file(self.folder, name): state for name, state in self._opened.items()}
+        self._opened.update({file: by_file.get(manifest_file(self.folder, file)) for graph in manifest["graphs"].values()
+                             for file in filter(None, (graph.get("file"), graph.get("external_data")))})
 
         scheduler_path = self.folder / manifest["scheduler"]
         try:
@@ -259,8 +263,7 @@ class ExportedModel:
                 graph = self.manifest["graphs"][name]
                 path = self.folder / graph["file"]
                 for file in filter(None, (graph.get("file"), graph.get("external_data"))):
-                    opened = self._opened.get(manifest_file(self.folder, file))
-                    if opened is not None and _file_state(self.folder / file) != opened:
+                    if file in self._opened and _file_state(self.folder / file) != self._opened[file]:
                         raise ZoodipError(f"the export at {self.folder} changed since the model was opened ({file}): "
                                           "open it again")
                 opts, disabled = self.session_options(name)

@@ -62,3 +62,17 @@ def test_a_path_through_a_link_is_the_file_it_opens(tiny_export: Path, tmp_path:
     os.symlink(Path("sub") / "inner", folder / "link")
     with pytest.raises(ZoodipError, match="does not list scheduler 'link/../scheduler_config.json' among its files"):
         ExportedModel.load(folder)
+
+
+def test_an_export_link_repointed_after_opening_is_caught(tiny_export: Path, tmp_path: Path) -> None:
+    """A model opened through a folder link ('current' -> v1) that is then pointed at another export (v2): its first
+    session of a graph was made from v2's file without a word (the check looked up v2's resolved path, which the
+    model never opened), mixing v2's UNet with v1's tokenizer and schedule."""
+    first = shutil.copytree(tiny_export, tmp_path / "v1")
+    second = shutil.copytree(tiny_export, tmp_path / "v2")  # (another export: other files, whatever they hold)
+    os.symlink(first, tmp_path / "current")
+    model = ExportedModel.load(tmp_path / "current")
+    os.remove(tmp_path / "current")
+    os.symlink(second, tmp_path / "current")
+    with pytest.raises(ZoodipError, match=r"changed since the model was opened \(unet\.onnx\)"):
+        model.session("unet")
