@@ -280,7 +280,7 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     config = None if config is None else Path(config).expanduser().absolute()
     source, configs, source_entry = read_source(source, sample_size, seed, config)
     source_entry.update(lora_entries(specs))
-    for warning in source_warnings(source, configs) if configs else ():  # (security notes too: under --quiet too)
+    for warning in source_warnings(source, configs, config):  # (security notes too: under --quiet too)
         print(warning, file=sys.stderr)
     if recipe == "dynamic-int8":
         from zoodip_export.quantize import DYNAMIC_INT8_WARNING

@@ -194,13 +194,22 @@ def pipeline_scheduler_config(config: dict[str, Any]) -> tuple[dict[str, Any], l
             [f"{key}: {config.get(key, 'not given')} -> {PIPELINE_SCHEDULER_SETTINGS[key]}" for key in changed])
 
 
-def source_warnings(source: Path, configs: dict[str, dict[str, Any]]) -> list[str]:
-    """The warning lines of exporting ``source`` (read as ``configs``): pickled weights, a scheduler config read
-    otherwise than it says."""
-    _, changed = pipeline_scheduler_config(configs.get("scheduler", {}))
-    return [line for line in (pickled_weights_warning(source), changed and (
-        f"warning: {source}'s scheduler_config.json is read as diffusers' Stable Diffusion pipelines read it "
-        f"({', '.join(changed)}; they warn that the file is outdated)")) if line]
+def source_warnings(source: Path | None, configs: dict[str, dict[str, Any]], config: Path | None = None) -> list[str]:
+    """The warning lines of exporting ``source`` (read as ``configs``; none for the tiny model): pickled weights, a
+    scheduler config read otherwise than it says; ``config``: a single file's --config folder, whose scheduler config
+    the export takes."""
+    if config is not None:
+        return [line for line in (scheduler_warning(config, check_source(config)["scheduler"]),) if line]
+    return [] if source is None or not configs else [line for line in (pickled_weights_warning(source), scheduler_warning(source, configs.get("scheduler", {})))
+            if line]
+
+
+def scheduler_warning(folder: Path, scheduler: dict[str, Any]) -> str | None:
+    """The line saying that ``folder``'s scheduler config is read otherwise than it says (as diffusers' pipelines read
+    it), else None; also for a single file's --config folder, whose scheduler the export takes."""
+    _, changed = pipeline_scheduler_config(scheduler)
+    return changed and (f"warning: {folder}'s scheduler_config.json is read as diffusers' Stable Diffusion pipelines "
+                        f"read it ({', '.join(changed)}; they warn that the file is outdated)") or None
 
 
 def vae_scale_factor(vae: dict[str, Any]) -> int:

@@ -212,3 +212,19 @@ def test_a_checkpoint_shared_without_a_vae_takes_the_config_folders(tiny_sd_fold
     code, _, err = run_cli(["export", checkpoint, out, "--config", tiny_sd_folder, *FAST], capsys)
     assert code == 0, err
     assert _graph_hashes(out) == _graph_hashes(folder_export)  # the folder's VAE, the file's UNet and text encoder
+
+
+def test_an_outdated_scheduler_config_of_config_is_said_as_a_folders_is(tiny_sd_folder, tiny_checkpoint, tmp_path,
+                                                                         capsys):
+    """A single file with --config FOLDER whose scheduler config has steps_offset 0 and clip_sample on: the export
+    rewrote it as diffusers' pipelines read it without the line a diffusers folder gets."""
+    import shutil
+
+    config = shutil.copytree(tiny_sd_folder, tmp_path / "configs")
+    path = config / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "steps_offset": 0, "clip_sample": True}))
+    code, _, err = run_cli(["export", tiny_checkpoint, tmp_path / "out", "--config", config, *FAST], capsys)
+    assert code == 0, err
+    assert err.count("\n") == 1 and str(config) in err and "steps_offset: 0 -> 1, clip_sample: True -> False" in err, err
+    exported = json.loads((tmp_path / "out" / "scheduler_config.json").read_text())
+    assert (exported["steps_offset"], exported["clip_sample"]) == (1, False)
