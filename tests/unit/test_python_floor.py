@@ -44,6 +44,10 @@ def newer_python_uses(source: str, floor: tuple[int, int]) -> list[str]:
             called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
             found += [f"line {node.lineno}: {called}({keyword.arg}=...)" for keyword in node.keywords
                       if (called, keyword.arg) in NEWER_KEYWORDS]
+            # isinstance(x, int | None) evaluates the union wherever it is (a TypeError before 3.10)
+            if called in ("isinstance", "issubclass") and len(node.args) == 2 and isinstance(node.args[1], ast.BinOp) \
+                    and isinstance(node.args[1].op, ast.BitOr):
+                found.append(f"line {node.lineno}: {called}(x, X | Y)")
         name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
         if name in NEWER_NAMES:
             found.append(f"line {node.lineno}: {name}")
@@ -66,6 +70,7 @@ def test_the_sdk_source_runs_on_the_oldest_python_allowed():
 
 def test_the_python_floor_scan_sees_what_newer_pythons_add():
     for source in ("zip(a, b, strict=True)", "match x:\n    case 1:\n        pass", "from itertools import pairwise",
-                   "@dataclasses.dataclass(slots=True)\nclass A:\n    pass", "Alias = int | None"):
+                   "@dataclasses.dataclass(slots=True)\nclass A:\n    pass", "Alias = int | None",
+                   "def f(x):\n    return isinstance(x, int | None)", "issubclass(t, (str | bytes))"):
         assert newer_python_uses(source, (3, 9)), source
     assert not newer_python_uses("zip(a, b)\nx = a | b\nFLAGS = A | B\nAlias = Union[int, None]\ndef f(x: int | None): pass", (3, 9))
