@@ -172,12 +172,21 @@ def pickled_weights_warning(source: Path) -> str | None:
     """A warning line where a component of ``source`` has its weights only as pickles (``.bin``, no ``.safetensors``
     beside them), else None. diffusers and transformers load those with torch's weights-only unpickler, which refuses
     code; the user still learns that the folder is not in the safe format."""
-    pickled = [part for part in ("unet", "vae", "text_encoder") if (source / part).is_dir()
-               and any((source / part).glob("*.bin")) and not any((source / part).glob("*.safetensors"))]
+    pickled = [part for part in ("unet", "vae", "text_encoder") if (source / part).is_dir() and _loads_pickle(source / part)]
     if not pickled:
         return None
     return (f"warning: {source}'s {', '.join(pickled)} weights are pickled (.bin), read with torch's weights-only "
             "loader; prefer the model's .safetensors weights, which hold no code")
+
+
+def _loads_pickle(folder: Path) -> bool:
+    """Whether the weights ``from_pretrained`` reads in ``folder`` are pickled: the plain ones (no variant: ".fp16."
+    in the name) first, a .safetensors before a .bin; only where there are none, the fp16 variant's, likewise."""
+    bins, safe = list(folder.glob("*.bin")), list(folder.glob("*.safetensors"))
+    plain = lambda path: "." not in path.stem  # noqa: E731  (a shard, "-00001-of-00002", is plain too)
+    if any(map(plain, safe)) or not bins:
+        return False
+    return any(map(plain, bins)) or not safe
 
 
 # What diffusers' Stable Diffusion pipelines rewrite in an older scheduler config when they load it (with a

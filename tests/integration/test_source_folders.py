@@ -96,3 +96,22 @@ def test_an_outdated_scheduler_config_is_exported_as_diffusers_pipelines_read_it
     exported = json.loads((tmp_path / "out" / "scheduler_config.json").read_text())
     loaded = StableDiffusionPipeline.from_pretrained(source, safety_checker=None).scheduler.config
     assert (exported["steps_offset"], exported["clip_sample"]) == (loaded.steps_offset, loaded.clip_sample) == (1, False)
+
+
+def test_pickled_weights_loaded_beside_an_fp16_safetensors_variant_are_warned_of(tmp_path: Path) -> None:
+    """A folder as the Hub has some: diffusion_pytorch_model.bin beside diffusion_pytorch_model.fp16.safetensors. The
+    export loads the .bin (the variant only when no plain weights are there), but no warning was said: any
+    .safetensors counted as the safe format."""
+    from zoodip_export.source_folder import pickled_weights_warning
+
+    for part, plain in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
+                        ("text_encoder", "pytorch_model")):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / f"{plain}.bin").write_bytes(b"")
+        (tmp_path / part / f"{plain.replace('pytorch_model', 'model') if part == 'text_encoder' else plain}"
+                               ".fp16.safetensors").write_bytes(b"")
+    (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").write_bytes(b"")  # plain safetensors: read first
+    warning = pickled_weights_warning(tmp_path)
+    assert warning is not None and "'s unet, text_encoder weights are pickled" in warning, warning
+    (tmp_path / "unet" / "diffusion_pytorch_model.bin").unlink()  # only variants: the fp16 safetensors are read
+    assert "'s text_encoder weights" in pickled_weights_warning(tmp_path)
