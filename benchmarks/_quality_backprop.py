@@ -19,6 +19,8 @@ from zoodip.manifest import MANIFEST
 from zoodip.model import ExportedModel, RuntimeOptions
 from zoodip.step_inputs import draw_step_inputs, step_rng
 
+TORCH_SEED_LIMIT = 2 ** 64  # torch.manual_seed's range: the seeds a torch contender can take
+
 if TYPE_CHECKING:
     from benchmarks._quality_methods import MethodSpec
 

@@ -27,7 +27,6 @@ samples.png (final generations per method).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import hashlib
 import importlib
 import importlib.metadata
@@ -48,10 +47,11 @@ import numpy as np  # noqa: E402
 
 from benchmarks import _quality_methods as qm  # noqa: E402
 from benchmarks._models import DEFAULT_CACHE, cache_lock, source_folder  # noqa: E402
+from benchmarks._quality_backprop import TORCH_SEED_LIMIT  # noqa: E402
 from benchmarks._quality_jobs import CONCEPT_REFS, GENERATION_SEEDS, make_jobs, planted_count, select_concepts  # noqa: E402
 from benchmarks._scratch import scratch_folder  # noqa: E402
 from benchmarks._quality_merge import export_weights_identity, merge_main, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
-from benchmarks._quality_report import machine_info, write_reports, write_samples  # noqa: E402
+from benchmarks._quality_report import run_context, write_reports, write_samples  # noqa: E402
 from benchmarks._results_guard import check_results_folder  # noqa: E402
 from benchmarks._quality_summary import (  # noqa: E402,F401 (quality.summarize & co.: tests, --merge)
     forwards_to_reach, metric_names, ratio_of_means_ci, summarize)
@@ -412,8 +412,11 @@ def _checked(args: Any) -> tuple[str, tuple[int, int], list[str]]:
     else:
         planted_count(args.concepts, 1)  # a bad count: refused now
     counts = (args.steps, args.checkpoints, args.images_per_prompt, args.gen_steps, args.max_heldout)  # None: default
-    if min(1 if count is None else count for count in counts) < 1 or args.seed < 0:  # numpy seeds no negative
-        raise ZoodipError("--steps, --checkpoints, --images-per-prompt, --gen-steps and --max-heldout must be at least 1, --seed 0 or more")
+    if min(1 if count is None else count for count in counts) < 1:
+        raise ZoodipError("--steps, --checkpoints, --images-per-prompt, --gen-steps and --max-heldout must be at least 1")
+    if not 0 <= args.seed <= TORCH_SEED_LIMIT - args.seeds:  # (numpy seeds no negative; torch none past its range)
+        raise ZoodipError(f"--seed {args.seed}: give 0 to {TORCH_SEED_LIMIT - args.seeds} (training seeds --seed to "
+                          "--seed + --seeds - 1 seed torch's generator too)")
     if not np.isfinite(args.guidance) or args.guidance < 0:
         raise ZoodipError(f"--guidance {args.guidance}: give a finite guidance scale >= 0")
     for flag, folder in (("--out", args.out), ("--work", args.work), ("--cache", args.cache)):
@@ -475,8 +478,7 @@ def _results(task: str, command: str, args: Any, export_dir: Path, torch_model: 
     return {
         "task": task,
         "meta": {
-            "command": command, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info(), "model": repo_relative(export_dir), "model_weights": export_weights_identity(export_dir),
+            **run_context(command), "model": repo_relative(export_dir), "model_weights": export_weights_identity(export_dir),
             "torch_model": repo_relative(torch_model) if torch_model else None,
             "seed": args.seed, "seeds": args.seeds, "steps": steps, "budget_forwards": budget, "checkpoints": checkpoints,
             "puts": list(puts), "gen_steps": args.gen_steps, "guidance": args.guidance,
@@ -491,9 +493,6 @@ def _results(task: str, command: str, args: Any, export_dir: Path, torch_model: 
                     for m, t in trained.items()},
         "summary": summary,
     }
-
-
-# Settings that must agree for runs from different result folders to be compared (same scoring).
 
 
 if __name__ == "__main__":

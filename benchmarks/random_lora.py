@@ -19,6 +19,7 @@ from reference.repo import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 
+from benchmarks._quality_backprop import TORCH_SEED_LIMIT  # noqa: E402
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_file  # noqa: E402
@@ -28,7 +29,6 @@ DEFAULT_SOURCE = REPO / ".cache" / "bench" / "sd15-random-s0"  # benchmarks/memo
 TARGETS = ("to_q", "to_k", "to_v", "proj_in", "proj_out", "q_proj", "k_proj", "v_proj", "out_proj")
 FLOAT16_MAX = 65504.0  # the file stores alpha in float16: a larger one would be read back as inf
 FLOAT16_ZERO = 2.0 ** -25  # and an alpha up to this one as 0 (a LoRA that changes nothing)
-SEED_LIMIT = 2 ** 64  # torch.Generator.manual_seed's range
 
 
 def random_lora(source: Path, out: Path, rank: int, alpha: float, seed: int) -> int:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         positive_int("--rank", args.rank)
         finite_float("--alpha", args.alpha, low=FLOAT16_ZERO, high=FLOAT16_MAX)
-        if positive_int("--seed", args.seed, 0) >= SEED_LIMIT:
+        if positive_int("--seed", args.seed, 0) >= TORCH_SEED_LIMIT:
             raise ZoodipError(f"--seed must be an integer below 2**64, got {args.seed}")
         if not (args.source / "unet").is_dir() or not (args.source / "text_encoder").is_dir():
             raise ZoodipError(f"--source {args.source} is not a diffusers SD folder (unet/ and text_encoder/): run "
