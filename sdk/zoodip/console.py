@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Iterator
 
 from .errors import ZoodipError
@@ -216,8 +217,17 @@ def help_with_default(action: argparse.Action) -> str | None:
             or not action.option_strings or default in ("", [], ()) \
             or (action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)):
         return text
-    shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+    shown = " ".join(map(_shown, default)) if isinstance(default, (list, tuple)) else _shown(default)
     return f"{text} (default: {shown.replace('%', '%%')})" if text else f"default: {shown.replace('%', '%%')}"
+
+
+def _shown(value: object) -> str:
+    """A default as help says it: a folder under the current one relative to it (scripts anchor theirs at the
+    repository, and the help should not show this machine's path)."""
+    if isinstance(value, Path) and value.is_absolute():
+        with contextlib.suppress(ValueError):
+            return str(value.relative_to(Path.cwd()))
+    return str(value)
 
 
 def _options_part(args: list[str]) -> list[str]:

@@ -158,3 +158,15 @@ def test_help_tells_no_default_for_a_switch_or_an_empty_value():
     assert "skip the checks --mode" in text and "go fast --negative-prompt" in text
     assert "NEGATIVE_PROMPT --tags" in text and "tags --flip" in text
     assert "(default: True)" in text and text.count("default") == 1  # (the BooleanOptionalAction's own)
+
+
+def test_a_path_default_under_the_current_folder_is_shown_relative(tmp_path, monkeypatch):
+    """(Scripts anchor their defaults at the repository: the help showed this machine's absolute path.)"""
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    p = OneLineParser(prog="tool")
+    p.add_argument("--cache", type=Path, default=tmp_path / ".cache" / "x", help="where")
+    p.add_argument("--elsewhere", type=Path, default=Path("/opt/data"), help="there")
+    text = " ".join(p.format_help().split())
+    assert "where (default: .cache/x)" in text and "there (default: /opt/data)" in text
