@@ -27,12 +27,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO, Any, Callable
 
-import numpy as np
 
 from .embeddings import load_embedding_file
 from .errors import ZoodipError
 from .generate import generate
 from .model import ExportedModel
+from .run_checks import check_run_arguments
 from .trainer import PersonalizeConfig, PersonalizeResult, Progress, personalize
 
 __all__ = ["PersonalizationJob", "progress_to_json", "jsonl_progress_writer"]
@@ -79,12 +79,7 @@ class PersonalizationJob:
 
     def __init__(self, config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,
                  resume: bool = False) -> None:
-        if not isinstance(config, PersonalizeConfig):
-            raise ZoodipError(f"config must be a PersonalizeConfig, got {type(config).__name__}")
-        if on_progress is not None and not callable(on_progress):
-            raise ZoodipError(f"on_progress must be callable as on_progress(progress), got {type(on_progress).__name__}")
-        if not isinstance(resume, (bool, np.bool_)):
-            raise ZoodipError(f"resume must be True or False, got {resume!r}")
+        check_run_arguments(config, on_progress, resume)
         self.config = config
         self._run_config = config  # what it runs: the config as start() or run() found it, its folders absolute
         self.on_progress = on_progress

@@ -5,6 +5,7 @@
 - ``check_outcome``: a run that blew up or never moved is an error, not "done".
 - ``append_log``, ``truncate_log``, ``read_log``: the append-only log, tolerating the torn last line a
   power cut leaves.
+- ``check_run_arguments``: what an app passes to a run (``personalize``, ``Personalizer``, ``PersonalizationJob``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import PersonalizeConfig
 from .errors import ZoodipError
 from .paths import atomic_write_bytes, write_failure
 from .json_text import parse_json
@@ -101,3 +103,19 @@ def read_log(path: Path) -> list[dict]:
                               "or the whole log and resume again") from None
         records.append(record)
     return records
+
+
+def check_run_arguments(config: object, on_progress: object = None, resume: object = False,
+                        cancel_event: object = None) -> None:
+    """A run's arguments of the wrong kind, refused in one line before any work: a dict for the config, a callback
+    that is no function, 'no' for resume (it resumed) and a flag for the event (each an AttributeError or TypeError
+    once the model had loaded). Any event with ``is_set()`` cancels (a ``multiprocessing.Event`` too)."""
+    if not isinstance(config, PersonalizeConfig):
+        raise ZoodipError(f"config must be a PersonalizeConfig, got {type(config).__name__}")
+    if on_progress is not None and not callable(on_progress):
+        raise ZoodipError(f"on_progress must be callable as on_progress(progress), got {type(on_progress).__name__}")
+    if not isinstance(resume, (bool, np.bool_)):
+        raise ZoodipError(f"resume must be True or False, got {resume!r}")
+    if cancel_event is not None and not callable(getattr(cancel_event, "is_set", None)):
+        raise ZoodipError(f"cancel_event must be a threading.Event (set() it to stop the run), got "
+                          f"{type(cancel_event).__name__}")

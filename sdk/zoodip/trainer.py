@@ -43,7 +43,7 @@ from .paths import check_output_dir, run_folder_lock, write_failure
 from .previews import check_preview_prompt, write_preview
 from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.Progress stays public)
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
-from .run_checks import append_log, check_outcome, sha256_of_files, truncate_log
+from .run_checks import append_log, check_outcome, check_run_arguments, sha256_of_files, truncate_log
 from .run_folder import (CONFIG_NAME, EMBEDDING_NAME, LOG_NAME, RUN_FILES, SNAPSHOT_NAME,  # noqa: F401 (public here)
                          VALIDATION_NAME, check_folder_kept, check_run_folder, folder_identity,
                          remove_stale_run_temp_files)
@@ -68,6 +68,7 @@ class Personalizer:
                  cancel_event: threading.Event | None = None, *, make_loss: LossFactory = DenoisingLoss,
                  make_optimizer: OptimizerFactory = default_optimizer,
                  make_projector: ProjectorFactory = default_projector, runtime: RuntimeOptions | None = None) -> None:
+        check_run_arguments(config, on_progress, cancel_event=cancel_event)
         config.validate()
         check_output_dir(config.output_dir)  # before any work: a run must be able to write its result
         self.on_progress = on_progress
@@ -472,5 +473,6 @@ class Personalizer:
 def personalize(config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,
                 resume: bool = False, cancel_event: threading.Event | None = None) -> PersonalizeResult:
     """Run (or resume) a personalization and write ``learned_embeds.safetensors`` into the output folder."""
+    check_run_arguments(config, on_progress, resume, cancel_event)
     check_run_folder(config, resume)  # before the model loads
     return Personalizer(config, on_progress, cancel_event).run(resume=resume)
