@@ -146,8 +146,11 @@ class ExportedModel:
         if verify_hashes is not False:
             verify_files(folder, manifest["files"], force=bool(verify_hashes))
         # A copy: the model sets its own (low_memory under a budget), and a caller's later change is not checked.
+        # NumPy counts as the plain ints they equal: what reads model.options (or dumps it as JSON) sees Python ints.
         options = RuntimeOptions() if options is None else replace(
-            options, extra_config=dict(options.extra_config), session_attributes=dict(options.session_attributes))
+            options, extra_config=dict(options.extra_config), session_attributes=dict(options.session_attributes),
+            threads=int(options.threads),
+            memory_budget_mb=None if options.memory_budget_mb is None else int(options.memory_budget_mb))
         model = cls(folder, manifest, options)
         model.check_memory_budget()
         model.session_options()  # (a session attribute onnxruntime refuses: said now, not at the first graph)

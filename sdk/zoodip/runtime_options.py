@@ -61,7 +61,7 @@ def check_runtime_options(options: object) -> None:
         if not isinstance(getattr(options, name), (bool, np.bool_)):
             raise ZoodipError(f"RuntimeOptions.{name} must be True or False, got {getattr(options, name)!r}")
     budget = options.memory_budget_mb
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget <= 0):
         raise ZoodipError(f"--memory-budget must be a positive number of MB, got {budget!r}")
     for name in ("extra_config", "session_attributes"):
         if not isinstance(getattr(options, name), dict):

@@ -61,6 +61,10 @@ def test_runtime_options_that_are_not_what_they_say_are_one_line_at_load(tiny_ex
     with pytest.raises(ZoodipError, match="verify_hashes must be None, True or False"):
         ExportedModel.load(tiny_export, verify_hashes="no")  # "no" would have been True
     ExportedModel.load(tiny_export, RuntimeOptions(threads=np.int64(1)))
+    # A NumPy budget is the number it equals (it was refused as not a number), kept as a plain int
+    model = ExportedModel.load(tiny_export, RuntimeOptions(threads=np.int32(1), memory_budget_mb=np.int64(10_000)))
+    assert type(model.options.memory_budget_mb) is int and type(model.options.threads) is int
+    assert model.options.memory_budget_mb == 10_000 and model.options.low_memory
 
 
 def test_a_model_keeps_its_own_copy_of_the_options_and_checks_session_attributes_at_load(tiny_export):
