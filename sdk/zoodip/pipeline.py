@@ -195,7 +195,7 @@ class ZoodipPipeline:
                 raise ZoodipError(f"this pipeline runs on the CPU (onnxruntime), not {device!r}: drop .to(...)")
         return self
 
-    def __call__(self, prompt: str, *positional: Any, negative_prompt: str | None = None,
+    def __call__(self, prompt: str | None = None, *positional: Any, negative_prompt: str | None = None,
                  num_inference_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
                  seed: int | None = None, output_type: str = "pil", clip_skip: int | None = None, callback: Any = None, callback_steps: int = 1,
                  **options: Any) -> PipelineOutput:
@@ -217,6 +217,8 @@ class ZoodipPipeline:
         if output_type not in OUTPUT_TYPES:
             raise ZoodipError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         _refuse(options, "the pipeline call", allowed=set(_RENAMED) | _GENERATE_OPTIONS)
+        if prompt is None:  # (diffusers' default: prompt_embeds= in its place, refused above with what to do)
+            raise ZoodipError("the pipeline call needs a prompt: pipe('a photo of <token> ...')")
         settings = {_RENAMED.get(key, key): value for key, value in options.items()}
         settings.setdefault("sampler", self.sampler)
         run = generate_hires if "hires_scale" in settings else generate

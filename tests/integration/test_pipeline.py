@@ -74,6 +74,14 @@ def test_what_diffusers_users_pass_that_has_no_place_here_is_one_line(pipe, call
         pipe(**call)
 
 
+def test_a_call_without_a_prompt_is_one_line(pipe) -> None:
+    """diffusers' prompt_embeds= stands in for the prompt: without one it was Python's TypeError (missing 'prompt')."""
+    with pytest.raises(ZoodipError, match="pass the prompt's text"):
+        pipe(prompt_embeds=np.zeros(3), num_inference_steps=2)
+    with pytest.raises(ZoodipError, match="prompt"):
+        pipe(num_inference_steps=2)
+
+
 def test_from_pretrained_refuses_a_diffusers_folder_and_options_it_lacks(tiny_sd_folder, tiny_export) -> None:
     with pytest.raises(ZoodipError, match="is a diffusers folder: export it first with 'zoodip export"):
         ZoodipPipeline.from_pretrained(tiny_sd_folder)
