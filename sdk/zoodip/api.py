@@ -23,10 +23,10 @@ import numbers
 import os
 import threading
 import weakref
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO, Any, Callable
-
 
 from .embeddings import load_embedding_file
 from .errors import ZoodipError
@@ -181,7 +181,7 @@ class PersonalizationJob:
         The model is loaded with the job's runtime settings (``PersonalizeConfig.runtime_options``): a job
         with a memory budget generates within the same budget. Generation and training would share that
         budget, so a running job must finish (or be cancelled) first. ``clip_skip`` defaults to the job's own (the
-        layer the token learned).
+        layer the token learned); ``added_embeddings`` adds other learned tokens to the job's own.
         """
         if self.running:
             raise ZoodipError("the job is still running: wait() for it (or cancel() it) before generating, "
@@ -192,12 +192,20 @@ class PersonalizationJob:
         if self.result is None:
             raise ZoodipError("this job has no learned embedding: start() it and wait() for it first (a job that "
                               "failed has none)")
+        if "model" in options:
+            raise ZoodipError("job.generate() uses the job's own model: drop model= (zoodip.generate.generate(model, "
+                              "prompt, ...) runs another)")
         token, vectors = load_embedding_file(self.result.embedding_path)
+        added = options.pop("added_embeddings", None)  # more learned tokens beside the job's own
+        if isinstance(added, Mapping) and token in added:
+            raise ZoodipError(f"added_embeddings names {token!r}, the token this job learned: rename the other one")
+        if added is None or isinstance(added, Mapping):  # (anything else: generate's own refusal)
+            added = {token: vectors, **(added or {})}
         with self._model_lock:
             if self._model is None:
                 self._model = ExportedModel.load(self._run_config.export_dir, self._run_config.runtime_options())
         options.setdefault("clip_skip", self._run_config.clip_skip)
-        return generate(self._model, prompt, added_embeddings={token: vectors}, **options)
+        return generate(self._model, prompt, added_embeddings=added, **options)
 
     def _outcome(self) -> PersonalizeResult:
         for error in (self.error, self.callback_error):

@@ -12,7 +12,10 @@ import pytest
 
 from test_personalize import make_config
 from zoodip.api import PersonalizationJob
+from zoodip.embeddings import load_embedding_file
 from zoodip.errors import ZoodipError
+from zoodip.generate import generate
+from zoodip.model import ExportedModel
 
 
 class Interrupted(Exception):
@@ -81,6 +84,25 @@ def test_generate_from_several_threads_loads_one_model(tiny_export, photos, tmp_
         thread.join()
     assert len(loads) == 1 and len(images) == 3
     assert all(np.array_equal(np.asarray(images[0][0]), np.asarray(other[0])) for other in images[1:])
+
+
+def test_generate_takes_more_embeddings_beside_the_learned_token(tiny_export, photos, tmp_path):
+    """added_embeddings= (another learned token in the same prompt) was Python's TypeError 'got multiple values for
+    keyword argument', and so was model=."""
+    job = PersonalizationJob(make_config(tiny_export, photos, tmp_path / "run", max_train_steps=2, eval_every=0))
+    result = job.start().wait()
+    token, vectors = load_embedding_file(result.embedding_path)
+    other = {"<other>": np.zeros_like(vectors)}
+    both = job.generate(f"a photo of {token} and <other>", steps=2, added_embeddings=other)
+    alone = generate(ExportedModel.load(tiny_export), f"a photo of {token} and <other>", steps=2,
+                     added_embeddings={token: vectors, **other}, clip_skip=job.config.clip_skip)
+    assert np.array_equal(np.asarray(both[0]), np.asarray(alone[0]))
+    with pytest.raises(ZoodipError, match=f"names {token!r}, the token this job learned"):
+        job.generate(f"a photo of {token}", steps=2, added_embeddings={token: vectors})
+    with pytest.raises(ZoodipError, match="added_embeddings must be a dict"):
+        job.generate(f"a photo of {token}", steps=2, added_embeddings=[vectors])
+    with pytest.raises(ZoodipError, match="uses the job's own model"):
+        job.generate(f"a photo of {token}", steps=2, model=None)
 
 
 def test_an_interpreter_that_exits_mid_job_cancels_it_and_keeps_its_checkpoint(tiny_export, photos, tmp_path):
