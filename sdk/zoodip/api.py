@@ -61,6 +61,9 @@ def progress_to_json(progress: Progress) -> str:
 
 def jsonl_progress_writer(stream: IO[str]) -> Callable[[Progress], None]:
     """A progress callback that writes each event as one flushed JSON line."""
+    if not callable(getattr(stream, "write", None)) or not callable(getattr(stream, "flush", None)):
+        raise ZoodipError(f"jsonl_progress_writer needs a text stream open for writing (sys.stdout, open(path, 'w')), "
+                          f"got {type(stream).__name__}")
     def write(progress: Progress) -> None:
         stream.write(progress_to_json(progress) + "\n")
         stream.flush()

@@ -41,3 +41,13 @@ def test_what_is_right_passes_the_argument_check(tmp_path):
     for arguments in (dict(resume=np.bool_(False)), dict(cancel_event=threading.Event()), dict(on_progress=print)):
         with pytest.raises(ZoodipError, match="export"):
             personalize(_config(tmp_path), **arguments)
+
+
+def test_a_jsonl_progress_writer_needs_a_stream_to_write_to():
+    """jsonl_progress_writer(None) (or a path) was accepted, and the job it was given to stopped at its first event with
+    an AttributeError ('NoneType' object has no attribute 'write') raised by wait()."""
+    from zoodip.api import jsonl_progress_writer
+
+    for stream in (None, "progress.jsonl"):
+        with pytest.raises(ZoodipError, match="a text stream open for writing"):
+            jsonl_progress_writer(stream)
