@@ -223,10 +223,10 @@ def help_with_default(action: argparse.Action) -> str | None:
 
 def _shown(value: object) -> str:
     """A default as help says it: a folder under the current one relative to it (scripts anchor theirs at the
-    repository, and the help should not show this machine's path)."""
-    if isinstance(value, Path) and value.is_absolute():
+    repository, and the help should not show this machine's path); a folder given as a string too (``str(REPO / ...)``)."""
+    if isinstance(value, (Path, str)) and Path(value).is_absolute():
         with contextlib.suppress(ValueError):
-            return str(value.relative_to(Path.cwd()))
+            return str(Path(value).relative_to(Path.cwd()))
     return str(value)
 
 

@@ -170,3 +170,13 @@ def test_a_path_default_under_the_current_folder_is_shown_relative(tmp_path, mon
     p.add_argument("--elsewhere", type=Path, default=Path("/opt/data"), help="there")
     text = " ".join(p.format_help().split())
     assert "where (default: .cache/x)" in text and "there (default: /opt/data)" in text
+
+
+def test_a_path_default_given_as_a_string_is_shown_relative_too(tmp_path, monkeypatch):
+    """(memory.py's --cache default is str(REPO / ".cache" / "bench"): its help still showed the absolute path.)"""
+    monkeypatch.chdir(tmp_path)
+    p = OneLineParser(prog="tool")
+    p.add_argument("--cache", default=str(tmp_path / ".cache" / "bench"), help="where")
+    p.add_argument("--name", default="plain", help="a name")
+    text = " ".join(p.format_help().split())
+    assert "where (default: .cache/bench)" in text and "a name (default: plain)" in text
