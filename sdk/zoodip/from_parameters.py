@@ -47,7 +47,13 @@ class ImageParameters:
 def image_parameters(path: str | Path) -> ImageParameters:
     """The generation parameters ``path`` holds, read for making it again: an image zoodip or A1111 wrote, or a
     ``.txt`` file of the text (as A1111's PNG Info shows it, copied); one line where it holds none."""
-    text = parameters_text_file(path) if Path(path).suffix.lower() == ".txt" else read_parameters(path)
+    if Path(path).suffix.lower() == ".txt":
+        text = parameters_text_file(path)
+    else:
+        try:
+            text = read_parameters(path)
+        except ZoodipError as exc:  # (a text of parameters saved as "params" or ".text" was told only "an image")
+            raise ZoodipError(f"{exc}, or a .txt file of its generation parameters text") from None
     if text is None:
         raise ZoodipError(f"{path} holds no generation parameters to make it again from (zoodip and A1111 write them "
                           "into the images they save): pass the prompt and settings instead")

@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from PIL import Image, PngImagePlugin, TiffImagePlugin
+from PIL import Image, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
 
 from .errors import ZoodipError
 
@@ -94,6 +94,9 @@ def _read_text(path: str | Path) -> str | None:
                                                          if isinstance(comment, bytes) else None)
     except (ZoodipError, _TooLarge) as exc:
         raise ZoodipError(f"cannot read image {path}: {exc}") from None
+    except UnidentifiedImageError:  # (its message names the file object: "<_io.BufferedReader name=...>")
+        raise ZoodipError(f"cannot read image {path} (not an image format Pillow reads): pass an image zoodip or A1111 "
+                          "wrote") from None
     except Exception as exc:  # damaged chunks, EXIF or files of every kind
         reason = _DAMAGED if isinstance(exc, (IndexError, struct.error, EOFError)) or not str(exc) else str(exc)
         raise ZoodipError(f"cannot read image {path} ({reason.splitlines()[0]}): pass an image zoodip or A1111 "

@@ -243,3 +243,17 @@ def test_a_text_file_of_parameters_makes_the_image_again(tiny_export, tmp_path, 
         pasted.write_bytes(content)
         code, _, err = run_cli(_generate(tiny_export, again, "--parameters-from", pasted), capsys)
         assert_one_line_error(code, err, problem)
+
+
+def test_a_text_of_parameters_without_the_txt_suffix_is_told_to_be_one(tmp_path):
+    """A pasted parameters text saved as 'params' was refused with 'cannot identify image file <_io.BufferedReader
+    name=...>': pass an image', which neither told it to name the file .txt nor was meant for a user."""
+    from zoodip.errors import ZoodipError
+    from zoodip.from_parameters import image_parameters
+
+    saved = tmp_path / "params"
+    saved.write_text("a red star\nSteps: 2, Seed: 3")
+    with pytest.raises(ZoodipError) as caught:
+        image_parameters(saved)
+    message = str(caught.value)
+    assert "BufferedReader" not in message and ".txt file" in message and "\n" not in message
