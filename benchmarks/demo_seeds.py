@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
     add_method_flags(p)  # passed to the demo
     p.add_argument("--save_steps", type=int, default=0, metavar="N",
-                   help="also read the run's embedding every N steps (the demo's --save_steps snapshots)")
+                   help="also read the run's embedding every N steps (the demo's --save_steps snapshots; 0: none)")
     p.add_argument("--threads", type=int, default=None, help="passed to the demo (default: all cores)")
     p.add_argument("--backprop", type=int, default=None, metavar="STEPS",
                    help="train by backprop TI for STEPS steps instead of running the demo (the ceiling)")

@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gradient-noise", type=int, default=0, metavar="DRAWS",
                    help="instead, measure how noisy one draw's gradient is (DRAWS draws per concept; "
-                        "models with a curvature file) and what that makes a forward-only step cost")
+                        "models with a curvature file) and what that makes a forward-only step cost (0: off)")
     p.add_argument("--cache", type=Path, default=REPO / ".cache")
     p.add_argument("--out", default=None,
                    help="results folder (default: benchmarks/results/problem-dimension, the committed results)")

@@ -142,7 +142,8 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     """Evaluation, checkpoints, snapshots, previews, resources, resuming and progress."""
     p.add_argument("--sequential", action="store_true", help="run the n+1 UNet evaluations one by one (less memory; the default for SD-size UNets, small ones run them as one batch)")
     p.add_argument("--eval-every", type=int, default=_CONFIG["eval_every"], help="steps between evaluation losses (0: never)")
-    p.add_argument("--checkpointing_steps", type=int, default=_CONFIG["checkpoint_every"])
+    p.add_argument("--checkpointing_steps", type=int, default=_CONFIG["checkpoint_every"],
+                   help="save a checkpoint to --resume from every N steps (0: only at the end)")
     p.add_argument("--save_steps", type=int, default=_CONFIG["save_steps"],
                    help="also save the embedding every N steps as learned_embeds-steps-N.safetensors (0: never)")
     p.add_argument("--a1111", action="store_true",
@@ -158,7 +159,7 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-weighting", "--prompt_weighting", dest="prompt_weighting", choices=PROMPT_WEIGHTINGS,
                    default=_CONFIG["validation_prompt_weighting"], help="how --validation_prompt is read, as generate's flag: none (plain "
                    "text, as diffusers) or a1111 (A1111's emphasis, long prompts, prompt editing and AND)")
-    p.add_argument("--early-stop-patience", type=int, default=_CONFIG["early_stop_patience"], help="stop after this many evaluations without improvement")
+    p.add_argument("--early-stop-patience", type=int, default=_CONFIG["early_stop_patience"], help="stop after this many evaluations without improvement (0: never)")
     p.add_argument("--threads", type=int, default=_CONFIG["threads"], help="onnxruntime threads (0: all cores)")
     add_spin_wait_flag(p)
     p.add_argument("--memory-budget", type=int, default=None, metavar="MB", help="low-memory mode within MB (implies --sequential); "

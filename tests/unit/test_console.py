@@ -180,3 +180,13 @@ def test_a_path_default_given_as_a_string_is_shown_relative_too(tmp_path, monkey
     p.add_argument("--name", default="plain", help="a name")
     text = " ".join(p.format_help().split())
     assert "where (default: .cache/bench)" in text and "a name (default: plain)" in text
+
+
+def test_a_count_whose_0_means_off_says_so_in_the_help():
+    """personalize --help showed 'stop after this many evaluations without improvement (default: 0)' (0: never stops)
+    and a bare 'default: 50' for --checkpointing_steps, as if 0 were a count of evaluations or had no meaning."""
+    from zoodip.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    helps = {flag: action.help or "" for action in commands["personalize"]._actions for flag in action.option_strings}
+    assert "0: never" in helps["--early-stop-patience"] and "0: only at the end" in helps["--checkpointing_steps"]
