@@ -90,7 +90,9 @@ class ExportedModel:
         # matched now as the files they open: resolved later, a repointed folder link would match none.
         self._opened = {name: _file_state(self.folder / name) for name in manifest["files"]}
         by_file = {manifest_file(self.folder, name): state for name, state in self._opened.items()}
-        self._opened.update({file: by_file.get(manifest_file(self.folder, file)) for graph in manifest["graphs"].values()
+        # (the graphs the SDK opens, which the manifest check saw are objects: a hand-added "note" may be any value)
+        graphs = [manifest["graphs"][name] for name in GRAPHS]
+        self._opened.update({file: by_file.get(manifest_file(self.folder, file)) for graph in graphs
                              for file in filter(None, (graph.get("file"), graph.get("external_data")))})
 
         scheduler_path = self.folder / manifest["scheduler"]

@@ -76,3 +76,10 @@ def test_an_export_link_repointed_after_opening_is_caught(tiny_export: Path, tmp
     os.symlink(second, tmp_path / "current")
     with pytest.raises(ZoodipError, match=r"changed since the model was opened \(unet\.onnx\)"):
         model.session("unet")
+
+
+def test_a_hand_added_entry_among_the_graphs_opens(tiny_export: Path, tmp_path: Path) -> None:
+    """A manifest with a note among its graphs ("graphs": {..., "note": "..."}) opened with an AttributeError
+    traceback (9efcfe4 walked every entry of graphs as a graph); only the SDK's graphs are its files."""
+    folder = _edited(tiny_export, tmp_path, lambda manifest: manifest["graphs"].update(note="hand-added"))
+    ExportedModel.load(folder).session("unet")
