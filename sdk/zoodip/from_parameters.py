@@ -48,7 +48,13 @@ def image_parameters(path: str | Path) -> ImageParameters:
     """The generation parameters ``path`` holds, read for making it again: an image zoodip or A1111 wrote, or a
     ``.txt`` file of the text (as A1111's PNG Info shows it, copied); one line where it holds none."""
     if Path(path).suffix.lower() == ".txt":
-        text = parameters_text_file(path)
+        try:
+            text = parameters_text_file(path)
+        except ZoodipError as problem:  # (an image saved as .txt, as a browser's "Save as" may name it: read as one)
+            try:
+                text = read_parameters(path)
+            except ZoodipError:
+                raise problem from None
     else:
         try:
             text = read_parameters(path)

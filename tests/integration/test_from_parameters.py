@@ -257,3 +257,16 @@ def test_a_text_of_parameters_without_the_txt_suffix_is_told_to_be_one(tmp_path)
         image_parameters(saved)
     message = str(caught.value)
     assert "BufferedReader" not in message and ".txt file" in message and "\n" not in message
+
+
+def test_an_image_saved_with_a_txt_suffix_is_read_as_the_image(tmp_path):
+    """A PNG named .txt was refused ("cannot read x.txt as generation parameters ('utf-8' codec can't decode byte
+    0x89 ...)"), though the file holds the parameters: a .txt that is no UTF-8 text but an image is read as one."""
+    from zoodip.from_parameters import image_parameters
+
+    info = PngInfo()
+    info.add_text("parameters", "a red star\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 3, Size: 64x64")
+    saved = tmp_path / "saved.txt"
+    Image.new("RGB", (8, 8)).save(saved, format="PNG", pnginfo=info)
+    parameters = image_parameters(saved)
+    assert parameters.prompt == "a red star" and parameters.settings["seed"] == 3
