@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = (parser := build_parser()).parse_args(argv)
         checked = None if args.worker is not None or args.merge else _checked(args)
-        if args.worker is None:  # (a worker's arguments are its parent's spec, not a run's settings)
+        if args.worker is None and (args.out is not None or not args.smoke):  # (a worker: its spec; --smoke alone: a temp folder)
             check_results_folder(Path(args.out or DEFAULT_OUT), parser, argv, "quality.py")
     except ZoodipError as exc:
         return print_error(exc)

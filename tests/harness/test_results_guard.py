@@ -150,6 +150,20 @@ def test_a_worker_is_not_held_to_the_default_folders_run(monkeypatch, tmp_path):
     assert quality.main(["--worker", str(tmp_path / "spec.json")]) == 0
 
 
+def test_a_smoke_run_is_not_held_to_the_default_folders_run(monkeypatch):
+    """quality.py --smoke without --out writes a temporary folder: a run stored in the default folder refused it."""
+    import quality
+
+    def passed(*args, **kwargs):
+        raise Passed
+
+    monkeypatch.setattr(quality, "DEFAULT_OUT", REPO / "benchmarks/results/quality/sd-width-900")
+    monkeypatch.setattr(quality, "prepare_model", passed)
+    with pytest.raises(Passed):
+        quality.main(["--smoke"])
+    assert quality.main(["--smoke", "--out", str(quality.DEFAULT_OUT)]) == 2
+
+
 def test_a_committed_folder_spelled_otherwise_is_still_guarded(results):
     """--out through '..' out of and back into benchmarks/ (benchmarks/../benchmarks/results/x) or through a link to
     the folder is the same folder: a --quick run there was let through, replacing the committed run."""
