@@ -39,6 +39,19 @@ def parse_merge_source(text: str) -> tuple[Path, list[str] | None, set[int] | No
     return Path(text), None, wanted_seeds
 
 
+def merge_settings(parsed: Any) -> dict[str, Any]:
+    """quality.py's parsed arguments as the results guard compares them: a --merge DIR as the folder it names
+    ("DIR/" and "./DIR" are DIR), and the training flags a merge ignores left out."""
+    if not parsed.merge:
+        return vars(parsed)
+    try:
+        sources = [(str(folder), names, sorted(seeds) if seeds else None)
+                   for folder, names, seeds in map(parse_merge_source, parsed.merge)]
+    except ValueError:  # (merge_main says what is wrong with it)
+        sources = list(parsed.merge)
+    return {"merge": sources}
+
+
 def export_weights_identity(model: Any) -> dict[str, str] | str:
     """The sha256 of every file of an export but its curvature subspace (the weights the runs used), by file;
     the export's cache name where its folder is no longer on this machine."""

@@ -50,7 +50,7 @@ from benchmarks._models import DEFAULT_CACHE, cache_lock, source_folder  # noqa:
 from benchmarks._quality_backprop import TORCH_SEED_LIMIT  # noqa: E402
 from benchmarks._quality_jobs import CONCEPT_REFS, GENERATION_SEEDS, make_jobs, planted_count, select_concepts  # noqa: E402
 from benchmarks._scratch import scratch_folder  # noqa: E402
-from benchmarks._quality_merge import export_weights_identity, merge_main, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
+from benchmarks._quality_merge import export_weights_identity, merge_main, merge_settings, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
 from benchmarks._quality_report import run_context, write_reports, write_samples  # noqa: E402
 from benchmarks._results_guard import check_results_folder  # noqa: E402
 from benchmarks._quality_summary import (  # noqa: E402,F401 (quality.summarize & co.: tests, --merge)
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         args = (parser := build_parser()).parse_args(argv)
         checked = None if args.worker is not None or args.merge else _checked(args)
         if args.worker is None and (args.out is not None or not args.smoke):  # (a worker: its spec; --smoke alone: a temp folder)
-            check_results_folder(Path(args.out or DEFAULT_OUT), parser, argv, "quality.py")
+            check_results_folder(Path(args.out or DEFAULT_OUT), parser, argv, "quality.py", merge_settings)
     except ZoodipError as exc:
         return print_error(exc)
     if args.worker is not None:

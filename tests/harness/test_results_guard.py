@@ -164,6 +164,25 @@ def test_a_smoke_run_is_not_held_to_the_default_folders_run(monkeypatch):
     assert quality.main(["--smoke", "--out", str(quality.DEFAULT_OUT)]) == 2
 
 
+def test_a_recorded_merge_spelled_otherwise_is_the_same_merge(monkeypatch, capsys):
+    """quality.py --merge compared its DIRs as typed: the recorded merge re-run with 'DIR/' or './DIR' (or with a
+    training flag, which a merge ignores) was refused as 'a run with other settings'."""
+    import quality
+
+    def passed(*args, **kwargs):
+        raise Passed
+
+    monkeypatch.setattr(quality, "merge_main", passed)
+    folder = "benchmarks/results/quality/sd-width-900-levers-merged"
+    argv = guard.shlex.split(guard.recorded_command(REPO / folder))[2:]
+    assert argv[:3] == ["--merge", "benchmarks/results/quality/sd-width-900", "benchmarks/results/quality/sd-width-900-levers"]
+    monkeypatch.chdir(REPO)
+    with pytest.raises(Passed):
+        quality.main(["--merge", "./" + argv[1] + "/", argv[2] + "/", "--out", folder, "--quick"])
+    assert quality.main(["--merge", argv[2], argv[1], "--out", folder]) == 2  # (the sources in another order: not provably the same merge)
+    assert "other settings" in capsys.readouterr().err
+
+
 def test_a_committed_folder_spelled_otherwise_is_still_guarded(results):
     """--out through '..' out of and back into benchmarks/ (benchmarks/../benchmarks/results/x) or through a link to
     the folder is the same folder: a --quick run there was let through, replacing the committed run."""
