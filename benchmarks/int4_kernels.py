@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(exc)
     layouts = ["fp32", "int8", "int4-channel", "int4-block32", "matmulnbits"]
     print(f"python benchmarks/int4_kernels.py --threads {args.threads} --repeats {args.repeats}\n{run_line()}")
-    print(f"onnxruntime {ort.__version__}, {args.threads} threads, median of {args.repeats} (ms per call)\n")
+    threads = f"{args.threads} threads" if args.threads else "onnxruntime's default threads"
+    print(f"{threads}, median of {args.repeats} (ms per call)\n")
     print("| layer | " + " | ".join(layouts) + " |")
     print("|---|" + "---|" * len(layouts))
     for kind, n, k, side in LAYERS:

@@ -178,7 +178,7 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     names_a_path(g.add_argument("--model", "--pretrained_model_name_or_path", dest="model", required=True,
                                 help="zoodip export folder"))
     g.add_argument("--prompt", default=None, help="the prompt (required, unless --parameters-from gives it)")
-    names_a_path(g.add_argument("--parameters-from", default=None, metavar="IMAGE",
+    names_a_path(g.add_argument("--parameters-from", default=None, metavar="IMAGE|TXT",
                    help="make an image again from the generation parameters IMAGE holds (A1111's PNG Info -> "
                         "Send to txt2img), or a .txt file of that text: its prompts and settings, each flag given "
                         "here taking their place"))
