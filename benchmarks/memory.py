@@ -368,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = (parser := _parser()).parse_args(argv)
         if not args.render:  # (--render redraws the stored run: any settings)
+            check_output_dir(args.cache, "--cache")  # (the folder flags first, as everywhere)
             check_results_folder(Path(_out_folder(args)), parser, argv, "memory.py",
                                  record="memory")
         report = render(Path(_out_folder(args))) if args.render else run(args)
