@@ -209,8 +209,10 @@ def source_warnings(source: Path | None, configs: dict[str, dict[str, Any]], con
     the export takes."""
     if config is not None:
         return [line for line in (scheduler_warning(config, check_source(config)["scheduler"]),) if line]
-    return [] if source is None or not configs else [line for line in (pickled_weights_warning(source), scheduler_warning(source, configs.get("scheduler", {})))
-            if line]
+    if source is None or not configs:
+        return []
+    lines = (pickled_weights_warning(source), scheduler_warning(source, configs.get("scheduler", {})))
+    return [line for line in lines if line]
 
 
 def scheduler_warning(folder: Path, scheduler: dict[str, Any]) -> str | None:

@@ -213,7 +213,8 @@ def help_with_default(action: argparse.Action) -> str | None:
     A switch's default (store_true/false/const: its value when not given, "True" for --no-parity; not --x/--no-x)
     and an empty one ("", []) tell nothing, so they are left out too."""
     default, text = action.default, action.help
-    if text == argparse.SUPPRESS or any(default is unset for unset in (None, False, argparse.SUPPRESS)) or "default" in (text or "") \
+    unset = any(default is nothing for nothing in (None, False, argparse.SUPPRESS))
+    if text == argparse.SUPPRESS or unset or "default" in (text or "") \
             or not action.option_strings or default in ("", [], ()) \
             or (action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)):
         return text
