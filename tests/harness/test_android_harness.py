@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -326,8 +327,13 @@ def test_cancel_like_the_sketch_sigint_checkpoints_exits_130_and_resume_finishes
     args = cli_personalize(tiny_export, photos, out, "--max_train_steps", 100000, "--eval-every", 0,
                            "--checkpointing_steps", 3, "--tau", 4, "--progress-jsonl", "-")
     # As the Kotlin sketch does: the shell prints its pid and execs Python, which keeps that pid.
+    # SIGINT as the app delivers it: a test run started in the background (`make test &`) inherits SIGINT ignored,
+    # Python then installs no KeyboardInterrupt handler in the child, and the run would go on to its 100000 steps.
     proc = subprocess.Popen(["/bin/sh", "-c", 'echo $$; exec "$0" "$@"', *args], env=sdk_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    watchdog = threading.Timer(600, proc.kill)  # whatever goes wrong, the reads below end
+    watchdog.start()
     try:
         pid = int(proc.stdout.readline())
         assert pid == proc.pid
@@ -340,6 +346,7 @@ def test_cancel_like_the_sketch_sigint_checkpoints_exits_130_and_resume_finishes
         tail = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]
         code = proc.wait(timeout=60)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
     assert code == 130
