@@ -207,8 +207,9 @@ def source_warnings(source: Path | None, configs: dict[str, dict[str, Any]], con
     """The warning lines of exporting ``source`` (read as ``configs``; none for the tiny model): pickled weights, a
     scheduler config read otherwise than it says; ``config``: a single file's --config folder, whose scheduler config
     the export takes."""
-    if config is not None:
-        return [line for line in (scheduler_warning(config, check_source(config)["scheduler"]),) if line]
+    if config is not None:  # (read_source has checked the folder: its scheduler config is read as it stands)
+        return [line for line in (scheduler_warning(config, read_json(config / "scheduler" / "scheduler_config.json")),)
+                if line]
     if source is None or not configs:
         return []
     lines = (pickled_weights_warning(source), scheduler_warning(source, configs.get("scheduler", {})))
