@@ -29,13 +29,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference.repo import REPO, relative_args  # noqa: E402
+from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
 from benchmarks._results_guard import check_results_folder  # noqa: E402
+
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "attribute-signal"  # the committed results
 
 if TYPE_CHECKING:
     from zoodip_export.torch_model import TorchModel
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, default=REPO / ".cache")
     p.add_argument("--out", default=None,
-                   help="results folder (default: benchmarks/results/attribute-signal, the committed results)")
+                   help=f"results folder (default: {repo_relative(DEFAULT_OUT)}, the committed results)")
     try:
         args = p.parse_args(argv)
         if args.draws < 2 or args.seed < 0:  # (numpy's generators take no negative seed)
@@ -150,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [n for n in names if n not in known]
         if unknown or not names:
             raise ZoodipError(f"--concepts: unknown {unknown or args.concepts!r}; choose from {', '.join(known)}")
-        args.out = check_output_dir(REPO / "benchmarks" / "results" / "attribute-signal" if args.out is None
-                                    else args.out, "--out")  # before the work
+        args.out = check_output_dir(DEFAULT_OUT if args.out is None else args.out, "--out")  # before the work
         check_results_folder(args.out, p, argv, "attribute_signal.py")
     except ZoodipError as exc:
         return print_error(exc)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference.repo import REPO, relative_args  # noqa: E402
+from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 from benchmarks._quality_report import write_results  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULTS",
                    help="join the results folders of runs on disjoint seeds into --out instead of running")
     p.add_argument("--out", default=None,
-                   help="results folder (default: benchmarks/results/demo, the committed results)")
+                   help=f"results folder (default: {repo_relative(DEFAULT_OUT)}, the committed results)")
     p.add_argument("--work", type=Path, default=REPO / ".cache" / "demo-seeds")
     try:
         args = p.parse_args(argv)

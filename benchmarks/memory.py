@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
-from reference.repo import REPO, relative_args  # noqa: E402
+from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "sdk"))
@@ -143,7 +143,7 @@ def _parser() -> OneLineParser:
                         help="comma-separated names (default: all; --quick: main + 2 levers); 'main' = the 5 main ones, "
                              "'generation' = generating one image with and without --memory-budget")
     parser.add_argument("--out", default=None,
-                        help="output folder (default: benchmarks/results/memory, the committed results; --tiny needs one)")
+                        help=f"output folder (default: {repo_relative(DEFAULT_OUT)}, the committed results; --tiny needs one)")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="model/export cache folder")
     parser.add_argument("--photos", type=int, default=3, help="photos in the personalization set (bundled ones)")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
@@ -180,7 +180,7 @@ def _out_folder(args: argparse.Namespace) -> str | Path:
     """--out as given, else the committed results (not for --tiny, whose numbers are no SD1.5 architecture's)."""
     if args.out is None and args.tiny:
         raise ZoodipError("--tiny measures the tiny model: give it an --out folder (the default is the committed "
-                          "benchmarks/results/memory)")
+                          f"{repo_relative(DEFAULT_OUT)})")
     return DEFAULT_OUT if args.out is None else args.out
 
 

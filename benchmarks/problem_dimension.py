@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference.repo import REPO, relative_args  # noqa: E402
+from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
@@ -36,6 +36,7 @@ from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
 from benchmarks._results_guard import check_results_folder  # noqa: E402
 
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "problem-dimension"  # the committed results
 T_RANGE = (500, 900)
 VARIANCE_FRACTION = 0.95
 
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                         "models with a curvature file) and what that makes a forward-only step cost (0: off)")
     p.add_argument("--cache", type=Path, default=REPO / ".cache")
     p.add_argument("--out", default=None,
-                   help="results folder (default: benchmarks/results/problem-dimension, the committed results)")
+                   help=f"results folder (default: {repo_relative(DEFAULT_OUT)}, the committed results)")
     try:
         args = p.parse_args(argv)
         if args.gradient_noise < 0 or args.gradient_noise == 1 or args.samples < 1 or args.seed < 0:
@@ -351,8 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [n for n in names if n not in folders]
         if unknown or not names:
             p.error(f"--models: unknown {unknown or args.models!r}; choose from {sorted(folders)}")
-        args.out = check_output_dir(REPO / "benchmarks" / "results" / "problem-dimension" if args.out is None
-                                    else args.out, "--out")  # before the work
+        args.out = check_output_dir(DEFAULT_OUT if args.out is None else args.out, "--out")  # before the work
         check_results_folder(args.out, p, argv, "problem_dimension.py",
                              record="gradient-noise" if args.gradient_noise else "results")
     except ZoodipError as exc:

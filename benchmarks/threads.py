@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
-from reference.repo import REPO, relative_args  # noqa: E402
+from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "sdk"))
@@ -39,6 +39,7 @@ from zoodip.image_side import side_problem  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
 
 # name -> (intra-op threads, spin-waiting); 0 threads = onnxruntime's default (one per core).
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "threads"  # the committed results
 SETTINGS: dict[str, tuple[int, bool]] = {
     "all cores, spinning (onnxruntime's default)": (0, True),
     "all cores, no spinning": (0, False),
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forwards", type=int, default=3, help="timed forwards per setting (after one warm-up)")
     parser.add_argument("--busy", type=int, default=os.cpu_count() or 1, help="burner processes for the busy case")
     parser.add_argument("--out", default=None,
-                        help="results folder (default: benchmarks/results/threads, the committed results)")
+                        help=f"results folder (default: {repo_relative(DEFAULT_OUT)}, the committed results)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if resolution_problem:
         return print_error(ZoodipError(f"--resolution {resolution_problem}"))
     try:
-        out = check_output_dir(REPO / "benchmarks" / "results" / "threads" if args.out is None else args.out, "--out")
+        out = check_output_dir(DEFAULT_OUT if args.out is None else args.out, "--out")
         check_results_folder(out, parser, argv, "threads.py", record="threads")
         model = Path(args.model) if args.model else default_model()
         settings = {}
