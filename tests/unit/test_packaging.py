@@ -1,0 +1,61 @@
+"""The package as an app backend installs it: the wheel's files and dependencies, its build requirements, and
+``zoodip export`` in an install without the export extra (one line, not a traceback)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+
+REPO = Path(__file__).resolve().parents[2]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_build_requirements_can_read_the_license_field():
+    # A license given as an SPDX string (PEP 639) is read by setuptools 77 on; older ones stop the build with a
+    # configuration error, and `pip install --no-build-isolation .` uses whatever setuptools the environment has.
+    if not isinstance(PYPROJECT["project"].get("license"), str):
+        pytest.skip("the license is not an SPDX string")
+    (setuptools,) = [r for r in PYPROJECT["build-system"]["requires"] if r.startswith("setuptools")]
+    assert setuptools.startswith("setuptools>=") and _version_tuple(setuptools.split(">=")[1]) >= (77,)
+
+
+def _expected_wheel_files() -> set[str]:
+    sdk = {f"zoodip/{p.relative_to(REPO / 'sdk/zoodip').as_posix()}" for p in (REPO / "sdk/zoodip").rglob("*")
+           if p.is_file() and "__pycache__" not in p.parts}
+    export = {f"zoodip_export/{p.name}" for p in (REPO / "export").glob("*.py")}
+    return sdk | export
+
+
+def test_wheel_holds_the_sdk_and_its_data_and_nothing_else(tmp_path: Path):
+    # Everything under sdk/zoodip is read at run time (templates and example photos via __file__, py.typed by type
+    # checkers): a data file not named in package-data would be missing only from installs, never from a clone.
+    pytest.importorskip("setuptools")
+    source = tmp_path / "src"  # a copy: an in-tree build leaves build/ behind, and its stale files go into wheels
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    for folder in ("sdk", "export"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                           "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "No module named pip" in proc.stderr:
+        pytest.skip("no pip in this environment")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("zoodip-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert {n for n in names if ".dist-info/" not in n} == _expected_wheel_files()
+    requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    runtime = {r.split(">=")[0].split("==")[0].lower() for r in requires if "extra ==" not in r}
+    assert runtime == {"numpy", "onnxruntime", "pillow", "tqdm"}  # never torch: the SDK runs on Android's onnxruntime
