@@ -26,6 +26,7 @@ from zoodip.errors import ZoodipError
 from zoodip.integrity import file_sha256
 from zoodip.manifest import FORMAT, FORMAT_VERSION, MANIFEST  # one definition of the folder format, shared with the reader
 from zoodip_export.lora import LoraSpec, fuse_loras, lora_entries, lora_specs
+from zoodip_export.requirements import check_export_requirements
 from zoodip.export_folder import check_out_dir, missing_parents, output_target, publish, staging_folder
 from zoodip_export.source_folder import (check_source, model_info, pipeline_scheduler_config, read_source,
                                          source_warnings)
@@ -272,6 +273,7 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     ``RANDOM_MODEL_CURVATURE_SAMPLES`` for the seeded random-weight models). ``loras``: ``FILE[:SCALE]`` (or
     ``LoraSpec``) fused into the weights first, in order (``zoodip_export.lora``).
     """
+    check_export_requirements()
     precision, recipe = resolve_recipe(precision, recipe)
     specs = lora_specs(loras)
     _check_export_args(source, tiny, curvature_samples, sample_size, config)
@@ -465,13 +467,13 @@ def _parser(prog: str = "python export/export_model.py") -> argparse.ArgumentPar
 
 def main(argv: list[str] | None = None, prog: str = "python export/export_model.py") -> int:
     """The exporter's command line (``python export/export_model.py``; ``zoodip export`` passes its own ``prog``)."""
-    from zoodip_export.quantize import RECIPE_PRECISION
-
     from zoodip.console import interrupt_on_termination, print_error
 
-    parser = _parser(prog)
     try:
-        args = parser.parse_args(argv)
+        check_export_requirements()  # before the parser, whose recipe choices import onnx
+        from zoodip_export.quantize import RECIPE_PRECISION
+
+        args = _parser(prog).parse_args(argv)
         expected = 1 if args.tiny else 2
         if len(args.paths) != expected:
             usage = "--tiny OUT_DIR" if args.tiny else "SOURCE OUT_DIR"

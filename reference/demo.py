@@ -55,7 +55,7 @@ def _need_export_tools():
     except ImportError as exc:
         raise ZoodipError(
             f"the demo exports its built-in model with torch ({exc.name} is missing): "
-            "run 'make demo', or pip install 'zoodip[export]'"
+            "run 'make demo', or pip install '.[export]' in this clone"
         ) from None
     return export_model
 

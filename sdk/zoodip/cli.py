@@ -327,8 +327,8 @@ def cmd_export(argv: Sequence[str]) -> int:
         from zoodip_export.export_model import main as export_main
     except ImportError as exc:
         raise ZoodipError(
-            f"export needs torch and diffusers ({exc.name} is missing): install them with "
-            "pip install 'zoodip[export]' (the SDK itself does not need them)"
+            f"export needs torch and diffusers ({exc.name} is missing): install the export extra: "
+            "pip install '.[export]' in a zoodip clone (the SDK itself does not need them)"
         ) from None
     return export_main(list(argv), prog="zoodip export")
 

@@ -2,6 +2,7 @@
 ``zoodip export`` in an install without the export extra (one line, not a traceback)."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -11,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from zoodip.errors import ZoodipError
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+# What an install without the export extra looks like: these cannot be imported (None in sys.modules).
+HIDE_EXPORT_EXTRA = "import sys; sys.modules.update(dict.fromkeys(('torch', 'onnx', 'diffusers', 'transformers')))"
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -27,6 +31,35 @@ def test_build_requirements_can_read_the_license_field():
         pytest.skip("the license is not an SPDX string")
     (setuptools,) = [r for r in PYPROJECT["build-system"]["requires"] if r.startswith("setuptools")]
     assert setuptools.startswith("setuptools>=") and _version_tuple(setuptools.split(">=")[1]) >= (77,)
+
+
+def test_export_extra_lists_what_the_exporter_checks_for():
+    from zoodip_export.requirements import REQUIRED_MODULES
+
+    extra = {r.split("==")[0].split(">=")[0].strip().lower() for r in PYPROJECT["project"]["optional-dependencies"]["export"]}
+    runtime = {r.split(">=")[0].strip().lower() for r in PYPROJECT["project"]["dependencies"]}
+    assert set(REQUIRED_MODULES) == extra - runtime  # (onnxruntime: the SDK's own, pinned there for the export)
+
+
+@pytest.mark.parametrize("argv", [["--tiny", "OUT"], ["--help"]])
+def test_export_without_the_extra_is_one_line(tmp_path: Path, argv: list[str]):
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    code = f"{HIDE_EXPORT_EXTRA}; from zoodip.cli import main; sys.exit(main(['export', *{argv!r}]))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "torch" in lines[0] and "onnx" in lines[0] and ".[export]" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_api_without_the_extra_raises_zoodip_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from zoodip_export.export_model import export_model
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    with pytest.raises(ZoodipError, match="diffusers"):
+        export_model(None, tmp_path / "out", tiny=True)
+    assert not (tmp_path / "out").exists()
 
 
 def _expected_wheel_files() -> set[str]:
