@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+from zoodip.errors import ZoodipError
 from zoodip.tokenizer import bytes_to_unicode
 
 VOCAB_SIZE = 49408
@@ -28,9 +29,10 @@ def find_bpe_file() -> Path:
             candidate = Path(location) / BPE_FILENAME
             if candidate.is_file():
                 return candidate
-    raise FileNotFoundError(
-        f"CLIP's {BPE_FILENAME} was not found: install it with "
-        "'pip install --no-deps open-clip-torch==3.3.0' (only the vocabulary file is used)"
+    # Not in the export extra: open-clip-torch's own dependencies (torchvision, timm) would come along unused.
+    raise ZoodipError(
+        f"CLIP's vocabulary ({BPE_FILENAME}), which --tiny and single-file exports write, was not found: install "
+        "it with 'pip install --no-deps open-clip-torch==3.3.0' (only the vocabulary file is used; 'make setup' does)"
     )
 
 

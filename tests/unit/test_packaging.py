@@ -62,6 +62,14 @@ def test_export_api_without_the_extra_raises_zoodip_error(tmp_path: Path, monkey
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_clip_vocabulary_is_a_zoodip_error(monkeypatch: pytest.MonkeyPatch):
+    from zoodip_export.clip_vocab import find_bpe_file
+
+    monkeypatch.setitem(sys.modules, "open_clip", None)
+    with pytest.raises(ZoodipError, match="open-clip-torch"):
+        find_bpe_file()
+
+
 def _expected_wheel_files() -> set[str]:
     sdk = {f"zoodip/{p.relative_to(REPO / 'sdk/zoodip').as_posix()}" for p in (REPO / "sdk/zoodip").rglob("*")
            if p.is_file() and "__pycache__" not in p.parts}
