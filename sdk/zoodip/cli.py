@@ -32,6 +32,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from .console import (TERMINATION_SIGNALS, OneLineParser, ProgressBar, SamplingBar, duration,  # noqa: E402
                       interrupt_on_termination, one_line_warning, print_error, signals_to_handle)
 from .cli_flags import PATH_FLAGS, add_generate_flags, add_personalize_flags, names_a_path  # noqa: E402
+from . import __version__  # noqa: E402
 from .errors import ZoodipError  # noqa: E402
 from .foreign_flags import foreign_flag_problem  # noqa: E402
 from .paths import os_error_line, remove_stale_temp_files  # noqa: E402
@@ -359,6 +360,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="zoodip", description="Forward-only textual inversion for quantized (4-bit/INT8) ONNX Stable Diffusion")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("export", help="export a diffusers SD folder to quantized ONNX (4-bit/INT8 weights) (see 'zoodip export --help')", add_help=False)
     add_personalize_flags(sub.add_parser("personalize", help="learn a new token from a few photos"))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import zoodip
 from zoodip.errors import ZoodipError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,7 +97,18 @@ def test_wheel_holds_the_sdk_and_its_data_and_nothing_else(tmp_path: Path):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert f"\nVersion: {zoodip.__version__}\n" in metadata
     assert {n for n in names if ".dist-info/" not in n} == _expected_wheel_files()
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     runtime = {r.split(">=")[0].split("==")[0].lower() for r in requires if "extra ==" not in r}
     assert runtime == {"numpy", "onnxruntime", "pillow", "tqdm"}  # never torch: the SDK runs on Android's onnxruntime
+
+
+def test_one_version_said_by_the_package_and_the_command(capsys: pytest.CaptureFixture[str]):
+    # pyproject reads it from zoodip.__version__ (the version exports and images record): two copies drift apart.
+    from zoodip.cli import main
+
+    assert "version" not in PYPROJECT["project"] and "version" in PYPROJECT["project"]["dynamic"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"zoodip {zoodip.__version__}"
