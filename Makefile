@@ -10,7 +10,10 @@ STAMP  := $(VENV)/.zoodip-installed
 # Everything is pinned in pyproject.toml (torch 2.13.0: from PyPI alone that is the CUDA build; its CPU build,
 # 2.13.0+cpu, satisfies the pin where pip can find it, e.g. installed into .venv first).
 # open-clip-torch is installed without dependencies: only its CLIP BPE vocabulary file is used.
-$(STAMP): pyproject.toml
+# The check first: an older Python failed only at pip's resolution of onnxruntime==1.32.0, a half .venv left behind.
+# The Makefile is a prerequisite too: an install step added to it is run in an existing .venv.
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(None if sys.version_info >= (3, 11) else "error: make setup needs Python 3.11+ (the pinned onnxruntime has no wheels for Python %d.%d): run make setup PYTHON=python3.11 (or newer)" % sys.version_info[:2])'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[export,test]'
@@ -25,8 +28,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# build/ too: setuptools reuses it, and a module since removed from sdk/ would go into the next wheel built here.
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out .pytest_cache build zoodip.egg-info
 
 # make arm-check : the personalization on emulated ARM64 (qemu user mode + a Debian arm64 rootfs with
 # the aarch64 numpy/onnxruntime wheels, built once into ~/.cache/zoodip/arm64-rootfs), compared with
