@@ -84,7 +84,7 @@ def test_wheel_holds_the_sdk_and_its_data_and_nothing_else(tmp_path: Path):
     pytest.importorskip("setuptools")
     source = tmp_path / "src"  # a copy: an in-tree build leaves build/ behind, and its stale files go into wheels
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(REPO / name, source / name)
     for folder in ("sdk", "export"):
         shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -100,6 +100,7 @@ def test_wheel_holds_the_sdk_and_its_data_and_nothing_else(tmp_path: Path):
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert f"\nVersion: {zoodip.__version__}\n" in metadata
     assert {n for n in names if ".dist-info/" not in n} == _expected_wheel_files()
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)  # the license the metadata names, with it
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     runtime = {r.split(">=")[0].split("==")[0].lower() for r in requires if "extra ==" not in r}
     assert runtime == {"numpy", "onnxruntime", "pillow", "tqdm"}  # never torch: the SDK runs on Android's onnxruntime
