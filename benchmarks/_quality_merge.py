@@ -230,15 +230,42 @@ def _check_scored_alike(folder: Path, results: dict[str, Any], first_folder: Pat
             raise ValueError(f"{job}'s images were generated from seed {noises[job][0]}'s noise in {noises[job][1]} "
                              f"and seed {seed}'s in {folder} (multi-seed runs before 2026-12-03 used the run's first "
                              "seed for every job); merge runs scored alike, e.g. DIR@SEEDS to leave those jobs out")
-    if weights_of(meta) != weights_of(first["meta"]):  # the weights, not where the export lay
+    if not _same_weights(results, first):  # the weights, not where the export lay
         raise ValueError(f"{folder} was made on another export ({meta.get('model')}) than {first_folder} "
-                         f"({first['meta'].get('model')}), or one no longer on this machine; merge runs "
-                         "on the same weights")
+                         f"({first['meta'].get('model')}), or one no longer on this machine and no job scored "
+                         "alike at the initializer in both; merge runs on the same weights")
     for key in MERGE_KEYS:  # SEED_KEYS: _training_seeds
         mine, theirs = meta.get(key), first["meta"].get(key)
         if mine != theirs:
             raise ValueError(f"{folder} was scored with {key}={mine}, {first_folder} with {key}={theirs}; "
                              "merge runs scored the same way")
+
+
+def _same_weights(results: dict[str, Any], first: dict[str, Any]) -> bool:
+    """Whether two runs used the same export weights: the same recorded (or still readable) weights; or, where
+    neither run's weights can be read (runs before 2026-12-03 recorded none, and their exports are gone), the
+    same initializer scores, within REPEAT_TOLERANCE, on every job both scored. Their exports' cache names
+    prove nothing either way: a name's stamp is the times of the files it was exported from, which change
+    whenever the same source is materialized again."""
+    mine, theirs = weights_of(results["meta"]), weights_of(first["meta"])
+    if mine == theirs or not (isinstance(mine, str) and isinstance(theirs, str)):
+        return mine == theirs
+    metrics = metric_names(first["task"])
+    ours, others = _initializer_scores(results, metrics), _initializer_scores(first, metrics)
+    pairs = [(ours[job][key], others[job][key]) for job in set(ours) & set(others)
+             for key in set(ours[job]) & set(others[job])]
+    return bool(pairs) and all(abs(a - b) <= REPEAT_TOLERANCE for a, b in pairs)
+
+
+def _initializer_scores(results: dict[str, Any], metrics: list[str]) -> dict[str, dict[str, float]]:
+    """Each job's scores at 0 forwards (the initializer, the same for every method): a function of the
+    weights the run generated its images with."""
+    scores: dict[str, dict[str, float]] = {}
+    for entry in results["methods"].values():
+        for job, curve in entry["runs"].items():
+            if curve and curve[0].get("forwards") == 0 and job not in scores:
+                scores[job] = {key: curve[0][key] for key in metrics if curve[0].get(key) is not None}
+    return scores
 
 
 def _training_seeds(loaded: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:

@@ -669,3 +669,34 @@ def test_merge_seeds_that_are_not_numbers_are_named_as_seeds(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     at_folder = _fake_results(tmp_path / "run@home", {"ti-backprop": (0.1, 100)})
     assert quality.main(["--merge", f"{at_folder}:ti-backprop", "--out", str(tmp_path / "ok")]) == 0
+
+
+def _unrecorded_export(folder: Path, name: str, shift: float = 0.0) -> Path:
+    """A run from before results recorded their export's weights, its export folder (``name``) gone; ``shift``
+    moves its initializer's scores (as other weights would)."""
+    record = json.loads((folder / "results.json").read_text())
+    record["meta"]["model"] = f".cache/bench/{name}"
+    for entry in record["methods"].values():
+        for curve in entry["runs"].values():
+            curve[0]["concept_fidelity"] += shift
+    (folder / "results.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_merge_of_runs_whose_weights_were_never_recorded_is_judged_by_their_initializer(tmp_path, capsys):
+    # Runs before 2026-12-03 recorded no weights; once their exports were gone, --merge compared the exports'
+    # cache names, whose stamp is the source folder's file times: committed merges of runs on the same weights
+    # (the same initializer scores, job by job) were refused as "made on another export" when re-run.
+    short = _unrecorded_export(_fake_results(tmp_path / "short", {"ti-backprop": (0.1, 100)}), "q-25bab677e6-w8a32")
+    same = _unrecorded_export(_fake_results(tmp_path / "same", {"zo-puts": (0.05, 900)}), "q-73f5a900ee-w8a32")
+    assert quality.main(["--merge", str(short), str(same), "--out", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    # Other initializer scores on a shared job, or no shared job to tell: refused as before.
+    other = _unrecorded_export(_fake_results(tmp_path / "other", {"zo-puts": (0.05, 900)}), "q-9f1d75255b-w8a32",
+                               shift=0.01)
+    apart = _unrecorded_export(_fake_results(tmp_path / "apart", {"zo-puts": (0.05, 900)}, jobs=("c-s0",)),
+                               "q-9f1d75255b-w8a32")
+    for run in (other, apart):
+        assert quality.main(["--merge", str(short), str(run), "--out", str(tmp_path / "n")]) == 2
+        err = capsys.readouterr().err
+        assert "another export" in err and err.count("\n") == 1 and not (tmp_path / "n").exists()
