@@ -144,3 +144,11 @@ def make_jobs(task: str, args: Any, export_dir: Path, work: Path, resolution: in
     else:
         photos = [("example", REPO / "sdk" / "zoodip" / "data" / "example_concept", "object")]
     return planted_jobs(export_dir, count, args.seed, photos)
+
+
+def run_length(args: Any) -> tuple[int, int]:
+    """(ZO steps, scored checkpoints) of a quality.py run: --steps and --checkpoints, else the defaults of a
+    --smoke, --quick or full run (the run and the results guard both read them here)."""
+    steps = args.steps or (20 if args.smoke else 150 if args.quick else 300)
+    checkpoints = args.checkpoints or (2 if args.smoke else 3 if args.quick else 5)
+    return steps, checkpoints

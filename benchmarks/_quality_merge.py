@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks._quality_jobs import (concept_reference_seed, generation_seed, job_training_seed, seeded_name,
-                                      seeded_names)
+from benchmarks._quality_jobs import (concept_reference_seed, generation_seed, job_training_seed, run_length,
+                                      seeded_name, seeded_names)
 from benchmarks._quality_report import write_reports
 from benchmarks._quality_summary import metric_names, summarize
 from reference.repo import REPO, repo_relative
@@ -40,10 +40,14 @@ def parse_merge_source(text: str) -> tuple[Path, list[str] | None, set[int] | No
 
 
 def merge_settings(parsed: Any) -> dict[str, Any]:
-    """quality.py's parsed arguments as the results guard compares them: a --merge DIR as the folder it names
-    ("DIR/" and "./DIR" are DIR), and the training flags a merge ignores left out."""
+    """quality.py's parsed arguments as the results guard compares them: a run's length with its defaults filled
+    in (``--steps 300`` is a full run's default), its --methods as the methods it names (their order only orders
+    the tables); a --merge DIR as the folder it names ("DIR/" and "./DIR" are DIR), and the training flags a
+    merge ignores left out."""
     if not parsed.merge:
-        return vars(parsed)
+        steps, checkpoints = run_length(parsed)
+        methods = None if parsed.methods is None else sorted(name.strip() for name in split_methods(parsed.methods))
+        return vars(parsed) | {"steps": steps, "checkpoints": checkpoints, "methods": methods}
     try:
         sources = [(str(folder), names, sorted(seeds) if seeds else None)
                    for folder, names, seeds in map(parse_merge_source, parsed.merge)]

@@ -48,7 +48,8 @@ import numpy as np  # noqa: E402
 from benchmarks import _quality_methods as qm  # noqa: E402
 from benchmarks._models import DEFAULT_CACHE, cache_lock, source_folder  # noqa: E402
 from benchmarks._quality_backprop import TORCH_SEED_LIMIT  # noqa: E402
-from benchmarks._quality_jobs import CONCEPT_REFS, GENERATION_SEEDS, make_jobs, planted_count, select_concepts  # noqa: E402
+from benchmarks._quality_jobs import (CONCEPT_REFS, GENERATION_SEEDS, make_jobs, planted_count, run_length,  # noqa: E402
+                                      select_concepts)
 from benchmarks._scratch import scratch_folder  # noqa: E402
 from benchmarks._quality_merge import export_weights_identity, merge_main, merge_settings, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
 from benchmarks._quality_report import run_context, write_reports, write_samples  # noqa: E402
@@ -348,8 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         return merge_main(args.merge, args.out, command)
 
     task, puts, methods = checked
-    steps = args.steps or (20 if args.smoke else 150 if args.quick else 300)
-    checkpoints = args.checkpoints or (2 if args.smoke else 3 if args.quick else 5)
+    steps, checkpoints = run_length(args)
     try:  # before anything is written: a folder the exporter refuses is the contract's one line
         export_dir, torch_model = prepare_model(args.model, args.smoke, args.cache)
     except ZoodipError as exc:

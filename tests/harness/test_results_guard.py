@@ -270,3 +270,27 @@ def test_threads_keeps_its_committed_runs(monkeypatch, capsys):
         words = guard.shlex.split(guard.recorded_command(REPO / "benchmarks/results" / folder, "threads"))[2:]
         with pytest.raises(Passed):
             threads.main(words)
+
+
+def test_a_recorded_quality_run_spelled_otherwise_is_the_same_run(monkeypatch, capsys):
+    """sd-width-900's recorded run ('--steps 300 --checkpoints 3 --methods init,ti-backprop,zoodip,zo-puts,zo-naive')
+    re-run with --steps left to its default (300), or its --methods in another order, was refused as 'a run with
+    other settings': the guard compared the flags as typed, not the settings they give."""
+    import quality
+
+    def passed(*args, **kwargs):
+        raise Passed
+
+    monkeypatch.setattr(quality, "prepare_model", passed)
+    folder = "benchmarks/results/quality/sd-width-900"
+    argv = guard.shlex.split(guard.recorded_command(REPO / folder))[2:]
+    assert argv[:4] == ["--steps", "300", "--checkpoints", "3"] and argv[4] == "--methods"
+    spellings = [argv[2:],  # --steps 300: the default
+                 argv[:5] + [",".join(reversed(argv[5].split(",")))] + argv[6:],
+                 argv[:5] + [argv[5].replace(",", ", ")] + argv[6:]]
+    for spelling in spellings:
+        with pytest.raises(Passed):
+            quality.main(spelling)
+    assert quality.main(["--steps", "150", *argv[2:]]) == 2  # (another length: still refused)
+    assert quality.main([*argv[:5], "init,zoodip", *argv[6:]]) == 2  # (other methods: still refused)
+    assert "other settings" in capsys.readouterr().err
