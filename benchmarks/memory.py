@@ -364,12 +364,22 @@ def render(out: Path) -> dict:
     return report
 
 
+def _guard_settings(args: argparse.Namespace) -> dict:
+    """A run's settings as the results guard compares them: the sizes with their defaults filled in
+    (``--resolution 512`` is a full run's default) and the contenders as the set they name (each runs in its own
+    process: their order only orders the table)."""
+    resolution, steps, repeats = _sizes(args)
+    return vars(args) | {"resolution": resolution, "steps": steps, "repeats": repeats,
+                         "contenders": sorted(select(args.contenders, args.quick))}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = (parser := _parser()).parse_args(argv)
         if not args.render:  # (--render redraws the stored run: any settings)
             check_output_dir(args.cache, "--cache")  # (the folder flags first, as everywhere)
-            check_results_folder(Path(_out_folder(args)), parser, argv, "memory.py",
+            _guard_settings(args)  # (a bad number or contender: its own line, before the guard's)
+            check_results_folder(Path(_out_folder(args)), parser, argv, "memory.py", _guard_settings,
                                  record="memory")
         report = render(Path(_out_folder(args))) if args.render else run(args)
     except ZoodipError as exc:

@@ -294,3 +294,26 @@ def test_a_recorded_quality_run_spelled_otherwise_is_the_same_run(monkeypatch, c
     assert quality.main(["--steps", "150", *argv[2:]]) == 2  # (another length: still refused)
     assert quality.main([*argv[:5], "init,zoodip", *argv[6:]]) == 2  # (other methods: still refused)
     assert "other settings" in capsys.readouterr().err
+
+
+def test_a_recorded_memory_run_spelled_otherwise_is_the_same_run(monkeypatch, capsys):
+    """default-w4a32-512's recorded run ('--resolution 512 --contenders A,B,C,D ...') re-run with --resolution left
+    to its default (512) or the contenders in another order was refused as 'a run with other settings'."""
+    import memory
+
+    def passed(*args, **kwargs):
+        raise Passed
+
+    monkeypatch.setattr(memory, "run", passed)
+    folder = "benchmarks/results/memory/default-w4a32-512"
+    argv = guard.shlex.split(guard.recorded_command(REPO / folder, "memory"))[2:]
+    at = argv.index("--out")
+    argv[at + 1] = str(REPO / folder)
+    assert argv[:2] == ["--resolution", "512"] and argv[2] == "--contenders"
+    for spelling in (argv[2:], argv[:3] + [",".join(reversed(argv[3].split(",")))] + argv[4:]):
+        with pytest.raises(Passed):
+            memory.main(spelling)
+    assert memory.main(["--resolution", "256", *argv[2:]]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert memory.main(["--steps", "0", *argv]) == 2  # (a bad value: its own line, not 'other settings')
+    assert "--steps" in capsys.readouterr().err
