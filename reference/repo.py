@@ -40,4 +40,22 @@ def relative_args(args: Iterable[str], repo: Path = REPO) -> list[str]:
     return recorded
 
 
-__all__ = ["OUTSIDE_REPO", "REPO", "relative_args", "repo_relative"]
+def check_new_output(path: Path, flag: str, overwrite: bool, sources: Iterable[Path] = (), is_file: bool = False) -> Path:
+    """``path`` checked before any work as a script's output folder (or file, ``is_file``):
+    writable, not one of ``sources`` nor holding one, and not an existing non-empty output unless ``overwrite``,
+    so that a mistyped or default path never replaces a committed model (reference/model, model-768) by accident."""
+    from zoodip.errors import ZoodipError
+    from zoodip.paths import check_output_dir, check_output_file, lies_within
+
+    path = check_output_file(path, flag) if is_file else check_output_dir(path, flag)
+    for source in sources:
+        if lies_within(source, path):
+            raise ZoodipError(f"{flag} {path} is the source folder or holds it, which this run reads: "
+                              f"choose another {flag}")
+    if not overwrite and (path.is_file() or (path.is_dir() and any(path.iterdir()))):
+        raise ZoodipError(f"{flag} {path} already exists: name a new {'file' if is_file else 'folder'}, "
+                          "or add --overwrite to replace it")
+    return path
+
+
+__all__ = ["OUTSIDE_REPO", "REPO", "check_new_output", "relative_args", "repo_relative"]

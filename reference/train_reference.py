@@ -22,13 +22,15 @@ one thread: with contention, 2 threads ran ~6x slower than 1):
     nice -n 5 .venv/bin/python reference/train_reference.py --stop-after vae   # render 64 s + VAE 15.4 min
     nice -n 5 .venv/bin/python reference/train_reference.py                    # UNet + text encoder 47 min
 
-(one invocation without ``--stop-after`` does both). Then two continuations of the UNet + text encoder
+(one invocation without ``--stop-after`` does both; it writes ``reference/.work/model``: an existing folder,
+such as the committed ``reference/model``, is replaced only with ``--out reference/model --overwrite``). Then two continuations of the UNet + text encoder
 with the plain (uniform) epsilon loss, which weights the low-noise steps that draw fine texture more than
 min-SNR-5 does (style accuracy of generated images 0.75 -> 0.80 after the first, on 1000 captions), each
 from the folder the previous one wrote (2 cores, 2 threads, ~12 min each):
 
     .venv/bin/python reference/train_reference.py --init-from reference/model --work reference/.work-ft \
-        --diffusion-steps 2500 --lr 3e-4 --warmup 100 --loss-weighting uniform --threads 2
+        --diffusion-steps 2500 --lr 3e-4 --warmup 100 --loss-weighting uniform --threads 2 \
+        --out reference/model --overwrite
     # (again, from the folder it wrote, with another --work)
 
 Probes of the world itself (benchmarks/README.md, "The SD-width world"): ``--caption-attributes shape,color`` trains on
@@ -46,6 +48,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -57,13 +60,15 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
-from reference.repo import REPO, repo_relative  # noqa: E402
+from reference.repo import REPO, check_new_output, repo_relative  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 
 from reference import world  # noqa: E402
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.paths import check_output_dir  # noqa: E402
+from zoodip.validation import finite_float, positive_int  # noqa: E402
 from zoodip_export.clip_vocab import VOCAB_SIZE, write_clip_tokenizer_files  # noqa: E402
 from zoodip_export.tiny import (  # noqa: E402
     BOS_TOKEN_ID, EOS_TOKEN_ID, SD_SCHEDULER_CONFIG, SOURCE_MARKER, model_index, write_json,
@@ -421,8 +426,25 @@ def stage_diffusion(work: Path, data: dict, latents: tuple[np.ndarray, np.ndarra
     return ema["unet"].eval(), text, running
 
 
-def save_folder(dest: Path, vae, unet, text_encoder, scale: float, meta: dict) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
+def save_folder(final: Path, vae, unet, text_encoder, scale: float, meta: dict) -> None:
+    """Write the diffusers folder beside ``final``, then swap it in: an interrupted save leaves ``final`` as it was."""
+    dest = final.with_name(final.name + ".partial")
+    shutil.rmtree(dest, ignore_errors=True)
+    try:
+        write_folder(dest, vae, unet, text_encoder, scale, meta)
+    except BaseException:  # Ctrl-C or a full disk: no half-written folder stays behind
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    old = final.with_name(final.name + ".replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():  # only with --overwrite (checked before any work)
+        os.replace(final, old)
+    os.replace(dest, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_folder(dest: Path, vae, unet, text_encoder, scale: float, meta: dict) -> None:
+    dest.mkdir(parents=True)
     vae.register_to_config(scaling_factor=float(scale))
     # fp16 on disk (the exporter loads everything as float32); halves the repository footprint.
     text_encoder.half().save_pretrained(dest / "text_encoder", safe_serialization=True)
@@ -440,9 +462,24 @@ def save_folder(dest: Path, vae, unet, text_encoder, scale: float, meta: dict) -
     write_clip_tokenizer_files(dest / "tokenizer")
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every count and rate of the command line, before any work (a negative step count wrote an untrained
+    model, a zero --checkpoint-every or a nan rate failed as a traceback after rendering the data)."""
+    for flag in ("threads", "n_images", "vae_steps", "vae_batch", "diffusion_steps", "batch", "checkpoint_every"):
+        positive_int("--" + flag.replace("_", "-"), getattr(args, flag))
+    for flag in ("warmup", "benchmark"):
+        positive_int("--" + flag, getattr(args, flag), minimum=0)
+    finite_float("--lr", args.lr, low=0.0)
+    finite_float("--vae-lr", args.vae_lr, low=0.0)
+    finite_float("--kl-weight", args.kl_weight, low=0.0, low_open=False)
+    finite_float("--ema", args.ema, low=0.0, high=1.0, low_open=False, high_open=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python reference/train_reference.py", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=REPO / "reference" / "model")
+    p.add_argument("--out", type=Path, default=REPO / "reference" / ".work" / "model",
+                   help="the trained folder (an existing one is replaced only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder (e.g. reference/model)")
     p.add_argument("--work", type=Path, default=REPO / "reference" / ".work")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -473,8 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--benchmark", type=int, default=0, help="time this many steps of each stage, then exit")
     try:
         args = p.parse_args(argv)
-        if args.threads < 1:
-            p.error(f"--threads {args.threads}: must be at least 1")
+        check_numbers(args)
+        check_new_output(args.out, "--out", args.overwrite)
+        check_output_dir(args.work, "--work")
         args.named = tuple(args.caption_attributes.split(","))  # what stage_diffusion's captions may say
         if "shape" not in args.named or not set(args.named) <= set(world.ATTRIBUTE_NAMES):
             raise ZoodipError(f"--caption-attributes {args.caption_attributes}: name the shape and any of "

@@ -1,6 +1,7 @@
 """reference/train_reference.py's continuation path: a trained folder loads into the training modules and back."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -76,3 +77,90 @@ def test_a_run_from_scratch_on_a_folders_vae_with_a_poorer_caption_language(tmp_
     assert kept.keys() == theirs.keys() and all((kept[k] == theirs[k]).all() for k in kept)
     scales = [json.loads((f / "vae" / "config.json").read_text())["scaling_factor"] for f in (out, MODEL)]
     assert scales[0] == pytest.approx(scales[1])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n-images=-5"], "--n-images must be an integer >= 1"),  # was a traceback after the imports
+    (["--diffusion-steps=-1"], "--diffusion-steps must be an integer >= 1"),  # wrote an untrained model
+    (["--vae-steps", "0"], "--vae-steps must be an integer >= 1"),
+    (["--batch", "0"], "--batch must be an integer >= 1"),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be an integer >= 1"),
+    (["--warmup=-3"], "--warmup must be an integer >= 0"),
+    (["--lr", "nan"], "--lr must be a finite number > 0"),  # a traceback after rendering the data
+    (["--vae-lr=-1e-3"], "--vae-lr must be a finite number > 0"),
+    (["--ema", "1.5"], "--ema must be a finite number in [0, 1)"),
+    (["--threads", "0"], "--threads must be an integer >= 1"),
+])
+def test_bad_numbers_are_one_line_before_any_work(tmp_path, capsys, flags, message):
+    from reference import train_reference as tr
+
+    small = ["--n-images", "4", "--stop-after", "data"]  # what an unchecked run would do: seconds, not hours
+    assert tr.main(small + flags + ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out, work, message", [
+    ("MODEL", "work", "--out {out} already exists: name a new folder, or add --overwrite"),
+    ("FILE", "work", "--out {out} is an existing file"),  # a traceback after the whole training
+    ("out", "FILE", "--work {work} is an existing file"),  # a traceback
+])
+def test_an_existing_output_is_refused_before_any_work(tmp_path, capsys, out, work, message):
+    """A trained folder as --out (reference/model was the default) was replaced without a word."""
+    from reference import train_reference as tr
+
+    (tmp_path / "FILE").write_text("x")
+    (tmp_path / "MODEL").mkdir()
+    (tmp_path / "MODEL" / "zoodip_source.json").write_text("{}")
+    out, work = tmp_path / out, tmp_path / work
+    assert tr.main(["--work", str(work), "--out", str(out), "--n-images", "4", "--stop-after", "data"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + message.format(out=out, work=work)) and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "work").exists() and (tmp_path / "MODEL" / "zoodip_source.json").read_text() == "{}"
+
+
+def test_the_default_output_is_no_committed_model():
+    import subprocess
+
+    run = subprocess.run([sys.executable, "reference/train_reference.py", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert "default: reference/.work/model" in " ".join(run.stdout.split())
+
+
+class _Module:
+    """Stands for a diffusers/transformers module in save_folder: writes one file, or fails."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+
+    def half(self):
+        return self
+
+    def float(self):
+        return self
+
+    def register_to_config(self, **_):
+        pass
+
+    def save_pretrained(self, folder, safe_serialization=True):
+        if self.fail:
+            raise KeyboardInterrupt  # Ctrl-C halfway through the save
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "config.json").write_text("{}")
+
+
+def test_an_interrupted_save_leaves_the_output_as_it_was(tmp_path):
+    from reference import train_reference as tr
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "zoodip_source.json").write_text('{"old": 1}')
+    with pytest.raises(KeyboardInterrupt):
+        tr.save_folder(out, _Module(), _Module(fail=True), _Module(), 1.0, {"new": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in out.iterdir()) == ["zoodip_source.json"]
+    assert (out / "zoodip_source.json").read_text() == '{"old": 1}'
+    tr.save_folder(out, _Module(), _Module(), _Module(), 1.0, {"new": 1})
+    assert json.loads((out / "zoodip_source.json").read_text()) == {"new": 1} and (out / "unet").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial or replaced copy left beside it
