@@ -19,9 +19,9 @@ shortcut that SD1.5 does not offer. This module makes the width real, then keeps
 
     python reference/sd_width.py start --out .cache/sd-width-start
     python reference/train_reference.py --init-from .cache/sd-width-start --work reference/.work-768 \\
-        --out .cache/sd-width-trained --diffusion-steps 1500 --batch 32 --lr 3e-4 --warmup 100 \\
-        --loss-weighting uniform --threads 2
-    python reference/sd_width.py pack .cache/sd-width-trained reference/model-768
+        --out .cache/sd-width-trained --diffusion-steps 1200 --batch 32 --lr 3e-4 --warmup 100 \\
+        --loss-weighting uniform --threads 2 --checkpoint-every 100 --freeze-text-encoder
+    python reference/sd_width.py pack .cache/sd-width-trained reference/model-768 --start .cache/sd-width-start --overwrite
     python reference/sd_width.py materialize reference/model-768 .cache/reference-768   # what demo and quality.py do
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as a file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference.repo import REPO, repo_relative  # noqa: E402
+from reference.repo import REPO, check_new_output, repo_relative  # noqa: E402
 
 PACKED = REPO / "reference" / "model-768"
 TABLE_KEY = "text_model.embeddings.token_embedding.weight"
@@ -177,6 +177,18 @@ def materialize(packed: Path = PACKED, dest: Path | None = None) -> Path:
     return dest
 
 
+def check_outputs(args) -> None:
+    """The folder a command replaces, before any work: never one it reads, and an existing one only with --overwrite
+    (``pack X reference/model`` deleted the 64-wide model), but for a cache ``materialize`` wrote itself."""
+    if args.command == "start":
+        check_new_output(args.out, "--out", args.overwrite, sources=[args.src])
+    elif args.command == "pack":
+        check_new_output(args.dest, "DEST", args.overwrite, sources=[args.trained, args.start])
+    elif args.dest is not None:
+        ours = (args.dest / ".materialized-from").is_file()
+        check_new_output(args.dest, "DEST", args.overwrite or ours, sources=[args.packed])
+
+
 def main(argv: list[str] | None = None) -> int:
     from zoodip.console import OneLineParser, print_error  # one line for a bad flag, subcommands' too
     from zoodip.errors import ZoodipError
@@ -194,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("materialize", help="the committed form -> a full diffusers folder")
     m.add_argument("packed", type=Path, nargs="?", default=PACKED)
     m.add_argument("dest", type=Path, nargs="?")
+    for command in (s, k, m):
+        command.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     try:
         args = p.parse_args(argv)
         needed = {"start": lambda: [args.src / "model_index.json"],
@@ -202,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         missing = [str(path) for path in needed if not path.is_file()]
         if missing:  # said now, in one line, rather than as a traceback halfway through
             raise ZoodipError(f"{args.command}: missing {', '.join(missing)}: check the folders given")
+        check_outputs(args)
     except ZoodipError as exc:
         return print_error(exc)
     if args.command == "start":

@@ -32,12 +32,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
-from reference.repo import REPO, repo_relative  # noqa: E402
+from reference.repo import REPO, check_new_output, repo_relative  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.paths import lies_within  # noqa: E402
 
 
 def embedding_basis(narrow: int, wide: int, seed: int) -> torch.Tensor:
@@ -145,6 +146,8 @@ def widen(src: Path, dest: Path, width: int = 768, seed: int = 0) -> dict:
     if parity > 1e-4:
         raise SystemExit(f"widened model disagrees with {src} (relative max error {parity:.2e}): not written")
 
+    if lies_within(src, dest):  # the folder is replaced below: it must not be the one just read
+        raise ZoodipError(f"{dest} is the source folder {src} or holds it: choose another destination")
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("text_encoder", "unet"))
@@ -160,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python reference/widen_text.py", description=__doc__.splitlines()[0])
     p.add_argument("--src", type=Path, default=REPO / "reference" / "model")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--width", type=int, default=768)
     p.add_argument("--seed", type=int, default=0, help="seed of the random embedding basis")
     try:
@@ -170,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         narrow, heads = text["hidden_size"], text["num_attention_heads"]
         if args.width <= narrow or args.width % heads:
             raise ZoodipError(f"--width {args.width}: must exceed the text width {narrow} and divide by its {heads} heads")
+        check_new_output(args.out, "--out", args.overwrite, sources=[args.src])
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: --src {args.src}: cannot read its text encoder's config.json ({exc})", file=sys.stderr)
         return ZoodipError.exit_code

@@ -150,3 +150,32 @@ def test_gradient_tails_and_the_clipping_gain_they_predict() -> None:
     for kappa in (1.5, 3.0):
         assert 0.95 < pd.clipped_gain(light, kappa, 2, np.random.default_rng(0)) < 1.15
         assert pd.clipped_gain(heavy, kappa, 2, np.random.default_rng(0)) > 2.0
+
+
+@pytest.mark.parametrize("command, message", [
+    (["pack", "TRAINED", "MINE", "--start", "START"], "DEST {mine} already exists: name a new folder, or add --overwrite"),
+    (["pack", "TRAINED", "TRAINED", "--start", "START"], "DEST {trained} is the source folder"),
+    (["materialize", "PACKED", "MINE"], "DEST {mine} already exists"),
+    (["materialize", "PACKED", "PACKED"], "DEST {packed} is the source folder"),
+    (["start", "--src", "TRAINED", "--out", "MINE"], "--out {mine} already exists"),
+])
+def test_a_folder_it_would_replace_is_refused_before_any_work(tmp_path, capsys, command, message) -> None:
+    """``pack``, ``materialize`` and ``start`` deleted their destination first, whatever it was: a typo such as
+    ``pack X reference/model`` removed the 64-wide model."""
+    from reference import sd_width
+
+    folders = {name: tmp_path / name.lower() for name in ("TRAINED", "START", "PACKED", "MINE")}
+    (folders["TRAINED"] / "model_index.json").parent.mkdir()
+    (folders["TRAINED"] / "model_index.json").write_text("{}")
+    folders["START"].mkdir()
+    (folders["START"] / "sd_width_start.json").write_text("{}")
+    (folders["PACKED"] / "text_encoder").mkdir(parents=True)
+    (folders["PACKED"] / "text_encoder" / sd_width.PACK_RECORD).write_text("{}")
+    folders["MINE"].mkdir()
+    (folders["MINE"] / "notes.txt").write_text("keep")
+    before = sorted(tmp_path.rglob("*"))
+    assert sd_width.main([str(folders.get(a, a)) for a in command]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    wanted = message.format(**{name.lower(): path for name, path in folders.items()})
+    assert len(err) == 1 and err[0].startswith(f"error: {wanted}"), err
+    assert sorted(tmp_path.rglob("*")) == before and (folders["MINE"] / "notes.txt").read_text() == "keep"

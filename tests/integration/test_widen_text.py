@@ -13,6 +13,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from reference import widen_text  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
 
 
 def test_widened_folder_predicts_the_same(tiny_sd_folder, tmp_path):
@@ -48,3 +49,25 @@ def test_a_width_it_cannot_make_is_one_line_before_any_load(tiny_sd_folder, tmp_
     assert widen_text.main(["--src", str(tiny_sd_folder), "--out", str(out), "--width", width]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: --width {width}: must exceed") and not out.exists()
+
+
+def test_the_source_as_out_is_refused_and_kept(tiny_sd_folder, tmp_path, capsys):
+    """--out equal to --src (``--out reference/model``) deleted the source after reading it, then failed."""
+    before = sorted(p.relative_to(tiny_sd_folder) for p in tiny_sd_folder.rglob("*"))
+    assert widen_text.main(["--src", str(tiny_sd_folder), "--out", str(tiny_sd_folder), "--width", "128"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --out {tiny_sd_folder} is the source folder")
+    assert sorted(p.relative_to(tiny_sd_folder) for p in tiny_sd_folder.rglob("*")) == before
+    with pytest.raises(ZoodipError, match="is the source folder"):  # the API too: it replaces its destination
+        widen_text.widen(tiny_sd_folder, tiny_sd_folder, width=128)
+
+
+def test_an_existing_out_is_replaced_only_with_overwrite(tiny_sd_folder, tmp_path, capsys):
+    """An existing folder as --out was deleted without a word, whatever it held."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    assert widen_text.main(["--src", str(tiny_sd_folder), "--out", str(out), "--width", "128"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --out {out} already exists: name a new folder, or add --overwrite")
+    assert (out / "notes.txt").read_text() == "keep"
