@@ -150,6 +150,21 @@ def _upscale(images, side: int = 128):
     return [im.resize((side, side), Image.NEAREST) if im.size[0] < side else im for im in images]
 
 
+def check_demo_out(out: Path, flag: str = "--out") -> Path:
+    """``out`` checked before anything is written into it: a writable folder, and not a model's own folder (or one
+    whose ``model/`` is one): ``--out reference`` or ``--out reference/model`` put the demo's photos, export and
+    runs among the committed weights before the export refused to replace them."""
+    out = check_output_dir(out, flag)
+    if (out / "model_index.json").is_file():
+        raise ZoodipError(f"{flag} {out} is a model's folder (it holds model_index.json): choose a new folder for "
+                          "the demo, e.g. demo_out")
+    model = out / "model"
+    if model.is_dir() and any(model.iterdir()) and not (model / MANIFEST).is_file():
+        raise ZoodipError(f"{flag} {out}: its model/ is not a zoodip export (a model's folder?), which the demo would "
+                          "replace: choose a new folder for the demo, e.g. demo_out")
+    return out
+
+
 def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bool = True, seed: int = 0,
              method: dict | None = None) -> dict:
     """Run the demo into ``out``; returns a summary (also written to ``out/summary.json``).
@@ -159,7 +174,7 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     from zoodip.embeddings import load_embedding_file
     from zoodip.model import ExportedModel, RuntimeOptions
 
-    out = Path(out)
+    out = check_demo_out(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     photos_dir, export_dir, concept = prepare(out, progress)
@@ -332,9 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     try:
         args = parser.parse_args(argv)
-        check_output_dir(args.out, "--out")
-        if args.seed < 0 or args.save_steps < 0:
-            raise ZoodipError(f"--seed {args.seed} --save_steps {args.save_steps}: both must be 0 or more")
+        check_demo_out(Path(args.out))
+        if args.seed < 0 or args.save_steps < 0 or args.threads < 0:  # before the export
+            raise ZoodipError(f"--seed {args.seed} --save_steps {args.save_steps} --threads {args.threads}: "
+                              "each must be 0 or more")
         if args.steps is not None and not 1 <= args.steps <= MAX_TRAIN_STEPS:  # before the export and the folders
             raise ZoodipError(f"--steps {args.steps}: give 1 to {MAX_TRAIN_STEPS:,} (or leave it out for the demo's "
                               "own length)")

@@ -110,3 +110,24 @@ def test_the_generation_accuracy_check_exports_the_model_it_is_given(tmp_path):
     assert _exported_from(tmp_path) is None
     (tmp_path / "manifest.json").write_text(json.dumps({"source": {"path": str(tmp_path / "model-a")}}))
     assert _exported_from(tmp_path) == (tmp_path / "model-a").resolve()
+
+
+def test_the_demo_refuses_bad_threads_before_its_export(tmp_path):
+    """--threads -1 was refused only after the 15-second export had written --out."""
+    _one_line_error("reference/demo.py", ["--out", str(tmp_path / "demo"), "--threads", "-1"],
+                    "--threads -1: each must be 0 or more", tmp_path)
+    assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("out, needle", [("models/sd", "is a model's folder (it holds model_index.json)"),
+                                         ("models", "its model/ is not a zoodip export")])
+def test_the_demo_writes_nothing_into_a_models_folder(tmp_path, out, needle):
+    """--out reference/model put the demo's photos, export and runs among the committed weights; --out reference
+    wrote reference/concept/ before the export refused to replace reference/model."""
+    model = tmp_path / "models" / "model"
+    model.mkdir(parents=True)
+    (model / "model_index.json").write_text("{}")
+    (tmp_path / "models" / "sd").symlink_to(model)
+    before = sorted(tmp_path.rglob("*"))
+    _one_line_error("reference/demo.py", ["--out", str(tmp_path / out), "--steps", "1"], needle, tmp_path)
+    assert sorted(tmp_path.rglob("*")) == before
