@@ -1,4 +1,4 @@
-"""Train the world evaluator (our CLIP/DINO stand-in) and export it to ``reference/evaluator.onnx``.
+"""Train the world evaluator (our CLIP/DINO stand-in) and export it to ``reference/.work/evaluator.onnx``.
 
 A small CNN over 32x32 world images with one classification head per attribute (shape, color,
 background, style, size) and a 128-d feature vector (the penultimate layer, L2-normalized by
@@ -9,7 +9,7 @@ held-out accuracy on clean renders of a separate seed is printed and stored in
 
 Command used for the committed evaluator (2 CPU cores shared with other jobs, 1 thread; 15 min incl. rendering):
 
-    nice -n 5 .venv/bin/python reference/train_evaluator.py --threads 1
+    nice -n 5 .venv/bin/python reference/train_evaluator.py --threads 1 --out reference/evaluator.onnx --overwrite
 """
 from __future__ import annotations
 
@@ -27,11 +27,13 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
 from reference import world  # noqa: E402
-from reference.repo import REPO  # noqa: E402
+from reference.repo import REPO, check_new_output  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.paths import check_output_file  # noqa: E402
+from zoodip.validation import finite_float  # noqa: E402
 
 FEATURE_DIM = 128
 
@@ -101,7 +103,9 @@ def accuracy(net: EvaluatorNet, images: np.ndarray, codes: np.ndarray) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python reference/train_evaluator.py", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=REPO / "reference" / "evaluator.onnx")
+    p.add_argument("--out", type=Path, default=REPO / "reference" / ".work" / "evaluator.onnx",
+                   help="the evaluator, its record beside it as .json (existing ones are replaced only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (e.g. reference/evaluator.onnx)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train", type=int, default=40000)
@@ -113,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
         if min(args.threads, args.n_train, args.n_test, args.steps, args.batch) < 1:
             p.error("--threads, --n-train, --n-test, --steps and --batch must be at least 1")
+        finite_float("--lr", args.lr, low=0.0)
+        check_output_file(args.out, "--out", (".onnx",))
+        for path in (args.out, args.out.with_suffix(".json")):  # the model and its record: neither replaced unasked
+            check_new_output(path, "--out", args.overwrite, is_file=True)
     except ZoodipError as exc:
         return print_error(exc)
     torch.set_num_threads(args.threads)

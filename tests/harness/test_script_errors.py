@@ -131,3 +131,20 @@ def test_the_demo_writes_nothing_into_a_models_folder(tmp_path, out, needle):
     before = sorted(tmp_path.rglob("*"))
     _one_line_error("reference/demo.py", ["--out", str(tmp_path / out), "--steps", "1"], needle, tmp_path)
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--out", "EVAL"], "--out {tmp}/eval.onnx already exists: name a new file, or add --overwrite"),  # was replaced
+    (["--out", "RECORD"], "--out {tmp}/record.json already exists"),  # the record beside a new model was replaced
+    (["--out", "DIR"], "--out {tmp} is a folder"),  # a traceback after the whole training
+    (["--lr", "nan"], "--lr must be a finite number > 0"),  # a traceback after rendering
+])
+def test_the_evaluator_training_refuses_before_any_work(tmp_path, args, needle):
+    (tmp_path / "eval.onnx").write_bytes(b"onnx")
+    (tmp_path / "record.json").write_text("{}")
+    names = {"EVAL": tmp_path / "eval.onnx", "RECORD": tmp_path / "record.onnx", "DIR": tmp_path}
+    small = ["--n-train", "4", "--n-test", "4", "--steps", "1", "--batch", "2", "--out", str(tmp_path / "new.onnx")]
+    _one_line_error("reference/train_evaluator.py", small + [str(names.get(a, a)) for a in args],
+                    needle.format(tmp=tmp_path), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.onnx", "record.json"]
+    assert (tmp_path / "eval.onnx").read_bytes() == b"onnx" and (tmp_path / "record.json").read_text() == "{}"
