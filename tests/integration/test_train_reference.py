@@ -164,3 +164,28 @@ def test_an_interrupted_save_leaves_the_output_as_it_was(tmp_path):
     tr.save_folder(out, _Module(), _Module(), _Module(), 1.0, {"new": 1})
     assert json.loads((out / "zoodip_source.json").read_text()) == {"new": 1} and (out / "unet").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial or replaced copy left beside it
+
+
+@pytest.mark.skipif(not (MODEL / "unet").is_dir(), reason="reference/model is not in this checkout")
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """A resumed run restarted its running loss, so its record said another loss than the same run uninterrupted."""
+    from reference import train_reference as tr
+
+    common = ["--n-images", "16", "--batch", "4", "--diffusion-steps", "6", "--checkpoint-every", "2", "--warmup", "2",
+              "--vae-from", str(MODEL)]
+    assert tr.main(common + ["--work", str(tmp_path / "a"), "--out", str(tmp_path / "a-out")]) == 0
+    real = tr.lr_at
+
+    def interrupted(step, *rest):
+        if step == 3:  # Ctrl-C during the fourth step, after the checkpoint of step 2
+            raise KeyboardInterrupt
+        return real(step, *rest)
+
+    monkeypatch.setattr(tr, "lr_at", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tr.main(common + ["--work", str(tmp_path / "b"), "--out", str(tmp_path / "b-out")])
+    assert not (tmp_path / "b-out").exists()
+    monkeypatch.setattr(tr, "lr_at", real)
+    assert tr.main(common + ["--work", str(tmp_path / "b"), "--out", str(tmp_path / "b-out")]) == 0
+    losses = [json.loads((tmp_path / f"{r}-out" / "zoodip_source.json").read_text())["diffusion_loss"] for r in "ab"]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
