@@ -65,7 +65,7 @@ from reference.repo import REPO, check_new_output, repo_relative  # noqa: E402
 sys.path.insert(0, str(REPO / "sdk"))
 
 from reference import world  # noqa: E402
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, interrupt_on_termination, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
 from zoodip.validation import finite_float, positive_int  # noqa: E402
@@ -531,6 +531,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ZoodipError(f"--init-from {args.init_from}: not a trained reference folder (no {SOURCE_MARKER})")
     except ZoodipError as exc:
         return print_error(exc)
+    try:
+        with interrupt_on_termination():  # a kill as Ctrl-C: one line, not a traceback or silence
+            return train(args, default_attributes=p.get_default("caption_attributes"))
+    except KeyboardInterrupt:
+        print(f"interrupted: --out was not written; the last checkpoint in {args.work} is kept: rerun the same "
+              "command to continue from it", file=sys.stderr)
+        return 130
+
+
+def train(args: argparse.Namespace, default_attributes: str) -> int:
+    """The stages of a checked command line, each resumed from its checkpoint in ``args.work``."""
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -580,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     run = {"diffusion_steps": args.diffusion_steps, "batch": args.batch, "lr": args.lr, "warmup": args.warmup,
            "text_encoder": "frozen" if args.freeze_text_encoder else "trained",
            "loss_weighting": args.loss_weighting, "diffusion_loss": loss,
-           **({"caption_attributes": args.caption_attributes} if args.caption_attributes != p.get_default("caption_attributes") else {}),
+           **({"caption_attributes": args.caption_attributes} if args.caption_attributes != default_attributes else {}),
            **({"device": args.device} if args.device != "cpu" else {}),
            "this_invocation_seconds": round(time.monotonic() - started, 1)}
     if previous is None and args.vae_from:

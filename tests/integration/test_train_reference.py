@@ -182,10 +182,31 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
         return real(step, *rest)
 
     monkeypatch.setattr(tr, "lr_at", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        tr.main(common + ["--work", str(tmp_path / "b"), "--out", str(tmp_path / "b-out")])
+    assert tr.main(common + ["--work", str(tmp_path / "b"), "--out", str(tmp_path / "b-out")]) == 130
     assert not (tmp_path / "b-out").exists()
     monkeypatch.setattr(tr, "lr_at", real)
     assert tr.main(common + ["--work", str(tmp_path / "b"), "--out", str(tmp_path / "b-out")]) == 0
     losses = [json.loads((tmp_path / f"{r}-out" / "zoodip_source.json").read_text())["diffusion_loss"] for r in "ab"]
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+
+
+def test_ctrl_c_during_training_is_one_line_and_keeps_the_checkpoint(tmp_path):
+    """Ctrl-C (or a kill) during the training was a KeyboardInterrupt traceback; the checkpoint stays, --out is not
+    written, and one line says how to continue."""
+    import signal
+    import subprocess
+    import time
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "reference/train_reference.py", "--work", str(work), "--out", str(out),
+                            "--n-images", "16", "--batch", "4", "--diffusion-steps", "100000", "--checkpoint-every",
+                            "1", "--vae-from", str(MODEL)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 100
+    while not (work / "diffusion.pt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGTERM)
+    err = run.communicate(timeout=60)[1]
+    assert run.returncode == 130 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if line.startswith("interrupted")] == [
+        f"interrupted: --out was not written; the last checkpoint in {work} is kept: rerun the same command to continue from it"]
+    assert (work / "diffusion.pt").is_file() and not out.exists()
