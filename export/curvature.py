@@ -289,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     from zoodip.console import OneLineParser, print_error  # one line for a bad flag; either spelling of a flag's name
     from zoodip.errors import ZoodipError
 
+    from zoodip_export.source_folder import pickled_weights_warning
+
     parser = OneLineParser(prog="python -m zoodip_export.curvature",
                            description="Compute a diffusers folder's curvature subspace (the export "
                                        "reuses SRC_FOLDER/curvature.safetensors when it matches the weights).")
@@ -302,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if not 1 <= args.samples <= MAX_CURVATURE_SAMPLES or (args.threads or 0) < 0:
             parser.error(f"--samples must be from 1 to {MAX_CURVATURE_SAMPLES} and --threads 0 (torch's default) or more")
+        if (warning := pickled_weights_warning(args.source)) is not None:  # the export's security note, said alike
+            print(warning, file=sys.stderr)
         meta = compute_curvature(args.source, args.out or args.source / CURVATURE_FILE, samples=args.samples,
                                  seed=args.seed, threads=args.threads, log=lambda line: print(line, file=sys.stderr))
     except (OSError, ValueError, ZoodipError) as exc:

@@ -115,3 +115,14 @@ def test_pickled_weights_loaded_beside_an_fp16_safetensors_variant_are_warned_of
     assert warning is not None and "'s unet, text_encoder weights are pickled" in warning, warning
     (tmp_path / "unet" / "diffusion_pytorch_model.bin").unlink()  # only variants: the fp16 safetensors are read
     assert "'s text_encoder weights" in pickled_weights_warning(tmp_path)
+
+
+def test_the_curvature_tool_warns_of_pickled_weights_as_the_export_does(bin_source: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m zoodip_export.curvature`` read a folder of pickled weights without the export's warning."""
+    from zoodip_export.curvature import main as curvature_main
+    from zoodip_export.source_folder import pickled_weights_warning
+
+    assert curvature_main([str(bin_source), str(tmp_path / "c.safetensors"), "--samples", "1"]) == 0
+    err = capsys.readouterr().err
+    assert pickled_weights_warning(bin_source) in err.splitlines(), err
