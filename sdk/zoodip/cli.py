@@ -387,7 +387,7 @@ _INTERRUPTED = {"personalize": "interrupted: resume with --resume (the last chec
 _FLAG_OF = {name: "--" + name.replace("_", "-") for name in (
     "width", "height", "resolution", "steps", "seed", "strength", "guidance_scale", "guidance_rescale", "clip_skip",
     "mask_blur", "padding_mask_crop", "hires_scale", "hires_strength", "hires_steps", "variation_seed",
-    "variation_strength", "num_images", "paste_back")}
+    "variation_strength", "num_images", "paste_back", "mask_image")}
 
 
 def _given_flags(argv: Sequence[str], args: argparse.Namespace) -> set[str]:

@@ -279,7 +279,7 @@ def checked_generate_flags(args: argparse.Namespace) -> tuple[Path, list[Path]]:
     """generate's flags that cannot go together refused, before any work; the output file and, for several images,
     the numbered files beside it."""
     from .errors import ZoodipError
-    from .generate_settings import check_num_images
+    from .generate_settings import check_image_only, check_num_images
     from .images import numbered_paths
     from .paths import check_output_file, is_same_file
 
@@ -287,10 +287,7 @@ def checked_generate_flags(args: argparse.Namespace) -> tuple[Path, list[Path]]:
     if args.save_latents:
         check_output_file(args.save_latents, "--save-latents", (".npy",))
     check_num_images(args.num_images)
-    for flag, value in (("--strength", args.strength), ("--mask", args.mask)):
-        if value is not None and args.image is None:
-            raise ZoodipError(f"{flag} applies to image-to-image only (--image, and with --mask inpainting): add "
-                              f"--image PATH, or drop {flag}")
+    check_image_only(args.image, args.strength, args.mask)
     for flag, value in (("--hires-strength", args.hires_strength), ("--hires-steps", args.hires_steps)):
         if value is not None and args.hires_scale is None:
             raise ZoodipError(f"{flag} sets the hires fix's second pass: add --hires-scale X (2: twice the size), or "

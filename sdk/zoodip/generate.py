@@ -34,7 +34,7 @@ from .added_tokens import check_added_ids, tokenizer_with
 from .emphasis import chunked_token_ids, emphasis_free_text, emphasize, weighted_token_ids
 from .errors import ZoodipError
 from .extra_networks import tag_problems, take_out_tags
-from .generate_settings import check_generate_settings, check_num_images
+from .generate_settings import check_generate_settings, check_image_only, check_num_images
 from .image_side import check_model_side, model_side_multiple
 from .images import (NO_DRAFT, image_pixels, init_image_size, latent_mask, mask_problems, open_init_image, open_mask,
                      to_pil)
@@ -358,12 +358,8 @@ def _image_start(model: Any, image: Any, mask_image: Any, strength: object, heig
     """The start image (None without one) and the latent size of the images, checked (``_latent_size``; with a
     start image, before it is resized)."""
     inpaint.check(with_mask=mask_image is not None)
+    check_image_only(image, strength, mask_image)
     if image is None:
-        if mask_image is not None:
-            raise ZoodipError("a mask (mask_image, --mask) marks what to redraw in an image: pass the image too "
-                              "(image=, --image PATH)")
-        if strength is not None:
-            check_strength(strength)  # as diffusers' text-to-image, strength is not used; a bad one is still refused
         return None, *_latent_size(model, height, width)
     strength = image_strength(strength, mask_image is not None)
     check_strength(strength)

@@ -31,6 +31,15 @@ def check_num_images(num_images: object) -> None:
                           f"got {num_images!r}: call again with another seed for more")
 
 
+def check_image_only(image: object, strength: object, mask_image: object) -> None:
+    """What only image-to-image takes (``strength``; ``mask_image``, inpainting) refused without an ``image``: said,
+    not dropped; ``generate()`` and ``zoodip generate`` (before any work) say the same line."""
+    for name, value in (("strength", strength), ("mask_image", mask_image)):  # (the CLI names the flag for the name)
+        if value is not None and image is None:
+            raise ZoodipError(f"{name} applies to image-to-image only: pass the image too (image=, --image PATH), or "
+                              "drop it")
+
+
 def check_clip_skip(model: Any, clip_skip: object) -> None:
     """``clip_skip`` 0, or a number of layers ``model``'s text encoder can skip; else one line naming the range."""
     layers = int(getattr(model, "clip_skip_layers", 0))

@@ -62,6 +62,13 @@ def test_a_start_image_too_large_to_encode_within_the_budget_is_refused_before_a
     generate(budgeted, "a star", width=256, height=256, steps=1)  # text-to-image at that size: decoded in tiles
 
 
+def test_a_strength_without_an_image_is_refused_by_the_api_as_by_the_cli(model):
+    """generate(strength=0.5) without an image ran text-to-image and dropped the strength unsaid (the CLI refused it)."""
+    with pytest.raises(ZoodipError, match=r"^strength applies to image-to-image only: pass the image too "
+                                          r"\(image=, --image PATH\), or drop it$"):
+        generate(model, "a star", strength=0.5, steps=2)
+
+
 def test_bad_image_to_image_inputs_are_one_line(model, picture, tiny_export, tmp_path, capsys):
     for strength in (0, 1.5, float("nan"), True, "0.5"):
         with pytest.raises(ZoodipError, match="strength must be a number in"):
