@@ -36,6 +36,7 @@ RUN_ONCE_PER_IMAGE = ("vae_decoder",)
 
 
 # What generation reads of a model: an ExportedModel has it all (a stand-in with the same interface may be passed).
+CLOSED = "this model was closed (close()): open the export again (ExportedModel.load) to use it"
 MODEL_INTERFACE = ("tokenizer", "schedule", "encode_text", "unet", "vae_decode", "latent_channels", "hidden_size")
 
 
@@ -44,6 +45,8 @@ def check_model(model: object) -> None:
     if isinstance(model, (str, bytes, os.PathLike)):
         raise ZoodipError(f"model must be a loaded model, got the path {os.fsdecode(model)!r}: pass "
                           "ExportedModel.load(path)")
+    if getattr(model, "closed", False) is True:
+        raise ZoodipError(CLOSED)
     missing = [name for name in MODEL_INTERFACE if not hasattr(model, name)]
     if missing:
         lacks = f", which has no {', '.join(missing)}" if len(missing) < len(MODEL_INTERFACE) else ""  # (None: none)
@@ -84,6 +87,7 @@ class ExportedModel:
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._max_token_norm: float | None = None
         self._sessions_lock = threading.Lock()  # two threads' generate(): one's release() between the other's steps
+        self._closed = False  # close(): its sessions released, none opened again
         # Each file as opened: a session made later (first use, or after release) from a replaced file would mix two
         # exports' graphs with this one's tokenizer and schedule.
         # Keyed by each path as the manifest writes it, a graph's too ("./unet.onnx" for the files entry "unet.onnx"),
@@ -128,6 +132,26 @@ class ExportedModel:
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled (multiprocessing) or deep-copied: opened again from its folder,
         return reopen_export, (self.folder, self.options, self.identity)  # sessions of its own (they cannot be copied)
+
+    def close(self) -> None:
+        """Release every onnxruntime session now (an app's deterministic free; a second close does nothing). The
+        model is not used again: a later call is one ZoodipError line (``ExportedModel.load`` opens it anew). A
+        session another thread is running finishes that run."""
+        with self._sessions_lock:
+            self._closed = True
+            released, self._sessions = bool(self._sessions), {}
+        if released:
+            trim_heap()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> ExportedModel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -263,6 +287,8 @@ class ExportedModel:
         """The onnxruntime session of one graph, created on first use (and returned even if another thread
         releases it at once: its caller holds it)."""
         with self._sessions_lock:
+            if self._closed:
+                raise ZoodipError(CLOSED)
             session = self._sessions.get(name)
             if session is None:
                 graph = self.manifest["graphs"][name]

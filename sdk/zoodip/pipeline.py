@@ -123,6 +123,16 @@ class ZoodipPipeline:
                               f"{type(value).__name__}")
         object.__setattr__(self, name, value)
 
+    def close(self) -> None:
+        """Release the model's onnxruntime sessions now (``ExportedModel.close``); ``with`` closes it at the end."""
+        self.model.close()
+
+    def __enter__(self) -> ZoodipPipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     @property
     def device(self) -> str:
         """diffusers' ``pipe.device``: always the CPU here."""

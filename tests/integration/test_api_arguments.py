@@ -65,3 +65,23 @@ def test_embedding_loaders_refuse_what_is_not_a_path():
         load_embeddings([("a.safetensors",)])
     with pytest.raises(ZoodipError, match="hidden must be the text encoder's width"):
         load_embeddings(["missing.safetensors"], hidden=True)
+
+
+def test_a_model_closes_its_sessions_and_refuses_use_after(tiny_export):
+    """An app could free a model's onnxruntime sessions only by dropping every reference to it."""
+    from zoodip.model import ExportedModel
+    from zoodip.pipeline import ZoodipPipeline
+
+    with ExportedModel.load(tiny_export) as model:
+        generate(model, "a photo", steps=1)
+        assert model._sessions and not model.closed
+    assert model.closed and not model._sessions
+    model.close()  # twice: nothing more to do
+    for use in (lambda: generate(model, "a photo", steps=1), lambda: model.session("unet")):
+        with pytest.raises(ZoodipError, match=r"^this model was closed \(close\(\)\): open the export again"):
+            use()
+    with ZoodipPipeline.from_pretrained(tiny_export) as pipe:
+        pipe("a photo", num_inference_steps=1)
+    assert pipe.model.closed
+    with pytest.raises(ZoodipError, match="this model was closed"):
+        pipe("a photo", num_inference_steps=1)
