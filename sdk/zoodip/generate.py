@@ -59,8 +59,7 @@ def generate(
     added_embeddings: Mapping[str, np.ndarray] | None = None,
     callback: ProgressCallback | None = None, batch_cfg: bool = True, eta: float = 0.0,
     token_groups: Sequence[Sequence[str]] | None = None,
-    latents: np.ndarray | None = None,
-    prompt_weighting: str = "none",
+    latents: np.ndarray | None = None, prompt_weighting: str = "none",
     image: str | Path | Image.Image | None = None, strength: float | None = None,
     mask_image: str | Path | Image.Image | None = None, clip_skip: int = 0, guidance_rescale: float = 0.0,
     mask_blur: float = 0.0, padding_mask_crop: int | None = None, paste_back: bool = False,
@@ -76,7 +75,8 @@ def generate(
         seed: the initial latents are ``np.random.default_rng(seed).standard_normal`` (float32): the same on any machine.
         height, width: image size in pixels, multiples of 8 (default: the model's native size).
         added_embeddings: learned tokens, ``{token: vectors [n, hidden] or [hidden]}``, for both prompts.
-        callback: progress, ``callback(step, total, latents)`` (raise to stop); eta: DDIM's noise (0: deterministic).
+        callback: ``callback(step, total, latents)`` (raise to stop), the sampler's live latents (as diffusers'; copy
+            them to keep them); eta: DDIM's noise (0: deterministic).
         batch_cfg: both guidance passes as one batch (False: one by one, less memory; a memory budget runs each alone).
         token_groups: each embedding's names (``embeddings.load_embeddings``' groups; default: each token alone).
         latents: initial latents ``[num_images, channels, height/8, width/8]`` (unit variance) instead of the seed's;

@@ -94,7 +94,8 @@ def image_strength(strength: float | None, masked: bool) -> float:
 
 ProgressCallback = Callable[[int, int, np.ndarray], None]
 """``callback(step, total, latents)``: after each denoising step (``step`` counts from 1); ``latents``
-is the sampler's current state [num_images, C, h, w], not yet decoded."""
+is the sampler's current state [num_images, C, h, w], not yet decoded: its live array (as diffusers' callbacks get
+it), to be copied to be kept; a change in place changes the run."""
 
 
 @dataclass(frozen=True)
