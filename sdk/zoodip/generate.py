@@ -22,6 +22,7 @@ those of the unbudgeted call, up to the floating-point order of batched and sing
 """
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from PIL import Image
 
 from .added_tokens import check_added_ids, tokenizer_with
 from .emphasis import chunked_token_ids, emphasis_free_text, emphasize, weighted_token_ids
+from .diffusers_names import refuse_arguments
 from .errors import ZoodipError
 from .extra_networks import tag_problems, take_out_tags
 from .generate_settings import check_generate_settings, check_image_only, check_num_images
@@ -58,12 +60,11 @@ def generate(
     sampler: str = DEFAULT_SAMPLER, seed: int = 0, height: int | None = None, width: int | None = None, num_images: int = 1,
     added_embeddings: Mapping[str, np.ndarray] | None = None,
     callback: ProgressCallback | None = None, batch_cfg: bool = True, eta: float = 0.0,
-    token_groups: Sequence[Sequence[str]] | None = None,
-    latents: np.ndarray | None = None, prompt_weighting: str = "none",
-    image: str | Path | Image.Image | None = None, strength: float | None = None,
+    token_groups: Sequence[Sequence[str]] | None = None, latents: np.ndarray | None = None,
+    prompt_weighting: str = "none", image: str | Path | Image.Image | None = None, strength: float | None = None,
     mask_image: str | Path | Image.Image | None = None, clip_skip: int = 0, guidance_rescale: float = 0.0,
     mask_blur: float = 0.0, padding_mask_crop: int | None = None, paste_back: bool = False,
-    variation_seed: int | None = None, variation_strength: float = 0.0,
+    variation_seed: int | None = None, variation_strength: float = 0.0, **unknown: Any,
 ) -> list[Image.Image]:
     """Generate ``num_images`` images for ``prompt``; returns RGB PIL images of ``width`` x ``height``.
 
@@ -91,6 +92,7 @@ def generate(
         variation_seed, variation_strength: A1111's variation: that seed's noise mixed in (``zoodip.noise.slerp``; 0:
             the seed's image, 1: the variation seed's); the rest of the run's randomness stays the seed's.
     """
+    refuse_arguments(unknown, "generate()", _OPTIONS)  # (diffusers' names: said, not Python's bare TypeError)
     check_generate_settings(model, prompt, negative_prompt, sampler, steps, num_images, guidance_scale, eta, seed,
                     prompt_weighting, clip_skip, guidance_rescale, callback=callback, batch_cfg=batch_cfg, groups=token_groups)
     check_variation(variation_seed, variation_strength, latents, seed)
@@ -110,6 +112,11 @@ def generate(
                           rng=rng, callback=done, image_latents=x0, strength=start.strength if start else 1.0,
                           mask=start.mask if start else None)
     return _images(model, latents, plan, budget, start.paste if start else None)
+
+
+# generate()'s settings by name (its signature is the one list).
+_OPTIONS = [name for name, parameter in inspect.signature(generate).parameters.items()
+            if parameter.kind is parameter.KEYWORD_ONLY]
 
 
 def _images(model: Any, latents: np.ndarray, plan: DecodePlan | None, budget: int | None,

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .embeddings import load_embeddings
+from .diffusers_names import NOT_TAKEN, RENAMED, refuse_arguments
 from .errors import ZoodipError
 from .generate import generate
 from .hires import generate_hires
@@ -31,24 +32,6 @@ from .sampling import (DEFAULT_GUIDANCE_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, H
                        image_strength, starts_from_noise)
 
 OUTPUT_TYPES = ("pil", "np")
-
-# diffusers' names -> generate()'s, where they differ.
-_RENAMED = {"num_inference_steps": "steps", "num_images_per_prompt": "num_images"}
-# What diffusers users pass that has no place here -> what to do instead.
-_NOT_TAKEN = {
-    "generator": "pass seed=INT (the noise is NumPy's, the same on every machine; a torch.Generator's differs)",
-    "torch_dtype": "the export's precision was chosen by 'zoodip export --recipe'; drop it",
-    "callback_on_step_end": "pass callback=fn(step, timestep, latents) (diffusers' callback, with callback_steps)",
-    "prompt_embeds": "pass the prompt's text (learned tokens through load_textual_inversion)",
-    "negative_prompt_embeds": "pass negative_prompt's text",
-    "cross_attention_kwargs": "there are no attention processors here, and LoRAs are fused at export ('zoodip export "
-                              "--lora FILE:SCALE'): drop it",
-    "safety_checker": "the export has no safety checker; drop it",
-    "weight_name": "pass the embedding file's own path (or a folder of them)",
-    "tokenizer": "the export's tokenizer is used; drop it",
-    "text_encoder": "the export's text encoder is used; drop it",
-}
-
 
 _MEMORY = ("memory is bounded here by from_pretrained(EXPORT, memory_budget_mb=MB): one UNet pass and one graph in "
            "memory at a time, the VAE decoded in tiles where the whole image would not fit")
@@ -70,7 +53,7 @@ _NOT_HELD = {
     "dtype": "the export's precision was chosen by 'zoodip export --recipe' ('zoodip info EXPORT' says which); "
              "activations are float32",
     "save_pretrained": "the export folder is the saved pipeline: copy it (pipe.model.folder)",
-    **{key: advice for key, advice in _NOT_TAKEN.items() if key in ("tokenizer", "text_encoder")},
+    **{key: advice for key, advice in NOT_TAKEN.items() if key in ("tokenizer", "text_encoder")},
 }
 # diffusers' switches for a safety checker, which an export never has: read as diffusers reads a pipeline without one.
 _NO_SAFETY_CHECKER = {"safety_checker": None, "requires_safety_checker": False}
@@ -145,7 +128,7 @@ class ZoodipPipeline:
     def from_pretrained(cls, export_dir: str | os.PathLike[str], *, threads: int = 0,
                         memory_budget_mb: int | None = None, **unknown: Any) -> ZoodipPipeline:
         """Open a ``zoodip export`` folder (not a diffusers folder: export it first)."""
-        _refuse(unknown, "from_pretrained")
+        refuse_arguments(unknown, "from_pretrained")
         if not isinstance(export_dir, (str, os.PathLike)) or not str(export_dir).strip():
             raise ZoodipError(f"from_pretrained takes the path of a zoodip export folder, got {export_dir!r}")
         folder = Path(export_dir)
@@ -158,7 +141,7 @@ class ZoodipPipeline:
                                token: str | Sequence[str] | None = None, **unknown: Any) -> None:
         """Add embeddings, as diffusers': a file (diffusers' or A1111's .safetensors) or a folder of them, or a list
         of files; ``token`` renames (one per file). A name already loaded is refused."""
-        _refuse(unknown, "load_textual_inversion")
+        refuse_arguments(unknown, "load_textual_inversion")
         if not isinstance(pretrained_model_name_or_path, (str, os.PathLike, list, tuple)):
             raise ZoodipError("load_textual_inversion takes a file's path (or a folder's, or a list of paths), got "
                               f"{type(pretrained_model_name_or_path).__name__}")
@@ -180,7 +163,8 @@ class ZoodipPipeline:
     def unload_textual_inversion(self, tokens: str | Sequence[str] | None = None, **unknown: Any) -> None:
         """Forget the loaded embeddings named ``tokens`` (an A1111 file's trigger word and ``<stem>`` together), or
         every one (diffusers' call of the same name)."""
-        _refuse({key: value for key, value in unknown.items() if value is not None}, "unload_textual_inversion")
+        refuse_arguments({key: value for key, value in unknown.items() if value is not None},
+                         "unload_textual_inversion")
         if tokens is None:
             self._added = {}
             return
@@ -226,10 +210,10 @@ class ZoodipPipeline:
                               "(2: twice the size)")
         if output_type not in OUTPUT_TYPES:
             raise ZoodipError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
-        _refuse(options, "the pipeline call", allowed=set(_RENAMED) | _GENERATE_OPTIONS)
+        refuse_arguments(options, "the pipeline call", allowed=set(RENAMED) | _GENERATE_OPTIONS)
         if prompt is None:  # (diffusers' default: prompt_embeds= in its place, refused above with what to do)
             raise ZoodipError("the pipeline call needs a prompt: pipe('a photo of <token> ...')")
-        settings = {_RENAMED.get(key, key): value for key, value in options.items()}
+        settings = {RENAMED.get(key, key): value for key, value in options.items()}
         settings.setdefault("sampler", self.sampler)
         run = generate_hires if "hires_scale" in settings else generate
         if callback is not None:
@@ -285,15 +269,8 @@ class _DiffusersCallback:
 
 
 # generate()'s own settings that a call passes on as they are (its signature is the one list), and the hires fix's.
-_GENERATE_OPTIONS = (set(inspect.signature(generate).parameters)
+_GENERATE_OPTIONS = ({name for name, parameter in inspect.signature(generate).parameters.items()
+                      if parameter.kind is not parameter.VAR_KEYWORD}
                      - {"model", "prompt", "negative_prompt", "steps", "num_images", "guidance_scale", "seed", "clip_skip",
                         "added_embeddings", "token_groups"}
                      | {name for name in inspect.signature(generate_hires).parameters if name.startswith("hires_")})
-
-
-def _refuse(options: dict[str, Any], where: str, allowed: set[str] | frozenset[str] = frozenset()) -> None:
-    """One line for the first argument ``where`` does not take, saying what to do instead where it is known."""
-    for key in options:
-        if key not in allowed:
-            advice = _NOT_TAKEN.get(key, f"it takes {', '.join(sorted(allowed))}" if allowed else "drop it")
-            raise ZoodipError(f"{where} does not take {key}=: {advice}")

@@ -85,3 +85,17 @@ def test_a_model_closes_its_sessions_and_refuses_use_after(tiny_export):
     assert pipe.model.closed
     with pytest.raises(ZoodipError, match="this model was closed"):
         pipe("a photo", num_inference_steps=1)
+
+
+@pytest.mark.parametrize("given, needle", [
+    (dict(num_inference_steps=2), r"generate\(\) takes steps=, not diffusers' num_inference_steps="),
+    (dict(num_images_per_prompt=2), r"generate\(\) takes num_images=, not diffusers' num_images_per_prompt="),
+    (dict(generator=object()), r"generate\(\) does not take generator=: pass seed=INT"),
+    (dict(stepz=2), r"generate\(\) does not take stepz=: it takes .*steps"),
+])
+def test_diffusers_names_given_to_generate_are_one_line_naming_its_own(model, given, needle):
+    """generate(model, prompt, num_inference_steps=...) was Python's TypeError, which named no zoodip name."""
+    for run in (generate, generate_hires):
+        with pytest.raises(ZoodipError, match=needle) as caught:
+            run(model, "a photo", **given)
+        assert isinstance(caught.value, TypeError) and "\n" not in str(caught.value)

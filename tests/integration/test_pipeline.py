@@ -55,7 +55,7 @@ def test_load_textual_inversion_renames_lists_and_refuses_a_name_twice(pipe, tmp
 
 @pytest.mark.parametrize("call, words", [
     (dict(generator=object()), "does not take generator=: pass seed=INT"),
-    (dict(callback_on_step_end=print), r"pass callback=fn\(step, timestep, latents\)"),
+    (dict(callback_on_step_end=print), r"pass callback= \(the pipeline's: diffusers' callback\(step, timestep, latents\)"),
     (dict(callback=print, callback_steps=0), "callback_steps must be a positive integer"),
     (dict(callback=3), "callback must be callable as callback"),
     (dict(prompt_embeds=np.zeros(3)), "pass the prompt's text"),
