@@ -80,7 +80,16 @@ def config_from_args(args: argparse.Namespace):
 
 def _summary(result) -> str:
     """One line: status, steps, wall time, forwards, the evaluation loss's change (rounded)."""
-    line = f"{result.status}: {result.steps} steps in {duration(result.wall_s)}, {result.forwards} training forwards"
+    # The steps and forwards are the whole run's, the time this session's: a resumed run says its own steps apart.
+    session = result.steps - result.start_step
+    if not result.start_step:
+        line = f"{result.status}: {result.steps} steps in {duration(result.wall_s)}"
+    elif session:
+        line = f"{result.status}: {result.steps} steps ({session} in this session, in {duration(result.wall_s)})"
+    else:
+        line = f"{result.status}: {result.steps} steps, all before this session" + (
+            " (the run had finished)" if result.status == "done" else "")
+    line += f", {result.forwards} training forwards"
     if result.initial_eval_loss is not None and result.final_eval_loss is not None:
         first, last = result.initial_eval_loss, result.final_eval_loss
         change = f" ({(last - first) / first:+.1%})" if first else ""

@@ -38,6 +38,7 @@ class PersonalizeResult:
     eval_history: list[tuple[int, float]] = field(default_factory=list)
     forwards: int = 0  # training UNet forwards of the whole run (all sessions)
     wall_s: float = 0.0  # this session, setup included
+    start_step: int = 0  # the step this session began at: the checkpoint's on --resume, 0 for a fresh run
 
     @property
     def trend(self) -> Trend | None:

@@ -358,6 +358,7 @@ class Personalizer:
 
     def _run(self, resume: bool) -> PersonalizeResult:
         self._prepare_output(resume)
+        self._start_step = self.step  # (a result's steps are the run's; its time is this session's)
         started = time.monotonic()
         forwards_at_start = self.loss.forwards
         self._step_seconds, self._forwards_timed = 0.0, 0  # the ETA's basis: steps only, by their forwards
@@ -445,6 +446,7 @@ class Personalizer:
             eval_history=list(self.eval_history),
             forwards=self.train_forwards,
             wall_s=time.monotonic() - self._created,
+            start_step=self._start_step,
         )
 
     def _report(self, event: str, loss: float | None, eval_loss: float | None, started: float, forwards_at_start: int,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -198,6 +199,21 @@ def test_resume_from_checkpoint_latest_is_resume(tiny_export, photos, tmp_path, 
     code, stdout, err = run_cli(personalize_args(tiny_export, photos, out, "--resume_from_checkpoint", "latest"), capsys)
     assert code == 0, err
     assert stdout.startswith("done: 3 steps")
+
+
+def test_a_resumed_run_says_the_steps_of_this_session_apart_from_the_run_s(tiny_export, photos, tmp_path, capsys):
+    """--resume of a finished 6000-step run said 'done: 6000 steps in 0.5 s' (and one resumed from 6000 to 6500,
+    'done: 6500 steps in 13.1 s'): the whole run's steps over this session's time, a speed no phone has."""
+    out = tmp_path / "r"
+    code, stdout, err = run_cli(personalize_args(tiny_export, photos, out, "--max_train_steps", "2"), capsys)
+    assert code == 0, err
+    assert re.match(r"done: 2 steps in \d+\.\d s, 6 training forwards", stdout)  # a fresh run: as before
+    code, stdout, err = run_cli(personalize_args(tiny_export, photos, out, "--resume"), capsys)
+    assert code == 0, err
+    assert re.match(r"done: 3 steps \(1 in this session, in \d+\.\d s\), 9 training forwards", stdout), stdout
+    code, stdout, err = run_cli(personalize_args(tiny_export, photos, out, "--resume"), capsys)
+    assert code == 0, err
+    assert stdout.startswith("done: 3 steps, all before this session (the run had finished), 9 training forwards"), stdout
 
 
 def test_a_reader_that_leaves_the_pipe_early_is_no_traceback(tiny_export):
