@@ -63,7 +63,9 @@ class ProgressBar:
 
             # Created at the first step, so that its clock does not count the setup; its own
             # remaining-time estimate is left out (the trainer's ETA is shown instead).
-            self.bar = tqdm(total=self.total, initial=max(0, progress.step - 1), unit="step", dynamic_ncols=True,
+            # (A session's first step draws the bar one step back; an end with no step, a finished run resumed, full.)
+            first = progress.step - 1 if progress.event in ("step", "eval") else progress.step
+            self.bar = tqdm(total=self.total, initial=max(0, first), unit="step", dynamic_ncols=True,
                             file=sys.stderr, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
             self._first_step = (progress.step, time.monotonic())
         if progress.event in ("step", "eval"):
@@ -77,7 +79,8 @@ class ProgressBar:
         if progress.eval_loss is not None:
             self.eval_loss = progress.eval_loss
         self.bar.n = progress.step
-        postfix = {"fwd/s": f"{progress.forwards_per_s:.2f}"}
+        # (No rate for a session that made no forwards, e.g. a finished run resumed: 0.00 would read as stalled.)
+        postfix = {"fwd/s": f"{progress.forwards_per_s:.2f}"} if progress.forwards_per_s > 0 else {}
         if progress.loss is not None:
             postfix["loss"] = f"{progress.loss:.4f}"
         if self.eval_loss is not None:

@@ -190,3 +190,18 @@ def test_a_count_whose_0_means_off_says_so_in_the_help():
     commands = build_parser()._subparsers._group_actions[0].choices
     helps = {flag: action.help or "" for action in commands["personalize"]._actions for flag in action.option_strings}
     assert "0: never" in helps["--early-stop-patience"] and "0: only at the end" in helps["--checkpointing_steps"]
+
+
+def test_a_resumed_finished_run_draws_its_bar_once_full_without_a_rate(monkeypatch, capsys):
+    """--resume of a finished 6000-step run drew '5999/6000 [00:00]' and then '6000/6000 [00:00, fwd/s=0.00, ...]':
+    a step that was not taken, and a rate of a session that made no forwards."""
+    from zoodip.console import ProgressBar
+    from zoodip.progress import Progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    bar = ProgressBar(6000, enabled=True)
+    bar(Progress("done", 6000, 6000, None, 0.4, 6, 0, 0.1, 0.0, 0.0))
+    bar.close()
+    pieces = [piece for piece in capsys.readouterr().err.split("\r") if "/6000" in piece]
+    assert pieces and all("6000/6000" in piece for piece in pieces), pieces
+    assert not any("fwd/s" in piece for piece in pieces), pieces
