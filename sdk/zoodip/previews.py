@@ -22,6 +22,13 @@ def check_preview_prompt(model, config: PersonalizeConfig, vectors: np.ndarray) 
                      added_embeddings={config.placeholder_token: vectors}, clip_skip=config.clip_skip)
 
 
+def previews_in(after: int, total: int, every: int) -> int:
+    """How many previews a run writes at the steps in (``after``, ``total``]: every ``every`` steps and at the last."""
+    if total <= after:
+        return 0
+    return total // every - after // every + (1 if total % every else 0)
+
+
 def write_preview(model, config: PersonalizeConfig, vectors: np.ndarray, step: int, resolution: int,
                   batch_cfg: bool) -> Path:
     """The preview of ``step`` with the token's ``vectors`` [K, d] (``generate``'s defaults, diffusers' settings; the

@@ -20,7 +20,7 @@ class Progress:
     forwards: int  # UNet forward passes so far (training + evaluation)
     elapsed_s: float
     forwards_per_s: float
-    eta_s: float | None  # from the steps' own times (setup and previews excluded)
+    eta_s: float | None  # from the steps' own times and, once one is timed, the previews' (setup excluded)
     phase: str | None = None  # event "setup": what is being done before the first step
     path: str | None = None  # event "validation": the preview grid written
 

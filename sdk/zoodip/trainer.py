@@ -40,7 +40,7 @@ from .lr_schedule import lr_at
 from .method_parts import LossFactory, OptimizerFactory, ProjectorFactory, default_optimizer, default_projector
 from .model import ExportedModel, RuntimeOptions
 from .paths import check_output_dir, run_folder_lock, write_failure
-from .previews import check_preview_prompt, write_preview
+from .previews import check_preview_prompt, previews_in, write_preview
 from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.Progress stays public)
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
 from .run_checks import append_log, check_outcome, check_run_arguments, sha256_of_files, truncate_log
@@ -361,7 +361,8 @@ class Personalizer:
         self._start_step = self.step  # (a result's steps are the run's; its time is this session's)
         started = time.monotonic()
         forwards_at_start = self.loss.forwards
-        self._step_seconds, self._forwards_timed = 0.0, 0  # the ETA's basis: steps only, by their forwards
+        self._step_seconds, self._forwards_timed = 0.0, 0  # the ETA's basis: steps, by their forwards,
+        self._preview_seconds, self._previews_timed = 0.0, 0  # and previews (a preview may cost 100 steps' forwards)
         status = "done"
         loss: float | None = None
         while self.step < self.config.max_train_steps:
@@ -413,8 +414,11 @@ class Personalizer:
         self._forwards_timed += self.estimators.forwards_for(self.step) - self.estimators.forwards_for(self.step - 1)
         self._report(event, loss, record.get("eval_loss"), started, forwards_at_start)
         if config.validation_prompt and (self.step % config.validation_steps == 0 or self.step == total):
+            preview_started = time.monotonic()
             preview = write_preview(self.model, config, as_matrix(self.v, self.width), self.step, self.resolution,
                                     self.loss.batched)
+            self._preview_seconds, self._previews_timed = (self._preview_seconds + time.monotonic() - preview_started,
+                                                           self._previews_timed + 1)
             self._report("validation", loss, record.get("eval_loss"), started, forwards_at_start, path=str(preview))
         return stop_early
 
@@ -460,6 +464,9 @@ class Personalizer:
         # Mean time per training forward of this session's steps (evaluations and checkpoints included, previews
         # not): counting forwards, not steps, keeps it right when a two-phase run's steps change cost.
         eta = remaining * self._step_seconds / self._forwards_timed if self._forwards_timed else None
+        if eta is not None and self._previews_timed:  # (the previews still to come, once one has been timed)
+            to_come = previews_in(self._start_step, self.config.max_train_steps, self.config.validation_steps)
+            eta += (to_come - self._previews_timed) * self._preview_seconds / self._previews_timed
         kept = self.projector.kept_dims if self.projector is not None else None
         self.on_progress(Progress(event, self.step, self.config.max_train_steps, loss, eval_loss,
                                   None if kept is None else int(kept), self.loss.forwards, elapsed, rate, eta, path=path))
