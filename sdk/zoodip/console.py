@@ -29,7 +29,8 @@ def duration(seconds: float) -> str:
 
 class ProgressBar:
     """Progress on stderr: one line per setup phase, then a tqdm bar (loss, evaluation loss, forwards/s,
-    ETA from the steps' own times), preview files as lines above it."""
+    ETA from the steps' own times), preview files as lines above it; elsewhere than a terminal, the bar's redraws
+    as lines."""
 
     # Redraws at most this often (seconds): on a terminal, smoothly; elsewhere (a log, a pipe, CI), where every
     # redraw is another line of output, rarely.
@@ -45,7 +46,8 @@ class ProgressBar:
         self.enabled = enabled
         self.total = total
         self.bar = None
-        self.interval_s = self.TERMINAL_INTERVAL_S if sys.stderr.isatty() else self.LOG_INTERVAL_S
+        self.tty = sys.stderr.isatty()
+        self.interval_s = self.TERMINAL_INTERVAL_S if self.tty else self.LOG_INTERVAL_S
         self._drawn_at = float("-inf")
         self.eval_loss: float | None = None
         self.after_close: list[str] = []  # lines for after the final bar line (drawn once, by close)
@@ -65,8 +67,10 @@ class ProgressBar:
             # remaining-time estimate is left out (the trainer's ETA is shown instead).
             # (A session's first step draws the bar one step back; an end with no step, a finished run resumed, full.)
             first = progress.step - 1 if progress.event in ("step", "eval") else progress.step
-            self.bar = tqdm(total=self.total, initial=max(0, first), unit="step", dynamic_ncols=True,
-                            file=sys.stderr, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+            # Elsewhere than a terminal the bar draws nothing itself: each redraw is printed as a line of its own
+            # (tqdm's '\r'-joined redraws are one line to whatever reads lines: logcat, `tail -n 1`, an app).
+            self.bar = tqdm(total=self.total, initial=max(0, first), unit="step", dynamic_ncols=self.tty,
+                            file=sys.stderr if self.tty else _Discard(), bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
             self._first_step = (progress.step, time.monotonic())
         if progress.event in ("step", "eval"):
             self._say_expected(progress)
@@ -94,8 +98,14 @@ class ProgressBar:
         now = time.monotonic()
         due = now - self._drawn_at >= self.interval_s or progress.event == "eval"
         if progress.event in ("step", "eval") and progress.step < progress.total and due:
-            self.bar.refresh()
+            self._draw()
             self._drawn_at = now
+
+    def _draw(self) -> None:
+        if self.tty:
+            self.bar.refresh()
+        else:
+            print(str(self.bar).rstrip(), file=sys.stderr, flush=True)
 
     def _say_expected(self, progress) -> None:
         """Once: how long the remaining steps should take (the trainer's ETA, from the steps' own times)."""
@@ -113,10 +123,23 @@ class ProgressBar:
 
     def close(self) -> None:
         if self.bar is not None:
+            if not self.tty and not self.bar.disable:  # (the final line, once: tqdm's close draws it on a terminal)
+                self._draw()
             self.bar.close()
+            self.bar = None
         for line in self.after_close:
             print(line, file=sys.stderr)
         self.after_close = []
+
+
+class _Discard:
+    """A file that keeps nothing: where a non-terminal bar's own draws go (its lines are printed by ProgressBar)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 class SamplingBar:
