@@ -4,6 +4,7 @@ start image, a partial set of images, a progress reader that left, a closed term
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -296,3 +297,15 @@ def test_a_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
                "sys.exit(main())\n")
     proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path)
     assert (proc.returncode, proc.stderr, proc.stdout) == (130, "interrupted\n", "")
+
+
+def test_python_dash_m_zoodip_is_the_command(tmp_path):
+    """`python -m zoodip` (where the `zoodip` script is not on PATH: a venv not activated, an embedded Python) runs
+    the same command, its usage naming `zoodip`, and a bad flag is the command's one line, exit 2."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-m", "zoodip", "--version"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env)
+    assert (proc.returncode, proc.stdout.split()[0]) == (0, "zoodip"), proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "zoodip", "generate", "--no-such-flag"], capture_output=True,
+                          text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
