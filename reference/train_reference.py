@@ -40,7 +40,7 @@ encoder from scratch on a trained folder's VAE, ``--device cuda`` moves the arit
 Wall times are recorded in ``reference/model/zoodip_source.json``; final VAE MSE ~0.0098 (images in
 [-1, 1]), final diffusion loss ~0.067 (epsilon MSE, EMA of the batch loss), ~0.062 after a continuation.
 Randomness of step k is a pure function of (seed, k), so an interrupted run that is resumed takes the same
-batches as an uninterrupted one.
+batches as an uninterrupted one and ends with its weights, bit for bit (on the same machine and torch).
 """
 from __future__ import annotations
 
@@ -218,7 +218,9 @@ def encode_all(vae, images: np.ndarray, work: Path, vae_file: Path, device: str 
         means.append(posterior.mean.cpu().numpy())
         stds.append(posterior.std.cpu().numpy())
     vae.cpu()
-    mean, std = np.concatenate(means), np.concatenate(stds)
+    # C order, as the cache reads back: the VAE's outputs are channels-last, and a channels-last batch takes
+    # other UNet kernels (other roundings), so a resumed run (latents from the cache) drifted from an uninterrupted one
+    mean, std = np.ascontiguousarray(np.concatenate(means)), np.ascontiguousarray(np.concatenate(stds))
     tmp = work / "latents.tmp.npz"
     np.savez(tmp, mean=mean, std=std, stamp=stamp)
     os.replace(tmp, path)
