@@ -5,7 +5,8 @@ CLIP's real BPE files, CLIPTextModel, AutoencoderKL, UNet2DConditionModel with c
 scheduler config with SD's betas), weights stored as fp16 safetensors. ``zoodip export reference/model out``
 exports it like any SD folder.
 
-Stages (each resumable from atomic checkpoints in ``--work``; rerunning the same command continues):
+Stages (each resumable from atomic checkpoints in ``--work``; rerunning the same command continues, and a rerun with
+other flags that shape a stage already there is refused: ``--work/settings.json`` records them):
 
 1. data: render ``--n-images`` world images (seeded) into ``work/data.npz``.
 2. vae: AutoencoderKL 32x32 -> 4x8x8 (vae_scale_factor 4), MSE + L1 + small KL; then the latent
@@ -61,6 +62,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
 from reference.repo import REPO, check_new_output, repo_relative  # noqa: E402
+from reference.train_work import check_work, record_stage  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 
@@ -482,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "reference" / ".work" / "model",
                    help="the trained folder (an existing one is replaced only with --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder (e.g. reference/model)")
-    p.add_argument("--work", type=Path, default=REPO / "reference" / ".work")
+    p.add_argument("--work", type=Path, default=REPO / "reference" / ".work",
+                   help="data, latents and checkpoints; a rerun continues there only with the same training flags")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="torch device of the training arithmetic, e.g. cuda (the random draws "
@@ -531,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ZoodipError(f"--vae-from {args.vae_from}: no vae/ folder there; give a trained reference folder")
         if args.init_from and not (args.init_from / SOURCE_MARKER).is_file():
             raise ZoodipError(f"--init-from {args.init_from}: not a trained reference folder (no {SOURCE_MARKER})")
+        check_work(args)  # a checkpoint of other settings is not continued
     except ZoodipError as exc:
         return print_error(exc)
     try:
@@ -548,6 +552,7 @@ def train(args: argparse.Namespace, default_attributes: str) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
+    record_stage(args, "data")
     data = stage_data(args.work, args.n_images, args.seed + 12345)
     if args.benchmark:
         from diffusers import AutoencoderKL
@@ -579,6 +584,7 @@ def train(args: argparse.Namespace, default_attributes: str) -> int:
         scale = float(vae.config.scaling_factor)
         previous = json.loads((args.init_from / SOURCE_MARKER).read_text()) if args.init_from else None
     else:
+        record_stage(args, "vae")
         vae = stage_vae(args.work, data, args)
         if args.stop_after == "vae":
             return 0
@@ -589,6 +595,7 @@ def train(args: argparse.Namespace, default_attributes: str) -> int:
     tok_dir = args.work / "tokenizer"
     if not (tok_dir / "vocab.json").is_file():
         write_clip_tokenizer_files(tok_dir)
+    record_stage(args, "diffusion")
     unet, text_encoder, loss = stage_diffusion(args.work, data, (mean, std), scale, Captioner(tok_dir), args)
     run = {"diffusion_steps": args.diffusion_steps, "batch": args.batch, "lr": args.lr, "warmup": args.warmup,
            "text_encoder": "frozen" if args.freeze_text_encoder else "trained",

@@ -218,3 +218,25 @@ def test_ctrl_c_during_training_is_one_line_and_keeps_the_checkpoint(tmp_path):
     assert [line for line in err.splitlines() if line.startswith("interrupted")] == [
         f"interrupted: --out was not written; the last checkpoint in {work} is kept: rerun the same command to continue from it"]
     assert (work / "diffusion.pt").is_file() and not out.exists()
+
+
+def test_a_work_folder_of_other_settings_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """A --work checkpoint made with another --batch, --n-images or start was continued without a word."""
+    from reference import train_reference as tr
+
+    work = tmp_path / "work"
+    common = ["--diffusion-steps", "1", "--checkpoint-every", "1", "--warmup", "1", "--work", str(work)]
+    assert tr.main(common + ["--n-images", "16", "--batch", "4", "--vae-from", str(MODEL), "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in work.iterdir())
+    for other, said in ((["--n-images", "16", "--batch", "2", "--vae-from", str(MODEL)], "made with --batch 4 (this run: --batch 2)"),
+                        (["--n-images", "8", "--batch", "4", "--vae-from", str(MODEL)], "made with --n-images 16 (this run: --n-images 8)"),
+                        (["--n-images", "16", "--batch", "4"], "(this run: without --vae-from)")):
+        assert tr.main(common + other + ["--out", str(tmp_path / "b")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and said in err and "use another --work or the same flags" in err, err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in work.iterdir()) == before and not (tmp_path / "b").exists()
+    # The same settings spelled otherwise (a relative --vae-from), elsewhere and with other threads, continue.
+    monkeypatch.chdir(MODEL.parent)
+    assert tr.main(common + ["--n-images", "16", "--batch", "4", "--vae-from", MODEL.name, "--threads", "2",
+                             "--checkpoint-every", "5", "--out", str(tmp_path / "b")]) == 0
