@@ -127,6 +127,18 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def concept_names(concepts: str | None) -> list[str]:
+    """The world concepts a --concepts value names (None: all of them), checked."""
+    from reference import world
+
+    known = [c.name.strip("<>") for c in world.CONCEPTS]
+    names = [n.strip().strip("<>") for n in concepts.split(",")] if concepts else known
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ZoodipError(f"--concepts: unknown {unknown or concepts!r}; choose from {', '.join(known)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     from problem_dimension import model_folders
     from reference import world
@@ -146,14 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         folders = model_folders(args.cache)
         if args.model not in folders:
             raise ZoodipError(f"--model {args.model!r}: choose one of {', '.join(sorted(folders))}")
-        names = [n.strip().strip("<>") for n in args.concepts.split(",")] if args.concepts else \
-            [c.name.strip("<>") for c in world.CONCEPTS]
+        names = concept_names(args.concepts)
         known = {c.name.strip("<>"): c for c in world.CONCEPTS}
-        unknown = [n for n in names if n not in known]
-        if unknown or not names:
-            raise ZoodipError(f"--concepts: unknown {unknown or args.concepts!r}; choose from {', '.join(known)}")
         args.out = check_output_dir(DEFAULT_OUT if args.out is None else args.out, "--out")  # before the work
-        check_results_folder(args.out, p, argv, "attribute_signal.py")
+        # (the concepts as the set they name: each is measured alone, the summary is their mean; all 8 = the default)
+        check_results_folder(args.out, p, argv, "attribute_signal.py",
+                             lambda parsed: vars(parsed) | {"concepts": sorted(concept_names(parsed.concepts))})
     except ZoodipError as exc:
         return print_error(exc)
     command = " ".join(["python benchmarks/attribute_signal.py", *relative_args(argv if argv is not None else sys.argv[1:])])

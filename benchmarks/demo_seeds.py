@@ -18,6 +18,7 @@ Results: ``benchmarks/results/demo/`` (results.json, results.md).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import platform
@@ -35,7 +36,9 @@ from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
 from benchmarks._results_guard import check_results_folder  # noqa: E402
-from reference.demo import METHOD_FLAGS, add_method_flags, method_flag_dest, method_settings  # noqa: E402
+from reference.demo import (  # noqa: E402
+    METHOD_FLAGS, add_method_flags, default_steps, method_flag_dest, method_settings, reference_available,
+)
 
 
 # Issue 15's bar for the demo, per training seed: mean attribute accuracy of the "after" images at least 0.85 and
@@ -229,6 +232,13 @@ def parse_seeds(text: str) -> list[int]:
 DEFAULT_SEEDS = "0-4"  # the issue's five training seeds
 
 
+def _guard_settings(args: argparse.Namespace) -> dict:
+    """A run's settings as the results guard compares them: the seeds it runs and its length with the demo's default
+    filled in (``--steps 4000`` is the built-in model's default: the same run as leaving it out)."""
+    return vars(args) | {"seeds": parse_seeds(args.seeds or DEFAULT_SEEDS),
+                         "steps": args.steps or default_steps(reference_available())}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python benchmarks/demo_seeds.py", description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default=None, help=f"a range A-B or a comma list (default: {DEFAULT_SEEDS})")
@@ -259,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ZoodipError(f"--steps {args.steps}: give at least 1 (or leave it out for the demo's own length)")
         check_output_dir(args.work, "--work")
         args.out = check_output_dir(DEFAULT_OUT if args.out is None else args.out, "--out")
-        check_results_folder(args.out, p, argv, "demo_seeds.py",
-                             lambda parsed: vars(parsed) | {"seeds": parse_seeds(parsed.seeds or DEFAULT_SEEDS)})
+        check_results_folder(args.out, p, argv, "demo_seeds.py", _guard_settings)
         if args.merge is not None:
             if args.backprop is not None or demo_flags_given or args.seeds:
                 raise ZoodipError("--merge joins finished runs: give it only the results folders and --out")

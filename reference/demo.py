@@ -165,6 +165,12 @@ def check_demo_out(out: Path, flag: str = "--out") -> Path:
     return out
 
 
+def default_steps(use_reference: bool) -> int:
+    """The demo's training length when no --steps is given: the built-in world's budget, or the fallback tiny
+    model's (``use_reference``: the built-in model is there, ``reference_available()``)."""
+    return REFERENCE_STEPS if use_reference else DEFAULT_STEPS
+
+
 def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bool = True, seed: int = 0,
              method: dict | None = None) -> dict:
     """Run the demo into ``out``; returns a summary (also written to ``out/summary.json``).
@@ -181,7 +187,7 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
     use_reference = concept is not None
     exported_s = time.monotonic() - started
 
-    steps = (REFERENCE_STEPS if use_reference else DEFAULT_STEPS) if steps is None else steps
+    steps = default_steps(use_reference) if steps is None else steps
     result = _personalize(export_dir, photos_dir, out / "run", steps, seed, threads, progress, use_reference,
                           method or {})
     trained_s = time.monotonic() - started - exported_s

@@ -317,3 +317,44 @@ def test_a_recorded_memory_run_spelled_otherwise_is_the_same_run(monkeypatch, ca
     assert "other settings" in capsys.readouterr().err
     assert memory.main(["--steps", "0", *argv]) == 2  # (a bad value: its own line, not 'other settings')
     assert "--steps" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (REPO / "reference" / "model-768" / "model_index.json").is_file(),
+                    reason="the built-in model (whose demo length is 4000 steps) is not in this checkout")
+def test_a_recorded_demo_seeds_run_spelled_otherwise_is_the_same_run(monkeypatch, capsys):
+    """demo-w4a32-4000's recorded '--steps 4000' re-run without it (the demo's default on the built-in model), or the
+    default folder's run ('--seeds 0-4') given '--steps 4000', was refused as 'a run with other settings'."""
+    import demo_seeds
+
+    def passed(*args, **kwargs):
+        raise Passed
+
+    monkeypatch.setattr(demo_seeds, "run", passed)
+    argv = guard.shlex.split(guard.recorded_command(REPO / "benchmarks/results/demo-w4a32-4000"))[2:]
+    assert argv[:2] == ["--steps", "4000"]
+    for spelling in (argv[2:], ["--steps", "4000"]):  # (the second: into the default folder, benchmarks/results/demo)
+        with pytest.raises(Passed):
+            demo_seeds.main(spelling)
+    assert demo_seeds.main(["--steps", "300", *argv[2:]]) == 2  # (another length: still refused)
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_a_recorded_attribute_signal_run_spelled_otherwise_is_the_same_run(monkeypatch, capsys):
+    """attribute-signal's recorded run (all 8 concepts by default) re-run with --concepts naming all 8, in any order,
+    was refused as 'a run with other settings'."""
+    import attribute_signal
+
+    def passed(*args, **kwargs):
+        raise Passed
+
+    monkeypatch.setattr(attribute_signal, "relative_args", passed)
+    argv = guard.shlex.split(guard.recorded_command(REPO / "benchmarks/results/attribute-signal"))[2:]
+    assert "--concepts" not in argv
+    from reference import world
+
+    every = [c.name.strip("<>") for c in world.CONCEPTS]
+    for concepts in (every, every[::-1]):
+        with pytest.raises(Passed):
+            attribute_signal.main(argv + ["--concepts", ", ".join(concepts)])
+    assert attribute_signal.main(argv + ["--concepts", ",".join(every[:2])]) == 2  # (fewer: still refused)
+    assert "other settings" in capsys.readouterr().err
