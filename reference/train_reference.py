@@ -432,6 +432,7 @@ def stage_diffusion(work: Path, data: dict, latents: tuple[np.ndarray, np.ndarra
 
 def save_folder(final: Path, vae, unet, text_encoder, scale: float, meta: dict) -> None:
     """Write the diffusers folder beside ``final``, then swap it in: an interrupted save leaves ``final`` as it was."""
+    final = final.resolve()  # a link's target is replaced, not the link (and '.' has a name to put a copy beside)
     dest = final.with_name(final.name + ".partial")
     shutil.rmtree(dest, ignore_errors=True)
     try:
@@ -516,7 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = p.parse_args(argv)
         check_numbers(args)
-        check_new_output(args.out, "--out", args.overwrite)
+        # (not over --work: the save's swap would delete its checkpoints; --init-from's folder may be replaced, as
+        # the continuations do: it is read before the training)
+        check_new_output(args.out, "--out", args.overwrite, sources=[args.work])
         check_output_dir(args.work, "--work")
         args.named = tuple(args.caption_attributes.split(","))  # what stage_diffusion's captions may say
         if "shape" not in args.named or not set(args.named) <= set(world.ATTRIBUTE_NAMES):

@@ -166,6 +166,39 @@ def test_an_interrupted_save_leaves_the_output_as_it_was(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial or replaced copy left beside it
 
 
+def test_a_linked_or_dotted_output_is_replaced_where_it_points(tmp_path, monkeypatch):
+    """--out LINK --overwrite replaced the link by a folder (the model landed beside the link, its target kept the
+    old one), and --out . --overwrite failed with a ValueError after the whole training."""
+    from reference import train_reference as tr
+
+    target = tmp_path / "store" / "model"
+    target.mkdir(parents=True)
+    (target / "zoodip_source.json").write_text('{"old": 1}')
+    (tmp_path / "link").symlink_to(target)
+    tr.save_folder(tmp_path / "link", _Module(), _Module(), _Module(), 1.0, {"new": 1})
+    assert (tmp_path / "link").is_symlink() and json.loads((target / "zoodip_source.json").read_text()) == {"new": 1}
+    monkeypatch.chdir(target)
+    tr.save_folder(Path("."), _Module(), _Module(), _Module(), 1.0, {"newer": 1})
+    assert json.loads((target / "zoodip_source.json").read_text()) == {"newer": 1}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]
+
+
+def test_an_output_holding_what_the_run_reads_is_refused(tmp_path, capsys):
+    """--out W --work W/work (or --out W --work W) passed the checks, and the save's swap then deleted the
+    checkpoints with the old --out. The README's continuation (--init-from reference/model --out reference/model
+    --overwrite) still passes them: its folder is read before the training."""
+    from reference import train_reference as tr
+
+    for flags in (["--out", str(tmp_path), "--work", str(tmp_path / "work")],
+                  ["--out", str(tmp_path / "w"), "--work", str(tmp_path / "w")]):
+        assert tr.main(flags + ["--overwrite", "--n-images", "4", "--stop-after", "data"]) == 2
+        err = capsys.readouterr().err
+        assert "is the source folder or holds it" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "work").exists() and not (tmp_path / "w").exists()
+    assert tr.main(["--init-from", str(MODEL), "--out", str(MODEL), "--overwrite", "--work", str(tmp_path / "ft"),
+                    "--n-images", "4", "--stop-after", "data"]) == 0
+
+
 @pytest.mark.skipif(not (MODEL / "unet").is_dir(), reason="reference/model is not in this checkout")
 def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     """A resumed run restarted its running loss, so its record said another loss than the same run uninterrupted; it
