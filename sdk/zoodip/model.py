@@ -36,7 +36,8 @@ RUN_ONCE_PER_IMAGE = ("vae_decoder",)
 
 
 # What generation reads of a model: an ExportedModel has it all (a stand-in with the same interface may be passed).
-CLOSED = "this model was closed (close()): open the export again (ExportedModel.load) to use it"
+CLOSED = ("this model was closed (close()): open the export again to use it (ExportedModel.load, or "
+          "ZoodipPipeline.from_pretrained for a pipeline)")
 MODEL_INTERFACE = ("tokenizer", "schedule", "encode_text", "unet", "vae_decode", "latent_channels", "hidden_size")
 
 
