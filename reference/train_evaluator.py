@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     print("held-out accuracy (clean renders):", json.dumps(acc), flush=True)
 
     net.eval()
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # (the default, reference/.work/, is not in a fresh clone)
     tmp = args.out.with_name(args.out.name + ".tmp")
     with torch.no_grad():
         torch.onnx.export(net, (torch.rand(2, 3, world.RESOLUTION, world.RESOLUTION),), str(tmp),

@@ -148,3 +148,13 @@ def test_the_evaluator_training_refuses_before_any_work(tmp_path, args, needle):
                     needle.format(tmp=tmp_path), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.onnx", "record.json"]
     assert (tmp_path / "eval.onnx").read_bytes() == b"onnx" and (tmp_path / "record.json").read_text() == "{}"
+
+
+def test_the_evaluator_training_writes_into_a_new_folder(tmp_path):
+    """The default --out, reference/.work/evaluator.onnx, lies in a folder a fresh clone lacks: the training ran to its
+    end and then failed as a FileNotFoundError traceback writing the model."""
+    out = tmp_path / "new" / "evaluator.onnx"
+    run = subprocess.run([sys.executable, "reference/train_evaluator.py", "--n-train", "4", "--n-test", "4", "--steps",
+                          "1", "--batch", "2", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["steps"] == 1
