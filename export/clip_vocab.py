@@ -19,6 +19,8 @@ from zoodip.tokenizer import bytes_to_unicode
 VOCAB_SIZE = 49408
 NUM_MERGES = VOCAB_SIZE - 2 * 256 - 2  # 48894
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
+# The package that carries it, as the Makefile installs it (tests/unit/test_packaging.py holds the two, and README, equal).
+OPEN_CLIP_REQUIREMENT = "open-clip-torch==3.3.0"
 
 
 def find_bpe_file() -> Path:
@@ -32,7 +34,7 @@ def find_bpe_file() -> Path:
     # Not in the export extra: open-clip-torch's own dependencies (torchvision, timm) would come along unused.
     raise ZoodipError(
         f"CLIP's vocabulary ({BPE_FILENAME}), which --tiny and single-file exports write, was not found: install "
-        "it with 'pip install --no-deps open-clip-torch==3.3.0' (only the vocabulary file is used; 'make setup' does)"
+        f"it with 'pip install --no-deps {OPEN_CLIP_REQUIREMENT}' (only the vocabulary file is used; 'make setup' does)"
     )
 
 

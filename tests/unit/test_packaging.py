@@ -71,6 +71,16 @@ def test_missing_clip_vocabulary_is_a_zoodip_error(monkeypatch: pytest.MonkeyPat
         find_bpe_file()
 
 
+def test_the_clip_vocabulary_package_is_named_alike_everywhere():
+    """The pin of open-clip-torch (CLIP's vocabulary) is written in the Makefile, the README and the export's
+    error line: one changed alone would send a user to another version than make setup installs."""
+    from zoodip_export.clip_vocab import OPEN_CLIP_REQUIREMENT
+
+    assert f"--no-deps {OPEN_CLIP_REQUIREMENT}\n" in (REPO / "Makefile").read_text()
+    readme = (REPO / "README.md").read_text()
+    assert f"pip install --no-deps {OPEN_CLIP_REQUIREMENT} for --tiny and single-file exports" in readme
+
+
 def _expected_wheel_files() -> set[str]:
     sdk = {f"zoodip/{p.relative_to(REPO / 'sdk/zoodip').as_posix()}" for p in (REPO / "sdk/zoodip").rglob("*")
            if p.is_file() and "__pycache__" not in p.parts}
