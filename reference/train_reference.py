@@ -178,7 +178,7 @@ def stage_vae(work: Path, data: dict, args: argparse.Namespace):
     total = args.vae_steps
     vae.train()
     bar = tqdm(range(start, total), initial=start, total=total, desc="vae", mininterval=10)
-    running = ckpt["mse"] if start else None  # resumed: the record continues, as an uninterrupted run's
+    running = ckpt.get("mse") if start else None  # resumed: the record continues (an older checkpoint has none)
     for step in bar:
         rng = step_rng(args.seed, 1, step)
         x = to_tensor(images[rng.integers(len(images), size=args.vae_batch)]).to(args.device)
@@ -385,7 +385,7 @@ def stage_diffusion(work: Path, data: dict, latents: tuple[np.ndarray, np.ndarra
     total = args.diffusion_steps
     models.train()
     bar = tqdm(range(start, total), initial=start, total=total, desc="diffusion", mininterval=10)
-    running = ckpt["loss"] if start else None  # resumed: the record continues, as an uninterrupted run's
+    running = ckpt.get("loss") if start else None  # resumed: the record continues (an older checkpoint has none)
     started = time.monotonic()
     stage = 3 if args.init_from else 2  # a continuation draws batches the first run did not
     for step in bar:

@@ -273,3 +273,23 @@ def test_a_work_folder_of_other_settings_is_refused_before_any_work(tmp_path, ca
     monkeypatch.chdir(MODEL.parent)
     assert tr.main(common + ["--n-images", "16", "--batch", "4", "--vae-from", MODEL.name, "--threads", "2",
                              "--checkpoint-every", "5", "--out", str(tmp_path / "b")]) == 0
+
+
+@pytest.mark.skipif(not (MODEL / "unet").is_dir(), reason="reference/model is not in this checkout")
+def test_a_checkpoint_from_before_the_running_loss_record_resumes(tmp_path, monkeypatch):
+    """Checkpoints written before they recorded the running loss (an interrupted run of an older checkout) failed
+    to resume with a KeyError traceback."""
+    from reference import train_reference as tr
+
+    flags = ["--n-images", "8", "--batch", "2", "--diffusion-steps", "3", "--checkpoint-every", "1", "--warmup", "1",
+             "--vae-from", str(MODEL), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "out")]
+    real = tr.lr_at
+    monkeypatch.setattr(tr, "lr_at", lambda step, *rest: (_ for _ in ()).throw(KeyboardInterrupt) if step == 2
+                        else real(step, *rest))
+    assert tr.main(flags) == 130
+    monkeypatch.setattr(tr, "lr_at", real)
+    ckpt = torch.load(tmp_path / "w" / "diffusion.pt", weights_only=True)
+    del ckpt["loss"]
+    torch.save(ckpt, tmp_path / "w" / "diffusion.pt")
+    assert tr.main(flags) == 0
+    assert json.loads((tmp_path / "out" / "zoodip_source.json").read_text())["diffusion_loss"] > 0
