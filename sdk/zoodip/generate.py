@@ -92,7 +92,7 @@ def generate(
         variation_seed, variation_strength: A1111's variation: that seed's noise mixed in (``zoodip.noise.slerp``; 0:
             the seed's image, 1: the variation seed's); the rest of the run's randomness stays the seed's.
     """
-    refuse_arguments(unknown, "generate()", _OPTIONS)  # (diffusers' names: said, not Python's bare TypeError)
+    refuse_arguments(unknown, "generate()", GENERATE_OPTIONS)  # (diffusers' names: said, not Python's bare TypeError)
     check_generate_settings(model, prompt, negative_prompt, sampler, steps, num_images, guidance_scale, eta, seed,
                     prompt_weighting, clip_skip, guidance_rescale, callback=callback, batch_cfg=batch_cfg, groups=token_groups)
     check_variation(variation_seed, variation_strength, latents, seed)
@@ -115,8 +115,8 @@ def generate(
 
 
 # generate()'s settings by name (its signature is the one list).
-_OPTIONS = [name for name, parameter in inspect.signature(generate).parameters.items()
-            if parameter.kind is parameter.KEYWORD_ONLY]
+GENERATE_OPTIONS = [name for name, parameter in inspect.signature(generate).parameters.items()
+                    if parameter.kind is parameter.KEYWORD_ONLY]
 
 
 def _images(model: Any, latents: np.ndarray, plan: DecodePlan | None, budget: int | None,

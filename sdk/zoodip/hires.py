@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import ZoodipError
-from .generate import generate
+from .diffusers_names import refuse_arguments
+from .generate import GENERATE_OPTIONS, generate
 from .generate_settings import check_callback, check_num_images
 from .image_side import check_model_side, model_side_multiple
 from .limits import check_image_size
@@ -36,6 +37,7 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
     ``steps``) steps, with the same prompt and options. Image ``i``'s second pass draws its noise from ``seed + i``, A1111's
     seed for the i-th image of a batch (a variation's from ``variation_seed + i``). ``callback(step, total, latents)``
     counts the steps of both passes."""
+    refuse_arguments(options, "generate_hires()", GENERATE_OPTIONS)  # (named here: generate() would name itself)
     if any(options.pop(key, None) is not None for key in ("image", "mask_image", "strength")):
         raise ZoodipError("the hires fix is for text-to-image (A1111 has none for img2img): drop image, mask_image and "
                           "strength (hires_strength is the second pass's), or drop the hires settings")

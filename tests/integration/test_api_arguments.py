@@ -88,14 +88,15 @@ def test_a_model_closes_its_sessions_and_refuses_use_after(tiny_export):
 
 
 @pytest.mark.parametrize("given, needle", [
-    (dict(num_inference_steps=2), r"generate\(\) takes steps=, not diffusers' num_inference_steps="),
-    (dict(num_images_per_prompt=2), r"generate\(\) takes num_images=, not diffusers' num_images_per_prompt="),
-    (dict(generator=object()), r"generate\(\) does not take generator=: pass seed=INT"),
-    (dict(stepz=2), r"generate\(\) does not take stepz=: it takes .*steps"),
+    (dict(num_inference_steps=2), r"{name}\(\) takes steps=, not diffusers' num_inference_steps="),
+    (dict(num_images_per_prompt=2), r"{name}\(\) takes num_images=, not diffusers' num_images_per_prompt="),
+    (dict(generator=object()), r"{name}\(\) does not take generator=: pass seed=INT"),
+    (dict(stepz=2), r"{name}\(\) does not take stepz=: it takes .*steps"),
 ])
 def test_diffusers_names_given_to_generate_are_one_line_naming_its_own(model, given, needle):
-    """generate(model, prompt, num_inference_steps=...) was Python's TypeError, which named no zoodip name."""
+    """generate(model, prompt, num_inference_steps=...) was Python's TypeError, which named no zoodip name (and
+    generate_hires named generate(), which it passes them to)."""
     for run in (generate, generate_hires):
-        with pytest.raises(ZoodipError, match=needle) as caught:
+        with pytest.raises(ZoodipError, match=needle.format(name=run.__name__)) as caught:
             run(model, "a photo", **given)
         assert isinstance(caught.value, TypeError) and "\n" not in str(caught.value)
