@@ -130,6 +130,7 @@ def pack(trained: Path, dest: Path, start_folder: Path) -> dict:
 
     record = json.loads((start_folder / "sd_width_start.json").read_text())
     ids = np.asarray(record["trained_ids"], np.int64)
+    dest = Path(dest).resolve()  # as materialize: a link's target replaced (a link cannot take a folder's place)
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(trained, tmp)
@@ -153,7 +154,7 @@ def materialize(packed: Path = PACKED, dest: Path | None = None) -> Path:
     """The full diffusers folder of a packed model (cached: rebuilt only when the packed files change)."""
     from safetensors.numpy import load_file, save_file
 
-    dest = dest or REPO / ".cache" / "reference-768"
+    dest = Path(dest or REPO / ".cache" / "reference-768").resolve()  # a link: its target replaced; '.': named
     stamp = hashlib.sha256()
     for path in sorted(p for p in packed.rglob("*") if p.is_file()):
         stamp.update(str(path.relative_to(packed)).encode() + path.read_bytes())

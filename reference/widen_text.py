@@ -146,6 +146,7 @@ def widen(src: Path, dest: Path, width: int = 768, seed: int = 0) -> dict:
     if parity > 1e-4:
         raise SystemExit(f"widened model disagrees with {src} (relative max error {parity:.2e}): not written")
 
+    dest = Path(dest).resolve()  # a link's target is replaced, not the link (rmtree refuses links; '.' is named)
     if lies_within(src, dest):  # the folder is replaced below: it must not be the one just read
         raise ZoodipError(f"{dest} is the source folder {src} or holds it: choose another destination")
     if dest.exists():

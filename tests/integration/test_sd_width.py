@@ -179,3 +179,15 @@ def test_a_folder_it_would_replace_is_refused_before_any_work(tmp_path, capsys, 
     wanted = message.format(**{name.lower(): path for name, path in folders.items()})
     assert len(err) == 1 and err[0].startswith(f"error: {wanted}"), err
     assert sorted(tmp_path.rglob("*")) == before and (folders["MINE"] / "notes.txt").read_text() == "keep"
+
+
+def test_materialize_through_a_link_replaces_its_target(tmp_path: Path) -> None:
+    """DEST a link to a folder: os.replace cannot put a folder in a link's place (a traceback after the work)."""
+    target = tmp_path / "old"
+    target.mkdir()
+    (target / "stale.txt").write_text("old")
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    assert sd_width.materialize(sd_width.PACKED, link) == target
+    assert link.is_symlink() and (target / "text_encoder" / "model.safetensors").is_file()
+    assert not (target / "stale.txt").exists()

@@ -71,3 +71,15 @@ def test_an_existing_out_is_replaced_only_with_overwrite(tiny_sd_folder, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: --out {out} already exists: name a new folder, or add --overwrite")
     assert (out / "notes.txt").read_text() == "keep"
+
+
+def test_out_through_a_link_replaces_its_target(tiny_sd_folder, tmp_path, capsys):
+    """--out LINK --overwrite (a link to an older widened folder) was an OSError traceback after the whole widening
+    (rmtree refuses links): the link's target is replaced, the link kept."""
+    target = tmp_path / "old"
+    target.mkdir()
+    (target / "stale.txt").write_text("old")
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    assert widen_text.main(["--src", str(tiny_sd_folder), "--out", str(link), "--width", "128", "--overwrite"]) == 0
+    assert link.is_symlink() and (target / "widened.json").is_file() and not (target / "stale.txt").exists()
