@@ -42,8 +42,10 @@ class ProgressBar:
     EXPECT_AFTER_STEPS = 10
     EXPECT_AFTER_S = 20.0
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, flattened_hint: str = "") -> None:
+        """``flattened_hint``: what the command offers once the loss has flattened (how to stop it, keeping what)."""
         self.enabled = enabled
+        self.flattened_hint = flattened_hint
         self.total = total
         self.bar = None
         self.tty = sys.stderr.isatty()
@@ -74,6 +76,10 @@ class ProgressBar:
             self._first_step = (progress.step, time.monotonic())
         if progress.event in ("step", "eval"):
             self._say_expected(progress)
+        if progress.event == "flattened":  # (a line above the bar, as a preview's; the bar is not moved)
+            hint = f" ({self.flattened_hint})" if self.flattened_hint else ""
+            self.bar.write(f"step {progress.step}: {progress.message}{hint}", file=sys.stderr)
+            return
         if progress.event == "validation":
             if progress.step < progress.total:
                 self.bar.write(f"preview: {progress.path}", file=sys.stderr)
