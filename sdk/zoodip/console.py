@@ -42,10 +42,13 @@ class ProgressBar:
     EXPECT_AFTER_STEPS = 10
     EXPECT_AFTER_S = 20.0
 
-    def __init__(self, total: int, enabled: bool, flattened_hint: str = "") -> None:
-        """``flattened_hint``: what the command offers once the loss has flattened (how to stop it, keeping what)."""
+    def __init__(self, total: int, enabled: bool, flattened_hint: str = "", preview_every: int = 0) -> None:
+        """``flattened_hint``: what the command offers once the loss has flattened (how to stop it, keeping what);
+        ``preview_every``: the run's preview interval (0: none), for the expected duration to say what it leaves out."""
         self.enabled = enabled
         self.flattened_hint = flattened_hint
+        self.preview_every = preview_every
+        self._previews_seen = 0  # this session's: once one is, the trainer's ETA counts the previews
         self.total = total
         self.bar = None
         self.tty = sys.stderr.isatty()
@@ -81,6 +84,7 @@ class ProgressBar:
             self.bar.write(f"step {progress.step}: {progress.message}{hint}", file=sys.stderr)
             return
         if progress.event == "validation":
+            self._previews_seen += 1
             if progress.step < progress.total:
                 self.bar.write(f"preview: {progress.path}", file=sys.stderr)
             else:  # tqdm's write would redraw the final line; close() draws it
@@ -125,7 +129,16 @@ class ProgressBar:
         self._expected_said = True
         self.bar.write(f"expected: about {duration(progress.eta_s)} for the remaining {progress.total - progress.step} "
                        f"step{'s' if progress.total - progress.step > 1 else ''} (timed on {timed} "
-                       f"step{'s' if timed > 1 else ''})", file=sys.stderr)
+                       f"step{'s' if timed > 1 else ''}){self._previews_left_out(progress.step)}", file=sys.stderr)
+
+    def _previews_left_out(self, step: int) -> str:
+        """What the expected duration leaves out: the previews to come, while none has been timed."""
+        from .previews import previews_in
+
+        count = previews_in(step - 1, self.total, self.preview_every) if self.preview_every else 0
+        if self._previews_seen or not count:
+            return ""
+        return f", plus {count} preview{'s' if count > 1 else ''}, not timed yet (the ETA adds them once one is)"
 
     def close(self) -> None:
         if self.bar is not None:

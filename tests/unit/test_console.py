@@ -247,3 +247,22 @@ def test_a_flattened_evaluation_loss_is_one_line_above_the_bar(monkeypatch, caps
     lines = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if "flattened" in line]
     assert lines == ["step 40: the evaluation loss has flattened (...): more steps are unlikely to help "
                      "(Ctrl-C stops it)"], lines
+
+
+@pytest.mark.parametrize("every, suffix", [(25, ", plus 4 previews, not timed yet (the ETA adds them once one is)"),
+                                           (5, "")])
+def test_the_expected_duration_says_the_previews_it_leaves_out(monkeypatch, capsys, every, suffix):
+    """Said after 10 steps, before any preview was timed, it left them out unsaid (SD's default previews: some 40% of
+    a run); a preview timed by then is in the trainer's ETA, and the line needs no more."""
+    from zoodip.console import ProgressBar
+    from zoodip.progress import Progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    bar = ProgressBar(100, enabled=True, preview_every=every)
+    for step in range(1, 101):
+        bar(Progress("step", step, 100, 0.5, None, None, 3 * step, 0.01 * step, 300.0, 12.0 * (100 - step)))
+        if step % every == 0:
+            bar(Progress("validation", step, 100, 0.5, None, None, 3 * step, 0.01 * step, 300.0, 1.0, path="v.png"))
+    bar.close()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("expected: ")]
+    assert lines == ["expected: about 18 min 00 s for the remaining 90 steps (timed on 10 steps)" + suffix], lines
