@@ -78,6 +78,7 @@ class PersonalizationJob:
     the run ended with (a callback that raises at the last event leaves a finished run finished). One job runs
     once (``start()`` or ``run()``): a new ``PersonalizationJob(config, resume=True)`` continues it. The run takes
     ``config`` as ``start()`` finds it, its folders as absolute then, so that the host may change its working folder.
+    ``close()`` (or a ``with`` block) releases the model ``generate()`` loaded, as ``ExportedModel.close()`` does.
     """
 
     def __init__(self, config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,
@@ -96,6 +97,7 @@ class PersonalizationJob:
         self._running_here = False  # run(): in the caller's thread
         self._model: ExportedModel | None = None  # generate()'s, loaded on first use
         self._model_lock = threading.Lock()  # (generate() from several threads: one model, one memory budget)
+        self._closed = False  # close(): generate()'s model released, the job not to be used again
         # Set when the run ends, however it ends. Not Thread.is_alive(): a Ctrl-C in Thread.join marks the thread
         # ended while it runs on (CPython 3.11), and wait() then read a result not there yet.
         self._finished = threading.Event()
@@ -126,6 +128,9 @@ class PersonalizationJob:
         folders are taken as absolute now (links and '..' kept): a host that changes its working folder while the job
         runs in a thread would send its reads and writes elsewhere (it stopped as if its folder had gone, or wrote a
         new one)."""
+        if self._closed:
+            raise ZoodipError("this job was closed (close()): create a new PersonalizationJob to run again "
+                              "(resume=True continues its run)")
         if self._thread is not None or self._running_here:
             raise ZoodipError("this job was already started: create a new PersonalizationJob to run again "
                               "(resume=True continues its run)")
@@ -178,6 +183,28 @@ class PersonalizationJob:
             return None
         return self._outcome()
 
+    def close(self) -> None:
+        """Release the model ``generate()`` loaded (its onnxruntime sessions) now, rather than when the job is dropped.
+        A running job is cancelled and waited for first (its checkpoint and the embedding so far saved), so that
+        nothing trains on unseen; from the job's own thread (its on_progress) it is only cancelled. ``result`` and the
+        run's files stay; ``generate()``, ``start()`` and ``run()`` are refused afterwards (generate with
+        ``result.embedding_path`` on a model of your own). A second close() does nothing."""
+        if self.running:
+            self._cancel.set()
+            if self._runner != threading.get_ident():
+                self._finished.wait()
+        with self._model_lock:
+            self._closed = True
+            if self._model is not None:
+                self._model.close()
+                self._model = None
+
+    def __enter__(self) -> PersonalizationJob:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def generate(self, prompt: str, **options: Any) -> list:
         """Images of ``prompt`` with the token this job learned (``zoodip.generate.generate``'s ``options``).
 
@@ -186,6 +213,7 @@ class PersonalizationJob:
         budget, so a running job must finish (or be cancelled) first. ``clip_skip`` defaults to the job's own (the
         layer the token learned); ``added_embeddings`` adds other learned tokens to the job's own.
         """
+        self._refuse_if_closed()
         if self.running:
             raise ZoodipError("the job is still running: wait() for it (or cancel() it) before generating, "
                               "since generation and training share the memory budget")
@@ -205,10 +233,16 @@ class PersonalizationJob:
         if added is None or isinstance(added, Mapping):  # (anything else: generate's own refusal)
             added = {token: vectors, **(added or {})}
         with self._model_lock:
+            self._refuse_if_closed()  # (again: a close() since, which a model loaded now would outlive)
             if self._model is None:
                 self._model = ExportedModel.load(self._run_config.export_dir, self._run_config.runtime_options())
         options.setdefault("clip_skip", self._run_config.clip_skip)
         return generate(self._model, prompt, added_embeddings=added, **options)
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise ZoodipError("this job was closed (close()): generate with its embedding (result.embedding_path) on a "
+                              "model of your own (zoodip.generate.generate), or before closing the job")
 
     def _outcome(self) -> PersonalizeResult:
         for error in (self.error, self.callback_error):

@@ -105,6 +105,26 @@ def test_generate_takes_more_embeddings_beside_the_learned_token(tiny_export, ph
         job.generate(f"a photo of {token}", steps=2, model=None)
 
 
+def test_a_job_closes_its_model_and_refuses_use_after(tiny_export, photos, tmp_path):
+    """job.generate() loaded a model that only dropping the job released (ExportedModel and ZoodipPipeline have
+    close() and with-blocks): a job now has them too; a closed job's generate() is one line, its result kept."""
+    with PersonalizationJob(make_config(tiny_export, photos, tmp_path / "run", max_train_steps=2,
+                                        eval_every=0)) as job:
+        result = job.start().wait()
+        job.generate("a photo of <striped-star>", steps=1)
+        model = job._model
+    assert model.closed and job.result is result  # the with-block closed it; the outcome stays
+    with pytest.raises(ZoodipError, match=r"^this job was closed \(close\(\)\): .*result.embedding_path"):
+        job.generate("a photo of <striped-star>", steps=1)
+    with pytest.raises(ZoodipError, match="this job was closed"):
+        job.start()
+    job.close()  # a second close: nothing
+    running = PersonalizationJob(make_config(tiny_export, photos, tmp_path / "long", max_train_steps=100_000,
+                                             eval_every=0, checkpoint_every=0)).start()
+    running.close()  # a running job is cancelled and waited for: nothing left training in the background
+    assert not running.running and running.result.status == "cancelled"
+
+
 def test_an_interpreter_that_exits_mid_job_cancels_it_and_keeps_its_checkpoint(tiny_export, photos, tmp_path):
     """The job's daemon thread died under a running onnxruntime session: the process aborted (status 134), the steps
     since the last checkpoint lost and the lock file left."""
