@@ -163,6 +163,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         if (folder / "model_index.json").is_file():  # the diffusers folder itself, as diffusers' scripts take it
             raise ZoodipError(f"{folder} is a diffusers folder, not a zoodip export: convert it once with "
                               f"'zoodip export {folder} EXPORT_DIR' and pass EXPORT_DIR")
+        if os.path.lexists(path):  # (there, but a folder or a pipe: not "no manifest.json")
+            raise ZoodipError(f"{path} {why_missing(path)}, not the export's manifest file: re-run 'zoodip export'")
         raise ZoodipError(f"{folder} has no manifest.json: it is not a zoodip export (run 'zoodip export')")
     try:
         text = path.read_text(encoding="utf-8")
@@ -192,7 +194,10 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     for name, info in manifest["files"].items():
         file = folder / name
         if not file.is_file():
-            raise ZoodipError(f"{file} is missing: the export folder is partial, re-run 'zoodip export'")
+            why = why_missing(file)  # (a folder or a pipe where a file was: not "missing")
+            raise ZoodipError(f"{file} is missing: the export folder is partial, re-run 'zoodip export'"
+                              if why == "does not exist" else
+                              f"{file} {why}, where the export has a file: the export is damaged, re-run 'zoodip export'")
         if "bytes" in info and file.stat().st_size != info["bytes"]:
             raise ZoodipError(
                 f"{file} has {file.stat().st_size} bytes, the manifest says {info['bytes']}: "

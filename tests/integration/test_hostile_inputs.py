@@ -672,3 +672,23 @@ def test_an_embedding_far_past_any_words_norm_is_said_once(tiny_export, tmp_path
     code, _, err = run_cli(["generate", "--model", tiny_export, "--embedding", f"{tmp_path / 'big.safetensors'}:<h>",
                             "--prompt", "a <h> cat", "--steps", "2", "--out", tmp_path / "o.png"], capsys)
     assert code == 0 and err.count("over 100x the largest word's") == 1, err
+
+
+def _replace_with(path: Path, kind: str) -> None:
+    path.unlink()
+    path.mkdir() if kind == "folder" else os.mkfifo(path)
+
+
+@pytest.mark.parametrize("kind", ["folder", "pipe"])
+def test_an_export_file_that_is_a_folder_or_a_pipe_is_said_as_what_it_is(tiny_export, tmp_path, capsys, kind):
+    """A listed file (or manifest.json) replaced by a folder or a named pipe was said to be 'missing'."""
+    folder = _damaged_export(tiny_export, tmp_path, lambda f, m: None)
+    _replace_with(folder / "text_encoder.onnx", kind)
+    what = "is a folder" if kind == "folder" else "is neither a file nor a folder (a device, pipe or socket)"
+    for command in ("verify", "info"):
+        code, _, err = run_cli([command, folder], capsys)
+        assert_one_line_error(code, err, f"text_encoder.onnx {what}, where the export has a file")
+    _replace_with(folder / "manifest.json", kind)
+    code, _, err = run_cli(["verify", folder], capsys)
+    assert_one_line_error(code, err, f"manifest.json {what}, not the export's manifest file")
+
