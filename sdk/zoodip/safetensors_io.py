@@ -150,13 +150,29 @@ def _bad(path: Path, reason: str) -> ZoodipError:
     return ZoodipError(f"{path} is not a valid safetensors file ({reason}): re-download or re-save it")
 
 
+# Other formats a file given for a safetensors one often is (by its first bytes): said as such, since "truncated?
+# re-download it" would send the user after a download that is fine.
+# (Pickles, torch.save's zip ones too, are told apart before: embeddings.py refuses them with the converter's name.)
+_FOREIGN_MAGIC = ((b"\x93NUMPY", "a NumPy array file (.npy)"), (b"\x89PNG", "a PNG image"),
+                  (b"\xff\xd8\xff", "a JPEG image"), (b"{", "JSON or text"), (b"[", "JSON or text"))
+
+
+def _foreign(path: Path, first: bytes) -> ZoodipError | None:
+    """The error for a file of another format, or None where its first bytes name none."""
+    kind = next((name for magic, name in _FOREIGN_MAGIC if first.lstrip().startswith(magic)), None)
+    if kind is None:
+        return None
+    return ZoodipError(f"{path} is {kind}, not a safetensors file: convert it to safetensors, or pass the right file")
+
+
 def _read_header(handle: BinaryIO, size: int, path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
     """The checked header entries, the metadata and where the data buffer starts."""
     if size < 8:
         raise _bad(path, "shorter than its 8-byte header length")
-    header_len = int.from_bytes(handle.read(8), "little")
+    first = handle.read(8)
+    header_len = int.from_bytes(first, "little")
     if header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
-        raise _bad(path, f"header length {header_len} does not fit the {size}-byte file; truncated?")
+        raise _foreign(path, first) or _bad(path, f"header length {header_len} does not fit the {size}-byte file; truncated?")
     try:
         header = parse_json(handle.read(header_len).decode("utf-8"))
     except (UnicodeDecodeError, ValueError):

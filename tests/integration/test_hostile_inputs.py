@@ -692,3 +692,21 @@ def test_an_export_file_that_is_a_folder_or_a_pipe_is_said_as_what_it_is(tiny_ex
     code, _, err = run_cli(["verify", folder], capsys)
     assert_one_line_error(code, err, f"manifest.json {what}, not the export's manifest file")
 
+
+FOREIGN_FILES = {
+    "emb.npy": (b"\x93NUMPY\x01\x00v\x00" + b" " * 118 + b"\n" + bytes(32), "a NumPy array file (.npy)"),
+    "emb.json": (b'{"<token>": [0.1, 0.2]}\n', "JSON or text"),
+    "image.safetensors": (b"\x89PNG\r\n\x1a\n" + bytes(60), "a PNG image"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOREIGN_FILES))
+def test_an_embedding_of_another_format_is_said_as_that_format(tmp_path, capsys, name):
+    """A .npy or JSON given as an embedding was 'not a valid safetensors file (header length 379676406402707 does
+    not fit the 160-byte file; truncated?): re-download or re-save it': no download is truncated there."""
+    data, needle = FOREIGN_FILES[name]
+    (tmp_path / name).write_bytes(data)
+    code, _, err = run_cli(["info", tmp_path / name], capsys)
+    assert_one_line_error(code, err, f"{name} is {needle}, not a safetensors file")
+    assert "truncated" not in err
+
