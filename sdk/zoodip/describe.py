@@ -10,6 +10,7 @@ from .json_text import parse_json
 
 def describe(path: str | Path) -> list[str]:
     """The lines ``zoodip info`` prints for ``path``, or a one-line error for what it cannot read."""
+    from .embeddings import EMBEDDING_NAME
     from .images import IMAGE_EXTENSIONS
     from .model import MANIFEST
 
@@ -18,6 +19,8 @@ def describe(path: str | Path) -> list[str]:
     path = Path(path)
     if path.is_dir() and (path / MANIFEST).is_file():
         return describe_export(path)
+    if path.is_dir() and (path / EMBEDDING_NAME).is_file():  # a personalize --output_dir
+        raise ZoodipError(f"{path} is a run folder: pass its embedding, {path / EMBEDDING_NAME}")
     if path.is_dir():
         raise ZoodipError(f"{path} is a folder: 'zoodip info' reads one embedding file, an export folder or an image")
     if path.suffix.lower() in IMAGE_EXTENSIONS:

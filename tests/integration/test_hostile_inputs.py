@@ -710,3 +710,12 @@ def test_an_embedding_of_another_format_is_said_as_that_format(tmp_path, capsys,
     assert_one_line_error(code, err, f"{name} is {needle}, not a safetensors file")
     assert "truncated" not in err
 
+
+def test_info_on_a_run_folder_names_its_embedding(tmp_path, capsys):
+    """'zoodip info RUN_FOLDER' said only that it reads no folder, though generate --embedding takes one."""
+    from zoodip.embeddings import EMBEDDING_NAME
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / EMBEDDING_NAME).write_bytes(b"")
+    code, _, err = run_cli(["info", tmp_path / "run"], capsys)
+    assert_one_line_error(code, err, f"pass its embedding, {tmp_path / 'run' / EMBEDDING_NAME}")
