@@ -14,6 +14,7 @@ from .errors import ZoodipError
 from .extra_networks import lora_hashes
 from .image_parameters import MAX_TEXT, read_parameters
 from .infotext import is_zoodips, model_hash, read_infotext, settings_from_fields
+from .paths import why_missing
 
 # Settings that only image-to-image and inpainting read: applied where the caller gives an image (and a mask); and the
 # ones that are not for image-to-image (A1111 has no hires fix there) or given latents (which are the noise already).
@@ -72,7 +73,7 @@ def parameters_text_file(path: str | Path) -> str | None:
     """A text file's generation parameters (None: it is empty), or one line for what cannot be read as one."""
     path = Path(path)
     if not path.is_file():  # a pipe would block the read for ever
-        raise ZoodipError(f"{path} does not exist or is not a regular file: pass a text file of generation parameters")
+        raise ZoodipError(f"{path} {why_missing(path)}: pass a text file of generation parameters")
     try:
         with open(path, "rb") as file:
             raw = file.read(MAX_TEXT + 1)

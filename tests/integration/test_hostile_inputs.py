@@ -719,3 +719,12 @@ def test_info_on_a_run_folder_names_its_embedding(tmp_path, capsys):
     (tmp_path / "run" / EMBEDDING_NAME).write_bytes(b"")
     code, _, err = run_cli(["info", tmp_path / "run"], capsys)
     assert_one_line_error(code, err, f"pass its embedding, {tmp_path / 'run' / EMBEDDING_NAME}")
+
+
+def test_an_image_path_that_is_a_pipe_or_a_folder_is_said_as_what_it_is(tmp_path, capsys):
+    """'zoodip info' of a named pipe called x.png said 'does not exist or is not a regular file': it exists."""
+    os.mkfifo(tmp_path / "pipe.png")
+    for name, needle in (("pipe.png", "pipe.png is neither a file nor a folder (a device, pipe or socket): pass an "
+                                      "image"), ("gone.png", "gone.png does not exist: pass an image")):
+        code, _, err = run_cli(["info", tmp_path / name], capsys)
+        assert_one_line_error(code, err, needle)
