@@ -157,10 +157,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     resume = _resume_requested(args)
     check_output_dir(config.output_dir)
     jsonl = LazyJsonlLog(args.progress_jsonl, config) if args.progress_jsonl else None
-    # What _GracefulStop makes of Ctrl-C: the step finished, the checkpoint and a snapshot of the embedding written.
-    hint = "Ctrl-C stops after the current step, keeping the checkpoint and the embedding so far" + (
-        "" if config.early_stop_patience else "; --early-stop-patience N stops a run by itself")
-    bar = ProgressBar(config.max_train_steps, enabled=not args.no_progress, flattened_hint=hint,
+    bar = ProgressBar(config.max_train_steps, enabled=not args.no_progress,
                       preview_every=config.validation_steps if config.validation_prompt else 0)
     callbacks = [bar] + ([jsonl] if jsonl else [])
     try:

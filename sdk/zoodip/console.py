@@ -42,11 +42,9 @@ class ProgressBar:
     EXPECT_AFTER_STEPS = 10
     EXPECT_AFTER_S = 20.0
 
-    def __init__(self, total: int, enabled: bool, flattened_hint: str = "", preview_every: int = 0) -> None:
-        """``flattened_hint``: what the command offers once the loss has flattened (how to stop it, keeping what);
-        ``preview_every``: the run's preview interval (0: none), for the expected duration to say what it leaves out."""
+    def __init__(self, total: int, enabled: bool, preview_every: int = 0) -> None:
+        """``preview_every``: the run's preview interval (0: none), for the expected duration to say what it leaves out."""
         self.enabled = enabled
-        self.flattened_hint = flattened_hint
         self.preview_every = preview_every
         self._previews_seen = 0  # this session's: once one is, the trainer's ETA counts the previews
         self.total = total
@@ -79,10 +77,6 @@ class ProgressBar:
             self._first_step = (progress.step, time.monotonic())
         if progress.event in ("step", "eval"):
             self._say_expected(progress)
-        if progress.event == "flattened":  # (a line above the bar, as a preview's; the bar is not moved)
-            hint = f" ({self.flattened_hint})" if self.flattened_hint else ""
-            self.bar.write(f"step {progress.step}: {progress.message}{hint}", file=sys.stderr)
-            return
         if progress.event == "validation":
             self._previews_seen += 1
             if progress.step < progress.total:

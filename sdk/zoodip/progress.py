@@ -11,7 +11,7 @@ from .convergence import Trend, evaluation_trend
 class Progress:
     """What a progress callback receives after every step (and at evaluations and the end)."""
 
-    event: str  # "setup", "step", "eval", "validation", "flattened", "done", "cancelled", "early-stopped"
+    event: str  # "setup", "step", "eval", "validation", "done", "cancelled", "early-stopped"
     step: int
     total: int
     loss: float | None
@@ -23,9 +23,6 @@ class Progress:
     eta_s: float | None  # from the steps' own times and, once one is timed, the previews' (setup excluded)
     phase: str | None = None  # event "setup": what is being done before the first step
     path: str | None = None  # event "validation": the preview grid written
-    # Event "flattened" (once a session, after the evaluation that first gives it): the verdict the run's end gives
-    # (convergence.Trend.describe), in one line, so that a long run need not go on unwatched for nothing.
-    message: str | None = None
 
 
 @dataclass

@@ -29,7 +29,6 @@ import numpy as np
 
 from .checkpoint import CHECKPOINT_NAME, checkpoint_vector, read_checkpoint, write_checkpoint
 from .config import PersonalizeConfig, default_tau  # noqa: F401 (zoodip.trainer.PersonalizeConfig stays public)
-from .convergence import evaluation_trend
 from .denoising_loss import DenoisingLoss, auto_batched  # noqa: F401 (zoodip.trainer.DenoisingLoss stays public)
 from .embeddings import a1111_file_name, save_a1111_embedding, save_learned_embeds, warn_of_a1111_trigger
 from .errors import ZoodipError
@@ -364,7 +363,7 @@ class Personalizer:
         forwards_at_start = self.loss.forwards
         self._step_seconds, self._forwards_timed = 0.0, 0  # the ETA's basis: steps, by their forwards,
         self._preview_seconds, self._previews_timed = 0.0, 0  # and previews (a preview may cost 100 steps' forwards)
-        status, self._flattened_said = "done", False
+        status = "done"
         loss: float | None = None
         while self.step < self.config.max_train_steps:
             if self.cancel_event.is_set():
@@ -414,8 +413,6 @@ class Personalizer:
         self._step_seconds += time.monotonic() - step_started
         self._forwards_timed += self.estimators.forwards_for(self.step) - self.estimators.forwards_for(self.step - 1)
         self._report(event, loss, record.get("eval_loss"), started, forwards_at_start)
-        if event == "eval" and self.step < total and not stop_early:
-            self._say_if_flattened(loss, record["eval_loss"], started, forwards_at_start)
         if config.validation_prompt and (self.step % config.validation_steps == 0 or self.step == total):
             preview_started = time.monotonic()
             preview = write_preview(self.model, config, as_matrix(self.v, self.width), self.step, self.resolution,
@@ -424,13 +421,6 @@ class Personalizer:
                                                            self._previews_timed + 1)
             self._report("validation", loss, record.get("eval_loss"), started, forwards_at_start, path=str(preview))
         return stop_early
-
-    def _say_if_flattened(self, loss: float, eval_loss: float, started: float, forwards_at_start: int) -> None:
-        """The end's verdict (convergence), once a session, at the first evaluation that finds the loss flattened."""
-        trend = None if self._flattened_said else evaluation_trend(self.eval_history)
-        if trend is not None and trend.flattened:
-            self._flattened_said = True
-            self._report("flattened", loss, eval_loss, started, forwards_at_start, message=trend.describe())
 
     def _finish(self, status: str, loss: float | None, started: float, forwards_at_start: int) -> PersonalizeResult:
         """The last checkpoint and the embedding file (the best one if stopped early); the run's result."""
@@ -464,7 +454,7 @@ class Personalizer:
         )
 
     def _report(self, event: str, loss: float | None, eval_loss: float | None, started: float, forwards_at_start: int,
-                path: str | None = None, message: str | None = None) -> None:
+                path: str | None = None) -> None:
         if self.on_progress is None:
             return
         elapsed = time.monotonic() - started
@@ -479,8 +469,7 @@ class Personalizer:
             eta += (to_come - self._previews_timed) * self._preview_seconds / self._previews_timed
         kept = self.projector.kept_dims if self.projector is not None else None
         self.on_progress(Progress(event, self.step, self.config.max_train_steps, loss, eval_loss,
-                                  None if kept is None else int(kept), self.loss.forwards, elapsed, rate, eta, path=path,
-                                  message=message))
+                                  None if kept is None else int(kept), self.loss.forwards, elapsed, rate, eta, path=path))
 
     def _phase(self, phase: str) -> None:
         """A setup phase (before the first step), so that a slow model load is not silence."""

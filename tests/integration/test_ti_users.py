@@ -318,23 +318,3 @@ def test_an_embeddings_folder_loads_as_a1111_loads_its_own(model, tmp_path, tiny
                  "--embedding", str(folder), "--out", str(out), "--threads", "1"])
     err = capsys.readouterr().err
     assert code == 0 and out.is_file() and err.count("warning: skipped") == 4, err
-
-
-def test_a_flattened_evaluation_loss_is_said_once_while_the_run_goes_on(tiny_export, photos, tmp_path, monkeypatch):
-    """A 6000-step run whose loss had flattened by step ~1500 said so only at its end: 4500 steps watched for nothing.
-    The verdict the end gives (zoodip.convergence) now comes once, as an event, at the evaluation that first gives it."""
-    from zoodip import trainer
-    from zoodip.api import progress_to_json
-    from zoodip.convergence import evaluation_trend
-
-    losses = iter([1.0, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8])  # flattened from step 4 on
-    monkeypatch.setattr(trainer.Personalizer, "evaluation_loss", lambda self, v: next(losses))
-    events = []
-    personalize(run_config(tiny_export, photos, tmp_path / "f", max_train_steps=10, eval_every=1),
-                on_progress=events.append)
-    said = [e for e in events if e.event == "flattened"]
-    history = [(0, 1.0), (1, 0.9), (2, 0.8), (3, 0.8), (4, 0.8)]
-    assert [(e.step, e.message) for e in said] == [(4, evaluation_trend(history).describe())]
-    assert json.loads(progress_to_json(said[0]))["event"] == "flattened"
-    before = events[events.index(said[0]) - 1]
-    assert (before.event, before.step) == ("eval", 4)  # right after the evaluation that gave it

@@ -229,26 +229,6 @@ def test_a_log_gets_each_redraw_as_a_line_of_its_own(monkeypatch, capsys):
     assert "2000/2000" in lines[-2] and lines[-1] == ""
 
 
-@pytest.mark.parametrize("tty", [True, False])
-def test_a_flattened_evaluation_loss_is_one_line_above_the_bar(monkeypatch, capsys, tty):
-    """The verdict came only at the run's end; mid-run it is one line (with the command's hint), the bar unmoved."""
-    from zoodip.console import ProgressBar
-    from zoodip.progress import Progress
-
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty, raising=False)
-    bar = ProgressBar(100, enabled=True, flattened_hint="Ctrl-C stops it")
-    for step in range(1, 101):
-        bar(Progress("eval", step, 100, 0.5, 0.4, None, 3 * step, 0.01 * step, 300.0, 1.0))
-        if step == 40:
-            bar(Progress("flattened", step, 100, 0.5, 0.4, None, 3 * step, 0.01 * step, 300.0, 1.0,
-                         message="the evaluation loss has flattened (...): more steps are unlikely to help"))
-            assert bar.bar.n == 40
-    bar.close()
-    lines = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if "flattened" in line]
-    assert lines == ["step 40: the evaluation loss has flattened (...): more steps are unlikely to help "
-                     "(Ctrl-C stops it)"], lines
-
-
 @pytest.mark.parametrize("every, suffix", [(25, ", plus 4 previews, not timed yet (the ETA adds them once one is)"),
                                            (5, "")])
 def test_the_expected_duration_says_the_previews_it_leaves_out(monkeypatch, capsys, every, suffix):
