@@ -9,7 +9,9 @@ b_j = min(e_0..e_j) instead, which only falls:
     flattened    iff  R <= tolerance * G
 
 So "flattened" means the last quarter of the run (by default) bought less than a tenth of what the whole
-run bought: more steps of the same kind are unlikely to pay. Too short a history gives no verdict.
+run bought: more steps of the same kind are unlikely to lower the loss much. Not that the embedding is final:
+on the reference world the images go on settling after the loss flattens (benchmarks/README.md, demo_seeds.py),
+so the message says so. Too short a history gives no verdict.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ class Trend:
         schedule that follows the run's length cannot: its rates would change under the steps already taken)."""
         if self.flattened:
             return (f"the evaluation loss has flattened (the last {self.recent_steps} steps improved it by "
-                    f"{self.recent_gain:.1%}, the whole run by {self.total_gain:.1%}): more steps are unlikely to help")
+                    f"{self.recent_gain:.1%}, the whole run by {self.total_gain:.1%}): more steps are unlikely to "
+                    "lower it much (the images may still change: judge them, e.g. with --validation_prompt)")
         return (f"the evaluation loss was still falling (the last {self.recent_steps} steps improved it by "
                 f"{self.recent_gain:.1%} of {self.total_gain:.1%} in all): more steps may help "
                 + ("(--resume with a larger --max_train_steps)" if resumable else
