@@ -100,3 +100,11 @@ def test_diffusers_names_given_to_generate_are_one_line_naming_its_own(model, gi
         with pytest.raises(ZoodipError, match=needle.format(name=run.__name__)) as caught:
             run(model, "a photo", **given)
         assert isinstance(caught.value, TypeError) and "\n" not in str(caught.value)
+
+
+def test_a_misspelt_hires_setting_is_answered_with_the_hires_names(model):
+    """generate_hires(model, prompt, hires_scal=2) listed generate()'s settings only, leaving out its own hires_scale,
+    hires_strength and hires_steps (the names the user was after)."""
+    with pytest.raises(ZoodipError, match=r"generate_hires\(\) does not take hires_scal=: it takes .*hires_scale") as caught:
+        generate_hires(model, "a photo", hires_scal=2)
+    assert all(name in str(caught.value) for name in ("hires_strength", "hires_steps", "variation_seed"))
