@@ -96,7 +96,8 @@ class PersonalizationJob:
         self._thread: threading.Thread | None = None
         self._running_here = False  # run(): in the caller's thread
         self._model: ExportedModel | None = None  # generate()'s, loaded on first use
-        self._model_lock = threading.Lock()  # (generate() from several threads: one model, one memory budget)
+        self._model_lock = threading.Condition()  # (generate() from several threads: one model, one memory budget)
+        self._generating: list[int] = []  # the threads in generate() now: close() releases the model once they end
         self._closed = False  # close(): generate()'s model released, the job not to be used again
         # Set when the run ends, however it ends. Not Thread.is_alive(): a Ctrl-C in Thread.join marks the thread
         # ended while it runs on (CPython 3.11), and wait() then read a result not there yet.
@@ -187,7 +188,8 @@ class PersonalizationJob:
         """Release the model ``generate()`` loaded (its onnxruntime sessions) now, rather than when the job is dropped.
         A running job is cancelled and waited for first (its checkpoint and the embedding so far saved), so that
         nothing trains on unseen; from the job's own thread (its on_progress) it is only cancelled. ``result`` and the
-        run's files stay; ``generate()``, ``start()`` and ``run()`` are refused afterwards (generate with
+        run's files stay. A generate() in progress ends first (closed from its callback: the model is released as it
+        returns). ``generate()``, ``start()`` and ``run()`` are refused afterwards (generate with
         ``result.embedding_path`` on a model of your own). A second close() does nothing."""
         if self.running:
             self._cancel.set()
@@ -195,9 +197,17 @@ class PersonalizationJob:
                 self._finished.wait()
         with self._model_lock:
             self._closed = True
-            if self._model is not None:
-                self._model.close()
-                self._model = None
+            # Generations in progress end first (a model closed under them failed them); one in this thread (close()
+            # from its callback) cannot: the model is then released as it returns.
+            me = threading.get_ident()
+            self._model_lock.wait_for(lambda: all(thread == me for thread in self._generating))
+            self._release_model()
+
+    def _release_model(self) -> None:
+        """Close generate()'s model if no generate() uses it (under _model_lock)."""
+        if self._model is not None and not self._generating:
+            self._model.close()
+            self._model = None
 
     def __enter__(self) -> PersonalizationJob:
         return self
@@ -236,8 +246,17 @@ class PersonalizationJob:
             self._refuse_if_closed()  # (again: a close() since, which a model loaded now would outlive)
             if self._model is None:
                 self._model = ExportedModel.load(self._run_config.export_dir, self._run_config.runtime_options())
+            model = self._model
+            self._generating.append(threading.get_ident())
         options.setdefault("clip_skip", self._run_config.clip_skip)
-        return generate(self._model, prompt, added_embeddings=added, **options)
+        try:
+            return generate(model, prompt, added_embeddings=added, **options)
+        finally:
+            with self._model_lock:
+                self._generating.remove(threading.get_ident())
+                if self._closed:
+                    self._release_model()
+                self._model_lock.notify_all()
 
     def _refuse_if_closed(self) -> None:
         if self._closed:

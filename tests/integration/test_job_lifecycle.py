@@ -125,6 +125,34 @@ def test_a_job_closes_its_model_and_refuses_use_after(tiny_export, photos, tmp_p
     assert not running.running and running.result.status == "cancelled"
 
 
+def test_close_waits_for_a_generate_in_progress(tiny_export, photos, tmp_path):
+    """close() from another thread during a job.generate() closed the model under it: that generate() failed with
+    'this model was closed (close()): open the export again (ExportedModel.load ...)', a model the job's user never
+    opened. close() now lets the generations in progress end (from one's own callback: released as it returns)."""
+    job = PersonalizationJob(make_config(tiny_export, photos, tmp_path / "run", max_train_steps=2, eval_every=0))
+    job.start().wait()
+    job.generate("a photo of <striped-star>", steps=1)  # (the model loaded)
+    model, stepping, outcome = job._model, threading.Event(), {}
+
+    def generating():
+        try:
+            outcome["images"] = job.generate("a photo of <striped-star>", steps=8,
+                                             callback=lambda step, total, latents: stepping.set())
+        except ZoodipError as exc:
+            outcome["error"] = str(exc)
+    thread = threading.Thread(target=generating)
+    thread.start()
+    assert stepping.wait(60)
+    job.close()
+    thread.join()
+    assert "error" not in outcome and len(outcome["images"]) == 1 and model.closed
+    again = PersonalizationJob(make_config(tiny_export, photos, tmp_path / "run", max_train_steps=2, eval_every=0),
+                               resume=True)
+    again.run()
+    images = again.generate("a photo of <striped-star>", steps=2, callback=lambda step, total, latents: again.close())
+    assert len(images) == 1 and again._model is None  # closed from its own callback: released once it returned
+
+
 def test_an_interpreter_that_exits_mid_job_cancels_it_and_keeps_its_checkpoint(tiny_export, photos, tmp_path):
     """The job's daemon thread died under a running onnxruntime session: the process aborted (status 134), the steps
     since the last checkpoint lost and the lock file left."""
