@@ -154,12 +154,15 @@ def _bad(path: Path, reason: str) -> ZoodipError:
 # re-download it" would send the user after a download that is fine.
 # (Pickles, torch.save's zip ones too, are told apart before: embeddings.py refuses them with the converter's name.)
 _FOREIGN_MAGIC = ((b"\x93NUMPY", "a NumPy array file (.npy)"), (b"\x89PNG", "a PNG image"),
-                  (b"\xff\xd8\xff", "a JPEG image"), (b"{", "JSON or text"), (b"[", "JSON or text"))
+                  (b"\xff\xd8\xff", "a JPEG image"))
 
 
 def _foreign(path: Path, first: bytes) -> ZoodipError | None:
     """The error for a file of another format, or None where its first bytes name none."""
-    kind = next((name for magic, name in _FOREIGN_MAGIC if first.lstrip().startswith(magic)), None)
+    kind = next((name for magic, name in _FOREIGN_MAGIC if first.startswith(magic)), None)
+    # Text has no NUL byte where a real header length (cut short: 379 bytes reads '{' first) has its zero high bytes.
+    if kind is None and first.lstrip()[:1] in (b"{", b"[") and b"\x00" not in first:
+        kind = "JSON or text"
     if kind is None:
         return None
     return ZoodipError(f"{path} is {kind}, not a safetensors file: convert it to safetensors, or pass the right file")

@@ -711,6 +711,17 @@ def test_an_embedding_of_another_format_is_said_as_that_format(tmp_path, capsys,
     assert "truncated" not in err
 
 
+@pytest.mark.parametrize("header_length", [0x17B, 0x5B, 0x7B20])  # low bytes '{', '[', and ' {' (a space, then '{')
+def test_a_truncated_safetensors_file_is_not_taken_for_json(tmp_path, capsys, header_length):
+    """A safetensors file cut short whose header length's first byte reads '{' or '[' (379, 91, 31520 bytes...) was
+    said to be 'JSON or text, not a safetensors file: convert it', not the truncated download it is."""
+    path = tmp_path / "emb.safetensors"
+    path.write_bytes(header_length.to_bytes(8, "little") + b'{"emb_params": ' + b" " * 40)
+    code, _, err = run_cli(["info", path], capsys)
+    assert_one_line_error(code, err, f"{path} is not a valid safetensors file (header length {header_length} does not "
+                                     f"fit the 63-byte file; truncated?)")
+
+
 def test_info_on_a_run_folder_names_its_embedding(tmp_path, capsys):
     """'zoodip info RUN_FOLDER' said only that it reads no folder, though generate --embedding takes one."""
     from zoodip.embeddings import EMBEDDING_NAME
