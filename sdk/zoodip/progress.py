@@ -17,7 +17,7 @@ class Progress:
     loss: float | None
     eval_loss: float | None
     kept_dims: int | None
-    forwards: int  # UNet forward passes so far (training + evaluation)
+    forwards: int  # UNet forward passes of this session (training + evaluation): a resumed run's start at 0
     elapsed_s: float
     forwards_per_s: float
     eta_s: float | None  # from the steps' own times and, once one is timed, the previews' (setup excluded)
