@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
+import re
 import signal
 import sys
 import threading
@@ -212,6 +214,19 @@ def print_error(problem: object) -> int:
     return ZoodipError.exit_code
 
 
+def _nearest_choice(message: str) -> str:
+    """For argparse's "invalid choice: 'X' (choose from 'a', 'b', ...)": the choice X was most likely meant to be
+    (``personalise``, ``dpm++2m``, ``w8``), as " (did you mean 'b'?)"; else nothing."""
+    found = re.search(r"invalid choice: '(.*)' \(choose from (.*)\)$", message)
+    if found is None:
+        return ""
+    given, choices = found.group(1).lower(), re.findall(r"'([^']*)'", found.group(2))
+    normalized = {re.sub(r"[^a-z0-9]", "", choice.lower().replace("++", "pp")): choice for choice in choices}
+    near = difflib.get_close_matches(re.sub(r"[^a-z0-9]", "", given.replace("++", "pp")), list(normalized), n=1,
+                                     cutoff=0.6)
+    return f" (did you mean '{normalized[near[0]]}'?)" if near else ""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag is the contract's one line (argparse prints its usage block first), and a flag
     may be spelled with ``_`` or ``-`` (``--t_range`` is ``--t-range``): diffusers' scripts spell theirs with
@@ -220,7 +235,7 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         if message.endswith("expected one argument"):  # argparse takes a value such as -inf or -ugly for a flag
             message += " (a value that starts with '-' is written --flag=VALUE)"
-        raise ZoodipError(f"{message}: see '{self.prog} --help'")
+        raise ZoodipError(f"{message}{_nearest_choice(message)}: see '{self.prog} --help'")
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         args = list(sys.argv[1:] if args is None else args)

@@ -246,3 +246,21 @@ def test_the_expected_duration_says_the_previews_it_leaves_out(monkeypatch, caps
     bar.close()
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("expected: ")]
     assert lines == ["expected: about 18 min 00 s for the remaining 90 steps (timed on 10 steps)" + suffix], lines
+
+
+@pytest.mark.parametrize("argv, nearest", [(["personalise"], "personalize"), (["--sampler", "dpm++2m"], "dpmpp_2m"),
+                                           (["--sampler", "Euler_Ancestral"], "euler_a"), (["frobnicate"], None)])
+def test_an_invalid_choice_names_the_one_most_likely_meant(argv, nearest):
+    """argparse listed the choices only: a British spelling of a command or diffusers' spelling of a sampler named
+    nothing of what was meant; a value near none gets no guess."""
+    from zoodip.console import OneLineParser
+
+    parser = OneLineParser(prog="prog")
+    if argv[0].startswith("--"):
+        parser.add_argument("--sampler", choices=("dpmpp_2m", "ddim", "euler", "euler_a", "lcm"))
+    else:
+        parser.add_subparsers(dest="command", required=True).add_parser("personalize")
+    with pytest.raises(ZoodipError) as caught:
+        parser.parse_args(argv)
+    guess = re.findall(r"\(did you mean '([^']*)'\?\)", str(caught.value))
+    assert guess == ([nearest] if nearest else []), str(caught.value)
