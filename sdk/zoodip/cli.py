@@ -178,7 +178,8 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     out = sys.stderr if args.progress_jsonl == "-" else sys.stdout
     print(_summary(result), file=out)
     if result.status == "done" and result.trend is not None:
-        print(result.trend.describe(resumable=config.lr_scheduler not in LENGTH_DEPENDENT), file=out)
+        print(result.trend.describe(resumable=config.lr_scheduler not in LENGTH_DEPENDENT,
+                                    previews=bool(config.validation_prompt)), file=out)
     if result.embedding_path:
         print(f"embedding: {result.embedding_path} (its token: {config.placeholder_token})", file=out)
     if config.a1111 and result.status != "cancelled":

@@ -27,13 +27,15 @@ class Trend:
     recent_gain: float  # R, relative to e_0
     recent_steps: int  # the steps the recent window covers
 
-    def describe(self, resumable: bool = True) -> str:
+    def describe(self, resumable: bool = True, previews: bool = False) -> str:
         """The verdict in one line; ``resumable``: whether a longer run can continue this one (a learning-rate
-        schedule that follows the run's length cannot: its rates would change under the steps already taken)."""
+        schedule that follows the run's length cannot: its rates would change under the steps already taken);
+        ``previews``: whether the run wrote preview images (then the images to judge are those)."""
         if self.flattened:
+            judge = "in its previews" if previews else "e.g. with --validation_prompt"
             return (f"the evaluation loss has flattened (the last {self.recent_steps} steps improved it by "
                     f"{self.recent_gain:.1%}, the whole run by {self.total_gain:.1%}): more steps are unlikely to "
-                    "lower it much (the images may still change: judge them, e.g. with --validation_prompt)")
+                    f"lower it much (the images may still change: judge them, {judge})")
         return (f"the evaluation loss was still falling (the last {self.recent_steps} steps improved it by "
                 f"{self.recent_gain:.1%} of {self.total_gain:.1%} in all): more steps may help "
                 + ("(--resume with a larger --max_train_steps)" if resumable else

@@ -47,3 +47,5 @@ def test_the_flattened_verdict_claims_the_loss_only():
     message = evaluation_trend(history).describe()
     assert message.startswith("the evaluation loss has flattened") and "unlikely to lower it" in message
     assert "unlikely to help" not in message and "images may still change" in message
+    assert "--validation_prompt" in message  # (a run that wrote previews is sent to them, not to the flag it used)
+    assert "--validation_prompt" not in evaluation_trend(history).describe(previews=True)
