@@ -220,7 +220,8 @@ def _nearest_choice(message: str) -> str:
     found = re.search(r"invalid choice: '(.*)' \(choose from (.*)\)$", message)
     if found is None:
         return ""
-    given, choices = found.group(1).lower(), re.findall(r"'([^']*)'", found.group(2))
+    # (some Python versions quote the choices in this message, others do not)
+    given, choices = found.group(1).lower(), re.findall(r"'([^']*)'", found.group(2)) or found.group(2).split(", ")
     normalized = {re.sub(r"[^a-z0-9]", "", choice.lower().replace("++", "pp")): choice for choice in choices}
     near = difflib.get_close_matches(re.sub(r"[^a-z0-9]", "", given.replace("++", "pp")), list(normalized), n=1,
                                      cutoff=0.6)
