@@ -441,6 +441,17 @@ def _flag_of_path(args: argparse.Namespace | None, filename: object) -> str | No
     return max(holders)[1] if holders else None
 
 
+def _refuse_options_before_the_command(argv: Sequence[str]) -> None:
+    """zoodip itself takes only --help and --version: any other option before the command (``zoodip --model m
+    personalize``, ``zoodip --bogus``) was "arguments are required: command", or sent to the command's help."""
+    first = next((arg for arg in argv if not arg.startswith("-") or arg == "--"), None)
+    before = argv[:argv.index(first)] if first is not None else list(argv)
+    stray = [arg for arg in before if arg not in ("-h", "--help", "--version")]
+    if stray:
+        raise ZoodipError(f"{stray[0]} is not an option of zoodip itself: options go after the command (zoodip "
+                          f"COMMAND {stray[0]} ...; the commands: see 'zoodip --help')")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command, args = argv[0] if argv else "", None
@@ -450,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "export":
             return cmd_export(argv[1:])
+        _refuse_options_before_the_command(argv)
         args, unknown = build_parser().parse_known_args(argv)
         if unknown:  # argparse would send the user to the top-level help, not the command's
             foreign = foreign_flag_problem(unknown, args.command)

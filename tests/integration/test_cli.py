@@ -265,3 +265,17 @@ def test_generate_cleans_what_a_killed_call_left_beside_its_outputs_not_a_live_o
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(
         name for name, kind in names.items() if kind != "stale")
+
+
+@pytest.mark.parametrize("argv", [["--bogus"], ["--bogus", "info", "x"], ["--model", "m", "personalize"]])
+def test_an_option_before_the_command_is_one_line_saying_where_options_go(argv, capsys):
+    """zoodip itself takes --help and --version only: `zoodip --bogus` said a command was required, `zoodip --bogus
+    info x` sent the user to info's help, which has no such option either."""
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, f"{argv[0]} is not an option of zoodip itself: options go after the command")
+
+
+def test_help_and_version_before_nothing_still_work(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["--version"], capsys)
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("zoodip ")
