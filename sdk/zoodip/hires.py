@@ -38,7 +38,7 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
     ``steps``) steps, with the same prompt and options. Image ``i``'s second pass draws its noise from ``seed + i``, A1111's
     seed for the i-th image of a batch (a variation's from ``variation_seed + i``). ``callback(step, total, latents)``
     counts the steps of both passes."""
-    refuse_arguments(options, "generate_hires()", _OPTIONS)  # (named here: generate() would name itself)
+    refuse_arguments(options, "generate_hires()", HIRES_OPTIONS)  # (named here: generate() would name itself)
     if any(options.pop(key, None) is not None for key in ("image", "mask_image", "strength")):
         raise ZoodipError("the hires fix is for text-to-image (A1111 has none for img2img): drop image, mask_image and "
                           "strength (hires_strength is the second pass's), or drop the hires settings")
@@ -87,8 +87,8 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
 
 
 # What generate_hires() takes by name: its own settings and those it passes to generate().
-_OPTIONS = sorted({name for name, parameter in inspect.signature(generate_hires).parameters.items()
-                   if parameter.kind is parameter.KEYWORD_ONLY} | set(GENERATE_OPTIONS))
+HIRES_OPTIONS = sorted({name for name, parameter in inspect.signature(generate_hires).parameters.items()
+                        if parameter.kind is parameter.KEYWORD_ONLY} | set(GENERATE_OPTIONS))
 
 
 def planned_size(model: Any, width: int | None, height: int | None, hires_scale: float | None = None) -> tuple[int, int] | None:

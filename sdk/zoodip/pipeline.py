@@ -11,7 +11,6 @@ argument names; the rules, defaults and errors are theirs. What differs from dif
 """
 from __future__ import annotations
 
-import inspect
 import numbers
 import os
 import secrets
@@ -25,7 +24,7 @@ from .embeddings import load_embeddings
 from .diffusers_names import NOT_TAKEN, RENAMED, refuse_arguments
 from .errors import ZoodipError
 from .generate import generate
-from .hires import generate_hires
+from .hires import HIRES_OPTIONS, generate_hires
 from .model import ExportedModel
 from .runtime_options import RuntimeOptions
 from .sampling import (DEFAULT_GUIDANCE_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, HIRES_STRENGTH, SAMPLERS, call_plan,
@@ -268,9 +267,7 @@ class _DiffusersCallback:
         return first[index] if index < len(first) else second[(index - len(first)) % len(second)]
 
 
-# generate()'s own settings that a call passes on as they are (its signature is the one list), and the hires fix's.
-_GENERATE_OPTIONS = ({name for name, parameter in inspect.signature(generate).parameters.items()
-                      if parameter.kind is not parameter.VAR_KEYWORD}
-                     - {"model", "prompt", "negative_prompt", "steps", "num_images", "guidance_scale", "seed", "clip_skip",
-                        "added_embeddings", "token_groups"}
-                     | {name for name in inspect.signature(generate_hires).parameters if name.startswith("hires_")})
+# generate()'s own settings that a call passes on as they are, and the hires fix's (their signatures are the one list:
+# hires.HIRES_OPTIONS), less those the pipeline takes under diffusers' names or sets itself.
+_GENERATE_OPTIONS = set(HIRES_OPTIONS) - {"negative_prompt", "steps", "num_images", "guidance_scale", "seed", "clip_skip",
+                                          "added_embeddings", "token_groups"}
