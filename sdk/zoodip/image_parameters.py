@@ -25,7 +25,7 @@ _TIFF_LONG, _TIFF_UNDEFINED = 4, 7  # TIFF field types
 _JPEG_SEGMENT = 65533  # the most bytes a JPEG's EXIF segment holds
 _UNICODE, _ASCII = b"UNICODE\0", b"ASCII\0\0\0"  # EXIF's character codes
 MAX_TEXT = 16 << 20  # a parameters text past this is not one
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def parameters_option(path: Path, text: str) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def _read_text(path: str | Path) -> str | None:
         with open(path, "rb") as file:
             head = file.read(12)
             file.seek(0)
-            if head.startswith(_PNG_SIGNATURE):
+            if head.startswith(PNG_SIGNATURE):
                 text = _png_parameters(file)
             elif head.startswith(b"\xff\xd8"):
                 text = _comment(_jpeg_exif(file))
@@ -117,7 +117,7 @@ def _png_parameters(file: BinaryIO) -> str | None:
     """The ``parameters`` text (tEXt, zTXt or iTXt): the last one before the pixel data, as Pillow and so A1111 read
     it, else one after it; else the eXIf chunk's comment."""
     size = file.seek(0, 2)
-    file.seek(len(_PNG_SIGNATURE))
+    file.seek(len(PNG_SIGNATURE))
     before, after, exif, seen_pixels = None, None, None, False
     for _ in range(_MAX_PARTS):
         header = file.read(8)

@@ -24,8 +24,10 @@ from typing import BinaryIO, Callable, Iterable, Mapping
 import numpy as np
 
 from .errors import ZoodipError
+from .image_parameters import PNG_SIGNATURE
 from .paths import atomic_write_bytes
 from .json_text import parse_json
+from .latents_file import NPY_MAGIC
 
 # safetensors dtype name -> little-endian NumPy dtype. BF16 has no NumPy dtype; it is read as
 # float32 (exactly: bfloat16 is the top half of a float32) and is never written.
@@ -153,7 +155,7 @@ def _bad(path: Path, reason: str) -> ZoodipError:
 # Other formats a file given for a safetensors one often is (by its first bytes): said as such, since "truncated?
 # re-download it" would send the user after a download that is fine.
 # (Pickles, torch.save's zip ones too, are told apart before: embeddings.py refuses them with the converter's name.)
-_FOREIGN_MAGIC = ((b"\x93NUMPY", "a NumPy array file (.npy)"), (b"\x89PNG", "a PNG image"),
+_FOREIGN_MAGIC = ((NPY_MAGIC, "a NumPy array file (.npy)"), (PNG_SIGNATURE, "a PNG image"),
                   (b"\xff\xd8\xff", "a JPEG image"))
 
 
