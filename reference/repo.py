@@ -6,8 +6,9 @@ repository on ``sys.path`` when run as files). The SDK keeps its own: it imports
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,4 +59,23 @@ def check_new_output(path: Path, flag: str, overwrite: bool, sources: Iterable[P
     return path
 
 
-__all__ = ["OUTSIDE_REPO", "REPO", "check_new_output", "relative_args", "repo_relative"]
+def write_folder_beside(dest: Path, write: Callable[[Path], None]) -> Path:
+    """``write(folder)`` creates a new folder beside ``dest``, which then takes ``dest``'s place
+    (``zoodip.paths.swap_folder_in``). A failed or interrupted write (a full disk, Ctrl-C) removes its partial folder
+    and leaves ``dest`` as it was. A link's target is replaced, not the link (a link cannot take a folder's place),
+    and ``.`` is resolved so that it has a name to write beside. Returns the resolved ``dest``."""
+    from zoodip.paths import swap_folder_in
+
+    dest = Path(dest).resolve()
+    partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}")  # one per process: two may build one cache
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        write(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    swap_folder_in(partial, dest)
+    return dest
+
+
+__all__ = ["OUTSIDE_REPO", "REPO", "check_new_output", "relative_args", "repo_relative", "write_folder_beside"]

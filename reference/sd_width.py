@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as a file
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference.repo import REPO, check_new_output, repo_relative  # noqa: E402
+from reference.repo import REPO, check_new_output, repo_relative, write_folder_beside  # noqa: E402
 
 PACKED = REPO / "reference" / "model-768"
 TABLE_KEY = "text_model.embeddings.token_embedding.weight"
@@ -130,23 +129,22 @@ def pack(trained: Path, dest: Path, start_folder: Path) -> dict:
 
     record = json.loads((start_folder / "sd_width_start.json").read_text())
     ids = np.asarray(record["trained_ids"], np.int64)
-    dest = Path(dest).resolve()  # as materialize: a link's target replaced (a link cannot take a folder's place)
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(trained, tmp)
-    weights = tmp / "text_encoder" / "model.safetensors"
-    tensors = load_file(weights)
-    table = tensors.pop(TABLE_KEY)
-    regenerated = untrained_rows(record["vocab_size"], record["width"], record["seed"], record["std"])
-    untouched = np.setdiff1d(np.arange(len(table)), ids)
-    if not np.array_equal(table[untouched], regenerated[untouched]):
-        raise SystemExit(f"{trained}: its untrained token rows are not the seeded ones of {start_folder}")
-    save_file(tensors, str(weights))
-    save_file({"ids": ids, "rows": table[ids]}, str(tmp / "text_encoder" / PACK_FILE))
     keep = {k: record[k] for k in ("seed", "std", "vocab_size", "width")}
-    (tmp / "text_encoder" / PACK_RECORD).write_text(json.dumps(keep, indent=1) + "\n")
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+
+    def write(folder: Path) -> None:
+        shutil.copytree(trained, folder)
+        weights = folder / "text_encoder" / "model.safetensors"
+        tensors = load_file(weights)
+        table = tensors.pop(TABLE_KEY)
+        regenerated = untrained_rows(record["vocab_size"], record["width"], record["seed"], record["std"])
+        untouched = np.setdiff1d(np.arange(len(table)), ids)
+        if not np.array_equal(table[untouched], regenerated[untouched]):
+            raise SystemExit(f"{trained}: its untrained token rows are not the seeded ones of {start_folder}")
+        save_file(tensors, str(weights))
+        save_file({"ids": ids, "rows": table[ids]}, str(folder / "text_encoder" / PACK_FILE))
+        (folder / "text_encoder" / PACK_RECORD).write_text(json.dumps(keep, indent=1) + "\n")
+
+    write_folder_beside(dest, write)  # a link's target replaced, as materialize's
     return keep
 
 
@@ -161,21 +159,20 @@ def materialize(packed: Path = PACKED, dest: Path | None = None) -> Path:
     marker = dest / ".materialized-from"
     if marker.is_file() and marker.read_text() == stamp.hexdigest():
         return dest
-    tmp = dest.with_name(dest.name + f".partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(packed, tmp, ignore=shutil.ignore_patterns(PACK_FILE, PACK_RECORD))
-    record = json.loads((packed / "text_encoder" / PACK_RECORD).read_text())
-    rows = load_file(packed / "text_encoder" / PACK_FILE)
-    table = untrained_rows(record["vocab_size"], record["width"], record["seed"], record["std"])
-    table[rows["ids"]] = rows["rows"]
-    weights = tmp / "text_encoder" / "model.safetensors"
-    tensors = load_file(weights)
-    tensors[TABLE_KEY] = table
-    save_file(tensors, str(weights))
-    (tmp / ".materialized-from").write_text(stamp.hexdigest())
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    return dest
+
+    def write(folder: Path) -> None:
+        shutil.copytree(packed, folder, ignore=shutil.ignore_patterns(PACK_FILE, PACK_RECORD))
+        record = json.loads((packed / "text_encoder" / PACK_RECORD).read_text())
+        rows = load_file(packed / "text_encoder" / PACK_FILE)
+        table = untrained_rows(record["vocab_size"], record["width"], record["seed"], record["std"])
+        table[rows["ids"]] = rows["rows"]
+        weights = folder / "text_encoder" / "model.safetensors"
+        tensors = load_file(weights)
+        tensors[TABLE_KEY] = table
+        save_file(tensors, str(weights))
+        (folder / ".materialized-from").write_text(stamp.hexdigest())
+
+    return write_folder_beside(dest, write)
 
 
 def check_outputs(args) -> None:

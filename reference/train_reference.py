@@ -49,7 +49,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -61,7 +60,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
-from reference.repo import REPO, check_new_output, repo_relative  # noqa: E402
+from reference.repo import REPO, check_new_output, repo_relative, write_folder_beside  # noqa: E402
 from reference.train_work import check_work, record_stage  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
@@ -432,20 +431,7 @@ def stage_diffusion(work: Path, data: dict, latents: tuple[np.ndarray, np.ndarra
 
 def save_folder(final: Path, vae, unet, text_encoder, scale: float, meta: dict) -> None:
     """Write the diffusers folder beside ``final``, then swap it in: an interrupted save leaves ``final`` as it was."""
-    final = final.resolve()  # a link's target is replaced, not the link (and '.' has a name to put a copy beside)
-    dest = final.with_name(final.name + ".partial")
-    shutil.rmtree(dest, ignore_errors=True)
-    try:
-        write_folder(dest, vae, unet, text_encoder, scale, meta)
-    except BaseException:  # Ctrl-C or a full disk: no half-written folder stays behind
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
-    old = final.with_name(final.name + ".replaced")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():  # only with --overwrite (checked before any work)
-        os.replace(final, old)
-    os.replace(dest, final)
-    shutil.rmtree(old, ignore_errors=True)
+    write_folder_beside(final, lambda folder: write_folder(folder, vae, unet, text_encoder, scale, meta))
 
 
 def write_folder(dest: Path, vae, unet, text_encoder, scale: float, meta: dict) -> None:

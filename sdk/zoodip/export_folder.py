@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import ZoodipError
 from .json_text import parse_json
 from .manifest import FORMAT, MANIFEST
-from .paths import check_output_dir, lies_within
+from .paths import check_output_dir, lies_within, swap_folder_in
 
 
 def output_target(out_dir: str | Path) -> Path:
@@ -42,13 +42,7 @@ def publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
     except ZoodipError as exc:
         raise ZoodipError(f"{exc}: it appeared while the export ran (another export, or files put there), and nothing "
                           "was replaced") from None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-        staging.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out_dir)
+    swap_folder_in(staging, out_dir)
 
 
 def missing_parents(path: Path) -> list[Path]:

@@ -18,6 +18,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -284,6 +285,20 @@ def atomic_write_bytes(path: Path, write: Callable[[object], None], then: str = 
         shown = f"{path} (a link to {target})" if target != path else path
         raise ZoodipError(f"cannot write {shown}: {reason}{kept}: {fix} and {then}") from None
     _fsync_folder(target.parent)
+
+
+def swap_folder_in(built: Path, dest: Path) -> None:
+    """Rename the finished folder ``built`` to ``dest`` (both in one folder). An old ``dest`` is renamed aside first
+    (``.NAME.old-PID``) and removed only once the new one is in place, so an interruption never leaves a half-removed
+    ``dest``: at worst, between the two renames, the old folder waits under that name."""
+    if not os.path.lexists(dest):
+        os.replace(built, dest)
+        return
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(dest, old)
+    os.replace(built, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -191,3 +191,22 @@ def test_materialize_through_a_link_replaces_its_target(tmp_path: Path) -> None:
     assert sd_width.materialize(sd_width.PACKED, link) == target
     assert link.is_symlink() and (target / "text_encoder" / "model.safetensors").is_file()
     assert not (target / "stale.txt").exists()
+
+
+def test_an_interrupted_materialize_leaves_its_destination_as_it_was(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C while the full folder was written left a ``.partial-PID`` copy of the model (hundreds of MB) beside the
+    cache, one more for every interrupted run; now the partial folder goes and the old destination stays."""
+    import safetensors.numpy
+
+    dest = tmp_path / "full"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+
+    def interrupted(*_args, **_kwargs) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sd_width.materialize(sd_width.PACKED, dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+    assert [p.name for p in dest.iterdir()] == ["old.txt"]

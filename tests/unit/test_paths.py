@@ -261,3 +261,17 @@ def test_generate_and_personalize_treat_a_link_to_nothing_alike(tmp_path):
     with pytest.raises(ZoodipError, match="^--output_dir" + said):
         check_output_dir(tmp_path / "run")
     assert not (tmp_path / "nothing").exists() and not (tmp_path / "nothing.png").exists()
+
+
+def test_swap_folder_in_replaces_an_old_folder_and_leaves_nothing_beside(tmp_path: Path) -> None:
+    from zoodip.paths import swap_folder_in
+
+    built, dest = tmp_path / "built", tmp_path / "dest"
+    built.mkdir()
+    (built / "new.txt").write_text("new")
+    swap_folder_in(built, dest)  # nothing there yet
+    assert [p.name for p in tmp_path.iterdir()] == ["dest"] and (dest / "new.txt").read_text() == "new"
+    built.mkdir()
+    (built / "newer.txt").write_text("newer")
+    swap_folder_in(built, dest)
+    assert [p.name for p in tmp_path.iterdir()] == ["dest"] and [p.name for p in dest.iterdir()] == ["newer.txt"]
