@@ -172,9 +172,9 @@ def _foreign(path: Path, first: bytes) -> ZoodipError | None:
 
 def _read_header(handle: BinaryIO, size: int, path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
     """The checked header entries, the metadata and where the data buffer starts."""
-    if size < 8:
-        raise _bad(path, "shorter than its 8-byte header length")
     first = handle.read(8)
+    if size < 8:  # ('{}' or '[1]' saved under the embedding's name is JSON too, not a cut download)
+        raise _foreign(path, first) or _bad(path, "shorter than its 8-byte header length")
     header_len = int.from_bytes(first, "little")
     if header_len > _MAX_HEADER_BYTES or 8 + header_len > size:
         raise _foreign(path, first) or _bad(path, f"header length {header_len} does not fit the {size}-byte file; truncated?")

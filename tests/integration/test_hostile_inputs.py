@@ -697,6 +697,8 @@ FOREIGN_FILES = {
     "emb.npy": (b"\x93NUMPY\x01\x00v\x00" + b" " * 118 + b"\n" + bytes(32), "a NumPy array file (.npy)"),
     "emb.json": (b'{"<token>": [0.1, 0.2]}\n', "JSON or text"),
     "image.safetensors": (b"\x89PNG\r\n\x1a\n" + bytes(60), "a PNG image"),
+    "empty.safetensors": (b"{}", "JSON or text"),  # under 8 bytes: was 'shorter than its header length: re-download'
+    "list.safetensors": (b"[1]\n", "JSON or text"),
 }
 
 
