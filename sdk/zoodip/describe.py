@@ -2,6 +2,7 @@
 offers, or the settings an image was generated with. Each returns its lines; the CLI prints them."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import ZoodipError
@@ -17,7 +18,7 @@ def describe(path: str | Path) -> list[str]:
     if not str(path).strip():
         raise ZoodipError("the path is empty: pass an embedding file, an export folder or an image")
     path = Path(path)
-    if path.is_dir() and (path / MANIFEST).is_file():
+    if path.is_dir() and os.path.lexists(path / MANIFEST):  # (not a file: the export's check says what it is)
         return describe_export(path)
     if path.is_dir() and (path / EMBEDDING_NAME).is_file():  # a personalize --output_dir
         raise ZoodipError(f"{path} is a run folder: pass its embedding, {path / EMBEDDING_NAME}")

@@ -689,8 +689,9 @@ def test_an_export_file_that_is_a_folder_or_a_pipe_is_said_as_what_it_is(tiny_ex
         code, _, err = run_cli([command, folder], capsys)
         assert_one_line_error(code, err, f"text_encoder.onnx {what}, where the export has a file")
     _replace_with(folder / "manifest.json", kind)
-    code, _, err = run_cli(["verify", folder], capsys)
-    assert_one_line_error(code, err, f"manifest.json {what}, not the export's manifest file")
+    for command in ("verify", "info"):  # info said 'is a folder: info reads ... an export folder'
+        code, _, err = run_cli([command, folder], capsys)
+        assert_one_line_error(code, err, f"manifest.json {what}, not the export's manifest file")
 
 
 FOREIGN_FILES = {
