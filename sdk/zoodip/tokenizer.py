@@ -32,7 +32,8 @@ import numpy as np
 
 from .errors import ZoodipError
 from .paths import why_missing
-from .tokenizer_files import DEFAULT_MAX_LENGTH, VOCABULARY_FILES, read_merges, read_settings, read_vocab
+from .tokenizer_files import (DEFAULT_MAX_LENGTH, VOCABULARY_FILES, check_merges_fit_vocab, read_merges, read_settings,
+                              read_vocab)
 
 __all__ = ["CLIPTokenizer"]
 
@@ -223,6 +224,7 @@ class CLIPTokenizer:
                 raise ZoodipError(f"{folder / name} is missing: copy the full 'tokenizer' folder of the model")
         vocab, merges = read_vocab(folder), read_merges(folder)
         settings = read_settings(folder)
+        check_merges_fit_vocab(folder, vocab, merges, settings.special_tokens)
         return cls(vocab, merges, max_length=settings.max_length, added_tokens=settings.added_tokens,
                    **settings.special_tokens)
 

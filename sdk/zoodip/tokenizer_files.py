@@ -126,3 +126,22 @@ def read_added_tokens(folder: Path, config: Dict[str, Any]) -> Dict[str, int]:
         if isinstance(extra, dict):
             added.update({k: v for k, v in extra.items() if isinstance(k, str) and isinstance(v, int)})
     return added
+
+
+def check_merges_fit_vocab(folder: Path, vocab: Dict[str, int], merges: List[Tuple[str, str]],
+                           special_tokens: Dict[str, str]) -> None:
+    """merges.txt and vocab.json are one whole tokenizer's: BPE builds every vocabulary token longer than one symbol
+    (but the special ones) by a merge, and every merge makes a vocabulary token. transformers reads a merges.txt cut
+    short (a download that stopped) as it stands: every prompt then splits into other tokens than the model's."""
+    made = set()
+    for number, (first, second) in enumerate(merges, start=2):
+        if first + second not in vocab:
+            raise ZoodipError(f"{folder / 'merges.txt'} line {number} makes {first + second!r:.40}, which vocab.json "
+                              "lacks: the two files are not one tokenizer's; copy the tokenizer folder again")
+        made.add(first + second)
+    special = set(special_tokens.values())
+    unmade = sum(1 for token in vocab if token not in made and token not in special
+                 and len(token[:-4] if token.endswith("</w>") else token) > 1)
+    if unmade:
+        raise ZoodipError(f"{folder / 'merges.txt'} holds {len(merges)} merges, too few for vocab.json: {unmade} of its "
+                          "tokens are made by no merge (the file is cut short?): copy the tokenizer folder again")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -391,3 +392,24 @@ def test_import_pulls_no_heavy_modules():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("kept", [0, 1000, 48893])
+def test_a_merges_file_cut_short_is_refused_not_read_as_another_tokenizer(sd1_folder, tmp_path, kept):
+    """An empty or truncated merges.txt (a download cut short) was read as it stood: every prompt then split into
+    other tokens than the model's, and the export and generate went ahead on them."""
+    shutil.copytree(sd1_folder, tmp_path / "tok")
+    merges = (sd1_folder / "merges.txt").read_text(encoding="utf-8").split("\n")
+    (tmp_path / "tok" / "merges.txt").write_text("\n".join(merges[: 1 + kept]) + ("\n" if kept else ""), encoding="utf-8")
+    with pytest.raises(ZoodipError, match=rf"merges.txt holds {kept} merges, .* copy the tokenizer folder again"):
+        CLIPTokenizer.from_folder(tmp_path / "tok")
+
+
+def test_merges_of_another_vocabulary_are_refused(sd1_folder, tmp_path):
+    shutil.copytree(sd1_folder, tmp_path / "tok")
+    path = tmp_path / "tok" / "merges.txt"
+    lines = path.read_text(encoding="utf-8").split("\n")
+    lines[5] = "q z"  # (its product "qz" is no CLIP token)
+    path.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(ZoodipError, match=r"merges.txt line 6 makes 'qz', which vocab.json lacks"):
+        CLIPTokenizer.from_folder(tmp_path / "tok")
