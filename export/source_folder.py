@@ -1,6 +1,7 @@
 """The diffusers source folder an export reads: its required parts, its configs, the model facts they give."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,10 @@ def check_source(source: Path) -> dict[str, dict[str, Any]]:
                           "Stable Diffusion 1.x/2.x only; use an SD1.5 or SD2.x folder")
     for part, files in REQUIRED_PARTS.items():
         for name in files:
-            if not (source / part / name).is_file():
-                raise ZoodipError(
-                    f"{source} is not a diffusers Stable Diffusion folder: {part}/{name} is missing"
-                )
+            path = source / part / name
+            if not path.is_file():  # (a link into a cache whose file is gone is said as one)
+                why = "is missing" if not os.path.lexists(path) else why_missing(path)
+                raise ZoodipError(f"{source} is not a diffusers Stable Diffusion folder: {part}/{name} {why}")
     configs = {
         "unet": read_json(source / "unet" / "config.json"),
         "vae": read_json(source / "vae" / "config.json"),

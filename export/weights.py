@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from zoodip.errors import ZoodipError
+from zoodip.paths import why_missing
 
 
 def first_non_finite(tensors: Mapping[str, Any]) -> str | None:
@@ -30,7 +31,12 @@ def load_checked(component: str, loader: Callable[[Path], Any], folder: Path) ->
             raise ZoodipError(f"cannot load the {component}: a pickled weights file (.bin) in {shown} holds more than "
                               f"tensors ({refused}), which zoodip does not unpickle: it may run code; use the model's "
                               ".safetensors weights") from None
-        if not any(path.suffix in (".safetensors", ".bin") for path in Path(folder).iterdir()):
+        weights = [path for path in Path(folder).iterdir() if path.suffix in (".safetensors", ".bin")]
+        gone = next((path for path in weights if not path.exists()), None)
+        if gone is not None:  # a link into a cache whose file is gone: diffusers says it found no *.bin
+            raise ZoodipError(f"cannot load the {component}: {shown / gone.name} {why_missing(gone)}: copy the "
+                              "model's weights there again") from None
+        if not weights:
             raise ZoodipError(f"cannot load the {component}: {shown} holds no weights file (.safetensors): copy the "
                               "model's weights there") from None
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -126,3 +126,23 @@ def test_the_curvature_tool_warns_of_pickled_weights_as_the_export_does(bin_sour
     assert curvature_main([str(bin_source), str(tmp_path / "c.safetensors"), "--samples", "1"]) == 0
     err = capsys.readouterr().err
     assert pickled_weights_warning(bin_source) in err.splitlines(), err
+
+
+@pytest.mark.parametrize("file, needle", [
+    ("unet/diffusion_pytorch_model.safetensors", "cannot load the UNet: {folder}/unet/diffusion_pytorch_model"
+     ".safetensors is a symbolic link to ../../blobs/gone, which does not exist"),
+    ("unet/config.json", "unet/config.json is a symbolic link to ../../blobs/gone, which does not exist"),
+])
+def test_a_link_into_a_cache_whose_file_is_gone_is_named(tiny_sd_folder: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str], file: str,
+                                                         needle: str) -> None:
+    """An HF cache snapshot whose blob was deleted: the weights link was said as 'no file named
+    diffusion_pytorch_model.bin found', the config link as 'missing', sending the user after files they never had."""
+    source = tmp_path / "snapshot"
+    shutil.copytree(tiny_sd_folder, source)
+    (source / file).unlink()
+    (source / file).symlink_to("../../blobs/gone")
+    assert main([str(source), str(tmp_path / "out"), "--quiet", "--no-parity", "--curvature-samples", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle.format(folder=source) in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snapshot"]
