@@ -60,9 +60,22 @@ def single_file_flavor(path: Path, config: Path | None = None, names: list[str] 
         raise ZoodipError(f"{path} holds no VAE ({_VAE}* tensors; a checkpoint shared without one): pass --config "
                           "FOLDER, a diffusers folder of its kind whose vae/ holds the VAE to use (its weights)")
     if (channels := _in_channels(path, names)) != 4:
-        raise ZoodipError(f"{path} is an inpainting model (its UNet reads {channels} channels): zoodip exports "
-                          "text-to-image SD1.x/2.x models, which inpaint any image themselves (generate --image --mask)")
+        raise ZoodipError(f"{path} is {unet_kind(channels)}: its UNet reads {channels} channels. zoodip exports "
+                          f"text-to-image SD1.x/2.x models{UNET_KIND_FIX}")
     return flavor
+
+
+# UNets that read more than the 4 latent channels, by what their extra channels hold (the diffusers pipelines they
+# belong to), so that a refusal names the model the user has rather than calling every one an inpainting model.
+_UNET_KINDS = {9: "an inpainting model (it also reads a mask and the masked image)",
+               8: "an image-editing model such as InstructPix2Pix (it also reads the input image's latents)",
+               5: "a depth-to-image model (it also reads a depth map)"}
+UNET_KIND_FIX = ", which inpaint and edit images themselves (generate --image, --mask)"
+
+
+def unet_kind(channels: int) -> str:
+    """What a UNet reading ``channels`` input channels is, where it is not a text-to-image one."""
+    return _UNET_KINDS.get(channels, "not a text-to-image model")
 
 
 def vae_folder(config: Path | None) -> Path | None:

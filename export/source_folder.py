@@ -83,9 +83,11 @@ def check_source(source: Path) -> dict[str, dict[str, Any]]:
     _check_vae_depth(source, configs["vae"])
     unet_channels, latent_channels = configs["unet"].get("in_channels", 4), configs["vae"].get("latent_channels", 4)
     if unet_channels != latent_channels:
-        raise ZoodipError(f"{source}: its UNet reads {unet_channels} channels, not the VAE's {latent_channels} latent "
-                          "channels (an inpainting model's UNet also reads a mask and a masked image): export the base "
-                          "model; it inpaints with 'zoodip generate --image PATH --mask PATH'")
+        from zoodip_export.single_file import UNET_KIND_FIX, unet_kind
+
+        raise ZoodipError(f"{source} is {unet_kind(unet_channels)}: its UNet reads {unet_channels} channels, not the "
+                          f"VAE's {latent_channels} latent channels. zoodip exports text-to-image SD1.x/2.x models"
+                          f"{UNET_KIND_FIX}: export the base model")
     return configs
 
 

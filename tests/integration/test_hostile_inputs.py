@@ -561,17 +561,21 @@ def test_export_never_replaces_the_folder_that_holds_its_source(tiny_sd_folder, 
     assert (previous / "source" / "unet" / "config.json").is_file() and (previous / "manifest.json").is_file()
 
 
-def test_export_refuses_an_inpainting_unet_up_front(tiny_sd_folder, tmp_path, capsys):
-    inpainting = tmp_path / "inpainting"
-    shutil.copytree(tiny_sd_folder, inpainting)
-    config_path = inpainting / "unet" / "config.json"
+@pytest.mark.parametrize("channels, kind", [(9, "an inpainting model"), (8, "InstructPix2Pix"),
+                                            (5, "a depth-to-image model"), (7, "not a text-to-image model")])
+def test_export_refuses_an_inpainting_unet_up_front(tiny_sd_folder, tmp_path, capsys, channels, kind):
+    """An InstructPix2Pix (8 channels) or depth-to-image (5) UNet was refused as 'an inpainting model's'."""
+    source = tmp_path / "source"
+    shutil.copytree(tiny_sd_folder, source)
+    config_path = source / "unet" / "config.json"
     config = json.loads(config_path.read_text())
-    config["in_channels"] = 9  # latents, mask and masked image: SD inpainting models'
+    config["in_channels"] = channels  # 9: latents, mask and masked image, SD inpainting models'
     config_path.write_text(json.dumps(config))
     out = tmp_path / "out"
-    code, _, err = run_cli(["export", inpainting, out, "--quiet"], capsys)
-    assert_one_line_error(code, err, "reads 9 channels")
-    assert "--mask" in err and not out.exists()
+    code, _, err = run_cli(["export", source, out, "--quiet"], capsys)
+    assert_one_line_error(code, err, f"reads {channels} channels")
+    assert kind in err and "--mask" in err and not out.exists()
+    assert ("inpainting" in err.split(":")[1]) == (channels == 9)
 
 
 def test_max_token_norm_reads_the_table_without_the_map(tiny_export):

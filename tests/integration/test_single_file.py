@@ -137,8 +137,11 @@ def _edited(checkpoint: Path, dest: Path, edit) -> Path:
      "lacks 1 of the model's tensors"),
     ("nan.safetensors", lambda t: t["model.diffusion_model.out.2.weight"].fill_(float("nan")), "non-finite values"),
     ("inpainting.safetensors", lambda t: t.__setitem__("model.diffusion_model.input_blocks.0.0.weight",
-                                                       t["model.diffusion_model.input_blocks.0.0.weight"].repeat(1, 2, 1, 1)[:, :9]),
-     "is an inpainting model"),
+                                                       t["model.diffusion_model.input_blocks.0.0.weight"].repeat(1, 3, 1, 1)[:, :9].contiguous()),
+     "is an inpainting model"),  # (9 channels: repeat(1, 2, 1, 1) made 8, an InstructPix2Pix UNet's)
+    ("ip2p.safetensors", lambda t: t.__setitem__("model.diffusion_model.input_blocks.0.0.weight",
+                                                 t["model.diffusion_model.input_blocks.0.0.weight"].repeat(1, 2, 1, 1)),
+     "is an image-editing model such as InstructPix2Pix"),
 ])
 def test_an_incomplete_or_damaged_checkpoint_is_refused_not_filled_with_random_values(
         tiny_sd_folder, tiny_checkpoint, tmp_path, capsys, name, edit, words):
