@@ -3,8 +3,10 @@
 An image size that cannot fit the machine otherwise runs until memory runs out and dies inside
 PIL, NumPy or onnxruntime minutes later. The check here is a *lower bound* on the memory a size
 needs, so it never refuses a size that could run: every Stable Diffusion VAE has a single-head
-self-attention over all latent positions in its middle block, whose score matrix alone is
-``(h * w)^2`` float32 values per image (h, w: the latent size). The memory available is the
+self-attention over all latent positions in its middle block, whose score matrix is
+``(h * w)^2`` float32 values per image (h, w: the latent size), and which holds two of them at once: the
+exported graph's Softmax writes its probabilities beside the scores it reads (onnxruntime does not overwrite
+its input), so the check counts both (counting one let a size pass that then died with out-of-memory). The memory available is the
 ``--memory-budget`` when one is given, else the machine's physical memory.
 """
 from __future__ import annotations
@@ -16,6 +18,8 @@ from .errors import ZoodipError
 from .image_side import side_multiple
 
 _FLOAT32 = 4
+# The attention's scores and their softmax, live together (see above).
+_SCORE_MATRICES_LIVE = 2
 
 
 def machine_memory_bytes() -> int | None:
@@ -27,9 +31,10 @@ def machine_memory_bytes() -> int | None:
 
 
 def attention_bytes(latent_h: int, latent_w: int, images: int = 1) -> int:
-    """Bytes of the VAE's latent self-attention scores for ``images`` images: a floor on peak memory."""
+    """Bytes of the VAE's latent self-attention scores and their softmax for ``images`` images: a floor on peak
+    memory."""
     positions = int(latent_h) * int(latent_w)
-    return int(images) * positions * positions * _FLOAT32
+    return int(images) * positions * positions * _FLOAT32 * _SCORE_MATRICES_LIVE
 
 
 def available_bytes(memory_budget_mb: int | None = None) -> tuple[int | None, str]:
@@ -44,7 +49,7 @@ def largest_side(vae_scale_factor: int, available: int, images: int = 1, multipl
     """The largest square image side (a multiple of ``multiple``, by default of 8 and of the VAE factor) whose floor
     fits ``available``."""
     multiple = multiple or side_multiple(vae_scale_factor)
-    positions = math.isqrt(max(0, available // (_FLOAT32 * max(1, images))))
+    positions = math.isqrt(max(0, available // (_FLOAT32 * _SCORE_MATRICES_LIVE * max(1, images))))
     side_latent = math.isqrt(positions)
     return max(0, side_latent * int(vae_scale_factor) // multiple * multiple)
 

@@ -247,15 +247,27 @@ def test_image_size_limit_is_a_floor_that_names_its_limit():
     from zoodip.errors import ZoodipError
     from zoodip.limits import attention_bytes, check_image_size, largest_side
 
-    assert attention_bytes(64, 64) == 4096 * 4096 * 4  # SD1.5 at 512 px: 64 MiB of VAE attention scores
+    # SD1.5 at 512 px: 64 MiB of VAE attention scores, and as much again for their softmax, live beside them
+    assert attention_bytes(64, 64) == 2 * 4096 * 4096 * 4
     side = largest_side(8, 1 << 30)
     check_image_size(side, side, 8, "x", memory_budget_mb=1024)  # the largest side named fits
     with pytest.raises(ZoodipError, match=f"use at most {side} px"):
         check_image_size(side + 8, side + 8, 8, "x", memory_budget_mb=1024)
     # On an export that runs only multiples of 64 px the side named is one it runs (1016 px was named, then refused).
-    assert largest_side(8, 1000 << 20) == 1016 and largest_side(8, 1000 << 20, multiple=64) == 960
+    assert largest_side(8, 2000 << 20) == 1016 and largest_side(8, 2000 << 20, multiple=64) == 960
     with pytest.raises(ZoodipError, match="use at most 960 px"):
-        check_image_size(1024, 1024, 8, "x", memory_budget_mb=1000, multiple=64)
+        check_image_size(1024, 1024, 8, "x", memory_budget_mb=2000, multiple=64)
+
+
+def test_image_size_floor_counts_the_attention_scores_and_their_softmax():
+    """2048 px on a 23.5 GB machine passed a floor of one 16 GiB score matrix and was then killed for memory: the
+    VAE decoder's Softmax writes its probabilities beside the scores, so both are live (its measured peak alone)."""
+    from zoodip.errors import ZoodipError
+    from zoodip.limits import check_image_size
+
+    check_image_size(512, 512, 8, "x", memory_budget_mb=130)  # 2 x 64 MiB fits
+    with pytest.raises(ZoodipError, match="needs at least 0.125 GB"):
+        check_image_size(512, 512, 8, "x", memory_budget_mb=100)  # one 64 MiB matrix fit; two do not
 
 
 def test_photo_count_beyond_memory_is_refused_with_the_limit():
