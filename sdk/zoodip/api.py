@@ -124,25 +124,31 @@ class PersonalizationJob:
         finally:
             self._finished.set()
 
-    def _claim(self) -> None:
+    def _claim(self, in_thread: bool) -> None:
         """One run per job: a second would share the run folder with the first, or replace its outcome. The run's
         folders are taken as absolute now (links and '..' kept): a host that changes its working folder while the job
         runs in a thread would send its reads and writes elsewhere (it stopped as if its folder had gone, or wrote a
         new one)."""
-        if self._closed:
-            raise ZoodipError("this job was closed (close()): create a new PersonalizationJob to run again "
-                              "(resume=True continues its run)")
-        if self._thread is not None or self._running_here:
-            raise ZoodipError("this job was already started: create a new PersonalizationJob to run again "
-                              "(resume=True continues its run)")
-        folders = {name: getattr(self.config, name) for name in ("export_dir", "images", "output_dir")}
-        self._run_config = replace(self.config, **{  # (what is no path, or an empty one, is refused as the config's)
-            name: Path(value).absolute() if isinstance(value, (str, os.PathLike)) and str(value).strip() else value
-            for name, value in folders.items()})
+        # Checked and claimed under one lock: two start()s from two threads at once both passed the check, and the
+        # second run, refused by the folder lock, became the job's outcome while the first trained on unwatched.
+        with self._model_lock:
+            if self._closed:
+                raise ZoodipError("this job was closed (close()): create a new PersonalizationJob to run again "
+                                  "(resume=True continues its run)")
+            if self._thread is not None or self._running_here:
+                raise ZoodipError("this job was already started: create a new PersonalizationJob to run again "
+                                  "(resume=True continues its run)")
+            folders = {name: getattr(self.config, name) for name in ("export_dir", "images", "output_dir")}
+            self._run_config = replace(self.config, **{  # (no path, or an empty one: refused as the config's)
+                name: Path(value).absolute() if isinstance(value, (str, os.PathLike)) and str(value).strip() else value
+                for name, value in folders.items()})
+            if in_thread:
+                self._thread = threading.Thread(target=self._target, name="zoodip-personalize", daemon=True)
+            else:
+                self._running_here = True
 
     def start(self) -> PersonalizationJob:
-        self._claim()
-        self._thread = threading.Thread(target=self._target, name="zoodip-personalize", daemon=True)
+        self._claim(in_thread=True)
         self._pid = os.getpid()
         _STARTED.add(self)
         self._thread.start()
@@ -150,8 +156,7 @@ class PersonalizationJob:
 
     def run(self) -> PersonalizeResult:
         """Run in the calling thread (blocking; another thread may cancel() it)."""
-        self._claim()
-        self._running_here = True
+        self._claim(in_thread=False)
         self._target()
         return self._outcome()
 
@@ -191,12 +196,13 @@ class PersonalizationJob:
         run's files stay. A generate() in progress ends first (closed from its callback: the model is released as it
         returns). ``generate()``, ``start()`` and ``run()`` are refused afterwards (generate with
         ``result.embedding_path`` on a model of your own). A second close() does nothing."""
+        with self._model_lock:  # (first: a start() in another thread now is refused, or has claimed the run it stops)
+            self._closed = True
         if self.running:
             self._cancel.set()
             if self._runner != threading.get_ident():
                 self._finished.wait()
         with self._model_lock:
-            self._closed = True
             # Generations in progress end first (a model closed under them failed them); one in this thread (close()
             # from its callback) cannot: the model is then released as it returns.
             me = threading.get_ident()

@@ -172,3 +172,37 @@ while job.latest is None or job.latest.step < 3:
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(np.load(out / "checkpoint.npz")["step"]) >= 3
     assert not (out / ".zoodip-run.lock").exists()
+
+
+def test_a_job_started_from_two_threads_at_once_runs_once(tiny_export, photos, tmp_path, monkeypatch):
+    """start() from two threads at once both passed the 'already started' check: two runs in one folder, the second
+    refused by the folder lock, and wait() raised that refusal ('in use by another zoodip run') for a run that went on
+    (and `running` said False while it did). One start() now runs it; the other is the one line."""
+    import zoodip.api
+
+    both_checking = threading.Barrier(2)
+    real_replace = zoodip.api.replace
+
+    def slow_replace(*args, **kwargs):  # holds each start() between its check and its claim until the other arrives
+        try:
+            both_checking.wait(timeout=1)
+        except threading.BrokenBarrierError:
+            pass
+        return real_replace(*args, **kwargs)
+    monkeypatch.setattr(zoodip.api, "replace", slow_replace)
+    job = PersonalizationJob(make_config(tiny_export, photos, tmp_path / "run", max_train_steps=2, eval_every=0))
+    refused: list[str] = []
+
+    def start() -> None:
+        try:
+            job.start()
+        except ZoodipError as exc:
+            refused.append(str(exc))
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(refused) == 1 and refused[0].startswith("this job was already started")
+    assert job.wait(60).status == "done"
+
