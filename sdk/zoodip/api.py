@@ -146,11 +146,13 @@ class PersonalizationJob:
                 self._thread = threading.Thread(target=self._target, name="zoodip-personalize", daemon=True)
             else:
                 self._running_here = True
+            # Either way an exiting interpreter stops it first: run() in a daemon thread of the app's own died there
+            # under onnxruntime as start()'s did (the process aborted, its steps and lock file left).
+            self._pid = os.getpid()
+            _STARTED.add(self)
 
     def start(self) -> PersonalizationJob:
         self._claim(in_thread=True)
-        self._pid = os.getpid()
-        _STARTED.add(self)
         self._thread.start()
         return self
 
