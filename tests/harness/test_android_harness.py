@@ -320,6 +320,10 @@ def test_kotlin_sketch_reads_the_fields_the_cli_streams(tiny_export, photos, tmp
     assert {"eval_loss", "kept_dims"} <= seen_null and {"loss", "eval_loss", "kept_dims", "eta_s"} <= seen_value
     events_named = set(re.findall(r'"(setup|step|eval|validation|checkpoint|done|cancelled|early-stopped)"', KOTLIN.read_text()))
     assert {e["event"] for e in events} <= events_named
+    # The README's description of the stream, which an app developer reads first, names each event too
+    # (it once named "step" alone: a step that ran an evaluation arrives as "eval", and the end as "done").
+    readme_named = set(re.findall(r'"event": "([a-z-]+)"', (REPO / "README.md").read_text()))
+    assert {e["event"] for e in events} <= readme_named, sorted({e["event"] for e in events} - readme_named)
 
 
 def test_cancel_like_the_sketch_sigint_checkpoints_exits_130_and_resume_finishes(tiny_export, photos, tmp_path):
