@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from .errors import ZoodipError
 
@@ -299,6 +299,19 @@ def swap_folder_in(built: Path, dest: Path) -> None:
     os.replace(dest, old)
     os.replace(built, dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def append_whole(handle: BinaryIO, data: bytes) -> None:
+    """Append ``data`` through the unbuffered binary ``handle`` whole or not at all: a write that falls short (a full
+    disk) is cut back, so that an append-only log never holds half a line for a reader (or a resumed run) to meet."""
+    end = os.fstat(handle.fileno()).st_size
+    try:
+        if handle.write(data) != len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(handle.fileno(), end)
+        raise
 
 
 def _fsync_folder(folder: Path) -> None:

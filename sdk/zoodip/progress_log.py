@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ZoodipError
-from .paths import take_flock, write_failure
+from .paths import append_whole, take_flock, write_failure
 from .json_text import parse_json
 
 
@@ -71,17 +70,8 @@ class LazyJsonlLog:
                               "file")
 
     def _append(self, data: bytes) -> None:
-        """One whole line or none: a write that falls short (a full disk) is cut back, so that the log never holds
-        half a line for a reader (or a resumed run's lines) to meet."""
-        end = os.fstat(self.file.fileno()).st_size
-        try:
-            if self.file.write(data) != len(data):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            self.written += len(data)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self.file.fileno(), end)
-            raise
+        append_whole(self.file, data)  # (one whole line or none: a full disk's half line is cut back)
+        self.written += len(data)
 
     def _stop(self, failure: str | None) -> None:
         self.stopped, self.failure = True, failure

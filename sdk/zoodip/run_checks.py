@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import PersonalizeConfig
 from .errors import ZoodipError
-from .paths import atomic_write_bytes, write_failure
+from .paths import append_whole, atomic_write_bytes, write_failure
 from .json_text import parse_json
 
 
@@ -60,15 +60,14 @@ def check_outcome(v: np.ndarray, v_init: np.ndarray, vocabulary_max_norm: float,
                           "far from useful (reference 1e-3 and 1e-2); start again in a new --output_dir")
 
 
-def append_log(path: Path, record: dict) -> None:
-    """Append one JSON line to the run's log."""
+def append_log(path: Path, record: dict, then: str = "resume with --resume (the last checkpoint is intact)") -> None:
+    """Append one JSON line to the run's log, whole or not at all. ``then``: what the user does after a failure."""
     try:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        with open(path, "ab", buffering=0) as handle:
+            append_whole(handle, (json.dumps(record) + "\n").encode("utf-8"))
     except OSError as exc:
         reason, fix = write_failure(exc)
-        raise ZoodipError(f"cannot append to {path} ({reason}): {fix}, then resume with --resume (the last checkpoint "
-                          "is intact)") from None
+        raise ZoodipError(f"cannot append to {path} ({reason}): {fix}, then {then}") from None
 
 
 def truncate_log(path: Path, step: int) -> None:

@@ -275,3 +275,43 @@ def test_swap_folder_in_replaces_an_old_folder_and_leaves_nothing_beside(tmp_pat
     (built / "newer.txt").write_text("newer")
     swap_folder_in(built, dest)
     assert [p.name for p in tmp_path.iterdir()] == ["dest"] and [p.name for p in dest.iterdir()] == ["newer.txt"]
+
+
+def test_a_log_line_the_full_disk_took_half_of_is_cut_back_to_the_lines_before(tmp_path, monkeypatch):
+    """The run log kept the half line a full disk had taken (the progress log cut its back; this one did not)."""
+    import builtins
+    import errno
+    import os
+    from zoodip.run_checks import append_log
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 0, "eval_loss": 1.0}\n')
+    real_open = builtins.open
+
+    class HalfThenFull:  # the log file on a disk that takes half of the line and then nothing
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            self.file.write(data[: len(data) // 2])
+            self.file.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    def filling_up(path, *args, **kwargs):
+        file = real_open(path, *args, **kwargs)
+        return HalfThenFull(file) if str(path) == str(log) else file
+
+    monkeypatch.setattr(builtins, "open", filling_up)
+    with pytest.raises(ZoodipError, match=r"\(the disk is full\): free space, then resume with --resume"):
+        append_log(log, {"step": 1, "loss": 0.5})
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert log.read_text() == '{"step": 0, "eval_loss": 1.0}\n'
