@@ -384,7 +384,8 @@ def save_image(image: Image.Image, path: str | Path, flag: str = "--out") -> Pat
 
 def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--out",
                 texts: Sequence[str | None] | None = None,
-                also: Sequence[tuple[str, Path, Callable[[BinaryIO], None]]] = ()) -> list[Path]:
+                also: Sequence[tuple[str, Path, Callable[[BinaryIO], None]]] = (),
+                then: str = "or choose another file") -> list[Path]:
     """Write each ``(image, path)`` as ``save_image`` does, all or none: every image goes to its temp file first,
     and only when all are written are they renamed over their paths (a full disk at the third image leaves the
     files that were there, not two new images beside an old one, nor none of either). The renames themselves are
@@ -393,7 +394,8 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
     is (generate's --out; a half-set it is not yet, and the same command again rewrites the set).
     ``texts``: each image's generation parameters (``zoodip.infotext``), written as A1111 writes them.
     ``also``: other files of the same call, ``(flag, path, write(handle))``, written in the same all or none
-    (``generate --save-latents``: no latents beside images that could not be written, nor the reverse)."""
+    (``generate --save-latents``: no latents beside images that could not be written, nor the reverse).
+    ``then``: what the user does after a failed write, after its fix (a run's preview: resume)."""
     if texts is not None and len(texts) != len(pairs):  # (zip's strict=True is Python 3.10's)
         raise ValueError(f"save_images: {len(texts)} parameter texts for {len(pairs)} images")
     done: list[tuple[str, Path, Path, Path]] = []  # (flag, temp file, the file it replaces, the path given)
@@ -425,7 +427,7 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--
                 tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             reason, fix = write_failure(exc)
-            raise ZoodipError(f"cannot write {current[0]} {current[1]} ({reason}): {fix} or choose another file") from None
+            raise ZoodipError(f"cannot write {current[0]} {current[1]} ({reason}): {fix} {then}") from None
         raise
     return [Path(path) for _, path in pairs]
 

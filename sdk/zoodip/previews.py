@@ -42,4 +42,5 @@ def write_preview(model, config: PersonalizeConfig, vectors: np.ndarray, step: i
     # The grid says its first image's settings, as A1111's grids (the token's vectors are the run's at this step).
     text = infotext(config.validation_prompt, settings, images[0].size, model)
     return save_images([(image_grid([images]), config.output_dir / VALIDATION_NAME.format(step=step))],
-                       "--validation_prompt preview", texts=[text])[0]
+                       "--validation_prompt preview", texts=[text],
+                       then="and resume with --resume (the last checkpoint is intact)")[0]

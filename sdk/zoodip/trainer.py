@@ -307,9 +307,9 @@ class Personalizer:
                 part.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
     # -- the run -------------------------------------------------------------------------------
-    def _log(self, record: dict) -> None:
+    def _log(self, record: dict, then: str | None = None) -> None:
         check_folder_kept(self.config.output_dir, self._folder_identity)  # (the append would remake a removed one)
-        append_log(self.config.output_dir / LOG_NAME, record)
+        append_log(self.config.output_dir / LOG_NAME, record, *([then] if then else []))
 
     def _start_fresh(self) -> None:
         """Write config.json, the step-0 evaluation and the first checkpoint, or nothing at all."""
@@ -325,7 +325,7 @@ class Personalizer:
             if self.config.eval_every:
                 self._phase(f"first evaluation ({len(self._eval_items)} forwards)")
                 value = self._record_eval()
-                self._log({"step": 0, "eval_loss": value})
+                self._log({"step": 0, "eval_loss": value}, "run again")  # (a failed start removes its folder)
             self.save_checkpoint()
         except BaseException as exc:
             for name in (CONFIG_NAME, LOG_NAME, *(() if linked else (CHECKPOINT_NAME,))):

@@ -1,0 +1,52 @@
+"""A personalize run whose disk fills up: each failure's line says what the user can do next, and it is so."""
+from __future__ import annotations
+
+import builtins
+import errno
+import os
+
+import numpy as np
+
+from cli_helpers import assert_one_line_error, personalize_args, run_cli
+
+
+def test_a_full_disk_at_the_first_log_line_says_run_again_not_resume(tiny_export, photos, tmp_path, capsys,
+                                                                      monkeypatch):
+    """It said "resume with --resume (the last checkpoint is intact)", but the start had removed the run folder, and
+    --resume then found nothing to resume."""
+    real_open, out = builtins.open, tmp_path / "run"
+
+    def full_for_the_log(path, *args, **kwargs):
+        if str(path).endswith("log.jsonl"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full_for_the_log)
+    code, _, err = run_cli(personalize_args(tiny_export, photos, out), capsys)
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert_one_line_error(code, err, "(the disk is full): free space")
+    assert "--resume" not in err and "run again" in err
+    assert not out.exists()
+
+
+def test_a_full_disk_at_a_preview_says_resume_and_the_checkpoint_resumes(tiny_export, photos, tmp_path, capsys,
+                                                                          monkeypatch):
+    """It said "free space or choose another file", but a preview's file is the run's to name: the fix is to resume."""
+    from PIL import Image as PILImage
+
+    real_save, out = PILImage.Image.save, tmp_path / "run"
+
+    def full_disk(self, fp, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(PILImage.Image, "save", full_disk)
+    args = personalize_args(tiny_export, photos, out, "--max_train_steps", "4", "--checkpointing_steps", "2",
+                            "--validation_prompt", "a photo of <striped-star>", "--validation_steps", "2", "--resolution",
+                            "64")
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, "--validation_prompt preview")
+    assert "(the disk is full): free space and resume with --resume" in err and "another file" not in err
+    assert int(np.load(out / "checkpoint.npz")["step"]) == 2
+    monkeypatch.setattr(PILImage.Image, "save", real_save)
+    assert run_cli([*args, "--resume"], capsys)[0] == 0
+    assert (out / "learned_embeds.safetensors").is_file()
