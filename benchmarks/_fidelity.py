@@ -57,19 +57,20 @@ def placeholder_gradient(text, unet, rows, mask: np.ndarray, v0, x_t, t, target)
     return v.grad.numpy().astype(np.float64)
 
 
-def finite_difference_fidelity(export, source_folder, photos, seed: int = SEED,
-                               directions: int = DIRECTIONS, mu: float = MU) -> tuple[float, float]:
+def finite_difference_fidelity(export, source_folder, photos, seed: int = SEED, directions: int = DIRECTIONS,
+                               mu: float = MU, options=None, batched: bool = True) -> tuple[float, float]:
     """(correlation, slope) of the SDK's finite differences on ``export`` against autograd on ``source_folder``.
 
-    The SDK's own DenoisingLoss with its default session options, at the paper's mu unless given; the slope is the least-squares
+    The SDK's own DenoisingLoss with its default session options (one thread) unless ``options`` (a RuntimeOptions) and
+    ``batched`` (False: the UNet runs the candidates one by one, as --sequential and --memory-budget do) say otherwise, at the paper's mu unless given; the slope is the least-squares
     factor from exact to finite (1 when the magnitudes agree, not only the signs). The directions are
     evaluated in batches of at most ``DIRECTIONS``, each with its own L(v0) (a batch of one size).
     """
     from zoodip.model import RuntimeOptions
 
-    model = ExportedModel.load(export, RuntimeOptions(threads=1))
+    model = ExportedModel.load(export, RuntimeOptions(threads=1) if options is None else options)
     placeholder, ids, v0, x_t, t, target, z = fixed_problem(model, photos, seed, directions)
-    loss = DenoisingLoss(model, placeholder, batched=True)
+    loss = DenoisingLoss(model, placeholder, batched=batched)
     finite = []
     for i in range(0, len(z), DIRECTIONS):
         losses = loss(ids, np.concatenate([v0[None], v0[None] + mu * z[i : i + DIRECTIONS]]), x_t, t, target)
