@@ -39,6 +39,7 @@ from .limits import check_image_size, check_photo_count
 from .lr_schedule import lr_at
 from .method_parts import LossFactory, OptimizerFactory, ProjectorFactory, default_optimizer, default_projector
 from .model import ExportedModel, RuntimeOptions
+from .runtime_options import check_trainable
 from .paths import check_output_dir, run_folder_lock, write_failure
 from .previews import check_preview_prompt, previews_in, write_preview
 from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.Progress stays public)
@@ -78,6 +79,7 @@ class Personalizer:
         self._created = time.monotonic()
         self._phase("loading the model")
         self.model = ExportedModel.load(config.export_dir, runtime or config.runtime_options())
+        check_trainable(self.model.manifest)  # (a dynamic-int8 export's finite differences are noise)
         # The optimized vector: the placeholder's num_vectors vectors of the model's width, flattened.
         self.width = self.model.hidden_size
         self.dim = dim = config.num_vectors * self.width

@@ -1,12 +1,18 @@
 """The loss stays smooth at mu under every runtime setting that changes how the training forwards run (threads,
-spinning, low-memory sessions, the memory budget's one-by-one evaluations, the arena). The checks of tests/integration/test_fidelity.py, per setting."""
+spinning, low-memory sessions, the memory budget's one-by-one evaluations, the arena), and training refuses an export
+whose recipe makes it piecewise constant. The checks of tests/integration/test_fidelity.py, per setting."""
 from __future__ import annotations
+
+import json
+import shutil
 
 import numpy as np
 import pytest
 
 from benchmarks._fidelity import finite_difference_fidelity
+from zoodip.errors import ZoodipError
 from zoodip.model import ExportedModel, RuntimeOptions
+from zoodip.trainer import PersonalizeConfig, Personalizer
 
 torch = pytest.importorskip("torch")
 
@@ -45,3 +51,17 @@ def test_the_check_fails_on_a_loss_that_is_not_smooth(tiny_sd_folder, tiny_expor
     correlation, _ = fidelity(tiny_export, tiny_sd_folder, photos)
     assert correlation < 0.9  # the bound every setting above meets
 
+
+def test_training_refuses_an_export_whose_recipe_quantizes_activations(tiny_export, photos, tmp_path):
+    """personalize on a dynamic-int8 export trained on noise without a word (its finite differences correlate
+    about -0.2 with the gradient): the export's warning says so, training did not."""
+    folder = shutil.copytree(tiny_export, tmp_path / "dynamic")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.update(recipe="dynamic-int8", session={})
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    config = PersonalizeConfig(export_dir=folder, images=photos, output_dir=tmp_path / "run", placeholder_token="<t>",
+                               initializer_token="star", max_train_steps=2, threads=1)
+    with pytest.raises(ZoodipError, match=r"^this export's recipe dynamic-int8 quantizes activations"):
+        Personalizer(config)
+    assert not (tmp_path / "run").exists()
+    ExportedModel.load(folder).unet  # (generation may still use it)
