@@ -284,9 +284,8 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     source_entry.update(lora_entries(specs))
     for warning in source_warnings(source, configs, config):  # (security notes too: under --quiet too)
         print(warning, file=sys.stderr)
-    if recipe == "dynamic-int8":
-        from zoodip_export.quantize import DYNAMIC_INT8_WARNING
-
+    from zoodip_export.quantize import DYNAMIC_INT8_WARNING, NOT_SMOOTH_RECIPES
+    if recipe in NOT_SMOOTH_RECIPES:  # (the SDK's list: its training refuses these exports)
         print(DYNAMIC_INT8_WARNING, file=sys.stderr)
 
     log = _Progress(progress)

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from zoodip.runtime_options import NOT_SMOOTH_RECIPES  # noqa: F401 (export_model warns of these)
 from zoodip_export.quantize_int4 import quantize_w4a32
 from zoodip_export.quantize_int8 import (DEFAULT_MAX_WEIGHT_MIB, MIN_QUANT_ELEMENTS,  # noqa: F401 (public here too)
                                          quantize_per_channel, quantize_w8a32)
@@ -82,7 +83,8 @@ W4A32_CONV_GRAPHS: tuple[str, ...] = ("unet",)
 
 DYNAMIC_INT8_WARNING = (
     "WARNING: recipe 'dynamic-int8' quantizes activations at run time: the loss becomes piecewise constant "
-    "at the finite-difference scale and forward-only gradients turn into noise. Use 'w8a32' for training."
+    "at the finite-difference scale and forward-only gradients turn into noise: 'zoodip personalize' refuses such "
+    "an export (it generates images). Export w4a32 or w8a32 to train."
 )
 
 def session_options(session: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
