@@ -132,3 +132,16 @@ def test_the_rules_see_what_they_check():
     assert ("zoodip_export.export_model", "cmd_export") in cli
     assert ("zoodip.errors", None) in cli
     assert any(len(path.read_text().splitlines()) > 300 for path in python_files(*SIZED))
+
+
+def test_every_module_is_named_in_the_readmes_layout():
+    """README's Layout is where a newcomer looks a module up: a dozen SDK and exporter modules had been added without
+    it naming them. A ``name*.py`` there stands for its family (quantize*.py)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    layout = text.split("\n## Layout\n", 1)[1].split("\n```\n", 2)[1]
+    families = [word[:-4] for word in layout.split() if word.endswith("*.py")]
+    modules = [path for folder in ("sdk/zoodip", "export") for path in sorted((REPO / folder).glob("*.py"))]
+    modules += [path for path in sorted((REPO / "benchmarks").glob("*.py")) if not path.name.startswith("_")]
+    unnamed = [str(path.relative_to(REPO)) for path in modules if path.name != "__init__.py"
+               and path.name not in layout and not any(path.name.startswith(f) for f in families)]
+    assert not unnamed, f"README.md's Layout does not name {unnamed}"
