@@ -146,3 +146,21 @@ def test_a_link_into_a_cache_whose_file_is_gone_is_named(tiny_sd_folder: Path, t
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and needle.format(folder=source) in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["snapshot"]
+
+
+def test_a_controlnet_pipeline_folder_exports_its_base_model_and_says_so(tiny_sd_folder: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A StableDiffusionControlNetPipeline saved whole: the export took its base model and dropped the ControlNet
+    without a word, so the user expected a ControlNet to steer the images it generates."""
+    source = tmp_path / "controlnet_pipeline"
+    shutil.copytree(tiny_sd_folder, source)
+    index = source / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "_class_name": "StableDiffusionControlNetPipeline",
+                                 "controlnet": ["diffusers", "ControlNetModel"]}))
+    (source / "controlnet").mkdir()
+    (source / "controlnet" / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel"}))
+    assert main([str(source), str(tmp_path / "out"), "--quiet", "--curvature-samples", "0", "--no-parity"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: ") and "ControlNet" in err, err
+    assert "not exported" in err and "text-to-image" in err and "controlnet" in err, err
+    assert (tmp_path / "out" / "manifest.json").is_file()
