@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from .errors import ZoodipError
 from .json_text import parse_json
+from .paths import atomic_write_bytes
 
 CACHE_FILE = "verified-files.json"
 
@@ -61,17 +62,13 @@ def _load_cache() -> dict[str, Any]:
 
 def _save_cache(cache: dict[str, Any]) -> None:
     folder = cache_dir()
-    tmp = folder / f".{CACHE_FILE}.tmp-{os.getpid()}"
     cache = {key: entry for key, entry in cache.items() if os.path.exists(key)}  # forget deleted exports
-    try:
+    text = json.dumps(cache).encode("utf-8")
+    try:  # (a temp file per write: threads of one process that load models at once each write their own)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(cache), encoding="utf-8")
-        os.replace(tmp, folder / CACHE_FILE)
-    except OSError:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        atomic_write_bytes(folder / CACHE_FILE, lambda handle: handle.write(text))
+    except (OSError, ZoodipError):  # only a cache: the files are hashed again next time
+        pass
 
 
 def verify_files(folder: Path, files: Mapping[str, Mapping[str, Any]], *, force: bool = False) -> tuple[int, int]:
