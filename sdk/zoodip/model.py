@@ -26,7 +26,7 @@ from .integrity import file_identity, file_sha256, verify_files  # noqa: F401  (
 from .manifest import (FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, latent_scale_problem,  # noqa: F401 (public here)
                        manifest_file, read_manifest)
 from .runtime_options import (DEFAULT_SPIN_WAIT, RuntimeOptions, apply_export_session,  # noqa: F401 (public here)
-                              check_runtime_options)
+                              check_recipe_kept, check_runtime_options)
 from .schedule import NoiseSchedule
 from .tokenizer import CLIPTokenizer
 from .json_text import parse_json
@@ -271,6 +271,7 @@ class ExportedModel:
             # The arena recycles buffers from one run to the next, at the price of keeping its
             # high-water mark; a graph that runs once per image has nothing to recycle.
             opts.enable_cpu_mem_arena = False
+        check_recipe_kept(self.options.extra_config, self.manifest)
         disabled = apply_export_session(opts, self.manifest.get("session"))
         for key, value in self.options.extra_config.items():
             opts.add_session_config_entry(key, value)

@@ -31,7 +31,8 @@ class RuntimeOptions:
     parallel sections. Spinning saves a few microseconds per wake-up on an idle machine, but on a CPU
     shared with other processes the spinning threads take cores the busy threads need
     (benchmarks/threads.py measures both; benchmarks/README.md has the figures behind the default).
-    ``extra_config``: onnxruntime session config entries (``add_session_config_entry``).
+    ``extra_config``: onnxruntime session config entries (``add_session_config_entry``); one the export's recipe
+    sets (``recipe_config_entries``) is refused at load if it would change the recipe's value.
     ``session_attributes``: onnxruntime ``SessionOptions`` attributes, set after everything else
     (e.g. ``{"enable_cpu_mem_arena": False}``); the memory benchmark's lever rows use these two.
     """
@@ -89,6 +90,21 @@ def apply_export_session(opts: Any, session: dict[str, Any] | None) -> list[str]
     reading of that entry: the exporter's parity sessions use it too.
     """
     session = session or {}
-    if session.get("disable_quant_qdq"):
-        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    for key, value in recipe_config_entries(session).items():
+        opts.add_session_config_entry(key, value)
     return list(session.get("disabled_optimizers", []))
+
+
+def recipe_config_entries(session: dict[str, Any] | None) -> dict[str, str]:
+    """The onnxruntime session config entries an export manifest's ``session`` entry asks for."""
+    return {"session.disable_quant_qdq": "1"} if (session or {}).get("disable_quant_qdq") else {}
+
+
+def check_recipe_kept(extra_config: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Refuse an ``extra_config`` entry that would replace one the export's recipe sets: onnxruntime keeps the last
+    value, and the recipe's keep the loss smooth at the finite-difference scale (``SESSION_SETTINGS`` in the export)."""
+    for key, value in recipe_config_entries(manifest.get("session")).items():
+        if key in extra_config and str(extra_config[key]) != value:
+            raise ZoodipError(f"RuntimeOptions.extra_config[{key!r}] = {extra_config[key]!r:.40} would undo this "
+                              f"export's {manifest.get('recipe')} recipe, which sets it to {value!r} so that the loss "
+                              "stays smooth for training: drop it")

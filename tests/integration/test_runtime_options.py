@@ -97,3 +97,16 @@ def test_a_graph_replaced_after_the_model_opened_is_refused_not_mixed_in(tiny_ex
     model.session("unet")  # (open already: kept)
     with pytest.raises(ZoodipError, match=r"changed since the model was opened \(vae_decoder.onnx\): open it again$"):
         model.session("vae_decoder")
+
+
+def test_an_extra_config_entry_that_would_undo_the_recipes_session_setting_is_refused_at_load(tiny_export):
+    """extra_config was applied after the recipe's own entries: session.disable_quant_qdq = "0" silently turned the
+    activation-quantizing kernels back on, and training followed a loss that is not smooth at --mu."""
+    from zoodip.errors import ZoodipError
+
+    with pytest.raises(ZoodipError, match=r"^RuntimeOptions.extra_config\['session.disable_quant_qdq'\] = '0' would undo "
+                                          r"this export's w8a32 recipe, which sets it to '1'.*: drop it$"):
+        ExportedModel.load(tiny_export, RuntimeOptions(extra_config={"session.disable_quant_qdq": "0"}))
+    opts, _ = ExportedModel.load(tiny_export, RuntimeOptions(extra_config={"session.disable_quant_qdq": "1"})
+                                 ).session_options()  # (the recipe's own value: nothing undone)
+    assert opts.get_session_config_entry("session.disable_quant_qdq") == "1"
