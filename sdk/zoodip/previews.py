@@ -13,7 +13,6 @@ from .infotext import infotext
 from .run_folder import VALIDATION_NAME
 
 
-
 def check_preview_prompt(model, config: PersonalizeConfig, vectors: np.ndarray) -> None:
     """The preview prompt as ``generate`` reads it: refused (or warned about) before training, not at the first
     preview, after the steps before it."""
@@ -29,6 +28,16 @@ def previews_in(after: int, total: int, every: int) -> int:
     return total // every - after // every + (1 if total % every else 0)
 
 
+def preview_due(config: PersonalizeConfig, step: int) -> bool:
+    """Whether the run writes a preview after ``step``: every ``validation_steps`` and at the last step."""
+    return bool(config.validation_prompt) and step > 0 and (
+        step % config.validation_steps == 0 or step == config.max_train_steps)
+
+
+def preview_path(config: PersonalizeConfig, step: int) -> Path:
+    return config.output_dir / VALIDATION_NAME.format(step=step)
+
+
 def write_preview(model, config: PersonalizeConfig, vectors: np.ndarray, step: int, resolution: int,
                   batch_cfg: bool) -> Path:
     """The preview of ``step`` with the token's ``vectors`` [K, d] (``generate``'s defaults, diffusers' settings; the
@@ -41,6 +50,6 @@ def write_preview(model, config: PersonalizeConfig, vectors: np.ndarray, step: i
     model.release("vae_decoder")  # training does not need it: keep its memory free between previews
     # The grid says its first image's settings, as A1111's grids (the token's vectors are the run's at this step).
     text = infotext(config.validation_prompt, settings, images[0].size, model)
-    return save_images([(image_grid([images]), config.output_dir / VALIDATION_NAME.format(step=step))],
+    return save_images([(image_grid([images]), preview_path(config, step))],
                        "--validation_prompt preview", texts=[text],
                        then="and resume with --resume (the last checkpoint is intact)")[0]

@@ -41,7 +41,7 @@ from .method_parts import LossFactory, OptimizerFactory, ProjectorFactory, defau
 from .model import ExportedModel, RuntimeOptions
 from .runtime_options import check_trainable
 from .paths import check_output_dir, run_folder_lock, write_failure
-from .previews import check_preview_prompt, previews_in, write_preview
+from .previews import check_preview_prompt, preview_due, preview_path, previews_in, write_preview
 from .progress import PersonalizeResult, Progress  # noqa: F401 (zoodip.trainer.Progress stays public)
 from .prompts import FILEWORDS_WORD, PromptSampler, caption_files, load_captions, load_filewords, load_template_file
 from .run_checks import append_log, check_outcome, check_run_arguments, sha256_of_files, truncate_log
@@ -367,6 +367,9 @@ class Personalizer:
         self._preview_seconds, self._previews_timed = 0.0, 0  # and previews (a preview may cost 100 steps' forwards)
         status = "done"
         loss: float | None = None
+        if resume and preview_due(self.config, self.step) and not preview_path(self.config, self.step).exists():
+            # Its write failed after the step's checkpoint (a full disk): the step is not run again, so it is written now
+            self._preview(None, None, started, forwards_at_start)
         while self.step < self.config.max_train_steps:
             if self.cancel_event.is_set():
                 status = "cancelled"
@@ -415,14 +418,17 @@ class Personalizer:
         self._step_seconds += time.monotonic() - step_started
         self._forwards_timed += self.estimators.forwards_for(self.step) - self.estimators.forwards_for(self.step - 1)
         self._report(event, loss, record.get("eval_loss"), started, forwards_at_start)
-        if config.validation_prompt and (self.step % config.validation_steps == 0 or self.step == total):
+        if preview_due(config, self.step):
             preview_started = time.monotonic()
-            preview = write_preview(self.model, config, as_matrix(self.v, self.width), self.step, self.resolution,
-                                    self.loss.batched)
+            self._preview(loss, record.get("eval_loss"), started, forwards_at_start)
             self._preview_seconds, self._previews_timed = (self._preview_seconds + time.monotonic() - preview_started,
                                                            self._previews_timed + 1)
-            self._report("validation", loss, record.get("eval_loss"), started, forwards_at_start, path=str(preview))
         return stop_early
+
+    def _preview(self, loss: float | None, eval_loss: float | None, started: float, forwards_at_start: int) -> None:
+        preview = write_preview(self.model, self.config, as_matrix(self.v, self.width), self.step, self.resolution,
+                                self.loss.batched)
+        self._report("validation", loss, eval_loss, started, forwards_at_start, path=str(preview))
 
     def _finish(self, status: str, loss: float | None, started: float, forwards_at_start: int) -> PersonalizeResult:
         """The last checkpoint and the embedding file (the best one if stopped early); the run's result."""

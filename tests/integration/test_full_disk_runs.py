@@ -50,3 +50,31 @@ def test_a_full_disk_at_a_preview_says_resume_and_the_checkpoint_resumes(tiny_ex
     monkeypatch.setattr(PILImage.Image, "save", real_save)
     assert run_cli([*args, "--resume"], capsys)[0] == 0
     assert (out / "learned_embeds.safetensors").is_file()
+    # The checkpoint was the failed preview's step, which the resume does not run again: it writes that preview first
+    assert sorted(p.name for p in out.glob("validation-steps-*.png")) == ["validation-steps-2.png",
+                                                                        "validation-steps-4.png"]
+
+
+def test_a_full_disk_at_the_last_preview_is_written_when_the_finished_run_is_resumed(tiny_export, photos, tmp_path,
+                                                                                     capsys, monkeypatch):
+    """The last step's preview failed after its checkpoint: --resume (as the line said) wrote the embedding, but the
+    preview of the learned token, the one image the user waits for, never."""
+    from PIL import Image as PILImage
+
+    real_save, out, saves = PILImage.Image.save, tmp_path / "run", []
+
+    def full_at_the_second(self, fp, *args, **kwargs):  # (the first preview, at step 2, is written)
+        saves.append(fp)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(PILImage.Image, "save", full_at_the_second)
+    args = personalize_args(tiny_export, photos, out, "--max_train_steps", "4", "--validation_prompt",
+                            "a photo of <striped-star>", "--validation_steps", "2", "--resolution", "64")
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, "(the disk is full): free space and resume with --resume")
+    assert int(np.load(out / "checkpoint.npz")["step"]) == 4 and not (out / "validation-steps-4.png").exists()
+    assert run_cli([*args, "--resume"], capsys)[0] == 0
+    assert (out / "learned_embeds.safetensors").is_file() and (out / "validation-steps-4.png").is_file()
+    assert len(saves) == 3  # (the step-2 preview is there: not written again)
