@@ -224,7 +224,7 @@ class CLIPTokenizer:
                 raise ZoodipError(f"{folder / name} is missing: copy the full 'tokenizer' folder of the model")
         vocab, merges = read_vocab(folder), read_merges(folder)
         settings = read_settings(folder)
-        check_merges_fit_vocab(folder, vocab, merges, settings.special_tokens)
+        check_merges_fit_vocab(folder, vocab, merges, settings)
         return cls(vocab, merges, max_length=settings.max_length, added_tokens=settings.added_tokens,
                    **settings.special_tokens)
 

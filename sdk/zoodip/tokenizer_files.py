@@ -129,9 +129,9 @@ def read_added_tokens(folder: Path, config: Dict[str, Any]) -> Dict[str, int]:
 
 
 def check_merges_fit_vocab(folder: Path, vocab: Dict[str, int], merges: List[Tuple[str, str]],
-                           special_tokens: Dict[str, str]) -> None:
+                           settings: TokenizerSettings) -> None:
     """merges.txt and vocab.json are one whole tokenizer's: BPE builds every vocabulary token longer than one symbol
-    (but the special ones) by a merge, and every merge makes a vocabulary token. transformers reads a merges.txt cut
+    (but the special ones and those added by a run, which a saved vocab.json may hold too) by a merge, and every merge makes a vocabulary token. transformers reads a merges.txt cut
     short (a download that stopped) as it stands: every prompt then splits into other tokens than the model's."""
     made = set()
     for number, (first, second) in enumerate(merges, start=2):
@@ -139,8 +139,8 @@ def check_merges_fit_vocab(folder: Path, vocab: Dict[str, int], merges: List[Tup
             raise ZoodipError(f"{folder / 'merges.txt'} line {number} makes {first + second!r:.40}, which vocab.json "
                               "lacks: the two files are not one tokenizer's; copy the tokenizer folder again")
         made.add(first + second)
-    special = set(special_tokens.values())
-    unmade = sum(1 for token in vocab if token not in made and token not in special
+    unmerged = {*settings.special_tokens.values(), *settings.added_tokens}
+    unmade = sum(1 for token in vocab if token not in made and token not in unmerged
                  and len(token[:-4] if token.endswith("</w>") else token) > 1)
     if unmade:
         raise ZoodipError(f"{folder / 'merges.txt'} holds {len(merges)} merges, too few for vocab.json: {unmade} of its "

@@ -413,3 +413,15 @@ def test_merges_of_another_vocabulary_are_refused(sd1_folder, tmp_path):
     path.write_text("\n".join(lines), encoding="utf-8")
     with pytest.raises(ZoodipError, match=r"merges.txt line 6 makes 'qz', which vocab.json lacks"):
         CLIPTokenizer.from_folder(tmp_path / "tok")
+
+
+def test_a_token_added_by_an_earlier_run_in_vocab_json_is_no_missing_merge(sd1_folder, tmp_path):
+    """A tokenizer saved with its textual-inversion token both in vocab.json and in added_tokens.json loaded before
+    the merges check; the check counted that token (which no merge makes, as no added token is) as a cut merges.txt."""
+    shutil.copytree(sd1_folder, tmp_path / "tok")
+    vocab = json.loads((tmp_path / "tok" / "vocab.json").read_text(encoding="utf-8"))
+    vocab["<cat-toy>"] = len(vocab)
+    (tmp_path / "tok" / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (tmp_path / "tok" / "added_tokens.json").write_text(json.dumps({"<cat-toy>": vocab["<cat-toy>"]}), encoding="utf-8")
+    tokenizer = CLIPTokenizer.from_folder(tmp_path / "tok")
+    assert vocab["<cat-toy>"] in tokenizer.encode("a <cat-toy> photo")
