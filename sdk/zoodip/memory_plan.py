@@ -5,8 +5,8 @@ so the decode has the whole budget to itself. What it needs grows with the image
 Diffusion's VAE decoder (1.x, 2.x and XL alike: block widths 128, 256, 512, 512) upsamples
 256-channel feature maps to full resolution, and its first full-resolution ResNet block holds the
 upsampled map, its group normalization and its activation at once: three fp32 maps of 256
-channels per pixel. Its mid-block self-attention over all latent positions comes on top
-(``limits.attention_bytes``). A model with a narrower VAE needs less, so the estimate errs towards
+channels per pixel. Its mid-block self-attention over all latent positions comes on top, as one score matrix
+(``_attention_phase``). A model with a narrower VAE needs less, so the estimate errs towards
 tiling. The estimate leaves out what the process holds anyway (Python, NumPy, onnxruntime), as the
 weight check of ``RuntimeOptions.memory_budget_mb`` does; ``benchmarks/memory.py`` measures both.
 
@@ -54,14 +54,23 @@ def graph_weight_bytes(model: Any, graph: str) -> int:
     return int(weights((graph,))) if callable(weights) else 0
 
 
+def _attention_phase(maps: int, latent_h: int, latent_w: int) -> int:
+    """The full-resolution ``maps`` and the mid-block attention, estimated as the measured runs calibrated them: the
+    maps plus one score matrix. The attention's scores and softmax (``limits.attention_bytes``) are not alive with
+    the maps, and that sum holds them while one matrix is smaller than the maps; past that (sides of thousands of px)
+    the two matrices set the need."""
+    both = attention_bytes(latent_h, latent_w)
+    return max(maps + both // 2, both)
+
+
 def decode_bytes(model: Any, latent_h: int, latent_w: int, whole_h: int | None = None,
                  whole_w: int | None = None) -> int:
     """Estimated bytes to decode a ``latent_h`` x ``latent_w`` tile of a ``whole_h`` x ``whole_w`` latent image
     (default: the tile is the whole image, and nothing is blended)."""
     factor = int(model.vae_scale_factor)
     pixels = latent_h * latent_w * factor * factor
-    need = graph_weight_bytes(model, "vae_decoder") + LIVE_FULL_RESOLUTION_MAPS * FULL_RESOLUTION_CHANNELS * _FLOAT32 * pixels
-    need += attention_bytes(latent_h, latent_w)
+    maps = LIVE_FULL_RESOLUTION_MAPS * FULL_RESOLUTION_CHANNELS * _FLOAT32 * pixels
+    need = graph_weight_bytes(model, "vae_decoder") + _attention_phase(maps, latent_h, latent_w)
     if whole_h is not None and whole_w is not None:
         need += BLEND_FLOATS_PER_PIXEL * _FLOAT32 * whole_h * whole_w * factor * factor
     return need
@@ -121,9 +130,8 @@ def check_encode(model: Any, latent_h: int, latent_w: int, budget_mb: int | None
     """
     factor = int(model.vae_scale_factor)
     pixels = latent_h * latent_w * factor * factor
-    need = graph_weight_bytes(model, "vae_encoder")
-    need += ENCODER_LIVE_FULL_RESOLUTION_MAPS * ENCODER_FULL_RESOLUTION_CHANNELS * _FLOAT32 * pixels
-    need += attention_bytes(latent_h, latent_w)
+    maps = ENCODER_LIVE_FULL_RESOLUTION_MAPS * ENCODER_FULL_RESOLUTION_CHANNELS * _FLOAT32 * pixels
+    need = graph_weight_bytes(model, "vae_encoder") + _attention_phase(maps, latent_h, latent_w)
     if budget_mb is not None and need > int(budget_mb) << 20:
         raise ZoodipError(
             f"encoding a {latent_w * factor}x{latent_h * factor} start image needs about {-(-need // (1 << 20))} MB (the "
