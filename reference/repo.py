@@ -5,6 +5,7 @@ repository on ``sys.path`` when run as files). The SDK keeps its own: it imports
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from pathlib import Path
@@ -64,11 +65,15 @@ def write_folder_beside(dest: Path, write: Callable[[Path], None]) -> Path:
     (``zoodip.paths.swap_folder_in``). A failed or interrupted write (a full disk, Ctrl-C) removes its partial folder
     and leaves ``dest`` as it was. A link's target is replaced, not the link (a link cannot take a folder's place),
     and ``.`` is resolved so that it has a name to write beside. Returns the resolved ``dest``."""
+    from zoodip.export_folder import process_is_running
     from zoodip.paths import swap_folder_in
 
     dest = Path(dest).resolve()
     partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}")  # one per process: two may build one cache
-    shutil.rmtree(partial, ignore_errors=True)
+    for entry in dest.parent.glob(f"{glob.escape(dest.name)}.partial-*"):  # (a killed run ran no cleanup)
+        pid = entry.name.rpartition("-")[2]
+        if entry == partial or (pid.isdigit() and not process_is_running(int(pid))):
+            shutil.rmtree(entry, ignore_errors=True)
     try:
         write(partial)
     except BaseException:

@@ -70,3 +70,19 @@ def test_no_tracked_file_holds_a_machine_path():
         text = path.read_text(encoding="utf-8", errors="replace")
         offenders += [f"{name}:{number}" for number, line in enumerate(text.splitlines(), 1) if MACHINE_PATH.search(line)]
     assert not offenders, f"absolute machine paths (record them relative to the repository): {offenders[:10]}"
+
+
+def test_write_folder_beside_removes_the_partial_folder_of_a_killed_run(tmp_path):
+    """train_reference's and pack's partial folder had one name, removed by the next run; named after the process
+    since, that of a run killed for memory (no cleanup runs) stayed beside the model for good, one more each time."""
+    import subprocess
+
+    from reference.repo import write_folder_beside
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"model.partial-{int(dead.stdout)}"
+    (stale / "text_encoder").mkdir(parents=True)
+    other = tmp_path / "model-2.partial-1"  # another destination's (and pid 1 runs): not this one's to remove
+    other.mkdir()
+    write_folder_beside(tmp_path / "model", lambda folder: folder.mkdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model-2.partial-1"]
