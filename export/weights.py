@@ -33,7 +33,8 @@ def load_checked(component: str, loader: Callable[[Path], Any], folder: Path) ->
                               ".safetensors weights") from None
         weights = [path for path in Path(folder).iterdir() if path.suffix in (".safetensors", ".bin")]
         gone = next((path for path in weights if not path.exists()), None)
-        if gone is not None:  # a link into a cache whose file is gone: diffusers says it found no *.bin
+        if gone is not None and not any(path.exists() for path in weights):  # a link into a cache whose file is gone
+            # (diffusers said it found no *.bin); beside a file that is there, the link is not what failed
             raise ZoodipError(f"cannot load the {component}: {shown / gone.name} {why_missing(gone)}: copy the "
                               "model's weights there again") from None
         if not weights:

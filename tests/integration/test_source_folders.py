@@ -164,3 +164,17 @@ def test_a_controlnet_pipeline_folder_exports_its_base_model_and_says_so(tiny_sd
     assert err.count("\n") == 1 and err.startswith("warning: ") and "ControlNet" in err, err
     assert "not exported" in err and "text-to-image" in err and "controlnet" in err, err
     assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+def test_a_damaged_weights_file_beside_a_pruned_cache_link_is_the_one_named(tmp_path: Path) -> None:
+    """A snapshot whose .bin blob was deleted (the .safetensors kept, as diffusers loads those) and whose
+    .safetensors is damaged: the failure was blamed on the .bin link, which diffusers never reads there."""
+    (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"\xff" * 16)
+    (tmp_path / "diffusion_pytorch_model.bin").symlink_to("../../blobs/gone")
+
+    def damaged(folder: Path) -> None:
+        raise OSError("Error while deserializing header: HeaderTooLarge")
+
+    with pytest.raises(ZoodipError, match=r"\(Error while deserializing header: HeaderTooLarge\): a weights file "
+                                          r"there may be damaged"):
+        load_checked("UNet", damaged, tmp_path)
