@@ -47,6 +47,7 @@ from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.manifest import MANIFEST  # noqa: E402
 from zoodip.model import GRAPHS, ExportedModel, RuntimeOptions, read_manifest  # noqa: E402
 from zoodip.paths import lies_within  # noqa: E402
+from zoodip.runtime_options import NOT_SMOOTH_RECIPES  # noqa: E402
 from zoodip.export_folder import check_out_dir, output_target, publish, staging_folder  # noqa: E402
 
 LEVELS = {
@@ -201,8 +202,8 @@ def convert_export(export_dir: str | Path, out_dir: str | Path, level: str = "ex
     if lies_within(out_dir, export_dir):
         raise ZoodipError(f"OUT_DIR {out_dir} is EXPORT_DIR or lies inside it: choose a folder outside the export")
     check_out_dir(out_dir, overwrite, source=export_dir)
-    if manifest.get("recipe") == "dynamic-int8":
-        log("warning: the dynamic-int8 recipe quantizes activations at run time; its losses are not smooth "
+    if manifest.get("recipe") in NOT_SMOOTH_RECIPES:  # (the recipes the SDK's training refuses)
+        log(f"warning: the {manifest['recipe']} recipe quantizes activations at run time; its losses are not smooth "
             "at the finite-difference scale (use an export with the default recipe, w4a32, or with w8a32)")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from typing import Any
 from zoodip.errors import ZoodipError
 from zoodip.integrity import file_sha256
 from zoodip.manifest import FORMAT, FORMAT_VERSION, MANIFEST  # one definition of the folder format, shared with the reader
+from zoodip.runtime_options import NOT_SMOOTH_RECIPES
 from zoodip_export.lora import LoraSpec, fuse_loras, lora_entries, lora_specs
 from zoodip_export.requirements import check_export_requirements
 from zoodip.export_folder import check_out_dir, missing_parents, output_target, publish, staging_folder
@@ -284,8 +285,8 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     source_entry.update(lora_entries(specs))
     for warning in source_warnings(source, configs, config):  # (security notes too: under --quiet too)
         print(warning, file=sys.stderr)
-    from zoodip_export.quantize import DYNAMIC_INT8_WARNING, NOT_SMOOTH_RECIPES
     if recipe in NOT_SMOOTH_RECIPES:  # (the SDK's list: its training refuses these exports)
+        from zoodip_export.quantize import DYNAMIC_INT8_WARNING
         print(DYNAMIC_INT8_WARNING, file=sys.stderr)
 
     log = _Progress(progress)

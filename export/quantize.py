@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 import onnx
 
-from zoodip.runtime_options import NOT_SMOOTH_RECIPES  # noqa: F401 (export_model warns of these)
 from zoodip_export.quantize_int4 import quantize_w4a32
 from zoodip_export.quantize_int8 import (DEFAULT_MAX_WEIGHT_MIB, MIN_QUANT_ELEMENTS,  # noqa: F401 (public here too)
                                          quantize_per_channel, quantize_w8a32)
