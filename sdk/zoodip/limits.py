@@ -42,7 +42,7 @@ def available_bytes(memory_budget_mb: int | None = None) -> tuple[int | None, st
     if memory_budget_mb:
         return int(memory_budget_mb) << 20, f"the --memory-budget of {memory_budget_mb} MB"
     total = machine_memory_bytes()
-    return total, f"this machine's {_gb(total or 0)} of memory"
+    return total, f"this machine's {gigabytes(total or 0)} of memory"
 
 
 def largest_side(vae_scale_factor: int, available: int, images: int = 1, multiple: int | None = None) -> int:
@@ -65,12 +65,13 @@ def check_image_size(height: int, width: int, vae_scale_factor: int, what: str, 
     if need > available:
         side = largest_side(vae_scale_factor, available, images, multiple)
         raise ZoodipError(
-            f"{what} needs at least {_gb(need)} of memory (the VAE's attention over {height // vae_scale_factor}x"
+            f"{what} needs at least {gigabytes(need)} of memory (the VAE's attention over {height // vae_scale_factor}x"
             f"{width // vae_scale_factor} latents), more than {where}: use at most {side} px"
         )
 
 
-def _gb(n: int) -> str:
+def gigabytes(n: int) -> str:
+    """Bytes as GB for a message."""
     return f"{n / 2**30:.3g} GB" if n < 2**60 else f"{n / 2**30:.2e} GB"
 
 
@@ -82,7 +83,7 @@ def check_photo_count(count: int, resolution: int, views: int = 1, memory_budget
     per_photo = views * 3 * int(resolution) ** 2 * _FLOAT32
     if count * per_photo > available:
         raise ZoodipError(
-            f"{count} photos at {resolution} px take {_gb(count * per_photo)} decoded, more than {where}: "
+            f"{count} photos at {resolution} px take {gigabytes(count * per_photo)} decoded, more than {where}: "
             f"use at most {available // per_photo} (3-10 photos are typical)"
         )
 

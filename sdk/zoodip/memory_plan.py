@@ -12,6 +12,12 @@ weight check of ``RuntimeOptions.memory_budget_mb`` does; ``benchmarks/memory.py
 
 The plan is made before the first denoising step, so a size whose decode cannot fit is refused
 before minutes of UNet work, and tiles are used only where the whole image would not fit.
+
+Without a budget nothing is released: the text encoder and UNet stay open beside the decoder and the image is
+decoded whole, so a size is refused where that estimate plus their weights exceeds the machine's memory (the
+attention floor of ``limits`` alone let sizes pass that the decode then ran out of memory on). The UNet's
+activations, kept by onnxruntime's arena after its last step, are not counted; the 256-channel maps overcount a
+narrower VAE, which covers them on small models (benchmarks/README.md, "The decode estimate without a budget").
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ZoodipError
-from .limits import attention_bytes
+from .image_side import side_multiple
+from .limits import attention_bytes, available_bytes, gigabytes
 
 _FLOAT32 = 4
 FULL_RESOLUTION_CHANNELS = 256  # SD's VAE decoder: block_out_channels[1], upsampled to full resolution
@@ -83,6 +90,7 @@ def plan_decode(model: Any, latent_h: int, latent_w: int, budget_mb: int | None)
     """
     whole = decode_bytes(model, latent_h, latent_w)
     if budget_mb is None:
+        check_unbudgeted_decode(model, latent_h, latent_w)
         return DecodePlan(None, 0, whole)
     budget = int(budget_mb) << 20
     if whole <= budget:
@@ -97,6 +105,33 @@ def plan_decode(model: Any, latent_h: int, latent_w: int, budget_mb: int | None)
         f"decoding a {latent_w * factor}x{latent_h * factor} image needs about {-(-smallest // (1 << 20))} MB even in "
         f"tiles of {MIN_TILE * factor} px, more than the --memory-budget of {budget_mb} MB: raise the budget "
         "or make a smaller image")
+
+
+# Without a budget these stay open while the image is decoded (``generate`` releases them only under one).
+OPEN_DURING_DECODE = ("text_encoder", "unet")
+
+
+def unbudgeted_decode_bytes(model: Any, latent_h: int, latent_w: int) -> int:
+    """Estimated bytes of a whole decode without a budget: ``decode_bytes`` plus the weights of the graphs still open."""
+    return decode_bytes(model, latent_h, latent_w) + sum(graph_weight_bytes(model, g) for g in OPEN_DURING_DECODE)
+
+
+def check_unbudgeted_decode(model: Any, latent_h: int, latent_w: int) -> None:
+    """Refuse a size whose whole decode without a budget exceeds this machine's memory (one line, with the largest
+    square side that fits); an OS that does not say its memory is not checked."""
+    available, where = available_bytes(None)
+    need = unbudgeted_decode_bytes(model, latent_h, latent_w)
+    if available is None or need <= available:
+        return
+    factor = int(model.vae_scale_factor)
+    step = max(1, side_multiple(factor) // factor)  # latents a side: the image sides zoodip takes
+    side = max(latent_h, latent_w) // step * step
+    while side > 0 and unbudgeted_decode_bytes(model, side, side) > available:
+        side -= step
+    raise ZoodipError(
+        f"decoding a {latent_w * factor}x{latent_h * factor} image whole needs about {gigabytes(need)} (without "
+        f"--memory-budget every graph stays loaded), more than {where}: use at most {side * factor} px, or give "
+        "--memory-budget to decode in tiles")
 
 
 # A start photo at its decoded size (PIL holds RGB in 4 bytes a pixel): decoded, and one converted copy. Inpainting

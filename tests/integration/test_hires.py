@@ -96,3 +96,19 @@ def test_under_a_budget_the_second_pass_encode_is_checked_before_the_first_pass(
                                           r"smaller --hires-scale"):
         generate_hires(model, "a star", hires_scale=4, steps=2, callback=lambda s, n, x: steps.append(s))
     assert steps == []
+
+
+def test_without_a_budget_the_second_pass_decode_is_checked_before_the_first_pass(model, monkeypatch) -> None:
+    """A machine whose memory holds the first pass's whole decode but not the second's: refused before any step."""
+    from zoodip import limits
+    from zoodip.memory_plan import unbudgeted_decode_bytes
+
+    factor = model.vae_scale_factor
+    memory = unbudgeted_decode_bytes(model, 2 * SIDE // factor, 2 * SIDE // factor)
+    monkeypatch.setattr(limits, "machine_memory_bytes", lambda: memory)
+    assert limits.attention_bytes(4 * SIDE // factor, 4 * SIDE // factor) < memory  # the floor lets 512 px pass
+    steps: list[int] = []
+    with pytest.raises(ZoodipError, match=r"the hires fix's second pass: decoding a 512x512 image whole .* use at "
+                                          r"most 256 px, or give --memory-budget .* or a smaller --hires-scale"):
+        generate_hires(model, "a star", hires_scale=4, steps=2, callback=lambda s, n, x: steps.append(s))
+    assert steps == []

@@ -2,11 +2,13 @@
 on stand-in decoders: no export needed."""
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from zoodip import limits
 from zoodip.errors import ZoodipError
 from zoodip.limits import attention_bytes
 from zoodip.memory_plan import MIN_TILE, decode_bytes, plan_decode
@@ -80,3 +82,24 @@ def test_the_softmax_counted_in_the_floor_does_not_move_the_calibrated_decode_pl
     assert plan_decode(sd15, 32, 32, None).need_bytes == decode_bytes(sd15, 32, 32)
     huge = 512  # a 4096 px side: the scores and their softmax outweigh the maps
     assert decode_bytes(sd15, huge, huge) >= 47 * 2**20 + attention_bytes(huge, huge)
+
+
+def test_without_a_budget_a_size_whose_whole_decode_exceeds_the_machine_is_refused(monkeypatch):
+    """Without a budget every graph stays open and the image is decoded whole: the attention floor alone let a size
+    pass whose decode then died for memory (exit 137, no message)."""
+    model = fake_model()
+    need = decode_bytes(model, 128, 128) + 2 * (50 << 20)  # + the text encoder's and the UNet's weights, still open
+    monkeypatch.setattr(limits, "machine_memory_bytes", lambda: need - 1)
+    assert attention_bytes(128, 128) < need - 1  # the floor passed it
+    with pytest.raises(ZoodipError, match=r"decoding a 1024x1024 image whole needs about .* more than this machine's "
+                                          r".* use at most (\d+) px, or give --memory-budget") as info:
+        plan_decode(model, 128, 128, None)
+    assert "\n" not in str(info.value)
+    side = int(re.search(r"at most (\d+) px", str(info.value)).group(1)) // FACTOR  # the size it names fits
+    assert plan_decode(model, side, side, None).tile is None
+    with pytest.raises(ZoodipError):
+        plan_decode(model, side + 1, side + 1, None)
+    monkeypatch.setattr(limits, "machine_memory_bytes", lambda: need)
+    assert plan_decode(model, 128, 128, None).need_bytes == decode_bytes(model, 128, 128)
+    monkeypatch.setattr(limits, "machine_memory_bytes", lambda: None)  # an OS that does not say: not checked
+    assert plan_decode(model, 128, 128, None).tile is None
