@@ -31,7 +31,7 @@ from .schedule import NoiseSchedule
 from .tokenizer import CLIPTokenizer
 from .json_text import parse_json
 
-# Under a memory budget these graphs run without onnxruntime's CPU arena (``session_options``).
+# These graphs run without onnxruntime's CPU arena, with or without a memory budget (``session_options``).
 RUN_ONCE_PER_IMAGE = ("vae_decoder",)
 
 
@@ -267,9 +267,11 @@ class ExportedModel:
         if self.options.low_memory:
             opts.enable_mem_reuse = False
             opts.enable_mem_pattern = False
-        if self.options.memory_budget_mb is not None and graph in RUN_ONCE_PER_IMAGE:
+        if graph in RUN_ONCE_PER_IMAGE:
             # The arena recycles buffers from one run to the next, at the price of keeping its
-            # high-water mark; a graph that runs once per image has nothing to recycle.
+            # high-water mark; a graph that runs once per image has nothing to recycle, and within one whole
+            # decode its freed buffers cannot serve the larger ones that follow (the peak outgrows
+            # memory_plan.decode_bytes, which the size checks count: benchmarks/README.md).
             opts.enable_cpu_mem_arena = False
         check_recipe_kept(self.options.extra_config, self.manifest)
         disabled = apply_export_session(opts, self.manifest.get("session"))

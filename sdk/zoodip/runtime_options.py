@@ -24,8 +24,8 @@ class RuntimeOptions:
     glibc's fragmented heap: benchmarks/README.md, lever 5).
     ``memory_budget_mb``: the memory the process may use (MB). Forces ``low_memory``; loading a
     model whose text encoder and UNet weights alone exceed it is an error. The C heap then returns
-    large blocks to the OS when they are freed (``zoodip.heap``) and the VAE decoder runs without
-    the arena. The trainer runs the n+1 evaluations one by one, and ``generate`` holds one graph at
+    large blocks to the OS when they are freed (``zoodip.heap``). (The VAE decoder runs without the
+    arena either way.) The trainer runs the n+1 evaluations one by one, and ``generate`` holds one graph at
     a time and decodes in tiles where the whole image would not fit (``zoodip.memory_plan``).
     ``spin_wait``: whether onnxruntime's idle intra-op threads spin (poll) instead of sleeping between
     parallel sections. Spinning saves a few microseconds per wake-up on an idle machine, but on a CPU

@@ -110,3 +110,12 @@ def test_an_extra_config_entry_that_would_undo_the_recipes_session_setting_is_re
     opts, _ = ExportedModel.load(tiny_export, RuntimeOptions(extra_config={"session.disable_quant_qdq": "1"})
                                  ).session_options()  # (the recipe's own value: nothing undone)
     assert opts.get_session_config_entry("session.disable_quant_qdq") == "1"
+
+
+@pytest.mark.parametrize("budget", [None, 400])
+def test_the_vae_decoder_runs_without_the_arena_with_or_without_a_budget(tiny_export, budget):
+    """With the arena the whole decode's freed buffers could not serve its larger ones: without a budget it peaked well
+    above ``memory_plan.decode_bytes`` (which the no-budget size check counts); the other graphs keep theirs."""
+    model = ExportedModel.load(tiny_export, RuntimeOptions(threads=1, memory_budget_mb=budget))
+    assert not model.session_options("vae_decoder")[0].enable_cpu_mem_arena
+    assert model.session_options("unet")[0].enable_cpu_mem_arena
