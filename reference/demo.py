@@ -331,9 +331,14 @@ def method_settings(args) -> dict:
     before any export or run (ZoodipError)."""
     from zoodip.config import PersonalizeConfig
 
+    from zoodip.cli_flags import in_flag_words
+
     values = {method_flag_dest(flag): getattr(args, method_flag_dest(flag)) for flag in METHOD_FLAGS}
     settings = {field: value for field, value in values.items() if value is not None}
-    PersonalizeConfig.check_method_settings(**settings)
+    try:
+        PersonalizeConfig.check_method_settings(**settings)
+    except ZoodipError as exc:  # the SDK names the API's settings; these flags are spelled as zoodip's own
+        raise ZoodipError(in_flag_words(str(exc))) from None
     return settings
 
 

@@ -19,7 +19,7 @@ CHECKPOINT_NAME = "checkpoint.npz"
 def write_checkpoint(path: Path, state: dict[str, np.ndarray]) -> Path:
     """Write ``state`` to ``path`` atomically: an interrupted write leaves the previous checkpoint."""
     # The first checkpoint's failure ends a fresh run, whose folder is then removed: nothing to resume yet.
-    then = "resume with --resume" if path.exists() else "run again"
+    then = "resume with resume=True" if path.exists() else "run again"
     atomic_write_bytes(path, lambda handle: np.savez(handle, **state), then)
     return path
 
@@ -27,9 +27,9 @@ def write_checkpoint(path: Path, state: dict[str, np.ndarray]) -> Path:
 def check_checkpoint_file(path: Path) -> None:
     """Refuse a resume whose checkpoint is missing or is no file (before any work, and again as it is read)."""
     if path.exists() and not path.is_file():
-        raise ZoodipError(f"checkpoint {path} is not a file: remove it and start again without --resume")
+        raise ZoodipError(f"checkpoint {path} is not a file: remove it and start again without resume=True")
     if not path.is_file():
-        raise ZoodipError(f"nothing to resume: {path} {why_missing(path)} (run without --resume to start)")
+        raise ZoodipError(f"nothing to resume: {path} {why_missing(path)} (run without resume=True to start)")
 
 
 def read_checkpoint(path: Path, fingerprint: str | tuple[str, ...], photos_id: str, model_id: str,
@@ -49,7 +49,7 @@ def read_checkpoint(path: Path, fingerprint: str | tuple[str, ...], photos_id: s
             state = {k: data[k] for k in data.files}
     except Exception as exc:  # numpy's own words would suggest loading it with pickles: never
         raise ZoodipError(f"checkpoint {path} is unreadable (damaged, or not a zoodip checkpoint: "
-                          f"{type(exc).__name__}): delete it and start again without --resume") from None
+                          f"{type(exc).__name__}): delete it and start again without resume=True") from None
     # The model first: another model's width would make the vector count below meaningless.
     _check_identity(state, path, "model", model_id, "another export")
     if vectors is not None and "v" in state:
@@ -58,13 +58,13 @@ def read_checkpoint(path: Path, fingerprint: str | tuple[str, ...], photos_id: s
         names = changed() if changed is not None else []
         which = f" ({', '.join(names)} {'differ' if len(names) > 1 else 'differs'})" if names else ""
         raise ZoodipError(
-            f"checkpoint {path} belongs to a run with other settings{which}: resume with the same flags, "
-            "or use a new --output_dir"
+            f"checkpoint {path} belongs to a run with other settings{which}: resume with the same settings, "
+            "or use a new output_dir"
         )
     _check_identity(state, path, "photos", photos_id, "other photos (or captions)")
     problem = _number_problem(state) or _count_problem(state)
     if problem:
-        raise ZoodipError(f"checkpoint {path} is damaged ({problem}): delete it and start again without --resume")
+        raise ZoodipError(f"checkpoint {path} is damaged ({problem}): delete it and start again without resume=True")
     return state
 
 
@@ -120,7 +120,7 @@ def _check_identity(state: dict[str, np.ndarray], path: Path, key: str, mine: st
     # Checkpoints written before these keys existed carry none; they resume as before.
     if key in state and str(state[key]) != mine:
         raise ZoodipError(f"checkpoint {path} belongs to a run with {what}: resume with the same "
-                          "--train_data_dir and --model, or use a new --output_dir")
+                          "images=DIR and export_dir=DIR, or use a new output_dir")
 
 
 def _check_vector_count(v: np.ndarray, path: Path, num_vectors: int, width: int) -> None:
@@ -130,7 +130,7 @@ def _check_vector_count(v: np.ndarray, path: Path, num_vectors: int, width: int)
         return  # the right count, or a damaged vector, which loading the state reports
     held = size // width
     raise ZoodipError(f"checkpoint {path} holds {held} vector{'s' if held != 1 else ''} per token but this run asks "
-                      f"for --num_vectors {num_vectors}: resume with --num_vectors {held}, or use a new --output_dir")
+                      f"for num_vectors={num_vectors}: resume with num_vectors={held}, or use a new output_dir")
 
 
 def checkpoint_vector(state: dict[str, np.ndarray], key: str, dim: int) -> np.ndarray:

@@ -31,7 +31,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .console import (TERMINATION_SIGNALS, OneLineParser, ProgressBar, SamplingBar, duration,  # noqa: E402
                       interrupt_on_termination, one_line_warning, print_error, signals_to_handle)
-from .cli_flags import PATH_FLAGS, add_generate_flags, add_personalize_flags, names_a_path  # noqa: E402
+from .cli_flags import (PATH_FLAGS, add_generate_flags, add_personalize_flags, api_name_flags,  # noqa: E402
+                        in_flag_words, names_a_path)
 from . import __version__  # noqa: E402
 from .errors import ZoodipError  # noqa: E402
 from .foreign_flags import foreign_flag_problem  # noqa: E402
@@ -178,8 +179,8 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     out = sys.stderr if args.progress_jsonl == "-" else sys.stdout
     print(_summary(result), file=out)
     if result.status == "done" and result.trend is not None:
-        print(result.trend.describe(resumable=config.lr_scheduler not in LENGTH_DEPENDENT,
-                                    previews=bool(config.validation_prompt)), file=out)
+        print(in_flag_words(result.trend.describe(resumable=config.lr_scheduler not in LENGTH_DEPENDENT,
+                                                  previews=bool(config.validation_prompt))), file=out)
     if result.embedding_path:
         print(f"embedding: {result.embedding_path} (its token: {config.placeholder_token})", file=out)
     if config.a1111 and result.status != "cancelled":
@@ -394,13 +395,6 @@ _INTERRUPTED = {"personalize": "interrupted: resume with --resume (the last chec
                 "generate": "interrupted: no image was written"}
 
 
-# The API's argument names that open its one-line refusals, as the flags a CLI user typed.
-_FLAG_OF = {name: "--" + name.replace("_", "-") for name in (
-    "width", "height", "resolution", "steps", "seed", "strength", "guidance_scale", "guidance_rescale", "clip_skip",
-    "mask_blur", "padding_mask_crop", "hires_scale", "hires_strength", "hires_steps", "variation_seed",
-    "variation_strength", "num_images", "paste_back", "mask_image")}
-
-
 def _given_flags(argv: Sequence[str], args: argparse.Namespace) -> set[str]:
     """The settings ``generate``'s command line gave rather than left to their defaults (argparse sets a default
     only where the namespace has no value: a marker in every place tells the two apart; None in those whose default
@@ -417,10 +411,10 @@ def _given_flags(argv: Sequence[str], args: argparse.Namespace) -> set[str]:
 def _in_flag_words(message: str, from_image: Sequence[str] = ()) -> str:
     """``width must be ...`` -> ``--width must be ...``: the same refusal, in the words of the command line (and, for a
     value --parameters-from read from an image, saying so)."""
-    first, space, rest = message.partition(" ")
+    first = message.partition(" ")[0]
     if first in from_image:
-        rest += f" (the value of the image's parameters: give {_FLAG_OF.get(first, first)} to replace it)"
-    return _FLAG_OF.get(first, first) + space + rest
+        message += f" (the value of the image's parameters: give {api_name_flags().get(first, first)} to replace it)"
+    return in_flag_words(message)
 
 
 def _flag_of_path(args: argparse.Namespace | None, filename: object) -> str | None:
@@ -471,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {"personalize": cmd_personalize, "generate": cmd_generate, "verify": cmd_verify,
                    "info": cmd_info}[args.command]
         with warnings.catch_warnings():
-            warnings.showwarning = one_line_warning
+            warnings.showwarning = lambda message, *where: one_line_warning(in_flag_words(str(message)), *where)
             return handler(args)
     except ZoodipError as exc:
         return print_error(_in_flag_words(str(exc), getattr(args, "from_image", ()) if args is not None else ()))

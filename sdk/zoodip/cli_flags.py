@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import re
 from pathlib import Path
 
 from .config import OPTIMIZERS, VAE_SAMPLING, PersonalizeConfig
@@ -313,3 +315,55 @@ def checked_generate_flags(args: argparse.Namespace) -> tuple[Path, list[Path]]:
     if args.threads < 0:
         raise ZoodipError(f"--threads must be an integer >= 0 (0: all cores), got {args.threads}")
     return out, singles
+
+
+# The SDK's messages name its settings as the API spells them (curvature_fraction, resume=True); the command line
+# says them as its flags here, from the parsers themselves (one place for the flag <-> API name mapping).
+# The API's names whose flag is spelled otherwise (config_from_args passes these flags to these fields).
+_DEST_OF_API_NAME = {"export_dir": "model", "images": "train_data_dir", "curvature_fraction": "curvature_subspace",
+                     "vocabulary_variance": "vocabulary_subspace", "checkpoint_every": "checkpointing_steps",
+                     "memory_budget_mb": "memory_budget", "validation_prompt_weighting": "prompt_weighting"}
+# API settings that a flag of their own gives.
+_SETTING_FLAGS = {"curvature_fraction=0": "--no-curvature-subspace", "resume=True": "--resume",
+                  **{f"subspace={on}": "--no-subspace" for on in (True, False)},
+                  **{f"batched={on}": "--sequential" for on in (True, False, None)}}
+# The API's names that are English words too ("image folder", "steps"): said as flags only where they open a
+# message ("steps must be ...") or are given a value (steps=4); names with an underscore are said as flags anywhere.
+_WORD_NAMES = ("width", "height", "resolution", "steps", "seed", "strength", "n", "mu", "nu", "tau", "threads", "eta",
+               "directions", "optimizer", "images", "captions")
+# A name as a word of its own, maybe with a value (name=4, name='a1111'): not a piece of a path or a file name, nor
+# a call's keyword without a value (image=..., negative_prompt=), which the API's own advice shows.
+_API_NAME = re.compile(r"(?<![\w/\\.'\"-])([a-z][a-z0-9]*(?:_[a-z0-9]+)*)(?:=('[^']*'|[^\s,;:)]+))?(?![\w/\\=-]|\.\w)")
+
+
+@functools.cache
+def api_name_flags() -> dict[str, str]:
+    """{the API's name of a setting: the flag that sets it}: each flag's spellings read as names (--mask-image:
+    mask_image), then the API's fields that are named otherwise."""
+    flags: dict[str, str] = {}
+    for add in (add_personalize_flags, add_generate_flags):  # (personalize's spelling first, as PATH_FLAGS)
+        parser = argparse.ArgumentParser(add_help=False)
+        add(parser)
+        for action in parser._actions:
+            for spelling in action.option_strings:
+                flags.setdefault(spelling[2:].replace("-", "_"), spelling)
+            flags.setdefault(action.dest, action.option_strings[0])
+    return flags | {name: flags[dest] for name, dest in _DEST_OF_API_NAME.items()}
+
+
+def in_flag_words(message: str) -> str:
+    """An SDK message in the words of the command line: ``curvature_fraction 0.9: ... give curvature_fraction=0``
+    -> ``--curvature-subspace 0.9: ... give --no-curvature-subspace``."""
+    flags = api_name_flags()
+
+    def said(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        if value == "...":
+            return match.group(0)
+        if match.group(0) in _SETTING_FLAGS:
+            return _SETTING_FLAGS[match.group(0)]
+        if name not in flags or not ("_" in name or value is not None or match.start() == 0 and name in _WORD_NAMES):
+            return match.group(0)
+        return flags[name] if value is None else f"{flags[name]} {value.strip(chr(39))}"
+
+    return _API_NAME.sub(said, message)

@@ -39,11 +39,6 @@ MAX_LEARNING_RATE = 100.0  # far past any useful step (the paper's is 1e-2): a t
 # A photo's latent: one sample of its VAE posterior drawn once and cached ("once"), or a fresh sample every
 # step from the cached mean and std ("per-step", as the authors' code and diffusers' script encode each batch).
 VAE_SAMPLING = ("once", "per-step")
-# Settings a resume refusal names whose flag is not their name (the others' flags are, with dashes or underscores).
-_SETTING_FLAGS = {"memory_budget_mb": "memory_budget_mb (--memory-budget)", "batched": "batched (--sequential)",
-                  "subspace": "subspace (--no-subspace)", "curvature_fraction": "curvature_fraction (--curvature-subspace)",
-                  "vocabulary_variance": "vocabulary_variance (--vocabulary-subspace)",
-                  "orthogonal_phase": "orthogonal_phase (--orthogonal-after, --orthogonal-n)"}
 MAX_TOKEN_CHARS = 100  # a placeholder's name: a word in a prompt and (--a1111) a file name
 # Upper bounds past any useful run (the paper's is 30,000 steps, evaluations read 3 timesteps per photo): a typo
 # such as 10**30 otherwise passes and fails later (a checkpoint's counts past 10^12 are refused as damaged).
@@ -59,8 +54,8 @@ def _unwritable(ch: str) -> bool:
 
 
 def positive_int(name: str, value: object, minimum: int = 1) -> None:
-    """Refuse a setting that is not an integer >= minimum, naming its flag (validation.positive_int's check)."""
-    validation.positive_int(f"--{name}", value, minimum)
+    """Refuse a setting that is not an integer >= minimum, by its name (validation.positive_int's check)."""
+    validation.positive_int(name, value, minimum)
 
 
 _UNION_ORIGINS = (typing.Union, getattr(types, "UnionType", typing.Union))  # X | Y is types.UnionType from 3.10
@@ -193,11 +188,11 @@ class PersonalizeConfig:
             value = getattr(self, name)
             if not (value is None and name == "validation_prompt") and not isinstance(value, str):
                 raise ZoodipError(f"{name} must be a string, got {value!r}")
-        for flag, value, example in (("--output_dir", self.output_dir, "my-run"), ("--train_data_dir", self.images,
-                                     "my-photos"), ("--model", self.export_dir, "sd15-int8")):
+        for flag, value, example in (("output_dir", self.output_dir, "my-run"), ("images", self.images,
+                                     "my-photos"), ("export_dir", self.export_dir, "sd15-int8")):
             if isinstance(value, str) and not value.strip():
                 # Path("") is ".": an empty flag would silently read or write the current folder.
-                raise ZoodipError(f"{flag} is empty: name the folder, e.g. {flag} {example}")
+                raise ZoodipError(f"{flag} is empty: name the folder, e.g. {flag}={example}")
         if self.memory_budget_mb is not None:
             self.batched = False  # n+1 evaluations one by one: a third of the activations
         self.export_dir = Path(self.export_dir)
@@ -205,7 +200,7 @@ class PersonalizeConfig:
         self.output_dir = Path(self.output_dir)
         self.captions = Path(self.captions) if self.captions else None
         self.template_file = Path(self.template_file) if self.template_file else None
-        self.t_range = _pair("--t-range (T_MIN, T_MAX)", self.t_range, int)
+        self.t_range = _pair("t_range (T_MIN, T_MAX)", self.t_range, int)
         self.adam_betas = _pair("adam_betas (beta1, beta2)", self.adam_betas, float)
         self._check_switches()
 
@@ -250,121 +245,121 @@ class PersonalizeConfig:
         positive_int("n", self.n)
         count = self.num_vectors
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_VECTORS:
-            raise ZoodipError(f"--num_vectors must be an integer from 1 to {MAX_VECTORS} (a prompt holds {MAX_VECTORS} "
+            raise ZoodipError(f"num_vectors must be an integer from 1 to {MAX_VECTORS} (a prompt holds {MAX_VECTORS} "
                               f"tokens), got {self.num_vectors!r}")
         positive_int("seed", self.seed, 0)
         if self.tau is not None:
             positive_int("tau", self.tau, 2)
         positive_int("max_train_steps", self.max_train_steps)  # 0 would save the initializer as a learned word
-        for name, value, most in (("--max_train_steps", self.max_train_steps, MAX_TRAIN_STEPS),
+        for name, value, most in (("max_train_steps", self.max_train_steps, MAX_TRAIN_STEPS),
                                   ("eval_timesteps", self.eval_timesteps, MAX_EVAL_TIMESTEPS)):
             if isinstance(value, (int, np.integer)) and value > most:
                 raise ZoodipError(f"{name} must be at most {most:,}, got {value:,}")
         positive_int("eval_every", self.eval_every, 0)
         validation.positive_int("eval_timesteps", self.eval_timesteps)  # the API's only: no flag sets it
-        validation.positive_int("--checkpointing_steps (checkpoint_every)", self.checkpoint_every, 0)
+        validation.positive_int("checkpoint_every", self.checkpoint_every, 0)
         positive_int("save_steps", self.save_steps, 0)
         positive_int("lr_warmup_steps", self.lr_warmup_steps, 0)
         if self.lr_scheduler not in LR_SCHEDULERS:
-            raise ZoodipError(f"--lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
+            raise ZoodipError(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
         positive_int("early_stop_patience", self.early_stop_patience, 0)
         positive_int("threads", self.threads, 0)
         positive_int("validation_steps", self.validation_steps)
         positive_int("num_validation_images", self.num_validation_images)
         if self.num_validation_images > MAX_IMAGES:
-            raise ZoodipError(f"--num_validation_images must be at most {MAX_IMAGES} (one UNet batch), got {self.num_validation_images}")
+            raise ZoodipError(f"num_validation_images must be at most {MAX_IMAGES} (one UNet batch), got {self.num_validation_images}")
         if self.resolution is not None:
-            check_side("--resolution", self.resolution)  # the model's VAE factor is checked when it is loaded
+            check_side("resolution", self.resolution)  # the model's VAE factor is checked when it is loaded
 
     def _validate_method(self) -> None:
         """The method's hyperparameters and choices."""
-        # The same checks as the method's own constructors (zo.py), under the CLI's flag names.
-        if check_mu(self.mu, "--mu") < MU_MIN:
-            raise ZoodipError(f"--mu {self.mu:g} is too small: below {MU_MIN:g} the loss differences of a float32 "
+        # The same checks as the method's own constructors (zo.py), under the API's names (the CLI says its flags).
+        if check_mu(self.mu, "mu") < MU_MIN:
+            raise ZoodipError(f"mu {self.mu:g} is too small: below {MU_MIN:g} the loss differences of a float32 "
                               "model drown in its rounding and the estimate is noise; the paper uses 1e-3")
-        validation.finite_float("--nu", self.nu, low=0.0, high=1.0, high_open=True)
-        validation.finite_float("--learning_rate", self.learning_rate, low=0.0, high=MAX_LEARNING_RATE)
+        validation.finite_float("nu", self.nu, low=0.0, high=1.0, high_open=True)
+        validation.finite_float("learning_rate", self.learning_rate, low=0.0, high=MAX_LEARNING_RATE)
         for name, beta in zip(("adam_betas[0] (beta1)", "adam_betas[1] (beta2)"), self.adam_betas):  # as ZOAdam's
             validation.finite_float(name, beta, low=0.0, low_open=False, high=1.0, high_open=True)
         validation.finite_float("adam_eps", self.adam_eps, low=0.0)
         if self.optimizer not in OPTIMIZERS:
-            raise ZoodipError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise ZoodipError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.directions not in DIRECTIONS:
-            raise ZoodipError(f"--directions must be one of {', '.join(DIRECTIONS)}, got {self.directions!r}")
+            raise ZoodipError(f"directions must be one of {', '.join(DIRECTIONS)}, got {self.directions!r}")
         self._validate_phases()
         if self.adam_state_dtype not in ADAM_STATE_DTYPES:
-            raise ZoodipError(f"--adam-state-dtype must be one of {', '.join(ADAM_STATE_DTYPES)}, got {self.adam_state_dtype!r}")
+            raise ZoodipError(f"adam_state_dtype must be one of {', '.join(ADAM_STATE_DTYPES)}, got {self.adam_state_dtype!r}")
         if self.optimizer != "adam" and self.adam_state_dtype != "float64":
-            raise ZoodipError("--adam-state-dtype applies to --optimizer adam only; drop it or use --optimizer adam")
+            raise ZoodipError("adam_state_dtype applies to optimizer='adam' only; drop it or use optimizer='adam'")
         if self.clip_estimate is not None:
-            validation.finite_float("--clip-estimate", self.clip_estimate, low=1.0)
+            validation.finite_float("clip_estimate", self.clip_estimate, low=1.0)
             if self.optimizer != "adam" or self.adam_state_dtype != "float64":
-                raise ZoodipError("--clip-estimate clips against ZO-Adam's float64 second moment: use it with "
-                                  "--optimizer adam and --adam-state-dtype float64 (the defaults)")
+                raise ZoodipError("clip_estimate clips against ZO-Adam's float64 second moment: use it with "
+                                  "optimizer='adam' and adam_state_dtype='float64' (the defaults)")
         if self.subspace_mode not in PROJECTION_MODES:
-            raise ZoodipError(f"--subspace-mode must be one of {', '.join(PROJECTION_MODES)}, got {self.subspace_mode!r}")
+            raise ZoodipError(f"subspace_mode must be one of {', '.join(PROJECTION_MODES)}, got {self.subspace_mode!r}")
 
     def _validate_phases(self) -> None:
         """--orthogonal-after and --orthogonal-n (the two-phase estimate)."""
         if self.orthogonal_n is not None:
-            validation.positive_int("--orthogonal-n", self.orthogonal_n)
+            validation.positive_int("orthogonal_n", self.orthogonal_n)
             if self.orthogonal_after is None:
-                raise ZoodipError("--orthogonal-n sets the directions of the steps after --orthogonal-after: "
-                                  "add --orthogonal-after FORWARDS, or use --directions orthogonal --n N for one phase")
+                raise ZoodipError("orthogonal_n sets the directions of the steps after orthogonal_after: "
+                                  "add orthogonal_after=FORWARDS, or use directions='orthogonal' and n=N for one phase")
         if self.orthogonal_after is None:
             return
-        validation.positive_int("--orthogonal-after (forwards)", self.orthogonal_after, minimum=0)
+        validation.positive_int("orthogonal_after (forwards)", self.orthogonal_after, minimum=0)
         if self.directions != "gaussian":
-            raise ZoodipError("--orthogonal-after switches Gaussian directions to orthogonal ones; with --directions "
-                              "orthogonal every step already draws them: drop one of the two")
+            raise ZoodipError("orthogonal_after switches Gaussian directions to orthogonal ones; with "
+                              "directions='orthogonal' every step already draws them: drop one of the two")
 
     def _validate_places(self) -> None:
         """The run folder apart from what the run reads: in the photos folder its previews would be the next run's
         photos (and a resume refused for other photos); in the export folder its files would mix with the model's."""
-        for flag, source in (("--train_data_dir", self.images), ("--model", self.export_dir)):
+        for flag, source in (("images", self.images), ("export_dir", self.export_dir)):
             if Path(source).is_dir() and lies_within(self.output_dir, source):
-                raise ZoodipError(f"--output_dir {self.output_dir} lies in {flag} {source}: the run's previews, "
+                raise ZoodipError(f"output_dir {self.output_dir} lies in {flag}={source}: the run's previews, "
                                   "checkpoint and embedding would land among what it reads; choose a folder outside it")
 
     def _validate_inputs(self) -> None:
         """The words, prompts and captions, and the search-subspace options."""
         check_prompt_weighting(self.validation_prompt_weighting)
         if self.validation_prompt is not None and self.placeholder_token not in self.validation_prompt:
-            raise ZoodipError(f"--validation_prompt {self.validation_prompt!r} does not contain {self.placeholder_token}: "
+            raise ZoodipError(f"validation_prompt {self.validation_prompt!r} does not contain {self.placeholder_token}: "
                               f"put the token in it, e.g. 'a photo of {self.placeholder_token} on the beach'")
         unreadable = unreadable_token_problems([self.placeholder_token])
         if unreadable and self.validation_prompt is not None and self.validation_prompt_weighting == "a1111":
-            raise ZoodipError(f"{unreadable[0]}; the previews, read as A1111 reads them (--prompt-weighting a1111), "
+            raise ZoodipError(f"{unreadable[0]}; the previews, read as A1111 reads them (validation_prompt_weighting='a1111'), "
                               "would lack it")
         if self.captions is not None and self.template_file is not None:
-            raise ZoodipError("--captions and --template_file are two ways to caption the photos: use one")
-        for flag, path, kind in (("--captions", self.captions, "JSON"), ("--template_file", self.template_file, "text")):
+            raise ZoodipError("captions and template_file are two ways to caption the photos: use one")
+        for flag, path, kind in (("captions", self.captions, "JSON"), ("template_file", self.template_file, "text")):
             if path is not None and path.is_dir():  # (read later, where the error could not name the flag)
                 raise ZoodipError(f"{flag} {path} is a folder: name the {kind} file itself")
         if self.vae_sampling not in VAE_SAMPLING:
-            raise ZoodipError(f"--vae-sampling must be one of {', '.join(VAE_SAMPLING)}, got {self.vae_sampling!r}")
+            raise ZoodipError(f"vae_sampling must be one of {', '.join(VAE_SAMPLING)}, got {self.vae_sampling!r}")
         if self.learnable_property not in LEARNABLE_PROPERTIES:
-            raise ZoodipError(f"--learnable_property must be one of {', '.join(LEARNABLE_PROPERTIES)}, got {self.learnable_property!r}")
+            raise ZoodipError(f"learnable_property must be one of {', '.join(LEARNABLE_PROPERTIES)}, got {self.learnable_property!r}")
         fraction = lambda x: not isinstance(x, bool) and isinstance(x, (int, float)) and 0 <= x <= 1  # noqa: E731
         if self.vocabulary_variance is not None and not (fraction(self.vocabulary_variance) and self.vocabulary_variance):
-            raise ZoodipError(f"--vocabulary-subspace must be a variance fraction in (0, 1], e.g. 0.9, got {self.vocabulary_variance!r}")
+            raise ZoodipError(f"vocabulary_variance must be a variance fraction in (0, 1], e.g. 0.9, got {self.vocabulary_variance!r}")
         if self.curvature_fraction is not None and not fraction(self.curvature_fraction):  # 0: the whole space
-            raise ZoodipError(f"--curvature-subspace (curvature_fraction) must be a fraction in [0, 1] (0: the whole "
+            raise ZoodipError(f"curvature_fraction must be a fraction in [0, 1] (0: the whole "
                               f"space), e.g. {DEFAULT_CURVATURE_FRACTION}, got {self.curvature_fraction!r}")
         if isinstance(self.clip_skip, bool) or not isinstance(self.clip_skip, (int, np.integer)) or self.clip_skip < 0:
-            raise ZoodipError(f"--clip-skip must be a whole number of layers, 0 or more, got {self.clip_skip!r}")
+            raise ZoodipError(f"clip_skip must be a whole number of layers, 0 or more, got {self.clip_skip!r}")
         if self.curvature_fraction and self.vocabulary_variance is not None:
-            raise ZoodipError("--vocabulary-subspace and --curvature-subspace are two search subspaces: use one "
-                              "(add --no-curvature-subspace to search the vocabulary's)")
+            raise ZoodipError("vocabulary_variance and curvature_fraction are two search subspaces: use one "
+                              "(add curvature_fraction=0 to search the vocabulary's)")
         token = self.placeholder_token
         if not token or any(ch.isspace() or _unwritable(ch) for ch in token):
-            raise ZoodipError(f"--placeholder_token must be one word without spaces, control or invisible characters, "
+            raise ZoodipError(f"placeholder_token must be one word without spaces, control or invisible characters, "
                               f"e.g. '<my-dog>', got {token!r:.80}")
         if len(token) > MAX_TOKEN_CHARS:  # a word in a prompt, and (--a1111) a file's name
-            raise ZoodipError(f"--placeholder_token has {len(token)} characters, more than {MAX_TOKEN_CHARS}: "
+            raise ZoodipError(f"placeholder_token has {len(token)} characters, more than {MAX_TOKEN_CHARS}: "
                               "choose a short name, e.g. '<my-dog>'")
         if not self.initializer_token or any(ch.isspace() for ch in self.initializer_token.strip()):
-            raise ZoodipError(f"--initializer_token must be a single word, got {self.initializer_token!r}")
+            raise ZoodipError(f"initializer_token must be a single word, got {self.initializer_token!r}")
         if self.a1111:
             a1111_file_name(self.placeholder_token)  # refuses a token that makes no usable file name
 
@@ -393,8 +388,11 @@ class PersonalizeConfig:
         if "max_train_steps" in names and recorded.get("max_train_steps") == self.max_train_steps:  # recorded only
             names.remove("max_train_steps")  # for a schedule that follows it: the schedule is what changed
         if "max_train_steps" in names and self.lr_scheduler in LENGTH_DEPENDENT:  # not said by the name alone
-            names[names.index("max_train_steps")] = f"max_train_steps (which --lr_scheduler {self.lr_scheduler} follows)"
-        return [_SETTING_FLAGS.get(name, name) for name in names]
+            names[names.index("max_train_steps")] = f"max_train_steps (which lr_scheduler='{self.lr_scheduler}' follows)"
+        # By the API's names (the command line says its flags): switches with their value, a name of their own.
+        said = {"batched": f"batched={self.batched}", "subspace": f"subspace={self.subspace}",
+                "orthogonal_phase": "orthogonal_after and orthogonal_n"}
+        return [said.get(name, name) for name in names]
 
     def fingerprint_payload(self) -> dict:
         """The settings ``fingerprint`` hashes (where two runs' differ, a checkpoint of one does not resume the other)."""

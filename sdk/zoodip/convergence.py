@@ -32,14 +32,14 @@ class Trend:
         schedule that follows the run's length cannot: its rates would change under the steps already taken);
         ``previews``: whether the run wrote preview images (then the images to judge are those)."""
         if self.flattened:
-            judge = "in its previews" if previews else "e.g. with --validation_prompt"
+            judge = "in its previews" if previews else "e.g. with validation_prompt"
             return (f"the evaluation loss has flattened (the last {self.recent_steps} steps improved it by "
                     f"{self.recent_gain:.1%}, the whole run by {self.total_gain:.1%}): more steps are unlikely to "
                     f"lower it much (the images may still change: judge them, {judge})")
         return (f"the evaluation loss was still falling (the last {self.recent_steps} steps improved it by "
                 f"{self.recent_gain:.1%} of {self.total_gain:.1%} in all): more steps may help "
-                + ("(--resume with a larger --max_train_steps)" if resumable else
-                   "(a longer run in a new --output_dir: this --lr_scheduler follows the run's length)"))
+                + ("(resume=True with a larger max_train_steps)" if resumable else
+                   "(a longer run in a new output_dir: this lr_scheduler follows the run's length)"))
 
 
 def evaluation_trend(history: list[tuple[int, float]], window: float = 0.25, tolerance: float = 0.1) -> Trend | None:

@@ -408,8 +408,8 @@ def _latent_size(model: Any, height: int | None, width: int | None) -> tuple[int
     """
     h, w = _latent_shape(model, height, width)
     factor = int(model.vae_scale_factor)
-    check_image_size(h * factor, w * factor, factor, f"a {w * factor}x{h * factor} image (--width {w * factor} "
-                     f"--height {h * factor})", memory_budget_mb=memory_budget_mb(model),
+    check_image_size(h * factor, w * factor, factor, f"a {w * factor}x{h * factor} image (width={w * factor}, "
+                     f"height={h * factor})", memory_budget_mb=memory_budget_mb(model),
                      multiple=model_side_multiple(model))
     return h, w
 

@@ -206,7 +206,7 @@ class ExportedModel:
         need = -(-self.weights_bytes() // (1 << 20))
         if budget < need:
             raise ZoodipError(
-                f"--memory-budget {budget} MB is below the {need} MB that the text encoder and UNet weights of "
+                f"memory_budget_mb {budget} is below the {need} MB that the text encoder and UNet weights of "
                 f"{self.folder} alone take: raise the budget, or use a smaller export ('zoodip export' with its default "
                 f"recipe, w4a32: 4-bit weights)"
             )

@@ -52,4 +52,4 @@ def write_preview(model, config: PersonalizeConfig, vectors: np.ndarray, step: i
     text = infotext(config.validation_prompt, settings, images[0].size, model)
     return save_images([(image_grid([images]), preview_path(config, step))],
                        "--validation_prompt preview", texts=[text],
-                       then="and resume with --resume (the last checkpoint is intact)")[0]
+                       then="and resume with resume=True (the last checkpoint is intact)")[0]

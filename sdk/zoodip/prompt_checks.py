@@ -32,7 +32,7 @@ def syntax_problems(prompts: Sequence[str], weighted: bool, chunked: bool = Fals
               lambda text: text not in negative and TAG.search(text)}
     return negative_tags + [
         f"the prompt {_shortened(text)} uses A1111's {name}, read here as plain text (as diffusers does): pass "
-        "--prompt-weighting a1111 (prompt_weighting='a1111') to read it as A1111 does"
+        "prompt_weighting='a1111' to read it as A1111 does"
         for text in prompts if text for name, found in syntax.items() if found(text)]
 
 

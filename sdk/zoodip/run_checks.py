@@ -60,7 +60,7 @@ def check_outcome(v: np.ndarray, v_init: np.ndarray, vocabulary_max_norm: float,
                           "far from useful (reference 1e-3 and 1e-2); start again in a new --output_dir")
 
 
-def append_log(path: Path, record: dict, then: str = "resume with --resume (the last checkpoint is intact)") -> None:
+def append_log(path: Path, record: dict, then: str = "resume with resume=True (the last checkpoint is intact)") -> None:
     """Append one JSON line to the run's log, whole or not at all. ``then``: what the user does after a failure."""
     try:
         with open(path, "ab", buffering=0) as handle:
@@ -76,7 +76,7 @@ def truncate_log(path: Path, step: int) -> None:
         return
     kept = [json.dumps(record) for record in read_log(path) if record.get("step", 0) <= step]
     atomic_write_bytes(path, lambda handle: handle.write(("\n".join(kept) + "\n" if kept else "").encode()),
-                       "resume with --resume (the checkpoint is intact)")
+                       "resume with resume=True (the checkpoint is intact)")
 
 
 def read_log(path: Path) -> list[dict]:

@@ -48,17 +48,17 @@ def check_run_folder(config: PersonalizeConfig, resume: bool) -> None:
     if resume or (checkpoint.exists() and not checkpoint.is_file()):  # (a folder is no run to resume either)
         check_checkpoint_file(checkpoint)
     elif checkpoint.exists():
-        raise ZoodipError(f"{out} already holds a run: pass --resume to continue it, or choose a new --output_dir")
+        raise ZoodipError(f"{out} already holds a run: pass resume=True to continue it, or choose a new output_dir")
     for path in embeddings if not resume else ():  # a run's, or another tool's file (A1111's, diffusers')
         if path.exists():
             raise ZoodipError(f"{out} already holds {path.name}, which a fresh run would replace: move it, or "
-                              "choose a new --output_dir")
+                              "choose a new output_dir")
     for name in (CONFIG_NAME, LOG_NAME) if not resume else ():  # (a killed start's own are started anew)
         if (out / name).exists() and not _is_a_runs(out / name):
             raise ZoodipError(f"{out} already holds {name}, which is not a zoodip run's and a run writes its own "
-                              "there: move it, or choose a new --output_dir")
+                              "there: move it, or choose a new output_dir")
     check_files_to_replace([*embeddings, *([] if resume else [checkpoint])],
-                           "resume with --resume" if resume else "run again")
+                           "resume with resume=True" if resume else "run again")
     _check_links_apart(out, [checkpoint, *embeddings, out / LOG_NAME])
 
 
@@ -113,5 +113,5 @@ def check_folder_kept(folder: Path, identity: tuple[int, int] | None) -> None:
     next writes would remake it, or write into another, without the run's config.json and earlier log."""
     if identity is not None and folder_identity(folder) != identity:
         raise ZoodipError(f"the run folder {folder} went away during the run (removed, moved, or replaced by "
-                          "another): if you moved it, resume it where it is now with --resume; else start the run "
+                          "another): if you moved it, resume it where it is now with resume=True; else start the run "
                           "again")

@@ -77,7 +77,7 @@ def check_runtime_options(options: object) -> None:
             raise ZoodipError(f"RuntimeOptions.{name} must be True or False, got {getattr(options, name)!r}")
     budget = options.memory_budget_mb
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget <= 0):
-        raise ZoodipError(f"--memory-budget must be a positive number of MB, got {budget!r}")
+        raise ZoodipError(f"memory_budget_mb must be a positive number of MB, got {budget!r}")
     for name in ("extra_config", "session_attributes"):
         if not isinstance(getattr(options, name), dict):
             raise ZoodipError(f"RuntimeOptions.{name} must be a dict, got {type(getattr(options, name)).__name__}")

@@ -28,14 +28,14 @@ def choose_search_space(model: ExportedModel, config: PersonalizeConfig) -> tupl
                   if config.vocabulary_variance is not None else None)
     curvature = None if config.curvature_fraction == 0 else model.curvature()
     if curvature is None and config.curvature_fraction:
-        raise ZoodipError(f"--curvature-subspace {config.curvature_fraction}: {config.export_dir} has no curvature "
+        raise ZoodipError(f"curvature_fraction {config.curvature_fraction}: {config.export_dir} has no curvature "
                           "subspace; re-export the model with 'zoodip export' (it computes one by default) or "
-                          "drop the flag")
+                          "drop curvature_fraction")
     if config.curvature_fraction is None:
         if curvature is None and vocabulary is None:
             warnings.warn(f"{config.export_dir} has no {CURVATURE_FILE}: searching all {model.hidden_size} dimensions, "
                           "which needs many more steps; re-export the model with 'zoodip export' (it computes one by "
-                          "default) or pass --no-curvature-subspace to silence this", stacklevel=3)
+                          "default) or give curvature_fraction=0 to silence this", stacklevel=3)
         use = curvature is not None and vocabulary is None
         config = dataclasses.replace(config, curvature_fraction=DEFAULT_CURVATURE_FRACTION if use else 0.0)
     if not config.curvature_fraction:

@@ -238,7 +238,7 @@ class Personalizer:
     def save_embedding(self, path: Path, v: np.ndarray, save: Callable[..., Path] = save_learned_embeds) -> Path:
         """The flat vector ``v`` as the token's [num_vectors, width] embedding file (diffusers' layout by default)."""
         return save(path, self.config.placeholder_token, as_matrix(v, self.width), self.embedding_metadata(),
-                    then="resume with --resume (the checkpoint is saved)")
+                    then="resume with resume=True (the checkpoint is saved)")
 
     def snapshot_path(self) -> Path:
         return self.config.output_dir / SNAPSHOT_NAME.format(step=self.step)
@@ -278,10 +278,10 @@ class Personalizer:
         try:
             self._load_state(state)
         except ZoodipError as exc:
-            raise ZoodipError(f"checkpoint {path} is damaged ({exc}): delete it and start again without --resume") from None
+            raise ZoodipError(f"checkpoint {path} is damaged ({exc}): delete it and start again without resume=True") from None
         except (KeyError, ValueError, TypeError, IndexError) as exc:
             what = f"no {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ZoodipError(f"checkpoint {path} is damaged ({what}): delete it and start again without --resume") from None
+            raise ZoodipError(f"checkpoint {path} is damaged ({what}): delete it and start again without resume=True") from None
 
     def _changed_settings(self) -> list[str]:
         """The settings of this run that differ from those its folder's config.json recorded (none if unreadable)."""

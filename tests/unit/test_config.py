@@ -14,7 +14,7 @@ APART = dict(export_dir="no-export", images="no-photos", output_dir="run")  # va
 
 
 @pytest.mark.parametrize("settings,needle", [
-    (dict(t_range="500-900"), "--t-range (T_MIN, T_MAX) must be two integers, got '500-900'"),  # not (5, 0)
+    (dict(t_range="500-900"), "t_range (T_MIN, T_MAX) must be two integers, got '500-900'"),  # not (5, 0)
     (dict(t_range=(500.5, 900)), "must be two integers"),  # not silently 500
     (dict(t_range=(500, 900, 1000)), "must be two integers"),
     (dict(adam_betas=("a", 0.999)), "adam_betas (beta1, beta2) must be two finite numbers"),
@@ -28,15 +28,15 @@ def test_wrong_kinds_are_refused(settings, needle) -> None:
 
 
 @pytest.mark.parametrize("settings,needle", [  # each was accepted, and failed after the model loaded, or never
-    (dict(curvature_fraction=True), "--curvature-subspace (curvature_fraction) must be a fraction in [0, 1]"),
-    (dict(vocabulary_variance=True), "--vocabulary-subspace must be a variance fraction in (0, 1]"),
+    (dict(curvature_fraction=True), "curvature_fraction must be a fraction in [0, 1]"),
+    (dict(vocabulary_variance=True), "vocabulary_variance must be a variance fraction in (0, 1]"),
     (dict(adam_betas=(1.0, 0.999)), "adam_betas[0] (beta1) must be a finite number in [0, 1), got 1.0"),
     (dict(adam_eps=0.0), "adam_eps must be a finite number > 0, got 0.0"),
-    (dict(placeholder_token="<a\x00b>"), "--placeholder_token must be one word without spaces, control or invisible"),
+    (dict(placeholder_token="<a\x00b>"), "placeholder_token must be one word without spaces, control or invisible"),
     (dict(placeholder_token="<\udcff>"), "without spaces, control or invisible"),  # a byte the terminal could not read
     (dict(placeholder_token="<a\u200bb>"), "without spaces, control or invisible"),  # a zero-width space
-    (dict(placeholder_token="<" + "a" * 200 + ">"), "--placeholder_token has 202 characters, more than 100"),
-    (dict(max_train_steps=10**30), "--max_train_steps must be at most 1,000,000,000"),
+    (dict(placeholder_token="<" + "a" * 200 + ">"), "placeholder_token has 202 characters, more than 100"),
+    (dict(max_train_steps=10**30), "max_train_steps must be at most 1,000,000,000"),
     (dict(eval_timesteps=10**4), "eval_timesteps must be at most 100, got 10,000"),
 ])
 def test_values_past_their_range_are_refused_before_any_work(settings, needle) -> None:
@@ -132,7 +132,8 @@ def test_text_files_name_the_same_run_from_any_folder(tmp_path, monkeypatch) -> 
 
 
 def test_a_folder_given_as_a_text_file_is_refused_naming_its_flag(tmp_path) -> None:
-    """--captions FOLDER was refused as "cannot read FOLDER (Is a directory): check the file", naming no flag."""
-    for flag, field in (("--captions", "captions"), ("--template_file", "template_file")):
-        with pytest.raises(ZoodipError, match=f"^{flag} \\S+ is a folder: name the (JSON|text) file itself$"):
+    """--captions FOLDER was refused as "cannot read FOLDER (Is a directory): check the file", naming no flag (the
+    API's name, which the command line says as its flag)."""
+    for field in ("captions", "template_file"):
+        with pytest.raises(ZoodipError, match=f"^{field} \\S+ is a folder: name the (JSON|text) file itself$"):
             PersonalizeConfig(**APART, **{field: tmp_path}).validate()

@@ -21,9 +21,9 @@ def test_a_curve_that_levels_off_has_flattened():
 def test_a_curve_still_falling_steadily_has_not():
     trend = evaluation_trend(_history(1.0 - 0.01 * np.arange(21)))
     assert trend is not None and not trend.flattened
-    assert abs(trend.recent_gain - 0.05) < 1e-9 and "(--resume with a larger --max_train_steps)" in trend.describe()
+    assert abs(trend.recent_gain - 0.05) < 1e-9 and "(resume=True with a larger max_train_steps)" in trend.describe()
     # A schedule that follows the run's length refuses that resume: a new run is the advice then
-    assert "(a longer run in a new --output_dir" in trend.describe(resumable=False)
+    assert "(a longer run in a new output_dir" in trend.describe(resumable=False)
 
 
 def test_ups_and_downs_above_the_plateau_do_not_count():
@@ -47,5 +47,5 @@ def test_the_flattened_verdict_claims_the_loss_only():
     message = evaluation_trend(history).describe()
     assert message.startswith("the evaluation loss has flattened") and "unlikely to lower it" in message
     assert "unlikely to help" not in message and "images may still change" in message
-    assert "--validation_prompt" in message  # (a run that wrote previews is sent to them, not to the flag it used)
+    assert "validation_prompt" in message  # (a run that wrote previews is sent to them, not to the flag it used)
     assert "--validation_prompt" not in evaluation_trend(history).describe(previews=True)

@@ -133,7 +133,7 @@ def test_the_run_log_and_the_run_start_give_the_fix_that_fits_the_failure(tmp_pa
 
     (tmp_path / "log.jsonl").mkdir()
     with pytest.raises(ZoodipError, match=r"cannot append to \S+log\.jsonl \(Is a directory\): check the folder, then "
-                                          r"resume with --resume \(the last checkpoint is intact\)$"):
+                                          r"resume with resume=True \(the last checkpoint is intact\)$"):
         append_log(tmp_path / "log.jsonl", {"step": 1})
 
     def read_only(*args, **kwargs):
@@ -311,7 +311,7 @@ def test_a_log_line_the_full_disk_took_half_of_is_cut_back_to_the_lines_before(t
         return HalfThenFull(file) if str(path) == str(log) else file
 
     monkeypatch.setattr(builtins, "open", filling_up)
-    with pytest.raises(ZoodipError, match=r"\(the disk is full\): free space, then resume with --resume"):
+    with pytest.raises(ZoodipError, match=r"\(the disk is full\): free space, then resume with resume=True"):
         append_log(log, {"step": 1, "loss": 0.5})
     monkeypatch.setattr(builtins, "open", real_open)
     assert log.read_text() == '{"step": 0, "eval_loss": 1.0}\n'
