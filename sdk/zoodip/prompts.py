@@ -108,19 +108,20 @@ def load_captions(path: Path, image_names: Sequence[str], placeholder: str) -> d
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ZoodipError(f"--captions {path} does not exist; check the path") from None
+        raise ZoodipError(f"captions {path} does not exist; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ZoodipError(f"cannot read --captions {path} ({exc}); it must be a readable UTF-8 text file") from None
+        raise ZoodipError(f"cannot read captions={path} ({exc}); it must be a readable UTF-8 text file") from None
     try:
         data = parse_json(text)
     except ValueError as exc:
         where = f"line {exc.lineno}, column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else exc
-        raise ZoodipError(f"--captions {path} is not valid JSON ({where}): write {{\"photo file name\": \"caption\"}}; "
-                          "A1111's caption .txt beside each photo is read with --template_file") from None
-    data = _authors_dataset(data, image_names)
+        raise ZoodipError(f"captions {path} is not valid JSON ({where}): write {{\"photo file name\": \"caption\"}}; "
+                          "A1111's caption .txt beside each photo is read with template_file") from None
+    data = _authors_dataset(data, image_names, path)
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ZoodipError(
-            f'--captions {path} must be a JSON object of strings: {{"image file name": "caption"}}'
+            f'captions {path} must be a JSON object of strings: {{"image file name": "caption"}}, or the ZOODiP '
+            f'authors\' cc.json, one such object per dataset folder: {{"folder": {{"image file name": "caption"}}}}'
         )
     # The authors' captions name the concept with a "{}" slot (caption.format(placeholder)).
     # Names compared in one Unicode form: macOS writes "é" in file names as e + accent, an editor as one letter.
@@ -129,22 +130,32 @@ def load_captions(path: Path, image_names: Sequence[str], placeholder: str) -> d
     missing = [name for name in image_names if unicodedata.normalize("NFC", name) not in data]
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise ZoodipError(f"--captions {path} has no caption for {shown}; add one caption per training image")
+        raise ZoodipError(f"captions {path} has no caption for {shown}; add one caption per training image")
     captions = {name: data[unicodedata.normalize("NFC", name)] for name in image_names}
-    _check_captions(captions, placeholder, source=f"--captions {path}")
+    _check_captions(captions, placeholder, source=f"captions {path}")
     return captions
 
 
 CAPTION_SLOT = "{}"  # where a caption of the authors' format names the concept
 
 
-def _authors_dataset(data: object, image_names: Sequence[str]) -> object:
+def _authors_dataset(data: object, image_names: Sequence[str], path: Path) -> object:
     """The ZOODiP authors' ``cc.json`` holds one captions object per dataset folder; pick the one that
     captions every training image (anything else is returned unchanged, for the checks that follow)."""
     if not isinstance(data, dict) or not data or not all(isinstance(v, dict) for v in data.values()):
         return data
-    matches = [v for v in data.values() if all(name in v for name in image_names)]
-    return matches[0] if len(matches) == 1 else data
+    matches = [folder for folder, v in data.items() if all(name in v for name in image_names)]
+    if len(matches) == 1:
+        return data[matches[0]]
+    # Said in the nested format's own words: "must be an object of strings" would send the user away from it.
+    folders = ", ".join(repr(folder) for folder in (matches or list(data))[:3]) + (" ..." if len(matches or data) > 3 else "")
+    photos = ", ".join(image_names[:3]) + (" ..." if len(image_names) > 3 else "")
+    if matches:
+        raise ZoodipError(f"captions {path} is the ZOODiP authors' cc.json format, and several of its folders "
+                          f"({folders}) caption all the training photos: keep only the one to use")
+    raise ZoodipError(f"captions {path} is the ZOODiP authors' cc.json format ({{\"folder\": {{\"image file name\": "
+                      f"\"caption\"}}}}), but none of its folders ({folders}) captions all the training photos "
+                      f"({photos}): add their captions to the concept's folder, or train on that folder's photos")
 
 
 def _check_captions(captions: Mapping[str, str], placeholder: str, source: str) -> None:

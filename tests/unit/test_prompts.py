@@ -141,15 +141,26 @@ def test_captions_in_the_authors_format(tmp_path: Path) -> None:
     flat = {IMAGES[0]: "a {} photo", IMAGES[1]: "<sks> and {} braces", IMAGES[2]: "{} again"}
     assert load_captions(write(tmp_path, flat), IMAGES, "<sks>") == {
         IMAGES[0]: "a <sks> photo", IMAGES[1]: "<sks> and {} braces", IMAGES[2]: "<sks> again"}
-    # Two datasets that both caption every photo: ambiguous, refused as any non-flat object.
-    with pytest.raises(ZoodipError, match="must be a JSON object of strings"):
+    # Two datasets that both caption every photo: ambiguous, refused in the nested format's words.
+    with pytest.raises(ZoodipError, match=r"cc\.json format, and several of its folders \('a', 'b'\) caption all"):
         load_captions(write(tmp_path, {"a": cc["dog6"], "b": cc["dog6"]}), IMAGES, "<sks>")
+
+
+def test_an_authors_captions_file_whose_folders_miss_the_photos_says_the_nested_format(tmp_path: Path) -> None:
+    """It said "must be a JSON object of strings: {"image file name": "caption"}", which the nested cc.json is not
+    meant to be: a user of the authors' file was sent to rewrite it flat rather than to add the photos' captions."""
+    cc = {"cat2": {"x.jpg": "a photo of {}"}, "dog6": {IMAGES[0]: "a photo of {}"}}
+    with pytest.raises(ZoodipError) as refused:
+        load_captions(write(tmp_path, cc), IMAGES, "<sks>")
+    said = str(refused.value)
+    assert "cc.json format" in said and "none of its folders ('cat2', 'dog6') captions all the training photos" in said
+    assert IMAGES[0] in said and "must be a JSON object of strings" not in said
 
 
 def test_a_captions_file_that_is_not_json_names_the_flag_and_the_format(tmp_path):
     """An A1111 user's captions.txt was "captions file X is not valid JSON (...)": no flag, no way out."""
     (tmp_path / "captions.txt").write_text("a photo of <x>\n")
-    with pytest.raises(ZoodipError, match=r'^--captions \S+captions\.txt is not valid JSON \(line 1, column 1: .*\): '
+    with pytest.raises(ZoodipError, match=r'^captions \S+captions\.txt is not valid JSON \(line 1, column 1: .*\): '
                                           r'write \{"photo file name": "caption"\}; A1111.s caption \.txt beside each '
-                                          r"photo is read with --template_file$"):
+                                          r"photo is read with template_file$"):
         load_captions(tmp_path / "captions.txt", ["0.png"], "<x>")
