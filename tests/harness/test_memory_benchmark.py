@@ -162,7 +162,7 @@ def test_memory_budget_below_the_weights_is_refused(tiny_export: Path) -> None:
         ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=need_mb - 1))
     model = ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=need_mb + 100, low_memory=False))
     assert model.options.low_memory  # a budget always means low-memory sessions
-    with pytest.raises(ZoodipError, match="--memory-budget must be a positive"):
+    with pytest.raises(ZoodipError, match="^memory_budget_mb must be a positive"):  # the API's name (the CLI: its flag)
         ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=0))
 
 

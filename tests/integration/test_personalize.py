@@ -457,7 +457,7 @@ def test_vocabulary_subspace_keeps_the_embedding_in_the_vocabularys_span(tiny_ex
     moved = personalizer.v.astype(np.float64) - personalizer.v_init
     assert np.linalg.norm(moved) > 0
     np.testing.assert_allclose(sub.basis @ (sub.basis.T @ moved), moved, atol=1e-5 * np.linalg.norm(moved) + 1e-7)
-    with pytest.raises(ZoodipError, match="--vocabulary-subspace must be a variance fraction"):
+    with pytest.raises(ZoodipError, match="vocabulary_variance must be a variance fraction"):
         Personalizer(make_config(tiny_export, photos, tmp_path / "bad", vocabulary_variance=1.5))
 
 
