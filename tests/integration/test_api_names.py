@@ -22,6 +22,16 @@ def test_the_command_line_says_the_apis_names_as_its_flags() -> None:
         "--train_data_dir DIR and --model DIR, or a new --output_dir"
 
 
+def test_what_a_message_quotes_is_the_users_text_and_stays_as_written() -> None:
+    """A prompt or caption quoted in a message was rewritten too: 'a photo with seed=5' said '--seed 5'."""
+    from zoodip.cli_flags import in_flag_words
+
+    assert in_flag_words("prompt 'a photo with seed=5 and output_dir' is too long: shorten it (steps=4)") == \
+        "prompt 'a photo with seed=5 and output_dir' is too long: shorten it (--steps 4)"
+    assert in_flag_words('caption "learning_rate x" of a.txt; the export\'s output_dir, optimizer=\'sgd\'') == \
+        'caption "learning_rate x" of a.txt; the export\'s --output_dir, --optimizer sgd'
+
+
 @pytest.fixture(scope="module")
 def bare_export(tiny_sd_folder, tmp_path_factory):
     """The tiny export without a curvature subspace (as ``zoodip export --curvature-samples 0`` writes it)."""
