@@ -414,7 +414,7 @@ def test_a_checkout_without_the_built_in_model_is_one_line(tmp_path, capsys, mon
     (["--task", "planted", "--concepts", "striped-star"], "the planted task takes a count of targets"),
     (["--out", "/proc/zoodip-bench"], "--out /proc/zoodip-bench cannot be created"),
     # Checked by the worker only: a traceback after the methods before it had trained, their results not written.
-    (["--methods", "zoodip[tau=-1]"], "method 'zoodip[tau=-1]': --tau must be an integer >= 2"),
+    (["--methods", "zoodip[tau=-1]"], "method 'zoodip[tau=-1]': tau must be an integer >= 2"),
     (["--methods", "ti-backprop,zoodip[lr=nan]"], "lr='nan' is not finite"),
     (["--methods", ""], "names no method"),  # (it ran every method)
     (["--out", ""], "--out is empty"),  # (the current folder)

@@ -484,6 +484,9 @@ def test_default_run_does_not_warn_and_a_warning_is_one_line(tiny_export, photos
     code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "wide", "--tau", "64"), capsys)
     assert code == 0
     assert err.count("\n") == 1 and err.startswith("warning: --tau 64 >= embedding width 32"), err
+    assert "(e.g. --tau 16)" in err, err
+    code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "off", "--no-subspace"), capsys)
+    assert code == 0 and err == "warning: --tau 4 changes nothing: --no-subspace turns Subspace Gradient off\n", err
 
 
 def test_a_placeholder_that_a1111s_reading_splits_is_warned_about(tiny_export, photos, tmp_path, capsys):

@@ -159,5 +159,5 @@ def test_the_tau_warning_counts_all_vectors(tiny_export, photos, tmp_path):
     """With K vectors the history must stay below K x width: the warning names that length, not the width."""
     config = PersonalizeConfig(export_dir=tiny_export, images=photos, output_dir=tmp_path / "run", placeholder_token="<k2>",
                                initializer_token="star", num_vectors=2, tau=64, threads=1)
-    with pytest.warns(UserWarning, match=r"--tau 64 >= 64 numbers learned \(2 vectors\)"):
+    with pytest.warns(UserWarning, match=r"tau=64 >= 64 numbers learned \(2 vectors\)"):
         Personalizer(config)

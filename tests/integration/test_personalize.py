@@ -558,21 +558,22 @@ def test_two_phase_run_spends_the_forwards_its_schedule_says(tiny_export, photos
 
 
 def test_warmup_with_the_constant_rate_warns_at_the_callers_line(tiny_export, photos, tmp_path):
-    with pytest.warns(UserWarning, match="--lr_warmup_steps 3 has no effect with --lr_scheduler constant") as caught:
+    with pytest.warns(UserWarning, match="lr_warmup_steps=3 has no effect with lr_scheduler='constant'") as caught:
         Personalizer(make_config(tiny_export, photos, tmp_path / "w", lr_warmup_steps=3))
     assert [w.filename for w in caught if "lr_warmup" in str(w.message)] == [__file__]
     config = make_config(tiny_export, photos, tmp_path / "long", lr_scheduler="linear", lr_warmup_steps=50,
                          max_train_steps=4)
-    with pytest.warns(UserWarning, match=r"--lr_warmup_steps 50 is longer than the run \(--max_train_steps 4\): the "
-                                         "learning rate never reaches --learning_rate"):
+    with pytest.warns(UserWarning, match=r"lr_warmup_steps=50 is longer than the run \(max_train_steps=4\): the "
+                                         "learning rate never reaches learning_rate"):
         Personalizer(config)
 
 
 @pytest.mark.parametrize("settings, words", [
-    ({"subspace": False, "tau": 8, "nu": 0.01}, "--tau and --nu change nothing: --no-subspace turns Subspace Gradient off"),
-    ({"eval_every": 0, "early_stop_patience": 3}, "--early-stop-patience changes nothing: --eval-every 0 turns the "
+    ({"subspace": False, "tau": 8, "nu": 0.01}, "tau=8 and nu=0.01 change nothing: subspace=False turns Subspace "
+                                                "Gradient off"),
+    ({"eval_every": 0, "early_stop_patience": 3}, "early_stop_patience=3 changes nothing: eval_every=0 turns the "
                                                   "evaluation loss off"),
-    ({"validation_steps": 5}, "--validation_steps changes nothing: previews need a --validation_prompt"),
+    ({"validation_steps": 5}, "validation_steps=5 changes nothing: previews need a validation_prompt"),
 ])
 def test_settings_another_setting_turns_off_are_said(tiny_export, photos, tmp_path, settings, words):
     """Found by a sweep: accepted and ignored without a word."""
