@@ -55,7 +55,7 @@ class InpaintOptions:
                                        ("paste_back", bool(self.paste_back))) if on]
         if not with_mask and given:
             raise ZoodipError(f"{' and '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to inpainting: pass "
-                              f"mask_image (--mask PATH) too, or drop {'it' if len(given) == 1 else 'them'}")
+                              f"mask_image too, or drop {'it' if len(given) == 1 else 'them'}")
 
 
 def blur_mask(mask: Image.Image, radius: float) -> Image.Image:

@@ -200,5 +200,5 @@ def test_only_masked_and_paste_back_keep_the_originals_pixels_outside_the_mask(m
                           (["--inpaint_full_res"], "is --padding-mask-crop PX")):
         assert_one_line_error(*run_cli(common + extra, capsys)[::2], needle)
     bare = ["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "3", "--out", out]
-    assert_one_line_error(*run_cli(bare + ["--paste-back"], capsys)[::2], "--paste-back applies to inpainting: pass mask_image (--mask PATH) too, or drop it")
+    assert_one_line_error(*run_cli(bare + ["--paste-back"], capsys)[::2], "--paste-back applies to inpainting: pass --mask-image too, or drop it")
     assert not out.exists()

@@ -515,9 +515,9 @@ def test_schedule_settings_are_part_of_the_run(tiny_export, photos, tmp_path):
     assert base.fingerprint() != cosine.fingerprint()
     longer = make_config(tiny_export, photos, tmp_path / "f", lr_scheduler="cosine", lr_warmup_steps=2, max_train_steps=99)
     assert longer.fingerprint() != cosine.fingerprint()  # cosine's rates depend on the run's length
-    with pytest.warns(UserWarning, match="no effect with --lr_scheduler constant"):
+    with pytest.warns(UserWarning, match="no effect with lr_scheduler='constant'"):
         Personalizer(make_config(tiny_export, photos, tmp_path / "w", lr_warmup_steps=3))
-    with pytest.raises(ZoodipError, match="--lr_scheduler must be one of"):
+    with pytest.raises(ZoodipError, match="lr_scheduler must be one of"):
         make_config(tiny_export, photos, tmp_path / "bad", lr_scheduler="step").validate()
 
 
@@ -538,7 +538,7 @@ def test_vae_sampling_per_step_draws_a_fresh_posterior_sample(tiny_export, photo
     np.testing.assert_array_equal(a.noise, c.noise)
     assert not np.allclose(a.x_t, c.x_t, atol=1e-3)  # same draws, another sample of the photo's posterior
     assert once.config.fingerprint() != fresh.config.fingerprint()
-    with pytest.raises(ZoodipError, match="--vae-sampling must be one of once, per-step"):
+    with pytest.raises(ZoodipError, match="vae_sampling must be one of once, per-step"):
         make_config(tiny_export, photos, tmp_path / "bad", vae_sampling="always").validate()
 
 

@@ -109,7 +109,7 @@ def test_options_without_a_mask_are_refused() -> None:
     InpaintOptions().check(with_mask=False)
     for options in (InpaintOptions(mask_blur=4), InpaintOptions(padding_mask_crop=0), InpaintOptions(paste_back=True)):
         with pytest.raises(ZoodipError, match=r"(mask_blur|padding_mask_crop|paste_back) applies to inpainting: pass "
-                                              r"mask_image \(--mask PATH\) too, or drop it"):
+                                              r"mask_image too, or drop it"):
             options.check(with_mask=False)
 
 
