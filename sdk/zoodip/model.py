@@ -268,10 +268,10 @@ class ExportedModel:
             opts.enable_mem_reuse = False
             opts.enable_mem_pattern = False
         if graph in RUN_ONCE_PER_IMAGE:
-            # The arena recycles buffers from one run to the next, at the price of keeping its
-            # high-water mark; a graph that runs once per image has nothing to recycle, and within one whole
-            # decode its freed buffers cannot serve the larger ones that follow (the peak outgrows
-            # memory_plan.decode_bytes, which the size checks count: benchmarks/README.md).
+            # The arena keeps its high-water mark, and within one whole decode its freed buffers cannot serve
+            # the larger ones that follow: the peak outgrows memory_plan.decode_bytes, which the size checks
+            # count. Without it each buffer is the system's, which makes the decode slower (once per image;
+            # both measured in benchmarks/README.md, "The decode estimate without a budget").
             opts.enable_cpu_mem_arena = False
         check_recipe_kept(self.options.extra_config, self.manifest)
         disabled = apply_export_session(opts, self.manifest.get("session"))
