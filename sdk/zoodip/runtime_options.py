@@ -54,9 +54,9 @@ def check_trainable(manifest: dict[str, Any]) -> None:
     """Refuse training on an export whose recipe is in ``NOT_SMOOTH_RECIPES`` (generation may still use it)."""
     recipe = manifest.get("recipe")
     if recipe in NOT_SMOOTH_RECIPES:
-        raise ZoodipError(f"this export's recipe {recipe} quantizes activations, so its loss is not smooth at --mu and "
-                          "forward-only training would follow noise: train on an export of the default recipe (w4a32) "
-                          "or w8a32 ('zoodip export --recipe')")
+        raise ZoodipError(f"this export's recipe {recipe} quantizes activations, so its loss is not smooth at the "
+                          "finite-difference step mu and forward-only training would follow noise: train on an export "
+                          "of the default recipe (w4a32) or w8a32 ('zoodip export --recipe')")
 
 
 MAX_THREADS = 256  # more than any phone or desktop has cores; onnxruntime would start every one of them
