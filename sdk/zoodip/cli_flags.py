@@ -324,11 +324,13 @@ _DEST_OF_API_NAME = {"export_dir": "model", "images": "train_data_dir", "curvatu
                      "vocabulary_variance": "vocabulary_subspace", "checkpoint_every": "checkpointing_steps",
                      "memory_budget_mb": "memory_budget", "validation_prompt_weighting": "prompt_weighting"}
 # API settings that a flag of their own gives.
-_SETTING_FLAGS = {"curvature_fraction=0": "--no-curvature-subspace", "resume=True": "--resume",
+_SETTING_FLAGS = {"curvature_fraction=0": "--no-curvature-subspace", "resume=True": "--resume", "a1111=True": "--a1111",
                   **{f"subspace={on}": "--no-subspace" for on in (True, False)},
                   **{f"batched={on}": "--sequential" for on in (True, False, None)}}
 # The API's names that are English words too ("image folder", "steps"): said as flags only where they open a
-# message ("steps must be ...") or are given a value (steps=4); names with an underscore are said as flags anywhere.
+# message ("steps must be ...") or are given a value (steps=4); names with an underscore are said as flags anywhere,
+# and so are the method's symbols, words of no sentence ("a lower learning_rate or mu").
+_SYMBOL_NAMES = ("mu", "nu", "tau")
 _WORD_NAMES = ("width", "height", "resolution", "steps", "seed", "strength", "n", "mu", "nu", "tau", "threads", "eta",
                "directions", "optimizer", "images", "captions")
 # A name as a word of its own, maybe with a value (name=4, name='a1111'): not a piece of a path or a file name, nor
@@ -365,7 +367,8 @@ def in_flag_words(message: str) -> str:
             return match.group(0)
         if match.group(0) in _SETTING_FLAGS:
             return _SETTING_FLAGS[match.group(0)]
-        if name not in flags or not ("_" in name or value is not None or match.start() == 0 and name in _WORD_NAMES):
+        if name not in flags or not ("_" in name or name in _SYMBOL_NAMES or value is not None
+                                     or match.start() == 0 and name in _WORD_NAMES):
             return match.group(0)
         return flags[name] if value is None else f"{flags[name]} {value.strip(chr(39))}"
 

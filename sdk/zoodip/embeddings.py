@@ -87,11 +87,11 @@ def a1111_file_name(token: str) -> str:
     """
     name = token.strip().strip("<>")
     if not name or not all(ch.isalnum() or ch in "._-" for ch in name) or name.startswith("."):
-        raise ZoodipError(f"--a1111: the token {token!r} makes no A1111 file name (its trigger word is the file name): "
-                          "use letters, digits, '.', '_' or '-' in --placeholder_token, e.g. '<my-dog>'")
+        raise ZoodipError(f"a1111=True: the token {token!r} makes no A1111 file name (its trigger word is the file name): "
+                          "use letters, digits, '.', '_' or '-' in placeholder_token, e.g. '<my-dog>'")
     if name.startswith("learned_embeds"):
-        raise ZoodipError(f"--a1111: the token {token!r} would name the A1111 file like the run's diffusers "
-                          "files (learned_embeds*): choose another --placeholder_token")
+        raise ZoodipError(f"a1111=True: the token {token!r} would name the A1111 file like the run's diffusers "
+                          "files (learned_embeds*): choose another placeholder_token")
     return f"{name}.safetensors"
 
 
@@ -100,9 +100,9 @@ def warn_of_a1111_trigger(token: str, tokenizer: Any) -> None:
     takes the word over in every prompt (zoodip and diffusers load such a file under ``<NAME>`` only)."""
     trigger = a1111_file_name(token)[: -len(".safetensors")]
     if tokenizer.is_known_word(trigger):
-        warnings.warn(f"--a1111: A1111 calls the embedding by its file's name, {trigger!r}, a word of the vocabulary, "
+        warnings.warn(f"a1111=True: A1111 calls the embedding by its file's name, {trigger!r}, a word of the vocabulary, "
                       "which it takes over in every prompt there: rename the file (its trigger), or train with a "
-                      f"--placeholder_token whose name is no word, e.g. '<my-{trigger}>'", stacklevel=2)
+                      f"placeholder_token whose name is no word, e.g. '<my-{trigger}>'", stacklevel=2)
 
 
 def _checked_vectors(path: str | os.PathLike[str], token: str, vectors: np.ndarray) -> np.ndarray:

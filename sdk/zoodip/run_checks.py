@@ -47,17 +47,17 @@ def check_outcome(v: np.ndarray, v_init: np.ndarray, vocabulary_max_norm: float,
     is held to the vocabulary's norm on its own.
     """
     if not np.all(np.isfinite(v)):
-        raise ZoodipError("the run blew up: the embedding is NaN or infinite; lower --learning_rate "
-                          "(reference 1e-2) or --mu (reference 1e-3) and start again in a new --output_dir")
+        raise ZoodipError("the run blew up: the embedding is NaN or infinite; lower learning_rate "
+                          "(reference 1e-2) or mu (reference 1e-3) and start again in a new output_dir")
     norm = max(float(np.linalg.norm(row.astype(np.float64))) for row in v.reshape(-1, width or v.shape[-1]))
     if norm > BLOWUP_NORM_FACTOR * vocabulary_max_norm:
         raise ZoodipError(f"the run blew up: the embedding's norm is {norm:.3g}, over {BLOWUP_NORM_FACTOR:g}x the "
-                          f"largest word's ({vocabulary_max_norm:.3g}); lower --learning_rate (reference 1e-2) and "
-                          "start again in a new --output_dir")
+                          f"largest word's ({vocabulary_max_norm:.3g}); lower learning_rate (reference 1e-2) and "
+                          "start again in a new output_dir")
     moved = float(np.linalg.norm(v.astype(np.float64) - v_init.astype(np.float64)))
     if moved <= STILL_RELATIVE_CHANGE * float(np.linalg.norm(v_init.astype(np.float64))):
-        raise ZoodipError(f"the run never moved the embedding (change {moved:.3g}): --mu or --learning_rate is "
-                          "far from useful (reference 1e-3 and 1e-2); start again in a new --output_dir")
+        raise ZoodipError(f"the run never moved the embedding (change {moved:.3g}): mu or learning_rate is "
+                          "far from useful (reference 1e-3 and 1e-2); start again in a new output_dir")
 
 
 def append_log(path: Path, record: dict, then: str = "resume with resume=True (the last checkpoint is intact)") -> None:

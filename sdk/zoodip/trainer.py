@@ -88,11 +88,11 @@ class Personalizer:
         self.config = config
         if config.n > dim:
             # n >= d Gaussian directions already determine the whole gradient; more only cost forwards.
-            raise ZoodipError(f"--n {config.n} is more than the {dim} numbers this run learns: use at most {dim} (reference 2)")
+            raise ZoodipError(f"n={config.n} is more than the {dim} numbers this run learns: use at most {dim} (reference 2)")
         self.resolution = config.resolution or self.model.default_resolution
         self.model.check_resolution(self.resolution)
         check_clip_skip(self.model, config.clip_skip)  # within the text encoder's layers
-        check_image_size(self.resolution, self.resolution, self.model.vae_scale_factor, f"--resolution {self.resolution}",
+        check_image_size(self.resolution, self.resolution, self.model.vae_scale_factor, f"resolution={self.resolution}",
                          memory_budget_mb=config.memory_budget_mb, multiple=self.model.side_multiple)
         t_min, t_max = config.t_range
         self.timesteps = PartialUniformTimesteps(t_min, t_max, self.model.schedule.num_train_timesteps)
@@ -122,7 +122,7 @@ class Personalizer:
         init_ids = tokenizer.token_ids_for_word(config.initializer_token)
         if len(init_ids) != 1:
             raise ZoodipError(
-                f"--initializer_token {config.initializer_token!r} is {len(init_ids)} tokens, it must be a single "
+                f"initializer_token {config.initializer_token!r} is {len(init_ids)} tokens, it must be a single "
                 "token: pick one common word close to the concept (e.g. 'dog', 'toy', 'painting')"
             )
         self.placeholder_ids = add_placeholder_tokens(tokenizer, config.placeholder_token, config.num_vectors)
@@ -199,7 +199,7 @@ class Personalizer:
             # Not "resume with a lower rate": a checkpoint resumes only the settings it was written with.
             raise ZoodipError(
                 f"the loss became {losses[np.isfinite(losses) == 0][0]} at step {self.step}: the model or the "
-                "embedding diverged; start again with a lower --learning_rate or --mu in a new --output_dir"
+                "embedding diverged; start again with a lower learning_rate or mu in a new output_dir"
             )
         # As in the authors' code, the estimate is normalized by the dimension that survives the
         # subspace projection (the searched dimension until the first fit).
@@ -342,7 +342,7 @@ class Personalizer:
                     pass
             if isinstance(exc, OSError):
                 reason, fix = write_failure(exc)
-                raise ZoodipError(f"cannot start the run in {out} ({reason}): {fix} or choose another --output_dir") from None
+                raise ZoodipError(f"cannot start the run in {out} ({reason}): {fix} or choose another output_dir") from None
             raise
 
     def _record_eval(self) -> float:
@@ -391,7 +391,7 @@ class Personalizer:
             self._phase("loading the checkpoint")
             self.load_checkpoint()
             if self.step > self.config.max_train_steps:  # a run does not go back: its embedding would be step's
-                raise ZoodipError(f"the checkpoint is at step {self.step}, past --max_train_steps "
+                raise ZoodipError(f"the checkpoint is at step {self.step}, past max_train_steps "
                                   f"{self.config.max_train_steps}: resume with at least {self.step}, or start a new run")
             truncate_log(self.config.output_dir / LOG_NAME, self.step)
         else:

@@ -739,7 +739,7 @@ def test_an_a1111_file_named_as_a_word_is_warned_of_before_the_work(tiny_export,
     """--placeholder_token '<star>' --a1111 wrote star.safetensors: A1111's trigger 'star', every star taken over,
     said nowhere (a warning, not a refusal: the default '<concept>' is such a word, and a run may be resumed)."""
     events = []
-    with pytest.warns(UserWarning, match=r"--a1111: A1111 calls the embedding by its file's name, 'star', a word of "
+    with pytest.warns(UserWarning, match=r"a1111=True: A1111 calls the embedding by its file's name, 'star', a word of "
                                          r"the vocabulary.*e\.g\. '<my-star>'"):
         personalize(make_config(tiny_export, photos, tmp_path / "r", placeholder_token="<star>", a1111=True,
                                 max_train_steps=1, eval_every=0), on_progress=events.append)
