@@ -337,6 +337,9 @@ _WORD_NAMES = ("width", "height", "resolution", "steps", "seed", "strength", "n"
 # a call's keyword without a value (image=..., negative_prompt=), which the API's own advice shows.
 # A quoted span ('a prompt', "a file's text"): a quote opens it only after a space or bracket (not the apostrophe of
 # "export's", nor a name='value' the API's own words give).
+# The API's calls whose counterpart is a flag of another shape (said before the names are read).
+_API_CALL_FLAGS = {"load_textual_inversion(PATH, token=TOKEN)": "--embedding PATH:TOKEN",
+                   "the embedding spec": "--embedding"}
 _QUOTED = re.compile(r"(?<![\w=])(?:'[^']*'|\"[^\"]*\")(?!\w)")
 _API_NAME = re.compile(r"(?<![\w/\\.'\"-])([a-z][a-z0-9]*(?:_[a-z0-9]+)*)(?:=('[^']*'|[^\s,;:)]+))?(?![\w/\\=-]|\.\w)")
 
@@ -372,7 +375,12 @@ def in_flag_words(message: str) -> str:
             return match.group(0)
         return flags[name] if value is None else f"{flags[name]} {value.strip(chr(39))}"
 
+    def unquoted(piece: str) -> str:
+        for call, flag in _API_CALL_FLAGS.items():
+            piece = piece.replace(call, flag)
+        return _API_NAME.sub(said, piece)
+
     # What the message quotes (a prompt, a token, a value read from a file) is the user's text, left as it is.
     pieces = _QUOTED.split(message)
     quoted = _QUOTED.findall(message)
-    return "".join(_API_NAME.sub(said, piece) + (quoted[i] if i < len(quoted) else "") for i, piece in enumerate(pieces))
+    return "".join(unquoted(piece) + (quoted[i] if i < len(quoted) else "") for i, piece in enumerate(pieces))

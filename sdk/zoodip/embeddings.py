@@ -211,7 +211,7 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
             _note_hashes(hashes, groups[-1], path)
             continue
         if token is not None:
-            raise ZoodipError(f"--embedding {spec!r}: a folder's embeddings keep their own names; drop ':{token}'")
+            raise ZoodipError(f"the embedding spec {spec!r}: a folder's embeddings keep their own names; drop ':{token}'")
         _add_folder(added, path, hashes, tokenizer, hidden, model_id, clip_skip)
     return added, groups
 
@@ -279,7 +279,7 @@ def _add(added: dict[str, np.ndarray], path: Path, token: str | None, spec: str,
     name, vectors, named_by_file = _load(path, token) if loaded is None else loaded
     if any(ch.isspace() for ch in name):  # (A1111 reads a file name such as "bad hands" as several words)
         raise ZoodipError(f"{spec}: its name {name!r} holds a space, which no added token can: load it under a name "
-                          "without one, --embedding PATH:TOKEN (load_textual_inversion(..., token=))")
+                          "without one, load_textual_inversion(PATH, token=TOKEN)")
     if hidden is not None:
         check_hidden_size(vectors, hidden, path)
     metadata = read_embedding_metadata(path) if model_id is not None or clip_skip is not None else {}
@@ -289,11 +289,11 @@ def _add(added: dict[str, np.ndarray], path: Path, token: str | None, spec: str,
                       "a token learned on one model means little to another", stacklevel=3)
     trained_skip = _trained_clip_skip(metadata) if metadata and clip_skip is not None else clip_skip
     if trained_skip != clip_skip:
-        warnings.warn(f"{path} was trained at --clip-skip {trained_skip} and is used at --clip-skip {clip_skip}: "
-                      f"pass --clip-skip {trained_skip} to condition on the layer it learned", stacklevel=3)
+        warnings.warn(f"{path} was trained at clip_skip={trained_skip} and is used at clip_skip={clip_skip}: "
+                      f"pass clip_skip={trained_skip} to condition on the layer it learned", stacklevel=3)
     if tokenizer is not None and callable(getattr(tokenizer, "is_known_word", None)) and tokenizer.is_known_word(name):
         raise ZoodipError(f"{spec}: its token {name!r} is already a word of the vocabulary, which it would take over: "
-                          "rename it with --embedding PATH:TOKEN (load_textual_inversion(..., token=))")
+                          "rename it with load_textual_inversion(PATH, token=TOKEN)")
     names = [name]
     stem = path.stem
     if (named_by_file and name == f"<{stem}>" and stem and not any(ch.isspace() for ch in stem)
@@ -308,8 +308,8 @@ def _add(added: dict[str, np.ndarray], path: Path, token: str | None, spec: str,
 
 
 def _clash(alias: str, spec: str) -> ZoodipError:
-    return ZoodipError(f"two embeddings are named {alias!r} ({spec} and an earlier --embedding): rename one with "
-                       "--embedding PATH:TOKEN (load_textual_inversion(..., token=))")
+    return ZoodipError(f"two embeddings are named {alias!r} ({spec} and an earlier one): rename one with "
+                       "load_textual_inversion(PATH, token=TOKEN)")
 
 
 def _trained_clip_skip(metadata: dict[str, str]) -> int:
@@ -326,7 +326,7 @@ def _split_spec(spec: str) -> tuple[Path, str | None]:
         return Path(spec), None
     path, token = spec.rsplit(":", 1)
     if not token.strip() or any(ch.isspace() for ch in token):
-        raise ZoodipError(f"--embedding {spec!r}: the token after ':' must be one word, e.g. {path}:<my-dog>")
+        raise ZoodipError(f"the embedding spec {spec!r}: the token after ':' must be one word, e.g. {path}:<my-dog>")
     return Path(path), token
 
 
@@ -344,7 +344,7 @@ def _load(path: Path, token: str | None) -> tuple[str, np.ndarray, bool]:
         if not stored_token.strip() or any(ch.isspace() for ch in stored_token):
             what = "holds spaces" if stored_token else "is empty"
             raise ZoodipError(f"{path}: its token {stored_token!r:.60} {what}, which a prompt cannot name as one "
-                              "token: rename it with --embedding PATH:TOKEN (load_textual_inversion(..., token=))")
+                              "token: rename it with load_textual_inversion(PATH, token=TOKEN)")
         name = stored_token
     else:
         name = path.stem if (path.stem.startswith("<") and path.stem.endswith(">")) else f"<{path.stem}>"
@@ -431,7 +431,8 @@ def _pick_embedding(tensors: dict[str, object], path: Path) -> str:
     names = sorted(tensors)
     if any(name.startswith("model.diffusion_model.") for name in names):  # A1111's layout of a whole model
         raise ZoodipError(f"{path} is a Stable Diffusion checkpoint ({len(names)} tensors), not an embedding: export it "
-                          "with 'zoodip export CHECKPOINT.safetensors OUT_DIR' and pass --model OUT_DIR")
+                          "with 'zoodip export CHECKPOINT.safetensors OUT_DIR' and load OUT_DIR as the model "
+                          "(export_dir=OUT_DIR)")
     raise ZoodipError(
         f"{path} holds {len(names)} tensors ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): "
         "a textual-inversion embedding has one ({token: vectors}) or 'emb_params'; is this a LoRA or a model checkpoint?"

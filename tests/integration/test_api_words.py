@@ -71,6 +71,13 @@ def test_the_divergence_refusal_says_learning_rate_and_mu_as_flags() -> None:
                                            "in a new --output_dir")
 
 
+def _embedding(path, token, width=8):
+    from zoodip.embeddings import save_learned_embeds
+
+    save_learned_embeds(path, token, np.ones((1, width), np.float32))
+    return path
+
+
 def test_an_a1111_trigger_word_warning_names_a1111_true_and_the_cli_its_flag() -> None:
     from zoodip.embeddings import warn_of_a1111_trigger
 
@@ -83,4 +90,54 @@ def test_an_a1111_trigger_word_warning_names_a1111_true_and_the_cli_its_flag() -
     said = str(caught[0].message)
     assert said.startswith("a1111=True: A1111 calls") and "a placeholder_token whose" in said and "--" not in said
     assert in_flag_words(said).startswith("--a1111: A1111 calls") and "a --placeholder_token whose" in in_flag_words(said)
+
+
+def test_embedding_refusals_name_the_apis_calls_and_the_cli_its_embedding_flag(tmp_path) -> None:
+    from zoodip.embeddings import load_embeddings
+    from zoodip.safetensors_io import save_file
+
+    a = _embedding(tmp_path / "a.safetensors", "<a>")
+    (tmp_path / "b").mkdir()
+    b = _embedding(tmp_path / "b" / "b.safetensors", "<a>")
+    save_file({"my dog": np.ones((1, 8), np.float32)}, tmp_path / "spaced.safetensors")
+    save_file({f"model.diffusion_model.w{i}": np.ones(2, np.float32) for i in range(2)}, tmp_path / "sd.safetensors")
+    cases = [([a, b], "two embeddings are named '<a>' (", "rename one with load_textual_inversion(PATH, token=TOKEN)",
+              "rename one with --embedding PATH:TOKEN"),
+             ([tmp_path / "spaced.safetensors"], "", "rename it with load_textual_inversion(PATH, token=TOKEN)",
+              "rename it with --embedding PATH:TOKEN"),
+             ([f"{tmp_path / 'b'}:<mine>"], "the embedding spec '", "a folder's embeddings keep their own names",
+              "--embedding '"),
+             ([f"{a}:"], "the embedding spec '", "the token after ':' must be one word", "--embedding '"),
+             ([tmp_path / "sd.safetensors"], "", "and load OUT_DIR as the model (export_dir=OUT_DIR)",
+              "and load OUT_DIR as the model (--model OUT_DIR)")]
+    for specs, opening, api, cli in cases:
+        with pytest.raises(ZoodipError) as refused:
+            load_embeddings(specs)
+        said = str(refused.value)
+        assert said.startswith(opening) and api in said and "--" not in said, said
+        flagged = in_flag_words(said)
+        assert flagged.startswith(cli) if opening.startswith("the embedding spec") else cli in flagged, flagged
+
+
+def test_an_embedding_trained_at_another_clip_skip_is_told_as_clip_skip(tmp_path) -> None:
+    import json
+
+    from zoodip.embeddings import load_embeddings, save_learned_embeds
+
+    path = tmp_path / "learned_embeds.safetensors"
+    save_learned_embeds(path, "<a>", np.ones((1, 8), np.float32), metadata={"settings": json.dumps({"clip_skip": 1})})
+    with pytest.warns(UserWarning) as caught:
+        load_embeddings([path], clip_skip=0)
+    said = str(caught[0].message)
+    assert "trained at clip_skip=1 and is used at clip_skip=0: pass clip_skip=1 to" in said and "--" not in said
+    assert "trained at --clip-skip 1 and is used at --clip-skip 0: pass --clip-skip 1 to" in in_flag_words(said)
+    # (the command line's whole line: test_clip_skip.py)
+
+
+def test_generate_says_a_folder_spec_with_its_embedding_flag(tiny_export, tmp_path, capsys) -> None:
+    (tmp_path / "tis").mkdir()
+    _embedding(tmp_path / "tis" / "a.safetensors", "<a>")
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--embedding",
+                            f"{tmp_path / 'tis'}:<mine>", "--out", tmp_path / "a.png"], capsys)
+    assert_one_line_error(code, err, f"error: --embedding '{tmp_path / 'tis'}:<mine>': a folder's embeddings keep")
 

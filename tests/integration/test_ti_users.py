@@ -299,7 +299,7 @@ def test_an_embeddings_folder_loads_as_a1111_loads_its_own(model, tmp_path, tiny
         added, groups = load_embeddings([folder], model.tokenizer, model.hidden_size)
     skipped = sorted(str(w.message).split(" of the folder")[0][len("skipped "):] for w in caught)
     assert skipped == ["bad hands.safetensors", "broken.bin", "pickled.pt", "too-wide.safetensors"] and groups == []
-    assert "PATH:TOKEN" in next(str(w.message) for w in caught if "bad hands" in str(w.message))
+    assert "load_textual_inversion(PATH, token=TOKEN)" in next(str(w.message) for w in caught if "bad hands" in str(w.message))
     spaced = load_embeddings([(folder / "bad hands.safetensors", "<bad-hands>")], model.tokenizer, model.hidden_size)
     assert list(spaced[0]) == ["<bad-hands>"]
     assert "is a pickle" in next(str(w.message) for w in caught if "pickled.pt" in str(w.message))

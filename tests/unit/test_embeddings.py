@@ -271,7 +271,7 @@ def test_load_embeddings_compares_clip_skip_as_a_number(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert list(load_embeddings([path], clip_skip=np.int64(1))[0]) == ["<a>"]
-    with pytest.warns(UserWarning, match="trained at --clip-skip 1 and is used at --clip-skip 0"):
+    with pytest.warns(UserWarning, match="trained at clip_skip=1 and is used at clip_skip=0"):
         load_embeddings([path], clip_skip=0)
     for bad in ("1", 1.0, True, -1):
         with pytest.raises(ZoodipError, match="clip_skip must be a whole number"):
