@@ -100,8 +100,8 @@ def tag_problems(prompt: str, model: Any) -> list[str]:
     if other_scale:
         problems.append(f"the prompt's {_listed(other_scale)} ask{'s' if len(other_scale) == 1 else ''} for another "
                         f"strength than the export's LoRA holds (fused at {', '.join(dict.fromkeys(other_scale.values()))}"
-                        "), which its images use: a LoRA's strength is fixed at export, export again with --lora "
-                        "FILE:SCALE for another (a multiplier that is no number counts as another)")
+                        "), which its images use: a LoRA's strength is fixed at export, export again ('zoodip export SRC "
+                        "OUT --lora FILE:SCALE') for another (a multiplier that is no number counts as another)")
     if unclosed:
         shown = ", ".join(repr(tag.strip()[:40]) for tag in unclosed[:3]) + (
             f" and {len(unclosed) - 3} more" if len(unclosed) > 3 else "")

@@ -55,7 +55,7 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
     check_strength(hires_strength, "hires_strength")
     if int(hires_steps * hires_strength) < 1:
         raise ZoodipError(f"hires_strength {hires_strength} of {hires_steps} hires steps leaves no step to run: raise "
-                          "hires_strength (--hires-strength) or hires_steps (--hires-steps)")
+                          "hires_strength or hires_steps")
     second_run = steps_run(hires_steps, hires_strength)
     factor, first_size = int(model.vae_scale_factor), planned_size(model, width, height)
     multiple = model_side_multiple(model, derived=True)  # the sizes its UNet runs at (8 px, or 64 on older SD exports)
@@ -64,13 +64,13 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
         raise ZoodipError(f"hires_scale {hires_scale} leaves {size[0]}x{size[1]} as it is (sides are rounded down to "
                           f"multiples of {multiple}): use a larger scale")
     # Before the first pass, not after it: the larger size's memory floor, its decode, and under a budget its encode.
-    what = f"the hires fix's {size[0]}x{size[1]} image (--hires-scale)"
+    what = f"the hires fix's {size[0]}x{size[1]} image (hires_scale={hires_scale})"
     check_image_size(size[1], size[0], factor, what, memory_budget_mb=memory_budget_mb(model), multiple=multiple)
     try:
         plan_decode(model, size[1] // factor, size[0] // factor, memory_budget_mb(model))
         check_encode(model, size[1] // factor, size[0] // factor, memory_budget_mb(model))
     except ZoodipError as exc:
-        raise ZoodipError(f"the hires fix's second pass: {exc}, or a smaller --hires-scale") from None
+        raise ZoodipError(f"the hires fix's second pass: {exc}, or a smaller hires_scale") from None
     progress = _TwoPassProgress(callback, steps + num_images * second_run)
     variation_seed = options.pop("variation_seed", None)
     latents = options.pop("latents", None)  # the first pass's noise

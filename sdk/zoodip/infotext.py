@@ -227,7 +227,7 @@ def settings_from_fields(fields: Mapping[str, str]) -> tuple[dict[str, Any], dic
         except (ValueError, ZeroDivisionError):
             for name in (_ONE_SETTING[field][0],) if field in _ONE_SETTING else names:
                 problems[name] = (f"its {field} {value!r:.40} does not read as a value: give it yourself "
-                                  f"(--{name.replace('_', '-')})")
+                                  f"({_settable(name)})")
     read = {*_ONE_SETTING, *NOT_SETTINGS, "Size", "Denoising strength", "Paste back", "Sampler"}
     unused = [field for field in fields if field not in read and not (field == "Masked area padding"
                                                                       and "Inpaint area" in fields)]
@@ -236,6 +236,12 @@ def settings_from_fields(fields: Mapping[str, str]) -> tuple[dict[str, Any], dic
         if {"Mask blur", "Inpaint area", "Masked area padding"} & set(fields):
             settings["paste_back"] = True  # A1111's inpainting always puts the original back where it keeps it
     return settings, problems, unused
+
+
+def _settable(name: str) -> str:
+    """A setting as a problem names it for the caller to give: ``paste_back``, or ``width=VALUE`` (a name that is an
+    English word too is said with a value, by which the command line knows it for its flag: cli_flags.in_flag_words)."""
+    return name if "_" in name else f"{name}=VALUE"
 
 
 def _one_of(value: str, choices: tuple[str, ...]) -> str:
@@ -273,7 +279,7 @@ def _read_field(field: str, value: str, fields: Mapping[str, str], settings: dic
         padding = fields.get("Masked area padding", str(A1111_MASK_PADDING))
         if value == "Only masked" and not padding.isdecimal():  # (isdigit takes "²", which int() does not)
             problems["padding_mask_crop"] = (f"its Masked area padding {padding!r:.40} does not read as a value: give "
-                                             "it yourself (--padding-mask-crop)")
+                                             "it yourself (padding_mask_crop)")
         elif value == "Only masked":
             settings["padding_mask_crop"] = int(padding)
 
@@ -286,13 +292,13 @@ def _read_hires(fields: Mapping[str, str], settings: dict[str, Any], problems: d
         try:
             settings[name] = read(fields[field]) if field in fields else _hires_resize_scale(fields)
         except ValueError:
-            problems[name] = f"its {field} {fields[field]!r:.40} does not read as a value: give --{name.replace('_', '-')}"
+            problems[name] = f"its {field} {fields[field]!r:.40} does not read as a value: give {name}"
         except ZoodipError as exc:
             problems[name] = str(exc)
     strength = settings.get("hires_strength")
     if strength is None or not 0 < strength <= 1:
         problems["hires_strength"] = (f"its Denoising strength {fields['Denoising strength']!r:.40} is not in (0, 1]: "
-                                      "give --hires-strength")
+                                      "give hires_strength")
         return
     try:
         if HIRES_SCHEDULE in fields:
@@ -300,13 +306,13 @@ def _read_hires(fields: Mapping[str, str], settings: dict[str, Any], problems: d
             return
         run = int(fields.get("Hires steps", 0)) or int(fields.get("Steps", DEFAULT_STEPS))
     except ValueError:
-        problems["hires_steps"] = "its Hires steps do not read as a value: give --hires-steps"
+        problems["hires_steps"] = "its Hires steps do not read as a value: give hires_steps"
         return
     schedule = math.ceil(run / strength)
     if schedule > _MAX_SCHEDULE:
         problems["hires_steps"] = (f"its second pass of {run} steps at Denoising strength {strength:g} needs a schedule "
                                    f"of {schedule} steps, past the {_MAX_SCHEDULE} of the noise schedule: give "
-                                   "--hires-steps and --hires-strength")
+                                   "hires_steps and hires_strength")
     else:
         settings["hires_steps"] = schedule
 
@@ -322,16 +328,16 @@ def _hires_resize_scale(fields: Mapping[str, str]) -> float:
     first pass, so another aspect (which A1111 crops to) or its old first-pass size is a ZoodipError to say."""
     if "Hires resize" not in fields:
         raise ZoodipError(f"its hires fix is A1111's first one (First pass size {fields['First pass size']!r:.20}, "
-                          "Size the result's): give --hires-scale and the first pass's --width and --height")
+                          "Size the result's): give hires_scale and the first pass's width=W and height=H")
     try:
         (width, height), (to_width, to_height) = (map(int, fields[key].split("x")) for key in ("Size", "Hires resize"))
         scale = to_width / width if to_width else to_height / height
     except (KeyError, ValueError, ZeroDivisionError):
         raise ZoodipError(f"its Hires resize {fields['Hires resize']!r:.20} does not read as a size of its Size "
-                          f"{fields.get('Size')!r:.20}: give --hires-scale") from None
+                          f"{fields.get('Size')!r:.20}: give hires_scale") from None
     if any(to and abs(side * scale - to) >= 8 for side, to in ((width, to_width), (height, to_height))):
         raise ZoodipError(f"its Hires resize {fields['Hires resize']!r:.20} changes the shape of its Size "
-                          f"{fields['Size']!r:.20} (A1111 crops to it; zoodip's hires fix scales): give --hires-scale")
+                          f"{fields['Size']!r:.20} (A1111 crops to it; zoodip's hires fix scales): give hires_scale")
     return scale
 
 
@@ -380,7 +386,7 @@ def _read_sampler(name: str, schedule: str | None, settings: dict[str, Any], pro
                  for a1111 in A1111_SAMPLER_NAMES.values() if a1111.split(" Karras")[0] == name]
         every = ", ".join(A1111_SAMPLER_NAMES.values())
         has = f"it has {name} on {' or '.join(kinds)} only" if kinds else f"it has {every}"
-        problems["sampler"] = (f"its sampler {name!r:.40}{with_schedule} is not one zoodip has ({has}): pass --sampler")
+        problems["sampler"] = (f"its sampler {name!r:.40}{with_schedule} is not one zoodip has ({has}): pass sampler=NAME")
 
 
 def _hash_name(token: str) -> str:

@@ -40,7 +40,7 @@ def attention_bytes(latent_h: int, latent_w: int, images: int = 1) -> int:
 def available_bytes(memory_budget_mb: int | None = None) -> tuple[int | None, str]:
     """The memory a run may use and how to name it in a message."""
     if memory_budget_mb:
-        return int(memory_budget_mb) << 20, f"the --memory-budget of {memory_budget_mb} MB"
+        return int(memory_budget_mb) << 20, f"the memory_budget_mb of {memory_budget_mb} MB"
     total = machine_memory_bytes()
     return total, f"this machine's {gigabytes(total or 0)} of memory"
 

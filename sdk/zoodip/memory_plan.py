@@ -103,7 +103,7 @@ def plan_decode(model: Any, latent_h: int, latent_w: int, budget_mb: int | None)
     smallest = decode_bytes(model, min(MIN_TILE, latent_h), min(MIN_TILE, latent_w), latent_h, latent_w)
     raise ZoodipError(
         f"decoding a {latent_w * factor}x{latent_h * factor} image needs about {-(-smallest // (1 << 20))} MB even in "
-        f"tiles of {MIN_TILE * factor} px, more than the --memory-budget of {budget_mb} MB: raise the budget "
+        f"tiles of {MIN_TILE * factor} px, more than the memory_budget_mb of {budget_mb} MB: raise the budget "
         "or make a smaller image")
 
 
@@ -130,8 +130,8 @@ def check_unbudgeted_decode(model: Any, latent_h: int, latent_w: int) -> None:
         side -= step
     raise ZoodipError(
         f"decoding a {latent_w * factor}x{latent_h * factor} image whole needs about {gigabytes(need)} (without "
-        f"--memory-budget every graph stays loaded), more than {where}: use at most {side * factor} px, or give "
-        "--memory-budget to decode in tiles")
+        f"memory_budget_mb every graph stays loaded), more than {where}: use at most {side * factor} px, or give "
+        "memory_budget_mb=MB to decode in tiles")
 
 
 # A start photo at its decoded size (PIL holds RGB in 4 bytes a pixel): decoded, and one converted copy. Inpainting
@@ -153,7 +153,7 @@ def check_photo(size: tuple[int, int], num_images: int, pasted_whole: bool, budg
         doing = "decoding and pasting into" if pasted_whole else "decoding"
         raise ZoodipError(
             f"{doing} the whole {size[0]}x{size[1]} start photo takes about {-(-need // (1 << 20))} MB, more than "
-            f"the --memory-budget of {budget_mb} MB: make the photo smaller or raise the budget")
+            f"the memory_budget_mb of {budget_mb} MB: make the photo smaller or raise the budget")
     return need
 
 
@@ -170,8 +170,8 @@ def check_encode(model: Any, latent_h: int, latent_w: int, budget_mb: int | None
     if budget_mb is not None and need > int(budget_mb) << 20:
         raise ZoodipError(
             f"encoding a {latent_w * factor}x{latent_h * factor} start image needs about {-(-need // (1 << 20))} MB (the "
-            f"VAE encoder is not tiled), more than the --memory-budget of {budget_mb} MB: make a smaller image "
-            "(--width/--height) or raise the budget")
+            f"VAE encoder is not tiled), more than the memory_budget_mb of {budget_mb} MB: make a smaller image "
+            "(width=W, height=H) or raise the budget")
     return need
 
 

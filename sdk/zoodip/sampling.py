@@ -183,8 +183,11 @@ def steps_run(steps: int, strength: float | None = None) -> int:
     check_strength(strength)
     keep = min(int(steps * strength), steps)
     if keep < 1:
+        enough = math.ceil(1 / strength)
+        while int(enough * strength) < 1:  # (1 / strength rounded down in floats)
+            enough += 1
         raise ZoodipError(f"strength {strength} of {steps} steps leaves no step to run (diffusers runs "
-                          "int(steps * strength)): raise --strength or --steps")
+                          f"int(steps * strength)): raise it, or give steps={enough} or more")
     return int(keep)
 
 
@@ -194,7 +197,7 @@ def sampler_notes(model: Any, sampler: str, guidance_scale: float | None = None)
     config, notes = scheduler_config(model), []
     if config.get("_class_name") == "LCMScheduler" and sampler != "lcm":
         notes.append(f"the export's scheduler is LCMScheduler (a latent consistency model, such as SD with the LCM-LoRA "
-                     f"fused in), made for --sampler lcm --steps 4 --guidance-scale 1; --sampler {sampler} may give "
+                     f"fused in), made for sampler='lcm', steps=4, guidance_scale=1; sampler={sampler!r} may give "
                      "blurred images")
     if sampler == "lcm" and guidance_scale is not None and guidance_scale > 2:
         notes.append(f"the lcm sampler is made for a guidance scale of 1 to 2 (1 also halves the work), not "
@@ -203,7 +206,7 @@ def sampler_notes(model: Any, sampler: str, guidance_scale: float | None = None)
     unapplied = [key for key in ("clip_sample", "thresholding") if config.get(key)]
     if _KINDS[sampler].sigma_options:
         karras = f"{sampler}_karras" if f"{sampler}_karras" in _KINDS else None
-        unapplied += [f"{key} {config[key]!r:.40}" + (f" (--sampler {karras} has them)" if key == "use_karras_sigmas"
+        unapplied += [f"{key} {config[key]!r:.40}" + (f" (sampler={karras!r} has them)" if key == "use_karras_sigmas"
                                                       and karras else "")
                       for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_flow_sigmas")
                       if config.get(key)]
@@ -215,7 +218,7 @@ def sampler_notes(model: Any, sampler: str, guidance_scale: float | None = None)
         if algorithm != ours:
             other = ("dpmpp_2m_sde" if algorithm == "sde-dpmsolver++" else "dpmpp_2m") + (
                 "_karras" if sampler.endswith("_karras") else "")
-            hint = f" (--sampler {other} is it)" if algorithm in ("dpmsolver++", "sde-dpmsolver++") else ""
+            hint = f" (sampler={other!r} is it)" if algorithm in ("dpmsolver++", "sde-dpmsolver++") else ""
             unapplied.append(f"algorithm_type {algorithm!r:.40}{hint}")
     if unapplied:  # SD's configs set both off; diffusers' schedulers would clamp the predicted x0
         asked = " and ".join(unapplied)

@@ -141,3 +141,92 @@ def test_generate_says_a_folder_spec_with_its_embedding_flag(tiny_export, tmp_pa
                             f"{tmp_path / 'tis'}:<mine>", "--out", tmp_path / "a.png"], capsys)
     assert_one_line_error(code, err, f"error: --embedding '{tmp_path / 'tis'}:<mine>': a folder's embeddings keep")
 
+
+def test_a_strength_that_leaves_no_step_names_generates_keywords(tiny_export, tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from zoodip.sampling import steps_run
+
+    with pytest.raises(ZoodipError) as refused:
+        steps_run(4, 0.1)
+    said = str(refused.value)
+    assert said.startswith("strength 0.1 of 4 steps leaves no step") and said.endswith(
+        ": raise it, or give steps=10 or more") and "--" not in said, said
+    assert steps_run(10, 0.1) == 1 and steps_run(4, 1 / 3 + 1e-9) == 1  # (the steps it says are enough)
+    Image.new("RGB", (64, 64), (90, 120, 150)).save(tmp_path / "start.png")
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--image", tmp_path / "start.png",
+                            "--strength", "0.1", "--steps", "4", "--out", tmp_path / "o.png"], capsys)
+    assert_one_line_error(code, err, "error: --strength 0.1 of 4 steps leaves no step")
+    assert err.rstrip().endswith(": raise it, or give --steps 10 or more"), err
+
+
+def test_sampler_notes_name_generates_keywords_and_the_cli_its_flags() -> None:
+    from zoodip.sampling import sampler_notes
+
+    class Model:
+        scheduler_config = {"_class_name": "LCMScheduler", "use_karras_sigmas": True,
+                            "algorithm_type": "sde-dpmsolver++"}
+
+    notes = sampler_notes(Model(), "dpmpp_2m", 1.0)
+    assert "made for sampler='lcm', steps=4, guidance_scale=1; sampler='dpmpp_2m' may give" in notes[0]
+    assert "(sampler='dpmpp_2m_karras' has them)" in notes[1] and "(sampler='dpmpp_2m_sde' is it)" in notes[1]
+    assert not any("--" in note for note in notes), notes
+    flagged = [in_flag_words(note) for note in notes]
+    assert "made for --sampler lcm, --steps 4, --guidance-scale 1; --sampler dpmpp_2m may give" in flagged[0]
+    assert "(--sampler dpmpp_2m_karras has them)" in flagged[1] and "(--sampler dpmpp_2m_sde is it)" in flagged[1]
+
+
+@pytest.mark.parametrize("fields,name,api,cli", [
+    ({"Sampler": "Heun"}, "sampler", "pass sampler=NAME", "pass --sampler NAME"),
+    ({"Size": "512x"}, "width", "give it yourself (width=VALUE)", "give it yourself (--width VALUE)"),
+    ({"Paste back": "maybe"}, "paste_back", "give it yourself (paste_back)", "give it yourself (--paste-back)"),
+    ({"Size": "64x64", "Denoising strength": "0.5", "Hires upscale": "abc"}, "hires_scale", "give hires_scale",
+     "give --hires-scale"),
+    ({"Size": "64x64", "Denoising strength": "5", "Hires upscale": "2"}, "hires_strength", "give hires_strength",
+     "give --hires-strength"),
+    ({"Size": "64x64", "Denoising strength": "0.5", "Hires upscale": "2", "Hires steps": "x"}, "hires_steps",
+     "give hires_steps", "give --hires-steps"),
+    ({"Size": "64x64", "Denoising strength": "0.01", "Hires upscale": "2", "Hires steps": "30"}, "hires_steps",
+     "give hires_steps and hires_strength", "give --hires-steps and --hires-strength"),
+    ({"Size": "64x64", "Denoising strength": "0.5", "First pass size": "32x32"}, "hires_scale",
+     "give hires_scale and the first pass's width=W and height=H",
+     "give --hires-scale and the first pass's --width W and --height H"),
+    ({"Size": "64x64", "Denoising strength": "0.5", "Hires resize": "128x32"}, "hires_scale", "give hires_scale",
+     "give --hires-scale"),
+])
+def test_an_images_parameters_problems_name_generates_settings(fields, name, api, cli) -> None:
+    from zoodip.infotext import settings_from_fields
+
+    problem = settings_from_fields(fields)[1][name]
+    assert problem.endswith(api) and "--" not in problem, problem
+    assert in_flag_words(f"--parameters-from a.png: {problem}").endswith(cli)
+
+
+def test_the_hires_fix_and_memory_refusals_name_the_apis_settings() -> None:
+    for said, flagged in (
+            ("hires_strength 0.1 of 4 hires steps leaves no step to run: raise hires_strength or hires_steps",
+             "--hires-strength 0.1 of 4 hires steps leaves no step to run: raise --hires-strength or --hires-steps"),
+            ("the hires fix's 512x512 image (hires_scale=4) needs at least 1 GB, more than the memory_budget_mb of 9 "
+             "MB: use at most 256 px", "the hires fix's 512x512 image (--hires-scale 4) needs at least 1 GB, more "
+             "than the --memory-budget of 9 MB: use at most 256 px"),
+            ("the hires fix's second pass: decoding a 512x512 image whole needs about 1 GB (without memory_budget_mb "
+             "every graph stays loaded), more than x: use at most 256 px, or give memory_budget_mb=MB to decode in "
+             "tiles, or a smaller hires_scale", "the hires fix's second pass: decoding a 512x512 image whole needs "
+             "about 1 GB (without --memory-budget every graph stays loaded), more than x: use at most 256 px, or give "
+             "--memory-budget MB to decode in tiles, or a smaller --hires-scale"),
+            ("encoding a 256x256 start image needs about 170 MB (the VAE encoder is not tiled), more than the "
+             "memory_budget_mb of 80 MB: make a smaller image (width=W, height=H) or raise the budget",
+             "encoding a 256x256 start image needs about 170 MB (the VAE encoder is not tiled), more than the "
+             "--memory-budget of 80 MB: make a smaller image (--width W, --height H) or raise the budget")):
+        assert in_flag_words(said) == flagged
+
+
+def test_a_lora_tag_at_another_strength_says_the_export_command() -> None:
+    from zoodip.extra_networks import tag_problems
+
+    class Model:
+        manifest = {"source": {"loras": [{"file": "style.safetensors", "scale": 1.0, "sha256": "0" * 64}]}}
+
+    problem = tag_problems("a cat <lora:style:0.5>", Model())[0]
+    assert "export again ('zoodip export SRC OUT --lora FILE:SCALE') for another" in problem
+    assert in_flag_words(problem) == problem  # (the export command's own words, quoted)

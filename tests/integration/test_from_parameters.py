@@ -133,7 +133,7 @@ def test_the_image_is_never_overwritten_and_its_settings_can_be_turned_off(tiny_
     assert "Variation" not in read_parameters(plain)
     bad = _a1111_image(tmp_path / "bad.png", "a cat\nSteps: 2, Seed: 1, Size: 512x")
     assert_one_line_error(*run_cli(_generate(tiny_export, tmp_path / "o.png", "--parameters-from", bad), capsys)[::2],
-                          "give it yourself (--width)")
+                          "give it yourself (--width VALUE)")
     assert run_cli(_generate(tiny_export, tmp_path / "o.png", "--parameters-from", bad, "--width", "64", "--height",
                              "64"), capsys)[0] == 0
     bare = _a1111_image(tmp_path / "bare.png", "just a prompt")
@@ -168,10 +168,10 @@ def test_a_value_of_the_image_that_is_refused_says_it_came_from_the_image(tiny_e
 
 
 @pytest.mark.parametrize("fields, problem_of, words", [
-    ("Denoising strength: 0.5, Hires upscale: abc", "hires_scale", "give --hires-scale"),
-    ("Denoising strength: nan, Hires upscale: 2", "hires_strength", "is not in (0, 1]: give --hires-strength"),
+    ("Denoising strength: 0.5, Hires upscale: abc", "hires_scale", "give hires_scale"),
+    ("Denoising strength: nan, Hires upscale: 2", "hires_strength", "is not in (0, 1]: give hires_strength"),
     ("Denoising strength: 0.02, Hires upscale: 1.5, Hires steps: 30", "hires_steps", "needs a schedule of 1500 steps"),
-    ("Paste back: maybe", "paste_back", "give it yourself (--paste-back)"),
+    ("Paste back: maybe", "paste_back", "give it yourself (paste_back)"),
 ])
 def test_hires_and_paste_back_values_that_do_not_read_are_filed_under_their_own_setting(fields, problem_of, words):
     _, problems, _ = settings_from_fields(read_infotext(f"a cat\nSteps: 20, Seed: 1, Size: 64x64, {fields}")[2])

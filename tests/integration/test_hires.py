@@ -50,7 +50,7 @@ def test_hires_sizes_round_down_to_sizes_the_unet_runs_at() -> None:
     (dict(hires_steps=0), "steps must be an integer"),
     (dict(steps="3"), "steps must be an integer"),
     (dict(width=100), "width must be a positive multiple of 8"),
-    (dict(width=8192, height=8192), r"the hires fix's 16384x16384 image \(--hires-scale\) needs at least"),
+    (dict(width=8192, height=8192), r"the hires fix's 16384x16384 image \(hires_scale=2\.0\) needs at least"),
     (dict(hires_scale=1.05), r"leaves 128x128 as it is \(sides are rounded down to multiples of 8\)"),
     (dict(strength=0.5), "the hires fix is for text-to-image"),
     (dict(image=Image.new("RGB", (64, 64))), "the hires fix is for text-to-image"),
@@ -93,7 +93,7 @@ def test_under_a_budget_the_second_pass_encode_is_checked_before_the_first_pass(
         check_encode(model, 4 * SIDE // factor, 4 * SIDE // factor, budget)  # four times the side does not
     steps: list[int] = []
     with pytest.raises(ZoodipError, match=r"the hires fix's second pass: encoding a 512x512 start image .* or a "
-                                          r"smaller --hires-scale"):
+                                          r"smaller hires_scale"):
         generate_hires(model, "a star", hires_scale=4, steps=2, callback=lambda s, n, x: steps.append(s))
     assert steps == []
 
@@ -109,6 +109,6 @@ def test_without_a_budget_the_second_pass_decode_is_checked_before_the_first_pas
     assert limits.attention_bytes(4 * SIDE // factor, 4 * SIDE // factor) < memory  # the floor lets 512 px pass
     steps: list[int] = []
     with pytest.raises(ZoodipError, match=r"the hires fix's second pass: decoding a 512x512 image whole .* use at "
-                                          r"most 256 px, or give --memory-budget .* or a smaller --hires-scale"):
+                                          r"most 256 px, or give memory_budget_mb=MB .* or a smaller hires_scale"):
         generate_hires(model, "a star", hires_scale=4, steps=2, callback=lambda s, n, x: steps.append(s))
     assert steps == []

@@ -57,7 +57,7 @@ def test_a_start_image_too_large_to_encode_within_the_budget_is_refused_before_a
     """The VAE encoder is not tiled: its estimate (full-resolution maps and attention) must fit the budget too.
     At 256 px on this model (about 170 MB to encode) the attention floor fits 80 MB, the encoder's maps do not."""
     budgeted = ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=80))
-    with pytest.raises(ZoodipError, match="encoding a 256x256 start image needs about .* MB .* --memory-budget of 80 MB"):
+    with pytest.raises(ZoodipError, match="encoding a 256x256 start image needs about .* MB .* memory_budget_mb of 80 MB"):
         generate(budgeted, "a star", image=picture, width=256, height=256, steps=2)
     generate(budgeted, "a star", width=256, height=256, steps=1)  # text-to-image at that size: decoded in tiles
 

@@ -153,7 +153,7 @@ def test_only_masked_inpainting_of_a_photo_past_the_budget_is_refused_before_the
     model = ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=100))
     calls = []
     with pytest.raises(ZoodipError, match=r"decoding and pasting into the whole 4000x3000 start photo takes about "
-                                          r"161 MB, more than the --memory-budget of 100 MB"):
+                                          r"161 MB, more than the memory_budget_mb of 100 MB"):
         generate(model, "a red star", image=photo, mask_image=mask, padding_mask_crop=8,
                  callback=lambda *step: calls.append(step), **SETTINGS)
     small_budget = ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=60))

@@ -87,7 +87,7 @@ def test_sampler_notes_say_what_an_lcm_model_is_made_for() -> None:
     assert sampler_notes(model, "dpmpp_2m", 7.5) == [] and sampler_notes(model, "lcm", 1.5) == []
     assert "guidance scale of 1 to 2" in sampler_notes(model, "lcm", 7.5)[0]
     model.scheduler_config = dict(model.scheduler_config, _class_name="LCMScheduler")
-    assert "made for --sampler lcm" in sampler_notes(model, "euler", 1.0)[0]
+    assert "made for sampler='lcm', steps=4, guidance_scale=1" in sampler_notes(model, "euler", 1.0)[0]
 
 
 @pytest.mark.slow
@@ -189,9 +189,9 @@ def test_a_dpm_solver_config_saved_with_karras_sigmas_or_the_sde_says_the_sample
     model.scheduler_config = dict(model.scheduler_config, use_karras_sigmas=True, algorithm_type="sde-dpmsolver++")
     assert sampler_notes(model, "dpmpp_2m_sde_karras") == []
     note = sampler_notes(model, "dpmpp_2m")[0]
-    assert ("asks for use_karras_sigmas True (--sampler dpmpp_2m_karras has them) and algorithm_type "
-            "'sde-dpmsolver++' (--sampler dpmpp_2m_sde is it), which zoodip's dpmpp_2m sampler does not apply") in note
-    assert "algorithm_type 'sde-dpmsolver++' (--sampler dpmpp_2m_sde_karras is it)" in sampler_notes(
+    assert ("asks for use_karras_sigmas True (sampler='dpmpp_2m_karras' has them) and algorithm_type "
+            "'sde-dpmsolver++' (sampler='dpmpp_2m_sde' is it), which zoodip's dpmpp_2m sampler does not apply") in note
+    assert "algorithm_type 'sde-dpmsolver++' (sampler='dpmpp_2m_sde_karras' is it)" in sampler_notes(
         model, "dpmpp_2m_karras")[0]
     # Euler's diffusers scheduler takes Karras sigmas, which zoodip's euler lacks; Euler a's, DDIM's and LCM's do not
     # take them (a sweep found them said there, and euler sent to another sampler)
@@ -205,5 +205,5 @@ def test_a_dpm_solver_config_saved_with_karras_sigmas_or_the_sde_says_the_sample
     # Any value diffusers' `if config.use_karras_sigmas:` takes as true (a hand-edited 1 or "true"), said with it
     model.scheduler_config = dict(model.scheduler_config, use_beta_sigmas=0, use_karras_sigmas=1, use_flow_sigmas="true",
                                   algorithm_type="dpmsolver++", clip_sample=1)
-    assert ("asks for clip_sample and use_karras_sigmas 1 (--sampler dpmpp_2m_karras has them) and use_flow_sigmas "
+    assert ("asks for clip_sample and use_karras_sigmas 1 (sampler='dpmpp_2m_karras' has them) and use_flow_sigmas "
             "'true', which zoodip's dpmpp_2m sampler") in sampler_notes(model, "dpmpp_2m")[0]

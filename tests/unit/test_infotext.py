@@ -190,10 +190,10 @@ def test_an_inpaint_area_or_padding_that_does_not_read_names_its_flag():
                           ({"Inpaint area": "Everywhere"}, "its Inpaint area 'Everywhere'")):
         problems = settings_from_fields(fields)[1]
         assert list(problems) == ["padding_mask_crop"] and words in problems["padding_mask_crop"]
-        assert "(--padding-mask-crop)" in problems["padding_mask_crop"]
+        assert "(padding_mask_crop)" in problems["padding_mask_crop"]
 
 
 def test_a_prompt_weighting_zoodip_lacks_names_its_flag():
     problems = settings_from_fields({"Prompt weighting": "foo", "Version": "zoodip 0.1.0"})[1]
     assert problems == {"prompt_weighting": "its Prompt weighting 'foo' does not read as a value: give it yourself "
-                                            "(--prompt-weighting)"}
+                                            "(prompt_weighting)"}

@@ -66,7 +66,7 @@ def test_the_plan_tiles_only_when_the_whole_image_does_not_fit():
 
 
 def test_a_budget_too_small_for_the_smallest_tile_is_refused_in_one_line():
-    with pytest.raises(ZoodipError, match=r"even in tiles of 64 px, more than the --memory-budget of 40 MB") as info:
+    with pytest.raises(ZoodipError, match=r"even in tiles of 64 px, more than the memory_budget_mb of 40 MB") as info:
         plan_decode(fake_model(), 64, 64, 40)
     assert "\n" not in str(info.value)
 
@@ -92,7 +92,7 @@ def test_without_a_budget_a_size_whose_whole_decode_exceeds_the_machine_is_refus
     monkeypatch.setattr(limits, "machine_memory_bytes", lambda: need - 1)
     assert attention_bytes(128, 128) < need - 1  # the floor passed it
     with pytest.raises(ZoodipError, match=r"decoding a 1024x1024 image whole needs about .* more than this machine's "
-                                          r".* use at most (\d+) px, or give --memory-budget") as info:
+                                          r".* use at most (\d+) px, or give memory_budget_mb=MB") as info:
         plan_decode(model, 128, 128, None)
     assert "\n" not in str(info.value)
     side = int(re.search(r"at most (\d+) px", str(info.value)).group(1)) // FACTOR  # the size it names fits
