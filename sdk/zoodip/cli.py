@@ -220,7 +220,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                                           memory_budget_mb=args.memory_budget))
     size = None if args.image is not None else planned_size(model, args.width, args.height, args.hires_scale)
     if size is not None:  # known before the work (with --image it follows the photo's)
-        check_encodable(out, size if args.num_images == 1 else grid_size(args.num_images, 1, size))
+        check_encodable(out, size if args.num_images == 1 else grid_size(args.num_images, 1, size), "--out")
     hashes: dict[str, str] = {}
     added, groups = load_embeddings(args.embedding or [], model.tokenizer, model.hidden_size, model.identity,
                                     args.clip_skip, hashes=hashes)
@@ -246,7 +246,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # refused, stopped or failed call writes none; --out is renamed into place last (new: the set is). The grid: the
     # first's text.
     save_images([*zip(images, singles), (images[0] if len(images) == 1 else image_grid([images]), out)],
-                texts=texts and [*texts[:len(singles)], texts[0]],
+                "--out", texts=texts and [*texts[:len(singles)], texts[0]],
                 also=[("--save-latents", args.save_latents, lambda handle: write_latents(handle, latents))]
                 if args.save_latents else ())
     print(f"wrote {out}" + (f" (grid) and {singles[0].name} ... {singles[-1].name}" if singles else "")

@@ -354,7 +354,7 @@ def grid_size(columns: int, rows: int, size: tuple[int, int], pad: int = 2) -> t
     return columns * (size[0] + pad) + pad, rows * (size[1] + pad) + pad
 
 
-def check_encodable(path: str | Path, size: tuple[int, int], flag: str = "--out") -> None:
+def check_encodable(path: str | Path, size: tuple[int, int], flag: str = "the image file") -> None:
     """Refuse an image of ``size`` that the format of ``path``'s suffix cannot hold, before any work (or any file)."""
     limit = ENCODER_MAX_SIDE.get(Path(path).suffix.lower())
     if limit is not None and max(size) > limit:
@@ -374,7 +374,7 @@ def image_grid(rows: Sequence[Sequence[Image.Image]], pad: int = 2) -> Image.Ima
     return grid
 
 
-def save_image(image: Image.Image, path: str | Path, flag: str = "--out") -> Path:
+def save_image(image: Image.Image, path: str | Path, flag: str = "the image file") -> Path:
     """Write ``image`` atomically (temp file beside it, then rename); the suffix picks the format.
 
     A failed or interrupted write (Ctrl-C mid-save) leaves no temp file and the previous file intact.
@@ -382,7 +382,7 @@ def save_image(image: Image.Image, path: str | Path, flag: str = "--out") -> Pat
     return save_images([(image, path)], flag)[0]
 
 
-def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "--out",
+def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "the image file",
                 texts: Sequence[str | None] | None = None,
                 also: Sequence[tuple[str, Path, Callable[[BinaryIO], None]]] = (),
                 then: str = "or choose another file") -> list[Path]:

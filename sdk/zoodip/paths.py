@@ -68,8 +68,9 @@ def _check_creatable(path: Path, flag: str) -> None:
         raise ZoodipError(f"{flag} {path} cannot be created: {anchor} is not writable; choose a writable location")
 
 
-def check_output_dir(path: str | os.PathLike[str], flag: str = "--output_dir") -> Path:
-    """Check that ``path`` is, or can become, a writable folder; creates nothing. Returns it as a Path."""
+def check_output_dir(path: str | os.PathLike[str], flag: str = "output_dir") -> Path:
+    """Check that ``path`` is, or can become, a writable folder; creates nothing. Returns it as a Path. ``flag``: how
+    the messages name it (by default the API's ``output_dir``, which the command line says as its flag)."""
     if not str(path).strip():
         raise ZoodipError(f"{flag} is empty: name the folder to write into, e.g. {flag} my-run")
     path = Path(path)
@@ -401,7 +402,7 @@ def _folder_lock(folder: Path, busy: str) -> Iterator[None]:
 def run_folder_lock(folder: Path) -> Iterator[None]:
     """One run at a time in ``folder``: a second process gets one line naming it. The lock file goes when
     the run ends (as does the folder, if the run created it and wrote nothing)."""
-    busy = f"{folder} is in use by another zoodip run: wait for it to end, or choose another --output_dir"
+    busy = f"{folder} is in use by another zoodip run: wait for it to end, or choose another output_dir"
     folder = Path(folder).absolute()  # (a host's chdir during the run must not send the cleanup elsewhere)
     created = not folder.exists()
     lock = folder / RUN_LOCK_NAME

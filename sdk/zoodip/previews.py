@@ -51,5 +51,5 @@ def write_preview(model, config: PersonalizeConfig, vectors: np.ndarray, step: i
     # The grid says its first image's settings, as A1111's grids (the token's vectors are the run's at this step).
     text = infotext(config.validation_prompt, settings, images[0].size, model)
     return save_images([(image_grid([images]), preview_path(config, step))],
-                       "--validation_prompt preview", texts=[text],
+                       "validation_prompt preview", texts=[text],
                        then="and resume with resume=True (the last checkpoint is intact)")[0]

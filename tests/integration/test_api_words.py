@@ -230,3 +230,23 @@ def test_a_lora_tag_at_another_strength_says_the_export_command() -> None:
     problem = tag_problems("a cat <lora:style:0.5>", Model())[0]
     assert "export again ('zoodip export SRC OUT --lora FILE:SCALE') for another" in problem
     assert in_flag_words(problem) == problem  # (the export command's own words, quoted)
+
+
+def test_output_folder_and_image_file_refusals_name_the_apis_words(tmp_path) -> None:
+    from PIL import Image
+
+    from zoodip.images import save_images
+    from zoodip.paths import check_output_dir
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ZoodipError, match=r"^output_dir \S+ is an existing file, not a folder") as refused:
+        check_output_dir(tmp_path / "file")
+    assert in_flag_words(str(refused.value)).startswith(f"--output_dir {tmp_path / 'file'} is an existing file")
+    with pytest.raises(ZoodipError, match=r"^the image file \S+\.webp: a \.webp image holds at most"):
+        save_images([(Image.new("RGB", (16384, 2)), tmp_path / "b.webp")])
+    with pytest.raises(ZoodipError, match=r"^--out \S+\.webp: a \.webp image holds at most"):  # (the CLI names it)
+        save_images([(Image.new("RGB", (16384, 2)), tmp_path / "b.webp")], "--out")
+    assert in_flag_words("cannot write validation_prompt preview /r/validation-steps-2.png (the disk is full)") == \
+        "cannot write --validation_prompt preview /r/validation-steps-2.png (the disk is full)"
+    assert in_flag_words("/r is in use by another zoodip run: wait for it to end, or choose another output_dir") \
+        .endswith("or choose another --output_dir")

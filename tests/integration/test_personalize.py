@@ -268,7 +268,7 @@ def test_a_folder_that_cannot_take_the_run_is_refused_before_the_model_loads(tin
     (out / "striped-star.safetensors").write_bytes(b"an A1111 embedding")  # (--a1111's file: it was replaced)
     with pytest.raises(ZoodipError, match="already holds striped-star.safetensors, which a fresh run would replace"):
         personalize(make_config(tiny_export, photos, out, a1111=True))
-    with pytest.raises(ZoodipError, match=r"^--output_dir \S+ is an existing file"):  # (not "nothing to resume")
+    with pytest.raises(ZoodipError, match=r"^output_dir \S+ is an existing file"):  # (not "nothing to resume")
         personalize(make_config(tiny_export, photos, out / "striped-star.safetensors"), resume=True)
 
 

@@ -234,7 +234,7 @@ def test_save_images_names_the_file_it_could_not_write_and_leaves_no_temp_file(t
     (tmp_path / "c.png").mkdir()
     (tmp_path / "c.png" / "x").write_text("in the way")
     image = Image.new("RGB", (8, 8))
-    with pytest.raises(ZoodipError, match=r"cannot write --out \S*c\.png"):
+    with pytest.raises(ZoodipError, match=r"cannot write the image file \S*c\.png"):
         save_images([(image, tmp_path / "a.png"), (image, tmp_path / "c.png")])
     assert sorted(p.name for p in tmp_path.iterdir()) in (["a.png", "c.png"], ["c.png"])  # no .tmp file left
 
@@ -249,7 +249,7 @@ def test_save_images_writes_its_other_files_in_the_same_all_or_none(tmp_path):
     (tmp_path / "a.png").mkdir()  # the image cannot be written: the latents must stay the old ones
     (tmp_path / "a.png" / "x").write_text("in the way")
     also = [("--save-latents", tmp_path / "old.npy", lambda handle: handle.write(b"new latents"))]
-    with pytest.raises(ZoodipError, match=r"cannot write --out \S*a\.png"):
+    with pytest.raises(ZoodipError, match=r"cannot write the image file \S*a\.png"):
         save_images([(image, tmp_path / "a.png")], also=also)
     assert (tmp_path / "old.npy").read_bytes() == b"old latents"
 

@@ -258,7 +258,7 @@ def test_generate_and_personalize_treat_a_link_to_nothing_alike(tmp_path):
     said = r" \S+ is a symbolic link to \S+, which does not exist: remove the link, or name another path$"
     with pytest.raises(ZoodipError, match="^--out" + said):
         check_output_file(tmp_path / "out.png", "--out", (".png",))
-    with pytest.raises(ZoodipError, match="^--output_dir" + said):
+    with pytest.raises(ZoodipError, match="^output_dir" + said):  # (the API's name; the command line says its flag)
         check_output_dir(tmp_path / "run")
     assert not (tmp_path / "nothing").exists() and not (tmp_path / "nothing.png").exists()
 
