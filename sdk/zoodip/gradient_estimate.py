@@ -56,8 +56,8 @@ class RandomGradientEstimator:
                                        or not 1 <= self.basis.shape[1] <= self.dim):
             raise ValueError(f"basis must have shape ({self.dim}, k) with 1 <= k <= {self.dim}, got {self.basis.shape}")
         if self.orthogonal and self.n > self.search_dim:
-            raise ZoodipError(f"orthogonal directions: --n {self.n} is more than the {self.search_dim} dimensions searched; "
-                              f"use --n {self.search_dim} or fewer")
+            raise ZoodipError(f"orthogonal directions: n={self.n} is more than the {self.search_dim} dimensions searched; "
+                              f"use n={self.search_dim} or fewer")
 
     @property
     def search_dim(self) -> int:
@@ -163,14 +163,14 @@ class EstimatorSchedule:
     def two_phase(cls, early: RandomGradientEstimator, after_forwards: int, late_n: int | None = None) -> "EstimatorSchedule":
         """``early`` while fewer than ``after_forwards`` forwards are spent, then orthogonal frames of ``late_n``
         directions (default: the searched dimension) in the same space, with the same ``mu`` and scaling."""
-        after_forwards = positive_int("--orthogonal-after (forwards)", after_forwards, minimum=0)
+        after_forwards = positive_int("orthogonal_after (forwards)", after_forwards, minimum=0)
         k = early.search_dim
         if late_n is None and early.basis is None:
-            raise ZoodipError(f"--orthogonal-after without a search subspace: a late step would cost {k + 1} forwards; "
-                              "give --orthogonal-n N, or keep the curvature subspace (or add --vocabulary-subspace)")
-        late_n = k if late_n is None else positive_int("--orthogonal-n", late_n)
+            raise ZoodipError(f"orthogonal_after without a search subspace: a late step would cost {k + 1} forwards; "
+                              "give orthogonal_n=N, or keep the curvature subspace (or add vocabulary_variance=FRACTION)")
+        late_n = k if late_n is None else positive_int("orthogonal_n", late_n)
         if late_n > k:
-            raise ZoodipError(f"--orthogonal-n {late_n} is more than the {k} dimensions searched; use {k} or fewer")
+            raise ZoodipError(f"orthogonal_n={late_n} is more than the {k} dimensions searched; use {k} or fewer")
         late = RandomGradientEstimator(early.dim, n=late_n, mu=early.mu, normalize=early.normalize, basis=early.basis,
                                        directions="orthogonal")
         return cls(early, late, -(-after_forwards // (early.n + 1)))  # ceil: the early phase spends at least that many

@@ -27,7 +27,7 @@ def lr_factor(step: int, kind: str, warmup: int, total: int) -> float:
     falls to 0 at ``total``, ``cosine`` follows half a cosine period down to 0 at ``total``.
     """
     if kind not in LR_SCHEDULERS:
-        raise ZoodipError(f"--lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {kind!r}")
+        raise ZoodipError(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {kind!r}")
     if kind == "constant":
         return 1.0
     if step < warmup:

@@ -70,13 +70,12 @@ def check_variation(variation_seed: object, variation_strength: object, latents:
     _check_strength(0.0 if variation_strength is None else variation_strength, "variation_strength")
     if variation_seed is None:
         if variation_strength:
-            raise ZoodipError("variation_strength mixes in another seed's noise: give it with variation_seed "
-                              "(--variation-seed)")
+            raise ZoodipError("variation_strength mixes in another seed's noise: give it with variation_seed")
         return
     check_seed(variation_seed, "variation_seed")
     if not variation_strength:
-        raise ZoodipError("variation_seed changes nothing without a variation strength: give one (--variation-strength, "
-                          "variation_strength=; 0.1 to 0.3 for a close variation), or drop the variation seed")
+        raise ZoodipError("variation_seed changes nothing without a variation strength: give one (variation_strength=S, "
+                          "0.1 to 0.3 for a close variation), or drop the variation seed")
     if latents is not None:
         raise ZoodipError("variation_seed cannot be mixed into the initial latents given (they are the noise "
                           "already): drop it, or mix the variation into the latents you pass (zoodip.noise.slerp)")

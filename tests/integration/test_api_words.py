@@ -250,3 +250,26 @@ def test_output_folder_and_image_file_refusals_name_the_apis_words(tmp_path) -> 
         "cannot write --validation_prompt preview /r/validation-steps-2.png (the disk is full)"
     assert in_flag_words("/r is in use by another zoodip run: wait for it to end, or choose another output_dir") \
         .endswith("or choose another --output_dir")
+
+
+@pytest.mark.parametrize("said,flagged", [
+    ("orthogonal directions: n=33 is more than the 32 dimensions searched; use n=32 or fewer",
+     "orthogonal directions: --n 33 is more than the 32 dimensions searched; use --n 32 or fewer"),
+    ("orthogonal_after (forwards) must be an integer >= 0, got -5",
+     "--orthogonal-after (forwards) must be an integer >= 0, got -5"),
+    ("orthogonal_after without a search subspace: a late step would cost 33 forwards; give orthogonal_n=N, or keep "
+     "the curvature subspace (or add vocabulary_variance=FRACTION)", "--orthogonal-after without a search subspace: "
+     "a late step would cost 33 forwards; give --orthogonal-n N, or keep the curvature subspace (or add "
+     "--vocabulary-subspace FRACTION)"),
+    ("orthogonal_n=33 is more than the 32 dimensions searched", "--orthogonal-n 33 is more than the 32 dimensions "
+     "searched"),
+    ("lr_scheduler must be one of constant, linear, got 'x'", "--lr_scheduler must be one of constant, linear, got 'x'"),
+    ("variation_strength mixes in another seed's noise: give it with variation_seed",
+     "--variation-strength mixes in another seed's noise: give it with --variation-seed"),
+    ("variation_seed changes nothing without a variation strength: give one (variation_strength=S, 0.1 to 0.3 for a "
+     "close variation)", "--variation-seed changes nothing without a variation strength: give one "
+     "(--variation-strength S, 0.1 to 0.3 for a close variation)"),
+])
+def test_the_method_schedule_and_noise_refusals_say_the_apis_names_as_flags(said, flagged) -> None:
+    """The SDK's own wording of these is held by test_zo.py, test_lr_schedule.py and test_noise.py."""
+    assert in_flag_words(said) == flagged

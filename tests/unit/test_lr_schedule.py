@@ -20,7 +20,7 @@ def test_hand_computed_points():
     assert lr_factor(104, "cosine", 4, 104) == pytest.approx(0.0, abs=1e-12)
     assert lr_at(54, 0.02, "cosine", 4, 104) == pytest.approx(0.01)
     assert lr_factor(10, "linear", 0, 10) == 0.0 and lr_factor(0, "linear", 0, 10) == 1.0
-    with pytest.raises(ZoodipError, match="--lr_scheduler must be one of"):
+    with pytest.raises(ZoodipError, match="^lr_scheduler must be one of"):
         lr_factor(0, "polynomial", 0, 10)
 
 

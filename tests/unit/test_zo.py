@@ -237,7 +237,7 @@ def test_orthogonal_directions_at_full_count_give_the_exact_gradient_in_the_span
     # Gaussian runs draw the same stream as before orthogonal directions existed.
     np.testing.assert_array_equal(RandomGradientEstimator(8, n=2).directions(np.random.default_rng(5)),
                                   np.random.default_rng(5).standard_normal((2, 8), dtype=np.float32))
-    with pytest.raises(ZoodipError, match="more than the 3 dimensions searched; use --n 3 or fewer"):
+    with pytest.raises(ZoodipError, match="n=4 is more than the 3 dimensions searched; use n=3 or fewer"):
         RandomGradientEstimator(8, n=4, basis=sub.basis, directions="orthogonal")
 
 
@@ -256,12 +256,14 @@ def test_two_phase_schedule_switches_by_forwards_and_counts_them() -> None:
     assert EstimatorSchedule.two_phase(early, 10, late_n=2).late.n == 2
     one = EstimatorSchedule(early)
     assert one.at(10**6) is early and one.forwards_for(5) == 15 and one.steps_within(16) == 5
-    with pytest.raises(ZoodipError, match="--orthogonal-n 4 is more than the 3 dimensions searched"):
+    with pytest.raises(ZoodipError, match="^orthogonal_n=4 is more than the 3 dimensions searched"):
         EstimatorSchedule.two_phase(early, 10, late_n=4)
-    with pytest.raises(ZoodipError, match="without a search subspace"):  # a late step would cost d + 1 forwards
+    # A late step would cost d + 1 forwards (said in the API's names, which the CLI says as its flags).
+    with pytest.raises(ZoodipError, match="^orthogonal_after without a search subspace: .* give orthogonal_n=N, "
+                                          ".*vocabulary_variance=FRACTION"):
         EstimatorSchedule.two_phase(RandomGradientEstimator(8, n=2), 10)
     assert EstimatorSchedule.two_phase(RandomGradientEstimator(8, n=2), 10, late_n=8).late.n == 8
-    with pytest.raises(ZoodipError, match="--orthogonal-after"):
+    with pytest.raises(ZoodipError, match=r"^orthogonal_after \(forwards\) must be"):
         EstimatorSchedule.two_phase(early, -1)
 
 
