@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .errors import ZoodipError
 from .json_text import parse_json
+from .paths import set_aside_note
 
 
 def describe(path: str | Path) -> list[str]:
@@ -18,6 +19,8 @@ def describe(path: str | Path) -> list[str]:
     if not str(path).strip():
         raise ZoodipError("the path is empty: pass an embedding file, an export folder or an image")
     path = Path(path)
+    if not os.path.lexists(path) and set_aside_note(path):  # (an export killed while replacing it: not "a file")
+        raise ZoodipError(f"{path} does not exist{set_aside_note(path)}")
     if path.is_dir() and os.path.lexists(path / MANIFEST):  # (not a file: the export's check says what it is)
         return describe_export(path)
     if path.is_dir() and (path / EMBEDDING_NAME).is_file():  # a personalize --output_dir

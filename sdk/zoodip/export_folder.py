@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import ZoodipError
 from .json_text import parse_json
 from .manifest import FORMAT, MANIFEST
-from .paths import check_output_dir, lies_within, swap_folder_in
+from .paths import check_output_dir, finish_interrupted_swap, lies_within, process_is_running, swap_folder_in
 
 
 def output_target(out_dir: str | Path) -> Path:
@@ -81,19 +81,11 @@ def remove_stale_staging(out_dir: Path) -> None:
         print(f"removed {entry.name} ({size / 2**20:.0f} MiB), left by an export that was killed", file=sys.stderr)
 
 
-def process_is_running(pid: int) -> bool:
-    """Whether process ``pid`` may still be running (a folder named after it is not left over yet)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):  # another user's process (or an absurd id): leave it alone
-        return True
-    return True
-
-
 def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None) -> None:
     """OUT_DIR checked before any work: creatable, not the source, and only an earlier export is replaced."""
+    done = finish_interrupted_swap(out_dir)  # (an export killed while replacing OUT_DIR: its old one comes back)
+    if done:
+        print(done, file=sys.stderr)
     check_output_dir(out_dir, "OUT_DIR")  # not a file, not under one, creatable: before any work
     if source is not None:
         if lies_within(source, out_dir):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ZoodipError
-from .paths import lies_within, why_missing
+from .paths import lies_within, set_aside_note, why_missing
 from .tokenizer_files import TOKENIZER_FILES, VOCABULARY_FILES
 from .json_text import parse_json
 
@@ -157,7 +157,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise ZoodipError(f"{folder} is a file, not an export folder: " + (f"export it once with 'zoodip export {folder.name} "
                           "OUT_DIR', then pass OUT_DIR" if folder.suffix.lower() in (".safetensors", ".ckpt") else f"pass the folder that holds {MANIFEST}"))
     if not folder.is_dir():
-        raise ZoodipError(f"export folder {folder} {why_missing(folder)}: create it with 'zoodip export'")
+        raise ZoodipError(f"export folder {folder} {why_missing(folder)}" + (set_aside_note(folder)
+                          or ": create it with 'zoodip export'"))
     path = folder / MANIFEST
     if not path.is_file():
         if (folder / "model_index.json").is_file():  # the diffusers folder itself, as diffusers' scripts take it

@@ -215,10 +215,13 @@ def _writer_may_run(entry: Path) -> bool:
     except OSError:
         return True  # (gone already, or not ours to read)
     found = _TEMP_WRITER.search(entry.name)
-    if found is None:
-        return False
+    return found is not None and process_is_running(int(found.group(1)))
+
+
+def process_is_running(pid: int) -> bool:
+    """Whether process ``pid`` may still be running (a file or folder named after it is not left over yet)."""
     try:
-        os.kill(int(found.group(1)), 0)
+        os.kill(pid, 0)
     except PermissionError:  # another user's process
         return True
     except (OSError, OverflowError):  # none such (or an id past the system's range)
@@ -291,7 +294,8 @@ def atomic_write_bytes(path: Path, write: Callable[[object], None], then: str = 
 def swap_folder_in(built: Path, dest: Path) -> None:
     """Rename the finished folder ``built`` to ``dest`` (both in one folder). An old ``dest`` is renamed aside first
     (``.NAME.old-PID``) and removed only once the new one is in place, so an interruption never leaves a half-removed
-    ``dest``: at worst, between the two renames, the old folder waits under that name."""
+    ``dest``: at worst, between the two renames, the old folder waits under that name, for
+    ``finish_interrupted_swap`` to rename back (``set_aside_note`` names it where ``dest`` is read)."""
     if not os.path.lexists(dest):
         os.replace(built, dest)
         return
@@ -300,6 +304,42 @@ def swap_folder_in(built: Path, dest: Path) -> None:
     os.replace(dest, old)
     os.replace(built, dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def set_aside_folder(dest: Path) -> Path | None:
+    """The old ``dest`` that a ``swap_folder_in`` killed between its renames left aside (``.NAME.old-PID``, its
+    process ended), or None."""
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.old-(\d+)$")
+    try:
+        entries = list(dest.parent.iterdir())
+    except OSError:
+        return None
+    found = [entry for entry in entries if (match := pattern.match(entry.name)) and entry.is_dir()
+             and not entry.is_symlink() and not process_is_running(int(match.group(1)))]
+    return max(found, key=lambda entry: entry.stat().st_mtime) if found else None
+
+
+def set_aside_note(dest: Path) -> str:
+    """For a missing ``dest``: where an interrupted replacement left the previous one, and how it comes back ("")."""
+    aside = set_aside_folder(Path(dest).absolute())
+    return "" if aside is None or os.path.lexists(dest) else (
+        f"; a replacement of it was killed half-way and left the previous one at {aside}: rename it back to "
+        f"{Path(dest).name} (the next 'zoodip export' to it does so)")
+
+
+def finish_interrupted_swap(dest: Path) -> str | None:
+    """Undo or finish what a killed ``swap_folder_in`` left beside ``dest``: with ``dest`` missing, the old folder
+    is renamed back (the new one never got in); with ``dest`` in place, the old one is removed (only its removal was
+    cut short). Returns one line saying what it did, or None."""
+    aside = set_aside_folder(dest)
+    if aside is None:
+        return None
+    if os.path.lexists(dest):
+        shutil.rmtree(aside, ignore_errors=True)
+        return f"removed {aside.name}, the previous {dest.name} that a replacement killed before its cleanup left"
+    os.replace(aside, dest)
+    _fsync_folder(dest.parent)
+    return f"restored {dest} from {aside.name}, where a replacement killed half-way had left it"
 
 
 def append_whole(handle: BinaryIO, data: bytes) -> None:

@@ -1,6 +1,8 @@
 """zoodip.paths' file locks: one holder at a time, and never a lock on a file the path no longer names."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from zoodip.errors import ZoodipError
@@ -315,3 +317,35 @@ def test_a_log_line_the_full_disk_took_half_of_is_cut_back_to_the_lines_before(t
         append_log(log, {"step": 1, "loss": 0.5})
     monkeypatch.setattr(builtins, "open", real_open)
     assert log.read_text() == '{"step": 0, "eval_loss": 1.0}\n'
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    return int(child.stdout)
+
+
+def test_an_export_killed_between_the_swaps_renames_is_said_and_put_back(tmp_path: Path, capsys) -> None:
+    """A kill after OUT was renamed aside and before the new one was renamed in left no OUT: reading it named no
+    aside folder ("does not exist"), and the next export went on without it, the old export left behind for good."""
+    from zoodip.describe import describe
+    from zoodip.export_folder import check_out_dir
+    from zoodip.manifest import FORMAT, read_manifest
+
+    dest = tmp_path / "OUT"
+    aside = tmp_path / f".OUT.old-{_dead_pid()}"
+    aside.mkdir()
+    (aside / "manifest.json").write_text(json.dumps({"format": FORMAT}))
+    for read in (describe, read_manifest):
+        with pytest.raises(ZoodipError, match=r"killed half-way .*\.OUT\.old-\d+: rename it back to OUT"):
+            read(dest)
+    with pytest.raises(ZoodipError, match="exists and is not empty"):  # the old export is back, and is an export
+        check_out_dir(dest, overwrite=False)
+    assert (dest / "manifest.json").is_file() and not aside.exists()
+    assert "restored" in capsys.readouterr().err
+    aside.mkdir()  # the kill came during the removal of the old one, after the new one was in: it goes
+    check_out_dir(tmp_path / "OUT", overwrite=True)
+    assert not aside.exists() and (dest / "manifest.json").is_file()
