@@ -28,7 +28,7 @@ from zoodip.manifest import FORMAT, FORMAT_VERSION, MANIFEST  # one definition o
 from zoodip.runtime_options import NOT_SMOOTH_RECIPES
 from zoodip_export.lora import LoraSpec, fuse_loras, lora_entries, lora_specs
 from zoodip_export.requirements import check_export_requirements
-from zoodip.export_folder import check_out_dir, missing_parents, output_target, publish, staging_folder
+from zoodip.export_folder import check_out_dir, export_write_failure, missing_parents, output_target, publish, staging_folder
 from zoodip_export.source_folder import (check_source, model_info, pipeline_scheduler_config, read_source,
                                          source_warnings)
 from zoodip_export.weights import load_checked
@@ -315,22 +315,22 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
             log("parity:\n" + format_parity_table(parity_results))
         publish(staging, out_dir, overwrite)
     except BaseException as exc:
-        _discard(staging, created_parents, exc)
+        _discard(staging, created_parents, exc, out_dir)
         raise
     log(f"done: {out_dir}")
     return manifest
 
 
-def _discard(staging: Path, created_parents: list[Path], exc: BaseException) -> None:
-    """Remove what a failed export made (the staging folder, the parents it created, innermost first); safetensors'
-    writer failing (a full disk: reads are load_checked's) as one line."""
+def _discard(staging: Path, created_parents: list[Path], exc: BaseException, out_dir: Path) -> None:
+    """Remove what a failed export made (the staging folder, the parents it created, innermost first); a write that
+    failed (a full disk: reads are load_checked's) as one line naming where."""
     shutil.rmtree(staging, ignore_errors=True)
     for parent in created_parents:
         with contextlib.suppress(OSError):
             parent.rmdir()
-    if type(exc).__name__ == "SafetensorError":
-        raise ZoodipError(f"writing the export failed ({str(exc).splitlines()[0][:100]}): free disk space and export "
-                          "again") from None
+    failure = export_write_failure(exc, staging, out_dir)
+    if failure is not None:
+        raise failure from None
 
 
 def _remove_built_source(staging: Path) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 from .errors import ZoodipError
 from .json_text import parse_json
 from .manifest import FORMAT, MANIFEST
-from .paths import check_output_dir, finish_interrupted_swap, lies_within, process_is_running, swap_folder_in
+from .paths import (check_output_dir, finish_interrupted_swap, lies_within, process_is_running, swap_folder_in,
+                    write_failure)
 
 
 def output_target(out_dir: str | Path) -> Path:
@@ -43,6 +44,27 @@ def publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
         raise ZoodipError(f"{exc}: it appeared while the export ran (another export, or files put there), and nothing "
                           "was replaced") from None
     swap_folder_in(staging, out_dir)
+
+
+def export_write_failure(exc: BaseException, staging: Path, out_dir: Path) -> ZoodipError | None:
+    """The one line for an export that could not write its files (a full disk, which NumPy and safetensors report
+    without the file's name), naming the file where known and always the folder that needs the room: the staging
+    folder beside OUT_DIR, not OUT_DIR's own disk where that is a link elsewhere. None for other failures."""
+    if isinstance(exc, OSError):
+        reason, fix = write_failure(exc)
+    elif type(exc).__name__ == "SafetensorError":  # (its writer's error; no OSError, no file name)
+        said = (str(exc).splitlines() or [""])[0]
+        reason, fix = ("the disk is full", "free space") if "os error 28" in said else (said[:100], "check the folder")
+    else:
+        return None
+    if isinstance(exc, OSError) and reason != "the disk is full" and exc.filename is not None:
+        return None  # (a named path the system refused: the CLI's line for it names it)
+    name = getattr(exc, "filename", None)
+    file = Path(os.fsdecode(name)) if isinstance(name, (str, bytes)) else None
+    shown = f" ({file.relative_to(staging) if staging in file.parents else file})" if file is not None else ""
+    return ZoodipError(f"cannot write the export{shown} into {staging.parent}, where it is built beside OUT_DIR "
+                       f"{out_dir.name} ({reason}): {fix} there, or choose an OUT_DIR elsewhere, and export again; "
+                       "nothing was written")
 
 
 def missing_parents(path: Path) -> list[Path]:

@@ -803,3 +803,25 @@ def test_the_staging_folder_of_a_killed_export_is_removed_by_the_next(tiny_sourc
     assert f"removed {stale.name} (1 MiB), left by an export that was killed" in capsys.readouterr().err
     assert (tmp_path / "out" / "manifest.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "out"])  # no staging left
+
+
+@pytest.mark.parametrize("failure", ["numpy", "safetensors"])
+def test_a_full_disk_during_the_export_names_the_folder_that_needs_the_room(tmp_path: Path, monkeypatch,
+                                                                             failure: str) -> None:
+    """NumPy's short write and safetensors' writer report a full disk without a file's name: the export said only
+    "a file could not be read or written" or "writing the export failed", not where room was wanted."""
+    from safetensors import SafetensorError
+
+    def full(*args: object, **kwargs: object) -> None:
+        if failure == "numpy":
+            raise OSError("6291584 requested and 4096 written")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    from zoodip_export import tiny
+
+    monkeypatch.setattr(*((np, "save") if failure == "numpy" else (tiny, "build_tiny_sd_folder")), full)
+    out = tmp_path / "disk" / "OUT"
+    with pytest.raises(ZoodipError) as raised:
+        export_model(None, out, tiny=True, seed=0, progress=False, curvature_samples=0)
+    assert f"cannot write the export into {out.parent}" in str(raised.value) and "the disk is full" in str(raised.value)
+    assert "free space there" in str(raised.value) and list(tmp_path.iterdir()) == []
