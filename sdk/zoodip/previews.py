@@ -2,7 +2,9 @@
 vectors every ``validation_steps``, as a PNG grid beside the run, and the prompt checked before the run starts."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -39,10 +41,23 @@ def preview_path(config: PersonalizeConfig, step: int) -> Path:
 
 
 def write_preview(model, config: PersonalizeConfig, vectors: np.ndarray, step: int, resolution: int,
-                  batch_cfg: bool) -> Path:
+                  batch_cfg: bool, keep: Callable[[], object] | None = None) -> Path:
     """The preview of ``step`` with the token's ``vectors`` [K, d] (``generate``'s defaults, diffusers' settings; the
     run's seed, so previews of different steps compare). On a model with a memory budget it is generated within it,
-    as ``generate`` does."""
+    as ``generate`` does. ``keep``: where ``step`` has no checkpoint yet, what saves one should the preview fail."""
+    try:
+        return _write_preview(model, config, vectors, step, resolution, batch_cfg)
+    except BaseException:
+        # A failed preview (a full disk, an interrupt) must not cost the steps since the last checkpoint: saved now,
+        # the resume goes on from this step and writes this preview first. Its own failure leaves the last one intact.
+        if keep is not None:
+            with contextlib.suppress(Exception):
+                keep()
+        raise
+
+
+def _write_preview(model, config: PersonalizeConfig, vectors: np.ndarray, step: int, resolution: int,
+                   batch_cfg: bool) -> Path:
     settings = dict(seed=config.seed, height=resolution, width=resolution, num_images=config.num_validation_images,
                     clip_skip=config.clip_skip, prompt_weighting=config.validation_prompt_weighting)
     images = generate(model, config.validation_prompt, added_embeddings={config.placeholder_token: vectors},
@@ -52,4 +67,4 @@ def write_preview(model, config: PersonalizeConfig, vectors: np.ndarray, step: i
     text = infotext(config.validation_prompt, settings, images[0].size, model)
     return save_images([(image_grid([images]), preview_path(config, step))],
                        "validation_prompt preview", texts=[text],
-                       then="and resume with resume=True (the last checkpoint is intact)")[0]
+                       then="and resume with resume=True (the checkpoint is saved)")[0]

@@ -411,7 +411,8 @@ class Personalizer:
             event = "eval"
         self._log(record)
         stop_early = bool(config.early_stop_patience) and self.evals_without_improvement >= config.early_stop_patience
-        if (config.checkpoint_every and self.step % config.checkpoint_every == 0) or self.step == total or stop_early:
+        saved = bool(config.checkpoint_every and self.step % config.checkpoint_every == 0) or self.step == total
+        if saved or stop_early:
             self.save_checkpoint()
         if config.save_steps and self.step % config.save_steps == 0:
             self.save_embedding(self.snapshot_path(), self.v)
@@ -420,14 +421,15 @@ class Personalizer:
         self._report(event, loss, record.get("eval_loss"), started, forwards_at_start)
         if preview_due(config, self.step):
             preview_started = time.monotonic()
-            self._preview(loss, record.get("eval_loss"), started, forwards_at_start)
+            self._preview(loss, record.get("eval_loss"), started, forwards_at_start, saved or stop_early)
             self._preview_seconds, self._previews_timed = (self._preview_seconds + time.monotonic() - preview_started,
                                                            self._previews_timed + 1)
         return stop_early
 
-    def _preview(self, loss: float | None, eval_loss: float | None, started: float, forwards_at_start: int) -> None:
+    def _preview(self, loss: float | None, eval_loss: float | None, started: float, forwards_at_start: int,
+                 saved: bool = True) -> None:
         preview = write_preview(self.model, self.config, as_matrix(self.v, self.width), self.step, self.resolution,
-                                self.loss.batched)
+                                self.loss.batched, keep=None if saved else self.save_checkpoint)
         self._report("validation", loss, eval_loss, started, forwards_at_start, path=str(preview))
 
     def _finish(self, status: str, loss: float | None, started: float, forwards_at_start: int) -> PersonalizeResult:

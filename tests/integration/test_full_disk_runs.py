@@ -78,3 +78,27 @@ def test_a_full_disk_at_the_last_preview_is_written_when_the_finished_run_is_res
     assert run_cli([*args, "--resume"], capsys)[0] == 0
     assert (out / "learned_embeds.safetensors").is_file() and (out / "validation-steps-4.png").is_file()
     assert len(saves) == 3  # (the step-2 preview is there: not written again)
+
+
+def test_a_preview_failing_between_checkpoints_keeps_the_steps_before_it(tiny_export, photos, tmp_path, capsys,
+                                                                         monkeypatch):
+    """A preview at a step with no checkpoint (--validation_steps 3, --checkpointing_steps 100) failed, and the run
+    ended with the checkpoint of step 0: the resume ran the 3 steps again. It is saved at the preview's step now."""
+    from PIL import Image as PILImage
+
+    real_save, out = PILImage.Image.save, tmp_path / "run"
+
+    def full_disk(self, fp, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(PILImage.Image, "save", full_disk)
+    args = personalize_args(tiny_export, photos, out, "--max_train_steps", "5", "--checkpointing_steps", "100",
+                            "--validation_prompt", "a photo of <striped-star>", "--validation_steps", "3", "--resolution",
+                            "64")
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, "(the disk is full): free space and resume with --resume")
+    assert int(np.load(out / "checkpoint.npz")["step"]) == 3
+    monkeypatch.setattr(PILImage.Image, "save", real_save)
+    assert run_cli([*args, "--resume"], capsys)[0] == 0
+    assert sorted(p.name for p in out.glob("validation-steps-*.png")) == ["validation-steps-3.png",
+                                                                        "validation-steps-5.png"]
