@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import PersonalizeConfig
 from .errors import ZoodipError
-from .paths import append_whole, atomic_write_bytes, write_failure
+from .paths import append_whole, write_failure
 from .json_text import parse_json
 
 
@@ -71,12 +71,32 @@ def append_log(path: Path, record: dict, then: str = "resume with resume=True (t
 
 
 def truncate_log(path: Path, step: int) -> None:
-    """On resume, drop the log's records of steps after ``step`` (they will be redone)."""
+    """On resume, drop the log's records of steps after ``step`` (they will be redone) and a torn last line. The log
+    is checked whole (``read_log``) but cut back in place after the last record it keeps (its records are in step
+    order), not rewritten: a long run's log is tens of MB. A crash before the cut leaves it whole, cut again next time."""
     if not path.is_file():
         return
-    kept = [json.dumps(record) for record in read_log(path) if record.get("step", 0) <= step]
-    atomic_write_bytes(path, lambda handle: handle.write(("\n".join(kept) + "\n" if kept else "").encode()),
-                       "resume with resume=True (the checkpoint is intact)")
+    read_log(path)  # (a damaged line before the last: refused, as every reader of the log refuses it)
+    data = path.read_bytes()
+    cut = len(data)
+    while cut > 0:
+        start = data.rfind(b"\n", 0, cut - 1) + 1
+        try:
+            record = json.loads(data[start:cut])
+        except ValueError:  # a blank line, or the torn last one
+            record = None
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            break
+        cut = start
+    if cut < len(data):
+        try:
+            with open(path, "r+b") as handle:
+                handle.truncate(cut)
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            reason, fix = write_failure(exc)
+            raise ZoodipError(f"cannot cut back {path}: {reason}: {fix} and resume with resume=True (the checkpoint "
+                              "is intact)") from None
 
 
 def read_log(path: Path) -> list[dict]:
