@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ZoodipError
-from .paths import temp_path, why_missing, write_failure, write_target
+from .paths import fsync_folder, temp_path, why_missing, write_failure, write_synced, write_target
 from .image_parameters import parameters_option
 
 # GIF: its first frame. .jfif and .jpe are JPEG's other names (browsers save under .jfif); AVIF where Pillow reads it.
@@ -403,17 +403,18 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "th
     try:
         for image, path in pairs:  # (before any file: a grid too wide for a WebP is Pillow's ValueError)
             check_encodable(path, image.size, flag)
-        writes = [(flag, path, lambda tmp, image=image, text=text: image.save(
-                       tmp, **(parameters_option(Path(tmp), text) if text else {})))
+        writes = [(flag, path, lambda handle, image=image, text=text, path=path: image.save(
+                       handle, format=Image.registered_extensions()[Path(path).suffix.lower()],
+                       **(parameters_option(Path(path), text) if text else {})))
                   for (image, path), text in zip(pairs, texts or [None] * len(pairs))]
-        for write_flag, path, write in [*((f, p, _through_handle(w)) for f, p, w in also), *writes]:
+        for write_flag, path, write in [*also, *writes]:
             current = (write_flag, Path(path))
             target = write_target(Path(path))  # (a link: its target)
             # Beside it, a name no one else uses, with the suffix the user gave: Pillow picks the format by it.
             tmp = Path(f"{temp_path(target)}{Path(path).suffix}")
             done.append((write_flag, tmp, target, Path(path)))
             target.parent.mkdir(parents=True, exist_ok=True)
-            write(tmp)
+            write_synced(tmp, write)  # (as every atomic write: a power cut leaves no empty image)
         for write_flag, _, target, given in done:  # a folder put in a file's way: refused before any rename
             current = (write_flag, given)
             if target.is_dir():
@@ -421,6 +422,8 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "th
         for write_flag, tmp, target, given in done:
             current = (write_flag, given)
             tmp.replace(target)
+        for folder in {target.parent for _, _, target, _ in done}:
+            fsync_folder(folder)
     except BaseException as exc:
         for _, tmp, _, _ in done:
             with contextlib.suppress(OSError):
@@ -430,16 +433,6 @@ def save_images(pairs: Sequence[tuple[Image.Image, str | Path]], flag: str = "th
             raise ZoodipError(f"cannot write {current[0]} {current[1]} ({reason}): {fix} {then}") from None
         raise
     return [Path(path) for _, path in pairs]
-
-
-def _through_handle(write: Callable[[BinaryIO], None]) -> Callable[[Path], None]:
-    """``write(handle)`` as a write to a new file's path, flushed to the disk before it is renamed into place."""
-    def to_path(tmp: Path) -> None:
-        with open(tmp, "xb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-    return to_path
 
 
 def numbered_paths(path: str | Path, count: int) -> list[Path]:

@@ -274,10 +274,7 @@ def atomic_write_bytes(path: Path, write: Callable[[object], None], then: str = 
     target = write_target(path)
     tmp = temp_path(target)
     try:
-        with open_new_file(tmp) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_synced(tmp, write)
         os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -288,7 +285,17 @@ def atomic_write_bytes(path: Path, write: Callable[[object], None], then: str = 
         kept = "; the previous version is intact" if target.is_file() else ""
         shown = f"{path} (a link to {target})" if target != path else path
         raise ZoodipError(f"cannot write {shown}: {reason}{kept}: {fix} and {then}") from None
-    _fsync_folder(target.parent)
+    fsync_folder(target.parent)
+
+
+def write_synced(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Create ``path`` (``open_new_file``), write it through ``write(handle)`` and flush it to the disk before a rename
+    puts it in place: a power cut after the rename otherwise can leave an empty file under the final name (the rename
+    may reach the disk before the data). Every temp file an atomic write renames is written through this."""
+    with open_new_file(path) as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def swap_folder_in(built: Path, dest: Path) -> None:
@@ -338,7 +345,7 @@ def finish_interrupted_swap(dest: Path) -> str | None:
         shutil.rmtree(aside, ignore_errors=True)
         return f"removed {aside.name}, the previous {dest.name} that a replacement killed before its cleanup left"
     os.replace(aside, dest)
-    _fsync_folder(dest.parent)
+    fsync_folder(dest.parent)
     return f"restored {dest} from {aside.name}, where a replacement killed half-way had left it"
 
 
@@ -355,8 +362,8 @@ def append_whole(handle: BinaryIO, data: bytes) -> None:
         raise
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Persist a rename itself (POSIX); best effort, since not every platform allows it."""
+def fsync_folder(folder: Path) -> None:
+    """Persist the renames into ``folder`` (POSIX); best effort, since not every platform allows it."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

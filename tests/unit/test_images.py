@@ -330,3 +330,28 @@ def test_the_out_file_is_renamed_into_place_last(tmp_path, monkeypatch):
     assert renames == ["a.npy", "a-1.png"]
     assert Image.open(tmp_path / "a.png").getpixel((0, 0)) == (0, 0, 255)  # the old --out: not a set yet
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-1.png", "a.npy", "a.png"]  # no temp file left
+
+
+def test_images_reach_the_disk_before_they_are_renamed_into_place(tmp_path, monkeypatch):
+    """Pillow wrote each image to its temp file and the rename followed at once, with no fsync of the file or the
+    folder: a power cut could leave an empty PNG under the final name, where a checkpoint's write is synced."""
+    import os
+
+    from PIL import Image as PILImage
+
+    from zoodip.images import save_images
+
+    synced, real_fsync = [], os.fsync
+
+    def record(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    out = tmp_path / "out.png"
+    save_images([(PILImage.new("RGB", (8, 8)), out), (PILImage.new("RGB", (8, 8)), tmp_path / "b.webp")],
+                texts=["a prompt", "a prompt"])
+    assert any(".out.png.tmp-" in name for name in synced) and any(".b.webp.tmp-" in name for name in synced)
+    assert str(tmp_path) in synced  # the folder, which holds the renames
+    with PILImage.open(out) as image:
+        assert image.info.get("parameters") == "a prompt" and out.stat().st_size > 0
