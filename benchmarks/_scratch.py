@@ -7,22 +7,21 @@ named after its process, and the next run of any benchmark removes those whose p
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
-from zoodip.export_folder import process_is_running
+from zoodip.paths import left_by_ended_process
 
 
 def scratch_folder(prefix: str) -> tempfile.TemporaryDirectory:
     """A temporary folder ``{prefix}{pid}-...`` in the temp directory, removed at exit, on Ctrl-C and on SIGTERM;
     first, the ``prefix`` folders of runs whose process is gone are removed (not other names: a --smoke output)."""
-    for stale in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
-        pid = stale.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not process_is_running(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    for stale in left_by_ended_process(Path(tempfile.gettempdir()), re.compile(rf"^{re.escape(prefix)}(\d+)-")):
+        shutil.rmtree(stale, ignore_errors=True)
     try:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     except ValueError:  # not the main thread: no handler can be set

@@ -5,8 +5,8 @@ repository on ``sys.path`` when run as files). The SDK keeps its own: it imports
 """
 from __future__ import annotations
 
-import glob
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable
@@ -65,15 +65,13 @@ def write_folder_beside(dest: Path, write: Callable[[Path], None]) -> Path:
     (``zoodip.paths.swap_folder_in``). A failed or interrupted write (a full disk, Ctrl-C) removes its partial folder
     and leaves ``dest`` as it was. A link's target is replaced, not the link (a link cannot take a folder's place),
     and ``.`` is resolved so that it has a name to write beside. Returns the resolved ``dest``."""
-    from zoodip.export_folder import process_is_running
-    from zoodip.paths import swap_folder_in
+    from zoodip.paths import left_by_ended_process, swap_folder_in
 
     dest = Path(dest).resolve()
     partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}")  # one per process: two may build one cache
-    for entry in dest.parent.glob(f"{glob.escape(dest.name)}.partial-*"):  # (a killed run ran no cleanup)
-        pid = entry.name.rpartition("-")[2]
-        if entry == partial or (pid.isdigit() and not process_is_running(int(pid))):
-            shutil.rmtree(entry, ignore_errors=True)
+    shutil.rmtree(partial, ignore_errors=True)
+    for entry in left_by_ended_process(dest.parent, re.compile(rf"^{re.escape(dest.name)}\.partial-(\d+)$")):
+        shutil.rmtree(entry, ignore_errors=True)  # (a killed run ran no cleanup)
     try:
         write(partial)
     except BaseException:

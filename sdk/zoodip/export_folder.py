@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import ZoodipError
 from .json_text import parse_json
 from .manifest import FORMAT, MANIFEST
-from .paths import (check_output_dir, finish_interrupted_swap, lies_within, process_is_running, swap_folder_in,
+from .paths import (check_output_dir, finish_interrupted_swap, left_by_ended_process, lies_within, swap_folder_in,
                     write_failure)
 
 
@@ -92,10 +92,8 @@ def staging_folder(out_dir: Path) -> Path:
 
 def remove_stale_staging(out_dir: Path) -> None:
     """Remove ``.NAME.PID.*.partial`` folders beside ``out_dir`` whose process no longer runs."""
-    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.(\d+)\.[^/]*\.partial$")
-    for entry in out_dir.parent.iterdir() if out_dir.parent.is_dir() else ():
-        match = pattern.match(entry.name)
-        if not match or not entry.is_dir() or process_is_running(int(match.group(1))):
+    for entry in left_by_ended_process(out_dir.parent, re.compile(rf"^\.{re.escape(out_dir.name)}\.(\d+)\.[^/]*\.partial$")):
+        if not entry.is_dir():
             continue
         size = sum(f.lstat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())  # (a link: not
         # what it points to, such as the checkpoint a single-file export links to)

@@ -218,6 +218,17 @@ def _writer_may_run(entry: Path) -> bool:
     return found is not None and process_is_running(int(found.group(1)))
 
 
+def left_by_ended_process(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
+    """The entries of ``folder`` whose names match ``pattern``, its first group the id of the process that made
+    them, where that process no longer runs: what an export, a swap or a build killed before its cleanup left."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:  # (no such folder, or not ours to list: nothing of ours to clean)
+        return []
+    return [entry for entry in entries
+            if (match := pattern.match(entry.name)) and not process_is_running(int(match.group(1)))]
+
+
 def process_is_running(pid: int) -> bool:
     """Whether process ``pid`` may still be running (a file or folder named after it is not left over yet)."""
     try:
@@ -316,13 +327,8 @@ def swap_folder_in(built: Path, dest: Path) -> None:
 def set_aside_folder(dest: Path) -> Path | None:
     """The old ``dest`` that a ``swap_folder_in`` killed between its renames left aside (``.NAME.old-PID``, its
     process ended), or None."""
-    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.old-(\d+)$")
-    try:
-        entries = list(dest.parent.iterdir())
-    except OSError:
-        return None
-    found = [entry for entry in entries if (match := pattern.match(entry.name)) and entry.is_dir()
-             and not entry.is_symlink() and not process_is_running(int(match.group(1)))]
+    found = [entry for entry in left_by_ended_process(dest.parent, re.compile(rf"^\.{re.escape(dest.name)}\.old-(\d+)$"))
+             if entry.is_dir() and not entry.is_symlink()]
     return max(found, key=lambda entry: entry.stat().st_mtime) if found else None
 
 
