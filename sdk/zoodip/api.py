@@ -10,7 +10,9 @@
 A cancelled or killed job continues with ``PersonalizationJob(same_config, resume=True).start()``. An interpreter
 that exits while a job runs cancels it and waits for its checkpoint first (``atexit``): ended under a running
 onnxruntime session, the process would abort and lose the steps since the last checkpoint. That wait ends with the
-job's current step (or ``on_progress`` call: one that never returns holds the exit), or at a Ctrl-C.
+job's current step, or at a Ctrl-C. An ``on_progress`` call still running ``EXIT_CALLBACK_WAIT_S`` seconds into it (one
+that waits on the exiting thread, say) is not waited for: the run stays at its last checkpoint, said in one line on
+stderr with how to continue it.
 Progress can also be streamed as JSON lines (one object per event) for a process boundary, e.g.
 an Android app that runs the CLI with ``--progress-jsonl``.
 """
@@ -21,13 +23,16 @@ import json
 import math
 import numbers
 import os
+import sys
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from .checkpoint import CHECKPOINT_NAME, checkpoint_step
 from .embeddings import load_embedding_file
 from .errors import ZoodipError
 from .generate import generate
@@ -35,21 +40,29 @@ from .model import ExportedModel
 from .run_checks import check_run_arguments
 from .trainer import PersonalizeConfig, PersonalizeResult, Progress, personalize
 
-__all__ = ["PersonalizationJob", "progress_to_json", "jsonl_progress_writer"]
+__all__ = ["PersonalizationJob", "progress_to_json", "jsonl_progress_writer", "EXIT_CALLBACK_WAIT_S"]
 _STARTED: weakref.WeakSet[PersonalizationJob] = weakref.WeakSet()  # the jobs an exiting interpreter stops first
+# How long an exiting interpreter lets a job's on_progress call run on. A job is only stopped between steps, so a
+# callback that waits on the thread now exiting (a queue its UI loop served) never returns: waiting for it hung the exit.
+EXIT_CALLBACK_WAIT_S = 5.0
 
 
 @atexit.register
 def _stop_running_jobs() -> None:
     """Cancel the jobs still running and wait for their checkpoints (atexit runs before the daemon threads die). Only
-    this process's (a forked child has none of their threads); a Ctrl-C while it waits exits at once."""
+    this process's (a forked child has none of their threads); a Ctrl-C while it waits exits at once. A job held in its
+    on_progress past EXIT_CALLBACK_WAIT_S is left at its last checkpoint (its thread is in Python, not onnxruntime)."""
     running = [job for job in list(_STARTED) if job.running and job._pid == os.getpid()]
     for job in running:
         job._cancel.set()
+    asked = time.monotonic()
     try:
         for job in running:
             while not job._finished.wait(0.1):  # (short waits: a Ctrl-C is seen between them)
-                pass
+                since = job._in_callback_since
+                if since is not None and time.monotonic() - max(since, asked) >= EXIT_CALLBACK_WAIT_S:
+                    job._say_left_at_exit()
+                    break
     except KeyboardInterrupt:
         pass
 
@@ -104,16 +117,29 @@ class PersonalizationJob:
         self._finished = threading.Event()
         self._runner: int | None = None  # the thread running it, which must not wait() for itself
         self._pid: int | None = None  # the process that started it (a forked child has none of its threads)
+        self._in_callback_since: float | None = None  # when the on_progress call now running began
 
     def _progress(self, progress: Progress) -> None:
         self.latest = progress
         if self.on_progress is None or self.callback_error is not None:
             return
+        self._in_callback_since = time.monotonic()  # (an exiting interpreter waits only so long for it)
         try:
             self.on_progress(progress)
         except BaseException as exc:  # the app's error, not the run's: stop as cancel() does, keeping the steps
             self.callback_error = exc
             self._cancel.set()
+        finally:
+            self._in_callback_since = None
+
+    def _say_left_at_exit(self) -> None:
+        """One line on stderr: the exit did not wait for this job's on_progress, and how to continue its run."""
+        folder = self._run_config.output_dir
+        step = checkpoint_step(Path(folder) / CHECKPOINT_NAME)
+        at = f"its last checkpoint (step {step})" if step is not None else "its last checkpoint"
+        print(f"zoodip: exited without waiting for a job's on_progress, still running after {EXIT_CALLBACK_WAIT_S:g} s: "
+              f"the run in {folder} stays at {at}; continue it with PersonalizationJob(config, resume=True)",
+              file=sys.stderr, flush=True)
 
     def _target(self) -> None:
         self._runner = threading.get_ident()

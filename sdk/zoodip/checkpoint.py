@@ -24,6 +24,15 @@ def write_checkpoint(path: Path, state: dict[str, np.ndarray]) -> Path:
     return path
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint file holds; None when it cannot be read (missing, partial, not a checkpoint)."""
+    try:
+        with np.load(path, allow_pickle=False) as state:
+            return int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def check_checkpoint_file(path: Path) -> None:
     """Refuse a resume whose checkpoint is missing or is no file (before any work, and again as it is read)."""
     if path.exists() and not path.is_file():

@@ -208,3 +208,37 @@ def test_a_job_started_from_two_threads_at_once_runs_once(tiny_export, photos, t
         thread.join()
     assert len(refused) == 1 and refused[0].startswith("this job was already started")
     assert job.wait(60).status == "done"
+
+
+def test_an_exit_does_not_wait_forever_for_a_callback_that_waits_on_the_main_thread(tiny_export, photos, tmp_path):
+    """An on_progress that waits for the main thread (a queue its UI loop serves) never returns once the main thread
+    exits, and the exit waited for it (the job stops only between steps): the process hung. Now the exit waits a
+    bounded time for the callback, then says in one line that the run stays at its last checkpoint, and how to resume."""
+    out = tmp_path / "run"
+    script = f"""
+import queue, sys
+import zoodip.api
+from zoodip.api import PersonalizationJob
+from zoodip.trainer import PersonalizeConfig
+zoodip.api.EXIT_CALLBACK_WAIT_S = 0.5
+requests, replies = queue.Queue(), queue.Queue()
+def on_progress(progress):
+    if progress.event == "step" and progress.step >= 3:
+        requests.put(progress)
+        replies.get()  # served by the main thread, which exits instead
+config = PersonalizeConfig(export_dir={str(tiny_export)!r}, images={str(photos)!r}, output_dir={str(out)!r},
+                           placeholder_token="<s>", initializer_token="star", max_train_steps=100000, eval_every=0,
+                           checkpoint_every=2, eval_timesteps=2, tau=4, threads=1)
+PersonalizationJob(config, on_progress=on_progress).start()
+requests.get()
+sys.exit(0)
+"""
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.strip() == (f"zoodip: exited without waiting for a job's on_progress, still running after 0.5 s: "
+                                   f"the run in {out} stays at its last checkpoint (step 2); continue it with "
+                                   f"PersonalizationJob(config, resume=True)")
+    assert int(np.load(out / "checkpoint.npz")["step"]) == 2
+    resumed = PersonalizationJob(make_config(tiny_export, photos, out, placeholder_token="<s>", max_train_steps=4,
+                                             eval_every=0, checkpoint_every=2), resume=True).run()
+    assert resumed.status == "done" and resumed.start_step == 2
