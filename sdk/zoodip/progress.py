@@ -7,9 +7,13 @@ from pathlib import Path
 from .convergence import Trend, evaluation_trend
 
 
-@dataclass
+@dataclass(frozen=True)
 class Progress:
-    """What a progress callback receives after every step (and at evaluations and the end)."""
+    """What a progress callback receives after every step (and at evaluations and the end).
+
+    Frozen: one event is handed to every callback and kept as ``PersonalizationJob.latest``, so that a callback that
+    changed the one it got changed what the others and ``latest`` report (``dataclasses.replace`` makes a changed copy).
+    """
 
     event: str  # "setup", "step", "eval", "validation", "done", "cancelled", "early-stopped"
     step: int

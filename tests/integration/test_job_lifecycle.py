@@ -242,3 +242,21 @@ sys.exit(0)
     resumed = PersonalizationJob(make_config(tiny_export, photos, out, placeholder_token="<s>", max_train_steps=4,
                                              eval_every=0, checkpoint_every=2), resume=True).run()
     assert resumed.status == "done" and resumed.start_step == 2
+
+
+def test_a_callback_cannot_change_what_job_latest_reports(tiny_export, photos, tmp_path):
+    """The Progress a callback received was the object job.latest held: a callback that changed it (or kept it)
+    changed what latest reported to the rest of the app. Each event is now frozen."""
+    from dataclasses import FrozenInstanceError
+
+    refused: list[int] = []
+
+    def changes(progress):
+        try:
+            progress.loss = -1.0
+        except FrozenInstanceError:
+            refused.append(progress.step)
+    job = PersonalizationJob(make_config(tiny_export, photos, tmp_path / "run", max_train_steps=2, eval_every=0),
+                             on_progress=changes)
+    job.run()
+    assert job.latest.event == "done" and job.latest.loss != -1.0 and refused
