@@ -208,29 +208,39 @@ def pipeline_scheduler_config(config: dict[str, Any]) -> tuple[dict[str, Any], l
 
 def source_warnings(source: Path | None, configs: dict[str, dict[str, Any]], config: Path | None = None) -> list[str]:
     """The warning lines of exporting ``source`` (read as ``configs``; none for the tiny model): pickled weights, a
-    scheduler config read otherwise than it says, a ControlNet left out; ``config``: a single file's --config folder, whose scheduler config
-    the export takes."""
+    scheduler config read otherwise than it says, a ControlNet or adapter left out; ``config``: a single file's
+    --config folder, whose scheduler config the export takes."""
     if config is not None:  # (read_source has checked the folder: its scheduler config is read as it stands)
         return [line for line in (scheduler_warning(config, read_json(config / "scheduler" / "scheduler_config.json")),)
                 if line]
     if source is None or not configs:
         return []
     lines = (pickled_weights_warning(source), scheduler_warning(source, configs.get("scheduler", {})),
-             controlnet_warning(source))
+             extra_parts_warning(source))
     return [line for line in lines if line]
 
 
-def controlnet_warning(source: Path) -> str | None:
-    """The line saying that ``source`` is a ControlNet pipeline whose ControlNet the export leaves out (the export is
-    the base model, steered by the text only), else None: the user would otherwise expect control images to work."""
+# The parts of a diffusers pipeline folder that steer its base model from something besides the prompt, which the
+# export leaves out (its graphs are the text-to-image model only): a ControlNet, a T2I-Adapter ("adapter") and an
+# IP-Adapter's image encoder. Each is named in model_index.json ([null, null] where saved without one) or has its
+# sub-folder. (feature_extractor is not here: every SD folder has one, for its safety checker.)
+STEERING_PARTS = ("controlnet", "adapter", "image_encoder")
+
+
+def extra_parts_warning(source: Path) -> str | None:
+    """The line saying which ``STEERING_PARTS`` of ``source`` the export leaves out (the export is the base model,
+    steered by the text only), else None: the user would otherwise expect control images, adapters or image prompts
+    to work."""
     index = source / "model_index.json"
     entry = read_json(index) if index.is_file() else {}
-    named = entry.get("controlnet")  # (a pipeline saved with controlnet=None has [null, null] here)
-    if not (isinstance(named, list) and any(named)) and not (source / "controlnet").is_dir():
+    dropped = [part for part in STEERING_PARTS
+               if (isinstance(entry.get(part), list) and any(entry[part])) or (source / part).is_dir()]
+    if not dropped:
         return None
-    pipeline = entry.get("_class_name") or "a ControlNet pipeline"
-    return (f"warning: {source} is {pipeline!s:.60}: its controlnet is not exported; the export is its base "
-            "text-to-image model, steered by the prompt only")
+    pipeline = entry.get("_class_name") or "a pipeline"
+    return (f"warning: {source} is {pipeline!s:.60}: its {', '.join(dropped)} "
+            f"{'is' if len(dropped) == 1 else 'are'} not exported; the export is its base text-to-image model, "
+            "steered by the prompt only")
 
 
 def scheduler_warning(folder: Path, scheduler: dict[str, Any]) -> str | None:

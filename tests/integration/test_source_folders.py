@@ -166,6 +166,26 @@ def test_a_controlnet_pipeline_folder_exports_its_base_model_and_says_so(tiny_sd
     assert (tmp_path / "out" / "manifest.json").is_file()
 
 
+@pytest.mark.parametrize("edit, parts", [
+    ({"_class_name": "StableDiffusionAdapterPipeline", "adapter": ["diffusers", "T2IAdapter"]}, "adapter is"),
+    ({"image_encoder": ["transformers", "CLIPVisionModelWithProjection"]}, "image_encoder is"),
+    ({"image_encoder": [None, None], "adapter": ["diffusers", "MultiAdapter"]}, "adapter is"),
+])
+def test_an_adapter_pipeline_folder_exports_its_base_model_and_says_so(tiny_sd_folder: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str],
+                                                                       edit: dict, parts: str) -> None:
+    """A T2I-Adapter pipeline, or one saved with an IP-Adapter's image encoder, exported without a word that these
+    parts were dropped (a ControlNet's was warned of): the user expected adapters or image prompts to work."""
+    source = tmp_path / "adapter_pipeline"
+    shutil.copytree(tiny_sd_folder, source)
+    index = source / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), **edit}))
+    assert main([str(source), str(tmp_path / "out"), "--quiet", "--curvature-samples", "0", "--no-parity"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: ") and f"its {parts} not exported" in err, err
+    assert (tmp_path / "out" / "manifest.json").is_file()
+
+
 def test_a_damaged_weights_file_beside_a_pruned_cache_link_is_the_one_named(tmp_path: Path) -> None:
     """A snapshot whose .bin blob was deleted (the .safetensors kept, as diffusers loads those) and whose
     .safetensors is damaged: the failure was blamed on the .bin link, which diffusers never reads there."""
