@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import ZoodipError
 from .json_text import parse_json
-from .manifest import FORMAT, MANIFEST
+from .manifest import FORMAT, MANIFEST, manifest_text
 from .paths import (check_output_dir, finish_interrupted_swap, left_by_ended_process, lies_within, swap_folder_in,
                     write_failure)
 
@@ -123,7 +123,7 @@ def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None) ->
 def _format_of(manifest: Path) -> object:
     """The ``format`` a manifest file names (None where it is no readable JSON object)."""
     try:
-        data = parse_json(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = parse_json(manifest_text(manifest))
+    except (ZoodipError, ValueError):
         return None
     return data.get("format") if isinstance(data, dict) else None

@@ -18,6 +18,9 @@ FORMAT = "zoodip-export"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"  # the file that makes a folder an export (docs/export-format.md)
 GRAPHS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+# A manifest holds a few settings and one short entry per graph, file and quantized layer: an SD-sized export's is
+# far below this. A larger one is damaged or hostile, refused before it is read whole into memory.
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 def _bad_manifest(path: Path, what: str) -> ZoodipError:
@@ -168,13 +171,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
             raise ZoodipError(f"{path} {why_missing(path)}, not the export's manifest file: re-run 'zoodip export'")
         raise ZoodipError(f"{folder} has no manifest.json: it is not a zoodip export (run 'zoodip export')")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:  # (not its text: its permissions, or the disk)
-        raise ZoodipError(f"cannot read {path} ({exc.strerror or exc}): check the file's permissions") from None
-    except ValueError as exc:
-        raise ZoodipError(f"{path} is not valid JSON ({exc}): re-run 'zoodip export'") from None
-    try:
-        manifest = parse_json(text)
+        manifest = parse_json(manifest_text(path))
     except ValueError as exc:
         raise ZoodipError(f"{path} is not valid JSON ({exc}): re-run 'zoodip export'") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -205,6 +202,20 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
                 "the file is damaged, re-run 'zoodip export'"
             )
     return manifest
+
+
+def manifest_text(path: Path) -> str:
+    """The text of the manifest file ``path``, refused unread past ``MAX_MANIFEST_BYTES``."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise _bad_manifest(path, f"is {size >> 20} MB, far past any export's manifest (at most "
+                                      f"{MAX_MANIFEST_BYTES >> 20} MB read)")
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:  # (not its text: its permissions, or the disk)
+        raise ZoodipError(f"cannot read {path} ({exc.strerror or exc}): check the file's permissions") from None
+    except ValueError as exc:
+        raise ZoodipError(f"{path} is not valid JSON ({exc}): re-run 'zoodip export'") from None
 
 
 def unlisted_tokenizer_files(folder: Path, manifest: dict[str, Any]) -> list[str]:

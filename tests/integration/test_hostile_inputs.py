@@ -713,6 +713,18 @@ def test_an_export_file_that_is_a_folder_or_a_pipe_is_said_as_what_it_is(tiny_ex
         assert_one_line_error(code, err, f"manifest.json {what}, not the export's manifest file")
 
 
+
+def test_a_manifest_past_any_exports_size_is_refused_unread(tiny_export, tmp_path, capsys):
+    """A 300 MB manifest.json (a damaged or hostile folder) was read whole into memory by info, verify and load."""
+    from zoodip.manifest import MAX_MANIFEST_BYTES
+    folder = _damaged_export(tiny_export, tmp_path, lambda f, m: None)
+    assert (folder / "manifest.json").stat().st_size * 100 < MAX_MANIFEST_BYTES  # a wide margin over a real one
+    with open(folder / "manifest.json", "r+b") as file:
+        file.truncate(MAX_MANIFEST_BYTES + 1)  # (sparse: nothing written)
+    for command in ("verify", "info"):
+        code, _, err = run_cli([command, folder], capsys)
+        assert_one_line_error(code, err, f"manifest.json is {MAX_MANIFEST_BYTES >> 20} MB, far past any export's")
+
 FOREIGN_FILES = {
     "emb.npy": (b"\x93NUMPY\x01\x00v\x00" + b" " * 118 + b"\n" + bytes(32), "a NumPy array file (.npy)"),
     "emb.json": (b'{"<token>": [0.1, 0.2]}\n', "JSON or text"),
