@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 # BLAS thread unless the user set it; this must happen before NumPy is first imported (the imports below).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from .console import (TERMINATION_SIGNALS, OneLineParser, ProgressBar, SamplingBar, duration,  # noqa: E402
+from .console import (TERMINATION_SIGNALS, OneLineParser, ProgressBar, SamplingBar, duration, readable_output,  # noqa: E402
                       interrupt_on_termination, one_line_warning, print_error, signals_to_handle)
 from .cli_flags import (PATH_FLAGS, add_generate_flags, add_personalize_flags, api_name_flags,  # noqa: E402
                         in_flag_words, names_a_path)
@@ -449,9 +449,7 @@ def _refuse_options_before_the_command(argv: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command, args = argv[0] if argv else "", None
-    for stream in (sys.stdout, sys.stderr):  # a path the terminal cannot show: escaped, not a traceback after the work
-        if callable(getattr(stream, "reconfigure", None)):
-            stream.reconfigure(errors="backslashreplace")
+    readable_output()  # a path the terminal cannot show: escaped readably, not a traceback after the work
     try:
         if command == "export":
             return cmd_export(argv[1:])

@@ -6,6 +6,7 @@ the contract (every user error one line ``error: ...``, exit status 2; a warning
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import difflib
 import re
@@ -206,6 +207,29 @@ def interrupt_on_termination() -> Iterator[None]:
     finally:
         for kind, handler in previous.items():
             signal.signal(kind, handler)
+
+
+def _shown_readably(exc: UnicodeError) -> tuple[str, int]:
+    """The output's error handler: a byte of a file name that is no text (Python holds b'\\xff' as the lone surrogate
+    '\\udcff', which no user knows) shown as the byte, '\\xff'; any other character the stream cannot encode (an
+    ASCII terminal) backslash-escaped, never a UnicodeEncodeError after the work."""
+    if isinstance(exc, UnicodeEncodeError):
+        chunk = exc.object[exc.start:exc.end]
+        if all("\udc80" <= char <= "\udcff" for char in chunk):
+            return "".join(f"\\x{ord(char) - 0xDC00:02x}" for char in chunk), exc.end
+    return codecs.backslashreplace_errors(exc)
+
+
+OUTPUT_ERRORS = "zoodip-readable"
+codecs.register_error(OUTPUT_ERRORS, _shown_readably)
+
+
+def readable_output() -> None:
+    """Set stdout and stderr to show what they cannot encode as ``_shown_readably`` says: the one place the CLI's
+    messages (paths among them) are made printable."""
+    for stream in (sys.stdout, sys.stderr):
+        if callable(getattr(stream, "reconfigure", None)):
+            stream.reconfigure(errors=OUTPUT_ERRORS)
 
 
 def print_error(problem: object) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -166,6 +167,18 @@ def test_cli_entry_point_exit_code_in_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
 
+
+
+@pytest.mark.parametrize("encoding", [None, "ascii"])
+def test_a_file_name_that_is_no_text_is_shown_as_its_bytes(tmp_path, encoding):
+    """b'no\\xff' in a path was shown as Python's 'no\\udcff', a character no user knows; an ASCII terminal (LANG=C)
+    must not raise UnicodeEncodeError either."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONIOENCODING"}
+    env.update({"LANG": "C", "LC_ALL": "C"}, **({"PYTHONIOENCODING": encoding} if encoding else {}))
+    proc = subprocess.run([sys.executable, "-m", "zoodip.cli", "info", os.fsencode(tmp_path) + b"/no\xff\xe9"],
+                          capture_output=True, env=env)
+    assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, proc.stderr
+    assert b"/no\\xff\\xe9 does not exist" in proc.stderr and b"udc" not in proc.stderr, proc.stderr
 
 def test_sigterm_stops_after_the_step_with_a_checkpoint(tiny_export, photos, tmp_path):
     """An app's Process.destroy() (SIGTERM) keeps every finished step: checkpoint at the stop, exit 143."""
