@@ -109,6 +109,9 @@ GENERATE_FLAGS: dict[str, str] = {
     "--s_tmax": _SAMPLER_PARAMETERS,
     "--ensd": "A1111's eta noise seed delta has no counterpart (the noise comes from --seed); drop it",
     "--eta_noise_seed_delta": "A1111's eta noise seed delta has no counterpart (the noise comes from --seed); drop it",
+    "--generator": "use --seed N (the noise is NumPy's, the same on every machine; a torch.Generator's differs)",
+    "--output_type": "the command writes PNG files (--out FILE.png; --save-latents FILE.npy for the latents); "
+                     "output_type='np' is the Python pipeline's",
     "--hr_upscaler": "the hires fix upscales with Lanczos (A1111's 'Lanczos' upscaler; no latent or ESRGAN "
                      "upscalers here); drop it",
 }

@@ -59,7 +59,8 @@ def test_generate_names_the_diffusers_or_a1111_flag_and_what_to_use(flag, advice
 
 @pytest.mark.parametrize("flag, words", [("--use_karras_sigmas", "--sampler dpmpp_2m_karras"),
                                          ("--lora", "zoodip export SRC OUT --lora FILE:SCALE"),
-                                         ("--textual_inversion", "--embedding PATH"), ("--restore-faces", "drop it")])
+                                         ("--textual_inversion", "--embedding PATH"), ("--restore-faces", "drop it"),
+                                         ("--generator", "--seed N"), ("--output_type", "--save-latents")])
 def test_generate_names_what_diffusers_and_a1111_users_type(flag, words, capsys) -> None:
     code = main(["generate", "--model", "m", "--prompt", "p", flag, "1"])
     err = capsys.readouterr().err.strip().splitlines()
