@@ -95,7 +95,8 @@ def parameter_notes(parameters: ImageParameters, model: Any, hashes: Mapping[str
         notes.append("its text holds no settings line (Steps: ..., Seed: ...): only its prompt is used")
     made_with = fields.get("Model hash")
     if made_with and made_with != model_hash(model):
-        notes.append(f"the image was made with another model (Model hash {made_with}, {fields.get('Model', '?')}; "
+        named = f", {fields['Model']}" if fields.get("Model") else ""  # (A1111 writes no name for some models)
+        notes.append(f"the image was made with another model (Model hash {made_with}{named}; "
                      f"this export's is {model_hash(model)}): it will differ")
     if _entries(fields.get("Lora hashes", "")) != _entries(lora_hashes(model)):
         notes.append(f"the image was made with the LoRAs {fields.get('Lora hashes') or 'none'} (name: file hash), this "

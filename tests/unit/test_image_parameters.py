@@ -177,3 +177,17 @@ def test_a_damaged_exif_is_said_in_one_line_not_in_pillows_warnings(tmp_path):
         with pytest.raises(ZoodipError, match=r"bad.jpg \(its EXIF data is damaged: Corrupt EXIF data\. Expecting"):
             read_parameters(tmp_path / "bad.jpg")
     assert caught == []
+
+
+@pytest.mark.parametrize("fields, said", [({"Model hash": "6ce0161689"}, "(Model hash 6ce0161689; "),
+                                          ({"Model hash": "6ce0161689", "Model": "v1-5"}, "(Model hash 6ce0161689, v1-5; ")])
+def test_another_models_note_names_the_model_only_where_the_image_does(fields, said):
+    """An A1111 image without a "Model" field was said to be made with 'Model hash 6ce0161689, ?'."""
+    from types import SimpleNamespace
+
+    from zoodip.from_parameters import ImageParameters, parameter_notes
+
+    model = SimpleNamespace(manifest={}, identity="f" * 64)
+    notes = parameter_notes(ImageParameters("p", "", {}, {}, [], fields), model, {}, image_given=False,
+                            mask_given=False, latents_given=False)
+    assert [note for note in notes if said in note], notes
