@@ -178,15 +178,15 @@ def load_template_file(path: Path) -> tuple[str, ...]:
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except FileNotFoundError:
-        raise ZoodipError(f"--template_file {path} does not exist; check the path") from None
+        raise ZoodipError(f"template_file {path} does not exist; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ZoodipError(f"cannot read --template_file {path} ({exc}); it must be a readable UTF-8 text file") from None
+        raise ZoodipError(f"cannot read template_file {path} ({exc}); it must be a readable UTF-8 text file") from None
     templates = tuple(line for line in lines if line)
     if not templates:
-        raise ZoodipError(f"--template_file {path} holds no template: write one per line, e.g. 'a photo of a [name], [filewords]'")
+        raise ZoodipError(f"template_file {path} holds no template: write one per line, e.g. 'a photo of a [name], [filewords]'")
     for number, line in enumerate(lines, 1):
         if line and NAME_WORD not in line:
-            raise ZoodipError(f"--template_file {path} line {number} ({line!r}) has no [name]: every template must "
+            raise ZoodipError(f"template_file {path} line {number} ({line!r}) has no [name]: every template must "
                               "name the concept, e.g. 'a photo of a [name], [filewords]'")
     return templates
 
@@ -239,7 +239,8 @@ class PromptSampler:
         self.a1111 = templates is not None
         if templates is not None:
             if captions is not None:
-                raise ZoodipError("--captions and --template_file are two ways to caption the photos: use one")
+                # (PersonalizeConfig refuses captions with template_file first, in its words; this is the class's own.)
+                raise ZoodipError("PromptSampler takes captions or templates, two ways to caption the photos: give one")
             self.templates = tuple(templates)
         self.filewords: dict[str, str] = dict(filewords or {})
         self.captions: Optional[dict[str, str]] = None if captions is None else dict(captions)

@@ -55,7 +55,7 @@ def check_prompts_fit(tokenizer: Any, prompts: Iterable[str], placeholder_ids: S
             count = len(placeholder_ids)
             vectors = f"its {count} vectors" if count > 1 else "its vector"
             raise ZoodipError(f"the training prompt {prompt!r} is {len(ids)} tokens with {token} expanded to {vectors}, "
-                              f"past the text encoder's {limit}: use a smaller --num_vectors or shorter captions or "
+                              f"past the text encoder's {limit}: use a smaller num_vectors or shorter captions or "
                               "templates")
     if long:  # the placeholder is read; the caption's last words are not, as in diffusers' training
         (prompt, length), more = long[0], f" (and {len(long) - 1} more)" if len(long) > 1 else ""

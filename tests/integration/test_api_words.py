@@ -273,3 +273,44 @@ def test_output_folder_and_image_file_refusals_name_the_apis_words(tmp_path) -> 
 def test_the_method_schedule_and_noise_refusals_say_the_apis_names_as_flags(said, flagged) -> None:
     """The SDK's own wording of these is held by test_zo.py, test_lr_schedule.py and test_noise.py."""
     assert in_flag_words(said) == flagged
+
+
+def test_template_file_refusals_name_the_apis_setting_and_the_cli_its_flag(tiny_export, photos, tmp_path,
+                                                                           capsys) -> None:
+    from zoodip.prompts import PromptSampler, load_template_file
+    from zoodip.trainer import Personalizer
+
+    (tmp_path / "bad.txt").write_text("no name here\n")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "latin1.txt").write_bytes(b"a photo of [name] \xe9\n")
+    for name, said in (("bad.txt", " line 1 ('no name here') has no [name]"), ("empty.txt", " holds no template"),
+                       ("latin1.txt", "")):
+        with pytest.raises(ZoodipError) as refused:
+            load_template_file(tmp_path / name)
+        reading = "cannot read " if not said else ""
+        assert str(refused.value).startswith(f"{reading}template_file {tmp_path / name}{said}"), refused.value
+        assert "--" not in str(refused.value)
+        assert in_flag_words(str(refused.value)).startswith(f"{reading}--template_file {tmp_path / name}{said}")
+    missing = tmp_path / "missing.txt"
+    with pytest.raises(ZoodipError, match=r"^template_file \S+missing\.txt does not exist") as refused:
+        Personalizer(_config(tiny_export, photos, tmp_path / "api", template_file=missing))
+    assert "--" not in str(refused.value)
+    code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "cli", "--template_file", missing), capsys)
+    assert_one_line_error(code, err, f"error: --template_file {missing} does not exist")
+    # PersonalizeConfig refuses the pair first, in its own words; PromptSampler's own refusal names its arguments.
+    with pytest.raises(ZoodipError, match="^captions and template_file are two ways") as refused:
+        _config(tiny_export, photos, tmp_path / "api", captions=tmp_path / "c.json", template_file=missing).validate()
+    assert in_flag_words(str(refused.value)).startswith("--captions and --template_file are two ways")
+    with pytest.raises(ZoodipError, match="^PromptSampler takes captions or templates, ") as refused:
+        PromptSampler("<s>", captions={"a.png": "a <s>"}, templates=["a [name]"])
+    assert "--" not in str(refused.value)
+
+
+def test_a_prompt_past_the_token_limit_with_its_vectors_names_num_vectors(tiny_export, photos, tmp_path) -> None:
+    from zoodip.trainer import Personalizer
+
+    with pytest.raises(ZoodipError, match=r"past the text encoder's \d+: use a smaller num_vectors or") as refused:
+        Personalizer(_config(tiny_export, photos, tmp_path / "api", num_vectors=75))
+    assert "--" not in str(refused.value)
+    # (the command line's whole line: test_num_vectors.py's test_bad_values_are_refused_in_one_line_before_any_output)
+    assert "use a smaller --num_vectors or shorter captions" in in_flag_words(str(refused.value))
