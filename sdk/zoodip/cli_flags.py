@@ -14,6 +14,7 @@ from .emphasis import PROMPT_WEIGHTINGS
 from .gradient_estimate import DIRECTIONS
 from .lr_schedule import LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT
+from .prompt_checks import LOAD_ITS_EMBEDDING
 from .prompts import LEARNABLE_PROPERTIES
 from .sampling import (DEFAULT_GUIDANCE_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_STRENGTH, HIRES_STRENGTH,
                        INPAINT_STRENGTH, SAMPLERS, sampler_named)
@@ -339,7 +340,7 @@ _WORD_NAMES = ("width", "height", "resolution", "steps", "seed", "strength", "n"
 # "export's", nor a name='value' the API's own words give).
 # The API's calls whose counterpart is a flag of another shape (said before the names are read).
 _API_CALL_FLAGS = {"load_textual_inversion(PATH, token=TOKEN)": "--embedding PATH:TOKEN",
-                   "the embedding spec": "--embedding"}
+                   "the embedding spec": "--embedding", LOAD_ITS_EMBEDDING: "pass its file with --embedding PATH"}
 _QUOTED = re.compile(r"(?<![\w=])(?:'[^']*'|\"[^\"]*\")(?!\w)")
 _API_NAME = re.compile(r"(?<![\w/\\.'\"-])([a-z][a-z0-9]*(?:_[a-z0-9]+)*)(?:=('[^']*'|[^\s,;:)]+))?(?![\w/\\=-]|\.\w)")
 

@@ -84,6 +84,10 @@ def used_token_names(tokenizer: Any, texts: Sequence[str], names: Sequence[str],
     return [name for name in names if _added_ids(tokenizer, [name]) & ids]
 
 
+# How an API caller loads an embedding (the command line says it as its flag: cli_flags).
+LOAD_ITS_EMBEDDING = "load its file with load_textual_inversion(PATH), or load_embeddings([PATH]) into added_embeddings"
+
+
 def unloaded_token_problems(texts: Sequence[str], loaded: Sequence[str], tokenizer: Any = None) -> list[str]:
     """One message per ``<word>`` in ``texts`` that no loaded embedding answers to: the tokenizer would read
     it as plain text (its pieces '<', 'my', '-', 'dog', '>'), and the image silently lacks the concept. A word
@@ -95,7 +99,7 @@ def unloaded_token_problems(texts: Sequence[str], loaded: Sequence[str], tokeniz
         base = int(tokenizer.base_vocab_size)
         seen = [word for word in seen if not any(int(i) >= base for i in np.asarray(tokenizer([word]))[0])]
     return [f"{word!r} in a prompt looks like a learned token, but no embedding for it is loaded, so it is read "
-            "as plain text: pass its file with --embedding (added_embeddings in the API)" for word in seen]
+            f"as plain text: {LOAD_ITS_EMBEDDING}" for word in seen]
 
 
 def token_use_problems(tokenizer: Any, texts: Sequence[str], groups: Sequence[Sequence[str]],
@@ -132,7 +136,7 @@ def token_use_problems(tokenizer: Any, texts: Sequence[str], groups: Sequence[Se
                             f"write {cased[0]!r}")
         else:
             problems.append(f"the embedding token {shown} does not appear in the prompt, so it changes nothing: "
-                            "write it in the prompt (or rename it with --embedding PATH:TOKEN)")
+                            "write it in the prompt (or rename it with load_textual_inversion(PATH, token=TOKEN))")
     return problems
 
 
@@ -165,8 +169,8 @@ def unreadable_tokens(names: Sequence[str]) -> dict[str, str]:
     reads a prompt (``--prompt-weighting a1111``), such a token is never read whole, however the prompt writes it."""
     held = {name: [what for what, found in _A1111_SYNTAX.items() if found(name)] for name in names}
     return {name: f"the learned token {name!r} holds {' and '.join(whats)}, which A1111's reading of a prompt takes as "
-                  "its syntax, so the token is never read whole: rename it (--embedding PATH:TOKEN, added_embeddings' "
-                  "key, --placeholder_token)" for name, whats in held.items() if whats}
+                  "its syntax, so the token is never read whole: rename it (load_textual_inversion(PATH, "
+                  "token=TOKEN), added_embeddings' key, placeholder_token)" for name, whats in held.items() if whats}
 
 
 def unreadable_token_problems(names: Sequence[str]) -> list[str]:

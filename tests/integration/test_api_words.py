@@ -314,3 +314,38 @@ def test_a_prompt_past_the_token_limit_with_its_vectors_names_num_vectors(tiny_e
     assert "--" not in str(refused.value)
     # (the command line's whole line: test_num_vectors.py's test_bad_values_are_refused_in_one_line_before_any_output)
     assert "use a smaller --num_vectors or shorter captions" in in_flag_words(str(refused.value))
+
+
+def test_generates_token_warnings_name_the_apis_calls_and_the_cli_its_embedding_flag(tiny_export, model, tmp_path,
+                                                                                     capsys) -> None:
+    from zoodip.embeddings import load_embeddings
+    from zoodip.generate import generate
+
+    path = _embedding(tmp_path / "zq.safetensors", "<zq>", model.hidden_size)
+    added, groups = load_embeddings([path], model.tokenizer)
+    advice = {"'<my-dog>' in a prompt looks like a learned token": (
+                  "load its file with load_textual_inversion(PATH), or load_embeddings([PATH]) into added_embeddings",
+                  "pass its file with --embedding PATH"),
+              "the embedding token '<zq>' does not appear in the prompt": (
+                  "(or rename it with load_textual_inversion(PATH, token=TOKEN))",
+                  "(or rename it with --embedding PATH:TOKEN)")}
+    with pytest.warns(UserWarning) as caught:
+        generate(model, "a photo of <my-dog>", steps=1, added_embeddings=added, token_groups=groups)
+    said = {str(w.message) for w in caught}
+    for opening, (api, cli) in advice.items():
+        assert any(s.startswith(opening) and s.endswith(api) and "--" not in s for s in said), said
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a photo of <my-dog>", "--steps", "1",
+                            "--embedding", path, "--out", tmp_path / "a.png"], capsys)
+    assert code == 0, err
+    for opening, (api, cli) in advice.items():
+        assert any(opening in line and line.endswith(cli) for line in err.splitlines()), err
+
+
+def test_an_unreadable_token_names_the_apis_ways_to_rename_it() -> None:
+    from zoodip.prompt_checks import unreadable_token_problems
+
+    said = unreadable_token_problems(["<a(b)>"])[0]
+    assert said.endswith("rename it (load_textual_inversion(PATH, token=TOKEN), added_embeddings' key, "
+                         "placeholder_token)") and "--" not in said, said
+    # (said by generate(), and by a Personalizer whose placeholder_token holds it: setting_warnings)
+    assert in_flag_words(said).endswith("rename it (--embedding PATH:TOKEN, added_embeddings' key, --placeholder_token)")

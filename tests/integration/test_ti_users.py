@@ -85,7 +85,8 @@ def test_placeholder_words_without_an_embedding_are_named(model, tmp_path):
     """A prompt's '<my-dog>' with no embedding loaded is read as plain text: the user forgot --embedding."""
     assert unloaded_token_problems(["a photo of <my-dog> by <van-gogh>", "<blurry>"], ["<my-dog>"]) == [
         f"{word!r} in a prompt looks like a learned token, but no embedding for it is loaded, so it is read as plain "
-        "text: pass its file with --embedding (added_embeddings in the API)" for word in ("<blurry>", "<van-gogh>")]
+        "text: load its file with load_textual_inversion(PATH), or load_embeddings([PATH]) into added_embeddings"
+        for word in ("<blurry>", "<van-gogh>")]
     assert unloaded_token_problems(["a photo of a <dog", "1 < 2 > 0", ""], []) == []  # no placeholder word
     with pytest.warns(UserWarning, match="'<my-dog>' in a prompt looks like a learned token"):
         generate(model, "a photo of <my-dog>", steps=1)
