@@ -104,7 +104,7 @@ def generate(
     encode = _prompt_encoder(model, added_embeddings, token_groups, phases, prompt_weighting, clip_skip, prompt)
     parts, uncond = _conditioning(model, encode, phases, float(guidance_scale), budget)
     model_fn = _guided(model, parts, uncond, batch_cfg and budget is None, one_image_at_a_time=budget is not None,
-                       rescale=float(guidance_rescale), step=(done := _StepCount(callback)))
+                       rescale=float(guidance_rescale), step=(done := _StepCount(callback, _last_step(model, run, budget))))
     noise, rng = seed_noise(seed, (num_images, int(model.latent_channels), h, w), variation_seed, variation_strength)
     noise = checked_latents(latents, noise)
     x0 = None if start is None else _image_latents(model, start.pixels, num_images, rng, budget)
@@ -174,15 +174,33 @@ def _conditioning(model: Any, encode: Callable[[str], np.ndarray], phases: Promp
 
 class _StepCount:
     """The sampler's progress callback, passed through, keeping the count of finished steps: the step (0-based)
-    its next UNet call is for, which picks the phase of an edited prompt."""
+    its next UNet call is for, which picks the phase of an edited prompt; and from step ``release_at`` on (None:
+    never), that UNet call returns onnxruntime's arena to the system (``_last_step``)."""
 
-    def __init__(self, callback: ProgressCallback | None) -> None:
-        self.done, self._callback = 0, callback
+    def __init__(self, callback: ProgressCallback | None, release_at: int | None = None) -> None:
+        self.done, self._callback, self._release_at = 0, callback, release_at
+
+    @property
+    def releases_arena(self) -> bool:
+        return self._release_at is not None and self.done >= self._release_at
 
     def __call__(self, step: int, total: int, latents: np.ndarray) -> None:
         self.done = step
         if self._callback is not None:
             self._callback(step, total, latents)
+
+
+def _last_step(model: Any, steps: int, budget: int | None) -> int | None:
+    """The step whose UNet run releases onnxruntime's arena: the last one, without a budget. The arena keeps the
+    UNet's peak activations after a run, and without a budget the UNet stays open while the image is decoded, so that
+    memory would sit beside the decode's (``memory_plan.check_unbudgeted_decode`` counts the UNet's weights only);
+    earlier steps keep it, so they do not allocate again. Under a budget the UNet is closed before the decode. None
+    too for a model-like object whose ``unet`` takes no ``release_arena``."""
+    try:
+        takes = "release_arena" in inspect.signature(model.unet).parameters
+    except (TypeError, ValueError):  # a callable whose signature Python cannot read
+        takes = False
+    return steps - 1 if budget is None and takes else None
 
 
 def _release_under_budget(model: Any, budget: int | None, graph: str) -> None:
@@ -313,9 +331,10 @@ def _guided(model: Any, parts: list[tuple[float, Phases[np.ndarray]]], uncond: P
 
     def model_fn(x: np.ndarray, t: float) -> np.ndarray:
         texts, joined = texts_at(0 if step is None else step.done, len(x))
+        release = step is not None and step.releases_arena
         if uncond is None:
-            return _unet(model, x, t, texts[0])
-        outs = _unet_passes(model, x, t, texts, joined)
+            return _unet(model, x, t, texts[0], release)
+        outs = _unet_passes(model, x, t, texts, joined, release)
         guided = outs[0]
         for (scale, _), out in zip(parts, outs[1:]):
             guided = guided + scale * (out - outs[0])
@@ -327,13 +346,13 @@ def _guided(model: Any, parts: list[tuple[float, Phases[np.ndarray]]], uncond: P
 
 
 def _unet_passes(model: Any, x: np.ndarray, t: float, texts: list[np.ndarray],
-                 joined: np.ndarray | None) -> list[np.ndarray]:
+                 joined: np.ndarray | None, release: bool = False) -> list[np.ndarray]:
     """The UNet's outputs for ``x`` under each of ``texts``: one batched call on ``joined`` (their concatenation,
     diffusers' order, the unconditional first) where given, else one call each, as A1111 runs prompts of different
-    lengths (its chunks), without padding."""
+    lengths (its chunks), without padding. ``release``: the last call releases the UNet's arena."""
     if joined is not None:
-        return np.split(_unet(model, np.concatenate([x] * len(texts)), t, joined), len(texts))
-    return [_unet(model, x, t, text) for text in texts]
+        return np.split(_unet(model, np.concatenate([x] * len(texts)), t, joined, release), len(texts))
+    return [_unet(model, x, t, text, release and k == len(texts) - 1) for k, text in enumerate(texts)]
 
 
 def rescale_guidance(guided: np.ndarray, cond: np.ndarray, phi: float) -> np.ndarray:
@@ -345,8 +364,10 @@ def rescale_guidance(guided: np.ndarray, cond: np.ndarray, phi: float) -> np.nda
     return phi * rescaled + (1.0 - phi) * guided  # eq. 16
 
 
-def _unet(model: Any, x: np.ndarray, t: float, states: np.ndarray) -> np.ndarray:
+def _unet(model: Any, x: np.ndarray, t: float, states: np.ndarray, release: bool = False) -> np.ndarray:
     timestep = np.full((len(x),), t, dtype=np.float32)
+    if release:  # (only asked of a model whose unet takes it: _last_step)
+        return np.asarray(model.unet(x, timestep, states, release_arena=True), dtype=np.float32)
     return np.asarray(model.unet(x, timestep, states), dtype=np.float32)
 
 

@@ -13,11 +13,11 @@ weight check of ``RuntimeOptions.memory_budget_mb`` does; ``benchmarks/memory.py
 The plan is made before the first denoising step, so a size whose decode cannot fit is refused
 before minutes of UNet work, and tiles are used only where the whole image would not fit.
 
-Without a budget nothing is released: the text encoder and UNet stay open beside the decoder and the image is
+Without a budget no graph is closed: the text encoder and UNet stay open beside the decoder and the image is
 decoded whole, so a size is refused where that estimate plus their weights exceeds the machine's memory (the
 attention floor of ``limits`` alone let sizes pass that the decode then ran out of memory on). The UNet's
-activations, kept by onnxruntime's arena after its last step, are not counted; the 256-channel maps overcount a
-narrower VAE, which covers them on small models (benchmarks/README.md, "The decode estimate without a budget").
+activations are not counted: its last run of a generation returns onnxruntime's arena to the system, which would
+otherwise keep them beside the decode (``generate``; benchmarks/README.md, "The decode estimate without a budget").
 """
 from __future__ import annotations
 

@@ -35,6 +35,10 @@ from .json_text import parse_json
 RUN_ONCE_PER_IMAGE = ("vae_decoder",)
 
 
+# A run with these options shrinks onnxruntime's CPU arena when it ends (its free regions go back to the system).
+_RELEASE_ARENA = ort.RunOptions()
+_RELEASE_ARENA.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
 # What generation reads of a model: an ExportedModel has it all (a stand-in with the same interface may be passed).
 CLOSED = ("this model was closed (close()): open the export again to use it (ExportedModel.load, or "
           "ZoodipPipeline.from_pretrained for a pipeline)")
@@ -384,14 +388,18 @@ class ExportedModel:
     def encode_text(self, ids: np.ndarray, extra_rows: np.ndarray | None = None, clip_skip: int = 0) -> np.ndarray:
         return self.text_encoder(self.embed_tokens(ids, extra_rows), clip_skip)
 
-    def unet(self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray) -> np.ndarray:
+    def unet(self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray, *,
+             release_arena: bool = False) -> np.ndarray:
+        """The UNet's prediction. ``release_arena``: after this run onnxruntime returns its arena's free memory to the
+        system, where it would keep its peak for the next run; a caller passes it on its last run before other work
+        (``generate``: the decode), and the next run allocates again."""
         feeds = {
             "sample": np.ascontiguousarray(sample, np.float32),
             "timestep": np.ascontiguousarray(np.broadcast_to(np.asarray(timestep, np.float32), (len(sample),))),
             "encoder_hidden_states": np.ascontiguousarray(encoder_hidden_states, np.float32),
         }
         try:
-            return self.session("unet").run(None, feeds)[0]
+            return self.session("unet").run(None, feeds, _RELEASE_ARENA if release_arena else None)[0]
         except Exception as exc:  # onnxruntime's Fail: a size whose halvings do not meet its skip connections again
             if "mismatched dimensions" not in str(exc):
                 raise
