@@ -4,10 +4,23 @@ from __future__ import annotations
 import builtins
 import errno
 import os
+from typing import Callable
 
 import numpy as np
 
 from cli_helpers import assert_one_line_error, personalize_args, run_cli
+
+
+def _images_find_the_disk_full(monkeypatch) -> Callable[[], None]:
+    """Every image save (Pillow's) fails as on a full disk, until the returned function is called."""
+    from PIL import Image as PILImage
+
+    def full_disk(self, fp, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real_save = PILImage.Image.save
+    monkeypatch.setattr(PILImage.Image, "save", full_disk)
+    return lambda: monkeypatch.setattr(PILImage.Image, "save", real_save)
 
 
 def test_a_full_disk_at_the_first_log_line_says_run_again_not_resume(tiny_export, photos, tmp_path, capsys,
@@ -32,14 +45,7 @@ def test_a_full_disk_at_the_first_log_line_says_run_again_not_resume(tiny_export
 def test_a_full_disk_at_a_preview_says_resume_and_the_checkpoint_resumes(tiny_export, photos, tmp_path, capsys,
                                                                           monkeypatch):
     """It said "free space or choose another file", but a preview's file is the run's to name: the fix is to resume."""
-    from PIL import Image as PILImage
-
-    real_save, out = PILImage.Image.save, tmp_path / "run"
-
-    def full_disk(self, fp, *args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(PILImage.Image, "save", full_disk)
+    out, undo = tmp_path / "run", _images_find_the_disk_full(monkeypatch)
     args = personalize_args(tiny_export, photos, out, "--max_train_steps", "4", "--checkpointing_steps", "2",
                             "--validation_prompt", "a photo of <striped-star>", "--validation_steps", "2", "--resolution",
                             "64")
@@ -47,7 +53,7 @@ def test_a_full_disk_at_a_preview_says_resume_and_the_checkpoint_resumes(tiny_ex
     assert_one_line_error(code, err, "--validation_prompt preview")
     assert "(the disk is full): free space and resume with --resume" in err and "another file" not in err
     assert int(np.load(out / "checkpoint.npz")["step"]) == 2
-    monkeypatch.setattr(PILImage.Image, "save", real_save)
+    undo()
     assert run_cli([*args, "--resume"], capsys)[0] == 0
     assert (out / "learned_embeds.safetensors").is_file()
     # The checkpoint was the failed preview's step, which the resume does not run again: it writes that preview first
@@ -84,21 +90,14 @@ def test_a_preview_failing_between_checkpoints_keeps_the_steps_before_it(tiny_ex
                                                                          monkeypatch):
     """A preview at a step with no checkpoint (--validation_steps 3, --checkpointing_steps 100) failed, and the run
     ended with the checkpoint of step 0: the resume ran the 3 steps again. It is saved at the preview's step now."""
-    from PIL import Image as PILImage
-
-    real_save, out = PILImage.Image.save, tmp_path / "run"
-
-    def full_disk(self, fp, *args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(PILImage.Image, "save", full_disk)
+    out, undo = tmp_path / "run", _images_find_the_disk_full(monkeypatch)
     args = personalize_args(tiny_export, photos, out, "--max_train_steps", "5", "--checkpointing_steps", "100",
                             "--validation_prompt", "a photo of <striped-star>", "--validation_steps", "3", "--resolution",
                             "64")
     code, _, err = run_cli(args, capsys)
     assert_one_line_error(code, err, "(the disk is full): free space and resume with --resume")
     assert int(np.load(out / "checkpoint.npz")["step"]) == 3
-    monkeypatch.setattr(PILImage.Image, "save", real_save)
+    undo()
     assert run_cli([*args, "--resume"], capsys)[0] == 0
     assert sorted(p.name for p in out.glob("validation-steps-*.png")) == ["validation-steps-3.png",
                                                                         "validation-steps-5.png"]
