@@ -73,6 +73,19 @@ def is_current_export(folder: Path, recipe: str) -> bool:
     return json.loads(manifest.read_text(encoding="utf-8")).get("recipe_revision", 1) == RECIPE_REVISION[recipe]
 
 
+def checked_export(folder: str | Path, flag: str) -> Path:
+    """``folder`` as an export a benchmark runs on, checked before any work (its manifest, files and sizes): a
+    missing or damaged one is one line naming ``flag``, not a traceback or a failure in a contender's process."""
+    from zoodip.errors import ZoodipError
+    from zoodip.manifest import read_manifest
+
+    try:
+        read_manifest(folder)
+    except ZoodipError as exc:
+        raise ZoodipError(f"{flag}: {exc}") from None
+    return Path(folder)
+
+
 def export_folder(cache: Path, tiny: bool, recipe: str, chunks: int, seed: int = 0) -> Path:
     """The export of the source folder with ``recipe`` and ``chunks`` (exported on first use, in this process)."""
     from zoodip_export import onnx_export

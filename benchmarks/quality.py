@@ -46,7 +46,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a file: m
 import numpy as np  # noqa: E402
 
 from benchmarks import _quality_methods as qm  # noqa: E402
-from benchmarks._models import DEFAULT_CACHE, cache_lock, source_folder  # noqa: E402
+from benchmarks._models import DEFAULT_CACHE, cache_lock, checked_export, source_folder  # noqa: E402
 from benchmarks._quality_backprop import TORCH_SEED_LIMIT  # noqa: E402
 from benchmarks._quality_jobs import (CONCEPT_REFS, GENERATION_SEEDS, make_jobs, planted_count, run_length,  # noqa: E402
                                       select_concepts)
@@ -96,7 +96,7 @@ def _prepare_model(model: str | None, smoke: bool, cache: Path) -> tuple[Path, P
     path = Path(model) if model else REFERENCE_MODEL
     if (path / MANIFEST).is_file():
         try:
-            return path, qm.torch_source(path)
+            return checked_export(path, "--model"), qm.torch_source(path)
         except FileNotFoundError:
             return path, None
     if not (path / "model_index.json").is_file():

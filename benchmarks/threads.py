@@ -32,6 +32,7 @@ from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "sdk"))
 
+from _models import checked_export  # noqa: E402
 from _results_guard import check_results_folder  # noqa: E402
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = check_output_dir(DEFAULT_OUT if args.out is None else args.out, "--out")
         check_results_folder(out, parser, argv, "threads.py", record="threads")
-        model = Path(args.model) if args.model else default_model()
+        model = checked_export(args.model, "--model") if args.model else default_model()
         settings = {}
         for name, (threads, spin) in SETTINGS.items():
             settings[name] = {"threads": threads, "spin_wait": spin}

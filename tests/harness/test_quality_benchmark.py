@@ -405,6 +405,18 @@ def test_a_checkout_without_the_built_in_model_is_one_line(tmp_path, capsys, mon
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("manifest", ["{", "[]", '{"format": "zoodip-onnx"}'])
+def test_a_damaged_export_given_as_model_is_one_line(tmp_path, capsys, manifest):
+    """A --model folder whose manifest.json was damaged ended in a JSONDecodeError traceback (exit 1)."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "manifest.json").write_text(manifest)
+    assert quality.main(["--model", str(tmp_path / "model"), "--cache", str(tmp_path / "cache"),
+                         "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --model: ") and "manifest.json" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("flags,needle", [
     (["--steps", "0"], "--steps, --checkpoints"),  # 0 read as "the mode's default" before
     (["--checkpoints", "0"], "--steps, --checkpoints"),

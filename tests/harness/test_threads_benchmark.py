@@ -64,3 +64,20 @@ def test_the_table_rounds_each_number_to_its_forwards_spread():
     assert rows["fast"] == ["0.00315", "0.0062", "1.97 |"]
     assert rows["noisy"] == ["1.4", "2.00", "1.4 |"]  # 2.00: three identical forwards, three significant digits
     assert threads.rounded(0.6957, 0.0087) == "0.696" and threads.rounded(12.34, 3.0) == "12"
+
+
+@pytest.mark.parametrize("manifest", [None, "{", "[]"])
+def test_a_missing_or_damaged_model_is_one_line_naming_model_before_measuring(tmp_path, capsys, monkeypatch, manifest):
+    """A bad --model failed inside the first measurement's process: 'the measurement with threads=0, spin=True
+    failed: zoodip.errors.ZoodipError: ...' (its traceback's last line), never naming --model."""
+    model = tmp_path / "model"
+    if manifest is not None:
+        model.mkdir()
+        (model / "manifest.json").write_text(manifest)
+    measured = []
+    monkeypatch.setattr(threads, "measure", lambda *a: measured.append(a))
+    assert threads.main(["--model", str(model), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --model: ") and "\n" not in err and "ZoodipError" not in err, err
+    assert not measured and not (tmp_path / "out").exists()
+
