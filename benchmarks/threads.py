@@ -46,6 +46,9 @@ SETTINGS: dict[str, tuple[int, bool]] = {
     "all cores, no spinning": (0, False),
     "1 thread": (1, False),
 }
+# Burner processes at most: each is a process busy-looping on one core, so a mistyped --busy 100000 would start
+# a hundred thousand of them (a phone's "other apps" are a few per core).
+MAX_BUSY = 64
 BURNER = "import signal, sys; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\nwhile True: pass"
 
 
@@ -159,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(time_forwards(spec["model"], spec["threads"], spec["spin"], spec["resolution"],
                                                    spec["forwards"])))
         return 0
-    if args.forwards < 1 or args.busy < 1:
-        return print_error(ZoodipError("--forwards and --busy must be >= 1"))
+    if args.forwards < 1 or not 1 <= args.busy <= MAX_BUSY:
+        return print_error(ZoodipError(f"--forwards must be >= 1 and --busy from 1 to {MAX_BUSY} (burner processes), "
+                                       f"got {args.forwards} and {args.busy}"))
     resolution_problem = side_problem(args.resolution)
     if resolution_problem:
         return print_error(ZoodipError(f"--resolution {resolution_problem}"))

@@ -81,3 +81,10 @@ def test_a_missing_or_damaged_model_is_one_line_naming_model_before_measuring(tm
     assert err.startswith("error: --model: ") and "\n" not in err and "ZoodipError" not in err, err
     assert not measured and not (tmp_path / "out").exists()
 
+
+def test_a_huge_busy_count_is_refused_before_starting_burners(tmp_path, capsys, monkeypatch):
+    """--busy 100000 started a hundred thousand busy-looping processes."""
+    monkeypatch.setattr(threads.subprocess, "Popen", lambda *a, **k: pytest.fail("a burner was started"))
+    assert threads.main(["--busy", str(threads.MAX_BUSY + 1), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "--busy" in err and "\n" not in err, err
