@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: device_run.py reads the step times from the progress file: give --progress-jsonl a file "
               "(not '-'), or leave it out for one beside RUN_JSON", file=sys.stderr)
         return 2
+    if summary.is_dir():  # (the run's record is replaced by a rename, which a folder refuses: after the whole run)
+        print(f"error: --summary {summary} is a folder: name the file to write, e.g. {summary / 'run.json'}",
+              file=sys.stderr)
+        return 2
     try:
         summary.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

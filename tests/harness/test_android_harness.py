@@ -270,6 +270,15 @@ def test_device_run_refuses_in_one_line_what_it_could_not_record(summary_under_a
     assert not (tmp_path / "run").exists()
 
 
+def test_device_run_refuses_a_summary_that_is_a_folder_before_the_run(tmp_path):
+    """--summary FOLDER ran the whole command, then ended in an IsADirectoryError traceback, its record unwritten."""
+    result = subprocess.run([sys.executable, str(HARNESS / "device_run.py"), "--summary", str(tmp_path), "--", "info",
+                             "--help"], env=sdk_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: --summary ") and result.stderr.count("\n") == 1, \
+        result.stderr
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
+
+
 def test_device_run_reads_the_progress_file_however_its_flag_is_spelt():
     import device_run
 
