@@ -338,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
         if args.gradient_noise < 0 or args.gradient_noise == 1 or args.samples < 1 or args.seed < 0:
             p.error("--gradient-noise must be 0 (off) or at least 2 draws, --samples at least 1, --seed 0 or more")
+        check_output_dir(args.cache, "--cache")  # (the widened and SD-width worlds are built into it)
         folders = model_folders(args.cache)
         names = []
         for entry in (n.strip() for n in args.models.split(",")):

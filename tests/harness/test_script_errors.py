@@ -53,6 +53,7 @@ FOLDER_CASES = [
     ("benchmarks/memory.py", ["--tiny", "--cache", "FILE"], "--cache"),
     ("benchmarks/quality.py", ["--smoke", "--work", "FILE"], "--work"),
     ("benchmarks/quality.py", ["--smoke", "--cache", "FILE"], "--cache"),
+    ("benchmarks/problem_dimension.py", ["--out", "OUT", "--cache", "FILE"], "--cache"),  # (worlds are built into it)
     ("benchmarks/demo_seeds.py", ["--seeds", "0", "--work", "FILE"], "--work"),
     ("benchmarks/prompt_editing.py", ["--demo", "DEMO", "--captions", "1", "--out", "FILE"], "--out"),
 ]
@@ -76,7 +77,8 @@ def test_a_folder_flag_given_a_file_is_one_line_before_any_work(script, args, fl
     (tmp_path / "file").write_text("not a folder")
     (tmp_path / "demo" / "model").mkdir(parents=True)
     (tmp_path / "demo" / "model" / "manifest.json").write_text("{}")
-    args = [str(tmp_path / "file") if a == "FILE" else str(tmp_path / "demo") if a == "DEMO" else a for a in args]
+    args = [str(tmp_path / "file") if a == "FILE" else str(tmp_path / "demo") if a == "DEMO" else
+            str(tmp_path / "out") if a == "OUT" else a for a in args]
     _one_line_error(script, args, f"{flag} {tmp_path / 'file'} is an existing file, not a folder", tmp_path)
 
 
