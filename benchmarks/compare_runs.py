@@ -87,15 +87,13 @@ def compare(run_a: dict, run_b: dict, method: str, method_b: str | None = None, 
     if run_a["task"] != run_b["task"]:
         raise ZoodipError(f"the runs are of different tasks ({run_a['task']} and {run_b['task']}): compare like with like")
     method_b = method_b or method
-    try:
-        a = seeded_runs(run_a, method)
-    except KeyError:
-        raise ZoodipError(f"method {method!r} is not in run A: pick one of {', '.join(run_a['methods'])} with --method") from None
-    try:
-        b = seeded_runs(run_b, method_b)
-    except KeyError:
+    # (asked, not a KeyError caught: one inside a damaged run's records said "not in run A: pick one of" itself)
+    if method not in run_a["methods"]:
+        raise ZoodipError(f"method {method!r} is not in run A: pick one of {', '.join(run_a['methods'])} with --method")
+    if method_b not in run_b["methods"]:
         raise ZoodipError(f"method {method_b!r} is not in run B: pick one of {', '.join(run_b['methods'])} "
-                          "with --method-b") from None
+                          "with --method-b")
+    a, b = seeded_runs(run_a, method), seeded_runs(run_b, method_b)
     jobs = sorted(set(a) & set(b))
     if not jobs:
         raise ZoodipError("the runs share no job: compare runs of the same jobs")

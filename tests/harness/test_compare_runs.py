@@ -159,3 +159,14 @@ def test_by_concept_shows_the_concept_a_mean_hides(tmp_path: Path, capsys) -> No
     rows = {line.split("|")[1].strip(): line for line in out if line.startswith(("| easy ", "| hard "))}
     assert rows["easy"].startswith("| easy | 2 | 0.900 / 0.700 (+0.200) |")
     assert rows["hard"].startswith("| hard | 2 | 0.600 / 0.800 (-0.200) |")
+
+
+def test_a_method_whose_records_are_damaged_is_not_said_to_be_missing(tmp_path: Path, capsys) -> None:
+    """A run holding 'zoodip' without its 'runs' was refused as "method 'zoodip' is not in run A: pick one of zoodip"."""
+    good, damaged = tmp_path / "good.json", tmp_path / "damaged.json"
+    good.write_text(json.dumps(_run({"x": 0.5})))
+    damaged.write_text(json.dumps({"task": "world", "methods": {"zoodip": {"jobs": [{"x": 1}]}}}))
+    for pair in ([damaged, good], [good, damaged]):
+        assert compare_runs.main([str(path) for path in pair]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not in run" not in err[0] and "records quality.py writes" in err[0], err
