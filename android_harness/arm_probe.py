@@ -47,6 +47,11 @@ def cpu_features() -> list[str] | None:
             + [name for bit, name in HWCAP2_BITS if hwcap2 >> bit & 1])
 
 
+# The probe's directions at most: all of them and the base point run as one batch of UNet evaluations, so a
+# mistyped count (100000000) failed after the whole personalization, allocating the batch.
+MAX_DIRECTIONS = 64
+
+
 def fd_probe(model_dir: str, directions: int, mu: float, threads: int, seed: int = 1234) -> dict:
     from zoodip.model import ExportedModel, RuntimeOptions
     from zoodip.trainer import DenoisingLoss
@@ -89,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress-jsonl", help="the progress stream's file (default: OUT/progress.jsonl)")
     try:
         args = parser.parse_args(argv)
-        if args.directions < 0:
-            parser.error("--directions must be 0 (no probe) or more")
+        if not 0 <= args.directions <= MAX_DIRECTIONS:
+            parser.error(f"--directions must be 0 (no probe) to {MAX_DIRECTIONS} (one batch), got {args.directions}")
     except ZoodipError as exc:
         return print_error(exc)
 

@@ -130,3 +130,17 @@ def test_the_probe_keeps_its_progress_stream_inside_its_output_folder(tiny_expor
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert named.is_file() and not (tmp_path / "out2" / "progress.jsonl").exists()
+
+
+def test_the_probe_refuses_a_direction_count_it_cannot_batch_before_personalizing(tmp_path):
+    """--directions 100000000 ran the whole personalization, then ended in a 24 GiB _ArrayMemoryError traceback."""
+    import os
+    import subprocess
+
+    args = [sys.executable, str(REPO / "android_harness" / "arm_probe.py"), "--model", str(tmp_path / "model"),
+            "--photos", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--directions", "100000000"]
+    done = subprocess.run(args, env=dict(os.environ, PYTHONPATH=str(REPO / "sdk")), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: --directions") and done.stderr.count("\n") == 1, \
+        done.stderr
+    assert list(tmp_path.iterdir()) == []
