@@ -199,7 +199,6 @@ def run(args: argparse.Namespace) -> dict:
     cache = check_output_dir(args.cache, "--cache").absolute()
     out = check_output_dir(_out_folder(args), "--out").absolute()
     cache.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
     source = cache / ("tiny-random-s0" if args.tiny else "sd15-random-s0")
     work = Path((scratch := scratch_folder("zoodip-memory-")).name)
     photos = _copy_photos(work / "photos", args.photos)
@@ -247,6 +246,7 @@ def run(args: argparse.Namespace) -> dict:
     report["ratios"] = ratios(rows, has_targets(report))
     report["elapsed_s"] = time.perf_counter() - started
     scratch.cleanup()
+    out.mkdir(parents=True, exist_ok=True)  # (only now: a failed or interrupted run leaves no empty --out behind)
     (out / "memory.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     text = markdown(report)
     (out / "memory.md").write_text(text, encoding="utf-8")

@@ -233,3 +233,21 @@ def test_contenders_with_one_spec_are_measured_once() -> None:
     if same:
         assert rows[1]["same_as"] == "ours-int8" and rows[1]["description"] == memory.CONTENDERS["ours-w4a32"][0]
         assert "same_as" not in rows[0] and "same_as" not in rows[2]
+
+
+def test_a_run_that_fails_before_measuring_leaves_no_out_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    """An export that failed (or a Ctrl-C while exporting) left the --out folder behind, created empty at the start."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import memory
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+    def failed(*args, **kwargs):
+        raise ZoodipError("exporting tiny-s0-w8a32-q32 failed: (no output)")
+
+    monkeypatch.setattr(memory, "prepare_export", failed)
+    out = tmp_path / "out"
+    assert memory.main(["--tiny", "--no-fidelity", "--contenders", "ours-int8", "--out", str(out),
+                        "--cache", str(tmp_path / "cache")]) == 2
+    assert "exporting tiny-s0-w8a32-q32 failed" in capsys.readouterr().err and not out.exists()
