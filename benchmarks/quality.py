@@ -356,7 +356,6 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(exc)
     out = Path(args.out) if args.out is not None else (
         DEFAULT_OUT if not args.smoke else Path(tempfile.mkdtemp(prefix="zoodip-quality-smoke-")))
-    out.mkdir(parents=True, exist_ok=True)
 
     torch_model = args.torch_model or torch_model
     if torch_model is None:
@@ -384,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = _results(task, command, args, export_dir, torch_model, steps, budget, checkpoints, puts, extras,
                        started, jobs, trained, scores, summary)
+    out.mkdir(parents=True, exist_ok=True)  # (only now: an interrupted or failed training leaves no empty --out)
     write_reports(out, results)
     if extras.get("samples"):
         write_samples(out / "samples.png", extras["samples"])

@@ -712,3 +712,18 @@ def test_merge_of_runs_whose_weights_were_never_recorded_is_judged_by_their_init
         assert quality.main(["--merge", str(short), str(run), "--out", str(tmp_path / "n")]) == 2
         err = capsys.readouterr().err
         assert "another export" in err and err.count("\n") == 1 and not (tmp_path / "n").exists()
+
+
+def test_an_interrupted_training_leaves_no_out_folder(tiny_export, tmp_path, monkeypatch):
+    """Ctrl-C during the training (minutes to hours) left the --out folder behind, created empty before it."""
+    monkeypatch.setattr(quality, "prepare_model", lambda *args: (tiny_export, None))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quality, "make_jobs", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        quality.main(["--task", "planted", "--concepts", "1", "--methods", "init", "--out", str(out),
+                      "--cache", str(tmp_path / "cache"), "--work", str(tmp_path / "work")])
+    assert not out.exists()
