@@ -88,10 +88,14 @@ def truncate_log(path: Path, step: int) -> None:
         if isinstance(record, dict) and record.get("step", 0) <= step:
             break
         cut = start
-    if cut < len(data):
+    # (a kept last record without its newline gets one: the next append would join its line)
+    ending = b"" if cut == 0 or data[cut - 1:cut] == b"\n" else b"\n"
+    if cut < len(data) or ending:
         try:
             with open(path, "r+b") as handle:
                 handle.truncate(cut)
+                handle.seek(cut)
+                handle.write(ending)
                 os.fsync(handle.fileno())
         except OSError as exc:
             reason, fix = write_failure(exc)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from zoodip.errors import ZoodipError
-from zoodip.run_checks import truncate_log
+from zoodip.run_checks import append_log, read_log, truncate_log
 
 
 def test_a_resume_cuts_the_log_back_in_place_not_by_rewriting_it(tmp_path: Path) -> None:
@@ -29,3 +29,16 @@ def test_a_damaged_line_before_the_cut_is_still_refused(tmp_path: Path) -> None:
     log.write_text('{"step": 0}\nnot json\n{"step": 2}\n{"step": 3}\n')
     with pytest.raises(ZoodipError, match="damaged at line 2"):
         truncate_log(log, 2)
+
+
+def test_a_kept_last_record_without_its_newline_gets_one_before_the_next_append(tmp_path: Path) -> None:
+    """A log whose last record lacked its newline (a power cut between the record and it, an editor) was kept as it
+    was: the resumed run's first record joined that line, and the log was damaged from then on."""
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 0}\n{"step": 1}')
+    truncate_log(log, 1)
+    append_log(log, {"step": 2})
+    assert read_log(log) == [{"step": 0}, {"step": 1}, {"step": 2}]
+    log.write_text('{"step": 0}\n{"step": 1}\n{"step": 2}')  # (and where the cut is elsewhere, as before)
+    truncate_log(log, 0)
+    assert log.read_text() == '{"step": 0}\n'
