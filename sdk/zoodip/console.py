@@ -213,10 +213,9 @@ def _shown_readably(exc: UnicodeError) -> tuple[str, int]:
     """The output's error handler: a byte of a file name that is no text (Python holds b'\\xff' as the lone surrogate
     '\\udcff', which no user knows) shown as the byte, '\\xff'; any other character the stream cannot encode (an
     ASCII terminal) backslash-escaped, never a UnicodeEncodeError after the work."""
-    if isinstance(exc, UnicodeEncodeError):
-        chunk = exc.object[exc.start:exc.end]
-        if all("\udc80" <= char <= "\udcff" for char in chunk):
-            return "".join(f"\\x{ord(char) - 0xDC00:02x}" for char in chunk), exc.end
+    if isinstance(exc, UnicodeEncodeError):  # (each character: an ASCII stream fails on 'é' and the byte together)
+        return "".join(f"\\x{ord(char) - 0xDC00:02x}" if "\udc80" <= char <= "\udcff" else
+                       char.encode("ascii", "backslashreplace").decode() for char in exc.object[exc.start:exc.end]), exc.end
     return codecs.backslashreplace_errors(exc)
 
 

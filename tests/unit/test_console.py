@@ -264,3 +264,13 @@ def test_an_invalid_choice_names_the_one_most_likely_meant(argv, nearest):
         parser.parse_args(argv)
     guess = re.findall(r"\(did you mean '([^']*)'\?\)", str(caught.value))
     assert guess == ([nearest] if nearest else []), str(caught.value)
+
+
+def test_a_bad_byte_beside_a_character_an_ascii_terminal_cannot_show_is_still_shown_as_the_byte() -> None:
+    """On an ASCII stream 'é' and b'\\xff' (held as '\\udcff') fail together, and the pair was escaped as Python's
+    '\\xe9\\udcff', the surrogate the handler exists to hide."""
+    from zoodip.console import OUTPUT_ERRORS
+
+    assert "caf\u00e9\udcff.png".encode("ascii", OUTPUT_ERRORS) == b"caf\\xe9\\xff.png"
+    assert "\udcff\u00e9".encode("ascii", OUTPUT_ERRORS) == b"\\xff\\xe9"
+    assert "\udcff".encode("utf-8", OUTPUT_ERRORS) == b"\\xff"
