@@ -48,7 +48,7 @@ from .prompt_checks import (LONG_PROMPT_HINT, syntax_problems, token_use_problem
                             unloaded_token_problems, unreadable_tokens)
 from .prompt_schedule import Phases, check_phase_count, composable_parts, prompt_schedule
 from .sampling import (DEFAULT_GUIDANCE_SCALE, DEFAULT_SAMPLER, DEFAULT_STEPS, ProgressCallback, check_strength,
-                       image_strength, run_sampler, steps_run)
+                       image_strength, most_steps, run_sampler, steps_run)
 from .vae_tiles import decode_tiled
 
 
@@ -99,7 +99,7 @@ def generate(
     start, h, w = _image_start(model, image, mask_image, strength, height, width,  # a size that cannot fit: refused
                                InpaintOptions(mask_blur, padding_mask_crop, paste_back), num_images)
     plan = plan_decode(model, h, w, budget := memory_budget_mb(model))
-    run = steps_run(steps, None if start is None else start.strength)  # the steps a prompt's editing is laid over
+    run = steps_run(steps, None if start is None else start.strength, most_steps(model, sampler))  # (prompt editing: over these)
     phases = _prompt_phases(prompt, negative_prompt, prompt_weighting, run)
     encode = _prompt_encoder(model, added_embeddings, token_groups, phases, prompt_weighting, clip_skip, prompt)
     parts, uncond = _conditioning(model, encode, phases, float(guidance_scale), budget)

@@ -154,6 +154,12 @@ def check_steps(model: Any, steps: object, sampler: str | None = None, name: str
         raise ZoodipError(f"{name} must be an integer from 1 to {num_train}, got {steps!r} (20-30 is typical)")
 
 
+def most_steps(model: Any, sampler: str | None = None) -> int:
+    """The most sampling steps ``model`` takes with ``sampler``: its training timesteps (lcm: its distillation
+    schedule's length)."""
+    return lcm_settings(model)[0] if sampler == "lcm" else int(model.schedule.num_train_timesteps)
+
+
 # The lcm sampler's settings in a scheduler config: LCMScheduler's keys, its defaults, and what each may hold.
 _LCM_KEYS = {"original_inference_steps": (50, "an integer from 1 to the training timesteps (LCM's: 50)"),
              "timestep_scaling": (10.0, "a number from 1e-3 to 1e3 (LCM's: 10)")}
@@ -176,8 +182,9 @@ def lcm_settings(model: Any) -> tuple[int, float]:
     return int(original), float(scaling)
 
 
-def steps_run(steps: int, strength: float | None = None) -> int:
-    """How many of ``steps`` a call runs: all of them from noise, the last ``int(steps * strength)`` from an image."""
+def steps_run(steps: int, strength: float | None = None, most: int | None = None) -> int:
+    """How many of ``steps`` a call runs: all of them from noise, the last ``int(steps * strength)`` from an image.
+    ``most``: the steps the model and sampler allow (``most_steps``), past which more steps are not suggested."""
     if strength is None:
         return int(steps)
     check_strength(strength)
@@ -186,8 +193,10 @@ def steps_run(steps: int, strength: float | None = None) -> int:
         enough = math.ceil(1 / strength)
         while int(enough * strength) < 1:  # (1 / strength rounded down in floats)
             enough += 1
+        then = (f"raise it, or give steps={enough} or more" if most is None or enough <= most else
+                f"raise it: at this strength it needs {enough} steps, and this sampler takes at most {most}")
         raise ZoodipError(f"strength {strength} of {steps} steps leaves no step to run (diffusers runs "
-                          f"int(steps * strength)): raise it, or give steps={enough} or more")
+                          f"int(steps * strength)): {then}")
     return int(keep)
 
 

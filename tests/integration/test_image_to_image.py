@@ -69,6 +69,20 @@ def test_a_strength_without_an_image_is_refused_by_the_api_as_by_the_cli(model):
         generate(model, "a star", strength=0.5, steps=2)
 
 
+def test_a_strength_too_small_for_any_allowed_steps_is_not_told_to_give_more_steps(model, picture) -> None:
+    """strength 0.0005 of 3 steps said 'give steps=2000 or more', which the model's 1000-step schedule refuses (and
+    strength 0.01 with the lcm sampler 'steps=100', past its 50)."""
+    with pytest.raises(ZoodipError) as refused:
+        generate(model, "a star", image=picture, strength=0.0005, steps=3)
+    said = str(refused.value)
+    assert "steps=2000" not in said and "at most 1000" in said, said
+    with pytest.raises(ZoodipError) as refused:
+        generate(model, "a star", image=picture, strength=0.01, steps=3, sampler="lcm", guidance_scale=1.0)
+    assert "steps=100" not in str(refused.value) and "at most 50" in str(refused.value), str(refused.value)
+    with pytest.raises(ZoodipError, match=r": raise it, or give steps=10 or more$"):  # (where they are allowed: said)
+        generate(model, "a star", image=picture, strength=0.1, steps=4)
+
+
 def test_bad_image_to_image_inputs_are_one_line(model, picture, tiny_export, tmp_path, capsys):
     for strength in (0, 1.5, float("nan"), True, "0.5"):
         with pytest.raises(ZoodipError, match="strength must be a number in"):
