@@ -408,13 +408,21 @@ def _given_flags(argv: Sequence[str], args: argparse.Namespace) -> set[str]:
     return {name for name, value in vars(namespace).items() if value is not unset and value is not None}
 
 
-def _in_flag_words(message: str, from_image: Sequence[str] = ()) -> str:
+def _in_flag_words(message: str, from_image: Sequence[str] = (), paths: Sequence[str] = ()) -> str:
     """``width must be ...`` -> ``--width must be ...``: the same refusal, in the words of the command line (and, for a
-    value --parameters-from read from an image, saying so)."""
+    value --parameters-from read from an image, saying so). ``paths``: those given (``_given_paths``)."""
     first = message.partition(" ")[0]
     if first in from_image:
         message += f" (the value of the image's parameters: give {api_name_flags().get(first, first)} to replace it)"
-    return in_flag_words(message)
+    return in_flag_words(message, paths)
+
+
+def _given_paths(args: argparse.Namespace | None) -> list[str]:
+    """The paths the command line gave (its path flags' values, --embedding's specs each), which a message may open
+    with: 'steps is a folder' names the user's folder, not --steps."""
+    values = [getattr(args, dest, None) for dest in PATH_FLAGS] if args is not None else []
+    return [str(value) for given in values for value in (given if isinstance(given, list) else [given])
+            if value is not None]
 
 
 def _flag_of_path(args: argparse.Namespace | None, filename: object) -> str | None:
@@ -463,10 +471,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {"personalize": cmd_personalize, "generate": cmd_generate, "verify": cmd_verify,
                    "info": cmd_info}[args.command]
         with warnings.catch_warnings():
-            warnings.showwarning = lambda message, *where: one_line_warning(in_flag_words(str(message)), *where)
+            warnings.showwarning = lambda message, *where: one_line_warning(
+                in_flag_words(str(message), _given_paths(args)), *where)
             return handler(args)
     except ZoodipError as exc:
-        return print_error(_in_flag_words(str(exc), getattr(args, "from_image", ()) if args is not None else ()))
+        return print_error(_in_flag_words(str(exc), getattr(args, "from_image", ()) if args is not None else (),
+                                          _given_paths(args)))
     except KeyboardInterrupt:
         print(_INTERRUPTED.get(command, "interrupted"), file=sys.stderr)
         return 130

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import functools
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 from .config import OPTIMIZERS, VAE_SAMPLING, PersonalizeConfig
@@ -360,10 +361,13 @@ def api_name_flags() -> dict[str, str]:
     return flags | {name: flags[dest] for name, dest in _DEST_OF_API_NAME.items()}
 
 
-def in_flag_words(message: str) -> str:
+def in_flag_words(message: str, paths: Collection[str] = ()) -> str:
     """An SDK message in the words of the command line: ``curvature_fraction 0.9: ... give curvature_fraction=0``
-    -> ``--curvature-subspace 0.9: ... give --no-curvature-subspace``."""
+    -> ``--curvature-subspace 0.9: ... give --no-curvature-subspace``. ``paths``: those the command line gave; a
+    message that opens with one ("steps is a folder") opens with the user's path, not with a setting's name."""
     flags = api_name_flags()
+    opens_with_path = any(path and message.startswith(path) and message[len(path):len(path) + 1] in ("", " ", ":", ",")
+                          for path in paths)
 
     def said(match: re.Match[str]) -> str:
         name, value = match.group(1), match.group(2)
@@ -372,7 +376,7 @@ def in_flag_words(message: str) -> str:
         if match.group(0) in _SETTING_FLAGS:
             return _SETTING_FLAGS[match.group(0)]
         if name not in flags or not ("_" in name or name in _SYMBOL_NAMES or value is not None
-                                     or match.start() == 0 and name in _WORD_NAMES):
+                                     or match.start() == 0 and name in _WORD_NAMES and not opens_with_path):
             return match.group(0)
         return flags[name] if value is None else f"{flags[name]} {value.strip(chr(39))}"
 

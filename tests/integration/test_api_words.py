@@ -349,3 +349,23 @@ def test_an_unreadable_token_names_the_apis_ways_to_rename_it() -> None:
                          "placeholder_token)") and "--" not in said, said
     # (said by generate(), and by a Personalizer whose placeholder_token holds it: setting_warnings)
     assert in_flag_words(said).endswith("rename it (--embedding PATH:TOKEN, added_embeddings' key, --placeholder_token)")
+
+
+def test_a_path_named_like_a_setting_is_said_as_the_path_not_as_that_flag(tiny_export, tmp_path, monkeypatch, capsys):
+    """A message opening with a path the user gave whose name is a setting's word ('steps', 'seed', 'images') said
+    that setting's flag instead: 'zoodip info seed' said '--seed is a folder', '--image steps' '--steps is a folder,
+    not an image', 'zoodip info images' (a file) '--train_data_dir is not a valid safetensors file'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "seed").mkdir()
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "images").write_bytes(b"x")
+    code, _, err = run_cli(["info", "seed"], capsys)
+    assert_one_line_error(code, err, "error: seed is a folder")
+    code, _, err = run_cli(["info", "images"], capsys)
+    assert_one_line_error(code, err, "error: images is not a valid safetensors file")
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--image", "steps", "--out",
+                            "o.png"], capsys)
+    assert_one_line_error(code, err, "error: steps is a folder, not an image")
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "0", "--out", "o.png"],
+                           capsys)  # (a setting's own refusal still says its flag)
+    assert_one_line_error(code, err, "error: --steps must be an integer")
