@@ -36,6 +36,16 @@ class PartialUniformTimesteps:
             )
 
     @classmethod
+    def of_setting(cls, t_range: tuple[int, int], num_train_timesteps: int) -> PartialUniformTimesteps:
+        """A run's ``t_range`` setting on a model with ``num_train_timesteps``: one line naming the setting where the
+        range does not fit (the dataclass's own check names its fields, which the setting's user never typed)."""
+        t_min, t_max = t_range
+        if not 0 <= t_min < t_max <= num_train_timesteps:
+            raise ZoodipError(f"t_range must satisfy 0 <= T_MIN < T_MAX <= {num_train_timesteps} (the model's "
+                              f"num_train_timesteps), got ({t_min}, {t_max}): e.g. the paper's {PAPER_T_RANGE}")
+        return cls(t_min, t_max, num_train_timesteps)
+
+    @classmethod
     def uniform(cls, num_train_timesteps: int = 1000) -> PartialUniformTimesteps:
         """Standard uniform sampling over all ``[0, T)`` timesteps."""
         return cls(0, num_train_timesteps, num_train_timesteps)

@@ -94,8 +94,7 @@ class Personalizer:
         check_clip_skip(self.model, config.clip_skip)  # within the text encoder's layers
         check_image_size(self.resolution, self.resolution, self.model.vae_scale_factor, f"resolution={self.resolution}",
                          memory_budget_mb=config.memory_budget_mb, multiple=self.model.side_multiple)
-        t_min, t_max = config.t_range
-        self.timesteps = PartialUniformTimesteps(t_min, t_max, self.model.schedule.num_train_timesteps)
+        self.timesteps = PartialUniformTimesteps.of_setting(config.t_range, self.model.schedule.num_train_timesteps)
         self._add_placeholder()
         check_preview_prompt(self.model, config, as_matrix(self.v_init, self.width))  # now, not at the first preview
         self._encode_photos()

@@ -25,6 +25,8 @@ def _config(export, photos, out, **settings):
     (dict(placeholder_token="<a/b>", a1111=True), ["--placeholder_token", "<a/b>", "--a1111"],
      r"^a1111=True: the token '<a/b>' makes no A1111 file name .* in placeholder_token,",
      "error: --a1111: the token '<a/b>' makes no A1111 file name"),
+    (dict(t_range=(500, 100)), ["--t-range", "500", "100"], r"^t_range must satisfy 0 <= T_MIN < T_MAX <= 1000 .* "
+     r"got \(500, 100\)", "error: --t-range must satisfy 0 <= T_MIN < T_MAX <= 1000"),
 ])
 def test_training_refusals_name_the_apis_settings_and_the_clis_flags(tiny_export, photos, tmp_path, capsys, settings,
                                                                      flags, api, cli) -> None:
