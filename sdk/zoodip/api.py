@@ -136,10 +136,12 @@ class PersonalizationJob:
         """One line on stderr: the exit did not wait for this job's on_progress, and how to continue its run."""
         folder = self._run_config.output_dir
         step = checkpoint_step(Path(folder) / CHECKPOINT_NAME)
-        at = f"its last checkpoint (step {step})" if step is not None else "its last checkpoint"
+        left = (f"stays at its last checkpoint (step {step}); continue it with PersonalizationJob(config, resume=True)"
+                if step is not None else  # (held in its first callbacks, before the run's first checkpoint)
+                "has no checkpoint yet; " + ("remove the folder and " if Path(folder).exists() else "") +
+                "start the run again")
         print(f"zoodip: exited without waiting for a job's on_progress, still running after {EXIT_CALLBACK_WAIT_S:g} s: "
-              f"the run in {folder} stays at {at}; continue it with PersonalizationJob(config, resume=True)",
-              file=sys.stderr, flush=True)
+              f"the run in {folder} {left}", file=sys.stderr, flush=True)
 
     def _target(self) -> None:
         self._runner = threading.get_ident()

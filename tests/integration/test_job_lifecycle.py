@@ -244,6 +244,32 @@ sys.exit(0)
     assert resumed.status == "done" and resumed.start_step == 2
 
 
+def test_an_exit_held_before_the_first_checkpoint_says_to_start_again(tiny_export, photos, tmp_path):
+    """Held in its "setup" callback, before the run's first checkpoint, the exit's line pointed to "its last
+    checkpoint", which did not exist (nor did the run's folder)."""
+    out = tmp_path / "run"
+    script = f"""
+import queue, sys
+import zoodip.api
+from zoodip.api import PersonalizationJob
+from zoodip.trainer import PersonalizeConfig
+zoodip.api.EXIT_CALLBACK_WAIT_S = 0.5
+requests, replies = queue.Queue(), queue.Queue()
+def on_progress(progress):
+    if progress.event == "setup":
+        requests.put(progress)
+        replies.get()  # served by the main thread, which exits instead
+config = PersonalizeConfig(export_dir={str(tiny_export)!r}, images={str(photos)!r}, output_dir={str(out)!r},
+                           placeholder_token="<s>", initializer_token="star", max_train_steps=4, eval_every=0, tau=4)
+PersonalizationJob(config, on_progress=on_progress).start()
+requests.get()
+sys.exit(0)
+"""
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.strip().endswith(f"the run in {out} has no checkpoint yet; start the run again"), done.stderr
+    assert not out.exists()
+
 def test_a_callback_cannot_change_what_job_latest_reports(tiny_export, photos, tmp_path):
     """The Progress a callback received was the object job.latest held: a callback that changed it (or kept it)
     changed what latest reported to the rest of the app. Each event is now frozen."""
