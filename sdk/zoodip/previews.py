@@ -67,4 +67,4 @@ def _write_preview(model, config: PersonalizeConfig, vectors: np.ndarray, step: 
     text = infotext(config.validation_prompt, settings, images[0].size, model)
     return save_images([(image_grid([images]), preview_path(config, step))],
                        "validation_prompt preview", texts=[text],
-                       then="and resume with resume=True (the checkpoint is saved)")[0]
+                       then="and resume with resume=True (its last checkpoint is intact)")[0]
