@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ZoodipError
+from .export_folder import missing_parents
 from .paths import append_whole, take_flock, write_failure
 from .json_text import parse_json
 
@@ -27,6 +28,7 @@ class LazyJsonlLog:
         self.stopped = False
         self.failure: str | None = None
         self.created = False  # this run made the file
+        self.made_folders: list[Path] = []  # the folders this run made for it, innermost first
         self.written = 0  # the bytes this run wrote there
         self.trained = False  # a step was reported: the file holds more than setup phases
         self.on_stop: Callable[[], None] | None = None
@@ -59,6 +61,7 @@ class LazyJsonlLog:
     def _open(self) -> None:
         try:
             self.created = not self.path.exists()
+            self.made_folders = missing_parents(self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)  # e.g. in the run folder, made at its start
             self.file = open(self.path, "ab", buffering=0)
         except OSError as exc:
@@ -85,11 +88,16 @@ class LazyJsonlLog:
 
     def discard_setup_only(self) -> None:
         """After a failed setup: remove the file if this run created it and it holds its setup phases only (not what
-        another run, given the same file, has appended since)."""
+        another run, given the same file, has appended since), and the folders it made for it, if left empty (a run
+        refused for its --model must leave nothing behind)."""
         if self.created and not self.trained and self.path is not None:
             with contextlib.suppress(OSError):
                 if self.path.stat().st_size == self.written:
                     self.path.unlink()
+        if not self.trained:
+            for folder in self.made_folders:  # innermost first; rmdir removes only an empty one
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def _hold_alone(handle: Any) -> bool:

@@ -42,6 +42,20 @@ def test_progress_jsonl_is_never_appended_to_a_file_that_is_not_a_progress_log(t
     assert log.read_text().splitlines()[: len(lines)] == lines and len(log.read_text().splitlines()) > len(lines)
 
 
+def test_a_run_refused_for_its_model_leaves_no_folder_made_for_its_progress_log(photos, tmp_path, capsys):
+    """--progress-jsonl OUT/progress.jsonl with a missing or damaged --model left OUT created and empty: the log's
+    folder was made at the first (setup) event, before the model was loaded, and only the file was removed."""
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "manifest.json").write_text("{")
+    for model, needle in ((tmp_path / "missing", "does not exist"), (damaged, "is not valid JSON")):
+        out = tmp_path / "out"
+        code, _, err = run_cli(personalize_args(model, photos, out / "run", "--progress-jsonl",
+                                                out / "logs" / "progress.jsonl"), capsys)
+        assert_one_line_error(code, err, needle)
+        assert not out.exists()
+
+
 def test_a_progress_log_on_a_full_disk_stops_the_run_with_its_steps_saved_and_no_half_line(
         tiny_export, photos, tmp_path, capsys, monkeypatch):
     """The log's disk filled up mid-run: the run died with its steps since the last checkpoint lost (the run folder's
