@@ -39,7 +39,7 @@ from _results_guard import check_results_folder  # noqa: E402
 from _scratch import scratch_folder  # noqa: E402
 
 from zoodip import validation  # noqa: E402
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.image_side import check_side  # noqa: E402
 from zoodip.manifest import MANIFEST  # noqa: E402
@@ -373,6 +373,7 @@ def _guard_settings(args: argparse.Namespace) -> dict:
                          "contenders": sorted(select(args.contenders, args.quick))}
 
 
+@script_main("--out was not written (the exports finished so far stay in --cache for the next run)")
 def main(argv: list[str] | None = None) -> int:
     try:
         args = (parser := _parser()).parse_args(argv)

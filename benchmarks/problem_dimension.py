@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
 from benchmarks._results_guard import check_results_folder  # noqa: E402
@@ -314,6 +314,7 @@ def noise_report(names: list[str], folders: dict, draws_per_concept: int, seed: 
                      f"{r['zo_variance_per_step_vs_backprop']:.1f}", f"{r['forwards_per_backprop_step']:.0f}",
                      f"{r['top5pct_share_of_squared_norm']:.2f}",
                      " / ".join(f"{r['clipped_estimate_gain'][str(k)]:.2f}" for k in CLIP_KAPPAS)] for r in rows])
+    out.mkdir(parents=True, exist_ok=True)  # (only now: an interrupted or failed run leaves no empty --out)
     (out / "gradient-noise.json").write_text(json.dumps({**run_context(command), "t_range": T_RANGE, "rows": rows},
                                                         indent=1) + "\n")
     (out / "gradient-noise.md").write_text(report)
@@ -321,6 +322,7 @@ def noise_report(names: list[str], folders: dict, draws_per_concept: int, seed: 
     return 0
 
 
+@script_main("--out was not written (the worlds built into --cache are kept for the next run)")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python benchmarks/problem_dimension.py", description=__doc__.splitlines()[0])
     p.add_argument("--models", default="reference-64,isometric-768,sd-width-768",
@@ -360,7 +362,6 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(exc)
     command = " ".join(["python benchmarks/problem_dimension.py",
                         *relative_args(argv if argv is not None else sys.argv[1:])])
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.gradient_noise:
         return noise_report(names, folders, args.gradient_noise, args.seed, args.out, command.strip())
     rows = []

@@ -57,7 +57,7 @@ from benchmarks._results_guard import check_results_folder  # noqa: E402
 from benchmarks._quality_summary import (  # noqa: E402,F401 (quality.summarize & co.: tests, --merge)
     forwards_to_reach, metric_names, ratio_of_means_ci, summarize)
 from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.manifest import MANIFEST  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
@@ -333,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@script_main("--out was not written (a model exported into --cache is kept for the next run)")
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:

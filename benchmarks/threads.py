@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "sdk"))
 
 from _models import checked_export  # noqa: E402
 from _results_guard import check_results_folder  # noqa: E402
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.image_side import side_problem  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
@@ -142,6 +142,7 @@ def default_model() -> Path:
     return prepare_export(DEFAULT_CACHE, tiny=False, recipe="w8a32", chunks=DEFAULT_CHUNKS)
 
 
+@script_main("--out was not written")
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python benchmarks/threads.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="export folder (default: the SD1.5 architecture with random weights, "

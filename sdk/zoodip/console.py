@@ -9,13 +9,14 @@ import argparse
 import codecs
 import contextlib
 import difflib
+import functools
 import re
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import ZoodipError
 
@@ -235,6 +236,24 @@ def print_error(problem: object) -> int:
     """The contract's one line for a problem (``error: ...`` on stderr); returns the exit status to end with (2)."""
     print(f"error: {problem}", file=sys.stderr)
     return ZoodipError.exit_code
+
+
+def script_main(kept: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """A repository script's ``main``, ended as the CLI's is: a ZoodipError that escapes it as the one ``error:`` line
+    (exit status 2), a Ctrl-C as one line ``interrupted: KEPT`` (what the interrupted run leaves: exit status 130),
+    never a traceback."""
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args: object, **kwargs: object) -> int:
+            try:
+                return main(*args, **kwargs)
+            except ZoodipError as exc:
+                return print_error(exc)
+            except KeyboardInterrupt:
+                print(f"interrupted: {kept}", file=sys.stderr)
+                return 130
+        return run
+    return wrap
 
 
 def _nearest_choice(message: str) -> str:
