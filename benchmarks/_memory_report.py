@@ -6,6 +6,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from _results_files import png, write_file
+
 GB = 1e9
 MB = 1 << 20
 TARGET_PEAK_GB = 1.3
@@ -303,12 +305,12 @@ def bar_chart(rows: list[dict], path: Path, title: str, targets: bool = True) ->
         draw.rectangle([label_w, y + 3, label_w + int(value * scale), y + row_h - 3], fill=color)
         draw.text((label_w + int(value * scale) + 6, y + 4), f"{value:.2f} GB", fill="black", font=font)
     if not targets:
-        image.save(path, optimize=True)
+        write_file(path, png(image, optimize=True))
         return
     x = label_w + int(TARGET_PEAK_GB * scale)
     draw.line([x, top - 4, x, top + row_h * len(rows)], fill=(220, 0, 0), width=1)
     draw.text((x + 3, top + row_h * len(rows) + 4), f"target {TARGET_PEAK_GB} GB", fill=(220, 0, 0), font=font)
-    image.save(path, optimize=True)
+    write_file(path, png(image, optimize=True))
 
 
 # --- main ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from benchmarks._results_files import png, write_file
 from benchmarks._quality_summary import TARGET_RATIO, metric_names, target_metrics
 
 
@@ -144,7 +145,7 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
     lines.append("Method settings: ")
     for method, entry in methods.items():
         lines.append(f"- `{method}`: " + ", ".join(f"{k}={v}" for k, v in entry["spec"].items()))
-    path.write_text("\n".join(lines) + "\n")
+    write_file(path, "\n".join(lines) + "\n")
 
 
 def target_line(name: str, entry: dict[str, Any], metrics: list[str]) -> str:
@@ -176,20 +177,19 @@ def write_curves(path: Path, results: dict[str, Any]) -> None:
             x_max = max(x for s in series.values() for x, _ in s)
             series["init"] = [(0.0, series["init"][0][1]), (x_max, series["init"][0][1])]
         panels.append(line_panel(f"{metric} (mean over {len(results['jobs'])} jobs) vs UNet forwards", series))
-    tile(panels, columns=2).save(path)
+    write_file(path, png(tile(panels, columns=2)))
 
 
 def write_results(out: Path, result: dict[str, Any], report: str) -> None:
     """A benchmark script's record: ``out``/results.json (the data) and results.md (``report``), which is also printed."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "results.md").write_text(report)
+    write_file(out / "results.json", json.dumps(result, indent=1) + "\n")
+    write_file(out / "results.md", report)
     print(report)
 
 
 def write_reports(out: Path, results: dict[str, Any]) -> None:
     """results.json, results.md and curves.png in ``out`` (samples.png needs the images: main only)."""
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    write_file(out / "results.json", json.dumps(results, indent=1, default=float))
     write_markdown(out / "results.md", results)
     write_curves(out / "curves.png", results)
 
@@ -215,4 +215,4 @@ def write_samples(path: Path, samples: dict[str, dict[str, list]]) -> None:
         for c, job in enumerate(jobs):
             for k, image in enumerate(samples[method].get(job, [])[:per]):
                 sheet.paste(image.resize((size, size), Image.Resampling.NEAREST), (label_w + c * (per * size + 6) + k * size, y))
-    sheet.quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)  # a small PNG
+    write_file(path, png(sheet.quantize(256, method=Image.Quantize.MEDIANCUT), optimize=True))  # a small PNG

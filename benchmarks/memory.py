@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "sdk"))
 from _memory_contenders import CONTENDERS, DEFAULT_CHUNKS, GENERATION, MAIN, QUICK_LEVERS  # noqa: E402,F401 (memory.CONTENDERS stays)
 from _memory_report import GB, bar_chart, breakdown, has_targets, markdown, peak_split, ratios, summarize  # noqa: E402
 from _models import DEFAULT_CACHE, export_name, is_current_export  # noqa: E402
+from _results_files import write_file  # noqa: E402
 from _results_guard import check_results_folder  # noqa: E402
 from _scratch import scratch_folder  # noqa: E402
 
@@ -247,9 +248,8 @@ def run(args: argparse.Namespace) -> dict:
     report["elapsed_s"] = time.perf_counter() - started
     scratch.cleanup()
     out.mkdir(parents=True, exist_ok=True)  # (only now: a failed or interrupted run leaves no empty --out behind)
-    (out / "memory.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    text = markdown(report)
-    (out / "memory.md").write_text(text, encoding="utf-8")
+    write_file(out / "memory.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_file(out / "memory.md", markdown(report))
     bar_chart(rows, out / "memory.png", f"Peak RSS at {resolution}px ({report['machine']['cores']} cores)",
               has_targets(report))
     return report
@@ -357,8 +357,8 @@ def render(out: Path) -> dict:
         if ok and "phases" in row:
             row["peak_split"] = peak_split(row["phases"])
     report["ratios"] = ratios(report["rows"], has_targets(report))
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    (out / "memory.md").write_text(markdown(report), encoding="utf-8")
+    write_file(path, json.dumps(report, indent=2, default=str) + "\n")
+    write_file(out / "memory.md", markdown(report))
     bar_chart(report["rows"], out / "memory.png", f"Peak RSS at {report['resolution']}px ({report['machine']['cores']} cores)",
               has_targets(report))
     return report

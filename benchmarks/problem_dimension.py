@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
+from benchmarks._results_files import write_file  # noqa: E402
 from benchmarks._results_guard import check_results_folder  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "problem-dimension"  # the committed results
@@ -314,10 +315,9 @@ def noise_report(names: list[str], folders: dict, draws_per_concept: int, seed: 
                      f"{r['zo_variance_per_step_vs_backprop']:.1f}", f"{r['forwards_per_backprop_step']:.0f}",
                      f"{r['top5pct_share_of_squared_norm']:.2f}",
                      " / ".join(f"{r['clipped_estimate_gain'][str(k)]:.2f}" for k in CLIP_KAPPAS)] for r in rows])
-    out.mkdir(parents=True, exist_ok=True)  # (only now: an interrupted or failed run leaves no empty --out)
-    (out / "gradient-noise.json").write_text(json.dumps({**run_context(command), "t_range": T_RANGE, "rows": rows},
-                                                        indent=1) + "\n")
-    (out / "gradient-noise.md").write_text(report)
+    write_file(out / "gradient-noise.json", json.dumps({**run_context(command), "t_range": T_RANGE, "rows": rows},
+                                                       indent=1) + "\n")
+    write_file(out / "gradient-noise.md", report)  # (--out made only now: a failed run leaves none)
     print(report)
     return 0
 

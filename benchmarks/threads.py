@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "sdk"))
 
 from _models import checked_export  # noqa: E402
+from _results_files import write_file  # noqa: E402
 from _results_guard import check_results_folder  # noqa: E402
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
@@ -188,9 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **machine(), "model": relative_args([str(model)])[0],
             "resolution": args.resolution, "forwards": args.forwards, "busy": args.busy}
     results = {"meta": meta, "settings": settings}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "threads.json").write_text(json.dumps(results, indent=2))
-    (out / "threads.md").write_text(markdown(results))
+    write_file(out / "threads.json", json.dumps(results, indent=2))
+    write_file(out / "threads.md", markdown(results))
     print(markdown(results))
     return 0
 
