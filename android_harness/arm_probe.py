@@ -15,11 +15,15 @@ import time
 
 _T0 = time.monotonic()
 
+import contextlib  # noqa: E402
 import hashlib  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TextIO  # noqa: E402
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
@@ -74,6 +78,27 @@ def fd_probe(model_dir: str, directions: int, mu: float, threads: int, seed: int
             "forward_s": time.monotonic() - started, "batch": len(candidates)}
 
 
+# The `zoodip personalize` flags this script passes its own on as, by the name the user gave: the CLI's refusals
+# (`--max_train_steps must be ...`, `--output_dir X is an existing file`) are shown in this script's words.
+CLI_FLAGS = {"max_train_steps": "--steps", "output_dir": "--out", "train_data_dir": "--photos",
+             "checkpointing_steps": "--checkpointing-steps"}
+_CLI_FLAG = re.compile(r"(?<![\w-])(?:--)?(" + "|".join(CLI_FLAGS) + r")\b")
+
+
+class InOwnFlags(io.TextIOBase):
+    """A text stream writing to ``stream`` with the CLI's flag names in CLI_FLAGS replaced by this script's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(_CLI_FLAG.sub(lambda found: CLI_FLAGS[found.group(1)], text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     # zoodip (PYTHONPATH=sdk) is what this probe runs; imported here, after IMPORT_S, as zoodip.cli is below.
     from zoodip.console import OneLineParser, print_error
@@ -105,12 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     # Inside the run's folder, as device_run.py keeps it (it was OUT.progress.jsonl, beside the folder).
     progress = out / "progress.jsonl" if args.progress_jsonl is None else Path(args.progress_jsonl)
     started = time.monotonic()
-    code = cli_main(["personalize", "--model", args.model, "--train_data_dir", args.photos, "--output_dir", str(out),
-                     "--placeholder_token", "<arm-star>", "--initializer_token", "star",
-                     "--max_train_steps", str(args.steps), "--eval-every", str(args.eval_every),
-                     "--checkpointing_steps", str(args.checkpointing_steps), "--tau", str(args.tau), "--n", str(args.n),
-                     "--seed", str(args.seed), "--threads", str(args.threads), "--no-progress",
-                     "--progress-jsonl", str(progress)])
+    with contextlib.redirect_stderr(InOwnFlags(sys.stderr)):
+        code = cli_main(["personalize", "--model", args.model, "--train_data_dir", args.photos,
+                         "--output_dir", str(out), "--placeholder_token", "<arm-star>", "--initializer_token", "star",
+                         "--max_train_steps", str(args.steps), "--eval-every", str(args.eval_every),
+                         "--checkpointing_steps", str(args.checkpointing_steps), "--tau", str(args.tau),
+                         "--n", str(args.n),
+                         "--seed", str(args.seed), "--threads", str(args.threads), "--no-progress",
+                         "--progress-jsonl", str(progress)])
     if code != 0:
         return code
     report = {

@@ -144,3 +144,22 @@ def test_the_probe_refuses_a_direction_count_it_cannot_batch_before_personalizin
     assert done.returncode == 2 and done.stderr.startswith("error: --directions") and done.stderr.count("\n") == 1, \
         done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags, said", [(["--steps", "-1"], "error: --steps must be an integer >= 1"),
+                                         (["--checkpointing-steps", "-3"], "error: --checkpointing-steps must be"),
+                                         (["--out", "FILE"], "error: --out {FILE} is an existing file")])
+def test_the_probes_refusals_name_its_own_flags_not_the_clis(flags, said, tmp_path, capsys):
+    """arm_probe.py --steps -1 said '--max_train_steps must be an integer >= 1', --out FILE '--output_dir ... is an
+    existing file': the names of the `zoodip personalize` flags it passes them on as, which it does not take."""
+    sys.path.insert(0, str(REPO / "android_harness"))
+    import arm_probe
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    argv = ["--model", str(tmp_path / "model"), "--photos", str(REPO / "sdk" / "zoodip" / "data" / "example_concept"),
+            "--out", str(tmp_path / "out"), *[str(afile) if flag == "FILE" else flag for flag in flags]]
+    assert arm_probe.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(said.format(FILE=afile)) and err.count("\n") == 1, err
+    assert "_steps" not in err and "output_dir" not in err
