@@ -24,6 +24,7 @@ from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.export_folder import check_out_dir  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
 from zoodip.manifest import MANIFEST  # noqa: E402
 
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= args.guidance < float("inf"):
             p.error(f"--guidance {args.guidance}: give a finite guidance scale >= 0")
         check_output_dir(args.out, "--out")  # before minutes of generating
+        check_out_dir(args.export, overwrite=True, source=args.model, flag="--export")  # (re-exported into: named so)
     except ZoodipError as exc:
         return print_error(exc)
 

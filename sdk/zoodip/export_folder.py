@@ -101,23 +101,25 @@ def remove_stale_staging(out_dir: Path) -> None:
         print(f"removed {entry.name} ({size / 2**20:.0f} MiB), left by an export that was killed", file=sys.stderr)
 
 
-def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None) -> None:
-    """OUT_DIR checked before any work: creatable, not the source, and only an earlier export is replaced."""
+def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None, flag: str = "OUT_DIR") -> None:
+    """OUT_DIR checked before any work: creatable, not the source, and only an earlier export is replaced. ``flag``:
+    how the caller's user named the folder (a script that exports into its ``--export``), for the refusals."""
     done = finish_interrupted_swap(out_dir)  # (an export killed while replacing OUT_DIR: its old one comes back)
     if done:
         print(done, file=sys.stderr)
-    check_output_dir(out_dir, "OUT_DIR")  # not a file, not under one, creatable: before any work
+    check_output_dir(out_dir, flag)  # not a file, not under one, creatable: before any work
     if source is not None:
         if lies_within(source, out_dir):
-            raise ZoodipError(f"OUT_DIR {out_dir} is the source folder or holds it, which the export must not replace: "
-                              "choose another OUT_DIR")
+            raise ZoodipError(f"{flag} {out_dir} is the source folder or holds it, which the export must not replace: "
+                              f"choose another {flag}")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
             raise ZoodipError(f"output folder {out_dir} exists and is not empty (use --overwrite to replace it)")
         # --overwrite replaces a previous export, never an arbitrary folder someone pointed us at.
         manifest = out_dir / MANIFEST
         if not manifest.is_file() or _format_of(manifest) != FORMAT:
-            raise ZoodipError(f"refusing to overwrite {out_dir}: it is not a zoodip export folder")
+            raise ZoodipError(f"refusing to overwrite {flag} {out_dir}: it is not a zoodip export folder: choose "
+                              f"another {flag}")
 
 
 def _format_of(manifest: Path) -> object:

@@ -160,3 +160,21 @@ def test_the_evaluator_training_writes_into_a_new_folder(tmp_path):
                           "1", "--batch", "2", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
     assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["steps"] == 1
+
+
+def test_eval_reference_names_export_when_refusing_its_export_folder(tmp_path, capsys):
+    """eval_reference.py --export DAMAGED said 'refusing to overwrite DAMAGED: it is not a zoodip export folder', and
+    --export over the model 'OUT_DIR ... is the source folder': the exporter's words, naming no --export flag."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from reference import eval_reference
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "manifest.json").write_text("{")
+    for export, said in ((damaged, f"refusing to overwrite --export {damaged}: it is not a zoodip export folder"),
+                         (REPO / "reference", f"--export {REPO / 'reference'} is the source folder")):
+        assert eval_reference.main(["--export", str(export), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {said}") and err.count("\n") == 1, err
+    assert (damaged / "manifest.json").read_text() == "{" and not (tmp_path / "out").exists()
