@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from zoodip.errors import ZoodipError
+from zoodip.export_folder import check_out_dir, export_write_failure, output_target, publish, staging_folder
 from zoodip.integrity import file_sha256
 from zoodip.manifest import FORMAT, FORMAT_VERSION, MANIFEST  # one definition of the folder format, shared with the reader
+from zoodip.paths import missing_parents
 from zoodip.runtime_options import NOT_SMOOTH_RECIPES
 from zoodip_export.lora import LoraSpec, fuse_loras, lora_entries, lora_specs
 from zoodip_export.requirements import check_export_requirements
-from zoodip.export_folder import check_out_dir, export_write_failure, missing_parents, output_target, publish, staging_folder
-from zoodip_export.source_folder import (check_source, model_info, pipeline_scheduler_config, read_source,
-                                         source_warnings)
+from zoodip_export.source_folder import check_source, model_info, pipeline_scheduler_config, read_source, source_warnings
 from zoodip_export.weights import load_checked
 
 PRECISIONS = ("int8", "fp32")

@@ -67,15 +67,6 @@ def export_write_failure(exc: BaseException, staging: Path, out_dir: Path) -> Zo
                        "nothing was written")
 
 
-def missing_parents(path: Path) -> list[Path]:
-    missing = []
-    for parent in path.parents:
-        if parent.exists():
-            break
-        missing.append(parent)
-    return missing
-
-
 def staging_folder(out_dir: Path) -> Path:
     """A fresh hidden folder beside ``out_dir`` to build the export in, with ordinary permissions.
 

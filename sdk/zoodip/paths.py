@@ -218,6 +218,17 @@ def _writer_may_run(entry: Path) -> bool:
     return found is not None and process_is_running(int(found.group(1)))
 
 
+def missing_parents(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, innermost first: what making it would create (and what a
+    failed or refused run removes again)."""
+    missing = []
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
 def left_by_ended_process(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
     """The entries of ``folder`` whose names match ``pattern``, its first group the id of the process that made
     them, where that process no longer runs: what an export, a swap or a build killed before its cleanup left."""

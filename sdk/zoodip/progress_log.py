@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ZoodipError
-from .export_folder import missing_parents
-from .paths import append_whole, take_flock, write_failure
+from .paths import append_whole, missing_parents, take_flock, write_failure
 from .json_text import parse_json
 
 
