@@ -417,12 +417,16 @@ def _in_flag_words(message: str, from_image: Sequence[str] = (), paths: Sequence
     return in_flag_words(message, paths)
 
 
-def _given_paths(args: argparse.Namespace | None) -> list[str]:
+def _given_paths(args: argparse.Namespace | None, argv: Sequence[str] = ()) -> list[str]:
     """The paths the command line gave (its path flags' values, --embedding's specs each), which a message may open
-    with: 'steps is a folder' names the user's folder, not --steps."""
+    with: 'steps is a folder' names the user's folder, not --steps. A path named as a setting that the command line
+    also gave is left out: 'max_train_steps must be ...' with --output_dir max_train_steps is the setting's refusal."""
     values = [getattr(args, dest, None) for dest in PATH_FLAGS] if args is not None else []
-    return [str(value) for given in values for value in (given if isinstance(given, list) else [given])
-            if value is not None]
+    flags = api_name_flags()
+    spellings = {name: {flags[name], "--" + name, "--" + name.replace("_", "-")} for name in flags}
+    given = {word.partition("=")[0] for word in argv if word.startswith("--")}
+    return [str(value) for paths in values for value in (paths if isinstance(paths, list) else [paths])
+            if value is not None and not spellings.get(str(Path(str(value))), set()) & given]
 
 
 def _flag_of_path(args: argparse.Namespace | None, filename: object) -> str | None:
@@ -472,11 +476,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "info": cmd_info}[args.command]
         with warnings.catch_warnings():
             warnings.showwarning = lambda message, *where: one_line_warning(
-                in_flag_words(str(message), _given_paths(args)), *where)
+                in_flag_words(str(message), _given_paths(args, argv)), *where)
             return handler(args)
     except ZoodipError as exc:
         return print_error(_in_flag_words(str(exc), getattr(args, "from_image", ()) if args is not None else (),
-                                          _given_paths(args)))
+                                          _given_paths(args, argv)))
     except KeyboardInterrupt:
         print(_INTERRUPTED.get(command, "interrupted"), file=sys.stderr)
         return 130

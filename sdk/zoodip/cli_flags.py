@@ -365,9 +365,19 @@ def in_flag_words(message: str, paths: Collection[str] = ()) -> str:
     """An SDK message in the words of the command line: ``curvature_fraction 0.9: ... give curvature_fraction=0``
     -> ``--curvature-subspace 0.9: ... give --no-curvature-subspace``. ``paths``: those the command line gave; a
     message that opens with one ("steps is a folder") opens with the user's path, not with a setting's name."""
+    opening = _opening_path(message, paths)
+    return message[:len(opening)] + _said_in_flag_words(message[len(opening):])
+
+
+def _opening_path(message: str, paths: Collection[str]) -> str:
+    """The path given that ``message`` opens with, as typed or as ``Path`` says it (``./seed`` is said ``seed``)."""
+    said = {form for path in paths if path for form in (path, str(Path(path)))}
+    return max((form for form in said if message.startswith(form)
+                and message[len(form):len(form) + 1] in ("", " ", ":", ",")), key=len, default="")
+
+
+def _said_in_flag_words(message: str) -> str:
     flags = api_name_flags()
-    opens_with_path = any(path and message.startswith(path) and message[len(path):len(path) + 1] in ("", " ", ":", ",")
-                          for path in paths)
 
     def said(match: re.Match[str]) -> str:
         name, value = match.group(1), match.group(2)
@@ -376,7 +386,7 @@ def in_flag_words(message: str, paths: Collection[str] = ()) -> str:
         if match.group(0) in _SETTING_FLAGS:
             return _SETTING_FLAGS[match.group(0)]
         if name not in flags or not ("_" in name or name in _SYMBOL_NAMES or value is not None
-                                     or match.start() == 0 and name in _WORD_NAMES and not opens_with_path):
+                                     or match.start() == 0 and name in _WORD_NAMES):
             return match.group(0)
         return flags[name] if value is None else f"{flags[name]} {value.strip(chr(39))}"
 

@@ -371,3 +371,23 @@ def test_a_path_named_like_a_setting_is_said_as_the_path_not_as_that_flag(tiny_e
     code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "0", "--out", "o.png"],
                            capsys)  # (a setting's own refusal still says its flag)
     assert_one_line_error(code, err, "error: --steps must be an integer")
+
+
+def test_a_path_with_a_setting_name_or_a_dot_slash_is_said_as_the_path(tmp_path, monkeypatch, capsys):
+    """The opening path was kept as typed only for a one-word setting name given bare: 'zoodip info max_train_steps'
+    (a folder) still said '--max_train_steps is a folder', and 'zoodip info ./seed' (said 'seed is a folder')
+    '--seed is a folder'."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("seed", "max_train_steps", "learning_rate"):
+        (tmp_path / name).mkdir()
+    for given, said in (("max_train_steps", "max_train_steps"), ("./seed", "seed"), ("learning_rate/", "learning_rate")):
+        code, _, err = run_cli(["info", given], capsys)
+        assert_one_line_error(code, err, f"error: {said} is a folder")
+    # (the rest of the message is still said in flag words)
+    assert in_flag_words("seed is max_train_steps", ["seed"]) == "seed is --max_train_steps"
+    # A setting given on the command line whose refusal opens with its name is still said as its flag, even where a
+    # path given has that name.
+    code, _, err = run_cli(["personalize", "--pretrained_model_name_or_path", str(tmp_path / "none"),
+                            "--train_data_dir", str(tmp_path), "--output_dir", "max_train_steps",
+                            "--max_train_steps", "0"], capsys)
+    assert_one_line_error(code, err, "error: --max_train_steps must be an integer >= 1")
