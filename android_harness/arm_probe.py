@@ -86,13 +86,18 @@ _CLI_FLAG = re.compile(r"(?<![\w-])(?:--)?(" + "|".join(CLI_FLAGS) + r")\b")
 
 
 class InOwnFlags(io.TextIOBase):
-    """A text stream writing to ``stream`` with the CLI's flag names in CLI_FLAGS replaced by this script's."""
+    """A text stream writing to ``stream`` with the CLI's flag names in CLI_FLAGS replaced by this script's, except
+    within ``kept``, the paths the user gave (DIR/output_dir is their folder's name, not a flag)."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, kept: tuple[str, ...] = ()) -> None:
         self.stream = stream
+        forms = sorted({form for path in kept if path for form in (path, str(Path(path)))}, key=len, reverse=True)
+        self._kept = re.compile("(" + "|".join(map(re.escape, forms)) + ")") if forms else None
 
     def write(self, text: str) -> int:
-        self.stream.write(_CLI_FLAG.sub(lambda found: CLI_FLAGS[found.group(1)], text))
+        pieces = self._kept.split(text) if self._kept is not None else [text]  # (odd places: the paths kept)
+        self.stream.write("".join(piece if i % 2 else _CLI_FLAG.sub(lambda found: CLI_FLAGS[found.group(1)], piece)
+                                  for i, piece in enumerate(pieces)))
         return len(text)
 
     def flush(self) -> None:
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     # Inside the run's folder, as device_run.py keeps it (it was OUT.progress.jsonl, beside the folder).
     progress = out / "progress.jsonl" if args.progress_jsonl is None else Path(args.progress_jsonl)
     started = time.monotonic()
-    with contextlib.redirect_stderr(InOwnFlags(sys.stderr)):
+    with contextlib.redirect_stderr(InOwnFlags(sys.stderr, (args.model, args.photos, str(out), str(progress)))):
         code = cli_main(["personalize", "--model", args.model, "--train_data_dir", args.photos,
                          "--output_dir", str(out), "--placeholder_token", "<arm-star>", "--initializer_token", "star",
                          "--max_train_steps", str(args.steps), "--eval-every", str(args.eval_every),

@@ -163,3 +163,22 @@ def test_the_probes_refusals_name_its_own_flags_not_the_clis(flags, said, tmp_pa
     err = capsys.readouterr().err
     assert err.startswith(said.format(FILE=afile)) and err.count("\n") == 1, err
     assert "_steps" not in err and "output_dir" not in err
+
+
+def test_the_probes_flag_names_leave_the_users_paths_as_given(tmp_path, capsys):
+    """Its stderr's renaming of the CLI's flags rewrote a path the user gave that holds a flag's name: --out
+    DIR/output_dir (a file) said '--out DIR/--out is an existing file', --model DIR/train_data_dir (missing) '...
+    DIR/--photos does not exist'."""
+    sys.path.insert(0, str(REPO / "android_harness"))
+    import arm_probe
+
+    afile = tmp_path / "output_dir"
+    afile.write_text("")
+    photos = REPO / "sdk" / "zoodip" / "data" / "example_concept"
+    assert arm_probe.main(["--model", str(tmp_path / "model"), "--photos", str(photos), "--out", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {afile} is an existing file") and err.count("\n") == 1, err
+    missing = tmp_path / "train_data_dir"
+    assert arm_probe.main(["--model", str(missing), "--photos", str(photos), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and err.count("\n") == 1, err
