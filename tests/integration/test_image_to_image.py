@@ -102,3 +102,15 @@ def test_bad_image_to_image_inputs_are_one_line(model, picture, tiny_export, tmp
     assert not (tmp_path / "x.png").exists()
     code, out, _ = run_cli(common + ["--image", picture, "--strength", "0.5", "--sampler", "euler_a"], capsys)
     assert code == 0 and Image.open(tmp_path / "x.png").size == (128, 64), out
+
+
+def test_a_strength_needing_exactly_the_most_steps_is_not_told_or_more() -> None:
+    """strength 0.001 of 3 steps said 'give steps=1000 or more' on a 1000-step schedule, where more is refused (and
+    strength 0.02 with the lcm sampler 'steps=50 or more', its most)."""
+    from zoodip.sampling import steps_run
+
+    for strength, most in ((0.001, 1000), (0.02, 50)):
+        with pytest.raises(ZoodipError, match=rf": raise it, or give steps={most}$"):
+            steps_run(3, strength, most)
+    with pytest.raises(ZoodipError, match=r": raise it, or give steps=10 or more$"):
+        steps_run(4, 0.1, 1000)
