@@ -103,6 +103,11 @@ class InOwnFlags(io.TextIOBase):
     def flush(self) -> None:
         self.stream.flush()
 
+    def reconfigure(self, **settings: object) -> None:
+        """zoodip's readable_output: set on the stream beneath (a path's non-UTF-8 byte shown as '\\xff')."""
+        if callable(getattr(self.stream, "reconfigure", None)):
+            self.stream.reconfigure(**settings)
+
 
 def main(argv: list[str] | None = None) -> int:
     # zoodip (PYTHONPATH=sdk) is what this probe runs; imported here, after IMPORT_S, as zoodip.cli is below.

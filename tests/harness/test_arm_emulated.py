@@ -7,6 +7,7 @@ binfmt_misc registrations do not survive a reboot; status() re-registers the emu
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -182,3 +183,17 @@ def test_the_probes_flag_names_leave_the_users_paths_as_given(tmp_path, capsys):
     assert arm_probe.main(["--model", str(missing), "--photos", str(photos), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and err.count("\n") == 1, err
+
+
+def test_the_probes_stderr_shows_a_byte_of_a_path_as_the_cli_does(tmp_path, capsys):
+    """Under its flag renaming, zoodip's readable output (a path's non-UTF-8 byte shown as '\\xff') was not set on
+    the real stderr: the byte came out as Python's '\\udcff', or failed where the stream is strict."""
+    sys.path.insert(0, str(REPO / "android_harness"))
+    import arm_probe
+
+    afile = tmp_path / os.fsdecode(b"caf\xff")
+    afile.write_text("")
+    photos = REPO / "sdk" / "zoodip" / "data" / "example_concept"
+    assert arm_probe.main(["--model", str(tmp_path / "model"), "--photos", str(photos), "--out", str(afile)]) == 2
+    err = capsys.readouterr().err
+    assert "caf\\xff is an existing file" in err and err.count("\n") == 1, err
