@@ -41,8 +41,9 @@ class PartialUniformTimesteps:
         range does not fit (the dataclass's own check names its fields, which the setting's user never typed)."""
         t_min, t_max = t_range
         if not 0 <= t_min < t_max <= num_train_timesteps:
+            paper = tuple(t * num_train_timesteps // 1000 for t in PAPER_T_RANGE)  # (its range is of T = 1000)
             raise ZoodipError(f"t_range must satisfy 0 <= T_MIN < T_MAX <= {num_train_timesteps} (the model's "
-                              f"num_train_timesteps), got ({t_min}, {t_max}): e.g. the paper's {PAPER_T_RANGE}")
+                              f"num_train_timesteps), got ({t_min}, {t_max}): e.g. the paper's {paper}")
         return cls(t_min, t_max, num_train_timesteps)
 
     @classmethod

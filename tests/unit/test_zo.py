@@ -821,3 +821,15 @@ def test_a_subspace_state_no_fit_leaves_is_refused_on_loading():
                            (dict(kept_dims=-1), "rows without a fit")):
         with pytest.raises(ZoodipError, match=needle):
             SubspaceProjector(8, tau=4).load_state_dict({**state, **change})
+
+
+def test_a_t_range_that_does_not_fit_names_the_setting_and_a_range_that_fits() -> None:
+    """It said 't_min < t_max', names nobody typed, and offered (500, 900) to a model of 100 timesteps too."""
+    from zoodip.errors import ZoodipError
+    from zoodip.timesteps import PartialUniformTimesteps
+
+    for t_range, steps, example in (((500, 100), 1000, "(500, 900)"), ((50, 200), 100, "(50, 90)")):
+        with pytest.raises(ZoodipError, match=r"^t_range must satisfy 0 <= T_MIN < T_MAX") as refused:
+            PartialUniformTimesteps.of_setting(t_range, steps)
+        assert str(refused.value).endswith(f"e.g. the paper's {example}"), refused.value
+    assert PartialUniformTimesteps.of_setting((50, 90), 100) == PartialUniformTimesteps(50, 90, 100)
