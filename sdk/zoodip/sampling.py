@@ -195,7 +195,7 @@ def steps_run(steps: int, strength: float | None = None, most: int | None = None
             enough += 1
         then = (f"raise it, or give steps={enough}" + (" or more" if most is None or enough < most else "")
                 if most is None or enough <= most else
-                f"raise it: at this strength it needs {enough} steps, and this sampler takes at most {most}")
+                f"raise it: at this strength it needs {enough} steps, and the model and sampler take at most {most}")
         raise ZoodipError(f"strength {strength} of {steps} steps leaves no step to run (diffusers runs "
                           f"int(steps * strength)): {then}")
     return int(keep)
