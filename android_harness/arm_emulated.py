@@ -601,6 +601,13 @@ def make_tiny_export(work: Path, recipe: str = "w8a32") -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The emulated check's command line: a Ctrl-C is one line saying what is kept, exit status 130 (zoodip imported here, as in _main)."""
+    from zoodip.console import script_main
+
+    return script_main("--json was not written (what setup finished is kept for the next run; the run folders only in --work)")(_main)(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     _sdk_importable()
     from zoodip.console import OneLineParser, print_error  # one line for a bad flag
     from zoodip.errors import ZoodipError

@@ -110,9 +110,17 @@ class InOwnFlags(io.TextIOBase):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The probe's command line: a Ctrl-C is one line saying what is kept, exit status 130 (zoodip imported here, as in _main)."""
+    from zoodip.console import script_main
+
+    return script_main("--out/probe.json was not written (a personalization run finished in --out is kept)")(_main)(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     # zoodip (PYTHONPATH=sdk) is what this probe runs; imported here, after IMPORT_S, as zoodip.cli is below.
     from zoodip.console import OneLineParser, print_error
     from zoodip.errors import ZoodipError
+    from zoodip.paths import atomic_write_bytes
 
     parser = OneLineParser(prog="python android_harness/arm_probe.py", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -157,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.directions:
         report["fd_probe"] = fd_probe(args.model, args.directions, 1e-3, args.threads)
-    (out / "probe.json").write_text(json.dumps(report, indent=2) + "\n")
+    # whole or not at all (zoodip's own writer: the harness ships without benchmarks/)
+    text = json.dumps(report, indent=2) + "\n"
+    atomic_write_bytes(out / "probe.json", lambda handle: handle.write(text.encode("utf-8")), then="run the probe again")
     return 0
 
 

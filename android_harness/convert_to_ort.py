@@ -42,7 +42,7 @@ if (REPO / "sdk" / "zoodip").is_dir() and str(REPO / "sdk") not in sys.path:
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.manifest import MANIFEST  # noqa: E402
 from zoodip.model import GRAPHS, ExportedModel, RuntimeOptions, read_manifest  # noqa: E402
@@ -276,6 +276,7 @@ def convert_export(export_dir: str | Path, out_dir: str | Path, level: str = "ex
     return report
 
 
+@script_main("OUT_DIR was not written (an earlier conversion there is kept as it was)")
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python android_harness/convert_to_ort.py", description=__doc__.splitlines()[0])
     parser.add_argument("export_dir")

@@ -73,6 +73,13 @@ def progress_file(cli_args: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The device runner's command line: a Ctrl-C is one line saying what is kept, exit status 130 (zoodip imported here, as in _main)."""
+    from zoodip.console import script_main
+
+    return script_main("--summary holds the run as it was when last written (finished: false)")(_main)(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv or argv.index("--") != 2 or argv[0] != "--summary":
         print("usage: device_run.py --summary RUN_JSON -- personalize ...", file=sys.stderr)

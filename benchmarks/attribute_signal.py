@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
 from benchmarks._results_guard import check_results_folder  # noqa: E402
@@ -139,6 +139,7 @@ def concept_names(concepts: str | None) -> list[str]:
     return names
 
 
+@script_main("--out was not written (the results of earlier runs are kept)")
 def main(argv: list[str] | None = None) -> int:
     from problem_dimension import model_folders
     from reference import world

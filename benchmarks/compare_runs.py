@@ -28,7 +28,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a file: m
 from _quality_jobs import concept_reference_seed, generation_seed, seeded_names  # noqa: E402
 from _quality_summary import metric_names  # noqa: E402
 
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 
 
@@ -145,6 +145,7 @@ def read_run(path: Path) -> dict:
     return run
 
 
+@script_main("nothing was written")
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python benchmarks/compare_runs.py", description=__doc__.splitlines()[0])
     parser.add_argument("run_a", type=Path)

@@ -32,7 +32,7 @@ from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 from benchmarks._quality_report import write_results  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
 from benchmarks._results_guard import check_results_folder  # noqa: E402
@@ -239,6 +239,7 @@ def _guard_settings(args: argparse.Namespace) -> dict:
                          "steps": args.steps or default_steps(reference_available())}
 
 
+@script_main("--out was not written (the last demo's export and run in --work are kept for the next run)")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python benchmarks/demo_seeds.py", description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default=None, help=f"a range A-B or a comma list (default: {DEFAULT_SEEDS})")

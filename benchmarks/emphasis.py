@@ -25,6 +25,7 @@ from reference.repo import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 from _demo_runs import demo_benchmark  # noqa: E402
+from zoodip.console import script_main  # noqa: E402
 
 WEIGHTS = (1.2, 1.4, 1.6)
 TOKEN_WEIGHT = 0.8
@@ -81,6 +82,7 @@ def report(result: dict, command: str, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+@script_main("--out was not written (the results of earlier runs are kept)")
 def main(argv: list[str] | None = None) -> int:
     return demo_benchmark(argv, "emphasis.py", __doc__, ("model/manifest.json", "run/learned_embeds.safetensors"),
                           ("--seeds", 16, "images per prompt and variant"), measure, report)

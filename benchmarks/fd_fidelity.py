@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _fidelity import DIRECTIONS, MU, SEED, finite_difference_fidelity  # noqa: E402  (the check tests/integration/test_fidelity.py makes)
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.model import ExportedModel, read_manifest  # noqa: E402
 from zoodip.validation import finite_float  # noqa: E402
@@ -29,6 +29,7 @@ def measure(source: Path, export: Path, seed: int = SEED, directions: int = DIRE
     return finite_difference_fidelity(export, source, PHOTOS, seed, directions, mu)
 
 
+@script_main("nothing was written")
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python benchmarks/fd_fidelity.py", description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="the diffusers folder the exports were made from")

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _fidelity import SEED, fixed_problem, placeholder_gradient  # noqa: E402  (the fidelity check's problem)
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.denoising_loss import DenoisingLoss  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.model import ExportedModel, RuntimeOptions  # noqa: E402
@@ -162,6 +162,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+@script_main("--json was not written")
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python benchmarks/int4_gradient.py", description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="the diffusers folder the export was made from")

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository's benchmarks
 
 from benchmarks._quality_report import run_line  # noqa: E402
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 
 BLOCK = 32
@@ -121,6 +121,7 @@ def time_layer(model: onnx.ModelProto, feeds: dict, threads: int, repeats: int) 
     return 1000 * float(np.median(times))
 
 
+@script_main("nothing was written")
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python benchmarks/int4_kernels.py", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)

@@ -27,6 +27,7 @@ from reference.repo import REPO  # noqa: E402
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.errors import ZoodipError  # noqa: E402
 from _demo_runs import demo_benchmark  # noqa: E402
+from zoodip.console import script_main  # noqa: E402
 
 FILLER = "a photo " * 37 + "a "  # 75 tokens without an attribute word: a caption after it starts the second chunk
 SHORT_FILLER = "a photo " * 15  # 30 such tokens: a caption after it still fits the first chunk
@@ -89,6 +90,7 @@ def report(result: dict, command: str, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+@script_main("--out was not written (the results of earlier runs are kept)")
 def main(argv: list[str] | None = None) -> int:
     return demo_benchmark(argv, "long_prompts.py", __doc__, ("model/manifest.json",),
                           ("--captions", 40, "random captions, one image each per variant"), measure, report)

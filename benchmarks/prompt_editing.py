@@ -25,6 +25,7 @@ from reference.repo import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 from _demo_runs import demo_benchmark  # noqa: E402
+from zoodip.console import script_main  # noqa: E402
 
 SWITCHES = ("0.0", "0.2", "0.4", "0.6", "0.8", "1.0")  # "when", as fractions of the steps
 STEPS = 20
@@ -99,6 +100,7 @@ def report(result: dict, command: str, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+@script_main("--out was not written (the results of earlier runs are kept)")
 def main(argv: list[str] | None = None) -> int:
     return demo_benchmark(argv, "prompt_editing.py", __doc__, ("model/manifest.json",),
                           ("--captions", 40, "random captions, one image each per edit"), measure, report)

@@ -20,9 +20,9 @@ from reference.repo import REPO  # noqa: E402
 sys.path.insert(0, str(REPO / "sdk"))
 
 from benchmarks._quality_backprop import TORCH_SEED_LIMIT  # noqa: E402
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
-from zoodip.paths import check_output_file  # noqa: E402
+from zoodip.paths import atomic_write_bytes, check_output_file  # noqa: E402
 from zoodip.validation import finite_float, positive_int  # noqa: E402
 
 DEFAULT_SOURCE = REPO / ".cache" / "bench" / "sd15-random-s0"  # benchmarks/memory.py builds it
@@ -34,7 +34,7 @@ FLOAT16_ZERO = 2.0 ** -25  # and an alpha up to this one as 0 (a LoRA that chang
 def random_lora(source: Path, out: Path, rank: int, alpha: float, seed: int) -> int:
     """Write the LoRA; returns its number of layers."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     from transformers.utils import logging as transformers_logging
 
     from zoodip_export.onnx_export import load_text_encoder, load_unet
@@ -54,10 +54,12 @@ def random_lora(source: Path, out: Path, rank: int, alpha: float, seed: int) -> 
             tensors[f"{key}.lora_down.weight"] = (torch.randn(rank, shape[1], *kernel, generator=generator) * 0.01).half()
             tensors[f"{key}.lora_up.weight"] = (torch.randn(shape[0], rank, *kernel, generator=generator) * 0.01).half()
             tensors[f"{key}.alpha"] = torch.tensor(alpha).half()
-    save_file(tensors, str(out))
+    # whole or not at all: a Ctrl-C or a full disk during the write leaves no truncated LoRA under --out
+    atomic_write_bytes(out, lambda handle: handle.write(save(tensors)), then="run again")
     return len(tensors) // 3
 
 
+@script_main("--out was not written (an earlier file there is kept as it was)")
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python benchmarks/random_lora.py", description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="a diffusers SD folder (default: memory.py's "

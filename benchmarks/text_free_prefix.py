@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zoodip.console import OneLineParser, print_error
+from zoodip.console import OneLineParser, print_error, script_main
 from zoodip.errors import ZoodipError
 
 DIRECTIONS = 2  # the SDK's default n: a step evaluates n + 1 candidates
@@ -84,6 +84,7 @@ def load_unet(model: Path | None) -> tuple[Any, int]:
     return unet, vae_scale_factor(vae_config)
 
 
+@script_main("nothing was written")
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python benchmarks/text_free_prefix.py", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="a diffusers SD folder (default: SD1.5's architecture)")

@@ -26,7 +26,7 @@ from reference.repo import REPO, relative_args  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.generate import decode_latents  # noqa: E402
 from zoodip.images import to_pil  # noqa: E402
@@ -48,6 +48,7 @@ def compare(whole: np.ndarray, tiled: np.ndarray) -> dict[str, float]:
             "psnr_db": float("inf") if squared == 0 else 10 * float(np.log10(255.0**2 / squared))}
 
 
+@script_main("nothing was written")
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python benchmarks/vae_tiles.py", description=__doc__.splitlines()[0])
     parser.add_argument("--export", type=Path, default=DEFAULT_EXPORT, help="export folder (default: memory.py's SD1.5 one)")

@@ -29,11 +29,11 @@ from pathlib import Path
 import zoodip
 from zoodip.checkpoint import CHECKPOINT_NAME
 from zoodip.config import MAX_TRAIN_STEPS
-from zoodip.console import OneLineParser, print_error, ProgressBar, one_line_warning
+from zoodip.console import OneLineParser, print_error, ProgressBar, one_line_warning, script_main
 from zoodip.errors import ZoodipError
 from zoodip.manifest import MANIFEST
 from zoodip.lr_schedule import LR_SCHEDULERS
-from zoodip.paths import check_output_dir
+from zoodip.paths import atomic_write_bytes, check_output_dir
 
 EXAMPLE_PHOTOS = Path(zoodip.__file__).resolve().parent / "data" / "example_concept"
 REFERENCE_DIR = Path(__file__).resolve().parent
@@ -113,8 +113,13 @@ def _export_builtin(folder: Path, progress: bool, source: Path | None = None) ->
         export_model(None, folder, tiny=True, progress=progress, overwrite=True)
     else:
         export_model(source, folder, progress=progress, overwrite=True)
-    stamp_path.write_text(json.dumps(stamp) + "\n")
+    _write_text(stamp_path, json.dumps(stamp) + "\n")
     return folder
+
+
+def _write_text(path: Path, text: str) -> None:
+    """``path`` replaced whole (a Ctrl-C in the middle leaves the previous file or none, never half of one)."""
+    atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")), then="run the demo again")
 
 
 def _world():
@@ -140,7 +145,8 @@ def _concept_photos(folder: Path, world) -> tuple[Path, object]:
     concept = next(c for c in world.CONCEPTS if c.name == DEMO_TOKEN)
     folder.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(world.concept_images(concept, n=5, seed=0)):
-        image.save(folder / f"{concept.name.strip('<>')}_{i}.png")
+        atomic_write_bytes(folder / f"{concept.name.strip('<>')}_{i}.png",
+                           lambda handle, image=image: image.save(handle, format="PNG"), then="run the demo again")
     return folder, concept
 
 
@@ -214,7 +220,7 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
         summary.update(_score(concept, before, after))
     summary["seconds"] = {"export": round(exported_s, 1), "personalize": round(trained_s, 1),
                           "total": round(time.monotonic() - started, 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _write_text(out / "summary.json", json.dumps(summary, indent=2))
     print(f"demo: embedding {result.embedding_path}\ndemo: before/after grid {grid_path} "
           f"(rows: photos / before / after)\ndemo: {summary['seconds']['total']} s in all")
     return summary
@@ -246,7 +252,7 @@ def _personalize(export_dir: Path, photos_dir: Path, run_dir: Path, steps: int, 
 
             shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "demo_run.json").write_text(json.dumps(stamp))
+    _write_text(run_dir / "demo_run.json", json.dumps(stamp))
     bar = ProgressBar(steps, enabled=progress)
     try:
         return personalize(config, bar, resume=resume)
@@ -266,7 +272,7 @@ def _before_after(model, out: Path, photos_dir: Path, token: str, vectors, befor
     _, photos = load_images(photos_dir, size[0])
     grid = image_grid([_upscale(to_pil(photos[:num_images])), _upscale(before), _upscale(after)])
     grid_path = out / "before_after.png"
-    grid.save(grid_path)
+    atomic_write_bytes(grid_path, lambda handle: grid.save(handle, format="PNG"), then="run the demo again")
     return before, after, grid_path
 
 
@@ -342,6 +348,10 @@ def method_settings(args) -> dict:
     return settings
 
 
+# What a Ctrl-C leaves: the export is swapped in whole (or the earlier one kept), the training checkpoints are written
+# whole and resumed by the next run of the same settings, and the other files are each replaced whole.
+@script_main("what the demo finished in --out is kept (its export, the training's last checkpoint): run it again to "
+             "resume")
 def main(argv: list[str] | None = None) -> int:
     """The demo's command line; a bad flag or output folder is one line ``error: ...`` and exit status 2."""
     import warnings

@@ -22,7 +22,7 @@ from reference.evaluator import Evaluator, attribute_accuracy  # noqa: E402
 from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.export_folder import check_out_dir  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
@@ -38,6 +38,7 @@ def _exported_from(export: Path) -> Path | None:
     return Path(source).resolve() if source else None
 
 
+@script_main("--out was not written (an export finished in --export is kept for the next run)")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python reference/eval_reference.py", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=REPO / "reference" / "model")

@@ -188,6 +188,13 @@ def check_outputs(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The folder tools' command line: a Ctrl-C is one line saying what is kept, exit status 130 (zoodip imported here, as in _main)."""
+    from zoodip.console import script_main
+
+    return script_main("(pack and materialize leave DEST as it was; start's --out is whole only once it holds sd_width_start.json: run start again with --overwrite)")(_main)(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     from zoodip.console import OneLineParser, print_error  # one line for a bad flag, subcommands' too
     from zoodip.errors import ZoodipError
 

@@ -30,7 +30,7 @@ from reference import world  # noqa: E402
 from reference.repo import REPO, check_new_output  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_file  # noqa: E402
 from zoodip.validation import finite_float  # noqa: E402
@@ -101,6 +101,7 @@ def accuracy(net: EvaluatorNet, images: np.ndarray, codes: np.ndarray) -> dict[s
     return {a: float(c / len(images)) for a, c in zip(world.ATTRIBUTE_NAMES, correct)}
 
 
+@script_main("--out was not written (an existing one is kept as it was)")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python reference/train_evaluator.py", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=REPO / "reference" / ".work" / "evaluator.onnx",

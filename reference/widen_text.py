@@ -32,11 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
-from reference.repo import REPO, check_new_output, repo_relative  # noqa: E402
+from reference.repo import REPO, check_new_output, repo_relative, write_folder_beside  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
 
-from zoodip.console import OneLineParser, print_error  # noqa: E402
+from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import lies_within  # noqa: E402
 
@@ -149,17 +149,20 @@ def widen(src: Path, dest: Path, width: int = 768, seed: int = 0) -> dict:
     dest = Path(dest).resolve()  # a link's target is replaced, not the link (rmtree refuses links; '.' is named)
     if lies_within(src, dest):  # the folder is replaced below: it must not be the one just read
         raise ZoodipError(f"{dest} is the source folder {src} or holds it: choose another destination")
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("text_encoder", "unet"))
-    wide_text.save_pretrained(dest / "text_encoder", safe_serialization=True)
-    wide_unet.save_pretrained(dest / "unet", safe_serialization=True)
     report = {"source": repo_relative(src), "width": width, "narrow_width": narrow, "basis_seed": seed,
               "unet_parity_rel_max": parity}
-    (dest / "widened.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    def write(folder: Path) -> None:  # beside dest, then in its place: a Ctrl-C leaves dest as it was
+        shutil.copytree(src, folder, ignore=shutil.ignore_patterns("text_encoder", "unet"))
+        wide_text.save_pretrained(folder / "text_encoder", safe_serialization=True)
+        wide_unet.save_pretrained(folder / "unet", safe_serialization=True)
+        (folder / "widened.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    write_folder_beside(dest, write)
     return report
 
 
+@script_main("--out was not written (an earlier --out is kept as it was)")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python reference/widen_text.py", description=__doc__.splitlines()[0])
     p.add_argument("--src", type=Path, default=REPO / "reference" / "model")

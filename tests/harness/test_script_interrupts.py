@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-for folder in (REPO, REPO / "benchmarks"):
+for folder in (REPO, REPO / "benchmarks", REPO / "android_harness"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
@@ -53,3 +53,54 @@ def test_an_interrupted_or_failed_script_is_one_line_and_leaves_no_out(script, r
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[")]  # ([...]: progress)
     assert lines and lines[-1].startswith(start) and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+# Every other script a README tells a user to run: (module, the start of its 'interrupted:' line).
+WRAPPED = [("reference.demo", "what the demo finished in --out is kept"),
+           ("reference.eval_reference", "--out was not written"), ("reference.train_evaluator", "--out was not written"),
+           ("reference.sd_width", "(pack and materialize leave DEST"), ("reference.widen_text", "--out was not written"),
+           ("arm_probe", "--out/probe.json was not written"), ("arm_emulated", "--json was not written"),
+           ("convert_to_ort", "OUT_DIR was not written"), ("device_run", "--summary holds the run"),
+           *((f"benchmarks.{name}", "--out was not written") for name in
+             ("attribute_signal", "demo_seeds", "emphasis", "long_prompts", "prompt_editing", "random_lora")),
+           *((f"benchmarks.{name}", "nothing was written") for name in
+             ("compare_runs", "fd_fidelity", "int4_kernels", "text_free_prefix", "vae_tiles")),
+           ("benchmarks.int4_gradient", "--json was not written")]
+
+
+@pytest.mark.parametrize("name, start", WRAPPED)
+def test_a_ctrl_c_in_any_readme_script_is_one_line_saying_what_is_kept(name, start, capsys, monkeypatch):
+    import importlib
+
+    from zoodip.console import OneLineParser
+
+    module = importlib.import_module(name)
+    # (the Ctrl-C lands as the command line is read: every script reads its own first)
+    monkeypatch.setattr(OneLineParser, "parse_known_args", _raises(KeyboardInterrupt()))
+    if name == "device_run":  # (it reads its own arguments)
+        monkeypatch.setattr(module, "progress_file", _raises(KeyboardInterrupt()))
+        argv = ["--summary", "run.json", "--", "personalize"]
+    else:
+        argv = ["--help"]
+    assert module.main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.startswith(f"interrupted: {start}") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_a_real_ctrl_c_at_the_demo_s_start_is_one_line_and_leaves_no_partial_file(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "out"
+    demo = subprocess.Popen([sys.executable, "-m", "reference.demo", "--out", str(out), "--no-progress"], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not out.exists() and demo.poll() is None and time.monotonic() < deadline:  # (made as the demo starts)
+        time.sleep(0.02)
+    demo.send_signal(signal.SIGINT)
+    _, err = demo.communicate(timeout=60)
+    assert demo.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted: what the demo finished in --out is kept"), err
+    left = [path.name for path in out.rglob("*") if any(word in path.name for word in ("tmp", "partial", "staging"))]
+    assert not left, left
