@@ -7,6 +7,7 @@ import os
 from typing import Callable
 
 import numpy as np
+import pytest
 
 from cli_helpers import assert_one_line_error, personalize_args, run_cli
 
@@ -42,23 +43,27 @@ def test_a_full_disk_at_the_first_log_line_says_run_again_not_resume(tiny_export
     assert not out.exists()
 
 
-def test_a_full_disk_at_a_preview_says_resume_and_the_checkpoint_resumes(tiny_export, photos, tmp_path, capsys,
-                                                                          monkeypatch):
-    """It said "free space or choose another file", but a preview's file is the run's to name: the fix is to resume."""
+@pytest.mark.parametrize("max_steps,checkpointing,validation,failed_at", [("4", "2", "2", 2), ("5", "100", "3", 3)])
+def test_a_full_disk_at_a_preview_says_resume_and_the_resume_loses_no_step(tiny_export, photos, tmp_path, capsys,
+                                                                            monkeypatch, max_steps, checkpointing,
+                                                                            validation, failed_at):
+    """It said "free space or choose another file", but a preview's file is the run's to name: the fix is to resume.
+    A preview at a step with no checkpoint (--validation_steps 3, --checkpointing_steps 100) that failed ended the run
+    with the checkpoint of step 0, and the resume ran the 3 steps again: it is saved at the preview's step now."""
     out, undo = tmp_path / "run", _images_find_the_disk_full(monkeypatch)
-    args = personalize_args(tiny_export, photos, out, "--max_train_steps", "4", "--checkpointing_steps", "2",
-                            "--validation_prompt", "a photo of <striped-star>", "--validation_steps", "2", "--resolution",
-                            "64")
+    args = personalize_args(tiny_export, photos, out, "--max_train_steps", max_steps, "--checkpointing_steps",
+                            checkpointing, "--validation_prompt", "a photo of <striped-star>", "--validation_steps",
+                            validation, "--resolution", "64")
     code, _, err = run_cli(args, capsys)
     assert_one_line_error(code, err, "--validation_prompt preview")
     assert "(the disk is full): free space and resume with --resume" in err and "another file" not in err
-    assert int(np.load(out / "checkpoint.npz")["step"]) == 2
+    assert int(np.load(out / "checkpoint.npz")["step"]) == failed_at
     undo()
     assert run_cli([*args, "--resume"], capsys)[0] == 0
     assert (out / "learned_embeds.safetensors").is_file()
     # The checkpoint was the failed preview's step, which the resume does not run again: it writes that preview first
-    assert sorted(p.name for p in out.glob("validation-steps-*.png")) == ["validation-steps-2.png",
-                                                                        "validation-steps-4.png"]
+    assert sorted(p.name for p in out.glob("validation-steps-*.png")) == [f"validation-steps-{failed_at}.png",
+                                                                        f"validation-steps-{max_steps}.png"]
 
 
 def test_a_full_disk_at_the_last_preview_is_written_when_the_finished_run_is_resumed(tiny_export, photos, tmp_path,
@@ -85,19 +90,3 @@ def test_a_full_disk_at_the_last_preview_is_written_when_the_finished_run_is_res
     assert (out / "learned_embeds.safetensors").is_file() and (out / "validation-steps-4.png").is_file()
     assert len(saves) == 3  # (the step-2 preview is there: not written again)
 
-
-def test_a_preview_failing_between_checkpoints_keeps_the_steps_before_it(tiny_export, photos, tmp_path, capsys,
-                                                                         monkeypatch):
-    """A preview at a step with no checkpoint (--validation_steps 3, --checkpointing_steps 100) failed, and the run
-    ended with the checkpoint of step 0: the resume ran the 3 steps again. It is saved at the preview's step now."""
-    out, undo = tmp_path / "run", _images_find_the_disk_full(monkeypatch)
-    args = personalize_args(tiny_export, photos, out, "--max_train_steps", "5", "--checkpointing_steps", "100",
-                            "--validation_prompt", "a photo of <striped-star>", "--validation_steps", "3", "--resolution",
-                            "64")
-    code, _, err = run_cli(args, capsys)
-    assert_one_line_error(code, err, "(the disk is full): free space and resume with --resume")
-    assert int(np.load(out / "checkpoint.npz")["step"]) == 3
-    undo()
-    assert run_cli([*args, "--resume"], capsys)[0] == 0
-    assert sorted(p.name for p in out.glob("validation-steps-*.png")) == ["validation-steps-3.png",
-                                                                        "validation-steps-5.png"]
