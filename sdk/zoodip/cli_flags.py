@@ -333,8 +333,8 @@ _SETTING_FLAGS = {"curvature_fraction=0": "--no-curvature-subspace", "resume=Tru
 # message ("steps must be ...") or are given a value (steps=4); names with an underscore are said as flags anywhere,
 # and so are the method's symbols, words of no sentence ("a lower learning_rate or mu").
 _SYMBOL_NAMES = ("mu", "nu", "tau")
-_WORD_NAMES = ("width", "height", "resolution", "steps", "seed", "strength", "n", "mu", "nu", "tau", "threads", "eta",
-               "directions", "optimizer", "images", "captions")
+_WORD_NAMES = ("width", "height", "resolution", "steps", "seed", "strength", "n", "threads", "eta", "directions",
+               "optimizer", "images", "captions")
 # A name as a word of its own, maybe with a value (name=4, name='a1111'): not a piece of a path or a file name, nor
 # a call's keyword without a value (image=..., negative_prompt=), which the API's own advice shows.
 # A quoted span ('a prompt', "a file's text"): a quote opens it only after a space or bracket (not the apostrophe of
