@@ -60,9 +60,14 @@ def _load_cache() -> dict[str, Any]:
         return {}
 
 
-def _save_cache(cache: dict[str, Any]) -> None:
+def _save_cache(learned: Mapping[str, Any], forgotten: set[str]) -> None:
+    """Write this call's entries into the cache as it is now on disk, not as it was when the call started: two
+    processes that hash at once (seconds for SD's files) would otherwise each write back their own start's copy,
+    and the later one would drop what the other had learned."""
     folder = cache_dir()
-    cache = {key: entry for key, entry in cache.items() if os.path.exists(key)}  # forget deleted exports
+    cache = {**_load_cache(), **learned}
+    # (and forget the files of deleted exports)
+    cache = {key: entry for key, entry in cache.items() if key not in forgotten and os.path.exists(key)}
     text = json.dumps(cache).encode("utf-8")
     try:  # (a temp file per write: threads of one process that load models at once each write their own)
         folder.mkdir(parents=True, exist_ok=True)
@@ -77,8 +82,8 @@ def verify_files(folder: Path, files: Mapping[str, Mapping[str, Any]], *, force:
     Without ``force``, a file whose identity and expected hash match what was remembered is not
     read again. A mismatch raises a one-line ``ZoodipError``.
     """
-    remembered = _load_cache()
-    cache = {} if force else dict(remembered)
+    cache = {} if force else _load_cache()
+    learned: dict[str, Any] = {}
     hashed = hashed_bytes = 0
     for name, info in files.items():
         expected = info.get("sha256")
@@ -100,11 +105,10 @@ def verify_files(folder: Path, files: Mapping[str, Mapping[str, Any]], *, force:
         hashed += 1
         hashed_bytes += identity[0]
         if actual != expected:
-            remembered.pop(key, None)
-            _save_cache(remembered)
+            _save_cache(learned, forgotten={key})
             raise ZoodipError(f"{path} does not match its sha256 in the manifest: the file is damaged or was "
                               "replaced; re-run 'zoodip export'")
-        remembered[key] = {"identity": identity, "sha256": actual}
+        learned[key] = {"identity": identity, "sha256": actual}
     if hashed:
-        _save_cache(remembered)
+        _save_cache(learned, forgotten=set())
     return hashed, hashed_bytes

@@ -44,3 +44,28 @@ def test_two_threads_saving_the_cache_at_once_each_write_their_own_temp_file(tmp
     assert not failed and len(set(renamed)) == 2, (failed, renamed)
     assert len(json.loads((tmp_path / "cache" / CACHE_FILE).read_text())) == 1  # (the later save wins: a cache only)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [CACHE_FILE]
+
+
+def test_a_save_keeps_what_another_load_remembered_while_this_one_was_hashing(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each load wrote back the cache as it had read it at its start, plus its own entries: a load that finished
+    while another was still hashing lost its entries to the later save, and its files were hashed again next time."""
+    import zoodip.integrity as integrity
+
+    monkeypatch.setenv("ZOODIP_CACHE_DIR", str(tmp_path / "cache"))
+    exports = {}
+    for name in ("slow", "quick"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "unet.onnx").write_bytes(name.encode())
+        exports[name] = (tmp_path / name, {"unet.onnx": {"sha256": hashlib.sha256(name.encode()).hexdigest()}})
+    real_sha256, other_loads = integrity.file_sha256, [exports["quick"]]
+
+    def sha256_while_another_load_runs(path: Path, chunk: int = 1 << 22) -> str:
+        while other_loads:  # the quick load starts and ends while the slow one is hashing
+            assert verify_files(*other_loads.pop()) == (1, 5)
+        return real_sha256(path, chunk)
+
+    monkeypatch.setattr(integrity, "file_sha256", sha256_while_another_load_runs)
+    assert verify_files(*exports["slow"]) == (1, 4)
+    assert verify_files(*exports["quick"]) == (0, 0)  # still remembered: not hashed again
+    assert verify_files(*exports["slow"]) == (0, 0)
