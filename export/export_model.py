@@ -467,7 +467,7 @@ def _parser(prog: str = "python export/export_model.py") -> argparse.ArgumentPar
 
 def main(argv: list[str] | None = None, prog: str = "python export/export_model.py") -> int:
     """The exporter's command line (``python export/export_model.py``; ``zoodip export`` passes its own ``prog``)."""
-    from zoodip.console import interrupt_on_termination, print_error
+    from zoodip.console import interrupt_on_termination, print_error, print_interrupted
 
     try:
         check_export_requirements()  # before the parser, whose recipe choices import onnx
@@ -489,9 +489,8 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
                          config=None if args.config is None else Path(args.config), loras=args.lora)
     except ZoodipError as exc:
         return print_error(exc)
-    except KeyboardInterrupt:
-        print("error: interrupted (nothing was written)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # (the staging folder is gone: export_model removes it)
+        return print_interrupted("nothing was written")
     print(Path(args.paths[-1]))
     return 0
 

@@ -66,7 +66,7 @@ from reference.train_work import check_work, record_stage  # noqa: E402
 sys.path.insert(0, str(REPO / "sdk"))
 
 from reference import world  # noqa: E402
-from zoodip.console import OneLineParser, interrupt_on_termination, print_error  # noqa: E402
+from zoodip.console import OneLineParser, interrupt_on_termination, print_error, print_interrupted  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
 from zoodip.validation import finite_float, positive_int  # noqa: E402
@@ -530,9 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         with interrupt_on_termination():  # a kill as Ctrl-C: one line, not a traceback or silence
             return train(args, default_attributes=p.get_default("caption_attributes"))
     except KeyboardInterrupt:
-        print(f"interrupted: --out was not written; the last checkpoint in {args.work} is kept: rerun the same "
-              "command to continue from it", file=sys.stderr)
-        return 130
+        return print_interrupted(f"--out was not written; the last checkpoint in {args.work} is kept: rerun the same "
+                                 "command to continue from it")
 
 
 def train(args: argparse.Namespace, default_attributes: str) -> int:

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .console import (TERMINATION_SIGNALS, OneLineParser, ProgressBar, SamplingBar, duration, readable_output,  # noqa: E402
-                      interrupt_on_termination, one_line_warning, print_error, signals_to_handle)
+                      interrupt_on_termination, one_line_warning, print_error, print_interrupted,
+                      signals_to_handle)
 from .cli_flags import (PATH_FLAGS, add_generate_flags, add_personalize_flags, api_name_flags,  # noqa: E402
                         in_flag_words, names_a_path)
 from . import __version__  # noqa: E402
@@ -391,8 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What a second Ctrl-C (or one outside a training loop) leaves, by command.
-_INTERRUPTED = {"personalize": "interrupted: resume with --resume (the last checkpoint is kept)",
-                "generate": "interrupted: no image was written"}
+_INTERRUPTED = {"personalize": "resume with --resume (the last checkpoint is kept)", "generate": "no image was written"}
 
 
 def _given_flags(argv: Sequence[str], args: argparse.Namespace) -> set[str]:
@@ -482,8 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_error(_in_flag_words(str(exc), getattr(args, "from_image", ()) if args is not None else (),
                                           _given_paths(args, argv)))
     except KeyboardInterrupt:
-        print(_INTERRUPTED.get(command, "interrupted"), file=sys.stderr)
-        return 130
+        return print_interrupted(_INTERRUPTED.get(command, ""))
     except BrokenPipeError:  # the reader of stdout left (`zoodip info X | head -1`): nothing is wrong here
         silence_stdout()
         return 141  # 128 + SIGPIPE, as a command that the pipe's signal ended

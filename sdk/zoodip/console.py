@@ -238,10 +238,16 @@ def print_error(problem: object) -> int:
     return ZoodipError.exit_code
 
 
+def print_interrupted(kept: str = "") -> int:
+    """The contract's one line for a Ctrl-C, ``interrupted: KEPT`` (what the interrupted work leaves; ``interrupted``
+    alone where there is nothing to say) on stderr; returns the exit status to end with (130: 128 + SIGINT)."""
+    print(f"interrupted: {kept}" if kept else "interrupted", file=sys.stderr)
+    return 130
+
+
 def script_main(kept: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """A repository script's ``main``, ended as the CLI's is: a ZoodipError that escapes it as the one ``error:`` line
-    (exit status 2), a Ctrl-C as one line ``interrupted: KEPT`` (what the interrupted run leaves: exit status 130),
-    never a traceback."""
+    (exit status 2), a Ctrl-C as ``print_interrupted(kept)``'s line (exit status 130), never a traceback."""
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(*args: object, **kwargs: object) -> int:
@@ -250,8 +256,7 @@ def script_main(kept: str) -> Callable[[Callable[..., int]], Callable[..., int]]
             except ZoodipError as exc:
                 return print_error(exc)
             except KeyboardInterrupt:
-                print(f"interrupted: {kept}", file=sys.stderr)
-                return 130
+                return print_interrupted(kept)
         return run
     return wrap
 

@@ -65,7 +65,8 @@ WRAPPED = [("reference.demo", "what the demo finished in --out is kept"),
              ("attribute_signal", "demo_seeds", "emphasis", "long_prompts", "prompt_editing", "random_lora")),
            *((f"benchmarks.{name}", "nothing was written") for name in
              ("compare_runs", "fd_fidelity", "int4_kernels", "text_free_prefix", "vae_tiles")),
-           ("benchmarks.int4_gradient", "--json was not written")]
+           ("benchmarks.int4_gradient", "--json was not written"),
+           ("zoodip_export.export_model", "nothing was written")]  # (it said 'error: interrupted (nothing ...)')
 
 
 @pytest.mark.parametrize("name, start", WRAPPED)
