@@ -418,8 +418,8 @@ def _in_flag_words(message: str, from_image: Sequence[str] = (), paths: Sequence
 
 
 def _given_paths(args: argparse.Namespace | None, argv: Sequence[str] = ()) -> list[str]:
-    """The paths the command line gave (its path flags' values, --embedding's specs each), which a message may open
-    with: 'steps is a folder' names the user's folder, not --steps. A path named as a setting that the command line
+    """The paths the command line gave (its path flags' values, --embedding's specs each), which a message says as
+    given: 'steps is a folder' names the user's folder, not --steps. A path named as a setting that the command line
     also gave is left out: 'max_train_steps must be ...' with --output_dir max_train_steps is the setting's refusal."""
     values = [getattr(args, dest, None) for dest in PATH_FLAGS] if args is not None else []
     flags = api_name_flags()

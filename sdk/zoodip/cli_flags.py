@@ -320,30 +320,36 @@ def checked_generate_flags(args: argparse.Namespace) -> tuple[Path, list[Path]]:
 
 
 # The SDK's messages name its settings as the API spells them (curvature_fraction, resume=True); the command line
-# says them as its flags here, from the parsers themselves (one place for the flag <-> API name mapping).
+# says them as its flags (in_flag_words), from the parsers themselves (one place for the flag <-> API name mapping).
+# The rules, all of them:
+# - The user's own text stays as written: what a message quotes ('a prompt', "a file's text"; a quote opens only
+#   after a space or bracket, not the apostrophe of "export's" nor a name='value' of the API's own words) and the
+#   paths the command line gave, as words of their own ('seed is a folder' for `zoodip info seed`).
+# - The API's calls whose counterpart is a flag of another shape are said as it (_API_CALL_FLAGS).
+# - A setting=value that a switch of its own gives is said as the switch (resume=True: --resume; _SETTING_FLAGS).
+# - An API name as a word of its own (not a piece of a path or a file name) is said as its flag, with its value
+#   after a space (seed=5: --seed 5): a name with an underscore, and the method's symbols (_SYMBOL_NAMES, words of no
+#   sentence: "a lower learning_rate or mu"), anywhere; a name that is an English word too (_WORD_NAMES: "image
+#   folder", "steps") only where it opens the message ("steps must be ...") or is given a value (steps=4). A call's
+#   keyword without a value (image=..., negative_prompt=) stays as the API's own advice shows it.
+# - The word after a flag is its value, the user's: 'output_dir output_dir is a file' is '--output_dir output_dir'.
 # The API's names whose flag is spelled otherwise (config_from_args passes these flags to these fields).
 _DEST_OF_API_NAME = {"export_dir": "model", "images": "train_data_dir", "curvature_fraction": "curvature_subspace",
                      "vocabulary_variance": "vocabulary_subspace", "checkpoint_every": "checkpointing_steps",
                      "memory_budget_mb": "memory_budget", "validation_prompt_weighting": "prompt_weighting"}
-# API settings that a flag of their own gives.
 _SETTING_FLAGS = {"curvature_fraction=0": "--no-curvature-subspace", "resume=True": "--resume", "a1111=True": "--a1111",
                   **{f"subspace={on}": "--no-subspace" for on in (True, False)},
                   **{f"batched={on}": "--sequential" for on in (True, False, None)}}
-# The API's names that are English words too ("image folder", "steps"): said as flags only where they open a
-# message ("steps must be ...") or are given a value (steps=4); names with an underscore are said as flags anywhere,
-# and so are the method's symbols, words of no sentence ("a lower learning_rate or mu").
 _SYMBOL_NAMES = ("mu", "nu", "tau")
 _WORD_NAMES = ("width", "height", "resolution", "steps", "seed", "strength", "n", "threads", "eta", "directions",
                "optimizer", "images", "captions")
-# A name as a word of its own, maybe with a value (name=4, name='a1111'): not a piece of a path or a file name, nor
-# a call's keyword without a value (image=..., negative_prompt=), which the API's own advice shows.
-# A quoted span ('a prompt', "a file's text"): a quote opens it only after a space or bracket (not the apostrophe of
-# "export's", nor a name='value' the API's own words give).
-# The API's calls whose counterpart is a flag of another shape (said before the names are read).
 _API_CALL_FLAGS = {"load_textual_inversion(PATH, token=TOKEN)": "--embedding PATH:TOKEN",
                    "the embedding spec": "--embedding", LOAD_ITS_EMBEDDING: "pass its file with --embedding PATH"}
-_QUOTED = re.compile(r"(?<![\w=])(?:'[^']*'|\"[^\"]*\")(?!\w)")
-_API_NAME = re.compile(r"(?<![\w/\\.'\"-])([a-z][a-z0-9]*(?:_[a-z0-9]+)*)(?:=('[^']*'|[^\s,;:)]+))?(?![\w/\\=-]|\.\w)")
+_QUOTED = r"(?<![\w=])(?:'[^']*'|\"[^\"]*\")(?!\w)"
+# A flag the message says already (--out), or an API name with maybe its value (name=4, name='a1111').
+_NAME_OR_FLAG = re.compile(r"(?<![\w/\\.'\"-])(?:--[a-z0-9][\w-]*|([a-z][a-z0-9]*(?:_[a-z0-9]+)*)"
+                           r"(?:=('[^']*'|[^\s,;:)]+))?)(?![\w/\\=-]|\.\w)")
+_VALUE = re.compile(r" [^\s,;:)]+")
 
 
 @functools.cache
@@ -363,39 +369,39 @@ def api_name_flags() -> dict[str, str]:
 
 def in_flag_words(message: str, paths: Collection[str] = ()) -> str:
     """An SDK message in the words of the command line: ``curvature_fraction 0.9: ... give curvature_fraction=0``
-    -> ``--curvature-subspace 0.9: ... give --no-curvature-subspace``. ``paths``: those the command line gave; a
-    message that opens with one ("steps is a folder") opens with the user's path, not with a setting's name."""
-    opening = _opening_path(message, paths)
-    return message[:len(opening)] + _said_in_flag_words(message[len(opening):])
+    -> ``--curvature-subspace 0.9: ... give --no-curvature-subspace``. ``paths``: those the command line gave, said
+    as given ("steps is a folder" names the user's path, not a setting). The rules: the comment above."""
+    forms = sorted({form for path in paths if path for form in (path, str(Path(path)))}, key=len, reverse=True)
+    given = "".join(rf"|(?<!\S){re.escape(form)}(?=$|[\s:,])" for form in forms)
+    pieces = re.split(f"({_QUOTED}{given})", message)  # (odd places: the user's text)
+    return "".join(piece if i % 2 else _said_in_flag_words(piece, opening=i == 0) for i, piece in enumerate(pieces))
 
 
-def _opening_path(message: str, paths: Collection[str]) -> str:
-    """The path given that ``message`` opens with, as typed or as ``Path`` says it (``./seed`` is said ``seed``)."""
-    said = {form for path in paths if path for form in (path, str(Path(path)))}
-    return max((form for form in said if message.startswith(form)
-                and message[len(form):len(form) + 1] in ("", " ", ":", ",")), key=len, default="")
+def _said_in_flag_words(piece: str, opening: bool) -> str:
+    """A piece of a message with none of the user's text, in flag words; ``opening``: it opens the message."""
+    for call, flag in _API_CALL_FLAGS.items():
+        piece = piece.replace(call, flag)
+    said, end, value_end = [], 0, 0
+    for match in _NAME_OR_FLAG.finditer(piece):
+        if match.start() < value_end:  # a flag's value
+            continue
+        word = _as_flag(match, opening and match.start() == 0)
+        said.append(piece[end:match.start()] + word)
+        end = match.end()
+        if word.startswith("--") and match.group(2) is None:
+            value = _VALUE.match(piece, end)
+            value_end = value.end() if value else end
+    return "".join(said) + piece[end:]
 
 
-def _said_in_flag_words(message: str) -> str:
-    flags = api_name_flags()
-
-    def said(match: re.Match[str]) -> str:
-        name, value = match.group(1), match.group(2)
-        if value == "...":
-            return match.group(0)
-        if match.group(0) in _SETTING_FLAGS:
-            return _SETTING_FLAGS[match.group(0)]
-        if name not in flags or not ("_" in name or name in _SYMBOL_NAMES or value is not None
-                                     or match.start() == 0 and name in _WORD_NAMES):
-            return match.group(0)
-        return flags[name] if value is None else f"{flags[name]} {value.strip(chr(39))}"
-
-    def unquoted(piece: str) -> str:
-        for call, flag in _API_CALL_FLAGS.items():
-            piece = piece.replace(call, flag)
-        return _API_NAME.sub(said, piece)
-
-    # What the message quotes (a prompt, a token, a value read from a file) is the user's text, left as it is.
-    pieces = _QUOTED.split(message)
-    quoted = _QUOTED.findall(message)
-    return "".join(unquoted(piece) + (quoted[i] if i < len(quoted) else "") for i, piece in enumerate(pieces))
+def _as_flag(match: re.Match[str], opens: bool) -> str:
+    """A flag or an API name (with maybe its value) as the command line says it; as written where it is no flag's."""
+    flags, (name, value) = api_name_flags(), match.group(1, 2)
+    if name is None or value == "...":
+        return match.group(0)
+    if match.group(0) in _SETTING_FLAGS:
+        return _SETTING_FLAGS[match.group(0)]
+    if name not in flags or not ("_" in name or name in _SYMBOL_NAMES or value is not None
+                                 or opens and name in _WORD_NAMES):
+        return match.group(0)
+    return flags[name] if value is None else f"{flags[name]} {value.strip(chr(39))}"

@@ -32,6 +32,23 @@ def test_what_a_message_quotes_is_the_users_text_and_stays_as_written() -> None:
         'caption "learning_rate x" of a.txt; the export\'s --output_dir, --optimizer sgd'
 
 
+
+def test_a_flags_value_and_a_path_given_are_the_users_text_wherever_they_stand() -> None:
+    """A value named like a setting was said as that setting's flag: 'output_dir output_dir is an existing file'
+    said '--output_dir --output_dir', '--out learning_rate must end in .png' '--out --learning_rate'; and a path the
+    command line gave stayed as given only where it opened the message ('cannot read image --learning_rate')."""
+    from zoodip.cli_flags import in_flag_words
+
+    assert in_flag_words("output_dir output_dir is an existing file") == "--output_dir output_dir is an existing file"
+    assert in_flag_words("template_file learning_rate holds no template") == \
+        "--template_file learning_rate holds no template"
+    assert in_flag_words("--out learning_rate must end in .png") == "--out learning_rate must end in .png"
+    assert in_flag_words("cannot read image learning_rate (not an image)", ["learning_rate"]) == \
+        "cannot read image learning_rate (not an image)"
+    # (what follows a value is read again: 'max_train_steps (which lr_scheduler=...' says both flags)
+    assert in_flag_words("max_train_steps (which lr_scheduler='cosine' follows)") == \
+        "--max_train_steps (which --lr_scheduler cosine follows)"
+
 @pytest.fixture(scope="module")
 def bare_export(tiny_sd_folder, tmp_path_factory):
     """The tiny export without a curvature subspace (as ``zoodip export --curvature-samples 0`` writes it)."""

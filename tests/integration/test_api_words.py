@@ -391,3 +391,22 @@ def test_a_path_with_a_setting_name_or_a_dot_slash_is_said_as_the_path(tmp_path,
                             "--train_data_dir", str(tmp_path), "--output_dir", "max_train_steps",
                             "--max_train_steps", "0"], capsys)
     assert_one_line_error(code, err, "error: --max_train_steps must be an integer >= 1")
+
+
+def test_a_path_named_like_a_setting_is_said_as_given_after_its_flag_or_inside_the_message(tiny_export, photos,
+                                                                                             tmp_path, monkeypatch,
+                                                                                             capsys):
+    """--output_dir output_dir (a file) said '--output_dir --output_dir is an existing file', --template_file
+    learning_rate '--template_file --learning_rate holds no template', --out learning_rate '--out --learning_rate must
+    end in ...', --image learning_rate (no image) 'cannot read image --learning_rate'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "output_dir").write_text("")
+    (tmp_path / "learning_rate").write_text("\n")
+    code, _, err = run_cli(personalize_args(tiny_export, photos, "output_dir"), capsys)
+    assert_one_line_error(code, err, "error: --output_dir output_dir is an existing file")
+    code, _, err = run_cli(personalize_args(tiny_export, photos, "o", "--template_file", "learning_rate"), capsys)
+    assert_one_line_error(code, err, "error: --template_file learning_rate holds no template")
+    for flags, said in ((["--out", "learning_rate"], "error: --out learning_rate must end in"),
+                        (["--image", "learning_rate", "--out", "a.png"], "error: cannot read image learning_rate (")):
+        code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", *flags], capsys)
+        assert_one_line_error(code, err, said)
