@@ -78,26 +78,22 @@ def fd_probe(model_dir: str, directions: int, mu: float, threads: int, seed: int
             "forward_s": time.monotonic() - started, "batch": len(candidates)}
 
 
-# The `zoodip personalize` flags this script passes its own on as, by the name the user gave: the CLI's refusals
-# (`--max_train_steps must be ...`, `--output_dir X is an existing file`) are shown in this script's words.
-CLI_FLAGS = {"max_train_steps": "--steps", "output_dir": "--out", "train_data_dir": "--photos",
-             "checkpointing_steps": "--checkpointing-steps"}
-_CLI_FLAG = re.compile(r"(?<![\w-])(?:--)?(" + "|".join(CLI_FLAGS) + r")\b")
+# The `zoodip personalize` flags this script passes its own on as: the CLI's lines (`--max_train_steps must be ...`,
+# `--output_dir X is an existing file`) are shown in this script's words. The CLI says every setting as its flag and a
+# path as given, so a flag here is a word of its own that starts with --, never a piece of a path (DIR/output_dir).
+CLI_FLAGS = {"--max_train_steps": "--steps", "--output_dir": "--out", "--train_data_dir": "--photos",
+             "--checkpointing_steps": "--checkpointing-steps"}
+_CLI_FLAG = re.compile(r"(?<![\w/\\.-])(" + "|".join(CLI_FLAGS) + r")(?![\w-])")
 
 
 class InOwnFlags(io.TextIOBase):
-    """A text stream writing to ``stream`` with the CLI's flag names in CLI_FLAGS replaced by this script's, except
-    within ``kept``, the paths the user gave (DIR/output_dir is their folder's name, not a flag)."""
+    """A text stream writing to ``stream`` with the CLI's flags in CLI_FLAGS said as this script's."""
 
-    def __init__(self, stream: TextIO, kept: tuple[str, ...] = ()) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        forms = sorted({form for path in kept if path for form in (path, str(Path(path)))}, key=len, reverse=True)
-        self._kept = re.compile("(" + "|".join(map(re.escape, forms)) + ")") if forms else None
 
     def write(self, text: str) -> int:
-        pieces = self._kept.split(text) if self._kept is not None else [text]  # (odd places: the paths kept)
-        self.stream.write("".join(piece if i % 2 else _CLI_FLAG.sub(lambda found: CLI_FLAGS[found.group(1)], piece)
-                                  for i, piece in enumerate(pieces)))
+        self.stream.write(_CLI_FLAG.sub(lambda found: CLI_FLAGS[found.group(1)], text))
         return len(text)
 
     def flush(self) -> None:
@@ -148,7 +144,7 @@ def _main(argv: list[str] | None = None) -> int:
     # Inside the run's folder, as device_run.py keeps it (it was OUT.progress.jsonl, beside the folder).
     progress = out / "progress.jsonl" if args.progress_jsonl is None else Path(args.progress_jsonl)
     started = time.monotonic()
-    with contextlib.redirect_stderr(InOwnFlags(sys.stderr, (args.model, args.photos, str(out), str(progress)))):
+    with contextlib.redirect_stderr(InOwnFlags(sys.stderr)):
         code = cli_main(["personalize", "--model", args.model, "--train_data_dir", args.photos,
                          "--output_dir", str(out), "--placeholder_token", "<arm-star>", "--initializer_token", "star",
                          "--max_train_steps", str(args.steps), "--eval-every", str(args.eval_every),
