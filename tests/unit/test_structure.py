@@ -5,7 +5,8 @@
   except the one documented entry point of ``zoodip export`` (``zoodip.cli.cmd_export``);
 - no module imports a private (``_``-prefixed) name of another module; a package's own private
   modules (benchmarks/_quality_methods.py for benchmarks/quality.py) are its business;
-- no import cycles among the SDK's modules, nor among the exporter's.
+- no import cycles among the SDK's modules, nor among the exporter's;
+- the SDK's API imports none of its command line's modules (the CLI says the API's words as its flags: one way).
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ MAX_FUNCTION_LINES = 60
 LONG_FUNCTIONS: dict[tuple[str, str], str] = {}
 # The one way from the SDK into the exporter: `zoodip export` (torch is needed there only).
 EXPORT_ENTRY_POINT = ("sdk/zoodip/cli.py", "cmd_export")
+# The SDK's command-line modules: the API (every other module) imports none of them.
+COMMAND_LINE = ("zoodip.cli", "zoodip.cli_flags", "zoodip.console", "zoodip.entry", "zoodip.foreign_flags",
+                "zoodip.__main__")
 # Packages by folder: how their modules are named when imported.
 PACKAGES = {"sdk/zoodip": "zoodip", "export": "zoodip_export", "benchmarks": "benchmarks", "reference": "reference"}
 
@@ -95,6 +99,16 @@ def test_no_module_imports_a_private_name_of_another():
             if private and module != own_package:
                 offending.append(f"{relative(path)}: {', '.join(private)} from {module}")
     assert not offending
+
+
+def test_the_sdks_api_imports_none_of_its_command_lines_modules():
+    """cli_flags reads the API's names and messages (prompt_checks.LOAD_ITS_EMBEDDING) to say them as flags; an API
+    module importing the command line back would make the two one tangle, and the API's words depend on its flags."""
+    offending = [f"{relative(path)} imports {module}" for path in python_files("sdk/zoodip")
+                 if module_name(path) not in COMMAND_LINE
+                 for module, names, _ in imports(path)
+                 if module in COMMAND_LINE or module == "zoodip" and any(f"zoodip.{n}" in COMMAND_LINE for n in names)]
+    assert not offending, offending
 
 
 @pytest.mark.parametrize("folder", ["sdk/zoodip", "export"])
