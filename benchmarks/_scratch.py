@@ -23,7 +23,8 @@ def scratch_folder(prefix: str) -> tempfile.TemporaryDirectory:
     for stale in left_by_ended_process(Path(tempfile.gettempdir()), re.compile(rf"^{re.escape(prefix)}(\d+)-")):
         shutil.rmtree(stale, ignore_errors=True)
     try:
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # (script_main's own, which says a line, is kept)
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     except ValueError:  # not the main thread: no handler can be set
         pass
     return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")

@@ -194,12 +194,26 @@ def signals_to_handle(kinds: tuple[int, ...]) -> list[int]:
     return [kind for kind in kinds if signal.getsignal(kind) != signal.SIG_IGN]
 
 
+class Terminated(KeyboardInterrupt):
+    """A termination signal taken as Ctrl-C (``interrupt_on_termination``): ``signum`` says which, for the exit status
+    a shell reads as "stopped by that signal" (128 + signum: 143 for SIGTERM, as ``zoodip personalize`` ends)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def interrupted_status(exc: KeyboardInterrupt) -> int:
+    """The exit status of a process ended by ``exc``: 128 + the signal (130 for Ctrl-C's SIGINT)."""
+    return 128 + int(exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
+
+
 @contextlib.contextmanager
 def interrupt_on_termination() -> Iterator[None]:
     """SIGTERM (an app stopping the process) and SIGHUP (a closed terminal) as Ctrl-C while the block runs: the
     command's own clean-up and one line, rather than the process gone without a word (main thread only)."""
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        raise Terminated(signum)
 
     main = threading.current_thread() is threading.main_thread()
     previous = {kind: signal.signal(kind, interrupt) for kind in signals_to_handle(TERMINATION_SIGNALS)} if main else {}
@@ -238,25 +252,29 @@ def print_error(problem: object) -> int:
     return ZoodipError.exit_code
 
 
-def print_interrupted(kept: str = "") -> int:
+def print_interrupted(kept: str = "", exc: KeyboardInterrupt | None = None) -> int:
     """The contract's one line for a Ctrl-C, ``interrupted: KEPT`` (what the interrupted work leaves; ``interrupted``
-    alone where there is nothing to say) on stderr; returns the exit status to end with (130: 128 + SIGINT)."""
+    alone where there is nothing to say) on stderr; returns the exit status to end with: ``interrupted_status(exc)``
+    (130 for a Ctrl-C)."""
     print(f"interrupted: {kept}" if kept else "interrupted", file=sys.stderr)
-    return 130
+    return interrupted_status(exc if exc is not None else KeyboardInterrupt())
 
 
 def script_main(kept: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """A repository script's ``main``, ended as the CLI's is: a ZoodipError that escapes it as the one ``error:`` line
-    (exit status 2), a Ctrl-C as ``print_interrupted(kept)``'s line (exit status 130), never a traceback."""
+    (exit status 2), a Ctrl-C as one line ``interrupted: KEPT`` (what the interrupted run leaves: exit status 130),
+    never a traceback. A SIGTERM (``timeout``, a process manager) or SIGHUP is the same line, its status 128 + the
+    signal's number: the default ended the process without a word, its temporary files left behind."""
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(*args: object, **kwargs: object) -> int:
             try:
-                return main(*args, **kwargs)
+                with interrupt_on_termination():
+                    return main(*args, **kwargs)
             except ZoodipError as exc:
                 return print_error(exc)
-            except KeyboardInterrupt:
-                return print_interrupted(kept)
+            except KeyboardInterrupt as exc:
+                return print_interrupted(kept, exc)
         return run
     return wrap
 

@@ -53,3 +53,24 @@ def test_the_next_run_removes_the_folders_of_dead_runs(tmp_path, monkeypatch):
     assert not stale.exists() and living.exists() and smoke_out.exists() and other.exists()
     assert Path(scratch.name).name.startswith(f"{PREFIX}{os.getpid()}-")
     scratch.cleanup()
+
+
+def test_a_script_s_sigterm_says_its_line_and_still_removes_the_folder(tmp_path):
+    """In a script_main (memory.py, quality.py) the folder's own SIGTERM handler, an exit without a word, replaced
+    the script's: the one line 'interrupted: ...' was lost. The script's is kept; the folder still goes."""
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from benchmarks._scratch import scratch_folder; "
+            "from zoodip.console import script_main\n"
+            "@script_main('nothing was written')\n"
+            "def main():\n    work = scratch_folder('zoodip-memory-'); print(work.name, flush=True); time.sleep(60)\n"
+            "sys.exit(main())")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(REPO)], env=dict(os.environ, TMPDIR=str(tmp_path)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        folder = Path(proc.stdout.readline().strip())
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    assert proc.returncode == 128 + signal.SIGTERM and err == "interrupted: nothing was written\n", err
+    assert folder.parent == tmp_path and not folder.exists()
