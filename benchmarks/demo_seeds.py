@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
+from benchmarks._child_runs import run_child  # noqa: E402
 from benchmarks._results_guard import check_results_folder  # noqa: E402
 from reference.demo import (  # noqa: E402
     METHOD_FLAGS, add_method_flags, default_steps, method_flag_dest, method_settings, reference_available,
@@ -59,7 +60,7 @@ def run(seeds: list[int], steps: int | None, work: Path, method_flags: list[str]
         command = [sys.executable, "-m", "reference.demo", "--out", str(work), "--seed", str(seed),
                    "--no-progress"] + (["--steps", str(steps)] if steps else []) + method_flags
         started = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
+        run_child(command, f"the demo of seed {seed}", stdout=subprocess.DEVNULL, cwd=REPO)
         wall = time.perf_counter() - started
         summary = json.loads((work / "summary.json").read_text())
         after = summary["concept_accuracy_after"]

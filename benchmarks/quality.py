@@ -33,7 +33,6 @@ import importlib.metadata
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ from benchmarks._models import DEFAULT_CACHE, cache_lock, checked_export, source
 from benchmarks._quality_backprop import TORCH_SEED_LIMIT  # noqa: E402
 from benchmarks._quality_jobs import (CONCEPT_REFS, GENERATION_SEEDS, make_jobs, planted_count, run_length,  # noqa: E402
                                       select_concepts)
+from benchmarks._child_runs import run_child  # noqa: E402
 from benchmarks._scratch import scratch_folder  # noqa: E402
 from benchmarks._quality_merge import export_weights_identity, merge_main, merge_settings, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
 from benchmarks._quality_report import run_context, write_reports, write_samples  # noqa: E402
@@ -189,9 +189,9 @@ def run_method(method: str, jobs: list[qm.Job], export_dir: Path, torch_model: P
             "work": str(work), "budget": budget, "checkpoints": checkpoints, "seed": seed,
             "torch_model": str(torch_model) if torch_model else None, "result": str(result_path),
         }))
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(args_path)], env=env)
-        if proc.returncode != 0 or not result_path.is_file():
-            raise SystemExit(f"method {method} failed on {job.name} (exit status {proc.returncode})")
+        run_child([sys.executable, str(Path(__file__).resolve()), "--worker", str(args_path)], f"{method} on {job.name}", env=env)
+        if not result_path.is_file():  # (a failed worker is its own error's one line, an interrupted one the parent's)
+            raise ZoodipError(f"{method} on {job.name} failed: its worker wrote no {result_path}")
         result = json.loads(result_path.read_text())
         merged["spec"] = result["spec"]
         merged["runs"].update(result["runs"])
@@ -355,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         export_dir, torch_model = prepare_model(args.model, args.smoke, args.cache)
     except ZoodipError as exc:
         return print_error(exc)
-    out = Path(args.out) if args.out is not None else (
-        DEFAULT_OUT if not args.smoke else Path(tempfile.mkdtemp(prefix="zoodip-quality-smoke-")))
+    out = Path(args.out) if args.out is not None else None if args.smoke else DEFAULT_OUT  # (--smoke's: made at the end)
 
     torch_model = args.torch_model or torch_model
     if torch_model is None:
@@ -384,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results = _results(task, command, args, export_dir, torch_model, steps, budget, checkpoints, puts, extras,
                        started, jobs, trained, scores, summary)
-    out.mkdir(parents=True, exist_ok=True)  # (only now: an interrupted or failed training leaves no empty --out)
+    out = out or Path(tempfile.mkdtemp(prefix="zoodip-quality-smoke-"))  # (only now: an interrupted or failed
+    out.mkdir(parents=True, exist_ok=True)  # training leaves no empty --out, nor an empty temporary one for --smoke)
     write_reports(out, results)
     if extras.get("samples"):
         write_samples(out / "samples.png", extras["samples"])

@@ -108,3 +108,19 @@ def test_a_real_ctrl_c_at_the_demo_s_start_is_one_line_and_leaves_no_partial_fil
     assert err.strip().splitlines()[-1].startswith("interrupted: what the demo finished in --out is kept"), err
     left = [path.name for path in out.rglob("*") if any(word in path.name for word in ("tmp", "partial", "staging"))]
     assert not left, left
+
+
+def test_an_interrupted_smoke_run_leaves_no_temporary_out(tmp_path, capsys, monkeypatch):
+    """quality.py --smoke made its temporary --out before the training: a Ctrl-C left it behind, empty. It is made
+    with the results now."""
+    import tempfile
+
+    import zoodip.model
+    from benchmarks import quality
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(quality, "prepare_model", lambda *args: (tmp_path / "export", None))
+    monkeypatch.setattr(zoodip.model.ExportedModel, "load", _raises(KeyboardInterrupt()))  # (the training's start)
+    assert quality.main(["--smoke", "--cache", str(tmp_path / "cache")]) == 130
+    assert "interrupted: --out was not written" in capsys.readouterr().err
+    assert not list(tmp_path.glob("zoodip-quality-smoke-*"))

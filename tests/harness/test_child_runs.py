@@ -1,0 +1,59 @@
+"""demo_seeds.py runs the demo in a child process per seed (quality.py its workers): a Ctrl-C, which reaches both
+processes, was two 'interrupted:' lines (the child's naming its own --out, the user's --work); a failing child a
+CalledProcessError traceback after its own 'error:' line. Both are now the parent's one line. The child here is a
+stand-in shell script run in the interpreter's place."""
+from __future__ import annotations
+
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# The stand-in demo: says a line of progress, then its closing line as the real one would.
+CHILDREN = {
+    "fails": "echo 'demo: exporting' >&2; echo 'error: --out X: no space left' >&2; exit 2",
+    # (a terminal's Ctrl-C reaches both processes: here the child signals its parent and itself)
+    "interrupted": "trap \"echo 'interrupted: what the demo finished in --out is kept' >&2; exit 130\" INT\n"
+                   "echo 'demo: exporting' >&2; sleep 0.5; kill -INT $PPID; kill -INT $$; sleep 30",  # (its line passed on first)
+}
+
+
+@pytest.mark.parametrize("child, code, line", [
+    ("fails", 2, "error: the demo of seed 0 failed: --out X: no space left"),
+    ("interrupted", 130, "interrupted: --out was not written"),
+])
+def test_a_failed_or_interrupted_demo_seed_is_the_parent_s_one_line(child, code, line, tmp_path, capfd, monkeypatch):
+    from benchmarks import demo_seeds
+
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/bash\n{CHILDREN[child]}\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    argv = ["--seeds", "0", "--steps", "1", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    assert demo_seeds.main(argv) == code
+    err = capfd.readouterr().err
+    lines = err.splitlines()  # (the child's progress passed on, then the parent's closing line alone)
+    assert len(lines) == 2 and lines[0] == "demo: exporting" and lines[1].startswith(line), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_quality_worker_is_a_zoodip_error_with_its_own_words(tmp_path, capfd, monkeypatch):
+    """A worker that failed was SystemExit('method X failed on J (exit status 2)'): a line without 'error:', exit
+    status 1, after the worker's own error line."""
+    from benchmarks import quality
+    from benchmarks._quality_snapshots import Job
+    from zoodip.errors import ZoodipError
+
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/bash\n{CHILDREN['fails']}\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    job = Job("star", str(tmp_path), "<star>", "star")
+    with pytest.raises(ZoodipError, match=r"^zoodip on star failed: --out X: no space left$"):
+        quality.run_method("zoodip", [job], tmp_path, None, tmp_path / "work", 3, 1, 0, (500, 900), in_process=False)
+    assert capfd.readouterr().err == "demo: exporting\n"
