@@ -677,8 +677,11 @@ def _main(argv: list[str] | None = None) -> int:
             if device["exit_code"] != 0 or summary.get("exit_code") != 0:
                 print(device["stderr_tail"], file=sys.stderr)
                 report["ok"] = False
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:  # (whole: a Ctrl-C or a full disk in the middle left a torn report)
+        from zoodip.paths import atomic_write_bytes
+
+        text = (json.dumps(report, indent=2) + "\n").encode("utf-8")
+        atomic_write_bytes(args.json, lambda handle: handle.write(text), then="run the check again")
     return 0 if report["ok"] else 1
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from benchmarks._quality_report import run_context
+from benchmarks._results_files import write_file
 from benchmarks._results_guard import check_results_folder
 from reference.repo import REPO, relative_args, repo_relative
 from zoodip.console import OneLineParser, print_error
@@ -61,8 +62,7 @@ def write_results(out: Path, script: str, argv: list[str] | None, result: dict,
                   markdown: Callable[[str], str]) -> None:
     """``out``/results.json (``result`` after the command, date and machine) and results.md, the latter
     ``markdown(command)`` with the command as typed (paths relative to the repository)."""
-    out.mkdir(parents=True, exist_ok=True)
     command = " ".join([f"python benchmarks/{script}", *relative_args(sys.argv[1:] if argv is None else argv)])
-    (out / "results.json").write_text(json.dumps(run_context(command) | result, indent=1) + "\n")
-    (out / "results.md").write_text(markdown(command))
+    write_file(out / "results.json", json.dumps(run_context(command) | result, indent=1) + "\n")  # (each whole)
+    write_file(out / "results.md", markdown(command))
     print(f"wrote {out / 'results.md'}")

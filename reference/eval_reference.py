@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.export_folder import check_out_dir  # noqa: E402
-from zoodip.paths import check_output_dir  # noqa: E402
+from zoodip.paths import atomic_write_bytes, check_output_dir  # noqa: E402
 from zoodip.manifest import MANIFEST  # noqa: E402
 
 
@@ -94,13 +94,21 @@ def main(argv: list[str] | None = None) -> int:
               "accuracy": acc, "all_five": all_five, "accuracy_on_renders": acc_renders,
               "seconds_generating": round(gen_s, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "generation_accuracy.json").write_text(json.dumps(report, indent=2) + "\n")
+    _write(args.out / "generation_accuracy.json", json.dumps(report, indent=2) + "\n")
     rows = [[im.resize((96, 96)) for im in images[r * 8 : r * 8 + 8]] for r in range(min(6, args.n // 8))]
     if rows:
-        image_grid(rows).save(args.out / "samples.png")
-        (args.out / "samples.txt").write_text("\n".join(captions[: len(rows) * 8]) + "\n")
+        grid = image_grid(rows)
+        _write(args.out / "samples.png", lambda handle: grid.save(handle, format="PNG"))
+        _write(args.out / "samples.txt", "\n".join(captions[: len(rows) * 8]) + "\n")
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _write(path: Path, content) -> None:
+    """``path`` replaced whole, from text or what ``content(handle)`` writes: a Ctrl-C or a full disk in the middle
+    left a torn report (the disk's as one 'error:' line)."""
+    write = content if callable(content) else lambda handle: handle.write(content.encode("utf-8"))
+    atomic_write_bytes(path, write, then="run it again")
 
 
 if __name__ == "__main__":

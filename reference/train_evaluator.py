@@ -14,7 +14,6 @@ Command used for the committed evaluator (2 CPU cores shared with other jobs, 1 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from reference.repo import REPO, check_new_output  # noqa: E402
 sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
-from zoodip.paths import check_output_file  # noqa: E402
+from zoodip.paths import atomic_write_bytes, check_output_file  # noqa: E402
 from zoodip.validation import finite_float  # noqa: E402
 
 FEATURE_DIM = 128
@@ -155,18 +154,19 @@ def main(argv: list[str] | None = None) -> int:
 
     net.eval()
     args.out.parent.mkdir(parents=True, exist_ok=True)  # (the default, reference/.work/, is not in a fresh clone)
-    tmp = args.out.with_name(args.out.name + ".tmp")
+    # Written whole (temp file, rename): a Ctrl-C or a full disk during the export left OUT.onnx.tmp behind.
     with torch.no_grad():
-        torch.onnx.export(net, (torch.rand(2, 3, world.RESOLUTION, world.RESOLUTION),), str(tmp),
-                          input_names=["images"], output_names=["features", *world.ATTRIBUTE_NAMES],
-                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"},
-                                        **{a: {0: "batch"} for a in world.ATTRIBUTE_NAMES}},
-                          opset_version=17, do_constant_folding=True, dynamo=False)
-    os.replace(tmp, args.out)
+        atomic_write_bytes(args.out, lambda handle: torch.onnx.export(
+            net, (torch.rand(2, 3, world.RESOLUTION, world.RESOLUTION),), handle,
+            input_names=["images"], output_names=["features", *world.ATTRIBUTE_NAMES],
+            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"},
+                          **{a: {0: "batch"} for a in world.ATTRIBUTE_NAMES}},
+            opset_version=17, do_constant_folding=True, dynamo=False), then="train it again")
     meta = {"resolution": world.RESOLUTION, "attributes": {a: list(world.ATTRIBUTES[a]) for a in world.ATTRIBUTE_NAMES},
             "feature_dim": FEATURE_DIM, "held_out_accuracy": acc, "n_train": args.n_train, "n_test": args.n_test,
             "steps": args.steps, "batch": args.batch, "seconds": round(time.monotonic() - started, 1)}
-    args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    record = (json.dumps(meta, indent=2) + "\n").encode("utf-8")
+    atomic_write_bytes(args.out.with_suffix(".json"), lambda handle: handle.write(record), then="train it again")
     print(json.dumps(meta), flush=True)
     return 0
 
