@@ -32,6 +32,7 @@ from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 from benchmarks._quality_report import write_results  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
+from zoodip import validation  # noqa: E402
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
@@ -45,6 +46,8 @@ from reference.demo import (  # noqa: E402
 # Issue 15's bar for the demo, per training seed: mean attribute accuracy of the "after" images at least 0.85 and
 # all five attributes in at least half of them.
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "demo"
+# The seeds at most (most, what it stands for in the refusal): a slip such as --seeds 0-100000 started as many demos.
+MAX_SEEDS = (100, "each is a whole demo run")
 BAR_MEAN_ACCURACY = 0.85
 BAR_ALL_FIVE = 0.5
 
@@ -218,16 +221,18 @@ def parse_seeds(text: str) -> list[int]:
     try:
         if "-" in text:
             low, high = text.split("-")
-            seeds = list(range(int(low), int(high) + 1))
+            seeds: range | list[int] = range(int(low), int(high) + 1)  # (counted before it is listed)
         else:
             seeds = [int(part) for part in text.split(",")]
     except ValueError:
         raise ZoodipError(f"--seeds {text!r}: give a range A-B or a comma list of integers, e.g. 0-4 or 0,3") from None
-    if not seeds:
+    count = max(0, seeds.stop - seeds.start) if isinstance(seeds, range) else len(seeds)  # (len: a C size at most)
+    if not count:
         raise ZoodipError(f"--seeds {text!r} names no seed: the range's end comes before its start")
+    validation.positive_int(f"--seeds {text!r}: the count of seeds", count, 1, *MAX_SEEDS)
     if len(set(seeds)) != len(seeds):  # a seed run twice would count twice in the tally
         raise ZoodipError(f"--seeds {text!r} names a seed twice: name each once")
-    return seeds
+    return list(seeds)
 
 
 DEFAULT_SEEDS = "0-4"  # the issue's five training seeds

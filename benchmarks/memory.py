@@ -49,7 +49,13 @@ from zoodip.paths import check_output_dir  # noqa: E402
 CONTENDERS_PY = REPO / "benchmarks" / "_contenders.py"
 PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "memory"
-MAX_PHOTOS = 100
+# The counts' ceilings, each (most, what it stands for in the refusal): a slip such as --resolution 100000 started
+# exports and contenders that could only fail, minutes later, for memory; a run past these measures nothing more.
+MAX_PHOTOS = (100, "a personalization set is a few photos")
+MAX_RESOLUTION = (1024, "twice SD1.5's own 512-pixel side; every contender's activations grow with its square")
+MAX_STEPS = (100, "the peak memory is reached within the first steps; more only lengthen every contender's run")
+MAX_REPEATS = (20, "fresh-process runs of each contender, for the spread of its peak")
+MAX_DIRECTIONS = (1024, "each is a UNet forward and an autograd product of the fidelity check")
 # The budget rows' budget on the tiny model: its weights are a few MB, so SD1.5's 1300 MB would hold everything;
 # this one still makes them plan (tiles, one graph at a time) and holds only-masked inpainting's whole photo.
 TINY_BUDGET_MB = 400
@@ -280,11 +286,13 @@ def _sizes(args: argparse.Namespace) -> tuple[int, int, int]:
     repeats = (1 if short else 2) if args.repeats is None else args.repeats
     check_side("--resolution", resolution)
     check_side("--fidelity-resolution", args.fidelity_resolution)
-    for flag, value, least in (("--steps", steps, 1), ("--repeats", repeats, 1), ("--photos", args.photos, 1),
-                               ("--threads", args.threads, 0), ("--directions", args.directions, 1)):
-        validation.positive_int(flag, value, least)
-    if args.photos > MAX_PHOTOS:
-        raise ZoodipError(f"--photos must be at most {MAX_PHOTOS} (a personalization set is a few photos), got {args.photos}")
+    counts = (("--resolution", resolution, 1, MAX_RESOLUTION),
+              ("--fidelity-resolution", args.fidelity_resolution, 1, MAX_RESOLUTION),
+              ("--steps", steps, 1, MAX_STEPS), ("--repeats", repeats, 1, MAX_REPEATS),
+              ("--photos", args.photos, 1, MAX_PHOTOS), ("--threads", args.threads, 0, (None, "")),
+              ("--directions", args.directions, 1, MAX_DIRECTIONS))
+    for flag, value, least, (most, why) in counts:
+        validation.positive_int(flag, value, least, most, why)  # (all before any export or contender)
     validation.finite_float("--timeout (seconds per contender)", args.timeout, low=0, high=MAX_TIMEOUT_S)
     return resolution, steps, repeats
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
+from zoodip import validation  # noqa: E402
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
@@ -40,6 +41,11 @@ from benchmarks._results_guard import check_results_folder  # noqa: E402
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "problem-dimension"  # the committed results
 T_RANGE = (500, 900)
 VARIANCE_FRACTION = 0.95
+# The draws' ceilings (most, what it stands for in the refusal): a slip such as --samples 100000 ran for hours
+# before it exhausted the memory.
+MAX_SAMPLES = (64, "each draw's width x width curvature term is kept, per concept: 8 x 64 on the 768-wide models "
+                   "is gigabytes")
+MAX_NOISE_DRAWS = (4096, "each draw is a UNet backward pass per concept")
 
 
 def model_folders(cache: Path) -> dict[str, Path]:
@@ -340,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
         if args.gradient_noise < 0 or args.gradient_noise == 1 or args.samples < 1 or args.seed < 0:
             p.error("--gradient-noise must be 0 (off) or at least 2 draws, --samples at least 1, --seed 0 or more")
+        validation.positive_int("--samples", args.samples, 1, *MAX_SAMPLES)  # (before any world is built)
+        validation.positive_int("--gradient-noise", args.gradient_noise, 0, *MAX_NOISE_DRAWS)
         check_output_dir(args.cache, "--cache")  # (the widened and SD-width worlds are built into it)
         folders = model_folders(args.cache)
         names = []

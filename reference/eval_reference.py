@@ -22,11 +22,16 @@ from reference.evaluator import Evaluator, attribute_accuracy  # noqa: E402
 from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
+from zoodip import validation  # noqa: E402
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.export_folder import check_out_dir  # noqa: E402
 from zoodip.paths import atomic_write_bytes, check_output_dir  # noqa: E402
 from zoodip.manifest import MANIFEST  # noqa: E402
+
+# The images at most (most, what it stands for in the refusal): a slip such as --n 1000000 generated for days, every
+# image held for the evaluator.
+MAX_IMAGES = (10_000, "each is a generation of its own, all held for the evaluator")
 
 
 def _exported_from(export: Path) -> Path | None:
@@ -53,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
         if min(args.n, args.steps) < 1 or args.threads < 0 or args.seed < 0:
             p.error("--n and --steps must be at least 1, --threads and --seed 0 or more")
+        validation.positive_int("--n", args.n, 1, *MAX_IMAGES)  # (before the export)
         if not 0 <= args.guidance < float("inf"):
             p.error(f"--guidance {args.guidance}: give a finite guidance scale >= 0")
         check_output_dir(args.out, "--out")  # before minutes of generating

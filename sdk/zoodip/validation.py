@@ -8,9 +8,14 @@ import numpy as np
 from .errors import ZoodipError
 
 
-def positive_int(name: str, value: object, minimum: int = 1) -> int:
+def positive_int(name: str, value: object, minimum: int = 1, maximum: int | None = None, why: str = "") -> int:
+    """``value`` as an int >= ``minimum`` and, where given, <= ``maximum``: a count a script's work grows with (steps,
+    repetitions, draws, a side), capped where a slip (100000 for 1000) starts work that can only fail after minutes or
+    exhaust the memory; ``why`` says in the refusal what the cap stands for."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ZoodipError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ZoodipError(f"{name} must be at most {maximum}{f' ({why})' if why else ''}, got {value!r}")
     return int(value)
 
 

@@ -60,7 +60,12 @@ FOLDER_CASES = [
 NUMBER_CASES = [(["--steps", "0"], "--steps must be an integer >= 1"), (["--repeats", "0"], "--repeats"),
                 (["--resolution", "0"], "--resolution"), (["--threads", "-2"], "--threads"),
                 (["--timeout", "-5"], "--timeout"), (["--fidelity-resolution", "0"], "--fidelity-resolution"),
-                (["--directions", "0"], "--directions")]
+                (["--directions", "0"], "--directions"),
+                # A slip such as --resolution 100000 started exports and contenders that could only fail for memory.
+                (["--resolution", "100000"], "--resolution must be at most 1024 ("),
+                (["--fidelity-resolution", "8192"], "--fidelity-resolution must be at most 1024 ("),
+                (["--steps", "100000"], "--steps must be at most 100 ("), (["--repeats", "1000"], "--repeats must be at most 20 ("),
+                (["--directions", "100000"], "--directions must be at most 1024 (")]
 
 
 def _one_line_error(script: str, args: list[str], needle: str, tmp_path: Path) -> None:
@@ -178,3 +183,27 @@ def test_eval_reference_names_export_when_refusing_its_export_folder(tmp_path, c
         err = capsys.readouterr().err
         assert err.startswith(f"error: {said}") and err.count("\n") == 1, err
     assert (damaged / "manifest.json").read_text() == "{" and not (tmp_path / "out").exists()
+
+
+# (script, its arguments; OUT, CACHE: folders that must not be made; DEMO: a folder that passes for a demo's)
+CAP_CASES = [
+    ("benchmarks/problem_dimension.py", ["--out", "OUT", "--cache", "CACHE", "--samples", "100000"],
+     "--samples must be at most 64 ("),
+    ("benchmarks/problem_dimension.py", ["--out", "OUT", "--cache", "CACHE", "--gradient-noise", "100000"],
+     "--gradient-noise must be at most 4096 ("),
+    ("benchmarks/demo_seeds.py", ["--seeds", "0-99999999999999999999", "--work", "CACHE", "--out", "OUT"],
+     "the count of seeds must be at most 100 ("),
+    ("benchmarks/long_prompts.py", ["--demo", "DEMO", "--captions", "100000", "--out", "OUT"],
+     "--captions must be at most 10000 ("),
+    ("reference/eval_reference.py", ["--n", "100000", "--export", "CACHE", "--out", "OUT"], "--n must be at most 10000 ("),
+]
+
+
+@pytest.mark.parametrize("script, args, needle", CAP_CASES)
+def test_a_count_past_its_ceiling_is_one_line_before_any_work(script, args, needle, tmp_path):
+    """Each was taken: hours of work (a demo per seed, a generation per caption) or memory that ran out."""
+    (tmp_path / "demo" / "model").mkdir(parents=True)
+    (tmp_path / "demo" / "model" / "manifest.json").write_text("{}")
+    names = {"OUT": tmp_path / "out", "CACHE": tmp_path / "cache", "DEMO": tmp_path / "demo"}
+    _one_line_error(script, [str(names.get(a, a)) for a in args], needle, tmp_path)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
