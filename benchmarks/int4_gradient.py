@@ -24,10 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _fidelity import SEED, fixed_problem, placeholder_gradient  # noqa: E402  (the fidelity check's problem)
+from _results_files import write_file  # noqa: E402
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.denoising_loss import DenoisingLoss  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.model import ExportedModel, RuntimeOptions  # noqa: E402
+from zoodip.paths import check_output_file  # noqa: E402
 
 PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"
 
@@ -179,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--seeds takes integers >= 0")
         if not (args.source / "model_index.json").is_file():
             raise ZoodipError(f"{args.source} is not a diffusers folder (no model_index.json): give the export's source")
+        if args.json is not None:  # (a folder as --json was a traceback after the whole measurement)
+            check_output_file(args.json, "--json")
         try:
             rows = measure(args.source, args.export, seeds)
         except ValueError as error:
@@ -191,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"| {row['variant']} | {row['four_bit_weights'] / 1e6:.1f} M | {row['unet_bytes'] / 1e6:.1f} MB | "
               + " | ".join(f"{row['cosine'][s]:.4f}" for s in seeds) + " |")
-    if args.json:
-        args.json.write_text(json.dumps({"source": args.source.name, "export": args.export.name, "rows": rows},
-                                        indent=1) + "\n", encoding="utf-8")
+    if args.json:  # (whole: a Ctrl-C or a full disk in the middle left a torn file)
+        write_file(args.json, json.dumps({"source": args.source.name, "export": args.export.name, "rows": rows},
+                                         indent=1) + "\n")
     return 0
 
 

@@ -99,3 +99,20 @@ def test_an_interrupted_demo_benchmark_report_leaves_no_torn_file(tmp_path, monk
     _demo_runs.write_results(tmp_path / "out", "emphasis.py", ["--seeds", "2"], {"rows": []}, lambda command: command)
     assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"] == []
     assert (tmp_path / "out" / "results.md").read_text().startswith("python benchmarks/emphasis.py")
+
+
+def test_int4_gradient_checks_its_json_first_and_writes_it_whole(tmp_path, monkeypatch, capsys):
+    """A folder as --json was an IsADirectoryError traceback after the whole measurement; the file a plain write."""
+    from benchmarks import int4_gradient
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "model_index.json").write_text("{}")
+    measured = []
+    monkeypatch.setattr(int4_gradient, "measure", lambda *args: measured.append(args) or [])
+    assert int4_gradient.main([str(source), str(tmp_path / "export"), "--json", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --json {tmp_path} is a folder") and not measured
+    plain = _half_then_interrupt(b'{"rows', OSError(28, "No space left on device"))
+    monkeypatch.setattr(Path, "write_text", lambda path, text, *args, **kwargs: plain(path))
+    assert int4_gradient.main([str(source), str(tmp_path / "export"), "--json", str(tmp_path / "rows.json")]) == 0
+    assert json.loads((tmp_path / "rows.json").read_text())["rows"] == []
