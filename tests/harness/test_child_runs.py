@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-
 # The stand-in demo: says a line of progress, then its closing line as the real one would.
 CHILDREN = {
     "fails": "echo 'demo: exporting' >&2; echo 'error: --out X: no space left' >&2; exit 2",
     # (a terminal's Ctrl-C reaches both processes: here the child signals its parent and itself)
+    # (a SIGTERM, from `timeout` or a process manager, reaches the parent alone: the parent passes it on)
+    "terminated": "trap \"echo 'interrupted: what the demo finished in --out is kept' >&2; exit 143\" TERM\n"
+                  "echo 'demo: exporting' >&2; sleep 0.5; kill -TERM $PPID; for i in $(seq 50); do sleep 0.1; done",
     "interrupted": "trap \"echo 'interrupted: what the demo finished in --out is kept' >&2; exit 130\" INT\n"
                    "echo 'demo: exporting' >&2; sleep 0.5; kill -INT $PPID; kill -INT $$; sleep 30",  # (its line passed on first)
 }
@@ -26,6 +29,7 @@ CHILDREN = {
 @pytest.mark.parametrize("child, code, line", [
     ("fails", 2, "error: the demo of seed 0 failed: --out X: no space left"),
     ("interrupted", 130, "interrupted: --out was not written"),
+    ("terminated", 143, "interrupted: --out was not written"),
 ])
 def test_a_failed_or_interrupted_demo_seed_is_the_parent_s_one_line(child, code, line, tmp_path, capfd, monkeypatch):
     from benchmarks import demo_seeds
@@ -35,7 +39,9 @@ def test_a_failed_or_interrupted_demo_seed_is_the_parent_s_one_line(child, code,
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setattr(sys, "executable", str(fake))
     argv = ["--seeds", "0", "--steps", "1", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    started = time.monotonic()
     assert demo_seeds.main(argv) == code
+    assert time.monotonic() - started < 4  # (the child stopped by the signal passed on, not its own end after 5 s)
     err = capfd.readouterr().err
     lines = err.splitlines()  # (the child's progress passed on, then the parent's closing line alone)
     assert len(lines) == 2 and lines[0] == "demo: exporting" and lines[1].startswith(line), err
