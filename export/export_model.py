@@ -489,8 +489,8 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
                          config=None if args.config is None else Path(args.config), loras=args.lora)
     except ZoodipError as exc:
         return print_error(exc)
-    except KeyboardInterrupt:  # (the staging folder is gone: export_model removes it)
-        return print_interrupted("nothing was written")
+    except KeyboardInterrupt as exc:  # (the staging folder is gone: export_model removes it)
+        return print_interrupted("nothing was written", exc)
     print(Path(args.paths[-1]))
     return 0
 

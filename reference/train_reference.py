@@ -529,9 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with interrupt_on_termination():  # a kill as Ctrl-C: one line, not a traceback or silence
             return train(args, default_attributes=p.get_default("caption_attributes"))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         return print_interrupted(f"--out was not written; the last checkpoint in {args.work} is kept: rerun the same "
-                                 "command to continue from it")
+                                 "command to continue from it", exc)
 
 
 def train(args: argparse.Namespace, default_attributes: str) -> int:

@@ -481,8 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ZoodipError as exc:
         return print_error(_in_flag_words(str(exc), getattr(args, "from_image", ()) if args is not None else (),
                                           _given_paths(args, argv)))
-    except KeyboardInterrupt:
-        return print_interrupted(_INTERRUPTED.get(command, ""))
+    except KeyboardInterrupt as exc:
+        return print_interrupted(_INTERRUPTED.get(command, ""), exc)
     except BrokenPipeError:  # the reader of stdout left (`zoodip info X | head -1`): nothing is wrong here
         silence_stdout()
         return 141  # 128 + SIGPIPE, as a command that the pipe's signal ended
