@@ -1,4 +1,5 @@
-"""The C heap's settings for a memory budget (glibc's ``mallopt``/``malloc_trim``; no-ops elsewhere).
+"""The C heap's settings for a memory budget and for the VAE decoder (glibc's ``mallopt``/``malloc_trim``; no-ops
+elsewhere).
 
 onnxruntime allocates its tensors through ``malloc`` wherever its own arena is off, and frees a
 released session's buffers into the C heap. What glibc then keeps mapped counts in the resident

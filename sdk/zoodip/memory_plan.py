@@ -8,7 +8,9 @@ upsampled map, its group normalization and its activation at once: three fp32 ma
 channels per pixel. Its mid-block self-attention over all latent positions comes on top, as one score matrix
 (``_attention_phase``). A model with a narrower VAE needs less, so the estimate errs towards
 tiling. The estimate leaves out what the process holds anyway (Python, NumPy, onnxruntime), as the
-weight check of ``RuntimeOptions.memory_budget_mb`` does; ``benchmarks/memory.py`` measures both.
+weight check of ``RuntimeOptions.memory_budget_mb`` does; ``benchmarks/memory.py`` measures both. The decoder's
+maps are ``malloc``'s (no arena), and its session fixes the C heap's threshold, budget or not
+(``heap.return_large_blocks``): freed, they go back to the system, so what it holds follows the live maps counted here.
 
 The plan is made before the first denoising step, so a size whose decode cannot fit is refused
 before minutes of UNet work, and tiles are used only where the whole image would not fit.

@@ -306,6 +306,11 @@ class ExportedModel:
                         raise ZoodipError(f"the export at {self.folder} changed since the model was opened ({file}): "
                                           "open it again")
                 opts, disabled = self.session_options(name)
+                if name in RUN_ONCE_PER_IMAGE:
+                    # Its buffers are malloc's (no arena). Left to glibc's rising threshold (no budget fixed it), its
+                    # 1-32 MiB maps stayed in a fragmenting heap, well above memory_plan.decode_bytes at small sizes
+                    # (benchmarks/README.md, "The decoder fixes the C heap's threshold").
+                    return_large_blocks()
                 try:
                     session = ort.InferenceSession(
                         str(path), sess_options=opts, providers=["CPUExecutionProvider"], disabled_optimizers=disabled

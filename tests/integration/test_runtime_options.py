@@ -119,3 +119,17 @@ def test_the_vae_decoder_runs_without_the_arena_with_or_without_a_budget(tiny_ex
     model = ExportedModel.load(tiny_export, RuntimeOptions(threads=1, memory_budget_mb=budget))
     assert not model.session_options("vae_decoder")[0].enable_cpu_mem_arena
     assert model.session_options("unet")[0].enable_cpu_mem_arena
+
+
+def test_the_vae_decoder_session_fixes_the_heaps_threshold_without_a_budget_too(tiny_export, monkeypatch):
+    """Its buffers are malloc's (no arena), and only a budget fixed glibc's threshold: without one the decoder's
+    feature maps stayed in a fragmenting heap and small decodes peaked well above ``memory_plan.decode_bytes``."""
+    import zoodip.model as model_module
+
+    calls = []
+    monkeypatch.setattr(model_module, "return_large_blocks", lambda: calls.append(1))
+    model = ExportedModel.load(tiny_export, RuntimeOptions(threads=1))
+    model.session("text_encoder")
+    assert not calls  # the graphs with an arena leave the heap as it is
+    model.session("vae_decoder")
+    assert calls == [1]
