@@ -109,7 +109,11 @@ def test_a_real_ctrl_c_at_the_demo_s_start_is_one_line_and_leaves_no_partial_fil
         time.sleep(0.02)
     demo.send_signal(sig)
     _, err = demo.communicate(timeout=60)
-    assert demo.returncode == 128 + sig and "Traceback" not in err, err
+    # (-SIGINT, ended by the signal, is what a shell reads as 130 too: under `python -m`, a Ctrl-C that lands inside
+    # code a C extension evaluates while it is imported sets CPython's "unhandled KeyboardInterrupt" flag, even though
+    # the demo handles it, and the interpreter then ends itself by SIGINT (seen now and then). A SIGTERM, raised
+    # as a subclass, never sets it.)
+    assert demo.returncode in (128 + sig, -sig if sig == signal.SIGINT else None) and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("interrupted: what the demo finished in --out is kept"), err
     left = [path.name for path in out.rglob("*") if any(word in path.name for word in ("tmp", "partial", "staging"))]
     assert not left, left
