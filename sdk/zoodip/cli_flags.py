@@ -12,6 +12,7 @@ from pathlib import Path
 from .config import OPTIMIZERS, VAE_SAMPLING, PersonalizeConfig
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .emphasis import PROMPT_WEIGHTINGS
+from .generate_settings import PASS_THE_IMAGE
 from .gradient_estimate import DIRECTIONS
 from .lr_schedule import LR_SCHEDULERS
 from .model import DEFAULT_SPIN_WAIT
@@ -330,7 +331,8 @@ def checked_generate_flags(args: argparse.Namespace) -> tuple[Path, list[Path]]:
 # - An API name as a word of its own (not a piece of a path or a file name) is said as its flag, with its value
 #   after a space (seed=5: --seed 5): a name with an underscore, and the method's symbols (_SYMBOL_NAMES, words of no
 #   sentence: "a lower learning_rate or mu"), anywhere; a name that is an English word too (_WORD_NAMES: "image
-#   folder", "steps") only where it opens the message ("steps must be ...") or is given a value (steps=4). A call's
+#   folder", "steps") only where it opens the message ("steps must be ..."), follows "drop " ("or drop strength")
+#   or is given a value (steps=4). A call's
 #   keyword without a value (image=..., negative_prompt=) stays as the API's own advice shows it.
 # - The word after a flag is its value, the user's: 'output_dir output_dir is a file' is '--output_dir output_dir'.
 # The API's names whose flag is spelled otherwise (config_from_args passes these flags to these fields).
@@ -344,7 +346,8 @@ _SYMBOL_NAMES = ("mu", "nu", "tau")
 _WORD_NAMES = ("width", "height", "resolution", "steps", "seed", "strength", "n", "threads", "eta", "directions",
                "optimizer", "images", "captions")
 _API_CALL_FLAGS = {"load_textual_inversion(PATH, token=TOKEN)": "--embedding PATH:TOKEN",
-                   "the embedding spec": "--embedding", LOAD_ITS_EMBEDDING: "pass its file with --embedding PATH"}
+                   "the embedding spec": "--embedding", LOAD_ITS_EMBEDDING: "pass its file with --embedding PATH",
+                   PASS_THE_IMAGE: "add --image PATH"}
 _QUOTED = r"(?<![\w=])(?:'[^']*'|\"[^\"]*\")(?!\w)"
 # A flag the message says already (--out), or an API name with maybe its value (name=4, name='a1111').
 _NAME_OR_FLAG = re.compile(r"(?<![\w/\\.'\"-])(?:--[a-z0-9][\w-]*|([a-z][a-z0-9]*(?:_[a-z0-9]+)*)"
@@ -355,14 +358,15 @@ _VALUE = re.compile(r" [^\s,;:)]+")
 @functools.cache
 def api_name_flags() -> dict[str, str]:
     """{the API's name of a setting: the flag that sets it}: each flag's spellings read as names (--mask-image:
-    mask_image), then the API's fields that are named otherwise."""
+    mask_image, said --mask, as the help lists it first), then the API's fields that are named otherwise."""
     flags: dict[str, str] = {}
     for add in (add_personalize_flags, add_generate_flags):  # (personalize's spelling first, as PATH_FLAGS)
         parser = argparse.ArgumentParser(add_help=False)
         add(parser)
         for action in parser._actions:
-            for spelling in action.option_strings:
-                flags.setdefault(spelling[2:].replace("-", "_"), spelling)
+            for spelling in action.option_strings:  # an alias said as the flag's first spelling (mask_image: --mask)
+                said = spelling if spelling.startswith("--no-") else action.option_strings[0]
+                flags.setdefault(spelling[2:].replace("-", "_"), said)
             flags.setdefault(action.dest, action.option_strings[0])
     return flags | {name: flags[dest] for name, dest in _DEST_OF_API_NAME.items()}
 
@@ -385,7 +389,7 @@ def _said_in_flag_words(piece: str, opening: bool) -> str:
     for match in _NAME_OR_FLAG.finditer(piece):
         if match.start() < value_end:  # a flag's value
             continue
-        word = _as_flag(match, opening and match.start() == 0)
+        word = _as_flag(match, opening and match.start() == 0 or piece.endswith("drop ", 0, match.start()))
         said.append(piece[end:match.start()] + word)
         end = match.end()
         if word.startswith("--") and match.group(2) is None:
@@ -394,14 +398,15 @@ def _said_in_flag_words(piece: str, opening: bool) -> str:
     return "".join(said) + piece[end:]
 
 
-def _as_flag(match: re.Match[str], opens: bool) -> str:
-    """A flag or an API name (with maybe its value) as the command line says it; as written where it is no flag's."""
+def _as_flag(match: re.Match[str], setting: bool) -> str:
+    """A flag or an API name (with maybe its value) as the command line says it; as written where it is no flag's.
+    ``setting``: where an English-word name is a setting's (it opens the message, or follows "drop ")."""
     flags, (name, value) = api_name_flags(), match.group(1, 2)
     if name is None or value == "...":
         return match.group(0)
     if match.group(0) in _SETTING_FLAGS:
         return _SETTING_FLAGS[match.group(0)]
     if name not in flags or not ("_" in name or name in _SYMBOL_NAMES or value is not None
-                                 or opens and name in _WORD_NAMES):
+                                 or setting and name in _WORD_NAMES):
         return match.group(0)
     return flags[name] if value is None else f"{flags[name]} {value.strip(chr(39))}"

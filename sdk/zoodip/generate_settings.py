@@ -31,13 +31,17 @@ def check_num_images(num_images: object) -> None:
                           f"got {num_images!r}: call again with another seed for more")
 
 
+# How a message asks for the start image; the command line says it as its flag (zoodip.cli_flags).
+PASS_THE_IMAGE = "pass the picture to start from too (image=...)"
+
+
 def check_image_only(image: object, strength: object, mask_image: object) -> None:
     """What only image-to-image takes (``strength``; ``mask_image``, inpainting) refused without an ``image``: said,
-    not dropped; ``generate()`` and ``zoodip generate`` (before any work) say the same line."""
-    for name, value in (("strength", strength), ("mask_image", mask_image)):  # (the CLI names the flag for the name)
+    not dropped; ``generate()`` and ``zoodip generate`` (before any work) say the same line, each in its own words."""
+    for name, value, what in (("strength", strength, "image-to-image only (how much of the picture is redrawn)"),
+                              ("mask_image", mask_image, "inpainting, which redraws a part of a picture")):
         if value is not None and image is None:
-            raise ZoodipError(f"{name} applies to image-to-image only: pass the image too (image=, --image PATH), or "
-                              "drop it")
+            raise ZoodipError(f"{name} applies to {what}: {PASS_THE_IMAGE}, or drop {name}")
 
 
 def check_clip_skip(model: Any, clip_skip: object) -> None:

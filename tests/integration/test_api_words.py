@@ -277,6 +277,29 @@ def test_the_method_schedule_and_noise_refusals_say_the_apis_names_as_flags(said
     assert in_flag_words(said) == flagged
 
 
+@pytest.mark.parametrize("strength,mask,api,cli", [
+    (None, "m.png", "mask_image applies to inpainting, which redraws a part of a picture: pass the picture to start "
+     "from too (image=...), or drop mask_image", "--mask applies to inpainting, which redraws a part of a picture: add "
+     "--image PATH, or drop --mask"),
+    (0.5, None, "strength applies to image-to-image only (how much of the picture is redrawn): pass the picture to "
+     "start from too (image=...), or drop strength", "--strength applies to image-to-image only (how much of the "
+     "picture is redrawn): add --image PATH, or drop --strength"),
+])
+def test_image_to_image_settings_without_an_image_say_the_apis_words_and_the_clis_flags(strength, mask, api,
+                                                                                       cli) -> None:
+    """--mask without --image said '--mask-image applies to image-to-image only: pass the image too (image=, --image
+    PATH), or drop it': another spelling of the flag than the help's, inpainting called image-to-image, and the API's
+    keyword beside the flag; the API is told in its words, the command line in its flags."""
+    from zoodip.generate_settings import check_image_only
+
+    with pytest.raises(ZoodipError) as refused:
+        check_image_only(None, strength, mask)
+    assert str(refused.value) == api
+    assert in_flag_words(api) == cli
+    assert in_flag_words("mask_blur applies to inpainting: pass mask_image too, or drop it") == \
+        "--mask-blur applies to inpainting: pass --mask too, or drop it"
+
+
 def test_template_file_refusals_name_the_apis_setting_and_the_cli_its_flag(tiny_export, photos, tmp_path,
                                                                            capsys) -> None:
     from zoodip.prompts import PromptSampler, load_template_file

@@ -75,7 +75,7 @@ def test_cli_hires_flags(tiny_export, tmp_path, capsys) -> None:
                           (["--hires-scale", "2", "--image", tmp_path / "start.png"], "--hires-scale is for text-to-image"),
                           (["--enable_hr"], "A1111's hires fix is --hires-scale X"),
                           (["--hires-scale", "0.5"], "--hires-scale must be a number above 1"),
-                          (["--hires-scale", "2", "--paste-back"], "--paste-back applies to inpainting: pass --mask-image too")):
+                          (["--hires-scale", "2", "--paste-back"], "--paste-back applies to inpainting: pass --mask too")):
         assert_one_line_error(*run_cli(common + extra, capsys)[::2], needle)
     assert not out.exists()
 

@@ -64,8 +64,9 @@ def test_a_start_image_too_large_to_encode_within_the_budget_is_refused_before_a
 
 def test_a_strength_without_an_image_is_refused_by_the_api_as_by_the_cli(model):
     """generate(strength=0.5) without an image ran text-to-image and dropped the strength unsaid (the CLI refused it)."""
-    with pytest.raises(ZoodipError, match=r"^strength applies to image-to-image only: pass the image too "
-                                          r"\(image=, --image PATH\), or drop it$"):
+    with pytest.raises(ZoodipError, match=r"^strength applies to image-to-image only \(how much of the picture is "
+                                          r"redrawn\): pass the picture to start from too \(image=\.\.\.\), or "
+                                          r"drop strength$"):
         generate(model, "a star", strength=0.5, steps=2)
 
 

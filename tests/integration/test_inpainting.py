@@ -108,7 +108,7 @@ def test_a_mask_as_a_path_or_pil_image_alpha_ignored_and_of_another_shape_warned
 
 
 def test_bad_masks_are_one_line_and_write_nothing(model, picture, tiny_export, tmp_path, capsys):
-    with pytest.raises(ZoodipError, match="mask_image applies to image-to-image only: pass the image too"):
+    with pytest.raises(ZoodipError, match="mask_image applies to inpainting, which redraws a part of a picture: pass the picture"):
         generate(model, "a star", mask_image=mask_image(0, 8), steps=2)
     with pytest.raises(ZoodipError, match="mask_image must be a file path or a PIL image"):
         generate(model, "a star", image=picture, mask_image=np.ones((SIDE, SIDE)), steps=2)
@@ -116,7 +116,7 @@ def test_bad_masks_are_one_line_and_write_nothing(model, picture, tiny_export, t
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     out = tmp_path / "x.png"
     common = ["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "2", "--out", out]
-    for extra, needle in ((["--mask", broken], "--mask-image applies to image-to-image only"),
+    for extra, needle in ((["--mask", broken], "--mask applies to inpainting, which redraws a part of a picture: add --image PATH, or drop --mask"),
                           (["--image", picture, "--mask", broken], "cannot read image"),
                           (["--image", picture, "--mask", tmp_path / "missing.png"], "black-and-white PNG"),
                           (["--image", picture, "--mask_image", broken], "cannot read image")):
@@ -200,5 +200,5 @@ def test_only_masked_and_paste_back_keep_the_originals_pixels_outside_the_mask(m
                           (["--inpaint_full_res"], "is --padding-mask-crop PX")):
         assert_one_line_error(*run_cli(common + extra, capsys)[::2], needle)
     bare = ["generate", "--model", tiny_export, "--prompt", "a star", "--steps", "3", "--out", out]
-    assert_one_line_error(*run_cli(bare + ["--paste-back"], capsys)[::2], "--paste-back applies to inpainting: pass --mask-image too, or drop it")
+    assert_one_line_error(*run_cli(bare + ["--paste-back"], capsys)[::2], "--paste-back applies to inpainting: pass --mask too, or drop it")
     assert not out.exists()
