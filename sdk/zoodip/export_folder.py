@@ -18,8 +18,8 @@ from pathlib import Path
 from .errors import ZoodipError
 from .json_text import parse_json
 from .manifest import FORMAT, MANIFEST, manifest_text
-from .paths import (check_output_dir, finish_interrupted_swap, left_by_ended_process, lies_within, swap_folder_in,
-                    write_failure)
+from .paths import (check_output_dir, finish_interrupted_swap, left_by_ended_process, lies_within, set_aside_folder,
+                    swap_folder_in, write_failure)
 
 
 def output_target(out_dir: str | Path) -> Path:
@@ -95,7 +95,14 @@ def remove_stale_staging(out_dir: Path) -> None:
 def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None, flag: str = "OUT_DIR") -> None:
     """OUT_DIR checked before any work: creatable, not the source, and only an earlier export is replaced. ``flag``:
     how the caller's user named the folder (a script that exports into its ``--export``), for the refusals."""
+    aside = set_aside_folder(out_dir)
+    put_back = aside is not None and not os.path.lexists(out_dir)
     done = finish_interrupted_swap(out_dir)  # (an export killed while replacing OUT_DIR: its old one comes back)
+    if put_back and not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+        # (one line: the note of the restore and a bare "exists" refusal read as if this export had made OUT_DIR)
+        raise ZoodipError(f"{flag} {out_dir} holds its earlier export again: an export that was replacing it was "
+                          f"killed half-way and had left it aside as {aside.name}, now put back; add --overwrite to "
+                          f"replace it with this export, or choose another {flag}")
     if done:
         print(done, file=sys.stderr)
     check_output_dir(out_dir, flag)  # not a file, not under one, creatable: before any work

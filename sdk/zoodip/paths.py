@@ -363,7 +363,7 @@ def finish_interrupted_swap(dest: Path) -> str | None:
         return f"removed {aside.name}, the previous {dest.name} that a replacement killed before its cleanup left"
     os.replace(aside, dest)
     fsync_folder(dest.parent)
-    return f"restored {dest} from {aside.name}, where a replacement killed half-way had left it"
+    return f"restored {dest.name} from {aside.name}, where a replacement killed half-way had left it"
 
 
 def append_whole(handle: BinaryIO, data: bytes) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -342,10 +343,19 @@ def test_an_export_killed_between_the_swaps_renames_is_said_and_put_back(tmp_pat
     for read in (describe, read_manifest):
         with pytest.raises(ZoodipError, match=r"killed half-way .*\.OUT\.old-\d+: rename it back to OUT"):
             read(dest)
-    with pytest.raises(ZoodipError, match="exists and is not empty"):  # the old export is back, and is an export
+    # The old export is back, and the refusal says so in its one line (it was a note "restored ..." and then "output
+    # folder OUT exists and is not empty", as if OUT were this export's doing).
+    with pytest.raises(ZoodipError, match=rf"^OUT_DIR {dest} holds its earlier export again: an export that was "
+                                          rf"replacing it was killed half-way and had left it aside as {aside.name}, "
+                                          r"now put back; add --overwrite to replace it with this export, or choose "
+                                          r"another OUT_DIR$"):
         check_out_dir(dest, overwrite=False)
     assert (dest / "manifest.json").is_file() and not aside.exists()
-    assert "restored" in capsys.readouterr().err
+    assert capsys.readouterr().err == ""
+    shutil.move(dest, aside)  # with --overwrite the export goes on, and says what it put back
+    check_out_dir(dest, overwrite=True)
+    assert (dest / "manifest.json").is_file() and not aside.exists()
+    assert capsys.readouterr().err == f"restored OUT from {aside.name}, where a replacement killed half-way had left it\n"
     aside.mkdir()  # the kill came during the removal of the old one, after the new one was in: it goes
     check_out_dir(tmp_path / "OUT", overwrite=True)
     assert not aside.exists() and (dest / "manifest.json").is_file()
