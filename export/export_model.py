@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from zoodip.errors import ZoodipError
-from zoodip.export_folder import check_out_dir, export_write_failure, output_target, publish, staging_folder
+from zoodip.export_folder import check_out_dir, export_write_failure, output_target, publish, said_as_given, staging_folder
 from zoodip.integrity import file_sha256
 from zoodip.manifest import FORMAT, FORMAT_VERSION, MANIFEST  # one definition of the folder format, shared with the reader
 from zoodip.paths import missing_parents
@@ -487,8 +487,8 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
                          seed=args.seed, parity=args.parity, sample_size=args.sample_size, progress=not args.quiet,
                          overwrite=args.overwrite, curvature_samples=args.curvature_samples,
                          config=None if args.config is None else Path(args.config), loras=args.lora)
-    except ZoodipError as exc:
-        return print_error(exc)
+    except ZoodipError as exc:  # (its paths as the user typed them, not as the export made them absolute)
+        return print_error(said_as_given(str(exc), sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt as exc:  # (the staging folder is gone: export_model removes it)
         return print_interrupted("nothing was written", exc)
     print(Path(args.paths[-1]))

@@ -428,6 +428,28 @@ def test_a_source_the_sdk_could_not_use_is_refused_before_the_export(case: str, 
         assert "<cat-toy>" in err and "learned_embeds.safetensors, which diffusers' script saved" in err
 
 
+def test_refusals_say_the_paths_as_the_user_typed_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The export works on absolute paths, and its refusals said them so (error: OUT_DIR $PWD/afile is an
+    existing file) where the user typed 'afile', unlike the rest of the command line; a path it only begins with
+    (afile2) is not the user's."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "src" / "text_encoder").mkdir(parents=True)
+    cases = {("--tiny", "afile"): "OUT_DIR afile is an existing file, not a folder: choose a folder path",
+             ("--tiny", "./afile/sub"): "OUT_DIR afile/sub lies under afile, which is a file, not a folder: choose",
+             ("src", "out"): "src is not a diffusers Stable Diffusion folder: unet/config.json is missing",
+             ("../src", "out"): "source folder ../src does not exist",
+             (str(tmp_path / "src"), "out"): f"{tmp_path / 'src'} is not a diffusers Stable Diffusion folder"}
+    for argv, said in cases.items():
+        assert main([*argv, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {said}") and err.count("\n") == 1, err
+    from zoodip.export_folder import said_as_given
+
+    assert said_as_given(f"{tmp_path / 'afile2'} and {tmp_path / 'afile'}.", ["afile"]) == f"{tmp_path / 'afile2'} and afile."
+
+
 def test_bad_inputs_raise_zoodip_error(tiny_source: Path, tmp_path: Path) -> None:
     with pytest.raises(ZoodipError, match="does not exist"):
         export_model(tmp_path / "nope", tmp_path / "out")
