@@ -23,18 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from zoodip.errors import ZoodipError
-from zoodip.export_folder import check_out_dir, export_write_failure, output_target, publish, said_as_given, staging_folder
+from zoodip.export_folder import check_out_dir, export_write_failure, output_target, publish, staging_folder
 from zoodip.integrity import file_sha256
 from zoodip.manifest import FORMAT, FORMAT_VERSION, MANIFEST  # one definition of the folder format, shared with the reader
 from zoodip.paths import missing_parents
 from zoodip.runtime_options import NOT_SMOOTH_RECIPES
+from zoodip_export.export_args import DEFAULT_PRECISION, PRECISIONS, check_export_args, export_flag_words, resolve_recipe
 from zoodip_export.lora import LoraSpec, fuse_loras, lora_entries, lora_specs
 from zoodip_export.requirements import check_export_requirements
 from zoodip_export.source_folder import check_source, model_info, pipeline_scheduler_config, read_source, source_warnings
 from zoodip_export.weights import load_checked
 
-PRECISIONS = ("int8", "fp32")
-DEFAULT_PRECISION = "int8"
 TOKEN_EMBEDDINGS = "token_embeddings.npy"
 SCHEDULER_CONFIG = "scheduler_config.json"
 
@@ -48,24 +47,6 @@ class _Progress:
     def __call__(self, message: str) -> None:
         if self.enabled:
             print(f"[export {time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-# --- input checks (all before anything is written) ----------------------------------------------
-
-
-def resolve_recipe(precision: str, recipe: str | None) -> tuple[str, str]:
-    """Check ``precision``/``recipe`` and fill in the default recipe of the precision."""
-    from zoodip_export.quantize import DEFAULT_RECIPE, RECIPE_PRECISION
-
-    if precision not in PRECISIONS:
-        raise ZoodipError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if recipe is None:
-        return precision, DEFAULT_RECIPE[precision]
-    if recipe not in RECIPE_PRECISION:
-        raise ZoodipError(f"unknown recipe {recipe!r}: use one of {', '.join(RECIPE_PRECISION)}")
-    if RECIPE_PRECISION[recipe] != precision:
-        raise ZoodipError(f"recipe {recipe!r} does not go with precision {precision!r}")
-    return precision, recipe
 
 
 # --- the export -----------------------------------------------------------------------------------
@@ -277,7 +258,7 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     check_export_requirements()
     precision, recipe = resolve_recipe(precision, recipe)
     specs = lora_specs(loras)
-    _check_export_args(source, tiny, curvature_samples, sample_size, config)
+    check_export_args(source, tiny, curvature_samples, sample_size, config, seed)
     out_dir = output_target(out_dir)
     check_out_dir(out_dir, overwrite, None if tiny else source)
     config = None if config is None else Path(config).expanduser().absolute()
@@ -357,26 +338,6 @@ def _built_source(source: Path | None, staging: Path, seed: int, config: Path | 
     if specs:
         folder = fuse_loras(folder, staging / "_source-lora", specs, log)
     return folder, check_source(folder)
-
-
-def _check_export_args(source: Path | None, tiny: bool, curvature_samples: int | None, sample_size: int | None,
-                       config: Path | None = None) -> None:
-    """export_model()'s arguments that need no file, each refused in one line."""
-    from zoodip_export.curvature import DEFAULT_CURVATURE_SAMPLES, MAX_CURVATURE_SAMPLES
-
-    if tiny and source is not None:
-        raise ZoodipError("give either a source folder or --tiny, not both")
-    if tiny and config is not None:
-        raise ZoodipError("--config is for a single-file checkpoint, not --tiny: drop it")
-    if not tiny and source is None:
-        raise ZoodipError("no source folder given (pass a diffusers Stable Diffusion folder, or --tiny)")
-    if curvature_samples is not None and (isinstance(curvature_samples, bool) or not isinstance(curvature_samples, int)
-                                          or not 0 <= curvature_samples <= MAX_CURVATURE_SAMPLES):
-        raise ZoodipError(f"curvature_samples must be a whole number from 0 (no curvature subspace) to "
-                          f"{MAX_CURVATURE_SAMPLES}, not {curvature_samples!r:.40} (default {DEFAULT_CURVATURE_SAMPLES}; "
-                          "each draw costs backward passes of the whole model)")
-    if sample_size is not None and (not isinstance(sample_size, int) or sample_size <= 0):
-        raise ZoodipError(f"sample_size must be a positive integer, not {sample_size!r}")
 
 
 def _write_tokenizer_and_scheduler(source: Path, staging: Path, configs: dict[str, dict[str, Any]],
@@ -465,21 +426,30 @@ def _parser(prog: str = "python export/export_model.py") -> argparse.ArgumentPar
     return parser
 
 
+# What an empty path of the command line is told to name (Path("") would be the current folder).
+_EMPTY_ADVICE = {"SOURCE": "the diffusers folder or .safetensors checkpoint to export",
+                 "OUT_DIR": "the folder to export into", "--config": "a diffusers folder of the checkpoint's kind, or drop --config"}
+
+
 def main(argv: list[str] | None = None, prog: str = "python export/export_model.py") -> int:
     """The exporter's command line (``python export/export_model.py``; ``zoodip export`` passes its own ``prog``)."""
-    from zoodip.console import interrupt_on_termination, print_error, print_interrupted
+    from zoodip.console import interrupt_on_termination, print_error, print_interrupted, said_as_given
 
+    argv, parser = sys.argv[1:] if argv is None else list(argv), None
     try:
         check_export_requirements()  # before the parser, whose recipe choices import onnx
         from zoodip_export.quantize import RECIPE_PRECISION
 
-        args = _parser(prog).parse_args(argv)
+        parser = _parser(prog)
+        args = parser.parse_args(argv)
         expected = 1 if args.tiny else 2
         if len(args.paths) != expected:
             usage = "--tiny OUT_DIR" if args.tiny else "SOURCE OUT_DIR"
             raise ZoodipError(f"expected {usage}, got {len(args.paths)} path(s)")
-        if not args.paths[-1].strip():  # Path("") would be the current folder
-            raise ZoodipError("OUT_DIR is empty: name the folder to export into")
+        given = {**dict(zip(("SOURCE", "OUT_DIR")[-expected:], args.paths)), "--config": args.config}
+        blank = next((name for name, path in given.items() if path is not None and not path.strip()), None)
+        if blank is not None:  # Path("") would be the current folder
+            raise ZoodipError(f"{blank} is empty: name {_EMPTY_ADVICE[blank]}")
         source = None if args.tiny else Path(args.paths[0])
         precision = args.precision or RECIPE_PRECISION.get(args.recipe or "", DEFAULT_PRECISION)
         with interrupt_on_termination():  # SIGTERM too removes the staging folder, not only the next export
@@ -488,7 +458,7 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
                          overwrite=args.overwrite, curvature_samples=args.curvature_samples,
                          config=None if args.config is None else Path(args.config), loras=args.lora)
     except ZoodipError as exc:  # (its paths as the user typed them, not as the export made them absolute)
-        return print_error(said_as_given(str(exc), sys.argv[1:] if argv is None else argv))
+        return print_error(said_as_given(export_flag_words(str(exc), parser, argv), argv))
     except KeyboardInterrupt as exc:  # (the staging folder is gone: export_model removes it)
         return print_interrupted("nothing was written", exc)
     print(Path(args.paths[-1]))

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import functools
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from .config import OPTIMIZERS, VAE_SAMPLING, PersonalizeConfig
@@ -357,31 +357,43 @@ _VALUE = re.compile(r" [^\s,;:)]+")
 
 @functools.cache
 def api_name_flags() -> dict[str, str]:
-    """{the API's name of a setting: the flag that sets it}: each flag's spellings read as names (--mask-image:
-    mask_image, said --mask, as the help lists it first), then the API's fields that are named otherwise."""
+    """{the API's name of a setting: the flag that sets it}: personalize's and generate's flags (``parser_flags``),
+    then the API's fields that are named otherwise."""
     flags: dict[str, str] = {}
     for add in (add_personalize_flags, add_generate_flags):  # (personalize's spelling first, as PATH_FLAGS)
         parser = argparse.ArgumentParser(add_help=False)
         add(parser)
-        for action in parser._actions:
-            for spelling in action.option_strings:  # an alias said as the flag's first spelling (mask_image: --mask)
-                said = spelling if spelling.startswith("--no-") else action.option_strings[0]
-                flags.setdefault(spelling[2:].replace("-", "_"), said)
-            flags.setdefault(action.dest, action.option_strings[0])
+        flags = parser_flags(parser) | flags
     return flags | {name: flags[dest] for name, dest in _DEST_OF_API_NAME.items()}
 
 
-def in_flag_words(message: str, paths: Collection[str] = ()) -> str:
+def parser_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """{a name: the flag} of ``parser``'s flags, each spelling read as a name (--mask-image: mask_image, said --mask,
+    as the help lists it first), and each flag's destination."""
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        for spelling in action.option_strings:  # an alias said as the flag's first spelling (mask_image: --mask)
+            said = spelling if spelling.startswith("--no-") else action.option_strings[0]
+            flags.setdefault(spelling.lstrip("-").replace("-", "_"), said)
+        flags.setdefault(action.dest, action.option_strings[0])
+    return flags
+
+
+def in_flag_words(message: str, paths: Collection[str] = (), flags: Mapping[str, str] | None = None) -> str:
     """An SDK message in the words of the command line: ``curvature_fraction 0.9: ... give curvature_fraction=0``
     -> ``--curvature-subspace 0.9: ... give --no-curvature-subspace``. ``paths``: those the command line gave, said
-    as given ("steps is a folder" names the user's path, not a setting). The rules: the comment above."""
+    as given ("steps is a folder" names the user's path, not a setting). ``flags``: another command's
+    (``parser_flags``; by default personalize's and generate's). The rules: the comment above."""
     forms = sorted({form for path in paths if path for form in (path, str(Path(path)))}, key=len, reverse=True)
     given = "".join(rf"|(?<!\S){re.escape(form)}(?=$|[\s:,])" for form in forms)
     pieces = re.split(f"({_QUOTED}{given})", message)  # (odd places: the user's text)
-    return "".join(piece if i % 2 else _said_in_flag_words(piece, opening=i == 0) for i, piece in enumerate(pieces))
+    flags = api_name_flags() if flags is None else flags
+    return "".join(piece if i % 2 else _said_in_flag_words(piece, i == 0, flags) for i, piece in enumerate(pieces))
 
 
-def _said_in_flag_words(piece: str, opening: bool) -> str:
+def _said_in_flag_words(piece: str, opening: bool, flags: Mapping[str, str]) -> str:
     """A piece of a message with none of the user's text, in flag words; ``opening``: it opens the message."""
     for call, flag in _API_CALL_FLAGS.items():
         piece = piece.replace(call, flag)
@@ -389,7 +401,7 @@ def _said_in_flag_words(piece: str, opening: bool) -> str:
     for match in _NAME_OR_FLAG.finditer(piece):
         if match.start() < value_end:  # a flag's value
             continue
-        word = _as_flag(match, opening and match.start() == 0 or piece.endswith("drop ", 0, match.start()))
+        word = _as_flag(match, opening and match.start() == 0 or piece.endswith("drop ", 0, match.start()), flags)
         said.append(piece[end:match.start()] + word)
         end = match.end()
         if word.startswith("--") and match.group(2) is None:
@@ -398,10 +410,10 @@ def _said_in_flag_words(piece: str, opening: bool) -> str:
     return "".join(said) + piece[end:]
 
 
-def _as_flag(match: re.Match[str], setting: bool) -> str:
+def _as_flag(match: re.Match[str], setting: bool, flags: Mapping[str, str]) -> str:
     """A flag or an API name (with maybe its value) as the command line says it; as written where it is no flag's.
     ``setting``: where an English-word name is a setting's (it opens the message, or follows "drop ")."""
-    flags, (name, value) = api_name_flags(), match.group(1, 2)
+    name, value = match.group(1, 2)
     if name is None or value == "...":
         return match.group(0)
     if match.group(0) in _SETTING_FLAGS:

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .errors import ZoodipError
 
@@ -244,6 +244,27 @@ def readable_output() -> None:
     for stream in (sys.stdout, sys.stderr):
         if callable(getattr(stream, "reconfigure", None)):
             stream.reconfigure(errors=OUTPUT_ERRORS)
+
+
+def said_as_given(message: str, given: Iterable[str]) -> str:
+    """``message`` with the absolute paths the SDK and the export work with said as the user gave them: ``out`` for
+    ``$PWD/out``, ``out/unet`` for its ``unet`` (an export folder is held absolute, a copy reopens it anywhere). ``given``:
+    the command line's words; a word that reads as a relative path (or one from ``~``) is said as typed, and so are
+    the folders it names on the way (``afile`` of ``afile/sub``), never the current folder itself."""
+    forms: dict[str, str] = {}
+    for word in given:
+        for typed in {word, word.partition("=")[2], word.rpartition(":")[0]} - {""}:  # (--flag=PATH, FILE:SCALE)
+            typed_path = Path(typed)
+            if typed_path.is_absolute():
+                continue
+            for part in (typed_path, *typed_path.parents):
+                if part.name not in ("", ".", ".."):
+                    forms.setdefault(str(part.expanduser().absolute()), str(part))
+    if not forms:
+        return message
+    # Longest first, each a whole path (not the start of a longer name: $PWD/out2 is not out's).
+    pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+    return re.sub(rf"(?<![\w./~-])({pattern})(?![\w~-]|\.\w)", lambda match: forms[match.group(1)], message)
 
 
 def print_error(problem: object) -> int:

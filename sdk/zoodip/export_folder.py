@@ -13,7 +13,6 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import ZoodipError
@@ -33,27 +32,6 @@ def output_target(out_dir: str | Path) -> Path:
     if out_dir.is_symlink() and (out_dir.is_dir() or not out_dir.exists()):
         out_dir = Path(os.path.realpath(out_dir))
     return check_output_dir(out_dir, "OUT_DIR")
-
-
-def said_as_given(message: str, given: Iterable[str]) -> str:
-    """``message`` with the absolute paths the export works with said as the user gave them: ``out`` for
-    ``$PWD/out``, ``out/unet`` for its ``unet`` (the rest of the command line says the user's own paths). ``given``:
-    the command line's words; a word that reads as a relative path (or one from ``~``) is said as typed, and so are
-    the folders it names on the way (``afile`` of ``afile/sub``), never the current folder itself."""
-    forms: dict[str, str] = {}
-    for word in given:
-        for typed in {word, word.partition("=")[2], word.rpartition(":")[0]} - {""}:  # (--flag=PATH, FILE:SCALE)
-            typed_path = Path(typed)
-            if typed_path.is_absolute():
-                continue
-            for part in (typed_path, *typed_path.parents):
-                if part.name not in ("", ".", ".."):
-                    forms.setdefault(str(part.expanduser().absolute()), str(part))
-    if not forms:
-        return message
-    # Longest first, each a whole path (not the start of a longer name: $PWD/out2 is not out's).
-    pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
-    return re.sub(rf"(?<![\w./~-])({pattern})(?![\w~-]|\.\w)", lambda match: forms[match.group(1)], message)
 
 
 def publish(staging: Path, out_dir: Path, overwrite: bool) -> None:

@@ -445,9 +445,40 @@ def test_refusals_say_the_paths_as_the_user_typed_them(tmp_path: Path, monkeypat
         assert main([*argv, "--quiet"]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {said}") and err.count("\n") == 1, err
-    from zoodip.export_folder import said_as_given
+    from zoodip.console import said_as_given
 
     assert said_as_given(f"{tmp_path / 'afile2'} and {tmp_path / 'afile'}.", ["afile"]) == f"{tmp_path / 'afile2'} and afile."
+
+
+@pytest.mark.parametrize("flags,said", [
+    # -1 (A1111's "random") and 2**64 were tracebacks of NumPy's and torch's seeding, deep in the export
+    (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295 (the seed of the tiny model, "),
+    (["--seed", str(2**64)], "--seed must be a whole number from 0 to 4294967295"),
+    # the API's names were said where the user had typed a flag
+    (["--sample-size", "0"], "--sample-size must be a positive integer, not 0"),
+    (["--sample_size", "4096"], "--sample-size 4096 latents is a 32768 px default image"),
+    (["--curvature-samples", "2000"], "--curvature-samples must be a whole number from 0 (no curvature subspace)"),
+    # an empty path was the current folder: "$PWD is not a diffusers Stable Diffusion folder"
+    (["--config", ""], "--config is empty: name a diffusers folder of the checkpoint's kind, or drop --config"),
+    (["SOURCE="], "SOURCE is empty: name the diffusers folder or .safetensors checkpoint to export"),
+])
+def test_refusals_name_the_flags_given(tiny_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flags,
+                                       said) -> None:
+    argv = ["", str(tmp_path / "out")] if flags == ["SOURCE="] else [str(tiny_source), str(tmp_path / "out"), *flags]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {said}") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_source_configs_sample_size_is_not_said_as_the_flag(tiny_source: Path, tmp_path: Path, capsys) -> None:
+    """The flag is said only where the user gave it: here the UNet's config.json said the size."""
+    source = tmp_path / "source"
+    shutil.copytree(tiny_source, source, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    config = source / "unet" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "sample_size": 4096}))
+    assert main([str(source), str(tmp_path / "out"), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("error: sample_size 4096 latents is a 32768 px default image")
 
 
 def test_bad_inputs_raise_zoodip_error(tiny_source: Path, tmp_path: Path) -> None:
