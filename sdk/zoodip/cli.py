@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .console import (TERMINATION_SIGNALS, OneLineParser, ProgressBar, SamplingBar, duration, readable_output,  # noqa: E402
-                      interrupt_on_termination, one_line_warning, print_error, print_interrupted,
+                      interrupt_on_termination, one_line_warning, print_error, print_interrupted, said_as_given,
                       signals_to_handle)
 from .cli_flags import (PATH_FLAGS, add_generate_flags, add_personalize_flags, api_name_flags,  # noqa: E402
                         in_flag_words, names_a_path)
@@ -476,11 +476,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "info": cmd_info}[args.command]
         with warnings.catch_warnings():
             warnings.showwarning = lambda message, *where: one_line_warning(
-                in_flag_words(str(message), _given_paths(args, argv)), *where)
+                said_as_given(in_flag_words(str(message), _given_paths(args, argv)), argv), *where)
             return handler(args)
-    except ZoodipError as exc:
-        return print_error(_in_flag_words(str(exc), getattr(args, "from_image", ()) if args is not None else (),
-                                          _given_paths(args, argv)))
+    except ZoodipError as exc:  # (its paths as typed: an export folder is held absolute, reopened anywhere)
+        return print_error(said_as_given(_in_flag_words(str(exc), getattr(args, "from_image", ()) if args is not None
+                                                        else (), _given_paths(args, argv)), argv))
     except KeyboardInterrupt as exc:
         return print_interrupted(_INTERRUPTED.get(command, ""), exc)
     except BrokenPipeError:  # the reader of stdout left (`zoodip info X | head -1`): nothing is wrong here

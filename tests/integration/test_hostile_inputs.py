@@ -243,6 +243,17 @@ def test_generate_sizes_beyond_the_limits_are_refused_with_the_limit(tiny_export
     assert tree(work) == set()
 
 
+def test_a_relative_model_path_is_said_as_typed(tiny_export, photos, work, capsys, monkeypatch):
+    """The export folder is held absolute (a copy reopens it anywhere), and messages naming it said
+    '$PWD/sd15 alone take' where the user typed sd15, as the rest of the command line does not."""
+    monkeypatch.chdir(tiny_export.parent)
+    for argv in (generate_args(tiny_export.name, work / "x.png", "--memory-budget", "1"),
+                 personalize_args(tiny_export.name, photos, work / "run", "--memory-budget", "1")):
+        code, _, err = run_cli(argv, capsys)
+        assert_one_line_error(code, err, f"the text encoder and UNet weights of {tiny_export.name} alone take")
+    assert tree(work) == set()
+
+
 def test_image_size_limit_is_a_floor_that_names_its_limit():
     from zoodip.errors import ZoodipError
     from zoodip.limits import attention_bytes, check_image_size, largest_side
