@@ -69,8 +69,8 @@ def config_from_args(args: argparse.Namespace):
         subspace_mode=args.subspace_mode, vocabulary_variance=args.vocabulary_subspace,
         curvature_fraction=_curvature_fraction(args), t_range=tuple(args.t_range), optimizer=args.optimizer,
         adam_state_dtype=args.adam_state_dtype, clip_estimate=args.clip_estimate,
-        captions=Path(args.captions) if args.captions else None, flip=args.flip, vae_sampling=args.vae_sampling,
-        template_file=Path(args.template_file) if args.template_file else None, center_crop=args.center_crop, batched=False if args.sequential else None,
+        captions=args.captions, flip=args.flip, vae_sampling=args.vae_sampling,
+        template_file=args.template_file, center_crop=args.center_crop, batched=False if args.sequential else None,
         eval_every=args.eval_every, checkpoint_every=args.checkpointing_steps, save_steps=args.save_steps, a1111=args.a1111,
         lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.lr_warmup_steps,
         validation_prompt=args.validation_prompt, num_validation_images=args.num_validation_images,
@@ -158,7 +158,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
     config.validate()  # a bad setting is one line on stderr, before any progress bar is drawn
     resume = _resume_requested(args)
     check_output_dir(config.output_dir)
-    jsonl = LazyJsonlLog(args.progress_jsonl, config) if args.progress_jsonl else None
+    jsonl = LazyJsonlLog(args.progress_jsonl, config) if args.progress_jsonl is not None else None  # ("": said)
     bar = ProgressBar(config.max_train_steps, enabled=not args.no_progress,
                       preview_every=config.validation_steps if config.validation_prompt else 0)
     callbacks = [bar] + ([jsonl] if jsonl else [])
@@ -200,7 +200,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .cli_flags import checked_generate_flags
+    from .cli_flags import checked_generate_flags, refuse_empty_paths
     from .embeddings import load_embeddings
     from .from_parameters import parameter_notes
     from .hires import planned_size
@@ -209,6 +209,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .latents_file import write_latents
     from .model import ExportedModel, RuntimeOptions
 
+    refuse_empty_paths(args, ("parameters_from", "latents", "save_latents"))
     if args.parameters_from is not None:
         image_parameters = _apply_image_parameters(args)
     elif args.prompt is None:

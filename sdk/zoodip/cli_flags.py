@@ -280,6 +280,18 @@ def _add_image_flags(g: argparse.ArgumentParser) -> None:
                    help="with --hires-scale: the second pass's steps, of which the last S x N run (default: --steps)")
 
 
+def refuse_empty_paths(args: argparse.Namespace, dests: tuple[str, ...]) -> None:
+    """An optional path flag given as "" (an unset shell variable) refused in one line: it was read as not given
+    (--latents, --save-latents), or said as " does not exist" (--parameters-from)."""
+    from .errors import ZoodipError
+
+    for dest in dests:
+        value = getattr(args, dest)
+        if isinstance(value, str) and not value.strip():
+            flag = PATH_FLAGS[dest]
+            raise ZoodipError(f"{flag} is empty: name the file, or drop {flag}")
+
+
 def checked_generate_flags(args: argparse.Namespace) -> tuple[Path, list[Path]]:
     """generate's flags that cannot go together refused, before any work; the output file and, for several images,
     the numbered files beside it."""

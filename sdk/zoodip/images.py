@@ -191,6 +191,8 @@ def _open_checked(path: str | Path, draft_side: int, advice: str, min_side: int 
     path = Path(path)
     if path.is_dir():
         raise ZoodipError(f"{path} is a folder, not an image: {advice}")
+    if not path.exists():  # (Pillow's words repeated the path: "[Errno 2] No such file or directory: 'x.png'")
+        raise ZoodipError(f"{path} {why_missing(path)}: {advice}")
     if path.exists() and not path.is_file():  # a pipe would block the read for ever
         raise ZoodipError(f"{path} is not a regular file (a pipe or a device): {advice}")
     too_large = ZoodipError(f"{path} is too large to decode safely: downscale it below {MAX_PIXELS / 1e6:g} megapixels")

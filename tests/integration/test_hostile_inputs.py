@@ -213,6 +213,10 @@ def test_sha256_is_checked_once_per_file_identity_and_verify_checks_all(tiny_exp
     (["--train_data_dir", " "], "--train_data_dir is empty: name the folder"),  # Path("") is the current folder
     (["--model", ""], "--model is empty: name the folder"),
     (["--curvature-subspace", "0"], "--curvature-subspace must be a fraction in (0, 1], got 0: --no-curvature-subspace"),
+    # an empty path (an unset shell variable) was read as the flag not given, and the run went on without it
+    (["--captions", ""], "--captions is empty: name the JSON file, or drop --captions"),
+    (["--template_file", " "], "--template_file is empty: name the template file, or drop --template_file"),
+    (["--progress-jsonl", ""], "--progress-jsonl is empty: name the file to write"),
 ])
 def test_numbers_out_of_range_are_refused_up_front(tiny_export, photos, work, capsys, flags, needle):
     code, _, err = run_cli(personalize_args(tiny_export, photos, work / "run", *flags), capsys)
@@ -230,6 +234,22 @@ def test_a_preview_prompt_generate_would_refuse_is_refused_before_training(tiny_
     """Not after the steps before the first preview (on SD, hours), leaving a run folder that refuses a rerun."""
     flags = ["--validation_prompt", prompt, "--validation_steps", "2", "--prompt-weighting", "a1111"]
     code, _, err = run_cli(personalize_args(tiny_export, photos, work / "run", *flags), capsys)
+    assert_one_line_error(code, err, needle)
+    assert tree(work) == set()
+
+
+@pytest.mark.parametrize("flags,needle", [
+    # an empty path (an unset shell variable) was read as the flag not given, or said as " does not exist"
+    (["--latents", ""], "--latents is empty: name the file, or drop --latents"),
+    (["--save-latents", " "], "--save-latents is empty: name the file, or drop --save-latents"),
+    (["--parameters-from", ""], "--parameters-from is empty: name the file, or drop --parameters-from"),
+    # Pillow's words said the path twice: "cannot read image m.png ([Errno 2] No such file or directory: 'm.png')"
+    (["--image", "missing.png"], "error: missing.png does not exist: pass a JPEG or PNG file"),
+])
+def test_generate_paths_that_are_empty_or_missing_are_one_plain_line(tiny_export, work, capsys, flags, needle,
+                                                                     monkeypatch):
+    monkeypatch.chdir(work)
+    code, _, err = run_cli(generate_args(tiny_export, "x.png", *flags), capsys)
     assert_one_line_error(code, err, needle)
     assert tree(work) == set()
 
