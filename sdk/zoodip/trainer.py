@@ -124,6 +124,9 @@ class Personalizer:
                 f"initializer_token {config.initializer_token!r} is {len(init_ids)} tokens, it must be a single "
                 "token: pick one common word close to the concept (e.g. 'dog', 'toy', 'painting')"
             )
+        if tokenizer.is_known_word(config.placeholder_token):  # (the tokenizer's words name no setting)
+            raise ZoodipError(f"placeholder_token {config.placeholder_token!r} is already a word of the vocabulary, "
+                              "whose meaning the run would change: pick a new word, e.g. '<my-dog>'")
         self.placeholder_ids = add_placeholder_tokens(tokenizer, config.placeholder_token, config.num_vectors)
         if config.a1111:  # (said before the work, not after it; after a placeholder that is a word is refused)
             warn_of_a1111_trigger(config.placeholder_token, tokenizer)

@@ -25,6 +25,10 @@ def _config(export, photos, out, **settings):
     (dict(placeholder_token="<a/b>", a1111=True), ["--placeholder_token", "<a/b>", "--a1111"],
      r"^a1111=True: the token '<a/b>' makes no A1111 file name .* in placeholder_token,",
      "error: --a1111: the token '<a/b>' makes no A1111 file name"),
+    # (was "the placeholder 'cat' is already a word ...: pick another placeholder", naming no setting or flag)
+    (dict(placeholder_token="cat"), ["--placeholder_token", "cat"], r"^placeholder_token 'cat' is already a word of "
+     r"the vocabulary, whose meaning the run would change: pick a new word, e.g. '<my-dog>'$",
+     "error: --placeholder_token 'cat' is already a word of the vocabulary"),
     (dict(t_range=(500, 100)), ["--t-range", "500", "100"], r"^t_range must satisfy 0 <= T_MIN < T_MAX <= 1000 .* "
      r"got \(500, 100\)", "error: --t-range must satisfy 0 <= T_MIN < T_MAX <= 1000"),
 ])
