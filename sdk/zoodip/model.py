@@ -23,6 +23,7 @@ from .errors import ZoodipError
 from .heap import limit_heap_arenas, return_large_blocks, trim_heap  # noqa: F401  (re-exported for callers)
 from .image_side import check_model_side, sd_unet_side_multiple, unet_side_multiple
 from .integrity import file_identity, file_sha256, verify_files  # noqa: F401  (file_sha256: re-exported for callers)
+from .paths import check_utf8_path
 from .manifest import (FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, latent_scale_problem,  # noqa: F401 (public here)
                        manifest_file, read_manifest)
 from .runtime_options import (DEFAULT_SPIN_WAIT, RuntimeOptions, apply_export_session,  # noqa: F401 (public here)
@@ -174,6 +175,7 @@ class ExportedModel:
             raise ZoodipError(f"verify_hashes must be None, True or False, got {verify_hashes!r}")
         folder = Path(folder)
         manifest = read_manifest(folder)
+        check_utf8_path(folder, "the export folder", "onnxruntime")
         if verify_hashes is not False:
             verify_files(folder, manifest["files"], force=bool(verify_hashes))
         # A copy: the model sets its own (low_memory under a budget), and a caller's later change is not checked.

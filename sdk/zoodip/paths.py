@@ -115,6 +115,17 @@ def os_error_line(exc: OSError, flag: str | None = None) -> str:
     return f"{flag + ' ' if flag else ''}{name[:60] + '...' if len(name) > 60 else name}: {advice}"
 
 
+def check_utf8_path(path: str | os.PathLike[str], what: str, reader: str) -> None:
+    """Refuse ``path`` where its bytes are no UTF-8 (a name made in another encoding) before ``reader`` opens it:
+    onnxruntime and safetensors take UTF-8 paths only, and their own errors blamed the files ("re-run 'zoodip
+    export'", "a weights file there may be damaged")."""
+    try:
+        str(Path(path).absolute()).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ZoodipError(f"{what} {path} has a path that is not UTF-8 (a name in another encoding), which {reader} "
+                          "cannot open: rename it, or the folder above it, in UTF-8 characters") from None
+
+
 def why_missing(path: str | os.PathLike[str]) -> str:
     """Why an input the user named is not there, said after its name: "does not exist", or what hides it (a link
     whose target is gone, a loop of links, a file where the path needs a folder), which "does not exist" would

@@ -481,6 +481,21 @@ def test_a_source_configs_sample_size_is_not_said_as_the_flag(tiny_source: Path,
     assert capsys.readouterr().err.startswith("error: sample_size 4096 latents is a 32768 px default image")
 
 
+def test_a_path_that_is_not_utf8_is_refused_before_safetensors_meets_it(tiny_source: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """safetensors opens UTF-8 paths only: such a SOURCE or OUT_DIR was 'cannot load the text encoder from ... (Path
+    ... is not valid UTF-8): a weights file there may be damaged or incomplete: copy it again'."""
+    from zoodip.cli import main as zoodip_main  # (its stderr says a name that is not UTF-8 readably: m\\xff)
+
+    foreign = tmp_path / os.fsdecode(b"m\xff")
+    shutil.copytree(tiny_source, foreign)
+    for argv, what in (([str(foreign), str(tmp_path / "out")], "SOURCE"), (["--tiny", str(foreign / "out")], "OUT_DIR")):
+        assert zoodip_main(["export", *argv, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {what} ") and "has a path that is not UTF-8" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [foreign.name]
+
+
 def test_bad_inputs_raise_zoodip_error(tiny_source: Path, tmp_path: Path) -> None:
     with pytest.raises(ZoodipError, match="does not exist"):
         export_model(tmp_path / "nope", tmp_path / "out")

@@ -274,6 +274,17 @@ def test_a_relative_model_path_is_said_as_typed(tiny_export, photos, work, capsy
     assert tree(work) == set()
 
 
+def test_an_export_folder_whose_path_is_not_utf8_is_refused_for_what_it_is(tiny_export, work, tmp_path, capsys):
+    """onnxruntime takes UTF-8 paths only: a folder named in another encoding was 'onnxruntime cannot load
+    m\\xff/text_encoder.onnx: __init__(): incompatible constructor arguments ...: re-run 'zoodip export''."""
+    folder = tmp_path / os.fsdecode(b"m\xff")
+    shutil.copytree(tiny_export, folder)
+    code, _, err = run_cli(generate_args(folder, work / "x.png"), capsys)
+    assert_one_line_error(code, err, "has a path that is not UTF-8 (a name in another encoding), which onnxruntime "
+                                     "cannot open: rename it")
+    assert tree(work) == set()
+
+
 def test_image_size_limit_is_a_floor_that_names_its_limit():
     from zoodip.errors import ZoodipError
     from zoodip.limits import attention_bytes, check_image_size, largest_side

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -359,3 +361,12 @@ def test_an_export_killed_between_the_swaps_renames_is_said_and_put_back(tmp_pat
     aside.mkdir()  # the kill came during the removal of the old one, after the new one was in: it goes
     check_out_dir(tmp_path / "OUT", overwrite=True)
     assert not aside.exists() and (dest / "manifest.json").is_file()
+
+
+def test_a_path_that_is_not_utf8_is_refused_naming_what_cannot_open_it(tmp_path: Path) -> None:
+    """onnxruntime and safetensors take UTF-8 paths only; their own errors blamed the files."""
+    from zoodip.paths import check_utf8_path
+
+    check_utf8_path(tmp_path / "ok-\u00e9", "OUT_DIR", "safetensors")
+    with pytest.raises(ZoodipError, match=r"^OUT_DIR .* has a path that is not UTF-8 .* which safetensors cannot open"):
+        check_utf8_path(tmp_path / os.fsdecode(b"m\xff") / "out", "OUT_DIR", "safetensors")
