@@ -195,6 +195,8 @@ def _open_checked(path: str | Path, draft_side: int, advice: str, min_side: int 
         raise ZoodipError(f"{path} {why_missing(path)}: {advice}")
     if path.exists() and not path.is_file():  # a pipe would block the read for ever
         raise ZoodipError(f"{path} is not a regular file (a pipe or a device): {advice}")
+    if path.stat().st_size == 0:  # (Pillow: "cannot identify image file", the path said again)
+        raise ZoodipError(f"{path} is empty (0 bytes): {advice}")
     too_large = ZoodipError(f"{path} is too large to decode safely: downscale it below {MAX_PIXELS / 1e6:g} megapixels")
     try:
         with warnings.catch_warnings(record=True) as seen, _pillow_pixel_limit(MAX_PIXELS):

@@ -52,7 +52,7 @@ def test_exif_rotation_is_applied(tmp_path):
     assert array[:, 2, 25].mean() > 0.5 and array[:, -3, 25].mean() < -0.5
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "only_text", "corrupt", "tiny", "nan_floats"])
+@pytest.mark.parametrize("case", ["missing", "empty", "only_text", "corrupt", "tiny", "nan_floats", "zero_bytes"])
 def test_bad_inputs_give_one_line_errors(tmp_path, case):
     folder = tmp_path / "photos"
     if case != "missing":
@@ -63,6 +63,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, case):
         (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     if case == "tiny":
         Image.new("RGB", (8, 8)).save(folder / "small.png")
+    if case == "zero_bytes":  # (was Pillow's "cannot identify image file 'photos/z.png'", the path said twice)
+        (folder / "z.png").write_bytes(b"")
     if case == "nan_floats":  # found by a sweep: NaN pixels were cast to a gray with only NumPy's warning
         Image.fromarray(np.full((64, 64), np.nan, np.float32), mode="F").save(folder / "n.tif")
     with pytest.raises(ZoodipError) as info:
@@ -70,7 +72,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, case):
     message = str(info.value)
     assert "\n" not in message
     expected = {"missing": "does not exist", "empty": "no images", "only_text": "no images",
-                "corrupt": "broken.jpg", "tiny": "8x8", "nan_floats": "n.tif holds pixels that are no numbers"}[case]
+                "corrupt": "broken.jpg", "tiny": "8x8", "nan_floats": "n.tif holds pixels that are no numbers",
+                "zero_bytes": f"{folder / 'z.png'} is empty (0 bytes): remove it or replace it"}[case]
     assert expected in message
 
 
