@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from zoodip.errors import ZoodipError
+from zoodip.paths import check_utf8_path
 
 PRECISIONS = ("int8", "fp32")
 DEFAULT_PRECISION = "int8"
@@ -30,7 +31,7 @@ def resolve_recipe(precision: str, recipe: str | None) -> tuple[str, str]:
 
 
 def check_export_args(source: Path | None, tiny: bool, curvature_samples: int | None, sample_size: int | None,
-                      config: Path | None = None, seed: int = 0) -> None:
+                      config: Path | None = None, seed: int = 0, out_dir: Path | None = None) -> None:
     """export_model()'s arguments that need no file, each refused in one line."""
     from zoodip_export.curvature import DEFAULT_CURVATURE_SAMPLES, MAX_CURVATURE_SAMPLES
 
@@ -51,6 +52,9 @@ def check_export_args(source: Path | None, tiny: bool, curvature_samples: int | 
         # of NumPy's and torch's seeding, deep in the export)
         raise ZoodipError(f"seed must be a whole number from 0 to {MAX_SEED} (the seed of the tiny model, the parity "
                           f"inputs and the curvature draws), not {seed!r:.40}")
+    for what, path in (("SOURCE", source), ("OUT_DIR", out_dir), ("--config", config)):
+        if path is not None:  # (safetensors' own error said a weights file may be damaged)
+            check_utf8_path(path, what, "safetensors (which reads and writes the weights)")
 
 
 def export_flag_words(message: str, parser: argparse.ArgumentParser | None, argv: Sequence[str]) -> str:

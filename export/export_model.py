@@ -26,7 +26,7 @@ from zoodip.errors import ZoodipError
 from zoodip.export_folder import check_out_dir, export_write_failure, output_target, publish, staging_folder
 from zoodip.integrity import file_sha256
 from zoodip.manifest import FORMAT, FORMAT_VERSION, MANIFEST  # one definition of the folder format, shared with the reader
-from zoodip.paths import check_utf8_path, missing_parents
+from zoodip.paths import missing_parents
 from zoodip.runtime_options import NOT_SMOOTH_RECIPES
 from zoodip_export.export_args import DEFAULT_PRECISION, PRECISIONS, check_export_args, export_flag_words, resolve_recipe
 from zoodip_export.lora import LoraSpec, fuse_loras, lora_entries, lora_specs
@@ -258,11 +258,8 @@ def export_model(source: Path | None, out_dir: Path, *, tiny: bool = False, prec
     check_export_requirements()
     precision, recipe = resolve_recipe(precision, recipe)
     specs = lora_specs(loras)
-    check_export_args(source, tiny, curvature_samples, sample_size, config, seed)
+    check_export_args(source, tiny, curvature_samples, sample_size, config, seed, out_dir)
     out_dir = output_target(out_dir)
-    for what, path in (("SOURCE", source), ("OUT_DIR", out_dir), ("--config", config)):
-        if path is not None:
-            check_utf8_path(path, what, "safetensors (which reads and writes the weights)")
     check_out_dir(out_dir, overwrite, None if tiny else source)
     config = None if config is None else Path(config).expanduser().absolute()
     source, configs, source_entry = read_source(source, sample_size, seed, config)
