@@ -29,7 +29,7 @@ from pathlib import Path
 import zoodip
 from zoodip.checkpoint import CHECKPOINT_NAME
 from zoodip.config import MAX_TRAIN_STEPS
-from zoodip.console import OneLineParser, print_error, ProgressBar, one_line_warning, script_main
+from zoodip.console import GracefulStop, OneLineParser, print_error, ProgressBar, one_line_warning, script_main
 from zoodip.errors import ZoodipError
 from zoodip.manifest import MANIFEST
 from zoodip.lr_schedule import LR_SCHEDULERS
@@ -228,7 +228,8 @@ def run_demo(out: Path, steps: int | None = None, threads: int = 0, progress: bo
 
 def _personalize(export_dir: Path, photos_dir: Path, run_dir: Path, steps: int, seed: int, threads: int,
                  progress: bool, use_reference: bool, method: dict):
-    """Learn the demo token; a finished or interrupted run of the same model and length is resumed."""
+    """Learn the demo token; a finished or interrupted run of the same model and length is resumed. A Ctrl-C or
+    SIGTERM during training saves the current step, then interrupts (KeyboardInterrupt)."""
     from zoodip.trainer import PersonalizeConfig, personalize
 
     config = PersonalizeConfig(export_dir=export_dir, images=photos_dir, output_dir=run_dir,
@@ -255,9 +256,15 @@ def _personalize(export_dir: Path, photos_dir: Path, run_dir: Path, steps: int, 
     _write_text(run_dir / "demo_run.json", json.dumps(stamp))
     bar = ProgressBar(steps, enabled=progress)
     try:
-        return personalize(config, bar, resume=resume)
+        # A Ctrl-C or SIGTERM stops after the current step and saves it (a second one interrupts at once), as
+        # `zoodip personalize` does: the next demo resumes there, not at the last periodic checkpoint.
+        with GracefulStop() as stop:
+            result = personalize(config, bar, resume=resume, cancel_event=stop.event)
     finally:
         bar.close()
+    if result.status == "cancelled":
+        stop.interrupt()  # script_main's one 'interrupted:' line, status 130 (143 for SIGTERM)
+    return result
 
 
 def _before_after(model, out: Path, photos_dir: Path, token: str, vectors, before_prompt: str, after_prompt: str,

@@ -18,7 +18,6 @@ import os
 import secrets
 import signal
 import sys
-import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -29,9 +28,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 # BLAS thread unless the user set it; this must happen before NumPy is first imported (the imports below).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from .console import (TERMINATION_SIGNALS, OneLineParser, ProgressBar, SamplingBar, duration, readable_output,  # noqa: E402
-                      interrupt_on_termination, one_line_warning, print_error, print_interrupted, said_as_given,
-                      signals_to_handle)
+from .console import (GracefulStop, OneLineParser, ProgressBar, SamplingBar, duration, readable_output,  # noqa: E402
+                      interrupt_on_termination, one_line_warning, print_error, print_interrupted, said_as_given)
 from .cli_flags import (PATH_FLAGS, add_generate_flags, add_personalize_flags, api_name_flags,  # noqa: E402
                         in_flag_words, names_a_path)
 from . import __version__  # noqa: E402
@@ -101,45 +99,6 @@ def _summary(result) -> str:
     return line
 
 
-class _GracefulStop:
-    """SIGINT/SIGTERM ask the run to stop after the current step (checkpoint saved, "cancelled" event).
-
-    An app cancels a job by signalling the process (Android's Process.destroy() sends SIGTERM), so
-    a signal must not throw away the steps since the last periodic checkpoint. A second signal
-    interrupts at once (the last checkpoint is still intact).
-    """
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.signum: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.event.is_set():
-            raise KeyboardInterrupt
-        self.request(signum)
-
-    def request(self, signum: int) -> None:
-        """Stop after the current step as on ``signum`` (also where no signal came: the progress reader left)."""
-        self.signum = signum
-        self.event.set()
-
-    def __enter__(self) -> _GracefulStop:
-        if threading.current_thread() is threading.main_thread():
-            for sig in signals_to_handle((signal.SIGINT, *TERMINATION_SIGNALS)):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    @property
-    def exit_code(self) -> int:
-        # The shell convention for "stopped by signal N".
-        return 128 + int(self.signum or signal.SIGINT)
-
-
 def _resume_requested(args: argparse.Namespace) -> bool:
     """--resume, or diffusers' --resume_from_checkpoint latest (a run folder holds one checkpoint)."""
     given = args.resume_from_checkpoint
@@ -163,7 +122,7 @@ def cmd_personalize(args: argparse.Namespace) -> int:
                       preview_every=config.validation_steps if config.validation_prompt else 0)
     callbacks = [bar] + ([jsonl] if jsonl else [])
     try:
-        with _GracefulStop() as stop:
+        with GracefulStop() as stop:
             if jsonl is not None:  # its reader left (or its file is full): saved and stopped as by the pipe's signal
                 jsonl.on_stop = lambda: stop.request(signal.SIGPIPE)
             result = personalize(config, lambda p: [cb(p) for cb in callbacks], resume=resume,

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NoReturn
 
 from .errors import ZoodipError
 
@@ -222,6 +222,53 @@ def interrupt_on_termination() -> Iterator[None]:
     finally:
         for kind, handler in previous.items():
             signal.signal(kind, handler)
+
+
+class GracefulStop:
+    """SIGINT/SIGTERM ask the run to stop after the current step (checkpoint saved, "cancelled" event).
+
+    An app cancels a job by signalling the process (Android's Process.destroy() sends SIGTERM), so
+    a signal must not throw away the steps since the last periodic checkpoint. A second signal
+    interrupts at once (the last checkpoint is still intact).
+
+    Use: ``with GracefulStop() as stop: personalize(..., cancel_event=stop.event)``; on a "cancelled" result, end
+    with ``stop.exit_code`` (the CLI) or ``stop.interrupt()`` (a script under ``script_main``: its one line).
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.request(signum)
+
+    def request(self, signum: int) -> None:
+        """Stop after the current step as on ``signum`` (also where no signal came: the progress reader left)."""
+        self.signum = signum
+        self.event.set()
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in signals_to_handle((signal.SIGINT, *TERMINATION_SIGNALS)):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def exit_code(self) -> int:
+        # The shell convention for "stopped by signal N".
+        return 128 + int(self.signum or signal.SIGINT)
+
+    def interrupt(self) -> NoReturn:
+        """Raise the interrupt the stopping signal stands for (``Terminated`` for SIGTERM/SIGHUP): after the run saved
+        its step, a ``script_main`` script ends with its one ``interrupted:`` line and status ``exit_code``."""
+        raise Terminated(int(self.signum or signal.SIGINT))
 
 
 def _shown_readably(exc: UnicodeError) -> tuple[str, int]:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 
@@ -58,3 +60,39 @@ def test_demo_refuses_steps_past_the_sdks_limit_before_any_work(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith("error: --steps 99999999999: give 1 to ") and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in (out / "run").iterdir()) == ["checkpoint.npz"]
+
+
+class _StepRecorder:
+    """The demo's progress bar replaced: records the steps it is shown and, at step ``signal_at``, signals the process
+    as a Ctrl-C (or an app's SIGTERM) would."""
+
+    def __init__(self, signal_at: int | None, signum: int) -> None:
+        self.signal_at, self.signum, self.steps = signal_at, signum, []
+
+    def __call__(self, progress) -> None:
+        if progress.event in ("step", "eval"):  # (the demo evaluates every step at this length)
+            self.steps.append(progress.step)
+            if progress.step == self.signal_at:
+                os.kill(os.getpid(), self.signum)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_demo_stopped_during_training_resumes_at_the_step_it_stopped(tiny_export, photos, tmp_path, capsys,
+                                                                       monkeypatch, signum):
+    """A Ctrl-C or SIGTERM during the demo's training interrupted the step and kept only the last periodic checkpoint
+    (every 2 steps here): the next demo redid the steps since. Now it stops after the current step, saves it, and
+    the next demo starts at the step after it, as `zoodip personalize` does."""
+    monkeypatch.setattr(demo, "prepare", lambda out, progress: (photos, tiny_export, None))
+    argv = ["--out", str(tmp_path / "demo"), "--steps", "10", "--threads", "1", "--no-progress"]
+    stopped = _StepRecorder(signal_at=3, signum=signum)
+    monkeypatch.setattr(demo, "ProgressBar", lambda total, enabled: stopped)
+    assert demo.main(argv) == 128 + signum
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("interrupted: what the demo finished in --out is kept") and stopped.steps == [1, 2, 3]
+    resumed = _StepRecorder(signal_at=None, signum=signum)
+    monkeypatch.setattr(demo, "ProgressBar", lambda total, enabled: resumed)
+    assert demo.main(argv) == 0
+    assert resumed.steps == list(range(4, 11)), resumed.steps
