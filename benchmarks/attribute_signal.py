@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "sdk"))
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
+from zoodip.validation import positive_int  # noqa: E402
 from benchmarks._results_guard import check_results_folder  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "attribute-signal"  # the committed results
@@ -139,6 +140,9 @@ def concept_names(concepts: str | None) -> list[str]:
     return names
 
 
+MAX_DRAWS = (10_000, "noise/timestep draws per band, each a UNet backward pass over the photos")
+
+
 @script_main("--out was not written (the results of earlier runs are kept)")
 def main(argv: list[str] | None = None) -> int:
     from problem_dimension import model_folders
@@ -156,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
         if args.draws < 2 or args.seed < 0:  # (numpy's generators take no negative seed)
             raise ZoodipError("--draws must be at least 2 (a variance needs two draws), --seed 0 or more")
+        positive_int("--draws", args.draws, 2, *MAX_DRAWS)
         folders = model_folders(args.cache)
         if args.model not in folders:
             raise ZoodipError(f"--model {args.model!r}: choose one of {', '.join(sorted(folders))}")

@@ -48,6 +48,7 @@ from reference.demo import (  # noqa: E402
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "demo"
 # The seeds at most (most, what it stands for in the refusal): a slip such as --seeds 0-100000 started as many demos.
 MAX_SEEDS = (100, "each is a whole demo run")
+MAX_BACKPROP_STEPS = (100_000, "backprop TI steps per seed, each a UNet forward and backward")
 BAR_MEAN_ACCURACY = 0.85
 BAR_ALL_FIVE = 0.5
 
@@ -270,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ZoodipError(f"--backprop STEPS takes a step count >= 1 and no demo flag (--steps, "
                               f"{', '.join(flag for _, flag in DEMO_FLAGS)}): backprop TI runs the quality benchmark's "
                               "settings")
+        if args.backprop is not None:
+            validation.positive_int("--backprop", args.backprop, 1, *MAX_BACKPROP_STEPS)
         if args.save_steps < 0 or (args.threads is not None and args.threads < 0):
             raise ZoodipError("--save_steps and --threads must be 0 or more")
         if args.steps is not None and args.steps < 1:  # 0 would run the demo's default length without a word

@@ -18,7 +18,7 @@ from _fidelity import DIRECTIONS, MU, SEED, finite_difference_fidelity  # noqa: 
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.model import ExportedModel, read_manifest  # noqa: E402
-from zoodip.validation import finite_float  # noqa: E402
+from zoodip.validation import finite_float, positive_int  # noqa: E402
 
 PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"
 
@@ -27,6 +27,9 @@ def measure(source: Path, export: Path, seed: int = SEED, directions: int = DIRE
             mu: float = MU) -> tuple[float, float]:
     """(correlation, least-squares slope) of finite differences against autograd."""
     return finite_difference_fidelity(export, source, PHOTOS, seed, directions, mu)
+
+
+MAX_DIRECTIONS = (100_000, "each is a UNet forward pair and an autograd product per export")
 
 
 @script_main("nothing was written")
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.seed < 0 or args.directions < 2:
             parser.error("--seed must be >= 0 and --directions >= 2 (a correlation needs two points)")
+        positive_int("--directions", args.directions, 2, *MAX_DIRECTIONS)
         for mu in args.mu:
             finite_float("--mu", mu, low=0.0, high=1.0)
         if not (args.source / "model_index.json").is_file():

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: t
 from benchmarks._quality_report import run_line  # noqa: E402
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.validation import positive_int  # noqa: E402
 
 BLOCK = 32
 # (kind, output channels / N, input channels / K, spatial side or rows): 3x3 UNet convolutions of SD1.5 at
@@ -121,6 +122,9 @@ def time_layer(model: onnx.ModelProto, feeds: dict, threads: int, repeats: int) 
     return 1000 * float(np.median(times))
 
 
+MAX_REPEATS = (1000, "timed calls of every layer in every layout")
+
+
 @script_main("nothing was written")
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python benchmarks/int4_kernels.py", description=__doc__.splitlines()[0])
@@ -130,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.threads < 0 or args.repeats < 1:
             parser.error("--threads must be 0 (onnxruntime's default) or more and --repeats at least 1")
+        positive_int("--repeats", args.repeats, 1, *MAX_REPEATS)
     except ZoodipError as exc:
         return print_error(exc)
     layouts = ["fp32", "int8", "int4-channel", "int4-block32", "matmulnbits"]

@@ -39,6 +39,7 @@ from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.image_side import side_problem  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402
+from zoodip import validation  # noqa: E402
 
 # name -> (intra-op threads, spin-waiting); 0 threads = onnxruntime's default (one per core).
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "threads"  # the committed results
@@ -50,6 +51,9 @@ SETTINGS: dict[str, tuple[int, bool]] = {
 # Burner processes at most: each is a process busy-looping on one core, so a mistyped --busy 100000 would start
 # a hundred thousand of them (a phone's "other apps" are a few per core).
 MAX_BUSY = 64
+# Caps on the counts the work grows with: past them a typed number is a slip that can only fail late (memory, hours).
+MAX_RESOLUTION = (2048, "four times SD1.5's own 512-pixel side; the UNet's activations grow with its square")
+MAX_FORWARDS = (1000, "timed UNet forwards per thread setting, each case and process")
 BURNER = "import signal, sys; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\nwhile True: pass"
 
 
@@ -164,9 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(time_forwards(spec["model"], spec["threads"], spec["spin"], spec["resolution"],
                                                    spec["forwards"])))
         return 0
-    if args.forwards < 1 or not 1 <= args.busy <= MAX_BUSY:
-        return print_error(ZoodipError(f"--forwards must be >= 1 and --busy from 1 to {MAX_BUSY} (burner processes), "
-                                       f"got {args.forwards} and {args.busy}"))
+    try:  # (before any export or burner process)
+        validation.positive_int("--forwards", args.forwards, 1, *MAX_FORWARDS)
+        validation.positive_int("--resolution", args.resolution, 1, *MAX_RESOLUTION)
+    except ZoodipError as exc:
+        return print_error(exc)
+    if not 1 <= args.busy <= MAX_BUSY:
+        return print_error(ZoodipError(f"--busy must be from 1 to {MAX_BUSY} (burner processes), got {args.busy}"))
     resolution_problem = side_problem(args.resolution)
     if resolution_problem:
         return print_error(ZoodipError(f"--resolution {resolution_problem}"))

@@ -33,6 +33,7 @@ from zoodip.images import to_pil  # noqa: E402
 from zoodip.memory_plan import MIN_TILE, OVERLAP_FRACTION, DecodePlan  # noqa: E402
 from zoodip.model import ExportedModel, RuntimeOptions  # noqa: E402
 from zoodip.vae_tiles import tile_starts  # noqa: E402
+from zoodip.validation import positive_int  # noqa: E402
 
 DEFAULT_EXPORT = REPO / ".cache" / "bench" / "sd15-s0-w8a32-q32"  # benchmarks/memory.py builds it
 
@@ -48,6 +49,10 @@ def compare(whole: np.ndarray, tiled: np.ndarray) -> dict[str, float]:
             "psnr_db": float("inf") if squared == 0 else 10 * float(np.log10(255.0**2 / squared))}
 
 
+# Past it a typed number is a slip: the whole decode, the reference, needs memory growing with the side's square.
+MAX_RESOLUTION = (4096, "eight times SD1.5's own 512-pixel side; the untiled reference decode grows with its square")
+
+
 @script_main("nothing was written")
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python benchmarks/vae_tiles.py", description=__doc__.splitlines()[0])
@@ -56,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiles", default="48,32", help="tile sides in latents, comma-separated")
     try:
         args = parser.parse_args(argv)
+        positive_int("--resolution", args.resolution, 1, *MAX_RESOLUTION)  # (before the export is loaded)
         tiles = [int(t) for t in args.tiles.split(",") if t.strip().isdigit()]
         if len(tiles) != len(args.tiles.split(",")) or min(tiles) < MIN_TILE:  # (the SDK tiles no finer)
             parser.error(f"--tiles takes comma-separated tile sides of at least {MIN_TILE} latents, got {args.tiles!r}")

@@ -196,6 +196,15 @@ CAP_CASES = [
     ("benchmarks/long_prompts.py", ["--demo", "DEMO", "--captions", "100000", "--out", "OUT"],
      "--captions must be at most 10000 ("),
     ("reference/eval_reference.py", ["--n", "100000", "--export", "CACHE", "--out", "OUT"], "--n must be at most 10000 ("),
+    ("benchmarks/threads.py", ["--resolution", "100000", "--out", "OUT"], "--resolution must be at most 2048 ("),
+    ("benchmarks/threads.py", ["--forwards", "100000", "--out", "OUT"], "--forwards must be at most 1000 ("),
+    ("benchmarks/vae_tiles.py", ["--resolution", "100000", "--export", "CACHE"], "--resolution must be at most 4096 ("),
+    ("benchmarks/fd_fidelity.py", ["CACHE", "OUT", "--directions", "10000000"], "--directions must be at most 100000 ("),
+    ("benchmarks/int4_kernels.py", ["--repeats", "100000"], "--repeats must be at most 1000 ("),
+    ("benchmarks/attribute_signal.py", ["--draws", "10000000", "--cache", "CACHE", "--out", "OUT"],
+     "--draws must be at most 10000 ("),
+    ("benchmarks/demo_seeds.py", ["--backprop", "100000000", "--work", "CACHE", "--out", "OUT"],
+     "--backprop must be at most 100000 ("),
 ]
 
 
