@@ -11,7 +11,27 @@ import numpy as np
 
 from benchmarks import _quality_methods as qm
 from reference.repo import REPO
+from zoodip import validation
 from zoodip.errors import ZoodipError
+
+
+# quality.py's counts at most (dest -> (most, what it stands for in the refusal)): past them a typed number is a slip
+# (--steps 90000 for 9000) that starts exports, training and scoring which can only fail late (memory) or run for days.
+COUNT_CAPS = {
+    "steps": (100_000, "ZO steps per method, concept and seed, 3 UNet forwards each"),
+    "checkpoints": (100, "each snapshot of every run is scored: images generated and read"),
+    "seeds": (100, "each repeats every concept's training and scoring"),
+    "images_per_prompt": (64, "generated per prompt at every scored snapshot"),
+    "gen_steps": (1000, "sampler steps per image: the schedule's 1000 timesteps"),
+    "max_heldout": (1000, "held-out prompts per concept, each generated and scored"),
+}
+
+
+def check_counts(args: Any) -> None:
+    """quality.py's COUNT_CAPS flags (None: the default), each an integer from 1 to its cap, before any work."""
+    for dest, (most, why) in COUNT_CAPS.items():
+        if getattr(args, dest) is not None:
+            validation.positive_int("--" + dest.replace("_", "-"), getattr(args, dest), 1, most, why)
 
 
 def select_concepts(items: list[Any], spec: str | None, default: int, key: Any) -> list[Any]:

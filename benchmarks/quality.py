@@ -47,8 +47,8 @@ import numpy as np  # noqa: E402
 from benchmarks import _quality_methods as qm  # noqa: E402
 from benchmarks._models import DEFAULT_CACHE, cache_lock, checked_export, source_folder  # noqa: E402
 from benchmarks._quality_backprop import TORCH_SEED_LIMIT  # noqa: E402
-from benchmarks._quality_jobs import (CONCEPT_REFS, GENERATION_SEEDS, make_jobs, planted_count, run_length,  # noqa: E402
-                                      select_concepts)
+from benchmarks._quality_jobs import (CONCEPT_REFS, GENERATION_SEEDS, check_counts, make_jobs, planted_count,  # noqa: E402
+                                      run_length, select_concepts)
 from benchmarks._child_runs import run_child  # noqa: E402
 from benchmarks._scratch import scratch_folder  # noqa: E402
 from benchmarks._quality_merge import export_weights_identity, merge_main, merge_settings, split_methods  # noqa: E402,F401 (quality.split_methods: tests)
@@ -412,9 +412,7 @@ def _checked(args: Any) -> tuple[str, tuple[int, int], list[str]]:
         select_concepts(list(world.CONCEPTS), args.concepts, 1, key=lambda c: c.name)  # a bad name: refused now
     else:
         planted_count(args.concepts, 1)  # a bad count: refused now
-    counts = (args.steps, args.checkpoints, args.images_per_prompt, args.gen_steps, args.max_heldout)  # None: default
-    if min(1 if count is None else count for count in counts) < 1:
-        raise ZoodipError("--steps, --checkpoints, --images-per-prompt, --gen-steps and --max-heldout must be at least 1")
+    check_counts(args)  # each from 1 to its cap (a slip such as --steps 90000 ran for days)
     if not 0 <= args.seed <= TORCH_SEED_LIMIT - args.seeds:  # (numpy seeds no negative; torch none past its range)
         raise ZoodipError(f"--seed {args.seed}: give 0 to {TORCH_SEED_LIMIT - args.seeds} (training seeds --seed to "
                           "--seed + --seeds - 1 seed torch's generator too)")

@@ -418,8 +418,8 @@ def test_a_damaged_export_given_as_model_is_one_line(tmp_path, capsys, manifest)
 
 
 @pytest.mark.parametrize("flags,needle", [
-    (["--steps", "0"], "--steps, --checkpoints"),  # 0 read as "the mode's default" before
-    (["--checkpoints", "0"], "--steps, --checkpoints"),
+    (["--steps", "0"], "--steps must be an integer >= 1"),  # 0 read as "the mode's default" before
+    (["--checkpoints", "0"], "--checkpoints must be an integer >= 1"),
     (["--guidance", "nan"], "--guidance nan: give a finite guidance scale"),
     (["--concepts", "nope"], "--concepts: unknown concept 'nope'; use names of <striped-star>"),
     (["--concepts", "0"], "--concepts 0: give a count of at least 1"),

@@ -205,6 +205,13 @@ CAP_CASES = [
      "--draws must be at most 10000 ("),
     ("benchmarks/demo_seeds.py", ["--backprop", "100000000", "--work", "CACHE", "--out", "OUT"],
      "--backprop must be at most 100000 ("),
+    ("benchmarks/quality.py", ["--smoke", "--steps", "10000000", "--work", "CACHE", "--out", "OUT"], "--steps must be at most 100000 ("),
+    ("benchmarks/quality.py", ["--smoke", "--checkpoints", "100000", "--work", "CACHE", "--out", "OUT"], "--checkpoints must be at most 100 ("),
+    ("benchmarks/quality.py", ["--smoke", "--images-per-prompt", "100000", "--work", "CACHE", "--out", "OUT"], "--images-per-prompt must be at most 64 ("),
+    ("benchmarks/quality.py", ["--smoke", "--gen-steps", "100000", "--work", "CACHE", "--out", "OUT"], "--gen-steps must be at most 1000 ("),
+    ("benchmarks/quality.py", ["--smoke", "--max-heldout", "100000", "--work", "CACHE", "--out", "OUT"], "--max-heldout must be at most 1000 ("),
+    ("benchmarks/quality.py", ["--task", "world", "--seeds", "100000", "--work", "CACHE", "--out", "OUT"],
+     "--seeds must be at most 100 ("),
 ]
 
 
