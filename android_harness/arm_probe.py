@@ -163,7 +163,7 @@ def _main(argv: list[str] | None = None) -> int:
         report["fd_probe"] = fd_probe(args.model, args.directions, 1e-3, args.threads)
     # whole or not at all (zoodip's own writer: the harness ships without benchmarks/)
     text = json.dumps(report, indent=2) + "\n"
-    atomic_write_bytes(out / "probe.json", lambda handle: handle.write(text.encode("utf-8")), then="run the probe again")
+    atomic_write_bytes(out / "probe.json", text, then="run the probe again")
     return 0
 
 

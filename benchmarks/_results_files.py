@@ -12,10 +12,8 @@ from zoodip.paths import atomic_write_bytes
 def write_file(path: Path, content: str | bytes | Callable[[BinaryIO], None]) -> None:
     """``path`` (its folder made if need be) with ``content``: text (UTF-8), bytes, or what ``content(handle)``
     writes; a failure is the one line of a ZoodipError."""
-    data = content.encode("utf-8") if isinstance(content, str) else content
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data if callable(data) else lambda handle: handle.write(data),
-                       then="run again (the other result files may be from the previous run)")
+    atomic_write_bytes(path, content, then="run again (the other result files may be from the previous run)")
 
 
 def png(image: Any, **options: Any) -> Callable[[BinaryIO], None]:

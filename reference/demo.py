@@ -119,7 +119,7 @@ def _export_builtin(folder: Path, progress: bool, source: Path | None = None) ->
 
 def _write_text(path: Path, text: str) -> None:
     """``path`` replaced whole (a Ctrl-C in the middle leaves the previous file or none, never half of one)."""
-    atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")), then="run the demo again")
+    atomic_write_bytes(path, text, then="run the demo again")
 
 
 def _world():

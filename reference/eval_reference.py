@@ -100,21 +100,15 @@ def main(argv: list[str] | None = None) -> int:
               "accuracy": acc, "all_five": all_five, "accuracy_on_renders": acc_renders,
               "seconds_generating": round(gen_s, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
-    _write(args.out / "generation_accuracy.json", json.dumps(report, indent=2) + "\n")
+    _again = "run it again"  # (each file whole: a Ctrl-C or a full disk in the middle left a torn report)
+    atomic_write_bytes(args.out / "generation_accuracy.json", json.dumps(report, indent=2) + "\n", then=_again)
     rows = [[im.resize((96, 96)) for im in images[r * 8 : r * 8 + 8]] for r in range(min(6, args.n // 8))]
     if rows:
         grid = image_grid(rows)
-        _write(args.out / "samples.png", lambda handle: grid.save(handle, format="PNG"))
-        _write(args.out / "samples.txt", "\n".join(captions[: len(rows) * 8]) + "\n")
+        atomic_write_bytes(args.out / "samples.png", lambda handle: grid.save(handle, format="PNG"), then=_again)
+        atomic_write_bytes(args.out / "samples.txt", "\n".join(captions[: len(rows) * 8]) + "\n", then=_again)
     print(json.dumps(report, indent=2))
     return 0
-
-
-def _write(path: Path, content) -> None:
-    """``path`` replaced whole, from text or what ``content(handle)`` writes: a Ctrl-C or a full disk in the middle
-    left a torn report (the disk's as one 'error:' line)."""
-    write = content if callable(content) else lambda handle: handle.write(content.encode("utf-8"))
-    atomic_write_bytes(path, write, then="run it again")
 
 
 if __name__ == "__main__":

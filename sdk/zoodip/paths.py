@@ -297,13 +297,17 @@ def write_target(path: Path) -> Path:
     return target if target.is_file() or not os.path.lexists(target) else path
 
 
-def atomic_write_bytes(path: Path, write: Callable[[object], None], then: str = "try again") -> None:
-    """Write through ``write(handle)`` into a temp file beside ``path``, fsync, then rename over it.
+def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], None] | bytes | str, then: str = "try again") -> None:
+    """Write through ``write(handle)`` (or the bytes, or the text as UTF-8, given as ``write``) into a temp file beside
+    ``path``, fsync, then rename over it.
 
     A crash, an interrupt or a full disk leaves the previous file intact and no partial file behind; the refusal's
     line ends with the fix for the failure (``write_failure``) and ``then``, what the caller's user does after it. A
     symbolic link is written through (``write_target``).
     """
+    if not callable(write):
+        data = write.encode("utf-8") if isinstance(write, str) else write
+        write = lambda handle: handle.write(data)  # noqa: E731
     target = write_target(path)
     tmp = temp_path(target)
     try:
