@@ -126,6 +126,7 @@ def start(src: Path, dest: Path, width: int = 768, seed: int = 0) -> dict:
 def pack(trained: Path, dest: Path, start_folder: Path) -> dict:
     """Step 3: ``trained`` (a full diffusers folder) -> the committed form without the untrained rows."""
     from safetensors.numpy import load_file, save_file
+    from zoodip.errors import ZoodipError
 
     record = json.loads((start_folder / "sd_width_start.json").read_text())
     ids = np.asarray(record["trained_ids"], np.int64)
@@ -139,7 +140,8 @@ def pack(trained: Path, dest: Path, start_folder: Path) -> dict:
         regenerated = untrained_rows(record["vocab_size"], record["width"], record["seed"], record["std"])
         untouched = np.setdiff1d(np.arange(len(table)), ids)
         if not np.array_equal(table[untouched], regenerated[untouched]):
-            raise SystemExit(f"{trained}: its untrained token rows are not the seeded ones of {start_folder}")
+            raise ZoodipError(f"{trained}: its untrained token rows are not the seeded ones of {start_folder}: pack the "
+                              f"folder trained from that start, or give the --start it was trained from")
         save_file(tensors, str(weights))
         save_file({"ids": ids, "rows": table[ids]}, str(folder / "text_encoder" / PACK_FILE))
         (folder / "text_encoder" / PACK_RECORD).write_text(json.dumps(keep, indent=1) + "\n")

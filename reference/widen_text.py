@@ -119,7 +119,7 @@ def widen(src: Path, dest: Path, width: int = 768, seed: int = 0) -> dict:
     unet = UNet2DConditionModel.from_pretrained(src / "unet").float().eval()
     narrow, heads = text.config.hidden_size, text.config.num_attention_heads
     if width <= narrow or width % heads:
-        raise SystemExit(f"--width {width}: must exceed the text width {narrow} and divide by its {heads} heads")
+        raise ZoodipError(f"width {width}: must exceed the text width {narrow} and divide by its {heads} heads")
     q = embedding_basis(narrow, width, seed)
     text_state, unet_state = widen_state(text.state_dict(), unet.state_dict(), heads, q)
 
@@ -144,7 +144,8 @@ def widen(src: Path, dest: Path, width: int = 768, seed: int = 0) -> dict:
         got = wide_unet(sample, torch.tensor([700] * len(prompts)), wide_text(ids).last_hidden_state).sample
     parity = float((got - ref).abs().max() / ref.abs().max())
     if parity > 1e-4:
-        raise SystemExit(f"widened model disagrees with {src} (relative max error {parity:.2e}): not written")
+        raise ZoodipError(f"widened model disagrees with {src} (relative max error {parity:.2e}): not written: "
+                          f"the widening is not exact for this model's layers")
 
     dest = Path(dest).resolve()  # a link's target is replaced, not the link (rmtree refuses links; '.' is named)
     if lies_within(src, dest):  # the folder is replaced below: it must not be the one just read

@@ -210,3 +210,24 @@ def test_an_interrupted_materialize_leaves_its_destination_as_it_was(tmp_path: P
         sd_width.materialize(sd_width.PACKED, dest)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
     assert [p.name for p in dest.iterdir()] == ["old.txt"]
+
+
+@pytest.mark.skipif(not (sd_width.PACKED / "model_index.json").is_file(), reason="reference/model-768 not here")
+def test_pack_refuses_a_folder_whose_untrained_rows_are_not_the_start_ones(tmp_path: Path) -> None:
+    """pack() ended the whole process (SystemExit) here: a caller's ``except Exception`` missed it."""
+    from safetensors.numpy import load_file, save_file
+    from zoodip.errors import ZoodipError
+
+    trained = sd_width.materialize(sd_width.PACKED, tmp_path / "trained")
+    record = json.loads((sd_width.PACKED / "text_encoder" / sd_width.PACK_RECORD).read_text())
+    ids = load_file(sd_width.PACKED / "text_encoder" / sd_width.PACK_FILE)["ids"]
+    (tmp_path / "start").mkdir()
+    (tmp_path / "start" / "sd_width_start.json").write_text(json.dumps({**record, "trained_ids": ids.tolist()}))
+    weights = trained / "text_encoder" / "model.safetensors"
+    tensors = load_file(weights)
+    untrained = int(np.setdiff1d(np.arange(len(tensors[sd_width.TABLE_KEY])), ids)[0])
+    tensors[sd_width.TABLE_KEY][untrained] += 1
+    save_file(tensors, str(weights))
+    with pytest.raises(ZoodipError, match="untrained token rows are not the seeded ones"):
+        sd_width.pack(trained, tmp_path / "packed", tmp_path / "start")
+    assert not (tmp_path / "packed").exists()

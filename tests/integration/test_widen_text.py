@@ -38,7 +38,7 @@ def test_a_basis_that_is_not_centered_breaks_parity_and_writes_nothing(tiny_sd_f
         return q
 
     monkeypatch.setattr(widen_text, "embedding_basis", uncentered)
-    with pytest.raises(SystemExit, match="disagrees"):
+    with pytest.raises(ZoodipError, match="disagrees"):  # an error a caller can catch, not SystemExit
         widen_text.widen(tiny_sd_folder, tmp_path / "wide", width=128)
     assert not (tmp_path / "wide").exists()
 
@@ -49,6 +49,13 @@ def test_a_width_it_cannot_make_is_one_line_before_any_load(tiny_sd_folder, tmp_
     assert widen_text.main(["--src", str(tiny_sd_folder), "--out", str(out), "--width", width]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: --width {width}: must exceed") and not out.exists()
+
+
+def test_the_api_refuses_a_width_it_cannot_make_with_an_error_a_caller_can_catch(tiny_sd_folder, tmp_path):
+    """widen() ended the whole process (SystemExit) for a width it cannot make; a caller's ``except Exception`` missed it."""
+    with pytest.raises(ZoodipError, match="width 10: must exceed"):
+        widen_text.widen(tiny_sd_folder, tmp_path / "wide", width=10)
+    assert not (tmp_path / "wide").exists()
 
 
 def test_the_source_as_out_is_refused_and_kept(tiny_sd_folder, tmp_path, capsys):
