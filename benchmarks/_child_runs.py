@@ -10,7 +10,7 @@ import subprocess
 import sys
 from typing import IO, Any
 
-from zoodip.console import Terminated
+from zoodip.console import INTERRUPTED_STATUSES, Terminated
 from zoodip.errors import ZoodipError
 
 # How long an interrupted parent waits for its child to end by itself (a Ctrl-C at a terminal reaches both; the
@@ -18,8 +18,6 @@ from zoodip.errors import ZoodipError
 GRACE_S = 10.0
 # The child's closing lines, held back: the parent says its own instead.
 CLOSING = ("error: ", "interrupted: ")
-# A child's exit statuses that mean it was interrupted (128 + SIGINT, SIGTERM, SIGHUP, as script_main ends).
-INTERRUPTED_STATUSES = {128 + int(signal.SIGINT), 128 + int(signal.SIGTERM), 128 + int(getattr(signal, "SIGHUP", 1))}
 
 
 def run_child(command: list[str], what: str, **popen: Any) -> None:

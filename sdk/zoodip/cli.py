@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .console import (GracefulStop, OneLineParser, ProgressBar, SamplingBar, duration, readable_output,  # noqa: E402
-                      interrupt_on_termination, one_line_warning, print_error, print_interrupted, said_as_given)
+                      interrupt_on_termination, one_line_warning, print_error, print_interrupted, said_as_given,
+                      status_for_signal)
 from .cli_flags import (PATH_FLAGS, add_generate_flags, add_personalize_flags, api_name_flags,  # noqa: E402
                         in_flag_words, names_a_path)
 from . import __version__  # noqa: E402
@@ -445,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_interrupted(_INTERRUPTED.get(command, ""), exc)
     except BrokenPipeError:  # the reader of stdout left (`zoodip info X | head -1`): nothing is wrong here
         silence_stdout()
-        return 141  # 128 + SIGPIPE, as a command that the pipe's signal ended
+        return status_for_signal(getattr(signal, "SIGPIPE", 13))  # 141, as a command that the pipe's signal ended
     except OSError as exc:  # a path the system refused where it was first touched (a name too long, a link loop)
         return print_error(os_error_line(exc, _flag_of_path(args, exc.filename)))
 

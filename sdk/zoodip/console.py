@@ -203,9 +203,32 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+def status_for_signal(signum: int) -> int:
+    """The exit status a shell reads as "ended by signal ``signum``": 128 + its number (130 for Ctrl-C's SIGINT, 143
+    for SIGTERM, 129 for SIGHUP, 141 for SIGPIPE), what a command that handled the signal ends with."""
+    return 128 + int(signum)
+
+
+# The signals that interrupt a command (Ctrl-C's, then the termination signals), and the statuses it then ends with.
+INTERRUPTING_SIGNALS = (signal.SIGINT, *TERMINATION_SIGNALS)
+INTERRUPTED_STATUSES = frozenset(status_for_signal(signum) for signum in INTERRUPTING_SIGNALS)
+
+
+def interrupting_signal(returncode: int) -> int | None:
+    """The interrupting signal that ended a child process with ``returncode``: its status 128 + N (it handled the
+    signal and said its line) or -N (the signal killed it, as subprocess reports that); None for any other end."""
+    return next((int(signum) for signum in INTERRUPTING_SIGNALS
+                 if returncode in (status_for_signal(signum), -int(signum))), None)
+
+
+def interrupt_for(signum: int) -> KeyboardInterrupt:
+    """The interrupt that stands for ``signum``: Ctrl-C's KeyboardInterrupt for SIGINT, ``Terminated`` for another."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
 def interrupted_status(exc: KeyboardInterrupt) -> int:
     """The exit status of a process ended by ``exc``: 128 + the signal (130 for Ctrl-C's SIGINT)."""
-    return 128 + int(exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
+    return status_for_signal(exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
 
 
 @contextlib.contextmanager
@@ -262,13 +285,13 @@ class GracefulStop:
 
     @property
     def exit_code(self) -> int:
-        # The shell convention for "stopped by signal N".
-        return 128 + int(self.signum or signal.SIGINT)
+        """The shell convention for "stopped by signal N"."""
+        return status_for_signal(self.signum or signal.SIGINT)
 
     def interrupt(self) -> NoReturn:
         """Raise the interrupt the stopping signal stands for (``Terminated`` for SIGTERM/SIGHUP): after the run saved
         its step, a ``script_main`` script ends with its one ``interrupted:`` line and status ``exit_code``."""
-        raise Terminated(int(self.signum or signal.SIGINT))
+        raise interrupt_for(self.signum or signal.SIGINT)
 
 
 def _shown_readably(exc: UnicodeError) -> tuple[str, int]:

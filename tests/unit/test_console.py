@@ -274,3 +274,20 @@ def test_a_bad_byte_beside_a_character_an_ascii_terminal_cannot_show_is_still_sh
     assert "caf\u00e9\udcff.png".encode("ascii", OUTPUT_ERRORS) == b"caf\\xe9\\xff.png"
     assert "\udcff\u00e9".encode("ascii", OUTPUT_ERRORS) == b"\\xff\\xe9"
     assert "\udcff".encode("utf-8", OUTPUT_ERRORS) == b"\\xff"
+
+
+def test_the_status_of_an_interrupted_command_is_said_in_one_place() -> None:
+    """128 + the signal was written in three places (interrupted_status, GracefulStop.exit_code, the benchmarks'
+    child runs' statuses) and 141 in a fourth (the CLI's closed pipe): each is console.status_for_signal now."""
+    import signal
+
+    from zoodip import console
+
+    assert [console.status_for_signal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)] == \
+        [130, 143, 129, 141]
+    assert console.INTERRUPTED_STATUSES == {130, 143, 129}
+    assert [console.interrupting_signal(code) for code in (130, -2, 143, -15, 129, -1, 0, 1, 2, 141, -9)] == \
+        [signal.SIGINT] * 2 + [signal.SIGTERM] * 2 + [signal.SIGHUP] * 2 + [None] * 5
+    assert console.interrupted_status(console.interrupt_for(signal.SIGTERM)) == 143
+    assert type(console.interrupt_for(signal.SIGINT)) is KeyboardInterrupt
+
