@@ -264,8 +264,8 @@ class GracefulStop:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.event.is_set():
-            raise KeyboardInterrupt
+        if self.event.is_set():  # (the second signal: its own status, 143 for a SIGTERM, as the first's would be)
+            raise interrupt_for(signum)
         self.request(signum)
 
     def request(self, signum: int) -> None:

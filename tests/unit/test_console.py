@@ -291,3 +291,23 @@ def test_the_status_of_an_interrupted_command_is_said_in_one_place() -> None:
     assert console.interrupted_status(console.interrupt_for(signal.SIGTERM)) == 143
     assert type(console.interrupt_for(signal.SIGINT)) is KeyboardInterrupt
 
+
+@pytest.mark.parametrize("first, second", [("SIGINT", "SIGINT"), ("SIGTERM", "SIGTERM"), ("SIGINT", "SIGTERM")])
+def test_a_second_signal_during_a_graceful_stop_ends_with_its_own_status(first, second) -> None:
+    """The first signal asks the run to stop after the step; the second interrupts at once. The second was a plain
+    KeyboardInterrupt whatever it was, and a command stopped by two SIGTERMs ended 130, not 143."""
+    import os
+    import signal
+    import time
+
+    from zoodip.console import GracefulStop, interrupted_status
+
+    first, second = getattr(signal, first), getattr(signal, second)
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), first)
+        time.sleep(0.05)  # (a handler runs in the main thread, between two bytecodes: here)
+        assert stop.event.is_set() and stop.exit_code == 128 + first
+        with pytest.raises(KeyboardInterrupt) as caught:
+            os.kill(os.getpid(), second)
+            time.sleep(5)
+    assert interrupted_status(caught.value) == 128 + second
