@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from zoodip.console import status_for_signal
 from zoodip.paths import left_by_ended_process
 
 
@@ -24,7 +25,7 @@ def scratch_folder(prefix: str) -> tempfile.TemporaryDirectory:
         shutil.rmtree(stale, ignore_errors=True)
     try:
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # (script_main's own, which says a line, is kept)
-            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(status_for_signal(signum)))
     except ValueError:  # not the main thread: no handler can be set
         pass
     return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
