@@ -26,14 +26,18 @@ import sys
 import time
 from pathlib import Path
 
-import zoodip
-from zoodip.checkpoint import CHECKPOINT_NAME
-from zoodip.config import MAX_TRAIN_STEPS
-from zoodip.console import GracefulStop, OneLineParser, print_error, ProgressBar, one_line_warning, script_main
-from zoodip.errors import ZoodipError
-from zoodip.manifest import MANIFEST
-from zoodip.lr_schedule import LR_SCHEDULERS
-from zoodip.paths import atomic_write_bytes, check_output_dir
+from zoodip.console import interrupts_said_from_here
+
+interrupts_said_from_here(__name__)  # (a Ctrl-C during the imports below, NumPy's among them: one line, not a traceback)
+
+import zoodip  # noqa: E402
+from zoodip.checkpoint import CHECKPOINT_NAME  # noqa: E402
+from zoodip.config import MAX_TRAIN_STEPS  # noqa: E402
+from zoodip.console import GracefulStop, OneLineParser, print_error, ProgressBar, one_line_warning, script_main  # noqa: E402
+from zoodip.errors import ZoodipError  # noqa: E402
+from zoodip.manifest import MANIFEST  # noqa: E402
+from zoodip.lr_schedule import LR_SCHEDULERS  # noqa: E402
+from zoodip.paths import atomic_write_bytes, check_output_dir  # noqa: E402
 
 EXAMPLE_PHOTOS = Path(zoodip.__file__).resolve().parent / "data" / "example_concept"
 REFERENCE_DIR = Path(__file__).resolve().parent

@@ -351,6 +351,25 @@ def print_interrupted(kept: str = "", exc: KeyboardInterrupt | None = None) -> i
     return interrupted_status(exc if exc is not None else KeyboardInterrupt())
 
 
+# The signal handlers interrupts_said_from_here replaced, put back as script_main's main starts.
+_BEFORE_MAIN: dict[int, object] = {}
+
+
+def interrupts_said_from_here(module: str) -> None:
+    """A script's first call, before its heavy imports (NumPy, torch: a second or more), given its ``__name__``: run as
+    a script, a Ctrl-C, SIGTERM or SIGHUP until its ``script_main`` main starts ends it with the one line
+    ``interrupted`` and 128 + the signal, not a traceback of the imports (nor, for a SIGTERM, an end without a word).
+    Imported (a test), the module changes nothing."""
+    def end(signum: int, frame: object) -> NoReturn:
+        for kind in _BEFORE_MAIN:  # (a second signal as the process ends: nothing more to say)
+            signal.signal(kind, signal.SIG_IGN)
+        sys.exit(print_interrupted("", interrupt_for(signum)))
+
+    if module == "__main__" and threading.current_thread() is threading.main_thread():
+        for kind in signals_to_handle(INTERRUPTING_SIGNALS):
+            _BEFORE_MAIN.setdefault(kind, signal.signal(kind, end))
+
+
 def script_main(kept: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """A repository script's ``main``, ended as the CLI's is: a ZoodipError that escapes it as the one ``error:`` line
     (exit status 2), a Ctrl-C as one line ``interrupted: KEPT`` (what the interrupted run leaves: exit status 130),
@@ -359,6 +378,9 @@ def script_main(kept: str) -> Callable[[Callable[..., int]], Callable[..., int]]
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(*args: object, **kwargs: object) -> int:
+            while _BEFORE_MAIN:  # (the handlers interrupts_said_from_here replaced: main's are its own)
+                kind, handler = _BEFORE_MAIN.popitem()
+                signal.signal(kind, handler)
             try:
                 with interrupt_on_termination():
                     return main(*args, **kwargs)

@@ -311,3 +311,30 @@ def test_a_second_signal_during_a_graceful_stop_ends_with_its_own_status(first, 
             os.kill(os.getpid(), second)
             time.sleep(5)
     assert interrupted_status(caught.value) == 128 + second
+
+
+def test_the_handlers_said_from_a_script_s_start_are_put_back_as_its_main_starts() -> None:
+    """interrupts_said_from_here: a script's imports end in one line on a signal; its main's own handling
+    (script_main's) is what it was, the handlers put back first; imported (not run), a script changes nothing."""
+    import signal
+
+    from zoodip.console import interrupts_said_from_here, script_main
+
+    before = {kind: signal.getsignal(kind) for kind in (signal.SIGINT, signal.SIGTERM)}
+    interrupts_said_from_here("some_script")
+    assert {kind: signal.getsignal(kind) for kind in before} == before
+    seen = {}
+
+    @script_main("nothing was written")
+    def main() -> int:
+        seen["SIGINT"] = signal.getsignal(signal.SIGINT)
+        return 0
+
+    try:
+        interrupts_said_from_here("__main__")
+        assert all(signal.getsignal(kind) != handler for kind, handler in before.items())
+        assert main() == 0
+    finally:
+        for kind, handler in before.items():
+            signal.signal(kind, handler)
+    assert seen["SIGINT"] == before[signal.SIGINT] and signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
