@@ -32,6 +32,10 @@ from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "sdk"))
 
+from zoodip.console import interrupts_said_from_here  # noqa: E402
+
+interrupts_said_from_here(__name__)  # (a Ctrl-C during the imports below, NumPy's among them: one line, not a traceback)
+
 from _memory_contenders import CONTENDERS, DEFAULT_CHUNKS, GENERATION, MAIN, QUICK_LEVERS  # noqa: E402,F401 (memory.CONTENDERS stays)
 from _memory_report import GB, bar_chart, breakdown, has_targets, markdown, peak_split, ratios, summarize  # noqa: E402
 from _models import DEFAULT_CACHE, export_name, is_current_export  # noqa: E402

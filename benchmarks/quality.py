@@ -42,6 +42,8 @@ from typing import Any
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from zoodip.console import interrupts_said_from_here  # noqa: E402
+interrupts_said_from_here(__name__)  # (a Ctrl-C during the imports below, NumPy's among them: one line, not a traceback)
 import numpy as np  # noqa: E402
 
 from benchmarks import _quality_methods as qm  # noqa: E402

@@ -32,6 +32,10 @@ from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "sdk"))
 
+from zoodip.console import interrupts_said_from_here  # noqa: E402
+
+interrupts_said_from_here(__name__)  # (a Ctrl-C during the imports below, NumPy's among them: one line, not a traceback)
+
 from _models import checked_export  # noqa: E402
 from _results_files import write_file  # noqa: E402
 from _results_guard import check_results_folder  # noqa: E402

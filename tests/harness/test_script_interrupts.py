@@ -135,28 +135,37 @@ def test_an_interrupted_smoke_run_leaves_no_temporary_out(tmp_path, capsys, monk
     assert not list(tmp_path.glob("zoodip-quality-smoke-*"))
 
 
+# Scripts that say a signal during their imports in one line (console.interrupts_said_from_here), each run as it
+# is (the demo as a module, the benchmarks as files), and the import held until the test's signal lands.
+STARTED = {"reference.demo": ("runpy.run_module('reference.demo', run_name='__main__', alter_sys=True)", "zoodip.checkpoint"),
+           **{name: (f"runpy.run_path('benchmarks/{name}.py', run_name='__main__')", "numpy")
+              for name in ("memory", "threads", "quality", "problem_dimension", "demo_seeds")}}
+
+
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_a_signal_during_the_demo_s_imports_is_one_line(sig):
-    """A Ctrl-C in the demo's first moment, while NumPy and the SDK are imported, before script_main's main takes
+@pytest.mark.parametrize("script", list(STARTED))
+def test_a_signal_during_a_script_s_imports_is_one_line(script, sig):
+    """A Ctrl-C in a script's first moment, while NumPy and the SDK are imported, before script_main's main takes
     over, was a traceback of the imports, and a SIGTERM an end without a word (-15): both are the one 'interrupted'
-    line now, 130 or 143. The import of zoodip.checkpoint is held (said on stdout) until the signal lands."""
+    line now, 130 or 143. The import (of zoodip.checkpoint, of numpy) is held, and says so on stdout, until the
+    signal lands."""
     import signal
     import subprocess
 
+    run, held = STARTED[script]
     program = ("import runpy, sys, time\n"
                "class Hold:\n"
                "    def find_spec(self, name, path=None, target=None):\n"
-               "        if name == 'zoodip.checkpoint':\n"
+               f"        if name == {held!r}:\n"
                "            print('importing', flush=True)\n"
                "            time.sleep(60)\n"
                "sys.meta_path.insert(0, Hold())\n"
-               "runpy.run_module('reference.demo', run_name='__main__', alter_sys=True)\n")
+               f"{run}\n")
     sig = getattr(signal, sig)
-    demo = subprocess.Popen([sys.executable, "-c", program, "--out", "never"], cwd=REPO, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", program, "--help"], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (as a terminal's)
-    assert demo.stdout.readline() == "importing\n"
-    demo.send_signal(sig)
-    printed, err = demo.communicate(timeout=60)
-    assert (demo.returncode, err, printed) == (128 + sig, "interrupted\n", "")
-    assert not (REPO / "never").exists()
+    assert proc.stdout.readline() == "importing\n"
+    proc.send_signal(sig)
+    printed, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err, printed) == (128 + sig, "interrupted\n", "")
