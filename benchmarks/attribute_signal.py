@@ -26,12 +26,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference.repo import REPO, relative_args, repo_relative  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
+from zoodip.console import interrupts_said_from_here  # noqa: E402
+
+interrupts_said_from_here(__name__)  # (a Ctrl-C during the imports below, NumPy's among them: one line, not a traceback)
+
+import numpy as np  # noqa: E402
+
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import check_output_dir  # noqa: E402

@@ -19,12 +19,16 @@ import datetime
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference.repo import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
+from zoodip.console import interrupts_said_from_here  # noqa: E402
+
+interrupts_said_from_here(__name__)  # (a Ctrl-C during the imports below, NumPy's among them: one line, not a traceback)
+
+import numpy as np  # noqa: E402
+
 from zoodip.errors import ZoodipError  # noqa: E402
 from _demo_runs import demo_benchmark  # noqa: E402
 from zoodip.console import script_main  # noqa: E402

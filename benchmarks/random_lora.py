@@ -18,6 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: m
 from reference.repo import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
+from zoodip.console import interrupts_said_from_here  # noqa: E402
+
+interrupts_said_from_here(__name__)  # (a Ctrl-C during the imports below, NumPy's among them: one line, not a traceback)
 
 from benchmarks._quality_backprop import TORCH_SEED_LIMIT  # noqa: E402
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402

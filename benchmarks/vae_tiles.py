@@ -17,14 +17,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
-from benchmarks._quality_report import run_line  # noqa: E402
 from reference.repo import REPO, relative_args  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
+from zoodip.console import interrupts_said_from_here  # noqa: E402
+
+interrupts_said_from_here(__name__)  # (a Ctrl-C during the imports below, NumPy's among them: one line, not a traceback)
+
+import numpy as np  # noqa: E402
+from benchmarks._quality_report import run_line  # noqa: E402
 
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402

@@ -18,17 +18,21 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from tqdm import tqdm
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
-from reference import world  # noqa: E402
 from reference.repo import REPO, check_new_output  # noqa: E402
 
 sys.path.insert(0, str(REPO / "sdk"))
+from zoodip.console import interrupts_said_from_here  # noqa: E402
+
+interrupts_said_from_here(__name__)  # (a Ctrl-C during the imports below, NumPy's among them: one line, not a traceback)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from reference import world  # noqa: E402
+
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.paths import atomic_write_bytes, check_output_file  # noqa: E402
