@@ -18,10 +18,14 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+
+from zoodip.console import interrupts_said_from_here  # noqa: E402
+
+interrupts_said_from_here(__name__)  # (a Ctrl-C during the imports below, NumPy's among them: one line, not a traceback)
+
+import numpy as np  # noqa: E402
 
 from _fidelity import SEED, fixed_problem, placeholder_gradient  # noqa: E402  (the fidelity check's problem)
 from _results_files import write_file  # noqa: E402

@@ -15,12 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: the repository's benchmarks
+
+from zoodip.console import interrupts_said_from_here  # noqa: E402
+
+interrupts_said_from_here(__name__)  # (a Ctrl-C during the imports below, NumPy's among them: one line, not a traceback)
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from benchmarks._quality_report import run_line  # noqa: E402
 from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402

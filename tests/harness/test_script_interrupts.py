@@ -141,7 +141,8 @@ STARTED = {"reference.demo": ("runpy.run_module('reference.demo', run_name='__ma
            **{name: (f"runpy.run_path('{name}.py', run_name='__main__')", "numpy") for name in (
                *(f"benchmarks/{name}" for name in ("memory", "threads", "quality", "problem_dimension", "demo_seeds",
                                                    "attribute_signal", "emphasis", "long_prompts", "prompt_editing",
-                                                   "vae_tiles", "random_lora")),
+                                                   "vae_tiles", "random_lora", "compare_runs", "fd_fidelity",
+                                                   "int4_gradient", "int4_kernels")),
                *(f"reference/{name}" for name in ("eval_reference", "train_evaluator", "widen_text")))}}
 
 
