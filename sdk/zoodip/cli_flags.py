@@ -219,8 +219,8 @@ def add_generate_flags(g: argparse.ArgumentParser) -> None:
     add_spin_wait_flag(g)
     g.add_argument("--memory-budget", type=int, default=None, metavar="MB",
                    help="generate within MB: one UNet pass at a time, one graph in memory at a time, and the VAE "
-                        "decoding in overlapping tiles where the whole image would not fit (the weights and the "
-                        "largest working sets are counted; the process itself comes on top)")
+                        "decoding in overlapping tiles where the whole image would not fit (the UNet's weights and "
+                        "activations and the decode's working set are counted; the process itself comes on top)")
     names_a_path(g.add_argument("--latents", default=None, metavar="FILE.npy",
                    help="initial latents [images, 4, height/8, width/8] instead of the seed's (diffusers' latents=): "
                         "the same latents give diffusers' images (euler_a, lcm and the SDE samplers also draw noise "

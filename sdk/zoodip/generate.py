@@ -16,7 +16,8 @@ that was passed in, and the same model can be used with and without the embeddin
 A model loaded with ``RuntimeOptions(memory_budget_mb=...)`` generates within that budget: each UNet
 pass takes one image and one guidance branch, each graph's session is closed once its phase is over
 (text encoder, UNet, VAE decoder; they reopen on next use), and the VAE decodes in overlapping tiles
-where the whole image's estimate does not fit (``zoodip.memory_plan``); an image-to-image start image is
+where the whole image's estimate does not fit (``zoodip.memory_plan``); a size whose UNet (weights and
+activations) does not fit is refused before the first step; an image-to-image start image is
 encoded whole, and refused if its estimate does not fit. Without tiles the images are
 those of the unbudgeted call, up to the floating-point order of batched and single UNet passes.
 """
@@ -42,7 +43,7 @@ from .images import (NO_DRAFT, image_pixels, init_image_size, latent_mask, mask_
                      to_pil)
 from .inpainting import InpaintOptions, PasteBack, inpainting_views
 from .limits import check_image_size
-from .memory_plan import DecodePlan, check_encode, check_photo, memory_budget_mb, plan_decode
+from .memory_plan import DecodePlan, check_encode, check_photo, check_unet, memory_budget_mb, plan_decode
 from .noise import check_seed, check_variation, checked_latents, seed_noise
 from .prompt_checks import (LONG_PROMPT_HINT, syntax_problems, token_use_problems, truncation_problems,
                             unloaded_token_problems, unreadable_tokens)
@@ -425,13 +426,15 @@ def _latent_size(model: Any, height: int | None, width: int | None) -> tuple[int
     """The latent size of a ``height`` x ``width`` image, after the checks of its pixels and of its memory floor.
 
     The floor is checked against the model's memory budget if it has one, else the machine's memory;
-    images are decoded one at a time, so it is one image's.
+    images are decoded one at a time, so it is one image's. Under a budget the UNet's weights and activations at
+    that size are checked too (``memory_plan.check_unet``: each pass is one image's), before the first step.
     """
     h, w = _latent_shape(model, height, width)
     factor = int(model.vae_scale_factor)
     check_image_size(h * factor, w * factor, factor, f"a {w * factor}x{h * factor} image (width={w * factor}, "
                      f"height={h * factor})", memory_budget_mb=memory_budget_mb(model),
                      multiple=model_side_multiple(model))
+    check_unet(model, h, w, memory_budget_mb(model))
     return h, w
 
 

@@ -22,7 +22,7 @@ from .generate import GENERATE_OPTIONS, generate
 from .generate_settings import check_callback, check_num_images
 from .image_side import check_model_side, model_side_multiple
 from .limits import check_image_size
-from .memory_plan import check_encode, memory_budget_mb, plan_decode
+from .memory_plan import check_encode, check_unet, memory_budget_mb, plan_decode
 from .model import check_model
 from .sampling import DEFAULT_STEPS, HIRES_STRENGTH, ProgressCallback, check_steps, check_strength, steps_run
 
@@ -63,10 +63,11 @@ def generate_hires(model: Any, prompt: str, *, hires_scale: float = 2.0, hires_s
     if size == first_size:
         raise ZoodipError(f"hires_scale {hires_scale} leaves {size[0]}x{size[1]} as it is (sides are rounded down to "
                           f"multiples of {multiple}): use a larger scale")
-    # Before the first pass, not after it: the larger size's memory floor, its decode, and under a budget its encode.
+    # Before the first pass, not after it: the larger size's memory floor, and under a budget its UNet, decode and encode.
     what = f"the hires fix's {size[0]}x{size[1]} image (hires_scale={hires_scale})"
     check_image_size(size[1], size[0], factor, what, memory_budget_mb=memory_budget_mb(model), multiple=multiple)
     try:
+        check_unet(model, size[1] // factor, size[0] // factor, memory_budget_mb(model))
         plan_decode(model, size[1] // factor, size[0] // factor, memory_budget_mb(model))
         check_encode(model, size[1] // factor, size[0] // factor, memory_budget_mb(model))
     except ZoodipError as exc:

@@ -13,7 +13,8 @@ maps are ``malloc``'s (no arena), and its session fixes the C heap's threshold, 
 (``heap.return_large_blocks``): freed, they go back to the system, so what it holds follows the live maps counted here.
 
 The plan is made before the first denoising step, so a size whose decode cannot fit is refused
-before minutes of UNet work, and tiles are used only where the whole image would not fit.
+before minutes of UNet work, and tiles are used only where the whole image would not fit. The UNet's own phase
+(``unet_bytes``: its weights and its activations, which grow with the image) is checked there too.
 
 Without a budget no graph is closed: the text encoder and UNet stay open beside the decoder and the image is
 decoded whole, so a size is refused where that estimate plus their weights exceeds the machine's memory (the
@@ -180,3 +181,56 @@ def check_encode(model: Any, latent_h: int, latent_w: int, budget_mb: int | None
 def memory_budget_mb(model: Any) -> int | None:
     """The budget a model was loaded with (``RuntimeOptions.memory_budget_mb``), or None."""
     return getattr(getattr(model, "options", None), "memory_budget_mb", None)
+
+
+
+# The UNet under a budget runs one image and one guidance branch a pass. Its activations grow with the latents and
+# sit in onnxruntime's CPU arena, which keeps every page it has touched for the session's life: buffers freed by one
+# layer serve only smaller ones later, so the largest phases' buffers add up rather than take turns. Counted as for
+# Stable Diffusion 1.x/2.x (block widths 320, 640, 1280, 1280), so a narrower UNet needs less and the estimate errs
+# towards refusing; the terms (besides the weights):
+UNET_FINEST_CHANNELS = 320  # block_out_channels[0]: the width at the full latent resolution
+UNET_FINEST_HEADS = 8  # SD1.x's heads there (SD2.x has 5 of 64 channels: fewer scores)
+# The exporter's default query chunks of that level's self-attention (export/onnx_export.py, ATTENTION_QUERY_CHUNKS):
+# only one chunk's scores exist at a time (an export patched to fewer, as benchmarks/memory.py's q0 ones, needs more).
+UNET_ATTENTION_QUERY_CHUNKS = 32
+# The finest level's feed-forward (GEGLU, four times the width): its projection (two halves' worth, 8 maps of the
+# level's width), the two halves (4 + 4), the GELU of the gate (4) and the product (4), alive in the arena together.
+UNET_LIVE_FINEST_MAPS = 8 + 4 + 4 + 4 + 4
+# The weights are dequantized to fp32 as each layer runs: the largest copy is SD's widest 3x3 convolution (the
+# first up block's 2 x 1280 channels of skip and input to 1280), never more than every weight in fp32 (8 bytes a
+# weight byte, for 4-bit weights).
+UNET_LARGEST_LAYER_WEIGHTS = 2 * 1280 * 1280 * 3 * 3
+FP32_PER_WEIGHT_BYTE = 8
+
+
+def unet_attention_bytes(latent_h: int, latent_w: int, chunks: int = UNET_ATTENTION_QUERY_CHUNKS) -> int:
+    """Bytes of one query chunk's scores and their softmax (written beside them, as ``limits.attention_bytes`` counts)
+    in the UNet's finest self-attention: ``UNET_FINEST_HEADS`` heads of ceil(positions / ``chunks``) x positions."""
+    positions = int(latent_h) * int(latent_w)
+    rows = -(-positions // max(1, int(chunks)))
+    return 2 * UNET_FINEST_HEADS * rows * positions * _FLOAT32
+
+
+def unet_bytes(model: Any, latent_h: int, latent_w: int, chunks: int = UNET_ATTENTION_QUERY_CHUNKS) -> int:
+    """Estimated bytes of the UNet's phase of ``generate`` under a budget at ``latent_h`` x ``latent_w`` latents: its
+    weights, the largest dequantized weight copy, the finest level's live feed-forward maps and one attention chunk.
+    Like the other estimates it leaves out what the process holds anyway (Python, NumPy, onnxruntime)."""
+    weights = graph_weight_bytes(model, "unet")
+    copy = min(UNET_LARGEST_LAYER_WEIGHTS * _FLOAT32, FP32_PER_WEIGHT_BYTE * weights)
+    maps = UNET_LIVE_FINEST_MAPS * UNET_FINEST_CHANNELS * _FLOAT32 * int(latent_h) * int(latent_w)
+    return weights + copy + maps + unet_attention_bytes(latent_h, latent_w, chunks)
+
+
+def check_unet(model: Any, latent_h: int, latent_w: int, budget_mb: int | None) -> int:
+    """``unet_bytes`` at this size, refused over the budget (one line, with the budget that holds) before the first
+    step: the weight check of ``RuntimeOptions.memory_budget_mb`` counts the weights alone, and at large images the
+    activations alone take hundreds of MB more."""
+    need = unet_bytes(model, latent_h, latent_w)
+    if budget_mb is not None and need > int(budget_mb) << 20:
+        factor = int(model.vae_scale_factor)
+        raise ZoodipError(
+            f"the UNet at a {latent_w * factor}x{latent_h * factor} image needs about {-(-need // (1 << 20))} MB (its "
+            f"weights and its activations at {latent_w}x{latent_h} latents), more than the memory_budget_mb of "
+            f"{budget_mb} MB: raise the budget to at least that, or make a smaller image")
+    return need

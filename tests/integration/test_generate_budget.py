@@ -12,7 +12,7 @@ from zoodip.embeddings import load_embedding_file
 from zoodip.errors import ZoodipError
 from zoodip.generate import decode_latents, generate
 from zoodip.images import to_pil
-from zoodip.memory_plan import DecodePlan, plan_decode
+from zoodip.memory_plan import DecodePlan, plan_decode, unet_bytes
 from zoodip.model import ExportedModel, RuntimeOptions
 from zoodip.trainer import PersonalizeConfig, personalize
 
@@ -82,13 +82,31 @@ def test_cli_memory_budget_generates_and_refuses_bad_values_in_one_line(tiny_exp
                           ("lots", "--memory-budget"), ("1", "below the")):
         code, _, err = run_cli(base + ["--memory-budget", value, "--out", tmp_path / "b.png"], capsys)
         assert_one_line_error(code, err, needle)
-    # A size whose VAE attention alone exceeds the budget, and a budget that even the smallest tiles exceed.
+    # A size whose VAE attention alone exceeds the budget, and a budget below the UNet's need (its weights and its
+    # activations; the decode's smallest tiles: tests/unit/test_vae_tiles.py).
     code, _, err = run_cli(base + ["--memory-budget", WHOLE_BUDGET_MB, "--height", 2048, "--width", 2048,
                                    "--out", tmp_path / "c.png"], capsys)
     assert_one_line_error(code, err, f"more than the --memory-budget of {WHOLE_BUDGET_MB} MB: use at most")
     code, _, err = run_cli(base + ["--memory-budget", 3, "--out", tmp_path / "d.png"], capsys)
-    assert_one_line_error(code, err, "even in tiles of 64 px")
+    assert_one_line_error(code, err, "the UNet at a 128x128 image needs about")
     assert not any((tmp_path / name).exists() for name in ("b.png", "c.png", "d.png"))
+
+
+def test_a_budget_below_the_unets_weights_and_activations_is_refused_before_the_first_step(tiny_export, tmp_path,
+                                                                                          capsys):
+    """The budget's checks counted the UNet's weights but not its activations, so generate accepted budgets its UNet
+    steps then went over (912 px on SD1.5: a 1289 MB budget, a 1.62 GB peak); now the estimate of both is checked
+    and the refusal names the budget that holds."""
+    model = budgeted(tiny_export, WHOLE_BUDGET_MB)
+    need_mb = -(-unet_bytes(model, 16, 16) // (1 << 20))
+    assert plan_decode(model, 16, 16, need_mb - 1).need_bytes <= (need_mb - 1) << 20  # the decode fits in tiles
+    base = ["generate", "--model", tiny_export, "--prompt", PROMPT, "--steps", "1", "--threads", "1"]
+    code, _, err = run_cli(base + ["--memory-budget", need_mb - 1, "--out", tmp_path / "a.png"], capsys)
+    assert_one_line_error(code, err, f"needs about {need_mb} MB (its weights and its activations at 16x16 latents), "
+                                     f"more than the --memory-budget of {need_mb - 1} MB")
+    assert not (tmp_path / "a.png").exists()
+    code, _, err = run_cli(base + ["--memory-budget", need_mb, "--out", tmp_path / "b.png"], capsys)
+    assert code == 0 and (tmp_path / "b.png").is_file(), err
 
 
 def test_a_budgeted_run_previews_within_its_budget_and_hands_it_to_generation(tiny_export, photos, tmp_path, capsys):

@@ -85,7 +85,7 @@ def test_under_a_budget_the_second_pass_encode_is_checked_before_the_first_pass(
     from zoodip.memory_plan import check_encode
     from zoodip.model import ExportedModel, RuntimeOptions
 
-    budget = 150
+    budget = 200  # (the second pass's UNet fits it: its own check is below)
     model = ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=budget))
     factor = model.vae_scale_factor
     check_encode(model, SIDE // factor, SIDE // factor, budget)  # the first pass's size fits
@@ -94,6 +94,23 @@ def test_under_a_budget_the_second_pass_encode_is_checked_before_the_first_pass(
     steps: list[int] = []
     with pytest.raises(ZoodipError, match=r"the hires fix's second pass: encoding a 512x512 start image .* or a "
                                           r"smaller hires_scale"):
+        generate_hires(model, "a star", hires_scale=4, steps=2, callback=lambda s, n, x: steps.append(s))
+    assert steps == []
+
+
+def test_under_a_budget_the_second_pass_unet_is_checked_before_the_first_pass(tiny_export) -> None:
+    """The budget counted the UNet's weights, not its activations at the larger size (memory_plan.check_unet)."""
+    from zoodip.memory_plan import unet_bytes
+    from zoodip.model import ExportedModel, RuntimeOptions
+
+    model = ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=1000))
+    factor = model.vae_scale_factor
+    budget = -(-unet_bytes(model, 4 * SIDE // factor, 4 * SIDE // factor) // (1 << 20)) - 1
+    assert unet_bytes(model, SIDE // factor, SIDE // factor) < budget << 20  # the first pass's size fits
+    model = ExportedModel.load(tiny_export, RuntimeOptions(memory_budget_mb=budget))
+    steps: list[int] = []
+    with pytest.raises(ZoodipError, match=r"the hires fix's second pass: the UNet at a 512x512 image needs about "
+                                          rf"{budget + 1} MB .* or a smaller hires_scale"):
         generate_hires(model, "a star", hires_scale=4, steps=2, callback=lambda s, n, x: steps.append(s))
     assert steps == []
 
