@@ -21,16 +21,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sdk"))
+
+from zoodip.console import OneLineParser, interrupts_said_from_here, print_error, script_main  # noqa: E402
+
+interrupts_said_from_here(__name__)  # (a Ctrl-C during the imports below, NumPy's among them: one line, not a traceback)
+
+import numpy as np  # noqa: E402
 
 from benchmarks._quality_report import run_context  # noqa: E402
 from reference.repo import REPO, relative_args  # noqa: E402
-
-sys.path.insert(0, str(REPO / "sdk"))
-
-from zoodip.console import OneLineParser, print_error, script_main  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
 from zoodip.memory_plan import unet_bytes  # noqa: E402
 from zoodip.model import ExportedModel, RuntimeOptions  # noqa: E402
