@@ -28,6 +28,7 @@ from .errors import ZoodipError
 from .integrity import file_sha256
 from .safetensors_io import load_metadata, read_file, save_file
 from .json_text import parse_json
+from .validation import positive_int
 
 # A prompt holds at most 75 tokens (77 with its start and end markers), so no usable embedding has
 # more vectors; text encoders in use are at most 4096 wide. Checked on the file's header, before
@@ -313,10 +314,11 @@ def _clash(alias: str, spec: str) -> ZoodipError:
 
 
 def _trained_clip_skip(metadata: dict[str, str]) -> int:
-    """The ``clip_skip`` a zoodip embedding's header records (0: its last layer, also where it says nothing)."""
+    """The ``clip_skip`` a zoodip embedding's header records (0: its last layer, also where it says nothing or what it
+    says is no layer count: a damaged or hand-made record, e.g. 1e400, -3, true or "2")."""
     try:
-        return int(parse_json(metadata.get("settings", "{}")).get("clip_skip", 0))
-    except (ValueError, TypeError, AttributeError):
+        return positive_int("clip_skip", parse_json(metadata.get("settings", "{}")).get("clip_skip", 0), minimum=0)
+    except (ValueError, AttributeError, ZoodipError):
         return 0
 
 

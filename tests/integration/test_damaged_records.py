@@ -3,6 +3,7 @@ links inside an export): each one line, never a traceback."""
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -58,6 +59,19 @@ def test_info_and_loading_read_an_embedding_whose_record_is_damaged(model, tmp_p
     assert "trained: 4 steps, ? training forwards" in lines and "model: a\\nb (manifest ?)" in lines
     added = load_embeddings([str(path)], model.tokenizer, model.hidden_size, model.identity, clip_skip=0)[0]
     assert list(added) == ["<e>"]  # (the settings' clip skip unread: taken as the last layer's)
+
+
+@pytest.mark.parametrize("clip_skip", ["1e400", "-3", "true", '"2"', "2.5", "null"])
+def test_an_embeddings_recorded_clip_skip_that_is_no_layer_count_is_taken_as_unrecorded(tmp_path, clip_skip):
+    """A header's clip_skip of 1e400 (JSON's infinity) was a traceback (OverflowError) in every generate that loaded the
+    file, or its folder; -3, true or 2.5 were warned about as layers it was trained at. Each is now the last layer's."""
+    path = save_learned_embeds(tmp_path / "e.safetensors", "<e>", np.zeros((1, 8), np.float32),
+                               {"steps": "4", "settings": f'{{"clip_skip": {clip_skip}}}'})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(load_embeddings([str(path)], hidden=8, clip_skip=0)[0]) == ["<e>"]
+    with pytest.warns(UserWarning, match="trained at clip_skip=0 and is used at clip_skip=1"):
+        load_embeddings([str(path)], hidden=8, clip_skip=1)
 
 
 def test_verify_refuses_a_manifest_that_hashes_nothing_and_a_file_it_does_not_list(tiny_export, tmp_path, capsys):
