@@ -71,18 +71,20 @@ def describe_export(folder: Path) -> list[str]:
     manifest = model.manifest
     source = manifest.get("source") or {}
     layers = model.clip_skip_layers
-    return [f"export: recipe {manifest.get('recipe', '?')} (revision {manifest.get('recipe_revision', 1)}), "
-            f"from {source.get('kind', '?')}",
-            f"model: text width {model.hidden_size}, {model.max_length} tokens, native {model.default_resolution} px, "
-            f"{model.prediction_type} prediction",
-            f"clip skip: up to {layers} (generate --clip-skip)" if layers else
-            "clip skip: no (exported before it; re-export to use --clip-skip)",
-            "long prompts: A1111's 75-token chunks (generate --prompt-weighting a1111)" if model.text_length_free else
-            "long prompts: no, 77 tokens (exported before them; re-export to read A1111's chunks)",
-            f"image sides: {side_rule(model)}",
-            f"curvature subspace: {'yes' if model.curvature() is not None else 'no'}",
-            "LoRAs fused in: " + (", ".join(f"{name} at {entry.get('scale', 1.0):g} (sha256 {str(entry.get('sha256'))[:12]})"
-                                            for name, entry in fused_loras(model).items()) or "none").translate(_CONTROLS)]
+    lines = [f"export: recipe {manifest.get('recipe', '?')} (revision {manifest.get('recipe_revision', 1)}), "
+             f"from {source.get('kind', '?')}",
+             f"model: text width {model.hidden_size}, {model.max_length} tokens, native {model.default_resolution} px, "
+             f"{model.prediction_type} prediction",
+             f"clip skip: up to {layers} (generate --clip-skip)" if layers else
+             "clip skip: no (exported before it; re-export to use --clip-skip)",
+             "long prompts: A1111's 75-token chunks (generate --prompt-weighting a1111)" if model.text_length_free else
+             "long prompts: no, 77 tokens (exported before them; re-export to read A1111's chunks)",
+             f"image sides: {side_rule(model)}",
+             f"curvature subspace: {'yes' if model.curvature() is not None else 'no'}",
+             "LoRAs fused in: " + (", ".join(f"{name} at {entry.get('scale', 1.0):g} (sha256 {str(entry.get('sha256'))[:12]})"
+                                             for name, entry in fused_loras(model).items()) or "none")]
+    # The manifest's words (recipe, source kind, LoRA names) are the export's author's: control characters shown escaped.
+    return [line.translate(_CONTROLS) for line in lines]
 
 
 def describe_image(path: Path) -> list[str]:

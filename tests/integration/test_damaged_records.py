@@ -188,3 +188,17 @@ def test_a_manifests_paths_are_compared_in_one_spelling(tiny_export, tmp_path) -
     manifest = json.loads((folder / "manifest.json").read_text())
     (folder / "manifest.json").write_text(json.dumps(dict(manifest, tokenizer="./tokenizer")))
     assert ExportedModel.load(folder).tokenizer is not None
+
+
+def test_info_on_an_export_shows_its_manifests_control_characters_escaped(tiny_export, tmp_path) -> None:
+    """zoodip info printed a manifest's recipe and source kind as written: an escape sequence in them (another's export)
+    reached the terminal, as an image's parameters and an embedding's record do not."""
+    import json
+
+    folder = _copy(tiny_export, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["source"]["kind"] = "tiny\x1b[2J\x07"
+    (folder / "manifest.json").write_text(json.dumps(dict(manifest, recipe="w8a32\r\nok: 0 files")))
+    lines = describe(folder)
+    assert lines[0] == "export: recipe w8a32\\x0d\\x0aok: 0 files (revision 4), from tiny\\x1b[2J\\x07"
+    assert all(line.isprintable() for line in lines)
