@@ -15,6 +15,7 @@ what the reference implementation checks.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -162,12 +163,21 @@ _FOREIGN_MAGIC = ((NPY_MAGIC, "a NumPy array file (.npy)"), (PNG_SIGNATURE, "a P
 def _foreign(path: Path, first: bytes) -> ZoodipError | None:
     """The error for a file of another format, or None where its first bytes name none."""
     kind = next((name for magic, name in _FOREIGN_MAGIC if first.startswith(magic)), None)
-    # Text has no NUL byte where a real header length (cut short: 379 bytes reads '{' first) has its zero high bytes.
-    if kind is None and first.lstrip()[:1] in (b"{", b"[") and b"\x00" not in first:
+    if kind is None and _reads_as_text(first):  # (a .txt, notes, JSON: not a download cut short)
         kind = "JSON or text"
     if kind is None:
         return None
     return ZoodipError(f"{path} is {kind}, not a safetensors file: convert it to safetensors, or pass the right file")
+
+
+def _reads_as_text(first: bytes) -> bool:
+    """Whether a file's first bytes are UTF-8 text (a character cut at their end allowed). Text has no NUL byte where a
+    real header length (cut short: 379 bytes reads '{' first) has its zero high bytes."""
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(first).removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in first and all(ch.isprintable() or ch in "\t\r\n" for ch in text)
 
 
 def _read_header(handle: BinaryIO, size: int, path: Path) -> tuple[dict[str, dict], dict[str, str], int]:

@@ -773,6 +773,10 @@ FOREIGN_FILES = {
     "image.safetensors": (b"\x89PNG\r\n\x1a\n" + bytes(60), "a PNG image"),
     "empty.safetensors": (b"{}", "JSON or text"),  # under 8 bytes: was 'shorter than its header length: re-download'
     "list.safetensors": (b"[1]\n", "JSON or text"),
+    # (text that does not start as JSON: generation parameters, notes; was 'header length ...; truncated?')
+    "params.txt": (b"a photo of <cat>\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512\n", "JSON or text"),
+    "notes.safetensors": ("notes \u2014 r\u00e9sum\u00e9".encode(), "JSON or text"),  # (the dash's 3 bytes cut at byte 8)
+    "bom.txt": ("\ufeffnotes".encode(), "JSON or text"),
 }
 
 
