@@ -357,10 +357,13 @@ def _load(path: Path, token: str | None) -> tuple[str, np.ndarray, bool]:
         vectors = vectors[None, :]
     if vectors.ndim != 2 or vectors.shape[0] < 1 or vectors.shape[1] < 1:
         raise ZoodipError(f"{path} holds a tensor of shape {list(vectors.shape)}, expected [num_vectors, hidden] or [hidden]")
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if not np.isfinite(vectors).all():
         raise ZoodipError(f"{path} contains NaN or infinite values: the embedding is broken, retrain or re-download it")
-    return name, vectors, token is None and stored_token is None
+    largest = float(np.max(np.abs(vectors)))  # (a float64 file's: past float32's range, the cast would make it inf)
+    if largest > float(np.finfo(np.float32).max):
+        raise ZoodipError(f"{path} holds values as large as {largest:.3g}, past the float32 range the text encoder "
+                          "computes in: the embedding is broken, retrain or re-download it")
+    return name, np.ascontiguousarray(vectors, dtype=np.float32), token is None and stored_token is None
 
 
 def _read_embedding(path: Path) -> tuple[str, np.ndarray]:

@@ -791,6 +791,16 @@ def test_an_embedding_of_another_format_is_said_as_that_format(tmp_path, capsys,
     assert "truncated" not in err
 
 
+def test_a_float64_embedding_past_float32s_range_is_said_so_in_one_line(tmp_path, capsys):
+    """A float64 file holding 1e300 printed NumPy's 'warning: overflow encountered in cast' and then said it 'contains
+    NaN or infinite values', which it does not."""
+    from zoodip.safetensors_io import save_file
+
+    path = save_file({"<big>": np.full((1, 8), 1e300)}, tmp_path / "big.safetensors")
+    code, _, err = run_cli(["info", path], capsys)
+    assert_one_line_error(code, err, f"{path} holds values as large as 1e+300, past the float32 range")
+
+
 @pytest.mark.parametrize("header_length", [0x17B, 0x5B, 0x7B20])  # low bytes '{', '[', and ' {' (a space, then '{')
 def test_a_truncated_safetensors_file_is_not_taken_for_json(tmp_path, capsys, header_length):
     """A safetensors file cut short whose header length's first byte reads '{' or '[' (379, 91, 31520 bytes...) was
