@@ -38,9 +38,10 @@ def describe_embedding(path: Path) -> list[str]:
 
     added, groups = load_embeddings([str(path)])
     vectors = added[groups[0][0]]
-    lines = [f"token: {' or '.join(groups[0])} ({vectors.shape[0]} vector{'s' if vectors.shape[0] != 1 else ''} "
-             f"of width {vectors.shape[1]})" + (f"; {groups[0][-1]} (the file's name, A1111's trigger word) only on a "
-                                                "model whose vocabulary does not hold it" if len(groups[0]) > 1 else "")]
+    names = [_one_line(name) for name in groups[0]]  # (the file's key or name: another's, escape sequences and all)
+    lines = [f"token: {' or '.join(names)} ({vectors.shape[0]} vector{'s' if vectors.shape[0] != 1 else ''} "
+             f"of width {vectors.shape[1]})" + (f"; {names[-1]} (the file's name, A1111's trigger word) only on a "
+                                                "model whose vocabulary does not hold it" if len(names) > 1 else "")]
     meta = read_embedding_metadata(str(path))
     if "steps" not in meta:
         return lines + ["trained by: not recorded (not a zoodip file, or an older one)"]

@@ -74,6 +74,18 @@ def test_an_embeddings_recorded_clip_skip_that_is_no_layer_count_is_taken_as_unr
         load_embeddings([str(path)], hidden=8, clip_skip=1)
 
 
+def test_info_shows_an_embeddings_token_with_its_control_characters_escaped(tmp_path) -> None:
+    """zoodip info printed the token as the file's key or name holds it, escape sequences reaching the terminal (its
+    record's values were escaped already)."""
+    from zoodip.embeddings import save_a1111_embedding
+    from zoodip.safetensors_io import save_file
+
+    save_file({"<a\x1b[2Jb>": np.ones((1, 8), np.float32)}, tmp_path / "key.safetensors")
+    assert describe(tmp_path / "key.safetensors")[0] == "token: <a\\x1b[2Jb> (1 vector of width 8)"
+    path = save_a1111_embedding(tmp_path / "x\x1b[1my.safetensors", "<xy>", np.ones((1, 8), np.float32))
+    assert describe(path)[0].startswith("token: <x\\x1b[1my> or x\\x1b[1my (1 vector of width 8); x\\x1b[1my (the")
+
+
 def test_verify_refuses_a_manifest_that_hashes_nothing_and_a_file_it_does_not_list(tiny_export, tmp_path, capsys):
     """verify said "ok: 0 files" of a manifest without sha256 values (the weights then damaged), and ok of a tokenizer
     folder holding an added_tokens.json the SDK reads but no hash covers."""
