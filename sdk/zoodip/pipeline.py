@@ -150,7 +150,7 @@ class ZoodipPipeline:
         if len(tokens) != len(paths):
             raise ZoodipError(f"load_textual_inversion got {len(paths)} files and {len(tokens)} tokens: give one token "
                               "per file, or none")
-        specs = [(os.fspath(path), name) for path, name in zip(paths, tokens)]
+        specs = list(zip(paths, tokens))  # (load_embeddings says what is no path)
         m = self.model
         added = load_embeddings(specs, m.tokenizer, m.hidden_size, m.identity)[0]
         for name in added:  # as a name taken twice within one call

@@ -67,6 +67,17 @@ def test_embedding_loaders_refuse_what_is_not_a_path():
         load_embeddings(["missing.safetensors"], hidden=True)
 
 
+@pytest.mark.parametrize("given", [[5], [None], (3.5,)])
+def test_load_textual_inversion_refuses_a_list_entry_that_is_no_path_in_one_line(tiny_export, given):
+    """A list holding a number or None was os.fspath's TypeError ('expected str, bytes or os.PathLike object, not
+    int'), a traceback where a path that is no path is a ZoodipError everywhere else."""
+    from zoodip.pipeline import ZoodipPipeline
+
+    with ZoodipPipeline.from_pretrained(tiny_export) as pipe:
+        with pytest.raises(ZoodipError, match=f"an embedding spec must be a file path .*got {type(given[0]).__name__}"):
+            pipe.load_textual_inversion(given)
+
+
 def test_a_model_closes_its_sessions_and_refuses_use_after(tiny_export):
     """An app could free a model's onnxruntime sessions only by dropping every reference to it."""
     from zoodip.model import ExportedModel
