@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NoReturn
 
-from .errors import ZoodipError
+from .errors import ZoodipError, one_line
 
 
 def duration(seconds: float) -> str:
@@ -471,4 +471,4 @@ def _options_part(args: list[str]) -> list[str]:
 
 def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one line on stderr (Python's default adds the source line and the file name)."""
-    print("warning: " + " ".join(str(message).split()), file=sys.stderr)
+    print("warning: " + one_line(message), file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ZoodipError
+from .errors import CONTROL_ESCAPES, ZoodipError
 from .json_text import parse_json
 from .paths import set_aside_note
 
@@ -85,7 +85,7 @@ def describe_export(folder: Path) -> list[str]:
              "LoRAs fused in: " + (", ".join(f"{name} at {entry.get('scale', 1.0):g} (sha256 {str(entry.get('sha256'))[:12]})"
                                              for name, entry in fused_loras(model).items()) or "none")]
     # The manifest's words (recipe, source kind, LoRA names) are the export's author's: control characters shown escaped.
-    return [line.translate(_CONTROLS) for line in lines]
+    return [line.translate(CONTROL_ESCAPES) for line in lines]
 
 
 def describe_image(path: Path) -> list[str]:
@@ -97,7 +97,5 @@ def describe_image(path: Path) -> list[str]:
         return [f"{path} holds no generation parameters (zoodip and A1111 write them into the images they save, unless "
                 "told not to)"]
     # Another tool's image may hold terminal control characters (escape sequences, BEL, carriage returns): shown escaped.
-    return [line.translate(_CONTROLS) for line in text.split("\n")]
+    return [line.translate(CONTROL_ESCAPES) for line in text.split("\n")]
 
-
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f, *range(0x80, 0xa0)) if c != 0x09}

@@ -801,6 +801,17 @@ def test_a_float64_embedding_past_float32s_range_is_said_so_in_one_line(tmp_path
     assert_one_line_error(code, err, f"{path} holds values as large as 1e+300, past the float32 range")
 
 
+def test_control_characters_in_a_message_reach_the_terminal_escaped(tmp_path, capsys):
+    """An error or warning quoting another's words (a file's name, an image's Model hash, its TI hashes, a token) sent
+    their escape sequences (ESC [2J clears the screen, ESC ]0; retitles the window) to the terminal as they were."""
+    from zoodip.console import one_line_warning
+
+    code, _, err = run_cli(["info", tmp_path / "a\x1b[2Jb\x9bc.safetensors"], capsys)
+    assert_one_line_error(code, err, "a\\x1b[2Jb\\x9bc.safetensors does not exist")
+    one_line_warning("the image was made with another model (Model hash \x1b]0;title\x07)", UserWarning, "f.py", 1)
+    assert capsys.readouterr().err == "warning: the image was made with another model (Model hash \\x1b]0;title\\x07)\n"
+
+
 @pytest.mark.parametrize("header_length", [0x17B, 0x5B, 0x7B20])  # low bytes '{', '[', and ' {' (a space, then '{')
 def test_a_truncated_safetensors_file_is_not_taken_for_json(tmp_path, capsys, header_length):
     """A safetensors file cut short whose header length's first byte reads '{' or '[' (379, 91, 31520 bytes...) was
