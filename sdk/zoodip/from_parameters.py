@@ -102,15 +102,7 @@ def parameter_notes(parameters: ImageParameters, model: Any, hashes: Mapping[str
         notes.append(f"the image was made with the LoRAs {fields.get('Lora hashes') or 'none'} (name: file hash), this "
                      f"export holds {lora_hashes(model) or 'none'} (zoodip fuses them at export, 'zoodip export --lora "
                      "FILE:SCALE'): it will differ")
-    for entry in filter(None, (part.strip() for part in fields.get("TI hashes", "").split(","))):
-        name, _, digest = entry.rpartition(": ")
-        names = [loaded for loaded, loaded_digest in hashes.items() if loaded_digest == digest]
-        if not names:
-            notes.append(f"the image used the embedding {name or entry} (file hash {digest}), which no --embedding "
-                         "gives: pass its file, or the image will lack it")
-        elif name and name not in names and f"<{name}>" not in names:
-            notes.append(f"the image's embedding {name} is loaded as {names[0]}: pass it as --embedding FILE:{name} "
-                         "to load it under the name its prompt uses")
+    notes += _embedding_notes(fields.get("TI hashes", ""), hashes)
     if not image_given and any(name in parameters.settings for name in IMAGE_SETTINGS):
         notes.append("the image was made from another image (Denoising strength "
                      f"{fields.get('Denoising strength')}): pass it with --image to make it again")
@@ -134,6 +126,39 @@ def parameter_notes(parameters: ImageParameters, model: Any, hashes: Mapping[str
     if parameters.unused:
         notes.append(f"fields that are no setting here, left out: {', '.join(parameters.unused)}")
     return notes
+
+
+_LISTED = 4  # the embeddings a note names, of many (an image's text may list thousands)
+
+
+def _embedding_notes(listed: str, hashes: Mapping[str, str]) -> list[str]:
+    """What an image's "TI hashes" ask of the --embedding files (``hashes``: each loaded name's file hash): the files
+    none gives (one line for them all), a name loaded from another file than the image's, a file loaded under another
+    name."""
+    notes, missing, other = [], [], []
+    for entry in filter(None, (part.strip() for part in listed.split(","))):
+        name, _, digest = entry.rpartition(": ")
+        names = [loaded for loaded, loaded_digest in hashes.items() if loaded_digest == digest]
+        same_name = next((loaded for loaded in (name, f"<{name}>") if name and loaded in hashes), None)
+        if names and name and name not in names and f"<{name}>" not in names:
+            notes.append(f"the image's embedding {name} is loaded as {names[0]}: pass it as --embedding FILE:{name} "
+                         "to load it under the name its prompt uses")
+        elif not names and same_name is not None:  # (another version of it: retrained, re-downloaded)
+            other.append(f"{name} (file hash {digest}, the loaded one's {hashes[same_name]})")
+        elif not names:
+            missing.append(f"{name or entry} (file hash {digest})")
+    if missing:
+        many = len(missing) > 1
+        notes.insert(0, f"the image used the embedding{'s' * many} {_first_few(missing)}, which no --embedding gives: "
+                        f"pass {'their files' if many else 'its file'}, or the image will lack {'them' if many else 'it'}")
+    if other:
+        notes.append(f"the image used another file of the embedding{'s' * (len(other) > 1)} {_first_few(other)} than "
+                     "the --embedding of that name: pass the file it used, or the image will differ")
+    return notes
+
+
+def _first_few(items: list[str]) -> str:
+    return ", ".join(items[:_LISTED]) + (f" and {len(items) - _LISTED} more" if len(items) > _LISTED else "")
 
 
 def _entries(listed: str) -> set[str]:

@@ -270,3 +270,21 @@ def test_an_image_saved_with_a_txt_suffix_is_read_as_the_image(tmp_path):
     Image.new("RGB", (8, 8)).save(saved, format="PNG", pnginfo=info)
     parameters = image_parameters(saved)
     assert parameters.prompt == "a red star" and parameters.settings["seed"] == 3
+
+
+def test_an_images_embeddings_are_noted_once_for_all_and_another_version_is_said_so():
+    """An image listing 2000 embeddings gave 2000 warnings; and one whose <tok> was loaded from another file (another
+    version of it) was said to be given by 'no --embedding', though one gives that name."""
+    from types import SimpleNamespace
+
+    from zoodip.from_parameters import ImageParameters, parameter_notes
+
+    listed = ", ".join(f"e{i}: {i:012x}" for i in range(2000)) + ", tok: 0000000000ff"
+    parameters = ImageParameters("a <tok>", "", {}, {}, [], {"Steps": "2", "TI hashes": listed})
+    notes = parameter_notes(parameters, SimpleNamespace(manifest={}, identity="0" * 64), {"<tok>": "123456789abc"},
+                            image_given=False, mask_given=False, latents_given=False)
+    assert notes == ["the image used the embeddings e0 (file hash 000000000000), e1 (file hash 000000000001), e2 (file "
+                     "hash 000000000002), e3 (file hash 000000000003) and 1996 more, which no --embedding gives: pass "
+                     "their files, or the image will lack them",
+                     "the image used another file of the embedding tok (file hash 0000000000ff, the loaded one's "
+                     "123456789abc) than the --embedding of that name: pass the file it used, or the image will differ"]
