@@ -182,8 +182,8 @@ def load_embeddings(specs: Sequence[str | os.PathLike[str] | tuple[str, str | No
     that is already a vocabulary word of ``tokenizer`` keeps only ``<stem>`` (it would change that
     word's meaning), as does one with spaces. ``hidden``: the text encoder's width, checked per file.
     ``model_id``: the export's identity; a zoodip file trained on another export gets a warning, and so does one
-    trained at another ``clip_skip`` than the generation's (where given). A ``FOLDER`` is loaded as A1111 loads its embeddings folder: every ``EMBEDDING_SUFFIXES`` file in it,
-    a file that cannot be used (another model's width, damaged, a name taken) skipped with a warning, and
+    trained at another ``clip_skip`` than the generation's (where given). A ``FOLDER`` is loaded as A1111 loads its
+    embeddings folder: every ``EMBEDDING_SUFFIXES`` file in it and its subfolders, a file that cannot be used (another model's width, damaged, a name taken) skipped with a warning, and
     none of them in ``groups``, so that the ones a prompt does not use are not warned about. ``hashes``, where
     given, gets each name's file's ``short_hash``, taken as the file is loaded (the images' parameters name the files
     a prompt used, as they were when read, whatever happens to them later).
@@ -222,7 +222,7 @@ def _add_folder(added: dict[str, np.ndarray], path: Path, hashes: dict[str, str]
     warning. A run's step snapshots of a token loaded from its newest file are left out, and those that cannot be
     used are skipped, each said in one line; a copy of a loaded token (a run's --a1111 file) adds only its own names
     (A1111's trigger word)."""
-    files = _newest_first([f for f in path.iterdir() if f.is_file() and f.suffix.lower() in EMBEDDING_SUFFIXES])
+    files = _newest_first(_embedding_files(path))
     if not files:
         raise ZoodipError(f"{path} is a folder without embedding files ({', '.join(EMBEDDING_SUFFIXES)}): name a "
                           ".safetensors file or a folder of them")
@@ -247,12 +247,28 @@ def _add_folder(added: dict[str, np.ndarray], path: Path, hashes: dict[str, str]
             if snapshot:
                 unusable.append(str(exc))
             else:
-                warnings.warn(f"skipped {file.name} of the folder {path}: {exc}", stacklevel=3)
+                warnings.warn(f"skipped {file.relative_to(path)} of the folder {path}: {exc}", stacklevel=3)
     if earlier:
         warnings.warn(f"{path} holds a run: its {len(earlier)} earlier step snapshots are not used (name one to use "
                       "it)", stacklevel=3)
     if unusable:
         warnings.warn(f"skipped {len(unusable)} step snapshots of the folder {path}: {unusable[0]}", stacklevel=3)
+
+
+def _embedding_files(folder: Path) -> list[Path]:
+    """The ``EMBEDDING_SUFFIXES`` files of ``folder`` and of its subfolders, as A1111 walks its embeddings folder (links
+    followed; each real folder once, so that a link back up is no endless walk)."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        if os.path.realpath(root) in seen:
+            folders.clear()
+            continue
+        seen.add(os.path.realpath(root))
+        folders.sort()
+        found += [Path(root, name) for name in sorted(names)
+                  if Path(name).suffix.lower() in EMBEDDING_SUFFIXES and Path(root, name).is_file()]
+    return found
 
 
 def _newest_first(files: list[Path]) -> list[Path]:

@@ -319,3 +319,18 @@ def test_an_embeddings_folder_loads_as_a1111_loads_its_own(model, tmp_path, tiny
                  "--embedding", str(folder), "--out", str(out), "--threads", "1"])
     err = capsys.readouterr().err
     assert code == 0 and out.is_file() and err.count("warning: skipped") == 4, err
+
+
+def test_an_embeddings_folder_is_walked_into_its_subfolders_as_a1111_walks_it(tmp_path):
+    """A1111 loads the embeddings of its folder's subfolders (embeddings/negative/easynegative.safetensors); zoodip
+    left them out without a word, and their trigger words (no <...> to warn of) were read as plain text."""
+    folder = tmp_path / "embeddings"
+    (folder / "negative" / "deeper").mkdir(parents=True)
+    save_file({"emb_params": np.ones((1, 8), np.float32)}, folder / "negative" / "easyneg.safetensors")
+    save_file({"<d>": np.ones((2, 8), np.float32)}, folder / "negative" / "deeper" / "d.safetensors")
+    (folder / "negative" / "deeper" / "bad.pt").write_bytes(b"\x80\x02}q\x00.")
+    (folder / "negative" / "up").symlink_to(folder)  # a link back up: each real folder is walked once
+    with pytest.warns(UserWarning, match=r"skipped negative/deeper/bad\.pt of the folder .*: .* is a pickle") as caught:
+        added, groups = load_embeddings([folder], hidden=8)
+    assert len(caught) == 1 and groups == []
+    assert set(added) == {"<easyneg>", "easyneg", "<d>"}
