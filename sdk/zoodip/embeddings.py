@@ -255,9 +255,12 @@ def _add_folder(added: dict[str, np.ndarray], path: Path, hashes: dict[str, str]
         warnings.warn(f"skipped {len(unusable)} step snapshots of the folder {path}: {unusable[0]}", stacklevel=3)
 
 
+_MAX_FOLDERS = 1000  # an embeddings folder's subfolders walked: far more than one holds, far fewer than a home folder
+
+
 def _embedding_files(folder: Path) -> list[Path]:
     """The ``EMBEDDING_SUFFIXES`` files of ``folder`` and of its subfolders, as A1111 walks its embeddings folder (links
-    followed; each real folder once, so that a link back up is no endless walk)."""
+    followed; each real folder once, so that a link back up is no endless walk; hidden ones, .git or .venv, left out)."""
     found: list[Path] = []
     seen: set[str] = set()
     for root, folders, names in os.walk(folder, followlinks=True):
@@ -265,7 +268,10 @@ def _embedding_files(folder: Path) -> list[Path]:
             folders.clear()
             continue
         seen.add(os.path.realpath(root))
-        folders.sort()
+        if len(seen) > _MAX_FOLDERS:
+            raise ZoodipError(f"{folder} holds more than {_MAX_FOLDERS} folders, more than an embeddings folder does: "
+                              "name the folder of your embeddings, or one embedding file")
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
         found += [Path(root, name) for name in sorted(names)
                   if Path(name).suffix.lower() in EMBEDDING_SUFFIXES and Path(root, name).is_file()]
     return found

@@ -334,3 +334,11 @@ def test_an_embeddings_folder_is_walked_into_its_subfolders_as_a1111_walks_it(tm
         added, groups = load_embeddings([folder], hidden=8)
     assert len(caught) == 1 and groups == []
     assert set(added) == {"<easyneg>", "easyneg", "<d>"}
+    (folder / ".git").mkdir()  # (hidden folders are left out; a folder past an embeddings folder's size is refused)
+    save_file({"<h>": np.ones((1, 8), np.float32)}, folder / ".git" / "h.safetensors")
+    with pytest.warns(UserWarning, match="bad.pt"):
+        assert "<h>" not in load_embeddings([folder], hidden=8)[0]
+    for index in range(1001):
+        (folder / "many" / str(index)).mkdir(parents=True)
+    with pytest.raises(ZoodipError, match="holds more than 1000 folders, more than an embeddings folder does: name"):
+        load_embeddings([folder], hidden=8)
