@@ -391,7 +391,7 @@ def test_a_path_named_like_a_setting_is_said_as_the_path_not_as_that_flag(tiny_e
     code, _, err = run_cli(["info", "seed"], capsys)
     assert_one_line_error(code, err, "error: seed is a folder")
     code, _, err = run_cli(["info", "images"], capsys)
-    assert_one_line_error(code, err, "error: images is not a valid safetensors file")
+    assert_one_line_error(code, err, "error: images is JSON or text, not a safetensors file")
     code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--image", "steps", "--out",
                             "o.png"], capsys)
     assert_one_line_error(code, err, "error: steps is a folder, not an image")
