@@ -1,6 +1,7 @@
 """Shared fixtures: one tiny SD-shaped diffusers folder and its INT8 export for the whole session."""
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -9,6 +10,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests import the benchmarks' checks (benchmarks._fidelity) as the scripts run them
 EXAMPLE_PHOTOS = REPO / "sdk" / "zoodip" / "data" / "example_concept"
+
+
+def pytest_configure(config) -> None:
+    """A test run started in the background (``make test &``, a CI runner's job) inherits SIGINT ignored, and so would
+    every command a test starts: the tests that deliver a Ctrl-C (to a command, or to a GracefulStop in this process)
+    then saw it ignored, as the SDK rightly does under ``&``. The suite takes Ctrl-C as a terminal delivers it."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
