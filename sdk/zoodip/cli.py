@@ -34,7 +34,7 @@ from .console import (GracefulStop, OneLineParser, ProgressBar, SamplingBar, dur
 from .cli_flags import (PATH_FLAGS, add_generate_flags, add_personalize_flags, api_name_flags,  # noqa: E402
                         in_flag_words, names_a_path)
 from . import __version__  # noqa: E402
-from .errors import ZoodipError  # noqa: E402
+from .errors import Given, ZoodipError  # noqa: E402
 from .foreign_flags import foreign_flag_problem  # noqa: E402
 from .paths import os_error_line, remove_stale_temp_files  # noqa: E402
 from .progress_log import LazyJsonlLog, silence_stdout  # noqa: E402
@@ -369,13 +369,14 @@ def _given_flags(argv: Sequence[str], args: argparse.Namespace) -> set[str]:
     return {name for name, value in vars(namespace).items() if value is not unset and value is not None}
 
 
-def _in_flag_words(message: str, from_image: Sequence[str] = (), paths: Sequence[str] = ()) -> str:
+def _in_flag_words(exc: ZoodipError, from_image: Sequence[str] = (), paths: Sequence[str] = ()) -> str:
     """``width must be ...`` -> ``--width must be ...``: the same refusal, in the words of the command line (and, for a
     value --parameters-from read from an image, saying so). ``paths``: those given (``_given_paths``)."""
-    first = message.partition(" ")[0]
+    parts = exc.parts or ("",)
+    first = "" if isinstance(parts[0], Given) else str(exc).partition(" ")[0]
     if first in from_image:
-        message += f" (the value of the image's parameters: give {api_name_flags().get(first, first)} to replace it)"
-    return in_flag_words(message, paths)
+        parts += (f" (the value of the image's parameters: give {api_name_flags().get(first, first)} to replace it)",)
+    return in_flag_words(parts, paths)
 
 
 def _given_paths(args: argparse.Namespace | None, argv: Sequence[str] = ()) -> list[str]:
@@ -440,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 said_as_given(in_flag_words(str(message), _given_paths(args, argv)), argv), *where)
             return handler(args)
     except ZoodipError as exc:  # (its paths as typed: an export folder is held absolute, reopened anywhere)
-        return print_error(said_as_given(_in_flag_words(str(exc), getattr(args, "from_image", ()) if args is not None
+        return print_error(said_as_given(_in_flag_words(exc, getattr(args, "from_image", ()) if args is not None
                                                         else (), _given_paths(args, argv)), argv))
     except KeyboardInterrupt as exc:
         return print_interrupted(_INTERRUPTED.get(command, ""), exc)

@@ -6,12 +6,13 @@ import argparse
 import dataclasses
 import functools
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from .config import OPTIMIZERS, VAE_SAMPLING, PersonalizeConfig
 from .curvature import DEFAULT_CURVATURE_FRACTION
 from .emphasis import PROMPT_WEIGHTINGS
+from .errors import Given
 from .generate_settings import PASS_THE_IMAGE
 from .gradient_estimate import DIRECTIONS
 from .lr_schedule import LR_SCHEDULERS
@@ -335,9 +336,11 @@ def checked_generate_flags(args: argparse.Namespace) -> tuple[Path, list[Path]]:
 # The SDK's messages name its settings as the API spells them (curvature_fraction, resume=True); the command line
 # says them as its flags (in_flag_words), from the parsers themselves (one place for the flag <-> API name mapping).
 # The rules, all of them:
-# - The user's own text stays as written: what a message quotes ('a prompt', "a file's text"; a quote opens only
-#   after a space or bracket, not the apostrophe of "export's" nor a name='value' of the API's own words) and the
-#   paths the command line gave, as words of their own ('seed is a folder' for `zoodip info seed`).
+# - The user's own text stays as written: the parts an error gives as the user's (errors.Given: a message that names
+#   a path the user gave passes it so, and it is never read as a setting, whatever flags were given), what a
+#   message quotes ('a prompt', "a file's text"; a quote opens only after a space or bracket, not the apostrophe of
+#   "export's" nor a name='value' of the API's own words) and, in a message that passed its paths inside its text,
+#   the paths the command line gave, as words of their own ('seed is a folder' for `zoodip info seed`).
 # - The API's calls whose counterpart is a flag of another shape are said as it (_API_CALL_FLAGS).
 # - A setting=value that a switch of its own gives is said as the switch (resume=True: --resume; _SETTING_FLAGS).
 # - An API name as a word of its own (not a piece of a path or a file name) is said as its flag, with its value
@@ -393,16 +396,26 @@ def parser_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
     return flags
 
 
-def in_flag_words(message: str, paths: Collection[str] = (), flags: Mapping[str, str] | None = None) -> str:
+def in_flag_words(message: str | Sequence[str], paths: Collection[str] = (),
+                  flags: Mapping[str, str] | None = None) -> str:
     """An SDK message in the words of the command line: ``curvature_fraction 0.9: ... give curvature_fraction=0``
-    -> ``--curvature-subspace 0.9: ... give --no-curvature-subspace``. ``paths``: those the command line gave, said
-    as given ("steps is a folder" names the user's path, not a setting). ``flags``: another command's
+    -> ``--curvature-subspace 0.9: ... give --no-curvature-subspace``. ``message``: a string, or a ZoodipError's
+    ``parts``, whose ``Given`` ones (the user's words) are said as written. ``paths``: those the command line gave,
+    said as given ("steps is a folder" names the user's path, not a setting). ``flags``: another command's
     (``parser_flags``; by default personalize's and generate's). The rules: the comment above."""
     forms = sorted({form for path in paths if path for form in (path, str(Path(path)))}, key=len, reverse=True)
     given = "".join(rf"|(?<!\S){re.escape(form)}(?=$|[\s:,])" for form in forms)
-    pieces = re.split(f"({_QUOTED}{given})", message)  # (odd places: the user's text)
     flags = api_name_flags() if flags is None else flags
-    return "".join(piece if i % 2 else _said_in_flag_words(piece, i == 0, flags) for i, piece in enumerate(pieces))
+    parts = (message,) if isinstance(message, str) else tuple(message)
+    said = []
+    for number, part in enumerate(parts):
+        if isinstance(part, Given):
+            said.append(part)
+            continue
+        pieces = re.split(f"({_QUOTED}{given})", part)  # (odd places: the user's text)
+        said += [piece if i % 2 else _said_in_flag_words(piece, i == 0 and number == 0, flags)
+                 for i, piece in enumerate(pieces)]
+    return "".join(said) if len(parts) == 1 else " ".join("".join(said).split())
 
 
 def _said_in_flag_words(piece: str, opening: bool, flags: Mapping[str, str]) -> str:

@@ -19,7 +19,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ZoodipError
+from .errors import Given, ZoodipError
 from .paths import fsync_folder, temp_path, why_missing, write_failure, write_synced, write_target
 from .image_parameters import parameters_option
 
@@ -190,14 +190,14 @@ def _open_checked(path: str | Path, draft_side: int, advice: str, min_side: int 
         raise ZoodipError(f"an empty path was given for an image: {advice}")
     path = Path(path)
     if path.is_dir():
-        raise ZoodipError(f"{path} is a folder, not an image: {advice}")
+        raise ZoodipError(Given(path), f" is a folder, not an image: {advice}")
     if not path.exists():  # (Pillow's words repeated the path: "[Errno 2] No such file or directory: 'x.png'")
-        raise ZoodipError(f"{path} {why_missing(path)}: {advice}")
+        raise ZoodipError(Given(path), f" {why_missing(path)}: {advice}")
     if path.exists() and not path.is_file():  # a pipe would block the read for ever
-        raise ZoodipError(f"{path} is not a regular file (a pipe or a device): {advice}")
+        raise ZoodipError(Given(path), f" is not a regular file (a pipe or a device): {advice}")
     if path.stat().st_size == 0:  # (Pillow: "cannot identify image file", the path said again)
-        raise ZoodipError(f"{path} is empty (0 bytes): {advice}")
-    too_large = ZoodipError(f"{path} is too large to decode safely: downscale it below {MAX_PIXELS / 1e6:g} megapixels")
+        raise ZoodipError(Given(path), f" is empty (0 bytes): {advice}")
+    too_large = ZoodipError(Given(path), f" is too large to decode safely: downscale it below {MAX_PIXELS / 1e6:g} megapixels")
     try:
         with warnings.catch_warnings(record=True) as seen, _pillow_pixel_limit(MAX_PIXELS):
             warnings.simplefilter("always")  # Pillow's own, said again below: its "Corrupt EXIF data" names no file
@@ -206,7 +206,7 @@ def _open_checked(path: str | Path, draft_side: int, advice: str, min_side: int 
                 width, height = opened.size
                 if width * height > MAX_PIXELS:
                     raise ZoodipError(
-                        f"{path} is {width}x{height} px, too large to decode safely: downscale it below "
+                        Given(path), f" is {width}x{height} px, too large to decode safely: downscale it below "
                         f"{MAX_PIXELS / 1e6:g} megapixels"
                     )
                 # JPEG can decode at a reduced scale directly: a 48 MP photo never becomes 48 MP in memory.
@@ -221,11 +221,11 @@ def _open_checked(path: str | Path, draft_side: int, advice: str, min_side: int 
         raise too_large from None
     except Exception as exc:  # PIL raises many types for broken files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ZoodipError(f"cannot read image {path} ({reason}): {advice}") from None
+        raise ZoodipError("cannot read image ", Given(path), f" ({reason}): {advice}") from None
     if min(width, height) < min_side:
-        raise ZoodipError(f"{path} is only {width}x{height} px: use photos at least {min_side} px on the short side")
+        raise ZoodipError(Given(path), f" is only {width}x{height} px: use photos at least {min_side} px on the short side")
     if image.mode == "F" and not np.isfinite(np.asarray(image)).all():  # a float TIFF: NaN would cast to any gray
-        raise ZoodipError(f"{path} holds pixels that are no numbers (NaN or infinite, in its float data): {advice}")
+        raise ZoodipError(Given(path), f" holds pixels that are no numbers (NaN or infinite, in its float data): {advice}")
     for problem in seen:
         text = str(problem.message).strip()
         if "exif" in text.lower():

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from .errors import ZoodipError
+from .errors import Given, ZoodipError
 
 try:
     import fcntl as _fcntl
@@ -59,13 +59,13 @@ def _check_creatable(path: Path, flag: str) -> None:
     """``path`` does not exist yet: its nearest existing ancestor must be a writable folder."""
     anchor = _nearest_existing(path.absolute())
     if anchor == path.absolute():  # a link to nothing (or a loop): the path is there, and is nothing to write to
-        raise ZoodipError(f"{flag} {path} {why_missing(path)}: remove the link, or name another path")
+        raise ZoodipError(f"{flag} ", Given(path), f" {why_missing(path)}: remove the link, or name another path")
     if os.path.islink(anchor):  # a link to nothing on the way
-        raise ZoodipError(f"{flag} {path} lies under {anchor}, which {why_missing(anchor)}: choose another path")
+        raise ZoodipError(f"{flag} ", Given(path), f" lies under {anchor}, which {why_missing(anchor)}: choose another path")
     if not anchor.is_dir():
-        raise ZoodipError(f"{flag} {path} lies under {anchor}, which is a file, not a folder: choose another path")
+        raise ZoodipError(f"{flag} ", Given(path), f" lies under {anchor}, which is a file, not a folder: choose another path")
     if not _writable_folder(anchor):
-        raise ZoodipError(f"{flag} {path} cannot be created: {anchor} is not writable; choose a writable location")
+        raise ZoodipError(f"{flag} ", Given(path), f" cannot be created: {anchor} is not writable; choose a writable location")
 
 
 def check_output_dir(path: str | os.PathLike[str], flag: str = "output_dir") -> Path:
@@ -76,9 +76,9 @@ def check_output_dir(path: str | os.PathLike[str], flag: str = "output_dir") -> 
     path = Path(path)
     if path.exists():
         if not path.is_dir():
-            raise ZoodipError(f"{flag} {path} is an existing file, not a folder: choose a folder path")
+            raise ZoodipError(f"{flag} ", Given(path), f" is an existing file, not a folder: choose a folder path")
         if not _writable_folder(path):
-            raise ZoodipError(f"{flag} {path} is not writable: choose a writable folder")
+            raise ZoodipError(f"{flag} ", Given(path), f" is not writable: choose a writable folder")
         return path
     _check_creatable(path, flag)
     return path
@@ -90,12 +90,12 @@ def check_output_file(path: str | os.PathLike[str], flag: str, suffixes: tuple[s
         raise ZoodipError(f"{flag} is empty: name the file to write")
     path = Path(path)
     if path.is_dir():
-        raise ZoodipError(f"{flag} {path} is a folder: name a file inside it, e.g. {path / ('out' + (suffixes or ('',))[0])}")
+        raise ZoodipError(f"{flag} ", Given(path), f" is a folder: name a file inside it, e.g. {path / ('out' + (suffixes or ('',))[0])}")
     if suffixes is not None and path.suffix.lower() not in suffixes:
-        raise ZoodipError(f"{flag} {path} must end in {', '.join(suffixes)}")
+        raise ZoodipError(f"{flag} ", Given(path), f" must end in {', '.join(suffixes)}")
     if path.exists():
         if not os.access(path, os.W_OK) or not _writable_folder(path.absolute().parent):
-            raise ZoodipError(f"{flag} {path} is not writable: choose another file")
+            raise ZoodipError(f"{flag} ", Given(path), f" is not writable: choose another file")
         return path
     _check_creatable(path, flag)
     return path
@@ -122,7 +122,7 @@ def check_utf8_path(path: str | os.PathLike[str], what: str, reader: str) -> Non
     try:
         str(Path(path).absolute()).encode("utf-8")
     except UnicodeEncodeError:
-        raise ZoodipError(f"{what} {path} has a path that is not UTF-8 (a name in another encoding), which {reader} "
+        raise ZoodipError(f"{what} ", Given(path), f" has a path that is not UTF-8 (a name in another encoding), which {reader} "
                           "cannot open: rename it, or the folder above it, in UTF-8 characters") from None
 
 

@@ -437,3 +437,19 @@ def test_a_path_named_like_a_setting_is_said_as_given_after_its_flag_or_inside_t
                         (["--image", "learning_rate", "--out", "a.png"], "error: cannot read image learning_rate (")):
         code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", *flags], capsys)
         assert_one_line_error(code, err, said)
+
+
+def test_a_file_named_like_a_setting_that_is_also_given_is_said_as_the_file(tiny_export, tmp_path, monkeypatch,
+                                                                           capsys) -> None:
+    """--image guidance_scale --guidance-scale 7 (no such file) said '--guidance-scale does not exist': the path was
+    read as the setting's name because the setting was given too. The SDK now gives the path as a part of its own
+    (errors.Given), which the command line says as written; the other parts are still said as flags."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--image", "guidance_scale",
+                            "--guidance-scale", "7", "--out", "a.png"], capsys)
+    assert_one_line_error(code, err, "error: guidance_scale does not exist: pass a JPEG or PNG file")
+    from zoodip.errors import Given
+
+    error = ZoodipError("guidance_scale ", Given("guidance_scale"), " is\n  not a mu")
+    assert str(error) == "guidance_scale guidance_scale is not a mu"
+    assert in_flag_words(error.parts) == "--guidance-scale guidance_scale is not a --mu"
