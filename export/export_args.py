@@ -57,14 +57,15 @@ def check_export_args(source: Path | None, tiny: bool, curvature_samples: int | 
             check_utf8_path(path, what, "safetensors (which reads and writes the weights)")
 
 
-def export_flag_words(message: str, parser: argparse.ArgumentParser | None, argv: Sequence[str]) -> str:
-    """An export refusal that names ``export_model()``'s arguments (``seed must be ...``) in the words of the command
-    line (``--seed must be ...``): the names of the flags given in ``argv`` only, since a refusal of the source's own
-    config (``sample_size 4096 latents ...`` of its unet/config.json) names no flag the user gave."""
+def export_flag_words(message: str | Sequence[str], parser: argparse.ArgumentParser | None, argv: Sequence[str]) -> str:
+    """An export refusal (its text, or a ZoodipError's ``parts``) that names ``export_model()``'s arguments (``seed
+    must be ...``) in the words of the command line (``--seed must be ...``): the names of the flags given in
+    ``argv`` only, since a refusal of the source's own config (``sample_size 4096 latents ...`` of its
+    unet/config.json) names no flag the user gave."""
     from zoodip.cli_flags import in_flag_words, parser_flags
 
     if parser is None:  # (the refusal came before the parser: what the export needs is missing)
-        return message
+        return message if isinstance(message, str) else " ".join("".join(message).split())
     given = {word.partition("=")[0].lstrip("-").replace("-", "_") for word in argv if word.startswith("--")}
     flags = {name: flag for name, flag in parser_flags(parser).items()
              if name in given or flag.lstrip("-").replace("-", "_") in given}

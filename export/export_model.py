@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
     """The exporter's command line (``python export/export_model.py``; ``zoodip export`` passes its own ``prog``)."""
     from zoodip.console import interrupt_on_termination, print_error, print_interrupted, said_as_given
 
-    argv, parser = sys.argv[1:] if argv is None else list(argv), None
+    argv, parser, args = sys.argv[1:] if argv is None else list(argv), None, None
     try:
         check_export_requirements()  # before the parser, whose recipe choices import onnx
         from zoodip_export.quantize import RECIPE_PRECISION
@@ -458,7 +458,8 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
                          overwrite=args.overwrite, curvature_samples=args.curvature_samples,
                          config=None if args.config is None else Path(args.config), loras=args.lora)
     except ZoodipError as exc:  # (its paths as the user typed them, not as the export made them absolute)
-        return print_error(said_as_given(export_flag_words(str(exc), parser, argv), argv))
+        paths = [] if args is None else [*args.paths, *args.lora, *([args.config] if args.config else [])]
+        return print_error(said_as_given(export_flag_words(exc.parts, parser, argv), paths))
     except KeyboardInterrupt as exc:  # (the staging folder is gone: export_model removes it)
         return print_interrupted("nothing was written", exc)
     print(Path(args.paths[-1]))

@@ -379,16 +379,22 @@ def _in_flag_words(exc: ZoodipError, from_image: Sequence[str] = (), paths: Sequ
     return in_flag_words(parts, paths)
 
 
-def _given_paths(args: argparse.Namespace | None, argv: Sequence[str] = ()) -> list[str]:
-    """The paths the command line gave (its path flags' values, --embedding's specs each), which a message says as
-    given: 'steps is a folder' names the user's folder, not --steps. A path named as a setting that the command line
-    also gave is left out: 'max_train_steps must be ...' with --output_dir max_train_steps is the setting's refusal."""
+def _path_values(args: argparse.Namespace | None) -> list[str]:
+    """The paths the command line gave: its path flags' values (each of --embedding's specs), the only words a
+    message's absolute paths are said back as (``said_as_given``; a prompt's word is no path)."""
     values = [getattr(args, dest, None) for dest in PATH_FLAGS] if args is not None else []
+    return [str(value) for paths in values for value in (paths if isinstance(paths, list) else [paths])
+            if value is not None]
+
+
+def _given_paths(args: argparse.Namespace | None, argv: Sequence[str] = ()) -> list[str]:
+    """The paths the command line gave (``_path_values``), which a message says as given: 'steps is a folder' names
+    the user's folder, not --steps. A path named as a setting that the command line also gave is left out:
+    'max_train_steps must be ...' with --output_dir max_train_steps is the setting's refusal."""
     flags = api_name_flags()
     spellings = {name: {flags[name], "--" + name, "--" + name.replace("_", "-")} for name in flags}
     given = {word.partition("=")[0] for word in argv if word.startswith("--")}
-    return [str(value) for paths in values for value in (paths if isinstance(paths, list) else [paths])
-            if value is not None and not spellings.get(str(Path(str(value))), set()) & given]
+    return [value for value in _path_values(args) if not spellings.get(str(Path(value)), set()) & given]
 
 
 def _flag_of_path(args: argparse.Namespace | None, filename: object) -> str | None:
@@ -438,11 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "info": cmd_info}[args.command]
         with warnings.catch_warnings():
             warnings.showwarning = lambda message, *where: one_line_warning(
-                said_as_given(in_flag_words(str(message), _given_paths(args, argv)), argv), *where)
+                said_as_given(in_flag_words(str(message), _given_paths(args, argv)), _path_values(args)), *where)
             return handler(args)
     except ZoodipError as exc:  # (its paths as typed: an export folder is held absolute, reopened anywhere)
         return print_error(said_as_given(_in_flag_words(exc, getattr(args, "from_image", ()) if args is not None
-                                                        else (), _given_paths(args, argv)), argv))
+                                                        else (), _given_paths(args, argv)), _path_values(args)))
     except KeyboardInterrupt as exc:
         return print_interrupted(_INTERRUPTED.get(command, ""), exc)
     except BrokenPipeError:  # the reader of stdout left (`zoodip info X | head -1`): nothing is wrong here

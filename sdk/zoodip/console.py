@@ -319,11 +319,12 @@ def readable_output() -> None:
 def said_as_given(message: str, given: Iterable[str]) -> str:
     """``message`` with the absolute paths the SDK and the export work with said as the user gave them: ``out`` for
     ``$PWD/out``, ``out/unet`` for its ``unet`` (an export folder is held absolute, a copy reopens it anywhere). ``given``:
-    the command line's words; a word that reads as a relative path (or one from ``~``) is said as typed, and so are
-    the folders it names on the way (``afile`` of ``afile/sub``), never the current folder itself."""
+    the paths the command line gave, its path flags' values only (a prompt's word is no path); one that is relative
+    (or from ``~``) is said as typed, and so are the folders it names on the way (``afile`` of ``afile/sub``), never
+    the current folder itself."""
     forms: dict[str, str] = {}
     for word in given:
-        for typed in {word, word.partition("=")[2], word.rpartition(":")[0]} - {""}:  # (--flag=PATH, FILE:SCALE)
+        for typed in {word, word.rpartition(":")[0]} - {""}:  # (a spec's path: FILE:SCALE, PATH:TOKEN)
             typed_path = Path(typed)
             if typed_path.is_absolute():
                 continue

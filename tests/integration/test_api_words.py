@@ -453,3 +453,13 @@ def test_a_file_named_like_a_setting_that_is_also_given_is_said_as_the_file(tiny
     error = ZoodipError("guidance_scale ", Given("guidance_scale"), " is\n  not a mu")
     assert str(error) == "guidance_scale guidance_scale is not a mu"
     assert in_flag_words(error.parts) == "--guidance-scale guidance_scale is not a --mu"
+
+
+def test_a_path_typed_absolute_is_said_absolute_whatever_the_prompt_says(tmp_path, monkeypatch, capsys) -> None:
+    """--model $PWD/nothere --prompt nothere said 'export folder nothere does not exist': said_as_given read every
+    word of the command line as a path typed relative, the prompt's too. It now reads the path flags' values only."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["generate", "--model", tmp_path / "nothere", "--prompt", "nothere"], capsys)
+    assert_one_line_error(code, err, f"error: export folder {tmp_path / 'nothere'} does not exist")
+    code, _, err = run_cli(["generate", "--model", "nothere", "--prompt", "a star"], capsys)
+    assert_one_line_error(code, err, "error: export folder nothere does not exist")
