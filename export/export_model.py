@@ -434,6 +434,7 @@ _EMPTY_ADVICE = {"SOURCE": "the diffusers folder or .safetensors checkpoint to e
 def main(argv: list[str] | None = None, prog: str = "python export/export_model.py") -> int:
     """The exporter's command line (``python export/export_model.py``; ``zoodip export`` passes its own ``prog``)."""
     from zoodip.console import interrupt_on_termination, print_error, print_interrupted, said_as_given
+    from zoodip.foreign_flags import foreign_flag_problem
 
     argv, parser, args = sys.argv[1:] if argv is None else list(argv), None, None
     try:
@@ -441,7 +442,10 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
         from zoodip_export.quantize import RECIPE_PRECISION
 
         parser = _parser(prog)
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # (diffusers' flag names said with zoodip's way to give the same)
+            raise ZoodipError(foreign_flag_problem(unknown, "export")
+                              or f"unrecognized arguments: {' '.join(unknown)}: see '{prog} --help'")
         expected = 1 if args.tiny else 2
         if len(args.paths) != expected:
             usage = "--tiny OUT_DIR" if args.tiny else "SOURCE OUT_DIR"

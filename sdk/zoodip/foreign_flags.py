@@ -115,13 +115,34 @@ GENERATE_FLAGS: dict[str, str] = {
     "--hr_upscaler": "the hires fix upscales with Lanczos (A1111's 'Lanczos' upscaler; no latent or ESRGAN "
                      "upscalers here); drop it",
 }
+_SOURCE = ("give the model to export as the first path: zoodip export SOURCE OUT_DIR (SOURCE: a diffusers folder or a "
+           "single-file .safetensors checkpoint)")
+_OUT_DIR = "give the folder to export into as the second path: zoodip export SOURCE OUT_DIR"
+_WEIGHTS = "the weights' precision is --recipe (w4a32, w8a32: 4-bit/INT8 weights) or --precision fp32; drop it"
+
+# A flag of diffusers' conversion scripts or its training scripts' model flag (underscore spelling) that
+# ``zoodip export`` takes otherwise -> what to use instead.
+EXPORT_FLAGS: dict[str, str] = {
+    "--pretrained_model_name_or_path": _SOURCE,
+    "--model_path": _SOURCE,
+    "--checkpoint_path": _SOURCE,
+    "--output_dir": _OUT_DIR,
+    "--output_path": _OUT_DIR,
+    "--dump_path": _OUT_DIR,
+    "--original_config_file": "--config FOLDER takes a diffusers folder of the checkpoint's kind (its configs and "
+                              "tokenizer), not the original .yaml",
+    "--fp16": _WEIGHTS,
+    "--half": _WEIGHTS,
+}
 _FOREIGN = {"personalize": (DIFFUSERS_TI_FLAGS, "diffusers' textual_inversion.py"),
-            "generate": (GENERATE_FLAGS, "diffusers' pipelines or A1111")}
+            "generate": (GENERATE_FLAGS, "diffusers' pipelines or A1111"),
+            "export": (EXPORT_FLAGS, "diffusers' scripts")}
 
 
 def foreign_flag_problem(unknown: Sequence[str], command: str = "personalize") -> str | None:
     """The message for the first of ``unknown`` (argparse's leftovers) that is a flag of the tool ``command``'s users
-    come from (diffusers' TI script for personalize; diffusers' pipelines and A1111 for generate), else None.
+    come from (diffusers' TI script for personalize; diffusers' pipelines and A1111 for generate; diffusers'
+    scripts for export), else None.
 
     Either spelling counts (``--train-batch-size`` is ``--train_batch_size``), with or without ``=value``.
     """

@@ -450,6 +450,24 @@ def test_refusals_say_the_paths_as_the_user_typed_them(tmp_path: Path, monkeypat
     assert said_as_given(f"{tmp_path / 'afile2'} and {tmp_path / 'afile'}.", ["afile"]) == f"{tmp_path / 'afile2'} and afile."
 
 
+def test_diffusers_flag_names_are_told_export_s_own_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """zoodip export --pretrained_model_name_or_path X OUT (diffusers' flag for the model) said only 'unrecognized
+    arguments: --pretrained_model_name_or_path'; it now says how zoodip export takes the model, and the same for
+    diffusers' other names of the source, the output folder and the precision."""
+    monkeypatch.chdir(tmp_path)
+    cases = {("--pretrained_model_name_or_path", "src", "out"): "give the model to export as the first path: zoodip "
+             "export SOURCE OUT_DIR", ("--pretrained-model-name-or-path=src", "out"): "give the model to export as the",
+             ("src", "--output_dir", "out"): "give the folder to export into as the second path",
+             ("src", "out", "--fp16"): "the weights' precision is --recipe",
+             ("src", "out", "--bogus"): "unrecognized arguments: --bogus: see"}
+    for argv, said in cases.items():
+        assert main([*argv, "--quiet"], prog="zoodip export") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and said in err and err.count("\n") == 1, err
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("flags,said", [
     # -1 (A1111's "random") and 2**64 were tracebacks of NumPy's and torch's seeding, deep in the export
     (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295 (the seed of the tiny model, "),
