@@ -109,15 +109,39 @@ def _resume_requested(args: argparse.Namespace) -> bool:
     return bool(args.resume or given == "latest")
 
 
+def _run_seed(args: argparse.Namespace, resume: bool) -> str:
+    """--seed -1, A1111's "random", made the run's seed: on --resume the one its config.json recorded (the same
+    flags resume it), else a random one; the line that says it ("" for a seed given). The seed is recorded as any
+    other: config.json, the checkpoint's fingerprint and the embedding's settings."""
+    from .json_text import parse_json
+    from .run_folder import CONFIG_NAME
+
+    if args.seed != -1:
+        return ""
+    try:
+        recorded = parse_json((Path(args.output_dir) / CONFIG_NAME).read_bytes()).get("seed") if resume else None
+    except (OSError, ValueError, AttributeError):  # none, or not a run's: the checkpoint's checks say so
+        recorded = None
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 0:
+        args.seed = recorded
+        return f"seed: {recorded} (--seed -1 on --resume: the run's own, from its {CONFIG_NAME})"
+    args.seed = secrets.randbelow(2**32)
+    return f"seed: {args.seed} (drawn for --seed -1: --seed {args.seed} makes this run again)"
+
+
 def cmd_personalize(args: argparse.Namespace) -> int:
     from .lr_schedule import LENGTH_DEPENDENT
     from .paths import check_output_dir
     from .trainer import personalize
 
+    resume = _resume_requested(args)
+    seed_line = _run_seed(args, resume)
     config = config_from_args(args)
     config.validate()  # a bad setting is one line on stderr, before any progress bar is drawn
-    resume = _resume_requested(args)
     check_output_dir(config.output_dir)
+    out = sys.stderr if args.progress_jsonl == "-" else sys.stdout
+    if seed_line:
+        print(seed_line, file=out, flush=True)
     jsonl = LazyJsonlLog(args.progress_jsonl, config) if args.progress_jsonl is not None else None  # ("": said)
     bar = ProgressBar(config.max_train_steps, enabled=not args.no_progress,
                       preview_every=config.validation_steps if config.validation_prompt else 0)
@@ -137,7 +161,6 @@ def cmd_personalize(args: argparse.Namespace) -> int:
         bar.close()
         if jsonl is not None:
             jsonl.close()
-    out = sys.stderr if args.progress_jsonl == "-" else sys.stdout
     print(_summary(result), file=out)
     if result.status == "done" and result.trend is not None:
         print(in_flag_words(result.trend.describe(resumable=config.lr_scheduler not in LENGTH_DEPENDENT,

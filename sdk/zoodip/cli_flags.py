@@ -78,7 +78,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help=f"learning-rate schedule, diffusers' formulas (default: {_CONFIG['lr_scheduler']})")
     p.add_argument("--lr_warmup_steps", type=int, default=_CONFIG["lr_warmup_steps"],
                    help="steps rising linearly from 0 to --learning_rate (not with constant, as in diffusers)")
-    p.add_argument("--seed", type=int, default=_CONFIG["seed"])
+    p.add_argument("--seed", type=int, default=_CONFIG["seed"],
+                   help="the run's seed; -1: a random one (A1111's -1), said before the run and recorded in its "
+                        "config.json, checkpoint and embedding; --resume with -1 takes the run's own")
     p.add_argument("--clip-skip", "--clip_skip", dest="clip_skip", type=int, default=_CONFIG["clip_skip"], metavar="N",
                    help="train on the text encoder's N-th layer from the end, for models prompted so (diffusers' "
                         "clip_skip; A1111's 'Clip skip' N+1, which A1111 also trains embeddings with); generate "

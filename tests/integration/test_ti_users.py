@@ -342,3 +342,22 @@ def test_an_embeddings_folder_is_walked_into_its_subfolders_as_a1111_walks_it(tm
         (folder / "many" / str(index)).mkdir(parents=True)
     with pytest.raises(ZoodipError, match="holds more than 1000 folders, more than an embeddings folder does: name"):
         load_embeddings([folder], hidden=8)
+
+
+def test_personalize_seed_minus_one_draws_a_seed_says_it_records_it_and_resumes_with_it(tiny_export, photos,
+                                                                                        tmp_path, capsys):
+    """zoodip personalize --seed -1 (A1111's "random", as generate --seed -1) was refused. It now draws a seed, says
+    it before the run, records it (config.json, the embedding's settings, the checkpoint's fingerprint) and, with
+    --resume and the same flags, takes the run's own seed, so the resumed run is the one started."""
+    from cli_helpers import personalize_args, run_cli
+
+    out = tmp_path / "run"
+    code, said, err = run_cli(personalize_args(tiny_export, photos, out, "--seed", "-1", "--max_train_steps", "2"),
+                              capsys)
+    assert code == 0, err
+    seed = int(re.search(r"^seed: (\d+) \(drawn for --seed -1: --seed \1 makes this run again\)$", said, re.M)[1])
+    assert json.loads((out / "config.json").read_text())["seed"] == seed
+    assert json.loads(read_embedding_metadata(out / "learned_embeds.safetensors")["settings"])["seed"] == seed
+    code, said, err = run_cli(personalize_args(tiny_export, photos, out, "--seed", "-1", "--max_train_steps", "3",
+                                               "--resume"), capsys)
+    assert code == 0 and f"seed: {seed} (--seed -1 on --resume: the run's own" in said and "3 steps (1 in" in said, err
