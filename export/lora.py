@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from zoodip.json_text import parse_json
+from zoodip.paths import check_utf8_path
 from zoodip.errors import ZoodipError
 from zoodip.extra_networks import lora_name
 
@@ -101,6 +102,8 @@ def parse_lora(text: str) -> LoraSpec:
 def lora_specs(loras: Sequence[str | LoraSpec]) -> list[LoraSpec]:
     """``--lora`` arguments (``FILE[:SCALE]`` or ``LoraSpec``), each checked."""
     specs = [lora if isinstance(lora, LoraSpec) else parse_lora(lora) for lora in loras]
+    for spec in specs:  # (safetensors' own error blamed the file: "the file may be damaged")
+        check_utf8_path(spec.path, "--lora", "safetensors (which reads the LoRA)")
     files = [spec.path.resolve() for spec in specs]
     twice = next((spec for spec, file in zip(specs, files) if files.count(file) > 1), None)
     if twice is not None:  # A1111 would add them up; one entry per file keeps the export's record (and tags) plain
@@ -203,9 +206,6 @@ def _read_file(spec: LoraSpec) -> tuple[dict[str, Any], dict[str, str]]:
     try:
         with safe_open(str(spec.path), framework="pt") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
-    except UnicodeError:  # safetensors takes the path as UTF-8
-        raise ZoodipError(f"--lora {spec.path.name!r}: its path is not valid UTF-8, which the safetensors reader needs: "
-                          "rename the file") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ZoodipError(f"--lora {spec.path.name}: cannot read it ({first}): the file may be damaged or not a "

@@ -505,9 +505,16 @@ def test_a_path_that_is_not_utf8_is_refused_before_safetensors_meets_it(tiny_sou
     ... is not valid UTF-8): a weights file there may be damaged or incomplete: copy it again'."""
     from zoodip.cli import main as zoodip_main  # (its stderr says a name that is not UTF-8 readably: m\\xff)
 
+    from safetensors.numpy import save_file as save_numpy
+
     foreign = tmp_path / os.fsdecode(b"m\xff")
     shutil.copytree(tiny_source, foreign)
-    for argv, what in (([str(foreign), str(tmp_path / "out")], "SOURCE"), (["--tiny", str(foreign / "out")], "OUT_DIR")):
+    # A LoRA there was read, and said as "cannot read it (Path ... is not valid UTF-8): the file may be damaged".
+    save_numpy({"lora_unet_x.lora_down.weight": np.zeros((1, 1), np.float32)}, str(tmp_path / "style.safetensors"))
+    os.replace(tmp_path / "style.safetensors", foreign / "style.safetensors")
+    for argv, what in (([str(foreign), str(tmp_path / "out")], "SOURCE"), (["--tiny", str(foreign / "out")], "OUT_DIR"),
+                       ([str(tiny_source), str(tmp_path / "out"), "--lora", f"{foreign / 'style.safetensors'}:0.8"],
+                        "--lora")):
         assert zoodip_main(["export", *argv, "--quiet"]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {what} ") and "has a path that is not UTF-8" in err and err.count("\n") == 1, err
