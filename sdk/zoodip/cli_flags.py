@@ -284,15 +284,13 @@ def _add_image_flags(g: argparse.ArgumentParser) -> None:
 
 
 def refuse_empty_paths(args: argparse.Namespace, dests: tuple[str, ...]) -> None:
-    """An optional path flag given as "" (an unset shell variable) refused in one line: it was read as not given
-    (--latents, --save-latents), or said as " does not exist" (--parameters-from)."""
-    from .errors import ZoodipError
+    """An optional path flag given as "" (an unset shell variable) refused in one line (``validation.optional_path``,
+    the API's rule): it was read as not given (--latents, --save-latents), or said as " does not exist"
+    (--parameters-from)."""
+    from .validation import optional_path
 
     for dest in dests:
-        value = getattr(args, dest)
-        if isinstance(value, str) and not value.strip():
-            flag = PATH_FLAGS[dest]
-            raise ZoodipError(f"{flag} is empty: name the file, or drop {flag}")
+        optional_path(PATH_FLAGS[dest], getattr(args, dest))
 
 
 def checked_generate_flags(args: argparse.Namespace) -> tuple[Path, list[Path]]:

@@ -193,9 +193,8 @@ class PersonalizeConfig:
             if isinstance(value, str) and not value.strip():
                 # Path("") is ".": an empty flag would silently read or write the current folder.
                 raise ZoodipError(f"{flag} is empty: name the folder, e.g. {flag}={example}")
-        for name, kind in (("captions", "JSON"), ("template_file", "template")):
-            if isinstance(getattr(self, name), str) and not getattr(self, name).strip():  # (was read as not given)
-                raise ZoodipError(f"{name} is empty: name the {kind} file, or drop {name}")
+        for name, kind in (("captions", "JSON file"), ("template_file", "template file")):
+            validation.optional_path(name, getattr(self, name), kind)
         if self.memory_budget_mb is not None:
             self.batched = False  # n+1 evaluations one by one: a third of the activations
         self.export_dir = Path(self.export_dir)

@@ -52,3 +52,11 @@ def check_state_shape(what: str, key: str, array: np.ndarray, shape: tuple[int, 
             "resume with the same model and settings the checkpoint was made with"
         )
     return array
+
+
+def optional_path(name: str, value: object, kind: str = "file") -> None:
+    """An optional path given as "" (an unset shell variable) refused in one line: it would read as not given, or as
+    ``Path("")``, the current folder. ``name``: as the caller says it (the API's name, or the flag); ``kind``: what
+    to name instead ("JSON file"). The one rule for every optional path, the API's and the command line's."""
+    if isinstance(value, str) and not value.strip():
+        raise ZoodipError(f"{name} is empty: name the {kind}, or drop {name}")

@@ -137,3 +137,23 @@ def test_a_folder_given_as_a_text_file_is_refused_naming_its_flag(tmp_path) -> N
     for field in ("captions", "template_file"):
         with pytest.raises(ZoodipError, match=f"^{field} \\S+ is a folder: name the (JSON|text) file itself$"):
             PersonalizeConfig(**APART, **{field: tmp_path}).validate()
+
+
+def test_an_empty_optional_path_is_one_rule_for_the_api_and_the_command_line(monkeypatch) -> None:
+    """The rule was written twice (PersonalizeConfig's captions/template_file, cli_flags.refuse_empty_paths): both
+    now ask zoodip.validation.optional_path, the one place that says it."""
+    import argparse
+
+    from zoodip import validation
+    from zoodip.cli_flags import api_name_flags, refuse_empty_paths
+
+    api_name_flags()  # (the parsers built: their path flags known)
+    asked = []
+    real = validation.optional_path
+    monkeypatch.setattr(validation, "optional_path", lambda *a: (asked.append(a[:2]), real(*a))[1])
+    for name in ("captions", "template_file"):
+        with pytest.raises(ZoodipError, match=f"^{name} is empty: name the .* file, or drop {name}$"):
+            PersonalizeConfig(export_dir="e", images="i", output_dir="o", **{name: " "})
+    with pytest.raises(ZoodipError, match="^--latents is empty: name the file, or drop --latents$"):
+        refuse_empty_paths(argparse.Namespace(latents=""), ("latents",))
+    assert asked == [("captions", " "), ("captions", None), ("template_file", " "), ("--latents", "")]
