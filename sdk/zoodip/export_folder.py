@@ -13,13 +13,14 @@ import re
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ZoodipError
 from .json_text import parse_json
 from .manifest import FORMAT, MANIFEST, manifest_text
-from .paths import (check_output_dir, finish_interrupted_swap, left_by_ended_process, lies_within, set_aside_folder,
-                    swap_folder_in, write_failure)
+from .paths import (check_output_dir, fsync_folder, left_by_ended_process, lies_within, set_aside_folder, swap_folder_in,
+                    write_failure)
 
 
 def output_target(out_dir: str | Path) -> Path:
@@ -92,18 +93,52 @@ def remove_stale_staging(out_dir: Path) -> None:
         print(f"removed {entry.name} ({size / 2**20:.0f} MiB), left by an export that was killed", file=sys.stderr)
 
 
+@dataclass(frozen=True)
+class FinishedSwap:
+    """What ``finish_interrupted_swap`` did with ``aside``, the old ``dest`` a killed ``swap_folder_in`` left:
+    ``"restored"`` (renamed back: the new one never got in), ``"removed"`` (the new one was in place) or ``"kept"``
+    (its removal failed: it is still there)."""
+
+    dest: Path
+    aside: Path
+    done: str
+
+    def __str__(self) -> str:
+        """The line that says it."""
+        return {"restored": f"restored {self.dest.name} from {self.aside.name}, where a replacement killed half-way "
+                            "had left it",
+                "removed": f"removed {self.aside.name}, the previous {self.dest.name} that a replacement killed "
+                           "before its cleanup left",
+                "kept": f"could not remove {self.aside.name}, the previous {self.dest.name} that a replacement "
+                        "killed before its cleanup left: remove it to free its space"}[self.done]
+
+
+def finish_interrupted_swap(dest: Path) -> FinishedSwap | None:
+    """Undo or finish what a killed ``swap_folder_in`` left beside ``dest``: with ``dest`` missing, the old folder
+    is renamed back (the new one never got in); with ``dest`` in place, the old one is removed (only its removal was
+    cut short). Returns what it did, as found on the disk after it, or None where nothing was left."""
+    aside = set_aside_folder(dest)
+    if aside is None:
+        return None
+    if os.path.lexists(dest):
+        shutil.rmtree(aside, ignore_errors=True)
+        return FinishedSwap(dest, aside, "kept" if os.path.lexists(aside) else "removed")
+    os.replace(aside, dest)
+    fsync_folder(dest.parent)
+    return FinishedSwap(dest, aside, "restored")
+
+
 def check_out_dir(out_dir: Path, overwrite: bool, source: Path | None = None, flag: str = "OUT_DIR") -> None:
     """OUT_DIR checked before any work: creatable, not the source, and only an earlier export is replaced. ``flag``:
     how the caller's user named the folder (a script that exports into its ``--export``), for the refusals."""
-    aside = set_aside_folder(out_dir)
-    put_back = aside is not None and not os.path.lexists(out_dir)
     done = finish_interrupted_swap(out_dir)  # (an export killed while replacing OUT_DIR: its old one comes back)
-    if put_back and not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
+    restored = done is not None and done.done == "restored"
+    if restored and not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):
         # (one line: the note of the restore and a bare "exists" refusal read as if this export had made OUT_DIR)
         raise ZoodipError(f"{flag} {out_dir} holds its earlier export again: an export that was replacing it was "
-                          f"killed half-way and had left it aside as {aside.name}, now put back; add --overwrite to "
-                          f"replace it with this export, or choose another {flag}")
-    if done:
+                          f"killed half-way and had left it aside as {done.aside.name}, now put back; add --overwrite "
+                          f"to replace it with this export, or choose another {flag}")
+    if done is not None:
         print(done, file=sys.stderr)
     check_output_dir(out_dir, flag)  # not a file, not under one, creatable: before any work
     if source is not None:

@@ -339,7 +339,7 @@ def swap_folder_in(built: Path, dest: Path) -> None:
     """Rename the finished folder ``built`` to ``dest`` (both in one folder). An old ``dest`` is renamed aside first
     (``.NAME.old-PID``) and removed only once the new one is in place, so an interruption never leaves a half-removed
     ``dest``: at worst, between the two renames, the old folder waits under that name, for
-    ``finish_interrupted_swap`` to rename back (``set_aside_note`` names it where ``dest`` is read)."""
+    ``export_folder.finish_interrupted_swap`` to rename back (``set_aside_note`` names it where ``dest`` is read)."""
     if not os.path.lexists(dest):
         os.replace(built, dest)
         return
@@ -364,21 +364,6 @@ def set_aside_note(dest: Path) -> str:
     return "" if aside is None or os.path.lexists(dest) else (
         f"; a replacement of it was killed half-way and left the previous one at {aside}: rename it back to "
         f"{Path(dest).name} (the next 'zoodip export' to it does so)")
-
-
-def finish_interrupted_swap(dest: Path) -> str | None:
-    """Undo or finish what a killed ``swap_folder_in`` left beside ``dest``: with ``dest`` missing, the old folder
-    is renamed back (the new one never got in); with ``dest`` in place, the old one is removed (only its removal was
-    cut short). Returns one line saying what it did, or None."""
-    aside = set_aside_folder(dest)
-    if aside is None:
-        return None
-    if os.path.lexists(dest):
-        shutil.rmtree(aside, ignore_errors=True)
-        return f"removed {aside.name}, the previous {dest.name} that a replacement killed before its cleanup left"
-    os.replace(aside, dest)
-    fsync_folder(dest.parent)
-    return f"restored {dest.name} from {aside.name}, where a replacement killed half-way had left it"
 
 
 def append_whole(handle: BinaryIO, data: bytes) -> None:

@@ -363,6 +363,29 @@ def test_an_export_killed_between_the_swaps_renames_is_said_and_put_back(tmp_pat
     assert not aside.exists() and (dest / "manifest.json").is_file()
 
 
+def test_the_finished_swap_is_said_as_it_happened_not_as_foreseen(tmp_path: Path, monkeypatch, capsys) -> None:
+    """check_out_dir said what finish_interrupted_swap would do, worked out beside it: an old export whose removal
+    failed was said 'removed .OUT.old-N' and stayed. finish_interrupted_swap now returns what it did, as found after
+    it (export_folder.FinishedSwap), which check_out_dir says and acts on."""
+    from zoodip.export_folder import check_out_dir, finish_interrupted_swap
+    from zoodip.manifest import FORMAT
+
+    dest = tmp_path / "OUT"
+    dest.mkdir()
+    (dest / "manifest.json").write_text(json.dumps({"format": FORMAT}))
+    aside = tmp_path / f".OUT.old-{_dead_pid()}"
+    aside.mkdir()
+    monkeypatch.setattr(shutil, "rmtree", lambda *args, **kwargs: None)  # (a removal that fails, ignore_errors=True)
+    check_out_dir(dest, overwrite=True)
+    assert aside.is_dir()
+    assert capsys.readouterr().err == (f"could not remove {aside.name}, the previous OUT that a replacement killed "
+                                       "before its cleanup left: remove it to free its space\n")
+    monkeypatch.undo()
+    assert str(finish_interrupted_swap(dest)) == (f"removed {aside.name}, the previous OUT that a replacement killed "
+                                                  "before its cleanup left") and not aside.exists()
+    assert finish_interrupted_swap(dest) is None
+
+
 def test_a_path_that_is_not_utf8_is_refused_naming_what_cannot_open_it(tmp_path: Path) -> None:
     """onnxruntime and safetensors take UTF-8 paths only; their own errors blamed the files."""
     from zoodip.paths import check_utf8_path
