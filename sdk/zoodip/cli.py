@@ -395,7 +395,7 @@ def _given_flags(argv: Sequence[str], args: argparse.Namespace) -> set[str]:
 def _in_flag_words(exc: ZoodipError, from_image: Sequence[str] = (), paths: Sequence[str] = ()) -> str:
     """``width must be ...`` -> ``--width must be ...``: the same refusal, in the words of the command line (and, for a
     value --parameters-from read from an image, saying so). ``paths``: those given (``_given_paths``)."""
-    parts = exc.parts or ("",)
+    parts = getattr(exc, "parts", None) or (str(exc),)
     first = "" if isinstance(parts[0], Given) else str(exc).partition(" ")[0]
     if first in from_image:
         parts += (f" (the value of the image's parameters: give {api_name_flags().get(first, first)} to replace it)",)

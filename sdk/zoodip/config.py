@@ -17,7 +17,7 @@ import numpy as np
 from . import validation
 from .embeddings import MAX_VECTORS, a1111_file_name
 from .emphasis import check_prompt_weighting
-from .errors import ZoodipError
+from .errors import Given, ZoodipError
 from .generate_settings import MAX_IMAGES
 from .gradient_estimate import DIRECTIONS, check_mu
 from .image_side import check_side
@@ -337,7 +337,7 @@ class PersonalizeConfig:
             raise ZoodipError("captions and template_file are two ways to caption the photos: use one")
         for flag, path, kind in (("captions", self.captions, "JSON"), ("template_file", self.template_file, "text")):
             if path is not None and path.is_dir():  # (read later, where the error could not name the flag)
-                raise ZoodipError(f"{flag} {path} is a folder: name the {kind} file itself")
+                raise ZoodipError(f"{flag} ", Given(path), f" is a folder: name the {kind} file itself")
         if self.vae_sampling not in VAE_SAMPLING:
             raise ZoodipError(f"vae_sampling must be one of {', '.join(VAE_SAMPLING)}, got {self.vae_sampling!r}")
         if self.learnable_property not in LEARNABLE_PROPERTIES:

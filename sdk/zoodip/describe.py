@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import CONTROL_ESCAPES, ZoodipError
+from .errors import CONTROL_ESCAPES, Given, ZoodipError
 from .json_text import parse_json
 from .paths import set_aside_note
 
@@ -20,13 +20,13 @@ def describe(path: str | Path) -> list[str]:
         raise ZoodipError("the path is empty: pass an embedding file, an export folder or an image")
     path = Path(path)
     if not os.path.lexists(path) and set_aside_note(path):  # (an export killed while replacing it: not "a file")
-        raise ZoodipError(f"{path} does not exist{set_aside_note(path)}")
+        raise ZoodipError(Given(path), f" does not exist{set_aside_note(path)}")
     if path.is_dir() and os.path.lexists(path / MANIFEST):  # (not a file: the export's check says what it is)
         return describe_export(path)
     if path.is_dir() and (path / EMBEDDING_NAME).is_file():  # a personalize --output_dir
-        raise ZoodipError(f"{path} is a run folder: pass its embedding, {path / EMBEDDING_NAME}")
+        raise ZoodipError(Given(path), " is a run folder: pass its embedding, ", Given(path / EMBEDDING_NAME))
     if path.is_dir():
-        raise ZoodipError(f"{path} is a folder: 'zoodip info' reads one embedding file, an export folder or an image")
+        raise ZoodipError(Given(path), " is a folder: 'zoodip info' reads one embedding file, an export folder or an image")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return describe_image(path)
     return describe_embedding(path)

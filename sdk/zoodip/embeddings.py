@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ZoodipError
+from .errors import Given, ZoodipError
 from .integrity import file_sha256
 from .safetensors_io import load_metadata, read_file, save_file
 from .json_text import parse_json
@@ -112,7 +112,7 @@ def _checked_vectors(path: str | os.PathLike[str], token: str, vectors: np.ndarr
         raise ZoodipError(f"invalid placeholder token {token!r}: use one word without spaces, e.g. '<my-cat>'")
     if Path(path).suffix.lower() in _PICKLE_SUFFIXES:
         # The bytes would be safetensors, but every tool (this SDK included) treats the name as a pickle.
-        raise ZoodipError(f"{path}: name embedding files '*.safetensors' (e.g. learned_embeds.safetensors), not {Path(path).suffix}")
+        raise ZoodipError(Given(path), f": name embedding files '*.safetensors' (e.g. learned_embeds.safetensors), not {Path(path).suffix}")
     array = np.asarray(vectors, dtype=np.float32)
     if array.ndim == 1:
         array = array[None, :]
@@ -224,7 +224,7 @@ def _add_folder(added: dict[str, np.ndarray], path: Path, hashes: dict[str, str]
     (A1111's trigger word)."""
     files = _newest_first(_embedding_files(path))
     if not files:
-        raise ZoodipError(f"{path} is a folder without embedding files ({', '.join(EMBEDDING_SUFFIXES)}): name a "
+        raise ZoodipError(Given(path), f" is a folder without embedding files ({', '.join(EMBEDDING_SUFFIXES)}): name a "
                           ".safetensors file or a folder of them")
     earlier: list[str] = []
     unusable: list[str] = []  # (the snapshots': one line, not one a step)
@@ -357,7 +357,7 @@ def _split_spec(spec: str) -> tuple[Path, str | None]:
 def _load(path: Path, token: str | None) -> tuple[str, np.ndarray, bool]:
     """(token, vectors, whether the name came from the file name rather than the file)."""
     if path.exists() and not path.is_file() and not path.is_dir():  # a pipe would block the read for ever
-        raise ZoodipError(f"{path} is not a regular file (a pipe or a device): pass an embedding file")
+        raise ZoodipError(Given(path), " is not a regular file (a pipe or a device): pass an embedding file")
     key, vectors = _read_embedding(path)
     stored_token = None if key == "emb_params" or key.startswith("string_to_param.") else key
     if token is not None:
@@ -367,24 +367,25 @@ def _load(path: Path, token: str | None) -> tuple[str, np.ndarray, bool]:
     elif stored_token is not None:
         if not stored_token.strip() or any(ch.isspace() for ch in stored_token):
             what = "holds spaces" if stored_token else "is empty"
-            raise ZoodipError(f"{path}: its token {stored_token!r:.60} {what}, which a prompt cannot name as one "
+            raise ZoodipError(Given(path), f": its token {stored_token!r:.60} {what}, which a prompt cannot name as one "
                               "token: rename it with load_textual_inversion(PATH, token=TOKEN)")
         name = stored_token
     else:
         name = path.stem if (path.stem.startswith("<") and path.stem.endswith(">")) else f"<{path.stem}>"
 
     if not np.issubdtype(vectors.dtype, np.floating):
-        raise ZoodipError(f"{path} stores its embedding as {vectors.dtype}, not floats: it is not a textual-inversion embedding")
+        raise ZoodipError(Given(path), f" stores its embedding as {vectors.dtype}, not floats: it is not a textual-inversion embedding")
     if vectors.ndim == 1:
         vectors = vectors[None, :]
     if vectors.ndim != 2 or vectors.shape[0] < 1 or vectors.shape[1] < 1:
-        raise ZoodipError(f"{path} holds a tensor of shape {list(vectors.shape)}, expected [num_vectors, hidden] or [hidden]")
+        raise ZoodipError(Given(path), f" holds a tensor of shape {list(vectors.shape)}, expected [number of vectors, "
+                          "hidden size] or [hidden size]")
     if not np.isfinite(vectors).all():
-        raise ZoodipError(f"{path} contains NaN or infinite values: the embedding is broken, retrain or re-download it")
+        raise ZoodipError(Given(path), " contains NaN or infinite values: the embedding is broken, retrain or re-download it")
     largest = float(np.max(np.abs(vectors)))  # (a float64 file's: past float32's range, the cast would make it inf)
     if largest > float(np.finfo(np.float32).max):
-        raise ZoodipError(f"{path} holds values as large as {largest:.3g}, past the float32 range the text encoder "
-                          "computes in: the embedding is broken, retrain or re-download it")
+        raise ZoodipError(Given(path), f" holds values as large as {largest:.3g}, past the float32 range the text "
+                          "encoder computes in: the embedding is broken, retrain or re-download it")
     return name, np.ascontiguousarray(vectors, dtype=np.float32), token is None and stored_token is None
 
 
@@ -402,7 +403,7 @@ def _read_embedding(path: Path) -> tuple[str, np.ndarray]:
     def select(header: dict[str, dict]) -> list[str]:
         parsed.append(True)
         if not header:
-            raise ZoodipError(f"{path} holds no tensors: it is not a textual-inversion embedding")
+            raise ZoodipError(Given(path), " holds no tensors: it is not a textual-inversion embedding")
         chosen.append(_pick_embedding(header, path))
         _check_embedding_header(header[chosen[0]], path)
         return chosen
@@ -415,7 +416,7 @@ def _read_embedding(path: Path) -> tuple[str, np.ndarray]:
             raise pickle_error from None
         names = None if parsed else _zip_names(path)
         if names and all(name.endswith(".npy") for name in names):
-            raise ZoodipError(f"{path} is a NumPy archive (.npz, as a run's checkpoint.npz), not an embedding: pass "
+            raise ZoodipError(Given(path), f" is a NumPy archive (.npz, as a run's checkpoint.npz), not an embedding: pass "
                               "the run's learned_embeds.safetensors") from None
         raise
     return chosen[0], tensors[chosen[0]]
@@ -435,12 +436,12 @@ def _check_embedding_header(info: dict, path: Path) -> None:
     """Refuse, from the header alone, a tensor that cannot be an embedding (type or size)."""
     shape = info["shape"]
     if not str(info["dtype"]).startswith(("F", "BF")):
-        raise ZoodipError(f"{path} stores its embedding as {info['dtype']}, not floats: it is not a textual-inversion embedding")
+        raise ZoodipError(Given(path), f" stores its embedding as {info['dtype']}, not floats: it is not a textual-inversion embedding")
     if len(shape) not in (1, 2) or 0 in shape:
-        raise ZoodipError(f"{path} holds a tensor of shape {shape}, expected [num_vectors, hidden] or [hidden]")
+        raise ZoodipError(Given(path), f" holds a tensor of shape {shape}, expected [number of vectors, hidden size] or [hidden size]")
     vectors, width = (1, shape[0]) if len(shape) == 1 else shape
     if vectors > MAX_VECTORS or width > MAX_WIDTH:
-        raise ZoodipError(f"{path} holds a {shape} tensor, larger than any textual-inversion embedding (at most "
+        raise ZoodipError(Given(path), f" holds a {shape} tensor, larger than any textual-inversion embedding (at most "
                           f"{MAX_VECTORS} vectors of width {MAX_WIDTH}): is this a model checkpoint?")
 
 
@@ -452,12 +453,12 @@ def _pick_embedding(tensors: dict[str, object], path: Path) -> str:
     if len(flattened) == 1:  # an A1111 pickle's state flattened into safetensors
         return flattened[0]
     if {"clip_l", "clip_g"} <= set(tensors):
-        raise ZoodipError(f"{path} is an SDXL embedding (clip_l + clip_g): zoodip runs SD1.x/SD2.x models; use an SD1.x/2.x embedding")
+        raise ZoodipError(Given(path), " is an SDXL embedding (clip_l + clip_g): zoodip runs SD1.x/SD2.x models; use an SD1.x/2.x embedding")
     if len(tensors) == 1:  # diffusers (and zoodip): {token: vectors}
         return next(iter(tensors))
     names = sorted(tensors)
     if any(name.startswith("model.diffusion_model.") for name in names):  # A1111's layout of a whole model
-        raise ZoodipError(f"{path} is a Stable Diffusion checkpoint ({len(names)} tensors), not an embedding: export it "
+        raise ZoodipError(Given(path), f" is a Stable Diffusion checkpoint ({len(names)} tensors), not an embedding: export it "
                           "with 'zoodip export CHECKPOINT.safetensors OUT_DIR' and load OUT_DIR as the model "
                           "(export_dir=OUT_DIR)")
     raise ZoodipError(

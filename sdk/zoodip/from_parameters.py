@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ZoodipError
+from .errors import Given, ZoodipError
 from .extra_networks import lora_hashes
 from .image_parameters import MAX_TEXT, read_parameters
 from .infotext import is_zoodips, model_hash, read_infotext, settings_from_fields
@@ -60,9 +60,9 @@ def image_parameters(path: str | Path) -> ImageParameters:
         try:
             text = read_parameters(path)
         except ZoodipError as exc:  # (a text of parameters saved as "params" or ".text" was told only "an image")
-            raise ZoodipError(f"{exc}, or a .txt file of its generation parameters text") from None
+            raise ZoodipError(*exc.parts, ", or a .txt file of its generation parameters text") from None
     if text is None:
-        raise ZoodipError(f"{path} holds no generation parameters to make it again from (zoodip and A1111 write them "
+        raise ZoodipError(Given(path), " holds no generation parameters to make it again from (zoodip and A1111 write them "
                           "into the images they save): pass the prompt and settings instead")
     prompt, negative, fields = read_infotext(text)
     settings, problems, unused = settings_from_fields(fields)
@@ -73,7 +73,7 @@ def parameters_text_file(path: str | Path) -> str | None:
     """A text file's generation parameters (None: it is empty), or one line for what cannot be read as one."""
     path = Path(path)
     if not path.is_file():  # a pipe would block the read for ever
-        raise ZoodipError(f"{path} {why_missing(path)}: pass a text file of generation parameters")
+        raise ZoodipError(Given(path), f" {why_missing(path)}: pass a text file of generation parameters")
     try:
         with open(path, "rb") as file:
             raw = file.read(MAX_TEXT + 1)

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 from PIL import Image, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
 
-from .errors import ZoodipError
+from .errors import Given, ZoodipError
 from .paths import why_missing
 
 PARAMETERS_KEY = "parameters"
@@ -58,7 +58,7 @@ def read_parameters(path: str | Path) -> str | None:
     """An image's generation parameters (a PNG's ``parameters`` text, else its EXIF comment; a JPEG's, WebP's or TIFF's
     EXIF comment; None: it has none), or one line for what is not an image that can be read."""
     if not Path(path).is_file():  # a pipe would block the read for ever
-        raise ZoodipError(f"{path} {why_missing(path)}: pass an image zoodip or A1111 wrote")
+        raise ZoodipError(Given(path), f" {why_missing(path)}: pass an image zoodip or A1111 wrote")
     with warnings.catch_warnings(record=True) as caught:  # Pillow's words on EXIF: not lines of their own
         warnings.simplefilter("always")
         text = _read_text(path)

@@ -9,7 +9,7 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
-from .errors import ZoodipError
+from .errors import Given, ZoodipError
 from .paths import lies_within, set_aside_note, why_missing
 from .tokenizer_files import TOKENIZER_FILES, VOCABULARY_FILES
 from .json_text import parse_json
@@ -157,10 +157,10 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise ZoodipError("the export folder's path is empty: pass the folder 'zoodip export' wrote")
     folder = Path(folder)
     if folder.is_file():
-        raise ZoodipError(f"{folder} is a file, not an export folder: " + (f"export it once with 'zoodip export {folder.name} "
+        raise ZoodipError(Given(folder), " is a file, not an export folder: " + (f"export it once with 'zoodip export {folder.name} "
                           "OUT_DIR', then pass OUT_DIR" if folder.suffix.lower() in (".safetensors", ".ckpt") else f"pass the folder that holds {MANIFEST}"))
     if not folder.is_dir():
-        raise ZoodipError(f"export folder {folder} {why_missing(folder)}" + (set_aside_note(folder)
+        raise ZoodipError("export folder ", Given(folder), f" {why_missing(folder)}" + (set_aside_note(folder)
                           or ": create it with 'zoodip export'"))
     path = folder / MANIFEST
     if not path.is_file():

@@ -76,9 +76,9 @@ def check_output_dir(path: str | os.PathLike[str], flag: str = "output_dir") -> 
     path = Path(path)
     if path.exists():
         if not path.is_dir():
-            raise ZoodipError(f"{flag} ", Given(path), f" is an existing file, not a folder: choose a folder path")
+            raise ZoodipError(f"{flag} ", Given(path), " is an existing file, not a folder: choose a folder path")
         if not _writable_folder(path):
-            raise ZoodipError(f"{flag} ", Given(path), f" is not writable: choose a writable folder")
+            raise ZoodipError(f"{flag} ", Given(path), " is not writable: choose a writable folder")
         return path
     _check_creatable(path, flag)
     return path
@@ -95,7 +95,7 @@ def check_output_file(path: str | os.PathLike[str], flag: str, suffixes: tuple[s
         raise ZoodipError(f"{flag} ", Given(path), f" must end in {', '.join(suffixes)}")
     if path.exists():
         if not os.access(path, os.W_OK) or not _writable_folder(path.absolute().parent):
-            raise ZoodipError(f"{flag} ", Given(path), f" is not writable: choose another file")
+            raise ZoodipError(f"{flag} ", Given(path), " is not writable: choose another file")
         return path
     _check_creatable(path, flag)
     return path

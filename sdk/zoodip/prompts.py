@@ -23,7 +23,7 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from .errors import ZoodipError
+from .errors import Given, ZoodipError
 from .json_text import parse_json
 
 LearnableProperty = Literal["object", "style"]
@@ -108,7 +108,7 @@ def load_captions(path: Path, image_names: Sequence[str], placeholder: str) -> d
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ZoodipError(f"captions {path} does not exist; check the path") from None
+        raise ZoodipError("captions ", Given(path), " does not exist; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ZoodipError(f"cannot read captions={path} ({exc}); it must be a readable UTF-8 text file") from None
     try:
@@ -178,7 +178,7 @@ def load_template_file(path: Path) -> tuple[str, ...]:
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except FileNotFoundError:
-        raise ZoodipError(f"template_file {path} does not exist; check the path") from None
+        raise ZoodipError("template_file ", Given(path), " does not exist; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ZoodipError(f"cannot read template_file {path} ({exc}); it must be a readable UTF-8 text file") from None
     templates = tuple(line for line in lines if line)

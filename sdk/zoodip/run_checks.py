@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import PersonalizeConfig
-from .errors import ZoodipError
+from .errors import Given, ZoodipError
 from .paths import append_whole, write_failure
 from .json_text import parse_json
 
@@ -31,7 +31,7 @@ def sha256_of_files(paths: Iterable[Path]) -> str:
         try:
             digest.update(hashlib.sha256(path.read_bytes()).digest())
         except OSError as exc:
-            raise ZoodipError(f"cannot read {path} ({exc.strerror or exc}): check the file") from None
+            raise ZoodipError("cannot read ", Given(path), f" ({exc.strerror or exc}): check the file") from None
     return digest.hexdigest()[:16]
 
 
@@ -111,7 +111,7 @@ def read_log(path: Path) -> list[dict]:
     try:
         lines = path.read_bytes().split(b"\n")
     except OSError as exc:
-        raise ZoodipError(f"cannot read {path} ({exc.strerror or exc}): check the file") from None
+        raise ZoodipError("cannot read ", Given(path), f" ({exc.strerror or exc}): check the file") from None
     numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
     records: list[dict] = []
     for index, (number, line) in enumerate(numbered):

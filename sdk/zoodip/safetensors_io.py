@@ -24,7 +24,7 @@ from typing import BinaryIO, Callable, Iterable, Mapping
 
 import numpy as np
 
-from .errors import ZoodipError
+from .errors import Given, ZoodipError
 from .image_parameters import PNG_SIGNATURE
 from .paths import atomic_write_bytes
 from .json_text import parse_json
@@ -141,11 +141,11 @@ def read_file(path: str | os.PathLike[str], select: Callable[[dict[str, dict]], 
                 handle.seek(data_start + begin)
                 tensors[name] = _to_array(handle.read(end - begin), header[name])
     except FileNotFoundError:
-        raise ZoodipError(f"{path} does not exist: check the path") from None
+        raise ZoodipError(Given(path), " does not exist: check the path") from None
     except IsADirectoryError:
         raise ZoodipError(f"{path} is a folder, not a safetensors file: name the file") from None
     except OSError as exc:
-        raise ZoodipError(f"cannot read {path} ({exc.strerror or exc}): check the path and permissions") from None
+        raise ZoodipError("cannot read ", Given(path), f" ({exc.strerror or exc}): check the path and permissions") from None
     return tensors, metadata
 
 

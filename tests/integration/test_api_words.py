@@ -448,6 +448,11 @@ def test_a_file_named_like_a_setting_that_is_also_given_is_said_as_the_file(tiny
     code, _, err = run_cli(["generate", "--model", tiny_export, "--prompt", "a star", "--image", "guidance_scale",
                             "--guidance-scale", "7", "--out", "a.png"], capsys)
     assert_one_line_error(code, err, "error: guidance_scale does not exist: pass a JPEG or PNG file")
+    for flags, said in ((["--model", "guidance_scale", "--prompt", "x"], "export folder guidance_scale does not exist"),
+                        (["--model", tiny_export, "--parameters-from", "steps"], "steps does not exist: pass an image"),
+                        (["--model", tiny_export, "--prompt", "x", "--embedding", "steps"], "steps does not exist")):
+        code, _, err = run_cli(["generate", *flags, "--guidance-scale", "7", "--steps", "3"], capsys)
+        assert_one_line_error(code, err, f"error: {said}")
     from zoodip.errors import Given
 
     error = ZoodipError("guidance_scale ", Given("guidance_scale"), " is\n  not a mu")
