@@ -109,6 +109,12 @@ def _resume_requested(args: argparse.Namespace) -> bool:
     return bool(args.resume or given == "latest")
 
 
+def _check_seed_flag(flag: str, value: int | None) -> None:
+    """A seed flag's value: >= 0, or -1 (A1111's "random"); one below that is refused saying both."""
+    if value is not None and value < -1:
+        raise ZoodipError(f"{flag} must be an integer >= 0, or -1 for a random one, got {value}")
+
+
 def _run_seed(args: argparse.Namespace, resume: bool) -> str:
     """--seed -1, A1111's "random", made the run's seed: on --resume the one its config.json recorded (the same
     flags resume it), else a random one; the line that says it ("" for a seed given). The seed is recorded as any
@@ -116,6 +122,7 @@ def _run_seed(args: argparse.Namespace, resume: bool) -> str:
     from .json_text import parse_json
     from .run_folder import CONFIG_NAME
 
+    _check_seed_flag("--seed", args.seed)
     if args.seed != -1:
         return ""
     try:
@@ -213,6 +220,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for note in parameter_notes(image_parameters, model, hashes, image_given=args.image is not None,
                                     mask_given=args.mask is not None, latents_given=args.latents is not None):
             warnings.warn(f"--parameters-from {args.parameters_from}: {note}", stacklevel=1)
+    _check_seed_flag("--seed", args.seed)
+    _check_seed_flag("--variation-seed", args.variation_seed)
     drawn = [flag for flag in ("seed", "variation_seed") if getattr(args, flag) == -1]  # A1111's "random": said below
     for flag in drawn:
         setattr(args, flag, secrets.randbelow(2**32))

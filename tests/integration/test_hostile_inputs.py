@@ -201,7 +201,7 @@ def test_sha256_is_checked_once_per_file_identity_and_verify_checks_all(tiny_exp
 
 
 @pytest.mark.parametrize("flags,needle", [
-    (["--seed", "-1"], "--seed must be an integer >= 0"),
+    (["--seed", "-2"], "--seed must be an integer >= 0, or -1 for a random one, got -2"),  # (-1: A1111's random)
     (["--resolution", "100000"], "use at most"),
     (["--n", "100000"], "use at most 32"),
     (["--learning_rate", "inf"], "--learning_rate"),
