@@ -415,7 +415,7 @@ def in_flag_words(message: str | Sequence[str], paths: Collection[str] = (),
         pieces = re.split(f"({_QUOTED}{given})", part)  # (odd places: the user's text)
         said += [piece if i % 2 else _said_in_flag_words(piece, i == 0 and number == 0, flags)
                  for i, piece in enumerate(pieces)]
-    return "".join(said) if len(parts) == 1 else " ".join("".join(said).split())
+    return "".join(said) if isinstance(message, str) else " ".join("".join(said).split())  # (as str(ZoodipError))
 
 
 def _said_in_flag_words(piece: str, opening: bool, flags: Mapping[str, str]) -> str:

@@ -468,3 +468,9 @@ def test_a_path_typed_absolute_is_said_absolute_whatever_the_prompt_says(tmp_pat
     assert_one_line_error(code, err, f"error: export folder {tmp_path / 'nothere'} does not exist")
     code, _, err = run_cli(["generate", "--model", "nothere", "--prompt", "a star"], capsys)
     assert_one_line_error(code, err, "error: export folder nothere does not exist")
+
+
+def test_an_errors_parts_are_said_as_its_one_line() -> None:
+    """A ZoodipError's parts said in flag words kept the edges str(error) strips ('error: --seed is bad ')."""
+    error = ZoodipError("  seed  is\nbad ")
+    assert in_flag_words(error.parts) == "--seed is bad" == in_flag_words(str(error))
