@@ -10,6 +10,7 @@ import codecs
 import contextlib
 import difflib
 import functools
+import os
 import re
 import signal
 import sys
@@ -415,11 +416,16 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         if message.endswith("expected one argument"):  # argparse takes a value such as -inf or -ugly for a flag
             message += " (a value that starts with '-' is written --flag=VALUE)"
+        dashed = getattr(self, "_unknown_dashed", [])
+        if message.startswith("the following arguments are required") and dashed:  # (`info -x.png`: a path as a flag)
+            message += f" ({dashed[0]} was read as a flag: a path that starts with '-' is written ./{dashed[0]}, or after --)"
         raise ZoodipError(f"{message}{_nearest_choice(message)}: see '{self.prog} --help'")
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         args = list(sys.argv[1:] if args is None else args)
         options = _options_part(args)
+        self._unknown_dashed = [a for a in options if a.startswith("-") and _reads_as_path(a)
+                                and self._known_spelling(a).partition("=")[0] not in self._option_string_actions]
         return super().parse_known_args([self._known_spelling(a) for a in options] + args[len(options):], namespace)
 
     def _known_spelling(self, arg: str) -> str:
@@ -463,6 +469,15 @@ def _shown(value: object) -> str:
         with contextlib.suppress(ValueError):
             return str(Path(value).relative_to(Path.cwd()))
     return str(value)
+
+
+def _reads_as_path(word: str) -> bool:
+    """A word that reads as a file's name more than as a flag or a number: ``-x.png``, ``--/tmp/a``, an existing file."""
+    try:
+        float(word)
+        return False
+    except ValueError:
+        return "=" not in word and ("." in word or "/" in word or os.path.exists(word))
 
 
 def _options_part(args: list[str]) -> list[str]:

@@ -338,3 +338,25 @@ def test_the_handlers_said_from_a_script_s_start_are_put_back_as_its_main_starts
         for kind, handler in before.items():
             signal.signal(kind, handler)
     assert seen["SIGINT"] == before[signal.SIGINT] and signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+
+
+def test_a_required_path_that_starts_with_a_dash_is_said_as_one_read_as_a_flag(tmp_path, monkeypatch) -> None:
+    """``zoodip info -x.safetensors`` said only 'the following arguments are required: PATH', the file given right
+    there: argparse read it as an unknown flag. The line now says how to write such a path; an unknown flag that
+    reads as no file name (``--verbose``) gets no such hint."""
+    from zoodip.console import OneLineParser
+
+    parser = OneLineParser(prog="zoodip info")
+    parser.add_argument("path", metavar="PATH")
+    with pytest.raises(ZoodipError) as caught:
+        parser.parse_args(["-x.safetensors"])
+    assert "(-x.safetensors was read as a flag: a path that starts with '-' is written ./-x.safetensors, or after --)" \
+        in str(caught.value)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-plain").write_text("")  # (no dot, but a file here)
+    with pytest.raises(ZoodipError, match=r"written \./-plain"):
+        parser.parse_args(["-plain"])
+    with pytest.raises(ZoodipError) as caught:
+        parser.parse_args(["--verbose"])
+    assert str(caught.value) == "the following arguments are required: PATH: see 'zoodip info --help'"
+    assert parser.parse_args(["--", "-x.safetensors"]).path == "-x.safetensors"
