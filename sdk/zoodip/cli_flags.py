@@ -172,7 +172,8 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     add_spin_wait_flag(p)
     p.add_argument("--memory-budget", type=int, default=None, metavar="MB", help="low-memory mode within MB (implies --sequential); "
                    "--validation_prompt previews are generated within it too. It counts the weights and the largest "
-                   "working sets; the process itself (Python, NumPy, onnxruntime) comes on top")
+                   "working sets (the steps' UNet and text encoder at --resolution, the photos' encoding), refusing a "
+                   "budget below them up front; the process itself (Python, NumPy, onnxruntime) comes on top")
     p.add_argument("--resume", action="store_true", help="continue the run in --output_dir from its checkpoint")
     p.add_argument("--resume_from_checkpoint", default=None, metavar="latest",
                    help="diffusers' spelling of --resume; zoodip keeps one checkpoint per run, so only 'latest'")

@@ -64,3 +64,9 @@ AUTO_BATCH_MAX_UNET_BYTES = 256 << 20
 def auto_batched(model: ExportedModel) -> bool:
     """The default evaluation mode: batched unless the UNet is SD-size (see ``PersonalizeConfig.batched``)."""
     return model.weights_bytes(("unet",)) <= AUTO_BATCH_MAX_UNET_BYTES
+
+
+def loss_batched(model: ExportedModel, batched: bool | None) -> bool:
+    """Whether the loss runs its candidates through the UNet in one batch: ``batched``, or where it is None (as
+    ``PersonalizeConfig.batched`` defaults) ``auto_batched``; a memory budget sets it False."""
+    return auto_batched(model) if batched is None else bool(batched)

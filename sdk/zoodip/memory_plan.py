@@ -212,14 +212,16 @@ def unet_attention_bytes(latent_h: int, latent_w: int, chunks: int = UNET_ATTENT
     return 2 * UNET_FINEST_HEADS * rows * positions * _FLOAT32
 
 
-def unet_bytes(model: Any, latent_h: int, latent_w: int, chunks: int = UNET_ATTENTION_QUERY_CHUNKS) -> int:
+def unet_bytes(model: Any, latent_h: int, latent_w: int, chunks: int = UNET_ATTENTION_QUERY_CHUNKS,
+               batch: int = 1) -> int:
     """Estimated bytes of the UNet's phase of ``generate`` under a budget at ``latent_h`` x ``latent_w`` latents: its
-    weights, the largest dequantized weight copy, the finest level's live feed-forward maps and one attention chunk.
-    Like the other estimates it leaves out what the process holds anyway (Python, NumPy, onnxruntime)."""
+    weights, the largest dequantized weight copy, the finest level's live feed-forward maps and one attention chunk,
+    the last two for each of a call's ``batch`` images. Like the other estimates it leaves out what the process holds
+    anyway (Python, NumPy, onnxruntime)."""
     weights = graph_weight_bytes(model, "unet")
     copy = min(UNET_LARGEST_LAYER_WEIGHTS * _FLOAT32, FP32_PER_WEIGHT_BYTE * weights)
     maps = UNET_LIVE_FINEST_MAPS * UNET_FINEST_CHANNELS * _FLOAT32 * int(latent_h) * int(latent_w)
-    return weights + copy + maps + unet_attention_bytes(latent_h, latent_w, chunks)
+    return weights + copy + int(batch) * (maps + unet_attention_bytes(latent_h, latent_w, chunks))
 
 
 def check_unet(model: Any, latent_h: int, latent_w: int, budget_mb: int | None) -> int:
@@ -233,4 +235,49 @@ def check_unet(model: Any, latent_h: int, latent_w: int, budget_mb: int | None) 
             f"the UNet at a {latent_w * factor}x{latent_h * factor} image needs about {-(-need // (1 << 20))} MB (its "
             f"weights and its activations at {latent_w}x{latent_h} latents), more than the memory_budget_mb of "
             f"{budget_mb} MB: raise the budget to at least that, or make a smaller image")
+    return need
+
+
+
+# Training keeps the text encoder (CLIP) open beside the UNet and encodes a step's candidates in one call. Besides its
+# weights it holds its widest layer dequantized (the MLP's 4d x d matrix in fp32, d its width) and, per candidate,
+# every layer's states (the clip-skip output and the last), one MLP's two 4d-wide maps (projection and GELU) and one
+# layer's attention scores and softmax (heads of 64 channels), all over its max_length tokens.
+TEXT_MLP_WIDTH = 4
+TEXT_HEAD_CHANNELS = 64
+
+
+def text_encoder_bytes(model: Any, candidates: int = 1) -> int:
+    """Estimated bytes of the open text encoder encoding ``candidates`` prompts at once: its weights, its widest layer's
+    fp32 copy and each candidate's states and maps (a model that does not say its width counts its weights alone)."""
+    weights = graph_weight_bytes(model, "text_encoder")
+    width, tokens = int(getattr(model, "hidden_size", 0)), int(getattr(model, "max_length", 0))
+    layers = int(getattr(model, "clip_skip_layers", 0)) + 1
+    copy = min(TEXT_MLP_WIDTH * width * width * _FLOAT32, FP32_PER_WEIGHT_BYTE * weights)
+    per_candidate = (layers * tokens * width + 2 * TEXT_MLP_WIDTH * tokens * width
+                     + 2 * (width // TEXT_HEAD_CHANNELS) * tokens * tokens) * _FLOAT32
+    return weights + copy + int(candidates) * per_candidate
+
+
+def training_bytes(model: Any, latent_h: int, latent_w: int, candidates: int = 1, batched: bool = False) -> int:
+    """Estimated bytes of ``personalize``'s steps at ``latent_h`` x ``latent_w`` latents: the open text encoder with a
+    step's ``candidates`` (``text_encoder_bytes``) beside ``unet_bytes`` at the batch of the trainer's UNet calls (all
+    the candidates where the loss is ``batched``; one by one under a budget)."""
+    batch = int(candidates) if batched else 1
+    return text_encoder_bytes(model, candidates) + unet_bytes(model, latent_h, latent_w, batch=batch)
+
+
+def check_training(model: Any, resolution: int, candidates: int, batched: bool, budget_mb: int | None) -> int:
+    """The larger of ``training_bytes`` and the photos' encoding (``check_encode``: one photo at a time, before the
+    steps) at ``resolution``, refused over the budget before any work (one line, with the budget that holds)."""
+    side = int(resolution) // int(model.vae_scale_factor)
+    steps, encode = training_bytes(model, side, side, candidates, batched), check_encode(model, side, side, None)
+    need = max(steps, encode)
+    if budget_mb is not None and need > int(budget_mb) << 20:
+        what = ("the text encoder's and the UNet's weights and activations" if steps >= encode else
+                "encoding the photos: the VAE encoder's weights and activations")
+        raise ZoodipError(
+            f"training at resolution={resolution} needs about {-(-need // (1 << 20))} MB ({what} at {side}x{side} "
+            f"latents), more than the memory_budget_mb of {budget_mb} MB: raise the budget to at least that, or train "
+            "at a lower resolution")
     return need

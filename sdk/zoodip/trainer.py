@@ -9,10 +9,9 @@ One step, as the paper describes it:
     g = SubspaceProjector.project(g)                        (drop low-variance directions of v's history)
     v = ZOAdam.step(v, g)
 
-where L(v) = mean((unet(x_t, t, text_encoder(prompt with v)) - target)^2); with --num_vectors K, v is the
-token's K vectors flattened into one (token_vectors.py). The randomness of step k
-is a pure function of (seed, k), so a run resumed from a checkpoint repeats exactly the steps an
-uninterrupted run would have taken, bit for bit.
+where L(v) = mean((unet(x_t, t, text_encoder(prompt with v)) - target)^2); with --num_vectors K, v is the token's K
+vectors flattened into one (token_vectors.py). The randomness of step k is a pure function of (seed, k), so a run
+resumed from a checkpoint repeats exactly the steps an uninterrupted run would have taken, bit for bit.
 """
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ import numpy as np
 
 from .checkpoint import CHECKPOINT_NAME, checkpoint_vector, read_checkpoint, write_checkpoint
 from .config import PersonalizeConfig, default_tau  # noqa: F401 (zoodip.trainer.PersonalizeConfig stays public)
-from .denoising_loss import DenoisingLoss, auto_batched  # noqa: F401 (zoodip.trainer.DenoisingLoss stays public)
+from .denoising_loss import DenoisingLoss, auto_batched, loss_batched  # noqa: F401 (trainer.DenoisingLoss: public)
 from .embeddings import a1111_file_name, save_a1111_embedding, save_learned_embeds, warn_of_a1111_trigger
 from .errors import ZoodipError
 from .generate_settings import check_clip_skip
@@ -37,6 +36,7 @@ from .gradient_estimate import EstimatorSchedule, RandomGradientEstimator
 from .images import list_images, load_images
 from .limits import check_image_size, check_photo_count
 from .lr_schedule import lr_at
+from .memory_plan import check_training, memory_budget_mb
 from .method_parts import LossFactory, OptimizerFactory, ProjectorFactory, default_optimizer, default_projector
 from .model import ExportedModel, RuntimeOptions
 from .runtime_options import check_trainable
@@ -59,10 +59,10 @@ from .json_text import parse_json
 class Personalizer:
     """Sets up a run (model, photos, placeholder, method pieces) and runs its steps.
 
-    The method's parts (the loss, the optimizer, the Subspace Gradient projector) are the config's unless
-    ``make_loss``, ``make_optimizer`` or ``make_projector`` build others: they are called once the model
-    and its width are known, which is why they are factories rather than objects. ``runtime`` replaces
-    the onnxruntime settings built from the config's threads and memory budget (the benchmarks' levers).
+    The method's parts (the loss, the optimizer, the Subspace Gradient projector) are the config's unless ``make_loss``,
+    ``make_optimizer`` or ``make_projector`` build others: they are called once the model and its width are known,
+    which is why they are factories rather than objects. ``runtime`` replaces the onnxruntime settings built from the
+    config's threads and memory budget (the benchmarks' levers).
     """
 
     def __init__(self, config: PersonalizeConfig, on_progress: Callable[[Progress], None] | None = None,
@@ -94,6 +94,10 @@ class Personalizer:
         check_clip_skip(self.model, config.clip_skip)  # within the text encoder's layers
         check_image_size(self.resolution, self.resolution, self.model.vae_scale_factor, f"resolution={self.resolution}",
                          memory_budget_mb=config.memory_budget_mb, multiple=self.model.side_multiple)
+        # Before any work: the steps' phase (a step's candidates encoded at once; None: at most every dimension).
+        candidates = 1 + max(config.n, (config.orthogonal_n or dim) if config.orthogonal_after is not None else 0)
+        check_training(self.model, self.resolution, candidates, loss_batched(self.model, config.batched),
+                       memory_budget_mb(self.model))
         self.timesteps = PartialUniformTimesteps.of_setting(config.t_range, self.model.schedule.num_train_timesteps)
         self._add_placeholder()
         check_preview_prompt(self.model, config, as_matrix(self.v_init, self.width))  # now, not at the first preview
@@ -102,11 +106,8 @@ class Personalizer:
         eval_prompts = [self.prompts.eval_prompt_for(name) for name in self.image_names]
         self._eval_items = evaluation_items(self.latents, eval_prompts, self.model.tokenizer, self.model.schedule,
                                             config.t_range, config.eval_timesteps, config.seed)
-        # Open the graphs training needs now: a damaged graph is refused before anything is written.
-        self.model.session("text_encoder")
-        self.model.session("unet")
-
-        # State that a checkpoint holds.
+        self.model.session("text_encoder")  # opened now: a damaged graph is refused before anything is written
+        self.model.session("unet")  # (the state that a checkpoint holds:)
         self.v = self.v_init.copy()
         self.step = 0
         self.best_v = self.v.copy()

@@ -12,7 +12,7 @@ from zoodip.embeddings import load_embedding_file
 from zoodip.errors import ZoodipError
 from zoodip.generate import decode_latents, generate
 from zoodip.images import to_pil
-from zoodip.memory_plan import DecodePlan, plan_decode, unet_bytes
+from zoodip.memory_plan import DecodePlan, check_training, plan_decode, unet_bytes
 from zoodip.model import ExportedModel, RuntimeOptions
 from zoodip.trainer import PersonalizeConfig, personalize
 
@@ -107,6 +107,22 @@ def test_a_budget_below_the_unets_weights_and_activations_is_refused_before_the_
     assert not (tmp_path / "a.png").exists()
     code, _, err = run_cli(base + ["--memory-budget", need_mb, "--out", tmp_path / "b.png"], capsys)
     assert code == 0 and (tmp_path / "b.png").is_file(), err
+
+
+def test_personalize_refuses_a_budget_below_its_steps_unet_phase_before_any_work(tiny_export, photos, tmp_path,
+                                                                                 capsys):
+    """personalize's budget counted the graphs' weights alone at its resolution, so it accepted budgets its steps'
+    UNet calls (their activations, beside the open text encoder) then went over; now that phase is checked up front
+    and a budget one MB below it is refused in one line, before the run folder is made."""
+    candidates = 1 + PersonalizeConfig.n  # a step's (the default n), which its text encoder takes at once
+    need_mb = -(-check_training(budgeted(tiny_export, WHOLE_BUDGET_MB), 128, candidates, False, None) // (1 << 20))
+    assert need_mb > -(-budgeted(tiny_export, WHOLE_BUDGET_MB).weights_bytes() // (1 << 20))  # the old floor
+    code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "low", "--memory-budget", need_mb - 1),
+                           capsys)
+    assert_one_line_error(code, err, f"training at --resolution 128 needs about {need_mb} MB")
+    assert f"more than the --memory-budget of {need_mb - 1} MB" in err and not (tmp_path / "low").exists()
+    code, _, err = run_cli(personalize_args(tiny_export, photos, tmp_path / "floor", "--memory-budget", need_mb), capsys)
+    assert code == 0 and (tmp_path / "floor" / "learned_embeds.safetensors").is_file(), err
 
 
 def test_a_budgeted_run_previews_within_its_budget_and_hands_it_to_generation(tiny_export, photos, tmp_path, capsys):
