@@ -13,6 +13,11 @@ kernel's peak resident set (VmHWM) and the RSS before the UNet's session was mad
 difference (what ``unet_bytes`` estimates: the UNet's weights and activations), and the estimate.
 With ``--generate MB`` it runs the command line's ``generate`` in this process instead (1 step, that budget) and
 prints the whole process's peak before the UNet is closed (text encoder and UNet phases) and after (the decode).
+With ``--personalize MB`` it runs ``personalize`` on the example photos at ``--resolution`` (``--steps`` steps of n=1,
+no evaluation, that budget; its run folder goes to ``--out``) and prints the whole process's peak, and the peak of
+the photos' encoding before the steps.
+
+    python benchmarks/unet_memory.py --resolution 512 --personalize 1171 --out RUN_DIR
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ import numpy as np  # noqa: E402
 from benchmarks._quality_report import run_context  # noqa: E402
 from reference.repo import REPO, relative_args  # noqa: E402
 from zoodip.errors import ZoodipError  # noqa: E402
-from zoodip.memory_plan import unet_bytes  # noqa: E402
+from zoodip.memory_plan import check_encode, training_bytes, unet_bytes  # noqa: E402
 from zoodip.model import ExportedModel, RuntimeOptions  # noqa: E402
 from zoodip.validation import positive_int  # noqa: E402
 
@@ -104,6 +109,40 @@ def whole_generate(export: Path, resolution: int, budget_mb: int, threads: int, 
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+def whole_personalize(export: Path, resolution: int, budget_mb: int, steps: int, threads: int, out: Path) -> dict:
+    """One ``zoodip personalize`` under ``budget_mb``, in this process: its peak through the photos' encoding (until the
+    VAE encoder is closed), then a fresh one through the steps, the whole process's (their larger one) and the
+    estimates of both phases."""
+    from zoodip.cli import main as zoodip_main
+
+    peaks: dict[str, float] = {}
+    release = ExportedModel.release
+
+    def noting_release(model: ExportedModel, name: str) -> None:
+        release(model, name)
+        if name == "vae_encoder" and "until_encoder_closed_mib" not in peaks:
+            peaks["until_encoder_closed_mib"] = round(_status()["VmHWM"] / MIB, 1)
+            _reset_peak()
+
+    ExportedModel.release = noting_release  # (this process only)
+    before, started = _status(), time.perf_counter()
+    code = zoodip_main(["personalize", "--model", str(export), "--train_data_dir", str(REPO / "sdk" / "zoodip" / "data"
+                        / "example_concept"), "--output_dir", str(out), "--placeholder_token", "<concept>",
+                        "--initializer_token", "dog", "--resolution", str(resolution), "--max_train_steps", str(steps),
+                        "--n", "1", "--eval-every", "0", "--threads", str(threads), "--memory-budget", str(budget_mb),
+                        "--no-progress"])
+    after = round(_status()["VmHWM"] / MIB, 1)
+    model = ExportedModel.load(export)  # (for the estimates: its manifest; no graph is opened)
+    side = resolution // model.vae_scale_factor
+    return {"resolution": resolution, "memory_budget_mb": budget_mb, "exit_code": code, "steps": steps, "n": 1,
+            "threads": threads, "rss_at_start_mib": round(before["VmRSS"] / MIB, 1), **peaks,
+            ("steps_mib" if peaks else "whole_run_mib"): after,
+            "whole_process_peak_mib": max(after, peaks.get("until_encoder_closed_mib", 0)),
+            "training_bytes_mib": round(training_bytes(model, side, side, 2) / MIB, 1),
+            "check_encode_mib": round(check_encode(model, side, side, None) / MIB, 1),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
 @script_main("nothing was written")
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python benchmarks/unet_memory.py", description=__doc__.splitlines()[0])
@@ -113,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime's intra-op threads")
     parser.add_argument("--generate", type=int, default=None, metavar="MB",
                         help="one whole generate (1 step) under this --memory-budget instead; its image goes to --out")
-    parser.add_argument("--out", type=Path, default=None, help="--generate's image (a new .png path)")
+    parser.add_argument("--personalize", type=int, default=None, metavar="MB",
+                        help="one whole personalize (--steps steps) under this --memory-budget instead; its run to --out")
+    parser.add_argument("--steps", type=int, default=2, help="--personalize's training steps")
+    parser.add_argument("--out", type=Path, default=None, help="--generate's image (a new .png path), --personalize's "
+                        "run folder (a new one)")
     try:
         args = parser.parse_args(argv)
         positive_int("--resolution", args.resolution, 1, *MAX_RESOLUTION)  # (before the export is loaded)
@@ -123,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             positive_int("--generate", args.generate, 1, *MAX_BUDGET_MB)
             if args.out is None or args.out.exists():
                 parser.error("--generate needs --out PATH.png, a path that does not exist yet")
+        if args.personalize is not None:
+            positive_int("--personalize", args.personalize, 1, *MAX_BUDGET_MB)
+            positive_int("--steps", args.steps, 1, *MAX_PASSES)
+            if args.generate is not None or args.out is None or args.out.exists():
+                parser.error("--personalize needs --out DIR, a folder that does not exist yet (and no --generate)")
         if args.export == DEFAULT_EXPORT and not DEFAULT_EXPORT.is_dir():
             parser.error(f"{relative_args([str(DEFAULT_EXPORT)])[0]} is not built yet: run benchmarks/memory.py once "
                          "(it exports the SD1.5 architecture there), or pass --export DIR")
@@ -133,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--resolution {args.resolution}: must be a multiple of the VAE's factor {model.vae_scale_factor}")
     except ZoodipError as exc:
         return print_error(exc)
-    if args.generate is not None:
+    if args.personalize is not None:
+        del model  # (the run loads its own)
+        record = whole_personalize(args.export, args.resolution, args.personalize, args.steps, args.threads, args.out)
+    elif args.generate is not None:
         del model  # (the generate loads its own)
         record = whole_generate(args.export, args.resolution, args.generate, args.threads, args.out)
     else:
