@@ -274,13 +274,23 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, example_inputs: tuple
 
 
 def _from_pretrained(cls: Any, folder: Path, **kwargs: Any) -> Any:
-    """``cls.from_pretrained`` in float32; falls back to an fp16-only ``variant`` checkpoint."""
+    """``cls.from_pretrained`` in float32; falls back to an fp16-only ``variant`` checkpoint. Refuses weights that leave
+    some of the config's tensors unfilled: diffusers and transformers give those their random initial values, warning
+    only in a log the export keeps quiet."""
     try:
-        model = cls.from_pretrained(str(folder), torch_dtype=torch.float32, **kwargs)
+        model, info = cls.from_pretrained(str(folder), torch_dtype=torch.float32, output_loading_info=True, **kwargs)
     except (OSError, EnvironmentError):
         if not any(".fp16." in p.name for p in Path(folder).iterdir()):
             raise
-        model = cls.from_pretrained(str(folder), variant="fp16", **kwargs)
+        model, info = cls.from_pretrained(str(folder), variant="fp16", output_loading_info=True, **kwargs)
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        from zoodip.errors import ZoodipError
+
+        shown = Path(folder).resolve()
+        raise ZoodipError(f"the weights in {shown} lack {len(missing)} of the tensors of the model its config.json "
+                          f"describes (e.g. {missing[0]}), which would be left random: the config and the weights are "
+                          f"not one model's, or the weights are incomplete: copy the model's {shown.name} folder again")
     return model.float().eval().requires_grad_(False)
 
 

@@ -25,12 +25,17 @@ _OTHER_CONDITIONING = ("addition_embed_type", "class_embed_type", "num_class_emb
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A config of the source: a JSON object, or one line naming the file and what to do."""
     try:
         data = parse_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # (UnicodeDecodeError is one)
-        raise ZoodipError(f"cannot read {path}: {exc}") from None
+    except OSError as exc:
+        raise ZoodipError(f"cannot read {path} ({exc.strerror or exc}): make it a readable file") from None
+    except ValueError as exc:  # (UnicodeDecodeError is one)
+        raise ZoodipError(f"{path} is not readable JSON ({str(exc)[:100] or type(exc).__name__}): copy the file again "
+                          "from the model's source") from None
     if not isinstance(data, dict):
-        raise ZoodipError(f"{path} is not a JSON object")
+        raise ZoodipError(f"{path} is not a JSON object (it holds a {type(data).__name__}): copy the file again from the "
+                          "model's source")
     return data
 
 
@@ -256,17 +261,27 @@ def vae_scale_factor(vae: dict[str, Any]) -> int:
     return 2 ** (len(vae.get("block_out_channels", _VAE_DEPTH_DEFAULTS["block_out_channels"])) - 1)
 
 
+def _config_side(unet: dict[str, Any]) -> int:
+    """The latent side of unet/config.json's ``sample_size`` (64 where left out; ``[64, 64]`` is 64)."""
+    side = unet.get("sample_size", 64)
+    if isinstance(side, (list, tuple)) and len(side) == 2 and side[0] == side[1]:
+        side = side[0]
+    if isinstance(side, bool) or not isinstance(side, int):  # ("64", null, 32.5 and [64, 32] were tracebacks or taken)
+        raise ZoodipError(f"unet/config.json's sample_size is {side!r:.40}, not a whole number of latents (SD1.x's 64, "
+                          "SD2.x's 96): fix the file or pass --sample-size")
+    return side
+
+
 def model_info(configs: dict[str, dict[str, Any]], sample_size: int | None) -> dict[str, Any]:
     """The manifest's ``model`` entry, from the component configs."""
     text, unet, vae, scheduler = configs["text_encoder"], configs["unet"], configs["vae"], configs["scheduler"]
     max_positions = int(text.get("max_position_embeddings", 77))
-    unet_side = unet.get("sample_size", 64)
-    unet_side = unet_side[0] if isinstance(unet_side, (list, tuple)) else unet_side
-    side = int(sample_size if sample_size is not None else unet_side)
+    side = int(sample_size if sample_size is not None else _config_side(unet))
     # The UNet halves the latent (len(blocks) - 1) times; the sides must survive that exactly.
     multiple = 2 ** (len(unet.get("block_out_channels", (0,))) - 1)
     if side <= 0 or side % multiple:
-        raise ZoodipError(f"sample_size {side} must be a positive multiple of {multiple} for this UNet")
+        raise ZoodipError(f"sample_size {side} must be a positive multiple of {multiple} for this UNet: "
+                          f"{'pass another' if sample_size is not None else 'fix unet/config.json or pass'} --sample-size")
     if side > MAX_SAMPLE_SIZE:  # the default image of every later command; caught here, not at the first generate
         raise ZoodipError(f"sample_size {side} latents is a {side * vae_scale_factor(vae)} px default image, past any SD "
                           f"model's (64 for SD1.x, 96 for SD2.x; at most {MAX_SAMPLE_SIZE} here): fix unet/config.json "

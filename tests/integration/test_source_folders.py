@@ -198,3 +198,62 @@ def test_a_damaged_weights_file_beside_a_pruned_cache_link_is_the_one_named(tmp_
     with pytest.raises(ZoodipError, match=r"\(Error while deserializing header: HeaderTooLarge\): a weights file "
                                           r"there may be damaged"):
         load_checked("UNet", damaged, tmp_path)
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str], out: Path) -> str:
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not out.exists()
+    return err
+
+
+@pytest.mark.parametrize("part,edit", [("vae", "drop-a-tensor"), ("text_encoder", "config-without-its-depth")])
+def test_weights_that_leave_tensors_of_the_config_unfilled_are_refused(tiny_sd_folder: Path, tmp_path: Path, part: str,
+                                                                       edit: str, capsys) -> None:
+    """diffusers and transformers give a tensor the weights lack its random initial values, warning only in a log the
+    export keeps quiet: a VAE weights file missing a tensor, or a text_encoder/config.json without num_hidden_layers
+    (transformers' 12, 10 of them random for 2-layer weights), was exported, and every image was wrong."""
+    from safetensors.torch import load_file, save_file
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_sd_folder, source)
+    if edit == "drop-a-tensor":
+        weights = source / part / "diffusion_pytorch_model.safetensors"
+        tensors = load_file(str(weights))
+        save_file({name: tensor for name, tensor in tensors.items() if name != "decoder.conv_out.bias"}, str(weights))
+    else:
+        config = source / part / "config.json"
+        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items()
+                                      if k != "num_hidden_layers"}))
+    err = _refused([str(source), str(tmp_path / "out")], capsys, tmp_path / "out")
+    assert f"the weights in {(source / part).resolve()} lack" in err and "would be left random" in err, err
+    assert f"copy the model's {part} folder again" in err
+
+
+@pytest.mark.parametrize("sample_size,said", [
+    ("64", "sample_size is '64', not a whole number of latents"), (None, "sample_size is None, not a whole number"),
+    ("abc", "sample_size is 'abc'"), (32.5, "sample_size is 32.5"), ([32, 16], "sample_size is [32, 16]"),
+    (True, "sample_size is True"), (-2, "sample_size -2 must be a positive multiple of 2 for this UNet: fix "
+                                         "unet/config.json or pass --sample-size")])
+def test_a_unet_config_whose_sample_size_is_no_side_is_refused(tiny_sd_folder: Path, tmp_path: Path, sample_size,
+                                                                said: str, capsys) -> None:
+    """null and "abc" were tracebacks of int(); "64", 32.5, [32, 16] and true were taken as 64, 32, 32 and 1."""
+    source = tmp_path / "source"
+    shutil.copytree(tiny_sd_folder, source, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))  # (configs only)
+    config = source / "unet" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "sample_size": sample_size}))
+    err = _refused([str(source), str(tmp_path / "out")], capsys, tmp_path / "out")
+    assert said in err and "--sample-size" in err, err
+
+
+@pytest.mark.parametrize("text,said", [("", "is not readable JSON (Expecting value"), ("[1, 2]", "is not a JSON "
+                                       "object (it holds a list)"), (b"{\"_class_name\": \"\xff\"}", "is not readable JSON ('utf-8'")])
+def test_a_damaged_model_index_says_what_to_do(tiny_sd_folder: Path, tmp_path: Path, text, said: str, capsys) -> None:
+    """'cannot read .../model_index.json: Expecting value: line 1 column 1 (char 0)' said no more."""
+    source = tmp_path / "source"
+    shutil.copytree(tiny_sd_folder, source, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    index = source / "model_index.json"
+    index.write_bytes(text) if isinstance(text, bytes) else index.write_text(text)
+    err = _refused([str(source), str(tmp_path / "out")], capsys, tmp_path / "out")
+    assert f"model_index.json {said}" in err and err.endswith(": copy the file again from the model's source\n"), err
