@@ -70,3 +70,13 @@ def export_flag_words(message: str | Sequence[str], parser: argparse.ArgumentPar
     flags = {name: flag for name, flag in parser_flags(parser).items()
              if name in given or flag.lstrip("-").replace("-", "_") in given}
     return in_flag_words(message, flags=flags)
+
+
+def unknown_arguments_problem(unknown: Sequence[str], prog: str) -> str:
+    """argparse's leftovers as one line; a path that begins with '-' (a folder named -model), which argparse takes
+    for a flag, is told how to write it."""
+    import os
+
+    dashed = next((arg for arg in unknown if not arg.startswith("--") and os.path.lexists(arg)), None)
+    hint = f" ({dashed} is read as a flag: write a path that begins with '-' as ./{dashed})" if dashed else ""
+    return f"unrecognized arguments: {' '.join(unknown)}{hint}: see '{prog} --help'"

@@ -28,7 +28,8 @@ from zoodip.integrity import file_sha256
 from zoodip.manifest import FORMAT, FORMAT_VERSION, MANIFEST  # one definition of the folder format, shared with the reader
 from zoodip.paths import missing_parents
 from zoodip.runtime_options import NOT_SMOOTH_RECIPES
-from zoodip_export.export_args import DEFAULT_PRECISION, PRECISIONS, check_export_args, export_flag_words, resolve_recipe
+from zoodip_export.export_args import (DEFAULT_PRECISION, PRECISIONS, check_export_args, export_flag_words,
+                                      resolve_recipe, unknown_arguments_problem)
 from zoodip_export.lora import LoraSpec, fuse_loras, lora_entries, lora_specs
 from zoodip_export.requirements import check_export_requirements
 from zoodip_export.source_folder import check_source, model_info, pipeline_scheduler_config, read_source, source_warnings
@@ -444,8 +445,7 @@ def main(argv: list[str] | None = None, prog: str = "python export/export_model.
         parser = _parser(prog)
         args, unknown = parser.parse_known_args(argv)
         if unknown:  # (diffusers' flag names said with zoodip's way to give the same)
-            raise ZoodipError(foreign_flag_problem(unknown, "export")
-                              or f"unrecognized arguments: {' '.join(unknown)}: see '{prog} --help'")
+            raise ZoodipError(foreign_flag_problem(unknown, "export") or unknown_arguments_problem(unknown, prog))
         expected = 1 if args.tiny else 2
         if len(args.paths) != expected:
             usage = "--tiny OUT_DIR" if args.tiny else "SOURCE OUT_DIR"

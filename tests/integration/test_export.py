@@ -918,3 +918,17 @@ def test_a_full_disk_during_the_export_names_the_folder_that_needs_the_room(tmp_
         export_model(None, out, tiny=True, seed=0, progress=False, curvature_samples=0)
     assert f"cannot write the export into {out.parent}" in str(raised.value) and "the disk is full" in str(raised.value)
     assert "free space there" in str(raised.value) and list(tmp_path.iterdir()) == []
+
+
+def test_a_source_whose_name_begins_with_a_dash_is_told_how_to_write_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """zoodip export -model out said only 'unrecognized arguments: -model' where -model is the user's folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-model").mkdir()
+    assert main(["-model", "out", "--quiet"], prog="zoodip export") == 2
+    err = capsys.readouterr().err
+    assert err == ("error: unrecognized arguments: -model (-model is read as a flag: write a path that begins with '-' "
+                   "as ./-model): see 'zoodip export --help'\n"), err
+    assert main(["-q", "out", "--quiet"], prog="zoodip export") == 2  # (no such path: no hint)
+    assert "(" not in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["-model"]
