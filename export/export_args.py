@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from zoodip.console import dashed_path_hint
 from zoodip.errors import ZoodipError
 from zoodip.paths import check_utf8_path
 
@@ -74,9 +75,5 @@ def export_flag_words(message: str | Sequence[str], parser: argparse.ArgumentPar
 
 def unknown_arguments_problem(unknown: Sequence[str], prog: str) -> str:
     """argparse's leftovers as one line; a path that begins with '-' (a folder named -model), which argparse takes
-    for a flag, is told how to write it."""
-    import os
-
-    dashed = next((arg for arg in unknown if not arg.startswith("--") and os.path.lexists(arg)), None)
-    hint = f" ({dashed} is read as a flag: write a path that begins with '-' as ./{dashed})" if dashed else ""
-    return f"unrecognized arguments: {' '.join(unknown)}{hint}: see '{prog} --help'"
+    for a flag, is told how to write it (console.dashed_path_hint)."""
+    return f"unrecognized arguments: {' '.join(unknown)}{dashed_path_hint(unknown)}: see '{prog} --help'"

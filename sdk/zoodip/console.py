@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NoReturn
+from typing import Callable, Iterable, Iterator, NoReturn, Sequence
 
 from .errors import ZoodipError, one_line
 
@@ -416,16 +416,14 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         if message.endswith("expected one argument"):  # argparse takes a value such as -inf or -ugly for a flag
             message += " (a value that starts with '-' is written --flag=VALUE)"
-        dashed = getattr(self, "_unknown_dashed", [])
-        if message.startswith("the following arguments are required") and dashed:  # (`info -x.png`: a path as a flag)
-            message += f" ({dashed[0]} was read as a flag: a path that starts with '-' is written ./{dashed[0]}, or after --)"
+        if message.startswith(("the following arguments are required", "unrecognized arguments")):
+            message += dashed_path_hint(getattr(self, "_unknown", []))  # (`info -x.png`: a path taken for a flag)
         raise ZoodipError(f"{message}{_nearest_choice(message)}: see '{self.prog} --help'")
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         args = list(sys.argv[1:] if args is None else args)
         options = _options_part(args)
-        self._unknown_dashed = [a for a in options if a.startswith("-") and _reads_as_path(a)
-                                and self._known_spelling(a).partition("=")[0] not in self._option_string_actions]
+        self._unknown = [a for a in options if self._known_spelling(a).partition("=")[0] not in self._option_string_actions]
         return super().parse_known_args([self._known_spelling(a) for a in options] + args[len(options):], namespace)
 
     def _known_spelling(self, arg: str) -> str:
@@ -469,6 +467,13 @@ def _shown(value: object) -> str:
         with contextlib.suppress(ValueError):
             return str(Path(value).relative_to(Path.cwd()))
     return str(value)
+
+
+def dashed_path_hint(words: Sequence[str]) -> str:
+    """For the first of ``words`` that starts with '-' yet reads as a file's name (``-x.png``, a file here), which
+    argparse takes for a flag: " (W was read as a flag: ...)", how to write it; else nothing."""
+    word = next((w for w in words if w.startswith("-") and w != "--" and _reads_as_path(w)), None)
+    return f" ({word} was read as a flag: a path that starts with '-' is written ./{word}, or after --)" if word else ""
 
 
 def _reads_as_path(word: str) -> bool:

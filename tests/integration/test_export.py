@@ -927,8 +927,8 @@ def test_a_source_whose_name_begins_with_a_dash_is_told_how_to_write_it(tmp_path
     (tmp_path / "-model").mkdir()
     assert main(["-model", "out", "--quiet"], prog="zoodip export") == 2
     err = capsys.readouterr().err
-    assert err == ("error: unrecognized arguments: -model (-model is read as a flag: write a path that begins with '-' "
-                   "as ./-model): see 'zoodip export --help'\n"), err
+    assert err == ("error: unrecognized arguments: -model (-model was read as a flag: a path that starts with '-' is "
+                   "written ./-model, or after --): see 'zoodip export --help'\n"), err
     assert main(["-q", "out", "--quiet"], prog="zoodip export") == 2  # (no such path: no hint)
     assert "(" not in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["-model"]
