@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 # BLAS thread unless the user set it; this must happen before NumPy is first imported (the imports below).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from .console import (GracefulStop, OneLineParser, ProgressBar, SamplingBar, duration, readable_output,  # noqa: E402
+from .console import (GracefulStop, OneLineParser, ProgressBar, SamplingBar, readable_output,  # noqa: E402
                       interrupt_on_termination, one_line_warning, print_error, print_interrupted, said_as_given,
                       status_for_signal)
 from .cli_flags import (PATH_FLAGS, add_generate_flags, add_personalize_flags, api_name_flags,  # noqa: E402
@@ -37,6 +37,7 @@ from . import __version__  # noqa: E402
 from .errors import Given, ZoodipError  # noqa: E402
 from .foreign_flags import foreign_flag_problem  # noqa: E402
 from .paths import os_error_line, remove_stale_temp_files  # noqa: E402
+from .progress import duration  # noqa: E402
 from .progress_log import LazyJsonlLog, silence_stdout  # noqa: E402
 
 if TYPE_CHECKING:

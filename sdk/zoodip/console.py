@@ -1,4 +1,4 @@
-"""What zoodip's command lines share: the progress bar, durations for people, one-line errors and warnings.
+"""What zoodip's command lines share: the progress bar, one-line errors and warnings.
 
 The ``zoodip`` CLI (zoodip.cli) and the repository's demo (reference/demo.py) both print through these, so
 the contract (every user error one line ``error: ...``, exit status 2; a warning one line) holds in both.
@@ -20,16 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, NoReturn, Sequence
 
 from .errors import ZoodipError, one_line
-
-
-def duration(seconds: float) -> str:
-    """12.3 s, 4 min 05 s, 1 h 02 min: rounded for people."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    return f"{minutes // 60} h {minutes % 60:02d} min"
+from .progress import duration
 
 
 class ProgressBar:
@@ -241,11 +232,25 @@ def interrupt_on_termination() -> Iterator[None]:
 
     main = threading.current_thread() is threading.main_thread()
     previous = {kind: signal.signal(kind, interrupt) for kind in signals_to_handle(TERMINATION_SIGNALS)} if main else {}
+    hook = sys.unraisablehook
+    sys.unraisablehook = functools.partial(redeliver_swallowed_interrupts, otherwise=hook)
     try:
         yield
     finally:
+        sys.unraisablehook = hook
         for kind, handler in previous.items():
             signal.signal(kind, handler)
+
+
+def redeliver_swallowed_interrupts(unraisable: object,
+                                   otherwise: Callable[[object], object] = sys.__unraisablehook__) -> None:
+    """``sys.unraisablehook`` while a command runs: CPython ignores an exception raised in a ``__del__`` or a GC
+    callback, so a Ctrl-C or SIGTERM whose handler ran there was lost (a report, and the run went on): it is sent again."""
+    exc = getattr(unraisable, "exc_value", None)
+    if isinstance(exc, KeyboardInterrupt):  # (from a thread, a moment later: sent from here, it would land here)
+        threading.Timer(0.05, os.kill, (os.getpid(), exc.signum if isinstance(exc, Terminated) else signal.SIGINT)).start()
+        return
+    otherwise(unraisable)
 
 
 class GracefulStop:
@@ -370,6 +375,7 @@ def interrupts_said_from_here(module: str) -> None:
     if module == "__main__" and threading.current_thread() is threading.main_thread():
         for kind in signals_to_handle(INTERRUPTING_SIGNALS):
             _BEFORE_MAIN.setdefault(kind, signal.signal(kind, end))
+        sys.unraisablehook = functools.partial(redeliver_swallowed_interrupts, otherwise=sys.unraisablehook)
 
 
 def script_main(kept: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
@@ -470,19 +476,18 @@ def _shown(value: object) -> str:
 
 
 def dashed_path_hint(words: Sequence[str]) -> str:
-    """For the first of ``words`` that starts with '-' yet reads as a file's name (``-x.png``, a file here), which
-    argparse takes for a flag: " (W was read as a flag: ...)", how to write it; else nothing."""
-    word = next((w for w in words if w.startswith("-") and w != "--" and _reads_as_path(w)), None)
+    """For the first of ``words`` that starts with '-' yet reads as a file's name (``-x.png``, a file here; no number,
+    no ``=``), which argparse takes for a flag: " (W was read as a flag: ...)", how to write it; else nothing."""
+    word = next((w for w in words if w.startswith("-") and w != "--" and "=" not in w and not _is_number(w)
+                 and ("." in w or "/" in w or os.path.exists(w))), None)
     return f" ({word} was read as a flag: a path that starts with '-' is written ./{word}, or after --)" if word else ""
 
 
-def _reads_as_path(word: str) -> bool:
-    """A word that reads as a file's name more than as a flag or a number: ``-x.png``, ``--/tmp/a``, an existing file."""
+def _is_number(word: str) -> bool:
     try:
-        float(word)
-        return False
+        return float(word) is not None
     except ValueError:
-        return "=" not in word and ("." in word or "/" in word or os.path.exists(word))
+        return False
 
 
 def _options_part(args: list[str]) -> list[str]:

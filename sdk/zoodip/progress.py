@@ -7,6 +7,16 @@ from pathlib import Path
 from .convergence import Trend, evaluation_trend
 
 
+def duration(seconds: float) -> str:
+    """12.3 s, 4 min 05 s, 1 h 02 min: rounded for people."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 @dataclass(frozen=True)
 class Progress:
     """What a progress callback receives after every step (and at evaluations and the end).

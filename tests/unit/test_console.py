@@ -79,7 +79,7 @@ def test_the_bar_redraws_rarely_where_each_redraw_is_a_line_of_a_log(monkeypatch
 def test_the_expected_duration_is_said_once_after_more_than_the_first_step(monkeypatch, capsys):
     """The first step pays one-time costs: the estimate waits for 10 steps or 20 s of them, whichever is first."""
     from zoodip import console
-    from zoodip.progress import Progress
+    from zoodip.progress import Progress, duration
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     for seconds_per_step, said_at in ((0.05, 10), (8.0, 4)):  # a small model; an SD-size one (8 s a step)
@@ -91,7 +91,7 @@ def test_the_expected_duration_is_said_once_after_more_than_the_first_step(monke
             clock[0] += seconds_per_step
         bar.close()
         lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("expected: ")]
-        assert lines == [f"expected: about {console.duration(12.0 * (100 - said_at))} for the remaining "
+        assert lines == [f"expected: about {duration(12.0 * (100 - said_at))} for the remaining "
                          f"{100 - said_at} steps (timed on {said_at} steps)"], lines
 
 
@@ -360,3 +360,23 @@ def test_a_required_path_that_starts_with_a_dash_is_said_as_one_read_as_a_flag(t
         parser.parse_args(["--verbose"])
     assert str(caught.value) == "the following arguments are required: PATH: see 'zoodip info --help'"
     assert parser.parse_args(["--", "-x.safetensors"]).path == "-x.safetensors"
+
+
+def test_an_interrupt_that_a_del_swallowed_is_delivered_again() -> None:
+    """CPython ignores an exception raised in a ``__del__`` (it prints 'Exception ignored in ...'): a Ctrl-C whose
+    handler ran while a third-party object was collected (regex's Group.__del__, during make demo's export) was lost,
+    and the demo ran on to its end. While a command runs (interrupt_on_termination), such an interrupt is sent again."""
+    import time
+
+    from zoodip.console import interrupt_on_termination
+
+    class Collected:
+        def __del__(self) -> None:
+            raise KeyboardInterrupt  # (as the signal's handler raises it there)
+
+    hook = sys.unraisablehook
+    with pytest.raises(KeyboardInterrupt):
+        with interrupt_on_termination():
+            Collected()
+            time.sleep(5)  # (the interrupt, sent again, lands here)
+    assert sys.unraisablehook is hook
