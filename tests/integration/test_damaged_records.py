@@ -178,7 +178,8 @@ def test_export_reads_a_source_whose_json_nests_too_deep_in_one_line(tiny_sd_fol
 
     source = shutil.copytree(tiny_sd_folder, tmp_path / "source")
     (source / "model_index.json").write_text(DEEP)
-    with pytest.raises(ZoodipError, match="model_index.json: JSON nested too deeply to read"):
+    with pytest.raises(ZoodipError, match=r"model_index\.json is not readable JSON \(JSON nested too deeply to read\): copy "
+                                          "the file again"):
         check_source(source)
 
 
