@@ -154,22 +154,10 @@ def test_a_signal_during_a_script_s_imports_is_one_line(script, sig):
     line now, 130 or 143. The import (of zoodip.checkpoint, of numpy) is held, and says so on stdout, until the
     signal lands."""
     import signal
-    import subprocess
+
+    from cli_helpers import held_import, signal_while_importing
 
     run, held = STARTED[script]
-    program = ("import runpy, sys, time\n"
-               "class Hold:\n"
-               "    def find_spec(self, name, path=None, target=None):\n"
-               f"        if name == {held!r}:\n"
-               "            print('importing', flush=True)\n"
-               "            time.sleep(60)\n"
-               "sys.meta_path.insert(0, Hold())\n"
-               f"{run}\n")
     sig = getattr(signal, sig)
-    proc = subprocess.Popen([sys.executable, "-c", program, "--help"], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (as a terminal's)
-    assert proc.stdout.readline() == "importing\n"
-    proc.send_signal(sig)
-    printed, err = proc.communicate(timeout=60)
-    assert (proc.returncode, err, printed) == (128 + sig, "interrupted\n", "")
+    status, printed, err = signal_while_importing(held_import(held) + f"import runpy\n{run}\n", ["--help"], sig, REPO)
+    assert (status, err, printed) == (128 + sig, "interrupted\n", "")

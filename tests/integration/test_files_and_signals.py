@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_helpers import assert_one_line_error, personalize_args, run_cli
+from cli_helpers import assert_one_line_error, held_import, personalize_args, run_cli, signal_while_importing
 
 
 def test_progress_jsonl_is_never_appended_to_a_file_that_is_not_a_progress_log(tiny_export, photos, tmp_path, capsys):
@@ -295,14 +295,6 @@ def test_sides_zoodip_derives_are_sizes_the_unet_runs_at(tiny_export, doubling_u
 # The `zoodip` command as its console script and `python -m zoodip` start it, with the import of a module held (it
 # says so on stdout) until the test's signal lands: the moment is certain, however slow the machine. zoodip.cli: during
 # the CLI's imports; zoodip.describe: during `zoodip info`'s work (imported there).
-HELD_IMPORT = ("import sys, time\n"
-               "HELD = sys.argv.pop(1)\n"
-               "class Hold:\n"
-               "    def find_spec(self, name, path=None, target=None):\n"
-               "        if name == HELD:\n"
-               "            print('importing', flush=True)\n"
-               "            time.sleep(60)\n"
-               "sys.meta_path.insert(0, Hold())\n")
 STARTS = {"console script": "from zoodip.entry import main\nsys.exit(main())\n",
           "python -m zoodip": "import runpy\nrunpy.run_module('zoodip', run_name='__main__', alter_sys=True)\n"}
 
@@ -320,13 +312,8 @@ def test_a_ctrl_c_or_sigterm_in_the_cli_s_imports_or_in_info_is_one_line(tmp_pat
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
     assert scripts["zoodip"] == "zoodip.entry:main"
-    proc = subprocess.Popen([sys.executable, "-c", HELD_IMPORT + STARTS[start], held, "info", "x"], cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (as a terminal's)
-    assert proc.stdout.readline() == "importing\n"
-    proc.send_signal(sig)
-    printed, err = proc.communicate(timeout=60)
-    assert (proc.returncode, err, printed) == (128 + sig, "interrupted\n", "")
+    status, printed, err = signal_while_importing(held_import(held) + STARTS[start], ["info", "x"], sig, tmp_path)
+    assert (status, err, printed) == (128 + sig, "interrupted\n", "")
 
 
 def test_python_dash_m_zoodip_is_the_command(tmp_path):
