@@ -84,20 +84,27 @@ def measure(model: ExportedModel, side: int, passes: int, threads: int) -> dict:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+def _peak_until_released(graph: str, key: str) -> dict[str, float]:
+    """The peaks a whole command's phases reach: ``ExportedModel.release`` patched (this process only) so that when
+    ``graph`` is first closed, the process's peak so far goes under ``key`` and a fresh peak starts."""
+    peaks: dict[str, float] = {}
+    release = ExportedModel.release
+
+    def noting_release(model: ExportedModel, name: str) -> None:
+        release(model, name)
+        if name == graph and key not in peaks:
+            peaks[key] = round(_status()["VmHWM"] / MIB, 1)
+            _reset_peak()
+
+    ExportedModel.release = noting_release
+    return peaks
+
+
 def whole_generate(export: Path, resolution: int, budget_mb: int, threads: int, out: Path) -> dict:
     """One ``zoodip generate`` under ``budget_mb``, in this process: its peaks before and after the UNet is closed."""
     from zoodip.cli import main as zoodip_main
 
-    peaks: dict[str, float] = {}
-    release = ExportedModel.release
-
-    def noting_release(model: ExportedModel, name: str) -> None:  # the UNet's phase ends: its peak, then a fresh one
-        release(model, name)
-        if name == "unet" and "until_unet_closed_mib" not in peaks:
-            peaks["until_unet_closed_mib"] = round(_status()["VmHWM"] / MIB, 1)
-            _reset_peak()
-
-    ExportedModel.release = noting_release  # (this process only)
+    peaks = _peak_until_released("unet", "until_unet_closed_mib")  # (the UNet's phase, then a fresh peak)
     before, started = _status(), time.perf_counter()
     code = zoodip_main(["generate", "--model", str(export), "--prompt", "a photo of a dog", "--steps", "1",
                         "--height", str(resolution), "--width", str(resolution), "--threads", str(threads),
@@ -115,16 +122,7 @@ def whole_personalize(export: Path, resolution: int, budget_mb: int, steps: int,
     estimates of both phases."""
     from zoodip.cli import main as zoodip_main
 
-    peaks: dict[str, float] = {}
-    release = ExportedModel.release
-
-    def noting_release(model: ExportedModel, name: str) -> None:
-        release(model, name)
-        if name == "vae_encoder" and "until_encoder_closed_mib" not in peaks:
-            peaks["until_encoder_closed_mib"] = round(_status()["VmHWM"] / MIB, 1)
-            _reset_peak()
-
-    ExportedModel.release = noting_release  # (this process only)
+    peaks = _peak_until_released("vae_encoder", "until_encoder_closed_mib")
     before, started = _status(), time.perf_counter()
     code = zoodip_main(["personalize", "--model", str(export), "--train_data_dir", str(REPO / "sdk" / "zoodip" / "data"
                         / "example_concept"), "--output_dir", str(out), "--placeholder_token", "<concept>",

@@ -238,7 +238,6 @@ def check_unet(model: Any, latent_h: int, latent_w: int, budget_mb: int | None) 
     return need
 
 
-
 # Training keeps the text encoder (CLIP) open beside the UNet and encodes a step's candidates in one call. Besides its
 # weights it holds its widest layer dequantized (the MLP's 4d x d matrix in fp32, d its width) and, per candidate,
 # every layer's states (the clip-skip output and the last), one MLP's two 4d-wide maps (projection and GELU) and one
